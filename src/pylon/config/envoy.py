@@ -1,0 +1,1092 @@
+"""The subset of Envoy's v3 API that pylon runs, as msgspec Structs.
+
+Field names, defaults and oneof rules are Envoy's, so an Envoy bootstrap that
+uses only these fields loads unchanged. Every Struct forbids unknown fields:
+a field pylon does not implement is an error at its path, never ignored.
+Fields pylon recognises but does not implement yet are typed `NotSupportedYet`
+so the error says so instead of "unknown field".
+
+Proto details, mapped once here:
+- Duration -> `Duration` (a float of seconds) from "1.5s" or {seconds, nanos};
+- wrapper types (UInt32Value, BoolValue) -> plain values; Percent -> `Percent`;
+- enums -> Literal strings of Envoy's names;
+- `typed_config` (protobuf Any) -> the Struct registered for its `@type` in the
+  registry category of that position (see `registry.py`); core extensions are
+  registered at the bottom of this module.
+
+Decode with `convert(data, Bootstrap)`; the loader
+(`loader.py`) adds file names, cross-reference checks and DataSource reads.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
+
+import msgspec
+import re2
+from msgspec.structs import force_setattr
+
+from pylon.config import registry
+from pylon.config.datasource import DataSource
+from pylon.config.errors import FieldError, join_path, split_validation_error
+
+StructT = TypeVar("StructT")
+UINT32_MAX = 2**32 - 1
+UInt32 = Annotated[int, msgspec.Meta(ge=0, le=UINT32_MAX)]
+PositiveUInt32 = Annotated[int, msgspec.Meta(ge=1, le=UINT32_MAX)]
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+NonEmptyStr = Annotated[str, msgspec.Meta(min_length=1)]
+Percentage = Annotated[int, msgspec.Meta(ge=0, le=100)]
+
+
+# --------------------------------------------------------------------------- field types
+
+
+class Duration(float):
+    """A google.protobuf.Duration in seconds; a float so callers can compute with it directly."""
+
+
+class RegexPattern(str):
+    """A regular expression that RE2 (Envoy's default engine) accepted at load time."""
+
+
+class NotSupportedYet:
+    """Annotation for Envoy fields pylon recognises but does not implement: setting one is an error."""
+
+
+_DURATION = re.compile(r"^(?P<sign>-)?(?P<seconds>\d+)(?:\.(?P<frac>\d{1,9}))?s$")
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False  # the error goes into the ConfigError, not to stderr
+
+
+def parse_duration(value: object) -> Duration:
+    """A non-negative Duration from proto-JSON ("1s", "0.250s") or {seconds, nanos}."""
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if match is None:
+            raise ValueError(f'invalid duration {value!r}: expected a string like "1s" or "0.250s"')
+        seconds = int(match["seconds"]) + int((match["frac"] or "0").ljust(9, "0")) / 1e9
+        result = -seconds if match["sign"] else seconds
+    elif isinstance(value, dict) and value and set(value) <= {"seconds", "nanos"}:
+        seconds_part, nanos = value.get("seconds", 0), value.get("nanos", 0)
+        if isinstance(seconds_part, str) and seconds_part.lstrip("-").isdigit():
+            seconds_part = int(seconds_part)
+        for part in (seconds_part, nanos):
+            if isinstance(part, bool) or not isinstance(part, int):
+                raise ValueError(f"invalid duration {value!r}: seconds and nanos must be integers")
+        if not -999_999_999 <= nanos <= 999_999_999:
+            raise ValueError(f"invalid duration {value!r}: nanos must be within ±999999999")
+        result = seconds_part + nanos / 1e9
+    else:
+        raise ValueError(f'invalid duration {value!r}: expected a string like "1s" or {{seconds, nanos}}')
+    if result < 0:
+        raise ValueError(f"invalid duration {value!r}: must not be negative")
+    return Duration(result)
+
+
+def format_duration(seconds: float) -> str:
+    """Proto-JSON text of a Duration: 1.0 -> "1s", 0.25 -> "0.25s"."""
+    if float(seconds).is_integer():
+        return f"{int(seconds)}s"
+    return f"{seconds:.9f}".rstrip("0") + "s"
+
+
+def compile_regex(pattern: str) -> Any:
+    """Compile with RE2 as Envoy does; ValueError with RE2's reason if it is rejected."""
+    try:
+        return re2.compile(pattern, options=_RE2_OPTIONS)
+    except re2.error as exc:
+        reason = exc.args[0].decode(errors="replace") if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+        raise ValueError(f"invalid regex {pattern!r}: {reason}") from None
+
+
+def dec_hook(type_: type, obj: Any) -> Any:
+    """msgspec decode hook for pylon's proto-derived field types."""
+    if type_ is Duration:
+        return parse_duration(obj)
+    if type_ is RegexPattern:
+        if not isinstance(obj, str):
+            raise ValueError(f"expected a regex string, got {type(obj).__name__}")
+        compile_regex(obj)
+        return RegexPattern(obj)
+    if type_ is NotSupportedYet:
+        raise ValueError("not supported yet")
+    raise NotImplementedError(f"no decoder for {type_!r}")
+
+
+def convert(data: Any, struct_type: type[StructT]) -> StructT:
+    """Decode parsed YAML/JSON into `struct_type` the way Envoy's proto-JSON parser reads it.
+
+    Non-strict mode lets numbers arrive as strings (`port_value: "8080"`), which
+    protobuf's JSON mapping accepts. Raises msgspec.ValidationError.
+    """
+    return msgspec.convert(data, struct_type, strict=False, dec_hook=dec_hook)
+
+
+class EnvoyStruct(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    """Base of every Envoy message: unknown fields are errors, instances are immutable.
+
+    msgspec inherits `forbid_unknown_fields` and `frozen` but not `kw_only`, so
+    subclasses repeat `kw_only=True` (it lets required fields follow defaulted ones
+    in Envoy's field order).
+    """
+
+
+# --------------------------------------------------------------------------- validation helpers
+
+
+def _set_fields(struct: msgspec.Struct, names: tuple[str, ...]) -> list[str]:
+    return [name for name in names if getattr(struct, name) is not None]
+
+
+def _exactly_one(struct: msgspec.Struct, *names: str) -> None:
+    given = _set_fields(struct, names)
+    if len(given) != 1:
+        got = f" (got {', '.join(given)})" if given else ""
+        raise ValueError(f"exactly one of {', '.join(names)} must be set{got}")
+
+
+def _at_most_one(struct: msgspec.Struct, *names: str) -> None:
+    given = _set_fields(struct, names)
+    if len(given) > 1:
+        raise ValueError(f"at most one of {', '.join(names)} may be set (got {', '.join(given)})")
+
+
+def _explain_unknown_type(category: str, type_url: str) -> str:
+    what = registry.CATEGORY_NAMES[category]
+    elsewhere = sorted(registry.CATEGORY_NAMES[c] for c in registry.categories_of(type_url))
+    if elsewhere:
+        head = f"{type_url} is registered as {' and '.join(elsewhere)}, but this position takes {what}s"
+    else:
+        head = f"unknown {what} type {type_url}"
+    accepted = sorted(registry.type_urls(category))
+    if not accepted:
+        return f"{head}; {what}s are not supported yet"
+    return f"{head}; accepted here: {', '.join(accepted)}"
+
+
+def decode_typed(category: str, raw: Any) -> msgspec.Struct:
+    """The registered Struct for a `typed_config` value in `category`.
+
+    Raises FieldError with a path relative to the typed_config ("@type",
+    "route_config.virtual_hosts[0]", ...). A Struct built in code is accepted if
+    its type is registered in `category`.
+    """
+    if isinstance(raw, msgspec.Struct):
+        url = registry.type_url_of(type(raw))
+        if url is None or registry.lookup(category, url) is not type(raw):
+            raise FieldError("", f"{type(raw).__qualname__} is not a registered {registry.CATEGORY_NAMES[category]}")
+        return raw
+    if not isinstance(raw, dict):
+        raise FieldError("", f"expected an object with @type, got {type(raw).__name__}")
+    type_url = raw.get("@type")
+    if not isinstance(type_url, str) or not type_url:
+        raise FieldError("@type", "missing required field")
+    struct_type = registry.lookup(category, type_url)
+    if struct_type is None:
+        raise FieldError("@type", _explain_unknown_type(category, type_url))
+    body = {key: value for key, value in raw.items() if key != "@type"}
+    try:
+        return convert(body, struct_type)
+    except msgspec.ValidationError as exc:
+        path, message = split_validation_error(exc)
+        raise FieldError(path, message) from None
+
+
+def _resolve_typed_field(struct: msgspec.Struct, field: str, category: str) -> None:
+    """Replace the raw Any in `field` by its decoded Struct (errors located through the field)."""
+    try:
+        decoded = decode_typed(category, getattr(struct, field))
+    except FieldError as exc:
+        raise FieldError(join_path(field, exc.rel_path), exc.message) from None
+    force_setattr(struct, field, decoded)
+
+
+class _TypedExtension(EnvoyStruct, kw_only=True):
+    """Envoy's {name, typed_config} pair; each subclass fixes the registry category of its position."""
+
+    category: ClassVar[str]
+    name: NonEmptyStr
+    typed_config: Any
+
+    def __post_init__(self) -> None:
+        _resolve_typed_field(self, "typed_config", self.category)
+
+
+# --------------------------------------------------------------------------- core types
+
+
+class SocketAddress(EnvoyStruct, kw_only=True):
+    """config.core.v3.SocketAddress; only TCP and numeric `port_value` (no named ports)."""
+
+    protocol: Literal["TCP", "UDP"] = "TCP"
+    address: NonEmptyStr
+    port_value: Port
+    ipv4_compat: bool = False
+
+    def __post_init__(self) -> None:
+        if self.protocol != "TCP":
+            raise FieldError("protocol", f"{self.protocol} is not supported yet")
+
+
+class Address(EnvoyStruct, kw_only=True):
+    """config.core.v3.Address; of its oneof only `socket_address` is supported."""
+
+    socket_address: SocketAddress
+
+
+class Percent(EnvoyStruct, kw_only=True):
+    """type.v3.Percent."""
+
+    value: Annotated[float, msgspec.Meta(ge=0, le=100)] = 0.0
+
+
+class HeaderValue(EnvoyStruct, kw_only=True):
+    key: NonEmptyStr
+    value: str = ""
+
+
+AppendAction = Literal["APPEND_IF_EXISTS_OR_ADD", "ADD_IF_ABSENT", "OVERWRITE_IF_EXISTS_OR_ADD", "OVERWRITE_IF_EXISTS"]
+
+
+class HeaderValueOption(EnvoyStruct, kw_only=True):
+    """config.core.v3.HeaderValueOption; `append` is the deprecated form of `append_action`."""
+
+    header: HeaderValue
+    append: bool | None = None
+    append_action: AppendAction = "APPEND_IF_EXISTS_OR_ADD"
+    keep_empty_value: bool = False
+
+    def __post_init__(self) -> None:
+        if self.append is not None and self.append_action != "APPEND_IF_EXISTS_OR_ADD":
+            raise ValueError("append and append_action cannot both be set")
+
+    @property
+    def effective_action(self) -> AppendAction:
+        """The action to apply, folding the deprecated `append: false` into OVERWRITE_IF_EXISTS_OR_ADD."""
+        return "OVERWRITE_IF_EXISTS_OR_ADD" if self.append is False else self.append_action
+
+
+class _HeaderMutations(EnvoyStruct, kw_only=True):
+    """The four header add/remove lists shared by routes, virtual hosts and route configs."""
+
+    request_headers_to_add: list[HeaderValueOption] = []
+    request_headers_to_remove: list[NonEmptyStr] = []
+    response_headers_to_add: list[HeaderValueOption] = []
+    response_headers_to_remove: list[NonEmptyStr] = []
+
+
+# --------------------------------------------------------------------------- matchers
+
+
+class GoogleRe2(EnvoyStruct, kw_only=True):
+    """The (deprecated, empty) RE2 engine selector of a RegexMatcher."""
+
+
+class RegexMatcher(EnvoyStruct, kw_only=True):
+    """type.matcher.v3.RegexMatcher; the pattern is compiled with RE2 at load time."""
+
+    google_re2: GoogleRe2 | None = None
+    regex: RegexPattern
+
+
+class StringMatcher(EnvoyStruct, kw_only=True):
+    """type.matcher.v3.StringMatcher: exactly one of the match kinds."""
+
+    exact: str | None = None
+    prefix: NonEmptyStr | None = None
+    suffix: NonEmptyStr | None = None
+    safe_regex: RegexMatcher | None = None
+    contains: NonEmptyStr | None = None
+    ignore_case: bool = False
+
+    def __post_init__(self) -> None:
+        _exactly_one(self, "exact", "prefix", "suffix", "safe_regex", "contains")
+
+
+class HeaderMatcher(EnvoyStruct, kw_only=True):
+    """config.route.v3.HeaderMatcher; with no match kind set it matches on presence, as in Envoy."""
+
+    name: NonEmptyStr
+    exact_match: str | None = None
+    safe_regex_match: RegexMatcher | None = None
+    present_match: bool | None = None
+    prefix_match: NonEmptyStr | None = None
+    suffix_match: NonEmptyStr | None = None
+    contains_match: NonEmptyStr | None = None
+    string_match: StringMatcher | None = None
+    invert_match: bool = False
+    treat_missing_header_as_empty: bool = False
+
+    def __post_init__(self) -> None:
+        _at_most_one(
+            self, "exact_match", "safe_regex_match", "present_match", "prefix_match",
+            "suffix_match", "contains_match", "string_match",
+        )  # fmt: skip
+
+
+class QueryParameterMatcher(EnvoyStruct, kw_only=True):
+    """config.route.v3.QueryParameterMatcher; with neither kind set it matches on presence."""
+
+    name: NonEmptyStr
+    string_match: StringMatcher | None = None
+    present_match: bool | None = None
+
+    def __post_init__(self) -> None:
+        _at_most_one(self, "string_match", "present_match")
+
+
+# --------------------------------------------------------------------------- routes
+
+
+class RouteMatch(EnvoyStruct, kw_only=True):
+    prefix: str | None = None
+    path: str | None = None
+    safe_regex: RegexMatcher | None = None
+    case_sensitive: bool = True
+    headers: list[HeaderMatcher] = []
+    query_parameters: list[QueryParameterMatcher] = []
+
+    def __post_init__(self) -> None:
+        _exactly_one(self, "prefix", "path", "safe_regex")
+
+
+RETRY_ON_CONDITIONS = frozenset(
+    {
+        "5xx", "gateway-error", "connect-failure", "reset", "retriable-status-codes",
+        "refused-stream", "retriable-4xx", "envoy-ratelimited",
+    }
+)  # fmt: skip
+
+
+class RetryBackOff(EnvoyStruct, kw_only=True):
+    base_interval: Duration
+    max_interval: Duration | None = None
+
+    def __post_init__(self) -> None:
+        if self.base_interval <= 0:
+            raise FieldError("base_interval", "must be greater than 0s")
+        if self.max_interval is not None and self.max_interval < self.base_interval:
+            raise FieldError("max_interval", "must not be less than base_interval")
+
+
+class RetryPolicy(EnvoyStruct, kw_only=True):
+    """config.route.v3.RetryPolicy; `retry_on` is Envoy's comma-separated condition list."""
+
+    retry_on: str = ""
+    num_retries: UInt32 = 1
+    per_try_timeout: Duration | None = None
+    retriable_status_codes: list[UInt32] = []
+    retry_back_off: RetryBackOff | None = None
+
+    def __post_init__(self) -> None:
+        for condition in self.conditions:
+            if condition not in RETRY_ON_CONDITIONS:
+                raise FieldError(
+                    "retry_on",
+                    f"unsupported retry condition {condition!r}; supported: {', '.join(sorted(RETRY_ON_CONDITIONS))}",
+                )
+
+    @property
+    def conditions(self) -> frozenset[str]:
+        """The retry conditions named in `retry_on`."""
+        return frozenset(token.strip() for token in self.retry_on.split(",") if token.strip())
+
+
+class HashPolicyHeader(EnvoyStruct, kw_only=True):
+    header_name: NonEmptyStr
+
+
+class HashPolicy(EnvoyStruct, kw_only=True):
+    """config.route.v3.RouteAction.HashPolicy; only the `header` policy is supported."""
+
+    header: HashPolicyHeader
+    terminal: bool = False
+
+
+class ClusterWeight(_HeaderMutations, kw_only=True):
+    name: NonEmptyStr
+    weight: UInt32 | None = None
+
+
+class WeightedCluster(EnvoyStruct, kw_only=True):
+    clusters: Annotated[list[ClusterWeight], msgspec.Meta(min_length=1)]
+    total_weight: UInt32 | None = None
+
+    def __post_init__(self) -> None:
+        total = sum(cluster.weight or 0 for cluster in self.clusters)
+        if total == 0:
+            raise FieldError("clusters", "the sum of weights must be greater than 0")
+        if self.total_weight is not None and self.total_weight != total:
+            raise FieldError("total_weight", f"is {self.total_weight} but the weights sum to {total}")
+
+
+class RegexRewrite(EnvoyStruct, kw_only=True):
+    pattern: RegexMatcher
+    substitution: str
+
+
+class RouteAction(EnvoyStruct, kw_only=True):
+    cluster: NonEmptyStr | None = None
+    weighted_clusters: WeightedCluster | None = None
+    prefix_rewrite: str | None = None
+    regex_rewrite: RegexRewrite | None = None
+    host_rewrite_literal: str | None = None
+    timeout: Duration = Duration(15)
+    idle_timeout: Duration | None = None
+    retry_policy: RetryPolicy | None = None
+    hash_policy: list[HashPolicy] = []
+
+    def __post_init__(self) -> None:
+        _exactly_one(self, "cluster", "weighted_clusters")
+        _at_most_one(self, "prefix_rewrite", "regex_rewrite")
+
+
+RedirectResponseCode = Literal[
+    "MOVED_PERMANENTLY", "FOUND", "SEE_OTHER", "TEMPORARY_REDIRECT", "PERMANENT_REDIRECT"
+]
+
+
+class RedirectAction(EnvoyStruct, kw_only=True):
+    https_redirect: bool | None = None
+    scheme_redirect: str | None = None
+    host_redirect: str | None = None
+    port_redirect: Port = 0
+    path_redirect: str | None = None
+    prefix_rewrite: str | None = None
+    response_code: RedirectResponseCode = "MOVED_PERMANENTLY"
+    strip_query: bool = False
+
+    def __post_init__(self) -> None:
+        _at_most_one(self, "https_redirect", "scheme_redirect")
+        _at_most_one(self, "path_redirect", "prefix_rewrite")
+
+
+class DirectResponseAction(EnvoyStruct, kw_only=True):
+    status: Annotated[int, msgspec.Meta(ge=100, le=599)]
+    body: DataSource | None = None
+
+
+class Route(_HeaderMutations, kw_only=True):
+    name: str = ""
+    match: RouteMatch
+    route: RouteAction | None = None
+    redirect: RedirectAction | None = None
+    direct_response: DirectResponseAction | None = None
+
+    def __post_init__(self) -> None:
+        _exactly_one(self, "route", "redirect", "direct_response")
+
+
+class VirtualHost(_HeaderMutations, kw_only=True):
+    name: NonEmptyStr
+    domains: Annotated[list[NonEmptyStr], msgspec.Meta(min_length=1)]
+    routes: list[Route] = []
+    retry_policy: RetryPolicy | None = None
+
+
+class RouteConfiguration(_HeaderMutations, kw_only=True):
+    name: str = ""
+    virtual_hosts: list[VirtualHost] = []
+
+    def __post_init__(self) -> None:
+        seen: dict[str, str] = {}
+        for i, vhost in enumerate(self.virtual_hosts):
+            for j, domain in enumerate(vhost.domains):
+                key = domain.lower()
+                if key in seen:
+                    raise FieldError(
+                        f"virtual_hosts[{i}].domains[{j}]",
+                        f"duplicate domain {domain!r} (already in virtual host {seen[key]!r})",
+                    )
+                seen[key] = vhost.name
+
+
+# --------------------------------------------------------------------------- access logs
+
+
+class SubstitutionFormatString(EnvoyStruct, kw_only=True):
+    """config.core.v3.SubstitutionFormatString: a text format (DataSource) or a JSON object format."""
+
+    text_format_source: DataSource | None = None
+    json_format: dict[str, Any] | None = None
+    omit_empty_values: bool = False
+    content_type: str = ""
+
+    def __post_init__(self) -> None:
+        _exactly_one(self, "text_format_source", "json_format")
+        if self.json_format is not None:
+            _check_json_format(self.json_format, "json_format")
+
+
+def _check_json_format(node: dict[str, Any], path: str) -> None:
+    for key, value in node.items():
+        where = f"{path}.{key}"
+        if isinstance(value, dict):
+            _check_json_format(value, where)
+        elif isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise FieldError(where, f"values must be strings, numbers or nested objects, got {type(value).__name__}")
+
+
+class FileAccessLog(EnvoyStruct, kw_only=True):
+    path: NonEmptyStr
+    log_format: SubstitutionFormatString | None = None
+
+
+class StdoutAccessLog(EnvoyStruct, kw_only=True):
+    log_format: SubstitutionFormatString | None = None
+
+
+class StderrAccessLog(EnvoyStruct, kw_only=True):
+    log_format: SubstitutionFormatString | None = None
+
+
+class AccessLog(EnvoyStruct, kw_only=True):
+    """config.accesslog.v3.AccessLog; `filter` is recognised but not supported yet."""
+
+    name: str = ""
+    filter: NotSupportedYet | None = None
+    typed_config: Any
+
+    def __post_init__(self) -> None:
+        _resolve_typed_field(self, "typed_config", registry.ACCESS_LOGGER)
+
+
+# --------------------------------------------------------------------------- HTTP connection manager
+
+
+class HttpProtocolOptions(EnvoyStruct, kw_only=True):
+    """config.core.v3.HttpProtocolOptions (HCM `common_http_protocol_options`)."""
+
+    idle_timeout: Duration = Duration(3600)
+    max_connection_duration: Duration | None = None
+    max_headers_count: PositiveUInt32 = 100
+    max_stream_duration: Duration | None = None
+    headers_with_underscores_action: Literal["ALLOW", "REJECT_REQUEST", "DROP_HEADER"] = "ALLOW"
+
+
+class HttpFilter(_TypedExtension, kw_only=True):
+    category: ClassVar[str] = registry.HTTP_FILTER
+
+
+class Router(EnvoyStruct, kw_only=True):
+    """extensions.filters.http.router.v3.Router: the terminal HTTP filter."""
+
+    terminal_filter: ClassVar[bool] = True
+    suppress_envoy_headers: bool = False
+
+
+class HttpConnectionManager(EnvoyStruct, kw_only=True):
+    """extensions.filters.network.http_connection_manager.v3.HttpConnectionManager (HTTP/1.1 only)."""
+
+    terminal_filter: ClassVar[bool] = True
+    codec_type: Literal["AUTO", "HTTP1", "HTTP2", "HTTP3"] = "AUTO"
+    stat_prefix: NonEmptyStr
+    route_config: RouteConfiguration | None = None
+    rds: NotSupportedYet | None = None
+    http_filters: list[HttpFilter] = []
+    access_log: list[AccessLog] = []
+    common_http_protocol_options: HttpProtocolOptions = msgspec.field(default_factory=HttpProtocolOptions)
+    max_request_headers_kb: Annotated[int, msgspec.Meta(ge=1, le=8192)] = 60
+    request_timeout: Duration = Duration(0)
+    stream_idle_timeout: Duration = Duration(300)
+    drain_timeout: Duration = Duration(5)
+    delayed_close_timeout: Duration = Duration(1)
+    use_remote_address: bool = False
+    xff_num_trusted_hops: UInt32 = 0
+    generate_request_id: bool = True
+    preserve_external_request_id: bool = False
+    always_set_request_id_in_response: bool = False
+    server_name: str = "envoy"
+    server_header_transformation: Literal["OVERWRITE", "APPEND_IF_ABSENT", "PASS_THROUGH"] = "OVERWRITE"
+    normalize_path: bool = False
+    merge_slashes: bool = False
+    via: str = ""
+
+    def __post_init__(self) -> None:
+        if self.codec_type in ("HTTP2", "HTTP3"):
+            raise FieldError("codec_type", f"{self.codec_type} is not supported yet")
+        if self.route_config is None:
+            raise FieldError("route_config", "missing required field (an inline route_config is required)")
+        _check_terminal_last(self.http_filters, "http_filters", "the router filter (envoy.filters.http.router)")
+
+
+def _check_terminal_last(filters: list[_TypedExtension], field: str, what: str) -> None:
+    """Envoy's rule: the terminal filter comes last, and nothing terminal comes before it."""
+    if not filters:
+        raise FieldError(field, f"must end with {what}")
+    for i, item in enumerate(filters):
+        terminal = getattr(item.typed_config, "terminal_filter", False)
+        last = i == len(filters) - 1
+        if terminal and not last:
+            raise FieldError(f"{field}[{i}]", f"{item.name} is terminal and must be the last filter")
+        if last and not terminal:
+            raise FieldError(f"{field}[{i}]", f"the last filter must be {what}, got {item.name}")
+
+
+class TcpProxy(EnvoyStruct, kw_only=True):
+    """extensions.filters.network.tcp_proxy.v3.TcpProxy to a single cluster."""
+
+    terminal_filter: ClassVar[bool] = True
+    stat_prefix: NonEmptyStr
+    cluster: NonEmptyStr
+    idle_timeout: Duration = Duration(3600)
+    access_log: list[AccessLog] = []
+    max_connect_attempts: PositiveUInt32 = 1
+
+
+# --------------------------------------------------------------------------- TLS
+
+
+TlsVersion = Literal["TLS_AUTO", "TLSv1_0", "TLSv1_1", "TLSv1_2", "TLSv1_3"]
+_TLS_ORDER = {"TLSv1_0": 0, "TLSv1_1": 1, "TLSv1_2": 2, "TLSv1_3": 3}
+
+
+class TlsParameters(EnvoyStruct, kw_only=True):
+    tls_minimum_protocol_version: TlsVersion = "TLS_AUTO"
+    tls_maximum_protocol_version: TlsVersion = "TLS_AUTO"
+    cipher_suites: list[NonEmptyStr] = []
+    ecdh_curves: list[NonEmptyStr] = []
+
+    def __post_init__(self) -> None:
+        low = _TLS_ORDER.get(self.tls_minimum_protocol_version)
+        high = _TLS_ORDER.get(self.tls_maximum_protocol_version)
+        if low is not None and high is not None and low > high:
+            raise FieldError("tls_minimum_protocol_version", "must not be above tls_maximum_protocol_version")
+
+
+class PrivateKeyProvider(EnvoyStruct, kw_only=True):
+    """extensions.transport_sockets.tls.v3.PrivateKeyProvider, resolved via the key provider registry."""
+
+    provider_name: NonEmptyStr
+    typed_config: Any
+    fallback: bool = False
+
+    def __post_init__(self) -> None:
+        _resolve_typed_field(self, "typed_config", registry.KEY_PROVIDER)
+
+
+class TlsCertificate(EnvoyStruct, kw_only=True):
+    """A certificate chain with either its private key or a private key provider."""
+
+    certificate_chain: DataSource
+    private_key: DataSource | None = None
+    private_key_provider: PrivateKeyProvider | None = None
+
+    def __post_init__(self) -> None:
+        _exactly_one(self, "private_key", "private_key_provider")
+
+
+class SubjectAltNameMatcher(EnvoyStruct, kw_only=True):
+    san_type: Literal["DNS", "URI", "EMAIL", "IP_ADDRESS"]
+    matcher: StringMatcher
+
+
+class CertificateValidationContext(EnvoyStruct, kw_only=True):
+    trusted_ca: DataSource | None = None
+    match_typed_subject_alt_names: list[SubjectAltNameMatcher] = []
+    match_subject_alt_names: list[StringMatcher] = []
+
+    def __post_init__(self) -> None:
+        if self.trusted_ca is None and (self.match_typed_subject_alt_names or self.match_subject_alt_names):
+            raise FieldError("trusted_ca", "SAN matching without a trusted CA is insecure and not allowed")
+
+
+class CommonTlsContext(EnvoyStruct, kw_only=True):
+    tls_params: TlsParameters = msgspec.field(default_factory=TlsParameters)
+    tls_certificates: list[TlsCertificate] = []
+    tls_certificate_sds_secret_configs: NotSupportedYet | None = None
+    validation_context: CertificateValidationContext | None = None
+    validation_context_sds_secret_config: NotSupportedYet | None = None
+    alpn_protocols: list[NonEmptyStr] = []
+
+
+class DownstreamTlsContext(EnvoyStruct, kw_only=True):
+    """extensions.transport_sockets.tls.v3.DownstreamTlsContext (TLS termination)."""
+
+    common_tls_context: CommonTlsContext = msgspec.field(default_factory=CommonTlsContext)
+    require_client_certificate: bool = False
+    disable_stateless_session_resumption: bool = False
+    disable_stateful_session_resumption: bool = False
+    session_timeout: Duration | None = None
+
+    def __post_init__(self) -> None:
+        if not self.common_tls_context.tls_certificates:
+            raise FieldError("common_tls_context.tls_certificates", "a server TLS context needs a certificate")
+        if self.require_client_certificate and (
+            self.common_tls_context.validation_context is None
+            or self.common_tls_context.validation_context.trusted_ca is None
+        ):
+            raise FieldError("require_client_certificate", "needs common_tls_context.validation_context.trusted_ca")
+
+
+class UpstreamTlsContext(EnvoyStruct, kw_only=True):
+    """extensions.transport_sockets.tls.v3.UpstreamTlsContext (TLS origination)."""
+
+    common_tls_context: CommonTlsContext = msgspec.field(default_factory=CommonTlsContext)
+    sni: Annotated[str, msgspec.Meta(max_length=255)] = ""
+    allow_renegotiation: bool = False
+
+
+class TransportSocket(_TypedExtension, kw_only=True):
+    """A listener filter chain's transport socket (downstream)."""
+
+    category: ClassVar[str] = registry.DOWNSTREAM_TRANSPORT_SOCKET
+
+
+class UpstreamTransportSocket(_TypedExtension, kw_only=True):
+    """A cluster's transport socket (upstream)."""
+
+    category: ClassVar[str] = registry.UPSTREAM_TRANSPORT_SOCKET
+
+
+# --------------------------------------------------------------------------- listeners
+
+
+class Filter(_TypedExtension, kw_only=True):
+    """A network filter of a filter chain."""
+
+    category: ClassVar[str] = registry.NETWORK_FILTER
+
+
+class ListenerFilter(_TypedExtension, kw_only=True):
+    category: ClassVar[str] = registry.LISTENER_FILTER
+
+
+class TlsInspector(EnvoyStruct, kw_only=True):
+    """extensions.filters.listener.tls_inspector.v3.TlsInspector."""
+
+
+class FilterChain(EnvoyStruct, kw_only=True):
+    name: str = ""
+    filters: list[Filter] = []
+    transport_socket: TransportSocket | None = None
+
+    def __post_init__(self) -> None:
+        what = "a terminal network filter (http_connection_manager or tcp_proxy)"
+        _check_terminal_last(self.filters, "filters", what)
+
+
+class ExactBalance(EnvoyStruct, kw_only=True):
+    """Listener.ConnectionBalanceConfig.ExactBalance (no fields)."""
+
+
+class ExtendBalance(_TypedExtension, kw_only=True):
+    """A TypedExtensionConfig resolved through the connection balancer registry."""
+
+    category: ClassVar[str] = registry.CONNECTION_BALANCER
+
+
+class ConnectionBalanceConfig(EnvoyStruct, kw_only=True):
+    exact_balance: ExactBalance | None = None
+    extend_balance: ExtendBalance | None = None
+
+    def __post_init__(self) -> None:
+        _exactly_one(self, "exact_balance", "extend_balance")
+
+
+class Listener(EnvoyStruct, kw_only=True):
+    name: str = ""
+    address: Address
+    filter_chains: list[FilterChain] = []
+    listener_filters: list[ListenerFilter] = []
+    per_connection_buffer_limit_bytes: UInt32 = 1024 * 1024
+    connection_balance_config: ConnectionBalanceConfig | None = None
+    enable_reuse_port: bool = True
+
+    def __post_init__(self) -> None:
+        try:
+            ipaddress.ip_address(self.address.socket_address.address)
+        except ValueError:
+            raise FieldError("address.socket_address.address", "a listener address must be an IP address") from None
+        if not self.filter_chains:
+            raise FieldError("filter_chains", "a listener needs a filter chain")
+        if len(self.filter_chains) > 1:
+            raise FieldError(
+                "filter_chains[1]", "more than one filter chain needs filter_chain_match, not supported yet"
+            )
+
+
+# --------------------------------------------------------------------------- clusters
+
+
+class Endpoint(EnvoyStruct, kw_only=True):
+    address: Address
+    hostname: str = ""
+
+
+class LbEndpoint(EnvoyStruct, kw_only=True):
+    endpoint: Endpoint
+    load_balancing_weight: PositiveUInt32 = 1
+
+
+class Locality(EnvoyStruct, kw_only=True):
+    """Where endpoints run; kept as metadata (no locality-aware balancing)."""
+
+    region: str = ""
+    zone: str = ""
+    sub_zone: str = ""
+
+
+class LocalityLbEndpoints(EnvoyStruct, kw_only=True):
+    locality: Locality | None = None
+    lb_endpoints: list[LbEndpoint] = []
+    load_balancing_weight: PositiveUInt32 | None = None
+    priority: UInt32 = 0
+
+    def __post_init__(self) -> None:
+        if self.priority != 0:
+            raise FieldError("priority", "only priority 0 is supported")
+
+
+class ClusterLoadAssignment(EnvoyStruct, kw_only=True):
+    cluster_name: NonEmptyStr
+    endpoints: list[LocalityLbEndpoints] = []
+
+
+class Thresholds(EnvoyStruct, kw_only=True):
+    """Circuit breaker limits for one routing priority."""
+
+    priority: Literal["DEFAULT", "HIGH"] = "DEFAULT"
+    max_connections: UInt32 = 1024
+    max_pending_requests: UInt32 = 1024
+    max_requests: UInt32 = 1024
+    max_retries: UInt32 = 3
+
+
+class CircuitBreakers(EnvoyStruct, kw_only=True):
+    thresholds: list[Thresholds] = []
+
+
+class Int64Range(EnvoyStruct, kw_only=True):
+    """[start, end) as in type.v3.Int64Range."""
+
+    start: int = 0
+    end: int = 0
+
+    def __post_init__(self) -> None:
+        if not 100 <= self.start < self.end <= 600:
+            raise ValueError("expected 100 <= start < end <= 600 (end is exclusive)")
+
+
+class HttpHealthCheck(EnvoyStruct, kw_only=True):
+    host: str = ""
+    path: NonEmptyStr
+    expected_statuses: list[Int64Range] = []
+
+
+class TcpHealthCheck(EnvoyStruct, kw_only=True):
+    """A connect-only TCP health check (no send/receive payloads)."""
+
+
+class HealthCheck(EnvoyStruct, kw_only=True):
+    timeout: Duration
+    interval: Duration
+    interval_jitter: Duration | None = None
+    unhealthy_threshold: UInt32
+    healthy_threshold: UInt32
+    no_traffic_interval: Duration = Duration(60)
+    http_health_check: HttpHealthCheck | None = None
+    tcp_health_check: TcpHealthCheck | None = None
+
+    def __post_init__(self) -> None:
+        for field in ("timeout", "interval"):
+            if getattr(self, field) <= 0:
+                raise FieldError(field, "must be greater than 0s")
+        _exactly_one(self, "http_health_check", "tcp_health_check")
+
+
+class OutlierDetection(EnvoyStruct, kw_only=True):
+    consecutive_5xx: UInt32 = 5
+    interval: Duration = Duration(10)
+    base_ejection_time: Duration = Duration(30)
+    max_ejection_percent: Percentage = 10
+    enforcing_consecutive_5xx: Percentage = 100
+    consecutive_gateway_failure: UInt32 = 5
+    enforcing_consecutive_gateway_failure: Percentage = 0
+
+
+class CommonLbConfig(EnvoyStruct, kw_only=True):
+    healthy_panic_threshold: Percent = msgspec.field(default_factory=lambda: Percent(value=50.0))
+
+
+RING_SIZE_MAX = 8 * 1024 * 1024
+RingSize = Annotated[int, msgspec.Meta(ge=1, le=RING_SIZE_MAX)]
+
+
+class RingHashLbConfig(EnvoyStruct, kw_only=True):
+    minimum_ring_size: RingSize = 1024
+    maximum_ring_size: RingSize = RING_SIZE_MAX
+
+    def __post_init__(self) -> None:
+        if self.minimum_ring_size > self.maximum_ring_size:
+            raise FieldError("minimum_ring_size", "must not exceed maximum_ring_size")
+
+
+class LeastRequestLbConfig(EnvoyStruct, kw_only=True):
+    choice_count: Annotated[int, msgspec.Meta(ge=2, le=UINT32_MAX)] = 2
+
+
+class Http1ProtocolOptions(EnvoyStruct, kw_only=True):
+    """config.core.v3.Http1ProtocolOptions with no options set (plain HTTP/1.1)."""
+
+
+class ExplicitHttpConfig(EnvoyStruct, kw_only=True):
+    http_protocol_options: Http1ProtocolOptions | None = None
+    http2_protocol_options: NotSupportedYet | None = None
+    http3_protocol_options: NotSupportedYet | None = None
+
+    def __post_init__(self) -> None:
+        if self.http_protocol_options is None:
+            raise FieldError("http_protocol_options", "missing required field")
+
+
+class UpstreamHttpProtocolOptions(EnvoyStruct, kw_only=True):
+    """extensions.upstreams.http.v3.HttpProtocolOptions: only an explicit HTTP/1.1 config."""
+
+    explicit_http_config: ExplicitHttpConfig | None = None
+    use_downstream_protocol_config: NotSupportedYet | None = None
+    auto_config: NotSupportedYet | None = None
+
+    def __post_init__(self) -> None:
+        if self.explicit_http_config is None:
+            raise FieldError("explicit_http_config", "missing required field")
+
+
+class Cluster(EnvoyStruct, kw_only=True):
+    name: NonEmptyStr
+    type: Literal["STATIC", "STRICT_DNS", "LOGICAL_DNS"] = "STATIC"
+    connect_timeout: Duration = Duration(5)
+    lb_policy: Literal["ROUND_ROBIN", "LEAST_REQUEST", "RANDOM", "RING_HASH"] = "ROUND_ROBIN"
+    load_assignment: ClusterLoadAssignment | None = None
+    circuit_breakers: CircuitBreakers | None = None
+    health_checks: list[HealthCheck] = []
+    outlier_detection: OutlierDetection | None = None
+    transport_socket: UpstreamTransportSocket | None = None
+    dns_lookup_family: Literal["AUTO", "V4_ONLY", "V6_ONLY", "V4_PREFERRED", "ALL"] = "AUTO"
+    dns_refresh_rate: Duration = Duration(5)
+    common_lb_config: CommonLbConfig = msgspec.field(default_factory=CommonLbConfig)
+    ring_hash_lb_config: RingHashLbConfig = msgspec.field(default_factory=RingHashLbConfig)
+    least_request_lb_config: LeastRequestLbConfig = msgspec.field(default_factory=LeastRequestLbConfig)
+    per_connection_buffer_limit_bytes: UInt32 = 1024 * 1024
+    typed_extension_protocol_options: dict[str, Any] = {}
+    max_requests_per_connection: PositiveUInt32 | None = None
+
+    def __post_init__(self) -> None:
+        if self.connect_timeout <= 0:
+            raise FieldError("connect_timeout", "must be greater than 0s")
+        self._resolve_protocol_options()
+        self._check_endpoints()
+
+    def _resolve_protocol_options(self) -> None:
+        resolved: dict[str, msgspec.Struct] = {}
+        for key, raw in self.typed_extension_protocol_options.items():
+            where = f"typed_extension_protocol_options[{key}]"
+            try:
+                value = decode_typed(registry.UPSTREAM_OPTIONS, raw)
+            except FieldError as exc:
+                raise FieldError(join_path(where, exc.rel_path), exc.message) from None
+            expected = registry.message_name(registry.type_url_of(type(value)) or "")
+            if key != expected:
+                raise FieldError(where, f"the key must be the extension name {expected}")
+            resolved[key] = value
+        force_setattr(self, "typed_extension_protocol_options", resolved)
+
+    def _check_endpoints(self) -> None:
+        if self.load_assignment is None:
+            return
+        count = 0
+        for i, locality in enumerate(self.load_assignment.endpoints):
+            for j, lb_endpoint in enumerate(locality.lb_endpoints):
+                count += 1
+                host = lb_endpoint.endpoint.address.socket_address.address
+                if self.type == "STATIC":
+                    try:
+                        ipaddress.ip_address(host)
+                    except ValueError:
+                        raise FieldError(
+                            f"load_assignment.endpoints[{i}].lb_endpoints[{j}].endpoint.address.socket_address.address",
+                            f"{host!r} is not an IP address (STATIC clusters need IPs; use STRICT_DNS for names)",
+                        ) from None
+        if self.type == "LOGICAL_DNS" and count != 1:
+            raise FieldError("load_assignment", f"a LOGICAL_DNS cluster needs exactly one endpoint, got {count}")
+
+
+# --------------------------------------------------------------------------- bootstrap
+
+
+class Node(EnvoyStruct, kw_only=True):
+    """Identity of this proxy; metadata only."""
+
+    id: str = ""
+    cluster: str = ""
+    metadata: dict[str, Any] = {}
+
+
+class Admin(EnvoyStruct, kw_only=True):
+    address: Address | None = None
+    access_log: list[AccessLog] = []
+
+
+class StaticResources(EnvoyStruct, kw_only=True):
+    listeners: list[Listener] = []
+    clusters: list[Cluster] = []
+
+
+class Bootstrap(EnvoyStruct, kw_only=True):
+    node: Node | None = None
+    admin: Admin | None = None
+    static_resources: StaticResources = msgspec.field(default_factory=StaticResources)
+
+
+# --------------------------------------------------------------------------- core extensions by name
+
+_CORE_EXTENSIONS: tuple[tuple[str, str, type], ...] = (
+    (
+        registry.NETWORK_FILTER,
+        "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        HttpConnectionManager,
+    ),
+    (registry.NETWORK_FILTER, "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy", TcpProxy),
+    (registry.HTTP_FILTER, "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router", Router),
+    (
+        registry.LISTENER_FILTER,
+        "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector",
+        TlsInspector,
+    ),
+    (
+        registry.ACCESS_LOGGER,
+        "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+        FileAccessLog,
+    ),
+    (
+        registry.ACCESS_LOGGER,
+        "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
+        StdoutAccessLog,
+    ),
+    (
+        registry.ACCESS_LOGGER,
+        "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StderrAccessLog",
+        StderrAccessLog,
+    ),
+    (
+        registry.DOWNSTREAM_TRANSPORT_SOCKET,
+        "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+        DownstreamTlsContext,
+    ),
+    (
+        registry.UPSTREAM_TRANSPORT_SOCKET,
+        "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+        UpstreamTlsContext,
+    ),
+    (
+        registry.UPSTREAM_OPTIONS,
+        "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        UpstreamHttpProtocolOptions,
+    ),
+)
+
+for _category, _type_url, _struct_type in _CORE_EXTENSIONS:
+    registry.register_typed(_category, _type_url, _struct_type)

@@ -1,0 +1,254 @@
+"""Load an Envoy v3 bootstrap (YAML or JSON) into `envoy.Bootstrap`, or fail with one clear error.
+
+Loading is pure: it reads the config file and the files DataSources name, and
+nothing else, so a config is either fully valid before anything starts or
+rejected with `ConfigError` naming the file and the field path.
+
+Beyond what the Structs check field by field, the loader checks what spans
+objects: names referenced by routes and tcp_proxy exist, names are unique, and
+every DataSource can be read.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Hashable, Iterator
+from typing import Any
+
+import msgspec
+import yaml
+
+from pylon.config import registry
+from pylon.config.datasource import DataSource, DataSourceError, read_bytes
+from pylon.config.envoy import Bootstrap, Duration, HttpConnectionManager, TcpProxy, convert, format_duration
+from pylon.config.errors import ConfigError, join_path, split_validation_error
+
+CONFIG_YAML_SOURCE = "<config-yaml>"
+
+
+def load_bootstrap(config_path: str | None = None, config_yaml: str | None = None) -> Bootstrap:
+    """The bootstrap in `config_path` (YAML or JSON by content), with `config_yaml` deep-merged over it.
+
+    Like Envoy's `-c` / `--config-yaml`: either or both may be given; when both
+    are, the YAML string's values override the file's (objects merge key by key,
+    lists are appended, as protobuf's MergeFrom does).
+    """
+    if config_path is None and config_yaml is None:
+        raise ConfigError("<none>", "", "no config given: pass a config file (-c) or --config-yaml")
+    data: dict[str, Any] = {}
+    if config_path is not None:
+        try:
+            with open(config_path, encoding="utf-8") as fh:
+                text = fh.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(config_path, "", f"cannot read: {getattr(exc, 'strerror', None) or exc}") from exc
+        data = parse_document(text, config_path)
+    if config_yaml is not None:
+        data = merge_configs(data, parse_document(config_yaml, CONFIG_YAML_SOURCE))
+    if config_path is None:
+        source = CONFIG_YAML_SOURCE
+    elif config_yaml is None:
+        source = config_path
+    else:
+        source = f"{config_path} (merged with --config-yaml)"
+    return parse_bootstrap(data, source)
+
+
+def parse_document(text: str, source: str) -> dict[str, Any]:
+    """The top-level mapping of a YAML or JSON document; duplicate keys are errors (YAML keeps the last)."""
+    try:
+        data = json.loads(text, object_pairs_hook=_json_object) if text.lstrip().startswith("{") else _NOT_JSON
+    except json.JSONDecodeError:
+        data = _NOT_JSON  # e.g. a YAML flow mapping "{admin: {...}}": let YAML parse it
+    except _DuplicateKey as exc:
+        raise ConfigError(source, "", str(exc)) from None
+    if data is _NOT_JSON:
+        try:
+            data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+        except yaml.YAMLError as exc:
+            raise ConfigError(source, "", _describe_yaml_error(exc)) from None
+    if data is None:
+        raise ConfigError(source, "", "the config is empty")
+    if not isinstance(data, dict):
+        raise ConfigError(source, "", f"expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def merge_configs(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """`override` merged into a copy of `base` with protobuf MergeFrom semantics."""
+    merged = dict(base)
+    for key, value in override.items():
+        old = merged.get(key)
+        if isinstance(old, dict) and isinstance(value, dict):
+            merged[key] = merge_configs(old, value)
+        elif isinstance(old, list) and isinstance(value, list):
+            merged[key] = old + value
+        else:
+            merged[key] = value
+    return merged
+
+
+def parse_bootstrap(data: dict[str, Any], source: str) -> Bootstrap:
+    """Decode and validate an already-parsed bootstrap; `source` names it in errors."""
+    try:
+        bootstrap = convert(data, Bootstrap)
+    except msgspec.ValidationError as exc:
+        path, message = split_validation_error(exc)
+        raise ConfigError(source, path, message) from None
+    for path, message in _cross_reference_problems(bootstrap):
+        raise ConfigError(source, path, message)
+    for path, value in walk(bootstrap):
+        if isinstance(value, DataSource):
+            try:
+                read_bytes(value)
+            except DataSourceError as exc:
+                raise ConfigError(source, path, str(exc)) from None
+    return bootstrap
+
+
+def walk(value: Any, path: str = "") -> Iterator[tuple[str, Any]]:
+    """Every node of a decoded config with its field path, parents before children."""
+    yield path, value
+    if isinstance(value, msgspec.Struct):
+        for name in value.__struct_fields__:
+            yield from walk(getattr(value, name), join_path(path, name))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from walk(item, f"{path}[{i}]")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from walk(item, f"{path}[{key}]")
+
+
+def _cross_reference_problems(bootstrap: Bootstrap) -> Iterator[tuple[str, str]]:
+    resources = bootstrap.static_resources
+    yield from _duplicates("static_resources.clusters", [c.name for c in resources.clusters], "cluster")
+    yield from _duplicates("static_resources.listeners", [l.name for l in resources.listeners], "listener")
+    clusters = {cluster.name for cluster in resources.clusters}
+    for i, listener in enumerate(resources.listeners):
+        for j, chain in enumerate(listener.filter_chains):
+            for k, network_filter in enumerate(chain.filters):
+                base = f"static_resources.listeners[{i}].filter_chains[{j}].filters[{k}].typed_config"
+                config = network_filter.typed_config
+                if isinstance(config, TcpProxy) and config.cluster not in clusters:
+                    yield f"{base}.cluster", f"unknown cluster {config.cluster!r}"
+                elif isinstance(config, HttpConnectionManager) and config.route_config is not None:
+                    yield from _route_cluster_problems(config, f"{base}.route_config", clusters)
+
+
+def _route_cluster_problems(hcm: HttpConnectionManager, base: str, clusters: set[str]) -> Iterator[tuple[str, str]]:
+    assert hcm.route_config is not None
+    for v, vhost in enumerate(hcm.route_config.virtual_hosts):
+        for r, route in enumerate(vhost.routes):
+            action = route.route
+            where = f"{base}.virtual_hosts[{v}].routes[{r}].route"
+            if action is None:
+                continue
+            if action.cluster is not None and action.cluster not in clusters:
+                yield f"{where}.cluster", f"unknown cluster {action.cluster!r}"
+            if action.weighted_clusters is not None:
+                for w, weighted in enumerate(action.weighted_clusters.clusters):
+                    if weighted.name not in clusters:
+                        yield f"{where}.weighted_clusters.clusters[{w}].name", f"unknown cluster {weighted.name!r}"
+
+
+def _duplicates(base: str, names: list[str], what: str) -> Iterator[tuple[str, str]]:
+    first: dict[str, int] = {}
+    for i, name in enumerate(names):
+        if not name:
+            continue
+        if name in first:
+            yield f"{base}[{i}].name", f"duplicate {what} name {name!r} (also {base}[{first[name]}])"
+        first.setdefault(name, i)
+
+
+def bootstrap_to_dict(bootstrap: Bootstrap) -> dict[str, Any]:
+    """Envoy-shaped JSON of a bootstrap: defaults left out, `@type` back in typed configs.
+
+    Used by the admin `/config_dump`; loading the result again gives an equal Bootstrap.
+    """
+    encoded = _to_builtins(bootstrap)
+    assert isinstance(encoded, dict)
+    return encoded
+
+
+def _to_builtins(value: Any) -> Any:
+    if isinstance(value, msgspec.Struct):
+        out: dict[str, Any] = {}
+        type_url = registry.type_url_of(type(value))
+        if type_url is not None:
+            out["@type"] = type_url
+        for field in msgspec.structs.fields(value):
+            item = getattr(value, field.name)
+            if item is None or _is_default(field, item):
+                continue
+            out[field.encode_name] = _to_builtins(item)
+        return out
+    if isinstance(value, Duration):
+        return format_duration(value)
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    if isinstance(value, list):
+        return [_to_builtins(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _to_builtins(item) for key, item in value.items()}
+    return value
+
+
+def _is_default(field: msgspec.structs.FieldInfo, value: Any) -> bool:
+    if field.default is not msgspec.NODEFAULT:
+        return bool(value == field.default)
+    if field.default_factory is not msgspec.NODEFAULT:
+        return bool(value == field.default_factory())
+    return False
+
+
+# --------------------------------------------------------------------------- parsing details
+
+_NOT_JSON = object()
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise _DuplicateKey(f"duplicate key {key!r}")
+        result[key] = value
+    return result
+
+
+def _describe_yaml_error(exc: yaml.YAMLError) -> str:
+    """One line: where in the text and what the YAML parser found."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        mark = exc.problem_mark
+        context = f"{exc.context}, " if exc.context else ""
+        return f"invalid YAML at line {mark.line + 1}, column {mark.column + 1}: {context}{exc.problem}"
+    return f"invalid YAML: {exc}".replace("\n", " ")
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that rejects duplicate mapping keys instead of keeping the last one."""
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue  # `<<:` merges may be overridden by explicit keys; that is YAML, not a duplicate
+        key = loader.construct_object(key_node, deep=True)
+        if not isinstance(key, Hashable):
+            continue  # construct_mapping reports unhashable keys itself
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                "while constructing a mapping", node.start_mark, f"found duplicate key {key!r}", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep=True)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)

@@ -1,0 +1,861 @@
+"""The Envoy v3 subset: each field family loads with Envoy's values and defaults, and fails at its path."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from pylon.config.envoy import (
+    AccessLog,
+    Duration,
+    FileAccessLog,
+    HttpConnectionManager,
+    Router,
+    StderrAccessLog,
+    StdoutAccessLog,
+    TcpProxy,
+    UpstreamHttpProtocolOptions,
+    UpstreamTlsContext,
+    format_duration,
+    parse_duration,
+)
+from pylon.config.errors import ConfigError
+from tests.config.builders import (
+    DOWNSTREAM_TLS_TYPE,
+    FILE_LOG_TYPE,
+    HCM_PATH,
+    HTTP_OPTIONS_TYPE,
+    ROUTES_PATH,
+    STDERR_LOG_TYPE,
+    STDOUT_LOG_TYPE,
+    TCP_PROXY_TYPE,
+    TLS_INSPECTOR_TYPE,
+    UPSTREAM_TLS_TYPE,
+    bootstrap,
+    cluster,
+    hcm,
+    http_bootstrap,
+    listener,
+    load,
+    the_hcm,
+    y,
+)
+
+PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+
+
+def error(data: dict[str, Any]) -> str:
+    with pytest.raises(ConfigError) as info:
+        load(data)
+    return str(info.value)
+
+
+def routes(text: str) -> list[dict[str, Any]]:
+    return y(text)
+
+
+# --------------------------------------------------------------------------- durations
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("1s", 1.0), ("0.250s", 0.25), ("1.5s", 1.5), ("0s", 0.0), ("0.000000001s", 1e-9),
+     ({"seconds": 2, "nanos": 500_000_000}, 2.5), ({"nanos": 1000}, 1e-6), ({"seconds": "3"}, 3.0)],
+)  # fmt: skip
+def test_duration_forms(text: Any, seconds: float) -> None:
+    value = parse_duration(text)
+    assert isinstance(value, Duration) and value == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("bad", ["5", "1m", "-1s", "1.s", 1, "1.0000000001s", {"minutes": 1}, {"seconds": 1.5}])
+def test_bad_durations_are_rejected(bad: Any) -> None:
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration(bad)
+
+
+def test_bad_duration_is_an_error_at_its_field() -> None:
+    data = http_bootstrap(routes(r"""
+      - match: {prefix: "/"}
+        route: {cluster: svc, timeout: 15}
+    """))  # fmt: skip
+    assert error(data) == (
+        f"config error in test.yaml: {ROUTES_PATH}[0].route.timeout: "
+        "invalid duration 15: expected a string like \"1s\" or {seconds, nanos}"
+    )
+
+
+def test_format_duration_round_trips() -> None:
+    for seconds in (0.0, 1.0, 0.25, 1.5, 3600.0, 0.000001):
+        assert parse_duration(format_duration(seconds)) == pytest.approx(seconds)
+    assert format_duration(Duration(0.25)) == "0.25s"
+    assert format_duration(Duration(15)) == "15s"
+
+
+# --------------------------------------------------------------------------- HTTP connection manager
+
+
+def test_hcm_defaults_are_envoys() -> None:
+    manager = the_hcm(load(http_bootstrap()))
+    assert isinstance(manager, HttpConnectionManager)
+    assert manager.codec_type == "AUTO"
+    assert manager.common_http_protocol_options.idle_timeout == 3600
+    assert manager.common_http_protocol_options.max_headers_count == 100
+    assert manager.common_http_protocol_options.max_connection_duration is None
+    assert manager.common_http_protocol_options.headers_with_underscores_action == "ALLOW"
+    assert manager.max_request_headers_kb == 60
+    assert manager.request_timeout == 0
+    assert manager.stream_idle_timeout == 300
+    assert manager.drain_timeout == 5
+    assert manager.delayed_close_timeout == 1
+    assert manager.use_remote_address is False
+    assert manager.xff_num_trusted_hops == 0
+    assert manager.generate_request_id is True
+    assert manager.server_name == "envoy"
+    assert manager.server_header_transformation == "OVERWRITE"
+    assert manager.normalize_path is False and manager.merge_slashes is False
+    assert isinstance(manager.http_filters[0].typed_config, Router)
+    assert manager.http_filters[0].typed_config.suppress_envoy_headers is False
+
+
+def test_hcm_explicit_values() -> None:
+    fields = y("""
+      codec_type: HTTP1
+      common_http_protocol_options:
+        idle_timeout: 30s
+        max_headers_count: 50
+        max_connection_duration: 600s
+        max_stream_duration: {seconds: 10}
+        headers_with_underscores_action: REJECT_REQUEST
+      max_request_headers_kb: 96
+      request_timeout: 2s
+      stream_idle_timeout: 0.5s
+      drain_timeout: 1s
+      delayed_close_timeout: 0s
+      use_remote_address: true
+      xff_num_trusted_hops: 2
+      generate_request_id: false
+      preserve_external_request_id: true
+      always_set_request_id_in_response: true
+      server_name: pylon
+      server_header_transformation: PASS_THROUGH
+      normalize_path: true
+      merge_slashes: true
+      via: pylon-1
+      http_filters:
+      - name: envoy.filters.http.router
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+          suppress_envoy_headers: true
+    """)
+    manager = the_hcm(load(http_bootstrap(**fields)))
+    options = manager.common_http_protocol_options
+    assert (options.idle_timeout, options.max_headers_count, options.max_connection_duration) == (30, 50, 600)
+    assert options.max_stream_duration == 10 and options.headers_with_underscores_action == "REJECT_REQUEST"
+    assert manager.codec_type == "HTTP1" and manager.max_request_headers_kb == 96
+    assert (manager.request_timeout, manager.stream_idle_timeout, manager.drain_timeout) == (2, 0.5, 1)
+    assert manager.delayed_close_timeout == 0
+    assert manager.use_remote_address and manager.xff_num_trusted_hops == 2 and not manager.generate_request_id
+    assert manager.preserve_external_request_id and manager.always_set_request_id_in_response
+    assert manager.server_name == "pylon" and manager.server_header_transformation == "PASS_THROUGH"
+    assert manager.normalize_path and manager.merge_slashes and manager.via == "pylon-1"
+    assert manager.http_filters[0].typed_config.suppress_envoy_headers is True
+
+
+@pytest.mark.parametrize("codec", ["HTTP2", "HTTP3"])
+def test_http2_codec_is_not_supported_yet(codec: str) -> None:
+    assert error(http_bootstrap(codec_type=codec)) == (
+        f"config error in test.yaml: {HCM_PATH}.codec_type: {codec} is not supported yet"
+    )
+
+
+def test_rds_is_not_supported_yet() -> None:
+    data = http_bootstrap(rds={"route_config_name": "r", "config_source": {"ads": {}}})
+    del data["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]
+    assert error(data) == f"config error in test.yaml: {HCM_PATH}.rds: not supported yet"
+
+
+def test_max_request_headers_kb_is_bounded() -> None:
+    assert f"{HCM_PATH}.max_request_headers_kb: Expected `int` <= 8192" in error(http_bootstrap(max_request_headers_kb=8193))
+
+
+def test_router_must_be_the_last_http_filter() -> None:
+    router = {"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
+    assert error(http_bootstrap(http_filters=[router, router])) == (
+        f"config error in test.yaml: {HCM_PATH}.http_filters[0]: "
+        "envoy.filters.http.router is terminal and must be the last filter"
+    )
+    assert error(http_bootstrap(http_filters=[])) == (
+        f"config error in test.yaml: {HCM_PATH}.http_filters: must end with the router filter (envoy.filters.http.router)"
+    )
+
+
+def test_missing_stat_prefix_is_a_missing_required_field() -> None:
+    data = http_bootstrap()
+    del data["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["stat_prefix"]
+    assert error(data) == f"config error in test.yaml: {HCM_PATH}.stat_prefix: missing required field"
+
+
+# --------------------------------------------------------------------------- routes
+
+
+def test_route_matchers() -> None:
+    config = load(http_bootstrap(routes(r"""
+      - name: exact
+        match:
+          path: /healthz
+          case_sensitive: false
+          headers:
+          - {name: x-exact, exact_match: "1"}
+          - {name: x-present, present_match: true, invert_match: true}
+          - {name: x-re, safe_regex_match: {regex: "^v[0-9]+$"}}
+          - {name: x-pre, prefix_match: a}
+          - {name: x-suf, suffix_match: z}
+          - {name: x-has, contains_match: m}
+          - {name: x-sm, string_match: {prefix: ab, ignore_case: true}, treat_missing_header_as_empty: true}
+          - {name: x-any}
+          query_parameters:
+          - {name: debug, string_match: {exact: "1"}}
+          - {name: trace, present_match: true}
+          - {name: plain}
+        route: {cluster: svc}
+      - match: {safe_regex: {google_re2: {}, regex: "/api/v[12]/.*"}}
+        route: {cluster: svc}
+      - match: {prefix: "/"}
+        route: {cluster: svc}
+    """)))  # fmt: skip
+    first, second, third = the_hcm(config).route_config.virtual_hosts[0].routes
+    assert first.name == "exact" and first.match.path == "/healthz" and first.match.case_sensitive is False
+    headers = first.match.headers
+    assert headers[0].exact_match == "1" and headers[1].present_match is True and headers[1].invert_match
+    assert headers[2].safe_regex_match.regex == "^v[0-9]+$"
+    assert (headers[3].prefix_match, headers[4].suffix_match, headers[5].contains_match) == ("a", "z", "m")
+    assert headers[6].string_match.prefix == "ab" and headers[6].string_match.ignore_case
+    assert headers[6].treat_missing_header_as_empty
+    assert headers[7].exact_match is None and headers[7].present_match is None
+    params = first.match.query_parameters
+    assert params[0].string_match.exact == "1" and params[1].present_match and params[2].string_match is None
+    assert second.match.safe_regex.regex == "/api/v[12]/.*" and second.match.case_sensitive is True
+    assert third.match.prefix == "/" and third.match.headers == []
+
+
+def test_route_action_fields_and_defaults() -> None:
+    config = load(http_bootstrap(routes(r"""
+      - match: {prefix: "/a"}
+        route: {cluster: svc}
+      - match: {prefix: "/b"}
+        route:
+          weighted_clusters:
+            clusters:
+            - {name: svc, weight: 80, request_headers_to_add: [{header: {key: x-w, value: a}}]}
+            - {name: other, weight: 20, response_headers_to_remove: [x-internal]}
+          prefix_rewrite: /v2/
+          host_rewrite_literal: backend.internal
+          timeout: 0s
+          idle_timeout: 30s
+          hash_policy:
+          - header: {header_name: x-user}
+            terminal: true
+          retry_policy:
+            retry_on: "5xx, connect-failure,retriable-status-codes"
+            num_retries: 3
+            per_try_timeout: 0.25s
+            retriable_status_codes: [503]
+            retry_back_off: {base_interval: 0.025s, max_interval: 0.250s}
+      - match: {prefix: "/c"}
+        route:
+          cluster: svc
+          regex_rewrite:
+            pattern: {regex: "^/c/(.*)$"}
+            substitution: /\1
+    """), clusters=[cluster("svc"), cluster("other")]))  # fmt: skip
+    plain, weighted, rewritten = (r.route for r in the_hcm(config).route_config.virtual_hosts[0].routes)
+    assert plain.cluster == "svc" and plain.timeout == 15 and plain.retry_policy is None
+    assert plain.prefix_rewrite is None and plain.idle_timeout is None and plain.hash_policy == []
+    assert [(c.name, c.weight) for c in weighted.weighted_clusters.clusters] == [("svc", 80), ("other", 20)]
+    assert weighted.weighted_clusters.clusters[0].request_headers_to_add[0].header.value == "a"
+    assert weighted.weighted_clusters.clusters[1].response_headers_to_remove == ["x-internal"]
+    assert weighted.prefix_rewrite == "/v2/" and weighted.host_rewrite_literal == "backend.internal"
+    assert weighted.timeout == 0 and weighted.idle_timeout == 30
+    assert weighted.hash_policy[0].header.header_name == "x-user" and weighted.hash_policy[0].terminal
+    retry = weighted.retry_policy
+    assert retry.conditions == {"5xx", "connect-failure", "retriable-status-codes"}
+    assert (retry.num_retries, retry.per_try_timeout, retry.retriable_status_codes) == (3, 0.25, [503])
+    assert (retry.retry_back_off.base_interval, retry.retry_back_off.max_interval) == (0.025, 0.25)
+    assert rewritten.regex_rewrite.pattern.regex == "^/c/(.*)$" and rewritten.regex_rewrite.substitution == "/\\1"
+
+
+def test_retry_policy_defaults() -> None:
+    config = load(http_bootstrap(routes("""
+      - match: {prefix: "/"}
+        route: {cluster: svc, retry_policy: {retry_on: 5xx}}
+    """)))  # fmt: skip
+    retry = the_hcm(config).route_config.virtual_hosts[0].routes[0].route.retry_policy
+    assert retry.num_retries == 1 and retry.per_try_timeout is None and retry.retry_back_off is None
+
+
+def test_unsupported_retry_condition_is_an_error_at_retry_on() -> None:
+    data = http_bootstrap(routes("""
+      - match: {prefix: "/"}
+        route: {cluster: svc, retry_policy: {retry_on: "5xx,reset-before-request"}}
+    """))  # fmt: skip
+    message = error(data)
+    assert message.startswith(
+        f"config error in test.yaml: {ROUTES_PATH}[0].route.retry_policy.retry_on: "
+        "unsupported retry condition 'reset-before-request'; supported: 5xx, connect-failure,"
+    )
+
+
+def test_redirect_and_direct_response() -> None:
+    config = load(http_bootstrap(routes("""
+      - match: {prefix: "/old"}
+        redirect: {https_redirect: true, host_redirect: example.com, port_redirect: 8443, prefix_rewrite: /new, response_code: PERMANENT_REDIRECT, strip_query: true}
+      - match: {prefix: "/plain"}
+        redirect: {path_redirect: /elsewhere}
+      - match: {path: "/teapot"}
+        direct_response: {status: 418, body: {inline_string: "short and stout"}}
+      - match: {path: "/empty"}
+        direct_response: {status: 204}
+    """)))  # fmt: skip
+    redirect, plain, teapot, empty = the_hcm(config).route_config.virtual_hosts[0].routes
+    assert redirect.redirect.https_redirect and redirect.redirect.host_redirect == "example.com"
+    assert redirect.redirect.port_redirect == 8443 and redirect.redirect.prefix_rewrite == "/new"
+    assert redirect.redirect.response_code == "PERMANENT_REDIRECT" and redirect.redirect.strip_query
+    assert plain.redirect.response_code == "MOVED_PERMANENTLY" and plain.redirect.path_redirect == "/elsewhere"
+    assert teapot.direct_response.status == 418 and teapot.direct_response.body.inline_string == "short and stout"
+    assert empty.direct_response.body is None
+
+
+def test_header_mutations_at_every_level() -> None:
+    fields = y("""
+      route_config:
+        request_headers_to_add: [{header: {key: x-rc, value: "1"}, append_action: OVERWRITE_IF_EXISTS_OR_ADD}]
+        response_headers_to_remove: [server]
+        virtual_hosts:
+        - name: backend
+          domains: ["example.com", "*.example.com"]
+          request_headers_to_remove: [x-debug]
+          response_headers_to_add: [{header: {key: x-vh, value: ""}, keep_empty_value: true}]
+          retry_policy: {retry_on: gateway-error}
+          routes:
+          - match: {prefix: "/"}
+            route: {cluster: svc}
+            request_headers_to_add: [{header: {key: x-r, value: v}, append: false}]
+            response_headers_to_add: [{header: {key: x-r2, value: v}, append_action: ADD_IF_ABSENT}]
+    """)
+    route_config = the_hcm(load(http_bootstrap(**fields))).route_config
+    assert route_config.name == "" and route_config.request_headers_to_add[0].effective_action == "OVERWRITE_IF_EXISTS_OR_ADD"
+    assert route_config.response_headers_to_remove == ["server"]
+    vhost = route_config.virtual_hosts[0]
+    assert vhost.domains == ["example.com", "*.example.com"] and vhost.request_headers_to_remove == ["x-debug"]
+    assert vhost.response_headers_to_add[0].keep_empty_value and vhost.retry_policy.conditions == {"gateway-error"}
+    route = vhost.routes[0]
+    assert route.request_headers_to_add[0].append is False
+    assert route.request_headers_to_add[0].effective_action == "OVERWRITE_IF_EXISTS_OR_ADD"
+    assert route.response_headers_to_add[0].effective_action == "ADD_IF_ABSENT"
+
+
+def test_append_and_append_action_together_is_an_error() -> None:
+    data = http_bootstrap(routes("""
+      - match: {prefix: "/"}
+        route: {cluster: svc}
+        request_headers_to_add: [{header: {key: x, value: v}, append: true, append_action: ADD_IF_ABSENT}]
+    """))  # fmt: skip
+    assert error(data) == (
+        f"config error in test.yaml: {ROUTES_PATH}[0].request_headers_to_add[0]: "
+        "append and append_action cannot both be set"
+    )
+
+
+@pytest.mark.parametrize(
+    ("route", "path", "message"),
+    [
+        ({"match": {"prefix": "/"}, "route": {"cluster": "svc"}, "redirect": {"path_redirect": "/x"}},
+         "[0]", "exactly one of route, redirect, direct_response must be set (got route, redirect)"),
+        ({"match": {"prefix": "/"}},
+         "[0]", "exactly one of route, redirect, direct_response must be set"),
+        ({"match": {"prefix": "/", "path": "/x"}, "route": {"cluster": "svc"}},
+         "[0].match", "exactly one of prefix, path, safe_regex must be set (got prefix, path)"),
+        ({"match": {}, "route": {"cluster": "svc"}},
+         "[0].match", "exactly one of prefix, path, safe_regex must be set"),
+        ({"match": {"prefix": "/", "headers": [{"name": "a", "exact_match": "x", "prefix_match": "y"}]},
+          "route": {"cluster": "svc"}},
+         "[0].match.headers[0]", "at most one of exact_match, safe_regex_match, present_match, prefix_match, "
+         "suffix_match, contains_match, string_match may be set (got exact_match, prefix_match)"),
+        ({"match": {"prefix": "/", "headers": [{"name": "a", "string_match": {"ignore_case": True}}]},
+          "route": {"cluster": "svc"}},
+         "[0].match.headers[0].string_match", "exactly one of exact, prefix, suffix, safe_regex, contains must be set"),
+        ({"match": {"prefix": "/"}, "route": {"cluster": "svc", "prefix_rewrite": "/a",
+                                               "regex_rewrite": {"pattern": {"regex": "a"}, "substitution": "b"}}},
+         "[0].route", "at most one of prefix_rewrite, regex_rewrite may be set (got prefix_rewrite, regex_rewrite)"),
+        ({"match": {"prefix": "/"}, "redirect": {"https_redirect": True, "scheme_redirect": "http"}},
+         "[0].redirect", "at most one of https_redirect, scheme_redirect may be set (got https_redirect, scheme_redirect)"),
+        ({"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": "a", "filename": "/b"}}},
+         "[0].direct_response.body",
+         "exactly one of filename, inline_bytes, inline_string, environment_variable must be set (got filename, inline_string)"),
+        ({"match": {"prefix": "/"}, "route": {}},
+         "[0].route", "exactly one of cluster, weighted_clusters must be set"),
+    ],
+)  # fmt: skip
+def test_oneof_violations_name_the_message(route: dict[str, Any], path: str, message: str) -> None:
+    assert error(http_bootstrap([route])) == f"config error in test.yaml: {ROUTES_PATH}{path}: {message}"
+
+
+def test_bad_regex_is_an_error_at_its_path() -> None:
+    data = http_bootstrap(routes("""
+      - match: {safe_regex: {regex: "/(?=lookahead)"}}
+        route: {cluster: svc}
+    """))  # fmt: skip
+    assert error(data) == (
+        f"config error in test.yaml: {ROUTES_PATH}[0].match.safe_regex.regex: "
+        "invalid regex '/(?=lookahead)': invalid perl operator: (?="
+    )
+
+
+def test_weighted_clusters_need_a_positive_total() -> None:
+    data = http_bootstrap(routes("""
+      - match: {prefix: "/"}
+        route: {weighted_clusters: {clusters: [{name: svc, weight: 0}, {name: svc}]}}
+    """))  # fmt: skip
+    assert error(data) == (
+        f"config error in test.yaml: {ROUTES_PATH}[0].route.weighted_clusters.clusters: "
+        "the sum of weights must be greater than 0"
+    )
+
+
+def test_duplicate_domains_across_virtual_hosts() -> None:
+    fields = y("""
+      route_config:
+        virtual_hosts:
+        - {name: a, domains: ["example.com"], routes: []}
+        - {name: b, domains: ["Example.com"], routes: []}
+    """)
+    assert error(http_bootstrap(**fields)) == (
+        f"config error in test.yaml: {HCM_PATH}.route_config.virtual_hosts[1].domains[0]: "
+        "duplicate domain 'Example.com' (already in virtual host 'a')"
+    )
+
+
+# --------------------------------------------------------------------------- access logs
+
+
+def test_access_loggers() -> None:
+    logs = y("""
+      - name: envoy.access_loggers.file
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+          path: /dev/stdout
+          log_format:
+            text_format_source: {inline_string: "[%START_TIME%] %REQ(:METHOD)% %RESPONSE_CODE%\\n"}
+      - name: envoy.access_loggers.stdout
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog
+          log_format:
+            json_format: {status: "%RESPONSE_CODE%", upstream: {host: "%UPSTREAM_HOST%"}, version: 1}
+            omit_empty_values: true
+            content_type: application/json
+      - typed_config:
+          "@type": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StderrAccessLog
+    """)
+    manager = the_hcm(load(http_bootstrap(access_log=logs)))
+    file_log, stdout_log, stderr_log = manager.access_log
+    assert isinstance(file_log, AccessLog) and isinstance(file_log.typed_config, FileAccessLog)
+    assert file_log.typed_config.path == "/dev/stdout"
+    assert file_log.typed_config.log_format.text_format_source.inline_string.endswith("%RESPONSE_CODE%\n")
+    assert isinstance(stdout_log.typed_config, StdoutAccessLog)
+    fmt = stdout_log.typed_config.log_format
+    assert fmt.json_format == {"status": "%RESPONSE_CODE%", "upstream": {"host": "%UPSTREAM_HOST%"}, "version": 1}
+    assert fmt.omit_empty_values and fmt.content_type == "application/json"
+    assert isinstance(stderr_log.typed_config, StderrAccessLog) and stderr_log.typed_config.log_format is None
+    assert stderr_log.name == ""
+
+
+def test_access_log_filter_is_not_supported_yet() -> None:
+    logs = [{"name": "x", "filter": {"status_code_filter": {}}, "typed_config": {"@type": STDOUT_LOG_TYPE}}]
+    assert error(http_bootstrap(access_log=logs)) == (
+        f"config error in test.yaml: {HCM_PATH}.access_log[0].filter: not supported yet"
+    )
+
+
+def test_json_format_values_must_be_strings_numbers_or_objects() -> None:
+    logs = [{"typed_config": {"@type": STDOUT_LOG_TYPE, "log_format": {"json_format": {"a": {"b": ["x"]}}}}}]
+    assert error(http_bootstrap(access_log=logs)) == (
+        f"config error in test.yaml: {HCM_PATH}.access_log[0].typed_config.log_format.json_format.a.b: "
+        "values must be strings, numbers or nested objects, got list"
+    )
+
+
+def test_unknown_field_inside_a_typed_config_inside_a_typed_config() -> None:
+    logs = [{"typed_config": {"@type": FILE_LOG_TYPE, "path": "/tmp/x", "format": "%START_TIME%"}}]
+    assert error(http_bootstrap(access_log=logs)) == (
+        f"config error in test.yaml: {HCM_PATH}.access_log[0].typed_config.format: unknown field"
+    )
+
+
+# --------------------------------------------------------------------------- tcp proxy
+
+
+def test_tcp_proxy() -> None:
+    proxy = {"@type": TCP_PROXY_TYPE, "stat_prefix": "tcp", "cluster": "svc"}
+    config = load(bootstrap([listener(proxy)]))
+    tcp = the_hcm(config)
+    assert isinstance(tcp, TcpProxy)
+    assert (tcp.stat_prefix, tcp.cluster, tcp.idle_timeout, tcp.max_connect_attempts) == ("tcp", "svc", 3600, 1)
+    proxy.update(idle_timeout="10s", max_connect_attempts=3, access_log=[{"typed_config": {"@type": STDERR_LOG_TYPE}}])
+    tcp = the_hcm(load(bootstrap([listener(proxy)])))
+    assert (tcp.idle_timeout, tcp.max_connect_attempts, len(tcp.access_log)) == (10, 3, 1)
+
+
+def test_tcp_proxy_weighted_clusters_are_unknown() -> None:
+    proxy = {"@type": TCP_PROXY_TYPE, "stat_prefix": "tcp", "cluster": "svc", "weighted_clusters": {}}
+    assert error(bootstrap([listener(proxy)])) == f"config error in test.yaml: {HCM_PATH}.weighted_clusters: unknown field"
+
+
+# --------------------------------------------------------------------------- listeners
+
+
+def test_listener_defaults_and_fields() -> None:
+    plain = load(bootstrap()).static_resources.listeners[0]
+    assert plain.per_connection_buffer_limit_bytes == 1024 * 1024 and plain.enable_reuse_port is True
+    assert plain.connection_balance_config is None and plain.listener_filters == []
+    tuned = listener(
+        hcm(),
+        per_connection_buffer_limit_bytes=32768,
+        enable_reuse_port=False,
+        connection_balance_config={"exact_balance": {}},
+        listener_filters=[{"name": "envoy.filters.listener.tls_inspector", "typed_config": {"@type": TLS_INSPECTOR_TYPE}}],
+    )
+    loaded = load(bootstrap([tuned])).static_resources.listeners[0]
+    assert loaded.per_connection_buffer_limit_bytes == 32768 and loaded.enable_reuse_port is False
+    assert loaded.connection_balance_config.exact_balance is not None
+    assert loaded.listener_filters[0].name == "envoy.filters.listener.tls_inspector"
+    assert loaded.address.socket_address.port_value == 10000 and loaded.address.socket_address.protocol == "TCP"
+
+
+def test_extend_balance_names_the_unregistered_type() -> None:
+    url = "type.googleapis.com/envoy.extensions.network.connection_balance.dlb.v3alpha.Dlb"
+    balance = {"extend_balance": {"name": "envoy.network.connection_balance.dlb", "typed_config": {"@type": url}}}
+    assert error(bootstrap([listener(hcm(), connection_balance_config=balance)])) == (
+        "config error in test.yaml: static_resources.listeners[0].connection_balance_config.extend_balance."
+        f"typed_config.@type: unknown connection balancer type {url}; connection balancers are not supported yet"
+    )
+
+
+def test_only_the_tls_inspector_listener_filter_is_accepted() -> None:
+    url = "type.googleapis.com/envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol"
+    filters = [{"name": "envoy.filters.listener.proxy_protocol", "typed_config": {"@type": url}}]
+    assert error(bootstrap([listener(hcm(), listener_filters=filters)])) == (
+        "config error in test.yaml: static_resources.listeners[0].listener_filters[0].typed_config.@type: "
+        f"unknown listener filter type {url}; accepted here: {TLS_INSPECTOR_TYPE}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "path", "message"),
+    [
+        ({"address": {"socket_address": {"address": "localhost", "port_value": 80}}},
+         "address.socket_address.address", "a listener address must be an IP address"),
+        ({"address": {"socket_address": {"address": "127.0.0.1"}}},
+         "address.socket_address.port_value", "missing required field"),
+        ({"address": {"pipe": {"path": "/tmp/s"}}}, "address.pipe", "unknown field"),
+        ({"address": {"socket_address": {"address": "::1", "port_value": 80, "protocol": "UDP"}}},
+         "address.socket_address.protocol", "UDP is not supported yet"),
+        ({"address": {"socket_address": {"address": "::1", "port_value": 70000}}},
+         "address.socket_address.port_value", "Expected `int` <= 65535"),
+        ({"filter_chains": []}, "filter_chains", "a listener needs a filter chain"),
+        ({"filter_chains": [{"filters": [{"name": "a", "typed_config": {"@type": TCP_PROXY_TYPE, "stat_prefix": "t",
+                                                                          "cluster": "svc"}}]}] * 2},
+         "filter_chains[1]", "more than one filter chain needs filter_chain_match, not supported yet"),
+        ({"connection_balance_config": {}}, "connection_balance_config",
+         "exactly one of exact_balance, extend_balance must be set"),
+    ],
+)  # fmt: skip
+def test_listener_errors(change: dict[str, Any], path: str, message: str) -> None:
+    assert error(bootstrap([listener(hcm(), **change)])) == (
+        f"config error in test.yaml: static_resources.listeners[0].{path}: {message}"
+    )
+
+
+def test_network_filter_before_the_terminal_one_is_rejected() -> None:
+    chain = {"filters": [{"name": "hcm", "typed_config": hcm()}, {"name": "tcp", "typed_config": {"@type": TCP_PROXY_TYPE, "stat_prefix": "t", "cluster": "svc"}}]}
+    assert error(bootstrap([listener(hcm(), filter_chains=[chain])])) == (
+        "config error in test.yaml: static_resources.listeners[0].filter_chains[0].filters[0]: "
+        "hcm is terminal and must be the last filter"
+    )
+
+
+# --------------------------------------------------------------------------- TLS
+
+
+def downstream_tls(**common: Any) -> dict[str, Any]:
+    context = {"tls_certificates": [{"certificate_chain": {"inline_string": PEM}, "private_key": {"inline_string": "k"}}]}
+    context.update(common)
+    return {"name": "envoy.transport_sockets.tls", "typed_config": {"@type": DOWNSTREAM_TLS_TYPE, "common_tls_context": context}}
+
+
+def test_downstream_tls_context() -> None:
+    socket = downstream_tls(
+        tls_params={"tls_minimum_protocol_version": "TLSv1_2", "tls_maximum_protocol_version": "TLSv1_3",
+                    "cipher_suites": ["ECDHE-RSA-AES128-GCM-SHA256"], "ecdh_curves": ["X25519", "P-256"]},
+        validation_context={"trusted_ca": {"inline_string": PEM},
+                            "match_typed_subject_alt_names": [{"san_type": "URI", "matcher": {"prefix": "spiffe://cluster.local/"}}],
+                            "match_subject_alt_names": [{"exact": "client.example.com"}]},
+        alpn_protocols=["http/1.1"],
+    )  # fmt: skip
+    socket["typed_config"].update(require_client_certificate=True, session_timeout="300s",
+                                  disable_stateless_session_resumption=True)  # fmt: skip
+    chain = {"filters": [{"name": "hcm", "typed_config": hcm()}], "transport_socket": socket}
+    tls = load(bootstrap([listener(hcm(), filter_chains=[chain])])).static_resources.listeners[0].filter_chains[0]
+    context = tls.transport_socket.typed_config
+    assert context.require_client_certificate and context.session_timeout == 300
+    assert context.disable_stateless_session_resumption and not context.disable_stateful_session_resumption
+    common = context.common_tls_context
+    assert common.tls_params.tls_minimum_protocol_version == "TLSv1_2"
+    assert common.tls_params.ecdh_curves == ["X25519", "P-256"] and common.alpn_protocols == ["http/1.1"]
+    assert common.tls_certificates[0].certificate_chain.inline_string == PEM
+    san = common.validation_context.match_typed_subject_alt_names[0]
+    assert san.san_type == "URI" and san.matcher.prefix == "spiffe://cluster.local/"
+    assert common.validation_context.match_subject_alt_names[0].exact == "client.example.com"
+
+
+@pytest.mark.parametrize(
+    ("common", "path", "message"),
+    [
+        ({"tls_certificates": []}, "common_tls_context.tls_certificates", "a server TLS context needs a certificate"),
+        ({"tls_certificates": [{"certificate_chain": {"inline_string": PEM}, "private_key_provider": {
+            "provider_name": "cryptomb", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.private_key_providers.cryptomb.v3alpha.CryptoMbPrivateKeyMethodConfig",
+                "poll_delay": "0.01s"}}}]},
+         "common_tls_context.tls_certificates[0].private_key_provider.typed_config.@type",
+         "unknown private key provider type type.googleapis.com/envoy.extensions.private_key_providers.cryptomb."
+         "v3alpha.CryptoMbPrivateKeyMethodConfig; private key providers are not supported yet"),
+        ({"tls_certificates": [{"certificate_chain": {"inline_string": PEM}}]},
+         "common_tls_context.tls_certificates[0]", "exactly one of private_key, private_key_provider must be set"),
+        ({"tls_certificate_sds_secret_configs": [{"name": "default"}]},
+         "common_tls_context.tls_certificate_sds_secret_configs", "not supported yet"),
+        ({"validation_context_sds_secret_config": {"name": "ROOTCA"}},
+         "common_tls_context.validation_context_sds_secret_config", "not supported yet"),
+        ({"tls_params": {"tls_minimum_protocol_version": "TLSv1_3", "tls_maximum_protocol_version": "TLSv1_2"}},
+         "common_tls_context.tls_params.tls_minimum_protocol_version", "must not be above tls_maximum_protocol_version"),
+        ({"tls_params": {"tls_minimum_protocol_version": "SSLv3"}},
+         "common_tls_context.tls_params.tls_minimum_protocol_version", "Invalid enum value 'SSLv3'"),
+        ({"validation_context": {"match_subject_alt_names": [{"exact": "a"}]}},
+         "common_tls_context.validation_context.trusted_ca", "SAN matching without a trusted CA is insecure and not allowed"),
+    ],
+)  # fmt: skip
+def test_downstream_tls_errors(common: dict[str, Any], path: str, message: str) -> None:
+    chain = {"filters": [{"name": "hcm", "typed_config": hcm()}], "transport_socket": downstream_tls(**common)}
+    assert error(bootstrap([listener(hcm(), filter_chains=[chain])])) == (
+        "config error in test.yaml: static_resources.listeners[0].filter_chains[0].transport_socket.typed_config."
+        f"{path}: {message}"
+    )
+
+
+def test_upstream_tls_context_and_wrong_direction() -> None:
+    upstream = {"name": "tls", "typed_config": {"@type": UPSTREAM_TLS_TYPE, "sni": "backend.example.com",
+                                                "common_tls_context": {"validation_context": {"trusted_ca": {"inline_string": PEM}}}}}  # fmt: skip
+    context = load(bootstrap(clusters=[cluster(transport_socket=upstream)])).static_resources.clusters[0].transport_socket.typed_config
+    assert isinstance(context, UpstreamTlsContext) and context.sni == "backend.example.com"
+    assert context.allow_renegotiation is False and context.common_tls_context.tls_certificates == []
+    assert context.common_tls_context.tls_params.tls_minimum_protocol_version == "TLS_AUTO"
+    upstream["typed_config"]["@type"] = DOWNSTREAM_TLS_TYPE
+    assert error(bootstrap(clusters=[cluster(transport_socket=upstream)])) == (
+        "config error in test.yaml: static_resources.clusters[0].transport_socket.typed_config.@type: "
+        f"{DOWNSTREAM_TLS_TYPE} is registered as downstream transport socket, but this position takes "
+        f"upstream transport sockets; accepted here: {UPSTREAM_TLS_TYPE}"
+    )
+
+
+# --------------------------------------------------------------------------- clusters
+
+
+def test_cluster_defaults_are_envoys() -> None:
+    svc = load(bootstrap()).static_resources.clusters[0]
+    assert (svc.type, svc.lb_policy, svc.connect_timeout, svc.dns_lookup_family) == ("STATIC", "ROUND_ROBIN", 5, "AUTO")
+    assert svc.dns_refresh_rate == 5 and svc.common_lb_config.healthy_panic_threshold.value == 50
+    assert (svc.ring_hash_lb_config.minimum_ring_size, svc.ring_hash_lb_config.maximum_ring_size) == (1024, 8388608)
+    assert svc.least_request_lb_config.choice_count == 2 and svc.per_connection_buffer_limit_bytes == 1048576
+    assert svc.circuit_breakers is None and svc.outlier_detection is None and svc.health_checks == []
+    assert svc.max_requests_per_connection is None and svc.typed_extension_protocol_options == {}
+    lb_endpoint = svc.load_assignment.endpoints[0].lb_endpoints[0]
+    assert lb_endpoint.load_balancing_weight == 1 and lb_endpoint.endpoint.hostname == ""
+    assert svc.load_assignment.endpoints[0].priority == 0 and svc.load_assignment.endpoints[0].locality is None
+
+
+def test_cluster_fields() -> None:
+    data = y(f"""
+      name: web
+      type: STRICT_DNS
+      connect_timeout: 0.25s
+      lb_policy: RING_HASH
+      dns_lookup_family: V4_ONLY
+      dns_refresh_rate: 30s
+      per_connection_buffer_limit_bytes: 65536
+      max_requests_per_connection: 100
+      common_lb_config: {{healthy_panic_threshold: {{value: 25.5}}}}
+      ring_hash_lb_config: {{minimum_ring_size: 128, maximum_ring_size: 4096}}
+      least_request_lb_config: {{choice_count: 3}}
+      load_assignment:
+        cluster_name: web
+        endpoints:
+        - locality: {{region: eu, zone: eu-1a, sub_zone: rack9}}
+          load_balancing_weight: 10
+          lb_endpoints:
+          - endpoint: {{address: {{socket_address: {{address: web.internal, port_value: 80}}}}, hostname: web-1}}
+            load_balancing_weight: 3
+      circuit_breakers:
+        thresholds:
+        - {{max_connections: 10, max_pending_requests: 20, max_requests: 30, max_retries: 1}}
+        - {{priority: HIGH}}
+      health_checks:
+      - timeout: 1s
+        interval: 5s
+        interval_jitter: 0.5s
+        unhealthy_threshold: 3
+        healthy_threshold: 2
+        http_health_check: {{path: /healthz, host: web.internal, expected_statuses: [{{start: 200, end: 300}}]}}
+      - {{timeout: 1s, interval: 10s, unhealthy_threshold: 1, healthy_threshold: 1, no_traffic_interval: 30s, tcp_health_check: {{}}}}
+      outlier_detection: {{consecutive_5xx: 3, interval: 5s, base_ejection_time: 10s, max_ejection_percent: 50,
+                          consecutive_gateway_failure: 2, enforcing_consecutive_gateway_failure: 100}}
+      typed_extension_protocol_options:
+        envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+          "@type": {HTTP_OPTIONS_TYPE}
+          explicit_http_config: {{http_protocol_options: {{}}}}
+    """)  # fmt: skip
+    web = load(bootstrap(clusters=[data], listeners=[listener(hcm(routes=[{"match": {"prefix": "/"}, "route": {"cluster": "web"}}]))])).static_resources.clusters[0]
+    assert (web.type, web.connect_timeout, web.lb_policy, web.dns_lookup_family) == ("STRICT_DNS", 0.25, "RING_HASH", "V4_ONLY")
+    assert web.dns_refresh_rate == 30 and web.per_connection_buffer_limit_bytes == 65536
+    assert web.max_requests_per_connection == 100 and web.common_lb_config.healthy_panic_threshold.value == 25.5
+    assert web.ring_hash_lb_config.minimum_ring_size == 128 and web.least_request_lb_config.choice_count == 3
+    locality = web.load_assignment.endpoints[0]
+    assert (locality.locality.region, locality.locality.zone, locality.locality.sub_zone) == ("eu", "eu-1a", "rack9")
+    assert locality.load_balancing_weight == 10
+    endpoint = locality.lb_endpoints[0]
+    assert endpoint.load_balancing_weight == 3 and endpoint.endpoint.hostname == "web-1"
+    assert endpoint.endpoint.address.socket_address.address == "web.internal"
+    default, high = web.circuit_breakers.thresholds
+    assert (default.priority, default.max_connections, default.max_pending_requests) == ("DEFAULT", 10, 20)
+    assert (default.max_requests, default.max_retries) == (30, 1)
+    assert (high.priority, high.max_connections, high.max_retries) == ("HIGH", 1024, 3)
+    http_check, tcp_check = web.health_checks
+    assert (http_check.timeout, http_check.interval, http_check.interval_jitter) == (1, 5, 0.5)
+    assert http_check.http_health_check.path == "/healthz" and http_check.no_traffic_interval == 60
+    assert (http_check.http_health_check.expected_statuses[0].start, http_check.http_health_check.expected_statuses[0].end) == (200, 300)
+    assert tcp_check.tcp_health_check is not None and tcp_check.no_traffic_interval == 30
+    outlier = web.outlier_detection
+    assert (outlier.consecutive_5xx, outlier.interval, outlier.base_ejection_time, outlier.max_ejection_percent) == (3, 5, 10, 50)
+    assert outlier.enforcing_consecutive_5xx == 100 and outlier.enforcing_consecutive_gateway_failure == 100
+    options = web.typed_extension_protocol_options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+    assert isinstance(options, UpstreamHttpProtocolOptions) and options.explicit_http_config.http_protocol_options is not None
+
+
+def test_outlier_detection_defaults() -> None:
+    outlier = load(bootstrap(clusters=[cluster(outlier_detection={})])).static_resources.clusters[0].outlier_detection
+    assert (outlier.consecutive_5xx, outlier.interval, outlier.base_ejection_time) == (5, 10, 30)
+    assert (outlier.max_ejection_percent, outlier.enforcing_consecutive_5xx) == (10, 100)
+    assert (outlier.consecutive_gateway_failure, outlier.enforcing_consecutive_gateway_failure) == (5, 0)
+
+
+OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+
+@pytest.mark.parametrize(
+    ("change", "path", "message"),
+    [
+        ({"type": "EDS"}, "type", "Invalid enum value 'EDS'"),
+        ({"lb_policy": "MAGLEV"}, "lb_policy", "Invalid enum value 'MAGLEV'"),
+        ({"connect_timeout": "0s"}, "connect_timeout", "must be greater than 0s"),
+        ({"typed_extension_protocol_options": {OPTIONS_KEY: {"@type": HTTP_OPTIONS_TYPE,
+                                                             "explicit_http_config": {"http2_protocol_options": {}}}}},
+         f"typed_extension_protocol_options[{OPTIONS_KEY}].explicit_http_config.http2_protocol_options", "not supported yet"),
+        ({"typed_extension_protocol_options": {OPTIONS_KEY: {"@type": HTTP_OPTIONS_TYPE, "auto_config": {}}}},
+         f"typed_extension_protocol_options[{OPTIONS_KEY}].auto_config", "not supported yet"),
+        ({"typed_extension_protocol_options": {"http": {"@type": HTTP_OPTIONS_TYPE,
+                                                        "explicit_http_config": {"http_protocol_options": {}}}}},
+         "typed_extension_protocol_options[http]", f"the key must be the extension name {OPTIONS_KEY}"),
+        ({"health_checks": [{"timeout": "1s", "interval": "1s", "unhealthy_threshold": 1, "healthy_threshold": 1}]},
+         "health_checks[0]", "exactly one of http_health_check, tcp_health_check must be set"),
+        ({"health_checks": [{"timeout": "1s", "interval": "1s", "healthy_threshold": 1, "tcp_health_check": {}}]},
+         "health_checks[0].unhealthy_threshold", "missing required field"),
+        ({"ring_hash_lb_config": {"minimum_ring_size": 4096, "maximum_ring_size": 1024}},
+         "ring_hash_lb_config.minimum_ring_size", "must not exceed maximum_ring_size"),
+        ({"least_request_lb_config": {"choice_count": 1}}, "least_request_lb_config.choice_count", "Expected `int` >= 2"),
+        ({"common_lb_config": {"healthy_panic_threshold": {"value": 101}}},
+         "common_lb_config.healthy_panic_threshold.value", "Expected `float` <= 100.0"),
+        ({"circuit_breakers": {"thresholds": [{"priority": "LOW"}]}}, "circuit_breakers.thresholds[0].priority",
+         "Invalid enum value 'LOW'"),
+        ({"load_assignment": {"cluster_name": "svc", "endpoints": [{"priority": 1}]}},
+         "load_assignment.endpoints[0].priority", "only priority 0 is supported"),
+        ({"load_assignment": {"cluster_name": "svc", "endpoints": [{"lb_endpoints": [
+            {"endpoint": {"address": {"socket_address": {"address": "db.local", "port_value": 1}}}}]}]}},
+         "load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address.address",
+         "'db.local' is not an IP address (STATIC clusters need IPs; use STRICT_DNS for names)"),
+        ({"type": "LOGICAL_DNS", "load_assignment": {"cluster_name": "svc", "endpoints": []}},
+         "load_assignment", "a LOGICAL_DNS cluster needs exactly one endpoint, got 0"),
+        ({"load_assignment": {"cluster_name": "svc", "endpoints": [{"lb_endpoints": [
+            {"endpoint": {"address": {"socket_address": {"address": "::1", "port_value": 1}}}, "load_balancing_weight": 0}]}]}},
+         "load_assignment.endpoints[0].lb_endpoints[0].load_balancing_weight", "Expected `int` >= 1"),
+        ({"http2_protocol_options": {}}, "http2_protocol_options", "unknown field"),
+    ],
+)  # fmt: skip
+def test_cluster_errors(change: dict[str, Any], path: str, message: str) -> None:
+    assert error(bootstrap(clusters=[cluster(**change)])) == (
+        f"config error in test.yaml: static_resources.clusters[0].{path}: {message}"
+    )
+
+
+# --------------------------------------------------------------------------- bootstrap, unknown fields, @type
+
+
+def test_node_and_admin() -> None:
+    data = bootstrap()
+    data["node"] = {"id": "front-proxy-1", "cluster": "front", "metadata": {"team": "edge", "n": 1}}
+    data["admin"] = {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 9901}},
+                     "access_log": [{"name": "a", "typed_config": {"@type": FILE_LOG_TYPE, "path": "/dev/null"}}]}  # fmt: skip
+    loaded = load(data)
+    assert (loaded.node.id, loaded.node.cluster, loaded.node.metadata) == ("front-proxy-1", "front", {"team": "edge", "n": 1})
+    assert loaded.admin.address.socket_address.port_value == 9901
+    assert loaded.admin.access_log[0].typed_config.path == "/dev/null"
+
+
+@pytest.mark.parametrize(
+    ("mutate", "path"),
+    [
+        (lambda d: d.update(layered_runtime={}), "layered_runtime"),
+        (lambda d: d["static_resources"].update(secrets=[]), "static_resources.secrets"),
+        (lambda d: d["static_resources"]["listeners"][0].update(filter_chain_match={}), "static_resources.listeners[0].filter_chain_match"),
+        (lambda d: d["static_resources"]["listeners"][0]["filter_chains"][0].update(filter_chain_match={}),
+         "static_resources.listeners[0].filter_chains[0].filter_chain_match"),
+        (lambda d: d["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"].update(http2_protocol_options={}),
+         f"{HCM_PATH}.http2_protocol_options"),
+        (lambda d: d["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"][0].update(require_tls="ALL"),
+         f"{HCM_PATH}.route_config.virtual_hosts[0].require_tls"),
+        (lambda d: d["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][0]["typed_config"].update(dynamic_stats=False),
+         f"{HCM_PATH}.http_filters[0].typed_config.dynamic_stats"),
+        (lambda d: d["static_resources"]["clusters"][0]["load_assignment"]["endpoints"][0]["lb_endpoints"][0].update(health_status="HEALTHY"),
+         "static_resources.clusters[0].load_assignment.endpoints[0].lb_endpoints[0].health_status"),
+    ],
+)  # fmt: skip
+def test_unknown_fields_at_several_depths(mutate: Any, path: str) -> None:
+    data = bootstrap()
+    mutate(data)
+    assert error(data) == f"config error in test.yaml: {path}: unknown field"
+
+
+def test_missing_or_unknown_type_urls() -> None:
+    data = bootstrap([listener({"stat_prefix": "x"})])
+    assert error(data) == f"config error in test.yaml: {HCM_PATH}.@type: missing required field"
+    url = "type.googleapis.com/envoy.extensions.filters.network.redis_proxy.v3.RedisProxy"
+    assert error(bootstrap([listener({"@type": url})])) == (
+        f"config error in test.yaml: {HCM_PATH}.@type: unknown network filter type {url}; accepted here: "
+        f"type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager, {TCP_PROXY_TYPE}"
+    )
+    data = bootstrap()
+    del data["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    assert error(data) == f"config error in test.yaml: {HCM_PATH}: missing required field"
+
+
+def test_type_url_prefix_is_not_significant() -> None:
+    manager = hcm()
+    manager["@type"] = "example.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+    assert isinstance(the_hcm(load(bootstrap([listener(manager)]))), HttpConnectionManager)
