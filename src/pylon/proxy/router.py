@@ -1,0 +1,762 @@
+"""The route table: virtual hosts, routes and matchers, compiled once from a RouteConfiguration.
+
+Sans-IO: `RouteTable.match(authority, path, headers)` takes request values and
+returns the precomputed `MatchedRoute` (or None for Envoy's 404 "NR"). All
+parsing, lower-casing, regex compilation and header-rule compilation happens
+in the constructor, so the per-request cost is one dict lookup for the virtual
+host (memoised by authority) plus a tight first-match loop over the routes.
+
+Semantics are Envoy's (v3 `RouteConfiguration`), with one documented choice:
+
+- Virtual host by domain, case-insensitively: exact, then suffix wildcards
+  (`*.foo.com`, `*-bar.foo.com`; longest wins; the `*` must cover at least one
+  character), then prefix wildcards (`foo.*`; longest wins), then `*`.
+  A Host with a port (`foo.com:8080`) is first tried as is against exact and
+  wildcard domains; if none matches, the port is stripped and the lookup
+  repeated, and only then does `*` apply. (Envoy strips the port only when
+  told to, e.g. `ignore_port_in_host_matching`.) The fallback lets
+  `curl http://foo.com:8080/` reach the `foo.com` virtual host without
+  listing `foo.com:8080`, and changes nothing for configs that list both
+  forms, as Istio's do.
+- Routes in order, first match wins. Path matchers see the path without query
+  string or fragment; `case_sensitive: false` lower-cases both sides (ASCII).
+- Header matchers follow Envoy's `HeaderUtility::matchHeaders`: repeated
+  headers are joined with ","; a missing header fails every matcher except
+  `present_match: false`, and with `invert_match` only `present_match: true`
+  matches it; `treat_missing_header_as_empty` matches it as "".
+  `:authority`, `:path`, `:method` and `:scheme` read the request's values.
+- Query parameters are matched on their raw (not percent-decoded) first value,
+  as Envoy's route matcher does (`QueryParamsMulti::parseQueryString`).
+- Header rules (`*_headers_to_add/remove`) run weighted cluster, route, virtual
+  host, then route configuration: on overwrite the route configuration wins,
+  Envoy's default (`most_specific_header_mutations_wins: false`).
+- Rewrites and redirects follow Envoy's `rewritePathByPrefixOrRegex` and
+  `Http::Utility::newUri`, including their treatment of ports and query strings.
+"""
+
+from __future__ import annotations
+
+import random
+from bisect import bisect_right
+from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
+
+from pylon.config.datasource import read_bytes
+from pylon.proxy.headers import HeaderList, HeaderOps, compile_header_level
+from pylon.regex import Regex, RegexEngine, get_engine
+
+if TYPE_CHECKING:
+    from pylon.config.envoy import (
+        DirectResponseAction, HeaderMatcher, QueryParameterMatcher, RedirectAction, RetryPolicy, Route,
+        RouteAction, RouteConfiguration, RouteMatch, StringMatcher, VirtualHost,
+    )
+
+__all__ = ["MatchedRoute", "RetryRule", "RouteTable"]
+
+MAX_DIRECT_RESPONSE_BODY = 4096  # Envoy's default max_direct_response_body_size_bytes
+
+REDIRECT_CODES = {
+    "MOVED_PERMANENTLY": 301,
+    "FOUND": 302,
+    "SEE_OTHER": 303,
+    "TEMPORARY_REDIRECT": 307,
+    "PERMANENT_REDIRECT": 308,
+}
+
+# Path match kinds, in the order the match loop tests them.
+_BLOCK, _PREFIX, _PATH, _REGEX, _PREFIX_CI, _PATH_CI = range(6)
+
+# Runs of at least this many condition-free, case-sensitive prefix/path routes are
+# matched as one `_PlainBlock` (a few dict probes instead of one test per route).
+_BLOCK_MIN_ROUTES = 3
+
+_VHOST_CACHE_MAX = 1024
+_MISS = object()
+
+
+# --------------------------------------------------------------------------- string matchers
+
+
+def _compile_string_matcher(m: StringMatcher, engine: RegexEngine, as_bytes: bool) -> Callable[[Any], bool]:
+    """An Envoy StringMatcher as a predicate over bytes (headers) or str (query values)."""
+    ignore_case = m.ignore_case
+
+    def literal(s: str) -> Any:
+        if as_bytes:
+            s = s.encode()  # type: ignore[assignment]
+        return s.lower() if ignore_case else s
+
+    if m.exact is not None:
+        x = literal(m.exact)
+        return (lambda v: v.lower() == x) if ignore_case else (lambda v: v == x)
+    if m.prefix is not None:
+        x = literal(m.prefix)
+        return (lambda v: v.lower().startswith(x)) if ignore_case else (lambda v: v.startswith(x))
+    if m.suffix is not None:
+        x = literal(m.suffix)
+        return (lambda v: v.lower().endswith(x)) if ignore_case else (lambda v: v.endswith(x))
+    if m.contains is not None:
+        x = literal(m.contains)
+        return (lambda v: x in v.lower()) if ignore_case else (lambda v: x in v)
+    return _regex_predicate(engine.compile(m.safe_regex.regex), as_bytes)  # type: ignore[union-attr]
+
+
+def _regex_predicate(regex: Regex, as_bytes: bool) -> Callable[[Any], bool]:
+    fullmatch = regex.fullmatch
+    if as_bytes:
+        return lambda v: fullmatch(v.decode("utf-8", "replace"))
+    return fullmatch
+
+
+class _HeaderMatcher:
+    """One compiled Envoy HeaderMatcher."""
+
+    __slots__ = ("name", "pseudo", "test", "invert", "treat_missing", "present_kind", "present")
+
+    def __init__(self, config: HeaderMatcher, engine: RegexEngine) -> None:
+        name = config.name.lower()
+        self.name = name.encode()
+        self.pseudo = name if name.startswith(":") else None
+        if self.pseudo not in (None, ":authority", ":path", ":method", ":scheme"):
+            raise ValueError(f"header matcher: pseudo-header {name!r} is not supported "
+                             "(supported: :authority, :path, :method, :scheme)")
+        self.invert = config.invert_match
+        self.treat_missing = config.treat_missing_header_as_empty
+        self.present_kind = False
+        self.present = False
+        self.test: Callable[[bytes], bool]
+        if config.string_match is not None:
+            self.test = _compile_string_matcher(config.string_match, engine, as_bytes=True)
+        elif config.exact_match is not None:
+            x = config.exact_match.encode()
+            # Envoy's legacy exact_match: an empty value matches any value.
+            self.test = (lambda v: True) if not x else (lambda v: v == x)
+        elif config.prefix_match is not None:
+            x = config.prefix_match.encode()
+            self.test = lambda v: v.startswith(x)
+        elif config.suffix_match is not None:
+            x = config.suffix_match.encode()
+            self.test = lambda v: v.endswith(x)
+        elif config.contains_match is not None:
+            x = config.contains_match.encode()
+            self.test = lambda v: x in v
+        elif config.safe_regex_match is not None:
+            self.test = _regex_predicate(engine.compile(config.safe_regex_match.regex), as_bytes=True)
+        else:
+            # present_match, or nothing at all (Envoy then means "present").
+            present = True if config.present_match is None else config.present_match
+            self.present_kind = True
+            self.present = present
+            self.test = lambda v: present
+
+    def matches(self, value: bytes | None) -> bool:
+        if value is None:
+            if not self.treat_missing:
+                if self.invert:
+                    return self.present_kind and self.present
+                return self.present_kind and not self.present
+            value = b""
+        return self.test(value) != self.invert
+
+
+class _QueryMatcher:
+    """One compiled Envoy QueryParameterMatcher (first value of the parameter, raw)."""
+
+    __slots__ = ("name", "present", "test")
+
+    def __init__(self, config: QueryParameterMatcher, engine: RegexEngine) -> None:
+        self.name = config.name
+        self.present = config.present_match
+        self.test = (
+            None if config.string_match is None
+            else _compile_string_matcher(config.string_match, engine, as_bytes=False)
+        )
+
+    def matches(self, params: dict[str, str]) -> bool:
+        value = params.get(self.name)
+        if self.present is not None:
+            return (value is not None) == self.present
+        if value is None:
+            return False
+        return self.test is None or self.test(value)
+
+
+def _first_query_values(path: str) -> dict[str, str]:
+    """Raw first value per parameter name (`a` alone means an empty value), as Envoy parses them."""
+    q = path.find("?")
+    params: dict[str, str] = {}
+    if q < 0:
+        return params
+    query = path[q + 1 :]
+    h = query.find("#")
+    if h >= 0:
+        query = query[:h]
+    for part in query.split("&"):
+        if not part:
+            continue
+        name, _, value = part.partition("=")
+        if name not in params:
+            params[name] = value
+    return params
+
+
+class _Conditions:
+    """Header and query-parameter conditions of a route, checked after its path matched."""
+
+    __slots__ = ("headers", "queries")
+
+    def __init__(self, headers: Sequence[_HeaderMatcher], queries: Sequence[_QueryMatcher]) -> None:
+        self.headers = tuple(headers)
+        self.queries = tuple(queries)
+
+    def matches(self, headers: HeaderList, authority: str, path: str,
+                method: str | None, scheme: str | None) -> bool:
+        for hm in self.headers:
+            pseudo = hm.pseudo
+            if pseudo is None:
+                value = headers.get_joined(hm.name)
+            else:
+                text = (authority if pseudo == ":authority" else path if pseudo == ":path"
+                        else method if pseudo == ":method" else scheme)
+                value = None if text is None else text.encode()
+            if not hm.matches(value):
+                return False
+        if self.queries:
+            params = _first_query_values(path)
+            for qm in self.queries:
+                if not qm.matches(params):
+                    return False
+        return True
+
+
+# --------------------------------------------------------------------------- route results
+
+
+class RetryRule:
+    """A compiled Envoy RetryPolicy: which failures are retried, how often, how fast."""
+
+    __slots__ = (
+        "retry_on", "num_retries", "per_try_timeout", "base_interval", "max_interval", "on_5xx",
+        "on_gateway_error", "on_5xx_or_gateway", "on_connect_failure", "on_reset", "on_retriable_4xx",
+        "retriable_status_codes",
+    )
+
+    def __init__(self, config: RetryPolicy) -> None:
+        names = config.conditions
+        #: every retry_on condition, including those the caller acts on itself
+        #: (refused-stream, envoy-ratelimited)
+        self.retry_on: frozenset[str] = names
+        self.num_retries: int = config.num_retries
+        #: None = no per-try timeout (the route timeout bounds all tries)
+        self.per_try_timeout: float | None = config.per_try_timeout or None
+        backoff = config.retry_back_off
+        # Envoy: base 25 ms, max 10x base unless given.
+        self.base_interval: float = 0.025 if backoff is None else backoff.base_interval
+        self.max_interval: float = (
+            backoff.max_interval if backoff is not None and backoff.max_interval is not None
+            else 10 * self.base_interval
+        )
+        self.on_5xx = "5xx" in names
+        self.on_gateway_error = "gateway-error" in names
+        #: Envoy retries a per-try timeout under 5xx or gateway-error
+        self.on_5xx_or_gateway = self.on_5xx or self.on_gateway_error
+        # Envoy retries any upstream reset (connection failure included) under 5xx,
+        # gateway-error and reset; connect-failure covers failing to connect only.
+        self.on_reset = self.on_5xx_or_gateway or "reset" in names
+        self.on_connect_failure = self.on_reset or "connect-failure" in names
+        self.on_retriable_4xx = "retriable-4xx" in names
+        # Envoy only honours the status list when retry_on names retriable-status-codes.
+        self.retriable_status_codes: frozenset[int] = (
+            frozenset(config.retriable_status_codes) if "retriable-status-codes" in names else frozenset()
+        )
+
+    def should_retry_status(self, status: int) -> bool:
+        """Whether an upstream response with this status is retried under this policy."""
+        if self.on_5xx and status >= 500:
+            return True
+        if self.on_gateway_error and status in (502, 503, 504):
+            return True
+        if self.on_retriable_4xx and status == 409:
+            return True
+        return status in self.retriable_status_codes
+
+
+class MatchedRoute:
+    """Everything the proxy needs once a route matched, precomputed. Never mutated after build."""
+
+    __slots__ = (
+        "name", "virtual_host_name", "kind", "cluster", "timeout", "idle_timeout", "retry",
+        "expected_timeout_header",
+        "hash_header", "host_rewrite", "direct_status", "direct_body", "redirect_status",
+        "request_header_ops", "response_header_ops", "rewrites", "_matched_len",
+        "_prefix_rewrite", "_regex_rewrite", "_substitution", "_weights", "_cumulative",
+        "_total_weight", "_random", "_redirect", "_cluster_ops",
+    )
+
+    def __init__(self) -> None:
+        self.name = ""
+        self.virtual_host_name = ""
+        self.kind: Literal["cluster", "direct_response", "redirect"] = "cluster"
+        #: plain cluster name ("" for weighted clusters and non-cluster routes)
+        self.cluster = ""
+        self.timeout: float | None = None
+        #: None = the route sets no idle timeout (the HCM's stream_idle_timeout applies);
+        #: 0.0 would be Envoy's "disabled" and is kept as 0.0 so the caller can tell.
+        self.idle_timeout: float | None = None
+        self.retry: RetryRule | None = None
+        #: the `x-envoy-expected-rq-timeout-ms: N\r\n` line for upstream requests, or None
+        self.expected_timeout_header: bytes | None = None
+        self.hash_header: bytes | None = None
+        self.host_rewrite: bytes | None = None
+        self.direct_status = 0
+        self.direct_body = b""
+        self.redirect_status = 0
+        self.request_header_ops = HeaderOps()
+        self.response_header_ops = HeaderOps()
+        #: False when `rewrite_path` always returns its argument (the caller may skip it)
+        self.rewrites = False
+        self._matched_len = -1  # length of the matched prefix; -1 = the whole path (exact, regex)
+        self._prefix_rewrite: str | None = None
+        self._regex_rewrite: Regex | None = None
+        self._substitution = ""
+        self._weights: tuple[str, ...] = ()
+        self._cumulative: list[float] = []
+        self._total_weight = 0.0
+        self._random: Callable[[], float] = random.random
+        self._redirect: _Redirect | None = None
+        # Weighted clusters with their own header rules: cluster name -> (request, response) ops.
+        self._cluster_ops: dict[str, tuple[HeaderOps, HeaderOps]] = {}
+
+    def __repr__(self) -> str:
+        return f"MatchedRoute(name={self.name!r}, vhost={self.virtual_host_name!r}, kind={self.kind!r})"
+
+    def pick_cluster(self) -> str:
+        """The upstream cluster for one request: the route's cluster, or a weighted random pick."""
+        if not self._weights:
+            return self.cluster
+        return self._weights[bisect_right(self._cumulative, self._random() * self._total_weight)]
+
+    def header_ops_for(self, cluster: str) -> tuple[HeaderOps, HeaderOps]:
+        """(request, response) header rules once `cluster` was picked.
+
+        Same as (`request_header_ops`, `response_header_ops`) unless the weighted
+        cluster has its own rules, which Envoy applies first.
+        """
+        ops = self._cluster_ops.get(cluster)
+        if ops is None:
+            return self.request_header_ops, self.response_header_ops
+        return ops
+
+    def rewrite_path(self, path: str) -> str:
+        """The upstream request target after prefix_rewrite / regex_rewrite (query string kept)."""
+        return _rewrite(path, self._matched_len, self._prefix_rewrite, self._regex_rewrite, self._substitution)
+
+    def redirect_location(self, scheme: str, authority: str, path: str) -> str:
+        """The Location of a redirect route, built as Envoy's `Http::Utility::newUri` does.
+
+        `scheme` is the request's (x-forwarded-proto / :scheme), `authority` its Host
+        header, `path` its raw request target.
+        """
+        r = self._redirect
+        if r is None:
+            raise ValueError(f"route {self.name!r} is not a redirect")
+        if r.prefix_rewrite is not None:
+            path = _rewrite(path, self._matched_len, r.prefix_rewrite, None, "")
+        final_scheme = r.scheme or scheme
+        if r.host:
+            host = r.host
+        else:
+            host = _request_host(authority, scheme, final_scheme, r.port)
+        if r.path:
+            if r.path_has_query:
+                path = r.path
+            else:
+                q = path.find("?")
+                path = r.path if q < 0 else r.path + path[q:]
+        if not path.startswith("/"):
+            path = "/" + path
+        if r.strip_query and not r.path_has_query:
+            q = path.find("?")
+            if q >= 0:
+                path = path[:q]
+        return f"{final_scheme}://{host}{r.port}{path}"
+
+
+def _rewrite(path: str, matched_len: int, prefix: str | None, regex: Regex | None, substitution: str) -> str:
+    if prefix is not None:
+        if matched_len < 0:
+            q = _path_end(path)
+            return prefix + path[q:]
+        return prefix + path[matched_len:]
+    if regex is not None:
+        q = _path_end(path)
+        new = regex.sub(substitution, path[:q])
+        # Envoy: a rewrite that produces an empty path leaves the path alone.
+        return new + path[q:] if new else path
+    return path
+
+
+def _path_end(path: str) -> int:
+    """Index where the path part of a request target ends (at '?' or '#')."""
+    end = len(path)
+    for sep in ("?", "#"):
+        i = path.find(sep, 0, end)
+        if i >= 0:
+            end = i
+    return end
+
+
+def _port_start(host: str) -> int:
+    """Envoy's HeaderUtility::getPortStart: index of the port's ':' or -1 (IPv6-literal aware)."""
+    colon = host.rfind(":")
+    if colon < 0:
+        return -1
+    bracket = host.rfind("]")
+    if bracket < 0 or bracket < colon:
+        return colon
+    return -1
+
+
+def _request_host(authority: str, request_scheme: str, new_scheme: str, new_port: str) -> str:
+    """Envoy's processRequestHost: drop the request's port when a new port is given, or when
+    the scheme changes and the port was the old scheme's default."""
+    if not authority:
+        return authority
+    if authority[0] == "[":
+        end = authority.rfind("]:")
+        end = end + 1 if end >= 0 else -1
+    else:
+        end = authority.rfind(":")
+    if end < 0:
+        return authority
+    port = authority[end:]
+    remove = bool(new_port)
+    if new_scheme != request_scheme:
+        remove = remove or (request_scheme == "https" and port == ":443")
+        remove = remove or (request_scheme == "http" and port == ":80")
+    return authority[:end] if remove else authority
+
+
+class _Redirect:
+    """A compiled RedirectAction."""
+
+    __slots__ = ("scheme", "host", "port", "path", "path_has_query", "prefix_rewrite", "strip_query")
+
+    def __init__(self, config: RedirectAction) -> None:
+        self.scheme = config.scheme_redirect or ("https" if config.https_redirect else "")
+        self.host = config.host_redirect or ""
+        self.port = f":{config.port_redirect}" if config.port_redirect else ""
+        self.path = config.path_redirect or ""
+        self.path_has_query = "?" in self.path
+        self.prefix_rewrite: str | None = config.prefix_rewrite
+        self.strip_query: bool = config.strip_query
+
+
+# --------------------------------------------------------------------------- the table
+
+
+class _PlainBlock:
+    """A run of plain prefix/exact-path routes, matched by a few dict probes in route order.
+
+    Prefixes are grouped by length: `path[:L]` is looked up in the table of
+    prefixes of length L, giving the index of the first route with that prefix.
+    Lengths are probed in order of their first route, stopping as soon as no
+    remaining length can beat the best index found. A table of 10 `/svcN/`
+    prefixes and a final `/` costs two probes for any path, instead of up to 10
+    `startswith` calls; in the worst case (all lengths distinct) it costs what
+    the linear scan does.
+    """
+
+    __slots__ = ("exact", "by_length", "routes")
+
+    _NONE = 1 << 62
+
+    def __init__(self, entries: Sequence[tuple[int, str, MatchedRoute]]) -> None:
+        self.exact: dict[str, int] = {}
+        by_length: dict[int, dict[str, int]] = {}
+        for i, (kind, value, _) in enumerate(entries):
+            if kind == _PATH:
+                self.exact.setdefault(value, i)
+            else:
+                by_length.setdefault(len(value), {}).setdefault(value, i)
+        self.by_length = sorted(((length, table, min(table.values())) for length, table in by_length.items()),
+                                key=lambda item: item[2])
+        self.routes = tuple(route for _, _, route in entries)
+
+    def first(self, path: str) -> MatchedRoute | None:
+        exact = self.exact
+        best = exact.get(path, self._NONE) if exact else self._NONE
+        for length, table, lowest in self.by_length:
+            if lowest >= best:
+                break
+            # A path shorter than `length` slices to a shorter string: never in `table`.
+            i = table.get(path[:length])
+            if i is not None and i < best:
+                best = i
+        return None if best == self._NONE else self.routes[best]
+
+
+def _coalesce(entries: list[tuple[int, Any, _Conditions | None, MatchedRoute]]
+              ) -> list[tuple[int, Any, _Conditions | None, MatchedRoute | None]]:
+    """Replace runs of plain prefix/path routes by `_PlainBlock`s; keeps route order."""
+    out: list[tuple[int, Any, _Conditions | None, MatchedRoute | None]] = []
+    run: list[tuple[int, str, MatchedRoute]] = []
+
+    def flush() -> None:
+        if len(run) >= _BLOCK_MIN_ROUTES:
+            out.append((_BLOCK, _PlainBlock(run).first, None, None))
+        else:
+            out.extend((kind, value, None, route) for kind, value, route in run)
+        run.clear()
+
+    for kind, arg, conditions, route in entries:
+        if conditions is None and kind in (_PREFIX, _PATH):
+            run.append((kind, arg, route))
+        else:
+            flush()
+            out.append((kind, arg, conditions, route))
+    flush()
+    return out
+
+
+class _VirtualHost:
+    __slots__ = ("name", "entries")
+
+    def __init__(self, name: str, entries: list[tuple[int, Any, _Conditions | None, MatchedRoute]]) -> None:
+        self.name = name
+        self.entries = _coalesce(entries)
+
+
+class RouteTable:
+    """A RouteConfiguration compiled for matching. Build once per config; share across requests.
+
+    Raises `ValueError` (with the virtual host and route it concerns) for what
+    the model's own validation cannot see: regexes over Envoy's RE2 program-size
+    limit, bad rewrite strings, unsupported header operators, oversized bodies.
+    `rng` drives weighted-cluster picks (inject a seeded one in tests).
+    """
+
+    def __init__(self, config: RouteConfiguration, regex_engine: RegexEngine | None = None,
+                 rng: random.Random | None = None) -> None:
+        self.name = config.name
+        self._engine = regex_engine if regex_engine is not None else get_engine()
+        self._random = (rng or random.Random()).random
+        config_request = compile_header_level(config.request_headers_to_add, config.request_headers_to_remove)
+        config_response = compile_header_level(config.response_headers_to_add, config.response_headers_to_remove)
+
+        self._exact: dict[str, _VirtualHost] = {}
+        suffixes: dict[int, dict[str, _VirtualHost]] = {}
+        prefixes: dict[int, dict[str, _VirtualHost]] = {}
+        self._default: _VirtualHost | None = None
+        for i, vh_config in enumerate(config.virtual_hosts):
+            try:
+                vhost = self._build_vhost(vh_config, config_request, config_response)
+            except ValueError as exc:
+                raise ValueError(f"virtual_hosts[{i}] ({vh_config.name}): {exc}") from exc
+            for domain in vh_config.domains:  # unique across virtual hosts (checked by the model)
+                d = domain.lower()
+                if d == "*":
+                    self._default = vhost
+                elif d.startswith("*"):
+                    suffixes.setdefault(len(d) - 1, {})[d[1:]] = vhost
+                elif d.endswith("*"):
+                    prefixes.setdefault(len(d) - 1, {})[d[:-1]] = vhost
+                else:
+                    self._exact[d] = vhost
+        # Longest wildcard first.
+        self._suffixes = sorted(suffixes.items(), reverse=True)
+        self._prefixes = sorted(prefixes.items(), reverse=True)
+        self._vhost_cache: dict[str, _VirtualHost | None] = {}
+
+    # -- build
+
+    def _build_vhost(self, config: VirtualHost, config_request: Any, config_response: Any) -> _VirtualHost:
+        vh_request = compile_header_level(config.request_headers_to_add, config.request_headers_to_remove)
+        vh_response = compile_header_level(config.response_headers_to_add, config.response_headers_to_remove)
+        vh_retry = RetryRule(config.retry_policy) if config.retry_policy is not None else None
+        entries = []
+        for j, route in enumerate(config.routes):
+            try:
+                entries.append(self._build_route(route, config.name, vh_retry,
+                                                 (vh_request, config_request), (vh_response, config_response)))
+            except ValueError as exc:
+                raise ValueError(f"routes[{j}]{f' ({route.name})' if route.name else ''}: {exc}") from exc
+        return _VirtualHost(config.name, entries)
+
+    def _build_route(self, config: Route, vhost_name: str, vh_retry: RetryRule | None,
+                     request_outer: tuple[Any, Any], response_outer: tuple[Any, Any]
+                     ) -> tuple[int, Any, _Conditions | None, MatchedRoute]:
+        engine = self._engine
+        route = MatchedRoute()
+        route.name = config.name
+        route.virtual_host_name = vhost_name
+        route._random = self._random
+        kind, arg, route._matched_len = self._path_matcher(config.match)
+        headers = [_HeaderMatcher(h, engine) for h in config.match.headers]
+        queries = [_QueryMatcher(q, engine) for q in config.match.query_parameters]
+        conditions = _Conditions(headers, queries) if headers or queries else None
+
+        # Envoy's default order: route, virtual host, route configuration (the last one wins).
+        route_request = compile_header_level(config.request_headers_to_add, config.request_headers_to_remove)
+        route_response = compile_header_level(config.response_headers_to_add, config.response_headers_to_remove)
+        route.request_header_ops = HeaderOps([route_request, *request_outer])
+        route.response_header_ops = HeaderOps([route_response, *response_outer])
+
+        if config.route is not None:
+            self._build_route_action(route, config.route, vh_retry,
+                                     (route_request, *request_outer), (route_response, *response_outer))
+        elif config.redirect is not None:
+            route.kind = "redirect"
+            route._redirect = _Redirect(config.redirect)
+            route.redirect_status = REDIRECT_CODES[config.redirect.response_code]
+        else:
+            self._build_direct_response(route, config.direct_response)
+        return (kind, arg, conditions, route)
+
+    def _path_matcher(self, match: RouteMatch) -> tuple[int, Any, int]:
+        """(kind, argument, matched prefix length or -1 for "the whole path") for `match`."""
+        if match.prefix is not None:
+            p = match.prefix
+            return (_PREFIX, p, len(p)) if match.case_sensitive else (_PREFIX_CI, p.lower(), len(p))
+        if match.path is not None:
+            p = match.path
+            return (_PATH, p, -1) if match.case_sensitive else (_PATH_CI, p.lower(), -1)
+        return (_REGEX, self._engine.compile(match.safe_regex.regex).fullmatch, -1)  # type: ignore[union-attr]
+
+    def _build_route_action(self, route: MatchedRoute, action: RouteAction, vh_retry: RetryRule | None,
+                            request_levels: tuple[Any, ...], response_levels: tuple[Any, ...]) -> None:
+        route.kind = "cluster"
+        if action.weighted_clusters is not None:
+            names: list[str] = []
+            cumulative: list[float] = []
+            total = 0.0
+            clusters = action.weighted_clusters.clusters
+            if len({cw.name for cw in clusters}) != len(clusters):
+                raise ValueError("route.weighted_clusters: a cluster is listed twice")
+            for cw in clusters:
+                own_request = compile_header_level(cw.request_headers_to_add, cw.request_headers_to_remove)
+                own_response = compile_header_level(cw.response_headers_to_add, cw.response_headers_to_remove)
+                if own_request is not None or own_response is not None:
+                    # Envoy applies the weighted cluster's rules before all others.
+                    route._cluster_ops[cw.name] = (HeaderOps([own_request, *request_levels]),
+                                                   HeaderOps([own_response, *response_levels]))
+                if cw.weight:
+                    total += cw.weight
+                    names.append(cw.name)
+                    cumulative.append(total)
+            route._weights = tuple(names)
+            route._cumulative = cumulative
+            route._total_weight = total
+        else:
+            route.cluster = action.cluster  # type: ignore[assignment]
+        route.timeout = float(action.timeout) or None  # Envoy: 0 disables the timeout (default 15s)
+        route.idle_timeout = None if action.idle_timeout is None else float(action.idle_timeout)
+        route.retry = RetryRule(action.retry_policy) if action.retry_policy is not None else vh_retry
+        # Envoy announces the per-try timeout when it is the tighter bound, else the route timeout.
+        expected = route.timeout
+        per_try = route.retry.per_try_timeout if route.retry is not None else None
+        if per_try is not None and (expected is None or per_try < expected):
+            expected = per_try
+        if expected is not None:
+            route.expected_timeout_header = b"x-envoy-expected-rq-timeout-ms: %d\r\n" % round(expected * 1000)
+        if action.hash_policy:
+            route.hash_header = action.hash_policy[0].header.header_name.lower().encode()
+        if action.host_rewrite_literal:
+            route.host_rewrite = action.host_rewrite_literal.encode()
+        if action.prefix_rewrite is not None:
+            route._prefix_rewrite = action.prefix_rewrite
+            route.rewrites = True
+        elif action.regex_rewrite is not None:
+            route._regex_rewrite = self._engine.compile(action.regex_rewrite.pattern.regex)
+            route._substitution = action.regex_rewrite.substitution
+            route._regex_rewrite.sub(route._substitution, "")  # reject a bad rewrite string now
+            route.rewrites = True
+
+    def _build_direct_response(self, route: MatchedRoute, action: DirectResponseAction) -> None:
+        route.kind = "direct_response"
+        if not 200 <= action.status <= 599:
+            raise ValueError(f"direct_response.status {action.status} is not in Envoy's range 200..599")
+        route.direct_status = action.status
+        body = read_bytes(action.body) if action.body is not None else b""
+        if len(body) > MAX_DIRECT_RESPONSE_BODY:
+            raise ValueError(f"direct_response.body is {len(body)} bytes; Envoy's maximum is "
+                             f"{MAX_DIRECT_RESPONSE_BODY} (max_direct_response_body_size_bytes)")
+        route.direct_body = body
+
+    # -- per request
+
+    def _select_vhost(self, authority: str) -> _VirtualHost | None:
+        host = authority.lower()
+        colon = _port_start(host)
+        vhost = self._find_domain(host)
+        if vhost is None and colon >= 0:
+            vhost = self._find_domain(host[:colon])
+        if vhost is None:
+            vhost = self._default
+        cache = self._vhost_cache
+        if len(cache) >= _VHOST_CACHE_MAX:
+            cache.clear()  # authorities are client-chosen: bound the memo, keep it simple
+        cache[authority] = vhost
+        return vhost
+
+    def _find_domain(self, host: str) -> _VirtualHost | None:
+        vhost = self._exact.get(host)
+        if vhost is not None:
+            return vhost
+        n = len(host)
+        for length, table in self._suffixes:
+            if length < n:
+                vhost = table.get(host[n - length:])
+                if vhost is not None:
+                    return vhost
+        for length, table in self._prefixes:
+            if length < n:
+                vhost = table.get(host[:length])
+                if vhost is not None:
+                    return vhost
+        return None
+
+    def match(self, authority: str, path: str, headers: HeaderList,
+              method: str | None = None, scheme: str | None = None) -> MatchedRoute | None:
+        """The first route of the selected virtual host that matches, or None (404 NR).
+
+        `authority` is the Host header, `path` the raw request target (with query).
+        `method` and `scheme` only serve `:method` / `:scheme` header matchers.
+        """
+        vhost = self._vhost_cache.get(authority, _MISS)
+        if vhost is _MISS:
+            vhost = self._select_vhost(authority)
+        if vhost is None:
+            return None
+        p = path
+        q = p.find("?")
+        if q >= 0:
+            p = p[:q]
+        if "#" in p:
+            p = p[: p.index("#")]
+        lower = None
+        for kind, arg, conditions, route in vhost.entries:  # type: ignore[union-attr]
+            if kind == _BLOCK:
+                route = arg(p)
+                if route is None:
+                    continue
+                return route
+            if kind == _PREFIX:
+                if not p.startswith(arg):
+                    continue
+            elif kind == _PATH:
+                if p != arg:
+                    continue
+            elif kind == _REGEX:
+                if not arg(p):
+                    continue
+            else:
+                if lower is None:
+                    lower = p.lower()
+                if kind == _PREFIX_CI:
+                    if not lower.startswith(arg):
+                        continue
+                elif lower != arg:  # _PATH_CI
+                    continue
+            if conditions is None or conditions.matches(headers, authority, path, method, scheme):
+                return route
+        return None

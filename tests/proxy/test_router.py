@@ -1,0 +1,541 @@
+"""RouteTable: Envoy's virtual host selection, route matching, rewrites, redirects and policies."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from typing import Any
+
+import msgspec
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pylon.config.envoy import RouteConfiguration, dec_hook
+from pylon.proxy.headers import HeaderList
+from pylon.proxy.router import MatchedRoute, RouteTable
+
+
+def build(virtual_hosts: list[dict[str, Any]], rng: random.Random | None = None, **top: Any) -> RouteTable:
+    config = msgspec.convert({"virtual_hosts": virtual_hosts, **top}, RouteConfiguration, dec_hook=dec_hook)
+    return RouteTable(config, rng=rng)
+
+
+def to(cluster: str, match: dict[str, Any] | None = None, **action: Any) -> dict[str, Any]:
+    return {"name": cluster, "match": match or {"prefix": "/"}, "route": {"cluster": cluster, **action}}
+
+
+def one_vhost(*routes: dict[str, Any], **vhost: Any) -> RouteTable:
+    return build([{"name": "vh", "domains": ["*"], "routes": list(routes), **vhost}])
+
+
+def route_of(table: RouteTable, path: str, headers: list[tuple[bytes, bytes]] | None = None,
+             authority: str = "example.com", **kw: Any) -> MatchedRoute | None:
+    return table.match(authority, path, HeaderList(headers or []), **kw)
+
+
+def name_of(table: RouteTable, path: str, **kw: Any) -> str | None:
+    route = route_of(table, path, **kw)
+    return None if route is None else route.name
+
+
+# --------------------------------------------------------------------------- virtual hosts
+
+
+DOMAINS = build([
+    {"name": "exact", "domains": ["www.foo.com", "Mixed.Example.COM"], "routes": [to("exact")]},
+    {"name": "suffix", "domains": ["*.foo.com"], "routes": [to("suffix")]},
+    {"name": "longer-suffix", "domains": ["*.bar.foo.com", "*-bar.foo.com"], "routes": [to("longer-suffix")]},
+    {"name": "prefix", "domains": ["foo.*"], "routes": [to("prefix")]},
+    {"name": "longer-prefix", "domains": ["foo.bar.*"], "routes": [to("longer-prefix")]},
+    {"name": "ported", "domains": ["api.com:8443"], "routes": [to("ported")]},
+    {"name": "portless", "domains": ["api.com", "[::1]"], "routes": [to("portless")]},
+    {"name": "default", "domains": ["*"], "routes": [to("default")]},
+])
+
+
+@pytest.mark.parametrize("authority, vhost", [
+    ("www.foo.com", "exact"),
+    ("WWW.FOO.COM", "exact"),
+    ("mixed.example.com", "exact"),
+    ("a.foo.com", "suffix"),
+    ("x.bar.foo.com", "longer-suffix"),
+    ("x-bar.foo.com", "longer-suffix"),
+    ("foo.org", "prefix"),
+    ("foo.bar.org", "longer-prefix"),
+    ("foo.com", "prefix"),           # "*.foo.com" needs at least one character before ".foo.com"
+    ("other.org", "default"),
+    ("api.com:8443", "ported"),      # host:port matched as given first
+    ("api.com:9000", "portless"),    # then with the port stripped, before "*"
+    ("api.com", "portless"),
+    ("www.foo.com:80", "exact"),
+    ("a.foo.com:80", "suffix"),
+    ("[::1]:8080", "portless"),
+    ("[::1]", "portless"),
+])
+def test_virtual_host_selection(authority, vhost):
+    route = route_of(DOMAINS, "/", authority=authority)
+    assert route is not None and route.virtual_host_name == vhost
+
+
+def test_suffix_wildcard_must_cover_a_character():
+    table = build([{"name": "s", "domains": ["*foo.com"], "routes": [to("s")]}])
+    assert name_of(table, "/", authority="xfoo.com") == "s"
+    assert name_of(table, "/", authority="foo.com") is None
+
+
+def test_no_virtual_host_means_no_route():
+    table = build([{"name": "only", "domains": ["a.com"], "routes": [to("a")]}])
+    assert route_of(table, "/", authority="b.com") is None
+    assert route_of(table, "/", authority="b.com") is None  # memoised miss stays a miss
+    assert route_of(build([]), "/") is None
+
+
+def test_vhost_memo_is_bounded():
+    table = build([{"name": "d", "domains": ["*"], "routes": [to("d")]}])
+    for i in range(3000):
+        assert name_of(table, "/", authority=f"h{i}.example") == "d"
+    assert len(table._vhost_cache) <= 1024
+
+
+# --------------------------------------------------------------------------- paths
+
+
+def test_path_match_kinds_and_first_match_wins():
+    table = one_vhost(
+        to("exact", {"path": "/exact"}),
+        to("regex", {"safe_regex": {"regex": r"/items/\d+"}}),
+        to("prefix", {"prefix": "/api/"}),
+        to("api-too-late", {"prefix": "/api/v2"}),
+        to("ci-prefix", {"prefix": "/CaSe/", "case_sensitive": False}),
+        to("ci-path", {"path": "/Login", "case_sensitive": False}),
+        to("cs-path", {"path": "/Other"}),
+    )
+    assert name_of(table, "/exact") == "exact"
+    assert name_of(table, "/exact?x=1") == "exact"          # query string ignored
+    assert name_of(table, "/exact#frag") == "exact"
+    assert name_of(table, "/exact/") is None
+    assert name_of(table, "/items/42") == "regex"
+    assert name_of(table, "/items/42?page=2") == "regex"
+    assert name_of(table, "/items/42/x") is None             # safe_regex is a full match
+    assert name_of(table, "/api/v2/users") == "prefix"       # first match wins
+    assert name_of(table, "/case/anything") == "ci-prefix"
+    assert name_of(table, "/CASE/anything") == "ci-prefix"
+    assert name_of(table, "/LOGIN") == "ci-path"
+    assert name_of(table, "/other") is None                 # case_sensitive defaults to true
+    assert name_of(table, "/Other") == "cs-path"
+
+
+def test_query_string_does_not_satisfy_a_prefix():
+    table = one_vhost(to("q", {"prefix": "/a?b"}))
+    assert name_of(table, "/a?b=1") is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    routes=st.lists(
+        st.tuples(st.sampled_from(["prefix", "path"]), st.text(alphabet="/ab", max_size=4)),
+        min_size=1, max_size=12,
+    ),
+    path=st.text(alphabet="/ab", max_size=6),
+)
+def test_plain_routes_match_like_a_linear_scan(routes, path):
+    # Runs of plain routes are matched by dict probes; the result must equal Envoy's in-order scan.
+    table = one_vhost(*[to(f"r{i}", {kind: value}) for i, (kind, value) in enumerate(routes)])
+    expected = next(
+        (f"r{i}" for i, (kind, value) in enumerate(routes)
+         if (path.startswith(value) if kind == "prefix" else path == value)),
+        None,
+    )
+    assert name_of(table, path) == expected
+
+
+def test_plain_block_keeps_the_earliest_route_across_prefix_lengths():
+    # "/aa" matches r3 (length 3) and r7 (length 2): the probe of length 2 must not override r3.
+    table = one_vhost(*[to(f"r{i}", {"prefix": p}) for i, p in enumerate(
+        ["/zz", "/b", "/c", "/aa", "/dd", "/ee", "/ff", "/a"])])
+    assert name_of(table, "/aa") == "r3"
+    assert name_of(table, "/ab") == "r7"
+
+
+def test_plain_block_respects_order_around_conditional_routes():
+    table = one_vhost(
+        to("a", {"prefix": "/a"}), to("b", {"prefix": "/b"}), to("c", {"prefix": "/c"}),
+        to("hdr", {"prefix": "/", "headers": [{"name": "x-canary", "present_match": True}]}),
+        to("d", {"prefix": "/d"}), to("e", {"path": "/e"}), to("all", {"prefix": ""}),
+    )
+    assert name_of(table, "/c/1") == "c"
+    assert name_of(table, "/d", headers=[(b"x-canary", b"1")]) == "hdr"
+    assert name_of(table, "/d") == "d"
+    assert name_of(table, "/e") == "e"
+    assert name_of(table, "/ee") == "all"
+
+
+# --------------------------------------------------------------------------- headers
+
+
+def hdr(**matcher: Any) -> RouteTable:
+    return one_vhost(to("hit", {"prefix": "/", "headers": [{"name": "X-Test", **matcher}]}))
+
+
+@pytest.mark.parametrize("matcher, value, hit", [
+    ({"exact_match": "abc"}, b"abc", True),
+    ({"exact_match": "abc"}, b"abcd", False),
+    ({"exact_match": ""}, b"anything", True),     # Envoy's legacy quirk: empty exact_match matches any value
+    ({"prefix_match": "ab"}, b"abc", True),
+    ({"prefix_match": "b"}, b"abc", False),
+    ({"suffix_match": "bc"}, b"abc", True),
+    ({"contains_match": "b"}, b"abc", True),
+    ({"contains_match": "z"}, b"abc", False),
+    ({"safe_regex_match": {"regex": "a.c"}}, b"abc", True),
+    ({"safe_regex_match": {"regex": "a"}}, b"abc", False),   # full match
+    ({"present_match": True}, b"", True),
+    ({"present_match": False}, b"x", False),
+    ({}, b"x", True),                                        # no kind: presence
+    ({"string_match": {"exact": "ABC", "ignore_case": True}}, b"abc", True),
+    ({"string_match": {"exact": "ABC"}}, b"abc", False),
+    ({"string_match": {"exact": ""}}, b"x", False),
+    ({"string_match": {"prefix": "AB", "ignore_case": True}}, b"abc", True),
+    ({"string_match": {"suffix": "BC", "ignore_case": True}}, b"abc", True),
+    ({"string_match": {"contains": "B", "ignore_case": True}}, b"abc", True),
+    ({"string_match": {"safe_regex": {"regex": "[a-c]+"}}}, b"abc", True),
+    ({"exact_match": "abc", "invert_match": True}, b"abc", False),
+    ({"exact_match": "abc", "invert_match": True}, b"xyz", True),
+    ({"present_match": True, "invert_match": True}, b"x", False),
+])
+def test_header_matchers_on_a_present_header(matcher, value, hit):
+    assert (name_of(hdr(**matcher), "/", headers=[(b"x-test", value)]) == "hit") is hit
+
+
+@pytest.mark.parametrize("matcher, hit", [
+    ({"exact_match": "abc"}, False),
+    ({"present_match": True}, False),
+    ({"present_match": False}, True),
+    ({"exact_match": "abc", "invert_match": True}, False),   # inverted value matchers still need the header
+    ({"present_match": True, "invert_match": True}, True),
+    ({"present_match": False, "invert_match": True}, False),
+    ({"exact_match": "abc", "treat_missing_header_as_empty": True}, False),
+    ({"exact_match": "abc", "treat_missing_header_as_empty": True, "invert_match": True}, True),
+    ({"string_match": {"exact": ""}, "treat_missing_header_as_empty": True}, True),
+])
+def test_header_matchers_on_a_missing_header(matcher, hit):
+    assert (name_of(hdr(**matcher), "/", headers=[(b"other", b"1")]) == "hit") is hit
+
+
+def test_repeated_headers_are_joined_with_commas():
+    table = hdr(exact_match="a,b")
+    assert name_of(table, "/", headers=[(b"x-test", b"a"), (b"x-test", b"b")]) == "hit"
+
+
+def test_all_header_matchers_must_match():
+    table = one_vhost(to("both", {"prefix": "/", "headers": [
+        {"name": "a", "exact_match": "1"}, {"name": "b", "exact_match": "2"}]}))
+    assert name_of(table, "/", headers=[(b"a", b"1"), (b"b", b"2")]) == "both"
+    assert name_of(table, "/", headers=[(b"a", b"1")]) is None
+
+
+def test_pseudo_headers_read_request_values():
+    table = one_vhost(
+        to("post", {"prefix": "/", "headers": [{"name": ":method", "exact_match": "POST"}]}),
+        to("https", {"prefix": "/", "headers": [{"name": ":scheme", "exact_match": "https"}]}),
+        to("host", {"prefix": "/", "headers": [{"name": ":authority", "suffix_match": ".internal"}]}),
+        to("path", {"prefix": "/", "headers": [{"name": ":path", "contains_match": "debug=1"}]}),
+    )
+    assert name_of(table, "/", method="POST") == "post"
+    assert name_of(table, "/", method="GET", scheme="https") == "https"
+    assert name_of(table, "/", authority="svc.internal") == "host"
+    assert name_of(table, "/x?debug=1") == "path"
+    assert name_of(table, "/") is None
+
+
+def test_unsupported_pseudo_header_is_a_build_error():
+    with pytest.raises(ValueError, match="pseudo-header ':protocol'"):
+        hdr(name=":protocol")
+
+
+# --------------------------------------------------------------------------- query parameters
+
+
+def qp(*matchers: dict[str, Any]) -> RouteTable:
+    return one_vhost(to("hit", {"prefix": "/", "query_parameters": list(matchers)}))
+
+
+@pytest.mark.parametrize("matcher, path, hit", [
+    ({"name": "v", "string_match": {"exact": "2"}}, "/x?a=1&v=2", True),
+    ({"name": "v", "string_match": {"exact": "2"}}, "/x?v=3&v=2", False),        # first value only
+    ({"name": "v", "string_match": {"exact": "2"}}, "/x", False),
+    ({"name": "v", "string_match": {"prefix": "A", "ignore_case": True}}, "/x?v=abc", True),
+    ({"name": "v", "string_match": {"exact": "a b"}}, "/x?v=a%20b", False),      # raw, as Envoy matches
+    ({"name": "v", "string_match": {"exact": "a%20b"}}, "/x?v=a%20b", True),
+    ({"name": "v", "string_match": {"safe_regex": {"regex": r"\d+"}}}, "/x?v=42", True),
+    ({"name": "v", "present_match": True}, "/x?v", True),
+    ({"name": "v", "present_match": True}, "/x?w=1", False),
+    ({"name": "v", "present_match": False}, "/x?w=1", True),
+    ({"name": "v", "present_match": False}, "/x?v=1", False),
+    ({"name": "v"}, "/x?v=", True),
+    ({"name": "v"}, "/x", False),
+])
+def test_query_parameter_matchers(matcher, path, hit):
+    assert (name_of(qp(matcher), path) == "hit") is hit
+
+
+# --------------------------------------------------------------------------- rewrites
+
+
+def test_prefix_rewrite_keeps_query():
+    table = one_vhost(
+        to("ci", {"prefix": "/OLD/", "case_sensitive": False}, prefix_rewrite="/new/"),
+        to("exact", {"path": "/p"}, prefix_rewrite="/q"),
+        to("plain", {"prefix": "/"}),
+    )
+    route = route_of(table, "/old/a?x=1")
+    assert route.rewrites and route.rewrite_path("/old/a?x=1") == "/new/a?x=1"
+    assert route_of(table, "/p?z").rewrite_path("/p?z") == "/q?z"
+    plain = route_of(table, "/zzz")
+    assert not plain.rewrites and plain.rewrite_path("/zzz?q") == "/zzz?q"
+
+
+def test_regex_rewrite_with_groups_keeps_query():
+    table = one_vhost(to("r", {"prefix": "/service/"}, regex_rewrite={
+        "pattern": {"regex": "^/service/([^/]+)(/.*)$"}, "substitution": r"\2/instance/\1"}))
+    route = route_of(table, "/service/foo/v1/api?x=1")
+    assert route.rewrite_path("/service/foo/v1/api?x=1") == "/v1/api/instance/foo?x=1"
+
+
+def test_regex_rewrite_to_empty_leaves_path_alone():
+    table = one_vhost(to("r", regex_rewrite={"pattern": {"regex": ".*"}, "substitution": ""}))
+    assert route_of(table, "/a?b").rewrite_path("/a?b") == "/a?b"
+
+
+def test_bad_rewrite_substitution_is_a_build_error_naming_the_route():
+    with pytest.raises(ValueError, match=r"virtual_hosts\[0\] \(vh\): routes\[0\] \(r\): .*group"):
+        one_vhost(to("r", regex_rewrite={"pattern": {"regex": "^/(a)$"}, "substitution": r"\3"}))
+
+
+def test_host_rewrite_and_hash_header():
+    table = one_vhost(to("r", host_rewrite_literal="upstream.local",
+                         hash_policy=[{"header": {"header_name": "X-User"}}]))
+    route = route_of(table, "/")
+    assert route.host_rewrite == b"upstream.local"
+    assert route.hash_header == b"x-user"
+
+
+def test_regex_over_envoys_program_size_limit_is_a_build_error():
+    with pytest.raises(ValueError, match="program size"):
+        one_vhost(to("r", {"safe_regex": {"regex": "a{500}"}}))
+
+
+# --------------------------------------------------------------------------- redirects
+
+
+def redirect(match: dict[str, Any] | None = None, **action: Any) -> MatchedRoute:
+    table = one_vhost({"name": "rd", "match": match or {"prefix": "/"}, "redirect": action})
+    route = route_of(table, "/old/anything")
+    assert route is not None and route.kind == "redirect"
+    return route
+
+
+@pytest.mark.parametrize("action, scheme, authority, path, location", [
+    ({"https_redirect": True}, "http", "a.com", "/p?q=1", "https://a.com/p?q=1"),
+    ({"https_redirect": True}, "http", "a.com:80", "/p", "https://a.com/p"),           # old default port dropped
+    ({"https_redirect": True}, "http", "a.com:8080", "/p", "https://a.com:8080/p"),    # other ports kept
+    ({"scheme_redirect": "http"}, "https", "a.com:443", "/p", "http://a.com/p"),
+    ({"host_redirect": "b.com"}, "http", "a.com:8080", "/p", "http://b.com/p"),        # host swaps host and port
+    ({"port_redirect": 8443}, "http", "a.com:8080", "/p", "http://a.com:8443/p"),
+    ({"host_redirect": "b.com", "port_redirect": 9}, "http", "a.com", "/p", "http://b.com:9/p"),
+    ({"https_redirect": True, "port_redirect": 443}, "http", "[::1]:80", "/p", "https://[::1]:443/p"),
+    ({"path_redirect": "/new"}, "http", "a.com", "/old?q=1", "http://a.com/new?q=1"),
+    ({"path_redirect": "/new?z=9"}, "http", "a.com", "/old?q=1", "http://a.com/new?z=9"),
+    ({"path_redirect": "/new", "strip_query": True}, "http", "a.com", "/old?q=1", "http://a.com/new"),
+    ({"path_redirect": "/new?z=9", "strip_query": True}, "http", "a.com", "/old?q", "http://a.com/new?z=9"),
+    ({"strip_query": True}, "http", "a.com", "/old?q=1", "http://a.com/old"),
+    ({"path_redirect": "new"}, "http", "a.com", "/old", "http://a.com/new"),
+])
+def test_redirect_location(action, scheme, authority, path, location):
+    assert redirect(**action).redirect_location(scheme, authority, path) == location
+
+
+def test_redirect_prefix_rewrite_replaces_the_matched_prefix():
+    route = redirect({"prefix": "/old/"}, prefix_rewrite="/new/")
+    assert route.redirect_location("http", "a.com", "/old/x?q=1") == "http://a.com/new/x?q=1"
+
+
+@pytest.mark.parametrize("code, status", [
+    ("MOVED_PERMANENTLY", 301), ("FOUND", 302), ("SEE_OTHER", 303),
+    ("TEMPORARY_REDIRECT", 307), ("PERMANENT_REDIRECT", 308),
+])
+def test_redirect_response_codes(code, status):
+    assert redirect(https_redirect=True, response_code=code).redirect_status == status
+
+
+def test_redirect_default_code_is_301():
+    assert redirect(https_redirect=True).redirect_status == 301
+
+
+def test_redirect_location_on_a_non_redirect_route_is_an_error():
+    with pytest.raises(ValueError, match="not a redirect"):
+        route_of(one_vhost(to("c")), "/").redirect_location("http", "a", "/")
+
+
+# --------------------------------------------------------------------------- direct responses
+
+
+def test_direct_response_inline_and_file(tmp_path):
+    body_file = tmp_path / "body.txt"
+    body_file.write_bytes(b"from file")
+    table = one_vhost(
+        {"name": "inline", "match": {"path": "/i"}, "direct_response": {"status": 503, "body": {"inline_string": "down"}}},
+        {"name": "file", "match": {"path": "/f"}, "direct_response": {"status": 200, "body": {"filename": str(body_file)}}},
+        {"name": "empty", "match": {"path": "/e"}, "direct_response": {"status": 204}},
+    )
+    inline = route_of(table, "/i")
+    assert (inline.kind, inline.direct_status, inline.direct_body) == ("direct_response", 503, b"down")
+    assert route_of(table, "/f").direct_body == b"from file"
+    assert route_of(table, "/e").direct_body == b""
+
+
+def test_direct_response_limits_are_envoys():
+    with pytest.raises(ValueError, match="maximum is 4096"):
+        one_vhost({"name": "big", "match": {"prefix": "/"},
+                   "direct_response": {"status": 200, "body": {"inline_string": "x" * 4097}}})
+    with pytest.raises(ValueError, match="200..599"):
+        one_vhost({"name": "info", "match": {"prefix": "/"}, "direct_response": {"status": 101}})
+
+
+# --------------------------------------------------------------------------- clusters, timeouts, retries
+
+
+def test_weighted_clusters_follow_weights():
+    table = build([{"name": "vh", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {
+        "weighted_clusters": {"clusters": [
+            {"name": "a", "weight": 70}, {"name": "b", "weight": 20}, {"name": "off", "weight": 0},
+            {"name": "c", "weight": 10}]}}}]}], rng=random.Random(1234))
+    route = route_of(table, "/")
+    picks = Counter(route.pick_cluster() for _ in range(10_000))
+    assert set(picks) == {"a", "b", "c"}
+    assert abs(picks["a"] / 10_000 - 0.70) < 0.02
+    assert abs(picks["b"] / 10_000 - 0.20) < 0.02
+    assert abs(picks["c"] / 10_000 - 0.10) < 0.015
+
+
+def test_weighted_cluster_header_rules_apply_first():
+    table = build([{"name": "vh", "domains": ["*"], "routes": [{"match": {"prefix": "/"},
+        "request_headers_to_add": [{"header": {"key": "x-level", "value": "route"}, "append_action": "ADD_IF_ABSENT"}],
+        "route": {"weighted_clusters": {"clusters": [
+            {"name": "a", "weight": 1, "request_headers_to_add": [{"header": {"key": "x-level", "value": "cluster"}}]},
+            {"name": "b", "weight": 1}]}}}]}])
+    route = route_of(table, "/")
+    request_a, _ = route.header_ops_for("a")
+    h = HeaderList()
+    request_a.apply(h)
+    assert h.get_all(b"x-level") == [b"cluster"]
+    assert route.header_ops_for("b") == (route.request_header_ops, route.response_header_ops)
+    h = HeaderList()
+    route.request_header_ops.apply(h)
+    assert h.get_all(b"x-level") == [b"route"]
+
+
+def test_plain_cluster_and_timeouts():
+    table = one_vhost(
+        to("default", {"path": "/d"}),
+        to("off", {"path": "/off"}, timeout="0s"),
+        to("custom", {"path": "/c"}, timeout="2.5s", idle_timeout="30s"),
+    )
+    default = route_of(table, "/d")
+    assert (default.kind, default.pick_cluster(), default.timeout, default.idle_timeout) == ("cluster", "default", 15.0, None)
+    assert default.expected_timeout_header == b"x-envoy-expected-rq-timeout-ms: 15000\r\n"
+    off = route_of(table, "/off")
+    assert off.timeout is None and off.expected_timeout_header is None
+    custom = route_of(table, "/c")
+    assert (custom.timeout, custom.idle_timeout) == (2.5, 30.0)
+
+
+def test_expected_timeout_is_the_tighter_of_route_and_per_try():
+    table = one_vhost(
+        to("tight", {"path": "/t"}, timeout="2s", retry_policy={"retry_on": "5xx", "per_try_timeout": "0.5s"}),
+        to("loose", {"path": "/l"}, timeout="2s", retry_policy={"retry_on": "5xx", "per_try_timeout": "5s"}),
+        to("no-route-timeout", {"path": "/n"}, timeout="0s", retry_policy={"retry_on": "5xx", "per_try_timeout": "1s"}),
+    )
+    assert route_of(table, "/t").expected_timeout_header == b"x-envoy-expected-rq-timeout-ms: 500\r\n"
+    assert route_of(table, "/l").expected_timeout_header == b"x-envoy-expected-rq-timeout-ms: 2000\r\n"
+    assert route_of(table, "/n").expected_timeout_header == b"x-envoy-expected-rq-timeout-ms: 1000\r\n"
+
+
+def test_route_retry_policy_overrides_the_virtual_hosts():
+    table = one_vhost(
+        to("own", {"path": "/own"}, retry_policy={"retry_on": "gateway-error", "num_retries": 3,
+                                                  "per_try_timeout": "1s"}),
+        to("inherited", {"path": "/inh"}),
+        retry_policy={"retry_on": "5xx,retriable-status-codes", "retriable_status_codes": [429],
+                      "retry_back_off": {"base_interval": "0.1s"}},
+    )
+    own = route_of(table, "/own").retry
+    assert (own.num_retries, own.per_try_timeout, own.base_interval, own.max_interval) == (3, 1.0, 0.025, 0.25)
+    assert own.on_gateway_error and not own.on_5xx and own.on_reset and own.on_connect_failure
+    assert own.on_5xx_or_gateway
+    assert [own.should_retry_status(s) for s in (500, 502, 503, 504, 429)] == [False, True, True, True, False]
+    inherited = route_of(table, "/inh").retry
+    assert inherited.num_retries == 1 and inherited.base_interval == 0.1 and inherited.max_interval == 1.0
+    assert inherited.retriable_status_codes == frozenset({429})
+    assert [inherited.should_retry_status(s) for s in (500, 599, 429, 404)] == [True, True, True, False]
+
+
+@pytest.mark.parametrize("retry_on, status, retried", [
+    ("retriable-4xx", 409, True),
+    ("retriable-4xx", 500, False),
+    ("connect-failure", 503, False),
+    ("reset", 503, False),
+])
+def test_retry_conditions(retry_on, status, retried):
+    rule = route_of(one_vhost(to("r", retry_policy={"retry_on": retry_on})), "/").retry
+    assert rule.should_retry_status(status) is retried
+
+
+def test_status_codes_need_their_retry_on_condition():
+    rule = route_of(one_vhost(to("r", retry_policy={"retry_on": "5xx", "retriable_status_codes": [429]})), "/").retry
+    assert not rule.should_retry_status(429)
+    assert rule.retry_on == frozenset({"5xx"})
+
+
+def test_connect_failure_alone_does_not_retry_resets():
+    rule = route_of(one_vhost(to("r", retry_policy={"retry_on": "connect-failure"})), "/").retry
+    assert rule.on_connect_failure and not rule.on_reset and not rule.on_5xx_or_gateway
+
+
+def test_no_retry_policy_anywhere():
+    assert route_of(one_vhost(to("r")), "/").retry is None
+
+
+# --------------------------------------------------------------------------- header rules by level
+
+
+def level(key: str, value: str, action: str = "OVERWRITE_IF_EXISTS_OR_ADD") -> list[dict[str, Any]]:
+    return [{"header": {"key": key, "value": value}, "append_action": action}]
+
+
+def test_header_rules_run_route_then_vhost_then_config():
+    table = build(
+        [{"name": "vh", "domains": ["*"],
+          "request_headers_to_add": level("x-a", "vhost") + level("x-b", "vhost"),
+          "response_headers_to_add": level("x-r", "vhost"),
+          "response_headers_to_remove": ["x-secret"],
+          "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "c"},
+                      "request_headers_to_add": level("x-a", "route") + level("x-c", "route"),
+                      "request_headers_to_remove": ["x-drop"],
+                      "response_headers_to_add": level("x-r", "route", "ADD_IF_ABSENT")}]}],
+        request_headers_to_add=level("x-b", "config"),
+        response_headers_to_add=level("x-r", "config", "ADD_IF_ABSENT"),
+    )
+    route = route_of(table, "/")
+    request = HeaderList([(b"x-drop", b"1"), (b"x-keep", b"1")])
+    route.request_header_ops.apply(request)
+    assert sorted(request) == [(b"x-a", b"vhost"), (b"x-b", b"config"), (b"x-c", b"route"), (b"x-keep", b"1")]
+    response = HeaderList([(b"x-secret", b"s")])
+    route.response_header_ops.apply(response)
+    assert list(response) == [(b"x-r", b"vhost")]
+
+
+def test_bad_header_value_is_a_build_error():
+    with pytest.raises(ValueError, match="%REQ"):
+        one_vhost({"name": "r", "match": {"prefix": "/"}, "route": {"cluster": "c"},
+                   "request_headers_to_add": level("x", "%REQ(foo)%")})
