@@ -1,0 +1,649 @@
+"""TLS contexts built from Envoy's `DownstreamTlsContext` / `UpstreamTlsContext`.
+
+The data path terminates and originates TLS with the stdlib `ssl` module (the
+system OpenSSL 3). This module is the one place where an `ssl.SSLContext` is
+built from config, so that the private-key hook (a later step) has a single
+context to attach to; the `SSLContext` is never hidden.
+
+What follows Envoy's semantics, and where OpenSSL forces a difference:
+
+* Versions: `TLS_AUTO` means min TLS 1.2 for both sides, max TLS 1.3 for servers
+  and TLS 1.2 for clients (Envoy's documented defaults in `TlsParameters`).
+* `cipher_suites` only affect TLS <= 1.2, as in Envoy. BoringSSL's
+  equal-preference groups `[A|B]` do not exist in OpenSSL: the group is
+  flattened to `A:B` (so under server preference `A` wins whenever the client
+  offers both). Each name must be known to OpenSSL on its own; unlike
+  OpenSSL's lenient list parser, one unknown name is an error (as in Envoy).
+* `ecdh_curves` are set with `SSL_CTX_set1_groups_list` (all of them, in
+  order), not with `SSLContext.set_ecdh_curve`, which takes a single curve.
+* Session resumption. BoringSSL, under Envoy, resumes TLS 1.3 only through
+  tickets, and `SSL_OP_NO_TICKET` stops TLS 1.3 tickets altogether;
+  OpenSSL would instead issue *stateful* TLS 1.3 tickets backed by the session
+  cache. So `disable_stateless_session_resumption` sets `OP_NO_TICKET` and
+  `num_tickets = 0`, and `disable_stateful_session_resumption` switches the
+  server session cache off, which (as Envoy documents) only matters for TLS
+  <= 1.2. `session_timeout` sets the session lifetime (`SSL_CTX_set_timeout`),
+  which is also the TLS 1.2 ticket lifetime hint.
+* Peer validation: `trusted_ca` verifies the chain during the handshake (with
+  `X509_V_FLAG_PARTIAL_CHAIN`, as Envoy sets it). SAN matchers run after the
+  handshake in `verify_peer`, with Envoy's rules: any matcher on any SAN of its
+  type; an `exact` matcher on a DNS SAN follows DNS wildcard rules; the
+  deprecated untyped `match_subject_alt_names` apply to DNS, URI, email and IP
+  SANs and are ignored when typed matchers are present. Upstream, without a
+  validation context the server certificate is not verified at all (Envoy's
+  default), and there is no implicit hostname check.
+
+Knobs that `ssl.SSLContext` lacks are reached through the `SSL_CTX*` inside it
+(`OpenSslContext`), resolved in the same libssl that `_ssl` uses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import ssl
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from functools import cache
+from typing import TYPE_CHECKING
+
+import _ssl
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from pylon.config.datasource import DataSourceError, read_bytes
+from pylon.regex import get_engine
+
+if TYPE_CHECKING:
+    from pylon.config.datasource import DataSource
+    from pylon.config.envoy import (
+        CertificateValidationContext,
+        CommonTlsContext,
+        DownstreamTlsContext,
+        StringMatcher,
+        TlsCertificate,
+        TlsParameters,
+        UpstreamTlsContext,
+    )
+
+__all__ = [
+    "ClientTls",
+    "DEFAULT_CIPHER_SUITES",
+    "DEFAULT_ECDH_CURVES",
+    "OpenSslContext",
+    "PeerVerifier",
+    "SSL_SESS_CACHE_OFF",
+    "SSL_SESS_CACHE_SERVER",
+    "SanMatcher",
+    "ServerTls",
+    "TlsConfigError",
+    "client_context",
+    "dns_name_match",
+    "peer_sans",
+    "server_context",
+]
+
+#: Envoy's default TLS <= 1.2 cipher list (non-FIPS), the same for servers and clients,
+#: with its equal-preference groups flattened. It contains no RSA key-transport suite,
+#: which the private-key hook relies on (it only signs).
+DEFAULT_CIPHER_SUITES = (
+    "[ECDHE-ECDSA-AES128-GCM-SHA256|ECDHE-ECDSA-CHACHA20-POLY1305]",
+    "[ECDHE-RSA-AES128-GCM-SHA256|ECDHE-RSA-CHACHA20-POLY1305]",
+    "ECDHE-ECDSA-AES256-GCM-SHA384",
+    "ECDHE-RSA-AES256-GCM-SHA384",
+)
+
+#: Envoy's default key-exchange groups (non-FIPS).
+DEFAULT_ECDH_CURVES = ("X25519", "P-256")
+
+_VERSIONS = {
+    "TLSv1_0": ssl.TLSVersion.TLSv1,
+    "TLSv1_1": ssl.TLSVersion.TLSv1_1,
+    "TLSv1_2": ssl.TLSVersion.TLSv1_2,
+    "TLSv1_3": ssl.TLSVersion.TLSv1_3,
+}
+
+# OpenSSL constants (ssl.h / tls1.h of OpenSSL 3).
+SSL_SESS_CACHE_OFF = 0x0000
+SSL_SESS_CACHE_SERVER = 0x0002
+_SSL_CTRL_SET_SESS_CACHE_MODE = 44
+_SSL_CTRL_GET_SESS_CACHE_MODE = 45
+_SSL_CTRL_SET_GROUPS_LIST = 92
+_SSL_CTRL_GET_MIN_PROTO_VERSION = 130
+
+
+class TlsConfigError(Exception):
+    """A TLS context cannot be built from its config.
+
+    `path` is relative to the `DownstreamTlsContext`/`UpstreamTlsContext` given
+    (e.g. `common_tls_context.tls_certificates[0].private_key`); the caller
+    prefixes the path of that context in the whole config.
+    """
+
+    def __init__(self, path: str, message: str) -> None:
+        self.path = path
+        self.message = message
+        super().__init__(f"{path}: {message}" if path else message)
+
+
+# --------------------------------------------------------------------------------------
+# The SSL_CTX* behind an ssl.SSLContext
+# --------------------------------------------------------------------------------------
+
+
+@cache
+def _libssl() -> ctypes.CDLL:
+    """The OpenSSL functions `_ssl` itself is linked against, with their prototypes.
+
+    Symbols are looked up through the `_ssl` extension's own handle, which
+    searches its dependencies: this is the very libssl/libcrypto instance that
+    owns the `SSL_CTX`, never a second copy found on the library path.
+    """
+    lib = ctypes.CDLL(_ssl.__file__)
+    try:
+        prototypes: dict[str, tuple[type | None, list[type]]] = {
+            "OpenSSL_version_num": (ctypes.c_ulong, []),
+            "SSL_CTX_get_options": (ctypes.c_uint64, [ctypes.c_void_p]),
+            "SSL_CTX_ctrl": (ctypes.c_long, [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_void_p]),
+            "SSL_CTX_set_timeout": (ctypes.c_long, [ctypes.c_void_p, ctypes.c_long]),
+            "SSL_CTX_get_timeout": (ctypes.c_long, [ctypes.c_void_p]),
+            "ERR_clear_error": (None, []),
+        }
+        for name, (restype, argtypes) in prototypes.items():
+            func = getattr(lib, name)
+            func.restype = restype
+            func.argtypes = argtypes
+    except AttributeError as exc:
+        raise RuntimeError(
+            f"the ssl module's OpenSSL does not export {exc.name or exc}: pylon needs a CPython whose "
+            "_ssl is dynamically linked to OpenSSL 3 (distro or pyenv builds are)"
+        ) from exc
+    return lib
+
+
+class OpenSslContext:
+    """Direct access to the `SSL_CTX*` inside an `ssl.SSLContext`, for knobs Python lacks.
+
+    CPython 3.11 lays out `PySSLContext` as `PyObject_HEAD` followed by
+    `SSL_CTX *ctx`, so the pointer sits at `object.__basicsize__` bytes into the
+    object. That layout is private to CPython, hence the cross-checks before the
+    pointer is trusted: the object really is an `_ssl._SSLContext`, the runtime
+    OpenSSL is the one `_ssl` was compiled against, and the options and minimum
+    version read through the pointer agree with what Python reports (the options
+    are checked again after flipping `OP_NO_TICKET` from Python). Any mismatch
+    raises `RuntimeError` instead of touching memory that is not an `SSL_CTX`.
+
+    The checks briefly flip `OP_NO_TICKET` on the context, so wrap a context
+    before it serves connections (as `server_context`/`client_context` do). The
+    object keeps the `SSLContext` alive, so the pointer stays valid while it exists.
+    """
+
+    def __init__(self, context: ssl.SSLContext) -> None:
+        if not isinstance(context, _ssl._SSLContext):
+            raise TypeError(f"expected an ssl.SSLContext, got {type(context).__qualname__}")
+        self.context = context
+        self._lib = _libssl()
+        runtime = self._lib.OpenSSL_version_num()
+        if runtime != ssl.OPENSSL_VERSION_NUMBER:
+            raise RuntimeError(
+                f"OpenSSL at run time ({runtime:#x}) differs from the one _ssl was built with "
+                f"({ssl.OPENSSL_VERSION_NUMBER:#x}); refusing to use the SSL_CTX pointer"
+            )
+        pointer = ctypes.c_void_p.from_address(id(context) + object.__basicsize__).value
+        if not pointer:
+            raise RuntimeError("the SSLContext holds no SSL_CTX")
+        self.pointer: int = pointer
+        self._check_layout()
+
+    def _check_layout(self) -> None:
+        context = self.context
+        if self.options != context.options:
+            raise RuntimeError(self._layout_error("options"))
+        before = context.options
+        try:
+            context.options = before ^ ssl.OP_NO_TICKET
+            flipped_ok = self.options == context.options
+        finally:
+            context.options = before
+        if not flipped_ok or self.options != before:
+            raise RuntimeError(self._layout_error("options after flipping OP_NO_TICKET"))
+        minimum = self._lib.SSL_CTX_ctrl(self.pointer, _SSL_CTRL_GET_MIN_PROTO_VERSION, 0, None)
+        # Python reports OpenSSL's "no minimum" (0) as MINIMUM_SUPPORTED.
+        expected = context.minimum_version
+        if minimum != (0 if expected is ssl.TLSVersion.MINIMUM_SUPPORTED else int(expected)):
+            raise RuntimeError(self._layout_error("minimum protocol version"))
+
+    @staticmethod
+    def _layout_error(what: str) -> str:
+        return (
+            f"SSL_CTX pointer check failed ({what} differ between Python and OpenSSL): this CPython's "
+            "_ssl layout is not the one pylon was written for (CPython 3.11, non-debug build)"
+        )
+
+    @property
+    def options(self) -> int:
+        """`SSL_CTX_get_options`, read from OpenSSL (not Python's cached view)."""
+        return int(self._lib.SSL_CTX_get_options(self.pointer))
+
+    @property
+    def session_cache_mode(self) -> int:
+        """`SSL_CTX_get_session_cache_mode`: `SSL_SESS_CACHE_OFF` (0) or a mix of `SSL_SESS_CACHE_*` bits."""
+        return int(self._lib.SSL_CTX_ctrl(self.pointer, _SSL_CTRL_GET_SESS_CACHE_MODE, 0, None))
+
+    @session_cache_mode.setter
+    def session_cache_mode(self, mode: int) -> None:
+        self._lib.SSL_CTX_ctrl(self.pointer, _SSL_CTRL_SET_SESS_CACHE_MODE, mode, None)
+
+    @property
+    def timeout(self) -> int:
+        """Session lifetime in seconds (`SSL_CTX_get_timeout`; OpenSSL's default is 7200)."""
+        return int(self._lib.SSL_CTX_get_timeout(self.pointer))
+
+    @timeout.setter
+    def timeout(self, seconds: int) -> None:
+        self._lib.SSL_CTX_set_timeout(self.pointer, seconds)
+
+    def set_groups(self, groups: Sequence[str]) -> None:
+        """Key-exchange groups in preference order (`SSL_CTX_set1_groups_list`).
+
+        Raises `ValueError` naming the first group OpenSSL does not know.
+        """
+        for group in groups:
+            if not group or ":" in group or not self._set_groups_list(group):
+                raise ValueError(f"unknown or unsupported ECDH curve {group!r}")
+        if not self._set_groups_list(":".join(groups)):
+            raise ValueError(f"OpenSSL rejected the ECDH curve list {list(groups)}")
+
+    def _set_groups_list(self, text: str) -> bool:
+        ok = self._lib.SSL_CTX_ctrl(self.pointer, _SSL_CTRL_SET_GROUPS_LIST, 0, ctypes.c_char_p(text.encode()))
+        if ok != 1:
+            # Leave no stale entry on the thread's error queue for ssl to misreport later.
+            self._lib.ERR_clear_error()
+        return ok == 1
+
+
+# --------------------------------------------------------------------------------------
+# Peer certificate checks (sans-IO: DER bytes in, verdict out)
+# --------------------------------------------------------------------------------------
+
+_SAN_TYPES = ("DNS", "URI", "EMAIL", "IP_ADDRESS")
+_SAN_CLASSES: dict[str, type[x509.GeneralName]] = {
+    "DNS": x509.DNSName,
+    "URI": x509.UniformResourceIdentifier,
+    "EMAIL": x509.RFC822Name,
+    "IP_ADDRESS": x509.IPAddress,
+}
+
+
+def dns_name_match(name: str, pattern: str) -> bool:
+    """Does DNS name `name` match certificate SAN `pattern` (which may be a wildcard)?
+
+    Envoy's rules: case-insensitive; a `*` may appear once, in the left-most
+    label only, never in an A-label (`xn--`); it matches within that one label
+    (`*.example.com` matches `a.example.com`, not `a.b.example.com`; `w*.x.com`
+    matches `www.x.com`).
+    """
+    name, pattern = name.lower(), pattern.lower()
+    if name == pattern:
+        return True
+    name_label, _, name_rest = name.partition(".")
+    pattern_label, _, pattern_rest = pattern.partition(".")
+    if not name_rest or not pattern_rest:
+        return False
+    if "*" not in pattern_label or "*" in pattern_rest or pattern_label.startswith("xn--"):
+        return False
+    if name_rest != pattern_rest:
+        return False
+    if pattern_label == "*":
+        return True
+    if pattern_label.count("*") != 1:
+        return False
+    head, _, tail = pattern_label.partition("*")
+    return len(pattern_label) <= len(name_label) + 1 and name_label.startswith(head) and name_label.endswith(tail)
+
+
+def _string_predicate(matcher: StringMatcher, path: str) -> Callable[[str], bool]:
+    """Envoy's StringMatcher as a predicate; `ignore_case` applies to all but `safe_regex`."""
+    fold = matcher.ignore_case
+    if matcher.exact is not None:
+        want = matcher.exact.lower() if fold else matcher.exact
+        return (lambda s: s.lower() == want) if fold else (lambda s: s == want)
+    if matcher.prefix is not None:
+        want = matcher.prefix.lower() if fold else matcher.prefix
+        return (lambda s: s.lower().startswith(want)) if fold else (lambda s: s.startswith(want))
+    if matcher.suffix is not None:
+        want = matcher.suffix.lower() if fold else matcher.suffix
+        return (lambda s: s.lower().endswith(want)) if fold else (lambda s: s.endswith(want))
+    if matcher.contains is not None:
+        want = matcher.contains.lower() if fold else matcher.contains
+        return (lambda s: want in s.lower()) if fold else (lambda s: want in s)
+    assert matcher.safe_regex is not None  # the model guarantees exactly one match kind
+    try:
+        return get_engine().compile(matcher.safe_regex.regex).fullmatch
+    except ValueError as exc:  # e.g. above Envoy's RE2 program size limit
+        raise TlsConfigError(f"{path}.safe_regex.regex", str(exc)) from None
+
+
+@dataclass(frozen=True)
+class SanMatcher:
+    """One `SubjectAltNameMatcher`: a SAN type and a predicate on that SAN's text."""
+
+    san_type: str
+    description: str
+    predicate: Callable[[str], bool]
+
+    def matches(self, sans: dict[str, list[str]]) -> bool:
+        return any(self.predicate(value) for value in sans.get(self.san_type, ()))
+
+
+_MATCH_KINDS = ("exact", "prefix", "suffix", "contains", "safe_regex")
+
+
+def _san_matcher(san_type: str, matcher: StringMatcher, path: str) -> SanMatcher:
+    if san_type == "DNS" and matcher.exact is not None:
+        exact = matcher.exact
+        return SanMatcher(san_type, f"DNS exact {exact!r}", lambda san: dns_name_match(exact, san))
+    kind, value = next((k, v) for k in _MATCH_KINDS if (v := getattr(matcher, k)) is not None)
+    text = value.regex if kind == "safe_regex" else value
+    return SanMatcher(san_type, f"{san_type} {kind} {text!r}", _string_predicate(matcher, path))
+
+
+def peer_sans(der: bytes) -> dict[str, list[str]]:
+    """SANs of a DER certificate by Envoy SAN type, in Envoy's text forms (IPs compressed: `::1`)."""
+    cert = x509.load_der_x509_certificate(der)
+    try:
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return {}
+    return {
+        san_type: [str(value) for value in names.get_values_for_type(cls)]  # type: ignore[arg-type]
+        for san_type, cls in _SAN_CLASSES.items()
+    }
+
+
+class PeerVerifier:
+    """The post-handshake part of peer validation: SAN matching.
+
+    The chain itself is verified by OpenSSL during the handshake; this checks
+    what OpenSSL cannot express. Sans-IO: `verify_der` takes the peer's DER
+    certificate (or None) and returns None when acceptable, else a reason.
+    """
+
+    def __init__(self, matchers: Sequence[SanMatcher]) -> None:
+        self.matchers = tuple(matchers)
+
+    def verify_der(self, der: bytes | None) -> str | None:
+        if not self.matchers:
+            return None
+        if der is None:
+            return "peer presented no certificate, but SAN matchers are configured"
+        try:
+            sans = peer_sans(der)
+        except ValueError as exc:  # OpenSSL accepted it, but its extensions do not parse
+            return f"cannot read the peer certificate's SANs: {exc}"
+        if any(matcher.matches(sans) for matcher in self.matchers):
+            return None
+        present = ", ".join(f"{t}:{v}" for t in _SAN_TYPES for v in sans.get(t, ())) or "none"
+        wanted = "; ".join(m.description for m in self.matchers)
+        return f"peer certificate SANs ({present}) match none of: {wanted}"
+
+    def verify(self, ssl_object: ssl.SSLObject | ssl.SSLSocket) -> str | None:
+        """Check a completed handshake (`transport.get_extra_info("ssl_object")`)."""
+        if not self.matchers:
+            return None
+        return self.verify_der(ssl_object.getpeercert(binary_form=True))
+
+
+def _peer_verifier(validation: CertificateValidationContext, path: str) -> PeerVerifier:
+    matchers: list[SanMatcher] = []
+    if validation.match_typed_subject_alt_names:
+        for i, typed in enumerate(validation.match_typed_subject_alt_names):
+            where = f"{path}.match_typed_subject_alt_names[{i}]"
+            matchers.append(_san_matcher(typed.san_type, typed.matcher, f"{where}.matcher"))
+    else:
+        # Deprecated untyped matchers: Envoy tries each against every supported SAN type.
+        for i, matcher in enumerate(validation.match_subject_alt_names):
+            where = f"{path}.match_subject_alt_names[{i}]"
+            matchers += [_san_matcher(san_type, matcher, where) for san_type in _SAN_TYPES]
+    return PeerVerifier(matchers)
+
+
+# --------------------------------------------------------------------------------------
+# Building contexts
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServerTls:
+    """A downstream (listener) TLS context and its post-handshake peer check."""
+
+    context: ssl.SSLContext
+    verifier: PeerVerifier
+
+    def verify_peer(self, ssl_object: ssl.SSLObject | ssl.SSLSocket) -> str | None:
+        """None when the client is acceptable, else why not (Envoy's `ssl.fail_verify_san`)."""
+        return self.verifier.verify(ssl_object)
+
+
+@dataclass(frozen=True)
+class ClientTls:
+    """An upstream (cluster) TLS context, the SNI to send, and the post-handshake peer check."""
+
+    context: ssl.SSLContext
+    server_hostname: str | None
+    verifier: PeerVerifier
+
+    def verify_peer(self, ssl_object: ssl.SSLObject | ssl.SSLSocket) -> str | None:
+        """None when the server is acceptable, else why not (Envoy's `ssl.fail_verify_san`)."""
+        return self.verifier.verify(ssl_object)
+
+
+def server_context(cfg: DownstreamTlsContext) -> ServerTls:
+    """An `ssl.SSLContext` for a listener, from Envoy's `DownstreamTlsContext`.
+
+    The config model already guarantees what needs no OpenSSL to check (a
+    certificate is present, `require_client_certificate` and SAN matchers come
+    with a `trusted_ca`, min <= max version); everything else that can be wrong
+    raises `TlsConfigError`.
+    """
+    common = cfg.common_tls_context
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    handle = OpenSslContext(context)
+    _apply_common(handle, common, server=True)
+    _load_certificates(context, common.tls_certificates)
+
+    verifier = PeerVerifier(())
+    validation = common.validation_context
+    if validation is not None:
+        path = "common_tls_context.validation_context"
+        verifier = _peer_verifier(validation, path)
+        if validation.trusted_ca is not None:
+            _load_trusted_ca(context, validation.trusted_ca, f"{path}.trusted_ca")
+            # Envoy requests a client certificate whenever a CA is configured, and requires
+            # one when asked to or when SAN matchers need a certificate to look at.
+            required = cfg.require_client_certificate or verifier.matchers
+            context.verify_mode = ssl.CERT_REQUIRED if required else ssl.CERT_OPTIONAL
+
+    if cfg.disable_stateless_session_resumption:
+        context.options |= ssl.OP_NO_TICKET
+        context.num_tickets = 0
+    if cfg.disable_stateful_session_resumption:
+        handle.session_cache_mode = SSL_SESS_CACHE_OFF
+    if cfg.session_timeout is not None:
+        handle.timeout = int(cfg.session_timeout)  # whole seconds, as in Envoy
+    return ServerTls(context=context, verifier=verifier)
+
+
+def client_context(cfg: UpstreamTlsContext) -> ClientTls:
+    """An `ssl.SSLContext` for a cluster, from Envoy's `UpstreamTlsContext`."""
+    common = cfg.common_tls_context
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False  # Envoy checks only the SANs configured, never implicitly
+    context.verify_mode = ssl.CERT_NONE
+    _apply_common(OpenSslContext(context), common, server=False)
+    if cfg.allow_renegotiation:
+        context.options &= ~ssl.OP_NO_RENEGOTIATION
+    if len(common.tls_certificates) > 1:
+        raise TlsConfigError(
+            "common_tls_context.tls_certificates", "a client TLS context takes at most one certificate"
+        )
+    _load_certificates(context, common.tls_certificates)
+
+    verifier = PeerVerifier(())
+    validation = common.validation_context
+    if validation is not None:
+        path = "common_tls_context.validation_context"
+        verifier = _peer_verifier(validation, path)
+        if validation.trusted_ca is not None:
+            _load_trusted_ca(context, validation.trusted_ca, f"{path}.trusted_ca")
+            context.verify_mode = ssl.CERT_REQUIRED
+    return ClientTls(context=context, server_hostname=cfg.sni or None, verifier=verifier)
+
+
+def _apply_common(handle: OpenSslContext, common: CommonTlsContext, *, server: bool) -> None:
+    """Settings shared by both sides: versions, ciphers, groups, ALPN, chain verification flags."""
+    context = handle.context
+    params: TlsParameters = common.tls_params
+    path = "common_tls_context.tls_params"
+    # TLS_AUTO: Envoy's documented defaults.
+    context.minimum_version = _VERSIONS.get(params.tls_minimum_protocol_version, ssl.TLSVersion.TLSv1_2)
+    default_max = ssl.TLSVersion.TLSv1_3 if server else ssl.TLSVersion.TLSv1_2
+    context.maximum_version = _VERSIONS.get(params.tls_maximum_protocol_version, default_max)
+    if context.minimum_version > context.maximum_version:
+        # Only reachable through TLS_AUTO: e.g. an upstream min of TLSv1_3 with the default max.
+        raise TlsConfigError(
+            f"{path}.tls_minimum_protocol_version",
+            f"{params.tls_minimum_protocol_version} is above the maximum version "
+            f"({context.maximum_version.name}); set tls_maximum_protocol_version too",
+        )
+    _apply_ciphers(context, params.cipher_suites or DEFAULT_CIPHER_SUITES, f"{path}.cipher_suites")
+    try:
+        handle.set_groups(params.ecdh_curves or DEFAULT_ECDH_CURVES)
+    except ValueError as exc:
+        raise TlsConfigError(f"{path}.ecdh_curves", str(exc)) from None
+    if common.alpn_protocols:
+        context.set_alpn_protocols(list(common.alpn_protocols))
+    # Envoy sets X509_V_FLAG_PARTIAL_CHAIN: an intermediate in trusted_ca is a trust anchor.
+    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    # BoringSSL servers never renegotiate, and Envoy clients refuse it unless allowed.
+    context.options |= ssl.OP_NO_RENEGOTIATION
+
+
+def _apply_ciphers(context: ssl.SSLContext, suites: Sequence[str], path: str) -> None:
+    """Set the TLS <= 1.2 cipher list, strictly: every name must be a cipher OpenSSL knows."""
+    names: list[str] = []
+    for i, entry in enumerate(suites):
+        where = f"{path}[{i}]"
+        if entry.startswith("["):
+            if not entry.endswith("]") or len(entry) < 3:
+                raise TlsConfigError(where, f"malformed equal-preference group {entry!r}")
+            group = entry[1:-1].split("|")
+        else:
+            group = [entry]
+        for name in group:
+            if not name or any(c in name for c in ":[]|,! +@") or not _cipher_known(context, name):
+                raise TlsConfigError(where, f"unknown cipher {name!r}")
+            names.append(name)
+    context.set_ciphers(":".join(names))
+
+
+def _cipher_known(context: ssl.SSLContext, name: str) -> bool:
+    """Whether OpenSSL selects anything for `name` alone (the list is set again afterwards)."""
+    try:
+        context.set_ciphers(name)
+    except ssl.SSLError:
+        return False
+    return True
+
+
+def _read(source: DataSource, path: str) -> bytes:
+    try:
+        return read_bytes(source)
+    except DataSourceError as exc:
+        raise TlsConfigError(path, str(exc)) from None
+
+
+def _load_certificates(context: ssl.SSLContext, certificates: Sequence[TlsCertificate]) -> None:
+    """Load each certificate chain and key, after checking them with clear errors.
+
+    OpenSSL keeps one certificate per key type in an `SSL_CTX`, so a server may
+    hold an RSA and an ECDSA certificate (chosen per client, as in Envoy), but
+    two of the same type would silently replace each other: that is an error.
+    """
+    seen: dict[str, int] = {}
+    for i, certificate in enumerate(certificates):
+        path = f"common_tls_context.tls_certificates[{i}]"
+        if certificate.private_key is None:
+            raise TlsConfigError(
+                f"{path}.private_key_provider", "private key providers are not supported by this TLS context yet"
+            )
+        chain = _read(certificate.certificate_chain, f"{path}.certificate_chain")
+        key = _read(certificate.private_key, f"{path}.private_key")
+        leaf = _check_pair(chain, key, path)
+        key_type = "RSA" if isinstance(leaf.public_key(), rsa.RSAPublicKey) else "ECDSA"
+        if key_type in seen:
+            raise TlsConfigError(
+                path,
+                f"a second {key_type} certificate (the first is tls_certificates[{seen[key_type]}]); "
+                "one certificate per key type is supported (no SNI-based selection)",
+            )
+        seen[key_type] = i
+        with _memory_file(chain) as chain_path, _memory_file(key) as key_path:
+            try:
+                context.load_cert_chain(chain_path, key_path)
+            except ssl.SSLError as exc:
+                raise TlsConfigError(path, f"OpenSSL rejected the certificate or key: {exc}") from None
+
+
+def _check_pair(chain: bytes, key: bytes, path: str) -> x509.Certificate:
+    """The leaf of `chain`, after checking that chain and key parse and belong together."""
+    try:
+        certs = x509.load_pem_x509_certificates(chain)
+    except ValueError:
+        raise TlsConfigError(f"{path}.certificate_chain", "no valid PEM certificate found") from None
+    try:
+        private = serialization.load_pem_private_key(key, password=None)
+    except TypeError:
+        raise TlsConfigError(
+            f"{path}.private_key", "the key is encrypted (password-protected keys are not supported)"
+        ) from None
+    except ValueError as exc:
+        raise TlsConfigError(f"{path}.private_key", f"not a usable PEM private key: {exc}") from None
+    if not isinstance(private, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey)):
+        raise TlsConfigError(
+            f"{path}.private_key", f"unsupported key type {type(private).__name__} (RSA or ECDSA only)"
+        )
+    if private.public_key() != certs[0].public_key():
+        raise TlsConfigError(path, "private_key does not match the first certificate of certificate_chain")
+    return certs[0]
+
+
+def _load_trusted_ca(context: ssl.SSLContext, source: DataSource, path: str) -> None:
+    data = _read(source, path)
+    try:
+        cas = x509.load_pem_x509_certificates(data)
+    except ValueError:
+        raise TlsConfigError(path, "no valid PEM certificate found") from None
+    pem = "".join(ca.public_bytes(serialization.Encoding.PEM).decode() for ca in cas)
+    try:
+        context.load_verify_locations(cadata=pem)
+    except ssl.SSLError as exc:
+        raise TlsConfigError(path, f"OpenSSL rejected the CA certificates: {exc}") from None
+
+
+@contextlib.contextmanager
+def _memory_file(data: bytes) -> Iterator[str]:
+    """A path OpenSSL can open whose bytes live only in memory (memfd), closed on exit.
+
+    `load_cert_chain` accepts only paths; an anonymous memory file keeps key
+    material off the disk entirely, so nothing is left behind even on a crash.
+    """
+    fd = os.memfd_create("pylon-tls", os.MFD_CLOEXEC)
+    try:
+        with open(fd, "wb", closefd=False) as out:
+            out.write(data)
+        yield f"/proc/self/fd/{fd}"
+    finally:
+        os.close(fd)
