@@ -1,0 +1,553 @@
+"""`pylon load`: the load generator engine (Fortio's client role) on uvloop and llhttp.
+
+Each of the `-c` connections is a `_Slot` (a Fortio "thread") that keeps one
+request in flight at a time. The hot path is callbacks only — no coroutine or
+future per request: the response parser's `on_message_complete` records the
+call and sends the next request (at `-qps 0`) or arms a timer for its intended
+time (`pacing.Pacer`). Latency runs from the intended send time, so a stalled
+server cannot hide behind a stalled client. Connections are made ahead of the
+run (like Fortio's warm-up, but without sending requests, so the client's
+count is exactly what the server served); coroutines are used only to connect.
+
+Every failure — refused, reset, closed, timeout, tls, dns, protocol — is a
+recorded call with code -1 and a kind, never an exception out of the run.
+`--new-connection` makes every call open (and TLS-handshake) a fresh
+connection and close it after the response; the stdlib `ssl` client never
+offers a session to resume, so every handshake is a full one.
+
+`-procs N` forks N processes, each running its share of the connections, rate
+and calls; they connect, report ready, start together at a common monotonic
+instant, and send their recorders home to be merged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import mmap
+import multiprocessing
+import os
+import random
+import signal
+import socket
+import ssl
+import time
+from datetime import datetime, timedelta
+from multiprocessing.connection import Connection, wait
+from typing import Any, Callable
+
+import httptools
+import uvloop
+
+from pylon import __version__
+from pylon.bench.fortio_args import LoadOptions, LoadUsageError, Target, format_go_duration
+from pylon.bench.pacing import Pacer, Tickets, split
+from pylon.bench.results import SOCKET_ERROR, Recorder, RunTiming, build_result
+
+perf_counter = time.perf_counter
+USER_AGENT = f"pylon-load/{__version__}"
+
+ProgressHook = Callable[[int], None]  # called with the number of completed calls
+
+
+class FortioResult(dict):
+    """A finished run: Fortio's JSON object (a dict), with a few conveniences."""
+
+    @property
+    def count(self) -> int:
+        return int(self["DurationHistogram"]["Count"])
+
+    @property
+    def ret_codes(self) -> dict[str, int]:
+        return self["RetCodes"]
+
+    @property
+    def error_kinds(self) -> dict[str, int]:
+        return self.get("ErrorKinds", {})
+
+
+def classify_error(exc: BaseException | None) -> str:
+    """The kind of a socket-level failure, as counted in `ErrorKinds`."""
+    if exc is None:
+        return "closed"
+    if isinstance(exc, ConnectionRefusedError):
+        return "refused"
+    if isinstance(exc, (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)):
+        return "reset"
+    if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
+        return "timeout"
+    if isinstance(exc, (ssl.SSLError, ssl.CertificateError)):
+        return "tls"
+    if isinstance(exc, socket.gaierror):
+        return "dns"
+    if isinstance(exc, httptools.HttpParserError):
+        return "protocol"
+    return "other"
+
+
+def build_request(options: LoadOptions, target: Target, close: bool) -> bytes:
+    """The request every call sends, serialised once."""
+    headers = {name.lower(): (name, value) for name, value in options.headers}
+    lines = [f"{options.http_method} {target.path} HTTP/1.1"]
+    lines.append(f"Host: {headers.pop('host', ('', target.authority))[1]}")
+    lines.append(f"User-Agent: {headers.pop('user-agent', ('', USER_AGENT))[1]}")
+    headers.pop("content-length", None)
+    if options.content_type and "content-type" not in headers:
+        lines.append(f"Content-Type: {options.content_type}")
+    lines.extend(f"{name}: {value}" for name, value in headers.values() if name.lower() != "connection")
+    if options.payload or options.http_method in ("POST", "PUT", "PATCH"):
+        lines.append(f"Content-Length: {len(options.payload)}")
+    if close:
+        lines.append("Connection: close")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + options.payload
+
+
+def client_ssl_context(options: LoadOptions) -> ssl.SSLContext | None:
+    """TLS settings from -k, -cacert, -cert and -key; None for plain http."""
+    if not options.target.tls:
+        return None
+    try:
+        ctx = ssl.create_default_context(cafile=options.cacert or None)
+        if options.insecure:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        if options.cert:
+            ctx.load_cert_chain(options.cert, options.key or None)
+    except (OSError, ssl.SSLError) as exc:
+        raise LoadUsageError(f"TLS files: {exc}") from None
+    return ctx
+
+
+class _ClientProtocol(asyncio.Protocol):
+    """One socket: feeds llhttp and hands complete responses to its slot."""
+
+    __slots__ = ("slot", "transport", "parser", "rx", "body_len")
+
+    def __init__(self, slot: "_Slot") -> None:
+        self.slot = slot
+        self.parser = httptools.HttpResponseParser(self)
+        self.rx = 0
+        self.body_len = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.rx += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self.slot.lost(self, exc)
+            self.transport.abort()
+
+    def on_body(self, body: bytes) -> None:
+        self.body_len += len(body)
+
+    def on_message_complete(self) -> None:
+        rx, body_len = self.rx, self.body_len
+        self.rx = self.body_len = 0
+        self.slot.complete(self, self.parser.get_status_code(), self.parser.should_keep_alive(),
+                           rx, rx - body_len)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.slot.lost(self, exc)
+
+
+class _Slot:
+    """One Fortio "thread": a connection slot sending one request at a time on its pacer."""
+
+    def __init__(self, engine: "_Engine", index: int) -> None:
+        self.engine = engine
+        self.index = index
+        self.pacer: Pacer | None = None
+        self.proto: _ClientProtocol | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.intended = 0.0
+        self.base = 0.0  # latency origin of the call in flight: min(intended, actual send)
+        self.sent_at = 0.0
+        self.in_flight = False
+        self.connecting = False
+        self.finished = False
+        self.uses = 0
+        self.reuse_limit = 0
+
+    # connecting ---------------------------------------------------------------
+
+    async def _open(self) -> _ClientProtocol:
+        e = self.engine
+        started = perf_counter()
+        transport, proto = await asyncio.wait_for(
+            e.loop.create_connection(lambda: _ClientProtocol(self), e.address[0], e.address[1],
+                                     ssl=e.ssl_context, server_hostname=e.sni,
+                                     ssl_handshake_timeout=e.options.timeout if e.ssl_context else None),
+            e.options.timeout)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        e.recorder.connected(self.index, perf_counter() - started, e.peer, e.ssl_context is not None)
+        reuse = e.options.connection_reuse
+        self.reuse_limit = random.randint(*reuse) if reuse else 0
+        self.uses = 0
+        return proto
+
+    async def preconnect(self) -> None:
+        """Open the keep-alive connection before the run; a failure is retried by the first call."""
+        try:
+            self.proto = await self._open()
+        except Exception:  # noqa: BLE001 - the first call reconnects and records the failure
+            self.proto = None
+
+    async def _connect_then_send(self) -> None:
+        try:
+            proto = await self._open()
+        except Exception as exc:  # noqa: BLE001 - every failure is a counted call
+            self.connecting = False
+            self._failed(classify_error(exc))
+            return
+        self.connecting = False
+        if self.finished:
+            proto.transport.close()
+            return
+        self.proto = proto
+        self._send()
+
+    # the call cycle -------------------------------------------------------------
+
+    def next(self) -> None:
+        """Schedule this slot's next call, or finish it."""
+        e = self.engine
+        if e.stopping:
+            self.finish()
+            return
+        now = perf_counter()
+        intended = self.pacer.next_time(now)  # type: ignore[union-attr]
+        if intended is None:
+            self.finish()
+            return
+        self.intended = intended
+        delay = intended - now
+        if delay > 0.0002:
+            self.timer = e.loop.call_later(delay, self._fire)
+        else:
+            self._fire()
+
+    def _fire(self) -> None:
+        self.timer = None
+        if self.engine.stopping:
+            self.finish()
+            return
+        self.base = self.intended
+        if self.proto is not None:
+            self._send()
+            return
+        self.connecting = True
+        now = perf_counter()
+        if now < self.base:
+            self.base = now
+        self.engine.loop.create_task(self._connect_then_send())
+
+    def _send(self) -> None:
+        now = perf_counter()
+        if now < self.base:
+            self.base = now
+        self.sent_at = now
+        self.in_flight = True
+        self.proto.transport.write(self.engine.request)  # type: ignore[union-attr]
+
+    def complete(self, proto: _ClientProtocol, code: int, keep_alive: bool, size: int, header_size: int) -> None:
+        if proto is not self.proto or not self.in_flight:
+            return
+        e = self.engine
+        self.in_flight = False
+        e.recorder.response(perf_counter() - self.base, code, size, header_size)
+        e.completed += 1
+        if code == e.options.abort_on:
+            e.stop()
+        self.uses += 1
+        if not keep_alive or e.fresh_connections or (self.reuse_limit and self.uses >= self.reuse_limit):
+            self._drop()
+        self.next()
+
+    def lost(self, proto: _ClientProtocol, exc: BaseException | None) -> None:
+        if proto is not self.proto:
+            return
+        self.proto = None
+        if self.in_flight:
+            self.in_flight = False
+            self._failed(classify_error(exc))
+
+    def timed_out(self) -> None:
+        self.in_flight = False
+        self._drop(abort=True)
+        self._failed("timeout")
+
+    def _failed(self, kind: str) -> None:
+        e = self.engine
+        e.recorder.failure(perf_counter() - self.base, kind)
+        e.completed += 1
+        if e.options.abort_on == SOCKET_ERROR:
+            e.stop()
+        self.next()
+
+    def _drop(self, abort: bool = False) -> None:
+        proto, self.proto = self.proto, None
+        if proto is not None:
+            if abort:
+                proto.transport.abort()
+            else:
+                proto.transport.close()
+
+    def finish(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self._drop()
+        self.engine.slot_finished()
+
+
+class _Engine:
+    """One process's share of a load run."""
+
+    def __init__(self, options: LoadOptions, address: tuple[str, int], peer: str) -> None:
+        self.options = options
+        self.target = options.target
+        self.loop = asyncio.get_event_loop()
+        self.address = address
+        self.peer = peer
+        self.ssl_context = client_ssl_context(options)
+        self.sni = self.target.host if self.ssl_context else None
+        self.fresh_connections = options.new_connection or not options.keepalive
+        self.request = build_request(options, self.target, close=self.fresh_connections)
+        self.recorder = Recorder(options.resolution, options.connections)
+        self.slots = [_Slot(self, i) for i in range(options.connections)]
+        self.completed = 0
+        self.stopping = False
+        self.unfinished = len(self.slots)
+        self.done = self.loop.create_future()
+        self.ended_at = 0.0
+
+    def _pacers(self, start: float) -> list[Pacer]:
+        o, c = self.options, len(self.slots)
+        end = start + o.duration if o.duration > 0 and o.exactly <= 0 else None
+        if o.qps <= 0:
+            tickets = Tickets(o.exactly) if o.exactly > 0 else None
+            return [Pacer(start, 0.0, end=end, tickets=tickets) for _ in range(c)]
+        interval = c / o.qps
+        total = o.exactly if o.exactly > 0 else (int(o.qps * o.duration) if o.duration > 0 else None)
+        counts: list[int | None] = list(split(total, c)) if total is not None else [None] * c
+        return [Pacer(start, interval, count=counts[i], offset=(i * interval / c if o.uniform else 0.0),
+                      jitter=o.jitter, nocatchup=o.nocatchup) for i in range(c)]
+
+    async def prepare(self) -> None:
+        if not self.fresh_connections:
+            await asyncio.gather(*(slot.preconnect() for slot in self.slots))
+
+    async def run(self, start: float | None = None) -> float:
+        """Run from `start` (a perf_counter instant, default now) until every slot is done."""
+        if start is not None and start > perf_counter():
+            await asyncio.sleep(start - perf_counter())
+        start = perf_counter()
+        for slot, pacer in zip(self.slots, self._pacers(start)):
+            slot.pacer = pacer
+        self._watchdog()
+        for slot in self.slots:
+            slot.next()
+        await self.done
+        return start
+
+    def _watchdog(self) -> None:
+        """Time out calls stuck longer than -timeout (one timer for all, not one per request)."""
+        if self.done.done():
+            return
+        deadline = perf_counter() - self.options.timeout
+        for slot in self.slots:
+            if slot.in_flight and slot.sent_at < deadline:
+                slot.timed_out()
+        self.loop.call_later(min(0.1, self.options.timeout / 4), self._watchdog)
+
+    def stop(self) -> None:
+        """Finish the run: idle slots stop now, busy ones after their call."""
+        self.stopping = True
+        for slot in self.slots:
+            if not (slot.in_flight or slot.connecting or slot.finished):
+                slot.finish()
+
+    def slot_finished(self) -> None:
+        self.unfinished -= 1
+        if self.unfinished == 0 and not self.done.done():
+            self.ended_at = perf_counter()
+            self.done.set_result(None)
+
+
+def resolve(target: Target) -> tuple[tuple[str, int], str]:
+    """Resolve the target once (as Fortio does): the address to connect to and its label."""
+    try:
+        infos = socket.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise LoadUsageError(f"cannot resolve {target.host!r}: {exc.strerror}") from None
+    family, _, _, _, sockaddr = infos[0]
+    host, port = sockaddr[0], sockaddr[1]
+    return (host, port), (f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}")
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    loop = uvloop.new_event_loop()
+    asyncio.set_event_loop(loop)
+    return loop
+
+
+def _on_signals(loop: asyncio.AbstractEventLoop, handler: Callable[[], None]) -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, handler)
+        except (RuntimeError, ValueError):  # not the main thread: the caller handles interruption
+            pass
+
+
+def _run_here(options: LoadOptions, address: tuple[str, int], peer: str,
+              progress: ProgressHook | None) -> tuple[Recorder, RunTiming]:
+    loop = _new_loop()
+    try:
+        engine = _Engine(options, address, peer)
+        _on_signals(loop, engine.stop)
+        if progress is not None:
+            def tick() -> None:
+                progress(engine.completed)
+                if not engine.done.done():
+                    loop.call_later(0.25, tick)
+            loop.call_soon(tick)
+        loop.run_until_complete(engine.prepare())
+        wall = datetime.now().astimezone()
+        start = loop.run_until_complete(engine.run())
+        if progress is not None:
+            progress(engine.completed)
+        return engine.recorder, RunTiming(wall, engine.ended_at - start)
+    finally:
+        loop.close()
+        asyncio.set_event_loop(None)
+
+
+def _child(options: LoadOptions, address: tuple[str, int], peer: str, conn: Connection,
+           counts: memoryview, index: int) -> None:
+    """A `-procs` child: connect, report ready, start when told, send the recorder home."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent turns ^C into a stop message
+    loop = _new_loop()
+    engine = _Engine(options, address, peer)
+    loop.add_signal_handler(signal.SIGTERM, engine.stop)
+
+    def tick() -> None:
+        counts[index] = engine.completed
+        if not engine.done.done():
+            loop.call_later(0.25, tick)
+
+    loop.run_until_complete(engine.prepare())
+    conn.send("ready")
+    start_at = conn.recv()
+    loop.add_reader(conn.fileno(), lambda: conn.poll() and conn.recv() == "stop" and engine.stop())
+    tick()
+    loop.run_until_complete(engine.run(start_at))
+    counts[index] = engine.completed
+    conn.send((engine.recorder.to_state(), engine.ended_at))
+    loop.close()
+
+
+def _share(options: LoadOptions, procs: int) -> list[LoadOptions]:
+    """Each process's options: its connections, its part of the rate and of the calls."""
+    conns = split(options.connections, procs)
+    calls = split(options.exactly, procs) if options.exactly > 0 else [0] * procs
+    return [dataclasses.replace(options, connections=conns[i], exactly=calls[i], procs=1,
+                                qps=options.qps * conns[i] / options.connections)
+            for i in range(procs)]
+
+
+def _run_procs(options: LoadOptions, address: tuple[str, int], peer: str,
+               progress: ProgressHook | None) -> tuple[Recorder, RunTiming]:
+    ctx = multiprocessing.get_context("fork")
+    shares = _share(options, options.procs)
+    shared = mmap.mmap(-1, 8 * len(shares))
+    counts = memoryview(shared).cast("Q")
+    children = []
+    for i, share in enumerate(shares):
+        parent_end, child_end = ctx.Pipe()
+        proc = ctx.Process(target=_child, args=(share, address, peer, child_end, counts, i), daemon=True)
+        proc.start()
+        child_end.close()
+        children.append((proc, parent_end))
+    stop_requested = False
+
+    def on_signal(_signum: int, _frame: Any) -> None:
+        nonlocal stop_requested
+        stop_requested = True
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for proc, conn in children:
+            if conn.recv() != "ready":
+                raise RuntimeError("load process failed to start")
+        start_at = perf_counter() + 0.05
+        wall = datetime.now().astimezone() + timedelta(seconds=0.05)
+        for _, conn in children:
+            conn.send(start_at)
+        pending = {conn: proc for proc, conn in children}
+        results = []
+        stop_sent = False
+        while pending:
+            if stop_requested and not stop_sent:
+                for conn in pending:
+                    conn.send("stop")
+                stop_sent = True
+            for conn in wait(list(pending), timeout=0.25):
+                try:
+                    results.append(conn.recv())
+                except EOFError:
+                    raise RuntimeError(f"load process {pending[conn].pid} died") from None
+                pending.pop(conn).join()
+            if progress is not None:
+                progress(sum(counts))
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for proc, _ in children:
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(5)
+    recorder = Recorder.from_state(results[0][0])
+    for state, *_ in results[1:]:
+        recorder.merge(Recorder.from_state(state))
+    ended = max(r[1] for r in results)
+    return recorder, RunTiming(wall, ended - start_at)
+
+
+def run_load(options: LoadOptions, progress: ProgressHook | None = None) -> FortioResult:
+    """Run a load test and return Fortio's result object. Call it outside any running event loop.
+
+    Raises `LoadUsageError` for problems found before the run (bad URL, TLS files,
+    unresolvable host); failures during the run are counted in the result.
+    """
+    target = options.target
+    address, peer = resolve(target)
+    client_ssl_context(options)  # check TLS files before starting anything
+    if options.procs > 1:
+        recorder, timing = _run_procs(options, address, peer, progress)
+    else:
+        recorder, timing = _run_here(options, address, peer, progress)
+    return FortioResult(build_result(options, recorder, timing))
+
+
+def start_banner(options: LoadOptions) -> str:
+    """Fortio's opening lines, before the run starts."""
+    rate = "max" if options.qps <= 0 else f"{options.qps:g}"
+    if options.exactly > 0:
+        span = f"for exactly {options.exactly} calls"
+    elif options.duration > 0:
+        span = f"for {format_go_duration(options.duration)}"
+    else:
+        span = "until interrupted"
+    mode = " (new connection per call)" if options.new_connection else ""
+    return (f"pylon load {__version__} running at {rate} queries per second, {os.cpu_count()} cpus, "
+            f"{options.procs} process(es), {span}: {options.url}{mode}\n"
+            f"Starting at {rate} qps with {options.connections} connection(s) {span}")
+
