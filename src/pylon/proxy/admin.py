@@ -1,0 +1,389 @@
+"""Envoy's admin endpoint for `pylon proxy`: /ready, /stats, /stats/prometheus, /config_dump, ...
+
+It runs in the supervisor's event loop and reads everything through an
+`AdminBackend` (merged worker stats, cluster status, config, server state), so
+scripts, probes and dashboards written for Envoy's admin port work unchanged:
+same paths, same text and JSON shapes, same 404/405 behaviour.
+
+`AdminHandler` is the sans-IO part (method + request target in, `AdminResponse`
+out); `_AdminProtocol` is a small keep-alive HTTP/1.1 shell over httptools.
+Admin traffic is rare, so clarity beats speed here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from http import HTTPStatus
+from typing import Any, NamedTuple, Protocol, cast
+from urllib.parse import parse_qs, urlsplit
+
+import httptools
+import msgspec
+import re2
+
+from pylon import __version__
+from pylon.proxy.http1 import local_reply
+from pylon.proxy.prometheus import CONTENT_TYPE as PROMETHEUS_CONTENT_TYPE
+from pylon.proxy.prometheus import render_prometheus
+
+
+class AdminBackend(Protocol):
+    """What the admin endpoint needs from the proxy (the supervisor implements it)."""
+
+    async def stats_snapshot(self) -> dict:
+        """All workers' stats merged, in `pylon.proxy.stats` snapshot format."""
+
+    async def clusters_text(self) -> str:
+        """Envoy's /clusters text (`cluster::host:port::stat::value` lines)."""
+
+    def config_dump(self) -> dict:
+        """The running config, Envoy-shaped (may contain msgspec Structs)."""
+
+    def server_info(self) -> dict:
+        """{"state": "LIVE"|"DRAINING"|"PRE_INITIALIZING", "uptime_current_epoch": seconds,
+        "uptime_all_epochs": seconds, "command_line_options": {"concurrency": N, ...}, "node": {...}}."""
+
+    def is_ready(self) -> bool:
+        """LIVE and every worker up."""
+
+    async def quit(self) -> None:
+        """Drain gracefully and exit (/quitquitquit)."""
+
+
+class AdminResponse(NamedTuple):
+    status: int
+    body: bytes
+    content_type: bytes = b"text/plain; charset=UTF-8"
+    after: Callable[[], None] | None = None  # runs once the response is written
+
+
+JSON = b"application/json"
+
+# Envoy's histogram summary quantiles (HistogramStatisticsImpl::supportedQuantiles).
+QUANTILES = (0.0, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 1.0)
+
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False  # a bad ?filter= is the client's 400, not a log line
+
+
+# --------------------------------------------------------------------------- stats rendering
+
+
+def select_stats(
+    snapshot: Mapping[str, Any], pattern: Any = None, used_only: bool = False, stat_type: str = "All"
+) -> dict[str, Any]:
+    """The part of a snapshot that `?filter=`, `?usedonly` and `?type=` select.
+
+    `pattern` is a compiled regex searched in the stat name (Envoy: RE2, partial
+    match). The snapshot has no "used" flag, so `usedonly` keeps counters and
+    gauges that are non-zero and histograms with samples.
+    """
+
+    def keep(name: str, used: bool) -> bool:
+        return (not used_only or used) and (pattern is None or pattern.search(name) is not None)
+
+    wanted = {"All": ("counters", "gauges", "histograms"), "Counters": ("counters",),
+              "Gauges": ("gauges",), "Histograms": ("histograms",)}[stat_type]
+    out: dict[str, Any] = {"counters": {}, "gauges": {}, "histograms": {}}
+    for kind in ("counters", "gauges"):
+        if kind in wanted:
+            out[kind] = {n: v for n, v in snapshot.get(kind, {}).items() if keep(n, v != 0)}
+    if "histograms" in wanted:
+        out["histograms"] = {n: h for n, h in snapshot.get("histograms", {}).items() if keep(n, h["count"] > 0)}
+    return out
+
+
+def histogram_quantiles(hist: Mapping[str, Any]) -> list[float]:
+    """Envoy's summary quantiles estimated from bucket counts (linear within a bucket; nan when empty).
+
+    A bucket `i` holds samples in (bounds[i-1], bounds[i]]; samples above the
+    last bound can only be placed at that bound.
+    """
+    bounds, counts, total = hist["bounds"], hist["counts"], hist["count"]
+    if total == 0:
+        return [math.nan] * len(QUANTILES)
+    values = []
+    for q in QUANTILES:
+        rank = q * total
+        below = 0
+        for i, count in enumerate(counts):
+            if count and below + count >= rank:
+                break
+            below += count
+        if i >= len(bounds):
+            values.append(float(bounds[-1]))
+            continue
+        lower = bounds[i - 1] if i > 0 else 0.0
+        values.append(lower + (bounds[i] - lower) * (rank - below) / count)
+    return values
+
+
+def _number(value: float) -> str:
+    """A double as Envoy prints it: shortest form, integers without `.0`, `nan`."""
+    if math.isnan(value):
+        return "nan"
+    if value.is_integer() and abs(value) < 1e16:
+        return str(int(value))
+    return repr(value)
+
+
+def render_stats_text(stats: Mapping[str, Any]) -> str:
+    """`name: value` lines, counters and gauges sorted together, then histograms (Envoy's order)."""
+    scalars = {**stats["counters"], **stats["gauges"]}
+    lines = [f"{name}: {scalars[name]}" for name in sorted(scalars)]
+    for name in sorted(stats["histograms"]):
+        hist = stats["histograms"][name]
+        if hist["count"] == 0:
+            lines.append(f"{name}: No recorded values")
+            continue
+        summary = " ".join(
+            f"P{_number(q * 100)}(nan,{_number(v)})" for q, v in zip(QUANTILES, histogram_quantiles(hist))
+        )
+        lines.append(f"{name}: {summary}")
+    return "".join(line + "\n" for line in lines)
+
+
+def render_stats_json(stats: Mapping[str, Any]) -> dict[str, Any]:
+    """Envoy's `/stats?format=json`: {"stats": [{"name", "value"}, ..., {"histograms": {...}}]}.
+
+    pylon keeps cumulative counts only, so each quantile's `interval` is null.
+    """
+    scalars = {**stats["counters"], **stats["gauges"]}
+    entries: list[dict[str, Any]] = [{"name": name, "value": scalars[name]} for name in sorted(scalars)]
+    if stats["histograms"]:
+        computed = []
+        for name in sorted(stats["histograms"]):
+            values = histogram_quantiles(stats["histograms"][name])
+            computed.append({
+                "name": name,
+                "values": [{"cumulative": None if math.isnan(v) else v, "interval": None} for v in values],
+            })
+        entries.append({"histograms": {
+            "supported_quantiles": [q * 100 for q in QUANTILES],
+            "computed_quantiles": computed,
+        }})
+    return {"stats": entries}
+
+
+def render_server_info(info: Mapping[str, Any]) -> dict[str, Any]:
+    """Envoy's ServerInfo JSON from the backend's values; numeric uptimes become "<seconds>s".
+
+    Keys beyond Envoy's (pylon's own details, such as per-worker data) follow them unchanged.
+    """
+
+    def duration(value: Any) -> str:
+        return value if isinstance(value, str) else f"{int(value)}s"
+
+    envoy_fields = {
+        "version": info.get("version", f"pylon/{__version__}"),
+        "state": info["state"],
+        "hot_restart_version": "disabled",
+        "command_line_options": dict(info.get("command_line_options", {})),
+        "node": dict(info.get("node", {})),
+        "uptime_current_epoch": duration(info.get("uptime_current_epoch", 0)),
+        "uptime_all_epochs": duration(info.get("uptime_all_epochs", 0)),
+    }
+    return {**envoy_fields, **{k: v for k, v in info.items() if k not in envoy_fields}}
+
+
+def _pretty_json(value: Any) -> bytes:
+    return msgspec.json.format(msgspec.json.encode(value), indent=2) + b"\n"
+
+
+# --------------------------------------------------------------------------- request handling
+
+
+class _Endpoint(NamedTuple):
+    help: str
+    handler: Callable[[dict[str, list[str]]], Awaitable[AdminResponse]]
+    mutates: bool  # Envoy requires POST for endpoints that change server state
+
+
+class AdminHandler:
+    """Maps (method, request target) to a response; no sockets involved."""
+
+    def __init__(self, backend: AdminBackend) -> None:
+        self._backend = backend
+        self._background: set[asyncio.Task[None]] = set()
+        self._endpoints: dict[str, _Endpoint] = {
+            "/": _Endpoint("Admin home page", self._help, False),
+            "/clusters": _Endpoint("upstream cluster status", self._clusters, False),
+            "/config_dump": _Endpoint("dump current Envoy configs", self._config_dump, False),
+            "/help": _Endpoint("print out list of admin commands", self._help, False),
+            "/quitquitquit": _Endpoint("exit the server", self._quit, True),
+            "/ready": _Endpoint("print server state, return 200 if LIVE, otherwise return 503", self._ready, False),
+            "/server_info": _Endpoint("print server version/status information", self._server_info, False),
+            "/stats": _Endpoint("print server stats", self._stats, False),
+            "/stats/prometheus": _Endpoint("print server stats in prometheus format", self._prometheus, False),
+        }
+
+    def help_text(self) -> str:
+        return "admin commands are:\n" + "".join(
+            f"  {path}: {endpoint.help}\n" for path, endpoint in sorted(self._endpoints.items())
+        )
+
+    async def handle(self, method: str, target: str) -> AdminResponse:
+        parts = urlsplit(target)
+        endpoint = self._endpoints.get(parts.path)
+        if endpoint is None:
+            return AdminResponse(404, ("invalid path. " + self.help_text()).encode())
+        if endpoint.mutates and method != "POST":
+            return AdminResponse(405, f"Method {method} not allowed, POST required.".encode())
+        return await endpoint.handler(parse_qs(parts.query, keep_blank_values=True))
+
+    async def _help(self, query: dict[str, list[str]]) -> AdminResponse:
+        return AdminResponse(200, self.help_text().encode())
+
+    async def _ready(self, query: dict[str, list[str]]) -> AdminResponse:
+        state = self._backend.server_info()["state"]
+        return AdminResponse(200 if self._backend.is_ready() else 503, f"{state}\n".encode())
+
+    async def _server_info(self, query: dict[str, list[str]]) -> AdminResponse:
+        return AdminResponse(200, _pretty_json(render_server_info(self._backend.server_info())), JSON)
+
+    async def _config_dump(self, query: dict[str, list[str]]) -> AdminResponse:
+        return AdminResponse(200, _pretty_json(self._backend.config_dump()), JSON)
+
+    async def _clusters(self, query: dict[str, list[str]]) -> AdminResponse:
+        fmt = query.get("format", ["text"])[-1]
+        if fmt != "text":
+            return AdminResponse(400, f"/clusters supports format=text only, not {fmt!r}\n".encode())
+        return AdminResponse(200, (await self._backend.clusters_text()).encode())
+
+    async def _quit(self, query: dict[str, list[str]]) -> AdminResponse:
+        return AdminResponse(200, b"OK\n", after=self._start_quit)
+
+    def _start_quit(self) -> None:
+        task = asyncio.ensure_future(self._backend.quit())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _selected(self, query: dict[str, list[str]]) -> dict[str, Any] | AdminResponse:
+        """The snapshot narrowed by filter/usedonly/type, or the 400 for a bad parameter."""
+        pattern = None
+        if "filter" in query:
+            try:
+                pattern = re2.compile(query["filter"][-1], options=_RE2_OPTIONS)
+            except re2.error as exc:
+                return AdminResponse(400, f"Invalid re2 regex: {exc}\n".encode())
+        stat_type = query.get("type", ["All"])[-1]
+        if stat_type not in ("All", "Counters", "Gauges", "Histograms"):
+            return AdminResponse(400, b"usage: /stats?type=(All|Counters|Gauges|Histograms)\n")
+        snapshot = await self._backend.stats_snapshot()
+        return select_stats(snapshot, pattern, "usedonly" in query, stat_type)
+
+    async def _stats(self, query: dict[str, list[str]]) -> AdminResponse:
+        fmt = query.get("format", ["text"])[-1]
+        if fmt not in ("text", "json", "prometheus"):
+            return AdminResponse(400, b"usage: /stats?format=(json|prometheus|text)\n")
+        stats = await self._selected(query)
+        if isinstance(stats, AdminResponse):
+            return stats
+        if fmt == "json":
+            return AdminResponse(200, msgspec.json.encode(render_stats_json(stats)), JSON)
+        if fmt == "prometheus":
+            return AdminResponse(200, render_prometheus(stats), PROMETHEUS_CONTENT_TYPE.encode())
+        return AdminResponse(200, render_stats_text(stats).encode())
+
+    async def _prometheus(self, query: dict[str, list[str]]) -> AdminResponse:
+        return await self._stats({**query, "format": ["prometheus"]})
+
+
+# --------------------------------------------------------------------------- HTTP/1.1 shell
+
+# Admin requests are small; anything bigger is refused rather than buffered.
+MAX_REQUEST_BYTES = 1024 * 1024
+
+
+class _AdminProtocol(asyncio.Protocol):
+    """Keep-alive HTTP/1.1 over httptools; pipelined requests are answered in order."""
+
+    def __init__(self, handler: AdminHandler) -> None:
+        self._handler = handler
+        self._parser = httptools.HttpRequestParser(self)
+        self._transport: asyncio.Transport | None = None
+        self._url = b""
+        self._size = 0
+        self._pending: deque[tuple[str, str, bool]] = deque()
+        self._task: asyncio.Task[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self._transport = cast(asyncio.Transport, transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._refuse(400)
+        except httptools.HttpParserError:  # includes errors raised by the callbacks below
+            self._refuse(413 if self._size > MAX_REQUEST_BYTES else 400)
+
+    # httptools callbacks
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._size = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._grow(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._grow(len(name) + len(value))
+
+    def on_body(self, body: bytes) -> None:
+        self._grow(len(body))
+
+    def on_message_complete(self) -> None:
+        method = self._parser.get_method().decode()
+        self._pending.append((method, self._url.decode("latin-1"), self._parser.should_keep_alive()))
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._serve())
+
+    def _grow(self, amount: int) -> None:
+        self._size += amount
+        if self._size > MAX_REQUEST_BYTES:
+            raise ValueError("request too large")
+
+    def _refuse(self, status: int) -> None:
+        assert self._transport is not None
+        self._pending.clear()
+        if not self._transport.is_closing():
+            self._transport.write(local_reply(status, f"{HTTPStatus(status).phrase}\n".encode(), close=True))
+            self._transport.close()
+
+    async def _serve(self) -> None:
+        assert self._transport is not None
+        while self._pending:
+            method, target, keep_alive = self._pending.popleft()
+            try:
+                response = await self._handler.handle(method, target)
+            except Exception as exc:  # a failing backend must not hang the connection
+                response = AdminResponse(500, f"{type(exc).__name__}: {exc}\n".encode())
+            if self._transport.is_closing():
+                break
+            self._transport.write(local_reply(
+                response.status, response.body, close=not keep_alive, content_type=response.content_type,
+                extra=[(b"cache-control", b"no-cache, max-age=0"), (b"x-content-type-options", b"nosniff")],
+                head_only=method == "HEAD",
+            ))
+            if response.after is not None:
+                response.after()
+            if not keep_alive:
+                self._transport.close()
+                break
+        self._task = None
+
+
+async def start_admin_server(host: str, port: int, backend: AdminBackend) -> asyncio.Server:
+    """Listen on host:port (port 0 picks one: read it from `server.sockets`)."""
+    handler = AdminHandler(backend)
+    loop = asyncio.get_running_loop()
+    return await loop.create_server(lambda: _AdminProtocol(handler), host, port)

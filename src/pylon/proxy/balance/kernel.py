@@ -1,0 +1,52 @@
+"""Kernel balancing (Envoy's default): every worker accepts on its own SO_REUSEPORT socket.
+
+The kernel hashes each new connection's 4-tuple onto one of the sockets.
+No coordination and no extra hop, but with few long-lived connections some
+workers may get none. Without `enable_reuse_port` all workers share one
+socket and whoever wakes first accepts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Callable
+
+
+class KernelBalancer:
+    name = "kernel"
+
+    def __init__(self, reuse_port: bool = True) -> None:
+        self.reuse_port = reuse_port
+
+    def bind(self, host: str, port: int, workers: int, backlog: int = 1024) -> list[socket.socket]:
+        """One listening socket per worker (or one shared), bound now so errors surface before start."""
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        count = workers if self.reuse_port else 1
+        sockets: list[socket.socket] = []
+        try:
+            for _ in range(count):
+                sock = socket.socket(family, socket.SOCK_STREAM)
+                sockets.append(sock)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if self.reuse_port:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if host == "::" else 1)
+                sock.bind((host, port))
+                if port == 0 and self.reuse_port:
+                    port = sock.getsockname()[1]  # the others must share the port the first one got
+                sock.listen(backlog)
+                sock.setblocking(False)
+        except OSError:
+            for sock in sockets:
+                sock.close()
+            raise
+        if not self.reuse_port:
+            sockets = sockets * workers
+        return sockets
+
+    async def serve(self, loop: asyncio.AbstractEventLoop, sock: socket.socket,
+                    protocol_factory: Callable[[], asyncio.Protocol], ssl_context=None) -> asyncio.AbstractServer:
+        return await loop.create_server(protocol_factory, sock=sock, ssl=ssl_context, backlog=1024,
+                                        ssl_handshake_timeout=10.0 if ssl_context else None)

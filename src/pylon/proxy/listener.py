@@ -1,0 +1,109 @@
+"""A listener inside one worker: its stats, its filter chain and the protocol factory it accepts with.
+
+pylon supports one filter chain per listener (no filter_chain_match yet)
+whose terminal network filter is the HTTP connection manager or tcp_proxy,
+optionally behind a TLS transport socket.
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import TYPE_CHECKING, Any, Callable
+
+from pylon.config.envoy import HttpConnectionManager, TcpProxy
+from pylon.proxy.hcm import HcmRuntime, HttpConnection
+from pylon.proxy.tcp_proxy import TcpProxyRuntime, TcpProxySession
+from pylon.proxy.tls import server_context
+
+if TYPE_CHECKING:
+    from pylon.proxy.worker import Worker
+
+
+def listener_stat_name(listener: Any) -> str:
+    """Envoy's stat name for a listener address: `listener.<ip>_<port>`, colons of IPv6 turned into `_`."""
+    sa = listener.address.socket_address
+    return "listener.%s_%d" % (sa.address.replace(":", "_"), sa.port_value)
+
+
+class ListenerRuntime:
+    """Per-worker state of one listener."""
+
+    def __init__(self, config: Any, worker: "Worker") -> None:
+        self.config = config
+        self.worker = worker
+        self.draining = False
+        stats = worker.stats
+        prefix = listener_stat_name(config) + "."
+        self.cx_total = stats.counter(prefix + "downstream_cx_total")
+        self.cx_active = stats.gauge(prefix + "downstream_cx_active")
+        self.cx_destroy = stats.counter(prefix + "downstream_cx_destroy")
+        worker_prefix = f"{prefix}worker_{worker.worker_id}."
+        self.worker_cx_total = stats.counter(worker_prefix + "downstream_cx_total")
+        self.worker_cx_active = stats.gauge(worker_prefix + "downstream_cx_active")
+        self.ssl_context: ssl.SSLContext | None = None
+        self.peer_check: Callable[[Any], str | None] | None = None
+        self.protocol_factory: Callable[[], Any]
+        self.terminal: Any = None
+        self.min_timeout = 0.0
+
+    def opened(self) -> None:
+        self.cx_total.value += 1
+        self.cx_active.value += 1
+        self.worker_cx_total.value += 1
+        self.worker_cx_active.value += 1
+
+    def closed(self) -> None:
+        self.cx_active.value -= 1
+        self.cx_destroy.value += 1
+        self.worker_cx_active.value -= 1
+
+
+def build_listener(config: Any, worker: "Worker") -> ListenerRuntime:
+    """Compile a listener's (single) filter chain for this worker."""
+    runtime = ListenerRuntime(config, worker)
+    chain = config.filter_chains[0]
+    if chain.transport_socket is not None:
+        tls = server_context(chain.transport_socket.typed_config)
+        runtime.ssl_context = tls.context
+        runtime.peer_check = tls.verify_peer
+    terminal_cfg = chain.filters[-1].typed_config
+    scheme = b"https" if runtime.ssl_context is not None else b"http"
+    if isinstance(terminal_cfg, HttpConnectionManager):
+        hcm = HcmRuntime(terminal_cfg, worker.clusters, worker.pools, worker.stats, worker)
+        hcm.peer_check = runtime.peer_check
+        runtime.terminal = hcm
+        timeouts = [hcm.idle_timeout, hcm.request_timeout, hcm.stream_idle_timeout, *_route_timeouts(terminal_cfg)]
+
+        def factory() -> HttpConnection:
+            conn = HttpConnection(hcm, scheme)
+            conn.runtime_listener = runtime
+            return conn
+    elif isinstance(terminal_cfg, TcpProxy):
+        tcp = TcpProxyRuntime(terminal_cfg, worker.clusters, worker.stats, worker)
+        tcp.peer_check = runtime.peer_check
+        runtime.terminal = tcp
+        timeouts = [tcp.idle_timeout]
+
+        def factory() -> TcpProxySession:  # type: ignore[misc]
+            session = TcpProxySession(tcp)
+            session.runtime_listener = runtime
+            return session
+    else:  # the config loader only lets the two terminal filters through
+        raise TypeError(f"unsupported terminal filter {type(terminal_cfg).__name__}")
+    runtime.protocol_factory = factory
+    runtime.min_timeout = min([t for t in timeouts if t] or [0.0])
+    return runtime
+
+
+def _route_timeouts(hcm_config: Any) -> list[float]:
+    """Every route and per-try timeout of an HCM: the worker's timeout sweep must be fine enough for them."""
+    found: list[float] = []
+    for vhost in hcm_config.route_config.virtual_hosts:
+        policies = [vhost.retry_policy]
+        for route in vhost.routes:
+            action = route.route
+            if action is not None:
+                found.append(action.timeout)
+                policies.append(action.retry_policy)
+        found.extend(p.per_try_timeout for p in policies if p is not None and p.per_try_timeout)
+    return found

@@ -1,0 +1,36 @@
+"""Envoy's response flags and the local replies that go with them.
+
+When the proxy answers a request itself (no route, no healthy host, connect
+failure, timeout, overflow ...) Envoy marks the access-log line with a short
+response flag and sends a fixed plain-text body. Users grep logs for these
+flags and alert on them, so pylon uses the same flags and the same bodies.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class LocalReply(NamedTuple):
+    status: int
+    flag: str
+    body: bytes
+    details: str
+
+
+_RESET_BEFORE_HEADERS = b"upstream connect error or disconnect/reset before headers. reset reason: "
+
+NO_ROUTE = LocalReply(404, "NR", b"", "route_not_found")
+NO_HEALTHY_UPSTREAM = LocalReply(503, "UH", b"no healthy upstream", "no_healthy_upstream")
+CONNECT_FAILURE = LocalReply(503, "UF", _RESET_BEFORE_HEADERS + b"connection failure", "upstream_reset_before_response_started{connection_failure}")
+UPSTREAM_OVERFLOW = LocalReply(503, "UO", _RESET_BEFORE_HEADERS + b"overflow", "upstream_reset_before_response_started{overflow}")
+UPSTREAM_RESET = LocalReply(503, "UC", _RESET_BEFORE_HEADERS + b"connection termination", "upstream_reset_before_response_started{connection_termination}")
+UPSTREAM_TIMEOUT = LocalReply(504, "UT", b"upstream request timeout", "upstream_response_timeout")
+UPSTREAM_PROTOCOL_ERROR = LocalReply(502, "UPE", _RESET_BEFORE_HEADERS + b"protocol error", "upstream_reset_before_response_started{protocol_error}")
+REQUEST_TIMEOUT = LocalReply(408, "-", b"request timeout", "request_overall_timeout")
+STREAM_IDLE_TIMEOUT = LocalReply(408, "SI", b"stream timeout", "stream_idle_timeout")
+BAD_REQUEST = LocalReply(400, "DPE", b"Bad Request", "http1.codec_error")
+HEADERS_TOO_LARGE = LocalReply(431, "DPE", b"Request Header Fields Too Large", "http1.headers_too_large")
+PAYLOAD_TOO_LARGE = LocalReply(413, "-", b"Payload Too Large", "request_payload_too_large")
+UPGRADE_REFUSED = LocalReply(403, "-", b"", "upgrade_failed")
+MISSING_HOST = LocalReply(400, "DPE", b"Bad Request", "missing_host_header")

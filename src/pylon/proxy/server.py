@@ -1,0 +1,267 @@
+"""`pylon proxy`: the supervisor process — validate, bind, start workers, serve admin, drain.
+
+Order matters for "nothing half-started": the config is loaded and every
+runtime piece that can fail (TLS contexts, route tables, access-log formats,
+cluster TLS) is built once in the supervisor before any socket is bound; then
+all listener sockets are bound; only then do workers start. A worker that
+dies unexpectedly is restarted on the same sockets; on SIGTERM/SIGINT or
+`POST /quitquitquit` the workers drain (stop accepting, finish in-flight
+requests within `--drain-time-s`) and the supervisor exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import uvloop
+
+from pylon import __version__
+from pylon.config.errors import ConfigError
+from pylon.config.loader import bootstrap_to_dict, load_bootstrap
+from pylon.proxy import control
+from pylon.proxy.admin import start_admin_server
+from pylon.proxy.balance import balancer_for
+from pylon.proxy.clusters_text import render_clusters
+from pylon.proxy.logging_setup import configure_logging
+from pylon.proxy.stats import StatsStore, merge_snapshots
+from pylon.proxy.validate import validate_runtime
+
+log = logging.getLogger("pylon.main")
+
+
+@dataclass
+class ProxyOptions:
+    """Envoy's command-line options that pylon honours."""
+
+    config_path: str | None = None
+    config_yaml: str | None = None
+    concurrency: int = 1
+    log_level: str = "info"
+    mode: str = "serve"
+    drain_time_s: float = 600.0
+    base_id: int | None = None
+
+
+@dataclass
+class WorkerHandle:
+    worker_id: int
+    proc: subprocess.Popen
+    client: control.ControlClient
+    restarts: int = 0
+
+
+class Supervisor:
+    """The main process: owns the sockets, the workers and the admin endpoint."""
+
+    def __init__(self, options: ProxyOptions, bootstrap: Any, listener_sockets: list[list[socket.socket]]) -> None:
+        self.options = options
+        self.bootstrap = bootstrap
+        self.listener_sockets = listener_sockets
+        self.workers: dict[int, WorkerHandle] = {}
+        self.state = "PRE_INITIALIZING"
+        self.start_time = time.time()
+        self.stopped = asyncio.Event()
+        self.draining = False
+        self.stats = StatsStore()
+        self.admin_server: asyncio.AbstractServer | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        admin = self.bootstrap.admin
+        if admin is not None and admin.address is not None:
+            sa = admin.address.socket_address
+            self.admin_server = await start_admin_server(sa.address, sa.port_value, self)
+            log.info("admin address: %s:%d", sa.address, self.admin_server.sockets[0].getsockname()[1])
+        for worker_id in range(self.options.concurrency):
+            try:
+                self.workers[worker_id] = await self._spawn(worker_id)
+            except WorkerStartError as exc:
+                log.critical("%s", exc)
+                await self._stop_workers(0.0)
+                return 1
+        self.state = "LIVE"
+        for listener in self.bootstrap.static_resources.listeners:
+            sa = listener.address.socket_address
+            log.info("listener '%s' serving on %s:%d with %d worker(s)", listener.name or "", sa.address,
+                     sa.port_value, self.options.concurrency)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, lambda: loop.create_task(self.quit()))
+        monitor = loop.create_task(self._monitor())
+        await self.stopped.wait()
+        monitor.cancel()
+        return 0
+
+    async def _spawn(self, worker_id: int) -> WorkerHandle:
+        parent, child = socket.socketpair()
+        fds = [child.fileno()] + [sockets[worker_id].fileno() for sockets in self.listener_sockets]
+        proc = subprocess.Popen([sys.executable, "-m", "pylon.proxy.worker", str(child.fileno())], pass_fds=fds)
+        child.close()
+        reader, writer = await asyncio.open_connection(sock=parent)
+        init = {
+            "op": "init", "worker_id": worker_id, "config_path": self.options.config_path,
+            "config_yaml": self.options.config_yaml, "log_level": self.options.log_level,
+            "drain_time": self.options.drain_time_s,
+            "listener_fds": [[s.fileno() for s in sockets] for sockets in self.listener_sockets],
+        }
+        writer.write(control.encode(init))
+        await writer.drain()
+        ready = await asyncio.wait_for(control.read_message(reader), 60)
+        if ready is None or ready.get("op") != "ready":
+            proc.wait()
+            raise WorkerStartError(f"worker {worker_id} failed to start (exit code {proc.returncode})")
+        return WorkerHandle(worker_id, proc, control.ControlClient(reader, writer))
+
+    async def _monitor(self) -> None:
+        """Restart workers that die outside a drain (Envoy would abort; a process can simply come back)."""
+        while not self.draining:
+            await asyncio.sleep(0.2)
+            for worker_id, handle in list(self.workers.items()):
+                code = handle.proc.poll()
+                if code is None or self.draining:
+                    continue
+                handle.client.close()
+                log.error("worker %d (pid %d) exited with %s; restarting it", worker_id, handle.proc.pid, code)
+                try:
+                    new = await self._spawn(worker_id)
+                except WorkerStartError as exc:
+                    log.critical("%s", exc)
+                    await self.quit()
+                    return
+                new.restarts = handle.restarts + 1
+                self.workers[worker_id] = new
+
+    async def quit(self) -> None:
+        """Drain every worker, then stop (SIGTERM, SIGINT and /quitquitquit all land here)."""
+        if self.draining:
+            return
+        self.draining = True
+        self.state = "DRAINING"
+        log.info("draining: no new connections; in-flight requests have %.1fs", self.options.drain_time_s)
+        await self._stop_workers(self.options.drain_time_s)
+        for sockets in self.listener_sockets:
+            for sock in set(sockets):
+                sock.close()
+        if self.admin_server is not None:
+            self.admin_server.close()
+        log.info("exiting")
+        self.stopped.set()
+
+    async def _stop_workers(self, drain_time: float) -> None:
+        for handle in self.workers.values():
+            if handle.proc.poll() is None:
+                handle.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + drain_time + 5.0
+        for handle in self.workers.values():
+            while handle.proc.poll() is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            if handle.proc.poll() is None:
+                log.warning("worker %d did not stop within the drain time; killing it", handle.worker_id)
+                handle.proc.kill()
+                handle.proc.wait()
+            handle.client.close()
+
+    # ------------------------------------------------------------------ admin backend
+    async def _ask_all(self, op: str) -> list[dict[str, Any]]:
+        replies = await asyncio.gather(*(h.client.request({"op": op}) for h in self.workers.values()))
+        return [r for r in replies if r]
+
+    async def stats_snapshot(self) -> dict[str, Any]:
+        self.stats.gauge("server.live").set(1 if self.state == "LIVE" else 0)
+        self.stats.gauge("server.uptime").set(int(time.time() - self.start_time))
+        self.stats.gauge("server.concurrency").set(self.options.concurrency)
+        self.stats.gauge("server.state").set({"LIVE": 0, "DRAINING": 1, "PRE_INITIALIZING": 2}[self.state])
+        self.stats.counter("server.worker_restarts").value = sum(h.restarts for h in self.workers.values())
+        snapshots = [r["stats"] for r in await self._ask_all("stats")]
+        return merge_snapshots([self.stats.snapshot(), *snapshots])
+
+    async def clusters_text(self) -> str:
+        return render_clusters([r["clusters"] for r in await self._ask_all("clusters")])
+
+    def config_dump(self) -> dict[str, Any]:
+        return {"configs": [{
+            "@type": "type.googleapis.com/envoy.admin.v3.BootstrapConfigDump",
+            "bootstrap": bootstrap_to_dict(self.bootstrap),
+        }]}
+
+    def server_info(self) -> dict[str, Any]:
+        uptime = int(time.time() - self.start_time)
+        return {
+            "version": f"pylon/{__version__}",
+            "state": self.state,
+            "uptime_current_epoch": f"{uptime}s",
+            "uptime_all_epochs": f"{uptime}s",
+            "command_line_options": {
+                "concurrency": self.options.concurrency,
+                "config_path": self.options.config_path or "",
+                "config_yaml": self.options.config_yaml or "",
+                "log_level": self.options.log_level,
+                "mode": self.options.mode.capitalize(),
+                "drain_time": f"{self.options.drain_time_s:g}s",
+                "base_id": str(self.options.base_id or 0),
+            },
+            "workers": [{"id": h.worker_id, "pid": h.proc.pid, "restarts": h.restarts} for h in self.workers.values()],
+        }
+
+    def is_ready(self) -> bool:
+        return self.state == "LIVE" and all(h.proc.poll() is None for h in self.workers.values())
+
+
+class WorkerStartError(Exception):
+    """A worker process could not start; the supervisor stops everything it started."""
+
+
+def bind_listeners(bootstrap: Any, workers: int) -> list[list[socket.socket]]:
+    """Bind every listener for every worker; on failure close what was bound and raise ConfigError-like OSError."""
+    bound: list[list[socket.socket]] = []
+    try:
+        for index, listener in enumerate(bootstrap.static_resources.listeners):
+            sa = listener.address.socket_address
+            try:
+                bound.append(balancer_for(listener).bind(sa.address, sa.port_value, workers))
+            except OSError as exc:
+                raise ListenerBindError(
+                    f"static_resources.listeners[{index}] ({listener.name or sa.address}): cannot bind "
+                    f"{sa.address}:{sa.port_value}: {exc.strerror or exc}") from exc
+    except ListenerBindError:
+        for sockets in bound:
+            for sock in set(sockets):
+                sock.close()
+        raise
+    return bound
+
+
+class ListenerBindError(Exception):
+    """A listener address could not be bound (in use, not local, no permission)."""
+
+
+def run_proxy(options: ProxyOptions) -> int:
+    """The whole `pylon proxy` command; returns the process exit code."""
+    configure_logging(options.log_level, "main")
+    try:
+        bootstrap = load_bootstrap(options.config_path, options.config_yaml)
+        validate_runtime(bootstrap, options.config_path or "<config-yaml>")
+    except ConfigError as exc:
+        log.critical("%s", exc)
+        print(str(exc), file=sys.stderr)
+        return 1
+    if options.mode == "validate":
+        print(f"configuration '{options.config_path or '<config-yaml>'}' OK")
+        return 0
+    if options.base_id is not None:
+        log.debug("--base-id %d accepted and ignored: pylon has no hot restart", options.base_id)
+    try:
+        sockets = bind_listeners(bootstrap, options.concurrency)
+    except ListenerBindError as exc:
+        log.critical("%s", exc)
+        return 1
+    return uvloop.run(Supervisor(options, bootstrap, sockets).run())

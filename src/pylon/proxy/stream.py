@@ -1,0 +1,631 @@
+"""One HTTP request/response exchange through the proxy: Envoy's router filter.
+
+A `Stream` is created by the downstream connection for every request. It
+routes the request, picks a cluster and host, borrows an upstream
+connection from the host's pool, forwards head and body, and relays the
+response back, with Envoy's timeouts, retries, circuit breakers and local
+replies (response flags). It is also the `Exchange` the upstream pool and
+connection call back into.
+
+Performance notes (this is the hot path): one object per request with
+`__slots__`; header processing is one pass over the header list; the head
+bytes for upstream are built once (and reused by retries); writes are
+collected and flushed once per `data_received`, so a small response leaves in
+a single `transport.write`.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from typing import TYPE_CHECKING
+
+from pylon.proxy import local_reply as lr
+from pylon.proxy.headers import HeaderList
+from pylon.proxy.http1 import CONTINUE_100, HOP_BY_HOP, LAST_CHUNK, encode_chunk, local_reply, status_line
+
+if TYPE_CHECKING:
+    from pylon.proxy.hcm import HcmRuntime, HttpConnection
+    from pylon.proxy.router import MatchedRoute
+    from pylon.proxy.upstream.cluster import Cluster, Host
+    from pylon.proxy.upstream.pool import HostPool, UpstreamConnection
+
+# Request headers the single pass treats specially; everything else is forwarded as is.
+_SPECIAL = HOP_BY_HOP | {b"host", b"content-length", b"expect", b"x-forwarded-for", b"x-forwarded-proto", b"x-request-id"}
+_RESPONSE_SKIP = HOP_BY_HOP | {b"server"}
+_BUFFER_LIMIT = 1 << 20  # Envoy's default per_connection_buffer_limit_bytes, also its retry buffer limit
+_RETRY_BASE, _RETRY_MAX = 0.025, 0.250  # Envoy's default retry back-off
+
+
+def _request_id() -> bytes:
+    """A random UUID4 string, ~4x cheaper than uuid.uuid4()."""
+    h = os.urandom(16).hex()
+    return ("%s-%s-4%s-%s%s-%s" % (h[:8], h[8:12], h[13:16], "89ab"[int(h[16], 16) & 3], h[17:20], h[20:])).encode()
+
+
+class Stream:
+    """Router state for one request. Lives from request headers to the end of the response."""
+
+    __slots__ = (
+        "conn", "hcm", "url", "headers", "method", "is_head", "http10", "keep_alive", "upgrade",
+        "req_chunked", "req_length", "request_complete", "started", "done", "body_buffer", "waiting_body",
+        "body_size", "route", "cluster", "host", "pool", "upstream", "up_head", "up_out", "out",
+        "response_started", "response_chunked", "close_after", "status", "flags", "details",
+        "retries_left", "retry_held", "deadline", "try_deadline", "bytes_received", "bytes_sent", "start",
+        "last_activity", "attempt_start", "first_byte", "authority", "path", "original_path", "pending_local",
+        "transport_failure", "request_id", "paused_downstream", "paused_upstream", "resp_headers",
+    )
+
+    def __init__(self, conn: "HttpConnection", now: float) -> None:
+        self.conn = conn
+        self.hcm: HcmRuntime = conn.hcm
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.method = b""
+        self.is_head = False
+        self.http10 = False
+        self.keep_alive = True
+        self.upgrade = False
+        self.req_chunked = False
+        self.req_length = 0
+        self.request_complete = False
+        self.started = False
+        self.done = False
+        self.body_buffer: list[bytes] | None = None
+        self.waiting_body: list[bytes] = []
+        self.body_size = 0
+        self.route: MatchedRoute | None = None
+        self.cluster: Cluster | None = None
+        self.host: Host | None = None
+        self.pool: HostPool | None = None
+        self.upstream: UpstreamConnection | None = None
+        self.up_head = b""
+        self.up_out: list[bytes] = []
+        self.out: list[bytes] = []
+        self.response_started = False
+        self.response_chunked = False
+        self.close_after = False
+        self.status = 0
+        self.flags = "-"
+        self.details = "via_upstream"
+        self.retries_left = 0
+        self.retry_held = False
+        self.deadline = 0.0  # loop time at which the route timeout fires (0 = none); see HttpConnection.sweep
+        self.try_deadline = 0.0  # the same for the current attempt's per_try_timeout
+        self.bytes_received = 0
+        self.bytes_sent = 0
+        self.start = now
+        self.last_activity = now
+        self.attempt_start = 0.0
+        self.first_byte = 0.0
+        self.authority = b""
+        self.path = b""
+        self.original_path = b""
+        self.pending_local: lr.LocalReply | None = None
+        self.transport_failure = ""
+        self.request_id = b""
+        self.paused_downstream = False
+        self.paused_upstream = False
+        self.resp_headers: list[tuple[bytes, bytes]] = []
+
+    # ------------------------------------------------------------------ downstream events
+    def on_body(self, data: bytes) -> None:
+        self.bytes_received += len(data)
+        self.last_activity = self.conn.loop_time()
+        if self.body_buffer is not None:
+            self.body_size += len(data)
+            if self.body_size > _BUFFER_LIMIT:
+                self.body_buffer = None  # too big to replay: this request won't be retried
+            else:
+                self.body_buffer.append(data)
+        if self.done or self.pending_local is not None:
+            return  # answered already; the rest of the body is read and dropped
+        if self.upstream is not None:
+            self.up_out.append(encode_chunk(data) if self.req_chunked else data)
+        else:
+            self.waiting_body.append(data)
+            if self.body_buffer is None and not self.paused_downstream and sum(map(len, self.waiting_body)) > _BUFFER_LIMIT:
+                self.paused_downstream = True
+                self.conn.transport.pause_reading()
+
+    def on_complete(self) -> None:
+        self.request_complete = True
+        if self.done:
+            return
+        if self.pending_local is not None:
+            reply, self.pending_local = self.pending_local, None
+            self.local(reply)
+            return
+        if not self.started:
+            return
+        if self.upstream is not None:
+            if self.req_chunked:
+                self.up_out.append(LAST_CHUNK)
+            self._arm_try_timer()
+        route = self.route
+        if route is not None and route.timeout and not self.deadline and self.cluster is not None:
+            self.deadline = self.conn.loop_time() + route.timeout
+
+    def flush_upstream(self) -> None:
+        """Send what the downstream feed produced for upstream in one write."""
+        out = self.up_out
+        if out and self.upstream is not None:
+            self.upstream.write(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
+
+    def flush_pending_local(self) -> None:
+        """A local reply was decided while the request body was still arriving: send it now and close."""
+        if self.pending_local is not None and not self.done:
+            reply, self.pending_local = self.pending_local, None
+            self.local(reply)
+
+    def on_downstream_closed(self) -> None:
+        """The client went away mid-exchange (Envoy's DC flag)."""
+        if self.done:
+            return
+        self.flags = "DC"
+        self.details = "downstream_remote_disconnect"
+        self.status = 0 if not self.response_started else self.status
+        self._end_attempt(abandon=True)
+        self._finish(close=True)
+
+    # ------------------------------------------------------------------ routing
+    def begin(self) -> None:
+        """Headers are complete and it is this request's turn: route it."""
+        self.started = True
+        hcm = self.hcm
+        hcm.rq_total.value += 1
+        hcm.rq_active.value += 1
+        if self.upgrade:
+            return self.local(lr.UPGRADE_REFUSED)
+        conn = self.conn
+        forward: list[tuple[bytes, bytes]] = []
+        authority = None
+        xff = None
+        xfp = None
+        conn_tokens = None
+        for pair in self.headers:
+            name = pair[0]
+            if name in _SPECIAL:
+                if name == b"host":
+                    if authority is not None:
+                        return self.local(lr.BAD_REQUEST)  # two Host headers: ambiguous
+                    authority = pair[1]
+                elif name == b"x-request-id":
+                    self.request_id = pair[1]
+                    forward.append(pair)
+                elif name == b"x-forwarded-for":
+                    xff = pair[1] if xff is None else xff + b"," + pair[1]
+                elif name == b"x-forwarded-proto":
+                    xfp = pair[1]
+                elif name == b"connection":
+                    conn_tokens = pair[1]
+                elif name == b"expect":
+                    if pair[1].lower() == b"100-continue" and not self.request_complete:
+                        conn.transport.write(CONTINUE_100)
+                # content-length and hop-by-hop headers: framing is re-done below
+            else:
+                forward.append(pair)
+        if authority is None:
+            if not self.http10:
+                return self.local(lr.MISSING_HOST)
+            authority = b""
+        if conn_tokens is not None:
+            tokens = {t.strip().lower() for t in conn_tokens.split(b",")}
+            tokens.discard(b"close")
+            tokens.discard(b"keep-alive")
+            if tokens:
+                forward = [p for p in forward if p[0] not in tokens]
+        url = self.url
+        if url[:1] != b"/":
+            url = self._origin_form(url, authority)
+            if url is None:
+                return self.local(lr.BAD_REQUEST)
+            authority = self.authority
+        self.authority = authority
+        self.path = url
+        route = hcm.route_table.match(authority.decode("latin-1"), url.decode("latin-1"), HeaderList(self.headers))
+        if route is None:
+            hcm.no_route.value += 1
+            return self.local(lr.NO_ROUTE)
+        self.route = route
+        kind = route.kind
+        if kind != "cluster":
+            return self._local_route_reply(route)
+
+        # x-forwarded-for / -proto and the request id, as Envoy's connection manager sets them.
+        if hcm.use_remote_address:
+            forward.append((b"x-forwarded-for", xff + b"," + conn.peer_ip if xff else conn.peer_ip))
+            forward.append((b"x-forwarded-proto", conn.scheme))
+        else:
+            if xff is not None:
+                forward.append((b"x-forwarded-for", xff))
+            forward.append((b"x-forwarded-proto", xfp or conn.scheme))
+        if not self.request_id and hcm.generate_request_id:
+            self.request_id = _request_id()
+            forward.append((b"x-request-id", self.request_id))
+        path = route.rewrite_path(url.decode("latin-1")).encode("latin-1") if route.rewrites else url
+        if path is not url:
+            forward.append((b"x-envoy-original-path", url))
+        if not route.request_header_ops.empty:
+            headers = HeaderList(forward)
+            route.request_header_ops.apply(headers, conn.peer)
+            forward = headers.items
+        host_header = route.host_rewrite or authority
+        head = [b"%s %s HTTP/1.1\r\nhost: %s\r\n" % (self.method, path, host_header)]
+        head.extend([b"%s: %s\r\n" % p for p in forward])
+        if route.expected_timeout_header is not None and not hcm.suppress_envoy_headers:
+            head.append(route.expected_timeout_header)
+        if self.req_chunked:
+            head.append(b"transfer-encoding: chunked\r\n\r\n")
+        elif self.req_length:
+            head.append(b"content-length: %d\r\n\r\n" % self.req_length)
+        elif self.method in (b"POST", b"PUT", b"PATCH"):
+            head.append(b"content-length: 0\r\n\r\n")
+        else:
+            head.append(b"\r\n")
+        self.up_head = b"".join(head)
+        retry = route.retry
+        if retry is not None:
+            self.retries_left = retry.num_retries
+            if not self.request_complete or self.req_length or self.req_chunked:
+                self.body_buffer = []
+        self.cluster = hcm.clusters[route.pick_cluster()]
+        if self.request_complete and route.timeout:
+            self.deadline = conn.loop_time() + route.timeout
+        self._start_attempt()
+
+    def _origin_form(self, url: bytes, authority: bytes | None) -> bytes | None:
+        """Absolute-form targets (`GET http://host/path`): take authority and path from the URL."""
+        if url == b"*" and self.method == b"OPTIONS":
+            self.authority = authority or b""
+            return b"*"
+        lower = url[:8].lower()
+        if lower.startswith(b"http://"):
+            rest = url[7:]
+        elif lower.startswith(b"https://"):
+            rest = url[8:]
+        else:
+            return None
+        slash = rest.find(b"/")
+        self.authority = rest if slash < 0 else rest[:slash]
+        return b"/" if slash < 0 else rest[slash:]
+
+    def _local_route_reply(self, route: "MatchedRoute") -> None:
+        hcm = self.hcm
+        if route.kind == "direct_response":
+            hcm.rq_direct_response.value += 1
+            self.status = route.direct_status
+            self.details = "direct_response"
+            self._send_local(route.direct_status, route.direct_body, route.response_header_ops, content_type=b"text/plain")
+        else:
+            hcm.rq_redirect.value += 1
+            location = route.redirect_location(self.conn.scheme.decode(), self.authority.decode("latin-1"), self.path.decode("latin-1"))
+            self.status = route.redirect_status
+            self.details = "redirect"
+            self._send_local(route.redirect_status, b"", route.response_header_ops, extra=[(b"location", location.encode("latin-1"))])
+
+    # ------------------------------------------------------------------ upstream attempts
+    def _start_attempt(self) -> None:
+        cluster = self.cluster
+        assert cluster is not None and self.route is not None
+        if not cluster.circuit_breakers.requests.try_acquire():
+            return self.local(lr.UPSTREAM_OVERFLOW)
+        hash_header = self.route.hash_header
+        key = None
+        if hash_header is not None:
+            for name, value in self.headers:
+                if name == hash_header:
+                    key = value
+                    break
+        host = cluster.choose_host(key)
+        if host is None:
+            cluster.circuit_breakers.requests.release()
+            cluster.stats.upstream_cx_none_healthy.value += 1
+            return self.local(lr.NO_HEALTHY_UPSTREAM)
+        self.host = host
+        host.active_requests += 1
+        cluster.stats.upstream_rq_total.value += 1
+        cluster.stats.upstream_rq_active.value += 1
+        self.attempt_start = self.conn.loop_time()
+        self.pool = pool = self.hcm.pools.get(cluster, host)
+        pool.acquire(self)
+
+    def on_upstream_ready(self, conn: "UpstreamConnection") -> None:
+        self.upstream = conn
+        if self.done:
+            conn.abandon()
+            return
+        out = [self.up_head]
+        waiting = self.waiting_body
+        if waiting:
+            if self.req_chunked:
+                out.extend(encode_chunk(piece) for piece in waiting)
+            else:
+                out.extend(waiting)
+            self.waiting_body = []
+            if self.paused_downstream:
+                self.paused_downstream = False
+                self.conn.transport.resume_reading()
+        if self.request_complete:
+            if self.req_chunked:
+                out.append(LAST_CHUNK)
+            self._arm_try_timer()
+        conn.write(b"".join(out))
+
+    def _arm_try_timer(self) -> None:
+        route = self.route
+        if route is not None and route.retry is not None and route.retry.per_try_timeout and not self.try_deadline:
+            self.try_deadline = self.conn.loop_time() + route.retry.per_try_timeout
+
+    def on_upstream_connect_failure(self, reason: str) -> None:
+        self.transport_failure = reason
+        self._end_attempt(abandon=False)
+        retry = self.route.retry if self.route else None
+        if retry is not None and retry.on_connect_failure and self._take_retry():
+            return
+        self.local(lr.CONNECT_FAILURE)
+
+    def on_upstream_overflow(self) -> None:
+        self._end_attempt(abandon=False)
+        self.local(lr.UPSTREAM_OVERFLOW)
+
+    def on_upstream_headers(self, status: int, headers: list[tuple[bytes, bytes]], keep_alive: bool) -> None:
+        host = self.host
+        assert host is not None and self.cluster is not None
+        host.record_response(status)
+        retry = self.route.retry if self.route else None
+        if retry is not None and retry.should_retry_status(status) and self.retries_left > 0 and self.body_buffer is not None:
+            self.cluster.stats.count_response(status)
+            self._end_attempt(abandon=True)
+            if self._take_retry():
+                return
+            # no retry budget left: the client gets this upstream status as a local error reply
+            self.status = status
+            return self.local(lr.LocalReply(status, "-", b"", "via_upstream"))
+        self.status = status
+        self.response_started = True
+        self.first_byte = now = self.conn.loop_time()
+        self.last_activity = now
+        hcm = self.hcm
+        route = self.route
+        parts = [status_line(status)]
+        has_length = False
+        resp = headers
+        if route is not None and not route.response_header_ops.empty:
+            hl = HeaderList(list(headers))
+            route.response_header_ops.apply(hl, self.conn.peer)
+            resp = hl.items
+        for pair in resp:
+            name = pair[0]
+            if name in _RESPONSE_SKIP:
+                if name == b"server" and not hcm.overwrite_server:
+                    parts.append(b"server: %s\r\n" % pair[1])
+                continue
+            if name == b"content-length":
+                has_length = True
+            parts.append(b"%s: %s\r\n" % pair)
+        self.resp_headers = resp
+        if hcm.overwrite_server:
+            parts.append(hcm.server_header)
+        if not hcm.suppress_envoy_headers:
+            parts.append(b"x-envoy-upstream-service-time: %d\r\n" % int((now - self.attempt_start) * 1000))
+        close = self.close_after or not self.keep_alive or not self.request_complete or self.conn.draining
+        if not has_length and not self.is_head and status != 204 and status != 304:
+            if self.http10:
+                close = True  # an HTTP/1.0 client reads to the end of the connection
+            else:
+                self.response_chunked = True
+                parts.append(b"transfer-encoding: chunked\r\n")
+        if close:
+            self.close_after = True
+            parts.append(b"connection: close\r\n\r\n")
+        else:
+            parts.append(b"\r\n")
+        self.out.append(b"".join(parts))
+
+    def on_upstream_body(self, data: bytes) -> None:
+        self.bytes_sent += len(data)
+        self.out.append(encode_chunk(data) if self.response_chunked else data)
+
+    def on_upstream_flush(self) -> None:
+        out = self.out
+        if out:
+            self.last_activity = self.conn.loop_time()
+            self.conn.transport.write(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
+
+    def on_upstream_complete(self) -> None:
+        if self.response_chunked:
+            self.out.append(LAST_CHUNK)
+        self.on_upstream_flush()
+        cluster = self.cluster
+        assert cluster is not None
+        cluster.stats.count_response(self.status)
+        cluster.stats.upstream_rq_time.record((self.conn.loop_time() - self.attempt_start) * 1000)
+        self.upstream = None  # the pool takes the connection back
+        self._end_attempt(abandon=False)
+        self._finish(close=self.close_after)
+
+    def on_upstream_reset(self, reason: str) -> None:
+        self.upstream = None
+        self._end_attempt(abandon=False)
+        if self.response_started:
+            self.flags = "UPE" if reason == "protocol error" else "UC"
+            self.details = "upstream_reset_after_response_started{%s}" % reason.replace(" ", "_")
+            self._finish(close=True)
+            return
+        retry = self.route.retry if self.route else None
+        if retry is not None and retry.on_reset and self._take_retry():
+            return
+        self.local(lr.UPSTREAM_PROTOCOL_ERROR if reason == "protocol error" else lr.UPSTREAM_RESET)
+
+    def on_upstream_pause(self, paused: bool) -> None:
+        """The upstream socket's buffer is full (or drained): stop (or resume) reading the client."""
+        if paused != self.paused_downstream and not self.conn.closed:
+            self.paused_downstream = paused
+            if paused:
+                self.conn.transport.pause_reading()
+            else:
+                self.conn.transport.resume_reading()
+
+    def on_downstream_pause(self, paused: bool) -> None:
+        """The client's socket buffer is full (or drained): stop (or resume) reading the upstream."""
+        upstream = self.upstream
+        if upstream is not None and upstream.transport is not None and paused != self.paused_upstream:
+            self.paused_upstream = paused
+            if paused:
+                upstream.transport.pause_reading()
+            else:
+                upstream.transport.resume_reading()
+
+    def on_try_timeout(self) -> None:
+        self.try_deadline = 0.0
+        if self.done or self.response_started:
+            return
+        cluster = self.cluster
+        assert cluster is not None
+        cluster.stats.upstream_rq_per_try_timeout.value += 1
+        if self.host is not None:
+            self.host.record_timeout()
+        self._end_attempt(abandon=True)
+        retry = self.route.retry if self.route else None
+        if retry is not None and retry.on_5xx_or_gateway and self._take_retry():
+            return
+        self._timed_out()
+
+    def on_route_timeout(self) -> None:
+        self.deadline = 0.0
+        if self.done:
+            return
+        if self.cluster is not None:
+            self.cluster.stats.upstream_rq_timeout.value += 1
+        if self.host is not None and self.upstream is not None:
+            self.host.record_timeout()
+        self._end_attempt(abandon=True)
+        if self.response_started:
+            self.flags = "UT"
+            self._finish(close=True)
+        else:
+            self._timed_out()
+
+    def _timed_out(self) -> None:
+        self.local(lr.UPSTREAM_TIMEOUT)
+
+    def _take_retry(self) -> bool:
+        """Schedule another attempt if policy, budget and a replayable body allow it."""
+        if self.retries_left <= 0 or self.body_buffer is None or self.done or self.response_started:
+            return False
+        cluster = self.cluster
+        assert cluster is not None
+        if not self.retry_held:
+            if not cluster.circuit_breakers.retries.try_acquire():
+                return False
+            self.retry_held = True
+        attempt = self.route.retry.num_retries - self.retries_left if self.route and self.route.retry else 0
+        self.retries_left -= 1
+        cluster.stats.upstream_rq_retry.value += 1
+        self.flags = "URX" if self.retries_left == 0 else self.flags
+        self.waiting_body = list(self.body_buffer)
+        base = self.route.retry.base_interval if self.route and self.route.retry else _RETRY_BASE
+        cap = self.route.retry.max_interval if self.route and self.route.retry else _RETRY_MAX
+        delay = random.uniform(0, min(base * (2 ** attempt), cap))
+        self.conn.loop.call_later(delay, self._retry_now)
+        return True
+
+    def _retry_now(self) -> None:
+        if not self.done:
+            self.flags = "-"
+            self._start_attempt()
+
+    def _end_attempt(self, abandon: bool) -> None:
+        """Release what the current attempt holds: host counters, breaker slot, connection or queue spot."""
+        self.try_deadline = 0.0
+        upstream = self.upstream
+        if upstream is not None:
+            self.upstream = None
+            if abandon:
+                upstream.abandon()
+        elif abandon and self.pool is not None:
+            self.pool.cancel(self)
+        host = self.host
+        if host is not None:
+            host.active_requests -= 1
+            self.host = None
+            cluster = self.cluster
+            assert cluster is not None
+            cluster.stats.upstream_rq_active.value -= 1
+            cluster.circuit_breakers.requests.release()
+        self.pool = None
+
+    # ------------------------------------------------------------------ replies and the end
+    def local(self, reply: lr.LocalReply) -> None:
+        """Answer with a proxy-generated reply (Envoy's sendLocalReply), or reset if too late."""
+        if self.done:
+            return
+        if self.response_started:
+            self.flags = reply.flag
+            self._finish(close=True)
+            return
+        if not self.request_complete and (self.req_length or self.req_chunked) and self.pending_local is None \
+                and self.conn.feeding:
+            # The body may be in the very same read: answer once this read is parsed,
+            # so a small body doesn't cost the client its keep-alive connection.
+            self.pending_local = reply
+            return
+        self.flags = reply.flag
+        self.details = reply.details
+        self.status = reply.status
+        self._send_local(reply.status, reply.body, None)
+
+    def _send_local(self, status: int, body: bytes, ops, *, content_type: bytes = b"text/plain",
+                    extra: list[tuple[bytes, bytes]] | None = None) -> None:
+        hcm = self.hcm
+        body_pending = not self.request_complete and bool(self.req_length or self.req_chunked)
+        close = self.close_after or not self.keep_alive or body_pending or self.conn.draining \
+            or status == 400 or status == 431
+        headers = list(extra) if extra else []
+        if ops is not None and not ops.empty:
+            hl = HeaderList(headers)
+            ops.apply(hl, self.conn.peer)
+            headers = hl.items
+        if hcm.always_set_request_id and self.request_id:
+            headers.append((b"x-request-id", self.request_id))
+        self.response_started = True
+        self.bytes_sent = len(body)
+        self.conn.transport.write(local_reply(status, body, close=close, content_type=content_type, extra=headers,
+                                              server_name=hcm.server_name, head_only=self.is_head))
+        self._end_attempt(abandon=True)
+        self._finish(close=close)
+
+    def _finish(self, close: bool) -> None:
+        if self.done:
+            return
+        self.done = True
+        self.deadline = 0.0
+        if self.retry_held and self.cluster is not None:
+            self.cluster.circuit_breakers.retries.release()
+            self.retry_held = False
+        hcm = self.hcm
+        if self.started:
+            hcm.rq_active.value -= 1
+            status = self.status
+            if status:
+                hcm.rq_by_class[status // 100].value += 1
+            hcm.rq_completed.value += 1
+            elapsed = self.conn.loop_time() - self.start
+            hcm.rq_time.record(elapsed * 1000)
+        else:
+            elapsed = self.conn.loop_time() - self.start
+        if hcm.access_loggers:
+            hcm.log_access(self, elapsed)
+        if self.paused_downstream and not self.conn.closed and not close:
+            self.paused_downstream = False
+            self.conn.transport.resume_reading()
+        self.conn.stream_done(self, close)
+
+    # ------------------------------------------------------------------ access log support
+    def wall_start(self) -> float:
+        """Start time on the wall clock (the loop clock is monotonic)."""
+        return time.time() - (self.conn.loop_time() - self.start)

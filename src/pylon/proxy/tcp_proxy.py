@@ -1,0 +1,227 @@
+"""Envoy's `envoy.filters.network.tcp_proxy`: relay bytes between a client and one upstream host.
+
+Each downstream connection gets its own upstream connection (no pooling: a
+TCP stream is opaque). Bytes arriving before the upstream connects are
+buffered; after that each side's write buffer back-pressures the other side's
+reads, so a slow peer never makes the proxy buffer without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from pylon.proxy.access_log import AccessLogRecord, build_access_loggers
+from pylon.proxy.stats import StatsStore
+
+if TYPE_CHECKING:
+    from pylon.proxy.upstream.cluster import Cluster
+    from pylon.proxy.worker import Worker
+
+log = logging.getLogger("pylon.tcp_proxy")
+
+
+class TcpProxyRuntime:
+    """One tcp_proxy filter config compiled for one worker."""
+
+    def __init__(self, config: Any, clusters: "dict[str, Cluster]", stats: StatsStore, worker: "Worker") -> None:
+        self.worker = worker
+        self.cluster = clusters[config.cluster]
+        self.idle_timeout = config.idle_timeout or 0.0
+        self.max_connect_attempts = config.max_connect_attempts or 1
+        prefix = f"tcp.{config.stat_prefix}."
+        self.cx_total = stats.counter(prefix + "downstream_cx_total")
+        self.cx_no_route = stats.counter(prefix + "downstream_cx_no_route")
+        self.cx_rx_bytes = stats.counter(prefix + "downstream_cx_rx_bytes_total")
+        self.cx_tx_bytes = stats.counter(prefix + "downstream_cx_tx_bytes_total")
+        self.idle_timeouts = stats.counter(prefix + "idle_timeout")
+        self.upstream_flush_active = stats.gauge(prefix + "upstream_flush_active")
+        self.access_loggers = build_access_loggers(config.access_log, worker.access_log_writer)
+        self.peer_check: Any = None  # set by the listener when TLS validates client certificates
+
+
+class _Upstream(asyncio.Protocol):
+    """The upstream half: everything it reads goes to the downstream transport."""
+
+    def __init__(self, session: "TcpProxySession") -> None:
+        self.session = session
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.session.from_upstream(data)
+
+    def eof_received(self) -> bool:
+        self.session.upstream_eof()
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.session.upstream_closed()
+
+    def pause_writing(self) -> None:
+        self.session.downstream.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.session.downstream.resume_reading()
+
+
+class TcpProxySession(asyncio.Protocol):
+    """The downstream half, and the owner of the session's state."""
+
+    def __init__(self, runtime: TcpProxyRuntime) -> None:
+        self.runtime = runtime
+        self.downstream: asyncio.Transport = None  # type: ignore[assignment]
+        self.upstream: _Upstream | None = None
+        self.early: list[bytes] = []
+        self.closed = False
+        self.host = None
+        self.last_activity = 0.0
+        self.start = 0.0
+        self.rx = 0
+        self.tx = 0
+        self.connection_id = 0
+        self.flags = "-"
+        self.runtime_listener: Any = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.downstream = transport  # type: ignore[assignment]
+        rt = self.runtime
+        if rt.peer_check is not None and rt.peer_check(transport.get_extra_info("ssl_object")) is not None:
+            self.closed = True  # a client certificate the listener's SAN matchers refuse
+            transport.abort()
+            return
+        worker = rt.worker
+        self.start = self.last_activity = worker.loop.time()
+        self.connection_id = worker.next_connection_id()
+        rt.cx_total.value += 1
+        worker.connection_opened(self)
+        worker.loop.create_task(self._connect())
+
+    async def _connect(self) -> None:
+        rt = self.runtime
+        cluster = rt.cluster
+        stats = cluster.stats
+        for _ in range(rt.max_connect_attempts):
+            host = cluster.choose_host(None)
+            if host is None:
+                self.flags = "UH"
+                cluster.stats.upstream_cx_none_healthy.value += 1
+                break
+            if not cluster.circuit_breakers.connections.try_acquire():
+                self.flags = "UO"
+                break
+            stats.upstream_cx_total.value += 1
+            try:
+                _, upstream = await asyncio.wait_for(
+                    rt.worker.loop.create_connection(lambda: _Upstream(self), *host.address), cluster.connect_timeout)
+            except (OSError, asyncio.TimeoutError):
+                cluster.circuit_breakers.connections.release()
+                stats.upstream_cx_connect_fail.value += 1
+                host.record_connect_failure()
+                self.flags = "UF"
+                continue
+            if self.closed:
+                upstream.transport.close()
+                cluster.circuit_breakers.connections.release()
+                return
+            self.flags = "-"
+            self.host = host
+            host.active_connections += 1
+            stats.upstream_cx_active.value += 1
+            self.upstream = upstream
+            if self.early:
+                upstream.transport.write(b"".join(self.early))
+                self.early = []
+            return
+        self.close()
+
+    def data_received(self, data: bytes) -> None:
+        self.rx += len(data)
+        self.runtime.cx_rx_bytes.value += len(data)
+        self.last_activity = self.runtime.worker.loop.time()
+        upstream = self.upstream
+        if upstream is not None and upstream.transport is not None:
+            upstream.transport.write(data)
+        else:
+            self.early.append(data)
+            if sum(map(len, self.early)) > 1 << 20:
+                self.downstream.pause_reading()
+
+    def eof_received(self) -> bool:
+        upstream = self.upstream
+        if upstream is not None and upstream.transport is not None and upstream.transport.can_write_eof():
+            upstream.transport.write_eof()
+            return True
+        return False
+
+    def from_upstream(self, data: bytes) -> None:
+        self.tx += len(data)
+        self.runtime.cx_tx_bytes.value += len(data)
+        self.last_activity = self.runtime.worker.loop.time()
+        self.downstream.write(data)
+
+    def upstream_eof(self) -> None:
+        if self.downstream.can_write_eof():
+            self.downstream.write_eof()
+
+    def upstream_closed(self) -> None:
+        rt = self.runtime
+        if self.host is not None:
+            self.host.active_connections -= 1
+            self.host = None
+            rt.cluster.stats.upstream_cx_active.value -= 1
+            rt.cluster.stats.upstream_cx_destroy.value += 1
+            rt.cluster.circuit_breakers.connections.release()
+        self.upstream = None
+        self.close()
+
+    def pause_writing(self) -> None:
+        if self.upstream is not None and self.upstream.transport is not None:
+            self.upstream.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.upstream is not None and self.upstream.transport is not None:
+            self.upstream.transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        rt = self.runtime
+        if self.connection_id == 0:
+            return  # refused in connection_made, never counted
+        if not self.closed:
+            self.closed = True
+        if self.upstream is not None and self.upstream.transport is not None:
+            self.upstream.transport.close()
+        rt.worker.connection_closed(self)
+        if rt.access_loggers:
+            record = AccessLogRecord()
+            record.start_time = rt.worker.wall_time(self.start)
+            record.bytes_received = self.rx
+            record.bytes_sent = self.tx
+            record.duration = (rt.worker.loop.time() - self.start) * 1000
+            record.response_flags = self.flags
+            record.upstream_cluster = rt.cluster.name
+            peer = self.downstream.get_extra_info("peername")
+            record.downstream_remote = peer[:2] if peer else None
+            record.connection_id = self.connection_id
+            for logger in rt.access_loggers:
+                logger.log(record)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.downstream.close()
+
+    # worker housekeeping
+    def drain(self) -> None:
+        """TCP has no request boundary: Envoy lets TCP sessions run until the drain time ends."""
+
+    def sweep(self, now: float) -> None:
+        rt = self.runtime
+        if rt.idle_timeout and now - self.last_activity > rt.idle_timeout:
+            rt.idle_timeouts.value += 1
+            if self.upstream is not None and self.upstream.transport is not None:
+                self.upstream.transport.close()
+            self.close()

@@ -1,0 +1,277 @@
+"""The per-worker runtime of one configured cluster: hosts, LB, breakers, health, outlier, DNS.
+
+Each worker process builds its own `Cluster` objects (`build_clusters`) and
+shares nothing with other workers, like Envoy's per-thread cluster copies.
+The hot path uses only `choose_host()`, the circuit-breaker `Resource`s
+(`circuit_breakers.connections/pending_requests/requests/retries`), the
+`Host` counters and the stat objects on `stats` — attribute access and
+integer bumps. Everything else (membership changes, health transitions, DNS
+answers, the outlier sweep) runs off the hot path and ends in `_refresh()`,
+which rebuilds the load balancer's set once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from typing import Any, Callable, Iterable
+
+from pylon.proxy.stats import Counter, StatsStore
+from pylon.proxy.upstream.circuit import CircuitBreakers
+from pylon.proxy.upstream.dns import DnsRefresher, DnsTarget, ResolvedEndpoint
+from pylon.proxy.upstream.health import HealthChecker
+from pylon.proxy.upstream.host import Host, format_address
+from pylon.proxy.upstream.lb import create_load_balancer
+from pylon.proxy.upstream.outlier import OutlierDetector
+
+log = logging.getLogger(__name__)
+
+_COUNTERS = (
+    "upstream_rq_total", "upstream_rq_1xx", "upstream_rq_2xx", "upstream_rq_3xx", "upstream_rq_4xx",
+    "upstream_rq_5xx", "upstream_rq_retry", "upstream_rq_timeout", "upstream_rq_per_try_timeout",
+    "upstream_rq_pending_total", "upstream_rq_pending_overflow",
+    "upstream_rq_retry_overflow", "upstream_cx_total", "upstream_cx_connect_fail",
+    "upstream_cx_connect_timeout", "upstream_cx_destroy", "upstream_cx_overflow",
+    "upstream_cx_none_healthy", "membership_change",
+)
+_GAUGES = (
+    "upstream_cx_active", "upstream_rq_active", "upstream_rq_pending_active",
+    "membership_healthy", "membership_total", "membership_degraded",
+)
+
+
+class ClusterStats:
+    """The cluster's stat objects under Envoy's names (`cluster.<name>.<stat>`), for direct bumping.
+
+    The data path owns the request/connection counters (`upstream_rq_total`,
+    `upstream_cx_total`, `upstream_cx_active`, ...); the cluster owns the
+    `membership_*` gauges. `count_response(status)` bumps the per-class and
+    per-code counters Envoy keeps (`upstream_rq_2xx`, `upstream_rq_200`).
+    """
+
+    __slots__ = _COUNTERS + _GAUGES + ("upstream_rq_time", "_store", "_prefix", "_by_class", "_by_code")
+
+    def __init__(self, store: StatsStore, prefix: str) -> None:
+        self._store = store
+        self._prefix = prefix
+        for name in _COUNTERS:
+            setattr(self, name, store.counter(prefix + name))
+        for name in _GAUGES:
+            setattr(self, name, store.gauge(prefix + name))
+        self.upstream_rq_time = store.histogram(prefix + "upstream_rq_time")
+        self._by_class: dict[int, Counter] = {
+            n: getattr(self, f"upstream_rq_{n}xx") for n in range(1, 6)
+        }
+        self._by_code: dict[int, Counter] = {}
+
+    def count_response(self, status: int) -> None:
+        """Count one upstream response in `upstream_rq_<N>xx` and `upstream_rq_<code>`."""
+        by_class = self._by_class.get(status // 100)
+        if by_class is not None:
+            by_class.value += 1
+        by_code = self._by_code.get(status)
+        if by_code is None:
+            by_code = self._by_code[status] = self._store.counter(f"{self._prefix}upstream_rq_{status}")
+        by_code.value += 1
+
+
+class Cluster:
+    """One cluster in one worker; see the module docstring for what is hot and what is not."""
+
+    def __init__(
+        self, config: Any, stats: StatsStore, worker_id: int = 0, *,
+        now: Callable[[], float] = time.monotonic, rng: random.Random | None = None,
+    ) -> None:
+        self.name: str = config.name
+        self.config = config
+        self.connect_timeout = float(config.connect_timeout)
+        self.worker_id = worker_id
+        prefix = f"cluster.{config.name}."
+        self.stats = ClusterStats(stats, prefix)
+
+        self.circuit_breakers = CircuitBreakers.from_config(config, stats, prefix)
+
+        self.lb = create_load_balancer(config, rng)
+        # The hot path's one call: the policy's own `choose`, bound directly (no wrapper frame).
+        # None means no host at all; the data path answers 503 (UH) and bumps upstream_cx_none_healthy.
+        self.choose_host: Callable[[bytes | None], Host | None] = self.lb.choose
+        self.hosts: list[Host] = []
+        self._by_address: dict[tuple[str, int], Host] = {}
+
+        self.outlier: OutlierDetector | None = None
+        if config.outlier_detection is not None:
+            self.outlier = OutlierDetector.from_config(config.outlier_detection, stats, prefix, now, rng)
+
+        if len(config.health_checks) > 1:
+            raise ValueError(f"cluster {self.name!r}: multiple health checks are not supported (Envoy refuses them too)")
+        self.health_checker: HealthChecker | None = None
+        if config.health_checks:
+            self.health_checker = HealthChecker.from_config(
+                config.health_checks[0], self.name, stats, prefix,
+                had_traffic=lambda: self.stats.upstream_cx_total.value > 0,
+                on_success=self.outlier.on_active_health_check_success if self.outlier is not None else None,
+            )
+
+        endpoints = list(_config_endpoints(config))
+        self._dns: DnsRefresher | None = None
+        self._resolved: asyncio.Event | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        if config.type == "STATIC":
+            self.set_endpoints([ResolvedEndpoint((addr, port), weight, hostname) for addr, port, weight, hostname in endpoints])
+        else:
+            self._dns = DnsRefresher(
+                self.name,
+                [DnsTarget(addr, port, weight) for addr, port, weight, _ in endpoints],
+                self._on_dns_update,
+                lookup_family=config.dns_lookup_family,
+                refresh_rate=float(config.dns_refresh_rate),
+                first_only=config.type == "LOGICAL_DNS",
+            )
+
+    # -- membership ----------------------------------------------------------------------
+
+    def set_endpoints(self, endpoints: Iterable[ResolvedEndpoint]) -> None:
+        """Make the host set match `endpoints`, keeping the `Host` (and its state) of addresses that stay."""
+        old = self._by_address
+        new: dict[tuple[str, int], Host] = {}
+        added: list[Host] = []
+        for ep in endpoints:
+            if ep.address in new:
+                continue
+            host = old.get(ep.address)
+            if host is None:
+                host = Host(ep.address, ep.weight, ep.hostname)
+                added.append(host)
+            else:
+                host.weight = ep.weight
+            new[ep.address] = host
+        removed = [host for address, host in old.items() if address not in new]
+        for host in removed:
+            host.on_health_change = None
+            if self.outlier is not None:
+                self.outlier.remove_host(host)
+            if self.health_checker is not None:
+                self.health_checker.remove_host(host)
+        for host in added:
+            if self.outlier is not None:
+                self.outlier.add_host(host)
+            if self.health_checker is not None:
+                self.health_checker.add_host(host)
+            host.on_health_change = self._on_health_change
+        self._by_address = new
+        self.hosts = list(new.values())
+        if added or removed:
+            self.stats.membership_change.value += 1
+        self._refresh()
+
+    def _on_dns_update(self, endpoints: list[ResolvedEndpoint]) -> None:
+        if self._dns is not None and self._dns.first_only and len(self.hosts) == 1 and len(endpoints) == 1:
+            # LOGICAL_DNS: one logical host whose address follows DNS; keep its state and counters.
+            host = self.hosts[0]
+            if host.address != endpoints[0].address:
+                log.info(
+                    "worker %d cluster %s: logical host %s now %s", self.worker_id, self.name,
+                    host.hostname, format_address(endpoints[0].address),
+                )
+                host.address = endpoints[0].address
+                self._by_address = {host.address: host}
+        else:
+            self.set_endpoints(endpoints)
+        if self._resolved is not None:
+            self._resolved.set()
+
+    def _on_health_change(self, host: Host) -> None:
+        self._refresh()
+
+    def _refresh(self) -> None:
+        hosts = self.hosts
+        self.stats.membership_total.value = len(hosts)
+        self.stats.membership_healthy.value = sum(1 for h in hosts if h.healthy)
+        self.lb.update(hosts)
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start DNS refresh, active health checks and the outlier sweep on this worker's loop."""
+        if self._dns is not None:
+            self._resolved = asyncio.Event()
+            self._dns.start(loop)
+        if self.health_checker is not None:
+            self.health_checker.start(loop)
+        if self.outlier is not None:
+            self._tasks.append(loop.create_task(self._outlier_sweep(self.outlier)))
+
+    async def ready(self) -> None:
+        """Wait for the first DNS answer (Envoy's cluster warming); immediate for STATIC clusters."""
+        if self._resolved is not None:
+            await self._resolved.wait()
+
+    async def stop(self) -> None:
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._dns is not None:
+            await self._dns.stop()
+        if self.health_checker is not None:
+            await self.health_checker.stop()
+
+    @staticmethod
+    async def _outlier_sweep(outlier: OutlierDetector) -> None:
+        while True:
+            await asyncio.sleep(outlier.interval)
+            outlier.on_interval()
+
+    # -- admin ---------------------------------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        """Plain data for the admin `/clusters` endpoint; `proxy/clusters_text.py` merges workers and renders it."""
+        cb = self.circuit_breakers
+        return {
+            "name": self.name,
+            "circuit_breakers": {
+                "max_connections": cb.connections.max,
+                "max_pending_requests": cb.pending_requests.max,
+                "max_requests": cb.requests.max,
+                "max_retries": cb.retries.max,
+            },
+            "hosts": [
+                {
+                    "address": format_address(h.address),
+                    "hostname": h.hostname,
+                    "weight": h.weight,
+                    "health_flags": h.health_flags_str(),
+                    "cx_active": h.active_connections,
+                    "cx_connect_fail": h.cx_connect_fail,
+                    "rq_active": h.active_requests,
+                    "rq_total": h.rq_total,
+                    "rq_success": h.rq_success,
+                    "rq_error": h.rq_error,
+                    "rq_timeout": h.rq_timeout,
+                }
+                for h in self.hosts
+            ],
+        }
+
+
+def _config_endpoints(config: Any) -> Iterable[tuple[str, int, int, str]]:
+    """(address, port, weight, hostname) of every lb_endpoint in the cluster's load_assignment."""
+    if config.load_assignment is None:
+        return
+    for locality in config.load_assignment.endpoints:
+        for lb_endpoint in locality.lb_endpoints:
+            endpoint = lb_endpoint.endpoint
+            sock = endpoint.address.socket_address
+            yield sock.address, sock.port_value, lb_endpoint.load_balancing_weight, endpoint.hostname
+
+
+def build_clusters(configs: Iterable[Any], stats: StatsStore, worker_id: int) -> dict[str, Cluster]:
+    """One `Cluster` per configured cluster for this worker, by name (call `start(loop)` on each)."""
+    clusters: dict[str, Cluster] = {}
+    for config in configs:
+        if config.name in clusters:
+            raise ValueError(f"duplicate cluster name {config.name!r}")
+        clusters[config.name] = Cluster(config, stats, worker_id)
+    return clusters

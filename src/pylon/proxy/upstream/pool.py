@@ -1,0 +1,339 @@
+"""HTTP/1.1 upstream connections and the per-host connection pool.
+
+Envoy's HTTP/1 pool in miniature: a request takes an idle keep-alive
+connection if there is one, otherwise it waits in the pool's pending queue
+while a new connection is opened (subject to the cluster's circuit breakers).
+Connections are not bound to the request that caused them: whichever request
+is first in line gets the next connection that becomes ready, which is what
+keeps latency flat when connects are slow.
+
+The upstream connection parses responses with httptools and hands every
+event to the attached `Exchange` (the router's per-request state), so this
+module knows nothing about routing, retries or the downstream side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections import deque
+from typing import TYPE_CHECKING, Any, Protocol
+
+import httptools
+
+if TYPE_CHECKING:
+    from pylon.proxy.tls import ClientTls
+    from pylon.proxy.upstream.cluster import Cluster, Host
+
+log = logging.getLogger("pylon.upstream")
+
+
+class Exchange(Protocol):
+    """What the pool and an upstream connection need from a request in flight."""
+
+    is_head: bool
+
+    def on_upstream_ready(self, conn: "UpstreamConnection") -> None: ...
+    def on_upstream_connect_failure(self, reason: str) -> None: ...
+    def on_upstream_overflow(self) -> None: ...
+    def on_upstream_headers(self, status: int, headers: list[tuple[bytes, bytes]], keep_alive: bool) -> None: ...
+    def on_upstream_body(self, data: bytes) -> None: ...
+    def on_upstream_complete(self) -> None: ...
+    def on_upstream_reset(self, reason: str) -> None: ...
+    def on_upstream_flush(self) -> None: ...
+    def on_upstream_pause(self, paused: bool) -> None: ...
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One keep-alive connection to a host; serves one exchange at a time (no pipelining)."""
+
+    __slots__ = (
+        "pool", "transport", "parser", "exchange", "headers", "status", "keep_alive",
+        "closed", "skip_informational", "head_response", "close_delimited", "in_body", "requests",
+    )
+
+    def __init__(self, pool: "HostPool") -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.exchange: Exchange | None = None
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.status = 0
+        self.keep_alive = True
+        self.closed = False
+        self.skip_informational = False
+        self.head_response = False
+        self.close_delimited = False
+        self.in_body = False
+        self.requests = 0
+
+    # -- asyncio.Protocol ---------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+
+    def data_received(self, data: bytes) -> None:
+        exchange = self.exchange
+        if exchange is None:
+            # Bytes with no request outstanding: the server is confused; never reuse it.
+            self.close()
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            self.keep_alive = False
+            self.close()
+            if self.exchange is not None:
+                self.exchange, ex = None, self.exchange
+                ex.on_upstream_reset("protocol error")
+            return
+        if self.exchange is not None:
+            self.exchange.on_upstream_flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.pool.forget(self)
+        exchange = self.exchange
+        if exchange is None:
+            return
+        self.exchange = None
+        if self.in_body and self.close_delimited:
+            # The body of a response without Content-Length or chunking ends with the connection.
+            exchange.on_upstream_complete()
+        else:
+            exchange.on_upstream_reset("connection termination")
+
+    def pause_writing(self) -> None:
+        if self.exchange is not None:
+            self.exchange.on_upstream_pause(True)
+
+    def resume_writing(self) -> None:
+        if self.exchange is not None:
+            self.exchange.on_upstream_pause(False)
+
+    # -- httptools callbacks ------------------------------------------------
+    def on_message_begin(self) -> None:
+        self.headers = []
+        self.in_body = False
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        parser = self.parser
+        status = parser.get_status_code()
+        self.status = status
+        if status < 200:
+            # 100 Continue and friends: the proxy already answered the client's Expect itself.
+            self.skip_informational = True
+            return
+        self.keep_alive = parser.should_keep_alive()
+        headers = self.headers
+        framed = False
+        for name, _ in headers:
+            if name == b"content-length" or name == b"transfer-encoding":
+                framed = True
+                break
+        exchange = self.exchange
+        assert exchange is not None
+        self.head_response = exchange.is_head
+        self.close_delimited = not framed and status not in (204, 304) and not self.head_response
+        self.in_body = True
+        exchange.on_upstream_headers(status, headers, self.keep_alive)
+        if self.head_response and self.exchange is not None:
+            # llhttp would wait for the Content-Length bytes a HEAD response never
+            # carries; the response is complete now, and a fresh parser takes the next one.
+            self.parser = httptools.HttpResponseParser(self)
+            self._finish()
+
+    def on_body(self, body: bytes) -> None:
+        if self.exchange is not None:
+            self.exchange.on_upstream_body(body)
+
+    def on_message_complete(self) -> None:
+        if self.skip_informational:
+            self.skip_informational = False
+            return
+        if self.exchange is not None and not self.head_response:
+            self._finish()
+
+    def _finish(self) -> None:
+        exchange = self.exchange
+        self.exchange = None
+        self.in_body = False
+        self.requests += 1
+        assert exchange is not None
+        exchange.on_upstream_complete()
+        self.pool.release(self)
+
+    # -- used by the exchange ----------------------------------------------
+    def attach(self, exchange: Exchange) -> None:
+        self.exchange = exchange
+        self.head_response = False
+        self.close_delimited = False
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def abandon(self) -> None:
+        """The exchange gave up on this connection mid-response: it cannot be reused."""
+        self.exchange = None
+        self.close()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            if self.transport is not None:
+                self.transport.close()
+            self.pool.forget(self)
+
+
+class HostPool:
+    """Connections to one host from one worker, with Envoy's pending-request queue."""
+
+    def __init__(self, cluster: "Cluster", host: "Host", loop: asyncio.AbstractEventLoop,
+                 tls: "ClientTls | None", max_requests_per_connection: int | None) -> None:
+        self.cluster = cluster
+        self.host = host
+        self.loop = loop
+        self.tls = tls
+        self.max_requests_per_connection = max_requests_per_connection
+        self.idle: list[UpstreamConnection] = []
+        self.busy: set[UpstreamConnection] = set()
+        self.pending: deque[Exchange] = deque()
+        self.connecting = 0
+        self.tasks: set[asyncio.Task[Any]] = set()
+
+    def acquire(self, exchange: Exchange) -> None:
+        """Give the exchange a connection now, or queue it and open one if the breakers allow."""
+        idle = self.idle
+        while idle:
+            conn = idle.pop()
+            if not conn.closed:
+                self._assign(conn, exchange)
+                return
+        cluster = self.cluster
+        if not cluster.circuit_breakers.pending_requests.try_acquire():
+            exchange.on_upstream_overflow()
+            return
+        self.pending.append(exchange)
+        cluster.stats.upstream_rq_pending_total.value += 1
+        self._maybe_connect()
+
+    def cancel(self, exchange: Exchange) -> None:
+        """A queued exchange went away (client closed, timeout) before it got a connection."""
+        try:
+            self.pending.remove(exchange)
+        except ValueError:
+            return
+        self.cluster.circuit_breakers.pending_requests.release()
+
+    def release(self, conn: UpstreamConnection) -> None:
+        """An exchange finished cleanly on `conn`: reuse it, or close it if it can't be reused."""
+        limit = self.max_requests_per_connection
+        if conn.closed or not conn.keep_alive or (limit and conn.requests >= limit):
+            conn.close()
+            return
+        if self.pending:
+            exchange = self.pending.popleft()
+            self.cluster.circuit_breakers.pending_requests.release()
+            self._assign(conn, exchange)
+            return
+        self.busy.discard(conn)
+        self.idle.append(conn)
+
+    def forget(self, conn: UpstreamConnection) -> None:
+        """Bookkeeping when a connection closes for any reason (called once per connection)."""
+        if conn in self.busy:
+            self.busy.discard(conn)
+        else:
+            try:
+                self.idle.remove(conn)
+            except ValueError:
+                return
+        stats = self.cluster.stats
+        stats.upstream_cx_active.value -= 1
+        stats.upstream_cx_destroy.value += 1
+        self.host.active_connections -= 1
+        self.cluster.circuit_breakers.connections.release()
+        if self.pending:
+            self._maybe_connect()
+
+    def close_all(self) -> None:
+        for conn in list(self.idle) + list(self.busy):
+            conn.close()
+        for task in list(self.tasks):
+            task.cancel()
+
+    def _assign(self, conn: UpstreamConnection, exchange: Exchange) -> None:
+        self.busy.add(conn)
+        conn.attach(exchange)
+        exchange.on_upstream_ready(conn)
+
+    def _maybe_connect(self) -> None:
+        connections = self.cluster.circuit_breakers.connections
+        while self.connecting < len(self.pending):
+            if not connections.try_acquire():
+                return
+            self.connecting += 1
+            task = self.loop.create_task(self._connect())
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def _connect(self) -> None:
+        cluster = self.cluster
+        stats = cluster.stats
+        stats.upstream_cx_total.value += 1
+        host, port = self.host.address
+        tls = self.tls
+        try:
+            try:
+                _, conn = await asyncio.wait_for(
+                    self.loop.create_connection(
+                        lambda: UpstreamConnection(self), host, port,
+                        ssl=tls.context if tls else None,
+                        server_hostname=(tls.server_hostname or "") if tls else None,  # Envoy sends SNI only when configured
+                    ),
+                    cluster.connect_timeout,
+                )
+            except asyncio.TimeoutError:
+                stats.upstream_cx_connect_timeout.value += 1
+                raise ConnectError("connection timeout") from None
+            except OSError as exc:
+                raise ConnectError(f"delayed connect error: {exc.errno}" if exc.errno else str(exc)) from None
+            if tls is not None:
+                problem = tls.verify_peer(conn.transport.get_extra_info("ssl_object"))
+                if problem:
+                    conn.transport.close()
+                    raise ConnectError(f"TLS error: {problem}")
+        except ConnectError as exc:
+            self.connecting -= 1
+            stats.upstream_cx_connect_fail.value += 1
+            cluster.circuit_breakers.connections.release()
+            self.host.record_connect_failure()
+            log.debug("connect to %s:%d failed: %s", host, port, exc)
+            if self.pending:
+                exchange = self.pending.popleft()
+                cluster.circuit_breakers.pending_requests.release()
+                exchange.on_upstream_connect_failure(str(exc))
+            return
+        except asyncio.CancelledError:
+            self.connecting -= 1
+            cluster.circuit_breakers.connections.release()
+            raise
+        self.connecting -= 1
+        stats.upstream_cx_active.value += 1
+        self.host.active_connections += 1
+        self.busy.add(conn)
+        self.release(conn)
+
+
+class ConnectError(Exception):
+    """Connecting to an upstream host failed; the message is Envoy's transport failure reason."""

@@ -1,0 +1,73 @@
+"""Build, once and in the supervisor, every runtime piece that can still fail after the config parsed.
+
+The config model checks each field; building the runtime checks what only
+the libraries can: certificates and keys load and match (OpenSSL), regexes
+fit RE2's limits, header and access-log operators are known. Doing it here,
+before any socket is bound or worker started, keeps "nothing half-started"
+true and lets each error name its field path like any other config error.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pylon.config.envoy import HttpConnectionManager, TcpProxy
+from pylon.config.errors import ConfigError
+from pylon.proxy.access_log import compile_log_format
+from pylon.proxy.router import RouteTable
+from pylon.proxy.tls import TlsConfigError, client_context, server_context
+
+log = logging.getLogger("pylon.main")
+
+
+def _join(base: str, rel: str) -> str:
+    return f"{base}.{rel}" if rel else base
+
+
+def validate_runtime(bootstrap: Any, source: str) -> None:
+    """Raise ConfigError for the first runtime piece that cannot be built."""
+    resources = bootstrap.static_resources
+    for i, listener in enumerate(resources.listeners):
+        base = f"static_resources.listeners[{i}]"
+        if len(listener.filter_chains) != 1:
+            raise ConfigError(source, f"{base}.filter_chains",
+                              "pylon supports exactly one filter chain per listener (filter_chain_match is not supported yet)")
+        if listener.connection_balance_config is not None:
+            log.warning("%s.connection_balance_config: parsed; this pylon version balances connections with the "
+                        "kernel (SO_REUSEPORT) only", base)
+        chain = listener.filter_chains[0]
+        chain_path = f"{base}.filter_chains[0]"
+        if len(chain.filters) != 1:
+            raise ConfigError(source, f"{chain_path}.filters",
+                              "pylon supports exactly one network filter per chain: "
+                              "envoy.filters.network.http_connection_manager or envoy.filters.network.tcp_proxy")
+        if chain.transport_socket is not None:
+            tls_path = f"{chain_path}.transport_socket.typed_config"
+            try:
+                server_context(chain.transport_socket.typed_config)
+            except TlsConfigError as exc:
+                raise ConfigError(source, _join(tls_path, exc.path), exc.message) from exc
+        terminal = chain.filters[0].typed_config
+        filter_path = f"{chain_path}.filters[0].typed_config"
+        if isinstance(terminal, HttpConnectionManager):
+            try:
+                RouteTable(terminal.route_config)
+            except ValueError as exc:
+                raise ConfigError(source, f"{filter_path}.route_config", str(exc)) from exc
+        _check_access_logs(source, filter_path, terminal)
+    for j, cluster in enumerate(resources.clusters):
+        if cluster.transport_socket is not None:
+            tls_path = f"static_resources.clusters[{j}].transport_socket.typed_config"
+            try:
+                client_context(cluster.transport_socket.typed_config)
+            except TlsConfigError as exc:
+                raise ConfigError(source, _join(tls_path, exc.path), exc.message) from exc
+
+
+def _check_access_logs(source: str, filter_path: str, terminal: HttpConnectionManager | TcpProxy) -> None:
+    for k, entry in enumerate(terminal.access_log):
+        try:
+            compile_log_format(entry.typed_config.log_format)
+        except ValueError as exc:
+            raise ConfigError(source, f"{filter_path}.access_log[{k}].typed_config.log_format", str(exc)) from exc

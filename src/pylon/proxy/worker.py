@@ -1,0 +1,208 @@
+"""A worker process: one uvloop event loop serving every listener on its own sockets.
+
+The supervisor (`server.py`) starts each worker as `python -m pylon.proxy.worker FD`,
+where FD is the worker's end of a control socketpair. The first control
+message carries the config source, the worker id and the listening socket
+fds (inherited through `pass_fds`). The worker builds its own runtime —
+clusters, pools, route tables, TLS contexts, stats — so workers share
+nothing and never lock: like Envoy's workers, but processes, because a
+Python process has one GIL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from typing import Any
+
+import uvloop
+
+from pylon.config.loader import load_bootstrap
+from pylon.proxy import control
+from pylon.proxy.access_log import AccessLogWriter
+from pylon.proxy.balance import balancer_for
+from pylon.proxy.listener import ListenerRuntime, build_listener
+from pylon.proxy.logging_setup import configure_logging
+from pylon.proxy.stats import StatsStore
+from pylon.proxy.upstream.cluster import Cluster, build_clusters
+from pylon.proxy.upstream.pool import HostPool
+from pylon.proxy.upstream.tls_factory import cluster_tls
+
+log = logging.getLogger("pylon.worker")
+
+
+class PoolRegistry:
+    """The worker's connection pools, one per (cluster, host), created on first use."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.pools: dict[Any, HostPool] = {}
+        self.tls: dict[str, Any] = {}
+
+    def get(self, cluster: Cluster, host: Any) -> HostPool:
+        pool = self.pools.get(host)
+        if pool is None:
+            if cluster.name not in self.tls:
+                self.tls[cluster.name] = cluster_tls(cluster.config)
+            pool = self.pools[host] = HostPool(
+                cluster, host, self.loop, self.tls[cluster.name], cluster.config.max_requests_per_connection)
+        return pool
+
+    def close_all(self) -> None:
+        for pool in self.pools.values():
+            pool.close_all()
+
+
+class Worker:
+    """Everything one worker process owns."""
+
+    def __init__(self, worker_id: int, loop: asyncio.AbstractEventLoop) -> None:
+        self.worker_id = worker_id
+        self.loop = loop
+        self.stats = StatsStore()
+        self.connections: set[Any] = set()
+        self.listeners: list[ListenerRuntime] = []
+        self.servers: list[asyncio.AbstractServer] = []
+        self.clusters: dict[str, Cluster] = {}
+        self.pools = PoolRegistry(loop)
+        self.access_log_writer = AccessLogWriter()
+        self.draining = False
+        self._conn_ids = worker_id << 40
+        self._wall_offset = time.time() - loop.time()
+        self.sweep_interval = 1.0
+
+    def next_connection_id(self) -> int:
+        self._conn_ids += 1
+        return self._conn_ids
+
+    def wall_time(self, loop_time: float) -> float:
+        return self._wall_offset + loop_time
+
+    def connection_opened(self, conn: Any) -> None:
+        self.connections.add(conn)
+        if conn.runtime_listener is not None:
+            conn.runtime_listener.opened()
+
+    def connection_closed(self, conn: Any) -> None:
+        self.connections.discard(conn)
+        if conn.runtime_listener is not None:
+            conn.runtime_listener.closed()
+
+    async def start(self, bootstrap: Any, listener_fds: list[list[int]]) -> None:
+        self.access_log_writer.start(self.loop)
+        self.clusters = build_clusters(bootstrap.static_resources.clusters, self.stats, self.worker_id)
+        for cluster in self.clusters.values():
+            cluster.start(self.loop)
+        # Envoy's cluster warming: DNS clusters serve only once their first answer is in.
+        await asyncio.gather(*(cluster.ready() for cluster in self.clusters.values()))
+        for index, listener_cfg in enumerate(bootstrap.static_resources.listeners):
+            fd = listener_fds[index][self.worker_id]
+            sock = socket.socket(fileno=os.dup(fd))
+            runtime = build_listener(listener_cfg, self)
+            self.listeners.append(runtime)
+            server = await balancer_for(listener_cfg).serve(self.loop, sock, runtime.protocol_factory, runtime.ssl_context)
+            self.servers.append(server)
+        self.sweep_interval = min([1.0] + [r.min_timeout / 4 for r in self.listeners if r.min_timeout])
+        self.sweep_interval = max(self.sweep_interval, 0.02)
+        self.loop.call_later(self.sweep_interval, self._sweep)
+
+    def _sweep(self) -> None:
+        now = self.loop.time()
+        for conn in list(self.connections):
+            conn.sweep(now)
+        if not self.draining or self.connections:
+            self.loop.call_later(self.sweep_interval, self._sweep)
+
+    async def drain(self, drain_time: float) -> None:
+        """Stop accepting, let in-flight requests finish within `drain_time`, then stop."""
+        if self.draining:
+            return
+        self.draining = True
+        for server in self.servers:
+            server.close()
+        for runtime in self.listeners:
+            runtime.draining = True
+        for conn in list(self.connections):
+            conn.drain()
+        deadline = self.loop.time() + drain_time
+        while self.connections and self.loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for conn in list(self.connections):
+            conn.close()
+        self.access_log_writer.close()
+        self.pools.close_all()
+        for cluster in self.clusters.values():
+            await cluster.stop()
+
+    def describe_clusters(self) -> list[dict[str, Any]]:
+        return [cluster.describe() for cluster in self.clusters.values()]
+
+
+async def _serve(control_fd: int) -> int:
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(fileno=control_fd)
+    reader, writer = await asyncio.open_connection(sock=sock)
+    init = await control.read_message(reader)
+    if init is None:
+        return 1
+    configure_logging(init["log_level"], f"worker_{init['worker_id']}")
+    bootstrap = load_bootstrap(init.get("config_path"), init.get("config_yaml"))
+    worker = Worker(init["worker_id"], loop)
+    await worker.start(bootstrap, init["listener_fds"])
+    stop = asyncio.Event()
+    drain_time = float(init.get("drain_time", 600))
+
+    def on_term() -> None:
+        loop.create_task(_drain_and_stop(worker, drain_time, stop))
+
+    loop.add_signal_handler(signal.SIGTERM, on_term)
+    loop.add_signal_handler(signal.SIGINT, lambda: None)  # the supervisor decides; Ctrl-C reaches it too
+    writer.write(control.encode({"op": "ready", "worker_id": worker.worker_id, "pid": os.getpid()}))
+    await writer.drain()
+    log.debug("worker %d ready", worker.worker_id)
+    control_task = loop.create_task(_control_loop(worker, reader, writer, drain_time, stop))
+    await stop.wait()
+    control_task.cancel()
+    return 0
+
+
+async def _drain_and_stop(worker: Worker, drain_time: float, stop: asyncio.Event) -> None:
+    await worker.drain(drain_time)
+    stop.set()
+
+
+async def _control_loop(worker: Worker, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                        drain_time: float, stop: asyncio.Event) -> None:
+    while True:
+        message = await control.read_message(reader)
+        if message is None:
+            # The supervisor is gone: nobody can drain us any more, so drain now.
+            await _drain_and_stop(worker, drain_time, stop)
+            return
+        op = message.get("op")
+        if op == "stats":
+            reply: dict[str, Any] = {"stats": worker.stats.snapshot()}
+        elif op == "clusters":
+            reply = {"clusters": worker.describe_clusters()}
+        elif op == "drain":
+            asyncio.get_running_loop().create_task(
+                _drain_and_stop(worker, float(message.get("drain_time", drain_time)), stop))
+            reply = {"ok": True}
+        else:
+            reply = {"error": f"unknown op {op!r}"}
+        writer.write(control.encode(reply))
+        await writer.drain()
+
+
+def main() -> None:
+    control_fd = int(sys.argv[1])
+    sys.exit(uvloop.run(_serve(control_fd)))
+
+
+if __name__ == "__main__":
+    main()
