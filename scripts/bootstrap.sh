@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Set up everything pylon needs on a fresh Debian machine of this kind; safe to run again.
+# Debian packages (we are root): the load tools and peers the tests and benchmarks use.
+# Python: a virtualenv in .venv with pylon installed editable, plus test and bench extras.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DEBS=(wrk nginx-light nghttp2-client curl openssl ca-certificates)
+missing=()
+for pkg in "${DEBS[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "bootstrap: installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  echo "bootstrap: creating .venv"
+  "$PYTHON" -m venv .venv
+fi
+# Reinstall only when the project's dependencies changed.
+stamp=.venv/.pylon-installed
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  echo "bootstrap: installing pylon and its dependencies into .venv"
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -e '.[test,bench]'
+  echo "$want" > "$stamp"
+fi
