@@ -30,6 +30,11 @@ if TYPE_CHECKING:
     from pylon.proxy.worker import PoolRegistry, Worker
 
 
+# Bytes a request head may exceed its limit by, counted per read, before the
+# exact count (done as each header completes) has had a chance to answer 431.
+_HEAD_SLACK = 16 * 1024
+
+
 class HcmRuntime:
     """One HTTP connection manager's config compiled for one worker."""
 
@@ -95,7 +100,8 @@ class HcmRuntime:
         record.duration = elapsed * 1000
         record.response_duration = (stream.first_byte - stream.start) * 1000 if stream.first_byte else None
         record.upstream_cluster = stream.cluster.name if stream.cluster is not None else None
-        record.upstream_host = stream.conn.last_upstream_host(stream)
+        host = stream.last_host
+        record.upstream_host = "%s:%d" % host.address if host is not None else None
         record.upstream_transport_failure_reason = stream.transport_failure or None
         record.route_name = stream.route.name if stream.route is not None else None
         record.downstream_remote = conn.peer
@@ -110,8 +116,8 @@ class HttpConnection(asyncio.Protocol):
 
     __slots__ = (
         "hcm", "worker", "loop", "transport", "parser", "parsing", "active", "queue", "closed", "draining",
-        "peer", "peer_ip", "local", "scheme", "head_bytes", "in_head", "header_count", "feeding",
-        "last_activity", "connection_id", "loop_time", "runtime_listener",
+        "peer", "peer_ip", "local", "scheme", "head_bytes", "raw_head_bytes", "in_head", "header_count", "feeding",
+        "last_activity", "connection_id", "loop_time", "runtime_listener", "stop_reply",
     )
 
     def __init__(self, hcm: HcmRuntime, scheme: bytes = b"http") -> None:
@@ -131,12 +137,14 @@ class HttpConnection(asyncio.Protocol):
         self.local: tuple[str, int] = ("", 0)
         self.scheme = scheme
         self.head_bytes = 0
+        self.raw_head_bytes = 0
         self.in_head = True
         self.header_count = 0
         self.feeding = False
         self.last_activity = 0.0
         self.connection_id = 0
         self.runtime_listener: Any = None  # the ListenerRuntime that accepted it (per-listener stats)
+        self.stop_reply: lr.LocalReply | None = None  # why a parser callback stopped parsing
 
     # ------------------------------------------------------------------ asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -168,21 +176,22 @@ class HttpConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.last_activity = self.loop_time()
         if self.in_head:
-            self.head_bytes += len(data)
+            self.raw_head_bytes += len(data)
         self.feeding = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             pass  # refused in on_headers_complete; nothing after the head is read
         except httptools.HttpParserError:
-            self._protocol_error(lr.BAD_REQUEST)
-            return
-        except _HeadersTooLarge:
-            self._protocol_error(lr.HEADERS_TOO_LARGE)
-            return
-        finally:
+            # llhttp rejected the bytes, or a callback stopped parsing (see stop_reply).
             self.feeding = False
-        if self.in_head and self.head_bytes > self.hcm.max_header_bytes:
+            if not self.closed:
+                self._protocol_error(self.stop_reply or lr.BAD_REQUEST)
+            return
+        self.feeding = False
+        if self.in_head and self.raw_head_bytes > self.hcm.max_header_bytes + _HEAD_SLACK:
+            # One header line that never ends: llhttp buffers it until it is complete,
+            # so cap what a head may cost before the exact per-header check can run.
             self._protocol_error(lr.HEADERS_TOO_LARGE)
             return
         active = self.active
@@ -217,6 +226,10 @@ class HttpConnection(asyncio.Protocol):
 
     # ------------------------------------------------------------------ httptools callbacks
     def on_message_begin(self) -> None:
+        if self.closed:
+            # The previous request closed the connection (an error reply, Connection: close):
+            # whatever follows in this read must not be parsed, let alone forwarded.
+            raise _StopParsing()
         stream = Stream(self, self.loop_time())
         self.parsing = stream
         self.in_head = True
@@ -233,20 +246,26 @@ class HttpConnection(asyncio.Protocol):
         assert stream is not None
         stream.url += url
         self.head_bytes += len(url)
+        if self.head_bytes > self.hcm.max_header_bytes:
+            self.stop_reply = lr.HEADERS_TOO_LARGE
+            raise _StopParsing()
 
     def on_header(self, name: bytes, value: bytes) -> None:
         stream = self.parsing
         assert stream is not None
         stream.headers.append((name.lower(), value))
         self.header_count += 1
-        if self.header_count > self.hcm.max_headers_count:
-            raise _HeadersTooLarge()
+        self.head_bytes += len(name) + len(value) + 4
+        if self.header_count > self.hcm.max_headers_count or self.head_bytes > self.hcm.max_header_bytes:
+            self.stop_reply = lr.HEADERS_TOO_LARGE
+            raise _StopParsing()
 
     def on_headers_complete(self) -> None:
         stream = self.parsing
         assert stream is not None
         self.in_head = False
         self.head_bytes = 0
+        self.raw_head_bytes = 0
         parser = self.parser
         method = parser.get_method()
         stream.method = method
@@ -256,6 +275,11 @@ class HttpConnection(asyncio.Protocol):
         stream.upgrade = parser.should_upgrade() or method == b"CONNECT"
         for name, value in stream.headers:
             if name == b"transfer-encoding":
+                if value.strip().lower() != b"chunked":
+                    # Only plain chunked framing is understood (as in Envoy); llhttp would
+                    # complain only after this callback, when the head could already be gone.
+                    self.stop_reply = lr.UNSUPPORTED_TRANSFER_ENCODING
+                    raise _StopParsing()
                 stream.req_chunked = True
             elif name == b"content-length":
                 stream.req_length = int(value)
@@ -294,12 +318,6 @@ class HttpConnection(asyncio.Protocol):
                 nxt.begin()
                 if nxt.up_out:
                     nxt.flush_upstream()
-
-    def last_upstream_host(self, stream: Stream) -> str | None:
-        host = stream.host
-        if host is not None:
-            return "%s:%d" % host.address
-        return None
 
     def _protocol_error(self, reply: lr.LocalReply) -> None:
         """Malformed or oversized input: answer once if nothing was sent yet, then close."""
@@ -360,8 +378,9 @@ class HttpConnection(asyncio.Protocol):
         elif hcm.stream_idle_timeout and now - max(stream.last_activity, self.last_activity) > hcm.stream_idle_timeout:
             hcm.rq_idle_timeout.value += 1
             stream.close_after = True
-            stream.local(lr.STREAM_IDLE_TIMEOUT)
+            # Envoy: 504 once the whole request is in (the upstream is silent), else 408.
+            stream.local(lr.STREAM_IDLE_TIMEOUT if stream.request_complete else lr.STREAM_IDLE_TIMEOUT_CLIENT)
 
 
-class _HeadersTooLarge(Exception):
-    """Raised from a parser callback to stop parsing a request whose head exceeds the limits."""
+class _StopParsing(Exception):
+    """Raised from a parser callback to stop parsing (httptools turns it into HttpParserCallbackError)."""

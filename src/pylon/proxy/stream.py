@@ -44,6 +44,14 @@ def _request_id() -> bytes:
     return ("%s-%s-4%s-%s%s-%s" % (h[:8], h[8:12], h[13:16], "89ab"[int(h[16], 16) & 3], h[17:20], h[20:])).encode()
 
 
+def _without_nominated(headers: list[tuple[bytes, bytes]], connection: bytes) -> list[tuple[bytes, bytes]]:
+    """Drop the headers a Connection header nominates as hop-by-hop (RFC 9110 7.6.1)."""
+    tokens = {t.strip().lower() for t in connection.split(b",")}
+    tokens.discard(b"close")
+    tokens.discard(b"keep-alive")
+    return [p for p in headers if p[0] not in tokens] if tokens else headers
+
+
 class Stream:
     """Router state for one request. Lives from request headers to the end of the response."""
 
@@ -54,7 +62,7 @@ class Stream:
         "response_started", "response_chunked", "close_after", "status", "flags", "details",
         "retries_left", "retry_held", "deadline", "try_deadline", "bytes_received", "bytes_sent", "start",
         "last_activity", "attempt_start", "first_byte", "authority", "path", "original_path", "pending_local",
-        "transport_failure", "request_id", "paused_downstream", "paused_upstream", "resp_headers",
+        "transport_failure", "request_id", "last_host", "paused_downstream", "paused_upstream", "resp_headers",
     )
 
     def __init__(self, conn: "HttpConnection", now: float) -> None:
@@ -104,6 +112,7 @@ class Stream:
         self.original_path = b""
         self.pending_local: lr.LocalReply | None = None
         self.transport_failure = ""
+        self.last_host: Host | None = None  # the host of the latest attempt, for %UPSTREAM_HOST%
         self.request_id = b""
         self.paused_downstream = False
         self.paused_upstream = False
@@ -212,11 +221,7 @@ class Stream:
                 return self.local(lr.MISSING_HOST)
             authority = b""
         if conn_tokens is not None:
-            tokens = {t.strip().lower() for t in conn_tokens.split(b",")}
-            tokens.discard(b"close")
-            tokens.discard(b"keep-alive")
-            if tokens:
-                forward = [p for p in forward if p[0] not in tokens]
+            forward = _without_nominated(forward, conn_tokens)
         url = self.url
         if url[:1] != b"/":
             url = self._origin_form(url, authority)
@@ -245,6 +250,7 @@ class Stream:
         if not self.request_id and hcm.generate_request_id:
             self.request_id = _request_id()
             forward.append((b"x-request-id", self.request_id))
+            self.headers.append((b"x-request-id", self.request_id))  # access logs see what was sent
         path = route.rewrite_path(url.decode("latin-1")).encode("latin-1") if route.rewrites else url
         if path is not url:
             forward.append((b"x-envoy-original-path", url))
@@ -269,8 +275,7 @@ class Stream:
         retry = route.retry
         if retry is not None:
             self.retries_left = retry.num_retries
-            if not self.request_complete or self.req_length or self.req_chunked:
-                self.body_buffer = []
+            self.body_buffer = []  # what was sent so far, replayed by a retry (empty for bodiless requests)
         self.cluster = hcm.clusters[route.pick_cluster()]
         if self.request_complete and route.timeout:
             self.deadline = conn.loop_time() + route.timeout
@@ -324,7 +329,7 @@ class Stream:
             cluster.circuit_breakers.requests.release()
             cluster.stats.upstream_cx_none_healthy.value += 1
             return self.local(lr.NO_HEALTHY_UPSTREAM)
-        self.host = host
+        self.host = self.last_host = host
         host.active_requests += 1
         cluster.stats.upstream_rq_total.value += 1
         cluster.stats.upstream_rq_active.value += 1
@@ -363,8 +368,8 @@ class Stream:
         self.transport_failure = reason
         self._end_attempt(abandon=False)
         retry = self.route.retry if self.route else None
-        if retry is not None and retry.on_connect_failure and self._take_retry():
-            return
+        if retry is not None and retry.on_connect_failure and self._reserve_retry():
+            return self._schedule_retry()
         self.local(lr.CONNECT_FAILURE)
 
     def on_upstream_overflow(self) -> None:
@@ -376,14 +381,14 @@ class Stream:
         assert host is not None and self.cluster is not None
         host.record_response(status)
         retry = self.route.retry if self.route else None
-        if retry is not None and retry.should_retry_status(status) and self.retries_left > 0 and self.body_buffer is not None:
-            self.cluster.stats.count_response(status)
-            self._end_attempt(abandon=True)
-            if self._take_retry():
-                return
-            # no retry budget left: the client gets this upstream status as a local error reply
-            self.status = status
-            return self.local(lr.LocalReply(status, "-", b"", "via_upstream"))
+        if retry is not None and retry.should_retry_status(status):
+            if self._reserve_retry():
+                # Drop this response (and its connection: its body is still coming) and try again.
+                self.cluster.stats.count_response(status)
+                self._end_attempt(abandon=True)
+                return self._schedule_retry()
+            if self._retries_exhausted():
+                self.flags = "URX"
         self.status = status
         self.response_started = True
         self.first_byte = now = self.conn.loop_time()
@@ -393,6 +398,9 @@ class Stream:
         parts = [status_line(status)]
         has_length = False
         resp = headers
+        upstream = self.upstream
+        if upstream is not None and upstream.connection_header is not None:
+            resp = _without_nominated(resp, upstream.connection_header)
         if route is not None and not route.response_header_ops.empty:
             hl = HeaderList(list(headers))
             route.response_header_ops.apply(hl, self.conn.peer)
@@ -437,6 +445,10 @@ class Stream:
             out.clear()
 
     def on_upstream_complete(self) -> None:
+        if not self.request_complete and self.upstream is not None:
+            # An early response (the upstream didn't wait for the whole body): the
+            # connection is mid-request and must not be reused.
+            self.upstream.keep_alive = False
         if self.response_chunked:
             self.out.append(LAST_CHUNK)
         self.on_upstream_flush()
@@ -457,8 +469,8 @@ class Stream:
             self._finish(close=True)
             return
         retry = self.route.retry if self.route else None
-        if retry is not None and retry.on_reset and self._take_retry():
-            return
+        if retry is not None and retry.on_reset and self._reserve_retry():
+            return self._schedule_retry()
         self.local(lr.UPSTREAM_PROTOCOL_ERROR if reason == "protocol error" else lr.UPSTREAM_RESET)
 
     def on_upstream_pause(self, paused: bool) -> None:
@@ -491,8 +503,8 @@ class Stream:
             self.host.record_timeout()
         self._end_attempt(abandon=True)
         retry = self.route.retry if self.route else None
-        if retry is not None and retry.on_5xx_or_gateway and self._take_retry():
-            return
+        if retry is not None and retry.on_5xx_or_gateway and self._reserve_retry():
+            return self._schedule_retry()
         self._timed_out()
 
     def on_route_timeout(self) -> None:
@@ -513,8 +525,8 @@ class Stream:
     def _timed_out(self) -> None:
         self.local(lr.UPSTREAM_TIMEOUT)
 
-    def _take_retry(self) -> bool:
-        """Schedule another attempt if policy, budget and a replayable body allow it."""
+    def _reserve_retry(self) -> bool:
+        """Take one retry if the policy has one left, the body can be replayed and the budget allows."""
         if self.retries_left <= 0 or self.body_buffer is None or self.done or self.response_started:
             return False
         cluster = self.cluster
@@ -523,20 +535,27 @@ class Stream:
             if not cluster.circuit_breakers.retries.try_acquire():
                 return False
             self.retry_held = True
-        attempt = self.route.retry.num_retries - self.retries_left if self.route and self.route.retry else 0
         self.retries_left -= 1
         cluster.stats.upstream_rq_retry.value += 1
-        self.flags = "URX" if self.retries_left == 0 else self.flags
-        self.waiting_body = list(self.body_buffer)
-        base = self.route.retry.base_interval if self.route and self.route.retry else _RETRY_BASE
-        cap = self.route.retry.max_interval if self.route and self.route.retry else _RETRY_MAX
+        return True
+
+    def _retries_exhausted(self) -> bool:
+        """Envoy's URX: the request was retried and no retry is left."""
+        retry = self.route.retry if self.route is not None else None
+        return retry is not None and retry.num_retries > 0 and self.retries_left == 0
+
+    def _schedule_retry(self) -> None:
+        """Start the next attempt after Envoy's jittered exponential back-off."""
+        retry = self.route.retry if self.route is not None else None
+        base = retry.base_interval if retry is not None else _RETRY_BASE
+        cap = retry.max_interval if retry is not None else _RETRY_MAX
+        attempt = retry.num_retries - self.retries_left - 1 if retry is not None else 0
+        self.waiting_body = list(self.body_buffer or ())
         delay = random.uniform(0, min(base * (2 ** attempt), cap))
         self.conn.loop.call_later(delay, self._retry_now)
-        return True
 
     def _retry_now(self) -> None:
         if not self.done:
-            self.flags = "-"
             self._start_attempt()
 
     def _end_attempt(self, abandon: bool) -> None:
@@ -574,7 +593,7 @@ class Stream:
             # so a small body doesn't cost the client its keep-alive connection.
             self.pending_local = reply
             return
-        self.flags = reply.flag
+        self.flags = reply.flag + ",URX" if reply.status >= 500 and self._retries_exhausted() else reply.flag
         self.details = reply.details
         self.status = reply.status
         self._send_local(reply.status, reply.body, None)

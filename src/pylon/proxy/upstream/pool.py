@@ -51,6 +51,7 @@ class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
         "pool", "transport", "parser", "exchange", "headers", "status", "keep_alive",
         "closed", "skip_informational", "head_response", "close_delimited", "in_body", "requests",
+        "connection_header",
     )
 
     def __init__(self, pool: "HostPool") -> None:
@@ -67,6 +68,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.close_delimited = False
         self.in_body = False
         self.requests = 0
+        self.connection_header: bytes | None = None  # the response's Connection header, if any
 
     # -- asyncio.Protocol ---------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -121,9 +123,13 @@ class UpstreamConnection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self.headers = []
         self.in_body = False
+        self.connection_header = None
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name.lower(), value))
+        name = name.lower()
+        if name == b"connection":
+            self.connection_header = value
+        self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         parser = self.parser
