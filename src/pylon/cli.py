@@ -41,8 +41,10 @@ def proxy(config_path: str | None, config_yaml: str | None, concurrency: int, lo
 
 def _register_bench_commands() -> None:
     from pylon.bench.cli import echo, load, report
+    from pylon.bench.demo import demo
+    from pylon.bench.scenario import bench
 
-    for command in (echo, load, report):
+    for command in (echo, load, report, bench, demo):
         main.add_command(command)
 
 

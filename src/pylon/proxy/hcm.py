@@ -71,6 +71,7 @@ class HcmRuntime:
         self.request_timeout = config.request_timeout or 0.0
         self.stream_idle_timeout = config.stream_idle_timeout or 0.0
         self.use_remote_address = config.use_remote_address
+        self.xff_num_trusted_hops = config.xff_num_trusted_hops
         self.generate_request_id = config.generate_request_id
         self.always_set_request_id = config.always_set_request_id_in_response
         self.server_name = config.server_name.encode()
@@ -80,6 +81,24 @@ class HcmRuntime:
         self.suppress_envoy_headers = bool(getattr(router, "suppress_envoy_headers", False))
         self.access_loggers = build_access_loggers(config.access_log, worker.access_log_writer)
         self.peer_check: Any = None  # set by the listener when TLS validates client certificates
+
+    def trusted_client(self, stream: Stream) -> tuple[str, int] | str:
+        """Envoy's downstream remote address: the peer, or the x-forwarded-for entry it trusts.
+
+        With use_remote_address the peer is the client unless xff_num_trusted_hops
+        says the last N proxies before us are trusted, in which case the Nth
+        address from the right of the XFF they sent is; without it, the
+        (N+1)th from the right of XFF is.
+        """
+        hops = self.xff_num_trusted_hops
+        xff = stream.xff
+        if self.use_remote_address and not hops or not xff:
+            return stream.conn.peer
+        entries = [e.strip() for e in xff.decode("latin-1").split(",")]
+        index = len(entries) - (hops if self.use_remote_address else hops + 1)
+        if 0 <= index < len(entries) and entries[index]:
+            return entries[index]
+        return stream.conn.peer
 
     def log_access(self, stream: Stream, elapsed: float) -> None:
         """Fill an access-log record from a finished stream and hand it to every logger."""
@@ -104,7 +123,7 @@ class HcmRuntime:
         record.upstream_host = "%s:%d" % host.address if host is not None else None
         record.upstream_transport_failure_reason = stream.transport_failure or None
         record.route_name = stream.route.name if stream.route is not None else None
-        record.downstream_remote = conn.peer
+        record.downstream_remote = self.trusted_client(stream)
         record.downstream_local = conn.local
         record.connection_id = conn.connection_id
         for logger in self.access_loggers:

@@ -1,0 +1,207 @@
+"""`pylon demo`: an echo workload behind a pylon gateway — a few requests explained, a load run, a report.
+
+1. Start `pylon echo` (the workload) and one gateway per variant, from the
+   config templates in `examples/` (ports filled in).
+2. Send a handful of requests through the first gateway and print, for
+   each, the status and latency we measured, the gateway's
+   `x-envoy-upstream-service-time`, and the route, response flags and
+   upstream host from the gateway's own JSON access log (matched by the
+   `x-request-id` we sent). Nothing is guessed: a value the log did not
+   give shows as `?`.
+3. Load every variant and the workload directly (the baseline) with the same
+   `pylon load` profile, interleaved, and write the report (table, CSV, PNG,
+   HTML, one Fortio JSON per run) into the output folder.
+
+Variants are a list: an accelerated gateway (another TLS key provider, say)
+is one more `Variant(...)` line with its config template and load flags.
+Every process is stopped on success, failure, Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from pylon.bench.fortio_args import LoadUsageError
+from pylon.bench.scenario import (
+    PROXY_URL, BenchRun, LoadSpec, ReportFiles, Scenario, ScenarioError, StartedTarget, TargetSpec, UpstreamSpec,
+    default_out_dir, sigterm_interrupts, wide_console,
+)
+from pylon.bench.targets import TargetError
+
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"  # a source checkout: src/pylon/bench/demo.py
+GATEWAY_LOG = "gateway-access.log"  # where examples/demo-gateway.yaml writes ({workdir}/...)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One way of serving the workload that the demo loads and compares."""
+
+    label: str
+    kind: str  # "url" for the baseline, else "pylon" (or "envoy")
+    config: str = ""  # template under examples/
+    url: str = PROXY_URL
+    load_args: tuple[str, ...] = ()
+
+    def target(self, examples: Path) -> TargetSpec:
+        return TargetSpec(label=self.label, kind=self.kind, config=(examples / self.config) if self.config else None,
+                          url=self.url, load_args=self.load_args)
+
+
+BASELINE = Variant("echo-direct", "url", url="http://127.0.0.1:{upstream_port}/")
+VARIANTS: tuple[Variant, ...] = (
+    Variant("pylon-gateway", "pylon", "demo-gateway.yaml", url="http://127.0.0.1:{listen_port}/api/"),
+)
+
+
+@dataclass(frozen=True)
+class DemoRequest:
+    method: str
+    path: str
+    body: bytes = b""
+    why: str = ""
+
+
+REQUESTS: tuple[DemoRequest, ...] = (
+    DemoRequest("GET", "/healthz", why="answered by the gateway itself"),
+    DemoRequest("GET", "/api/hello", why="routed, /api/ rewritten to /"),
+    DemoRequest("POST", "/echo", b"hello pylon", why="the workload echoes the body"),
+    DemoRequest("GET", "/api/debug", why="the workload's view of the forwarded request"),
+    DemoRequest("GET", "/api/?delay=20ms", why="a slow workload reply"),
+    DemoRequest("GET", "/api/?status=503", why="the workload fails"),
+    DemoRequest("GET", "/nowhere", why="no route matches"),
+)
+
+
+@dataclass
+class Observed:
+    """One demo request: what the client saw, plus the gateway's access-log entry (if it arrived)."""
+
+    request: DemoRequest
+    request_id: str
+    status: int
+    latency_ms: float
+    upstream_service_time: str | None
+    reply: str
+    log: Mapping[str, Any] | None = None
+
+
+def send_requests(host: str, port: int, requests: Sequence[DemoRequest], run_id: str) -> list[Observed]:
+    """Send each request on one keep-alive connection, tagged with its own x-request-id."""
+    seen = []
+    conn = http.client.HTTPConnection(host, port, timeout=5)
+    try:
+        for i, req in enumerate(requests, 1):
+            request_id = f"demo-{run_id}-{i}"
+            headers = {"x-request-id": request_id}
+            start = time.perf_counter()
+            conn.request(req.method, req.path, body=req.body or None, headers=headers)
+            reply = conn.getresponse()
+            body = reply.read()
+            latency = (time.perf_counter() - start) * 1000
+            seen.append(Observed(req, request_id, reply.status, latency,
+                                 reply.getheader("x-envoy-upstream-service-time"),
+                                 body.decode(errors="replace").strip().splitlines()[0][:64] if body.strip() else ""))
+            if reply.will_close:
+                conn.close()
+    finally:
+        conn.close()
+    return seen
+
+
+def read_access_log(path: Path) -> Iterator[dict[str, Any]]:
+    if not path.exists():
+        return
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict):
+            yield entry
+
+
+def attach_log_entries(observed: Sequence[Observed], log_path: Path, timeout: float = 4.0) -> None:
+    """Wait (the gateway flushes its log about once a second) until every request's entry is there."""
+    wanted = {o.request_id: o for o in observed}
+    deadline = time.monotonic() + timeout
+    while True:
+        for entry in read_access_log(log_path):
+            if entry.get("request_id") in wanted:
+                wanted[entry["request_id"]].log = entry
+        if all(o.log is not None for o in observed) or time.monotonic() > deadline:
+            return
+        time.sleep(0.2)
+
+
+def requests_table(observed: Sequence[Observed]) -> Table:
+    table = Table(title="requests through the gateway (route, flags and upstream from its access log)")
+    for name in ["request", "status", "latency ms", "upstream ms", "route", "flags", "cluster", "upstream host",
+                 "reply (first line)", "what it shows"]:
+        table.add_column(name, justify="right" if name in ("status", "latency ms", "upstream ms") else "left")
+    for o in observed:
+        log = o.log or {}
+
+        def field(name: str) -> str:
+            return "?" if o.log is None else str(log.get(name) or "-")
+
+        table.add_row(f"{o.request.method} {o.request.path}", str(o.status), f"{o.latency_ms:.1f}",
+                      o.upstream_service_time or "-", field("route_name"), field("response_flags"),
+                      field("upstream_cluster"), field("upstream_host"), o.reply, o.request.why)
+    return table
+
+
+def demo_scenario(duration: str, connections: int, variants: Sequence[Variant], examples: Path) -> Scenario:
+    targets = tuple(v.target(examples) for v in (BASELINE, *variants))
+    return Scenario(name="demo", targets=targets, upstream=UpstreamSpec(kind="echo", body_size=100),
+                    load=LoadSpec(args=("-qps", "0", "-c", str(connections), "-t", duration)), repetitions=1,
+                    warmup=0.5)
+
+
+def run_demo(out: Path, duration: str = "5s", connections: int = 16, variants: Sequence[Variant] = VARIANTS,
+             examples: Path = EXAMPLES, console: Console | None = None) -> ReportFiles:
+    console = console or Console()
+    scenario = demo_scenario(duration, connections, variants, examples)
+    with BenchRun(scenario, out, console) as bench:
+        gateway: StartedTarget = bench.targets[1]
+        assert gateway.process is not None
+        console.print(f"workload: pylon echo on 127.0.0.1:{bench.upstream_port}; "
+                      + "; ".join(f"{t.spec.label}: {t.url} (config {t.config_path})" for t in bench.targets[1:]))
+        observed = send_requests(gateway.process.host, gateway.process.port, REQUESTS, time.strftime("%H%M%S"))
+        attach_log_entries(observed, bench.work / GATEWAY_LOG)
+        console.print(requests_table(observed))
+        console.print(f"load: pylon load -qps 0 -c {connections} -t {duration}, each target in turn")
+        runs = bench.run(on_run=lambda r: console.print(
+            f"  {r['Target']:<16} {float(r['ActualQPS']):9.0f} req/s"
+            + (f", {r['RequestsPerTargetCPUSecond']:.0f} requests per gateway-CPU-second"
+               if r["RequestsPerTargetCPUSecond"] else "")))
+    return bench.write_report(runs, title="demo: the workload directly and through the gateway")
+
+
+@click.command("demo")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="output folder (default ./demo-out/<timestamp>)")
+@click.option("--duration", default="5s", show_default=True, help="load duration per target (Fortio's -t)")
+@click.option("--connections", "-c", type=click.IntRange(min=1), default=16, show_default=True,
+              help="load connections")
+def demo(out_dir: str | None, duration: str, connections: int) -> None:
+    """The tour: an echo workload behind a pylon gateway, requests explained, a load run, a report."""
+    out = Path(out_dir) if out_dir else default_out_dir("demo-out", "demo")
+    console = wide_console()
+    try:
+        with sigterm_interrupts():
+            files = run_demo(out, duration, connections, console=console)
+    except KeyboardInterrupt:
+        console.print("interrupted; every process the demo started has been stopped")
+        raise SystemExit(130) from None
+    except (TargetError, ScenarioError, LoadUsageError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    console.print(f"report: {files.html}\n        {files.png}\n        {files.csv}\n"
+                  f"runs:   {', '.join(str(p) for p in files.runs)}\nlogs:   {out / 'work'}")
