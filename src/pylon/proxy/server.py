@@ -147,10 +147,12 @@ class Supervisor:
         self.draining = True
         self.state = "DRAINING"
         log.info("draining: no new connections; in-flight requests have %.1fs", self.options.drain_time_s)
-        await self._stop_workers(self.options.drain_time_s)
+        # Close our copies of the listening sockets first: once the workers close theirs,
+        # new connections are refused instead of waiting in a backlog nobody accepts from.
         for sockets in self.listener_sockets:
             for sock in set(sockets):
                 sock.close()
+        await self._stop_workers(self.options.drain_time_s)
         if self.admin_server is not None:
             self.admin_server.close()
         log.info("exiting")

@@ -101,8 +101,8 @@ class Worker:
         # Envoy's cluster warming: DNS clusters serve only once their first answer is in.
         await asyncio.gather(*(cluster.ready() for cluster in self.clusters.values()))
         for index, listener_cfg in enumerate(bootstrap.static_resources.listeners):
-            fd = listener_fds[index][self.worker_id]
-            sock = socket.socket(fileno=os.dup(fd))
+            # The worker owns its inherited copy: closing the server on drain closes it.
+            sock = socket.socket(fileno=listener_fds[index][self.worker_id])
             runtime = build_listener(listener_cfg, self)
             self.listeners.append(runtime)
             server = await balancer_for(listener_cfg).serve(self.loop, sock, runtime.protocol_factory, runtime.ssl_context)
