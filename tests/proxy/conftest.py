@@ -10,9 +10,7 @@ raw HTTP/1.1 for the malformed-request tests.
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -25,7 +23,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import free_port, wait_for_port
+from tests.conftest import free_port, stop_process_group, wait_for_port
 
 HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 ROUTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
@@ -256,21 +254,7 @@ class ProxyLauncher:
 
     def close(self) -> None:
         for proc in self.procs:
-            if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    continue
-                try:
-                    proc.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
-            # Workers live in the supervisor's process group; make sure none outlives it.
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+            stop_process_group(proc)
 
 
 @pytest.fixture

@@ -409,7 +409,6 @@ class Stream:
         self.first_byte = now = self.conn.loop_time()
         self.last_activity = now
         hcm = self.hcm
-        route = self.route
         parts = [status_line(status)]
         has_length = False
         resp = headers
