@@ -39,6 +39,15 @@ def proxy(config_path: str | None, config_yaml: str | None, concurrency: int, lo
                                     log_level=log_level, mode=mode, drain_time_s=drain_time_s, base_id=base_id)))
 
 
+def _register_keyd_command() -> None:
+    from pylon.keys.cli import keyd_command
+
+    main.add_command(keyd_command)
+
+
+_register_keyd_command()
+
+
 def _register_bench_commands() -> None:
     from pylon.bench.cli import echo, load, report
     from pylon.bench.demo import demo

@@ -11,6 +11,7 @@ from pylon.config import registry
 from pylon.config.envoy import Duration, EnvoyStruct, HttpConnectionManager, Router
 from pylon.config.errors import ConfigError
 from pylon.config.loader import bootstrap_to_dict
+from pylon.extensions import load_extensions
 from tests.config.builders import DOWNSTREAM_TLS_TYPE, HCM_TYPE, ROUTER_TYPE, bootstrap, hcm, listener, load
 
 BALANCER_TYPE = "type.googleapis.com/pylon.connection_balance.test.v1.Balancer"
@@ -33,11 +34,16 @@ def scratch_registry(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_core_extensions_are_registered_by_type_url() -> None:
+    load_extensions()
     assert registry.lookup(registry.NETWORK_FILTER, HCM_TYPE) is HttpConnectionManager
     assert registry.lookup(registry.HTTP_FILTER, ROUTER_TYPE) is Router
     assert registry.lookup(registry.NETWORK_FILTER, ROUTER_TYPE) is None
     assert HCM_TYPE in registry.type_urls(registry.NETWORK_FILTER)
-    assert registry.type_urls(registry.KEY_PROVIDER) == frozenset()
+    assert registry.type_urls(registry.KEY_PROVIDER) == {
+        "type.googleapis.com/envoy.extensions.private_key_providers.cryptomb.v3alpha.CryptoMbPrivateKeyMethodConfig",
+        "type.googleapis.com/pylon.key_providers.keyd.v1.Keyd",
+        "type.googleapis.com/pylon.key_providers.offload.v1.Offload",
+    }
     assert registry.categories_of(DOWNSTREAM_TLS_TYPE) == {registry.DOWNSTREAM_TRANSPORT_SOCKET}
     assert registry.type_url_of(Router) == ROUTER_TYPE and registry.type_url_of(Balancer) is None
 

@@ -46,7 +46,7 @@ import ssl
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import _ssl
 from cryptography import x509
@@ -417,14 +417,42 @@ def _peer_verifier(validation: CertificateValidationContext, path: str) -> PeerV
 
 @dataclass(frozen=True)
 class ServerTls:
-    """A downstream (listener) TLS context and its post-handshake peer check."""
+    """A downstream (listener) TLS context and its post-handshake peer check.
+
+    With private key providers (`key_ops` not empty) handshakes must be able to
+    wait for a key operation, which uvloop's SSL layer cannot: such listeners
+    serve with `loop_ssl_context` (None) and `wrap_protocol_factory(factory)`,
+    which terminates TLS in `pylon.proxy.tls_transport`. Without providers the
+    two are the plain context and the factory itself.
+    """
 
     context: ssl.SSLContext
     verifier: PeerVerifier
+    key_ops: tuple[Any, ...] = ()
 
     def verify_peer(self, ssl_object: ssl.SSLObject | ssl.SSLSocket) -> str | None:
         """None when the client is acceptable, else why not (Envoy's `ssl.fail_verify_san`)."""
         return self.verifier.verify(ssl_object)
+
+    @property
+    def loop_ssl_context(self) -> ssl.SSLContext | None:
+        """The `ssl=` argument for `loop.create_server` (None when pylon terminates TLS itself)."""
+        return None if self.key_ops else self.context
+
+    def wrap_protocol_factory(self, factory: Callable[[], Any]) -> Callable[[], Any]:
+        """The protocol factory to serve with: `factory` itself, or wrapped in pylon's TLS transport."""
+        if not self.key_ops:
+            return factory
+        from pylon.proxy.tls_transport import tls_protocol_factory
+
+        return tls_protocol_factory(self.context, factory)
+
+    def bind_stats(self, stats: Any) -> None:
+        """Record provider stats (e.g. `cryptomb.rsa_queue_sizes`) in this worker's StatsStore."""
+        for ops in self.key_ops:
+            bind = getattr(ops, "bind_stats", None)
+            if bind is not None:
+                bind(stats)
 
 
 @dataclass(frozen=True)
@@ -452,7 +480,7 @@ def server_context(cfg: DownstreamTlsContext) -> ServerTls:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     handle = OpenSslContext(context)
     _apply_common(handle, common, server=True)
-    _load_certificates(context, common.tls_certificates)
+    key_ops = _load_certificates(context, common.tls_certificates, server=True)
 
     verifier = PeerVerifier(())
     validation = common.validation_context
@@ -473,7 +501,7 @@ def server_context(cfg: DownstreamTlsContext) -> ServerTls:
         handle.session_cache_mode = SSL_SESS_CACHE_OFF
     if cfg.session_timeout is not None:
         handle.timeout = int(cfg.session_timeout)  # whole seconds, as in Envoy
-    return ServerTls(context=context, verifier=verifier)
+    return ServerTls(context=context, verifier=verifier, key_ops=key_ops)
 
 
 def client_context(cfg: UpstreamTlsContext) -> ClientTls:
@@ -489,7 +517,7 @@ def client_context(cfg: UpstreamTlsContext) -> ClientTls:
         raise TlsConfigError(
             "common_tls_context.tls_certificates", "a client TLS context takes at most one certificate"
         )
-    _load_certificates(context, common.tls_certificates)
+    _load_certificates(context, common.tls_certificates, server=False)
 
     verifier = PeerVerifier(())
     validation = common.validation_context
@@ -565,36 +593,90 @@ def _read(source: DataSource, path: str) -> bytes:
         raise TlsConfigError(path, str(exc)) from None
 
 
-def _load_certificates(context: ssl.SSLContext, certificates: Sequence[TlsCertificate]) -> None:
+def _load_certificates(
+    context: ssl.SSLContext, certificates: Sequence[TlsCertificate], *, server: bool
+) -> tuple[Any, ...]:
     """Load each certificate chain and key, after checking them with clear errors.
 
     OpenSSL keeps one certificate per key type in an `SSL_CTX`, so a server may
     hold an RSA and an ECDSA certificate (chosen per client, as in Envoy), but
     two of the same type would silently replace each other: that is an error.
+    Returns the private key providers serving the certificates (see
+    `_load_provider_certificate`).
     """
     seen: dict[str, int] = {}
+    key_ops: list[Any] = []
     for i, certificate in enumerate(certificates):
         path = f"common_tls_context.tls_certificates[{i}]"
-        if certificate.private_key is None:
-            raise TlsConfigError(
-                f"{path}.private_key_provider", "private key providers are not supported by this TLS context yet"
-            )
         chain = _read(certificate.certificate_chain, f"{path}.certificate_chain")
+        if certificate.private_key is None:
+            leaf, ops = _load_provider_certificate(context, certificate, chain, path, server=server)
+            _one_per_key_type(leaf, seen, i, path)
+            if ops is not None:
+                key_ops.append(ops)
+            continue
         key = _read(certificate.private_key, f"{path}.private_key")
         leaf = _check_pair(chain, key, path)
-        key_type = "RSA" if isinstance(leaf.public_key(), rsa.RSAPublicKey) else "ECDSA"
-        if key_type in seen:
-            raise TlsConfigError(
-                path,
-                f"a second {key_type} certificate (the first is tls_certificates[{seen[key_type]}]); "
-                "one certificate per key type is supported (no SNI-based selection)",
-            )
-        seen[key_type] = i
-        with _memory_file(chain) as chain_path, _memory_file(key) as key_path:
-            try:
-                context.load_cert_chain(chain_path, key_path)
-            except ssl.SSLError as exc:
-                raise TlsConfigError(path, f"OpenSSL rejected the certificate or key: {exc}") from None
+        _one_per_key_type(leaf, seen, i, path)
+        _load_pair(context, chain, key, path)
+    return tuple(dict.fromkeys(key_ops))  # shared providers once
+
+
+def _one_per_key_type(leaf: x509.Certificate, seen: dict[str, int], i: int, path: str) -> None:
+    key_type = "RSA" if isinstance(leaf.public_key(), rsa.RSAPublicKey) else "ECDSA"
+    if key_type in seen:
+        raise TlsConfigError(
+            path,
+            f"a second {key_type} certificate (the first is tls_certificates[{seen[key_type]}]); "
+            "one certificate per key type is supported (no SNI-based selection)",
+        )
+    seen[key_type] = i
+
+
+def _load_pair(context: ssl.SSLContext, chain: bytes, key: bytes, path: str) -> None:
+    with _memory_file(chain) as chain_path, _memory_file(key) as key_path:
+        try:
+            context.load_cert_chain(chain_path, key_path)
+        except ssl.SSLError as exc:
+            raise TlsConfigError(path, f"OpenSSL rejected the certificate or key: {exc}") from None
+
+
+def _load_provider_certificate(
+    context: ssl.SSLContext, certificate: TlsCertificate, chain: bytes, path: str, *, server: bool
+) -> tuple[x509.Certificate, Any]:
+    """Install a certificate whose private operations go to its `private_key_provider`.
+
+    The context gets a hooked key built from the certificate's public key
+    (`pylon.keys`); server contexts run in SSL_MODE_ASYNC so a handshake can
+    wait for the provider. Client contexts stay synchronous: uvloop drives
+    upstream handshakes, so the operation runs on the calling thread. Returns
+    the leaf and the provider's ops, or None when the provider fell back to
+    the key file (`fallback: true`).
+    """
+    from pylon.keys.hook import HookedKey, HookError, install_hooked_key
+    from pylon.keys.providers import ProviderError, plan_provider
+
+    where = f"{path}.private_key_provider"
+    try:
+        leaf = x509.load_pem_x509_certificates(chain)[0]
+    except ValueError:
+        raise TlsConfigError(f"{path}.certificate_chain", "no valid PEM certificate found") from None
+    try:
+        plan = plan_provider(certificate.private_key_provider, leaf.public_key())  # type: ignore[arg-type]
+    except ProviderError as exc:
+        raise TlsConfigError(f"{where}.{exc.path}" if exc.path else where, exc.message) from None
+    if plan.private_pem is not None:
+        _check_pair(chain, plan.private_pem, path)
+    if plan.ops is None:
+        assert plan.private_pem is not None
+        _load_pair(context, chain, plan.private_pem, path)
+        return leaf, None
+    try:
+        hooked = HookedKey(leaf.public_key(), plan.ops, plan.private_pem)  # type: ignore[arg-type]
+        install_hooked_key(context, chain, hooked, async_mode=server)
+    except HookError as exc:
+        raise TlsConfigError(where, str(exc)) from None
+    return leaf, plan.ops
 
 
 def _check_pair(chain: bytes, key: bytes, path: str) -> x509.Certificate:

@@ -1,0 +1,70 @@
+"""Typed configs of pylon's private key providers, registered under `envoy.tls.key_providers`.
+
+Importing this module makes the three `@type`s known to the config loader:
+
+* Envoy's CryptoMB config, unchanged (`private_key`, `poll_delay`);
+* pylon's `offload` (`private_key`, `threads`);
+* pylon's `keyd` (`socket_path`, `key_id`, `timeout`): no key material at all.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+
+from pylon.config import registry
+from pylon.config.datasource import DataSource
+from pylon.config.envoy import Duration, EnvoyStruct, NonEmptyStr
+from pylon.config.errors import FieldError
+
+CRYPTOMB_TYPE_URL = (
+    "type.googleapis.com/envoy.extensions.private_key_providers.cryptomb.v3alpha.CryptoMbPrivateKeyMethodConfig"
+)
+OFFLOAD_TYPE_URL = "type.googleapis.com/pylon.key_providers.offload.v1.Offload"
+KEYD_TYPE_URL = "type.googleapis.com/pylon.key_providers.keyd.v1.Keyd"
+
+
+class CryptoMbPrivateKeyMethodConfig(EnvoyStruct, kw_only=True):
+    """Envoy's contrib CryptoMB config. `poll_delay` (required, > 0) caps how long a partial batch waits."""
+
+    private_key: DataSource
+    poll_delay: Duration
+
+    def __post_init__(self) -> None:
+        if self.poll_delay <= 0:
+            raise FieldError("poll_delay", "must be greater than 0")
+
+
+class Offload(EnvoyStruct, kw_only=True):
+    """pylon's offload provider: private key operations on `threads` threads beside the event loop."""
+
+    private_key: DataSource
+    threads: Annotated[int, msgspec.Meta(ge=1, le=64)] = 2
+
+
+class Keyd(EnvoyStruct, kw_only=True):
+    """pylon's keyd provider: operations go to `pylon keyd` on `socket_path`, which alone holds `key_id`.
+
+    `timeout` bounds each operation: past it the handshake fails (with a log line).
+    """
+
+    socket_path: NonEmptyStr
+    key_id: NonEmptyStr
+    timeout: Duration = Duration(1.0)
+
+    def __post_init__(self) -> None:
+        if self.timeout <= 0:
+            raise FieldError("timeout", "must be greater than 0")
+
+
+#: provider_name each typed config must come with (Envoy: the factory's name()).
+PROVIDER_NAMES: dict[type, str] = {
+    CryptoMbPrivateKeyMethodConfig: "cryptomb",
+    Offload: "offload",
+    Keyd: "keyd",
+}
+
+registry.register_typed(registry.KEY_PROVIDER, CRYPTOMB_TYPE_URL, CryptoMbPrivateKeyMethodConfig)
+registry.register_typed(registry.KEY_PROVIDER, OFFLOAD_TYPE_URL, Offload)
+registry.register_typed(registry.KEY_PROVIDER, KEYD_TYPE_URL, Keyd)

@@ -1,0 +1,1 @@
+"""`pylon keyd`: a separate process that alone holds private keys and signs for proxies."""

@@ -1,0 +1,166 @@
+"""The keyd server: holds private keys, signs for authenticated local proxies, never exports a key.
+
+Callers are authenticated by the kernel (SO_PEERCRED on the Unix socket):
+only the uids in the allow-list (by default keyd's own uid) may connect;
+anyone else is refused with a log line. A raw-RSA signer is an oracle for
+whoever reaches it, which is why this check is not optional.
+
+Operations from all connections share one crypto_mb batcher when the CPU
+and library allow (so eight proxies' handshakes fill one batch); otherwise
+they run inline with OpenSSL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives import serialization
+
+from pylon.keys import cryptomb
+from pylon.keys.hook import DONE, ECDSA_DIGEST, RSA_RAW, HookedKey, ffi, lib, new_slot
+from pylon.keys.keyd.protocol import ERROR, OK, FrameReader, ProtocolError, Response, decode_request, encode_response
+
+log = logging.getLogger("pylon.keyd")
+
+_PEERCRED = struct.Struct("3i")  # struct ucred {pid, uid, gid}
+
+
+class _InlineOps:
+    """Operations computed at once with OpenSSL (no crypto_mb here)."""
+
+    def submit(self, slot: object, done) -> None:  # type: ignore[no-untyped-def]
+        lib.pk_slot_run(slot)
+        done()
+
+    def sign_blocking(self, kind: int, key: HookedKey, data: bytes) -> bytes:
+        raise RuntimeError("keyd keys are computed by the native hook")
+
+
+@dataclass
+class KeydKey:
+    """One served key: its id, the native record (with the private key) and how it is computed."""
+
+    key_id: str
+    hooked: HookedKey
+    batched: bool
+
+
+def load_keys(specs: Iterable[tuple[str, bytes]], use_cryptomb: bool = True) -> dict[str, KeydKey]:
+    """Keys by id from (id, PEM) pairs; crypto_mb where it can run and supports the key."""
+    mb_reason = cryptomb.unavailable_reason() if use_cryptomb else "disabled"
+    keys: dict[str, KeydKey] = {}
+    inline = _InlineOps()
+    for key_id, pem in specs:
+        private = serialization.load_pem_private_key(pem, password=None)
+        hooked = HookedKey(private.public_key(), inline, pem)  # type: ignore[arg-type]
+        batched = mb_reason is None and cryptomb.key_unsupported_reason(hooked.public_key) is None
+        keys[key_id] = KeydKey(key_id, hooked, batched)
+        log.info("key %s: %s %d bits, %s", key_id, hooked.kind, hooked.bits, "crypto_mb" if batched else "OpenSSL")
+    return keys
+
+
+def peer_uid(sock: socket.socket) -> tuple[int, int]:
+    """(pid, uid) of the process at the other end of a Unix socket, from the kernel."""
+    pid, uid, _gid = _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
+    return pid, uid
+
+
+class KeydServer:
+    """Serves `keys` on a Unix socket to the uids in `allow_uids`."""
+
+    def __init__(self, keys: dict[str, KeydKey], allow_uids: Iterable[int], poll_delay: float = 0.002) -> None:
+        self.keys = keys
+        self.allow_uids = frozenset(allow_uids) or frozenset({os.getuid()})
+        self.batcher = cryptomb.CryptoMbOps(poll_delay)
+        self.inline = _InlineOps()
+        self.refused = 0
+        self.served = 0
+
+    async def serve(self, path: str) -> asyncio.AbstractServer:
+        if os.path.exists(path):
+            os.unlink(path)  # a stale socket of a previous keyd
+        loop = asyncio.get_running_loop()
+        server = await loop.create_unix_server(lambda: _KeydConnection(self), path)
+        os.chmod(path, 0o660)
+        return server
+
+    def handle(self, body: bytes, reply) -> None:  # type: ignore[no-untyped-def]
+        request = decode_request(body)
+        key = self.keys.get(request.key_id)
+        if key is None:
+            reply(Response(request.id, ERROR, f"unknown key id {request.key_id!r}".encode()))
+            return
+        expected = RSA_RAW if key.hooked.kind == "RSA" else ECDSA_DIGEST
+        size_ok = (
+            len(request.data) == key.hooked.bits // 8
+            if expected == RSA_RAW
+            else len(request.data) in (20, 28, 32, 48, 64)
+        )
+        if request.kind != expected or not size_ok:
+            reply(Response(request.id, ERROR, b"operation does not fit the key"))
+            return
+        slot = new_slot()
+        slot.kind = request.kind
+        slot.key = key.hooked.native
+        slot.in_len = len(request.data)
+        ffi.memmove(getattr(slot, "in"), request.data, len(request.data))
+
+        def done() -> None:
+            self.served += 1
+            if slot.state == DONE:
+                reply(Response(request.id, OK, ffi.buffer(slot.out, slot.out_len)[:]))
+            else:
+                reply(Response(request.id, ERROR, b"private key operation failed"))
+
+        (self.batcher if key.batched else self.inline).submit(slot, done)
+
+
+class _KeydConnection(asyncio.Protocol):
+    def __init__(self, server: KeydServer) -> None:
+        self.server = server
+        self.reader = FrameReader()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        sock = transport.get_extra_info("socket")
+        pid, uid = peer_uid(sock)
+        if uid not in self.server.allow_uids:
+            self.server.refused += 1
+            log.warning("refused keyd client pid %d uid %d: uid not in the allow-list", pid, uid)
+            transport.abort()
+            return
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if self.transport is None:
+            return
+        try:
+            for body in self.reader.feed(data):
+                self.server.handle(body, self._reply)
+        except ProtocolError as exc:
+            log.warning("closing keyd client: %s", exc)
+            self.transport.abort()
+
+    def _reply(self, response: Response) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(encode_response(response))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+
+
+async def run_keyd(path: str, keys: dict[str, KeydKey], allow_uids: Iterable[int], ready=None) -> None:  # type: ignore[no-untyped-def]
+    """Serve until cancelled; `ready()` is called once the socket accepts connections."""
+    server = KeydServer(keys, allow_uids)
+    listener = await server.serve(path)
+    log.info("keyd listening on unix:%s for uids %s", path, sorted(server.allow_uids))
+    if ready is not None:
+        ready()
+    async with listener:
+        await listener.serve_forever()

@@ -1,0 +1,174 @@
+"""keyd as a real process: handshakes through it, down/up, refusal, and where the key's primes live."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from pylon.keys.config import KEYD_TYPE_URL
+
+from .conftest import client_context, fetch, provider_tls, s_client, serve
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def start_keyd(sock: Path, pki, *extra: str) -> subprocess.Popen:  # type: ignore[no-untyped-def]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pylon.keys.cli", "--listen", f"unix:{sock}",
+         "--key", f"rsa={pki.server_rsa.key}", "--key", f"ec={pki.server_ecdsa.key}", *extra],
+        stderr=subprocess.PIPE, text=True,
+    )
+    lines = []
+    for line in proc.stderr:  # type: ignore[union-attr]
+        lines.append(line)
+        if line.strip() == "keyd ready":
+            break
+    assert proc.poll() is None, "".join(lines)
+    proc.startup_log = "".join(lines)  # type: ignore[attr-defined]
+    return proc
+
+
+def stop(proc: subprocess.Popen) -> str:  # type: ignore[type-arg]
+    proc.terminate()
+    _, err = proc.communicate(timeout=10)
+    return proc.startup_log + err  # type: ignore[attr-defined]
+
+
+def keyd_provider(sock: Path, key_id: str, timeout: str = "0.5s") -> dict:  # type: ignore[type-arg]
+    return {"provider_name": "keyd",
+            "typed_config": {"@type": KEYD_TYPE_URL, "socket_path": str(sock), "key_id": key_id, "timeout": timeout}}
+
+
+@pytest.fixture
+def sock(tmp_path: Path) -> Path:
+    return tmp_path / "keyd.sock"
+
+
+def test_handshakes_through_keyd_and_recovery(pki, sock, caplog) -> None:  # type: ignore[no-untyped-def]
+    rsa_tls = provider_tls(pki.server_rsa, keyd_provider(sock, "rsa"))
+    ec_tls = provider_tls(pki.server_ecdsa, keyd_provider(sock, "ec"))
+    caplog.set_level(logging.ERROR, "pylon.keys.keyd")
+
+    async def run() -> None:
+        rsa_server, rsa_port = await serve(rsa_tls)
+        ec_server, ec_port = await serve(ec_tls)
+        # keyd down: the handshake fails, within the configured bound, with a clear log line.
+        start = time.monotonic()
+        with pytest.raises((ssl_errors())):
+            await fetch(rsa_port, client_context(pki))
+        assert time.monotonic() - start < 2.0
+        assert any("keyd at" in r.message and "unavailable" in r.message for r in caplog.records)
+
+        keyd = await asyncio.to_thread(start_keyd, sock, pki)
+        try:
+            for port, maximum in ((rsa_port, None), (ec_port, None)):
+                data, sslobj = await fetch(port, client_context(pki))
+                assert data == b"ok:hi"
+            out = await s_client(rsa_port, pki, "-tls1_2", "-sigalgs", "RSA+SHA256")
+            assert "Verification: OK" in out
+            out = await s_client(ec_port, pki)
+            assert "Signature type: ECDSA" in out
+        finally:
+            err = await asyncio.to_thread(stop, keyd)
+        assert "crypto_mb" in err or "OpenSSL" in err
+
+        # keyd gone again: fails again (the pipelined connection is noticed as lost) ...
+        with pytest.raises(ssl_errors()):
+            await fetch(rsa_port, client_context(pki))
+        # ... and comes back with keyd.
+        keyd = await asyncio.to_thread(start_keyd, sock, pki)
+        try:
+            data, _ = await fetch(rsa_port, client_context(pki))
+            assert data == b"ok:hi"
+        finally:
+            await asyncio.to_thread(stop, keyd)
+        rsa_server.close()
+        ec_server.close()
+
+    asyncio.run(run())
+
+
+def ssl_errors() -> tuple[type[BaseException], ...]:
+    import ssl
+
+    return (ssl.SSLError, ConnectionError, asyncio.IncompleteReadError, asyncio.TimeoutError)
+
+
+def test_unauthorized_client_refused(pki, sock, caplog) -> None:  # type: ignore[no-untyped-def]
+    keyd = start_keyd(sock, pki, "--allow-uid", str(os.getuid() + 12345))
+    tls = provider_tls(pki.server_rsa, keyd_provider(sock, "rsa"))
+    caplog.set_level(logging.ERROR, "pylon.keys.keyd")
+
+    async def run() -> None:
+        server, port = await serve(tls)
+        with pytest.raises(ssl_errors()):
+            await fetch(port, client_context(pki))
+        server.close()
+
+    try:
+        asyncio.run(run())
+    finally:
+        err = stop(keyd)
+    assert f"refused keyd client pid {os.getpid()} uid {os.getuid()}" in err
+    assert any("keyd at" in r.message and "unavailable" in r.message for r in caplog.records)
+
+
+def _primes(pki) -> list[bytes]:  # type: ignore[no-untyped-def]
+    key = serialization.load_pem_private_key(pki.server_rsa.key.read_bytes(), password=None)
+    numbers = key.private_numbers()  # type: ignore[union-attr]
+    out = []
+    for prime in (numbers.p, numbers.q):
+        raw = prime.to_bytes(128, "big")
+        out += [raw[:32], raw[::-1][:32]]  # big-endian (PEM/DER) and little-endian (BIGNUM limbs) forms
+    return out
+
+
+def scan(pid: int, needles: list[bytes]) -> bool:
+    """Whether any needle occurs in the process's readable private and heap mappings."""
+    with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/mem", "rb", 0) as mem:
+        for line in maps:
+            fields = line.split()
+            if "r" not in fields[1] or (len(fields) > 5 and fields[5].startswith("[v")):
+                continue
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            try:
+                mem.seek(start)
+                chunk = mem.read(end - start)
+            except (OSError, ValueError, OverflowError):
+                continue
+            if any(needle in chunk for needle in needles):
+                return True
+    return False
+
+
+def test_proxy_memory_holds_no_prime_while_keyd_does(pki, sock) -> None:  # type: ignore[no-untyped-def]
+    keyd = start_keyd(sock, pki)
+    proxy = subprocess.Popen(
+        [sys.executable, "-m", "tests.keys.keyd_proxy", str(pki.server_rsa.cert), str(sock), "rsa"],
+        stdout=subprocess.PIPE, text=True, cwd=ROOT,
+    )
+    try:
+        port = int(proxy.stdout.readline())  # type: ignore[union-attr]
+
+        async def handshakes() -> None:
+            for _ in range(5):
+                data, _ = await fetch(port, client_context(pki))
+                assert data == b"ok:hi"
+
+        asyncio.run(handshakes())  # the proxy has really used the key through keyd
+        needles = _primes(pki)
+        assert scan(keyd.pid, needles), "the scan must find the primes in keyd (else it proves nothing)"
+        assert not scan(proxy.pid, needles), "the proxy process holds a prime of the private key"
+    finally:
+        proxy.kill()
+        proxy.wait()
+        stop(keyd)
