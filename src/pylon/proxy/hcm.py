@@ -81,6 +81,7 @@ class HcmRuntime:
         self.suppress_envoy_headers = bool(getattr(router, "suppress_envoy_headers", False))
         self.access_loggers = build_access_loggers(config.access_log, worker.access_log_writer)
         self.peer_check: Any = None  # set by the listener when TLS validates client certificates
+        self.host_labels: dict[Any, str] = {}  # host -> "ip:port" for %UPSTREAM_HOST%, formatted once
 
     def trusted_client(self, stream: Stream) -> tuple[str, int] | str:
         """Envoy's downstream remote address: the peer, or the x-forwarded-for entry it trusts.
@@ -104,7 +105,7 @@ class HcmRuntime:
         """Fill an access-log record from a finished stream and hand it to every logger."""
         conn = stream.conn
         record = AccessLogRecord()
-        record.start_time = stream.wall_start()
+        record.start_time = self.worker.wall_time(stream.start)
         record.method = stream.method.decode("latin-1")
         record.path = stream.path.decode("latin-1")
         record.authority = stream.authority.decode("latin-1")
@@ -120,10 +121,14 @@ class HcmRuntime:
         record.response_duration = (stream.first_byte - stream.start) * 1000 if stream.first_byte else None
         record.upstream_cluster = stream.cluster.name if stream.cluster is not None else None
         host = stream.last_host
-        record.upstream_host = "%s:%d" % host.address if host is not None else None
+        if host is not None:
+            label = self.host_labels.get(host)
+            if label is None:
+                label = self.host_labels[host] = "%s:%d" % host.address
+            record.upstream_host = label
         record.upstream_transport_failure_reason = stream.transport_failure or None
         record.route_name = stream.route.name if stream.route is not None else None
-        record.downstream_remote = self.trusted_client(stream)
+        record.downstream_remote = conn.peer if stream.xff is None else self.trusted_client(stream)
         record.downstream_local = conn.local
         record.connection_id = conn.connection_id
         for logger in self.access_loggers:

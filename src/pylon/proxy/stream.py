@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import random
-import time
 from typing import TYPE_CHECKING
 
 from pylon.proxy import local_reply as lr
@@ -658,8 +657,3 @@ class Stream:
             self.paused_downstream = False
             self.conn.transport.resume_reading()
         self.conn.stream_done(self, close)
-
-    # ------------------------------------------------------------------ access log support
-    def wall_start(self) -> float:
-        """Start time on the wall clock (the loop clock is monotonic)."""
-        return time.time() - (self.conn.loop_time() - self.start)
