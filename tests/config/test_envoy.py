@@ -533,11 +533,13 @@ def test_listener_defaults_and_fields() -> None:
 
 
 def test_extend_balance_names_the_unregistered_type() -> None:
-    url = "type.googleapis.com/envoy.extensions.network.connection_balance.dlb.v3alpha.Dlb"
-    balance = {"extend_balance": {"name": "envoy.network.connection_balance.dlb", "typed_config": {"@type": url}}}
+    url = "type.googleapis.com/example.connection_balance.v1.RoundRobin"
+    balance = {"extend_balance": {"name": "example.round_robin", "typed_config": {"@type": url}}}
     assert error(bootstrap([listener(hcm(), connection_balance_config=balance)])) == (
         "config error in test.yaml: static_resources.listeners[0].connection_balance_config.extend_balance."
-        f"typed_config.@type: unknown connection balancer type {url}; connection balancers are not supported yet"
+        f"typed_config.@type: unknown connection balancer type {url}; accepted here: "
+        "type.googleapis.com/envoy.extensions.network.connection_balance.dlb.v3alpha.Dlb, "
+        "type.googleapis.com/pylon.connection_balance.v1.Dispatcher"
     )
 
 

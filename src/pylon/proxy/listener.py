@@ -11,6 +11,7 @@ import ssl
 from typing import TYPE_CHECKING, Any, Callable
 
 from pylon.config.envoy import HttpConnectionManager, TcpProxy
+from pylon.proxy.balance.loadtable import CX_ACTIVE, LoadSlot
 from pylon.proxy.hcm import HcmRuntime, HttpConnection
 from pylon.proxy.tcp_proxy import TcpProxyRuntime, TcpProxySession
 from pylon.proxy.tls import server_context
@@ -40,6 +41,8 @@ class ListenerRuntime:
         worker_prefix = f"{prefix}worker_{worker.worker_id}."
         self.worker_cx_total = stats.counter(worker_prefix + "downstream_cx_total")
         self.worker_cx_active = stats.gauge(worker_prefix + "downstream_cx_active")
+        # Set when the listener is balanced by hand-off: the supervisor reads this worker's count here.
+        self.load_slot: LoadSlot | None = None
         self.ssl_context: ssl.SSLContext | None = None
         self.peer_check: Callable[[Any], str | None] | None = None
         self.protocol_factory: Callable[[], Any]
@@ -51,23 +54,31 @@ class ListenerRuntime:
         self.cx_active.value += 1
         self.worker_cx_total.value += 1
         self.worker_cx_active.value += 1
+        if self.load_slot is not None:
+            self.load_slot[CX_ACTIVE] = self.worker_cx_active.value
 
     def closed(self) -> None:
         self.cx_active.value -= 1
         self.cx_destroy.value += 1
         self.worker_cx_active.value -= 1
+        if self.load_slot is not None:
+            self.load_slot[CX_ACTIVE] = self.worker_cx_active.value
 
 
 def build_listener(config: Any, worker: "Worker") -> ListenerRuntime:
     """Compile a listener's (single) filter chain for this worker."""
     runtime = ListenerRuntime(config, worker)
     chain = config.filter_chains[0]
+    tls = None
     if chain.transport_socket is not None:
         tls = server_context(chain.transport_socket.typed_config)
-        runtime.ssl_context = tls.context
+        # None when a private key provider is hooked in: pylon's own TLS transport then
+        # terminates TLS (it can suspend a handshake on a pending key operation).
+        runtime.ssl_context = tls.loop_ssl_context
         runtime.peer_check = tls.verify_peer
+        tls.bind_stats(worker.stats)
     terminal_cfg = chain.filters[-1].typed_config
-    scheme = b"https" if runtime.ssl_context is not None else b"http"
+    scheme = b"https" if tls is not None else b"http"
     if isinstance(terminal_cfg, HttpConnectionManager):
         hcm = HcmRuntime(terminal_cfg, worker.clusters, worker.pools, worker.stats, worker)
         hcm.peer_check = runtime.peer_check
@@ -90,7 +101,7 @@ def build_listener(config: Any, worker: "Worker") -> ListenerRuntime:
             return session
     else:  # the config loader only lets the two terminal filters through
         raise TypeError(f"unsupported terminal filter {type(terminal_cfg).__name__}")
-    runtime.protocol_factory = factory
+    runtime.protocol_factory = tls.wrap_protocol_factory(factory) if tls is not None else factory
     runtime.min_timeout = min([t for t in timeouts if t] or [0.0])
     return runtime
 

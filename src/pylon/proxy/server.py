@@ -3,8 +3,12 @@
 Order matters for "nothing half-started": the config is loaded and every
 runtime piece that can fail (TLS contexts, route tables, access-log formats,
 cluster TLS) is built once in the supervisor before any socket is bound; then
-all listener sockets are bound; only then do workers start. A worker that
-dies unexpectedly is restarted on the same sockets; on SIGTERM/SIGINT or
+all listener sockets are bound; only then do workers start. How a listener's
+connections reach the workers is its balancer's business (`balance/`): with
+the kernel balancer each worker accepts on its own socket; with the hand-off
+balancers (exact, dispatcher) this process accepts and passes each socket to
+a worker. A worker that dies unexpectedly is restarted on the same sockets (the
+balancers first stop choosing it and take back what it never read); on SIGTERM/SIGINT or
 `POST /quitquitquit` the workers drain (stop accepting, finish in-flight
 requests within `--drain-time-s`) and the supervisor exits 0.
 """
@@ -28,7 +32,8 @@ from pylon.config.errors import ConfigError
 from pylon.config.loader import bootstrap_to_dict, load_bootstrap
 from pylon.proxy import control
 from pylon.proxy.admin import start_admin_server
-from pylon.proxy.balance import balancer_for
+from pylon.proxy.balance import Balancer, balancer_for
+from pylon.proxy.balance.loadtable import LoadTable
 from pylon.proxy.clusters_text import render_clusters
 from pylon.proxy.logging_setup import configure_logging
 from pylon.proxy.stats import StatsStore, merge_snapshots
@@ -61,10 +66,12 @@ class WorkerHandle:
 class Supervisor:
     """The main process: owns the sockets, the workers and the admin endpoint."""
 
-    def __init__(self, options: ProxyOptions, bootstrap: Any, listener_sockets: list[list[socket.socket]]) -> None:
+    def __init__(self, options: ProxyOptions, bootstrap: Any, balancers: list[Balancer],
+                 load_table: LoadTable | None = None) -> None:
         self.options = options
         self.bootstrap = bootstrap
-        self.listener_sockets = listener_sockets
+        self.balancers = balancers
+        self.load_table = load_table
         self.workers: dict[int, WorkerHandle] = {}
         self.state = "PRE_INITIALIZING"
         self.start_time = time.time()
@@ -81,6 +88,8 @@ class Supervisor:
             sa = admin.address.socket_address
             self.admin_server = await start_admin_server(sa.address, sa.port_value, self)
             log.info("admin address: %s:%d", sa.address, self.admin_server.sockets[0].getsockname()[1])
+        for balancer in self.balancers:
+            balancer.start(loop)
         for worker_id in range(self.options.concurrency):
             try:
                 self.workers[worker_id] = await self._spawn(worker_id)
@@ -89,10 +98,10 @@ class Supervisor:
                 await self._stop_workers(0.0)
                 return 1
         self.state = "LIVE"
-        for listener in self.bootstrap.static_resources.listeners:
+        for index, listener in enumerate(self.bootstrap.static_resources.listeners):
             sa = listener.address.socket_address
-            log.info("listener '%s' serving on %s:%d with %d worker(s)", listener.name or "", sa.address,
-                     sa.port_value, self.options.concurrency)
+            log.info("listener '%s' serving on %s:%d with %d worker(s), %s balancing", listener.name or "",
+                     sa.address, sa.port_value, self.options.concurrency, self.balancers[index].name)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, lambda: loop.create_task(self.quit()))
         monitor = loop.create_task(self._monitor())
@@ -102,7 +111,10 @@ class Supervisor:
 
     async def _spawn(self, worker_id: int) -> WorkerHandle:
         parent, child = socket.socketpair()
-        fds = [child.fileno()] + [sockets[worker_id].fileno() for sockets in self.listener_sockets]
+        listener_socks = [balancer.worker_socket(worker_id) for balancer in self.balancers]
+        fds = [child.fileno()] + [sock.fileno() for sock in listener_socks]
+        if self.load_table is not None:
+            fds.append(self.load_table.fd)
         proc = subprocess.Popen([sys.executable, "-m", "pylon.proxy.worker", str(child.fileno())], pass_fds=fds)
         child.close()
         reader, writer = await asyncio.open_connection(sock=parent)
@@ -110,7 +122,9 @@ class Supervisor:
             "op": "init", "worker_id": worker_id, "config_path": self.options.config_path,
             "config_yaml": self.options.config_yaml, "log_level": self.options.log_level,
             "drain_time": self.options.drain_time_s,
-            "listener_fds": [[s.fileno() for s in sockets] for sockets in self.listener_sockets],
+            "listener_fds": [sock.fileno() for sock in listener_socks],
+            "load_table_fd": self.load_table.fd if self.load_table is not None else None,
+            "workers": self.options.concurrency,
         }
         writer.write(control.encode(init))
         await writer.drain()
@@ -118,6 +132,8 @@ class Supervisor:
         if ready is None or ready.get("op") != "ready":
             proc.wait()
             raise WorkerStartError(f"worker {worker_id} failed to start (exit code {proc.returncode})")
+        for balancer in self.balancers:
+            balancer.worker_ready(worker_id)
         return WorkerHandle(worker_id, proc, control.ControlClient(reader, writer))
 
     async def _monitor(self) -> None:
@@ -130,6 +146,8 @@ class Supervisor:
                     continue
                 handle.client.close()
                 log.error("worker %d (pid %d) exited with %s; restarting it", worker_id, handle.proc.pid, code)
+                for balancer in self.balancers:
+                    balancer.worker_gone(worker_id)
                 try:
                     new = await self._spawn(worker_id)
                 except WorkerStartError as exc:
@@ -146,11 +164,11 @@ class Supervisor:
         self.draining = True
         self.state = "DRAINING"
         log.info("draining: no new connections; in-flight requests have %.1fs", self.options.drain_time_s)
-        # Close our copies of the listening sockets first: once the workers close theirs,
-        # new connections are refused instead of waiting in a backlog nobody accepts from.
-        for sockets in self.listener_sockets:
-            for sock in set(sockets):
-                sock.close()
+        # Close our copies of the listening sockets first (and stop accepting for the hand-off
+        # balancers): once the workers close theirs, new connections are refused instead of
+        # waiting in a backlog nobody accepts from.
+        for balancer in self.balancers:
+            balancer.close()
         await self._stop_workers(self.options.drain_time_s)
         if self.admin_server is not None:
             self.admin_server.close()
@@ -221,24 +239,35 @@ class WorkerStartError(Exception):
     """A worker process could not start; the supervisor stops everything it started."""
 
 
-def bind_listeners(bootstrap: Any, workers: int) -> list[list[socket.socket]]:
-    """Bind every listener for every worker; on failure close what was bound and raise ConfigError-like OSError."""
-    bound: list[list[socket.socket]] = []
+def bind_listeners(bootstrap: Any, workers: int) -> tuple[list[Balancer], LoadTable | None]:
+    """Bind every listener through its balancer; on failure close what was bound and raise ListenerBindError.
+
+    Also creates the shared load table when any listener balances by hand-off.
+    """
+    listeners = bootstrap.static_resources.listeners
+    bound: list[Balancer] = []
     try:
-        for index, listener in enumerate(bootstrap.static_resources.listeners):
+        for index, listener in enumerate(listeners):
             sa = listener.address.socket_address
+            balancer = balancer_for(listener, index)
             try:
-                bound.append(balancer_for(listener).bind(sa.address, sa.port_value, workers))
+                balancer.bind(sa.address, sa.port_value, workers)
             except OSError as exc:
                 raise ListenerBindError(
                     f"static_resources.listeners[{index}] ({listener.name or sa.address}): cannot bind "
                     f"{sa.address}:{sa.port_value}: {exc.strerror or exc}") from exc
+            bound.append(balancer)
     except ListenerBindError:
-        for sockets in bound:
-            for sock in set(sockets):
-                sock.close()
+        for balancer in bound:
+            balancer.close()
         raise
-    return bound
+    table = None
+    if any(balancer.handoff for balancer in bound):
+        table = LoadTable.create(len(listeners), workers)
+        for balancer in bound:
+            if balancer.handoff:
+                balancer.table = table
+    return bound, table
 
 
 class ListenerBindError(Exception):
@@ -261,8 +290,8 @@ def run_proxy(options: ProxyOptions) -> int:
     if options.base_id is not None:
         log.debug("--base-id %d accepted and ignored: pylon has no hot restart", options.base_id)
     try:
-        sockets = bind_listeners(bootstrap, options.concurrency)
+        balancers, table = bind_listeners(bootstrap, options.concurrency)
     except ListenerBindError as exc:
         log.critical("%s", exc)
         return 1
-    return uvloop.run(Supervisor(options, bootstrap, sockets).run())
+    return uvloop.run(Supervisor(options, bootstrap, balancers, table).run())

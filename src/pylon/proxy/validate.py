@@ -15,6 +15,7 @@ from typing import Any
 from pylon.config.envoy import HttpConnectionManager, TcpProxy
 from pylon.config.errors import ConfigError
 from pylon.proxy.access_log import compile_log_format
+from pylon.proxy.balance import Dlb, NoDlbFallback, balance_kind
 from pylon.proxy.router import RouteTable
 from pylon.proxy.tls import TlsConfigError, client_context, server_context
 
@@ -28,14 +29,12 @@ def _join(base: str, rel: str) -> str:
 def validate_runtime(bootstrap: Any, source: str) -> None:
     """Raise ConfigError for the first runtime piece that cannot be built."""
     resources = bootstrap.static_resources
+    _check_balancers(source, resources.listeners)
     for i, listener in enumerate(resources.listeners):
         base = f"static_resources.listeners[{i}]"
         if len(listener.filter_chains) != 1:
             raise ConfigError(source, f"{base}.filter_chains",
                               "pylon supports exactly one filter chain per listener (filter_chain_match is not supported yet)")
-        if listener.connection_balance_config is not None:
-            log.warning("%s.connection_balance_config: parsed; this pylon version balances connections with the "
-                        "kernel (SO_REUSEPORT) only", base)
         chain = listener.filter_chains[0]
         chain_path = f"{base}.filter_chains[0]"
         if len(chain.filters) != 1:
@@ -63,6 +62,23 @@ def validate_runtime(bootstrap: Any, source: str) -> None:
                 client_context(cluster.transport_socket.typed_config)
             except TlsConfigError as exc:
                 raise ConfigError(source, _join(tls_path, exc.path), exc.message) from exc
+
+
+def _check_balancers(source: str, listeners: list[Any]) -> None:
+    """Refuse a DLB config without a fallback; warn once that DLB configs run on their fallback."""
+    on_fallback: list[str] = []
+    for i, listener in enumerate(listeners):
+        path = f"static_resources.listeners[{i}].connection_balance_config.extend_balance.typed_config"
+        try:
+            kind = balance_kind(listener)
+        except NoDlbFallback as exc:
+            raise ConfigError(source, f"{path}.{exc.field}", str(exc)) from exc
+        config = listener.connection_balance_config
+        if config is not None and config.extend_balance is not None and isinstance(config.extend_balance.typed_config, Dlb):
+            on_fallback.append(f"static_resources.listeners[{i}] ({listener.name or 'unnamed'}) → {kind}")
+    if on_fallback:
+        log.warning("envoy.network.connection_balance.dlb: no DLB device on this host; using each listener's "
+                    "fallback_policy: %s", "; ".join(on_fallback))
 
 
 def _check_access_logs(source: str, filter_path: str, terminal: HttpConnectionManager | TcpProxy) -> None:

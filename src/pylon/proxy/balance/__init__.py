@@ -1,20 +1,67 @@
 """Connection balancers: how a listener's new connections reach worker processes.
 
-An extension by name, like Envoy's `connection_balance_config`. A balancer
-has two halves: `bind(address, workers)` runs in the supervisor before any
-worker starts (so a port conflict fails start-up with nothing running) and
-returns one socket per worker; `serve(...)` runs in each worker and starts
-accepting on that worker's socket. The kernel balancer (Envoy's default) is
-the only one so far; `exact` and a dispatcher plug in here later.
+Chosen by the listener's `connection_balance_config`, as in Envoy:
+
+- none → `kernel` (kernel.py): one SO_REUSEPORT socket per worker, the kernel hashes;
+- `exact_balance` → `exact` (exact.py): fewest active connections;
+- `extend_balance` with pylon's Dispatcher → `dispatcher` (dispatcher.py):
+  fewest active connections, then fewest in-flight requests;
+- `extend_balance` with Envoy's Dlb → its `fallback_policy` (dlb.py).
+
+`exact` and the dispatcher share one mechanism (handoff.py): the supervisor
+accepts and passes each socket to a worker, reading load from a shared-memory
+table the workers write (loadtable.py).
+
+A balancer has a supervisor half — `bind` (before any worker starts, so a port
+conflict fails start-up with nothing running), `worker_socket(worker_id)` (what
+a starting worker gets by pass_fds), `start`, `worker_ready`, `worker_gone`,
+`close` — and a worker half, `serve(loop, sock, runtime)`. Importing this
+package registers the Dispatcher and Dlb typed configs, so the supervisor and
+the workers import it before loading a config.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+from pylon.proxy.balance.dispatcher import Dispatcher, DispatcherPolicy
+from pylon.proxy.balance.dlb import Dlb, NoDlbFallback, fallback_kind
+from pylon.proxy.balance.exact import ExactPolicy
+from pylon.proxy.balance.handoff import HandoffBalancer
 from pylon.proxy.balance.kernel import KernelBalancer
 
-BALANCERS = {"kernel": KernelBalancer}
+BALANCERS = ("kernel", "exact", "dispatcher")
+
+Balancer = KernelBalancer | HandoffBalancer
 
 
-def balancer_for(listener: object) -> KernelBalancer:
-    """The balancer a listener's `connection_balance_config` asks for."""
-    return KernelBalancer(reuse_port=getattr(listener, "enable_reuse_port", True))
+def balance_kind(listener: Any) -> str:
+    """"kernel", "exact" or "dispatcher" for a listener; NoDlbFallback for a DLB config without a fallback.
+
+    The path of the failing field, relative to `connection_balance_config`, is
+    `extend_balance.typed_config.` + `NoDlbFallback.field`.
+    """
+    config = listener.connection_balance_config
+    if config is None:
+        return "kernel"
+    if config.exact_balance is not None:
+        return "exact"
+    typed = config.extend_balance.typed_config
+    if isinstance(typed, Dispatcher):
+        return "dispatcher"
+    if isinstance(typed, Dlb):
+        return fallback_kind(typed)
+    raise TypeError(f"no balancer for {type(typed).__qualname__}")  # the registry only lets the above through
+
+
+def balancer_for(listener: Any, listener_index: int = 0) -> Balancer:
+    """A fresh balancer for the listener at `listener_index` of static_resources.listeners."""
+    kind = balance_kind(listener)
+    if kind == "exact":
+        return HandoffBalancer(ExactPolicy(), listener_index)
+    if kind == "dispatcher":
+        return HandoffBalancer(DispatcherPolicy(), listener_index)
+    return KernelBalancer(reuse_port=listener.enable_reuse_port)
+
+
+__all__ = ["BALANCERS", "Balancer", "Dispatcher", "Dlb", "NoDlbFallback", "balance_kind", "balancer_for"]

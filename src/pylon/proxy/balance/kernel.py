@@ -4,22 +4,31 @@ The kernel hashes each new connection's 4-tuple onto one of the sockets.
 No coordination and no extra hop, but with few long-lived connections some
 workers may get none. Without `enable_reuse_port` all workers share one
 socket and whoever wakes first accepts.
+
+A worker that dies keeps its socket in the group (the supervisor holds a copy,
+so the replacement inherits it): connections the kernel hashes there wait in
+that socket's backlog for the replacement, delayed by the restart but not lost.
+The kernel offers no way to take one socket out of the hash without dropping
+its backlog, short of a reuseport BPF program.
 """
 
 from __future__ import annotations
 
 import asyncio
 import socket
-from typing import Callable
+from typing import Any
 
 
 class KernelBalancer:
     name = "kernel"
+    handoff = False
+    uses_inflight = False
 
     def __init__(self, reuse_port: bool = True) -> None:
         self.reuse_port = reuse_port
+        self.sockets: list[socket.socket] = []
 
-    def bind(self, host: str, port: int, workers: int, backlog: int = 1024) -> list[socket.socket]:
+    def bind(self, host: str, port: int, workers: int, backlog: int = 1024) -> None:
         """One listening socket per worker (or one shared), bound now so errors surface before start."""
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         count = workers if self.reuse_port else 1
@@ -44,9 +53,28 @@ class KernelBalancer:
             raise
         if not self.reuse_port:
             sockets = sockets * workers
-        return sockets
+        self.sockets = sockets
 
-    async def serve(self, loop: asyncio.AbstractEventLoop, sock: socket.socket,
-                    protocol_factory: Callable[[], asyncio.Protocol], ssl_context=None) -> asyncio.AbstractServer:
-        return await loop.create_server(protocol_factory, sock=sock, ssl=ssl_context, backlog=1024,
+    def worker_socket(self, worker_id: int) -> socket.socket:
+        """The socket a (re)starting worker accepts on: the same one every time, so its backlog survives a crash."""
+        return self.sockets[worker_id]
+
+    # The supervisor-side hooks a hand-off balancer needs; the kernel needs none of them.
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        pass
+
+    def worker_ready(self, worker_id: int) -> None:
+        pass
+
+    def worker_gone(self, worker_id: int) -> None:
+        pass
+
+    def close(self) -> None:
+        for sock in set(self.sockets):
+            sock.close()
+
+    async def serve(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, runtime: Any) -> asyncio.AbstractServer:
+        """In the worker: accept on this worker's own socket with uvloop's C accept loop."""
+        ssl_context = runtime.ssl_context
+        return await loop.create_server(runtime.protocol_factory, sock=sock, ssl=ssl_context, backlog=1024,
                                         ssl_handshake_timeout=10.0 if ssl_context else None)

@@ -1,0 +1,328 @@
+"""Connection balancing across workers: pylon's kernel / exact / dispatcher vs Envoy 1.40 kernel / exact_balance.
+
+The seed's DLB scenario, on this 2-core machine, for `--concurrency 2` and 4:
+
+* skewed: a few long-lived keep-alive connections with skewed request rates
+  (one heavy, the rest light; open loop: a request that is due while the
+  previous one is still out counts its latency from when it was due, so a
+  stalled worker shows up in p99) plus a steady stream
+  of short connections (one request each). Reported: per-worker active
+  connections (sampled mid-run from each proxy's
+  `listener.<addr>.worker_<i>.downstream_cx_active`), per-worker CPU seconds
+  (pylon: each worker process, plus the supervisor, which is the acceptor for
+  exact/dispatcher; Envoy: each `wrk:worker_<i>` thread), total req/s and
+  p50/p99 latency.
+* accept: a new connection per request (`wrk -H "Connection: close"`), req/s.
+
+Goals (issue 6): exact and dispatcher keep per-worker active connections within
+1 of each other; their p99 under skewed load is below kernel's; their accept
+rate is >= 0.9x kernel's. The kernel's placement of a few connections is a
+matter of port hashing, so each skewed run is repeated `--reps` times (new
+client ports each time) and the table shows the median p99 and every run's
+per-worker spread.
+
+Usage: python benchmarks/balance.py [--duration 5] [--reps 3] [--concurrency 2 4]
+Writes benchmarks/results/balance.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import uvloop
+import yaml
+
+from pylon.bench.targets import CLK_TCK, Running, free_port, run_wrk, start_envoy, start_nginx, start_pylon_proxy
+
+ROOT = Path(__file__).resolve().parent.parent
+HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+DISPATCHER = "type.googleapis.com/pylon.connection_balance.v1.Dispatcher"
+BALANCE = {
+    "kernel": None,
+    "exact": {"exact_balance": {}},
+    "dispatcher": {"extend_balance": {"name": "pylon.connection_balance.dispatcher",
+                                      "typed_config": {"@type": DISPATCHER}}},
+}
+SYSTEMS = [("pylon", "kernel"), ("pylon", "exact"), ("pylon", "dispatcher"), ("envoy", "kernel"), ("envoy", "exact")]
+REQUEST = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
+SHORT_REQUEST = b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
+
+
+def bootstrap(port: int, admin_port: int, upstream: int, balance: dict | None) -> dict[str, Any]:
+    listener: dict[str, Any] = {
+        "name": "main",
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+        "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": {
+            "@type": HCM, "stat_prefix": "ingress", "codec_type": "HTTP1",
+            "route_config": {"name": "r", "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
+                {"match": {"prefix": "/"}, "route": {"cluster": "up"}}]}]},
+            "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}]}}]}],
+    }
+    if balance is not None:
+        listener["connection_balance_config"] = balance
+    return {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
+        "static_resources": {"listeners": [listener], "clusters": [{
+            "name": "up", "connect_timeout": "1s", "type": "STATIC",
+            "load_assignment": {"cluster_name": "up", "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
+                "socket_address": {"address": "127.0.0.1", "port_value": upstream}}}}]}]}}]},
+    }
+
+
+# --------------------------------------------------------------------------- per-worker CPU and stats
+
+
+def _ticks(path: str) -> float:
+    with open(path, "rb") as f:
+        stat = f.read()
+    fields = stat[stat.rindex(b")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def worker_cpu(system: str, running: Running) -> dict[str, float]:
+    """CPU seconds so far per worker (and pylon's supervisor): processes for pylon, threads for Envoy."""
+    out: dict[str, float] = {}
+    if system == "pylon":
+        info = json.load(urllib.request.urlopen(f"http://127.0.0.1:{running.admin_port}/server_info", timeout=5))
+        out["supervisor"] = _ticks(f"/proc/{running.pid}/stat")
+        for worker in info["workers"]:
+            out[f"worker_{worker['id']}"] = _ticks(f"/proc/{worker['pid']}/stat")
+        return out
+    for tid in os.listdir(f"/proc/{running.pid}/task"):
+        comm = Path(f"/proc/{running.pid}/task/{tid}/comm").read_text().strip()
+        if comm.startswith("wrk:worker_"):
+            out[comm.split(":", 1)[1]] = _ticks(f"/proc/{running.pid}/task/{tid}/stat")
+    return out
+
+
+def per_worker_active(running: Running, port: int, workers: int) -> list[int]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{running.admin_port}/stats", timeout=5).read().decode()
+    values = dict(line.split(": ", 1) for line in text.splitlines() if ": " in line)
+    return [int(values.get(f"listener.127.0.0.1_{port}.worker_{i}.downstream_cx_active", 0)) for i in range(workers)]
+
+
+# --------------------------------------------------------------------------- the skewed load (open loop)
+
+
+async def _response(reader: asyncio.StreamReader) -> None:
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line[:15].lower() == b"content-length:":
+            length = int(line[15:])
+    if length:
+        await reader.readexactly(length)
+
+
+async def _long_lived(port: int, rate: float, start: float, end: float, latencies: list[float],
+                      opened: asyncio.Event) -> int:
+    """Send at `rate` from the moment the connection is open (so later connections arrive under load);
+    record latencies of requests due from `start` on."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    opened.set()
+    due, interval, errors = time.perf_counter(), 1.0 / rate, 0
+    while due < end:
+        delay = due - time.perf_counter()
+        sent = due  # behind schedule: latency counts from when the request was due (queueing counts)
+        if delay > 0:
+            await asyncio.sleep(delay)
+            sent = time.perf_counter()  # on time: the timer's wake-up slack is not the proxy's latency
+        try:
+            writer.write(REQUEST)
+            await _response(reader)
+        except (OSError, asyncio.IncompleteReadError):
+            errors += 1
+            break
+        if due >= start:
+            latencies.append(time.perf_counter() - sent)
+        due += interval
+    writer.close()
+    return errors
+
+
+async def _short(port: int, latencies: list[float]) -> int:
+    sent = time.perf_counter()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(SHORT_REQUEST)
+        await _response(reader)
+        writer.close()
+    except (OSError, asyncio.IncompleteReadError):
+        return 1
+    latencies.append(time.perf_counter() - sent)
+    return 0
+
+
+async def skewed_load(port: int, rates: list[float], short_rate: float, duration: float,
+                      sample: Any) -> dict[str, Any]:
+    """Open `rates` long-lived connections one by one, then run them and the short stream for `duration`."""
+    loop = asyncio.get_running_loop()
+    latencies: list[float] = []
+    start = time.perf_counter() + 0.3 + 0.05 * len(rates)
+    end = start + duration
+    tasks = []
+    for rate in rates:  # one at a time, each under the load of those before it
+        opened = asyncio.Event()
+        tasks.append(loop.create_task(_long_lived(port, rate, start, end, latencies, opened)))
+        await opened.wait()
+        await asyncio.sleep(0.04)
+    shorts = []
+    due = start
+    while due < end:
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        shorts.append(loop.create_task(_short(port, latencies)))
+        due += 1.0 / short_rate
+        if not sample["done"] and time.perf_counter() > start + duration / 2:
+            sample["done"] = True
+            sample["active"] = await loop.run_in_executor(None, sample["read"])
+    errors = sum(await asyncio.gather(*tasks)) + sum(await asyncio.gather(*shorts))
+    latencies.sort()
+    count = len(latencies)
+    return {
+        "requests": count, "errors": errors, "rps": count / duration,
+        "p50_ms": latencies[count // 2] * 1000 if count else None,
+        "p99_ms": latencies[int(count * 0.99)] * 1000 if count else None,
+    }
+
+
+# --------------------------------------------------------------------------- one system
+
+
+def start(system: str, config: Path, port: int, admin_port: int, concurrency: int, logdir: Path) -> Running:
+    log = logdir / f"{config.stem}.log"
+    if system == "pylon":
+        return start_pylon_proxy(config, port=port, admin_port=admin_port, concurrency=concurrency, log_path=log)
+    return start_envoy(config, port=port, admin_port=admin_port, concurrency=concurrency, log_path=log)
+
+
+def skewed_run(system: str, running: Running, port: int, concurrency: int,
+               args: argparse.Namespace) -> dict[str, Any]:
+    """One skewed run: 2 long-lived connections per worker (one heavy) plus the short stream."""
+    rates = [args.heavy_rate] + [args.heavy_rate / 4] * (2 * concurrency - 1)
+    sample = {"done": False, "read": lambda: per_worker_active(running, port, concurrency)}
+    cpu0 = worker_cpu(system, running)
+    run = uvloop.run(skewed_load(port, rates, args.short_rate, args.duration, sample))
+    cpu1 = worker_cpu(system, running)
+    run["active"] = sample.get("active")
+    run["cpu_s"] = {k: round(cpu1[k] - cpu0.get(k, 0.0), 2) for k in sorted(cpu1)}
+    return run
+
+
+def measure_all(concurrency: int, upstream: int, args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
+    """Every system at one concurrency; repetitions interleaved across systems so drift hits all alike."""
+    results, running = [], []
+    try:
+        for system, balancer in SYSTEMS:
+            port, admin_port = free_port(), free_port()
+            config = workdir / f"{system}-{balancer}-{concurrency}.yaml"
+            config.write_text(yaml.safe_dump(bootstrap(port, admin_port, upstream, BALANCE[balancer])))
+            running.append((start(system, config, port, admin_port, concurrency, workdir), port))
+            results.append({"system": system, "balancer": balancer, "concurrency": concurrency, "runs": [],
+                            "accept": []})
+        time.sleep(0.5)
+        for rep in range(args.reps):
+            order = range(len(SYSTEMS)) if rep % 2 == 0 else reversed(range(len(SYSTEMS)))
+            for index in order:
+                (proc, port), result = running[index], results[index]
+                print(f"  rep {rep + 1}: {result['system']} {result['balancer']}", file=sys.stderr, flush=True)
+                result["runs"].append(skewed_run(result["system"], proc, port, concurrency, args))
+                accept = run_wrk(proc.url("/"), duration=args.accept_duration, connections=16,
+                                 headers=["Connection: close"])
+                result["accept"].append({"rps": accept.requests_per_sec, "errors": accept.errors})
+    finally:
+        for proc, _port in running:
+            proc.stop()
+    for result in results:
+        runs = result["runs"]
+        result["p99_ms"] = statistics.median(r["p99_ms"] for r in runs)
+        result["p50_ms"] = statistics.median(r["p50_ms"] for r in runs)
+        result["rps"] = statistics.median(r["rps"] for r in runs)
+        result["errors"] = sum(r["errors"] for r in runs) + sum(a["errors"] for a in result["accept"])
+        result["spreads"] = [max(r["active"]) - min(r["active"]) for r in runs if r["active"]]
+        result["accept_rps"] = statistics.median(a["rps"] for a in result["accept"])
+    return results
+
+
+# --------------------------------------------------------------------------- report
+
+
+def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    lines = [
+        "# Connection balancing: pylon kernel / exact / dispatcher vs Envoy 1.40",
+        "",
+        f"{meta['machine']}; {meta['when']}. Upstream: 1-worker nginx. Skewed load per run: "
+        f"{meta['duration']:g}s, 2 long-lived keep-alive connections per worker (one at {meta['heavy_rate']:g} req/s, "
+        f"the rest at {meta['heavy_rate'] / 4:g} req/s, open loop) plus {meta['short_rate']:g} short connections/s "
+        f"(one request each); {meta['reps']} runs each, interleaved across systems, medians shown. "
+        f"Latency counts from each request's scheduled time when the client is behind (queueing counts). "
+        f"Accept: `wrk -c16 -H 'Connection: close'` for {meta['accept_duration']:g}s after each run, median. "
+        f"The machine is shared with other work, so single numbers are noisy.",
+        "",
+        "| concurrency | system | balancer | per-worker active (each run) | max spread | per-worker CPU s (last run) "
+        "| req/s | p50 ms | p99 ms | errors | accept req/s | accept vs kernel |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        kernel = next(k for k in results if k["system"] == r["system"] and k["balancer"] == "kernel"
+                      and k["concurrency"] == r["concurrency"])
+        cpu = ", ".join(f"{k}={v:.2f}" for k, v in r["runs"][-1]["cpu_s"].items())
+        actives = " ".join(str(run["active"]) for run in r["runs"])
+        lines.append(
+            f"| {r['concurrency']} | {r['system']} | {r['balancer']} | {actives} | {max(r['spreads'], default='-')} "
+            f"| {cpu} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['errors']} | {r['accept_rps']:.0f} "
+            f"| {r['accept_rps'] / kernel['accept_rps']:.2f}x |")
+    lines += ["", "## Goals (pylon)", ""]
+    for concurrency in sorted({r["concurrency"] for r in results}):
+        by = {r["balancer"]: r for r in results if r["system"] == "pylon" and r["concurrency"] == concurrency}
+        for name in ("exact", "dispatcher"):
+            r, k = by[name], by["kernel"]
+            lines.append(
+                f"- concurrency {concurrency}, {name}: spread ≤ 1: {'yes' if max(r['spreads']) <= 1 else 'NO'} "
+                f"(max {max(r['spreads'])}); p99 {r['p99_ms']:.2f} ms vs kernel {k['p99_ms']:.2f} ms: "
+                f"{'below' if r['p99_ms'] < k['p99_ms'] else 'NOT below'}; accept {r['accept_rps'] / k['accept_rps']:.2f}x "
+                f"kernel: {'ok' if r['accept_rps'] >= 0.9 * k['accept_rps'] else 'BELOW 0.9x'}")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per skewed run")
+    parser.add_argument("--reps", type=int, default=3, help="skewed runs per system")
+    parser.add_argument("--accept-duration", type=float, default=4.0)
+    parser.add_argument("--heavy-rate", type=float, default=800.0, help="req/s of the heavy long-lived connection")
+    parser.add_argument("--short-rate", type=float, default=100.0, help="short connections per second")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[2, 4])
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = parser.parse_args()
+    results = []
+    with tempfile.TemporaryDirectory(prefix="pylon-balance-") as tmp, start_nginx(free_port()) as nginx:
+        for concurrency in args.concurrency:
+            print(f"concurrency {concurrency}", file=sys.stderr, flush=True)
+            results.extend(measure_all(concurrency, nginx.port, args, Path(tmp)))
+    meta = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+            "when": time.strftime("%Y-%m-%d %H:%M"), "duration": args.duration, "reps": args.reps,
+            "heavy_rate": args.heavy_rate, "short_rate": args.short_rate, "accept_duration": args.accept_duration}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "balance.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+    report = markdown(results, meta)
+    (args.out / "balance.md").write_text(report)
+    print(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
