@@ -281,7 +281,7 @@ def run_proxy(options: ProxyOptions) -> int:
         bootstrap = load_bootstrap(options.config_path, options.config_yaml)
         validate_runtime(bootstrap, options.config_path or "<config-yaml>")
     except ConfigError as exc:
-        log.critical("%s", exc)
+        # One plain line (no log prefix) so scripts and users can read the field path directly.
         print(str(exc), file=sys.stderr)
         return 1
     if options.mode == "validate":
