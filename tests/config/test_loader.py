@@ -179,7 +179,7 @@ def test_the_documented_example_message(tmp_path: Path) -> None:
     [
         ("", "the config is empty"),
         ("- a\n- b\n", "expected a mapping at the top level, got list"),
-        ("admin: {address: [\n", "invalid YAML at line 2, column 1: while parsing a flow node, expected the node content"),
+        ("admin: {address: [\n", "invalid YAML at line 2, column 1: while parsing a flow node"),
         ("node: {id: a}\nnode: {id: b}\n", "invalid YAML at line 2, column 1: while constructing a mapping, found duplicate key 'node'"),
         ('{"node": {"id": "a"}, "node": {}}', "duplicate key 'node'"),
     ],

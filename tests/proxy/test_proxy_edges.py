@@ -48,3 +48,4 @@ def test_xff_num_trusted_hops_picks_the_trusted_client(run_proxy, upstreams, tmp
     (inner_line,) = read_json_lines(log_inner, 1)
     assert edge_line["downstream"] == "203.0.113.9"
     assert inner_line["downstream"] == "198.51.100.1"
+

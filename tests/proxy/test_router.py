@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+import os
 import random
+import time
 from collections import Counter
 from typing import Any
 
+import httpx
 import msgspec
 import pytest
+import re2
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pylon import regex
 from pylon.config.envoy import RouteConfiguration, dec_hook
+from pylon.config.errors import ConfigError
+from pylon.config.loader import parse_bootstrap
 from pylon.proxy.headers import HeaderList
 from pylon.proxy.router import MatchedRoute, RouteTable
+from pylon.proxy.validate import configure_regex_engine
+from tests.conftest import free_port
+from tests.proxy.conftest import http_listener, proxy_args
 
 
 def build(virtual_hosts: list[dict[str, Any]], rng: random.Random | None = None, **top: Any) -> RouteTable:
@@ -539,3 +550,177 @@ def test_bad_header_value_is_a_build_error():
     with pytest.raises(ValueError, match="%REQ"):
         one_vhost({"name": "r", "match": {"prefix": "/"}, "route": {"cluster": "c"},
                    "request_headers_to_add": level("x", "%REQ(foo)%")})
+
+
+# --------------------------------------------------------------------------- regex engines and one-scan matching
+
+ENGINES = [regex.DEFAULT_ENGINE, regex.HYPERSCAN_ENGINE, regex.PYTHON_RE_ENGINE]
+REGEXES = [r"/api/v[0-9]+/.*", r"/api/.*", r"/users/\d+", r"/users/[^/]+", r"/é/.*", r"/a$", r"/a\n?",
+           r"/x(?U)y+", r"(?i)/K.*", r"/", r".*", r"/static/.*\.(css|js)", r"/[a-z]+", ""]
+PREFIXES = ["/", "/api", "/api/", "/users/", "/é"]
+route_specs = st.tuples(
+    st.sampled_from(["regex", "regex", "regex", "prefix", "path"]),
+    st.integers(0, 100),
+    st.booleans(),  # with a header condition
+)
+request_paths = st.lists(st.sampled_from(
+    ["/", "/api", "/api/", "/api/v2/x", "/users/", "/users/42", "/users/bob", "/é/ü", "/a", "/a\n", "/xyy",
+     "/K", "/\u212a", "/static/s.css", "/static/s.css\n", "", "?q=1", "/abc", "/x/日本"]), min_size=1, max_size=2
+).map("".join).flatmap(lambda p: st.sampled_from([p, p + "?a=1&b=/api", p + "#frag"]))
+
+
+def _reference_match(specs: list[tuple[str, int, bool]], path: str, header: bool) -> int | None:
+    """Straightforward first match: route by route, RE2's public full match, path without query."""
+    p = path.split("?", 1)[0].split("#", 1)[0]
+    for i, (kind, value, needs_header) in enumerate(specs):
+        if kind == "regex":
+            hit = re2.fullmatch(REGEXES[value % len(REGEXES)], p) is not None
+        elif kind == "prefix":
+            hit = p.startswith(PREFIXES[value % len(PREFIXES)])
+        else:
+            hit = p == PREFIXES[value % len(PREFIXES)]
+        if hit and (header or not needs_header):
+            return i
+    return None
+
+
+def _route_dicts(specs: list[tuple[str, int, bool]]) -> list[dict[str, Any]]:
+    routes = []
+    for i, (kind, value, needs_header) in enumerate(specs):
+        if kind == "regex":
+            match: dict[str, Any] = {"safe_regex": {"regex": REGEXES[value % len(REGEXES)]}}
+        else:
+            match = {kind: PREFIXES[value % len(PREFIXES)]}
+        if needs_header:
+            match["headers"] = [{"name": "x-pick", "present_match": True}]
+        routes.append({"name": str(i), "match": match, "direct_response": {"status": 200}})
+    return routes
+
+
+@pytest.fixture
+def private_hyperscan_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("PYLON_HYPERSCAN_CACHE", str(tmp_path / "hs"))
+
+
+@pytest.mark.usefixtures("private_hyperscan_cache")
+@pytest.mark.parametrize("engine_name", ENGINES)
+@settings(max_examples=120, deadline=None)
+@given(specs=st.lists(route_specs, min_size=1, max_size=12), paths=st.lists(request_paths, min_size=1, max_size=5),
+       header=st.booleans())
+def test_every_engine_picks_the_route_a_linear_re2_scan_picks(engine_name, specs, paths, header):
+    config = msgspec.convert({"virtual_hosts": [{"name": "vh", "domains": ["*"], "routes": _route_dicts(specs)}]},
+                             RouteConfiguration, dec_hook=dec_hook)
+    table = RouteTable(config, regex.get_engine(engine_name))
+    headers = [(b"x-pick", b"1")] if header else []
+    for path in paths:
+        want = _reference_match(specs, path, header)
+        got = route_of(table, path, headers)
+        assert (None if got is None else int(got.name)) == want, (path, specs)
+
+
+def test_regex_routes_are_one_set_per_virtual_host_scanned_once(monkeypatch):
+    table = one_vhost(to("p", {"prefix": "/p"}), to("a", {"safe_regex": {"regex": "/a/.*"}}),
+                      to("q", {"path": "/q"}), to("b", {"safe_regex": {"regex": "/b/.*"}}),
+                      to("c", {"safe_regex": {"regex": ".*"}}))
+    vhost = table._default
+    scans: list[str] = []
+    real = vhost.regex_set.matches
+    monkeypatch.setattr(vhost, "regex_set", type("Spy", (), {"matches": lambda self, s: scans.append(s) or real(s)})())
+    assert [name_of(table, p) for p in ("/b/1", "/p", "/q", "/zzz")] == ["b", "p", "q", "c"]
+    assert scans == ["/b/1", "/q", "/zzz"]  # one scan each, none for "/p": its prefix route comes first
+
+
+def test_later_candidate_wins_when_the_first_fails_its_header_condition():
+    table = one_vhost(
+        to("needs-header", {"safe_regex": {"regex": "/u/.*"}, "headers": [{"name": "x-a", "exact_match": "1"}]}),
+        to("plain", {"prefix": "/v"}),
+        to("fallback", {"safe_regex": {"regex": "/u/[0-9]+"}}),
+    )
+    assert name_of(table, "/u/7") == "fallback"
+    assert route_of(table, "/u/7", [(b"x-a", b"1")]).name == "needs-header"
+
+
+def test_invalid_regex_is_a_config_error_naming_the_field():
+    data = {"static_resources": {"listeners": [http_listener("l", 1, [
+        {"match": {"prefix": "/"}, "direct_response": {"status": 200}},
+        {"match": {"safe_regex": {"regex": "(a"}}, "direct_response": {"status": 200}}])]}}
+    with pytest.raises(ConfigError) as info:
+        parse_bootstrap(data, "cfg.yaml")
+    assert "routes[1].match.safe_regex.regex" in str(info.value) and "missing )" in str(info.value)
+
+
+def test_program_size_error_names_virtual_host_and_route_with_any_engine():
+    for name in ENGINES:
+        config = msgspec.convert({"virtual_hosts": [{"name": "vh", "domains": ["*"], "routes": [
+            to("ok"), to("big", {"safe_regex": {"regex": "a{500}"}})]}]}, RouteConfiguration, dec_hook=dec_hook)
+        with pytest.raises(ValueError, match=r"^virtual_hosts\[0\] \(vh\): routes\[1\] \(big\): regex .*program size"):
+            RouteTable(config, regex.get_engine(name))
+
+
+HYPERSCAN_TYPE = "type.googleapis.com/envoy.extensions.regex_engines.hyperscan.v3alpha.Hyperscan"
+
+
+def test_bootstrap_default_regex_engine_selects_the_process_engine():
+    def configure(data):
+        configure_regex_engine(parse_bootstrap(data, "cfg.yaml"), "cfg.yaml")
+        return regex.get_engine().name
+
+    try:
+        assert configure({"default_regex_engine": {"name": "envoy.regex_engines.hyperscan",
+                                                   "typed_config": {"@type": HYPERSCAN_TYPE}}}) == regex.HYPERSCAN_ENGINE
+        assert configure({"default_regex_engine": {"name": "re", "typed_config": {
+            "@type": "type.googleapis.com/pylon.extensions.regex_engines.v1.PythonRe"}}}) == regex.PYTHON_RE_ENGINE
+        assert configure({}) == regex.DEFAULT_ENGINE
+    finally:
+        regex.set_default_engine(None)
+
+
+def test_parsing_a_bootstrap_does_not_change_the_process_engine():
+    parse_bootstrap({"default_regex_engine": {"name": "envoy.regex_engines.hyperscan",
+                                              "typed_config": {"@type": HYPERSCAN_TYPE}}}, "cfg.yaml")
+    assert regex.get_engine().name == regex.DEFAULT_ENGINE
+
+
+def test_unknown_regex_engine_type_is_a_config_error_at_its_path():
+    with pytest.raises(ConfigError) as info:
+        parse_bootstrap({"default_regex_engine": {"name": "x", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.matching.input_matchers.hyperscan.v3alpha.Hyperscan"}}},
+            "cfg.yaml")
+    text = str(info.value)
+    assert "default_regex_engine.typed_config.@type" in text
+    assert "regex_engines.hyperscan.v3alpha.Hyperscan" in text  # the accepted engines are listed
+
+
+def test_proxy_serves_regex_routes_with_hyperscan(launcher, tmp_path):
+    port, admin_port = free_port(), free_port()
+    routes = [{"name": f"r{i}", "match": {"safe_regex": {"regex": f"/svc{i}/[0-9]+"}},
+               "direct_response": {"status": 200, "body": {"inline_string": f"route {i}"}}} for i in range(20)]
+    routes.insert(3, {"name": "lazy", "match": {"safe_regex": {"regex": "/lazy(?U)a+"}},
+                      "direct_response": {"status": 200, "body": {"inline_string": "fallback"}}})
+    config = tmp_path / "hs.yaml"
+    config.write_text(yaml.safe_dump({
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
+        "default_regex_engine": {"name": "envoy.regex_engines.hyperscan", "typed_config": {"@type": HYPERSCAN_TYPE}},
+        "static_resources": {"listeners": [http_listener("main", port, routes)], "clusters": []},
+    }))
+    env = {**os.environ, "PYLON_HYPERSCAN_CACHE": str(tmp_path / "hs")}
+    proc = launcher.spawn(proxy_args(config, 2, 1.0, "-l", "info"), env=env)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{admin_port}/ready", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert proc.poll() is None and time.monotonic() < deadline, "proxy did not start"
+        time.sleep(0.05)
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
+        assert client.get("/svc19/42?x=1").text == "route 19"
+        assert client.get("/svc0/7").text == "route 0"
+        assert client.get("/lazyaaa").text == "fallback"
+        assert client.get("/svc0/x").status_code == 404
+    assert len(list((tmp_path / "hs").glob("*.hsdb"))) == 1  # compiled once, loaded by the workers
+    launcher.close()
+    output = proc.stdout.read().decode(errors="replace")
+    assert output.count("'/lazy(?U)a+' served by RE2") == 1, output  # only the process that compiled it
+    assert "regex routes with envoy.regex_engines.hyperscan" in output

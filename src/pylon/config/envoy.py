@@ -28,6 +28,7 @@ import msgspec
 import re2
 from msgspec.structs import force_setattr
 
+from pylon import regex
 from pylon.config import registry
 from pylon.config.datasource import DataSource
 from pylon.config.errors import FieldError, join_path, split_validation_error
@@ -1035,10 +1036,41 @@ class StaticResources(EnvoyStruct, kw_only=True):
     clusters: list[Cluster] = []
 
 
+class RegexEngineGoogleRE2(EnvoyStruct, kw_only=True):
+    """extensions.regex_engines.v3.GoogleRE2 (no fields)."""
+
+    engine: ClassVar[str] = regex.DEFAULT_ENGINE
+
+
+class RegexEngineHyperscan(EnvoyStruct, kw_only=True):
+    """extensions.regex_engines.hyperscan.v3alpha.Hyperscan (no fields); RE2 syntax and meaning are kept."""
+
+    engine: ClassVar[str] = regex.HYPERSCAN_ENGINE
+
+
+class RegexEnginePythonRe(EnvoyStruct, kw_only=True):
+    """pylon's Python `re` engine (no fields)."""
+
+    engine: ClassVar[str] = regex.PYTHON_RE_ENGINE
+
+
+class RegexEngineConfig(_TypedExtension, kw_only=True):
+    """Bootstrap.default_regex_engine: a TypedExtensionConfig resolved through the regex engine registry."""
+
+    category: ClassVar[str] = registry.REGEX_ENGINE
+
+
 class Bootstrap(EnvoyStruct, kw_only=True):
     node: Node | None = None
     admin: Admin | None = None
     static_resources: StaticResources = msgspec.field(default_factory=StaticResources)
+    default_regex_engine: RegexEngineConfig | None = None
+
+    @property
+    def regex_engine_name(self) -> str | None:
+        """The regex engine the bootstrap chooses (None: Envoy's default, Google RE2)."""
+        chosen = self.default_regex_engine
+        return None if chosen is None else chosen.typed_config.engine
 
 
 # --------------------------------------------------------------------------- core extensions by name
@@ -1086,6 +1118,13 @@ _CORE_EXTENSIONS: tuple[tuple[str, str, type], ...] = (
         "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
         UpstreamHttpProtocolOptions,
     ),
+    (registry.REGEX_ENGINE, "type.googleapis.com/envoy.extensions.regex_engines.v3.GoogleRE2", RegexEngineGoogleRE2),
+    (
+        registry.REGEX_ENGINE,
+        "type.googleapis.com/envoy.extensions.regex_engines.hyperscan.v3alpha.Hyperscan",
+        RegexEngineHyperscan,
+    ),
+    (registry.REGEX_ENGINE, "type.googleapis.com/pylon.extensions.regex_engines.v1.PythonRe", RegexEnginePythonRe),
 )
 
 for _category, _type_url, _struct_type in _CORE_EXTENSIONS:

@@ -37,7 +37,7 @@ from pylon.proxy.balance.loadtable import LoadTable
 from pylon.proxy.clusters_text import render_clusters
 from pylon.proxy.logging_setup import configure_logging
 from pylon.proxy.stats import StatsStore, merge_snapshots
-from pylon.proxy.validate import validate_runtime
+from pylon.proxy.validate import configure_regex_engine, validate_runtime
 
 log = logging.getLogger("pylon.main")
 
@@ -279,6 +279,7 @@ def run_proxy(options: ProxyOptions) -> int:
     configure_logging(options.log_level, "main")
     try:
         bootstrap = load_bootstrap(options.config_path, options.config_yaml)
+        configure_regex_engine(bootstrap, options.config_path or "<config-yaml>")
         validate_runtime(bootstrap, options.config_path or "<config-yaml>")
     except ConfigError as exc:
         # One plain line (no log prefix) so scripts and users can read the field path directly.

@@ -241,7 +241,10 @@ class Stream:
             authority = self.authority
         self.authority = authority
         self.path = url
-        route = hcm.route_table.match(authority.decode("latin-1"), url.decode("latin-1"), HeaderList(self.headers))
+        # UTF-8 with surrogateescape: non-ASCII paths match non-ASCII regex literals as in
+        # Envoy (which matches the raw bytes), and any byte sequence still round-trips.
+        path_text = url.decode("utf-8", "surrogateescape")
+        route = hcm.route_table.match(authority.decode("latin-1"), path_text, HeaderList(self.headers))
         if route is None:
             hcm.no_route.value += 1
             return self.local(lr.NO_ROUTE)
@@ -263,7 +266,7 @@ class Stream:
             self.request_id = _request_id()
             forward.append((b"x-request-id", self.request_id))
             self.headers.append((b"x-request-id", self.request_id))  # access logs see what was sent
-        path = route.rewrite_path(url.decode("latin-1")).encode("latin-1") if route.rewrites else url
+        path = route.rewrite_path(path_text).encode("utf-8", "surrogateescape") if route.rewrites else url
         if path is not url:
             forward.append((b"x-envoy-original-path", url))
         cluster_name = route.pick_cluster()
@@ -320,10 +323,12 @@ class Stream:
             self._send_local(route.direct_status, route.direct_body, route.response_header_ops, content_type=b"text/plain")
         else:
             hcm.rq_redirect.value += 1
-            location = route.redirect_location(self.conn.scheme.decode(), self.authority.decode("latin-1"), self.path.decode("latin-1"))
+            location = route.redirect_location(self.conn.scheme.decode(), self.authority.decode("latin-1"),
+                                               self.path.decode("utf-8", "surrogateescape"))
             self.status = route.redirect_status
             self.details = "redirect"
-            self._send_local(route.redirect_status, b"", route.response_header_ops, extra=[(b"location", location.encode("latin-1"))])
+            self._send_local(route.redirect_status, b"", route.response_header_ops,
+                             extra=[(b"location", location.encode("utf-8", "surrogateescape"))])
 
     # ------------------------------------------------------------------ upstream attempts
     def _start_attempt(self) -> None:

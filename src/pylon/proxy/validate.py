@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from pylon import regex
 from pylon.config.envoy import HttpConnectionManager, TcpProxy
 from pylon.config.errors import ConfigError
 from pylon.proxy.access_log import compile_log_format
@@ -24,6 +25,18 @@ log = logging.getLogger("pylon.main")
 
 def _join(base: str, rel: str) -> str:
     return f"{base}.{rel}" if rel else base
+
+
+def configure_regex_engine(bootstrap: Any, source: str) -> None:
+    """Make the bootstrap's `default_regex_engine` this process's engine (Envoy: a process-wide singleton).
+
+    Every pylon process loads exactly one bootstrap — the supervisor, then each
+    worker — and calls this right after, before any route table is built.
+    """
+    try:
+        regex.set_default_engine(bootstrap.regex_engine_name)
+    except ValueError as exc:
+        raise ConfigError(source, "default_regex_engine.typed_config", str(exc)) from exc
 
 
 def validate_runtime(bootstrap: Any, source: str) -> None:

@@ -34,6 +34,7 @@ from pylon.proxy.listener import ListenerRuntime, build_listener
 from pylon.proxy.logging_setup import configure_logging
 from pylon.proxy.stats import StatsStore
 from pylon.proxy.upstream.cluster import Cluster, build_clusters
+from pylon.proxy.validate import configure_regex_engine
 from pylon.proxy.upstream.pool import HostPool
 from pylon.proxy.upstream.tls_factory import cluster_tls
 
@@ -192,6 +193,7 @@ async def _serve(control_fd: int) -> int:
         return 1
     configure_logging(init["log_level"], f"worker_{init['worker_id']}")
     bootstrap = load_bootstrap(init.get("config_path"), init.get("config_yaml"))
+    configure_regex_engine(bootstrap, init.get("config_path") or "<config-yaml>")
     worker = Worker(init["worker_id"], loop)
     table_fd = init.get("load_table_fd")
     table = LoadTable(table_fd, len(init["listener_fds"]), init["workers"]) if table_fd is not None else None
