@@ -863,3 +863,16 @@ def test_type_url_prefix_is_not_significant() -> None:
     manager = hcm()
     manager["@type"] = "example.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
     assert isinstance(the_hcm(load(bootstrap([listener(manager)]))), HttpConnectionManager)
+
+
+def test_hyperscan_input_matcher_is_refused_with_what_to_use_instead() -> None:
+    matcher = {"matcher_list": {"matchers": [{"predicate": {"single_predicate": {
+        "input": {"name": "request-headers", "typed_config": {
+            "@type": "type.googleapis.com/envoy.type.matcher.v3.HttpRequestHeaderMatchInput", "header_name": ":path"}},
+        "custom_match": {"name": "hyperscan", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.matching.input_matchers.hyperscan.v3alpha.Hyperscan",
+            "regexes": [{"regex": "^/api/.*"}]}}}}, "on_match": {"action": {"name": "route"}}}]}}
+    route_config = {"virtual_hosts": [{"name": "vh", "domains": ["*"], "matcher": matcher}]}
+    message = error(bootstrap([listener(hcm(route_config=route_config))]))
+    assert "route_config.virtual_hosts[0].matcher: generic matchers" in message
+    assert "envoy.matching.input_matchers.hyperscan" in message and "default_regex_engine" in message

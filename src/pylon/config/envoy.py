@@ -57,6 +57,21 @@ class NotSupportedYet:
     """Annotation for Envoy fields pylon recognises but does not implement: setting one is an error."""
 
 
+class GenericMatcher:
+    """Annotation for Envoy's generic matcher trees (`xds.type.matcher.v3.Matcher`), which pylon lacks.
+
+    Users reach for them to plug in `envoy.matching.input_matchers.hyperscan`;
+    the error says what pylon offers instead.
+    """
+
+
+_GENERIC_MATCHER_MESSAGE = (
+    "generic matchers (xds.type.matcher.v3.Matcher, e.g. the envoy.matching.input_matchers.hyperscan input "
+    "matcher) are not supported; use routes with safe_regex and set the bootstrap's default_regex_engine to "
+    "envoy.regex_engines.hyperscan: pylon then matches a virtual host's regex routes in one Hyperscan scan"
+)
+
+
 _DURATION = re.compile(r"^(?P<sign>-)?(?P<seconds>\d+)(?:\.(?P<frac>\d{1,9}))?s$")
 _RE2_OPTIONS = re2.Options()
 _RE2_OPTIONS.log_errors = False  # the error goes into the ConfigError, not to stderr
@@ -114,6 +129,8 @@ def dec_hook(type_: type, obj: Any) -> Any:
         return RegexPattern(obj)
     if type_ is NotSupportedYet:
         raise ValueError("not supported yet")
+    if type_ is GenericMatcher:
+        raise ValueError(_GENERIC_MATCHER_MESSAGE)
     raise NotImplementedError(f"no decoder for {type_!r}")
 
 
@@ -486,6 +503,7 @@ class VirtualHost(_HeaderMutations, kw_only=True):
     domains: Annotated[list[NonEmptyStr], msgspec.Meta(min_length=1)]
     routes: list[Route] = []
     retry_policy: RetryPolicy | None = None
+    matcher: GenericMatcher | None = None
 
 
 class RouteConfiguration(_HeaderMutations, kw_only=True):
@@ -796,6 +814,7 @@ class Listener(EnvoyStruct, kw_only=True):
     per_connection_buffer_limit_bytes: UInt32 = 1024 * 1024
     connection_balance_config: ConnectionBalanceConfig | None = None
     enable_reuse_port: bool = True
+    filter_chain_matcher: GenericMatcher | None = None
 
     def __post_init__(self) -> None:
         try:
