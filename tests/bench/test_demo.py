@@ -33,8 +33,8 @@ def test_demo_short_run_writes_the_report(tmp_path: Path) -> None:
     assert "?" not in [line.split("│")[5].strip() for line in text.splitlines() if line.startswith("│ GET /")]
 
     names = {p.name for p in out.iterdir()}
-    assert {"echo-direct-rep1.json", "pylon-gateway-rep1.json", "report.csv", "report.png", "report.html",
-            "summary.json"} <= names
+    assert {"echo-direct-rep1.json", "pylon-gateway-rep1.json", "tls-file-rep1.json", "tls-cryptomb-rep1.json",
+            "report.csv", "report.png", "report.html", "summary.json"} <= names
     assert (out / "report.png").stat().st_size > 10_000
     direct = json.loads((out / "echo-direct-rep1.json").read_text())
     gateway = json.loads((out / "pylon-gateway-rep1.json").read_text())
@@ -43,6 +43,15 @@ def test_demo_short_run_writes_the_report(tmp_path: Path) -> None:
         assert run["RetCodes"] == {"200": run["DurationHistogram"]["Count"]}
     assert gateway["URL"].endswith("/api/") and gateway["RequestsPerTargetCPUSecond"] > 0
     assert "pylon-gateway" in (out / "report.html").read_text()
+
+    # The TLS gateways: every request a new connection, verified against the RSA test CA, served with no error.
+    for label in ("tls-file", "tls-cryptomb"):
+        run = json.loads((out / f"{label}-rep1.json").read_text())
+        count = run["DurationHistogram"]["Count"]
+        assert count > 20 and run["RetCodes"] == {"200": count}, run["RetCodes"]
+        assert run["URL"].startswith("https://") and run["RequestsPerTargetCPUSecond"] > 0
+    config = (out / "work" / "tls-cryptomb.yaml").read_text()
+    assert "private_key_provider" in config and "server-rsa-key.pem" in config
 
 
 def test_demo_stopped_by_sigterm_leaves_nothing_running(tmp_path: Path) -> None:
@@ -64,13 +73,13 @@ def test_demo_stopped_by_sigterm_leaves_nothing_running(tmp_path: Path) -> None:
             proc.wait()
     assert proc.returncode == 130, output
     assert "interrupted" in output
-    gateway_config = str(out / "work" / "pylon-gateway.yaml")
+    configs = [str(out / "work" / f"{label}.yaml") for label in ("pylon-gateway", "tls-file", "tls-cryptomb")]
     leftovers = []
     for entry in os.listdir("/proc"):
         try:
             cmdline = open(f"/proc/{entry}/cmdline", "rb").read().decode(errors="replace")
         except OSError:
             continue
-        if gateway_config in cmdline:
+        if any(config in cmdline for config in configs):
             leftovers.append(cmdline)
     assert leftovers == []

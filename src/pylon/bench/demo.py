@@ -12,8 +12,12 @@
    `pylon load` profile, interleaved, and write the report (table, CSV, PNG,
    HTML, one Fortio JSON per run) into the output folder.
 
-Variants are a list: an accelerated gateway (another TLS key provider, say)
-is one more `Variant(...)` line with its config template and load flags.
+Variants are a list: an accelerated gateway is one more `Variant(...)` line
+with its config template and load flags. Two are TLS gateways whose load is
+handshake-heavy (`--new-connection`: every request a full TLS 1.3 handshake
+with an RSA-2048 certificate, where private key providers matter): one with
+the key file, one with the `cryptomb` provider (Intel crypto_mb batches),
+so the report shows what the provider does to handshakes per gateway-CPU-second.
 Every process is stopped on success, failure, Ctrl-C or SIGTERM.
 """
 
@@ -32,10 +36,21 @@ from rich.table import Table
 
 from pylon.bench.fortio_args import LoadUsageError
 from pylon.bench.scenario import (
-    PROXY_URL, BenchRun, LoadSpec, ReportFiles, Scenario, ScenarioError, StartedTarget, TargetSpec, UpstreamSpec,
-    default_out_dir, sigterm_interrupts, wide_console,
+    PROXY_URL,
+    BenchRun,
+    LoadSpec,
+    ReportFiles,
+    Scenario,
+    ScenarioError,
+    StartedTarget,
+    TargetSpec,
+    UpstreamSpec,
+    default_out_dir,
+    sigterm_interrupts,
+    wide_console,
 )
 from pylon.bench.targets import TargetError
+from pylon.identity.certs import make_test_pki
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"  # a source checkout: src/pylon/bench/demo.py
 GATEWAY_LOG = "gateway-access.log"  # where examples/demo-gateway.yaml writes ({workdir}/...)
@@ -57,9 +72,15 @@ class Variant:
 
 
 BASELINE = Variant("echo-direct", "url", url="http://127.0.0.1:{upstream_port}/")
+HANDSHAKE_URL = "https://127.0.0.1:{listen_port}/"
+HANDSHAKE_LOAD = ("--new-connection", "-cacert", "{rsa_ca_cert}")
 VARIANTS: tuple[Variant, ...] = (
     Variant("pylon-gateway", "pylon", "demo-gateway.yaml", url="http://127.0.0.1:{listen_port}/api/"),
+    Variant("tls-file", "pylon", "bench/handshake-file.yaml", url=HANDSHAKE_URL, load_args=HANDSHAKE_LOAD),
+    Variant("tls-cryptomb", "pylon", "bench/handshake-cryptomb.yaml", url=HANDSHAKE_URL, load_args=HANDSHAKE_LOAD),
 )
+#: What the RSA-2048 test PKI fills in (the bench kit's own `{server_cert}` is an ECDSA certificate).
+RSA_PLACEHOLDERS = ("{server_cert}", "{server_key}", "{rsa_ca_cert}")
 
 
 @dataclass(frozen=True)
@@ -159,6 +180,37 @@ def requests_table(observed: Sequence[Observed]) -> Table:
     return table
 
 
+def with_rsa_certificate(variants: Sequence[Variant], examples: Path, work: Path) -> tuple[Variant, ...]:
+    """Variants whose templates or load flags name the certificate, filled with an RSA-2048 test PKI.
+
+    The rendered templates (ports and the rest still placeholders) go to
+    `work/templates/`; the other variants are returned unchanged.
+    """
+    out = []
+    values: dict[str, str] = {}
+    for variant in variants:
+        text = (examples / variant.config).read_text(encoding="utf-8") if variant.config else ""
+        if not any(p in text or p in " ".join(variant.load_args) for p in RSA_PLACEHOLDERS):
+            out.append(variant)
+            continue
+        if not values:
+            pki = make_test_pki(work / "pki-rsa")
+            values = dict(zip(RSA_PLACEHOLDERS, (str(pki.server_rsa.cert), str(pki.server_rsa.key),
+                                                 str(pki.ca.cert)), strict=True))
+        template = work / "templates" / f"{variant.label}.yaml"
+        template.parent.mkdir(parents=True, exist_ok=True)
+        template.write_text(_fill(text, values), encoding="utf-8")
+        out.append(Variant(variant.label, variant.kind, str(template.resolve()), variant.url,
+                           tuple(_fill(a, values) for a in variant.load_args)))
+    return tuple(out)
+
+
+def _fill(text: str, values: Mapping[str, str]) -> str:
+    for placeholder, path in values.items():
+        text = text.replace(placeholder, path)
+    return text
+
+
 def demo_scenario(duration: str, connections: int, variants: Sequence[Variant], examples: Path) -> Scenario:
     targets = tuple(v.target(examples) for v in (BASELINE, *variants))
     return Scenario(name="demo", targets=targets, upstream=UpstreamSpec(kind="echo", body_size=100),
@@ -169,6 +221,7 @@ def demo_scenario(duration: str, connections: int, variants: Sequence[Variant], 
 def run_demo(out: Path, duration: str = "5s", connections: int = 16, variants: Sequence[Variant] = VARIANTS,
              examples: Path = EXAMPLES, console: Console | None = None) -> ReportFiles:
     console = console or Console()
+    variants = with_rsa_certificate(variants, examples, out / "work")
     scenario = demo_scenario(duration, connections, variants, examples)
     with BenchRun(scenario, out, console) as bench:
         gateway: StartedTarget = bench.targets[1]
@@ -178,7 +231,8 @@ def run_demo(out: Path, duration: str = "5s", connections: int = 16, variants: S
         observed = send_requests(gateway.process.host, gateway.process.port, REQUESTS, time.strftime("%H%M%S"))
         attach_log_entries(observed, bench.work / GATEWAY_LOG)
         console.print(requests_table(observed))
-        console.print(f"load: pylon load -qps 0 -c {connections} -t {duration}, each target in turn")
+        console.print(f"load: pylon load -qps 0 -c {connections} -t {duration}, each target in turn; "
+                      "tls-*: a new connection (a full TLS 1.3 handshake, RSA-2048) for every request")
         runs = bench.run(on_run=lambda r: console.print(
             f"  {r['Target']:<16} {float(r['ActualQPS']):9.0f} req/s"
             + (f", {r['RequestsPerTargetCPUSecond']:.0f} requests per gateway-CPU-second"
@@ -192,7 +246,10 @@ def run_demo(out: Path, duration: str = "5s", connections: int = 16, variants: S
 @click.option("--connections", "-c", type=click.IntRange(min=1), default=16, show_default=True,
               help="load connections")
 def demo(out_dir: str | None, duration: str, connections: int) -> None:
-    """The tour: an echo workload behind a pylon gateway, requests explained, a load run, a report."""
+    """The tour: an echo workload behind pylon gateways, requests explained, a load run, a report.
+
+    Besides the HTTP gateway, two TLS gateways take a handshake-heavy load: key file vs the cryptomb provider.
+    """
     out = Path(out_dir) if out_dir else default_out_dir("demo-out", "demo")
     console = wide_console()
     try:

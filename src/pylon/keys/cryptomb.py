@@ -6,12 +6,17 @@ of two or three single ones, so operations are queued per worker (per event
 loop) and sent in batches, as Envoy's CryptoMB provider does. Batches go:
 
 * at once when eight are queued (`MULTIBUFF_BATCH`);
-* adaptively otherwise: the queue is checked once the loop has run the rest of
-  its current iteration; if no further operation arrived meanwhile (the loop
-  had no more handshakes ready) the partial batch goes, so a lone handshake is
-  not delayed; while operations keep arriving it waits another iteration;
+* at once when no other handshake in this process can still add an operation
+  (`pylon.keys.signers`: every handshake signs once, right after its
+  ClientHello) — so a lone handshake is not delayed, while under load the
+  handshakes still on their way to their signature fill the batch;
 * never later than `poll_delay` after its first operation (Envoy's timer,
   here an upper bound rather than the usual wait).
+
+A batch costs crypto_mb about the same whatever its size (~4 single OpenSSL
+operations for RSA-2048 on this CPU), so batches smaller than `MIN_MB_BATCH`
+are computed by OpenSSL one by one instead: cryptomb is never slower than the
+file key, and faster once batches fill.
 
 Every RSA result is re-encrypted with the public key (e = 65537, in the same
 multi-buffer pass) and compared with the input before it is used, so a CRT
@@ -30,11 +35,14 @@ from collections.abc import Callable
 from functools import cache
 
 from pylon.keys.hook import ECDSA_DIGEST, RSA_RAW, HookedKey, check_runtime, ffi, lib
+from pylon.keys.signers import PENDING_SIGNERS
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from pylon.proxy.stats import StatsStore
 
 BATCH = 8
+#: Below this many queued operations OpenSSL's single operations are cheaper than one crypto_mb pass.
+MIN_MB_BATCH = 4
 RSA_SIZES = (2048, 3072, 4096)
 #: Envoy's (Intel's) bucket bounds for the queue-size histograms.
 QUEUE_SIZE_BUCKETS = (1, 2, 3, 4, 5, 6, 7, 8)
@@ -122,15 +130,12 @@ def key_unsupported_reason(public: object) -> str | None:
 class _Queue:
     """Operations of one kind and size waiting for a batch."""
 
-    __slots__ = ("kind", "slots", "dones", "started", "seen", "scheduled", "timer")
+    __slots__ = ("kind", "slots", "dones", "timer")
 
     def __init__(self, kind: int) -> None:
         self.kind = kind
         self.slots: list[object] = []
         self.dones: list[Callable[[], None]] = []
-        self.started = 0.0
-        self.seen = 0
-        self.scheduled = False
         self.timer: asyncio.TimerHandle | None = None
 
 
@@ -141,6 +146,7 @@ class CryptoMbOps:
         self.poll_delay = poll_delay
         self._queues: dict[tuple[int, int], _Queue] = {}
         self.bind_stats(stats or StatsStore())
+        PENDING_SIGNERS.on_none_left(self._flush_all)
 
     def bind_stats(self, stats: StatsStore) -> None:
         """Record batch sizes in this store (the worker's, so they show on the admin endpoint)."""
@@ -156,28 +162,18 @@ class CryptoMbOps:
             queue = self._queues[bucket] = _Queue(kind)
         queue.slots.append(slot)
         queue.dones.append(done)
-        if len(queue.slots) >= BATCH:
+        if PENDING_SIGNERS.count == 0:
+            self._flush_all()
+        elif len(queue.slots) >= BATCH:
             self._flush(queue)
-        elif len(queue.slots) == 1:
-            loop = asyncio.get_running_loop()
-            queue.started = loop.time()
-            queue.seen = 1
-            queue.scheduled = True
-            loop.call_soon(self._check, queue)
-            queue.timer = loop.call_at(queue.started + self.poll_delay, self._flush, queue)
+        elif queue.timer is None:
+            queue.timer = asyncio.get_running_loop().call_later(self.poll_delay, self._flush, queue)
 
-    def _check(self, queue: _Queue) -> None:
-        """End of a loop iteration: send the partial batch unless operations are still arriving."""
-        queue.scheduled = False
-        if not queue.slots:
-            return
-        loop = asyncio.get_running_loop()
-        if len(queue.slots) > queue.seen and loop.time() - queue.started < self.poll_delay:
-            queue.seen = len(queue.slots)
-            queue.scheduled = True
-            loop.call_soon(self._check, queue)
-            return
-        self._flush(queue)
+    def _flush_all(self) -> None:
+        """No handshake can add an operation any more: send every partial batch now."""
+        for queue in self._queues.values():
+            if queue.slots:
+                self._flush(queue)
 
     def _flush(self, queue: _Queue) -> None:
         if queue.timer is not None:
@@ -187,7 +183,11 @@ class CryptoMbOps:
         del queue.slots[:BATCH], queue.dones[:BATCH]
         if not slots:
             return
-        run_batch(queue.kind, slots)
+        if len(slots) >= MIN_MB_BATCH:
+            run_batch(queue.kind, slots)
+        else:
+            for slot in slots:
+                lib.pk_slot_run(slot)
         (self._rsa_sizes if queue.kind == RSA_RAW else self._ecdsa_sizes).record(len(slots))
         for done in dones:
             done()

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pylon.keys.hook import PENDING, WANT_ASYNC_ERRNO, ffi, lib, new_slot, slot_key
+from pylon.keys.signers import PENDING_SIGNERS
 
 log = logging.getLogger("pylon.tls")
 
@@ -105,12 +106,20 @@ class TlsServerProtocol(asyncio.Protocol):
         self.sslobj = context.wrap_bio(self.incoming, self.outgoing, server_side=True)
         self.slot = new_slot()
         self.app_transport: TlsAppTransport | None = None
+        self.will_sign = False  # counted in PENDING_SIGNERS until its key operation is submitted
 
     # ---- raw side ----
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.raw = transport  # type: ignore[assignment]
+        self.will_sign = True
+        PENDING_SIGNERS.started()
         self._handshake()
+
+    def _signer_done(self) -> None:
+        if self.will_sign:
+            self.will_sign = False
+            PENDING_SIGNERS.finished()
 
     def data_received(self, data: bytes) -> None:
         self.incoming.write(data)
@@ -133,6 +142,7 @@ class TlsServerProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         was = self.state
         self.state = _CLOSED
+        self._signer_done()
         if was == _WAITING_KEY:
             self._unwind_job()
         if was == _OPEN or (was == _CLOSED and self.app_transport is not None):
@@ -162,6 +172,9 @@ class TlsServerProtocol(asyncio.Protocol):
             if exc.errno == WANT_ASYNC_ERRNO and self.slot.state == PENDING:
                 self.state = _WAITING_KEY
                 self._flush()
+                if self.will_sign:
+                    self.will_sign = False
+                    PENDING_SIGNERS.count -= 1  # no flush callback: this very operation is being queued
                 slot_key(self.slot).ops.submit(self.slot, self._key_done)
                 return
             self._handshake_failed(exc)
@@ -172,6 +185,7 @@ class TlsServerProtocol(asyncio.Protocol):
             return
         lib.pk_enter(_NULL)
         self._flush()
+        self._signer_done()  # e.g. a resumed session: done without a signature
         self.state = _OPEN
         self.app_transport = TlsAppTransport(self)
         self.app.connection_made(self.app_transport)
@@ -187,6 +201,7 @@ class TlsServerProtocol(asyncio.Protocol):
 
     def _handshake_failed(self, exc: Exception) -> None:
         log.debug("TLS handshake failed: %s", exc)
+        self._signer_done()
         self.state = _CLOSED
         self._flush()  # the alert, if OpenSSL produced one
         if self.raw is not None:
