@@ -67,6 +67,7 @@ from pylon.bench.targets import (
     _die_with_parent,
     find_envoy,
     free_port,
+    nginx_preamble,
     run_h2load,
     start_envoy,
     start_nginx,
@@ -111,20 +112,7 @@ TARGETS = (
 
 def nginx_tls_conf(workdir: Path, port: int, upstream_port: int, cert: Path, key: Path) -> str:
     """nginx terminating TLS 1.3 with a key file, proxying to the upstream; one worker, no resumption."""
-    temp = workdir / "tmp"
-    return f"""worker_processes 1;
-daemon off;
-pid {workdir}/nginx.pid;
-error_log {workdir}/error.log error;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    client_body_temp_path {temp};
-    proxy_temp_path {temp};
-    fastcgi_temp_path {temp};
-    uwsgi_temp_path {temp};
-    scgi_temp_path {temp};
-    upstream backend {{ server 127.0.0.1:{upstream_port}; keepalive 32; }}
+    return nginx_preamble(workdir) + f"""    upstream backend {{ server 127.0.0.1:{upstream_port}; keepalive 32; }}
     server {{
         listen 127.0.0.1:{port} ssl;
         ssl_certificate {cert};

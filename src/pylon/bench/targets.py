@@ -237,9 +237,9 @@ def start_echo(port: int, *, host: str = "127.0.0.1", body_size: int = 100, conc
     return start_process("pylon echo", args, port=port, host=host, log_path=log_path)
 
 
-def nginx_conf(workdir: str | os.PathLike, port: int, body_size: int = 100, host: str = "127.0.0.1") -> str:
-    """One worker, no access log, `return 200` with a fixed body of exactly `body_size` bytes."""
-    body = ("x" * (body_size - 1) + "\\n") if body_size else ""  # nginx unescapes \n in the string
+def nginx_preamble(workdir: str | os.PathLike) -> str:
+    """The start of a 1-worker, foreground nginx config whose pid, logs and temp files stay in `workdir`
+    (a `tmp/` folder there must exist); the caller adds its `server` blocks and closes `http {`."""
     temp = Path(workdir) / "tmp"
     return f"""worker_processes 1;
 daemon off;
@@ -248,13 +248,19 @@ error_log {workdir}/error.log error;
 events {{ worker_connections 4096; }}
 http {{
     access_log off;
-    default_type text/plain;
-    keepalive_requests 1000000;
     client_body_temp_path {temp};
     proxy_temp_path {temp};
     fastcgi_temp_path {temp};
     uwsgi_temp_path {temp};
     scgi_temp_path {temp};
+"""
+
+
+def nginx_conf(workdir: str | os.PathLike, port: int, body_size: int = 100, host: str = "127.0.0.1") -> str:
+    """One worker, no access log, `return 200` with a fixed body of exactly `body_size` bytes."""
+    body = ("x" * (body_size - 1) + "\\n") if body_size else ""  # nginx unescapes \n in the string
+    return nginx_preamble(workdir) + f"""    default_type text/plain;
+    keepalive_requests 1000000;
     server {{
         listen {_url_host(host)}:{port};
         location / {{ return 200 "{body}"; }}
