@@ -15,7 +15,7 @@ import base64
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 from urllib.parse import urlsplit
 
 from pylon.bench.histogram import DEFAULT_PERCENTILES, parse_percentiles
@@ -197,24 +197,23 @@ def _duration_arg(text: str) -> float:
     return value
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid integer {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} must be >= 1")
-    return value
+def _bounded(convert: Callable[[str], float], what: str, minimum: float) -> Callable[[str], float]:
+    """An argparse type: `convert` the text, then refuse values below `minimum` with a clear message."""
+
+    def parse(text: str) -> float:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid {what} {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{text} must be >= {minimum:g}")
+        return value
+
+    return parse
 
 
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text} must be >= 0")
-    return value
+_positive_int = _bounded(int, "integer", 1)
+_non_negative_float = _bounded(float, "number", 0)
 
 
 class _Parser(argparse.ArgumentParser):
