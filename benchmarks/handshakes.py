@@ -20,8 +20,10 @@ for an RSA-2048 and an ECDSA P-256 certificate. Per target and repetition:
    about `--duration` seconds from the warm-up rate): handshakes/s and
    **handshakes per proxy-CPU-second** (the proxy's process tree from /proc;
    for keyd targets keyd's CPU is added), h2load's own CPU;
-2. latency at 20 handshakes/s: `pylon load -qps 20 --new-connection -c 4`
-   (connect + full handshake with verification + one request), p50/p99;
+2. latency at 20 handshakes/s: `pylon load -qps 20 --new-connection -c 1`
+   (connect + full handshake with verification + one request; one at a
+   time, so no handshake queues behind another; histogram resolution
+   10 µs, `-r 0.00001`), p50/p99;
 3. latency near saturation: the same at 75% of this target's saturation rate
    from step 1, `-c 32`: p50/p99 and the rate actually reached.
 
@@ -220,6 +222,7 @@ def _children_cpu() -> float:
 def paced(started: Started, qps: float, duration: float, connections: int, ca: Path) -> dict[str, Any]:
     """`pylon load -qps Q --new-connection` with verification: handshake + request latency."""
     options = parse_load_args(["-qps", f"{qps:.1f}", "-c", str(connections), "-t", f"{duration:g}s",
+                               "-r", "0.00001",
                                "--new-connection", "-cacert", str(ca), started.url()])
     before, cpu_before = _children_cpu(), started.cpu_seconds()
     result = load_once(dataclasses.replace(options, json_path="", csv_path="", auto_save=False))
@@ -232,7 +235,7 @@ def paced(started: Started, qps: float, duration: float, connections: int, ca: P
 
 def measure(started: Started, requests: int, low_duration: float, duration: float, ca: Path) -> dict[str, Any]:
     sat = saturate(started, requests)
-    low = paced(started, LOW_RATE, low_duration, 4, ca)
+    low = paced(started, LOW_RATE, low_duration, 1, ca)
     near = paced(started, max(LOW_RATE, NEAR_SATURATION * sat["hs_per_s"]), duration, H2LOAD_CLIENTS, ca)
     return {"saturation": sat, "low": low, "near": near}
 

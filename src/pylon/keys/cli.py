@@ -22,7 +22,10 @@ def _key_spec(value: str) -> tuple[str, pathlib.Path]:
 @click.option("--allow-uid", "allow_uids", multiple=True, type=int, metavar="UID",
               help="A uid allowed to connect (repeatable; default: keyd's own uid).")
 @click.option("--no-cryptomb", is_flag=True, help="Compute with OpenSSL even where crypto_mb could run.")
-def keyd_command(listen: str, keys: tuple[str, ...], allow_uids: tuple[int, ...], no_cryptomb: bool) -> None:
+@click.option("--poll-delay", type=click.FloatRange(min=0.0001, max=1.0), default=0.01, show_default=True,
+              metavar="SECONDS", help="Longest wait of a partial crypto_mb batch (cryptomb's poll_delay).")
+def keyd_command(listen: str, keys: tuple[str, ...], allow_uids: tuple[int, ...], no_cryptomb: bool,
+                 poll_delay: float) -> None:
     """Hold private keys and sign TLS handshakes for pylon proxies (provider `keyd`)."""
     import uvloop
 
@@ -40,7 +43,8 @@ def keyd_command(listen: str, keys: tuple[str, ...], allow_uids: tuple[int, ...]
             raise click.BadParameter(f"{path}: {exc.strerror}", param_hint="--key") from None
     loaded = load_keys(specs, use_cryptomb=not no_cryptomb)
     try:
-        uvloop.run(run_keyd(listen[5:], loaded, allow_uids, ready=lambda: click.echo("keyd ready", err=True)))
+        ready = lambda: click.echo("keyd ready", err=True)  # noqa: E731
+        uvloop.run(run_keyd(listen[5:], loaded, allow_uids, poll_delay, ready=ready))
     except KeyboardInterrupt:
         pass
 

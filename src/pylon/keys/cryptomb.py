@@ -6,10 +6,14 @@ of two or three single ones, so operations are queued per worker (per event
 loop) and sent in batches, as Envoy's CryptoMB provider does. Batches go:
 
 * at once when eight are queued (`MULTIBUFF_BATCH`);
-* at once when no other handshake in this process can still add an operation
-  (`pylon.keys.signers`: every handshake signs once, right after its
-  ClientHello) — so a lone handshake is not delayed, while under load the
-  handshakes still on their way to their signature fill the batch;
+* at once when waiting cannot fill the batch: operations arrive too seldom
+  for `MIN_MB_BATCH` of them to gather within `poll_delay` (a moving average
+  of the gaps between them), and no other handshake in this process can
+  still add one (`pylon.keys.signers`: every handshake signs once, right
+  after its ClientHello). So a lone handshake is not delayed, a burst of
+  handshakes is signed together, and under sustained load — where the
+  next handshakes have not even connected yet when an operation arrives —
+  batches still fill;
 * never later than `poll_delay` after its first operation (Envoy's timer,
   here an upper bound rather than the usual wait).
 
@@ -44,6 +48,10 @@ BATCH = 8
 #: Below this many queued operations OpenSSL's single operations are cheaper than one crypto_mb pass.
 MIN_MB_BATCH = 4
 RSA_SIZES = (2048, 3072, 4096)
+#: Weight of the newest gap in the moving average of the time between operations.
+GAP_WEIGHT = 0.125
+#: The moving average starts here (and a longer idle gap counts as this): "operations are rare".
+IDLE_GAP = 1.0
 #: Envoy's (Intel's) bucket bounds for the queue-size histograms.
 QUEUE_SIZE_BUCKETS = (1, 2, 3, 4, 5, 6, 7, 8)
 
@@ -146,7 +154,9 @@ class CryptoMbOps:
         self.poll_delay = poll_delay
         self._queues: dict[tuple[int, int], _Queue] = {}
         self.bind_stats(stats or StatsStore())
-        PENDING_SIGNERS.on_none_left(self._flush_all)
+        self._last_arrival: float | None = None
+        self._mean_gap = IDLE_GAP  # moving average of the seconds between operations
+        PENDING_SIGNERS.on_none_left(self._flush_unless_busy)
 
     def bind_stats(self, stats: StatsStore) -> None:
         """Record batch sizes in this store (the worker's, so they show on the admin endpoint)."""
@@ -162,15 +172,32 @@ class CryptoMbOps:
             queue = self._queues[bucket] = _Queue(kind)
         queue.slots.append(slot)
         queue.dones.append(done)
-        if PENDING_SIGNERS.count == 0:
-            self._flush_all()
-        elif len(queue.slots) >= BATCH:
+        loop = asyncio.get_running_loop()
+        self._note_arrival(loop.time())
+        if len(queue.slots) >= BATCH:
             self._flush(queue)
+        elif PENDING_SIGNERS.count == 0 and not self.busy():
+            self._flush_all()
         elif queue.timer is None:
-            queue.timer = asyncio.get_running_loop().call_later(self.poll_delay, self._flush, queue)
+            queue.timer = loop.call_later(self.poll_delay, self._flush, queue)
+
+    def _note_arrival(self, now: float) -> None:
+        if self._last_arrival is not None:
+            gap = min(now - self._last_arrival, IDLE_GAP)
+            self._mean_gap += GAP_WEIGHT * (gap - self._mean_gap)
+        self._last_arrival = now
+
+    def busy(self) -> bool:
+        """Whether operations arrive often enough for a worthwhile batch to gather within `poll_delay`."""
+        return self._mean_gap * (MIN_MB_BATCH - 1) <= self.poll_delay
+
+    def _flush_unless_busy(self) -> None:
+        """No handshake in this process can add an operation any more; unless more are expected
+        from new connections soon, send every partial batch now."""
+        if not self.busy():
+            self._flush_all()
 
     def _flush_all(self) -> None:
-        """No handshake can add an operation any more: send every partial batch now."""
         for queue in self._queues.values():
             if queue.slots:
                 self._flush(queue)

@@ -74,7 +74,7 @@ def peer_uid(sock: socket.socket) -> tuple[int, int]:
 class KeydServer:
     """Serves `keys` on a Unix socket to the uids in `allow_uids`."""
 
-    def __init__(self, keys: dict[str, KeydKey], allow_uids: Iterable[int], poll_delay: float = 0.002) -> None:
+    def __init__(self, keys: dict[str, KeydKey], allow_uids: Iterable[int], poll_delay: float = 0.01) -> None:
         self.keys = keys
         self.allow_uids = frozenset(allow_uids) or frozenset({os.getuid()})
         self.batcher = cryptomb.CryptoMbOps(poll_delay)
@@ -155,9 +155,10 @@ class _KeydConnection(asyncio.Protocol):
         self.transport = None
 
 
-async def run_keyd(path: str, keys: dict[str, KeydKey], allow_uids: Iterable[int], ready=None) -> None:  # type: ignore[no-untyped-def]
+async def run_keyd(path: str, keys: dict[str, KeydKey], allow_uids: Iterable[int],  # type: ignore[no-untyped-def]
+                   poll_delay: float = 0.01, ready=None) -> None:
     """Serve until cancelled; `ready()` is called once the socket accepts connections."""
-    server = KeydServer(keys, allow_uids)
+    server = KeydServer(keys, allow_uids, poll_delay)
     listener = await server.serve(path)
     log.info("keyd listening on unix:%s for uids %s", path, sorted(server.allow_uids))
     if ready is not None:
