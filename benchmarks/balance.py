@@ -32,6 +32,7 @@ import asyncio
 import json
 import os
 import platform
+import resource
 import statistics
 import sys
 import tempfile
@@ -107,6 +108,12 @@ def worker_cpu(system: str, running: Running) -> dict[str, float]:
     return out
 
 
+def _own_cpu() -> float:
+    """CPU seconds of this process so far: the skewed load's client runs here."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def per_worker_active(running: Running, port: int, workers: int) -> list[int]:
     text = urllib.request.urlopen(f"http://127.0.0.1:{running.admin_port}/stats", timeout=5).read().decode()
     values = dict(line.split(": ", 1) for line in text.splitlines() if ": " in line)
@@ -169,13 +176,14 @@ async def skewed_load(port: int, rates: list[float], short_rate: float, duration
                       sample: Any) -> dict[str, Any]:
     """Open `rates` long-lived connections one by one, then run them and the short stream for `duration`."""
     loop = asyncio.get_running_loop()
-    latencies: list[float] = []
+    long_latencies: list[float] = []
+    short_latencies: list[float] = []
     start = time.perf_counter() + 0.3 + 0.05 * len(rates)
     end = start + duration
     tasks = []
     for rate in rates:  # one at a time, each under the load of those before it
         opened = asyncio.Event()
-        tasks.append(loop.create_task(_long_lived(port, rate, start, end, latencies, opened)))
+        tasks.append(loop.create_task(_long_lived(port, rate, start, end, long_latencies, opened)))
         await opened.wait()
         await asyncio.sleep(0.04)
     shorts = []
@@ -184,19 +192,24 @@ async def skewed_load(port: int, rates: list[float], short_rate: float, duration
         delay = due - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
-        shorts.append(loop.create_task(_short(port, latencies)))
+        shorts.append(loop.create_task(_short(port, short_latencies)))
         due += 1.0 / short_rate
         if not sample["done"] and time.perf_counter() > start + duration / 2:
             sample["done"] = True
             sample["active"] = await loop.run_in_executor(None, sample["read"])
     errors = sum(await asyncio.gather(*tasks)) + sum(await asyncio.gather(*shorts))
-    latencies.sort()
-    count = len(latencies)
+    everything = sorted(long_latencies + short_latencies)
+    count = len(everything)
     return {
         "requests": count, "errors": errors, "rps": count / duration,
-        "p50_ms": latencies[count // 2] * 1000 if count else None,
-        "p99_ms": latencies[int(count * 0.99)] * 1000 if count else None,
+        "p50_ms": _percentile_ms(everything, 0.50), "p99_ms": _percentile_ms(everything, 0.99),
+        "long_p99_ms": _percentile_ms(sorted(long_latencies), 0.99),
+        "short_p99_ms": _percentile_ms(sorted(short_latencies), 0.99),
     }
+
+
+def _percentile_ms(ordered: list[float], fraction: float) -> float | None:
+    return ordered[int(len(ordered) * fraction)] * 1000 if ordered else None
 
 
 # --------------------------------------------------------------------------- one system
@@ -214,9 +227,9 @@ def skewed_run(system: str, running: Running, port: int, concurrency: int,
     """One skewed run: 2 long-lived connections per worker (one heavy) plus the short stream."""
     rates = [args.heavy_rate] + [args.heavy_rate / 4] * (2 * concurrency - 1)
     sample = {"done": False, "read": lambda: per_worker_active(running, port, concurrency)}
-    cpu0 = worker_cpu(system, running)
+    cpu0, client0 = worker_cpu(system, running), _own_cpu()
     run = uvloop.run(skewed_load(port, rates, args.short_rate, args.duration, sample))
-    cpu1 = worker_cpu(system, running)
+    cpu1, run["client_cpu_s"] = worker_cpu(system, running), round(_own_cpu() - client0, 2)
     run["active"] = sample.get("active")
     run["cpu_s"] = {k: round(cpu1[k] - cpu0.get(k, 0.0), 2) for k in sorted(cpu1)}
     return run
@@ -250,6 +263,9 @@ def measure_all(concurrency: int, upstream: int, args: argparse.Namespace, workd
         runs = result["runs"]
         result["p99_ms"] = statistics.median(r["p99_ms"] for r in runs)
         result["p50_ms"] = statistics.median(r["p50_ms"] for r in runs)
+        result["long_p99_ms"] = statistics.median(r["long_p99_ms"] for r in runs)
+        result["short_p99_ms"] = statistics.median(r["short_p99_ms"] for r in runs)
+        result["client_cpu_s"] = statistics.median(r["client_cpu_s"] for r in runs)
         result["rps"] = statistics.median(r["rps"] for r in runs)
         result["errors"] = sum(r["errors"] for r in runs) + sum(a["errors"] for a in result["accept"])
         result["spreads"] = [max(r["active"]) - min(r["active"]) for r in runs if r["active"]]
@@ -269,12 +285,15 @@ def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         f"the rest at {meta['heavy_rate'] / 4:g} req/s, open loop) plus {meta['short_rate']:g} short connections/s "
         f"(one request each); {meta['reps']} runs each, interleaved across systems, medians shown. "
         f"Latency counts from each request's scheduled time when the client is behind (queueing counts). "
+        f"Latencies come from one Python (uvloop) client process; its CPU seconds per run are shown, to check "
+        f"it was not the bottleneck (a run lasts {meta['duration']:g}s plus about a second of set-up). "
         f"Accept: `wrk -c16 -H 'Connection: close'` for {meta['accept_duration']:g}s after each run, median. "
         f"The machine is shared with other work, so single numbers are noisy.",
         "",
         "| concurrency | system | balancer | per-worker active (each run) | max spread | per-worker CPU s (last run) "
-        "| req/s | p50 ms | p99 ms | errors | accept req/s | accept vs kernel |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| req/s | client CPU s | p50 ms | p99 ms | p99 ms long-lived / short | errors | accept req/s "
+        "| accept vs kernel |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         kernel = next(k for k in results if k["system"] == r["system"] and k["balancer"] == "kernel"
@@ -283,7 +302,8 @@ def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         actives = " ".join(str(run["active"]) for run in r["runs"])
         lines.append(
             f"| {r['concurrency']} | {r['system']} | {r['balancer']} | {actives} | {max(r['spreads'], default='-')} "
-            f"| {cpu} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['errors']} | {r['accept_rps']:.0f} "
+            f"| {cpu} | {r['rps']:.0f} | {r['client_cpu_s']:.2f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} "
+            f"| {r['long_p99_ms']:.2f} / {r['short_p99_ms']:.2f} | {r['errors']} | {r['accept_rps']:.0f} "
             f"| {r['accept_rps'] / kernel['accept_rps']:.2f}x |")
     lines += ["", "## Goals (pylon)", ""]
     for concurrency in sorted({r["concurrency"] for r in results}):

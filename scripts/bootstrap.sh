@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Set up everything pylon needs on a fresh Debian machine of this kind; safe to run again.
-# Debian packages (we are root): the load tools and peers the tests and benchmarks use, and the
+# Debian packages (we are root): the load tools, peers and profiler (perf) the tests and benchmarks use, and the
 # compiler and OpenSSL headers that build the private-key hook (src/pylon/keys/keyhook.c).
 # Python: a virtualenv in .venv with pylon installed editable, plus test and bench extras.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBS=(wrk nginx-light nghttp2-client curl openssl ca-certificates gcc libssl-dev)
+DEBS=(wrk nginx-light nghttp2-client curl openssl ca-certificates gcc libssl-dev linux-perf)
 missing=()
 for pkg in "${DEBS[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
