@@ -3,7 +3,7 @@
 The seed's DLB scenario, on this 2-core machine, for `--concurrency 2` and 4:
 
 * skewed: a few long-lived keep-alive connections with skewed request rates
-  (one heavy, the rest light; open loop: a request that is due while the
+  (by default one heavy per worker, opened first, the rest light; open loop: a request that is due while the
   previous one is still out counts its latency from when it was due, so a
   stalled worker shows up in p99) plus a steady stream
   of short connections (one request each). Reported: per-worker active
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -80,6 +81,63 @@ def bootstrap(port: int, admin_port: int, upstream: int, balance: dict | None) -
             "load_assignment": {"cluster_name": "up", "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
                 "socket_address": {"address": "127.0.0.1", "port_value": upstream}}}}]}]}}]},
     }
+
+
+# --------------------------------------------------------------------------- optional per-worker CPU caps
+
+CGROUP_CPU = Path("/sys/fs/cgroup/cpu")
+CFS_PERIOD_US = 10_000  # short, so a capped worker is throttled in slices of a few ms, not 100 ms
+
+
+class WorkerCaps:
+    """Every worker in its own cgroup (v1 `cpu` controller) capped at `fraction` of a CPU.
+
+    Why: the skewed scenario shows balancing only when one worker saturates while others have room.
+    On 2 cores that cannot happen for real: the client, the upstream and the workers share them, so the
+    machine saturates before any one worker does. Capping each worker at the same fraction gives every
+    worker a fixed, equal capacity, as a core of its own would; the run is labelled as capped. pylon:
+    the supervisor (the acceptor for exact/dispatcher) and each worker process; Envoy: each
+    `wrk:worker_<i>` thread (its main thread does not serve connections).
+    """
+
+    def __init__(self, fraction: float) -> None:
+        if not os.access(CGROUP_CPU / "cgroup.procs", os.W_OK):
+            raise SystemExit(f"--worker-cpu-cap needs root and the cgroup v1 cpu controller at {CGROUP_CPU}")
+        self.fraction = fraction
+        self.groups: list[Path] = []
+
+    def _group(self, tasks: list[int], tasks_file: str) -> None:
+        group = CGROUP_CPU / f"pylon-balance-{os.getpid()}-{len(self.groups)}"
+        group.mkdir()
+        self.groups.append(group)
+        (group / "cpu.cfs_period_us").write_text(str(CFS_PERIOD_US))
+        (group / "cpu.cfs_quota_us").write_text(str(int(self.fraction * CFS_PERIOD_US)))
+        for task in tasks:
+            (group / tasks_file).write_text(str(task))
+
+    def cap(self, system: str, running: Running) -> None:
+        if system == "pylon":
+            info = json.load(urllib.request.urlopen(f"http://127.0.0.1:{running.admin_port}/server_info", timeout=5))
+            for pid in [running.pid] + [worker["pid"] for worker in info["workers"]]:
+                self._group([pid], "cgroup.procs")
+            return
+        for tid in os.listdir(f"/proc/{running.pid}/task"):
+            if Path(f"/proc/{running.pid}/task/{tid}/comm").read_text().startswith("wrk:worker_"):
+                self._group([int(tid)], "tasks")
+
+    def enforce(self, on: bool) -> None:
+        """Apply the caps, or lift them (quota -1) for the accept test, which measures the balancers as they run."""
+        for group in self.groups:
+            (group / "cpu.cfs_quota_us").write_text(str(int(self.fraction * CFS_PERIOD_US)) if on else "-1")
+
+    def release(self) -> None:
+        """Move any task still in a group back to the root group, then remove the groups."""
+        for group in self.groups:
+            for task in (group / "tasks").read_text().split():
+                with contextlib.suppress(OSError):
+                    (CGROUP_CPU / "tasks").write_text(task)
+            group.rmdir()
+        self.groups.clear()
 
 
 # --------------------------------------------------------------------------- per-worker CPU and stats
@@ -224,8 +282,9 @@ def start(system: str, config: Path, port: int, admin_port: int, concurrency: in
 
 def skewed_run(system: str, running: Running, port: int, concurrency: int,
                args: argparse.Namespace) -> dict[str, Any]:
-    """One skewed run: 2 long-lived connections per worker (one heavy) plus the short stream."""
-    rates = [args.heavy_rate] + [args.heavy_rate / 4] * (2 * concurrency - 1)
+    """One skewed run: 2 long-lived connections per worker, the heavy ones first, plus the short stream."""
+    heavy = min(args.heavy_connections or concurrency, 2 * concurrency)
+    rates = [args.heavy_rate] * heavy + [args.heavy_rate / 4] * (2 * concurrency - heavy)
     sample = {"done": False, "read": lambda: per_worker_active(running, port, concurrency)}
     cpu0, client0 = worker_cpu(system, running), _own_cpu()
     run = uvloop.run(skewed_load(port, rates, args.short_rate, args.duration, sample))
@@ -238,6 +297,7 @@ def skewed_run(system: str, running: Running, port: int, concurrency: int,
 def measure_all(concurrency: int, upstream: int, args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
     """Every system at one concurrency; repetitions interleaved across systems so drift hits all alike."""
     results, running = [], []
+    caps = WorkerCaps(args.worker_cpu_cap) if args.worker_cpu_cap else None
     try:
         for system, balancer in SYSTEMS:
             port, admin_port = free_port(), free_port()
@@ -247,18 +307,27 @@ def measure_all(concurrency: int, upstream: int, args: argparse.Namespace, workd
             results.append({"system": system, "balancer": balancer, "concurrency": concurrency, "runs": [],
                             "accept": []})
         time.sleep(0.5)
+        if caps is not None:
+            for (proc, _port), result in zip(running, results):
+                caps.cap(result["system"], proc)
         for rep in range(args.reps):
             order = range(len(SYSTEMS)) if rep % 2 == 0 else reversed(range(len(SYSTEMS)))
             for index in order:
                 (proc, port), result = running[index], results[index]
                 print(f"  rep {rep + 1}: {result['system']} {result['balancer']}", file=sys.stderr, flush=True)
                 result["runs"].append(skewed_run(result["system"], proc, port, concurrency, args))
+                if caps is not None:
+                    caps.enforce(False)
                 accept = run_wrk(proc.url("/"), duration=args.accept_duration, connections=16,
                                  headers=["Connection: close"])
+                if caps is not None:
+                    caps.enforce(True)
                 result["accept"].append({"rps": accept.requests_per_sec, "errors": accept.errors})
     finally:
         for proc, _port in running:
             proc.stop()
+        if caps is not None:
+            caps.release()
     for result in results:
         runs = result["runs"]
         result["p99_ms"] = statistics.median(r["p99_ms"] for r in runs)
@@ -277,18 +346,25 @@ def measure_all(concurrency: int, upstream: int, args: argparse.Namespace, workd
 
 
 def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    heavy = meta["heavy_connections"] or "one per worker,"
     lines = [
         "# Connection balancing: pylon kernel / exact / dispatcher vs Envoy 1.40",
         "",
         f"{meta['machine']}; {meta['when']}. Upstream: 1-worker nginx. Skewed load per run: "
-        f"{meta['duration']:g}s, 2 long-lived keep-alive connections per worker (one at {meta['heavy_rate']:g} req/s, "
-        f"the rest at {meta['heavy_rate'] / 4:g} req/s, open loop) plus {meta['short_rate']:g} short connections/s "
+        f"{meta['duration']:g}s, 2 long-lived keep-alive connections per worker ({heavy} at {meta['heavy_rate']:g} "
+        f"req/s, opened first, the rest at {meta['heavy_rate'] / 4:g} req/s, open loop) plus {meta['short_rate']:g} "
+        f"short connections/s "
         f"(one request each); {meta['reps']} runs each, interleaved across systems, medians shown. "
         f"Latency counts from each request's scheduled time when the client is behind (queueing counts). "
         f"Latencies come from one Python (uvloop) client process; its CPU seconds per run are shown, to check "
         f"it was not the bottleneck (a run lasts {meta['duration']:g}s plus about a second of set-up). "
-        f"Accept: `wrk -c16 -H 'Connection: close'` for {meta['accept_duration']:g}s after each run, median. "
-        f"The machine is shared with other work, so single numbers are noisy.",
+        f"Accept: `wrk -c16 -H 'Connection: close'` for {meta['accept_duration']:g}s after each run (uncapped), median. "
+        f"The machine is shared with other work, so single numbers are noisy."
+        + (f" **Capped workers**: every worker (pylon: each worker process and the supervisor; Envoy: each "
+           f"worker thread) runs in its own cgroup capped at {meta['worker_cpu_cap']:g} of a CPU "
+           f"(CFS quota per {CFS_PERIOD_US // 1000} ms), so that each worker has a fixed, equal capacity as a core "
+           f"of its own would, and one worker can saturate while the 2-core machine still has room for the "
+           f"client and the upstream." if meta.get("worker_cpu_cap") else ""),
         "",
         "| concurrency | system | balancer | per-worker active (each run) | max spread | per-worker CPU s (last run) "
         "| req/s | client CPU s | p50 ms | p99 ms | p99 ms long-lived / short | errors | accept req/s "
@@ -323,9 +399,13 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per skewed run")
     parser.add_argument("--reps", type=int, default=3, help="skewed runs per system")
     parser.add_argument("--accept-duration", type=float, default=4.0)
-    parser.add_argument("--heavy-rate", type=float, default=800.0, help="req/s of the heavy long-lived connection")
+    parser.add_argument("--heavy-rate", type=float, default=1500.0, help="req/s of each heavy long-lived connection")
+    parser.add_argument("--heavy-connections", type=int, default=0, metavar="N",
+                        help="heavy long-lived connections (default: one per worker); the rest are light")
     parser.add_argument("--short-rate", type=float, default=100.0, help="short connections per second")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[2, 4])
+    parser.add_argument("--worker-cpu-cap", type=float, default=None, metavar="FRACTION",
+                        help="cap every worker at this fraction of a CPU (cgroup v1 cpu; see WorkerCaps)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
     results = []
@@ -335,7 +415,8 @@ def main() -> int:
             results.extend(measure_all(concurrency, nginx.port, args, Path(tmp)))
     meta = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
             "when": time.strftime("%Y-%m-%d %H:%M"), "duration": args.duration, "reps": args.reps,
-            "heavy_rate": args.heavy_rate, "short_rate": args.short_rate, "accept_duration": args.accept_duration}
+            "heavy_rate": args.heavy_rate, "short_rate": args.short_rate, "accept_duration": args.accept_duration,
+            "worker_cpu_cap": args.worker_cpu_cap, "heavy_connections": args.heavy_connections}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "balance.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
     report = markdown(results, meta)

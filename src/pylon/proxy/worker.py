@@ -40,10 +40,12 @@ from pylon.proxy.upstream.tls_factory import cluster_tls
 
 log = logging.getLogger("pylon.worker")
 
-#: How often a worker publishes its in-flight requests for the dispatcher.
-LOAD_PUBLISH_INTERVAL_S = 0.002
-#: Weight of each new in-flight sample in the published moving average.
-INFLIGHT_SMOOTHING = 0.1
+#: How often a worker publishes its in-flight requests for the dispatcher. Each publication wakes the
+#: worker's loop; at 2 ms (500 wake-ups a second) workers capped at 30% of a CPU (benchmarks/balance.py
+#: --worker-cpu-cap) showed a several times higher p99 than exact_balance, at 10-20 ms about the same.
+LOAD_PUBLISH_INTERVAL_S = 0.010
+#: Weight of each new in-flight sample in the published moving average (a horizon of about 25 ms).
+INFLIGHT_SMOOTHING = 0.4
 
 
 class PoolRegistry:
@@ -134,15 +136,15 @@ class Worker:
         """Write this worker's in-flight requests (moving average) where the supervisor's dispatcher reads them.
 
         A timer rather than a write per request: the HTTP path stays untouched,
-        and a value at most a couple of milliseconds old is as good for picking
-        where the next connection goes (500 wake-ups a second cost ~0.2% of a core).
+        and a value at most `LOAD_PUBLISH_INTERVAL_S` old is as good for picking
+        where the next connection goes.
         """
         in_flight = 0
         for runtime in self.listeners:
             gauge = getattr(runtime.terminal, "rq_active", None)
             if gauge is not None:
                 in_flight += gauge.value
-        # Smoothed (about the last 20 ms) and in thousandths: one sample is mostly 0 or 1, the
+        # Smoothed (about the last 25 ms) and in thousandths: one sample is mostly 0 or 1, the
         # average tells a worker serving a busy connection from an idle one (Little's law:
         # in-flight = request rate × latency, so it grows with both).
         self._inflight_avg += (in_flight * 1000 - self._inflight_avg) * INFLIGHT_SMOOTHING

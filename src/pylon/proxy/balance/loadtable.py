@@ -26,8 +26,8 @@ _QWORDS_PER_SLOT = 8  # 64 bytes
 TAKEN = 0
 #: The worker's `listener.<addr>.worker_<i>.downstream_cx_active` (written by the worker).
 CX_ACTIVE = 1
-#: In-flight HTTP requests of the whole worker, all listeners, in thousandths, averaged over ~20 ms
-#: (written by the worker every 2 ms; see `Worker._publish_load`).
+#: In-flight HTTP requests of the whole worker, all listeners, in thousandths, averaged over ~25 ms
+#: (written by the worker every 10 ms; see `Worker._publish_load`).
 RQ_ACTIVE = 2
 
 
