@@ -21,8 +21,14 @@ matter of port hashing, so each skewed run is repeated `--reps` times (new
 client ports each time) and the table shows the median p99 and every run's
 per-worker spread.
 
-Usage: python benchmarks/balance.py [--duration 5] [--reps 3] [--concurrency 2 4]
-Writes benchmarks/results/balance.{json,md}.
+On 2 cores no worker saturates for real (the client and the upstream share the
+cores, so the machine saturates first) and the p99s differ only by noise;
+`--worker-cpu-cap 0.3` gives every worker a fixed capacity of its own (see
+`WorkerCaps`), which is where the balancers' effect on p99 shows.
+
+Usage: python benchmarks/balance.py [--duration 5] [--reps 3] [--concurrency 2 4] [--worker-cpu-cap 0.3]
+Writes benchmarks/results/balance.{json,md} (or --out DIR); the committed
+capped run is balance-capped.{json,md}.
 """
 
 from __future__ import annotations
