@@ -18,8 +18,8 @@ Goals (issue 6): exact and dispatcher keep per-worker active connections within
 1 of each other; their p99 under skewed load is below kernel's; their accept
 rate is >= 0.9x kernel's. The kernel's placement of a few connections is a
 matter of port hashing, so each skewed run is repeated `--reps` times (new
-client ports each time) and the table shows the median p99 and every run's
-per-worker spread.
+client ports each time) and the table shows the p99 over all runs' requests
+pooled, each run's own p99, and every run's per-worker spread.
 
 On 2 cores no worker saturates for real (the client and the upstream share the
 cores, so the machine saturates first) and the p99s differ only by noise;
