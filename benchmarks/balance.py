@@ -301,6 +301,12 @@ def skewed_run(system: str, running: Running, port: int, concurrency: int,
     return run
 
 
+def accept_run(proc: Running, args: argparse.Namespace) -> dict[str, Any]:
+    """A new connection per request (`wrk -c16 -H 'Connection: close'`): how fast the balancer takes connections."""
+    accept = run_wrk(proc.url("/"), duration=args.accept_duration, connections=16, headers=["Connection: close"])
+    return {"rps": accept.requests_per_sec, "errors": accept.errors}
+
+
 def measure_all(concurrency: int, upstream: int, args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
     """Every system at one concurrency; repetitions interleaved across systems so drift hits all alike."""
     results, running = [], []
@@ -325,11 +331,15 @@ def measure_all(concurrency: int, upstream: int, args: argparse.Namespace, workd
                 result["runs"].append(skewed_run(result["system"], proc, port, concurrency, args))
                 if caps is not None:
                     caps.enforce(False)
-                accept = run_wrk(proc.url("/"), duration=args.accept_duration, connections=16,
-                                 headers=["Connection: close"])
+                result["accept"].append(accept_run(proc, args))
                 if caps is not None:
                     caps.enforce(True)
-                result["accept"].append({"rps": accept.requests_per_sec, "errors": accept.errors})
+        if caps is not None:
+            caps.enforce(False)
+        for rep in range(args.accept_reps):  # more accept samples: one 4 s wrk run swings by ±15% here
+            order = range(len(SYSTEMS)) if rep % 2 == 0 else reversed(range(len(SYSTEMS)))
+            for index in order:
+                results[index]["accept"].append(accept_run(running[index][0], args))
     finally:
         for proc, _port in running:
             proc.stop()
@@ -374,7 +384,8 @@ def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         f"Latency counts from each request's scheduled time when the client is behind (queueing counts). "
         f"Latencies come from one Python (uvloop) client process; its CPU seconds per run are shown, to check "
         f"it was not the bottleneck (a run lasts {meta['duration']:g}s plus about a second of set-up). "
-        f"Accept: `wrk -c16 -H 'Connection: close'` for {meta['accept_duration']:g}s after each run (uncapped), median. "
+        f"Accept: `wrk -c16 -H 'Connection: close'` for {meta['accept_duration']:g}s after each run "
+        f"and {meta.get('accept_reps', 0)} more times per system, interleaved (uncapped), median. "
         f"The machine is shared with other work, so single numbers are noisy."
         + (f" **Capped workers**: every worker (pylon: each worker process and the supervisor; Envoy: each "
            f"worker thread) runs in its own cgroup capped at {meta['worker_cpu_cap']:g} of a CPU "
@@ -416,6 +427,8 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per skewed run")
     parser.add_argument("--reps", type=int, default=3, help="skewed runs per system")
     parser.add_argument("--accept-duration", type=float, default=4.0)
+    parser.add_argument("--accept-reps", type=int, default=0, metavar="N",
+                        help="extra accept runs per system after the skewed runs (interleaved)")
     parser.add_argument("--heavy-rate", type=float, default=1500.0, help="req/s of each heavy long-lived connection")
     parser.add_argument("--heavy-connections", type=int, default=0, metavar="N",
                         help="heavy long-lived connections (default: one per worker); the rest are light")
@@ -433,7 +446,8 @@ def main() -> int:
     meta = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
             "when": time.strftime("%Y-%m-%d %H:%M"), "duration": args.duration, "reps": args.reps,
             "heavy_rate": args.heavy_rate, "short_rate": args.short_rate, "accept_duration": args.accept_duration,
-            "worker_cpu_cap": args.worker_cpu_cap, "heavy_connections": args.heavy_connections}
+            "worker_cpu_cap": args.worker_cpu_cap, "heavy_connections": args.heavy_connections,
+            "accept_reps": args.accept_reps}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "balance.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
     report = markdown(results, meta)
