@@ -51,7 +51,16 @@ from typing import Any
 import uvloop
 import yaml
 
-from pylon.bench.targets import CLK_TCK, Running, free_port, run_wrk, start_envoy, start_nginx, start_pylon_proxy
+from pylon.bench.targets import (
+    CLK_TCK,
+    Running,
+    free_port,
+    pylon_workers,
+    run_wrk,
+    start_envoy,
+    start_nginx,
+    start_pylon_proxy,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
@@ -122,14 +131,10 @@ class WorkerCaps:
             (group / tasks_file).write_text(str(task))
 
     def cap(self, system: str, running: Running) -> None:
-        if system == "pylon":
-            info = json.load(urllib.request.urlopen(f"http://127.0.0.1:{running.admin_port}/server_info", timeout=5))
-            for pid in [running.pid] + [worker["pid"] for worker in info["workers"]]:
-                self._group([pid], "cgroup.procs")
-            return
-        for tid in os.listdir(f"/proc/{running.pid}/task"):
-            if Path(f"/proc/{running.pid}/task/{tid}/comm").read_text().startswith("wrk:worker_"):
-                self._group([int(tid)], "tasks")
+        # A pylon worker is a process (all its threads move); an Envoy worker is one thread.
+        tasks_file = "cgroup.procs" if system == "pylon" else "tasks"
+        for task in worker_tasks(system, running).values():
+            self._group([task], tasks_file)
 
     def enforce(self, on: bool) -> None:
         """Apply the caps, or lift them (quota -1) for the accept test, which measures the balancers as they run."""
@@ -156,20 +161,24 @@ def _ticks(path: str) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def worker_cpu(system: str, running: Running) -> dict[str, float]:
-    """CPU seconds so far per worker (and pylon's supervisor): processes for pylon, threads for Envoy."""
-    out: dict[str, float] = {}
+def worker_tasks(system: str, running: Running) -> dict[str, int]:
+    """{name: pid or tid} of what serves connections: pylon's supervisor (the acceptor for exact and the
+    dispatcher) and worker processes; Envoy's `wrk:worker_<i>` threads."""
     if system == "pylon":
-        info = json.load(urllib.request.urlopen(f"http://127.0.0.1:{running.admin_port}/server_info", timeout=5))
-        out["supervisor"] = _ticks(f"/proc/{running.pid}/stat")
-        for worker in info["workers"]:
-            out[f"worker_{worker['id']}"] = _ticks(f"/proc/{worker['pid']}/stat")
-        return out
+        workers = pylon_workers(running)
+        return {"supervisor": running.pid, **{f"worker_{i}": pid for i, pid in sorted(workers.items())}}
+    out: dict[str, int] = {}
     for tid in os.listdir(f"/proc/{running.pid}/task"):
         comm = Path(f"/proc/{running.pid}/task/{tid}/comm").read_text().strip()
         if comm.startswith("wrk:worker_"):
-            out[comm.split(":", 1)[1]] = _ticks(f"/proc/{running.pid}/task/{tid}/stat")
+            out[comm.split(":", 1)[1]] = int(tid)
     return out
+
+
+def worker_cpu(system: str, running: Running) -> dict[str, float]:
+    """CPU seconds so far per entry of `worker_tasks` (a pylon worker's whole process, an Envoy worker's thread)."""
+    stat = "/proc/{}/stat" if system == "pylon" else f"/proc/{running.pid}/task/{{}}/stat"
+    return {name: _ticks(stat.format(task)) for name, task in worker_tasks(system, running).items()}
 
 
 def _own_cpu() -> float:

@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from handshakes import TARGETS, BODY_SIZE, Started, saturate, start_target  # noqa: E402
 
-from pylon.bench.targets import free_port, start_nginx  # noqa: E402
+from pylon.bench.targets import free_port, pylon_workers, start_nginx  # noqa: E402
 from pylon.identity.certs import make_test_pki  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,16 +50,6 @@ DSO_NAMES = {
     "[kernel.kallsyms]": "kernel",
     "libc.so.6": "libc",
 }
-
-
-def worker_pid(started: Started) -> int:
-    """The proxy's one worker process (a child of the supervisor)."""
-    pid = started.proxy.proc.pid
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    for child in children:
-        if b"pylon.proxy.worker" in Path(f"/proc/{child}/cmdline").read_bytes():
-            return int(child)
-    raise RuntimeError(f"no worker process under pid {pid}")
 
 
 def perf_report(data: Path, *extra: str) -> list[tuple[float, str]]:
@@ -77,7 +67,7 @@ def perf_report(data: Path, *extra: str) -> list[tuple[float, str]]:
 def profile(started: Started, requests: int, seconds: float, work: Path) -> dict[str, Any]:
     data = work / f"{started.target.label}.perf"
     perf = subprocess.Popen(["perf", "record", "-F", "999", "--call-graph", "dwarf,16384", "-o", str(data),
-                             "-p", str(worker_pid(started)), "--", "sleep", f"{seconds:g}"],
+                             "-p", str(pylon_workers(started.proxy)[0]), "--", "sleep", f"{seconds:g}"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(0.3)  # perf attached before the load starts
     sat = saturate(started, requests)

@@ -282,6 +282,15 @@ def start_nginx(port: int, *, host: str = "127.0.0.1", body_size: int = 100) -> 
     return start_process("nginx", args, port=port, host=host, log_path=base / "stdout.log", workdir=workdir)
 
 
+def pylon_workers(running: Running) -> dict[int, int]:
+    """{worker id: pid} of a running `pylon proxy`, from its admin `/server_info`."""
+    if running.admin_port is None:
+        raise TargetError(f"{running.name} has no admin port to list its workers")
+    url = f"http://{_url_host(running.host)}:{running.admin_port}/server_info"
+    with urllib.request.urlopen(url, timeout=5) as reply:
+        return {worker["id"]: worker["pid"] for worker in json.load(reply)["workers"]}
+
+
 def start_pylon_proxy(config_path: str | os.PathLike, *, port: int, admin_port: int | None,
                       host: str = "127.0.0.1", concurrency: int = 1, log_level: str = "warning",
                       drain_time_s: float = 1.0, log_path: str | os.PathLike | None = None) -> Running:

@@ -482,17 +482,12 @@ def server_context(cfg: DownstreamTlsContext) -> ServerTls:
     _apply_common(handle, common, server=True)
     key_ops = _load_certificates(context, common.tls_certificates, server=True)
 
-    verifier = PeerVerifier(())
-    validation = common.validation_context
-    if validation is not None:
-        path = "common_tls_context.validation_context"
-        verifier = _peer_verifier(validation, path)
-        if validation.trusted_ca is not None:
-            _load_trusted_ca(context, validation.trusted_ca, f"{path}.trusted_ca")
-            # Envoy requests a client certificate whenever a CA is configured, and requires
-            # one when asked to or when SAN matchers need a certificate to look at.
-            required = cfg.require_client_certificate or verifier.matchers
-            context.verify_mode = ssl.CERT_REQUIRED if required else ssl.CERT_OPTIONAL
+    verifier, has_ca = _apply_validation(context, common)
+    if has_ca:
+        # Envoy requests a client certificate whenever a CA is configured, and requires
+        # one when asked to or when SAN matchers need a certificate to look at.
+        required = cfg.require_client_certificate or verifier.matchers
+        context.verify_mode = ssl.CERT_REQUIRED if required else ssl.CERT_OPTIONAL
 
     if cfg.disable_stateless_session_resumption:
         context.options |= ssl.OP_NO_TICKET
@@ -502,6 +497,20 @@ def server_context(cfg: DownstreamTlsContext) -> ServerTls:
     if cfg.session_timeout is not None:
         handle.timeout = int(cfg.session_timeout)  # whole seconds, as in Envoy
     return ServerTls(context=context, verifier=verifier, key_ops=key_ops)
+
+
+def _apply_validation(context: ssl.SSLContext, common: CommonTlsContext) -> tuple[PeerVerifier, bool]:
+    """The peer verifier of `common.validation_context`, its trusted CA loaded into `context`;
+    and whether there was a CA (each side then sets its own verify mode)."""
+    validation = common.validation_context
+    if validation is None:
+        return PeerVerifier(()), False
+    path = "common_tls_context.validation_context"
+    verifier = _peer_verifier(validation, path)
+    if validation.trusted_ca is None:
+        return verifier, False
+    _load_trusted_ca(context, validation.trusted_ca, f"{path}.trusted_ca")
+    return verifier, True
 
 
 def client_context(cfg: UpstreamTlsContext) -> ClientTls:
@@ -519,14 +528,9 @@ def client_context(cfg: UpstreamTlsContext) -> ClientTls:
         )
     _load_certificates(context, common.tls_certificates, server=False)
 
-    verifier = PeerVerifier(())
-    validation = common.validation_context
-    if validation is not None:
-        path = "common_tls_context.validation_context"
-        verifier = _peer_verifier(validation, path)
-        if validation.trusted_ca is not None:
-            _load_trusted_ca(context, validation.trusted_ca, f"{path}.trusted_ca")
-            context.verify_mode = ssl.CERT_REQUIRED
+    verifier, has_ca = _apply_validation(context, common)
+    if has_ca:
+        context.verify_mode = ssl.CERT_REQUIRED
     return ClientTls(context=context, server_hostname=cfg.sni or None, verifier=verifier)
 
 
