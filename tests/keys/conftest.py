@@ -11,7 +11,12 @@ import pytest
 import pylon.keys.config  # noqa: F401  (registers the provider @types)
 from pylon.config.envoy import DownstreamTlsContext, convert
 from pylon.identity.certs import make_test_pki
+from pylon.keys import cryptomb
 from pylon.proxy.tls import ServerTls, server_context
+
+
+#: Tests that run crypto_mb for real: skipped, saying what is missing, on a CPU without AVX-512 IFMA.
+needs_mb = pytest.mark.skipif(cryptomb.unavailable_reason() is not None, reason=str(cryptomb.unavailable_reason()))
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,8 @@ from pylon.keys.hook import DONE, RSA_RAW, HookedKey, ffi, new_slot
 from pylon.keys.signers import PENDING_SIGNERS
 from pylon.proxy.stats import StatsStore
 
-needs_mb = pytest.mark.skipif(cryptomb.unavailable_reason() is not None, reason=str(cryptomb.unavailable_reason()))
+from .conftest import needs_mb
+
 POLL_DELAY = 0.05
 
 

@@ -12,9 +12,8 @@ from pylon.keys.config import CRYPTOMB_TYPE_URL, OFFLOAD_TYPE_URL
 from pylon.keys.hook import is_hooked
 from pylon.proxy.stats import StatsStore
 
-from .conftest import client_context, fetch, provider_tls, s_client, serve
+from .conftest import client_context, fetch, needs_mb, provider_tls, s_client, serve
 
-needs_mb = pytest.mark.skipif(cryptomb.unavailable_reason() is not None, reason=str(cryptomb.unavailable_reason()))
 
 
 def offload(files):  # type: ignore[no-untyped-def]

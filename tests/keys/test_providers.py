@@ -13,7 +13,7 @@ from pylon.keys.config import CRYPTOMB_TYPE_URL, OFFLOAD_TYPE_URL
 from pylon.keys.hook import is_hooked
 from pylon.proxy.tls import TlsConfigError
 
-from .conftest import provider_tls
+from .conftest import needs_mb, provider_tls
 
 
 def mb(files, **extra):  # type: ignore[no-untyped-def]
@@ -46,6 +46,7 @@ def test_fallback_uses_the_key_file_with_one_warning(pki, monkeypatch, caplog) -
     assert [r.message for r in caplog.records if "fallback" in r.message]
 
 
+@needs_mb
 def test_unsupported_key_size_refused(pki, tmp_path) -> None:  # type: ignore[no-untyped-def]
     from pylon.identity.certs import KeyType, issue_leaf, write_pem_files
 
@@ -73,3 +74,12 @@ def test_poll_delay_must_be_positive(pki) -> None:  # type: ignore[no-untyped-de
     cert = {"certificate_chain": {"filename": str(pki.server_rsa.cert)}, "private_key_provider": provider}
     with pytest.raises((ValueError, ConfigError), match="poll_delay"):
         convert({"common_tls_context": {"tls_certificates": [cert]}}, DownstreamTlsContext)
+
+
+@pytest.mark.skipif(cryptomb.unavailable_reason() is None, reason="crypto_mb runs on this CPU")
+def test_refused_on_this_cpu_with_what_to_do(pki) -> None:  # type: ignore[no-untyped-def]
+    """No simulation: on a CPU without AVX-512 IFMA the real check refuses and says what to do instead."""
+    with pytest.raises(TlsConfigError) as info:
+        provider_tls(pki.server_rsa, mb(pki.server_rsa))
+    assert "AVX-512 IFMA" in info.value.message
+    assert info.value.message.endswith("set fallback: true or use provider offload")

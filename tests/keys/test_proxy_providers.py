@@ -23,8 +23,10 @@ from typing import Any
 import httpx
 import pytest
 
+from pylon.keys import cryptomb
 from pylon.keys.config import CRYPTOMB_TYPE_URL, KEYD_TYPE_URL, OFFLOAD_TYPE_URL
 from tests.conftest import free_port, pylon_cmd, stop_process_group
+from tests.keys.conftest import needs_mb
 from tests.keys.test_keyd import _primes, scan
 from tests.proxy.conftest import (  # noqa: F401  (fixtures)
     DOWNSTREAM_TLS_TYPE,
@@ -110,9 +112,10 @@ def keyd(pki, tmp_path_factory) -> Iterator[Keyd]:  # type: ignore[no-untyped-de
 
 @pytest.fixture(scope="module")
 def in_process_proxy(run_proxy_module, pki, backend) -> RunningProxy:  # type: ignore[no-untyped-def]  # noqa: F811
-    """One proxy with offload and cryptomb listeners for the RSA and the ECDSA certificate."""
+    """One proxy with offload and (where crypto_mb runs) cryptomb listeners for the RSA and the ECDSA certificate."""
+    providers = ("offload", "cryptomb") if cryptomb.unavailable_reason() is None else ("offload",)
     listeners = [tls_listener(f"{name}_{kind}", files.cert, provider_config(name, files.key))
-                 for name in ("offload", "cryptomb")
+                 for name in providers
                  for kind, files in (("rsa", pki.server_rsa), ("ec", pki.server_ecdsa))]
     return run_proxy_module(listeners, [backend])
 
@@ -126,7 +129,7 @@ def keyd_proxy(run_proxy_module, pki, backend, keyd) -> RunningProxy:  # type: i
     return run_proxy_module(listeners, [backend])
 
 
-@pytest.fixture(params=["offload", "cryptomb", "keyd"])
+@pytest.fixture(params=["offload", pytest.param("cryptomb", marks=needs_mb), "keyd"])
 def served(request) -> tuple[str, RunningProxy]:  # type: ignore[no-untyped-def]
     """(provider name, the proxy serving listeners `<provider>_rsa` and `<provider>_ec`)."""
     name = request.param
@@ -182,6 +185,7 @@ def test_tls12_pkcs1_v15_signature(served, pki) -> None:  # type: ignore[no-unty
     assert "Verification: OK" in out and "HTTP/1.1 200" in out
 
 
+@needs_mb
 def test_cryptomb_queue_sizes_in_stats(in_process_proxy, pki) -> None:  # type: ignore[no-untyped-def]
     for kind in ("rsa", "ec"):
         assert https_get(in_process_proxy.ports[f"cryptomb_{kind}"], client_context(pki)).status_code == 200

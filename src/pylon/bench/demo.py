@@ -28,7 +28,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import click
 from rich.console import Console
@@ -51,6 +51,7 @@ from pylon.bench.scenario import (
 )
 from pylon.bench.targets import TargetError
 from pylon.identity.certs import make_test_pki
+from pylon.keys import cryptomb
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"  # a source checkout: src/pylon/bench/demo.py
 GATEWAY_LOG = "gateway-access.log"  # where examples/demo-gateway.yaml writes ({workdir}/...)
@@ -65,6 +66,9 @@ class Variant:
     config: str = ""  # template under examples/
     url: str = PROXY_URL
     load_args: tuple[str, ...] = ()
+    #: Why this variant cannot run on this machine (None when it can): an accelerator the CPU lacks is
+    #: reported and the variant left out, never simulated.
+    unavailable: Callable[[], str | None] | None = None
 
     def target(self, examples: Path) -> TargetSpec:
         return TargetSpec(label=self.label, kind=self.kind, config=(examples / self.config) if self.config else None,
@@ -77,7 +81,8 @@ HANDSHAKE_LOAD = ("--new-connection", "-cacert", "{rsa_ca_cert}")
 VARIANTS: tuple[Variant, ...] = (
     Variant("pylon-gateway", "pylon", "demo-gateway.yaml", url="http://127.0.0.1:{listen_port}/api/"),
     Variant("tls-file", "pylon", "bench/handshake-file.yaml", url=HANDSHAKE_URL, load_args=HANDSHAKE_LOAD),
-    Variant("tls-cryptomb", "pylon", "bench/handshake-cryptomb.yaml", url=HANDSHAKE_URL, load_args=HANDSHAKE_LOAD),
+    Variant("tls-cryptomb", "pylon", "bench/handshake-cryptomb.yaml", url=HANDSHAKE_URL, load_args=HANDSHAKE_LOAD,
+            unavailable=cryptomb.unavailable_reason),
 )
 #: What the RSA-2048 test PKI fills in (the bench kit's own `{server_cert}` is an ECDSA certificate).
 RSA_PLACEHOLDERS = ("{server_cert}", "{server_key}", "{rsa_ca_cert}")
@@ -180,6 +185,18 @@ def requests_table(observed: Sequence[Observed]) -> Table:
     return table
 
 
+def runnable_here(variants: Sequence[Variant], console: Console) -> tuple[Variant, ...]:
+    """The variants this machine can run; each one left out is named with what it lacks."""
+    out = []
+    for variant in variants:
+        reason = variant.unavailable() if variant.unavailable is not None else None
+        if reason:
+            console.print(f"[yellow]{variant.label} left out: {reason}[/yellow]")
+        else:
+            out.append(variant)
+    return tuple(out)
+
+
 def with_rsa_certificate(variants: Sequence[Variant], examples: Path, work: Path) -> tuple[Variant, ...]:
     """Variants whose templates or load flags name the certificate, filled with an RSA-2048 test PKI.
 
@@ -201,7 +218,7 @@ def with_rsa_certificate(variants: Sequence[Variant], examples: Path, work: Path
         template.parent.mkdir(parents=True, exist_ok=True)
         template.write_text(_fill(text, values), encoding="utf-8")
         out.append(Variant(variant.label, variant.kind, str(template.resolve()), variant.url,
-                           tuple(_fill(a, values) for a in variant.load_args)))
+                           tuple(_fill(a, values) for a in variant.load_args), variant.unavailable))
     return tuple(out)
 
 
@@ -221,6 +238,7 @@ def demo_scenario(duration: str, connections: int, variants: Sequence[Variant], 
 def run_demo(out: Path, duration: str = "5s", connections: int = 16, variants: Sequence[Variant] = VARIANTS,
              examples: Path = EXAMPLES, console: Console | None = None) -> ReportFiles:
     console = console or Console()
+    variants = runnable_here(variants, console)
     variants = with_rsa_certificate(variants, examples, out / "work")
     scenario = demo_scenario(duration, connections, variants, examples)
     with BenchRun(scenario, out, console) as bench:
