@@ -38,3 +38,9 @@ def test_unreadable_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
         read_bytes(DataSource(environment_variable="PYLON_DS_UNSET"))
     with pytest.raises(DataSourceError, match=f"cannot read {tmp_path}: Is a directory"):
         read_bytes(DataSource(filename=str(tmp_path)))
+
+
+def test_a_nul_in_a_filename_is_a_datasource_error() -> None:
+    """open() raises ValueError, not OSError, for a NUL in the name; the config fuzzer reached it as a traceback."""
+    with pytest.raises(DataSourceError, match="embedded null byte"):
+        read_bytes(DataSource(filename="certs/a\x00b.pem"))

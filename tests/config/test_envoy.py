@@ -8,7 +8,6 @@ import pytest
 
 from pylon.config.envoy import (
     AccessLog,
-    Duration,
     FileAccessLog,
     HttpConnectionManager,
     Router,
@@ -17,8 +16,6 @@ from pylon.config.envoy import (
     TcpProxy,
     UpstreamHttpProtocolOptions,
     UpstreamTlsContext,
-    format_duration,
-    parse_duration,
 )
 from pylon.config.errors import ConfigError
 from tests.config.builders import (
@@ -41,6 +38,7 @@ from tests.config.builders import (
     the_hcm,
     y,
 )
+from tests.config.envoy_cases import CASES, Case
 
 PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
 
@@ -58,22 +56,6 @@ def routes(text: str) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------- durations
 
 
-@pytest.mark.parametrize(
-    ("text", "seconds"),
-    [("1s", 1.0), ("0.250s", 0.25), ("1.5s", 1.5), ("0s", 0.0), ("0.000000001s", 1e-9),
-     ({"seconds": 2, "nanos": 500_000_000}, 2.5), ({"nanos": 1000}, 1e-6), ({"seconds": "3"}, 3.0)],
-)  # fmt: skip
-def test_duration_forms(text: Any, seconds: float) -> None:
-    value = parse_duration(text)
-    assert isinstance(value, Duration) and value == pytest.approx(seconds)
-
-
-@pytest.mark.parametrize("bad", ["5", "1m", "-1s", "1.s", 1, "1.0000000001s", {"minutes": 1}, {"seconds": 1.5}])
-def test_bad_durations_are_rejected(bad: Any) -> None:
-    with pytest.raises(ValueError, match="duration"):
-        parse_duration(bad)
-
-
 def test_bad_duration_is_an_error_at_its_field() -> None:
     data = http_bootstrap(routes(r"""
       - match: {prefix: "/"}
@@ -83,13 +65,6 @@ def test_bad_duration_is_an_error_at_its_field() -> None:
         f"config error in test.yaml: {ROUTES_PATH}[0].route.timeout: "
         "invalid duration 15: expected a string like \"1s\" or {seconds, nanos}"
     )
-
-
-def test_format_duration_round_trips() -> None:
-    for seconds in (0.0, 1.0, 0.25, 1.5, 3600.0, 0.000001):
-        assert parse_duration(format_duration(seconds)) == pytest.approx(seconds)
-    assert format_duration(Duration(0.25)) == "0.25s"
-    assert format_duration(Duration(15)) == "15s"
 
 
 # --------------------------------------------------------------------------- HTTP connection manager
@@ -655,6 +630,24 @@ def test_downstream_tls_errors(common: dict[str, Any], path: str, message: str) 
     )
 
 
+@pytest.mark.parametrize(("timeout", "message"), [
+    ("4294967295s", None), ("4294967296s", "must be less than 4294967296s"), ("-1s", "invalid duration '-1s'")
+])  # fmt: skip
+def test_session_timeout_bounds(timeout: str, message: str | None) -> None:
+    """PGV `lt: {seconds: 4294967296}`, `gte: {}` on DownstreamTlsContext.session_timeout."""
+    socket = downstream_tls()
+    socket["typed_config"]["session_timeout"] = timeout
+    data = bootstrap([listener(hcm(), filter_chains=[{"filters": [{"name": "hcm", "typed_config": hcm()}],
+                                                      "transport_socket": socket}])])  # fmt: skip
+    if message is None:
+        load(data)
+    else:
+        assert error(data).startswith(
+            "config error in test.yaml: static_resources.listeners[0].filter_chains[0].transport_socket.typed_config."
+            f"session_timeout: {message}"
+        )
+
+
 def test_upstream_tls_context_and_wrong_direction() -> None:
     upstream = {"name": "tls", "typed_config": {"@type": UPSTREAM_TLS_TYPE, "sni": "backend.example.com",
                                                 "common_tls_context": {"validation_context": {"trusted_ca": {"inline_string": PEM}}}}}  # fmt: skip
@@ -876,3 +869,15 @@ def test_hyperscan_input_matcher_is_refused_with_what_to_use_instead() -> None:
     message = error(bootstrap([listener(hcm(route_config=route_config))]))
     assert "route_config.virtual_hosts[0].matcher: generic matchers" in message
     assert "envoy.matching.input_matchers.hyperscan" in message and "default_regex_engine" in message
+
+
+# --------------------------------------------------------------------------- Envoy's rules at their edges
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
+def test_envoys_rules(case: Case) -> None:
+    """Each PGV rule and cross-check pylon applies, at the value where Envoy starts refusing (or still accepts)."""
+    if case.error is None:
+        load(case.data)
+    else:
+        assert error(case.data).startswith(f"config error in test.yaml: {case.error}")

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 import yaml
 from cryptography import x509
@@ -16,7 +17,7 @@ from cryptography.x509.oid import NameOID
 
 from pylon.config.envoy import DownstreamTlsContext, FileAccessLog, HttpConnectionManager, TcpProxy, UpstreamTlsContext
 from pylon.config.errors import ConfigError
-from pylon.config.loader import bootstrap_to_dict, load_bootstrap, merge_configs, parse_bootstrap
+from pylon.config.loader import bootstrap_to_dict, load_bootstrap, merge_configs, parse_bootstrap, parse_document
 from tests.config.builders import (
     DOWNSTREAM_TLS_TYPE,
     HCM_PATH,
@@ -127,6 +128,14 @@ def test_bootstrap_to_dict_encodes_bytes_as_base64() -> None:
     assert dumped["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["route_config"][
         "virtual_hosts"][0]["routes"][0]["direct_response"]["body"] == {"inline_bytes": "aGVsbG8="}  # fmt: skip
     assert parse_bootstrap(dumped, "dump") == config
+
+
+def test_bootstrap_to_dict_is_plain_json() -> None:
+    """/config_dump encodes the dict with msgspec.json, which refuses str subclasses (constrained text, regexes)."""
+    data = http_bootstrap([{"match": {"safe_regex": {"regex": "/a.*"}}, "route": {"cluster": "svc", "prefix_rewrite": "/b"},
+                            "request_headers_to_add": [{"header": {"key": "x-k", "value": "v"}}]}])  # fmt: skip
+    config = load(data)
+    assert parse_bootstrap(msgspec.json.decode(msgspec.json.encode(bootstrap_to_dict(config))), "dump") == config
 
 
 # --------------------------------------------------------------------------- sources and formats
@@ -290,3 +299,43 @@ def test_parse_bootstrap_does_not_mutate_its_input(certs_cwd: Path) -> None:
     before = json.dumps(data, sort_keys=True)
     parse_bootstrap(data, "front.yaml")
     assert json.dumps(data, sort_keys=True) == before
+
+
+def test_a_lone_surrogate_is_a_config_error(tmp_path: Path) -> None:
+    """JSON's `\\udcff` escape yields a string that is not Unicode text; Envoy refuses it (msgspec used to raise
+    UnicodeEncodeError)."""
+    data = http_bootstrap()
+    data["node"] = {"id": "X"}
+    path = write(tmp_path / "envoy.json", json.dumps(data).replace('"X"', '"\\udcff"'))
+    with pytest.raises(ConfigError) as info:
+        load_bootstrap(str(path))
+    assert str(info.value) == f"config error in {path}: node.id: '\\udcff' is not valid Unicode text (a lone surrogate)"
+    data["node"] = {"metadata": {"X": 1}}
+    path = write(tmp_path / "keys.json", json.dumps(data).replace('"X"', '"\\udcff"'))
+    with pytest.raises(ConfigError, match=r"node.metadata: the key '\\udcff' is not valid Unicode text"):
+        load_bootstrap(str(path))
+
+
+@pytest.mark.parametrize(
+    "text", ['{"a": ' + "[" * 100_000 + "]" * 100_000 + "}", "a: " + "[" * 999 + "]" * 999],
+    ids=["json", "yaml"],
+)  # fmt: skip
+def test_documents_too_deep_for_the_parser(text: str) -> None:
+    """Python's recursion limit would end these parses with RecursionError; Envoy stops at 100 levels."""
+    with pytest.raises(ConfigError, match="config error in deep: nested more than 100 levels deep"):
+        parse_document(text, "deep")
+
+
+def test_listeners_on_one_address_are_refused_naming_both() -> None:
+    """Item 4 of issue 10 (the edge cases, checked against Envoy, are in envoy_cases.py)."""
+    data = bootstrap([
+        listener(hcm(), name="public", address={"socket_address": {"address": "::", "port_value": 8443}}),
+        listener(hcm(), name="admin-ish", address={"socket_address": {"address": "0::0", "port_value": 8443}}),
+    ])  # fmt: skip
+    with pytest.raises(ConfigError) as info:
+        parse_bootstrap(data, "envoy.yaml")
+    assert str(info.value) == (
+        "config error in envoy.yaml: static_resources.listeners[1].address: listener 'admin-ish' has the same "
+        "address [::]:8443 as listener 'public' (static_resources.listeners[0]); two listeners cannot bind one "
+        "address and port"
+    )

@@ -409,7 +409,7 @@ def test_direct_response_limits_are_envoys():
     with pytest.raises(ValueError, match="maximum is 4096"):
         one_vhost({"name": "big", "match": {"prefix": "/"},
                    "direct_response": {"status": 200, "body": {"inline_string": "x" * 4097}}})
-    with pytest.raises(ValueError, match="200..599"):
+    with pytest.raises(ValueError, match=">= 200"):  # the config model's bound, as Envoy's proto
         one_vhost({"name": "info", "match": {"prefix": "/"}, "direct_response": {"status": 101}})
 
 

@@ -42,6 +42,8 @@ def read_bytes(source: DataSource) -> bytes:
                 return fh.read()
         except OSError as exc:
             raise DataSourceError(f"cannot read {source.filename}: {exc.strerror or exc}") from exc
+        except ValueError as exc:  # a NUL in the name: no file can have it
+            raise DataSourceError(f"cannot read {source.filename!r}: {exc}") from exc
     if source.environment_variable is not None:
         value = os.environ.get(source.environment_variable)
         if value is None:

@@ -8,6 +8,9 @@ so the error says so instead of "unknown field".
 
 Proto details, mapped once here:
 - Duration -> `Duration` (a float of seconds) from "1.5s" or {seconds, nanos};
+- protoc-gen-validate rules -> field types: `msgspec.Meta` bounds where msgspec
+  has the rule, else the constrained types of `constraints.py` (Duration ranges,
+  byte lengths, header characters); a field's type is where its rule is read;
 - wrapper types (UInt32Value, BoolValue) -> plain values; Percent -> `Percent`;
 - enums -> Literal strings of Envoy's names;
 - `typed_config` (protobuf Any) -> the Struct registered for its `@type` in the
@@ -21,7 +24,6 @@ Decode with `convert(data, Bootstrap)`; the loader
 from __future__ import annotations
 
 import ipaddress
-import re
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import msgspec
@@ -30,6 +32,21 @@ from msgspec.structs import force_setattr
 
 from pylon import regex
 from pylon.config import registry
+from pylon.config.constraints import (
+    ConstrainedStr,
+    DnsRefreshRate,
+    Duration,
+    HeaderKey,
+    HeaderValueText,
+    HttpText,
+    NonEmptyHttpText,
+    NonEmptyStrictHttpText,
+    PositiveDuration,
+    QueryParameterName,
+    SessionTimeout,
+    StrictHttpText,
+    parse_duration,
+)
 from pylon.config.datasource import DataSource
 from pylon.config.errors import FieldError, join_path, split_validation_error
 
@@ -40,13 +57,11 @@ PositiveUInt32 = Annotated[int, msgspec.Meta(ge=1, le=UINT32_MAX)]
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 NonEmptyStr = Annotated[str, msgspec.Meta(min_length=1)]
 Percentage = Annotated[int, msgspec.Meta(ge=0, le=100)]
+#: PGV `repeated: {max_items: 1000}` of the header add lists.
+HeadersToAdd = Annotated[list["HeaderValueOption"], msgspec.Meta(max_length=1000)]
 
 
 # --------------------------------------------------------------------------- field types
-
-
-class Duration(float):
-    """A google.protobuf.Duration in seconds; a float so callers can compute with it directly."""
 
 
 class RegexPattern(str):
@@ -72,41 +87,8 @@ _GENERIC_MATCHER_MESSAGE = (
 )
 
 
-_DURATION = re.compile(r"^(?P<sign>-)?(?P<seconds>\d+)(?:\.(?P<frac>\d{1,9}))?s$")
 _RE2_OPTIONS = re2.Options()
 _RE2_OPTIONS.log_errors = False  # the error goes into the ConfigError, not to stderr
-
-
-def parse_duration(value: object) -> Duration:
-    """A non-negative Duration from proto-JSON ("1s", "0.250s") or {seconds, nanos}."""
-    if isinstance(value, str):
-        match = _DURATION.match(value)
-        if match is None:
-            raise ValueError(f'invalid duration {value!r}: expected a string like "1s" or "0.250s"')
-        seconds = int(match["seconds"]) + int((match["frac"] or "0").ljust(9, "0")) / 1e9
-        result = -seconds if match["sign"] else seconds
-    elif isinstance(value, dict) and value and set(value) <= {"seconds", "nanos"}:
-        seconds_part, nanos = value.get("seconds", 0), value.get("nanos", 0)
-        if isinstance(seconds_part, str) and seconds_part.lstrip("-").isdigit():
-            seconds_part = int(seconds_part)
-        for part in (seconds_part, nanos):
-            if isinstance(part, bool) or not isinstance(part, int):
-                raise ValueError(f"invalid duration {value!r}: seconds and nanos must be integers")
-        if not -999_999_999 <= nanos <= 999_999_999:
-            raise ValueError(f"invalid duration {value!r}: nanos must be within ±999999999")
-        result = seconds_part + nanos / 1e9
-    else:
-        raise ValueError(f'invalid duration {value!r}: expected a string like "1s" or {{seconds, nanos}}')
-    if result < 0:
-        raise ValueError(f"invalid duration {value!r}: must not be negative")
-    return Duration(result)
-
-
-def format_duration(seconds: float) -> str:
-    """Proto-JSON text of a Duration: 1.0 -> "1s", 0.25 -> "0.25s"."""
-    if float(seconds).is_integer():
-        return f"{int(seconds)}s"
-    return f"{seconds:.9f}".rstrip("0") + "s"
 
 
 def compile_regex(pattern: str) -> Any:
@@ -120,8 +102,10 @@ def compile_regex(pattern: str) -> Any:
 
 def dec_hook(type_: type, obj: Any) -> Any:
     """msgspec decode hook for pylon's proto-derived field types."""
-    if type_ is Duration:
-        return parse_duration(obj)
+    if issubclass(type_, Duration):
+        return parse_duration(obj, type_)
+    if issubclass(type_, ConstrainedStr):
+        return type_.parse(obj)
     if type_ is RegexPattern:
         if not isinstance(obj, str):
             raise ValueError(f"expected a regex string, got {type(obj).__name__}")
@@ -262,8 +246,8 @@ class Percent(EnvoyStruct, kw_only=True):
 
 
 class HeaderValue(EnvoyStruct, kw_only=True):
-    key: NonEmptyStr
-    value: str = ""
+    key: HeaderKey
+    value: HeaderValueText = HeaderValueText("")
 
 
 AppendAction = Literal["APPEND_IF_EXISTS_OR_ADD", "ADD_IF_ABSENT", "OVERWRITE_IF_EXISTS_OR_ADD", "OVERWRITE_IF_EXISTS"]
@@ -288,12 +272,23 @@ class HeaderValueOption(EnvoyStruct, kw_only=True):
 
 
 class _HeaderMutations(EnvoyStruct, kw_only=True):
-    """The four header add/remove lists shared by routes, virtual hosts and route configs."""
+    """The four header add/remove lists shared by routes, virtual hosts, route configs and weighted clusters.
 
-    request_headers_to_add: list[HeaderValueOption] = []
-    request_headers_to_remove: list[NonEmptyStr] = []
-    response_headers_to_add: list[HeaderValueOption] = []
-    response_headers_to_remove: list[NonEmptyStr] = []
+    Names to remove may be empty here (route configs, weighted clusters); routes and
+    virtual hosts narrow them to `min_len: 1` (`_NonEmptyHeaderRemovals`), as Envoy's protos do.
+    """
+
+    request_headers_to_add: HeadersToAdd = []
+    request_headers_to_remove: list[HttpText] = []
+    response_headers_to_add: HeadersToAdd = []
+    response_headers_to_remove: list[HttpText] = []
+
+
+class _NonEmptyHeaderRemovals(_HeaderMutations, kw_only=True):
+    """Routes' and virtual hosts' header mutations: names to remove are non-empty."""
+
+    request_headers_to_remove: list[NonEmptyHttpText] = []
+    response_headers_to_remove: list[NonEmptyHttpText] = []
 
 
 # --------------------------------------------------------------------------- matchers
@@ -327,7 +322,7 @@ class StringMatcher(EnvoyStruct, kw_only=True):
 class HeaderMatcher(EnvoyStruct, kw_only=True):
     """config.route.v3.HeaderMatcher; with no match kind set it matches on presence, as in Envoy."""
 
-    name: NonEmptyStr
+    name: NonEmptyHttpText
     exact_match: str | None = None
     safe_regex_match: RegexMatcher | None = None
     present_match: bool | None = None
@@ -348,7 +343,7 @@ class HeaderMatcher(EnvoyStruct, kw_only=True):
 class QueryParameterMatcher(EnvoyStruct, kw_only=True):
     """config.route.v3.QueryParameterMatcher; with neither kind set it matches on presence."""
 
-    name: NonEmptyStr
+    name: QueryParameterName
     string_match: StringMatcher | None = None
     present_match: bool | None = None
 
@@ -380,12 +375,10 @@ RETRY_ON_CONDITIONS = frozenset(
 
 
 class RetryBackOff(EnvoyStruct, kw_only=True):
-    base_interval: Duration
-    max_interval: Duration | None = None
+    base_interval: PositiveDuration
+    max_interval: PositiveDuration | None = None
 
     def __post_init__(self) -> None:
-        if self.base_interval <= 0:
-            raise FieldError("base_interval", "must be greater than 0s")
         if self.max_interval is not None and self.max_interval < self.base_interval:
             raise FieldError("max_interval", "must not be less than base_interval")
 
@@ -414,7 +407,7 @@ class RetryPolicy(EnvoyStruct, kw_only=True):
 
 
 class HashPolicyHeader(EnvoyStruct, kw_only=True):
-    header_name: NonEmptyStr
+    header_name: NonEmptyHttpText
 
 
 class HashPolicy(EnvoyStruct, kw_only=True):
@@ -443,15 +436,15 @@ class WeightedCluster(EnvoyStruct, kw_only=True):
 
 class RegexRewrite(EnvoyStruct, kw_only=True):
     pattern: RegexMatcher
-    substitution: str
+    substitution: HttpText
 
 
 class RouteAction(EnvoyStruct, kw_only=True):
     cluster: NonEmptyStr | None = None
     weighted_clusters: WeightedCluster | None = None
-    prefix_rewrite: str | None = None
+    prefix_rewrite: HttpText | None = None
     regex_rewrite: RegexRewrite | None = None
-    host_rewrite_literal: str | None = None
+    host_rewrite_literal: HttpText | None = None
     timeout: Duration = Duration(15)
     idle_timeout: Duration | None = None
     retry_policy: RetryPolicy | None = None
@@ -470,10 +463,10 @@ RedirectResponseCode = Literal[
 class RedirectAction(EnvoyStruct, kw_only=True):
     https_redirect: bool | None = None
     scheme_redirect: str | None = None
-    host_redirect: str | None = None
-    port_redirect: Port = 0
-    path_redirect: str | None = None
-    prefix_rewrite: str | None = None
+    host_redirect: HttpText | None = None
+    port_redirect: UInt32 = 0  # no PGV bound: Envoy takes any uint32 here
+    path_redirect: HttpText | None = None
+    prefix_rewrite: HttpText | None = None
     response_code: RedirectResponseCode = "MOVED_PERMANENTLY"
     strip_query: bool = False
 
@@ -483,11 +476,11 @@ class RedirectAction(EnvoyStruct, kw_only=True):
 
 
 class DirectResponseAction(EnvoyStruct, kw_only=True):
-    status: Annotated[int, msgspec.Meta(ge=100, le=599)]
+    status: Annotated[int, msgspec.Meta(ge=200, lt=600)]
     body: DataSource | None = None
 
 
-class Route(_HeaderMutations, kw_only=True):
+class Route(_NonEmptyHeaderRemovals, kw_only=True):
     name: str = ""
     match: RouteMatch
     route: RouteAction | None = None
@@ -498,9 +491,9 @@ class Route(_HeaderMutations, kw_only=True):
         _exactly_one(self, "route", "redirect", "direct_response")
 
 
-class VirtualHost(_HeaderMutations, kw_only=True):
+class VirtualHost(_NonEmptyHeaderRemovals, kw_only=True):
     name: NonEmptyStr
-    domains: Annotated[list[NonEmptyStr], msgspec.Meta(min_length=1)]
+    domains: Annotated[list[HttpText], msgspec.Meta(min_length=1)]
     routes: list[Route] = []
     retry_policy: RetryPolicy | None = None
     matcher: GenericMatcher | None = None
@@ -532,7 +525,7 @@ class SubstitutionFormatString(EnvoyStruct, kw_only=True):
     text_format_source: DataSource | None = None
     json_format: dict[str, Any] | None = None
     omit_empty_values: bool = False
-    content_type: str = ""
+    content_type: HttpText = HttpText("")
 
     def __post_init__(self) -> None:
         _exactly_one(self, "text_format_source", "json_format")
@@ -597,6 +590,16 @@ class Router(EnvoyStruct, kw_only=True):
     suppress_envoy_headers: bool = False
 
 
+class Http1ProtocolOptions(EnvoyStruct, kw_only=True):
+    """config.core.v3.Http1ProtocolOptions: HTTP/1.0 acceptance (downstream); nothing else is supported yet.
+
+    Envoy reads the HTTP/1.0 fields only on the downstream side and ignores them upstream, as pylon does.
+    """
+
+    accept_http_10: bool = False
+    default_host_for_http_10: str = ""
+
+
 class HttpConnectionManager(EnvoyStruct, kw_only=True):
     """extensions.filters.network.http_connection_manager.v3.HttpConnectionManager (HTTP/1.1 only)."""
 
@@ -608,8 +611,10 @@ class HttpConnectionManager(EnvoyStruct, kw_only=True):
     http_filters: list[HttpFilter] = []
     access_log: list[AccessLog] = []
     common_http_protocol_options: HttpProtocolOptions = msgspec.field(default_factory=HttpProtocolOptions)
+    http_protocol_options: Http1ProtocolOptions = msgspec.field(default_factory=Http1ProtocolOptions)
     max_request_headers_kb: Annotated[int, msgspec.Meta(ge=1, le=8192)] = 60
     request_timeout: Duration = Duration(0)
+    request_headers_timeout: Duration = Duration(0)
     stream_idle_timeout: Duration = Duration(300)
     drain_timeout: Duration = Duration(5)
     delayed_close_timeout: Duration = Duration(1)
@@ -618,11 +623,11 @@ class HttpConnectionManager(EnvoyStruct, kw_only=True):
     generate_request_id: bool = True
     preserve_external_request_id: bool = False
     always_set_request_id_in_response: bool = False
-    server_name: str = "envoy"
+    server_name: HttpText = HttpText("envoy")
     server_header_transformation: Literal["OVERWRITE", "APPEND_IF_ABSENT", "PASS_THROUGH"] = "OVERWRITE"
     normalize_path: bool = False
     merge_slashes: bool = False
-    via: str = ""
+    via: HttpText = HttpText("")
 
     def __post_init__(self) -> None:
         if self.codec_type in ("HTTP2", "HTTP3"):
@@ -729,7 +734,7 @@ class DownstreamTlsContext(EnvoyStruct, kw_only=True):
     require_client_certificate: bool = False
     disable_stateless_session_resumption: bool = False
     disable_stateful_session_resumption: bool = False
-    session_timeout: Duration | None = None
+    session_timeout: SessionTimeout | None = None
 
     def __post_init__(self) -> None:
         if not self.common_tls_context.tls_certificates:
@@ -814,6 +819,7 @@ class Listener(EnvoyStruct, kw_only=True):
     per_connection_buffer_limit_bytes: UInt32 = 1024 * 1024
     connection_balance_config: ConnectionBalanceConfig | None = None
     enable_reuse_port: bool = True
+    tcp_backlog_size: UInt32 | None = None  # None: the system's somaxconn, as Envoy
     filter_chain_matcher: GenericMatcher | None = None
 
     def __post_init__(self) -> None:
@@ -892,8 +898,8 @@ class Int64Range(EnvoyStruct, kw_only=True):
 
 
 class HttpHealthCheck(EnvoyStruct, kw_only=True):
-    host: str = ""
-    path: NonEmptyStr
+    host: StrictHttpText = StrictHttpText("")
+    path: NonEmptyStrictHttpText
     expected_statuses: list[Int64Range] = []
 
 
@@ -902,26 +908,23 @@ class TcpHealthCheck(EnvoyStruct, kw_only=True):
 
 
 class HealthCheck(EnvoyStruct, kw_only=True):
-    timeout: Duration
-    interval: Duration
+    timeout: PositiveDuration
+    interval: PositiveDuration
     interval_jitter: Duration | None = None
     unhealthy_threshold: UInt32
     healthy_threshold: UInt32
-    no_traffic_interval: Duration = Duration(60)
+    no_traffic_interval: PositiveDuration = PositiveDuration(60)
     http_health_check: HttpHealthCheck | None = None
     tcp_health_check: TcpHealthCheck | None = None
 
     def __post_init__(self) -> None:
-        for field in ("timeout", "interval"):
-            if getattr(self, field) <= 0:
-                raise FieldError(field, "must be greater than 0s")
         _exactly_one(self, "http_health_check", "tcp_health_check")
 
 
 class OutlierDetection(EnvoyStruct, kw_only=True):
     consecutive_5xx: UInt32 = 5
-    interval: Duration = Duration(10)
-    base_ejection_time: Duration = Duration(30)
+    interval: PositiveDuration = PositiveDuration(10)
+    base_ejection_time: PositiveDuration = PositiveDuration(30)
     max_ejection_percent: Percentage = 10
     enforcing_consecutive_5xx: Percentage = 100
     consecutive_gateway_failure: UInt32 = 5
@@ -949,10 +952,6 @@ class LeastRequestLbConfig(EnvoyStruct, kw_only=True):
     choice_count: Annotated[int, msgspec.Meta(ge=2, le=UINT32_MAX)] = 2
 
 
-class Http1ProtocolOptions(EnvoyStruct, kw_only=True):
-    """config.core.v3.Http1ProtocolOptions with no options set (plain HTTP/1.1)."""
-
-
 class ExplicitHttpConfig(EnvoyStruct, kw_only=True):
     http_protocol_options: Http1ProtocolOptions | None = None
     http2_protocol_options: NotSupportedYet | None = None
@@ -978,7 +977,7 @@ class UpstreamHttpProtocolOptions(EnvoyStruct, kw_only=True):
 class Cluster(EnvoyStruct, kw_only=True):
     name: NonEmptyStr
     type: Literal["STATIC", "STRICT_DNS", "LOGICAL_DNS"] = "STATIC"
-    connect_timeout: Duration = Duration(5)
+    connect_timeout: PositiveDuration = PositiveDuration(5)
     lb_policy: Literal["ROUND_ROBIN", "LEAST_REQUEST", "RANDOM", "RING_HASH"] = "ROUND_ROBIN"
     load_assignment: ClusterLoadAssignment | None = None
     circuit_breakers: CircuitBreakers | None = None
@@ -986,17 +985,15 @@ class Cluster(EnvoyStruct, kw_only=True):
     outlier_detection: OutlierDetection | None = None
     transport_socket: UpstreamTransportSocket | None = None
     dns_lookup_family: Literal["AUTO", "V4_ONLY", "V6_ONLY", "V4_PREFERRED", "ALL"] = "AUTO"
-    dns_refresh_rate: Duration = Duration(5)
+    dns_refresh_rate: DnsRefreshRate = DnsRefreshRate(5)
     common_lb_config: CommonLbConfig = msgspec.field(default_factory=CommonLbConfig)
     ring_hash_lb_config: RingHashLbConfig = msgspec.field(default_factory=RingHashLbConfig)
     least_request_lb_config: LeastRequestLbConfig = msgspec.field(default_factory=LeastRequestLbConfig)
     per_connection_buffer_limit_bytes: UInt32 = 1024 * 1024
     typed_extension_protocol_options: dict[str, Any] = {}
-    max_requests_per_connection: PositiveUInt32 | None = None
+    max_requests_per_connection: UInt32 | None = None  # 0, like unset, is no limit
 
     def __post_init__(self) -> None:
-        if self.connect_timeout <= 0:
-            raise FieldError("connect_timeout", "must be greater than 0s")
         self._resolve_protocol_options()
         self._check_endpoints()
 

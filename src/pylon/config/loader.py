@@ -5,13 +5,14 @@ nothing else, so a config is either fully valid before anything starts or
 rejected with `ConfigError` naming the file and the field path.
 
 Beyond what the Structs check field by field, the loader checks what spans
-objects: names referenced by routes and tcp_proxy exist, names are unique, and
-every DataSource can be read.
+objects: names referenced by routes and tcp_proxy exist, names are unique, no
+two listeners bind the same address, and every DataSource can be read.
 """
 
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 from collections.abc import Hashable, Iterator
 from typing import Any
@@ -21,10 +22,14 @@ import yaml
 
 from pylon.config import registry
 from pylon.config.datasource import DataSource, DataSourceError, read_bytes
-from pylon.config.envoy import Bootstrap, Duration, HttpConnectionManager, TcpProxy, convert, format_duration
+from pylon.config.constraints import Duration, format_duration
+from pylon.config.envoy import Bootstrap, HttpConnectionManager, Listener, TcpProxy, convert
 from pylon.config.errors import ConfigError, join_path, split_validation_error
 
 CONFIG_YAML_SOURCE = "<config-yaml>"
+
+#: Deepest nesting of objects and lists Envoy parses (protobuf's JSON parser stops at 100 levels).
+MAX_NESTING = 100
 
 
 def load_bootstrap(config_path: str | None = None, config_yaml: str | None = None) -> Bootstrap:
@@ -63,11 +68,15 @@ def parse_document(text: str, source: str) -> dict[str, Any]:
         data = _NOT_JSON  # e.g. a YAML flow mapping "{admin: {...}}": let YAML parse it
     except _DuplicateKey as exc:
         raise ConfigError(source, "", str(exc)) from None
+    except RecursionError:
+        raise ConfigError(source, "", f"nested more than {MAX_NESTING} levels deep") from None
     if data is _NOT_JSON:
         try:
             data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
         except yaml.YAMLError as exc:
             raise ConfigError(source, "", _describe_yaml_error(exc)) from None
+        except RecursionError:
+            raise ConfigError(source, "", f"nested more than {MAX_NESTING} levels deep") from None
     if data is None:
         raise ConfigError(source, "", "the config is empty")
     if not isinstance(data, dict):
@@ -94,6 +103,8 @@ def parse_bootstrap(data: dict[str, Any], source: str) -> Bootstrap:
     from pylon.extensions import load_extensions  # late: extension modules import the config model
 
     load_extensions()
+    for path, message in _document_problems(data):
+        raise ConfigError(source, path, message)
     try:
         bootstrap = convert(data, Bootstrap)
     except msgspec.ValidationError as exc:
@@ -108,6 +119,58 @@ def parse_bootstrap(data: dict[str, Any], source: str) -> Bootstrap:
             except DataSourceError as exc:
                 raise ConfigError(source, path, str(exc)) from None
     return bootstrap
+
+
+def _document_problems(data: Any) -> Iterator[tuple[str, str]]:
+    """What Envoy's JSON parser refuses before any field is read: nesting deeper than
+    MAX_NESTING, and strings that are not Unicode text (a lone surrogate from a `\\udcff` escape).
+
+    Checked iteratively up front, so nothing recursive (decoding, `walk`) meets a
+    deep document and nothing that encodes text meets a surrogate. Paths are kept
+    as (parent, key) links and spelled out only for an error: this walk sees every node.
+    """
+    stack: list[tuple[Any, int, Any]] = [(data, 1, None)]
+    while stack:
+        node, depth, trail = stack.pop()
+        if isinstance(node, str):
+            if not _is_text(node):
+                yield _spell(trail), f"{node!r} is not valid Unicode text (a lone surrogate)"
+            continue
+        if isinstance(node, dict):
+            items: Any = node.items()
+            for key in node:
+                if isinstance(key, str) and not _is_text(key):
+                    yield _spell(trail), f"the key {key!r} is not valid Unicode text (a lone surrogate)"
+        elif isinstance(node, list):
+            items = enumerate(node)
+        else:
+            continue
+        if depth > MAX_NESTING:
+            yield _spell(trail), f"nested more than {MAX_NESTING} levels deep"
+            return
+        stack.extend((child, depth + 1, (trail, key)) for key, child in items)
+
+
+def _spell(trail: Any) -> str:
+    """`a.b[0]` from the (parent, key) links of `_document_problems`."""
+    keys = []
+    while trail is not None:
+        trail, key = trail
+        keys.append(key)
+    path = ""
+    for key in reversed(keys):
+        path = f"{path}[{key}]" if isinstance(key, int) else join_path(path, str(key))
+    return path
+
+
+def _is_text(value: str) -> bool:
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def walk(value: Any, path: str = "") -> Iterator[tuple[str, Any]]:
@@ -128,6 +191,7 @@ def _cross_reference_problems(bootstrap: Bootstrap) -> Iterator[tuple[str, str]]
     resources = bootstrap.static_resources
     yield from _duplicates("static_resources.clusters", [c.name for c in resources.clusters], "cluster")
     yield from _duplicates("static_resources.listeners", [l.name for l in resources.listeners], "listener")
+    yield from _shared_addresses(resources.listeners)
     clusters = {cluster.name for cluster in resources.clusters}
     for i, listener in enumerate(resources.listeners):
         for j, chain in enumerate(listener.filter_chains):
@@ -154,6 +218,36 @@ def _route_cluster_problems(hcm: HttpConnectionManager, base: str, clusters: set
                 for w, weighted in enumerate(action.weighted_clusters.clusters):
                     if weighted.name not in clusters:
                         yield f"{where}.weighted_clusters.clusters[{w}].name", f"unknown cluster {weighted.name!r}"
+
+
+def _shared_addresses(listeners: list[Listener]) -> Iterator[tuple[str, str]]:
+    """Listeners that bind the same IP and port, which Envoy refuses.
+
+    Left alone, SO_REUSEPORT would let both bind and the kernel would split the
+    traffic between two unrelated listeners. IPs compare by value (`::1` is
+    `0:0::1`); port 0 picks a fresh port per listener, so it never clashes. A
+    wildcard and a specific IP on one port (0.0.0.0:P, 127.0.0.1:P) are different
+    addresses, as in Envoy; whether they can both bind is up to the kernel.
+    """
+    first: dict[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int], int] = {}
+    for i, listener in enumerate(listeners):
+        socket_address = listener.address.socket_address
+        if socket_address.port_value == 0:
+            continue
+        ip = ipaddress.ip_address(socket_address.address)  # an IP: checked by Listener
+        j = first.setdefault((ip, socket_address.port_value), i)
+        if j != i:
+            host = f"[{ip}]" if ip.version == 6 else str(ip)
+            yield (
+                f"static_resources.listeners[{i}].address",
+                f"listener {_listener_name(listener)} has the same address {host}:{socket_address.port_value} "
+                f"as listener {_listener_name(listeners[j])} (static_resources.listeners[{j}]); "
+                "two listeners cannot bind one address and port",
+            )
+
+
+def _listener_name(listener: Listener) -> str:
+    return repr(listener.name) if listener.name else "(unnamed)"
 
 
 def _duplicates(base: str, names: list[str], what: str) -> Iterator[tuple[str, str]]:
@@ -192,6 +286,8 @@ def _to_builtins(value: Any) -> Any:
         return format_duration(value)
     if isinstance(value, bytes):
         return base64.b64encode(value).decode()
+    if isinstance(value, str):
+        return str(value)  # a constrained str subclass (HttpText, RegexPattern) as the plain text JSON encoders take
     if isinstance(value, list):
         return [_to_builtins(item) for item in value]
     if isinstance(value, dict):

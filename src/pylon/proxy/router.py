@@ -729,8 +729,6 @@ class RouteTable:
 
     def _build_direct_response(self, route: MatchedRoute, action: DirectResponseAction) -> None:
         route.kind = "direct_response"
-        if not 200 <= action.status <= 599:
-            raise ValueError(f"direct_response.status {action.status} is not in Envoy's range 200..599")
         route.direct_status = action.status
         body = read_bytes(action.body) if action.body is not None else b""
         if len(body) > MAX_DIRECT_RESPONSE_BODY:

@@ -1,0 +1,198 @@
+"""Configs at the edge of Envoy's rules, each with the outcome pylon must give.
+
+`test_envoy.py` checks pylon against `error` (None: the config loads); the
+reference test runs the same configs through `envoy --mode validate` and checks
+that Envoy accepts or refuses each one as pylon does. Every outcome here was
+first observed with Envoy 1.40.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from tests.config.builders import HCM_PATH, ROUTES_PATH, STDOUT_LOG_TYPE, bootstrap, cluster, hcm, http_bootstrap, listener
+
+CLUSTER = "static_resources.clusters[0]"
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    data: dict[str, Any]
+    #: "field.path: message" pylon must report (None: pylon and Envoy accept the config)
+    error: str | None
+
+
+def _listeners(*specs: tuple[str, str, int], **fields: Any) -> dict[str, Any]:
+    """A bootstrap with one HCM listener per (name, address, port)."""
+    return bootstrap([
+        listener(hcm(), name=name, address={"socket_address": {"address": host, "port_value": port}}, **fields)
+        for name, host, port in specs
+    ])  # fmt: skip
+
+
+def _route(**fields: Any) -> dict[str, Any]:
+    return http_bootstrap([{"match": {"prefix": "/"}, **fields}])
+
+
+def _route_action(**fields: Any) -> dict[str, Any]:
+    return _route(route={"cluster": "svc", **fields})
+
+
+def _add_header(key: str, value: str = "v") -> dict[str, Any]:
+    return _route(route={"cluster": "svc"}, request_headers_to_add=[{"header": {"key": key, "value": value}}])
+
+
+def _cluster(**fields: Any) -> dict[str, Any]:
+    return http_bootstrap(clusters=[cluster("svc", **fields)])
+
+
+def _health_check(**fields: Any) -> dict[str, Any]:
+    check = {"timeout": "1s", "interval": "1s", "unhealthy_threshold": 1, "healthy_threshold": 1}
+    check.update(fields if "http_health_check" in fields else {"tcp_health_check": {}, **fields})
+    return _cluster(health_checks=[check])
+
+
+def _route_config(**fields: Any) -> dict[str, Any]:
+    data = http_bootstrap()
+    data["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["route_config"].update(fields)
+    return data
+
+
+def _domains(*domains: str) -> dict[str, Any]:
+    data = http_bootstrap()
+    hcm_config = data["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    hcm_config["route_config"]["virtual_hosts"][0]["domains"] = list(domains)
+    return data
+
+
+def _nested(levels: int) -> dict[str, Any]:
+    """A bootstrap whose JSON nests `levels` objects deep in total (node.metadata carries the depth)."""
+    inner: dict[str, Any] = {}
+    for _ in range(levels - 3):  # the bootstrap, node and metadata objects make 3 levels
+        inner = {"a": inner}
+    data = bootstrap()
+    data["node"] = {"metadata": inner}
+    return data
+
+
+L0, L1 = "static_resources.listeners[0]", "static_resources.listeners[1]"
+SAME = "two listeners cannot bind one address and port"
+
+CASES: tuple[Case, ...] = (
+    # ---- item 4: listeners on one address
+    Case("same-address", _listeners(("a", "127.0.0.1", 10000), ("b", "127.0.0.1", 10000)),
+         f"{L1}.address: listener 'b' has the same address 127.0.0.1:10000 as listener 'a' ({L0}); {SAME}"),
+    Case("same-wildcard", _listeners(("a", "0.0.0.0", 10000), ("b", "0.0.0.0", 10000)),
+         f"{L1}.address: listener 'b' has the same address 0.0.0.0:10000 as listener 'a' ({L0}); {SAME}"),
+    Case("same-ipv6-spelled-differently", _listeners(("a", "::1", 10000), ("b", "0:0::1", 10000)),
+         f"{L1}.address: listener 'b' has the same address [::1]:10000 as listener 'a' ({L0}); {SAME}"),
+    Case("same-address-unnamed", _listeners(("", "127.0.0.1", 10000), ("", "127.0.0.1", 10000)),
+         f"{L1}.address: listener (unnamed) has the same address 127.0.0.1:10000 as listener (unnamed) ({L0}); {SAME}"),
+    Case("same-address-without-reuse-port",
+         _listeners(("a", "127.0.0.1", 10000), ("b", "127.0.0.1", 10000), enable_reuse_port=False),
+         f"{L1}.address: listener 'b' has the same address 127.0.0.1:10000 as listener 'a' ({L0}); {SAME}"),
+    Case("wildcard-and-loopback-on-one-port", _listeners(("a", "0.0.0.0", 10000), ("b", "127.0.0.1", 10000)), None),
+    Case("ipv6-and-ipv4-wildcards", _listeners(("a", "::", 10000), ("b", "0.0.0.0", 10000)), None),
+    Case("port-0-twice", _listeners(("a", "127.0.0.1", 0), ("b", "127.0.0.1", 0)), None),
+    Case("different-ports", _listeners(("a", "127.0.0.1", 10000), ("b", "127.0.0.1", 10001)), None),
+    # ---- item 10: durations (Envoy's range applies to every Duration; gt/lt per field)
+    Case("duration-max", _cluster(connect_timeout="9223372035.999999999s"), None),
+    Case("duration-above-max", _cluster(connect_timeout="9223372036s"),
+         f"{CLUSTER}.connect_timeout: invalid duration '9223372036s': out of range"),
+    Case("duration-above-protobuf-max", _route_action(timeout="315576000001s"),
+         f"{ROUTES_PATH}[0].route.timeout: invalid duration '315576000001s': out of range"),
+    Case("duration-negative-nanos", _route_action(timeout={"seconds": 1, "nanos": -1}),
+         f"{ROUTES_PATH}[0].route.timeout: invalid duration {{'seconds': 1, 'nanos': -1}}: must not be negative"),
+    Case("connect-timeout-0", _cluster(connect_timeout="0s"), f"{CLUSTER}.connect_timeout: must be greater than 0s"),
+    Case("dns-refresh-1ms", _cluster(dns_refresh_rate="0.001s"),
+         f"{CLUSTER}.dns_refresh_rate: must be greater than 0.001s"),
+    Case("dns-refresh-2ms", _cluster(dns_refresh_rate="0.002s"), None),
+    Case("health-check-timeout-0", _health_check(timeout="0s"),
+         f"{CLUSTER}.health_checks[0].timeout: must be greater than 0s"),
+    Case("health-check-interval-0", _health_check(interval="0s"),
+         f"{CLUSTER}.health_checks[0].interval: must be greater than 0s"),
+    Case("health-check-no-traffic-0", _health_check(no_traffic_interval="0s"),
+         f"{CLUSTER}.health_checks[0].no_traffic_interval: must be greater than 0s"),
+    Case("outlier-interval-0", _cluster(outlier_detection={"interval": "0s"}),
+         f"{CLUSTER}.outlier_detection.interval: must be greater than 0s"),
+    Case("outlier-ejection-0", _cluster(outlier_detection={"base_ejection_time": "0s"}),
+         f"{CLUSTER}.outlier_detection.base_ejection_time: must be greater than 0s"),
+    Case("retry-back-off-base-0", _route_action(retry_policy={"retry_back_off": {"base_interval": "0s"}}),
+         f"{ROUTES_PATH}[0].route.retry_policy.retry_back_off.base_interval: must be greater than 0s"),
+    Case("retry-back-off-max-0", _route_action(retry_policy={"retry_back_off": {"base_interval": "1s", "max_interval": "0s"}}),
+         f"{ROUTES_PATH}[0].route.retry_policy.retry_back_off.max_interval: must be greater than 0s"),
+    Case("route-timeout-0", _route_action(timeout="0s"), None),
+    # ---- numbers
+    Case("direct-response-199", _route(direct_response={"status": 199}),
+         f"{ROUTES_PATH}[0].direct_response.status: Expected `int` >= 200"),
+    Case("direct-response-200", _route(direct_response={"status": 200}), None),
+    Case("redirect-port-above-65535", _route(redirect={"port_redirect": 65536}), None),
+    Case("max-requests-per-connection-0", _cluster(max_requests_per_connection=0), None),
+    Case("port-65536", _listeners(("a", "127.0.0.1", 65536)),
+         f"{L0}.address.socket_address.port_value: Expected `int` <= 65535"),
+    # ---- header text (PGV well_known_regex, max_bytes, max_items)
+    Case("header-key-lf", _add_header("a\nb"),
+         f"{ROUTES_PATH}[0].request_headers_to_add[0].header.key: must not contain NUL, CR or LF"),
+    Case("header-key-ctl-and-space", _add_header("a\x01 b"), None),
+    Case("header-value-cr", _add_header("a", "v\rx"),
+         f"{ROUTES_PATH}[0].request_headers_to_add[0].header.value: must not contain NUL, CR or LF"),
+    Case("header-value-nul", _add_header("a", "v\x00x"),
+         f"{ROUTES_PATH}[0].request_headers_to_add[0].header.value: must not contain NUL, CR or LF"),
+    Case("header-key-16385-bytes", _add_header("k" * 16385),
+         f"{ROUTES_PATH}[0].request_headers_to_add[0].header.key: must be at most 16384 bytes"),
+    Case("header-value-18000-utf8-bytes", _add_header("a", "\u20ac" * 6000),
+         f"{ROUTES_PATH}[0].request_headers_to_add[0].header.value: must be at most 16384 bytes"),
+    Case("1001-headers-to-add", _route(route={"cluster": "svc"}, request_headers_to_add=[
+        {"header": {"key": f"h{i}", "value": "v"}} for i in range(1001)]),
+         f"{ROUTES_PATH}[0].request_headers_to_add: Expected `array` of length <= 1000"),
+    Case("route-header-to-remove-lf", _route(route={"cluster": "svc"}, request_headers_to_remove=["a\nb"]),
+         f"{ROUTES_PATH}[0].request_headers_to_remove[0]: must not contain NUL, CR or LF"),
+    Case("route-header-to-remove-empty", _route(route={"cluster": "svc"}, request_headers_to_remove=[""]),
+         f"{ROUTES_PATH}[0].request_headers_to_remove[0]: must not be empty"),
+    Case("route-config-header-to-remove-empty", _route_config(request_headers_to_remove=[""]), None),
+    Case("weighted-cluster-header-to-remove-empty", _route(route={"weighted_clusters": {
+        "clusters": [{"name": "svc", "weight": 1, "response_headers_to_remove": [""]}]}}), None),
+    Case("route-config-header-to-remove-lf", _route_config(response_headers_to_remove=["a\nb"]),
+         f"{HCM_PATH}.route_config.response_headers_to_remove[0]: must not contain NUL, CR or LF"),
+    Case("weighted-cluster-header-to-remove-cr", _route(route={"weighted_clusters": {
+        "clusters": [{"name": "svc", "weight": 1, "request_headers_to_remove": ["a\rb"]}]}}),
+         f"{ROUTES_PATH}[0].route.weighted_clusters.clusters[0].request_headers_to_remove[0]: must not contain NUL, CR or LF"),
+    Case("domain-empty", _domains(""), None),
+    Case("domain-lf", _domains("a\nb"),
+         f"{HCM_PATH}.route_config.virtual_hosts[0].domains[0]: must not contain NUL, CR or LF"),
+    Case("prefix-rewrite-lf", _route_action(prefix_rewrite="/a\nb"),
+         f"{ROUTES_PATH}[0].route.prefix_rewrite: must not contain NUL, CR or LF"),
+    Case("host-rewrite-nul", _route_action(host_rewrite_literal="a\x00"),
+         f"{ROUTES_PATH}[0].route.host_rewrite_literal: must not contain NUL, CR or LF"),
+    Case("regex-rewrite-substitution-lf", _route_action(regex_rewrite={"pattern": {"regex": "a"}, "substitution": "\n"}),
+         f"{ROUTES_PATH}[0].route.regex_rewrite.substitution: must not contain NUL, CR or LF"),
+    Case("redirect-path-cr", _route(redirect={"path_redirect": "/a\rb"}),
+         f"{ROUTES_PATH}[0].redirect.path_redirect: must not contain NUL, CR or LF"),
+    Case("redirect-host-lf", _route(redirect={"host_redirect": "a\nb"}),
+         f"{ROUTES_PATH}[0].redirect.host_redirect: must not contain NUL, CR or LF"),
+    Case("redirect-prefix-rewrite-nul", _route(redirect={"prefix_rewrite": "/\x00"}),
+         f"{ROUTES_PATH}[0].redirect.prefix_rewrite: must not contain NUL, CR or LF"),
+    Case("hash-header-lf", _route_action(hash_policy=[{"header": {"header_name": "a\nb"}}]),
+         f"{ROUTES_PATH}[0].route.hash_policy[0].header.header_name: must not contain NUL, CR or LF"),
+    Case("header-matcher-name-lf", http_bootstrap([{"match": {"prefix": "/", "headers": [{"name": "a\nb"}]},
+                                                   "route": {"cluster": "svc"}}]),
+         f"{ROUTES_PATH}[0].match.headers[0].name: must not contain NUL, CR or LF"),
+    Case("query-parameter-name-1025-bytes", http_bootstrap([{"match": {"prefix": "/", "query_parameters": [
+        {"name": "q" * 1025}]}, "route": {"cluster": "svc"}}]),
+         f"{ROUTES_PATH}[0].match.query_parameters[0].name: must be at most 1024 bytes"),
+    Case("server-name-lf", http_bootstrap(server_name="a\nb"), f"{HCM_PATH}.server_name: must not contain NUL, CR or LF"),
+    Case("via-cr", http_bootstrap(via="a\rb"), f"{HCM_PATH}.via: must not contain NUL, CR or LF"),
+    Case("log-content-type-lf", http_bootstrap(access_log=[{"name": "log", "typed_config": {
+        "@type": STDOUT_LOG_TYPE, "log_format": {"text_format_source": {"inline_string": "x"}, "content_type": "a\nb"}}}]),
+         f"{HCM_PATH}.access_log[0].typed_config.log_format.content_type: must not contain NUL, CR or LF"),
+    Case("health-check-path-ctl", _health_check(http_health_check={"path": "/a\x01"}),
+         f"{CLUSTER}.health_checks[0].http_health_check.path: must not contain control characters other than tab"),
+    Case("health-check-host-ctl", _health_check(http_health_check={"path": "/", "host": "a\x7f"}),
+         f"{CLUSTER}.health_checks[0].http_health_check.host: must not contain control characters other than tab"),
+    Case("health-check-host-tab-and-space", _health_check(http_health_check={"path": "/", "host": "a\t b"}), None),
+    # ---- nesting (protobuf's JSON parser stops at 100 levels)
+    Case("nested-100", _nested(100), None),
+    Case("nested-101", _nested(101), "node.metadata" + ".a" * 98 + ": nested more than 100 levels deep"),
+)  # fmt: skip
