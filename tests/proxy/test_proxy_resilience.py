@@ -118,10 +118,24 @@ def test_no_retry_policy_means_one_attempt(env):
     key, reset = uuid.uuid4().hex, uuid.uuid4().hex
     assert _get(env, f"/r/none/flaky/{key}/1/503").status_code == 503
     assert _count(env["up"], key) == 1
-    response = _get(env, f"/r/none/flaky/{reset}/1/reset")
+    # A reset is not retried for a POST (not idempotent), on a reused connection or not.
+    response = httpx.post(env["proxy"].url("main", f"/r/none/flaky/{reset}/1/reset"), content=b"x", timeout=10)
     assert response.status_code == 503
     assert _count(env["up"], reset) == 1
     assert _log_entry(env, reset)["flags"] == "UC"
+
+
+def test_idempotent_request_reset_on_a_reused_connection_goes_again_once_on_a_new_one(env):
+    """RFC 9110 9.2.2: what a reset on a pooled connection hides (a server's keep-alive close, or a crash
+    after reading) cannot be told apart, and an idempotent request may be sent again."""
+    warm, once, always = uuid.uuid4().hex, uuid.uuid4().hex, uuid.uuid4().hex
+    assert _get(env, f"/r/none/{warm}").status_code == 200  # the pool holds a used connection now
+    assert _get(env, f"/r/none/flaky/{once}/1/reset").status_code == 200
+    assert _count(env["up"], once) == 2
+    assert _get(env, f"/r/none/{warm}").status_code == 200
+    response = _get(env, f"/r/none/flaky/{always}/5/reset")
+    assert response.status_code == 503  # sent again only once: the new connection's reset is final
+    assert _count(env["up"], always) == 2
 
 
 def test_post_body_is_replayed_on_retry(env):

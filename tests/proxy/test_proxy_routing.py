@@ -53,7 +53,8 @@ def _routes() -> list[dict[str, Any]]:
 @pytest.fixture(scope="module")
 def env(run_proxy_module, upstreams_module) -> dict[str, Any]:
     a, b, c, d = upstreams_module(4)
-    main = http_listener("main", free_port(), _routes())
+    main = http_listener("main", free_port(), _routes(),
+                         http_protocol_options={"accept_http_10": True, "default_host_for_http_10": "api.example.com"})
     vhosts = main["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"]
     vhosts[:0] = [
         {"name": "api", "domains": ["api.example.com"], "routes": [route("/", "a")],
@@ -347,10 +348,17 @@ def test_absolute_form_target_routes_by_its_authority(env):
     assert seen["headers"]["host"] == "api.example.com"
 
 
-def test_http10_request_without_host(env):
+def test_http10_request_without_host_gets_the_default_host(env):
     port = env["proxy"].ports["main"]
     result = raw_exchange(port, b"GET /chunked/2 HTTP/1.0\r\n\r\n")
     assert result.status == 200
+    assert b"x-vhost: api" in result.data.lower()  # routed as default_host_for_http_10 says
     assert result.closed  # HTTP/1.0 without keep-alive: the proxy closes after the response
     assert b"transfer-encoding" not in result.data.lower()  # a 1.0 client cannot read chunked framing
     assert result.data.endswith(b"chunk-0\nchunk-1\n")
+
+
+def test_http10_refused_unless_accepted(env):
+    """Envoy's default: HTTP/1.0 gets 426 unless the listener sets http_protocol_options.accept_http_10."""
+    result = raw_exchange(env["proxy"].ports["remote"], b"GET / HTTP/1.0\r\nHost: a\r\n\r\n")
+    assert (result.status, result.closed) == (426, True)

@@ -22,7 +22,8 @@ Every request's method, path, headers, serving port and client port are
 recorded for assertions. `Upstream(tls=ctx)` serves HTTPS and records the SNI
 and whether the client presented a certificate.
 
-`TcpEcho` is a plain TCP echo server for the tcp_proxy tests.
+`TcpEcho` is a plain TCP echo server for the tcp_proxy tests; `ClosingUpstream` closes every connection
+after a set number of complete keep-alive responses.
 """
 
 from __future__ import annotations
@@ -298,8 +299,7 @@ class TcpEcho:
             self.connections += 1
             threading.Thread(target=self._echo, args=(conn,), daemon=True).start()
 
-    @staticmethod
-    def _echo(conn: socket.socket) -> None:
+    def _echo(self, conn: socket.socket) -> None:
         with conn:
             while True:
                 try:
@@ -321,3 +321,29 @@ class TcpEcho:
         except OSError:
             pass
         self.sock.close()
+
+
+class ClosingUpstream(TcpEcho):
+    """Answers each request with a complete keep-alive response (no `Connection: close`), then closes
+    the connection after `per_connection` responses: what a server's keep-alive limit does."""
+
+    RESPONSE = b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n"
+
+    def __init__(self, per_connection: int = 1) -> None:
+        self.per_connection = per_connection
+        super().__init__()
+
+    def _echo(self, conn: socket.socket) -> None:  # type: ignore[override]
+        with conn:
+            buffered = b""
+            for _ in range(self.per_connection):
+                while b"\r\n\r\n" not in buffered:
+                    try:
+                        data = conn.recv(65536)
+                    except OSError:
+                        return
+                    if not data:
+                        return
+                    buffered += data
+                buffered = buffered.split(b"\r\n\r\n", 1)[1]  # bodiless requests only
+                conn.sendall(self.RESPONSE)

@@ -59,6 +59,7 @@ class HcmRuntime:
         self.rq_by_class = {c: stats.counter(f"{prefix}downstream_rq_{c}xx") for c in range(1, 6)}
         self.rq_time = stats.histogram(prefix + "downstream_rq_time")
         self.rq_timeout = stats.counter(prefix + "downstream_rq_timeout")
+        self.rq_header_timeout = stats.counter(prefix + "downstream_rq_header_timeout")
         self.rq_idle_timeout = stats.counter(prefix + "downstream_rq_idle_timeout")
         self.no_route = stats.counter(prefix + "no_route")
         self.rq_direct_response = stats.counter(prefix + "rq_direct_response")
@@ -69,7 +70,13 @@ class HcmRuntime:
         self.max_headers_count = common.max_headers_count if common is not None else 100
         self.max_header_bytes = config.max_request_headers_kb * 1024
         self.request_timeout = config.request_timeout or 0.0
+        self.request_headers_timeout = config.request_headers_timeout or 0.0
         self.stream_idle_timeout = config.stream_idle_timeout or 0.0
+        # The first deadline a new stream can have before its route is known (see Stream.begin).
+        self.first_stream_timeout = min([t for t in (self.request_timeout, self.stream_idle_timeout) if t] or [0.0])
+        http1 = config.http_protocol_options
+        self.accept_http_10 = http1.accept_http_10
+        self.default_host_for_http_10 = http1.default_host_for_http_10.encode()
         self.use_remote_address = config.use_remote_address
         self.xff_num_trusted_hops = config.xff_num_trusted_hops
         self.generate_request_id = config.generate_request_id
@@ -141,7 +148,7 @@ class HttpConnection(asyncio.Protocol):
     __slots__ = (
         "hcm", "worker", "loop", "transport", "parser", "parsing", "active", "queue", "closed", "draining",
         "peer", "peer_ip", "local", "scheme", "head_bytes", "raw_head_bytes", "in_head", "header_count", "feeding",
-        "last_activity", "connection_id", "loop_time", "runtime_listener", "stop_reply",
+        "last_activity", "connection_id", "loop_time", "runtime_listener", "stop_reply", "wake_at", "deadlines",
     )
 
     def __init__(self, hcm: HcmRuntime, scheme: bytes = b"http") -> None:
@@ -169,6 +176,8 @@ class HttpConnection(asyncio.Protocol):
         self.connection_id = 0
         self.runtime_listener: Any = None  # the ListenerRuntime that accepted it (per-listener stats)
         self.stop_reply: lr.LocalReply | None = None  # why a parser callback stopped parsing
+        self.wake_at = 0.0  # when the worker's deadline wheel looks at this connection next (0 = not armed)
+        self.deadlines = self.worker.deadlines
 
     # ------------------------------------------------------------------ asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -191,11 +200,13 @@ class HttpConnection(asyncio.Protocol):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass
-        self.last_activity = self.loop_time()
+        self.last_activity = now = self.loop_time()
         self.connection_id = self.worker.next_connection_id()
         self.hcm.cx_total.value += 1
         self.hcm.cx_active.value += 1
         self.worker.connection_opened(self)
+        if self.hcm.idle_timeout:
+            self.deadlines.arm(self, now + self.hcm.idle_timeout)
 
     def data_received(self, data: bytes) -> None:
         self.last_activity = self.loop_time()
@@ -206,13 +217,19 @@ class HttpConnection(asyncio.Protocol):
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             pass  # refused in on_headers_complete; nothing after the head is read
-        except httptools.HttpParserError:
+        except httptools.HttpParserError as exc:
             # llhttp rejected the bytes, or a callback stopped parsing (see stop_reply).
             self.feeding = False
             if not self.closed:
-                self._protocol_error(self.stop_reply or lr.BAD_REQUEST)
+                reply = self.stop_reply or (lr.LOW_VERSION if str(exc) == "Invalid HTTP version" else lr.BAD_REQUEST)
+                self._protocol_error(reply)
             return
         self.feeding = False
+        if self.parsing is not None and self.in_head and b"\n" in data and self.parser.get_http_version() == "0.0":
+            # A request line that ended without a version: HTTP/0.9, which llhttp would hold
+            # waiting for headers that never come. Envoy answers 426 at once.
+            self._protocol_error(lr.LOW_VERSION)
+            return
         if self.in_head and self.raw_head_bytes > self.hcm.max_header_bytes + _HEAD_SLACK:
             # One header line that never ends: llhttp buffers it until it is complete,
             # so cap what a head may cost before the exact per-header check can run.
@@ -254,8 +271,11 @@ class HttpConnection(asyncio.Protocol):
             # The previous request closed the connection (an error reply, Connection: close):
             # whatever follows in this read must not be parsed, let alone forwarded.
             raise _StopParsing()
-        stream = Stream(self, self.loop_time())
+        now = self.loop_time()
+        stream = Stream(self, now)
         self.parsing = stream
+        if self.hcm.request_headers_timeout:
+            self.deadlines.arm(self, now + self.hcm.request_headers_timeout)
         self.in_head = True
         self.head_bytes = 0
         self.header_count = 0
@@ -294,7 +314,13 @@ class HttpConnection(asyncio.Protocol):
         method = parser.get_method()
         stream.method = method
         stream.is_head = method == b"HEAD"
-        stream.http10 = parser.get_http_version() == "1.0"
+        version = parser.get_http_version()
+        if version != "1.1":
+            if version != "1.0" or not self.hcm.accept_http_10:
+                # Envoy's HTTP/1 codec: 1.1 only, and 1.0 where accept_http_10 allows it.
+                self.stop_reply = lr.LOW_VERSION
+                raise _StopParsing()
+            stream.http10 = True
         stream.keep_alive = parser.should_keep_alive()
         stream.upgrade = parser.should_upgrade() or method == b"CONNECT"
         for name, value in stream.headers:
@@ -333,6 +359,8 @@ class HttpConnection(asyncio.Protocol):
         if close or self.draining:
             self.close()
             return
+        if self.hcm.idle_timeout:
+            self.deadlines.arm(self, self.last_activity + self.hcm.idle_timeout)
         if self.queue:
             nxt = self.queue.popleft()
             self.active = nxt
@@ -346,6 +374,9 @@ class HttpConnection(asyncio.Protocol):
     def _protocol_error(self, reply: lr.LocalReply) -> None:
         """Malformed or oversized input: answer once if nothing was sent yet, then close."""
         self.hcm.cx_protocol_error.value += 1
+        self._reply_and_close(reply)
+
+    def _reply_and_close(self, reply: lr.LocalReply) -> None:
         stream = self.active
         if stream is not None and stream.started and not stream.done:
             if not stream.response_started:
@@ -372,38 +403,72 @@ class HttpConnection(asyncio.Protocol):
         if self.active is None:
             self.close()
 
-    def sweep(self, now: float) -> None:
-        """Enforce every timeout of this connection and its request (called periodically by the worker).
+    def sweep(self, now: float) -> float:
+        """Enforce every timeout of this connection and its request; return when to look again (0: never).
 
-        Route and per-try timeouts are deadlines checked here rather than a
-        `call_later` per request: on uvloop a timer costs 2-4 µs to arm and
-        cancel, ~10% of a proxied request's CPU. The worker sweeps at a quarter
-        of the smallest configured timeout, so a timeout fires at most 25% late.
+        Called by the worker's deadline wheel (`deadlines.py`) at the earliest
+        deadline this connection armed; the deadlines themselves are recomputed
+        here from the connection's state, so activity never has to re-arm.
         """
+        if self.closed:
+            return 0.0
         hcm = self.hcm
         stream = self.active
-        if stream is None:
-            if hcm.idle_timeout and now - self.last_activity > hcm.idle_timeout:
+        parsing = self.parsing
+        if stream is None or not stream.started:
+            if parsing is not None and self.in_head and hcm.request_headers_timeout:
+                due = parsing.start + hcm.request_headers_timeout
+                if now >= due:
+                    hcm.rq_header_timeout.value += 1
+                    self._reply_and_close(lr.REQUEST_HEADER_TIMEOUT)
+                    return 0.0
+                return due
+            if stream is not None or not hcm.idle_timeout:
+                return 0.0
+            due = self.last_activity + hcm.idle_timeout
+            if now >= due:
                 hcm.cx_idle_timeout.value += 1
                 self.close()
-            return
+                return 0.0
+            return due
         if stream.done:
-            return
+            return 0.0
         if stream.deadline and now >= stream.deadline:
             stream.on_route_timeout()
-            return
+            return self._after_stream(now)
         if stream.try_deadline and now >= stream.try_deadline:
             stream.on_try_timeout()
-            return
-        if hcm.request_timeout and not stream.request_complete and now - stream.start > hcm.request_timeout:
-            hcm.rq_timeout.value += 1
-            stream.close_after = True
-            stream.local(lr.REQUEST_TIMEOUT)
-        elif hcm.stream_idle_timeout and now - max(stream.last_activity, self.last_activity) > hcm.stream_idle_timeout:
-            hcm.rq_idle_timeout.value += 1
-            stream.close_after = True
-            # Envoy: 504 once the whole request is in (the upstream is silent), else 408.
-            stream.local(lr.STREAM_IDLE_TIMEOUT if stream.request_complete else lr.STREAM_IDLE_TIMEOUT_CLIENT)
+            return self._after_stream(now)
+        following = stream.deadline
+        if stream.try_deadline and (not following or stream.try_deadline < following):
+            following = stream.try_deadline
+        if hcm.request_timeout and not stream.request_complete:
+            due = stream.start + hcm.request_timeout
+            if now >= due:
+                hcm.rq_timeout.value += 1
+                stream.close_after = True
+                stream.local(lr.REQUEST_TIMEOUT)
+                return self._after_stream(now)
+            if not following or due < following:
+                following = due
+        idle = stream.idle_timeout()
+        if idle:
+            due = max(stream.last_activity, self.last_activity) + idle
+            if now >= due:
+                hcm.rq_idle_timeout.value += 1
+                stream.close_after = True
+                # Envoy: 504 once the whole request is in (the upstream is silent), else 408.
+                stream.local(lr.STREAM_IDLE_TIMEOUT if stream.request_complete else lr.STREAM_IDLE_TIMEOUT_CLIENT)
+                return self._after_stream(now)
+            if not following or due < following:
+                following = due
+        return following
+
+    def _after_stream(self, now: float) -> float:
+        """A timeout ended or changed the active stream: what the connection needs next (a retry's deadline, idle)."""
+        if self.closed:
+            return 0.0
+        return self.sweep(now)
 
 
 class _StopParsing(Exception):

@@ -47,7 +47,6 @@ class ListenerRuntime:
         self.peer_check: Callable[[Any], str | None] | None = None
         self.protocol_factory: Callable[[], Any]
         self.terminal: Any = None
-        self.min_timeout = 0.0
 
     def opened(self) -> None:
         self.cx_total.value += 1
@@ -83,7 +82,6 @@ def build_listener(config: Any, worker: "Worker") -> ListenerRuntime:
         hcm = HcmRuntime(terminal_cfg, worker.clusters, worker.pools, worker.stats, worker)
         hcm.peer_check = runtime.peer_check
         runtime.terminal = hcm
-        timeouts = [hcm.idle_timeout, hcm.request_timeout, hcm.stream_idle_timeout, *_route_timeouts(terminal_cfg)]
 
         def factory() -> HttpConnection:
             conn = HttpConnection(hcm, scheme)
@@ -93,7 +91,6 @@ def build_listener(config: Any, worker: "Worker") -> ListenerRuntime:
         tcp = TcpProxyRuntime(terminal_cfg, worker.clusters, worker.stats, worker)
         tcp.peer_check = runtime.peer_check
         runtime.terminal = tcp
-        timeouts = [tcp.idle_timeout]
 
         def factory() -> TcpProxySession:  # type: ignore[misc]
             session = TcpProxySession(tcp)
@@ -102,19 +99,5 @@ def build_listener(config: Any, worker: "Worker") -> ListenerRuntime:
     else:  # the config loader only lets the two terminal filters through
         raise TypeError(f"unsupported terminal filter {type(terminal_cfg).__name__}")
     runtime.protocol_factory = tls.wrap_protocol_factory(factory) if tls is not None else factory
-    runtime.min_timeout = min([t for t in timeouts if t] or [0.0])
     return runtime
 
-
-def _route_timeouts(hcm_config: Any) -> list[float]:
-    """Every route and per-try timeout of an HCM: the worker's timeout sweep must be fine enough for them."""
-    found: list[float] = []
-    for vhost in hcm_config.route_config.virtual_hosts:
-        policies = [vhost.retry_policy]
-        for route in vhost.routes:
-            action = route.route
-            if action is not None:
-                found.append(action.timeout)
-                policies.append(action.retry_policy)
-        found.extend(p.per_try_timeout for p in policies if p is not None and p.per_try_timeout)
-    return found

@@ -29,17 +29,21 @@ import uvloop
 
 from pylon import __version__
 from pylon.config.errors import ConfigError
-from pylon.config.loader import bootstrap_to_dict, load_bootstrap
+from pylon.config.loader import CONFIG_YAML_SOURCE, bootstrap_to_dict, load_bootstrap
 from pylon.proxy import control
 from pylon.proxy.admin import start_admin_server
 from pylon.proxy.balance import Balancer, balancer_for
 from pylon.proxy.balance.loadtable import LoadTable
 from pylon.proxy.clusters_text import render_clusters
 from pylon.proxy.logging_setup import configure_logging
-from pylon.proxy.stats import StatsStore, merge_snapshots
+from pylon.proxy.stats import StatsStore, cumulative, merge_snapshots
 from pylon.proxy.validate import configure_regex_engine, validate_runtime
 
 log = logging.getLogger("pylon.main")
+
+#: How often the supervisor takes the workers' stats even when nobody scrapes (Envoy's default
+#: stats_flush_interval): a worker that dies takes at most this much of its counts with it.
+STATS_REFRESH_S = 5.0
 
 
 @dataclass
@@ -70,6 +74,7 @@ class Supervisor:
                  load_table: LoadTable | None = None) -> None:
         self.options = options
         self.bootstrap = bootstrap
+        self.bootstrap_document = bootstrap_to_dict(bootstrap)
         self.balancers = balancers
         self.load_table = load_table
         self.workers: dict[int, WorkerHandle] = {}
@@ -78,6 +83,9 @@ class Supervisor:
         self.stopped = asyncio.Event()
         self.draining = False
         self.stats = StatsStore()
+        # Each worker's latest stats, and what workers that died had counted (counters never go back).
+        self.last_seen: dict[int, dict[str, Any]] = {}
+        self.retired: dict[str, Any] = {}
         self.admin_server: asyncio.AbstractServer | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -86,7 +94,11 @@ class Supervisor:
         admin = self.bootstrap.admin
         if admin is not None and admin.address is not None:
             sa = admin.address.socket_address
-            self.admin_server = await start_admin_server(sa.address, sa.port_value, self)
+            try:
+                self.admin_server = await start_admin_server(sa.address, sa.port_value, self)
+            except OSError as exc:
+                log.critical("admin.address: cannot bind %s:%d: %s", sa.address, sa.port_value, exc.strerror or exc)
+                return 1
             log.info("admin address: %s:%d", sa.address, self.admin_server.sockets[0].getsockname()[1])
         for balancer in self.balancers:
             balancer.start(loop)
@@ -119,8 +131,10 @@ class Supervisor:
         child.close()
         reader, writer = await asyncio.open_connection(sock=parent)
         init = {
-            "op": "init", "worker_id": worker_id, "config_path": self.options.config_path,
-            "config_yaml": self.options.config_yaml, "log_level": self.options.log_level,
+            # The configuration this process validated and serves, never the files again: they may
+            # have been edited since (a restarted worker must not serve a second configuration).
+            "op": "init", "worker_id": worker_id, "bootstrap": self.bootstrap_document,
+            "config_source": self.options.config_path or CONFIG_YAML_SOURCE, "log_level": self.options.log_level,
             "drain_time": self.options.drain_time_s,
             "listener_fds": [sock.fileno() for sock in listener_socks],
             "load_table_fd": self.load_table.fd if self.load_table is not None else None,
@@ -138,13 +152,18 @@ class Supervisor:
 
     async def _monitor(self) -> None:
         """Restart workers that die outside a drain (Envoy would abort; a process can simply come back)."""
+        next_refresh = time.monotonic() + STATS_REFRESH_S
         while not self.draining:
             await asyncio.sleep(0.2)
+            if time.monotonic() >= next_refresh:
+                next_refresh = time.monotonic() + STATS_REFRESH_S
+                await self._worker_stats()
             for worker_id, handle in list(self.workers.items()):
                 code = handle.proc.poll()
                 if code is None or self.draining:
                     continue
                 handle.client.close()
+                self.retired = merge_snapshots([self.retired, cumulative(self.last_seen.pop(worker_id, {}))])
                 log.error("worker %d (pid %d) exited with %s; restarting it", worker_id, handle.proc.pid, code)
                 for balancer in self.balancers:
                     balancer.worker_gone(worker_id)
@@ -200,8 +219,16 @@ class Supervisor:
         self.stats.gauge("server.concurrency").set(self.options.concurrency)
         self.stats.gauge("server.state").set({"LIVE": 0, "DRAINING": 1, "PRE_INITIALIZING": 2}[self.state])
         self.stats.counter("server.worker_restarts").value = sum(h.restarts for h in self.workers.values())
-        snapshots = [r["stats"] for r in await self._ask_all("stats")]
-        return merge_snapshots([self.stats.snapshot(), *snapshots])
+        await self._worker_stats()
+        return merge_snapshots([self.stats.snapshot(), self.retired, *self.last_seen.values()])
+
+    async def _worker_stats(self) -> None:
+        """Refresh `last_seen` from every worker that answers (one that does not keeps its previous entry)."""
+        handles = list(self.workers.values())
+        replies = await asyncio.gather(*(h.client.request({"op": "stats"}) for h in handles))
+        for handle, reply in zip(handles, replies):
+            if reply and "stats" in reply and self.workers.get(handle.worker_id) is handle:
+                self.last_seen[handle.worker_id] = reply["stats"]
 
     async def clusters_text(self) -> str:
         return render_clusters([r["clusters"] for r in await self._ask_all("clusters")])
@@ -209,7 +236,7 @@ class Supervisor:
     def config_dump(self) -> dict[str, Any]:
         return {"configs": [{
             "@type": "type.googleapis.com/envoy.admin.v3.BootstrapConfigDump",
-            "bootstrap": bootstrap_to_dict(self.bootstrap),
+            "bootstrap": self.bootstrap_document,
         }]}
 
     def server_info(self) -> dict[str, Any]:

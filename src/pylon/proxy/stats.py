@@ -129,3 +129,13 @@ def merge_snapshots(snapshots: Iterable[dict[str, Any]]) -> dict[str, Any]:
                 merged["sum"] += hist["sum"]
                 merged["count"] += hist["count"]
     return {"counters": counters, "gauges": gauges, "histograms": histograms}
+
+
+def cumulative(snapshot: dict[str, Any]) -> dict[str, Any]:
+    """The counters and histograms of a snapshot: what a worker that is gone leaves to the totals.
+
+    Gauges describe the present (active connections) and leave with the worker;
+    counters and histograms only ever grow, and Prometheus requires that of
+    them for the life of the proxy, restarts of workers included.
+    """
+    return {"counters": snapshot.get("counters", {}), "histograms": snapshot.get("histograms", {})}

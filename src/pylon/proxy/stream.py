@@ -35,6 +35,11 @@ _SPECIAL = HOP_BY_HOP | {b"host", b"content-length", b"expect", b"x-forwarded-fo
 _RESPONSE_SKIP = HOP_BY_HOP | {b"server"}
 _BUFFER_LIMIT = 1 << 20  # Envoy's default per_connection_buffer_limit_bytes, also its retry buffer limit
 _RETRY_BASE, _RETRY_MAX = 0.025, 0.250  # Envoy's default retry back-off
+#: Methods a proxy may send again after a connection was lost before any answer (RFC 9110 9.2.2).
+_IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"))
+#: What a Host (authority) may contain, as nghttp2's authority check that Envoy applies: RFC 3986's
+#: unreserved, sub-delims, pct-encoded and the ':' '@' '[' ']' of userinfo, port and IPv6 literals.
+_AUTHORITY_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~%!$&'()*+,;=:@[]"
 
 
 _UUID_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
@@ -72,6 +77,7 @@ class Stream:
         "retries_left", "retry_held", "deadline", "try_deadline", "bytes_received", "bytes_sent", "start",
         "last_activity", "attempt_start", "first_byte", "authority", "path", "original_path", "pending_local",
         "transport_failure", "request_id", "last_host", "xff", "response_ops", "paused_downstream", "paused_upstream", "resp_headers",
+        "stale_retried",
     )
 
     def __init__(self, conn: "HttpConnection", now: float) -> None:
@@ -128,13 +134,14 @@ class Stream:
         self.paused_downstream = False
         self.paused_upstream = False
         self.resp_headers: list[tuple[bytes, bytes]] = []
+        self.stale_retried = False  # already sent again once after a reused connection turned out closed
 
     # ------------------------------------------------------------------ downstream events
     def on_body(self, data: bytes) -> None:
         self.bytes_received += len(data)
         self.last_activity = self.conn.loop_time()
+        self.body_size += len(data)
         if self.body_buffer is not None:
-            self.body_size += len(data)
             if self.body_size > _BUFFER_LIMIT:
                 self.body_buffer = None  # too big to replay: this request won't be retried
             else:
@@ -166,6 +173,7 @@ class Stream:
         route = self.route
         if route is not None and route.timeout and not self.deadline and self.cluster is not None:
             self.deadline = self.conn.loop_time() + route.timeout
+            self._arm(self.deadline)
 
     def flush_upstream(self) -> None:
         """Send what the downstream feed produced for upstream in one write."""
@@ -197,6 +205,8 @@ class Stream:
         hcm = self.hcm
         hcm.rq_total.value += 1
         hcm.rq_active.value += 1
+        if hcm.first_stream_timeout:
+            self._arm(self.start + hcm.first_stream_timeout)
         if self.upgrade:
             return self.local(lr.UPGRADE_REFUSED)
         conn = self.conn
@@ -227,10 +237,6 @@ class Stream:
                 # content-length and hop-by-hop headers: framing is re-done below
             else:
                 forward.append(pair)
-        if authority is None:
-            if not self.http10:
-                return self.local(lr.MISSING_HOST)
-            authority = b""
         if conn_tokens is not None:
             forward = _without_nominated(forward, conn_tokens)
         url = self.url
@@ -239,6 +245,14 @@ class Stream:
             if url is None:
                 return self.local(lr.BAD_REQUEST)
             authority = self.authority
+        elif authority is None:
+            authority = hcm.default_host_for_http_10 if self.http10 else b""
+            if not authority:
+                return self.local(lr.MISSING_HOST)
+        if authority.translate(None, _AUTHORITY_CHARS):
+            return self.local(lr.INVALID_AUTHORITY)
+        if b"#" in url:
+            return self.local(lr.PATH_WITH_FRAGMENT)  # Envoy refuses a fragment rather than forward or strip it
         self.authority = authority
         self.path = url
         # UTF-8 with surrogateescape: non-ASCII paths match non-ASCII regex literals as in
@@ -249,6 +263,8 @@ class Stream:
             hcm.no_route.value += 1
             return self.local(lr.NO_ROUTE)
         self.route = route
+        if route.idle_timeout:
+            self._arm(self.start + route.idle_timeout)
         kind = route.kind
         if kind != "cluster":
             return self._local_route_reply(route)
@@ -296,6 +312,7 @@ class Stream:
         self.cluster = hcm.clusters[cluster_name]
         if self.request_complete and route.timeout:
             self.deadline = conn.loop_time() + route.timeout
+            self._arm(self.deadline)
         self._start_attempt()
 
     def _origin_form(self, url: bytes, authority: bytes | None) -> bytes | None:
@@ -311,7 +328,9 @@ class Stream:
         else:
             return None
         slash = rest.find(b"/")
-        self.authority = rest if slash < 0 else rest[:slash]
+        authority = rest if slash < 0 else rest[:slash]
+        # Credentials in the URL are the client's business, never the upstream's Host (Envoy drops them too).
+        self.authority = authority[authority.rfind(b"@") + 1:]
         return b"/" if slash < 0 else rest[slash:]
 
     def _local_route_reply(self, route: "MatchedRoute") -> None:
@@ -331,7 +350,7 @@ class Stream:
                              extra=[(b"location", location.encode("utf-8", "surrogateescape"))])
 
     # ------------------------------------------------------------------ upstream attempts
-    def _start_attempt(self) -> None:
+    def _start_attempt(self, fresh: bool = False) -> None:
         cluster = self.cluster
         assert cluster is not None and self.route is not None
         if not cluster.circuit_breakers.requests.try_acquire():
@@ -354,7 +373,7 @@ class Stream:
         cluster.stats.upstream_rq_active.value += 1
         self.attempt_start = self.conn.loop_time()
         self.pool = pool = self.hcm.pools.get(cluster, host)
-        pool.acquire(self)
+        pool.acquire(self, fresh)
 
     def on_upstream_ready(self, conn: "UpstreamConnection") -> None:
         self.upstream = conn
@@ -363,6 +382,9 @@ class Stream:
             return
         out = [self.up_head]
         waiting = self.waiting_body
+        if conn.requests and self.body_buffer is None and self.body_size <= _BUFFER_LIMIT:
+            # A reused connection may turn out closed by the server: keep what is sent, to send it again.
+            self.body_buffer = list(waiting)
         if waiting:
             if self.req_chunked:
                 out.extend(encode_chunk(piece) for piece in waiting)
@@ -382,6 +404,19 @@ class Stream:
         route = self.route
         if route is not None and route.retry is not None and route.retry.per_try_timeout and not self.try_deadline:
             self.try_deadline = self.conn.loop_time() + route.retry.per_try_timeout
+            self._arm(self.try_deadline)
+
+    def _arm(self, when: float) -> None:
+        """Have the worker's deadline wheel look at this stream's connection at `when` (see deadlines.py)."""
+        conn = self.conn
+        conn.deadlines.arm(conn, when)
+
+    def idle_timeout(self) -> float:
+        """The stream idle timeout in force: the route's `idle_timeout` when it sets one, else the HCM's."""
+        route = self.route
+        if route is not None and route.idle_timeout is not None:
+            return route.idle_timeout
+        return self.hcm.stream_idle_timeout
 
     def on_upstream_connect_failure(self, reason: str) -> None:
         self.transport_failure = reason
@@ -479,7 +514,7 @@ class Stream:
         self._end_attempt(abandon=False)
         self._finish(close=self.close_after)
 
-    def on_upstream_reset(self, reason: str) -> None:
+    def on_upstream_reset(self, reason: str, stale: bool = False) -> None:
         self.upstream = None
         self._end_attempt(abandon=False)
         if self.response_started:
@@ -487,6 +522,14 @@ class Stream:
             self.details = "upstream_reset_after_response_started{%s}" % reason.replace(" ", "_")
             self._finish(close=True)
             return
+        if stale and self.method in _IDEMPOTENT and not self.stale_retried and self.body_buffer is not None \
+                and not self.done:
+            # A pooled connection lost before any byte of the answer: a server's keep-alive close racing
+            # the request, or (seen the same way) a server that failed after reading it. An idempotent
+            # request may go again (RFC 9110 9.2.2): once, on a connection opened for it, no policy needed.
+            self.stale_retried = True
+            self.waiting_body = list(self.body_buffer)
+            return self._start_attempt(fresh=True)
         retry = self.route.retry if self.route else None
         if retry is not None and retry.on_reset and self._reserve_retry():
             return self._schedule_retry()
@@ -622,7 +665,7 @@ class Stream:
         hcm = self.hcm
         body_pending = not self.request_complete and bool(self.req_length or self.req_chunked)
         close = self.close_after or not self.keep_alive or body_pending or self.conn.draining \
-            or status == 400 or status == 431
+            or status == 400 or status == 426 or status == 431
         headers = list(extra) if extra else []
         if ops is not None and not ops.empty:
             hl = HeaderList(headers)

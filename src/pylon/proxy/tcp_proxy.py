@@ -79,6 +79,7 @@ class TcpProxySession(asyncio.Protocol):
         self.closed = False
         self.host = None
         self.last_activity = 0.0
+        self.wake_at = 0.0  # when the worker's deadline wheel looks at this session next (0 = not armed)
         self.start = 0.0
         self.rx = 0
         self.tx = 0
@@ -98,6 +99,8 @@ class TcpProxySession(asyncio.Protocol):
         self.connection_id = worker.next_connection_id()
         rt.cx_total.value += 1
         worker.connection_opened(self)
+        if rt.idle_timeout:
+            worker.deadlines.arm(self, self.start + rt.idle_timeout)
         worker.loop.create_task(self._connect())
 
     async def _connect(self) -> None:
@@ -218,10 +221,16 @@ class TcpProxySession(asyncio.Protocol):
     def drain(self) -> None:
         """TCP has no request boundary: Envoy lets TCP sessions run until the drain time ends."""
 
-    def sweep(self, now: float) -> None:
+    def sweep(self, now: float) -> float:
+        """Close the session once idle for `idle_timeout`; else say when to look again (deadlines.py)."""
         rt = self.runtime
-        if rt.idle_timeout and now - self.last_activity > rt.idle_timeout:
-            rt.idle_timeouts.value += 1
-            if self.upstream is not None and self.upstream.transport is not None:
-                self.upstream.transport.close()
-            self.close()
+        if self.closed or not rt.idle_timeout:
+            return 0.0
+        due = self.last_activity + rt.idle_timeout
+        if now < due:
+            return due
+        rt.idle_timeouts.value += 1
+        if self.upstream is not None and self.upstream.transport is not None:
+            self.upstream.transport.close()
+        self.close()
+        return 0.0

@@ -2,7 +2,8 @@
 
 The supervisor (`server.py`) starts each worker as `python -m pylon.proxy.worker FD`,
 where FD is the worker's end of a control socketpair. The first control
-message carries the config source, the worker id and the listening socket
+message carries the bootstrap the supervisor validated and serves (as Envoy-shaped
+data: workers never read config files), the worker id and the listening socket
 fds (inherited through `pass_fds`) — for a hand-off balanced listener
 (exact, dispatcher) the "listening" fd is this worker's end of the channel
 the supervisor passes accepted sockets on, plus the shared load table this
@@ -25,11 +26,12 @@ from typing import Any
 
 import uvloop
 
-from pylon.config.loader import load_bootstrap
+from pylon.config.loader import parse_bootstrap
 from pylon.proxy import control
 from pylon.proxy.access_log import AccessLogWriter
 from pylon.proxy.balance import balancer_for
 from pylon.proxy.balance.loadtable import RQ_ACTIVE, LoadSlot, LoadTable
+from pylon.proxy.deadlines import DeadlineWheel
 from pylon.proxy.listener import ListenerRuntime, build_listener
 from pylon.proxy.logging_setup import configure_logging
 from pylon.proxy.stats import StatsStore
@@ -46,6 +48,9 @@ log = logging.getLogger("pylon.worker")
 LOAD_PUBLISH_INTERVAL_S = 0.010
 #: Weight of each new in-flight sample in the published moving average (a horizon of about 25 ms).
 INFLIGHT_SMOOTHING = 0.4
+#: How finely timeouts are kept: a timeout fires at most this much (plus loop lag) after its setting.
+#: 50 wheel ticks a second while connections are open cost far less than a timer per request.
+TIMEOUT_RESOLUTION_S = 0.02
 
 
 class PoolRegistry:
@@ -86,7 +91,8 @@ class Worker:
         self.draining = False
         self._conn_ids = worker_id << 40
         self._wall_offset = time.time() - loop.time()
-        self.sweep_interval = 1.0
+        self.deadlines = DeadlineWheel(TIMEOUT_RESOLUTION_S)
+        self._ticking = False
         self.load_slots: list[LoadSlot] = []  # where this worker publishes in-flight requests (dispatcher)
         self._inflight_avg = 0.0
 
@@ -101,6 +107,9 @@ class Worker:
         self.connections.add(conn)
         if conn.runtime_listener is not None:
             conn.runtime_listener.opened()
+        if not self._ticking:
+            self._ticking = True
+            self.loop.call_later(TIMEOUT_RESOLUTION_S, self._tick)
 
     def connection_closed(self, conn: Any) -> None:
         self.connections.discard(conn)
@@ -128,9 +137,6 @@ class Worker:
             self.servers.append(server)
         if self.load_slots:
             self.loop.call_later(LOAD_PUBLISH_INTERVAL_S, self._publish_load)
-        self.sweep_interval = min([1.0] + [r.min_timeout / 4 for r in self.listeners if r.min_timeout])
-        self.sweep_interval = max(self.sweep_interval, 0.02)
-        self.loop.call_later(self.sweep_interval, self._sweep)
 
     def _publish_load(self) -> None:
         """Write this worker's in-flight requests (moving average) where the supervisor's dispatcher reads them.
@@ -154,12 +160,13 @@ class Worker:
         if not self.draining:
             self.loop.call_later(LOAD_PUBLISH_INTERVAL_S, self._publish_load)
 
-    def _sweep(self) -> None:
-        now = self.loop.time()
-        for conn in list(self.connections):
-            conn.sweep(now)
-        if not self.draining or self.connections:
-            self.loop.call_later(self.sweep_interval, self._sweep)
+    def _tick(self) -> None:
+        """Enforce the timeouts that are due; keep ticking while a connection is open or a deadline armed."""
+        self.deadlines.expire(self.loop.time())
+        if self.connections or self.deadlines:
+            self.loop.call_later(TIMEOUT_RESOLUTION_S, self._tick)
+        else:
+            self._ticking = False
 
     async def drain(self, drain_time: float) -> None:
         """Stop accepting, let in-flight requests finish within `drain_time`, then stop."""
@@ -194,8 +201,8 @@ async def _serve(control_fd: int) -> int:
     if init is None:
         return 1
     configure_logging(init["log_level"], f"worker_{init['worker_id']}")
-    bootstrap = load_bootstrap(init.get("config_path"), init.get("config_yaml"))
-    configure_regex_engine(bootstrap, init.get("config_path") or "<config-yaml>")
+    bootstrap = parse_bootstrap(init["bootstrap"], init["config_source"])
+    configure_regex_engine(bootstrap, init["config_source"])
     worker = Worker(init["worker_id"], loop)
     table_fd = init.get("load_table_fd")
     table = LoadTable(table_fd, len(init["listener_fds"]), init["workers"]) if table_fd is not None else None
@@ -241,6 +248,7 @@ async def _control_loop(worker: Worker, reader: asyncio.StreamReader, writer: as
             reply = {"ok": True}
         else:
             reply = {"error": f"unknown op {op!r}"}
+        reply["id"] = message.get("id")
         writer.write(control.encode(reply))
         await writer.drain()
 

@@ -22,6 +22,8 @@ the workers import it before loading a config.
 
 from __future__ import annotations
 
+from functools import cache
+from pathlib import Path
 from typing import Any
 
 from pylon.proxy.balance.dispatcher import Dispatcher, DispatcherPolicy
@@ -57,11 +59,32 @@ def balance_kind(listener: Any) -> str:
 def balancer_for(listener: Any, listener_index: int = 0) -> Balancer:
     """A fresh balancer for the listener at `listener_index` of static_resources.listeners."""
     kind = balance_kind(listener)
+    backlog = listen_backlog(listener)
     if kind == "exact":
-        return HandoffBalancer(ExactPolicy(), listener_index)
+        return HandoffBalancer(ExactPolicy(), listener_index, backlog)
     if kind == "dispatcher":
-        return HandoffBalancer(DispatcherPolicy(), listener_index)
-    return KernelBalancer(reuse_port=listener.enable_reuse_port)
+        return HandoffBalancer(DispatcherPolicy(), listener_index, backlog)
+    return KernelBalancer(backlog, reuse_port=listener.enable_reuse_port)
+
+
+def listen_backlog(listener: Any) -> int:
+    """The listener's `tcp_backlog_size`, else the system's somaxconn, as Envoy does.
+
+    A burst of new connections larger than the backlogs can hold loses SYNs,
+    and a client waits a second or more to retransmit: under a flood of
+    thousands of connections that is what turns into client timeouts.
+    """
+    if listener.tcp_backlog_size is not None:
+        return listener.tcp_backlog_size
+    return system_somaxconn()
+
+
+@cache
+def system_somaxconn() -> int:
+    try:
+        return int(Path("/proc/sys/net/core/somaxconn").read_text())
+    except (OSError, ValueError):
+        return 128  # Envoy's default where the kernel does not tell
 
 
 __all__ = ["BALANCERS", "Balancer", "Dispatcher", "Dlb", "NoDlbFallback", "balance_kind", "balancer_for"]

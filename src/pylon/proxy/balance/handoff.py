@@ -67,7 +67,8 @@ class HandoffBalancer:
 
     handoff = True
 
-    def __init__(self, policy: Policy, listener_index: int) -> None:
+    def __init__(self, policy: Policy, listener_index: int, backlog: int) -> None:
+        self.backlog = backlog  # of the one socket the supervisor accepts from
         self.policy = policy
         self.name = policy.name
         self.uses_inflight = policy.uses_inflight
@@ -85,7 +86,7 @@ class HandoffBalancer:
         self.closed = False
 
     # ------------------------------------------------------------------ supervisor: set-up
-    def bind(self, host: str, port: int, workers: int, backlog: int = 1024) -> None:
+    def bind(self, host: str, port: int, workers: int) -> None:
         """The listener's one socket, bound now so errors surface before any worker starts."""
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
@@ -94,7 +95,7 @@ class HandoffBalancer:
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if host == "::" else 1)
             sock.bind((host, port))
-            sock.listen(backlog)
+            sock.listen(self.backlog)
             sock.setblocking(False)
         except OSError:
             sock.close()

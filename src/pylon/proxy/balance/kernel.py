@@ -24,11 +24,12 @@ class KernelBalancer:
     handoff = False
     uses_inflight = False
 
-    def __init__(self, reuse_port: bool = True) -> None:
+    def __init__(self, backlog: int, reuse_port: bool = True) -> None:
+        self.backlog = backlog
         self.reuse_port = reuse_port
         self.sockets: list[socket.socket] = []
 
-    def bind(self, host: str, port: int, workers: int, backlog: int = 1024) -> None:
+    def bind(self, host: str, port: int, workers: int) -> None:
         """One listening socket per worker (or one shared), bound now so errors surface before start."""
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         count = workers if self.reuse_port else 1
@@ -45,7 +46,7 @@ class KernelBalancer:
                 sock.bind((host, port))
                 if port == 0 and self.reuse_port:
                     port = sock.getsockname()[1]  # the others must share the port the first one got
-                sock.listen(backlog)
+                sock.listen(self.backlog)
                 sock.setblocking(False)
         except OSError:
             for sock in sockets:
@@ -76,5 +77,6 @@ class KernelBalancer:
     async def serve(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, runtime: Any) -> asyncio.AbstractServer:
         """In the worker: accept on this worker's own socket with uvloop's C accept loop."""
         ssl_context = runtime.ssl_context
-        return await loop.create_server(runtime.protocol_factory, sock=sock, ssl=ssl_context, backlog=1024,
+        # uvloop listens again on the socket: the same backlog, or it would shrink the supervisor's.
+        return await loop.create_server(runtime.protocol_factory, sock=sock, ssl=ssl_context, backlog=self.backlog,
                                         ssl_handshake_timeout=10.0 if ssl_context else None)

@@ -40,7 +40,7 @@ class Exchange(Protocol):
     def on_upstream_headers(self, status: int, headers: list[tuple[bytes, bytes]], keep_alive: bool) -> None: ...
     def on_upstream_body(self, data: bytes) -> None: ...
     def on_upstream_complete(self) -> None: ...
-    def on_upstream_reset(self, reason: str) -> None: ...
+    def on_upstream_reset(self, reason: str, stale: bool = False) -> None: ...
     def on_upstream_flush(self) -> None: ...
     def on_upstream_pause(self, paused: bool) -> None: ...
 
@@ -51,7 +51,7 @@ class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
         "pool", "transport", "parser", "exchange", "headers", "status", "keep_alive",
         "closed", "skip_informational", "head_response", "close_delimited", "in_body", "requests",
-        "connection_header",
+        "connection_header", "answered",
     )
 
     def __init__(self, pool: "HostPool") -> None:
@@ -69,6 +69,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.in_body = False
         self.requests = 0
         self.connection_header: bytes | None = None  # the response's Connection header, if any
+        self.answered = False  # a byte of the current exchange's response has arrived
 
     # -- asyncio.Protocol ---------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -86,6 +87,7 @@ class UpstreamConnection(asyncio.Protocol):
             # Bytes with no request outstanding: the server is confused; never reuse it.
             self.close()
             return
+        self.answered = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError:
@@ -109,7 +111,9 @@ class UpstreamConnection(asyncio.Protocol):
             # The body of a response without Content-Length or chunking ends with the connection.
             exchange.on_upstream_complete()
         else:
-            exchange.on_upstream_reset("connection termination")
+            # A reused connection lost before any byte of the answer: most often the server closed it
+            # (keep-alive limit, idle timeout) as the request went out (`stale`; see Stream.on_upstream_reset).
+            exchange.on_upstream_reset("connection termination", stale=self.requests > 0 and not self.answered)
 
     def pause_writing(self) -> None:
         if self.exchange is not None:
@@ -183,6 +187,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.exchange = exchange
         self.head_response = False
         self.close_delimited = False
+        self.answered = False
 
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.closed:
@@ -214,13 +219,17 @@ class HostPool:
         self.idle: list[UpstreamConnection] = []
         self.busy: set[UpstreamConnection] = set()
         self.pending: deque[Exchange] = deque()
+        self.fresh_pending: deque[Exchange] = deque()  # waiting for a new connection, never a reused one
         self.connecting = 0
         self.tasks: set[asyncio.Task[Any]] = set()
 
-    def acquire(self, exchange: Exchange) -> None:
-        """Give the exchange a connection now, or queue it and open one if the breakers allow."""
+    def acquire(self, exchange: Exchange, fresh: bool = False) -> None:
+        """Give the exchange a connection now, or queue it and open one if the breakers allow.
+
+        `fresh`: only a newly opened connection will do (the exchange just lost a stale one).
+        """
         idle = self.idle
-        while idle:
+        while idle and not fresh:
             conn = idle.pop()
             if not conn.closed:
                 self._assign(conn, exchange)
@@ -229,17 +238,19 @@ class HostPool:
         if not cluster.circuit_breakers.pending_requests.try_acquire():
             exchange.on_upstream_overflow()
             return
-        self.pending.append(exchange)
+        (self.fresh_pending if fresh else self.pending).append(exchange)
         cluster.stats.upstream_rq_pending_total.value += 1
         self._maybe_connect()
 
     def cancel(self, exchange: Exchange) -> None:
         """A queued exchange went away (client closed, timeout) before it got a connection."""
-        try:
-            self.pending.remove(exchange)
-        except ValueError:
+        for queue in (self.pending, self.fresh_pending):
+            try:
+                queue.remove(exchange)
+            except ValueError:
+                continue
+            self.cluster.circuit_breakers.pending_requests.release()
             return
-        self.cluster.circuit_breakers.pending_requests.release()
 
     def release(self, conn: UpstreamConnection) -> None:
         """An exchange finished cleanly on `conn`: reuse it, or close it if it can't be reused."""
@@ -269,7 +280,7 @@ class HostPool:
         stats.upstream_cx_destroy.value += 1
         self.host.active_connections -= 1
         self.cluster.circuit_breakers.connections.release()
-        if self.pending:
+        if self.pending or self.fresh_pending:
             self._maybe_connect()
 
     def close_all(self) -> None:
@@ -285,7 +296,7 @@ class HostPool:
 
     def _maybe_connect(self) -> None:
         connections = self.cluster.circuit_breakers.connections
-        while self.connecting < len(self.pending):
+        while self.connecting < len(self.pending) + len(self.fresh_pending):
             if not connections.try_acquire():
                 return
             self.connecting += 1
@@ -325,8 +336,9 @@ class HostPool:
             cluster.circuit_breakers.connections.release()
             self.host.record_connect_failure()
             log.debug("connect to %s:%d failed: %s", host, port, exc)
-            if self.pending:
-                exchange = self.pending.popleft()
+            queue = self.fresh_pending or self.pending
+            if queue:
+                exchange = queue.popleft()
                 cluster.circuit_breakers.pending_requests.release()
                 exchange.on_upstream_connect_failure(str(exc))
             return
@@ -338,7 +350,11 @@ class HostPool:
         stats.upstream_cx_active.value += 1
         self.host.active_connections += 1
         self.busy.add(conn)
-        self.release(conn)
+        if self.fresh_pending:
+            cluster.circuit_breakers.pending_requests.release()
+            self._assign(conn, self.fresh_pending.popleft())
+        else:
+            self.release(conn)
 
 
 class ConnectError(Exception):

@@ -1,0 +1,104 @@
+"""Integration: request lines and Host values the HTTP/1 codec must refuse or clean, as Envoy does.
+
+Every case runs through pylon and through Envoy 1.40 (the reference) with the
+same bootstrap and expectations. A refused request must be answered at once —
+not after a timeout — and must never reach the upstream.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.conftest import free_port
+from tests.proxy.conftest import ENVOY_BIN, ProxyLauncher, http_listener, raw_exchange, route, static_cluster
+from tests.proxy.upstreams import Upstream
+
+#: An answer counts as "at once" well inside any timeout the proxies have configured.
+PROMPT_S = 0.5
+
+
+@pytest.fixture(scope="module", params=["pylon", "envoy"])
+def gateway(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """One proxy (pylon, then Envoy) in front of one upstream; the listener keeps Envoy's HTTP/1 defaults."""
+    if request.param == "envoy" and not ENVOY_BIN.exists():
+        pytest.skip(f"Envoy, the reference, is not installed at {ENVOY_BIN}")
+    upstream = Upstream()
+    launcher = ProxyLauncher(tmp_path_factory.mktemp(request.param))
+    try:
+        port = free_port()
+        launcher.start([http_listener("main", port, [route("/", "up")])], [static_cluster("up", [upstream.port])],
+                       implementation=request.param)
+        yield {"port": port, "upstream": upstream, "name": request.param}
+    finally:
+        launcher.close()
+        upstream.close()
+
+
+def first_reply(port: int, payload: bytes, timeout: float = 3.0) -> tuple[int | None, float]:
+    """Send `payload`; the status of the first bytes that come back and how long they took (None: nothing came)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        start = time.monotonic()
+        sock.sendall(payload)
+        try:
+            data = sock.recv(65536)
+        except socket.timeout:
+            return None, time.monotonic() - start
+        elapsed = time.monotonic() - start
+    parts = data.split(b"\r\n", 1)[0].split()
+    return (int(parts[1]) if len(parts) >= 2 else None), elapsed
+
+
+def reached_upstream(upstream: Upstream, marker: str) -> list[dict[str, Any]]:
+    return [r for r in upstream.requests if marker in r["path"]]
+
+
+@pytest.mark.parametrize("payload", [
+    pytest.param(b"GET /%s\r\n", id="http-0.9-line-only"),
+    pytest.param(b"GET /%s\r\n\r\n", id="http-0.9-with-blank-line"),
+    pytest.param(b"GET /%s HTTP/2.0\r\nHost: a\r\n\r\n", id="http-2.0-on-http1"),
+    pytest.param(b"GET /%s HTTP/1.2\r\nHost: a\r\n\r\n", id="http-1.2"),
+    pytest.param(b"GET /%s HTTP/1.0\r\nHost: a\r\n\r\n", id="http-1.0-not-accepted"),
+    pytest.param(b"POST /%s HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+                 id="http-1.0-chunked"),
+])
+def test_unsupported_versions_get_426_at_once(gateway: dict[str, Any], payload: bytes) -> None:
+    marker = uuid.uuid4().hex
+    status, elapsed = first_reply(gateway["port"], payload.replace(b"%s", marker.encode()))
+    assert status == 426 and elapsed < PROMPT_S, (status, elapsed)
+    assert not reached_upstream(gateway["upstream"], marker)
+
+
+@pytest.mark.parametrize("payload", [
+    pytest.param(b"GET /%s HTTP/1.1\r\nHost: a b/c\r\n\r\n", id="space-and-slash-in-host"),
+    pytest.param(b"GET /%s HTTP/1.1\r\nHost: a\"b\r\n\r\n", id="quote-in-host"),
+    pytest.param(b"GET /%s#x HTTP/1.1\r\nHost: a\r\n\r\n", id="fragment"),
+    pytest.param(b"GET /%s?q=1#x HTTP/1.1\r\nHost: a\r\n\r\n", id="fragment-after-query"),
+])
+def test_bad_host_or_fragment_gets_400_and_close(gateway: dict[str, Any], payload: bytes) -> None:
+    marker = uuid.uuid4().hex
+    result = raw_exchange(gateway["port"], payload.replace(b"%s", marker.encode()), timeout=3.0)
+    assert (result.status, result.closed) == (400, True), result.data[:200]
+    assert not reached_upstream(gateway["upstream"], marker)
+
+
+@pytest.mark.parametrize("payload, host", [
+    pytest.param(b"GET http://user:pw@a.example/%s HTTP/1.1\r\nHost: a.example\r\n\r\n", "a.example",
+                 id="userinfo-in-absolute-uri"),
+    pytest.param(b"GET http://user:pw@a.example/%s HTTP/1.1\r\n\r\n", "a.example", id="absolute-uri-without-host"),
+    pytest.param(b"GET http://a.example/%s HTTP/1.1\r\nHost: b.example\r\n\r\n", "a.example",
+                 id="absolute-uri-wins-over-host"),
+    pytest.param(b"GET /%s HTTP/1.1\r\nHost: u@a,b\r\n\r\n", "u@a,b", id="sub-delims-and-at-are-valid"),
+])
+def test_authority_forwarded_as_envoy_does(gateway: dict[str, Any], payload: bytes, host: str) -> None:
+    marker = uuid.uuid4().hex
+    result = raw_exchange(gateway["port"], payload.replace(b"%s", marker.encode()), timeout=1.0)
+    assert result.status == 200, result.data[:200]
+    (seen,) = reached_upstream(gateway["upstream"], marker)
+    assert seen["headers"]["host"] == host
+    assert "user" not in seen["path"]
