@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import ssl
 import subprocess
@@ -158,3 +159,39 @@ def test_cli_writes_json_and_csv(start_echo, tmp_path) -> None:
     assert result["Labels"] == "cli run" and result["RequestedQPS"] == "50" and result["RequestedDuration"] == "200ms"
     assert (tmp_path / "r.csv").read_text().startswith("Labels,StartTime,RequestedQPS")
     assert [p.name for p in (tmp_path / "auto").iterdir()] == [f"{result['ID']}.json"]
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def test_in_process_run_gives_back_the_signal_handlers(start_echo) -> None:
+    """After a run, even one ended by an exception, Ctrl-C and SIGTERM do what they did before it."""
+    echo = start_echo()
+    before = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    load(f"{echo.url}/", qps=0, connections=2, exactly=5)
+    assert {sig: signal.getsignal(sig) for sig in STOP_SIGNALS} == before
+
+    def failing_progress(completed: int) -> None:
+        if completed >= 5:
+            raise RuntimeError("progress hook failed")
+
+    with pytest.raises(RuntimeError, match="progress hook failed"):
+        run_load(LoadOptions(url=f"{echo.url}/", qps=0, connections=2, exactly=5, timeout=2.0),
+                 progress=failing_progress)
+    assert {sig: signal.getsignal(sig) for sig in STOP_SIGNALS} == before
+
+
+def test_sigterm_ends_a_process_after_an_in_process_run(start_echo, spawn) -> None:
+    """A CI timeout's SIGTERM must still end a process (a test run) that used `run_load` earlier."""
+    echo = start_echo()
+    child = spawn([sys.executable, "-c",
+                   "import sys, time\n"
+                   "from pylon.bench.fortio_args import LoadOptions\n"
+                   "from pylon.bench.load import run_load\n"
+                   "run_load(LoadOptions(url=sys.argv[1], qps=0, connections=2, exactly=5))\n"
+                   "print('ran', flush=True)\n"
+                   "time.sleep(30)\n",
+                   f"{echo.url}/"])
+    assert child.stdout.readline() == b"ran\n"
+    child.send_signal(signal.SIGTERM)
+    assert child.wait(timeout=5) == -signal.SIGTERM

@@ -23,6 +23,7 @@ instant, and send their recorders home to be merged.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import mmap
 import multiprocessing
@@ -34,7 +35,7 @@ import ssl
 import time
 from datetime import datetime, timedelta
 from multiprocessing.connection import Connection, wait
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import httptools
 import uvloop
@@ -399,12 +400,28 @@ def _new_loop() -> asyncio.AbstractEventLoop:
     return loop
 
 
-def _on_signals(loop: asyncio.AbstractEventLoop, handler: Callable[[], None]) -> None:
+@contextlib.contextmanager
+def _stop_on_signals(loop: asyncio.AbstractEventLoop, handler: Callable[[], None]) -> Iterator[None]:
+    """SIGINT/SIGTERM call `handler` during the run; afterwards the process's own handlers are back.
+
+    The loop's handlers stay installed after `loop.close()` (bound to the closed
+    loop, they do nothing), so without the restore a process that ran a load
+    in-process, such as a test run, would ignore Ctrl-C and SIGTERM from then on.
+    """
+    previous: dict[int, Any] = {}
     for sig in (signal.SIGINT, signal.SIGTERM):
+        before = signal.getsignal(sig)
         try:
             loop.add_signal_handler(sig, handler)
         except (RuntimeError, ValueError):  # not the main thread: the caller handles interruption
-            pass
+            continue
+        previous[sig] = signal.SIG_DFL if before is None else before  # None: set outside Python
+    try:
+        yield
+    finally:
+        for sig, before in previous.items():
+            loop.remove_signal_handler(sig)
+            signal.signal(sig, before)
 
 
 def _run_here(options: LoadOptions, address: tuple[str, int], peer: str,
@@ -412,18 +429,18 @@ def _run_here(options: LoadOptions, address: tuple[str, int], peer: str,
     loop = _new_loop()
     try:
         engine = _Engine(options, address, peer)
-        _on_signals(loop, engine.stop)
-        if progress is not None:
-            def tick() -> None:
+        with _stop_on_signals(loop, engine.stop):
+            if progress is not None:
+                def tick() -> None:
+                    progress(engine.completed)
+                    if not engine.done.done():
+                        loop.call_later(0.25, tick)
+                loop.call_soon(tick)
+            loop.run_until_complete(engine.prepare())
+            wall = datetime.now().astimezone()
+            start = loop.run_until_complete(engine.run())
+            if progress is not None:
                 progress(engine.completed)
-                if not engine.done.done():
-                    loop.call_later(0.25, tick)
-            loop.call_soon(tick)
-        loop.run_until_complete(engine.prepare())
-        wall = datetime.now().astimezone()
-        start = loop.run_until_complete(engine.run())
-        if progress is not None:
-            progress(engine.completed)
         return engine.recorder, RunTiming(wall, engine.ended_at - start)
     finally:
         loop.close()
