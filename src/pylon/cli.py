@@ -1,4 +1,4 @@
-"""The `pylon` command: proxy, demo and the bench kit (echo, load, report)."""
+"""The `pylon` command: proxy, pilot, keyd, demo and the bench kit (echo, load, report)."""
 
 from __future__ import annotations
 
@@ -58,6 +58,15 @@ def _register_bench_commands() -> None:
 
 
 _register_bench_commands()
+
+
+def _register_pilot_command() -> None:
+    from pylon.pilot.cli import pilot_command
+
+    main.add_command(pilot_command)
+
+
+_register_pilot_command()
 
 if __name__ == "__main__":
     main()

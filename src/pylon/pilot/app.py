@@ -1,0 +1,117 @@
+"""`pylon pilot`: the control plane process — load and watch the config, serve ADS, debug and metrics.
+
+Startup is all-or-nothing: a config directory with any error is reported (every
+error, each naming file, document and field) and pilot exits 1, so a typo never
+starts a control plane that serves half a mesh. After startup a bad edit is
+logged and counted (`pilot_config_errors`), and the last good config stays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from envoy.service.discovery.v3 import ads_pb2_grpc
+from pylon.config.errors import ConfigError
+from pylon.pilot.debug import DebugHandler, serve_http
+from pylon.pilot.gen import generator_for
+from pylon.pilot.gen.types import Resources
+from pylon.pilot.metrics import PilotMetrics
+from pylon.pilot.proxy import Proxy
+from pylon.pilot.snapshot import Snapshot, build_snapshot
+from pylon.pilot.source.directory import DirectoryWatcher, LoadResult, load_directory
+from pylon.pilot.xds.server import AdsServer
+
+log = logging.getLogger("pylon.pilot")
+
+
+@dataclass(frozen=True)
+class PilotOptions:
+    config_dir: Path
+    grpc_address: str = "127.0.0.1:15010"
+    monitoring_address: str = "127.0.0.1:15014"
+    debug_address: str = "127.0.0.1:8080"
+    log_level: str = "info"
+
+
+class Pilot:
+    """The current config and what serves it."""
+
+    def __init__(self, snapshot: Snapshot, metrics: PilotMetrics) -> None:
+        self.snapshot = snapshot
+        self.metrics = metrics
+        self.ads = AdsServer(self.generate, metrics)
+
+    def generate(self, proxy: Proxy) -> tuple[Resources, str]:
+        snapshot = self.snapshot
+        return generator_for(proxy).generate(proxy, snapshot), snapshot.version
+
+    def on_load(self, result: LoadResult) -> None:
+        """A debounced reload: apply it and push, or keep the last good config and say why."""
+        try:
+            if result.errors:
+                raise result.errors[0]
+            snapshot = build_snapshot(result.resources)
+        except ConfigError:
+            self.metrics.config_errors.inc()
+            for error in result.errors or [sys.exc_info()[1]]:
+                log.error("%s", error)
+            log.error("config change rejected; still serving version %s", self.snapshot.version)
+            return
+        self.snapshot = snapshot
+        log.info("config version %s: %d resources; pushing to %d proxies", snapshot.version, len(snapshot.resources),
+                 len(self.ads.connections))  # fmt: skip
+        self.ads.push_all()
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """`host:port` (IPv6 in brackets) to (host, port); ValueError if malformed."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"invalid address {address!r}: expected HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def run_pilot(options: PilotOptions) -> int:
+    logging.basicConfig(level=options.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    result = load_directory(options.config_dir)
+    try:
+        if result.errors:
+            raise result.errors[0]
+        snapshot = build_snapshot(result.resources)
+    except ConfigError:
+        for error in result.errors or [sys.exc_info()[1]]:
+            print(error, file=sys.stderr)
+        return 1
+    return asyncio.run(_serve(options, Pilot(snapshot, PilotMetrics())))
+
+
+async def _serve(options: PilotOptions, pilot: Pilot) -> int:
+    server = grpc.aio.server()
+    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(pilot.ads, server)
+    server.add_insecure_port(options.grpc_address)
+    await server.start()
+    handler = DebugHandler(pilot.ads, pilot.metrics, ready=lambda: True, version=lambda: pilot.snapshot.version)
+    http_servers = [await serve_http(*split_address(address), handler)
+                    for address in (options.debug_address, options.monitoring_address)]  # fmt: skip
+    watcher = DirectoryWatcher(options.config_dir, pilot.on_load)
+    watch_task = asyncio.create_task(watcher.run())
+    log.info("pilot serving ADS on %s, debug on %s, metrics on %s; config %s version %s", options.grpc_address,
+             options.debug_address, options.monitoring_address, options.config_dir, pilot.snapshot.version)  # fmt: skip
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    log.info("pilot shutting down")
+    watch_task.cancel()
+    for http_server in http_servers:
+        http_server.close()
+    await server.stop(grace=1)
+    return 0

@@ -1,0 +1,36 @@
+"""Envoy resources per proxy, with Istio's names and shapes; one generator per proxy type.
+
+A generator is a pure function of (proxy, snapshot) returning Envoy v3 resources
+as proto-JSON dicts keyed by type URL and resource name. Gateways (`router~…`)
+are served by `gateway.GatewayGenerator`; sidecars will get their own generator
+(virtualOutbound/virtualInbound) registered in `GENERATORS` beside it, sharing
+`routes`, `clusters` and `endpoints`.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from pylon.pilot.gen.gateway import GatewayGenerator
+from pylon.pilot.gen.types import Resources
+from pylon.pilot.proxy import Proxy
+from pylon.pilot.snapshot import Snapshot
+
+
+class Generator(Protocol):
+    def generate(self, proxy: Proxy, snapshot: Snapshot) -> Resources:
+        """Every resource of every type this proxy should have."""
+        ...
+
+
+GENERATORS: dict[str, Generator] = {"router": GatewayGenerator()}
+
+
+def generator_for(proxy: Proxy) -> Generator:
+    """The generator for the proxy's type; ValueError naming the type if pylon pilot cannot serve it yet."""
+    try:
+        return GENERATORS[proxy.type]
+    except KeyError:
+        raise ValueError(
+            f"{proxy.type} proxies are not supported by pylon pilot yet (supported: {', '.join(sorted(GENERATORS))})"
+        ) from None

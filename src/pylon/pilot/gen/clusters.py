@@ -1,0 +1,197 @@
+"""Outbound clusters, `outbound|<port>|<subset>|<fqdn>`, with DestinationRule traffic policy applied.
+
+Shapes follow istiod's cluster builder: EDS over ADS with `service_name` = the
+cluster name, mesh connectTimeout 10s, LEAST_REQUEST by default (Istio's default
+since 1.14), circuit-breaker thresholds at UINT32_MAX with track_remaining
+(Envoy's 1024 defaults trip during endpoint churn), then the policy.
+"""
+
+from __future__ import annotations
+
+
+from pylon.pilot.gen.names import subset_key
+from pylon.pilot.gen.policy import EffectivePolicy, effective_policy
+from pylon.pilot.gen.types import ADS_SOURCE, HTTP_PROTOCOL_OPTIONS, Json
+from pylon.pilot.istio.common import format_duration
+from pylon.pilot.istio.networking import HTTP2_PROTOCOLS, DestinationRuleSpec, ServicePort, TcpKeepalive
+from pylon.pilot.snapshot import Service
+
+UINT32_MAX = 2**32 - 1
+CONNECT_TIMEOUT = 10.0  # MeshConfig.connectTimeout default
+BLACKHOLE_CLUSTER = "BlackHoleCluster"
+
+
+def build_clusters(service: Service, rule: DestinationRuleSpec | None) -> list[Json]:
+    """The default cluster of every port, then one per DestinationRule subset, as Istio orders them."""
+    out = []
+    for port in service.ports:
+        out.append(build_cluster(service, port, "", effective_policy(rule, port.number)))
+        for subset in rule.subsets if rule is not None else []:
+            out.append(build_cluster(service, port, subset.name, effective_policy(rule, port.number, subset.name)))
+    return out
+
+
+def blackhole_cluster() -> Json:
+    """Where routes to nothing go: a STATIC cluster with no endpoints."""
+    return {"name": BLACKHOLE_CLUSTER, "type": "STATIC", "connect_timeout": format_duration(CONNECT_TIMEOUT)}
+
+
+def build_cluster(service: Service, port: ServicePort, subset: str, policy: EffectivePolicy) -> Json:
+    name = subset_key(service.hostname, port.number, subset)
+    cluster: Json = {
+        "name": name,
+        "type": "EDS",
+        "eds_cluster_config": {"eds_config": ADS_SOURCE, "service_name": name},
+        "connect_timeout": format_duration(CONNECT_TIMEOUT),
+        "lb_policy": "LEAST_REQUEST",
+        "circuit_breakers": {"thresholds": [_default_thresholds()]},
+        "metadata": {"filter_metadata": {"istio": _istio_metadata(service, port, subset)}},
+    }
+    _apply_load_balancer(cluster, policy)
+    common = _apply_connection_pool(cluster, policy)
+    _apply_outlier_detection(cluster, policy)
+    protocol = _upstream_protocol(port, policy)
+    if protocol is not None or common:
+        options: Json = {"@type": HTTP_PROTOCOL_OPTIONS, **(protocol or {"explicit_http_config": {"http_protocol_options": {}}})}
+        if common:
+            options["common_http_protocol_options"] = common
+        cluster["typed_extension_protocol_options"] = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": options}
+    return cluster
+
+
+def _istio_metadata(service: Service, port: ServicePort, subset: str) -> Json:
+    meta: Json = {
+        "services": [{"host": service.hostname, "name": service.hostname.split(".")[0], "namespace": service.namespace}],
+        "default_original_port": port.number,
+    }
+    if subset:
+        meta["subset"] = subset
+    return meta
+
+
+def _default_thresholds() -> Json:
+    return {"max_connections": UINT32_MAX, "max_pending_requests": UINT32_MAX, "max_requests": UINT32_MAX,
+            "max_retries": UINT32_MAX, "track_remaining": True}  # fmt: skip
+
+
+def _apply_load_balancer(cluster: Json, policy: EffectivePolicy) -> None:
+    lb = policy.load_balancer
+    if lb is None:
+        return
+    simple = lb.simple
+    if simple == "RANDOM":
+        cluster["lb_policy"] = "RANDOM"
+    elif simple == "ROUND_ROBIN":
+        cluster["lb_policy"] = "ROUND_ROBIN"
+    elif simple == "PASSTHROUGH":
+        cluster["lb_policy"] = "CLUSTER_PROVIDED"
+        cluster["type"] = "ORIGINAL_DST"
+        cluster.pop("eds_cluster_config")
+    hashing = lb.consistent_hash
+    if hashing is None:
+        return
+    if hashing.maglev is not None:
+        cluster["lb_policy"] = "MAGLEV"
+        if hashing.maglev.table_size:
+            cluster["maglev_lb_config"] = {"table_size": hashing.maglev.table_size}
+    elif hashing.ring_hash is not None:
+        cluster["lb_policy"] = "RING_HASH"
+        if hashing.ring_hash.minimum_ring_size:
+            cluster["ring_hash_lb_config"] = {"minimum_ring_size": hashing.ring_hash.minimum_ring_size}
+    else:
+        cluster["lb_policy"] = "RING_HASH"
+        cluster["ring_hash_lb_config"] = {"minimum_ring_size": hashing.minimum_ring_size or 1024}
+
+
+def _upstream_protocol(port: ServicePort, policy: EffectivePolicy) -> Json | None:
+    """The upstream HTTP version Istio picks: the client's (useClientProtocol), HTTP/2 for HTTP2/gRPC ports or an
+    UPGRADE policy (the mesh default is DO_NOT_UPGRADE), else none (Envoy's HTTP/1.1)."""
+    http = policy.connection_pool.http if policy.connection_pool is not None else None
+    if http is not None and http.use_client_protocol:
+        return {"use_downstream_protocol_config": {"http_protocol_options": {}, "http2_protocol_options": {}}}
+    upgrade = http is not None and http.h2_upgrade_policy == "UPGRADE"
+    if port.protocol.upper() in HTTP2_PROTOCOLS or upgrade:
+        streams = http.max_concurrent_streams if http is not None else 0
+        return {"explicit_http_config": {"http2_protocol_options": _h2_options(streams)}}
+    return None
+
+
+def _apply_connection_pool(cluster: Json, policy: EffectivePolicy) -> Json:
+    """Circuit-breaker thresholds, connect timeout and keepalive on the cluster; returns the
+    common_http_protocol_options (idle timeout, requests and lifetime per connection) the pool asks for."""
+    pool = policy.connection_pool
+    common: Json = {}
+    if pool is None:
+        return common
+    thresholds = cluster["circuit_breakers"]["thresholds"][0]
+    idle_timeout = None
+    if pool.http is not None:
+        http = pool.http
+        if http.http2_max_requests > 0:
+            thresholds["max_requests"] = http.http2_max_requests
+        if http.http1_max_pending_requests > 0:
+            thresholds["max_pending_requests"] = http.http1_max_pending_requests
+        if http.max_retries > 0:
+            thresholds["max_retries"] = http.max_retries
+        idle_timeout = http.idle_timeout
+        if http.max_requests_per_connection > 0:
+            common["max_requests_per_connection"] = http.max_requests_per_connection
+    if pool.tcp is not None:
+        tcp = pool.tcp
+        if tcp.connect_timeout is not None:
+            cluster["connect_timeout"] = format_duration(tcp.connect_timeout)
+        if tcp.max_connections > 0:
+            thresholds["max_connections"] = tcp.max_connections
+        if tcp.max_connection_duration is not None:
+            common["max_connection_duration"] = format_duration(tcp.max_connection_duration)
+        if idle_timeout is None:
+            idle_timeout = tcp.idle_timeout
+        if tcp.tcp_keepalive is not None:
+            cluster["upstream_connection_options"] = {"tcp_keepalive": _keepalive(tcp.tcp_keepalive)}
+    if idle_timeout is not None:
+        common["idle_timeout"] = format_duration(idle_timeout)
+    return common
+
+
+def _h2_options(max_concurrent_streams: int) -> Json:
+    return {"max_concurrent_streams": max_concurrent_streams} if max_concurrent_streams > 0 else {}
+
+
+def _keepalive(keepalive: TcpKeepalive) -> Json:
+    out: Json = {}
+    if keepalive.probes > 0:
+        out["keepalive_probes"] = keepalive.probes
+    if keepalive.time is not None:
+        out["keepalive_time"] = int(keepalive.time)
+    if keepalive.interval is not None:
+        out["keepalive_interval"] = int(keepalive.interval)
+    return out
+
+
+def _apply_outlier_detection(cluster: Json, policy: EffectivePolicy) -> None:
+    outlier = policy.outlier_detection
+    if outlier is None:
+        return
+    out: Json = {"enforcing_success_rate": 0}
+    if outlier.consecutive_5xx_errors is not None:
+        out["consecutive_5xx"] = outlier.consecutive_5xx_errors
+        out["enforcing_consecutive_5xx"] = 100 if outlier.consecutive_5xx_errors > 0 else 0
+    if outlier.consecutive_gateway_errors is not None:
+        out["consecutive_gateway_failure"] = outlier.consecutive_gateway_errors
+        out["enforcing_consecutive_gateway_failure"] = 100 if outlier.consecutive_gateway_errors > 0 else 0
+    if outlier.interval is not None:
+        out["interval"] = format_duration(outlier.interval)
+    if outlier.base_ejection_time is not None:
+        out["base_ejection_time"] = format_duration(outlier.base_ejection_time)
+    if outlier.max_ejection_percent > 0:
+        out["max_ejection_percent"] = outlier.max_ejection_percent
+    if outlier.split_external_local_origin_errors:
+        out["split_external_local_origin_errors"] = True
+        failures = outlier.consecutive_local_origin_failures
+        if failures:
+            out["consecutive_local_origin_failure"] = failures
+            out["enforcing_consecutive_local_origin_failure"] = 100
+        out["enforcing_local_origin_success_rate"] = 0
+    cluster["outlier_detection"] = out
+    # Istio sets the panic threshold even at 0 (Envoy's default is 50): few endpoints per service in a mesh.
+    cluster["common_lb_config"] = {"healthy_panic_threshold": {"value": float(outlier.min_health_percent)}}

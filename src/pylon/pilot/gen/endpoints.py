@@ -1,0 +1,46 @@
+"""ClusterLoadAssignments (EDS) for outbound clusters: a service's endpoints, narrowed to a subset's labels.
+
+As istiod writes them: endpoints grouped by locality ("region/zone/subzone"),
+each with its weight (0 means 1) and HEALTHY status, each locality weighted by
+the sum of its endpoints' weights.
+"""
+
+from __future__ import annotations
+
+from pylon.pilot.gen.names import subset_key
+from pylon.pilot.gen.types import Json
+from pylon.pilot.istio.networking import DestinationRuleSpec, ServicePort
+from pylon.pilot.snapshot import Endpoint, Service
+
+
+def build_load_assignments(service: Service, rule: DestinationRuleSpec | None) -> list[Json]:
+    """One CLA per cluster `build_clusters` makes for the same service and rule."""
+    out = []
+    for port in service.ports:
+        out.append(_assignment(subset_key(service.hostname, port.number), service.endpoints, port))
+        for subset in rule.subsets if rule is not None else []:
+            chosen = [ep for ep in service.endpoints if all(ep.labels.get(k) == v for k, v in subset.labels.items())]
+            out.append(_assignment(subset_key(service.hostname, port.number, subset.name), chosen, port))
+    return out
+
+
+def _assignment(cluster_name: str, endpoints: tuple[Endpoint, ...] | list[Endpoint], port: ServicePort) -> Json:
+    by_locality: dict[str, list[Json]] = {}
+    weights: dict[str, int] = {}
+    for endpoint in endpoints:
+        weight = endpoint.weight or 1
+        by_locality.setdefault(endpoint.locality, []).append({
+            "endpoint": {"address": {"socket_address": {"address": endpoint.address,
+                                                        "port_value": endpoint.port_for(port)}}},
+            "health_status": "HEALTHY",
+            "load_balancing_weight": weight,
+        })  # fmt: skip
+        weights[endpoint.locality] = weights.get(endpoint.locality, 0) + weight
+    groups = []
+    for locality, lb_endpoints in by_locality.items():
+        group: Json = {"lb_endpoints": lb_endpoints, "load_balancing_weight": weights[locality]}
+        if locality:
+            region, zone, sub_zone = (locality.split("/") + ["", "", ""])[:3]
+            group["locality"] = {"region": region, "zone": zone, "sub_zone": sub_zone}
+        groups.append(group)
+    return {"cluster_name": cluster_name, "endpoints": groups}

@@ -1,0 +1,23 @@
+"""Istio's names for generated resources (pilot/pkg/model/service.go BuildSubsetKey, gateway.go)."""
+
+from __future__ import annotations
+
+
+def subset_key(host: str, port: int, subset: str = "", direction: str = "outbound") -> str:
+    """`outbound|<port>|<subset>|<fqdn>`: cluster, EDS service and CLA name."""
+    return f"{direction}|{port}|{subset}|{host}"
+
+
+def listener_name(bind: str, port: int) -> str:
+    """`<bind>_<port>`, e.g. `0.0.0.0_8080`."""
+    return f"{bind}_{port}"
+
+
+def gateway_http_route_name(port: int, bind: str = "") -> str:
+    """RDS name of a plain-HTTP gateway port: `http.<port>`, `http.<port>.<bind>` when the server binds."""
+    return f"http.{port}.{bind}" if bind else f"http.{port}"
+
+
+def domain_name(host: str, port: int) -> str:
+    """Virtual host names: `<host>:<port>`."""
+    return f"{host}:{port}"

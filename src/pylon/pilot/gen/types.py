@@ -1,0 +1,27 @@
+"""xDS type URLs and the shape generators return."""
+
+from __future__ import annotations
+
+from typing import Any
+
+LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
+ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+ENDPOINT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+
+# Istio's push order: clusters before the endpoints they name, listeners before their routes.
+PUSH_ORDER = (CLUSTER, ENDPOINT, LISTENER, ROUTE)
+SHORT_NAMES = {CLUSTER: "cds", ENDPOINT: "eds", LISTENER: "lds", ROUTE: "rds"}
+
+HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+FAULT = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
+HTTP_PROTOCOL_OPTIONS = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+PREVIOUS_PRIORITIES = "type.googleapis.com/envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig"
+
+# A resource as proto-JSON, and a proxy's resources: {type URL: {resource name: resource}}.
+Json = dict[str, Any]
+Resources = dict[str, dict[str, Json]]
+
+# ADS as the config source of RDS and EDS, as Istio writes it.
+ADS_SOURCE: Json = {"ads": {}, "initial_fetch_timeout": "0s", "resource_api_version": "V3"}

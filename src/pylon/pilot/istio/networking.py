@@ -1,0 +1,526 @@
+"""networking.istio.io specs: Gateway, VirtualService, DestinationRule, ServiceEntry, WorkloadEntry.
+
+Field names and meanings are istio/api's (`networking/v1alpha3/*.proto`). What a
+gateway generator can honour is modelled; the rest of each message is typed
+`NotImplementedField` (an error that says "not supported by pylon pilot yet"),
+and anything else is an unknown field. Checks here are the ones Istio's
+validation webhook makes on a single resource; cross-resource checks belong to
+the snapshot.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Annotated, Literal
+
+import msgspec
+
+from pylon.config.errors import FieldError
+from pylon.pilot.istio.common import (
+    GoDuration,
+    Int32,
+    IstioStruct,
+    NonEmptyStr,
+    NotImplementedField,
+    Percent,
+    PortNumber,
+    PortSelector,
+    StringMatch,
+    UInt32,
+    at_most_one,
+    check_regex,
+    exactly_one,
+)
+
+# Istio's protocol names (pkg/config/protocol), compared case-insensitively as Istio does.
+PROTOCOLS = frozenset(
+    {"HTTP", "HTTPS", "GRPC", "GRPC-WEB", "HTTP2", "MONGO", "MYSQL", "REDIS", "TCP", "TLS", "UDP", "THRIFT", "HBONE"}
+)
+HTTP_PROTOCOLS = frozenset({"HTTP", "HTTP2", "GRPC", "GRPC-WEB"})
+# Protocols whose upstream connections Istio makes HTTP/2 (the cluster gets http2_protocol_options).
+HTTP2_PROTOCOLS = frozenset({"HTTP2", "GRPC", "GRPC-WEB"})
+
+
+def _check_protocol(value: str, field: str) -> None:
+    if value.upper() not in PROTOCOLS:
+        raise FieldError(field, f"unknown protocol {value!r}; Istio's protocols: {', '.join(sorted(PROTOCOLS))}")
+
+
+# --------------------------------------------------------------------------- Gateway
+
+
+class ServerPort(IstioStruct, kw_only=True):
+    number: PortNumber
+    protocol: NonEmptyStr
+    name: str = ""
+    target_port: NotImplementedField | None = None
+
+    def __post_init__(self) -> None:
+        _check_protocol(self.protocol, "protocol")
+
+
+class ServerTLSSettings(IstioStruct, kw_only=True):
+    """Gateway TLS; only `httpsRedirect` (on plain HTTP servers) until credentialName secrets land."""
+
+    https_redirect: bool = False
+    mode: NotImplementedField | None = None
+    server_certificate: NotImplementedField | None = None
+    private_key: NotImplementedField | None = None
+    ca_certificates: NotImplementedField | None = None
+    ca_crl: NotImplementedField | None = None
+    credential_name: NotImplementedField | None = None
+    credential_names: NotImplementedField | None = None
+    tls_certificates: NotImplementedField | None = None
+    subject_alt_names: NotImplementedField | None = None
+    verify_certificate_spki: NotImplementedField | None = None
+    verify_certificate_hash: NotImplementedField | None = None
+    min_protocol_version: NotImplementedField | None = None
+    max_protocol_version: NotImplementedField | None = None
+    cipher_suites: NotImplementedField | None = None
+
+
+class Server(IstioStruct, kw_only=True):
+    port: ServerPort
+    bind: str = ""
+    hosts: Annotated[list[NonEmptyStr], msgspec.Meta(min_length=1)]
+    tls: ServerTLSSettings | None = None
+    default_endpoint: NotImplementedField | None = None
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if self.port.protocol.upper() not in HTTP_PROTOCOLS:
+            raise FieldError(
+                "port.protocol",
+                f"{self.port.protocol} servers are not supported by pylon pilot yet (HTTP, HTTP2, GRPC, GRPC-WEB only)",
+            )
+        if self.bind:
+            try:
+                ipaddress.ip_address(self.bind)
+            except ValueError:
+                raise FieldError("bind", f"{self.bind!r} is not an IP address (unix sockets are not supported)") from None
+        for i, host in enumerate(self.hosts):
+            namespace, _, name = host.rpartition("/")
+            if not name or "/" in namespace:
+                raise FieldError(f"hosts[{i}]", f"invalid host {host!r}: expected [namespace/]dnsName")
+
+
+class GatewaySpec(IstioStruct, kw_only=True):
+    servers: Annotated[list[Server], msgspec.Meta(min_length=1)]
+    selector: dict[str, str] = {}
+
+
+# --------------------------------------------------------------------------- VirtualService
+
+
+class Destination(IstioStruct, kw_only=True):
+    host: NonEmptyStr
+    subset: str = ""
+    port: PortSelector | None = None
+
+
+class HeaderOperations(IstioStruct, kw_only=True):
+    set: dict[str, str] = {}
+    add: dict[str, str] = {}
+    remove: list[str] = []
+
+
+class Headers(IstioStruct, kw_only=True):
+    request: HeaderOperations | None = None
+    response: HeaderOperations | None = None
+
+
+class HTTPRouteDestination(IstioStruct, kw_only=True):
+    destination: Destination
+    weight: Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)] = 0
+    headers: Headers | None = None
+
+
+class HTTPMatchRequest(IstioStruct, kw_only=True):
+    name: str = ""
+    uri: StringMatch | None = None
+    scheme: StringMatch | None = None
+    method: StringMatch | None = None
+    authority: StringMatch | None = None
+    headers: dict[str, StringMatch] = {}
+    port: UInt32 = 0
+    source_labels: dict[str, str] = {}
+    gateways: list[str] = []
+    query_params: dict[str, StringMatch] = {}
+    ignore_uri_case: bool = False
+    without_headers: dict[str, StringMatch] = {}
+    source_namespace: str = ""
+    stat_prefix: str = ""
+
+    def __post_init__(self) -> None:
+        for field, headers in (("headers", self.headers), ("withoutHeaders", self.without_headers)):
+            for name in headers:
+                if name != name.lower():
+                    raise FieldError(f"{field}.{name}", "header names must be lowercase (Istio's validation)")
+                if name.startswith("@"):
+                    raise FieldError(f"{field}.{name}", "JWT claim routing (@request.auth.claims) is not supported yet")
+
+
+class RegexRewrite(IstioStruct, kw_only=True):
+    match: str
+    rewrite: str
+
+    def __post_init__(self) -> None:
+        try:
+            check_regex(self.match)
+        except ValueError as exc:
+            raise FieldError("match", str(exc)) from None
+
+
+class HTTPRewrite(IstioStruct, kw_only=True):
+    uri: str = ""
+    authority: str = ""
+    uri_regex_rewrite: RegexRewrite | None = None
+
+    def __post_init__(self) -> None:
+        if self.uri and self.uri_regex_rewrite is not None:
+            raise ValueError("uri and uriRegexRewrite cannot both be set")
+
+
+class HTTPRetry(IstioStruct, kw_only=True):
+    attempts: Int32 = 0
+    per_try_timeout: GoDuration | None = None
+    retry_on: str = ""
+    retry_remote_localities: bool | None = None
+    retry_ignore_previous_hosts: bool | None = None
+    backoff: GoDuration | None = None
+
+    def __post_init__(self) -> None:
+        if self.per_try_timeout is not None and self.per_try_timeout < 0.001:
+            raise FieldError("perTryTimeout", "must be at least 1ms")
+
+
+class FaultDelay(IstioStruct, kw_only=True):
+    fixed_delay: GoDuration | None = None
+    exponential_delay: NotImplementedField | None = None
+    percentage: Percent | None = None
+    percent: Annotated[int, msgspec.Meta(ge=0, le=100)] = 0
+
+    def __post_init__(self) -> None:
+        if self.fixed_delay is None:
+            raise FieldError("fixedDelay", "missing required field")
+        if self.fixed_delay < 0.001:
+            raise FieldError("fixedDelay", "must be at least 1ms")
+
+
+# gRPC status names Istio accepts for abort.grpcStatus, with their codes.
+GRPC_STATUS = {
+    "OK": 0, "CANCELLED": 1, "UNKNOWN": 2, "INVALID_ARGUMENT": 3, "DEADLINE_EXCEEDED": 4, "NOT_FOUND": 5,
+    "ALREADY_EXISTS": 6, "PERMISSION_DENIED": 7, "RESOURCE_EXHAUSTED": 8, "FAILED_PRECONDITION": 9, "ABORTED": 10,
+    "OUT_OF_RANGE": 11, "UNIMPLEMENTED": 12, "INTERNAL": 13, "UNAVAILABLE": 14, "DATA_LOSS": 15, "UNAUTHENTICATED": 16,
+}  # fmt: skip
+
+
+class FaultAbort(IstioStruct, kw_only=True):
+    http_status: Annotated[int, msgspec.Meta(ge=200, le=599)] | None = None
+    grpc_status: str | None = None
+    http2_error: NotImplementedField | None = None
+    percentage: Percent | None = None
+
+    def __post_init__(self) -> None:
+        exactly_one(self, "http_status", "grpc_status")
+        if self.grpc_status is not None and self.grpc_status not in GRPC_STATUS:
+            raise FieldError("grpcStatus", f"unknown gRPC status {self.grpc_status!r}")
+
+
+class HTTPFaultInjection(IstioStruct, kw_only=True):
+    delay: FaultDelay | None = None
+    abort: FaultAbort | None = None
+
+    def __post_init__(self) -> None:
+        if self.delay is None and self.abort is None:
+            raise ValueError("at least one of delay, abort must be set")
+
+
+REDIRECT_CODES = {0: "MOVED_PERMANENTLY", 301: "MOVED_PERMANENTLY", 302: "FOUND", 303: "SEE_OTHER",
+                  307: "TEMPORARY_REDIRECT", 308: "PERMANENT_REDIRECT"}  # fmt: skip
+
+
+class HTTPRedirect(IstioStruct, kw_only=True):
+    uri: str = ""
+    authority: str = ""
+    port: Annotated[int, msgspec.Meta(ge=1, le=65535)] | None = None
+    derive_port: Literal["FROM_PROTOCOL_DEFAULT", "FROM_REQUEST_PORT"] | None = None
+    scheme: str = ""
+    redirect_code: UInt32 = 0
+
+    def __post_init__(self) -> None:
+        at_most_one(self, "port", "derive_port")
+        if self.redirect_code not in REDIRECT_CODES:
+            raise FieldError("redirectCode", f"{self.redirect_code} is not one of 301, 302, 303, 307, 308")
+
+
+class HTTPBody(IstioStruct, kw_only=True):
+    string: str | None = None
+    bytes: str | None = None  # base64, as protobuf's JSON mapping writes bytes
+
+    def __post_init__(self) -> None:
+        exactly_one(self, "string", "bytes")
+
+
+class HTTPDirectResponse(IstioStruct, kw_only=True):
+    status: Annotated[int, msgspec.Meta(ge=200, le=599)]
+    body: HTTPBody | None = None
+
+
+class HTTPMirrorPolicy(IstioStruct, kw_only=True):
+    destination: Destination
+    percentage: Percent | None = None
+
+
+class HTTPRoute(IstioStruct, kw_only=True):
+    name: str = ""
+    match: list[HTTPMatchRequest] = []
+    route: list[HTTPRouteDestination] = []
+    redirect: HTTPRedirect | None = None
+    direct_response: HTTPDirectResponse | None = None
+    delegate: NotImplementedField | None = None
+    rewrite: HTTPRewrite | None = None
+    timeout: GoDuration | None = None
+    retries: HTTPRetry | None = None
+    fault: HTTPFaultInjection | None = None
+    mirror: Destination | None = None
+    mirrors: list[HTTPMirrorPolicy] = []
+    mirror_percent: UInt32 | None = None
+    mirror_percentage: Percent | None = None
+    cors_policy: NotImplementedField | None = None
+    headers: Headers | None = None
+
+    def __post_init__(self) -> None:
+        actions = [name for name, value in (("route", self.route), ("redirect", self.redirect),
+                                            ("directResponse", self.direct_response)) if value]  # fmt: skip
+        if len(actions) != 1:
+            got = f" (got {', '.join(actions)})" if actions else ""
+            raise ValueError(f"an HTTP route needs exactly one of route, redirect, directResponse{got}")
+        if self.redirect is not None and self.rewrite is not None:
+            raise FieldError("rewrite", "a redirect route cannot also rewrite")
+        if self.mirror is not None and self.mirrors:
+            raise ValueError("mirror and mirrors cannot both be set")
+
+
+class VirtualServiceSpec(IstioStruct, kw_only=True):
+    hosts: Annotated[list[NonEmptyStr], msgspec.Meta(min_length=1)]
+    gateways: list[NonEmptyStr] = []
+    http: list[HTTPRoute] = []
+    tls: NotImplementedField | None = None
+    tcp: NotImplementedField | None = None
+    export_to: list[str] = []
+
+
+# --------------------------------------------------------------------------- DestinationRule
+
+
+class HTTPCookie(IstioStruct, kw_only=True):
+    name: NonEmptyStr
+    path: str = ""
+    ttl: GoDuration | None = None
+    attributes: NotImplementedField | None = None
+
+
+class RingHash(IstioStruct, kw_only=True):
+    minimum_ring_size: Annotated[int, msgspec.Meta(ge=0)] = 0
+
+
+class MagLev(IstioStruct, kw_only=True):
+    table_size: Annotated[int, msgspec.Meta(ge=0)] = 0
+
+
+class ConsistentHashLB(IstioStruct, kw_only=True):
+    http_header_name: str | None = None
+    http_cookie: HTTPCookie | None = None
+    use_source_ip: bool | None = None
+    http_query_parameter_name: str | None = None
+    ring_hash: RingHash | None = None
+    maglev: MagLev | None = None
+    minimum_ring_size: Annotated[int, msgspec.Meta(ge=0)] = 0
+
+    def __post_init__(self) -> None:
+        exactly_one(self, "http_header_name", "http_cookie", "use_source_ip", "http_query_parameter_name")
+        at_most_one(self, "ring_hash", "maglev")
+
+
+class LoadBalancerSettings(IstioStruct, kw_only=True):
+    simple: Literal["UNSPECIFIED", "LEAST_CONN", "RANDOM", "PASSTHROUGH", "ROUND_ROBIN", "LEAST_REQUEST"] | None = None
+    consistent_hash: ConsistentHashLB | None = None
+    locality_lb_setting: NotImplementedField | None = None
+    warmup_duration_secs: NotImplementedField | None = None
+    warmup: NotImplementedField | None = None
+
+    def __post_init__(self) -> None:
+        at_most_one(self, "simple", "consistent_hash")
+
+
+class TcpKeepalive(IstioStruct, kw_only=True):
+    probes: UInt32 = 0
+    time: GoDuration | None = None
+    interval: GoDuration | None = None
+
+
+class TCPSettings(IstioStruct, kw_only=True):
+    max_connections: Int32 = 0
+    connect_timeout: GoDuration | None = None
+    tcp_keepalive: TcpKeepalive | None = None
+    max_connection_duration: GoDuration | None = None
+    idle_timeout: GoDuration | None = None
+
+
+class HTTPSettings(IstioStruct, kw_only=True):
+    http1_max_pending_requests: Int32 = 0
+    http2_max_requests: Int32 = 0
+    max_requests_per_connection: Int32 = 0
+    max_retries: Int32 = 0
+    idle_timeout: GoDuration | None = None
+    h2_upgrade_policy: Literal["DEFAULT", "DO_NOT_UPGRADE", "UPGRADE"] = "DEFAULT"
+    use_client_protocol: bool = False
+    max_concurrent_streams: Int32 = 0
+
+
+class ConnectionPoolSettings(IstioStruct, kw_only=True):
+    tcp: TCPSettings | None = None
+    http: HTTPSettings | None = None
+
+
+class OutlierDetection(IstioStruct, kw_only=True):
+    consecutive_5xx_errors: UInt32 | None = msgspec.field(default=None, name="consecutive5xxErrors")
+    consecutive_gateway_errors: UInt32 | None = None
+    interval: GoDuration | None = None
+    base_ejection_time: GoDuration | None = None
+    max_ejection_percent: Annotated[int, msgspec.Meta(ge=0, le=100)] = 0
+    min_health_percent: Annotated[int, msgspec.Meta(ge=0, le=100)] = 0
+    split_external_local_origin_errors: bool = False
+    consecutive_local_origin_failures: UInt32 | None = None
+
+
+class ClientTLSSettings(IstioStruct, kw_only=True):
+    """Upstream TLS; only DISABLE until the identity issue brings certificates."""
+
+    mode: Literal["DISABLE", "SIMPLE", "MUTUAL", "ISTIO_MUTUAL"] = "DISABLE"
+    client_certificate: NotImplementedField | None = None
+    private_key: NotImplementedField | None = None
+    ca_certificates: NotImplementedField | None = None
+    ca_crl: NotImplementedField | None = None
+    credential_name: NotImplementedField | None = None
+    subject_alt_names: NotImplementedField | None = None
+    sni: NotImplementedField | None = None
+    insecure_skip_verify: NotImplementedField | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode != "DISABLE":
+            raise FieldError("mode", f"{self.mode} is not supported by pylon pilot yet (DISABLE only)")
+
+
+class PortTrafficPolicy(IstioStruct, kw_only=True):
+    port: PortSelector
+    load_balancer: LoadBalancerSettings | None = None
+    connection_pool: ConnectionPoolSettings | None = None
+    outlier_detection: OutlierDetection | None = None
+    tls: ClientTLSSettings | None = None
+
+
+class TrafficPolicy(IstioStruct, kw_only=True):
+    load_balancer: LoadBalancerSettings | None = None
+    connection_pool: ConnectionPoolSettings | None = None
+    outlier_detection: OutlierDetection | None = None
+    tls: ClientTLSSettings | None = None
+    port_level_settings: list[PortTrafficPolicy] = []
+    tunnel: NotImplementedField | None = None
+    proxy_protocol: NotImplementedField | None = None
+    retry_budget: NotImplementedField | None = None
+
+
+class Subset(IstioStruct, kw_only=True):
+    name: NonEmptyStr
+    labels: dict[str, str] = {}
+    traffic_policy: TrafficPolicy | None = None
+
+    def __post_init__(self) -> None:
+        if "|" in self.name:
+            raise FieldError("name", "a subset name must not contain '|' (it is part of cluster names)")
+
+
+class DestinationRuleSpec(IstioStruct, kw_only=True):
+    host: NonEmptyStr
+    traffic_policy: TrafficPolicy | None = None
+    subsets: list[Subset] = []
+    export_to: list[str] = []
+    workload_selector: NotImplementedField | None = None
+
+    def __post_init__(self) -> None:
+        seen: set[str] = set()
+        for i, subset in enumerate(self.subsets):
+            if subset.name in seen:
+                raise FieldError(f"subsets[{i}].name", f"duplicate subset name {subset.name!r}")
+            seen.add(subset.name)
+
+
+# --------------------------------------------------------------------------- ServiceEntry, WorkloadEntry
+
+
+class WorkloadEntrySpec(IstioStruct, kw_only=True):
+    """A workload's address, named ports, labels and weight (also ServiceEntry.endpoints[])."""
+
+    address: str = ""
+    ports: dict[str, Annotated[int, msgspec.Meta(ge=1, le=65535)]] = {}
+    labels: dict[str, str] = {}
+    network: str = ""
+    locality: str = ""
+    weight: UInt32 = 0
+    service_account: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.address:
+            raise FieldError("address", "missing required field (pylon pilot needs an IP address)")
+        try:
+            ipaddress.ip_address(self.address)
+        except ValueError:
+            raise FieldError(
+                "address", f"{self.address!r} is not an IP address (DNS names and unix sockets are not supported yet)"
+            ) from None
+
+
+class ServicePort(IstioStruct, kw_only=True):
+    number: PortNumber
+    protocol: str = ""
+    name: NonEmptyStr
+    target_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0
+
+    def __post_init__(self) -> None:
+        if self.protocol:
+            _check_protocol(self.protocol, "protocol")
+
+
+class WorkloadSelector(IstioStruct, kw_only=True):
+    labels: dict[str, str] = {}
+
+
+class ServiceEntrySpec(IstioStruct, kw_only=True):
+    hosts: Annotated[list[NonEmptyStr], msgspec.Meta(min_length=1)]
+    addresses: list[str] = []
+    ports: list[ServicePort] = []
+    location: Literal["MESH_EXTERNAL", "MESH_INTERNAL"] = "MESH_EXTERNAL"
+    resolution: Literal["NONE", "STATIC", "DNS", "DNS_ROUND_ROBIN", "DYNAMIC_DNS"] = "NONE"
+    endpoints: list[WorkloadEntrySpec] = []
+    workload_selector: WorkloadSelector | None = None
+    export_to: list[str] = []
+    subject_alt_names: list[str] = []
+
+    def __post_init__(self) -> None:
+        if self.resolution != "STATIC":
+            raise FieldError(
+                "resolution",
+                f"{self.resolution} is not supported by pylon pilot yet (STATIC only; NONE is Istio's default)",
+            )
+        if self.endpoints and self.workload_selector is not None:
+            raise ValueError("only one of endpoints and workloadSelector may be set")
+        seen: set[str] = set()
+        for i, port in enumerate(self.ports):
+            if port.name in seen:
+                raise FieldError(f"ports[{i}].name", f"duplicate port name {port.name!r}")
+            seen.add(port.name)
+        for i, host in enumerate(self.hosts):
+            if host == "*":
+                raise FieldError(f"hosts[{i}]", "a ServiceEntry host cannot be '*'")

@@ -1,0 +1,160 @@
+"""One immutable, indexed view of the mesh config: istiod's PushContext, sans-IO.
+
+Built once per debounced change from a source's resources; generators only read
+it. Building checks what spans resources (duplicate names) and resolves what
+Istio resolves once: short host names, ServiceEntry endpoints and the
+WorkloadEntries their workloadSelector picks.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+
+from pylon.config.errors import ConfigError
+from pylon.pilot.hosts import is_visible, matches, resolve_short_name
+from pylon.pilot.istio.networking import ServiceEntrySpec, ServicePort, WorkloadEntrySpec
+from pylon.pilot.istio.resources import Resource
+from pylon.pilot.proxy import Proxy
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One workload behind a service: a ServiceEntry endpoint or a selected WorkloadEntry."""
+
+    address: str
+    ports: dict[str, int]
+    labels: dict[str, str]
+    weight: int
+    locality: str
+
+    @classmethod
+    def from_spec(cls, spec: WorkloadEntrySpec) -> Endpoint:
+        return cls(address=spec.address, ports=dict(spec.ports), labels=dict(spec.labels), weight=spec.weight,
+                   locality=spec.locality)
+
+    def port_for(self, port: ServicePort) -> int:
+        """Istio's choice: the endpoint's port named like the service port, else targetPort, else the port."""
+        return self.ports.get(port.name) or port.target_port or port.number
+
+
+@dataclass(frozen=True)
+class Service:
+    """One host of a ServiceEntry, with the ports and endpoints it resolves to."""
+
+    hostname: str
+    namespace: str
+    ports: tuple[ServicePort, ...]
+    endpoints: tuple[Endpoint, ...]
+    export_to: tuple[str, ...]
+    entry: Resource
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    version: str
+    resources: tuple[Resource, ...] = ()
+    gateways: tuple[Resource, ...] = ()
+    virtual_services: tuple[Resource, ...] = ()
+    destination_rules: tuple[Resource, ...] = ()
+    services: dict[str, tuple[Service, ...]] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ lookups used by generators
+
+    def gateways_for(self, proxy: Proxy) -> list[Resource]:
+        """Gateways whose selector is a subset of the proxy's labels (any namespace, Istio's default)."""
+        return [gw for gw in self.gateways if all(proxy.labels.get(k) == v for k, v in gw.spec.selector.items())]
+
+    def virtual_services_for_gateway(self, gateway: str, proxy_namespace: str) -> list[Resource]:
+        """VirtualServices bound to `gateway` ("ns/name") and visible from the proxy's namespace."""
+        return [
+            vs for vs in self.virtual_services
+            if gateway in gateway_names(vs) and is_visible(vs.spec.export_to, vs.namespace, proxy_namespace)
+        ]  # fmt: skip
+
+    def service(self, hostname: str, preferred_namespace: str, proxy_namespace: str) -> Service | None:
+        """The service for a host: the one in `preferred_namespace` if visible, else any visible one."""
+        visible = [s for s in self.services.get(hostname, ()) if is_visible(s.export_to, s.namespace, proxy_namespace)]
+        preferred = [s for s in visible if s.namespace == preferred_namespace]
+        return (preferred or visible or [None])[0]
+
+    def visible_services(self, proxy_namespace: str) -> list[Service]:
+        """Every service the proxy may reach, one per hostname, sorted by hostname for stable output."""
+        out = []
+        for hostname in sorted(self.services):
+            service = self.service(hostname, proxy_namespace, proxy_namespace)
+            if service is not None:
+                out.append(service)
+        return out
+
+    def destination_rule(self, hostname: str, proxy_namespace: str, service_namespace: str) -> Resource | None:
+        """The DestinationRule for a host, looked up as Istio does: the proxy's namespace first, then the
+        service's, then any namespace the rule is exported to; an exact host beats the narrowest wildcard."""
+        candidates = [dr for dr in self.destination_rules if is_visible(dr.spec.export_to, dr.namespace, proxy_namespace)
+                      and matches(resolve_short_name(dr.spec.host, dr.namespace), hostname)]  # fmt: skip
+        if not candidates:
+            return None
+
+        def rank(dr: Resource) -> tuple[int, int, int]:
+            host = resolve_short_name(dr.spec.host, dr.namespace)
+            namespace_rank = 0 if dr.namespace == proxy_namespace else 1 if dr.namespace == service_namespace else 2
+            return (0 if host == hostname else 1, -len(host), namespace_rank)
+
+        return min(candidates, key=rank)
+
+
+def gateway_names(vs: Resource) -> list[str]:
+    """A VirtualService's `gateways` as "namespace/name" (short names are in the VirtualService's namespace)."""
+    return [g if "/" in g or g == "mesh" else f"{vs.namespace}/{g}" for g in vs.spec.gateways]
+
+
+def build_snapshot(resources: list[Resource], version: str | None = None) -> Snapshot:
+    """Index `resources`; ConfigError for a kind/namespace/name defined twice."""
+    seen: dict[tuple[str, str, str], Resource] = {}
+    for resource in resources:
+        if resource.key in seen:
+            raise ConfigError(resource.source, "metadata.name",
+                              f"{resource.kind} {resource.namespace}/{resource.name} is also defined in {seen[resource.key].source}")
+        seen[resource.key] = resource
+    by_kind: dict[str, list[Resource]] = {}
+    for resource in resources:
+        by_kind.setdefault(resource.kind, []).append(resource)
+    workload_entries = by_kind.get("WorkloadEntry", [])
+    services: dict[str, list[Service]] = {}
+    for entry in by_kind.get("ServiceEntry", []):
+        for service in _services_of(entry, workload_entries):
+            services.setdefault(service.hostname, []).append(service)
+    return Snapshot(
+        version=version or _new_version(),
+        resources=tuple(resources),
+        gateways=tuple(by_kind.get("Gateway", [])),
+        virtual_services=tuple(by_kind.get("VirtualService", [])),
+        destination_rules=tuple(by_kind.get("DestinationRule", [])),
+        services={host: tuple(found) for host, found in services.items()},
+    )
+
+
+def _services_of(entry: Resource, workload_entries: list[Resource]) -> list[Service]:
+    spec: ServiceEntrySpec = entry.spec
+    if spec.workload_selector is not None:
+        wanted = spec.workload_selector.labels
+        endpoints = tuple(
+            Endpoint.from_spec(we.spec) for we in workload_entries
+            if we.namespace == entry.namespace and all(we.spec.labels.get(k) == v for k, v in wanted.items())
+        )  # fmt: skip
+    else:
+        endpoints = tuple(Endpoint.from_spec(ep) for ep in spec.endpoints)
+    return [
+        Service(hostname=resolve_short_name(host, entry.namespace), namespace=entry.namespace, ports=tuple(spec.ports),
+                endpoints=endpoints, export_to=tuple(spec.export_to), entry=entry)
+        for host in spec.hosts
+    ]
+
+
+_versions = itertools.count(1)
+
+
+def _new_version() -> str:
+    """istiod's version_info shape: an RFC 3339 timestamp and a push counter."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()) + f"/{next(_versions)}"

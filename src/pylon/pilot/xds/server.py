@@ -1,0 +1,116 @@
+"""The AggregatedDiscoveryService on grpcio (aio): moves DiscoveryRequests and Responses between sockets
+and each stream's sans-IO `Stream`, and pushes to every connected proxy when the config changes."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import grpc
+
+from envoy.service.discovery.v3 import ads_pb2_grpc
+from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest, DiscoveryResponse
+from pylon.pilot.gen.types import SHORT_NAMES, Resources
+from pylon.pilot.metrics import PilotMetrics
+from pylon.pilot.proxy import Proxy
+from pylon.pilot.xds.encode import EncodeError
+from pylon.pilot.xds.stream import Stream, StreamError
+
+log = logging.getLogger("pylon.pilot.xds")
+
+_connection_ids = itertools.count(1)
+
+
+@dataclass
+class Connection:
+    """A connected ADS stream: its protocol state and the queue its responses leave through."""
+
+    id: str
+    peer: str
+    stream: Stream
+    outbox: asyncio.Queue[DiscoveryResponse | BaseException | None]
+
+
+class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
+    """State-of-the-world ADS; `generate(proxy)` gives a proxy's resources and the config version."""
+
+    def __init__(self, generate: Callable[[Proxy], tuple[Resources, str]], metrics: PilotMetrics) -> None:
+        self.generate = generate
+        self.metrics = metrics
+        self.connections: dict[str, Connection] = {}
+
+    def push_all(self) -> None:
+        """Send the current config to every connected proxy (after a config change)."""
+        for connection in list(self.connections.values()):
+            started = time.perf_counter()
+            try:
+                responses = connection.stream.push()
+            except ValueError as exc:  # a generation or encoding bug: keep the proxy's last good config
+                log.error("push to %s failed: %s", connection.id, exc)
+                continue
+            for response in responses:
+                connection.outbox.put_nowait(response)
+            if responses:
+                self.metrics.push_time.labels(type="all").observe(time.perf_counter() - started)
+
+    async def StreamAggregatedResources(  # noqa: N802 - gRPC method name
+        self, request_iterator: AsyncIterator[DiscoveryRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[DiscoveryResponse]:
+        outbox: asyncio.Queue[DiscoveryResponse | BaseException | None] = asyncio.Queue()
+        stream = Stream(generate=self.generate, on_nack=self._count_nack,
+                        on_push=lambda type_url: self.metrics.pushes.labels(type=SHORT_NAMES[type_url]).inc())  # fmt: skip
+        connection = Connection(id="", peer=context.peer(), stream=stream, outbox=outbox)
+        reader = asyncio.create_task(self._read(request_iterator, connection))
+        try:
+            while True:
+                item = await outbox.get()
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    code = grpc.StatusCode.INVALID_ARGUMENT if isinstance(item, StreamError) else grpc.StatusCode.INTERNAL
+                    await context.abort(code, str(item))
+                    return
+                yield item
+        finally:
+            reader.cancel()
+            if self.connections.pop(connection.id, None) is not None:
+                self.metrics.xds.dec()
+                log.info("ADS stream %s closed", connection.id)
+
+    async def DeltaAggregatedResources(  # noqa: N802 - gRPC method name
+        self, request_iterator: AsyncIterator[DiscoveryRequest], context: grpc.aio.ServicerContext
+    ) -> None:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED,
+                            "pylon pilot serves state-of-the-world ADS only: set ads_config.api_type to GRPC")  # fmt: skip
+
+    async def _read(self, requests: AsyncIterator[DiscoveryRequest], connection: Connection) -> None:
+        try:
+            async for request in requests:
+                first = connection.stream.proxy is None
+                for response in connection.stream.on_request(request):
+                    connection.outbox.put_nowait(response)
+                if first and connection.stream.proxy is not None:
+                    connection.id = f"{connection.stream.proxy.node_id}-{next(_connection_ids)}"
+                    self.connections[connection.id] = connection
+                    self.metrics.xds.inc()
+                    log.info("ADS stream %s connected from %s", connection.id, connection.peer)
+        except StreamError as exc:
+            log.warning("refusing ADS stream from %s: %s", connection.peer, exc)
+            connection.outbox.put_nowait(exc)
+            return
+        except EncodeError as exc:  # a generator bug: say so to the proxy and in the log rather than hang
+            log.error("ADS stream %s: %s", connection.id or connection.peer, exc)
+            connection.outbox.put_nowait(exc)
+            return
+        except asyncio.CancelledError:
+            raise
+        except grpc.aio.AioRpcError:
+            pass  # the peer went away
+        connection.outbox.put_nowait(None)
+
+    def _count_nack(self, proxy: Proxy, type_url: str, message: str) -> None:
+        self.metrics.rejects.labels(type=SHORT_NAMES[type_url]).inc()

@@ -1,0 +1,148 @@
+"""One ADS stream's state-of-the-world protocol, sans-IO: requests in, responses out.
+
+Per type URL the stream remembers what the proxy subscribed to (wildcard for
+LDS/CDS, names for RDS/EDS), the last version and nonce sent, the last version
+the proxy ACKed and its last NACK. The rules are xDS's:
+
+- a request whose `response_nonce` is not the latest one sent for its type is
+  stale (it answers a response the proxy had not seen yet) and is ignored;
+- a request with `error_detail` is a NACK: recorded and logged with the proxy
+  and the error, and answered with nothing (the proxy keeps its last good config);
+- a request with the latest nonce is an ACK, and if its resource names differ
+  from the subscription (a new cluster's endpoints, a new listener's routes) it
+  is also a new subscription, answered with those resources;
+- `push` (config changed) sends every subscribed type again, clusters first.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from google.protobuf import json_format
+
+from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest, DiscoveryResponse
+from pylon.pilot.gen.types import PUSH_ORDER, SHORT_NAMES, Resources
+from pylon.pilot.proxy import Proxy, parse_node
+from pylon.pilot.xds.encode import to_any
+
+log = logging.getLogger("pylon.pilot.xds")
+
+_nonces = itertools.count(1)
+
+
+class StreamError(Exception):
+    """The stream cannot be served (bad node id, unsupported proxy type); the message says why."""
+
+
+@dataclass
+class Watch:
+    """One subscribed type's state; `names` None means wildcard."""
+
+    names: frozenset[str] | None
+    nonce: str = ""
+    version_sent: str = ""
+    version_acked: str = ""
+    last_nack: str = ""
+    sent_at: float = 0.0
+
+
+@dataclass
+class Stream:
+    """The protocol state of one ADS stream.
+
+    `generate(proxy)` returns the proxy's resources for the current config and
+    its version; `on_nack(proxy, type_url, message)` lets the server count and
+    show rejections; `on_push(type_url)` counts responses sent.
+    """
+
+    generate: Callable[[Proxy], tuple[Resources, str]]
+    on_nack: Callable[[Proxy, str, str], None] = lambda proxy, type_url, message: None
+    on_push: Callable[[str], None] = lambda type_url: None
+    proxy: Proxy | None = None
+    watches: dict[str, Watch] = field(default_factory=dict)
+    connected_at: float = field(default_factory=time.time)
+    _resources: Resources = field(default_factory=dict)
+    _version: str = ""
+
+    def on_request(self, request: DiscoveryRequest) -> list[DiscoveryResponse]:
+        """The responses one request calls for (often none)."""
+        if self.proxy is None:
+            self._connect(request)
+        assert self.proxy is not None
+        type_url = request.type_url
+        if type_url not in PUSH_ORDER:
+            log.warning("%s asked for unsupported type %s; ignored", self.proxy.node_id, type_url)
+            return []
+        names = _subscription(request)
+        watch = self.watches.get(type_url)
+        if watch is not None and request.response_nonce != watch.nonce:
+            return []  # stale: answers an older response, a newer one is on its way
+        if request.HasField("error_detail"):
+            message = request.error_detail.message
+            if watch is not None:
+                watch.last_nack = message
+            log.warning("%s rejected %s version %s: %s", self.proxy.node_id, SHORT_NAMES[type_url],
+                        watch.version_sent if watch else "?", message)  # fmt: skip
+            self.on_nack(self.proxy, type_url, message)
+            if watch is not None and names != watch.names:
+                watch.names = names  # the proxy's next request may still change its subscription
+            return []
+        if watch is None:
+            watch = self.watches[type_url] = Watch(names=names)
+        else:
+            watch.version_acked = request.version_info
+            if watch.last_nack and request.version_info == watch.version_sent:
+                watch.last_nack = ""
+            if names == watch.names:
+                return []
+            watch.names = names
+        return [self._respond(type_url, watch)]
+
+    def push(self) -> list[DiscoveryResponse]:
+        """Regenerate for the current config and send every subscribed type, clusters first."""
+        if self.proxy is None:
+            return []
+        self._resources, self._version = self.generate(self.proxy)
+        return [self._respond(type_url, self.watches[type_url]) for type_url in PUSH_ORDER if type_url in self.watches]
+
+    def _connect(self, request: DiscoveryRequest) -> None:
+        metadata = json_format.MessageToDict(request.node.metadata) if request.node.HasField("metadata") else {}
+        try:
+            self.proxy = parse_node(request.node.id, metadata)
+        except ValueError as exc:
+            raise StreamError(str(exc)) from None
+        try:
+            self._resources, self._version = self.generate(self.proxy)
+        except ValueError as exc:
+            raise StreamError(f"{self.proxy.node_id}: {exc}") from None
+
+    def _respond(self, type_url: str, watch: Watch) -> DiscoveryResponse:
+        available = self._resources.get(type_url, {})
+        chosen = sorted(available) if watch.names is None else sorted(n for n in watch.names if n in available)
+        watch.nonce = str(next(_nonces))
+        watch.version_sent = self._version
+        watch.sent_at = time.time()
+        self.on_push(type_url)
+        return DiscoveryResponse(
+            version_info=self._version,
+            type_url=type_url,
+            nonce=watch.nonce,
+            resources=[to_any(type_url, available[name]) for name in chosen],
+        )
+
+    def status(self) -> dict[str, dict[str, str]]:
+        """Per type, what was sent and what the proxy ACKed or NACKed (for /debug/syncz)."""
+        return {
+            SHORT_NAMES[type_url]: {"sent": w.version_sent, "acked": w.version_acked, "nonce": w.nonce,
+                                    "nack": w.last_nack}  # fmt: skip
+            for type_url, w in self.watches.items()
+        }
+
+
+def _subscription(request: DiscoveryRequest) -> frozenset[str] | None:
+    names = frozenset(request.resource_names)
+    return None if not names or "*" in names else names

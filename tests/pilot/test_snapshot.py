@@ -1,0 +1,50 @@
+"""Snapshot building and lookups: duplicates, short names, exportTo, DestinationRule choice; node ids."""
+
+from __future__ import annotations
+
+import pytest
+
+from pylon.config.errors import ConfigError
+from pylon.pilot.hosts import intersection, is_visible, matches, resolve_short_name
+from pylon.pilot.proxy import parse_node
+from pylon.pilot.snapshot import build_snapshot
+from tests.pilot.builders import doc, resources, snapshot
+
+
+def test_duplicate_resource_names_are_an_error() -> None:
+    found = resources(doc("VirtualService", "v", {"hosts": ["a"]}), doc("VirtualService", "v", {"hosts": ["b"]}))
+    with pytest.raises(ConfigError, match="VirtualService default/v is also defined in test.yaml \\(document 1"):
+        build_snapshot(found)
+
+
+def test_destination_rule_lookup_prefers_exact_host_then_proxy_namespace() -> None:
+    snap = snapshot(
+        doc("DestinationRule", "wild", {"host": "*.default.svc.cluster.local"}),
+        doc("DestinationRule", "short", {"host": "reviews"}),
+        doc("DestinationRule", "mine", {"host": "reviews.default.svc.cluster.local"}, namespace="gw"),
+        doc("DestinationRule", "hidden", {"host": "ratings.default.svc.cluster.local", "exportTo": ["."]}),
+    )
+    assert snap.destination_rule("reviews.default.svc.cluster.local", "gw", "default").name == "mine"
+    assert snap.destination_rule("reviews.default.svc.cluster.local", "other", "default").name == "short"
+    assert snap.destination_rule("details.default.svc.cluster.local", "other", "default").name == "wild"
+    assert snap.destination_rule("ratings.default.svc.cluster.local", "other", "default").name == "wild"
+
+
+def test_host_rules() -> None:
+    assert resolve_short_name("reviews", "prod") == "reviews.prod.svc.cluster.local"
+    assert resolve_short_name("a.example.com", "prod") == "a.example.com"
+    assert matches("*.example.com", "a.b.example.com") and not matches("*.example.com", "example.com")
+    assert intersection(["*.example.com"], ["a.example.com", "b.other.com"]) == ["a.example.com"]
+    assert intersection(["a.example.com"], ["*"]) == ["a.example.com"]
+    assert is_visible([], "a", "b") and is_visible(["."], "a", "a") and not is_visible(["."], "a", "b")
+    assert is_visible(["b"], "a", "b") and not is_visible(["~"], "a", "a")
+
+
+def test_node_ids() -> None:
+    proxy = parse_node("router~10.1.2.3~gw-7f.istio-system~istio-system.svc.cluster.local", {"LABELS": {"app": "gw"}})
+    assert (proxy.type, proxy.ip_addresses, proxy.namespace, proxy.labels) == ("router", ("10.1.2.3",), "istio-system",
+                                                                                {"app": "gw"})  # fmt: skip
+    with pytest.raises(ValueError, match="unknown proxy type 'gateway'"):
+        parse_node("gateway~10.1.2.3~a.b~b.svc.cluster.local")
+    with pytest.raises(ValueError, match="is not an IP address"):
+        parse_node("router~not-an-ip~a.b~b.svc.cluster.local")
