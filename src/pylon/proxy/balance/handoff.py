@@ -40,10 +40,10 @@ import errno
 import logging
 import os
 import socket
-import ssl
 from collections import deque
 from typing import Any, Protocol, Sequence
 
+from pylon.proxy.balance.adopt import start_adopting
 from pylon.proxy.balance.loadtable import CX_ACTIVE, RQ_ACTIVE, TAKEN, LoadSlot, LoadTable
 
 log = logging.getLogger("pylon.main")
@@ -262,7 +262,6 @@ class HandoffReceiver:
         self.channel = channel
         self.runtime = runtime
         self.slot: LoadSlot = runtime.load_slot
-        self.handshake_timeout = 10.0 if runtime.ssl_context is not None else None
         channel.setblocking(False)
         loop.add_reader(channel.fileno(), self._on_readable)
         self.open = True
@@ -277,20 +276,13 @@ class HandoffReceiver:
                 self.close()
                 return
             for fd in fds:
-                self.loop.create_task(self._adopt(fd))
+                start_adopting(self.loop, socket.socket(fileno=fd), self.runtime, self._taken)
             if not data:  # the supervisor closed its end: it is draining or gone
                 self.close()
                 return
 
-    async def _adopt(self, fd: int) -> None:
-        sock = socket.socket(fileno=fd)
-        try:
-            await self.loop.connect_accepted_socket(self.runtime.protocol_factory, sock, ssl=self.runtime.ssl_context,
-                                                    ssl_handshake_timeout=self.handshake_timeout)
-        except (OSError, ssl.SSLError, asyncio.TimeoutError):
-            sock.close()  # a failed TLS handshake or a peer that already left: Envoy counts neither
-        finally:
-            self.slot[TAKEN] += 1
+    def _taken(self) -> None:
+        self.slot[TAKEN] += 1
 
     def close(self) -> None:
         if self.open:

@@ -18,6 +18,8 @@ import asyncio
 import socket
 from typing import Any
 
+from pylon.proxy.balance.adopt import Acceptor
+
 
 class KernelBalancer:
     name = "kernel"
@@ -74,9 +76,6 @@ class KernelBalancer:
         for sock in set(self.sockets):
             sock.close()
 
-    async def serve(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, runtime: Any) -> asyncio.AbstractServer:
-        """In the worker: accept on this worker's own socket with uvloop's C accept loop."""
-        ssl_context = runtime.ssl_context
-        # uvloop listens again on the socket: the same backlog, or it would shrink the supervisor's.
-        return await loop.create_server(runtime.protocol_factory, sock=sock, ssl=ssl_context, backlog=self.backlog,
-                                        ssl_handshake_timeout=10.0 if ssl_context else None)
+    async def serve(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, runtime: Any) -> Acceptor:
+        """In the worker: accept on this worker's own socket, draining the queue on every wake-up (adopt.py)."""
+        return Acceptor(loop, sock, runtime)
