@@ -144,10 +144,15 @@ def test_http2_codec_is_not_supported_yet(codec: str) -> None:
     )
 
 
-def test_rds_is_not_supported_yet() -> None:
+def test_rds_over_ads_is_not_supported_yet() -> None:
     data = http_bootstrap(rds={"route_config_name": "r", "config_source": {"ads": {}}})
     del data["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]
-    assert error(data) == f"config error in test.yaml: {HCM_PATH}.rds: not supported yet"
+    assert error(data) == f"config error in test.yaml: {HCM_PATH}.rds.config_source.ads: not supported yet"
+
+
+def test_route_config_or_rds_exactly_one() -> None:
+    data = http_bootstrap(rds={"route_config_name": "r", "config_source": {"path": "/tmp/r.yaml"}})
+    assert error(data) == f"config error in test.yaml: {HCM_PATH}.route_config: exactly one of route_config and rds is required"
 
 
 def test_max_request_headers_kb_is_bounded() -> None:

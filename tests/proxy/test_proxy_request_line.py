@@ -15,8 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import free_port
-from tests.proxy.conftest import ENVOY_BIN, ProxyLauncher, http_listener, raw_exchange, route, static_cluster
+from tests.proxy.conftest import Gateway, gateway_in_front_of_upstream, http_listener, raw_exchange, route
 from tests.proxy.upstreams import Upstream
 
 #: An answer counts as "at once" well inside any timeout the proxies have configured.
@@ -24,20 +23,11 @@ PROMPT_S = 0.5
 
 
 @pytest.fixture(scope="module", params=["pylon", "envoy"])
-def gateway(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+def gateway(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     """One proxy (pylon, then Envoy) in front of one upstream; the listener keeps Envoy's HTTP/1 defaults."""
-    if request.param == "envoy" and not ENVOY_BIN.exists():
-        pytest.skip(f"Envoy, the reference, is not installed at {ENVOY_BIN}")
-    upstream = Upstream()
-    launcher = ProxyLauncher(tmp_path_factory.mktemp(request.param))
-    try:
-        port = free_port()
-        launcher.start([http_listener("main", port, [route("/", "up")])], [static_cluster("up", [upstream.port])],
-                       implementation=request.param)
-        yield {"port": port, "upstream": upstream, "name": request.param}
-    finally:
-        launcher.close()
-        upstream.close()
+    with gateway_in_front_of_upstream(request.param, tmp_path_factory.mktemp(request.param),
+                                      lambda port: http_listener("main", port, [route("/", "up")])) as gateway:
+        yield gateway
 
 
 def first_reply(port: int, payload: bytes, timeout: float = 3.0) -> tuple[int | None, float]:
@@ -67,11 +57,11 @@ def reached_upstream(upstream: Upstream, marker: str) -> list[dict[str, Any]]:
     pytest.param(b"POST /%s HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
                  id="http-1.0-chunked"),
 ])
-def test_unsupported_versions_get_426_at_once(gateway: dict[str, Any], payload: bytes) -> None:
+def test_unsupported_versions_get_426_at_once(gateway: Gateway, payload: bytes) -> None:
     marker = uuid.uuid4().hex
-    status, elapsed = first_reply(gateway["port"], payload.replace(b"%s", marker.encode()))
+    status, elapsed = first_reply(gateway.port, payload.replace(b"%s", marker.encode()))
     assert status == 426 and elapsed < PROMPT_S, (status, elapsed)
-    assert not reached_upstream(gateway["upstream"], marker)
+    assert not reached_upstream(gateway.upstream, marker)
 
 
 @pytest.mark.parametrize("payload", [
@@ -80,11 +70,11 @@ def test_unsupported_versions_get_426_at_once(gateway: dict[str, Any], payload: 
     pytest.param(b"GET /%s#x HTTP/1.1\r\nHost: a\r\n\r\n", id="fragment"),
     pytest.param(b"GET /%s?q=1#x HTTP/1.1\r\nHost: a\r\n\r\n", id="fragment-after-query"),
 ])
-def test_bad_host_or_fragment_gets_400_and_close(gateway: dict[str, Any], payload: bytes) -> None:
+def test_bad_host_or_fragment_gets_400_and_close(gateway: Gateway, payload: bytes) -> None:
     marker = uuid.uuid4().hex
-    result = raw_exchange(gateway["port"], payload.replace(b"%s", marker.encode()), timeout=3.0)
+    result = raw_exchange(gateway.port, payload.replace(b"%s", marker.encode()), timeout=3.0)
     assert (result.status, result.closed) == (400, True), result.data[:200]
-    assert not reached_upstream(gateway["upstream"], marker)
+    assert not reached_upstream(gateway.upstream, marker)
 
 
 @pytest.mark.parametrize("payload, host", [
@@ -95,10 +85,10 @@ def test_bad_host_or_fragment_gets_400_and_close(gateway: dict[str, Any], payloa
                  id="absolute-uri-wins-over-host"),
     pytest.param(b"GET /%s HTTP/1.1\r\nHost: u@a,b\r\n\r\n", "u@a,b", id="sub-delims-and-at-are-valid"),
 ])
-def test_authority_forwarded_as_envoy_does(gateway: dict[str, Any], payload: bytes, host: str) -> None:
+def test_authority_forwarded_as_envoy_does(gateway: Gateway, payload: bytes, host: str) -> None:
     marker = uuid.uuid4().hex
-    result = raw_exchange(gateway["port"], payload.replace(b"%s", marker.encode()), timeout=1.0)
+    result = raw_exchange(gateway.port, payload.replace(b"%s", marker.encode()), timeout=1.0)
     assert result.status == 200, result.data[:200]
-    (seen,) = reached_upstream(gateway["upstream"], marker)
+    (seen,) = reached_upstream(gateway.upstream, marker)
     assert seen["headers"]["host"] == host
     assert "user" not in seen["path"]

@@ -17,9 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import free_port
-from tests.proxy.conftest import ENVOY_BIN, ProxyLauncher, http_listener, route, static_cluster
-from tests.proxy.upstreams import Upstream
+from tests.proxy.conftest import Gateway, gateway_in_front_of_upstream, http_listener, route
 
 HEADERS_TIMEOUT_S = 1.0
 ROUTE_TIMEOUT_S = 1.0
@@ -33,26 +31,18 @@ def on_time(elapsed: float, setting: float) -> bool:
 
 
 @pytest.fixture(scope="module", params=["pylon", "envoy"])
-def gateway(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    if request.param == "envoy" and not ENVOY_BIN.exists():
-        pytest.skip(f"Envoy, the reference, is not installed at {ENVOY_BIN}")
-    upstream = Upstream()
-    launcher = ProxyLauncher(tmp_path_factory.mktemp(request.param))
-    try:
-        port = free_port()
-        listener = http_listener(
-            "main", port, [route("/", "up", timeout=f"{ROUTE_TIMEOUT_S}s")],
-            request_headers_timeout=f"{HEADERS_TIMEOUT_S}s",
-            common_http_protocol_options={"idle_timeout": f"{IDLE_TIMEOUT_S}s"})
-        proxy = launcher.start([listener], [static_cluster("up", [upstream.port])], implementation=request.param)
-        yield {"port": port, "proxy": proxy, "name": request.param}
-    finally:
-        launcher.close()
-        upstream.close()
+def gateway(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    def listener(port: int) -> dict[str, Any]:
+        return http_listener("main", port, [route("/", "up", timeout=f"{ROUTE_TIMEOUT_S}s")],
+                             request_headers_timeout=f"{HEADERS_TIMEOUT_S}s",
+                             common_http_protocol_options={"idle_timeout": f"{IDLE_TIMEOUT_S}s"})
+
+    with gateway_in_front_of_upstream(request.param, tmp_path_factory.mktemp(request.param), listener) as gateway:
+        yield gateway
 
 
-def test_header_timeout_answers_408_and_closes(gateway: dict[str, Any]) -> None:
-    with socket.create_connection(("127.0.0.1", gateway["port"]), timeout=5) as sock:
+def test_header_timeout_answers_408_and_closes(gateway: Gateway) -> None:
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as sock:
         start = time.monotonic()
         sock.sendall(b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: ")
         data = sock.recv(65536)
@@ -60,15 +50,15 @@ def test_header_timeout_answers_408_and_closes(gateway: dict[str, Any]) -> None:
     assert data.startswith(b"HTTP/1.1 408 ") and data.endswith(b"request header timeout"), data
     assert b"connection: close" in data.lower()
     assert on_time(elapsed, HEADERS_TIMEOUT_S), elapsed
-    assert gateway["proxy"].stats()["http.main.downstream_rq_header_timeout"] >= 1
+    assert gateway.proxy.stats()["http.main.downstream_rq_header_timeout"] >= 1
 
 
-def test_slowloris_connections_are_all_closed_at_the_header_timeout(gateway: dict[str, Any]) -> None:
+def test_slowloris_connections_are_all_closed_at_the_header_timeout(gateway: Gateway) -> None:
     count = 300
     socks = []
     try:
         for _ in range(count):
-            sock = socket.create_connection(("127.0.0.1", gateway["port"]), timeout=5)
+            sock = socket.create_connection(("127.0.0.1", gateway.port), timeout=5)
             sock.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n")
             socks.append(sock)
         time.sleep(HEADERS_TIMEOUT_S / 2)
@@ -90,13 +80,13 @@ def test_slowloris_connections_are_all_closed_at_the_header_timeout(gateway: dic
     assert closed == count
 
 
-def test_route_timeout_answers_504_on_time(gateway: dict[str, Any]) -> None:
+def test_route_timeout_answers_504_on_time(gateway: Gateway) -> None:
     """Several requests started a sixteenth of a second apart: a periodic check coarser than the
     allowed lateness cannot answer all of them on time, whatever its phase."""
 
     def timed_request() -> tuple[int, float]:
         start = time.monotonic()
-        reply = httpx.get(f"http://127.0.0.1:{gateway['port']}/slow/3", timeout=5)
+        reply = httpx.get(f"http://127.0.0.1:{gateway.port}/slow/3", timeout=5)
         return reply.status_code, time.monotonic() - start
 
     with ThreadPoolExecutor(4) as pool:
@@ -109,20 +99,20 @@ def test_route_timeout_answers_504_on_time(gateway: dict[str, Any]) -> None:
     assert all(on_time(elapsed, ROUTE_TIMEOUT_S) for _, elapsed in results), results
 
 
-def test_quiet_connection_closed_at_the_idle_timeout(gateway: dict[str, Any]) -> None:
-    with socket.create_connection(("127.0.0.1", gateway["port"]), timeout=5) as sock:
+def test_quiet_connection_closed_at_the_idle_timeout(gateway: Gateway) -> None:
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as sock:
         start = time.monotonic()
         assert sock.recv(65536) == b""  # never sent a request: closed at the idle timeout
         elapsed = time.monotonic() - start
     assert on_time(elapsed, IDLE_TIMEOUT_S), elapsed
 
 
-def test_keep_alive_connection_closed_at_the_idle_timeout(gateway: dict[str, Any]) -> None:
+def test_keep_alive_connection_closed_at_the_idle_timeout(gateway: Gateway) -> None:
     """After a request. Envoy first drains such a connection (drain_timeout, then delayed_close_timeout:
     6 s more by default), which pylon does not model yet, so this one is pylon's alone."""
-    if gateway["name"] == "envoy":
+    if gateway.name == "envoy":
         pytest.skip("Envoy drains an HTTP/1.1 connection for drain_timeout before closing it")
-    with socket.create_connection(("127.0.0.1", gateway["port"]), timeout=5) as sock:
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as sock:
         sock.sendall(b"GET /idle HTTP/1.1\r\nHost: a\r\n\r\n")
         data = b""
         while not data.endswith(b"ok\n"):

@@ -590,6 +590,43 @@ class Router(EnvoyStruct, kw_only=True):
     suppress_envoy_headers: bool = False
 
 
+class WatchedDirectory(EnvoyStruct, kw_only=True):
+    path: NonEmptyStr
+
+
+class PathConfigSource(EnvoyStruct, kw_only=True):
+    """config.core.v3.PathConfigSource: a file holding a DiscoveryResponse, replaced by atomic rename."""
+
+    path: NonEmptyStr
+    watched_directory: WatchedDirectory | None = None
+
+
+class ConfigSource(EnvoyStruct, kw_only=True):
+    """config.core.v3.ConfigSource: where dynamic resources come from (files now; ADS and gRPC later)."""
+
+    path: str = ""  # deprecated spelling of path_config_source.path, still accepted by Envoy
+    path_config_source: PathConfigSource | None = None
+    ads: NotSupportedYet | None = None
+    api_config_source: NotSupportedYet | None = None
+    resource_api_version: Literal["V3"] = "V3"
+
+    def __post_init__(self) -> None:
+        if bool(self.path) == (self.path_config_source is not None):
+            raise FieldError("path_config_source", "exactly one of path_config_source and path is required")
+
+    @property
+    def file(self) -> str:
+        """The file whose content is the current DiscoveryResponse."""
+        return self.path_config_source.path if self.path_config_source is not None else self.path
+
+
+class Rds(EnvoyStruct, kw_only=True):
+    """extensions.filters.network.http_connection_manager.v3.Rds."""
+
+    config_source: ConfigSource
+    route_config_name: NonEmptyStr
+
+
 class Http1ProtocolOptions(EnvoyStruct, kw_only=True):
     """config.core.v3.Http1ProtocolOptions: HTTP/1.0 acceptance (downstream); nothing else is supported yet.
 
@@ -607,7 +644,7 @@ class HttpConnectionManager(EnvoyStruct, kw_only=True):
     codec_type: Literal["AUTO", "HTTP1", "HTTP2", "HTTP3"] = "AUTO"
     stat_prefix: NonEmptyStr
     route_config: RouteConfiguration | None = None
-    rds: NotSupportedYet | None = None
+    rds: Rds | None = None
     http_filters: list[HttpFilter] = []
     access_log: list[AccessLog] = []
     common_http_protocol_options: HttpProtocolOptions = msgspec.field(default_factory=HttpProtocolOptions)
@@ -632,8 +669,8 @@ class HttpConnectionManager(EnvoyStruct, kw_only=True):
     def __post_init__(self) -> None:
         if self.codec_type in ("HTTP2", "HTTP3"):
             raise FieldError("codec_type", f"{self.codec_type} is not supported yet")
-        if self.route_config is None:
-            raise FieldError("route_config", "missing required field (an inline route_config is required)")
+        if (self.route_config is None) == (self.rds is None):
+            raise FieldError("route_config", "exactly one of route_config and rds is required")
         _check_terminal_last(self.http_filters, "http_filters", "the router filter (envoy.filters.http.router)")
 
 
@@ -1047,6 +1084,14 @@ class Admin(EnvoyStruct, kw_only=True):
     access_log: list[AccessLog] = []
 
 
+class DynamicResources(EnvoyStruct, kw_only=True):
+    """config.bootstrap.v3.Bootstrap.DynamicResources: clusters from a file (CDS) now; LDS and ADS later."""
+
+    lds_config: NotSupportedYet | None = None
+    cds_config: ConfigSource | None = None
+    ads_config: NotSupportedYet | None = None
+
+
 class StaticResources(EnvoyStruct, kw_only=True):
     listeners: list[Listener] = []
     clusters: list[Cluster] = []
@@ -1080,7 +1125,15 @@ class Bootstrap(EnvoyStruct, kw_only=True):
     node: Node | None = None
     admin: Admin | None = None
     static_resources: StaticResources = msgspec.field(default_factory=StaticResources)
+    dynamic_resources: DynamicResources | None = None
     default_regex_engine: RegexEngineConfig | None = None
+
+    def __post_init__(self) -> None:
+        if self.dynamic_resources is not None and self.dynamic_resources.cds_config is not None:
+            node = self.node
+            if node is None or not node.id or not node.cluster:
+                # Envoy's rule for CDS: the node names itself to whoever serves the clusters.
+                raise FieldError("node", "node id and cluster are required with dynamic_resources.cds_config")
 
     @property
     def regex_engine_name(self) -> str | None:

@@ -192,6 +192,9 @@ def _cross_reference_problems(bootstrap: Bootstrap) -> Iterator[tuple[str, str]]
     yield from _duplicates("static_resources.clusters", [c.name for c in resources.clusters], "cluster")
     yield from _duplicates("static_resources.listeners", [l.name for l in resources.listeners], "listener")
     yield from _shared_addresses(resources.listeners)
+    dynamic = bootstrap.dynamic_resources
+    if dynamic is not None and dynamic.cds_config is not None:
+        return  # clusters come and go at run time: a route to a missing one answers 503 (NC), as in Envoy
     clusters = {cluster.name for cluster in resources.clusters}
     for i, listener in enumerate(resources.listeners):
         for j, chain in enumerate(listener.filter_chains):
@@ -265,7 +268,15 @@ def bootstrap_to_dict(bootstrap: Bootstrap) -> dict[str, Any]:
 
     Used by the admin `/config_dump`; loading the result again gives an equal Bootstrap.
     """
-    encoded = _to_builtins(bootstrap)
+    return to_envoy_dict(bootstrap)
+
+
+def to_envoy_dict(message: msgspec.Struct) -> dict[str, Any]:
+    """Envoy-shaped JSON of any config message (a bootstrap, a cluster, a route configuration).
+
+    `convert(to_envoy_dict(m), type(m)) == m`: how configs travel to workers and into `/config_dump`.
+    """
+    encoded = _to_builtins(message)
     assert isinstance(encoded, dict)
     return encoded
 

@@ -44,7 +44,10 @@ class HcmRuntime:
         self.worker = worker
         self.clusters = clusters
         self.pools = pools
-        self.route_table = RouteTable(config.route_config)
+        if config.rds is not None:
+            self.route_table = worker.route_table_for(self, config.rds.route_config_name)
+        else:
+            self.route_table = RouteTable(config.route_config)
         prefix = f"http.{config.stat_prefix}."
         self.cx_total = stats.counter(prefix + "downstream_cx_total")
         self.cx_active = stats.gauge(prefix + "downstream_cx_active")
@@ -359,8 +362,11 @@ class HttpConnection(asyncio.Protocol):
         if close or self.draining:
             self.close()
             return
-        if self.hcm.idle_timeout:
-            self.deadlines.arm(self, self.last_activity + self.hcm.idle_timeout)
+        idle = self.hcm.idle_timeout
+        if idle:
+            when = self.last_activity + idle
+            if when < self.wake_at or not self.wake_at:  # usually already due for a look sooner
+                self.deadlines.arm(self, when)
         if self.queue:
             nxt = self.queue.popleft()
             self.active = nxt

@@ -21,6 +21,7 @@ class LocalReply(NamedTuple):
 _RESET_BEFORE_HEADERS = b"upstream connect error or disconnect/reset before headers. reset reason: "
 
 NO_ROUTE = LocalReply(404, "NR", b"", "route_not_found")
+NO_CLUSTER = LocalReply(503, "NC", b"", "cluster_not_found")
 NO_HEALTHY_UPSTREAM = LocalReply(503, "UH", b"no healthy upstream", "no_healthy_upstream")
 CONNECT_FAILURE = LocalReply(503, "UF", _RESET_BEFORE_HEADERS + b"connection failure", "upstream_reset_before_response_started{connection_failure}")
 UPSTREAM_OVERFLOW = LocalReply(503, "UO", _RESET_BEFORE_HEADERS + b"overflow", "upstream_reset_before_response_started{overflow}")

@@ -35,6 +35,7 @@ from pylon.proxy.admin import start_admin_server
 from pylon.proxy.balance import Balancer, balancer_for
 from pylon.proxy.balance.loadtable import LoadTable
 from pylon.proxy.clusters_text import render_clusters
+from pylon.proxy.dynamic import POLL_INTERVAL_S, DynamicConfig
 from pylon.proxy.logging_setup import configure_logging
 from pylon.proxy.stats import StatsStore, cumulative, merge_snapshots
 from pylon.proxy.validate import configure_regex_engine, validate_runtime
@@ -70,7 +71,7 @@ class WorkerHandle:
 class Supervisor:
     """The main process: owns the sockets, the workers and the admin endpoint."""
 
-    def __init__(self, options: ProxyOptions, bootstrap: Any, balancers: list[Balancer],
+    def __init__(self, options: ProxyOptions, bootstrap: Any, dynamic: DynamicConfig, balancers: list[Balancer],
                  load_table: LoadTable | None = None) -> None:
         self.options = options
         self.bootstrap = bootstrap
@@ -82,7 +83,8 @@ class Supervisor:
         self.start_time = time.time()
         self.stopped = asyncio.Event()
         self.draining = False
-        self.stats = StatsStore()
+        self.dynamic = dynamic
+        self.stats = dynamic.stats
         # Each worker's latest stats, and what workers that died had counted (counters never go back).
         self.last_seen: dict[int, dict[str, Any]] = {}
         self.retired: dict[str, Any] = {}
@@ -116,10 +118,23 @@ class Supervisor:
                      sa.address, sa.port_value, self.options.concurrency, self.balancers[index].name)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, lambda: loop.create_task(self.quit()))
-        monitor = loop.create_task(self._monitor())
+        tasks = [loop.create_task(self._monitor())]
+        if self.dynamic.files:
+            tasks.append(loop.create_task(self._watch_dynamic()))
         await self.stopped.wait()
-        monitor.cancel()
+        for task in tasks:
+            task.cancel()
         return 0
+
+    async def _watch_dynamic(self) -> None:
+        """Apply accepted changes of the CDS/RDS files to every worker, in order of versions."""
+        while not self.draining:
+            await asyncio.sleep(POLL_INTERVAL_S)
+            if self.dynamic.poll():
+                document = self.dynamic.document()
+                handles = list(self.workers.values())
+                await asyncio.gather(*(h.client.request({"op": "dynamic", "dynamic": document}, timeout=60)
+                                       for h in handles))
 
     async def _spawn(self, worker_id: int) -> WorkerHandle:
         parent, child = socket.socketpair()
@@ -134,6 +149,7 @@ class Supervisor:
             # The configuration this process validated and serves, never the files again: they may
             # have been edited since (a restarted worker must not serve a second configuration).
             "op": "init", "worker_id": worker_id, "bootstrap": self.bootstrap_document,
+            "dynamic": self.dynamic.document(),
             "config_source": self.options.config_path or CONFIG_YAML_SOURCE, "log_level": self.options.log_level,
             "drain_time": self.options.drain_time_s,
             "listener_fds": [sock.fileno() for sock in listener_socks],
@@ -146,9 +162,12 @@ class Supervisor:
         if ready is None or ready.get("op") != "ready":
             proc.wait()
             raise WorkerStartError(f"worker {worker_id} failed to start (exit code {proc.returncode})")
+        client = control.ControlClient(reader, writer)
+        if init["dynamic"]["version"] != self.dynamic.version:  # changed while it started: catch up
+            await client.request({"op": "dynamic", "dynamic": self.dynamic.document()}, timeout=60)
         for balancer in self.balancers:
             balancer.worker_ready(worker_id)
-        return WorkerHandle(worker_id, proc, control.ControlClient(reader, writer))
+        return WorkerHandle(worker_id, proc, client)
 
     async def _monitor(self) -> None:
         """Restart workers that die outside a drain (Envoy would abort; a process can simply come back)."""
@@ -237,7 +256,7 @@ class Supervisor:
         return {"configs": [{
             "@type": "type.googleapis.com/envoy.admin.v3.BootstrapConfigDump",
             "bootstrap": self.bootstrap_document,
-        }]}
+        }, *self.dynamic.config_dump()]}
 
     def server_info(self) -> dict[str, Any]:
         uptime = int(time.time() - self.start_time)
@@ -308,6 +327,8 @@ def run_proxy(options: ProxyOptions) -> int:
         bootstrap = load_bootstrap(options.config_path, options.config_yaml)
         configure_regex_engine(bootstrap, options.config_path or "<config-yaml>")
         validate_runtime(bootstrap, options.config_path or "<config-yaml>")
+        dynamic = DynamicConfig(bootstrap, StatsStore())
+        dynamic.load_initial()
     except ConfigError as exc:
         # One plain line (no log prefix) so scripts and users can read the field path directly.
         print(str(exc), file=sys.stderr)
@@ -322,4 +343,4 @@ def run_proxy(options: ProxyOptions) -> int:
     except ListenerBindError as exc:
         log.critical("%s", exc)
         return 1
-    return uvloop.run(Supervisor(options, bootstrap, balancers, table).run())
+    return uvloop.run(Supervisor(options, bootstrap, dynamic, balancers, table).run())

@@ -309,7 +309,10 @@ class Stream:
         if retry is not None:
             self.retries_left = retry.num_retries
             self.body_buffer = []  # what was sent so far, replayed by a retry (empty for bodiless requests)
-        self.cluster = hcm.clusters[cluster_name]
+        cluster = hcm.clusters.get(cluster_name)
+        if cluster is None:
+            return self.local(lr.NO_CLUSTER)  # a route to a cluster CDS has not (or no longer) given
+        self.cluster = cluster
         if self.request_complete and route.timeout:
             self.deadline = conn.loop_time() + route.timeout
             self._arm(self.deadline)
@@ -382,8 +385,9 @@ class Stream:
             return
         out = [self.up_head]
         waiting = self.waiting_body
-        if conn.requests and self.body_buffer is None and self.body_size <= _BUFFER_LIMIT:
-            # A reused connection may turn out closed by the server: keep what is sent, to send it again.
+        if conn.requests and self.body_buffer is None and self.body_size <= _BUFFER_LIMIT \
+                and (self.req_length or self.req_chunked):
+            # A reused connection may turn out closed by the server: keep the body sent, to send it again.
             self.body_buffer = list(waiting)
         if waiting:
             if self.req_chunked:
@@ -407,9 +411,13 @@ class Stream:
             self._arm(self.try_deadline)
 
     def _arm(self, when: float) -> None:
-        """Have the worker's deadline wheel look at this stream's connection at `when` (see deadlines.py)."""
+        """Have the worker's deadline wheel look at this stream's connection at `when` (see deadlines.py).
+
+        Usually the connection is already due for a look sooner: then this is one comparison.
+        """
         conn = self.conn
-        conn.deadlines.arm(conn, when)
+        if when < conn.wake_at or not conn.wake_at:
+            conn.deadlines.arm(conn, when)
 
     def idle_timeout(self) -> float:
         """The stream idle timeout in force: the route's `idle_timeout` when it sets one, else the HCM's."""
@@ -522,13 +530,13 @@ class Stream:
             self.details = "upstream_reset_after_response_started{%s}" % reason.replace(" ", "_")
             self._finish(close=True)
             return
-        if stale and self.method in _IDEMPOTENT and not self.stale_retried and self.body_buffer is not None \
-                and not self.done:
+        if stale and self.method in _IDEMPOTENT and not self.stale_retried and not self.done \
+                and (self.body_buffer is not None or not (self.req_length or self.req_chunked)):
             # A pooled connection lost before any byte of the answer: a server's keep-alive close racing
             # the request, or (seen the same way) a server that failed after reading it. An idempotent
             # request may go again (RFC 9110 9.2.2): once, on a connection opened for it, no policy needed.
             self.stale_retried = True
-            self.waiting_body = list(self.body_buffer)
+            self.waiting_body = list(self.body_buffer or ())
             return self._start_attempt(fresh=True)
         retry = self.route.retry if self.route else None
         if retry is not None and retry.on_reset and self._reserve_retry():

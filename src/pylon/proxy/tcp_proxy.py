@@ -27,7 +27,8 @@ class TcpProxyRuntime:
 
     def __init__(self, config: Any, clusters: "dict[str, Cluster]", stats: StatsStore, worker: "Worker") -> None:
         self.worker = worker
-        self.cluster = clusters[config.cluster]
+        self.clusters = clusters  # the worker's, kept current by CDS: the cluster is looked up per connection
+        self.cluster_name = config.cluster
         self.idle_timeout = config.idle_timeout or 0.0
         self.max_connect_attempts = config.max_connect_attempts or 1
         prefix = f"tcp.{config.stat_prefix}."
@@ -78,6 +79,7 @@ class TcpProxySession(asyncio.Protocol):
         self.early: list[bytes] = []
         self.closed = False
         self.host = None
+        self.cluster: Cluster | None = None
         self.last_activity = 0.0
         self.wake_at = 0.0  # when the worker's deadline wheel looks at this session next (0 = not armed)
         self.start = 0.0
@@ -105,7 +107,12 @@ class TcpProxySession(asyncio.Protocol):
 
     async def _connect(self) -> None:
         rt = self.runtime
-        cluster = rt.cluster
+        cluster = self.cluster = rt.clusters.get(rt.cluster_name)
+        if cluster is None:
+            self.flags = "NC"  # Envoy: no cluster by that name (CDS removed it)
+            rt.cx_no_route.value += 1
+            self.close()
+            return
         stats = cluster.stats
         for _ in range(rt.max_connect_attempts):
             host = cluster.choose_host(None)
@@ -175,9 +182,11 @@ class TcpProxySession(asyncio.Protocol):
         if self.host is not None:
             self.host.active_connections -= 1
             self.host = None
-            rt.cluster.stats.upstream_cx_active.value -= 1
-            rt.cluster.stats.upstream_cx_destroy.value += 1
-            rt.cluster.circuit_breakers.connections.release()
+            cluster = self.cluster
+            assert cluster is not None
+            cluster.stats.upstream_cx_active.value -= 1
+            cluster.stats.upstream_cx_destroy.value += 1
+            cluster.circuit_breakers.connections.release()
         self.upstream = None
         self.close()
 
@@ -205,7 +214,7 @@ class TcpProxySession(asyncio.Protocol):
             record.bytes_sent = self.tx
             record.duration = (rt.worker.loop.time() - self.start) * 1000
             record.response_flags = self.flags
-            record.upstream_cluster = rt.cluster.name
+            record.upstream_cluster = rt.cluster_name
             peer = self.downstream.get_extra_info("peername")
             record.downstream_remote = peer[:2] if peer else None
             record.connection_id = self.connection_id

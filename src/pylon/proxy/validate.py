@@ -62,15 +62,25 @@ def validate_runtime(bootstrap: Any, source: str) -> None:
                 raise ConfigError(source, _join(tls_path, exc.path), exc.message) from exc
         terminal = chain.filters[0].typed_config
         filter_path = f"{chain_path}.filters[0].typed_config"
-        if isinstance(terminal, HttpConnectionManager):
-            try:
-                RouteTable(terminal.route_config)
-            except ValueError as exc:
-                raise ConfigError(source, f"{filter_path}.route_config", str(exc)) from exc
+        if isinstance(terminal, HttpConnectionManager) and terminal.route_config is not None:
+            validate_route_config(terminal.route_config, source, f"{filter_path}.route_config")
         _check_access_logs(source, filter_path, terminal)
-    for j, cluster in enumerate(resources.clusters):
+    validate_clusters(resources.clusters, source, "static_resources.clusters")
+
+
+def validate_route_config(route_config: Any, source: str, path: str) -> None:
+    """ConfigError unless the route table builds (regexes, rewrites, header rules); static or from RDS."""
+    try:
+        RouteTable(route_config)
+    except ValueError as exc:
+        raise ConfigError(source, path, str(exc)) from exc
+
+
+def validate_clusters(clusters: list[Any], source: str, path: str) -> None:
+    """ConfigError unless each cluster's upstream TLS context builds; static or from CDS."""
+    for j, cluster in enumerate(clusters):
         if cluster.transport_socket is not None:
-            tls_path = f"static_resources.clusters[{j}].transport_socket.typed_config"
+            tls_path = f"{path}[{j}].transport_socket.typed_config"
             try:
                 client_context(cluster.transport_socket.typed_config)
             except TlsConfigError as exc:

@@ -26,6 +26,8 @@ from typing import Any
 
 import uvloop
 
+from pylon.config.envoy import Cluster as ClusterConfig
+from pylon.config.envoy import RouteConfiguration, convert
 from pylon.config.loader import parse_bootstrap
 from pylon.proxy import control
 from pylon.proxy.access_log import AccessLogWriter
@@ -34,6 +36,7 @@ from pylon.proxy.balance.loadtable import RQ_ACTIVE, LoadSlot, LoadTable
 from pylon.proxy.deadlines import DeadlineWheel
 from pylon.proxy.listener import ListenerRuntime, build_listener
 from pylon.proxy.logging_setup import configure_logging
+from pylon.proxy.router import RouteTable
 from pylon.proxy.stats import StatsStore
 from pylon.proxy.upstream.cluster import Cluster, build_clusters
 from pylon.proxy.validate import configure_regex_engine
@@ -59,16 +62,24 @@ class PoolRegistry:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.pools: dict[Any, HostPool] = {}
-        self.tls: dict[str, Any] = {}
+        self.tls: dict[Cluster, Any] = {}
 
     def get(self, cluster: Cluster, host: Any) -> HostPool:
         pool = self.pools.get(host)
         if pool is None:
-            if cluster.name not in self.tls:
-                self.tls[cluster.name] = cluster_tls(cluster.config)
+            if cluster not in self.tls:
+                self.tls[cluster] = cluster_tls(cluster.config)
             pool = self.pools[host] = HostPool(
-                cluster, host, self.loop, self.tls[cluster.name], cluster.config.max_requests_per_connection)
+                cluster, host, self.loop, self.tls[cluster], cluster.config.max_requests_per_connection)
         return pool
+
+    def retire_cluster(self, cluster: Cluster) -> None:
+        """Forget the pools of a cluster that CDS removed or replaced; their busy connections finish first."""
+        for host, pool in list(self.pools.items()):
+            if pool.cluster is cluster:
+                pool.retire()
+                del self.pools[host]
+        self.tls.pop(cluster, None)
 
     def close_all(self) -> None:
         for pool in self.pools.values():
@@ -85,7 +96,10 @@ class Worker:
         self.connections: set[Any] = set()
         self.listeners: list[ListenerRuntime] = []
         self.servers: list[asyncio.AbstractServer] = []
-        self.clusters: dict[str, Cluster] = {}
+        self.clusters: dict[str, Cluster] = {}  # static and CDS clusters by name, changed in place by CDS
+        self.cds_configs: dict[str, Any] = {}  # the config of each cluster CDS gave
+        self.route_configs: dict[str, Any] = {}  # RDS route configurations by name
+        self.rds_subscribers: dict[str, list[Any]] = {}  # route configuration name -> HcmRuntimes using it
         self.pools = PoolRegistry(loop)
         self.access_log_writer = AccessLogWriter()
         self.draining = False
@@ -116,13 +130,15 @@ class Worker:
         if conn.runtime_listener is not None:
             conn.runtime_listener.closed()
 
-    async def start(self, bootstrap: Any, listener_fds: list[int], load_table: LoadTable | None = None) -> None:
+    async def start(self, bootstrap: Any, listener_fds: list[int], dynamic: dict[str, Any],
+                    load_table: LoadTable | None = None) -> None:
         self.access_log_writer.start(self.loop)
-        self.clusters = build_clusters(bootstrap.static_resources.clusters, self.stats, self.worker_id)
+        self.clusters.update(build_clusters(bootstrap.static_resources.clusters, self.stats, self.worker_id))
         for cluster in self.clusters.values():
             cluster.start(self.loop)
         # Envoy's cluster warming: DNS clusters serve only once their first answer is in.
         await asyncio.gather(*(cluster.ready() for cluster in self.clusters.values()))
+        await self.apply_dynamic(dynamic)
         for index, listener_cfg in enumerate(bootstrap.static_resources.listeners):
             # The worker owns its inherited copy: closing the server on drain closes it.
             sock = socket.socket(fileno=listener_fds[index])
@@ -137,6 +153,47 @@ class Worker:
             self.servers.append(server)
         if self.load_slots:
             self.loop.call_later(LOAD_PUBLISH_INTERVAL_S, self._publish_load)
+
+    async def apply_dynamic(self, document: dict[str, Any]) -> None:
+        """Take the supervisor's current CDS clusters and RDS route configurations (see `dynamic.py`).
+
+        Order as Envoy's: new and changed clusters first (each warmed before it
+        serves), then the route tables (new requests only: a request keeps the
+        route it matched), then the removed clusters, whose pools finish what is
+        in flight and close. Nothing that did not change is rebuilt.
+        """
+        wanted = {c["name"]: convert(c, ClusterConfig) for c in document["clusters"]}
+        retiring: list[Cluster] = []
+        for name, config in wanted.items():
+            if self.cds_configs.get(name) == config:
+                continue
+            cluster = Cluster(config, self.stats, self.worker_id)
+            cluster.start(self.loop)
+            await cluster.ready()
+            old = self.clusters.get(name)
+            self.clusters[name] = cluster
+            self.cds_configs[name] = config
+            if old is not None:
+                retiring.append(old)
+        for name, data in document["routes"].items():
+            config = convert(data, RouteConfiguration)
+            if self.route_configs.get(name) == config:
+                continue
+            self.route_configs[name] = config
+            table = RouteTable(config)
+            for hcm in self.rds_subscribers.get(name, ()):
+                hcm.route_table = table
+        for name in set(self.cds_configs) - set(wanted):
+            del self.cds_configs[name]
+            retiring.append(self.clusters.pop(name))
+        for cluster in retiring:
+            self.pools.retire_cluster(cluster)
+            await cluster.stop()
+
+    def route_table_for(self, hcm: Any, route_config_name: str) -> RouteTable:
+        """The RDS route table an HTTP connection manager starts with; it is kept current from then on."""
+        self.rds_subscribers.setdefault(route_config_name, []).append(hcm)
+        return RouteTable(self.route_configs[route_config_name])
 
     def _publish_load(self) -> None:
         """Write this worker's in-flight requests (moving average) where the supervisor's dispatcher reads them.
@@ -206,7 +263,7 @@ async def _serve(control_fd: int) -> int:
     worker = Worker(init["worker_id"], loop)
     table_fd = init.get("load_table_fd")
     table = LoadTable(table_fd, len(init["listener_fds"]), init["workers"]) if table_fd is not None else None
-    await worker.start(bootstrap, init["listener_fds"], table)
+    await worker.start(bootstrap, init["listener_fds"], init["dynamic"], table)
     stop = asyncio.Event()
     drain_time = float(init.get("drain_time", 600))
 
@@ -242,6 +299,9 @@ async def _control_loop(worker: Worker, reader: asyncio.StreamReader, writer: as
             reply: dict[str, Any] = {"stats": worker.stats.snapshot()}
         elif op == "clusters":
             reply = {"clusters": worker.describe_clusters()}
+        elif op == "dynamic":
+            await worker.apply_dynamic(message["dynamic"])
+            reply = {"ok": True}
         elif op == "drain":
             asyncio.get_running_loop().create_task(
                 _drain_and_stop(worker, float(message.get("drain_time", drain_time)), stop))

@@ -222,6 +222,7 @@ class HostPool:
         self.fresh_pending: deque[Exchange] = deque()  # waiting for a new connection, never a reused one
         self.connecting = 0
         self.tasks: set[asyncio.Task[Any]] = set()
+        self.retired = False  # its cluster was removed or replaced: finish what is in flight, reuse nothing
 
     def acquire(self, exchange: Exchange, fresh: bool = False) -> None:
         """Give the exchange a connection now, or queue it and open one if the breakers allow.
@@ -255,7 +256,7 @@ class HostPool:
     def release(self, conn: UpstreamConnection) -> None:
         """An exchange finished cleanly on `conn`: reuse it, or close it if it can't be reused."""
         limit = self.max_requests_per_connection
-        if conn.closed or not conn.keep_alive or (limit and conn.requests >= limit):
+        if conn.closed or not conn.keep_alive or (limit and conn.requests >= limit) or (self.retired and not self.pending):
             conn.close()
             return
         if self.pending:
@@ -282,6 +283,12 @@ class HostPool:
         self.cluster.circuit_breakers.connections.release()
         if self.pending or self.fresh_pending:
             self._maybe_connect()
+
+    def retire(self) -> None:
+        """The cluster went away (CDS): close idle connections now, busy ones once their exchange ends."""
+        self.retired = True
+        for conn in list(self.idle):
+            conn.close()
 
     def close_all(self) -> None:
         for conn in list(self.idle) + list(self.busy):
