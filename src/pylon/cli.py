@@ -1,4 +1,4 @@
-"""The `pylon` command: proxy, pilot, keyd, demo and the bench kit (echo, load, report)."""
+"""The `pylon` command: proxy, pilot, agent, keyd, demo and the bench kit (echo, load, report)."""
 
 from __future__ import annotations
 
@@ -67,6 +67,15 @@ def _register_pilot_command() -> None:
 
 
 _register_pilot_command()
+
+
+def _register_agent_command() -> None:
+    from pylon.agent.cli import agent_command
+
+    main.add_command(agent_command)
+
+
+_register_agent_command()
 
 if __name__ == "__main__":
     main()

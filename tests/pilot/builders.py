@@ -60,3 +60,10 @@ def virtual_service(http: list[dict[str, Any]], hosts: list[str] | None = None,
                     gateways: list[str] | None = None) -> dict[str, Any]:
     return doc("VirtualService", "vs", {"hosts": hosts or ["*"], "gateways": gateways or ["istio-system/gw"],
                                         "http": http})  # fmt: skip
+
+
+SIDECAR_NODE = "sidecar~127.0.0.1~client-1.default~default.svc.cluster.local"
+
+
+def sidecar_proxy(labels: dict[str, str] | None = None, **metadata: Any) -> Proxy:
+    return parse_node(SIDECAR_NODE, {"NAMESPACE": "default", "LABELS": labels or {"app": "client"}, **metadata})

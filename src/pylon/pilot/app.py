@@ -19,12 +19,14 @@ import grpc
 
 from envoy.service.discovery.v3 import ads_pb2_grpc
 from pylon.config.errors import ConfigError
+from pylon.identity.server import DEFAULT_CA_DIR, CaServer
 from pylon.pilot.debug import DebugHandler, serve_http
 from pylon.pilot.gen import generator_for
-from pylon.pilot.gen.types import Resources
+from pylon.pilot.gen.types import ENDPOINT, Resources
+from pylon.pilot.istio.mesh import load_mesh_config
 from pylon.pilot.metrics import PilotMetrics
 from pylon.pilot.proxy import Proxy
-from pylon.pilot.snapshot import Snapshot, build_snapshot
+from pylon.pilot.snapshot import Snapshot, build_snapshot, endpoints_only_change
 from pylon.pilot.source.directory import DirectoryWatcher, LoadResult, load_directory
 from pylon.pilot.xds.server import AdsServer
 
@@ -34,10 +36,13 @@ log = logging.getLogger("pylon.pilot")
 @dataclass(frozen=True)
 class PilotOptions:
     config_dir: Path
+    mesh_config: Path | None = None
     grpc_address: str = "127.0.0.1:15010"
     monitoring_address: str = "127.0.0.1:15014"
     debug_address: str = "127.0.0.1:8080"
     log_level: str = "info"
+    ca_address: str = "127.0.0.1:15012"
+    ca_dir: Path = DEFAULT_CA_DIR
 
 
 class Pilot:
@@ -57,17 +62,18 @@ class Pilot:
         try:
             if result.errors:
                 raise result.errors[0]
-            snapshot = build_snapshot(result.resources)
+            snapshot = build_snapshot(result.resources, mesh=self.snapshot.mesh)
         except ConfigError:
             self.metrics.config_errors.inc()
             for error in result.errors or [sys.exc_info()[1]]:
                 log.error("%s", error)
             log.error("config change rejected; still serving version %s", self.snapshot.version)
             return
+        eds_only = endpoints_only_change(self.snapshot, snapshot)
         self.snapshot = snapshot
-        log.info("config version %s: %d resources; pushing to %d proxies", snapshot.version, len(snapshot.resources),
-                 len(self.ads.connections))  # fmt: skip
-        self.ads.push_all()
+        log.info("config version %s: %d resources; pushing %s to %d proxies", snapshot.version, len(snapshot.resources),
+                 "endpoints (EDS) only" if eds_only else "everything", len(self.ads.connections))  # fmt: skip
+        self.ads.push_all(frozenset({ENDPOINT}) if eds_only else None)
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -80,11 +86,16 @@ def split_address(address: str) -> tuple[str, int]:
 
 def run_pilot(options: PilotOptions) -> int:
     logging.basicConfig(level=options.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        mesh = load_mesh_config(options.mesh_config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
     result = load_directory(options.config_dir)
     try:
         if result.errors:
             raise result.errors[0]
-        snapshot = build_snapshot(result.resources)
+        snapshot = build_snapshot(result.resources, mesh=mesh)
     except ConfigError:
         for error in result.errors or [sys.exc_info()[1]]:
             print(error, file=sys.stderr)
@@ -97,6 +108,8 @@ async def _serve(options: PilotOptions, pilot: Pilot) -> int:
     ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(pilot.ads, server)
     server.add_insecure_port(options.grpc_address)
     await server.start()
+    # The mesh CA (istiod's :15012). Trust domain: cluster.local until MeshConfig.trustDomain is implemented.
+    ca_server = await CaServer.start(*split_address(options.ca_address), options.ca_dir)
     handler = DebugHandler(pilot.ads, pilot.metrics, ready=lambda: True, version=lambda: pilot.snapshot.version)
     http_servers = [await serve_http(*split_address(address), handler)
                     for address in (options.debug_address, options.monitoring_address)]  # fmt: skip
@@ -114,4 +127,5 @@ async def _serve(options: PilotOptions, pilot: Pilot) -> int:
     for http_server in http_servers:
         http_server.close()
     await server.stop(grace=1)
+    await ca_server.stop()
     return 0

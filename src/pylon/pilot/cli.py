@@ -8,26 +8,83 @@ from pathlib import Path
 import click
 
 
-@click.command("pilot")
-@click.option("--config-dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Directory of Istio YAML (watched; changes are pushed after 100 ms of quiet).")
+@click.group("pilot", invoke_without_command=True)
+@click.option("--config-dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Directory of Istio YAML (watched; changes are pushed after 100 ms of quiet). Required.")
+@click.option("--mesh-config", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Istio MeshConfig YAML (outboundTrafficPolicy); Istio's defaults without one.")
 @click.option("--grpc-address", default="127.0.0.1:15010", show_default=True, help="Plaintext ADS (istiod's 15010).")
 @click.option("--monitoring-address", default="127.0.0.1:15014", show_default=True, help="/metrics (istiod's 15014).")
 @click.option("--debug-address", default="127.0.0.1:8080", show_default=True,
               help="/ready, /debug/syncz, /debug/config_dump, /debug/connections (istiod's 8080).")
 @click.option("-l", "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True)
-def pilot_command(config_dir: Path, grpc_address: str, monitoring_address: str, debug_address: str,
-                  log_level: str) -> None:
+@click.option("--ca-address", default="127.0.0.1:15012", show_default=True,
+              help="The mesh CA, TLS (istiod's 15012): istio.v1.auth.IstioCertificateService.")
+@click.option("--ca-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="CA files (Istio's ca-cert.pem, ca-key.pem, cert-chain.pem, root-cert.pem); a self-signed root "
+                   "is created when empty. Default: $XDG_DATA_HOME/pylon/cacerts.")
+@click.pass_context
+def pilot_command(ctx: click.Context, config_dir: Path | None, mesh_config: Path | None, grpc_address: str, monitoring_address: str,
+                  debug_address: str, log_level: str, ca_address: str, ca_dir: Path | None) -> None:
     """Run the control plane: Istio resources in, xDS out (an istiod of pylon's own)."""
+    from pylon.identity.server import DEFAULT_CA_DIR
     from pylon.pilot.app import PilotOptions, run_pilot, split_address
 
+    if ctx.invoked_subcommand is not None:
+        return
+    if config_dir is None:
+        raise click.UsageError("missing option --config-dir")
     for flag, address in (("--grpc-address", grpc_address), ("--monitoring-address", monitoring_address),
-                          ("--debug-address", debug_address)):  # fmt: skip
+                          ("--debug-address", debug_address), ("--ca-address", ca_address)):  # fmt: skip
         try:
             split_address(address)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint=flag) from None
-    sys.exit(run_pilot(PilotOptions(config_dir=config_dir, grpc_address=grpc_address,
+    sys.exit(run_pilot(PilotOptions(config_dir=config_dir, mesh_config=mesh_config, grpc_address=grpc_address,
                                     monitoring_address=monitoring_address, debug_address=debug_address,
-                                    log_level=log_level)))  # fmt: skip
+                                    log_level=log_level, ca_address=ca_address,
+                                    ca_dir=ca_dir or DEFAULT_CA_DIR)))  # fmt: skip
+
+
+@pilot_command.command("token")
+@click.option("--namespace", required=True, help="The workload's namespace.")
+@click.option("--service-account", required=True, help="The workload's service account.")
+@click.option("--ttl", default="24h", show_default=True, help="Lifetime: seconds, or a number with s, m, h or d.")
+@click.option("--ca-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="The CA directory whose token key signs (default: as `pylon pilot`).")
+def token_command(namespace: str, service_account: str, ttl: str, ca_dir: Path | None) -> None:
+    """Print a signed service-account token (audience istio-ca) for `pylon agent` to give the CA."""
+    from pylon.identity.server import DEFAULT_CA_DIR
+    from pylon.identity.spiffe import SpiffeError, SpiffeId
+    from pylon.identity.tokens import TokenAuthority, parse_duration
+    from pylon.identity.authority import load_or_create_token_key
+
+    try:
+        SpiffeId("cluster.local", namespace, service_account)
+        seconds = parse_duration(ttl)
+    except (SpiffeError, ValueError) as exc:
+        raise click.UsageError(str(exc)) from None
+    directory = ca_dir or DEFAULT_CA_DIR
+    directory.mkdir(parents=True, exist_ok=True)
+    click.echo(TokenAuthority(load_or_create_token_key(directory)).issue(namespace, service_account, ttl=seconds))
+
+
+@pilot_command.command("validate")
+@click.argument("config_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--mesh-config", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Istio MeshConfig YAML to validate with the resources.")
+def validate_command(config_dir: Path, mesh_config: Path | None) -> None:
+    """Check a config directory as pilot would load it: schema errors (exit 1), then dangling references
+    to gateways, hosts and subsets (warnings, exit 0), as istioctl validate and analyze."""
+    from pylon.pilot.validate import validate_directory
+
+    report = validate_directory(config_dir, mesh_config)
+    for error in report.errors:
+        click.echo(f"Error: {error}", err=True)
+    for warning in report.warnings:
+        click.echo(str(warning))
+    if report.errors:
+        sys.exit(1)
+    if not report.warnings:
+        click.echo(f"\u2714 No validation issues found when analyzing {config_dir}.")

@@ -15,5 +15,8 @@ class PilotMetrics:
                                ["type"], registry=self.registry)  # fmt: skip
         self.push_time = Histogram("pilot_xds_push_time", "Total time in seconds Pilot takes to push lds, rds, cds and eds.",
                                    ["type"], registry=self.registry)  # fmt: skip
+        self.convergence_time = Histogram(
+            "pilot_proxy_convergence_time", "Delay in seconds between config change and a proxy receiving all required configuration.",
+            buckets=(0.1, 0.5, 1, 3, 5, 10, 20, 30), registry=self.registry)  # fmt: skip
         self.config_errors = Counter("pilot_config_errors", "Config reloads rejected because of invalid resources.",
                                      registry=self.registry)  # fmt: skip

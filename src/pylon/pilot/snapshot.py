@@ -12,8 +12,11 @@ import itertools
 import time
 from dataclasses import dataclass, field
 
+import msgspec
+
 from pylon.config.errors import ConfigError
 from pylon.pilot.hosts import is_visible, matches, resolve_short_name
+from pylon.pilot.istio.mesh import MeshConfig
 from pylon.pilot.istio.networking import ServiceEntrySpec, ServicePort, WorkloadEntrySpec
 from pylon.pilot.istio.resources import Resource
 from pylon.pilot.proxy import Proxy
@@ -59,6 +62,8 @@ class Snapshot:
     virtual_services: tuple[Resource, ...] = ()
     destination_rules: tuple[Resource, ...] = ()
     services: dict[str, tuple[Service, ...]] = field(default_factory=dict)
+    sidecars: tuple[Resource, ...] = ()
+    mesh: MeshConfig = field(default_factory=MeshConfig)
 
     # ------------------------------------------------------------------ lookups used by generators
 
@@ -104,13 +109,35 @@ class Snapshot:
         return min(candidates, key=rank)
 
 
+def endpoints_only_change(old: Snapshot, new: Snapshot) -> bool:
+    """Whether `new` differs from `old` only in workload addresses (WorkloadEntries, STATIC ServiceEntry
+    endpoints; DNS ServiceEntries carry their endpoints in the cluster).
+
+    Then clusters, listeners and routes are unchanged and istiod pushes EDS alone:
+    workloads come and go far more often than routing changes, and a full push
+    to every proxy for each of them is what makes control planes fall behind.
+    """
+    return old.mesh == new.mesh and _without_endpoints(old) == _without_endpoints(new)
+
+
+def _without_endpoints(snapshot: Snapshot) -> set[tuple[tuple[str, str, str], object]]:
+    out: set[tuple[tuple[str, str, str], object]] = set()
+    for resource in snapshot.resources:
+        if resource.kind == "WorkloadEntry":
+            continue
+        static_entry = resource.kind == "ServiceEntry" and resource.spec.resolution == "STATIC"
+        spec = msgspec.structs.replace(resource.spec, endpoints=[]) if static_entry else resource.spec
+        out.add((resource.key, msgspec.json.encode(spec)))
+    return out
+
+
 def gateway_names(vs: Resource) -> list[str]:
     """A VirtualService's `gateways` as "namespace/name" (short names are in the VirtualService's namespace)."""
     return [g if "/" in g or g == "mesh" else f"{vs.namespace}/{g}" for g in vs.spec.gateways]
 
 
-def build_snapshot(resources: list[Resource], version: str | None = None) -> Snapshot:
-    """Index `resources`; ConfigError for a kind/namespace/name defined twice."""
+def build_snapshot(resources: list[Resource], version: str | None = None, mesh: MeshConfig | None = None) -> Snapshot:
+    """Index `resources` under `mesh`; ConfigError for a kind/namespace/name defined twice."""
     seen: dict[tuple[str, str, str], Resource] = {}
     for resource in resources:
         if resource.key in seen:
@@ -132,6 +159,8 @@ def build_snapshot(resources: list[Resource], version: str | None = None) -> Sna
         virtual_services=tuple(by_kind.get("VirtualService", [])),
         destination_rules=tuple(by_kind.get("DestinationRule", [])),
         services={host: tuple(found) for host, found in services.items()},
+        sidecars=tuple(by_kind.get("Sidecar", [])),
+        mesh=mesh or MeshConfig(),
     )
 
 

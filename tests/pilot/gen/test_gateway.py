@@ -160,9 +160,9 @@ def test_default_cluster_without_destination_rule() -> None:
     assert (cluster["type"], cluster["lb_policy"], cluster["connect_timeout"]) == ("EDS", "LEAST_REQUEST", "10s")
 
 
-def test_sidecars_are_refused_clearly() -> None:
-    proxy = parse_node("sidecar~10.0.0.1~app.default~default.svc.cluster.local")
-    with pytest.raises(ValueError, match="sidecar proxies are not supported by pylon pilot yet"):
+def test_waypoints_are_refused_clearly() -> None:
+    proxy = parse_node("waypoint~10.0.0.1~app.default~default.svc.cluster.local")
+    with pytest.raises(ValueError, match="waypoint proxies are not supported by pylon pilot yet"):
         generator_for(proxy)
 
 

@@ -56,16 +56,22 @@ def test_oneof_and_validation_errors_point_at_the_field() -> None:
 
 
 def test_kinds_and_versions() -> None:
-    assert error_of(doc("Sidecar", "s", {})).message == "Sidecar is not supported by pylon pilot yet"
+    assert error_of(doc("WorkloadGroup", "s", {})).message == "WorkloadGroup is not supported by pylon pilot yet"
     assert "unknown kind 'Gatway'" in error_of(doc("Gatway", "g", {})).message
     error = error_of(doc("Gateway", "g", {"servers": []}, api_version="networking.istio.io/v2"))
     assert error.path == "apiVersion"
     assert error_of({"apiVersion": "networking.istio.io/v1", "kind": "Gateway", "metadata": {}}).path == "metadata.name"
 
 
-def test_service_entry_resolution_other_than_static_is_refused() -> None:
-    error = error_of(doc("ServiceEntry", "s", {"hosts": ["a.example.com"], "ports": [{"number": 80, "name": "http"}]}))
-    assert error.path == "spec.resolution" and "NONE is not supported" in error.message
+def test_service_entry_resolution_rules() -> None:
+    error = error_of(doc("ServiceEntry", "s", {"hosts": ["a.example.com"], "resolution": "DYNAMIC_DNS"}))
+    assert error.path == "spec.resolution" and "DYNAMIC_DNS is not supported" in error.message
+    error = error_of(doc("ServiceEntry", "s", {"hosts": ["a.example.com"], "resolution": "STATIC",
+                                               "endpoints": [{"address": "db.example.com"}]}))  # fmt: skip
+    assert error.path == "spec.endpoints[0].address" and "STATIC resolution needs IP addresses" in error.message
+    error = error_of(doc("ServiceEntry", "s", {"hosts": ["a.example.com"], "resolution": "DNS",
+                                               "endpoints": [{"address": "not a name"}]}))  # fmt: skip
+    assert error.path == "spec.endpoints[0].address" and "neither an IP address nor a DNS name" in error.message
 
 
 def test_go_durations() -> None:

@@ -63,7 +63,7 @@ def test_subscribe_ack_nack_and_push() -> None:
     assert stream.status()["cds"] == {"sent": "v2", "acked": "v1", "nonce": pushed[0].nonce, "nack": "bad cluster"}
 
 
-def test_bad_node_id_and_sidecar_are_refused() -> None:
+def test_bad_node_id_and_waypoint_are_refused() -> None:
     with pytest.raises(StreamError, match="must have 4 parts"):
         Stream(generate=Config().generate).on_request(
             DiscoveryRequest(type_url=CLUSTER, node=Node(id="just-a-name")))
@@ -72,6 +72,6 @@ def test_bad_node_id_and_sidecar_are_refused() -> None:
     def generate(proxy: Proxy) -> tuple[Resources, str]:
         return generator_for(proxy).generate(proxy, None), "v"  # type: ignore[arg-type]
 
-    with pytest.raises(StreamError, match="sidecar proxies are not supported"):
+    with pytest.raises(StreamError, match="waypoint proxies are not supported"):
         Stream(generate=generate).on_request(
-            DiscoveryRequest(type_url=CLUSTER, node=Node(id="sidecar~10.0.0.1~a.default~default.svc.cluster.local")))
+            DiscoveryRequest(type_url=CLUSTER, node=Node(id="waypoint~10.0.0.1~a.default~default.svc.cluster.local")))

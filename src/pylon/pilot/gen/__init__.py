@@ -2,8 +2,8 @@
 
 A generator is a pure function of (proxy, snapshot) returning Envoy v3 resources
 as proto-JSON dicts keyed by type URL and resource name. Gateways (`router~…`)
-are served by `gateway.GatewayGenerator`; sidecars will get their own generator
-(virtualOutbound/virtualInbound) registered in `GENERATORS` beside it, sharing
+are served by `gateway.GatewayGenerator`, sidecars (`sidecar~…`) by
+`sidecar.SidecarGenerator` (virtualOutbound/virtualInbound); both share
 `routes`, `clusters` and `endpoints`.
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from pylon.pilot.gen.gateway import GatewayGenerator
+from pylon.pilot.gen.sidecar import SidecarGenerator
 from pylon.pilot.gen.types import Resources
 from pylon.pilot.proxy import Proxy
 from pylon.pilot.snapshot import Snapshot
@@ -23,7 +24,7 @@ class Generator(Protocol):
         ...
 
 
-GENERATORS: dict[str, Generator] = {"router": GatewayGenerator()}
+GENERATORS: dict[str, Generator] = {"router": GatewayGenerator(), "sidecar": SidecarGenerator()}
 
 
 def generator_for(proxy: Proxy) -> Generator:

@@ -9,16 +9,16 @@ since 1.14), circuit-breaker thresholds at UINT32_MAX with track_remaining
 from __future__ import annotations
 
 
-from pylon.pilot.gen.names import subset_key
+from pylon.pilot.gen.names import BLACKHOLE, subset_key
 from pylon.pilot.gen.policy import EffectivePolicy, effective_policy
 from pylon.pilot.gen.types import ADS_SOURCE, HTTP_PROTOCOL_OPTIONS, Json
 from pylon.pilot.istio.common import format_duration
 from pylon.pilot.istio.networking import HTTP2_PROTOCOLS, DestinationRuleSpec, ServicePort, TcpKeepalive
-from pylon.pilot.snapshot import Service
+from pylon.pilot.gen.endpoints import assignment
+from pylon.pilot.snapshot import Endpoint, Service
 
 UINT32_MAX = 2**32 - 1
 CONNECT_TIMEOUT = 10.0  # MeshConfig.connectTimeout default
-BLACKHOLE_CLUSTER = "BlackHoleCluster"
 
 
 def build_clusters(service: Service, rule: DestinationRuleSpec | None) -> list[Json]:
@@ -27,16 +27,40 @@ def build_clusters(service: Service, rule: DestinationRuleSpec | None) -> list[J
     for port in service.ports:
         out.append(build_cluster(service, port, "", effective_policy(rule, port.number)))
         for subset in rule.subsets if rule is not None else []:
-            out.append(build_cluster(service, port, subset.name, effective_policy(rule, port.number, subset.name)))
+            out.append(build_cluster(service, port, subset.name, effective_policy(rule, port.number, subset.name),
+                                     subset.labels))  # fmt: skip
     return out
+
+
+def _apply_resolution(cluster: Json, service: Service, port: ServicePort, labels: dict[str, str]) -> None:
+    """ServiceEntry resolution as istiod maps it: STATIC stays EDS; NONE forwards to the address the client
+    connected to (ORIGINAL_DST); DNS is STRICT_DNS (every address of every name), DNS_ROUND_ROBIN LOGICAL_DNS
+    (one address at a time), their endpoints inline: a ServiceEntry's endpoints, else its host on the port."""
+    resolution = service.entry.spec.resolution
+    if resolution == "STATIC":
+        return
+    del cluster["eds_cluster_config"]
+    if resolution == "NONE":
+        cluster.update(type="ORIGINAL_DST", lb_policy="CLUSTER_PROVIDED")
+        return
+    cluster["type"] = "STRICT_DNS" if resolution == "DNS" else "LOGICAL_DNS"
+    cluster["dns_lookup_family"] = "V4_ONLY"
+    cluster["respect_dns_ttl"] = True
+    chosen = [ep for ep in service.endpoints if all(ep.labels.get(k) == v for k, v in labels.items())]
+    if not service.entry.spec.endpoints:
+        chosen = [Endpoint(address=service.hostname, ports={}, labels={}, weight=0, locality="")]
+    if resolution == "DNS_ROUND_ROBIN":
+        chosen = chosen[:1]  # Envoy's LOGICAL_DNS takes exactly one name
+    cluster["load_assignment"] = assignment(cluster["name"], chosen, port)
 
 
 def blackhole_cluster() -> Json:
     """Where routes to nothing go: a STATIC cluster with no endpoints."""
-    return {"name": BLACKHOLE_CLUSTER, "type": "STATIC", "connect_timeout": format_duration(CONNECT_TIMEOUT)}
+    return {"name": BLACKHOLE, "type": "STATIC", "connect_timeout": format_duration(CONNECT_TIMEOUT)}
 
 
-def build_cluster(service: Service, port: ServicePort, subset: str, policy: EffectivePolicy) -> Json:
+def build_cluster(service: Service, port: ServicePort, subset: str, policy: EffectivePolicy,
+                  subset_labels: dict[str, str] | None = None) -> Json:  # fmt: skip
     name = subset_key(service.hostname, port.number, subset)
     cluster: Json = {
         "name": name,
@@ -47,6 +71,7 @@ def build_cluster(service: Service, port: ServicePort, subset: str, policy: Effe
         "circuit_breakers": {"thresholds": [_default_thresholds()]},
         "metadata": {"filter_metadata": {"istio": _istio_metadata(service, port, subset)}},
     }
+    _apply_resolution(cluster, service, port, subset_labels or {})
     _apply_load_balancer(cluster, policy)
     common = _apply_connection_pool(cluster, policy)
     _apply_outlier_detection(cluster, policy)

@@ -14,17 +14,21 @@ from pylon.pilot.snapshot import Endpoint, Service
 
 
 def build_load_assignments(service: Service, rule: DestinationRuleSpec | None) -> list[Json]:
-    """One CLA per cluster `build_clusters` makes for the same service and rule."""
+    """One CLA per EDS cluster `build_clusters` makes for the same service and rule (STATIC resolution only:
+    DNS clusters carry their endpoints, NONE has none)."""
+    if service.entry.spec.resolution != "STATIC":
+        return []
     out = []
     for port in service.ports:
-        out.append(_assignment(subset_key(service.hostname, port.number), service.endpoints, port))
+        out.append(assignment(subset_key(service.hostname, port.number), service.endpoints, port))
         for subset in rule.subsets if rule is not None else []:
             chosen = [ep for ep in service.endpoints if all(ep.labels.get(k) == v for k, v in subset.labels.items())]
-            out.append(_assignment(subset_key(service.hostname, port.number, subset.name), chosen, port))
+            out.append(assignment(subset_key(service.hostname, port.number, subset.name), chosen, port))
     return out
 
 
-def _assignment(cluster_name: str, endpoints: tuple[Endpoint, ...] | list[Endpoint], port: ServicePort) -> Json:
+def assignment(cluster_name: str, endpoints: tuple[Endpoint, ...] | list[Endpoint], port: ServicePort) -> Json:
+    """A ClusterLoadAssignment: for EDS, or inline in a DNS cluster."""
     by_locality: dict[str, list[Json]] = {}
     weights: dict[str, int] = {}
     for endpoint in endpoints:

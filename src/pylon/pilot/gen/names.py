@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+BLACKHOLE = "BlackHoleCluster"
+PASSTHROUGH = "PassthroughCluster"
+INBOUND_PASSTHROUGH = "InboundPassthroughCluster"
+
 
 def subset_key(host: str, port: int, subset: str = "", direction: str = "outbound") -> str:
     """`outbound|<port>|<subset>|<fqdn>`: cluster, EDS service and CLA name."""

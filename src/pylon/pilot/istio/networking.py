@@ -11,6 +11,7 @@ the snapshot.
 from __future__ import annotations
 
 import ipaddress
+import re
 from typing import Annotated, Literal
 
 import msgspec
@@ -482,6 +483,28 @@ class WorkloadEntrySpec(IstioStruct, kw_only=True):
             ) from None
 
 
+_DNS_NAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$")
+
+
+class ServiceEntryEndpoint(WorkloadEntrySpec, kw_only=True):
+    """ServiceEntry.endpoints[]: a WorkloadEntry whose address may also be a DNS name (resolution DNS)."""
+
+    def __post_init__(self) -> None:
+        if not self.address:
+            raise FieldError("address", "missing required field")
+        if not is_ip(self.address) and not _DNS_NAME.match(self.address):
+            raise FieldError("address", f"{self.address!r} is neither an IP address nor a DNS name "
+                                        "(unix sockets are not supported yet)")  # fmt: skip
+
+
+def is_ip(address: str) -> bool:
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return True
+
+
 class ServicePort(IstioStruct, kw_only=True):
     number: PortNumber
     protocol: str = ""
@@ -503,17 +526,20 @@ class ServiceEntrySpec(IstioStruct, kw_only=True):
     ports: list[ServicePort] = []
     location: Literal["MESH_EXTERNAL", "MESH_INTERNAL"] = "MESH_EXTERNAL"
     resolution: Literal["NONE", "STATIC", "DNS", "DNS_ROUND_ROBIN", "DYNAMIC_DNS"] = "NONE"
-    endpoints: list[WorkloadEntrySpec] = []
+    endpoints: list[ServiceEntryEndpoint] = []
     workload_selector: WorkloadSelector | None = None
     export_to: list[str] = []
     subject_alt_names: list[str] = []
 
     def __post_init__(self) -> None:
-        if self.resolution != "STATIC":
-            raise FieldError(
-                "resolution",
-                f"{self.resolution} is not supported by pylon pilot yet (STATIC only; NONE is Istio's default)",
-            )
+        if self.resolution == "DYNAMIC_DNS":
+            raise FieldError("resolution", "DYNAMIC_DNS is not supported by pylon pilot yet")
+        if self.resolution == "STATIC":
+            for i, endpoint in enumerate(self.endpoints):
+                if not is_ip(endpoint.address):
+                    raise FieldError(f"endpoints[{i}].address", f"{endpoint.address!r}: STATIC resolution needs IP addresses")
+        elif self.workload_selector is not None and self.resolution != "NONE":
+            raise FieldError("workloadSelector", f"with resolution {self.resolution} is not supported by pylon pilot yet")
         if self.endpoints and self.workload_selector is not None:
             raise ValueError("only one of endpoints and workloadSelector may be set")
         seen: set[str] = set()

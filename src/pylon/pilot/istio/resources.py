@@ -26,6 +26,7 @@ from pylon.pilot.istio.networking import (
     VirtualServiceSpec,
     WorkloadEntrySpec,
 )
+from pylon.pilot.istio.sidecar import SidecarSpec
 
 NETWORKING_VERSIONS = ("networking.istio.io/v1", "networking.istio.io/v1beta1", "networking.istio.io/v1alpha3")
 
@@ -36,11 +37,12 @@ KINDS: dict[str, tuple[type[IstioStruct], tuple[str, ...]]] = {
     "DestinationRule": (DestinationRuleSpec, NETWORKING_VERSIONS),
     "ServiceEntry": (ServiceEntrySpec, NETWORKING_VERSIONS),
     "WorkloadEntry": (WorkloadEntrySpec, NETWORKING_VERSIONS),
+    "Sidecar": (SidecarSpec, NETWORKING_VERSIONS),
 }
 
 # Istio kinds that exist but are not served yet (issue 13 lists them).
 NOT_YET_KINDS = frozenset(
-    {"Sidecar", "WorkloadGroup", "EnvoyFilter", "ProxyConfig", "PeerAuthentication", "AuthorizationPolicy",
+    {"WorkloadGroup", "EnvoyFilter", "ProxyConfig", "PeerAuthentication", "AuthorizationPolicy",
      "RequestAuthentication", "Telemetry", "WasmPlugin"}
 )  # fmt: skip
 
@@ -71,7 +73,7 @@ class _Envelope(IstioStruct, kw_only=True):
 class Resource(msgspec.Struct, frozen=True, kw_only=True):
     """One decoded Istio resource and where it came from."""
 
-    kind: Literal["Gateway", "VirtualService", "DestinationRule", "ServiceEntry", "WorkloadEntry"]
+    kind: Literal["Gateway", "VirtualService", "DestinationRule", "ServiceEntry", "WorkloadEntry", "Sidecar"]
     api_version: str
     meta: ObjectMeta
     spec: Any

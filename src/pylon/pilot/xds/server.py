@@ -1,5 +1,6 @@
-"""The AggregatedDiscoveryService on grpcio (aio): moves DiscoveryRequests and Responses between sockets
-and each stream's sans-IO `Stream`, and pushes to every connected proxy when the config changes."""
+"""The AggregatedDiscoveryService on grpcio (aio): moves requests and responses between sockets and each
+stream's sans-IO protocol state (`Stream` for state of the world, `DeltaStream` for delta), and pushes to
+every connected proxy when the config changes."""
 
 from __future__ import annotations
 
@@ -9,14 +10,17 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
 from envoy.service.discovery.v3 import ads_pb2_grpc
-from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest, DiscoveryResponse
+from envoy.service.discovery.v3.discovery_pb2 import (DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest,
+                                                      DiscoveryResponse)  # fmt: skip
 from pylon.pilot.gen.types import SHORT_NAMES, Resources
 from pylon.pilot.metrics import PilotMetrics
 from pylon.pilot.proxy import Proxy
+from pylon.pilot.xds.delta import DeltaStream
 from pylon.pilot.xds.encode import EncodeError
 from pylon.pilot.xds.stream import Stream, StreamError
 
@@ -25,44 +29,60 @@ log = logging.getLogger("pylon.pilot.xds")
 _connection_ids = itertools.count(1)
 
 
+AnyStream = Stream | DeltaStream
+
+
 @dataclass
 class Connection:
-    """A connected ADS stream: its protocol state and the queue its responses leave through."""
+    """A connected ADS stream (state of the world or delta): its protocol state and the queue its responses
+    (or the error ending it, or None at its end) leave through."""
 
     id: str
     peer: str
-    stream: Stream
-    outbox: asyncio.Queue[DiscoveryResponse | BaseException | None]
+    stream: AnyStream
+    outbox: asyncio.Queue[Any]
 
 
 class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
-    """State-of-the-world ADS; `generate(proxy)` gives a proxy's resources and the config version."""
+    """ADS, state of the world and delta; `generate(proxy)` gives a proxy's resources and the config version."""
 
     def __init__(self, generate: Callable[[Proxy], tuple[Resources, str]], metrics: PilotMetrics) -> None:
         self.generate = generate
         self.metrics = metrics
         self.connections: dict[str, Connection] = {}
 
-    def push_all(self) -> None:
-        """Send the current config to every connected proxy (after a config change)."""
+    def push_all(self, types: frozenset[str] | None = None) -> None:
+        """Send the current config to every connected proxy after a config change: every type, or only `types`."""
+        started = time.monotonic()
         for connection in list(self.connections.values()):
-            started = time.perf_counter()
             try:
-                responses = connection.stream.push()
+                responses = connection.stream.push(types, started)
             except ValueError as exc:  # a generation or encoding bug: keep the proxy's last good config
                 log.error("push to %s failed: %s", connection.id, exc)
                 continue
             for response in responses:
                 connection.outbox.put_nowait(response)
-            if responses:
-                self.metrics.push_time.labels(type="all").observe(time.perf_counter() - started)
 
     async def StreamAggregatedResources(  # noqa: N802 - gRPC method name
         self, request_iterator: AsyncIterator[DiscoveryRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[DiscoveryResponse]:
-        outbox: asyncio.Queue[DiscoveryResponse | BaseException | None] = asyncio.Queue()
-        stream = Stream(generate=self.generate, on_nack=self._count_nack,
-                        on_push=lambda type_url: self.metrics.pushes.labels(type=SHORT_NAMES[type_url]).inc())  # fmt: skip
+        stream = Stream(generate=self.generate, on_nack=self._count_nack, on_push=self._count_push,
+                        on_converged=self._count_convergence)  # fmt: skip
+        async for response in self._serve(stream, request_iterator, context):
+            yield response
+
+    async def DeltaAggregatedResources(  # noqa: N802 - gRPC method name
+        self, request_iterator: AsyncIterator[DeltaDiscoveryRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[DeltaDiscoveryResponse]:
+        stream = DeltaStream(generate=self.generate, on_nack=self._count_nack, on_push=self._count_push,
+                             on_converged=self._count_convergence)  # fmt: skip
+        async for response in self._serve(stream, request_iterator, context):
+            yield response
+
+    async def _serve(self, stream: AnyStream, request_iterator: AsyncIterator[Any],
+                     context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:  # fmt: skip
+        """Feed requests to `stream` and yield its responses (and pushes) until either side ends."""
+        outbox: asyncio.Queue[Any] = asyncio.Queue()
         connection = Connection(id="", peer=context.peer(), stream=stream, outbox=outbox)
         reader = asyncio.create_task(self._read(request_iterator, connection))
         try:
@@ -81,13 +101,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                 self.metrics.xds.dec()
                 log.info("ADS stream %s closed", connection.id)
 
-    async def DeltaAggregatedResources(  # noqa: N802 - gRPC method name
-        self, request_iterator: AsyncIterator[DiscoveryRequest], context: grpc.aio.ServicerContext
-    ) -> None:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED,
-                            "pylon pilot serves state-of-the-world ADS only: set ads_config.api_type to GRPC")  # fmt: skip
-
-    async def _read(self, requests: AsyncIterator[DiscoveryRequest], connection: Connection) -> None:
+    async def _read(self, requests: AsyncIterator[Any], connection: Connection) -> None:
         try:
             async for request in requests:
                 first = connection.stream.proxy is None
@@ -111,6 +125,13 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         except grpc.aio.AioRpcError:
             pass  # the peer went away
         connection.outbox.put_nowait(None)
+
+    def _count_push(self, type_url: str, seconds: float) -> None:
+        self.metrics.pushes.labels(type=SHORT_NAMES[type_url]).inc()
+        self.metrics.push_time.labels(type=SHORT_NAMES[type_url]).observe(seconds)
+
+    def _count_convergence(self, type_url: str, seconds: float) -> None:
+        self.metrics.convergence_time.observe(seconds)
 
     def _count_nack(self, proxy: Proxy, type_url: str, message: str) -> None:
         self.metrics.rejects.labels(type=SHORT_NAMES[type_url]).inc()

@@ -11,7 +11,11 @@ the proxy ACKed and its last NACK. The rules are xDS's:
 - a request with the latest nonce is an ACK, and if its resource names differ
   from the subscription (a new cluster's endpoints, a new listener's routes) it
   is also a new subscription, answered with those resources;
-- `push` (config changed) sends every subscribed type again, clusters first.
+- `push` (config changed) sends every subscribed type again, clusters first, or
+  only the given types (EDS alone when only endpoints changed).
+
+The ACK of a pushed response is the proxy's convergence: `on_converged` gets the
+seconds from the push's start to that ACK (`pilot_proxy_convergence_time`).
 """
 
 from __future__ import annotations
@@ -34,6 +38,11 @@ log = logging.getLogger("pylon.pilot.xds")
 _nonces = itertools.count(1)
 
 
+def next_nonce() -> str:
+    """A nonce unique within this process (shared by SotW and delta streams)."""
+    return str(next(_nonces))
+
+
 class StreamError(Exception):
     """The stream cannot be served (bad node id, unsupported proxy type); the message says why."""
 
@@ -48,6 +57,7 @@ class Watch:
     version_acked: str = ""
     last_nack: str = ""
     sent_at: float = 0.0
+    push_started: float | None = None  # monotonic start of the push the unacknowledged response belongs to
 
 
 @dataclass
@@ -56,12 +66,14 @@ class Stream:
 
     `generate(proxy)` returns the proxy's resources for the current config and
     its version; `on_nack(proxy, type_url, message)` lets the server count and
-    show rejections; `on_push(type_url)` counts responses sent.
+    show rejections; `on_push(type_url, seconds)` counts responses sent and the
+    time spent building each; `on_converged(type_url, seconds)` times pushes to their ACK.
     """
 
     generate: Callable[[Proxy], tuple[Resources, str]]
     on_nack: Callable[[Proxy, str, str], None] = lambda proxy, type_url, message: None
-    on_push: Callable[[str], None] = lambda type_url: None
+    on_push: Callable[[str, float], None] = lambda type_url, seconds: None
+    on_converged: Callable[[str, float], None] = lambda type_url, seconds: None
     proxy: Proxy | None = None
     watches: dict[str, Watch] = field(default_factory=dict)
     connected_at: float = field(default_factory=time.time)
@@ -95,6 +107,9 @@ class Stream:
             watch = self.watches[type_url] = Watch(names=names)
         else:
             watch.version_acked = request.version_info
+            if watch.push_started is not None:
+                self.on_converged(type_url, time.monotonic() - watch.push_started)
+                watch.push_started = None
             if watch.last_nack and request.version_info == watch.version_sent:
                 watch.last_nack = ""
             if names == watch.names:
@@ -102,12 +117,19 @@ class Stream:
             watch.names = names
         return [self._respond(type_url, watch)]
 
-    def push(self) -> list[DiscoveryResponse]:
-        """Regenerate for the current config and send every subscribed type, clusters first."""
+    def push(self, types: frozenset[str] | None = None, started: float | None = None) -> list[DiscoveryResponse]:
+        """Regenerate for the current config and send every subscribed type (or only `types`), clusters first.
+        `started` (monotonic) is when the change that causes the push was seen."""
         if self.proxy is None:
             return []
+        started = time.monotonic() if started is None else started
         self._resources, self._version = self.generate(self.proxy)
-        return [self._respond(type_url, self.watches[type_url]) for type_url in PUSH_ORDER if type_url in self.watches]
+        out = []
+        for type_url in PUSH_ORDER:
+            if type_url in self.watches and (types is None or type_url in types):
+                out.append(self._respond(type_url, self.watches[type_url]))
+                self.watches[type_url].push_started = started
+        return out
 
     def _connect(self, request: DiscoveryRequest) -> None:
         metadata = json_format.MessageToDict(request.node.metadata) if request.node.HasField("metadata") else {}
@@ -121,18 +143,21 @@ class Stream:
             raise StreamError(f"{self.proxy.node_id}: {exc}") from None
 
     def _respond(self, type_url: str, watch: Watch) -> DiscoveryResponse:
+        begun = time.perf_counter()
         available = self._resources.get(type_url, {})
         chosen = sorted(available) if watch.names is None else sorted(n for n in watch.names if n in available)
-        watch.nonce = str(next(_nonces))
+        watch.nonce = next_nonce()
         watch.version_sent = self._version
         watch.sent_at = time.time()
-        self.on_push(type_url)
-        return DiscoveryResponse(
+        watch.push_started = None
+        response = DiscoveryResponse(
             version_info=self._version,
             type_url=type_url,
             nonce=watch.nonce,
             resources=[to_any(type_url, available[name]) for name in chosen],
         )
+        self.on_push(type_url, time.perf_counter() - begun)
+        return response
 
     def status(self) -> dict[str, dict[str, str]]:
         """Per type, what was sent and what the proxy ACKed or NACKed (for /debug/syncz)."""

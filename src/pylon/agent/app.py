@@ -1,0 +1,161 @@
+"""`pylon agent`: get the workload a certificate, serve it over SDS, keep it fresh, run the proxy.
+
+Order matters: the first certificate is obtained before the proxy starts, so Envoy's first SDS
+request is answered at once; the proxy's exit ends the agent (its supervisor restarts the pod,
+as with Istio), and SIGTERM drains the proxy's listeners before stopping it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+import shutil
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+
+from pylon.agent.bootstrap import Workload, build_bootstrap
+from pylon.agent.health import http_status, serve_health
+from pylon.agent.keys import AgentKeySource, KeySource
+from pylon.agent.rotation import next_retry, rotate_at
+from pylon.agent.sds import SecretStore, serve_sds
+from pylon.identity.client import CaClientError, create_certificate
+
+log = logging.getLogger("pylon.agent")
+
+
+@dataclass(frozen=True)
+class AgentOptions:
+    workload: Workload
+    ca_address: str
+    root_cert: Path
+    token_file: Path
+    discovery: tuple[str, int]
+    sds_socket: Path
+    bootstrap_path: Path
+    proxy: str = "envoy"
+    envoy_binary: str | None = None
+    bootstrap_override: Path | None = None
+    admin_port: int = 15000
+    health: tuple[str, int] = ("127.0.0.1", 15021)
+    ttl_seconds: int = 24 * 3600
+    grace_ratio: float = 0.5
+    drain_seconds: float = 5.0
+    log_level: str = "info"
+
+
+class Agent:
+    def __init__(self, options: AgentOptions, keys: KeySource) -> None:
+        self.options = options
+        self.keys = keys
+        self.store = SecretStore()
+        self.not_after = 0.0
+
+    async def renew(self) -> float:
+        """A new key and certificate into SDS; returns when the next renewal is due (time.time clock)."""
+        options = self.options
+        key = self.keys.new_key(options.workload.identity)
+        chain = await create_certificate(options.ca_address, options.root_cert.read_bytes(), key.csr_pem,
+                                         ttl_seconds=options.ttl_seconds,
+                                         token=options.token_file.read_text().strip())  # fmt: skip
+        received = time.time()
+        leaf = x509.load_pem_x509_certificate(chain[0].encode())
+        self.not_after = leaf.not_valid_after_utc.timestamp()
+        await self.store.update(key.tls_certificate("".join(chain[:-1])), chain[-1])
+        log.info("certificate for %s valid until %s", options.workload.identity,
+                 leaf.not_valid_after_utc.isoformat(timespec="seconds"))  # fmt: skip
+        return rotate_at(received, self.not_after, options.grace_ratio)
+
+    async def rotate_forever(self, due: float) -> None:
+        delay: float | None = None
+        while True:
+            await asyncio.sleep(max(due - time.time(), 0))
+            try:
+                due, delay = await self.renew(), None
+            except (CaClientError, OSError) as exc:
+                delay = next_retry(delay)
+                log.error("certificate renewal failed (current one expires %s): %s; retrying in %.1fs",
+                          dt.datetime.fromtimestamp(self.not_after, dt.timezone.utc).isoformat(timespec="seconds"),
+                          exc, delay)  # fmt: skip
+                due = time.time() + delay
+
+    async def ready(self) -> bool:
+        if not self.store.secrets:
+            return False
+        return await http_status("127.0.0.1", self.options.admin_port, "/ready") == 200
+
+
+def envoy_command(options: AgentOptions) -> list[str]:
+    """Envoy as Istio's agent starts it (plus --config-yaml from a bootstrap override file)."""
+    binary = options.envoy_binary or shutil.which("envoy") or str(Path(sys.executable).parent / "envoy")
+    command = [binary, "-c", str(options.bootstrap_path), "--drain-strategy", "immediate",
+               "--disable-hot-restart", "--log-level", "warning"]  # fmt: skip
+    if options.bootstrap_override is not None:
+        command += ["--config-yaml", options.bootstrap_override.read_text()]
+    return command
+
+
+async def _stop_proxy(proxy: asyncio.subprocess.Process, options: AgentOptions) -> None:
+    """Drain listeners gracefully, wait the drain time, then stop the proxy (killed if it lingers)."""
+    await http_status("127.0.0.1", options.admin_port, "/drain_listeners?graceful", method="POST")
+    try:
+        await asyncio.wait_for(proxy.wait(), options.drain_seconds)
+    except asyncio.TimeoutError:
+        pass
+    if proxy.returncode is None:
+        proxy.terminate()
+        try:
+            await asyncio.wait_for(proxy.wait(), 5)
+        except asyncio.TimeoutError:
+            proxy.kill()
+            await proxy.wait()
+
+
+async def run(options: AgentOptions) -> int:
+    agent = Agent(options, AgentKeySource())
+    try:
+        due = await agent.renew()
+    except (CaClientError, OSError) as exc:
+        log.error("cannot get the first certificate: %s", exc)
+        return 1
+    sds = await serve_sds(agent.store, str(options.sds_socket))
+    rotation = asyncio.create_task(agent.rotate_forever(due))
+    bootstrap = build_bootstrap(options.workload, discovery=options.discovery, sds_socket=str(options.sds_socket),
+                                admin_port=options.admin_port)  # fmt: skip
+    options.bootstrap_path.parent.mkdir(parents=True, exist_ok=True)
+    options.bootstrap_path.write_text(json.dumps(bootstrap, indent=2))
+    health = await serve_health(*options.health, agent.ready)
+    proxy = await asyncio.create_subprocess_exec(*envoy_command(options))
+    log.info("agent for %s: SDS on %s, proxy pid %d, health on %s:%d", options.workload.node_id,
+             options.sds_socket, proxy.pid, *options.health)  # fmt: skip
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    proxy_exit = asyncio.create_task(proxy.wait())
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({proxy_exit, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if proxy_exit.done():
+        log.error("proxy exited with %s; agent stopping", proxy.returncode)
+        code = proxy.returncode or 1
+    else:
+        log.info("draining the proxy for up to %.1fs", options.drain_seconds)
+        await _stop_proxy(proxy, options)
+        code = 0
+    stopping.cancel()
+    rotation.cancel()
+    health.close()
+    await sds.stop(grace=0.5)
+    options.sds_socket.unlink(missing_ok=True)
+    return code
+
+
+def run_agent(options: AgentOptions) -> int:
+    logging.basicConfig(level=options.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return asyncio.run(run(options))

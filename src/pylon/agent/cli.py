@@ -1,0 +1,82 @@
+"""The `pylon agent` command (registered on the main `pylon` group in pylon/cli.py)."""
+
+from __future__ import annotations
+
+import socket
+import sys
+from pathlib import Path
+
+import click
+
+PYLON_PROXY_UNSUPPORTED = ("--proxy pylon is not available yet: pylon's proxy has no xDS client, so it cannot "
+                           "take its listeners over ADS or its certificates over SDS; use --proxy envoy")  # fmt: skip
+
+
+def _address(text: str, flag: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise click.BadParameter(f"invalid address {text!r}: expected HOST:PORT", param_hint=flag)
+    return host.strip("[]"), int(port)
+
+
+@click.command("agent")
+@click.option("--type", "proxy_type", type=click.Choice(["sidecar", "router"]), default="sidecar", show_default=True,
+              help="Istio's proxy type (router = gateway).")
+@click.option("--namespace", required=True)
+@click.option("--service-account", required=True)
+@click.option("--pod-name", default=socket.gethostname, show_default="hostname")
+@click.option("--ip", default="127.0.0.1", show_default=True, help="The workload's IP (node id and INSTANCE_IPS).")
+@click.option("--trust-domain", default="cluster.local", show_default=True)
+@click.option("--ca-address", default="127.0.0.1:15012", show_default=True, help="pilot's CA (TLS).")
+@click.option("--root-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
+              help="The mesh root (root-cert.pem) that pilot's CA certificate must chain to.")
+@click.option("--token-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
+              help="The service-account token (`pylon pilot token`); re-read at every renewal.")
+@click.option("--discovery-address", default="127.0.0.1:15010", show_default=True,
+              help="pilot's ADS (plaintext for now).")
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True,
+              help="Root of Istio's relative paths (etc/istio/proxy/envoy-rev.json, var/run/secrets/...).")
+@click.option("--sds-socket", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="SDS Unix socket (default WORKDIR/var/run/secrets/workload-spiffe-uds/socket).")
+@click.option("--proxy", type=click.Choice(["envoy", "pylon"]), default="envoy", show_default=True)
+@click.option("--envoy-binary", default=None, help="Envoy executable (default: envoy on PATH or beside python).")
+@click.option("--bootstrap-override", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="YAML merged over the bootstrap (Istio's ISTIO_BOOTSTRAP_OVERRIDE; Envoy's --config-yaml).")
+@click.option("--admin-port", type=click.IntRange(1, 65535), default=15000, show_default=True)
+@click.option("--health-address", default="127.0.0.1:15021", show_default=True, help="/healthz/ready.")
+@click.option("--ttl", "ttl_seconds", type=click.IntRange(1), default=24 * 3600, show_default=True,
+              help="Certificate lifetime to request, seconds (Istio's SECRET_TTL).")
+@click.option("--grace-ratio", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.5,
+              show_default=True, help="Renew at expiry minus this fraction of the lifetime.")
+@click.option("--drain-seconds", type=click.FloatRange(0), default=5.0, show_default=True,
+              help="How long the proxy drains on SIGTERM before it is stopped.")
+@click.option("-l", "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
+              show_default=True)
+def agent_command(proxy_type: str, namespace: str, service_account: str, pod_name: str, ip: str, trust_domain: str,
+                  ca_address: str, root_cert: Path, token_file: Path, discovery_address: str, workdir: Path,
+                  sds_socket: Path | None, proxy: str, envoy_binary: str | None, bootstrap_override: Path | None,
+                  admin_port: int, health_address: str, ttl_seconds: int, grace_ratio: float, drain_seconds: float,
+                  log_level: str) -> None:  # fmt: skip
+    """Run Istio's pilot-agent role beside a proxy: certificate, SDS, rotation, bootstrap, supervision."""
+    from pylon.agent.app import AgentOptions, run_agent
+    from pylon.agent.bootstrap import Workload
+    from pylon.identity.spiffe import SpiffeError, SpiffeId
+
+    if proxy == "pylon":
+        raise click.UsageError(PYLON_PROXY_UNSUPPORTED)
+    try:
+        identity = SpiffeId(trust_domain, namespace, service_account)
+    except SpiffeError as exc:
+        raise click.UsageError(str(exc)) from None
+    _address(ca_address, "--ca-address")
+    options = AgentOptions(
+        workload=Workload(identity=identity, pod_name=pod_name, ip=ip, proxy_type=proxy_type),
+        ca_address=ca_address, root_cert=root_cert, token_file=token_file,
+        discovery=_address(discovery_address, "--discovery-address"),
+        sds_socket=sds_socket or workdir / "var/run/secrets/workload-spiffe-uds/socket",
+        bootstrap_path=workdir / "etc/istio/proxy/envoy-rev.json", proxy=proxy, envoy_binary=envoy_binary,
+        bootstrap_override=bootstrap_override, admin_port=admin_port,
+        health=_address(health_address, "--health-address"), ttl_seconds=ttl_seconds, grace_ratio=grace_ratio,
+        drain_seconds=drain_seconds, log_level=log_level,
+    )  # fmt: skip
+    sys.exit(run_agent(options))

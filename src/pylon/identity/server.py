@@ -1,0 +1,97 @@
+"""The CA as a service: `istio.v1.auth.IstioCertificateService/CreateCertificate` on grpcio (aio).
+
+`CaServer.start` brings up the TLS front on the CA address (istiod's :15012) and the gRPC
+server behind it on an ephemeral loopback port; each request is authenticated (client
+certificate or token), its TTL checked, and its CSR signed for the caller's own SPIFFE id.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from pylon.identity.authn import AuthenticationError, authenticate
+from pylon.identity.authority import CaError, CaMaterial, load_or_create_token_key, resolve_ttl
+from pylon.identity.proto import SERVICE, IstioCertificateRequest, IstioCertificateResponse
+from pylon.identity.spiffe import DEFAULT_TRUST_DOMAIN
+from pylon.identity.tls_front import TlsFront, server_context
+from pylon.identity.tokens import TokenAuthority
+
+log = logging.getLogger("pylon.identity.ca")
+
+#: Where a CA directory lives when none is given: kept across restarts, so the mesh root stays the same.
+DEFAULT_CA_DIR = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "pylon" / "cacerts"
+
+
+class CertificateService:
+    """CreateCertificate: who is asking (from the TLS front or the token), what lifetime, sign."""
+
+    def __init__(self, material: CaMaterial, tokens: TokenAuthority, trust_domain: str, front: TlsFront) -> None:
+        self.material = material
+        self.tokens = tokens
+        self.trust_domain = trust_domain
+        self.front = front
+
+    async def create_certificate(self, request: IstioCertificateRequest,
+                                 context: grpc.aio.ServicerContext) -> IstioCertificateResponse:  # fmt: skip
+        try:
+            peer_der = self.front.peer_certificate(context.peer())
+        except KeyError:
+            log.warning("CA request from %s did not come through TLS; refused", context.peer())
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "request authenticate failure: not over TLS")
+        try:
+            identity = authenticate(peer_der, context.invocation_metadata() or (), self.tokens, self.trust_domain)
+        except AuthenticationError as exc:
+            log.info("CA request from %s refused: %s", context.peer(), exc)
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"request authenticate failure: {exc}")
+        try:
+            chain = self.material.sign_csr(request.csr, identity, resolve_ttl(request.validity_duration))
+        except CaError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        log.info("issued a certificate for %s (%ss requested)", identity, request.validity_duration)
+        return IstioCertificateResponse(cert_chain=chain)
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        method = grpc.unary_unary_rpc_method_handler(
+            self.create_certificate,
+            request_deserializer=IstioCertificateRequest.FromString,
+            response_serializer=IstioCertificateResponse.SerializeToString,
+        )
+        return grpc.method_handlers_generic_handler(SERVICE, {"CreateCertificate": method})
+
+
+@dataclass
+class CaServer:
+    front: TlsFront
+    grpc_server: grpc.aio.Server
+    material: CaMaterial
+    tokens: TokenAuthority
+
+    @classmethod
+    async def start(cls, host: str, port: int, ca_dir: Path, trust_domain: str = DEFAULT_TRUST_DOMAIN) -> CaServer:
+        """Load (or create) the CA in `ca_dir` and serve it on host:port over TLS."""
+        material = CaMaterial.load_or_create(ca_dir)
+        tokens = TokenAuthority(load_or_create_token_key(ca_dir))
+        chain_pem, key_pem = material.serving_certificate()
+        with tempfile.TemporaryDirectory(prefix="pylon-ca-") as scratch:  # the key file lives only while loading
+            files = [Path(scratch) / name for name in ("chain.pem", "key.pem", "root.pem")]
+            for path, data in zip(files, (chain_pem, key_pem, material.root_pem.encode())):
+                path.write_bytes(data)
+            context = server_context(*(str(path) for path in files))
+        grpc_server = grpc.aio.server()
+        backend_port = grpc_server.add_insecure_port("127.0.0.1:0")
+        front = TlsFront(context=context, backend=("127.0.0.1", backend_port))
+        grpc_server.add_generic_rpc_handlers((CertificateService(material, tokens, trust_domain, front).handler(),))
+        await grpc_server.start()
+        await front.start(host, port)
+        log.info("CA serving on %s:%d (trust domain %s, CA dir %s)", host, port, trust_domain, ca_dir)
+        return cls(front=front, grpc_server=grpc_server, material=material, tokens=tokens)
+
+    async def stop(self) -> None:
+        await self.front.close()
+        await self.grpc_server.stop(grace=1)

@@ -1,0 +1,257 @@
+"""Config for sidecar proxies (`sidecar~…`), with Istio's names and shapes.
+
+Outbound: `virtualOutbound` on 15001 (`use_original_dst`) hands captured
+connections to the listener of their original destination port, else to its
+catch-all chain `virtualOutbound-catchall-tcp` (PassthroughCluster under
+ALLOW_ANY, BlackHoleCluster under REGISTRY_ONLY). Each HTTP service port gets
+`0.0.0.0_<port>` (not bound: it only receives hand-offs) with RDS named by the
+port, whose virtual hosts are `<host>:<port>` per service on that port (the
+routes of mesh VirtualServices, else a default route to
+`outbound|<port>||<host>`) and then `allow_any` or `block_all`. Other ports get
+a tcp_proxy listener to the first service on the port.
+
+Inbound: `virtualInbound` on 15006 (original_dst listener filter) has one chain
+per port of the services that select the proxy (`destination_port` match),
+routing to `inbound|<port>||`: an ORIGINAL_DST cluster whose connections leave
+from 127.0.0.6, so the app sees the sidecar, not the peer, and capture rules
+let the traffic through. Unknown ports go to InboundPassthroughCluster.
+
+Interception mode NONE (node metadata `INTERCEPTION_MODE`, no capture rules):
+no virtual listeners and no inbound; outbound listeners bind for real on
+`127.0.0.1_<port>`, as istiod does, so an application reaches them directly.
+"""
+
+from __future__ import annotations
+
+from pylon.pilot.gen.clusters import CONNECT_TIMEOUT, blackhole_cluster, build_clusters
+from pylon.pilot.gen.endpoints import build_load_assignments
+from pylon.pilot.gen.names import BLACKHOLE, INBOUND_PASSTHROUGH, PASSTHROUGH, domain_name, listener_name, subset_key
+from pylon.pilot.gen.routes import RouteContext, build_http_routes, is_catch_all, translate_retry
+from pylon.pilot.gen.scope import SidecarScope, mesh_virtual_services, own_services, scoped_services, sidecar_scope
+from pylon.pilot.gen.types import (ADS_SOURCE, CLUSTER, ENDPOINT, FAULT, HCM, LISTENER, ORIGINAL_DST_FILTER, ROUTE,
+                                   ROUTER, TCP_PROXY, Json, Resources)  # fmt: skip
+from pylon.pilot.hosts import matches, resolve_short_name
+from pylon.pilot.istio.common import format_duration
+from pylon.pilot.istio.networking import HTTP_PROTOCOLS, ServicePort
+from pylon.pilot.istio.resources import Resource
+from pylon.pilot.proxy import Proxy
+from pylon.pilot.snapshot import Service, Snapshot
+
+VIRTUAL_OUTBOUND_PORT = 15001
+VIRTUAL_INBOUND_PORT = 15006
+WILDCARD = "0.0.0.0"
+LOCALHOST = "127.0.0.1"
+INBOUND_SOURCE = "127.0.0.6"
+INTERCEPTION_MODES = ("REDIRECT", "NONE")
+
+
+def is_http(port: ServicePort) -> bool:
+    """Istio's HTTP family; an unspecified protocol is treated as TCP (pylon pilot does not sniff protocols)."""
+    return port.protocol.upper() in HTTP_PROTOCOLS
+
+
+class SidecarGenerator:
+    def generate(self, proxy: Proxy, snapshot: Snapshot) -> Resources:
+        mode = str(proxy.metadata.get("INTERCEPTION_MODE") or "REDIRECT")
+        if mode not in INTERCEPTION_MODES:
+            raise ValueError(f"INTERCEPTION_MODE {mode!r} is not supported by pylon pilot yet (REDIRECT or NONE)")
+        capture = mode == "REDIRECT"
+        scope = sidecar_scope(proxy, snapshot)
+        services = scoped_services(proxy, snapshot, scope)
+        clusters: list[Json] = [blackhole_cluster(), _original_dst_cluster(PASSTHROUGH)]
+        endpoints: list[Json] = []
+        for service in services:
+            rule = snapshot.destination_rule(service.hostname, proxy.namespace, service.namespace)
+            spec = rule.spec if rule is not None else None
+            clusters += build_clusters(service, spec)
+            endpoints += build_load_assignments(service, spec)
+        bind = WILDCARD if capture else LOCALHOST
+        listeners, routes = _outbound(proxy, snapshot, scope, services, bind, bound=not capture)
+        if capture:
+            inbound = _inbound_ports(proxy, snapshot)
+            clusters.append(_original_dst_cluster(INBOUND_PASSTHROUGH, source=INBOUND_SOURCE))
+            clusters += [_inbound_cluster(service, port) for port, (service, _) in inbound.items()]
+            listeners += [_virtual_outbound(scope), _virtual_inbound(inbound)]
+        return {
+            LISTENER: {item["name"]: item for item in listeners},
+            ROUTE: {item["name"]: item for item in routes},
+            CLUSTER: {item["name"]: item for item in clusters},
+            ENDPOINT: {item["cluster_name"]: item for item in endpoints},
+        }
+
+
+# --------------------------------------------------------------------------- outbound
+
+
+def _outbound(proxy: Proxy, snapshot: Snapshot, scope: SidecarScope, services: list[Service], bind: str,
+              bound: bool) -> tuple[list[Json], list[Json]]:  # fmt: skip
+    http_ports: dict[int, list[Service]] = {}
+    tcp_ports: dict[int, Service] = {}
+    for service in services:
+        for port in service.ports:
+            if is_http(port):
+                http_ports.setdefault(port.number, []).append(service)
+    for service in services:
+        for port in service.ports:
+            if not is_http(port) and port.number not in http_ports:
+                tcp_ports.setdefault(port.number, service)  # Istio: the first service on a port wins
+    virtual_services = mesh_virtual_services(proxy, snapshot, scope)
+    listeners: list[Json] = []
+    routes: list[Json] = []
+    for number in sorted(set(http_ports) | set(tcp_ports)):
+        name = listener_name(bind, number)
+        if number in http_ports:
+            filters = [_hcm(f"outbound_{name}", {"rds": {"config_source": ADS_SOURCE, "route_config_name": str(number)}})]
+            routes.append(_route_configuration(proxy, snapshot, scope, number, http_ports[number], virtual_services))
+        else:
+            filters = [_tcp_proxy(subset_key(tcp_ports[number].hostname, number))]
+        listener: Json = {
+            "name": name,
+            "address": {"socket_address": {"address": bind, "port_value": number}},
+            "traffic_direction": "OUTBOUND",
+            "filter_chains": [{"filters": filters}],
+        }
+        if not bound:
+            listener["bind_to_port"] = False
+        listeners.append(listener)
+    return listeners, routes
+
+
+def _route_configuration(proxy: Proxy, snapshot: Snapshot, scope: SidecarScope, port: int, services: list[Service],
+                         virtual_services: list[Resource]) -> Json:  # fmt: skip
+    vhosts = []
+    for service in sorted(services, key=lambda s: s.hostname):
+        routes: list[Json] = []
+        for vs in virtual_services:
+            if any(matches(resolve_short_name(h, vs.namespace), service.hostname) for h in vs.spec.hosts):
+                ctx = RouteContext(proxy=proxy, snapshot=snapshot, vs=vs, listen_port=port, gateways=frozenset({"mesh"}))
+                routes += build_http_routes(ctx)
+        if not routes:
+            routes = [_default_route(service.hostname, port)]
+        routes = [r for r in routes if not is_catch_all(r)] + [r for r in routes if is_catch_all(r)]
+        domains = [service.hostname, f"{service.hostname}:{port}"]
+        for address in service.entry.spec.addresses:
+            domains += [address, f"{address}:{port}"]
+        vhosts.append({"name": domain_name(service.hostname, port), "domains": domains, "routes": routes,
+                       "include_request_attempt_count": True})  # fmt: skip
+    vhosts.append(_fallback_virtual_host(scope.outbound_policy))
+    return {"name": str(port), "virtual_hosts": vhosts, "validate_clusters": False}
+
+
+def _default_route(host: str, port: int) -> Json:
+    """Istio's route for a service no VirtualService claims: everything to its default cluster."""
+    return {
+        "name": "default",
+        "match": {"prefix": "/"},
+        "route": {"cluster": subset_key(host, port), "timeout": "0s", "max_grpc_timeout": "0s",
+                  "retry_policy": translate_retry(None)},
+        "decorator": {"operation": f"{host}:{port}/*"},
+    }  # fmt: skip
+
+
+def _fallback_virtual_host(policy: str) -> Json:
+    """`allow_any` (unknown hosts pass through) or `block_all` (502), Istio's last virtual host of every port."""
+    if policy == "ALLOW_ANY":
+        return {"name": "allow_any", "domains": ["*"], "include_request_attempt_count": True, "routes": [{
+            "name": "allow_any", "match": {"prefix": "/"},
+            "route": {"cluster": PASSTHROUGH, "timeout": "0s", "max_grpc_timeout": "0s"}}]}  # fmt: skip
+    return {"name": "block_all", "domains": ["*"], "include_request_attempt_count": True, "routes": [{
+        "name": "block_all", "match": {"prefix": "/"}, "direct_response": {"status": 502}}]}  # fmt: skip
+
+
+def _virtual_outbound(scope: SidecarScope) -> Json:
+    catch_all = PASSTHROUGH if scope.outbound_policy == "ALLOW_ANY" else BLACKHOLE
+    return {
+        "name": "virtualOutbound",
+        "address": {"socket_address": {"address": WILDCARD, "port_value": VIRTUAL_OUTBOUND_PORT}},
+        "use_original_dst": True,
+        "traffic_direction": "OUTBOUND",
+        "filter_chains": [
+            # connections addressed to 15001 itself would loop back forever
+            {"name": "virtualOutbound-blackhole", "filter_chain_match": {"destination_port": VIRTUAL_OUTBOUND_PORT},
+             "filters": [_tcp_proxy(BLACKHOLE)]},
+            {"name": "virtualOutbound-catchall-tcp", "filters": [_tcp_proxy(catch_all)]},
+        ],
+    }  # fmt: skip
+
+
+# --------------------------------------------------------------------------- inbound
+
+
+def _inbound_ports(proxy: Proxy, snapshot: Snapshot) -> dict[int, tuple[Service, ServicePort]]:
+    """Target port -> the first service port (by hostname) that lands on it."""
+    out: dict[int, tuple[Service, ServicePort]] = {}
+    for service in own_services(proxy, snapshot):
+        for port in service.ports:
+            out.setdefault(port.target_port or port.number, (service, port))
+    return dict(sorted(out.items()))
+
+
+def _inbound_cluster(service: Service, port: int) -> Json:
+    cluster = _original_dst_cluster(subset_key("", port, direction="inbound"), source=INBOUND_SOURCE)
+    cluster["metadata"] = {"filter_metadata": {"istio": {"services": [
+        {"host": service.hostname, "name": service.hostname.split(".")[0], "namespace": service.namespace}]}}}  # fmt: skip
+    return cluster
+
+
+def _virtual_inbound(inbound: dict[int, tuple[Service, ServicePort]]) -> Json:
+    chains: list[Json] = [{"name": "virtualInbound-blackhole", "filter_chain_match": {"destination_port": VIRTUAL_INBOUND_PORT},
+                           "filters": [_tcp_proxy(BLACKHOLE)]}]  # fmt: skip
+    for number, (service, port) in inbound.items():
+        cluster = subset_key("", number, direction="inbound")
+        if is_http(port):
+            route_config = {"name": cluster, "validate_clusters": False, "virtual_hosts": [{
+                "name": f"inbound|http|{number}", "domains": ["*"], "routes": [{
+                    "name": "default", "match": {"prefix": "/"},
+                    "route": {"cluster": cluster, "timeout": "0s", "max_grpc_timeout": "0s"},
+                    "decorator": {"operation": f"{service.hostname}:{port.number}/*"}}]}]}  # fmt: skip
+            filters = [_hcm(f"inbound_0.0.0.0_{number}", {"route_config": route_config}, inbound=True)]
+        else:
+            filters = [_tcp_proxy(cluster)]
+        chains.append({"name": f"{WILDCARD}_{number}", "filter_chain_match": {"destination_port": number}, "filters": filters})
+    chains.append({"name": "virtualInbound-catchall-tcp", "filters": [_tcp_proxy(INBOUND_PASSTHROUGH)]})
+    return {
+        "name": "virtualInbound",
+        "address": {"socket_address": {"address": WILDCARD, "port_value": VIRTUAL_INBOUND_PORT}},
+        "traffic_direction": "INBOUND",
+        "listener_filters": [{"name": "envoy.filters.listener.original_dst", "typed_config": {"@type": ORIGINAL_DST_FILTER}}],
+        "filter_chains": chains,
+    }
+
+
+# --------------------------------------------------------------------------- shared pieces
+
+
+def _hcm(stat_prefix: str, routes: Json, inbound: bool = False) -> Json:
+    config: Json = {
+        "@type": HCM,
+        "stat_prefix": stat_prefix,
+        **routes,
+        "http_filters": [
+            {"name": "envoy.filters.http.fault", "typed_config": {"@type": FAULT}},
+            {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}},
+        ],
+        "use_remote_address": False,
+        "normalize_path": True,
+        "path_with_escaped_slashes_action": "KEEP_UNCHANGED",
+        "upgrade_configs": [{"upgrade_type": "websocket"}],
+    }
+    if inbound:
+        config["forward_client_cert_details"] = "APPEND_FORWARD"
+        config["set_current_client_cert_details"] = {"subject": True, "uri": True, "dns": True}
+        config["server_name"] = "istio-envoy"
+    return {"name": "envoy.filters.network.http_connection_manager", "typed_config": config}
+
+
+def _tcp_proxy(cluster: str) -> Json:
+    return {"name": "envoy.filters.network.tcp_proxy",
+            "typed_config": {"@type": TCP_PROXY, "stat_prefix": cluster, "cluster": cluster}}  # fmt: skip
+
+
+def _original_dst_cluster(name: str, source: str = "") -> Json:
+    """Connections go where they were addressed (PassthroughCluster, InboundPassthroughCluster, inbound|port||)."""
+    cluster: Json = {"name": name, "type": "ORIGINAL_DST", "lb_policy": "CLUSTER_PROVIDED",
+                     "connect_timeout": format_duration(CONNECT_TIMEOUT)}  # fmt: skip
+    if source:
+        cluster["upstream_bind_config"] = {"source_address": {"address": source, "port_value": 0}}
+    return cluster

