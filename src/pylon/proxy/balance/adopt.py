@@ -1,31 +1,15 @@
-"""How a worker takes an accepted socket into its event loop, and its own accept loop for kernel balancing.
-
-libuv (under uvloop's `create_server`) accepts one connection per listening
-socket per event-loop iteration, which keeps several processes fair on one
-socket but starves a busy worker: with a few thousand active connections an
-iteration takes tens of milliseconds, accepting falls to tens per second,
-connections wait in the kernel's queue for seconds, and their clients time
-out (measured: benchmarks/hardening.py, the 5,000-connection flood). Envoy
-accepts until the queue is empty. `Acceptor` does the same: it drains the
-queue on every wake-up, up to `MAX_ACCEPTS_PER_WAKE`.
-"""
+"""How a worker takes a socket accepted elsewhere (the hand-off balancers' supervisor) into its event loop."""
 
 from __future__ import annotations
 
 import asyncio
-import errno
 import socket
 import ssl
 from typing import Any, Callable
 
-#: Most connections one wake-up accepts before the loop serves everything else again.
-MAX_ACCEPTS_PER_WAKE = 64
-_TRANSIENT_ACCEPT_ERRORS = (errno.ECONNABORTED, errno.EPROTO, errno.EPERM)
-
-
 #: The adoptions in progress. The event loop keeps only weak references to tasks: an adoption parked on
 #: its transport's waiter and referenced nowhere else could be garbage collected half-done, leaving the
-#: client's request unanswered (seen under a 5,000-connection flood as batches of timeouts).
+#: client's request unanswered (Python's documented create_task caveat).
 _ADOPTING: set[asyncio.Task[None]] = set()
 
 
@@ -48,35 +32,3 @@ async def _adopt(loop: asyncio.AbstractEventLoop, sock: socket.socket, runtime: 
     finally:
         if done is not None:
             done()
-
-
-class Acceptor:
-    """Accepts on a worker's own listening socket; `close()` stops accepting and closes it (drain)."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, runtime: Any) -> None:
-        self.loop = loop
-        self.sock = sock
-        self.runtime = runtime
-        sock.setblocking(False)
-        loop.add_reader(sock.fileno(), self._on_readable)
-        self.open = True
-
-    def _on_readable(self) -> None:
-        accept = self.sock.accept
-        for _ in range(MAX_ACCEPTS_PER_WAKE):
-            try:
-                conn, _ = accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                if exc.errno in _TRANSIENT_ACCEPT_ERRORS:
-                    continue
-                return  # EMFILE and friends: try again on the next wake-up
-            conn.setblocking(False)
-            start_adopting(self.loop, conn, self.runtime)
-
-    def close(self) -> None:
-        if self.open:
-            self.open = False
-            self.loop.remove_reader(self.sock.fileno())
-            self.sock.close()

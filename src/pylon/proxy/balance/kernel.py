@@ -18,7 +18,6 @@ import asyncio
 import socket
 from typing import Any
 
-from pylon.proxy.balance.adopt import Acceptor
 
 
 class KernelBalancer:
@@ -76,6 +75,14 @@ class KernelBalancer:
         for sock in set(self.sockets):
             sock.close()
 
-    async def serve(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, runtime: Any) -> Acceptor:
-        """In the worker: accept on this worker's own socket, draining the queue on every wake-up (adopt.py)."""
-        return Acceptor(loop, sock, runtime)
+    async def serve(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, runtime: Any) -> asyncio.AbstractServer:
+        """In the worker: accept on this worker's own socket with uvloop's C accept loop.
+
+        libuv accepts one connection per loop iteration; under a flood of thousands of busy
+        connections that lets the kernel's queue grow (seen: 1,300 waiting). An accept loop that
+        drains the queue was tried and made the flood's client timeouts worse (docs/architecture.md).
+        """
+        ssl_context = runtime.ssl_context
+        # uvloop listens again on the socket: the same backlog, or it would shrink the supervisor's.
+        return await loop.create_server(runtime.protocol_factory, sock=sock, ssl=ssl_context, backlog=self.backlog,
+                                        ssl_handshake_timeout=10.0 if ssl_context else None)
