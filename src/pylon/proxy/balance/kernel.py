@@ -78,9 +78,10 @@ class KernelBalancer:
     async def serve(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, runtime: Any) -> asyncio.AbstractServer:
         """In the worker: accept on this worker's own socket with uvloop's C accept loop.
 
-        libuv accepts one connection per loop iteration; under a flood of thousands of busy
-        connections that lets the kernel's queue grow (seen: 1,300 waiting). An accept loop that
-        drains the queue was tried and made the flood's client timeouts worse (docs/architecture.md).
+        libuv accepts one connection each time epoll reports the socket; under a flood of thousands
+        of busy connections that lets the kernel's queue grow (seen: 1,300 waiting). Draining the
+        queue faster was tried twice and made the flood's client timeouts worse (docs/architecture.md,
+        "Known limit").
         """
         ssl_context = runtime.ssl_context
         # uvloop listens again on the socket: the same backlog, or it would shrink the supervisor's.
