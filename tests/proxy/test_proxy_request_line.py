@@ -92,3 +92,31 @@ def test_authority_forwarded_as_envoy_does(gateway: Gateway, payload: bytes, hos
     (seen,) = reached_upstream(gateway.upstream, marker)
     assert seen["headers"]["host"] == host
     assert "user" not in seen["path"]
+
+
+@pytest.fixture(scope="module", params=["pylon", "envoy"])
+def gated(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """`/admin` is refused by a route, everything else goes upstream; the paths are normalised first."""
+    deny = {"match": {"prefix": "/admin"}, "direct_response": {"status": 403}}
+
+    def listener(port: int) -> dict[str, Any]:
+        return http_listener("main", port, [deny, route("/", "up")], normalize_path=True, merge_slashes=True)
+
+    with gateway_in_front_of_upstream(request.param, tmp_path_factory.mktemp(request.param), listener) as gateway:
+        yield gateway
+
+
+@pytest.mark.parametrize("path", ["/public/../admin", "/public/%2e%2e/admin", "/x/..//admin", "//admin",
+                                  "/public/%2E%2E\\admin", "/%61dmin", "/.//admin/"])
+def test_normalised_paths_cannot_step_around_a_route(gated: Gateway, path: str) -> None:
+    result = raw_exchange(gated.port, f"GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n".encode())
+    assert result.status == 403, result.data[:200]
+
+
+def test_the_upstream_gets_the_normalised_path(gated: Gateway) -> None:
+    marker = uuid.uuid4().hex
+    result = raw_exchange(gated.port, f"GET /a/./{marker}/x/..//y%7e?q=/../ HTTP/1.1\r\nHost: a\r\n"
+                                      "Connection: close\r\n\r\n".encode())
+    assert result.status == 200
+    (seen,) = reached_upstream(gated.upstream, marker)
+    assert seen["path"] == f"/a/{marker}/y~?q=/../"

@@ -81,6 +81,10 @@ class HcmRuntime:
         self.accept_http_10 = http1.accept_http_10
         self.default_host_for_http_10 = http1.default_host_for_http_10.encode()
         self.use_remote_address = config.use_remote_address
+        # Routes gate access by path: they must see the path the upstream will act on (path.py).
+        self.normalize_path = config.normalize_path
+        self.merge_slashes = config.merge_slashes
+        self.path_options = config.normalize_path or config.merge_slashes
         self.xff_num_trusted_hops = config.xff_num_trusted_hops
         self.generate_request_id = config.generate_request_id
         self.always_set_request_id = config.always_set_request_id_in_response

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from pylon.proxy import local_reply as lr
 from pylon.proxy.headers import HeaderList
+from pylon.proxy.path import PathRejected, normalized_target
 from pylon.proxy.http1 import CONTINUE_100, HOP_BY_HOP, LAST_CHUNK, encode_chunk, local_reply, status_line
 
 if TYPE_CHECKING:
@@ -252,7 +253,12 @@ class Stream:
         if authority.translate(None, _AUTHORITY_CHARS):
             return self.local(lr.INVALID_AUTHORITY)
         if b"#" in url:
-            return self.local(lr.PATH_WITH_FRAGMENT)  # Envoy refuses a fragment rather than forward or strip it
+            return self.local(lr.PATH_NORMALIZATION_FAILED)  # Envoy refuses a fragment rather than forward or strip it
+        if hcm.path_options and url[:1] == b"/":
+            try:
+                url = normalized_target(url, hcm.normalize_path, hcm.merge_slashes)
+            except PathRejected:
+                return self.local(lr.PATH_NORMALIZATION_FAILED)
         self.authority = authority
         self.path = url
         # UTF-8 with surrogateescape: non-ASCII paths match non-ASCII regex literals as in
