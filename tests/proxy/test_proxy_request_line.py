@@ -120,3 +120,54 @@ def test_the_upstream_gets_the_normalised_path(gated: Gateway) -> None:
     assert result.status == 200
     (seen,) = reached_upstream(gated.upstream, marker)
     assert seen["path"] == f"/a/{marker}/y~?q=/../"
+
+
+@pytest.fixture(scope="module", params=["pylon", "envoy"])
+def via_and_underscores(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """`via` set, headers with underscores dropped; a second listener rejects them instead."""
+    direct = {"match": {"prefix": "/direct"}, "direct_response": {"status": 200, "body": {"inline_string": "x"}}}
+
+    def listener(port: int) -> dict[str, Any]:
+        return http_listener("main", port, [direct, route("/", "up")], via="edge-1",
+                             common_http_protocol_options={"headers_with_underscores_action": "DROP_HEADER"})
+
+    with gateway_in_front_of_upstream(request.param, tmp_path_factory.mktemp(request.param), listener) as gateway:
+        yield gateway
+
+
+def header_lines(data: bytes, name: bytes) -> list[bytes]:
+    return [line for line in data.split(b"\r\n\r\n", 1)[0].split(b"\r\n") if line.lower().startswith(name + b":")]
+
+
+def test_via_is_appended_both_ways_and_on_local_replies(via_and_underscores: Gateway) -> None:
+    gateway, marker = via_and_underscores, uuid.uuid4().hex
+    result = raw_exchange(gateway.port, f"GET /respond/{marker}?via=origin HTTP/1.1\r\nHost: a\r\nVia: 1.1 client\r\n"
+                                        "Connection: close\r\n\r\n".encode())
+    assert header_lines(result.data, b"via") == [b"via: origin, edge-1"]
+    (seen,) = reached_upstream(gateway.upstream, marker)
+    assert seen["headers"]["via"] == "1.1 client, edge-1"
+    direct = raw_exchange(gateway.port, b"GET /direct HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    assert header_lines(direct.data, b"via") == [b"via: edge-1"]
+
+
+def test_headers_with_underscores_are_dropped(via_and_underscores: Gateway) -> None:
+    gateway, marker = via_and_underscores, uuid.uuid4().hex
+    result = raw_exchange(gateway.port, f"GET /{marker} HTTP/1.1\r\nHost: a\r\nX_User: admin\r\nX-Ok: 1\r\n"
+                                        "Connection: close\r\n\r\n".encode())
+    assert result.status == 200
+    (seen,) = reached_upstream(gateway.upstream, marker)
+    assert "x_user" not in seen["headers"] and seen["headers"]["x-ok"] == "1"
+    assert gateway.proxy.stats()["http1.dropped_headers_with_underscores"] >= 1
+
+
+def test_headers_with_underscores_rejected(implementation: str, tmp_path: Any) -> None:
+    def listener(port: int) -> dict[str, Any]:
+        return http_listener("main", port, [route("/", "up")],
+                             common_http_protocol_options={"headers_with_underscores_action": "REJECT_REQUEST"})
+
+    with gateway_in_front_of_upstream(implementation, tmp_path, listener) as gateway:
+        marker = uuid.uuid4().hex
+        result = raw_exchange(gateway.port, f"GET /{marker} HTTP/1.1\r\nHost: a\r\nX_User: admin\r\n\r\n".encode())
+        assert (result.status, result.closed) == (400, True)
+        assert not reached_upstream(gateway.upstream, marker)
+        assert gateway.proxy.stats()["http1.requests_rejected_with_underscores_in_headers"] == 1

@@ -71,6 +71,11 @@ class HcmRuntime:
         common = config.common_http_protocol_options
         self.idle_timeout = common.idle_timeout if common is not None else 3600.0
         self.max_headers_count = common.max_headers_count if common is not None else 100
+        # Envoy's headers_with_underscores_action: 0 allow, 1 drop the header, 2 reject the request (400).
+        self.underscores = {"ALLOW": 0, "DROP_HEADER": 1, "REJECT_REQUEST": 2}[common.headers_with_underscores_action]
+        self.dropped_underscores = stats.counter("http1.dropped_headers_with_underscores")
+        self.rejected_underscores = stats.counter("http1.requests_rejected_with_underscores_in_headers")
+        self.via = config.via.encode()  # appended to the via header of requests and responses, when set
         self.max_header_bytes = config.max_request_headers_kb * 1024
         self.request_timeout = config.request_timeout or 0.0
         self.request_headers_timeout = config.request_headers_timeout or 0.0
@@ -304,6 +309,13 @@ class HttpConnection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         stream = self.parsing
         assert stream is not None
+        if self.hcm.underscores and b"_" in name:
+            if self.hcm.underscores == 2:
+                self.hcm.rejected_underscores.value += 1
+                self.stop_reply = lr.UNDERSCORE_IN_HEADER
+                raise _StopParsing()
+            self.hcm.dropped_underscores.value += 1
+            return
         stream.headers.append((name.lower(), value))
         self.header_count += 1
         self.head_bytes += len(name) + len(value) + 4

@@ -35,6 +35,7 @@ PATH_NORMALIZATION_FAILED = LocalReply(400, "-", b"", "path_normalization_failed
 REQUEST_TIMEOUT = LocalReply(408, "-", b"request timeout", "request_overall_timeout")
 STREAM_IDLE_TIMEOUT = LocalReply(504, "SI", b"stream timeout", "stream_idle_timeout")
 STREAM_IDLE_TIMEOUT_CLIENT = LocalReply(408, "SI", b"stream timeout", "stream_idle_timeout")
+UNDERSCORE_IN_HEADER = LocalReply(400, "DPE", b"Bad Request", "http1.unexpected_underscore")
 BAD_REQUEST = LocalReply(400, "DPE", b"Bad Request", "http1.codec_error")
 HEADERS_TOO_LARGE = LocalReply(431, "DPE", b"Request Header Fields Too Large", "http1.headers_too_large")
 PAYLOAD_TOO_LARGE = LocalReply(413, "-", b"Payload Too Large", "request_payload_too_large")

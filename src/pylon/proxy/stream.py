@@ -67,6 +67,14 @@ def _without_nominated(headers: list[tuple[bytes, bytes]], connection: bytes) ->
     return [p for p in headers if p[0] not in tokens] if tokens else headers
 
 
+def _with_via(headers: list[tuple[bytes, bytes]], via: bytes) -> list[tuple[bytes, bytes]]:
+    """Envoy's HCM `via`: appended to the first via header, or added as one."""
+    for i, (name, value) in enumerate(headers):
+        if name == b"via":
+            return headers[:i] + [(name, value + b", " + via)] + headers[i + 1:]
+    return [*headers, (b"via", via)]
+
+
 class Stream:
     """Router state for one request. Lives from request headers to the end of the response."""
 
@@ -240,6 +248,8 @@ class Stream:
                 forward.append(pair)
         if conn_tokens is not None:
             forward = _without_nominated(forward, conn_tokens)
+        if hcm.via:
+            forward = _with_via(forward, hcm.via)
         url = self.url
         if url[:1] != b"/":
             url = self._origin_form(url, authority)
@@ -468,6 +478,8 @@ class Stream:
         upstream = self.upstream
         if upstream is not None and upstream.connection_header is not None:
             resp = _without_nominated(resp, upstream.connection_header)
+        if hcm.via:
+            resp = _with_via(resp, hcm.via)
         response_ops = self.response_ops
         if response_ops is not None and not response_ops.empty:
             hl = HeaderList(list(resp))
@@ -687,6 +699,8 @@ class Stream:
             headers = hl.items
         if hcm.always_set_request_id and self.request_id:
             headers.append((b"x-request-id", self.request_id))
+        if hcm.via:
+            headers = _with_via(headers, hcm.via)
         self.response_started = True
         self.bytes_sent = len(body)
         self.conn.transport.write(local_reply(status, body, close=close, content_type=content_type, extra=headers,
