@@ -63,6 +63,9 @@ class Snapshot:
     destination_rules: tuple[Resource, ...] = ()
     services: dict[str, tuple[Service, ...]] = field(default_factory=dict)
     sidecars: tuple[Resource, ...] = ()
+    authorization_policies: tuple[Resource, ...] = ()
+    peer_authentications: tuple[Resource, ...] = ()
+    envoy_filters: tuple[Resource, ...] = ()
     mesh: MeshConfig = field(default_factory=MeshConfig)
 
     # ------------------------------------------------------------------ lookups used by generators
@@ -160,6 +163,9 @@ def build_snapshot(resources: list[Resource], version: str | None = None, mesh: 
         destination_rules=tuple(by_kind.get("DestinationRule", [])),
         services={host: tuple(found) for host, found in services.items()},
         sidecars=tuple(by_kind.get("Sidecar", [])),
+        authorization_policies=tuple(by_kind.get("AuthorizationPolicy", [])),
+        peer_authentications=tuple(by_kind.get("PeerAuthentication", [])),
+        envoy_filters=tuple(by_kind.get("EnvoyFilter", [])),
         mesh=mesh or MeshConfig(),
     )
 

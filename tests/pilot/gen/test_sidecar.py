@@ -50,9 +50,11 @@ def test_istio_names_and_shapes() -> None:
     assert outbound["use_original_dst"] is True and outbound["address"]["socket_address"]["port_value"] == 15001
     assert outbound["filter_chains"][-1]["filters"][0]["typed_config"]["cluster"] == "PassthroughCluster"
     inbound = out[LISTENER]["virtualInbound"]
-    assert [c["name"] for c in inbound["filter_chains"]] == ["virtualInbound-blackhole", "0.0.0.0_5432", "0.0.0.0_8080",
-                                                              "virtualInbound-catchall-tcp"]  # fmt: skip
-    http_chain = inbound["filter_chains"][2]["filters"][0]["typed_config"]["route_config"]
+    # PERMISSIVE (no PeerAuthentication): a TLS and a plaintext chain per port
+    assert [c["name"] for c in inbound["filter_chains"]] == ["virtualInbound-blackhole", "0.0.0.0_5432", "0.0.0.0_5432",
+                                                             "0.0.0.0_8080", "0.0.0.0_8080", "virtualInbound-catchall-tcp",
+                                                             "virtualInbound-catchall-tcp"]  # fmt: skip
+    http_chain = inbound["filter_chains"][3]["filters"][0]["typed_config"]["route_config"]
     assert http_chain["virtual_hosts"][0]["name"] == "inbound|http|8080"
     assert http_chain["virtual_hosts"][0]["routes"][0]["route"]["cluster"] == "inbound|8080||"
     assert out[CLUSTER]["inbound|8080||"]["type"] == "ORIGINAL_DST"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from pylon.pilot.gen.envoyfilter import apply_envoy_filters
 from pylon.pilot.gen.gateway import GatewayGenerator
 from pylon.pilot.gen.sidecar import SidecarGenerator
 from pylon.pilot.gen.types import Resources
@@ -24,7 +25,17 @@ class Generator(Protocol):
         ...
 
 
-GENERATORS: dict[str, Generator] = {"router": GatewayGenerator(), "sidecar": SidecarGenerator()}
+class Patched:
+    """A generator whose output then gets the proxy's EnvoyFilter patches, istiod's last step."""
+
+    def __init__(self, inner: Generator) -> None:
+        self.inner = inner
+
+    def generate(self, proxy: Proxy, snapshot: Snapshot) -> Resources:
+        return apply_envoy_filters(proxy, snapshot, self.inner.generate(proxy, snapshot))
+
+
+GENERATORS: dict[str, Generator] = {"router": Patched(GatewayGenerator()), "sidecar": Patched(SidecarGenerator())}
 
 
 def generator_for(proxy: Proxy) -> Generator:

@@ -9,6 +9,7 @@ since 1.14), circuit-breaker thresholds at UINT32_MAX with track_remaining
 from __future__ import annotations
 
 
+from pylon.pilot.gen.mtls import apply_client_tls
 from pylon.pilot.gen.names import BLACKHOLE, subset_key
 from pylon.pilot.gen.policy import EffectivePolicy, effective_policy
 from pylon.pilot.gen.types import ADS_SOURCE, HTTP_PROTOCOL_OPTIONS, Json
@@ -21,14 +22,14 @@ UINT32_MAX = 2**32 - 1
 CONNECT_TIMEOUT = 10.0  # MeshConfig.connectTimeout default
 
 
-def build_clusters(service: Service, rule: DestinationRuleSpec | None) -> list[Json]:
+def build_clusters(service: Service, rule: DestinationRuleSpec | None, auto_mtls: bool = True) -> list[Json]:
     """The default cluster of every port, then one per DestinationRule subset, as Istio orders them."""
     out = []
     for port in service.ports:
-        out.append(build_cluster(service, port, "", effective_policy(rule, port.number)))
+        out.append(build_cluster(service, port, "", effective_policy(rule, port.number), auto_mtls=auto_mtls))
         for subset in rule.subsets if rule is not None else []:
             out.append(build_cluster(service, port, subset.name, effective_policy(rule, port.number, subset.name),
-                                     subset.labels))  # fmt: skip
+                                     subset.labels, auto_mtls))  # fmt: skip
     return out
 
 
@@ -60,7 +61,7 @@ def blackhole_cluster() -> Json:
 
 
 def build_cluster(service: Service, port: ServicePort, subset: str, policy: EffectivePolicy,
-                  subset_labels: dict[str, str] | None = None) -> Json:  # fmt: skip
+                  subset_labels: dict[str, str] | None = None, auto_mtls: bool = True) -> Json:  # fmt: skip
     name = subset_key(service.hostname, port.number, subset)
     cluster: Json = {
         "name": name,
@@ -75,6 +76,10 @@ def build_cluster(service: Service, port: ServicePort, subset: str, policy: Effe
     _apply_load_balancer(cluster, policy)
     common = _apply_connection_pool(cluster, policy)
     _apply_outlier_detection(cluster, policy)
+    # Istio's auto mTLS is for mesh services only: MESH_EXTERNAL hosts get TLS only when a DestinationRule asks
+    internal = service.entry.spec.location == "MESH_INTERNAL"
+    apply_client_tls(cluster, policy.tls.mode if policy.tls is not None else None, auto_mtls and internal,
+                     service.hostname, port.number, subset)
     protocol = _upstream_protocol(port, policy)
     if protocol is not None or common:
         options: Json = {"@type": HTTP_PROTOCOL_OPTIONS, **(protocol or {"explicit_http_config": {"http_protocol_options": {}}})}

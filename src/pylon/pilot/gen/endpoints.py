@@ -7,6 +7,7 @@ the sum of its endpoints' weights.
 
 from __future__ import annotations
 
+from pylon.pilot.gen.mtls import endpoint_metadata
 from pylon.pilot.gen.names import subset_key
 from pylon.pilot.gen.types import Json
 from pylon.pilot.istio.networking import DestinationRuleSpec, ServicePort
@@ -33,12 +34,16 @@ def assignment(cluster_name: str, endpoints: tuple[Endpoint, ...] | list[Endpoin
     weights: dict[str, int] = {}
     for endpoint in endpoints:
         weight = endpoint.weight or 1
-        by_locality.setdefault(endpoint.locality, []).append({
+        lb_endpoint: Json = {
             "endpoint": {"address": {"socket_address": {"address": endpoint.address,
                                                         "port_value": endpoint.port_for(port)}}},
             "health_status": "HEALTHY",
             "load_balancing_weight": weight,
-        })  # fmt: skip
+        }  # fmt: skip
+        metadata = endpoint_metadata(endpoint.labels)
+        if metadata is not None:
+            lb_endpoint["metadata"] = metadata  # auto mTLS picks the TLS transport socket by it
+        by_locality.setdefault(endpoint.locality, []).append(lb_endpoint)
         weights[endpoint.locality] = weights.get(endpoint.locality, 0) + weight
     groups = []
     for locality, lb_endpoints in by_locality.items():

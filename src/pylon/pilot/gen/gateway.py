@@ -6,7 +6,9 @@ are merged by (bind, port); each plain-HTTP port becomes one listener
 `<bind>_<port>` (bind defaults to 0.0.0.0) whose HTTP connection manager takes
 RDS `http.<port>[.<bind>]`; that route configuration holds one virtual host
 `<host>:<port>` per host both a server exposes and a bound VirtualService claims,
-or a `blackhole:<port>` host that 404s everything when none does. Without a
+or a `blackhole:<port>` host that 404s everything when none does. The
+AuthorizationPolicies selecting the gateway become RBAC filters ahead of the
+others (gen/authz.py). Without a
 Kubernetes Service in front of the gateway, a server's port number is the port
 listened on (Istio's behaviour when no Service matches the gateway's pod).
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pylon.pilot.gen.authz import http_rbac_filters, policies_for
 from pylon.pilot.gen.clusters import blackhole_cluster, build_clusters
 from pylon.pilot.gen.endpoints import build_load_assignments
 from pylon.pilot.gen.names import domain_name, gateway_http_route_name, listener_name
@@ -45,14 +48,15 @@ class _PortServers:
 class GatewayGenerator:
     def generate(self, proxy: Proxy, snapshot: Snapshot) -> Resources:
         ports = _merge_servers(snapshot.gateways_for(proxy))
-        listeners = [_listener(p) for p in ports]
+        rbac = http_rbac_filters(policies_for(proxy, snapshot))
+        listeners = [_listener(p, rbac) for p in ports]
         routes = [_route_configuration(proxy, snapshot, p) for p in ports]
         clusters: list[Json] = [blackhole_cluster()]
         endpoints: list[Json] = []
         for service in snapshot.visible_services(proxy.namespace):
             rule = snapshot.destination_rule(service.hostname, proxy.namespace, service.namespace)
             spec = rule.spec if rule is not None else None
-            clusters += build_clusters(service, spec)
+            clusters += build_clusters(service, spec, snapshot.mesh.enable_auto_mtls)
             endpoints += build_load_assignments(service, spec)
         return {
             LISTENER: {item["name"]: item for item in listeners},
@@ -71,7 +75,7 @@ def _merge_servers(gateways: list[Resource]) -> list[_PortServers]:
     return [merged[key] for key in sorted(merged, key=lambda k: (k[1], k[0]))]
 
 
-def _listener(ports: _PortServers) -> Json:
+def _listener(ports: _PortServers, rbac: list[Json]) -> Json:
     bind = ports.bind or WILDCARD
     name = listener_name(bind, ports.port)
     hcm: Json = {
@@ -79,6 +83,7 @@ def _listener(ports: _PortServers) -> Json:
         "stat_prefix": f"outbound_{name}",
         "rds": {"config_source": ADS_SOURCE, "route_config_name": ports.route_name},
         "http_filters": [
+            *rbac,
             {"name": "envoy.filters.http.fault", "typed_config": {"@type": FAULT}},
             {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}},
         ],

@@ -15,6 +15,11 @@ per port of the services that select the proxy (`destination_port` match),
 routing to `inbound|<port>||`: an ORIGINAL_DST cluster whose connections leave
 from 127.0.0.6, so the app sees the sidecar, not the peer, and capture rules
 let the traffic through. Unknown ports go to InboundPassthroughCluster.
+AuthorizationPolicies selecting the proxy guard every inbound chain: HTTP RBAC
+ahead of the HTTP filters, network RBAC ahead of tcp_proxy (gen/authz.py).
+PeerAuthentication decides each port's chains: TLS only (STRICT), TLS and
+plaintext told apart by tls_inspector (PERMISSIVE, the default), plaintext
+(DISABLE) - gen/mtls.py.
 
 Interception mode NONE (node metadata `INTERCEPTION_MODE`, no capture rules):
 no virtual listeners and no inbound; outbound listeners bind for real on
@@ -23,13 +28,15 @@ no virtual listeners and no inbound; outbound listeners bind for real on
 
 from __future__ import annotations
 
+from pylon.pilot.gen.authz import http_rbac_filters, network_rbac_filters, policies_for
 from pylon.pilot.gen.clusters import CONNECT_TIMEOUT, blackhole_cluster, build_clusters
 from pylon.pilot.gen.endpoints import build_load_assignments
+from pylon.pilot.gen.mtls import PeerModes, inbound_chains
 from pylon.pilot.gen.names import BLACKHOLE, INBOUND_PASSTHROUGH, PASSTHROUGH, domain_name, listener_name, subset_key
 from pylon.pilot.gen.routes import RouteContext, build_http_routes, is_catch_all, translate_retry
 from pylon.pilot.gen.scope import SidecarScope, mesh_virtual_services, own_services, scoped_services, sidecar_scope
 from pylon.pilot.gen.types import (ADS_SOURCE, CLUSTER, ENDPOINT, FAULT, HCM, LISTENER, ORIGINAL_DST_FILTER, ROUTE,
-                                   ROUTER, TCP_PROXY, Json, Resources)  # fmt: skip
+                                   ROUTER, TCP_PROXY, TLS_INSPECTOR, Json, Resources)  # fmt: skip
 from pylon.pilot.hosts import matches, resolve_short_name
 from pylon.pilot.istio.common import format_duration
 from pylon.pilot.istio.networking import HTTP_PROTOCOLS, ServicePort
@@ -63,7 +70,7 @@ class SidecarGenerator:
         for service in services:
             rule = snapshot.destination_rule(service.hostname, proxy.namespace, service.namespace)
             spec = rule.spec if rule is not None else None
-            clusters += build_clusters(service, spec)
+            clusters += build_clusters(service, spec, snapshot.mesh.enable_auto_mtls)
             endpoints += build_load_assignments(service, spec)
         bind = WILDCARD if capture else LOCALHOST
         listeners, routes = _outbound(proxy, snapshot, scope, services, bind, bound=not capture)
@@ -71,7 +78,8 @@ class SidecarGenerator:
             inbound = _inbound_ports(proxy, snapshot)
             clusters.append(_original_dst_cluster(INBOUND_PASSTHROUGH, source=INBOUND_SOURCE))
             clusters += [_inbound_cluster(service, port) for port, (service, _) in inbound.items()]
-            listeners += [_virtual_outbound(scope), _virtual_inbound(inbound)]
+            listeners += [_virtual_outbound(scope), _virtual_inbound(inbound, policies_for(proxy, snapshot),
+                                                                       PeerModes(proxy, snapshot))]
         return {
             LISTENER: {item["name"]: item for item in listeners},
             ROUTE: {item["name"]: item for item in routes},
@@ -194,7 +202,7 @@ def _inbound_cluster(service: Service, port: int) -> Json:
     return cluster
 
 
-def _virtual_inbound(inbound: dict[int, tuple[Service, ServicePort]]) -> Json:
+def _virtual_inbound(inbound: dict[int, tuple[Service, ServicePort]], policies: list[Resource], modes: PeerModes) -> Json:
     chains: list[Json] = [{"name": "virtualInbound-blackhole", "filter_chain_match": {"destination_port": VIRTUAL_INBOUND_PORT},
                            "filters": [_tcp_proxy(BLACKHOLE)]}]  # fmt: skip
     for number, (service, port) in inbound.items():
@@ -205,16 +213,21 @@ def _virtual_inbound(inbound: dict[int, tuple[Service, ServicePort]]) -> Json:
                     "name": "default", "match": {"prefix": "/"},
                     "route": {"cluster": cluster, "timeout": "0s", "max_grpc_timeout": "0s"},
                     "decorator": {"operation": f"{service.hostname}:{port.number}/*"}}]}]}  # fmt: skip
-            filters = [_hcm(f"inbound_0.0.0.0_{number}", {"route_config": route_config}, inbound=True)]
+            filters = [_hcm(f"inbound_0.0.0.0_{number}", {"route_config": route_config}, inbound=True,
+                            rbac=http_rbac_filters(policies))]  # fmt: skip
         else:
-            filters = [_tcp_proxy(cluster)]
-        chains.append({"name": f"{WILDCARD}_{number}", "filter_chain_match": {"destination_port": number}, "filters": filters})
-    chains.append({"name": "virtualInbound-catchall-tcp", "filters": [_tcp_proxy(INBOUND_PASSTHROUGH)]})
+            filters = [*network_rbac_filters(policies), _tcp_proxy(cluster)]
+        chains += inbound_chains(f"{WILDCARD}_{number}", number, modes.mode(number), filters, http=is_http(port))
+    chains += inbound_chains("virtualInbound-catchall-tcp", None, modes.default,
+                             [*network_rbac_filters(policies), _tcp_proxy(INBOUND_PASSTHROUGH)], http=False)
+    listener_filters = [{"name": "envoy.filters.listener.original_dst", "typed_config": {"@type": ORIGINAL_DST_FILTER}}]
+    if modes.any_tls:
+        listener_filters.append({"name": "envoy.filters.listener.tls_inspector", "typed_config": {"@type": TLS_INSPECTOR}})
     return {
         "name": "virtualInbound",
         "address": {"socket_address": {"address": WILDCARD, "port_value": VIRTUAL_INBOUND_PORT}},
         "traffic_direction": "INBOUND",
-        "listener_filters": [{"name": "envoy.filters.listener.original_dst", "typed_config": {"@type": ORIGINAL_DST_FILTER}}],
+        "listener_filters": listener_filters,
         "filter_chains": chains,
     }
 
@@ -222,12 +235,13 @@ def _virtual_inbound(inbound: dict[int, tuple[Service, ServicePort]]) -> Json:
 # --------------------------------------------------------------------------- shared pieces
 
 
-def _hcm(stat_prefix: str, routes: Json, inbound: bool = False) -> Json:
+def _hcm(stat_prefix: str, routes: Json, inbound: bool = False, rbac: list[Json] | None = None) -> Json:
     config: Json = {
         "@type": HCM,
         "stat_prefix": stat_prefix,
         **routes,
         "http_filters": [
+            *(rbac or []),
             {"name": "envoy.filters.http.fault", "typed_config": {"@type": FAULT}},
             {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}},
         ],

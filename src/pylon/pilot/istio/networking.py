@@ -397,9 +397,10 @@ class OutlierDetection(IstioStruct, kw_only=True):
 
 
 class ClientTLSSettings(IstioStruct, kw_only=True):
-    """Upstream TLS; only DISABLE until the identity issue brings certificates."""
+    """Upstream TLS: DISABLE, or ISTIO_MUTUAL (the mesh's SDS certificates); SIMPLE/MUTUAL need credentials that
+    pylon pilot cannot serve yet. `mode` None is "not set", which lets auto mTLS decide."""
 
-    mode: Literal["DISABLE", "SIMPLE", "MUTUAL", "ISTIO_MUTUAL"] = "DISABLE"
+    mode: Literal["DISABLE", "SIMPLE", "MUTUAL", "ISTIO_MUTUAL"] | None = None
     client_certificate: NotImplementedField | None = None
     private_key: NotImplementedField | None = None
     ca_certificates: NotImplementedField | None = None
@@ -410,8 +411,8 @@ class ClientTLSSettings(IstioStruct, kw_only=True):
     insecure_skip_verify: NotImplementedField | None = None
 
     def __post_init__(self) -> None:
-        if self.mode != "DISABLE":
-            raise FieldError("mode", f"{self.mode} is not supported by pylon pilot yet (DISABLE only)")
+        if self.mode in ("SIMPLE", "MUTUAL"):
+            raise FieldError("mode", f"{self.mode} is not supported by pylon pilot yet (DISABLE or ISTIO_MUTUAL)")
 
 
 class PortTrafficPolicy(IstioStruct, kw_only=True):

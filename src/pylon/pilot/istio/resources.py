@@ -19,6 +19,7 @@ import msgspec
 
 from pylon.config.errors import ConfigError, join_path, split_validation_error
 from pylon.pilot.istio.common import IstioStruct, NonEmptyStr, convert
+from pylon.pilot.istio.envoyfilter import EnvoyFilterSpec
 from pylon.pilot.istio.networking import (
     DestinationRuleSpec,
     GatewaySpec,
@@ -26,9 +27,11 @@ from pylon.pilot.istio.networking import (
     VirtualServiceSpec,
     WorkloadEntrySpec,
 )
+from pylon.pilot.istio.security import AuthorizationPolicySpec, PeerAuthenticationSpec
 from pylon.pilot.istio.sidecar import SidecarSpec
 
 NETWORKING_VERSIONS = ("networking.istio.io/v1", "networking.istio.io/v1beta1", "networking.istio.io/v1alpha3")
+SECURITY_VERSIONS = ("security.istio.io/v1", "security.istio.io/v1beta1")
 
 # kind -> (spec type, accepted apiVersions)
 KINDS: dict[str, tuple[type[IstioStruct], tuple[str, ...]]] = {
@@ -38,12 +41,14 @@ KINDS: dict[str, tuple[type[IstioStruct], tuple[str, ...]]] = {
     "ServiceEntry": (ServiceEntrySpec, NETWORKING_VERSIONS),
     "WorkloadEntry": (WorkloadEntrySpec, NETWORKING_VERSIONS),
     "Sidecar": (SidecarSpec, NETWORKING_VERSIONS),
+    "AuthorizationPolicy": (AuthorizationPolicySpec, SECURITY_VERSIONS),
+    "PeerAuthentication": (PeerAuthenticationSpec, SECURITY_VERSIONS),
+    "EnvoyFilter": (EnvoyFilterSpec, ("networking.istio.io/v1alpha3",)),
 }
 
 # Istio kinds that exist but are not served yet (issue 13 lists them).
 NOT_YET_KINDS = frozenset(
-    {"WorkloadGroup", "EnvoyFilter", "ProxyConfig", "PeerAuthentication", "AuthorizationPolicy",
-     "RequestAuthentication", "Telemetry", "WasmPlugin"}
+    {"WorkloadGroup", "ProxyConfig", "RequestAuthentication", "Telemetry", "WasmPlugin"}
 )  # fmt: skip
 
 DEFAULT_NAMESPACE = "default"
@@ -73,7 +78,8 @@ class _Envelope(IstioStruct, kw_only=True):
 class Resource(msgspec.Struct, frozen=True, kw_only=True):
     """One decoded Istio resource and where it came from."""
 
-    kind: Literal["Gateway", "VirtualService", "DestinationRule", "ServiceEntry", "WorkloadEntry", "Sidecar"]
+    kind: Literal["Gateway", "VirtualService", "DestinationRule", "ServiceEntry", "WorkloadEntry", "Sidecar",
+                  "AuthorizationPolicy", "PeerAuthentication", "EnvoyFilter"]
     api_version: str
     meta: ObjectMeta
     spec: Any

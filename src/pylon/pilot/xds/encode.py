@@ -14,12 +14,17 @@ from google.protobuf.message import Message
 
 # Registered for their @type URLs inside generated resources.
 import envoy.extensions.filters.http.fault.v3.fault_pb2  # noqa: F401
+import envoy.extensions.filters.http.rbac.v3.rbac_pb2  # noqa: F401
 import envoy.extensions.filters.http.router.v3.router_pb2  # noqa: F401
 import envoy.extensions.filters.listener.original_dst.v3.original_dst_pb2  # noqa: F401
 import envoy.extensions.filters.network.http_connection_manager.v3.http_connection_manager_pb2  # noqa: F401
+import envoy.extensions.filters.network.rbac.v3.rbac_pb2  # noqa: F401
 import envoy.extensions.filters.network.tcp_proxy.v3.tcp_proxy_pb2  # noqa: F401
+import envoy.extensions.filters.listener.tls_inspector.v3.tls_inspector_pb2  # noqa: F401
 import envoy.extensions.retry.host.previous_hosts.v3.previous_hosts_pb2  # noqa: F401
 import envoy.extensions.retry.priority.previous_priorities.v3.previous_priorities_config_pb2  # noqa: F401
+import envoy.extensions.transport_sockets.raw_buffer.v3.raw_buffer_pb2  # noqa: F401
+import envoy.extensions.transport_sockets.tls.v3.tls_pb2  # noqa: F401
 import envoy.extensions.upstreams.http.v3.http_protocol_options_pb2  # noqa: F401
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
 from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
