@@ -46,5 +46,5 @@ def test_wrong_type_duplicate_names_and_unknown_top_level_fields() -> None:
         {"resources": [routes]})
     assert "resources[1].name: duplicate cluster name 'a'" in message({"resources": [cluster("a"), cluster("a")]})
     assert "config error in cds.yaml: resourcez: unknown field" in message({"resourcez": []})
-    assert "resources[0].name: a route configuration from a file needs a name" in message(
+    assert "resources[0].name: a dynamic route configuration needs a name" in message(
         {"resources": [{**routes, "name": ""}]}, ROUTE_CONFIGURATIONS)

@@ -144,10 +144,10 @@ def test_http2_codec_is_not_supported_yet(codec: str) -> None:
     )
 
 
-def test_rds_over_ads_is_not_supported_yet() -> None:
+def test_rds_over_ads_needs_ads_config() -> None:
     data = http_bootstrap(rds={"route_config_name": "r", "config_source": {"ads": {}}})
     del data["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]
-    assert error(data) == f"config error in test.yaml: {HCM_PATH}.rds.config_source.ads: not supported yet"
+    assert error(data) == f"config error in test.yaml: {HCM_PATH}.rds.config_source.ads: needs dynamic_resources.ads_config"
 
 
 def test_route_config_or_rds_exactly_one() -> None:
@@ -759,6 +759,7 @@ def test_outlier_detection_defaults() -> None:
 
 
 OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+H2_ONLY_FOR_XDS = "HTTP/2 upstreams are supported only for the cluster of dynamic_resources.ads_config (xDS over gRPC)"
 
 
 @pytest.mark.parametrize(
@@ -769,7 +770,7 @@ OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
         ({"connect_timeout": "0s"}, "connect_timeout", "must be greater than 0s"),
         ({"typed_extension_protocol_options": {OPTIONS_KEY: {"@type": HTTP_OPTIONS_TYPE,
                                                              "explicit_http_config": {"http2_protocol_options": {}}}}},
-         f"typed_extension_protocol_options[{OPTIONS_KEY}].explicit_http_config.http2_protocol_options", "not supported yet"),
+         f"typed_extension_protocol_options[{OPTIONS_KEY}].explicit_http_config.http2_protocol_options", H2_ONLY_FOR_XDS),
         ({"typed_extension_protocol_options": {OPTIONS_KEY: {"@type": HTTP_OPTIONS_TYPE, "auto_config": {}}}},
          f"typed_extension_protocol_options[{OPTIONS_KEY}].auto_config", "not supported yet"),
         ({"typed_extension_protocol_options": {"http": {"@type": HTTP_OPTIONS_TYPE,
@@ -797,7 +798,9 @@ OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
         ({"load_assignment": {"cluster_name": "svc", "endpoints": [{"lb_endpoints": [
             {"endpoint": {"address": {"socket_address": {"address": "::1", "port_value": 1}}}, "load_balancing_weight": 0}]}]}},
          "load_assignment.endpoints[0].lb_endpoints[0].load_balancing_weight", "Expected `int` >= 1"),
-        ({"http2_protocol_options": {}}, "http2_protocol_options", "unknown field"),
+        ({"http2_protocol_options": {}}, "http2_protocol_options", H2_ONLY_FOR_XDS),
+        ({"http2_protocol_options": {"max_concurrent_streams": 5}}, "http2_protocol_options.max_concurrent_streams",
+         "unknown field"),
     ],
 )  # fmt: skip
 def test_cluster_errors(change: dict[str, Any], path: str, message: str) -> None:

@@ -4,7 +4,7 @@ A `path_config_source` file holds one `DiscoveryResponse` in YAML or JSON —
 `version_info` and `resources`, each resource an object with its `@type` — and
 is replaced as a whole by an atomic rename. Parsing is sans-IO (text in,
 resources out) so the same code serves the supervisor's watcher, `--mode
-validate` and, later, the gRPC transport; errors name the file and the field
+validate` and the gRPC transport (`pylon.xds`); errors name the file and the field
 path (`resources[2].connect_timeout`).
 """
 
@@ -51,10 +51,14 @@ class Discovered(Generic[ResourceT]):
 
 def parse_discovery_response(text: str, source: str, kind: ResourceKind[ResourceT]) -> Discovered[ResourceT]:
     """The resources in `text`, or ConfigError naming `source` and the field path."""
+    return discovered_from_data(parse_document(text, source), source, kind)
+
+
+def discovered_from_data(data: dict[str, Any], source: str, kind: ResourceKind[ResourceT]) -> Discovered[ResourceT]:
+    """The resources of a DiscoveryResponse already parsed into proto-JSON data (a file, or one from gRPC)."""
     from pylon.extensions import load_extensions  # late: extension modules import the config model
 
     load_extensions()  # typed configs inside resources (key providers, balancers) decode by @type
-    data = parse_document(text, source)
     unknown = sorted(set(data) - _RESPONSE_FIELDS)
     if unknown:
         raise ConfigError(source, unknown[0], "unknown field (a file holds one DiscoveryResponse)")
@@ -90,5 +94,15 @@ def _decode(item: Any, source: str, path: str, kind: ResourceKind[ResourceT]) ->
         field, message = split_validation_error(exc)
         raise ConfigError(source, join_path(path, field), message) from None
     if not getattr(resource, "name", ""):
-        raise ConfigError(source, join_path(path, "name"), f"a {kind.what} from a file needs a name")
+        raise ConfigError(source, join_path(path, "name"), f"a dynamic {kind.what} needs a name")
     return resource
+
+
+@dataclass(frozen=True)
+class Update:
+    """What one source (a watched file, the ADS stream) offers: resources of one kind, and the names it removes."""
+
+    kind: ResourceKind[Any]
+    discovered: Discovered[Any]
+    removed: frozenset[str]
+    source: str  # for errors: a file name, or "ads"

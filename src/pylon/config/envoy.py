@@ -601,22 +601,30 @@ class PathConfigSource(EnvoyStruct, kw_only=True):
     watched_directory: WatchedDirectory | None = None
 
 
+class AggregatedConfigSource(EnvoyStruct, kw_only=True):
+    """config.core.v3.AggregatedConfigSource (`ads: {}`): the resources come over the bootstrap's ADS stream."""
+
+
 class ConfigSource(EnvoyStruct, kw_only=True):
-    """config.core.v3.ConfigSource: where dynamic resources come from (files now; ADS and gRPC later)."""
+    """config.core.v3.ConfigSource: where dynamic resources come from: a watched file or the ADS stream."""
 
     path: str = ""  # deprecated spelling of path_config_source.path, still accepted by Envoy
     path_config_source: PathConfigSource | None = None
-    ads: NotSupportedYet | None = None
+    ads: AggregatedConfigSource | None = None
     api_config_source: NotSupportedYet | None = None
+    # Envoy's default: how long start-up waits for the first update; 0 waits for ever (Istio's choice).
+    initial_fetch_timeout: Duration = Duration(15)
     resource_api_version: Literal["V3"] = "V3"
 
     def __post_init__(self) -> None:
-        if bool(self.path) == (self.path_config_source is not None):
-            raise FieldError("path_config_source", "exactly one of path_config_source and path is required")
+        given = [name for name in ("path", "path_config_source", "ads") if getattr(self, name)]
+        if len(given) != 1:
+            got = f" (got {', '.join(given)})" if given else ""
+            raise FieldError("path_config_source", f"exactly one of path_config_source, path and ads is required{got}")
 
     @property
     def file(self) -> str:
-        """The file whose content is the current DiscoveryResponse."""
+        """The file whose content is the current DiscoveryResponse ("" for ADS)."""
         return self.path_config_source.path if self.path_config_source is not None else self.path
 
 
@@ -989,14 +997,21 @@ class LeastRequestLbConfig(EnvoyStruct, kw_only=True):
     choice_count: Annotated[int, msgspec.Meta(ge=2, le=UINT32_MAX)] = 2
 
 
+class Http2ProtocolOptions(EnvoyStruct, kw_only=True):
+    """config.core.v3.Http2ProtocolOptions with every field at Envoy's default (no field is implemented).
+
+    pylon speaks HTTP/2 upstream only as an xDS gRPC client (grpcio's own
+    HTTP/2), so it is accepted only on the cluster `ads_config` names (loader.py).
+    """
+
+
 class ExplicitHttpConfig(EnvoyStruct, kw_only=True):
     http_protocol_options: Http1ProtocolOptions | None = None
-    http2_protocol_options: NotSupportedYet | None = None
+    http2_protocol_options: Http2ProtocolOptions | None = None
     http3_protocol_options: NotSupportedYet | None = None
 
     def __post_init__(self) -> None:
-        if self.http_protocol_options is None:
-            raise FieldError("http_protocol_options", "missing required field")
+        _exactly_one(self, "http_protocol_options", "http2_protocol_options")
 
 
 class UpstreamHttpProtocolOptions(EnvoyStruct, kw_only=True):
@@ -1029,10 +1044,22 @@ class Cluster(EnvoyStruct, kw_only=True):
     per_connection_buffer_limit_bytes: UInt32 = 1024 * 1024
     typed_extension_protocol_options: dict[str, Any] = {}
     max_requests_per_connection: UInt32 | None = None  # 0, like unset, is no limit
+    http2_protocol_options: Http2ProtocolOptions | None = None  # deprecated in Envoy, still in Istio's bootstraps
 
     def __post_init__(self) -> None:
         self._resolve_protocol_options()
         self._check_endpoints()
+
+    @property
+    def http2_field(self) -> str | None:
+        """The field path that makes this cluster speak HTTP/2 upstream, or None (HTTP/1.1)."""
+        if self.http2_protocol_options is not None:
+            return "http2_protocol_options"
+        for key, options in self.typed_extension_protocol_options.items():
+            explicit = getattr(options, "explicit_http_config", None)
+            if explicit is not None and explicit.http2_protocol_options is not None:
+                return f"typed_extension_protocol_options[{key}].explicit_http_config.http2_protocol_options"
+        return None
 
     def _resolve_protocol_options(self) -> None:
         resolved: dict[str, msgspec.Struct] = {}
@@ -1084,12 +1111,62 @@ class Admin(EnvoyStruct, kw_only=True):
     access_log: list[AccessLog] = []
 
 
+class EnvoyGrpc(EnvoyStruct, kw_only=True):
+    """config.core.v3.GrpcService.EnvoyGrpc: gRPC to a static cluster of this bootstrap."""
+
+    cluster_name: NonEmptyStr
+    authority: str = ""
+
+
+class GrpcService(EnvoyStruct, kw_only=True):
+    """config.core.v3.GrpcService: only Envoy's own gRPC client (`envoy_grpc`)."""
+
+    envoy_grpc: EnvoyGrpc | None = None
+    google_grpc: NotSupportedYet | None = None
+    timeout: Duration | None = None
+
+    def __post_init__(self) -> None:
+        if self.envoy_grpc is None:
+            raise FieldError("envoy_grpc", "missing required field")
+
+
+class ApiConfigSource(EnvoyStruct, kw_only=True):
+    """config.core.v3.ApiConfigSource as `ads_config`: one ADS stream, state of the world."""
+
+    api_type: Literal["DEPRECATED_AND_UNAVAILABLE_DO_NOT_USE", "REST", "GRPC", "DELTA_GRPC",
+                      "AGGREGATED_GRPC", "AGGREGATED_DELTA_GRPC"] = "DEPRECATED_AND_UNAVAILABLE_DO_NOT_USE"
+    transport_api_version: Literal["AUTO", "V2", "V3"] = "AUTO"
+    grpc_services: list[GrpcService] = []
+    set_node_on_first_message_only: bool = False
+    cluster_names: NotSupportedYet | None = None
+    refresh_delay: NotSupportedYet | None = None
+    request_timeout: NotSupportedYet | None = None
+    rate_limit_settings: NotSupportedYet | None = None
+
+    def __post_init__(self) -> None:
+        if self.api_type == "DELTA_GRPC":
+            raise FieldError("api_type", "DELTA_GRPC (incremental xDS) is not supported yet; use GRPC")
+        if self.api_type != "GRPC":
+            raise FieldError("api_type", f"ads_config needs GRPC, got {self.api_type}")
+        if self.transport_api_version != "V3":
+            raise FieldError("transport_api_version", f"must be V3 (Envoy rejects {self.transport_api_version})")
+        if len(self.grpc_services) != 1:
+            raise FieldError("grpc_services", f"exactly one gRPC service is required, got {len(self.grpc_services)}")
+
+    @property
+    def cluster_name(self) -> str:
+        """The static cluster the ADS stream goes to."""
+        envoy_grpc = self.grpc_services[0].envoy_grpc
+        assert envoy_grpc is not None  # checked by GrpcService
+        return envoy_grpc.cluster_name
+
+
 class DynamicResources(EnvoyStruct, kw_only=True):
-    """config.bootstrap.v3.Bootstrap.DynamicResources: clusters from a file (CDS) now; LDS and ADS later."""
+    """config.bootstrap.v3.Bootstrap.DynamicResources: CDS from a file or ADS; LDS later."""
 
     lds_config: NotSupportedYet | None = None
     cds_config: ConfigSource | None = None
-    ads_config: NotSupportedYet | None = None
+    ads_config: ApiConfigSource | None = None
 
 
 class StaticResources(EnvoyStruct, kw_only=True):

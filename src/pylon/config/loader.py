@@ -23,7 +23,7 @@ import yaml
 from pylon.config import registry
 from pylon.config.datasource import DataSource, DataSourceError, read_bytes
 from pylon.config.constraints import Duration, format_duration
-from pylon.config.envoy import Bootstrap, HttpConnectionManager, Listener, TcpProxy, convert
+from pylon.config.envoy import Bootstrap, HttpConnectionManager, Listener, RouteConfiguration, TcpProxy, convert
 from pylon.config.errors import ConfigError, join_path, split_validation_error
 
 CONFIG_YAML_SOURCE = "<config-yaml>"
@@ -192,6 +192,7 @@ def _cross_reference_problems(bootstrap: Bootstrap) -> Iterator[tuple[str, str]]
     yield from _duplicates("static_resources.clusters", [c.name for c in resources.clusters], "cluster")
     yield from _duplicates("static_resources.listeners", [l.name for l in resources.listeners], "listener")
     yield from _shared_addresses(resources.listeners)
+    yield from _ads_problems(bootstrap)
     dynamic = bootstrap.dynamic_resources
     if dynamic is not None and dynamic.cds_config is not None:
         return  # clusters come and go at run time: a route to a missing one answers 503 (NC), as in Envoy
@@ -209,18 +210,72 @@ def _cross_reference_problems(bootstrap: Bootstrap) -> Iterator[tuple[str, str]]
 
 def _route_cluster_problems(hcm: HttpConnectionManager, base: str, clusters: set[str]) -> Iterator[tuple[str, str]]:
     assert hcm.route_config is not None
-    for v, vhost in enumerate(hcm.route_config.virtual_hosts):
+    for path, name in route_cluster_references(hcm.route_config):
+        if name not in clusters:
+            yield join_path(base, path), f"unknown cluster {name!r}"
+
+
+def route_cluster_references(route_config: RouteConfiguration) -> Iterator[tuple[str, str]]:
+    """(field path below the route configuration, cluster name) for every cluster its routes send to."""
+    for v, vhost in enumerate(route_config.virtual_hosts):
         for r, route in enumerate(vhost.routes):
             action = route.route
-            where = f"{base}.virtual_hosts[{v}].routes[{r}].route"
+            where = f"virtual_hosts[{v}].routes[{r}].route"
             if action is None:
                 continue
-            if action.cluster is not None and action.cluster not in clusters:
-                yield f"{where}.cluster", f"unknown cluster {action.cluster!r}"
+            if action.cluster is not None:
+                yield f"{where}.cluster", action.cluster
             if action.weighted_clusters is not None:
                 for w, weighted in enumerate(action.weighted_clusters.clusters):
-                    if weighted.name not in clusters:
-                        yield f"{where}.weighted_clusters.clusters[{w}].name", f"unknown cluster {weighted.name!r}"
+                    yield f"{where}.weighted_clusters.clusters[{w}].name", weighted.name
+
+
+def http_connection_managers(bootstrap: Bootstrap) -> Iterator[tuple[str, HttpConnectionManager]]:
+    """(field path, config) of every HTTP connection manager of the static listeners."""
+    for i, listener in enumerate(bootstrap.static_resources.listeners):
+        for j, chain in enumerate(listener.filter_chains):
+            for k, network_filter in enumerate(chain.filters):
+                if isinstance(network_filter.typed_config, HttpConnectionManager):
+                    yield (f"static_resources.listeners[{i}].filter_chains[{j}].filters[{k}].typed_config",
+                           network_filter.typed_config)
+
+
+def _ads_problems(bootstrap: Bootstrap) -> Iterator[tuple[str, str]]:
+    """Config sources `ads: {}` need `ads_config`, whose cluster is static; HTTP/2 only on that cluster.
+
+    pylon's data plane speaks HTTP/1.1 upstream; HTTP/2 is grpcio's, for the
+    xDS stream. So a cluster with HTTP/2 options that is not the ADS cluster is
+    an error, and so is a static route to the ADS cluster (Envoy would proxy
+    requests to it over HTTP/2; pylon cannot yet).
+    """
+    dynamic = bootstrap.dynamic_resources
+    ads_config = dynamic.ads_config if dynamic is not None else None
+    users = [("dynamic_resources.cds_config.ads", dynamic.cds_config)] if dynamic and dynamic.cds_config else []
+    users += [(f"{path}.rds.config_source.ads", hcm.rds.config_source)
+              for path, hcm in http_connection_managers(bootstrap) if hcm.rds is not None]
+    for path, source in users:
+        if source.ads is not None and ads_config is None:
+            yield path, "needs dynamic_resources.ads_config"
+    grpc_cluster = ads_config.cluster_name if ads_config is not None else None
+    clusters = bootstrap.static_resources.clusters
+    if grpc_cluster is not None and grpc_cluster not in {c.name for c in clusters}:
+        yield ("dynamic_resources.ads_config.grpc_services[0].envoy_grpc.cluster_name",
+               f"unknown cluster {grpc_cluster!r} (the xDS cluster must be a static cluster)")
+    for i, cluster in enumerate(clusters):
+        if cluster.name == grpc_cluster and not (cluster.load_assignment and any(
+                locality.lb_endpoints for locality in cluster.load_assignment.endpoints)):
+            yield f"static_resources.clusters[{i}].load_assignment", "the xDS cluster needs an endpoint"
+    for i, cluster in enumerate(clusters):
+        field = cluster.http2_field
+        if field is not None and cluster.name != grpc_cluster:
+            yield (f"static_resources.clusters[{i}].{field}",
+                   "HTTP/2 upstreams are supported only for the cluster of dynamic_resources.ads_config (xDS over gRPC)")
+    for path, hcm in http_connection_managers(bootstrap):
+        if hcm.route_config is not None and grpc_cluster is not None:
+            for rel, name in route_cluster_references(hcm.route_config):
+                if name == grpc_cluster:
+                    yield (f"{path}.route_config.{rel}",
+                           f"cluster {name!r} speaks HTTP/2 (the xDS cluster); pylon proxies HTTP/1.1 upstreams only")
 
 
 def _shared_addresses(listeners: list[Listener]) -> Iterator[tuple[str, str]]:

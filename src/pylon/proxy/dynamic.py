@@ -1,14 +1,18 @@
-"""The supervisor's dynamic resources: clusters (CDS) and route configurations (RDS) from watched files.
+"""The supervisor's dynamic resources: clusters (CDS) and route configurations (RDS), from any source.
 
-Envoy's filesystem xDS: each `path_config_source` file holds a DiscoveryResponse
-and is replaced by an atomic rename. The supervisor is the only reader of those
-files. It checks them (by file identity and mtime) every `POLL_INTERVAL_S`,
-parses and validates a changed one completely — the same checks as at start-up,
-so a version that would fail in a worker never reaches one — and then either
-accepts it (update_success; the workers get the new resources) or rejects it
-(update_rejected, the error logged with file and field path) while the last good
-version keeps serving. Stats use Envoy's names: `cluster_manager.cds.*`,
+Two sources feed one `DynamicConfig`: watched files (Envoy's filesystem xDS,
+`FileSources` below) and the ADS stream (`pylon.xds.client`). Either hands it
+an update through `offer`, which validates the update completely — the same
+checks as at start-up, so a version that would fail in a worker never reaches
+one — and then either accepts it (update_success; a new version for the
+workers) or rejects it (update_rejected; the ConfigError goes back to the
+source, which logs it or NACKs it) while the last good version keeps serving.
+Stats use Envoy's names: `cluster_manager.cds.*`,
 `cluster_manager.cluster_added|modified|removed`, `http.<prefix>.rds.<name>.*`.
+
+Filesystem xDS: each `path_config_source` file holds a DiscoveryResponse and is
+replaced by an atomic rename. The supervisor is the only reader of those files
+and checks them (by file identity and mtime) every `POLL_INTERVAL_S`.
 """
 
 from __future__ import annotations
@@ -17,17 +21,20 @@ import hashlib
 import logging
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pylon.config.discovery import CLUSTERS, ROUTE_CONFIGURATIONS, Discovered, ResourceKind, parse_discovery_response
-from pylon.config.envoy import HttpConnectionManager
+from pylon.config.discovery import CLUSTERS, ROUTE_CONFIGURATIONS, Discovered, ResourceKind, Update, parse_discovery_response
 from pylon.config.errors import ConfigError
-from pylon.config.loader import to_envoy_dict
+from pylon.config.loader import http_connection_managers, route_cluster_references, to_envoy_dict
 from pylon.proxy.stats import StatsStore
 from pylon.proxy.validate import validate_clusters, validate_route_config
 
 log = logging.getLogger("pylon.main")
+
+#: Envoy's counters of every xDS subscription (SubscriptionStats), whatever its source.
+SUBSCRIPTION_COUNTERS = ("update_attempt", "update_success", "update_rejected", "update_failure", "init_fetch_timeout")
 
 #: How often the watched files are checked; an update takes effect within about this long.
 POLL_INTERVAL_S = 0.1
@@ -38,23 +45,159 @@ def version_hash(version_info: str) -> int:
     return int.from_bytes(hashlib.blake2b(version_info.encode(), digest_size=8).digest(), "big") >> 1
 
 
-@dataclass
+@dataclass(frozen=True)
 class RdsSubscriber:
-    """An HTTP connection manager that takes one route configuration by name from a file."""
+    """An HTTP connection manager that takes one route configuration by name (from a file or ADS)."""
 
     stat_prefix: str  # http.<prefix>.rds.<route_config_name>.
     route_name: str
+    source: Any  # its rds.config_source
+
+
+@dataclass
+class Resource:
+    """A dynamic resource in force, with what /config_dump shows about it."""
+
+    config: Any
+    version_info: str
+    last_updated: float
+
+
+class DynamicConfig:
+    """Everything the supervisor serves that comes from dynamic sources rather than the bootstrap."""
+
+    def __init__(self, bootstrap: Any, stats: StatsStore) -> None:
+        self.stats = stats
+        self.static_clusters = {c.name for c in bootstrap.static_resources.clusters}
+        dynamic = bootstrap.dynamic_resources
+        self.cds_source = dynamic.cds_config if dynamic is not None else None
+        self.ads_config = dynamic.ads_config if dynamic is not None else None
+        self.grpc_cluster = self.ads_config.cluster_name if self.ads_config is not None else None
+        self.rds_subscribers = [
+            RdsSubscriber(f"http.{hcm.stat_prefix}.rds.{hcm.rds.route_config_name}.", hcm.rds.route_config_name,
+                          hcm.rds.config_source)
+            for _, hcm in http_connection_managers(bootstrap) if hcm.rds is not None]
+        self.clusters: dict[str, Resource] = {}
+        self.routes: dict[str, Resource] = {}
+        self.cds_version_info = ""
+        self.version = 0  # bumped by every accepted change: what workers are told to apply
+        # Envoy shows a subscription's counters from its start, zeros included.
+        prefixes = ["cluster_manager.cds."] if self.cds_source is not None else []
+        for prefix in prefixes + [s.stat_prefix for s in self.rds_subscribers]:
+            for name in SUBSCRIPTION_COUNTERS:
+                stats.counter(prefix + name)
+
+    def offer(self, kind: ResourceKind[Any], stat_names: Sequence[str], make: Callable[[], Update]) -> Update:
+        """Validate and apply the update `make()` builds and return it, or raise its ConfigError (rejected).
+
+        `stat_names` are the route configuration names whose RDS stats count this
+        attempt (ignored for CDS): known even when the update cannot be decoded.
+        """
+        self._count(kind, stat_names, "update_attempt")
+        try:
+            update = make()
+            self._check(update)
+        except ConfigError:
+            self._count(kind, stat_names, "update_rejected")
+            raise
+        self._accept(update)
+        self._count(kind, stat_names, "update_success")
+        for prefix in self._prefixes(kind, stat_names):
+            self.stats.gauge(prefix + "version").set(version_hash(update.discovered.version_info))
+        return update
+
+    def count(self, kind: ResourceKind[Any], stat_names: Sequence[str], name: str) -> None:
+        """Count `name` (update_failure, init_fetch_timeout, ...) for CDS or for these RDS subscriptions."""
+        self._count(kind, stat_names, name)
+
+    def document(self) -> dict[str, Any]:
+        """The dynamic resources as Envoy-shaped data, for the workers (sent at start and on every change)."""
+        return {
+            "version": self.version,
+            "clusters": [to_envoy_dict(r.config) for r in self.clusters.values()],
+            "routes": {name: to_envoy_dict(r.config) for name, r in self.routes.items()},
+        }
+
+    # ------------------------------------------------------------------ checking and accepting
+    def _check(self, update: Update) -> None:
+        resources = update.discovered.resources
+        if update.kind is CLUSTERS:
+            for i, (name, cluster) in enumerate(resources.items()):
+                if name in self.static_clusters:
+                    raise ConfigError(update.source, f"resources[{i}].name",
+                                      f"{name!r} is a static cluster; CDS cannot replace it")
+                if cluster.http2_field is not None:
+                    raise ConfigError(update.source, f"resources[{i}].{cluster.http2_field}",
+                                      "HTTP/2 upstreams are supported only for the xDS cluster (a static cluster)")
+            validate_clusters(list(resources.values()), update.source, "resources")
+            return
+        for i, route_config in enumerate(resources.values()):
+            validate_route_config(route_config, update.source, f"resources[{i}]")
+            for path, name in route_cluster_references(route_config):
+                if name == self.grpc_cluster:
+                    raise ConfigError(update.source, f"resources[{i}].{path}",
+                                      f"cluster {name!r} speaks HTTP/2 (the xDS cluster); "
+                                      "pylon proxies HTTP/1.1 upstreams only")
+
+    def _accept(self, update: Update) -> None:
+        now = time.time()
+        clusters = update.kind is CLUSTERS
+        target = self.clusters if clusters else self.routes
+        for name, config in update.discovered.resources.items():
+            old = target.get(name)
+            if old is None or old.config != config:
+                target[name] = Resource(config, update.discovered.version_info, now)
+                if clusters:
+                    self.stats.counter("cluster_manager.cluster_added" if old is None
+                                       else "cluster_manager.cluster_modified").inc()
+        for name in update.removed - set(update.discovered.resources):
+            if target.pop(name, None) is not None and clusters:
+                self.stats.counter("cluster_manager.cluster_removed").inc()
+        if clusters:
+            self.cds_version_info = update.discovered.version_info
+        self.version += 1
+        self.stats.gauge("cluster_manager.active_clusters").set(len(self.static_clusters) + len(self.clusters))
+
+    def _count(self, kind: ResourceKind[Any], stat_names: Sequence[str], name: str) -> None:
+        for prefix in self._prefixes(kind, stat_names):
+            self.stats.counter(prefix + name).inc()
+
+    def _prefixes(self, kind: ResourceKind[Any], stat_names: Sequence[str]) -> list[str]:
+        if kind is CLUSTERS:
+            return ["cluster_manager.cds."]
+        return [s.stat_prefix for s in self.rds_subscribers if s.route_name in stat_names]
+
+    # ------------------------------------------------------------------ admin
+    def config_dump(self) -> list[dict[str, Any]]:
+        """Envoy's ClustersConfigDump dynamic part and RoutesConfigDump, for /config_dump."""
+        def stamp(seconds: float) -> str:
+            return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{int(seconds % 1 * 1000):03d}Z"
+
+        return [
+            {"@type": "type.googleapis.com/envoy.admin.v3.ClustersConfigDump", "version_info": self.cds_version_info,
+             "dynamic_active_clusters": [
+                 {"version_info": r.version_info, "cluster": {"@type": CLUSTERS.type_url, **to_envoy_dict(r.config)},
+                  "last_updated": stamp(r.last_updated)} for r in self.clusters.values()]},
+            {"@type": "type.googleapis.com/envoy.admin.v3.RoutesConfigDump",
+             "dynamic_route_configs": [
+                 {"version_info": r.version_info,
+                  "route_config": {"@type": ROUTE_CONFIGURATIONS.type_url, **to_envoy_dict(r.config)},
+                  "last_updated": stamp(r.last_updated)} for r in self.routes.values()]},
+        ]
+
+
+# ---------------------------------------------------------------------- filesystem xDS
 
 
 @dataclass
 class WatchedFile:
-    """One path_config_source file and what it last held."""
+    """One path_config_source file, what it last held, and the RDS names it must hold."""
 
     path: str
     kind: ResourceKind[Any]
+    route_names: list[str] = field(default_factory=list)  # RDS only
     fingerprint: tuple[int, int, int] | None = None
-    current: Discovered[Any] | None = None
-    subscribers: list[RdsSubscriber] = field(default_factory=list)  # RDS only
+    names: frozenset[str] = frozenset()  # what the last accepted version held
 
     def changed(self) -> tuple[bool, str | None]:
         """(whether the file is not what was last read, its text if it could be read)."""
@@ -80,42 +223,21 @@ class WatchedFile:
 _UNREADABLE = (-1, -1, -1)
 
 
-@dataclass
-class Resource:
-    """A dynamic resource in force, with what /config_dump shows about it."""
+class FileSources:
+    """The CDS and RDS files of the bootstrap, feeding a DynamicConfig."""
 
-    config: Any
-    version_info: str
-    last_updated: float
-
-
-class DynamicConfig:
-    """Everything the supervisor serves that comes from files rather than the bootstrap."""
-
-    def __init__(self, bootstrap: Any, stats: StatsStore) -> None:
-        self.stats = stats
-        self.static_clusters = {c.name for c in bootstrap.static_resources.clusters}
-        self.cds: WatchedFile | None = None
-        dynamic = bootstrap.dynamic_resources
-        if dynamic is not None and dynamic.cds_config is not None:
-            self.cds = WatchedFile(dynamic.cds_config.file, CLUSTERS)
-        self.rds: dict[str, WatchedFile] = {}
-        for listener in bootstrap.static_resources.listeners:
-            for chain in listener.filter_chains:
-                for network_filter in chain.filters:
-                    hcm = network_filter.typed_config
-                    if isinstance(hcm, HttpConnectionManager) and hcm.rds is not None:
-                        path = hcm.rds.config_source.file
-                        watched = self.rds.setdefault(path, WatchedFile(path, ROUTE_CONFIGURATIONS))
-                        watched.subscribers.append(RdsSubscriber(
-                            f"http.{hcm.stat_prefix}.rds.{hcm.rds.route_config_name}.", hcm.rds.route_config_name))
-        self.clusters: dict[str, Resource] = {}
-        self.routes: dict[str, Resource] = {}
-        self.version = 0  # bumped by every accepted change: what workers are told to apply
-
-    @property
-    def files(self) -> list[WatchedFile]:
-        return ([self.cds] if self.cds is not None else []) + list(self.rds.values())
+    def __init__(self, dynamic: DynamicConfig) -> None:
+        self.dynamic = dynamic
+        self.files: list[WatchedFile] = []
+        if dynamic.cds_source is not None and dynamic.cds_source.file:
+            self.files.append(WatchedFile(dynamic.cds_source.file, CLUSTERS))
+        rds: dict[str, WatchedFile] = {}
+        for subscriber in dynamic.rds_subscribers:
+            path = subscriber.source.file
+            if path:
+                watched = rds.setdefault(path, WatchedFile(path, ROUTE_CONFIGURATIONS))
+                watched.route_names.append(subscriber.route_name)
+        self.files += rds.values()
 
     def load_initial(self) -> None:
         """Read every file once at start-up; ConfigError for the first problem (nothing has started yet)."""
@@ -123,7 +245,7 @@ class DynamicConfig:
             _, text = watched.changed()
             if text is None:
                 raise ConfigError(watched.path, "", "cannot read the file (a path_config_source)")
-            self._accept(watched, self._check(watched, text))
+            self._offer(watched, text)
 
     def poll(self) -> bool:
         """Look at every file; apply what changed and is valid. True when the workers need the new version."""
@@ -132,90 +254,23 @@ class DynamicConfig:
             changed, text = watched.changed()
             if not changed or text is None:
                 continue
-            self._count(watched, "update_attempt")
             try:
-                discovered = self._check(watched, text)
+                self._offer(watched, text)
             except ConfigError as exc:
-                self._count(watched, "update_rejected")
                 log.error("update rejected, the last good version keeps serving: %s", exc)
                 continue
-            self._accept(watched, discovered)
             applied = True
         return applied
 
-    def document(self) -> dict[str, Any]:
-        """The dynamic resources as Envoy-shaped data, for the workers (sent at start and on every change)."""
-        return {
-            "version": self.version,
-            "clusters": [to_envoy_dict(r.config) for r in self.clusters.values()],
-            "routes": {name: to_envoy_dict(r.config) for name, r in self.routes.items()},
-        }
+    def _offer(self, watched: WatchedFile, text: str) -> None:
+        def make() -> Update:
+            discovered = parse_discovery_response(text, watched.path, watched.kind)
+            for name in watched.route_names:
+                if name not in discovered.resources:
+                    raise ConfigError(watched.path, "resources", f"no route configuration named {name!r}")
+            # CDS is the state of the world; an RDS file takes away what it held before and holds no more.
+            removed = frozenset(self.dynamic.clusters) if watched.kind is CLUSTERS else watched.names
+            return Update(watched.kind, discovered, removed, watched.path)
 
-    # ------------------------------------------------------------------ checking and accepting
-    def _check(self, watched: WatchedFile, text: str) -> Discovered[Any]:
-        discovered = parse_discovery_response(text, watched.path, watched.kind)
-        names = list(discovered.resources)
-        if watched.kind is CLUSTERS:
-            for i, name in enumerate(names):
-                if name in self.static_clusters:
-                    raise ConfigError(watched.path, f"resources[{i}].name",
-                                      f"{name!r} is a static cluster; CDS cannot replace it")
-            validate_clusters(list(discovered.resources.values()), watched.path, "resources")
-        else:
-            for subscriber in watched.subscribers:
-                if subscriber.route_name not in discovered.resources:
-                    raise ConfigError(watched.path, "resources",
-                                      f"no route configuration named {subscriber.route_name!r}")
-            for i, name in enumerate(names):
-                validate_route_config(discovered.resources[name], watched.path, f"resources[{i}]")
-        return discovered
-
-    def _accept(self, watched: WatchedFile, discovered: Discovered[Any]) -> None:
-        now = time.time()
-        previous = watched.current.resources if watched.current is not None else {}
-        target = self.clusters if watched.kind is CLUSTERS else self.routes
-        for name, config in discovered.resources.items():
-            old = target.get(name)
-            if old is None or old.config != config:
-                target[name] = Resource(config, discovered.version_info, now)
-                if watched.kind is CLUSTERS:
-                    self.stats.counter("cluster_manager.cluster_added" if old is None
-                                       else "cluster_manager.cluster_modified").inc()
-        for name in set(previous) - set(discovered.resources):
-            del target[name]
-            if watched.kind is CLUSTERS:
-                self.stats.counter("cluster_manager.cluster_removed").inc()
-        watched.current = discovered
-        self.version += 1
-        self._count(watched, "update_success")
-        for prefix in self._prefixes(watched):
-            self.stats.gauge(prefix + "version").set(version_hash(discovered.version_info))
-        self.stats.gauge("cluster_manager.active_clusters").set(len(self.static_clusters) + len(self.clusters))
-
-    def _count(self, watched: WatchedFile, name: str) -> None:
-        for prefix in self._prefixes(watched):
-            self.stats.counter(prefix + name).inc()
-
-    def _prefixes(self, watched: WatchedFile) -> list[str]:
-        if watched.kind is CLUSTERS:
-            return ["cluster_manager.cds."]
-        return [subscriber.stat_prefix for subscriber in watched.subscribers]
-
-    # ------------------------------------------------------------------ admin
-    def config_dump(self) -> list[dict[str, Any]]:
-        """Envoy's ClustersConfigDump dynamic part and RoutesConfigDump, for /config_dump."""
-        def stamp(seconds: float) -> str:
-            return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{int(seconds % 1 * 1000):03d}Z"
-
-        cds_version = self.cds.current.version_info if self.cds is not None and self.cds.current else ""
-        return [
-            {"@type": "type.googleapis.com/envoy.admin.v3.ClustersConfigDump", "version_info": cds_version,
-             "dynamic_active_clusters": [
-                 {"version_info": r.version_info, "cluster": {"@type": CLUSTERS.type_url, **to_envoy_dict(r.config)},
-                  "last_updated": stamp(r.last_updated)} for r in self.clusters.values()]},
-            {"@type": "type.googleapis.com/envoy.admin.v3.RoutesConfigDump",
-             "dynamic_route_configs": [
-                 {"version_info": r.version_info,
-                  "route_config": {"@type": ROUTE_CONFIGURATIONS.type_url, **to_envoy_dict(r.config)},
-                  "last_updated": stamp(r.last_updated)} for r in self.routes.values()]},
-        ]
+        accepted = self.dynamic.offer(watched.kind, watched.route_names, make)
+        watched.names = frozenset(accepted.discovered.resources)

@@ -35,10 +35,11 @@ from pylon.proxy.admin import start_admin_server
 from pylon.proxy.balance import Balancer, balancer_for
 from pylon.proxy.balance.loadtable import LoadTable
 from pylon.proxy.clusters_text import render_clusters
-from pylon.proxy.dynamic import POLL_INTERVAL_S, DynamicConfig
+from pylon.proxy.dynamic import POLL_INTERVAL_S, DynamicConfig, FileSources
 from pylon.proxy.logging_setup import configure_logging
 from pylon.proxy.stats import StatsStore, cumulative, merge_snapshots
 from pylon.proxy.validate import configure_regex_engine, validate_runtime
+from pylon.xds.client import AdsClient
 
 log = logging.getLogger("pylon.main")
 
@@ -71,8 +72,8 @@ class WorkerHandle:
 class Supervisor:
     """The main process: owns the sockets, the workers and the admin endpoint."""
 
-    def __init__(self, options: ProxyOptions, bootstrap: Any, dynamic: DynamicConfig, balancers: list[Balancer],
-                 load_table: LoadTable | None = None) -> None:
+    def __init__(self, options: ProxyOptions, bootstrap: Any, dynamic: DynamicConfig, files: FileSources,
+                 balancers: list[Balancer], load_table: LoadTable | None = None) -> None:
         self.options = options
         self.bootstrap = bootstrap
         self.bootstrap_document = bootstrap_to_dict(bootstrap)
@@ -84,6 +85,8 @@ class Supervisor:
         self.stopped = asyncio.Event()
         self.draining = False
         self.dynamic = dynamic
+        self.files = files
+        self.push_lock = asyncio.Lock()  # versions reach the workers in order, whichever source made them
         self.stats = dynamic.stats
         # Each worker's latest stats, and what workers that died had counted (counters never go back).
         self.last_seen: dict[int, dict[str, Any]] = {}
@@ -104,6 +107,12 @@ class Supervisor:
             log.info("admin address: %s:%d", sa.address, self.admin_server.sockets[0].getsockname()[1])
         for balancer in self.balancers:
             balancer.start(loop)
+        tasks = []
+        if self.dynamic.ads_config is not None:
+            # Envoy's initialization: workers serve once the first xDS updates are in (or initial_fetch_timeout).
+            ads = AdsClient(self.bootstrap, self.dynamic, self._push_dynamic)
+            tasks.append(loop.create_task(ads.run()))
+            await ads.wait_initialized()
         for worker_id in range(self.options.concurrency):
             try:
                 self.workers[worker_id] = await self._spawn(worker_id)
@@ -118,23 +127,28 @@ class Supervisor:
                      sa.address, sa.port_value, self.options.concurrency, self.balancers[index].name)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, lambda: loop.create_task(self.quit()))
-        tasks = [loop.create_task(self._monitor())]
-        if self.dynamic.files:
-            tasks.append(loop.create_task(self._watch_dynamic()))
+        tasks.append(loop.create_task(self._monitor()))
+        if self.files.files:
+            tasks.append(loop.create_task(self._watch_files()))
         await self.stopped.wait()
         for task in tasks:
             task.cancel()
         return 0
 
-    async def _watch_dynamic(self) -> None:
-        """Apply accepted changes of the CDS/RDS files to every worker, in order of versions."""
+    async def _watch_files(self) -> None:
+        """Apply accepted changes of the CDS/RDS files to every worker."""
         while not self.draining:
             await asyncio.sleep(POLL_INTERVAL_S)
-            if self.dynamic.poll():
-                document = self.dynamic.document()
-                handles = list(self.workers.values())
-                await asyncio.gather(*(h.client.request({"op": "dynamic", "dynamic": document}, timeout=60)
-                                       for h in handles))
+            if self.files.poll():
+                await self._push_dynamic()
+
+    async def _push_dynamic(self) -> None:
+        """Send the current dynamic version to every running worker (one started later gets it at init)."""
+        async with self.push_lock:
+            document = self.dynamic.document()
+            handles = list(self.workers.values())
+            await asyncio.gather(*(h.client.request({"op": "dynamic", "dynamic": document}, timeout=60)
+                                   for h in handles))
 
     async def _spawn(self, worker_id: int) -> WorkerHandle:
         parent, child = socket.socketpair()
@@ -328,7 +342,8 @@ def run_proxy(options: ProxyOptions) -> int:
         configure_regex_engine(bootstrap, options.config_path or "<config-yaml>")
         validate_runtime(bootstrap, options.config_path or "<config-yaml>")
         dynamic = DynamicConfig(bootstrap, StatsStore())
-        dynamic.load_initial()
+        files = FileSources(dynamic)
+        files.load_initial()
     except ConfigError as exc:
         # One plain line (no log prefix) so scripts and users can read the field path directly.
         print(str(exc), file=sys.stderr)
@@ -343,4 +358,4 @@ def run_proxy(options: ProxyOptions) -> int:
     except ListenerBindError as exc:
         log.critical("%s", exc)
         return 1
-    return uvloop.run(Supervisor(options, bootstrap, dynamic, balancers, table).run())
+    return uvloop.run(Supervisor(options, bootstrap, dynamic, files, balancers, table).run())

@@ -193,7 +193,10 @@ class Worker:
     def route_table_for(self, hcm: Any, route_config_name: str) -> RouteTable:
         """The RDS route table an HTTP connection manager starts with; it is kept current from then on."""
         self.rds_subscribers.setdefault(route_config_name, []).append(hcm)
-        return RouteTable(self.route_configs[route_config_name])
+        # Not there yet (an xDS server that has not sent it within initial_fetch_timeout): like Envoy, no
+        # route matches (404, flag NR) until it comes.
+        config = self.route_configs.get(route_config_name) or RouteConfiguration(name=route_config_name)
+        return RouteTable(config)
 
     def _publish_load(self) -> None:
         """Write this worker's in-flight requests (moving average) where the supervisor's dispatcher reads them.

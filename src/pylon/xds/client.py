@@ -1,0 +1,172 @@
+"""The ADS client (state of the world) on grpcio aio, run in the supervisor's loop (grpcio aio runs on uvloop).
+
+It moves messages only: requests come from `AdsState`, responses are decoded by
+`resources.decode_response` and offered to the supervisor's `DynamicConfig`
+(the same accept/reject/version path as filesystem xDS); an accepted version is
+ACKed and pushed to the workers, a rejected one is NACKed with the ConfigError's
+text while the last good version keeps serving. A stream that ends or cannot be
+opened counts `update_failure` for every subscription, sets
+`control_plane.connected_state` to 0 and is retried after a jittered backoff;
+nothing served changes meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Protocol
+
+import grpc
+from envoy.config.core.v3.base_pb2 import Node
+from envoy.service.discovery.v3 import ads_pb2_grpc
+from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest, DiscoveryResponse
+from google.protobuf import json_format
+
+from pylon import __version__
+from pylon.config.discovery import CLUSTERS, ROUTE_CONFIGURATIONS, ResourceKind, Update
+from pylon.config.errors import ConfigError
+from pylon.xds.backoff import Backoff
+from pylon.xds.resources import KINDS, decode_response, rejection_detail
+from pylon.xds.subscription import AdsState, Subscription
+
+log = logging.getLogger("pylon.xds")
+
+SOURCE = "ads"  # how errors name where a resource came from
+
+
+class ResourceSink(Protocol):
+    """What the client needs from the config owner (the supervisor's DynamicConfig): the subscriptions the
+    bootstrap asks for, a place to offer updates (validated, versioned, or refused with a ConfigError), and
+    the stats. A protocol, so this package depends on the config model only, never on the proxy."""
+
+    ads_config: Any
+    cds_source: Any
+    rds_subscribers: Sequence[Any]
+    clusters: Mapping[str, Any]
+    stats: Any
+
+    def offer(self, kind: ResourceKind[Any], stat_names: Sequence[str], make: Callable[[], Update]) -> Update: ...
+
+    def count(self, kind: ResourceKind[Any], stat_names: Sequence[str], name: str) -> None: ...
+
+
+def node_message(node: Any) -> Node:
+    """The bootstrap's node as the management server sees it (id, cluster, metadata, who we are)."""
+    message = Node(id=node.id, cluster=node.cluster, user_agent_name="pylon", user_agent_version=__version__)
+    json_format.ParseDict(node.metadata, message.metadata)
+    return message
+
+
+def grpc_target(bootstrap: Any, cluster_name: str) -> tuple[str, float]:
+    """(grpc target, connect timeout) of the static cluster ADS goes to: its first endpoint (loader checked it)."""
+    cluster = next(c for c in bootstrap.static_resources.clusters if c.name == cluster_name)
+    endpoint = next(e for locality in cluster.load_assignment.endpoints for e in locality.lb_endpoints)
+    sa = endpoint.endpoint.address.socket_address
+    host = f"[{sa.address}]" if ":" in sa.address else sa.address
+    return f"{host}:{sa.port_value}", float(cluster.connect_timeout)
+
+
+class AdsClient:
+    """One ADS stream at a time to the management server, for CDS (wildcard) and the RDS names HCMs need."""
+
+    def __init__(self, bootstrap: Any, dynamic: ResourceSink, on_update: Callable[[], Awaitable[None]],
+                 backoff: Backoff | None = None) -> None:
+        ads_config = dynamic.ads_config
+        assert ads_config is not None and bootstrap.node is not None
+        self.dynamic = dynamic
+        self.on_update = on_update
+        self.backoff = backoff or Backoff()
+        self.target, self.connect_timeout = grpc_target(bootstrap, ads_config.cluster_name)
+        self.state = AdsState(node_message(bootstrap.node), ads_config.set_node_on_first_message_only)
+        self.timeouts: dict[str, float] = {}  # initial_fetch_timeout by type URL (0: wait for ever)
+        cds = dynamic.cds_source
+        if cds is not None and cds.ads is not None:
+            self.state.subscriptions.append(Subscription(CLUSTERS.type_url))
+            self.timeouts[CLUSTERS.type_url] = float(cds.initial_fetch_timeout)
+        rds = [s for s in dynamic.rds_subscribers if s.source.ads is not None]
+        self.route_names = sorted({s.route_name for s in rds})
+        if rds:
+            self.state.subscriptions.append(Subscription(ROUTE_CONFIGURATIONS.type_url, self.route_names))
+            timeouts = [float(s.source.initial_fetch_timeout) for s in rds]
+            self.timeouts[ROUTE_CONFIGURATIONS.type_url] = 0.0 if 0.0 in timeouts else max(timeouts)
+        self.first_update = {type_url: asyncio.Event() for type_url in self.timeouts}
+        self._count_all("update_attempt")  # Envoy counts a subscription's start as an attempt
+
+    def _count_all(self, stat: str) -> None:
+        for subscription in self.state.subscriptions:
+            self.dynamic.count(KINDS[subscription.type_url], self._stat_names(subscription.type_url), stat)
+
+    def _stat_names(self, type_url: str) -> list[str]:
+        return self.route_names if type_url == ROUTE_CONFIGURATIONS.type_url else []
+
+    async def wait_initialized(self) -> None:
+        """Envoy's start-up: wait for each type's first update, or its initial_fetch_timeout (then serve without)."""
+        async def one(type_url: str) -> None:
+            timeout = self.timeouts[type_url]
+            try:
+                await asyncio.wait_for(self.first_update[type_url].wait(), timeout or None)
+            except asyncio.TimeoutError:
+                log.warning("no %s within initial_fetch_timeout %.3gs; starting without", type_url, timeout)
+                self.dynamic.count(KINDS[type_url], self._stat_names(type_url), "init_fetch_timeout")
+
+        await asyncio.gather(*(one(type_url) for type_url in self.timeouts))
+
+    async def run(self) -> None:
+        """Keep a stream open for ever (cancel to stop): reconnect after a jittered backoff."""
+        gauge = self.dynamic.stats.gauge("control_plane.connected_state")
+        while True:
+            try:
+                await self._stream(gauge)
+                reason = "the management server closed the stream"
+            except (grpc.aio.AioRpcError, asyncio.TimeoutError) as exc:
+                reason = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else "connect timeout"
+            gauge.set(0)
+            self._count_all("update_attempt")
+            self._count_all("update_failure")
+            delay = self.backoff.next_delay()
+            log.warning("xDS stream to %s: %s; retrying in %.2fs (the last good config keeps serving)",
+                        self.target, reason, delay)
+            await asyncio.sleep(delay)
+
+    async def _stream(self, gauge: Any) -> None:
+        async with grpc.aio.insecure_channel(self.target, options=[("grpc.enable_http_proxy", 0)]) as channel:
+            await asyncio.wait_for(channel.channel_ready(), self.connect_timeout)
+            call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources()
+            gauge.set(1)
+            self.backoff.reset()
+            for request in self.state.on_connect():
+                await call.write(request)
+            while True:
+                response = await call.read()
+                if response is grpc.aio.EOF:
+                    return
+                request = await self._handle(response)
+                if request is not None:
+                    await call.write(request)
+
+    async def _handle(self, response: DiscoveryResponse) -> DiscoveryRequest | None:
+        """Offer one response to the DynamicConfig; the ACK or NACK to send back."""
+        type_url = response.type_url
+        if self.state.subscription(type_url) is None:
+            log.warning("ignoring a response of %s, which was not asked for", type_url)
+            return None
+        kind = KINDS[type_url]
+
+        def make() -> Update:
+            discovered = decode_response(response, SOURCE)
+            # CDS is the state of the world (absent means removed); RDS responses only add or change.
+            removed = frozenset(self.dynamic.clusters) if kind is CLUSTERS else frozenset()
+            return Update(kind, discovered, removed, SOURCE)
+
+        try:
+            self.dynamic.offer(kind, self._stat_names(type_url), make)
+        except ConfigError as exc:
+            detail = rejection_detail(response, exc)
+            log.error("%s version %r rejected, the last good version keeps serving: %s", type_url,
+                      response.version_info, detail)
+            self.first_update[type_url].set()
+            return self.state.nack(type_url, response.nonce, detail)
+        self.first_update[type_url].set()
+        await self.on_update()
+        return self.state.ack(type_url, response.version_info, response.nonce)

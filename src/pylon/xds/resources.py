@@ -1,0 +1,55 @@
+"""Decoding xDS resources: protobuf `Any` -> proto-JSON -> pylon's config model (sans-IO).
+
+The resources go through the same parser as filesystem xDS
+(`config.discovery.discovered_from_data`), so a resource from a management
+server is held to exactly the rules of one from a file, and its errors name
+the same field paths (`resources[2].connect_timeout`).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+# Imported for their descriptors: json_format expands an Any only when its message type is known.
+import envoy.config.cluster.v3.cluster_pb2  # noqa: F401
+import envoy.config.route.v3.route_pb2  # noqa: F401
+import envoy.extensions.transport_sockets.tls.v3.tls_pb2  # noqa: F401
+import envoy.extensions.upstreams.http.v3.http_protocol_options_pb2  # noqa: F401
+from envoy.service.discovery.v3.discovery_pb2 import DiscoveryResponse
+from google.protobuf import json_format
+
+from pylon.config.discovery import CLUSTERS, ROUTE_CONFIGURATIONS, Discovered, ResourceKind, discovered_from_data
+from pylon.config.errors import ConfigError
+
+#: The resource types pylon subscribes to, by type URL.
+KINDS: dict[str, ResourceKind[Any]] = {kind.type_url: kind for kind in (CLUSTERS, ROUTE_CONFIGURATIONS)}
+
+
+def decode_response(response: DiscoveryResponse, source: str) -> Discovered[Any]:
+    """The resources of one DiscoveryResponse as config Structs, or ConfigError naming resource and field."""
+    kind = KINDS[response.type_url]
+    items = []
+    for index, resource in enumerate(response.resources):
+        try:
+            items.append(json_format.MessageToDict(resource, preserving_proto_field_name=True))
+        except (TypeError, KeyError, json_format.Error) as exc:
+            raise ConfigError(source, f"resources[{index}]", f"cannot decode {resource.type_url}: {exc}") from None
+    return discovered_from_data({"version_info": response.version_info, "resources": items}, source, kind)
+
+
+_INDEX = re.compile(r"^resources\[(\d+)\]")
+
+
+def rejection_detail(response: DiscoveryResponse, error: ConfigError) -> str:
+    """A NACK's error_detail: the ConfigError's text, led by the name of the resource it is about."""
+    match = _INDEX.match(error.path)
+    if match is None or int(match.group(1)) >= len(response.resources):
+        return str(error)
+    resource = response.resources[int(match.group(1))]
+    try:
+        name = json_format.MessageToDict(resource, preserving_proto_field_name=True).get("name", "")
+    except (TypeError, KeyError, json_format.Error):
+        name = ""
+    what = KINDS[response.type_url].what
+    return f"{what} {name!r}: {error}" if name else str(error)
