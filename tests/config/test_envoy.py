@@ -765,7 +765,12 @@ H2_ONLY_FOR_XDS = "HTTP/2 upstreams are supported only for the cluster of dynami
 @pytest.mark.parametrize(
     ("change", "path", "message"),
     [
-        ({"type": "EDS"}, "type", "Invalid enum value 'EDS'"),
+        ({"type": "EDS"}, "eds_cluster_config", "missing required field (an EDS cluster needs its EDS source)"),
+        ({"type": "EDS", "eds_cluster_config": {"eds_config": {"ads": {}}}}, "load_assignment",
+         "an EDS cluster takes its endpoints from EDS, not inline"),
+        ({"eds_cluster_config": {"eds_config": {"ads": {}}}}, "eds_cluster_config", "only for type EDS, not STATIC"),
+        ({"type": "EDS", "eds_cluster_config": {"eds_config": {"path_config_source": {"path": "/e.yaml"}}}},
+         "eds_cluster_config.eds_config.path_config_source", "EDS from a file is not supported yet; use ads: {}"),
         ({"lb_policy": "MAGLEV"}, "lb_policy", "Invalid enum value 'MAGLEV'"),
         ({"connect_timeout": "0s"}, "connect_timeout", "must be greater than 0s"),
         ({"typed_extension_protocol_options": {OPTIONS_KEY: {"@type": HTTP_OPTIONS_TYPE,
@@ -807,6 +812,12 @@ def test_cluster_errors(change: dict[str, Any], path: str, message: str) -> None
     assert error(bootstrap(clusters=[cluster(**change)])) == (
         f"config error in test.yaml: static_resources.clusters[0].{path}: {message}"
     )
+
+
+def test_static_eds_cluster_is_an_error() -> None:
+    eds = {"name": "e", "type": "EDS", "eds_cluster_config": {"eds_config": {"ads": {}}, "service_name": "svc-e"}}
+    assert error(bootstrap(clusters=[eds])) == (
+        "config error in test.yaml: static_resources.clusters[0].type: EDS is supported for CDS clusters only")
 
 
 # --------------------------------------------------------------------------- bootstrap, unknown fields, @type

@@ -16,6 +16,7 @@ from typing import Any
 
 import grpc
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
+from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
 from envoy.config.route.v3.route_pb2 import RouteConfiguration
 from envoy.service.discovery.v3 import ads_pb2_grpc
 from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest, DiscoveryResponse
@@ -25,7 +26,8 @@ import envoy.extensions.upstreams.http.v3.http_protocol_options_pb2  # noqa: F40
 
 CDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 RDS = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
-_MESSAGES = {CDS: Cluster, RDS: RouteConfiguration}
+EDS = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+_MESSAGES = {CDS: Cluster, RDS: RouteConfiguration, EDS: ClusterLoadAssignment}
 
 
 def to_any(type_url: str, resource: dict[str, Any]) -> any_pb2.Any:

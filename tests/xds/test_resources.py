@@ -49,7 +49,7 @@ def test_invalid_resource_names_its_path_and_the_nack_names_the_resource() -> No
     assert rejection_detail(bad, info.value).startswith("cluster 'a': config error in ads: resources[1].connect_timeout:")
 
 
-def test_unsupported_field_is_an_error_not_ignored() -> None:
+def test_an_eds_cluster_with_inline_endpoints_is_refused() -> None:
     with pytest.raises(ConfigError) as info:
         decode_response(response(CDS, cluster("a", type="EDS", eds_cluster_config={"service_name": "a"})), "ads")
     assert info.value.path.startswith("resources[0].")

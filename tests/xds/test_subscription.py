@@ -44,3 +44,21 @@ def test_nack_keeps_the_accepted_version_and_says_why() -> None:
     assert (nack.version_info, nack.response_nonce) == ("v1", "n2")
     assert (nack.error_detail.code, nack.error_detail.message) == (INTERNAL, "cluster 'a': bad")
     assert ads.ack(RDS, "r1", "n3").version_info == "r1"
+
+
+EDS = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+
+
+def test_eds_is_asked_for_when_names_change_and_never_as_a_wildcard() -> None:
+    ads = state()
+    ads.on_connect()
+    assert ads.resubscribe(EDS, []) is None  # no names: nothing to ask (an empty request would be a wildcard)
+    assert [r.type_url for r in ads.on_connect()] == [CDS, RDS]
+    first = ads.resubscribe(EDS, ["svc-a", "svc-b"])
+    assert first is not None and list(first.resource_names) == ["svc-a", "svc-b"]
+    assert ads.resubscribe(EDS, ["svc-a", "svc-b"]) is None  # unchanged
+    ads.ack(EDS, "e1", "n1")
+    again = ads.resubscribe(EDS, ["svc-a"])
+    assert again is not None and (list(again.resource_names), again.version_info, again.response_nonce) == (
+        ["svc-a"], "e1", "n1")
+    assert [list(r.resource_names) for r in ads.on_connect()][-1] == ["svc-a"]

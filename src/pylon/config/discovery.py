@@ -15,17 +15,18 @@ from typing import Any, Generic, TypeVar
 
 import msgspec
 
-from pylon.config.envoy import Cluster, RouteConfiguration, convert
+from pylon.config.envoy import Cluster, ClusterLoadAssignment, RouteConfiguration, convert
 from pylon.config.errors import ConfigError, join_path, split_validation_error
 from pylon.config.loader import parse_document
 
 CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 ROUTE_CONFIGURATION_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+CLUSTER_LOAD_ASSIGNMENT_TYPE = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 
 #: DiscoveryResponse fields a file may carry; only version_info and resources mean anything in a file.
 _RESPONSE_FIELDS = {"version_info", "resources", "type_url", "nonce", "canary", "control_plane"}
 
-ResourceT = TypeVar("ResourceT", Cluster, RouteConfiguration)
+ResourceT = TypeVar("ResourceT", Cluster, RouteConfiguration, ClusterLoadAssignment)
 
 
 @dataclass(frozen=True)
@@ -35,10 +36,12 @@ class ResourceKind(Generic[ResourceT]):
     type_url: str
     struct: type[ResourceT]
     what: str  # for messages: "cluster", "route configuration"
+    name_field: str = "name"  # the field that names a resource (a ClusterLoadAssignment's is cluster_name)
 
 
 CLUSTERS = ResourceKind(CLUSTER_TYPE, Cluster, "cluster")
 ROUTE_CONFIGURATIONS = ResourceKind(ROUTE_CONFIGURATION_TYPE, RouteConfiguration, "route configuration")
+ENDPOINTS = ResourceKind(CLUSTER_LOAD_ASSIGNMENT_TYPE, ClusterLoadAssignment, "cluster load assignment", "cluster_name")
 
 
 @dataclass(frozen=True)
@@ -76,7 +79,7 @@ def discovered_from_data(data: dict[str, Any], source: str, kind: ResourceKind[R
         path = f"resources[{index}]"
         resource = _decode(item, source, path, kind)
         if resource.name in resources:
-            raise ConfigError(source, join_path(path, "name"), f"duplicate {kind.what} name {resource.name!r}")
+            raise ConfigError(source, join_path(path, kind.name_field), f"duplicate {kind.what} name {resource.name!r}")
         resources[resource.name] = resource
     return Discovered(version, resources)
 
@@ -94,7 +97,7 @@ def _decode(item: Any, source: str, path: str, kind: ResourceKind[ResourceT]) ->
         field, message = split_validation_error(exc)
         raise ConfigError(source, join_path(path, field), message) from None
     if not getattr(resource, "name", ""):
-        raise ConfigError(source, join_path(path, "name"), f"a dynamic {kind.what} needs a name")
+        raise ConfigError(source, join_path(path, kind.name_field), f"a dynamic {kind.what} needs a name")
     return resource
 
 

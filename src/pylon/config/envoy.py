@@ -913,8 +913,26 @@ class LocalityLbEndpoints(EnvoyStruct, kw_only=True):
 
 
 class ClusterLoadAssignment(EnvoyStruct, kw_only=True):
+    """config.endpoint.v3.ClusterLoadAssignment: inline in a cluster, or an EDS resource named by cluster_name."""
+
     cluster_name: NonEmptyStr
     endpoints: list[LocalityLbEndpoints] = []
+
+    @property
+    def name(self) -> str:
+        """The EDS resource name (a cluster's service_name, else its name): how xDS code keys every resource."""
+        return self.cluster_name
+
+    def check_ip_addresses(self, path: str, why: str) -> None:
+        """FieldError naming the first endpoint whose address is not an IP literal (Envoy: "malformed IP address")."""
+        for i, locality in enumerate(self.endpoints):
+            for j, lb_endpoint in enumerate(locality.lb_endpoints):
+                host = lb_endpoint.endpoint.address.socket_address.address
+                try:
+                    ipaddress.ip_address(host)
+                except ValueError:
+                    where = f"endpoints[{i}].lb_endpoints[{j}].endpoint.address.socket_address.address"
+                    raise FieldError(join_path(path, where), f"{host!r} is not an IP address ({why})") from None
 
 
 class Thresholds(EnvoyStruct, kw_only=True):
@@ -1026,9 +1044,23 @@ class UpstreamHttpProtocolOptions(EnvoyStruct, kw_only=True):
             raise FieldError("explicit_http_config", "missing required field")
 
 
+class EdsClusterConfig(EnvoyStruct, kw_only=True):
+    """config.cluster.v3.Cluster.EdsClusterConfig: endpoints over the ADS stream, by service_name (else the
+    cluster's name). A file source (path_config_source) is not supported yet."""
+
+    eds_config: ConfigSource
+    service_name: str = ""
+
+    def __post_init__(self) -> None:
+        if self.eds_config.ads is None:
+            field = "path_config_source" if self.eds_config.path_config_source is not None else "path"
+            raise FieldError(f"eds_config.{field}", "EDS from a file is not supported yet; use ads: {}")
+
+
 class Cluster(EnvoyStruct, kw_only=True):
     name: NonEmptyStr
-    type: Literal["STATIC", "STRICT_DNS", "LOGICAL_DNS"] = "STATIC"
+    type: Literal["STATIC", "STRICT_DNS", "LOGICAL_DNS", "EDS"] = "STATIC"
+    eds_cluster_config: EdsClusterConfig | None = None
     connect_timeout: PositiveDuration = PositiveDuration(5)
     lb_policy: Literal["ROUND_ROBIN", "LEAST_REQUEST", "RANDOM", "RING_HASH"] = "ROUND_ROBIN"
     load_assignment: ClusterLoadAssignment | None = None
@@ -1048,7 +1080,24 @@ class Cluster(EnvoyStruct, kw_only=True):
 
     def __post_init__(self) -> None:
         self._resolve_protocol_options()
+        self._check_eds()
         self._check_endpoints()
+
+    @property
+    def eds_service_name(self) -> str:
+        """The ClusterLoadAssignment an EDS cluster asks for ("" for other types)."""
+        if self.eds_cluster_config is None:
+            return ""
+        return self.eds_cluster_config.service_name or self.name
+
+    def _check_eds(self) -> None:
+        if self.type == "EDS":
+            if self.eds_cluster_config is None:
+                raise FieldError("eds_cluster_config", "missing required field (an EDS cluster needs its EDS source)")
+            if self.load_assignment is not None:
+                raise FieldError("load_assignment", "an EDS cluster takes its endpoints from EDS, not inline")
+        elif self.eds_cluster_config is not None:
+            raise FieldError("eds_cluster_config", f"only for type EDS, not {self.type}")
 
     @property
     def http2_field(self) -> str | None:
@@ -1078,19 +1127,9 @@ class Cluster(EnvoyStruct, kw_only=True):
     def _check_endpoints(self) -> None:
         if self.load_assignment is None:
             return
-        count = 0
-        for i, locality in enumerate(self.load_assignment.endpoints):
-            for j, lb_endpoint in enumerate(locality.lb_endpoints):
-                count += 1
-                host = lb_endpoint.endpoint.address.socket_address.address
-                if self.type == "STATIC":
-                    try:
-                        ipaddress.ip_address(host)
-                    except ValueError:
-                        raise FieldError(
-                            f"load_assignment.endpoints[{i}].lb_endpoints[{j}].endpoint.address.socket_address.address",
-                            f"{host!r} is not an IP address (STATIC clusters need IPs; use STRICT_DNS for names)",
-                        ) from None
+        if self.type == "STATIC":
+            self.load_assignment.check_ip_addresses("load_assignment", "STATIC clusters need IPs; use STRICT_DNS for names")
+        count = sum(len(locality.lb_endpoints) for locality in self.load_assignment.endpoints)
         if self.type == "LOGICAL_DNS" and count != 1:
             raise FieldError("load_assignment", f"a LOGICAL_DNS cluster needs exactly one endpoint, got {count}")
 
@@ -1206,6 +1245,10 @@ class Bootstrap(EnvoyStruct, kw_only=True):
     default_regex_engine: RegexEngineConfig | None = None
 
     def __post_init__(self) -> None:
+        for i, cluster in enumerate(self.static_resources.clusters):
+            if cluster.type == "EDS":
+                # Envoy allows it; pylon's supervisor subscribes to EDS for CDS clusters only, for now.
+                raise FieldError(f"static_resources.clusters[{i}].type", "EDS is supported for CDS clusters only")
         if self.dynamic_resources is not None and self.dynamic_resources.cds_config is not None:
             node = self.node
             if node is None or not node.id or not node.cluster:

@@ -1,4 +1,4 @@
-"""The supervisor's dynamic resources: clusters (CDS) and route configurations (RDS), from any source.
+"""The supervisor's dynamic resources: clusters (CDS), their endpoints (EDS) and route configurations (RDS).
 
 Two sources feed one `DynamicConfig`: watched files (Envoy's filesystem xDS,
 `FileSources` below) and the ADS stream (`pylon.xds.client`). Either hands it
@@ -8,7 +8,14 @@ one — and then either accepts it (update_success; a new version for the
 workers) or rejects it (update_rejected; the ConfigError goes back to the
 source, which logs it or NACKs it) while the last good version keeps serving.
 Stats use Envoy's names: `cluster_manager.cds.*`,
-`cluster_manager.cluster_added|modified|removed`, `http.<prefix>.rds.<name>.*`.
+`cluster_manager.cluster_added|modified|removed`, `http.<prefix>.rds.<name>.*`,
+`cluster.<name>.update_*` (an EDS cluster's own subscription).
+
+EDS clusters warm as in Envoy: one reaches the workers only once its
+ClusterLoadAssignment has arrived or its `initial_fetch_timeout` has passed
+(then with no hosts: 503 UH). Assignments are kept by service name across
+changes of the cluster that asks for them (Envoy's EDS cache for ADS), so a
+modified cluster serves its known endpoints at once.
 
 Filesystem xDS: each `path_config_source` file holds a DiscoveryResponse and is
 replaced by an atomic rename. The supervisor is the only reader of those files
@@ -25,8 +32,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pylon.config.discovery import CLUSTERS, ROUTE_CONFIGURATIONS, Discovered, ResourceKind, Update, parse_discovery_response
-from pylon.config.errors import ConfigError
+from pylon.config.discovery import (
+    CLUSTERS, ENDPOINTS, ROUTE_CONFIGURATIONS, Discovered, ResourceKind, Update, parse_discovery_response,
+)
+from pylon.config.errors import ConfigError, FieldError
 from pylon.config.loader import http_connection_managers, route_cluster_references, to_envoy_dict
 from pylon.proxy.stats import StatsStore
 from pylon.proxy.validate import validate_clusters, validate_route_config
@@ -79,6 +88,8 @@ class DynamicConfig:
             for _, hcm in http_connection_managers(bootstrap) if hcm.rds is not None]
         self.clusters: dict[str, Resource] = {}
         self.routes: dict[str, Resource] = {}
+        self.endpoints: dict[str, Resource] = {}  # ClusterLoadAssignments by service name
+        self.eds_expired: set[str] = set()  # services whose initial_fetch_timeout passed before they came
         self.cds_version_info = ""
         self.version = 0  # bumped by every accepted change: what workers are told to apply
         # Envoy shows a subscription's counters from its start, zeros included.
@@ -93,13 +104,17 @@ class DynamicConfig:
         `stat_names` are the route configuration names whose RDS stats count this
         attempt (ignored for CDS): known even when the update cannot be decoded.
         """
-        self._count(kind, stat_names, "update_attempt")
         try:
             update = make()
             self._check(update)
         except ConfigError:
+            self._count(kind, stat_names, "update_attempt")
             self._count(kind, stat_names, "update_rejected")
             raise
+        if kind is ENDPOINTS:
+            # Envoy tells only the EDS clusters whose assignment the response holds (a rejection, every one).
+            stat_names = [n for n in stat_names if self.clusters[n].config.eds_service_name in update.discovered.resources]
+        self._count(kind, stat_names, "update_attempt")
         self._accept(update)
         self._count(kind, stat_names, "update_success")
         for prefix in self._prefixes(kind, stat_names):
@@ -107,14 +122,50 @@ class DynamicConfig:
         return update
 
     def count(self, kind: ResourceKind[Any], stat_names: Sequence[str], name: str) -> None:
-        """Count `name` (update_failure, init_fetch_timeout, ...) for CDS or for these RDS subscriptions."""
+        """Count `name` (update_failure, init_fetch_timeout, ...) for CDS, these RDS names or these EDS clusters."""
         self._count(kind, stat_names, name)
 
+    def eds_services(self) -> dict[str, list[str]]:
+        """The ClusterLoadAssignment names the CDS clusters ask for, each with the clusters asking."""
+        services: dict[str, list[str]] = {}
+        for name, resource in self.clusters.items():
+            if resource.config.type == "EDS":
+                services.setdefault(resource.config.eds_service_name, []).append(name)
+        return services
+
+    def eds_warm(self, service: str) -> bool:
+        """Whether clusters of this service serve (its assignment came, or its initial fetch timed out)."""
+        return service in self.endpoints or service in self.eds_expired
+
+    def expire_eds(self, service: str) -> bool:
+        """initial_fetch_timeout passed for `service`: its clusters serve with no hosts. True if that changed anything."""
+        if self.eds_warm(service) or service not in self.eds_services():
+            return False
+        self.eds_expired.add(service)
+        self._count(ENDPOINTS, self.eds_services()[service], "init_fetch_timeout")
+        self.version += 1
+        self._cluster_gauges()
+        return True
+
     def document(self) -> dict[str, Any]:
-        """The dynamic resources as Envoy-shaped data, for the workers (sent at start and on every change)."""
+        """The dynamic resources as Envoy-shaped data, for the workers (sent at start and on every change).
+
+        Warming EDS clusters are left out; a warm one's endpoints are in `endpoints`, by cluster name.
+        """
+        clusters, endpoints = [], {}
+        for name, resource in self.clusters.items():
+            service = resource.config.eds_service_name
+            if service:
+                if not self.eds_warm(service):
+                    continue
+                assignment = self.endpoints.get(service)
+                endpoints[name] = (to_envoy_dict(assignment.config) if assignment is not None
+                                   else {"cluster_name": service})
+            clusters.append(to_envoy_dict(resource.config))
         return {
             "version": self.version,
-            "clusters": [to_envoy_dict(r.config) for r in self.clusters.values()],
+            "clusters": clusters,
+            "endpoints": endpoints,
             "routes": {name: to_envoy_dict(r.config) for name, r in self.routes.items()},
         }
 
@@ -131,6 +182,13 @@ class DynamicConfig:
                                       "HTTP/2 upstreams are supported only for the xDS cluster (a static cluster)")
             validate_clusters(list(resources.values()), update.source, "resources")
             return
+        if update.kind is ENDPOINTS:
+            for i, assignment in enumerate(resources.values()):
+                try:
+                    assignment.check_ip_addresses(f"resources[{i}]", "EDS endpoints need IPs")
+                except FieldError as exc:
+                    raise ConfigError(update.source, exc.rel_path, exc.message) from None
+            return
         for i, route_config in enumerate(resources.values()):
             validate_route_config(route_config, update.source, f"resources[{i}]")
             for path, name in route_cluster_references(route_config):
@@ -140,6 +198,9 @@ class DynamicConfig:
                                       "pylon proxies HTTP/1.1 upstreams only")
 
     def _accept(self, update: Update) -> None:
+        if update.kind is ENDPOINTS:
+            self._accept_endpoints(update)
+            return
         now = time.time()
         clusters = update.kind is CLUSTERS
         target = self.clusters if clusters else self.routes
@@ -155,8 +216,36 @@ class DynamicConfig:
                 self.stats.counter("cluster_manager.cluster_removed").inc()
         if clusters:
             self.cds_version_info = update.discovered.version_info
+            self._follow_eds_clusters()
         self.version += 1
-        self.stats.gauge("cluster_manager.active_clusters").set(len(self.static_clusters) + len(self.clusters))
+        self._cluster_gauges()
+
+    def _accept_endpoints(self, update: Update) -> None:
+        """Keep the assignments some cluster asks for (Envoy ignores the others)."""
+        now = time.time()
+        wanted = self.eds_services()
+        for service, assignment in update.discovered.resources.items():
+            if service in wanted:
+                self.endpoints[service] = Resource(assignment, update.discovered.version_info, now)
+        self.version += 1
+        self._cluster_gauges()
+
+    def _follow_eds_clusters(self) -> None:
+        """After CDS: forget assignments no cluster asks for any more; new EDS clusters' counters start at 0."""
+        services = self.eds_services()
+        for service in set(self.endpoints) - set(services):
+            del self.endpoints[service]
+        self.eds_expired &= set(services)
+        for names in services.values():
+            for name in names:
+                for counter in SUBSCRIPTION_COUNTERS:
+                    self.stats.counter(f"cluster.{name}.{counter}")
+
+    def _cluster_gauges(self) -> None:
+        """Envoy's active (serving) and warming (EDS not yet in) cluster counts."""
+        warming = sum(len(names) for service, names in self.eds_services().items() if not self.eds_warm(service))
+        self.stats.gauge("cluster_manager.warming_clusters").set(warming)
+        self.stats.gauge("cluster_manager.active_clusters").set(len(self.static_clusters) + len(self.clusters) - warming)
 
     def _count(self, kind: ResourceKind[Any], stat_names: Sequence[str], name: str) -> None:
         for prefix in self._prefixes(kind, stat_names):
@@ -165,6 +254,8 @@ class DynamicConfig:
     def _prefixes(self, kind: ResourceKind[Any], stat_names: Sequence[str]) -> list[str]:
         if kind is CLUSTERS:
             return ["cluster_manager.cds."]
+        if kind is ENDPOINTS:
+            return [f"cluster.{name}." for name in stat_names]
         return [s.stat_prefix for s in self.rds_subscribers if s.route_name in stat_names]
 
     # ------------------------------------------------------------------ admin

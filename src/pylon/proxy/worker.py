@@ -27,7 +27,7 @@ from typing import Any
 import uvloop
 
 from pylon.config.envoy import Cluster as ClusterConfig
-from pylon.config.envoy import RouteConfiguration, convert
+from pylon.config.envoy import ClusterLoadAssignment, RouteConfiguration, convert
 from pylon.config.loader import parse_bootstrap
 from pylon.proxy import control
 from pylon.proxy.access_log import AccessLogWriter
@@ -81,6 +81,14 @@ class PoolRegistry:
                 del self.pools[host]
         self.tls.pop(cluster, None)
 
+    def retire_hosts(self, cluster: Cluster) -> None:
+        """Forget the pools of hosts an EDS update took out of `cluster`; the pools of hosts that stay are kept."""
+        kept = set(cluster.hosts)
+        for host, pool in list(self.pools.items()):
+            if pool.cluster is cluster and host not in kept:
+                pool.retire()
+                del self.pools[host]
+
     def close_all(self) -> None:
         for pool in self.pools.values():
             pool.close_all()
@@ -98,6 +106,7 @@ class Worker:
         self.servers: list[asyncio.AbstractServer] = []
         self.clusters: dict[str, Cluster] = {}  # static and CDS clusters by name, changed in place by CDS
         self.cds_configs: dict[str, Any] = {}  # the config of each cluster CDS gave
+        self.eds_assignments: dict[str, Any] = {}  # the ClusterLoadAssignment each EDS cluster serves
         self.route_configs: dict[str, Any] = {}  # RDS route configurations by name
         self.rds_subscribers: dict[str, list[Any]] = {}  # route configuration name -> HcmRuntimes using it
         self.pools = PoolRegistry(loop)
@@ -155,19 +164,30 @@ class Worker:
             self.loop.call_later(LOAD_PUBLISH_INTERVAL_S, self._publish_load)
 
     async def apply_dynamic(self, document: dict[str, Any]) -> None:
-        """Take the supervisor's current CDS clusters and RDS route configurations (see `dynamic.py`).
+        """Take the supervisor's current CDS clusters, EDS endpoints and RDS route configurations (see `dynamic.py`).
 
         Order as Envoy's: new and changed clusters first (each warmed before it
         serves), then the route tables (new requests only: a request keeps the
         route it matched), then the removed clusters, whose pools finish what is
-        in flight and close. Nothing that did not change is rebuilt.
+        in flight and close. Nothing that did not change is rebuilt: an EDS
+        cluster whose endpoints alone changed keeps its hosts that stay, with
+        their pooled connections, health and outlier state.
         """
         wanted = {c["name"]: convert(c, ClusterConfig) for c in document["clusters"]}
+        assignments = {name: convert(data, ClusterLoadAssignment) for name, data in document["endpoints"].items()}
         retiring: list[Cluster] = []
         for name, config in wanted.items():
+            assignment = assignments.get(name)
             if self.cds_configs.get(name) == config:
+                if assignment is not None and self.eds_assignments.get(name) != assignment:
+                    self.clusters[name].set_assignment(assignment)
+                    self.pools.retire_hosts(self.clusters[name])
+                    self.eds_assignments[name] = assignment
                 continue
             cluster = Cluster(config, self.stats, self.worker_id)
+            if assignment is not None:
+                cluster.set_assignment(assignment)
+                self.eds_assignments[name] = assignment
             cluster.start(self.loop)
             await cluster.ready()
             old = self.clusters.get(name)
@@ -185,6 +205,7 @@ class Worker:
                 hcm.route_table = table
         for name in set(self.cds_configs) - set(wanted):
             del self.cds_configs[name]
+            self.eds_assignments.pop(name, None)
             retiring.append(self.clusters.pop(name))
         for cluster in retiring:
             self.pools.retire_cluster(cluster)

@@ -8,6 +8,11 @@ text while the last good version keeps serving. A stream that ends or cannot be
 opened counts `update_failure` for every subscription, sets
 `control_plane.connected_state` to 0 and is retried after a jittered backoff;
 nothing served changes meanwhile.
+
+EDS follows CDS as in Envoy: each accepted CDS version names the
+ClusterLoadAssignments its EDS clusters need, and the new names are asked for
+before the CDS ACK goes out. Each new name gets its cluster's
+`initial_fetch_timeout`; when it passes first, the cluster serves without hosts.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest, Discovery
 from google.protobuf import json_format
 
 from pylon import __version__
-from pylon.config.discovery import CLUSTERS, ROUTE_CONFIGURATIONS, ResourceKind, Update
+from pylon.config.discovery import CLUSTERS, ENDPOINTS, ROUTE_CONFIGURATIONS, ResourceKind, Update
 from pylon.config.errors import ConfigError
 from pylon.xds.backoff import Backoff
 from pylon.xds.resources import KINDS, decode_response, rejection_detail
@@ -45,6 +50,12 @@ class ResourceSink(Protocol):
     rds_subscribers: Sequence[Any]
     clusters: Mapping[str, Any]
     stats: Any
+
+    def eds_services(self) -> dict[str, list[str]]: ...
+
+    def eds_warm(self, service: str) -> bool: ...
+
+    def expire_eds(self, service: str) -> bool: ...
 
     def offer(self, kind: ResourceKind[Any], stat_names: Sequence[str], make: Callable[[], Update]) -> Update: ...
 
@@ -68,7 +79,8 @@ def grpc_target(bootstrap: Any, cluster_name: str) -> tuple[str, float]:
 
 
 class AdsClient:
-    """One ADS stream at a time to the management server, for CDS (wildcard) and the RDS names HCMs need."""
+    """One ADS stream at a time to the management server: CDS (wildcard), the RDS names HCMs need, and the EDS
+    names CDS clusters need."""
 
     def __init__(self, bootstrap: Any, dynamic: ResourceSink, on_update: Callable[[], Awaitable[None]],
                  backoff: Backoff | None = None) -> None:
@@ -92,12 +104,18 @@ class AdsClient:
             self.timeouts[ROUTE_CONFIGURATIONS.type_url] = 0.0 if 0.0 in timeouts else max(timeouts)
         self.first_update = {type_url: asyncio.Event() for type_url in self.timeouts}
         self._count_all("update_attempt")  # Envoy counts a subscription's start as an attempt
+        self.eds_clusters: dict[str, Any] = {}  # the EDS clusters subscribed, by name, as configured
+        self.eds_timers: dict[str, asyncio.Task[None]] = {}  # initial_fetch_timeout of services not yet warm
+        self.eds_settled = asyncio.Event()  # every EDS cluster is warm (start-up waits for it)
+        self.eds_settled.set()
 
     def _count_all(self, stat: str) -> None:
         for subscription in self.state.subscriptions:
             self.dynamic.count(KINDS[subscription.type_url], self._stat_names(subscription.type_url), stat)
 
     def _stat_names(self, type_url: str) -> list[str]:
+        if type_url == ENDPOINTS.type_url:
+            return sorted(self.eds_clusters)
         return self.route_names if type_url == ROUTE_CONFIGURATIONS.type_url else []
 
     async def wait_initialized(self) -> None:
@@ -111,6 +129,7 @@ class AdsClient:
                 self.dynamic.count(KINDS[type_url], self._stat_names(type_url), "init_fetch_timeout")
 
         await asyncio.gather(*(one(type_url) for type_url in self.timeouts))
+        await self.eds_settled.wait()  # the EDS clusters of the first CDS version warm before workers start
 
     async def run(self) -> None:
         """Keep a stream open for ever (cancel to stop): reconnect after a jittered backoff."""
@@ -141,16 +160,16 @@ class AdsClient:
                 response = await call.read()
                 if response is grpc.aio.EOF:
                     return
-                request = await self._handle(response)
-                if request is not None:
+                for request in await self._handle(response):
                     await call.write(request)
 
-    async def _handle(self, response: DiscoveryResponse) -> DiscoveryRequest | None:
-        """Offer one response to the DynamicConfig; the ACK or NACK to send back."""
+    async def _handle(self, response: DiscoveryResponse) -> list[DiscoveryRequest]:
+        """Offer one response to the DynamicConfig; the requests to send back (EDS names CDS changed, the ACK or
+        NACK)."""
         type_url = response.type_url
         if self.state.subscription(type_url) is None:
             log.warning("ignoring a response of %s, which was not asked for", type_url)
-            return None
+            return []
         kind = KINDS[type_url]
 
         def make() -> Update:
@@ -165,8 +184,50 @@ class AdsClient:
             detail = rejection_detail(response, exc)
             log.error("%s version %r rejected, the last good version keeps serving: %s", type_url,
                       response.version_info, detail)
-            self.first_update[type_url].set()
-            return self.state.nack(type_url, response.nonce, detail)
-        self.first_update[type_url].set()
+            self._first_update(type_url)
+            return [self.state.nack(type_url, response.nonce, detail)]
+        requests = self._follow_clusters() if kind is CLUSTERS else []
+        self._first_update(type_url)
+        self._check_settled()
         await self.on_update()
-        return self.state.ack(type_url, response.version_info, response.nonce)
+        return [*requests, self.state.ack(type_url, response.version_info, response.nonce)]
+
+    def _first_update(self, type_url: str) -> None:
+        if type_url in self.first_update:
+            self.first_update[type_url].set()
+
+    def _follow_clusters(self) -> list[DiscoveryRequest]:
+        """After a CDS version: subscribe the EDS clusters it added or changed, drop the ones it removed, and
+        ask for the assignment names if they changed."""
+        wanted = {name: r.config for name, r in self.dynamic.clusters.items() if r.config.type == "EDS"}
+        started = sorted(name for name, config in wanted.items() if self.eds_clusters.get(name) != config)
+        self.eds_clusters = wanted
+        self.dynamic.count(ENDPOINTS, started, "update_attempt")  # a (new) subscription's start
+        services = self.dynamic.eds_services()
+        for service in set(self.eds_timers) - set(services):
+            self.eds_timers.pop(service).cancel()
+        for service, names in services.items():
+            timeouts = [float(wanted[n].eds_cluster_config.eds_config.initial_fetch_timeout) for n in names]
+            timeout = 0.0 if 0.0 in timeouts else max(timeouts)  # one cluster waiting for ever keeps it waiting
+            if not self.dynamic.eds_warm(service) and service not in self.eds_timers and timeout:
+                self.eds_timers[service] = asyncio.get_running_loop().create_task(self._expire(service, timeout))
+        request = self.state.resubscribe(ENDPOINTS.type_url, sorted(services))
+        return [request] if request is not None else []
+
+    async def _expire(self, service: str, timeout: float) -> None:
+        await asyncio.sleep(timeout)
+        self.eds_timers.pop(service, None)
+        if self.dynamic.expire_eds(service):
+            log.warning("no endpoints of %r within initial_fetch_timeout %.3gs; its clusters serve without hosts",
+                        service, timeout)
+            self._check_settled()
+            await self.on_update()
+
+    def _check_settled(self) -> None:
+        """Stop the timers of services now warm; set or clear `eds_settled` by whether every one is."""
+        for service in [s for s in self.eds_timers if self.dynamic.eds_warm(s)]:
+            self.eds_timers.pop(service).cancel()
+        if all(self.dynamic.eds_warm(service) for service in self.dynamic.eds_services()):
+            self.eds_settled.set()
+        else:
+            self.eds_settled.clear()

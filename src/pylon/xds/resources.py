@@ -13,17 +13,18 @@ from typing import Any
 
 # Imported for their descriptors: json_format expands an Any only when its message type is known.
 import envoy.config.cluster.v3.cluster_pb2  # noqa: F401
+import envoy.config.endpoint.v3.endpoint_pb2  # noqa: F401
 import envoy.config.route.v3.route_pb2  # noqa: F401
 import envoy.extensions.transport_sockets.tls.v3.tls_pb2  # noqa: F401
 import envoy.extensions.upstreams.http.v3.http_protocol_options_pb2  # noqa: F401
 from envoy.service.discovery.v3.discovery_pb2 import DiscoveryResponse
 from google.protobuf import json_format
 
-from pylon.config.discovery import CLUSTERS, ROUTE_CONFIGURATIONS, Discovered, ResourceKind, discovered_from_data
+from pylon.config.discovery import CLUSTERS, ENDPOINTS, ROUTE_CONFIGURATIONS, Discovered, ResourceKind, discovered_from_data
 from pylon.config.errors import ConfigError
 
 #: The resource types pylon subscribes to, by type URL.
-KINDS: dict[str, ResourceKind[Any]] = {kind.type_url: kind for kind in (CLUSTERS, ROUTE_CONFIGURATIONS)}
+KINDS: dict[str, ResourceKind[Any]] = {kind.type_url: kind for kind in (CLUSTERS, ENDPOINTS, ROUTE_CONFIGURATIONS)}
 
 
 def decode_response(response: DiscoveryResponse, source: str) -> Discovered[Any]:
@@ -48,7 +49,8 @@ def rejection_detail(response: DiscoveryResponse, error: ConfigError) -> str:
         return str(error)
     resource = response.resources[int(match.group(1))]
     try:
-        name = json_format.MessageToDict(resource, preserving_proto_field_name=True).get("name", "")
+        data = json_format.MessageToDict(resource, preserving_proto_field_name=True)
+        name = data.get(KINDS[response.type_url].name_field, "")
     except (TypeError, KeyError, json_format.Error):
         name = ""
     what = KINDS[response.type_url].what

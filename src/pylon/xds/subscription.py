@@ -1,8 +1,9 @@
 """Per-type ADS state of the world, as Envoy keeps it (sans-IO): what to ask for, what to ACK or NACK.
 
 On every new stream the client asks for each type in subscription order (CDS,
-then RDS) with the version it last accepted, so a management server that
-already sent it need not resend. Every response is answered: an ACK carries
+then RDS, then EDS once CDS named clusters that need it) with the version it
+last accepted, so a management server that already sent it need not resend.
+A type whose names change (EDS after a CDS update) is asked for again. Every response is answered: an ACK carries
 the response's version and nonce; a NACK carries the nonce, the version still
 in force and `error_detail` (google.rpc.Status code INTERNAL, as Envoy) with
 the reason. The node goes on the first request of a stream only when
@@ -24,10 +25,10 @@ INTERNAL = 13
 
 @dataclass
 class Subscription:
-    """One resource type on the stream: its names (empty: wildcard) and what was last accepted and seen."""
+    """One resource type on the stream: its names (None: wildcard) and what was last accepted and seen."""
 
     type_url: str
-    names: Sequence[str] = ()
+    names: Sequence[str] | None = None
     version_info: str = ""  # the last accepted version
     nonce: str = ""  # the nonce of the last response
 
@@ -47,8 +48,23 @@ class AdsState:
         requests = []
         for subscription in self.subscriptions:
             subscription.nonce = ""
-            requests.append(self._request(subscription))
+            if subscription.names is None or subscription.names:  # nothing to ask for a type with no names
+                requests.append(self._request(subscription))
         return requests
+
+    def resubscribe(self, type_url: str, names: Sequence[str]) -> DiscoveryRequest | None:
+        """Ask for these names of `type_url` from now on (subscribing on first use); the request, if one is due.
+
+        No names sends nothing: a request without names would read as a wildcard.
+        """
+        subscription = self.subscription(type_url)
+        if subscription is None:
+            subscription = Subscription(type_url, [])
+            self.subscriptions.append(subscription)
+        if list(names) == list(subscription.names or ()):
+            return None
+        subscription.names = list(names)
+        return self._request(subscription) if names else None
 
     def subscription(self, type_url: str) -> Subscription | None:
         return next((s for s in self.subscriptions if s.type_url == type_url), None)
@@ -75,7 +91,7 @@ class AdsState:
 
     def _request(self, subscription: Subscription) -> DiscoveryRequest:
         request = DiscoveryRequest(version_info=subscription.version_info, response_nonce=subscription.nonce,
-                                   type_url=subscription.type_url, resource_names=list(subscription.names))
+                                   type_url=subscription.type_url, resource_names=list(subscription.names or ()))
         if not (self.node_on_first_message_only and self.node_sent):
             request.node.CopyFrom(self.node)
             self.node_sent = True

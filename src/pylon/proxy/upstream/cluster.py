@@ -114,11 +114,11 @@ class Cluster:
                 on_success=self.outlier.on_active_health_check_success if self.outlier is not None else None,
             )
 
-        endpoints = list(_config_endpoints(config))
+        endpoints = list(assignment_endpoints(config.load_assignment))
         self._dns: DnsRefresher | None = None
         self._resolved: asyncio.Event | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        if config.type == "STATIC":
+        if config.type in ("STATIC", "EDS"):  # EDS: no hosts until the worker sets the assignment's
             self.set_endpoints([ResolvedEndpoint((addr, port), weight, hostname) for addr, port, weight, hostname in endpoints])
         else:
             self._dns = DnsRefresher(
@@ -165,6 +165,11 @@ class Cluster:
         if added or removed:
             self.stats.membership_change.value += 1
         self._refresh()
+
+    def set_assignment(self, assignment: Any) -> None:
+        """An EDS cluster's hosts become the ClusterLoadAssignment's; addresses that stay keep their `Host`."""
+        self.set_endpoints([ResolvedEndpoint((addr, port), weight, hostname)
+                            for addr, port, weight, hostname in assignment_endpoints(assignment)])
 
     def _on_dns_update(self, endpoints: list[ResolvedEndpoint]) -> None:
         if self._dns is not None and self._dns.first_only and len(self.hosts) == 1 and len(endpoints) == 1:
@@ -256,11 +261,11 @@ class Cluster:
         }
 
 
-def _config_endpoints(config: Any) -> Iterable[tuple[str, int, int, str]]:
-    """(address, port, weight, hostname) of every lb_endpoint in the cluster's load_assignment."""
-    if config.load_assignment is None:
+def assignment_endpoints(assignment: Any) -> Iterable[tuple[str, int, int, str]]:
+    """(address, port, weight, hostname) of every lb_endpoint of a ClusterLoadAssignment (inline or from EDS)."""
+    if assignment is None:
         return
-    for locality in config.load_assignment.endpoints:
+    for locality in assignment.endpoints:
         for lb_endpoint in locality.lb_endpoints:
             endpoint = lb_endpoint.endpoint
             sock = endpoint.address.socket_address
