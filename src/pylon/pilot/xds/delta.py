@@ -22,16 +22,12 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from google.protobuf import json_format
-
 from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource
-from pylon.pilot.gen.types import PUSH_ORDER, SHORT_NAMES, Json, Resources
-from pylon.pilot.proxy import Proxy, parse_node
+from pylon.pilot.gen.types import PUSH_ORDER, SHORT_NAMES, Json
 from pylon.pilot.xds.encode import to_any
-from pylon.pilot.xds.stream import StreamError, next_nonce
+from pylon.pilot.xds.stream import StreamBase, next_nonce
 
 log = logging.getLogger("pylon.pilot.xds")
 
@@ -55,26 +51,14 @@ def resource_version(resource: Json) -> str:
 
 
 @dataclass
-class DeltaStream:
-    """The protocol state of one delta ADS stream; the callbacks are `Stream`'s."""
+class DeltaStream(StreamBase):
+    """The protocol state of one delta ADS stream."""
 
-    generate: Callable[[Proxy], tuple[Resources, str]]
-    on_nack: Callable[[Proxy, str, str], None] = lambda proxy, type_url, message: None
-    on_push: Callable[[str, float], None] = lambda type_url, seconds: None
-    on_converged: Callable[[str, float], None] = lambda type_url, seconds: None
-    proxy: Proxy | None = None
     watches: dict[str, DeltaWatch] = field(default_factory=dict)
-    connected_at: float = field(default_factory=time.time)
-    _resources: Resources = field(default_factory=dict)
-    _version: str = ""
 
     def on_request(self, request: DeltaDiscoveryRequest) -> list[DeltaDiscoveryResponse]:
-        if self.proxy is None:
-            self._connect(request)
-        assert self.proxy is not None
         type_url = request.type_url
-        if type_url not in PUSH_ORDER:
-            log.warning("%s asked for unsupported type %s; ignored", self.proxy.node_id, type_url)
+        if not self._serves(request.node, type_url):
             return []
         subscribe, unsubscribe = set(request.resource_names_subscribe), set(request.resource_names_unsubscribe)
         watch = self.watches.get(type_url)
@@ -120,25 +104,6 @@ class DeltaStream:
                 watch.push_started = started
                 out.append(response)
         return out
-
-    def status(self) -> dict[str, dict[str, str]]:
-        """As `Stream.status`, for /debug/syncz."""
-        return {
-            SHORT_NAMES[type_url]: {"sent": w.version_sent, "acked": w.version_acked, "nonce": w.nonce,
-                                    "nack": w.last_nack}  # fmt: skip
-            for type_url, w in self.watches.items()
-        }
-
-    def _connect(self, request: DeltaDiscoveryRequest) -> None:
-        metadata = json_format.MessageToDict(request.node.metadata) if request.node.HasField("metadata") else {}
-        try:
-            self.proxy = parse_node(request.node.id, metadata)
-        except ValueError as exc:
-            raise StreamError(str(exc)) from None
-        try:
-            self._resources, self._version = self.generate(self.proxy)
-        except ValueError as exc:
-            raise StreamError(f"{self.proxy.node_id}: {exc}") from None
 
     def _ack_or_nack(self, type_url: str, watch: DeltaWatch, request: DeltaDiscoveryRequest) -> None:
         assert self.proxy is not None

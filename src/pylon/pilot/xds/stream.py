@@ -25,6 +25,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from google.protobuf import json_format
 
@@ -61,7 +62,55 @@ class Watch:
 
 
 @dataclass
-class Stream:
+class StreamBase:
+    """What state-of-the-world and delta streams share: who the proxy is, its resources, the callbacks.
+
+    `generate(proxy)` returns the proxy's resources for the current config and
+    its version; the callbacks let the server count NACKs, pushes and convergence.
+    """
+
+    generate: Callable[[Proxy], tuple[Resources, str]]
+    on_nack: Callable[[Proxy, str, str], None] = lambda proxy, type_url, message: None
+    on_push: Callable[[str, float], None] = lambda type_url, seconds: None
+    on_converged: Callable[[str, float], None] = lambda type_url, seconds: None
+    proxy: Proxy | None = None
+    watches: dict[str, Any] = field(default_factory=dict)
+    connected_at: float = field(default_factory=time.time)
+    _resources: Resources = field(default_factory=dict)
+    _version: str = ""
+
+    def _serves(self, node: Any, type_url: str) -> bool:
+        """Identify the proxy on its first request; whether `type_url` is one pilot serves (else ignored)."""
+        if self.proxy is None:
+            self._connect(node)
+        assert self.proxy is not None
+        if type_url not in PUSH_ORDER:
+            log.warning("%s asked for unsupported type %s; ignored", self.proxy.node_id, type_url)
+            return False
+        return True
+
+    def _connect(self, node: Any) -> None:
+        metadata = json_format.MessageToDict(node.metadata) if node.HasField("metadata") else {}
+        try:
+            self.proxy = parse_node(node.id, metadata)
+        except ValueError as exc:
+            raise StreamError(str(exc)) from None
+        try:
+            self._resources, self._version = self.generate(self.proxy)
+        except ValueError as exc:
+            raise StreamError(f"{self.proxy.node_id}: {exc}") from None
+
+    def status(self) -> dict[str, dict[str, str]]:
+        """Per type, what was sent and what the proxy ACKed or NACKed (for /debug/syncz)."""
+        return {
+            SHORT_NAMES[type_url]: {"sent": w.version_sent, "acked": w.version_acked, "nonce": w.nonce,
+                                    "nack": w.last_nack}  # fmt: skip
+            for type_url, w in self.watches.items()
+        }
+
+
+@dataclass
+class Stream(StreamBase):
     """The protocol state of one ADS stream.
 
     `generate(proxy)` returns the proxy's resources for the current config and
@@ -70,24 +119,12 @@ class Stream:
     time spent building each; `on_converged(type_url, seconds)` times pushes to their ACK.
     """
 
-    generate: Callable[[Proxy], tuple[Resources, str]]
-    on_nack: Callable[[Proxy, str, str], None] = lambda proxy, type_url, message: None
-    on_push: Callable[[str, float], None] = lambda type_url, seconds: None
-    on_converged: Callable[[str, float], None] = lambda type_url, seconds: None
-    proxy: Proxy | None = None
     watches: dict[str, Watch] = field(default_factory=dict)
-    connected_at: float = field(default_factory=time.time)
-    _resources: Resources = field(default_factory=dict)
-    _version: str = ""
 
     def on_request(self, request: DiscoveryRequest) -> list[DiscoveryResponse]:
         """The responses one request calls for (often none)."""
-        if self.proxy is None:
-            self._connect(request)
-        assert self.proxy is not None
         type_url = request.type_url
-        if type_url not in PUSH_ORDER:
-            log.warning("%s asked for unsupported type %s; ignored", self.proxy.node_id, type_url)
+        if not self._serves(request.node, type_url):
             return []
         names = _subscription(request)
         watch = self.watches.get(type_url)
@@ -131,17 +168,6 @@ class Stream:
                 self.watches[type_url].push_started = started
         return out
 
-    def _connect(self, request: DiscoveryRequest) -> None:
-        metadata = json_format.MessageToDict(request.node.metadata) if request.node.HasField("metadata") else {}
-        try:
-            self.proxy = parse_node(request.node.id, metadata)
-        except ValueError as exc:
-            raise StreamError(str(exc)) from None
-        try:
-            self._resources, self._version = self.generate(self.proxy)
-        except ValueError as exc:
-            raise StreamError(f"{self.proxy.node_id}: {exc}") from None
-
     def _respond(self, type_url: str, watch: Watch) -> DiscoveryResponse:
         begun = time.perf_counter()
         available = self._resources.get(type_url, {})
@@ -158,14 +184,6 @@ class Stream:
         )
         self.on_push(type_url, time.perf_counter() - begun)
         return response
-
-    def status(self) -> dict[str, dict[str, str]]:
-        """Per type, what was sent and what the proxy ACKed or NACKed (for /debug/syncz)."""
-        return {
-            SHORT_NAMES[type_url]: {"sent": w.version_sent, "acked": w.version_acked, "nonce": w.nonce,
-                                    "nack": w.last_nack}  # fmt: skip
-            for type_url, w in self.watches.items()
-        }
 
 
 def _subscription(request: DiscoveryRequest) -> frozenset[str] | None:
