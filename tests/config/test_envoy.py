@@ -282,7 +282,7 @@ def test_unsupported_retry_condition_is_an_error_at_retry_on() -> None:
     message = error(data)
     assert message.startswith(
         f"config error in test.yaml: {ROUTES_PATH}[0].route.retry_policy.retry_on: "
-        "unsupported retry condition 'reset-before-request'; supported: 5xx, connect-failure,"
+        "unsupported retry condition 'reset-before-request'; supported: 5xx, cancelled, connect-failure,"
     )
 
 
@@ -848,8 +848,10 @@ def test_node_and_admin() -> None:
          f"{HCM_PATH}.route_config.virtual_hosts[0].require_tls"),
         (lambda d: d["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][0]["typed_config"].update(dynamic_stats=False),
          f"{HCM_PATH}.http_filters[0].typed_config.dynamic_stats"),
-        (lambda d: d["static_resources"]["clusters"][0]["load_assignment"]["endpoints"][0]["lb_endpoints"][0].update(health_status="HEALTHY"),
-         "static_resources.clusters[0].load_assignment.endpoints[0].lb_endpoints[0].health_status"),
+        (lambda d: d["static_resources"]["clusters"][0]["load_assignment"]["endpoints"][0]["lb_endpoints"][0].update(metadata={}),
+         "static_resources.clusters[0].load_assignment.endpoints[0].lb_endpoints[0].metadata"),
+        (lambda d: d["static_resources"]["clusters"][0].update(metadata={"typed_filter_metadata": {}}),
+         "static_resources.clusters[0].metadata.typed_filter_metadata"),
     ],
 )  # fmt: skip
 def test_unknown_fields_at_several_depths(mutate: Any, path: str) -> None:

@@ -24,6 +24,7 @@ Decode with `convert(data, Bootstrap)`; the loader
 from __future__ import annotations
 
 import ipaddress
+from types import MappingProxyType
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import msgspec
@@ -366,12 +367,48 @@ class RouteMatch(EnvoyStruct, kw_only=True):
         _exactly_one(self, "prefix", "path", "safe_regex")
 
 
+#: retry_on conditions Envoy evaluates on the response's `grpc-status` header, with the code each names.
+GRPC_RETRY_ON = MappingProxyType(
+    {"cancelled": 1, "deadline-exceeded": 4, "resource-exhausted": 8, "internal": 13, "unavailable": 14}
+)
 RETRY_ON_CONDITIONS = frozenset(
     {
         "5xx", "gateway-error", "connect-failure", "reset", "retriable-status-codes",
-        "refused-stream", "retriable-4xx", "envoy-ratelimited",
+        "refused-stream", "retriable-4xx", "envoy-ratelimited", *GRPC_RETRY_ON,
     }
 )  # fmt: skip
+
+
+class Metadata(EnvoyStruct, kw_only=True):
+    """config.core.v3.Metadata: opaque data for filters, tracers and loggers.
+
+    pylon has nothing that reads metadata (no filter, tracer or access-log
+    operator takes it), so in pylon, as in Envoy without such readers, it only
+    rides along: accepting it changes no behaviour. `typed_filter_metadata` is
+    left out until something reads it (it is an error naming the field).
+    """
+
+    filter_metadata: dict[str, dict[str, Any]] = {}
+
+
+PREVIOUS_HOSTS_TYPE = "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+
+
+class RetryHostPredicate(EnvoyStruct, kw_only=True):
+    """config.route.v3.RetryPolicy.RetryHostPredicate; only Envoy's previous_hosts (a retry avoids hosts
+    already tried), whose config message has no fields. Other predicates are errors naming the field."""
+
+    name: NonEmptyStr
+    typed_config: dict[str, Any]
+
+    def __post_init__(self) -> None:
+        type_url = self.typed_config.get("@type")
+        if not isinstance(type_url, str) or registry.message_name(type_url) != PREVIOUS_HOSTS_TYPE:
+            raise FieldError("typed_config.@type", f"unsupported retry host predicate {type_url!r}; "
+                                                   f"supported: {registry.TYPE_URL_PREFIX}{PREVIOUS_HOSTS_TYPE}")
+        extra = sorted(key for key in self.typed_config if key != "@type")
+        if extra:
+            raise FieldError(f"typed_config.{extra[0]}", "unknown field")
 
 
 class RetryBackOff(EnvoyStruct, kw_only=True):
@@ -391,6 +428,9 @@ class RetryPolicy(EnvoyStruct, kw_only=True):
     per_try_timeout: Duration | None = None
     retriable_status_codes: list[UInt32] = []
     retry_back_off: RetryBackOff | None = None
+    retry_host_predicate: list[RetryHostPredicate] = []
+    #: extra host selections when a predicate refuses the chosen host (Envoy: 0, one selection and no more)
+    host_selection_retry_max_attempts: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)] = 0
 
     def __post_init__(self) -> None:
         for condition in self.conditions:
@@ -449,6 +489,10 @@ class RouteAction(EnvoyStruct, kw_only=True):
     idle_timeout: Duration | None = None
     retry_policy: RetryPolicy | None = None
     hash_policy: list[HashPolicy] = []
+    #: set: a gRPC request's `grpc-timeout` (capped by this, 0 = no cap) replaces `timeout`
+    max_grpc_timeout: Duration | None = None
+    #: subtracted from `grpc-timeout` when smaller than it (only with max_grpc_timeout, as in Envoy)
+    grpc_timeout_offset: Duration | None = None
 
     def __post_init__(self) -> None:
         _exactly_one(self, "cluster", "weighted_clusters")
@@ -480,12 +524,26 @@ class DirectResponseAction(EnvoyStruct, kw_only=True):
     body: DataSource | None = None
 
 
+class Decorator(EnvoyStruct, kw_only=True):
+    """config.route.v3.Decorator: the span name (and its propagation) for tracing.
+
+    Envoy reads it only when tracing is configured; pylon has no tracing config at
+    all (no `tracing` in the HCM or bootstrap), so accepting it is faithful: in
+    Envoy without tracing it changes nothing either.
+    """
+
+    operation: NonEmptyStr
+    propagate: bool | None = None
+
+
 class Route(_NonEmptyHeaderRemovals, kw_only=True):
     name: str = ""
     match: RouteMatch
     route: RouteAction | None = None
     redirect: RedirectAction | None = None
     direct_response: DirectResponseAction | None = None
+    metadata: Metadata | None = None
+    decorator: Decorator | None = None
 
     def __post_init__(self) -> None:
         _exactly_one(self, "route", "redirect", "direct_response")
@@ -497,11 +555,16 @@ class VirtualHost(_NonEmptyHeaderRemovals, kw_only=True):
     routes: list[Route] = []
     retry_policy: RetryPolicy | None = None
     matcher: GenericMatcher | None = None
+    #: send `x-envoy-attempt-count` (1, 2, ... per attempt) on upstream requests
+    include_request_attempt_count: bool = False
 
 
 class RouteConfiguration(_HeaderMutations, kw_only=True):
     name: str = ""
     virtual_hosts: list[VirtualHost] = []
+    #: True: a route to a cluster the proxy does not know rejects the configuration (RDS only: an HCM's
+    #: inline route_config refuses the field). None is Envoy's default, false for RDS.
+    validate_clusters: bool | None = None
 
     def __post_init__(self) -> None:
         seen: dict[str, str] = {}
@@ -679,6 +742,10 @@ class HttpConnectionManager(EnvoyStruct, kw_only=True):
             raise FieldError("codec_type", f"{self.codec_type} is not supported yet")
         if (self.route_config is None) == (self.rds is None):
             raise FieldError("route_config", "exactly one of route_config and rds is required")
+        if self.route_config is not None and self.route_config.validate_clusters is not None:
+            # The loader checks an inline route_config's clusters its own way (not when CDS may add them).
+            raise FieldError("route_config.validate_clusters",
+                             "not supported yet for an inline route_config (only for RDS route configurations)")
         _check_terminal_last(self.http_filters, "http_filters", "the router filter (envoy.filters.http.router)")
 
 
@@ -891,6 +958,12 @@ class Endpoint(EnvoyStruct, kw_only=True):
 class LbEndpoint(EnvoyStruct, kw_only=True):
     endpoint: Endpoint
     load_balancing_weight: PositiveUInt32 = 1
+    health_status: Literal["UNKNOWN", "HEALTHY", "UNHEALTHY", "DRAINING", "TIMEOUT", "DEGRADED"] = "UNKNOWN"
+
+    def __post_init__(self) -> None:
+        if self.health_status == "DEGRADED":
+            raise FieldError("health_status", "DEGRADED is not supported yet (Envoy uses degraded hosts only "
+                                              "when no healthy one is left)")
 
 
 class Locality(EnvoyStruct, kw_only=True):
@@ -943,6 +1016,8 @@ class Thresholds(EnvoyStruct, kw_only=True):
     max_pending_requests: UInt32 = 1024
     max_requests: UInt32 = 1024
     max_retries: UInt32 = 3
+    #: publish `circuit_breakers.<priority>.remaining_{cx,pending,rq,retries}` gauges
+    track_remaining: bool = False
 
 
 class CircuitBreakers(EnvoyStruct, kw_only=True):
@@ -1076,6 +1151,7 @@ class Cluster(EnvoyStruct, kw_only=True):
     per_connection_buffer_limit_bytes: UInt32 = 1024 * 1024
     typed_extension_protocol_options: dict[str, Any] = {}
     max_requests_per_connection: UInt32 | None = None  # 0, like unset, is no limit
+    metadata: Metadata | None = None
     http2_protocol_options: Http2ProtocolOptions | None = None  # deprecated in Envoy, still in Istio's bootstraps
 
     def __post_init__(self) -> None:

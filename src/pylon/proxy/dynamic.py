@@ -196,6 +196,14 @@ class DynamicConfig:
                     raise ConfigError(update.source, f"resources[{i}].{path}",
                                       f"cluster {name!r} speaks HTTP/2 (the xDS cluster); "
                                       "pylon proxies HTTP/1.1 upstreams only")
+                if route_config.validate_clusters and not self._knows_cluster(name):
+                    # Envoy's validate_clusters (false by default for RDS): the cluster manager must know it.
+                    raise ConfigError(update.source, f"resources[{i}].{path}",
+                                      f"unknown cluster {name!r} (validate_clusters is true)")
+
+    def _knows_cluster(self, name: str) -> bool:
+        """Whether the cluster manager has `name`: static, or from CDS (warming ones too, as Envoy counts them)."""
+        return name in self.static_clusters or name in self.clusters
 
     def _accept(self, update: Update) -> None:
         if update.kind is ENDPOINTS:

@@ -54,6 +54,7 @@ from bisect import bisect_right
 from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
 
 from pylon.config.datasource import read_bytes
+from pylon.config.envoy import GRPC_RETRY_ON
 from pylon.proxy.headers import HeaderList, HeaderOps, compile_header_level
 from pylon.regex import PatternSet, Regex, RegexEngine, get_engine
 
@@ -254,7 +255,7 @@ class RetryRule:
     __slots__ = (
         "retry_on", "num_retries", "per_try_timeout", "base_interval", "max_interval", "on_5xx",
         "on_gateway_error", "on_5xx_or_gateway", "on_connect_failure", "on_reset", "on_retriable_4xx",
-        "retriable_status_codes",
+        "retriable_status_codes", "grpc_codes", "host_reselections",
     )
 
     def __init__(self, config: RetryPolicy) -> None:
@@ -285,6 +286,13 @@ class RetryRule:
         self.retriable_status_codes: frozenset[int] = (
             frozenset(config.retriable_status_codes) if "retriable-status-codes" in names else frozenset()
         )
+        #: grpc-status codes retried (cancelled, unavailable, ...); empty = the response's grpc-status is not read
+        self.grpc_codes: frozenset[int] = frozenset(GRPC_RETRY_ON[n] for n in names if n in GRPC_RETRY_ON)
+        #: previous_hosts: how many more times a retry picks again when the LB returns a host already tried.
+        #: Envoy's default 0 means one pick and no avoidance, so 0 also means "no tried-hosts bookkeeping".
+        self.host_reselections: int = (
+            config.host_selection_retry_max_attempts if config.retry_host_predicate else 0
+        )
 
     def should_retry_status(self, status: int) -> bool:
         """Whether an upstream response with this status is retried under this policy."""
@@ -296,13 +304,21 @@ class RetryRule:
             return True
         return status in self.retriable_status_codes
 
+    def should_retry_grpc(self, headers: list[tuple[bytes, bytes]]) -> bool:
+        """Whether the response's grpc-status header (first one, as Envoy reads it) names a retried code."""
+        for name, value in headers:
+            if name == b"grpc-status":
+                value = value.strip()
+                return value.isdigit() and int(value) in self.grpc_codes
+        return False
+
 
 class MatchedRoute:
     """Everything the proxy needs once a route matched, precomputed. Never mutated after build."""
 
     __slots__ = (
         "name", "virtual_host_name", "kind", "cluster", "timeout", "idle_timeout", "retry",
-        "expected_timeout_header",
+        "expected_timeout_header", "attempt_count", "grpc_timeout",
         "hash_header", "host_rewrite", "direct_status", "direct_body", "redirect_status",
         "request_header_ops", "response_header_ops", "rewrites", "_matched_len",
         "_prefix_rewrite", "_regex_rewrite", "_substitution", "_weights", "_cumulative",
@@ -322,6 +338,11 @@ class MatchedRoute:
         self.retry: RetryRule | None = None
         #: the `x-envoy-expected-rq-timeout-ms: N\r\n` line for upstream requests, or None
         self.expected_timeout_header: bytes | None = None
+        #: the virtual host's include_request_attempt_count: x-envoy-attempt-count on upstream requests
+        self.attempt_count = False
+        #: (max_grpc_timeout or None for no cap, grpc_timeout_offset) in milliseconds, as Envoy counts them,
+        #: when max_grpc_timeout is set; None: the grpc-timeout header is not read
+        self.grpc_timeout: tuple[int | None, int] | None = None
         self.hash_header: bytes | None = None
         self.host_rewrite: bytes | None = None
         self.direct_status = 0
@@ -632,8 +653,10 @@ class RouteTable:
             label = f"{where}: routes[{j}]{f' ({route.name})' if route.name else ''}"
             labels.append(label)
             try:
-                entries.append(self._build_route(route, config.name, vh_retry,
-                                                 (vh_request, config_request), (vh_response, config_response)))
+                entry = self._build_route(route, config.name, vh_retry,
+                                          (vh_request, config_request), (vh_response, config_response))
+                entry[3].attempt_count = config.include_request_attempt_count
+                entries.append(entry)
             except ValueError as exc:
                 raise ValueError(f"{label}: {exc}") from exc
         return _VirtualHost(config.name, entries, labels, self._engine)
@@ -714,6 +737,9 @@ class RouteTable:
             expected = per_try
         if expected is not None:
             route.expected_timeout_header = b"x-envoy-expected-rq-timeout-ms: %d\r\n" % round(expected * 1000)
+        if action.max_grpc_timeout is not None:
+            route.grpc_timeout = (round(action.max_grpc_timeout * 1000) or None,
+                                  round((action.grpc_timeout_offset or 0) * 1000))
         if action.hash_policy:
             route.hash_header = action.hash_policy[0].header.header_name.lower().encode()
         if action.host_rewrite_literal:

@@ -67,6 +67,84 @@ def _without_nominated(headers: list[tuple[bytes, bytes]], connection: bytes) ->
     return [p for p in headers if p[0] not in tokens] if tokens else headers
 
 
+def _grpc_timeout(cap_offset: tuple[int | None, int], headers: list[tuple[bytes, bytes]]) -> float | None:
+    """A gRPC request's route timeout under max_grpc_timeout, in seconds (0.0: none); None if not gRPC.
+
+    Envoy's order: the `grpc-timeout` header (absent or malformed: 0, infinity), minus
+    grpc_timeout_offset when the offset is smaller, then capped by max_grpc_timeout unless that is 0.
+    Milliseconds throughout, as Envoy counts them.
+    """
+    content_type = header_ms = None
+    for name, value in headers:
+        if name == b"content-type" and content_type is None:
+            content_type = value
+        elif name == b"grpc-timeout" and header_ms is None:
+            header_ms = _parse_grpc_timeout(value)
+    if content_type is None or not _is_grpc(content_type):
+        return None
+    cap_ms, offset_ms = cap_offset
+    timeout_ms = header_ms or 0
+    if offset_ms < timeout_ms:
+        timeout_ms -= offset_ms
+    if cap_ms is not None and (timeout_ms == 0 or timeout_ms > cap_ms):
+        timeout_ms = cap_ms
+    return timeout_ms / 1000
+
+
+def _is_grpc(content_type: bytes) -> bool:
+    """Envoy's gRPC content type test: `application/grpc`, alone or followed by `+` or `;`."""
+    return content_type.startswith(b"application/grpc") and content_type[16:17] in (b"", b"+", b";")
+
+
+#: grpc-timeout units as (numerator, denominator) of a millisecond, so rounding up stays exact
+_GRPC_UNIT_MS = {b"H": (3_600_000, 1), b"M": (60_000, 1), b"S": (1000, 1), b"m": (1, 1), b"u": (1, 1000),
+                 b"n": (1, 1_000_000)}
+_GRPC_TIMEOUT_MAX = 99_999_999  # gRPC: at most 8 digits
+
+
+def _parse_grpc_timeout(value: bytes) -> int | None:
+    """`grpc-timeout` (digits + unit) in whole milliseconds, rounded up as Envoy does; None if malformed."""
+    unit = _GRPC_UNIT_MS.get(value[-1:])
+    digits = value[:-1]
+    if unit is None or not digits.isdigit() or int(digits) > _GRPC_TIMEOUT_MAX:
+        return None
+    numerator, denominator = unit
+    return -(-int(digits) * numerator // denominator)
+
+
+def _format_grpc_timeout(ms: int) -> bytes:
+    """Envoy's toGrpcTimeout: milliseconds, else seconds, minutes, hours while over 8 digits (capped)."""
+    value, units = ms, b"mSMH"
+    i = 0
+    if value > _GRPC_TIMEOUT_MAX:
+        value //= 1000
+        i = 1
+        while value > _GRPC_TIMEOUT_MAX:
+            if i == 3:
+                value = _GRPC_TIMEOUT_MAX
+                break
+            value //= 60
+            i += 1
+    return b"%d%c" % (value, units[i])
+
+
+def _announce_grpc_timeout(forward: list[tuple[bytes, bytes]], timeout: float | None, route: "MatchedRoute"
+                           ) -> tuple[list[tuple[bytes, bytes]], bytes | None]:
+    """(headers, x-envoy-expected-rq-timeout-ms line) for a gRPC request under max_grpc_timeout.
+
+    As Envoy: the expected timeout is the per-try timeout when it is the tighter bound, else the
+    route's; when there is one, it also replaces the request's `grpc-timeout` so the upstream knows it.
+    """
+    per_try = route.retry.per_try_timeout if route.retry is not None else None
+    expected = per_try if per_try is not None and (timeout is None or per_try < timeout) else timeout
+    if not expected:
+        return forward, None
+    ms = round(expected * 1000)
+    forward = [p for p in forward if p[0] != b"grpc-timeout"]
+    forward.append((b"grpc-timeout", _format_grpc_timeout(ms)))
+    return forward, b"x-envoy-expected-rq-timeout-ms: %d\r\n" % ms
+
+
 def _with_via(headers: list[tuple[bytes, bytes]], via: bytes) -> list[tuple[bytes, bytes]]:
     """Envoy's HCM `via`: appended to the first via header, or added as one."""
     for i, (name, value) in enumerate(headers):
@@ -86,7 +164,7 @@ class Stream:
         "retries_left", "retry_held", "deadline", "try_deadline", "bytes_received", "bytes_sent", "start",
         "last_activity", "attempt_start", "first_byte", "authority", "path", "original_path", "pending_local",
         "transport_failure", "request_id", "last_host", "xff", "response_ops", "paused_downstream", "paused_upstream", "resp_headers",
-        "stale_retried",
+        "stale_retried", "timeout", "attempts", "tried_hosts", "head_split",
     )
 
     def __init__(self, conn: "HttpConnection", now: float) -> None:
@@ -144,6 +222,10 @@ class Stream:
         self.paused_upstream = False
         self.resp_headers: list[tuple[bytes, bytes]] = []
         self.stale_retried = False  # already sent again once after a reused connection turned out closed
+        self.timeout: float | None = None  # the route timeout in force (a gRPC request's may differ from the route's)
+        self.attempts = 0  # upstream attempts started (x-envoy-attempt-count)
+        self.tried_hosts: list[Host] | None = None  # hosts attempted, kept only for a previous_hosts retry predicate
+        self.head_split = 0  # where x-envoy-attempt-count goes into up_head (0: the route does not send it)
 
     # ------------------------------------------------------------------ downstream events
     def on_body(self, data: bytes) -> None:
@@ -179,9 +261,8 @@ class Stream:
             if self.req_chunked:
                 self.up_out.append(LAST_CHUNK)
             self._arm_try_timer()
-        route = self.route
-        if route is not None and route.timeout and not self.deadline and self.cluster is not None:
-            self.deadline = self.conn.loop_time() + route.timeout
+        if self.timeout and not self.deadline and self.cluster is not None:
+            self.deadline = self.conn.loop_time() + self.timeout
             self._arm(self.deadline)
 
     def flush_upstream(self) -> None:
@@ -307,11 +388,22 @@ class Stream:
             headers = HeaderList(forward)
             request_ops.apply(headers, conn.peer)
             forward = headers.items
+        self.timeout = route.timeout
+        expected_header = route.expected_timeout_header
+        if route.grpc_timeout is not None:
+            grpc_timeout = _grpc_timeout(route.grpc_timeout, self.headers)
+            if grpc_timeout is not None:
+                self.timeout = grpc_timeout or None
+                forward, expected_header = _announce_grpc_timeout(forward, self.timeout, route)
         host_header = route.host_rewrite or authority
         head = [b"%s %s HTTP/1.1\r\nhost: %s\r\n" % (self.method, path, host_header)]
+        if route.attempt_count:
+            # Envoy sets the header (replacing the client's); the count goes in per attempt, after the host line.
+            forward = [p for p in forward if p[0] != b"x-envoy-attempt-count"]
+            self.head_split = len(head[0])
         head.extend([b"%s: %s\r\n" % p for p in forward])
-        if route.expected_timeout_header is not None and not hcm.suppress_envoy_headers:
-            head.append(route.expected_timeout_header)
+        if expected_header is not None and not hcm.suppress_envoy_headers:
+            head.append(expected_header)
         if self.req_chunked:
             head.append(b"transfer-encoding: chunked\r\n\r\n")
         elif self.req_length:
@@ -325,12 +417,14 @@ class Stream:
         if retry is not None:
             self.retries_left = retry.num_retries
             self.body_buffer = []  # what was sent so far, replayed by a retry (empty for bodiless requests)
+            if retry.host_reselections:
+                self.tried_hosts = []
         cluster = hcm.clusters.get(cluster_name)
         if cluster is None:
             return self.local(lr.NO_CLUSTER)  # a route to a cluster CDS has not (or no longer) given
         self.cluster = cluster
-        if self.request_complete and route.timeout:
-            self.deadline = conn.loop_time() + route.timeout
+        if self.request_complete and self.timeout:
+            self.deadline = conn.loop_time() + self.timeout
             self._arm(self.deadline)
         self._start_attempt()
 
@@ -382,11 +476,16 @@ class Stream:
                     key = value
                     break
         host = cluster.choose_host(key)
+        tried = self.tried_hosts
+        if tried is not None and host is not None:
+            host = self._avoid_tried(cluster, key, host, tried)
+            tried.append(host)
         if host is None:
             cluster.circuit_breakers.requests.release()
             cluster.stats.upstream_cx_none_healthy.value += 1
             return self.local(lr.NO_HEALTHY_UPSTREAM)
         self.host = self.last_host = host
+        self.attempts += 1
         host.active_requests += 1
         cluster.stats.upstream_rq_total.value += 1
         cluster.stats.upstream_rq_active.value += 1
@@ -394,12 +493,24 @@ class Stream:
         self.pool = pool = self.hcm.pools.get(cluster, host)
         pool.acquire(self, fresh)
 
+    def _avoid_tried(self, cluster: "Cluster", key: bytes | None, host: "Host", tried: list["Host"]) -> "Host":
+        """Envoy's previous_hosts predicate: pick again while the host was already tried, up to
+        host_selection_retry_max_attempts more times; then the last pick stands (as Envoy routes to it)."""
+        assert self.route is not None and self.route.retry is not None
+        for _ in range(self.route.retry.host_reselections):
+            if host not in tried:
+                break
+            host = cluster.choose_host(key) or host
+        return host
+
     def on_upstream_ready(self, conn: "UpstreamConnection") -> None:
         self.upstream = conn
         if self.done:
             conn.abandon()
             return
-        out = [self.up_head]
+        split = self.head_split
+        head = self.up_head
+        out = [head] if not split else [head[:split], b"x-envoy-attempt-count: %d\r\n" % self.attempts, head[split:]]
         waiting = self.waiting_body
         if conn.requests and self.body_buffer is None and self.body_size <= _BUFFER_LIMIT \
                 and (self.req_length or self.req_chunked):
@@ -459,7 +570,8 @@ class Stream:
         assert host is not None and self.cluster is not None
         host.record_response(status)
         retry = self.route.retry if self.route else None
-        if retry is not None and retry.should_retry_status(status):
+        if retry is not None and (retry.should_retry_status(status)
+                                  or (retry.grpc_codes and retry.should_retry_grpc(headers))):
             if self._reserve_retry():
                 # Drop this response (and its connection: its body is still coming) and try again.
                 self.cluster.stats.count_response(status)

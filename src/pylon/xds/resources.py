@@ -15,6 +15,7 @@ from typing import Any
 import envoy.config.cluster.v3.cluster_pb2  # noqa: F401
 import envoy.config.endpoint.v3.endpoint_pb2  # noqa: F401
 import envoy.config.route.v3.route_pb2  # noqa: F401
+import envoy.extensions.retry.host.previous_hosts.v3.previous_hosts_pb2  # noqa: F401
 import envoy.extensions.transport_sockets.tls.v3.tls_pb2  # noqa: F401
 import envoy.extensions.upstreams.http.v3.http_protocol_options_pb2  # noqa: F401
 from envoy.service.discovery.v3.discovery_pb2 import DiscoveryResponse

@@ -69,3 +69,33 @@ def test_from_config_uses_default_priority_thresholds():
     assert (cb.connections.max, cb.pending_requests.max, cb.requests.max, cb.retries.max) == (7, 1024, 1024, 1)
     plain = CircuitBreakers.from_config(msgspec.convert({"name": "c"}, ClusterConfig), StatsStore(), "cluster.c.")
     assert (plain.connections.max, plain.retries.max) == (1024, 3)
+
+
+def remaining(stats: StatsStore, priority: str = "default") -> dict[str, int]:
+    prefix = f"cluster.c.circuit_breakers.{priority}.remaining_"
+    return {n[len(prefix):]: g.value for n, g in stats.gauges.items() if n.startswith(prefix)}
+
+
+def test_track_remaining_gauges_follow_use_when_read():
+    stats = StatsStore()
+    config = msgspec.convert({"name": "c", "circuit_breakers": {"thresholds": [
+        {"max_connections": 3, "max_pending_requests": 4, "max_requests": 5, "max_retries": 2, "track_remaining": True},
+        {"priority": "HIGH", "max_connections": 9, "track_remaining": True}]}}, ClusterConfig, dec_hook=dec_hook)
+    cb = CircuitBreakers.from_config(config, stats, "cluster.c.")
+    assert remaining(stats) == {"cx": 3, "pending": 4, "rq": 5, "retries": 2}
+    assert cb.connections.try_acquire() and cb.requests.try_acquire() and cb.retries.try_acquire()
+    assert cb.retries.try_acquire() and not cb.retries.try_acquire()
+    assert remaining(stats) == {"cx": 2, "pending": 4, "rq": 4, "retries": 0}
+    assert stats.snapshot()["gauges"]["cluster.c.circuit_breakers.default.remaining_cx"] == 2
+    cb.connections.release()
+    assert remaining(stats)["cx"] == 3
+    # HIGH: no request in pylon has that priority, so its limits stay whole (Envoy's defaults where unset).
+    assert remaining(stats, "high") == {"cx": 9, "pending": 1024, "rq": 1024, "retries": 3}
+
+
+def test_no_remaining_gauges_without_track_remaining():
+    stats = StatsStore()
+    config = msgspec.convert({"name": "c", "circuit_breakers": {"thresholds": [{"max_connections": 3}]}},
+                             ClusterConfig, dec_hook=dec_hook)
+    CircuitBreakers.from_config(config, stats, "cluster.c.")
+    assert remaining(stats) == {} and remaining(stats, "high") == {}

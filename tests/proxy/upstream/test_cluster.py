@@ -8,7 +8,7 @@ from collections import Counter
 import msgspec
 import pytest
 
-from pylon.config.envoy import Cluster as ClusterConfig, dec_hook
+from pylon.config.envoy import Cluster as ClusterConfig, ClusterLoadAssignment, dec_hook
 from pylon.proxy.stats import StatsStore
 from pylon.proxy.upstream.cluster import Cluster, build_clusters
 from pylon.proxy.upstream.dns import ResolvedEndpoint
@@ -236,3 +236,52 @@ def test_outlier_sweep_runs_on_the_interval():
             await cluster.stop()
 
     asyncio.run(main())
+
+
+def with_status(address: str, port: int, status: str) -> dict:
+    return {**endpoint(address, port), "health_status": status}
+
+
+@pytest.mark.parametrize(("status", "flags"), [
+    ("UNHEALTHY", "/failed_eds_health"), ("TIMEOUT", "/failed_eds_health"), ("DRAINING", "/eds_status_draining"),
+])  # fmt: skip
+def test_eds_health_status_keeps_hosts_out_of_balancing(status: str, flags: str):
+    stats = StatsStore()
+    cluster = Cluster(config(endpoints=[with_status("127.0.0.1", 8001, status), with_status("127.0.0.2", 8002, "HEALTHY"),
+                                        with_status("127.0.0.3", 8003, "UNKNOWN")]), stats)
+    assert {cluster.choose_host(None).address[1] for _ in range(20)} == {8002, 8003}
+    assert [h["health_flags"] for h in cluster.describe()["hosts"]] == [flags, "healthy", "healthy"]
+    assert stats.gauges["cluster.backend.membership_healthy"].value == 2
+
+
+def test_health_status_changes_in_place_and_keeps_other_flags():
+    stats = StatsStore()
+    cluster = Cluster(config(type="EDS", load_assignment=None,
+                             eds_cluster_config={"eds_config": {"ads": {}}}), stats)
+
+    def assign(*statuses: str) -> None:
+        cluster.set_assignment(msgspec.convert({"cluster_name": "backend", "endpoints": [{"lb_endpoints": [
+            with_status("127.0.0.1", 8000 + i, s) for i, s in enumerate(statuses)]}]}, ClusterLoadAssignment))
+
+    assign("HEALTHY", "UNHEALTHY")
+    first = cluster.hosts[0]
+    assert {cluster.choose_host(None).address[1] for _ in range(10)} == {8000}
+    assign("DRAINING", "HEALTHY")
+    assert cluster.hosts[0] is first and {cluster.choose_host(None).address[1] for _ in range(10)} == {8001}
+    cluster.hosts[1].set_flag(FAILED_ACTIVE_HC)
+    assign("HEALTHY", "HEALTHY")  # the EDS flag goes, the active health check's stays
+    assert {cluster.choose_host(None).address[1] for _ in range(10)} == {8000}
+    assert cluster.hosts[1].health_flags_str() == "/failed_active_hc"
+    assert stats.gauges["cluster.backend.membership_healthy"].value == 1
+
+
+def test_strict_dns_hosts_take_the_health_status():
+    cluster = Cluster(config(type="STRICT_DNS", dns_lookup_family="V4_ONLY", endpoints=[
+        with_status("localhost", 8001, "UNHEALTHY"), with_status("localhost", 8002, "HEALTHY")]), StatsStore())
+
+    async def resolve() -> None:
+        await cluster._dns.resolve_once(asyncio.get_running_loop())
+
+    asyncio.run(resolve())
+    assert [h.health_flags_str() for h in cluster.hosts] == ["/failed_eds_health", "healthy"]
+    assert {cluster.choose_host(None).address[1] for _ in range(10)} == {8002}

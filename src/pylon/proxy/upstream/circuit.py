@@ -12,11 +12,17 @@ Stats, as Envoy names them under `cluster.<name>.`:
 are 1 while the limit is reached, and the overflow counters are
 `upstream_cx_overflow`, `upstream_rq_pending_overflow` (also for max_requests,
 as in Envoy) and `upstream_rq_retry_overflow`.
+
+With `track_remaining`, Envoy's `circuit_breakers.<priority>.remaining_{cx,pending,rq,retries}`
+gauges (limit minus use) are computed when stats are read, so the data path pays nothing. pylon routes
+every request at DEFAULT priority, so a HIGH threshold's remaining gauges always show its limits.
+Departure: limits are per worker (see architecture.md) and gauges are summed across workers, so
+with N workers a remaining gauge reads N x limit minus what all workers use.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from pylon.proxy.stats import Counter, Gauge, StatsStore
 
@@ -58,6 +64,31 @@ class Resource:
                 self.open_gauge.value = 0
 
 
+class _ComputedGauge(Gauge):
+    """A gauge whose value is computed when read (a scrape), never updated on the data path."""
+
+    __slots__ = ("compute",)
+
+    def __init__(self, name: str, compute: Callable[[], int]) -> None:
+        # Not Gauge.__init__: there is no stored value to set.
+        self.name = name
+        self.compute = compute
+
+    @property  # type: ignore[override]
+    def value(self) -> int:
+        return self.compute()
+
+
+def _headroom(resource: Resource) -> Callable[[], int]:
+    """Envoy's remaining value: the limit minus what is in use, never below 0."""
+    return lambda: max(resource.max - resource.count, 0)
+
+
+def _fixed(limit: int) -> Callable[[], int]:
+    """A HIGH threshold's remaining value: pylon never routes at HIGH priority, so none of it is in use."""
+    return lambda: limit
+
+
 class CircuitBreakers:
     """The DEFAULT-priority limits of one cluster, as four `Resource`s."""
 
@@ -89,10 +120,24 @@ class CircuitBreakers:
     def from_config(cls, config: Any, stats: StatsStore, prefix: str) -> CircuitBreakers:
         """Use the cluster's DEFAULT-priority `Thresholds` (Envoy's defaults when absent)."""
         thresholds = config.circuit_breakers.thresholds if config.circuit_breakers is not None else []
+        t = next((t for t in thresholds if t.priority == "DEFAULT"), None)
+        breakers = cls(stats, prefix) if t is None else cls(
+            stats, prefix, max_connections=t.max_connections, max_pending_requests=t.max_pending_requests,
+            max_requests=t.max_requests, max_retries=t.max_retries,
+        )
         for t in thresholds:
-            if t.priority == "DEFAULT":
-                return cls(
-                    stats, prefix, max_connections=t.max_connections, max_pending_requests=t.max_pending_requests,
-                    max_requests=t.max_requests, max_retries=t.max_retries,
-                )
-        return cls(stats, prefix)
+            if t.track_remaining:
+                breakers.track_remaining(stats, prefix, t)
+        return breakers
+
+    def track_remaining(self, stats: StatsStore, prefix: str, thresholds: Any) -> None:
+        """Envoy's remaining_* gauges for one priority's `Thresholds` (HIGH: its fixed limits, see above)."""
+        if thresholds.priority == "DEFAULT":
+            values = {"cx": _headroom(self.connections), "pending": _headroom(self.pending_requests),
+                      "rq": _headroom(self.requests), "retries": _headroom(self.retries)}
+        else:
+            values = {"cx": _fixed(thresholds.max_connections), "pending": _fixed(thresholds.max_pending_requests),
+                      "rq": _fixed(thresholds.max_requests), "retries": _fixed(thresholds.max_retries)}
+        for what, compute in values.items():
+            name = f"{prefix}circuit_breakers.{thresholds.priority.lower()}.remaining_{what}"
+            stats.gauges[name] = _ComputedGauge(name, compute)  # replaces the gauge of a cluster this one replaces

@@ -22,7 +22,7 @@ from pylon.proxy.stats import Counter, StatsStore
 from pylon.proxy.upstream.circuit import CircuitBreakers
 from pylon.proxy.upstream.dns import DnsRefresher, DnsTarget, ResolvedEndpoint
 from pylon.proxy.upstream.health import HealthChecker
-from pylon.proxy.upstream.host import Host, format_address
+from pylon.proxy.upstream.host import Host, eds_health_flags, format_address
 from pylon.proxy.upstream.lb import create_load_balancer
 from pylon.proxy.upstream.outlier import OutlierDetector
 
@@ -119,11 +119,11 @@ class Cluster:
         self._resolved: asyncio.Event | None = None
         self._tasks: list[asyncio.Task[None]] = []
         if config.type in ("STATIC", "EDS"):  # EDS: no hosts until the worker sets the assignment's
-            self.set_endpoints([ResolvedEndpoint((addr, port), weight, hostname) for addr, port, weight, hostname in endpoints])
+            self.set_endpoints([ResolvedEndpoint(*endpoint) for endpoint in endpoints])
         else:
             self._dns = DnsRefresher(
                 self.name,
-                [DnsTarget(addr, port, weight) for addr, port, weight, _ in endpoints],
+                [DnsTarget(address[0], address[1], weight, flags) for address, weight, _, flags in endpoints],
                 self._on_dns_update,
                 lookup_family=config.dns_lookup_family,
                 refresh_rate=float(config.dns_refresh_rate),
@@ -146,6 +146,7 @@ class Cluster:
                 added.append(host)
             else:
                 host.weight = ep.weight
+            host.set_eds_flags(ep.eds_flags)
             new[ep.address] = host
         removed = [host for address, host in old.items() if address not in new]
         for host in removed:
@@ -168,8 +169,7 @@ class Cluster:
 
     def set_assignment(self, assignment: Any) -> None:
         """An EDS cluster's hosts become the ClusterLoadAssignment's; addresses that stay keep their `Host`."""
-        self.set_endpoints([ResolvedEndpoint((addr, port), weight, hostname)
-                            for addr, port, weight, hostname in assignment_endpoints(assignment)])
+        self.set_endpoints([ResolvedEndpoint(*endpoint) for endpoint in assignment_endpoints(assignment)])
 
     def _on_dns_update(self, endpoints: list[ResolvedEndpoint]) -> None:
         if self._dns is not None and self._dns.first_only and len(self.hosts) == 1 and len(endpoints) == 1:
@@ -261,15 +261,17 @@ class Cluster:
         }
 
 
-def assignment_endpoints(assignment: Any) -> Iterable[tuple[str, int, int, str]]:
-    """(address, port, weight, hostname) of every lb_endpoint of a ClusterLoadAssignment (inline or from EDS)."""
+def assignment_endpoints(assignment: Any) -> Iterable[tuple[tuple[str, int], int, str, int]]:
+    """((address, port), weight, hostname, health flags) of every lb_endpoint of a ClusterLoadAssignment
+    (inline or from EDS): the fields of a `ResolvedEndpoint`."""
     if assignment is None:
         return
     for locality in assignment.endpoints:
         for lb_endpoint in locality.lb_endpoints:
             endpoint = lb_endpoint.endpoint
             sock = endpoint.address.socket_address
-            yield sock.address, sock.port_value, lb_endpoint.load_balancing_weight, endpoint.hostname
+            yield ((sock.address, sock.port_value), lb_endpoint.load_balancing_weight, endpoint.hostname,
+                   eds_health_flags(lb_endpoint.health_status))
 
 
 def build_clusters(configs: Iterable[Any], stats: StatsStore, worker_id: int) -> dict[str, Cluster]:

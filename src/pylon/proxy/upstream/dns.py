@@ -33,6 +33,7 @@ class DnsTarget:
     hostname: str
     port: int
     weight: int = 1
+    eds_flags: int = 0  # the lb_endpoint's health_status as host health flags (host.eds_health_flags)
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class ResolvedEndpoint:
     address: tuple[str, int]
     weight: int
     hostname: str
+    eds_flags: int = 0
 
 
 def select_addresses(infos: Sequence[tuple[Any, ...]], lookup_family: str) -> list[str]:
@@ -113,7 +115,7 @@ class DnsRefresher:
                 addresses = answer[:1] if self.first_only else answer
                 self._last[target] = addresses
             endpoints.extend(
-                ResolvedEndpoint((addr, target.port), target.weight, target.hostname)
+                ResolvedEndpoint((addr, target.port), target.weight, target.hostname, target.eds_flags)
                 for addr in addresses
             )
         self.on_update(endpoints)

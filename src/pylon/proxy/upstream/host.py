@@ -20,17 +20,30 @@ FAILED_ACTIVE_HC = 0x01
 FAILED_OUTLIER_CHECK = 0x02
 PENDING_ACTIVE_HC = 0x04
 ACTIVE_HC_TIMEOUT = 0x08
+# The lb_endpoint's health_status (EDS or inline): UNHEALTHY and TIMEOUT set the first, DRAINING the second.
+FAILED_EDS_HEALTH = 0x10
+EDS_STATUS_DRAINING = 0x20
+EDS_FLAGS = FAILED_EDS_HEALTH | EDS_STATUS_DRAINING
 
 # Flags that take a host out of the healthy load-balancing set. PENDING_ACTIVE_HC
 # and ACTIVE_HC_TIMEOUT only annotate (Envoy sets them alongside FAILED_ACTIVE_HC).
-_UNHEALTHY_MASK = FAILED_ACTIVE_HC | FAILED_OUTLIER_CHECK
+_UNHEALTHY_MASK = FAILED_ACTIVE_HC | FAILED_OUTLIER_CHECK | EDS_FLAGS
 
 _FLAG_NAMES: tuple[tuple[int, str], ...] = (
     (FAILED_ACTIVE_HC, "/failed_active_hc"),
     (FAILED_OUTLIER_CHECK, "/failed_outlier_check"),
+    (FAILED_EDS_HEALTH, "/failed_eds_health"),
     (PENDING_ACTIVE_HC, "/pending_active_hc"),
     (ACTIVE_HC_TIMEOUT, "/active_hc_timeout"),
+    (EDS_STATUS_DRAINING, "/eds_status_draining"),
 )
+
+
+def eds_health_flags(health_status: str) -> int:
+    """Envoy's setEdsHealthFlag: the health flags an lb_endpoint's `health_status` gives its host."""
+    if health_status in ("UNHEALTHY", "TIMEOUT"):
+        return FAILED_EDS_HEALTH
+    return EDS_STATUS_DRAINING if health_status == "DRAINING" else 0
 
 
 class Host:
@@ -85,6 +98,11 @@ class Host:
             self.healthy = healthy
             if self.on_health_change is not None:
                 self.on_health_change(self)
+
+    def set_eds_flags(self, flags: int) -> None:
+        """Replace the EDS health flags without telling the cluster: it refreshes once per assignment."""
+        self.health_flags = (self.health_flags & ~EDS_FLAGS) | flags
+        self.healthy = not (self.health_flags & _UNHEALTHY_MASK)
 
     def health_flags_str(self) -> str:
         """Envoy's `/clusters` spelling: `healthy`, or the set flags like `/failed_active_hc/pending_active_hc`."""
