@@ -83,12 +83,12 @@ class CaServer:
             for path, data in zip(files, (chain_pem, key_pem, material.root_pem.encode())):
                 path.write_bytes(data)
             context = server_context(*(str(path) for path in files))
+        front = TlsFront(context=context, backend=("127.0.0.1", 0))
+        await front.start(host, port)  # the asked-for port first, then the ephemeral backend's
         grpc_server = grpc.aio.server()
-        backend_port = grpc_server.add_insecure_port("127.0.0.1:0")
-        front = TlsFront(context=context, backend=("127.0.0.1", backend_port))
+        front.backend = ("127.0.0.1", grpc_server.add_insecure_port("127.0.0.1:0"))
         grpc_server.add_generic_rpc_handlers((CertificateService(material, tokens, trust_domain, front).handler(),))
         await grpc_server.start()
-        await front.start(host, port)
         log.info("CA serving on %s:%d (trust domain %s, CA dir %s)", host, port, trust_domain, ca_dir)
         return cls(front=front, grpc_server=grpc_server, material=material, tokens=tokens)
 

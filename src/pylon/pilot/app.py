@@ -108,11 +108,12 @@ async def _serve(options: PilotOptions, pilot: Pilot) -> int:
     ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(pilot.ads, server)
     server.add_insecure_port(options.grpc_address)
     await server.start()
-    # The mesh CA (istiod's :15012). Trust domain: cluster.local until MeshConfig.trustDomain is implemented.
-    ca_server = await CaServer.start(*split_address(options.ca_address), options.ca_dir)
     handler = DebugHandler(pilot.ads, pilot.metrics, ready=lambda: True, version=lambda: pilot.snapshot.version)
     http_servers = [await serve_http(*split_address(address), handler)
                     for address in (options.debug_address, options.monitoring_address)]  # fmt: skip
+    # The mesh CA (istiod's :15012), last: it also binds an ephemeral loopback port, which must not take a
+    # port the addresses above asked for. Trust domain: cluster.local until MeshConfig.trustDomain is implemented.
+    ca_server = await CaServer.start(*split_address(options.ca_address), options.ca_dir)
     watcher = DirectoryWatcher(options.config_dir, pilot.on_load)
     watch_task = asyncio.create_task(watcher.run())
     log.info("pilot serving ADS on %s, debug on %s, metrics on %s; config %s version %s", options.grpc_address,
