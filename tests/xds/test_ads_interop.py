@@ -9,7 +9,7 @@ Envoy serves.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -83,13 +83,23 @@ def pylon_setup(tmp_path: Path) -> Iterator[Setup]:
 
 def start(implementation: str, tmp_path: Path) -> Iterator[Setup]:
     """A proxy whose clusters and routes come from a scripted management server (a, and routes /b->b, /->a)."""
+    def script(ads: ScriptedAds, ups: dict[str, Upstream]) -> None:
+        ads.set(CDS, "1", [static_cluster("a", [ups["a"].port])])
+        ads.set(RDS, "1", routes(("/b", "b"), ("/", "a")))
+
+    yield from proxy_on_ads(implementation, tmp_path, script)
+
+
+def proxy_on_ads(implementation: str, tmp_path: Path,
+                 script: Callable[[ScriptedAds, dict[str, Upstream]], None]) -> Iterator[Setup]:
+    """Upstreams a and b, a scripted management server given its first resources by `script`, and a proxy
+    (pylon or Envoy) on it with an RDS listener; everything is stopped afterwards."""
     ups = {"a": Upstream(), "b": Upstream()}
     ads = ScriptedAds(free_port())
     launcher = ProxyLauncher(tmp_path)
     try:
         ads.start()
-        ads.set(CDS, "1", [static_cluster("a", [ups["a"].port])])
-        ads.set(RDS, "1", routes(("/b", "b"), ("/", "a")))
+        script(ads, ups)
         extra, xds = ads_bootstrap(ads.port)
         proxy = launcher.start([rds_listener(free_port())], [xds], implementation=implementation,
                                bootstrap_extra=extra)

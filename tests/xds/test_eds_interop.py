@@ -17,11 +17,10 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import free_port
-from tests.proxy.conftest import ProxyLauncher, wait_until
+from tests.proxy.conftest import wait_until
 from tests.proxy.upstreams import Upstream
 from tests.xds.management import CDS, EDS, RDS, ScriptedAds
-from tests.xds.test_ads_interop import EFFECT_S, Setup, ads_bootstrap, rds_listener, routes
+from tests.xds.test_ads_interop import EFFECT_S, Setup, proxy_on_ads, routes
 
 SERVICE = "svc-e"
 
@@ -39,24 +38,13 @@ def assignment(*ports: int, address: str = "127.0.0.1") -> dict[str, Any]:
 
 def launch(implementation: str, tmp_path: Path, endpoints: bool = True, timeout: str = "5s") -> Iterator[Setup]:
     """A proxy routing / to the EDS cluster `e`; its endpoints are upstream a (unless `endpoints` is False)."""
-    ups = {"a": Upstream(), "b": Upstream()}
-    ads = ScriptedAds(free_port())
-    launcher = ProxyLauncher(tmp_path)
-    try:
-        ads.start()
+    def script(ads: ScriptedAds, ups: dict[str, Upstream]) -> None:
         ads.set(CDS, "1", [eds_cluster(initial_fetch_timeout=timeout)])
         if endpoints:
             ads.set(EDS, "1", [assignment(ups["a"].port)])
         ads.set(RDS, "1", routes(("/", "e")))
-        extra, xds = ads_bootstrap(ads.port)
-        proxy = launcher.start([rds_listener(free_port())], [xds], implementation=implementation,
-                               bootstrap_extra=extra)
-        yield Setup(proxy, ads, ups)
-    finally:
-        launcher.close()
-        ads.stop()
-        for up in ups.values():
-            up.close()
+
+    yield from proxy_on_ads(implementation, tmp_path, script)
 
 
 @pytest.fixture(params=["pylon", "envoy"])
