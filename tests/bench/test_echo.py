@@ -5,8 +5,12 @@ from __future__ import annotations
 import socket
 import ssl
 import time
+from types import SimpleNamespace
+from typing import Callable
 
 import httpx
+
+from pylon.bench.echo import EchoProtocol
 
 from tests.bench.conftest import tls_args
 
@@ -39,6 +43,45 @@ def test_default_reply_and_query_args(start_echo) -> None:
         codes = [client.get("/?status=500:50").status_code for _ in range(60)]
         assert 0 < codes.count(500) < 60 and set(codes) == {200, 500}
         assert client.get("/?status=abc").status_code == 400
+
+
+class _EarlyTimers:
+    """A loop whose timers fire at once, as a libuv timer fires early on a stale clock."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[float, Callable, tuple]] = []
+
+    def call_later(self, delay: float, callback: Callable, *args: object) -> None:
+        self.pending.append((delay, callback, args))
+
+    def fire(self) -> float:
+        delay, callback, args = self.pending.pop(0)
+        callback(*args)
+        return delay
+
+
+class _Written:
+    def __init__(self) -> None:
+        self.data: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.data.append(data)
+
+    def is_closing(self) -> bool:
+        return False
+
+
+def test_delay_is_never_served_early() -> None:
+    """Fortio's delay is a minimum: a timer that fires early is re-armed for the rest."""
+    worker = SimpleNamespace(loop=_EarlyTimers())
+    protocol = EchoProtocol(worker)  # type: ignore[arg-type]
+    protocol.transport = transport = _Written()  # type: ignore[assignment]
+    protocol._send(b"reply", 0.2, close=False)
+    assert worker.loop.fire() == 0.2 and transport.data == []
+    assert 0.1 < worker.loop.pending[0][0] <= 0.2  # re-armed for what is left
+    time.sleep(0.2)
+    worker.loop.fire()
+    assert transport.data == [b"reply"]
 
 
 def test_echo_and_debug(start_echo) -> None:

@@ -26,6 +26,7 @@ import signal
 import socket
 import ssl
 import sys
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -239,11 +240,17 @@ class EchoProtocol(asyncio.Protocol):
         slot: list = [None, close]
         self.queue.append(slot)
         if delay > 0:
-            self.w.loop.call_later(delay, self._fill, slot, response)
+            self.w.loop.call_later(delay, self._fill, slot, response, time.monotonic() + delay)
         else:
             slot[0] = response
 
-    def _fill(self, slot: list, response: bytes) -> None:
+    def _fill(self, slot: list, response: bytes, due: float) -> None:
+        # libuv timers count from a cached loop clock in whole milliseconds and can fire a
+        # little early; a server asked for 50 ms must not answer in 49.5.
+        early = due - time.monotonic()
+        if early > 0:
+            self.w.loop.call_later(early, self._fill, slot, response, due)
+            return
         slot[0] = response
         ready = []
         close = False
