@@ -97,6 +97,11 @@ CASES: tuple[Case, ...] = (
     Case("ipv6-and-ipv4-wildcards", _listeners(("a", "::", 10000), ("b", "0.0.0.0", 10000)), None),
     Case("port-0-twice", _listeners(("a", "127.0.0.1", 0), ("b", "127.0.0.1", 0)), None),
     Case("different-ports", _listeners(("a", "127.0.0.1", 10000), ("b", "127.0.0.1", 10001)), None),
+    # ---- item 11: how many pending connections one wake-up takes (unset: all)
+    Case("accept-per-event-2", _listeners(("a", "127.0.0.1", 10000), max_connections_to_accept_per_socket_event=2),
+         None),
+    Case("accept-per-event-0", _listeners(("a", "127.0.0.1", 10000), max_connections_to_accept_per_socket_event=0),
+         f"{L0}.max_connections_to_accept_per_socket_event: Expected `int` >= 1"),
     # ---- item 10: durations (Envoy's range applies to every Duration; gt/lt per field)
     Case("duration-max", _cluster(connect_timeout="9223372035.999999999s"), None),
     Case("duration-above-max", _cluster(connect_timeout="9223372036s"),

@@ -1,5 +1,5 @@
 """Integration: what a worker restart must not change — the configuration served and the counters —
-a clear start-up error when the admin port is taken, and listen backlogs as Envoy sizes them.
+a clear start-up error when the admin port is taken, and listen backlogs and accepts as Envoy sizes them.
 """
 
 from __future__ import annotations
@@ -110,3 +110,21 @@ def test_listen_backlog_is_tcp_backlog_size_else_somaxconn(implementation: str, 
     expected = size if size is not None else int(Path("/proc/sys/net/core/somaxconn").read_text())
     backlogs = listen_backlogs(port)
     assert backlogs and set(backlogs) == {expected}, backlogs
+
+
+def test_capped_accepts_per_wakeup_still_serve_a_burst(implementation: str, run_proxy: Any) -> None:
+    """`max_connections_to_accept_per_socket_event: 1` takes the burst over more wake-ups, losing none."""
+    port = free_port()
+    listener = http_listener("main", port, [direct("ok")])
+    listener["max_connections_to_accept_per_socket_event"] = 1
+    run_proxy([listener], [], concurrency=2, implementation=implementation)
+    clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(100)]
+    try:
+        for client in clients:
+            client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        for client in clients:
+            client.settimeout(5)
+            assert client.recv(4096).startswith(b"HTTP/1.1 200")
+    finally:
+        for client in clients:
+            client.close()

@@ -146,6 +146,8 @@ def test_scripted_sequence_serves_as_envoy(setup: Setup) -> None:
     assert wait_until(lambda: setup.answer("/x") == (200, "a"), timeout=EFFECT_S)
     # Envoy's counts: a new stream gets the current versions again (one more success each); an attempt is
     # the subscription's start plus every outcome.
+    # Envoy counts the re-sent CDS once its clusters are processed, which can come after the RDS answer above.
+    wait_until(lambda: setup.proxy.stats()["cluster_manager.cds.update_success"] >= 4, timeout=EFFECT_S)
     stats = setup.proxy.stats()
     assert stats["control_plane.connected_state"] == 1
     for prefix, rejected in (("cluster_manager.cds.", 1), ("http.main.rds.main_routes.", 0)):

@@ -932,6 +932,7 @@ class Listener(EnvoyStruct, kw_only=True):
     connection_balance_config: ConnectionBalanceConfig | None = None
     enable_reuse_port: bool = True
     tcp_backlog_size: UInt32 | None = None  # None: the system's somaxconn, as Envoy
+    max_connections_to_accept_per_socket_event: PositiveUInt32 | None = None  # None: all pending, as Envoy
     filter_chain_matcher: GenericMatcher | None = None
 
     def __post_init__(self) -> None:

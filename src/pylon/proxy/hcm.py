@@ -161,6 +161,7 @@ class HttpConnection(asyncio.Protocol):
         "hcm", "worker", "loop", "transport", "parser", "parsing", "active", "queue", "closed", "draining",
         "peer", "peer_ip", "local", "scheme", "head_bytes", "raw_head_bytes", "in_head", "header_count", "feeding",
         "last_activity", "connection_id", "loop_time", "runtime_listener", "stop_reply", "wake_at", "deadlines",
+        "read_budget", "parked",
     )
 
     def __init__(self, hcm: HcmRuntime, scheme: bytes = b"http") -> None:
@@ -190,6 +191,8 @@ class HttpConnection(asyncio.Protocol):
         self.stop_reply: lr.LocalReply | None = None  # why a parser callback stopped parsing
         self.wake_at = 0.0  # when the worker's deadline wheel looks at this connection next (0 = not armed)
         self.deadlines = self.worker.deadlines
+        self.read_budget = self.worker.read_budget
+        self.parked: list[bytes] | None = None  # reads held back until this I/O phase ends (fairness.py)
 
     # ------------------------------------------------------------------ asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -221,6 +224,30 @@ class HttpConnection(asyncio.Protocol):
             self.deadlines.arm(self, now + self.hcm.idle_timeout)
 
     def data_received(self, data: bytes) -> None:
+        if self.parked is not None:
+            self.parked.append(data)  # more bytes behind parked ones: they keep their order
+            return
+        if not self.read_budget.spend():
+            self.parked = [data]
+            self.transport.pause_reading()
+            self.loop.call_soon(self._read_parked)
+            return
+        self._read(data)
+
+    def _read_parked(self) -> None:
+        """The phase that parked this connection's bytes is over: read on, and handle them."""
+        parked, self.parked = self.parked, None
+        if self.closed or parked is None:
+            return
+        active = self.active
+        if not self.queue and not (active is not None and active.paused_downstream):
+            self.transport.resume_reading()  # unless pipelining or back-pressure holds it
+        for data in parked:
+            self._read(data)
+            if self.closed:
+                return
+
+    def _read(self, data: bytes) -> None:
         self.last_activity = self.loop_time()
         if self.in_head:
             self.raw_head_bytes += len(data)

@@ -31,9 +31,10 @@ from pylon.config.envoy import ClusterLoadAssignment, RouteConfiguration, conver
 from pylon.config.loader import parse_bootstrap
 from pylon.proxy import control
 from pylon.proxy.access_log import AccessLogWriter
-from pylon.proxy.balance import balancer_for
+from pylon.proxy.balance import Accepting, balancer_for
 from pylon.proxy.balance.loadtable import RQ_ACTIVE, LoadSlot, LoadTable
 from pylon.proxy.deadlines import DeadlineWheel
+from pylon.proxy.fairness import PhaseBudget
 from pylon.proxy.listener import ListenerRuntime, build_listener
 from pylon.proxy.logging_setup import configure_logging
 from pylon.proxy.router import RouteTable
@@ -103,7 +104,7 @@ class Worker:
         self.stats = StatsStore()
         self.connections: set[Any] = set()
         self.listeners: list[ListenerRuntime] = []
-        self.servers: list[asyncio.AbstractServer] = []
+        self.servers: list[Accepting] = []
         self.clusters: dict[str, Cluster] = {}  # static and CDS clusters by name, changed in place by CDS
         self.cds_configs: dict[str, Any] = {}  # the config of each cluster CDS gave
         self.eds_assignments: dict[str, Any] = {}  # the ClusterLoadAssignment each EDS cluster serves
@@ -115,6 +116,7 @@ class Worker:
         self._conn_ids = worker_id << 40
         self._wall_offset = time.time() - loop.time()
         self.deadlines = DeadlineWheel(TIMEOUT_RESOLUTION_S)
+        self.read_budget = PhaseBudget(loop)
         self._ticking = False
         self.load_slots: list[LoadSlot] = []  # where this worker publishes in-flight requests (dispatcher)
         self._inflight_avg = 0.0

@@ -26,15 +26,18 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from pylon.proxy.balance.acceptor import ListenerAcceptor
 from pylon.proxy.balance.dispatcher import Dispatcher, DispatcherPolicy
 from pylon.proxy.balance.dlb import Dlb, NoDlbFallback, fallback_kind
 from pylon.proxy.balance.exact import ExactPolicy
-from pylon.proxy.balance.handoff import HandoffBalancer
+from pylon.proxy.balance.handoff import HandoffBalancer, HandoffReceiver
 from pylon.proxy.balance.kernel import KernelBalancer
 
 BALANCERS = ("kernel", "exact", "dispatcher")
 
 Balancer = KernelBalancer | HandoffBalancer
+#: What a worker's `serve` returns: it takes connections until `close()` (drain).
+Accepting = ListenerAcceptor | HandoffReceiver
 
 
 def balance_kind(listener: Any) -> str:
@@ -60,11 +63,12 @@ def balancer_for(listener: Any, listener_index: int = 0) -> Balancer:
     """A fresh balancer for the listener at `listener_index` of static_resources.listeners."""
     kind = balance_kind(listener)
     backlog = listen_backlog(listener)
+    per_event = listener.max_connections_to_accept_per_socket_event
     if kind == "exact":
-        return HandoffBalancer(ExactPolicy(), listener_index, backlog)
+        return HandoffBalancer(ExactPolicy(), listener_index, backlog, per_event)
     if kind == "dispatcher":
-        return HandoffBalancer(DispatcherPolicy(), listener_index, backlog)
-    return KernelBalancer(backlog, reuse_port=listener.enable_reuse_port)
+        return HandoffBalancer(DispatcherPolicy(), listener_index, backlog, per_event)
+    return KernelBalancer(backlog, reuse_port=listener.enable_reuse_port, accepts_per_event=per_event)
 
 
 def listen_backlog(listener: Any) -> int:
@@ -87,4 +91,4 @@ def system_somaxconn() -> int:
         return 128  # Envoy's default where the kernel does not tell
 
 
-__all__ = ["BALANCERS", "Balancer", "Dispatcher", "Dlb", "NoDlbFallback", "balance_kind", "balancer_for"]
+__all__ = ["BALANCERS", "Accepting", "Balancer", "Dispatcher", "Dlb", "NoDlbFallback", "balance_kind", "balancer_for"]

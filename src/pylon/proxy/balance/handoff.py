@@ -8,8 +8,9 @@ Why the acceptor runs in the supervisor: its event loop is otherwise idle
 workers are alive, and a single acceptor is what makes the choice exact across
 processes — it is the lock Envoy's exact balancer takes, without a lock. The
 cost is one extra hop per connection (accept + sendmsg here, recvmsg in the
-worker); accepting up to `MAX_BATCH` connections per wake-up and sending each
-worker's share in one `sendmsg` keeps that cost per connection small when the
+worker); accepting every pending connection per wake-up (or the listener's
+`max_connections_to_accept_per_socket_event`) and sending each worker's share of
+every `MAX_BATCH` in one `sendmsg` keeps that cost per connection small when the
 rate is high.
 
 The path of one connection:
@@ -36,23 +37,23 @@ connections until a retry succeeds.
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import os
 import socket
+import sys
 from collections import deque
 from typing import Any, Protocol, Sequence
 
+from pylon.proxy.balance.acceptor import TRANSIENT_ACCEPT_ERRORS
 from pylon.proxy.balance.adopt import start_adopting
 from pylon.proxy.balance.loadtable import CX_ACTIVE, RQ_ACTIVE, TAKEN, LoadSlot, LoadTable
 
 log = logging.getLogger("pylon.main")
 
-#: Most connections accepted per wake-up, and most fds in one hand-off message (SCM_MAX_FD is 253).
+#: Most fds in one hand-off message (SCM_MAX_FD is 253).
 MAX_BATCH = 64
 #: How soon to retry hand-offs when every live worker's queue was full.
 RETRY_DELAY_S = 0.005
-_TRANSIENT_ACCEPT_ERRORS = (errno.ECONNABORTED, errno.EPROTO, errno.EPERM)
 
 
 class Policy(Protocol):
@@ -67,8 +68,9 @@ class HandoffBalancer:
 
     handoff = True
 
-    def __init__(self, policy: Policy, listener_index: int, backlog: int) -> None:
+    def __init__(self, policy: Policy, listener_index: int, backlog: int, accepts_per_event: int | None = None) -> None:
         self.backlog = backlog  # of the one socket the supervisor accepts from
+        self.accepts_per_event = accepts_per_event or sys.maxsize  # unset: all pending, as Envoy
         self.policy = policy
         self.name = policy.name
         self.uses_inflight = policy.uses_inflight
@@ -180,17 +182,22 @@ class HandoffBalancer:
         assert self.sock is not None
         fds: list[int] = []
         accept = self.sock._accept  # the fd without building a Python socket object we would only detach
-        for _ in range(MAX_BATCH):
+        for _ in range(self.accepts_per_event):
             try:
                 fd, _addr = accept()
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:
-                if exc.errno in _TRANSIENT_ACCEPT_ERRORS:
+                if exc.errno in TRANSIENT_ACCEPT_ERRORS:
                     continue
                 log.error("listener %d: accept failed: %s", self.listener_index, exc)
                 break
             fds.append(fd)
+            if len(fds) == MAX_BATCH:
+                self._dispatch(fds)
+                fds = []
+                if not self.accepting:
+                    return  # every worker is full: the backlog holds the rest
         if fds:
             self._dispatch(fds)
 

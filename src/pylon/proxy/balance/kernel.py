@@ -18,6 +18,7 @@ import asyncio
 import socket
 from typing import Any
 
+from pylon.proxy.balance.acceptor import ListenerAcceptor
 
 
 class KernelBalancer:
@@ -25,9 +26,10 @@ class KernelBalancer:
     handoff = False
     uses_inflight = False
 
-    def __init__(self, backlog: int, reuse_port: bool = True) -> None:
+    def __init__(self, backlog: int, reuse_port: bool = True, accepts_per_event: int | None = None) -> None:
         self.backlog = backlog
         self.reuse_port = reuse_port
+        self.accepts_per_event = accepts_per_event  # None: all pending, as Envoy
         self.sockets: list[socket.socket] = []
 
     def bind(self, host: str, port: int, workers: int) -> None:
@@ -75,15 +77,6 @@ class KernelBalancer:
         for sock in set(self.sockets):
             sock.close()
 
-    async def serve(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, runtime: Any) -> asyncio.AbstractServer:
-        """In the worker: accept on this worker's own socket with uvloop's C accept loop.
-
-        libuv accepts one connection each time epoll reports the socket; under a flood of thousands
-        of busy connections that lets the kernel's queue grow (seen: 1,300 waiting). Draining the
-        queue faster was tried twice and made the flood's client timeouts worse (docs/architecture.md,
-        "Known limit").
-        """
-        ssl_context = runtime.ssl_context
-        # uvloop listens again on the socket: the same backlog, or it would shrink the supervisor's.
-        return await loop.create_server(runtime.protocol_factory, sock=sock, ssl=ssl_context, backlog=self.backlog,
-                                        ssl_handshake_timeout=10.0 if ssl_context else None)
+    async def serve(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, runtime: Any) -> ListenerAcceptor:
+        """In the worker: accept on this worker's own socket, every pending connection per wake-up."""
+        return ListenerAcceptor(loop, sock, runtime, self.accepts_per_event)

@@ -1,0 +1,67 @@
+"""The worker's accept loop for a kernel-balanced listener: every pending connection per wake-up.
+
+Why not uvloop's `create_server`: uvloop takes one connection each time the
+listening socket is reported readable, i.e. one per event-loop iteration. Under
+a flood of thousands of busy connections an iteration lasts hundreds of
+milliseconds, so that became a few accepts a second per worker while thousands
+waited in the kernel's queue for the whole run (issue 10, item 11). Envoy takes
+every pending connection per socket event unless the listener's
+`max_connections_to_accept_per_socket_event` says otherwise; so does this.
+
+Each accepted socket is adopted as the hand-off balancers adopt theirs
+(`adopt.py`: uvloop's transport, TLS included), so a connection is served the
+same way whichever balancer accepted it. The other half of the fix is the read
+budget (`fairness.py`): it keeps the iteration that follows short enough for
+these connections' `connection_made` to run soon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+import sys
+from typing import Any
+
+from pylon.proxy.balance.adopt import start_adopting
+
+log = logging.getLogger("pylon.main")
+
+#: accept(2) errors about one connection (it left, or a firewall refused it), not about the socket.
+TRANSIENT_ACCEPT_ERRORS = (errno.ECONNABORTED, errno.EPROTO, errno.EPERM)
+
+
+class ListenerAcceptor:
+    """Accepts on one listening socket in a worker's loop; `close()` stops accepting (drain)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, runtime: Any,
+                 accepts_per_event: int | None = None) -> None:
+        self.loop = loop
+        self.sock = sock
+        self.runtime = runtime
+        self.accepts_per_event = accepts_per_event or sys.maxsize
+        sock.setblocking(False)
+        loop.add_reader(sock.fileno(), self._on_acceptable)
+        self.open = True
+
+    def _on_acceptable(self) -> None:
+        accept = self.sock.accept
+        for _ in range(self.accepts_per_event):
+            try:
+                conn, _addr = accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in TRANSIENT_ACCEPT_ERRORS:
+                    continue
+                # EMFILE and the like: what is queued waits in the backlog for the next wake-up.
+                log.error("listener %s: accept failed: %s", self.runtime.config.name, exc)
+                return
+            start_adopting(self.loop, conn, self.runtime)
+
+    def close(self) -> None:
+        if self.open:
+            self.open = False
+            self.loop.remove_reader(self.sock.fileno())
+            self.sock.close()
