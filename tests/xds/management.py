@@ -17,17 +17,21 @@ from typing import Any
 import grpc
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
 from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
+from envoy.config.listener.v3.listener_pb2 import Listener
 from envoy.config.route.v3.route_pb2 import RouteConfiguration
 from envoy.service.discovery.v3 import ads_pb2_grpc
 from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest, DiscoveryResponse
 from google.protobuf import any_pb2, json_format
 
-import envoy.extensions.upstreams.http.v3.http_protocol_options_pb2  # noqa: F401  (descriptors for Any)
+import envoy.extensions.filters.http.router.v3.router_pb2  # noqa: F401  (descriptors for Any)
+import envoy.extensions.filters.network.http_connection_manager.v3.http_connection_manager_pb2  # noqa: F401
+import envoy.extensions.upstreams.http.v3.http_protocol_options_pb2  # noqa: F401
 
+LDS = "type.googleapis.com/envoy.config.listener.v3.Listener"
 CDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 RDS = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 EDS = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
-_MESSAGES = {CDS: Cluster, RDS: RouteConfiguration, EDS: ClusterLoadAssignment}
+_MESSAGES = {LDS: Listener, CDS: Cluster, RDS: RouteConfiguration, EDS: ClusterLoadAssignment}
 
 
 def to_any(type_url: str, resource: dict[str, Any]) -> any_pb2.Any:

@@ -15,10 +15,11 @@ from typing import Any, Generic, TypeVar
 
 import msgspec
 
-from pylon.config.envoy import Cluster, ClusterLoadAssignment, RouteConfiguration, convert
+from pylon.config.envoy import Cluster, ClusterLoadAssignment, Listener, RouteConfiguration, convert
 from pylon.config.errors import ConfigError, join_path, split_validation_error
 from pylon.config.loader import parse_document
 
+LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
 CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 ROUTE_CONFIGURATION_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 CLUSTER_LOAD_ASSIGNMENT_TYPE = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
@@ -26,7 +27,7 @@ CLUSTER_LOAD_ASSIGNMENT_TYPE = "type.googleapis.com/envoy.config.endpoint.v3.Clu
 #: DiscoveryResponse fields a file may carry; only version_info and resources mean anything in a file.
 _RESPONSE_FIELDS = {"version_info", "resources", "type_url", "nonce", "canary", "control_plane"}
 
-ResourceT = TypeVar("ResourceT", Cluster, RouteConfiguration, ClusterLoadAssignment)
+ResourceT = TypeVar("ResourceT", Listener, Cluster, RouteConfiguration, ClusterLoadAssignment)
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class ResourceKind(Generic[ResourceT]):
     name_field: str = "name"  # the field that names a resource (a ClusterLoadAssignment's is cluster_name)
 
 
+LISTENERS = ResourceKind(LISTENER_TYPE, Listener, "listener")
 CLUSTERS = ResourceKind(CLUSTER_TYPE, Cluster, "cluster")
 ROUTE_CONFIGURATIONS = ResourceKind(ROUTE_CONFIGURATION_TYPE, RouteConfiguration, "route configuration")
 ENDPOINTS = ResourceKind(CLUSTER_LOAD_ASSIGNMENT_TYPE, ClusterLoadAssignment, "cluster load assignment", "cluster_name")

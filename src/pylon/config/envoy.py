@@ -1278,9 +1278,9 @@ class ApiConfigSource(EnvoyStruct, kw_only=True):
 
 
 class DynamicResources(EnvoyStruct, kw_only=True):
-    """config.bootstrap.v3.Bootstrap.DynamicResources: CDS from a file or ADS; LDS later."""
+    """config.bootstrap.v3.Bootstrap.DynamicResources: LDS and CDS from a file or ADS."""
 
-    lds_config: NotSupportedYet | None = None
+    lds_config: ConfigSource | None = None
     cds_config: ConfigSource | None = None
     ads_config: ApiConfigSource | None = None
 

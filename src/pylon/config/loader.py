@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import ipaddress
 import json
-from collections.abc import Hashable, Iterator
+from collections.abc import Hashable, Iterable, Iterator
 from typing import Any
 
 import msgspec
@@ -232,12 +232,16 @@ def route_cluster_references(route_config: RouteConfiguration) -> Iterator[tuple
 
 def http_connection_managers(bootstrap: Bootstrap) -> Iterator[tuple[str, HttpConnectionManager]]:
     """(field path, config) of every HTTP connection manager of the static listeners."""
-    for i, listener in enumerate(bootstrap.static_resources.listeners):
+    return listener_hcms(bootstrap.static_resources.listeners, "static_resources.listeners")
+
+
+def listener_hcms(listeners: Iterable[Listener], base: str) -> Iterator[tuple[str, HttpConnectionManager]]:
+    """(field path, config) of every HTTP connection manager of `listeners`, paths below `base`."""
+    for i, listener in enumerate(listeners):
         for j, chain in enumerate(listener.filter_chains):
             for k, network_filter in enumerate(chain.filters):
                 if isinstance(network_filter.typed_config, HttpConnectionManager):
-                    yield (f"static_resources.listeners[{i}].filter_chains[{j}].filters[{k}].typed_config",
-                           network_filter.typed_config)
+                    yield f"{base}[{i}].filter_chains[{j}].filters[{k}].typed_config", network_filter.typed_config
 
 
 def _ads_problems(bootstrap: Bootstrap) -> Iterator[tuple[str, str]]:
@@ -250,7 +254,8 @@ def _ads_problems(bootstrap: Bootstrap) -> Iterator[tuple[str, str]]:
     """
     dynamic = bootstrap.dynamic_resources
     ads_config = dynamic.ads_config if dynamic is not None else None
-    users = [("dynamic_resources.cds_config.ads", dynamic.cds_config)] if dynamic and dynamic.cds_config else []
+    users = [(f"dynamic_resources.{name}.ads", getattr(dynamic, name)) for name in ("lds_config", "cds_config")
+             if dynamic is not None and getattr(dynamic, name) is not None]
     users += [(f"{path}.rds.config_source.ads", hcm.rds.config_source)
               for path, hcm in http_connection_managers(bootstrap) if hcm.rds is not None]
     for path, source in users:

@@ -1,4 +1,5 @@
-"""The supervisor's dynamic resources: clusters (CDS), their endpoints (EDS) and route configurations (RDS).
+"""The supervisor's dynamic resources: listeners (LDS), clusters (CDS), their endpoints (EDS) and route
+configurations (RDS).
 
 Two sources feed one `DynamicConfig`: watched files (Envoy's filesystem xDS,
 `FileSources` below) and the ADS stream (`pylon.xds.client`). Either hands it
@@ -7,7 +8,8 @@ checks as at start-up, so a version that would fail in a worker never reaches
 one — and then either accepts it (update_success; a new version for the
 workers) or rejects it (update_rejected; the ConfigError goes back to the
 source, which logs it or NACKs it) while the last good version keeps serving.
-Stats use Envoy's names: `cluster_manager.cds.*`,
+Stats use Envoy's names: `listener_manager.lds.*`, `listener_manager.listener_added|modified|removed`,
+`cluster_manager.cds.*`,
 `cluster_manager.cluster_added|modified|removed`, `http.<prefix>.rds.<name>.*`,
 `cluster.<name>.update_*` (an EDS cluster's own subscription).
 
@@ -16,6 +18,12 @@ ClusterLoadAssignment has arrived or its `initial_fetch_timeout` has passed
 (then with no hosts: 503 UH). Assignments are kept by service name across
 changes of the cluster that asks for them (Envoy's EDS cache for ADS), so a
 modified cluster serves its known endpoints at once.
+
+LDS listeners warm the same way: one reaches the workers once every route
+configuration its HCMs take by RDS has arrived (or timed out); their ports are
+bound while the update is checked (`listener_sockets.py`), so a port that
+cannot be bound rejects it. RDS follows LDS: the route names LDS listeners
+name are watched or asked for as they appear.
 
 Filesystem xDS: each `path_config_source` file holds a DiscoveryResponse and is
 replaced by an atomic rename. The supervisor is the only reader of those files
@@ -28,17 +36,19 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+import ipaddress
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from pylon.config.discovery import (
-    CLUSTERS, ENDPOINTS, ROUTE_CONFIGURATIONS, Discovered, ResourceKind, Update, parse_discovery_response,
+    CLUSTERS, ENDPOINTS, LISTENERS, ROUTE_CONFIGURATIONS, Discovered, ResourceKind, Update, parse_discovery_response,
 )
 from pylon.config.errors import ConfigError, FieldError
-from pylon.config.loader import http_connection_managers, route_cluster_references, to_envoy_dict
+from pylon.config.envoy import HttpConnectionManager, TcpProxy
+from pylon.config.loader import listener_hcms, route_cluster_references, to_envoy_dict
 from pylon.proxy.stats import StatsStore
-from pylon.proxy.validate import validate_clusters, validate_route_config
+from pylon.proxy.validate import validate_clusters, validate_listeners, validate_route_config
 
 log = logging.getLogger("pylon.main")
 
@@ -63,6 +73,24 @@ class RdsSubscriber:
     source: Any  # its rds.config_source
 
 
+def rds_subscribers_of(listeners: Iterable[Any]) -> list[RdsSubscriber]:
+    """One RdsSubscriber per HTTP connection manager of `listeners` that takes its routes by RDS."""
+    return [RdsSubscriber(f"http.{hcm.stat_prefix}.rds.{hcm.rds.route_config_name}.", hcm.rds.route_config_name,
+                          hcm.rds.config_source)
+            for _, hcm in listener_hcms(listeners, "") if hcm.rds is not None]
+
+
+class ListenerBinder(Protocol):
+    """Who binds LDS listeners' sockets (the supervisor), asked while an update is checked, so a port that
+    cannot be bound rejects the update instead of failing in the workers."""
+
+    def bind_new(self, listeners: dict[str, Any], source: str) -> None:
+        """Bind the listeners not bound yet; ConfigError (naming `resources[i].address`) if one cannot be."""
+
+    def release(self, name: str) -> None:
+        """The listener is gone: close the supervisor's sockets for it."""
+
+
 @dataclass
 class Resource:
     """A dynamic resource in force, with what /config_dump shows about it."""
@@ -75,28 +103,41 @@ class Resource:
 class DynamicConfig:
     """Everything the supervisor serves that comes from dynamic sources rather than the bootstrap."""
 
-    def __init__(self, bootstrap: Any, stats: StatsStore) -> None:
+    def __init__(self, bootstrap: Any, stats: StatsStore, binder: ListenerBinder | None = None) -> None:
         self.stats = stats
+        self.binder = binder  # None in --mode validate: nothing is bound
         self.static_clusters = {c.name for c in bootstrap.static_resources.clusters}
+        self.static_listeners = list(bootstrap.static_resources.listeners)
         dynamic = bootstrap.dynamic_resources
+        self.lds_source = dynamic.lds_config if dynamic is not None else None
         self.cds_source = dynamic.cds_config if dynamic is not None else None
         self.ads_config = dynamic.ads_config if dynamic is not None else None
         self.grpc_cluster = self.ads_config.cluster_name if self.ads_config is not None else None
-        self.rds_subscribers = [
-            RdsSubscriber(f"http.{hcm.stat_prefix}.rds.{hcm.rds.route_config_name}.", hcm.rds.route_config_name,
-                          hcm.rds.config_source)
-            for _, hcm in http_connection_managers(bootstrap) if hcm.rds is not None]
+        self.static_rds = rds_subscribers_of(self.static_listeners)
+        self.listeners: dict[str, Resource] = {}
         self.clusters: dict[str, Resource] = {}
         self.routes: dict[str, Resource] = {}
         self.endpoints: dict[str, Resource] = {}  # ClusterLoadAssignments by service name
         self.eds_expired: set[str] = set()  # services whose initial_fetch_timeout passed before they came
+        self.rds_expired: set[str] = set()  # route names whose initial_fetch_timeout passed: listeners warm without
+        self.lds_version_info = ""
         self.cds_version_info = ""
         self.version = 0  # bumped by every accepted change: what workers are told to apply
         # Envoy shows a subscription's counters from its start, zeros included.
-        prefixes = ["cluster_manager.cds."] if self.cds_source is not None else []
-        for prefix in prefixes + [s.stat_prefix for s in self.rds_subscribers]:
+        prefixes = ["listener_manager.lds."] if self.lds_source is not None else []
+        if self.lds_source is not None:
+            for name in ("listener_added", "listener_modified", "listener_removed"):
+                stats.counter(f"listener_manager.{name}")
+        prefixes += ["cluster_manager.cds."] if self.cds_source is not None else []
+        for prefix in prefixes + [s.stat_prefix for s in self.static_rds]:
             for name in SUBSCRIPTION_COUNTERS:
                 stats.counter(prefix + name)
+        self._listener_gauges()
+
+    @property
+    def rds_subscribers(self) -> list[RdsSubscriber]:
+        """Every HCM that takes routes by RDS: the static listeners' and the LDS listeners'."""
+        return self.static_rds + rds_subscribers_of(r.config for r in self.listeners.values())
 
     def offer(self, kind: ResourceKind[Any], stat_names: Sequence[str], make: Callable[[], Update]) -> Update:
         """Validate and apply the update `make()` builds and return it, or raise its ConfigError (rejected).
@@ -147,10 +188,26 @@ class DynamicConfig:
         self._cluster_gauges()
         return True
 
+    def listener_warm(self, listener: Any) -> bool:
+        """Whether an LDS listener serves: each route configuration it takes by RDS came (or timed out)."""
+        return all(s.route_name in self.routes or s.route_name in self.rds_expired
+                   for s in rds_subscribers_of([listener]))
+
+    def expire_rds(self, route_name: str) -> bool:
+        """initial_fetch_timeout passed for `route_name`: its listeners serve without it. True if that changed anything."""
+        if route_name in self.routes or route_name in self.rds_expired:
+            return False
+        self.rds_expired.add(route_name)
+        self._count(ROUTE_CONFIGURATIONS, [route_name], "init_fetch_timeout")
+        self.version += 1
+        self._listener_gauges()
+        return True
+
     def document(self) -> dict[str, Any]:
         """The dynamic resources as Envoy-shaped data, for the workers (sent at start and on every change).
 
-        Warming EDS clusters are left out; a warm one's endpoints are in `endpoints`, by cluster name.
+        Warming EDS clusters and LDS listeners are left out; a warm cluster's endpoints are in `endpoints`,
+        by cluster name.
         """
         clusters, endpoints = [], {}
         for name, resource in self.clusters.items():
@@ -164,6 +221,8 @@ class DynamicConfig:
             clusters.append(to_envoy_dict(resource.config))
         return {
             "version": self.version,
+            "listeners": [to_envoy_dict(r.config) for r in self.listeners.values() if self.listener_warm(r.config)],
+            "bound_listeners": list(self.listeners),  # warming ones too: workers keep their sockets
             "clusters": clusters,
             "endpoints": endpoints,
             "routes": {name: to_envoy_dict(r.config) for name, r in self.routes.items()},
@@ -172,6 +231,9 @@ class DynamicConfig:
     # ------------------------------------------------------------------ checking and accepting
     def _check(self, update: Update) -> None:
         resources = update.discovered.resources
+        if update.kind is LISTENERS:
+            self._check_listeners(resources, update.source)
+            return
         if update.kind is CLUSTERS:
             for i, (name, cluster) in enumerate(resources.items()):
                 if name in self.static_clusters:
@@ -201,6 +263,40 @@ class DynamicConfig:
                     raise ConfigError(update.source, f"resources[{i}].{path}",
                                       f"unknown cluster {name!r} (validate_clusters is true)")
 
+    def _check_listeners(self, resources: dict[str, Any], source: str) -> None:
+        """What Envoy's listener manager refuses, what pylon cannot serve on an LDS listener, then the binding."""
+        validate_listeners(list(resources.values()), source, "resources")
+        static_names = {listener.name for listener in self.static_listeners}
+        taken = {_address_key(listener): f"static listener {listener.name or '(unnamed)'!r}"
+                 for listener in self.static_listeners if listener.address.socket_address.port_value}
+        for i, (name, listener) in enumerate(resources.items()):
+            path = f"resources[{i}]"
+            if name in static_names:
+                raise ConfigError(source, f"{path}.name", f"{name!r} is a static listener; LDS cannot replace it")
+            if listener.connection_balance_config is not None:
+                raise ConfigError(source, f"{path}.connection_balance_config",
+                                  "pylon balances LDS listeners by the kernel only (exact and extend balancing "
+                                  "need the supervisor's load table, sized at start: use a static listener)")
+            old = self.listeners.get(name)
+            if old is not None and _address_key(old.config) != _address_key(listener):
+                raise ConfigError(source, f"{path}.address",
+                                  f"listener {name!r} has a different address {_spell_address(listener)} from the "
+                                  f"existing listener address {_spell_address(old.config)}")
+            if listener.address.socket_address.port_value:
+                other = taken.setdefault(_address_key(listener), f"listener {name!r}")
+                if other != f"listener {name!r}":
+                    raise ConfigError(source, f"{path}.address",
+                                      f"listener {name!r} has the same address {_spell_address(listener)} as {other}; "
+                                      "two listeners cannot bind one address and port")
+            for rel, cluster in _terminal_cluster_references(listener):
+                if cluster == self.grpc_cluster:
+                    raise ConfigError(source, f"{path}.{rel}", f"cluster {cluster!r} speaks HTTP/2 (the xDS cluster); "
+                                      "pylon proxies HTTP/1.1 upstreams only")
+                if self.cds_source is None and cluster not in self.static_clusters:
+                    raise ConfigError(source, f"{path}.{rel}", f"unknown cluster {cluster!r}")
+        if self.binder is not None:
+            self.binder.bind_new(resources, source)
+
     def _knows_cluster(self, name: str) -> bool:
         """Whether the cluster manager has `name`: static, or from CDS (warming ones too, as Envoy counts them)."""
         return name in self.static_clusters or name in self.clusters
@@ -208,6 +304,9 @@ class DynamicConfig:
     def _accept(self, update: Update) -> None:
         if update.kind is ENDPOINTS:
             self._accept_endpoints(update)
+            return
+        if update.kind is LISTENERS:
+            self._accept_listeners(update)
             return
         now = time.time()
         clusters = update.kind is CLUSTERS
@@ -227,6 +326,41 @@ class DynamicConfig:
             self._follow_eds_clusters()
         self.version += 1
         self._cluster_gauges()
+        self._listener_gauges()  # a listener waiting for its routes may be warm now
+
+    def _accept_listeners(self, update: Update) -> None:
+        """LDS is the state of the world: absent listeners go (drained by the workers), new RDS names start."""
+        now = time.time()
+        before = {s.stat_prefix for s in self.rds_subscribers}
+        for name, config in update.discovered.resources.items():
+            old = self.listeners.get(name)
+            if old is None or old.config != config:
+                self.listeners[name] = Resource(config, update.discovered.version_info, now)
+                self.stats.counter("listener_manager.listener_added" if old is None
+                                   else "listener_manager.listener_modified").inc()
+        for name in update.removed - set(update.discovered.resources):
+            if self.listeners.pop(name, None) is not None:
+                self.stats.counter("listener_manager.listener_removed").inc()
+                if self.binder is not None:
+                    self.binder.release(name)
+        subscribers = self.rds_subscribers
+        for prefix in {s.stat_prefix for s in subscribers} - before:
+            for counter in SUBSCRIPTION_COUNTERS:
+                self.stats.counter(prefix + counter)
+        wanted = {s.route_name for s in subscribers}
+        for route_name in set(self.routes) - wanted:
+            del self.routes[route_name]  # no HCM takes it any more (Envoy drops an unused route configuration)
+        self.rds_expired &= wanted
+        self.lds_version_info = update.discovered.version_info
+        self.version += 1
+        self._listener_gauges()
+
+    def _listener_gauges(self) -> None:
+        """Envoy's listener counts: active (static and warm LDS listeners) and warming."""
+        warming = sum(1 for r in self.listeners.values() if not self.listener_warm(r.config))
+        self.stats.gauge("listener_manager.total_listeners_warming").set(warming)
+        self.stats.gauge("listener_manager.total_listeners_active").set(
+            len(self.static_listeners) + len(self.listeners) - warming)
 
     def _accept_endpoints(self, update: Update) -> None:
         """Keep the assignments some cluster asks for (Envoy ignores the others)."""
@@ -260,6 +394,8 @@ class DynamicConfig:
             self.stats.counter(prefix + name).inc()
 
     def _prefixes(self, kind: ResourceKind[Any], stat_names: Sequence[str]) -> list[str]:
+        if kind is LISTENERS:
+            return ["listener_manager.lds."]
         if kind is CLUSTERS:
             return ["cluster_manager.cds."]
         if kind is ENDPOINTS:
@@ -268,11 +404,18 @@ class DynamicConfig:
 
     # ------------------------------------------------------------------ admin
     def config_dump(self) -> list[dict[str, Any]]:
-        """Envoy's ClustersConfigDump dynamic part and RoutesConfigDump, for /config_dump."""
+        """Envoy's ListenersConfigDump, ClustersConfigDump (dynamic part) and RoutesConfigDump, for /config_dump."""
         def stamp(seconds: float) -> str:
             return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{int(seconds % 1 * 1000):03d}Z"
 
         return [
+            {"@type": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump", "version_info": self.lds_version_info,
+             "static_listeners": [{"listener": {"@type": LISTENERS.type_url, **to_envoy_dict(listener)}}
+                                  for listener in self.static_listeners],
+             "dynamic_listeners": [
+                 {"name": name, ("active_state" if self.listener_warm(r.config) else "warming_state"): {
+                     "version_info": r.version_info, "listener": {"@type": LISTENERS.type_url, **to_envoy_dict(r.config)},
+                     "last_updated": stamp(r.last_updated)}} for name, r in self.listeners.items()]},
             {"@type": "type.googleapis.com/envoy.admin.v3.ClustersConfigDump", "version_info": self.cds_version_info,
              "dynamic_active_clusters": [
                  {"version_info": r.version_info, "cluster": {"@type": CLUSTERS.type_url, **to_envoy_dict(r.config)},
@@ -283,6 +426,29 @@ class DynamicConfig:
                   "route_config": {"@type": ROUTE_CONFIGURATIONS.type_url, **to_envoy_dict(r.config)},
                   "last_updated": stamp(r.last_updated)} for r in self.routes.values()]},
         ]
+
+
+def _address_key(listener: Any) -> tuple[Any, int]:
+    sa = listener.address.socket_address
+    return ipaddress.ip_address(sa.address), sa.port_value  # an IP: checked by Listener
+
+
+def _spell_address(listener: Any) -> str:
+    ip, port = _address_key(listener)
+    return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
+
+
+def _terminal_cluster_references(listener: Any) -> Iterable[tuple[str, str]]:
+    """(field path below the listener, cluster name) for the clusters its tcp_proxy or inline routes use."""
+    for j, chain in enumerate(listener.filter_chains):
+        for k, network_filter in enumerate(chain.filters):
+            config = network_filter.typed_config
+            base = f"filter_chains[{j}].filters[{k}].typed_config"
+            if isinstance(config, TcpProxy):
+                yield f"{base}.cluster", config.cluster
+            elif isinstance(config, HttpConnectionManager) and config.route_config is not None:
+                for rel, name in route_cluster_references(config.route_config):
+                    yield f"{base}.route_config.{rel}", name
 
 
 # ---------------------------------------------------------------------- filesystem xDS
@@ -323,28 +489,35 @@ _UNREADABLE = (-1, -1, -1)
 
 
 class FileSources:
-    """The CDS and RDS files of the bootstrap, feeding a DynamicConfig."""
+    """The LDS, CDS and RDS files of the bootstrap and of LDS listeners, feeding a DynamicConfig."""
 
     def __init__(self, dynamic: DynamicConfig) -> None:
         self.dynamic = dynamic
-        self.files: list[WatchedFile] = []
+        self.fixed: list[WatchedFile] = []  # CDS before LDS: a listener may name a cluster CDS brings
         if dynamic.cds_source is not None and dynamic.cds_source.file:
-            self.files.append(WatchedFile(dynamic.cds_source.file, CLUSTERS))
-        rds: dict[str, WatchedFile] = {}
-        for subscriber in dynamic.rds_subscribers:
-            path = subscriber.source.file
-            if path:
-                watched = rds.setdefault(path, WatchedFile(path, ROUTE_CONFIGURATIONS))
-                watched.route_names.append(subscriber.route_name)
-        self.files += rds.values()
+            self.fixed.append(WatchedFile(dynamic.cds_source.file, CLUSTERS))
+        if dynamic.lds_source is not None and dynamic.lds_source.file:
+            self.fixed.append(WatchedFile(dynamic.lds_source.file, LISTENERS))
+        self.rds: dict[str, WatchedFile] = {}
+        self._follow_listeners()
+
+    @property
+    def files(self) -> list[WatchedFile]:
+        return [*self.fixed, *self.rds.values()]
 
     def load_initial(self) -> None:
         """Read every file once at start-up; ConfigError for the first problem (nothing has started yet)."""
-        for watched in self.files:
-            _, text = watched.changed()
-            if text is None:
-                raise ConfigError(watched.path, "", "cannot read the file (a path_config_source)")
-            self._offer(watched, text)
+        for watched in self.fixed:
+            self._load(watched)
+        for watched in self.rds.values():
+            if watched.fingerprint is None:  # not read yet: not one an LDS listener's arrival read already
+                self._load(watched)
+
+    def _load(self, watched: WatchedFile) -> None:
+        _, text = watched.changed()
+        if text is None:
+            raise ConfigError(watched.path, "", "cannot read the file (a path_config_source)")
+        self._offer(watched, text)
 
     def poll(self) -> bool:
         """Look at every file; apply what changed and is valid. True when the workers need the new version."""
@@ -361,15 +534,46 @@ class FileSources:
             applied = True
         return applied
 
+    def _follow_listeners(self) -> list[WatchedFile]:
+        """Watch the RDS files the HCMs name now (an LDS version may add or drop some); the new ones."""
+        wanted: dict[str, list[str]] = {}
+        for subscriber in self.dynamic.rds_subscribers:
+            path = subscriber.source.file
+            if path:
+                names = wanted.setdefault(path, [])
+                if subscriber.route_name not in names:
+                    names.append(subscriber.route_name)
+        new = []
+        for path in set(self.rds) - set(wanted):
+            del self.rds[path]
+        for path, names in wanted.items():
+            watched = self.rds.get(path)
+            if watched is None:
+                watched = self.rds[path] = WatchedFile(path, ROUTE_CONFIGURATIONS)
+                new.append(watched)
+            watched.route_names = names
+        return new
+
     def _offer(self, watched: WatchedFile, text: str) -> None:
         def make() -> Update:
             discovered = parse_discovery_response(text, watched.path, watched.kind)
             for name in watched.route_names:
                 if name not in discovered.resources:
                     raise ConfigError(watched.path, "resources", f"no route configuration named {name!r}")
-            # CDS is the state of the world; an RDS file takes away what it held before and holds no more.
-            removed = frozenset(self.dynamic.clusters) if watched.kind is CLUSTERS else watched.names
+            # LDS and CDS are the state of the world; an RDS file takes away what it held before and holds no more.
+            if watched.kind is CLUSTERS:
+                removed = frozenset(self.dynamic.clusters)
+            elif watched.kind is LISTENERS:
+                removed = frozenset(self.dynamic.listeners)
+            else:
+                removed = watched.names
             return Update(watched.kind, discovered, removed, watched.path)
 
         accepted = self.dynamic.offer(watched.kind, watched.route_names, make)
         watched.names = frozenset(accepted.discovered.resources)
+        if watched.kind is LISTENERS:
+            for new in self._follow_listeners():  # their listeners warm once these are in
+                try:
+                    self._load(new)
+                except ConfigError as exc:
+                    log.error("routes of an LDS listener rejected; the listener waits for them: %s", exc)

@@ -36,6 +36,7 @@ from pylon.proxy.balance import Balancer, balancer_for
 from pylon.proxy.balance.loadtable import LoadTable
 from pylon.proxy.clusters_text import render_clusters
 from pylon.proxy.dynamic import POLL_INTERVAL_S, DynamicConfig, FileSources
+from pylon.proxy.listener_sockets import ListenerSockets
 from pylon.proxy.logging_setup import configure_logging
 from pylon.proxy.stats import StatsStore, cumulative, merge_snapshots
 from pylon.proxy.validate import configure_regex_engine, validate_runtime
@@ -66,6 +67,7 @@ class WorkerHandle:
     worker_id: int
     proc: subprocess.Popen
     client: control.ControlClient
+    lds_channel: socket.socket  # our end: LDS listener sockets go to the worker over it
     restarts: int = 0
 
 
@@ -73,8 +75,10 @@ class Supervisor:
     """The main process: owns the sockets, the workers and the admin endpoint."""
 
     def __init__(self, options: ProxyOptions, bootstrap: Any, dynamic: DynamicConfig, files: FileSources,
-                 balancers: list[Balancer], load_table: LoadTable | None = None) -> None:
+                 balancers: list[Balancer], listener_sockets: ListenerSockets,
+                 load_table: LoadTable | None = None) -> None:
         self.options = options
+        self.listener_sockets = listener_sockets  # LDS listeners' (the dynamic config binds through it)
         self.bootstrap = bootstrap
         self.bootstrap_document = bootstrap_to_dict(bootstrap)
         self.balancers = balancers
@@ -146,18 +150,25 @@ class Supervisor:
         """Send the current dynamic version to every running worker (one started later gets it at init)."""
         async with self.push_lock:
             document = self.dynamic.document()
-            handles = list(self.workers.values())
-            await asyncio.gather(*(h.client.request({"op": "dynamic", "dynamic": document}, timeout=60)
-                                   for h in handles))
+            await asyncio.gather(*(self._send_dynamic(h, document) for h in list(self.workers.values())))
+
+    async def _send_dynamic(self, handle: WorkerHandle, document: dict[str, Any]) -> None:
+        """A dynamic version to one worker: first the LDS sockets it lacks, then the version naming them."""
+        self.listener_sockets.send_missing(handle.worker_id, handle.lds_channel)
+        await handle.client.request({"op": "dynamic", "dynamic": document}, timeout=60)
 
     async def _spawn(self, worker_id: int) -> WorkerHandle:
         parent, child = socket.socketpair()
+        lds_ours, lds_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         listener_socks = [balancer.worker_socket(worker_id) for balancer in self.balancers]
-        fds = [child.fileno()] + [sock.fileno() for sock in listener_socks]
+        lds_fds = self.listener_sockets.spawn_fds(worker_id)
+        lds_channel_fd = lds_theirs.fileno()
+        fds = [child.fileno(), lds_channel_fd, *lds_fds.values()] + [sock.fileno() for sock in listener_socks]
         if self.load_table is not None:
             fds.append(self.load_table.fd)
         proc = subprocess.Popen([sys.executable, "-m", "pylon.proxy.worker", str(child.fileno())], pass_fds=fds)
         child.close()
+        lds_theirs.close()
         reader, writer = await asyncio.open_connection(sock=parent)
         init = {
             # The configuration this process validated and serves, never the files again: they may
@@ -167,6 +178,7 @@ class Supervisor:
             "config_source": self.options.config_path or CONFIG_YAML_SOURCE, "log_level": self.options.log_level,
             "drain_time": self.options.drain_time_s,
             "listener_fds": [sock.fileno() for sock in listener_socks],
+            "lds_channel_fd": lds_channel_fd, "lds_fds": lds_fds,
             "load_table_fd": self.load_table.fd if self.load_table is not None else None,
             "workers": self.options.concurrency,
         }
@@ -176,12 +188,12 @@ class Supervisor:
         if ready is None or ready.get("op") != "ready":
             proc.wait()
             raise WorkerStartError(f"worker {worker_id} failed to start (exit code {proc.returncode})")
-        client = control.ControlClient(reader, writer)
+        handle = WorkerHandle(worker_id, proc, control.ControlClient(reader, writer), lds_ours)
         if init["dynamic"]["version"] != self.dynamic.version:  # changed while it started: catch up
-            await client.request({"op": "dynamic", "dynamic": self.dynamic.document()}, timeout=60)
+            await self._send_dynamic(handle, self.dynamic.document())
         for balancer in self.balancers:
             balancer.worker_ready(worker_id)
-        return WorkerHandle(worker_id, proc, client)
+        return handle
 
     async def _monitor(self) -> None:
         """Restart workers that die outside a drain (Envoy would abort; a process can simply come back)."""
@@ -196,6 +208,7 @@ class Supervisor:
                 if code is None or self.draining:
                     continue
                 handle.client.close()
+                handle.lds_channel.close()
                 self.retired = merge_snapshots([self.retired, cumulative(self.last_seen.pop(worker_id, {}))])
                 log.error("worker %d (pid %d) exited with %s; restarting it", worker_id, handle.proc.pid, code)
                 for balancer in self.balancers:
@@ -221,6 +234,7 @@ class Supervisor:
         # waiting in a backlog nobody accepts from.
         for balancer in self.balancers:
             balancer.close()
+        self.listener_sockets.close()
         await self._stop_workers(self.options.drain_time_s)
         if self.admin_server is not None:
             self.admin_server.close()
@@ -240,6 +254,7 @@ class Supervisor:
                 handle.proc.kill()
                 handle.proc.wait()
             handle.client.close()
+            handle.lds_channel.close()
 
     # ------------------------------------------------------------------ admin backend
     async def _ask_all(self, op: str) -> list[dict[str, Any]]:
@@ -337,16 +352,19 @@ class ListenerBindError(Exception):
 def run_proxy(options: ProxyOptions) -> int:
     """The whole `pylon proxy` command; returns the process exit code."""
     configure_logging(options.log_level, "main")
+    listener_sockets = ListenerSockets(options.concurrency)
     try:
         bootstrap = load_bootstrap(options.config_path, options.config_yaml)
         configure_regex_engine(bootstrap, options.config_path or "<config-yaml>")
         validate_runtime(bootstrap, options.config_path or "<config-yaml>")
-        dynamic = DynamicConfig(bootstrap, StatsStore())
+        # Validating binds nothing; serving binds LDS listeners as their updates are checked.
+        dynamic = DynamicConfig(bootstrap, StatsStore(), None if options.mode == "validate" else listener_sockets)
         files = FileSources(dynamic)
         files.load_initial()
     except ConfigError as exc:
         # One plain line (no log prefix) so scripts and users can read the field path directly.
         print(str(exc), file=sys.stderr)
+        listener_sockets.close()
         return 1
     if options.mode == "validate":
         print(f"configuration '{options.config_path or '<config-yaml>'}' OK")
@@ -357,5 +375,6 @@ def run_proxy(options: ProxyOptions) -> int:
         balancers, table = bind_listeners(bootstrap, options.concurrency)
     except ListenerBindError as exc:
         log.critical("%s", exc)
+        listener_sockets.close()
         return 1
-    return uvloop.run(Supervisor(options, bootstrap, dynamic, files, balancers, table).run())
+    return uvloop.run(Supervisor(options, bootstrap, dynamic, files, balancers, listener_sockets, table).run())

@@ -42,9 +42,15 @@ def configure_regex_engine(bootstrap: Any, source: str) -> None:
 def validate_runtime(bootstrap: Any, source: str) -> None:
     """Raise ConfigError for the first runtime piece that cannot be built."""
     resources = bootstrap.static_resources
-    _check_balancers(source, resources.listeners)
-    for i, listener in enumerate(resources.listeners):
-        base = f"static_resources.listeners[{i}]"
+    validate_listeners(resources.listeners, source, "static_resources.listeners")
+    validate_clusters(resources.clusters, source, "static_resources.clusters")
+
+
+def validate_listeners(listeners: list[Any], source: str, path: str) -> None:
+    """ConfigError unless each listener's runtime builds (chains, TLS, routes, logs); static or from LDS."""
+    _check_balancers(source, listeners, path)
+    for i, listener in enumerate(listeners):
+        base = f"{path}[{i}]"
         if len(listener.filter_chains) != 1:
             raise ConfigError(source, f"{base}.filter_chains",
                               "pylon supports exactly one filter chain per listener (filter_chain_match is not supported yet)")
@@ -65,7 +71,6 @@ def validate_runtime(bootstrap: Any, source: str) -> None:
         if isinstance(terminal, HttpConnectionManager) and terminal.route_config is not None:
             validate_route_config(terminal.route_config, source, f"{filter_path}.route_config")
         _check_access_logs(source, filter_path, terminal)
-    validate_clusters(resources.clusters, source, "static_resources.clusters")
 
 
 def validate_route_config(route_config: Any, source: str, path: str) -> None:
@@ -87,18 +92,18 @@ def validate_clusters(clusters: list[Any], source: str, path: str) -> None:
                 raise ConfigError(source, _join(tls_path, exc.path), exc.message) from exc
 
 
-def _check_balancers(source: str, listeners: list[Any]) -> None:
+def _check_balancers(source: str, listeners: list[Any], base: str) -> None:
     """Refuse a DLB config without a fallback; warn once that DLB configs run on their fallback."""
     on_fallback: list[str] = []
     for i, listener in enumerate(listeners):
-        path = f"static_resources.listeners[{i}].connection_balance_config.extend_balance.typed_config"
+        path = f"{base}[{i}].connection_balance_config.extend_balance.typed_config"
         try:
             kind = balance_kind(listener)
         except NoDlbFallback as exc:
             raise ConfigError(source, f"{path}.{exc.field}", str(exc)) from exc
         config = listener.connection_balance_config
         if config is not None and config.extend_balance is not None and isinstance(config.extend_balance.typed_config, Dlb):
-            on_fallback.append(f"static_resources.listeners[{i}] ({listener.name or 'unnamed'}) → {kind}")
+            on_fallback.append(f"{base}[{i}] ({listener.name or 'unnamed'}) → {kind}")
     if on_fallback:
         log.warning("envoy.network.connection_balance.dlb: no DLB device on this host; using each listener's "
                     "fallback_policy: %s", "; ".join(on_fallback))

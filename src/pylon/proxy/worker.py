@@ -35,6 +35,7 @@ from pylon.proxy.balance import Accepting, balancer_for
 from pylon.proxy.balance.loadtable import RQ_ACTIVE, LoadSlot, LoadTable
 from pylon.proxy.deadlines import DeadlineWheel
 from pylon.proxy.fairness import PhaseBudget
+from pylon.proxy.lds import LdsListeners
 from pylon.proxy.listener import ListenerRuntime, build_listener
 from pylon.proxy.logging_setup import configure_logging
 from pylon.proxy.router import RouteTable
@@ -117,6 +118,7 @@ class Worker:
         self._wall_offset = time.time() - loop.time()
         self.deadlines = DeadlineWheel(TIMEOUT_RESOLUTION_S)
         self.read_budget = PhaseBudget(loop)
+        self.lds = LdsListeners(self, None, {}, 0.0)  # replaced at start by one with the supervisor's channel
         self._ticking = False
         self.load_slots: list[LoadSlot] = []  # where this worker publishes in-flight requests (dispatcher)
         self._inflight_avg = 0.0
@@ -142,7 +144,9 @@ class Worker:
             conn.runtime_listener.closed()
 
     async def start(self, bootstrap: Any, listener_fds: list[int], dynamic: dict[str, Any],
-                    load_table: LoadTable | None = None) -> None:
+                    load_table: LoadTable | None = None, lds: LdsListeners | None = None) -> None:
+        if lds is not None:
+            self.lds = lds
         self.access_log_writer.start(self.loop)
         self.clusters.update(build_clusters(bootstrap.static_resources.clusters, self.stats, self.worker_id))
         for cluster in self.clusters.values():
@@ -209,9 +213,17 @@ class Worker:
             del self.cds_configs[name]
             self.eds_assignments.pop(name, None)
             retiring.append(self.clusters.pop(name))
+        # Listeners after the clusters and routes they use, as Envoy's listener manager follows CDS.
+        self.lds.apply(document["listeners"], document["bound_listeners"])
         for cluster in retiring:
             self.pools.retire_cluster(cluster)
             await cluster.stop()
+
+    def forget_route_subscriber(self, hcm: Any) -> None:
+        """A retired LDS listener's HCM takes no more RDS updates."""
+        for subscribers in self.rds_subscribers.values():
+            if hcm in subscribers:
+                subscribers.remove(hcm)
 
     def route_table_for(self, hcm: Any, route_config_name: str) -> RouteTable:
         """The RDS route table an HTTP connection manager starts with; it is kept current from then on."""
@@ -258,7 +270,8 @@ class Worker:
         self.draining = True
         for server in self.servers:
             server.close()
-        for runtime in self.listeners:
+        self.lds.close()
+        for runtime in [*self.listeners, *self.lds.runtimes()]:
             runtime.draining = True
         for conn in list(self.connections):
             conn.drain()
@@ -289,9 +302,11 @@ async def _serve(control_fd: int) -> int:
     worker = Worker(init["worker_id"], loop)
     table_fd = init.get("load_table_fd")
     table = LoadTable(table_fd, len(init["listener_fds"]), init["workers"]) if table_fd is not None else None
-    await worker.start(bootstrap, init["listener_fds"], init["dynamic"], table)
-    stop = asyncio.Event()
     drain_time = float(init.get("drain_time", 600))
+    channel = socket.socket(fileno=init["lds_channel_fd"])
+    lds = LdsListeners(worker, channel, init["lds_fds"], drain_time)
+    await worker.start(bootstrap, init["listener_fds"], init["dynamic"], table, lds)
+    stop = asyncio.Event()
 
     def on_term() -> None:
         loop.create_task(_drain_and_stop(worker, drain_time, stop))

@@ -9,6 +9,10 @@ opened counts `update_failure` for every subscription, sets
 `control_plane.connected_state` to 0 and is retried after a jittered backoff;
 nothing served changes meanwhile.
 
+RDS follows LDS the same way: each accepted LDS version names the route
+configurations its listeners' HCMs take, asked for before the LDS ACK; a
+listener warms until they come or their `initial_fetch_timeout` passes.
+
 EDS follows CDS as in Envoy: each accepted CDS version names the
 ClusterLoadAssignments its EDS clusters need, and the new names are asked for
 before the CDS ACK goes out. Each new name gets its cluster's
@@ -29,7 +33,7 @@ from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest, Discovery
 from google.protobuf import json_format
 
 from pylon import __version__
-from pylon.config.discovery import CLUSTERS, ENDPOINTS, ROUTE_CONFIGURATIONS, ResourceKind, Update
+from pylon.config.discovery import CLUSTERS, ENDPOINTS, LISTENERS, ROUTE_CONFIGURATIONS, ResourceKind, Update
 from pylon.config.errors import ConfigError
 from pylon.xds.backoff import Backoff
 from pylon.xds.resources import KINDS, decode_response, rejection_detail
@@ -46,10 +50,19 @@ class ResourceSink(Protocol):
     the stats. A protocol, so this package depends on the config model only, never on the proxy."""
 
     ads_config: Any
+    lds_source: Any
     cds_source: Any
-    rds_subscribers: Sequence[Any]
+    listeners: Mapping[str, Any]
     clusters: Mapping[str, Any]
+    routes: Mapping[str, Any]
     stats: Any
+
+    @property
+    def rds_subscribers(self) -> Sequence[Any]: ...
+
+    def listener_warm(self, listener: Any) -> bool: ...
+
+    def expire_rds(self, route_name: str) -> bool: ...
 
     def eds_services(self) -> dict[str, list[str]]: ...
 
@@ -79,8 +92,8 @@ def grpc_target(bootstrap: Any, cluster_name: str) -> tuple[str, float]:
 
 
 class AdsClient:
-    """One ADS stream at a time to the management server: CDS (wildcard), the RDS names HCMs need, and the EDS
-    names CDS clusters need."""
+    """One ADS stream at a time to the management server: CDS and LDS (wildcard), the RDS names HCMs need, and
+    the EDS names CDS clusters need."""
 
     def __init__(self, bootstrap: Any, dynamic: ResourceSink, on_update: Callable[[], Awaitable[None]],
                  backoff: Backoff | None = None) -> None:
@@ -96,8 +109,11 @@ class AdsClient:
         if cds is not None and cds.ads is not None:
             self.state.subscriptions.append(Subscription(CLUSTERS.type_url))
             self.timeouts[CLUSTERS.type_url] = float(cds.initial_fetch_timeout)
+        lds = dynamic.lds_source
+        if lds is not None and lds.ads is not None:
+            self.state.subscriptions.append(Subscription(LISTENERS.type_url))
+            self.timeouts[LISTENERS.type_url] = float(lds.initial_fetch_timeout)
         rds = [s for s in dynamic.rds_subscribers if s.source.ads is not None]
-        self.route_names = sorted({s.route_name for s in rds})
         if rds:
             self.state.subscriptions.append(Subscription(ROUTE_CONFIGURATIONS.type_url, self.route_names))
             timeouts = [float(s.source.initial_fetch_timeout) for s in rds]
@@ -108,6 +124,14 @@ class AdsClient:
         self.eds_timers: dict[str, asyncio.Task[None]] = {}  # initial_fetch_timeout of services not yet warm
         self.eds_settled = asyncio.Event()  # every EDS cluster is warm (start-up waits for it)
         self.eds_settled.set()
+        self.rds_timers: dict[str, asyncio.Task[None]] = {}  # initial_fetch_timeout of LDS listeners' routes
+        self.listeners_settled = asyncio.Event()  # every LDS listener is warm (start-up waits for it)
+        self.listeners_settled.set()
+
+    @property
+    def route_names(self) -> list[str]:
+        """The route configurations asked for over ADS: those the static and the LDS listeners' HCMs name."""
+        return sorted({s.route_name for s in self.dynamic.rds_subscribers if s.source.ads is not None})
 
     def _count_all(self, stat: str) -> None:
         for subscription in self.state.subscriptions:
@@ -130,6 +154,7 @@ class AdsClient:
 
         await asyncio.gather(*(one(type_url) for type_url in self.timeouts))
         await self.eds_settled.wait()  # the EDS clusters of the first CDS version warm before workers start
+        await self.listeners_settled.wait()  # and the first LDS version's listeners get their routes
 
     async def run(self) -> None:
         """Keep a stream open for ever (cancel to stop): reconnect after a jittered backoff."""
@@ -174,8 +199,13 @@ class AdsClient:
 
         def make() -> Update:
             discovered = decode_response(response, SOURCE)
-            # CDS is the state of the world (absent means removed); RDS responses only add or change.
-            removed = frozenset(self.dynamic.clusters) if kind is CLUSTERS else frozenset()
+            # LDS and CDS are the state of the world (absent means removed); RDS responses only add or change.
+            if kind is CLUSTERS:
+                removed = frozenset(self.dynamic.clusters)
+            elif kind is LISTENERS:
+                removed = frozenset(self.dynamic.listeners)
+            else:
+                removed = frozenset()
             return Update(kind, discovered, removed, SOURCE)
 
         try:
@@ -186,7 +216,12 @@ class AdsClient:
                       response.version_info, detail)
             self._first_update(type_url)
             return [self.state.nack(type_url, response.nonce, detail)]
-        requests = self._follow_clusters() if kind is CLUSTERS else []
+        if kind is CLUSTERS:
+            requests = self._follow_clusters()
+        elif kind is LISTENERS:
+            requests = self._follow_listeners()
+        else:
+            requests = []
         self._first_update(type_url)
         self._check_settled()
         await self.on_update()
@@ -214,6 +249,33 @@ class AdsClient:
         request = self.state.resubscribe(ENDPOINTS.type_url, sorted(services))
         return [request] if request is not None else []
 
+    def _follow_listeners(self) -> list[DiscoveryRequest]:
+        """After an LDS version: ask for the route configurations its listeners name (before the LDS ACK, as
+        Envoy), each new one with its HCM's initial_fetch_timeout."""
+        subscription = self.state.subscription(ROUTE_CONFIGURATIONS.type_url)
+        asked = set(subscription.names or ()) if subscription is not None else set()
+        names = self.route_names
+        started = [name for name in names if name not in asked]
+        self.dynamic.count(ROUTE_CONFIGURATIONS, started, "update_attempt")  # a (new) subscription's start
+        for name in set(self.rds_timers) - set(names):
+            self.rds_timers.pop(name).cancel()
+        for subscriber in self.dynamic.rds_subscribers:
+            name, timeout = subscriber.route_name, float(subscriber.source.initial_fetch_timeout)
+            if (name in started and subscriber.source.ads is not None and name not in self.dynamic.routes
+                    and name not in self.rds_timers and timeout):
+                self.rds_timers[name] = asyncio.get_running_loop().create_task(self._expire_routes(name, timeout))
+        request = self.state.resubscribe(ROUTE_CONFIGURATIONS.type_url, names)
+        return [request] if request is not None else []
+
+    async def _expire_routes(self, name: str, timeout: float) -> None:
+        await asyncio.sleep(timeout)
+        self.rds_timers.pop(name, None)
+        if self.dynamic.expire_rds(name):
+            log.warning("no route configuration %r within initial_fetch_timeout %.3gs; its listeners serve "
+                        "without it (404)", name, timeout)
+            self._check_settled()
+            await self.on_update()
+
     async def _expire(self, service: str, timeout: float) -> None:
         await asyncio.sleep(timeout)
         self.eds_timers.pop(service, None)
@@ -231,3 +293,9 @@ class AdsClient:
             self.eds_settled.set()
         else:
             self.eds_settled.clear()
+        for name in [n for n in self.rds_timers if n in self.dynamic.routes]:
+            self.rds_timers.pop(name).cancel()
+        if all(self.dynamic.listener_warm(r.config) for r in self.dynamic.listeners.values()):
+            self.listeners_settled.set()
+        else:
+            self.listeners_settled.clear()

@@ -8,12 +8,16 @@ the same field paths (`resources[2].connect_timeout`).
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 import re
 from typing import Any
 
 # Imported for their descriptors: json_format expands an Any only when its message type is known.
+# Types inside resources (a listener's filters, their typed configs) are imported when first met.
 import envoy.config.cluster.v3.cluster_pb2  # noqa: F401
 import envoy.config.endpoint.v3.endpoint_pb2  # noqa: F401
+import envoy.config.listener.v3.listener_pb2  # noqa: F401
 import envoy.config.route.v3.route_pb2  # noqa: F401
 import envoy.extensions.retry.host.previous_hosts.v3.previous_hosts_pb2  # noqa: F401
 import envoy.extensions.transport_sockets.tls.v3.tls_pb2  # noqa: F401
@@ -21,11 +25,14 @@ import envoy.extensions.upstreams.http.v3.http_protocol_options_pb2  # noqa: F40
 from envoy.service.discovery.v3.discovery_pb2 import DiscoveryResponse
 from google.protobuf import json_format
 
-from pylon.config.discovery import CLUSTERS, ENDPOINTS, ROUTE_CONFIGURATIONS, Discovered, ResourceKind, discovered_from_data
+from pylon.config.discovery import (
+    CLUSTERS, ENDPOINTS, LISTENERS, ROUTE_CONFIGURATIONS, Discovered, ResourceKind, discovered_from_data,
+)
 from pylon.config.errors import ConfigError
 
 #: The resource types pylon subscribes to, by type URL.
-KINDS: dict[str, ResourceKind[Any]] = {kind.type_url: kind for kind in (CLUSTERS, ENDPOINTS, ROUTE_CONFIGURATIONS)}
+KINDS: dict[str, ResourceKind[Any]] = {
+    kind.type_url: kind for kind in (LISTENERS, CLUSTERS, ENDPOINTS, ROUTE_CONFIGURATIONS)}
 
 
 def decode_response(response: DiscoveryResponse, source: str) -> Discovered[Any]:
@@ -34,10 +41,45 @@ def decode_response(response: DiscoveryResponse, source: str) -> Discovered[Any]
     items = []
     for index, resource in enumerate(response.resources):
         try:
-            items.append(json_format.MessageToDict(resource, preserving_proto_field_name=True))
+            items.append(to_proto_json(resource))
         except (TypeError, KeyError, json_format.Error) as exc:
             raise ConfigError(source, f"resources[{index}]", f"cannot decode {resource.type_url}: {exc}") from None
     return discovered_from_data({"version_info": response.version_info, "resources": items}, source, kind)
+
+
+_UNKNOWN_TYPE = re.compile(r"Can not find message descriptor by type_url: type\.googleapis\.com/([\w.]+)")
+
+
+def to_proto_json(message: Any) -> dict[str, Any]:
+    """proto-JSON of `message`, importing the xds-protos package of each Any type inside it on first sight.
+
+    json_format knows a type only once its module is imported, and a listener
+    can hold any of hundreds of filter configs; importing them all would cost
+    seconds at start. A type no package provides stays an error (the resource
+    is NACKed, naming it).
+    """
+    tried: set[str] = set()
+    while True:
+        try:
+            return json_format.MessageToDict(message, preserving_proto_field_name=True)
+        except TypeError as exc:
+            match = _UNKNOWN_TYPE.search(str(exc))
+            if match is None or match.group(1) in tried or not _import_package_of(match.group(1)):
+                raise
+            tried.add(match.group(1))
+
+
+def _import_package_of(full_name: str) -> bool:
+    """Import every module of the proto package of `full_name` (e.g. envoy.extensions.filters.http.rbac.v3)."""
+    package_name = full_name.rpartition(".")[0]
+    try:
+        package = importlib.import_module(package_name)
+    except ImportError:
+        return False
+    for module in pkgutil.iter_modules(getattr(package, "__path__", [])):
+        if module.name.endswith("_pb2"):
+            importlib.import_module(f"{package_name}.{module.name}")
+    return True
 
 
 _INDEX = re.compile(r"^resources\[(\d+)\]")
@@ -50,7 +92,7 @@ def rejection_detail(response: DiscoveryResponse, error: ConfigError) -> str:
         return str(error)
     resource = response.resources[int(match.group(1))]
     try:
-        data = json_format.MessageToDict(resource, preserving_proto_field_name=True)
+        data = to_proto_json(resource)
         name = data.get(KINDS[response.type_url].name_field, "")
     except (TypeError, KeyError, json_format.Error):
         name = ""

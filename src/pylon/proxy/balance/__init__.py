@@ -91,4 +91,5 @@ def system_somaxconn() -> int:
         return 128  # Envoy's default where the kernel does not tell
 
 
-__all__ = ["BALANCERS", "Accepting", "Balancer", "Dispatcher", "Dlb", "NoDlbFallback", "balance_kind", "balancer_for"]
+__all__ = ["BALANCERS", "Accepting", "Balancer", "Dispatcher", "Dlb", "NoDlbFallback", "balance_kind", "balancer_for",
+           "listen_backlog"]

@@ -60,8 +60,10 @@ class ListenerAcceptor:
                 return
             start_adopting(self.loop, conn, self.runtime)
 
-    def close(self) -> None:
+    def close(self, keep_socket: bool = False) -> None:
+        """Stop accepting; the socket closes too unless a new version of the listener takes it over."""
         if self.open:
             self.open = False
             self.loop.remove_reader(self.sock.fileno())
-            self.sock.close()
+            if not keep_socket:
+                self.sock.close()

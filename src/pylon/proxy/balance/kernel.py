@@ -32,8 +32,12 @@ class KernelBalancer:
         self.accepts_per_event = accepts_per_event  # None: all pending, as Envoy
         self.sockets: list[socket.socket] = []
 
-    def bind(self, host: str, port: int, workers: int) -> None:
-        """One listening socket per worker (or one shared), bound now so errors surface before start."""
+    def bind(self, host: str, port: int, workers: int, listen: bool = True) -> None:
+        """One listening socket per worker (or one shared), bound now so errors surface before start.
+
+        `listen=False` only binds: an LDS listener's port is taken while it warms, and refuses
+        connections (as in Envoy) until the workers listen on it once it is warm.
+        """
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         count = workers if self.reuse_port else 1
         sockets: list[socket.socket] = []
@@ -49,7 +53,8 @@ class KernelBalancer:
                 sock.bind((host, port))
                 if port == 0 and self.reuse_port:
                     port = sock.getsockname()[1]  # the others must share the port the first one got
-                sock.listen(self.backlog)
+                if listen:
+                    sock.listen(self.backlog)
                 sock.setblocking(False)
         except OSError:
             for sock in sockets:
