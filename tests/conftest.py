@@ -31,6 +31,15 @@ _EPHEMERAL_LOW, _ = _ephemeral_range()
 _PORTS = range(max(1024, _EPHEMERAL_LOW - 12000), _EPHEMERAL_LOW)
 
 
+def refuses_connections(port: int) -> bool:
+    """Whether a new connection to 127.0.0.1:port is refused (nothing listens there)."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1, outside the ephemeral range, that nothing is bound to right now."""
     for _ in range(100):

@@ -14,7 +14,6 @@ may take its routes by RDS from another watched file. Stats use Envoy's
 from __future__ import annotations
 
 import http.client
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import free_port, refuses_connections
 from tests.proxy.conftest import ProxyLauncher, RunningProxy, http_listener, route, static_cluster, wait_until
 from tests.proxy.test_proxy_filesystem_xds import EFFECT_S, replace_file, routes_file
 from tests.proxy.test_proxy_worker_restart import direct
@@ -75,12 +74,7 @@ class Setup:
         return f"{reply.status_code} {reply.text}"
 
     def refuses(self, name: str) -> bool:
-        """Whether a new connection to `name`'s port is refused (nothing listens there)."""
-        try:
-            socket.create_connection(("127.0.0.1", self.ports[name]), timeout=1).close()
-        except ConnectionRefusedError:
-            return True
-        return False
+        return refuses_connections(self.ports[name])
 
     def manager_stats(self, *names: str) -> dict[str, int | None]:
         """These `listener_manager.<name>` stats (None: not shown)."""

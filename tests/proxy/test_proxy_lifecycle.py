@@ -17,20 +17,12 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import free_port
+from tests.conftest import free_port, refuses_connections
 from tests.proxy.conftest import (
     ProxyLauncher, RunningProxy, http_listener, json_access_log, proxy_args, read_json_lines, route, static_cluster,
     tcp_listener, wait_until, write_bootstrap,
 )
 from tests.proxy.upstreams import TcpEcho
-
-
-def _nothing_listens(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-    except OSError:
-        return True
-    return False
 
 
 def _run_to_exit(launcher: ProxyLauncher, config: Path, *extra: str, timeout: float = 20) -> tuple[int, str]:
@@ -50,7 +42,7 @@ def test_validate_mode_ok_binds_nothing(launcher, tmp_path, upstreams):
     code, out = _run_to_exit(launcher, config, "--mode", "validate")
     assert code == 0, out
     assert "OK" in out
-    assert _nothing_listens(port) and _nothing_listens(admin)
+    assert refuses_connections(port) and refuses_connections(admin)
 
 
 BAD_ROUTE_PATH = ("static_resources.listeners[0].filter_chains[0].filters[0].typed_config.route_config"
@@ -66,7 +58,7 @@ def test_unsupported_field_is_an_error_naming_its_path(launcher, tmp_path, mode)
     code, out = _run_to_exit(launcher, config, "--mode", mode)
     assert code == 1, out
     assert BAD_ROUTE_PATH in out
-    assert _nothing_listens(port) and _nothing_listens(admin)
+    assert refuses_connections(port) and refuses_connections(admin)
 
 
 @pytest.mark.parametrize("mutate, expected", [
@@ -98,7 +90,7 @@ def test_port_in_use_exits_1_and_starts_nothing(launcher, tmp_path):
         code, out = _run_to_exit(launcher, config)
         assert code == 1, out
         assert str(port) in out
-        assert _nothing_listens(admin)
+        assert refuses_connections(admin)
 
 
 # --------------------------------------------------------------------------- workers and draining
@@ -141,7 +133,7 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(run_proxy, upstreams):
     assert codes == [200, 200, 200]
     assert proxy.proc.wait(timeout=10) == 0
     assert time.monotonic() - start < 5.0
-    assert _nothing_listens(proxy.ports["main"])
+    assert refuses_connections(proxy.ports["main"])
 
 
 def test_new_connections_not_served_while_draining(run_proxy, upstreams):

@@ -9,7 +9,6 @@ refuses new connections.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import free_port, refuses_connections
 from tests.proxy.conftest import ProxyLauncher, RunningProxy, http_listener, static_cluster, wait_until
 from tests.proxy.test_proxy_worker_restart import direct
 from tests.proxy.upstreams import Upstream
@@ -38,11 +37,7 @@ class Setup:
         return "upstream a" if reply.headers.get("x-served-by") == str(self.up.port) else f"{reply.status_code} {reply.text}"
 
     def refuses(self, name: str) -> bool:
-        try:
-            socket.create_connection(("127.0.0.1", self.ports[name]), timeout=1).close()
-        except ConnectionRefusedError:
-            return True
-        return False
+        return refuses_connections(self.ports[name])
 
 
 def second(port: int, body: str) -> dict[str, Any]:

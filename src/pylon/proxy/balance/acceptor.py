@@ -22,14 +22,33 @@ import errno
 import logging
 import socket
 import sys
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 from pylon.proxy.balance.adopt import start_adopting
 
 log = logging.getLogger("pylon.main")
 
+T = TypeVar("T")
+
 #: accept(2) errors about one connection (it left, or a firewall refused it), not about the socket.
 TRANSIENT_ACCEPT_ERRORS = (errno.ECONNABORTED, errno.EPROTO, errno.EPERM)
+
+
+def accept_pending(accept: Callable[[], tuple[T, Any]], limit: int, listener: str) -> Iterator[T]:
+    """What `accept` gives for each pending connection, at most `limit`; stops when none is left."""
+    for _ in range(limit):
+        try:
+            conn, _addr = accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            if exc.errno in TRANSIENT_ACCEPT_ERRORS:
+                continue
+            # EMFILE and the like: what is queued waits in the backlog for the next wake-up.
+            log.error("listener %s: accept failed: %s", listener, exc)
+            return
+        yield conn
 
 
 class ListenerAcceptor:
@@ -46,18 +65,7 @@ class ListenerAcceptor:
         self.open = True
 
     def _on_acceptable(self) -> None:
-        accept = self.sock.accept
-        for _ in range(self.accepts_per_event):
-            try:
-                conn, _addr = accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                if exc.errno in TRANSIENT_ACCEPT_ERRORS:
-                    continue
-                # EMFILE and the like: what is queued waits in the backlog for the next wake-up.
-                log.error("listener %s: accept failed: %s", self.runtime.config.name, exc)
-                return
+        for conn in accept_pending(self.sock.accept, self.accepts_per_event, repr(self.runtime.config.name)):
             start_adopting(self.loop, conn, self.runtime)
 
     def close(self, keep_socket: bool = False) -> None:

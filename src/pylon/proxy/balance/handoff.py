@@ -44,7 +44,7 @@ import sys
 from collections import deque
 from typing import Any, Protocol, Sequence
 
-from pylon.proxy.balance.acceptor import TRANSIENT_ACCEPT_ERRORS
+from pylon.proxy.balance.acceptor import accept_pending
 from pylon.proxy.balance.adopt import start_adopting
 from pylon.proxy.balance.loadtable import CX_ACTIVE, RQ_ACTIVE, TAKEN, LoadSlot, LoadTable
 
@@ -181,17 +181,8 @@ class HandoffBalancer:
     def _on_acceptable(self) -> None:
         assert self.sock is not None
         fds: list[int] = []
-        accept = self.sock._accept  # the fd without building a Python socket object we would only detach
-        for _ in range(self.accepts_per_event):
-            try:
-                fd, _addr = accept()
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError as exc:
-                if exc.errno in TRANSIENT_ACCEPT_ERRORS:
-                    continue
-                log.error("listener %d: accept failed: %s", self.listener_index, exc)
-                break
+        # sock._accept: the fd without building a Python socket object we would only detach
+        for fd in accept_pending(self.sock._accept, self.accepts_per_event, str(self.listener_index)):
             fds.append(fd)
             if len(fds) == MAX_BATCH:
                 self._dispatch(fds)
