@@ -1,6 +1,7 @@
 """Every check `TokenAuthority.verify` makes has a token here that only that check refuses."""
 
 import time
+from collections.abc import Callable
 
 import jwt
 import pytest
@@ -25,18 +26,21 @@ def test_issued_token_verifies_to_its_service_account() -> None:
     assert AUTHORITY.verify(jwt.encode(claims(), KEY, algorithm="ES256")) == ServiceAccount("default", "web")
 
 
-@pytest.mark.parametrize("token, reason", [
-    (AUTHORITY.issue("default", "web", ttl=60, now=time.time() - 120), "expired"),
-    (jwt.encode(claims(aud=["other"]), KEY, algorithm="ES256"), "audience"),
-    (jwt.encode(claims(iss="someone-else"), KEY, algorithm="ES256"), "issuer"),
-    (jwt.encode(claims(), generate_key(KeyType.ECDSA_P256), algorithm="ES256"), "signature"),
-    (jwt.encode(claims(exp=None), KEY, algorithm="ES256"), "exp"),
-    (jwt.encode(claims(), None, algorithm="none"), "alg value"),
-    (jwt.encode(claims(sub="someone"), KEY, algorithm="ES256"), "not a service account"),
-    (jwt.encode(claims(sub="system:serviceaccount:default:"), KEY, algorithm="ES256"), "not a service account"),
-    ("not-a-jwt", "invalid"),
+# Tokens are made when each test runs, not at collection: a valid `exp` a minute ahead would have
+# passed by the time a long suite reaches them, and every case would read "expired".
+@pytest.mark.parametrize("make, reason", [
+    (lambda: AUTHORITY.issue("default", "web", ttl=60, now=time.time() - 120), "expired"),
+    (lambda: jwt.encode(claims(aud=["other"]), KEY, algorithm="ES256"), "audience"),
+    (lambda: jwt.encode(claims(iss="someone-else"), KEY, algorithm="ES256"), "issuer"),
+    (lambda: jwt.encode(claims(), generate_key(KeyType.ECDSA_P256), algorithm="ES256"), "signature"),
+    (lambda: jwt.encode(claims(exp=None), KEY, algorithm="ES256"), "exp"),
+    (lambda: jwt.encode(claims(), None, algorithm="none"), "alg value"),
+    (lambda: jwt.encode(claims(sub="someone"), KEY, algorithm="ES256"), "not a service account"),
+    (lambda: jwt.encode(claims(sub="system:serviceaccount:default:"), KEY, algorithm="ES256"), "not a service account"),
+    (lambda: "not-a-jwt", "invalid"),
 ])  # fmt: skip
-def test_refused(token: str, reason: str) -> None:
+def test_refused(make: Callable[[], str], reason: str) -> None:
+    token = make()
     with pytest.raises(TokenError, match="(?i)" + reason.split()[0]):
         AUTHORITY.verify(token)
 
