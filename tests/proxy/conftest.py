@@ -94,9 +94,10 @@ ENVOY_BIN = REPO_ROOT / ".venv" / "bin" / "envoy"
 
 
 def envoy_args(config: Path, concurrency: int = 1) -> list[str]:
-    """Stock Envoy on the same bootstrap; a random base id so several can run at once."""
+    """Stock Envoy on the same bootstrap; a random base id so several can run at once; access-log files
+    flushed every 250 ms (Envoy's default, 10 s, would keep lines from a test for longer than it waits)."""
     return [str(ENVOY_BIN), "-c", str(config), "--concurrency", str(concurrency), "--use-dynamic-base-id",
-            "-l", "warning"]
+            "-l", "warning", "--file-flush-interval-msec", "250"]
 
 
 def proxy_args(config: Path, concurrency: int = 1, drain_time: float = 5.0, *extra: str) -> list[str]:

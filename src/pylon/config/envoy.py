@@ -207,6 +207,16 @@ def _resolve_typed_field(struct: msgspec.Struct, field: str, category: str) -> N
     force_setattr(struct, field, decoded)
 
 
+def _resolve_per_filter_configs(struct: msgspec.Struct) -> None:
+    """Decode each `typed_per_filter_config` value as an HTTP filter config of its @type."""
+    configs = getattr(struct, "typed_per_filter_config")
+    for name, raw in configs.items():
+        try:
+            configs[name] = decode_typed(registry.HTTP_FILTER, raw)
+        except FieldError as exc:
+            raise FieldError(join_path(f"typed_per_filter_config[{name}]", exc.rel_path), exc.message) from None
+
+
 class _TypedExtension(EnvoyStruct, kw_only=True):
     """Envoy's {name, typed_config} pair; each subclass fixes the registry category of its position."""
 
@@ -238,6 +248,18 @@ class Address(EnvoyStruct, kw_only=True):
     """config.core.v3.Address; of its oneof only `socket_address` is supported."""
 
     socket_address: SocketAddress
+
+
+class FractionalPercent(EnvoyStruct, kw_only=True):
+    """type.v3.FractionalPercent: numerator over 100, 10,000 or 1,000,000 (a numerator above it means all)."""
+
+    numerator: UInt32 = 0
+    denominator: Literal["HUNDRED", "TEN_THOUSAND", "MILLION"] = "HUNDRED"
+
+    @property
+    def fraction(self) -> float:
+        scale = {"HUNDRED": 100, "TEN_THOUSAND": 10_000, "MILLION": 1_000_000}[self.denominator]
+        return min(self.numerator, scale) / scale
 
 
 class Percent(EnvoyStruct, kw_only=True):
@@ -544,9 +566,12 @@ class Route(_NonEmptyHeaderRemovals, kw_only=True):
     direct_response: DirectResponseAction | None = None
     metadata: Metadata | None = None
     decorator: Decorator | None = None
+    #: filter name -> that filter's per-route config (its own @type), overriding the filter's config
+    typed_per_filter_config: dict[str, Any] = {}
 
     def __post_init__(self) -> None:
         _exactly_one(self, "route", "redirect", "direct_response")
+        _resolve_per_filter_configs(self)
 
 
 class VirtualHost(_NonEmptyHeaderRemovals, kw_only=True):
@@ -557,6 +582,10 @@ class VirtualHost(_NonEmptyHeaderRemovals, kw_only=True):
     matcher: GenericMatcher | None = None
     #: send `x-envoy-attempt-count` (1, 2, ... per attempt) on upstream requests
     include_request_attempt_count: bool = False
+    typed_per_filter_config: dict[str, Any] = {}
+
+    def __post_init__(self) -> None:
+        _resolve_per_filter_configs(self)
 
 
 class RouteConfiguration(_HeaderMutations, kw_only=True):
@@ -698,6 +727,21 @@ class Rds(EnvoyStruct, kw_only=True):
     route_config_name: NonEmptyStr
 
 
+class SetCurrentClientCertDetails(EnvoyStruct, kw_only=True):
+    """HCM set_current_client_cert_details: what of the client certificate goes into x-forwarded-client-cert."""
+
+    subject: bool = False
+    cert: bool = False
+    chain: bool = False
+    dns: bool = False
+    uri: bool = False
+
+    def __post_init__(self) -> None:
+        if self.chain:
+            raise FieldError("chain", "not supported yet (the stdlib ssl module of Python 3.11 does not expose "
+                                      "the verified chain); use cert")
+
+
 class Http1ProtocolOptions(EnvoyStruct, kw_only=True):
     """config.core.v3.Http1ProtocolOptions: HTTP/1.0 acceptance (downstream); nothing else is supported yet.
 
@@ -731,6 +775,10 @@ class HttpConnectionManager(EnvoyStruct, kw_only=True):
     generate_request_id: bool = True
     preserve_external_request_id: bool = False
     always_set_request_id_in_response: bool = False
+    forward_client_cert_details: Literal[
+        "SANITIZE", "FORWARD_ONLY", "APPEND_FORWARD", "SANITIZE_SET", "ALWAYS_FORWARD_ONLY"] = "SANITIZE"
+    set_current_client_cert_details: SetCurrentClientCertDetails = msgspec.field(
+        default_factory=SetCurrentClientCertDetails)
     server_name: HttpText = HttpText("envoy")
     server_header_transformation: Literal["OVERWRITE", "APPEND_IF_ABSENT", "PASS_THROUGH"] = "OVERWRITE"
     normalize_path: bool = False

@@ -18,12 +18,14 @@ from typing import TYPE_CHECKING, Any
 
 import httptools
 
+from pylon.extensions.filters.http import build_filter
 from pylon.proxy import local_reply as lr
 from pylon.proxy.access_log import AccessLogRecord, build_access_loggers
 from pylon.proxy.http1 import local_reply
 from pylon.proxy.router import RouteTable
 from pylon.proxy.stats import StatsStore
 from pylon.proxy.stream import Stream
+from pylon.proxy.xfcc import client_cert_element
 
 if TYPE_CHECKING:
     from pylon.proxy.upstream.cluster import Cluster
@@ -98,8 +100,14 @@ class HcmRuntime:
         self.server_header = b"server: %s\r\n" % self.server_name
         router = config.http_filters[-1].typed_config if config.http_filters else None
         self.suppress_envoy_headers = bool(getattr(router, "suppress_envoy_headers", False))
+        # The filters before the router, in order; empty (and free) when the router is alone.
+        self.decoder_filters = [build_filter(f.name, f.typed_config, config.stat_prefix, stats, worker.loop)
+                                for f in config.http_filters[:-1]]
         self.access_loggers = build_access_loggers(config.access_log, worker.access_log_writer)
         self.peer_check: Any = None  # set by the listener when TLS validates client certificates
+        self.xfcc_mode = config.forward_client_cert_details
+        self.cert_details = config.set_current_client_cert_details
+        self.local_uri_sans: list[str] = []  # of the listener's certificate (XFCC `By=`), set by the listener
         self.host_labels: dict[Any, str] = {}  # host -> "ip:port" for %UPSTREAM_HOST%, formatted once
 
     def trusted_client(self, stream: Stream) -> tuple[str, int] | str:
@@ -161,7 +169,7 @@ class HttpConnection(asyncio.Protocol):
         "hcm", "worker", "loop", "transport", "parser", "parsing", "active", "queue", "closed", "draining",
         "peer", "peer_ip", "local", "scheme", "head_bytes", "raw_head_bytes", "in_head", "header_count", "feeding",
         "last_activity", "connection_id", "loop_time", "runtime_listener", "stop_reply", "wake_at", "deadlines",
-        "read_budget", "parked",
+        "read_budget", "parked", "client_cert",
     )
 
     def __init__(self, hcm: HcmRuntime, scheme: bytes = b"http") -> None:
@@ -193,6 +201,7 @@ class HttpConnection(asyncio.Protocol):
         self.deadlines = self.worker.deadlines
         self.read_budget = self.worker.read_budget
         self.parked: list[bytes] | None = None  # reads held back until this I/O phase ends (fairness.py)
+        self.client_cert: bytes | None = None  # this connection's XFCC element (b"": no client certificate)
 
     # ------------------------------------------------------------------ asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -446,6 +455,16 @@ class HttpConnection(asyncio.Protocol):
             self.transport.close()
 
     # ------------------------------------------------------------------ housekeeping (worker sweeps)
+    def client_cert_element(self) -> bytes | None:
+        """This hop's x-forwarded-client-cert element, or None without a client certificate (once per connection)."""
+        element = self.client_cert
+        if element is None:
+            ssl_object = self.transport.get_extra_info("ssl_object")
+            der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+            hcm = self.hcm
+            element = self.client_cert = client_cert_element(der, hcm.local_uri_sans, hcm.cert_details) if der else b""
+        return element or None
+
     def drain(self) -> None:
         """Stop keep-alive: close now if idle, otherwise after the in-flight response."""
         self.draining = True

@@ -10,11 +10,15 @@ from __future__ import annotations
 import ssl
 from typing import TYPE_CHECKING, Any, Callable
 
+from cryptography import x509
+
+from pylon.config.datasource import read_bytes
 from pylon.config.envoy import HttpConnectionManager, TcpProxy
 from pylon.proxy.balance.loadtable import CX_ACTIVE, LoadSlot
 from pylon.proxy.hcm import HcmRuntime, HttpConnection
 from pylon.proxy.tcp_proxy import TcpProxyRuntime, TcpProxySession
 from pylon.proxy.tls import server_context
+from pylon.proxy.xfcc import uri_sans
 
 if TYPE_CHECKING:
     from pylon.proxy.worker import Worker
@@ -64,6 +68,12 @@ class ListenerRuntime:
             self.load_slot[CX_ACTIVE] = self.worker_cx_active.value
 
 
+def _certificate_uri_sans(downstream_tls: Any) -> list[str]:
+    """The URI SANs of the listener's (first) certificate: XFCC's `By=` elements."""
+    pem = read_bytes(downstream_tls.common_tls_context.tls_certificates[0].certificate_chain)
+    return uri_sans(x509.load_pem_x509_certificate(pem))
+
+
 def build_listener(config: Any, worker: "Worker") -> ListenerRuntime:
     """Compile a listener's (single) filter chain for this worker."""
     runtime = ListenerRuntime(config, worker)
@@ -81,6 +91,8 @@ def build_listener(config: Any, worker: "Worker") -> ListenerRuntime:
     if isinstance(terminal_cfg, HttpConnectionManager):
         hcm = HcmRuntime(terminal_cfg, worker.clusters, worker.pools, worker.stats, worker)
         hcm.peer_check = runtime.peer_check
+        if tls is not None and terminal_cfg.forward_client_cert_details != "SANITIZE":
+            hcm.local_uri_sans = _certificate_uri_sans(chain.transport_socket.typed_config)
         runtime.terminal = hcm
 
         def factory() -> HttpConnection:

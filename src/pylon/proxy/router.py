@@ -322,7 +322,7 @@ class MatchedRoute:
         "hash_header", "host_rewrite", "direct_status", "direct_body", "redirect_status",
         "request_header_ops", "response_header_ops", "rewrites", "_matched_len",
         "_prefix_rewrite", "_regex_rewrite", "_substitution", "_weights", "_cumulative",
-        "_total_weight", "_random", "_redirect", "_cluster_ops",
+        "_total_weight", "_random", "_redirect", "_cluster_ops", "filter_configs",
     )
 
     def __init__(self) -> None:
@@ -363,9 +363,15 @@ class MatchedRoute:
         self._redirect: _Redirect | None = None
         # Weighted clusters with their own header rules: cluster name -> (request, response) ops.
         self._cluster_ops: dict[str, tuple[HeaderOps, HeaderOps]] = {}
+        #: HTTP filter name -> its per-route config (the route's, else the virtual host's)
+        self.filter_configs: dict[str, Any] = {}
 
     def __repr__(self) -> str:
         return f"MatchedRoute(name={self.name!r}, vhost={self.virtual_host_name!r}, kind={self.kind!r})"
+
+    def filter_config(self, name: str) -> Any:
+        """The per-route config of the HTTP filter called `name`, or None (the filter's own config applies)."""
+        return self.filter_configs.get(name)
 
     def pick_cluster(self) -> str:
         """The upstream cluster for one request: the route's cluster, or a weighted random pick."""
@@ -655,6 +661,7 @@ class RouteTable:
             try:
                 entry = self._build_route(route, config.name, vh_retry,
                                           (vh_request, config_request), (vh_response, config_response))
+                entry[3].filter_configs = {**config.typed_per_filter_config, **route.typed_per_filter_config}
                 entry[3].attempt_count = config.include_request_attempt_count
                 entries.append(entry)
             except ValueError as exc:

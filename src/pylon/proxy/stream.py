@@ -16,13 +16,17 @@ a single `transport.write`.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
-from typing import TYPE_CHECKING
+from functools import partial
+from typing import TYPE_CHECKING, Callable
 
 from pylon.proxy import local_reply as lr
 from pylon.proxy.headers import HeaderList
 from pylon.proxy.path import PathRejected, normalized_target
+from pylon.proxy.xfcc import HEADER as XFCC
+from pylon.proxy.xfcc import forwarded_value
 from pylon.proxy.http1 import CONTINUE_100, HOP_BY_HOP, LAST_CHUNK, encode_chunk, local_reply, status_line
 
 if TYPE_CHECKING:
@@ -32,7 +36,8 @@ if TYPE_CHECKING:
     from pylon.proxy.upstream.pool import HostPool, UpstreamConnection
 
 # Request headers the single pass treats specially; everything else is forwarded as is.
-_SPECIAL = HOP_BY_HOP | {b"host", b"content-length", b"expect", b"x-forwarded-for", b"x-forwarded-proto", b"x-request-id"}
+_SPECIAL = HOP_BY_HOP | {b"host", b"content-length", b"expect", b"x-forwarded-for", b"x-forwarded-proto", b"x-request-id",
+                         XFCC}
 _RESPONSE_SKIP = HOP_BY_HOP | {b"server"}
 _BUFFER_LIMIT = 1 << 20  # Envoy's default per_connection_buffer_limit_bytes, also its retry buffer limit
 _RETRY_BASE, _RETRY_MAX = 0.025, 0.250  # Envoy's default retry back-off
@@ -165,6 +170,7 @@ class Stream:
         "last_activity", "attempt_start", "first_byte", "authority", "path", "original_path", "pending_local",
         "transport_failure", "request_id", "last_host", "xff", "response_ops", "paused_downstream", "paused_upstream", "resp_headers",
         "stale_retried", "timeout", "attempts", "tried_hosts", "head_split",
+        "resume", "filter_index", "filter_timer", "finish_callbacks",
     )
 
     def __init__(self, conn: "HttpConnection", now: float) -> None:
@@ -226,6 +232,12 @@ class Stream:
         self.attempts = 0  # upstream attempts started (x-envoy-attempt-count)
         self.tried_hosts: list[Host] | None = None  # hosts attempted, kept only for a previous_hosts retry predicate
         self.head_split = 0  # where x-envoy-attempt-count goes into up_head (0: the route does not send it)
+        # The HTTP filters before the router (only when the HCM has any): the routing they hold back, the
+        # next one to run, a timer one holds the request with, what to do when the stream ends.
+        self.resume: Callable[[], None] | None = None
+        self.filter_index = 0
+        self.filter_timer: asyncio.TimerHandle | None = None
+        self.finish_callbacks: list[Callable[[], None]] | None = None
 
     # ------------------------------------------------------------------ downstream events
     def on_body(self, data: bytes) -> None:
@@ -305,6 +317,7 @@ class Stream:
         xff = None
         xfp = None
         conn_tokens = None
+        xfcc = None
         for pair in self.headers:
             name = pair[0]
             if name in _SPECIAL:
@@ -321,6 +334,8 @@ class Stream:
                     xfp = pair[1]
                 elif name == b"connection":
                     conn_tokens = pair[1]
+                elif name == XFCC:
+                    xfcc = pair[1] if xfcc is None else xfcc + b"," + pair[1]
                 elif name == b"expect":
                     if pair[1].lower() == b"100-continue" and not self.request_complete:
                         conn.transport.write(CONTINUE_100)
@@ -329,6 +344,10 @@ class Stream:
                 forward.append(pair)
         if conn_tokens is not None:
             forward = _without_nominated(forward, conn_tokens)
+        if hcm.xfcc_mode != "SANITIZE":  # the default drops the client's x-forwarded-client-cert
+            client_cert = forwarded_value(hcm.xfcc_mode, xfcc, conn.client_cert_element())
+            if client_cert is not None:
+                forward.append((XFCC, client_cert))
         if hcm.via:
             forward = _with_via(forward, hcm.via)
         url = self.url
@@ -355,11 +374,50 @@ class Stream:
         # UTF-8 with surrogateescape: non-ASCII paths match non-ASCII regex literals as in
         # Envoy (which matches the raw bytes), and any byte sequence still round-trips.
         path_text = url.decode("utf-8", "surrogateescape")
-        route = hcm.route_table.match(authority.decode("latin-1"), path_text, HeaderList(self.headers))
+        self.route = hcm.route_table.match(authority.decode("latin-1"), path_text, HeaderList(self.headers))
+        if hcm.decoder_filters:
+            self.resume = partial(self._route, forward, xff, xfp, url, path_text)
+            return self.continue_decoding()
+        self._route(forward, xff, xfp, url, path_text)
+
+    # ------------------------------------------------------------------ the HTTP filters before the router
+    def continue_decoding(self) -> None:
+        """Run the filters not run yet; once every one lets the request go, route it."""
+        filters = self.hcm.decoder_filters
+        while self.filter_index < len(filters):
+            http_filter = filters[self.filter_index]
+            self.filter_index += 1
+            if not http_filter.decode_headers(self):
+                return  # it answered, or holds the request and calls this again
+        resume, self.resume = self.resume, None
+        if resume is not None and not self.done:
+            resume()
+
+    def hold(self, seconds: float, then: Callable[[], None]) -> None:
+        """A filter holds the request for `seconds`, then calls `then` (not if the stream ended meanwhile)."""
+        self.filter_timer = self.conn.loop.call_later(seconds, self._release, then)
+
+    def _release(self, then: Callable[[], None]) -> None:
+        self.filter_timer = None
+        if not self.done:
+            then()
+
+    def on_finish(self, callback: Callable[[], None]) -> None:
+        """Call `callback` when the stream ends, however it ends (a filter's gauge of active requests)."""
+        if self.finish_callbacks is None:
+            self.finish_callbacks = []
+        self.finish_callbacks.append(callback)
+
+    # ------------------------------------------------------------------ routing
+    def _route(self, forward: list[tuple[bytes, bytes]], xff: bytes | None, xfp: bytes | None, url: bytes,
+               path_text: str) -> None:
+        """Send the request where its route says (the router filter)."""
+        hcm = self.hcm
+        conn = self.conn
+        route = self.route
         if route is None:
             hcm.no_route.value += 1
             return self.local(lr.NO_ROUTE)
-        self.route = route
         if route.idle_timeout:
             self._arm(self.start + route.idle_timeout)
         kind = route.kind
@@ -395,7 +453,7 @@ class Stream:
             if grpc_timeout is not None:
                 self.timeout = grpc_timeout or None
                 forward, expected_header = _announce_grpc_timeout(forward, self.timeout, route)
-        host_header = route.host_rewrite or authority
+        host_header = route.host_rewrite or self.authority
         head = [b"%s %s HTTP/1.1\r\nhost: %s\r\n" % (self.method, path, host_header)]
         if route.attempt_count:
             # Envoy sets the header (replacing the client's); the count goes in per attempt, after the host line.
@@ -825,6 +883,12 @@ class Stream:
             return
         self.done = True
         self.deadline = 0.0
+        if self.filter_timer is not None:
+            self.filter_timer.cancel()
+            self.filter_timer = None
+        if self.finish_callbacks is not None:
+            for callback in self.finish_callbacks:
+                callback()
         if self.retry_held and self.cluster is not None:
             self.cluster.circuit_breakers.retries.release()
             self.retry_held = False

@@ -14,6 +14,7 @@ import importlib
 EXTENSION_MODULES: tuple[str, ...] = (
     "pylon.keys.config",  # private key providers: cryptomb, offload, keyd
     "pylon.proxy.balance",  # connection balancers: pylon's dispatcher, Envoy's DLB (on its fallback)
+    "pylon.extensions.filters.http.fault",  # envoy.filters.http.fault
 )
 
 _loaded = False

@@ -1,0 +1,65 @@
+"""x-forwarded-client-cert: what Envoy's `forward_client_cert_details` does with the header (sans-IO).
+
+Envoy's default, SANITIZE, removes the header: a client must not be able to
+tell the upstream which certificate it presented. The other modes, for mTLS
+connections (a plaintext one is always sanitized, except ALWAYS_FORWARD_ONLY):
+FORWARD_ONLY passes the client's header on; APPEND_FORWARD appends this hop's
+element to it (","); SANITIZE_SET replaces it with this hop's element. The
+element, as Envoy 1.40 writes it: `By=<URI SAN>` for each URI SAN of the
+proxy's own certificate, `Hash=<hex SHA-256 of the client certificate>`, then
+as `set_current_client_cert_details` asks, `Cert="<URL-encoded PEM>"`,
+`Subject="<RFC 2253 subject>"`, `URI=<URI SAN>` for each (`URI=` when it has
+none), `DNS=<DNS SAN>` for each; joined by ";".
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+from urllib.parse import quote
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+HEADER = b"x-forwarded-client-cert"
+
+
+def uri_sans(cert: x509.Certificate) -> list[str]:
+    return _sans(cert, x509.UniformResourceIdentifier)
+
+
+def client_cert_element(der: bytes, local_uris: list[str], details: Any) -> bytes:
+    """This hop's XFCC element for a client certificate (DER), as Envoy writes it."""
+    cert = x509.load_der_x509_certificate(der)
+    parts = [f"By={uri}" for uri in local_uris]
+    parts.append(f"Hash={hashlib.sha256(der).hexdigest()}")
+    if details.cert:
+        parts.append('Cert="%s"' % quote(cert.public_bytes(Encoding.PEM).decode(), safe=""))
+    if details.subject:
+        parts.append(f'Subject="{cert.subject.rfc4514_string()}"')
+    if details.uri:
+        parts += [f"URI={uri}" for uri in uri_sans(cert)] or ["URI="]
+    if details.dns:
+        parts += [f"DNS={name}" for name in _sans(cert, x509.DNSName)]
+    return ";".join(parts).encode()
+
+
+def forwarded_value(mode: str, received: bytes | None, element: bytes | None) -> bytes | None:
+    """The header to send upstream (None: none); `element` is None on a connection without a client certificate."""
+    if mode == "ALWAYS_FORWARD_ONLY":
+        return received
+    if element is None or mode == "SANITIZE":
+        return None
+    if mode == "FORWARD_ONLY":
+        return received
+    if mode == "APPEND_FORWARD":
+        return received + b"," + element if received else element
+    return element  # SANITIZE_SET
+
+
+def _sans(cert: x509.Certificate, kind: Any) -> list[str]:
+    try:
+        extension = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return []
+    return [str(value) for value in extension.value.get_values_for_type(kind)]
