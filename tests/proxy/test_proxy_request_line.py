@@ -7,6 +7,7 @@ not after a timeout — and must never reach the upstream.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 import uuid
@@ -171,3 +172,36 @@ def test_headers_with_underscores_rejected(implementation: str, tmp_path: Any) -
         assert (result.status, result.closed) == (400, True)
         assert not reached_upstream(gateway.upstream, marker)
         assert gateway.proxy.stats()["http1.requests_rejected_with_underscores_in_headers"] == 1
+
+
+@pytest.fixture(scope="module", params=["pylon", "envoy"])
+def escaped(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Gateway]]:
+    """The gated routes behind each path_with_escaped_slashes_action (one proxy per action)."""
+    deny = {"match": {"prefix": "/admin"}, "direct_response": {"status": 403}}
+    with contextlib.ExitStack() as stack:
+        gateways = {}
+        for action in ("KEEP_UNCHANGED", "REJECT_REQUEST", "UNESCAPE_AND_FORWARD", "UNESCAPE_AND_REDIRECT"):
+            def listener(port: int, action: str = action) -> dict[str, Any]:
+                return http_listener("main", port, [deny, route("/", "up")], normalize_path=True,
+                                     path_with_escaped_slashes_action=action)
+            gateways[action] = stack.enter_context(gateway_in_front_of_upstream(
+                request.param, tmp_path_factory.mktemp(f"{request.param}-{action.lower()}"), listener))
+        yield gateways
+
+
+@pytest.mark.parametrize(("action", "status", "upstream_path", "location"), [
+    ("KEEP_UNCHANGED", 200, "/public/..%2Fadmin?q=%2F", None),  # an encoded slash is data: no /admin here
+    ("REJECT_REQUEST", 400, None, None),
+    ("UNESCAPE_AND_FORWARD", 403, None, None),  # unescaped, then normalised: /admin, which the route refuses
+    ("UNESCAPE_AND_REDIRECT", 307, None, "/admin?q=%2F"),
+])  # fmt: skip
+def test_escaped_slashes_cannot_step_around_a_route(escaped: dict[str, Gateway], action: str, status: int,
+                                                    upstream_path: str | None, location: str | None) -> None:
+    gateway, marker = escaped[action], uuid.uuid4().hex
+    result = raw_exchange(gateway.port, f"GET /public/..%2Fadmin?q=%2F&m={marker} HTTP/1.1\r\nHost: a\r\n"
+                                        "Connection: close\r\n\r\n".encode())
+    assert result.status == status, result.data[:200]
+    seen = reached_upstream(gateway.upstream, marker)
+    assert [r["path"].split("&m=")[0] for r in seen] == ([upstream_path] if upstream_path else [])
+    if location is not None:
+        assert f"location: {location}&m={marker}".lower().encode() in result.data.lower()

@@ -783,6 +783,9 @@ class HttpConnectionManager(EnvoyStruct, kw_only=True):
     server_header_transformation: Literal["OVERWRITE", "APPEND_IF_ABSENT", "PASS_THROUGH"] = "OVERWRITE"
     normalize_path: bool = False
     merge_slashes: bool = False
+    path_with_escaped_slashes_action: Literal[
+        "IMPLEMENTATION_SPECIFIC_DEFAULT", "KEEP_UNCHANGED", "REJECT_REQUEST", "UNESCAPE_AND_REDIRECT",
+        "UNESCAPE_AND_FORWARD"] = "IMPLEMENTATION_SPECIFIC_DEFAULT"  # Envoy's default: KEEP_UNCHANGED
     via: HttpText = HttpText("")
 
     def __post_init__(self) -> None:
@@ -980,6 +983,8 @@ class Listener(EnvoyStruct, kw_only=True):
     connection_balance_config: ConnectionBalanceConfig | None = None
     enable_reuse_port: bool = True
     tcp_backlog_size: UInt32 | None = None  # None: the system's somaxconn, as Envoy
+    # Data, as in Envoy, where only tracing reads it (pylon has no tracing: a `tracing` config is refused).
+    traffic_direction: Literal["UNSPECIFIED", "INBOUND", "OUTBOUND"] = "UNSPECIFIED"
     max_connections_to_accept_per_socket_event: PositiveUInt32 | None = None  # None: all pending, as Envoy
     filter_chain_matcher: GenericMatcher | None = None
 

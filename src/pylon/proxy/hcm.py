@@ -91,7 +91,9 @@ class HcmRuntime:
         # Routes gate access by path: they must see the path the upstream will act on (path.py).
         self.normalize_path = config.normalize_path
         self.merge_slashes = config.merge_slashes
-        self.path_options = config.normalize_path or config.merge_slashes
+        action = config.path_with_escaped_slashes_action
+        self.escaped_slashes = None if action in ("KEEP_UNCHANGED", "IMPLEMENTATION_SPECIFIC_DEFAULT") else action
+        self.path_options = config.normalize_path or config.merge_slashes or self.escaped_slashes is not None
         self.xff_num_trusted_hops = config.xff_num_trusted_hops
         self.generate_request_id = config.generate_request_id
         self.always_set_request_id = config.always_set_request_id_in_response
@@ -108,6 +110,9 @@ class HcmRuntime:
         self.xfcc_mode = config.forward_client_cert_details
         self.cert_details = config.set_current_client_cert_details
         self.local_uri_sans: list[str] = []  # of the listener's certificate (XFCC `By=`), set by the listener
+        # The listener's per_connection_buffer_limit_bytes (set by the listener): how much of a request body
+        # is held before the upstream is there (then the client is paused), and Envoy's retry buffer limit.
+        self.buffer_limit = 1 << 20
         self.host_labels: dict[Any, str] = {}  # host -> "ip:port" for %UPSTREAM_HOST%, formatted once
 
     def trusted_client(self, stream: Stream) -> tuple[str, int] | str:

@@ -91,6 +91,7 @@ def build_listener(config: Any, worker: "Worker") -> ListenerRuntime:
     if isinstance(terminal_cfg, HttpConnectionManager):
         hcm = HcmRuntime(terminal_cfg, worker.clusters, worker.pools, worker.stats, worker)
         hcm.peer_check = runtime.peer_check
+        hcm.buffer_limit = config.per_connection_buffer_limit_bytes
         if tls is not None and terminal_cfg.forward_client_cert_details != "SANITIZE":
             hcm.local_uri_sans = _certificate_uri_sans(chain.transport_socket.typed_config)
         runtime.terminal = hcm

@@ -14,6 +14,11 @@ upstream gets that form too:
 - an encoded NUL is refused (400), as Envoy does.
 
 `merge_slashes` then collapses runs of slashes. The query is never touched.
+
+`path_with_escaped_slashes_action` comes first, as in Envoy: UNESCAPE_* turn
+`%2F` and `%5C` (either case) into a slash and a backslash before normalisation — so
+`/x/..%2F..%2Fadmin` routes as `/admin` — and REJECT_REQUEST refuses such a
+path (400); the redirect variant answers 307 with the result.
 The behaviour was checked case by case against Envoy 1.40 (tests/proxy).
 """
 
@@ -70,11 +75,24 @@ def merge_slashes(path: bytes) -> bytes:
     return _SLASHES.sub(b"/", path)
 
 
-def normalized_target(target: bytes, normalize_path: bool, merge: bool) -> bytes:
-    """A request target (path and optional query) with the HCM's path options applied to its path."""
+_ESCAPED_SLASH = re.compile(rb"%2[Ff]|%5[Cc]")
+
+
+def unescape_slashes(path: bytes) -> bytes:
+    return _ESCAPED_SLASH.sub(lambda m: b"/" if m[0][1:2] == b"2" else b"\\", path)
+
+
+def normalized_target(target: bytes, normalize_path: bool, merge: bool, unescape: bool = False) -> tuple[bytes, bool]:
+    """A request target (path and optional query) with the HCM's path options applied to its path, and
+    whether escaped slashes were unescaped (`unescape`: the escaped-slashes action is not KEEP_UNCHANGED)."""
     path, question, query = target.partition(b"?")
+    unescaped = False
+    if unescape and b"%" in path:
+        changed = unescape_slashes(path)
+        unescaped = changed != path
+        path = changed
     if normalize_path:
         path = normalize(path)
     if merge:
         path = merge_slashes(path)
-    return path + question + query
+    return path + question + query, unescaped

@@ -39,7 +39,6 @@ if TYPE_CHECKING:
 _SPECIAL = HOP_BY_HOP | {b"host", b"content-length", b"expect", b"x-forwarded-for", b"x-forwarded-proto", b"x-request-id",
                          XFCC}
 _RESPONSE_SKIP = HOP_BY_HOP | {b"server"}
-_BUFFER_LIMIT = 1 << 20  # Envoy's default per_connection_buffer_limit_bytes, also its retry buffer limit
 _RETRY_BASE, _RETRY_MAX = 0.025, 0.250  # Envoy's default retry back-off
 #: Methods a proxy may send again after a connection was lost before any answer (RFC 9110 9.2.2).
 _IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"))
@@ -245,7 +244,7 @@ class Stream:
         self.last_activity = self.conn.loop_time()
         self.body_size += len(data)
         if self.body_buffer is not None:
-            if self.body_size > _BUFFER_LIMIT:
+            if self.body_size > self.hcm.buffer_limit:
                 self.body_buffer = None  # too big to replay: this request won't be retried
             else:
                 self.body_buffer.append(data)
@@ -255,7 +254,8 @@ class Stream:
             self.up_out.append(encode_chunk(data) if self.req_chunked else data)
         else:
             self.waiting_body.append(data)
-            if self.body_buffer is None and not self.paused_downstream and sum(map(len, self.waiting_body)) > _BUFFER_LIMIT:
+            if self.body_buffer is None and not self.paused_downstream and \
+                    sum(map(len, self.waiting_body)) > self.hcm.buffer_limit:
                 self.paused_downstream = True
                 self.conn.transport.pause_reading()
 
@@ -366,9 +366,15 @@ class Stream:
             return self.local(lr.PATH_NORMALIZATION_FAILED)  # Envoy refuses a fragment rather than forward or strip it
         if hcm.path_options and url[:1] == b"/":
             try:
-                url = normalized_target(url, hcm.normalize_path, hcm.merge_slashes)
+                url, unescaped = normalized_target(url, hcm.normalize_path, hcm.merge_slashes,
+                                                   hcm.escaped_slashes is not None)
             except PathRejected:
                 return self.local(lr.PATH_NORMALIZATION_FAILED)
+            if unescaped and hcm.escaped_slashes != "UNESCAPE_AND_FORWARD":
+                if hcm.escaped_slashes == "REJECT_REQUEST":
+                    return self.local(lr.PATH_NORMALIZATION_FAILED)
+                self.status, self.details = 307, "path_normalization_failed"  # UNESCAPE_AND_REDIRECT
+                return self._send_local(307, b"", None, extra=[(b"location", url)])
         self.authority = authority
         self.path = url
         # UTF-8 with surrogateescape: non-ASCII paths match non-ASCII regex literals as in
@@ -570,7 +576,7 @@ class Stream:
         head = self.up_head
         out = [head] if not split else [head[:split], b"x-envoy-attempt-count: %d\r\n" % self.attempts, head[split:]]
         waiting = self.waiting_body
-        if conn.requests and self.body_buffer is None and self.body_size <= _BUFFER_LIMIT \
+        if conn.requests and self.body_buffer is None and self.body_size <= self.hcm.buffer_limit \
                 and (self.req_length or self.req_chunked):
             # A reused connection may turn out closed by the server: keep the body sent, to send it again.
             self.body_buffer = list(waiting)
