@@ -1,10 +1,11 @@
-"""Integration: `pylon pilot` configures `pylon proxy` as an Istio gateway over ADS (CDS, EDS, RDS).
+"""Integration: `pylon pilot` configures `pylon proxy` as an Istio gateway over ADS (LDS, CDS, EDS, RDS).
 
 pilot serves a Gateway, a VirtualService, a ServiceEntry (STATIC, endpoints on local test upstreams) and a
 DestinationRule with subsets. The proxy's bootstrap is what Istio's agent writes for a router (node id
-router~…, ADS to pilot, cds_config over ADS) plus a static listener whose HCM takes pilot's gateway route
-configuration `http.<port>` over ADS (pylon has no LDS yet). Requests are routed as the VirtualService says.
-The same bootstrap runs through Envoy 1.40, the reference.
+router~…, ADS to pilot, lds_config and cds_config over ADS, no static listener): the gateway listener —
+fault filter, XFCC sanitising, escaped-slash handling, websocket upgrades — and its route configuration
+`http.<port>` come from pilot. Requests are routed as the VirtualService says. The same bootstrap runs
+through Envoy 1.40, the reference.
 """
 
 from __future__ import annotations
@@ -19,22 +20,12 @@ import pytest
 from tests.conftest import free_port, wait_for_port
 from tests.pilot.builders import gateway, service_entry, subsets_rule, virtual_service, write_yaml
 from tests.pilot.harness import pilot_cmd
-from tests.proxy.conftest import HCM_TYPE, ROUTER_TYPE, ProxyLauncher, RunningProxy, wait_until
+from tests.proxy.conftest import ProxyLauncher, RunningProxy, wait_until
 from tests.proxy.upstreams import Upstream
 from tests.xds.test_ads_interop import ads_bootstrap
 
 HOST = "echo.example.com"
 NODE = "router~127.0.0.1~gw.default~default.svc.cluster.local"
-
-
-def gateway_listener(port: int) -> dict[str, Any]:
-    """A static listener on the Gateway server's port whose routes are pilot's `http.<port>`, over ADS."""
-    hcm = {"@type": HCM_TYPE, "stat_prefix": "outbound_0.0.0.0_%d" % port,
-           "rds": {"route_config_name": f"http.{port}", "config_source": {"ads": {}, "resource_api_version": "V3"}},
-           "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER_TYPE}}]}
-    return {"name": "gateway", "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
-            "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
-                                            "typed_config": hcm}]}]}
 
 
 def mesh_config(gateway_port: int, ups: dict[str, Upstream]) -> list[dict[str, Any]]:
@@ -55,6 +46,13 @@ def mesh_config(gateway_port: int, ups: dict[str, Upstream]) -> list[dict[str, A
 class Gateway:
     def __init__(self, proxy: RunningProxy, port: int, ups: dict[str, Upstream]) -> None:
         self.proxy, self.port, self.ups = proxy, port, ups
+
+    def answers_with(self, upstream: str) -> bool:
+        """Whether GET /x is served by `upstream` (False while the listener is not there yet)."""
+        try:
+            return self.get("/x")[1] == upstream
+        except httpx.TransportError:
+            return False
 
     def get(self, path: str, **headers: str) -> tuple[httpx.Response, str]:
         """The response and which upstream served it ("" for the proxy itself)."""
@@ -77,8 +75,9 @@ def gw(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Gateway]:
         extra, xds = ads_bootstrap(xds_port)
         extra["node"] = {"id": NODE, "cluster": "gw.default",
                          "metadata": {"NAMESPACE": "default", "LABELS": {"istio": "ingressgateway"}}}
-        proxy = launcher.start([gateway_listener(gateway_port)], [xds], implementation=request.param,
-                               bootstrap_extra=extra)
+        extra["dynamic_resources"]["lds_config"] = {"ads": {}, "initial_fetch_timeout": "5s",
+                                                    "resource_api_version": "V3"}
+        proxy = launcher.start([], [xds], implementation=request.param, bootstrap_extra=extra)
         yield Gateway(proxy, gateway_port, ups)
     finally:
         launcher.close()
@@ -87,7 +86,7 @@ def gw(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Gateway]:
 
 
 def test_routes_as_the_virtual_service_says(gw: Gateway) -> None:
-    assert wait_until(lambda: gw.get("/x")[1] == "v1", timeout=10)
+    assert wait_until(lambda: gw.answers_with("v1"), timeout=10)
     reply, by = gw.get("/x", **{"x-version": "v2"})
     assert (reply.status_code, by, reply.headers["x-routed"]) == (200, "v2", "v2")
     reply, by = gw.get("/api/items")
@@ -99,4 +98,8 @@ def test_routes_as_the_virtual_service_says(gw: Gateway) -> None:
     cluster = "cluster.outbound|80|v1|echo.example.com."
     assert stats[cluster + "circuit_breakers.default.remaining_rq"] == 4294967295
     assert stats["cluster_manager.cds.update_rejected"] == 0
+    assert stats["listener_manager.lds.update_rejected"] == 0 and stats["listener_manager.total_listeners_active"] == 1
+    # pilot's gateway sets SANITIZE_SET: a plaintext client's forged x-forwarded-client-cert never reaches upstream.
+    gw.get("/x", **{"x-forwarded-client-cert": "By=forged;Hash=0"})
+    assert "x-forwarded-client-cert" not in gw.ups["v1"].requests[-1]["headers"]
 

@@ -727,6 +727,19 @@ class Rds(EnvoyStruct, kw_only=True):
     route_config_name: NonEmptyStr
 
 
+class UpgradeConfig(EnvoyStruct, kw_only=True):
+    """HCM upgrade_configs[]: an HTTP/1.1 Upgrade (e.g. websocket) the connection manager tunnels."""
+
+    upgrade_type: NonEmptyStr
+    filters: NotSupportedYet | None = None
+    enabled: bool = True
+
+    def __post_init__(self) -> None:
+        if self.upgrade_type.lower() == "connect":
+            raise FieldError("upgrade_type", "CONNECT is not supported yet (HTTP/1.1 Upgrade types such as "
+                                             "websocket are)")
+
+
 class SetCurrentClientCertDetails(EnvoyStruct, kw_only=True):
     """HCM set_current_client_cert_details: what of the client certificate goes into x-forwarded-client-cert."""
 
@@ -779,6 +792,7 @@ class HttpConnectionManager(EnvoyStruct, kw_only=True):
         "SANITIZE", "FORWARD_ONLY", "APPEND_FORWARD", "SANITIZE_SET", "ALWAYS_FORWARD_ONLY"] = "SANITIZE"
     set_current_client_cert_details: SetCurrentClientCertDetails = msgspec.field(
         default_factory=SetCurrentClientCertDetails)
+    upgrade_configs: list[UpgradeConfig] = []
     server_name: HttpText = HttpText("envoy")
     server_header_transformation: Literal["OVERWRITE", "APPEND_IF_ABSENT", "PASS_THROUGH"] = "OVERWRITE"
     normalize_path: bool = False

@@ -68,6 +68,8 @@ class HcmRuntime:
         self.rq_idle_timeout = stats.counter(prefix + "downstream_rq_idle_timeout")
         self.no_route = stats.counter(prefix + "no_route")
         self.rq_direct_response = stats.counter(prefix + "rq_direct_response")
+        self.upgrades_total = stats.counter(prefix + "downstream_cx_upgrades_total")
+        self.upgrades_active = stats.gauge(prefix + "downstream_cx_upgrades_active")
         self.rq_redirect = stats.counter(prefix + "rq_redirect")
         self.rq_rx_reset = stats.counter(prefix + "downstream_rq_rx_reset")
         common = config.common_http_protocol_options
@@ -107,6 +109,7 @@ class HcmRuntime:
                                 for f in config.http_filters[:-1]]
         self.access_loggers = build_access_loggers(config.access_log, worker.access_log_writer)
         self.peer_check: Any = None  # set by the listener when TLS validates client certificates
+        self.upgrade_types = frozenset(u.upgrade_type.lower().encode() for u in config.upgrade_configs if u.enabled)
         self.xfcc_mode = config.forward_client_cert_details
         self.cert_details = config.set_current_client_cert_details
         self.local_uri_sans: list[str] = []  # of the listener's certificate (XFCC `By=`), set by the listener
@@ -268,8 +271,13 @@ class HttpConnection(asyncio.Protocol):
         self.feeding = True
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            pass  # refused in on_headers_complete; nothing after the head is read
+        except httptools.HttpParserUpgrade as exc:
+            # What follows the head of an accepted upgrade is the tunnel's: it waits for the upstream's 101
+            # (nothing more is read meanwhile). A refused upgrade was answered in begin(): the rest is dropped.
+            stream = self.active
+            if stream is not None and stream.upgrade_accepted and not stream.done:
+                stream.client_rest = data[exc.args[0]:]
+                self.transport.pause_reading()
         except httptools.HttpParserError as exc:
             # llhttp rejected the bytes, or a callback stopped parsing (see stop_reply).
             self.feeding = False

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Callable
 from pylon.proxy import local_reply as lr
 from pylon.proxy.headers import HeaderList
 from pylon.proxy.path import PathRejected, normalized_target
+from pylon.proxy.tunnel import open_tunnel
 from pylon.proxy.xfcc import HEADER as XFCC
 from pylon.proxy.xfcc import forwarded_value
 from pylon.proxy.http1 import CONTINUE_100, HOP_BY_HOP, LAST_CHUNK, encode_chunk, local_reply, status_line
@@ -39,6 +40,8 @@ if TYPE_CHECKING:
 _SPECIAL = HOP_BY_HOP | {b"host", b"content-length", b"expect", b"x-forwarded-for", b"x-forwarded-proto", b"x-request-id",
                          XFCC}
 _RESPONSE_SKIP = HOP_BY_HOP | {b"server"}
+#: A 101's headers not relayed as they came: framing, and the connection header this proxy writes itself.
+_TUNNEL_HEAD_SKIP = {b"server", b"connection", b"content-length", b"transfer-encoding", b"keep-alive"}
 _RETRY_BASE, _RETRY_MAX = 0.025, 0.250  # Envoy's default retry back-off
 #: Methods a proxy may send again after a connection was lost before any answer (RFC 9110 9.2.2).
 _IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"))
@@ -169,7 +172,8 @@ class Stream:
         "last_activity", "attempt_start", "first_byte", "authority", "path", "original_path", "pending_local",
         "transport_failure", "request_id", "last_host", "xff", "response_ops", "paused_downstream", "paused_upstream", "resp_headers",
         "stale_retried", "timeout", "attempts", "tried_hosts", "head_split",
-        "resume", "filter_index", "filter_timer", "finish_callbacks",
+        "resume", "filter_index", "filter_timer", "finish_callbacks", "upgrade_accepted", "client_rest",
+        "tunnel_upstream",
     )
 
     def __init__(self, conn: "HttpConnection", now: float) -> None:
@@ -237,6 +241,9 @@ class Stream:
         self.filter_index = 0
         self.filter_timer: asyncio.TimerHandle | None = None
         self.finish_callbacks: list[Callable[[], None]] | None = None
+        self.upgrade_accepted = False  # an Upgrade the HCM's upgrade_configs allow: tunnelled after a 101
+        self.client_rest = b""  # what the client sent after the head of an accepted upgrade
+        self.tunnel_upstream: UpstreamConnection | None = None  # the connection a tunnel holds
 
     # ------------------------------------------------------------------ downstream events
     def on_body(self, data: bytes) -> None:
@@ -310,7 +317,10 @@ class Stream:
         if hcm.first_stream_timeout:
             self._arm(self.start + hcm.first_stream_timeout)
         if self.upgrade:
-            return self.local(lr.UPGRADE_REFUSED)
+            upgrade_type = next((v.strip().lower() for n, v in self.headers if n == b"upgrade"), b"")
+            if self.method == b"CONNECT" or upgrade_type not in hcm.upgrade_types:
+                return self.local(lr.UPGRADE_REFUSED)
+            self.upgrade_accepted = True
         conn = self.conn
         forward: list[tuple[bytes, bytes]] = []
         authority = None
@@ -344,6 +354,9 @@ class Stream:
                 forward.append(pair)
         if conn_tokens is not None:
             forward = _without_nominated(forward, conn_tokens)
+        if self.upgrade_accepted:
+            forward.append((b"connection", b"upgrade"))
+            forward.append((b"upgrade", next(v for n, v in self.headers if n == b"upgrade")))
         if hcm.xfcc_mode != "SANITIZE":  # the default drops the client's x-forwarded-client-cert
             client_cert = forwarded_value(hcm.xfcc_mode, xfcc, conn.client_cert_element())
             if client_cert is not None:
@@ -688,6 +701,55 @@ class Stream:
         else:
             parts.append(b"\r\n")
         self.out.append(b"".join(parts))
+
+    def on_upstream_upgraded(self, upstream: "UpstreamConnection", headers: list[tuple[bytes, bytes]],
+                             rest: bytes) -> None:
+        """The upstream switched protocols (101): relay its head, then join the two connections (tunnel.py)."""
+        conn = self.conn
+        hcm = self.hcm
+        self.status = 101
+        self.response_started = True
+        self.first_byte = self.last_activity = conn.loop_time()
+        self.deadline = self.try_deadline = 0.0  # route and per-try timeouts end with the head; stream_idle_timeout goes on
+        self.upstream = None
+        self.tunnel_upstream = upstream
+        parts = [status_line(101)]
+        parts += [b"%s: %s\r\n" % pair for pair in headers if pair[0] not in _TUNNEL_HEAD_SKIP]
+        if hcm.overwrite_server:
+            parts.append(hcm.server_header)
+        parts.append(b"connection: upgrade\r\n\r\n")
+        conn.transport.write(b"".join(parts))
+        hcm.upgrades_total.inc()
+        hcm.upgrades_active.inc()
+        assert upstream.transport is not None
+        open_tunnel(conn.transport, upstream.transport, self.client_rest, rest, self._tunnel_activity,
+                    self._tunnel_downstream_closed, self._tunnel_upstream_closed)
+        self.client_rest = b""
+
+    def _tunnel_activity(self, size: int, from_client: bool) -> None:
+        self.last_activity = self.conn.loop_time()
+        if from_client:
+            self.bytes_received += size
+        else:
+            self.bytes_sent += size
+
+    def _tunnel_downstream_closed(self, exc: Exception | None) -> None:
+        self._tunnel_end()
+        self.conn.connection_lost(exc)  # the connection's own bookkeeping: its protocol was swapped out
+
+    def _tunnel_upstream_closed(self, exc: Exception | None) -> None:
+        self._tunnel_end()
+        upstream = self.tunnel_upstream
+        if upstream is not None:
+            self.tunnel_upstream = None
+            upstream.connection_lost(exc)  # the pool forgets it
+
+    def _tunnel_end(self) -> None:
+        if self.done:
+            return
+        self.hcm.upgrades_active.dec()
+        self._end_attempt(abandon=False)
+        self._finish(close=True)
 
     def on_upstream_body(self, data: bytes) -> None:
         self.bytes_sent += len(data)

@@ -33,6 +33,7 @@ class Exchange(Protocol):
     """What the pool and an upstream connection need from a request in flight."""
 
     is_head: bool
+    upgrade_accepted: bool  # an HTTP/1.1 Upgrade this exchange may tunnel after a 101
 
     def on_upstream_ready(self, conn: "UpstreamConnection") -> None: ...
     def on_upstream_connect_failure(self, reason: str) -> None: ...
@@ -43,6 +44,8 @@ class Exchange(Protocol):
     def on_upstream_reset(self, reason: str, stale: bool = False) -> None: ...
     def on_upstream_flush(self) -> None: ...
     def on_upstream_pause(self, paused: bool) -> None: ...
+    def on_upstream_upgraded(self, conn: "UpstreamConnection", headers: list[tuple[bytes, bytes]],
+                             rest: bytes) -> None: ...
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -90,6 +93,19 @@ class UpstreamConnection(asyncio.Protocol):
         self.answered = True
         try:
             self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            if self.status == 101 and exchange.upgrade_accepted and self.exchange is exchange:
+                # The upstream took the upgrade: the connection is the tunnel's now, never the pool's again.
+                self.exchange = None
+                self.keep_alive = False
+                exchange.on_upstream_upgraded(self, self.headers, data[exc.args[0]:])
+                return
+            self.keep_alive = False
+            self.close()
+            if self.exchange is not None:
+                self.exchange, ex = None, self.exchange
+                ex.on_upstream_reset("protocol error")
+            return
         except httptools.HttpParserError:
             self.keep_alive = False
             self.close()
