@@ -128,3 +128,14 @@ def test_closing_the_client_closes_the_upstream_side(setup: Setup) -> None:
     client.close()
     assert wait_until(lambda: setup.proxy.stats()["http.ws.downstream_cx_upgrades_active"] == 0)
     assert wait_until(lambda: setup.proxy.stats()["cluster.up.upstream_cx_active"] == 0)
+
+
+def test_a_101_nobody_asked_for(implementation: str, setup: Setup) -> None:
+    """Envoy relays a 101 the client did not ask for; pylon refuses it as an upstream protocol error (a
+    departure, in docs/architecture.md: a server switching protocols unasked is confused, and nothing can
+    follow on that connection)."""
+    with setup.connect("ws") as client:
+        client.sendall(b"GET /chat HTTP/1.1\r\nHost: a\r\n\r\n")  # no Upgrade: the upstream switches anyway
+        status_line = read_until(client, b"\r\n\r\n").split(b"\r\n")[0]
+    expected = b"HTTP/1.1 101 Switching Protocols" if implementation == "envoy" else b"HTTP/1.1 502 Bad Gateway"
+    assert status_line == expected

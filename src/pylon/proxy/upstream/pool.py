@@ -100,21 +100,20 @@ class UpstreamConnection(asyncio.Protocol):
                 self.keep_alive = False
                 exchange.on_upstream_upgraded(self, self.headers, data[exc.args[0]:])
                 return
-            self.keep_alive = False
-            self.close()
-            if self.exchange is not None:
-                self.exchange, ex = None, self.exchange
-                ex.on_upstream_reset("protocol error")
+            self._protocol_error()  # switching protocols unasked
             return
         except httptools.HttpParserError:
-            self.keep_alive = False
-            self.close()
-            if self.exchange is not None:
-                self.exchange, ex = None, self.exchange
-                ex.on_upstream_reset("protocol error")
+            self._protocol_error()
             return
         if self.exchange is not None:
             self.exchange.on_upstream_flush()
+
+    def _protocol_error(self) -> None:
+        self.keep_alive = False
+        self.close()
+        if self.exchange is not None:
+            self.exchange, ex = None, self.exchange
+            ex.on_upstream_reset("protocol error")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
