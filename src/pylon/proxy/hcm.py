@@ -75,6 +75,12 @@ class HcmRuntime:
         common = config.common_http_protocol_options
         self.idle_timeout = common.idle_timeout if common is not None else 3600.0
         self.max_headers_count = common.max_headers_count if common is not None else 100
+        self.max_connection_duration = float(common.max_connection_duration or 0)
+        self.max_stream_duration = float(common.max_stream_duration or 0)
+        # How long a connection drained by max_connection_duration may stay open idle (Envoy's drain_timeout).
+        self.drain_timeout = float(config.drain_timeout)
+        self.cx_max_duration = stats.counter(prefix + "downstream_cx_max_duration_reached")
+        self.rq_max_duration = stats.counter(prefix + "downstream_rq_max_duration_reached")
         # Envoy's headers_with_underscores_action: 0 allow, 1 drop the header, 2 reject the request (400).
         self.underscores = {"ALLOW": 0, "DROP_HEADER": 1, "REJECT_REQUEST": 2}[common.headers_with_underscores_action]
         self.dropped_underscores = stats.counter("http1.dropped_headers_with_underscores")
@@ -177,7 +183,7 @@ class HttpConnection(asyncio.Protocol):
         "hcm", "worker", "loop", "transport", "parser", "parsing", "active", "queue", "closed", "draining",
         "peer", "peer_ip", "local", "scheme", "head_bytes", "raw_head_bytes", "in_head", "header_count", "feeding",
         "last_activity", "connection_id", "loop_time", "runtime_listener", "stop_reply", "wake_at", "deadlines",
-        "read_budget", "parked", "client_cert",
+        "read_budget", "parked", "client_cert", "opened_at", "drain_close_at",
     )
 
     def __init__(self, hcm: HcmRuntime, scheme: bytes = b"http") -> None:
@@ -210,6 +216,8 @@ class HttpConnection(asyncio.Protocol):
         self.read_budget = self.worker.read_budget
         self.parked: list[bytes] | None = None  # reads held back until this I/O phase ends (fairness.py)
         self.client_cert: bytes | None = None  # this connection's XFCC element (b"": no client certificate)
+        self.opened_at = 0.0
+        self.drain_close_at = 0.0  # when a connection drained by max_connection_duration closes if idle (0: not)
 
     # ------------------------------------------------------------------ asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -232,13 +240,14 @@ class HttpConnection(asyncio.Protocol):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass
-        self.last_activity = now = self.loop_time()
+        self.last_activity = self.opened_at = now = self.loop_time()
         self.connection_id = self.worker.next_connection_id()
         self.hcm.cx_total.value += 1
         self.hcm.cx_active.value += 1
         self.worker.connection_opened(self)
-        if self.hcm.idle_timeout:
-            self.deadlines.arm(self, now + self.hcm.idle_timeout)
+        first = min(t for t in (self.hcm.idle_timeout, self.hcm.max_connection_duration, float("inf")) if t)
+        if first != float("inf"):
+            self.deadlines.arm(self, now + first)
 
     def data_received(self, data: bytes) -> None:
         if self.parked is not None:
@@ -494,6 +503,25 @@ class HttpConnection(asyncio.Protocol):
         if self.closed:
             return 0.0
         hcm = self.hcm
+        extra = 0.0  # the connection's own next deadline (max_connection_duration, drain close)
+        if hcm.max_connection_duration and not self.draining:
+            extra = self.opened_at + hcm.max_connection_duration
+            if now >= extra:
+                # Envoy drains it: the next response says connection: close; an idle one closes after drain_timeout.
+                hcm.cx_max_duration.value += 1
+                self.draining = True
+                self.drain_close_at = extra = now + hcm.drain_timeout
+        elif self.drain_close_at:
+            extra = self.drain_close_at
+        if self.drain_close_at and now >= self.drain_close_at and self.active is None and self.parsing is None:
+            self.close()
+            return 0.0
+        following = self._sweep_timeouts(now)
+        return min(following, extra) if following and extra else following or extra
+
+    def _sweep_timeouts(self, now: float) -> float:
+        """The request's timeouts, or the idle and header timeouts when there is none in progress."""
+        hcm = self.hcm
         stream = self.active
         parsing = self.parsing
         if stream is None or not stream.started:
@@ -523,6 +551,14 @@ class HttpConnection(asyncio.Protocol):
         following = stream.deadline
         if stream.try_deadline and (not following or stream.try_deadline < following):
             following = stream.try_deadline
+        if hcm.max_stream_duration:
+            due = stream.start + hcm.max_stream_duration
+            if now >= due:
+                hcm.rq_max_duration.value += 1
+                stream.on_max_duration()
+                return self._after_stream(now)
+            if not following or due < following:
+                following = due
         if hcm.request_timeout and not stream.request_complete:
             due = stream.start + hcm.request_timeout
             if now >= due:

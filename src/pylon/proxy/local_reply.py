@@ -32,6 +32,7 @@ REQUEST_HEADER_TIMEOUT = LocalReply(408, "-", b"request header timeout", "reques
 LOW_VERSION = LocalReply(426, "DPE", b"Upgrade Required", "low_version")
 INVALID_AUTHORITY = LocalReply(400, "DPE", b"Bad Request", "http.invalid_authority")
 PATH_NORMALIZATION_FAILED = LocalReply(400, "-", b"", "path_normalization_failed")
+MAX_DURATION_TIMEOUT = LocalReply(504, "-", b"downstream duration timeout", "max_duration_timeout")
 REQUEST_TIMEOUT = LocalReply(408, "-", b"request timeout", "request_overall_timeout")
 STREAM_IDLE_TIMEOUT = LocalReply(504, "SI", b"stream timeout", "stream_idle_timeout")
 STREAM_IDLE_TIMEOUT_CLIENT = LocalReply(408, "SI", b"stream timeout", "stream_idle_timeout")

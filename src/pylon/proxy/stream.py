@@ -316,6 +316,8 @@ class Stream:
         hcm.rq_active.value += 1
         if hcm.first_stream_timeout:
             self._arm(self.start + hcm.first_stream_timeout)
+        if hcm.max_stream_duration:
+            self._arm(self.start + hcm.max_stream_duration)
         if self.upgrade:
             upgrade_type = next((v.strip().lower() for n, v in self.headers if n == b"upgrade"), b"")
             if self.method == b"CONNECT" or upgrade_type not in hcm.upgrade_types:
@@ -847,6 +849,16 @@ class Stream:
             self._finish(close=True)
         else:
             self._timed_out()
+
+    def on_max_duration(self) -> None:
+        """max_stream_duration passed: Envoy answers 504 if it can, else resets the stream."""
+        if self.done:
+            return
+        self._end_attempt(abandon=True)
+        if self.response_started:
+            self._finish(close=True)
+        else:
+            self.local(lr.MAX_DURATION_TIMEOUT)
 
     def _timed_out(self) -> None:
         self.local(lr.UPSTREAM_TIMEOUT)
