@@ -104,6 +104,10 @@ class HcmRuntime:
         self.path_options = config.normalize_path or config.merge_slashes or self.escaped_slashes is not None
         self.xff_num_trusted_hops = config.xff_num_trusted_hops
         self.generate_request_id = config.generate_request_id
+        # At the edge (use_remote_address) a client's x-request-id is replaced, unless preserved: Envoy 1.40
+        # counts no address as internal by default, loopback included (it has no internal_address_config here).
+        self.replace_client_request_id = (config.use_remote_address and config.generate_request_id
+                                          and not config.preserve_external_request_id)
         self.always_set_request_id = config.always_set_request_id_in_response
         self.server_name = config.server_name.encode()
         self.overwrite_server = config.server_header_transformation == "OVERWRITE"

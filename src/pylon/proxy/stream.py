@@ -338,8 +338,9 @@ class Stream:
                         return self.local(lr.BAD_REQUEST)  # two Host headers: ambiguous
                     authority = pair[1]
                 elif name == b"x-request-id":
-                    self.request_id = pair[1]
-                    forward.append(pair)
+                    if not hcm.replace_client_request_id:
+                        self.request_id = pair[1]
+                        forward.append(pair)
                 elif name == b"x-forwarded-for":
                     xff = pair[1] if xff is None else xff + b"," + pair[1]
                 elif name == b"x-forwarded-proto":
@@ -457,6 +458,8 @@ class Stream:
         if not self.request_id and hcm.generate_request_id:
             self.request_id = _request_id()
             forward.append((b"x-request-id", self.request_id))
+            if hcm.replace_client_request_id:
+                self.headers = [pair for pair in self.headers if pair[0] != b"x-request-id"]
             self.headers.append((b"x-request-id", self.request_id))  # access logs see what was sent
         path = route.rewrite_path(path_text).encode("utf-8", "surrogateescape") if route.rewrites else url
         if path is not url:
