@@ -205,3 +205,14 @@ def test_escaped_slashes_cannot_step_around_a_route(escaped: dict[str, Gateway],
     assert [r["path"].split("&m=")[0] for r in seen] == ([upstream_path] if upstream_path else [])
     if location is not None:
         assert f"location: {location}&m={marker}".lower().encode() in result.data.lower()
+
+
+def test_requests_after_connection_close_are_dropped_not_answered(gateway: Gateway) -> None:
+    """A client that says Connection: close and keeps sending gets its answer whole, and nothing more."""
+    marker = uuid.uuid4().hex
+    result = raw_exchange(gateway.port, f"GET /bytes/100000?{marker} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+                                        f"GET /after/{marker} HTTP/1.1\r\nHost: a\r\n\r\n".encode() * 3)
+    assert result.status == 200 and result.closed
+    assert result.data.count(b"HTTP/1.1") == 1 and result.data.endswith(b"x" * 1000)
+    assert len(result.data.partition(b"\r\n\r\n")[2]) == 100000
+    assert not [r for r in gateway.upstream.requests if r["path"] == f"/after/{marker}"]

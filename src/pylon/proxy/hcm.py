@@ -294,10 +294,13 @@ class HttpConnection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             # llhttp rejected the bytes, or a callback stopped parsing (see stop_reply).
             self.feeding = False
-            if not self.closed:
-                reply = self.stop_reply or (lr.LOW_VERSION if str(exc) == "Invalid HTTP version" else lr.BAD_REQUEST)
-                self._protocol_error(reply)
-            return
+            if str(exc) != _DATA_AFTER_CLOSE:
+                if not self.closed:
+                    reply = self.stop_reply or (lr.LOW_VERSION if str(exc) == "Invalid HTTP version" else lr.BAD_REQUEST)
+                    self._protocol_error(reply)
+                return
+            # The client said Connection: close and went on sending: what follows is dropped, as Envoy drops it
+            # (and read, so closing sends no RST over the answer), and the request before it is answered.
         self.feeding = False
         if self.parsing is not None and self.in_head and b"\n" in data and self.parser.get_http_version() == "0.0":
             # A request line that ended without a version: HTTP/0.9, which llhttp would hold
@@ -590,6 +593,10 @@ class HttpConnection(asyncio.Protocol):
         if self.closed:
             return 0.0
         return self.sweep(now)
+
+
+#: llhttp's error for bytes after a request that said Connection: close.
+_DATA_AFTER_CLOSE = "Data after `Connection: close`"
 
 
 class _StopParsing(Exception):
