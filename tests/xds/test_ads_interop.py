@@ -58,8 +58,8 @@ def routes(*pairs: tuple[str, str]) -> list[dict[str, Any]]:
 
 
 class Setup:
-    def __init__(self, proxy: RunningProxy, ads: ScriptedAds, ups: dict[str, Upstream]) -> None:
-        self.proxy, self.ads, self.ups = proxy, ads, ups
+    def __init__(self, proxy: RunningProxy, ads: ScriptedAds, ups: dict[str, Upstream], implementation: str) -> None:
+        self.proxy, self.ads, self.ups, self.implementation = proxy, ads, ups, implementation
 
     def cluster(self, name: str, **extra: Any) -> dict[str, Any]:
         return static_cluster(name, [self.ups[name].port], **extra)
@@ -103,7 +103,7 @@ def proxy_on_ads(implementation: str, tmp_path: Path,
         extra, xds = ads_bootstrap(ads.port)
         proxy = launcher.start([rds_listener(free_port())], [xds], implementation=implementation,
                                bootstrap_extra=extra)
-        yield Setup(proxy, ads, ups)
+        yield Setup(proxy, ads, ups, implementation)
     finally:
         launcher.close()
         ads.stop()
@@ -145,14 +145,15 @@ def test_scripted_sequence_serves_as_envoy(setup: Setup) -> None:
     setup.ads.set(RDS, "5", routes(("/", "a")))
     assert wait_until(lambda: setup.answer("/x") == (200, "a"), timeout=EFFECT_S)
     # Envoy's counts: a new stream gets the current versions again (one more success each); an attempt is
-    # the subscription's start plus every outcome.
-    # Envoy counts the re-sent CDS once its clusters are processed, which can come after the RDS answer above.
+    # the subscription's start plus every outcome. Envoy itself counts the re-sent, unchanged CDS version in
+    # some runs and not in others (3 or 4 successes, seen across CI runs); pylon always counts it.
     wait_until(lambda: setup.proxy.stats()["cluster_manager.cds.update_success"] >= 4, timeout=EFFECT_S)
     stats = setup.proxy.stats()
     assert stats["control_plane.connected_state"] == 1
     for prefix, rejected in (("cluster_manager.cds.", 1), ("http.main.rds.main_routes.", 0)):
         success, failure = stats[prefix + "update_success"], stats[prefix + "update_failure"]
-        assert (success, stats[prefix + "update_rejected"]) == (4, rejected) and failure >= 1
+        allowed = {3, 4} if setup.implementation == "envoy" and prefix.startswith("cluster") else {4}
+        assert success in allowed and stats[prefix + "update_rejected"] == rejected and failure >= 1
         assert stats[prefix + "update_attempt"] == 1 + success + rejected + failure
 
 
