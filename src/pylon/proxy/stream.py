@@ -37,8 +37,20 @@ if TYPE_CHECKING:
     from pylon.proxy.upstream.pool import HostPool, UpstreamConnection
 
 # Request headers the single pass treats specially; everything else is forwarded as is.
-_SPECIAL = HOP_BY_HOP | {b"host", b"content-length", b"expect", b"x-forwarded-for", b"x-forwarded-proto", b"x-request-id",
-                         XFCC}
+#: Envoy's request controls, which its router consumes and never forwards (observed with Envoy 1.40).
+_ENVOY_CONTROLS = frozenset({
+    b"x-envoy-retry-on", b"x-envoy-retry-grpc-on", b"x-envoy-max-retries", b"x-envoy-retriable-status-codes",
+    b"x-envoy-retriable-header-names", b"x-envoy-upstream-rq-timeout-ms", b"x-envoy-upstream-rq-per-try-timeout-ms",
+    b"x-envoy-hedge-on-per-try-timeout", b"x-envoy-upstream-alt-stat-name", b"x-envoy-upstream-stream-duration-ms",
+    b"x-envoy-internal", b"x-envoy-force-trace", b"x-envoy-ip-tags", b"x-envoy-expected-rq-timeout-ms",
+})
+#: What a client must not tell the mesh at its edge (use_remote_address), as Envoy cleans them there.
+_EDGE_CLEANED = frozenset({
+    b"x-envoy-decorator-operation", b"x-envoy-downstream-service-cluster", b"x-envoy-downstream-service-node",
+    b"x-envoy-original-path", b"x-envoy-external-address",
+})
+_SPECIAL = HOP_BY_HOP | _ENVOY_CONTROLS | _EDGE_CLEANED | {
+    b"host", b"content-length", b"expect", b"x-forwarded-for", b"x-forwarded-proto", b"x-request-id", XFCC}
 _RESPONSE_SKIP = HOP_BY_HOP | {b"server"}
 #: A 101's headers not relayed as they came: framing, and the connection header this proxy writes itself.
 _TUNNEL_HEAD_SKIP = {b"server", b"connection", b"content-length", b"transfer-encoding", b"keep-alive"}
@@ -349,6 +361,8 @@ class Stream:
                     conn_tokens = pair[1]
                 elif name == XFCC:
                     xfcc = pair[1] if xfcc is None else xfcc + b"," + pair[1]
+                elif name in _EDGE_CLEANED and not hcm.use_remote_address:
+                    forward.append(pair)  # trusted behind the edge; _ENVOY_CONTROLS are never forwarded
                 elif name == b"expect":
                     if pair[1].lower() == b"100-continue" and not self.request_complete:
                         conn.transport.write(CONTINUE_100)
@@ -450,6 +464,7 @@ class Stream:
         if hcm.use_remote_address:
             forward.append((b"x-forwarded-for", xff + b"," + conn.peer_ip if xff else conn.peer_ip))
             forward.append((b"x-forwarded-proto", conn.scheme))
+            forward.append((b"x-envoy-external-address", conn.peer_ip))
         else:
             if xff is not None:
                 forward.append((b"x-forwarded-for", xff))
