@@ -43,6 +43,10 @@ def test_istio_shaped_bootstrap_loads() -> None:
     ({"transport_api_version": "AUTO"}, f"{ADS}.transport_api_version: must be V3 (Envoy rejects AUTO)"),
     ({"grpc_services": []}, f"{ADS}.grpc_services: exactly one gRPC service is required, got 0"),
     ({"grpc_services": [{"google_grpc": {}}]}, f"{ADS}.grpc_services[0].google_grpc: not supported yet"),
+    ({"grpc_services": [{"envoy_grpc": {"cluster_name": "xds-grpc"}, "timeout": "5s"}]},
+     f"{ADS}.grpc_services[0].timeout: not supported yet"),
+    ({"grpc_services": [{"envoy_grpc": {"cluster_name": "xds-grpc", "authority": "istiod"}}]},
+     f"{ADS}.grpc_services[0].envoy_grpc.authority: not supported yet"),
     ({"grpc_services": [{"envoy_grpc": {"cluster_name": "nope"}}]},
      f"{ADS}.grpc_services[0].envoy_grpc.cluster_name: unknown cluster 'nope' (the xDS cluster must be a static cluster)"),
 ])  # fmt: skip

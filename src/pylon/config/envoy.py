@@ -1298,7 +1298,7 @@ class EnvoyGrpc(EnvoyStruct, kw_only=True):
     """config.core.v3.GrpcService.EnvoyGrpc: gRPC to a static cluster of this bootstrap."""
 
     cluster_name: NonEmptyStr
-    authority: str = ""
+    authority: NotSupportedYet | None = None  # grpcio's default :authority is the target; not yet settable
 
 
 class GrpcService(EnvoyStruct, kw_only=True):
@@ -1306,7 +1306,7 @@ class GrpcService(EnvoyStruct, kw_only=True):
 
     envoy_grpc: EnvoyGrpc | None = None
     google_grpc: NotSupportedYet | None = None
-    timeout: Duration | None = None
+    timeout: NotSupportedYet | None = None
 
     def __post_init__(self) -> None:
         if self.envoy_grpc is None:

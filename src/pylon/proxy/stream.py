@@ -330,9 +330,10 @@ class Stream:
             self._arm(self.start + hcm.first_stream_timeout)
         if hcm.max_stream_duration:
             self._arm(self.start + hcm.max_stream_duration)
+        upgrade = b""
         if self.upgrade:
-            upgrade_type = next((v.strip().lower() for n, v in self.headers if n == b"upgrade"), b"")
-            if self.method == b"CONNECT" or upgrade_type not in hcm.upgrade_types:
+            upgrade = next((v for n, v in self.headers if n == b"upgrade"), b"")
+            if self.method == b"CONNECT" or upgrade.strip().lower() not in hcm.upgrade_types:
                 return self.local(lr.UPGRADE_REFUSED)
             self.upgrade_accepted = True
         conn = self.conn
@@ -371,9 +372,9 @@ class Stream:
                 forward.append(pair)
         if conn_tokens is not None:
             forward = _without_nominated(forward, conn_tokens)
-        if self.upgrade_accepted:
+        if upgrade:
             forward.append((b"connection", b"upgrade"))
-            forward.append((b"upgrade", next(v for n, v in self.headers if n == b"upgrade")))
+            forward.append((b"upgrade", upgrade))
         if hcm.xfcc_mode != "SANITIZE":  # the default drops the client's x-forwarded-client-cert
             client_cert = forwarded_value(hcm.xfcc_mode, xfcc, conn.client_cert_element())
             if client_cert is not None:
