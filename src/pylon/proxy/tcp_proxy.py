@@ -1,7 +1,8 @@
 """Envoy's `envoy.filters.network.tcp_proxy`: relay bytes between a client and one upstream host.
 
 Each downstream connection gets its own upstream connection (no pooling: a
-TCP stream is opaque). Bytes arriving before the upstream connects are
+TCP stream is opaque), opened as every upstream connection is (`upstream/connect.py`:
+the cluster's TLS origination and SAN checks included). Bytes arriving before the upstream connects are
 buffered; after that each side's write buffer back-pressures the other side's
 reads, so a slow peer never makes the proxy buffer without bound.
 """
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from pylon.proxy.access_log import AccessLogRecord, build_access_loggers
 from pylon.proxy.stats import StatsStore
+from pylon.proxy.upstream.connect import ConnectError, ConnectTimeout, open_upstream
 
 if TYPE_CHECKING:
     from pylon.proxy.upstream.cluster import Cluster
@@ -125,10 +127,12 @@ class TcpProxySession(asyncio.Protocol):
                 break
             stats.upstream_cx_total.value += 1
             try:
-                _, upstream = await asyncio.wait_for(
-                    rt.worker.loop.create_connection(lambda: _Upstream(self), *host.address), cluster.connect_timeout)
-            except (OSError, asyncio.TimeoutError):
+                _, upstream = await open_upstream(host.address, cluster.tls, cluster.connect_timeout,
+                                                  lambda: _Upstream(self))
+            except ConnectError as exc:
                 cluster.circuit_breakers.connections.release()
+                if isinstance(exc, ConnectTimeout):
+                    stats.upstream_cx_connect_timeout.value += 1
                 stats.upstream_cx_connect_fail.value += 1
                 host.record_connect_failure()
                 self.flags = "UF"

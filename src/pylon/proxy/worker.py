@@ -43,7 +43,6 @@ from pylon.proxy.stats import StatsStore
 from pylon.proxy.upstream.cluster import Cluster, build_clusters
 from pylon.proxy.validate import configure_regex_engine
 from pylon.proxy.upstream.pool import HostPool
-from pylon.proxy.upstream.tls_factory import cluster_tls
 
 log = logging.getLogger("pylon.worker")
 
@@ -64,15 +63,11 @@ class PoolRegistry:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.pools: dict[Any, HostPool] = {}
-        self.tls: dict[Cluster, Any] = {}
 
     def get(self, cluster: Cluster, host: Any) -> HostPool:
         pool = self.pools.get(host)
         if pool is None:
-            if cluster not in self.tls:
-                self.tls[cluster] = cluster_tls(cluster.config)
-            pool = self.pools[host] = HostPool(
-                cluster, host, self.loop, self.tls[cluster], cluster.config.max_requests_per_connection)
+            pool = self.pools[host] = HostPool(cluster, host, self.loop)
         return pool
 
     def retire_cluster(self, cluster: Cluster) -> None:
@@ -81,7 +76,6 @@ class PoolRegistry:
             if pool.cluster is cluster:
                 pool.retire()
                 del self.pools[host]
-        self.tls.pop(cluster, None)
 
     def retire_hosts(self, cluster: Cluster) -> None:
         """Forget the pools of hosts an EDS update took out of `cluster`; the pools of hosts that stay are kept."""

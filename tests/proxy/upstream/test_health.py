@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
 from pylon.proxy.stats import StatsStore
+from pylon.proxy.upstream.connect import open_stream
 from pylon.proxy.upstream.health import (
     HealthChecker, HealthState, Outcome, build_http_request, classify_status, http_probe, tcp_probe,
 )
 from pylon.proxy.upstream.host import ACTIVE_HC_TIMEOUT, FAILED_ACTIVE_HC, PENDING_ACTIVE_HC, Host
 from tests.conftest import free_port
 
+
+def plain(address: tuple[str, int]) -> Any:
+    """How a plaintext cluster opens its health-check connections."""
+    return open_stream(address, None, 1.0)
 
 def new_state(healthy_threshold: int = 2, unhealthy_threshold: int = 3) -> HealthState:
     return HealthState(
@@ -146,7 +152,7 @@ def test_http_probe_outcomes_against_real_server():
         server = TinyServer()
         await server.start()
         try:
-            probe = http_probe("/ready", "svc")
+            probe = http_probe(plain, "/ready", "svc")
             address = ("127.0.0.1", server.port)
             assert await probe(address) is Outcome.SUCCESS
             assert server.requests[0].startswith(b"GET /ready HTTP/1.1\r\n")
@@ -154,8 +160,8 @@ def test_http_probe_outcomes_against_real_server():
             server.status = 503
             assert await probe(address) is Outcome.ACTIVE_FAILURE
             assert await probe(("127.0.0.1", free_port())) is Outcome.NETWORK_FAILURE
-            assert await tcp_probe(address) is Outcome.SUCCESS
-            assert await tcp_probe(("127.0.0.1", free_port())) is Outcome.NETWORK_FAILURE
+            assert await tcp_probe(plain)(address) is Outcome.SUCCESS
+            assert await tcp_probe(plain)(("127.0.0.1", free_port())) is Outcome.NETWORK_FAILURE
         finally:
             await server.stop()
 
@@ -168,7 +174,7 @@ def test_checker_follows_host_from_healthy_to_failing_and_back():
         await server.start()
         stats = StatsStore()
         checker = HealthChecker(
-            stats, "cluster.c.", http_probe("/h", "c"), timeout=1.0, interval=0.02,
+            stats, "cluster.c.", http_probe(plain, "/h", "c"), timeout=1.0, interval=0.02,
             healthy_threshold=2, unhealthy_threshold=2,
         )
         host = Host(("127.0.0.1", server.port))
@@ -203,7 +209,7 @@ def test_checker_times_out_and_counts_network_failure():
         await server.start()
         stats = StatsStore()
         checker = HealthChecker(
-            stats, "cluster.c.", http_probe("/h", "c"), timeout=0.05, interval=10,
+            stats, "cluster.c.", http_probe(plain, "/h", "c"), timeout=0.05, interval=10,
             healthy_threshold=1, unhealthy_threshold=1,
         )
         host = Host(("127.0.0.1", server.port))
@@ -221,7 +227,7 @@ def test_checker_times_out_and_counts_network_failure():
 def test_checker_uses_no_traffic_interval_until_traffic():
     traffic = False
     checker = HealthChecker(
-        StatsStore(), "cluster.c.", tcp_probe, timeout=1, interval=2, interval_jitter=0.5,
+        StatsStore(), "cluster.c.", tcp_probe(plain), timeout=1, interval=2, interval_jitter=0.5,
         no_traffic_interval=60, healthy_threshold=1, unhealthy_threshold=1, had_traffic=lambda: traffic,
     )
     assert 60 <= checker.next_interval() <= 60.5
@@ -234,7 +240,7 @@ def test_removed_host_stops_being_checked():
         server = TinyServer()
         await server.start()
         checker = HealthChecker(
-            StatsStore(), "cluster.c.", http_probe("/h", "c"), timeout=1.0, interval=0.01,
+            StatsStore(), "cluster.c.", http_probe(plain, "/h", "c"), timeout=1.0, interval=0.01,
             healthy_threshold=1, unhealthy_threshold=1,
         )
         host = Host(("127.0.0.1", server.port))

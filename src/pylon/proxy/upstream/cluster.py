@@ -19,12 +19,15 @@ import time
 from typing import Any, Callable, Iterable
 
 from pylon.proxy.stats import Counter, StatsStore
+from pylon.proxy.tls import ClientTls
 from pylon.proxy.upstream.circuit import CircuitBreakers
+from pylon.proxy.upstream.connect import open_stream
 from pylon.proxy.upstream.dns import DnsRefresher, DnsTarget, ResolvedEndpoint
 from pylon.proxy.upstream.health import HealthChecker
 from pylon.proxy.upstream.host import Host, eds_health_flags, format_address
 from pylon.proxy.upstream.lb import create_load_balancer
 from pylon.proxy.upstream.outlier import OutlierDetector
+from pylon.proxy.upstream.tls_factory import cluster_tls
 
 log = logging.getLogger(__name__)
 
@@ -106,10 +109,14 @@ class Cluster:
 
         if len(config.health_checks) > 1:
             raise ValueError(f"cluster {self.name!r}: multiple health checks are not supported (Envoy refuses them too)")
+        # The transport socket of every connection to the hosts: requests, tcp_proxy and health checks alike.
+        self.tls: ClientTls | None = cluster_tls(config)
         self.health_checker: HealthChecker | None = None
         if config.health_checks:
+            tls, connect_timeout = self.tls, self.connect_timeout
             self.health_checker = HealthChecker.from_config(
                 config.health_checks[0], self.name, stats, prefix,
+                lambda address: open_stream(address, tls, connect_timeout),
                 had_traffic=lambda: self.stats.upstream_cx_total.value > 0,
                 on_success=self.outlier.on_active_health_check_success if self.outlier is not None else None,
             )

@@ -26,6 +26,7 @@ from typing import Any, Awaitable, Callable, Sequence
 import httptools
 
 from pylon.proxy.stats import StatsStore
+from pylon.proxy.upstream.connect import ConnectError
 from pylon.proxy.upstream.host import ACTIVE_HC_TIMEOUT, FAILED_ACTIVE_HC, PENDING_ACTIVE_HC, Host
 
 log = logging.getLogger(__name__)
@@ -121,14 +122,19 @@ class _StatusReader:
         self.done = True
 
 
-def http_probe(path: str, host_header: str, expected: Sequence[tuple[int, int]] = DEFAULT_EXPECTED_STATUSES) -> Probe:
+#: Opens a connection to a host the way the cluster's traffic does (its TLS, its connect timeout).
+Opener = Callable[[tuple[str, int]], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
+
+
+def http_probe(opener: Opener, path: str, host_header: str,
+               expected: Sequence[tuple[int, int]] = DEFAULT_EXPECTED_STATUSES) -> Probe:
     """A probe that GETs `path` on a fresh connection and judges the status."""
     request = build_http_request(path, host_header)
 
     async def probe(address: tuple[str, int]) -> Outcome:
         try:
-            reader, writer = await asyncio.open_connection(address[0], address[1])
-        except OSError:
+            reader, writer = await opener(address)
+        except ConnectError:
             return Outcome.NETWORK_FAILURE
         try:
             writer.write(request)
@@ -148,14 +154,18 @@ def http_probe(path: str, host_header: str, expected: Sequence[tuple[int, int]] 
     return probe
 
 
-async def tcp_probe(address: tuple[str, int]) -> Outcome:
-    """Connect-only check: the host is healthy if it accepts a TCP connection."""
-    try:
-        _, writer = await asyncio.open_connection(address[0], address[1])
-    except OSError:
-        return Outcome.NETWORK_FAILURE
-    writer.close()
-    return Outcome.SUCCESS
+def tcp_probe(opener: Opener) -> Probe:
+    """Connect-only check: the host is healthy if it accepts a connection (and, on a TLS cluster, a handshake)."""
+
+    async def probe(address: tuple[str, int]) -> Outcome:
+        try:
+            _, writer = await opener(address)
+        except ConnectError:
+            return Outcome.NETWORK_FAILURE
+        writer.close()
+        return Outcome.SUCCESS
+
+    return probe
 
 
 # -- the checker (the async shell) -----------------------------------------------------------
@@ -207,16 +217,16 @@ class HealthChecker:
 
     @classmethod
     def from_config(
-        cls, config: Any, cluster_name: str, stats: StatsStore, prefix: str, *,
+        cls, config: Any, cluster_name: str, stats: StatsStore, prefix: str, opener: Opener, *,
         had_traffic: Callable[[], bool], on_success: Callable[[Host], None] | None = None,
     ) -> HealthChecker:
         """From one Envoy `HealthCheck`: HTTP (Host header defaults to the cluster name) or TCP connect."""
         http = config.http_health_check
         if http is not None:
             expected = tuple((r.start, r.end) for r in http.expected_statuses) or DEFAULT_EXPECTED_STATUSES
-            probe = http_probe(http.path, http.host or cluster_name, expected)
+            probe = http_probe(opener, http.path, http.host or cluster_name, expected)
         else:
-            probe = tcp_probe
+            probe = tcp_probe(opener)
         return cls(
             stats, prefix, probe,
             timeout=config.timeout, interval=config.interval,

@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import httptools
 
+from pylon.proxy.upstream.connect import ConnectError, ConnectTimeout, open_upstream
+
 if TYPE_CHECKING:
-    from pylon.proxy.tls import ClientTls
     from pylon.proxy.upstream.cluster import Cluster, Host
 
 log = logging.getLogger("pylon.upstream")
@@ -224,13 +225,12 @@ class UpstreamConnection(asyncio.Protocol):
 class HostPool:
     """Connections to one host from one worker, with Envoy's pending-request queue."""
 
-    def __init__(self, cluster: "Cluster", host: "Host", loop: asyncio.AbstractEventLoop,
-                 tls: "ClientTls | None", max_requests_per_connection: int | None) -> None:
+    def __init__(self, cluster: "Cluster", host: "Host", loop: asyncio.AbstractEventLoop) -> None:
         self.cluster = cluster
         self.host = host
         self.loop = loop
-        self.tls = tls
-        self.max_requests_per_connection = max_requests_per_connection
+        self.tls = cluster.tls
+        self.max_requests_per_connection = cluster.config.max_requests_per_connection
         self.idle: list[UpstreamConnection] = []
         self.busy: set[UpstreamConnection] = set()
         self.pending: deque[Exchange] = deque()
@@ -331,27 +331,13 @@ class HostPool:
         stats = cluster.stats
         stats.upstream_cx_total.value += 1
         host, port = self.host.address
-        tls = self.tls
         try:
             try:
-                _, conn = await asyncio.wait_for(
-                    self.loop.create_connection(
-                        lambda: UpstreamConnection(self), host, port,
-                        ssl=tls.context if tls else None,
-                        server_hostname=(tls.server_hostname or "") if tls else None,  # Envoy sends SNI only when configured
-                    ),
-                    cluster.connect_timeout,
-                )
-            except asyncio.TimeoutError:
+                _, conn = await open_upstream(self.host.address, self.tls, cluster.connect_timeout,
+                                              lambda: UpstreamConnection(self))
+            except ConnectTimeout:
                 stats.upstream_cx_connect_timeout.value += 1
-                raise ConnectError("connection timeout") from None
-            except OSError as exc:
-                raise ConnectError(f"delayed connect error: {exc.errno}" if exc.errno else str(exc)) from None
-            if tls is not None:
-                problem = tls.verify_peer(conn.transport.get_extra_info("ssl_object"))
-                if problem:
-                    conn.transport.close()
-                    raise ConnectError(f"TLS error: {problem}")
+                raise
         except ConnectError as exc:
             self.connecting -= 1
             stats.upstream_cx_connect_fail.value += 1
@@ -378,6 +364,3 @@ class HostPool:
         else:
             self.release(conn)
 
-
-class ConnectError(Exception):
-    """Connecting to an upstream host failed; the message is Envoy's transport failure reason."""

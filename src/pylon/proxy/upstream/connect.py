@@ -1,0 +1,62 @@
+"""The one way pylon connects to an upstream host: the HTTP pools, tcp_proxy and health checks all use it.
+
+A cluster's `transport_socket` is not a detail of HTTP: when the three callers
+each opened connections their own way, only the HTTP pool applied it, so
+`tcp_proxy` to a TLS cluster sent the client's bytes in cleartext and the HTTP
+health checks of an HTTPS cluster spoke plaintext to a TLS port and failed.
+Here every connection gets the cluster's connect timeout, its TLS origination
+(SNI only when configured, as Envoy; client certificate; trusted CA) and the
+post-handshake SAN check, and fails with Envoy's transport failure reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from pylon.proxy.tls import ClientTls
+
+
+class ConnectError(Exception):
+    """Connecting to an upstream host failed; the message is Envoy's transport failure reason."""
+
+
+class ConnectTimeout(ConnectError):
+    """The connection (TCP and TLS handshake) did not complete within the cluster's connect_timeout."""
+
+
+async def open_upstream(address: tuple[str, int], tls: "ClientTls | None", timeout: float,
+                        protocol_factory: Callable[[], Any]) -> tuple[asyncio.Transport, Any]:
+    """Connect (and handshake, and check the peer's SANs) within `timeout`; ConnectError otherwise."""
+    loop = asyncio.get_running_loop()
+    host, port = address
+    try:
+        transport, protocol = await asyncio.wait_for(
+            loop.create_connection(
+                protocol_factory, host, port,
+                ssl=tls.context if tls else None,
+                server_hostname=(tls.server_hostname or "") if tls else None,  # Envoy sends SNI only when configured
+            ),
+            timeout,
+        )
+    except asyncio.TimeoutError:
+        raise ConnectTimeout("connection timeout") from None
+    except OSError as exc:
+        raise ConnectError(f"delayed connect error: {exc.errno}" if exc.errno else str(exc)) from None
+    if tls is not None:
+        problem = tls.verify_peer(transport.get_extra_info("ssl_object"))
+        if problem:
+            transport.close()
+            raise ConnectError(f"TLS error: {problem}")
+    return transport, protocol  # type: ignore[return-value]
+
+
+async def open_stream(address: tuple[str, int], tls: "ClientTls | None",
+                      timeout: float) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """`open_upstream` as asyncio streams (for health checks, where a few extra objects cost nothing)."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(loop=loop)
+    transport, protocol = await open_upstream(address, tls, timeout,
+                                              lambda: asyncio.StreamReaderProtocol(reader, loop=loop))
+    return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
