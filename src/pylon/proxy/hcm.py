@@ -25,6 +25,7 @@ from pylon.proxy.http1 import local_reply
 from pylon.proxy.router import RouteTable
 from pylon.proxy.stats import StatsStore
 from pylon.proxy.stream import Stream
+from pylon.proxy.watermarks import apply_buffer_limit
 from pylon.proxy.xfcc import client_cert_element
 
 if TYPE_CHECKING:
@@ -123,8 +124,9 @@ class HcmRuntime:
         self.xfcc_mode = config.forward_client_cert_details
         self.cert_details = config.set_current_client_cert_details
         self.local_uri_sans: list[str] = []  # of the listener's certificate (XFCC `By=`), set by the listener
-        # The listener's per_connection_buffer_limit_bytes (set by the listener): how much of a request body
-        # is held before the upstream is there (then the client is paused), and Envoy's retry buffer limit.
+        # The listener's per_connection_buffer_limit_bytes (set by the listener): the connection's write
+        # buffer watermarks, how much of a request body is held before the upstream is there (then the
+        # client is paused), and Envoy's retry buffer limit.
         self.buffer_limit = 1 << 20
         self.host_labels: dict[Any, str] = {}  # host -> "ip:port" for %UPSTREAM_HOST%, formatted once
 
@@ -238,6 +240,7 @@ class HttpConnection(asyncio.Protocol):
         local = transport.get_extra_info("sockname")
         if local:
             self.local = local[:2]
+        apply_buffer_limit(transport, self.hcm.buffer_limit)
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             try:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from pylon.proxy.access_log import AccessLogRecord, build_access_loggers
 from pylon.proxy.stats import StatsStore
 from pylon.proxy.upstream.connect import ConnectError, ConnectTimeout, open_upstream
+from pylon.proxy.watermarks import apply_buffer_limit
 
 if TYPE_CHECKING:
     from pylon.proxy.upstream.cluster import Cluster
@@ -53,6 +54,9 @@ class _Upstream(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        cluster = self.session.cluster
+        if cluster is not None:
+            apply_buffer_limit(transport, cluster.config.per_connection_buffer_limit_bytes)
 
     def data_received(self, data: bytes) -> None:
         self.session.from_upstream(data)
@@ -98,6 +102,8 @@ class TcpProxySession(asyncio.Protocol):
             self.closed = True  # a client certificate the listener's SAN matchers refuse
             transport.abort()
             return
+        if self.runtime_listener is not None:
+            apply_buffer_limit(transport, self.runtime_listener.config.per_connection_buffer_limit_bytes)
         worker = rt.worker
         self.start = self.last_activity = worker.loop.time()
         self.connection_id = worker.next_connection_id()

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import httptools
 
 from pylon.proxy.upstream.connect import ConnectError, ConnectTimeout, open_upstream
+from pylon.proxy.watermarks import apply_buffer_limit
 
 if TYPE_CHECKING:
     from pylon.proxy.upstream.cluster import Cluster, Host
@@ -78,6 +79,7 @@ class UpstreamConnection(asyncio.Protocol):
     # -- asyncio.Protocol ---------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        apply_buffer_limit(transport, self.pool.cluster.config.per_connection_buffer_limit_bytes)
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             try:
