@@ -24,6 +24,7 @@ from pylon.proxy.access_log import AccessLogRecord, build_access_loggers
 from pylon.proxy.http1 import local_reply
 from pylon.proxy.router import RouteTable
 from pylon.proxy.stats import StatsStore
+from pylon.proxy.linger import Lingering
 from pylon.proxy.stream import Stream
 from pylon.proxy.watermarks import apply_buffer_limit
 from pylon.proxy.xfcc import client_cert_element
@@ -75,6 +76,7 @@ class HcmRuntime:
         self.rq_rx_reset = stats.counter(prefix + "downstream_rq_rx_reset")
         common = config.common_http_protocol_options
         self.idle_timeout = common.idle_timeout if common is not None else 3600.0
+        self.delayed_close_timeout = float(config.delayed_close_timeout)
         self.max_headers_count = common.max_headers_count if common is not None else 100
         self.max_connection_duration = float(common.max_connection_duration or 0)
         self.max_stream_duration = float(common.max_stream_duration or 0)
@@ -444,7 +446,7 @@ class HttpConnection(asyncio.Protocol):
             return
         self.active = None
         if close or self.draining:
-            self.close()
+            self.close(delayed=stream.local_reply)
             return
         idle = self.hcm.idle_timeout
         if idle:
@@ -468,23 +470,31 @@ class HttpConnection(asyncio.Protocol):
 
     def _reply_and_close(self, reply: lr.LocalReply) -> None:
         stream = self.active
+        replied = True
         if stream is not None and stream.started and not stream.done:
             if not stream.response_started:
                 stream.close_after = True
                 stream.local(reply)
             else:
                 stream.on_downstream_closed()
+                replied = False
         elif not self.closed:
             if stream is not None and not stream.started:
                 self.hcm.rq_total.value += 1
                 self.hcm.rq_by_class[reply.status // 100].value += 1
             self.transport.write(local_reply(reply.status, reply.body, close=True, server_name=self.hcm.server_name))
-        self.close()
+        self.close(delayed=replied)
 
-    def close(self) -> None:
+    def close(self, delayed: bool = False) -> None:
+        """Close; `delayed` after a local reply: wait for the client's FIN first (Envoy's delayed close)."""
         if not self.closed:
             self.closed = True
-            self.transport.close()
+            self.parked = None
+            timeout = self.hcm.delayed_close_timeout
+            if delayed and timeout:
+                Lingering(self, self.transport, timeout)
+            else:
+                self.transport.close()
 
     # ------------------------------------------------------------------ housekeeping (worker sweeps)
     def client_cert_element(self) -> bytes | None:

@@ -179,7 +179,7 @@ class Stream:
         "conn", "hcm", "url", "headers", "method", "is_head", "http10", "keep_alive", "upgrade",
         "req_chunked", "req_length", "request_complete", "started", "done", "body_buffer", "waiting_body",
         "body_size", "route", "cluster", "host", "pool", "upstream", "up_head", "up_out", "out",
-        "response_started", "response_chunked", "close_after", "status", "flags", "details",
+        "response_started", "response_chunked", "close_after", "local_reply", "status", "flags", "details",
         "retries_left", "retry_held", "deadline", "try_deadline", "bytes_received", "bytes_sent", "start",
         "last_activity", "attempt_start", "first_byte", "authority", "path", "original_path", "pending_local",
         "transport_failure", "request_id", "last_host", "xff", "response_ops", "paused_downstream", "paused_upstream", "resp_headers",
@@ -217,6 +217,7 @@ class Stream:
         self.response_started = False
         self.response_chunked = False
         self.close_after = False
+        self.local_reply = False  # the response is the proxy's own (then a close waits for the client's FIN)
         self.status = 0
         self.flags = "-"
         self.details = "via_upstream"
@@ -971,6 +972,7 @@ class Stream:
         if hcm.via:
             headers = _with_via(headers, hcm.via)
         self.response_started = True
+        self.local_reply = True
         self.bytes_sent = len(body)
         self.conn.transport.write(local_reply(status, body, close=close, content_type=content_type, extra=headers,
                                               server_name=hcm.server_name, head_only=self.is_head))

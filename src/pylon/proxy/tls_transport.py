@@ -57,6 +57,12 @@ class TlsAppTransport(asyncio.Transport):
     def close(self) -> None:
         self._tls.close()
 
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._tls.app = protocol
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._tls.app
+
     def abort(self) -> None:
         self._tls.abort()
 
