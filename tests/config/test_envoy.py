@@ -22,6 +22,7 @@ from tests.config.builders import (
     DOWNSTREAM_TLS_TYPE,
     FILE_LOG_TYPE,
     HCM_PATH,
+    HTTP_INSPECTOR_TYPE,
     HTTP_OPTIONS_TYPE,
     ROUTES_PATH,
     STDERR_LOG_TYPE,
@@ -523,12 +524,12 @@ def test_extend_balance_names_the_unregistered_type() -> None:
     )
 
 
-def test_only_the_tls_inspector_listener_filter_is_accepted() -> None:
+def test_an_unknown_listener_filter_is_refused_naming_those_accepted() -> None:
     url = "type.googleapis.com/envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol"
     filters = [{"name": "envoy.filters.listener.proxy_protocol", "typed_config": {"@type": url}}]
     assert error(bootstrap([listener(hcm(), listener_filters=filters)])) == (
         "config error in test.yaml: static_resources.listeners[0].listener_filters[0].typed_config.@type: "
-        f"unknown listener filter type {url}; accepted here: {TLS_INSPECTOR_TYPE}"
+        f"unknown listener filter type {url}; accepted here: {HTTP_INSPECTOR_TYPE}, {TLS_INSPECTOR_TYPE}"
     )
 
 
@@ -544,10 +545,16 @@ def test_only_the_tls_inspector_listener_filter_is_accepted() -> None:
          "address.socket_address.protocol", "UDP is not supported yet"),
         ({"address": {"socket_address": {"address": "::1", "port_value": 70000}}},
          "address.socket_address.port_value", "Expected `int` <= 65535"),
-        ({"filter_chains": []}, "filter_chains", "a listener needs a filter chain"),
-        ({"filter_chains": [{"filters": [{"name": "a", "typed_config": {"@type": TCP_PROXY_TYPE, "stat_prefix": "t",
-                                                                          "cluster": "svc"}}]}] * 2},
-         "filter_chains[1]", "more than one filter chain needs filter_chain_match, not supported yet"),
+        ({"filter_chains": []}, "filter_chains", "a listener needs a filter chain (or a default_filter_chain)"),
+        ({"filter_chains": [{"filter_chain_match": {"server_names": ["a.example", "www.*.example"]},
+                             "filters": [{"name": "a", "typed_config": {"@type": TCP_PROXY_TYPE, "stat_prefix": "t",
+                                                                        "cluster": "svc"}}]}]},
+         "filter_chains[0].filter_chain_match.server_names[1]",
+         "'www.*.example': partial wildcards are not supported (only a leading '*.', as in '*.example.com')"),
+        ({"filter_chains": [{"filter_chain_match": {"prefix_ranges": [{"address_prefix": "10.0.0.0.1"}]},
+                             "filters": [{"name": "a", "typed_config": {"@type": TCP_PROXY_TYPE, "stat_prefix": "t",
+                                                                        "cluster": "svc"}}]}]},
+         "filter_chains[0].filter_chain_match.prefix_ranges[0].address_prefix", "malformed IP address: 10.0.0.0.1"),
         ({"connection_balance_config": {}}, "connection_balance_config",
          "exactly one of exact_balance, extend_balance must be set"),
     ],
@@ -837,11 +844,11 @@ def test_node_and_admin() -> None:
 @pytest.mark.parametrize(
     ("mutate", "path"),
     [
-        (lambda d: d.update(layered_runtime={}), "layered_runtime"),
+        (lambda d: d.update(overload_manager={}), "overload_manager"),
         (lambda d: d["static_resources"].update(secrets=[]), "static_resources.secrets"),
         (lambda d: d["static_resources"]["listeners"][0].update(filter_chain_match={}), "static_resources.listeners[0].filter_chain_match"),
-        (lambda d: d["static_resources"]["listeners"][0]["filter_chains"][0].update(filter_chain_match={}),
-         "static_resources.listeners[0].filter_chains[0].filter_chain_match"),
+        (lambda d: d["static_resources"]["listeners"][0]["filter_chains"][0].update(filter_chain_match={"sni": "a"}),
+         "static_resources.listeners[0].filter_chains[0].filter_chain_match.sni"),
         (lambda d: d["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"].update(http2_protocol_options={}),
          f"{HCM_PATH}.http2_protocol_options"),
         (lambda d: d["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"][0].update(require_tls="ALL"),

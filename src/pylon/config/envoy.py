@@ -953,17 +953,61 @@ class Filter(_TypedExtension, kw_only=True):
 
 
 class ListenerFilter(_TypedExtension, kw_only=True):
+    """A listener filter: inspects a new connection's first bytes before a filter chain is chosen."""
+
     category: ClassVar[str] = registry.LISTENER_FILTER
+    filter_disabled: NotSupportedYet | None = None
+    config_discovery: NotSupportedYet | None = None
 
 
-class TlsInspector(EnvoyStruct, kw_only=True):
-    """extensions.filters.listener.tls_inspector.v3.TlsInspector."""
+class CidrRange(EnvoyStruct, kw_only=True):
+    """config.core.v3.CidrRange: an address prefix. As in Envoy, host bits may be set (they are ignored) and an
+    IPv4 prefix_len over 32 means 32."""
+
+    address_prefix: NonEmptyStr
+    prefix_len: Annotated[int, msgspec.Meta(ge=0, le=128)] = 0
+
+    def __post_init__(self) -> None:
+        try:
+            ipaddress.ip_address(self.address_prefix)
+        except ValueError:
+            raise FieldError("address_prefix", f"malformed IP address: {self.address_prefix}") from None
+
+    @property
+    def network(self) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+        address = ipaddress.ip_address(self.address_prefix)
+        return ipaddress.ip_network((address, min(self.prefix_len, address.max_prefixlen)), strict=False)
+
+
+class FilterChainMatch(EnvoyStruct, kw_only=True):
+    """config.listener.v3.FilterChainMatch: which connections a filter chain takes (see proxy/filter_chain_match.py)."""
+
+    destination_port: Annotated[int, msgspec.Meta(ge=1, le=65535)] | None = None
+    prefix_ranges: list[CidrRange] = []
+    address_suffix: NotSupportedYet | None = None  # not implemented in Envoy either
+    suffix_len: NotSupportedYet | None = None
+    direct_source_prefix_ranges: list[CidrRange] = []
+    source_type: Literal["ANY", "SAME_IP_OR_LOOPBACK", "EXTERNAL"] = "ANY"
+    source_prefix_ranges: list[CidrRange] = []
+    source_ports: list[Annotated[int, msgspec.Meta(ge=1, le=65535)]] = []
+    server_names: list[str] = []
+    transport_protocol: str = ""
+    application_protocols: list[str] = []
+
+    def __post_init__(self) -> None:
+        for i, name in enumerate(self.server_names):
+            if "*" in name and not (name.startswith("*.") and "*" not in name[1:]):
+                raise FieldError(f"server_names[{i}]", f"{name!r}: partial wildcards are not supported (only a "
+                                                       "leading '*.', as in '*.example.com')")
 
 
 class FilterChain(EnvoyStruct, kw_only=True):
     name: str = ""
+    filter_chain_match: FilterChainMatch | None = None
     filters: list[Filter] = []
     transport_socket: TransportSocket | None = None
+    use_proxy_proto: NotSupportedYet | None = None
+    transport_socket_connect_timeout: NotSupportedYet | None = None
 
     def __post_init__(self) -> None:
         what = "a terminal network filter (http_connection_manager or tcp_proxy)"
@@ -1001,18 +1045,24 @@ class Listener(EnvoyStruct, kw_only=True):
     traffic_direction: Literal["UNSPECIFIED", "INBOUND", "OUTBOUND"] = "UNSPECIFIED"
     max_connections_to_accept_per_socket_event: PositiveUInt32 | None = None  # None: all pending, as Envoy
     filter_chain_matcher: GenericMatcher | None = None
+    default_filter_chain: FilterChain | None = None
+    listener_filters_timeout: Duration = Duration(15)  # 0: no limit
+    continue_on_listener_filters_timeout: bool = False
 
     def __post_init__(self) -> None:
         try:
             ipaddress.ip_address(self.address.socket_address.address)
         except ValueError:
             raise FieldError("address.socket_address.address", "a listener address must be an IP address") from None
-        if not self.filter_chains:
-            raise FieldError("filter_chains", "a listener needs a filter chain")
-        if len(self.filter_chains) > 1:
-            raise FieldError(
-                "filter_chains[1]", "more than one filter chain needs filter_chain_match, not supported yet"
-            )
+        if not self.filter_chains and self.default_filter_chain is None:
+            raise FieldError("filter_chains", "a listener needs a filter chain (or a default_filter_chain)")
+
+    def all_filter_chains(self) -> list[tuple[str, FilterChain]]:
+        """(field path below the listener, chain) of every filter chain, the default one last."""
+        chains = [(f"filter_chains[{j}]", chain) for j, chain in enumerate(self.filter_chains)]
+        if self.default_filter_chain is not None:
+            chains.append(("default_filter_chain", self.default_filter_chain))
+        return chains
 
 
 # --------------------------------------------------------------------------- clusters
@@ -1416,11 +1466,6 @@ _CORE_EXTENSIONS: tuple[tuple[str, str, type], ...] = (
     ),
     (registry.NETWORK_FILTER, "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy", TcpProxy),
     (registry.HTTP_FILTER, "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router", Router),
-    (
-        registry.LISTENER_FILTER,
-        "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector",
-        TlsInspector,
-    ),
     (
         registry.ACCESS_LOGGER,
         "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",

@@ -198,9 +198,9 @@ def _cross_reference_problems(bootstrap: Bootstrap) -> Iterator[tuple[str, str]]
         return  # clusters come and go at run time: a route to a missing one answers 503 (NC), as in Envoy
     clusters = {cluster.name for cluster in resources.clusters}
     for i, listener in enumerate(resources.listeners):
-        for j, chain in enumerate(listener.filter_chains):
+        for rel, chain in listener.all_filter_chains():
             for k, network_filter in enumerate(chain.filters):
-                base = f"static_resources.listeners[{i}].filter_chains[{j}].filters[{k}].typed_config"
+                base = f"static_resources.listeners[{i}].{rel}.filters[{k}].typed_config"
                 config = network_filter.typed_config
                 if isinstance(config, TcpProxy) and config.cluster not in clusters:
                     yield f"{base}.cluster", f"unknown cluster {config.cluster!r}"
@@ -238,10 +238,10 @@ def http_connection_managers(bootstrap: Bootstrap) -> Iterator[tuple[str, HttpCo
 def listener_hcms(listeners: Iterable[Listener], base: str) -> Iterator[tuple[str, HttpConnectionManager]]:
     """(field path, config) of every HTTP connection manager of `listeners`, paths below `base`."""
     for i, listener in enumerate(listeners):
-        for j, chain in enumerate(listener.filter_chains):
+        for rel, chain in listener.all_filter_chains():
             for k, network_filter in enumerate(chain.filters):
                 if isinstance(network_filter.typed_config, HttpConnectionManager):
-                    yield f"{base}[{i}].filter_chains[{j}].filters[{k}].typed_config", network_filter.typed_config
+                    yield f"{base}[{i}].{rel}.filters[{k}].typed_config", network_filter.typed_config
 
 
 def _ads_problems(bootstrap: Bootstrap) -> Iterator[tuple[str, str]]:

@@ -440,10 +440,10 @@ def _spell_address(listener: Any) -> str:
 
 def _terminal_cluster_references(listener: Any) -> Iterable[tuple[str, str]]:
     """(field path below the listener, cluster name) for the clusters its tcp_proxy or inline routes use."""
-    for j, chain in enumerate(listener.filter_chains):
+    for rel, chain in listener.all_filter_chains():
         for k, network_filter in enumerate(chain.filters):
             config = network_filter.typed_config
-            base = f"filter_chains[{j}].filters[{k}].typed_config"
+            base = f"{rel}.filters[{k}].typed_config"
             if isinstance(config, TcpProxy):
                 yield f"{base}.cluster", config.cluster
             elif isinstance(config, HttpConnectionManager) and config.route_config is not None:

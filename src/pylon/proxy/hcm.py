@@ -19,12 +19,14 @@ from typing import TYPE_CHECKING, Any
 import httptools
 
 from pylon.extensions.filters.http import build_filter
+from pylon.extensions.filters.listener import Detected
 from pylon.proxy import local_reply as lr
 from pylon.proxy.access_log import AccessLogRecord, build_access_loggers
+from pylon.proxy.connection_info import ConnectionInfo
 from pylon.proxy.http1 import local_reply
+from pylon.proxy.linger import Lingering
 from pylon.proxy.router import RouteTable
 from pylon.proxy.stats import StatsStore
-from pylon.proxy.linger import Lingering
 from pylon.proxy.stream import Stream
 from pylon.proxy.watermarks import apply_buffer_limit
 from pylon.proxy.xfcc import client_cert_element
@@ -122,6 +124,7 @@ class HcmRuntime:
                                 for f in config.http_filters[:-1]]
         self.access_loggers = build_access_loggers(config.access_log, worker.access_log_writer)
         self.peer_check: Any = None  # set by the listener when TLS validates client certificates
+        self.network_filters: list[Any] = []  # the chain's filters ahead of this one (set by the listener)
         self.upgrade_types = frozenset(u.upgrade_type.lower().encode() for u in config.upgrade_configs if u.enabled)
         self.xfcc_mode = config.forward_client_cert_details
         self.cert_details = config.set_current_client_cert_details
@@ -191,7 +194,7 @@ class HttpConnection(asyncio.Protocol):
         "hcm", "worker", "loop", "transport", "parser", "parsing", "active", "queue", "closed", "draining",
         "peer", "peer_ip", "local", "scheme", "head_bytes", "raw_head_bytes", "in_head", "header_count", "feeding",
         "last_activity", "connection_id", "loop_time", "runtime_listener", "stop_reply", "wake_at", "deadlines",
-        "read_budget", "parked", "client_cert", "opened_at", "drain_close_at",
+        "read_budget", "parked", "client_cert", "opened_at", "drain_close_at", "detected", "info",
     )
 
     def __init__(self, hcm: HcmRuntime, scheme: bytes = b"http") -> None:
@@ -218,6 +221,8 @@ class HttpConnection(asyncio.Protocol):
         self.last_activity = 0.0
         self.connection_id = 0
         self.runtime_listener: Any = None  # the ListenerRuntime that accepted it (per-listener stats)
+        self.detected: Detected | None = None  # what the listener filters found (SNI, ALPN), if they ran
+        self.info: ConnectionInfo | None = None
         self.stop_reply: lr.LocalReply | None = None  # why a parser callback stopped parsing
         self.wake_at = 0.0  # when the worker's deadline wheel looks at this connection next (0 = not armed)
         self.deadlines = self.worker.deadlines
@@ -254,6 +259,9 @@ class HttpConnection(asyncio.Protocol):
         self.hcm.cx_total.value += 1
         self.hcm.cx_active.value += 1
         self.worker.connection_opened(self)
+        if self.hcm.network_filters and not self._network_filters_allow():
+            self.close()
+            return
         first = min(t for t in (self.hcm.idle_timeout, self.hcm.max_connection_duration, float("inf")) if t)
         if first != float("inf"):
             self.deadlines.arm(self, now + first)
@@ -497,6 +505,21 @@ class HttpConnection(asyncio.Protocol):
                 self.transport.close()
 
     # ------------------------------------------------------------------ housekeeping (worker sweeps)
+    def _network_filters_allow(self) -> bool:
+        """The chain's network filters ahead of this connection manager (e.g. RBAC) let the connection in."""
+        info = self.connection_info()
+        return all(network_filter.on_connection(info) for network_filter in self.hcm.network_filters)
+
+    def connection_info(self) -> ConnectionInfo:
+        """The connection's facts for filters (built on first use)."""
+        info = self.info
+        if info is None:
+            detected = self.detected
+            info = self.info = ConnectionInfo(self.connection_id, self.local, self.peer,
+                                              self.transport.get_extra_info("ssl_object"),
+                                              detected.server_name if detected is not None else "")
+        return info
+
     def client_cert_element(self) -> bytes | None:
         """This hop's x-forwarded-client-cert element, or None without a client certificate (once per connection)."""
         element = self.client_cert

@@ -86,7 +86,8 @@ class LdsListeners:
     def _retire(self, entry: LdsListener, keep_socket: bool) -> None:
         entry.acceptor.close(keep_socket=keep_socket)
         runtime = entry.runtime
-        self.worker.forget_route_subscriber(runtime.terminal)
+        for terminal in runtime.terminals:
+            self.worker.forget_route_subscriber(terminal)
         leaving = [conn for conn in self.worker.connections if conn.runtime_listener is runtime]
         if leaving:
             self.worker.loop.call_later(self.drain_time, _close_all, leaving)

@@ -1,23 +1,35 @@
-"""A listener inside one worker: its stats, its filter chain and the protocol factory it accepts with.
+"""A listener inside one worker: its stats, its filter chains, and how a new connection finds its chain.
 
-pylon supports one filter chain per listener (no filter_chain_match yet)
-whose terminal network filter is the HTTP connection manager or tcp_proxy,
-optionally behind a TLS transport socket.
+Each filter chain ends in the HTTP connection manager or tcp_proxy, optionally
+behind a TLS transport socket and network filters that may refuse a connection
+(`extensions/filters/network/`, e.g. RBAC). A listener whose every connection goes to one
+chain, with no listener filter to run, hands connections straight to it (the
+common case costs nothing); otherwise its listener filters inspect the
+connection (`listener_filters.py`) and Envoy's FilterChainMatch rules pick the
+chain (`filter_chain_match.py`), else the default chain, else the connection is
+closed and counted as `no_filter_chain_match`.
 """
 
 from __future__ import annotations
 
+import functools
+import ipaddress
+import socket
 import ssl
 from typing import TYPE_CHECKING, Any, Callable
 
 from cryptography import x509
 
 from pylon.config.datasource import read_bytes
-from pylon.config.envoy import HttpConnectionManager, TcpProxy
+from pylon.config.envoy import FilterChain, HttpConnectionManager, TcpProxy
+from pylon.extensions.filters.listener import Detected, build_listener_filter
+from pylon.extensions.filters.network import build_network_filter
 from pylon.proxy.balance.loadtable import CX_ACTIVE, LoadSlot
+from pylon.proxy.filter_chain_match import ConnectionFacts, FilterChainSelector
 from pylon.proxy.hcm import HcmRuntime, HttpConnection
+from pylon.proxy.listener_filters import Inspection, PeekWatcher
 from pylon.proxy.tcp_proxy import TcpProxyRuntime, TcpProxySession
-from pylon.proxy.tls import server_context
+from pylon.proxy.tls import ServerTls, server_context
 from pylon.proxy.xfcc import uri_sans
 
 if TYPE_CHECKING:
@@ -28,6 +40,29 @@ def listener_stat_name(listener: Any) -> str:
     """Envoy's stat name for a listener address: `listener.<ip>_<port>`, colons of IPv6 turned into `_`."""
     sa = listener.address.socket_address
     return "listener.%s_%d" % (sa.address.replace(":", "_"), sa.port_value)
+
+
+class ChainRuntime:
+    """One filter chain of a listener in one worker: what serves the connections it takes."""
+
+    __slots__ = ("name", "tls", "ssl_context", "peer_check", "app_factory", "protocol_factory", "terminal")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.tls: ServerTls | None = None
+        self.ssl_context: ssl.SSLContext | None = None
+        self.peer_check: Callable[[Any], str | None] | None = None
+        # app_factory(detected): the connection's protocol, told what the listener filters found
+        self.app_factory: Callable[[Detected | None], Any]
+        self.protocol_factory: Callable[[], Any]  # for connections nothing was detected about
+        self.terminal: Any = None
+
+    def protocol_factory_for(self, detected: Detected | None) -> Callable[[], Any]:
+        """The factory for a connection the listener filters inspected (they may have found its SNI)."""
+        if detected is None:
+            return self.protocol_factory
+        factory = functools.partial(self.app_factory, detected)
+        return self.tls.wrap_protocol_factory(factory) if self.tls is not None else factory
 
 
 class ListenerRuntime:
@@ -42,15 +77,28 @@ class ListenerRuntime:
         self.cx_total = stats.counter(prefix + "downstream_cx_total")
         self.cx_active = stats.gauge(prefix + "downstream_cx_active")
         self.cx_destroy = stats.counter(prefix + "downstream_cx_destroy")
+        self.no_filter_chain_match = stats.counter(prefix + "no_filter_chain_match")
+        self.pre_cx_active = stats.gauge(prefix + "downstream_pre_cx_active")
+        self.pre_cx_timeout = stats.counter(prefix + "downstream_pre_cx_timeout")
+        self.listener_filter_remote_close = stats.counter(prefix + "downstream_listener_filter_remote_close")
+        self.listener_filter_error = stats.counter(prefix + "downstream_listener_filter_error")
         worker_prefix = f"{prefix}worker_{worker.worker_id}."
         self.worker_cx_total = stats.counter(worker_prefix + "downstream_cx_total")
         self.worker_cx_active = stats.gauge(worker_prefix + "downstream_cx_active")
         # Set when the listener is balanced by hand-off: the supervisor reads this worker's count here.
         self.load_slot: LoadSlot | None = None
-        self.ssl_context: ssl.SSLContext | None = None
-        self.peer_check: Callable[[Any], str | None] | None = None
-        self.protocol_factory: Callable[[], Any]
-        self.terminal: Any = None
+        self.chains: list[ChainRuntime] = []
+        self.default_chain: ChainRuntime | None = None
+        self.selector: FilterChainSelector | None = None
+        self.listener_filters: list[Any] = []
+        # The chain every connection goes to when there is nothing to inspect or match on.
+        self.only_chain: ChainRuntime | None = None
+
+    @property
+    def terminals(self) -> list[Any]:
+        """The HTTP connection managers and tcp_proxies of every chain."""
+        chains = self.chains if self.default_chain is None else [*self.chains, self.default_chain]
+        return [chain.terminal for chain in chains]
 
     def opened(self) -> None:
         self.cx_total.value += 1
@@ -67,6 +115,39 @@ class ListenerRuntime:
         if self.load_slot is not None:
             self.load_slot[CX_ACTIVE] = self.worker_cx_active.value
 
+    def find_chain(self, sock: socket.socket, proceed: Callable[[ChainRuntime, Detected | None], None],
+                   drop: Callable[[], None]) -> None:
+        """Run the listener filters, then `proceed` with the connection's chain and what the filters found,
+        or `drop` it (no chain matched)."""
+        if not self.listener_filters:
+            self._choose(sock, None, proceed, drop)
+            return
+        inspection = Inspection(sock, self, lambda detected: self._choose(sock, detected, proceed, drop), drop)
+        inspection.start(self.worker.loop, self.worker.peek_watcher())
+
+    def _choose(self, sock: socket.socket, detected: Detected | None,
+                proceed: Callable[[ChainRuntime, Detected | None], None], drop: Callable[[], None]) -> None:
+        chain = self.only_chain
+        if chain is None:
+            index = None
+            if self.selector is not None:
+                try:
+                    local, peer = sock.getsockname(), sock.getpeername()
+                except OSError:
+                    drop()  # the peer has already gone
+                    return
+                found = detected or Detected()
+                facts = ConnectionFacts(ipaddress.ip_address(local[0]), local[1], ipaddress.ip_address(peer[0]),
+                                        peer[1], found.server_name, found.transport_protocol or "raw_buffer",
+                                        found.application_protocols)
+                index = self.selector.select(facts)
+            chain = self.chains[index] if index is not None else self.default_chain
+        if chain is None:
+            self.no_filter_chain_match.inc()
+            drop()
+        else:
+            proceed(chain, detected)
+
 
 def _certificate_uri_sans(downstream_tls: Any) -> list[str]:
     """The URI SANs of the listener's (first) certificate: XFCC's `By=` elements."""
@@ -75,42 +156,70 @@ def _certificate_uri_sans(downstream_tls: Any) -> list[str]:
 
 
 def build_listener(config: Any, worker: "Worker") -> ListenerRuntime:
-    """Compile a listener's (single) filter chain for this worker."""
+    """Compile a listener's filter chains and listener filters for this worker."""
     runtime = ListenerRuntime(config, worker)
-    chain = config.filter_chains[0]
+    runtime.chains = [build_chain(chain, runtime) for chain in config.filter_chains]
+    if config.default_filter_chain is not None:
+        runtime.default_chain = build_chain(config.default_filter_chain, runtime)
+    runtime.listener_filters = [build_listener_filter(f.typed_config, worker.stats) for f in config.listener_filters]
+    matches = [chain.filter_chain_match for chain in config.filter_chains]
+    if len(matches) == 1 and _matches_everything(matches[0]):
+        # Nothing to match on: the default chain (if any) is unreachable, as in Envoy.
+        runtime.only_chain = None if runtime.listener_filters else runtime.chains[0]
+        runtime.selector = FilterChainSelector(matches)
+    elif not matches:
+        runtime.only_chain = None if runtime.listener_filters else runtime.default_chain
+    else:
+        runtime.selector = FilterChainSelector(matches)  # checked for duplicates when the config was validated
+    return runtime
+
+
+def _matches_everything(match: Any) -> bool:
+    return match is None or match == type(match)()
+
+
+def build_chain(chain: FilterChain, listener: ListenerRuntime) -> ChainRuntime:
+    """One filter chain's TLS and terminal network filter for this worker."""
+    worker = listener.worker
+    runtime = ChainRuntime(chain.name)
     tls = None
     if chain.transport_socket is not None:
-        tls = server_context(chain.transport_socket.typed_config)
+        tls = runtime.tls = server_context(chain.transport_socket.typed_config)
         # None when a private key provider is hooked in: pylon's own TLS transport then
         # terminates TLS (it can suspend a handshake on a pending key operation).
         runtime.ssl_context = tls.loop_ssl_context
         runtime.peer_check = tls.verify_peer
         tls.bind_stats(worker.stats)
     terminal_cfg = chain.filters[-1].typed_config
+    network_filters = [build_network_filter(f.name, f.typed_config, worker.stats) for f in chain.filters[:-1]]
     scheme = b"https" if tls is not None else b"http"
     if isinstance(terminal_cfg, HttpConnectionManager):
         hcm = HcmRuntime(terminal_cfg, worker.clusters, worker.pools, worker.stats, worker)
         hcm.peer_check = runtime.peer_check
-        hcm.buffer_limit = config.per_connection_buffer_limit_bytes
+        hcm.network_filters = network_filters
+        hcm.buffer_limit = listener.config.per_connection_buffer_limit_bytes
         if tls is not None and terminal_cfg.forward_client_cert_details != "SANITIZE":
             hcm.local_uri_sans = _certificate_uri_sans(chain.transport_socket.typed_config)
         runtime.terminal = hcm
 
-        def factory() -> HttpConnection:
+        def factory(detected: Detected | None = None) -> HttpConnection:
             conn = HttpConnection(hcm, scheme)
-            conn.runtime_listener = runtime
+            conn.runtime_listener = listener
+            conn.detected = detected
             return conn
     elif isinstance(terminal_cfg, TcpProxy):
         tcp = TcpProxyRuntime(terminal_cfg, worker.clusters, worker.stats, worker)
         tcp.peer_check = runtime.peer_check
+        tcp.network_filters = network_filters
         runtime.terminal = tcp
 
-        def factory() -> TcpProxySession:  # type: ignore[misc]
+        def factory(detected: Detected | None = None) -> TcpProxySession:  # type: ignore[misc]
             session = TcpProxySession(tcp)
-            session.runtime_listener = runtime
+            session.runtime_listener = listener
+            session.detected = detected
             return session
     else:  # the config loader only lets the two terminal filters through
         raise TypeError(f"unsupported terminal filter {type(terminal_cfg).__name__}")
+    runtime.app_factory = factory
     runtime.protocol_factory = tls.wrap_protocol_factory(factory) if tls is not None else factory
     return runtime
-

@@ -14,6 +14,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from pylon.proxy.access_log import AccessLogRecord, build_access_loggers
+from pylon.proxy.connection_info import ConnectionInfo
 from pylon.proxy.stats import StatsStore
 from pylon.proxy.upstream.connect import ConnectError, ConnectTimeout, open_upstream
 from pylon.proxy.watermarks import apply_buffer_limit
@@ -43,6 +44,7 @@ class TcpProxyRuntime:
         self.upstream_flush_active = stats.gauge(prefix + "upstream_flush_active")
         self.access_loggers = build_access_loggers(config.access_log, worker.access_log_writer)
         self.peer_check: Any = None  # set by the listener when TLS validates client certificates
+        self.network_filters: list[Any] = []  # the chain's filters ahead of this one (set by the listener)
 
 
 class _Upstream(asyncio.Protocol):
@@ -94,6 +96,8 @@ class TcpProxySession(asyncio.Protocol):
         self.connection_id = 0
         self.flags = "-"
         self.runtime_listener: Any = None
+        self.detected: Any = None  # what the listener filters found (SNI, ALPN), if they ran
+        self.info: ConnectionInfo | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.downstream = transport  # type: ignore[assignment]
@@ -109,9 +113,24 @@ class TcpProxySession(asyncio.Protocol):
         self.connection_id = worker.next_connection_id()
         rt.cx_total.value += 1
         worker.connection_opened(self)
+        if rt.network_filters:
+            info = self.connection_info()
+            if not all(network_filter.on_connection(info) for network_filter in rt.network_filters):
+                self.close()  # refused (e.g. by RBAC) before any upstream connection exists
+                return
         if rt.idle_timeout:
             worker.deadlines.arm(self, self.start + rt.idle_timeout)
         worker.loop.create_task(self._connect())
+
+    def connection_info(self) -> ConnectionInfo:
+        """The connection's facts for network filters (built on first use)."""
+        if self.info is None:
+            transport = self.downstream
+            detected = self.detected
+            self.info = ConnectionInfo(self.connection_id, transport.get_extra_info("sockname"),
+                                       transport.get_extra_info("peername"), transport.get_extra_info("ssl_object"),
+                                       detected.server_name if detected is not None else "")
+        return self.info
 
     async def _connect(self) -> None:
         rt = self.runtime

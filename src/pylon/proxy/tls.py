@@ -54,6 +54,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from pylon.config.datasource import DataSourceError, read_bytes
+from pylon.proxy.connection_info import remember_server_name
 from pylon.regex import get_engine
 
 if TYPE_CHECKING:
@@ -478,6 +479,7 @@ def server_context(cfg: DownstreamTlsContext) -> ServerTls:
     """
     common = cfg.common_tls_context
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.sni_callback = remember_server_name  # the SNI, for filters (connection_info.py)
     handle = OpenSslContext(context)
     _apply_common(handle, common, server=True)
     key_ops = _load_certificates(context, common.tls_certificates, server=True)

@@ -15,8 +15,10 @@ from typing import Any
 from pylon import regex
 from pylon.config.envoy import HttpConnectionManager, TcpProxy
 from pylon.config.errors import ConfigError
+from pylon.extensions.filters.network import is_registered
 from pylon.proxy.access_log import compile_log_format
 from pylon.proxy.balance import Dlb, NoDlbFallback, balance_kind
+from pylon.proxy.filter_chain_match import DuplicateMatch, FilterChainSelector
 from pylon.proxy.router import RouteTable
 from pylon.proxy.tls import TlsConfigError, client_context, server_context
 
@@ -51,26 +53,38 @@ def validate_listeners(listeners: list[Any], source: str, path: str) -> None:
     _check_balancers(source, listeners, path)
     for i, listener in enumerate(listeners):
         base = f"{path}[{i}]"
-        if len(listener.filter_chains) != 1:
-            raise ConfigError(source, f"{base}.filter_chains",
-                              "pylon supports exactly one filter chain per listener (filter_chain_match is not supported yet)")
-        chain = listener.filter_chains[0]
-        chain_path = f"{base}.filter_chains[0]"
-        if len(chain.filters) != 1:
-            raise ConfigError(source, f"{chain_path}.filters",
-                              "pylon supports exactly one network filter per chain: "
-                              "envoy.filters.network.http_connection_manager or envoy.filters.network.tcp_proxy")
-        if chain.transport_socket is not None:
-            tls_path = f"{chain_path}.transport_socket.typed_config"
-            try:
-                server_context(chain.transport_socket.typed_config)
-            except TlsConfigError as exc:
-                raise ConfigError(source, _join(tls_path, exc.path), exc.message) from exc
-        terminal = chain.filters[0].typed_config
-        filter_path = f"{chain_path}.filters[0].typed_config"
-        if isinstance(terminal, HttpConnectionManager) and terminal.route_config is not None:
-            validate_route_config(terminal.route_config, source, f"{filter_path}.route_config")
-        _check_access_logs(source, filter_path, terminal)
+        try:
+            FilterChainSelector([chain.filter_chain_match for chain in listener.filter_chains])
+        except DuplicateMatch as exc:
+            chains = listener.filter_chains
+            if exc.identical:
+                why = (f"filter chain {chains[exc.index].name!r} has the same matching rules defined as "
+                       f"filter_chains[{exc.previous}] ({chains[exc.previous].name!r})")
+            else:
+                which = "itself" if exc.previous == exc.index else f"filter_chains[{exc.previous}]"
+                why = f"multiple filter chains with overlapping matching rules are defined (it overlaps {which})"
+            raise ConfigError(source, f"{base}.filter_chains[{exc.index}].filter_chain_match", why) from None
+        for rel, chain in listener.all_filter_chains():
+            _validate_chain(chain, source, f"{base}.{rel}")
+
+
+def _validate_chain(chain: Any, source: str, chain_path: str) -> None:
+    for k, network_filter in enumerate(chain.filters[:-1]):
+        if not is_registered(type(network_filter.typed_config)):
+            raise ConfigError(source, f"{chain_path}.filters[{k}]",
+                              f"{network_filter.name} cannot come before the terminal filter in pylon (it only "
+                              "serves connections; filters that may refuse them, such as RBAC, can)")
+    if chain.transport_socket is not None:
+        tls_path = f"{chain_path}.transport_socket.typed_config"
+        try:
+            server_context(chain.transport_socket.typed_config)
+        except TlsConfigError as exc:
+            raise ConfigError(source, _join(tls_path, exc.path), exc.message) from exc
+    terminal = chain.filters[-1].typed_config
+    filter_path = f"{chain_path}.filters[{len(chain.filters) - 1}].typed_config"
+    if isinstance(terminal, HttpConnectionManager) and terminal.route_config is not None:
+        validate_route_config(terminal.route_config, source, f"{filter_path}.route_config")
+    _check_access_logs(source, filter_path, terminal)
 
 
 def validate_route_config(route_config: Any, source: str, path: str) -> None:

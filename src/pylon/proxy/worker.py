@@ -37,6 +37,7 @@ from pylon.proxy.deadlines import DeadlineWheel
 from pylon.proxy.fairness import PhaseBudget
 from pylon.proxy.lds import LdsListeners
 from pylon.proxy.listener import ListenerRuntime, build_listener
+from pylon.proxy.listener_filters import PeekWatcher
 from pylon.proxy.logging_setup import configure_logging
 from pylon.proxy.router import RouteTable
 from pylon.proxy.stats import StatsStore
@@ -116,6 +117,13 @@ class Worker:
         self._ticking = False
         self.load_slots: list[LoadSlot] = []  # where this worker publishes in-flight requests (dispatcher)
         self._inflight_avg = 0.0
+        self._peek_watcher: PeekWatcher | None = None
+
+    def peek_watcher(self) -> PeekWatcher:
+        """The epoll set of connections under listener filters (made when a listener first needs it)."""
+        if self._peek_watcher is None:
+            self._peek_watcher = PeekWatcher(self.loop)
+        return self._peek_watcher
 
     def next_connection_id(self) -> int:
         self._conn_ids += 1
@@ -236,9 +244,10 @@ class Worker:
         """
         in_flight = 0
         for runtime in self.listeners:
-            gauge = getattr(runtime.terminal, "rq_active", None)
-            if gauge is not None:
-                in_flight += gauge.value
+            for terminal in runtime.terminals:
+                gauge = getattr(terminal, "rq_active", None)
+                if gauge is not None:
+                    in_flight += gauge.value
         # Smoothed (about the last 25 ms) and in thousandths: one sample is mostly 0 or 1, the
         # average tells a worker serving a busy connection from an idle one (Little's law:
         # in-flight = request rate × latency, so it grows with both).

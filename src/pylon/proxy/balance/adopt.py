@@ -15,17 +15,33 @@ _ADOPTING: set[asyncio.Task[None]] = set()
 
 def start_adopting(loop: asyncio.AbstractEventLoop, sock: socket.socket, runtime: Any,
                    done: Callable[[], None] | None = None) -> None:
-    """Serve an accepted socket with the listener's protocol (and TLS); `done` runs however it ends."""
-    task = loop.create_task(_adopt(loop, sock, runtime, done))
+    """Serve an accepted socket with its filter chain's protocol (and TLS); `done` runs however it ends."""
+    chain = runtime.only_chain
+    if chain is not None:
+        _spawn(loop, sock, chain.ssl_context, chain.protocol_factory, done)
+        return
+
+    def drop() -> None:
+        sock.close()
+        if done is not None:
+            done()
+
+    runtime.find_chain(
+        sock, lambda found, detected: _spawn(loop, sock, found.ssl_context, found.protocol_factory_for(detected), done),
+        drop)
+
+
+def _spawn(loop: asyncio.AbstractEventLoop, sock: socket.socket, ssl_context: ssl.SSLContext | None,
+           protocol_factory: Callable[[], Any], done: Callable[[], None] | None) -> None:
+    task = loop.create_task(_adopt(loop, sock, ssl_context, protocol_factory, done))
     _ADOPTING.add(task)
     task.add_done_callback(_ADOPTING.discard)
 
 
-async def _adopt(loop: asyncio.AbstractEventLoop, sock: socket.socket, runtime: Any,
-                 done: Callable[[], None] | None) -> None:
-    ssl_context = runtime.ssl_context
+async def _adopt(loop: asyncio.AbstractEventLoop, sock: socket.socket, ssl_context: ssl.SSLContext | None,
+                 protocol_factory: Callable[[], Any], done: Callable[[], None] | None) -> None:
     try:
-        await loop.connect_accepted_socket(runtime.protocol_factory, sock, ssl=ssl_context,
+        await loop.connect_accepted_socket(protocol_factory, sock, ssl=ssl_context,
                                            ssl_handshake_timeout=10.0 if ssl_context is not None else None)
     except (OSError, ssl.SSLError, asyncio.TimeoutError):
         sock.close()  # a failed TLS handshake or a peer that already left: Envoy counts neither

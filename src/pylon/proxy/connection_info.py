@@ -1,0 +1,88 @@
+"""What a filter may know about its downstream connection, as Envoy's filters see it.
+
+Authorization (RBAC), XFCC and Python filters decide on the connection, not
+only the request: the peer certificate's URI and DNS SANs and subject, the SNI
+the client asked for, the ALPN protocol, the local (destination) and remote
+(source) addresses and the connection id. The certificate is parsed once per
+connection, and only when something asks. The SNI comes from the listener's
+tls_inspector when it ran, else from the TLS handshake itself (recorded by the
+server context's SNI callback, `remember_server_name`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ssl
+from functools import cached_property
+from typing import Any
+
+from cryptography import x509
+
+#: The attribute the SNI callback leaves on a server-side SSLObject (a plain Python object).
+SNI_ATTRIBUTE = "pylon_server_name"
+
+
+def remember_server_name(ssl_object: Any, server_name: str | None, context: ssl.SSLContext) -> None:
+    """SSLContext.sni_callback: keep the client's SNI where ConnectionInfo can read it (None: go on)."""
+    if server_name:
+        setattr(ssl_object, SNI_ATTRIBUTE, server_name)
+
+
+class PeerCertificate:
+    """The client certificate of an mTLS connection, parsed."""
+
+    def __init__(self, der: bytes) -> None:
+        self.der = der
+        self.certificate = x509.load_der_x509_certificate(der)
+
+    @cached_property
+    def uri_sans(self) -> list[str]:
+        return self._sans(x509.UniformResourceIdentifier)
+
+    @cached_property
+    def dns_sans(self) -> list[str]:
+        return self._sans(x509.DNSName)
+
+    @cached_property
+    def subject(self) -> str:
+        """RFC 2253 form, as Envoy prints it."""
+        return self.certificate.subject.rfc4514_string()
+
+    @cached_property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.der).hexdigest()
+
+    def _sans(self, kind: Any) -> list[str]:
+        try:
+            extension = self.certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        except x509.ExtensionNotFound:
+            return []
+        return [str(value) for value in extension.value.get_values_for_type(kind)]
+
+
+class ConnectionInfo:
+    """One downstream connection's facts (built on first use, then kept with the connection)."""
+
+    def __init__(self, connection_id: int, local: tuple[str, int] | None, remote: tuple[str, int] | None,
+                 ssl_object: Any = None, server_name: str = "") -> None:
+        self.connection_id = connection_id
+        self.local_address = local  # (ip, port) the client connected to
+        self.remote_address = remote  # (ip, port) of the peer socket (before any x-forwarded-for)
+        self.ssl_object = ssl_object
+        self.requested_server_name = server_name or (getattr(ssl_object, SNI_ATTRIBUTE, "") if ssl_object else "")
+
+    @property
+    def tls(self) -> bool:
+        return self.ssl_object is not None
+
+    @cached_property
+    def peer_certificate(self) -> PeerCertificate | None:
+        if self.ssl_object is None:
+            return None
+        der = self.ssl_object.getpeercert(binary_form=True)
+        return PeerCertificate(der) if der else None
+
+    @cached_property
+    def negotiated_protocol(self) -> str:
+        """The ALPN protocol the handshake chose ("" without TLS or ALPN)."""
+        return (self.ssl_object.selected_alpn_protocol() or "") if self.ssl_object is not None else ""
