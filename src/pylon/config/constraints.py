@@ -41,6 +41,8 @@ class Duration(float):
 
     #: PGV `duration.gt`, in nanoseconds (None: only Envoy's range applies).
     greater_than_ns: ClassVar[int | None] = None
+    #: PGV `duration.gte`, in nanoseconds.
+    at_least_ns: ClassVar[int | None] = None
     #: PGV `duration.lt`, in nanoseconds.
     less_than_ns: ClassVar[int | None] = None
 
@@ -55,6 +57,13 @@ class DnsRefreshRate(Duration):
     """Cluster.dns_refresh_rate: PGV `gt: {nanos: 1000000}` (more than 1 ms)."""
 
     greater_than_ns = 1_000_000
+
+
+class StatsFlushInterval(Duration):
+    """Bootstrap.stats_flush_interval: PGV `gte: {nanos: 1000000}, lt: {seconds: 300}` (1 ms up to 5 min)."""
+
+    at_least_ns = 1_000_000
+    less_than_ns = 300 * NANOS_PER_SECOND
 
 
 class SessionTimeout(Duration):
@@ -79,6 +88,8 @@ def parse_duration(value: object, kind: type[Duration] = Duration) -> Duration:
     total = seconds * NANOS_PER_SECOND + nanos
     if kind.greater_than_ns is not None and total <= kind.greater_than_ns:
         raise ValueError(f"must be greater than {format_duration(kind.greater_than_ns / NANOS_PER_SECOND)}")
+    if kind.at_least_ns is not None and total < kind.at_least_ns:
+        raise ValueError(f"must be at least {format_duration(kind.at_least_ns / NANOS_PER_SECOND)}")
     if kind.less_than_ns is not None and total >= kind.less_than_ns:
         raise ValueError(f"must be less than {format_duration(kind.less_than_ns / NANOS_PER_SECOND)}")
     return kind(seconds + nanos / NANOS_PER_SECOND)

@@ -12,7 +12,8 @@ Proto details, mapped once here:
   has the rule, else the constrained types of `constraints.py` (Duration ranges,
   byte lengths, header characters); a field's type is where its rule is read;
 - wrapper types (UInt32Value, BoolValue) -> plain values; Percent -> `Percent`;
-- enums -> Literal strings of Envoy's names;
+- enums -> Literal strings of Envoy's names, read in any letter case as Envoy
+  reads them (`convert`: `lb_policy: round_robin` is ROUND_ROBIN);
 - `typed_config` (protobuf Any) -> the Struct registered for its `@type` in the
   registry category of that position (see `registry.py`); core extensions are
   registered at the bottom of this module.
@@ -24,15 +25,17 @@ Decode with `convert(data, Bootstrap)`; the loader
 from __future__ import annotations
 
 import ipaddress
+import re
 from types import MappingProxyType
-from typing import Annotated, Any, ClassVar, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, NoReturn, TypeVar
 
 import msgspec
+import msgspec.inspect
 import re2
 from msgspec.structs import force_setattr
 
 from pylon import regex
-from pylon.config import registry
+from pylon.config import registry, runtime
 from pylon.config.constraints import (
     ConstrainedStr,
     DnsRefreshRate,
@@ -45,6 +48,7 @@ from pylon.config.constraints import (
     PositiveDuration,
     QueryParameterName,
     SessionTimeout,
+    StatsFlushInterval,
     StrictHttpText,
     parse_duration,
 )
@@ -123,9 +127,130 @@ def convert(data: Any, struct_type: type[StructT]) -> StructT:
     """Decode parsed YAML/JSON into `struct_type` the way Envoy's proto-JSON parser reads it.
 
     Non-strict mode lets numbers arrive as strings (`port_value: "8080"`), which
-    protobuf's JSON mapping accepts. Raises msgspec.ValidationError.
+    protobuf's JSON mapping accepts. Enum names are read in any letter case
+    (`lb_policy: round_robin`), as Envoy reads them: a document that fails to
+    decode is decoded once more with each enum value spelled as the model
+    declares it (`_EnumSpelling`), so documents in Envoy's own spelling (every
+    one pylon writes, and the xDS it is sent) pay nothing for it. Raises
+    msgspec.ValidationError; a value that is no enum name, in any case, is
+    reported at its path with the names accepted there.
     """
-    return msgspec.convert(data, struct_type, strict=False, dec_hook=dec_hook)
+    try:
+        return msgspec.convert(data, struct_type, strict=False, dec_hook=dec_hook)
+    except msgspec.ValidationError as exc:
+        respelled, unknown = _ENUM_SPELLING.respell(data, struct_type)
+        if respelled is data:
+            _raise_with_accepted_names(exc, unknown)
+        try:
+            return msgspec.convert(respelled, struct_type, strict=False, dec_hook=dec_hook)
+        except msgspec.ValidationError as again:
+            _raise_with_accepted_names(again, unknown)
+
+
+_INVALID_ENUM = re.compile(r"^Invalid enum value (?P<value>.*) - at `\$(?P<path>[^`]*)`$", re.DOTALL)
+
+
+def _raise_with_accepted_names(exc: msgspec.ValidationError, unknown: dict[str, tuple[str, ...]]) -> NoReturn:
+    """Raise `exc`, with the accepted names added when it is about an enum value that matches none of them.
+
+    Any other error is raised as it is: its `__cause__` (a FieldError) carries the path below a typed_config.
+    """
+    match = _INVALID_ENUM.match(str(exc))
+    if match is None or match["path"] not in unknown:
+        raise exc
+    names = ", ".join(unknown[match["path"]])
+    raise msgspec.ValidationError(
+        f"Invalid enum value {match['value']}; accepted: {names} (in any letter case) - at `${match['path']}`"
+    ) from None
+
+
+class _EnumSpelling:
+    """Envoy's enum names in any letter case: protobuf's JSON parser, as Envoy configures it
+    (case-insensitive enum parsing), takes `round_robin`, `Round_Robin` and `ROUND_ROBIN` alike,
+    and published configs use all of them. Every enum of the model is a `Literal` of Envoy's
+    names, so the one rule lives here rather than in each Literal.
+
+    `respell(data, struct_type)` walks the document along the model's types (msgspec's
+    type information, built once per Struct type) and returns it with each string at a
+    Literal position replaced by the name it matches, ignoring ASCII case; the document
+    itself is never changed (untouched parts are shared, changed ones copied). Positions
+    inside `typed_config` (protobuf Any) are not walked here: their Struct is decoded by a
+    `convert` of its own. Also returns, by msgspec's path (`.a.b[0]`, dict values `[...]`),
+    the accepted names of each string that matches none.
+    """
+
+    def __init__(self) -> None:
+        self._types: dict[type, Any] = {}
+        self._fields: dict[type, dict[str, Any]] = {}
+        self._names: dict[tuple[str, ...], dict[str, str]] = {}
+
+    def respell(self, data: Any, struct_type: type) -> tuple[Any, dict[str, tuple[str, ...]]]:
+        kind = self._types.get(struct_type)
+        if kind is None:
+            kind = self._types[struct_type] = msgspec.inspect.type_info(struct_type)  # ~10 ms for Bootstrap
+        unknown: dict[str, tuple[str, ...]] = {}
+        return self._walk(data, kind, "", unknown), unknown
+
+    def _walk(self, value: Any, kind: Any, path: str, unknown: dict[str, tuple[str, ...]]) -> Any:
+        inspect = msgspec.inspect
+        if isinstance(kind, inspect.UnionType):
+            kind = self._member_for(value, kind)
+        if isinstance(kind, inspect.LiteralType):
+            return self._spelled(value, kind.values, path, unknown) if isinstance(value, str) else value
+        if isinstance(kind, inspect.StructType) and isinstance(value, dict):
+            fields = self._struct_fields(kind)
+            return self._mapped(value, {key: (fields[key], f"{path}.{key}") for key in value if key in fields},
+                                unknown)
+        if isinstance(kind, inspect.DictType) and isinstance(value, dict):
+            return self._mapped(value, {key: (kind.value_type, f"{path}[...]") for key in value}, unknown)
+        if isinstance(kind, (inspect.ListType, inspect.VarTupleType)) and isinstance(value, list):
+            items = [self._walk(item, kind.item_type, f"{path}[{i}]", unknown) for i, item in enumerate(value)]
+            return value if all(new is old for new, old in zip(items, value)) else items
+        return value
+
+    def _mapped(self, value: dict[str, Any], kinds: dict[str, tuple[Any, str]],
+                unknown: dict[str, tuple[str, ...]]) -> dict[str, Any]:
+        out = value
+        for key, (kind, path) in kinds.items():
+            new = self._walk(value[key], kind, path, unknown)
+            if new is not value[key]:
+                if out is value:
+                    out = dict(value)
+                out[key] = new
+        return out
+
+    @staticmethod
+    def _member_for(value: Any, union: Any) -> Any:
+        """The member of a union (in practice `X | None`) that a JSON value of this kind decodes as."""
+        inspect = msgspec.inspect
+        wanted: tuple[type, ...] = ()
+        if isinstance(value, str):
+            wanted = (inspect.LiteralType,)
+        elif isinstance(value, dict):
+            wanted = (inspect.StructType, inspect.DictType)
+        elif isinstance(value, list):
+            wanted = (inspect.ListType, inspect.VarTupleType)
+        return next((member for member in union.types if isinstance(member, wanted)), None)
+
+    def _struct_fields(self, kind: Any) -> dict[str, Any]:
+        fields = self._fields.get(kind.cls)
+        if fields is None:
+            fields = self._fields[kind.cls] = {field.encode_name: field.type for field in kind.fields}
+        return fields
+
+    def _spelled(self, value: str, names: tuple[str, ...], path: str, unknown: dict[str, tuple[str, ...]]) -> str:
+        by_upper = self._names.get(names)
+        if by_upper is None:
+            by_upper = self._names[names] = {name.upper(): name for name in names}
+        # protobuf upper-cases ASCII letters only; a non-ASCII character matches no enum name.
+        name = by_upper.get(value.upper()) if value.isascii() else None
+        if name is None:
+            unknown[path] = names
+            return value
+        return name
+
+
+_ENUM_SPELLING = _EnumSpelling()
 
 
 class EnvoyStruct(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
@@ -1340,8 +1465,29 @@ class Node(EnvoyStruct, kw_only=True):
 
 
 class Admin(EnvoyStruct, kw_only=True):
+    """config.bootstrap.v3.Admin: the admin endpoint and the log of its requests.
+
+    `access_log_path`, deprecated in v3 but in many published configs, is what Envoy
+    1.40 still does with it: a file access log of admin requests in Envoy's default
+    format, written besides the `access_log` entries when both are set. `profile_path`
+    is where Envoy's CPU and heap profilers would write; Envoy's release build has no
+    profiler (POST /cpuprofiler answers 500 "failure to start the profiler"), so it is
+    never written there either, and pylon, which has no profiler endpoints, takes it as such.
+    """
+
+    access_log_path: str = ""
+    profile_path: str = ""
     address: Address | None = None
     access_log: list[AccessLog] = []
+    socket_options: NotSupportedYet | None = None
+    ignore_global_conn_limit: NotSupportedYet | None = None
+
+    def access_logs(self) -> list[tuple[str, AccessLog]]:
+        """(field path below `admin`, logger) of every admin access log: `access_log`, then `access_log_path`."""
+        logs = [(f"access_log[{k}]", entry) for k, entry in enumerate(self.access_log)]
+        if self.access_log_path:
+            logs.append(("access_log_path", AccessLog(typed_config=FileAccessLog(path=self.access_log_path))))
+        return logs
 
 
 class EnvoyGrpc(EnvoyStruct, kw_only=True):
@@ -1431,14 +1577,73 @@ class RegexEngineConfig(_TypedExtension, kw_only=True):
     category: ClassVar[str] = registry.REGEX_ENGINE
 
 
+class AdminLayer(EnvoyStruct, kw_only=True):
+    """config.bootstrap.v3.RuntimeLayer.AdminLayer (no fields): the layer /runtime_modify writes (see runtime.py)."""
+
+
+class RuntimeLayer(EnvoyStruct, kw_only=True):
+    """config.bootstrap.v3.RuntimeLayer: static and admin layers; RTDS and disk layers are not supported yet."""
+
+    name: NonEmptyStr
+    static_layer: dict[str, Any] | None = None
+    disk_layer: NotSupportedYet | None = None
+    admin_layer: AdminLayer | None = None
+    rtds_layer: NotSupportedYet | None = None
+
+    def __post_init__(self) -> None:
+        _exactly_one(self, "static_layer", "disk_layer", "admin_layer", "rtds_layer")
+        if self.static_layer is not None:
+            try:
+                runtime.layer_entries(self.static_layer)
+            except runtime.RuntimeValueError as exc:
+                raise FieldError(f"static_layer.{exc.key}", exc.message) from None
+
+
+class LayeredRuntime(EnvoyStruct, kw_only=True):
+    """config.bootstrap.v3.LayeredRuntime: layers in order, later ones overriding (keys pylon takes: runtime.py)."""
+
+    layers: list[RuntimeLayer] = []
+
+    def __post_init__(self) -> None:
+        names: dict[str, int] = {}
+        admin: int | None = None
+        for i, layer in enumerate(self.layers):
+            if layer.name in names:
+                raise FieldError(f"layers[{i}].name",
+                                 f"duplicate layer name {layer.name!r} (already layers[{names[layer.name]}])")
+            names[layer.name] = i
+            if layer.admin_layer is not None:
+                if admin is not None:
+                    raise FieldError(f"layers[{i}].admin_layer",
+                                     f"at most one admin layer may be specified (already layers[{admin}])")
+                admin = i
+
+
+#: Envoy's default Bootstrap.stats_flush_interval.
+DEFAULT_STATS_FLUSH_INTERVAL = 5.0
+
+
 class Bootstrap(EnvoyStruct, kw_only=True):
     node: Node | None = None
     admin: Admin | None = None
     static_resources: StaticResources = msgspec.field(default_factory=StaticResources)
     dynamic_resources: DynamicResources | None = None
     default_regex_engine: RegexEngineConfig | None = None
+    # How often the supervisor gathers the workers' stats into the merged view (Envoy: how often
+    # stats are flushed to sinks); None: Envoy's 5 s. `stats_flush_on_admin` (only `true` may be
+    # set): only when the admin endpoint is asked, no timer.
+    stats_flush_interval: StatsFlushInterval | None = None
+    stats_flush_on_admin: bool | None = None
+    layered_runtime: LayeredRuntime | None = None
 
     def __post_init__(self) -> None:
+        if self.stats_flush_on_admin is False:
+            raise FieldError("stats_flush_on_admin", "must be true when set (leave it out to gather stats on a timer)")
+        if self.stats_flush_on_admin and self.stats_flush_interval is not None:
+            raise FieldError("stats_flush_interval",
+                             "only one of stats_flush_interval or stats_flush_on_admin may be set")
+        if self.layered_runtime is not None:
+            self._check_runtime_keys(self.layered_runtime)
         for i, cluster in enumerate(self.static_resources.clusters):
             if cluster.type == "EDS":
                 # Envoy allows it; pylon's supervisor subscribes to EDS for CDS clusters only, for now.
@@ -1448,6 +1653,28 @@ class Bootstrap(EnvoyStruct, kw_only=True):
             if node is None or not node.id or not node.cluster:
                 # Envoy's rule for CDS: the node names itself to whoever serves the clusters.
                 raise FieldError("node", "node id and cluster are required with dynamic_resources.cds_config")
+
+    def _check_runtime_keys(self, layered: LayeredRuntime) -> None:
+        listener_names = [listener.name for listener in self.static_resources.listeners]
+        has_lds = self.dynamic_resources is not None and self.dynamic_resources.lds_config is not None
+        for i, layer in enumerate(layered.layers):
+            for key, value in runtime.layer_entries(layer.static_layer or {}).items():
+                try:
+                    runtime.check_entry(key, value, listener_names, has_lds)
+                except runtime.RuntimeValueError as exc:
+                    raise FieldError(f"layered_runtime.layers[{i}].static_layer.{key}", exc.message) from None
+
+    @property
+    def stats_refresh_interval(self) -> float | None:
+        """Seconds between the supervisor's stats refreshes; None: only when the admin endpoint asks."""
+        if self.stats_flush_on_admin:
+            return None
+        return DEFAULT_STATS_FLUSH_INTERVAL if self.stats_flush_interval is None else float(self.stats_flush_interval)
+
+    @property
+    def runtime(self) -> runtime.Runtime:
+        """The layered runtime's values (checked at load; empty without `layered_runtime`)."""
+        return runtime.Runtime.from_layers(self.layered_runtime.layers if self.layered_runtime is not None else [])
 
     @property
     def regex_engine_name(self) -> str | None:

@@ -8,14 +8,22 @@ same paths, same text and JSON shapes, same 404/405 behaviour.
 `AdminHandler` is the sans-IO part (method + request target in, `AdminResponse`
 out); `_AdminProtocol` is a small keep-alive HTTP/1.1 shell over httptools.
 Admin traffic is rare, so clarity beats speed here.
+
+Each answered request is logged to the bootstrap's admin access logs (`admin.access_log`
+and the deprecated `admin.access_log_path`) as Envoy logs it: its admin endpoint is an
+HTTP connection manager with `use_remote_address`, so a line sees the x-forwarded-for,
+x-forwarded-proto and x-envoy-external-address that manager sets, response code details
+`admin_filter_response`, and the body sizes of the request and the response.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
+import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from http import HTTPStatus
 from typing import Any, NamedTuple, Protocol, cast
 from urllib.parse import parse_qs, urlsplit
@@ -25,7 +33,9 @@ import msgspec
 import re2
 
 from pylon import __version__
+from pylon.proxy.access_log import AccessLogger, AccessLogRecord
 from pylon.proxy.http1 import local_reply
+from pylon.proxy.local_address import forwarded_for_entry
 from pylon.proxy.prometheus import CONTENT_TYPE as PROMETHEUS_CONTENT_TYPE
 from pylon.proxy.prometheus import render_prometheus
 
@@ -51,6 +61,9 @@ class AdminBackend(Protocol):
 
     async def quit(self) -> None:
         """Drain gracefully and exit (/quitquitquit)."""
+
+    def runtime(self) -> dict:
+        """Envoy's /runtime JSON: {"entries": {key: {"layer_values": [...], "final_value": ...}}, "layers": [...]}."""
 
 
 class AdminResponse(NamedTuple):
@@ -215,6 +228,10 @@ class AdminHandler:
             "/help": _Endpoint("print out list of admin commands", self._help, False),
             "/quitquitquit": _Endpoint("exit the server", self._quit, True),
             "/ready": _Endpoint("print server state, return 200 if LIVE, otherwise return 503", self._ready, False),
+            "/runtime": _Endpoint("print runtime values", self._runtime, False),
+            "/runtime_modify": _Endpoint("Adds or modifies runtime values as passed in query parameters. To "
+                                         "delete a previously added key, use an empty string as the value.",
+                                         self._runtime_modify, True),
             "/server_info": _Endpoint("print server version/status information", self._server_info, False),
             "/stats": _Endpoint("print server stats", self._stats, False),
             "/stats/prometheus": _Endpoint("print server stats in prometheus format", self._prometheus, False),
@@ -240,6 +257,15 @@ class AdminHandler:
     async def _ready(self, query: dict[str, list[str]]) -> AdminResponse:
         state = self._backend.server_info()["state"]
         return AdminResponse(200 if self._backend.is_ready() else 503, f"{state}\n".encode())
+
+    async def _runtime(self, query: dict[str, list[str]]) -> AdminResponse:
+        return AdminResponse(200, _pretty_json(self._backend.runtime()), JSON)
+
+    async def _runtime_modify(self, query: dict[str, list[str]]) -> AdminResponse:
+        # Envoy writes to the admin layer here (503 "No admin layer specified" without one). pylon reads
+        # its runtime when a process loads the bootstrap, so it cannot change values while running yet.
+        return AdminResponse(503, b"runtime values cannot be modified while pylon runs (not supported yet); "
+                                  b"set them in a static_layer of the bootstrap's layered_runtime\n")
 
     async def _server_info(self, query: dict[str, list[str]]) -> AdminResponse:
         return AdminResponse(200, _pretty_json(render_server_info(self._backend.server_info())), JSON)
@@ -298,21 +324,46 @@ class AdminHandler:
 MAX_REQUEST_BYTES = 1024 * 1024
 
 
+class _Request(NamedTuple):
+    """One parsed admin request, with what its access-log line needs."""
+
+    method: str
+    target: str
+    keep_alive: bool
+    headers: list[tuple[bytes, bytes]]  # (lower-case name, value) as received
+    body_size: int
+    http_version: str
+    start_time: float  # epoch seconds, when its first byte was parsed
+    start: float  # loop time, likewise
+    received: float  # loop time when it was complete
+
+
 class _AdminProtocol(asyncio.Protocol):
     """Keep-alive HTTP/1.1 over httptools; pipelined requests are answered in order."""
 
-    def __init__(self, handler: AdminHandler) -> None:
+    def __init__(self, handler: AdminHandler, access_loggers: Sequence[AccessLogger] = (),
+                 connection_id: int = 0) -> None:
         self._handler = handler
+        self._access_loggers = access_loggers
+        self._connection_id = connection_id
         self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
+        self._peer: Any = None
+        self._local: Any = None
         self._url = b""
         self._size = 0
-        self._pending: deque[tuple[str, str, bool]] = deque()
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._body_size = 0
+        self._start_time = 0.0
+        self._start = 0.0
+        self._pending: deque[_Request] = deque()
         self._task: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self._transport = cast(asyncio.Transport, transport)
+        self._peer = transport.get_extra_info("peername")
+        self._local = transport.get_extra_info("sockname")
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._task is not None:
@@ -330,6 +381,10 @@ class _AdminProtocol(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._url = b""
         self._size = 0
+        self._headers = []
+        self._body_size = 0
+        self._start_time = time.time()
+        self._start = asyncio.get_running_loop().time()
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -337,13 +392,17 @@ class _AdminProtocol(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._grow(len(name) + len(value))
+        self._headers.append((name.lower(), value))
 
     def on_body(self, body: bytes) -> None:
         self._grow(len(body))
+        self._body_size += len(body)
 
     def on_message_complete(self) -> None:
         method = self._parser.get_method().decode()
-        self._pending.append((method, self._url.decode("latin-1"), self._parser.should_keep_alive()))
+        self._pending.append(_Request(
+            method, self._url.decode("latin-1"), self._parser.should_keep_alive(), self._headers, self._body_size,
+            self._parser.get_http_version(), self._start_time, self._start, asyncio.get_running_loop().time()))
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._serve())
 
@@ -362,18 +421,22 @@ class _AdminProtocol(asyncio.Protocol):
     async def _serve(self) -> None:
         assert self._transport is not None
         while self._pending:
-            method, target, keep_alive = self._pending.popleft()
+            request = self._pending.popleft()
+            method, keep_alive = request.method, request.keep_alive
             try:
-                response = await self._handler.handle(method, target)
+                response = await self._handler.handle(method, request.target)
             except Exception as exc:  # a failing backend must not hang the connection
                 response = AdminResponse(500, f"{type(exc).__name__}: {exc}\n".encode())
             if self._transport.is_closing():
                 break
-            self._transport.write(local_reply(
+            reply = local_reply(
                 response.status, response.body, close=not keep_alive, content_type=response.content_type,
                 extra=[(b"cache-control", b"no-cache, max-age=0"), (b"x-content-type-options", b"nosniff")],
                 head_only=method == "HEAD",
-            ))
+            )
+            self._transport.write(reply)
+            if self._access_loggers:
+                self._log(request, response, reply)
             if response.after is not None:
                 response.after()
             if not keep_alive:
@@ -382,8 +445,50 @@ class _AdminProtocol(asyncio.Protocol):
         self._task = None
 
 
-async def start_admin_server(host: str, port: int, backend: AdminBackend) -> asyncio.Server:
-    """Listen on host:port (port 0 picks one: read it from `server.sockets`)."""
+    def _log(self, request: _Request, response: AdminResponse, reply: bytes) -> None:
+        """One access-log record for an answered request, to every admin access log."""
+        peer_ip = self._peer[0] if isinstance(self._peer, tuple) else None
+        headers = [(name, value) for name, value in request.headers
+                   if name not in (b"x-forwarded-proto", b"x-envoy-external-address")]
+        if peer_ip is not None:
+            # What Envoy's admin connection manager (use_remote_address) sets before its admin filter runs.
+            entry = forwarded_for_entry(peer_ip).encode()
+            xff = [value for name, value in headers if name == b"x-forwarded-for"]
+            headers = [(name, value) for name, value in headers if name != b"x-forwarded-for"]
+            headers.append((b"x-forwarded-for", b",".join([*xff, entry])))
+            headers.append((b"x-envoy-external-address", peer_ip.encode()))
+        headers.append((b"x-forwarded-proto", b"http"))
+        head = reply.split(b"\r\n\r\n", 1)[0].split(b"\r\n")[1:]
+        now = asyncio.get_running_loop().time()
+        record = AccessLogRecord(
+            request.start_time,
+            method=request.method,
+            path=request.target,
+            scheme="http",
+            authority=next((value.decode("latin-1") for name, value in request.headers if name == b"host"), None),
+            protocol=f"HTTP/{request.http_version}",
+            request_headers=headers,
+            response_code=response.status,
+            response_code_details="admin_filter_response",
+            response_flags="-",
+            response_headers=[(name.lower(), value.lstrip()) for name, _, value in
+                              (line.partition(b":") for line in head)],
+            bytes_received=request.body_size,
+            bytes_sent=len(response.body),  # for HEAD too, as Envoy counts it
+            duration=(now - request.start) * 1000,
+            request_duration=(request.received - request.start) * 1000,
+            downstream_remote=self._peer,
+            downstream_local=self._local,
+            connection_id=self._connection_id,
+        )
+        for logger in self._access_loggers:
+            logger.log(record)
+
+
+async def start_admin_server(host: str, port: int, backend: AdminBackend,
+                             access_loggers: Sequence[AccessLogger] = ()) -> asyncio.Server:
+    """Listen on host:port (port 0 picks one: read it from `server.sockets`); log requests to `access_loggers`."""
     handler = AdminHandler(backend)
     loop = asyncio.get_running_loop()
-    return await loop.create_server(lambda: _AdminProtocol(handler), host, port)
+    connection_ids = itertools.count()
+    return await loop.create_server(lambda: _AdminProtocol(handler, access_loggers, next(connection_ids)), host, port)

@@ -31,6 +31,7 @@ from pylon import __version__
 from pylon.config.errors import ConfigError
 from pylon.config.loader import CONFIG_YAML_SOURCE, bootstrap_to_dict, load_bootstrap
 from pylon.proxy import control
+from pylon.proxy.access_log import AccessLogger, AccessLogWriter, build_access_loggers
 from pylon.proxy.admin import start_admin_server
 from pylon.proxy.balance import Balancer, balancer_for
 from pylon.proxy.balance.loadtable import LoadTable
@@ -43,11 +44,6 @@ from pylon.proxy.validate import configure_regex_engine, validate_runtime
 from pylon.xds.client import AdsClient
 
 log = logging.getLogger("pylon.main")
-
-#: How often the supervisor takes the workers' stats even when nobody scrapes (Envoy's default
-#: stats_flush_interval): a worker that dies takes at most this much of its counts with it.
-STATS_REFRESH_S = 5.0
-
 
 @dataclass
 class ProxyOptions:
@@ -69,6 +65,7 @@ class WorkerHandle:
     client: control.ControlClient
     lds_channel: socket.socket  # our end: LDS listener sockets go to the worker over it
     restarts: int = 0
+    gone: bool = False  # exited and its counts retired: a late stats reply from it must not count again
 
 
 class Supervisor:
@@ -76,7 +73,8 @@ class Supervisor:
 
     def __init__(self, options: ProxyOptions, bootstrap: Any, dynamic: DynamicConfig, files: FileSources,
                  balancers: list[Balancer], listener_sockets: ListenerSockets,
-                 load_table: LoadTable | None = None) -> None:
+                 load_table: LoadTable | None = None, admin_log_writer: AccessLogWriter | None = None,
+                 admin_loggers: list[AccessLogger] | None = None) -> None:
         self.options = options
         self.listener_sockets = listener_sockets  # LDS listeners' (the dynamic config binds through it)
         self.bootstrap = bootstrap
@@ -96,17 +94,26 @@ class Supervisor:
         self.last_seen: dict[int, dict[str, Any]] = {}
         self.retired: dict[str, Any] = {}
         self.admin_server: asyncio.AbstractServer | None = None
+        # The admin endpoint's access logs (admin.access_log, admin.access_log_path), written from this loop.
+        self.admin_log_writer = admin_log_writer or AccessLogWriter()
+        self.admin_loggers = admin_loggers or []
+        # How often the workers' stats are gathered when nobody asks (the bootstrap's stats_flush_interval,
+        # Envoy's 5 s by default): a worker that dies takes at most this much of its counts with it.
+        # None (stats_flush_on_admin): only when the admin endpoint asks.
+        self.stats_refresh_interval: float | None = bootstrap.stats_refresh_interval
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
+        self.admin_log_writer.start(loop)
         admin = self.bootstrap.admin
         if admin is not None and admin.address is not None:
             sa = admin.address.socket_address
             try:
-                self.admin_server = await start_admin_server(sa.address, sa.port_value, self)
+                self.admin_server = await start_admin_server(sa.address, sa.port_value, self, self.admin_loggers)
             except OSError as exc:
                 log.critical("admin.address: cannot bind %s:%d: %s", sa.address, sa.port_value, exc.strerror or exc)
+                self.admin_log_writer.close()
                 return 1
             log.info("admin address: %s:%d", sa.address, self.admin_server.sockets[0].getsockname()[1])
         for balancer in self.balancers:
@@ -123,6 +130,7 @@ class Supervisor:
             except WorkerStartError as exc:
                 log.critical("%s", exc)
                 await self._stop_workers(0.0)
+                self.admin_log_writer.close()
                 return 1
         self.state = "LIVE"
         for index, listener in enumerate(self.bootstrap.static_resources.listeners):
@@ -132,12 +140,25 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, lambda: loop.create_task(self.quit()))
         tasks.append(loop.create_task(self._monitor()))
+        if self.stats_refresh_interval is not None:
+            tasks.append(loop.create_task(self._refresh_stats(self.stats_refresh_interval)))
         if self.files.files:
             tasks.append(loop.create_task(self._watch_files()))
         await self.stopped.wait()
         for task in tasks:
             task.cancel()
+        self.admin_log_writer.close()
         return 0
+
+    async def _refresh_stats(self, interval: float) -> None:
+        """Gather the workers' stats every `interval` seconds (the bootstrap's stats_flush_interval).
+
+        The next round waits for the replies of this one, so a 1 ms interval keeps one request per
+        worker in flight at a time rather than piling them up.
+        """
+        while not self.draining:
+            await asyncio.sleep(interval)
+            await self._worker_stats()
 
     async def _watch_files(self) -> None:
         """Apply accepted changes of the CDS/RDS files to every worker."""
@@ -197,16 +218,13 @@ class Supervisor:
 
     async def _monitor(self) -> None:
         """Restart workers that die outside a drain (Envoy would abort; a process can simply come back)."""
-        next_refresh = time.monotonic() + STATS_REFRESH_S
         while not self.draining:
             await asyncio.sleep(0.2)
-            if time.monotonic() >= next_refresh:
-                next_refresh = time.monotonic() + STATS_REFRESH_S
-                await self._worker_stats()
             for worker_id, handle in list(self.workers.items()):
                 code = handle.proc.poll()
                 if code is None or self.draining:
                     continue
+                handle.gone = True
                 handle.client.close()
                 handle.lds_channel.close()
                 self.retired = merge_snapshots([self.retired, cumulative(self.last_seen.pop(worker_id, {}))])
@@ -275,7 +293,7 @@ class Supervisor:
         handles = list(self.workers.values())
         replies = await asyncio.gather(*(h.client.request({"op": "stats"}) for h in handles))
         for handle, reply in zip(handles, replies):
-            if reply and "stats" in reply and self.workers.get(handle.worker_id) is handle:
+            if reply and "stats" in reply and self.workers.get(handle.worker_id) is handle and not handle.gone:
                 self.last_seen[handle.worker_id] = reply["stats"]
 
     async def clusters_text(self) -> str:
@@ -308,6 +326,9 @@ class Supervisor:
 
     def is_ready(self) -> bool:
         return self.state == "LIVE" and all(h.proc.poll() is None for h in self.workers.values())
+
+    def runtime(self) -> dict[str, Any]:
+        return self.bootstrap.runtime.admin_view()
 
 
 class WorkerStartError(Exception):
@@ -349,14 +370,37 @@ class ListenerBindError(Exception):
     """A listener address could not be bound (in use, not local, no permission)."""
 
 
+def admin_access_loggers(bootstrap: Any, source: str, writer: AccessLogWriter) -> list[AccessLogger]:
+    """The admin endpoint's access loggers, their files open; ConfigError at the entry that cannot be built.
+
+    As Envoy, in validate mode too: a file that cannot be opened is a config error
+    ("unable to open file '<path>': <reason>"), and one that can is created.
+    """
+    admin = bootstrap.admin
+    loggers: list[AccessLogger] = []
+    for rel, entry in admin.access_logs() if admin is not None else []:
+        base = f"admin.{rel}" if rel == "access_log_path" else f"admin.{rel}.typed_config"
+        try:
+            loggers += build_access_loggers([entry], writer)
+        except OSError as exc:
+            where = base if rel == "access_log_path" else f"{base}.path"
+            raise ConfigError(source, where, f"unable to open file '{entry.typed_config.path}': "
+                                             f"{exc.strerror or exc}") from exc
+        except ValueError as exc:
+            raise ConfigError(source, f"{base}.log_format", str(exc)) from exc
+    return loggers
+
+
 def run_proxy(options: ProxyOptions) -> int:
     """The whole `pylon proxy` command; returns the process exit code."""
     configure_logging(options.log_level, "main")
     listener_sockets = ListenerSockets(options.concurrency)
+    admin_log_writer = AccessLogWriter()
     try:
         bootstrap = load_bootstrap(options.config_path, options.config_yaml)
         configure_regex_engine(bootstrap, options.config_path or "<config-yaml>")
         validate_runtime(bootstrap, options.config_path or "<config-yaml>")
+        admin_loggers = admin_access_loggers(bootstrap, options.config_path or "<config-yaml>", admin_log_writer)
         # Validating binds nothing; serving binds LDS listeners as their updates are checked.
         dynamic = DynamicConfig(bootstrap, StatsStore(), None if options.mode == "validate" else listener_sockets)
         files = FileSources(dynamic)
@@ -365,8 +409,10 @@ def run_proxy(options: ProxyOptions) -> int:
         # One plain line (no log prefix) so scripts and users can read the field path directly.
         print(str(exc), file=sys.stderr)
         listener_sockets.close()
+        admin_log_writer.close()
         return 1
     if options.mode == "validate":
+        admin_log_writer.close()
         print(f"configuration '{options.config_path or '<config-yaml>'}' OK")
         return 0
     if options.base_id is not None:
@@ -376,5 +422,7 @@ def run_proxy(options: ProxyOptions) -> int:
     except ListenerBindError as exc:
         log.critical("%s", exc)
         listener_sockets.close()
+        admin_log_writer.close()
         return 1
-    return uvloop.run(Supervisor(options, bootstrap, dynamic, files, balancers, listener_sockets, table).run())
+    return uvloop.run(Supervisor(options, bootstrap, dynamic, files, balancers, listener_sockets, table,
+                                 admin_log_writer, admin_loggers).run())

@@ -36,7 +36,7 @@ def configure_regex_engine(bootstrap: Any, source: str) -> None:
     worker — and calls this right after, before any route table is built.
     """
     try:
-        regex.set_default_engine(bootstrap.regex_engine_name)
+        regex.set_default_engine(bootstrap.regex_engine_name, bootstrap.runtime.re2_max_program_size)
     except ValueError as exc:
         raise ConfigError(source, "default_regex_engine.typed_config", str(exc)) from exc
 

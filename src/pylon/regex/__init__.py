@@ -21,7 +21,7 @@ from typing import Callable
 from pylon.regex.base import PatternSet, Regex, RegexEngine
 from pylon.regex.python_re import ENGINE_NAME as PYTHON_RE_ENGINE
 from pylon.regex.python_re import PythonReEngine
-from pylon.regex.re2_engine import DEFAULT_ENGINE, ENVOY_MAX_PROGRAM_SIZE, GoogleRE2Engine
+from pylon.regex.re2_engine import DEFAULT_ENGINE, ENVOY_MAX_PROGRAM_SIZE, GoogleRE2Engine, set_max_program_size
 
 __all__ = [
     "DEFAULT_ENGINE",
@@ -86,10 +86,15 @@ def get_engine(name: str | None = None) -> RegexEngine:
     return factory()
 
 
-def set_default_engine(name: str | None) -> RegexEngine:
+def set_default_engine(name: str | None, max_program_size: int | None = None) -> RegexEngine:
     """Make `name` (None: Google RE2) the engine `get_engine()` returns from now on, as Envoy's
-    bootstrap `default_regex_engine` does; returns it. `ValueError` leaves the default unchanged."""
+    bootstrap `default_regex_engine` does; returns it. `ValueError` leaves the default unchanged.
+
+    `max_program_size` is the RE2 program size limit of the engines made from now on (the
+    runtime's `re2.max_program_size.error_level`; None: Envoy's default, 100).
+    """
     global _default
+    set_max_program_size(max_program_size)
     engine = get_engine(name or DEFAULT_ENGINE)
     _default = engine
     return engine

@@ -19,6 +19,19 @@ DEFAULT_ENGINE = "envoy.regex_engines.google_re2"
 # (runtime key `re2.max_program_size.error_level`, default 100).
 ENVOY_MAX_PROGRAM_SIZE = 100
 
+#: The limit engines made from now on take (`set_max_program_size`: the bootstrap's runtime).
+_max_program_size = ENVOY_MAX_PROGRAM_SIZE
+
+
+def set_max_program_size(limit: int | None) -> None:
+    """The RE2 program size limit of every engine made from now on (None: Envoy's default, 100).
+
+    Envoy reads it from the runtime (`re2.max_program_size.error_level`) when it compiles a
+    regex; a pylon process reads its bootstrap's runtime once, before any engine is made.
+    """
+    global _max_program_size
+    _max_program_size = ENVOY_MAX_PROGRAM_SIZE if limit is None else limit
+
 # RE2::Set's default memory budget (8 MiB) fails to compile a few thousand
 # patterns, and when its DFA runs out of memory at match time RE2 reports "no
 # match" (the Python wrapper hides the error). The budget is an upper bound on
@@ -126,8 +139,8 @@ class GoogleRE2Engine:
 
     name = DEFAULT_ENGINE
 
-    def __init__(self, max_program_size: int = ENVOY_MAX_PROGRAM_SIZE) -> None:
-        self.max_program_size = max_program_size
+    def __init__(self, max_program_size: int | None = None) -> None:
+        self.max_program_size = _max_program_size if max_program_size is None else max_program_size
         self._options = re2.Options()
         self._options.log_errors = False
 
