@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 
+from pylon.proxy.local_address import envoy_local_address
 from tests.conftest import free_port
 from tests.proxy.conftest import ProxyLauncher, http_listener, route, static_cluster
 from tests.proxy.upstreams import Upstream
@@ -36,13 +37,16 @@ def test_x_envoy_headers_at_and_behind_the_edge(implementation: str, tmp_path: P
         launcher.start([http_listener("edge", edge, [route("/", "a")], use_remote_address=True),
                         http_listener("inner", inner, [route("/", "a")])],
                        [static_cluster("a", [up.port])], implementation=implementation)
-        seen = {}
+        seen, forwarded_for = {}, {}
         for name, port in (("edge", edge), ("inner", inner)):
             httpx.get(f"http://127.0.0.1:{port}/", headers={**CONTROLS, **MESH, **OTHERS}, timeout=5)
             headers = up.requests[-1]["headers"]
             seen[name] = {k: v for k, v in headers.items() if k in CONTROLS or k in MESH or k in OTHERS}
+            forwarded_for[name] = headers.get("x-forwarded-for")
         assert seen["edge"] == {**OTHERS, "x-envoy-external-address": "127.0.0.1"}
         assert seen["inner"] == {**OTHERS, **MESH}
+        # At the edge a loopback client is named in x-forwarded-for by this host's own address, not 127.0.0.1.
+        assert forwarded_for == {"edge": envoy_local_address(), "inner": None}
     finally:
         launcher.close()
         up.close()

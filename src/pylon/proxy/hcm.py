@@ -25,6 +25,7 @@ from pylon.proxy.access_log import AccessLogRecord, build_access_loggers
 from pylon.proxy.connection_info import ConnectionInfo
 from pylon.proxy.http1 import local_reply
 from pylon.proxy.linger import Lingering
+from pylon.proxy.local_address import forwarded_for_entry
 from pylon.proxy.router import RouteTable
 from pylon.proxy.stats import StatsStore
 from pylon.proxy.stream import Stream
@@ -195,6 +196,7 @@ class HttpConnection(asyncio.Protocol):
         "peer", "peer_ip", "local", "scheme", "head_bytes", "raw_head_bytes", "in_head", "header_count", "feeding",
         "last_activity", "connection_id", "loop_time", "runtime_listener", "stop_reply", "wake_at", "deadlines",
         "read_budget", "parked", "client_cert", "opened_at", "drain_close_at", "detected", "info",
+        "xff_ip",
     )
 
     def __init__(self, hcm: HcmRuntime, scheme: bytes = b"http") -> None:
@@ -211,6 +213,7 @@ class HttpConnection(asyncio.Protocol):
         self.draining = False
         self.peer: tuple[str, int] = ("", 0)
         self.peer_ip = b""
+        self.xff_ip = b""  # what this hop appends to x-forwarded-for at the edge (see forwarded_for_ip)
         self.local: tuple[str, int] = ("", 0)
         self.scheme = scheme
         self.head_bytes = 0
@@ -509,6 +512,13 @@ class HttpConnection(asyncio.Protocol):
         """The chain's network filters ahead of this connection manager (e.g. RBAC) let the connection in."""
         info = self.connection_info()
         return all(network_filter.on_connection(info) for network_filter in self.hcm.network_filters)
+
+    def forwarded_for_ip(self) -> bytes:
+        """The client's address as Envoy appends it to x-forwarded-for: this host's own address for a
+        loopback client (a loopback address means nothing to whoever reads the header)."""
+        if not self.xff_ip:
+            self.xff_ip = forwarded_for_entry(self.peer[0]).encode() if self.peer else self.peer_ip
+        return self.xff_ip
 
     def connection_info(self) -> ConnectionInfo:
         """The connection's facts for filters (built on first use)."""

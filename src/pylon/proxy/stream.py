@@ -409,6 +409,7 @@ class Stream:
                 return self._send_local(307, b"", None, extra=[(b"location", url)])
         self.authority = authority
         self.path = url
+        self.xff = xff  # before the filters: RBAC's remote_ip and their local replies' logs see the client
         # UTF-8 with surrogateescape: non-ASCII paths match non-ASCII regex literals as in
         # Envoy (which matches the raw bytes), and any byte sequence still round-trips.
         path_text = url.decode("utf-8", "surrogateescape")
@@ -464,7 +465,8 @@ class Stream:
 
         # x-forwarded-for / -proto and the request id, as Envoy's connection manager sets them.
         if hcm.use_remote_address:
-            forward.append((b"x-forwarded-for", xff + b"," + conn.peer_ip if xff else conn.peer_ip))
+            client = conn.forwarded_for_ip()
+            forward.append((b"x-forwarded-for", xff + b"," + client if xff else client))
             forward.append((b"x-forwarded-proto", conn.scheme))
             forward.append((b"x-envoy-external-address", conn.peer_ip))
         else:
