@@ -723,7 +723,6 @@ def test_cluster_fields() -> None:
         unhealthy_threshold: 3
         healthy_threshold: 2
         http_health_check: {{path: /healthz, host: web.internal, expected_statuses: [{{start: 200, end: 300}}]}}
-      - {{timeout: 1s, interval: 10s, unhealthy_threshold: 1, healthy_threshold: 1, no_traffic_interval: 30s, tcp_health_check: {{}}}}
       outlier_detection: {{consecutive_5xx: 3, interval: 5s, base_ejection_time: 10s, max_ejection_percent: 50,
                           consecutive_gateway_failure: 2, enforcing_consecutive_gateway_failure: 100}}
       typed_extension_protocol_options:
@@ -746,11 +745,10 @@ def test_cluster_fields() -> None:
     assert (default.priority, default.max_connections, default.max_pending_requests) == ("DEFAULT", 10, 20)
     assert (default.max_requests, default.max_retries) == (30, 1)
     assert (high.priority, high.max_connections, high.max_retries) == ("HIGH", 1024, 3)
-    http_check, tcp_check = web.health_checks
+    (http_check,) = web.health_checks
     assert (http_check.timeout, http_check.interval, http_check.interval_jitter) == (1, 5, 0.5)
     assert http_check.http_health_check.path == "/healthz" and http_check.no_traffic_interval == 60
     assert (http_check.http_health_check.expected_statuses[0].start, http_check.http_health_check.expected_statuses[0].end) == (200, 300)
-    assert tcp_check.tcp_health_check is not None and tcp_check.no_traffic_interval == 30
     outlier = web.outlier_detection
     assert (outlier.consecutive_5xx, outlier.interval, outlier.base_ejection_time, outlier.max_ejection_percent) == (3, 5, 10, 50)
     assert outlier.enforcing_consecutive_5xx == 100 and outlier.enforcing_consecutive_gateway_failure == 100
@@ -910,3 +908,11 @@ def test_envoys_rules(case: Case) -> None:
         load(case.data)
     else:
         assert error(case.data).startswith(f"config error in test.yaml: {case.error}")
+
+
+def test_a_second_health_check_is_refused_at_load_not_at_serve() -> None:
+    """`--mode validate` said OK and `serve` then failed in the worker: the rule is the config model's now."""
+    check = {"timeout": "1s", "interval": "1s", "unhealthy_threshold": 1, "healthy_threshold": 1, "tcp_health_check": {}}
+    data = bootstrap(clusters=[cluster(health_checks=[check, check])])
+    assert error(data) == ("config error in test.yaml: static_resources.clusters[0].health_checks[1]: "
+                           "more than one health check per cluster is not supported yet")

@@ -1401,6 +1401,9 @@ class Cluster(EnvoyStruct, kw_only=True):
         self._resolve_protocol_options()
         self._check_eds()
         self._check_endpoints()
+        if len(self.health_checks) > 1:
+            # Envoy 1.40 runs several when each has a name; pylon runs one health checker per cluster.
+            raise FieldError("health_checks[1]", "more than one health check per cluster is not supported yet")
 
     @property
     def eds_service_name(self) -> str:

@@ -137,9 +137,6 @@ def test_describe_lists_hosts_like_envoy_admin():
 def test_config_errors():
     with pytest.raises(ValueError, match="duplicate cluster name"):
         build_clusters([config(), config()], StatsStore(), 0)
-    hc = {"timeout": "1s", "interval": "1s", "unhealthy_threshold": 1, "healthy_threshold": 1, "tcp_health_check": {}}
-    with pytest.raises(ValueError, match="multiple health checks"):
-        Cluster(config(health_checks=[hc, hc]), StatsStore())
 
 
 def test_strict_dns_on_localhost_keeps_hosts_across_refreshes():

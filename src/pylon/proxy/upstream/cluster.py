@@ -107,8 +107,6 @@ class Cluster:
         if config.outlier_detection is not None:
             self.outlier = OutlierDetector.from_config(config.outlier_detection, stats, prefix, now, rng)
 
-        if len(config.health_checks) > 1:
-            raise ValueError(f"cluster {self.name!r}: multiple health checks are not supported (Envoy refuses them too)")
         # The transport socket of every connection to the hosts: requests, tcp_proxy and health checks alike.
         self.tls: ClientTls | None = cluster_tls(config)
         self.health_checker: HealthChecker | None = None
