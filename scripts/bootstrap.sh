@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Set up everything pylon needs on a fresh Debian machine of this kind; safe to run again.
 # Debian packages (we are root): the load tools, peers and profiler (perf) the tests and benchmarks use, and the
-# compiler and OpenSSL headers that build the private-key hook (src/pylon/keys/keyhook.c).
+# compiler and OpenSSL headers that build the private-key hook (src/pylon/keys/keyhook.c), and iproute2 + nftables
+# for the capture tests (network namespaces of our own with REDIRECT rules).
 # Python: a virtualenv in .venv with pylon installed editable, plus test and bench extras.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBS=(wrk nginx-light nghttp2-client curl openssl ca-certificates gcc libssl-dev linux-perf)
+DEBS=(wrk nginx-light nghttp2-client curl openssl ca-certificates gcc libssl-dev linux-perf iproute2 nftables)
 missing=()
 for pkg in "${DEBS[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

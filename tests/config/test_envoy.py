@@ -23,6 +23,7 @@ from tests.config.builders import (
     FILE_LOG_TYPE,
     HCM_PATH,
     HTTP_INSPECTOR_TYPE,
+    ORIGINAL_DST_TYPE,
     HTTP_OPTIONS_TYPE,
     ROUTES_PATH,
     STDERR_LOG_TYPE,
@@ -529,7 +530,8 @@ def test_an_unknown_listener_filter_is_refused_naming_those_accepted() -> None:
     filters = [{"name": "envoy.filters.listener.proxy_protocol", "typed_config": {"@type": url}}]
     assert error(bootstrap([listener(hcm(), listener_filters=filters)])) == (
         "config error in test.yaml: static_resources.listeners[0].listener_filters[0].typed_config.@type: "
-        f"unknown listener filter type {url}; accepted here: {HTTP_INSPECTOR_TYPE}, {TLS_INSPECTOR_TYPE}"
+        f"unknown listener filter type {url}; accepted here: {HTTP_INSPECTOR_TYPE}, {ORIGINAL_DST_TYPE}, "
+        f"{TLS_INSPECTOR_TYPE}"
     )
 
 

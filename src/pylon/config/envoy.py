@@ -1173,6 +1173,10 @@ class Listener(EnvoyStruct, kw_only=True):
     default_filter_chain: FilterChain | None = None
     listener_filters_timeout: Duration = Duration(15)  # 0: no limit
     continue_on_listener_filters_timeout: bool = False
+    # A listener that does not bind only takes connections a use_original_dst listener hands over (a sidecar's
+    # per-port outbound listeners behind virtualOutbound).
+    bind_to_port: bool = True
+    use_original_dst: bool = False
 
     def __post_init__(self) -> None:
         try:
@@ -1181,6 +1185,9 @@ class Listener(EnvoyStruct, kw_only=True):
             raise FieldError("address.socket_address.address", "a listener address must be an IP address") from None
         if not self.filter_chains and self.default_filter_chain is None:
             raise FieldError("filter_chains", "a listener needs a filter chain (or a default_filter_chain)")
+        if not self.bind_to_port and self.connection_balance_config is not None:
+            raise FieldError("connection_balance_config", "a listener that does not bind (bind_to_port: false) "
+                                                          "accepts nothing to balance")
 
     def all_filter_chains(self) -> list[tuple[str, FilterChain]]:
         """(field path below the listener, chain) of every filter chain, the default one last."""

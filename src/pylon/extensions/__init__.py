@@ -17,6 +17,7 @@ EXTENSION_MODULES: tuple[str, ...] = (
     "pylon.extensions.filters.http.fault",  # envoy.filters.http.fault
     "pylon.extensions.filters.listener.tls_inspector",  # envoy.filters.listener.tls_inspector
     "pylon.extensions.filters.listener.http_inspector",  # envoy.filters.listener.http_inspector
+    "pylon.extensions.filters.listener.original_dst",  # envoy.filters.listener.original_dst
 )
 
 _loaded = False

@@ -282,6 +282,9 @@ class DynamicConfig:
                 raise ConfigError(source, f"{path}.address",
                                   f"listener {name!r} has a different address {_spell_address(listener)} from the "
                                   f"existing listener address {_spell_address(old.config)}")
+            if old is not None and old.config.bind_to_port != listener.bind_to_port:
+                raise ConfigError(source, f"{path}.bind_to_port",
+                                  f"listener {name!r} cannot change bind_to_port; remove it and add it again")
             if listener.address.socket_address.port_value:
                 other = taken.setdefault(_address_key(listener), f"listener {name!r}")
                 if other != f"listener {name!r}":

@@ -247,7 +247,9 @@ class HttpConnection(asyncio.Protocol):
         if peer:
             self.peer = peer[:2]
             self.peer_ip = peer[0].encode()
-        local = transport.get_extra_info("sockname")
+        detected = self.detected
+        local = detected.original_destination if detected is not None else None
+        local = local or transport.get_extra_info("sockname")  # a redirected connection's is where it was going
         if local:
             self.local = local[:2]
         apply_buffer_limit(transport, self.hcm.buffer_limit)

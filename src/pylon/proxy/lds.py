@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 class LdsListener:
     data: dict[str, Any]  # as the supervisor sent it: equal data, nothing to do
     runtime: ListenerRuntime
-    acceptor: ListenerAcceptor
+    acceptor: ListenerAcceptor | None  # None for a listener that does not bind (bind_to_port: false)
 
 
 class LdsListeners:
@@ -65,12 +65,15 @@ class LdsListeners:
             config = convert(data, Listener)
             runtime = build_listener(config, self.worker)
             if current is not None:
-                sock = current.acceptor.sock
+                sock = current.acceptor.sock if current.acceptor is not None else None
                 self._retire(current, keep_socket=True)
-            else:
+            elif config.bind_to_port:
                 sock = socket.socket(fileno=self.fds.pop(name))
                 sock.listen(listen_backlog(config))  # bound while it warmed; it accepts from now on
-            acceptor = ListenerAcceptor(self.worker.loop, sock, runtime, config.max_connections_to_accept_per_socket_event)
+            else:
+                sock = None  # bind_to_port false: it only takes connections a use_original_dst listener hands over
+            acceptor = None if sock is None else ListenerAcceptor(
+                self.worker.loop, sock, runtime, config.max_connections_to_accept_per_socket_event)
             self.serving[name] = LdsListener(data, runtime, acceptor)
         for name in [n for n in self.fds if n not in bound]:
             socket.socket(fileno=self.fds.pop(name)).close()  # removed while it was warming
@@ -81,10 +84,12 @@ class LdsListeners:
     def close(self) -> None:
         """Stop accepting on every LDS listener (the worker's drain)."""
         for entry in self.serving.values():
-            entry.acceptor.close()
+            if entry.acceptor is not None:
+                entry.acceptor.close()
 
     def _retire(self, entry: LdsListener, keep_socket: bool) -> None:
-        entry.acceptor.close(keep_socket=keep_socket)
+        if entry.acceptor is not None:
+            entry.acceptor.close(keep_socket=keep_socket)
         runtime = entry.runtime
         for terminal in runtime.terminals:
             self.worker.forget_route_subscriber(terminal)

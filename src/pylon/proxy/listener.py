@@ -23,6 +23,7 @@ from cryptography import x509
 from pylon.config.datasource import read_bytes
 from pylon.config.envoy import FilterChain, HttpConnectionManager, TcpProxy
 from pylon.extensions.filters.listener import Detected, build_listener_filter
+from pylon.extensions.filters.listener.original_dst import OriginalDst
 from pylon.extensions.filters.network import build_network_filter
 from pylon.proxy.balance.loadtable import CX_ACTIVE, LoadSlot
 from pylon.proxy.filter_chain_match import ConnectionFacts, FilterChainSelector
@@ -116,23 +117,31 @@ class ListenerRuntime:
             self.load_slot[CX_ACTIVE] = self.worker_cx_active.value
 
     def find_chain(self, sock: socket.socket, proceed: Callable[[ChainRuntime, Detected | None], None],
-                   drop: Callable[[], None]) -> None:
+                   drop: Callable[[], None], detected: Detected | None = None) -> None:
         """Run the listener filters, then `proceed` with the connection's chain and what the filters found,
-        or `drop` it (no chain matched)."""
+        or `drop` it (no chain matched). `detected`: what the listener that handed it over found."""
         if not self.listener_filters:
-            self._choose(sock, None, proceed, drop)
+            self._choose(sock, detected, proceed, drop)
             return
-        inspection = Inspection(sock, self, lambda detected: self._choose(sock, detected, proceed, drop), drop)
+        inspection = Inspection(sock, self, lambda found: self._choose(sock, found, proceed, drop), drop, detected)
         inspection.start(self.worker.loop, self.worker.peek_watcher())
 
     def _choose(self, sock: socket.socket, detected: Detected | None,
                 proceed: Callable[[ChainRuntime, Detected | None], None], drop: Callable[[], None]) -> None:
+        original = detected.original_destination if detected is not None else None
+        if original is not None and self.config.use_original_dst:
+            # Envoy's use_original_dst: the listener of the address the connection was redirected from takes it
+            # (its own listener filters run); none, or this one: it stays here.
+            target = self.worker.listener_for(original)
+            if target is not None and target is not self:
+                target.find_chain(sock, proceed, drop, detected)
+                return
         chain = self.only_chain
         if chain is None:
             index = None
             if self.selector is not None:
                 try:
-                    local, peer = sock.getsockname(), sock.getpeername()
+                    local, peer = original or sock.getsockname(), sock.getpeername()
                 except OSError:
                     drop()  # the peer has already gone
                     return
@@ -161,7 +170,10 @@ def build_listener(config: Any, worker: "Worker") -> ListenerRuntime:
     runtime.chains = [build_chain(chain, runtime) for chain in config.filter_chains]
     if config.default_filter_chain is not None:
         runtime.default_chain = build_chain(config.default_filter_chain, runtime)
-    runtime.listener_filters = [build_listener_filter(f.typed_config, worker.stats) for f in config.listener_filters]
+    filter_configs = [f.typed_config for f in config.listener_filters]
+    if config.use_original_dst and not any(isinstance(c, OriginalDst) for c in filter_configs):
+        filter_configs.insert(0, OriginalDst())  # as Envoy, use_original_dst brings the filter it needs
+    runtime.listener_filters = [build_listener_filter(c, worker.stats) for c in filter_configs]
     matches = [chain.filter_chain_match for chain in config.filter_chains]
     if len(matches) == 1 and _matches_everything(matches[0]):
         # Nothing to match on: the default chain (if any) is unreachable, as in Envoy.

@@ -55,53 +55,72 @@ class Inspection:
     """One connection under a listener's filters; `proceed(detected)` or `drop()` runs exactly once."""
 
     __slots__ = ("sock", "fd", "runtime", "filters", "current", "detected", "peek_size", "seen", "timer",
-                 "proceed", "drop", "watcher")
+                 "proceed", "drop", "watcher", "ended")
 
     def __init__(self, sock: socket.socket, runtime: Any, proceed: Callable[[Detected], None],
-                 drop: Callable[[], None]) -> None:
+                 drop: Callable[[], None], detected: Detected | None = None) -> None:
         self.sock = sock
         self.fd = sock.fileno()
         self.runtime = runtime
         self.filters = runtime.listener_filters
         self.current = 0
-        self.detected = Detected()
+        self.detected = detected or Detected()  # a hand-off brings what the first listener found
         self.peek_size = max(f.max_bytes for f in self.filters)
         self.seen = -1
         self.proceed, self.drop = proceed, drop
         self.watcher: PeekWatcher | None = None  # set while waiting for bytes
+        self.ended = False
         self.timer: asyncio.TimerHandle | None = None
 
     def start(self, loop: asyncio.AbstractEventLoop, watcher: PeekWatcher) -> None:
         self.runtime.pre_cx_active.inc()
-        if self._peek(0):
-            return  # decided on the bytes already there: no wait at all
+        if self._run(None):
+            return  # decided at once: socket filters only, or the bytes were already there
         self.watcher = watcher
-        watcher.watch(self.fd, self._peek)
+        watcher.watch(self.fd, self._on_readable)
         timeout = self.runtime.config.listener_filters_timeout
         if timeout > 0:
             self.timer = loop.call_later(timeout, self._timed_out)
 
-    def _peek(self, events: int) -> bool:
-        """Run the filters on every byte so far; True once the inspection is over (either way)."""
-        try:
-            data = self.sock.recv(self.peek_size, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-        except (BlockingIOError, InterruptedError):
-            return False
-        except OSError:
-            return self._end(False, self.runtime.listener_filter_remote_close)
-        if not data or (len(data) == self.seen and events & select.EPOLLRDHUP):
-            return self._end(False, self.runtime.listener_filter_remote_close)  # left before the filters decided
-        if len(data) == self.seen:
-            return False
-        self.seen = len(data)
-        while self.current < len(self.filters):
-            verdict = self.filters[self.current].inspect(data, self.detected)
+    def _on_readable(self, events: int) -> None:
+        self._run(None, events)
+
+    def _run(self, data: bytes | None, events: int = 0) -> bool:
+        """Run the filters from the current one on; True once the inspection is over (either way)."""
+        filters = self.filters
+        while self.current < len(filters):
+            listener_filter = filters[self.current]
+            if listener_filter.max_bytes == 0:
+                verdict = listener_filter.on_accept(self.sock, self.detected)  # type: ignore[attr-defined]
+            else:
+                if data is None:
+                    data = self._peek(events)
+                    if data is None:
+                        return self.ended  # nothing new yet (or the peer left: ended)
+                verdict = listener_filter.inspect(data, self.detected)
             if verdict == MORE:
                 return False
             if verdict == CLOSE:
                 return self._end(False, self.runtime.listener_filter_error)
             self.current += 1
         return self._end(True)
+
+    def _peek(self, events: int) -> bytes | None:
+        """Every byte the client has sent so far, or None when there is nothing new (or the peer left)."""
+        try:
+            data = self.sock.recv(self.peek_size, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError:
+            self._end(False, self.runtime.listener_filter_remote_close)
+            return None
+        if not data or (len(data) == self.seen and events & select.EPOLLRDHUP):
+            self._end(False, self.runtime.listener_filter_remote_close)  # left before the filters decided
+            return None
+        if len(data) == self.seen:
+            return None
+        self.seen = len(data)
+        return data
 
     def _timed_out(self) -> None:
         self.timer = None
@@ -113,6 +132,7 @@ class Inspection:
 
     def _end(self, go_on: bool, failure: Any = None) -> bool:
         """Stop watching; go on to the chain, or drop the connection counting `failure` (if any)."""
+        self.ended = True
         if self.watcher is not None:
             self.watcher.forget(self.fd)
             self.watcher = None

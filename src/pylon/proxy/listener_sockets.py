@@ -42,7 +42,7 @@ class ListenerSockets:
         fresh: list[str] = []
         try:
             for i, (name, listener) in enumerate(listeners.items()):
-                if name in self.bound:
+                if name in self.bound or not listener.bind_to_port:
                     continue  # same name, same address (DynamicConfig refuses a move): the socket stays
                 sa = listener.address.socket_address
                 balancer = KernelBalancer(listen_backlog(listener), reuse_port=listener.enable_reuse_port,

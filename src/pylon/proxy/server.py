@@ -184,7 +184,7 @@ class Supervisor:
         listener_socks = [balancer.worker_socket(worker_id) for balancer in self.balancers]
         lds_fds = self.listener_sockets.spawn_fds(worker_id)
         lds_channel_fd = lds_theirs.fileno()
-        fds = [child.fileno(), lds_channel_fd, *lds_fds.values()] + [sock.fileno() for sock in listener_socks]
+        fds = [child.fileno(), lds_channel_fd, *lds_fds.values()] + [s.fileno() for s in listener_socks if s is not None]
         if self.load_table is not None:
             fds.append(self.load_table.fd)
         proc = subprocess.Popen([sys.executable, "-m", "pylon.proxy.worker", str(child.fileno())], pass_fds=fds)
@@ -198,7 +198,7 @@ class Supervisor:
             "dynamic": self.dynamic.document(),
             "config_source": self.options.config_path or CONFIG_YAML_SOURCE, "log_level": self.options.log_level,
             "drain_time": self.options.drain_time_s,
-            "listener_fds": [sock.fileno() for sock in listener_socks],
+            "listener_fds": [sock.fileno() if sock is not None else -1 for sock in listener_socks],  # -1: unbound
             "lds_channel_fd": lds_channel_fd, "lds_fds": lds_fds,
             "load_table_fd": self.load_table.fd if self.load_table is not None else None,
             "workers": self.options.concurrency,

@@ -127,7 +127,8 @@ class TcpProxySession(asyncio.Protocol):
         if self.info is None:
             transport = self.downstream
             detected = self.detected
-            self.info = ConnectionInfo(self.connection_id, transport.get_extra_info("sockname"),
+            original = detected.original_destination if detected is not None else None
+            self.info = ConnectionInfo(self.connection_id, original or transport.get_extra_info("sockname"),
                                        transport.get_extra_info("peername"), transport.get_extra_info("ssl_object"),
                                        detected.server_name if detected is not None else "")
         return self.info

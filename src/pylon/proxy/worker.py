@@ -16,6 +16,7 @@ Python process has one GIL.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import signal
@@ -119,6 +120,22 @@ class Worker:
         self._inflight_avg = 0.0
         self._peek_watcher: PeekWatcher | None = None
 
+    def listener_for(self, address: tuple[str, int]) -> ListenerRuntime | None:
+        """The listener for a connection's original destination, as Envoy finds it for use_original_dst: the one
+        on that very address, else one on the wildcard address of that port."""
+        ip, port = ipaddress.ip_address(address[0]), address[1]
+        wildcard = None
+        for runtime in [*self.listeners, *self.lds.runtimes()]:
+            sa = runtime.config.address.socket_address
+            if sa.port_value != port:
+                continue
+            listening_on = ipaddress.ip_address(sa.address)
+            if listening_on == ip:
+                return runtime
+            if listening_on.is_unspecified and wildcard is None:
+                wildcard = runtime
+        return wildcard
+
     def peek_watcher(self) -> PeekWatcher:
         """The epoll set of connections under listener filters (made when a listener first needs it)."""
         if self._peek_watcher is None:
@@ -157,8 +174,8 @@ class Worker:
         await asyncio.gather(*(cluster.ready() for cluster in self.clusters.values()))
         await self.apply_dynamic(dynamic)
         for index, listener_cfg in enumerate(bootstrap.static_resources.listeners):
-            # The worker owns its inherited copy: closing the server on drain closes it.
-            sock = socket.socket(fileno=listener_fds[index])
+            # The worker owns its inherited copy: closing the server on drain closes it (-1: bind_to_port false).
+            sock = socket.socket(fileno=listener_fds[index]) if listener_fds[index] >= 0 else None
             runtime = build_listener(listener_cfg, self)
             self.listeners.append(runtime)
             balancer = balancer_for(listener_cfg, index)

@@ -32,12 +32,13 @@ from pylon.proxy.balance.dlb import Dlb, NoDlbFallback, fallback_kind
 from pylon.proxy.balance.exact import ExactPolicy
 from pylon.proxy.balance.handoff import HandoffBalancer, HandoffReceiver
 from pylon.proxy.balance.kernel import KernelBalancer
+from pylon.proxy.balance.unbound import NotAccepting, UnboundBalancer
 
 BALANCERS = ("kernel", "exact", "dispatcher")
 
-Balancer = KernelBalancer | HandoffBalancer
+Balancer = KernelBalancer | HandoffBalancer | UnboundBalancer
 #: What a worker's `serve` returns: it takes connections until `close()` (drain).
-Accepting = ListenerAcceptor | HandoffReceiver
+Accepting = ListenerAcceptor | HandoffReceiver | NotAccepting
 
 
 def balance_kind(listener: Any) -> str:
@@ -61,6 +62,8 @@ def balance_kind(listener: Any) -> str:
 
 def balancer_for(listener: Any, listener_index: int = 0) -> Balancer:
     """A fresh balancer for the listener at `listener_index` of static_resources.listeners."""
+    if not listener.bind_to_port:
+        return UnboundBalancer()
     kind = balance_kind(listener)
     backlog = listen_backlog(listener)
     per_event = listener.max_connections_to_accept_per_socket_event

@@ -11,7 +11,9 @@ that takes the connection, a TLS handshake included.
 Each filter module registers its config Struct (`config.registry`, category
 `envoy.filters.listener`) and a factory here. A filter is sans-IO: the worker
 (`proxy/listener_filters.py`) peeks and calls `inspect(data, detected)` with
-every byte the client has sent so far, until it answers DONE or CLOSE.
+every byte the client has sent so far, until it answers DONE or CLOSE; a filter
+that reads the socket rather than bytes (`max_bytes` 0) gets `on_accept(sock,
+detected)` once, in its turn.
 """
 
 from __future__ import annotations
@@ -32,10 +34,12 @@ class Detected:
     server_name: str = ""
     transport_protocol: str = ""  # "" until a filter sets it; chains see "raw_buffer" then, as in Envoy
     application_protocols: tuple[str, ...] = ()
+    original_destination: tuple[str, int] | None = None  # where a redirected connection was going (original_dst)
 
 
 class ListenerFilter(Protocol):
-    #: The most bytes this filter may need to see to decide (the peek size).
+    #: The most bytes this filter may need to see to decide (the peek size); 0 for a filter that reads the
+    #: socket instead (`on_accept(sock, detected)`, e.g. original_dst), which never waits for bytes.
     max_bytes: int
 
     def inspect(self, data: bytes, detected: Detected) -> int: ...
