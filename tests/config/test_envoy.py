@@ -874,7 +874,8 @@ def test_missing_or_unknown_type_urls() -> None:
     url = "type.googleapis.com/envoy.extensions.filters.network.redis_proxy.v3.RedisProxy"
     assert error(bootstrap([listener({"@type": url})])) == (
         f"config error in test.yaml: {HCM_PATH}.@type: unknown network filter type {url}; accepted here: "
-        f"type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager, {TCP_PROXY_TYPE}"
+        f"type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager, "
+        f"type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC, {TCP_PROXY_TYPE}"
     )
     data = bootstrap()
     del data["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
@@ -918,3 +919,17 @@ def test_a_second_health_check_is_refused_at_load_not_at_serve() -> None:
     data = bootstrap(clusters=[cluster(health_checks=[check, check])])
     assert error(data) == ("config error in test.yaml: static_resources.clusters[0].health_checks[1]: "
                            "more than one health check per cluster is not supported yet")
+
+
+def test_a_filter_config_and_a_per_route_config_are_not_interchangeable() -> None:
+    """Envoy refuses both ("Unable to unpack as RBAC"): each place decodes its own category."""
+    per_route_url = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBACPerRoute"
+    rbac_url = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
+    manager = hcm()
+    manager["http_filters"].insert(0, {"name": "rbac", "typed_config": {"@type": per_route_url}})
+    assert (f"http_filters[0].typed_config.@type: {per_route_url} is registered as per-route HTTP filter config, but "
+            "this position takes HTTP filters") in error(bootstrap([listener(manager)]))
+    manager = hcm()
+    manager["route_config"]["virtual_hosts"][0]["typed_per_filter_config"] = {"rbac": {"@type": rbac_url}}
+    assert (f"typed_per_filter_config[rbac].@type: {rbac_url} is registered as HTTP filter, but this position takes "
+            "per-route HTTP filter configs") in error(bootstrap([listener(manager)]))

@@ -333,11 +333,11 @@ def _resolve_typed_field(struct: msgspec.Struct, field: str, category: str) -> N
 
 
 def _resolve_per_filter_configs(struct: msgspec.Struct) -> None:
-    """Decode each `typed_per_filter_config` value as an HTTP filter config of its @type."""
+    """Decode each `typed_per_filter_config` value as the per-route config of its @type."""
     configs = getattr(struct, "typed_per_filter_config")
     for name, raw in configs.items():
         try:
-            configs[name] = decode_typed(registry.HTTP_FILTER, raw)
+            configs[name] = decode_typed(registry.HTTP_FILTER_PER_ROUTE, raw)
         except FieldError as exc:
             raise FieldError(join_path(f"typed_per_filter_config[{name}]", exc.rel_path), exc.message) from None
 

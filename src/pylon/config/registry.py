@@ -18,6 +18,9 @@ from types import MappingProxyType
 # Categories use Envoy's extension category names.
 NETWORK_FILTER = "envoy.filters.network"
 HTTP_FILTER = "envoy.filters.http"
+#: A route's or virtual host's `typed_per_filter_config` values: each filter's per-route type (RBACPerRoute for
+#: RBAC, the filter's own config for fault), as Envoy unpacks them - a filter config there is refused.
+HTTP_FILTER_PER_ROUTE = "envoy.filters.http.per_route"
 LISTENER_FILTER = "envoy.filters.listener"
 ACCESS_LOGGER = "envoy.access_loggers"
 DOWNSTREAM_TRANSPORT_SOCKET = "envoy.transport_sockets.downstream"
@@ -32,6 +35,7 @@ CATEGORY_NAMES = MappingProxyType(
     {
         NETWORK_FILTER: "network filter",
         HTTP_FILTER: "HTTP filter",
+        HTTP_FILTER_PER_ROUTE: "per-route HTTP filter config",
         LISTENER_FILTER: "listener filter",
         ACCESS_LOGGER: "access logger",
         DOWNSTREAM_TRANSPORT_SOCKET: "downstream transport socket",

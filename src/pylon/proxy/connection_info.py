@@ -70,6 +70,10 @@ class ConnectionInfo:
         self.remote_address = remote  # (ip, port) of the peer socket (before any x-forwarded-for)
         self.ssl_object = ssl_object
         self.requested_server_name = server_name or (getattr(ssl_object, SNI_ATTRIBUTE, "") if ssl_object else "")
+        # The SNI as Envoy's filters see it (its requestedServerName): only a listener filter (tls_inspector)
+        # sets it. Observed with Envoy 1.40: without tls_inspector, RBAC's requested_server_name sees "" on a
+        # TLS connection whose client sent an SNI.
+        self.inspected_server_name = server_name
 
     @property
     def tls(self) -> bool:

@@ -133,4 +133,5 @@ class FaultFilter:
 
 
 registry.register_typed(registry.HTTP_FILTER, TYPE_URL, HTTPFault)
+registry.register_typed(registry.HTTP_FILTER_PER_ROUTE, TYPE_URL, HTTPFault)  # a route's config is the same message
 register_filter(HTTPFault, FaultFilter)
