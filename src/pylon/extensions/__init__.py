@@ -16,6 +16,7 @@ EXTENSION_MODULES: tuple[str, ...] = (
     "pylon.proxy.balance",  # connection balancers: pylon's dispatcher, Envoy's DLB (on its fallback)
     "pylon.extensions.filters.http.fault",  # envoy.filters.http.fault
     "pylon.extensions.filters.http.rbac",  # envoy.filters.http.rbac
+    "pylon.extensions.filters.http.python",  # pylon.filters.http.python: filters in plain Python
     "pylon.extensions.filters.network.rbac",  # envoy.filters.network.rbac
     "pylon.extensions.filters.listener.tls_inspector",  # envoy.filters.listener.tls_inspector
     "pylon.extensions.filters.listener.http_inspector",  # envoy.filters.listener.http_inspector

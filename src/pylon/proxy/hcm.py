@@ -123,6 +123,8 @@ class HcmRuntime:
         # The filters before the router, in order; empty (and free) when the router is alone.
         self.decoder_filters = [build_filter(f.name, f.typed_config, config.stat_prefix, stats, worker.loop)
                                 for f in config.http_filters[:-1]]
+        # The ones that also see response heads, last first (Envoy's encoder order); empty and free usually.
+        self.encoder_filters = [f for f in reversed(self.decoder_filters) if hasattr(f, "encode_headers")]
         self.access_loggers = build_access_loggers(config.access_log, worker.access_log_writer)
         self.peer_check: Any = None  # set by the listener when TLS validates client certificates
         self.network_filters: list[Any] = []  # the chain's filters ahead of this one (set by the listener)

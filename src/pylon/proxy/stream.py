@@ -164,6 +164,17 @@ def _announce_grpc_timeout(forward: list[tuple[bytes, bytes]], timeout: float | 
     return forward, b"x-envoy-expected-rq-timeout-ms: %d\r\n" % ms
 
 
+def _edited(headers: list[tuple[bytes, bytes]], edits: list[tuple[str, bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """`headers` with the filters' request header changes applied, in order."""
+    edited = HeaderList(list(headers))
+    for op, name, value in edits:
+        if op == "remove":
+            edited.remove(name)
+        else:
+            getattr(edited, op)(name, value)
+    return edited.items
+
+
 def _with_via(headers: list[tuple[bytes, bytes]], via: bytes) -> list[tuple[bytes, bytes]]:
     """Envoy's HCM `via`: appended to the first via header, or added as one."""
     for i, (name, value) in enumerate(headers):
@@ -184,7 +195,7 @@ class Stream:
         "last_activity", "attempt_start", "first_byte", "authority", "path", "original_path", "pending_local",
         "transport_failure", "request_id", "last_host", "xff", "response_ops", "paused_downstream", "paused_upstream", "resp_headers",
         "stale_retried", "timeout", "attempts", "tried_hosts", "head_split",
-        "resume", "filter_index", "filter_timer", "finish_callbacks", "upgrade_accepted", "client_rest",
+        "resume", "filter_index", "filter_timer", "finish_callbacks", "header_edits", "upgrade_accepted", "client_rest",
         "tunnel_upstream",
     )
 
@@ -254,6 +265,7 @@ class Stream:
         self.filter_index = 0
         self.filter_timer: asyncio.TimerHandle | None = None
         self.finish_callbacks: list[Callable[[], None]] | None = None
+        self.header_edits: list[tuple[str, bytes, bytes]] | None = None  # filters' request header changes
         self.upgrade_accepted = False  # an Upgrade the HCM's upgrade_configs allow: tunnelled after a 101
         self.client_rest = b""  # what the client sent after the head of an accepted upgrade
         self.tunnel_upstream: UpstreamConnection | None = None  # the connection a tunnel holds
@@ -441,6 +453,26 @@ class Stream:
         if not self.done:
             then()
 
+    def edit_request_header(self, op: str, name: bytes, value: bytes = b"") -> None:
+        """A filter sets (`set`), adds (`add`) or removes (`remove`) a request header: later filters and the
+        access log see it at once, the upstream gets it. The route was chosen before the filters ran."""
+        self.headers = _edited(self.headers, [(op, name, value)])
+        if self.header_edits is None:
+            self.header_edits = []
+        self.header_edits.append((op, name, value))
+
+    def respond_from_filter(self, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        """A filter answers the request itself (Envoy's Lua `respond()`): the upstream is never asked."""
+        self.status, self.details = status, "python_response"
+        self._send_local(status, body, None, extra=headers)
+
+    def encode_headers(self, status: int, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        """The response head through the encoder side of the filter chain (last filter first, as Envoy)."""
+        edited = HeaderList(list(headers))
+        for http_filter in self.hcm.encoder_filters:
+            http_filter.encode_headers(self, status, edited)
+        return edited.items
+
     def on_finish(self, callback: Callable[[], None]) -> None:
         """Call `callback` when the stream ends, however it ends (a filter's gauge of active requests)."""
         if self.finish_callbacks is None:
@@ -483,6 +515,8 @@ class Stream:
         path = route.rewrite_path(path_text).encode("utf-8", "surrogateescape") if route.rewrites else url
         if path is not url:
             forward.append((b"x-envoy-original-path", url))
+        if self.header_edits is not None:
+            forward = _edited(forward, self.header_edits)
         cluster_name = route.pick_cluster()
         request_ops, self.response_ops = route.header_ops_for(cluster_name)
         if not request_ops.empty:
@@ -698,6 +732,8 @@ class Stream:
             hl = HeaderList(list(resp))
             response_ops.apply(hl, self.conn.peer)
             resp = hl.items
+        if hcm.encoder_filters:
+            resp = self.encode_headers(status, resp)
         for pair in resp:
             name = pair[0]
             if name in _RESPONSE_SKIP:
@@ -973,6 +1009,8 @@ class Stream:
             headers.append((b"x-request-id", self.request_id))
         if hcm.via:
             headers = _with_via(headers, hcm.via)
+        if hcm.encoder_filters:
+            headers = self.encode_headers(status, headers)  # Envoy's local replies pass the encoders too
         self.response_started = True
         self.local_reply = True
         self.bytes_sent = len(body)

@@ -1,0 +1,257 @@
+"""pylon.filters.http.python: an HTTP filter written in plain Python, in a file the config names.
+
+Envoy extends its HTTP path with Lua or Wasm; pylon is Python, so a filter can
+be a few lines of Python with nothing to compile. The file defines either or
+both of:
+
+    def on_request(request): ...    # request headers are in; the route is chosen
+    def on_response(response): ...  # the response head is about to go out
+
+`request.method`, `.path`, `.authority` (str); `request.headers` and
+`response.headers` read and change headers (`get`, `get_all`, `set`, `add`,
+`remove`, `items`; names are case-insensitive, values str); `response.status`;
+`request.respond(status, body="", headers=None)` answers locally (the upstream
+is never asked; `on_response` still sees the reply, as Envoy's encoders see
+local replies); `request.connection` is the downstream connection's facts
+(peer certificate SANs, SNI, addresses: `proxy/connection_info.py`);
+`request.config` / `response.config` is the filter's `config` object from the
+Envoy config; `request.log` / `response.log` a logger named after the filter.
+
+The route was chosen before filters run (as with Envoy's Lua filter): changing
+a request header does not re-route. Headers the connection manager sets
+itself (host, x-forwarded-*, x-request-id, x-envoy-*, content-length,
+transfer-encoding, connection) cannot be changed here (ValueError): the
+proxy's own framing and trust decisions stay its own.
+
+An exception in `on_request` answers 500 (fail closed; `python.errors`); in
+`on_response` it is logged and counted and the response goes on unchanged.
+The file is checked every `check_interval` (1 s; 0: never) and reloaded when
+it changed; a file that no longer loads keeps the old code running
+(`python.reload_failed`, logged). Stats: `http.<stat_prefix>.python.{errors,
+reloaded, reload_failed, local_replies}`. Request and response bodies are not
+exposed yet.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from pylon.config import registry
+from pylon.config.envoy import Duration, EnvoyStruct, NonEmptyStr
+from pylon.config.errors import FieldError
+from pylon.extensions.filters.http import register_filter
+from pylon.proxy import local_reply as lr
+from pylon.proxy.headers import HeaderList
+
+TYPE_URL = "type.googleapis.com/pylon.filters.http.v1.Python"
+HOOKS = ("on_request", "on_response")
+
+#: What filters may not touch: the connection manager's own framing, routing inputs and trust headers.
+_PROTECTED = frozenset({b"host", b"content-length", b"transfer-encoding", b"connection", b"x-forwarded-for",
+                        b"x-forwarded-proto", b"x-forwarded-client-cert", b"x-request-id", b"upgrade", b"te"})
+
+
+class PythonFilterConfig(EnvoyStruct, kw_only=True):
+    """pylon.filters.http.v1.Python: the file of the filter's code, and what it is given."""
+
+    path: NonEmptyStr
+    config: dict[str, Any] = {}
+    check_interval: Duration = Duration(1)
+
+    def __post_init__(self) -> None:
+        try:
+            load_hooks(self.path)
+        except ScriptError as exc:
+            raise FieldError("path", str(exc)) from None
+
+
+class ScriptError(Exception):
+    """The filter's file cannot be read or run, or defines no hook."""
+
+
+@dataclass(frozen=True)
+class Hooks:
+    on_request: Callable[[Any], Any] | None
+    on_response: Callable[[Any], Any] | None
+    stamp: tuple[int, int]  # the file's (mtime_ns, size) when loaded
+
+
+def _stamp(path: str) -> tuple[int, int]:
+    info = os.stat(path)
+    return info.st_mtime_ns, info.st_size
+
+
+def load_hooks(path: str) -> Hooks:
+    """Run the file as a module of its own and take its hooks; ScriptError says what is wrong."""
+    try:
+        stamp = _stamp(path)
+        source = Path(path).read_text()
+    except OSError as exc:
+        raise ScriptError(f"cannot read {path}: {exc.strerror or exc}") from None
+    namespace: dict[str, Any] = {"__name__": f"pylon_filter:{path}", "__file__": path}
+    try:
+        exec(compile(source, path, "exec"), namespace)
+    except Exception as exc:  # the user's module: any error it raises is its own
+        raise ScriptError(f"{path} does not load: {type(exc).__name__}: {exc}") from None
+    hooks = {name: namespace.get(name) for name in HOOKS}
+    if not any(callable(hook) for hook in hooks.values()):
+        raise ScriptError(f"{path} defines neither on_request(request) nor on_response(response)")
+    return Hooks(hooks["on_request"] if callable(hooks["on_request"]) else None,
+                 hooks["on_response"] if callable(hooks["on_response"]) else None, stamp)
+
+
+def _name(name: str) -> bytes:
+    encoded = name.lower().encode("latin-1")
+    if encoded in _PROTECTED or encoded.startswith(b"x-envoy-"):
+        raise ValueError(f"header {name!r} is the connection manager's own and cannot be changed by a filter")
+    return encoded
+
+
+class _Headers:
+    """Headers as str, changed through `apply(op, name, value)`."""
+
+    def __init__(self, read: Callable[[], HeaderList], apply: Callable[[str, bytes, bytes], None]) -> None:
+        self._read, self._apply = read, apply
+
+    def get(self, name: str) -> str | None:
+        value = self._read().get(name.lower().encode("latin-1"))
+        return None if value is None else value.decode("latin-1")
+
+    def get_all(self, name: str) -> list[str]:
+        return [v.decode("latin-1") for v in self._read().get_all(name.lower().encode("latin-1"))]
+
+    def items(self) -> list[tuple[str, str]]:
+        return [(n.decode("latin-1"), v.decode("latin-1")) for n, v in self._read()]
+
+    def set(self, name: str, value: str) -> None:
+        self._apply("set", _name(name), value.encode("latin-1"))
+
+    def add(self, name: str, value: str) -> None:
+        self._apply("add", _name(name), value.encode("latin-1"))
+
+    def remove(self, name: str) -> None:
+        self._apply("remove", _name(name), b"")
+
+
+class Request:
+    """What `on_request` gets: one request, its headers, its connection."""
+
+    def __init__(self, stream: Any, runtime: "PythonFilter") -> None:
+        self._stream = stream
+        self._runtime = runtime
+        self.headers = _Headers(lambda: HeaderList(stream.headers), stream.edit_request_header)
+        self.config = runtime.config.config
+        self.log = runtime.log
+        self.responded = False
+
+    @property
+    def method(self) -> str:
+        return self._stream.method.decode("latin-1")
+
+    @property
+    def path(self) -> str:
+        return self._stream.path.decode("latin-1")
+
+    @property
+    def authority(self) -> str:
+        return self._stream.authority.decode("latin-1")
+
+    @property
+    def connection(self) -> Any:
+        return self._stream.conn.connection_info()
+
+    def respond(self, status: int, body: str | bytes = b"", headers: dict[str, str] | None = None) -> None:
+        """Answer locally; the upstream is never asked."""
+        self.responded = True
+        payload = body.encode() if isinstance(body, str) else body
+        extra = [(_name(k), v.encode("latin-1")) for k, v in (headers or {}).items()]
+        self._runtime.local_replies.inc()
+        self._stream.respond_from_filter(status, payload, extra)
+
+
+class Response:
+    """What `on_response` gets: the response head about to go out."""
+
+    def __init__(self, status: int, headers: HeaderList, runtime: "PythonFilter") -> None:
+        self.status = status
+
+        def apply(op: str, name: bytes, value: bytes) -> None:
+            if op == "remove":
+                headers.remove(name)
+            else:
+                getattr(headers, op)(name, value)
+
+        self.headers = _Headers(lambda: headers, apply)
+        self.config = runtime.config.config
+        self.log = runtime.log
+
+
+class PythonFilter:
+    """One configured Python filter in one worker: its hooks, kept current with its file."""
+
+    def __init__(self, name: str, config: PythonFilterConfig, stat_prefix: str, stats: Any, loop: Any) -> None:
+        self.name = name
+        self.config = config
+        self.log = logging.getLogger(f"pylon.filters.python.{name}")
+        self.hooks = load_hooks(config.path)
+        self.failed_stamp: tuple[int, int] | None = None  # the version of the file that did not load
+        prefix = f"http.{stat_prefix}.python."
+        self.errors = stats.counter(prefix + "errors")
+        self.reloaded = stats.counter(prefix + "reloaded")
+        self.reload_failed = stats.counter(prefix + "reload_failed")
+        self.local_replies = stats.counter(prefix + "local_replies")
+        self.loop = loop
+        if config.check_interval > 0:
+            loop.call_later(float(config.check_interval), self._check_file)
+
+    def _check_file(self) -> None:
+        try:
+            stamp: tuple[int, int] | None = _stamp(self.config.path)
+        except OSError:
+            stamp = None  # gone for now: keep running what was loaded
+        if stamp is not None and stamp != self.hooks.stamp and stamp != self.failed_stamp:
+            try:
+                self.hooks = load_hooks(self.config.path)
+                self.reloaded.inc()
+                self.log.info("reloaded %s", self.config.path)
+            except ScriptError as exc:
+                self.failed_stamp = stamp  # tried once; the next change of the file is tried again
+                self.reload_failed.inc()
+                self.log.error("%s; the previous code keeps running", exc)
+        self.loop.call_later(float(self.config.check_interval), self._check_file)
+
+    def decode_headers(self, stream: Any) -> bool:
+        hook = self.hooks.on_request
+        if hook is None:
+            return True
+        request = Request(stream, self)
+        try:
+            hook(request)
+        except Exception:  # the user's code: whatever it raises fails this request, not the proxy
+            self.errors.inc()
+            self.log.exception("on_request failed: answering 500")
+            if not request.responded:
+                stream.local(lr.LocalReply(500, "-", b"python filter error", "python_filter_error"))
+            return False
+        return not request.responded
+
+    def encode_headers(self, stream: Any, status: int, headers: HeaderList) -> None:
+        hook = self.hooks.on_response
+        if hook is None:
+            return
+        working = HeaderList(list(headers.items))  # changed only if the hook returns
+        try:
+            hook(Response(status, working, self))
+        except Exception:  # the user's code: the response goes on unchanged
+            self.errors.inc()
+            self.log.exception("on_response failed: the response goes on unchanged")
+            return
+        headers.items = working.items
+
+
+registry.register_typed(registry.HTTP_FILTER, TYPE_URL, PythonFilterConfig)
+register_filter(PythonFilterConfig, PythonFilter)

@@ -1,0 +1,52 @@
+"""pylon.filters.http.python, sans proxy: loading a script, and the headers a filter may not change."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from pylon.config.envoy import convert
+from pylon.extensions.filters.http.python import PythonFilterConfig, ScriptError, _name, load_hooks
+
+
+def script(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "filter.py"
+    path.write_text(text)
+    return str(path)
+
+
+def test_hooks_are_taken_from_the_module(tmp_path: Path) -> None:
+    hooks = load_hooks(script(tmp_path, "def on_response(response):\n    pass\n"))
+    assert hooks.on_request is None and hooks.on_response is not None
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("x = 1\n", "defines neither on_request(request) nor on_response(response)"),
+        ("on_request = 3\n", "defines neither"),
+        ("def on_request(request)\n", "does not load: SyntaxError"),
+        ("raise ImportError('no such thing')\n", "does not load: ImportError: no such thing"),
+    ],
+)
+def test_a_script_that_cannot_serve_says_why(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ScriptError, match=re.escape(message)):
+        load_hooks(script(tmp_path, text))
+
+
+def test_a_missing_file_is_a_config_error_at_path(tmp_path: Path) -> None:
+    with pytest.raises(Exception, match="cannot read"):
+        convert({"path": str(tmp_path / "absent.py")}, PythonFilterConfig)
+
+
+@pytest.mark.parametrize("name", ["Content-Length", "transfer-encoding", "Host", "x-forwarded-for", "X-Envoy-Internal",
+                                  "x-request-id", "connection"])
+def test_the_connection_managers_own_headers_are_off_limits(name: str) -> None:
+    with pytest.raises(ValueError, match="cannot be changed by a filter"):
+        _name(name)
+
+
+def test_other_names_are_lower_cased() -> None:
+    assert _name("X-Team") == b"x-team"
