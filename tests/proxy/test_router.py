@@ -13,7 +13,7 @@ import msgspec
 import pytest
 import re2
 import yaml
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from pylon import regex
@@ -142,6 +142,18 @@ def test_query_string_does_not_satisfy_a_prefix():
     assert name_of(table, "/a?b=1") is None
 
 
+def linear_scan(routes: list[tuple[str, str]], path: str) -> str | None:
+    """Envoy's rule: the first route in config order whose prefix/path matches."""
+    return next((f"r{i}" for i, (kind, value) in enumerate(routes)
+                 if (path.startswith(value) if kind == "prefix" else path == value)), None)
+
+
+#: Smallest routes on which a broken first-match rule shows: for `/aa`, the length-3 table (its first
+#: route `/bb` is r0) is probed first and finds r2 (`/aa`); the length-2 table (first route `/b`, r1)
+#: is probed next and finds r3 (`/a`), a later route, which must not replace r2.
+SMALLEST_OVERLAP = ["/bb", "/b", "/aa", "/a"]
+
+
 @settings(max_examples=200, deadline=None)
 @given(
     routes=st.lists(
@@ -150,15 +162,38 @@ def test_query_string_does_not_satisfy_a_prefix():
     ),
     path=st.text(alphabet="/ab", max_size=6),
 )
+@example(routes=[("prefix", p) for p in SMALLEST_OVERLAP], path="/aa")
 def test_plain_routes_match_like_a_linear_scan(routes, path):
     # Runs of plain routes are matched by dict probes; the result must equal Envoy's in-order scan.
     table = one_vhost(*[to(f"r{i}", {kind: value}) for i, (kind, value) in enumerate(routes)])
-    expected = next(
-        (f"r{i}" for i, (kind, value) in enumerate(routes)
-         if (path.startswith(value) if kind == "prefix" else path == value)),
-        None,
-    )
-    assert name_of(table, path) == expected
+    assert name_of(table, path) == linear_scan(routes, path)
+
+
+#: "/" then one to three of "a"/"b": 14 values, so routes that are prefixes of one another (`/a`, `/aa`,
+#: `/aab`) and duplicates are common, and a path is hit by probes of several lengths.
+OVERLAPPING = st.text(alphabet="ab", min_size=1, max_size=3).map("/".__add__)
+
+
+@settings(max_examples=600, deadline=None)
+@given(
+    # At least 4 routes: a plain block needs 3, the smallest first-match failure 4.
+    routes=st.lists(st.tuples(st.sampled_from(["prefix", "path"]), OVERLAPPING), min_size=4, max_size=12),
+    path=OVERLAPPING,
+)
+@example(routes=[("prefix", p) for p in SMALLEST_OVERLAP], path="/aa")
+def test_overlapping_prefixes_match_the_first_route_in_config_order(routes, path):
+    table = one_vhost(*[to(f"r{i}", {kind: value}) for i, (kind, value) in enumerate(routes)])
+    assert name_of(table, path) == linear_scan(routes, path)
+
+
+def test_first_match_among_overlapping_prefixes_smallest_case():
+    # Envoy takes the first route in config order that matches: `/aa` (r2), not the later `/a` (r3),
+    # although the length-2 table is probed after the length-3 one and also hits.
+    table = one_vhost(*[to(f"r{i}", {"prefix": p}) for i, p in enumerate(SMALLEST_OVERLAP)])
+    assert name_of(table, "/aa") == "r2"
+    assert name_of(table, "/ab") == "r3"
+    assert name_of(table, "/bb") == "r0"
+    assert name_of(table, "/ba") == "r1"
 
 
 def test_plain_block_keeps_the_earliest_route_across_prefix_lengths():
