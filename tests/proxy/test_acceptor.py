@@ -59,7 +59,7 @@ def test_accepted_connections_are_served_and_close_stops_accepting() -> None:
             transport.write(b"hello")
 
     async def serve() -> None:
-        chain = SimpleNamespace(protocol_factory=Greeter, ssl_context=None)
+        chain = SimpleNamespace(protocol_factory=Greeter, ssl_context=None, tls_stats=None)
         runtime = SimpleNamespace(config=SimpleNamespace(name="main"), only_chain=chain)
         acceptor = ListenerAcceptor(asyncio.get_running_loop(), listener, runtime)
         for _ in range(100):

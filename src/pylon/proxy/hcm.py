@@ -29,6 +29,7 @@ from pylon.proxy.local_address import forwarded_for_entry
 from pylon.proxy.router import RouteTable
 from pylon.proxy.stats import StatsStore
 from pylon.proxy.stream import Stream
+from pylon.proxy.tls_stats import TlsStats, tls_accepted
 from pylon.proxy.watermarks import apply_buffer_limit
 from pylon.proxy.xfcc import client_cert_element
 
@@ -127,6 +128,7 @@ class HcmRuntime:
         self.encoder_filters = [f for f in reversed(self.decoder_filters) if hasattr(f, "encode_headers")]
         self.access_loggers = build_access_loggers(config.access_log, worker.access_log_writer)
         self.peer_check: Any = None  # set by the listener when TLS validates client certificates
+        self.tls_stats: TlsStats | None = None  # the listener's ssl.* stats, on a TLS chain (set by the listener)
         self.network_filters: list[Any] = []  # the chain's filters ahead of this one (set by the listener)
         self.upgrade_types = frozenset(u.upgrade_type.lower().encode() for u in config.upgrade_configs if u.enabled)
         self.xfcc_mode = config.forward_client_cert_details
@@ -240,11 +242,6 @@ class HttpConnection(asyncio.Protocol):
     # ------------------------------------------------------------------ asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        check = self.hcm.peer_check
-        if check is not None and check(transport.get_extra_info("ssl_object")) is not None:
-            self.closed = True  # a client certificate the listener's SAN matchers refuse
-            transport.abort()
-            return
         peer = transport.get_extra_info("peername")
         if peer:
             self.peer = peer[:2]
@@ -266,6 +263,11 @@ class HttpConnection(asyncio.Protocol):
         self.hcm.cx_total.value += 1
         self.hcm.cx_active.value += 1
         self.worker.connection_opened(self)
+        tls_stats = self.hcm.tls_stats
+        if tls_stats is not None and not tls_accepted(transport, self.hcm.peer_check, tls_stats):
+            self.closed = True  # a client certificate the listener's SAN matchers refuse (counted, as in Envoy)
+            transport.abort()
+            return
         if self.hcm.network_filters and not self._network_filters_allow():
             self.close()
             return

@@ -31,6 +31,7 @@ from pylon.proxy.hcm import HcmRuntime, HttpConnection
 from pylon.proxy.listener_filters import Inspection, PeekWatcher
 from pylon.proxy.tcp_proxy import TcpProxyRuntime, TcpProxySession
 from pylon.proxy.tls import ServerTls, server_context
+from pylon.proxy.tls_stats import TlsStats
 from pylon.proxy.xfcc import uri_sans
 
 if TYPE_CHECKING:
@@ -46,13 +47,15 @@ def listener_stat_name(listener: Any) -> str:
 class ChainRuntime:
     """One filter chain of a listener in one worker: what serves the connections it takes."""
 
-    __slots__ = ("name", "tls", "ssl_context", "peer_check", "app_factory", "protocol_factory", "terminal")
+    __slots__ = ("name", "tls", "ssl_context", "peer_check", "tls_stats", "app_factory", "protocol_factory",
+                 "terminal")
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.tls: ServerTls | None = None
         self.ssl_context: ssl.SSLContext | None = None
         self.peer_check: Callable[[Any], str | None] | None = None
+        self.tls_stats: TlsStats | None = None  # the listener's ssl.* stats (shared by its TLS chains)
         # app_factory(detected): the connection's protocol, told what the listener filters found
         self.app_factory: Callable[[Detected | None], Any]
         self.protocol_factory: Callable[[], Any]  # for connections nothing was detected about
@@ -201,6 +204,7 @@ def build_chain(chain: FilterChain, listener: ListenerRuntime) -> ChainRuntime:
         # terminates TLS (it can suspend a handshake on a pending key operation).
         runtime.ssl_context = tls.loop_ssl_context
         runtime.peer_check = tls.verify_peer
+        runtime.tls_stats = TlsStats(worker.stats, listener_stat_name(listener.config) + ".")
         tls.bind_stats(worker.stats)
     terminal_cfg = chain.filters[-1].typed_config
     network_filters = [build_network_filter(f.name, f.typed_config, worker.stats) for f in chain.filters[:-1]]
@@ -208,6 +212,7 @@ def build_chain(chain: FilterChain, listener: ListenerRuntime) -> ChainRuntime:
     if isinstance(terminal_cfg, HttpConnectionManager):
         hcm = HcmRuntime(terminal_cfg, worker.clusters, worker.pools, worker.stats, worker)
         hcm.peer_check = runtime.peer_check
+        hcm.tls_stats = runtime.tls_stats
         hcm.network_filters = network_filters
         hcm.buffer_limit = listener.config.per_connection_buffer_limit_bytes
         if tls is not None and terminal_cfg.forward_client_cert_details != "SANITIZE":
@@ -222,6 +227,7 @@ def build_chain(chain: FilterChain, listener: ListenerRuntime) -> ChainRuntime:
     elif isinstance(terminal_cfg, TcpProxy):
         tcp = TcpProxyRuntime(terminal_cfg, worker.clusters, worker.stats, worker)
         tcp.peer_check = runtime.peer_check
+        tcp.tls_stats = runtime.tls_stats
         tcp.network_filters = network_filters
         runtime.terminal = tcp
 

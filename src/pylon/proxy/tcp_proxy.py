@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from pylon.proxy.access_log import AccessLogRecord, build_access_loggers
 from pylon.proxy.connection_info import ConnectionInfo
 from pylon.proxy.stats import StatsStore
+from pylon.proxy.tls_stats import TlsStats, tls_accepted
 from pylon.proxy.upstream.connect import ConnectError, ConnectTimeout, open_upstream
 from pylon.proxy.watermarks import apply_buffer_limit
 
@@ -44,6 +45,7 @@ class TcpProxyRuntime:
         self.upstream_flush_active = stats.gauge(prefix + "upstream_flush_active")
         self.access_loggers = build_access_loggers(config.access_log, worker.access_log_writer)
         self.peer_check: Any = None  # set by the listener when TLS validates client certificates
+        self.tls_stats: TlsStats | None = None  # the listener's ssl.* stats, on a TLS chain (set by the listener)
         self.network_filters: list[Any] = []  # the chain's filters ahead of this one (set by the listener)
 
 
@@ -102,10 +104,6 @@ class TcpProxySession(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.downstream = transport  # type: ignore[assignment]
         rt = self.runtime
-        if rt.peer_check is not None and rt.peer_check(transport.get_extra_info("ssl_object")) is not None:
-            self.closed = True  # a client certificate the listener's SAN matchers refuse
-            transport.abort()
-            return
         if self.runtime_listener is not None:
             apply_buffer_limit(transport, self.runtime_listener.config.per_connection_buffer_limit_bytes)
         worker = rt.worker
@@ -113,6 +111,10 @@ class TcpProxySession(asyncio.Protocol):
         self.connection_id = worker.next_connection_id()
         rt.cx_total.value += 1
         worker.connection_opened(self)
+        if rt.tls_stats is not None and not tls_accepted(transport, rt.peer_check, rt.tls_stats):
+            self.closed = True  # a client certificate the listener's SAN matchers refuse (counted, as in Envoy)
+            transport.abort()
+            return
         if rt.network_filters:
             info = self.connection_info()
             if not all(network_filter.on_connection(info) for network_filter in rt.network_filters):

@@ -18,7 +18,7 @@ def start_adopting(loop: asyncio.AbstractEventLoop, sock: socket.socket, runtime
     """Serve an accepted socket with its filter chain's protocol (and TLS); `done` runs however it ends."""
     chain = runtime.only_chain
     if chain is not None:
-        _spawn(loop, sock, chain.ssl_context, chain.protocol_factory, done)
+        _spawn(loop, sock, chain.ssl_context, chain.protocol_factory, chain.tls_stats, done)
         return
 
     def drop() -> None:
@@ -27,24 +27,29 @@ def start_adopting(loop: asyncio.AbstractEventLoop, sock: socket.socket, runtime
             done()
 
     runtime.find_chain(
-        sock, lambda found, detected: _spawn(loop, sock, found.ssl_context, found.protocol_factory_for(detected), done),
+        sock, lambda found, detected: _spawn(loop, sock, found.ssl_context, found.protocol_factory_for(detected),
+                                             found.tls_stats, done),
         drop)
 
 
 def _spawn(loop: asyncio.AbstractEventLoop, sock: socket.socket, ssl_context: ssl.SSLContext | None,
-           protocol_factory: Callable[[], Any], done: Callable[[], None] | None) -> None:
-    task = loop.create_task(_adopt(loop, sock, ssl_context, protocol_factory, done))
+           protocol_factory: Callable[[], Any], tls_stats: Any, done: Callable[[], None] | None) -> None:
+    task = loop.create_task(_adopt(loop, sock, ssl_context, protocol_factory, tls_stats, done))
     _ADOPTING.add(task)
     task.add_done_callback(_ADOPTING.discard)
 
 
 async def _adopt(loop: asyncio.AbstractEventLoop, sock: socket.socket, ssl_context: ssl.SSLContext | None,
-                 protocol_factory: Callable[[], Any], done: Callable[[], None] | None) -> None:
+                 protocol_factory: Callable[[], Any], tls_stats: Any, done: Callable[[], None] | None) -> None:
     try:
         await loop.connect_accepted_socket(protocol_factory, sock, ssl=ssl_context,
                                            ssl_handshake_timeout=10.0 if ssl_context is not None else None)
-    except (OSError, ssl.SSLError, asyncio.TimeoutError):
-        sock.close()  # a failed TLS handshake or a peer that already left: Envoy counts neither
+    except ssl.SSLError as exc:
+        sock.close()
+        if tls_stats is not None:
+            tls_stats.handshake_failed(exc)  # Envoy's ssl.fail_verify_no_cert / fail_verify_error / connection_error
+    except (OSError, asyncio.TimeoutError):
+        sock.close()  # a peer that left during the handshake (or never finished it): Envoy counts neither
     finally:
         if done is not None:
             done()
