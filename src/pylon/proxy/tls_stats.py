@@ -34,6 +34,7 @@ class TlsStats:
         self.fail_verify_no_cert = stats.counter(self.prefix + "fail_verify_no_cert")
         self.fail_verify_error = stats.counter(self.prefix + "fail_verify_error")
         self.connection_error = stats.counter(self.prefix + "connection_error")
+        self._negotiated: dict[tuple[str, str], list[Any]] = {}
 
     def handshake_done(self, ssl_object: Any) -> None:
         """A handshake completed and the peer passed every check."""
@@ -44,10 +45,15 @@ class TlsStats:
             self.session_reused.inc()
         if not ssl_object.getpeercert(binary_form=True):
             self.no_certificate.inc()
-        self.stats.counter(f"{self.prefix}versions.{ssl_object.version()}").inc()
         cipher = ssl_object.cipher()
-        if cipher:
-            self.stats.counter(f"{self.prefix}ciphers.{cipher[0]}").inc()
+        key = (ssl_object.version(), cipher[0] if cipher else "")
+        counters = self._negotiated.get(key)
+        if counters is None:  # once per version and cipher: no name formatting per handshake
+            counters = self._negotiated[key] = [self.stats.counter(f"{self.prefix}versions.{key[0]}")]
+            if key[1]:
+                counters.append(self.stats.counter(f"{self.prefix}ciphers.{key[1]}"))
+        for counter in counters:
+            counter.inc()
 
     def handshake_failed(self, exc: BaseException) -> None:
         """A handshake that did not complete, counted by why."""
