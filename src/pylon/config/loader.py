@@ -12,6 +12,7 @@ two listeners bind the same address, and every DataSource can be read.
 from __future__ import annotations
 
 import base64
+import functools
 import ipaddress
 import json
 from collections.abc import Hashable, Iterable, Iterator
@@ -341,13 +342,20 @@ def to_envoy_dict(message: msgspec.Struct) -> dict[str, Any]:
     return encoded
 
 
+@functools.cache
+def _fields(struct_type: type) -> tuple[Any, ...]:
+    """A Struct type's fields, once per type: msgspec works them out from the annotations on every call, which
+    made re-encoding 1,000 clusters take about a second on each config change."""
+    return msgspec.structs.fields(struct_type)
+
+
 def _to_builtins(value: Any) -> Any:
     if isinstance(value, msgspec.Struct):
         out: dict[str, Any] = {}
         type_url = registry.type_url_of(type(value))
         if type_url is not None:
             out["@type"] = type_url
-        for field in msgspec.structs.fields(value):
+        for field in _fields(type(value)):
             item = getattr(value, field.name)
             if item is None or _is_default(field, item):
                 continue

@@ -462,7 +462,7 @@ class HttpConnection(asyncio.Protocol):
         if stream is not self.active:
             return
         self.active = None
-        if close or self.draining:
+        if close:  # the response said `connection: close` (a drain that began after its head waits for the next)
             self.close(delayed=stream.local_reply)
             return
         idle = self.hcm.idle_timeout
@@ -546,10 +546,11 @@ class HttpConnection(asyncio.Protocol):
             element = self.client_cert = client_cert_element(der, hcm.local_uri_sans, hcm.cert_details) if der else b""
         return element or None
 
-    def drain(self) -> None:
-        """Stop keep-alive: close now if idle, otherwise after the in-flight response."""
+    def drain(self, close_idle: bool = True) -> None:
+        """Stop keep-alive: the next response says `connection: close`. An idle connection closes now, or with
+        `close_idle=False` answers its next request first (a client that reuses it then is told, not cut off)."""
         self.draining = True
-        if self.active is None:
+        if close_idle and self.active is None:
             self.close()
 
     def sweep(self, now: float) -> float:

@@ -94,6 +94,10 @@ class LdsListeners:
         for terminal in runtime.terminals:
             self.worker.forget_route_subscriber(terminal)
         leaving = [conn for conn in self.worker.connections if conn.runtime_listener is runtime]
+        for conn in leaving:
+            # As Envoy's drain: each connection's next response says `connection: close`, so clients move to the
+            # new version before the drain time ends; what is still open then is closed.
+            conn.drain(close_idle=False)
         if leaving:
             self.worker.loop.call_later(self.drain_time, _close_all, leaving)
 

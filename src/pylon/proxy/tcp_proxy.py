@@ -259,7 +259,7 @@ class TcpProxySession(asyncio.Protocol):
             self.downstream.close()
 
     # worker housekeeping
-    def drain(self) -> None:
+    def drain(self, close_idle: bool = True) -> None:
         """TCP has no request boundary: Envoy lets TCP sessions run until the drain time ends."""
 
     def sweep(self, now: float) -> float:
