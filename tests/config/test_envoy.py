@@ -779,7 +779,7 @@ H2_ONLY_FOR_XDS = "HTTP/2 upstreams are supported only for the cluster of dynami
         ({"type": "EDS", "eds_cluster_config": {"eds_config": {"path_config_source": {"path": "/e.yaml"}}}},
          "eds_cluster_config.eds_config.path_config_source", "EDS from a file is not supported yet; use ads: {}"),
         ({"lb_policy": "MAGLEV"}, "lb_policy",
-         "Invalid enum value 'MAGLEV'; accepted: LEAST_REQUEST, RANDOM, RING_HASH, ROUND_ROBIN (in any letter case)"),
+         "Invalid enum value 'MAGLEV'; accepted: CLUSTER_PROVIDED, LEAST_REQUEST, RANDOM, RING_HASH, ROUND_ROBIN (in any letter case)"),
         ({"connect_timeout": "0s"}, "connect_timeout", "must be greater than 0s"),
         ({"typed_extension_protocol_options": {OPTIONS_KEY: {"@type": HTTP_OPTIONS_TYPE,
                                                              "explicit_http_config": {"http2_protocol_options": {}}}}},
@@ -933,3 +933,17 @@ def test_a_filter_config_and_a_per_route_config_are_not_interchangeable() -> Non
     manager["route_config"]["virtual_hosts"][0]["typed_per_filter_config"] = {"rbac": {"@type": rbac_url}}
     assert (f"typed_per_filter_config[rbac].@type: {rbac_url} is registered as HTTP filter, but this position takes "
             "per-route HTTP filter configs") in error(bootstrap([listener(manager)]))
+
+
+@pytest.mark.parametrize(
+    ("fields", "path", "message"),
+    [
+        ({"type": "ORIGINAL_DST"}, "lb_policy", "LB policy ROUND_ROBIN is not valid for cluster type ORIGINAL_DST"),
+        ({"lb_policy": "CLUSTER_PROVIDED"}, "lb_policy", "LB policy CLUSTER_PROVIDED is not valid for cluster type STATIC"),
+        ({"type": "ORIGINAL_DST", "lb_policy": "CLUSTER_PROVIDED"}, "load_assignment",
+         "an ORIGINAL_DST cluster has no endpoints"),
+    ],
+)
+def test_original_dst_clusters_pair_with_cluster_provided(fields: dict[str, Any], path: str, message: str) -> None:
+    assert error(bootstrap(clusters=[cluster(**fields)])).startswith(
+        f"config error in test.yaml: static_resources.clusters[0].{path}: {message}")

@@ -1369,6 +1369,21 @@ class UpstreamHttpProtocolOptions(EnvoyStruct, kw_only=True):
             raise FieldError("explicit_http_config", "missing required field")
 
 
+class BindConfig(EnvoyStruct, kw_only=True):
+    """config.core.v3.BindConfig: the local address upstream connections leave from (Istio's inbound 127.0.0.6)."""
+
+    source_address: SocketAddress
+    freebind: NotSupportedYet | None = None
+    socket_options: NotSupportedYet | None = None
+    extra_source_addresses: NotSupportedYet | None = None
+
+    def __post_init__(self) -> None:
+        try:
+            ipaddress.ip_address(self.source_address.address)
+        except ValueError:
+            raise FieldError("source_address.address", "must be an IP address") from None
+
+
 class EdsClusterConfig(EnvoyStruct, kw_only=True):
     """config.cluster.v3.Cluster.EdsClusterConfig: endpoints over the ADS stream, by service_name (else the
     cluster's name). A file source (path_config_source) is not supported yet."""
@@ -1384,10 +1399,10 @@ class EdsClusterConfig(EnvoyStruct, kw_only=True):
 
 class Cluster(EnvoyStruct, kw_only=True):
     name: NonEmptyStr
-    type: Literal["STATIC", "STRICT_DNS", "LOGICAL_DNS", "EDS"] = "STATIC"
+    type: Literal["STATIC", "STRICT_DNS", "LOGICAL_DNS", "EDS", "ORIGINAL_DST"] = "STATIC"
     eds_cluster_config: EdsClusterConfig | None = None
     connect_timeout: PositiveDuration = PositiveDuration(5)
-    lb_policy: Literal["ROUND_ROBIN", "LEAST_REQUEST", "RANDOM", "RING_HASH"] = "ROUND_ROBIN"
+    lb_policy: Literal["ROUND_ROBIN", "LEAST_REQUEST", "RANDOM", "RING_HASH", "CLUSTER_PROVIDED"] = "ROUND_ROBIN"
     load_assignment: ClusterLoadAssignment | None = None
     circuit_breakers: CircuitBreakers | None = None
     health_checks: list[HealthCheck] = []
@@ -1403,6 +1418,10 @@ class Cluster(EnvoyStruct, kw_only=True):
     max_requests_per_connection: UInt32 | None = None  # 0, like unset, is no limit
     metadata: Metadata | None = None
     http2_protocol_options: Http2ProtocolOptions | None = None  # deprecated in Envoy, still in Istio's bootstraps
+    upstream_bind_config: BindConfig | None = None
+    # ORIGINAL_DST: hosts unused for this long are dropped (Envoy's default 5 s).
+    cleanup_interval: PositiveDuration = PositiveDuration(5)
+    original_dst_lb_config: NotSupportedYet | None = None
 
     def __post_init__(self) -> None:
         self._resolve_protocol_options()
@@ -1454,6 +1473,13 @@ class Cluster(EnvoyStruct, kw_only=True):
         force_setattr(self, "typed_extension_protocol_options", resolved)
 
     def _check_endpoints(self) -> None:
+        # Envoy's pairing: CLUSTER_PROVIDED is ORIGINAL_DST's policy, and only its.
+        if (self.type == "ORIGINAL_DST") != (self.lb_policy == "CLUSTER_PROVIDED"):
+            raise FieldError("lb_policy", f"LB policy {self.lb_policy} is not valid for cluster type {self.type}: "
+                                          "ORIGINAL_DST clusters and only they use CLUSTER_PROVIDED")
+        if self.type == "ORIGINAL_DST" and self.load_assignment is not None and self.load_assignment.endpoints:
+            raise FieldError("load_assignment", "an ORIGINAL_DST cluster has no endpoints: it connects where each "
+                                                "connection was going")
         if self.load_assignment is None:
             return
         if self.type == "STATIC":

@@ -610,7 +610,7 @@ class Stream:
                 if name == hash_header:
                     key = value
                     break
-        host = cluster.choose_host(key)
+        host = cluster.choose_host(key) if not cluster.original_dst else cluster.original_dst_host(self.conn.local)
         tried = self.tried_hosts
         if tried is not None and host is not None:
             host = self._avoid_tried(cluster, key, host, tried)

@@ -145,7 +145,8 @@ class TcpProxySession(asyncio.Protocol):
             return
         stats = cluster.stats
         for _ in range(rt.max_connect_attempts):
-            host = cluster.choose_host(None)
+            host = cluster.choose_host(None) if not cluster.original_dst else \
+                cluster.original_dst_host(self.connection_info().local_address)
             if host is None:
                 self.flags = "UH"
                 cluster.stats.upstream_cx_none_healthy.value += 1
@@ -156,7 +157,7 @@ class TcpProxySession(asyncio.Protocol):
             stats.upstream_cx_total.value += 1
             try:
                 _, upstream = await open_upstream(host.address, cluster.tls, cluster.connect_timeout,
-                                                  lambda: _Upstream(self))
+                                                  lambda: _Upstream(self), cluster.source)
             except ConnectError as exc:
                 cluster.circuit_breakers.connections.release()
                 if isinstance(exc, ConnectTimeout):

@@ -169,6 +169,7 @@ class Worker:
         self.access_log_writer.start(self.loop)
         self.clusters.update(build_clusters(bootstrap.static_resources.clusters, self.stats, self.worker_id))
         for cluster in self.clusters.values():
+            cluster.on_hosts_removed = self.pools.retire_hosts
             cluster.start(self.loop)
         # Envoy's cluster warming: DNS clusters serve only once their first answer is in.
         await asyncio.gather(*(cluster.ready() for cluster in self.clusters.values()))
@@ -213,6 +214,7 @@ class Worker:
             if assignment is not None:
                 cluster.set_assignment(assignment)
                 self.eds_assignments[name] = assignment
+            cluster.on_hosts_removed = self.pools.retire_hosts
             cluster.start(self.loop)
             await cluster.ready()
             old = self.clusters.get(name)

@@ -8,7 +8,7 @@ from collections import Counter
 import msgspec
 import pytest
 
-from pylon.config.envoy import Cluster as ClusterConfig, ClusterLoadAssignment, dec_hook
+from pylon.config.envoy import Cluster as ClusterConfig, ClusterLoadAssignment, convert, dec_hook
 from pylon.proxy.stats import StatsStore
 from pylon.proxy.upstream.cluster import Cluster, build_clusters
 from pylon.proxy.upstream.dns import ResolvedEndpoint
@@ -282,3 +282,25 @@ def test_strict_dns_hosts_take_the_health_status():
     asyncio.run(resolve())
     assert [h.health_flags_str() for h in cluster.hosts] == ["/failed_eds_health", "healthy"]
     assert {cluster.choose_host(None).address[1] for _ in range(10)} == {8002}
+
+
+def test_an_original_dst_cluster_makes_a_host_per_destination_and_drops_unused_ones() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        cluster = Cluster(convert({"name": "passthrough", "type": "ORIGINAL_DST", "lb_policy": "CLUSTER_PROVIDED",
+                                   "cleanup_interval": "0.05s"}, ClusterConfig), StatsStore())
+        removed: list[Cluster] = []
+        cluster.on_hosts_removed = removed.append
+        cluster.start(loop)
+        try:
+            first = cluster.original_dst_host(("10.0.0.7", 8080))
+            assert cluster.original_dst_host(("10.0.0.7", 8080)) is first
+            assert cluster.original_dst_host(None) is None and cluster.choose_host(None) is None
+            busy = cluster.original_dst_host(("10.0.0.8", 80))
+            busy.active_connections = 1
+            await asyncio.sleep(0.13)  # two cleanups: the first sees both used, the second drops the idle one
+            assert [h.address for h in cluster.hosts] == [("10.0.0.8", 80)] and removed == [cluster]
+        finally:
+            await cluster.stop()
+
+    asyncio.run(main())

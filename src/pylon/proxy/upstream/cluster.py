@@ -109,21 +109,31 @@ class Cluster:
 
         # The transport socket of every connection to the hosts: requests, tcp_proxy and health checks alike.
         self.tls: ClientTls | None = cluster_tls(config)
+        bind = config.upstream_bind_config
+        # Where upstream connections leave from (Istio's inbound clusters: 127.0.0.6, so capture rules let them by).
+        self.source: tuple[str, int] | None = (
+            (bind.source_address.address, bind.source_address.port_value) if bind is not None else None)
         self.health_checker: HealthChecker | None = None
         if config.health_checks:
-            tls, connect_timeout = self.tls, self.connect_timeout
+            tls, connect_timeout, source = self.tls, self.connect_timeout, self.source
             self.health_checker = HealthChecker.from_config(
                 config.health_checks[0], self.name, stats, prefix,
-                lambda address: open_stream(address, tls, connect_timeout),
+                lambda address: open_stream(address, tls, connect_timeout, source),
                 had_traffic=lambda: self.stats.upstream_cx_total.value > 0,
                 on_success=self.outlier.on_active_health_check_success if self.outlier is not None else None,
             )
 
         endpoints = list(assignment_endpoints(config.load_assignment))
         self._dns: DnsRefresher | None = None
+        self._cleanup_timer: asyncio.TimerHandle | None = None
         self._resolved: asyncio.Event | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        if config.type in ("STATIC", "EDS"):  # EDS: no hosts until the worker sets the assignment's
+        # ORIGINAL_DST: a host per original destination, made when a connection needs it (original_dst_host).
+        self.original_dst = config.type == "ORIGINAL_DST"
+        self.cleanup_interval = float(config.cleanup_interval)
+        self._used: set[Host] = set()  # original-destination hosts used since the last cleanup
+        self.on_hosts_removed: Callable[["Cluster"], None] | None = None  # the worker forgets their pools
+        if config.type in ("STATIC", "EDS", "ORIGINAL_DST"):  # EDS: no hosts until the worker sets the assignment's
             self.set_endpoints([ResolvedEndpoint(*endpoint) for endpoint in endpoints])
         else:
             self._dns = DnsRefresher(
@@ -195,6 +205,33 @@ class Cluster:
     def _on_health_change(self, host: Host) -> None:
         self._refresh()
 
+    def original_dst_host(self, address: tuple[str, int] | None) -> Host | None:
+        """An ORIGINAL_DST cluster's host for a connection that was going to `address` (None: no host, 503)."""
+        if address is None:
+            return None
+        host = self._by_address.get(address)
+        if host is None:
+            host = self._by_address[address] = Host(address)
+            self.hosts.append(host)
+            self.stats.membership_change.value += 1
+            self._refresh()
+        self._used.add(host)
+        return host
+
+    def _cleanup(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Drop the original-destination hosts nothing used for a cleanup_interval (as Envoy), then look again."""
+        idle = [h for h in self.hosts if h not in self._used and not h.active_requests and not h.active_connections]
+        self._used = set()
+        if idle:
+            gone = set(idle)
+            self.hosts = [h for h in self.hosts if h not in gone]
+            self._by_address = {h.address: h for h in self.hosts}
+            self.stats.membership_change.value += 1
+            self._refresh()
+            if self.on_hosts_removed is not None:
+                self.on_hosts_removed(self)
+        self._cleanup_timer = loop.call_later(self.cleanup_interval, self._cleanup, loop)
+
     def _refresh(self) -> None:
         hosts = self.hosts
         self.stats.membership_total.value = len(hosts)
@@ -204,7 +241,10 @@ class Cluster:
     # -- lifecycle -----------------------------------------------------------------------
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Start DNS refresh, active health checks and the outlier sweep on this worker's loop."""
+        """Start DNS refresh, active health checks, the outlier sweep and the ORIGINAL_DST cleanup on this worker's
+        loop."""
+        if self.original_dst:
+            self._cleanup_timer = loop.call_later(self.cleanup_interval, self._cleanup, loop)
         if self._dns is not None:
             self._resolved = asyncio.Event()
             self._dns.start(loop)
@@ -219,6 +259,8 @@ class Cluster:
             await self._resolved.wait()
 
     async def stop(self) -> None:
+        if self._cleanup_timer is not None:
+            self._cleanup_timer.cancel()
         tasks, self._tasks = self._tasks, []
         for task in tasks:
             task.cancel()

@@ -27,8 +27,10 @@ class ConnectTimeout(ConnectError):
 
 
 async def open_upstream(address: tuple[str, int], tls: "ClientTls | None", timeout: float,
-                        protocol_factory: Callable[[], Any]) -> tuple[asyncio.Transport, Any]:
-    """Connect (and handshake, and check the peer's SANs) within `timeout`; ConnectError otherwise."""
+                        protocol_factory: Callable[[], Any],
+                        source: tuple[str, int] | None = None) -> tuple[asyncio.Transport, Any]:
+    """Connect (from `source`, the cluster's upstream_bind_config, if any; and handshake, and check the peer's
+    SANs) within `timeout`; ConnectError otherwise."""
     loop = asyncio.get_running_loop()
     host, port = address
     try:
@@ -37,6 +39,7 @@ async def open_upstream(address: tuple[str, int], tls: "ClientTls | None", timeo
                 protocol_factory, host, port,
                 ssl=tls.context if tls else None,
                 server_hostname=(tls.server_hostname or "") if tls else None,  # Envoy sends SNI only when configured
+                local_addr=source,
             ),
             timeout,
         )
@@ -52,11 +55,11 @@ async def open_upstream(address: tuple[str, int], tls: "ClientTls | None", timeo
     return transport, protocol  # type: ignore[return-value]
 
 
-async def open_stream(address: tuple[str, int], tls: "ClientTls | None",
-                      timeout: float) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+async def open_stream(address: tuple[str, int], tls: "ClientTls | None", timeout: float,
+                      source: tuple[str, int] | None = None) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """`open_upstream` as asyncio streams (for health checks, where a few extra objects cost nothing)."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(loop=loop)
     transport, protocol = await open_upstream(address, tls, timeout,
-                                              lambda: asyncio.StreamReaderProtocol(reader, loop=loop))
+                                              lambda: asyncio.StreamReaderProtocol(reader, loop=loop), source)
     return reader, asyncio.StreamWriter(transport, protocol, reader, loop)

@@ -305,6 +305,19 @@ class RingHash(LoadBalancer):
         return self._ring_hosts[index]
 
 
+class ClusterProvided(LoadBalancer):
+    """CLUSTER_PROVIDED, ORIGINAL_DST's policy: the host is where the connection was going, so the cluster picks
+    it from the connection (`Cluster.original_dst_host`); without one there is nothing to choose (503)."""
+
+    name = "CLUSTER_PROVIDED"
+
+    def _rebuild(self, hosts: list[Host]) -> None:
+        pass  # nothing to precompute: hosts are not chosen among
+
+    def choose(self, hash_key: bytes | None = None) -> Host | None:
+        return None
+
+
 LB_POLICIES: dict[str, type[LoadBalancer]] = {
     policy.name: policy for policy in (RoundRobin, LeastRequest, Random, RingHash)
 }
@@ -312,6 +325,8 @@ LB_POLICIES: dict[str, type[LoadBalancer]] = {
 
 def create_load_balancer(config: Any, rng: random.Random | None = None) -> LoadBalancer:
     """The policy named by the cluster's `lb_policy`."""
+    if config.lb_policy == ClusterProvided.name:
+        return ClusterProvided()
     policy = LB_POLICIES.get(config.lb_policy)
     if policy is None:
         raise ValueError(

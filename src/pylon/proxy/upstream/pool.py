@@ -336,7 +336,7 @@ class HostPool:
         try:
             try:
                 _, conn = await open_upstream(self.host.address, self.tls, cluster.connect_timeout,
-                                              lambda: UpstreamConnection(self))
+                                              lambda: UpstreamConnection(self), cluster.source)
             except ConnectTimeout:
                 stats.upstream_cx_connect_timeout.value += 1
                 raise
