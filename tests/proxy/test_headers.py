@@ -27,13 +27,11 @@ def test_headerlist_uses_the_callers_list_without_copying():
     assert RequestHeaders is HeaderList
 
 
-def test_get_returns_first_value_and_get_joined_joins_with_comma():
+def test_get_returns_the_first_value_and_get_all_every_one():
     h = HeaderList([(b"x", b"1"), (b"y", b"q"), (b"x", b"2"), (b"x", b"3")])
     assert h.get(b"x") == b"1"
     assert h.get_all(b"x") == [b"1", b"2", b"3"]
-    assert h.get_joined(b"x") == b"1,2,3"
-    assert h.get_joined(b"y") == b"q"
-    assert h.get(b"z") is None and h.get_joined(b"z") is None and h.get_all(b"z") == []
+    assert h.get(b"z") is None and h.get_all(b"z") == []
     assert b"y" in h and b"z" not in h
 
 

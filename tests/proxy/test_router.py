@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import time
+import tracemalloc
 from collections import Counter
 from typing import Any
 
@@ -17,11 +18,11 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from pylon import regex
-from pylon.config.envoy import RouteConfiguration, dec_hook
+from pylon.config.envoy import HeaderMatcher, RouteConfiguration, dec_hook
 from pylon.config.errors import ConfigError
 from pylon.config.loader import parse_bootstrap
 from pylon.proxy.headers import HeaderList
-from pylon.proxy.router import MatchedRoute, RouteTable
+from pylon.proxy.router import MatchedRoute, RouteTable, _HeaderMatcher
 from pylon.proxy.validate import configure_regex_engine
 from tests.conftest import free_port
 from tests.proxy.conftest import http_listener, proxy_args
@@ -268,9 +269,147 @@ def test_header_matchers_on_a_missing_header(matcher, hit):
     assert (name_of(hdr(**matcher), "/", headers=[(b"other", b"1")]) == "hit") is hit
 
 
-def test_repeated_headers_are_joined_with_commas():
-    table = hdr(exact_match="a,b")
-    assert name_of(table, "/", headers=[(b"x-test", b"a"), (b"x-test", b"b")]) == "hit"
+# A header sent several times, as Envoy 1.40 matches it (each case observed with Envoy; the same cases run
+# through both proxies in test_proxy_header_matching.py): value by value, `invert_match` negating the whole.
+AB = [(b"x-test", b"a"), (b"x-test", b"b")]
+ABC = [*AB, (b"x-test", b"c")]
+ONE_LINE = [(b"x-test", b"a,b")]
+
+
+@pytest.mark.parametrize("matcher, headers, hit", [
+    ({"string_match": {"exact": "a"}}, AB, True),
+    ({"string_match": {"exact": "b"}}, AB, True),
+    ({"string_match": {"exact": "a,b"}}, AB, False),          # never the ","-joined form
+    ({"string_match": {"exact": "c"}}, ABC, True),
+    ({"string_match": {"exact": "a,b,c"}}, ABC, False),
+    ({"string_match": {"exact": "a,b"}}, ONE_LINE, True),     # one line with a comma is one value
+    ({"string_match": {"exact": "a"}}, ONE_LINE, False),
+    ({"string_match": {"exact": "B", "ignore_case": True}}, AB, True),
+    ({"string_match": {"prefix": "b"}}, AB, True),
+    ({"string_match": {"prefix": "a,"}}, AB, False),
+    ({"string_match": {"suffix": "a"}}, AB, True),
+    ({"string_match": {"suffix": ",b"}}, AB, False),
+    ({"string_match": {"contains": ","}}, AB, False),
+    ({"string_match": {"contains": ","}}, ONE_LINE, True),
+    ({"string_match": {"safe_regex": {"regex": "b"}}}, AB, True),
+    ({"string_match": {"safe_regex": {"regex": ".*,.*"}}}, AB, False),
+    ({"present_match": True}, AB, True),
+    ({"present_match": False}, AB, False),
+    ({}, AB, True),
+    ({"string_match": {"exact": "a"}, "invert_match": True}, AB, False),    # one value matches: no inverted match
+    ({"string_match": {"exact": "b"}, "invert_match": True}, ABC, False),
+    ({"string_match": {"exact": "z"}, "invert_match": True}, AB, True),     # no value matches
+    ({"string_match": {"exact": "a,b"}, "invert_match": True}, AB, True),
+    ({"string_match": {"exact": "a,b"}, "invert_match": True}, ONE_LINE, False),
+    ({"string_match": {"exact": "a"}, "invert_match": True}, [(b"x-test", b"a")] * 2, False),
+    ({"present_match": True, "invert_match": True}, AB, False),
+    ({"present_match": False, "invert_match": True}, AB, True),
+    ({"string_match": {"exact": "a"}, "invert_match": True, "treat_missing_header_as_empty": True}, AB, False),
+    ({"string_match": {"exact": ""}}, [(b"x-test", b""), (b"x-test", b"b")], True),
+    ({"string_match": {"exact": "a,b"}}, [(b"x-test", b"a,b"), (b"x-test", b"c")], True),
+    ({"string_match": {"exact": "b"}}, [(b"x-test", b"a"), (b"other", b"x"), (b"x-test", b"b")], True),
+    # the deprecated match kinds, still accepted by Envoy 1.40, behave the same
+    ({"exact_match": "a"}, AB, True),
+    ({"exact_match": "b"}, AB, True),
+    ({"exact_match": "a,b"}, AB, False),
+    ({"exact_match": ""}, AB, True),
+    ({"prefix_match": "b"}, AB, True),
+    ({"suffix_match": "a"}, AB, True),
+    ({"contains_match": ","}, AB, False),
+    ({"safe_regex_match": {"regex": "b"}}, AB, True),
+    ({"safe_regex_match": {"regex": "a,b"}}, AB, False),
+])  # fmt: skip
+def test_repeated_headers_match_value_by_value(matcher, headers, hit):
+    assert (name_of(hdr(**matcher), "/", headers=headers) == "hit") is hit
+
+
+@pytest.mark.parametrize("name, values, matcher, hit", [
+    # Envoy's inline headers: its codec folds the lines into one ","-joined value, and matchers see that
+    ("accept", [b"a", b"b"], {"exact": "a,b"}, True),
+    ("accept", [b"a", b"b"], {"exact": "a"}, False),
+    ("user-agent", [b"a", b"b", b"c"], {"exact": "a,b,c"}, True),
+    ("x-forwarded-for", [b"a", b"b"], {"exact": "a,b"}, True),
+    ("authorization", [b"a", b"b"], {"exact": "b"}, False),
+    ("accept", [b"", b"b"], {"exact": "b"}, True),           # empty values are left out of the join
+    ("accept", [b"a", b""], {"exact": "a"}, True),
+    ("accept", [b"", b""], {"exact": ""}, True),
+    # every other header is matched value by value, cookie and set-cookie included (no "; " join)
+    ("cookie", [b"a", b"b"], {"exact": "b"}, True),
+    ("cookie", [b"a", b"b"], {"exact": "a; b"}, False),
+    ("cookie", [b"a", b"b"], {"exact": "a,b"}, False),
+    ("set-cookie", [b"a", b"b"], {"exact": "b"}, True),
+    ("forwarded", [b"a", b"b"], {"exact": "a,b"}, False),
+    ("accept-language", [b"a", b"b"], {"exact": "b"}, True),
+])  # fmt: skip
+def test_inline_headers_are_folded_others_matched_by_value(name, values, matcher, hit):
+    table = one_vhost(to("hit", {"prefix": "/", "headers": [{"name": name, "string_match": matcher}]}))
+    assert (name_of(table, "/", headers=[(name.encode(), v) for v in values]) == "hit") is hit
+
+
+def test_inverted_inline_header_is_negated_on_the_folded_value():
+    table = one_vhost(to("hit", {"prefix": "/", "headers": [
+        {"name": "user-agent", "string_match": {"exact": "a"}, "invert_match": True}]}))
+    assert name_of(table, "/", headers=[(b"user-agent", b"a"), (b"user-agent", b"b")]) == "hit"  # "a,b" != "a"
+    assert name_of(table, "/", headers=[(b"user-agent", b"a")]) is None
+
+
+def test_several_matchers_on_one_repeated_header_each_look_at_every_value():
+    both = one_vhost(to("hit", {"prefix": "/", "headers": [
+        {"name": "x-test", "string_match": {"exact": "a"}}, {"name": "x-test", "string_match": {"exact": "b"}}]}))
+    assert name_of(both, "/", headers=AB) == "hit"
+    assert name_of(both, "/", headers=[(b"x-test", b"a")]) is None
+    a_not_b = one_vhost(to("hit", {"prefix": "/", "headers": [
+        {"name": "x-test", "string_match": {"exact": "a"}},
+        {"name": "x-test", "string_match": {"exact": "b"}, "invert_match": True}]}))
+    assert name_of(a_not_b, "/", headers=AB) is None
+    assert name_of(a_not_b, "/", headers=[(b"x-test", b"a"), (b"x-test", b"c")]) == "hit"
+
+
+def test_first_route_whose_matcher_passes_answers_for_a_repeated_header():
+    table = one_vhost(
+        to("joined", {"prefix": "/", "headers": [{"name": "x-test", "string_match": {"exact": "a,b"}}]}),
+        to("value", {"prefix": "/", "headers": [{"name": "x-test", "string_match": {"exact": "b"}}]}),
+    )
+    assert name_of(table, "/", headers=AB) == "value"
+    assert name_of(table, "/", headers=ONE_LINE) == "joined"
+
+
+def test_host_is_the_authority():
+    """Envoy keeps Host as :authority; a `host` matcher reads it (absolute-form: the URI's, not the Host line's)."""
+    table = one_vhost(to("hit", {"prefix": "/", "headers": [{"name": "host", "string_match": {"exact": "x"}}]}))
+    assert name_of(table, "/", authority="x", headers=[(b"host", b"other")]) == "hit"
+    assert name_of(table, "/", authority="other", headers=[(b"host", b"x")]) is None
+
+
+def test_a_header_sent_once_is_matched_without_allocating():
+    """The common case costs one scan of the header list and one test per value, like a bare scan."""
+    items = [(b"host", b"h"), (b"accept", b"*/*"), (b"x-test", b"abc"), (b"user-agent", b"ua")]
+    configs = [{"name": name, "string_match": {"exact": "abc"}} for name in ("x-test", "accept", "x-missing")]
+    engine = regex.get_engine()
+    matchers = [_HeaderMatcher(msgspec.convert(c, HeaderMatcher, dec_hook=dec_hook), engine) for c in configs]
+    def allocated(functions: list[Any]) -> tuple[int, int]:
+        """(bytes still held, peak bytes) above the start while each of `functions` is called on `items`."""
+        for f in functions[:10]:
+            f(items)  # warm up
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            tracemalloc.reset_peak()
+            for f in functions:
+                f(items)
+            current, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        return current - before, peak - before
+
+    def scan(headers: list[tuple[bytes, bytes]]) -> None:
+        """The floor: one pass over the list (its iterator is the one object a pass makes)."""
+        for name, _ in headers:
+            if name == b"x-test":
+                pass
+
+    # The same as a bare scan: no list of values, no joined bytes, nothing kept.
+    assert allocated([hm.matches_headers for hm in matchers] * 1000) == allocated([scan] * 3000)
 
 
 def test_all_header_matchers_must_match():
@@ -320,6 +459,14 @@ def qp(*matchers: dict[str, Any]) -> RouteTable:
     ({"name": "v", "present_match": False}, "/x?v=1", False),
     ({"name": "v"}, "/x?v=", True),
     ({"name": "v"}, "/x", False),
+    # a repeated parameter: its first value only, never "1,2" (Envoy 1.40)
+    ({"name": "v", "string_match": {"exact": "1"}}, "/x?v=1&v=2", True),
+    ({"name": "v", "string_match": {"exact": "2"}}, "/x?v=1&v=2", False),
+    ({"name": "v", "string_match": {"exact": "2"}}, "/x?v=2&v=1", True),
+    ({"name": "v", "string_match": {"exact": "1,2"}}, "/x?v=1&v=2", False),
+    ({"name": "v", "string_match": {"exact": "1,2"}}, "/x?v=1,2", True),
+    ({"name": "v", "string_match": {"exact": ""}}, "/x?v=&v=2", True),
+    ({"name": "v", "present_match": True}, "/x?v=1&v=2", True),
 ])
 def test_query_parameter_matchers(matcher, path, hit):
     assert (name_of(qp(matcher), path) == "hit") is hit

@@ -61,22 +61,6 @@ class HeaderList:
         """Every value of `name`, in order."""
         return [v for n, v in self.items if n == name]
 
-    def get_joined(self, name: bytes) -> bytes | None:
-        """All values of `name` joined by "," (Envoy's view of a repeated header when matching)."""
-        first: bytes | None = None
-        rest: list[bytes] | None = None
-        for n, v in self.items:
-            if n == name:
-                if first is None:
-                    first = v
-                elif rest is None:
-                    rest = [first, v]
-                else:
-                    rest.append(v)
-        if rest is not None:
-            return b",".join(rest)
-        return first
-
     def __contains__(self, name: object) -> bool:
         for n, _ in self.items:
             if n == name:

@@ -30,11 +30,19 @@ Semantics are Envoy's (v3 `RouteConfiguration`), with one documented choice:
   forms, as Istio's do.
 - Routes in order, first match wins. Path matchers see the path without query
   string or fragment; `case_sensitive: false` lower-cases both sides (ASCII).
-- Header matchers follow Envoy's `HeaderUtility::matchHeaders`: repeated
-  headers are joined with ","; a missing header fails every matcher except
-  `present_match: false`, and with `invert_match` only `present_match: true`
-  matches it; `treat_missing_header_as_empty` matches it as "".
-  `:authority`, `:path`, `:method` and `:scheme` read the request's values.
+- Header matchers follow Envoy 1.40's `HeaderUtility::matchHeaders` with
+  `envoy.reloadable_features.match_headers_individually` at its default (on).
+  A header sent several times is matched value by value: the matcher matches
+  when one value does, and `invert_match` negates that (no value may match);
+  "a" then "b" matches `exact: a` and `exact: b`, never `exact: "a,b"`. The
+  exception is Envoy's inline request headers (`ENVOY_INLINE_REQUEST_HEADERS`:
+  accept, user-agent, x-forwarded-for, ...), whose lines Envoy's codec folds
+  into one value joined with "," (empty values skipped) before any matcher
+  runs: they match as that one value. A missing header fails every matcher
+  except `present_match: false`, and with `invert_match` only
+  `present_match: true` matches it; `treat_missing_header_as_empty` matches
+  it as "". `:authority` (and `host`, which is Envoy's name for it), `:path`,
+  `:method` and `:scheme` read the request's values.
 - Query parameters are matched on their raw (not percent-decoded) first value,
   as Envoy's route matcher does (`QueryParamsMulti::parseQueryString`).
 - Header rules (`*_headers_to_add/remove`) run weighted cluster, route, virtual
@@ -90,6 +98,28 @@ _BLOCK_MIN_ROUTES = 3
 _VHOST_CACHE_MAX = 1024
 _MISS = object()
 
+#: The request headers Envoy 1.40 keeps "inline" (its start-up log, `-l info`, lists them as the "request
+#: header map"; pseudo-headers left out). Envoy's codec folds repeated lines of one of these into a single
+#: value joined with "," (empty values skipped) as it parses, so header matchers see that one value; every
+#: other header keeps one entry per line and is matched value by value. pylon refuses bootstrap
+#: `inline_headers`, so this set is fixed. (cookie is not in it: Envoy matches each cookie line on its own.)
+ENVOY_INLINE_REQUEST_HEADERS = frozenset(name.encode() for name in (
+    "accept", "accept-encoding", "access-control-request-headers", "access-control-request-method",
+    "access-control-request-private-network", "authentication", "authorization", "cache-control", "cdn-loop",
+    "connection", "content-encoding", "content-length", "content-type", "expect", "grpc-accept-encoding",
+    "grpc-timeout", "if-match", "if-modified-since", "if-none-match", "if-range", "if-unmodified-since",
+    "keep-alive", "origin", "pragma", "proxy-connection", "proxy-status", "referer", "te", "transfer-encoding",
+    "upgrade", "user-agent", "via", "x-client-trace-id", "x-envoy-attempt-count", "x-envoy-decorator-operation",
+    "x-envoy-downstream-service-cluster", "x-envoy-downstream-service-node", "x-envoy-expected-rq-timeout-ms",
+    "x-envoy-external-address", "x-envoy-force-trace", "x-envoy-hedge-on-per-try-timeout", "x-envoy-internal",
+    "x-envoy-ip-tags", "x-envoy-is-timeout-retry", "x-envoy-max-retries", "x-envoy-original-host",
+    "x-envoy-original-path", "x-envoy-original-url", "x-envoy-retriable-header-names",
+    "x-envoy-retriable-status-codes", "x-envoy-retry-grpc-on", "x-envoy-retry-on", "x-envoy-upstream-alt-stat-name",
+    "x-envoy-upstream-rq-per-try-timeout-ms", "x-envoy-upstream-rq-timeout-alt-response",
+    "x-envoy-upstream-rq-timeout-ms", "x-envoy-upstream-stream-duration-ms", "x-forwarded-client-cert",
+    "x-forwarded-for", "x-forwarded-host", "x-forwarded-port", "x-forwarded-proto", "x-request-id",
+))  # fmt: skip
+
 
 # --------------------------------------------------------------------------- string matchers
 
@@ -126,17 +156,24 @@ def _regex_predicate(regex: Regex, as_bytes: bool) -> Callable[[Any], bool]:
 
 
 class _HeaderMatcher:
-    """One compiled Envoy HeaderMatcher."""
+    """One compiled Envoy HeaderMatcher.
 
-    __slots__ = ("name", "pseudo", "test", "invert", "treat_missing", "present_kind", "present")
+    `matches(value)` decides on one value (None: the header is missing);
+    `matches_headers(items)` on a request's whole header list, as Envoy does.
+    """
+
+    __slots__ = ("name", "pseudo", "folded", "test", "invert", "treat_missing", "present_kind", "present")
 
     def __init__(self, config: HeaderMatcher, engine: RegexEngine) -> None:
         name = config.name.lower()
         self.name = name.encode()
-        self.pseudo = name if name.startswith(":") else None
+        # Envoy stores Host as :authority, and looks `host` up as :authority.
+        self.pseudo = ":authority" if name == "host" else name if name.startswith(":") else None
         if self.pseudo not in (None, ":authority", ":path", ":method", ":scheme"):
             raise ValueError(f"header matcher: pseudo-header {name!r} is not supported "
                              "(supported: :authority, :path, :method, :scheme)")
+        #: True for Envoy's inline headers: repeated lines are one ","-joined value, not one value each
+        self.folded = self.name in ENVOY_INLINE_REQUEST_HEADERS
         self.invert = config.invert_match
         self.treat_missing = config.treat_missing_header_as_empty
         self.present_kind = False
@@ -167,6 +204,7 @@ class _HeaderMatcher:
             self.test = lambda v: present
 
     def matches(self, value: bytes | None) -> bool:
+        """The matcher on one value; None when the header is missing."""
         if value is None:
             if not self.treat_missing:
                 if self.invert:
@@ -174,6 +212,35 @@ class _HeaderMatcher:
                 return self.present_kind and not self.present
             value = b""
         return self.test(value) != self.invert
+
+    def matches_headers(self, items: Sequence[tuple[bytes, bytes]]) -> bool:
+        """The matcher on a request's `(name, value)` list (lower-case names), as Envoy 1.40 decides.
+
+        Value by value: true when one value passes the test, `invert_match`
+        negating the whole (so an inverted matcher needs every value to fail).
+        An inline header (`folded`) is one value: its non-empty values joined
+        with ",". One scan, and no allocation unless a folded header repeats.
+        """
+        name = self.name
+        if self.folded:
+            value = None
+            for n, v in items:
+                if n == name:
+                    if value is None:
+                        value = v
+                    elif v:
+                        value = value + b"," + v if value else v
+            return self.matches(value)
+        test = self.test
+        seen = False
+        for n, v in items:
+            if n == name:
+                if test(v):
+                    return not self.invert
+                seen = True
+        if seen:
+            return self.invert
+        return self.matches(None)
 
 
 class _QueryMatcher:
@@ -231,12 +298,12 @@ class _Conditions:
         for hm in self.headers:
             pseudo = hm.pseudo
             if pseudo is None:
-                value = headers.get_joined(hm.name)
-            else:
-                text = (authority if pseudo == ":authority" else path if pseudo == ":path"
-                        else method if pseudo == ":method" else scheme)
-                value = None if text is None else text.encode()
-            if not hm.matches(value):
+                if not hm.matches_headers(headers.items):
+                    return False
+                continue
+            text = (authority if pseudo == ":authority" else path if pseudo == ":path"
+                    else method if pseudo == ":method" else scheme)
+            if not hm.matches(None if text is None else text.encode()):
                 return False
         if self.queries:
             params = _first_query_values(path)

@@ -13,7 +13,9 @@ Semantics, each observed with Envoy 1.40 (the behaviour tests run both):
   match. ALLOW allows when a policy matches (none: denied, also with no
   policies at all); DENY denies when one does; LOG allows everything.
 - `header`: a header sent several times matches when one of its values does
-  (`invert_match` then negates the result), not their ","-joined form; a
+  (`invert_match` then negates the result), not their ","-joined form - but
+  Envoy's inline headers (user-agent, accept, ...) are joined with "," first,
+  as Envoy joins them when it reads the request (the router's rule); a
   missing header matches only `present_match: false` or an inverted
   `present_match: true` (`treat_missing_header_as_empty`: it is "").
   `host` is the `:authority`; `:path` has the query, `:method`,
@@ -545,6 +547,9 @@ def _header(config: HeaderMatcher, engine: RegexEngine) -> Predicate:
     """Envoy's header matching, value by value (see the module doc); the router's compiled matcher per value."""
     matcher = _HeaderMatcher(config, engine)
     name, invert = matcher.name, matcher.invert
+    if not (name.startswith(b":") or name == b"host"):
+        # A plain header: value by value, Envoy's inline headers joined first - the router's own rule.
+        return lambda facts: matcher.matches_headers(facts.request.headers if facts.request is not None else ())
 
     def matches(facts: Facts) -> bool:
         values = facts.request.values(name) if facts.request is not None else []
