@@ -21,7 +21,21 @@ from typing import Any
 from pylon.proxy.balance.acceptor import ListenerAcceptor
 
 
-class KernelBalancer:
+class NoSupervisorHooks:
+    """The supervisor-side hooks a hand-off balancer needs (start, worker_ready, worker_gone), as no-ops: the
+    balancers whose workers accept for themselves (or accept nothing) need none of them."""
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        pass
+
+    def worker_ready(self, worker_id: int) -> None:
+        pass
+
+    def worker_gone(self, worker_id: int) -> None:
+        pass
+
+
+class KernelBalancer(NoSupervisorHooks):
     name = "kernel"
     handoff = False
     uses_inflight = False
@@ -67,16 +81,6 @@ class KernelBalancer:
     def worker_socket(self, worker_id: int) -> socket.socket:
         """The socket a (re)starting worker accepts on: the same one every time, so its backlog survives a crash."""
         return self.sockets[worker_id]
-
-    # The supervisor-side hooks a hand-off balancer needs; the kernel needs none of them.
-    def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        pass
-
-    def worker_ready(self, worker_id: int) -> None:
-        pass
-
-    def worker_gone(self, worker_id: int) -> None:
-        pass
 
     def close(self) -> None:
         for sock in set(self.sockets):

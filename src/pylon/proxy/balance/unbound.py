@@ -13,8 +13,10 @@ import asyncio
 import socket
 from typing import Any
 
+from pylon.proxy.balance.kernel import NoSupervisorHooks
 
-class UnboundBalancer:
+
+class UnboundBalancer(NoSupervisorHooks):
     name = "unbound"
     handoff = False
     uses_inflight = False
@@ -24,15 +26,6 @@ class UnboundBalancer:
 
     def worker_socket(self, worker_id: int) -> socket.socket | None:
         return None
-
-    def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        pass
-
-    def worker_ready(self, worker_id: int) -> None:
-        pass
-
-    def worker_gone(self, worker_id: int) -> None:
-        pass
 
     def close(self) -> None:
         pass
