@@ -15,6 +15,7 @@ from typing import Any
 from pylon import regex
 from pylon.config.envoy import HttpConnectionManager, TcpProxy
 from pylon.config.errors import ConfigError
+from pylon.extensions.filters.http import build_filter
 from pylon.extensions.filters.network import is_registered
 from pylon.proxy.access_log import compile_log_format
 from pylon.proxy.balance import Dlb, NoDlbFallback, balance_kind
@@ -84,8 +85,14 @@ def _validate_chain(chain: Any, source: str, chain_path: str) -> None:
             raise ConfigError(source, _join(tls_path, exc.path), exc.message) from exc
     terminal = chain.filters[-1].typed_config
     filter_path = f"{chain_path}.filters[{len(chain.filters) - 1}].typed_config"
-    if isinstance(terminal, HttpConnectionManager) and terminal.route_config is not None:
-        validate_route_config(terminal.route_config, source, f"{filter_path}.route_config")
+    if isinstance(terminal, HttpConnectionManager):
+        if terminal.route_config is not None:
+            validate_route_config(terminal.route_config, source, f"{filter_path}.route_config")
+        for k, http_filter in enumerate(terminal.http_filters[:-1]):
+            try:  # built as a worker builds it (an RBAC regex over RE2's limit fails here, not in the worker)
+                build_filter(http_filter.name, http_filter.typed_config, terminal.stat_prefix, StatsStore(), None)
+            except ValueError as exc:
+                raise ConfigError(source, f"{filter_path}.http_filters[{k}].typed_config", str(exc)) from exc
     _check_access_logs(source, filter_path, terminal)
 
 

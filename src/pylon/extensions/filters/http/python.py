@@ -205,7 +205,7 @@ class PythonFilter:
         self.reload_failed = stats.counter(prefix + "reload_failed")
         self.local_replies = stats.counter(prefix + "local_replies")
         self.loop = loop
-        if config.check_interval > 0:
+        if config.check_interval > 0 and loop is not None:  # None: built only to validate the config
             loop.call_later(float(config.check_interval), self._check_file)
 
     def _check_file(self) -> None:
