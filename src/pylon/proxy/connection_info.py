@@ -28,6 +28,15 @@ def remember_server_name(ssl_object: Any, server_name: str | None, context: ssl.
         setattr(ssl_object, SNI_ATTRIBUTE, server_name)
 
 
+def certificate_sans(certificate: x509.Certificate, kind: Any) -> list[str]:
+    """The SANs of one kind (x509.UniformResourceIdentifier, x509.DNSName, ...) of a certificate, as text."""
+    try:
+        extension = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return []
+    return [str(value) for value in extension.value.get_values_for_type(kind)]
+
+
 class PeerCertificate:
     """The client certificate of an mTLS connection, parsed."""
 
@@ -37,11 +46,11 @@ class PeerCertificate:
 
     @cached_property
     def uri_sans(self) -> list[str]:
-        return self._sans(x509.UniformResourceIdentifier)
+        return certificate_sans(self.certificate, x509.UniformResourceIdentifier)
 
     @cached_property
     def dns_sans(self) -> list[str]:
-        return self._sans(x509.DNSName)
+        return certificate_sans(self.certificate, x509.DNSName)
 
     @cached_property
     def subject(self) -> str:
@@ -52,12 +61,6 @@ class PeerCertificate:
     def sha256(self) -> str:
         return hashlib.sha256(self.der).hexdigest()
 
-    def _sans(self, kind: Any) -> list[str]:
-        try:
-            extension = self.certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-        except x509.ExtensionNotFound:
-            return []
-        return [str(value) for value in extension.value.get_values_for_type(kind)]
 
 
 class ConnectionInfo:

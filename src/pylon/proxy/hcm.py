@@ -540,10 +540,9 @@ class HttpConnection(asyncio.Protocol):
         """This hop's x-forwarded-client-cert element, or None without a client certificate (once per connection)."""
         element = self.client_cert
         if element is None:
-            ssl_object = self.transport.get_extra_info("ssl_object")
-            der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+            peer = self.connection_info().peer_certificate  # parsed once, shared with the filters
             hcm = self.hcm
-            element = self.client_cert = client_cert_element(der, hcm.local_uri_sans, hcm.cert_details) if der else b""
+            element = self.client_cert = client_cert_element(peer, hcm.local_uri_sans, hcm.cert_details) if peer else b""
         return element or None
 
     def drain(self, close_idle: bool = True) -> None:

@@ -26,13 +26,13 @@ from pylon.extensions.filters.listener import Detected, build_listener_filter
 from pylon.extensions.filters.listener.original_dst import OriginalDst
 from pylon.extensions.filters.network import build_network_filter
 from pylon.proxy.balance.loadtable import CX_ACTIVE, LoadSlot
+from pylon.proxy.connection_info import certificate_sans
 from pylon.proxy.filter_chain_match import ConnectionFacts, FilterChainSelector
 from pylon.proxy.hcm import HcmRuntime, HttpConnection
 from pylon.proxy.listener_filters import Inspection, PeekWatcher
 from pylon.proxy.tcp_proxy import TcpProxyRuntime, TcpProxySession
 from pylon.proxy.tls import ServerTls, server_context
 from pylon.proxy.tls_stats import TlsStats
-from pylon.proxy.xfcc import uri_sans
 
 if TYPE_CHECKING:
     from pylon.proxy.worker import Worker
@@ -164,7 +164,7 @@ class ListenerRuntime:
 def _certificate_uri_sans(downstream_tls: Any) -> list[str]:
     """The URI SANs of the listener's (first) certificate: XFCC's `By=` elements."""
     pem = read_bytes(downstream_tls.common_tls_context.tls_certificates[0].certificate_chain)
-    return uri_sans(x509.load_pem_x509_certificate(pem))
+    return certificate_sans(x509.load_pem_x509_certificate(pem), x509.UniformResourceIdentifier)
 
 
 def build_listener(config: Any, worker: "Worker") -> ListenerRuntime:

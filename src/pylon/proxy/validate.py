@@ -22,7 +22,7 @@ from pylon.proxy.balance import Dlb, NoDlbFallback, balance_kind
 from pylon.proxy.filter_chain_match import DuplicateMatch, FilterChainSelector
 from pylon.proxy.router import RouteTable
 from pylon.proxy.stats import StatsStore
-from pylon.proxy.tls import TlsConfigError, client_context, server_context
+from pylon.proxy.tls import TlsConfigError, server_context
 from pylon.proxy.upstream.cluster import Cluster
 
 log = logging.getLogger("pylon.main")
@@ -108,14 +108,11 @@ def validate_clusters(clusters: list[Any], source: str, path: str) -> None:
     """ConfigError unless each cluster's runtime builds as a worker builds it (static or from CDS): `validate`
     and `serve` cannot disagree about a cluster."""
     for j, cluster in enumerate(clusters):
-        if cluster.transport_socket is not None:
-            tls_path = f"{path}[{j}].transport_socket.typed_config"
-            try:
-                client_context(cluster.transport_socket.typed_config)
-            except TlsConfigError as exc:
-                raise ConfigError(source, _join(tls_path, exc.path), exc.message) from exc
         try:
             Cluster(cluster, StatsStore(), 0)  # built, never started: no socket, no DNS query, no timer
+        except TlsConfigError as exc:  # its upstream TLS context (client_context)
+            raise ConfigError(source, _join(f"{path}[{j}].transport_socket.typed_config", exc.path),
+                              exc.message) from exc
         except ValueError as exc:
             raise ConfigError(source, f"{path}[{j}]", str(exc)) from exc
 

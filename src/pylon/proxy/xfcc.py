@@ -14,33 +14,28 @@ none), `DNS=<DNS SAN>` for each; joined by ";".
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 from urllib.parse import quote
 
-from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
+
+from pylon.proxy.connection_info import PeerCertificate
 
 HEADER = b"x-forwarded-client-cert"
 
 
-def uri_sans(cert: x509.Certificate) -> list[str]:
-    return _sans(cert, x509.UniformResourceIdentifier)
-
-
-def client_cert_element(der: bytes, local_uris: list[str], details: Any) -> bytes:
-    """This hop's XFCC element for a client certificate (DER), as Envoy writes it."""
-    cert = x509.load_der_x509_certificate(der)
+def client_cert_element(peer: PeerCertificate, local_uris: list[str], details: Any) -> bytes:
+    """This hop's XFCC element for a client certificate, as Envoy writes it."""
     parts = [f"By={uri}" for uri in local_uris]
-    parts.append(f"Hash={hashlib.sha256(der).hexdigest()}")
+    parts.append(f"Hash={peer.sha256}")
     if details.cert:
-        parts.append('Cert="%s"' % quote(cert.public_bytes(Encoding.PEM).decode(), safe=""))
+        parts.append('Cert="%s"' % quote(peer.certificate.public_bytes(Encoding.PEM).decode(), safe=""))
     if details.subject:
-        parts.append(f'Subject="{cert.subject.rfc4514_string()}"')
+        parts.append(f'Subject="{peer.subject}"')
     if details.uri:
-        parts += [f"URI={uri}" for uri in uri_sans(cert)] or ["URI="]
+        parts += [f"URI={uri}" for uri in peer.uri_sans] or ["URI="]
     if details.dns:
-        parts += [f"DNS={name}" for name in _sans(cert, x509.DNSName)]
+        parts += [f"DNS={name}" for name in peer.dns_sans]
     return ";".join(parts).encode()
 
 
@@ -55,11 +50,3 @@ def forwarded_value(mode: str, received: bytes | None, element: bytes | None) ->
     if mode == "APPEND_FORWARD":
         return received + b"," + element if received else element
     return element  # SANITIZE_SET
-
-
-def _sans(cert: x509.Certificate, kind: Any) -> list[str]:
-    try:
-        extension = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-    except x509.ExtensionNotFound:
-        return []
-    return [str(value) for value in extension.value.get_values_for_type(kind)]
