@@ -542,7 +542,7 @@ def test_an_unknown_listener_filter_is_refused_naming_those_accepted() -> None:
          "address.socket_address.address", "a listener address must be an IP address"),
         ({"address": {"socket_address": {"address": "127.0.0.1"}}},
          "address.socket_address.port_value", "missing required field"),
-        ({"address": {"pipe": {"path": "/tmp/s"}}}, "address.pipe", "unknown field"),
+        ({"address": {"pipe": {"path": "/tmp/s"}}}, "address.pipe", "pylon listeners bind IP addresses only (socket_address)"),
         ({"address": {"socket_address": {"address": "::1", "port_value": 80, "protocol": "UDP"}}},
          "address.socket_address.protocol", "UDP is not supported yet"),
         ({"address": {"socket_address": {"address": "::1", "port_value": 70000}}},
@@ -624,10 +624,19 @@ def test_downstream_tls_context() -> None:
          "type.googleapis.com/pylon.key_providers.keyd.v1.Keyd, type.googleapis.com/pylon.key_providers.offload.v1.Offload"),
         ({"tls_certificates": [{"certificate_chain": {"inline_string": PEM}}]},
          "common_tls_context.tls_certificates[0]", "exactly one of private_key, private_key_provider must be set"),
-        ({"tls_certificate_sds_secret_configs": [{"name": "default"}]},
-         "common_tls_context.tls_certificate_sds_secret_configs", "not supported yet"),
+        ({"tls_certificates": [], "tls_certificate_sds_secret_configs": [{"name": "default"}]},
+         "common_tls_context.tls_certificate_sds_secret_configs[0].name",
+         "unknown static secret 'default' (no static_resources.secrets of that name; give sds_config to fetch it over SDS)"),
         ({"validation_context_sds_secret_config": {"name": "ROOTCA"}},
-         "common_tls_context.validation_context_sds_secret_config", "not supported yet"),
+         "common_tls_context.validation_context_sds_secret_config.name",
+         "unknown static secret 'ROOTCA' (no static_resources.secrets of that name; give sds_config to fetch it over SDS)"),
+        ({"tls_certificates": [{"certificate_chain": {"inline_string": PEM}, "private_key": {"inline_string": PEM}}],
+          "tls_certificate_sds_secret_configs": [{"name": "default"}]},
+         "common_tls_context.tls_certificate_sds_secret_configs",
+         "only one of tls_certificates and tls_certificate_sds_secret_configs may be set"),
+        ({"validation_context": {"trusted_ca": {"inline_string": PEM}}, "validation_context_sds_secret_config": {"name": "R"}},
+         "common_tls_context", "at most one of validation_context, validation_context_sds_secret_config, "
+                               "combined_validation_context may be set (got validation_context, validation_context_sds_secret_config)"),
         ({"tls_params": {"tls_minimum_protocol_version": "TLSv1_3", "tls_maximum_protocol_version": "TLSv1_2"}},
          "common_tls_context.tls_params.tls_minimum_protocol_version", "must not be above tls_maximum_protocol_version"),
         ({"tls_params": {"tls_minimum_protocol_version": "SSLv3"}},
@@ -766,7 +775,6 @@ def test_outlier_detection_defaults() -> None:
 
 
 OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
-H2_ONLY_FOR_XDS = "HTTP/2 upstreams are supported only for the cluster of dynamic_resources.ads_config (xDS over gRPC)"
 
 
 @pytest.mark.parametrize(
@@ -777,13 +785,10 @@ H2_ONLY_FOR_XDS = "HTTP/2 upstreams are supported only for the cluster of dynami
          "an EDS cluster takes its endpoints from EDS, not inline"),
         ({"eds_cluster_config": {"eds_config": {"ads": {}}}}, "eds_cluster_config", "only for type EDS, not STATIC"),
         ({"type": "EDS", "eds_cluster_config": {"eds_config": {"path_config_source": {"path": "/e.yaml"}}}},
-         "eds_cluster_config.eds_config.path_config_source", "EDS from a file is not supported yet; use ads: {}"),
+         "eds_cluster_config.eds_config.path_config_source", "EDS from a file is not supported yet; use ads: {} or an api_config_source"),
         ({"lb_policy": "MAGLEV"}, "lb_policy",
          "Invalid enum value 'MAGLEV'; accepted: CLUSTER_PROVIDED, LEAST_REQUEST, RANDOM, RING_HASH, ROUND_ROBIN (in any letter case)"),
         ({"connect_timeout": "0s"}, "connect_timeout", "must be greater than 0s"),
-        ({"typed_extension_protocol_options": {OPTIONS_KEY: {"@type": HTTP_OPTIONS_TYPE,
-                                                             "explicit_http_config": {"http2_protocol_options": {}}}}},
-         f"typed_extension_protocol_options[{OPTIONS_KEY}].explicit_http_config.http2_protocol_options", H2_ONLY_FOR_XDS),
         ({"typed_extension_protocol_options": {OPTIONS_KEY: {"@type": HTTP_OPTIONS_TYPE, "auto_config": {}}}},
          f"typed_extension_protocol_options[{OPTIONS_KEY}].auto_config", "not supported yet"),
         ({"typed_extension_protocol_options": {"http": {"@type": HTTP_OPTIONS_TYPE,
@@ -811,7 +816,6 @@ H2_ONLY_FOR_XDS = "HTTP/2 upstreams are supported only for the cluster of dynami
         ({"load_assignment": {"cluster_name": "svc", "endpoints": [{"lb_endpoints": [
             {"endpoint": {"address": {"socket_address": {"address": "::1", "port_value": 1}}}, "load_balancing_weight": 0}]}]}},
          "load_assignment.endpoints[0].lb_endpoints[0].load_balancing_weight", "Expected `int` >= 1"),
-        ({"http2_protocol_options": {}}, "http2_protocol_options", H2_ONLY_FOR_XDS),
         ({"http2_protocol_options": {"max_concurrent_streams": 5}}, "http2_protocol_options.max_concurrent_streams",
          "unknown field"),
     ],
@@ -820,6 +824,18 @@ def test_cluster_errors(change: dict[str, Any], path: str, message: str) -> None
     assert error(bootstrap(clusters=[cluster(**change)])) == (
         f"config error in test.yaml: static_resources.clusters[0].{path}: {message}"
     )
+
+
+@pytest.mark.parametrize("h2", [
+    {"http2_protocol_options": {}},
+    {"typed_extension_protocol_options": {OPTIONS_KEY: {"@type": HTTP_OPTIONS_TYPE,
+                                                        "explicit_http_config": {"http2_protocol_options": {}}}}},
+])  # fmt: skip
+def test_a_route_to_an_http2_cluster_is_an_error(h2: dict[str, Any]) -> None:
+    """A static HTTP/2 cluster is a gRPC cluster (xDS, SDS): pylon's data plane speaks HTTP/1.1 upstream."""
+    assert error(bootstrap(clusters=[cluster(**h2)])) == (
+        f"config error in test.yaml: {HCM_PATH}.route_config.virtual_hosts[0].routes[0].route.cluster: cluster 'svc' "
+        "speaks HTTP/2 (a gRPC cluster, for xDS and SDS); pylon proxies HTTP/1.1 upstreams only")
 
 
 def test_static_eds_cluster_is_an_error() -> None:
@@ -846,7 +862,6 @@ def test_node_and_admin() -> None:
     ("mutate", "path"),
     [
         (lambda d: d.update(overload_manager={}), "overload_manager"),
-        (lambda d: d["static_resources"].update(secrets=[]), "static_resources.secrets"),
         (lambda d: d["static_resources"]["listeners"][0].update(filter_chain_match={}), "static_resources.listeners[0].filter_chain_match"),
         (lambda d: d["static_resources"]["listeners"][0]["filter_chains"][0].update(filter_chain_match={"sni": "a"}),
          "static_resources.listeners[0].filter_chains[0].filter_chain_match.sni"),

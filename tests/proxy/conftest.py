@@ -79,11 +79,13 @@ class RunningProxy:
 
 def write_bootstrap(path: Path, listeners: list[dict[str, Any]], clusters: list[dict[str, Any]],
                     admin_port: int, extra: dict[str, Any] | None = None) -> Path:
-    """A bootstrap with an admin port, static listeners and clusters, and any `extra` top-level fields."""
+    """A bootstrap with an admin port, static listeners and clusters, and any `extra` top-level fields (an extra
+    `static_resources` adds to the listeners and clusters, e.g. `secrets`)."""
+    extra = dict(extra or {})
     bootstrap = {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
-        "static_resources": {"listeners": listeners, "clusters": clusters},
-        **(extra or {}),
+        "static_resources": {"listeners": listeners, "clusters": clusters, **extra.pop("static_resources", {})},
+        **extra,
     }
     path.write_text(yaml.safe_dump(bootstrap))
     return path

@@ -38,8 +38,8 @@ def test_istio_shaped_bootstrap_loads() -> None:
 
 
 @pytest.mark.parametrize(("change", "expected"), [
-    ({"api_type": "DELTA_GRPC"}, f"{ADS}.api_type: DELTA_GRPC (incremental xDS) is not supported yet; use GRPC"),
-    ({"api_type": "REST"}, f"{ADS}.api_type: ads_config needs GRPC, got REST"),
+    ({"api_type": "REST"}, f"{ADS}.api_type: only GRPC and DELTA_GRPC are supported, got REST"),
+    ({"api_type": "AGGREGATED_GRPC"}, f"{ADS}.api_type: only GRPC and DELTA_GRPC are supported, got AGGREGATED_GRPC"),
     ({"transport_api_version": "AUTO"}, f"{ADS}.transport_api_version: must be V3 (Envoy rejects AUTO)"),
     ({"grpc_services": []}, f"{ADS}.grpc_services: exactly one gRPC service is required, got 0"),
     ({"grpc_services": [{"google_grpc": {}}]}, f"{ADS}.grpc_services[0].google_grpc: not supported yet"),
@@ -48,7 +48,7 @@ def test_istio_shaped_bootstrap_loads() -> None:
     ({"grpc_services": [{"envoy_grpc": {"cluster_name": "xds-grpc", "authority": "istiod"}}]},
      f"{ADS}.grpc_services[0].envoy_grpc.authority: not supported yet"),
     ({"grpc_services": [{"envoy_grpc": {"cluster_name": "nope"}}]},
-     f"{ADS}.grpc_services[0].envoy_grpc.cluster_name: unknown cluster 'nope' (the xDS cluster must be a static cluster)"),
+     f"{ADS}.grpc_services[0].envoy_grpc.cluster_name: unknown cluster 'nope' (a gRPC config source's cluster must be a static cluster)"),
 ])  # fmt: skip
 def test_ads_config_errors(change: dict[str, Any], expected: str) -> None:
     data = bootstrap()
@@ -59,7 +59,7 @@ def test_ads_config_errors(change: dict[str, Any], expected: str) -> None:
 def test_xds_cluster_needs_an_endpoint() -> None:
     data = bootstrap()
     data["static_resources"]["clusters"][0]["load_assignment"]["endpoints"] = []
-    assert error(data) == "static_resources.clusters[0].load_assignment: the xDS cluster needs an endpoint"
+    assert error(data) == f"{ADS}.grpc_services[0].envoy_grpc.cluster_name: cluster 'xds-grpc' has no endpoint"
 
 
 def test_ads_source_without_ads_config() -> None:
@@ -71,21 +71,17 @@ def test_ads_source_without_ads_config() -> None:
 def test_config_source_takes_exactly_one_source() -> None:
     data = bootstrap()
     data["dynamic_resources"]["cds_config"]["path"] = "/x.yaml"
-    assert error(data).endswith("exactly one of path_config_source, path and ads is required (got path, ads)")
+    assert error(data).endswith("exactly one of path, path_config_source, ads, api_config_source is required (got path, ads)")
 
 
-def test_http2_is_an_error_on_a_data_plane_cluster_and_on_a_route_to_the_xds_cluster() -> None:
-    data = bootstrap()
-    data["static_resources"]["clusters"].append(cluster("web", http2_protocol_options={}))
-    assert error(data) == ("static_resources.clusters[1].http2_protocol_options: HTTP/2 upstreams are supported "
-                           "only for the cluster of dynamic_resources.ads_config (xDS over gRPC)")
+def test_a_route_to_the_xds_cluster_is_an_error() -> None:
     data = bootstrap()
     hcm = data["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     del hcm["rds"]
     hcm["route_config"] = {"virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [
         {"match": {"prefix": "/"}, "route": {"cluster": "xds-grpc"}}]}]}
     assert error(data).endswith("route_config.virtual_hosts[0].routes[0].route.cluster: cluster 'xds-grpc' speaks "
-                                "HTTP/2 (the xDS cluster); pylon proxies HTTP/1.1 upstreams only")
+                                "HTTP/2 (a gRPC cluster, for xDS and SDS); pylon proxies HTTP/1.1 upstreams only")
 
 
 def dynamic_config() -> DynamicConfig:

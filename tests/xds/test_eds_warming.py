@@ -45,3 +45,18 @@ def test_initial_fetch_timeout_serves_the_cluster_without_hosts() -> None:
     assert dynamic.expire_eds("svc-e") and not dynamic.expire_eds("svc-e")
     assert dynamic.document()["endpoints"] == {"e": {"cluster_name": "svc-e"}}
     assert dynamic.stats.snapshot()["counters"]["cluster.e.init_fetch_timeout"] == 1
+
+
+def test_config_dump_shows_warming_clusters_apart() -> None:
+    """Envoy's ClustersConfigDump: a cluster waiting for its endpoints is in dynamic_warming_clusters."""
+    dynamic = dynamic_config()
+    offer_clusters(dynamic, eds_cluster("e"))
+
+    def sections() -> tuple[list[str], list[str]]:
+        dump = next(c for c in dynamic.config_dump() if c["@type"].endswith("ClustersConfigDump"))
+        return ([c["cluster"]["name"] for c in dump["dynamic_active_clusters"]],
+                [c["cluster"]["name"] for c in dump["dynamic_warming_clusters"]])
+
+    assert sections() == ([], ["e"])
+    offer_endpoints(dynamic, 9001)
+    assert sections() == (["e"], [])

@@ -5,7 +5,7 @@ DestinationRule with subsets. The proxy's bootstrap is what Istio's agent writes
 router~…, ADS to pilot, lds_config and cds_config over ADS, no static listener): the gateway listener —
 fault filter, XFCC sanitising, escaped-slash handling, websocket upgrades — and its route configuration
 `http.<port>` come from pilot. Requests are routed as the VirtualService says. The same bootstrap runs
-through Envoy 1.40, the reference.
+through Envoy 1.40, the reference, each over state-of-the-world and delta ADS.
 """
 
 from __future__ import annotations
@@ -61,8 +61,11 @@ class Gateway:
         return reply, by
 
 
-@pytest.fixture(params=["pylon", "envoy"])
+@pytest.fixture(params=[("pylon", "GRPC"), ("pylon", "DELTA_GRPC"), ("envoy", "GRPC"), ("envoy", "DELTA_GRPC")],
+                ids=lambda p: "-".join(p))
 def gw(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Gateway]:
+    """A gateway proxy on pilot, over state-of-the-world or delta ADS (Istio's default)."""
+    implementation, api_type = request.param
     ups = {"v1": Upstream(), "v2": Upstream()}
     launcher = ProxyLauncher(tmp_path)
     try:
@@ -73,11 +76,12 @@ def gw(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Gateway]:
         pilot = launcher.spawn(pilot_cmd(config_dir, tmp_path, xds_port, free_port(), free_port()))
         wait_for_port(xds_port, proc=pilot)
         extra, xds = ads_bootstrap(xds_port)
+        extra["dynamic_resources"]["ads_config"]["api_type"] = api_type
         extra["node"] = {"id": NODE, "cluster": "gw.default",
                          "metadata": {"NAMESPACE": "default", "LABELS": {"istio": "ingressgateway"}}}
         extra["dynamic_resources"]["lds_config"] = {"ads": {}, "initial_fetch_timeout": "5s",
                                                     "resource_api_version": "V3"}
-        proxy = launcher.start([], [xds], implementation=request.param, bootstrap_extra=extra)
+        proxy = launcher.start([], [xds], implementation=implementation, bootstrap_extra=extra)
         yield Gateway(proxy, gateway_port, ups)
     finally:
         launcher.close()

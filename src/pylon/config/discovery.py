@@ -10,12 +10,12 @@ path (`resources[2].connect_timeout`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import msgspec
 
-from pylon.config.envoy import Cluster, ClusterLoadAssignment, Listener, RouteConfiguration, convert
+from pylon.config.envoy import Cluster, ClusterLoadAssignment, Listener, RouteConfiguration, Secret, convert
 from pylon.config.errors import ConfigError, join_path, split_validation_error
 from pylon.config.loader import parse_document
 
@@ -23,11 +23,12 @@ LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
 CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 ROUTE_CONFIGURATION_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 CLUSTER_LOAD_ASSIGNMENT_TYPE = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+SECRET_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 
 #: DiscoveryResponse fields a file may carry; only version_info and resources mean anything in a file.
 _RESPONSE_FIELDS = {"version_info", "resources", "type_url", "nonce", "canary", "control_plane"}
 
-ResourceT = TypeVar("ResourceT", Listener, Cluster, RouteConfiguration, ClusterLoadAssignment)
+ResourceT = TypeVar("ResourceT", Listener, Cluster, RouteConfiguration, ClusterLoadAssignment, Secret)
 
 
 @dataclass(frozen=True)
@@ -44,14 +45,20 @@ LISTENERS = ResourceKind(LISTENER_TYPE, Listener, "listener")
 CLUSTERS = ResourceKind(CLUSTER_TYPE, Cluster, "cluster")
 ROUTE_CONFIGURATIONS = ResourceKind(ROUTE_CONFIGURATION_TYPE, RouteConfiguration, "route configuration")
 ENDPOINTS = ResourceKind(CLUSTER_LOAD_ASSIGNMENT_TYPE, ClusterLoadAssignment, "cluster load assignment", "cluster_name")
+SECRETS = ResourceKind(SECRET_TYPE, Secret, "secret")
 
 
 @dataclass(frozen=True)
 class Discovered(Generic[ResourceT]):
-    """The resources of one file, by name, with the version the file gave them."""
+    """The resources of one file or response, by name, with the version it gave them (and, from delta xDS, each
+    resource's own version)."""
 
     version_info: str
     resources: dict[str, ResourceT]
+    resource_versions: dict[str, str] = field(default_factory=dict)
+
+    def version_of(self, name: str) -> str:
+        return self.resource_versions.get(name, self.version_info)
 
 
 def parse_discovery_response(text: str, source: str, kind: ResourceKind[ResourceT]) -> Discovered[ResourceT]:

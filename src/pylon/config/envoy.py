@@ -369,10 +369,35 @@ class SocketAddress(EnvoyStruct, kw_only=True):
             raise FieldError("protocol", f"{self.protocol} is not supported yet")
 
 
-class Address(EnvoyStruct, kw_only=True):
-    """config.core.v3.Address; of its oneof only `socket_address` is supported."""
+class Pipe(EnvoyStruct, kw_only=True):
+    """config.core.v3.Pipe: a Unix domain socket path (a leading `@`: Linux's abstract namespace)."""
 
-    socket_address: SocketAddress
+    path: NonEmptyStr
+    mode: Annotated[int, msgspec.Meta(ge=0, le=0o777)] = 0
+
+
+class Address(EnvoyStruct, kw_only=True):
+    """config.core.v3.Address: `socket_address`, or `pipe` where pylon connects through grpcio (the clusters of
+    xDS and SDS, as Istio's bootstrap writes them: `xds-grpc`, `sds-grpc`); a pipe anywhere else is an error
+    naming it (see `SocketAddress` users)."""
+
+    socket_address: SocketAddress | None = None
+    pipe: Pipe | None = None
+    envoy_internal_address: NotSupportedYet | None = None
+
+    def __post_init__(self) -> None:
+        _exactly_one(self, "socket_address", "pipe", "envoy_internal_address")
+
+    @property
+    def grpc_target(self) -> str:
+        """This address as a grpcio target: `host:port`, `[v6]:port`, `unix:/path` or `unix-abstract:name`."""
+        if self.pipe is not None:
+            path = self.pipe.path
+            return f"unix-abstract:{path[1:]}" if path.startswith("@") else f"unix:{path}"
+        assert self.socket_address is not None
+        sa = self.socket_address
+        host = f"[{sa.address}]" if ":" in sa.address else sa.address
+        return f"{host}:{sa.port_value}"
 
 
 class FractionalPercent(EnvoyStruct, kw_only=True):
@@ -823,21 +848,23 @@ class AggregatedConfigSource(EnvoyStruct, kw_only=True):
 
 
 class ConfigSource(EnvoyStruct, kw_only=True):
-    """config.core.v3.ConfigSource: where dynamic resources come from: a watched file or the ADS stream."""
+    """config.core.v3.ConfigSource: where dynamic resources come from: a watched file, the ADS stream, or a
+    gRPC stream of their own (`api_config_source`, e.g. SDS from Istio's agent over `sds-grpc`)."""
 
     path: str = ""  # deprecated spelling of path_config_source.path, still accepted by Envoy
     path_config_source: PathConfigSource | None = None
     ads: AggregatedConfigSource | None = None
-    api_config_source: NotSupportedYet | None = None
+    api_config_source: ApiConfigSource | None = None
     # Envoy's default: how long start-up waits for the first update; 0 waits for ever (Istio's choice).
     initial_fetch_timeout: Duration = Duration(15)
     resource_api_version: Literal["V3"] = "V3"
 
     def __post_init__(self) -> None:
-        given = [name for name in ("path", "path_config_source", "ads") if getattr(self, name)]
+        names = ("path", "path_config_source", "ads", "api_config_source")
+        given = [name for name in names if getattr(self, name)]
         if len(given) != 1:
             got = f" (got {', '.join(given)})" if given else ""
-            raise FieldError("path_config_source", f"exactly one of path_config_source, path and ads is required{got}")
+            raise FieldError("path_config_source", f"exactly one of {', '.join(names)} is required{got}")
 
     @property
     def file(self) -> str:
@@ -1011,22 +1038,77 @@ class SubjectAltNameMatcher(EnvoyStruct, kw_only=True):
 
 
 class CertificateValidationContext(EnvoyStruct, kw_only=True):
+    """What a peer certificate is checked against. SAN matchers need a trusted CA: checked where the context is
+    final (`check_secure`), since a combined validation context gets its CA from an SDS secret."""
+
     trusted_ca: DataSource | None = None
     match_typed_subject_alt_names: list[SubjectAltNameMatcher] = []
     match_subject_alt_names: list[StringMatcher] = []
 
-    def __post_init__(self) -> None:
+    def check_secure(self) -> None:
         if self.trusted_ca is None and (self.match_typed_subject_alt_names or self.match_subject_alt_names):
             raise FieldError("trusted_ca", "SAN matching without a trusted CA is insecure and not allowed")
+
+
+class SdsSecretConfig(EnvoyStruct, kw_only=True):
+    """extensions.transport_sockets.tls.v3.SdsSecretConfig: a secret by name, from `sds_config` (SDS over ADS,
+    a gRPC SDS server or a file), or without it a static secret of the bootstrap (`static_resources.secrets`)."""
+
+    name: NonEmptyStr
+    sds_config: ConfigSource | None = None
+
+
+class CombinedCertificateValidationContext(EnvoyStruct, kw_only=True):
+    """A validation context from SDS merged over a static default, as Envoy merges them (proto MergeFrom: the
+    secret's fields win, lists are joined). Istio: SPIFFE SAN matchers here, the mesh root (ROOTCA) from SDS."""
+
+    default_validation_context: CertificateValidationContext = msgspec.field(
+        default_factory=CertificateValidationContext)
+    validation_context_sds_secret_config: SdsSecretConfig
 
 
 class CommonTlsContext(EnvoyStruct, kw_only=True):
     tls_params: TlsParameters = msgspec.field(default_factory=TlsParameters)
     tls_certificates: list[TlsCertificate] = []
-    tls_certificate_sds_secret_configs: NotSupportedYet | None = None
+    tls_certificate_sds_secret_configs: list[SdsSecretConfig] = []
     validation_context: CertificateValidationContext | None = None
-    validation_context_sds_secret_config: NotSupportedYet | None = None
+    validation_context_sds_secret_config: SdsSecretConfig | None = None
+    combined_validation_context: CombinedCertificateValidationContext | None = None
     alpn_protocols: list[NonEmptyStr] = []
+
+    def __post_init__(self) -> None:
+        _at_most_one(self, "validation_context", "validation_context_sds_secret_config", "combined_validation_context")
+        if self.tls_certificates and self.tls_certificate_sds_secret_configs:
+            # Envoy: "tls_certificates and tls_certificate_sds_secret_configs are mutually exclusive"
+            raise FieldError("tls_certificate_sds_secret_configs", "only one of tls_certificates and "
+                                                                    "tls_certificate_sds_secret_configs may be set")
+        if self.validation_context is not None:
+            try:
+                self.validation_context.check_secure()
+            except FieldError as exc:
+                raise FieldError(join_path("validation_context", exc.rel_path), exc.message) from None
+
+    @property
+    def has_certificate(self) -> bool:
+        return bool(self.tls_certificates or self.tls_certificate_sds_secret_configs)
+
+    @property
+    def has_trusted_ca(self) -> bool:
+        """Whether peers are verified against a CA: an inline one, or one an SDS secret brings."""
+        if self.validation_context is not None:
+            return self.validation_context.trusted_ca is not None
+        return self.validation_context_sds_secret_config is not None or self.combined_validation_context is not None
+
+    def secret_configs(self) -> list[tuple[str, SdsSecretConfig]]:
+        """(field path below this context, reference) of every SDS secret it names."""
+        refs = [(f"tls_certificate_sds_secret_configs[{i}]", ref)
+                for i, ref in enumerate(self.tls_certificate_sds_secret_configs)]
+        if self.validation_context_sds_secret_config is not None:
+            refs.append(("validation_context_sds_secret_config", self.validation_context_sds_secret_config))
+        if self.combined_validation_context is not None:
+            refs.append(("combined_validation_context.validation_context_sds_secret_config",
+                         self.combined_validation_context.validation_context_sds_secret_config))
+        return refs
 
 
 class DownstreamTlsContext(EnvoyStruct, kw_only=True):
@@ -1039,13 +1121,11 @@ class DownstreamTlsContext(EnvoyStruct, kw_only=True):
     session_timeout: SessionTimeout | None = None
 
     def __post_init__(self) -> None:
-        if not self.common_tls_context.tls_certificates:
+        if not self.common_tls_context.has_certificate:
             raise FieldError("common_tls_context.tls_certificates", "a server TLS context needs a certificate")
-        if self.require_client_certificate and (
-            self.common_tls_context.validation_context is None
-            or self.common_tls_context.validation_context.trusted_ca is None
-        ):
-            raise FieldError("require_client_certificate", "needs common_tls_context.validation_context.trusted_ca")
+        if self.require_client_certificate and not self.common_tls_context.has_trusted_ca:
+            raise FieldError("require_client_certificate", "needs common_tls_context.validation_context.trusted_ca "
+                                                           "(or a validation context from SDS)")
 
 
 class UpstreamTlsContext(EnvoyStruct, kw_only=True):
@@ -1054,6 +1134,19 @@ class UpstreamTlsContext(EnvoyStruct, kw_only=True):
     common_tls_context: CommonTlsContext = msgspec.field(default_factory=CommonTlsContext)
     sni: Annotated[str, msgspec.Meta(max_length=255)] = ""
     allow_renegotiation: bool = False
+
+
+class Secret(EnvoyStruct, kw_only=True):
+    """extensions.transport_sockets.tls.v3.Secret: a static secret of the bootstrap, or one from SDS."""
+
+    name: NonEmptyStr
+    tls_certificate: TlsCertificate | None = None
+    validation_context: CertificateValidationContext | None = None
+    session_ticket_keys: NotSupportedYet | None = None
+    generic_secret: NotSupportedYet | None = None
+
+    def __post_init__(self) -> None:
+        _exactly_one(self, "tls_certificate", "validation_context", "session_ticket_keys", "generic_secret")
 
 
 class TransportSocket(_TypedExtension, kw_only=True):
@@ -1179,6 +1272,8 @@ class Listener(EnvoyStruct, kw_only=True):
     use_original_dst: bool = False
 
     def __post_init__(self) -> None:
+        if self.address.socket_address is None:
+            raise FieldError("address.pipe", "pylon listeners bind IP addresses only (socket_address)")
         try:
             ipaddress.ip_address(self.address.socket_address.address)
         except ValueError:
@@ -1250,7 +1345,11 @@ class ClusterLoadAssignment(EnvoyStruct, kw_only=True):
         """FieldError naming the first endpoint whose address is not an IP literal (Envoy: "malformed IP address")."""
         for i, locality in enumerate(self.endpoints):
             for j, lb_endpoint in enumerate(locality.lb_endpoints):
-                host = lb_endpoint.endpoint.address.socket_address.address
+                address = lb_endpoint.endpoint.address.socket_address
+                if address is None:
+                    where = f"endpoints[{i}].lb_endpoints[{j}].endpoint.address"
+                    raise FieldError(join_path(path, f"{where}.pipe"), f"a pipe is not an IP address ({why})")
+                host = address.address
                 try:
                     ipaddress.ip_address(host)
                 except ValueError:
@@ -1392,9 +1491,10 @@ class EdsClusterConfig(EnvoyStruct, kw_only=True):
     service_name: str = ""
 
     def __post_init__(self) -> None:
-        if self.eds_config.ads is None:
+        if self.eds_config.ads is None and self.eds_config.api_config_source is None:
             field = "path_config_source" if self.eds_config.path_config_source is not None else "path"
-            raise FieldError(f"eds_config.{field}", "EDS from a file is not supported yet; use ads: {}")
+            raise FieldError(f"eds_config.{field}", "EDS from a file is not supported yet; use ads: {} or an "
+                                                    "api_config_source")
 
 
 class Cluster(EnvoyStruct, kw_only=True):
@@ -1448,6 +1548,13 @@ class Cluster(EnvoyStruct, kw_only=True):
             raise FieldError("eds_cluster_config", f"only for type EDS, not {self.type}")
 
     @property
+    def grpc_only(self) -> bool:
+        """A static HTTP/2 cluster with pipe endpoints: only grpcio uses it (xDS, SDS); workers build no runtime."""
+        return self.http2_field is not None and self.load_assignment is not None and any(
+            lb.endpoint.address.pipe is not None for locality in self.load_assignment.endpoints
+            for lb in locality.lb_endpoints)
+
+    @property
     def http2_field(self) -> str | None:
         """The field path that makes this cluster speak HTTP/2 upstream, or None (HTTP/1.1)."""
         if self.http2_protocol_options is not None:
@@ -1482,6 +1589,16 @@ class Cluster(EnvoyStruct, kw_only=True):
                                                 "connection was going")
         if self.load_assignment is None:
             return
+        if self.grpc_only:
+            if self.type != "STATIC":
+                raise FieldError("type", "a cluster with pipe endpoints must be STATIC")
+            return
+        for i, locality in enumerate(self.load_assignment.endpoints):
+            for j, lb_endpoint in enumerate(locality.lb_endpoints):
+                if lb_endpoint.endpoint.address.pipe is not None:
+                    raise FieldError(f"load_assignment.endpoints[{i}].lb_endpoints[{j}].endpoint.address.pipe",
+                                     "pipe endpoints are supported only for gRPC clusters (xDS, SDS), which speak "
+                                     "HTTP/2: set http2_protocol_options")
         if self.type == "STATIC":
             self.load_assignment.check_ip_addresses("load_assignment", "STATIC clusters need IPs; use STRICT_DNS for names")
         count = sum(len(locality.lb_endpoints) for locality in self.load_assignment.endpoints)
@@ -1518,6 +1635,10 @@ class Admin(EnvoyStruct, kw_only=True):
     socket_options: NotSupportedYet | None = None
     ignore_global_conn_limit: NotSupportedYet | None = None
 
+    def __post_init__(self) -> None:
+        if self.address is not None and self.address.socket_address is None:
+            raise FieldError("address.pipe", "pylon's admin endpoint binds an IP address only (socket_address)")
+
     def access_logs(self) -> list[tuple[str, AccessLog]]:
         """(field path below `admin`, logger) of every admin access log: `access_log`, then `access_log_path`."""
         logs = [(f"access_log[{k}]", entry) for k, entry in enumerate(self.access_log)]
@@ -1546,7 +1667,9 @@ class GrpcService(EnvoyStruct, kw_only=True):
 
 
 class ApiConfigSource(EnvoyStruct, kw_only=True):
-    """config.core.v3.ApiConfigSource as `ads_config`: one ADS stream, state of the world."""
+    """config.core.v3.ApiConfigSource: a gRPC xDS stream (state of the world, or DELTA_GRPC: incremental) to a
+    static cluster: the bootstrap's ADS stream (`ads_config`), or a stream of one resource type (a ConfigSource's
+    `api_config_source`)."""
 
     api_type: Literal["DEPRECATED_AND_UNAVAILABLE_DO_NOT_USE", "REST", "GRPC", "DELTA_GRPC",
                       "AGGREGATED_GRPC", "AGGREGATED_DELTA_GRPC"] = "DEPRECATED_AND_UNAVAILABLE_DO_NOT_USE"
@@ -1559,10 +1682,8 @@ class ApiConfigSource(EnvoyStruct, kw_only=True):
     rate_limit_settings: NotSupportedYet | None = None
 
     def __post_init__(self) -> None:
-        if self.api_type == "DELTA_GRPC":
-            raise FieldError("api_type", "DELTA_GRPC (incremental xDS) is not supported yet; use GRPC")
-        if self.api_type != "GRPC":
-            raise FieldError("api_type", f"ads_config needs GRPC, got {self.api_type}")
+        if self.api_type not in ("GRPC", "DELTA_GRPC"):
+            raise FieldError("api_type", f"only GRPC and DELTA_GRPC are supported, got {self.api_type}")
         if self.transport_api_version != "V3":
             raise FieldError("transport_api_version", f"must be V3 (Envoy rejects {self.transport_api_version})")
         if len(self.grpc_services) != 1:
@@ -1570,7 +1691,7 @@ class ApiConfigSource(EnvoyStruct, kw_only=True):
 
     @property
     def cluster_name(self) -> str:
-        """The static cluster the ADS stream goes to."""
+        """The static cluster the stream goes to."""
         envoy_grpc = self.grpc_services[0].envoy_grpc
         assert envoy_grpc is not None  # checked by GrpcService
         return envoy_grpc.cluster_name
@@ -1587,6 +1708,7 @@ class DynamicResources(EnvoyStruct, kw_only=True):
 class StaticResources(EnvoyStruct, kw_only=True):
     listeners: list[Listener] = []
     clusters: list[Cluster] = []
+    secrets: list[Secret] = []
 
 
 class RegexEngineGoogleRE2(EnvoyStruct, kw_only=True):

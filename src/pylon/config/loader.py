@@ -24,8 +24,12 @@ import yaml
 from pylon.config import registry
 from pylon.config.datasource import DataSource, DataSourceError, read_bytes
 from pylon.config.constraints import Duration, format_duration
-from pylon.config.envoy import Bootstrap, HttpConnectionManager, Listener, RouteConfiguration, TcpProxy, convert
+from pylon.config.envoy import (
+    ApiConfigSource, Bootstrap, Cluster, ConfigSource, HttpConnectionManager, Listener, RouteConfiguration,
+    SdsSecretConfig, TcpProxy, convert,
+)
 from pylon.config.errors import ConfigError, join_path, split_validation_error
+from pylon.config.secrets import cluster_secret_refs, listener_secret_refs, source_conflicts, static_secret_problems
 
 CONFIG_YAML_SOURCE = "<config-yaml>"
 
@@ -193,7 +197,8 @@ def _cross_reference_problems(bootstrap: Bootstrap) -> Iterator[tuple[str, str]]
     yield from _duplicates("static_resources.clusters", [c.name for c in resources.clusters], "cluster")
     yield from _duplicates("static_resources.listeners", [l.name for l in resources.listeners], "listener")
     yield from _shared_addresses(resources.listeners)
-    yield from _ads_problems(bootstrap)
+    yield from _grpc_problems(bootstrap)
+    yield from _secret_problems(bootstrap)
     dynamic = bootstrap.dynamic_resources
     if dynamic is not None and dynamic.cds_config is not None:
         return  # clusters come and go at run time: a route to a missing one answers 503 (NC), as in Envoy
@@ -245,43 +250,94 @@ def listener_hcms(listeners: Iterable[Listener], base: str) -> Iterator[tuple[st
                     yield f"{base}[{i}].{rel}.filters[{k}].typed_config", network_filter.typed_config
 
 
-def _ads_problems(bootstrap: Bootstrap) -> Iterator[tuple[str, str]]:
-    """Config sources `ads: {}` need `ads_config`, whose cluster is static; HTTP/2 only on that cluster.
+def grpc_clusters(bootstrap: Bootstrap) -> frozenset[str]:
+    """The static clusters grpcio talks to (xDS, SDS): those with HTTP/2 options, and those a gRPC config
+    source of the bootstrap names. pylon's data plane speaks HTTP/1.1 upstream, so routes and tcp_proxy may not
+    use them (Envoy would proxy to them over HTTP/2; pylon cannot yet)."""
+    names = {c.name for c in bootstrap.static_resources.clusters if c.http2_field is not None}
+    dynamic = bootstrap.dynamic_resources
+    if dynamic is not None and dynamic.ads_config is not None:
+        names.add(dynamic.ads_config.cluster_name)
+    names.update(source.api_config_source.cluster_name for _, source in bootstrap_config_sources(bootstrap)
+                 if source.api_config_source is not None)
+    return frozenset(names)
 
-    pylon's data plane speaks HTTP/1.1 upstream; HTTP/2 is grpcio's, for the
-    xDS stream. So a cluster with HTTP/2 options that is not the ADS cluster is
-    an error, and so is a static route to the ADS cluster (Envoy would proxy
-    requests to it over HTTP/2; pylon cannot yet).
-    """
+
+def bootstrap_config_sources(bootstrap: Bootstrap) -> Iterator[tuple[str, ConfigSource]]:
+    """(field path, config source) of every dynamic resource the bootstrap subscribes to: LDS, CDS, its HCMs' RDS
+    and the SDS secrets of its listeners and clusters."""
+    dynamic = bootstrap.dynamic_resources
+    for name in ("lds_config", "cds_config"):
+        source = getattr(dynamic, name) if dynamic is not None else None
+        if source is not None:
+            yield f"dynamic_resources.{name}", source
+    for path, hcm in http_connection_managers(bootstrap):
+        if hcm.rds is not None:
+            yield f"{path}.rds.config_source", hcm.rds.config_source
+    for path, ref in bootstrap_secret_refs(bootstrap):
+        if ref.sds_config is not None:
+            yield f"{path}.sds_config", ref.sds_config
+
+
+def bootstrap_secret_refs(bootstrap: Bootstrap) -> Iterator[tuple[str, SdsSecretConfig]]:
+    """(field path, reference) of every SDS secret the static listeners and clusters name."""
+    resources = bootstrap.static_resources
+    for i, listener in enumerate(resources.listeners):
+        for rel, ref in listener_secret_refs(listener):
+            yield f"static_resources.listeners[{i}].{rel}", ref
+    for i, cluster in enumerate(resources.clusters):
+        for rel, ref in cluster_secret_refs(cluster):
+            yield f"static_resources.clusters[{i}].{rel}", ref
+
+
+def config_source_problems(sources: Iterable[tuple[str, ConfigSource]], static_clusters: Iterable[Cluster],
+                           has_ads: bool) -> Iterator[tuple[str, str]]:
+    """`ads: {}` needs `ads_config`; an `api_config_source` goes to a static cluster with an endpoint."""
+    clusters = {cluster.name: cluster for cluster in static_clusters}
+    for path, source in sources:
+        if source.ads is not None and not has_ads:
+            yield f"{path}.ads", "needs dynamic_resources.ads_config"
+        if source.api_config_source is not None:
+            yield from grpc_cluster_problems(source.api_config_source, f"{path}.api_config_source", clusters)
+
+
+def grpc_cluster_problems(api: ApiConfigSource, path: str, clusters: dict[str, Cluster]) -> Iterator[tuple[str, str]]:
+    name = api.cluster_name
+    cluster = clusters.get(name)
+    if cluster is None:
+        yield (f"{path}.grpc_services[0].envoy_grpc.cluster_name",
+               f"unknown cluster {name!r} (a gRPC config source's cluster must be a static cluster)")
+    elif not (cluster.load_assignment and any(locality.lb_endpoints for locality in cluster.load_assignment.endpoints)):
+        yield f"{path}.grpc_services[0].envoy_grpc.cluster_name", f"cluster {name!r} has no endpoint"
+
+
+def _grpc_problems(bootstrap: Bootstrap) -> Iterator[tuple[str, str]]:
+    """Config sources reach their streams; routes do not use gRPC clusters."""
     dynamic = bootstrap.dynamic_resources
     ads_config = dynamic.ads_config if dynamic is not None else None
-    users = [(f"dynamic_resources.{name}.ads", getattr(dynamic, name)) for name in ("lds_config", "cds_config")
-             if dynamic is not None and getattr(dynamic, name) is not None]
-    users += [(f"{path}.rds.config_source.ads", hcm.rds.config_source)
-              for path, hcm in http_connection_managers(bootstrap) if hcm.rds is not None]
-    for path, source in users:
-        if source.ads is not None and ads_config is None:
-            yield path, "needs dynamic_resources.ads_config"
-    grpc_cluster = ads_config.cluster_name if ads_config is not None else None
     clusters = bootstrap.static_resources.clusters
-    if grpc_cluster is not None and grpc_cluster not in {c.name for c in clusters}:
-        yield ("dynamic_resources.ads_config.grpc_services[0].envoy_grpc.cluster_name",
-               f"unknown cluster {grpc_cluster!r} (the xDS cluster must be a static cluster)")
-    for i, cluster in enumerate(clusters):
-        if cluster.name == grpc_cluster and not (cluster.load_assignment and any(
-                locality.lb_endpoints for locality in cluster.load_assignment.endpoints)):
-            yield f"static_resources.clusters[{i}].load_assignment", "the xDS cluster needs an endpoint"
-    for i, cluster in enumerate(clusters):
-        field = cluster.http2_field
-        if field is not None and cluster.name != grpc_cluster:
-            yield (f"static_resources.clusters[{i}].{field}",
-                   "HTTP/2 upstreams are supported only for the cluster of dynamic_resources.ads_config (xDS over gRPC)")
+    yield from config_source_problems(bootstrap_config_sources(bootstrap), clusters, ads_config is not None)
+    if ads_config is not None:
+        yield from grpc_cluster_problems(ads_config, "dynamic_resources.ads_config", {c.name: c for c in clusters})
+    grpc = grpc_clusters(bootstrap)
     for path, hcm in http_connection_managers(bootstrap):
-        if hcm.route_config is not None and grpc_cluster is not None:
+        if hcm.route_config is not None:
             for rel, name in route_cluster_references(hcm.route_config):
-                if name == grpc_cluster:
-                    yield (f"{path}.route_config.{rel}",
-                           f"cluster {name!r} speaks HTTP/2 (the xDS cluster); pylon proxies HTTP/1.1 upstreams only")
+                if name in grpc:
+                    yield f"{path}.route_config.{rel}", grpc_cluster_message(name)
+
+
+def grpc_cluster_message(name: str) -> str:
+    return f"cluster {name!r} speaks HTTP/2 (a gRPC cluster, for xDS and SDS); pylon proxies HTTP/1.1 upstreams only"
+
+
+def _secret_problems(bootstrap: Bootstrap) -> Iterator[tuple[str, str]]:
+    secrets = bootstrap.static_resources.secrets
+    yield from _duplicates("static_resources.secrets", [s.name for s in secrets], "secret")
+    static = {secret.name: secret for secret in secrets}
+    refs = list(bootstrap_secret_refs(bootstrap))
+    yield from static_secret_problems(refs, static)
+    yield from source_conflicts(refs, dict.fromkeys(static))
 
 
 def _shared_addresses(listeners: list[Listener]) -> Iterator[tuple[str, str]]:

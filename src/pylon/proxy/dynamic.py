@@ -42,18 +42,28 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pylon.config.discovery import (
-    CLUSTERS, ENDPOINTS, LISTENERS, ROUTE_CONFIGURATIONS, Discovered, ResourceKind, Update, parse_discovery_response,
+    CLUSTERS, ENDPOINTS, LISTENERS, ROUTE_CONFIGURATIONS, SECRETS, Discovered, ResourceKind, Update,
+    parse_discovery_response,
 )
 from pylon.config.errors import ConfigError, FieldError
-from pylon.config.envoy import HttpConnectionManager, TcpProxy
-from pylon.config.loader import listener_hcms, route_cluster_references, to_envoy_dict
+from pylon.config.envoy import ConfigSource, HttpConnectionManager, TcpProxy
+from pylon.config.loader import (
+    bootstrap_secret_refs, config_source_problems, grpc_cluster_message, grpc_clusters, listener_hcms,
+    route_cluster_references, to_envoy_dict,
+)
+from pylon.config.secrets import (
+    cluster_secret_refs, listener_secret_refs, sds_references, source_conflicts, static_secret_problems,
+)
 from pylon.proxy.stats import StatsStore
-from pylon.proxy.validate import validate_clusters, validate_listeners, validate_route_config
+from pylon.proxy.validate import validate_clusters, validate_listeners, validate_route_config, validate_secret
 
 log = logging.getLogger("pylon.main")
 
 #: Envoy's counters of every xDS subscription (SubscriptionStats), whatever its source.
 SUBSCRIPTION_COUNTERS = ("update_attempt", "update_success", "update_rejected", "update_failure", "init_fetch_timeout")
+
+#: The kinds a file may be followed for, by type URL.
+KINDS_BY_TYPE = {kind.type_url: kind for kind in (ROUTE_CONFIGURATIONS, SECRETS)}
 
 #: How often the watched files are checked; an update takes effect within about this long.
 POLL_INTERVAL_S = 0.1
@@ -106,14 +116,19 @@ class DynamicConfig:
     def __init__(self, bootstrap: Any, stats: StatsStore, binder: ListenerBinder | None = None) -> None:
         self.stats = stats
         self.binder = binder  # None in --mode validate: nothing is bound
-        self.static_clusters = {c.name for c in bootstrap.static_resources.clusters}
+        self.static_cluster_configs = {c.name: c for c in bootstrap.static_resources.clusters}
+        self.static_clusters = set(self.static_cluster_configs)
         self.static_listeners = list(bootstrap.static_resources.listeners)
         dynamic = bootstrap.dynamic_resources
         self.lds_source = dynamic.lds_config if dynamic is not None else None
         self.cds_source = dynamic.cds_config if dynamic is not None else None
         self.ads_config = dynamic.ads_config if dynamic is not None else None
-        self.grpc_cluster = self.ads_config.cluster_name if self.ads_config is not None else None
+        self.grpc_clusters = grpc_clusters(bootstrap)
         self.static_rds = rds_subscribers_of(self.static_listeners)
+        self.static_secrets = {secret.name: secret for secret in bootstrap.static_resources.secrets}
+        self.static_secret_refs = list(bootstrap_secret_refs(bootstrap))
+        self.secrets: dict[str, Resource] = {}  # from SDS, by name
+        self.secrets_expired: set[str] = set()  # names whose initial_fetch_timeout passed: their users refuse
         self.listeners: dict[str, Resource] = {}
         self.clusters: dict[str, Resource] = {}
         self.routes: dict[str, Resource] = {}
@@ -132,12 +147,51 @@ class DynamicConfig:
         for prefix in prefixes + [s.stat_prefix for s in self.static_rds]:
             for name in SUBSCRIPTION_COUNTERS:
                 stats.counter(prefix + name)
+        self._follow_secrets()
         self._listener_gauges()
 
     @property
     def rds_subscribers(self) -> list[RdsSubscriber]:
         """Every HCM that takes routes by RDS: the static listeners' and the LDS listeners'."""
         return self.static_rds + rds_subscribers_of(r.config for r in self.listeners.values())
+
+    def secret_sources(self) -> dict[str, ConfigSource]:
+        """The SDS secrets the static and dynamic listeners and clusters name, each with where it comes from."""
+        refs = [*self.static_secret_refs, *self._dynamic_secret_refs()]
+        return {name: source for name, (_, source) in sds_references(refs).items()}
+
+    def _dynamic_secret_refs(self) -> Iterable[tuple[str, Any]]:
+        for name, resource in self.listeners.items():
+            yield from ((f"listener {name!r}: {rel}", ref) for rel, ref in listener_secret_refs(resource.config))
+        for name, resource in self.clusters.items():
+            yield from ((f"cluster {name!r}: {rel}", ref) for rel, ref in cluster_secret_refs(resource.config))
+
+    def secret_table(self) -> dict[str, Any]:
+        """Every secret known now, static and from SDS, by name (what TLS contexts are built from)."""
+        return {**self.static_secrets, **{name: r.config for name, r in self.secrets.items()}}
+
+    def secret_warm(self, name: str) -> bool:
+        """Whether users of the secret serve: it is static or came, or its initial_fetch_timeout passed."""
+        return name in self.static_secrets or name in self.secrets or name in self.secrets_expired
+
+    def expire_secret(self, name: str) -> bool:
+        """initial_fetch_timeout passed for secret `name`: its users serve without it (their TLS refuses
+        connections). True if that changed anything."""
+        if self.secret_warm(name) or name not in self.secret_sources():
+            return False
+        self.secrets_expired.add(name)
+        self._count(SECRETS, [name], "init_fetch_timeout")
+        self.version += 1
+        self._cluster_gauges()
+        self._listener_gauges()
+        return True
+
+    def cluster_warm(self, config: Any) -> bool:
+        """Whether a CDS cluster serves: its endpoints (EDS) and the secrets its TLS names came, or timed out."""
+        service = config.eds_service_name
+        if service and not self.eds_warm(service):
+            return False
+        return all(self.secret_warm(ref.name) for _, ref in cluster_secret_refs(config))
 
     def offer(self, kind: ResourceKind[Any], stat_names: Sequence[str], make: Callable[[], Update]) -> Update:
         """Validate and apply the update `make()` builds and return it, or raise its ConfigError (rejected).
@@ -189,9 +243,11 @@ class DynamicConfig:
         return True
 
     def listener_warm(self, listener: Any) -> bool:
-        """Whether an LDS listener serves: each route configuration it takes by RDS came (or timed out)."""
+        """Whether an LDS listener serves: each route configuration it takes by RDS and each secret its TLS names
+        came (or timed out)."""
         return all(s.route_name in self.routes or s.route_name in self.rds_expired
-                   for s in rds_subscribers_of([listener]))
+                   for s in rds_subscribers_of([listener])) and all(
+            self.secret_warm(ref.name) for _, ref in listener_secret_refs(listener))
 
     def expire_rds(self, route_name: str) -> bool:
         """initial_fetch_timeout passed for `route_name`: its listeners serve without it. True if that changed anything."""
@@ -211,10 +267,10 @@ class DynamicConfig:
         """
         clusters, endpoints = [], {}
         for name, resource in self.clusters.items():
+            if not self.cluster_warm(resource.config):
+                continue
             service = resource.config.eds_service_name
             if service:
-                if not self.eds_warm(service):
-                    continue
                 assignment = self.endpoints.get(service)
                 endpoints[name] = (to_envoy_dict(assignment.config) if assignment is not None
                                    else {"cluster_name": service})
@@ -226,6 +282,7 @@ class DynamicConfig:
             "clusters": clusters,
             "endpoints": endpoints,
             "routes": {name: to_envoy_dict(r.config) for name, r in self.routes.items()},
+            "secrets": {name: to_envoy_dict(secret) for name, secret in self.secret_table().items()},
         }
 
     # ------------------------------------------------------------------ checking and accepting
@@ -241,8 +298,17 @@ class DynamicConfig:
                                       f"{name!r} is a static cluster; CDS cannot replace it")
                 if cluster.http2_field is not None:
                     raise ConfigError(update.source, f"resources[{i}].{cluster.http2_field}",
-                                      "HTTP/2 upstreams are supported only for the xDS cluster (a static cluster)")
-            validate_clusters(list(resources.values()), update.source, "resources")
+                                      "HTTP/2 upstreams are supported only for static gRPC clusters (xDS, SDS)")
+            self._check_secret_refs(update, [(f"resources[{i}].{rel}", ref) for i, cluster in enumerate(resources.values())
+                                             for rel, ref in cluster_secret_refs(cluster)])
+            self._check_sources(update, [(f"resources[{i}].eds_cluster_config.eds_config", c.eds_cluster_config.eds_config)
+                                         for i, c in enumerate(resources.values()) if c.eds_cluster_config is not None])
+            validate_clusters(list(resources.values()), update.source, "resources", self.secret_table())
+            return
+        if update.kind is SECRETS:
+            for i, secret in enumerate(resources.values()):
+                validate_secret(secret, update.source, f"resources[{i}]")
+                self._check_secret_kind(update.source, i, secret)
             return
         if update.kind is ENDPOINTS:
             for i, assignment in enumerate(resources.values()):
@@ -254,10 +320,8 @@ class DynamicConfig:
         for i, route_config in enumerate(resources.values()):
             validate_route_config(route_config, update.source, f"resources[{i}]")
             for path, name in route_cluster_references(route_config):
-                if name == self.grpc_cluster:
-                    raise ConfigError(update.source, f"resources[{i}].{path}",
-                                      f"cluster {name!r} speaks HTTP/2 (the xDS cluster); "
-                                      "pylon proxies HTTP/1.1 upstreams only")
+                if name in self.grpc_clusters:
+                    raise ConfigError(update.source, f"resources[{i}].{path}", grpc_cluster_message(name))
                 if route_config.validate_clusters and not self._knows_cluster(name):
                     # Envoy's validate_clusters (false by default for RDS): the cluster manager must know it.
                     raise ConfigError(update.source, f"resources[{i}].{path}",
@@ -265,7 +329,14 @@ class DynamicConfig:
 
     def _check_listeners(self, resources: dict[str, Any], source: str) -> None:
         """What Envoy's listener manager refuses, what pylon cannot serve on an LDS listener, then the binding."""
-        validate_listeners(list(resources.values()), source, "resources")
+        update = Update(LISTENERS, Discovered("", resources), frozenset(), source)
+        refs = [(f"resources[{i}].{rel}", ref) for i, listener in enumerate(resources.values())
+                for rel, ref in listener_secret_refs(listener)]
+        self._check_secret_refs(update, refs)
+        self._check_sources(update, [(f"resources[{i}].{rel}", source)
+                                     for i, listener in enumerate(resources.values())
+                                     for rel, source in _rds_sources(listener)])
+        validate_listeners(list(resources.values()), source, "resources", self.secret_table())
         static_names = {listener.name for listener in self.static_listeners}
         taken = {_address_key(listener): f"static listener {listener.name or '(unnamed)'!r}"
                  for listener in self.static_listeners if listener.address.socket_address.port_value}
@@ -292,13 +363,50 @@ class DynamicConfig:
                                       f"listener {name!r} has the same address {_spell_address(listener)} as {other}; "
                                       "two listeners cannot bind one address and port")
             for rel, cluster in _terminal_cluster_references(listener):
-                if cluster == self.grpc_cluster:
-                    raise ConfigError(source, f"{path}.{rel}", f"cluster {cluster!r} speaks HTTP/2 (the xDS cluster); "
-                                      "pylon proxies HTTP/1.1 upstreams only")
+                if cluster in self.grpc_clusters:
+                    raise ConfigError(source, f"{path}.{rel}", grpc_cluster_message(cluster))
                 if self.cds_source is None and cluster not in self.static_clusters:
                     raise ConfigError(source, f"{path}.{rel}", f"unknown cluster {cluster!r}")
         if self.binder is not None:
             self.binder.bind_new(resources, source)
+
+    def _check_secret_refs(self, update: Update, refs: list[tuple[str, Any]]) -> None:
+        """An LDS or CDS update's secret references: static ones exist, each name has one source, sources reach
+        their streams. The other kind's current references count: the update replaces its own kind's."""
+        for path, problem in static_secret_problems(refs, self.static_secrets):
+            raise ConfigError(update.source, path, problem)
+        others = self.listeners if update.kind is CLUSTERS else self.clusters
+        of_kind = listener_secret_refs if update.kind is CLUSTERS else cluster_secret_refs
+        known: dict[str, ConfigSource | None] = dict.fromkeys(self.static_secrets)
+        for _, ref in [*self.static_secret_refs, *(r for o in others.values() for r in of_kind(o.config))]:
+            known.setdefault(ref.name, ref.sds_config)
+        for path, problem in source_conflicts(refs, known):
+            raise ConfigError(update.source, path, problem)
+        self._check_sources(update, [(f"{path}.sds_config", ref.sds_config) for path, ref in refs
+                                     if ref.sds_config is not None])
+
+    def _check_sources(self, update: Update, sources: list[tuple[str, Any]]) -> None:
+        """Config sources in an update: `ads` needs the bootstrap's ads_config, gRPC ones a static cluster."""
+        problems = config_source_problems(sources, self.static_cluster_configs.values(), self.ads_config is not None)
+        for path, problem in problems:
+            raise ConfigError(update.source, path, problem)
+
+    def _check_secret_kind(self, source: str, index: int, secret: Any) -> None:
+        """A secret named as a certificate must hold one, and one named as a validation context must hold that."""
+        table = {**self.secret_table(), secret.name: secret}
+        users = [*((f"listener {n!r}", listener_secret_refs(r.config)) for n, r in self.listeners.items()),
+                 *((f"cluster {n!r}", cluster_secret_refs(r.config)) for n, r in self.clusters.items()),
+                 ("the bootstrap", iter(self.static_secret_refs))]
+        for who, refs in users:
+            for rel, ref in refs:
+                if ref.name != secret.name:
+                    continue
+                wants_certificate = "tls_certificate_sds_secret_configs[" in rel
+                has = table[secret.name].tls_certificate if wants_certificate else table[secret.name].validation_context
+                if has is None:
+                    field = "tls_certificate" if wants_certificate else "validation_context"
+                    raise ConfigError(source, f"resources[{index}]", f"secret {secret.name!r} holds no {field}, "
+                                                                     f"which {who} needs ({rel})")
 
     def _knows_cluster(self, name: str) -> bool:
         """Whether the cluster manager has `name`: static, or from CDS (warming ones too, as Envoy counts them)."""
@@ -307,6 +415,9 @@ class DynamicConfig:
     def _accept(self, update: Update) -> None:
         if update.kind is ENDPOINTS:
             self._accept_endpoints(update)
+            return
+        if update.kind is SECRETS:
+            self._accept_secrets(update)
             return
         if update.kind is LISTENERS:
             self._accept_listeners(update)
@@ -317,7 +428,7 @@ class DynamicConfig:
         for name, config in update.discovered.resources.items():
             old = target.get(name)
             if old is None or old.config != config:
-                target[name] = Resource(config, update.discovered.version_info, now)
+                target[name] = Resource(config, update.discovered.version_of(name), now)
                 if clusters:
                     self.stats.counter("cluster_manager.cluster_added" if old is None
                                        else "cluster_manager.cluster_modified").inc()
@@ -327,6 +438,7 @@ class DynamicConfig:
         if clusters:
             self.cds_version_info = update.discovered.version_info
             self._follow_eds_clusters()
+            self._follow_secrets()
         self.version += 1
         self._cluster_gauges()
         self._listener_gauges()  # a listener waiting for its routes may be warm now
@@ -338,7 +450,7 @@ class DynamicConfig:
         for name, config in update.discovered.resources.items():
             old = self.listeners.get(name)
             if old is None or old.config != config:
-                self.listeners[name] = Resource(config, update.discovered.version_info, now)
+                self.listeners[name] = Resource(config, update.discovered.version_of(name), now)
                 self.stats.counter("listener_manager.listener_added" if old is None
                                    else "listener_manager.listener_modified").inc()
         for name in update.removed - set(update.discovered.resources):
@@ -355,6 +467,7 @@ class DynamicConfig:
             del self.routes[route_name]  # no HCM takes it any more (Envoy drops an unused route configuration)
         self.rds_expired &= wanted
         self.lds_version_info = update.discovered.version_info
+        self._follow_secrets()
         self.version += 1
         self._listener_gauges()
 
@@ -365,13 +478,34 @@ class DynamicConfig:
         self.stats.gauge("listener_manager.total_listeners_active").set(
             len(self.static_listeners) + len(self.listeners) - warming)
 
+    def _accept_secrets(self, update: Update) -> None:
+        """Keep the secrets some listener or cluster names (SDS names its subscriptions: absence removes nothing)."""
+        now = time.time()
+        wanted = self.secret_sources()
+        for name, secret in update.discovered.resources.items():
+            if name in wanted:
+                self.secrets[name] = Resource(secret, update.discovered.version_of(name), now)
+        self.version += 1
+        self._cluster_gauges()
+        self._listener_gauges()
+
+    def _follow_secrets(self) -> None:
+        """After LDS or CDS: forget secrets nothing names any more; new subscriptions' counters start at 0."""
+        sources = self.secret_sources()
+        for name in set(self.secrets) - set(sources):
+            del self.secrets[name]
+        self.secrets_expired &= set(sources)
+        for name in sources:
+            for counter in SUBSCRIPTION_COUNTERS:
+                self.stats.counter(f"sds.{name}.{counter}")
+
     def _accept_endpoints(self, update: Update) -> None:
         """Keep the assignments some cluster asks for (Envoy ignores the others)."""
         now = time.time()
         wanted = self.eds_services()
         for service, assignment in update.discovered.resources.items():
             if service in wanted:
-                self.endpoints[service] = Resource(assignment, update.discovered.version_info, now)
+                self.endpoints[service] = Resource(assignment, update.discovered.version_of(service), now)
         self.version += 1
         self._cluster_gauges()
 
@@ -388,7 +522,7 @@ class DynamicConfig:
 
     def _cluster_gauges(self) -> None:
         """Envoy's active (serving) and warming (EDS not yet in) cluster counts."""
-        warming = sum(len(names) for service, names in self.eds_services().items() if not self.eds_warm(service))
+        warming = sum(1 for r in self.clusters.values() if not self.cluster_warm(r.config))
         self.stats.gauge("cluster_manager.warming_clusters").set(warming)
         self.stats.gauge("cluster_manager.active_clusters").set(len(self.static_clusters) + len(self.clusters) - warming)
 
@@ -403,6 +537,8 @@ class DynamicConfig:
             return ["cluster_manager.cds."]
         if kind is ENDPOINTS:
             return [f"cluster.{name}." for name in stat_names]
+        if kind is SECRETS:
+            return [f"sds.{name}." for name in stat_names]
         return [s.stat_prefix for s in self.rds_subscribers if s.route_name in stat_names]
 
     # ------------------------------------------------------------------ admin
@@ -420,15 +556,50 @@ class DynamicConfig:
                      "version_info": r.version_info, "listener": {"@type": LISTENERS.type_url, **to_envoy_dict(r.config)},
                      "last_updated": stamp(r.last_updated)}} for name, r in self.listeners.items()]},
             {"@type": "type.googleapis.com/envoy.admin.v3.ClustersConfigDump", "version_info": self.cds_version_info,
-             "dynamic_active_clusters": [
+             **{section: [
                  {"version_info": r.version_info, "cluster": {"@type": CLUSTERS.type_url, **to_envoy_dict(r.config)},
-                  "last_updated": stamp(r.last_updated)} for r in self.clusters.values()]},
+                  "last_updated": stamp(r.last_updated)} for r in self.clusters.values()
+                 if self.cluster_warm(r.config) == warm]
+                for section, warm in (("dynamic_active_clusters", True), ("dynamic_warming_clusters", False))}},
             {"@type": "type.googleapis.com/envoy.admin.v3.RoutesConfigDump",
              "dynamic_route_configs": [
                  {"version_info": r.version_info,
                   "route_config": {"@type": ROUTE_CONFIGURATIONS.type_url, **to_envoy_dict(r.config)},
                   "last_updated": stamp(r.last_updated)} for r in self.routes.values()]},
+            self._secrets_dump(stamp),
         ]
+
+    def _secrets_dump(self, stamp: Callable[[float], str]) -> dict[str, Any]:
+        """Envoy's SecretsConfigDump: private keys are never shown (Envoy prints `[redacted]`)."""
+        def shown(secret: Any) -> dict[str, Any]:
+            return {"@type": SECRETS.type_url, **redact_secret(to_envoy_dict(secret))}
+
+        dump: dict[str, Any] = {"@type": "type.googleapis.com/envoy.admin.v3.SecretsConfigDump"}
+        if self.static_secrets:
+            dump["static_secrets"] = [{"name": name, "secret": shown(secret)}
+                                      for name, secret in self.static_secrets.items()]
+        active = [{"name": name, "version_info": r.version_info, "last_updated": stamp(r.last_updated),
+                   "secret": shown(r.config)} for name, r in self.secrets.items()]
+        warming = [{"name": name} for name in self.secret_sources() if name not in self.secrets]
+        if active:
+            dump["dynamic_active_secrets"] = active
+        if warming:
+            dump["dynamic_warming_secrets"] = warming
+        return dump
+
+
+def redact_secret(data: dict[str, Any]) -> dict[str, Any]:
+    """A secret as Envoy-shaped data with its private key's content replaced by `[redacted]`.
+
+    /config_dump must never show key material; a secret whose key is a file shows only its name, as Envoy."""
+    certificate = data.get("tls_certificate")
+    if certificate is None or "private_key" not in certificate:
+        return data
+    key = certificate["private_key"]
+    # As Envoy shows it: the text `[redacted]` in place of the key (base64, as every inline_bytes is).
+    hidden = {field: value for field, value in (("inline_bytes", "W3JlZGFjdGVkXQ=="), ("inline_string", "[redacted]"))
+              if field in key}
+    return {**data, "tls_certificate": {**certificate, "private_key": {**key, **hidden}}}
 
 
 def _address_key(listener: Any) -> tuple[Any, int]:
@@ -439,6 +610,13 @@ def _address_key(listener: Any) -> tuple[Any, int]:
 def _spell_address(listener: Any) -> str:
     ip, port = _address_key(listener)
     return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
+
+
+def _rds_sources(listener: Any) -> Iterable[tuple[str, Any]]:
+    """(field path below the listener, config source) of the RDS of each HCM of the listener."""
+    for path, hcm in listener_hcms([listener], "listener"):
+        if hcm.rds is not None:
+            yield f"{path.removeprefix('listener[0].')}.rds.config_source", hcm.rds.config_source
 
 
 def _terminal_cluster_references(listener: Any) -> Iterable[tuple[str, str]]:
@@ -459,11 +637,11 @@ def _terminal_cluster_references(listener: Any) -> Iterable[tuple[str, str]]:
 
 @dataclass
 class WatchedFile:
-    """One path_config_source file, what it last held, and the RDS names it must hold."""
+    """One path_config_source file, what it last held, and the names it must hold (RDS, SDS)."""
 
     path: str
     kind: ResourceKind[Any]
-    route_names: list[str] = field(default_factory=list)  # RDS only
+    required: list[str] = field(default_factory=list)  # the route configurations or secrets read from it
     fingerprint: tuple[int, int, int] | None = None
     names: frozenset[str] = frozenset()  # what the last accepted version held
 
@@ -492,7 +670,8 @@ _UNREADABLE = (-1, -1, -1)
 
 
 class FileSources:
-    """The LDS, CDS and RDS files of the bootstrap and of LDS listeners, feeding a DynamicConfig."""
+    """The LDS and CDS files of the bootstrap, and the RDS and SDS files listeners and clusters name, feeding a
+    DynamicConfig."""
 
     def __init__(self, dynamic: DynamicConfig) -> None:
         self.dynamic = dynamic
@@ -501,18 +680,18 @@ class FileSources:
             self.fixed.append(WatchedFile(dynamic.cds_source.file, CLUSTERS))
         if dynamic.lds_source is not None and dynamic.lds_source.file:
             self.fixed.append(WatchedFile(dynamic.lds_source.file, LISTENERS))
-        self.rds: dict[str, WatchedFile] = {}
-        self._follow_listeners()
+        self.named: dict[tuple[str, str], WatchedFile] = {}  # (type URL, path) -> its RDS or SDS file
+        self._follow()
 
     @property
     def files(self) -> list[WatchedFile]:
-        return [*self.fixed, *self.rds.values()]
+        return [*self.fixed, *self.named.values()]
 
     def load_initial(self) -> None:
         """Read every file once at start-up; ConfigError for the first problem (nothing has started yet)."""
         for watched in self.fixed:
             self._load(watched)
-        for watched in self.rds.values():
+        for watched in list(self.named.values()):
             if watched.fingerprint is None:  # not read yet: not one an LDS listener's arrival read already
                 self._load(watched)
 
@@ -537,32 +716,34 @@ class FileSources:
             applied = True
         return applied
 
-    def _follow_listeners(self) -> list[WatchedFile]:
-        """Watch the RDS files the HCMs name now (an LDS version may add or drop some); the new ones."""
-        wanted: dict[str, list[str]] = {}
-        for subscriber in self.dynamic.rds_subscribers:
-            path = subscriber.source.file
-            if path:
-                names = wanted.setdefault(path, [])
-                if subscriber.route_name not in names:
-                    names.append(subscriber.route_name)
+    def _follow(self) -> list[WatchedFile]:
+        """Watch the RDS and SDS files the config names now (an LDS or CDS version may add or drop some); the
+        new ones."""
+        wanted: dict[tuple[str, str], list[str]] = {}
+        named = [(ROUTE_CONFIGURATIONS, s.route_name, s.source) for s in self.dynamic.rds_subscribers]
+        named += [(SECRETS, name, source) for name, source in self.dynamic.secret_sources().items()]
+        for kind, name, source in named:
+            if source.file:
+                names = wanted.setdefault((kind.type_url, source.file), [])
+                if name not in names:
+                    names.append(name)
         new = []
-        for path in set(self.rds) - set(wanted):
-            del self.rds[path]
-        for path, names in wanted.items():
-            watched = self.rds.get(path)
+        for key in set(self.named) - set(wanted):
+            del self.named[key]
+        for key, names in wanted.items():
+            watched = self.named.get(key)
             if watched is None:
-                watched = self.rds[path] = WatchedFile(path, ROUTE_CONFIGURATIONS)
+                watched = self.named[key] = WatchedFile(key[1], KINDS_BY_TYPE[key[0]])
                 new.append(watched)
-            watched.route_names = names
+            watched.required = names
         return new
 
     def _offer(self, watched: WatchedFile, text: str) -> None:
         def make() -> Update:
             discovered = parse_discovery_response(text, watched.path, watched.kind)
-            for name in watched.route_names:
+            for name in watched.required:
                 if name not in discovered.resources:
-                    raise ConfigError(watched.path, "resources", f"no route configuration named {name!r}")
+                    raise ConfigError(watched.path, "resources", f"no {watched.kind.what} named {name!r}")
             # LDS and CDS are the state of the world; an RDS file takes away what it held before and holds no more.
             if watched.kind is CLUSTERS:
                 removed = frozenset(self.dynamic.clusters)
@@ -572,11 +753,11 @@ class FileSources:
                 removed = watched.names
             return Update(watched.kind, discovered, removed, watched.path)
 
-        accepted = self.dynamic.offer(watched.kind, watched.route_names, make)
+        accepted = self.dynamic.offer(watched.kind, watched.required, make)
         watched.names = frozenset(accepted.discovered.resources)
-        if watched.kind is LISTENERS:
-            for new in self._follow_listeners():  # their listeners warm once these are in
+        if watched.kind in (LISTENERS, CLUSTERS):
+            for new in self._follow():  # their listeners and clusters warm once these are in
                 try:
                     self._load(new)
                 except ConfigError as exc:
-                    log.error("routes of an LDS listener rejected; the listener waits for them: %s", exc)
+                    log.error("a %s an update names was rejected; its users wait for it: %s", new.kind.what, exc)

@@ -51,6 +51,10 @@ class LdsListeners:
         self.drain_time = drain_time
         self.serving: dict[str, LdsListener] = {}
 
+    def runtimes(self) -> list[ListenerRuntime]:
+        """The LDS listeners serving now (not the draining ones: their connections keep their TLS)."""
+        return [listener.runtime for listener in self.serving.values()]
+
     def apply(self, listeners: list[dict[str, Any]], bound: list[str]) -> None:
         """Serve exactly `listeners`; keep the sockets of `bound` (warming ones too), close the others."""
         if self.channel is not None:

@@ -12,26 +12,24 @@ closed and counted as `no_filter_chain_match`.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import ipaddress
 import socket
 import ssl
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from cryptography import x509
-
-from pylon.config.datasource import read_bytes
 from pylon.config.envoy import FilterChain, HttpConnectionManager, TcpProxy
+from pylon.config.secrets import SecretMissing
 from pylon.extensions.filters.listener import Detected, build_listener_filter
 from pylon.extensions.filters.listener.original_dst import OriginalDst
 from pylon.extensions.filters.network import build_network_filter
 from pylon.proxy.balance.loadtable import CX_ACTIVE, LoadSlot
-from pylon.proxy.connection_info import certificate_sans
 from pylon.proxy.filter_chain_match import ConnectionFacts, FilterChainSelector
 from pylon.proxy.hcm import HcmRuntime, HttpConnection
 from pylon.proxy.listener_filters import Inspection, PeekWatcher
 from pylon.proxy.tcp_proxy import TcpProxyRuntime, TcpProxySession
-from pylon.proxy.tls import ServerTls, server_context
+from pylon.proxy.tls import ServerTls, UnavailableTls, server_context
 from pylon.proxy.tls_stats import TlsStats
 
 if TYPE_CHECKING:
@@ -47,12 +45,13 @@ def listener_stat_name(listener: Any) -> str:
 class ChainRuntime:
     """One filter chain of a listener in one worker: what serves the connections it takes."""
 
-    __slots__ = ("name", "tls", "ssl_context", "peer_check", "tls_stats", "app_factory", "protocol_factory",
-                 "terminal")
+    __slots__ = ("name", "tls_config", "tls", "ssl_context", "peer_check", "tls_stats", "app_factory",
+                 "protocol_factory", "terminal", "forwards_client_cert")
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.tls: ServerTls | None = None
+        self.tls_config: Any = None  # the chain's DownstreamTlsContext (None: plain TCP)
+        self.tls: ServerTls | UnavailableTls | None = None
         self.ssl_context: ssl.SSLContext | None = None
         self.peer_check: Callable[[Any], str | None] | None = None
         self.tls_stats: TlsStats | None = None  # the listener's ssl.* stats (shared by its TLS chains)
@@ -60,13 +59,56 @@ class ChainRuntime:
         self.app_factory: Callable[[Detected | None], Any]
         self.protocol_factory: Callable[[], Any]  # for connections nothing was detected about
         self.terminal: Any = None
+        self.forwards_client_cert = False  # XFCC needs the certificate's URI SANs (By=)
 
     def protocol_factory_for(self, detected: Detected | None) -> Callable[[], Any]:
         """The factory for a connection the listener filters inspected (they may have found its SNI)."""
-        if detected is None:
+        if detected is None or isinstance(self.tls, UnavailableTls):
             return self.protocol_factory
         factory = functools.partial(self.app_factory, detected)
         return self.tls.wrap_protocol_factory(factory) if self.tls is not None else factory
+
+    def install_tls(self, secrets: Mapping[str, Any], stats: Any) -> None:
+        """Build the chain's TLS from its config and the current secrets, for the connections accepted from now
+        on (an SDS rotation calls this again; connections already open keep their session, as in Envoy). While
+        a secret is missing the chain refuses connections: a TLS chain never serves cleartext."""
+        if self.tls_config is None:
+            self.protocol_factory = self.app_factory
+            return
+        try:
+            tls: ServerTls | UnavailableTls = server_context(self.tls_config, secrets)
+        except SecretMissing as exc:
+            tls = UnavailableTls(exc.name)
+        self.tls = tls
+        terminal = self.terminal
+        if isinstance(tls, UnavailableTls):
+            self.ssl_context = None
+            self.peer_check = terminal.peer_check = None
+            tls_stats = self.tls_stats
+            self.protocol_factory = lambda: _Refused(tls, tls_stats)
+            return
+        # None when a private key provider is hooked in: pylon's own TLS transport then
+        # terminates TLS (it can suspend a handshake on a pending key operation).
+        self.ssl_context = tls.loop_ssl_context
+        self.peer_check = terminal.peer_check = tls.verify_peer
+        tls.bind_stats(stats)
+        if self.forwards_client_cert:
+            terminal.local_uri_sans = tls.uri_sans()
+        self.protocol_factory = tls.wrap_protocol_factory(self.app_factory)
+
+
+class _Refused(asyncio.Protocol):
+    """A connection to a TLS chain whose secret has not come: closed at once, nothing read or written, counted
+    as a failed handshake (Envoy's `ssl.connection_error`: its handshake finds no certificate)."""
+
+    def __init__(self, tls: UnavailableTls, stats: TlsStats | None) -> None:
+        self.tls = tls
+        self.stats = stats
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.stats is not None:
+            self.stats.connection_error.inc()
+        transport.abort()
 
 
 class ListenerRuntime:
@@ -99,10 +141,14 @@ class ListenerRuntime:
         self.only_chain: ChainRuntime | None = None
 
     @property
+    def all_chains(self) -> list[ChainRuntime]:
+        """Every filter chain, the default one last."""
+        return self.chains if self.default_chain is None else [*self.chains, self.default_chain]
+
+    @property
     def terminals(self) -> list[Any]:
         """The HTTP connection managers and tcp_proxies of every chain."""
-        chains = self.chains if self.default_chain is None else [*self.chains, self.default_chain]
-        return [chain.terminal for chain in chains]
+        return [chain.terminal for chain in self.all_chains]
 
     def opened(self) -> None:
         self.cx_total.value += 1
@@ -161,12 +207,6 @@ class ListenerRuntime:
             proceed(chain, detected)
 
 
-def _certificate_uri_sans(downstream_tls: Any) -> list[str]:
-    """The URI SANs of the listener's (first) certificate: XFCC's `By=` elements."""
-    pem = read_bytes(downstream_tls.common_tls_context.tls_certificates[0].certificate_chain)
-    return certificate_sans(x509.load_pem_x509_certificate(pem), x509.UniformResourceIdentifier)
-
-
 def build_listener(config: Any, worker: "Worker") -> ListenerRuntime:
     """Compile a listener's filter chains and listener filters for this worker."""
     runtime = ListenerRuntime(config, worker)
@@ -197,26 +237,18 @@ def build_chain(chain: FilterChain, listener: ListenerRuntime) -> ChainRuntime:
     """One filter chain's TLS and terminal network filter for this worker."""
     worker = listener.worker
     runtime = ChainRuntime(chain.name)
-    tls = None
     if chain.transport_socket is not None:
-        tls = runtime.tls = server_context(chain.transport_socket.typed_config)
-        # None when a private key provider is hooked in: pylon's own TLS transport then
-        # terminates TLS (it can suspend a handshake on a pending key operation).
-        runtime.ssl_context = tls.loop_ssl_context
-        runtime.peer_check = tls.verify_peer
+        runtime.tls_config = chain.transport_socket.typed_config
         runtime.tls_stats = TlsStats(worker.stats, listener_stat_name(listener.config) + ".")
-        tls.bind_stats(worker.stats)
     terminal_cfg = chain.filters[-1].typed_config
     network_filters = [build_network_filter(f.name, f.typed_config, worker.stats) for f in chain.filters[:-1]]
-    scheme = b"https" if tls is not None else b"http"
+    scheme = b"https" if runtime.tls_config is not None else b"http"
     if isinstance(terminal_cfg, HttpConnectionManager):
         hcm = HcmRuntime(terminal_cfg, worker.clusters, worker.pools, worker.stats, worker)
-        hcm.peer_check = runtime.peer_check
         hcm.tls_stats = runtime.tls_stats
         hcm.network_filters = network_filters
         hcm.buffer_limit = listener.config.per_connection_buffer_limit_bytes
-        if tls is not None and terminal_cfg.forward_client_cert_details != "SANITIZE":
-            hcm.local_uri_sans = _certificate_uri_sans(chain.transport_socket.typed_config)
+        runtime.forwards_client_cert = terminal_cfg.forward_client_cert_details != "SANITIZE"
         runtime.terminal = hcm
 
         def factory(detected: Detected | None = None) -> HttpConnection:
@@ -226,7 +258,6 @@ def build_chain(chain: FilterChain, listener: ListenerRuntime) -> ChainRuntime:
             return conn
     elif isinstance(terminal_cfg, TcpProxy):
         tcp = TcpProxyRuntime(terminal_cfg, worker.clusters, worker.stats, worker)
-        tcp.peer_check = runtime.peer_check
         tcp.tls_stats = runtime.tls_stats
         tcp.network_filters = network_filters
         runtime.terminal = tcp
@@ -239,5 +270,5 @@ def build_chain(chain: FilterChain, listener: ListenerRuntime) -> ChainRuntime:
     else:  # the config loader only lets the two terminal filters through
         raise TypeError(f"unsupported terminal filter {type(terminal_cfg).__name__}")
     runtime.app_factory = factory
-    runtime.protocol_factory = tls.wrap_protocol_factory(factory) if tls is not None else factory
+    runtime.install_tls(worker.secrets, worker.stats)
     return runtime

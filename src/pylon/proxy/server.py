@@ -41,7 +41,7 @@ from pylon.proxy.listener_sockets import ListenerSockets
 from pylon.proxy.logging_setup import configure_logging
 from pylon.proxy.stats import StatsStore, cumulative, merge_snapshots
 from pylon.proxy.validate import configure_regex_engine, validate_runtime
-from pylon.xds.client import AdsClient
+from pylon.xds.client import XdsClient
 
 log = logging.getLogger("pylon.main")
 
@@ -119,11 +119,10 @@ class Supervisor:
         for balancer in self.balancers:
             balancer.start(loop)
         tasks = []
-        if self.dynamic.ads_config is not None:
-            # Envoy's initialization: workers serve once the first xDS updates are in (or initial_fetch_timeout).
-            ads = AdsClient(self.bootstrap, self.dynamic, self._push_dynamic)
-            tasks.append(loop.create_task(ads.run()))
-            await ads.wait_initialized()
+        # Envoy's initialization: workers serve once the first xDS updates are in (or initial_fetch_timeout).
+        self.xds = XdsClient(self.bootstrap, self.dynamic, self._push_dynamic)
+        tasks.append(loop.create_task(self.xds.run()))
+        await self.xds.wait_initialized()
         for worker_id in range(self.options.concurrency):
             try:
                 self.workers[worker_id] = await self._spawn(worker_id)
@@ -165,6 +164,7 @@ class Supervisor:
         while not self.draining:
             await asyncio.sleep(POLL_INTERVAL_S)
             if self.files.poll():
+                await self.xds.follow()  # a file's listeners or clusters may name secrets (or routes) over gRPC
                 await self._push_dynamic()
 
     async def _push_dynamic(self) -> None:

@@ -43,7 +43,7 @@ import contextlib
 import ctypes
 import os
 import ssl
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING, Any
@@ -54,7 +54,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from pylon.config.datasource import DataSourceError, read_bytes
-from pylon.proxy.connection_info import remember_server_name
+from pylon.config.errors import FieldError
+from pylon.config.secrets import resolve
+from pylon.proxy.connection_info import certificate_sans, remember_server_name
 from pylon.regex import get_engine
 
 if TYPE_CHECKING:
@@ -63,6 +65,7 @@ if TYPE_CHECKING:
         CertificateValidationContext,
         CommonTlsContext,
         DownstreamTlsContext,
+        Secret,
         StringMatcher,
         TlsCertificate,
         TlsParameters,
@@ -80,6 +83,8 @@ __all__ = [
     "SanMatcher",
     "ServerTls",
     "TlsConfigError",
+    "UnavailableTls",
+    "check_secret",
     "client_context",
     "dns_name_match",
     "peer_sans",
@@ -95,6 +100,9 @@ DEFAULT_CIPHER_SUITES = (
     "ECDHE-ECDSA-AES256-GCM-SHA384",
     "ECDHE-RSA-AES256-GCM-SHA384",
 )
+
+#: No secrets: a context that names none needs none.
+_NO_SECRETS: Mapping[str, Secret] = {}
 
 #: Envoy's default key-exchange groups (non-FIPS).
 DEFAULT_ECDH_CURVES = ("X25519", "P-256")
@@ -430,10 +438,18 @@ class ServerTls:
     context: ssl.SSLContext
     verifier: PeerVerifier
     key_ops: tuple[Any, ...] = ()
+    certificate_chain: bytes = b""  # the first certificate's chain (PEM), for XFCC's By=
 
     def verify_peer(self, ssl_object: ssl.SSLObject | ssl.SSLSocket) -> str | None:
         """None when the client is acceptable, else why not (Envoy's `ssl.fail_verify_san`)."""
         return self.verifier.verify(ssl_object)
+
+    def uri_sans(self) -> list[str]:
+        """The URI SANs of the listener's (first) certificate: XFCC's `By=` elements."""
+        if not self.certificate_chain:
+            return []
+        leaf = x509.load_pem_x509_certificate(self.certificate_chain)
+        return certificate_sans(leaf, x509.UniformResourceIdentifier)
 
     @property
     def loop_ssl_context(self) -> ssl.SSLContext | None:
@@ -469,15 +485,33 @@ class ClientTls:
         return self.verifier.verify(ssl_object)
 
 
-def server_context(cfg: DownstreamTlsContext) -> ServerTls:
+@dataclass(frozen=True)
+class UnavailableTls:
+    """The TLS of a listener chain or cluster whose SDS secret `missing` has not come (initial_fetch_timeout
+    passed, or it was never served): its connections are refused, never carried in cleartext."""
+
+    missing: str
+
+    @property
+    def reason(self) -> str:
+        return f"the TLS secret {self.missing!r} has not been received"
+
+
+def server_context(cfg: DownstreamTlsContext, secrets: Mapping[str, Secret] = _NO_SECRETS, *,
+                   skip_missing: bool = False) -> ServerTls:
     """An `ssl.SSLContext` for a listener, from Envoy's `DownstreamTlsContext`.
 
     The config model already guarantees what needs no OpenSSL to check (a
     certificate is present, `require_client_certificate` and SAN matchers come
     with a `trusted_ca`, min <= max version); everything else that can be wrong
-    raises `TlsConfigError`.
+    raises `TlsConfigError`. Secrets the context names come from `secrets`
+    (`config/secrets.py`): one not there raises SecretMissing, or with
+    `skip_missing` (checking a config whose secrets have not come) is left out.
     """
-    common = cfg.common_tls_context
+    common = _resolve(cfg.common_tls_context, secrets, skip_missing)
+    if cfg.require_client_certificate and not skip_missing and not (
+            common.validation_context is not None and common.validation_context.trusted_ca is not None):
+        raise TlsConfigError("require_client_certificate", "the validation context from SDS has no trusted_ca")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.sni_callback = remember_server_name  # the SNI, for filters (connection_info.py)
     handle = OpenSslContext(context)
@@ -498,7 +532,8 @@ def server_context(cfg: DownstreamTlsContext) -> ServerTls:
         handle.session_cache_mode = SSL_SESS_CACHE_OFF
     if cfg.session_timeout is not None:
         handle.timeout = int(cfg.session_timeout)  # whole seconds, as in Envoy
-    return ServerTls(context=context, verifier=verifier, key_ops=key_ops)
+    chain = _read(common.tls_certificates[0].certificate_chain, "") if common.tls_certificates else b""
+    return ServerTls(context=context, verifier=verifier, key_ops=key_ops, certificate_chain=chain)
 
 
 def _apply_validation(context: ssl.SSLContext, common: CommonTlsContext) -> tuple[PeerVerifier, bool]:
@@ -515,9 +550,10 @@ def _apply_validation(context: ssl.SSLContext, common: CommonTlsContext) -> tupl
     return verifier, True
 
 
-def client_context(cfg: UpstreamTlsContext) -> ClientTls:
-    """An `ssl.SSLContext` for a cluster, from Envoy's `UpstreamTlsContext`."""
-    common = cfg.common_tls_context
+def client_context(cfg: UpstreamTlsContext, secrets: Mapping[str, Secret] = _NO_SECRETS, *,
+                   skip_missing: bool = False) -> ClientTls:
+    """An `ssl.SSLContext` for a cluster, from Envoy's `UpstreamTlsContext` (secrets as in `server_context`)."""
+    common = _resolve(cfg.common_tls_context, secrets, skip_missing)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False  # Envoy checks only the SANs configured, never implicitly
     context.verify_mode = ssl.CERT_NONE
@@ -534,6 +570,30 @@ def client_context(cfg: UpstreamTlsContext) -> ClientTls:
     if has_ca:
         context.verify_mode = ssl.CERT_REQUIRED
     return ClientTls(context=context, server_hostname=cfg.sni or None, verifier=verifier)
+
+
+def _resolve(common: CommonTlsContext, secrets: Mapping[str, Secret], skip_missing: bool) -> CommonTlsContext:
+    try:
+        return resolve(common, secrets, skip_missing=skip_missing)
+    except FieldError as exc:
+        raise TlsConfigError(f"common_tls_context.{exc.rel_path}", exc.message) from None
+
+
+def check_secret(secret: Secret) -> None:
+    """TlsConfigError (its path below the secret) unless the secret's certificate and key, or its CA and SAN
+    matchers, load: an SDS update is checked before anything uses it."""
+    if secret.tls_certificate is not None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        try:
+            _load_certificates(context, [secret.tls_certificate], server=True)
+        except TlsConfigError as exc:
+            raise TlsConfigError(exc.path.replace("common_tls_context.tls_certificates[0]", "tls_certificate", 1),
+                                 exc.message) from None
+    if secret.validation_context is not None:
+        _peer_verifier(secret.validation_context, "validation_context")
+        if secret.validation_context.trusted_ca is not None:
+            _load_trusted_ca(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), secret.validation_context.trusted_ca,
+                             "validation_context.trusted_ca")
 
 
 def _apply_common(handle: OpenSslContext, common: CommonTlsContext, *, server: bool) -> None:

@@ -10,6 +10,7 @@ true and lets each error name its field path like any other config error.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from pylon import regex
@@ -22,7 +23,7 @@ from pylon.proxy.balance import Dlb, NoDlbFallback, balance_kind
 from pylon.proxy.filter_chain_match import DuplicateMatch, FilterChainSelector
 from pylon.proxy.router import RouteTable
 from pylon.proxy.stats import StatsStore
-from pylon.proxy.tls import TlsConfigError, server_context
+from pylon.proxy.tls import TlsConfigError, check_secret, client_context, server_context
 from pylon.proxy.upstream.cluster import Cluster
 
 log = logging.getLogger("pylon.main")
@@ -47,12 +48,24 @@ def configure_regex_engine(bootstrap: Any, source: str) -> None:
 def validate_runtime(bootstrap: Any, source: str) -> None:
     """Raise ConfigError for the first runtime piece that cannot be built."""
     resources = bootstrap.static_resources
-    validate_listeners(resources.listeners, source, "static_resources.listeners")
-    validate_clusters(resources.clusters, source, "static_resources.clusters")
+    secrets = {secret.name: secret for secret in resources.secrets}
+    for i, secret in enumerate(resources.secrets):
+        validate_secret(secret, source, f"static_resources.secrets[{i}]")
+    validate_listeners(resources.listeners, source, "static_resources.listeners", secrets)
+    validate_clusters(resources.clusters, source, "static_resources.clusters", secrets)
 
 
-def validate_listeners(listeners: list[Any], source: str, path: str) -> None:
-    """ConfigError unless each listener's runtime builds (chains, TLS, routes, logs); static or from LDS."""
+def validate_secret(secret: Any, source: str, path: str) -> None:
+    """ConfigError unless the secret's certificate and key (or CA) load: static, or from SDS."""
+    try:
+        check_secret(secret)
+    except TlsConfigError as exc:
+        raise ConfigError(source, _join(path, exc.path), exc.message) from exc
+
+
+def validate_listeners(listeners: list[Any], source: str, path: str, secrets: Mapping[str, Any]) -> None:
+    """ConfigError unless each listener's runtime builds (chains, TLS, routes, logs); static or from LDS.
+    TLS contexts are built with the `secrets` known now; those not come yet are left out (the listener warms)."""
     _check_balancers(source, listeners, path)
     for i, listener in enumerate(listeners):
         base = f"{path}[{i}]"
@@ -68,10 +81,10 @@ def validate_listeners(listeners: list[Any], source: str, path: str) -> None:
                 why = f"multiple filter chains with overlapping matching rules are defined (it overlaps {which})"
             raise ConfigError(source, f"{base}.filter_chains[{exc.index}].filter_chain_match", why) from None
         for rel, chain in listener.all_filter_chains():
-            _validate_chain(chain, source, f"{base}.{rel}")
+            _validate_chain(chain, source, f"{base}.{rel}", secrets)
 
 
-def _validate_chain(chain: Any, source: str, chain_path: str) -> None:
+def _validate_chain(chain: Any, source: str, chain_path: str, secrets: Mapping[str, Any]) -> None:
     for k, network_filter in enumerate(chain.filters[:-1]):
         if not is_registered(type(network_filter.typed_config)):
             raise ConfigError(source, f"{chain_path}.filters[{k}]",
@@ -80,7 +93,7 @@ def _validate_chain(chain: Any, source: str, chain_path: str) -> None:
     if chain.transport_socket is not None:
         tls_path = f"{chain_path}.transport_socket.typed_config"
         try:
-            server_context(chain.transport_socket.typed_config)
+            server_context(chain.transport_socket.typed_config, secrets, skip_missing=True)
         except TlsConfigError as exc:
             raise ConfigError(source, _join(tls_path, exc.path), exc.message) from exc
     terminal = chain.filters[-1].typed_config
@@ -104,12 +117,16 @@ def validate_route_config(route_config: Any, source: str, path: str) -> None:
         raise ConfigError(source, path, str(exc)) from exc
 
 
-def validate_clusters(clusters: list[Any], source: str, path: str) -> None:
+def validate_clusters(clusters: list[Any], source: str, path: str, secrets: Mapping[str, Any]) -> None:
     """ConfigError unless each cluster's runtime builds as a worker builds it (static or from CDS): `validate`
-    and `serve` cannot disagree about a cluster."""
+    and `serve` cannot disagree about a cluster. TLS contexts as in `validate_listeners`."""
     for j, cluster in enumerate(clusters):
+        if cluster.grpc_only:
+            continue  # grpcio's (xDS, SDS): no data-plane runtime
         try:
-            Cluster(cluster, StatsStore(), 0)  # built, never started: no socket, no DNS query, no timer
+            if cluster.transport_socket is not None:  # what the secrets do not bring, checked before they come
+                client_context(cluster.transport_socket.typed_config, secrets, skip_missing=True)
+            Cluster(cluster, StatsStore(), 0, secrets=secrets)  # built, never started: no socket, DNS query, timer
         except TlsConfigError as exc:  # its upstream TLS context (client_context)
             raise ConfigError(source, _join(f"{path}[{j}].transport_socket.typed_config", exc.path),
                               exc.message) from exc

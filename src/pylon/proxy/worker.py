@@ -28,8 +28,9 @@ from typing import Any
 import uvloop
 
 from pylon.config.envoy import Cluster as ClusterConfig
-from pylon.config.envoy import ClusterLoadAssignment, RouteConfiguration, convert
+from pylon.config.envoy import ClusterLoadAssignment, RouteConfiguration, Secret, convert
 from pylon.config.loader import parse_bootstrap
+from pylon.config.secrets import common_tls_context, secret_names
 from pylon.proxy import control
 from pylon.proxy.access_log import AccessLogWriter
 from pylon.proxy.balance import Accepting, balancer_for
@@ -107,6 +108,7 @@ class Worker:
         self.eds_assignments: dict[str, Any] = {}  # the ClusterLoadAssignment each EDS cluster serves
         self.route_configs: dict[str, Any] = {}  # RDS route configurations by name
         self.rds_subscribers: dict[str, list[Any]] = {}  # route configuration name -> HcmRuntimes using it
+        self.secrets: dict[str, Secret] = {}  # static and SDS secrets by name, for TLS contexts that name them
         self.pools = PoolRegistry(loop)
         self.access_log_writer = AccessLogWriter()
         self.draining = False
@@ -167,7 +169,9 @@ class Worker:
         if lds is not None:
             self.lds = lds
         self.access_log_writer.start(self.loop)
-        self.clusters.update(build_clusters(bootstrap.static_resources.clusters, self.stats, self.worker_id))
+        self.secrets = _decode_secrets(dynamic)
+        self.clusters.update(build_clusters(bootstrap.static_resources.clusters, self.stats, self.worker_id,
+                                            self.secrets))
         for cluster in self.clusters.values():
             cluster.on_hosts_removed = self.pools.retire_hosts
             cluster.start(self.loop)
@@ -199,6 +203,9 @@ class Worker:
         cluster whose endpoints alone changed keeps its hosts that stay, with
         their pooled connections, health and outlier state.
         """
+        secrets = _decode_secrets(document)
+        rotated = {name for name in secrets.keys() | self.secrets.keys() if secrets.get(name) != self.secrets.get(name)}
+        self.secrets = secrets
         wanted = {c["name"]: convert(c, ClusterConfig) for c in document["clusters"]}
         assignments = {name: convert(data, ClusterLoadAssignment) for name, data in document["endpoints"].items()}
         retiring: list[Cluster] = []
@@ -210,7 +217,7 @@ class Worker:
                     self.pools.retire_hosts(self.clusters[name])
                     self.eds_assignments[name] = assignment
                 continue
-            cluster = Cluster(config, self.stats, self.worker_id)
+            cluster = Cluster(config, self.stats, self.worker_id, secrets=self.secrets)
             if assignment is not None:
                 cluster.set_assignment(assignment)
                 self.eds_assignments[name] = assignment
@@ -234,11 +241,24 @@ class Worker:
             del self.cds_configs[name]
             self.eds_assignments.pop(name, None)
             retiring.append(self.clusters.pop(name))
+        if rotated:
+            self._rotate(rotated)
         # Listeners after the clusters and routes they use, as Envoy's listener manager follows CDS.
         self.lds.apply(document["listeners"], document["bound_listeners"])
         for cluster in retiring:
             self.pools.retire_cluster(cluster)
             await cluster.stop()
+
+    def _rotate(self, names: set[str]) -> None:
+        """Secrets `names` changed: the clusters and listener chains that name them build their TLS again, for
+        the connections made from now on (Envoy's SDS update: open connections carry on)."""
+        for cluster in self.clusters.values():
+            if secret_names(common_tls_context(cluster.config.transport_socket)) & names:
+                cluster.refresh_tls(self.secrets)
+        for runtime in [*self.listeners, *self.lds.runtimes()]:
+            for chain in runtime.all_chains:
+                if chain.tls_config is not None and secret_names(chain.tls_config.common_tls_context) & names:
+                    chain.install_tls(self.secrets, self.stats)
 
     def forget_route_subscriber(self, hcm: Any) -> None:
         """A retired LDS listener's HCM takes no more RDS updates."""
@@ -309,6 +329,10 @@ class Worker:
 
     def describe_clusters(self) -> list[dict[str, Any]]:
         return [cluster.describe() for cluster in self.clusters.values()]
+
+
+def _decode_secrets(document: dict[str, Any]) -> dict[str, Secret]:
+    return {name: convert(data, Secret) for name, data in document["secrets"].items()}
 
 
 async def _serve(control_fd: int) -> int:

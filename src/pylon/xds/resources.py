@@ -20,31 +20,45 @@ import envoy.config.endpoint.v3.endpoint_pb2  # noqa: F401
 import envoy.config.listener.v3.listener_pb2  # noqa: F401
 import envoy.config.route.v3.route_pb2  # noqa: F401
 import envoy.extensions.retry.host.previous_hosts.v3.previous_hosts_pb2  # noqa: F401
+import envoy.extensions.transport_sockets.tls.v3.secret_pb2  # noqa: F401
 import envoy.extensions.transport_sockets.tls.v3.tls_pb2  # noqa: F401
 import envoy.extensions.upstreams.http.v3.http_protocol_options_pb2  # noqa: F401
-from envoy.service.discovery.v3.discovery_pb2 import DiscoveryResponse
+from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryResponse, DiscoveryResponse
 from google.protobuf import json_format
 
 from pylon.config.discovery import (
-    CLUSTERS, ENDPOINTS, LISTENERS, ROUTE_CONFIGURATIONS, Discovered, ResourceKind, discovered_from_data,
+    CLUSTERS, ENDPOINTS, LISTENERS, ROUTE_CONFIGURATIONS, SECRETS, Discovered, ResourceKind, discovered_from_data,
 )
 from pylon.config.errors import ConfigError
 
 #: The resource types pylon subscribes to, by type URL.
 KINDS: dict[str, ResourceKind[Any]] = {
-    kind.type_url: kind for kind in (LISTENERS, CLUSTERS, ENDPOINTS, ROUTE_CONFIGURATIONS)}
+    kind.type_url: kind for kind in (LISTENERS, CLUSTERS, ENDPOINTS, ROUTE_CONFIGURATIONS, SECRETS)}
 
 
-def decode_response(response: DiscoveryResponse, source: str) -> Discovered[Any]:
-    """The resources of one DiscoveryResponse as config Structs, or ConfigError naming resource and field."""
+def decode_response(response: DiscoveryResponse | DeltaDiscoveryResponse, source: str) -> Discovered[Any]:
+    """The resources of one response (state of the world, or delta: the added and changed ones, each with its
+    version) as config Structs, or ConfigError naming resource and field."""
     kind = KINDS[response.type_url]
     items = []
-    for index, resource in enumerate(response.resources):
+    for index, resource in enumerate(_packed(response)):
         try:
             items.append(to_proto_json(resource))
         except (TypeError, KeyError, json_format.Error) as exc:
             raise ConfigError(source, f"resources[{index}]", f"cannot decode {resource.type_url}: {exc}") from None
+    if isinstance(response, DeltaDiscoveryResponse):
+        discovered = discovered_from_data({"version_info": response.system_version_info, "resources": items},
+                                          source, kind)
+        versions = {r.name or name: r.version for r, name in zip(response.resources, discovered.resources)}
+        return Discovered(discovered.version_info, discovered.resources, versions)
     return discovered_from_data({"version_info": response.version_info, "resources": items}, source, kind)
+
+
+def _packed(response: DiscoveryResponse | DeltaDiscoveryResponse) -> list[Any]:
+    """The Any of each resource (a delta response wraps each in a Resource with its name and version)."""
+    if isinstance(response, DeltaDiscoveryResponse):
+        return [resource.resource for resource in response.resources]
+    return list(response.resources)
 
 
 _UNKNOWN_TYPE = re.compile(r"Can not find message descriptor by type_url: type\.googleapis\.com/([\w.]+)")
@@ -85,12 +99,13 @@ def _import_package_of(full_name: str) -> bool:
 _INDEX = re.compile(r"^resources\[(\d+)\]")
 
 
-def rejection_detail(response: DiscoveryResponse, error: ConfigError) -> str:
+def rejection_detail(response: DiscoveryResponse | DeltaDiscoveryResponse, error: ConfigError) -> str:
     """A NACK's error_detail: the ConfigError's text, led by the name of the resource it is about."""
     match = _INDEX.match(error.path)
-    if match is None or int(match.group(1)) >= len(response.resources):
+    resources = _packed(response)
+    if match is None or int(match.group(1)) >= len(resources):
         return str(error)
-    resource = response.resources[int(match.group(1))]
+    resource = resources[int(match.group(1))]
     try:
         data = to_proto_json(resource)
         name = data.get(KINDS[response.type_url].name_field, "")

@@ -16,10 +16,10 @@ import asyncio
 import logging
 import random
 import time
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 from pylon.proxy.stats import Counter, StatsStore
-from pylon.proxy.tls import ClientTls
+from pylon.proxy.tls import ClientTls, UnavailableTls
 from pylon.proxy.upstream.circuit import CircuitBreakers
 from pylon.proxy.upstream.connect import open_stream
 from pylon.proxy.upstream.dns import DnsRefresher, DnsTarget, ResolvedEndpoint
@@ -84,7 +84,7 @@ class Cluster:
     """One cluster in one worker; see the module docstring for what is hot and what is not."""
 
     def __init__(
-        self, config: Any, stats: StatsStore, worker_id: int = 0, *,
+        self, config: Any, stats: StatsStore, worker_id: int = 0, *, secrets: Mapping[str, Any] = {},
         now: Callable[[], float] = time.monotonic, rng: random.Random | None = None,
     ) -> None:
         self.name: str = config.name
@@ -108,17 +108,17 @@ class Cluster:
             self.outlier = OutlierDetector.from_config(config.outlier_detection, stats, prefix, now, rng)
 
         # The transport socket of every connection to the hosts: requests, tcp_proxy and health checks alike.
-        self.tls: ClientTls | None = cluster_tls(config)
+        # Read at each connect, so new connections take a rotated SDS certificate (`refresh_tls`).
+        self.tls: ClientTls | UnavailableTls | None = cluster_tls(config, secrets)
         bind = config.upstream_bind_config
         # Where upstream connections leave from (Istio's inbound clusters: 127.0.0.6, so capture rules let them by).
         self.source: tuple[str, int] | None = (
             (bind.source_address.address, bind.source_address.port_value) if bind is not None else None)
         self.health_checker: HealthChecker | None = None
         if config.health_checks:
-            tls, connect_timeout, source = self.tls, self.connect_timeout, self.source
             self.health_checker = HealthChecker.from_config(
                 config.health_checks[0], self.name, stats, prefix,
-                lambda address: open_stream(address, tls, connect_timeout, source),
+                lambda address: open_stream(address, self.tls, self.connect_timeout, self.source),
                 had_traffic=lambda: self.stats.upstream_cx_total.value > 0,
                 on_success=self.outlier.on_active_health_check_success if self.outlier is not None else None,
             )
@@ -240,6 +240,10 @@ class Cluster:
 
     # -- lifecycle -----------------------------------------------------------------------
 
+    def refresh_tls(self, secrets: Mapping[str, Any]) -> None:
+        """An SDS secret the cluster names changed: new connections use it; pooled ones carry on (as Envoy)."""
+        self.tls = cluster_tls(self.config, secrets)
+
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start DNS refresh, active health checks, the outlier sweep and the ORIGINAL_DST cleanup on this worker's
         loop."""
@@ -321,11 +325,14 @@ def assignment_endpoints(assignment: Any) -> Iterable[tuple[tuple[str, int], int
                    eds_health_flags(lb_endpoint.health_status))
 
 
-def build_clusters(configs: Iterable[Any], stats: StatsStore, worker_id: int) -> dict[str, Cluster]:
-    """One `Cluster` per configured cluster for this worker, by name (call `start(loop)` on each)."""
+def build_clusters(configs: Iterable[Any], stats: StatsStore, worker_id: int,
+                   secrets: Mapping[str, Any]) -> dict[str, Cluster]:
+    """One `Cluster` per configured cluster for this worker, by name (call `start(loop)` on each); gRPC-only
+    clusters (pipe endpoints, used by grpcio for xDS and SDS) have no data-plane runtime."""
     clusters: dict[str, Cluster] = {}
     for config in configs:
         if config.name in clusters:
             raise ValueError(f"duplicate cluster name {config.name!r}")
-        clusters[config.name] = Cluster(config, stats, worker_id)
+        if not config.grpc_only:
+            clusters[config.name] = Cluster(config, stats, worker_id, secrets=secrets)
     return clusters

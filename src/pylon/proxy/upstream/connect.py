@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any, Callable
 
+from pylon.proxy.tls import UnavailableTls
+
 if TYPE_CHECKING:
     from pylon.proxy.tls import ClientTls
 
@@ -26,11 +28,13 @@ class ConnectTimeout(ConnectError):
     """The connection (TCP and TLS handshake) did not complete within the cluster's connect_timeout."""
 
 
-async def open_upstream(address: tuple[str, int], tls: "ClientTls | None", timeout: float,
+async def open_upstream(address: tuple[str, int], tls: "ClientTls | UnavailableTls | None", timeout: float,
                         protocol_factory: Callable[[], Any],
                         source: tuple[str, int] | None = None) -> tuple[asyncio.Transport, Any]:
     """Connect (from `source`, the cluster's upstream_bind_config, if any; and handshake, and check the peer's
     SANs) within `timeout`; ConnectError otherwise."""
+    if isinstance(tls, UnavailableTls):
+        raise ConnectError(f"TLS error: {tls.reason}")  # fail closed: never cleartext to a TLS cluster
     loop = asyncio.get_running_loop()
     host, port = address
     try:
@@ -55,7 +59,7 @@ async def open_upstream(address: tuple[str, int], tls: "ClientTls | None", timeo
     return transport, protocol  # type: ignore[return-value]
 
 
-async def open_stream(address: tuple[str, int], tls: "ClientTls | None", timeout: float,
+async def open_stream(address: tuple[str, int], tls: "ClientTls | UnavailableTls | None", timeout: float,
                       source: tuple[str, int] | None = None) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """`open_upstream` as asyncio streams (for health checks, where a few extra objects cost nothing)."""
     loop = asyncio.get_running_loop()

@@ -231,7 +231,6 @@ class HostPool:
         self.cluster = cluster
         self.host = host
         self.loop = loop
-        self.tls = cluster.tls
         self.max_requests_per_connection = cluster.config.max_requests_per_connection
         self.idle: list[UpstreamConnection] = []
         self.busy: set[UpstreamConnection] = set()
@@ -335,7 +334,7 @@ class HostPool:
         host, port = self.host.address
         try:
             try:
-                _, conn = await open_upstream(self.host.address, self.tls, cluster.connect_timeout,
+                _, conn = await open_upstream(self.host.address, cluster.tls, cluster.connect_timeout,
                                               lambda: UpstreamConnection(self), cluster.source)
             except ConnectTimeout:
                 stats.upstream_cx_connect_timeout.value += 1

@@ -1,0 +1,174 @@
+"""TLS contexts that name their certificates and trust by SDS secret, and the secrets that fill them (sans-IO).
+
+A `CommonTlsContext` may hold its certificates and validation context inline,
+or name them: `tls_certificate_sds_secret_configs`,
+`validation_context_sds_secret_config`, or a `combined_validation_context`
+(a static default merged with a secret, Istio's SPIFFE SAN matchers over the
+mesh root `ROOTCA`). Before a context can be built, `resolve` replaces the
+names by the secrets' content, so `proxy/tls.py` only ever sees inline
+contexts. A secret without `sds_config` is a static one of the bootstrap
+(`static_resources.secrets`); the others come over SDS.
+
+pylon keeps one table of secrets by name. Envoy keys SDS subscriptions by name
+and config source; pylon refuses one name fetched from two sources instead
+(`source_conflicts`), so one name always means one secret.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+import msgspec
+
+from pylon.config.envoy import (
+    CertificateValidationContext, CommonTlsContext, ConfigSource, SdsSecretConfig, Secret,
+)
+from pylon.config.errors import FieldError, join_path
+
+#: Below a transport socket, where its CommonTlsContext is.
+COMMON = "typed_config.common_tls_context"
+
+
+class SecretMissing(Exception):
+    """A secret a context names has not arrived (yet): the context cannot be built, its user warms or refuses."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"secret {name!r} has not been received")
+        self.name = name
+
+
+def common_tls_context(transport_socket: Any) -> CommonTlsContext | None:
+    """The CommonTlsContext of a listener chain's or a cluster's transport socket (None: plain TCP)."""
+    if transport_socket is None:
+        return None
+    return getattr(transport_socket.typed_config, "common_tls_context", None)
+
+
+def listener_secret_refs(listener: Any) -> Iterator[tuple[str, SdsSecretConfig]]:
+    """(field path below the listener, reference) of every SDS secret the listener's chains name."""
+    for rel, chain in listener.all_filter_chains():
+        common = common_tls_context(chain.transport_socket)
+        if common is not None:
+            for sub, ref in common.secret_configs():
+                yield f"{rel}.transport_socket.{COMMON}.{sub}", ref
+
+
+def cluster_secret_refs(cluster: Any) -> Iterator[tuple[str, SdsSecretConfig]]:
+    """(field path below the cluster, reference) of every SDS secret the cluster's transport socket names."""
+    common = common_tls_context(cluster.transport_socket)
+    if common is not None:
+        for sub, ref in common.secret_configs():
+            yield f"transport_socket.{COMMON}.{sub}", ref
+
+
+def secret_names(common: CommonTlsContext | None) -> frozenset[str]:
+    """The names of the secrets a context needs."""
+    return frozenset(ref.name for _, ref in common.secret_configs()) if common is not None else frozenset()
+
+
+def sds_references(refs: Iterable[tuple[str, SdsSecretConfig]]) -> dict[str, tuple[str, ConfigSource]]:
+    """The secrets fetched over SDS among `refs`: name -> (first field path naming it, its config source)."""
+    found: dict[str, tuple[str, ConfigSource]] = {}
+    for path, ref in refs:
+        if ref.sds_config is not None:
+            found.setdefault(ref.name, (path, ref.sds_config))
+    return found
+
+
+def source_conflicts(refs: Iterable[tuple[str, SdsSecretConfig]],
+                     known: Mapping[str, ConfigSource | None]) -> Iterator[tuple[str, str]]:
+    """(field path, problem) for a name fetched from another source than `known` (None: the static secret of that
+    name) or than an earlier reference of `refs`."""
+    seen: dict[str, ConfigSource | None] = dict(known)
+    for path, ref in refs:
+        if ref.name not in seen:
+            seen[ref.name] = ref.sds_config
+        elif seen[ref.name] != ref.sds_config:
+            where = "a static secret" if seen[ref.name] is None else "fetched from another config source"
+            yield (join_path(path, "sds_config"),
+                   f"secret {ref.name!r} is {where} elsewhere; pylon keeps one secret per name (use another name)")
+
+
+def static_secret_problems(refs: Iterable[tuple[str, SdsSecretConfig]], static: Mapping[str, Secret]
+                           ) -> Iterator[tuple[str, str]]:
+    """References without `sds_config` must name a static secret (Envoy: "Unknown static secret")."""
+    for path, ref in refs:
+        if ref.sds_config is None and ref.name not in static:
+            yield (join_path(path, "name"), f"unknown static secret {ref.name!r} (no static_resources.secrets of "
+                                            "that name; give sds_config to fetch it over SDS)")
+
+
+def resolve(common: CommonTlsContext, secrets: Mapping[str, Secret], *, skip_missing: bool = False) -> CommonTlsContext:
+    """`common` with every named secret put in place: certificates into `tls_certificates`, the validation
+    context (merged over the default one for a combined context) into `validation_context`.
+
+    A secret not in `secrets` raises SecretMissing, or with `skip_missing` (checking the rest of a context
+    before its secrets came) is left out. A secret of the wrong kind raises FieldError naming the reference.
+    """
+    if not common.secret_configs():
+        return common
+    certificates = list(common.tls_certificates)
+    for i, ref in enumerate(common.tls_certificate_sds_secret_configs):
+        secret = _lookup(secrets, ref, skip_missing)
+        if secret is not None:
+            if secret.tls_certificate is None:
+                raise FieldError(f"tls_certificate_sds_secret_configs[{i}].name",
+                                 f"secret {ref.name!r} holds no tls_certificate")
+            certificates.append(secret.tls_certificate)
+    validation = common.validation_context
+    where = ""
+    if common.validation_context_sds_secret_config is not None:
+        where = "validation_context_sds_secret_config"
+        validation = _validation_secret(secrets, common.validation_context_sds_secret_config, where, skip_missing)
+    elif common.combined_validation_context is not None:
+        combined = common.combined_validation_context
+        where = "combined_validation_context"
+        dynamic = _validation_secret(secrets, combined.validation_context_sds_secret_config,
+                                     f"{where}.validation_context_sds_secret_config", skip_missing)
+        # Missing while checking the rest: the default's matchers alone (no CA yet) are still checked by tls.py.
+        validation = merge_validation(combined.default_validation_context, dynamic)
+        if dynamic is None:
+            where = ""
+    if where and validation is not None:
+        try:
+            validation.check_secure()  # SAN matchers with no CA in the merged context: refused, as Envoy does
+        except FieldError as exc:
+            raise FieldError(join_path(where, exc.rel_path), exc.message) from None
+    resolved = msgspec.structs.replace(common)
+    for name, value in (("tls_certificates", certificates), ("tls_certificate_sds_secret_configs", []),
+                        ("validation_context", validation), ("validation_context_sds_secret_config", None),
+                        ("combined_validation_context", None)):
+        # Set without CommonTlsContext's own checks, which hold for a config as written: a context whose CA
+        # secret has not come (skip_missing) has SAN matchers and no CA yet; it is only checked, never served.
+        msgspec.structs.force_setattr(resolved, name, value)
+    return resolved
+
+
+def merge_validation(default: CertificateValidationContext,
+                     dynamic: CertificateValidationContext | None) -> CertificateValidationContext:
+    """Envoy's merge of a combined validation context: the SDS context over the default, as protobuf's MergeFrom
+    (a field the secret sets wins, lists are joined)."""
+    if dynamic is None:
+        return default
+    return CertificateValidationContext(
+        trusted_ca=dynamic.trusted_ca if dynamic.trusted_ca is not None else default.trusted_ca,
+        match_typed_subject_alt_names=[*default.match_typed_subject_alt_names, *dynamic.match_typed_subject_alt_names],
+        match_subject_alt_names=[*default.match_subject_alt_names, *dynamic.match_subject_alt_names])
+
+
+def _lookup(secrets: Mapping[str, Secret], ref: SdsSecretConfig, skip_missing: bool) -> Secret | None:
+    secret = secrets.get(ref.name)
+    if secret is None and not skip_missing:
+        raise SecretMissing(ref.name)
+    return secret
+
+
+def _validation_secret(secrets: Mapping[str, Secret], ref: SdsSecretConfig, path: str,
+                       skip_missing: bool) -> CertificateValidationContext | None:
+    secret = _lookup(secrets, ref, skip_missing)
+    if secret is None:
+        return None
+    if secret.validation_context is None:
+        raise FieldError(f"{path}.name", f"secret {ref.name!r} holds no validation_context")
+    return secret.validation_context
