@@ -16,6 +16,7 @@ from typing import Any
 from pylon import regex
 from pylon.config.envoy import HttpConnectionManager, TcpProxy
 from pylon.config.errors import ConfigError
+from pylon.config.secrets import common_tls_context, secret_names
 from pylon.extensions.filters.http import build_filter
 from pylon.extensions.filters.network import is_registered
 from pylon.proxy.access_log import compile_log_format
@@ -124,7 +125,8 @@ def validate_clusters(clusters: list[Any], source: str, path: str, secrets: Mapp
         if cluster.grpc_only:
             continue  # grpcio's (xDS, SDS): no data-plane runtime
         try:
-            if cluster.transport_socket is not None:  # what the secrets do not bring, checked before they come
+            if secret_names(common_tls_context(cluster.transport_socket)) - secrets.keys():
+                # Its secrets have not come (the Cluster's TLS waits for them): check the rest of the context now.
                 client_context(cluster.transport_socket.typed_config, secrets, skip_missing=True)
             Cluster(cluster, StatsStore(), 0, secrets=secrets)  # built, never started: no socket, DNS query, timer
         except TlsConfigError as exc:  # its upstream TLS context (client_context)
