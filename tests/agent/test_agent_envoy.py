@@ -1,8 +1,9 @@
-"""`pylon agent` feeding real Envoy over SDS, with certificates from `pylon pilot`'s CA.
+"""`pylon agent` feeding a proxy over SDS, with certificates from `pylon pilot`'s CA: real Envoy, and `pylon proxy`.
 
-One mesh for the module: pilot (ADS + CA), a token, and an agent running Envoy (router type,
+One mesh per proxy: pilot (ADS + CA), a token, and an agent running the proxy (router type,
 so pilot's gateway generator answers it) with a static mTLS listener whose certificate and
-trust come from SDS `default` / `ROOTCA`. The certificate lives 4 s, so it rotates every ~2 s.
+trust come from SDS `default` / `ROOTCA` over the agent's Unix socket (`sds-grpc`, a pipe).
+The certificate lives 4 s, so it rotates every ~2 s.
 """
 
 from __future__ import annotations
@@ -85,8 +86,8 @@ def _client_identity(ca_address: str, root_pem: bytes, token: str, directory: Pa
     return cert_path, key_path
 
 
-@pytest.fixture(scope="module")
-def mesh() -> Iterator[Mesh]:
+@pytest.fixture(scope="module", params=["envoy", "pylon"])
+def mesh(request: pytest.FixtureRequest) -> Iterator[Mesh]:
     work = Path(tempfile.mkdtemp(prefix="pa-"))  # short: Unix socket paths are limited to 108 bytes
     procs: list[subprocess.Popen] = []
     try:
@@ -113,6 +114,7 @@ def mesh() -> Iterator[Mesh]:
                       "--pod-name", "web-0", "--ca-address", ca_address, "--root-cert", str(ca_dir / "root-cert.pem"),
                       "--token-file", str(work / "token"), "--discovery-address", f"127.0.0.1:{xds_port}",
                       "--workdir", str(work), "--sds-socket", str(work / "sds.sock"), "--envoy-binary", str(ENVOY),
+                      "--proxy", request.param,
                       "--bootstrap-override", str(override), "--admin-port", str(admin_port),
                       "--health-address", f"127.0.0.1:{health_port}", "--ttl", "4", "--drain-seconds", "0.5"),
             start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))  # fmt: skip
@@ -186,4 +188,4 @@ def test_rotation_changes_the_served_certificate_without_failing_requests(mesh: 
         serials.add(served.serial_number)
         time.sleep(0.05)
     assert not failures
-    assert len(serials) >= 2, "Envoy kept serving the same certificate across a rotation"
+    assert len(serials) >= 2, "the proxy kept serving the same certificate across a rotation"

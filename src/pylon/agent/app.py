@@ -91,21 +91,30 @@ class Agent:
         return await http_status("127.0.0.1", self.options.admin_port, "/ready") == 200
 
 
-def envoy_command(options: AgentOptions) -> list[str]:
-    """Envoy as Istio's agent starts it (plus --config-yaml from a bootstrap override file)."""
-    binary = options.envoy_binary or shutil.which("envoy") or str(Path(sys.executable).parent / "envoy")
-    command = [binary, "-c", str(options.bootstrap_path), "--drain-strategy", "immediate",
-               "--disable-hot-restart", "--log-level", "warning"]  # fmt: skip
+def proxy_command(options: AgentOptions) -> list[str]:
+    """The proxy as Istio's agent starts Envoy (plus --config-yaml from a bootstrap override file); `pylon proxy`
+    takes the same bootstrap and flags it shares with Envoy."""
+    if options.proxy == "pylon":
+        command = [sys.executable, "-m", "pylon.cli", "proxy", "-c", str(options.bootstrap_path),
+                   "--drain-time-s", str(options.drain_seconds), "--log-level", "warning"]  # fmt: skip
+    else:
+        binary = options.envoy_binary or shutil.which("envoy") or str(Path(sys.executable).parent / "envoy")
+        command = [binary, "-c", str(options.bootstrap_path), "--drain-strategy", "immediate",
+                   "--disable-hot-restart", "--log-level", "warning"]  # fmt: skip
     if options.bootstrap_override is not None:
         command += ["--config-yaml", options.bootstrap_override.read_text()]
     return command
 
 
 async def _stop_proxy(proxy: asyncio.subprocess.Process, options: AgentOptions) -> None:
-    """Drain listeners gracefully, wait the drain time, then stop the proxy (killed if it lingers)."""
-    await http_status("127.0.0.1", options.admin_port, "/drain_listeners?graceful", method="POST")
+    """Drain listeners gracefully, wait the drain time, then stop the proxy (killed if it lingers). Envoy drains
+    on its admin's /drain_listeners; `pylon proxy` on SIGTERM, within its --drain-time-s."""
+    if options.proxy == "pylon":
+        proxy.terminate()
+    else:
+        await http_status("127.0.0.1", options.admin_port, "/drain_listeners?graceful", method="POST")
     try:
-        await asyncio.wait_for(proxy.wait(), options.drain_seconds)
+        await asyncio.wait_for(proxy.wait(), options.drain_seconds + (1 if options.proxy == "pylon" else 0))
     except asyncio.TimeoutError:
         pass
     if proxy.returncode is None:
@@ -131,7 +140,7 @@ async def run(options: AgentOptions) -> int:
     options.bootstrap_path.parent.mkdir(parents=True, exist_ok=True)
     options.bootstrap_path.write_text(json.dumps(bootstrap, indent=2))
     health = await serve_health(*options.health, agent.ready)
-    proxy = await asyncio.create_subprocess_exec(*envoy_command(options))
+    proxy = await asyncio.create_subprocess_exec(*proxy_command(options))
     log.info("agent for %s: SDS on %s, proxy pid %d, health on %s:%d", options.workload.node_id,
              options.sds_socket, proxy.pid, *options.health)  # fmt: skip
     stop = asyncio.Event()

@@ -8,10 +8,6 @@ from pathlib import Path
 
 import click
 
-PYLON_PROXY_UNSUPPORTED = ("--proxy pylon is not available yet: pylon's proxy has no xDS client, so it cannot "
-                           "take its listeners over ADS or its certificates over SDS; use --proxy envoy")  # fmt: skip
-
-
 def _address(text: str, flag: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit():
@@ -38,7 +34,8 @@ def _address(text: str, flag: str) -> tuple[str, int]:
               help="Root of Istio's relative paths (etc/istio/proxy/envoy-rev.json, var/run/secrets/...).")
 @click.option("--sds-socket", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="SDS Unix socket (default WORKDIR/var/run/secrets/workload-spiffe-uds/socket).")
-@click.option("--proxy", type=click.Choice(["envoy", "pylon"]), default="envoy", show_default=True)
+@click.option("--proxy", type=click.Choice(["envoy", "pylon"]), default="envoy", show_default=True,
+              help="The proxy to run: real Envoy, or `pylon proxy` (same bootstrap, xDS and SDS).")
 @click.option("--envoy-binary", default=None, help="Envoy executable (default: envoy on PATH or beside python).")
 @click.option("--bootstrap-override", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="YAML merged over the bootstrap (Istio's ISTIO_BOOTSTRAP_OVERRIDE; Envoy's --config-yaml).")
@@ -62,8 +59,6 @@ def agent_command(proxy_type: str, namespace: str, service_account: str, pod_nam
     from pylon.agent.bootstrap import Workload
     from pylon.identity.spiffe import SpiffeError, SpiffeId
 
-    if proxy == "pylon":
-        raise click.UsageError(PYLON_PROXY_UNSUPPORTED)
     try:
         identity = SpiffeId(trust_domain, namespace, service_account)
     except SpiffeError as exc:
