@@ -682,7 +682,8 @@ def test_upstream_tls_context_and_wrong_direction() -> None:
     assert error(bootstrap(clusters=[cluster(transport_socket=upstream)])) == (
         "config error in test.yaml: static_resources.clusters[0].transport_socket.typed_config.@type: "
         f"{DOWNSTREAM_TLS_TYPE} is registered as downstream transport socket, but this position takes "
-        f"upstream transport sockets; accepted here: {UPSTREAM_TLS_TYPE}"
+        "upstream transport sockets; accepted here: type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer."
+        f"v3.RawBuffer, {UPSTREAM_TLS_TYPE}"
     )
 
 
@@ -838,10 +839,10 @@ def test_a_route_to_an_http2_cluster_is_an_error(h2: dict[str, Any]) -> None:
         "speaks HTTP/2 (a gRPC cluster, for xDS and SDS); pylon proxies HTTP/1.1 upstreams only")
 
 
-def test_static_eds_cluster_is_an_error() -> None:
+def test_static_eds_cluster_needs_its_source() -> None:
     eds = {"name": "e", "type": "EDS", "eds_cluster_config": {"eds_config": {"ads": {}}, "service_name": "svc-e"}}
-    assert error(bootstrap(clusters=[eds])) == (
-        "config error in test.yaml: static_resources.clusters[0].type: EDS is supported for CDS clusters only")
+    assert error(bootstrap(clusters=[eds])) == ("config error in test.yaml: static_resources.clusters[0]."
+                                               "eds_cluster_config.eds_config.ads: needs dynamic_resources.ads_config")
 
 
 # --------------------------------------------------------------------------- bootstrap, unknown fields, @type
@@ -871,8 +872,9 @@ def test_node_and_admin() -> None:
          f"{HCM_PATH}.route_config.virtual_hosts[0].require_tls"),
         (lambda d: d["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][0]["typed_config"].update(dynamic_stats=False),
          f"{HCM_PATH}.http_filters[0].typed_config.dynamic_stats"),
-        (lambda d: d["static_resources"]["clusters"][0]["load_assignment"]["endpoints"][0]["lb_endpoints"][0].update(metadata={}),
-         "static_resources.clusters[0].load_assignment.endpoints[0].lb_endpoints[0].metadata"),
+        (lambda d: d["static_resources"]["clusters"][0]["load_assignment"]["endpoints"][0]["lb_endpoints"][0].update(
+            metadata={"typed_filter_metadata": {}}),
+         "static_resources.clusters[0].load_assignment.endpoints[0].lb_endpoints[0].metadata.typed_filter_metadata"),
         (lambda d: d["static_resources"]["clusters"][0].update(metadata={"typed_filter_metadata": {}}),
          "static_resources.clusters[0].metadata.typed_filter_metadata"),
     ],

@@ -104,9 +104,10 @@ def test_grpc_timeouts_attempt_count_and_validate_clusters() -> None:
     config = data["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     config["route_config"]["virtual_hosts"][0].update(include_request_attempt_count=True)
     assert the_hcm(load(data)).route_config.virtual_hosts[0].include_request_attempt_count is True
-    config["route_config"].update(validate_clusters=False)
-    assert error(data) == (f"config error in test.yaml: {HCM_PATH}.route_config.validate_clusters: "
-                           "not supported yet for an inline route_config (only for RDS route configurations)")
+    config["route_config"]["virtual_hosts"][0]["routes"][0]["route"]["cluster"] = "nowhere"
+    assert error(data) == (f"config error in test.yaml: {ROUTES_PATH}[0].route.cluster: unknown cluster 'nowhere'")
+    config["route_config"].update(validate_clusters=False)  # Envoy: then a route may name an unknown cluster
+    assert the_hcm(load(data)).route_config.validate_clusters is False
     assert error(one_route(route={"cluster": "svc", "max_grpc_timeout": "-1s"})).startswith(
         f"config error in test.yaml: {ROUTES_PATH}[0].route.max_grpc_timeout: ")
 

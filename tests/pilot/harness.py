@@ -44,8 +44,12 @@ def eventually(check: Callable[[], bool], timeout: float = 10.0) -> float:
 def bootstrap(node_id: str, cluster: str, metadata: dict[str, Any], admin_port: int, xds_port: int,
               api_type: str = "GRPC") -> dict[str, Any]:
     """What Istio's agent writes (envoy-rev.json), with a TCP xds-grpc cluster instead of its UDS; `api_type`
-    GRPC (state of the world) or DELTA_GRPC (the agent's default)."""
+    GRPC (state of the world) or DELTA_GRPC (the agent's default). `sds-grpc` is the agent's socket path, where
+    nothing listens here: only configs that need no secret are served."""
     ads = {"ads": {}, "initial_fetch_timeout": "0s", "resource_api_version": "V3"}
+    h2 = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        "explicit_http_config": {"http2_protocol_options": {}}}}
     return {
         "node": {"id": node_id, "cluster": cluster, "metadata": metadata},
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
@@ -55,11 +59,12 @@ def bootstrap(node_id: str, cluster: str, metadata: dict[str, Any], admin_port: 
             "lds_config": ads, "cds_config": ads,
         },
         "static_resources": {"clusters": [{
-            "name": "xds-grpc", "type": "STATIC", "connect_timeout": "1s",
-            "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                "explicit_http_config": {"http2_protocol_options": {}}}},
+            "name": "xds-grpc", "type": "STATIC", "connect_timeout": "1s", "typed_extension_protocol_options": h2,
             "load_assignment": {"cluster_name": "xds-grpc", "endpoints": [{"lb_endpoints": [{"endpoint": {
                 "address": {"socket_address": {"address": "127.0.0.1", "port_value": xds_port}}}}]}]},
+        }, {
+            "name": "sds-grpc", "type": "STATIC", "connect_timeout": "1s", "typed_extension_protocol_options": h2,
+            "load_assignment": {"cluster_name": "sds-grpc", "endpoints": [{"lb_endpoints": [{"endpoint": {
+                "address": {"pipe": {"path": "./var/run/secrets/workload-spiffe-uds/socket"}}}}]}]},
         }]},
     }  # fmt: skip

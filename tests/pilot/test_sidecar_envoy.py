@@ -1,11 +1,11 @@
-"""Interop: a real Envoy 1.40 connected to `pylon pilot` as a sidecar (node `sidecar~…`, labels and namespace in
-its metadata, bootstrap as Istio's agent writes it).
+"""Interop: `pylon pilot` configuring a sidecar (node `sidecar~…`, labels and namespace in its metadata,
+bootstrap as Istio's agent writes it): real Envoy 1.40, and `pylon proxy` on the same bootstrap.
 
 Without capture rules the sidecar runs in Istio's interception mode NONE, where
 istiod binds the per-port outbound listeners on 127.0.0.1: the test sends to the
 service port directly with the service's Host header, as the application would
 once iptables sent it there. The capture-mode (REDIRECT) config, whose
-virtualOutbound/virtualInbound bind 0.0.0.0, goes through `envoy --mode validate`
+virtualOutbound/virtualInbound bind 0.0.0.0, goes through `--mode validate` (of Envoy and of pylon)
 instead of being bound.
 """
 
@@ -48,6 +48,7 @@ class Sidecar:
     dns_port: int
     admin_port: int
     api_type: str
+    proxy: str
 
     def get(self, path: str = "/", host: str = HOST, **headers: str) -> httpx.Response:
         return httpx.get(f"http://127.0.0.1:{self.service_port}{path}", headers={"host": host, **headers}, timeout=5)
@@ -95,9 +96,12 @@ BY_HEADER = [{"match": [{"headers": {"x-version": {"exact": "v2"}}}], "route": [
              {"route": [{"destination": {"host": "reviews", "subset": "v1"}}]}]  # fmt: skip
 
 
-@pytest.fixture(scope="module", params=["GRPC", "DELTA_GRPC"])
+@pytest.fixture(scope="module", params=[("envoy", "GRPC"), ("envoy", "DELTA_GRPC"), ("pylon", "GRPC"),
+                                        ("pylon", "DELTA_GRPC")], ids="-".join)
 def sidecar(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sidecar]:
-    """One pilot and one sidecar Envoy, speaking state-of-the-world ADS, then (Istio's default) delta."""
+    """One pilot and one sidecar proxy (Envoy, then pylon), speaking state-of-the-world ADS, then (Istio's
+    default) delta."""
+    proxy, api_type = request.param
     base = tmp_path_factory.mktemp("sidecar")
     procs: list[subprocess.Popen] = []
 
@@ -114,8 +118,7 @@ def sidecar(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         xds_port, admin_port = free_port(), free_port()
         mesh = Sidecar(config_dir=base / "config", service_port=free_port(), debug_port=free_port(),
                        monitoring_port=free_port(), upstreams=upstreams, base=base, dns_port=free_port(),
-                       admin_port=admin_port,
-                       api_type=request.param)  # fmt: skip
+                       admin_port=admin_port, api_type=api_type, proxy=proxy)  # fmt: skip
         mesh.write(BY_HEADER)
         # No agent beside this Envoy: auto mTLS clusters would wait forever for SDS secrets from `sds-grpc`
         # (the mTLS config is checked by envoy --mode validate in gen/test_mtls.py).
@@ -124,10 +127,13 @@ def sidecar(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
                                 "--mesh-config", str(base / "mesh.yaml")))
         wait_for_port(xds_port, proc=pilot)
         (base / "envoy.yaml").write_text(yaml.safe_dump(bootstrap(SIDECAR_NODE, "client.default", METADATA, admin_port, xds_port,
-                                                                   api_type=request.param)))
-        envoy = start([str(ENVOY), "-c", str(base / "envoy.yaml"), "--disable-hot-restart", "-l", "error",
-                       "--drain-strategy", "immediate"])  # fmt: skip
-        wait_for_port(mesh.service_port, proc=envoy, timeout=20)
+                                                                   api_type=api_type)))
+        if proxy == "envoy":
+            command = [str(ENVOY), "-c", str(base / "envoy.yaml"), "--disable-hot-restart", "-l", "error",
+                       "--drain-strategy", "immediate"]  # fmt: skip
+        else:
+            command = [sys.executable, "-m", "pylon.cli", "proxy", "-c", str(base / "envoy.yaml"), "-l", "error"]
+        wait_for_port(mesh.service_port, proc=start(command), timeout=20)
         eventually(lambda: mesh.get().status_code == 200)
         yield mesh
     finally:
@@ -177,8 +183,9 @@ def test_removed_subset_is_removed_from_envoy(sidecar: Sidecar) -> None:
     eventually(lambda: v2 in sidecar.envoy_clusters() and sidecar.get(**{"x-version": "v2"}).json()["name"] == "v2")
 
 
-def test_capture_mode_config_passes_envoy_validation(sidecar: Sidecar) -> None:
-    """The REDIRECT-mode resources (virtualOutbound, virtualInbound, inbound|8080||, passthrough) as Envoy sees them."""
+def test_capture_mode_config_passes_validation(sidecar: Sidecar) -> None:
+    """The REDIRECT-mode resources (virtualOutbound, virtualInbound, inbound|8080||, passthrough) as the proxy sees
+    them."""
     snapshot = build_snapshot(load_directory(sidecar.config_dir).resources)
     out = SidecarGenerator().generate(sidecar_proxy(), snapshot)
     assert {"virtualOutbound", "virtualInbound"} <= set(out[LISTENER]) and "inbound|8080||" in out[CLUSTER]
@@ -187,6 +194,7 @@ def test_capture_mode_config_passes_envoy_validation(sidecar: Sidecar) -> None:
     config["static_resources"]["clusters"] += list(out[CLUSTER].values())
     path = sidecar.base / "redirect.yaml"
     path.write_text(yaml.safe_dump(config))
-    result = subprocess.run([str(ENVOY), "--mode", "validate", "-c", str(path), "-l", "error"],
+    validate = ([str(ENVOY)] if sidecar.proxy == "envoy" else [sys.executable, "-m", "pylon.cli", "proxy"])
+    result = subprocess.run([*validate, "--mode", "validate", "-c", str(path), "-l", "error"],
                             capture_output=True, text=True, timeout=30)  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr

@@ -138,10 +138,13 @@ def test_scripted_sequence_serves_as_envoy(setup: Setup) -> None:
     assert wait_until(lambda: setup.answer("/x") == (503, ""), timeout=EFFECT_S)
 
     # The management server gone: the last config keeps serving; back: the proxy reconnects and takes updates.
+    asked = len(setup.ads.requests_for(RDS))
     setup.ads.stop()
     assert setup.answer("/b") == (503, "") and setup.answer("/x") == (503, "")
     setup.ads.start()
     assert wait_until(lambda: setup.ads.stream_count == 1, timeout=EFFECT_S)
+    # The new stream's RDS request first (else version 5 would be its first answer, not a second one).
+    assert wait_until(lambda: len(setup.ads.requests_for(RDS)) > asked, timeout=EFFECT_S)
     setup.ads.set(RDS, "5", routes(("/", "a")))
     assert wait_until(lambda: setup.answer("/x") == (200, "a"), timeout=EFFECT_S)
     # Envoy's counts: a new stream gets the current versions again (one more success each); an attempt is

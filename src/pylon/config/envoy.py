@@ -959,10 +959,6 @@ class HttpConnectionManager(EnvoyStruct, kw_only=True):
             raise FieldError("codec_type", f"{self.codec_type} is not supported yet")
         if (self.route_config is None) == (self.rds is None):
             raise FieldError("route_config", "exactly one of route_config and rds is required")
-        if self.route_config is not None and self.route_config.validate_clusters is not None:
-            # The loader checks an inline route_config's clusters its own way (not when CDS may add them).
-            raise FieldError("route_config.validate_clusters",
-                             "not supported yet for an inline route_config (only for RDS route configurations)")
         _check_terminal_last(self.http_filters, "http_filters", "the router filter (envoy.filters.http.router)")
 
 
@@ -1149,6 +1145,10 @@ class Secret(EnvoyStruct, kw_only=True):
         _exactly_one(self, "tls_certificate", "validation_context", "session_ticket_keys", "generic_secret")
 
 
+class RawBuffer(EnvoyStruct, kw_only=True):
+    """extensions.transport_sockets.raw_buffer.v3.RawBuffer (no fields): plain TCP, as no transport socket."""
+
+
 class TransportSocket(_TypedExtension, kw_only=True):
     """A listener filter chain's transport socket (downstream)."""
 
@@ -1300,10 +1300,21 @@ class Endpoint(EnvoyStruct, kw_only=True):
     hostname: str = ""
 
 
+#: The endpoint metadata namespace a cluster's transport_socket_matches are matched against.
+TRANSPORT_SOCKET_MATCH = "envoy.transport_socket_match"
+
+
 class LbEndpoint(EnvoyStruct, kw_only=True):
     endpoint: Endpoint
     load_balancing_weight: PositiveUInt32 = 1
     health_status: Literal["UNKNOWN", "HEALTHY", "UNHEALTHY", "DRAINING", "TIMEOUT", "DEGRADED"] = "UNKNOWN"
+    # Read under `envoy.transport_socket_match` (which transport socket the host gets); data otherwise.
+    metadata: Metadata | None = None
+
+    @property
+    def socket_match_metadata(self) -> dict[str, Any]:
+        """What the cluster's transport_socket_matches are matched against (Istio: {tlsMode: istio})."""
+        return self.metadata.filter_metadata.get(TRANSPORT_SOCKET_MATCH, {}) if self.metadata is not None else {}
 
     def __post_init__(self) -> None:
         if self.health_status == "DEGRADED":
@@ -1497,6 +1508,15 @@ class EdsClusterConfig(EnvoyStruct, kw_only=True):
                                                     "api_config_source")
 
 
+class TransportSocketMatch(EnvoyStruct, kw_only=True):
+    """config.cluster.v3.Cluster.TransportSocketMatch: hosts whose `envoy.transport_socket_match` metadata holds
+    every entry of `match` get this transport socket (the first such match; none: the cluster's own)."""
+
+    name: NonEmptyStr
+    match: dict[str, Any] = {}
+    transport_socket: UpstreamTransportSocket
+
+
 class Cluster(EnvoyStruct, kw_only=True):
     name: NonEmptyStr
     type: Literal["STATIC", "STRICT_DNS", "LOGICAL_DNS", "EDS", "ORIGINAL_DST"] = "STATIC"
@@ -1508,8 +1528,11 @@ class Cluster(EnvoyStruct, kw_only=True):
     health_checks: list[HealthCheck] = []
     outlier_detection: OutlierDetection | None = None
     transport_socket: UpstreamTransportSocket | None = None
+    # Per-endpoint transport sockets by endpoint metadata (Istio's auto mTLS: TLS to hosts with tlsMode istio).
+    transport_socket_matches: list[TransportSocketMatch] = []
     dns_lookup_family: Literal["AUTO", "V4_ONLY", "V6_ONLY", "V4_PREFERRED", "ALL"] = "AUTO"
     dns_refresh_rate: DnsRefreshRate = DnsRefreshRate(5)
+    respect_dns_ttl: bool = False  # refresh at the answer's TTL (Istio sets it on DNS clusters)
     common_lb_config: CommonLbConfig = msgspec.field(default_factory=CommonLbConfig)
     ring_hash_lb_config: RingHashLbConfig = msgspec.field(default_factory=RingHashLbConfig)
     least_request_lb_config: LeastRequestLbConfig = msgspec.field(default_factory=LeastRequestLbConfig)
@@ -1802,10 +1825,6 @@ class Bootstrap(EnvoyStruct, kw_only=True):
                              "only one of stats_flush_interval or stats_flush_on_admin may be set")
         if self.layered_runtime is not None:
             self._check_runtime_keys(self.layered_runtime)
-        for i, cluster in enumerate(self.static_resources.clusters):
-            if cluster.type == "EDS":
-                # Envoy allows it; pylon's supervisor subscribes to EDS for CDS clusters only, for now.
-                raise FieldError(f"static_resources.clusters[{i}].type", "EDS is supported for CDS clusters only")
         if self.dynamic_resources is not None and self.dynamic_resources.cds_config is not None:
             node = self.node
             if node is None or not node.id or not node.cluster:
@@ -1875,6 +1894,16 @@ _CORE_EXTENSIONS: tuple[tuple[str, str, type], ...] = (
         registry.UPSTREAM_TRANSPORT_SOCKET,
         "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
         UpstreamTlsContext,
+    ),
+    (
+        registry.DOWNSTREAM_TRANSPORT_SOCKET,
+        "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer",
+        RawBuffer,
+    ),
+    (
+        registry.UPSTREAM_TRANSPORT_SOCKET,
+        "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer",
+        RawBuffer,
     ),
     (
         registry.UPSTREAM_OPTIONS,

@@ -210,7 +210,10 @@ def _cross_reference_problems(bootstrap: Bootstrap) -> Iterator[tuple[str, str]]
                 config = network_filter.typed_config
                 if isinstance(config, TcpProxy) and config.cluster not in clusters:
                     yield f"{base}.cluster", f"unknown cluster {config.cluster!r}"
-                elif isinstance(config, HttpConnectionManager) and config.route_config is not None:
+                elif (isinstance(config, HttpConnectionManager) and config.route_config is not None
+                      and config.route_config.validate_clusters is not False):
+                    # Envoy checks an inline route table's clusters unless validate_clusters is false (then a
+                    # route to an unknown cluster answers 503 NC).
                     yield from _route_cluster_problems(config, f"{base}.route_config", clusters)
 
 
@@ -277,6 +280,9 @@ def bootstrap_config_sources(bootstrap: Bootstrap) -> Iterator[tuple[str, Config
     for path, ref in bootstrap_secret_refs(bootstrap):
         if ref.sds_config is not None:
             yield f"{path}.sds_config", ref.sds_config
+    for i, cluster in enumerate(bootstrap.static_resources.clusters):
+        if cluster.eds_cluster_config is not None:
+            yield f"static_resources.clusters[{i}].eds_cluster_config.eds_config", cluster.eds_cluster_config.eds_config
 
 
 def bootstrap_secret_refs(bootstrap: Bootstrap) -> Iterator[tuple[str, SdsSecretConfig]]:

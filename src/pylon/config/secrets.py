@@ -38,11 +38,18 @@ class SecretMissing(Exception):
         self.name = name
 
 
+def tls_context(transport_socket: Any) -> Any:
+    """The TLS context (Downstream/UpstreamTlsContext) of a transport socket; None for plain TCP (none, or
+    raw_buffer)."""
+    if transport_socket is None or not hasattr(transport_socket.typed_config, "common_tls_context"):
+        return None
+    return transport_socket.typed_config
+
+
 def common_tls_context(transport_socket: Any) -> CommonTlsContext | None:
     """The CommonTlsContext of a listener chain's or a cluster's transport socket (None: plain TCP)."""
-    if transport_socket is None:
-        return None
-    return getattr(transport_socket.typed_config, "common_tls_context", None)
+    context = tls_context(transport_socket)
+    return context.common_tls_context if context is not None else None
 
 
 def listener_secret_refs(listener: Any) -> Iterator[tuple[str, SdsSecretConfig]]:
@@ -55,11 +62,16 @@ def listener_secret_refs(listener: Any) -> Iterator[tuple[str, SdsSecretConfig]]
 
 
 def cluster_secret_refs(cluster: Any) -> Iterator[tuple[str, SdsSecretConfig]]:
-    """(field path below the cluster, reference) of every SDS secret the cluster's transport socket names."""
-    common = common_tls_context(cluster.transport_socket)
-    if common is not None:
-        for sub, ref in common.secret_configs():
-            yield f"transport_socket.{COMMON}.{sub}", ref
+    """(field path below the cluster, reference) of every SDS secret the cluster's transport sockets name (its
+    own, and those of its transport_socket_matches)."""
+    sockets = [("transport_socket", cluster.transport_socket)]
+    sockets += [(f"transport_socket_matches[{i}].transport_socket", match.transport_socket)
+                for i, match in enumerate(cluster.transport_socket_matches)]
+    for path, transport_socket in sockets:
+        common = common_tls_context(transport_socket)
+        if common is not None:
+            for sub, ref in common.secret_configs():
+                yield f"{path}.{COMMON}.{sub}", ref
 
 
 def secret_names(common: CommonTlsContext | None) -> frozenset[str]:

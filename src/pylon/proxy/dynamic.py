@@ -117,6 +117,7 @@ class DynamicConfig:
         self.stats = stats
         self.binder = binder  # None in --mode validate: nothing is bound
         self.static_cluster_configs = {c.name: c for c in bootstrap.static_resources.clusters}
+        self.static_eds = {name: c for name, c in self.static_cluster_configs.items() if c.type == "EDS"}
         self.static_clusters = set(self.static_cluster_configs)
         self.static_listeners = list(bootstrap.static_resources.listeners)
         dynamic = bootstrap.dynamic_resources
@@ -148,6 +149,7 @@ class DynamicConfig:
             for name in SUBSCRIPTION_COUNTERS:
                 stats.counter(prefix + name)
         self._follow_secrets()
+        self._follow_eds_clusters()
         self._listener_gauges()
 
     @property
@@ -208,7 +210,8 @@ class DynamicConfig:
             raise
         if kind is ENDPOINTS:
             # Envoy tells only the EDS clusters whose assignment the response holds (a rejection, every one).
-            stat_names = [n for n in stat_names if self.clusters[n].config.eds_service_name in update.discovered.resources]
+            clusters = self.eds_clusters()
+            stat_names = [n for n in stat_names if clusters[n].eds_service_name in update.discovered.resources]
         self._count(kind, stat_names, "update_attempt")
         self._accept(update)
         self._count(kind, stat_names, "update_success")
@@ -220,12 +223,15 @@ class DynamicConfig:
         """Count `name` (update_failure, init_fetch_timeout, ...) for CDS, these RDS names or these EDS clusters."""
         self._count(kind, stat_names, name)
 
+    def eds_clusters(self) -> dict[str, Any]:
+        """The EDS clusters, static and from CDS, by name, as configured."""
+        return {**self.static_eds, **{name: r.config for name, r in self.clusters.items() if r.config.type == "EDS"}}
+
     def eds_services(self) -> dict[str, list[str]]:
-        """The ClusterLoadAssignment names the CDS clusters ask for, each with the clusters asking."""
+        """The ClusterLoadAssignment names the EDS clusters ask for, each with the clusters asking."""
         services: dict[str, list[str]] = {}
-        for name, resource in self.clusters.items():
-            if resource.config.type == "EDS":
-                services.setdefault(resource.config.eds_service_name, []).append(name)
+        for name, config in self.eds_clusters().items():
+            services.setdefault(config.eds_service_name, []).append(name)
         return services
 
     def eds_warm(self, service: str) -> bool:
@@ -275,6 +281,12 @@ class DynamicConfig:
                 endpoints[name] = (to_envoy_dict(assignment.config) if assignment is not None
                                    else {"cluster_name": service})
             clusters.append(to_envoy_dict(resource.config))
+        for name, config in self.static_eds.items():  # static EDS clusters: the workers built them from the bootstrap
+            service = config.eds_service_name
+            if self.eds_warm(service):
+                assignment = self.endpoints.get(service)
+                endpoints[name] = (to_envoy_dict(assignment.config) if assignment is not None
+                                   else {"cluster_name": service})
         return {
             "version": self.version,
             "listeners": [to_envoy_dict(r.config) for r in self.listeners.values() if self.listener_warm(r.config)],
@@ -362,10 +374,10 @@ class DynamicConfig:
                     raise ConfigError(source, f"{path}.address",
                                       f"listener {name!r} has the same address {_spell_address(listener)} as {other}; "
                                       "two listeners cannot bind one address and port")
-            for rel, cluster in _terminal_cluster_references(listener):
+            for rel, cluster, validated in _terminal_cluster_references(listener):
                 if cluster in self.grpc_clusters:
                     raise ConfigError(source, f"{path}.{rel}", grpc_cluster_message(cluster))
-                if self.cds_source is None and cluster not in self.static_clusters:
+                if validated and self.cds_source is None and cluster not in self.static_clusters:
                     raise ConfigError(source, f"{path}.{rel}", f"unknown cluster {cluster!r}")
         if self.binder is not None:
             self.binder.bind_new(resources, source)
@@ -619,17 +631,19 @@ def _rds_sources(listener: Any) -> Iterable[tuple[str, Any]]:
             yield f"{path.removeprefix('listener[0].')}.rds.config_source", hcm.rds.config_source
 
 
-def _terminal_cluster_references(listener: Any) -> Iterable[tuple[str, str]]:
-    """(field path below the listener, cluster name) for the clusters its tcp_proxy or inline routes use."""
+def _terminal_cluster_references(listener: Any) -> Iterable[tuple[str, str, bool]]:
+    """(field path below the listener, cluster name, whether it must be known) for the clusters its tcp_proxy
+    or inline routes use (an inline route table with validate_clusters false may name unknown ones)."""
     for rel, chain in listener.all_filter_chains():
         for k, network_filter in enumerate(chain.filters):
             config = network_filter.typed_config
             base = f"{rel}.filters[{k}].typed_config"
             if isinstance(config, TcpProxy):
-                yield f"{base}.cluster", config.cluster
+                yield f"{base}.cluster", config.cluster, True
             elif isinstance(config, HttpConnectionManager) and config.route_config is not None:
+                validated = config.route_config.validate_clusters is not False
                 for rel, name in route_cluster_references(config.route_config):
-                    yield f"{base}.route_config.{rel}", name
+                    yield f"{base}.route_config.{rel}", name, validated
 
 
 # ---------------------------------------------------------------------- filesystem xDS

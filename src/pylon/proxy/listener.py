@@ -20,7 +20,7 @@ import ssl
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from pylon.config.envoy import FilterChain, HttpConnectionManager, TcpProxy
-from pylon.config.secrets import SecretMissing
+from pylon.config.secrets import SecretMissing, tls_context
 from pylon.extensions.filters.listener import Detected, build_listener_filter
 from pylon.extensions.filters.listener.original_dst import OriginalDst
 from pylon.extensions.filters.network import build_network_filter
@@ -237,8 +237,8 @@ def build_chain(chain: FilterChain, listener: ListenerRuntime) -> ChainRuntime:
     """One filter chain's TLS and terminal network filter for this worker."""
     worker = listener.worker
     runtime = ChainRuntime(chain.name)
-    if chain.transport_socket is not None:
-        runtime.tls_config = chain.transport_socket.typed_config
+    runtime.tls_config = tls_context(chain.transport_socket)  # None: plain TCP (none, or raw_buffer)
+    if runtime.tls_config is not None:
         runtime.tls_stats = TlsStats(worker.stats, listener_stat_name(listener.config) + ".")
     terminal_cfg = chain.filters[-1].typed_config
     network_filters = [build_network_filter(f.name, f.typed_config, worker.stats) for f in chain.filters[:-1]]

@@ -156,7 +156,7 @@ class TcpProxySession(asyncio.Protocol):
                 break
             stats.upstream_cx_total.value += 1
             try:
-                _, upstream = await open_upstream(host.address, cluster.tls, cluster.connect_timeout,
+                _, upstream = await open_upstream(host.address, cluster.tls_for(host), cluster.connect_timeout,
                                                   lambda: _Upstream(self), cluster.source)
             except ConnectError as exc:
                 cluster.circuit_breakers.connections.release()

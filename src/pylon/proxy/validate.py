@@ -16,7 +16,7 @@ from typing import Any
 from pylon import regex
 from pylon.config.envoy import HttpConnectionManager, TcpProxy
 from pylon.config.errors import ConfigError
-from pylon.config.secrets import common_tls_context, secret_names
+from pylon.config.secrets import secret_names, tls_context
 from pylon.extensions.filters.http import build_filter
 from pylon.extensions.filters.network import is_registered
 from pylon.proxy.access_log import compile_log_format
@@ -91,7 +91,7 @@ def _validate_chain(chain: Any, source: str, chain_path: str, secrets: Mapping[s
             raise ConfigError(source, f"{chain_path}.filters[{k}]",
                               f"{network_filter.name} cannot come before the terminal filter in pylon (it only "
                               "serves connections; filters that may refuse them, such as RBAC, can)")
-    if chain.transport_socket is not None:
+    if tls_context(chain.transport_socket) is not None:
         tls_path = f"{chain_path}.transport_socket.typed_config"
         try:
             server_context(chain.transport_socket.typed_config, secrets, skip_missing=True)
@@ -124,16 +124,24 @@ def validate_clusters(clusters: list[Any], source: str, path: str, secrets: Mapp
     for j, cluster in enumerate(clusters):
         if cluster.grpc_only:
             continue  # grpcio's (xDS, SDS): no data-plane runtime
+        failed = False
         try:
-            if secret_names(common_tls_context(cluster.transport_socket)) - secrets.keys():
-                # Its secrets have not come (the Cluster's TLS waits for them): check the rest of the context now.
-                client_context(cluster.transport_socket.typed_config, secrets, skip_missing=True)
             Cluster(cluster, StatsStore(), 0, secrets=secrets)  # built, never started: no socket, DNS query, timer
-        except TlsConfigError as exc:  # its upstream TLS context (client_context)
-            raise ConfigError(source, _join(f"{path}[{j}].transport_socket.typed_config", exc.path),
-                              exc.message) from exc
+        except TlsConfigError:
+            failed = True  # which of its contexts: found below, to name the field
         except ValueError as exc:
             raise ConfigError(source, f"{path}[{j}]", str(exc)) from exc
+        sockets = [("transport_socket", cluster.transport_socket)]
+        sockets += [(f"transport_socket_matches[{k}].transport_socket", match.transport_socket)
+                    for k, match in enumerate(cluster.transport_socket_matches)]
+        for rel, transport_socket in sockets:
+            context = tls_context(transport_socket)
+            # A context whose secrets have not come was not built by the Cluster: what they do not bring is checked.
+            if context is not None and (failed or secret_names(context.common_tls_context) - secrets.keys()):
+                try:
+                    client_context(context, secrets, skip_missing=True)
+                except TlsConfigError as exc:
+                    raise ConfigError(source, _join(f"{path}[{j}].{rel}.typed_config", exc.path), exc.message) from exc
 
 
 def _check_balancers(source: str, listeners: list[Any], base: str) -> None:

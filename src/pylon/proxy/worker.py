@@ -30,7 +30,7 @@ import uvloop
 from pylon.config.envoy import Cluster as ClusterConfig
 from pylon.config.envoy import ClusterLoadAssignment, RouteConfiguration, Secret, convert
 from pylon.config.loader import parse_bootstrap
-from pylon.config.secrets import common_tls_context, secret_names
+from pylon.config.secrets import cluster_secret_refs, secret_names
 from pylon.proxy import control
 from pylon.proxy.access_log import AccessLogWriter
 from pylon.proxy.balance import Accepting, balancer_for
@@ -212,10 +212,8 @@ class Worker:
         for name, config in wanted.items():
             assignment = assignments.get(name)
             if self.cds_configs.get(name) == config:
-                if assignment is not None and self.eds_assignments.get(name) != assignment:
-                    self.clusters[name].set_assignment(assignment)
-                    self.pools.retire_hosts(self.clusters[name])
-                    self.eds_assignments[name] = assignment
+                if assignment is not None:
+                    self._update_assignment(name, assignment)
                 continue
             cluster = Cluster(config, self.stats, self.worker_id, secrets=self.secrets)
             if assignment is not None:
@@ -229,6 +227,9 @@ class Worker:
             self.cds_configs[name] = config
             if old is not None:
                 retiring.append(old)
+        for name, assignment in assignments.items():  # static EDS clusters (built from the bootstrap)
+            if name not in wanted:
+                self._update_assignment(name, assignment)
         for name, data in document["routes"].items():
             config = convert(data, RouteConfiguration)
             if self.route_configs.get(name) == config:
@@ -249,11 +250,18 @@ class Worker:
             self.pools.retire_cluster(cluster)
             await cluster.stop()
 
+    def _update_assignment(self, name: str, assignment: ClusterLoadAssignment) -> None:
+        """An endpoint-only change: the hosts that stay keep their pools, health and outlier state."""
+        if self.eds_assignments.get(name) != assignment:
+            self.clusters[name].set_assignment(assignment)
+            self.pools.retire_hosts(self.clusters[name])
+            self.eds_assignments[name] = assignment
+
     def _rotate(self, names: set[str]) -> None:
         """Secrets `names` changed: the clusters and listener chains that name them build their TLS again, for
         the connections made from now on (Envoy's SDS update: open connections carry on)."""
         for cluster in self.clusters.values():
-            if secret_names(common_tls_context(cluster.config.transport_socket)) & names:
+            if any(ref.name in names for _, ref in cluster_secret_refs(cluster.config)):
                 cluster.refresh_tls(self.secrets)
         for runtime in [*self.listeners, *self.lds.runtimes()]:
             for chain in runtime.all_chains:

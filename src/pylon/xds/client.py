@@ -111,6 +111,8 @@ class ResourceSink(Protocol):
 
     def secret_sources(self) -> dict[str, Any]: ...
 
+    def eds_clusters(self) -> dict[str, Any]: ...
+
     def secret_warm(self, name: str) -> bool: ...
 
     def expire_secret(self, name: str) -> bool: ...
@@ -374,11 +376,8 @@ class XdsClient:
         """The names each named type needs now, from the config accepted so far."""
         routes = {s.route_name: Wanted(s.source, s.route_name) for s in self.dynamic.rds_subscribers}
         endpoints: dict[str, Wanted] = {}
-        for name, resource in self.dynamic.clusters.items():
-            config = resource.config
-            if config.type == "EDS":
-                service = config.eds_service_name
-                endpoints.setdefault(service, Wanted(config.eds_cluster_config.eds_config, name))
+        for name, config in self.dynamic.eds_clusters().items():
+            endpoints.setdefault(config.eds_service_name, Wanted(config.eds_cluster_config.eds_config, name))
         secrets = {name: Wanted(source, name) for name, source in self.dynamic.secret_sources().items()}
         return {ROUTE_CONFIGURATIONS.type_url: routes, ENDPOINTS.type_url: endpoints, SECRETS.type_url: secrets}
 
@@ -412,7 +411,7 @@ class XdsClient:
 
     def _count_new_eds_clusters(self) -> None:
         """EDS counts per cluster: a cluster added or changed starts a subscription (Envoy's update_attempt)."""
-        wanted = {name: r.config for name, r in self.dynamic.clusters.items() if r.config.type == "EDS"}
+        wanted = self.dynamic.eds_clusters()
         started = sorted(name for name, config in wanted.items() if self.eds_clusters.get(name) != config)
         self.eds_clusters = wanted
         self.dynamic.count(ENDPOINTS, started, "update_attempt")
@@ -423,8 +422,8 @@ class XdsClient:
             return
         timeouts = [float(w.source.initial_fetch_timeout) for n, w in wanted.items() if n == name]
         if kind is ENDPOINTS:
-            timeouts = [float(r.config.eds_cluster_config.eds_config.initial_fetch_timeout)
-                        for r in self.dynamic.clusters.values() if r.config.eds_service_name == name]
+            timeouts = [float(config.eds_cluster_config.eds_config.initial_fetch_timeout)
+                        for config in self.dynamic.eds_clusters().values() if config.eds_service_name == name]
         timeout = 0.0 if 0.0 in timeouts else max(timeouts)
         if timeout:
             try:

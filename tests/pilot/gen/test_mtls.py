@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -135,17 +136,13 @@ def test_destination_rule_simple_tls_is_refused_by_name() -> None:
 
 
 @needs_envoy
-def test_every_mtls_resource_passes_envoy_validation(tmp_path: Path) -> None:
+def test_every_mtls_resource_passes_validation(tmp_path: Path) -> None:
     strict = peer("wl", {"selector": {"matchLabels": {"app": "client"}}, "mtls": {"mode": "STRICT"},
                          "portLevelMtls": {"5432": {"mode": "PERMISSIVE"}}})  # fmt: skip
     out = generate(strict, subsets_rule(REVIEWS, ["v1"], {"tls": {"mode": "ISTIO_MUTUAL"}}))
     config = bootstrap(SIDECAR_NODE, "client.default", {"NAMESPACE": "default"}, free_port(), free_port())
     config["static_resources"]["listeners"] = list(out[LISTENER].values())
-    config["static_resources"]["clusters"] += [
-        {"name": "sds-grpc", "type": "STATIC", "connect_timeout": "1s",  # as Istio's bootstrap: the agent's socket
-         "typed_extension_protocol_options": config["static_resources"]["clusters"][0]["typed_extension_protocol_options"],
-         "load_assignment": {"cluster_name": "sds-grpc", "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
-             "pipe": {"path": str(tmp_path / "socket")}}}}]}]}},
+    config["static_resources"]["clusters"] += [  # the bootstrap has Istio's sds-grpc (the agent's socket)
         *[c for c in out[CLUSTER].values() if c["type"] != "EDS"],
         *[{**c, "type": "STATIC", "load_assignment": out[ENDPOINT][c["name"]], "eds_cluster_config": None}
           for c in out[CLUSTER].values() if c["type"] == "EDS"],
@@ -155,6 +152,7 @@ def test_every_mtls_resource_passes_envoy_validation(tmp_path: Path) -> None:
             del cluster["eds_cluster_config"]
     path = tmp_path / "mtls.yaml"
     path.write_text(yaml.safe_dump(config))
-    result = subprocess.run([str(ENVOY), "--mode", "validate", "-c", str(path), "-l", "error"],
-                            capture_output=True, text=True, timeout=30)  # fmt: skip
-    assert result.returncode == 0, result.stdout + result.stderr
+    for proxy in ([str(ENVOY)], [sys.executable, "-m", "pylon.cli", "proxy"]):  # the reference, then pylon
+        result = subprocess.run([*proxy, "--mode", "validate", "-c", str(path), "-l", "error"],
+                                capture_output=True, text=True, timeout=30)  # fmt: skip
+        assert result.returncode == 0, result.stdout + result.stderr

@@ -73,3 +73,32 @@ def test_refresh_loop_reresolves_until_stopped():
         assert len(updates) == seen
 
     asyncio.run(main())
+
+
+def test_respect_dns_ttl_refreshes_at_the_answers_ttl():
+    """c-ares tells each address's TTL: the next refresh comes when the smallest runs out; a hosts-file answer
+    (TTL 0) keeps dns_refresh_rate, as Envoy."""
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        refresher = DnsRefresher("c", [DnsTarget("localhost", 80)], lambda _: None, lookup_family="V4_ONLY",
+                                 refresh_rate=5.0, respect_ttl=True)
+        answer = await refresher.resolve_once(loop)  # the real c-ares, from /etc/hosts
+        assert [e.address for e in answer] == [("127.0.0.1", 80)] and refresher.next_refresh == 5.0
+
+        class Node:
+            def __init__(self, address: str, ttl: int) -> None:
+                self.family, self.socktype, self.protocol = socket.AF_INET, socket.SOCK_STREAM, 6
+                self.addr, self.ttl = (address.encode(), 80), ttl
+
+        class Answer:
+            nodes = [Node("10.0.0.1", 30), Node("10.0.0.2", 12)]
+
+        class Resolver:  # a DNS server's answer with TTLs, without sending a query anywhere
+            async def getaddrinfo(self, *args, **kwargs):
+                return Answer()
+
+        refresher._cares = Resolver()
+        answer = await refresher.resolve_once(loop)
+        assert [e.address[0] for e in answer] == ["10.0.0.1", "10.0.0.2"] and refresher.next_refresh == 12
+
+    asyncio.run(main())

@@ -19,7 +19,6 @@ import time
 from typing import Any, Callable, Iterable, Mapping
 
 from pylon.proxy.stats import Counter, StatsStore
-from pylon.proxy.tls import ClientTls, UnavailableTls
 from pylon.proxy.upstream.circuit import CircuitBreakers
 from pylon.proxy.upstream.connect import open_stream
 from pylon.proxy.upstream.dns import DnsRefresher, DnsTarget, ResolvedEndpoint
@@ -27,7 +26,7 @@ from pylon.proxy.upstream.health import HealthChecker
 from pylon.proxy.upstream.host import Host, eds_health_flags, format_address
 from pylon.proxy.upstream.lb import create_load_balancer
 from pylon.proxy.upstream.outlier import OutlierDetector
-from pylon.proxy.upstream.tls_factory import cluster_tls
+from pylon.proxy.upstream.tls_factory import UpstreamTls, matching_socket, socket_matches, transport_tls
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +107,10 @@ class Cluster:
             self.outlier = OutlierDetector.from_config(config.outlier_detection, stats, prefix, now, rng)
 
         # The transport socket of every connection to the hosts: requests, tcp_proxy and health checks alike.
-        # Read at each connect, so new connections take a rotated SDS certificate (`refresh_tls`).
-        self.tls: ClientTls | UnavailableTls | None = cluster_tls(config, secrets)
+        # Read at each connect, so new connections take a rotated SDS certificate (`refresh_tls`); hosts whose
+        # metadata a transport_socket_match takes use that match's (`tls_for`).
+        self.tls: UpstreamTls = transport_tls(config.transport_socket, secrets)
+        self.socket_matches = socket_matches(config, secrets)
         bind = config.upstream_bind_config
         # Where upstream connections leave from (Istio's inbound clusters: 127.0.0.6, so capture rules let them by).
         self.source: tuple[str, int] | None = (
@@ -118,7 +119,8 @@ class Cluster:
         if config.health_checks:
             self.health_checker = HealthChecker.from_config(
                 config.health_checks[0], self.name, stats, prefix,
-                lambda address: open_stream(address, self.tls, self.connect_timeout, self.source),
+                lambda address: open_stream(address, self.tls_for(self._by_address.get(address)),
+                                            self.connect_timeout, self.source),
                 had_traffic=lambda: self.stats.upstream_cx_total.value > 0,
                 on_success=self.outlier.on_active_health_check_success if self.outlier is not None else None,
             )
@@ -138,11 +140,13 @@ class Cluster:
         else:
             self._dns = DnsRefresher(
                 self.name,
-                [DnsTarget(address[0], address[1], weight, flags) for address, weight, _, flags in endpoints],
+                [DnsTarget(address[0], address[1], weight, flags, metadata)
+                 for address, weight, _, flags, metadata in endpoints],
                 self._on_dns_update,
                 lookup_family=config.dns_lookup_family,
                 refresh_rate=float(config.dns_refresh_rate),
                 first_only=config.type == "LOGICAL_DNS",
+                respect_ttl=config.respect_dns_ttl,
             )
 
     # -- membership ----------------------------------------------------------------------
@@ -162,6 +166,7 @@ class Cluster:
             else:
                 host.weight = ep.weight
             host.set_eds_flags(ep.eds_flags)
+            host.socket = matching_socket(self.socket_matches, ep.socket_metadata) if self.socket_matches else -1
             new[ep.address] = host
         removed = [host for address, host in old.items() if address not in new]
         for host in removed:
@@ -242,7 +247,14 @@ class Cluster:
 
     def refresh_tls(self, secrets: Mapping[str, Any]) -> None:
         """An SDS secret the cluster names changed: new connections use it; pooled ones carry on (as Envoy)."""
-        self.tls = cluster_tls(self.config, secrets)
+        self.tls = transport_tls(self.config.transport_socket, secrets)
+        self.socket_matches = socket_matches(self.config, secrets)
+
+    def tls_for(self, host: Host | None) -> UpstreamTls:
+        """The TLS of connections to `host`: its transport socket match's, else the cluster's."""
+        if host is None or host.socket < 0:
+            return self.tls
+        return self.socket_matches[host.socket][1]
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start DNS refresh, active health checks, the outlier sweep and the ORIGINAL_DST cleanup on this worker's
@@ -312,9 +324,9 @@ class Cluster:
         }
 
 
-def assignment_endpoints(assignment: Any) -> Iterable[tuple[tuple[str, int], int, str, int]]:
-    """((address, port), weight, hostname, health flags) of every lb_endpoint of a ClusterLoadAssignment
-    (inline or from EDS): the fields of a `ResolvedEndpoint`."""
+def assignment_endpoints(assignment: Any) -> Iterable[tuple[tuple[str, int], int, str, int, Mapping[str, Any]]]:
+    """((address, port), weight, hostname, health flags, transport socket metadata) of every lb_endpoint of a
+    ClusterLoadAssignment (inline or from EDS): the fields of a `ResolvedEndpoint`."""
     if assignment is None:
         return
     for locality in assignment.endpoints:
@@ -322,7 +334,7 @@ def assignment_endpoints(assignment: Any) -> Iterable[tuple[tuple[str, int], int
             endpoint = lb_endpoint.endpoint
             sock = endpoint.address.socket_address
             yield ((sock.address, sock.port_value), lb_endpoint.load_balancing_weight, endpoint.hostname,
-                   eds_health_flags(lb_endpoint.health_status))
+                   eds_health_flags(lb_endpoint.health_status), lb_endpoint.socket_match_metadata)
 
 
 def build_clusters(configs: Iterable[Any], stats: StatsStore, worker_id: int,

@@ -10,6 +10,13 @@ addresses (Envoy keeps the last good answer) and logs a warning.
 STRICT_DNS makes a host of every address; LOGICAL_DNS uses only the first
 address of each name (Envoy's logical host: one connection target that
 follows DNS).
+
+`respect_dns_ttl`: the next refresh comes when the answer's TTL runs out (the
+smallest TTL of the addresses; an answer with TTL 0, such as one from
+/etc/hosts, keeps `dns_refresh_rate`, as in Envoy). getaddrinfo does not tell
+TTLs, so such clusters resolve through c-ares (aiodns), Envoy's own resolver,
+which reads /etc/hosts too. Departure: Envoy times each name on its own; pylon
+refreshes a cluster's names together, at the soonest TTL.
 """
 
 from __future__ import annotations
@@ -17,7 +24,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 log = logging.getLogger(__name__)
@@ -34,6 +42,8 @@ class DnsTarget:
     port: int
     weight: int = 1
     eds_flags: int = 0  # the lb_endpoint's health_status as host health flags (host.eds_health_flags)
+    # its `envoy.transport_socket_match` metadata (which transport socket its hosts get)
+    socket_metadata: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -44,6 +54,7 @@ class ResolvedEndpoint:
     weight: int
     hostname: str
     eds_flags: int = 0
+    socket_metadata: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
 
 def select_addresses(infos: Sequence[tuple[Any, ...]], lookup_family: str) -> list[str]:
@@ -85,6 +96,7 @@ class DnsRefresher:
         lookup_family: str = "AUTO",
         refresh_rate: float = DEFAULT_DNS_REFRESH_RATE,
         first_only: bool = False,
+        respect_ttl: bool = False,
     ) -> None:
         if lookup_family not in LOOKUP_FAMILIES:
             raise ValueError(f"dns_lookup_family {lookup_family!r} is not one of {', '.join(LOOKUP_FAMILIES)}")
@@ -94,6 +106,9 @@ class DnsRefresher:
         self.lookup_family = lookup_family
         self.refresh_rate = refresh_rate
         self.first_only = first_only
+        self.respect_ttl = respect_ttl
+        self.next_refresh = refresh_rate  # the refresh rate, or (respect_ttl) the last answer's TTL
+        self._cares: Any = None  # aiodns resolver, made on first use (respect_ttl only)
         self._last: dict[DnsTarget, list[str]] = {}
         self._task: asyncio.Task[None] | None = None
 
@@ -103,7 +118,10 @@ class DnsRefresher:
             *(self._resolve(loop, t) for t in self.targets), return_exceptions=True,
         )
         endpoints: list[ResolvedEndpoint] = []
-        for target, answer in zip(self.targets, answers):
+        ttls = [answer[1] for answer in answers if not isinstance(answer, BaseException) and answer[1] > 0]
+        self.next_refresh = min(ttls) if self.respect_ttl and ttls else self.refresh_rate
+        for target, result in zip(self.targets, answers):
+            answer = result if isinstance(result, BaseException) else result[0]
             if isinstance(answer, BaseException) or not answer:
                 reason = answer if isinstance(answer, BaseException) else "no address of the requested family"
                 log.warning(
@@ -115,15 +133,27 @@ class DnsRefresher:
                 addresses = answer[:1] if self.first_only else answer
                 self._last[target] = addresses
             endpoints.extend(
-                ResolvedEndpoint((addr, target.port), target.weight, target.hostname, target.eds_flags)
+                ResolvedEndpoint((addr, target.port), target.weight, target.hostname, target.eds_flags,
+                                 target.socket_metadata)
                 for addr in addresses
             )
         self.on_update(endpoints)
         return endpoints
 
-    async def _resolve(self, loop: asyncio.AbstractEventLoop, target: DnsTarget) -> list[str]:
-        infos = await loop.getaddrinfo(target.hostname, target.port, type=socket.SOCK_STREAM)
-        return select_addresses(infos, self.lookup_family)
+    async def _resolve(self, loop: asyncio.AbstractEventLoop, target: DnsTarget) -> tuple[list[str], int]:
+        """The target's addresses and the smallest TTL among them (0: not known, or a hosts-file answer)."""
+        if not self.respect_ttl:
+            infos = await loop.getaddrinfo(target.hostname, target.port, type=socket.SOCK_STREAM)
+            return select_addresses(infos, self.lookup_family), 0
+        if self._cares is None:
+            import aiodns
+
+            self._cares = aiodns.DNSResolver(loop=loop)
+        answer = await self._cares.getaddrinfo(target.hostname, family=socket.AF_UNSPEC, port=target.port,
+                                               type=socket.SOCK_STREAM)
+        infos = [(node.family, node.socktype, node.protocol, "", (node.addr[0].decode(), *node.addr[1:]))
+                 for node in answer.nodes]
+        return select_addresses(infos, self.lookup_family), min((node.ttl for node in answer.nodes), default=0)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._task = loop.create_task(self._run(loop))
@@ -137,4 +167,4 @@ class DnsRefresher:
     async def _run(self, loop: asyncio.AbstractEventLoop) -> None:
         while True:
             await self.resolve_once(loop)
-            await asyncio.sleep(self.refresh_rate)
+            await asyncio.sleep(self.next_refresh)

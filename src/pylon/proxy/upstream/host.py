@@ -57,7 +57,7 @@ class Host:
     __slots__ = (
         "address", "weight", "hostname", "healthy", "health_flags",
         "active_requests", "active_connections", "rq_total", "rq_success", "rq_error",
-        "rq_timeout", "cx_connect_fail", "outlier", "on_health_change",
+        "rq_timeout", "cx_connect_fail", "outlier", "on_health_change", "socket",
     )
 
     def __init__(self, address: tuple[str, int], weight: int = 1, hostname: str = "") -> None:
@@ -74,6 +74,8 @@ class Host:
         self.rq_error = 0
         self.rq_timeout = 0
         self.cx_connect_fail = 0
+        # Which of its cluster's transport_socket_matches it takes (-1: the cluster's transport socket).
+        self.socket = -1
         # Per-host outlier state, attached by the cluster's detector (None without outlier_detection).
         self.outlier: HostMonitor | None = None
         # Called with this host whenever `healthy` flips; the cluster rebuilds its LB set.

@@ -334,7 +334,7 @@ class HostPool:
         host, port = self.host.address
         try:
             try:
-                _, conn = await open_upstream(self.host.address, cluster.tls, cluster.connect_timeout,
+                _, conn = await open_upstream(self.host.address, cluster.tls_for(self.host), cluster.connect_timeout,
                                               lambda: UpstreamConnection(self), cluster.source)
             except ConnectTimeout:
                 stats.upstream_cx_connect_timeout.value += 1
