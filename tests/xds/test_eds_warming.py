@@ -23,17 +23,17 @@ def test_an_eds_cluster_reaches_workers_once_its_endpoints_come() -> None:
     dynamic = dynamic_config()
     offer_clusters(dynamic, eds_cluster("e"), eds_cluster("f"))
     assert dynamic.eds_services() == {"svc-e": ["e", "f"]}
-    assert dynamic.document()["clusters"] == [] and dynamic.stats.gauge("cluster_manager.warming_clusters").value == 2
+    assert dynamic.document()["clusters"] == {} and dynamic.stats.gauge("cluster_manager.warming_clusters").value == 2
     offer_endpoints(dynamic, 9001)
     document = dynamic.document()
-    assert [c["name"] for c in document["clusters"]] == ["e", "f"]
+    assert list(document["clusters"]) == ["e", "f"]
     assert document["endpoints"]["e"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"][
         "socket_address"]["port_value"] == 9001
     counters = dynamic.stats.snapshot()["counters"]
     assert (counters["cluster.e.update_success"], counters["cluster.f.update_success"]) == (1, 1)
     # A modified cluster serves the known endpoints at once (kept by service name, as Envoy's EDS cache).
     offer_clusters(dynamic, eds_cluster("e", initial_fetch_timeout="1s"))
-    assert [c["name"] for c in dynamic.document()["clusters"]] == ["e"]
+    assert list(dynamic.document()["clusters"]) == ["e"]
     # Removed: its endpoints are forgotten.
     offer_clusters(dynamic)
     assert dynamic.endpoints == {} and dynamic.eds_services() == {}

@@ -7,10 +7,14 @@ from envoy.service.discovery.v3.discovery_pb2 import DiscoveryResponse
 
 from pylon.config.envoy import Cluster, RouteConfiguration
 from pylon.config.errors import ConfigError
-from pylon.xds.resources import decode_response, rejection_detail
+from pylon.xds.resources import ResponseDecoder, rejection_detail
 from tests.xds.management import CDS, RDS, to_any
 
 HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+
+def decode_response(response: DiscoveryResponse, source: str):  # type: ignore[no-untyped-def]
+    return ResponseDecoder().decode(response, source)
 
 
 def cluster(name: str, **extra: object) -> dict[str, object]:
@@ -53,3 +57,15 @@ def test_an_eds_cluster_with_inline_endpoints_is_refused() -> None:
     with pytest.raises(ConfigError) as info:
         decode_response(response(CDS, cluster("a", type="EDS", eds_cluster_config={"service_name": "a"})), "ads")
     assert info.value.path.startswith("resources[0].")
+
+
+def test_an_unchanged_resource_decodes_to_the_same_config() -> None:
+    """A state-of-the-world response resends every resource: one whose bytes did not change is not decoded
+    again (the same object comes back), one that changed is."""
+    decoder = ResponseDecoder()
+    first = decoder.decode(response(CDS, cluster("a"), cluster("b")), "ads").resources
+    second = decoder.decode(response(CDS, cluster("a"), cluster("b", connect_timeout="2s"), version="8"), "ads").resources
+    assert second["a"] is first["a"]
+    assert second["b"] is not first["b"] and second["b"].connect_timeout == 2.0
+    with pytest.raises(ConfigError, match="duplicate cluster name 'a'"):
+        decoder.decode(response(CDS, cluster("a"), cluster("a")), "ads")

@@ -83,17 +83,23 @@ def discovered_from_data(data: dict[str, Any], source: str, kind: ResourceKind[R
     items = data.get("resources", [])
     if not isinstance(items, list):
         raise ConfigError(source, "resources", "must be a list")
-    resources: dict[str, ResourceT] = {}
-    for index, item in enumerate(items):
-        path = f"resources[{index}]"
-        resource = _decode(item, source, path, kind)
-        if resource.name in resources:
-            raise ConfigError(source, join_path(path, kind.name_field), f"duplicate {kind.what} name {resource.name!r}")
-        resources[resource.name] = resource
-    return Discovered(version, resources)
+    return Discovered(version, by_name([decode_resource(item, source, f"resources[{i}]", kind)
+                                        for i, item in enumerate(items)], source, kind))
 
 
-def _decode(item: Any, source: str, path: str, kind: ResourceKind[ResourceT]) -> ResourceT:
+def by_name(resources: list[ResourceT], source: str, kind: ResourceKind[ResourceT]) -> dict[str, ResourceT]:
+    """Decoded resources by name; ConfigError for a name given twice."""
+    named: dict[str, ResourceT] = {}
+    for index, resource in enumerate(resources):
+        if resource.name in named:
+            raise ConfigError(source, join_path(f"resources[{index}]", kind.name_field),
+                              f"duplicate {kind.what} name {resource.name!r}")
+        named[resource.name] = resource
+    return named
+
+
+def decode_resource(item: Any, source: str, path: str, kind: ResourceKind[ResourceT]) -> ResourceT:
+    """One resource (proto-JSON with its @type) as a config Struct, or ConfigError naming `path` below `source`."""
     if not isinstance(item, dict):
         raise ConfigError(source, path, f"a resource must be an object with an @type, got {type(item).__name__}")
     fields = dict(item)

@@ -168,9 +168,10 @@ class Supervisor:
                 await self._push_dynamic()
 
     async def _push_dynamic(self) -> None:
-        """Send the current dynamic version to every running worker (one started later gets it at init)."""
+        """Send what changed in the dynamic version to every running worker (one started later gets the whole
+        version at init, and again if it changed meanwhile)."""
         async with self.push_lock:
-            document = self.dynamic.document()
+            document = self.dynamic.changes()
             await asyncio.gather(*(self._send_dynamic(h, document) for h in list(self.workers.values())))
 
     async def _send_dynamic(self, handle: WorkerHandle, document: dict[str, Any]) -> None:

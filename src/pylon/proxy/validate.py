@@ -118,12 +118,15 @@ def validate_route_config(route_config: Any, source: str, path: str) -> None:
         raise ConfigError(source, path, str(exc)) from exc
 
 
-def validate_clusters(clusters: list[Any], source: str, path: str, secrets: Mapping[str, Any]) -> None:
+def validate_clusters(clusters: list[Any], source: str, path: str, secrets: Mapping[str, Any],
+                      held: Mapping[str, Any] | None = None) -> None:
     """ConfigError unless each cluster's runtime builds as a worker builds it (static or from CDS): `validate`
-    and `serve` cannot disagree about a cluster. TLS contexts as in `validate_listeners`."""
+    and `serve` cannot disagree about a cluster. TLS contexts as in `validate_listeners`. A cluster that is the
+    very config `held` has in force (a state-of-the-world response resends every cluster) was checked when it
+    came."""
     for j, cluster in enumerate(clusters):
-        if cluster.grpc_only:
-            continue  # grpcio's (xDS, SDS): no data-plane runtime
+        if cluster.grpc_only or (held is not None and held.get(cluster.name) is cluster):
+            continue  # grpcio's (xDS, SDS): no data-plane runtime; or in force already
         failed = False
         try:
             Cluster(cluster, StatsStore(), 0, secrets=secrets)  # built, never started: no socket, DNS query, timer

@@ -194,7 +194,9 @@ class Worker:
             self.loop.call_later(LOAD_PUBLISH_INTERVAL_S, self._publish_load)
 
     async def apply_dynamic(self, document: dict[str, Any]) -> None:
-        """Take the supervisor's current CDS clusters, EDS endpoints and RDS route configurations (see `dynamic.py`).
+        """Take a version of the supervisor's CDS clusters, EDS endpoints, RDS route configurations, secrets and
+        LDS listeners (see `dynamic.py`): the whole of it, or what changed since the last one; either way with
+        every name in force (`names`), so what is not there goes.
 
         Order as Envoy's: new and changed clusters first (each warmed before it
         serves), then the route tables (new requests only: a request keeps the
@@ -203,20 +205,21 @@ class Worker:
         cluster whose endpoints alone changed keeps its hosts that stay, with
         their pooled connections, health and outlier state.
         """
-        secrets = _decode_secrets(document)
+        names = {key: set(found) for key, found in document["names"].items()}
+        secrets = {name: secret for name, secret in {**self.secrets, **_decode_secrets(document)}.items()
+                   if name in names["secrets"]}
         rotated = {name for name in secrets.keys() | self.secrets.keys() if secrets.get(name) != self.secrets.get(name)}
         self.secrets = secrets
-        wanted = {c["name"]: convert(c, ClusterConfig) for c in document["clusters"]}
-        assignments = {name: convert(data, ClusterLoadAssignment) for name, data in document["endpoints"].items()}
         retiring: list[Cluster] = []
-        for name, config in wanted.items():
-            assignment = assignments.get(name)
+        built: set[str] = set()
+        for name, data in document["clusters"].items():
+            config = convert(data, ClusterConfig)
             if self.cds_configs.get(name) == config:
-                if assignment is not None:
-                    self._update_assignment(name, assignment)
-                continue
+                continue  # its endpoints may have changed: below
             cluster = Cluster(config, self.stats, self.worker_id, secrets=self.secrets)
-            if assignment is not None:
+            endpoints = document["endpoints"].get(name)
+            if endpoints is not None:
+                assignment = convert(endpoints, ClusterLoadAssignment)
                 cluster.set_assignment(assignment)
                 self.eds_assignments[name] = assignment
             cluster.on_hosts_removed = self.pools.retire_hosts
@@ -225,11 +228,12 @@ class Worker:
             old = self.clusters.get(name)
             self.clusters[name] = cluster
             self.cds_configs[name] = config
+            built.add(name)
             if old is not None:
                 retiring.append(old)
-        for name, assignment in assignments.items():  # static EDS clusters (built from the bootstrap)
-            if name not in wanted:
-                self._update_assignment(name, assignment)
+        for name, data in document["endpoints"].items():  # endpoint-only changes, static EDS clusters too
+            if name not in built and name in self.clusters:
+                self._update_assignment(name, convert(data, ClusterLoadAssignment))
         for name, data in document["routes"].items():
             config = convert(data, RouteConfiguration)
             if self.route_configs.get(name) == config:
@@ -238,7 +242,9 @@ class Worker:
             table = RouteTable(config)
             for hcm in self.rds_subscribers.get(name, ()):
                 hcm.route_table = table
-        for name in set(self.cds_configs) - set(wanted):
+        for name in [n for n in self.route_configs if n not in names["routes"]]:
+            del self.route_configs[name]
+        for name in [n for n in self.cds_configs if n not in names["clusters"]]:
             del self.cds_configs[name]
             self.eds_assignments.pop(name, None)
             retiring.append(self.clusters.pop(name))

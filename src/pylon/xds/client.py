@@ -5,7 +5,7 @@ config sources), and one stream per resource type for config sources with an
 `api_config_source` (Istio's SDS from the agent over `sds-grpc`: the Secret
 Discovery Service, `StreamSecrets`). Each `XdsStream` moves messages only:
 its requests come from its `AdsState`, responses are decoded by
-`resources.decode_response` and offered to the supervisor's `DynamicConfig`
+`resources.ResponseDecoder` and offered to the supervisor's `DynamicConfig`
 (the same accept/reject/version path as filesystem xDS); an accepted version is
 ACKed and pushed to the workers, a rejected one is NACKed with the
 ConfigError's text while the last good version keeps serving. A stream that
@@ -52,7 +52,7 @@ from pylon.config.discovery import (
 from pylon.config.errors import ConfigError
 from pylon.xds.backoff import Backoff
 from pylon.xds.delta import DeltaState
-from pylon.xds.resources import KINDS, decode_response, rejection_detail
+from pylon.xds.resources import KINDS, ResponseDecoder, rejection_detail
 from pylon.xds.subscription import AdsState, Subscription
 
 log = logging.getLogger("pylon.xds")
@@ -217,6 +217,7 @@ class XdsClient:
         self.on_update = on_update
         self.make_backoff = backoff
         self.node = node_message(bootstrap.node) if bootstrap.node is not None else Node()
+        self.decoder = ResponseDecoder()
         self.streams: dict[Any, XdsStream] = {}  # "ads", or (cluster, api type, node once, type URL) of an api source
         self.tasks: list[asyncio.Task[None]] = []
         self.running = False
@@ -334,7 +335,7 @@ class XdsClient:
         sent: list[str] = []
 
         def make() -> Update:
-            discovered = decode_response(response, SOURCE)
+            discovered = self.decoder.decode(response, SOURCE)
             sent.extend(discovered.resources)
             if kind not in (CLUSTERS, LISTENERS):
                 return Update(kind, discovered, frozenset(), SOURCE)  # named types only add or change
