@@ -118,6 +118,9 @@ class Resource:
 
 #: The sections of a worker document kept by name, sent as changes once a worker has the whole version.
 NAMED_SECTIONS = ("clusters", "endpoints", "routes", "secrets")
+#: What an accepted change makes worked out again (clusters and their endpoints go together).
+SECTION_GROUPS = ("clusters", "routes", "secrets", "listeners")
+_GROUP_OF = {"clusters": "clusters", "endpoints": "clusters", "routes": "routes", "secrets": "secrets"}
 
 
 class DynamicConfig:
@@ -141,7 +144,9 @@ class DynamicConfig:
         self.secrets: dict[str, Resource] = {}  # from SDS, by name
         self.static_secret_data = {name: to_envoy_dict(secret) for name, secret in self.static_secrets.items()}
         self.no_endpoints: dict[str, dict[str, Any]] = {}  # the data of an empty assignment, by service
-        self.pushed: dict[str, dict[str, Any]] = {}  # the sections of the last `changes()`: what workers have
+        self.pushed: dict[str, Any] = {}  # the sections of the last `changes()`: what workers have
+        self._dirty: set[str] = set(SECTION_GROUPS)  # the section groups to work out again at the next push
+        self._cluster_secrets: dict[str, tuple[Any, frozenset[str]]] = {}  # (config, the secrets it names)
         self.secrets_expired: set[str] = set()  # names whose initial_fetch_timeout passed: their users refuse
         self.listeners: dict[str, Resource] = {}
         self.clusters: dict[str, Resource] = {}
@@ -196,7 +201,7 @@ class DynamicConfig:
             return False
         self.secrets_expired.add(name)
         self._count(SECRETS, [name], "init_fetch_timeout")
-        self.version += 1
+        self._changed("clusters", "listeners")
         self._cluster_gauges()
         self._listener_gauges()
         return True
@@ -206,7 +211,15 @@ class DynamicConfig:
         service = config.eds_service_name
         if service and not self.eds_warm(service):
             return False
-        return all(self.secret_warm(ref.name) for _, ref in cluster_secret_refs(config))
+        return all(self.secret_warm(name) for name in self._secret_names_of(config))
+
+    def _secret_names_of(self, config: Any) -> frozenset[str]:
+        """The secrets a cluster's TLS names, worked out once per config (asked for every cluster on every
+        change: with 1,000 clusters, walking their transport sockets each time cost more than the change)."""
+        held = self._cluster_secrets.get(config.name)
+        if held is None or held[0] is not config:
+            held = self._cluster_secrets[config.name] = (config, frozenset(r.name for _, r in cluster_secret_refs(config)))
+        return held[1]
 
     def offer(self, kind: ResourceKind[Any], stat_names: Sequence[str], make: Callable[[], Update]) -> Update:
         """Validate and apply the update `make()` builds and return it, or raise its ConfigError (rejected).
@@ -257,7 +270,7 @@ class DynamicConfig:
             return False
         self.eds_expired.add(service)
         self._count(ENDPOINTS, self.eds_services()[service], "init_fetch_timeout")
-        self.version += 1
+        self._changed("clusters")
         self._cluster_gauges()
         return True
 
@@ -274,7 +287,7 @@ class DynamicConfig:
             return False
         self.rds_expired.add(route_name)
         self._count(ROUTE_CONFIGURATIONS, [route_name], "init_fetch_timeout")
-        self.version += 1
+        self._changed("listeners")
         self._listener_gauges()
         return True
 
@@ -284,46 +297,58 @@ class DynamicConfig:
         Warming EDS clusters and LDS listeners are left out; a warm cluster's endpoints are in `endpoints`,
         by cluster name. Each resource's data is made once and shared by every document that carries it.
         """
-        sections = self._sections()
-        return {"version": self.version, **sections,
-                "names": {key: list(sections[key]) for key in NAMED_SECTIONS}}
+        sections = self._sections(SECTION_GROUPS, {})
+        return {"version": self.version, **sections, "names": {key: list(sections[key]) for key in NAMED_SECTIONS}}
 
     def changes(self) -> dict[str, Any]:
         """What changed since the last `changes()` — which every running worker applied — as a document: the
-        named resources whose data changed, and every name in force (`names`: a worker drops what is not there);
-        listeners whole (a worker diffs them). A worker started meanwhile got a whole, newer document: taking
-        these again changes nothing for it. With 1,000 clusters, sending and decoding every one on each change
-        cost ~70 ms per route swap."""
-        sections = self._sections()
+        named resources whose data changed, and every name in force of each section that may have changed
+        (`names`; None: the section did not change), so a worker drops what is not there; listeners whole (a
+        worker diffs them). A worker started meanwhile got a whole, newer document: taking these again changes
+        nothing for it. Only the sections an accepted update touches are worked out again: with 1,000 clusters,
+        sending and decoding every one on each change cost ~70 ms per route swap."""
+        dirty = self._dirty
+        sections = self._sections(dirty, self.pushed)
         document: dict[str, Any] = {"version": self.version, "names": {}}
         for key in NAMED_SECTIONS:
             old, new = self.pushed.get(key, {}), sections[key]
-            document[key] = {name: data for name, data in new.items() if old.get(name) is not data}
-            document["names"][key] = list(new)
-        self.pushed = {key: sections[key] for key in NAMED_SECTIONS}
+            recomputed = _GROUP_OF[key] in dirty
+            document[key] = {name: data for name, data in new.items() if old.get(name) is not data} if recomputed else {}
+            document["names"][key] = list(new) if recomputed else None
+        self.pushed = sections
+        self._dirty = set()
         return {**sections, **document}
 
-    def _sections(self) -> dict[str, Any]:
-        clusters: dict[str, Any] = {}
-        endpoints: dict[str, Any] = {}
-        for name, resource in self.clusters.items():
-            if not self.cluster_warm(resource.config):
-                continue
-            service = resource.config.eds_service_name
-            if service:
-                endpoints[name] = self._assignment_data(service)
-            clusters[name] = resource.envoy()
-        for name, config in self.static_eds.items():  # static EDS clusters: the workers built them from the bootstrap
-            if self.eds_warm(config.eds_service_name):
-                endpoints[name] = self._assignment_data(config.eds_service_name)
-        return {
-            "listeners": [r.envoy() for r in self.listeners.values() if self.listener_warm(r.config)],
-            "bound_listeners": list(self.listeners),  # warming ones too: workers keep their sockets
-            "clusters": clusters,
-            "endpoints": endpoints,
-            "routes": {name: r.envoy() for name, r in self.routes.items()},
-            "secrets": {**self.static_secret_data, **{name: r.envoy() for name, r in self.secrets.items()}},
-        }
+    def _changed(self, *groups: str) -> None:
+        """An accepted change: a new version for the workers, these section groups to work out again."""
+        self.version += 1
+        self._dirty.update(groups)
+
+    def _sections(self, groups: set[str] | tuple[str, ...], previous: dict[str, Any]) -> dict[str, Any]:
+        """The worker document's sections: those of `groups` worked out now, the others as in `previous`."""
+        sections = dict(previous)
+        if "clusters" in groups:
+            clusters: dict[str, Any] = {}
+            endpoints: dict[str, Any] = {}
+            for name, resource in self.clusters.items():
+                if not self.cluster_warm(resource.config):
+                    continue
+                service = resource.config.eds_service_name
+                if service:
+                    endpoints[name] = self._assignment_data(service)
+                clusters[name] = resource.envoy()
+            for name, config in self.static_eds.items():  # static EDS clusters: workers built them from the bootstrap
+                if self.eds_warm(config.eds_service_name):
+                    endpoints[name] = self._assignment_data(config.eds_service_name)
+            sections["clusters"], sections["endpoints"] = clusters, endpoints
+        if "listeners" in groups:
+            sections["listeners"] = [r.envoy() for r in self.listeners.values() if self.listener_warm(r.config)]
+            sections["bound_listeners"] = list(self.listeners)  # warming ones too: workers keep their sockets
+        if "routes" in groups:
+            sections["routes"] = {name: r.envoy() for name, r in self.routes.items()}
+        if "secrets" in groups:
+            sections["secrets"] = {**self.static_secret_data, **{name: r.envoy() for name, r in self.secrets.items()}}
+        return sections
 
     def _assignment_data(self, service: str) -> dict[str, Any]:
         """A warm EDS cluster's endpoints: its assignment, or none when its initial fetch timed out."""
@@ -359,7 +384,10 @@ class DynamicConfig:
                 self._check_secret_kind(update.source, i, secret)
             return
         if update.kind is ENDPOINTS:
-            for i, assignment in enumerate(resources.values()):
+            for i, (service, assignment) in enumerate(resources.items()):
+                held = self.endpoints.get(service)
+                if held is not None and held.config is assignment:
+                    continue  # resent unchanged: checked when it came
                 try:
                     assignment.check_ip_addresses(f"resources[{i}]", "EDS endpoints need IPs")
                 except FieldError as exc:
@@ -486,11 +514,15 @@ class DynamicConfig:
             if target.pop(name, None) is not None and clusters:
                 self.stats.counter("cluster_manager.cluster_removed").inc()
         if clusters:
+            for name in set(self._cluster_secrets) - set(self.clusters):
+                del self._cluster_secrets[name]
             self.cds_version_info = update.discovered.version_info
             self._follow_eds_clusters()
             self._follow_secrets()
-        self.version += 1
-        self._cluster_gauges()
+            self._changed("clusters", "secrets", "listeners")
+            self._cluster_gauges()
+        else:
+            self._changed("routes", "listeners")
         self._listener_gauges()  # a listener waiting for its routes may be warm now
 
     def _accept_listeners(self, update: Update) -> None:
@@ -517,7 +549,7 @@ class DynamicConfig:
         self.rds_expired &= wanted
         self.lds_version_info = update.discovered.version_info
         self._follow_secrets()
-        self.version += 1
+        self._changed(*SECTION_GROUPS)
         self._listener_gauges()
 
     def _listener_gauges(self) -> None:
@@ -534,7 +566,7 @@ class DynamicConfig:
         for name, secret in update.discovered.resources.items():
             if name in wanted:
                 _replace(self.secrets, name, secret, update.discovered.version_of(name), now)
-        self.version += 1
+        self._changed("secrets", "clusters", "listeners")
         self._cluster_gauges()
         self._listener_gauges()
 
@@ -555,7 +587,7 @@ class DynamicConfig:
         for service, assignment in update.discovered.resources.items():
             if service in wanted:
                 _replace(self.endpoints, service, assignment, update.discovered.version_of(service), now)
-        self.version += 1
+        self._changed("clusters")
         self._cluster_gauges()
 
     def _follow_eds_clusters(self) -> None:

@@ -205,9 +205,11 @@ class Worker:
         cluster whose endpoints alone changed keeps its hosts that stay, with
         their pooled connections, health and outlier state.
         """
-        names = {key: set(found) for key, found in document["names"].items()}
-        secrets = {name: secret for name, secret in {**self.secrets, **_decode_secrets(document)}.items()
-                   if name in names["secrets"]}
+        # Every name in force of each section that may have changed; None: nothing of it goes.
+        names = {key: set(found) if found is not None else None for key, found in document["names"].items()}
+        secrets = {**self.secrets, **_decode_secrets(document)}
+        if names["secrets"] is not None:
+            secrets = {name: secret for name, secret in secrets.items() if name in names["secrets"]}
         rotated = {name for name in secrets.keys() | self.secrets.keys() if secrets.get(name) != self.secrets.get(name)}
         self.secrets = secrets
         retiring: list[Cluster] = []
@@ -242,9 +244,9 @@ class Worker:
             table = RouteTable(config)
             for hcm in self.rds_subscribers.get(name, ()):
                 hcm.route_table = table
-        for name in [n for n in self.route_configs if n not in names["routes"]]:
+        for name in [n for n in self.route_configs if names["routes"] is not None and n not in names["routes"]]:
             del self.route_configs[name]
-        for name in [n for n in self.cds_configs if n not in names["clusters"]]:
+        for name in [n for n in self.cds_configs if names["clusters"] is not None and n not in names["clusters"]]:
             del self.cds_configs[name]
             self.eds_assignments.pop(name, None)
             retiring.append(self.clusters.pop(name))
