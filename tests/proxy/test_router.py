@@ -23,7 +23,8 @@ from pylon.config.errors import ConfigError
 from pylon.config.loader import parse_bootstrap
 from pylon.proxy.headers import HeaderList
 from pylon.proxy.router import MatchedRoute, RouteTable, _HeaderMatcher
-from pylon.proxy.validate import configure_regex_engine
+from pylon.proxy.validate import configure_regex_engine, validate_route_config
+from pylon.regex import hs_cache, hyperscan_engine
 from tests.conftest import free_port
 from tests.proxy.conftest import http_listener, proxy_args
 
@@ -782,6 +783,7 @@ def _route_dicts(specs: list[tuple[str, int, bool]]) -> list[dict[str, Any]]:
 @pytest.fixture
 def private_hyperscan_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("PYLON_HYPERSCAN_CACHE", str(tmp_path / "hs"))
+    monkeypatch.setattr(hyperscan_engine, "SETTLE_S", 0.0)  # background builds start at once here
 
 
 @pytest.mark.usefixtures("private_hyperscan_cache")
@@ -794,10 +796,14 @@ def test_every_engine_picks_the_route_a_linear_re2_scan_picks(engine_name, specs
                              RouteConfiguration, dec_hook=dec_hook)
     table = RouteTable(config, regex.get_engine(engine_name))
     headers = [(b"x-pick", b"1")] if header else []
-    for path in paths:
-        want = _reference_match(specs, path, header)
-        got = route_of(table, path, headers)
-        assert (None if got is None else int(got.name)) == want, (path, specs)
+    regex_set = table._default.regex_set
+    for built in (False, True):  # Hyperscan: RE2::Set stands in until the build thread installs the database
+        if built and hasattr(regex_set, "wait"):
+            assert regex_set.wait(30)
+        for path in paths:
+            want = _reference_match(specs, path, header)
+            got = route_of(table, path, headers)
+            assert (None if got is None else int(got.name)) == want, (path, specs, built)
 
 
 def test_regex_routes_are_one_set_per_virtual_host_scanned_once(monkeypatch):
@@ -820,6 +826,53 @@ def test_later_candidate_wins_when_the_first_fails_its_header_condition():
     )
     assert name_of(table, "/u/7") == "fallback"
     assert route_of(table, "/u/7", [(b"x-a", b"1")]).name == "needs-header"
+
+
+@pytest.mark.usefixtures("private_hyperscan_cache")
+def test_hyperscan_table_keeps_route_order_before_and_after_its_database_swaps_in():
+    routes = [
+        to("p", {"prefix": "/p"}),
+        to("needs-header", {"safe_regex": {"regex": "/u/.*"}, "headers": [{"name": "x-a", "exact_match": "1"}]}),
+        to("plain", {"prefix": "/v"}),
+        *(to(f"svc{i}", {"safe_regex": {"regex": f"/svc{i}/[0-9]+"}}) for i in range(30)),
+        to("fallback", {"safe_regex": {"regex": "/u/[0-9]+"}}),
+        to("lazy", {"safe_regex": {"regex": "/u/(?U)[0-9]+"}}),  # Hyperscan cannot take it: RE2 serves it
+        to("catch-all", {"safe_regex": {"regex": "/.*"}}),
+    ]
+    config = msgspec.convert({"virtual_hosts": [{"name": "vh", "domains": ["*"], "routes": routes}]},
+                             RouteConfiguration, dec_hook=dec_hook)
+    probes = {"/u/7": "fallback", "/u/x": "catch-all", "/svc29/1": "svc29", "/svc3/1": "svc3", "/p/u/7": "p",
+              "/v": "plain", "/svc3/x": "catch-all"}
+
+    def check(table: RouteTable) -> None:
+        assert {path: name_of(table, path) for path in probes} == probes
+        assert route_of(table, "/u/7", [(b"x-a", b"1")]).name == "needs-header"
+
+    with hs_cache.compile_lock(hs_cache.cache_dir()):  # the build thread waits: the stand-in serves
+        table = RouteTable(config, regex.get_engine(regex.HYPERSCAN_ENGINE))
+        regex_set = table._default.regex_set
+        assert not regex_set.ready
+        check(table)
+    assert regex_set.wait(30)
+    check(table)
+    assert [i for i, _ in regex_set.fallbacks] == [32]  # "lazy": regex route 32 of the set
+
+
+def test_validating_a_route_table_compiles_no_database(tmp_path, monkeypatch):
+    """The supervisor checks an update and drops the table: its build thread must not compile it."""
+    monkeypatch.setenv("PYLON_HYPERSCAN_CACHE", str(tmp_path / "hs"))
+    monkeypatch.setattr(hyperscan_engine, "SETTLE_S", 0.0)
+    config = msgspec.convert({"virtual_hosts": [{"name": "vh", "domains": ["*"], "routes": [
+        to("a", {"safe_regex": {"regex": "/validated/[0-9]+"}})]}]}, RouteConfiguration, dec_hook=dec_hook)
+    regex.set_default_engine(regex.HYPERSCAN_ENGINE)
+    try:
+        with hs_cache.compile_lock(tmp_path / "hs"):  # hold builds until the table is gone
+            validate_route_config(config, "rds.yaml", "resources[0]")
+            kept = regex.get_engine().compile_set(["/kept/[0-9]+"], ["k"], background=True)
+    finally:
+        regex.set_default_engine(None)
+    assert kept.wait(30)  # built after the validation's job was looked at
+    assert len(list((tmp_path / "hs").glob("*.hsdb"))) == 1
 
 
 def test_invalid_regex_is_a_config_error_naming_the_field():
@@ -896,12 +949,19 @@ def test_proxy_serves_regex_routes_with_hyperscan(launcher, tmp_path):
             pass
         assert proc.poll() is None and time.monotonic() < deadline, "proxy did not start"
         time.sleep(0.05)
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
-        assert client.get("/svc19/42?x=1").text == "route 19"
-        assert client.get("/svc0/7").text == "route 0"
-        assert client.get("/lazyaaa").text == "fallback"
-        assert client.get("/svc0/x").status_code == 404
-    assert len(list((tmp_path / "hs").glob("*.hsdb"))) == 1  # compiled once, loaded by the workers
+
+    def answers() -> list[tuple[int, str]]:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
+            return [(r.status_code, r.text) for r in (client.get(p) for p in ("/svc19/42?x=1", "/svc0/7", "/lazyaaa",
+                                                                                "/svc0/x"))]
+
+    expected = [(200, "route 19"), (200, "route 0"), (200, "fallback"), (404, "")]
+    assert answers() == expected  # served at once: RE2::Set stands in until the database is built
+    while not list((tmp_path / "hs").glob("*.hsdb")):  # a worker's build thread compiles it
+        assert time.monotonic() < deadline + 30, "no Hyperscan database was built"
+        time.sleep(0.05)
+    assert answers() == expected
+    assert len(list((tmp_path / "hs").glob("*.hsdb"))) == 1  # compiled once (under the lock), loaded by the other
     launcher.close()
     output = proc.stdout.read().decode(errors="replace")
     assert output.count("'/lazy(?U)a+' served by RE2") == 1, output  # only the process that compiled it

@@ -107,6 +107,7 @@ class Worker:
         self.cds_configs: dict[str, Any] = {}  # the config of each cluster CDS gave
         self.eds_assignments: dict[str, Any] = {}  # the ClusterLoadAssignment each EDS cluster serves
         self.route_configs: dict[str, Any] = {}  # RDS route configurations by name
+        self.route_tables: dict[str, RouteTable] = {}  # and the table each is compiled into (shared by its HCMs)
         self.rds_subscribers: dict[str, list[Any]] = {}  # route configuration name -> HcmRuntimes using it
         self.secrets: dict[str, Secret] = {}  # static and SDS secrets by name, for TLS contexts that name them
         self.pools = PoolRegistry(loop)
@@ -241,11 +242,12 @@ class Worker:
             if self.route_configs.get(name) == config:
                 continue
             self.route_configs[name] = config
-            table = RouteTable(config)
+            table = self.route_tables[name] = RouteTable(config)
             for hcm in self.rds_subscribers.get(name, ()):
                 hcm.route_table = table
         for name in [n for n in self.route_configs if names["routes"] is not None and n not in names["routes"]]:
             del self.route_configs[name]
+            self.route_tables.pop(name, None)
         for name in [n for n in self.cds_configs if names["clusters"] is not None and n not in names["clusters"]]:
             del self.cds_configs[name]
             self.eds_assignments.pop(name, None)
@@ -285,10 +287,12 @@ class Worker:
     def route_table_for(self, hcm: Any, route_config_name: str) -> RouteTable:
         """The RDS route table an HTTP connection manager starts with; it is kept current from then on."""
         self.rds_subscribers.setdefault(route_config_name, []).append(hcm)
-        # Not there yet (an xDS server that has not sent it within initial_fetch_timeout): like Envoy, no
-        # route matches (404, flag NR) until it comes.
-        config = self.route_configs.get(route_config_name) or RouteConfiguration(name=route_config_name)
-        return RouteTable(config)
+        table = self.route_tables.get(route_config_name)
+        if table is None:
+            # Not there yet (an xDS server that has not sent it within initial_fetch_timeout): like Envoy, no
+            # route matches (404, flag NR) until it comes.
+            table = RouteTable(RouteConfiguration(name=route_config_name))
+        return table
 
     def _publish_load(self) -> None:
         """Write this worker's in-flight requests (moving average) where the supervisor's dispatcher reads them.

@@ -46,6 +46,12 @@ class RegexEngine(Protocol):
 
     def compile(self, pattern: str) -> Regex: ...
 
-    def compile_set(self, patterns: Sequence[str], labels: Sequence[str]) -> PatternSet:
-        """All `patterns` as one set; `labels[i]` names pattern i in errors and fallback warnings."""
+    def compile_set(self, patterns: Sequence[str], labels: Sequence[str], background: bool = False) -> PatternSet:
+        """All `patterns` as one set; `labels[i]` names pattern i in errors and fallback warnings.
+
+        Errors are raised now whatever `background` says. With `background`, an engine
+        whose set takes long to compile may answer from a quicker stand-in with the same
+        answers and finish the set in a thread (Hyperscan does): route tables ask for it,
+        so that a route update takes effect at once and no event loop waits on a compile.
+        """
         ...

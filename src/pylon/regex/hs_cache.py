@@ -15,17 +15,26 @@ half a file. The directory is `$PYLON_HYPERSCAN_CACHE`, else
 `$XDG_CACHE_HOME/pylon/hyperscan`, else `~/.cache/pylon/hyperscan`; when it
 cannot be written the cache is skipped (each process compiles). Only the
 newest `MAX_FILES` databases are kept.
+
+`compile_lock` serializes compiles across the processes sharing a directory:
+the supervisor's workers get the same route update at the same moment, and on
+a small machine N processes compiling the same seconds-long database at once
+would only take N times the CPU from serving. The one holding the lock
+compiles and stores; the others wait for it (in their build thread, not their
+event loop) and then load the file.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 log = logging.getLogger("pylon.regex")
 
@@ -52,9 +61,11 @@ def cache_key(version: str, mode: int, expressions: Sequence[bytes], flags: Sequ
     return digest.hexdigest()
 
 
-def load(key: str, loadb: Callable[[bytes], Any]) -> tuple[Any, dict[str, Any]] | None:
-    """(database, metadata) stored under `key`, or None when absent or unreadable."""
-    path = cache_dir() / f"{key}.hsdb"
+def load(key: str, loadb: Callable[[bytes], Any], directory: Path | None = None
+         ) -> tuple[Any, dict[str, Any]] | None:
+    """(database, metadata) stored under `key` (in `directory`, default `cache_dir()`), or None when
+    absent or unreadable."""
+    path = (directory or cache_dir()) / f"{key}.hsdb"
     try:
         data = path.read_bytes()
     except OSError:
@@ -75,9 +86,9 @@ def load(key: str, loadb: Callable[[bytes], Any]) -> tuple[Any, dict[str, Any]] 
     return db, meta
 
 
-def store(key: str, blob: bytes, meta: dict[str, Any]) -> None:
+def store(key: str, blob: bytes, meta: dict[str, Any], directory: Path | None = None) -> None:
     """Write the serialized database atomically; a cache that cannot be written is skipped."""
-    directory = cache_dir()
+    directory = directory or cache_dir()
     try:
         directory.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".hsdb")
@@ -87,6 +98,27 @@ def store(key: str, blob: bytes, meta: dict[str, Any]) -> None:
         _prune(directory)
     except OSError as exc:
         log.info("hyperscan cache %s not writable (%s); every process compiles its own database", directory, exc)
+
+
+@contextmanager
+def compile_lock(directory: Path | None = None) -> Iterator[None]:
+    """Hold the directory's compile lock (an exclusive `flock`, so a crashed holder never leaves it taken).
+
+    Blocks until the lock is free; call it off the event loop. Without a usable
+    directory there is nothing to share, so nothing is locked.
+    """
+    directory = directory or cache_dir()
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(directory / ".compile.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _prune(directory: Path) -> None:

@@ -111,7 +111,7 @@ class PythonReEngine:
             log.warning("regex %r: served by RE2, Python's re cannot take it (%s)", pattern, reason)
         return regex
 
-    def compile_set(self, patterns: Sequence[str], labels: Sequence[str]) -> LoopSet:
+    def compile_set(self, patterns: Sequence[str], labels: Sequence[str], background: bool = False) -> LoopSet:
         tests = []
         fallbacks = []
         for i, (pattern, label) in enumerate(zip(patterns, labels)):

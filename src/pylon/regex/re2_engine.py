@@ -154,22 +154,60 @@ class GoogleRE2Engine:
             raise ValueError(f"invalid regex {pattern!r}: {detail}") from exc
         size = compiled.programsize
         if size > self.max_program_size:
-            raise ValueError(
-                f"regex {pattern!r}: RE2 program size of {size} > max program size of "
-                f"{self.max_program_size}"
-            )
+            raise ValueError(_too_big(pattern, size, self.max_program_size))
         return _RE2Regex(pattern, compiled)
 
-    def compile_set(self, patterns: Sequence[str], labels: Sequence[str]) -> RE2Set:
-        # Each pattern alone first: its errors (and Envoy's program-size limit) name it.
+    def check(self, pattern: str) -> None:
+        """`ValueError` (the message `compile` gives) unless RE2 takes `pattern` within the size limit.
+
+        For route tables, whose patterns are only checked one by one and then
+        compiled together: a route update re-checks every unchanged pattern of its
+        table, in the supervisor and in each worker, so the verdicts are memoized
+        per process (5,000 patterns: ~35 ms of RE2 compiles, ~120 ms through
+        `re2.compile`; ~1 ms from the memo).
+        """
+        key = (pattern, self.max_program_size)
+        error = _verdicts.get(key, _UNSEEN)
+        if error is _UNSEEN:
+            error = self._verdict(pattern)
+            if len(_verdicts) >= _VERDICTS_MAX:
+                _verdicts.clear()  # patterns come from configs: bound the memo, keep it simple
+            _verdicts[key] = error
+        if error is not None:
+            raise ValueError(error)
+
+    def _verdict(self, pattern: str) -> str | None:
+        try:
+            compiled = re2._re2.RE2(pattern.encode("utf-8"), self._options)
+        except UnicodeEncodeError as exc:  # a lone surrogate: `compile` fails on it too
+            return f"invalid regex {pattern!r}: {exc}"
+        if not compiled.ok():
+            detail = compiled.error()
+            if isinstance(detail, bytes):
+                detail = detail.decode("utf-8", "replace")
+            return f"invalid regex {pattern!r}: {detail}"
+        size = compiled.ProgramSize()
+        return _too_big(pattern, size, self.max_program_size) if size > self.max_program_size else None
+
+    def compile_set(self, patterns: Sequence[str], labels: Sequence[str], background: bool = False) -> RE2Set:
+        # Each pattern alone first: its errors (and Envoy's program-size limit) name it. RE2::Set
+        # compiles quickly (5,000 patterns: ~35 ms), so `background` changes nothing here.
         for pattern, label in zip(patterns, labels):
             try:
-                self.compile(pattern)
+                self.check(pattern)
             except ValueError as exc:
                 raise ValueError(f"{label}: {exc}") from None
         return RE2Set(patterns)
 
 
+def _too_big(pattern: str, size: int, limit: int) -> str:
+    return f"regex {pattern!r}: RE2 program size of {size} > max program size of {limit}"
+
+
+#: (pattern, max program size) -> None (RE2 takes it) or the error message; see `GoogleRE2Engine.check`
+_verdicts: dict[tuple[str, int], str | None] = {}
+_VERDICTS_MAX = 100_000
+_UNSEEN = object()
 
 
 class RE2Set:
