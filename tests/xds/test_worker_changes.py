@@ -41,3 +41,30 @@ def test_only_what_changed_is_sent_after_the_first_push() -> None:
 
     whole = dynamic.document()  # what a worker that starts gets: everything
     assert len(whole["clusters"]) == 99 and list(whole["routes"]) == ["main_routes"]
+
+
+def test_an_endpoint_change_sends_that_assignment_alone() -> None:
+    from pylon.config.discovery import ENDPOINTS
+    from pylon.config.envoy import ClusterLoadAssignment
+
+    def eds(name: str) -> dict:  # type: ignore[type-arg]
+        return {"name": name, "type": "EDS", "connect_timeout": "1s",
+                "eds_cluster_config": {"eds_config": {"ads": {}}, "service_name": name}}
+
+    def offer_endpoints(dynamic, ports: dict[str, int]) -> None:  # type: ignore[no-untyped-def]
+        resources = {name: convert({"cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
+            "socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]}, ClusterLoadAssignment)
+            for name, port in ports.items()}  # fmt: skip
+        dynamic.offer(ENDPOINTS, list(ports), lambda: Update(ENDPOINTS, Discovered("e", resources), frozenset(), "ads"))
+
+    dynamic = dynamic_config()
+    resources = {f"e{i}": convert(eds(f"e{i}"), Cluster) for i in range(50)}
+    dynamic.offer(CLUSTERS, [], lambda: Update(CLUSTERS, Discovered("c", resources), frozenset(), "ads"))
+    offer_endpoints(dynamic, {f"e{i}": 9000 for i in range(50)})
+    assert len(dynamic.changes()["endpoints"]) == 50
+    offer_endpoints(dynamic, {f"e{i}": 9001 if i == 7 else 9000 for i in range(50)})  # all resent, one moved
+    change = dynamic.changes()
+    assert (change["clusters"], list(change["endpoints"])) == ({}, ["e7"])
+    assert len(change["names"]["endpoints"]) == 50
+    assert dynamic.document()["endpoints"]["e7"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"][
+        "socket_address"]["port_value"] == 9001

@@ -146,6 +146,8 @@ class DynamicConfig:
         self.no_endpoints: dict[str, dict[str, Any]] = {}  # the data of an empty assignment, by service
         self.pushed: dict[str, Any] = {}  # the sections of the last `changes()`: what workers have
         self._dirty: set[str] = set(SECTION_GROUPS)  # the section groups to work out again at the next push
+        self._dirty_clusters: set[str] = set()  # and single clusters (an endpoint change), when not all of them
+        self._eds: tuple[dict[str, Any], dict[str, list[str]]] | None = None  # eds_clusters(), eds_services()
         self._cluster_secrets: dict[str, tuple[Any, frozenset[str]]] = {}  # (config, the secrets it names)
         self.secrets_expired: set[str] = set()  # names whose initial_fetch_timeout passed: their users refuse
         self.listeners: dict[str, Resource] = {}
@@ -250,15 +252,21 @@ class DynamicConfig:
         self._count(kind, stat_names, name)
 
     def eds_clusters(self) -> dict[str, Any]:
-        """The EDS clusters, static and from CDS, by name, as configured."""
-        return {**self.static_eds, **{name: r.config for name, r in self.clusters.items() if r.config.type == "EDS"}}
+        """The EDS clusters, static and from CDS, by name, as configured (worked out again after each CDS
+        version only: every endpoint update asks)."""
+        if self._eds is None:
+            clusters = {**self.static_eds, **{n: r.config for n, r in self.clusters.items() if r.config.type == "EDS"}}
+            services: dict[str, list[str]] = {}
+            for name, config in clusters.items():
+                services.setdefault(config.eds_service_name, []).append(name)
+            self._eds = clusters, services
+        return self._eds[0]
 
     def eds_services(self) -> dict[str, list[str]]:
         """The ClusterLoadAssignment names the EDS clusters ask for, each with the clusters asking."""
-        services: dict[str, list[str]] = {}
-        for name, config in self.eds_clusters().items():
-            services.setdefault(config.eds_service_name, []).append(name)
-        return services
+        self.eds_clusters()
+        assert self._eds is not None
+        return self._eds[1]
 
     def eds_warm(self, service: str) -> bool:
         """Whether clusters of this service serve (its assignment came, or its initial fetch timed out)."""
@@ -270,7 +278,7 @@ class DynamicConfig:
             return False
         self.eds_expired.add(service)
         self._count(ENDPOINTS, self.eds_services()[service], "init_fetch_timeout")
-        self._changed("clusters")
+        self._changed_clusters(self.eds_services()[service])
         self._cluster_gauges()
         return True
 
@@ -308,15 +316,16 @@ class DynamicConfig:
         nothing for it. Only the sections an accepted update touches are worked out again: with 1,000 clusters,
         sending and decoding every one on each change cost ~70 ms per route swap."""
         dirty = self._dirty
-        sections = self._sections(dirty, self.pushed)
+        sections = self._sections(dirty, self.pushed, self._dirty_clusters)
         document: dict[str, Any] = {"version": self.version, "names": {}}
         for key in NAMED_SECTIONS:
             old, new = self.pushed.get(key, {}), sections[key]
-            recomputed = _GROUP_OF[key] in dirty
+            recomputed = _GROUP_OF[key] in dirty or (_GROUP_OF[key] == "clusters" and bool(self._dirty_clusters))
             document[key] = {name: data for name, data in new.items() if old.get(name) is not data} if recomputed else {}
             document["names"][key] = list(new) if recomputed else None
         self.pushed = sections
         self._dirty = set()
+        self._dirty_clusters = set()
         return {**sections, **document}
 
     def _changed(self, *groups: str) -> None:
@@ -324,21 +333,32 @@ class DynamicConfig:
         self.version += 1
         self._dirty.update(groups)
 
-    def _sections(self, groups: set[str] | tuple[str, ...], previous: dict[str, Any]) -> dict[str, Any]:
-        """The worker document's sections: those of `groups` worked out now, the others as in `previous`."""
+    def _changed_clusters(self, names: list[str]) -> None:
+        """An endpoint change: a new version, in which only these clusters' entries are worked out again."""
+        self.version += 1
+        self._dirty_clusters.update(names)
+
+    def _sections(self, groups: set[str] | tuple[str, ...], previous: dict[str, Any],
+                  only_clusters: set[str] | frozenset[str] = frozenset()) -> dict[str, Any]:
+        """The worker document's sections: those of `groups` worked out now, the entries of `only_clusters`
+        (an endpoint change) worked out again, the rest as in `previous`."""
         sections = dict(previous)
-        if "clusters" in groups:
-            clusters: dict[str, Any] = {}
-            endpoints: dict[str, Any] = {}
-            for name, resource in self.clusters.items():
-                if not self.cluster_warm(resource.config):
+        if "clusters" in groups or only_clusters:
+            full = "clusters" in groups
+            clusters: dict[str, Any] = {} if full else dict(previous["clusters"])
+            endpoints: dict[str, Any] = {} if full else dict(previous["endpoints"])
+            for name in (self.clusters if full else only_clusters):
+                clusters.pop(name, None)
+                endpoints.pop(name, None)
+                resource = self.clusters.get(name)
+                if resource is None or not self.cluster_warm(resource.config):
                     continue
                 service = resource.config.eds_service_name
                 if service:
                     endpoints[name] = self._assignment_data(service)
                 clusters[name] = resource.envoy()
             for name, config in self.static_eds.items():  # static EDS clusters: workers built them from the bootstrap
-                if self.eds_warm(config.eds_service_name):
+                if (full or name in only_clusters) and self.eds_warm(config.eds_service_name):
                     endpoints[name] = self._assignment_data(config.eds_service_name)
             sections["clusters"], sections["endpoints"] = clusters, endpoints
         if "listeners" in groups:
@@ -514,6 +534,7 @@ class DynamicConfig:
             if target.pop(name, None) is not None and clusters:
                 self.stats.counter("cluster_manager.cluster_removed").inc()
         if clusters:
+            self._eds = None  # the EDS clusters changed: eds_clusters() works them out again
             for name in set(self._cluster_secrets) - set(self.clusters):
                 del self._cluster_secrets[name]
             self.cds_version_info = update.discovered.version_info
@@ -584,11 +605,16 @@ class DynamicConfig:
         """Keep the assignments some cluster asks for (Envoy ignores the others)."""
         now = time.time()
         wanted = self.eds_services()
+        changed: list[str] = []
+        arrived = False  # a first assignment: clusters may stop warming
         for service, assignment in update.discovered.resources.items():
             if service in wanted:
-                _replace(self.endpoints, service, assignment, update.discovered.version_of(service), now)
-        self._changed("clusters")
-        self._cluster_gauges()
+                arrived = arrived or not self.eds_warm(service)
+                if _replace(self.endpoints, service, assignment, update.discovered.version_of(service), now):
+                    changed += wanted[service]
+        self._changed_clusters(changed)
+        if arrived:
+            self._cluster_gauges()
 
     def _follow_eds_clusters(self) -> None:
         """After CDS: forget assignments no cluster asks for any more; new EDS clusters' counters start at 0."""

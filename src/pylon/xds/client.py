@@ -234,6 +234,7 @@ class XdsClient:
         self.first_update = {type_url: asyncio.Event() for type_url in self.timeouts}
         self.asked: dict[str, dict[str, Wanted]] = {kind.type_url: {} for kind in NAMED_KINDS}
         self.eds_clusters: dict[str, Any] = {}  # the EDS clusters subscribed, by name, as configured
+        self.eds_names: dict[XdsStream, list[str]] = {}  # on each stream, the EDS clusters whose counters count
         self.timers: dict[tuple[str, str], asyncio.Task[None]] = {}  # initial_fetch_timeout of names not warm
         self.settled = asyncio.Event()  # every name asked for is warm (start-up waits for it)
         self.refresh()
@@ -284,8 +285,7 @@ class XdsClient:
     def _stat_names(self, kind: ResourceKind[Any], stream: XdsStream) -> list[str]:
         """Whose `update_*` counters a response of `kind` on `stream` counts (none for CDS and LDS)."""
         if kind is ENDPOINTS:
-            return sorted(name for name, config in self.eds_clusters.items()
-                          if self._stream_for(config.eds_cluster_config.eds_config, kind) is stream)
+            return self.eds_names.get(stream, [])
         asked = self.asked.get(kind.type_url, {})
         return sorted(w.stat_name for w in asked.values() if self._stream_for(w.source, kind) is stream)
 
@@ -415,6 +415,11 @@ class XdsClient:
         wanted = self.dynamic.eds_clusters()
         started = sorted(name for name, config in wanted.items() if self.eds_clusters.get(name) != config)
         self.eds_clusters = wanted
+        self.eds_names = {}
+        for name, config in sorted(wanted.items()):
+            stream = self._stream_for(config.eds_cluster_config.eds_config, ENDPOINTS)
+            if stream is not None:
+                self.eds_names.setdefault(stream, []).append(name)
         self.dynamic.count(ENDPOINTS, started, "update_attempt")
 
     def _start_timer(self, kind: ResourceKind[Any], name: str, wanted: dict[str, Wanted]) -> None:
