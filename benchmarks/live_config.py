@@ -49,7 +49,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,7 +58,7 @@ import yaml
 
 from pylon import __version__
 from pylon.bench.targets import (
-    Running, TargetError, find_envoy, free_port, nginx_preamble, run_tool, start_process, unique_base_id,
+    BackgroundTool, Running, TargetError, find_envoy, free_port, nginx_preamble, run_tool, start_process, unique_base_id,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -304,28 +303,16 @@ def live_run(scenario: str, proxy: str, rep: int, args: argparse.Namespace, work
         run_tool(load_args(url, args.qps, args.connections, args.warmup, directory / "warmup.json"), args.warmup + 30)
         before, cpu_before = stats(running), running.cpu_seconds()
         out = directory / "load.json"
-        outcome: dict[str, Any] = {}
-
-        def load() -> None:
-            try:
-                outcome["text"], outcome["cpu"] = run_tool(
-                    load_args(url, args.qps, args.connections, args.duration, out), args.duration + 30)
-            except TargetError as exc:
-                outcome["error"] = exc
-
-        thread = threading.Thread(target=load)
-        thread.start()
+        tool = BackgroundTool(load_args(url, args.qps, args.connections, args.duration, out), args.duration + 30)
         started = time.monotonic()
         changes = 0
         for step in range(1, int(args.duration)):
             time.sleep(max(0.0, started + step - time.monotonic()))
-            if not thread.is_alive():
+            if not tool.running:
                 break
             setup.change(step)
             changes += 1 if setup.counters else 0
-        thread.join()
-        if "error" in outcome:
-            raise outcome["error"]
+        _, client_cpu = tool.result()
         proxy_cpu = running.cpu_seconds() - cpu_before
         time.sleep(1.5)  # the last change reaches the counters
         after = stats(running)
@@ -345,7 +332,7 @@ def live_run(scenario: str, proxy: str, rep: int, args: argparse.Namespace, work
         "socket_errors": int(codes.get("-1", 0)), "error_kinds": result.get("ErrorKinds", {}),
         "connections_opened": result.get("SocketCount"), "ret_codes": codes,
         "p50_ms": pct.get(50.0), "p90_ms": pct.get(90.0), "p99_ms": pct.get(99.0), "p999_ms": pct.get(99.9),
-        "max_ms": hist["Max"] * 1000, "actual_qps": result["ActualQPS"], "client_cpu_s": outcome["cpu"],
+        "max_ms": hist["Max"] * 1000, "actual_qps": result["ActualQPS"], "client_cpu_s": client_cpu,
         "proxy_cpu_s": proxy_cpu, "proxy_cpu_us_per_request": proxy_cpu / count * 1e6 if count else None,
         "cluster_requests": cluster_rq, "memory": memory,
     }

@@ -148,3 +148,14 @@ def test_envoy_and_pylon_run_the_same_config(tmp_path: Path) -> None:
                     assert reply.status == 200 and len(reply.read()) == 100
                 assert proxy.cpu_seconds() > 0
             assert proxy.proc.poll() is not None
+
+
+def test_background_tool_runs_to_completion_and_reports_failure() -> None:
+    from pylon.bench.targets import BackgroundTool, TargetError
+
+    tool = BackgroundTool([sys.executable, "-c", "print('done')"], timeout=30)
+    text, cpu = tool.result()
+    assert text.strip() == "done" and cpu >= 0 and not tool.running
+    failing = BackgroundTool([sys.executable, "-c", "raise SystemExit(3)"], timeout=30)
+    with pytest.raises(TargetError):
+        failing.result()

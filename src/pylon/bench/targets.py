@@ -31,6 +31,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import tempfile
 import time
 import urllib.error
@@ -333,6 +334,34 @@ def start_envoy(config_path: str | os.PathLike, *, port: int, admin_port: int | 
 
 
 # --------------------------------------------------------------------------- load tools
+
+
+class BackgroundTool:
+    """A load tool run to completion (`run_tool`) on a thread, while the caller changes what it measures
+    (a config change every second, for the live-config benchmarks)."""
+
+    def __init__(self, args: Sequence[str], timeout: float) -> None:
+        self._outcome: tuple[str, float] | TargetError | None = None
+        self._thread = threading.Thread(target=self._run, args=(list(args), timeout))
+        self._thread.start()
+
+    def _run(self, args: list[str], timeout: float) -> None:
+        try:
+            self._outcome = run_tool(args, timeout)
+        except TargetError as exc:
+            self._outcome = exc
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def result(self) -> tuple[str, float]:
+        """Wait for the tool: (stdout+stderr, its CPU seconds); its TargetError if it failed."""
+        self._thread.join()
+        if isinstance(self._outcome, TargetError):
+            raise self._outcome
+        assert self._outcome is not None
+        return self._outcome
 
 
 def run_tool(args: Sequence[str], timeout: float) -> tuple[str, float]:
