@@ -631,9 +631,8 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
                              f"{e['median_ms']:.0f} ({e['min_ms']:.0f}-{e['max_ms']:.0f}) | "
                              f"**{f(row['ratio_pylon_over_envoy'], '.1f')}** |")
         lines += ["", "Envoy reads a changed file at once (inotify on the watched directory); pylon's supervisor "
-                  "looks at the files every 0.1 s, then validates the update and sends the whole dynamic version "
-                  "(every cluster, as Envoy-shaped data) to each worker, which diffs it. pylon's time grows with "
-                  "the number of clusters even when only the route changes."]
+                  "looks at the files every 0.1 s, parses the changed file whole, validates the update and sends "
+                  "each worker what it changed."]
         lines += ["", f"## 3. Memory at {meta['clusters']} clusters (after the changes above)", "",
                   "| format | proxy | processes | RSS MiB (sum) | PSS MiB (sum) | start until /ready s |",
                   "|---|---|---:|---:|---:|---:|"]

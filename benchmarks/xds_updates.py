@@ -92,6 +92,7 @@ from pylon import __version__
 from pylon.bench.targets import (
     BackgroundTool, Running, TargetError, free_port, nginx_preamble, run_tool, start_process,
 )
+from pylon.config.discovery import CLUSTER_LOAD_ASSIGNMENT_TYPE, CLUSTER_TYPE, ROUTE_CONFIGURATION_TYPE
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from live_config import (  # noqa: E402  (the filesystem-xDS benchmark's helpers: same processes, same memory view)
@@ -104,9 +105,7 @@ EFFECTS = ("rds-swap", "eds-full", "eds-one")
 SCENARIOS = ("steady", "routes", "endpoints")
 BODY_SIZE = 100
 
-CDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
-RDS = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
-EDS = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+CDS, RDS, EDS = CLUSTER_TYPE, ROUTE_CONFIGURATION_TYPE, CLUSTER_LOAD_ASSIGNMENT_TYPE
 NAMED = (RDS, EDS)  # types whose requests name resources (CDS is wildcard)
 _MESSAGES = {CDS: Cluster, RDS: RouteConfiguration, EDS: ClusterLoadAssignment}
 HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
@@ -941,11 +940,8 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
         lines += ["", "The poller's resolution is about 1.5 ms (a request through the proxy, then a 1 ms sleep), which "
                   "is most of Envoy's time. pylon ACKs a response after its workers have applied it (the ACK waits "
                   "for the push), Envoy once its main thread has taken it, before its workers have; so pylon's ACK "
-                  "time is about its update-to-effect time. pylon's time grows with the number of clusters even "
-                  "when the response holds one route or one assignment: each accepted update rebuilds the whole "
-                  "dynamic version (every cluster and assignment, as Envoy-shaped data) in the supervisor and sends "
-                  "it to the worker, which converts all of it back to config objects to diff it (see the profile "
-                  "below when run with --profile)."]
+                  "time is about its update-to-effect time. Workers are sent only what an accepted update changed "
+                  "(pylon's `DynamicConfig.changes()`); run with --profile to see where the rest goes."]
     snap = summary.get("snapshot")
     if snap:
         lines += [

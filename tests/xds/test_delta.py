@@ -41,11 +41,11 @@ def test_wildcard_first_then_names_subscribed_and_unsubscribed() -> None:
 def test_versions_held_go_to_the_next_stream_and_a_nack_takes_nothing() -> None:
     delta = state()
     delta.on_connect()
-    ack = delta.ack(response(CDS, "1", ("a", "v1"), ("b", "v1")), ["a", "b"])
+    ack = delta.accept(response(CDS, "1", ("a", "v1"), ("b", "v1")), ["a", "b"])
     assert (ack.response_nonce, ack.HasField("error_detail")) == ("1", False)
-    nack = delta.nack(response(CDS, "2", ("a", "v2")), "cluster 'a': bad")
+    nack = delta.reject(response(CDS, "2", ("a", "v2")), "cluster 'a': bad")
     assert (nack.response_nonce, nack.error_detail.code, nack.error_detail.message) == ("2", INTERNAL, "cluster 'a': bad")
-    delta.ack(response(CDS, "3", ("c", "v3"), removed=("b",)), ["c"])
+    delta.accept(response(CDS, "3", ("c", "v3"), removed=("b",)), ["c"])
     (cds,) = delta.on_connect()
     assert dict(cds.initial_resource_versions) == {"a": "v1", "c": "v3"}
     assert cds.node.id  # a new stream sends the node again
@@ -55,7 +55,7 @@ def test_an_unsubscribed_name_is_forgotten() -> None:
     delta = state()
     delta.on_connect()
     delta.resubscribe(EDS, ["a", "b"])
-    delta.ack(response(EDS, "1", ("a", "1"), ("b", "1")), ["a", "b"])
+    delta.accept(response(EDS, "1", ("a", "1"), ("b", "1")), ["a", "b"])
     delta.resubscribe(EDS, ["b"])
     cds, eds = delta.on_connect()
     assert (list(eds.resource_names_subscribe), dict(eds.initial_resource_versions)) == (["b"], {"b": "1"})

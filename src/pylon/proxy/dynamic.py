@@ -131,7 +131,6 @@ class DynamicConfig:
         self.binder = binder  # None in --mode validate: nothing is bound
         self.static_cluster_configs = {c.name: c for c in bootstrap.static_resources.clusters}
         self.static_eds = {name: c for name, c in self.static_cluster_configs.items() if c.type == "EDS"}
-        self.static_clusters = set(self.static_cluster_configs)
         self.static_listeners = list(bootstrap.static_resources.listeners)
         dynamic = bootstrap.dynamic_resources
         self.lds_source = dynamic.lds_config if dynamic is not None else None
@@ -385,7 +384,7 @@ class DynamicConfig:
             return
         if update.kind is CLUSTERS:
             for i, (name, cluster) in enumerate(resources.items()):
-                if name in self.static_clusters:
+                if name in self.static_cluster_configs:
                     raise ConfigError(update.source, f"resources[{i}].name",
                                       f"{name!r} is a static cluster; CDS cannot replace it")
                 if cluster.http2_field is not None:
@@ -464,7 +463,7 @@ class DynamicConfig:
             for rel, cluster, validated in _terminal_cluster_references(listener):
                 if cluster in self.grpc_clusters:
                     raise ConfigError(source, f"{path}.{rel}", grpc_cluster_message(cluster))
-                if validated and self.cds_source is None and cluster not in self.static_clusters:
+                if validated and self.cds_source is None and cluster not in self.static_cluster_configs:
                     raise ConfigError(source, f"{path}.{rel}", f"unknown cluster {cluster!r}")
         if self.binder is not None:
             self.binder.bind_new(resources, source)
@@ -509,7 +508,7 @@ class DynamicConfig:
 
     def _knows_cluster(self, name: str) -> bool:
         """Whether the cluster manager has `name`: static, or from CDS (warming ones too, as Envoy counts them)."""
-        return name in self.static_clusters or name in self.clusters
+        return name in self.static_cluster_configs or name in self.clusters
 
     def _accept(self, update: Update) -> None:
         if update.kind is ENDPOINTS:
@@ -631,7 +630,7 @@ class DynamicConfig:
         """Envoy's active (serving) and warming (EDS not yet in) cluster counts."""
         warming = sum(1 for r in self.clusters.values() if not self.cluster_warm(r.config))
         self.stats.gauge("cluster_manager.warming_clusters").set(warming)
-        self.stats.gauge("cluster_manager.active_clusters").set(len(self.static_clusters) + len(self.clusters) - warming)
+        self.stats.gauge("cluster_manager.active_clusters").set(len(self.static_cluster_configs) + len(self.clusters) - warming)
 
     def _count(self, kind: ResourceKind[Any], stat_names: Sequence[str], name: str) -> None:
         for prefix in self._prefixes(kind, stat_names):

@@ -53,7 +53,7 @@ from pylon.config.errors import ConfigError
 from pylon.xds.backoff import Backoff
 from pylon.xds.delta import DeltaState
 from pylon.xds.resources import KINDS, ResponseDecoder, rejection_detail
-from pylon.xds.subscription import AdsState, Subscription
+from pylon.xds.subscription import AdsState
 
 log = logging.getLogger("pylon.xds")
 
@@ -160,10 +160,6 @@ class XdsStream:
         self._call: Any = None
         self._writing = asyncio.Lock()  # grpcio takes one write at a time; other streams' handlers write here too
 
-    @property
-    def delta(self) -> bool:
-        return isinstance(self.state, DeltaState)
-
     async def send(self, requests: Sequence[DiscoveryRequest | DeltaDiscoveryRequest]) -> None:
         """Write `requests` if the stream is open (else they go out with the next stream's opening ones)."""
         call = self._call
@@ -225,10 +221,7 @@ class XdsClient:
         for kind, source in ((CLUSTERS, dynamic.cds_source), (LISTENERS, dynamic.lds_source)):
             stream = self._stream_for(source, kind)
             if stream is not None:
-                if isinstance(stream.state, DeltaState):
-                    stream.state.subscribe_wildcard(kind.type_url)
-                else:
-                    stream.state.subscriptions.append(Subscription(kind.type_url))
+                stream.state.subscribe_wildcard(kind.type_url)
                 self.timeouts[kind.type_url] = float(source.initial_fetch_timeout)
                 dynamic.count(kind, [], "update_attempt")  # Envoy counts a subscription's start as an attempt
         self.first_update = {type_url: asyncio.Event() for type_url in self.timeouts}
@@ -356,15 +349,12 @@ class XdsClient:
             detail = rejection_detail(response, exc)
             log.error("%s version %r rejected, the last good version keeps serving: %s", type_url, version, detail)
             self._first_update(type_url)
-            nack = (stream.state.nack(response, detail) if isinstance(stream.state, DeltaState)
-                    else stream.state.nack(type_url, response.nonce, detail))
-            return [(stream, [nack])]
+            return [(stream, [stream.state.reject(response, detail)])]
         requests = self.refresh() if kind in (CLUSTERS, LISTENERS) else {}
         self._first_update(type_url)
         self._check_settled()
         await self.on_update()
-        ack = (stream.state.ack(response, sent) if isinstance(stream.state, DeltaState)
-               else stream.state.ack(type_url, response.version_info, response.nonce))
+        ack = stream.state.accept(response, sent)
         return [*((s, r) for s, r in requests.items() if s is not stream),
                 (stream, [*requests.get(stream, []), ack])]
 

@@ -77,20 +77,20 @@ class DeltaState:
             subscription.versions.pop(name, None)
         return self._request(type_url, subscribe=added, unsubscribe=dropped)
 
-    def ack(self, response: DeltaDiscoveryResponse, accepted: Iterable[str]) -> DeltaDiscoveryRequest:
-        """Accept `response`: the resources named `accepted` (those of the response the client kept) are held at
+    def accept(self, response: DeltaDiscoveryResponse, kept: Iterable[str]) -> DeltaDiscoveryRequest:
+        """The ACK of `response`: the resources named `kept` (those of the response the client kept) are held at
         their versions, the removed ones are no longer."""
         subscription = self._must(response.type_url)
-        kept = set(accepted)
+        names = set(kept)
         for resource in response.resources:
-            if resource.name in kept:
+            if resource.name in names:
                 subscription.versions[resource.name] = resource.version
         for name in response.removed_resources:
             subscription.versions.pop(name, None)
         return self._request(response.type_url, nonce=response.nonce)
 
-    def nack(self, response: DeltaDiscoveryResponse, reason: str) -> DeltaDiscoveryRequest:
-        """Reject `response`: nothing it held is taken."""
+    def reject(self, response: DeltaDiscoveryResponse, reason: str) -> DeltaDiscoveryRequest:
+        """The NACK of `response`: nothing it held is taken."""
         request = self._request(response.type_url, nonce=response.nonce)
         request.error_detail.CopyFrom(Status(code=INTERNAL, message=reason))
         return request

@@ -12,11 +12,11 @@ the reason. The node goes on the first request of a stream only when
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from envoy.config.core.v3.base_pb2 import Node
-from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest
+from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest, DiscoveryResponse
 from google.rpc.status_pb2 import Status
 
 #: google.rpc.Code INTERNAL: what Envoy puts in a NACK's error_detail.
@@ -68,6 +68,18 @@ class AdsState:
 
     def subscription(self, type_url: str) -> Subscription | None:
         return next((s for s in self.subscriptions if s.type_url == type_url), None)
+
+    def subscribe_wildcard(self, type_url: str) -> None:
+        """Subscribe to every resource of `type_url` (CDS, LDS)."""
+        self.subscriptions.append(Subscription(type_url))
+
+    def accept(self, response: DiscoveryResponse, kept: Iterable[str]) -> DiscoveryRequest:
+        """The ACK of `response` (the interface the client shares with DeltaState; SotW needs no names)."""
+        return self.ack(response.type_url, response.version_info, response.nonce)
+
+    def reject(self, response: DiscoveryResponse, reason: str) -> DiscoveryRequest:
+        """The NACK of `response`."""
+        return self.nack(response.type_url, response.nonce, reason)
 
     def ack(self, type_url: str, version_info: str, nonce: str) -> DiscoveryRequest:
         """The request that accepts the response (version_info, nonce)."""
