@@ -387,7 +387,9 @@ class SocketAddress(EnvoyStruct, kw_only=True):
 
 
 class Pipe(EnvoyStruct, kw_only=True):
-    """config.core.v3.Pipe: a Unix domain socket path (a leading `@`: Linux's abstract namespace)."""
+    """config.core.v3.Pipe: a Unix domain socket path (a leading `@`: Linux's abstract namespace). `mode` is the
+    permission of a socket a listener creates; pylon connects to pipes only (gRPC clusters), where Envoy does
+    not use it either."""
 
     path: NonEmptyStr
     mode: Annotated[int, msgspec.Meta(ge=0, le=0o777)] = 0
