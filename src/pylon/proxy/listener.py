@@ -15,9 +15,12 @@ from __future__ import annotations
 import asyncio
 import functools
 import ipaddress
+import logging
 import socket
 import ssl
 from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+import msgspec
 
 from pylon.config.envoy import FilterChain, HttpConnectionManager, TcpProxy
 from pylon.config.secrets import SecretMissing, tls_context
@@ -34,6 +37,11 @@ from pylon.proxy.tls_stats import TlsStats
 
 if TYPE_CHECKING:
     from pylon.proxy.worker import Worker
+
+log = logging.getLogger("pylon.proxy.listener")
+
+#: Listeners whose `h2` ALPN was already reported (once per process, not per worker or update).
+_h2_reported: set[str] = set()
 
 
 def listener_stat_name(listener: Any) -> str:
@@ -233,6 +241,21 @@ def _matches_everything(match: Any) -> bool:
     return match is None or match == type(match)()
 
 
+def _without_h2(tls_config: Any, listener_name: str) -> Any:
+    """The chain's TLS context without `h2` in its ALPN list, said once: pylon's HTTP connection manager speaks
+    HTTP/1 only, so a client that negotiated `h2` (as curl and browsers do when offered it) would send frames the
+    connection cannot read. Not offering it makes such clients use HTTP/1.1 (Envoy would serve them HTTP/2)."""
+    common = tls_config.common_tls_context
+    if "h2" not in common.alpn_protocols:
+        return tls_config
+    if listener_name not in _h2_reported:
+        _h2_reported.add(listener_name)
+        log.warning("listener %s: HTTP/2 is not supported by pylon's HTTP connection manager yet; its TLS chains "
+                    "do not offer 'h2' in ALPN, so HTTP/2 clients use HTTP/1.1", listener_name or "(unnamed)")
+    alpn = [protocol for protocol in common.alpn_protocols if protocol != "h2"]
+    return msgspec.structs.replace(tls_config, common_tls_context=msgspec.structs.replace(common, alpn_protocols=alpn))
+
+
 def build_chain(chain: FilterChain, listener: ListenerRuntime) -> ChainRuntime:
     """One filter chain's TLS and terminal network filter for this worker."""
     worker = listener.worker
@@ -241,6 +264,8 @@ def build_chain(chain: FilterChain, listener: ListenerRuntime) -> ChainRuntime:
     if runtime.tls_config is not None:
         runtime.tls_stats = TlsStats(worker.stats, listener_stat_name(listener.config) + ".")
     terminal_cfg = chain.filters[-1].typed_config
+    if isinstance(terminal_cfg, HttpConnectionManager) and runtime.tls_config is not None:
+        runtime.tls_config = _without_h2(runtime.tls_config, listener.config.name)
     network_filters = [build_network_filter(f.name, f.typed_config, worker.stats) for f in chain.filters[:-1]]
     scheme = b"https" if runtime.tls_config is not None else b"http"
     if isinstance(terminal_cfg, HttpConnectionManager):
