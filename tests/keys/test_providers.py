@@ -9,7 +9,7 @@ import pytest
 from pylon.config.envoy import DownstreamTlsContext, convert
 from pylon.config.errors import ConfigError
 from pylon.keys import cryptomb, providers
-from pylon.keys.config import CRYPTOMB_TYPE_URL, OFFLOAD_TYPE_URL
+from pylon.keys.config import CRYPTOMB_TYPE_URL, OFFLOAD_TYPE_URL, QAT_TYPE_URL
 from pylon.keys.hook import is_hooked
 from pylon.proxy.tls import TlsConfigError
 
@@ -83,3 +83,32 @@ def test_refused_on_this_cpu_with_what_to_do(pki) -> None:  # type: ignore[no-un
         provider_tls(pki.server_rsa, mb(pki.server_rsa))
     assert "AVX-512 IFMA" in info.value.message
     assert info.value.message.endswith("set fallback: true or use provider offload")
+
+
+def qat(files, **extra):  # type: ignore[no-untyped-def]
+    return {"provider_name": "qat",
+            "typed_config": {"@type": QAT_TYPE_URL, "private_key": {"filename": str(files.key)},
+                             "poll_delay": "0.002s"}, **extra}
+
+
+def test_qat_is_refused_without_fallback_saying_what_to_do(pki) -> None:  # type: ignore[no-untyped-def]
+    """Istio sends QAT configs (privateKeyProvider qat); pylon drives no QAT device and says so."""
+    with pytest.raises(TlsConfigError) as info:
+        provider_tls(pki.server_rsa, qat(pki.server_rsa))
+    assert info.value.path == "common_tls_context.tls_certificates[0].private_key_provider"
+    assert info.value.message.startswith("qat: pylon does not drive Intel QAT devices; set fallback: true")
+
+
+def test_qat_with_fallback_uses_the_key_file_with_one_warning(pki, caplog) -> None:  # type: ignore[no-untyped-def]
+    caplog.set_level(logging.WARNING, "pylon.keys")
+    tls = provider_tls(pki.server_rsa, qat(pki.server_rsa, fallback=True))
+    assert not is_hooked(tls.context) and tls.loop_ssl_context is tls.context
+    assert [r.message for r in caplog.records if "qat" in r.message and "fallback" in r.message]
+
+
+def test_qat_poll_delay_is_at_least_a_millisecond(pki) -> None:  # type: ignore[no-untyped-def]
+    provider = qat(pki.server_rsa)
+    provider["typed_config"]["poll_delay"] = "0.0005s"
+    cert = {"certificate_chain": {"filename": str(pki.server_rsa.cert)}, "private_key_provider": provider}
+    with pytest.raises((ValueError, ConfigError), match="poll_delay"):
+        convert({"common_tls_context": {"tls_certificates": [cert]}}, DownstreamTlsContext)

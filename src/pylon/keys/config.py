@@ -1,8 +1,10 @@
 """Typed configs of pylon's private key providers, registered under `envoy.tls.key_providers`.
 
-Importing this module makes the three `@type`s known to the config loader:
+Importing this module makes the four `@type`s known to the config loader:
 
 * Envoy's CryptoMB config, unchanged (`private_key`, `poll_delay`);
+* Envoy's QAT config, unchanged (`private_key`, `poll_delay`): accepted because Istio sends it,
+  but pylon drives no QAT device, so it runs only as `fallback: true` (the key in software);
 * pylon's `offload` (`private_key`, `threads`);
 * pylon's `keyd` (`socket_path`, `key_id`, `timeout`): no key material at all.
 """
@@ -21,6 +23,7 @@ from pylon.config.errors import FieldError
 CRYPTOMB_TYPE_URL = (
     "type.googleapis.com/envoy.extensions.private_key_providers.cryptomb.v3alpha.CryptoMbPrivateKeyMethodConfig"
 )
+QAT_TYPE_URL = "type.googleapis.com/envoy.extensions.private_key_providers.qat.v3alpha.QatPrivateKeyMethodConfig"
 OFFLOAD_TYPE_URL = "type.googleapis.com/pylon.key_providers.offload.v1.Offload"
 KEYD_TYPE_URL = "type.googleapis.com/pylon.key_providers.keyd.v1.Keyd"
 
@@ -34,6 +37,17 @@ class CryptoMbPrivateKeyMethodConfig(EnvoyStruct, kw_only=True):
     def __post_init__(self) -> None:
         if self.poll_delay <= 0:
             raise FieldError("poll_delay", "must be greater than 0")
+
+
+class QatPrivateKeyMethodConfig(EnvoyStruct, kw_only=True):
+    """Envoy's contrib QAT config. `poll_delay` (required, at least 1 ms) is how often the device is polled."""
+
+    private_key: DataSource
+    poll_delay: Duration
+
+    def __post_init__(self) -> None:
+        if self.poll_delay < 0.001:
+            raise FieldError("poll_delay", "must be at least 1ms")
 
 
 class Offload(EnvoyStruct, kw_only=True):
@@ -61,10 +75,12 @@ class Keyd(EnvoyStruct, kw_only=True):
 #: provider_name each typed config must come with (Envoy: the factory's name()).
 PROVIDER_NAMES: dict[type, str] = {
     CryptoMbPrivateKeyMethodConfig: "cryptomb",
+    QatPrivateKeyMethodConfig: "qat",
     Offload: "offload",
     Keyd: "keyd",
 }
 
 registry.register_typed(registry.KEY_PROVIDER, CRYPTOMB_TYPE_URL, CryptoMbPrivateKeyMethodConfig)
+registry.register_typed(registry.KEY_PROVIDER, QAT_TYPE_URL, QatPrivateKeyMethodConfig)
 registry.register_typed(registry.KEY_PROVIDER, OFFLOAD_TYPE_URL, Offload)
 registry.register_typed(registry.KEY_PROVIDER, KEYD_TYPE_URL, Keyd)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from pylon.config.datasource import DataSourceError, read_bytes
 from pylon.keys import cryptomb
-from pylon.keys.config import PROVIDER_NAMES, CryptoMbPrivateKeyMethodConfig, Keyd, Offload
+from pylon.keys.config import PROVIDER_NAMES, CryptoMbPrivateKeyMethodConfig, Keyd, Offload, QatPrivateKeyMethodConfig
 from pylon.keys.hook import HookError, KeyOps, check_runtime
 from pylon.keys.keyd.client import KeydOps
 from pylon.keys.offload import OffloadOps
@@ -89,6 +89,9 @@ def plan_provider(provider: PrivateKeyProvider, public_key: object) -> ProviderP
             ops: KeyOps = _cryptomb.setdefault(config.poll_delay, cryptomb.CryptoMbOps(config.poll_delay))
             return ProviderPlan(ops, pem)
         hint = "set fallback: true or use provider offload"
+    elif isinstance(config, QatPrivateKeyMethodConfig):
+        reason = "qat: pylon does not drive Intel QAT devices"
+        hint = "set fallback: true to sign with the key in software, or use provider cryptomb or offload"
     else:
         assert isinstance(config, Offload)
         try:

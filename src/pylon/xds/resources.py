@@ -23,6 +23,7 @@ import envoy.extensions.retry.host.previous_hosts.v3.previous_hosts_pb2  # noqa:
 import envoy.extensions.transport_sockets.tls.v3.secret_pb2  # noqa: F401
 import envoy.extensions.transport_sockets.tls.v3.tls_pb2  # noqa: F401
 import envoy.extensions.upstreams.http.v3.http_protocol_options_pb2  # noqa: F401
+import pylon.xds.contrib_protos  # noqa: F401 - Istio's secrets may carry CryptoMB/QAT key provider configs
 from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryResponse, DiscoveryResponse
 from google.protobuf import json_format
 
