@@ -21,11 +21,13 @@ needs_envoy = pytest.mark.skipif(not ENVOY.exists(), reason=f"real Envoy not fou
 
 
 def pilot_cmd(config_dir: Path, state_dir: Path, xds_port: int, debug_port: int, monitoring_port: int,
-              *extra: str) -> list[str]:
-    """`pylon pilot` with every listening address on a free loopback port and the CA's files in `state_dir`."""
+              *extra: str, ca_port: int | None = None) -> list[str]:
+    """`pylon pilot` with every listening address on a free loopback port (the TLS port on `ca_port` if given)
+    and the CA's files in `state_dir`."""
     return pylon_cmd("pilot", "--config-dir", str(config_dir), "--grpc-address", f"127.0.0.1:{xds_port}",
                      "--debug-address", f"127.0.0.1:{debug_port}", "--monitoring-address", f"127.0.0.1:{monitoring_port}",
-                     "--ca-address", f"127.0.0.1:{free_port()}", "--ca-dir", str(state_dir / "cacerts"), *extra)
+                     "--ca-address", f"127.0.0.1:{ca_port or free_port()}", "--ca-dir", str(state_dir / "cacerts"),
+                     *extra)
 
 
 def eventually(check: Callable[[], bool], timeout: float = 10.0) -> float:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import grpc
 from pylon.identity.authn import AuthenticationError, authenticate
 from pylon.identity.authority import CaError, CaMaterial, load_or_create_token_key, resolve_ttl
 from pylon.identity.proto import SERVICE, IstioCertificateRequest, IstioCertificateResponse
-from pylon.identity.spiffe import DEFAULT_TRUST_DOMAIN
+from pylon.identity.spiffe import DEFAULT_TRUST_DOMAIN, SpiffeId
 from pylon.identity.tls_front import TlsFront, server_context
 from pylon.identity.tokens import TokenAuthority
 
@@ -37,15 +38,19 @@ class CertificateService:
         self.trust_domain = trust_domain
         self.front = front
 
-    async def create_certificate(self, request: IstioCertificateRequest,
-                                 context: grpc.aio.ServicerContext) -> IstioCertificateResponse:  # fmt: skip
+    def identify(self, context: grpc.aio.ServicerContext) -> SpiffeId:
+        """The caller of a call that came through the TLS front: its client certificate, else its token.
+        AuthenticationError saying why not (also for a call that bypassed the front)."""
         try:
             peer_der = self.front.peer_certificate(context.peer())
         except KeyError:
-            log.warning("CA request from %s did not come through TLS; refused", context.peer())
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "request authenticate failure: not over TLS")
+            raise AuthenticationError("not over TLS") from None
+        return authenticate(peer_der, context.invocation_metadata() or (), self.tokens, self.trust_domain)
+
+    async def create_certificate(self, request: IstioCertificateRequest,
+                                 context: grpc.aio.ServicerContext) -> IstioCertificateResponse:  # fmt: skip
         try:
-            identity = authenticate(peer_der, context.invocation_metadata() or (), self.tokens, self.trust_domain)
+            identity = self.identify(context)
         except AuthenticationError as exc:
             log.info("CA request from %s refused: %s", context.peer(), exc)
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"request authenticate failure: {exc}")
@@ -65,6 +70,11 @@ class CertificateService:
         return grpc.method_handlers_generic_handler(SERVICE, {"CreateCertificate": method})
 
 
+#: Adds another service to the TLS port's gRPC server, given how to authenticate its callers (istiod serves
+#: ADS there too, to proxies that prove who they are).
+ExtraService = Callable[[grpc.aio.Server, Callable[[grpc.aio.ServicerContext], SpiffeId]], None]
+
+
 @dataclass
 class CaServer:
     front: TlsFront
@@ -73,8 +83,9 @@ class CaServer:
     tokens: TokenAuthority
 
     @classmethod
-    async def start(cls, host: str, port: int, ca_dir: Path, trust_domain: str = DEFAULT_TRUST_DOMAIN) -> CaServer:
-        """Load (or create) the CA in `ca_dir` and serve it on host:port over TLS."""
+    async def start(cls, host: str, port: int, ca_dir: Path, trust_domain: str = DEFAULT_TRUST_DOMAIN,
+                    extra_services: Sequence[ExtraService] = ()) -> CaServer:  # fmt: skip
+        """Load (or create) the CA in `ca_dir` and serve it on host:port over TLS, with `extra_services`."""
         material = CaMaterial.load_or_create(ca_dir)
         tokens = TokenAuthority(load_or_create_token_key(ca_dir))
         chain_pem, key_pem = material.serving_certificate()
@@ -87,7 +98,10 @@ class CaServer:
         await front.start(host, port)  # the asked-for port first, then the ephemeral backend's
         grpc_server = grpc.aio.server()
         front.backend = ("127.0.0.1", grpc_server.add_insecure_port("127.0.0.1:0"))
-        grpc_server.add_generic_rpc_handlers((CertificateService(material, tokens, trust_domain, front).handler(),))
+        service = CertificateService(material, tokens, trust_domain, front)
+        grpc_server.add_generic_rpc_handlers((service.handler(),))
+        for add in extra_services:
+            add(grpc_server, service.identify)
         await grpc_server.start()
         log.info("CA serving on %s:%d (trust domain %s, CA dir %s)", host, port, trust_domain, ca_dir)
         return cls(front=front, grpc_server=grpc_server, material=material, tokens=tokens)

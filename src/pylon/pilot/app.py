@@ -12,6 +12,7 @@ import asyncio
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,13 +23,15 @@ from pylon.config.errors import ConfigError
 from pylon.identity.server import DEFAULT_CA_DIR, CaServer
 from pylon.pilot.debug import DebugHandler, serve_http
 from pylon.pilot.gen import generator_for
-from pylon.pilot.gen.types import ENDPOINT, Resources
+from pylon.identity.spiffe import SpiffeId
+from pylon.pilot.gen.types import ENDPOINT, SECRET, Resources
 from pylon.pilot.istio.mesh import load_mesh_config
 from pylon.pilot.metrics import PilotMetrics
 from pylon.pilot.proxy import Proxy
-from pylon.pilot.snapshot import Snapshot, build_snapshot, endpoints_only_change
+from pylon.pilot.snapshot import Snapshot, build_snapshot, endpoints_only_change, with_secrets
 from pylon.pilot.source.directory import DirectoryWatcher, LoadResult, load_directory
-from pylon.pilot.xds.server import AdsServer
+from pylon.pilot.source.secrets import SecretsResult, load_secrets
+from pylon.pilot.xds.server import AdsServer, AuthenticatedAds
 
 log = logging.getLogger("pylon.pilot")
 
@@ -43,6 +46,7 @@ class PilotOptions:
     log_level: str = "info"
     ca_address: str = "127.0.0.1:15012"
     ca_dir: Path = DEFAULT_CA_DIR
+    secrets_dir: Path | None = None
 
 
 class Pilot:
@@ -69,11 +73,25 @@ class Pilot:
                 log.error("%s", error)
             log.error("config change rejected; still serving version %s", self.snapshot.version)
             return
+        snapshot = with_secrets(snapshot, self.snapshot.secrets) if self.snapshot.secrets else snapshot
         eds_only = endpoints_only_change(self.snapshot, snapshot)
         self.snapshot = snapshot
         log.info("config version %s: %d resources; pushing %s to %d proxies", snapshot.version, len(snapshot.resources),
                  "endpoints (EDS) only" if eds_only else "everything", len(self.ads.connections))  # fmt: skip
         self.ads.push_all(frozenset({ENDPOINT}) if eds_only else None)
+
+
+    def on_secrets(self, result: SecretsResult) -> None:
+        """A debounced change of the secrets directory: serve the new credentials (SDS only), or keep the last."""
+        if result.errors:
+            self.metrics.config_errors.inc()
+            for error in result.errors:
+                log.error("%s", error)
+            log.error("secrets change rejected; still serving the previous gateway secrets")
+            return
+        self.snapshot = with_secrets(self.snapshot, result.secrets)
+        log.info("gateway secrets: %d; pushing secrets (SDS) only", len(result.secrets))
+        self.ads.push_all(frozenset({SECRET}))
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -100,6 +118,13 @@ def run_pilot(options: PilotOptions) -> int:
         for error in result.errors or [sys.exc_info()[1]]:
             print(error, file=sys.stderr)
         return 1
+    if options.secrets_dir is not None:
+        secrets = load_secrets(options.secrets_dir)
+        for error in secrets.errors:
+            print(error, file=sys.stderr)
+        if secrets.errors:
+            return 1
+        snapshot = with_secrets(snapshot, secrets.secrets)
     return asyncio.run(_serve(options, Pilot(snapshot, PilotMetrics())))
 
 
@@ -113,9 +138,15 @@ async def _serve(options: PilotOptions, pilot: Pilot) -> int:
                     for address in (options.debug_address, options.monitoring_address)]  # fmt: skip
     # The mesh CA (istiod's :15012), last: it also binds an ephemeral loopback port, which must not take a
     # port the addresses above asked for. Trust domain: cluster.local until MeshConfig.trustDomain is implemented.
-    ca_server = await CaServer.start(*split_address(options.ca_address), options.ca_dir)
-    watcher = DirectoryWatcher(options.config_dir, pilot.on_load)
-    watch_task = asyncio.create_task(watcher.run())
+    def add_secure_ads(grpc_server: grpc.aio.Server, identify: Callable[[grpc.aio.ServicerContext], SpiffeId]) -> None:
+        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(AuthenticatedAds(pilot.ads, identify), grpc_server)
+
+    ca_server = await CaServer.start(*split_address(options.ca_address), options.ca_dir,
+                                     extra_services=[add_secure_ads])  # fmt: skip
+    watchers = [DirectoryWatcher(options.config_dir, pilot.on_load)]
+    if options.secrets_dir is not None:
+        watchers.append(DirectoryWatcher(options.secrets_dir, pilot.on_secrets, load=load_secrets))
+    watch_tasks = [asyncio.create_task(watcher.run()) for watcher in watchers]
     log.info("pilot serving ADS on %s, debug on %s, metrics on %s; config %s version %s", options.grpc_address,
              options.debug_address, options.monitoring_address, options.config_dir, pilot.snapshot.version)  # fmt: skip
     stop = asyncio.Event()
@@ -124,7 +155,8 @@ async def _serve(options: PilotOptions, pilot: Pilot) -> int:
         loop.add_signal_handler(signum, stop.set)
     await stop.wait()
     log.info("pilot shutting down")
-    watch_task.cancel()
+    for task in watch_tasks:
+        task.cancel()
     for http_server in http_servers:
         http_server.close()
     await server.stop(grace=1)

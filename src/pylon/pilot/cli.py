@@ -20,13 +20,18 @@ import click
 @click.option("-l", "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True)
 @click.option("--ca-address", default="127.0.0.1:15012", show_default=True,
-              help="The mesh CA, TLS (istiod's 15012): istio.v1.auth.IstioCertificateService.")
+              help="TLS (istiod's 15012): the mesh CA (istio.v1.auth.IstioCertificateService) and ADS for proxies "
+                   "that authenticate with a mesh certificate or token.")
 @click.option("--ca-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="CA files (Istio's ca-cert.pem, ca-key.pem, cert-chain.pem, root-cert.pem); a self-signed root "
                    "is created when empty. Default: $XDG_DATA_HOME/pylon/cacerts.")
+@click.option("--secrets-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Kubernetes Secret manifests (tls.crt/tls.key/ca.crt) for Gateway credentialName, served over "
+                   "ADS as kubernetes://NAME to gateways authenticated on --ca-address (watched).")
 @click.pass_context
 def pilot_command(ctx: click.Context, config_dir: Path | None, mesh_config: Path | None, grpc_address: str, monitoring_address: str,
-                  debug_address: str, log_level: str, ca_address: str, ca_dir: Path | None) -> None:
+                  debug_address: str, log_level: str, ca_address: str, ca_dir: Path | None,
+                  secrets_dir: Path | None) -> None:
     """Run the control plane: Istio resources in, xDS out (an istiod of pylon's own)."""
     from pylon.identity.server import DEFAULT_CA_DIR
     from pylon.pilot.app import PilotOptions, run_pilot, split_address
@@ -44,7 +49,7 @@ def pilot_command(ctx: click.Context, config_dir: Path | None, mesh_config: Path
     sys.exit(run_pilot(PilotOptions(config_dir=config_dir, mesh_config=mesh_config, grpc_address=grpc_address,
                                     monitoring_address=monitoring_address, debug_address=debug_address,
                                     log_level=log_level, ca_address=ca_address,
-                                    ca_dir=ca_dir or DEFAULT_CA_DIR)))  # fmt: skip
+                                    ca_dir=ca_dir or DEFAULT_CA_DIR, secrets_dir=secrets_dir)))  # fmt: skip
 
 
 @pilot_command.command("token")

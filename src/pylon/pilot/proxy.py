@@ -12,6 +12,8 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
+from pylon.identity.spiffe import SpiffeId
+
 PROXY_TYPES = ("sidecar", "router", "waypoint")
 
 
@@ -25,6 +27,8 @@ class Proxy:
     namespace: str
     labels: dict[str, str] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
+    # Who the proxy proved to be on the TLS port (client certificate or token); None on the plaintext port.
+    identity: SpiffeId | None = None
 
 
 def parse_node(node_id: str, metadata: dict[str, Any] | None = None) -> Proxy:

@@ -8,8 +8,10 @@ WorkloadEntries their workloadSelector picks.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import msgspec
@@ -20,6 +22,7 @@ from pylon.pilot.istio.mesh import MeshConfig
 from pylon.pilot.istio.networking import ServiceEntrySpec, ServicePort, WorkloadEntrySpec
 from pylon.pilot.istio.resources import Resource
 from pylon.pilot.proxy import Proxy
+from pylon.pilot.source.secrets import GatewaySecret, SecretKey
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,8 @@ class Snapshot:
     peer_authentications: tuple[Resource, ...] = ()
     envoy_filters: tuple[Resource, ...] = ()
     mesh: MeshConfig = field(default_factory=MeshConfig)
+    # Gateway credentials by (namespace, name), from the secrets directory (not part of `resources`).
+    secrets: Mapping[SecretKey, GatewaySecret] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ lookups used by generators
 
@@ -139,8 +144,10 @@ def gateway_names(vs: Resource) -> list[str]:
     return [g if "/" in g or g == "mesh" else f"{vs.namespace}/{g}" for g in vs.spec.gateways]
 
 
-def build_snapshot(resources: list[Resource], version: str | None = None, mesh: MeshConfig | None = None) -> Snapshot:
-    """Index `resources` under `mesh`; ConfigError for a kind/namespace/name defined twice."""
+def build_snapshot(resources: list[Resource], version: str | None = None, mesh: MeshConfig | None = None,
+                   secrets: Mapping[SecretKey, GatewaySecret] | None = None) -> Snapshot:
+    """Index `resources` under `mesh`, with the gateway `secrets`; ConfigError for a kind/namespace/name defined
+    twice."""
     seen: dict[tuple[str, str, str], Resource] = {}
     for resource in resources:
         if resource.key in seen:
@@ -167,7 +174,13 @@ def build_snapshot(resources: list[Resource], version: str | None = None, mesh: 
         peer_authentications=tuple(by_kind.get("PeerAuthentication", [])),
         envoy_filters=tuple(by_kind.get("EnvoyFilter", [])),
         mesh=mesh or MeshConfig(),
+        secrets=dict(secrets or {}),
     )
+
+
+def with_secrets(snapshot: Snapshot, secrets: Mapping[SecretKey, GatewaySecret]) -> Snapshot:
+    """The same config with new gateway secrets, as a new version (only secrets need pushing)."""
+    return dataclasses.replace(snapshot, secrets=dict(secrets), version=_new_version())
 
 
 def _services_of(entry: Resource, workload_entries: list[Resource]) -> list[Service]:

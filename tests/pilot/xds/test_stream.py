@@ -75,3 +75,22 @@ def test_bad_node_id_and_waypoint_are_refused() -> None:
     with pytest.raises(StreamError, match="waypoint proxies are not supported"):
         Stream(generate=generate).on_request(
             DiscoveryRequest(type_url=CLUSTER, node=Node(id="waypoint~10.0.0.1~a.default~default.svc.cluster.local")))
+
+
+def test_a_verified_identity_speaks_only_for_its_own_namespace() -> None:
+    """istiod's checkConnectionIdentity: on the TLS port the node's namespace must be the caller's."""
+    from pylon.identity.spiffe import SpiffeId
+
+    seen: list[Proxy] = []
+
+    def generate(proxy: Proxy) -> tuple[Resources, str]:
+        seen.append(proxy)
+        return Config().resources, "v1"
+
+    other = SpiffeId("cluster.local", "other", "gw")
+    with pytest.raises(StreamError, match="may not connect a proxy of namespace 'istio-system'"):
+        Stream(generate=generate, identity=other).on_request(request(CLUSTER, first=True))
+    assert seen == []  # nothing was generated for it
+    own = SpiffeId("cluster.local", "istio-system", "gw")
+    Stream(generate=generate, identity=own).on_request(request(CLUSTER, first=True))
+    assert seen[-1].identity == own

@@ -6,7 +6,9 @@ are merged by (bind, port); each plain-HTTP port becomes one listener
 `<bind>_<port>` (bind defaults to 0.0.0.0) whose HTTP connection manager takes
 RDS `http.<port>[.<bind>]`; that route configuration holds one virtual host
 `<host>:<port>` per host both a server exposes and a bound VirtualService claims,
-or a `blackhole:<port>` host that 404s everything when none does. The
+or a `blackhole:<port>` host that 404s everything when none does. An HTTPS port's
+listener has one TLS filter chain per server, matched by SNI (gen/credentials.py
+terminates it), each with its own RDS `https.<port>.<portName>.<gateway>.<ns>`. The
 AuthorizationPolicies selecting the gateway become RBAC filters ahead of the
 others (gen/authz.py). Without a
 Kubernetes Service in front of the gateway, a server's port number is the port
@@ -15,42 +17,47 @@ listened on (Istio's behaviour when no Service matches the gateway's pod).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 from pylon.pilot.gen.authz import http_rbac_filters, policies_for
 from pylon.pilot.gen.clusters import blackhole_cluster, build_clusters
 from pylon.pilot.gen.endpoints import build_load_assignments
-from pylon.pilot.gen.names import domain_name, gateway_http_route_name, listener_name
+from pylon.pilot.gen.credentials import CA_SUFFIX, gateway_secrets, resource_name, server_transport_socket
+from pylon.pilot.gen.names import domain_name, gateway_http_route_name, gateway_https_route_name, listener_name
 from pylon.pilot.gen.routes import RouteContext, build_http_routes, is_catch_all
-from pylon.pilot.gen.types import ADS_SOURCE, CLUSTER, ENDPOINT, FAULT, HCM, LISTENER, ROUTE, ROUTER, Json, Resources
+from pylon.pilot.gen.types import (ADS_SOURCE, CLUSTER, ENDPOINT, FAULT, HCM, LISTENER, ROUTE, ROUTER, SECRET,
+                                   TLS_INSPECTOR, Json, Resources)  # fmt: skip
 from pylon.pilot.hosts import intersection
 from pylon.pilot.istio.networking import Server
 from pylon.pilot.istio.resources import Resource
 from pylon.pilot.proxy import Proxy
 from pylon.pilot.snapshot import Snapshot
 
+log = logging.getLogger("pylon.pilot.gen")
+
 WILDCARD = "0.0.0.0"
+HCM_FILTER = "envoy.filters.network.http_connection_manager"
 
 
 @dataclass
 class _PortServers:
-    """The servers of all selected Gateways that share one (bind, port)."""
+    """Servers sharing one listener route configuration: every plain-HTTP server of a (bind, port), or one
+    HTTPS server (its own filter chain and route configuration, `tls` set)."""
 
     bind: str
     port: int
+    route_name: str
     servers: list[tuple[Resource, Server]] = field(default_factory=list)
-
-    @property
-    def route_name(self) -> str:
-        return gateway_http_route_name(self.port, self.bind)
+    tls: Server | None = None
 
 
 class GatewayGenerator:
     def generate(self, proxy: Proxy, snapshot: Snapshot) -> Resources:
         ports = _merge_servers(snapshot.gateways_for(proxy))
         rbac = http_rbac_filters(policies_for(proxy, snapshot))
-        listeners = [_listener(p, rbac) for p in ports]
-        routes = [_route_configuration(proxy, snapshot, p) for p in ports]
+        listeners = [_listener(bind, port, groups, rbac) for (bind, port), groups in ports.items()]
+        routes = [_route_configuration(proxy, snapshot, group) for groups in ports.values() for group in groups]
         clusters: list[Json] = [blackhole_cluster()]
         endpoints: list[Json] = []
         for service in snapshot.visible_services(proxy.namespace):
@@ -63,25 +70,72 @@ class GatewayGenerator:
             ROUTE: {item["name"]: item for item in routes},
             CLUSTER: {item["name"]: item for item in clusters},
             ENDPOINT: {item["cluster_name"]: item for item in endpoints},
+            SECRET: gateway_secrets(proxy, snapshot, _credential_names(ports)),
         }
 
 
-def _merge_servers(gateways: list[Resource]) -> list[_PortServers]:
-    merged: dict[tuple[str, int], _PortServers] = {}
+def _credential_names(ports: dict[tuple[str, int], list[_PortServers]]) -> set[str]:
+    """The `kubernetes://` SDS names the listeners refer to (with `-cacert` where clients are validated)."""
+    names: set[str] = set()
+    for groups in ports.values():
+        for group in groups:
+            tls = group.tls.tls if group.tls is not None else None
+            if tls is None or not tls.credential_name:
+                continue
+            names.add(resource_name(tls.credential_name))
+            if tls.mode in ("MUTUAL", "OPTIONAL_MUTUAL"):
+                names.add(resource_name(tls.credential_name) + CA_SUFFIX)
+    return names
+
+
+def _merge_servers(gateways: list[Resource]) -> dict[tuple[str, int], list[_PortServers]]:
+    """Per (bind, port): the plain-HTTP servers merged into one group, or one group per HTTPS server.
+
+    As istiod's MergeGateways: a port serves plain HTTP or TLS, never both (the servers of the other kind
+    that come later are dropped with a warning), and an HTTPS server whose SNI hosts another server on the
+    port already has is dropped too (two filter chains cannot match the same names).
+    """
+    merged: dict[tuple[str, int], list[_PortServers]] = {}
+    sni_seen: dict[tuple[str, int], set[str]] = {}
     for gateway in sorted(gateways, key=lambda g: (g.namespace, g.name)):
         for server in gateway.spec.servers:
             key = (server.bind, server.port.number)
-            merged.setdefault(key, _PortServers(bind=server.bind, port=server.port.number)).servers.append((gateway, server))
-    return [merged[key] for key in sorted(merged, key=lambda k: (k[1], k[0]))]
+            groups = merged.setdefault(key, [])
+            if groups and (groups[0].tls is not None) != server.terminates_tls:
+                log.warning("gateway %s/%s: server on port %d (%s) conflicts with the %s servers already on that "
+                            "port; dropped", gateway.namespace, gateway.name, server.port.number, server.port.protocol,
+                            "HTTPS" if groups[0].tls is not None else "plain HTTP")  # fmt: skip
+                continue
+            if not server.terminates_tls:
+                if not groups:
+                    groups.append(_PortServers(server.bind, server.port.number,
+                                               gateway_http_route_name(server.port.number, server.bind)))
+                groups[0].servers.append((gateway, server))
+                continue
+            hosts = set(sni_hosts(server))
+            seen = sni_seen.setdefault(key, set())
+            if hosts & seen:
+                log.warning("gateway %s/%s: HTTPS server on port %d repeats host(s) %s of another server on that "
+                            "port; dropped", gateway.namespace, gateway.name, server.port.number,
+                            ", ".join(sorted(hosts & seen)))  # fmt: skip
+                continue
+            seen |= hosts
+            route = gateway_https_route_name(server.port.number, server.port.name, gateway.name, gateway.namespace,
+                                             server.bind)  # fmt: skip
+            groups.append(_PortServers(server.bind, server.port.number, route, [(gateway, server)], tls=server))
+    return {key: merged[key] for key in sorted(merged, key=lambda k: (k[1], k[0])) if merged[key]}
 
 
-def _listener(ports: _PortServers, rbac: list[Json]) -> Json:
-    bind = ports.bind or WILDCARD
-    name = listener_name(bind, ports.port)
-    hcm: Json = {
+def sni_hosts(server: Server) -> list[str]:
+    """The server names a TLS server's filter chain matches: its hosts without namespace, sorted, once each."""
+    return sorted({host.rpartition("/")[2] for host in server.hosts})
+
+
+def _hcm(route_name: str, stat_prefix: str, rbac: list[Json]) -> Json:
+    return {
         "@type": HCM,
-        "stat_prefix": f"outbound_{name}",
-        "rds": {"config_source": ADS_SOURCE, "route_config_name": ports.route_name},
+        "stat_prefix": stat_prefix,
+        "rds": {"config_source": ADS_SOURCE, "route_config_name": route_name},
         "http_filters": [
             *rbac,
             {"name": "envoy.filters.http.fault", "typed_config": {"@type": FAULT}},
@@ -96,12 +150,36 @@ def _listener(ports: _PortServers, rbac: list[Json]) -> Json:
         "upgrade_configs": [{"upgrade_type": "websocket"}],
         "http_protocol_options": {},
     }
-    return {
+
+
+def _listener(bind: str, port: int, groups: list[_PortServers], rbac: list[Json]) -> Json:
+    address = bind or WILDCARD
+    name = listener_name(address, port)
+    listener: Json = {
         "name": name,
-        "address": {"socket_address": {"address": bind, "port_value": ports.port}},
+        "address": {"socket_address": {"address": address, "port_value": port}},
         "traffic_direction": "OUTBOUND",
-        "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}],
     }
+    if groups[0].tls is None:
+        hcm = _hcm(groups[0].route_name, f"outbound_{name}", rbac)
+        listener["filter_chains"] = [{"filters": [{"name": HCM_FILTER, "typed_config": hcm}]}]
+        return listener
+    chains = []
+    for group in groups:
+        server = group.tls
+        assert server is not None and server.tls is not None
+        chain: Json = {"filters": [{"name": HCM_FILTER,
+                                    "typed_config": _hcm(group.route_name, server.name or f"outbound_{name}", rbac)}],
+                       "transport_socket": server_transport_socket(server.tls)}  # fmt: skip
+        names = sni_hosts(server)
+        if "*" not in names:
+            chain["filter_chain_match"] = {"server_names": names}
+        chains.append(chain)
+    # A chain without a match takes every connection: Istio keeps such chains last.
+    listener["filter_chains"] = sorted(chains, key=lambda c: "filter_chain_match" not in c)
+    listener["listener_filters"] = [{"name": "envoy.filters.listener.tls_inspector",
+                                     "typed_config": {"@type": TLS_INSPECTOR}}]  # fmt: skip
+    return listener
 
 
 def _route_configuration(proxy: Proxy, snapshot: Snapshot, ports: _PortServers) -> Json:

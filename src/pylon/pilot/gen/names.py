@@ -22,6 +22,12 @@ def gateway_http_route_name(port: int, bind: str = "") -> str:
     return f"http.{port}.{bind}" if bind else f"http.{port}"
 
 
+def gateway_https_route_name(port: int, port_name: str, gateway: str, namespace: str, bind: str = "") -> str:
+    """RDS name of one HTTPS (TLS-terminating) gateway server: `https.<port>.<portName>.<gateway>.<namespace>`,
+    `.<bind>` appended when the server binds."""
+    return f"https.{port}.{port_name}.{gateway}.{namespace}" + (f".{bind}" if bind else "")
+
+
 def domain_name(host: str, port: int) -> str:
     """Virtual host names: `<host>:<port>`."""
     return f"{host}:{port}"

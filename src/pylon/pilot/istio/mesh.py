@@ -14,12 +14,13 @@ import yaml
 
 from pylon.config.errors import ConfigError, split_validation_error
 from pylon.pilot.istio.common import IstioStruct, NotImplementedField, convert
+from pylon.pilot.istio.proxyconfig import ProxyConfig
 from pylon.pilot.istio.sidecar import OutboundTrafficPolicy
 
 
 class MeshConfig(IstioStruct, kw_only=True):
     outbound_traffic_policy: OutboundTrafficPolicy = OutboundTrafficPolicy()
-    default_config: NotImplementedField | None = None
+    default_config: ProxyConfig = ProxyConfig()
     trust_domain: NotImplementedField | None = None
     access_log_file: NotImplementedField | None = None
     access_log_encoding: NotImplementedField | None = None

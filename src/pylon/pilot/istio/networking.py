@@ -60,24 +60,48 @@ class ServerPort(IstioStruct, kw_only=True):
         _check_protocol(self.protocol, "protocol")
 
 
+#: Gateway TLS modes whose server terminates TLS and serves HTTP (an `https.*` route configuration).
+TERMINATING_MODES = frozenset({"SIMPLE", "MUTUAL", "OPTIONAL_MUTUAL", "ISTIO_MUTUAL"})
+
+
 class ServerTLSSettings(IstioStruct, kw_only=True):
-    """Gateway TLS; only `httpsRedirect` (on plain HTTP servers) until credentialName secrets land."""
+    """Gateway TLS. HTTPS servers terminate TLS with a `credentialName` secret (SIMPLE, MUTUAL,
+    OPTIONAL_MUTUAL) or the gateway's mesh certificate (ISTIO_MUTUAL); plain HTTP servers may only
+    set `httpsRedirect`. Passthrough modes need TLS routes, which pylon pilot does not have yet."""
 
     https_redirect: bool = False
-    mode: NotImplementedField | None = None
+    mode: Literal["PASSTHROUGH", "SIMPLE", "MUTUAL", "AUTO_PASSTHROUGH", "ISTIO_MUTUAL", "OPTIONAL_MUTUAL"] = "PASSTHROUGH"
+    credential_name: str = ""
+    subject_alt_names: list[NonEmptyStr] = []
+    min_protocol_version: Literal["TLS_AUTO", "TLSV1_0", "TLSV1_1", "TLSV1_2", "TLSV1_3"] = "TLS_AUTO"
+    max_protocol_version: Literal["TLS_AUTO", "TLSV1_0", "TLSV1_1", "TLSV1_2", "TLSV1_3"] = "TLS_AUTO"
+    cipher_suites: list[NonEmptyStr] = []
     server_certificate: NotImplementedField | None = None
     private_key: NotImplementedField | None = None
     ca_certificates: NotImplementedField | None = None
     ca_crl: NotImplementedField | None = None
-    credential_name: NotImplementedField | None = None
     credential_names: NotImplementedField | None = None
     tls_certificates: NotImplementedField | None = None
-    subject_alt_names: NotImplementedField | None = None
     verify_certificate_spki: NotImplementedField | None = None
     verify_certificate_hash: NotImplementedField | None = None
-    min_protocol_version: NotImplementedField | None = None
-    max_protocol_version: NotImplementedField | None = None
-    cipher_suites: NotImplementedField | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode in ("PASSTHROUGH", "AUTO_PASSTHROUGH"):
+            return  # checked with the server: only meaningful (and only refused) on a TLS-carrying server
+        if self.mode == "ISTIO_MUTUAL":
+            if self.credential_name:
+                raise FieldError("credentialName", "ISTIO_MUTUAL uses the gateway's mesh certificate; "
+                                 "credentialName must not be set")  # fmt: skip
+        elif not self.credential_name:
+            raise FieldError("credentialName", f"{self.mode} TLS requires credentialName (the secret holding the "
+                             "certificate and key; serverCertificate files are not supported by pylon pilot yet)")
+        elif "://" in self.credential_name and not self.credential_name.startswith("kubernetes://"):
+            raise FieldError("credentialName", f"{self.credential_name!r}: only Kubernetes secrets (NAME or "
+                             "kubernetes://NAME) are supported by pylon pilot")  # fmt: skip
+        if self.mode == "SIMPLE" and self.subject_alt_names:
+            # Istio would send SAN matchers without a CA, which Envoy rejects as insecure.
+            raise FieldError("subjectAltNames", "client certificates are not validated in SIMPLE mode; "
+                             "use MUTUAL or OPTIONAL_MUTUAL")  # fmt: skip
 
 
 class Server(IstioStruct, kw_only=True):
@@ -89,10 +113,23 @@ class Server(IstioStruct, kw_only=True):
     name: str = ""
 
     def __post_init__(self) -> None:
-        if self.port.protocol.upper() not in HTTP_PROTOCOLS:
+        protocol = self.port.protocol.upper()
+        if protocol == "HTTPS":
+            if self.tls is None:
+                raise FieldError("tls", "HTTPS servers need TLS settings (Istio: server must have TLS settings "
+                                 "for HTTPS/TLS protocols)")  # fmt: skip
+            if self.tls.mode not in TERMINATING_MODES:
+                raise FieldError("tls.mode", f"{self.tls.mode} servers are not supported by pylon pilot yet "
+                                 "(they need VirtualService tls routes); use SIMPLE, MUTUAL, OPTIONAL_MUTUAL or "
+                                 "ISTIO_MUTUAL")  # fmt: skip
+        elif protocol in HTTP_PROTOCOLS:
+            if self.tls is not None and not self.tls.https_redirect:
+                raise FieldError("tls", "a plain-text HTTP server cannot have TLS settings other than httpsRedirect")
+        else:
             raise FieldError(
                 "port.protocol",
-                f"{self.port.protocol} servers are not supported by pylon pilot yet (HTTP, HTTP2, GRPC, GRPC-WEB only)",
+                f"{self.port.protocol} servers are not supported by pylon pilot yet "
+                "(HTTP, HTTP2, GRPC, GRPC-WEB and HTTPS only)",
             )
         if self.bind:
             try:
@@ -103,6 +140,11 @@ class Server(IstioStruct, kw_only=True):
             namespace, _, name = host.rpartition("/")
             if not name or "/" in namespace:
                 raise FieldError(f"hosts[{i}]", f"invalid host {host!r}: expected [namespace/]dnsName")
+
+    @property
+    def terminates_tls(self) -> bool:
+        """An HTTPS server: TLS ends at the gateway, HTTP is routed behind it."""
+        return self.port.protocol.upper() == "HTTPS"
 
 
 class GatewaySpec(IstioStruct, kw_only=True):

@@ -59,25 +59,31 @@ def load_directory(root: Path) -> LoadResult:
         result.errors.append(ConfigError(str(root), "", "not a directory"))
         return result
     for path in config_files(root):
-        name = str(path)
         try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            result.errors.append(ConfigError(name, "", f"cannot read: {getattr(exc, 'strerror', None) or exc}"))
-            continue
-        try:
-            documents = list(yaml.load_all(text, Loader=_StrictLoader))  # noqa: S506 - a SafeLoader subclass
-        except yaml.YAMLError as exc:
-            result.errors.append(ConfigError(name, "", _describe_yaml_error(exc)))
+            documents = read_documents(path)
+        except ConfigError as exc:
+            result.errors.append(exc)
             continue
         for index, data in enumerate(documents):
             if data is None:
                 continue
             try:
-                result.resources.append(decode_resource(data, name, index))
+                result.resources.append(decode_resource(data, str(path), index))
             except ConfigError as exc:
                 result.errors.append(exc)
     return result
+
+
+def read_documents(path: Path) -> list[Any]:
+    """The YAML documents of one file (None for empty ones); ConfigError naming the file if unreadable."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(str(path), "", f"cannot read: {getattr(exc, 'strerror', None) or exc}") from None
+    try:
+        return list(yaml.load_all(text, Loader=_StrictLoader))  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise ConfigError(str(path), "", _describe_yaml_error(exc)) from None
 
 
 def fingerprint(root: Path) -> dict[str, tuple[int, int, int]]:
@@ -93,12 +99,14 @@ def fingerprint(root: Path) -> dict[str, tuple[int, int, int]]:
 
 
 class DirectoryWatcher:
-    """Polls a directory and calls `on_load` with each debounced reload's LoadResult."""
+    """Polls a directory and calls `on_load` with each debounced reload's result: `load(root)`, by default
+    the Istio config's LoadResult (the secrets directory has its own loader)."""
 
-    def __init__(self, root: Path, on_load: Callable[[LoadResult], None], *, debouncer: Debouncer | None = None,
-                 poll_interval: float = POLL_INTERVAL) -> None:
+    def __init__(self, root: Path, on_load: Callable[[Any], None], *, debouncer: Debouncer | None = None,
+                 poll_interval: float = POLL_INTERVAL, load: Callable[[Path], Any] = load_directory) -> None:
         self.root = root
         self.on_load = on_load
+        self.load = load
         self.debouncer = debouncer or Debouncer()
         self.poll_interval = poll_interval
         self._seen = fingerprint(root)
@@ -112,7 +120,7 @@ class DirectoryWatcher:
         if not self.debouncer.due(now):
             return False
         self.debouncer.fire()
-        self.on_load(load_directory(self.root))
+        self.on_load(self.load(self.root))
         return True
 
     async def run(self) -> None:

@@ -26,17 +26,20 @@ import envoy.extensions.retry.priority.previous_priorities.v3.previous_prioritie
 import envoy.extensions.transport_sockets.raw_buffer.v3.raw_buffer_pb2  # noqa: F401
 import envoy.extensions.transport_sockets.tls.v3.tls_pb2  # noqa: F401
 import envoy.extensions.upstreams.http.v3.http_protocol_options_pb2  # noqa: F401
+import pylon.xds.contrib_protos  # noqa: F401 - CryptoMB/QAT configs inside gateway secrets
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
 from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
 from envoy.config.listener.v3.listener_pb2 import Listener
 from envoy.config.route.v3.route_pb2 import RouteConfiguration
-from pylon.pilot.gen.types import CLUSTER, ENDPOINT, LISTENER, ROUTE, Json
+from envoy.extensions.transport_sockets.tls.v3.secret_pb2 import Secret
+from pylon.pilot.gen.types import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, Json
 
 MESSAGES: dict[str, type[Message]] = {
     LISTENER: Listener,
     ROUTE: RouteConfiguration,
     CLUSTER: Cluster,
     ENDPOINT: ClusterLoadAssignment,
+    SECRET: Secret,
 }
 
 

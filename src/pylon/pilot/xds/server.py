@@ -17,6 +17,8 @@ import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc
 from envoy.service.discovery.v3.discovery_pb2 import (DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest,
                                                       DiscoveryResponse)  # fmt: skip
+from pylon.identity.authn import AuthenticationError
+from pylon.identity.spiffe import SpiffeId
 from pylon.pilot.gen.types import SHORT_NAMES, Resources
 from pylon.pilot.metrics import PilotMetrics
 from pylon.pilot.proxy import Proxy
@@ -64,18 +66,20 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                 connection.outbox.put_nowait(response)
 
     async def StreamAggregatedResources(  # noqa: N802 - gRPC method name
-        self, request_iterator: AsyncIterator[DiscoveryRequest], context: grpc.aio.ServicerContext
+        self, request_iterator: AsyncIterator[DiscoveryRequest], context: grpc.aio.ServicerContext,
+        identity: SpiffeId | None = None,
     ) -> AsyncIterator[DiscoveryResponse]:
         stream = Stream(generate=self.generate, on_nack=self._count_nack, on_push=self._count_push,
-                        on_converged=self._count_convergence)  # fmt: skip
+                        on_converged=self._count_convergence, identity=identity)  # fmt: skip
         async for response in self._serve(stream, request_iterator, context):
             yield response
 
     async def DeltaAggregatedResources(  # noqa: N802 - gRPC method name
-        self, request_iterator: AsyncIterator[DeltaDiscoveryRequest], context: grpc.aio.ServicerContext
+        self, request_iterator: AsyncIterator[DeltaDiscoveryRequest], context: grpc.aio.ServicerContext,
+        identity: SpiffeId | None = None,
     ) -> AsyncIterator[DeltaDiscoveryResponse]:
         stream = DeltaStream(generate=self.generate, on_nack=self._count_nack, on_push=self._count_push,
-                             on_converged=self._count_convergence)  # fmt: skip
+                             on_converged=self._count_convergence, identity=identity)  # fmt: skip
         async for response in self._serve(stream, request_iterator, context):
             yield response
 
@@ -135,3 +139,35 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
 
     def _count_nack(self, proxy: Proxy, type_url: str, message: str) -> None:
         self.metrics.rejects.labels(type=SHORT_NAMES[type_url]).inc()
+
+
+class AuthenticatedAds(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
+    """ADS on the TLS port (istiod's :15012): each stream's caller is authenticated first (client certificate
+    or token) and its identity goes with the stream: the proxy must belong to that namespace, and only such
+    streams receive gateway secrets. The streams join the same server, so pushes reach them as any other."""
+
+    def __init__(self, ads: AdsServer, identify: Callable[[grpc.aio.ServicerContext], SpiffeId]) -> None:
+        self.ads = ads
+        self.identify = identify
+
+    async def _identity(self, context: grpc.aio.ServicerContext) -> SpiffeId:
+        try:
+            return self.identify(context)
+        except AuthenticationError as exc:
+            log.info("refusing ADS stream from %s: %s", context.peer(), exc)
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"authentication failure: {exc}")
+            raise  # abort raises; this line is not reached
+
+    async def StreamAggregatedResources(  # noqa: N802 - gRPC method name
+        self, request_iterator: AsyncIterator[DiscoveryRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[DiscoveryResponse]:
+        identity = await self._identity(context)
+        async for response in self.ads.StreamAggregatedResources(request_iterator, context, identity):
+            yield response
+
+    async def DeltaAggregatedResources(  # noqa: N802 - gRPC method name
+        self, request_iterator: AsyncIterator[DeltaDiscoveryRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[DeltaDiscoveryResponse]:
+        identity = await self._identity(context)
+        async for response in self.ads.DeltaAggregatedResources(request_iterator, context, identity):
+            yield response

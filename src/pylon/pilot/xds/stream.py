@@ -20,6 +20,7 @@ seconds from the push's start to that ACK (`pilot_proxy_convergence_time`).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import time
@@ -30,6 +31,7 @@ from typing import Any
 from google.protobuf import json_format
 
 from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest, DiscoveryResponse
+from pylon.identity.spiffe import SpiffeId
 from pylon.pilot.gen.types import PUSH_ORDER, SHORT_NAMES, Resources
 from pylon.pilot.proxy import Proxy, parse_node
 from pylon.pilot.xds.encode import to_any
@@ -74,6 +76,7 @@ class StreamBase:
     on_push: Callable[[str, float], None] = lambda type_url, seconds: None
     on_converged: Callable[[str, float], None] = lambda type_url, seconds: None
     proxy: Proxy | None = None
+    identity: SpiffeId | None = None  # the caller verified on the TLS port; None on the plaintext port
     watches: dict[str, Any] = field(default_factory=dict)
     connected_at: float = field(default_factory=time.time)
     _resources: Resources = field(default_factory=dict)
@@ -92,9 +95,16 @@ class StreamBase:
     def _connect(self, node: Any) -> None:
         metadata = json_format.MessageToDict(node.metadata) if node.HasField("metadata") else {}
         try:
-            self.proxy = parse_node(node.id, metadata)
+            proxy = parse_node(node.id, metadata)
         except ValueError as exc:
             raise StreamError(str(exc)) from None
+        if self.identity is not None:
+            # istiod's checkConnectionIdentity: a proxy speaks only for its verified namespace.
+            if self.identity.namespace != proxy.namespace:
+                raise StreamError(f"{proxy.node_id}: authenticated as {self.identity}, which may not connect a proxy "
+                                  f"of namespace {proxy.namespace!r}")  # fmt: skip
+            proxy = dataclasses.replace(proxy, identity=self.identity)
+        self.proxy = proxy
         try:
             self._resources, self._version = self.generate(self.proxy)
         except ValueError as exc:

@@ -1,0 +1,90 @@
+"""Istio's ProxyConfig (`mesh/v1alpha1/proxy.proto`) as pilot reads it: MeshConfig `defaultConfig`, and the
+`PROXY_CONFIG` node metadata an agent sends (the `proxy.istio.io/config` annotation merged over it).
+
+Most ProxyConfig fields configure the agent and the proxy process (concurrency, drain, ports), not
+what pilot generates; in `defaultConfig` they are named as not implemented, so setting one is an
+error rather than a silent no-op. `privateKeyProvider` is pilot's: it puts the CryptoMB or QAT
+provider into the gateway secrets it serves (istiod's pilot/pkg/xds/sds.go).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from pylon.config.errors import FieldError, split_validation_error
+from pylon.pilot.istio.common import GoDuration, IstioStruct, NotImplementedField, convert, exactly_one
+
+
+class KeyProviderSettings(IstioStruct, kw_only=True):
+    """`cryptomb` / `qat`: how long a partial batch (or the device poll) waits, and whether to fall back to
+    the key in software where the accelerator is missing."""
+
+    poll_delay: GoDuration
+    fallback: bool = False
+
+    def __post_init__(self) -> None:
+        if self.poll_delay <= 0:  # Istio's validation: "pollDelay must be non-zero"
+            raise FieldError("pollDelay", "must be greater than 0")
+
+
+class PrivateKeyProvider(IstioStruct, kw_only=True):
+    cryptomb: KeyProviderSettings | None = None
+    qat: KeyProviderSettings | None = None
+
+    def __post_init__(self) -> None:
+        exactly_one(self, "cryptomb", "qat")
+
+    @property
+    def name(self) -> str:
+        """Envoy's provider_name."""
+        return "cryptomb" if self.cryptomb is not None else "qat"
+
+    @property
+    def settings(self) -> KeyProviderSettings:
+        settings = self.cryptomb or self.qat
+        assert settings is not None
+        return settings
+
+
+class ProxyConfig(IstioStruct, kw_only=True):
+    private_key_provider: PrivateKeyProvider | None = None
+    config_path: NotImplementedField | None = None
+    binary_path: NotImplementedField | None = None
+    service_cluster: NotImplementedField | None = None
+    drain_duration: NotImplementedField | None = None
+    termination_drain_duration: NotImplementedField | None = None
+    discovery_address: NotImplementedField | None = None
+    proxy_admin_port: NotImplementedField | None = None
+    concurrency: NotImplementedField | None = None
+    interception_mode: NotImplementedField | None = None
+    tracing: NotImplementedField | None = None
+    proxy_stats_matcher: NotImplementedField | None = None
+    proxy_metadata: NotImplementedField | None = None
+    status_port: NotImplementedField | None = None
+    extra_stat_tags: NotImplementedField | None = None
+    gateway_topology: NotImplementedField | None = None
+    hold_application_until_proxy_starts: NotImplementedField | None = None
+    proxy_headers: NotImplementedField | None = None
+    image: NotImplementedField | None = None
+    ca_certificates_pem: NotImplementedField | None = None
+
+
+def key_provider_from_metadata(metadata: dict[str, Any]) -> PrivateKeyProvider | None:
+    """`PROXY_CONFIG.privateKeyProvider` of a node's metadata (the rest of PROXY_CONFIG is the agent's business);
+    ValueError naming the field if it is malformed."""
+    proxy_config = metadata.get("PROXY_CONFIG")
+    if proxy_config is None:
+        return None
+    if not isinstance(proxy_config, dict):
+        raise ValueError("metadata PROXY_CONFIG must be a ProxyConfig object")
+    value = proxy_config.get("privateKeyProvider")
+    if value is None:
+        return None
+    try:
+        return convert(value, PrivateKeyProvider)
+    except msgspec.ValidationError as exc:
+        path, message = split_validation_error(exc)
+        where = "metadata PROXY_CONFIG.privateKeyProvider" + (f".{path}" if path else "")
+        raise ValueError(f"{where}: {message}") from None
