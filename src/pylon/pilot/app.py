@@ -112,8 +112,8 @@ async def _serve(options: PilotOptions, pilot: Pilot) -> int:
     http_servers = [await serve_http(*split_address(address), handler)
                     for address in (options.debug_address, options.monitoring_address)]  # fmt: skip
     # The mesh CA (istiod's :15012), last: it also binds an ephemeral loopback port, which must not take a
-    # port the addresses above asked for. Trust domain: cluster.local until MeshConfig.trustDomain is implemented.
-    ca_server = await CaServer.start(*split_address(options.ca_address), options.ca_dir)
+    # port the addresses above asked for. It issues identities in MeshConfig's trustDomain.
+    ca_server = await CaServer.start(*split_address(options.ca_address), options.ca_dir, pilot.snapshot.mesh.trust_domain)
     watcher = DirectoryWatcher(options.config_dir, pilot.on_load)
     watch_task = asyncio.create_task(watcher.run())
     log.info("pilot serving ADS on %s, debug on %s, metrics on %s; config %s version %s", options.grpc_address,
