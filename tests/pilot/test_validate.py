@@ -47,6 +47,6 @@ def test_clean_directory_and_bad_mesh_config(tmp_path: Path) -> None:
     result = CliRunner().invoke(pilot_command, ["validate", str(tmp_path)])
     assert result.exit_code == 0 and "No validation issues found" in result.output
     mesh_config = tmp_path / "meshconfig.txt"
-    mesh_config.write_text("outboundTrafficPolicy:\n  mode: ALLOW_ANY\ntrustDomain: example.org\n")
+    mesh_config.write_text("outboundTrafficPolicy:\n  mode: ALLOW_ANY\nenableTracing: true\n")
     result = CliRunner().invoke(pilot_command, ["validate", str(tmp_path), "--mesh-config", str(mesh_config)])
-    assert result.exit_code == 1 and "trustDomain: not supported by pylon pilot yet" in result.output
+    assert result.exit_code == 1 and "enableTracing: not supported by pylon pilot yet" in result.output

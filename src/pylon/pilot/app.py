@@ -137,11 +137,12 @@ async def _serve(options: PilotOptions, pilot: Pilot) -> int:
     http_servers = [await serve_http(*split_address(address), handler)
                     for address in (options.debug_address, options.monitoring_address)]  # fmt: skip
     # The mesh CA (istiod's :15012), last: it also binds an ephemeral loopback port, which must not take a
-    # port the addresses above asked for. Trust domain: cluster.local until MeshConfig.trustDomain is implemented.
+    # port the addresses above asked for. It issues identities in MeshConfig's trustDomain, and serves ADS to
+    # proxies that authenticate (the only ADS that hands out gateway secrets).
     def add_secure_ads(grpc_server: grpc.aio.Server, identify: Callable[[grpc.aio.ServicerContext], SpiffeId]) -> None:
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(AuthenticatedAds(pilot.ads, identify), grpc_server)
 
-    ca_server = await CaServer.start(*split_address(options.ca_address), options.ca_dir,
+    ca_server = await CaServer.start(*split_address(options.ca_address), options.ca_dir, pilot.snapshot.mesh.trust_domain,
                                      extra_services=[add_secure_ads])  # fmt: skip
     watchers = [DirectoryWatcher(options.config_dir, pilot.on_load)]
     if options.secrets_dir is not None:

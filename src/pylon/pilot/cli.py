@@ -61,12 +61,12 @@ def pilot_command(ctx: click.Context, config_dir: Path | None, mesh_config: Path
 def token_command(namespace: str, service_account: str, ttl: str, ca_dir: Path | None) -> None:
     """Print a signed service-account token (audience istio-ca) for `pylon agent` to give the CA."""
     from pylon.identity.server import DEFAULT_CA_DIR
-    from pylon.identity.spiffe import SpiffeError, SpiffeId
+    from pylon.identity.spiffe import DEFAULT_TRUST_DOMAIN, SpiffeError, SpiffeId
     from pylon.identity.tokens import TokenAuthority, parse_duration
     from pylon.identity.authority import load_or_create_token_key
 
     try:
-        SpiffeId("cluster.local", namespace, service_account)
+        SpiffeId(DEFAULT_TRUST_DOMAIN, namespace, service_account)  # checks the names; a token names no trust domain
         seconds = parse_duration(ttl)
     except (SpiffeError, ValueError) as exc:
         raise click.UsageError(str(exc)) from None

@@ -3,7 +3,10 @@
 Built once per debounced change from a source's resources; generators only read
 it. Building checks what spans resources (duplicate names) and resolves what
 Istio resolves once: short host names, ServiceEntry endpoints and the
-WorkloadEntries their workloadSelector picks.
+WorkloadEntries their workloadSelector picks. A resource without `exportTo` is
+exported as MeshConfig's `defaultServiceExportTo`, `defaultVirtualServiceExportTo`
+or `defaultDestinationRuleExportTo` says (each `*` when unset), as istiod's
+PushContext does.
 """
 
 from __future__ import annotations
@@ -81,10 +84,13 @@ class Snapshot:
 
     def virtual_services_for_gateway(self, gateway: str, proxy_namespace: str) -> list[Resource]:
         """VirtualServices bound to `gateway` ("ns/name") and visible from the proxy's namespace."""
-        return [
-            vs for vs in self.virtual_services
-            if gateway in gateway_names(vs) and is_visible(vs.spec.export_to, vs.namespace, proxy_namespace)
-        ]  # fmt: skip
+        return [vs for vs in self.virtual_services
+                if gateway in gateway_names(vs) and self.virtual_service_visible(vs, proxy_namespace)]  # fmt: skip
+
+    def virtual_service_visible(self, vs: Resource, proxy_namespace: str) -> bool:
+        """Whether `vs` is exported to the proxy's namespace (its exportTo, else the mesh's default)."""
+        export_to = vs.spec.export_to or self.mesh.default_virtual_service_export_to
+        return is_visible(export_to, vs.namespace, proxy_namespace)
 
     def service(self, hostname: str, preferred_namespace: str, proxy_namespace: str) -> Service | None:
         """The service for a host: the one in `preferred_namespace` if visible, else any visible one."""
@@ -104,7 +110,9 @@ class Snapshot:
     def destination_rule(self, hostname: str, proxy_namespace: str, service_namespace: str) -> Resource | None:
         """The DestinationRule for a host, looked up as Istio does: the proxy's namespace first, then the
         service's, then any namespace the rule is exported to; an exact host beats the narrowest wildcard."""
-        candidates = [dr for dr in self.destination_rules if is_visible(dr.spec.export_to, dr.namespace, proxy_namespace)
+        default_export = self.mesh.default_destination_rule_export_to
+        candidates = [dr for dr in self.destination_rules
+                      if is_visible(dr.spec.export_to or default_export, dr.namespace, proxy_namespace)
                       and matches(resolve_short_name(dr.spec.host, dr.namespace), hostname)]  # fmt: skip
         if not candidates:
             return None
@@ -158,9 +166,10 @@ def build_snapshot(resources: list[Resource], version: str | None = None, mesh: 
     for resource in resources:
         by_kind.setdefault(resource.kind, []).append(resource)
     workload_entries = by_kind.get("WorkloadEntry", [])
+    mesh = mesh or MeshConfig()
     services: dict[str, list[Service]] = {}
     for entry in by_kind.get("ServiceEntry", []):
-        for service in _services_of(entry, workload_entries):
+        for service in _services_of(entry, workload_entries, mesh.default_service_export_to):
             services.setdefault(service.hostname, []).append(service)
     return Snapshot(
         version=version or _new_version(),
@@ -173,7 +182,7 @@ def build_snapshot(resources: list[Resource], version: str | None = None, mesh: 
         authorization_policies=tuple(by_kind.get("AuthorizationPolicy", [])),
         peer_authentications=tuple(by_kind.get("PeerAuthentication", [])),
         envoy_filters=tuple(by_kind.get("EnvoyFilter", [])),
-        mesh=mesh or MeshConfig(),
+        mesh=mesh,
         secrets=dict(secrets or {}),
     )
 
@@ -183,7 +192,7 @@ def with_secrets(snapshot: Snapshot, secrets: Mapping[SecretKey, GatewaySecret])
     return dataclasses.replace(snapshot, secrets=dict(secrets), version=_new_version())
 
 
-def _services_of(entry: Resource, workload_entries: list[Resource]) -> list[Service]:
+def _services_of(entry: Resource, workload_entries: list[Resource], default_export_to: list[str]) -> list[Service]:
     spec: ServiceEntrySpec = entry.spec
     if spec.workload_selector is not None:
         wanted = spec.workload_selector.labels
@@ -195,7 +204,7 @@ def _services_of(entry: Resource, workload_entries: list[Resource]) -> list[Serv
         endpoints = tuple(Endpoint.from_spec(ep) for ep in spec.endpoints)
     return [
         Service(hostname=resolve_short_name(host, entry.namespace), namespace=entry.namespace, ports=tuple(spec.ports),
-                endpoints=endpoints, export_to=tuple(spec.export_to), entry=entry)
+                endpoints=endpoints, export_to=tuple(spec.export_to or default_export_to), entry=entry)
         for host in spec.hosts
     ]
 

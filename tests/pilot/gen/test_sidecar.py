@@ -80,8 +80,8 @@ def test_registry_only_from_mesh_config_and_sidecar(tmp_path: Path) -> None:
 
 def test_mesh_config_errors_name_the_field(tmp_path: Path) -> None:
     path = tmp_path / "mesh.yaml"
-    path.write_text("trustDomain: example.org\n")
-    with pytest.raises(ConfigError, match="trustDomain: not supported by pylon pilot yet"):
+    path.write_text("enableTracing: true\n")
+    with pytest.raises(ConfigError, match="enableTracing: not supported by pylon pilot yet"):
         load_mesh_config(path)
     path.write_text("outboundTrafficPolicy:\n  mode: DENY\n")
     with pytest.raises(ConfigError, match="outboundTrafficPolicy.mode"):

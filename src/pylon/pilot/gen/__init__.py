@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from pylon.pilot.gen.accesslog import add_access_logs
 from pylon.pilot.gen.envoyfilter import apply_envoy_filters
 from pylon.pilot.gen.gateway import GatewayGenerator
 from pylon.pilot.gen.sidecar import SidecarGenerator
@@ -26,13 +27,15 @@ class Generator(Protocol):
 
 
 class Patched:
-    """A generator whose output then gets the proxy's EnvoyFilter patches, istiod's last step."""
+    """A generator whose output gets the mesh's access logs (gen/accesslog.py), then the proxy's EnvoyFilter
+    patches, istiod's last step (so a patch sees, and may change, the access logs as in Istio)."""
 
     def __init__(self, inner: Generator) -> None:
         self.inner = inner
 
     def generate(self, proxy: Proxy, snapshot: Snapshot) -> Resources:
-        return apply_envoy_filters(proxy, snapshot, self.inner.generate(proxy, snapshot))
+        resources = add_access_logs(self.inner.generate(proxy, snapshot), snapshot.mesh)
+        return apply_envoy_filters(proxy, snapshot, resources)
 
 
 GENERATORS: dict[str, Generator] = {"router": Patched(GatewayGenerator()), "sidecar": Patched(SidecarGenerator())}

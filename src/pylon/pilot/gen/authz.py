@@ -1,7 +1,7 @@
 """AuthorizationPolicy -> Envoy RBAC filters, with Istio's semantics and names.
 
 Which policies apply (istiod's `AuthorizationPolicies.ListAuthorizationPolicies`):
-those in the root namespace (istio-system) and in the proxy's namespace whose
+those in the root namespace (MeshConfig `rootNamespace`) and in the proxy's namespace whose
 `selector.matchLabels` are a subset of its labels (no selector: every workload
 of the namespace; in the root namespace: every workload of the mesh).
 
@@ -18,7 +18,8 @@ permission each), `when` conditions are ANDed into every principal or
 permission by the side they belong to; within a field the values are ORed and
 `notX` is NOT(any of X). Values match exactly, by prefix (`abc*`), suffix
 (`*abc`) or presence (`*`). Principals (`cluster.local/ns/NS/sa/SA`) are the
-peer certificate's URI SAN, so Istio adds `spiffe://`; namespaces match the
+peer certificate's URI SAN, so Istio adds `spiffe://`, after mapping their trust
+domain to the mesh's and its aliases (gen/trust_domains.py); namespaces match the
 `/ns/<ns>/` segment of that SAN. Both need mTLS on the inbound side: without a
 peer certificate they never match.
 
@@ -33,9 +34,10 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
-from pylon.pilot.gen.scope import ROOT_NAMESPACE
+from pylon.pilot.gen.trust_domains import with_trust_domains
 from pylon.pilot.gen.types import RBAC_HTTP, RBAC_NETWORK, Json
 from pylon.pilot.istio.resources import Resource
 from pylon.pilot.istio.security import HEADER_KEY, Condition, Operation, Rule, Source
@@ -49,32 +51,45 @@ TCP_STAT_PREFIX = "tcp."
 Matcher = Callable[[str], Json]
 
 
-def policies_for(proxy: Proxy, snapshot: Snapshot) -> list[Resource]:
+@dataclass(frozen=True)
+class SelectedPolicies:
+    """The AuthorizationPolicies selecting one proxy (iterating gives them in order), with the trust domains
+    their principals stand for: they are translated together, and a principal means nothing without them."""
+
+    policies: tuple[Resource, ...]
+    trust_domains: tuple[str, ...]
+
+    def __iter__(self) -> Iterator[Resource]:
+        return iter(self.policies)
+
+
+def policies_for(proxy: Proxy, snapshot: Snapshot) -> SelectedPolicies:
     """The AuthorizationPolicies selecting `proxy`, root namespace first, each namespace by name."""
+    root = snapshot.mesh.root_namespace
     selected = []
-    for policy in sorted(snapshot.authorization_policies, key=lambda p: (p.namespace != ROOT_NAMESPACE, p.namespace, p.name)):
-        if policy.namespace not in (ROOT_NAMESPACE, proxy.namespace):
+    for policy in sorted(snapshot.authorization_policies, key=lambda p: (p.namespace != root, p.namespace, p.name)):
+        if policy.namespace not in (root, proxy.namespace):
             continue
         selector = policy.spec.selector
         if selector is None or all(proxy.labels.get(k) == v for k, v in selector.match_labels.items()):
             selected.append(policy)
-    return selected
+    return SelectedPolicies(tuple(selected), snapshot.mesh.trust_domains)
 
 
-def http_rbac_filters(policies: list[Resource]) -> list[Json]:
+def http_rbac_filters(policies: SelectedPolicies) -> list[Json]:
     """`envoy.filters.http.rbac` filters in Istio's order (AUDIT, DENY, ALLOW); none without policies."""
     return [{"name": "envoy.filters.http.rbac", "typed_config": {"@type": RBAC_HTTP, "rules": rules}}
             for rules in _rules_by_action(policies, tcp=False)]  # fmt: skip
 
 
-def network_rbac_filters(policies: list[Resource]) -> list[Json]:
+def network_rbac_filters(policies: SelectedPolicies) -> list[Json]:
     """`envoy.filters.network.rbac` filters for TCP chains, same order."""
     return [{"name": "envoy.filters.network.rbac",
              "typed_config": {"@type": RBAC_NETWORK, "stat_prefix": TCP_STAT_PREFIX, "rules": rules}}
             for rules in _rules_by_action(policies, tcp=True)]  # fmt: skip
 
 
-def _rules_by_action(policies: list[Resource], tcp: bool) -> list[Json]:
+def _rules_by_action(policies: SelectedPolicies, tcp: bool) -> list[Json]:
     out = []
     for action in ("AUDIT", "DENY", "ALLOW"):
         chosen = [p for p in policies if p.spec.action == action]
@@ -83,7 +98,7 @@ def _rules_by_action(policies: list[Resource], tcp: bool) -> list[Json]:
         envoy_policies: Json = {}
         for policy in chosen:
             for index, rule in enumerate(policy.spec.rules):
-                translated = _policy(rule, action, tcp)
+                translated = _policy(rule, action, tcp, policies.trust_domains)
                 if translated is not None:
                     envoy_policies[f"ns[{policy.namespace}]-policy[{policy.name}]-rule[{index}]"] = translated
         out.append({"action": ENVOY_ACTIONS[action], "policies": envoy_policies})
@@ -93,17 +108,18 @@ def _rules_by_action(policies: list[Resource], tcp: bool) -> list[Json]:
 # --------------------------------------------------------------------------- one rule
 
 
-def _policy(rule: Rule, action: str, tcp: bool) -> Json | None:
+def _policy(rule: Rule, action: str, tcp: bool, trust_domains: tuple[str, ...]) -> Json | None:
     """The Envoy policy of one rule; None when, on TCP, an ALLOW rule needs HTTP to be checked."""
     if tcp and action == "ALLOW" and _uses_http(rule):
         return None
     sources = [entry.source for entry in rule.from_] or [Source()]
     operations = [entry.operation for entry in rule.to] or [Operation()]
-    when_ids = [c for cond in rule.when if _is_principal_key(cond.key) for c in _when_principal(cond, tcp)]
+    when_ids = [c for cond in rule.when if _is_principal_key(cond.key)
+                for c in _when_principal(cond, tcp, trust_domains)]  # fmt: skip
     when_perms = [c for cond in rule.when if not _is_principal_key(cond.key) for c in _when_permission(cond)]
     return {
         "permissions": [_and("and_rules", "rules", _operation(op, tcp) + when_perms) for op in operations],
-        "principals": [_and("and_ids", "ids", _source(src, tcp) + when_ids) for src in sources],
+        "principals": [_and("and_ids", "ids", _source(src, tcp, trust_domains) + when_ids) for src in sources],
     }
 
 
@@ -151,8 +167,9 @@ def _perms(values: list[str], negated: list[str], matcher: Matcher) -> list[Json
     return _field(values, negated, matcher, "or_rules", "rules", "not_rule")
 
 
-def _source(source: Source, tcp: bool) -> list[Json]:
-    out = _ids(source.principals, source.not_principals, _principal)
+def _source(source: Source, tcp: bool, trust_domains: tuple[str, ...]) -> list[Json]:
+    out = _ids(with_trust_domains(source.principals, trust_domains),
+               with_trust_domains(source.not_principals, trust_domains), _principal)  # fmt: skip
     if not tcp:
         out += _ids(source.request_principals, source.not_request_principals,
                     lambda v: _authn_metadata("request.auth.principal", v))  # fmt: skip
@@ -172,10 +189,13 @@ def _operation(operation: Operation, tcp: bool) -> list[Json]:
     return out
 
 
-def _when_principal(cond: Condition, tcp: bool) -> list[Json]:
+def _when_principal(cond: Condition, tcp: bool, trust_domains: tuple[str, ...]) -> list[Json]:
     key = cond.key
     if tcp and _http_key(key):
         return []
+    if key == "source.principal":
+        return _ids(with_trust_domains(cond.values, trust_domains), with_trust_domains(cond.not_values, trust_domains),
+                    _principal)  # fmt: skip
     if key.startswith(HEADER_KEY):
         name = key[len(HEADER_KEY) + 1:-1]
         return _ids(cond.values, cond.not_values, lambda v: _header(name, v))
@@ -183,7 +203,6 @@ def _when_principal(cond: Condition, tcp: bool) -> list[Json]:
         "source.ip": lambda v: {"direct_remote_ip": _cidr(v)},
         "remote.ip": lambda v: {"remote_ip": _cidr(v)},
         "source.namespace": _namespace,
-        "source.principal": _principal,
     }
     matcher = matchers.get(key) or (lambda v: _authn_metadata(key, v))
     return _ids(cond.values, cond.not_values, matcher)

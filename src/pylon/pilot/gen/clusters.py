@@ -1,7 +1,8 @@
 """Outbound clusters, `outbound|<port>|<subset>|<fqdn>`, with DestinationRule traffic policy applied.
 
 Shapes follow istiod's cluster builder: EDS over ADS with `service_name` = the
-cluster name, mesh connectTimeout 10s, LEAST_REQUEST by default (Istio's default
+cluster name, MeshConfig `connectTimeout` (10s by default) unless the rule's connection pool
+sets one, LEAST_REQUEST by default (Istio's default
 since 1.14), circuit-breaker thresholds at UINT32_MAX with track_remaining
 (Envoy's 1024 defaults trip during endpoint churn), then the policy.
 """
@@ -14,22 +15,22 @@ from pylon.pilot.gen.names import BLACKHOLE, subset_key
 from pylon.pilot.gen.policy import EffectivePolicy, effective_policy
 from pylon.pilot.gen.types import ADS_SOURCE, HTTP_PROTOCOL_OPTIONS, Json
 from pylon.pilot.istio.common import format_duration
+from pylon.pilot.istio.mesh import MeshConfig
 from pylon.pilot.istio.networking import HTTP2_PROTOCOLS, DestinationRuleSpec, ServicePort, TcpKeepalive
 from pylon.pilot.gen.endpoints import assignment
 from pylon.pilot.snapshot import Endpoint, Service
 
 UINT32_MAX = 2**32 - 1
-CONNECT_TIMEOUT = 10.0  # MeshConfig.connectTimeout default
 
 
-def build_clusters(service: Service, rule: DestinationRuleSpec | None, auto_mtls: bool = True) -> list[Json]:
+def build_clusters(service: Service, rule: DestinationRuleSpec | None, mesh: MeshConfig) -> list[Json]:
     """The default cluster of every port, then one per DestinationRule subset, as Istio orders them."""
     out = []
     for port in service.ports:
-        out.append(build_cluster(service, port, "", effective_policy(rule, port.number), auto_mtls=auto_mtls))
+        out.append(build_cluster(service, port, "", effective_policy(rule, port.number), mesh))
         for subset in rule.subsets if rule is not None else []:
             out.append(build_cluster(service, port, subset.name, effective_policy(rule, port.number, subset.name),
-                                     subset.labels, auto_mtls))  # fmt: skip
+                                     mesh, subset.labels))  # fmt: skip
     return out
 
 
@@ -55,19 +56,19 @@ def _apply_resolution(cluster: Json, service: Service, port: ServicePort, labels
     cluster["load_assignment"] = assignment(cluster["name"], chosen, port)
 
 
-def blackhole_cluster() -> Json:
+def blackhole_cluster(mesh: MeshConfig) -> Json:
     """Where routes to nothing go: a STATIC cluster with no endpoints."""
-    return {"name": BLACKHOLE, "type": "STATIC", "connect_timeout": format_duration(CONNECT_TIMEOUT)}
+    return {"name": BLACKHOLE, "type": "STATIC", "connect_timeout": format_duration(mesh.connect_timeout)}
 
 
-def build_cluster(service: Service, port: ServicePort, subset: str, policy: EffectivePolicy,
-                  subset_labels: dict[str, str] | None = None, auto_mtls: bool = True) -> Json:  # fmt: skip
+def build_cluster(service: Service, port: ServicePort, subset: str, policy: EffectivePolicy, mesh: MeshConfig,
+                  subset_labels: dict[str, str] | None = None) -> Json:  # fmt: skip
     name = subset_key(service.hostname, port.number, subset)
     cluster: Json = {
         "name": name,
         "type": "EDS",
         "eds_cluster_config": {"eds_config": ADS_SOURCE, "service_name": name},
-        "connect_timeout": format_duration(CONNECT_TIMEOUT),
+        "connect_timeout": format_duration(mesh.connect_timeout),
         "lb_policy": "LEAST_REQUEST",
         "circuit_breakers": {"thresholds": [_default_thresholds()]},
         "metadata": {"filter_metadata": {"istio": _istio_metadata(service, port, subset)}},
@@ -78,7 +79,7 @@ def build_cluster(service: Service, port: ServicePort, subset: str, policy: Effe
     _apply_outlier_detection(cluster, policy)
     # Istio's auto mTLS is for mesh services only: MESH_EXTERNAL hosts get TLS only when a DestinationRule asks
     internal = service.entry.spec.location == "MESH_INTERNAL"
-    apply_client_tls(cluster, policy.tls.mode if policy.tls is not None else None, auto_mtls and internal,
+    apply_client_tls(cluster, policy.tls.mode if policy.tls is not None else None, mesh.enable_auto_mtls and internal,
                      service.hostname, port.number, subset)
     protocol = _upstream_protocol(port, policy)
     if protocol is not None or common:

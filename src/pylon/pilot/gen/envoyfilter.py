@@ -1,6 +1,6 @@
 """EnvoyFilter patches, applied last to a proxy's generated resources (as istiod applies them).
 
-Which EnvoyFilters apply: those in the root namespace (istio-system) and in the
+Which EnvoyFilters apply: those in the root namespace (MeshConfig `rootNamespace`) and in the
 proxy's namespace whose workloadSelector matches its labels (none: all), root
 namespace first, then by priority, then by name. Contexts: a gateway's
 resources are GATEWAY; a sidecar's listeners are SIDECAR_INBOUND or
@@ -24,7 +24,6 @@ from google.protobuf.message import Message
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
 from envoy.config.listener.v3.listener_pb2 import Listener
 from envoy.extensions.filters.network.http_connection_manager.v3.http_connection_manager_pb2 import HttpFilter
-from pylon.pilot.gen.scope import ROOT_NAMESPACE
 from pylon.pilot.gen.types import CLUSTER, LISTENER, Json, Resources
 from pylon.pilot.istio.envoyfilter import ConfigPatch
 from pylon.pilot.istio.resources import Resource
@@ -40,13 +39,14 @@ class PatchError(ValueError):
 
 def envoy_filters_for(proxy: Proxy, snapshot: Snapshot) -> list[Resource]:
     chosen = []
+    root = snapshot.mesh.root_namespace
     for ef in snapshot.envoy_filters:
-        if ef.namespace not in (ROOT_NAMESPACE, proxy.namespace):
+        if ef.namespace not in (root, proxy.namespace):
             continue
         selector = ef.spec.workload_selector
         if selector is None or all(proxy.labels.get(k) == v for k, v in selector.labels.items()):
             chosen.append(ef)
-    return sorted(chosen, key=lambda ef: (ef.namespace != ROOT_NAMESPACE, ef.spec.priority, ef.name))
+    return sorted(chosen, key=lambda ef: (ef.namespace != root, ef.spec.priority, ef.name))
 
 
 def apply_envoy_filters(proxy: Proxy, snapshot: Snapshot, resources: Resources) -> Resources:

@@ -58,12 +58,12 @@ class GatewayGenerator:
         rbac = http_rbac_filters(policies_for(proxy, snapshot))
         listeners = [_listener(bind, port, groups, rbac) for (bind, port), groups in ports.items()]
         routes = [_route_configuration(proxy, snapshot, group) for groups in ports.values() for group in groups]
-        clusters: list[Json] = [blackhole_cluster()]
+        clusters: list[Json] = [blackhole_cluster(snapshot.mesh)]
         endpoints: list[Json] = []
         for service in snapshot.visible_services(proxy.namespace):
             rule = snapshot.destination_rule(service.hostname, proxy.namespace, service.namespace)
             spec = rule.spec if rule is not None else None
-            clusters += build_clusters(service, spec, snapshot.mesh.enable_auto_mtls)
+            clusters += build_clusters(service, spec, snapshot.mesh)
             endpoints += build_load_assignments(service, spec)
         return {
             LISTENER: {item["name"]: item for item in listeners},

@@ -4,7 +4,7 @@ Inbound mode of a workload port, as istiod resolves it (each level's UNSET
 inherits the level above): the port's `portLevelMtls` of the workload policy,
 the workload policy (selector matching the proxy, in its namespace; the oldest
 - here the first by name - when several match), the namespace policy (no
-selector), the mesh policy (root namespace, no selector), else PERMISSIVE.
+selector), the mesh policy (MeshConfig `rootNamespace`, no selector), else PERMISSIVE.
 
 On the inbound chains:
 - STRICT: only a TLS chain (`transport_protocol: tls` and Istio's ALPN
@@ -29,7 +29,6 @@ rest without any configuration.
 
 from __future__ import annotations
 
-from pylon.pilot.gen.scope import ROOT_NAMESPACE
 from pylon.pilot.gen.types import DOWNSTREAM_TLS, RAW_BUFFER, UPSTREAM_TLS, Json
 from pylon.pilot.proxy import Proxy
 from pylon.pilot.snapshot import Snapshot
@@ -70,7 +69,7 @@ class PeerModes:
 
     def __init__(self, proxy: Proxy, snapshot: Snapshot) -> None:
         candidates = sorted(snapshot.peer_authentications, key=lambda p: (p.namespace, p.name))
-        mesh = next((p for p in candidates if p.namespace == ROOT_NAMESPACE and p.spec.selector is None), None)
+        mesh = next((p for p in candidates if p.namespace == snapshot.mesh.root_namespace and p.spec.selector is None), None)
         namespace = next((p for p in candidates if p.namespace == proxy.namespace and p.spec.selector is None), None)
         workload = next((p for p in candidates if p.namespace == proxy.namespace and p.spec.selector is not None
                          and all(proxy.labels.get(k) == v for k, v in p.spec.selector.match_labels.items())), None)  # fmt: skip

@@ -2,8 +2,8 @@
 
 Selection is Istio's: a Sidecar in the proxy's namespace whose workloadSelector
 matches the proxy's labels, else that namespace's Sidecar without a selector,
-else the root namespace's (istio-system) one without a selector, else the
-default scope (`*/*`: every visible service). Egress hosts are `ns/host`: `*`
+else the root namespace's (MeshConfig `rootNamespace`, istio-system by default)
+one without a selector, else the default scope (`*/*`: every visible service). Egress hosts are `ns/host`: `*`
 any namespace, `.` the Sidecar's own, `~` none; host `*` or a DNS name that may
 start with a wildcard. Services and VirtualServices outside the hosts are left
 out of the proxy's config; the outbound policy is the Sidecar's, else the mesh's.
@@ -13,12 +13,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pylon.pilot.hosts import is_visible, matches, resolve_short_name
+from pylon.pilot.hosts import matches, resolve_short_name
 from pylon.pilot.istio.resources import Resource
 from pylon.pilot.proxy import Proxy
 from pylon.pilot.snapshot import Service, Snapshot
-
-ROOT_NAMESPACE = "istio-system"
 
 
 @dataclass(frozen=True)
@@ -59,7 +57,7 @@ def _select(proxy: Proxy, snapshot: Snapshot) -> Resource | None:
         selector = sidecar.spec.workload_selector
         if selector is not None and all(proxy.labels.get(k) == v for k, v in selector.labels.items()):
             return sidecar
-    for candidates in (own, [s for s in ordered if s.namespace == ROOT_NAMESPACE]):
+    for candidates in (own, [s for s in ordered if s.namespace == snapshot.mesh.root_namespace]):
         for sidecar in candidates:
             if sidecar.spec.workload_selector is None:
                 return sidecar
@@ -89,7 +87,7 @@ def mesh_virtual_services(proxy: Proxy, snapshot: Snapshot, scope: SidecarScope)
     for vs in sorted(snapshot.virtual_services, key=lambda v: (v.namespace, v.name)):
         if vs.spec.gateways and "mesh" not in vs.spec.gateways:
             continue
-        if not is_visible(vs.spec.export_to, vs.namespace, proxy.namespace):
+        if not snapshot.virtual_service_visible(vs, proxy.namespace):
             continue
         if any(scope.allows(vs.namespace, resolve_short_name(h, vs.namespace)) for h in vs.spec.hosts):
             out.append(vs)

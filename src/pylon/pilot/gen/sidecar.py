@@ -28,8 +28,8 @@ no virtual listeners and no inbound; outbound listeners bind for real on
 
 from __future__ import annotations
 
-from pylon.pilot.gen.authz import http_rbac_filters, network_rbac_filters, policies_for
-from pylon.pilot.gen.clusters import CONNECT_TIMEOUT, blackhole_cluster, build_clusters
+from pylon.pilot.gen.authz import SelectedPolicies, http_rbac_filters, network_rbac_filters, policies_for
+from pylon.pilot.gen.clusters import blackhole_cluster, build_clusters
 from pylon.pilot.gen.endpoints import build_load_assignments
 from pylon.pilot.gen.mtls import PeerModes, inbound_chains
 from pylon.pilot.gen.names import BLACKHOLE, INBOUND_PASSTHROUGH, PASSTHROUGH, domain_name, listener_name, subset_key
@@ -65,19 +65,20 @@ class SidecarGenerator:
         capture = mode == "REDIRECT"
         scope = sidecar_scope(proxy, snapshot)
         services = scoped_services(proxy, snapshot, scope)
-        clusters: list[Json] = [blackhole_cluster(), _original_dst_cluster(PASSTHROUGH)]
+        timeout = snapshot.mesh.connect_timeout
+        clusters: list[Json] = [blackhole_cluster(snapshot.mesh), _original_dst_cluster(PASSTHROUGH, timeout)]
         endpoints: list[Json] = []
         for service in services:
             rule = snapshot.destination_rule(service.hostname, proxy.namespace, service.namespace)
             spec = rule.spec if rule is not None else None
-            clusters += build_clusters(service, spec, snapshot.mesh.enable_auto_mtls)
+            clusters += build_clusters(service, spec, snapshot.mesh)
             endpoints += build_load_assignments(service, spec)
         bind = WILDCARD if capture else LOCALHOST
         listeners, routes = _outbound(proxy, snapshot, scope, services, bind, bound=not capture)
         if capture:
             inbound = _inbound_ports(proxy, snapshot)
-            clusters.append(_original_dst_cluster(INBOUND_PASSTHROUGH, source=INBOUND_SOURCE))
-            clusters += [_inbound_cluster(service, port) for port, (service, _) in inbound.items()]
+            clusters.append(_original_dst_cluster(INBOUND_PASSTHROUGH, timeout, source=INBOUND_SOURCE))
+            clusters += [_inbound_cluster(service, port, timeout) for port, (service, _) in inbound.items()]
             listeners += [_virtual_outbound(scope), _virtual_inbound(inbound, policies_for(proxy, snapshot),
                                                                        PeerModes(proxy, snapshot))]
         return {
@@ -195,14 +196,14 @@ def _inbound_ports(proxy: Proxy, snapshot: Snapshot) -> dict[int, tuple[Service,
     return dict(sorted(out.items()))
 
 
-def _inbound_cluster(service: Service, port: int) -> Json:
-    cluster = _original_dst_cluster(subset_key("", port, direction="inbound"), source=INBOUND_SOURCE)
+def _inbound_cluster(service: Service, port: int, connect_timeout: float) -> Json:
+    cluster = _original_dst_cluster(subset_key("", port, direction="inbound"), connect_timeout, source=INBOUND_SOURCE)
     cluster["metadata"] = {"filter_metadata": {"istio": {"services": [
         {"host": service.hostname, "name": service.hostname.split(".")[0], "namespace": service.namespace}]}}}  # fmt: skip
     return cluster
 
 
-def _virtual_inbound(inbound: dict[int, tuple[Service, ServicePort]], policies: list[Resource], modes: PeerModes) -> Json:
+def _virtual_inbound(inbound: dict[int, tuple[Service, ServicePort]], policies: SelectedPolicies, modes: PeerModes) -> Json:
     chains: list[Json] = [{"name": "virtualInbound-blackhole", "filter_chain_match": {"destination_port": VIRTUAL_INBOUND_PORT},
                            "filters": [_tcp_proxy(BLACKHOLE)]}]  # fmt: skip
     for number, (service, port) in inbound.items():
@@ -262,10 +263,10 @@ def _tcp_proxy(cluster: str) -> Json:
             "typed_config": {"@type": TCP_PROXY, "stat_prefix": cluster, "cluster": cluster}}  # fmt: skip
 
 
-def _original_dst_cluster(name: str, source: str = "") -> Json:
+def _original_dst_cluster(name: str, connect_timeout: float, source: str = "") -> Json:
     """Connections go where they were addressed (PassthroughCluster, InboundPassthroughCluster, inbound|port||)."""
     cluster: Json = {"name": name, "type": "ORIGINAL_DST", "lb_policy": "CLUSTER_PROVIDED",
-                     "connect_timeout": format_duration(CONNECT_TIMEOUT)}  # fmt: skip
+                     "connect_timeout": format_duration(connect_timeout)}  # fmt: skip
     if source:
         cluster["upstream_bind_config"] = {"source_address": {"address": source, "port_value": 0}}
     return cluster

@@ -13,6 +13,7 @@ from google.protobuf import any_pb2, json_format
 from google.protobuf.message import Message
 
 # Registered for their @type URLs inside generated resources.
+import envoy.extensions.access_loggers.file.v3.file_pb2  # noqa: F401
 import envoy.extensions.filters.http.fault.v3.fault_pb2  # noqa: F401
 import envoy.extensions.filters.http.rbac.v3.rbac_pb2  # noqa: F401
 import envoy.extensions.filters.http.router.v3.router_pb2  # noqa: F401
