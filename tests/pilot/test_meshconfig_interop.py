@@ -2,8 +2,7 @@
 
 - Access logs: `pylon pilot --mesh-config` with accessLogFile configures a gateway (bootstrap as Istio's
   agent writes it, ADS to pilot); a request through it leaves the line the format says in the file.
-  Istio's default formats use three operators pylon proxy lacks (see tests/pilot/gen/test_meshconfig.py),
-  so pylon runs custom formats; Envoy runs both.
+  Istio's default formats and custom ones run through both.
 - Trust domain: pilot's CA with `trustDomain: example.org` issues `spiffe://example.org/...` certificates,
   and an AuthorizationPolicy naming `cluster.local/ns/default/sa/client` (Istio's "this mesh") lets that
   client through an mTLS listener guarded by pilot's RBAC filter, and refuses another service account.
@@ -88,15 +87,17 @@ def _gateway_request_log(tmp_path: Path, implementation: str, mesh_config: dict[
         upstream.close()
 
 
-def test_envoy_writes_istios_default_text_line(tmp_path: Path) -> None:
-    logged = _gateway_request_log(tmp_path, "envoy", {})
+@pytest.mark.parametrize("implementation", ["envoy", "pylon"])
+def test_istios_default_text_line(tmp_path: Path, implementation: str) -> None:
+    logged = _gateway_request_log(tmp_path, implementation, {})
     [line] = logged.lines
     assert '"GET /x?q=1 HTTP/1.1" 200 - via_upstream - "-" 0 3 ' in line  # flags, details, bytes in/out
     assert f'"{HOST}" "127.0.0.1:{logged.upstream_port}" outbound|80||{HOST} 127.0.0.1:' in line
 
 
-def test_envoy_writes_istios_default_json_line(tmp_path: Path) -> None:
-    logged = _gateway_request_log(tmp_path, "envoy", {"accessLogEncoding": "JSON"})
+@pytest.mark.parametrize("implementation", ["envoy", "pylon"])
+def test_istios_default_json_line(tmp_path: Path, implementation: str) -> None:
+    logged = _gateway_request_log(tmp_path, implementation, {"accessLogEncoding": "JSON"})
     [line] = logged.lines
     fields = json.loads(line)
     assert set(fields) == set(ISTIO_JSON_FORMAT)

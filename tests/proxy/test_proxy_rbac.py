@@ -302,8 +302,15 @@ def test_network_rbac_pilot_generates_for_a_tcp_port(implementation: str, tmp_pa
         "to": [{"operation": {"ports": [str(port)]}}]}]})]  # fmt: skip
     filters = network_rbac_filters(policies_for(sidecar_proxy(), snapshot(*policies)))
     assert [f["typed_config"]["stat_prefix"] for f in filters] == ["tcp."]
-    listener = mtls(tcp_listener("tcp_in", port, "echo"), pki)
+    log = tmp_path / "tcp.log"
+    access_log = json_access_log(log)
+    access_log[0]["typed_config"]["log_format"]["json_format"] = {
+        "termination": "%CONNECTION_TERMINATION_DETAILS%", "sni": "%REQUESTED_SERVER_NAME%",
+        "cluster": "%UPSTREAM_CLUSTER_RAW%"}  # fmt: skip
+    listener = mtls(tcp_listener("tcp_in", port, "echo", access_log=access_log), pki)
     listener["filter_chains"][0]["filters"][:0] = filters
+    listener["listener_filters"] = [{"name": "envoy.filters.listener.tls_inspector", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"}}]
     echo, launcher = TcpEcho(), ProxyLauncher(tmp_path)
     try:
         proxy = launcher.start([listener], [static_cluster("echo", [echo.port])], implementation=implementation)
@@ -314,6 +321,10 @@ def test_network_rbac_pilot_generates_for_a_tcp_port(implementation: str, tmp_pa
         expected = {"tcp.rbac.allowed": 1, "tcp.rbac.denied": 1, "tcp.rbac.shadow_allowed": 0,
                     "tcp.rbac.shadow_denied": 0}
         assert wait_until(lambda: rbac_stats(proxy) == expected, timeout=3), rbac_stats(proxy)
+        # The access log says why the refused connection ended (Envoy's connection termination details).
+        lines = read_json_lines(log, 2)
+        assert sorted((line["termination"] or "", line["sni"], line["cluster"]) for line in lines) == [
+            ("", "localhost", "echo"), ("rbac_access_denied_matched_policy[none]", "localhost", "echo")]
     finally:
         launcher.close()
         echo.close()

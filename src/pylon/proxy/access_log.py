@@ -63,7 +63,7 @@ class AccessLogRecord:
         "response_headers", "bytes_received", "bytes_sent", "duration", "request_duration",
         "response_duration", "upstream_host", "upstream_cluster", "upstream_local_address",
         "upstream_transport_failure_reason", "downstream_remote", "downstream_local",
-        "route_name", "connection_id",
+        "route_name", "connection_id", "requested_server_name", "connection_termination_details",
     )
 
     def __init__(
@@ -94,6 +94,8 @@ class AccessLogRecord:
         downstream_local: Address | None = None,
         route_name: str | None = None,
         connection_id: int | None = None,
+        requested_server_name: str | None = None,
+        connection_termination_details: str | None = None,
     ) -> None:
         self.start_time = start_time
         self.method = method
@@ -120,6 +122,8 @@ class AccessLogRecord:
         self.downstream_local = downstream_local
         self.route_name = route_name
         self.connection_id = connection_id
+        self.requested_server_name = requested_server_name
+        self.connection_termination_details = connection_termination_details
 
 
 # --------------------------------------------------------------------------- operators
@@ -336,6 +340,10 @@ _OPERATORS: dict[str, _Operator] = {
     "RESPONSE_DURATION": _Operator(_millis("response_duration"), INT),
     "UPSTREAM_HOST": _Operator(_address("upstream_host"), STR),
     "UPSTREAM_CLUSTER": _Operator(_field("upstream_cluster"), STR),
+    # Envoy's _RAW ignores a cluster's alt_stat_name; pylon has no alt_stat_name, so both print the name.
+    "UPSTREAM_CLUSTER_RAW": _Operator(_field("upstream_cluster"), STR),
+    "REQUESTED_SERVER_NAME": _Operator(_field("requested_server_name"), STR),
+    "CONNECTION_TERMINATION_DETAILS": _Operator(_field("connection_termination_details"), STR),
     "UPSTREAM_LOCAL_ADDRESS": _Operator(_address("upstream_local_address"), STR),
     "UPSTREAM_TRANSPORT_FAILURE_REASON": _Operator(_field("upstream_transport_failure_reason"), STR),
     "DOWNSTREAM_REMOTE_ADDRESS": _Operator(_address("downstream_remote"), STR),

@@ -77,6 +77,8 @@ class ConnectionInfo:
         # sets it. Observed with Envoy 1.40: without tls_inspector, RBAC's requested_server_name sees "" on a
         # TLS connection whose client sent an SNI.
         self.inspected_server_name = server_name
+        # Why a network filter closed the connection (Envoy's %CONNECTION_TERMINATION_DETAILS%), None if none did.
+        self.termination_details: str | None = None
 
     @property
     def tls(self) -> bool:

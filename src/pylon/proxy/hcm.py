@@ -184,10 +184,13 @@ class HcmRuntime:
                 label = self.host_labels[host] = "%s:%d" % host.address
             record.upstream_host = label
         record.upstream_transport_failure_reason = stream.transport_failure or None
+        record.upstream_local_address = stream.upstream_local
         record.route_name = stream.route.name if stream.route is not None else None
         record.downstream_remote = conn.peer if stream.xff is None else self.trusted_client(stream)
         record.downstream_local = conn.local
         record.connection_id = conn.connection_id
+        if conn.detected is not None:
+            record.requested_server_name = conn.detected.server_name or None
         for logger in self.access_loggers:
             logger.log(record)
 

@@ -196,7 +196,7 @@ class Stream:
         "transport_failure", "request_id", "last_host", "xff", "response_ops", "paused_downstream", "paused_upstream", "resp_headers",
         "stale_retried", "timeout", "attempts", "tried_hosts", "head_split",
         "resume", "filter_index", "filter_timer", "finish_callbacks", "header_edits", "upgrade_accepted", "client_rest",
-        "tunnel_upstream",
+        "tunnel_upstream", "upstream_local",
     )
 
     def __init__(self, conn: "HttpConnection", now: float) -> None:
@@ -248,6 +248,7 @@ class Stream:
         self.pending_local: lr.LocalReply | None = None
         self.transport_failure = ""
         self.last_host: Host | None = None  # the host of the latest attempt, for %UPSTREAM_HOST%
+        self.upstream_local: tuple[str, int] | None = None  # its connection's local address (%UPSTREAM_LOCAL_ADDRESS%)
         self.xff: bytes | None = None  # x-forwarded-for as received
         self.response_ops = None  # response header rules of the route (and weighted cluster) taken
         self.request_id = b""
@@ -640,6 +641,7 @@ class Stream:
 
     def on_upstream_ready(self, conn: "UpstreamConnection") -> None:
         self.upstream = conn
+        self.upstream_local = conn.local_address
         if self.done:
             conn.abandon()
             return

@@ -251,6 +251,10 @@ class TcpProxySession(asyncio.Protocol):
             peer = self.downstream.get_extra_info("peername")
             record.downstream_remote = peer[:2] if peer else None
             record.connection_id = self.connection_id
+            if self.detected is not None:
+                record.requested_server_name = self.detected.server_name or None
+            if self.info is not None:
+                record.connection_termination_details = self.info.termination_details
             for logger in rt.access_loggers:
                 logger.log(record)
 

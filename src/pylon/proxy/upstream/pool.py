@@ -56,12 +56,13 @@ class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
         "pool", "transport", "parser", "exchange", "headers", "status", "keep_alive",
         "closed", "skip_informational", "head_response", "close_delimited", "in_body", "requests",
-        "connection_header", "answered",
+        "connection_header", "answered", "local_address",
     )
 
     def __init__(self, pool: "HostPool") -> None:
         self.pool = pool
         self.transport: asyncio.Transport | None = None
+        self.local_address: tuple[str, int] | None = None  # for %UPSTREAM_LOCAL_ADDRESS%
         self.parser = httptools.HttpResponseParser(self)
         self.exchange: Exchange | None = None
         self.headers: list[tuple[bytes, bytes]] = []
@@ -80,6 +81,7 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         apply_buffer_limit(transport, self.pool.cluster.config.per_connection_buffer_limit_bytes)
+        self.local_address = transport.get_extra_info("sockname")
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             try:

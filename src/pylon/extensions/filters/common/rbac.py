@@ -425,6 +425,14 @@ def stat_part(prefix: str) -> str:
 Predicate = Callable[[Facts], bool]
 
 
+_WHITESPACE = str.maketrans({c: "_" for c in " \t\f\v\n\r"})
+
+
+def denied_details(policy: str | None) -> str:
+    """Why a denial happened, as Envoy writes it in response and connection-termination details (no whitespace)."""
+    return f"rbac_access_denied_matched_policy[{(policy or 'none').translate(_WHITESPACE)}]"
+
+
 class Decision(NamedTuple):
     allowed: bool
     policy: str | None  # the matched policy (first by name), None when none matched

@@ -64,7 +64,6 @@ _HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"tr
 #: Request headers pylon's connection manager settles only after its filters ran (Envoy's: before them).
 _SETTLED_AFTER_FILTERS = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-request-id", "x-forwarded-client-cert",
                                     "via", "upgrade", "expect"})  # fmt: skip
-_WHITESPACE = str.maketrans({c: "_" for c in " \t\f\v\n\r"})
 
 
 class RBAC(EnvoyStruct, kw_only=True):
@@ -112,11 +111,6 @@ class _Engines(NamedTuple):
 
 
 _DISABLED = _Engines(None, None, False)
-
-
-def denied_details(policy: str | None) -> str:
-    """The response details of a denial, as Envoy writes them (no whitespace in details)."""
-    return f"rbac_access_denied_matched_policy[{(policy or 'none').translate(_WHITESPACE)}]"
 
 
 def _as_filters_see_them(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
@@ -177,7 +171,7 @@ class RbacFilter:
             self.stats.counter(f"{self.rules_prefix}policy.{decision.policy}.{result}").inc()
         if decision.allowed:
             return True
-        stream.local(lr.LocalReply(403, "-", DENIED_BODY, denied_details(decision.policy)))
+        stream.local(lr.LocalReply(403, "-", DENIED_BODY, common.denied_details(decision.policy)))
         return False
 
     def _facts(self, stream: Any) -> common.Facts:
@@ -200,7 +194,7 @@ class RbacFilter:
         """A route config of another type under this filter's name: Envoy refuses the config; deny (fail closed)."""
         log.error("route %r: typed_per_filter_config[%s] is a %s, not an RBACPerRoute: request denied",
                   stream.route.name, self.name, type(per_route).__name__)
-        stream.local(lr.LocalReply(403, "-", DENIED_BODY, denied_details(None)))
+        stream.local(lr.LocalReply(403, "-", DENIED_BODY, common.denied_details(None)))
         return False
 
 

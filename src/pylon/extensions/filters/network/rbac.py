@@ -8,8 +8,8 @@ address, port and SNI. There is no request: `url_path` never matches (so
 What Envoy 1.40 does, observed:
 
 - A denied connection is closed, with no response flag (its tcp_proxy access
-  log has `-`; Envoy puts `rbac_access_denied_matched_policy[<policy>]` in
-  %CONNECTION_TERMINATION_DETAILS%, which pylon's access log lacks). LOG allows.
+  log has `-`) and `rbac_access_denied_matched_policy[<policy>]` (`[none]`
+  when an ALLOW policy did not match) in %CONNECTION_TERMINATION_DETAILS%. LOG allows.
 - Stats: `<stat_prefix>rbac.{allowed,denied}` and
   `<stat_prefix>rbac.<shadow_rules_stat_prefix>{shadow_allowed,shadow_denied}`,
   each prefix ending in one "." (`tcp.` and `tcp` both give `tcp.rbac.allowed`).
@@ -90,9 +90,13 @@ class RbacNetworkFilter:
             (self.shadow_allowed if self.shadow.evaluate(facts).allowed else self.shadow_denied).inc()
         if self.rules is None:
             return True
-        allowed = self.rules.evaluate(facts).allowed
-        (self.allowed if allowed else self.denied).inc()
-        return allowed
+        decision = self.rules.evaluate(facts)
+        if decision.allowed:
+            self.allowed.inc()
+        else:
+            self.denied.inc()
+            info.termination_details = common.denied_details(decision.policy)
+        return decision.allowed
 
 
 registry.register_typed(registry.NETWORK_FILTER, TYPE_URL, RBAC)
