@@ -12,6 +12,7 @@ import asyncio
 import logging
 import signal
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,11 +22,13 @@ import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc
 from pylon.config.errors import ConfigError
 from pylon.identity.server import DEFAULT_CA_DIR, CaServer
+from pylon.pilot.autoregistration import DEFAULT_GRACE_PERIOD, AutoRegistration
 from pylon.pilot.debug import DebugHandler, serve_http
 from pylon.pilot.gen import generator_for
 from pylon.identity.spiffe import SpiffeId
 from pylon.pilot.gen.types import ENDPOINT, SECRET, Resources
 from pylon.pilot.istio.mesh import load_mesh_config
+from pylon.pilot.istio.resources import Resource
 from pylon.pilot.metrics import PilotMetrics
 from pylon.pilot.proxy import Proxy
 from pylon.pilot.snapshot import Snapshot, build_snapshot, endpoints_only_change, with_secrets
@@ -47,15 +50,23 @@ class PilotOptions:
     ca_address: str = "127.0.0.1:15012"
     ca_dir: Path = DEFAULT_CA_DIR
     secrets_dir: Path | None = None
+    workload_entry_grace_period: float = DEFAULT_GRACE_PERIOD
 
 
 class Pilot:
-    """The current config and what serves it."""
+    """The current config and what serves it.
 
-    def __init__(self, snapshot: Snapshot, metrics: PilotMetrics) -> None:
+    The snapshot is built from the config directory's resources (`config`) plus the WorkloadEntries that
+    connected workloads registered (`registration`); a change of either rebuilds it and pushes.
+    """
+
+    def __init__(self, snapshot: Snapshot, metrics: PilotMetrics, config: list[Resource] | None = None,
+                 registration: AutoRegistration | None = None) -> None:  # fmt: skip
         self.snapshot = snapshot
         self.metrics = metrics
-        self.ads = AdsServer(self.generate, metrics)
+        self.config = list(snapshot.resources) if config is None else config
+        self.registration = registration or AutoRegistration()
+        self.ads = AdsServer(self.generate, metrics, on_connect=self.on_connect, on_disconnect=self.on_disconnect)
 
     def generate(self, proxy: Proxy) -> tuple[Resources, str]:
         snapshot = self.snapshot
@@ -66,19 +77,42 @@ class Pilot:
         try:
             if result.errors:
                 raise result.errors[0]
-            snapshot = build_snapshot(result.resources, mesh=self.snapshot.mesh)
+            self.registration.expire(time.monotonic(), result.resources)  # entries of deleted groups go too
+            snapshot = self._build(result.resources)
         except ConfigError:
             self.metrics.config_errors.inc()
             for error in result.errors or [sys.exc_info()[1]]:
                 log.error("%s", error)
             log.error("config change rejected; still serving version %s", self.snapshot.version)
             return
-        snapshot = with_secrets(snapshot, self.snapshot.secrets) if self.snapshot.secrets else snapshot
+        self.config = result.resources
+        self._apply(snapshot)
+
+    def _build(self, config: list[Resource]) -> Snapshot:
+        return build_snapshot(config + self.registration.resources(config), mesh=self.snapshot.mesh,
+                              secrets=self.snapshot.secrets)  # fmt: skip
+
+    def _apply(self, snapshot: Snapshot) -> None:
+        """Serve `snapshot` and push it: endpoints (EDS) alone when only workload addresses changed."""
         eds_only = endpoints_only_change(self.snapshot, snapshot)
         self.snapshot = snapshot
         log.info("config version %s: %d resources; pushing %s to %d proxies", snapshot.version, len(snapshot.resources),
                  "endpoints (EDS) only" if eds_only else "everything", len(self.ads.connections))  # fmt: skip
         self.ads.push_all(frozenset({ENDPOINT}) if eds_only else None)
+
+    def on_connect(self, proxy: Proxy) -> None:
+        """A proxy connected: register its workload if it asks to (WorkloadGroup)."""
+        if self.registration.connect(proxy, self.config):
+            self._apply(self._build(self.config))
+
+    def on_disconnect(self, proxy: Proxy) -> None:
+        """A proxy's stream ended: its registered entry goes after the grace period unless it reconnects."""
+        self.registration.disconnect(proxy, time.monotonic())
+        asyncio.get_running_loop().call_later(self.registration.grace_period, self._expire)
+
+    def _expire(self) -> None:
+        if self.registration.expire(time.monotonic(), self.config):
+            self._apply(self._build(self.config))
 
 
     def on_secrets(self, result: SecretsResult) -> None:
@@ -125,7 +159,8 @@ def run_pilot(options: PilotOptions) -> int:
         if secrets.errors:
             return 1
         snapshot = with_secrets(snapshot, secrets.secrets)
-    return asyncio.run(_serve(options, Pilot(snapshot, PilotMetrics())))
+    pilot = Pilot(snapshot, PilotMetrics(), result.resources, AutoRegistration(options.workload_entry_grace_period))
+    return asyncio.run(_serve(options, pilot))
 
 
 async def _serve(options: PilotOptions, pilot: Pilot) -> int:

@@ -28,10 +28,13 @@ import click
 @click.option("--secrets-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Kubernetes Secret manifests (tls.crt/tls.key/ca.crt) for Gateway credentialName, served over "
                    "ADS as kubernetes://NAME to gateways authenticated on --ca-address (watched).")
+@click.option("--workload-entry-grace-period", type=click.FloatRange(0), default=10.0, show_default=True,
+              help="Seconds an auto-registered WorkloadEntry outlives its workload's disconnection (Istio's "
+                   "PILOT_WORKLOAD_ENTRY_GRACE_PERIOD).")
 @click.pass_context
 def pilot_command(ctx: click.Context, config_dir: Path | None, mesh_config: Path | None, grpc_address: str, monitoring_address: str,
                   debug_address: str, log_level: str, ca_address: str, ca_dir: Path | None,
-                  secrets_dir: Path | None) -> None:
+                  secrets_dir: Path | None, workload_entry_grace_period: float) -> None:
     """Run the control plane: Istio resources in, xDS out (an istiod of pylon's own)."""
     from pylon.identity.server import DEFAULT_CA_DIR
     from pylon.pilot.app import PilotOptions, run_pilot, split_address
@@ -49,7 +52,8 @@ def pilot_command(ctx: click.Context, config_dir: Path | None, mesh_config: Path
     sys.exit(run_pilot(PilotOptions(config_dir=config_dir, mesh_config=mesh_config, grpc_address=grpc_address,
                                     monitoring_address=monitoring_address, debug_address=debug_address,
                                     log_level=log_level, ca_address=ca_address,
-                                    ca_dir=ca_dir or DEFAULT_CA_DIR, secrets_dir=secrets_dir)))  # fmt: skip
+                                    ca_dir=ca_dir or DEFAULT_CA_DIR, secrets_dir=secrets_dir,
+                                    workload_entry_grace_period=workload_entry_grace_period)))  # fmt: skip
 
 
 @pilot_command.command("token")

@@ -593,3 +593,32 @@ class ServiceEntrySpec(IstioStruct, kw_only=True):
         for i, host in enumerate(self.hosts):
             if host == "*":
                 raise FieldError(f"hosts[{i}]", "a ServiceEntry host cannot be '*'")
+
+
+class WorkloadTemplate(IstioStruct, kw_only=True):
+    """A WorkloadGroup's template: a WorkloadEntry without an address (each workload brings its own)."""
+
+    address: str = ""
+    ports: dict[str, Annotated[int, msgspec.Meta(ge=1, le=65535)]] = {}
+    labels: dict[str, str] = {}
+    network: str = ""
+    locality: str = ""
+    weight: UInt32 = 0
+    service_account: str = ""
+
+    def __post_init__(self) -> None:
+        if self.address:
+            raise FieldError("address", "must not be set in a WorkloadGroup template: each workload's own IP is used")
+
+
+class WorkloadGroupMetadata(IstioStruct, kw_only=True):
+    labels: dict[str, str] = {}
+    annotations: dict[str, str] = {}
+
+
+class WorkloadGroupSpec(IstioStruct, kw_only=True):
+    """Workloads (VMs) that register themselves when their agent connects (Istio's auto-registration)."""
+
+    template: WorkloadTemplate
+    metadata: WorkloadGroupMetadata = WorkloadGroupMetadata()
+    probe: NotImplementedField | None = None

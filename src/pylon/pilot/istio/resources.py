@@ -25,6 +25,7 @@ from pylon.pilot.istio.networking import (
     GatewaySpec,
     ServiceEntrySpec,
     VirtualServiceSpec,
+    WorkloadGroupSpec,
     WorkloadEntrySpec,
 )
 from pylon.pilot.istio.security import AuthorizationPolicySpec, PeerAuthenticationSpec
@@ -40,6 +41,7 @@ KINDS: dict[str, tuple[type[IstioStruct], tuple[str, ...]]] = {
     "DestinationRule": (DestinationRuleSpec, NETWORKING_VERSIONS),
     "ServiceEntry": (ServiceEntrySpec, NETWORKING_VERSIONS),
     "WorkloadEntry": (WorkloadEntrySpec, NETWORKING_VERSIONS),
+    "WorkloadGroup": (WorkloadGroupSpec, NETWORKING_VERSIONS),
     "Sidecar": (SidecarSpec, NETWORKING_VERSIONS),
     "AuthorizationPolicy": (AuthorizationPolicySpec, SECURITY_VERSIONS),
     "PeerAuthentication": (PeerAuthenticationSpec, SECURITY_VERSIONS),
@@ -48,7 +50,7 @@ KINDS: dict[str, tuple[type[IstioStruct], tuple[str, ...]]] = {
 
 # Istio kinds that exist but are not served yet (issue 13 lists them).
 NOT_YET_KINDS = frozenset(
-    {"WorkloadGroup", "ProxyConfig", "RequestAuthentication", "Telemetry", "WasmPlugin"}
+    {"ProxyConfig", "RequestAuthentication", "Telemetry", "WasmPlugin"}
 )  # fmt: skip
 
 DEFAULT_NAMESPACE = "default"
@@ -78,8 +80,8 @@ class _Envelope(IstioStruct, kw_only=True):
 class Resource(msgspec.Struct, frozen=True, kw_only=True):
     """One decoded Istio resource and where it came from."""
 
-    kind: Literal["Gateway", "VirtualService", "DestinationRule", "ServiceEntry", "WorkloadEntry", "Sidecar",
-                  "AuthorizationPolicy", "PeerAuthentication", "EnvoyFilter"]
+    kind: Literal["Gateway", "VirtualService", "DestinationRule", "ServiceEntry", "WorkloadEntry", "WorkloadGroup",
+                  "Sidecar", "AuthorizationPolicy", "PeerAuthentication", "EnvoyFilter"]
     api_version: str
     meta: ObjectMeta
     spec: Any

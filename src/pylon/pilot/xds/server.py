@@ -48,9 +48,13 @@ class Connection:
 class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
     """ADS, state of the world and delta; `generate(proxy)` gives a proxy's resources and the config version."""
 
-    def __init__(self, generate: Callable[[Proxy], tuple[Resources, str]], metrics: PilotMetrics) -> None:
+    def __init__(self, generate: Callable[[Proxy], tuple[Resources, str]], metrics: PilotMetrics,
+                 on_connect: Callable[[Proxy], None] = lambda proxy: None,
+                 on_disconnect: Callable[[Proxy], None] = lambda proxy: None) -> None:  # fmt: skip
         self.generate = generate
         self.metrics = metrics
+        self.on_connect = on_connect  # after a proxy's first request was answered (e.g. auto-registration)
+        self.on_disconnect = on_disconnect
         self.connections: dict[str, Connection] = {}
 
     def push_all(self, types: frozenset[str] | None = None) -> None:
@@ -104,6 +108,8 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             if self.connections.pop(connection.id, None) is not None:
                 self.metrics.xds.dec()
                 log.info("ADS stream %s closed", connection.id)
+                assert connection.stream.proxy is not None
+                self.on_disconnect(connection.stream.proxy)
 
     async def _read(self, requests: AsyncIterator[Any], connection: Connection) -> None:
         try:
@@ -116,6 +122,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                     self.connections[connection.id] = connection
                     self.metrics.xds.inc()
                     log.info("ADS stream %s connected from %s", connection.id, connection.peer)
+                    self.on_connect(connection.stream.proxy)
         except StreamError as exc:
             log.warning("refusing ADS stream from %s: %s", connection.peer, exc)
             connection.outbox.put_nowait(exc)
