@@ -112,7 +112,7 @@ def mesh(request: pytest.FixtureRequest) -> Iterator[Mesh]:
         procs.append(subprocess.Popen(
             pylon_cmd("agent", "--type", "router", "--namespace", "default", "--service-account", "web",
                       "--pod-name", "web-0", "--ca-address", ca_address, "--root-cert", str(ca_dir / "root-cert.pem"),
-                      "--token-file", str(work / "token"), "--discovery-address", f"127.0.0.1:{xds_port}",
+                      "--token-file", str(work / "token"), "--discovery-address", ca_address,
                       "--workdir", str(work), "--sds-socket", str(work / "sds.sock"), "--envoy-binary", str(ENVOY),
                       "--proxy", request.param,
                       "--bootstrap-override", str(override), "--admin-port", str(admin_port),

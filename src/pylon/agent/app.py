@@ -1,8 +1,10 @@
-"""`pylon agent`: get the workload a certificate, serve it over SDS, keep it fresh, run the proxy.
+"""`pylon agent`: get the workload a certificate, serve it over SDS, keep it fresh, relay the proxy's xDS to
+pilot, run the proxy.
 
-Order matters: the first certificate is obtained before the proxy starts, so Envoy's first SDS
-request is answered at once; the proxy's exit ends the agent (its supervisor restarts the pod,
-as with Istio), and SIGTERM drains the proxy's listeners before stopping it.
+Order matters: the first certificate is obtained, and SDS and the xDS proxy listen, before the proxy
+starts, so Envoy's first requests are answered at once; the proxy's exit ends the agent (its
+supervisor restarts the pod, as with Istio), and SIGTERM drains the proxy's listeners before
+stopping it.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pylon.agent.health import http_status, serve_health
 from pylon.agent.keys import AgentKeySource, KeySource
 from pylon.agent.rotation import next_retry, rotate_at
 from pylon.agent.sds import SecretStore, serve_sds
+from pylon.agent.xds_proxy import XdsProxy
 from pylon.identity.client import CaClientError, create_certificate
 
 log = logging.getLogger("pylon.agent")
@@ -36,8 +39,9 @@ class AgentOptions:
     ca_address: str
     root_cert: Path
     token_file: Path
-    discovery: tuple[str, int]
+    discovery_address: str
     sds_socket: Path
+    xds_socket: Path
     bootstrap_path: Path
     proxy: str = "envoy"
     envoy_binary: str | None = None
@@ -134,15 +138,18 @@ async def run(options: AgentOptions) -> int:
         log.error("cannot get the first certificate: %s", exc)
         return 1
     sds = await serve_sds(agent.store, str(options.sds_socket))
+    xds = XdsProxy(options.discovery_address, options.root_cert.read_bytes(), options.token_file,
+                   cluster_id=options.workload.cluster_id)  # fmt: skip
+    await xds.start(options.xds_socket)
     rotation = asyncio.create_task(agent.rotate_forever(due))
-    bootstrap = build_bootstrap(options.workload, discovery=options.discovery, sds_socket=str(options.sds_socket),
-                                admin_port=options.admin_port)  # fmt: skip
+    bootstrap = build_bootstrap(options.workload, xds_socket=str(options.xds_socket),
+                                sds_socket=str(options.sds_socket), admin_port=options.admin_port)  # fmt: skip
     options.bootstrap_path.parent.mkdir(parents=True, exist_ok=True)
     options.bootstrap_path.write_text(json.dumps(bootstrap, indent=2))
     health = await serve_health(*options.health, agent.ready)
     proxy = await asyncio.create_subprocess_exec(*proxy_command(options))
-    log.info("agent for %s: SDS on %s, proxy pid %d, health on %s:%d", options.workload.node_id,
-             options.sds_socket, proxy.pid, *options.health)  # fmt: skip
+    log.info("agent for %s: SDS on %s, xDS on %s, proxy pid %d, health on %s:%d", options.workload.node_id,
+             options.sds_socket, options.xds_socket, proxy.pid, *options.health)  # fmt: skip
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -161,7 +168,9 @@ async def run(options: AgentOptions) -> int:
     rotation.cancel()
     health.close()
     await sds.stop(grace=0.5)
+    await xds.stop()
     options.sds_socket.unlink(missing_ok=True)
+    options.xds_socket.unlink(missing_ok=True)
     return code
 
 

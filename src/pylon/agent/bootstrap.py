@@ -1,14 +1,16 @@
 """The proxy bootstrap the agent writes, in the shape of Istio's (`envoy-rev.json`), sans-IO.
 
 Node id `<type>~<ip>~<pod>.<ns>~<ns>.svc.cluster.local`, cluster `istio-proxy`, Istio's node
-metadata keys, ADS through the static cluster `xds-grpc` and SDS through `sds-grpc` (the
-agent's Unix socket). `xds-grpc` points at pilot's plaintext ADS for now; Istio's agent proxies
-xDS over a Unix socket to istiod's TLS port, which comes with the agent's xDS proxy.
+metadata keys (the pod's LABELS, by which a Gateway's selector picks a gateway; PROXY_CONFIG), ADS
+through the static cluster `xds-grpc` and SDS through `sds-grpc`. Both are pipes to the agent's
+Unix sockets, as Istio's agent writes them: the proxy holds no credential for the control plane;
+the agent's xDS proxy carries its streams to pilot's TLS port with the workload's token.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from pylon.identity.spiffe import SpiffeId
@@ -27,6 +29,8 @@ class Workload:
     ip: str
     proxy_type: str = "sidecar"
     cluster_id: str = "Kubernetes"
+    labels: Mapping[str, str] = field(default_factory=dict)
+    proxy_config: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def node_id(self) -> str:
@@ -40,15 +44,14 @@ class Workload:
             "NAME": self.pod_name,
             "INSTANCE_IPS": self.ip,
             "CLUSTER_ID": self.cluster_id,
-            "LABELS": {},
+            "LABELS": dict(self.labels),
+            "PROXY_CONFIG": dict(self.proxy_config),
             "ISTIO_VERSION": "pylon",
         }
 
 
-def build_bootstrap(workload: Workload, *, discovery: tuple[str, int], sds_socket: str,
-                    admin_port: int) -> dict[str, Any]:  # fmt: skip
+def build_bootstrap(workload: Workload, *, xds_socket: str, sds_socket: str, admin_port: int) -> dict[str, Any]:
     """The Envoy v3 bootstrap as a JSON-ready dict."""
-    host, port = discovery
     ads_source = {"ads": {}, "initial_fetch_timeout": "0s", "resource_api_version": "V3"}
     return {
         "node": {"id": workload.node_id, "cluster": "istio-proxy", "metadata": workload.metadata()},
@@ -65,7 +68,7 @@ def build_bootstrap(workload: Workload, *, discovery: tuple[str, int], sds_socke
         },
         "static_resources": {
             "clusters": [
-                _cluster("xds-grpc", {"socket_address": {"address": host, "port_value": port}}),
+                _cluster("xds-grpc", {"pipe": {"path": xds_socket}}),
                 _cluster("sds-grpc", {"pipe": {"path": sds_socket}}),
             ]
         },

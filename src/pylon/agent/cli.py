@@ -8,6 +8,20 @@ from pathlib import Path
 
 import click
 
+
+def _labels(pairs: tuple[str, ...]) -> dict[str, str]:
+    """`--labels k=v` flags as the pod's labels (node metadata LABELS)."""
+    labels: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"invalid label {pair!r}: expected KEY=VALUE", param_hint="--labels")
+        if key in labels:
+            raise click.BadParameter(f"label {key!r} given twice", param_hint="--labels")
+        labels[key] = value
+    return labels
+
+
 def _address(text: str, flag: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit():
@@ -27,11 +41,20 @@ def _address(text: str, flag: str) -> tuple[str, int]:
 @click.option("--root-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
               help="The mesh root (root-cert.pem) that pilot's CA certificate must chain to.")
 @click.option("--token-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
-              help="The service-account token (`pylon pilot token`); re-read at every renewal.")
-@click.option("--discovery-address", default="127.0.0.1:15010", show_default=True,
-              help="pilot's ADS (plaintext for now).")
+              help="The service-account token (`pylon pilot token`); re-read at every renewal and for every new "
+                   "xDS stream.")
+@click.option("--discovery-address", default="127.0.0.1:15012", show_default=True,
+              help="pilot's xDS on its TLS port (istiod's :15012), verified against --root-cert as "
+                   "istiod.istio-system.svc; the agent relays the proxy's xDS there with the token.")
+@click.option("--labels", "label_pairs", multiple=True, metavar="KEY=VALUE",
+              help="A pod label (repeatable): node metadata LABELS, which Gateway selectors and workload "
+                   "selectors match.")
+@click.option("--proxy-config", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="ProxyConfig YAML (Istio's proxy.istio.io/config annotation), sent as node metadata "
+                   "PROXY_CONFIG; pilot reads privateKeyProvider from it.")
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True,
-              help="Root of Istio's relative paths (etc/istio/proxy/envoy-rev.json, var/run/secrets/...).")
+              help="Root of Istio's relative paths (etc/istio/proxy/envoy-rev.json, the xDS socket "
+                   "etc/istio/proxy/XDS, var/run/secrets/...).")
 @click.option("--sds-socket", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="SDS Unix socket (default WORKDIR/var/run/secrets/workload-spiffe-uds/socket).")
 @click.option("--proxy", type=click.Choice(["envoy", "pylon"]), default="envoy", show_default=True,
@@ -50,25 +73,37 @@ def _address(text: str, flag: str) -> tuple[str, int]:
 @click.option("-l", "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True)
 def agent_command(proxy_type: str, namespace: str, service_account: str, pod_name: str, ip: str, trust_domain: str,
-                  ca_address: str, root_cert: Path, token_file: Path, discovery_address: str, workdir: Path,
+                  ca_address: str, root_cert: Path, token_file: Path, discovery_address: str,
+                  label_pairs: tuple[str, ...], proxy_config: Path | None, workdir: Path,
                   sds_socket: Path | None, proxy: str, envoy_binary: str | None, bootstrap_override: Path | None,
                   admin_port: int, health_address: str, ttl_seconds: int, grace_ratio: float, drain_seconds: float,
                   log_level: str) -> None:  # fmt: skip
-    """Run Istio's pilot-agent role beside a proxy: certificate, SDS, rotation, bootstrap, supervision."""
+    """Run Istio's pilot-agent role beside a proxy: certificate, SDS, xDS proxy, rotation, bootstrap, supervision."""
     from pylon.agent.app import AgentOptions, run_agent
     from pylon.agent.bootstrap import Workload
+    from pylon.agent.proxy_config import load_proxy_config, node_proxy_config
+    from pylon.config.errors import ConfigError
     from pylon.identity.spiffe import SpiffeError, SpiffeId
+    from pylon.pilot.istio.proxyconfig import ProxyConfig
 
     try:
         identity = SpiffeId(trust_domain, namespace, service_account)
     except SpiffeError as exc:
         raise click.UsageError(str(exc)) from None
     _address(ca_address, "--ca-address")
+    _address(discovery_address, "--discovery-address")
+    try:
+        config = load_proxy_config(proxy_config) if proxy_config is not None else ProxyConfig()
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="--proxy-config") from None
+    workload = Workload(identity=identity, pod_name=pod_name, ip=ip, proxy_type=proxy_type, labels=_labels(label_pairs),
+                        proxy_config=node_proxy_config(config, discovery_address=discovery_address,
+                                                       admin_port=admin_port))  # fmt: skip
     options = AgentOptions(
-        workload=Workload(identity=identity, pod_name=pod_name, ip=ip, proxy_type=proxy_type),
-        ca_address=ca_address, root_cert=root_cert, token_file=token_file,
-        discovery=_address(discovery_address, "--discovery-address"),
+        workload=workload, ca_address=ca_address, root_cert=root_cert, token_file=token_file,
+        discovery_address=discovery_address,
         sds_socket=sds_socket or workdir / "var/run/secrets/workload-spiffe-uds/socket",
+        xds_socket=workdir / "etc/istio/proxy/XDS",
         bootstrap_path=workdir / "etc/istio/proxy/envoy-rev.json", proxy=proxy, envoy_binary=envoy_binary,
         bootstrap_override=bootstrap_override, admin_port=admin_port,
         health=_address(health_address, "--health-address"), ttl_seconds=ttl_seconds, grace_ratio=grace_ratio,

@@ -1,0 +1,164 @@
+"""The agent's xDS proxy (Istio's `pkg/istio-agent/xds_proxy.go`): the proxy's ADS goes to a Unix socket the
+agent serves, and the agent carries each stream to pilot's TLS port with its own credentials.
+
+Why a relay rather than pointing the proxy at pilot: the proxy then needs no credentials for the control
+plane (Istio's Envoy bootstrap has none), pilot sees the workload's service-account token on every stream
+(so it can hand gateway secrets to it and to no one else), and the token is re-read from its file for each
+new stream, so a rotated projected token is picked up without restarting the proxy.
+
+Streams are relayed as raw bytes (identity (de)serializers): the agent never decodes or re-encodes a
+resource. Either side ending ends the other with a status that says why, and the proxy reconnects with its
+own backoff, as it does when istiod goes away. One upstream channel (one TLS connection, one HTTP/2
+connection) carries every stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from pylon.identity.authority import SERVING_DNS_NAMES
+
+log = logging.getLogger("pylon.agent.xds_proxy")
+
+ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
+ADS_METHODS = ("StreamAggregatedResources", "DeltaAggregatedResources")
+
+_stream_ids = itertools.count(1)
+_UNLIMITED = -1  # responses (a whole config) may exceed gRPC's 4 MiB default; Istio lifts the limit too
+
+
+class TokenError(Exception):
+    """The token to authenticate to pilot with cannot be had; the stream is not opened without one."""
+
+
+def read_token(path: Path) -> str:
+    """The service-account token in `path`, as it is now (projected tokens are rotated in place)."""
+    try:
+        token = path.read_text().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TokenError(f"cannot read token file {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    if not token:
+        raise TokenError(f"token file {path} is empty")
+    return token
+
+
+def upstream_metadata(token: str, cluster_id: str) -> tuple[tuple[str, str], ...]:
+    """What Istio's agent attaches to each upstream xDS stream: the bearer token and its cluster id."""
+    return (("authorization", f"Bearer {token}"), ("clusterid", cluster_id))
+
+
+@dataclass
+class XdsProxy:
+    """ADS on a Unix socket, relayed to `upstream` (pilot's TLS xDS) verified against `root_pem` for
+    `server_name` whatever the address is, authenticated with the token read from `token_file` per stream."""
+
+    upstream: str
+    root_pem: bytes
+    token_file: Path
+    cluster_id: str = "Kubernetes"
+    server_name: str = SERVING_DNS_NAMES[0]
+    server: grpc.aio.Server | None = None
+    channel: grpc.aio.Channel | None = None
+
+    async def start(self, socket_path: Path) -> None:
+        """Serve on `socket_path` (its directory is created; a stale socket file is replaced)."""
+        credentials = grpc.ssl_channel_credentials(root_certificates=self.root_pem)
+        self.channel = grpc.aio.secure_channel(self.upstream, credentials, options=[
+            ("grpc.ssl_target_name_override", self.server_name),
+            ("grpc.max_receive_message_length", _UNLIMITED),
+        ])  # fmt: skip
+        socket_path.parent.mkdir(parents=True, exist_ok=True)
+        socket_path.unlink(missing_ok=True)
+        self.server = grpc.aio.server()
+        handlers = {name: grpc.stream_stream_rpc_method_handler(self._handler(name)) for name in ADS_METHODS}
+        self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(ADS_SERVICE, handlers),))
+        self.server.add_insecure_port(f"unix:{socket_path}")
+        await self.server.start()
+        log.info("xDS proxy on %s, relaying to %s (TLS, %s)", socket_path, self.upstream, self.server_name)
+
+    async def stop(self) -> None:
+        """Stop serving (open streams end, so the proxy, if still running, reconnects) and close the channel."""
+        if self.server is not None:
+            await self.server.stop(grace=0.5)
+        if self.channel is not None:
+            await self.channel.close()
+
+    def _handler(self, method: str) -> Callable[[object, grpc.aio.ServicerContext], object]:
+        """A coroutine handler: grpcio then leaves the stream to context.read()/write(), which lets one task
+        read the proxy's requests while another writes pilot's responses."""
+
+        async def relay(_requests: object, context: grpc.aio.ServicerContext) -> None:
+            await self.relay(method, context)
+
+        return relay
+
+    async def relay(self, method: str, downstream: grpc.aio.ServicerContext) -> None:
+        """One proxy stream to one new pilot stream, both ways, until either side ends."""
+        assert self.channel is not None, "start() first"
+        stream_id = next(_stream_ids)
+        try:
+            metadata = upstream_metadata(read_token(self.token_file), self.cluster_id)
+        except TokenError as exc:
+            log.error("xDS stream %d (%s) not relayed: %s", stream_id, method, exc)
+            await downstream.abort(grpc.StatusCode.UNAUTHENTICATED, f"pylon agent: {exc}")
+        upstream = self.channel.stream_stream(f"/{ADS_SERVICE}/{method}")(metadata=metadata)
+        log.info("xDS stream %d (%s) relayed to %s", stream_id, method, self.upstream)
+        up = asyncio.create_task(_pump_up(downstream, upstream))
+        down = asyncio.create_task(_pump_down(upstream, downstream))
+        try:
+            await asyncio.wait({up, down}, return_when=asyncio.FIRST_COMPLETED)
+            ended_by_pilot = upstream.done()
+            if ended_by_pilot:
+                code, details = await _upstream_status(upstream)
+        except asyncio.CancelledError:
+            log.info("xDS stream %d (%s) ended by the proxy", stream_id, method)
+            raise
+        finally:
+            for task in (up, down):
+                task.cancel()
+            upstream.cancel()
+        if not ended_by_pilot:  # the proxy's side failed: pilot's stream has nobody to serve
+            log.info("xDS stream %d (%s) ended by the proxy: %s", stream_id, method, _error_text(up, down))
+            return
+        log.warning("xDS stream %d (%s) ended by pilot %s: %s: %s", stream_id, method, self.upstream, code.name,
+                    details)  # fmt: skip
+        await downstream.abort(code, f"pilot {self.upstream}: {details}")
+
+
+async def _pump_up(downstream: grpc.aio.ServicerContext, upstream: grpc.aio.StreamStreamCall) -> None:
+    """Requests, proxy -> pilot, until the proxy half-closes."""
+    while (message := await downstream.read()) is not grpc.aio.EOF:
+        await upstream.write(message)
+    await upstream.done_writing()
+    await asyncio.Event().wait()  # half-closed: keep relaying pilot's responses until pilot ends
+
+
+async def _pump_down(upstream: grpc.aio.StreamStreamCall, downstream: grpc.aio.ServicerContext) -> None:
+    """Responses, pilot -> proxy, until pilot ends the stream (returns) or it fails (raises)."""
+    while (message := await upstream.read()) is not grpc.aio.EOF:
+        await downstream.write(message)
+
+
+async def _upstream_status(upstream: grpc.aio.StreamStreamCall) -> tuple[grpc.StatusCode, str]:
+    """Why pilot ended its side, as the status to end the proxy's side with. Pilot ending a stream cleanly is
+    still an end the proxy must reconnect after: UNAVAILABLE."""
+    code = await upstream.code()
+    if code is grpc.StatusCode.OK:
+        return grpc.StatusCode.UNAVAILABLE, "stream ended"
+    return code, await upstream.details() or ""
+
+
+def _error_text(*tasks: asyncio.Task[None]) -> str:
+    """The first failure among the finished pumps, for the log."""
+    for task in tasks:
+        if task.done() and not task.cancelled() and (error := task.exception()) is not None:
+            return repr(error)
+    return "no reason given"
