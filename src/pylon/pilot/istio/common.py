@@ -70,7 +70,7 @@ def parse_go_duration(value: object) -> GoDuration:
 
 
 def format_duration(seconds: float) -> str:
-    """Envoy's proto-JSON text of a duration in seconds: 1.0 -> "1s", 0.25 -> "0.250s"."""
+    """A proto-JSON duration in seconds: 1.0 -> "1s", 0.25 -> "0.25s" (protobuf parses any fraction)."""
     if float(seconds).is_integer():
         return f"{int(seconds)}s"
     return f"{seconds:.9f}".rstrip("0") + "s"

@@ -24,7 +24,7 @@ from pylon.pilot.metrics import PilotMetrics
 from pylon.pilot.proxy import Proxy
 from pylon.pilot.xds.delta import DeltaStream
 from pylon.pilot.xds.encode import EncodeError
-from pylon.pilot.xds.stream import Stream, StreamError
+from pylon.pilot.xds.stream import Stream, StreamError, StreamForbidden
 
 log = logging.getLogger("pylon.pilot.xds")
 
@@ -99,7 +99,9 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                 if item is None:
                     return
                 if isinstance(item, BaseException):
-                    code = grpc.StatusCode.INVALID_ARGUMENT if isinstance(item, StreamError) else grpc.StatusCode.INTERNAL
+                    code = (grpc.StatusCode.PERMISSION_DENIED if isinstance(item, StreamForbidden)
+                            else grpc.StatusCode.INVALID_ARGUMENT if isinstance(item, StreamError)
+                            else grpc.StatusCode.INTERNAL)  # fmt: skip
                     await context.abort(code, str(item))
                     return
                 yield item

@@ -50,6 +50,10 @@ class StreamError(Exception):
     """The stream cannot be served (bad node id, unsupported proxy type); the message says why."""
 
 
+class StreamForbidden(StreamError):
+    """The caller is authenticated but may not speak for this proxy (istiod answers PermissionDenied)."""
+
+
 @dataclass
 class Watch:
     """One subscribed type's state; `names` None means wildcard."""
@@ -101,7 +105,7 @@ class StreamBase:
         if self.identity is not None:
             # istiod's checkConnectionIdentity: a proxy speaks only for its verified namespace.
             if self.identity.namespace != proxy.namespace:
-                raise StreamError(f"{proxy.node_id}: authenticated as {self.identity}, which may not connect a proxy "
+                raise StreamForbidden(f"{proxy.node_id}: authenticated as {self.identity}, which may not connect a proxy "
                                   f"of namespace {proxy.namespace!r}")  # fmt: skip
             proxy = dataclasses.replace(proxy, identity=self.identity)
         self.proxy = proxy
