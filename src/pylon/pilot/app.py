@@ -21,7 +21,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc
 from pylon.config.errors import ConfigError
 from pylon.identity.server import DEFAULT_CA_DIR, CaServer
 from pylon.pilot.debug import DebugHandler, serve_http
-from pylon.pilot.gen import generator_for
+from pylon.pilot.gen import SharedGenerations
 from pylon.pilot.gen.types import ENDPOINT, Resources
 from pylon.pilot.istio.mesh import load_mesh_config
 from pylon.pilot.metrics import PilotMetrics
@@ -51,11 +51,14 @@ class Pilot:
     def __init__(self, snapshot: Snapshot, metrics: PilotMetrics) -> None:
         self.snapshot = snapshot
         self.metrics = metrics
+        self.generations = SharedGenerations()
         self.ads = AdsServer(self.generate, metrics)
 
     def generate(self, proxy: Proxy) -> tuple[Resources, str]:
+        """The proxy's resources for the current snapshot (shared with every proxy of the same generation key:
+        not to be changed) and its version."""
         snapshot = self.snapshot
-        return generator_for(proxy).generate(proxy, snapshot), snapshot.version
+        return self.generations.generate(proxy, snapshot), snapshot.version
 
     def on_load(self, result: LoadResult) -> None:
         """A debounced reload: apply it and push, or keep the last good config and say why."""

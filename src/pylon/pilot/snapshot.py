@@ -17,7 +17,7 @@ import msgspec
 from pylon.config.errors import ConfigError
 from pylon.pilot.hosts import is_visible, matches, resolve_short_name
 from pylon.pilot.istio.mesh import MeshConfig
-from pylon.pilot.istio.networking import ServiceEntrySpec, ServicePort, WorkloadEntrySpec
+from pylon.pilot.istio.networking import ServiceEntrySpec, ServicePort, Subset, WorkloadEntrySpec
 from pylon.pilot.istio.resources import Resource
 from pylon.pilot.proxy import Proxy
 
@@ -67,6 +67,7 @@ class Snapshot:
     peer_authentications: tuple[Resource, ...] = ()
     envoy_filters: tuple[Resource, ...] = ()
     mesh: MeshConfig = field(default_factory=MeshConfig)
+    selector_label_keys: frozenset[str] = frozenset()  # see `selector_label_keys`
 
     # ------------------------------------------------------------------ lookups used by generators
 
@@ -123,14 +124,18 @@ def endpoints_only_change(old: Snapshot, new: Snapshot) -> bool:
     return old.mesh == new.mesh and _without_endpoints(old) == _without_endpoints(new)
 
 
-def _without_endpoints(snapshot: Snapshot) -> set[tuple[tuple[str, str, str], object]]:
-    out: set[tuple[tuple[str, str, str], object]] = set()
+def _without_endpoints(snapshot: Snapshot) -> dict[tuple[str, str, str], object]:
+    """Every resource's spec by key, STATIC ServiceEntries without their endpoints and WorkloadEntries left out.
+
+    Compared as Structs (field by field), not as encoded JSON: specs hold values msgspec cannot encode
+    (GoDuration, a float subclass), and encoding every spec twice per reload is work for nothing.
+    """
+    out: dict[tuple[str, str, str], object] = {}
     for resource in snapshot.resources:
         if resource.kind == "WorkloadEntry":
             continue
         static_entry = resource.kind == "ServiceEntry" and resource.spec.resolution == "STATIC"
-        spec = msgspec.structs.replace(resource.spec, endpoints=[]) if static_entry else resource.spec
-        out.add((resource.key, msgspec.json.encode(spec)))
+        out[resource.key] = msgspec.structs.replace(resource.spec, endpoints=[]) if static_entry else resource.spec
     return out
 
 
@@ -167,7 +172,43 @@ def build_snapshot(resources: list[Resource], version: str | None = None, mesh: 
         peer_authentications=tuple(by_kind.get("PeerAuthentication", [])),
         envoy_filters=tuple(by_kind.get("EnvoyFilter", [])),
         mesh=mesh or MeshConfig(),
+        selector_label_keys=selector_label_keys(resources),
     )
+
+
+LABEL_FIELDS = frozenset({"selector", "labels", "match_labels", "source_labels"})
+# Label maps that describe workloads (endpoints, WorkloadEntries) or pick among them (DestinationRule subsets):
+# matched against endpoints' labels, never against a proxy's.
+WORKLOAD_LABELS = (WorkloadEntrySpec, Subset)
+
+
+def selector_label_keys(resources: list[Resource]) -> frozenset[str]:
+    """Every label name that a label map of any spec that could select proxies names (`selector`,
+    `workloadSelector.labels`, `selector.matchLabels`, `sourceLabels`, ...), at any depth.
+
+    Generators look at a proxy's labels only through selectors (is this map a subset of its labels?), so
+    two proxies whose labels agree on these names are selected alike by everything in the config: what
+    lets pilot generate once for both (gen `generation_key`). Every label map counts but the workloads' own
+    (WORKLOAD_LABELS), so a new kind of selector is covered without a change here; naming a few label names
+    too many would only cost some sharing.
+    """
+    keys: set[str] = set()
+    todo: list[object] = [resource.spec for resource in resources]
+    while todo:
+        value = todo.pop()
+        if isinstance(value, msgspec.Struct):
+            for name in value.__struct_fields__:
+                item = getattr(value, name)
+                if name in LABEL_FIELDS and isinstance(item, dict):
+                    if not (name == "labels" and isinstance(value, WORKLOAD_LABELS)):
+                        keys.update(item)
+                else:
+                    todo.append(item)
+        elif isinstance(value, (list, tuple)):
+            todo.extend(value)
+        elif isinstance(value, dict):
+            todo.extend(value.values())
+    return frozenset(keys)
 
 
 def _services_of(entry: Resource, workload_entries: list[Resource]) -> list[Service]:
