@@ -7,8 +7,8 @@ import pytest
 from pylon.config.errors import ConfigError
 from pylon.pilot.hosts import intersection, is_visible, matches, resolve_short_name
 from pylon.pilot.proxy import parse_node
-from pylon.pilot.snapshot import build_snapshot
-from tests.pilot.builders import doc, resources, snapshot
+from pylon.pilot.snapshot import build_snapshot, endpoints_only_change
+from tests.pilot.builders import doc, resources, service_entry, snapshot
 
 
 def test_duplicate_resource_names_are_an_error() -> None:
@@ -48,3 +48,16 @@ def test_node_ids() -> None:
         parse_node("gateway~10.1.2.3~a.b~b.svc.cluster.local")
     with pytest.raises(ValueError, match="is not an IP address"):
         parse_node("router~not-an-ip~a.b~b.svc.cluster.local")
+
+
+def test_endpoints_only_change_with_durations_in_the_config() -> None:
+    """A VirtualService timeout (a GoDuration) once made the comparison raise, which stopped config reloads."""
+    vs = doc("VirtualService", "r", {"hosts": ["reviews"], "http": [{"route": [{"destination": {"host": "reviews"}}],
+                                                                     "timeout": "3s"}]})  # fmt: skip
+    before = snapshot(vs, service_entry("reviews.default.svc.cluster.local", [("10.0.0.1", 80, {})]))
+    moved = snapshot(vs, service_entry("reviews.default.svc.cluster.local", [("10.0.0.2", 80, {})]))
+    assert endpoints_only_change(before, moved)
+    slower = doc("VirtualService", "r", {"hosts": ["reviews"], "http": [{"route": [{"destination": {"host": "reviews"}}],
+                                                                         "timeout": "4s"}]})  # fmt: skip
+    assert not endpoints_only_change(before, snapshot(slower, service_entry("reviews.default.svc.cluster.local",
+                                                                            [("10.0.0.1", 80, {})])))  # fmt: skip

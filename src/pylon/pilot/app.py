@@ -24,8 +24,8 @@ from pylon.config.errors import ConfigError
 from pylon.identity.server import DEFAULT_CA_DIR, CaServer
 from pylon.pilot.autoregistration import DEFAULT_GRACE_PERIOD, AutoRegistration
 from pylon.pilot.debug import DebugHandler, serve_http
-from pylon.pilot.gen import generator_for
 from pylon.identity.spiffe import SpiffeId
+from pylon.pilot.gen import SharedGenerations
 from pylon.pilot.gen.types import ENDPOINT, SECRET, Resources
 from pylon.pilot.istio.mesh import load_mesh_config
 from pylon.pilot.istio.resources import Resource
@@ -66,11 +66,14 @@ class Pilot:
         self.metrics = metrics
         self.config = list(snapshot.resources) if config is None else config
         self.registration = registration or AutoRegistration()
+        self.generations = SharedGenerations()
         self.ads = AdsServer(self.generate, metrics, on_connect=self.on_connect, on_disconnect=self.on_disconnect)
 
     def generate(self, proxy: Proxy) -> tuple[Resources, str]:
+        """The proxy's resources for the current snapshot (shared with every proxy of the same generation key:
+        not to be changed) and its version."""
         snapshot = self.snapshot
-        return generator_for(proxy).generate(proxy, snapshot), snapshot.version
+        return self.generations.generate(proxy, snapshot), snapshot.version
 
     def on_load(self, result: LoadResult) -> None:
         """A debounced reload: apply it and push, or keep the last good config and say why."""

@@ -22,7 +22,8 @@ import msgspec
 from pylon.config.errors import ConfigError
 from pylon.pilot.hosts import is_visible, matches, resolve_short_name
 from pylon.pilot.istio.mesh import MeshConfig
-from pylon.pilot.istio.networking import ServiceEntrySpec, ServicePort, WorkloadEntrySpec
+from pylon.pilot.istio.networking import (ServiceEntrySpec, ServicePort, Subset, WorkloadEntrySpec, WorkloadGroupMetadata,
+                                         WorkloadTemplate)  # fmt: skip
 from pylon.pilot.istio.resources import Resource
 from pylon.pilot.proxy import Proxy
 from pylon.pilot.source.secrets import GatewaySecret, SecretKey
@@ -75,6 +76,7 @@ class Snapshot:
     mesh: MeshConfig = field(default_factory=MeshConfig)
     # Gateway credentials by (namespace, name), from the secrets directory (not part of `resources`).
     secrets: Mapping[SecretKey, GatewaySecret] = field(default_factory=dict)
+    selector_label_keys: frozenset[str] = frozenset()  # see `selector_label_keys`
 
     # ------------------------------------------------------------------ lookups used by generators
 
@@ -136,14 +138,18 @@ def endpoints_only_change(old: Snapshot, new: Snapshot) -> bool:
     return old.mesh == new.mesh and _without_endpoints(old) == _without_endpoints(new)
 
 
-def _without_endpoints(snapshot: Snapshot) -> set[tuple[tuple[str, str, str], object]]:
-    out: set[tuple[tuple[str, str, str], object]] = set()
+def _without_endpoints(snapshot: Snapshot) -> dict[tuple[str, str, str], object]:
+    """Every resource's spec by key, STATIC ServiceEntries without their endpoints and WorkloadEntries left out.
+
+    Compared as Structs (field by field), not as encoded JSON: specs hold values msgspec cannot encode
+    (GoDuration, a float subclass), and encoding every spec twice per reload is work for nothing.
+    """
+    out: dict[tuple[str, str, str], object] = {}
     for resource in snapshot.resources:
         if resource.kind == "WorkloadEntry":
             continue
         static_entry = resource.kind == "ServiceEntry" and resource.spec.resolution == "STATIC"
-        spec = msgspec.structs.replace(resource.spec, endpoints=[]) if static_entry else resource.spec
-        out.add((resource.key, msgspec.json.encode(spec)))
+        out[resource.key] = msgspec.structs.replace(resource.spec, endpoints=[]) if static_entry else resource.spec
     return out
 
 
@@ -184,12 +190,48 @@ def build_snapshot(resources: list[Resource], version: str | None = None, mesh: 
         envoy_filters=tuple(by_kind.get("EnvoyFilter", [])),
         mesh=mesh,
         secrets=dict(secrets or {}),
+        selector_label_keys=selector_label_keys(resources),
     )
 
 
 def with_secrets(snapshot: Snapshot, secrets: Mapping[SecretKey, GatewaySecret]) -> Snapshot:
     """The same config with new gateway secrets, as a new version (only secrets need pushing)."""
     return dataclasses.replace(snapshot, secrets=dict(secrets), version=_new_version())
+
+
+LABEL_FIELDS = frozenset({"selector", "labels", "match_labels", "source_labels"})
+# Label maps that describe workloads (endpoints, WorkloadEntries) or pick among them (DestinationRule subsets):
+# matched against endpoints' labels, never against a proxy's.
+WORKLOAD_LABELS = (WorkloadEntrySpec, Subset, WorkloadTemplate, WorkloadGroupMetadata)
+
+
+def selector_label_keys(resources: list[Resource]) -> frozenset[str]:
+    """Every label name that a label map of any spec that could select proxies names (`selector`,
+    `workloadSelector.labels`, `selector.matchLabels`, `sourceLabels`, ...), at any depth.
+
+    Generators look at a proxy's labels only through selectors (is this map a subset of its labels?), so
+    two proxies whose labels agree on these names are selected alike by everything in the config: what
+    lets pilot generate once for both (gen `generation_key`). Every label map counts but the workloads' own
+    (WORKLOAD_LABELS), so a new kind of selector is covered without a change here; naming a few label names
+    too many would only cost some sharing.
+    """
+    keys: set[str] = set()
+    todo: list[object] = [resource.spec for resource in resources]
+    while todo:
+        value = todo.pop()
+        if isinstance(value, msgspec.Struct):
+            for name in value.__struct_fields__:
+                item = getattr(value, name)
+                if name in LABEL_FIELDS and isinstance(item, dict):
+                    if not (name == "labels" and isinstance(value, WORKLOAD_LABELS)):
+                        keys.update(item)
+                else:
+                    todo.append(item)
+        elif isinstance(value, (list, tuple)):
+            todo.extend(value)
+        elif isinstance(value, dict):
+            todo.extend(value.values())
+    return frozenset(keys)
 
 
 def _services_of(entry: Resource, workload_entries: list[Resource], default_export_to: list[str]) -> list[Service]:

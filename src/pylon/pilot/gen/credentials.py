@@ -90,8 +90,8 @@ def gateway_secrets(proxy: Proxy, snapshot: Snapshot, names: set[str]) -> dict[s
     if not names:
         return {}
     if proxy.identity is None:
-        log.warning("%s asked for %d gateway secret(s) over the plaintext port; secrets are served only on the "
-                    "TLS port to a verified identity", proxy.node_id, len(names))  # fmt: skip
+        log.warning("a gateway of namespace %s asked for %d secret(s) over the plaintext port; secrets are served "
+                    "only on the TLS port to a verified identity", proxy.namespace, len(names))  # fmt: skip
         return {}
     provider = key_provider(proxy, snapshot)
     out: dict[str, Json] = {}
@@ -104,13 +104,12 @@ def gateway_secrets(proxy: Proxy, snapshot: Snapshot, names: set[str]) -> dict[s
                 if ca.crl is not None:
                     out[name]["validation_context"]["crl"] = _inline(ca.crl)
             else:
-                log.warning("%s: no CA for %s (no Secret %s/%s%s, and no ca.crt in %s/%s)", proxy.node_id, name,
-                            proxy.namespace, bare[: -len(CA_SUFFIX)], CA_SUFFIX, proxy.namespace,
-                            bare[: -len(CA_SUFFIX)])  # fmt: skip
+                log.warning("no CA for %s (no Secret %s/%s%s, and no ca.crt in %s/%s)", name, proxy.namespace,
+                            bare[: -len(CA_SUFFIX)], CA_SUFFIX, proxy.namespace, bare[: -len(CA_SUFFIX)])  # fmt: skip
             continue
         secret = snapshot.secrets.get((proxy.namespace, bare))
         if secret is None or secret.cert is None or secret.key is None:
-            log.warning("%s: no certificate and key for %s in namespace %s", proxy.node_id, name, proxy.namespace)
+            log.warning("no certificate and key for %s in namespace %s", name, proxy.namespace)
             continue
         out[name] = {"name": name, "tls_certificate": _certificate(secret, provider)}
     return out

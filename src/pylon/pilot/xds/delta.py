@@ -18,15 +18,13 @@ content: identical config is never re-sent, whatever the config version.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 from dataclasses import dataclass, field
 
 from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource
 from pylon.pilot.gen.types import PUSH_ORDER, SHORT_NAMES, Json
-from pylon.pilot.xds.encode import to_any
+from pylon.pilot.xds.encode import content_key, content_version
 from pylon.pilot.xds.stream import StreamBase, next_nonce
 
 log = logging.getLogger("pylon.pilot.xds")
@@ -46,8 +44,8 @@ class DeltaWatch:
 
 
 def resource_version(resource: Json) -> str:
-    """A digest of a resource's content: equal content, equal version."""
-    return hashlib.blake2b(json.dumps(resource, sort_keys=True).encode(), digest_size=8).hexdigest()
+    """A digest of a resource's content: equal content, equal version (what `EncodeCache` gives each resource)."""
+    return content_version(content_key(resource))
 
 
 @dataclass
@@ -123,18 +121,15 @@ class DeltaStream(StreamBase):
     def _respond(self, type_url: str, watch: DeltaWatch, always: bool = False) -> DeltaDiscoveryResponse | None:
         begun = time.perf_counter()
         available = self._resources.get(type_url, {})
-        wanted = set(available) if watch.names is None else watch.names & set(available)
-        changed = []
-        for name in sorted(wanted):
-            version = resource_version(available[name])
-            if watch.sent.get(name) != version:
-                changed.append((name, version))
+        names = None if watch.names is None else frozenset(watch.names)
+        selection = self.encoder.select(type_url, available, names, self._version)
+        changed = [(name, e) for name, e in selection.encoded.items() if watch.sent.get(name) != e.version]
         in_scope = watch.sent if watch.names is None else {n: v for n, v in watch.sent.items() if n in watch.names}
         removed = sorted(name for name in in_scope if name not in available)
         if not changed and not removed and not always:
             return None
-        for name, version in changed:
-            watch.sent[name] = version
+        for name, encoded in changed:
+            watch.sent[name] = encoded.version
         for name in removed:
             del watch.sent[name]
         watch.nonce = next_nonce()
@@ -143,8 +138,8 @@ class DeltaStream(StreamBase):
             system_version_info=self._version,
             type_url=type_url,
             nonce=watch.nonce,
-            resources=[Resource(name=name, version=version, resource=to_any(type_url, available[name]))
-                       for name, version in changed],  # fmt: skip
+            resources=[Resource(name=name, version=encoded.version, resource=encoded.packed)
+                       for name, encoded in changed],  # fmt: skip
             removed_resources=removed,
         )
         self.on_push(type_url, time.perf_counter() - begun)

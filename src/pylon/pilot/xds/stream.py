@@ -12,7 +12,9 @@ the proxy ACKed and its last NACK. The rules are xDS's:
   from the subscription (a new cluster's endpoints, a new listener's routes) it
   is also a new subscription, answered with those resources;
 - `push` (config changed) sends every subscribed type again, clusters first, or
-  only the given types (EDS alone when only endpoints changed).
+  only the given types (EDS alone when only endpoints changed); a stream made
+  with `changed_only` (the server's) sends only types whose content changed for
+  this proxy, EDS with only the assignments that changed.
 
 The ACK of a pushed response is the proxy's convergence: `on_converged` gets the
 seconds from the push's start to that ACK (`pilot_proxy_convergence_time`).
@@ -32,9 +34,9 @@ from google.protobuf import json_format
 
 from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest, DiscoveryResponse
 from pylon.identity.spiffe import SpiffeId
-from pylon.pilot.gen.types import PUSH_ORDER, SHORT_NAMES, Resources
+from pylon.pilot.gen.types import ENDPOINT, PUSH_ORDER, SHORT_NAMES, Resources
 from pylon.pilot.proxy import Proxy, parse_node
-from pylon.pilot.xds.encode import to_any
+from pylon.pilot.xds.encode import EncodeCache
 
 log = logging.getLogger("pylon.pilot.xds")
 
@@ -65,6 +67,7 @@ class Watch:
     last_nack: str = ""
     sent_at: float = 0.0
     push_started: float | None = None  # monotonic start of the push the unacknowledged response belongs to
+    sent: dict[str, str] = field(default_factory=dict)  # what the proxy was sent: name -> content version
 
 
 @dataclass
@@ -72,13 +75,15 @@ class StreamBase:
     """What state-of-the-world and delta streams share: who the proxy is, its resources, the callbacks.
 
     `generate(proxy)` returns the proxy's resources for the current config and
-    its version; the callbacks let the server count NACKs, pushes and convergence.
+    its version; the callbacks let the server count NACKs, pushes and convergence;
+    `encoder` packs resources (the server shares one between its streams).
     """
 
     generate: Callable[[Proxy], tuple[Resources, str]]
     on_nack: Callable[[Proxy, str, str], None] = lambda proxy, type_url, message: None
     on_push: Callable[[str, float], None] = lambda type_url, seconds: None
     on_converged: Callable[[str, float], None] = lambda type_url, seconds: None
+    encoder: EncodeCache = field(default_factory=EncodeCache)
     proxy: Proxy | None = None
     identity: SpiffeId | None = None  # the caller verified on the TLS port; None on the plaintext port
     watches: dict[str, Any] = field(default_factory=dict)
@@ -131,9 +136,15 @@ class Stream(StreamBase):
     its version; `on_nack(proxy, type_url, message)` lets the server count and
     show rejections; `on_push(type_url, seconds)` counts responses sent and the
     time spent building each; `on_converged(type_url, seconds)` times pushes to their ACK.
+
+    `changed_only`: a push leaves out a type whose resources are all as the proxy last got them (a full push
+    after a route change need not send a thousand unchanged clusters to every proxy), and sends EDS with only
+    the assignments that changed: a state-of-the-world EDS response may hold a subset (Envoy keeps the ones
+    left out), which is how istiod sends endpoint changes.
     """
 
     watches: dict[str, Watch] = field(default_factory=dict)
+    changed_only: bool = False
 
     def on_request(self, request: DiscoveryRequest) -> list[DiscoveryResponse]:
         """The responses one request calls for (often none)."""
@@ -166,11 +177,14 @@ class Stream(StreamBase):
             if names == watch.names:
                 return []
             watch.names = names
-        return [self._respond(type_url, watch)]
+        response = self._respond(type_url, watch)
+        assert response is not None  # only pushes leave a response out
+        return [response]
 
     def push(self, types: frozenset[str] | None = None, started: float | None = None) -> list[DiscoveryResponse]:
-        """Regenerate for the current config and send every subscribed type (or only `types`), clusters first.
-        `started` (monotonic) is when the change that causes the push was seen."""
+        """Regenerate for the current config and send every subscribed type (or only `types`, and with
+        `changed_only` only what changed), clusters first. `started` (monotonic) is when the change that causes
+        the push was seen."""
         if self.proxy is None:
             return []
         started = time.monotonic() if started is None else started
@@ -178,14 +192,23 @@ class Stream(StreamBase):
         out = []
         for type_url in PUSH_ORDER:
             if type_url in self.watches and (types is None or type_url in types):
-                out.append(self._respond(type_url, self.watches[type_url]))
-                self.watches[type_url].push_started = started
+                response = self._respond(type_url, self.watches[type_url], self.changed_only)
+                if response is not None:
+                    out.append(response)
+                    self.watches[type_url].push_started = started
         return out
 
-    def _respond(self, type_url: str, watch: Watch) -> DiscoveryResponse:
+    def _respond(self, type_url: str, watch: Watch, changed_only: bool = False) -> DiscoveryResponse | None:
         begun = time.perf_counter()
-        available = self._resources.get(type_url, {})
-        chosen = sorted(available) if watch.names is None else sorted(n for n in watch.names if n in available)
+        selection = self.encoder.select(type_url, self._resources.get(type_url, {}), watch.names, self._version)
+        chosen = selection.encoded
+        if changed_only and selection.versions == watch.sent:
+            return None
+        if changed_only and type_url == ENDPOINT:
+            chosen = {name: e for name, e in chosen.items() if watch.sent.get(name) != e.version}
+        watch.sent = selection.versions
+        if not chosen and changed_only and type_url == ENDPOINT:
+            return None  # assignments only went away: their clusters' removal (CDS) says so
         watch.nonce = next_nonce()
         watch.version_sent = self._version
         watch.sent_at = time.time()
@@ -194,7 +217,7 @@ class Stream(StreamBase):
             version_info=self._version,
             type_url=type_url,
             nonce=watch.nonce,
-            resources=[to_any(type_url, available[name]) for name in chosen],
+            resources=[encoded.packed for encoded in chosen.values()],
         )
         self.on_push(type_url, time.perf_counter() - begun)
         return response

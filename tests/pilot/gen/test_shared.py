@@ -1,0 +1,99 @@
+"""Generation shared between proxies: only proxies whose config cannot differ share one, and a new snapshot is
+generated afresh."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from pylon.pilot.gen import SharedGenerations, generation_key, generator_for
+from pylon.pilot.gen.types import ROUTE
+from pylon.pilot.proxy import Proxy, parse_node
+from pylon.pilot.snapshot import Snapshot
+from tests.pilot.builders import doc, service_entry, snapshot
+
+SECURITY = "security.istio.io/v1"
+REVIEWS = "reviews.default.svc.cluster.local"
+
+
+def sidecar(pod: str, ip: str, labels: dict[str, str], namespace: str = "default", **metadata: Any) -> Proxy:
+    return parse_node(f"sidecar~{ip}~{pod}.{namespace}~{namespace}.svc.cluster.local",
+                      {"NAMESPACE": namespace, "LABELS": labels, "POD_NAME": pod, **metadata})  # fmt: skip
+
+
+def base_docs() -> list[dict[str, Any]]:
+    return [service_entry(REVIEWS, [("10.0.0.1", 9080, {"version": "v1"})], port=9080, name="reviews")]
+
+
+# One config per place a generator looks at a proxy's labels; each selects `tier: a`.
+SELECTING = {
+    "Sidecar": doc("Sidecar", "a", {"workloadSelector": {"labels": {"tier": "a"}}, "egress": [{"hosts": ["./*"]}],
+                                    "outboundTrafficPolicy": {"mode": "REGISTRY_ONLY"}}),
+    "AuthorizationPolicy": doc("AuthorizationPolicy", "a", {"selector": {"matchLabels": {"tier": "a"}}},
+                               api_version=SECURITY),
+    "PeerAuthentication": doc("PeerAuthentication", "a", {"selector": {"matchLabels": {"tier": "a"}},
+                                                         "mtls": {"mode": "STRICT"}}, api_version=SECURITY),
+    "ServiceEntry workloadSelector": doc("ServiceEntry", "own", {
+        "hosts": ["own.default.svc.cluster.local"], "resolution": "STATIC", "workloadSelector": {"labels": {"tier": "a"}},
+        "ports": [{"number": 80, "name": "http", "protocol": "HTTP"}]}),
+    "VirtualService sourceLabels": doc("VirtualService", "a", {"hosts": [REVIEWS], "http": [
+        {"match": [{"sourceLabels": {"tier": "a"}}], "route": [{"destination": {"host": REVIEWS}}], "timeout": "3s"},
+        {"route": [{"destination": {"host": REVIEWS}}]}]}),
+    "EnvoyFilter": doc("EnvoyFilter", "a", {"workloadSelector": {"labels": {"tier": "a"}}, "configPatches": [
+        {"applyTo": "CLUSTER", "match": {"context": "SIDECAR_OUTBOUND"},
+         "patch": {"operation": "MERGE", "value": {"connectTimeout": "7s"}}}]}, namespace="default",
+        api_version="networking.istio.io/v1alpha3"),
+}  # fmt: skip
+
+
+def test_replicas_share_one_generation_identical_to_their_own() -> None:
+    snap = snapshot(*base_docs(), SELECTING["Sidecar"])
+    shared = SharedGenerations()
+    one = sidecar("web-1", "10.1.0.1", {"tier": "a", "pod-template-hash": "x1"})
+    two = sidecar("web-2", "10.1.0.2", {"tier": "a", "pod-template-hash": "x2"}, INSTANCE_IPS="10.1.0.2")
+    assert generation_key(one, snap) == generation_key(two, snap)
+    assert shared.generate(one, snap) is shared.generate(two, snap)
+    for proxy in (one, two):
+        assert shared.generate(proxy, snap) == generator_for(proxy).generate(proxy, snap)
+
+
+@pytest.mark.parametrize("kind", sorted(SELECTING))
+def test_a_label_any_selector_names_keeps_proxies_apart(kind: str) -> None:
+    snap = snapshot(*base_docs(), SELECTING[kind])
+    assert "tier" in snap.selector_label_keys
+    selected, other = sidecar("a-1", "10.1.0.1", {"tier": "a"}), sidecar("b-1", "10.1.0.2", {"tier": "b"})
+    assert generation_key(selected, snap) != generation_key(other, snap)
+    shared = SharedGenerations()
+    for proxy in (selected, other):
+        assert shared.generate(proxy, snap) == generator_for(proxy).generate(proxy, snap)
+    assert shared.generate(selected, snap) != shared.generate(other, snap)  # the selector made a difference
+
+
+def test_namespace_type_and_interception_mode_keep_proxies_apart() -> None:
+    snap = snapshot(*base_docs())
+    base = sidecar("a-1", "10.1.0.1", {})
+    for different in (sidecar("a-1", "10.1.0.1", {}, namespace="other"),
+                      sidecar("a-1", "10.1.0.1", {}, INTERCEPTION_MODE="NONE")):  # fmt: skip
+        assert generation_key(base, snap) != generation_key(different, snap)
+        assert SharedGenerations().generate(different, snap) == generator_for(different).generate(different, snap)
+
+
+def test_a_new_snapshot_is_generated_afresh() -> None:
+    shared = SharedGenerations()
+    proxy = sidecar("a-1", "10.1.0.1", {})
+
+    def routes(snap: Snapshot) -> str:
+        return str(shared.generate(proxy, snap)[ROUTE])
+
+    before = snapshot(*base_docs(), doc("VirtualService", "r", {"hosts": [REVIEWS], "http": [
+        {"route": [{"destination": {"host": REVIEWS}}], "timeout": "3s"}]}))  # fmt: skip
+    after = snapshot(*base_docs(), doc("VirtualService", "r", {"hosts": [REVIEWS], "http": [
+        {"route": [{"destination": {"host": REVIEWS}}], "timeout": "4s"}]}))  # fmt: skip
+    assert "'3s'" in routes(before) and "'4s'" in routes(after)
+
+
+def test_unsupported_proxies_are_still_refused() -> None:
+    waypoint = parse_node("waypoint~10.0.0.1~w.default~default.svc.cluster.local", {})
+    with pytest.raises(ValueError, match="waypoint proxies are not supported"):
+        SharedGenerations().generate(waypoint, snapshot(*base_docs()))
