@@ -97,3 +97,19 @@ def test_unsupported_proxies_are_still_refused() -> None:
     waypoint = parse_node("waypoint~10.0.0.1~w.default~default.svc.cluster.local", {})
     with pytest.raises(ValueError, match="waypoint proxies are not supported"):
         SharedGenerations().generate(waypoint, snapshot(*base_docs()))
+
+
+def test_the_verified_identity_and_proxy_config_are_part_of_the_key() -> None:
+    """Gateway secrets go only to verified proxies, with their own key provider: two gateways that differ only
+    there must not share a generation (a plaintext one would otherwise get a verified one's keys)."""
+    import dataclasses
+
+    from pylon.identity.spiffe import SpiffeId
+
+    config = snapshot(*base_docs())
+    plain = parse_node("router~10.0.0.1~gw-1.istio-system~istio-system.svc.cluster.local", {"NAMESPACE": "istio-system"})
+    verified = dataclasses.replace(plain, identity=SpiffeId("cluster.local", "istio-system", "gw"))
+    with_provider = dataclasses.replace(verified, metadata={
+        "NAMESPACE": "istio-system", "PROXY_CONFIG": {"privateKeyProvider": {"qat": {"pollDelay": "2ms"}}}})
+    keys = {generation_key(p, config) for p in (plain, verified, with_provider)}
+    assert len(keys) == 3
