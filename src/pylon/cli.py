@@ -77,5 +77,14 @@ def _register_agent_command() -> None:
 
 _register_agent_command()
 
+
+def _register_mesh_command() -> None:
+    from pylon.mesh.cli import mesh_command
+
+    main.add_command(mesh_command)
+
+
+_register_mesh_command()
+
 if __name__ == "__main__":
     main()

@@ -13,6 +13,7 @@ import asyncio
 import datetime as dt
 import json
 import logging
+import os
 import shutil
 import signal
 import sys
@@ -51,6 +52,7 @@ class AgentOptions:
     ttl_seconds: int = 24 * 3600
     grace_ratio: float = 0.5
     drain_seconds: float = 5.0
+    proxy_uid: int | None = None
     log_level: str = "info"
 
 
@@ -107,6 +109,9 @@ def proxy_command(options: AgentOptions) -> list[str]:
                    "--disable-hot-restart", "--log-level", "warning"]  # fmt: skip
     if options.bootstrap_override is not None:
         command += ["--config-yaml", options.bootstrap_override.read_text()]
+    if options.proxy_uid is not None:
+        uid = options.proxy_uid
+        command = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *command]
     return command
 
 
@@ -141,6 +146,9 @@ async def run(options: AgentOptions) -> int:
     xds = XdsProxy(options.discovery_address, options.root_cert.read_bytes(), options.token_file,
                    cluster_id=options.workload.cluster_id)  # fmt: skip
     await xds.start(options.xds_socket)
+    if options.proxy_uid is not None:  # the proxy, another user, must be able to connect to both sockets
+        for socket_path in (options.sds_socket, options.xds_socket):
+            os.chown(socket_path, options.proxy_uid, options.proxy_uid)
     rotation = asyncio.create_task(agent.rotate_forever(due))
     bootstrap = build_bootstrap(options.workload, xds_socket=str(options.xds_socket),
                                 sds_socket=str(options.sds_socket), admin_port=options.admin_port)  # fmt: skip

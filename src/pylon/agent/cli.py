@@ -70,6 +70,9 @@ def _address(text: str, flag: str) -> tuple[str, int]:
               show_default=True, help="Renew at expiry minus this fraction of the lifetime.")
 @click.option("--drain-seconds", type=click.FloatRange(0), default=5.0, show_default=True,
               help="How long the proxy drains on SIGTERM before it is stopped.")
+@click.option("--proxy-uid", type=click.IntRange(1), default=None,
+              help="Run the proxy as this user and group (Istio's istio-proxy 1337, which capture rules let through); "
+                   "needs the agent to run as root.")
 @click.option("-l", "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True)
 def agent_command(proxy_type: str, namespace: str, service_account: str, pod_name: str, ip: str, trust_domain: str,
@@ -77,7 +80,7 @@ def agent_command(proxy_type: str, namespace: str, service_account: str, pod_nam
                   label_pairs: tuple[str, ...], proxy_config: Path | None, workdir: Path,
                   sds_socket: Path | None, proxy: str, envoy_binary: str | None, bootstrap_override: Path | None,
                   admin_port: int, health_address: str, ttl_seconds: int, grace_ratio: float, drain_seconds: float,
-                  log_level: str) -> None:  # fmt: skip
+                  proxy_uid: int | None, log_level: str) -> None:  # fmt: skip
     """Run Istio's pilot-agent role beside a proxy: certificate, SDS, xDS proxy, rotation, bootstrap, supervision."""
     from pylon.agent.app import AgentOptions, run_agent
     from pylon.agent.bootstrap import Workload
@@ -107,6 +110,6 @@ def agent_command(proxy_type: str, namespace: str, service_account: str, pod_nam
         bootstrap_path=workdir / "etc/istio/proxy/envoy-rev.json", proxy=proxy, envoy_binary=envoy_binary,
         bootstrap_override=bootstrap_override, admin_port=admin_port,
         health=_address(health_address, "--health-address"), ttl_seconds=ttl_seconds, grace_ratio=grace_ratio,
-        drain_seconds=drain_seconds, log_level=log_level,
+        drain_seconds=drain_seconds, proxy_uid=proxy_uid, log_level=log_level,
     )  # fmt: skip
     sys.exit(run_agent(options))

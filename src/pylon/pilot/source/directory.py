@@ -54,11 +54,15 @@ def config_files(root: Path) -> list[Path]:
 
 def load_directory(root: Path) -> LoadResult:
     """Decode every document of every config file below `root`, collecting all errors."""
-    result = LoadResult()
     if not root.is_dir():
-        result.errors.append(ConfigError(str(root), "", "not a directory"))
-        return result
-    for path in config_files(root):
+        return LoadResult(errors=[ConfigError(str(root), "", "not a directory")])
+    return load_directory_files(config_files(root))
+
+
+def load_directory_files(paths: list[Path]) -> LoadResult:
+    """Decode every document of `paths`, collecting all errors."""
+    result = LoadResult()
+    for path in paths:
         try:
             documents = read_documents(path)
         except ConfigError as exc:

@@ -1,0 +1,227 @@
+"""`pylon mesh up | run | exec | status | down`: the mesh's life cycle, kept in the state directory.
+
+`up` starts pilot (with its CA) in namespace `pm-istiod` on the hub's bridge. `run` gives a workload
+a pod namespace with Istio's capture rules, a service (a VIP and a name every pod resolves), a token
+for its service account and an injected sidecar (`pylon agent` running the proxy as uid 1337), then
+starts the workload's command. `down` removes everything the mesh made, and also what a crashed one
+left (it looks for the `pm-` names, not only at the state).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from pylon.mesh import netns
+from pylon.pilot.source.directory import load_directory_files
+from pylon.mesh.install import Install
+from pylon.mesh.layout import (HUB, PILOT_ADDRESS, PROXY_UID, allocate, check_name, netns_name, service_host,
+                               state_dir, veth_name)  # fmt: skip
+from pylon.mesh.resources import WorkloadSpec, hosts_file, workload_documents
+from pylon.mesh.state import MeshState, Process, Workload
+
+PILOT_NETNS = netns_name("istiod")
+PILOT_INDEX = 2
+XDS_PORT, CA_PORT, DEBUG_PORT, MONITORING_PORT = 15010, 15012, 8080, 15014
+PYLON = [sys.executable, "-m", "pylon.cli"]
+
+
+class Mesh:
+    """The mesh under `root` (the state directory)."""
+
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = root or state_dir()
+        self.state_file = self.root / "state.json"
+        self.config_dir = self.root / "config"
+        self.ca_dir = self.root / "cacerts"
+        self.logs = self.root / "logs"
+
+    # ------------------------------------------------------------------ up / down
+
+    def up(self, install: Install, proxy: str = "pylon") -> None:
+        netns.check_host()
+        if self.state_file.exists() or netns.mesh_namespaces():
+            raise netns.MeshError("a mesh is already up (or left over): run `pylon mesh down` first")
+        for directory in (self.config_dir, self.ca_dir, self.logs, self.root / "secrets", self.root / "workloads"):
+            directory.mkdir(parents=True, exist_ok=True)
+        self.root.chmod(0o755)
+        state = MeshState(proxy=proxy)
+        try:
+            netns.create_hub()
+            netns.create_pod(PILOT_NETNS, veth_name(PILOT_INDEX), PILOT_ADDRESS)
+            command = [*PYLON, "pilot", "--config-dir", str(self.config_dir), "--ca-dir", str(self.ca_dir),
+                       "--secrets-dir", str(self.root / "secrets"),
+                       "--grpc-address", f"{PILOT_ADDRESS}:{XDS_PORT}", "--ca-address", f"{PILOT_ADDRESS}:{CA_PORT}",
+                       "--debug-address", f"{PILOT_ADDRESS}:{DEBUG_PORT}",
+                       "--monitoring-address", f"{PILOT_ADDRESS}:{MONITORING_PORT}"]  # fmt: skip
+            if install.mesh_config:
+                (self.root / "mesh.yaml").write_text(yaml.safe_dump(install.mesh_config))
+                command += ["--mesh-config", str(self.root / "mesh.yaml")]
+            pilot = netns.spawn(PILOT_NETNS, command, self.logs / "pilot.log")
+            state.processes.append(Process("pilot", pilot.pid, netns.start_ticks(pilot.pid)))
+            state.save(self.state_file)
+            _wait_for_port(HUB, str(PILOT_ADDRESS), CA_PORT, pilot, self.logs / "pilot.log")
+        except BaseException:
+            self.down()
+            raise
+
+    def down(self) -> list[str]:
+        """Stop every process and remove every namespace, file and rule the mesh made; what was removed."""
+        removed: list[str] = []
+        if self.state_file.exists():
+            state = MeshState.load(self.state_file)
+            for workload in state.workloads.values():
+                for process in workload.processes:
+                    netns.stop(process.pid, process.start_ticks)
+            for process in state.processes:
+                netns.stop(process.pid, process.start_ticks)
+        if shutil.which("ip"):
+            for name in sorted(netns.mesh_namespaces(), key=lambda n: n == HUB):  # the hub (and its veths) last
+                netns.delete_namespace(name)
+                removed.append(name)
+        for leftover in netns.ETC_NETNS.glob("pm-*") if netns.ETC_NETNS.exists() else []:
+            shutil.rmtree(leftover, ignore_errors=True)
+        if self.root.exists():
+            shutil.rmtree(self.root)
+            removed.append(str(self.root))
+        return removed
+
+    # ------------------------------------------------------------------ workloads
+
+    def run(self, name: str, namespace: str, service_account: str, ports: tuple[int, ...],
+            labels: dict[str, str], command: list[str]) -> WorkloadSpec:  # fmt: skip
+        """Start `command` as workload `name` with an injected sidecar; returns where it runs."""
+        netns.check_host()
+        check_name(name, "workload")
+        check_name(namespace, "namespace")
+        state = self._state()
+        if name in state.workloads:
+            raise netns.MeshError(f"workload {name} already runs (pylon mesh status)")
+        slot = allocate({w.index for w in state.workloads.values()} | {PILOT_INDEX})
+        spec = WorkloadSpec(name=name, namespace=namespace, service_account=service_account, address=str(slot.address),
+                            vip=str(slot.vip), ports=ports, labels=labels)  # fmt: skip
+        pod = netns_name(name)
+        workdir = self.root / "workloads" / name
+        workdir.mkdir(parents=True)
+        workload = Workload(spec=spec, index=slot.index)
+        state.workloads[name] = workload
+        state.save(self.state_file)
+        netns.create_pod(pod, veth_name(slot.index), slot.address)
+        netns.check_route(pod, PILOT_ADDRESS)
+        netns.load_capture(pod)
+        (self.config_dir / f"workload-{name}.yaml").write_text(yaml.safe_dump_all(workload_documents(spec)))
+        self._write_names(state)
+        self._start_sidecar(state, workload, workdir)
+        if command:
+            app = netns.spawn(pod, command, self.logs / f"{name}.log")
+            workload.processes.append(Process("app", app.pid, netns.start_ticks(app.pid)))
+            state.save(self.state_file)
+        return spec
+
+    def exec(self, name: str, command: list[str]) -> int:
+        """Run `command` in workload `name`'s namespace (as `kubectl exec`), attached to this terminal."""
+        state = self._state()
+        if name not in state.workloads:
+            raise netns.MeshError(f"no workload {name} (pylon mesh status lists them)")
+        return subprocess.run(["ip", "netns", "exec", netns_name(name), *command]).returncode
+
+    def apply(self, path: Path) -> int:
+        """Add (or replace) the Istio resources of `path` in the running mesh, as `kubectl apply -f`: checked
+        first as pilot reads them (errors name file, document and field), then handed to pilot's watched config
+        directory; the number of resources applied."""
+        self._state()
+        result = load_directory_files([path])
+        if result.errors:
+            raise result.errors[0]
+        target = self.config_dir / f"applied-{path.name}"
+        target.write_text(path.read_text())
+        return len(result.resources)
+
+    def status(self) -> MeshState:
+        return self._state()
+
+    # ------------------------------------------------------------------ details
+
+    def _state(self) -> MeshState:
+        if not self.state_file.exists():
+            raise netns.MeshError("no mesh is up (pylon mesh up)")
+        return MeshState.load(self.state_file)
+
+    def _write_names(self, state: MeshState) -> None:
+        """Every pod resolves every service by name: hosts files for all pods, rewritten in place."""
+        hosts = hosts_file([w.spec for w in state.workloads.values()])
+        for name in state.workloads:
+            netns.write_etc(netns_name(name), "hosts", hosts)
+            netns.write_etc(netns_name(name), "resolv.conf", "options timeout:1 attempts:1\nnameserver 10.77.0.1\n")
+
+    def _start_sidecar(self, state: MeshState, workload: Workload, workdir: Path) -> None:
+        spec = workload.spec
+        token = workdir / "token"
+        issued = subprocess.run([*PYLON, "pilot", "token", "--ca-dir", str(self.ca_dir), "--namespace",
+                                 spec.namespace, "--service-account", spec.service_account],
+                                capture_output=True, text=True, check=True)  # fmt: skip
+        token.write_text(issued.stdout.strip())
+        shutil.chown(workdir, PROXY_UID, PROXY_UID)
+        shutil.chown(token, PROXY_UID, PROXY_UID)
+        token.chmod(0o600)
+        command = [*PYLON, "agent", "--type", "sidecar", "--namespace", spec.namespace,
+                   "--service-account", spec.service_account, "--pod-name", f"{spec.name}-0", "--ip", spec.address,
+                   "--ca-address", f"{PILOT_ADDRESS}:{CA_PORT}", "--discovery-address", f"{PILOT_ADDRESS}:{CA_PORT}",
+                   "--root-cert", str(self.ca_dir / "root-cert.pem"), "--token-file", str(token),
+                   "--workdir", str(workdir), "--proxy", state.proxy, "--health-address", "127.0.0.1:15021",
+                   *_proxy_user(state.proxy),
+                   *(arg for key, value in spec.all_labels.items() for arg in ("--labels", f"{key}={value}"))]
+        agent = netns.spawn(netns_name(spec.name), command, self.logs / f"{spec.name}-sidecar.log", proxy_group=True)
+        workload.processes.append(Process("sidecar", agent.pid, netns.start_ticks(agent.pid)))
+        state.save(self.state_file)
+        _wait_ready(netns_name(spec.name), agent, self.logs / f"{spec.name}-sidecar.log")
+
+
+def _proxy_user(proxy: str) -> list[str]:
+    """Envoy runs as Istio's uid 1337. `pylon proxy` stays uid 0 in group 1337 (the capture rules let that group
+    through, as istio-iptables' --proxy-gid): it spawns its workers with the Python interpreter, which uid 1337
+    may not be able to execute (here it lives in root's home)."""
+    return ["--proxy-uid", str(PROXY_UID)] if proxy == "envoy" else []
+
+
+def _wait_for_port(namespace: str, host: str, port: int, proc: subprocess.Popen, log: Path,
+                   timeout: float = 30) -> None:  # fmt: skip
+    probe = f"import socket; socket.create_connection(({host!r}, {port}), timeout=1).close()"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise netns.MeshError(f"exited with {proc.returncode}; see {log}:\n{_tail(log)}")
+        if subprocess.run(["ip", "netns", "exec", namespace, sys.executable, "-c", probe],
+                          capture_output=True).returncode == 0:  # fmt: skip
+            return
+        time.sleep(0.2)
+    raise netns.MeshError(f"nothing listens on {host}:{port} after {timeout:.0f}s; see {log}:\n{_tail(log)}")
+
+
+def _wait_ready(pod: str, agent: subprocess.Popen, log: Path, timeout: float = 60) -> None:
+    """Until the sidecar's /healthz/ready says 200 (a certificate and a proxy with its config)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if agent.poll() is not None:
+            raise netns.MeshError(f"the sidecar exited with {agent.returncode}; see {log}:\n{_tail(log)}")
+        answer = subprocess.run(["ip", "netns", "exec", pod, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
+                                 "--max-time", "1", "http://127.0.0.1:15021/healthz/ready"], capture_output=True)
+        if answer.stdout == b"200":
+            return
+        time.sleep(0.3)
+    raise netns.MeshError(f"the sidecar of {pod} is not ready after {timeout:.0f}s; see {log}:\n{_tail(log)}")
+
+
+def _tail(log: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+__all__ = ["Mesh", "service_host"]

@@ -1,0 +1,89 @@
+"""The sans-IO parts of `pylon mesh`: names, addresses, capture rules, workload resources, install files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pylon.config.errors import ConfigError
+from pylon.mesh.capture import ruleset
+from pylon.mesh.install import load_install
+from pylon.mesh.layout import allocate, check_name
+from pylon.mesh.resources import WorkloadSpec, hosts_file, workload_documents
+from pylon.pilot.istio.resources import decode_resource
+from pylon.pilot.snapshot import build_snapshot
+
+SPEC = WorkloadSpec(name="server", namespace="default", service_account="server", address="10.77.0.10",
+                    vip="10.77.128.10", ports=(8080,), labels={"version": "v1"})
+
+
+def test_slots_addresses_and_names() -> None:
+    slot = allocate({10, 11})
+    assert (slot.index, str(slot.address), str(slot.vip)) == (12, "10.77.0.12", "10.77.128.12")
+    assert check_name("server-1", "workload") == "server-1"
+    with pytest.raises(ValueError, match="DNS label"):
+        check_name("Server_1", "workload")
+
+
+def test_capture_rules_exempt_the_proxy_and_its_ports() -> None:
+    rules = ruleset()
+    assert "tcp dport { 15008, 15020, 15021, 15090 } return" in rules
+    assert "meta l4proto tcp redirect to :15006" in rules and "meta l4proto tcp redirect to :15001" in rules
+    assert "meta skuid 1337 return" in rules and "meta skgid 1337 return" in rules
+    assert 'ip saddr 127.0.0.6 oifname "lo" return' in rules
+    # The order is the rules' meaning: the exemptions come before the catch-all redirect.
+    assert rules.index("meta skgid 1337 return") < rules.index("redirect to :15001")
+
+
+def test_workload_resources_are_what_pilot_reads() -> None:
+    docs = workload_documents(SPEC)
+    resources = [decode_resource(doc, "workload.yaml", i) for i, doc in enumerate(docs)]
+    snapshot = build_snapshot(resources, version="v")
+    [service] = snapshot.services["server.default.svc.cluster.local"]
+    assert [(e.address, e.labels["security.istio.io/tlsMode"]) for e in service.endpoints] == [("10.77.0.10", "istio")]
+    assert resources[0].spec.addresses == ["10.77.128.10"]
+
+
+def test_every_pod_resolves_every_service() -> None:
+    hosts = hosts_file([SPEC])
+    assert "10.77.128.10 server.default.svc.cluster.local server.default.svc server.default" in hosts
+
+
+def test_install_file_uses_mesh_config_and_names_what_it_ignores(tmp_path: Path) -> None:
+    path = tmp_path / "install.yaml"
+    path.write_text(yaml.safe_dump({"apiVersion": "install.istio.io/v1alpha1", "kind": "IstioOperator", "spec": {
+        "hub": "docker.io/intel", "tag": "1.21.0-intel.0", "meshConfig": {"accessLogFile": "/dev/stdout"},
+        "components": {"pilot": {"k8s": {"resources": {}}}}}}))  # fmt: skip
+    install = load_install(path)
+    assert install.mesh_config == {"accessLogFile": "/dev/stdout"}
+    assert sorted(install.ignored) == ["spec.components.pilot", "spec.hub", "spec.tag"]
+
+
+@pytest.mark.parametrize(("spec", "field"), [
+    ({"meshConfig": {"accessLogEncoding": "XML"}}, "spec.meshConfig.accessLogEncoding"),
+    ({"components": {"ingressGateways": [{"name": "istio-ingressgateway", "enabled": True}]}},
+     "spec.components.ingressGateways"),
+    ({"addonComponents": {}}, "spec.addonComponents"),
+])  # fmt: skip
+def test_install_errors_name_the_field(tmp_path: Path, spec: dict, field: str) -> None:
+    path = tmp_path / "install.yaml"
+    path.write_text(yaml.safe_dump({"apiVersion": "install.istio.io/v1alpha1", "kind": "IstioOperator", "spec": spec}))
+    with pytest.raises(ConfigError) as info:
+        load_install(path)
+    assert info.value.path == field and str(path) in str(info.value)
+
+
+def test_a_mesh_address_is_used_only_through_our_own_eth0(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing may leave the machine: a route to a mesh address that is not our veth (e.g. the host's default
+    route) is refused before anything is sent."""
+    import ipaddress
+
+    from pylon.mesh import netns
+
+    monkeypatch.setattr(netns, "run", lambda *cmd, **kw: "10.77.0.2 via 192.168.1.1 dev ens3 src 192.168.1.5\n")
+    with pytest.raises(netns.MeshError, match="route is not our eth0"):
+        netns.check_route("pm-x", ipaddress.ip_address("10.77.0.2"))
+    monkeypatch.setattr(netns, "run", lambda *cmd, **kw: "10.77.0.2 dev eth0 src 10.77.0.10 uid 0\n")
+    netns.check_route("pm-x", ipaddress.ip_address("10.77.0.2"))
