@@ -56,3 +56,18 @@ def test_proxy_config_errors_name_the_file_and_field(tmp_path: Path, text: str, 
                                                (1e-9, "0.000000001s")])  # fmt: skip
 def test_durations_as_go_protojson_writes_them(seconds: float, text: str) -> None:
     assert protojson_duration(seconds) == text
+
+
+def test_the_proxy_runs_as_the_proxy_uid_when_asked(tmp_path: Path) -> None:
+    """Istio's proxy runs as istio-proxy (1337): the uid the capture rules let through uncaptured."""
+    from pylon.agent.app import AgentOptions, proxy_command
+
+    workload = Workload(SpiffeId("cluster.local", "default", "web"), "web-0", "10.0.0.1")
+    options = AgentOptions(workload=workload, ca_address="x:1", root_cert=tmp_path / "r", token_file=tmp_path / "t",
+                           discovery_address="x:1", sds_socket=tmp_path / "s", xds_socket=tmp_path / "x",
+                           bootstrap_path=tmp_path / "b.json", proxy="envoy", envoy_binary="/bin/envoy")  # fmt: skip
+    assert proxy_command(options)[0] == "/bin/envoy"
+    import dataclasses
+
+    command = proxy_command(dataclasses.replace(options, proxy_uid=1337))
+    assert command[:4] == ["setpriv", "--reuid=1337", "--regid=1337", "--clear-groups"] and command[4] == "/bin/envoy"
