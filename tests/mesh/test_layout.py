@@ -63,8 +63,11 @@ def test_install_file_uses_mesh_config_and_names_what_it_ignores(tmp_path: Path)
 
 @pytest.mark.parametrize(("spec", "field"), [
     ({"meshConfig": {"accessLogEncoding": "XML"}}, "spec.meshConfig.accessLogEncoding"),
-    ({"components": {"ingressGateways": [{"name": "istio-ingressgateway", "enabled": True}]}},
-     "spec.components.ingressGateways"),
+    ({"components": {"egressGateways": [{"name": "istio-egressgateway", "enabled": True}]}},
+     "spec.components.egressGateways"),
+    ({"components": {"ingressGateways": [{"name": "gw", "k8s": {"podAnnotations": {
+        "proxy.istio.io/config": "privateKeyProvider:\n  qat: {}\n"}}}]}},
+     "spec.components.ingressGateways[0].k8s.podAnnotations.proxy.istio.io/config.privateKeyProvider.qat.pollDelay"),
     ({"addonComponents": {}}, "spec.addonComponents"),
 ])  # fmt: skip
 def test_install_errors_name_the_field(tmp_path: Path, spec: dict, field: str) -> None:
@@ -87,3 +90,21 @@ def test_a_mesh_address_is_used_only_through_our_own_eth0(monkeypatch: pytest.Mo
         netns.check_route("pm-x", ipaddress.ip_address("10.77.0.2"))
     monkeypatch.setattr(netns, "run", lambda *cmd, **kw: "10.77.0.2 dev eth0 src 10.77.0.10 uid 0\n")
     netns.check_route("pm-x", ipaddress.ip_address("10.77.0.2"))
+
+
+def test_an_ingress_gateway_of_intels_qat_install(tmp_path: Path) -> None:
+    """The shape of Intel's QAT install file: the gateway, its annotation used, Kubernetes's parts named."""
+    path = tmp_path / "qat.yaml"
+    path.write_text(yaml.safe_dump({"apiVersion": "install.istio.io/v1alpha1", "kind": "IstioOperator", "spec": {
+        "profile": "default", "components": {"ingressGateways": [{"name": "istio-ingressgateway", "enabled": True,
+            "k8s": {"overlays": [], "resources": {"requests": {"qat.intel.com/cy": "1"}},
+                    "podAnnotations": {"proxy.istio.io/config": "privateKeyProvider:\n  qat:\n    pollDelay: 2ms\n"}}}]},
+        "values": {"sidecarInjectorWebhook": {}}}}))  # fmt: skip
+    install = load_install(path)
+    [gateway] = install.gateways
+    assert (gateway.name, gateway.namespace) == ("istio-ingressgateway", "istio-system")
+    assert gateway.labels == {"app": "istio-ingressgateway", "istio": "ingressgateway"}
+    assert "qat" in gateway.proxy_config
+    assert sorted(install.ignored) == ["spec.components.ingressGateways[0].k8s.overlays",
+                                       "spec.components.ingressGateways[0].k8s.resources", "spec.profile",
+                                       "spec.values"]

@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,6 +28,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 SERVER = "http://server.default.svc.cluster.local:8080"
+QAT_FALLBACK = "privateKeyProvider:\n  qat:\n    pollDelay: 2ms\n    fallback: true\n"
 
 
 class MeshCli:
@@ -51,15 +53,24 @@ class MeshCli:
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshCli]:
     if subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.count("pm-"):
         pytest.skip("a pylon mesh is already up on this machine (pylon mesh down first)")
-    state = tmp_path_factory.mktemp("mesh") / "state"
+    base = tmp_path_factory.mktemp("mesh")
+    # Unix socket paths (the agents' SDS and xDS sockets under the state) must stay under 108 bytes.
+    state = Path(tempfile.mkdtemp(prefix="pm-", dir="/tmp")) / "s"
+    install = base / "install.yaml"
+    install.write_text(yaml.safe_dump({"apiVersion": "install.istio.io/v1alpha1", "kind": "IstioOperator", "spec": {
+        "components": {"ingressGateways": [{"name": "istio-ingressgateway", "enabled": True, "k8s": {
+            "resources": {"requests": {"cpu": "2000m"}},
+            "podAnnotations": {"proxy.istio.io/config": QAT_FALLBACK}}}]}}}))  # fmt: skip
     cli = MeshCli(state)
     try:
-        cli("up")
+        up = cli("up", "-f", str(install))
+        assert "ignored (Kubernetes only): spec.components.ingressGateways[0].k8s.resources" in up.stderr
         cli("run", "server", "--port", "8080", "--", sys.executable, "-m", "pylon.cli", "echo", "--port", "8080")
         cli("run", "client", "--port", "9000", "--", "sleep", "600")
         yield cli
     finally:
         cli("down", check=False)
+        shutil.rmtree(state.parent, ignore_errors=True)
 
 
 def test_workloads_talk_by_name_through_both_sidecars_with_mtls(mesh: MeshCli) -> None:
@@ -89,6 +100,48 @@ def test_apply_refuses_a_bad_resource_naming_the_field(mesh: MeshCli, tmp_path: 
                                    "metadata": {"name": "v"}, "spec": {"hosts": ["x"], "htp": []}}))
     done = mesh("apply", "-f", str(bad), check=False)
     assert done.returncode == 1 and "htp" in done.stderr and "bad.yaml" in done.stderr
+
+
+def test_the_ingress_gateway_terminates_tls_with_a_credential_and_routes_to_the_server(mesh: MeshCli,
+                                                                                       tmp_path: Path) -> None:
+    """The install's gateway, its key provider from the pod annotation (QAT: no device here, so the key is used
+    in software, as `fallback: true` asks, with a warning), a Gateway with credentialName and its Secret applied
+    as with kubectl, reached from the client pod over TLS."""
+    import base64
+
+    from pylon.identity.certs import issue_leaf, make_ca
+
+    ca = make_ca()
+    leaf = issue_leaf(ca, common_name="gw.example.com", dns_names=["gw.example.com"])
+    (tmp_path / "ca.pem").write_bytes(ca.cert_pem)
+    secret = {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+              "metadata": {"name": "gw-cred", "namespace": "istio-system"},
+              "data": {"tls.crt": base64.b64encode(leaf.cert_pem).decode(),
+                       "tls.key": base64.b64encode(leaf.key_pem).decode()}}  # fmt: skip
+    gateway = {"apiVersion": "networking.istio.io/v1", "kind": "Gateway",
+               "metadata": {"name": "gw", "namespace": "istio-system"},
+               "spec": {"selector": {"istio": "ingressgateway"}, "servers": [{
+                   "port": {"number": 443, "name": "https", "protocol": "HTTPS"}, "hosts": ["gw.example.com"],
+                   "tls": {"mode": "SIMPLE", "credentialName": "gw-cred"}}]}}  # fmt: skip
+    route = {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+             "metadata": {"name": "via-gw", "namespace": "istio-system"},
+             "spec": {"hosts": ["gw.example.com"], "gateways": ["gw"],
+                      "http": [{"route": [{"destination": {"host": "server.default.svc.cluster.local",
+                                                           "port": {"number": 8080}}}]}]}}  # fmt: skip
+    (tmp_path / "gw.yaml").write_text(yaml.safe_dump_all([secret, gateway, route]))
+    mesh("apply", "-f", str(tmp_path / "gw.yaml"))
+    address = next(line.split("\t")[2] for line in mesh("status").stdout.splitlines()
+                   if line.startswith("istio-ingressgateway"))
+
+    def through_gateway() -> str:
+        done = mesh("exec", "client", "--", "curl", "-s", "-m", "5", "--cacert", str(tmp_path / "ca.pem"),
+                    "--resolve", f"gw.example.com:443:{address}", "-o", "/dev/null", "-w", "%{http_code}",
+                    "https://gw.example.com/debug", check=False)  # fmt: skip
+        return done.stdout
+
+    eventually(lambda: through_gateway() == "200", timeout=20)
+    log = (Path(mesh.env["PYLON_MESH_STATE"]) / "logs" / "istio-ingressgateway-sidecar.log").read_text()
+    assert "private key provider qat cannot run here" in log and "fallback: true" in log
 
 
 def test_down_leaves_nothing_behind(mesh: MeshCli) -> None:

@@ -13,17 +13,20 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
 
 from pylon.mesh import netns
-from pylon.pilot.source.directory import load_directory_files
-from pylon.mesh.install import Install
+from pylon.mesh.install import GatewayDeployment, Install
 from pylon.mesh.layout import (HUB, PILOT_ADDRESS, PROXY_UID, allocate, check_name, netns_name, service_host,
                                state_dir, veth_name)  # fmt: skip
 from pylon.mesh.resources import WorkloadSpec, hosts_file, workload_documents
 from pylon.mesh.state import MeshState, Process, Workload
+from pylon.pilot.istio.resources import decode_resource
+from pylon.pilot.source.directory import read_documents
+from pylon.pilot.source.secrets import decode_secret
 
 PILOT_NETNS = netns_name("istiod")
 PILOT_INDEX = 2
@@ -47,7 +50,7 @@ class Mesh:
         netns.check_host()
         if self.state_file.exists() or netns.mesh_namespaces():
             raise netns.MeshError("a mesh is already up (or left over): run `pylon mesh down` first")
-        for directory in (self.config_dir, self.ca_dir, self.logs, self.root / "secrets", self.root / "workloads"):
+        for directory in (self.config_dir, self.ca_dir, self.logs, self.root / "secrets", self.root / "w"):
             directory.mkdir(parents=True, exist_ok=True)
         self.root.chmod(0o755)
         state = MeshState(proxy=proxy)
@@ -66,6 +69,8 @@ class Mesh:
             state.processes.append(Process("pilot", pilot.pid, netns.start_ticks(pilot.pid)))
             state.save(self.state_file)
             _wait_for_port(HUB, str(PILOT_ADDRESS), CA_PORT, pilot, self.logs / "pilot.log")
+            for gateway in install.gateways:
+                self._start_gateway(state, gateway)
         except BaseException:
             self.down()
             raise
@@ -106,7 +111,7 @@ class Mesh:
         spec = WorkloadSpec(name=name, namespace=namespace, service_account=service_account, address=str(slot.address),
                             vip=str(slot.vip), ports=ports, labels=labels)  # fmt: skip
         pod = netns_name(name)
-        workdir = self.root / "workloads" / name
+        workdir = self.root / "w" / name
         workdir.mkdir(parents=True)
         workload = Workload(spec=spec, index=slot.index)
         state.workloads[name] = workload
@@ -116,12 +121,32 @@ class Mesh:
         netns.load_capture(pod)
         (self.config_dir / f"workload-{name}.yaml").write_text(yaml.safe_dump_all(workload_documents(spec)))
         self._write_names(state)
-        self._start_sidecar(state, workload, workdir)
+        self._start_agent(state, workload, workdir, "sidecar", spec.all_labels)
         if command:
             app = netns.spawn(pod, command, self.logs / f"{name}.log")
             workload.processes.append(Process("app", app.pid, netns.start_ticks(app.pid)))
             state.save(self.state_file)
         return spec
+
+    def _start_gateway(self, state: MeshState, gateway: GatewayDeployment) -> None:
+        """An ingress gateway pod: no capture (a gateway is reached directly), its agent runs a router with the
+        install's labels and proxy.istio.io/config."""
+        name = check_name(gateway.name, "gateway")
+        slot = allocate({w.index for w in state.workloads.values()} | {PILOT_INDEX})
+        spec = WorkloadSpec(name=name, namespace=gateway.namespace, service_account=f"{name}-service-account",
+                            address=str(slot.address), vip="", ports=(), labels=gateway.labels)  # fmt: skip
+        workload = state.workloads[name] = Workload(spec=spec, index=slot.index, kind="gateway")
+        state.save(self.state_file)
+        netns.create_pod(netns_name(name), veth_name(slot.index), slot.address)
+        netns.check_route(netns_name(name), PILOT_ADDRESS)
+        workdir = self.root / "w" / name
+        workdir.mkdir(parents=True)
+        extra: list[str] = []
+        if gateway.proxy_config:
+            (workdir / "proxy-config.yaml").write_text(gateway.proxy_config)
+            extra = ["--proxy-config", str(workdir / "proxy-config.yaml")]
+        self._write_names(state)
+        self._start_agent(state, workload, workdir, "router", gateway.labels, extra)
 
     def exec(self, name: str, command: list[str]) -> int:
         """Run `command` in workload `name`'s namespace (as `kubectl exec`), attached to this terminal."""
@@ -131,16 +156,25 @@ class Mesh:
         return subprocess.run(["ip", "netns", "exec", netns_name(name), *command]).returncode
 
     def apply(self, path: Path) -> int:
-        """Add (or replace) the Istio resources of `path` in the running mesh, as `kubectl apply -f`: checked
-        first as pilot reads them (errors name file, document and field), then handed to pilot's watched config
-        directory; the number of resources applied."""
+        """Add (or replace) the resources of `path` in the running mesh, as `kubectl apply -f`: Istio resources go
+        to pilot's watched config directory, Kubernetes Secrets (gateway credentials) to its secrets directory;
+        everything is checked first as pilot reads it (errors name file, document and field). The number of
+        resources applied."""
         self._state()
-        result = load_directory_files([path])
-        if result.errors:
-            raise result.errors[0]
-        target = self.config_dir / f"applied-{path.name}"
-        target.write_text(path.read_text())
-        return len(result.resources)
+        documents = [doc for doc in read_documents(path) if doc is not None]
+        secrets = [(i, doc) for i, doc in enumerate(documents) if isinstance(doc, dict) and doc.get("kind") == "Secret"]
+        config = [(i, doc) for i, doc in enumerate(documents) if not (isinstance(doc, dict) and doc.get("kind") == "Secret")]
+        for index, doc in secrets:
+            decode_secret(doc, str(path), index)
+        for index, doc in config:
+            decode_resource(doc, str(path), index)
+        for directory, docs in ((self.root / "secrets", secrets), (self.config_dir, config)):
+            target = directory / f"applied-{path.name}"
+            if docs:
+                target.write_text(yaml.safe_dump_all([doc for _, doc in docs]))
+            else:
+                target.unlink(missing_ok=True)
+        return len(documents)
 
     def status(self) -> MeshState:
         return self._state()
@@ -153,13 +187,15 @@ class Mesh:
         return MeshState.load(self.state_file)
 
     def _write_names(self, state: MeshState) -> None:
-        """Every pod resolves every service by name: hosts files for all pods, rewritten in place."""
+        """Every pod resolves every service (and gateway) by name: hosts files for all pods, rewritten in place."""
         hosts = hosts_file([w.spec for w in state.workloads.values()])
         for name in state.workloads:
             netns.write_etc(netns_name(name), "hosts", hosts)
             netns.write_etc(netns_name(name), "resolv.conf", "options timeout:1 attempts:1\nnameserver 10.77.0.1\n")
 
-    def _start_sidecar(self, state: MeshState, workload: Workload, workdir: Path) -> None:
+    def _start_agent(self, state: MeshState, workload: Workload, workdir: Path, proxy_type: str,
+                     labels: dict[str, str], extra: Sequence[str] = ()) -> None:
+        """The pod's `pylon agent` (Istio's pilot-agent) with its token, running the proxy; waits until ready."""
         spec = workload.spec
         token = workdir / "token"
         issued = subprocess.run([*PYLON, "pilot", "token", "--ca-dir", str(self.ca_dir), "--namespace",
@@ -169,13 +205,13 @@ class Mesh:
         shutil.chown(workdir, PROXY_UID, PROXY_UID)
         shutil.chown(token, PROXY_UID, PROXY_UID)
         token.chmod(0o600)
-        command = [*PYLON, "agent", "--type", "sidecar", "--namespace", spec.namespace,
+        command = [*PYLON, "agent", "--type", proxy_type, "--namespace", spec.namespace,
                    "--service-account", spec.service_account, "--pod-name", f"{spec.name}-0", "--ip", spec.address,
                    "--ca-address", f"{PILOT_ADDRESS}:{CA_PORT}", "--discovery-address", f"{PILOT_ADDRESS}:{CA_PORT}",
                    "--root-cert", str(self.ca_dir / "root-cert.pem"), "--token-file", str(token),
                    "--workdir", str(workdir), "--proxy", state.proxy, "--health-address", "127.0.0.1:15021",
                    *_proxy_user(state.proxy),
-                   *(arg for key, value in spec.all_labels.items() for arg in ("--labels", f"{key}={value}"))]
+                   *(arg for key, value in labels.items() for arg in ("--labels", f"{key}={value}")), *extra]
         agent = netns.spawn(netns_name(spec.name), command, self.logs / f"{spec.name}-sidecar.log", proxy_group=True)
         workload.processes.append(Process("sidecar", agent.pid, netns.start_ticks(agent.pid)))
         state.save(self.state_file)

@@ -1,9 +1,11 @@
 """An IstioOperator install file (`install.istio.io/v1alpha1`, kind IstioOperator), as `pylon mesh up -f` reads it.
 
-What has a meaning on one machine is used: `spec.meshConfig` becomes pilot's MeshConfig. What only
-makes sense on Kubernetes (images, profiles, Helm values) is reported as ignored, by name. Anything
-else is an error naming the field: an install that asks for something must not silently get less.
-Gateways (`spec.components.ingressGateways`, `egressGateways`) are not supported by `pylon mesh` yet: an error.
+What has a meaning on one machine is used: `spec.meshConfig` becomes pilot's MeshConfig, and each enabled
+`spec.components.ingressGateways[]` becomes a gateway pod (its `label`, `namespace`, and the
+`proxy.istio.io/config` pod annotation, a ProxyConfig such as Intel's `privateKeyProvider`). What only
+makes sense on Kubernetes (images, profiles, Helm values, resources, overlays, other annotations) is
+reported as ignored, by name. Anything else is an error naming the field: an install that asks for
+something must not silently get less. Egress gateways are not supported by `pylon mesh` yet: an error.
 """
 
 from __future__ import annotations
@@ -23,9 +25,24 @@ from pylon.pilot.istio.mesh import MeshConfig
 KUBERNETES_ONLY = ("hub", "tag", "profile", "revision", "namespace", "values", "installPackagePath")
 
 
+PROXY_CONFIG_ANNOTATION = "proxy.istio.io/config"
+DEFAULT_GATEWAY_NAMESPACE = "istio-system"
+
+
+@dataclass
+class GatewayDeployment:
+    """An ingress gateway pod: Istio's default labels (`app: <name>`, `istio: ingressgateway`) under its own."""
+
+    name: str
+    namespace: str = DEFAULT_GATEWAY_NAMESPACE
+    labels: dict[str, str] = field(default_factory=dict)
+    proxy_config: str = ""  # the proxy.istio.io/config annotation's YAML, checked
+
+
 @dataclass
 class Install:
     mesh_config: dict[str, Any] = field(default_factory=dict)
+    gateways: list[GatewayDeployment] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
 
 
@@ -74,11 +91,72 @@ def _components(value: Any, source: str, install: Install) -> None:
         raise ConfigError(source, "spec.components", "must be a mapping")
     for name, component in value.items():
         where = f"spec.components.{name}"
-        if name in ("ingressGateways", "egressGateways") and component:
-            raise ConfigError(source, where, "gateways are not supported by pylon mesh yet")
-        if name in ("base", "pilot", "cni", "istiodRemote", "ztunnel", "ingressGateways", "egressGateways"):
+        if name == "ingressGateways":
+            if not isinstance(component, list):
+                raise ConfigError(source, where, "must be a list of gateways")
+            for index, gateway in enumerate(component):
+                deployment = _gateway(gateway, source, f"{where}[{index}]", install)
+                if deployment is not None:
+                    install.gateways.append(deployment)
+            continue
+        if name == "egressGateways" and component:
+            raise ConfigError(source, where, "egress gateways are not supported by pylon mesh yet")
+        if name in ("base", "pilot", "cni", "istiodRemote", "ztunnel", "egressGateways"):
             if isinstance(component, dict) and component.get("enabled") is False:
                 continue
             install.ignored.append(where)  # pilot always runs; the rest are Kubernetes deployments
         else:
             raise ConfigError(source, where, "unknown component")
+
+
+def _gateway(value: Any, source: str, where: str, install: Install) -> GatewayDeployment | None:
+    """One ingress gateway, or None when disabled."""
+    if not isinstance(value, dict) or not isinstance(value.get("name"), str) or not value["name"]:
+        raise ConfigError(source, f"{where}.name", "required")
+    if value.get("enabled") is False:
+        return None
+    deployment = GatewayDeployment(name=value["name"], labels={"app": value["name"], "istio": "ingressgateway"})
+    for key, item in value.items():
+        if key in ("name", "enabled"):
+            continue
+        if key == "namespace":
+            deployment.namespace = str(item)
+        elif key == "label":
+            if not isinstance(item, dict):
+                raise ConfigError(source, f"{where}.label", "must map label names to values")
+            deployment.labels.update({str(k): str(v) for k, v in item.items()})
+        elif key == "k8s":
+            _gateway_k8s(item, source, f"{where}.k8s", deployment, install)
+        elif key in ("hub", "tag"):
+            install.ignored.append(f"{where}.{key}")
+        else:
+            raise ConfigError(source, f"{where}.{key}", "not supported by pylon mesh")
+    return deployment
+
+
+def _gateway_k8s(value: Any, source: str, where: str, deployment: GatewayDeployment, install: Install) -> None:
+    if not isinstance(value, dict):
+        raise ConfigError(source, where, "must be a mapping")
+    for key, item in value.items():
+        if key != "podAnnotations":
+            install.ignored.append(f"{where}.{key}")  # resources, overlays, service, hpaSpec, ...: Kubernetes's
+            continue
+        for annotation, text in (item or {}).items():
+            if annotation != PROXY_CONFIG_ANNOTATION:
+                install.ignored.append(f"{where}.podAnnotations.{annotation}")
+                continue
+            deployment.proxy_config = _checked_proxy_config(text, source, f"{where}.podAnnotations.{annotation}")
+
+
+def _checked_proxy_config(text: Any, source: str, where: str) -> str:
+    from pylon.pilot.istio.proxyconfig import ProxyConfig
+
+    try:
+        data = yaml.safe_load(str(text)) or {}
+        convert(data, ProxyConfig)
+    except yaml.YAMLError as exc:
+        raise ConfigError(source, where, f"invalid YAML: {exc}".replace("\n", " ")) from None
+    except msgspec.ValidationError as exc:
+        path, message = split_validation_error(exc)
+        raise ConfigError(source, where + (f".{path}" if path else ""), message) from None
+    return str(text)

@@ -21,7 +21,6 @@ BRIDGE = "pmbr0"
 NETWORK = ipaddress.ip_network("10.77.0.0/24")
 HUB_ADDRESS = ipaddress.ip_address("10.77.0.1")
 PILOT_ADDRESS = ipaddress.ip_address("10.77.0.2")
-GATEWAY_ADDRESS = ipaddress.ip_address("10.77.0.3")
 FIRST_WORKLOAD = 10
 VIPS = ipaddress.ip_network("10.77.128.0/24")
 PROXY_UID = 1337  # Istio's istio-proxy user: the capture rules let its traffic through uncaptured

@@ -51,5 +51,6 @@ def hosts_file(workloads: list[WorkloadSpec]) -> str:
     lines = ["127.0.0.1 localhost", "::1 localhost"]
     for spec in workloads:
         host = service_host(spec.name, spec.namespace)
-        lines.append(f"{spec.vip} {host} {spec.name}.{spec.namespace}.svc {spec.name}.{spec.namespace}")
+        address = spec.vip or spec.address  # a gateway has no VIP: its pod is its service
+        lines.append(f"{address} {host} {spec.name}.{spec.namespace}.svc {spec.name}.{spec.namespace}")
     return "\n".join(lines) + "\n"

@@ -26,6 +26,7 @@ class Workload:
     spec: WorkloadSpec
     index: int
     processes: list[Process] = field(default_factory=list)
+    kind: str = "sidecar"  # or "gateway": no capture, no service entry, its agent runs a router
 
 
 @dataclass
@@ -36,7 +37,7 @@ class MeshState:
 
     def save(self, path: Path) -> None:
         data = {"proxy": self.proxy, "processes": [asdict(p) for p in self.processes],
-                "workloads": {name: {"spec": asdict(w.spec), "index": w.index,
+                "workloads": {name: {"spec": asdict(w.spec), "index": w.index, "kind": w.kind,
                                      "processes": [asdict(p) for p in w.processes]}
                               for name, w in self.workloads.items()}}  # fmt: skip
         tmp = path.with_suffix(".tmp")
@@ -50,6 +51,6 @@ class MeshState:
         for name, w in data["workloads"].items():
             spec = w["spec"]
             spec["ports"] = tuple(spec["ports"])
-            workloads[name] = Workload(spec=WorkloadSpec(**spec), index=w["index"],
+            workloads[name] = Workload(spec=WorkloadSpec(**spec), index=w["index"], kind=w["kind"],
                                        processes=[Process(**p) for p in w["processes"]])  # fmt: skip
         return cls(proxy=data["proxy"], processes=[Process(**p) for p in data["processes"]], workloads=workloads)
