@@ -77,6 +77,7 @@ class Snapshot:
     # Gateway credentials by (namespace, name), from the secrets directory (not part of `resources`).
     secrets: Mapping[SecretKey, GatewaySecret] = field(default_factory=dict)
     selector_label_keys: frozenset[str] = frozenset()  # see `selector_label_keys`
+    selector_metadata_keys: frozenset[str] = frozenset()  # node metadata EnvoyFilter proxy matches read
 
     # ------------------------------------------------------------------ lookups used by generators
 
@@ -191,6 +192,7 @@ def build_snapshot(resources: list[Resource], version: str | None = None, mesh: 
         mesh=mesh,
         secrets=dict(secrets or {}),
         selector_label_keys=selector_label_keys(resources),
+        selector_metadata_keys=selector_metadata_keys(by_kind.get("EnvoyFilter", [])),
     )
 
 
@@ -231,6 +233,20 @@ def selector_label_keys(resources: list[Resource]) -> frozenset[str]:
             todo.extend(value)
         elif isinstance(value, dict):
             todo.extend(value.values())
+    return frozenset(keys)
+
+
+def selector_metadata_keys(envoy_filters: list[Resource]) -> frozenset[str]:
+    """The node metadata an EnvoyFilter's `match.proxy` reads: its `metadata` keys, and ISTIO_VERSION for a
+    `proxyVersion` (gen `generation_key` keeps proxies that differ there apart)."""
+    keys: set[str] = set()
+    for envoy_filter in envoy_filters:
+        for patch in envoy_filter.spec.config_patches:
+            proxy = patch.match.proxy
+            if proxy is not None:
+                keys.update(proxy.metadata)
+                if proxy.proxy_version is not None:
+                    keys.add("ISTIO_VERSION")
     return frozenset(keys)
 
 

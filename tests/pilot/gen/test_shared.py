@@ -113,3 +113,21 @@ def test_the_verified_identity_and_proxy_config_are_part_of_the_key() -> None:
         "NAMESPACE": "istio-system", "PROXY_CONFIG": {"privateKeyProvider": {"qat": {"pollDelay": "2ms"}}}})
     keys = {generation_key(p, config) for p in (plain, verified, with_provider)}
     assert len(keys) == 3
+
+
+def test_node_metadata_an_envoy_filter_matches_on_is_part_of_the_key() -> None:
+    """An EnvoyFilter for proxies of one ISTIO_VERSION, or with one metadata value, must reach only them."""
+    patch = {"applyTo": "CLUSTER", "match": {"proxy": {"proxyVersion": "^1\\.2[0-9]", "metadata": {"ROLE": "edge"}},
+                                              "cluster": {"name": "PassthroughCluster"}},
+             "patch": {"operation": "MERGE", "value": {"connect_timeout": "3s"}}}
+    config = snapshot(*base_docs(), doc("EnvoyFilter", "ef", {"configPatches": [patch]},
+                                        api_version="networking.istio.io/v1alpha3"))  # fmt: skip
+    old = sidecar("a-1", "10.0.0.1", {"app": "a"}, ISTIO_VERSION="1.19.0", ROLE="edge")
+    new = sidecar("a-2", "10.0.0.2", {"app": "a"}, ISTIO_VERSION="1.24.1", ROLE="edge")
+    other = sidecar("a-3", "10.0.0.3", {"app": "a"}, ISTIO_VERSION="1.24.1", ROLE="core")
+    assert len({generation_key(p, config) for p in (old, new, other)}) == 3
+    shared = SharedGenerations()
+    from pylon.pilot.gen.types import CLUSTER
+
+    timeouts = [shared.generate(p, config)[CLUSTER]["PassthroughCluster"]["connect_timeout"] for p in (old, new, other)]
+    assert timeouts[1] == "3s" and timeouts[0] != "3s" and timeouts[2] != "3s"

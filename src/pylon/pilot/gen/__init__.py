@@ -65,7 +65,8 @@ GenerationKey = tuple[str, str, tuple[tuple[str, str], ...], tuple[tuple[str, st
 
 
 def generation_key(proxy: Proxy, snapshot: Snapshot) -> GenerationKey:
-    """What a proxy's generated config can depend on: type, namespace, the metadata generators read, the
+    """What a proxy's generated config can depend on: type, namespace, the metadata generators read (and the
+    keys EnvoyFilter proxy matches read, `Snapshot.selector_metadata_keys`), the
     labels any selector of the snapshot could look at (`Snapshot.selector_label_keys`), and the identity it
     proved on the TLS port (gateway secrets are served to verified proxies only).
 
@@ -74,8 +75,8 @@ def generation_key(proxy: Proxy, snapshot: Snapshot) -> GenerationKey:
     as it provably goes.
     """
     labels = tuple(sorted((k, v) for k, v in proxy.labels.items() if k in snapshot.selector_label_keys))
-    metadata = tuple((k, json.dumps(proxy.metadata[k], sort_keys=True)) for k in GENERATION_METADATA
-                     if k in proxy.metadata)  # fmt: skip
+    read = sorted(set(GENERATION_METADATA) | snapshot.selector_metadata_keys)
+    metadata = tuple((k, json.dumps(proxy.metadata[k], sort_keys=True)) for k in read if k in proxy.metadata)
     return proxy.type, proxy.namespace, labels, metadata, proxy.identity
 
 
