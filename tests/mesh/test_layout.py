@@ -11,12 +11,14 @@ from pylon.config.errors import ConfigError
 from pylon.mesh.capture import ruleset
 from pylon.mesh.install import load_install
 from pylon.mesh.layout import allocate, check_name
-from pylon.mesh.resources import WorkloadSpec, hosts_file, workload_documents
+from pylon.mesh.resources import WorkloadSpec, hosts_file, service_document, workload_document
 from pylon.pilot.istio.resources import decode_resource
 from pylon.pilot.snapshot import build_snapshot
 
 SPEC = WorkloadSpec(name="server", namespace="default", service_account="server", address="10.77.0.10",
-                    vip="10.77.128.10", ports=(8080,), labels={"version": "v1"})
+                    vip="10.77.128.10", ports=(8080,), labels={"version": "v1"}, service="server")
+V2 = WorkloadSpec(name="server-v2", namespace="default", service_account="server", address="10.77.0.11",
+                  vip="10.77.128.10", ports=(8080,), labels={"version": "v2"}, service="server")
 
 
 def test_slots_addresses_and_names() -> None:
@@ -38,17 +40,19 @@ def test_capture_rules_exempt_the_proxy_and_its_ports() -> None:
 
 
 def test_workload_resources_are_what_pilot_reads() -> None:
-    docs = workload_documents(SPEC)
+    docs = [service_document(SPEC), workload_document(SPEC), workload_document(V2)]
     resources = [decode_resource(doc, "workload.yaml", i) for i, doc in enumerate(docs)]
     snapshot = build_snapshot(resources, version="v")
     [service] = snapshot.services["server.default.svc.cluster.local"]
-    assert [(e.address, e.labels["security.istio.io/tlsMode"]) for e in service.endpoints] == [("10.77.0.10", "istio")]
+    assert [(e.address, e.labels["version"], e.labels["security.istio.io/tlsMode"]) for e in service.endpoints] == [
+        ("10.77.0.10", "v1", "istio"), ("10.77.0.11", "v2", "istio")]  # two workloads back one service
     assert resources[0].spec.addresses == ["10.77.128.10"]
 
 
 def test_every_pod_resolves_every_service() -> None:
-    hosts = hosts_file([SPEC])
+    hosts = hosts_file([SPEC, V2])
     assert "10.77.128.10 server.default.svc.cluster.local server.default.svc server.default" in hosts
+    assert hosts.count("server.default.svc.cluster.local") == 1
 
 
 def test_install_file_uses_mesh_config_and_names_what_it_ignores(tmp_path: Path) -> None:
@@ -108,3 +112,13 @@ def test_an_ingress_gateway_of_intels_qat_install(tmp_path: Path) -> None:
     assert sorted(install.ignored) == ["spec.components.ingressGateways[0].k8s.overlays",
                                        "spec.components.ingressGateways[0].k8s.resources", "spec.profile",
                                        "spec.values"]
+
+
+def test_proxy_status_as_istioctl_shows_it() -> None:
+    from pylon.mesh.proxy_status import proxy_rows, rejections
+
+    syncz = [{"proxy": "sidecar~10.77.0.10~server-0.default~default.svc.cluster.local", "config_version": "v7",
+              "types": {"cds": {"sent": "v7", "acked": "v7", "nack": ""}, "lds": {"sent": "v7", "acked": "v6", "nack": ""},
+                        "eds": {"sent": "v7", "acked": "v7", "nack": "bad endpoint"}}}]  # fmt: skip
+    assert proxy_rows(syncz) == [["server-0.default", "SYNCED", "STALE", "STALE", "NOT SENT", "NOT SENT", "v7"]]
+    assert rejections(syncz) == ["server-0.default eds: bad endpoint"]

@@ -65,7 +65,9 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshCli]:
     try:
         up = cli("up", "-f", str(install))
         assert "ignored (Kubernetes only): spec.components.ingressGateways[0].k8s.resources" in up.stderr
-        cli("run", "server", "--port", "8080", "--", sys.executable, "-m", "pylon.cli", "echo", "--port", "8080")
+        for version, size in (("v1", "100"), ("v2", "222")):  # told apart by their reply's size
+            cli("run", f"server-{version}", "--service", "server", "--labels", f"version={version}", "--port", "8080",
+                "--", sys.executable, "-m", "pylon.cli", "echo", "--port", "8080", "--body-size", size)
         cli("run", "client", "--port", "9000", "--", "sleep", "600")
         yield cli
     finally:
@@ -79,7 +81,7 @@ def test_workloads_talk_by_name_through_both_sidecars_with_mtls(mesh: MeshCli) -
     assert "request from 127.0.0.6" in body  # the server's sidecar handed it over (inbound passthrough)
     xfcc = next(line for line in body.splitlines() if line.startswith("x-forwarded-client-cert:"))
     assert "URI=spiffe://cluster.local/ns/default/sa/client" in xfcc  # mTLS: the client's identity, verified
-    assert "By=spiffe://cluster.local/ns/default/sa/server" in xfcc
+    assert "By=spiffe://cluster.local/ns/default/sa/server-v" in xfcc
 
 
 def test_an_authorization_policy_denies_a_path(mesh: MeshCli, tmp_path: Path) -> None:
@@ -144,9 +146,51 @@ def test_the_ingress_gateway_terminates_tls_with_a_credential_and_routes_to_the_
     assert "private key provider qat cannot run here" in log and "fallback: true" in log
 
 
+def test_a_virtual_service_weight_shift_shows_up_at_once(mesh: MeshCli, tmp_path: Path) -> None:
+    """Subsets by version, then all traffic to v1, then all to v2: every request follows within a second."""
+    rule = {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+            "metadata": {"name": "server", "namespace": "default"},
+            "spec": {"host": "server.default.svc.cluster.local",
+                     "subsets": [{"name": v, "labels": {"version": v}} for v in ("v1", "v2")]}}  # fmt: skip
+
+    def route_all_to(subset: str) -> None:
+        service = {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+                   "metadata": {"name": "server", "namespace": "default"},
+                   "spec": {"hosts": ["server.default.svc.cluster.local"], "http": [{"route": [
+                       {"destination": {"host": "server.default.svc.cluster.local", "subset": subset},
+                        "weight": 100}]}]}}  # fmt: skip
+        (tmp_path / "routing.yaml").write_text(yaml.safe_dump_all([rule, service]))
+        mesh("apply", "-f", str(tmp_path / "routing.yaml"))
+
+    def sizes() -> set[int]:
+        return {len(mesh.curl("client", f"{SERVER}/")[1]) for _ in range(6)}
+
+    route_all_to("v1")
+    eventually(lambda: sizes() == {100}, timeout=10)
+    route_all_to("v2")
+    eventually(lambda: sizes() == {222}, timeout=10)
+
+
+def test_status_shows_every_proxy_synced_and_logs_are_there(mesh: MeshCli) -> None:
+    def rows() -> dict[str, list[str]]:
+        lines = mesh("status").stdout.splitlines()
+        table = lines[lines.index(next(line for line in lines if line.startswith("NAME\t"))) + 1:]
+        return {line.split("\t")[0]: line.split("\t")[1:] for line in table if not line.startswith("rejected")}
+
+    def synced() -> bool:
+        found = rows()
+        pods = {"client-0.default", "server-v1-0.default", "server-v2-0.default", "istio-ingressgateway-0.istio-system"}
+        return pods <= set(found) and all(status[:4] == ["SYNCED"] * 4 for status in found.values())
+
+    eventually(synced, timeout=10)
+    logs = mesh("logs", "server-v1").stdout
+    assert "==> server-v1.log <==" in logs and "==> server-v1-sidecar.log <==" in logs
+    assert mesh("logs", "nobody", check=False).returncode == 1
+
+
 def test_down_leaves_nothing_behind(mesh: MeshCli) -> None:
     state = Path(mesh.env["PYLON_MESH_STATE"])
-    pids = [int(p) for ns in ("pm-server", "pm-client", "pm-istiod")
+    pids = [int(p) for ns in ("pm-server-v1", "pm-client", "pm-istiod")
             for p in subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()]
     assert pids
     mesh("down")

@@ -53,9 +53,11 @@ def up_command(install_file: Path | None, proxy: str) -> None:
 @click.option("--port", "ports", type=click.IntRange(1, 65535), multiple=True, required=True,
               help="A port the workload serves HTTP on (repeatable).")
 @click.option("--labels", "labels", multiple=True, metavar="KEY=VALUE", help="A pod label (repeatable).")
+@click.option("--service", default=None, help="The service it backs (default: NAME); several workloads may back one, "
+                                              "e.g. with --labels version=v1 and version=v2.")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def run_command(name: str, namespace: str, service_account: str | None, ports: tuple[int, ...],
-                labels: tuple[str, ...], command: tuple[str, ...]) -> None:  # fmt: skip
+                labels: tuple[str, ...], service: str | None, command: tuple[str, ...]) -> None:  # fmt: skip
     """Start COMMAND (after --) as workload NAME with an injected sidecar; it is served as
     NAME.NAMESPACE.svc.cluster.local on every port given."""
     from pylon.mesh.netns import MeshError
@@ -67,10 +69,10 @@ def run_command(name: str, namespace: str, service_account: str | None, ports: t
             raise click.BadParameter(f"{label!r}: expected KEY=VALUE", param_hint="--labels")
         parsed[key] = value
     try:
-        spec = _mesh().run(name, namespace, service_account or name, ports, parsed, list(command))
+        spec = _mesh().run(name, namespace, service_account or name, ports, parsed, list(command), service or name)
     except (MeshError, ValueError) as exc:
         _fail(exc)
-    click.echo(f"{name}: pod {spec.address}, service {name}.{namespace}.svc.cluster.local ({spec.vip}) "
+    click.echo(f"{name}: pod {spec.address}, service {spec.service}.{namespace}.svc.cluster.local ({spec.vip}) "
                f"port(s) {', '.join(map(str, ports))}")
 
 
@@ -104,17 +106,43 @@ def apply_command(path: Path) -> None:
 
 @mesh_command.command("status")
 def status_command() -> None:
-    """The workloads of the running mesh and where they are."""
+    """The workloads of the running mesh and where they are, then each proxy's config sync state (as
+    `istioctl proxy-status`: SYNCED, STALE, NOT SENT per xDS type)."""
     from pylon.mesh.netns import MeshError
+    from pylon.mesh.proxy_status import TYPES, proxy_rows, rejections
 
+    mesh = _mesh()
     try:
-        state = _mesh().status()
+        state = mesh.status()
+        syncz = mesh.sync_status()
     except MeshError as exc:
         _fail(exc)
     click.echo(f"proxy: {state.proxy}")
     for name, workload in sorted(state.workloads.items()):
         spec = workload.spec
-        click.echo(f"{name}\t{spec.namespace}\t{spec.address}\t{spec.vip}\t{','.join(map(str, spec.ports))}")
+        click.echo(f"{name}\t{spec.namespace}\t{spec.address}\t{spec.service or '-'}\t{spec.vip or '-'}\t"
+                   f"{','.join(map(str, spec.ports)) or '-'}")
+    click.echo("")
+    click.echo("\t".join(["NAME", *(t.upper() for t in TYPES), "VERSION"]))
+    for row in proxy_rows(syncz):
+        click.echo("\t".join(row))
+    for line in rejections(syncz):
+        click.echo(f"rejected: {line}")
+
+
+@mesh_command.command("logs")
+@click.argument("name")
+def logs_command(name: str) -> None:
+    """Print workload NAME's log and its sidecar's (NAME istiod: pilot's)."""
+    from pylon.mesh.netns import MeshError
+
+    try:
+        paths = _mesh().log_paths(name)
+    except MeshError as exc:
+        _fail(exc)
+    for path in paths:
+        click.echo(f"==> {path.name} <==")
+        click.echo(path.read_text(errors="replace"), nl=False)
 
 
 @mesh_command.command("down")

@@ -9,20 +9,22 @@ left (it looks for the `pm-` names, not only at the state).
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from pylon.mesh import netns
 from pylon.mesh.install import GatewayDeployment, Install
-from pylon.mesh.layout import (HUB, PILOT_ADDRESS, PROXY_UID, allocate, check_name, netns_name, service_host,
+from pylon.mesh.layout import (BRIDGE, HUB, PILOT_ADDRESS, PROXY_UID, allocate, check_name, netns_name, service_host,
                                state_dir, veth_name)  # fmt: skip
-from pylon.mesh.resources import WorkloadSpec, hosts_file, workload_documents
+from pylon.mesh.resources import WorkloadSpec, hosts_file, service_document, workload_document
 from pylon.mesh.state import MeshState, Process, Workload
 from pylon.pilot.istio.resources import decode_resource
 from pylon.pilot.source.directory import read_documents
@@ -99,17 +101,24 @@ class Mesh:
     # ------------------------------------------------------------------ workloads
 
     def run(self, name: str, namespace: str, service_account: str, ports: tuple[int, ...],
-            labels: dict[str, str], command: list[str]) -> WorkloadSpec:  # fmt: skip
-        """Start `command` as workload `name` with an injected sidecar; returns where it runs."""
+            labels: dict[str, str], command: list[str], service: str = "") -> WorkloadSpec:  # fmt: skip
+        """Start `command` as workload `name` with an injected sidecar, backing `service` (default: its name);
+        returns where it runs."""
         netns.check_host()
         check_name(name, "workload")
         check_name(namespace, "namespace")
+        service = check_name(service or name, "service")
         state = self._state()
         if name in state.workloads:
             raise netns.MeshError(f"workload {name} already runs (pylon mesh status)")
         slot = allocate({w.index for w in state.workloads.values()} | {PILOT_INDEX})
+        peer = next((w.spec for w in state.workloads.values()
+                     if w.spec.service == service and w.spec.namespace == namespace), None)  # fmt: skip
+        if peer is not None and peer.ports != ports:
+            raise netns.MeshError(f"service {service}.{namespace} serves port(s) {peer.ports}, not {ports}")
+        vip = peer.vip if peer is not None else str(slot.vip)
         spec = WorkloadSpec(name=name, namespace=namespace, service_account=service_account, address=str(slot.address),
-                            vip=str(slot.vip), ports=ports, labels=labels)  # fmt: skip
+                            vip=vip, ports=ports, labels=labels, service=service)  # fmt: skip
         pod = netns_name(name)
         workdir = self.root / "w" / name
         workdir.mkdir(parents=True)
@@ -119,7 +128,9 @@ class Mesh:
         netns.create_pod(pod, veth_name(slot.index), slot.address)
         netns.check_route(pod, PILOT_ADDRESS)
         netns.load_capture(pod)
-        (self.config_dir / f"workload-{name}.yaml").write_text(yaml.safe_dump_all(workload_documents(spec)))
+        if peer is None:
+            (self.config_dir / f"service-{namespace}-{service}.yaml").write_text(yaml.safe_dump(service_document(spec)))
+        (self.config_dir / f"workload-{name}.yaml").write_text(yaml.safe_dump(workload_document(spec)))
         self._write_names(state)
         self._start_agent(state, workload, workdir, "sidecar", spec.all_labels)
         if command:
@@ -178,6 +189,24 @@ class Mesh:
 
     def status(self) -> MeshState:
         return self._state()
+
+    def sync_status(self) -> list[dict[str, Any]]:
+        """Pilot's /debug/syncz (what each proxy was sent and ACKed), fetched from the hub over the bridge."""
+        self._state()
+        netns.check_route(HUB, PILOT_ADDRESS, BRIDGE)
+        answer = subprocess.run(["ip", "netns", "exec", HUB, "curl", "-s", "-m", "5",
+                                 f"http://{PILOT_ADDRESS}:{DEBUG_PORT}/debug/syncz"], capture_output=True, text=True)
+        if answer.returncode != 0:
+            raise netns.MeshError(f"pilot's debug endpoint does not answer (curl exit {answer.returncode})")
+        return json.loads(answer.stdout)
+
+    def log_paths(self, name: str) -> list[Path]:
+        """The workload's own log and its sidecar's (pilot's for `istiod`)."""
+        if name == "istiod":
+            return [self.logs / "pilot.log"]
+        if name not in self._state().workloads:
+            raise netns.MeshError(f"no workload {name} (pylon mesh status lists them)")
+        return [path for path in (self.logs / f"{name}.log", self.logs / f"{name}-sidecar.log") if path.exists()]
 
     # ------------------------------------------------------------------ details
 

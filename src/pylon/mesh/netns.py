@@ -72,11 +72,12 @@ def create_pod(netns: str, veth: str, address: ipaddress.IPv4Address) -> None:
     run("ip", "-n", netns, "route", "add", "default", "via", str(HUB_ADDRESS))
 
 
-def check_route(netns: str, destination: ipaddress.IPv4Address) -> None:
-    """MeshError unless traffic from `netns` to `destination` goes out of our own eth0 (never elsewhere)."""
+def check_route(netns: str, destination: ipaddress.IPv4Address, device: str = "eth0") -> None:
+    """MeshError unless traffic from `netns` to `destination` goes out of our own `device` (a pod's eth0, the
+    hub's bridge), never elsewhere."""
     route = run("ip", "-n", netns, "route", "get", str(destination))
-    if " dev eth0 " not in f" {route} ":
-        raise MeshError(f"refusing to use {destination} from {netns}: its route is not our eth0 ({route.strip()})")
+    if f" dev {device} " not in f" {route} ":
+        raise MeshError(f"refusing to use {destination} from {netns}: its route is not our {device} ({route.strip()})")
 
 
 def load_capture(netns: str) -> None:

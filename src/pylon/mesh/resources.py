@@ -1,9 +1,10 @@
 """The Istio resources a workload started by `pylon mesh run` brings with it (sans-IO).
 
 On Kubernetes a Deployment's pods get a Service (a ClusterIP and a name) and endpoints; here each
-workload gets the equivalent Istio resources: a ServiceEntry `<name>.<ns>.svc.cluster.local` on its VIP
-(MESH_INTERNAL, resolution STATIC, selecting the workload by its `app` label) and a WorkloadEntry with
-its pod IP, labels and service account. The `security.istio.io/tlsMode: istio` label tells pilot the
+workload gets the equivalent Istio resources: its service's ServiceEntry `<service>.<ns>.svc.cluster.local`
+on the service's VIP (MESH_INTERNAL, resolution STATIC, selecting workloads by `app: <service>`, Istio's
+convention) and a WorkloadEntry with its pod IP, labels and service account. Several workloads may back
+one service (e.g. `version: v1` and `version: v2`, for DestinationRule subsets). The `security.istio.io/tlsMode: istio` label tells pilot the
 workload has a sidecar, so clients' sidecars use mTLS to it (auto mTLS), as Istio's injector labels pods.
 """
 
@@ -26,31 +27,42 @@ class WorkloadSpec:
     vip: str
     ports: tuple[int, ...]
     labels: dict[str, str] = field(default_factory=dict)
+    service: str = ""  # the service it backs ("" for a gateway, which has none)
 
     @property
     def all_labels(self) -> dict[str, str]:
-        return {"app": self.name, **self.labels, TLS_MODE_LABEL: "istio"}
+        return {"app": self.service, **self.labels, TLS_MODE_LABEL: "istio"}
 
 
-def workload_documents(spec: WorkloadSpec) -> list[dict[str, Any]]:
-    """The ServiceEntry and WorkloadEntry of one workload, as YAML documents."""
+def service_document(spec: WorkloadSpec) -> dict[str, Any]:
+    """The ServiceEntry of the workload's service (the first workload of a service defines its ports)."""
     ports = [{"number": port, "name": f"http-{port}", "protocol": "HTTP"} for port in spec.ports]
-    meta = {"name": spec.name, "namespace": spec.namespace}
-    service = {"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry", "metadata": meta, "spec": {
-        "hosts": [service_host(spec.name, spec.namespace)], "addresses": [spec.vip], "ports": ports,
-        "location": "MESH_INTERNAL", "resolution": "STATIC", "workloadSelector": {"labels": {"app": spec.name}}}}
-    entry = {"apiVersion": "networking.istio.io/v1", "kind": "WorkloadEntry", "metadata": meta, "spec": {
-        "address": spec.address, "labels": spec.all_labels, "serviceAccount": spec.service_account,
-        "ports": {f"http-{port}": port for port in spec.ports}}}  # fmt: skip
-    return [service, entry]
+    return {"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
+            "metadata": {"name": spec.service, "namespace": spec.namespace}, "spec": {
+                "hosts": [service_host(spec.service, spec.namespace)], "addresses": [spec.vip], "ports": ports,
+                "location": "MESH_INTERNAL", "resolution": "STATIC",
+                "workloadSelector": {"labels": {"app": spec.service}}}}  # fmt: skip
+
+
+def workload_document(spec: WorkloadSpec) -> dict[str, Any]:
+    """The workload's WorkloadEntry: where it is, its labels (the service's `app`, its own, tlsMode) and identity."""
+    return {"apiVersion": "networking.istio.io/v1", "kind": "WorkloadEntry",
+            "metadata": {"name": spec.name, "namespace": spec.namespace}, "spec": {
+                "address": spec.address, "labels": spec.all_labels, "serviceAccount": spec.service_account,
+                "ports": {f"http-{port}": port for port in spec.ports}}}  # fmt: skip
 
 
 def hosts_file(workloads: list[WorkloadSpec]) -> str:
     """/etc/hosts for every workload namespace: each service's names on its VIP (ip netns exec bind-mounts
-    /etc/netns/<ns>/hosts over /etc/hosts), the equivalent of Kubernetes' DNS for Services."""
+    /etc/netns/<ns>/hosts over /etc/hosts), the equivalent of Kubernetes' DNS for Services; a gateway, which
+    has no VIP, by its pod address."""
     lines = ["127.0.0.1 localhost", "::1 localhost"]
+    seen: set[tuple[str, str]] = set()
     for spec in workloads:
-        host = service_host(spec.name, spec.namespace)
-        address = spec.vip or spec.address  # a gateway has no VIP: its pod is its service
-        lines.append(f"{address} {host} {spec.name}.{spec.namespace}.svc {spec.name}.{spec.namespace}")
+        name = spec.service or spec.name
+        if (name, spec.namespace) in seen:
+            continue
+        seen.add((name, spec.namespace))
+        host = service_host(name, spec.namespace)
+        lines.append(f"{spec.vip or spec.address} {host} {name}.{spec.namespace}.svc {name}.{spec.namespace}")
     return "\n".join(lines) + "\n"
