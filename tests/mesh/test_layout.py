@@ -122,3 +122,12 @@ def test_proxy_status_as_istioctl_shows_it() -> None:
                         "eds": {"sent": "v7", "acked": "v7", "nack": "bad endpoint"}}}]  # fmt: skip
     assert proxy_rows(syncz) == [["server-0.default", "SYNCED", "STALE", "STALE", "NOT SENT", "NOT SENT", "v7"]]
     assert rejections(syncz) == ["server-0.default eds: bad endpoint"]
+
+
+def test_pods_without_a_sidecar_reach_a_vip_like_kube_proxy() -> None:
+    from pylon.mesh.kube_proxy import ruleset as services_ruleset
+
+    script = services_ruleset({("10.77.128.10", 8080): ["10.77.0.10", "10.77.0.11"], ("10.77.128.12", 80): []})
+    assert ("ip daddr 10.77.128.10 tcp dport 8080 dnat to numgen random mod 2 map { 0 : 10.77.0.10, 1 : 10.77.0.11 }"
+            in script)
+    assert "10.77.128.12" not in script  # no pod behind it: nothing to pick

@@ -69,6 +69,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshCli]:
             cli("run", f"server-{version}", "--service", "server", "--labels", f"version={version}", "--port", "8080",
                 "--", sys.executable, "-m", "pylon.cli", "echo", "--port", "8080", "--body-size", size)
         cli("run", "client", "--port", "9000", "--", "sleep", "600")
+        cli("run", "plain", "--no-sidecar", "--port", "8080", "--", sys.executable, "-m", "pylon.cli", "echo",
+            "--port", "8080")
         yield cli
     finally:
         cli("down", check=False)
@@ -82,6 +84,15 @@ def test_workloads_talk_by_name_through_both_sidecars_with_mtls(mesh: MeshCli) -
     xfcc = next(line for line in body.splitlines() if line.startswith("x-forwarded-client-cert:"))
     assert "URI=spiffe://cluster.local/ns/default/sa/client" in xfcc  # mTLS: the client's identity, verified
     assert "By=spiffe://cluster.local/ns/default/sa/server-v" in xfcc
+
+
+def test_a_pod_without_sidecar_talks_plaintext_both_ways(mesh: MeshCli) -> None:
+    """Auto mTLS: the client's sidecar sends plaintext to a workload without one (no tlsMode label); a pod
+    outside the mesh reaches a meshed server in plaintext (PERMISSIVE), so its sidecar sees no client identity."""
+    status, body = mesh.curl("client", "http://plain.default.svc.cluster.local:8080/debug")
+    assert status == "200" and "x-forwarded-client-cert" not in body and "127.0.0.6" not in body
+    status, body = mesh.curl("plain", f"{SERVER}/debug")
+    assert status == "200" and "URI=spiffe" not in body
 
 
 def test_an_authorization_policy_denies_a_path(mesh: MeshCli, tmp_path: Path) -> None:

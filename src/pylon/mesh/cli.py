@@ -53,11 +53,14 @@ def up_command(install_file: Path | None, proxy: str) -> None:
 @click.option("--port", "ports", type=click.IntRange(1, 65535), multiple=True, required=True,
               help="A port the workload serves HTTP on (repeatable).")
 @click.option("--labels", "labels", multiple=True, metavar="KEY=VALUE", help="A pod label (repeatable).")
+@click.option("--sidecar/--no-sidecar", default=True, show_default=True,
+              help="Inject a sidecar (Istio's sidecar.istio.io/inject); without one the pod is outside the mesh.")
 @click.option("--service", default=None, help="The service it backs (default: NAME); several workloads may back one, "
                                               "e.g. with --labels version=v1 and version=v2.")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def run_command(name: str, namespace: str, service_account: str | None, ports: tuple[int, ...],
-                labels: tuple[str, ...], service: str | None, command: tuple[str, ...]) -> None:  # fmt: skip
+                labels: tuple[str, ...], sidecar: bool, service: str | None,
+                command: tuple[str, ...]) -> None:  # fmt: skip
     """Start COMMAND (after --) as workload NAME with an injected sidecar; it is served as
     NAME.NAMESPACE.svc.cluster.local on every port given."""
     from pylon.mesh.netns import MeshError
@@ -69,7 +72,8 @@ def run_command(name: str, namespace: str, service_account: str | None, ports: t
             raise click.BadParameter(f"{label!r}: expected KEY=VALUE", param_hint="--labels")
         parsed[key] = value
     try:
-        spec = _mesh().run(name, namespace, service_account or name, ports, parsed, list(command), service or name)
+        spec = _mesh().run(name, namespace, service_account or name, ports, parsed, list(command), service or name,
+                           sidecar)  # fmt: skip
     except (MeshError, ValueError) as exc:
         _fail(exc)
     click.echo(f"{name}: pod {spec.address}, service {spec.service}.{namespace}.svc.cluster.local ({spec.vip}) "

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from pylon.mesh import netns
+from pylon.mesh import kube_proxy, netns
 from pylon.mesh.install import GatewayDeployment, Install
 from pylon.mesh.layout import (BRIDGE, HUB, PILOT_ADDRESS, PROXY_UID, allocate, check_name, netns_name, service_host,
                                state_dir, veth_name)  # fmt: skip
@@ -101,9 +101,10 @@ class Mesh:
     # ------------------------------------------------------------------ workloads
 
     def run(self, name: str, namespace: str, service_account: str, ports: tuple[int, ...],
-            labels: dict[str, str], command: list[str], service: str = "") -> WorkloadSpec:  # fmt: skip
-        """Start `command` as workload `name` with an injected sidecar, backing `service` (default: its name);
-        returns where it runs."""
+            labels: dict[str, str], command: list[str], service: str = "",
+            sidecar: bool = True) -> WorkloadSpec:  # fmt: skip
+        """Start `command` as workload `name` with an injected sidecar (or none: no capture either, as a pod
+        outside the mesh), backing `service` (default: its name); returns where it runs."""
         netns.check_host()
         check_name(name, "workload")
         check_name(namespace, "namespace")
@@ -118,7 +119,7 @@ class Mesh:
             raise netns.MeshError(f"service {service}.{namespace} serves port(s) {peer.ports}, not {ports}")
         vip = peer.vip if peer is not None else str(slot.vip)
         spec = WorkloadSpec(name=name, namespace=namespace, service_account=service_account, address=str(slot.address),
-                            vip=vip, ports=ports, labels=labels, service=service)  # fmt: skip
+                            vip=vip, ports=ports, labels=labels, service=service, sidecar=sidecar)  # fmt: skip
         pod = netns_name(name)
         workdir = self.root / "w" / name
         workdir.mkdir(parents=True)
@@ -127,12 +128,14 @@ class Mesh:
         state.save(self.state_file)
         netns.create_pod(pod, veth_name(slot.index), slot.address)
         netns.check_route(pod, PILOT_ADDRESS)
-        netns.load_capture(pod)
+        if sidecar:
+            netns.load_capture(pod)
         if peer is None:
             (self.config_dir / f"service-{namespace}-{service}.yaml").write_text(yaml.safe_dump(service_document(spec)))
         (self.config_dir / f"workload-{name}.yaml").write_text(yaml.safe_dump(workload_document(spec)))
         self._write_names(state)
-        self._start_agent(state, workload, workdir, "sidecar", spec.all_labels)
+        if sidecar:
+            self._start_agent(state, workload, workdir, "sidecar", spec.all_labels)
         if command:
             app = netns.spawn(pod, command, self.logs / f"{name}.log")
             workload.processes.append(Process("app", app.pid, netns.start_ticks(app.pid)))
@@ -216,11 +219,19 @@ class Mesh:
         return MeshState.load(self.state_file)
 
     def _write_names(self, state: MeshState) -> None:
-        """Every pod resolves every service (and gateway) by name: hosts files for all pods, rewritten in place."""
-        hosts = hosts_file([w.spec for w in state.workloads.values()])
-        for name in state.workloads:
+        """Every pod resolves every service (and gateway) by name: hosts files for all pods, rewritten in place;
+        pods without a sidecar reach service VIPs through kube-proxy-like rules, refreshed with the endpoints."""
+        specs = [w.spec for w in state.workloads.values()]
+        hosts = hosts_file(specs)
+        services: dict[tuple[str, int], list[str]] = {}
+        for spec in specs:
+            for port in spec.ports if spec.vip else ():
+                services.setdefault((spec.vip, port), []).append(spec.address)
+        for name, workload in state.workloads.items():
             netns.write_etc(netns_name(name), "hosts", hosts)
             netns.write_etc(netns_name(name), "resolv.conf", "options timeout:1 attempts:1\nnameserver 10.77.0.1\n")
+            if workload.kind == "sidecar" and not workload.spec.sidecar:
+                netns.load_rules(netns_name(name), kube_proxy.ruleset(services))
 
     def _start_agent(self, state: MeshState, workload: Workload, workdir: Path, proxy_type: str,
                      labels: dict[str, str], extra: Sequence[str] = ()) -> None:

@@ -88,6 +88,11 @@ def load_capture(netns: str) -> None:
         raise MeshError(f"capture rules did not load in {netns}: {listing}")
 
 
+def load_rules(netns: str, script: str) -> None:
+    """Load an nft script in `netns` (atomic: all of it or nothing)."""
+    run("ip", "netns", "exec", netns, "nft", "-f", "-", input_text=script)
+
+
 def write_etc(netns: str, name: str, text: str) -> None:
     """A file `ip netns exec` shows as /etc/<name> in `netns` (replaced in place, so running processes see it)."""
     directory = ETC_NETNS / netns

@@ -28,10 +28,14 @@ class WorkloadSpec:
     ports: tuple[int, ...]
     labels: dict[str, str] = field(default_factory=dict)
     service: str = ""  # the service it backs ("" for a gateway, which has none)
+    sidecar: bool = True
 
     @property
     def all_labels(self) -> dict[str, str]:
-        return {"app": self.service, **self.labels, TLS_MODE_LABEL: "istio"}
+        """The service's `app`, its own labels, and the tlsMode label of a workload with a sidecar (which makes
+        clients' sidecars use mTLS to it; without one they send plaintext, as Istio's auto mTLS)."""
+        labels = {"app": self.service, **self.labels}
+        return {**labels, TLS_MODE_LABEL: "istio"} if self.sidecar else labels
 
 
 def service_document(spec: WorkloadSpec) -> dict[str, Any]:
