@@ -26,6 +26,7 @@ from cryptography import x509
 from pylon.agent.bootstrap import Workload, build_bootstrap
 from pylon.agent.health import http_status, serve_health
 from pylon.agent.keys import AgentKeySource, KeySource
+from pylon.pilot.istio.proxyconfig import key_provider_from_metadata
 from pylon.agent.rotation import next_retry, rotate_at
 from pylon.agent.sds import SecretStore, serve_sds
 from pylon.agent.xds_proxy import XdsProxy
@@ -136,7 +137,8 @@ async def _stop_proxy(proxy: asyncio.subprocess.Process, options: AgentOptions) 
 
 
 async def run(options: AgentOptions) -> int:
-    agent = Agent(options, AgentKeySource())
+    provider = key_provider_from_metadata({"PROXY_CONFIG": dict(options.workload.proxy_config)})
+    agent = Agent(options, AgentKeySource(provider=provider))
     try:
         due = await agent.renew()
     except (CaClientError, OSError) as exc:

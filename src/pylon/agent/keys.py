@@ -15,9 +15,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
 from envoy.config.core.v3.base_pb2 import DataSource
+from envoy.extensions.transport_sockets.tls.v3.common_pb2 import PrivateKeyProvider as ProviderConfig
 from envoy.extensions.transport_sockets.tls.v3.common_pb2 import TlsCertificate
 from pylon.identity.certs import KeyType, PrivateKey, generate_key
 from pylon.identity.spiffe import SpiffeId
+from pylon.pilot.istio.proxyconfig import PrivateKeyProvider
+from pylon.xds.contrib_protos import provider_config
 
 
 class WorkloadKey(Protocol):
@@ -50,20 +53,30 @@ def build_csr(key: PrivateKey, identity: SpiffeId) -> str:
 class InAgentKey:
     key: PrivateKey
     csr_pem: str
+    provider: PrivateKeyProvider | None = None
 
     def tls_certificate(self, chain_pem: str) -> TlsCertificate:
+        """The key inline, or - with a privateKeyProvider, as Istio's agent translates it for `default` - inside
+        the CryptoMB or QAT provider's config (`fallback` as the ProxyConfig says)."""
         key_pem = self.key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                          serialization.NoEncryption())  # fmt: skip
-        return TlsCertificate(certificate_chain=DataSource(inline_bytes=chain_pem.encode()),
-                              private_key=DataSource(inline_bytes=key_pem))  # fmt: skip
+        chain = DataSource(inline_bytes=chain_pem.encode())
+        provider = self.provider
+        if provider is None:
+            return TlsCertificate(certificate_chain=chain, private_key=DataSource(inline_bytes=key_pem))
+        config = provider_config(provider.name, key_pem, provider.settings.poll_delay)
+        return TlsCertificate(certificate_chain=chain, private_key_provider=ProviderConfig(
+            provider_name=provider.name, typed_config=config, fallback=provider.settings.fallback))
 
 
 @dataclass(frozen=True)
 class AgentKeySource:
-    """Istio's default: the key is generated in the agent's memory and sent to the proxy over SDS."""
+    """Istio's default: the key is generated in the agent's memory and sent to the proxy over SDS (with the
+    proxy's privateKeyProvider, if its ProxyConfig names one)."""
 
     key_type: KeyType = KeyType.RSA_2048  # Istio's WORKLOAD_RSA_KEY_SIZE default
+    provider: PrivateKeyProvider | None = None
 
     def new_key(self, identity: SpiffeId) -> InAgentKey:
         key = generate_key(self.key_type)
-        return InAgentKey(key=key, csr_pem=build_csr(key, identity))
+        return InAgentKey(key=key, csr_pem=build_csr(key, identity), provider=self.provider)

@@ -10,10 +10,8 @@ importing this module once is enough. The names and field numbers are the API's 
 
 from __future__ import annotations
 
-from google.protobuf import descriptor_pb2, descriptor_pool
-from google.protobuf import duration_pb2  # noqa: F401 - Duration must be in the pool first
-
-import envoy.config.core.v3.base_pb2  # noqa: F401 - and DataSource
+from google.protobuf import any_pb2, descriptor_pb2, descriptor_pool, duration_pb2, message_factory
+import envoy.config.core.v3.base_pb2  # noqa: F401 - DataSource must be in the pool first
 
 CRYPTOMB = "envoy.extensions.private_key_providers.cryptomb.v3alpha.CryptoMbPrivateKeyMethodConfig"
 QAT = "envoy.extensions.private_key_providers.qat.v3alpha.QatPrivateKeyMethodConfig"
@@ -45,3 +43,18 @@ def _register() -> None:
 
 
 _register()
+
+
+#: provider_name -> the config message's full name (Envoy's extension names envoy.tls.key_providers.<name>).
+PROVIDERS = {"cryptomb": CRYPTOMB, "qat": QAT}
+
+
+def provider_config(provider_name: str, key_pem: bytes, poll_delay: float) -> any_pb2.Any:
+    """The packed CryptoMB or QAT config: the key inline (as Istio sends it) and the poll delay in seconds."""
+    message_class = message_factory.GetMessageClass(descriptor_pool.Default().FindMessageTypeByName(PROVIDERS[provider_name]))
+    message = message_class()
+    message.private_key.inline_bytes = key_pem
+    message.poll_delay.CopyFrom(duration_pb2.Duration(seconds=int(poll_delay), nanos=round(poll_delay % 1 * 1e9)))
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
