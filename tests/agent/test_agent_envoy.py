@@ -73,6 +73,7 @@ class Mesh:
     health_port: int
     client_cert: Path
     client_key: Path
+    status_port: int
 
 
 def _client_identity(ca_address: str, root_pem: bytes, token: str, directory: Path) -> tuple[Path, Path]:
@@ -93,7 +94,7 @@ def mesh(request: pytest.FixtureRequest) -> Iterator[Mesh]:
     try:
         config_dir, ca_dir = work / "config", work / "ca"
         config_dir.mkdir()
-        xds_port, ca_port, listener_port, health_port, admin_port = (free_port() for _ in range(5))
+        xds_port, ca_port, listener_port, health_port, admin_port, status_port = (free_port() for _ in range(6))
         ca_address = f"127.0.0.1:{ca_port}"
         procs.append(subprocess.Popen(
             pylon_cmd("pilot", "--config-dir", str(config_dir), "--grpc-address", f"127.0.0.1:{xds_port}",
@@ -116,12 +117,13 @@ def mesh(request: pytest.FixtureRequest) -> Iterator[Mesh]:
                       "--workdir", str(work), "--sds-socket", str(work / "sds.sock"), "--envoy-binary", str(ENVOY),
                       "--proxy", request.param,
                       "--bootstrap-override", str(override), "--admin-port", str(admin_port),
-                      "--health-address", f"127.0.0.1:{health_port}", "--ttl", "4", "--drain-seconds", "0.5"),
+                      "--health-address", f"127.0.0.1:{health_port}", "--status-address", f"127.0.0.1:{status_port}",
+                      "--ttl", "4", "--drain-seconds", "0.5"),
             start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))  # fmt: skip
         wait_for_port(listener_port, proc=procs[1], timeout=20)
         cert, key = _client_identity(ca_address, root_pem, (work / "client-token").read_text(), work)
         yield Mesh(root_pem=root_pem, listener_port=listener_port, health_port=health_port, client_cert=cert,
-                   client_key=key)  # fmt: skip
+                   client_key=key, status_port=status_port)  # fmt: skip
     finally:
         for proc in reversed(procs):
             stop_process_group(proc)
@@ -174,6 +176,17 @@ def test_health_ready_once_envoy_is_ready(mesh: Mesh) -> None:
             return
         time.sleep(0.2)
     pytest.fail(f"never ready: {status!r}")
+
+
+def test_merged_prometheus_has_the_proxys_and_the_agents_metrics(mesh: Mesh) -> None:
+    """Istio's :15020 /stats/prometheus: one scrape of the pod, the proxy's metrics and the agent's."""
+    import httpx
+
+    text = httpx.get(f"http://127.0.0.1:{mesh.status_port}/stats/prometheus", timeout=5).text
+    assert "envoy_server_live" in text or "envoy_cluster_manager_cluster_added" in text  # the proxy's own
+    expiry = next(line for line in text.splitlines() if line.startswith("istio_agent_cert_expiry_seconds "))
+    assert 0 < float(expiry.split()[1]) <= 4  # --ttl 4
+    assert "istio_agent_scrapes_total" in text
 
 
 def test_rotation_changes_the_served_certificate_without_failing_requests(mesh: Mesh) -> None:

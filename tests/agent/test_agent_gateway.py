@@ -138,6 +138,7 @@ def start_agent(mesh: Mesh) -> Iterator:
                 "--root-cert", str(mesh.base / "cacerts" / "root-cert.pem"), "--token-file", str(token),
                 "--workdir", str(work), "--proxy", proxy, "--envoy-binary", str(ENVOY),
                 "--admin-port", str(free_port()), "--health-address", f"127.0.0.1:{free_port()}",
+                "--status-address", f"127.0.0.1:{free_port()}",
                 "--drain-seconds", "0.2", *extra), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         agents.append(Agent(proc, log))
         return agents[-1]

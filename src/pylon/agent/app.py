@@ -25,6 +25,7 @@ from cryptography import x509
 
 from pylon.agent.bootstrap import Workload, build_bootstrap
 from pylon.agent.health import http_status, serve_health
+from pylon.agent.metrics import AgentMetrics, serve_metrics
 from pylon.agent.keys import AgentKeySource, KeySource
 from pylon.pilot.istio.proxyconfig import key_provider_from_metadata
 from pylon.agent.rotation import next_retry, rotate_at
@@ -50,6 +51,7 @@ class AgentOptions:
     bootstrap_override: Path | None = None
     admin_port: int = 15000
     health: tuple[str, int] = ("127.0.0.1", 15021)
+    status: tuple[str, int] = ("127.0.0.1", 15020)
     ttl_seconds: int = 24 * 3600
     grace_ratio: float = 0.5
     drain_seconds: float = 5.0
@@ -157,6 +159,7 @@ async def run(options: AgentOptions) -> int:
     options.bootstrap_path.parent.mkdir(parents=True, exist_ok=True)
     options.bootstrap_path.write_text(json.dumps(bootstrap, indent=2))
     health = await serve_health(*options.health, agent.ready)
+    merged_metrics = await serve_metrics(*options.status, options.admin_port, AgentMetrics(lambda: agent.not_after))
     proxy = await asyncio.create_subprocess_exec(*proxy_command(options))
     log.info("agent for %s: SDS on %s, xDS on %s, proxy pid %d, health on %s:%d", options.workload.node_id,
              options.sds_socket, options.xds_socket, proxy.pid, *options.health)  # fmt: skip
@@ -177,6 +180,7 @@ async def run(options: AgentOptions) -> int:
     stopping.cancel()
     rotation.cancel()
     health.close()
+    merged_metrics.close()
     await sds.stop(grace=0.5)
     await xds.stop()
     options.sds_socket.unlink(missing_ok=True)

@@ -64,6 +64,8 @@ def _address(text: str, flag: str) -> tuple[str, int]:
               help="YAML merged over the bootstrap (Istio's ISTIO_BOOTSTRAP_OVERRIDE; Envoy's --config-yaml).")
 @click.option("--admin-port", type=click.IntRange(1, 65535), default=15000, show_default=True)
 @click.option("--health-address", default="127.0.0.1:15021", show_default=True, help="/healthz/ready.")
+@click.option("--status-address", default="127.0.0.1:15020", show_default=True,
+              help="/stats/prometheus: the proxy's metrics merged with the agent's (Istio's :15020).")
 @click.option("--ttl", "ttl_seconds", type=click.IntRange(1), default=24 * 3600, show_default=True,
               help="Certificate lifetime to request, seconds (Istio's SECRET_TTL).")
 @click.option("--grace-ratio", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.5,
@@ -79,8 +81,8 @@ def agent_command(proxy_type: str, namespace: str, service_account: str, pod_nam
                   ca_address: str, root_cert: Path, token_file: Path, discovery_address: str,
                   label_pairs: tuple[str, ...], proxy_config: Path | None, workdir: Path,
                   sds_socket: Path | None, proxy: str, envoy_binary: str | None, bootstrap_override: Path | None,
-                  admin_port: int, health_address: str, ttl_seconds: int, grace_ratio: float, drain_seconds: float,
-                  proxy_uid: int | None, log_level: str) -> None:  # fmt: skip
+                  admin_port: int, health_address: str, status_address: str, ttl_seconds: int, grace_ratio: float,
+                  drain_seconds: float, proxy_uid: int | None, log_level: str) -> None:  # fmt: skip
     """Run Istio's pilot-agent role beside a proxy: certificate, SDS, xDS proxy, rotation, bootstrap, supervision."""
     from pylon.agent.app import AgentOptions, run_agent
     from pylon.agent.bootstrap import Workload
@@ -109,7 +111,8 @@ def agent_command(proxy_type: str, namespace: str, service_account: str, pod_nam
         xds_socket=workdir / "etc/istio/proxy/XDS",
         bootstrap_path=workdir / "etc/istio/proxy/envoy-rev.json", proxy=proxy, envoy_binary=envoy_binary,
         bootstrap_override=bootstrap_override, admin_port=admin_port,
-        health=_address(health_address, "--health-address"), ttl_seconds=ttl_seconds, grace_ratio=grace_ratio,
+        health=_address(health_address, "--health-address"), status=_address(status_address, "--status-address"),
+        ttl_seconds=ttl_seconds, grace_ratio=grace_ratio,
         drain_seconds=drain_seconds, proxy_uid=proxy_uid, log_level=log_level,
     )  # fmt: skip
     sys.exit(run_agent(options))

@@ -46,3 +46,36 @@ async def http_status(host: str, port: int, path: str, method: str = "GET", time
         return None
     finally:
         writer.close()
+
+
+async def http_get(host: str, port: int, path: str, timeout: float = 2.0) -> tuple[int | None, bytes]:
+    """(status, body) of a GET to the proxy's admin (read to the connection's close); (None, b"") if unreachable."""
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    except (OSError, asyncio.TimeoutError):
+        return None, b""
+    try:
+        writer.write(f"GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n".encode())
+        response = await asyncio.wait_for(reader.read(), timeout)
+    except (OSError, asyncio.TimeoutError):
+        return None, b""
+    finally:
+        writer.close()
+    head, _, body = response.partition(b"\r\n\r\n")
+    parts = head.split(b"\r\n", 1)[0].split()
+    status = int(parts[1]) if len(parts) >= 2 and parts[1].isdigit() else None
+    if b"transfer-encoding: chunked" in head.lower():
+        body = _dechunk(body)
+    return status, body
+
+
+def _dechunk(data: bytes) -> bytes:
+    out = bytearray()
+    while data:
+        size_line, _, rest = data.partition(b"\r\n")
+        size = int(size_line.split(b";")[0] or b"0", 16)
+        if size == 0:
+            break
+        out += rest[:size]
+        data = rest[size + 2:]
+    return bytes(out)
