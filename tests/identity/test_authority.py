@@ -8,7 +8,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from pylon.agent.keys import build_csr
+from pylon.identity.certs import build_csr
 from pylon.identity.authority import (MAX_TTL, CaError, CaMaterial, CaSetupError, resolve_ttl)  # fmt: skip
 from pylon.identity.certs import Issued, KeyType, generate_key, make_ca
 from pylon.identity.spiffe import SpiffeId

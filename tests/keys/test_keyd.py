@@ -171,3 +171,31 @@ def test_proxy_memory_holds_no_prime_while_keyd_does(pki, sock) -> None:  # type
         proxy.kill()
         proxy.wait()
         stop(keyd)
+
+
+def test_keyd_makes_a_key_and_answers_only_its_csr() -> None:
+    """GENERATE: the key is born in keyd under the id asked for; only a CSR for the SPIFFE id leaves."""
+    from cryptography import x509
+
+    from pylon.keys.keyd.protocol import ERROR, GENERATE, OK, Request, decode_request, encode_request
+    from pylon.keys.keyd.server import KeydServer
+
+    server = KeydServer({}, allow_uids=[os.getuid()])
+    replies = []
+
+    def ask(key_id: str, uri: bytes) -> None:
+        body = encode_request(Request(7, GENERATE, key_id, uri))[4:]
+        assert decode_request(body).kind == GENERATE
+        server.handle(body, replies.append)
+
+    ask("default.web.1", b"spiffe://cluster.local/ns/default/sa/web")
+    assert replies[-1].status == OK and b"PRIVATE KEY" not in replies[-1].data
+    csr = x509.load_pem_x509_csr(replies[-1].data)
+    assert csr.is_signature_valid
+    assert csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+        x509.UniformResourceIdentifier) == ["spiffe://cluster.local/ns/default/sa/web"]
+    assert "default.web.1" in server.keys
+    ask("default.web.1", b"spiffe://cluster.local/ns/default/sa/web")  # an id is never replaced
+    assert replies[-1].status == ERROR and b"taken" in replies[-1].data
+    ask("default.web.2", b"not-a-spiffe-id")
+    assert replies[-1].status == ERROR and "default.web.2" not in server.keys

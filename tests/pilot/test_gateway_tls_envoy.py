@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
-from pylon.agent.keys import build_csr
+from pylon.identity.certs import build_csr
 from pylon.identity.authority import CaMaterial
 from pylon.identity.certs import Issued, KeyType, Usage, generate_key, issue_leaf, make_ca
 from pylon.identity.spiffe import SpiffeId

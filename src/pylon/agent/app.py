@@ -26,12 +26,13 @@ from cryptography import x509
 from pylon.agent.bootstrap import Workload, build_bootstrap
 from pylon.agent.health import http_status, serve_health
 from pylon.agent.metrics import AgentMetrics, serve_metrics
-from pylon.agent.keys import AgentKeySource, KeySource
+from pylon.agent.keys import AgentKeySource, KeydKeySource, KeySource
 from pylon.pilot.istio.proxyconfig import key_provider_from_metadata
 from pylon.agent.rotation import next_retry, rotate_at
 from pylon.agent.sds import SecretStore, serve_sds
 from pylon.agent.xds_proxy import XdsProxy
 from pylon.identity.client import CaClientError, create_certificate
+from pylon.keys.keyd.client import KeydError
 
 log = logging.getLogger("pylon.agent")
 
@@ -56,6 +57,7 @@ class AgentOptions:
     grace_ratio: float = 0.5
     drain_seconds: float = 5.0
     proxy_uid: int | None = None
+    keyd_socket: str | None = None  # the workload key is made and kept in this `pylon keyd`
     log_level: str = "info"
 
 
@@ -69,7 +71,7 @@ class Agent:
     async def renew(self) -> float:
         """A new key and certificate into SDS; returns when the next renewal is due (time.time clock)."""
         options = self.options
-        key = self.keys.new_key(options.workload.identity)
+        key = await asyncio.to_thread(self.keys.new_key, options.workload.identity)  # key generation takes a while
         chain = await create_certificate(options.ca_address, options.root_cert.read_bytes(), key.csr_pem,
                                          ttl_seconds=options.ttl_seconds,
                                          token=options.token_file.read_text().strip())  # fmt: skip
@@ -87,7 +89,7 @@ class Agent:
             await asyncio.sleep(max(due - time.time(), 0))
             try:
                 due, delay = await self.renew(), None
-            except (CaClientError, OSError) as exc:
+            except (CaClientError, KeydError, OSError) as exc:
                 delay = next_retry(delay)
                 log.error("certificate renewal failed (current one expires %s): %s; retrying in %.1fs",
                           dt.datetime.fromtimestamp(self.not_after, dt.timezone.utc).isoformat(timespec="seconds"),
@@ -138,12 +140,19 @@ async def _stop_proxy(proxy: asyncio.subprocess.Process, options: AgentOptions) 
             await proxy.wait()
 
 
+def key_source(options: AgentOptions) -> KeySource:
+    """Where the workload key is born: in `pylon keyd` when given one, else in the agent (Istio's default), with
+    the pod's privateKeyProvider if its ProxyConfig names one."""
+    if options.keyd_socket is not None:
+        return KeydKeySource(options.keyd_socket)
+    return AgentKeySource(provider=key_provider_from_metadata({"PROXY_CONFIG": dict(options.workload.proxy_config)}))
+
+
 async def run(options: AgentOptions) -> int:
-    provider = key_provider_from_metadata({"PROXY_CONFIG": dict(options.workload.proxy_config)})
-    agent = Agent(options, AgentKeySource(provider=provider))
+    agent = Agent(options, key_source(options))
     try:
         due = await agent.renew()
-    except (CaClientError, OSError) as exc:
+    except (CaClientError, KeydError, OSError) as exc:
         log.error("cannot get the first certificate: %s", exc)
         return 1
     sds = await serve_sds(agent.store, str(options.sds_socket))

@@ -1,26 +1,27 @@
 """Where a workload key is born: the seam between the agent and the key's home.
 
-Istio's default makes the key in the agent and hands it to the proxy inline over SDS. Later
-placements (keyd, a PKCS#11 token) make the key elsewhere, sign the CSR there, and give the proxy
-a private-key-provider config instead of key bytes; they implement the same `KeySource`, so the
+Istio's default makes the key in the agent and hands it to the proxy inline over SDS. `pylon keyd`
+makes the key itself, signs the CSR there, and the proxy gets a private-key-provider config instead
+of key bytes (a PKCS#11 token is the next placement); each implements the same `KeySource`, so the
 CSR flow, rotation and SDS code do not change.
 """
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 from typing import Protocol
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 
 from envoy.config.core.v3.base_pb2 import DataSource
 from envoy.extensions.transport_sockets.tls.v3.common_pb2 import PrivateKeyProvider as ProviderConfig
 from envoy.extensions.transport_sockets.tls.v3.common_pb2 import TlsCertificate
-from pylon.identity.certs import KeyType, PrivateKey, generate_key
+from pylon.identity.certs import KeyType, PrivateKey, build_csr, generate_key
 from pylon.identity.spiffe import SpiffeId
 from pylon.pilot.istio.proxyconfig import PrivateKeyProvider
-from pylon.xds.contrib_protos import provider_config
+from pylon.keys.keyd.client import generate
+from pylon.xds.contrib_protos import keyd_config, provider_config
 
 
 class WorkloadKey(Protocol):
@@ -36,17 +37,6 @@ class WorkloadKey(Protocol):
 
 class KeySource(Protocol):
     def new_key(self, identity: SpiffeId) -> WorkloadKey: ...
-
-
-def build_csr(key: PrivateKey, identity: SpiffeId) -> str:
-    """A CSR carrying the SPIFFE id as its SAN, as Istio's agent sends (the CA ignores it anyway)."""
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([]))
-        .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(identity.uri)]), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    return csr.public_bytes(serialization.Encoding.PEM).decode()
 
 
 @dataclass(frozen=True)
@@ -80,3 +70,31 @@ class AgentKeySource:
     def new_key(self, identity: SpiffeId) -> InAgentKey:
         key = generate_key(self.key_type)
         return InAgentKey(key=key, csr_pem=build_csr(key, identity), provider=self.provider)
+
+
+@dataclass(frozen=True)
+class KeydWorkloadKey:
+    csr_pem: str
+    socket_path: str
+    key_id: str
+    timeout: float
+
+    def tls_certificate(self, chain_pem: str) -> TlsCertificate:
+        """The chain, and the keyd provider config naming where the key is: no key bytes at all."""
+        return TlsCertificate(certificate_chain=DataSource(inline_bytes=chain_pem.encode()),
+                              private_key_provider=ProviderConfig(provider_name="keyd", typed_config=keyd_config(
+                                  self.socket_path, self.key_id, self.timeout)))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class KeydKeySource:
+    """The key is born in `pylon keyd` (which signs the CSR with it) and stays there: the agent and the proxy
+    only ever hold its certificate and id; the proxy's handshakes sign through keyd."""
+
+    socket_path: str
+    timeout: float = 1.0
+
+    def new_key(self, identity: SpiffeId) -> KeydWorkloadKey:
+        key_id = f"{identity.namespace}.{identity.service_account}.{secrets.token_hex(6)}"
+        csr = generate(self.socket_path, key_id, identity.uri)
+        return KeydWorkloadKey(csr_pem=csr, socket_path=self.socket_path, key_id=key_id, timeout=self.timeout)

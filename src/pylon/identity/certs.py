@@ -26,12 +26,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from pylon.identity.spiffe import SpiffeId
+
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 
 #: Slack subtracted from "now" for notBefore, so a peer whose clock runs a little
 #: behind ours does not reject a certificate issued a moment ago.
 CLOCK_SKEW = dt.timedelta(minutes=5)
-
 
 class KeyType(enum.Enum):
     """Key algorithms pylon issues: the ones Envoy's TLS and the key providers handle."""
@@ -282,3 +283,14 @@ def make_test_pki(directory: str | os.PathLike[str]) -> TestPki:
         client=write_pem_files(base, "client", client, authority),
         client_spiffe_id=spiffe_id,
     )
+
+
+def build_csr(key: PrivateKey, identity: SpiffeId) -> str:
+    """A CSR carrying the SPIFFE id as its SAN, as Istio's agent sends (the CA ignores it anyway)."""
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([]))
+        .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(identity.uri)]), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return csr.public_bytes(serialization.Encoding.PEM).decode()

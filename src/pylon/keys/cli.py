@@ -17,8 +17,9 @@ def _key_spec(value: str) -> tuple[str, pathlib.Path]:
 
 @click.command("keyd")
 @click.option("--listen", required=True, metavar="unix:PATH", help="Unix socket to serve on.")
-@click.option("--key", "keys", multiple=True, required=True, metavar="ID=KEYFILE",
-              help="A PEM private key served under ID (repeatable).")
+@click.option("--key", "keys", multiple=True, metavar="ID=KEYFILE",
+              help="A PEM private key served under ID (repeatable; without any, keyd serves the keys agents ask it "
+                   "to make).")
 @click.option("--allow-uid", "allow_uids", multiple=True, type=int, metavar="UID",
               help="A uid allowed to connect (repeatable; default: keyd's own uid).")
 @click.option("--no-cryptomb", is_flag=True, help="Compute with OpenSSL even where crypto_mb could run.")
@@ -44,7 +45,7 @@ def keyd_command(listen: str, keys: tuple[str, ...], allow_uids: tuple[int, ...]
     loaded = load_keys(specs, use_cryptomb=not no_cryptomb)
     try:
         ready = lambda: click.echo("keyd ready", err=True)  # noqa: E731
-        uvloop.run(run_keyd(listen[5:], loaded, allow_uids, poll_delay, ready=ready))
+        uvloop.run(run_keyd(listen[5:], loaded, allow_uids, poll_delay, ready=ready, use_cryptomb=not no_cryptomb))
     except KeyboardInterrupt:
         pass
 

@@ -1,4 +1,5 @@
-"""Envoy's contrib private key provider configs (CryptoMB, QAT) as protobuf messages, added to the default pool.
+"""Envoy's contrib private key provider configs (CryptoMB, QAT) and pylon's keyd provider config as protobuf
+messages, added to the default pool.
 
 Why here: xds-protos ships only Envoy's core API, but Istio puts these configs in the SDS secrets
 it sends (`privateKeyProvider` in ProxyConfig). pilot must encode them into an `Any` and pylon's
@@ -10,11 +11,15 @@ importing this module once is enough. The names and field numbers are the API's 
 
 from __future__ import annotations
 
+from typing import Any
+
 from google.protobuf import any_pb2, descriptor_pb2, descriptor_pool, duration_pb2, message_factory
 import envoy.config.core.v3.base_pb2  # noqa: F401 - DataSource must be in the pool first
 
 CRYPTOMB = "envoy.extensions.private_key_providers.cryptomb.v3alpha.CryptoMbPrivateKeyMethodConfig"
 QAT = "envoy.extensions.private_key_providers.qat.v3alpha.QatPrivateKeyMethodConfig"
+# pylon's own provider (keys/config.py Keyd): the key stays in `pylon keyd`; the config names where and which.
+KEYD = "pylon.key_providers.keyd.v1.Keyd"
 
 _F = descriptor_pb2.FieldDescriptorProto
 
@@ -33,13 +38,26 @@ def _key_method_file(full_name: str) -> descriptor_pb2.FileDescriptorProto:
     return proto
 
 
+def _keyd_file() -> descriptor_pb2.FileDescriptorProto:
+    package, _, message_name = KEYD.rpartition(".")
+    proto = descriptor_pb2.FileDescriptorProto(name="pylon/key_providers/keyd.proto", package=package, syntax="proto3",
+                                               dependency=["google/protobuf/duration.proto"])  # fmt: skip
+    message = proto.message_type.add(name=message_name)
+    message.field.add(name="socket_path", number=1, type=_F.TYPE_STRING, label=_F.LABEL_OPTIONAL, json_name="socketPath")
+    message.field.add(name="key_id", number=2, type=_F.TYPE_STRING, label=_F.LABEL_OPTIONAL, json_name="keyId")
+    message.field.add(name="timeout", number=3, type=_F.TYPE_MESSAGE, label=_F.LABEL_OPTIONAL,
+                      type_name=".google.protobuf.Duration", json_name="timeout")  # fmt: skip
+    return proto
+
+
 def _register() -> None:
     pool = descriptor_pool.Default()
-    for full_name in (CRYPTOMB, QAT):
+    for full_name, build in ((CRYPTOMB, lambda: _key_method_file(CRYPTOMB)), (QAT, lambda: _key_method_file(QAT)),
+                             (KEYD, _keyd_file)):  # fmt: skip
         try:
             pool.FindMessageTypeByName(full_name)
         except KeyError:
-            pool.AddSerializedFile(_key_method_file(full_name).SerializeToString())
+            pool.AddSerializedFile(build().SerializeToString())
 
 
 _register()
@@ -51,10 +69,30 @@ PROVIDERS = {"cryptomb": CRYPTOMB, "qat": QAT}
 
 def provider_config(provider_name: str, key_pem: bytes, poll_delay: float) -> any_pb2.Any:
     """The packed CryptoMB or QAT config: the key inline (as Istio sends it) and the poll delay in seconds."""
-    message_class = message_factory.GetMessageClass(descriptor_pool.Default().FindMessageTypeByName(PROVIDERS[provider_name]))
-    message = message_class()
+    message = _message(PROVIDERS[provider_name])
     message.private_key.inline_bytes = key_pem
-    message.poll_delay.CopyFrom(duration_pb2.Duration(seconds=int(poll_delay), nanos=round(poll_delay % 1 * 1e9)))
+    message.poll_delay.CopyFrom(_duration(poll_delay))
+    return _packed(message)
+
+
+def keyd_config(socket_path: str, key_id: str, timeout: float) -> any_pb2.Any:
+    """The packed keyd config: which keyd holds the key, under which id, and each operation's deadline."""
+    message = _message(KEYD)
+    message.socket_path = socket_path
+    message.key_id = key_id
+    message.timeout.CopyFrom(_duration(timeout))
+    return _packed(message)
+
+
+def _message(full_name: str) -> Any:
+    return message_factory.GetMessageClass(descriptor_pool.Default().FindMessageTypeByName(full_name))()
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    return duration_pb2.Duration(seconds=int(seconds), nanos=round(seconds % 1 * 1e9))
+
+
+def _packed(message: Any) -> any_pb2.Any:
     packed = any_pb2.Any()
     packed.Pack(message)
     return packed

@@ -15,7 +15,7 @@ import socket
 from collections.abc import Callable
 
 from pylon.keys.hook import HookedKey, complete_slot, fail_slot, slot_input
-from pylon.keys.keyd.protocol import OK, FrameReader, ProtocolError, Request, decode_response, encode_request
+from pylon.keys.keyd.protocol import GENERATE, OK, FrameReader, ProtocolError, Request, decode_response, encode_request
 
 log = logging.getLogger("pylon.keys.keyd")
 
@@ -161,3 +161,33 @@ class _KeydClient(asyncio.Protocol):
             timer.cancel()
             fail_slot(slot)
             done()
+
+
+class KeydError(Exception):
+    """keyd refused or could not be reached; the message says why."""
+
+
+def generate(socket_path: str, key_id: str, identity_uri: str, timeout: float = 10.0) -> str:
+    """Ask keyd to make a key under `key_id` (it never leaves keyd); the CSR for `identity_uri` it signed with it.
+
+    Blocking: an agent calls it off its event loop, once per certificate.
+    """
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        try:
+            sock.connect(socket_path)
+            sock.sendall(encode_request(Request(1, GENERATE, key_id, identity_uri.encode())))
+            reader = FrameReader()
+            while True:
+                data = sock.recv(65536)
+                if not data:
+                    raise KeydError(f"keyd at {socket_path} closed the connection (is this uid allowed?)")
+                frames = reader.feed(data)
+                if frames:
+                    break
+        except OSError as exc:
+            raise KeydError(f"keyd at {socket_path}: {exc.strerror or exc}") from None
+    response = decode_response(frames[0])
+    if response.status != OK:
+        raise KeydError(f"keyd at {socket_path}: {response.data.decode(errors='replace')}")
+    return response.data.decode()

@@ -4,7 +4,9 @@ Request:  u32 length | u32 id | u8 kind | u8 key_id_len | key_id | data
 Response: u32 length | u32 id | u8 status | data   (data = result, or a UTF-8 reason)
 
 `length` counts the bytes after itself. `kind` is 1 (raw RSA on a padded
-block) or 2 (ECDSA over a digest): the only primitives a TLS handshake needs.
+block) or 2 (ECDSA over a digest): the only primitives a TLS handshake needs;
+or 3 (GENERATE): keyd makes a new key under `key_id` and answers with a CSR
+for the SPIFFE id in `data` (what an agent asks, so the key is born in keyd).
 Responses carry the request id, so a proxy can pipeline requests and keyd
 can answer them in batch order. Nothing in either direction is key material.
 """
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 
 OK = 0
 ERROR = 1
+GENERATE = 3
 MAX_FRAME = 4096
 
 _HEAD = struct.Struct("!I")

@@ -1,4 +1,6 @@
-"""The keyd server: holds private keys, signs for authenticated local proxies, never exports a key.
+"""The keyd server: holds private keys, signs for authenticated local proxies, never exports a key. Keys are
+loaded at start (`--key`) or made here on an agent's request (GENERATE: the key is born in keyd and only
+its CSR leaves).
 
 Callers are authenticated by the kernel (SO_PEERCRED on the Unix socket):
 only the uids in the allow-list (by default keyd's own uid) may connect;
@@ -24,7 +26,10 @@ from cryptography.hazmat.primitives import serialization
 
 from pylon.keys import cryptomb
 from pylon.keys.hook import DONE, ECDSA_DIGEST, RSA_RAW, HookedKey, ffi, lib, new_slot
-from pylon.keys.keyd.protocol import ERROR, OK, FrameReader, ProtocolError, Response, decode_request, encode_response
+from pylon.identity.certs import KeyType, build_csr, generate_key
+from pylon.identity.spiffe import SpiffeError, SpiffeId
+from pylon.keys.keyd.protocol import (ERROR, GENERATE, OK, FrameReader, ProtocolError, Request, Response, decode_request,
+                                      encode_response)  # fmt: skip
 
 log = logging.getLogger("pylon.keyd")
 
@@ -74,8 +79,10 @@ def peer_uid(sock: socket.socket) -> tuple[int, int]:
 class KeydServer:
     """Serves `keys` on a Unix socket to the uids in `allow_uids`."""
 
-    def __init__(self, keys: dict[str, KeydKey], allow_uids: Iterable[int], poll_delay: float = 0.01) -> None:
+    def __init__(self, keys: dict[str, KeydKey], allow_uids: Iterable[int], poll_delay: float = 0.01,
+                 use_cryptomb: bool = True) -> None:  # fmt: skip
         self.keys = keys
+        self.use_cryptomb = use_cryptomb
         self.allow_uids = frozenset(allow_uids) or frozenset({os.getuid()})
         self.batcher = cryptomb.CryptoMbOps(poll_delay)
         self.inline = _InlineOps()
@@ -92,6 +99,9 @@ class KeydServer:
 
     def handle(self, body: bytes, reply) -> None:  # type: ignore[no-untyped-def]
         request = decode_request(body)
+        if request.kind == GENERATE:
+            reply(self.generate(request))
+            return
         key = self.keys.get(request.key_id)
         if key is None:
             reply(Response(request.id, ERROR, f"unknown key id {request.key_id!r}".encode()))
@@ -119,6 +129,23 @@ class KeydServer:
                 reply(Response(request.id, ERROR, b"private key operation failed"))
 
         (self.batcher if key.batched else self.inline).submit(slot, done)
+
+
+    def generate(self, request: Request) -> Response:
+        """A new RSA-2048 key (Istio's workload default) under the request's key id, kept here only; the answer
+        is a CSR for the SPIFFE id in the request, signed with it."""
+        if not request.key_id or request.key_id in self.keys:
+            return Response(request.id, ERROR, f"key id {request.key_id!r} is empty or taken".encode())
+        try:
+            identity = SpiffeId.parse(request.data.decode())
+        except (UnicodeDecodeError, SpiffeError) as exc:
+            return Response(request.id, ERROR, f"not a SPIFFE id: {exc}".encode())
+        private = generate_key(KeyType.RSA_2048)
+        pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption())  # fmt: skip
+        self.keys.update(load_keys([(request.key_id, pem)], use_cryptomb=self.use_cryptomb))
+        log.info("generated key %s for %s", request.key_id, identity)
+        return Response(request.id, OK, build_csr(private, identity).encode())
 
 
 class _KeydConnection(asyncio.Protocol):
@@ -156,9 +183,9 @@ class _KeydConnection(asyncio.Protocol):
 
 
 async def run_keyd(path: str, keys: dict[str, KeydKey], allow_uids: Iterable[int],  # type: ignore[no-untyped-def]
-                   poll_delay: float = 0.01, ready=None) -> None:
+                   poll_delay: float = 0.01, ready=None, use_cryptomb: bool = True) -> None:
     """Serve until cancelled; `ready()` is called once the socket accepts connections."""
-    server = KeydServer(keys, allow_uids, poll_delay)
+    server = KeydServer(keys, allow_uids, poll_delay, use_cryptomb)
     listener = await server.serve(path)
     log.info("keyd listening on unix:%s for uids %s", path, sorted(server.allow_uids))
     if ready is not None:
