@@ -9,6 +9,7 @@ logged and counted (`pilot_config_errors`), and the last good config stays.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -32,7 +33,7 @@ from pylon.pilot.istio.resources import Resource
 from pylon.pilot.metrics import PilotMetrics
 from pylon.pilot.proxy import Proxy
 from pylon.pilot.snapshot import Snapshot, build_snapshot, endpoints_only_change, with_secrets
-from pylon.pilot.source.directory import DirectoryWatcher, LoadResult, load_directory
+from pylon.pilot.source.directory import CachedLoader, DirectoryWatcher, LoadResult
 from pylon.pilot.source.secrets import SecretsResult, load_secrets
 from pylon.pilot.xds.server import AdsServer, AuthenticatedAds
 
@@ -93,12 +94,14 @@ class Pilot:
 
     def _build(self, config: list[Resource]) -> Snapshot:
         return build_snapshot(config + self.registration.resources(config), mesh=self.snapshot.mesh,
-                              secrets=self.snapshot.secrets)  # fmt: skip
+                              secrets=self.snapshot.secrets, previous=self.snapshot)  # fmt: skip
 
     def _apply(self, snapshot: Snapshot) -> None:
         """Serve `snapshot` and push it: endpoints (EDS) alone when only workload addresses changed."""
         eds_only = endpoints_only_change(self.snapshot, snapshot)
         self.snapshot = snapshot
+        self.generations.advance(snapshot, endpoints_only=eds_only)
+        freeze_long_lived()
         log.info("config version %s: %d resources; pushing %s to %d proxies", snapshot.version, len(snapshot.resources),
                  "endpoints (EDS) only" if eds_only else "everything", len(self.ads.connections))  # fmt: skip
         self.ads.push_all(frozenset({ENDPOINT}) if eds_only else None)
@@ -131,6 +134,26 @@ class Pilot:
         self.ads.push_all(frozenset({SECRET}))
 
 
+# CPython's default (700): a young collection every 700 container allocations, a full one (over the whole heap)
+# every 70,000. A push allocates hundreds of thousands of containers, most of them kept (generated config), so
+# collections ran constantly, each scanning what they could not free. Generated config holds no reference cycles;
+# collecting less often only keeps the few cycles asyncio and grpc leave a little longer.
+GC_YOUNG_THRESHOLD = 100_000
+
+
+def tune_garbage_collector() -> None:
+    """Process-wide collector settings for pilot's heap (the threshold above); pilot's process only."""
+    gc.set_threshold(max(gc.get_threshold()[0], GC_YOUNG_THRESHOLD), *gc.get_threshold()[1:])
+
+
+def freeze_long_lived() -> None:
+    """Move everything alive now (the config, the snapshot, the pieces kept across snapshots) out of the
+    collector's generations: a full collection then scans only what was allocated since, instead of hundreds of
+    thousands of long-lived objects (up to 0.6 s each at 1,000 services). Frozen objects are still freed by
+    reference counting when dropped; only a reference cycle among them would be kept, and config has none."""
+    gc.freeze()
+
+
 def split_address(address: str) -> tuple[str, int]:
     """`host:port` (IPv6 in brackets) to (host, port); ValueError if malformed."""
     host, sep, port = address.rpartition(":")
@@ -146,7 +169,8 @@ def run_pilot(options: PilotOptions) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
-    result = load_directory(options.config_dir)
+    load = CachedLoader()  # the watcher's, primed: its first reload re-reads only what changed
+    result = load(options.config_dir)
     try:
         if result.errors:
             raise result.errors[0]
@@ -163,10 +187,12 @@ def run_pilot(options: PilotOptions) -> int:
             return 1
         snapshot = with_secrets(snapshot, secrets.secrets)
     pilot = Pilot(snapshot, PilotMetrics(), result.resources, AutoRegistration(options.workload_entry_grace_period))
-    return asyncio.run(_serve(options, pilot))
+    tune_garbage_collector()
+    freeze_long_lived()
+    return asyncio.run(_serve(options, pilot, load))
 
 
-async def _serve(options: PilotOptions, pilot: Pilot) -> int:
+async def _serve(options: PilotOptions, pilot: Pilot, load: CachedLoader) -> int:
     server = grpc.aio.server()
     ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(pilot.ads, server)
     server.add_insecure_port(options.grpc_address)
@@ -182,7 +208,7 @@ async def _serve(options: PilotOptions, pilot: Pilot) -> int:
 
     ca_server = await CaServer.start(*split_address(options.ca_address), options.ca_dir, pilot.snapshot.mesh.trust_domain,
                                      extra_services=[add_secure_ads])  # fmt: skip
-    watchers = [DirectoryWatcher(options.config_dir, pilot.on_load)]
+    watchers = [DirectoryWatcher(options.config_dir, pilot.on_load, load=load)]
     if options.secrets_dir is not None:
         watchers.append(DirectoryWatcher(options.secrets_dir, pilot.on_secrets, load=load_secrets))
     watch_tasks = [asyncio.create_task(watcher.run()) for watcher in watchers]

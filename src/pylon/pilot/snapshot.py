@@ -25,6 +25,7 @@ from pylon.pilot.istio.mesh import MeshConfig
 from pylon.pilot.istio.networking import (ServiceEntrySpec, ServicePort, Subset, WorkloadEntrySpec, WorkloadGroupMetadata,
                                          WorkloadTemplate)  # fmt: skip
 from pylon.pilot.istio.resources import Resource
+from pylon.pilot.pieces import Pieces
 from pylon.pilot.proxy import Proxy
 from pylon.pilot.source.secrets import GatewaySecret, SecretKey
 
@@ -78,6 +79,8 @@ class Snapshot:
     secrets: Mapping[SecretKey, GatewaySecret] = field(default_factory=dict)
     selector_label_keys: frozenset[str] = frozenset()  # see `selector_label_keys`
     selector_metadata_keys: frozenset[str] = frozenset()  # node metadata EnvoyFilter proxy matches read
+    # Generated per-service pieces, carried over from the previous snapshot (pieces.py); not part of the config.
+    pieces: Pieces = field(default_factory=Pieces, compare=False, repr=False)
 
     # ------------------------------------------------------------------ lookups used by generators
 
@@ -101,10 +104,11 @@ class Snapshot:
         preferred = [s for s in visible if s.namespace == preferred_namespace]
         return (preferred or visible or [None])[0]
 
-    def visible_services(self, proxy_namespace: str) -> list[Service]:
-        """Every service the proxy may reach, one per hostname, sorted by hostname for stable output."""
+    def visible_services(self, proxy_namespace: str, hostnames: frozenset[str] | None = None) -> list[Service]:
+        """Every service the proxy may reach (of `hostnames`, if given), one per hostname, sorted by hostname
+        for stable output."""
         out = []
-        for hostname in sorted(self.services):
+        for hostname in sorted(self.services if hostnames is None else hostnames & self.services.keys()):
             service = self.service(hostname, proxy_namespace, proxy_namespace)
             if service is not None:
                 out.append(service)
@@ -139,6 +143,18 @@ def endpoints_only_change(old: Snapshot, new: Snapshot) -> bool:
     return old.mesh == new.mesh and _without_endpoints(old) == _without_endpoints(new)
 
 
+def changed_hostnames(old: Snapshot, new: Snapshot) -> frozenset[str]:
+    """The hostnames whose Services are not the same objects in both snapshots (`build_snapshot(previous=old)`
+    keeps a Service whose inputs did not change), or exist in one only: after an endpoints-only change, the
+    only hosts whose load assignments may differ."""
+    hosts = old.services.keys() | new.services.keys()
+    return frozenset(h for h in hosts if not _same_objects(old.services.get(h, ()), new.services.get(h, ())))
+
+
+def _same_objects(one: tuple[Service, ...], other: tuple[Service, ...]) -> bool:
+    return len(one) == len(other) and all(a is b for a, b in zip(one, other))
+
+
 def _without_endpoints(snapshot: Snapshot) -> dict[tuple[str, str, str], object]:
     """Every resource's spec by key, STATIC ServiceEntries without their endpoints and WorkloadEntries left out.
 
@@ -160,9 +176,14 @@ def gateway_names(vs: Resource) -> list[str]:
 
 
 def build_snapshot(resources: list[Resource], version: str | None = None, mesh: MeshConfig | None = None,
-                   secrets: Mapping[SecretKey, GatewaySecret] | None = None) -> Snapshot:
+                   secrets: Mapping[SecretKey, GatewaySecret] | None = None,
+                   previous: Snapshot | None = None) -> Snapshot:  # fmt: skip
     """Index `resources` under `mesh`, with the gateway `secrets`; ConfigError for a kind/namespace/name defined
-    twice."""
+    twice.
+
+    With the `previous` snapshot, the Services of ServiceEntries it already had (the same Resource objects) are
+    kept as they were, and its generated pieces are carried over: what did not change keeps its identity, which
+    is what lets generators reuse the pieces built from it (pieces.py)."""
     seen: dict[tuple[str, str, str], Resource] = {}
     for resource in resources:
         if resource.key in seen:
@@ -174,9 +195,15 @@ def build_snapshot(resources: list[Resource], version: str | None = None, mesh: 
         by_kind.setdefault(resource.kind, []).append(resource)
     workload_entries = by_kind.get("WorkloadEntry", [])
     mesh = mesh or MeshConfig()
+    reusable = _services_by_entry(previous) if previous is not None and previous.mesh == mesh else {}
     services: dict[str, list[Service]] = {}
     for entry in by_kind.get("ServiceEntry", []):
-        for service in _services_of(entry, workload_entries, mesh.default_service_export_to):
+        kept = reusable.get(id(entry))
+        if kept and entry.spec.workload_selector is None:
+            found = [kept[resolve_short_name(host, entry.namespace)] for host in entry.spec.hosts]
+        else:
+            found = _services_of(entry, workload_entries, mesh.default_service_export_to)
+        for service in found:
             services.setdefault(service.hostname, []).append(service)
     return Snapshot(
         version=version or _new_version(),
@@ -193,7 +220,19 @@ def build_snapshot(resources: list[Resource], version: str | None = None, mesh: 
         secrets=dict(secrets or {}),
         selector_label_keys=selector_label_keys(resources),
         selector_metadata_keys=selector_metadata_keys(by_kind.get("EnvoyFilter", [])),
+        pieces=previous.pieces.successor() if previous is not None else Pieces(),
     )
+
+
+def _services_by_entry(snapshot: Snapshot) -> dict[int, dict[str, Service]]:
+    """The snapshot's Services by the id of their ServiceEntry (alive with the snapshot, so ids are unique), then
+    by hostname. A Service depends on its entry, the mesh's default exportTo and, for an entry with a
+    `workloadSelector`, the WorkloadEntries: the caller reuses only entries without a selector, under an equal mesh."""
+    out: dict[int, dict[str, Service]] = {}
+    for found in snapshot.services.values():
+        for service in found:
+            out.setdefault(id(service.entry), {})[service.hostname] = service
+    return out
 
 
 def with_secrets(snapshot: Snapshot, secrets: Mapping[SecretKey, GatewaySecret]) -> Snapshot:

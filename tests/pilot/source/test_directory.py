@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pylon.pilot.source.debounce import Debouncer
-from pylon.pilot.source.directory import DirectoryWatcher, LoadResult, load_directory
+from pylon.pilot.source.directory import CachedLoader, DirectoryWatcher, LoadResult, load_directory
 from tests.pilot.builders import doc, gateway, write_yaml
 
 
@@ -55,3 +55,20 @@ def test_watcher_reloads_once_after_a_burst_of_edits(tmp_path: Path) -> None:
     assert watcher.poll(1.2)
     assert len(loads) == 1 and sorted(r.spec.servers[0].port.number for r in loads[0].resources) == [8081, 8082]
     assert not watcher.poll(2.0)
+
+
+def test_cached_loader_rereads_only_changed_files_and_gives_what_a_full_load_gives(tmp_path: Path) -> None:
+    write_yaml(tmp_path / "a.yaml", gateway(8080), doc("VirtualService", "v", {"hosts": ["*"]}))
+    write_yaml(tmp_path / "b.yaml", doc("VirtualService", "w", {"hosts": ["*"]}))
+    load = CachedLoader()
+    first = load(tmp_path)
+    write_yaml(tmp_path / "b.yaml", doc("VirtualService", "w", {"hosts": ["changed.example.com"]}))
+    (tmp_path / "c.yaml").write_text("kind: Gateway\nkind: Gateway\n")
+    second = load(tmp_path)
+    full = load_directory(tmp_path)
+    assert second.resources == full.resources and [str(e) for e in second.errors] == [str(e) for e in full.errors]
+    assert second.resources[0] is first.resources[0] and second.resources[1] is first.resources[1]  # a.yaml kept
+    assert second.resources[2].spec.hosts == ["changed.example.com"]  # b.yaml re-read, not served stale
+    (tmp_path / "a.yaml").unlink()
+    (tmp_path / "c.yaml").unlink()
+    assert [r.name for r in load(tmp_path).resources] == ["w"]

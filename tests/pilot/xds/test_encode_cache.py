@@ -75,3 +75,22 @@ def test_selection_is_shared_for_the_same_resources_and_names() -> None:
     assert list(everything.encoded) == ["a", "b"] and cache.select(CLUSTER, resources, None, "v1") is everything
     some = cache.select(CLUSTER, resources, frozenset({"b", "gone"}), "v1")
     assert list(some.versions) == ["b"] and some.versions["b"] == everything.versions["b"]
+
+
+def test_a_piece_kept_across_versions_is_not_serialized_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    keys: list[bytes] = []
+    real = encode.content_key
+    monkeypatch.setattr(encode, "content_key", lambda resource: keys.append(real(resource)) or real(resource))
+    cache, kept = EncodeCache(), cluster("kept")
+    first = cache.encode(CLUSTER, kept, "v1")
+    assert cache.encode(CLUSTER, kept, "v2") is first and cache.encode(CLUSTER, kept, "v3") is first
+    assert len(keys) == 1
+    # a new object with changed content under the same name, in the next version: encoded afresh
+    assert unpacked(cache.encode(CLUSTER, cluster("kept", "5s"), "v4").packed).connect_timeout.seconds == 5
+
+
+def test_objects_of_older_versions_do_not_lend_their_identity() -> None:
+    cache = EncodeCache()
+    for i in range(200):  # one temporary per version: dropped objects' ids may be reused by the next one
+        encoded = cache.encode(CLUSTER, cluster("a", f"{i + 1}s"), f"v{i}")
+        assert unpacked(encoded.packed).connect_timeout.seconds == i + 1

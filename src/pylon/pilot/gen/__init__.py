@@ -8,6 +8,8 @@ are served by `gateway.GatewayGenerator`, sidecars (`sidecar~…`) by
 
 `SharedGenerations` generates once per snapshot for all proxies with the same
 `generation_key`: a hundred replicas of a deployment get one generation, not a hundred.
+After a change of endpoints alone it builds only each key's EDS (`Generator.endpoints`)
+and keeps the rest of the key's last generation, as istiod's EDS-only pushes do.
 """
 
 from __future__ import annotations
@@ -20,14 +22,20 @@ from pylon.identity.spiffe import SpiffeId
 from pylon.pilot.gen.envoyfilter import apply_envoy_filters
 from pylon.pilot.gen.gateway import GatewayGenerator
 from pylon.pilot.gen.sidecar import SidecarGenerator
-from pylon.pilot.gen.types import Resources
+from pylon.pilot.gen.types import ENDPOINT, Json, Resources
 from pylon.pilot.proxy import Proxy
-from pylon.pilot.snapshot import Snapshot
+from pylon.pilot.gen.names import subset_key_host
+from pylon.pilot.snapshot import Snapshot, changed_hostnames
 
 
 class Generator(Protocol):
     def generate(self, proxy: Proxy, snapshot: Snapshot) -> Resources:
         """Every resource of every type this proxy should have."""
+        ...
+
+    def endpoints(self, proxy: Proxy, snapshot: Snapshot, hostnames: frozenset[str]) -> dict[str, Json]:
+        """The assignments of `generate(proxy, snapshot)[ENDPOINT]` for the services of `hostnames`, without
+        building the rest."""
         ...
 
 
@@ -41,6 +49,10 @@ class Patched:
     def generate(self, proxy: Proxy, snapshot: Snapshot) -> Resources:
         resources = add_access_logs(self.inner.generate(proxy, snapshot), snapshot.mesh)
         return apply_envoy_filters(proxy, snapshot, resources)
+
+    def endpoints(self, proxy: Proxy, snapshot: Snapshot, hostnames: frozenset[str]) -> dict[str, Json]:
+        """Access logs and EnvoyFilters (listeners, routes, clusters) never touch EDS: the inner generator's."""
+        return self.inner.endpoints(proxy, snapshot, hostnames)
 
 
 GENERATORS: dict[str, Generator] = {"router": Patched(GatewayGenerator()), "sidecar": Patched(SidecarGenerator())}
@@ -91,18 +103,52 @@ def key_proxy(key: GenerationKey) -> Proxy:
 class SharedGenerations:
     """The current snapshot's generations by `generation_key`; dropped when the snapshot changes.
 
+    `advance(snapshot, endpoints_only=True)` (the config changed in workload addresses alone:
+    `snapshot.endpoints_only_change`) keeps each key's last generation as the base of its next one, with the
+    hostnames whose Services changed since (`snapshot.changed_hostnames`, accumulated while the base is
+    carried over): only those hosts' load assignments are built again, from the new snapshot. That is sound
+    because such a change leaves every other type as it was (what makes the push EDS-only in the first place),
+    leaves generation keys as they were (workload labels are not selector labels), and leaves every other
+    host's Service the same object, so its assignments too. Any other new snapshot is generated afresh.
+
     The resources returned are shared between proxies: callers must not change them.
     """
 
     def __init__(self) -> None:
         self._snapshot: Snapshot | None = None
         self._by_key: dict[GenerationKey, Resources] = {}
+        # last generations, valid but for the load assignments of the hosts changed since
+        self._bases: dict[GenerationKey, tuple[Resources, frozenset[str]]] = {}
+
+    def advance(self, snapshot: Snapshot, endpoints_only: bool) -> None:
+        """Serve `snapshot` from now on; `endpoints_only`: it differs from the current one in endpoints alone."""
+        if snapshot is self._snapshot:
+            return
+        if endpoints_only and self._snapshot is not None:
+            changed = changed_hostnames(self._snapshot, snapshot)
+            bases = {key: (resources, since | changed) for key, (resources, since) in self._bases.items()}
+            bases.update((key, (resources, changed)) for key, resources in self._by_key.items())
+            self._bases = bases
+        else:
+            self._bases = {}
+        self._snapshot, self._by_key = snapshot, {}
 
     def generate(self, proxy: Proxy, snapshot: Snapshot) -> Resources:
         if snapshot is not self._snapshot:
-            self._snapshot, self._by_key = snapshot, {}
+            self.advance(snapshot, endpoints_only=False)
         key = generation_key(proxy, snapshot)
         resources = self._by_key.get(key)
         if resources is None:
-            resources = self._by_key[key] = generator_for(proxy).generate(key_proxy(key), snapshot)
+            resources = self._by_key[key] = self._generate(key, snapshot)
         return resources
+
+    def _generate(self, key: GenerationKey, snapshot: Snapshot) -> Resources:
+        proxy = key_proxy(key)
+        generator = generator_for(proxy)
+        base = self._bases.pop(key, None)
+        if base is None:
+            return generator.generate(proxy, snapshot)
+        resources, changed = base
+        endpoints = {name: cla for name, cla in resources[ENDPOINT].items() if subset_key_host(name) not in changed}
+        endpoints.update(generator.endpoints(proxy, snapshot, changed))
+        return {**resources, ENDPOINT: endpoints}

@@ -18,9 +18,17 @@ from pylon.pilot.istio.common import format_duration
 from pylon.pilot.istio.mesh import MeshConfig
 from pylon.pilot.istio.networking import HTTP2_PROTOCOLS, DestinationRuleSpec, ServicePort, TcpKeepalive
 from pylon.pilot.gen.endpoints import assignment
-from pylon.pilot.snapshot import Endpoint, Service
+from pylon.pilot.istio.resources import Resource
+from pylon.pilot.snapshot import Endpoint, Service, Snapshot
 
 UINT32_MAX = 2**32 - 1
+
+
+def outbound_clusters(snapshot: Snapshot, service: Service, rule: Resource | None) -> list[Json]:
+    """`build_clusters` of the service under its DestinationRule, built once for every proxy and snapshot that
+    has the same service, rule and mesh objects (shared: not to be changed; pieces.py)."""
+    return snapshot.pieces.get("clusters", (service, rule, snapshot.mesh), (),
+                               lambda: build_clusters(service, rule.spec if rule is not None else None, snapshot.mesh))
 
 
 def build_clusters(service: Service, rule: DestinationRuleSpec | None, mesh: MeshConfig) -> list[Json]:

@@ -11,7 +11,16 @@ from pylon.pilot.gen.mtls import endpoint_metadata
 from pylon.pilot.gen.names import subset_key
 from pylon.pilot.gen.types import Json
 from pylon.pilot.istio.networking import DestinationRuleSpec, ServicePort
-from pylon.pilot.snapshot import Endpoint, Service
+from pylon.pilot.istio.resources import Resource
+from pylon.pilot.snapshot import Endpoint, Service, Snapshot
+
+
+def outbound_assignments(snapshot: Snapshot, service: Service, rule: Resource | None) -> list[Json]:
+    """`build_load_assignments` of the service under its DestinationRule, built once for every proxy and snapshot
+    with the same service and rule objects (shared: not to be changed; pieces.py). An endpoint change makes a new
+    Service, so only the changed service's assignments are built again."""
+    return snapshot.pieces.get("assignments", (service, rule), (),
+                               lambda: build_load_assignments(service, rule.spec if rule is not None else None))
 
 
 def build_load_assignments(service: Service, rule: DestinationRuleSpec | None) -> list[Json]:

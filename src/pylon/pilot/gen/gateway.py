@@ -21,8 +21,8 @@ import logging
 from dataclasses import dataclass, field
 
 from pylon.pilot.gen.authz import http_rbac_filters, policies_for
-from pylon.pilot.gen.clusters import blackhole_cluster, build_clusters
-from pylon.pilot.gen.endpoints import build_load_assignments
+from pylon.pilot.gen.clusters import blackhole_cluster, outbound_clusters
+from pylon.pilot.gen.endpoints import outbound_assignments
 from pylon.pilot.gen.credentials import CA_SUFFIX, gateway_secrets, resource_name, server_transport_socket
 from pylon.pilot.gen.names import domain_name, gateway_http_route_name, gateway_https_route_name, listener_name
 from pylon.pilot.gen.routes import RouteContext, build_http_routes, is_catch_all
@@ -62,9 +62,8 @@ class GatewayGenerator:
         endpoints: list[Json] = []
         for service in snapshot.visible_services(proxy.namespace):
             rule = snapshot.destination_rule(service.hostname, proxy.namespace, service.namespace)
-            spec = rule.spec if rule is not None else None
-            clusters += build_clusters(service, spec, snapshot.mesh)
-            endpoints += build_load_assignments(service, spec)
+            clusters += outbound_clusters(snapshot, service, rule)
+            endpoints += outbound_assignments(snapshot, service, rule)
         return {
             LISTENER: {item["name"]: item for item in listeners},
             ROUTE: {item["name"]: item for item in routes},
@@ -72,6 +71,15 @@ class GatewayGenerator:
             ENDPOINT: {item["cluster_name"]: item for item in endpoints},
             SECRET: gateway_secrets(proxy, snapshot, _credential_names(ports)),
         }
+
+    def endpoints(self, proxy: Proxy, snapshot: Snapshot, hostnames: frozenset[str]) -> dict[str, Json]:
+        """The EDS part of `generate` for the services of `hostnames` alone (what an endpoint change needs:
+        SharedGenerations)."""
+        out: dict[str, Json] = {}
+        for service in snapshot.visible_services(proxy.namespace, hostnames):
+            rule = snapshot.destination_rule(service.hostname, proxy.namespace, service.namespace)
+            out.update((item["cluster_name"], item) for item in outbound_assignments(snapshot, service, rule))
+        return out
 
 
 def _credential_names(ports: dict[tuple[str, int], list[_PortServers]]) -> set[str]:

@@ -12,6 +12,11 @@ def subset_key(host: str, port: int, subset: str = "", direction: str = "outboun
     return f"{direction}|{port}|{subset}|{host}"
 
 
+def subset_key_host(name: str) -> str:
+    """The fqdn of a `subset_key` name (the host of an outbound cluster or its load assignment)."""
+    return name.rsplit("|", 1)[-1]
+
+
 def listener_name(bind: str, port: int) -> str:
     """`<bind>_<port>`, e.g. `0.0.0.0_8080`."""
     return f"{bind}_{port}"

@@ -64,9 +64,10 @@ def _select(proxy: Proxy, snapshot: Snapshot) -> Resource | None:
     return None
 
 
-def scoped_services(proxy: Proxy, snapshot: Snapshot, scope: SidecarScope) -> list[Service]:
-    """The visible services whose namespace and host the scope imports."""
-    return [s for s in snapshot.visible_services(proxy.namespace) if scope.allows(s.namespace, s.hostname)]
+def scoped_services(proxy: Proxy, snapshot: Snapshot, scope: SidecarScope,
+                    hostnames: frozenset[str] | None = None) -> list[Service]:  # fmt: skip
+    """The visible services whose namespace and host the scope imports (of `hostnames` only, if given)."""
+    return [s for s in snapshot.visible_services(proxy.namespace, hostnames) if scope.allows(s.namespace, s.hostname)]
 
 
 def own_services(proxy: Proxy, snapshot: Snapshot) -> list[Service]:

@@ -28,9 +28,11 @@ no virtual listeners and no inbound; outbound listeners bind for real on
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from pylon.pilot.gen.authz import SelectedPolicies, http_rbac_filters, network_rbac_filters, policies_for
-from pylon.pilot.gen.clusters import blackhole_cluster, build_clusters
-from pylon.pilot.gen.endpoints import build_load_assignments
+from pylon.pilot.gen.clusters import blackhole_cluster, outbound_clusters
+from pylon.pilot.gen.endpoints import outbound_assignments
 from pylon.pilot.gen.mtls import PeerModes, inbound_chains
 from pylon.pilot.gen.names import BLACKHOLE, INBOUND_PASSTHROUGH, PASSTHROUGH, domain_name, listener_name, subset_key
 from pylon.pilot.gen.routes import RouteContext, build_http_routes, is_catch_all, translate_retry
@@ -70,9 +72,8 @@ class SidecarGenerator:
         endpoints: list[Json] = []
         for service in services:
             rule = snapshot.destination_rule(service.hostname, proxy.namespace, service.namespace)
-            spec = rule.spec if rule is not None else None
-            clusters += build_clusters(service, spec, snapshot.mesh)
-            endpoints += build_load_assignments(service, spec)
+            clusters += outbound_clusters(snapshot, service, rule)
+            endpoints += outbound_assignments(snapshot, service, rule)
         bind = WILDCARD if capture else LOCALHOST
         listeners, routes = _outbound(proxy, snapshot, scope, services, bind, bound=not capture)
         if capture:
@@ -87,6 +88,15 @@ class SidecarGenerator:
             CLUSTER: {item["name"]: item for item in clusters},
             ENDPOINT: {item["cluster_name"]: item for item in endpoints},
         }
+
+    def endpoints(self, proxy: Proxy, snapshot: Snapshot, hostnames: frozenset[str]) -> dict[str, Json]:
+        """The EDS part of `generate` for the services of `hostnames` alone (what an endpoint change needs:
+        SharedGenerations)."""
+        out: dict[str, Json] = {}
+        for service in scoped_services(proxy, snapshot, sidecar_scope(proxy, snapshot), hostnames):
+            rule = snapshot.destination_rule(service.hostname, proxy.namespace, service.namespace)
+            out.update((item["cluster_name"], item) for item in outbound_assignments(snapshot, service, rule))
+        return out
 
 
 # --------------------------------------------------------------------------- outbound
@@ -128,23 +138,50 @@ def _outbound(proxy: Proxy, snapshot: Snapshot, scope: SidecarScope, services: l
 
 def _route_configuration(proxy: Proxy, snapshot: Snapshot, scope: SidecarScope, port: int, services: list[Service],
                          virtual_services: list[Resource]) -> Json:  # fmt: skip
+    claiming = _claims(virtual_services)
     vhosts = []
     for service in sorted(services, key=lambda s: s.hostname):
         routes: list[Json] = []
-        for vs in virtual_services:
-            if any(matches(resolve_short_name(h, vs.namespace), service.hostname) for h in vs.spec.hosts):
-                ctx = RouteContext(proxy=proxy, snapshot=snapshot, vs=vs, listen_port=port, gateways=frozenset({"mesh"}))
-                routes += build_http_routes(ctx)
-        if not routes:
-            routes = [_default_route(service.hostname, port)]
-        routes = [r for r in routes if not is_catch_all(r)] + [r for r in routes if is_catch_all(r)]
-        domains = [service.hostname, f"{service.hostname}:{port}"]
-        for address in service.entry.spec.addresses:
-            domains += [address, f"{address}:{port}"]
-        vhosts.append({"name": domain_name(service.hostname, port), "domains": domains, "routes": routes,
-                       "include_request_attempt_count": True})  # fmt: skip
+        for vs in claiming(service.hostname):
+            ctx = RouteContext(proxy=proxy, snapshot=snapshot, vs=vs, listen_port=port, gateways=frozenset({"mesh"}))
+            routes += build_http_routes(ctx)
+        if routes:
+            vhosts.append(_virtual_host(service, port, routes))
+        else:  # most services: no VirtualService, a virtual host that depends on the service and port alone
+            vhosts.append(snapshot.pieces.get("default-vhost", (service,), (port,), lambda: _virtual_host(
+                service, port, [_default_route(service.hostname, port)])))  # fmt: skip
     vhosts.append(_fallback_virtual_host(scope.outbound_policy))
     return {"name": str(port), "virtual_hosts": vhosts, "validate_clusters": False}
+
+
+def _claims(virtual_services: list[Resource]) -> Callable[[str], list[Resource]]:
+    """hostname -> the VirtualServices whose hosts cover it, in their order: exact hosts by lookup, wildcards by
+    `matches` (a port's route configuration asks for each of its services: a thousand, against every VirtualService)."""
+    exact: dict[str, set[int]] = {}
+    wildcards: list[tuple[int, str]] = []
+    for index, vs in enumerate(virtual_services):
+        for host in vs.spec.hosts:
+            pattern = resolve_short_name(host, vs.namespace)
+            if pattern.startswith("*"):
+                wildcards.append((index, pattern))
+            else:
+                exact.setdefault(pattern, set()).add(index)
+
+    def claiming(hostname: str) -> list[Resource]:
+        found = exact.get(hostname, set()) | {index for index, pattern in wildcards if matches(pattern, hostname)}
+        return [virtual_services[index] for index in sorted(found)]
+
+    return claiming
+
+
+def _virtual_host(service: Service, port: int, routes: list[Json]) -> Json:
+    """`<host>:<port>`: the service's names (and addresses) on the port, catch-all routes last."""
+    routes = [r for r in routes if not is_catch_all(r)] + [r for r in routes if is_catch_all(r)]
+    domains = [service.hostname, f"{service.hostname}:{port}"]
+    for address in service.entry.spec.addresses:
+        domains += [address, f"{address}:{port}"]
+    return {"name": domain_name(service.hostname, port), "domains": domains, "routes": routes,
+            "include_request_attempt_count": True}  # fmt: skip
 
 
 def _default_route(host: str, port: int) -> Json:

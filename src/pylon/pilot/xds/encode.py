@@ -106,16 +106,18 @@ class EncodeCache:
     """Encodes each distinct resource content once; a push to a hundred proxies packs shared resources once.
 
     Two levels. By content (type and canonical JSON): what a config change left as it was is not encoded
-    again, and proxies generated apart that got equal resources share one encoding. By object, within one
-    config version: generations are shared between proxies (gen `SharedGenerations`), so the same dicts come
-    back for each of them and not even their JSON is rebuilt. Resources of one version are never changed in
-    place (generators build new dicts for each snapshot), which makes the object level sound; on a new version
-    it starts afresh, and the content level keeps what the last two versions used.
+    again, and proxies generated apart that got equal resources share one encoding. By object: generations are
+    shared between proxies (gen `SharedGenerations`) and per-service pieces between generations and snapshots
+    (pieces.py), so the same dicts come back for each of them and not even their JSON is rebuilt. Generated
+    resources are never changed in place once generated (generators build new dicts, pieces are rebuilt when
+    their inputs change, EnvoyFilter patches copy), which makes the object level sound; each level keeps what
+    the last two config versions used.
     """
 
     def __init__(self) -> None:
         self._version = ""
         self._by_object: dict[int, tuple[Json, Encoded]] = {}  # id -> (the dict, kept alive so ids stay unique)
+        self._previous_objects: dict[int, tuple[Json, Encoded]] = {}
         self._selections: dict[tuple[int, frozenset[str] | None], tuple[dict[str, Json], Selection]] = {}
         self._by_content: dict[tuple[str, bytes], Encoded] = {}
         self._previous: dict[tuple[str, bytes], Encoded] = {}
@@ -123,8 +125,9 @@ class EncodeCache:
     def encode(self, type_url: str, resource: Json, version: str) -> Encoded:
         """`resource` (of config `version`) packed; EncodeError if Envoy's API would not accept it."""
         self._start(version)
-        known = self._by_object.get(id(resource))
+        known = self._by_object.get(id(resource)) or self._previous_objects.get(id(resource))
         if known is not None:
+            self._by_object[id(resource)] = known
             return known[1]
         key = (type_url, content_key(resource))
         encoded = self._by_content.get(key) or self._previous.get(key)
@@ -151,7 +154,8 @@ class EncodeCache:
 
     def _start(self, version: str) -> None:
         if version != self._version:
-            self._version, self._by_object, self._selections = version, {}, {}
+            self._version, self._selections = version, {}
+            self._previous_objects, self._by_object = self._by_object, {}
             self._previous, self._by_content = self._by_content, {}
 
 

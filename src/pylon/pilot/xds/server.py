@@ -12,7 +12,6 @@ proxies get alike is packed once."""
 from __future__ import annotations
 
 import asyncio
-import gc
 import itertools
 import logging
 import time
@@ -37,14 +36,6 @@ from pylon.pilot.xds.stream import Stream, StreamError, StreamForbidden
 log = logging.getLogger("pylon.pilot.xds")
 
 _connection_ids = itertools.count(1)
-
-# CPython's default (700): a young collection every 700 container allocations, a full one (over the whole heap)
-# every 70,000. Pilot holds hundreds of thousands of long-lived containers (the snapshot, the generated config of
-# every generation key) and a push allocates as many again, so full collections took most of a push's time
-# (1,000 services, 100 sidecars: about two thirds). Generated config holds no reference cycles; collecting less often
-# costs only the few cycles asyncio and grpc leave, kept a little longer.
-GC_YOUNG_THRESHOLD = 100_000
-
 
 AnyStream = Stream | DeltaStream
 
@@ -72,7 +63,6 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         self.on_disconnect = on_disconnect
         self.connections: dict[str, Connection] = {}
         self.encoder = EncodeCache()
-        gc.set_threshold(max(gc.get_threshold()[0], GC_YOUNG_THRESHOLD), *gc.get_threshold()[1:])
         self._pending: dict[str, tuple[frozenset[str] | None, float]] = {}  # connection id -> (types, started)
         self._pusher: asyncio.Task[None] | None = None
 
