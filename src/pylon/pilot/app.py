@@ -120,7 +120,6 @@ class Pilot:
         if self.registration.expire(time.monotonic(), self.config):
             self._apply(self._build(self.config))
 
-
     def on_secrets(self, result: SecretsResult) -> None:
         """A debounced change of the secrets directory: serve the new credentials (SDS only), or keep the last."""
         if result.errors:
