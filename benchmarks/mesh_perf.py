@@ -54,6 +54,7 @@ import fcntl
 import json
 import os
 import platform
+import re
 import resource
 import shutil
 import statistics
@@ -315,11 +316,47 @@ def mode_qps(mode: Mode, args: argparse.Namespace) -> int:
     return args.newconn_qps if mode.new_connection else args.qps
 
 
-def exec_load(mesh: MeshCli, mode: Mode, command: list[str], seconds: float) -> tuple[float, float, int]:
-    """Run the load in the mode's client pod; (client CPU s incl. start-up, wall s, exit code)."""
-    before, started = children_cpu(), time.monotonic()
-    done = mesh("exec", mode.client, "--", *command, check=False, timeout=seconds + 60)
-    return children_cpu() - before, time.monotonic() - started, done.returncode
+def exec_load(mesh: MeshCli, mode: Mode, command: list[str], seconds: float) -> tuple[float, float | None, int]:
+    """Run the load in the mode's client pod; (client CPU s incl. start-up, the load process's steady-state
+    millicores, exit code). The steady state: the load process's own CPU from 1.5 s after it started (imports
+    done) to its last sample, from /proc every 0.2 s."""
+    before = children_cpu()
+    proc = subprocess.Popen([PYTHON, "-m", "pylon.cli", "mesh", "exec", mode.client, "--", *command], env=mesh.env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT)  # fmt: skip
+    samples: list[tuple[float, float]] = []
+    load_pid, load_start = None, 0.0
+    deadline = time.monotonic() + seconds + 60
+    try:
+        while proc.poll() is None:
+            if time.monotonic() > deadline:
+                proc.kill()  # bounded: the mesh exec process we started (its load child ends with its -t anyway)
+                break
+            children, cpu = proc_table()
+            if load_pid is None:
+                load_pid = next((p for p in tree(proc.pid, children) if _is_load(p)), None)
+                load_start = time.monotonic()
+            elif load_pid in cpu:
+                samples.append((time.monotonic(), sum(cpu.get(p, 0.0) for p in tree(load_pid, children))))
+            time.sleep(0.2)
+        output = proc.communicate(timeout=30)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    with mesh.log.open("a") as log:
+        log.write(f"$ pylon mesh exec {mode.client} -- {' '.join(command)}\n-> {proc.returncode}\n"
+                  f"{output.decode(errors='replace')[-3000:]}\n")
+    steady = [(t, c) for t, c in samples if t >= load_start + 1.5]
+    rate = (1000 * (steady[-1][1] - steady[0][1]) / (steady[-1][0] - steady[0][0])
+            if len(steady) >= 3 and steady[-1][0] > steady[0][0] else None)
+    return children_cpu() - before, rate, proc.returncode
+
+
+def _is_load(pid: int) -> bool:
+    try:
+        return b"\0load\0" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
 
 
 def percentile_us(result: dict[str, Any], p: float) -> float | None:
@@ -343,7 +380,9 @@ def measure(mesh: MeshCli, proxy: str, mode: Mode, args: argparse.Namespace, run
     sampler = RssSampler(roots)
     cpu_before = tree_cpu(roots)
     sampler.start()
-    load_cpu, wall, code = exec_load(mesh, mode, command, args.duration)
+    started = time.monotonic()
+    load_cpu, load_rate, code = exec_load(mesh, mode, command, args.duration)
+    wall = time.monotonic() - started
     cpu_after = tree_cpu(roots)
     rss = sampler.stop()
     row: dict[str, Any] = {"proxy": proxy, "mode": mode.name, "rep": rep, "label": label, "requested_qps": qps,
@@ -361,7 +400,8 @@ def measure(mesh: MeshCli, proxy: str, mode: Mode, args: argparse.Namespace, run
         "error_kinds": result.get("ErrorKinds", {}), "ret_codes": result["RetCodes"],
         "error_percent": 100.0 * (count - ok) / count if count else 100.0,
         **{f"p{k}_us": percentile_us(result, p) for k, p in (("50", 50), ("90", 90), ("99", 99), ("999", 99.9))},
-        "load_cpu_s": load_cpu, "load_millicores": 1000 * max(load_cpu - startup_cpu, 0.0) / duration if duration else None,
+        "load_cpu_s": load_cpu, "load_millicores": load_rate,
+        "load_millicores_by_rusage": 1000 * max(load_cpu - startup_cpu, 0.0) / duration if duration else None,
     })
     if mode.new_connection:
         row["handshakes"] = result.get("Handshakes")
@@ -406,8 +446,12 @@ def gateway_log_notes(proxy: str) -> list[str]:
         text = log.read_text(errors="replace")
     except OSError:
         return []
-    keys = ("cannot run here", "fallback", "cryptomb", "private key provider")
-    return sorted({line.strip()[-300:] for line in text.splitlines() if any(k in line.lower() for k in keys)})[:10]
+    keys = ("cannot run here", "failed to load private key provider")
+    found: dict[str, str] = {}
+    for line in text.splitlines():
+        if any(k in line.lower() for k in keys):
+            found.setdefault(line.split("]")[-1].strip()[:400], line.strip()[:500])  # one per message
+    return list(found.values())[:6]
 
 
 def rejections(mesh: MeshCli) -> list[str]:
@@ -596,12 +640,17 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any], sessions: list[dict[
                 rejected = [line for sess in sessions if sess["proxy"] == proxy for line in sess.get("rejections", [])
                             if GW_CMB in line]  # fmt: skip
                 if proxy == "pylon":
-                    note = ("cryptomb requested, not available here (fallback to software): the gateway logged "
-                            f"`{logs[0][-160:]}`" if any("cannot run here" in line for line in logs)
+                    fallback = [line for line in logs if "cannot run here" in line]
+                    note = ("cryptomb requested, not available here (fallback to software), never accelerated: the "
+                            f"gateway logged `{fallback[0].split('] ')[-1][:220]}`" if fallback
                             else "cryptomb requested; no fallback warning found in the gateway log")
                 else:
-                    note = ("Envoy (stock, no contrib extensions) rejects the cryptomb key provider: "
-                            f"`{rejected[0][:220]}`" if rejected else "rejected by Envoy: no config ACKed")
+                    sds = [line for line in rejected if " sds: " in line] or rejected
+                    note = ("Envoy (stock, no contrib extensions) rejects the cryptomb key provider, so the gateway "
+                            "has no certificate and serves nothing on :8443; `pylon mesh status`: "
+                            f"`{sds[0][:200]}`" + (f" (and {len(rejected) - 1} more rejection(s): CDS, its mTLS "
+                                                   "clusters)" if len(rejected) > 1 else "")
+                            if rejected else "not reachable with Envoy; no rejection recorded")
             if not s["reps"]:
                 lines.append(f"| {key} | {proxy} | not measured | - | - | - | {note or '; '.join(s.get('failures', []))} |")
                 continue
@@ -657,8 +706,8 @@ def envoy_version() -> str:
     from pylon.bench.targets import find_envoy
 
     out = subprocess.run([find_envoy(), "--version"], capture_output=True, text=True, timeout=30).stdout
-    parts = out.strip().split("/")
-    return parts[1] if len(parts) > 2 else out.strip()
+    match = re.search(r"/(\d+\.\d+\.\d+)/", out)  # "<sha>/1.40.0/Clean/RELEASE/BoringSSL"
+    return match.group(1) if match else out.strip()
 
 
 def machine() -> str:
