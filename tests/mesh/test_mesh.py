@@ -56,6 +56,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshCli]:
     base = tmp_path_factory.mktemp("mesh")
     # Unix socket paths (the agents' SDS and xDS sockets under the state) must stay under 108 bytes.
     state = Path(tempfile.mkdtemp(prefix="pm-", dir="/tmp")) / "s"
+    state.parent.chmod(0o755)  # Envoy sidecars run as uid 1337 and read their bootstrap below it
     install = base / "install.yaml"
     install.write_text(yaml.safe_dump({"apiVersion": "install.istio.io/v1alpha1", "kind": "IstioOperator", "spec": {
         "components": {"ingressGateways": [{"name": "istio-ingressgateway", "enabled": True, "k8s": {
@@ -71,6 +72,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshCli]:
         cli("run", "client", "--port", "9000", "--", "sleep", "600")
         cli("run", "plain", "--no-sidecar", "--port", "8080", "--", sys.executable, "-m", "pylon.cli", "echo",
             "--port", "8080")
+        cli("run", "envoy-echo", "--proxy", "envoy", "--port", "8080", "--", sys.executable, "-m", "pylon.cli", "echo",
+            "--port", "8080")
         yield cli
     finally:
         cli("down", check=False)
@@ -84,6 +87,15 @@ def test_workloads_talk_by_name_through_both_sidecars_with_mtls(mesh: MeshCli) -
     xfcc = next(line for line in body.splitlines() if line.startswith("x-forwarded-client-cert:"))
     assert "URI=spiffe://cluster.local/ns/default/sa/client" in xfcc  # mTLS: the client's identity, verified
     assert "By=spiffe://cluster.local/ns/default/sa/server-v" in xfcc
+
+
+def test_envoy_and_pylon_sidecars_talk_mtls_both_ways(mesh: MeshCli) -> None:
+    """Real Envoy as one pod's sidecar (uid 1337, as in Istio) and pylon proxy as the others': mTLS each way, each
+    server-side sidecar reporting the verified SPIFFE id of the other."""
+    status, body = mesh.curl("envoy-echo", f"{SERVER}/debug")  # Envoy client sidecar -> pylon server sidecar
+    assert status == "200" and "URI=spiffe://cluster.local/ns/default/sa/envoy-echo" in body, body
+    status, body = mesh.curl("client", "http://envoy-echo.default.svc.cluster.local:8080/debug")  # pylon -> Envoy
+    assert status == "200" and "URI=spiffe://cluster.local/ns/default/sa/client" in body, body
 
 
 def test_a_pod_without_sidecar_talks_plaintext_both_ways(mesh: MeshCli) -> None:
@@ -190,7 +202,8 @@ def test_status_shows_every_proxy_synced_and_logs_are_there(mesh: MeshCli) -> No
 
     def synced() -> bool:
         found = rows()
-        pods = {"client-0.default", "server-v1-0.default", "server-v2-0.default", "istio-ingressgateway-0.istio-system"}
+        pods = {"client-0.default", "server-v1-0.default", "server-v2-0.default", "envoy-echo-0.default",
+                "istio-ingressgateway-0.istio-system"}
         return pods <= set(found) and all(status[:4] == ["SYNCED"] * 4 for status in found.values())
 
     eventually(synced, timeout=10)

@@ -55,11 +55,15 @@ def up_command(install_file: Path | None, proxy: str) -> None:
 @click.option("--labels", "labels", multiple=True, metavar="KEY=VALUE", help="A pod label (repeatable).")
 @click.option("--sidecar/--no-sidecar", default=True, show_default=True,
               help="Inject a sidecar (Istio's sidecar.istio.io/inject); without one the pod is outside the mesh.")
+@click.option("--proxy", type=click.Choice(["pylon", "envoy"]), default=None,
+              help="This sidecar's proxy (default: the mesh's, from `mesh up --proxy`): pylon and Envoy sidecars mix.")
+@click.option("--cert-ttl", type=click.IntRange(1), default=None,
+              help="Seconds the sidecar's certificate lives (Istio's SECRET_TTL; default 24 h); renewed at half.")
 @click.option("--service", default=None, help="The service it backs (default: NAME); several workloads may back one, "
                                               "e.g. with --labels version=v1 and version=v2.")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def run_command(name: str, namespace: str, service_account: str | None, ports: tuple[int, ...],
-                labels: tuple[str, ...], sidecar: bool, service: str | None,
+                labels: tuple[str, ...], sidecar: bool, proxy: str | None, cert_ttl: int | None, service: str | None,
                 command: tuple[str, ...]) -> None:  # fmt: skip
     """Start COMMAND (after --) as workload NAME with an injected sidecar; it is served as
     NAME.NAMESPACE.svc.cluster.local on every port given."""
@@ -73,7 +77,7 @@ def run_command(name: str, namespace: str, service_account: str | None, ports: t
         parsed[key] = value
     try:
         spec = _mesh().run(name, namespace, service_account or name, ports, parsed, list(command), service or name,
-                           sidecar)  # fmt: skip
+                           sidecar, proxy or "", cert_ttl or 0)  # fmt: skip
     except (MeshError, ValueError) as exc:
         _fail(exc)
     click.echo(f"{name}: pod {spec.address}, service {spec.service}.{namespace}.svc.cluster.local ({spec.vip}) "

@@ -102,7 +102,7 @@ class Mesh:
 
     def run(self, name: str, namespace: str, service_account: str, ports: tuple[int, ...],
             labels: dict[str, str], command: list[str], service: str = "",
-            sidecar: bool = True) -> WorkloadSpec:  # fmt: skip
+            sidecar: bool = True, proxy: str = "", cert_ttl: int = 0) -> WorkloadSpec:  # fmt: skip
         """Start `command` as workload `name` with an injected sidecar (or none: no capture either, as a pod
         outside the mesh), backing `service` (default: its name); returns where it runs."""
         netns.check_host()
@@ -119,7 +119,8 @@ class Mesh:
             raise netns.MeshError(f"service {service}.{namespace} serves port(s) {peer.ports}, not {ports}")
         vip = peer.vip if peer is not None else str(slot.vip)
         spec = WorkloadSpec(name=name, namespace=namespace, service_account=service_account, address=str(slot.address),
-                            vip=vip, ports=ports, labels=labels, service=service, sidecar=sidecar)  # fmt: skip
+                            vip=vip, ports=ports, labels=labels, service=service, sidecar=sidecar,
+                            proxy=proxy, cert_ttl=cert_ttl)  # fmt: skip
         pod = netns_name(name)
         workdir = self.root / "w" / name
         workdir.mkdir(parents=True)
@@ -249,8 +250,9 @@ class Mesh:
                    "--service-account", spec.service_account, "--pod-name", f"{spec.name}-0", "--ip", spec.address,
                    "--ca-address", f"{PILOT_ADDRESS}:{CA_PORT}", "--discovery-address", f"{PILOT_ADDRESS}:{CA_PORT}",
                    "--root-cert", str(self.ca_dir / "root-cert.pem"), "--token-file", str(token),
-                   "--workdir", str(workdir), "--proxy", state.proxy, "--health-address", "127.0.0.1:15021",
-                   *_proxy_user(state.proxy),
+                   "--workdir", str(workdir), "--proxy", spec.proxy or state.proxy,
+                   "--health-address", "127.0.0.1:15021", *_proxy_user(spec.proxy or state.proxy),
+                   *(["--ttl", str(spec.cert_ttl)] if spec.cert_ttl else []),
                    *(arg for key, value in labels.items() for arg in ("--labels", f"{key}={value}")), *extra]
         agent = netns.spawn(netns_name(spec.name), command, self.logs / f"{spec.name}-sidecar.log", proxy_group=True)
         workload.processes.append(Process("sidecar", agent.pid, netns.start_ticks(agent.pid)))

@@ -18,7 +18,7 @@ import msgspec
 import yaml
 
 from pylon.config.errors import ConfigError, split_validation_error
-from pylon.pilot.istio.common import convert
+from pylon.pilot.istio.common import convert, read_yaml_file
 from pylon.pilot.istio.mesh import MeshConfig
 
 #: spec fields that only mean something on Kubernetes (images, install profiles, Helm values).
@@ -49,12 +49,7 @@ class Install:
 def load_install(path: Path) -> Install:
     """The install file's meaning here; ConfigError naming the file and field."""
     source = str(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(source, "", f"cannot read: {getattr(exc, 'strerror', None) or exc}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(source, "", f"invalid YAML: {exc}".replace("\n", " ")) from None
+    data = read_yaml_file(path)
     if not isinstance(data, dict) or data.get("kind") != "IstioOperator":
         raise ConfigError(source, "kind", "expected an IstioOperator (apiVersion install.istio.io/v1alpha1)")
     if data.get("apiVersion") != "install.istio.io/v1alpha1":

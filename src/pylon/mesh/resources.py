@@ -29,6 +29,8 @@ class WorkloadSpec:
     labels: dict[str, str] = field(default_factory=dict)
     service: str = ""  # the service it backs ("" for a gateway, which has none)
     sidecar: bool = True
+    proxy: str = ""  # its sidecar's proxy, pylon or envoy ("": the mesh's default)
+    cert_ttl: int = 0  # seconds its certificate lives (Istio's SECRET_TTL; 0: the agent's default, 24 h)
 
     @property
     def all_labels(self) -> dict[str, str]:
