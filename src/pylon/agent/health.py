@@ -5,22 +5,23 @@ workload that can terminate mTLS."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 _RESPONSES = {True: b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
               False: b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"}  # fmt: skip
 _NOT_FOUND = b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
 
 
-async def serve_health(host: str, port: int, ready: Callable[[], Awaitable[bool]]) -> asyncio.Server:
+async def serve_paths(host: str, port: int, pages: Mapping[bytes, Callable[[], Awaitable[bytes]]]) -> asyncio.Server:
+    """A tiny HTTP/1.1 server for the agent's local endpoints: GET of a path in `pages` answers what its function
+    returns (a whole response), anything else 404; one request per connection."""
+
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             request_line = await asyncio.wait_for(reader.readline(), 5)
             parts = request_line.split()
-            if len(parts) >= 2 and parts[0] == b"GET" and parts[1] == b"/healthz/ready":
-                writer.write(_RESPONSES[await ready()])
-            else:
-                writer.write(_NOT_FOUND)
+            page = pages.get(parts[1].split(b"?")[0]) if len(parts) >= 2 and parts[0] == b"GET" else None
+            writer.write(await page() if page is not None else _NOT_FOUND)
             await writer.drain()
         except (asyncio.TimeoutError, ConnectionError):
             pass
@@ -28,6 +29,13 @@ async def serve_health(host: str, port: int, ready: Callable[[], Awaitable[bool]
             writer.close()
 
     return await asyncio.start_server(handle, host, port)
+
+
+async def serve_health(host: str, port: int, ready: Callable[[], Awaitable[bool]]) -> asyncio.Server:
+    async def page() -> bytes:
+        return _RESPONSES[await ready()]
+
+    return await serve_paths(host, port, {b"/healthz/ready": page})
 
 
 async def http_status(host: str, port: int, path: str, method: str = "GET", timeout: float = 2.0) -> int | None:

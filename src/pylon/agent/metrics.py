@@ -13,10 +13,9 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
-from pylon.agent.health import http_get
+from pylon.agent.health import http_get, serve_paths
 
 PATH = b"/stats/prometheus"
-_NOT_FOUND = b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
 
 
 class AgentMetrics:
@@ -34,22 +33,11 @@ class AgentMetrics:
 async def serve_metrics(host: str, port: int, admin_port: int, metrics: AgentMetrics) -> asyncio.Server:
     """Serve the merged metrics; the proxy's part is left out (not an error) while its admin does not answer."""
 
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            request_line = await asyncio.wait_for(reader.readline(), 5)
-            parts = request_line.split()
-            if len(parts) < 2 or parts[0] != b"GET" or parts[1].split(b"?")[0] != PATH:
-                writer.write(_NOT_FOUND)
-            else:
-                metrics.scrapes.inc()
-                status, proxy_text = await http_get("127.0.0.1", admin_port, "/stats/prometheus")
-                body = (proxy_text if status == 200 else b"") + metrics.text()
-                writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\n"
-                             b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body) + body)  # fmt: skip
-            await writer.drain()
-        except (asyncio.TimeoutError, ConnectionError):
-            pass
-        finally:
-            writer.close()
+    async def page() -> bytes:
+        metrics.scrapes.inc()
+        status, proxy_text = await http_get("127.0.0.1", admin_port, "/stats/prometheus")
+        body = (proxy_text if status == 200 else b"") + metrics.text()
+        return (b"HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\n"
+                b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body) + body)  # fmt: skip
 
-    return await asyncio.start_server(handle, host, port)
+    return await serve_paths(host, port, {PATH: page})

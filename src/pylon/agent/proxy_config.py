@@ -13,32 +13,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import msgspec
-import yaml
-
-from pylon.config.errors import ConfigError, split_validation_error
-from pylon.pilot.istio.common import convert
+from pylon.pilot.istio.common import load_struct_file
 from pylon.pilot.istio.proxyconfig import ProxyConfig
 
 
 def load_proxy_config(path: Path) -> ProxyConfig:
     """The ProxyConfig YAML in `path` (the annotation's value); ConfigError naming the file and field."""
-    source = str(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(source, "", f"cannot read: {getattr(exc, 'strerror', None) or exc}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(source, "", f"invalid YAML: {exc}".replace("\n", " ")) from None
-    if data is None:
-        return ProxyConfig()
-    if not isinstance(data, dict):
-        raise ConfigError(source, "", f"expected a ProxyConfig mapping, got {type(data).__name__}")
-    try:
-        return convert(data, ProxyConfig)
-    except msgspec.ValidationError as exc:
-        field_path, message = split_validation_error(exc)
-        raise ConfigError(source, field_path, message) from None
+    return load_struct_file(path, ProxyConfig, "ProxyConfig")
 
 
 def node_proxy_config(config: ProxyConfig, *, discovery_address: str, admin_port: int) -> dict[str, Any]:

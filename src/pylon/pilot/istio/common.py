@@ -10,10 +10,14 @@ seconds, like the Envoy model's `Duration`, so the generators can compute with t
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import msgspec
 import re2
+import yaml
+
+from pylon.config.errors import ConfigError, split_validation_error
 
 StructT = TypeVar("StructT")
 UInt32 = Annotated[int, msgspec.Meta(ge=0, le=2**32 - 1)]
@@ -143,3 +147,29 @@ def at_most_one(struct: msgspec.Struct, *names: str) -> None:
     given = [camel(name) for name in names if getattr(struct, name) is not None]
     if len(given) > 1:
         raise ValueError(f"at most one of {', '.join(camel(n) for n in names)} may be set (got {', '.join(given)})")
+
+
+def read_yaml_file(path: Path) -> Any:
+    """One YAML document from `path`; ConfigError naming the file when it cannot be read or parsed."""
+    source = str(path)
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(source, "", f"cannot read: {getattr(exc, 'strerror', None) or exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(source, "", f"invalid YAML: {exc}".replace("\n", " ")) from None
+
+
+def load_struct_file(path: Path, struct_type: type[StructT], what: str) -> StructT:
+    """A file holding one `what` (MeshConfig, ProxyConfig), decoded strictly; an empty file gives the defaults.
+    ConfigError naming the file and the field path."""
+    data = read_yaml_file(path)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(str(path), "", f"expected a {what} mapping, got {type(data).__name__}")
+    try:
+        return convert(data, struct_type)
+    except msgspec.ValidationError as exc:
+        field_path, message = split_validation_error(exc)
+        raise ConfigError(str(path), field_path, message) from None

@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import msgspec
-import yaml
 
-from pylon.config.errors import ConfigError, FieldError, split_validation_error
-from pylon.pilot.istio.common import GoDuration, IstioStruct, NotImplementedField, camel, convert
+from pylon.config.errors import FieldError
+from pylon.pilot.istio.common import GoDuration, IstioStruct, NotImplementedField, camel, load_struct_file
 from pylon.pilot.istio.proxyconfig import ProxyConfig
 from pylon.pilot.istio.sidecar import OutboundTrafficPolicy
 
@@ -92,21 +91,4 @@ def _check_export_to(name: str, targets: list[str]) -> None:
 
 def load_mesh_config(path: Path | None) -> MeshConfig:
     """The MeshConfig in `path` (Istio's defaults without one); ConfigError naming the file and field."""
-    if path is None:
-        return MeshConfig()
-    source = str(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(source, "", f"cannot read: {getattr(exc, 'strerror', None) or exc}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(source, "", f"invalid YAML: {exc}".replace("\n", " ")) from None
-    if data is None:
-        return MeshConfig()
-    if not isinstance(data, dict):
-        raise ConfigError(source, "", f"expected a MeshConfig mapping, got {type(data).__name__}")
-    try:
-        return convert(data, MeshConfig)
-    except msgspec.ValidationError as exc:
-        field_path, message = split_validation_error(exc)
-        raise ConfigError(source, field_path, message) from None
+    return MeshConfig() if path is None else load_struct_file(path, MeshConfig, "MeshConfig")

@@ -504,8 +504,8 @@ class DestinationRuleSpec(IstioStruct, kw_only=True):
 # --------------------------------------------------------------------------- ServiceEntry, WorkloadEntry
 
 
-class WorkloadEntrySpec(IstioStruct, kw_only=True):
-    """A workload's address, named ports, labels and weight (also ServiceEntry.endpoints[])."""
+class _WorkloadFields(IstioStruct, kw_only=True):
+    """What a WorkloadEntry and a WorkloadGroup's template share."""
 
     address: str = ""
     ports: dict[str, Annotated[int, msgspec.Meta(ge=1, le=65535)]] = {}
@@ -514,6 +514,10 @@ class WorkloadEntrySpec(IstioStruct, kw_only=True):
     locality: str = ""
     weight: UInt32 = 0
     service_account: str = ""
+
+
+class WorkloadEntrySpec(_WorkloadFields, kw_only=True):
+    """A workload's address, named ports, labels and weight (also ServiceEntry.endpoints[])."""
 
     def __post_init__(self) -> None:
         if not self.address:
@@ -595,16 +599,8 @@ class ServiceEntrySpec(IstioStruct, kw_only=True):
                 raise FieldError(f"hosts[{i}]", "a ServiceEntry host cannot be '*'")
 
 
-class WorkloadTemplate(IstioStruct, kw_only=True):
+class WorkloadTemplate(_WorkloadFields, kw_only=True):
     """A WorkloadGroup's template: a WorkloadEntry without an address (each workload brings its own)."""
-
-    address: str = ""
-    ports: dict[str, Annotated[int, msgspec.Meta(ge=1, le=65535)]] = {}
-    labels: dict[str, str] = {}
-    network: str = ""
-    locality: str = ""
-    weight: UInt32 = 0
-    service_account: str = ""
 
     def __post_init__(self) -> None:
         if self.address:
