@@ -321,8 +321,10 @@ def exec_load(mesh: MeshCli, mode: Mode, command: list[str], seconds: float) -> 
     millicores, exit code). The steady state: the load process's own CPU from 1.5 s after it started (imports
     done) to its last sample, from /proc every 0.2 s."""
     before = children_cpu()
-    proc = subprocess.Popen([PYTHON, "-m", "pylon.cli", "mesh", "exec", mode.client, "--", *command], env=mesh.env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT)  # fmt: skip
+    out_path = mesh.log.with_name("load-output.txt")
+    with out_path.open("wb") as out:
+        proc = subprocess.Popen([PYTHON, "-m", "pylon.cli", "mesh", "exec", mode.client, "--", *command],
+                                env=mesh.env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)  # fmt: skip
     samples: list[tuple[float, float]] = []
     load_pid, load_start = None, 0.0
     deadline = time.monotonic() + seconds + 60
@@ -333,19 +335,19 @@ def exec_load(mesh: MeshCli, mode: Mode, command: list[str], seconds: float) -> 
                 break
             children, cpu = proc_table()
             if load_pid is None:
-                load_pid = next((p for p in tree(proc.pid, children) if _is_load(p)), None)
+                load_pid = next((p for p in tree(proc.pid, children) if p != proc.pid and _is_load(p)), None)
                 load_start = time.monotonic()
             elif load_pid in cpu:
                 samples.append((time.monotonic(), sum(cpu.get(p, 0.0) for p in tree(load_pid, children))))
             time.sleep(0.2)
-        output = proc.communicate(timeout=30)[0]
+        proc.wait(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
     with mesh.log.open("a") as log:
         log.write(f"$ pylon mesh exec {mode.client} -- {' '.join(command)}\n-> {proc.returncode}\n"
-                  f"{output.decode(errors='replace')[-3000:]}\n")
+                  f"{out_path.read_text(errors='replace')[-1500:]}\n")
     steady = [(t, c) for t, c in samples if t >= load_start + 1.5]
     rate = (1000 * (steady[-1][1] - steady[0][1]) / (steady[-1][0] - steady[0][0])
             if len(steady) >= 3 and steady[-1][0] > steady[0][0] else None)
@@ -648,8 +650,8 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any], sessions: list[dict[
                     sds = [line for line in rejected if " sds: " in line] or rejected
                     note = ("Envoy (stock, no contrib extensions) rejects the cryptomb key provider, so the gateway "
                             "has no certificate and serves nothing on :8443; `pylon mesh status`: "
-                            f"`{sds[0][:200]}`" + (f" (and {len(rejected) - 1} more rejection(s): CDS, its mTLS "
-                                                   "clusters)" if len(rejected) > 1 else "")
+                            f"`{sds[0][:200]}`" + (" (CDS rejected too: its mTLS clusters carry the workload key with "
+                                                   "the same provider)" if any(" cds: " in x for x in rejected) else "")
                             if rejected else "not reachable with Envoy; no rejection recorded")
             if not s["reps"]:
                 lines.append(f"| {key} | {proxy} | not measured | - | - | - | {note or '; '.join(s.get('failures', []))} |")
@@ -671,9 +673,10 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any], sessions: list[dict[
         f"here, not these numbers with Istio's.",
         f"- Sidecars idle (no traffic; agent, xDS, health): pylon {fmt(idle['pylon'])} mc, Envoy {fmt(idle['envoy'])} mc "
         f"(median per sidecar). Each run's proxy CPU window also holds ~1 s of `mesh exec` start-up at this idle rate.",
-        f"- Load client: `pylon load` is one Python process; its millicores above exclude its start-up "
-        f"(~{fmt(startup, '.2f')} CPU-s per run, measured with a 1-request run). A load client near 1,000 mc, or an "
-        f"actual qps below the requested rate, would mean the client, not the mesh, bounded the run.",
+        f"- Load client: `pylon load` is one Python process (at most 1,000 mc); its millicores above are its "
+        f"steady-state rate (its own /proc CPU from 1.5 s after start to its end, start-up excluded; start-up and "
+        f"`mesh exec` cost ~{fmt(startup, '.2f')} CPU-s per run). A load client near 1,000 mc, or an actual qps below "
+        f"the requested rate, would mean the client, not the mesh, bounded the run.",
         f"- Proxies as `pylon mesh` starts them: Envoy without `--concurrency` (2 workers on this machine; Istio's "
         f"sidecar default is 2), `pylon proxy` with its default (1 worker).",
         "",
