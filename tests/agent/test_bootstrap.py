@@ -66,7 +66,8 @@ def test_the_proxy_runs_as_the_proxy_uid_when_asked(tmp_path: Path) -> None:
     options = AgentOptions(workload=workload, ca_address="x:1", root_cert=tmp_path / "r", token_file=tmp_path / "t",
                            discovery_address="x:1", sds_socket=tmp_path / "s", xds_socket=tmp_path / "x",
                            bootstrap_path=tmp_path / "b.json", proxy="envoy", envoy_binary="/bin/envoy")  # fmt: skip
-    assert proxy_command(options)[0] == "/bin/envoy"
+    command = proxy_command(options)
+    assert command[0] == "/bin/envoy" and command[command.index("--concurrency") + 1] == "2"  # Istio's default
     import dataclasses
 
     command = proxy_command(dataclasses.replace(options, proxy_uid=1337))

@@ -57,6 +57,7 @@ class AgentOptions:
     grace_ratio: float = 0.5
     drain_seconds: float = 5.0
     proxy_uid: int | None = None
+    concurrency: int = 2  # the proxy's workers (Istio's ProxyConfig default for sidecars: 2)
     keyd_socket: str | None = None  # the workload key is made and kept in this `pylon keyd`
     log_level: str = "info"
 
@@ -107,11 +108,12 @@ def proxy_command(options: AgentOptions) -> list[str]:
     takes the same bootstrap and flags it shares with Envoy."""
     if options.proxy == "pylon":
         command = [sys.executable, "-m", "pylon.cli", "proxy", "-c", str(options.bootstrap_path),
-                   "--drain-time-s", str(options.drain_seconds), "--log-level", "warning"]  # fmt: skip
+                   "--drain-time-s", str(options.drain_seconds), "--log-level", "warning",
+                   "--concurrency", str(options.concurrency)]  # fmt: skip
     else:
         binary = options.envoy_binary or shutil.which("envoy") or str(Path(sys.executable).parent / "envoy")
         command = [binary, "-c", str(options.bootstrap_path), "--drain-strategy", "immediate",
-                   "--disable-hot-restart", "--log-level", "warning"]  # fmt: skip
+                   "--disable-hot-restart", "--log-level", "warning", "--concurrency", str(options.concurrency)]  # fmt: skip
     if options.bootstrap_override is not None:
         command += ["--config-yaml", options.bootstrap_override.read_text()]
     if options.proxy_uid is not None:

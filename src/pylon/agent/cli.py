@@ -83,6 +83,9 @@ def _address(text: str, flag: str) -> tuple[str, int]:
 @click.option("--keyd", "keyd", default=None, metavar="unix:PATH",
               help="Make and keep the workload key in this `pylon keyd` (it signs the CSR; the proxy signs its "
                    "handshakes through it): no key bytes in the agent or the proxy.")
+@click.option("--concurrency", type=click.IntRange(1), default=2, show_default=True,
+              help="The proxy's worker threads (Envoy) or processes (pylon): Istio's pilot-agent --concurrency, "
+                   "2 for sidecars by default.")
 @click.option("--proxy-uid", type=click.IntRange(1), default=None,
               help="Run the proxy as this user and group (Istio's istio-proxy 1337, which capture rules let through); "
                    "needs the agent to run as root.")
@@ -93,7 +96,8 @@ def agent_command(proxy_type: str, namespace: str, service_account: str, pod_nam
                   label_pairs: tuple[str, ...], proxy_config: Path | None, workdir: Path,
                   sds_socket: Path | None, proxy: str, envoy_binary: str | None, bootstrap_override: Path | None,
                   admin_port: int, health_address: str, status_address: str, ttl_seconds: int, grace_ratio: float,
-                  drain_seconds: float, keyd: str | None, proxy_uid: int | None, log_level: str) -> None:  # fmt: skip
+                  drain_seconds: float, keyd: str | None, concurrency: int, proxy_uid: int | None,
+                  log_level: str) -> None:  # fmt: skip
     """Run Istio's pilot-agent role beside a proxy: certificate, SDS, xDS proxy, rotation, bootstrap, supervision."""
     from pylon.agent.app import AgentOptions, run_agent
     from pylon.agent.bootstrap import Workload
@@ -124,6 +128,7 @@ def agent_command(proxy_type: str, namespace: str, service_account: str, pod_nam
         bootstrap_override=bootstrap_override, admin_port=admin_port,
         health=_address(health_address, "--health-address"), status=_address(status_address, "--status-address"),
         ttl_seconds=ttl_seconds, grace_ratio=grace_ratio,
-        drain_seconds=drain_seconds, proxy_uid=proxy_uid, keyd_socket=_keyd_path(keyd), log_level=log_level,
+        drain_seconds=drain_seconds, proxy_uid=proxy_uid, concurrency=concurrency, keyd_socket=_keyd_path(keyd),
+        log_level=log_level,
     )  # fmt: skip
     sys.exit(run_agent(options))
