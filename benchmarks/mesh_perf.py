@@ -677,8 +677,8 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any], sessions: list[dict[
         f"steady-state rate (its own /proc CPU from 1.5 s after start to its end, start-up excluded; start-up and "
         f"`mesh exec` cost ~{fmt(startup, '.2f')} CPU-s per run). A load client near 1,000 mc, or an actual qps below "
         f"the requested rate, would mean the client, not the mesh, bounded the run.",
-        f"- Proxies as `pylon mesh` starts them: Envoy without `--concurrency` (2 workers on this machine; Istio's "
-        f"sidecar default is 2), `pylon proxy` with its default (1 worker).",
+        "- Proxies as `pylon mesh` starts them: `pylon agent --concurrency 2` (Istio's sidecar default) for both, "
+        "i.e. 2 worker threads in Envoy and 2 worker processes in `pylon proxy`.",
         "",
     ]
     return "\n".join(lines)
