@@ -172,3 +172,12 @@ def test_secret_errors_name_file_document_and_key(tmp_path: Path, data: dict[str
     errors = load_secrets(tmp_path).errors
     assert len(errors) == 1 and errors[0].path == field and message in errors[0].message
     assert "s.yaml (document 1, Secret default/x)" in str(errors[0])
+
+
+def test_a_secret_defined_twice_is_an_error_naming_both(tmp_path: Path) -> None:
+    import yaml
+
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump_all([secret_manifest("dup"), secret_manifest("dup")]))
+    result = load_secrets(tmp_path)
+    assert [e.path for e in result.errors] == ["metadata.name"] and "defined twice" in result.errors[0].message
+    assert list(result.secrets) == [("istio-system", "dup")]  # the first one stays

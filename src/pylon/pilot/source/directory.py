@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
@@ -32,6 +32,7 @@ from pylon.pilot.istio.resources import Resource, decode_resource
 from pylon.pilot.source.debounce import Debouncer
 
 log = logging.getLogger("pylon.pilot.source")
+DecodedT = TypeVar("DecodedT")
 
 SUFFIXES = (".yaml", ".yml", ".json")
 POLL_INTERVAL = 0.05
@@ -108,20 +109,30 @@ def _file_print(path: Path) -> FilePrint | None:
 def load_directory_files(paths: list[Path]) -> LoadResult:
     """Decode every document of `paths`, collecting all errors."""
     result = LoadResult()
+    for resource, _path, _index, _data in decode_documents(paths, decode_resource, result.errors):
+        result.resources.append(resource)
+    return result
+
+
+def decode_documents(paths: list[Path], decode: Callable[[Any, str, int], DecodedT],
+                     errors: list[ConfigError]) -> list[tuple[DecodedT, Path, int, Any]]:  # fmt: skip
+    """`decode(data, file, index)` of every non-empty YAML document of `paths`, with where it came from; every
+    file or document that fails adds its ConfigError to `errors` instead."""
+    decoded: list[tuple[DecodedT, Path, int, Any]] = []
     for path in paths:
         try:
             documents = read_documents(path)
         except ConfigError as exc:
-            result.errors.append(exc)
+            errors.append(exc)
             continue
         for index, data in enumerate(documents):
             if data is None:
                 continue
             try:
-                result.resources.append(decode_resource(data, str(path), index))
+                decoded.append((decode(data, str(path), index), path, index, data))
             except ConfigError as exc:
-                result.errors.append(exc)
-    return result
+                errors.append(exc)
+    return decoded
 
 
 def read_documents(path: Path) -> list[Any]:

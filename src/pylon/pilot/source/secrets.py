@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from pylon.config.errors import ConfigError
 from pylon.pilot.istio.resources import describe_source
-from pylon.pilot.source.directory import config_files, read_documents
+from pylon.pilot.source.directory import config_files, decode_documents
 
 #: Istio's key names (pilot/pkg/credentials/kube/secrets.go): the TLS secret type's, then the generic ones.
 KEY_NAMES = (
@@ -59,26 +59,13 @@ def load_secrets(root: Path) -> SecretsResult:
     if not root.is_dir():
         result.errors.append(ConfigError(str(root), "", "not a directory"))
         return result
-    for path in config_files(root):
-        try:
-            documents = read_documents(path)
-        except ConfigError as exc:
-            result.errors.append(exc)
+    for secret, path, index, data in decode_documents(config_files(root), decode_secret, result.errors):
+        key = (secret.namespace, secret.name)
+        if key in result.secrets:
+            result.errors.append(ConfigError(describe_source(str(path), index, data), "metadata.name",
+                                             f"secret {secret.namespace}/{secret.name} is defined twice"))  # fmt: skip
             continue
-        for index, data in enumerate(documents):
-            if data is None:
-                continue
-            try:
-                secret = decode_secret(data, str(path), index)
-            except ConfigError as exc:
-                result.errors.append(exc)
-                continue
-            key = (secret.namespace, secret.name)
-            if key in result.secrets:
-                result.errors.append(ConfigError(describe_source(str(path), index, data), "metadata.name",
-                                                 f"secret {secret.namespace}/{secret.name} is defined twice"))  # fmt: skip
-                continue
-            result.secrets[key] = secret
+        result.secrets[key] = secret
     return result
 
 
