@@ -614,13 +614,14 @@ def test_downstream_tls_context() -> None:
     [
         ({"tls_certificates": []}, "common_tls_context.tls_certificates", "a server TLS context needs a certificate"),
         ({"tls_certificates": [{"certificate_chain": {"inline_string": PEM}, "private_key_provider": {
-            "provider_name": "qat", "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.private_key_providers.qat.v3alpha.QatPrivateKeyMethodConfig",
-                "poll_delay": "0.01s"}}}]},
+            "provider_name": "sgx", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.private_key_providers.sgx.v3alpha.SgxPrivateKeyMethodConfig",
+                "key_label": "k"}}}]},
          "common_tls_context.tls_certificates[0].private_key_provider.typed_config.@type",
-         "unknown private key provider type type.googleapis.com/envoy.extensions.private_key_providers.qat."
-         "v3alpha.QatPrivateKeyMethodConfig; accepted here: type.googleapis.com/envoy.extensions."
-         "private_key_providers.cryptomb.v3alpha.CryptoMbPrivateKeyMethodConfig, "
+         "unknown private key provider type type.googleapis.com/envoy.extensions.private_key_providers.sgx."
+         "v3alpha.SgxPrivateKeyMethodConfig; accepted here: type.googleapis.com/envoy.extensions."
+         "private_key_providers.cryptomb.v3alpha.CryptoMbPrivateKeyMethodConfig, type.googleapis.com/envoy.extensions."
+         "private_key_providers.qat.v3alpha.QatPrivateKeyMethodConfig, "
          "type.googleapis.com/pylon.key_providers.keyd.v1.Keyd, type.googleapis.com/pylon.key_providers.offload.v1.Offload"),
         ({"tls_certificates": [{"certificate_chain": {"inline_string": PEM}}]},
          "common_tls_context.tls_certificates[0]", "exactly one of private_key, private_key_provider must be set"),
