@@ -18,7 +18,8 @@ from tests.conftest import free_port
 
 class StandInPilot:
     """ADS over TLS with istiod's serving certificate: echoes every request back, records each stream's
-    metadata, and refuses a stream whose token is `refuse-me` (PERMISSION_DENIED), as pilot does a stranger."""
+    metadata, and refuses a stream whose token is `refuse-me` (PERMISSION_DENIED) on its first request, as pilot
+    refuses a node of another namespace."""
 
     def __init__(self) -> None:
         self.streams: list[dict[str, str]] = []
@@ -27,9 +28,9 @@ class StandInPilot:
         async def echo(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
             metadata = {key: value for key, value in context.invocation_metadata() or ()}
             self.streams.append(metadata)
-            if metadata.get("authorization") == "Bearer refuse-me":
-                await context.abort(grpc.StatusCode.PERMISSION_DENIED, "not your namespace")
             async for request in requests:
+                if metadata.get("authorization") == "Bearer refuse-me":  # as pilot: on the node's first request
+                    await context.abort(grpc.StatusCode.PERMISSION_DENIED, "not your namespace")
                 yield b"echo:" + request
 
         return grpc.method_handlers_generic_handler(
@@ -45,15 +46,21 @@ async def _exchange(channel: grpc.aio.Channel, method: str, message: bytes) -> b
         call.cancel()
 
 
-async def _scenario(base: Path) -> None:
-    material = CaMaterial.load_or_create(base / "ca")
-    chain_pem, key_pem = material.serving_certificate()
+async def _serve_stand_in(serving: CaMaterial) -> tuple[StandInPilot, grpc.aio.Server, int]:
+    """A stand-in pilot on TLS with `serving`'s certificate for istiod.istio-system.svc: it, its server, its port."""
+    chain_pem, key_pem = serving.serving_certificate()
     pilot = StandInPilot()
     server = grpc.aio.server()
     server.add_generic_rpc_handlers((pilot.handler(),))
     port = free_port()
     server.add_secure_port(f"127.0.0.1:{port}", grpc.ssl_server_credentials([(key_pem, chain_pem)]))
     await server.start()
+    return pilot, server, port
+
+
+async def _scenario(base: Path) -> None:
+    material = CaMaterial.load_or_create(base / "ca")
+    pilot, server, port = await _serve_stand_in(material)
     token_file = base / "token"
     token_file.write_text("first-token\n")
     proxy = XdsProxy(f"127.0.0.1:{port}", material.root_pem.encode(), token_file, cluster_id="c1")
@@ -98,14 +105,7 @@ async def _scenario(base: Path) -> None:
 async def _untrusted(base: Path) -> None:
     """A server whose certificate does not chain to the mesh root gets no stream (and no token)."""
     material = CaMaterial.load_or_create(base / "ca")
-    stranger = CaMaterial.load_or_create(base / "other-ca")
-    chain_pem, key_pem = stranger.serving_certificate()
-    pilot = StandInPilot()
-    server = grpc.aio.server()
-    server.add_generic_rpc_handlers((pilot.handler(),))
-    port = free_port()
-    server.add_secure_port(f"127.0.0.1:{port}", grpc.ssl_server_credentials([(key_pem, chain_pem)]))
-    await server.start()
+    pilot, server, port = await _serve_stand_in(CaMaterial.load_or_create(base / "other-ca"))
     (base / "token").write_text("secret-token")
     proxy = XdsProxy(f"127.0.0.1:{port}", material.root_pem.encode(), base / "token")
     await proxy.start(base / "XDS")

@@ -4,6 +4,8 @@ writes them, and waiting for a condition."""
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -12,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import REPO_ROOT, free_port, pylon_cmd
+from tests.conftest import REPO_ROOT, free_port, pylon_cmd, stop_process_group, wait_for_port
 
 ENVOY = REPO_ROOT / ".venv" / "bin" / "envoy"
 if not ENVOY.exists() and shutil.which("envoy"):
@@ -70,3 +72,27 @@ def bootstrap(node_id: str, cluster: str, metadata: dict[str, Any], admin_port: 
                 "address": {"pipe": {"path": "./var/run/secrets/workload-spiffe-uds/socket"}}}}]}]},
         }]},
     }  # fmt: skip
+
+
+class Processes:
+    """The processes a module's fixture starts (pilot, proxies, upstreams), stopped together in `stop()`, which the
+    fixture calls in its `finally`."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self, args: list[str]) -> subprocess.Popen:
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs.append(proc)
+        return proc
+
+    def upstream(self, name: str) -> int:
+        """A tests/pilot/upstream.py answering as `name`, listening: its port."""
+        port = free_port()
+        wait_for_port(port, proc=self.start([sys.executable, str(Path(__file__).with_name("upstream.py")), name,
+                                             str(port)]))  # fmt: skip
+        return port
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            stop_process_group(proc)

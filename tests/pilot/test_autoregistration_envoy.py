@@ -10,11 +10,8 @@ here), then the gateway has no endpoint left (503).
 from __future__ import annotations
 
 import queue
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import httpx
@@ -28,9 +25,9 @@ from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest
 from pylon.identity.authority import CaMaterial, SERVING_DNS_NAMES, load_or_create_token_key
 from pylon.identity.tokens import TokenAuthority
 from pylon.pilot.gen.types import CLUSTER
-from tests.conftest import free_port, stop_process_group, wait_for_port
+from tests.conftest import free_port, wait_for_port
 from tests.pilot.builders import GATEWAY_NODE, doc, gateway, virtual_service, write_yaml
-from tests.pilot.harness import ENVOY, bootstrap, eventually, needs_envoy, pilot_cmd
+from tests.pilot.harness import ENVOY, Processes, bootstrap, eventually, needs_envoy, pilot_cmd
 
 pytestmark = needs_envoy
 
@@ -70,17 +67,10 @@ class VirtualMachine:
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     base = tmp_path_factory.mktemp("autoreg")
-    procs: list[subprocess.Popen] = []
-
-    def start(args: list[str]) -> subprocess.Popen:
-        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-        procs.append(proc)
-        return proc
-
+    processes = Processes()
+    start = processes.start
     try:
-        vm_port = free_port()
-        wait_for_port(vm_port, proc=start([sys.executable, str(Path(__file__).with_name("upstream.py")), "vm",
-                                           str(vm_port)]))  # fmt: skip
+        vm_port = processes.upstream("vm")
         gateway_port, xds_port, ca_port = free_port(), free_port(), free_port()
         config_dir = base / "config"
         config_dir.mkdir()
@@ -104,8 +94,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         wait_for_port(gateway_port, proc=envoy, timeout=20)
         yield {"gateway": gateway_port, "ca_port": ca_port, "root": material.root_pem.encode(), "tokens": tokens}
     finally:
-        for proc in procs:
-            stop_process_group(proc)
+        processes.stop()
 
 
 def status(mesh: dict) -> int:

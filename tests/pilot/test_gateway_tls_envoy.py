@@ -13,7 +13,6 @@ import datetime as dt
 import socket
 import ssl
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ from pylon.identity.certs import Issued, KeyType, Usage, generate_key, issue_lea
 from pylon.identity.spiffe import SpiffeId
 from tests.conftest import free_port, stop_process_group, wait_for_port
 from tests.pilot.builders import GATEWAY_NODE, doc, service_entry, virtual_service, write_yaml
-from tests.pilot.harness import ENVOY, bootstrap, eventually, needs_envoy, pilot_cmd
+from tests.pilot.harness import ENVOY, Processes, bootstrap, eventually, needs_envoy, pilot_cmd
 
 pytestmark = needs_envoy
 
@@ -120,17 +119,10 @@ def envoy_bootstrap(base: Path, material: CaMaterial, identity: SpiffeId, admin_
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsMesh]:
     base = tmp_path_factory.mktemp("gateway-tls")
-    procs: list[subprocess.Popen] = []
-
-    def start(args: list[str]) -> subprocess.Popen:
-        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-        procs.append(proc)
-        return proc
-
+    processes = Processes()
+    procs, start = processes.procs, processes.start
     try:
-        backend = free_port()
-        wait_for_port(backend, proc=start([sys.executable, str(Path(__file__).with_name("upstream.py")), "backend",
-                                           str(backend)]))  # fmt: skip
+        backend = processes.upstream("backend")
         mesh = TlsMesh(base=base, simple_port=free_port(), mutual_port=free_port(), public_ca=make_ca(),
                        client_ca=make_ca(), secrets_dir=base / "secrets", procs=procs)  # fmt: skip
         mesh.secrets_dir.mkdir()
@@ -149,8 +141,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsMesh]:
         eventually(lambda: mesh.get(mesh.simple_port) is not None, timeout=20)
         yield mesh
     finally:
-        for proc in procs:
-            stop_process_group(proc)
+        processes.stop()
 
 
 def test_simple_tls_with_the_credential_and_routes(mesh: TlsMesh) -> None:

@@ -8,7 +8,6 @@ the module; each test writes the config directory and waits until Envoy serves i
 from __future__ import annotations
 
 import subprocess
-import sys
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,9 +18,9 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import free_port, pylon_cmd, stop_process_group, wait_for_port
+from tests.conftest import free_port, pylon_cmd, wait_for_port
 from tests.pilot.builders import GATEWAY_NODE, doc, gateway, service_entry, subsets_rule, virtual_service, write_yaml
-from tests.pilot.harness import ENVOY, bootstrap, eventually, needs_envoy, pilot_cmd
+from tests.pilot.harness import ENVOY, Processes, bootstrap, eventually, needs_envoy, pilot_cmd
 
 pytestmark = needs_envoy
 
@@ -57,17 +56,10 @@ def served_by(response: httpx.Response) -> str:
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     base = tmp_path_factory.mktemp("pilot")
-    procs: list[subprocess.Popen] = []
-
-    def start(args: list[str]) -> subprocess.Popen:
-        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-        procs.append(proc)
-        return proc
-
+    processes = Processes()
+    start = processes.start
     try:
-        upstreams = {"v1": free_port(), "v2": free_port()}
-        for name, port in upstreams.items():
-            wait_for_port(port, proc=start([sys.executable, str(Path(__file__).with_name("upstream.py")), name, str(port)]))
+        upstreams = {name: processes.upstream(name) for name in ("v1", "v2")}
         config_dir = base / "config"
         config_dir.mkdir()
         xds_port, debug_port, monitoring_port, admin_port = free_port(), free_port(), free_port(), free_port()
@@ -85,8 +77,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         eventually(lambda: served_by(mesh.get()) == "v1")
         yield mesh
     finally:
-        for proc in procs:
-            stop_process_group(proc)
+        processes.stop()
 
 
 def apply(mesh: Mesh, *http: dict[str, Any]) -> None:

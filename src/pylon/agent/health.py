@@ -40,30 +40,20 @@ async def serve_health(host: str, port: int, ready: Callable[[], Awaitable[bool]
 
 async def http_status(host: str, port: int, path: str, method: str = "GET", timeout: float = 2.0) -> int | None:
     """The status code of a tiny HTTP/1.1 request to the proxy's admin, None when unreachable."""
-    try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
-    except (OSError, asyncio.TimeoutError):
-        return None
-    try:
-        writer.write(f"{method} {path} HTTP/1.1\r\nhost: {host}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-                     .encode())  # fmt: skip
-        status_line = await asyncio.wait_for(reader.readline(), timeout)
-        parts = status_line.split()
-        return int(parts[1]) if len(parts) >= 2 and parts[1].isdigit() else None
-    except (OSError, asyncio.TimeoutError):
-        return None
-    finally:
-        writer.close()
+    return (await http_request(host, port, path, method, timeout))[0]
 
 
-async def http_get(host: str, port: int, path: str, timeout: float = 2.0) -> tuple[int | None, bytes]:
-    """(status, body) of a GET to the proxy's admin (read to the connection's close); (None, b"") if unreachable."""
+async def http_request(host: str, port: int, path: str, method: str = "GET",
+                       timeout: float = 2.0) -> tuple[int | None, bytes]:  # fmt: skip
+    """(status, body) of a request to the proxy's admin (read to the connection's close); (None, b"") if
+    unreachable."""
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
     except (OSError, asyncio.TimeoutError):
         return None, b""
     try:
-        writer.write(f"GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n".encode())
+        writer.write(f"{method} {path} HTTP/1.1\r\nhost: {host}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                     .encode())  # fmt: skip
         response = await asyncio.wait_for(reader.read(), timeout)
     except (OSError, asyncio.TimeoutError):
         return None, b""

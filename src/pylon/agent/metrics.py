@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
-from pylon.agent.health import http_get, serve_paths
+from pylon.agent.health import http_request, serve_paths
 
 PATH = b"/stats/prometheus"
 
@@ -35,7 +35,7 @@ async def serve_metrics(host: str, port: int, admin_port: int, metrics: AgentMet
 
     async def page() -> bytes:
         metrics.scrapes.inc()
-        status, proxy_text = await http_get("127.0.0.1", admin_port, "/stats/prometheus")
+        status, proxy_text = await http_request("127.0.0.1", admin_port, "/stats/prometheus")
         body = (proxy_text if status == 200 else b"") + metrics.text()
         return (b"HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\n"
                 b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body) + body)  # fmt: skip

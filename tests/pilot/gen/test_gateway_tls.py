@@ -148,6 +148,8 @@ def test_private_key_provider_from_mesh_default_and_from_the_node(tmp_path: Path
     (https_server(["*"], mode="PASSTHROUGH"), "tls.mode", "not supported by pylon pilot yet"),
     (https_server(["*"], "sds://x"), "credentialName", "only Kubernetes secrets"),
     (https_server(["*"], subjectAltNames=["x"]), "subjectAltNames", "not validated in SIMPLE mode"),
+    (https_server(["*"], "", mode="ISTIO_MUTUAL", minProtocolVersion="TLSV1_3"), "minProtocolVersion",
+     "Istio ignores them on ISTIO_MUTUAL"),
     ({"port": {"number": 80, "name": "http", "protocol": "HTTP"}, "hosts": ["*"],
       "tls": {"mode": "SIMPLE", "credentialName": "x"}}, "tls", "plain-text HTTP server"),
 ])  # fmt: skip
