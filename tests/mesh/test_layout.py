@@ -131,3 +131,14 @@ def test_pods_without_a_sidecar_reach_a_vip_like_kube_proxy() -> None:
     assert ("ip daddr 10.77.128.10 tcp dport 8080 dnat to numgen random mod 2 map { 0 : 10.77.0.10, 1 : 10.77.0.11 }"
             in script)
     assert "10.77.128.12" not in script  # no pod behind it: nothing to pick
+
+
+def test_a_pods_proxy_config_is_mesh_default_under_its_annotation() -> None:
+    """As Istio merges them for the agent: defaultConfig, then the proxy.istio.io/config annotation over it."""
+    from pylon.mesh.install import effective_proxy_config
+
+    mesh = {"defaultConfig": {"privateKeyProvider": {"cryptomb": {"pollDelay": "10ms", "fallback": True}}}}
+    assert yaml.safe_load(effective_proxy_config(mesh)) == mesh["defaultConfig"]
+    annotation = "privateKeyProvider:\n  qat:\n    pollDelay: 2ms\n"
+    assert yaml.safe_load(effective_proxy_config(mesh, annotation)) == {"privateKeyProvider": {"qat": {"pollDelay": "2ms"}}}
+    assert effective_proxy_config({}) == ""

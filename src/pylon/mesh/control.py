@@ -14,14 +14,13 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from pylon.mesh import kube_proxy, netns
-from pylon.mesh.install import GatewayDeployment, Install
+from pylon.mesh.install import GatewayDeployment, Install, effective_proxy_config
 from pylon.mesh.layout import (BRIDGE, HUB, PILOT_ADDRESS, PROXY_UID, allocate, check_name, netns_name, service_host,
                                state_dir, veth_name)  # fmt: skip
 from pylon.mesh.resources import WorkloadSpec, hosts_file, service_document, workload_document
@@ -156,12 +155,8 @@ class Mesh:
         netns.check_route(netns_name(name), PILOT_ADDRESS)
         workdir = self.root / "w" / name
         workdir.mkdir(parents=True)
-        extra: list[str] = []
-        if gateway.proxy_config:
-            (workdir / "proxy-config.yaml").write_text(gateway.proxy_config)
-            extra = ["--proxy-config", str(workdir / "proxy-config.yaml")]
         self._write_names(state)
-        self._start_agent(state, workload, workdir, "router", gateway.labels, extra)
+        self._start_agent(state, workload, workdir, "router", gateway.labels, gateway.proxy_config)
 
     def exec(self, name: str, command: list[str]) -> int:
         """Run `command` in workload `name`'s namespace (as `kubectl exec`), attached to this terminal."""
@@ -235,9 +230,18 @@ class Mesh:
                 netns.load_rules(netns_name(name), kube_proxy.ruleset(services))
 
     def _start_agent(self, state: MeshState, workload: Workload, workdir: Path, proxy_type: str,
-                     labels: dict[str, str], extra: Sequence[str] = ()) -> None:
-        """The pod's `pylon agent` (Istio's pilot-agent) with its token, running the proxy; waits until ready."""
+                     labels: dict[str, str], annotation: str = "") -> None:
+        """The pod's `pylon agent` (Istio's pilot-agent) with its token and its ProxyConfig (MeshConfig
+        `defaultConfig` under the pod's `proxy.istio.io/config` annotation), running the proxy; waits until
+        ready."""
         spec = workload.spec
+        extra: list[str] = []
+        mesh_file = self.root / "mesh.yaml"
+        mesh_config = yaml.safe_load(mesh_file.read_text()) or {} if mesh_file.exists() else {}
+        proxy_config = effective_proxy_config(mesh_config, annotation)
+        if proxy_config:
+            (workdir / "proxy-config.yaml").write_text(proxy_config)
+            extra = ["--proxy-config", str(workdir / "proxy-config.yaml")]
         token = workdir / "token"
         issued = subprocess.run([*PYLON, "pilot", "token", "--ca-dir", str(self.ca_dir), "--namespace",
                                  spec.namespace, "--service-account", spec.service_account],

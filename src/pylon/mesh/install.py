@@ -155,3 +155,11 @@ def _checked_proxy_config(text: Any, source: str, where: str) -> str:
         path, message = split_validation_error(exc)
         raise ConfigError(source, where + (f".{path}" if path else ""), message) from None
     return str(text)
+
+
+def effective_proxy_config(mesh_config: dict[str, Any], annotation: str = "") -> str:
+    """A pod's ProxyConfig as Istio merges it for the agent: MeshConfig `defaultConfig`, then the pod's
+    `proxy.istio.io/config` annotation field by field over it; YAML for `pylon agent --proxy-config` ("" if
+    neither sets anything)."""
+    merged = {**(mesh_config.get("defaultConfig") or {}), **(yaml.safe_load(annotation) or {})}
+    return yaml.safe_dump(merged) if merged else ""

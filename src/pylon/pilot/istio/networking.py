@@ -92,6 +92,12 @@ class ServerTLSSettings(IstioStruct, kw_only=True):
             if self.credential_name:
                 raise FieldError("credentialName", "ISTIO_MUTUAL uses the gateway's mesh certificate; "
                                  "credentialName must not be set")  # fmt: skip
+            for field, unset in (("minProtocolVersion", self.min_protocol_version == "TLS_AUTO"),
+                                 ("maxProtocolVersion", self.max_protocol_version == "TLS_AUTO"),
+                                 ("cipherSuites", not self.cipher_suites)):  # fmt: skip
+                if not unset:  # istiod applies them to SIMPLE, MUTUAL and OPTIONAL_MUTUAL only, and drops them here
+                    raise FieldError(field, "only SIMPLE, MUTUAL and OPTIONAL_MUTUAL servers take TLS versions and "
+                                     "cipher suites (Istio ignores them on ISTIO_MUTUAL)")  # fmt: skip
         elif not self.credential_name:
             raise FieldError("credentialName", f"{self.mode} TLS requires credentialName (the secret holding the "
                              "certificate and key; serverCertificate files are not supported by pylon pilot yet)")
