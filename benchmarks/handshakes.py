@@ -46,7 +46,6 @@ import json
 import os
 import platform
 import re
-import resource
 import shutil
 import socket
 import ssl
@@ -218,23 +217,18 @@ def saturate(started: Started, requests: int) -> dict[str, Any]:
             "hs_per_proxy_cpu_s": result.succeeded / cpu if cpu else None, "h2load_cpu_s": result.cpu_seconds}
 
 
-def _children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
 def paced(started: Started, qps: float, duration: float, connections: int, ca: Path) -> dict[str, Any]:
     """`pylon load -qps Q --new-connection` with verification: handshake + request latency."""
     options = parse_load_args(["-qps", f"{qps:.1f}", "-c", str(connections), "-t", f"{duration:g}s",
                                "-r", "0.00001",
                                "--new-connection", "-cacert", str(ca), started.url()])
-    before, cpu_before = _children_cpu(), started.cpu_seconds()
+    cpu_before = started.cpu_seconds()
     result = load_once(dataclasses.replace(options, json_path="", csv_path="", auto_save=False))
     count = int(result["DurationHistogram"]["Count"])
     return {"qps_requested": qps, "qps": float(result["ActualQPS"]), "count": count,
             "errors": count - int(result["RetCodes"].get("200", 0)),
             "p50_ms": latency_ms(result, 50), "p99_ms": latency_ms(result, 99),
-            "proxy_cpu_s": started.cpu_seconds() - cpu_before, "load_cpu_s": _children_cpu() - before}
+            "proxy_cpu_s": started.cpu_seconds() - cpu_before, "load_cpu_s": result.load_cpu_seconds}
 
 
 def measure(started: Started, requests: int, low_duration: float, duration: float, ca: Path) -> dict[str, Any]:

@@ -24,10 +24,12 @@ ROUTE_TIMEOUT_S = 1.0
 IDLE_TIMEOUT_S = 1.5
 #: The issue's bound (5% of the setting or 100 ms, whichever is larger) plus what measuring from a client costs.
 MEASURING_SLACK_S = 0.05
+#: The proxy may accept (and start its timer) before this client's connect() returns to Python on a busy machine.
+EARLY_START_SLACK_S = 0.02
 
 
 def on_time(elapsed: float, setting: float) -> bool:
-    return setting <= elapsed + 0.005 and elapsed <= setting + max(0.05 * setting, 0.1) + MEASURING_SLACK_S
+    return setting <= elapsed + EARLY_START_SLACK_S and elapsed <= setting + max(0.05 * setting, 0.1) + MEASURING_SLACK_S
 
 
 @pytest.fixture(scope="module", params=["pylon", "envoy"])

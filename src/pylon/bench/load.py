@@ -25,10 +25,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import mmap
+import ctypes
 import multiprocessing
+import multiprocessing.context
 import os
 import random
+import resource
 import signal
 import socket
 import ssl
@@ -52,7 +54,15 @@ ProgressHook = Callable[[int], None]  # called with the number of completed call
 
 
 class FortioResult(dict):
-    """A finished run: Fortio's JSON object (a dict), with a few conveniences."""
+    """A finished run: Fortio's JSON object (a dict), with a few conveniences.
+
+    `load_cpu_seconds` is the CPU the load itself used (this process during
+    the run plus every `-procs` worker), kept beside the JSON because Fortio's
+    format has no field for it and benchmarks need it to show the load tool
+    was not the bottleneck.
+    """
+
+    load_cpu_seconds: float = 0.0
 
     @property
     def count(self) -> int:
@@ -447,8 +457,23 @@ def _run_here(options: LoadOptions, address: tuple[str, int], peer: str,
         asyncio.set_event_loop(None)
 
 
+def worker_context() -> multiprocessing.context.BaseContext:
+    """The start method for load processes: forkserver, never a fork of the caller.
+
+    A fork copies only the forking thread; if another thread held a lock at
+    that instant (grpc's pollers do, in any process that has used gRPC, such
+    as a test session or a tool embedding pylon.bench next to a control
+    plane), the child can block on it forever. Forkserver children come from
+    a clean single-threaded server started once per process, with this
+    module already imported, so each start stays cheap.
+    """
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__])
+    return ctx
+
+
 def _child(options: LoadOptions, address: tuple[str, int], peer: str, conn: Connection,
-           counts: memoryview, index: int) -> None:
+           counts: Any, index: int) -> None:
     """A `-procs` child: connect, report ready, start when told, send the recorder home."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent turns ^C into a stop message
     loop = _new_loop()
@@ -467,7 +492,7 @@ def _child(options: LoadOptions, address: tuple[str, int], peer: str, conn: Conn
     tick()
     loop.run_until_complete(engine.run(start_at))
     counts[index] = engine.completed
-    conn.send((engine.recorder.to_state(), engine.ended_at))
+    conn.send((engine.recorder.to_state(), engine.ended_at, process_cpu_seconds()))
     loop.close()
 
 
@@ -480,12 +505,19 @@ def _share(options: LoadOptions, procs: int) -> list[LoadOptions]:
             for i in range(procs)]
 
 
+def process_cpu_seconds() -> float:
+    """User + system CPU of this process so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _run_procs(options: LoadOptions, address: tuple[str, int], peer: str,
-               progress: ProgressHook | None) -> tuple[Recorder, RunTiming]:
-    ctx = multiprocessing.get_context("fork")
+               progress: ProgressHook | None) -> tuple[Recorder, RunTiming, float]:
+    """Run the shares in worker processes; also returns the CPU they used, which
+    RUSAGE_CHILDREN cannot see (the forkserver, not we, is their parent)."""
+    ctx = worker_context()
     shares = _share(options, options.procs)
-    shared = mmap.mmap(-1, 8 * len(shares))
-    counts = memoryview(shared).cast("Q")
+    counts = ctx.RawArray(ctypes.c_uint64, len(shares))
     children = []
     for i, share in enumerate(shares):
         parent_end, child_end = ctx.Pipe()
@@ -535,7 +567,7 @@ def _run_procs(options: LoadOptions, address: tuple[str, int], peer: str,
     for state, *_ in results[1:]:
         recorder.merge(Recorder.from_state(state))
     ended = max(r[1] for r in results)
-    return recorder, RunTiming(wall, ended - start_at)
+    return recorder, RunTiming(wall, ended - start_at), sum(r[2] for r in results)
 
 
 def run_load(options: LoadOptions, progress: ProgressHook | None = None) -> FortioResult:
@@ -547,11 +579,15 @@ def run_load(options: LoadOptions, progress: ProgressHook | None = None) -> Fort
     target = options.target
     address, peer = resolve(target)
     client_ssl_context(options)  # check TLS files before starting anything
+    cpu_before = process_cpu_seconds()
+    workers_cpu = 0.0
     if options.procs > 1:
-        recorder, timing = _run_procs(options, address, peer, progress)
+        recorder, timing, workers_cpu = _run_procs(options, address, peer, progress)
     else:
         recorder, timing = _run_here(options, address, peer, progress)
-    return FortioResult(build_result(options, recorder, timing))
+    result = FortioResult(build_result(options, recorder, timing))
+    result.load_cpu_seconds = process_cpu_seconds() - cpu_before + workers_cpu
+    return result
 
 
 def start_banner(options: LoadOptions) -> str:

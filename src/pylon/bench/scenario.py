@@ -27,9 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import multiprocessing
 import re
-import resource
 import shlex
 import signal
 import statistics
@@ -49,7 +47,7 @@ from rich.table import Table
 from pylon.bench.fortio_args import (
     LoadOptions, LoadUsageError, format_go_duration, parse_go_duration, parse_load_args,
 )
-from pylon.bench.load import run_load
+from pylon.bench.load import FortioResult, run_load, worker_context
 from pylon.bench.report import write_report
 from pylon.bench.results import latency_ms, write_json
 from pylon.bench.targets import (
@@ -400,22 +398,23 @@ def sigterm_interrupts() -> Iterator[None]:
 
 def _load_child(options: LoadOptions, conn: Connection) -> None:
     try:
-        conn.send(dict(run_load(options)))
+        result = run_load(options)
+        conn.send((dict(result), result.load_cpu_seconds))
     except BaseException as exc:  # noqa: BLE001 - handed to the parent, which raises it
         conn.send(exc)
 
 
-def load_once(options: LoadOptions) -> dict[str, Any]:
-    """`run_load` in a forked child, so Ctrl-C or SIGTERM here stops the benchmark at once.
+def load_once(options: LoadOptions) -> FortioResult:
+    """`run_load` in a child process, so Ctrl-C or SIGTERM here stops the benchmark at once.
 
     The load engine takes SIGINT/SIGTERM as "end this run now" and returns a
     partial result (right for `pylon load`, wrong for a benchmark, which must
     stop as a whole); a signal that lands as a run ends would even be lost. In
     a child, the engine's handlers stay out of our way: we wait on a pipe with
-    our own handlers in place and, when interrupted, kill the child. Its CPU
-    still counts in RUSAGE_CHILDREN once reaped.
+    our own handlers in place and, when interrupted, kill the child. The
+    child reports the load's CPU with the result (`load_cpu_seconds`).
     """
-    ctx = multiprocessing.get_context("fork")
+    ctx = worker_context()
     reader, writer = ctx.Pipe(duplex=False)
     child = ctx.Process(target=_load_child, args=(options, writer), daemon=True)
     child.start()
@@ -434,12 +433,10 @@ def load_once(options: LoadOptions) -> dict[str, Any]:
     child.join()
     if isinstance(result, BaseException):
         raise result
-    return result
-
-
-def _cpu_self_and_children() -> float:
-    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+    data, cpu_seconds = result
+    finished = FortioResult(data)
+    finished.load_cpu_seconds = cpu_seconds
+    return finished
 
 
 class BenchRun:
@@ -548,9 +545,8 @@ class BenchRun:
                                    start=start)
             load_cpu = w.cpu_seconds
         else:
-            cpu_before = _cpu_self_and_children()
             result = load_once(options)
-            load_cpu = _cpu_self_and_children() - cpu_before
+            load_cpu = result.load_cpu_seconds
         count = int(result["DurationHistogram"]["Count"])
         target_cpu = target.process.cpu_seconds() - target_before if target.process and target_before is not None \
             else None
