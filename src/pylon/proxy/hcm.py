@@ -23,7 +23,7 @@ from pylon.extensions.filters.listener import Detected
 from pylon.proxy import local_reply as lr
 from pylon.proxy.access_log import AccessLogRecord, build_access_loggers
 from pylon.proxy.connection_info import ConnectionInfo
-from pylon.proxy.http1 import local_reply
+from pylon.proxy.http.h1_server import Http1ResponseEncoder
 from pylon.proxy.linger import Lingering
 from pylon.proxy.local_address import forwarded_for_entry
 from pylon.proxy.router import RouteTable
@@ -118,7 +118,6 @@ class HcmRuntime:
         self.always_set_request_id = config.always_set_request_id_in_response
         self.server_name = config.server_name.encode()
         self.overwrite_server = config.server_header_transformation == "OVERWRITE"
-        self.server_header = b"server: %s\r\n" % self.server_name
         router = config.http_filters[-1].typed_config if config.http_filters else None
         self.suppress_envoy_headers = bool(getattr(router, "suppress_envoy_headers", False))
         # The filters before the router, in order; empty (and free) when the router is alone.
@@ -203,7 +202,7 @@ class HttpConnection(asyncio.Protocol):
         "peer", "peer_ip", "local", "scheme", "head_bytes", "raw_head_bytes", "in_head", "header_count", "feeding",
         "last_activity", "connection_id", "loop_time", "runtime_listener", "stop_reply", "wake_at", "deadlines",
         "read_budget", "parked", "client_cert", "opened_at", "drain_close_at", "detected", "info",
-        "xff_ip",
+        "xff_ip", "encoder",
     )
 
     def __init__(self, hcm: HcmRuntime, scheme: bytes = b"http") -> None:
@@ -213,6 +212,7 @@ class HttpConnection(asyncio.Protocol):
         self.loop_time = self.loop.time
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.parser = httptools.HttpRequestParser(self)
+        self.encoder = Http1ResponseEncoder(hcm.server_name)
         self.parsing: Stream | None = None
         self.active: Stream | None = None
         self.queue: deque[Stream] = deque()
@@ -327,6 +327,8 @@ class HttpConnection(asyncio.Protocol):
             # The client said Connection: close and went on sending: what follows is dropped, as Envoy drops it
             # (and read, so closing sends no RST over the answer), and the request before it is answered.
         self.feeding = False
+        if self.encoder.out:
+            self.flush_output()  # what the requests of this read caused at once (100 Continue, local replies)
         if self.parsing is not None and self.in_head and b"\n" in data and self.parser.get_http_version() == "0.0":
             # A request line that ended without a version: HTTP/0.9, which llhttp would hold
             # waiting for headers that never come. Envoy answers 426 at once.
@@ -482,6 +484,13 @@ class HttpConnection(asyncio.Protocol):
                 nxt.begin()
                 if nxt.up_out:
                     nxt.flush_upstream()
+                self.flush_output()
+
+    def flush_output(self) -> None:
+        """Write what the codec encoded, in one write."""
+        data = self.encoder.take()
+        if data:
+            self.transport.write(data)
 
     def _protocol_error(self, reply: lr.LocalReply) -> None:
         """Malformed or oversized input: answer once if nothing was sent yet, then close."""
@@ -502,7 +511,8 @@ class HttpConnection(asyncio.Protocol):
             if stream is not None and not stream.started:
                 self.hcm.rq_total.value += 1
                 self.hcm.rq_by_class[reply.status // 100].value += 1
-            self.transport.write(local_reply(reply.status, reply.body, close=True, server_name=self.hcm.server_name))
+            self.encoder.encode_local_reply(reply.status, reply.body, close=True)
+            self.flush_output()
         self.close(delayed=replied)
 
     def close(self, delayed: bool = False) -> None:

@@ -28,10 +28,11 @@ from pylon.proxy.path import PathRejected, normalized_target
 from pylon.proxy.tunnel import open_tunnel
 from pylon.proxy.xfcc import HEADER as XFCC
 from pylon.proxy.xfcc import forwarded_value
-from pylon.proxy.http1 import CONTINUE_100, HOP_BY_HOP, LAST_CHUNK, encode_chunk, local_reply, status_line
+from pylon.proxy.http1 import HOP_BY_HOP, LAST_CHUNK, encode_chunk
 
 if TYPE_CHECKING:
     from pylon.proxy.hcm import HcmRuntime, HttpConnection
+    from pylon.proxy.http.h1_server import Http1ResponseEncoder
     from pylon.proxy.router import MatchedRoute
     from pylon.proxy.upstream.cluster import Cluster, Host
     from pylon.proxy.upstream.pool import HostPool, UpstreamConnection
@@ -52,8 +53,6 @@ _EDGE_CLEANED = frozenset({
 _SPECIAL = HOP_BY_HOP | _ENVOY_CONTROLS | _EDGE_CLEANED | {
     b"host", b"content-length", b"expect", b"x-forwarded-for", b"x-forwarded-proto", b"x-request-id", XFCC}
 _RESPONSE_SKIP = HOP_BY_HOP | {b"server"}
-#: A 101's headers not relayed as they came: framing, and the connection header this proxy writes itself.
-_TUNNEL_HEAD_SKIP = {b"server", b"connection", b"content-length", b"transfer-encoding", b"keep-alive"}
 _RETRY_BASE, _RETRY_MAX = 0.025, 0.250  # Envoy's default retry back-off
 #: Methods a proxy may send again after a connection was lost before any answer (RFC 9110 9.2.2).
 _IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"))
@@ -189,8 +188,8 @@ class Stream:
     __slots__ = (
         "conn", "hcm", "url", "headers", "method", "is_head", "http10", "keep_alive", "upgrade",
         "req_chunked", "req_length", "request_complete", "started", "done", "body_buffer", "waiting_body",
-        "body_size", "route", "cluster", "host", "pool", "upstream", "up_head", "up_out", "out",
-        "response_started", "response_chunked", "close_after", "local_reply", "status", "flags", "details",
+        "body_size", "route", "cluster", "host", "pool", "upstream", "up_head", "up_out", "encoder",
+        "response_started", "close_after", "local_reply", "status", "flags", "details",
         "retries_left", "retry_held", "deadline", "try_deadline", "bytes_received", "bytes_sent", "start",
         "last_activity", "attempt_start", "first_byte", "authority", "path", "original_path", "pending_local",
         "transport_failure", "request_id", "last_host", "xff", "response_ops", "paused_downstream", "paused_upstream", "resp_headers",
@@ -224,9 +223,8 @@ class Stream:
         self.upstream: UpstreamConnection | None = None
         self.up_head = b""
         self.up_out: list[bytes] = []
-        self.out: list[bytes] = []
+        self.encoder: Http1ResponseEncoder = conn.encoder  # the downstream codec's, for this stream's response
         self.response_started = False
-        self.response_chunked = False
         self.close_after = False
         self.local_reply = False  # the response is the proxy's own (then a close waits for the client's FIN)
         self.status = 0
@@ -380,7 +378,7 @@ class Stream:
                     forward.append(pair)  # trusted behind the edge; _ENVOY_CONTROLS are never forwarded
                 elif name == b"expect":
                     if pair[1].lower() == b"100-continue" and not self.request_complete:
-                        conn.transport.write(CONTINUE_100)
+                        self.encoder.encode_continue()
                 # content-length and hop-by-hop headers: framing is re-done below
             else:
                 forward.append(pair)
@@ -721,8 +719,6 @@ class Stream:
         self.first_byte = now = self.conn.loop_time()
         self.last_activity = now
         hcm = self.hcm
-        parts = [status_line(status)]
-        has_length = False
         resp = headers
         upstream = self.upstream
         if upstream is not None and upstream.connection_header is not None:
@@ -736,33 +732,16 @@ class Stream:
             resp = hl.items
         if hcm.encoder_filters:
             resp = self.encode_headers(status, resp)
-        for pair in resp:
-            name = pair[0]
-            if name in _RESPONSE_SKIP:
-                if name == b"server" and not hcm.overwrite_server:
-                    parts.append(b"server: %s\r\n" % pair[1])
-                continue
-            if name == b"content-length":
-                has_length = True
-            parts.append(b"%s: %s\r\n" % pair)
+        sent = [pair for pair in resp if pair[0] not in _RESPONSE_SKIP or (pair[0] == b"server"
+                                                                           and not hcm.overwrite_server)]
         self.resp_headers = resp
         if hcm.overwrite_server:
-            parts.append(hcm.server_header)
+            sent.append((b"server", hcm.server_name))
         if not hcm.suppress_envoy_headers:
-            parts.append(b"x-envoy-upstream-service-time: %d\r\n" % int((now - self.attempt_start) * 1000))
+            sent.append((b"x-envoy-upstream-service-time", b"%d" % int((now - self.attempt_start) * 1000)))
         close = self.close_after or not self.keep_alive or not self.request_complete or self.conn.draining
-        if not has_length and not self.is_head and status != 204 and status != 304:
-            if self.http10:
-                close = True  # an HTTP/1.0 client reads to the end of the connection
-            else:
-                self.response_chunked = True
-                parts.append(b"transfer-encoding: chunked\r\n")
-        if close:
-            self.close_after = True
-            parts.append(b"connection: close\r\n\r\n")
-        else:
-            parts.append(b"\r\n")
-        self.out.append(b"".join(parts))
+        self.close_after = self.encoder.encode_headers(status, sent, close=close, http10=self.http10,
+                                                       head_request=self.is_head)
 
     def on_upstream_upgraded(self, upstream: "UpstreamConnection", headers: list[tuple[bytes, bytes]],
                              rest: bytes) -> None:
@@ -775,12 +754,11 @@ class Stream:
         self.deadline = self.try_deadline = 0.0  # route and per-try timeouts end with the head; stream_idle_timeout goes on
         self.upstream = None
         self.tunnel_upstream = upstream
-        parts = [status_line(101)]
-        parts += [b"%s: %s\r\n" % pair for pair in headers if pair[0] not in _TUNNEL_HEAD_SKIP]
+        sent = [pair for pair in headers if pair[0] != b"server"]
         if hcm.overwrite_server:
-            parts.append(hcm.server_header)
-        parts.append(b"connection: upgrade\r\n\r\n")
-        conn.transport.write(b"".join(parts))
+            sent.append((b"server", hcm.server_name))
+        self.encoder.encode_upgrade(sent)
+        conn.flush_output()  # the 101 leaves before the tunnel takes the transport over
         hcm.upgrades_total.inc()
         hcm.upgrades_active.inc()
         assert upstream.transport is not None
@@ -815,22 +793,20 @@ class Stream:
 
     def on_upstream_body(self, data: bytes) -> None:
         self.bytes_sent += len(data)
-        self.out.append(encode_chunk(data) if self.response_chunked else data)
+        self.encoder.encode_data(data)
 
     def on_upstream_flush(self) -> None:
-        out = self.out
-        if out:
-            self.last_activity = self.conn.loop_time()
-            self.conn.transport.write(out[0] if len(out) == 1 else b"".join(out))
-            out.clear()
+        if self.encoder.out:
+            conn = self.conn
+            self.last_activity = conn.loop_time()
+            conn.flush_output()
 
     def on_upstream_complete(self) -> None:
         if not self.request_complete and self.upstream is not None:
             # An early response (the upstream didn't wait for the whole body): the
             # connection is mid-request and must not be reused.
             self.upstream.keep_alive = False
-        if self.response_chunked:
-            self.out.append(LAST_CHUNK)
+        self.encoder.encode_end()
         self.on_upstream_flush()
         cluster = self.cluster
         assert cluster is not None
@@ -1016,8 +992,9 @@ class Stream:
         self.response_started = True
         self.local_reply = True
         self.bytes_sent = len(body)
-        self.conn.transport.write(local_reply(status, body, close=close, content_type=content_type, extra=headers,
-                                              server_name=hcm.server_name, head_only=self.is_head))
+        self.encoder.encode_local_reply(status, body, close=close, content_type=content_type, headers=headers,
+                                        head_request=self.is_head)
+        self.conn.flush_output()
         self._end_attempt(abandon=True)
         self._finish(close=close)
 
