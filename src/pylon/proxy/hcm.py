@@ -3,10 +3,10 @@
 `HcmRuntime` is the compiled, per-worker form of one
 `envoy.filters.network.http_connection_manager` config (route table, limits,
 stats, access loggers). `HttpConnection` is the asyncio Protocol for one
-client connection: it feeds bytes to llhttp (httptools), turns parser events
-into `Stream`s (one per request, pipelined requests wait their turn) and
-enforces the connection-level limits and timeouts. The router logic lives in
-`stream.py`.
+client connection: it feeds bytes to its codec (`pylon.proxy.http.h1_server`),
+gets a `Stream` per request from it (pipelined requests wait their turn),
+writes what the codec encodes, and enforces the connection-level limits and
+timeouts. The router logic lives in `stream.py`.
 """
 
 from __future__ import annotations
@@ -16,14 +16,12 @@ import socket
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-import httptools
-
 from pylon.extensions.filters.http import build_filter
 from pylon.extensions.filters.listener import Detected
 from pylon.proxy import local_reply as lr
 from pylon.proxy.access_log import AccessLogRecord, build_access_loggers
 from pylon.proxy.connection_info import ConnectionInfo
-from pylon.proxy.http.h1_server import Http1ResponseEncoder
+from pylon.proxy.http.h1_server import Http1RequestDecoder, Http1ResponseEncoder
 from pylon.proxy.linger import Lingering
 from pylon.proxy.local_address import forwarded_for_entry
 from pylon.proxy.router import RouteTable
@@ -40,7 +38,6 @@ if TYPE_CHECKING:
 
 # Bytes a request head may exceed its limit by, counted per read, before the
 # exact count (done as each header completes) has had a chance to answer 431.
-_HEAD_SLACK = 16 * 1024
 
 
 class HcmRuntime:
@@ -198,9 +195,9 @@ class HttpConnection(asyncio.Protocol):
     """One downstream HTTP/1.1 connection."""
 
     __slots__ = (
-        "hcm", "worker", "loop", "transport", "parser", "parsing", "active", "queue", "closed", "draining",
-        "peer", "peer_ip", "local", "scheme", "head_bytes", "raw_head_bytes", "in_head", "header_count", "feeding",
-        "last_activity", "connection_id", "loop_time", "runtime_listener", "stop_reply", "wake_at", "deadlines",
+        "hcm", "worker", "loop", "transport", "decoder", "active", "queue", "closed", "draining",
+        "peer", "peer_ip", "local", "scheme", "feeding",
+        "last_activity", "connection_id", "loop_time", "runtime_listener", "wake_at", "deadlines",
         "read_budget", "parked", "client_cert", "opened_at", "drain_close_at", "detected", "info",
         "xff_ip", "encoder",
     )
@@ -211,9 +208,8 @@ class HttpConnection(asyncio.Protocol):
         self.loop = self.worker.loop
         self.loop_time = self.loop.time
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
-        self.parser = httptools.HttpRequestParser(self)
+        self.decoder = Http1RequestDecoder(hcm, self)
         self.encoder = Http1ResponseEncoder(hcm.server_name)
-        self.parsing: Stream | None = None
         self.active: Stream | None = None
         self.queue: deque[Stream] = deque()
         self.closed = False
@@ -223,17 +219,12 @@ class HttpConnection(asyncio.Protocol):
         self.xff_ip = b""  # what this hop appends to x-forwarded-for at the edge (see forwarded_for_ip)
         self.local: tuple[str, int] = ("", 0)
         self.scheme = scheme
-        self.head_bytes = 0
-        self.raw_head_bytes = 0
-        self.in_head = True
-        self.header_count = 0
-        self.feeding = False
+        self.feeding = False  # the decoder is working through a read (local replies may wait for its end)
         self.last_activity = 0.0
         self.connection_id = 0
         self.runtime_listener: Any = None  # the ListenerRuntime that accepted it (per-listener stats)
         self.detected: Detected | None = None  # what the listener filters found (SNI, ALPN), if they ran
         self.info: ConnectionInfo | None = None
-        self.stop_reply: lr.LocalReply | None = None  # why a parser callback stopped parsing
         self.wake_at = 0.0  # when the worker's deadline wheel looks at this connection next (0 = not armed)
         self.deadlines = self.worker.deadlines
         self.read_budget = self.worker.read_budget
@@ -304,40 +295,13 @@ class HttpConnection(asyncio.Protocol):
 
     def _read(self, data: bytes) -> None:
         self.last_activity = self.loop_time()
-        if self.in_head:
-            self.raw_head_bytes += len(data)
         self.feeding = True
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
-            # What follows the head of an accepted upgrade is the tunnel's: it waits for the upstream's 101
-            # (nothing more is read meanwhile). A refused upgrade was answered in begin(): the rest is dropped.
-            stream = self.active
-            if stream is not None and stream.upgrade_accepted and not stream.done:
-                stream.client_rest = data[exc.args[0]:]
-                self.transport.pause_reading()
-        except httptools.HttpParserError as exc:
-            # llhttp rejected the bytes, or a callback stopped parsing (see stop_reply).
-            self.feeding = False
-            if str(exc) != _DATA_AFTER_CLOSE:
-                if not self.closed:
-                    reply = self.stop_reply or (lr.LOW_VERSION if str(exc) == "Invalid HTTP version" else lr.BAD_REQUEST)
-                    self._protocol_error(reply)
-                return
-            # The client said Connection: close and went on sending: what follows is dropped, as Envoy drops it
-            # (and read, so closing sends no RST over the answer), and the request before it is answered.
+        error = self.decoder.feed(data)
         self.feeding = False
         if self.encoder.out:
             self.flush_output()  # what the requests of this read caused at once (100 Continue, local replies)
-        if self.parsing is not None and self.in_head and b"\n" in data and self.parser.get_http_version() == "0.0":
-            # A request line that ended without a version: HTTP/0.9, which llhttp would hold
-            # waiting for headers that never come. Envoy answers 426 at once.
-            self._protocol_error(lr.LOW_VERSION)
-            return
-        if self.in_head and self.raw_head_bytes > self.hcm.max_header_bytes + _HEAD_SLACK:
-            # One header line that never ends: llhttp buffers it until it is complete,
-            # so cap what a head may cost before the exact per-header check can run.
-            self._protocol_error(lr.HEADERS_TOO_LARGE)
+        if error is not None:
+            self._protocol_error(error)
             return
         active = self.active
         if active is not None:
@@ -369,97 +333,32 @@ class HttpConnection(asyncio.Protocol):
         if self.active is not None:
             self.active.on_downstream_pause(False)
 
-    # ------------------------------------------------------------------ httptools callbacks
-    def on_message_begin(self) -> None:
-        if self.closed:
-            # The previous request closed the connection (an error reply, Connection: close):
-            # whatever follows in this read must not be parsed, let alone forwarded.
-            raise _StopParsing()
+    # ------------------------------------------------------------------ the decoder's callbacks
+    def new_stream(self) -> Stream:
+        """A request begins: it becomes the active stream, or waits behind it (pipelining)."""
         now = self.loop_time()
         stream = Stream(self, now)
-        self.parsing = stream
         if self.hcm.request_headers_timeout:
             self.deadlines.arm(self, now + self.hcm.request_headers_timeout)
-        self.in_head = True
-        self.head_bytes = 0
-        self.header_count = 0
         if self.active is None:
             self.active = stream
         else:
             self.queue.append(stream)
             self.transport.pause_reading()  # one request in flight, one waiting: enough buffering
+        return stream
 
-    def on_url(self, url: bytes) -> None:
-        stream = self.parsing
-        assert stream is not None
-        stream.url += url
-        self.head_bytes += len(url)
-        if self.head_bytes > self.hcm.max_header_bytes:
-            self.stop_reply = lr.HEADERS_TOO_LARGE
-            raise _StopParsing()
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        stream = self.parsing
-        assert stream is not None
-        if self.hcm.underscores and b"_" in name:
-            if self.hcm.underscores == 2:
-                self.hcm.rejected_underscores.value += 1
-                self.stop_reply = lr.UNDERSCORE_IN_HEADER
-                raise _StopParsing()
-            self.hcm.dropped_underscores.value += 1
-            return
-        stream.headers.append((name.lower(), value))
-        self.header_count += 1
-        self.head_bytes += len(name) + len(value) + 4
-        if self.header_count > self.hcm.max_headers_count or self.head_bytes > self.hcm.max_header_bytes:
-            self.stop_reply = lr.HEADERS_TOO_LARGE
-            raise _StopParsing()
-
-    def on_headers_complete(self) -> None:
-        stream = self.parsing
-        assert stream is not None
-        self.in_head = False
-        self.head_bytes = 0
-        self.raw_head_bytes = 0
-        parser = self.parser
-        method = parser.get_method()
-        stream.method = method
-        stream.is_head = method == b"HEAD"
-        version = parser.get_http_version()
-        if version != "1.1":
-            if version != "1.0" or not self.hcm.accept_http_10:
-                # Envoy's HTTP/1 codec: 1.1 only, and 1.0 where accept_http_10 allows it.
-                self.stop_reply = lr.LOW_VERSION
-                raise _StopParsing()
-            stream.http10 = True
-        stream.keep_alive = parser.should_keep_alive()
-        stream.upgrade = parser.should_upgrade() or method == b"CONNECT"
-        for name, value in stream.headers:
-            if name == b"transfer-encoding":
-                if value.strip().lower() != b"chunked":
-                    # Only plain chunked framing is understood (as in Envoy); llhttp would
-                    # complain only after this callback, when the head could already be gone.
-                    self.stop_reply = lr.UNSUPPORTED_TRANSFER_ENCODING
-                    raise _StopParsing()
-                stream.req_chunked = True
-            elif name == b"content-length":
-                stream.req_length = int(value)
+    def request_head_complete(self, stream: Stream) -> None:
         if self.draining:
             stream.close_after = True
         if stream is self.active:
             stream.begin()
 
-    def on_body(self, body: bytes) -> None:
-        stream = self.parsing
-        if stream is not None:
-            stream.on_body(body)
-
-    def on_message_complete(self) -> None:
-        stream = self.parsing
-        self.parsing = None
-        self.in_head = True
-        if stream is not None:
-            stream.on_complete()
+    def upgrade_rest(self, rest: bytes) -> None:
+        """The bytes after an upgrade's head belong to the tunnel, once the upstream accepts (101)."""
+        stream = self.active
+        if stream is not None and stream.upgrade_accepted and not stream.done:
+            stream.client_rest = rest
+            self.transport.pause_reading()
 
     # ------------------------------------------------------------------ stream lifecycle
     def stream_done(self, stream: Stream, close: bool) -> None:
@@ -585,7 +484,7 @@ class HttpConnection(asyncio.Protocol):
                 self.drain_close_at = extra = now + hcm.drain_timeout
         elif self.drain_close_at:
             extra = self.drain_close_at
-        if self.drain_close_at and now >= self.drain_close_at and self.active is None and self.parsing is None:
+        if self.drain_close_at and now >= self.drain_close_at and self.active is None and self.decoder.stream is None:
             self.close()
             return 0.0
         following = self._sweep_timeouts(now)
@@ -595,9 +494,9 @@ class HttpConnection(asyncio.Protocol):
         """The request's timeouts, or the idle and header timeouts when there is none in progress."""
         hcm = self.hcm
         stream = self.active
-        parsing = self.parsing
+        parsing = self.decoder.stream
         if stream is None or not stream.started:
-            if parsing is not None and self.in_head and hcm.request_headers_timeout:
+            if parsing is not None and self.decoder.in_head and hcm.request_headers_timeout:
                 due = parsing.start + hcm.request_headers_timeout
                 if now >= due:
                     hcm.rq_header_timeout.value += 1
@@ -658,11 +557,3 @@ class HttpConnection(asyncio.Protocol):
         if self.closed:
             return 0.0
         return self.sweep(now)
-
-
-#: llhttp's error for bytes after a request that said Connection: close.
-_DATA_AFTER_CLOSE = "Data after `Connection: close`"
-
-
-class _StopParsing(Exception):
-    """Raised from a parser callback to stop parsing (httptools turns it into HttpParserCallbackError)."""

@@ -1,6 +1,6 @@
-"""The downstream HTTP/1.1 codec's encoder: responses as HTTP/1.1 bytes (sans-IO).
+"""The downstream HTTP/1.1 codec (sans-IO): requests from bytes, responses to bytes.
 
-The stream hands it a status and the response headers it decided on (hop-by-
+`Http1RequestDecoder` parses; `Http1ResponseEncoder` frames. The stream hands it a status and the response headers it decided on (hop-by-
 hop headers already gone, the proxy's own added); framing is decided here:
 Content-Length as given, else chunked, else (HTTP/1.0, which has no chunking)
 the end of the connection; `connection: close` whenever the connection ends
@@ -11,7 +11,16 @@ per response is the biggest single saving on this path.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Protocol
+
+import httptools
+
+from pylon.proxy import local_reply as lr
 from pylon.proxy.http1 import CONTINUE_100, LAST_CHUNK, encode_chunk, local_reply, status_line
+
+if TYPE_CHECKING:
+    from pylon.proxy.hcm import HcmRuntime
+    from pylon.proxy.stream import Stream
 
 #: A 101's headers not relayed as they came: framing, and the connection header written here.
 _UPGRADE_HEAD_SKIP = frozenset({b"connection", b"content-length", b"transfer-encoding", b"keep-alive"})
@@ -86,3 +95,159 @@ class Http1ResponseEncoder:
         data = out[0] if len(out) == 1 else b"".join(out)
         out.clear()
         return data
+
+
+class RequestCallbacks(Protocol):
+    """What the decoder needs from the connection it parses for."""
+
+    closed: bool
+    draining: bool
+
+    def new_stream(self) -> "Stream": ...
+    def request_head_complete(self, stream: "Stream") -> None: ...
+    def upgrade_rest(self, rest: bytes) -> None: ...
+
+
+class StopParsing(Exception):
+    """Raised from a parser callback to stop parsing (httptools turns it into HttpParserCallbackError)."""
+
+
+class Http1RequestDecoder:
+    """Turns a downstream connection's bytes into requests (llhttp through httptools), with Envoy's HTTP/1 limits.
+
+    llhttp already refuses the classic smuggling vectors (see `pylon.proxy.http1`);
+    this adds Envoy's codec rules on top: header count and size limits, headers
+    with underscores, HTTP/1.1 only (1.0 where allowed), plain chunked as the only
+    transfer coding, HTTP/0.9 refused at once. `feed` returns the local reply a
+    protocol error calls for (the connection answers it and closes), else None.
+    The stream being parsed gets its head fields, then `on_body` and `on_complete`.
+    """
+
+    __slots__ = ("hcm", "callbacks", "parser", "stream", "in_head", "head_bytes", "raw_head_bytes", "header_count",
+                 "stop_reply")
+
+    def __init__(self, hcm: "HcmRuntime", callbacks: RequestCallbacks) -> None:
+        self.hcm = hcm
+        self.callbacks = callbacks
+        self.parser = httptools.HttpRequestParser(self)
+        self.stream: Stream | None = None  # the request whose bytes are being parsed
+        self.in_head = True  # between requests or inside a head (the request-headers timeout's concern)
+        self.head_bytes = 0  # request line and headers as counted against max_request_headers_kb
+        self.raw_head_bytes = 0  # bytes read while in a head, for a header line that never ends
+        self.header_count = 0
+        self.stop_reply: lr.LocalReply | None = None  # why a callback stopped parsing
+
+    def feed(self, data: bytes) -> lr.LocalReply | None:
+        if self.in_head:
+            self.raw_head_bytes += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            # What follows the head of an accepted upgrade is the tunnel's: it waits for the upstream's 101
+            # (nothing more is read meanwhile). A refused upgrade was answered in begin(): the rest is dropped.
+            self.callbacks.upgrade_rest(data[exc.args[0]:])
+        except httptools.HttpParserError as exc:
+            # llhttp rejected the bytes, or a callback stopped parsing (see stop_reply).
+            if str(exc) != _DATA_AFTER_CLOSE:
+                if self.callbacks.closed:
+                    return None
+                return self.stop_reply or (lr.LOW_VERSION if str(exc) == "Invalid HTTP version" else lr.BAD_REQUEST)
+            # The client said Connection: close and went on sending: what follows is dropped, as Envoy drops it
+            # (and read, so closing sends no RST over the answer), and the request before it is answered.
+        if self.in_head:
+            if self.stream is not None and b"\n" in data and self.parser.get_http_version() == "0.0":
+                # A request line that ended without a version: HTTP/0.9, which llhttp would hold
+                # waiting for headers that never come. Envoy answers 426 at once.
+                return lr.LOW_VERSION
+            if self.raw_head_bytes > self.hcm.max_header_bytes + _HEAD_SLACK:
+                # One header line that never ends: llhttp buffers it until it is complete,
+                # so cap what a head may cost before the exact per-header check can run.
+                return lr.HEADERS_TOO_LARGE
+        return None
+
+    # ------------------------------------------------------------------ httptools callbacks
+    def on_message_begin(self) -> None:
+        if self.callbacks.closed:
+            # The previous request closed the connection (an error reply, Connection: close):
+            # whatever follows in this read must not be parsed, let alone forwarded.
+            raise StopParsing()
+        self.stream = self.callbacks.new_stream()
+        self.in_head = True
+        self.head_bytes = 0
+        self.header_count = 0
+
+    def on_url(self, url: bytes) -> None:
+        stream = self.stream
+        assert stream is not None
+        stream.url += url
+        self.head_bytes += len(url)
+        if self.head_bytes > self.hcm.max_header_bytes:
+            self.stop_reply = lr.HEADERS_TOO_LARGE
+            raise StopParsing()
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        stream = self.stream
+        assert stream is not None
+        hcm = self.hcm
+        if hcm.underscores and b"_" in name:
+            if hcm.underscores == 2:
+                hcm.rejected_underscores.value += 1
+                self.stop_reply = lr.UNDERSCORE_IN_HEADER
+                raise StopParsing()
+            hcm.dropped_underscores.value += 1
+            return
+        stream.headers.append((name.lower(), value))
+        self.header_count += 1
+        self.head_bytes += len(name) + len(value) + 4
+        if self.header_count > hcm.max_headers_count or self.head_bytes > hcm.max_header_bytes:
+            self.stop_reply = lr.HEADERS_TOO_LARGE
+            raise StopParsing()
+
+    def on_headers_complete(self) -> None:
+        stream = self.stream
+        assert stream is not None
+        self.in_head = False
+        self.head_bytes = 0
+        self.raw_head_bytes = 0
+        parser = self.parser
+        method = parser.get_method()
+        stream.method = method
+        stream.is_head = method == b"HEAD"
+        version = parser.get_http_version()
+        if version != "1.1":
+            if version != "1.0" or not self.hcm.accept_http_10:
+                # Envoy's HTTP/1 codec: 1.1 only, and 1.0 where accept_http_10 allows it.
+                self.stop_reply = lr.LOW_VERSION
+                raise StopParsing()
+            stream.http10 = True
+        stream.keep_alive = parser.should_keep_alive()
+        stream.upgrade = parser.should_upgrade() or method == b"CONNECT"
+        for name, value in stream.headers:
+            if name == b"transfer-encoding":
+                if value.strip().lower() != b"chunked":
+                    # Only plain chunked framing is understood (as in Envoy); llhttp would
+                    # complain only after this callback, when the head could already be gone.
+                    self.stop_reply = lr.UNSUPPORTED_TRANSFER_ENCODING
+                    raise StopParsing()
+                stream.req_chunked = True
+            elif name == b"content-length":
+                stream.req_length = int(value)
+        self.callbacks.request_head_complete(stream)
+
+    def on_body(self, body: bytes) -> None:
+        stream = self.stream
+        if stream is not None:
+            stream.on_body(body)
+
+    def on_message_complete(self) -> None:
+        stream = self.stream
+        self.stream = None
+        self.in_head = True
+        if stream is not None:
+            stream.on_complete()
+
+
+#: llhttp's error for bytes after a request that said Connection: close.
+_DATA_AFTER_CLOSE = "Data after `Connection: close`"
+#: How far past max_request_headers_kb an unfinished head may grow before it is refused.
+_HEAD_SLACK = 16 * 1024
