@@ -112,5 +112,5 @@ def test_a_changed_file_is_reloaded_and_a_broken_one_keeps_the_old_code(running:
 def test_a_script_that_does_not_load_is_a_config_error_naming_the_field(tmp_path: Path, launcher: ProxyLauncher) -> None:
     script = tmp_path / "broken.py"
     write_atomically(script, "x = 1\n")  # no hook
-    with pytest.raises(RuntimeError, match=r"http_filters\[0\]\.typed_config\.path: .*defines neither on_request"):
+    with pytest.raises(RuntimeError, match=r"http_filters\[0\]\.typed_config\.path: .*defines none of on_request"):
         start(launcher, Upstream(), script)

@@ -122,6 +122,11 @@ class HcmRuntime:
                                 for f in config.http_filters[:-1]]
         # The ones that also see response heads, last first (Envoy's encoder order); empty and free usually.
         self.encoder_filters = [f for f in reversed(self.decoder_filters) if hasattr(f, "encode_headers")]
+        # The ones that may want whole bodies (the stream then buffers that direction, up to buffer_limit).
+        self.body_decoders = [f for f in self.decoder_filters if hasattr(f, "decode_body")]
+        self.body_encoders = [f for f in self.encoder_filters if hasattr(f, "encode_body")]
+        self.rq_too_large = stats.counter(prefix + "downstream_rq_too_large")
+        self.rs_too_large = stats.counter(prefix + "rs_too_large")
         self.access_loggers = build_access_loggers(config.access_log, worker.access_log_writer)
         self.peer_check: Any = None  # set by the listener when TLS validates client certificates
         self.tls_stats: TlsStats | None = None  # the listener's ssl.* stats, on a TLS chain (set by the listener)

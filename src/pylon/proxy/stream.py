@@ -195,7 +195,7 @@ class Stream:
         "transport_failure", "request_id", "last_host", "xff", "response_ops", "paused_downstream", "paused_upstream", "resp_headers",
         "stale_retried", "timeout", "attempts", "tried_hosts", "head_split",
         "resume", "filter_index", "filter_timer", "finish_callbacks", "header_edits", "upgrade_accepted", "client_rest",
-        "tunnel_upstream", "upstream_local",
+        "tunnel_upstream", "upstream_local", "buffering_request", "held_response", "response_body",
     )
 
     def __init__(self, conn: "HttpConnection", now: float) -> None:
@@ -268,6 +268,11 @@ class Stream:
         self.upgrade_accepted = False  # an Upgrade the HCM's upgrade_configs allow: tunnelled after a 101
         self.client_rest = b""  # what the client sent after the head of an accepted upgrade
         self.tunnel_upstream: UpstreamConnection | None = None  # the connection a tunnel holds
+        # Body filters (only when the HCM has some that want a body): the request waits whole before routing;
+        # the response head and body wait whole before anything is sent downstream.
+        self.buffering_request = False
+        self.held_response: tuple[int, list[tuple[bytes, bytes]]] | None = None
+        self.response_body: list[bytes] | None = None
 
     # ------------------------------------------------------------------ downstream events
     def on_body(self, data: bytes) -> None:
@@ -285,6 +290,11 @@ class Stream:
             self.up_out.append(encode_chunk(data) if self.req_chunked else data)
         else:
             self.waiting_body.append(data)
+            if self.buffering_request and self.body_size > self.hcm.buffer_limit:
+                self.buffering_request = False
+                self.hcm.rq_too_large.value += 1
+                self.local(lr.PAYLOAD_TOO_LARGE)  # a body filter wants it whole, and it does not fit
+                return
             if self.body_buffer is None and not self.paused_downstream and \
                     sum(map(len, self.waiting_body)) > self.hcm.buffer_limit:
                 self.paused_downstream = True
@@ -297,6 +307,10 @@ class Stream:
         if self.pending_local is not None:
             reply, self.pending_local = self.pending_local, None
             self.local(reply)
+            return
+        if self.buffering_request:
+            self.buffering_request = False
+            self._filter_request_body()
             return
         if not self.started:
             return
@@ -439,6 +453,36 @@ class Stream:
             self.filter_index += 1
             if not http_filter.decode_headers(self):
                 return  # it answered, or holds the request and calls this again
+        if self.hcm.body_decoders and (self.req_length or self.req_chunked) and \
+                any(f.wants_request_body(self) for f in self.hcm.body_decoders):
+            if not self.request_complete:
+                self.buffering_request = True  # on_complete (or the size limit) takes it from here
+                return
+            return self._filter_request_body()
+        resume, self.resume = self.resume, None
+        if resume is not None and not self.done:
+            resume()
+
+    def _filter_request_body(self) -> None:
+        """The whole request body is in: the body filters see it, in order, may replace it, then it is routed.
+
+        A replaced body goes upstream with a content-length (chunked framing is re-done as a length).
+        """
+        body = b"".join(self.waiting_body)
+        for http_filter in self.hcm.body_decoders:
+            if http_filter.wants_request_body(self):
+                replaced = http_filter.decode_body(self, body)
+                if self.done or self.pending_local is not None:
+                    return  # the filter answered
+                if replaced is not None:
+                    body = replaced
+        self.waiting_body = [body] if body else []
+        self.body_size = len(body)
+        self.req_chunked = False
+        self.req_length = len(body)
+        if self.paused_downstream:
+            self.paused_downstream = False
+            self.conn.transport.resume_reading()
         resume, self.resume = self.resume, None
         if resume is not None and not self.done:
             resume()
@@ -550,7 +594,8 @@ class Stream:
         retry = route.retry
         if retry is not None:
             self.retries_left = retry.num_retries
-            self.body_buffer = []  # what was sent so far, replayed by a retry (empty for bodiless requests)
+            # What a retry replays: the body so far (a filter may have held the request while it arrived).
+            self.body_buffer = list(self.waiting_body) if self.body_size <= hcm.buffer_limit else None
             if retry.host_reselections:
                 self.tried_hosts = []
         cluster = hcm.clusters.get(cluster_name)
@@ -739,6 +784,11 @@ class Stream:
             sent.append((b"server", hcm.server_name))
         if not hcm.suppress_envoy_headers:
             sent.append((b"x-envoy-upstream-service-time", b"%d" % int((now - self.attempt_start) * 1000)))
+        if hcm.body_encoders and not self.is_head and status != 204 and status != 304 and \
+                any(f.wants_response_body(self) for f in hcm.body_encoders):
+            self.held_response = (status, [pair for pair in sent if pair[0] != b"content-length"])
+            self.response_body = []
+            return
         close = self.close_after or not self.keep_alive or not self.request_complete or self.conn.draining
         self.close_after = self.encoder.encode_headers(status, sent, close=close, http10=self.http10,
                                                        head_request=self.is_head)
@@ -793,7 +843,44 @@ class Stream:
 
     def on_upstream_body(self, data: bytes) -> None:
         self.bytes_sent += len(data)
-        self.encoder.encode_data(data)
+        held = self.response_body
+        if held is None:
+            self.encoder.encode_data(data)
+            return
+        held.append(data)
+        if self.bytes_sent > self.hcm.buffer_limit:
+            # A body filter wants the response whole and it does not fit: Envoy answers 500 instead.
+            self.held_response = self.response_body = None
+            self.response_started = False
+            self.hcm.rs_too_large.value += 1
+            self._end_attempt(abandon=True)
+            self.local(lr.RESPONSE_TOO_LARGE)
+
+    def _filtered_response_body(self, status: int, headers: HeaderList, body: bytes) -> bytes:
+        """A whole response body through the body filters that want it (last filter first); headers may change."""
+        for http_filter in self.hcm.body_encoders:
+            if http_filter.wants_response_body(self):
+                replaced = http_filter.encode_body(self, status, headers, body)
+                if replaced is not None:
+                    body = replaced
+        return body
+
+    def _send_held_response(self) -> None:
+        """The held response is complete: the body filters see it (last filter first) and it goes out whole."""
+        assert self.held_response is not None and self.response_body is not None
+        status, headers = self.held_response
+        body = b"".join(self.response_body)
+        self.held_response = self.response_body = None
+        edited = HeaderList(headers)
+        body = self._filtered_response_body(status, edited, body)
+        sent = edited.items
+        sent.append((b"content-length", b"%d" % len(body)))
+        self.bytes_sent = len(body)
+        close = self.close_after or not self.keep_alive or not self.request_complete or self.conn.draining
+        self.close_after = self.encoder.encode_headers(status, sent, close=close, http10=self.http10,
+                                                       head_request=False)
+        if body:
+            self.encoder.encode_data(body)
 
     def on_upstream_flush(self) -> None:
         if self.encoder.out:
@@ -806,6 +893,8 @@ class Stream:
             # An early response (the upstream didn't wait for the whole body): the
             # connection is mid-request and must not be reused.
             self.upstream.keep_alive = False
+        if self.held_response is not None:
+            self._send_held_response()
         self.encoder.encode_end()
         self.on_upstream_flush()
         cluster = self.cluster
@@ -989,6 +1078,10 @@ class Stream:
             headers = _with_via(headers, hcm.via)
         if hcm.encoder_filters:
             headers = self.encode_headers(status, headers)  # Envoy's local replies pass the encoders too
+        if hcm.body_encoders and not self.is_head:
+            edited = HeaderList(headers)
+            body = self._filtered_response_body(status, edited, body)
+            headers = edited.items
         self.response_started = True
         self.local_reply = True
         self.bytes_sent = len(body)

@@ -25,8 +25,8 @@ def test_hooks_are_taken_from_the_module(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("x = 1\n", "defines neither on_request(request) nor on_response(response)"),
-        ("on_request = 3\n", "defines neither"),
+        ("x = 1\n", "defines none of on_request(), on_request_body(), on_response(), on_response_body()"),
+        ("on_request = 3\n", "defines none of"),
         ("def on_request(request)\n", "does not load: SyntaxError"),
         ("raise ImportError('no such thing')\n", "does not load: ImportError: no such thing"),
     ],

@@ -12,6 +12,17 @@ worker; a stream runs them in order on its request headers before routing:
   route matched), so per-route configs (`typed_per_filter_config`, keyed by
   the filter's name) are looked up with `stream.route.filter_config(name)`.
 
+Filters may also see whole bodies, which makes the stream buffer that
+direction up to the connection's buffer limit (413 / 500 beyond it):
+
+- `wants_request_body(stream)` and `decode_body(stream, body) -> bytes | None`
+  (the replacement, or None): run in order once the request is complete,
+  before routing; a filter may answer instead (`stream.local(...)`);
+- `wants_response_body(stream)` and `encode_body(stream, status, headers,
+  body) -> bytes | None`: run last filter first once the response is
+  complete, before anything is sent (headers may still change); local
+  replies pass them too.
+
 Without filters besides the router, a stream does none of this (no cost).
 """
 

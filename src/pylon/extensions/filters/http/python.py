@@ -4,8 +4,10 @@ Envoy extends its HTTP path with Lua or Wasm; pylon is Python, so a filter can
 be a few lines of Python with nothing to compile. The file defines either or
 both of:
 
-    def on_request(request): ...    # request headers are in; the route is chosen
-    def on_response(response): ...  # the response head is about to go out
+    def on_request(request): ...        # request headers are in; the route is chosen
+    def on_request_body(request): ...   # the whole request body is in: request.body
+    def on_response(response): ...      # the response head is about to go out
+    def on_response_body(response): ... # the whole response is in: response.body
 
 `request.method`, `.path`, `.authority` (str); `request.headers` and
 `response.headers` read and change headers (`get`, `get_all`, `set`, `add`,
@@ -28,8 +30,21 @@ An exception in `on_request` answers 500 (fail closed; `python.errors`); in
 The file is checked every `check_interval` (1 s; 0: never) and reloaded when
 it changed; a file that no longer loads keeps the old code running
 (`python.reload_failed`, logged). Stats: `http.<stat_prefix>.python.{errors,
-reloaded, reload_failed, local_replies}`. Request and response bodies are not
-exposed yet.
+reloaded, reload_failed, local_replies}`.
+
+Bodies: a file that defines `on_request_body` makes the proxy wait for the
+whole request body (requests that have one) before routing it upstream;
+`request.body` is its bytes, and assigning bytes (or str, sent as UTF-8)
+replaces it — it then goes upstream with a content-length. `on_response_body`
+does the same for responses (upstream ones and local replies, not HEAD, 204 or
+304): `response.body` replaces, `response.headers` may still change, since
+nothing has been sent. A body bigger than the connection's buffer limit
+(`per_connection_buffer_limit_bytes`) is answered 413 (request) or 500
+(response), as Envoy's buffering filters answer, counted in
+`http.<stat_prefix>.downstream_rq_too_large` / `rs_too_large`. Buffering
+costs latency and memory: define a body hook only when it is needed. An
+exception in `on_request_body` answers 500; in `on_response_body` the
+response goes on unchanged.
 """
 
 from __future__ import annotations
@@ -48,7 +63,7 @@ from pylon.proxy import local_reply as lr
 from pylon.proxy.headers import HeaderList
 
 TYPE_URL = "type.googleapis.com/pylon.filters.http.v1.Python"
-HOOKS = ("on_request", "on_response")
+HOOKS = ("on_request", "on_request_body", "on_response", "on_response_body")
 
 #: What filters may not touch: the connection manager's own framing, routing inputs and trust headers.
 _PROTECTED = frozenset({b"host", b"content-length", b"transfer-encoding", b"connection", b"x-forwarded-for",
@@ -76,7 +91,9 @@ class ScriptError(Exception):
 @dataclass(frozen=True)
 class Hooks:
     on_request: Callable[[Any], Any] | None
+    on_request_body: Callable[[Any], Any] | None
     on_response: Callable[[Any], Any] | None
+    on_response_body: Callable[[Any], Any] | None
     stamp: tuple[int, int]  # the file's (mtime_ns, size) when loaded
 
 
@@ -97,11 +114,10 @@ def load_hooks(path: str) -> Hooks:
         exec(compile(source, path, "exec"), namespace)
     except Exception as exc:  # the user's module: any error it raises is its own
         raise ScriptError(f"{path} does not load: {type(exc).__name__}: {exc}") from None
-    hooks = {name: namespace.get(name) for name in HOOKS}
-    if not any(callable(hook) for hook in hooks.values()):
-        raise ScriptError(f"{path} defines neither on_request(request) nor on_response(response)")
-    return Hooks(hooks["on_request"] if callable(hooks["on_request"]) else None,
-                 hooks["on_response"] if callable(hooks["on_response"]) else None, stamp)
+    hooks = {name: namespace[name] if callable(namespace.get(name)) else None for name in HOOKS}
+    if not any(hooks.values()):
+        raise ScriptError(f"{path} defines none of " + ", ".join(f"{name}()" for name in HOOKS))
+    return Hooks(**hooks, stamp=stamp)
 
 
 def _name(name: str) -> bytes:
@@ -147,6 +163,7 @@ class Request:
         self.config = runtime.config.config
         self.log = runtime.log
         self.responded = False
+        self.body: bytes | str | None = None  # the whole body, in on_request_body only
 
     @property
     def method(self) -> str:
@@ -188,6 +205,7 @@ class Response:
         self.headers = _Headers(lambda: headers, apply)
         self.config = runtime.config.config
         self.log = runtime.log
+        self.body: bytes | str | None = None  # the whole body, in on_response_body only
 
 
 class PythonFilter:
@@ -239,6 +257,48 @@ class PythonFilter:
             return False
         return not request.responded
 
+    def wants_request_body(self, stream: Any) -> bool:
+        return self.hooks.on_request_body is not None
+
+    def decode_body(self, stream: Any, body: bytes) -> bytes | None:
+        """The whole request body through `on_request_body`: its replacement, or None when unchanged or answered."""
+        hook = self.hooks.on_request_body
+        if hook is None:
+            return None
+        request = Request(stream, self)
+        request.body = body
+        try:
+            hook(request)
+            replaced = _body_bytes(request.body)
+        except Exception:  # the user's code: whatever it raises fails this request, not the proxy
+            self.errors.inc()
+            self.log.exception("on_request_body failed: answering 500")
+            if not request.responded:
+                stream.local(lr.LocalReply(500, "-", b"python filter error", "python_filter_error"))
+            return None
+        return None if request.responded else replaced
+
+    def wants_response_body(self, stream: Any) -> bool:
+        return self.hooks.on_response_body is not None
+
+    def encode_body(self, stream: Any, status: int, headers: HeaderList, body: bytes) -> bytes | None:
+        """The whole response body through `on_response_body`: its replacement (headers changed in place)."""
+        hook = self.hooks.on_response_body
+        if hook is None:
+            return None
+        working = HeaderList(list(headers.items))  # changed only if the hook returns
+        response = Response(status, working, self)
+        response.body = body
+        try:
+            hook(response)
+            replaced = _body_bytes(response.body)
+        except Exception:  # the user's code: the response goes on unchanged
+            self.errors.inc()
+            self.log.exception("on_response_body failed: the response goes on unchanged")
+            return None
+        headers.items = working.items
+        return replaced
+
     def encode_headers(self, stream: Any, status: int, headers: HeaderList) -> None:
         hook = self.hooks.on_response
         if hook is None:
@@ -251,6 +311,15 @@ class PythonFilter:
             self.log.exception("on_response failed: the response goes on unchanged")
             return
         headers.items = working.items
+
+
+def _body_bytes(body: object) -> bytes:
+    """What a hook left in `.body`, as bytes; anything else is the hook's error."""
+    if isinstance(body, (bytes, bytearray, memoryview)):
+        return bytes(body)
+    if isinstance(body, str):
+        return body.encode()
+    raise TypeError(f"body must be bytes or str, not {type(body).__name__}")
 
 
 registry.register_typed(registry.HTTP_FILTER, TYPE_URL, PythonFilterConfig)
