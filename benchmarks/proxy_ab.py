@@ -1,0 +1,134 @@
+"""pylon against an earlier pylon: the same configs, upstream and load, side by side, to show what a change costs.
+
+A refactor of the data path (the codec/stream split, new filter seams) must keep the speed; comparing
+each version with Envoy separately mixes in the machine's drift between runs. This starts the proxy
+from this tree and from a git revision (checked out into a temporary worktree) with the same config,
+in front of one 1-worker nginx, and loads each with `wrk -t1 -c50` (keep-alive) in interleaved
+repetitions, alternating which goes first. The metric is requests per proxy-CPU-second; wrk's CPU is
+recorded to show it was not the limit.
+
+Usage: python benchmarks/proxy_ab.py --baseline REV [--reps 5] [--duration 6] [--variants plain json-log]
+Writes benchmarks/results/proxy_ab.{json,md} (or --out DIR).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from pylon.bench.scenario import render_template
+from pylon.bench.targets import Running, free_port, run_wrk, start_nginx, start_process
+from pylon.identity.certs import make_test_pki
+
+ROOT = Path(__file__).resolve().parent.parent
+TEMPLATES = ROOT / "examples" / "bench"
+TEMPLATE_OF = {"plain": "proxy-plain.yaml", "json-log": "proxy-json-log.yaml", "tls13": "proxy-tls.yaml"}
+CONNECTIONS = 50
+
+
+@contextlib.contextmanager
+def baseline_tree(rev: str) -> Any:
+    """`rev` checked out in a temporary worktree, with this tree's built native module; removed afterwards."""
+    path = Path(tempfile.mkdtemp(prefix="pylon-ab-"))
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(path), rev], check=True)
+    try:
+        for built in (ROOT / "src" / "pylon" / "keys").glob("_keyhook*.so"):
+            shutil.copy2(built, path / "src" / "pylon" / "keys" / built.name)
+        yield path
+    finally:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(path)], check=False)
+
+
+def start_proxy(tree: Path, config: Path, port: int, admin: int, log: Path) -> Running:
+    env = {**os.environ, "PYTHONPATH": str(tree / "src")}
+    args = [sys.executable, "-m", "pylon.cli", "proxy", "-c", str(config), "--concurrency", "1", "-l", "warning"]
+    return start_process(f"pylon ({tree})", args, port=port, admin_port=admin, log_path=log, env=env)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--baseline", required=True, help="git revision to compare with (e.g. HEAD~3)")
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--duration", type=float, default=6.0)
+    parser.add_argument("--variants", nargs="+", default=["plain", "json-log"], choices=sorted(TEMPLATE_OF))
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = parser.parse_args()
+    rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", args.baseline], check=True,
+                         capture_output=True, text=True).stdout.strip()
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], check=True,
+                          capture_output=True, text=True).stdout.strip()
+    runs: list[dict[str, Any]] = []
+    with contextlib.ExitStack() as stack, tempfile.TemporaryDirectory(prefix="pylon-ab-work-") as tmp:
+        work = Path(tmp)
+        pki = make_test_pki(work / "pki")
+        trees = {"this": ROOT, "baseline": stack.enter_context(baseline_tree(rev))}
+        upstream_port = free_port()
+        nginx = stack.enter_context(start_nginx(upstream_port))
+        proxies: dict[tuple[str, str], Running] = {}
+        for variant in args.variants:
+            for side, tree in trees.items():
+                listen, admin = free_port(), free_port()
+                config = work / f"{variant}-{side}.yaml"
+                config.write_text(render_template((TEMPLATES / TEMPLATE_OF[variant]).read_text(), {
+                    "listen_port": listen, "admin_port": admin, "upstream_port": upstream_port, "workdir": work,
+                    "server_cert": pki.server_ecdsa.cert, "server_key": pki.server_ecdsa.key,
+                    "ca_cert": pki.ca.cert}))
+                proxies[variant, side] = stack.enter_context(
+                    start_proxy(tree, config, listen, admin, work / f"{variant}-{side}.log"))
+        for rep in range(args.reps):
+            for variant in args.variants:
+                order = ("this", "baseline") if rep % 2 == 0 else ("baseline", "this")
+                for side in order:
+                    proc = proxies[variant, side]
+                    scheme = "https" if variant == "tls13" else "http"
+                    before = proc.cpu_seconds()
+                    w = run_wrk(f"{scheme}://127.0.0.1:{proc.port}/", duration=args.duration,
+                                connections=CONNECTIONS)
+                    cpu = proc.cpu_seconds() - before
+                    runs.append({"variant": variant, "side": side, "rep": rep, "requests": w.requests,
+                                 "rps": w.requests_per_sec, "errors": w.errors, "proxy_cpu_s": cpu,
+                                 "req_per_proxy_cpu_s": w.requests / cpu if cpu else None,
+                                 "wrk_cpu_s": w.cpu_seconds, "p99_ms": w.latency_ms.get(99.0)})
+                    print(f"rep {rep + 1} {variant:8} {side:8} {runs[-1]['req_per_proxy_cpu_s'] or 0:8.0f} req/CPU-s",
+                          flush=True)
+    summary = {}
+    for variant in args.variants:
+        entry = {}
+        for side in ("this", "baseline"):
+            rows = [r for r in runs if r["variant"] == variant and r["side"] == side]
+            entry[side] = {key: statistics.median(r[key] for r in rows)
+                           for key in ("req_per_proxy_cpu_s", "rps", "p99_ms", "wrk_cpu_s")}
+            entry[side]["errors"] = sum(r["errors"] for r in rows)
+        entry["ratio"] = entry["this"]["req_per_proxy_cpu_s"] / entry["baseline"]["req_per_proxy_cpu_s"]
+        summary[variant] = entry
+    meta = {"this": head, "baseline": rev, "reps": args.reps, "duration_s": args.duration,
+            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpus": os.cpu_count()}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "proxy_ab.json").write_text(json.dumps({"meta": meta, "summary": summary, "runs": runs}, indent=2))
+    lines = [f"# pylon {head} vs pylon {rev}", "",
+             f"{args.reps} interleaved repetitions x {args.duration:g} s, `wrk -t1 -c{CONNECTIONS}` keep-alive, both "
+             f"`--concurrency 1`, one 1-worker nginx upstream; medians; {meta['cpus']} CPUs. Run at {meta['started']}.",
+             "", "| variant | tree | req per proxy-CPU-s | req/s | p99 ms | wrk CPU s/run | errors | this/baseline |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for variant, entry in summary.items():
+        for side in ("this", "baseline"):
+            s = entry[side]
+            ratio = f"**{entry['ratio']:.3f}**" if side == "this" else ""
+            lines.append(f"| {variant} | {side} ({head if side == 'this' else rev}) | {s['req_per_proxy_cpu_s']:.0f} "
+                         f"| {s['rps']:.0f} | {s['p99_ms']:.2f} | {s['wrk_cpu_s']:.2f} | {s['errors']} | {ratio} |")
+    (args.out / "proxy_ab.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
