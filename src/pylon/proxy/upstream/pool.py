@@ -444,8 +444,9 @@ class HostPool:
         self.connected(conn)
 
     def connected(self, conn: UpstreamConnection) -> None:
-        """A connection `_connect` opened (its connect slot already given back) is up: count it, start the clock
-        of its max duration, and give it to the first request in line, or keep it idle."""
+        """A connection `_connect` opened (no longer counted in `connecting`; it keeps its circuit-breaker slot) is
+        up: count it, start the clock of its max duration, and give it to the first request in line, or keep it
+        idle."""
         cluster = self.cluster
         cluster.stats.upstream_cx_active.value += 1
         self.host.active_connections += 1
