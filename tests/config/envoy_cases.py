@@ -11,7 +11,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from tests.config.builders import HCM_PATH, ROUTES_PATH, STDOUT_LOG_TYPE, bootstrap, cluster, hcm, http_bootstrap, listener
+from tests.config.builders import (
+    HCM_PATH,
+    HTTP_OPTIONS_TYPE,
+    ROUTES_PATH,
+    STDOUT_LOG_TYPE,
+    bootstrap,
+    cluster,
+    hcm,
+    http_bootstrap,
+    listener,
+)
 
 CLUSTER = "static_resources.clusters[0]"
 
@@ -46,6 +56,16 @@ def _add_header(key: str, value: str = "v") -> dict[str, Any]:
 
 def _cluster(**fields: Any) -> dict[str, Any]:
     return http_bootstrap(clusters=[cluster("svc", **fields)])
+
+
+HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+
+def _common_options(**common: Any) -> dict[str, Any]:
+    """Cluster fields: the typed HttpProtocolOptions (HTTP/1.1) with these common_http_protocol_options."""
+    return {"typed_extension_protocol_options": {HTTP_OPTIONS_KEY: {
+        "@type": HTTP_OPTIONS_TYPE, "common_http_protocol_options": common,
+        "explicit_http_config": {"http_protocol_options": {}}}}}
 
 
 def _health_check(**fields: Any) -> dict[str, Any]:
@@ -135,6 +155,21 @@ CASES: tuple[Case, ...] = (
     Case("direct-response-200", _route(direct_response={"status": 200}), None),
     Case("redirect-port-above-65535", _route(redirect={"port_redirect": 65536}), None),
     Case("max-requests-per-connection-0", _cluster(max_requests_per_connection=0), None),
+    # ---- issue 11 item 6: a cluster's connection options, in the typed HttpProtocolOptions or deprecated fields
+    Case("upstream-connection-options", _cluster(**_common_options(
+        idle_timeout="0.5s", max_connection_duration="60s", max_requests_per_connection=2, max_headers_count=50)),
+         None),
+    Case("upstream-idle-timeout-0", _cluster(**_common_options(idle_timeout="0s")), None),
+    Case("upstream-options-deprecated-field", _cluster(common_http_protocol_options={"idle_timeout": "0.5s"}), None),
+    Case("max-requests-per-connection-deprecated-with-typed-options",
+         _cluster(max_requests_per_connection=3, **_common_options(idle_timeout="1s")), None),
+    Case("max-requests-per-connection-twice",
+         _cluster(max_requests_per_connection=3, **_common_options(max_requests_per_connection=2)),
+         f"{CLUSTER}.max_requests_per_connection: only one of max_requests_per_connection from Cluster or "
+         "HttpProtocolOptions can be specified"),
+    Case("upstream-max-headers-count-0", _cluster(**_common_options(max_headers_count=0)),
+         f"{CLUSTER}.typed_extension_protocol_options[{HTTP_OPTIONS_KEY}].common_http_protocol_options"
+         ".max_headers_count: Expected `int` >= 1"),
     Case("port-65536", _listeners(("a", "127.0.0.1", 65536)),
          f"{L0}.address.socket_address.port_value: Expected `int` <= 65535"),
     # ---- header text (PGV well_known_regex, max_bytes, max_items)

@@ -8,6 +8,7 @@ import pytest
 
 from pylon.config.envoy import (
     AccessLog,
+    Cluster,
     FileAccessLog,
     HttpConnectionManager,
     Router,
@@ -16,8 +17,10 @@ from pylon.config.envoy import (
     TcpProxy,
     UpstreamHttpProtocolOptions,
     UpstreamTlsContext,
+    convert,
 )
 from pylon.config.errors import ConfigError
+from pylon.config.loader import to_envoy_dict
 from tests.config.builders import (
     DOWNSTREAM_TLS_TYPE,
     FILE_LOG_TYPE,
@@ -779,6 +782,36 @@ def test_outlier_detection_defaults() -> None:
 OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
 
+def _common_options(**common: Any) -> dict[str, Any]:
+    """Cluster fields: the typed HttpProtocolOptions with these common_http_protocol_options."""
+    return {"typed_extension_protocol_options": {OPTIONS_KEY: {
+        "@type": HTTP_OPTIONS_TYPE, "common_http_protocol_options": common,
+        "explicit_http_config": {"http_protocol_options": {}}}}}
+
+
+@pytest.mark.parametrize(
+    ("fields", "idle_timeout", "max_duration", "max_requests", "max_headers"),
+    [
+        ({}, 3600, None, 0, 100),  # Envoy's defaults for upstream connections
+        (_common_options(idle_timeout="0.5s", max_connection_duration="60s", max_requests_per_connection=7,
+                         max_headers_count=20), 0.5, 60, 7, 20),
+        (_common_options(idle_timeout="0s"), 0, None, 0, 100),  # 0: never
+        ({"common_http_protocol_options": {"idle_timeout": "2s", "max_requests_per_connection": 3}}, 2, None, 3, 100),
+        ({"max_requests_per_connection": 4, **_common_options(idle_timeout="1s")}, 1, None, 4, 100),
+        ({"max_requests_per_connection": 5}, 3600, None, 5, 100),
+        (_common_options(headers_with_underscores_action="REJECT_REQUEST"), 3600, None, 0, 100),
+    ],
+)  # fmt: skip
+def test_cluster_connection_options_in_force(fields: dict[str, Any], idle_timeout: float, max_duration: float | None,
+                                             max_requests: int, max_headers: int) -> None:
+    """Wherever Envoy lets a cluster say them (typed options, deprecated fields), one set of options is in force."""
+    svc = load(bootstrap(clusters=[cluster(**fields)])).static_resources.clusters[0]
+    options = svc.http_protocol_options
+    assert (options.idle_timeout, options.max_connection_duration) == (idle_timeout, max_duration)
+    assert (svc.requests_per_connection_limit, options.max_headers_count) == (max_requests, max_headers)
+    assert convert(to_envoy_dict(svc), Cluster) == svc  # and it travels to the workers unchanged
+
+
 @pytest.mark.parametrize(
     ("change", "path", "message"),
     [
@@ -820,6 +853,24 @@ OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
          "load_assignment.endpoints[0].lb_endpoints[0].load_balancing_weight", "Expected `int` >= 1"),
         ({"http2_protocol_options": {"max_concurrent_streams": 5}}, "http2_protocol_options.max_concurrent_streams",
          "unknown field"),
+        (_common_options(max_stream_duration="1s"),
+         f"typed_extension_protocol_options[{OPTIONS_KEY}].common_http_protocol_options.max_stream_duration",
+         "not supported yet"),
+        (_common_options(max_response_headers_kb=10),
+         f"typed_extension_protocol_options[{OPTIONS_KEY}].common_http_protocol_options.max_response_headers_kb",
+         "not supported yet"),
+        (_common_options(max_headers_count=0),
+         f"typed_extension_protocol_options[{OPTIONS_KEY}].common_http_protocol_options.max_headers_count",
+         "Expected `int` >= 1"),
+        ({"common_http_protocol_options": {"max_stream_duration": "1s"}},
+         "common_http_protocol_options.max_stream_duration", "not supported yet"),
+        ({"common_http_protocol_options": {"idle_timeout": "1s"}, **_common_options()},
+         "common_http_protocol_options",
+         f"Envoy ignores this deprecated field when typed_extension_protocol_options[{OPTIONS_KEY}] is set; move it "
+         "to that extension's common_http_protocol_options"),
+        ({"max_requests_per_connection": 3, **_common_options(max_requests_per_connection=2)},
+         "max_requests_per_connection",
+         "only one of max_requests_per_connection from Cluster or HttpProtocolOptions can be specified"),
     ],
 )  # fmt: skip
 def test_cluster_errors(change: dict[str, Any], path: str, message: str) -> None:

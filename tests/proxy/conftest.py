@@ -322,21 +322,23 @@ class Gateway:
 
 
 @contextlib.contextmanager
-def gateway_in_front_of_upstream(implementation: str, directory: Path,
-                                 listener: Callable[[int], dict[str, Any]]) -> Iterator[Gateway]:
-    """Start `implementation` with `listener(port)` routing to an `Upstream`; stop both afterwards.
+def gateway_in_front_of_upstream(implementation: str, directory: Path, listener: Callable[[int], dict[str, Any]],
+                                 make_upstream: Callable[[], Any] | None = None, **cluster: Any) -> Iterator[Gateway]:
+    """Start `implementation` with `listener(port)` routing to an `Upstream` (or what `make_upstream` makes: it
+    needs `.port` and `.close()`) as cluster `up`, with any extra `cluster` fields; stop both afterwards.
 
-    For module-scoped behaviour tests that run the same scenario through pylon and Envoy.
+    For behaviour tests that run the same scenario through pylon and Envoy.
     """
     from tests.proxy.upstreams import Upstream
 
     if implementation == "envoy" and not ENVOY_BIN.exists():
         pytest.skip(f"Envoy, the reference, is not installed at {ENVOY_BIN}")
-    upstream = Upstream()
+    upstream = (make_upstream or Upstream)()
     launcher = ProxyLauncher(directory)
     try:
         port = free_port()
-        proxy = launcher.start([listener(port)], [static_cluster("up", [upstream.port])], implementation=implementation)
+        proxy = launcher.start([listener(port)], [static_cluster("up", [upstream.port], **cluster)],
+                               implementation=implementation)
         yield Gateway(implementation, proxy, port, upstream)
     finally:
         launcher.close()

@@ -67,3 +67,44 @@ def test_disarmed_by_returning_zero() -> None:
     target = Target()
     wheel.arm(target, 0.0)
     assert not wheel and target.wake_at == 0.0
+
+
+def test_a_disarmed_target_is_never_looked_at_nor_held() -> None:
+    wheel = DeadlineWheel(0.02)
+    gone, kept = Target(3600.0), Target(1.0)
+    wheel.arm(gone, 3600.0)  # e.g. an upstream connection's idle timeout, then the server closed it
+    wheel.arm(kept, 1.0)
+    wheel.disarm(gone)
+    wheel.disarm(gone)  # twice is harmless
+    assert gone.wake_at == 0.0
+    assert all(gone not in entries for entries in wheel._slots.values())  # the wheel no longer refers to it
+    run(wheel, 2.0)
+    assert gone.looked == [] and len(kept.looked) == 1
+    assert not wheel
+
+
+def test_an_earlier_arm_moves_the_target_out_of_its_later_slot() -> None:
+    wheel = DeadlineWheel(0.02)
+    target = Target(0.5)
+    wheel.arm(target, 3600.0)
+    wheel.arm(target, 0.5)
+    assert [list(entries) for entries in wheel._slots.values()] == [[target]]
+
+
+def test_a_sweep_may_disarm_another_target_of_the_same_slot() -> None:
+    class Closer(Target):
+        def __init__(self, other: Target) -> None:
+            super().__init__(1.0)
+            self.other = other
+
+        def sweep(self, now: float) -> float:
+            wheel.disarm(self.other)  # e.g. closing a connection closes its partner
+            return super().sweep(now)
+
+    wheel = DeadlineWheel(0.02)
+    partner = Target(1.0)
+    closer = Closer(partner)
+    wheel.arm(closer, 1.0)
+    wheel.arm(partner, 1.0)
+    run(wheel, 2.0)
+    assert len(closer.looked) == 1 and partner.looked == []

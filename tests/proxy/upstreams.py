@@ -347,3 +347,52 @@ class ClosingUpstream(TcpEcho):
                     buffered += data
                 buffered = buffered.split(b"\r\n\r\n", 1)[1]  # bodiless requests only
                 conn.sendall(self.RESPONSE)
+
+
+class RecordingUpstream(TcpEcho):
+    """An HTTP/1.1 keep-alive server that records each connection's life: when it opened, how many requests it
+    served, when it ended and who ended it (`closed_by`: "peer" when the client closed it first).
+
+    Bodiless requests only. `GET /slow/<seconds>` waits before answering; anything else is answered at once with
+    `ok`. For tests of what a proxy does with its idle upstream connections.
+    """
+
+    RESPONSE = b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n"
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.records: list[dict[str, Any]] = []
+        super().__init__()
+
+    def _echo(self, conn: socket.socket) -> None:  # type: ignore[override]
+        record: dict[str, Any] = {"opened": time.monotonic(), "requests": 0, "closed": None, "closed_by": None}
+        with self.lock:
+            self.records.append(record)
+        with conn:
+            buffered = b""
+            while not self.closed.is_set():
+                while b"\r\n\r\n" not in buffered:
+                    try:
+                        data = conn.recv(65536)
+                    except OSError:
+                        data = b""
+                    if not data:
+                        with self.lock:
+                            record["closed"], record["closed_by"] = time.monotonic(), "peer"
+                        return
+                    buffered += data
+                head, buffered = buffered.split(b"\r\n\r\n", 1)
+                target = head.split(b"\r\n", 1)[0].split(b" ")[1]
+                if target.startswith(b"/slow/"):
+                    time.sleep(float(target[len(b"/slow/"):]))
+                with self.lock:
+                    record["requests"] += 1
+                try:
+                    conn.sendall(self.RESPONSE)
+                except OSError:
+                    return
+
+    def history(self) -> list[dict[str, Any]]:
+        """A copy of every connection's record, in the order they were accepted."""
+        with self.lock:
+            return [dict(record) for record in self.records]

@@ -1486,9 +1486,36 @@ class ExplicitHttpConfig(EnvoyStruct, kw_only=True):
         _exactly_one(self, "http_protocol_options", "http2_protocol_options")
 
 
-class UpstreamHttpProtocolOptions(EnvoyStruct, kw_only=True):
-    """extensions.upstreams.http.v3.HttpProtocolOptions: only an explicit HTTP/1.1 config."""
+class UpstreamCommonHttpProtocolOptions(EnvoyStruct, kw_only=True):
+    """config.core.v3.HttpProtocolOptions as a cluster reads it: what its upstream connections may do.
 
+    A different Struct from the HCM's `HttpProtocolOptions` because the same
+    message means other things upstream (each as Envoy 1.40 was seen doing it):
+    `idle_timeout` closes a pooled connection with no request for that long
+    (unset: 1 hour, 0: never; `upstream_cx_idle_timeout`);
+    `max_connection_duration` closes a connection that old, after the request it
+    is serving if any (unset or 0: no limit; `upstream_cx_max_duration_reached`);
+    `max_requests_per_connection` closes it after that many requests (unset or 0:
+    no limit; `upstream_cx_max_requests`); `max_headers_count` limits a response
+    head (more is a protocol error: 502 UPE, `upstream_cx_protocol_error`).
+    `headers_with_underscores_action` applies to client requests only: Envoy lets
+    underscored headers through a cluster that sets it, both ways, and so does pylon.
+    """
+
+    idle_timeout: Duration = Duration(3600)
+    max_connection_duration: Duration | None = None
+    max_headers_count: PositiveUInt32 = 100
+    # Envoy resets the upstream request (408/504, flag UMSDR): a router hook pylon does not have yet.
+    max_stream_duration: NotSupportedYet | None = None
+    headers_with_underscores_action: Literal["ALLOW", "REJECT_REQUEST", "DROP_HEADER"] = "ALLOW"
+    max_requests_per_connection: UInt32 | None = None
+    max_response_headers_kb: NotSupportedYet | None = None
+
+
+class UpstreamHttpProtocolOptions(EnvoyStruct, kw_only=True):
+    """extensions.upstreams.http.v3.HttpProtocolOptions: an explicit HTTP/1.1 config and the connection limits."""
+
+    common_http_protocol_options: UpstreamCommonHttpProtocolOptions | None = None
     explicit_http_config: ExplicitHttpConfig | None = None
     use_downstream_protocol_config: NotSupportedYet | None = None
     auto_config: NotSupportedYet | None = None
@@ -1496,6 +1523,11 @@ class UpstreamHttpProtocolOptions(EnvoyStruct, kw_only=True):
     def __post_init__(self) -> None:
         if self.explicit_http_config is None:
             raise FieldError("explicit_http_config", "missing required field")
+
+
+#: The key of the typed HttpProtocolOptions in a cluster's typed_extension_protocol_options.
+HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+_DEFAULT_UPSTREAM_OPTIONS = UpstreamCommonHttpProtocolOptions()
 
 
 class BindConfig(EnvoyStruct, kw_only=True):
@@ -1557,7 +1589,9 @@ class Cluster(EnvoyStruct, kw_only=True):
     least_request_lb_config: LeastRequestLbConfig = msgspec.field(default_factory=LeastRequestLbConfig)
     per_connection_buffer_limit_bytes: UInt32 = 1024 * 1024
     typed_extension_protocol_options: dict[str, Any] = {}
-    max_requests_per_connection: UInt32 | None = None  # 0, like unset, is no limit
+    max_requests_per_connection: UInt32 | None = None  # deprecated place; 0, like unset, is no limit
+    # Deprecated in Envoy, still accepted by 1.40; ignored there next to the typed HttpProtocolOptions (refused here).
+    common_http_protocol_options: UpstreamCommonHttpProtocolOptions | None = None
     metadata: Metadata | None = None
     http2_protocol_options: Http2ProtocolOptions | None = None  # deprecated in Envoy, still in Istio's bootstraps
     upstream_bind_config: BindConfig | None = None
@@ -1567,6 +1601,7 @@ class Cluster(EnvoyStruct, kw_only=True):
 
     def __post_init__(self) -> None:
         self._resolve_protocol_options()
+        self._check_connection_options()
         self._check_eds()
         self._check_endpoints()
         if len(self.health_checks) > 1:
@@ -1620,6 +1655,36 @@ class Cluster(EnvoyStruct, kw_only=True):
                 raise FieldError(where, f"the key must be the extension name {expected}")
             resolved[key] = value
         force_setattr(self, "typed_extension_protocol_options", resolved)
+
+    @property
+    def http_protocol_options(self) -> UpstreamCommonHttpProtocolOptions:
+        """The connection options in force: the typed HttpProtocolOptions' common_http_protocol_options, else the
+        deprecated cluster field, else Envoy's defaults."""
+        typed = self.typed_extension_protocol_options.get(HTTP_PROTOCOL_OPTIONS)
+        common = typed.common_http_protocol_options if typed is not None else self.common_http_protocol_options
+        return common if common is not None else _DEFAULT_UPSTREAM_OPTIONS
+
+    @property
+    def requests_per_connection_limit(self) -> int:
+        """Requests an upstream connection may serve (0: no limit), from whichever of Envoy's two places has it."""
+        limit = self.http_protocol_options.max_requests_per_connection
+        if limit is None:
+            limit = self.max_requests_per_connection
+        return limit or 0
+
+    def _check_connection_options(self) -> None:
+        """Envoy's rules between the deprecated cluster fields and the typed HttpProtocolOptions."""
+        typed = self.typed_extension_protocol_options.get(HTTP_PROTOCOL_OPTIONS)
+        if typed is not None and self.common_http_protocol_options is not None:
+            # Envoy 1.40 takes the typed options whole and silently drops the deprecated field: an error here,
+            # not a setting that looks in force and is not.
+            raise FieldError("common_http_protocol_options", f"Envoy ignores this deprecated field when "
+                             f"typed_extension_protocol_options[{HTTP_PROTOCOL_OPTIONS}] is set; move it to that "
+                             "extension's common_http_protocol_options")
+        if self.max_requests_per_connection is not None \
+                and self.http_protocol_options.max_requests_per_connection is not None:
+            raise FieldError("max_requests_per_connection", "only one of max_requests_per_connection from Cluster "
+                                                            "or HttpProtocolOptions can be specified")
 
     def _check_endpoints(self) -> None:
         # Envoy's pairing: CLUSTER_PROVIDED is ORIGINAL_DST's policy, and only its.

@@ -9,6 +9,10 @@ deadlines are recomputed from its own state, so activity never has to touch
 the wheel). Arming a deadline later than the one already armed is a single
 comparison: under steady traffic most requests cost nothing here.
 
+A target sits in one slot at a time (an earlier arm moves it), and `disarm`
+takes it out: a connection that closes long before its deadline (an idle
+timeout of an hour is Envoy's default) is not kept alive by the wheel until then.
+
 A deadline fires at most one `resolution` (plus event-loop lag) late, and never
 early: slots are rounded up.
 """
@@ -34,26 +38,43 @@ class DeadlineWheel:
 
     def __init__(self, resolution: float) -> None:
         self.resolution = resolution
-        self._slots: dict[int, list[tuple[float, Watched]]] = {}
-        self._order: list[int] = []  # heap of the slot indices in _slots
+        self._slots: dict[int, dict[Watched, float]] = {}
+        self._order: list[int] = []  # heap of slot indices; an index whose slot emptied is skipped when popped
 
     def __bool__(self) -> bool:
         """Whether any deadline is armed."""
-        return bool(self._order)
+        return bool(self._slots)
 
     def arm(self, target: Watched, when: float) -> None:
         """Look at `target` at `when` (or earlier, if it already asked for an earlier look)."""
         current = target.wake_at
         if when <= 0.0 or (current and current <= when):
             return
+        if current:
+            self._remove(target, current)
         target.wake_at = when
         index = math.ceil(when / self.resolution)
         entries = self._slots.get(index)
         if entries is None:
-            self._slots[index] = [(when, target)]
+            self._slots[index] = {target: when}
             heapq.heappush(self._order, index)
         else:
-            entries.append((when, target))
+            entries[target] = when
+
+    def disarm(self, target: Watched) -> None:
+        """Forget `target`'s deadline (it closed): the wheel no longer holds it."""
+        current = target.wake_at
+        if current:
+            self._remove(target, current)
+            target.wake_at = 0.0
+
+    def _remove(self, target: Watched, when: float) -> None:
+        index = math.ceil(when / self.resolution)
+        entries = self._slots.get(index)
+        if entries is not None:
+            entries.pop(target, None)
+            if not entries:
+                del self._slots[index]
 
     def expire(self, now: float) -> int:
         """Sweep every target whose slot is due at `now` and re-arm it at its next deadline; returns how many."""
@@ -61,9 +82,12 @@ class DeadlineWheel:
         order, slots = self._order, self._slots
         swept = 0
         while order and order[0] <= last:
-            for when, target in slots.pop(heapq.heappop(order)):
+            entries = slots.pop(heapq.heappop(order), None)
+            if entries is None:
+                continue  # emptied by disarms and moves
+            for target, when in entries.items():
                 if target.wake_at != when:
-                    continue  # superseded by an earlier arm, which has looked (or will look) already
+                    continue  # disarmed or moved by a target swept before it in this slot
                 target.wake_at = 0.0
                 swept += 1
                 following = target.sweep(now)

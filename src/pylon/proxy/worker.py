@@ -35,7 +35,7 @@ from pylon.proxy import control
 from pylon.proxy.access_log import AccessLogWriter
 from pylon.proxy.balance import Accepting, balancer_for
 from pylon.proxy.balance.loadtable import RQ_ACTIVE, LoadSlot, LoadTable
-from pylon.proxy.deadlines import DeadlineWheel
+from pylon.proxy.deadlines import DeadlineWheel, Watched
 from pylon.proxy.fairness import PhaseBudget
 from pylon.proxy.lds import LdsListeners
 from pylon.proxy.listener import ListenerRuntime, build_listener
@@ -45,7 +45,7 @@ from pylon.proxy.router import RouteTable
 from pylon.proxy.stats import StatsStore
 from pylon.proxy.upstream.cluster import Cluster, build_clusters
 from pylon.proxy.validate import configure_regex_engine
-from pylon.proxy.upstream.pool import HostPool
+from pylon.proxy.upstream.pool_registry import PoolRegistry
 
 log = logging.getLogger("pylon.worker")
 
@@ -58,39 +58,6 @@ INFLIGHT_SMOOTHING = 0.4
 #: How finely timeouts are kept: a timeout fires at most this much (plus loop lag) after its setting.
 #: 50 wheel ticks a second while connections are open cost far less than a timer per request.
 TIMEOUT_RESOLUTION_S = 0.02
-
-
-class PoolRegistry:
-    """The worker's connection pools, one per (cluster, host), created on first use."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.pools: dict[Any, HostPool] = {}
-
-    def get(self, cluster: Cluster, host: Any) -> HostPool:
-        pool = self.pools.get(host)
-        if pool is None:
-            pool = self.pools[host] = HostPool(cluster, host, self.loop)
-        return pool
-
-    def retire_cluster(self, cluster: Cluster) -> None:
-        """Forget the pools of a cluster that CDS removed or replaced; their busy connections finish first."""
-        for host, pool in list(self.pools.items()):
-            if pool.cluster is cluster:
-                pool.retire()
-                del self.pools[host]
-
-    def retire_hosts(self, cluster: Cluster) -> None:
-        """Forget the pools of hosts an EDS update took out of `cluster`; the pools of hosts that stay are kept."""
-        kept = set(cluster.hosts)
-        for host, pool in list(self.pools.items()):
-            if pool.cluster is cluster and host not in kept:
-                pool.retire()
-                del self.pools[host]
-
-    def close_all(self) -> None:
-        for pool in self.pools.values():
-            pool.close_all()
 
 
 class Worker:
@@ -110,12 +77,12 @@ class Worker:
         self.route_tables: dict[str, RouteTable] = {}  # and the table each is compiled into (shared by its HCMs)
         self.rds_subscribers: dict[str, list[Any]] = {}  # route configuration name -> HcmRuntimes using it
         self.secrets: dict[str, Secret] = {}  # static and SDS secrets by name, for TLS contexts that name them
-        self.pools = PoolRegistry(loop)
         self.access_log_writer = AccessLogWriter()
         self.draining = False
         self._conn_ids = worker_id << 40
         self._wall_offset = time.time() - loop.time()
         self.deadlines = DeadlineWheel(TIMEOUT_RESOLUTION_S)
+        self.pools = PoolRegistry(loop, self.arm_deadline, self.deadlines.disarm)
         self.read_budget = PhaseBudget(loop)
         self.lds = LdsListeners(self, None, {}, 0.0)  # replaced at start by one with the supervisor's channel
         self._ticking = False
@@ -156,6 +123,15 @@ class Worker:
         self.connections.add(conn)
         if conn.runtime_listener is not None:
             conn.runtime_listener.opened()
+        self._start_ticking()
+
+    def arm_deadline(self, target: Watched, when: float) -> None:
+        """Arm the deadline wheel for something that is no downstream connection (an upstream connection, the pool
+        registry): it may outlive every downstream connection, whose opening is what starts the wheel's ticks."""
+        self.deadlines.arm(target, when)
+        self._start_ticking()
+
+    def _start_ticking(self) -> None:
         if not self._ticking:
             self._ticking = True
             self.loop.call_later(TIMEOUT_RESOLUTION_S, self._tick)

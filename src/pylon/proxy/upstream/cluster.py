@@ -22,6 +22,7 @@ from pylon.proxy.stats import Counter, StatsStore
 from pylon.proxy.upstream.circuit import CircuitBreakers
 from pylon.proxy.upstream.connect import open_stream
 from pylon.proxy.upstream.dns import DnsRefresher, DnsTarget, ResolvedEndpoint
+from pylon.proxy.upstream.expiry import ConnectionLimits
 from pylon.proxy.upstream.health import HealthChecker
 from pylon.proxy.upstream.host import Host, eds_health_flags, format_address
 from pylon.proxy.upstream.lb import create_load_balancer
@@ -36,6 +37,8 @@ _COUNTERS = (
     "upstream_rq_pending_total", "upstream_rq_pending_overflow",
     "upstream_rq_retry_overflow", "upstream_cx_total", "upstream_cx_connect_fail",
     "upstream_cx_connect_timeout", "upstream_cx_destroy", "upstream_cx_overflow",
+    "upstream_cx_idle_timeout", "upstream_cx_max_requests", "upstream_cx_max_duration_reached",
+    "upstream_cx_protocol_error",
     "upstream_cx_none_healthy", "membership_change",
 )
 _GAUGES = (
@@ -89,6 +92,8 @@ class Cluster:
         self.name: str = config.name
         self.config = config
         self.connect_timeout = float(config.connect_timeout)
+        # Idle timeout, max duration, max requests and response headers of its pooled connections (pool.py).
+        self.connection_limits = ConnectionLimits.of(config)
         self.worker_id = worker_id
         prefix = f"cluster.{config.name}."
         self.stats = ClusterStats(stats, prefix)

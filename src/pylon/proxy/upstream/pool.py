@@ -7,6 +7,14 @@ Connections are not bound to the request that caused them: whichever request
 is first in line gets the next connection that becomes ready, which is what
 keeps latency flat when connects are slow.
 
+Connections do not live for ever: the cluster's idle timeout (1 hour unless
+set), max connection duration and max requests per connection close them as
+Envoy does (`expiry.py` decides; the worker's deadline wheel looks, so a
+request costs no timer). A connection taken from `idle` is busy before any
+other code runs, and the wheel only closes idle ones, so an expiry never races
+with a request being given the connection. A pool that holds nothing any more
+tells its owner (`PoolOwner.maybe_empty`), which drops it (`pool_registry.py`).
+
 The upstream connection parses responses with httptools and hands every
 event to the attached `Exchange` (the router's per-request state), so this
 module knows nothing about routing, retries or the downstream side.
@@ -23,9 +31,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 import httptools
 
 from pylon.proxy.upstream.connect import ConnectError, ConnectTimeout, open_upstream
+from pylon.proxy.upstream.expiry import ConnectionLimits, Expiry, verdict
 from pylon.proxy.watermarks import apply_buffer_limit
 
 if TYPE_CHECKING:
+    from pylon.proxy.deadlines import Watched
     from pylon.proxy.upstream.cluster import Cluster, Host
 
 log = logging.getLogger("pylon.upstream")
@@ -50,13 +60,30 @@ class Exchange(Protocol):
                              rest: bytes) -> None: ...
 
 
+class PoolOwner(Protocol):
+    """What a pool needs from the worker: its deadline wheel, and a word when the pool may be empty."""
+
+    def arm(self, target: "Watched", when: float) -> None:
+        """Have the wheel look at `target` at `when` (see deadlines.py)."""
+
+    def disarm(self, target: "Watched") -> None:
+        """`target` closed: the wheel forgets it."""
+
+    def maybe_empty(self, pool: "HostPool") -> None:
+        """`pool` holds no connection and no request now; its owner may drop it."""
+
+
+class _TooManyHeaders(Exception):
+    """Raised from the parser callback when a response head has more headers than the cluster allows."""
+
+
 class UpstreamConnection(asyncio.Protocol):
     """One keep-alive connection to a host; serves one exchange at a time (no pipelining)."""
 
     __slots__ = (
         "pool", "transport", "parser", "exchange", "headers", "status", "keep_alive",
         "closed", "skip_informational", "head_response", "close_delimited", "in_body", "requests",
-        "connection_header", "answered", "local_address",
+        "connection_header", "answered", "local_address", "wake_at", "opened_at", "idle_since", "draining",
     )
 
     def __init__(self, pool: "HostPool") -> None:
@@ -76,6 +103,10 @@ class UpstreamConnection(asyncio.Protocol):
         self.requests = 0
         self.connection_header: bytes | None = None  # the response's Connection header, if any
         self.answered = False  # a byte of the current exchange's response has arrived
+        self.wake_at = 0.0  # when the worker's deadline wheel looks at this connection next (0 = not armed)
+        self.opened_at = 0.0  # when the connect finished (max_connection_duration counts from it)
+        self.idle_since = 0.0  # when it last went idle in the pool; 0.0 while it serves an exchange
+        self.draining = False  # max_connection_duration reached: no more requests, closed once idle
 
     # -- asyncio.Protocol ---------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -114,6 +145,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.exchange.on_upstream_flush()
 
     def _protocol_error(self) -> None:
+        self.pool.cluster.stats.upstream_cx_protocol_error.value += 1
         self.keep_alive = False
         self.close()
         if self.exchange is not None:
@@ -156,6 +188,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        if len(self.headers) > self.pool.limits.max_headers:
+            raise _TooManyHeaders()  # httptools raises it as a parser error: a protocol error, as Envoy's 502 UPE
         parser = self.parser
         status = parser.get_status_code()
         self.status = status
@@ -225,15 +259,25 @@ class UpstreamConnection(asyncio.Protocol):
                 self.transport.close()
             self.pool.forget(self)
 
+    def sweep(self, now: float) -> float:
+        """The deadline wheel's look (deadlines.py): enforce the idle timeout and max duration; next look or 0."""
+        if self.closed:
+            return 0.0
+        return self.pool.expire(self, now)
+
 
 class HostPool:
     """Connections to one host from one worker, with Envoy's pending-request queue."""
 
-    def __init__(self, cluster: "Cluster", host: "Host", loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, cluster: "Cluster", host: "Host", loop: asyncio.AbstractEventLoop, owner: PoolOwner) -> None:
         self.cluster = cluster
         self.host = host
         self.loop = loop
-        self.max_requests_per_connection = cluster.config.max_requests_per_connection
+        self.owner = owner
+        self.limits: ConnectionLimits = cluster.connection_limits
+        self.max_requests_per_connection = self.limits.max_requests
+        # Oldest idle first: `release` appends and `acquire` takes the most recent, so the ones that expire are
+        # at the front, and a busy pool keeps reusing its warm connections.
         self.idle: list[UpstreamConnection] = []
         self.busy: set[UpstreamConnection] = set()
         self.pending: deque[Exchange] = deque()
@@ -269,12 +313,14 @@ class HostPool:
             except ValueError:
                 continue
             self.cluster.circuit_breakers.pending_requests.release()
+            self._check_empty()
             return
 
     def release(self, conn: UpstreamConnection) -> None:
         """An exchange finished cleanly on `conn`: reuse it, or close it if it can't be reused."""
         limit = self.max_requests_per_connection
-        if conn.closed or not conn.keep_alive or (limit and conn.requests >= limit) or (self.retired and not self.pending):
+        if conn.closed or not conn.keep_alive or conn.draining or (limit and conn.requests >= limit) \
+                or (self.retired and not self.pending):
             conn.close()
             return
         if self.pending:
@@ -284,9 +330,29 @@ class HostPool:
             return
         self.busy.discard(conn)
         self.idle.append(conn)
+        conn.idle_since = now = self.loop.time()
+        idle_timeout = self.limits.idle_timeout
+        if idle_timeout:
+            when = now + idle_timeout
+            if when < conn.wake_at or not conn.wake_at:  # usually armed already, for an earlier idle period
+                self.owner.arm(conn, when)
+
+    def expire(self, conn: UpstreamConnection, now: float) -> float:
+        """Close or drain `conn` if its idle timeout or max duration is due (expiry.py); its next look, or 0."""
+        why, following = verdict(self.limits, now, conn.opened_at, conn.idle_since, conn.draining)
+        if why is None:
+            return following
+        getattr(self.cluster.stats, why.value).value += 1
+        if why is Expiry.MAX_DURATION:
+            conn.draining = True
+            if not conn.idle_since:
+                return 0.0  # busy: `release` closes it after this response
+        conn.close()
+        return 0.0
 
     def forget(self, conn: UpstreamConnection) -> None:
         """Bookkeeping when a connection closes for any reason (called once per connection)."""
+        self.owner.disarm(conn)
         if conn in self.busy:
             self.busy.discard(conn)
         else:
@@ -301,6 +367,17 @@ class HostPool:
         self.cluster.circuit_breakers.connections.release()
         if self.pending or self.fresh_pending:
             self._maybe_connect()
+        else:
+            self._check_empty()
+
+    @property
+    def empty(self) -> bool:
+        """No connection (idle, busy or being opened) and no request waiting: nothing would be lost by dropping it."""
+        return not (self.idle or self.busy or self.connecting or self.pending or self.fresh_pending)
+
+    def _check_empty(self) -> None:
+        if self.empty:
+            self.owner.maybe_empty(self)
 
     def retire(self) -> None:
         """The cluster went away (CDS): close idle connections now, busy ones once their exchange ends."""
@@ -316,6 +393,11 @@ class HostPool:
 
     def _assign(self, conn: UpstreamConnection, exchange: Exchange) -> None:
         self.busy.add(conn)
+        conn.idle_since = 0.0
+        limit = self.max_requests_per_connection
+        if limit and conn.requests + 1 == limit:
+            # Envoy counts a connection at its last allowed request, as it starts draining it (closed after).
+            self.cluster.stats.upstream_cx_max_requests.value += 1
         conn.attach(exchange)
         exchange.on_upstream_ready(conn)
 
@@ -352,15 +434,26 @@ class HostPool:
                 exchange = queue.popleft()
                 cluster.circuit_breakers.pending_requests.release()
                 exchange.on_upstream_connect_failure(str(exc))
+            self._check_empty()
             return
         except asyncio.CancelledError:
             self.connecting -= 1
             cluster.circuit_breakers.connections.release()
             raise
         self.connecting -= 1
-        stats.upstream_cx_active.value += 1
+        self.connected(conn)
+
+    def connected(self, conn: UpstreamConnection) -> None:
+        """A connection `_connect` opened (no longer counted in `connecting`; it keeps its circuit-breaker slot) is
+        up: count it, start the clock of its max duration, and give it to the first request in line, or keep it
+        idle."""
+        cluster = self.cluster
+        cluster.stats.upstream_cx_active.value += 1
         self.host.active_connections += 1
         self.busy.add(conn)
+        conn.opened_at = now = self.loop.time()
+        if self.limits.max_duration:
+            self.owner.arm(conn, now + self.limits.max_duration)
         if self.fresh_pending:
             cluster.circuit_breakers.pending_requests.release()
             self._assign(conn, self.fresh_pending.popleft())

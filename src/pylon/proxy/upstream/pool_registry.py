@@ -1,0 +1,88 @@
+"""A worker's connection pools, one per host, made on first use and dropped once they hold nothing.
+
+Without dropping, a worker that talked to many hosts would keep a pool for
+each for ever: an ORIGINAL_DST cluster (the mesh's passthrough) makes a host
+per destination. A pool says when it may have emptied (`maybe_empty`: its last
+connection closed, its last waiting request left); the registry notes it and
+asks the worker's deadline wheel for one look at the next slot, where every
+pool noted since is dropped if it is still empty. So a request costs nothing
+here, a burst of closes costs one look, and a pool that empties and is used
+again within the slot (a stale connection's retry) is kept. Nothing else holds
+an empty pool: a request takes its pool from the registry each attempt, and
+keeps it only while it waits in it or uses one of its connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any, Callable
+
+from pylon.proxy.upstream.pool import HostPool
+
+if TYPE_CHECKING:
+    from pylon.proxy.deadlines import Watched
+    from pylon.proxy.upstream.cluster import Cluster
+
+
+class PoolRegistry:
+    """The worker's connection pools, one per host, created on first use (the `PoolOwner` of each)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, arm: Callable[["Watched", float], None],
+                 disarm: Callable[["Watched"], None]) -> None:
+        self.loop = loop
+        self.pools: dict[Any, HostPool] = {}
+        self._arm = arm  # the worker's: arms its deadline wheel and keeps the wheel ticking
+        self._disarm = disarm
+        self._suspects: set[HostPool] = set()  # pools that said they may be empty since the last look
+        self.wake_at = 0.0  # when the wheel looks at the suspects next (0 = not armed)
+
+    def get(self, cluster: "Cluster", host: Any) -> HostPool:
+        pool = self.pools.get(host)
+        if pool is None:
+            pool = self.pools[host] = HostPool(cluster, host, self.loop, self)
+            # A pool nothing ends up using (the request overflowed the breakers) must go too.
+            self.maybe_empty(pool)
+        return pool
+
+    # -- PoolOwner -------------------------------------------------------------------------
+    def arm(self, target: "Watched", when: float) -> None:
+        self._arm(target, when)
+
+    def disarm(self, target: "Watched") -> None:
+        self._disarm(target)
+
+    def maybe_empty(self, pool: HostPool) -> None:
+        self._suspects.add(pool)
+        if not self.wake_at:
+            self._arm(self, self.loop.time())
+
+    def sweep(self, now: float) -> float:
+        """The wheel's look: drop the noted pools that are still empty and still this registry's."""
+        suspects, self._suspects = self._suspects, set()
+        pools = self.pools
+        for pool in suspects:
+            if pool.empty and pools.get(pool.host) is pool:
+                del pools[pool.host]
+        return 0.0
+
+    # -- configuration changes -------------------------------------------------------------
+    def retire_cluster(self, cluster: "Cluster") -> None:
+        """Forget the pools of a cluster that CDS removed or replaced; their busy connections finish first."""
+        for host, pool in list(self.pools.items()):
+            if pool.cluster is cluster:
+                pool.retire()
+                del self.pools[host]
+
+    def retire_hosts(self, cluster: "Cluster") -> None:
+        """Forget the pools of hosts an EDS update took out of `cluster`; the pools of hosts that stay are kept."""
+        kept = set(cluster.hosts)
+        for host, pool in list(self.pools.items()):
+            if pool.cluster is cluster and host not in kept:
+                pool.retire()
+                del self.pools[host]
+
+    def close_all(self) -> None:
+        for pool in self.pools.values():
+            pool.close_all()
+        self._disarm(self)
+        self._suspects.clear()
