@@ -22,6 +22,7 @@ from pylon.proxy import local_reply as lr
 from pylon.proxy.access_log import AccessLogRecord, build_access_loggers
 from pylon.proxy.connection_info import ConnectionInfo
 from pylon.proxy.http.h1_server import Http1RequestDecoder, Http1ResponseEncoder
+from pylon.proxy.http1 import HOP_BY_HOP
 from pylon.proxy.linger import Lingering
 from pylon.proxy.local_address import forwarded_for_entry
 from pylon.proxy.router import RouteTable
@@ -115,6 +116,9 @@ class HcmRuntime:
         self.always_set_request_id = config.always_set_request_id_in_response
         self.server_name = config.server_name.encode()
         self.overwrite_server = config.server_header_transformation == "OVERWRITE"
+        # What of an upstream response head is not relayed: hop-by-hop headers, and its server header when ours
+        # replaces it.
+        self.response_drop = HOP_BY_HOP | {b"server"} if self.overwrite_server else HOP_BY_HOP
         router = config.http_filters[-1].typed_config if config.http_filters else None
         self.suppress_envoy_headers = bool(getattr(router, "suppress_envoy_headers", False))
         # The filters before the router, in order; empty (and free) when the router is alone.
@@ -319,6 +323,7 @@ class HttpConnection(asyncio.Protocol):
         if self.connection_id == 0:
             return  # refused in connection_made, never counted
         self.closed = True
+        self.deadlines.disarm(self)  # not held by the wheel until a deadline it no longer has
         hcm = self.hcm
         hcm.cx_active.value -= 1
         hcm.cx_destroy.value += 1

@@ -52,7 +52,6 @@ _EDGE_CLEANED = frozenset({
 })
 _SPECIAL = HOP_BY_HOP | _ENVOY_CONTROLS | _EDGE_CLEANED | {
     b"host", b"content-length", b"expect", b"x-forwarded-for", b"x-forwarded-proto", b"x-request-id", XFCC}
-_RESPONSE_SKIP = HOP_BY_HOP | {b"server"}
 _RETRY_BASE, _RETRY_MAX = 0.025, 0.250  # Envoy's default retry back-off
 #: Methods a proxy may send again after a connection was lost before any answer (RFC 9110 9.2.2).
 _IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"))
@@ -777,21 +776,20 @@ class Stream:
             resp = hl.items
         if hcm.encoder_filters:
             resp = self.encode_headers(status, resp)
-        sent = [pair for pair in resp if pair[0] not in _RESPONSE_SKIP or (pair[0] == b"server"
-                                                                           and not hcm.overwrite_server)]
         self.resp_headers = resp
-        if hcm.overwrite_server:
-            sent.append((b"server", hcm.server_name))
+        extra = [(b"server", hcm.server_name)] if hcm.overwrite_server else []
         if not hcm.suppress_envoy_headers:
-            sent.append((b"x-envoy-upstream-service-time", b"%d" % int((now - self.attempt_start) * 1000)))
+            extra.append((b"x-envoy-upstream-service-time", b"%d" % int((now - self.attempt_start) * 1000)))
         if hcm.body_encoders and not self.is_head and status != 204 and status != 304 and \
                 any(f.wants_response_body(self) for f in hcm.body_encoders):
-            self.held_response = (status, [pair for pair in sent if pair[0] != b"content-length"])
+            self.held_response = (status, [pair for pair in resp if pair[0] != b"content-length"
+                                           and pair[0] not in hcm.response_drop] + extra)
             self.response_body = []
             return
         close = self.close_after or not self.keep_alive or not self.request_complete or self.conn.draining
-        self.close_after = self.encoder.encode_headers(status, sent, close=close, http10=self.http10,
-                                                       head_request=self.is_head)
+        self.close_after = self.encoder.encode_headers(status, resp, close=close, http10=self.http10,
+                                                       head_request=self.is_head, drop=hcm.response_drop,
+                                                       extra=extra)
 
     def on_upstream_upgraded(self, upstream: "UpstreamConnection", headers: list[tuple[bytes, bytes]],
                              rest: bytes) -> None:
@@ -883,10 +881,12 @@ class Stream:
             self.encoder.encode_data(body)
 
     def on_upstream_flush(self) -> None:
-        if self.encoder.out:
+        out = self.encoder.out
+        if out:  # HttpConnection.flush_output, inlined: this runs for every response
             conn = self.conn
             self.last_activity = conn.loop_time()
-            conn.flush_output()
+            conn.transport.write(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
 
     def on_upstream_complete(self) -> None:
         if not self.request_complete and self.upstream is not None:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Protocol
 import httptools
 
 from pylon.proxy import local_reply as lr
-from pylon.proxy.http1 import CONTINUE_100, LAST_CHUNK, encode_chunk, local_reply, status_line
+from pylon.proxy.http1 import CONTINUE_100, HOP_BY_HOP, LAST_CHUNK, encode_chunk, local_reply, status_line
 
 if TYPE_CHECKING:
     from pylon.proxy.hcm import HcmRuntime
@@ -41,19 +41,28 @@ class Http1ResponseEncoder:
         self.out.append(CONTINUE_100)
 
     def encode_headers(self, status: int, headers: list[tuple[bytes, bytes]], *, close: bool, http10: bool,
-                       head_request: bool) -> bool:
+                       head_request: bool, drop: frozenset[bytes] = HOP_BY_HOP,
+                       extra: list[tuple[bytes, bytes]] | None = None) -> bool:
         """The response head; returns whether the connection ends after this response.
 
-        `close`: the stream or the connection wants the connection ended (the
-        client asked, a drain, an error). A response with no length becomes
-        chunked, or for an HTTP/1.0 client is delimited by the close itself.
+        `headers` are sent but for the names in `drop` (at least the hop-by-hop
+        ones, which describe the upstream's connection, not this one), then
+        `extra`: one pass, since this runs for every response. `close`: the
+        stream or the connection wants the connection ended (the client asked,
+        a drain, an error). A response with no length becomes chunked, or for an
+        HTTP/1.0 client is delimited by the close itself.
         """
         parts = [status_line(status)]
         has_length = False
         for pair in headers:
-            if pair[0] == b"content-length":
+            name = pair[0]
+            if name in drop:
+                continue
+            if name == b"content-length":
                 has_length = True
             parts.append(b"%s: %s\r\n" % pair)
+        if extra:
+            parts += [b"%s: %s\r\n" % pair for pair in extra]
         if not has_length and not head_request and status != 204 and status != 304:
             if http10:
                 close = True  # an HTTP/1.0 client reads to the end of the connection
