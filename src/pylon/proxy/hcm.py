@@ -27,11 +27,11 @@ from pylon.proxy.http1 import local_reply
 from pylon.proxy.linger import Lingering
 from pylon.proxy.local_address import forwarded_for_entry
 from pylon.proxy.router import RouteTable
-from pylon.proxy.stats import StatsStore
 from pylon.proxy.stream import Stream
 from pylon.proxy.tls_stats import TlsStats, tls_accepted
 from pylon.proxy.watermarks import apply_buffer_limit
 from pylon.proxy.xfcc import client_cert_element
+from pylon.stats.store import StatsStore
 
 if TYPE_CHECKING:
     from pylon.proxy.upstream.cluster import Cluster

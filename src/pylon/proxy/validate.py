@@ -23,9 +23,9 @@ from pylon.proxy.access_log import compile_log_format
 from pylon.proxy.balance import Dlb, NoDlbFallback, balance_kind
 from pylon.proxy.filter_chain_match import DuplicateMatch, FilterChainSelector
 from pylon.proxy.router import RouteTable
-from pylon.proxy.stats import StatsStore
 from pylon.proxy.tls import TlsConfigError, check_secret, client_context, server_context
 from pylon.proxy.upstream.cluster import Cluster
+from pylon.stats.store import StatsStore
 
 log = logging.getLogger("pylon.main")
 

@@ -18,7 +18,7 @@ from pylon.extensions.filters.http.rbac import RBAC, RBACPerRoute, RbacFilter
 from pylon.pilot.gen.authz import http_rbac_filters, network_rbac_filters, policies_for
 from pylon.proxy.connection_info import ConnectionInfo
 from pylon.proxy.hcm import HcmRuntime
-from pylon.proxy.stats import StatsStore
+from pylon.stats.store import StatsStore
 from tests.pilot.builders import doc, sidecar_proxy, snapshot
 from tests.proxy.conftest import http_listener, route, static_cluster
 

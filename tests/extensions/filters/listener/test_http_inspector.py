@@ -6,7 +6,7 @@ import pytest
 
 from pylon.extensions.filters.listener import CLOSE, DONE, MORE, Detected
 from pylon.extensions.filters.listener.http_inspector import H2_PREFACE, HttpInspector, HttpInspectorFilter, detect_protocol
-from pylon.proxy.stats import StatsStore
+from pylon.stats.store import StatsStore
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ from pylon.config.loader import parse_bootstrap
 from pylon.extensions import load_extensions
 from pylon.extensions.filters.network.rbac import RBAC, RbacNetworkFilter
 from pylon.proxy.connection_info import ConnectionInfo
-from pylon.proxy.stats import StatsStore
+from pylon.stats.store import StatsStore
 from tests.extensions.filters.common.test_rbac import SPIFFE, FakeSsl, client_der
 from tests.proxy.conftest import static_cluster, tcp_listener
 
