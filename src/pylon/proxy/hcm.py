@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, Any
 
 import httptools
 
-from pylon.extensions.filters.http import build_filter
-from pylon.extensions.filters.listener import Detected
 from pylon.proxy import local_reply as lr
 from pylon.proxy.access_log import AccessLogRecord, build_access_loggers
 from pylon.proxy.connection_info import ConnectionInfo
+from pylon.proxy.filters.http import build_filter
+from pylon.proxy.filters.listener import Detected
 from pylon.proxy.http1 import local_reply
 from pylon.proxy.linger import Lingering
 from pylon.proxy.local_address import forwarded_for_entry

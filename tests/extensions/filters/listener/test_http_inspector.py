@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pylon.extensions.filters.listener import CLOSE, DONE, MORE, Detected
 from pylon.extensions.filters.listener.http_inspector import H2_PREFACE, HttpInspector, HttpInspectorFilter, detect_protocol
+from pylon.proxy.filters.listener import CLOSE, DONE, MORE, Detected
 from pylon.stats.store import StatsStore
 
 
