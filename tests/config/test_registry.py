@@ -18,10 +18,13 @@ from pylon.config import registry
 from pylon.config.envoy import Duration, EnvoyStruct, HttpConnectionManager, Router
 from pylon.config.errors import ConfigError
 from pylon.config.loader import bootstrap_to_dict
-from tests.config.builders import DOWNSTREAM_TLS_TYPE, HCM_TYPE, ROUTER_TYPE, bootstrap, hcm, listener, load
+from tests.config.builders import (
+    DOWNSTREAM_TLS_TYPE, HCM_TYPE, ROUTER_TYPE, TLS_INSPECTOR_TYPE, bootstrap, hcm, listener, load, router_filter,
+)
 
 BALANCER_TYPE = "type.googleapis.com/pylon.connection_balance.test.v1.Balancer"
 KEY_PROVIDER_TYPE = "type.googleapis.com/pylon.key_providers.test.v1.Provider"
+FAULT_TYPE = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
 
 
 class Balancer(EnvoyStruct, kw_only=True):
@@ -86,7 +89,11 @@ def test_every_extension_outside_config_is_named_where_it_registers() -> None:
         for name, struct_type in types.items()
         if not struct_type.__module__.startswith("pylon.config.")
     }
-    named = {(category, name): module for category, names in registry.EXTENSION_MODULES.items() for name, module in names.items()}
+    named = {
+        (category, name): module
+        for category, names in registry.EXTENSION_MODULES.items()
+        for name, module in names.items()
+    }
     assert registered == named
 
 
@@ -103,21 +110,23 @@ def load_in_a_fresh_process(config: dict[str, Any]) -> tuple[str, set[str]]:
         "    error = str(exc)\n"
         "print(json.dumps([error, [m for m in sys.modules if m.startswith('pylon.')]]))\n"
     )
-    done = subprocess.run([sys.executable, "-c", script, json.dumps(config)], capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", script, json.dumps(config)], capture_output=True, text=True, check=True
+    )
     error, modules = json.loads(done.stdout)
     return error, set(modules)
 
 
 def http_filters_bootstrap(*filters: dict[str, Any]) -> dict[str, Any]:
     routes = [{"match": {"prefix": "/"}, "direct_response": {"status": 200}}]
-    return bootstrap([listener(hcm(routes, http_filters=[*filters, {"name": "router", "typed_config": {"@type": ROUTER_TYPE}}]))])
+    return bootstrap([listener(hcm(routes, http_filters=[*filters, router_filter()]))])
 
 
 def test_an_extension_is_imported_when_a_config_names_it_and_only_then() -> None:
     error, modules = load_in_a_fresh_process(http_filters_bootstrap())
     assert error == ""
     assert not {m for m in modules if m.startswith(("pylon.extensions", "pylon.proxy", "pylon.keys"))}
-    fault = {"name": "fault", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"}}
+    fault = {"name": "fault", "typed_config": {"@type": FAULT_TYPE}}
     error, modules = load_in_a_fresh_process(http_filters_bootstrap(fault))
     assert error == ""
     assert "pylon.extensions.filters.http.fault" in modules and "pylon.extensions.filters.http.rbac" not in modules
@@ -130,7 +139,7 @@ def test_an_unknown_type_lists_the_extensions_not_imported_yet() -> None:
     assert "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC" in error
     assert "type.googleapis.com/pylon.filters.http.v1.Python" in error
     assert not {m for m in modules if m.startswith("pylon.extensions.filters")}
-    misplaced = {"name": "inspector", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"}}
+    misplaced = {"name": "inspector", "typed_config": {"@type": TLS_INSPECTOR_TYPE}}
     error, _ = load_in_a_fresh_process(http_filters_bootstrap(misplaced))
     assert "is registered as listener filter, but this position takes HTTP filters" in error
 
