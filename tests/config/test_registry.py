@@ -1,21 +1,30 @@
-"""The typed-extension registry: later extensions plug in by one register_typed call."""
+"""The typed-extension registry: later extensions plug in by one register_typed call, and are found by name."""
 
 from __future__ import annotations
 
+import ast
+import importlib
+import json
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
 
+import pylon
 from pylon.config import registry
 from pylon.config.envoy import Duration, EnvoyStruct, HttpConnectionManager, Router
 from pylon.config.errors import ConfigError
 from pylon.config.loader import bootstrap_to_dict
-from pylon.extensions import load_extensions
-from tests.config.builders import DOWNSTREAM_TLS_TYPE, HCM_TYPE, ROUTER_TYPE, bootstrap, hcm, listener, load
+from tests.config.builders import (
+    DOWNSTREAM_TLS_TYPE, HCM_TYPE, ROUTER_TYPE, TLS_INSPECTOR_TYPE, bootstrap, hcm, listener, load, router_filter,
+)
 
 BALANCER_TYPE = "type.googleapis.com/pylon.connection_balance.test.v1.Balancer"
 KEY_PROVIDER_TYPE = "type.googleapis.com/pylon.key_providers.test.v1.Provider"
+FAULT_TYPE = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
 
 
 class Balancer(EnvoyStruct, kw_only=True):
@@ -26,15 +35,24 @@ class KeyProvider(EnvoyStruct, kw_only=True):
     poll_delay: Duration
 
 
+def import_every_extension() -> None:
+    for module in {module for names in registry.EXTENSION_MODULES.values() for module in names.values()}:
+        importlib.import_module(module)
+
+
 @pytest.fixture
 def scratch_registry(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Registrations made in a test vanish after it (the registry is process-global)."""
+    """Registrations made in a test vanish after it (the registry is process-global).
+
+    Every extension is imported first: one imported during the test would register into the scratch
+    copy only, and stay unregistered (but imported) after it.
+    """
+    import_every_extension()
     monkeypatch.setattr(registry, "_by_category", {k: dict(v) for k, v in registry._by_category.items()})
     monkeypatch.setattr(registry, "_url_by_type", dict(registry._url_by_type))
 
 
 def test_core_extensions_are_registered_by_type_url() -> None:
-    load_extensions()
     assert registry.lookup(registry.NETWORK_FILTER, HCM_TYPE) is HttpConnectionManager
     assert registry.lookup(registry.HTTP_FILTER, ROUTER_TYPE) is Router
     assert registry.lookup(registry.NETWORK_FILTER, ROUTER_TYPE) is None
@@ -47,6 +65,83 @@ def test_core_extensions_are_registered_by_type_url() -> None:
     }
     assert registry.categories_of(DOWNSTREAM_TLS_TYPE) == {registry.DOWNSTREAM_TRANSPORT_SOCKET}
     assert registry.type_url_of(Router) == ROUTER_TYPE and registry.type_url_of(Balancer) is None
+
+
+def modules_calling_register_typed() -> set[str]:
+    """Every module of pylon outside config that calls `register_typed`, found by reading the source."""
+    root = Path(pylon.__file__).parent
+    found = set()
+    for path in root.rglob("*.py"):
+        calls = (node.func for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.Call))
+        if any(getattr(func, "attr", getattr(func, "id", None)) == "register_typed" for func in calls):
+            found.add(".".join(("pylon", *path.relative_to(root).with_suffix("").parts)))
+    return {module for module in found if not module.startswith("pylon.config.")}
+
+
+def test_every_extension_outside_config_is_named_where_it_registers() -> None:
+    assert modules_calling_register_typed() == {
+        module for names in registry.EXTENSION_MODULES.values() for module in names.values()
+    }
+    import_every_extension()
+    registered = {
+        (category, name): struct_type.__module__
+        for category, types in registry._by_category.items()
+        for name, struct_type in types.items()
+        if not struct_type.__module__.startswith("pylon.config.")
+    }
+    named = {
+        (category, name): module
+        for category, names in registry.EXTENSION_MODULES.items()
+        for name, module in names.items()
+    }
+    assert registered == named
+
+
+def load_in_a_fresh_process(config: dict[str, Any]) -> tuple[str, set[str]]:
+    """Load `config` where nothing of pylon was imported yet: the ConfigError ("" if none), and pylon's modules then."""
+    script = (
+        "import json, sys\n"
+        "from pylon.config.errors import ConfigError\n"
+        "from pylon.config.loader import parse_bootstrap\n"
+        "try:\n"
+        "    parse_bootstrap(json.loads(sys.argv[1]), 'test')\n"
+        "    error = ''\n"
+        "except ConfigError as exc:\n"
+        "    error = str(exc)\n"
+        "print(json.dumps([error, [m for m in sys.modules if m.startswith('pylon.')]]))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, json.dumps(config)], capture_output=True, text=True, check=True
+    )
+    error, modules = json.loads(done.stdout)
+    return error, set(modules)
+
+
+def http_filters_bootstrap(*filters: dict[str, Any]) -> dict[str, Any]:
+    routes = [{"match": {"prefix": "/"}, "direct_response": {"status": 200}}]
+    return bootstrap([listener(hcm(routes, http_filters=[*filters, router_filter()]))])
+
+
+def test_an_extension_is_imported_when_a_config_names_it_and_only_then() -> None:
+    error, modules = load_in_a_fresh_process(http_filters_bootstrap())
+    assert error == ""
+    assert not {m for m in modules if m.startswith(("pylon.extensions", "pylon.proxy", "pylon.keys"))}
+    fault = {"name": "fault", "typed_config": {"@type": FAULT_TYPE}}
+    error, modules = load_in_a_fresh_process(http_filters_bootstrap(fault))
+    assert error == ""
+    assert "pylon.extensions.filters.http.fault" in modules and "pylon.extensions.filters.http.rbac" not in modules
+
+
+def test_an_unknown_type_lists_the_extensions_not_imported_yet() -> None:
+    bogus = {"name": "bogus", "typed_config": {"@type": "type.googleapis.com/bogus.v1.Bogus"}}
+    error, modules = load_in_a_fresh_process(http_filters_bootstrap(bogus))
+    assert "unknown HTTP filter type type.googleapis.com/bogus.v1.Bogus; accepted here: " in error
+    assert "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC" in error
+    assert "type.googleapis.com/pylon.filters.http.v1.Python" in error
+    assert not {m for m in modules if m.startswith("pylon.extensions.filters")}
+    misplaced = {"name": "inspector", "typed_config": {"@type": TLS_INSPECTOR_TYPE}}
+    error, _ = load_in_a_fresh_process(http_filters_bootstrap(misplaced))
+    assert "is registered as listener filter, but this position takes HTTP filters" in error
 
 
 def test_lookup_ignores_the_type_url_prefix() -> None:

@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives import serialization
 from pylon.keys import cryptomb
 from pylon.keys.hook import DONE, RSA_RAW, HookedKey, ffi, new_slot
 from pylon.keys.signers import PENDING_SIGNERS
-from pylon.proxy.stats import StatsStore
+from pylon.stats.store import StatsStore
 
 from .conftest import needs_mb
 

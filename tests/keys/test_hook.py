@@ -10,7 +10,7 @@ import pytest
 from pylon.keys import cryptomb
 from pylon.keys.config import CRYPTOMB_TYPE_URL, OFFLOAD_TYPE_URL
 from pylon.keys.hook import is_hooked
-from pylon.proxy.stats import StatsStore
+from pylon.stats.store import StatsStore
 
 from .conftest import client_context, fetch, needs_mb, provider_tls, s_client, serve
 

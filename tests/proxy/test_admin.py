@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from pylon import __version__
 from pylon.proxy.admin import MAX_REQUEST_BYTES, AdminHandler, histogram_quantiles, render_stats_text, start_admin_server
-from pylon.proxy.stats import StatsStore
+from pylon.stats.store import StatsStore
 
 
 class CannedBackend:

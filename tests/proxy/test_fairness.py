@@ -13,8 +13,8 @@ from pylon.config.loader import parse_bootstrap
 from pylon.proxy.dynamic import DynamicConfig
 from pylon.proxy.fairness import PhaseBudget
 from pylon.proxy.hcm import HttpConnection
-from pylon.proxy.stats import StatsStore
 from pylon.proxy.worker import Worker
+from pylon.stats.store import StatsStore
 from tests.proxy.conftest import http_listener
 
 

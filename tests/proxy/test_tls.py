@@ -21,10 +21,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from pylon.config import envoy
 from pylon.identity.certs import Issued, KeyType, PemFiles, TestPki, Usage, issue_leaf, make_ca, make_test_pki
+from pylon.openssl.context import SSL_SESS_CACHE_OFF, SSL_SESS_CACHE_SERVER, OpenSslContext
 from pylon.proxy.tls import (
-    SSL_SESS_CACHE_OFF,
-    SSL_SESS_CACHE_SERVER,
-    OpenSslContext,
     PeerVerifier,
     ServerTls,
     TlsConfigError,
@@ -525,18 +523,6 @@ def test_inline_pem(pki):
         }
     )
     handshake(server.context, client.context)
-
-
-def test_openssl_context_checks(pki):
-    context = downstream([cert(pki.server_rsa)]).context
-    handle = OpenSslContext(context)
-    assert handle.pointer == OpenSslContext(context).pointer
-    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_TICKET
-    assert handle.options == context.options
-    with pytest.raises(TypeError):
-        OpenSslContext(object())  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="P-999"):
-        handle.set_groups(["X25519", "P-999"])
 
 
 def bad_config_cases(pki) -> list[tuple[dict[str, Any], str, str]]:

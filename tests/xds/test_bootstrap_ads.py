@@ -12,7 +12,7 @@ from pylon.config.envoy import Cluster, RouteConfiguration, convert
 from pylon.config.errors import ConfigError
 from pylon.config.loader import parse_bootstrap
 from pylon.proxy.dynamic import DynamicConfig
-from pylon.proxy.stats import StatsStore
+from pylon.stats.store import StatsStore
 from tests.xds.test_ads_interop import ads_bootstrap, rds_listener
 from tests.xds.test_resources import cluster
 

@@ -68,9 +68,6 @@ def parse_discovery_response(text: str, source: str, kind: ResourceKind[Resource
 
 def discovered_from_data(data: dict[str, Any], source: str, kind: ResourceKind[ResourceT]) -> Discovered[ResourceT]:
     """The resources of a DiscoveryResponse already parsed into proto-JSON data (a file, or one from gRPC)."""
-    from pylon.extensions import load_extensions  # late: extension modules import the config model
-
-    load_extensions()  # typed configs inside resources (key providers, balancers) decode by @type
     unknown = sorted(set(data) - _RESPONSE_FIELDS)
     if unknown:
         raise ConfigError(source, unknown[0], "unknown field (a file holds one DiscoveryResponse)")

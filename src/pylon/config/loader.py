@@ -105,9 +105,6 @@ def merge_configs(base: dict[str, Any], override: dict[str, Any]) -> dict[str, A
 
 def parse_bootstrap(data: dict[str, Any], source: str) -> Bootstrap:
     """Decode and validate an already-parsed bootstrap; `source` names it in errors."""
-    from pylon.extensions import load_extensions  # late: extension modules import the config model
-
-    load_extensions()
     for path, message in _document_problems(data):
         raise ConfigError(source, path, message)
     try:

@@ -9,10 +9,22 @@ engine, a connection balancer, an HTTP filter) is one Struct plus one
 Type URLs are compared by their message name, the part after the last "/", as
 protobuf's `Any` does; `type.googleapis.com/` is the canonical prefix put back
 when configs are re-encoded.
+
+Extensions by name: the Structs of the core (the HTTP connection manager, the
+router, TLS, ...) are registered by `envoy.py`; every other extension lives
+with the code that runs it (key providers in `keys/`, balancers in
+`proxy/balance/`, filters in `extensions/`), all of which import this
+package. So config knows those extensions by name only (`EXTENSION_MODULES`,
+strings) and imports an extension's module when its type is first asked for:
+config never imports the layers above it (docs/architecture.md, "Layering"),
+and a process imports only the extensions its configs name. Error messages
+still list every known type, imported or not.
 """
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Mapping
 from types import MappingProxyType
 
 # Categories use Envoy's extension category names.
@@ -49,6 +61,44 @@ CATEGORY_NAMES = MappingProxyType(
 
 TYPE_URL_PREFIX = "type.googleapis.com/"
 
+#: category -> message name -> the module that registers its Struct when imported (extensions outside config).
+#: Adding such an extension is its module plus its line here.
+EXTENSION_MODULES: Mapping[str, Mapping[str, str]] = MappingProxyType(
+    {
+        KEY_PROVIDER: {
+            "envoy.extensions.private_key_providers.cryptomb.v3alpha.CryptoMbPrivateKeyMethodConfig":
+                "pylon.keys.config",
+            "envoy.extensions.private_key_providers.qat.v3alpha.QatPrivateKeyMethodConfig": "pylon.keys.config",
+            "pylon.key_providers.offload.v1.Offload": "pylon.keys.config",
+            "pylon.key_providers.keyd.v1.Keyd": "pylon.keys.config",
+        },
+        CONNECTION_BALANCER: {
+            "pylon.connection_balance.v1.Dispatcher": "pylon.proxy.balance.dispatcher",
+            "envoy.extensions.network.connection_balance.dlb.v3alpha.Dlb": "pylon.proxy.balance.dlb",
+        },
+        HTTP_FILTER: {
+            "envoy.extensions.filters.http.fault.v3.HTTPFault": "pylon.extensions.filters.http.fault",
+            "envoy.extensions.filters.http.rbac.v3.RBAC": "pylon.extensions.filters.http.rbac",
+            "pylon.filters.http.v1.Python": "pylon.extensions.filters.http.python",
+        },
+        HTTP_FILTER_PER_ROUTE: {
+            "envoy.extensions.filters.http.fault.v3.HTTPFault": "pylon.extensions.filters.http.fault",
+            "envoy.extensions.filters.http.rbac.v3.RBACPerRoute": "pylon.extensions.filters.http.rbac",
+        },
+        NETWORK_FILTER: {
+            "envoy.extensions.filters.network.rbac.v3.RBAC": "pylon.extensions.filters.network.rbac",
+        },
+        LISTENER_FILTER: {
+            "envoy.extensions.filters.listener.original_dst.v3.OriginalDst":
+                "pylon.extensions.filters.listener.original_dst",
+            "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector":
+                "pylon.extensions.filters.listener.tls_inspector",
+            "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector":
+                "pylon.extensions.filters.listener.http_inspector",
+        },
+    }
+)
+
 _by_category: dict[str, dict[str, type]] = {category: {} for category in CATEGORY_NAMES}
 _url_by_type: dict[type, str] = {}
 
@@ -75,19 +125,28 @@ def register_typed(category: str, type_url: str, struct_type: type) -> None:
 
 
 def lookup(category: str, type_url: str) -> type | None:
-    """The Struct registered for `type_url` in `category`, or None."""
-    return _by_category[category].get(message_name(type_url))
+    """The Struct registered for `type_url` in `category`, or None; imports its extension's module on first use."""
+    name = message_name(type_url)
+    registered = _by_category[category]
+    if name not in registered and name in EXTENSION_MODULES.get(category, {}):
+        importlib.import_module(EXTENSION_MODULES[category][name])  # registers it
+    return registered.get(name)
+
+
+def _known(category: str) -> set[str]:
+    """Message names accepted in `category`: registered, or named in `EXTENSION_MODULES` (imported or not)."""
+    return _by_category[category].keys() | EXTENSION_MODULES.get(category, {}).keys()
 
 
 def type_urls(category: str) -> frozenset[str]:
     """Canonical type URLs accepted in `category`."""
-    return frozenset(TYPE_URL_PREFIX + name for name in _by_category[category])
+    return frozenset(TYPE_URL_PREFIX + name for name in _known(category))
 
 
 def categories_of(type_url: str) -> frozenset[str]:
-    """Every category `type_url` is registered in (to explain a wrong-position @type)."""
+    """Every category `type_url` is accepted in (to explain a wrong-position @type)."""
     name = message_name(type_url)
-    return frozenset(category for category, types in _by_category.items() if name in types)
+    return frozenset(category for category in _by_category if name in _known(category))
 
 
 def type_url_of(struct_type: type) -> str | None:

@@ -42,7 +42,7 @@ from pylon.keys.hook import ECDSA_DIGEST, RSA_RAW, HookedKey, check_runtime, ffi
 from pylon.keys.signers import PENDING_SIGNERS
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from pylon.proxy.stats import StatsStore
+from pylon.stats.store import StatsStore
 
 BATCH = 8
 #: Below this many queued operations OpenSSL's single operations are cheaper than one crypto_mb pass.

@@ -13,7 +13,7 @@ to a `KeyOps` provider. Two ways an operation reaches the provider:
 
 Before touching the `SSL_CTX*`, the runtime checks that the hook and `_ssl`
 share one OpenSSL instance (same version, same `SSL_CTX_new`), on top of the
-struct-layout checks of `pylon.proxy.tls.OpenSslContext`.
+struct-layout checks of `pylon.openssl.context.OpenSslContext`.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ from typing import Protocol
 import _ssl
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes as PublicKey
 from cryptography.hazmat.primitives import serialization
+
+from pylon.openssl.context import OpenSslContext  # the one SSL_CTX* accessor, with its layout checks
 
 log = logging.getLogger("pylon.keys")
 
@@ -132,8 +134,6 @@ def install_hooked_key(context: ssl.SSLContext, chain_pem: bytes, key: HookedKey
 
     The context keeps `key` alive. Raises HookError when OpenSSL refuses.
     """
-    from pylon.proxy.tls import OpenSslContext  # the one SSL_CTX* accessor, with its layout checks
-
     try:
         pointer = ffi.cast("void *", OpenSslContext(context).pointer)
     except RuntimeError as exc:

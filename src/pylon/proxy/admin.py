@@ -36,15 +36,15 @@ from pylon import __version__
 from pylon.proxy.access_log import AccessLogger, AccessLogRecord
 from pylon.proxy.http1 import local_reply
 from pylon.proxy.local_address import forwarded_for_entry
-from pylon.proxy.prometheus import CONTENT_TYPE as PROMETHEUS_CONTENT_TYPE
-from pylon.proxy.prometheus import render_prometheus
+from pylon.stats.prometheus import CONTENT_TYPE as PROMETHEUS_CONTENT_TYPE
+from pylon.stats.prometheus import render_prometheus
 
 
 class AdminBackend(Protocol):
     """What the admin endpoint needs from the proxy (the supervisor implements it)."""
 
     async def stats_snapshot(self) -> dict:
-        """All workers' stats merged, in `pylon.proxy.stats` snapshot format."""
+        """All workers' stats merged, in `pylon.stats.store` snapshot format."""
 
     async def clusters_text(self) -> str:
         """Envoy's /clusters text (`cluster::host:port::stat::value` lines)."""

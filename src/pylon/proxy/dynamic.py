@@ -54,8 +54,8 @@ from pylon.config.loader import (
 from pylon.config.secrets import (
     cluster_secret_refs, listener_secret_refs, sds_references, source_conflicts, static_secret_problems,
 )
-from pylon.proxy.stats import StatsStore
 from pylon.proxy.validate import validate_clusters, validate_listeners, validate_route_config, validate_secret
+from pylon.stats.store import StatsStore
 
 log = logging.getLogger("pylon.main")
 

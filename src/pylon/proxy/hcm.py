@@ -16,21 +16,21 @@ import socket
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from pylon.extensions.filters.http import build_filter
-from pylon.extensions.filters.listener import Detected
 from pylon.proxy import local_reply as lr
 from pylon.proxy.access_log import AccessLogRecord, build_access_loggers
 from pylon.proxy.connection_info import ConnectionInfo
+from pylon.proxy.filters.http import build_filter
+from pylon.proxy.filters.listener import Detected
 from pylon.proxy.http.h1_server import Http1RequestDecoder, Http1ResponseEncoder
 from pylon.proxy.http1 import HOP_BY_HOP
 from pylon.proxy.linger import Lingering
 from pylon.proxy.local_address import forwarded_for_entry
 from pylon.proxy.router import RouteTable
-from pylon.proxy.stats import StatsStore
 from pylon.proxy.stream import Stream
 from pylon.proxy.tls_stats import TlsStats, tls_accepted
 from pylon.proxy.watermarks import apply_buffer_limit
 from pylon.proxy.xfcc import client_cert_element
+from pylon.stats.store import StatsStore
 
 if TYPE_CHECKING:
     from pylon.proxy.upstream.cluster import Cluster

@@ -22,13 +22,13 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import msgspec
 
+from pylon.config import registry
 from pylon.config.envoy import FilterChain, HttpConnectionManager, TcpProxy
 from pylon.config.secrets import SecretMissing, tls_context
-from pylon.extensions.filters.listener import Detected, build_listener_filter
-from pylon.extensions.filters.listener.original_dst import OriginalDst
-from pylon.extensions.filters.network import build_network_filter
 from pylon.proxy.balance.loadtable import CX_ACTIVE, LoadSlot
 from pylon.proxy.filter_chain_match import ConnectionFacts, FilterChainSelector
+from pylon.proxy.filters.listener import Detected, build_listener_filter
+from pylon.proxy.filters.network import build_network_filter
 from pylon.proxy.hcm import HcmRuntime, HttpConnection
 from pylon.proxy.listener_filters import Inspection, PeekWatcher
 from pylon.proxy.tcp_proxy import TcpProxyRuntime, TcpProxySession
@@ -39,6 +39,9 @@ if TYPE_CHECKING:
     from pylon.proxy.worker import Worker
 
 log = logging.getLogger("pylon.proxy.listener")
+
+#: The listener filter a `use_original_dst` listener adds when its config lacks it (Envoy adds it by this name).
+ORIGINAL_DST_TYPE = "type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst"
 
 #: Listeners whose `h2` ALPN was already reported (once per process, not per worker or update).
 _h2_reported: set[str] = set()
@@ -222,8 +225,12 @@ def build_listener(config: Any, worker: "Worker") -> ListenerRuntime:
     if config.default_filter_chain is not None:
         runtime.default_chain = build_chain(config.default_filter_chain, runtime)
     filter_configs = [f.typed_config for f in config.listener_filters]
-    if config.use_original_dst and not any(isinstance(c, OriginalDst) for c in filter_configs):
-        filter_configs.insert(0, OriginalDst())  # as Envoy, use_original_dst brings the filter it needs
+    if config.use_original_dst:
+        # As Envoy, use_original_dst brings the filter it needs, found by name (the proxy imports no extension).
+        original_dst = registry.lookup(registry.LISTENER_FILTER, ORIGINAL_DST_TYPE)
+        assert original_dst is not None  # config/registry.py names its module
+        if not any(isinstance(c, original_dst) for c in filter_configs):
+            filter_configs.insert(0, original_dst())
     runtime.listener_filters = [build_listener_filter(c, worker.stats) for c in filter_configs]
     matches = [chain.filter_chain_match for chain in config.filter_chains]
     if len(matches) == 1 and _matches_everything(matches[0]):

@@ -23,7 +23,7 @@ import select
 import socket
 from typing import Any, Callable
 
-from pylon.extensions.filters.listener import CLOSE, MORE, Detected
+from pylon.proxy.filters.listener import CLOSE, MORE, Detected
 
 _EDGE_EVENTS = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET
 

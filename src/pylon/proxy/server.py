@@ -39,8 +39,8 @@ from pylon.proxy.clusters_text import render_clusters
 from pylon.proxy.dynamic import POLL_INTERVAL_S, DynamicConfig, FileSources
 from pylon.proxy.listener_sockets import ListenerSockets
 from pylon.proxy.logging_setup import configure_logging
-from pylon.proxy.stats import StatsStore, cumulative, merge_snapshots
 from pylon.proxy.validate import configure_regex_engine, validate_runtime
+from pylon.stats.store import StatsStore, cumulative, merge_snapshots
 from pylon.xds.client import XdsClient
 
 log = logging.getLogger("pylon.main")

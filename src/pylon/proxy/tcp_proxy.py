@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 from pylon.proxy.access_log import AccessLogRecord, build_access_loggers
 from pylon.proxy.connection_info import ConnectionInfo
-from pylon.proxy.stats import StatsStore
 from pylon.proxy.tls_stats import TlsStats, tls_accepted
 from pylon.proxy.upstream.connect import ConnectError, ConnectTimeout, open_upstream
 from pylon.proxy.watermarks import apply_buffer_limit
+from pylon.stats.store import StatsStore
 
 if TYPE_CHECKING:
     from pylon.proxy.upstream.cluster import Cluster

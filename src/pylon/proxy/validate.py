@@ -17,15 +17,15 @@ from pylon import regex
 from pylon.config.envoy import HttpConnectionManager, TcpProxy
 from pylon.config.errors import ConfigError
 from pylon.config.secrets import secret_names, tls_context
-from pylon.extensions.filters.http import build_filter
-from pylon.extensions.filters.network import is_registered
 from pylon.proxy.access_log import compile_log_format
 from pylon.proxy.balance import Dlb, NoDlbFallback, balance_kind
 from pylon.proxy.filter_chain_match import DuplicateMatch, FilterChainSelector
+from pylon.proxy.filters.http import build_filter
+from pylon.proxy.filters.network import is_registered
 from pylon.proxy.router import RouteTable
-from pylon.proxy.stats import StatsStore
 from pylon.proxy.tls import TlsConfigError, check_secret, client_context, server_context
 from pylon.proxy.upstream.cluster import Cluster
+from pylon.stats.store import StatsStore
 
 log = logging.getLogger("pylon.main")
 

@@ -42,10 +42,10 @@ from pylon.proxy.listener import ListenerRuntime, build_listener
 from pylon.proxy.listener_filters import PeekWatcher
 from pylon.proxy.logging_setup import configure_logging
 from pylon.proxy.router import RouteTable
-from pylon.proxy.stats import StatsStore
 from pylon.proxy.upstream.cluster import Cluster, build_clusters
 from pylon.proxy.validate import configure_regex_engine
 from pylon.proxy.upstream.pool_registry import PoolRegistry
+from pylon.stats.store import StatsStore
 
 log = logging.getLogger("pylon.worker")
 

@@ -58,9 +58,6 @@ class ResponseDecoder:
         """The resources of one response (state of the world, or delta: the added and changed ones, each with
         its version) as config Structs, or ConfigError naming resource and field."""
         kind = KINDS[response.type_url]
-        from pylon.extensions import load_extensions  # late: extension modules import the config model
-
-        load_extensions()
         seen = self._seen.get(response.type_url, {})
         fresh: dict[bytes, Any] = {}
         decoded = []

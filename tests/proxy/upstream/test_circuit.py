@@ -5,8 +5,8 @@ from __future__ import annotations
 import msgspec
 
 from pylon.config.envoy import Cluster as ClusterConfig, dec_hook
-from pylon.proxy.stats import StatsStore
 from pylon.proxy.upstream.circuit import CircuitBreakers
+from pylon.stats.store import StatsStore
 
 
 def gauge(stats: StatsStore, name: str) -> int:

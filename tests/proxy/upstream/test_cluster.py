@@ -9,10 +9,10 @@ import msgspec
 import pytest
 
 from pylon.config.envoy import Cluster as ClusterConfig, ClusterLoadAssignment, convert, dec_hook
-from pylon.proxy.stats import StatsStore
 from pylon.proxy.upstream.cluster import Cluster, build_clusters
 from pylon.proxy.upstream.dns import ResolvedEndpoint
 from pylon.proxy.upstream.host import FAILED_ACTIVE_HC
+from pylon.stats.store import StatsStore
 from tests.proxy.upstream.test_health import TinyServer, wait_until
 
 

@@ -7,12 +7,12 @@ from typing import Any
 
 import pytest
 
-from pylon.proxy.stats import StatsStore
 from pylon.proxy.upstream.connect import open_stream
 from pylon.proxy.upstream.health import (
     HealthChecker, HealthState, Outcome, build_http_request, classify_status, http_probe, tcp_probe,
 )
 from pylon.proxy.upstream.host import ACTIVE_HC_TIMEOUT, FAILED_ACTIVE_HC, PENDING_ACTIVE_HC, Host
+from pylon.stats.store import StatsStore
 from tests.conftest import free_port
 
 

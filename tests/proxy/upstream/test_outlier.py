@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import random
 
-from pylon.proxy.stats import StatsStore
 from pylon.proxy.upstream.host import FAILED_ACTIVE_HC, FAILED_OUTLIER_CHECK, Host
 from pylon.proxy.upstream.outlier import OutlierDetector
+from pylon.stats.store import StatsStore
 
 
 class Clock:

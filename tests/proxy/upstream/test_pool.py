@@ -13,7 +13,7 @@ import msgspec
 
 from pylon.config.envoy import Cluster as ClusterConfig, convert
 from pylon.proxy.deadlines import DeadlineWheel, Watched
-from pylon.proxy.stats import StatsStore
+from pylon.stats.store import StatsStore
 from pylon.proxy.upstream.cluster import Cluster
 from pylon.proxy.upstream.pool import HostPool, UpstreamConnection
 

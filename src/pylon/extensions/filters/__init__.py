@@ -1,1 +1,1 @@
-"""Filters by Envoy's category: `http/` for HTTP filters (run by the HTTP connection manager)."""
+"""Filters by Envoy's category: `http/`, `listener/`, `network/`, and `common/` for what several share."""

@@ -15,9 +15,9 @@ table the workers write (loadtable.py).
 A balancer has a supervisor half — `bind` (before any worker starts, so a port
 conflict fails start-up with nothing running), `worker_socket(worker_id)` (what
 a starting worker gets by pass_fds), `start`, `worker_ready`, `worker_gone`,
-`close` — and a worker half, `serve(loop, sock, runtime)`. Importing this
-package registers the Dispatcher and Dlb typed configs, so the supervisor and
-the workers import it before loading a config.
+`close` — and a worker half, `serve(loop, sock, runtime)`. dispatcher.py and
+dlb.py register the Dispatcher and Dlb typed configs; config imports them by
+name when a listener names one (`config.registry.EXTENSION_MODULES`).
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from pylon.proxy.stats import Counter, Gauge, StatsStore
+from pylon.stats.store import Counter, Gauge, StatsStore
 
 # Envoy's defaults for the DEFAULT priority (circuit_breaker.proto).
 DEFAULT_MAX_CONNECTIONS = 1024

@@ -18,7 +18,6 @@ import random
 import time
 from typing import Any, Callable, Iterable, Mapping
 
-from pylon.proxy.stats import Counter, StatsStore
 from pylon.proxy.upstream.circuit import CircuitBreakers
 from pylon.proxy.upstream.connect import open_stream
 from pylon.proxy.upstream.dns import DnsRefresher, DnsTarget, ResolvedEndpoint
@@ -28,6 +27,7 @@ from pylon.proxy.upstream.host import Host, eds_health_flags, format_address
 from pylon.proxy.upstream.lb import create_load_balancer
 from pylon.proxy.upstream.outlier import OutlierDetector
 from pylon.proxy.upstream.tls_factory import UpstreamTls, matching_socket, socket_matches, transport_tls
+from pylon.stats.store import Counter, StatsStore
 
 log = logging.getLogger(__name__)
 

@@ -25,9 +25,9 @@ from typing import Any, Awaitable, Callable, Sequence
 
 import httptools
 
-from pylon.proxy.stats import StatsStore
 from pylon.proxy.upstream.connect import ConnectError
 from pylon.proxy.upstream.host import ACTIVE_HC_TIMEOUT, FAILED_ACTIVE_HC, PENDING_ACTIVE_HC, Host
+from pylon.stats.store import StatsStore
 
 log = logging.getLogger(__name__)
 

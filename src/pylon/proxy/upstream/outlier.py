@@ -27,8 +27,8 @@ from __future__ import annotations
 import random
 from typing import Any, Callable
 
-from pylon.proxy.stats import StatsStore
 from pylon.proxy.upstream.host import FAILED_ACTIVE_HC, FAILED_OUTLIER_CHECK, Host
+from pylon.stats.store import StatsStore
 
 CONSECUTIVE_5XX = "consecutive_5xx"
 CONSECUTIVE_GATEWAY_FAILURE = "consecutive_gateway_failure"

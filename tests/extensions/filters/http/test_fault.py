@@ -8,13 +8,10 @@ import pytest
 
 from pylon.config.errors import ConfigError
 from pylon.config.loader import parse_bootstrap
-from pylon.extensions import load_extensions
 from pylon.extensions.filters.http.fault import FaultFilter, HTTPFault
 from pylon.config.envoy import convert
-from pylon.proxy.stats import StatsStore
+from pylon.stats.store import StatsStore
 from tests.proxy.conftest import http_listener, route
-
-load_extensions()
 
 
 class FakeStream:

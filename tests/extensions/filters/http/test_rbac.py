@@ -13,16 +13,14 @@ import pytest
 from pylon.config.envoy import Filter, HttpFilter, convert
 from pylon.config.errors import ConfigError
 from pylon.config.loader import parse_bootstrap
-from pylon.extensions import load_extensions
 from pylon.extensions.filters.http.rbac import RBAC, RBACPerRoute, RbacFilter
 from pylon.pilot.gen.authz import http_rbac_filters, network_rbac_filters, policies_for
 from pylon.proxy.connection_info import ConnectionInfo
 from pylon.proxy.hcm import HcmRuntime
-from pylon.proxy.stats import StatsStore
+from pylon.stats.store import StatsStore
 from tests.pilot.builders import doc, sidecar_proxy, snapshot
 from tests.proxy.conftest import http_listener, route, static_cluster
 
-load_extensions()
 
 TYPE_URL = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
 ANY = [{"any": True}]

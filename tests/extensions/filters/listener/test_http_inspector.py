@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from pylon.extensions.filters.listener import CLOSE, DONE, MORE, Detected
 from pylon.extensions.filters.listener.http_inspector import H2_PREFACE, HttpInspector, HttpInspectorFilter, detect_protocol
-from pylon.proxy.stats import StatsStore
+from pylon.proxy.filters.listener import CLOSE, DONE, MORE, Detected
+from pylon.stats.store import StatsStore
 
 
 @pytest.mark.parametrize(

@@ -7,10 +7,10 @@ import ssl
 import pytest
 
 from pylon.config.envoy import convert
-from pylon.extensions.filters.listener import CLOSE, DONE, MORE, Detected
 from pylon.extensions.filters.listener.tls_inspector import (MAX_CLIENT_HELLO, TlsInspector, TlsInspectorFilter,
                                                              handshake_bytes, parse_client_hello)
-from pylon.proxy.stats import StatsStore
+from pylon.proxy.filters.listener import CLOSE, DONE, MORE, Detected
+from pylon.stats.store import StatsStore
 
 
 def client_hello(server_name: str | None = None, alpn: list[str] | None = None) -> bytes:

@@ -14,14 +14,12 @@ import pytest
 from pylon.config.errors import ConfigError
 from pylon.config.envoy import convert
 from pylon.config.loader import parse_bootstrap
-from pylon.extensions import load_extensions
 from pylon.extensions.filters.network.rbac import RBAC, RbacNetworkFilter
 from pylon.proxy.connection_info import ConnectionInfo
-from pylon.proxy.stats import StatsStore
+from pylon.stats.store import StatsStore
 from tests.extensions.filters.common.test_rbac import SPIFFE, FakeSsl, client_der
 from tests.proxy.conftest import static_cluster, tcp_listener
 
-load_extensions()
 
 TYPE_URL = "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC"
 ANY = [{"any": True}]

@@ -27,8 +27,8 @@ import msgspec
 from pylon.config import registry
 from pylon.config.envoy import Duration, EnvoyStruct, FractionalPercent, NotSupportedYet, UInt32, _exactly_one
 from pylon.config.errors import FieldError
-from pylon.extensions.filters.http import register_filter
 from pylon.proxy import local_reply as lr
+from pylon.proxy.filters.http import register_filter
 
 TYPE_URL = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
 

@@ -58,8 +58,8 @@ from typing import Any, Callable
 from pylon.config import registry
 from pylon.config.envoy import Duration, EnvoyStruct, NonEmptyStr
 from pylon.config.errors import FieldError
-from pylon.extensions.filters.http import register_filter
 from pylon.proxy import local_reply as lr
+from pylon.proxy.filters.http import register_filter
 from pylon.proxy.headers import HeaderList
 
 TYPE_URL = "type.googleapis.com/pylon.filters.http.v1.Python"

@@ -50,8 +50,8 @@ from pylon.config import registry
 from pylon.config.envoy import EnvoyStruct, NotSupportedYet
 from pylon.config.errors import FieldError, join_path
 from pylon.extensions.filters.common import rbac as common
-from pylon.extensions.filters.http import register_filter
 from pylon.proxy import local_reply as lr
+from pylon.proxy.filters.http import register_filter
 
 TYPE_URL = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
 PER_ROUTE_TYPE_URL = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBACPerRoute"

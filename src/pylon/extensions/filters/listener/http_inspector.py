@@ -29,7 +29,7 @@ from typing import Any
 
 from pylon.config import registry
 from pylon.config.envoy import EnvoyStruct
-from pylon.extensions.filters.listener import CLOSE, DONE, MORE, Detected, register_listener_filter
+from pylon.proxy.filters.listener import CLOSE, DONE, MORE, Detected, register_listener_filter
 
 TYPE_URL = "type.googleapis.com/envoy.extensions.filters.listener.http_inspector.v3.HttpInspector"
 

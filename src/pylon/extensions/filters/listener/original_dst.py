@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from pylon.config import registry
 from pylon.config.envoy import EnvoyStruct
-from pylon.extensions.filters.listener import DONE, Detected, register_listener_filter
+from pylon.proxy.filters.listener import DONE, Detected, register_listener_filter
 
 TYPE_URL = "type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst"
 

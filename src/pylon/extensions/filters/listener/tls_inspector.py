@@ -26,7 +26,7 @@ import msgspec
 from pylon.config import registry
 from pylon.config.envoy import EnvoyStruct, NotSupportedYet
 from pylon.config.errors import FieldError
-from pylon.extensions.filters.listener import CLOSE, DONE, MORE, Detected, register_listener_filter
+from pylon.proxy.filters.listener import CLOSE, DONE, MORE, Detected, register_listener_filter
 
 TYPE_URL = "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"
 

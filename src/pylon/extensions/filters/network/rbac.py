@@ -40,8 +40,8 @@ from pylon.config import registry
 from pylon.config.envoy import EnvoyStruct, NonEmptyStr, NotSupportedYet
 from pylon.config.errors import FieldError, join_path
 from pylon.extensions.filters.common import rbac as common
-from pylon.extensions.filters.network import register_network_filter
 from pylon.proxy.connection_info import ConnectionInfo
+from pylon.proxy.filters.network import register_network_filter
 
 TYPE_URL = "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC"
 

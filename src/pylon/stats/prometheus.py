@@ -294,6 +294,6 @@ def _render_family(metric: Metric) -> str:
 
 
 def render_prometheus(snapshot: Mapping[str, Any]) -> bytes:
-    """The `/stats/prometheus` body for a merged snapshot (see `pylon.proxy.stats`)."""
+    """The `/stats/prometheus` body for a merged snapshot (see `pylon.stats.store`)."""
     families: Iterable[Metric] = EnvoyStatsCollector(snapshot).collect()
     return "".join(_render_family(metric) for metric in families).encode()

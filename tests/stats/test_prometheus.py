@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from pylon.proxy.prometheus import extract_tags, prometheus_name, render_prometheus
-from pylon.proxy.stats import StatsStore, merge_snapshots
+from pylon.stats.prometheus import extract_tags, prometheus_name, render_prometheus
+from pylon.stats.store import StatsStore, merge_snapshots
 
 
 def parse(snapshot: dict) -> dict[tuple[str, tuple[tuple[str, str], ...]], tuple[str, float]]:

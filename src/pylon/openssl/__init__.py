@@ -1,0 +1,1 @@
+"""What pylon reaches inside the stdlib `ssl` module's OpenSSL (`context`: the `SSL_CTX*` of an `SSLContext`)."""

@@ -1,0 +1,53 @@
+"""HTTP filters: the decoder side of Envoy's HTTP filter chain, ahead of the router.
+
+Each filter module (`pylon/extensions/filters/http/`) registers its config
+Struct (`config.registry`, category `envoy.filters.http`) and a factory here
+(`register_filter`), in the proxy, which must not import the filters (they
+import it; docs/architecture.md, "Layering"). The HTTP connection manager
+builds one filter object per configured filter, once per worker; a stream runs
+them in order on its request headers before routing:
+
+- `decode_headers(stream)` returns True to go on to the next filter, or False
+  when the filter has answered (`stream.local(...)`) or will resume the
+  stream later (`stream.continue_decoding()`, e.g. after a fault delay);
+- the matched route is known when filters run (`stream.route`, None when no
+  route matched), so per-route configs (`typed_per_filter_config`, keyed by
+  the filter's name) are looked up with `stream.route.filter_config(name)`.
+
+Filters may also see whole bodies, which makes the stream buffer that
+direction up to the connection's buffer limit (413 / 500 beyond it):
+
+- `wants_request_body(stream)` and `decode_body(stream, body) -> bytes | None`
+  (the replacement, or None): run in order once the request is complete,
+  before routing; a filter may answer instead (`stream.local(...)`);
+- `wants_response_body(stream)` and `encode_body(stream, status, headers,
+  body) -> bytes | None`: run last filter first once the response is
+  complete, before anything is sent (headers may still change); local
+  replies pass them too.
+
+Without filters besides the router, a stream does none of this (no cost).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Protocol
+
+
+class DecoderFilter(Protocol):
+    name: str
+
+    def decode_headers(self, stream: Any) -> bool: ...
+
+
+#: config Struct type -> factory(name, config, stat_prefix, stats, loop) building the filter for one HCM
+FilterFactory = Callable[[str, Any, str, Any, Any], DecoderFilter]
+_FACTORIES: dict[type, FilterFactory] = {}
+
+
+def register_filter(config_type: type, factory: FilterFactory) -> None:
+    _FACTORIES[config_type] = factory
+
+
+def build_filter(name: str, config: Any, stat_prefix: str, stats: Any, loop: Any) -> DecoderFilter:
+    """The filter for one `http_filters` entry (its config type was registered by its module)."""
+    return _FACTORIES[type(config)](name, config, stat_prefix, stats, loop)
