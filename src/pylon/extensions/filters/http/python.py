@@ -247,15 +247,7 @@ class PythonFilter:
         if hook is None:
             return True
         request = Request(stream, self)
-        try:
-            hook(request)
-        except Exception:  # the user's code: whatever it raises fails this request, not the proxy
-            self.errors.inc()
-            self.log.exception("on_request failed: answering 500")
-            if not request.responded:
-                stream.local(lr.LocalReply(500, "-", b"python filter error", "python_filter_error"))
-            return False
-        return not request.responded
+        return self._run_request_hook("on_request", hook, request, stream) and not request.responded
 
     def wants_request_body(self, stream: Any) -> bool:
         return self.hooks.on_request_body is not None
@@ -267,16 +259,26 @@ class PythonFilter:
             return None
         request = Request(stream, self)
         request.body = body
+
+        def run(req: Request) -> None:
+            hook(req)
+            req.body = _body_bytes(req.body)
+
+        if not self._run_request_hook("on_request_body", run, request, stream) or request.responded:
+            return None
+        return request.body  # type: ignore[return-value]  # bytes, by run()
+
+    def _run_request_hook(self, label: str, hook: Callable[[Any], Any], request: "Request", stream: Any) -> bool:
+        """Call a request hook; if it raises, the request fails closed (500). True when it returned."""
         try:
             hook(request)
-            replaced = _body_bytes(request.body)
         except Exception:  # the user's code: whatever it raises fails this request, not the proxy
             self.errors.inc()
-            self.log.exception("on_request_body failed: answering 500")
+            self.log.exception("%s failed: answering 500", label)
             if not request.responded:
                 stream.local(lr.LocalReply(500, "-", b"python filter error", "python_filter_error"))
-            return None
-        return None if request.responded else replaced
+            return False
+        return True
 
     def wants_response_body(self, stream: Any) -> bool:
         return self.hooks.on_response_body is not None
