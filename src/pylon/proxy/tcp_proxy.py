@@ -237,6 +237,7 @@ class TcpProxySession(asyncio.Protocol):
             return  # refused in connection_made, never counted
         if not self.closed:
             self.closed = True
+        rt.worker.deadlines.disarm(self)  # not held by the wheel until an idle deadline it no longer has
         if self.upstream is not None and self.upstream.transport is not None:
             self.upstream.transport.close()
         rt.worker.connection_closed(self)
