@@ -42,8 +42,10 @@ def baseline_tree(rev: str) -> Any:
     path = Path(tempfile.mkdtemp(prefix="pylon-ab-"))
     subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(path), rev], check=True)
     try:
+        keys_dir = path / "src" / "pylon" / "keys"
         for built in (ROOT / "src" / "pylon" / "keys").glob("_keyhook*.so"):
-            shutil.copy2(built, path / "src" / "pylon" / "keys" / built.name)
+            if keys_dir.is_dir():  # revisions older than the key hook have nothing to load it
+                shutil.copy2(built, keys_dir / built.name)
         yield path
     finally:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(path)], check=False)
