@@ -501,7 +501,7 @@ class HttpConnection(asyncio.Protocol):
         return min(following, extra) if following and extra else following or extra
 
     def _sweep_timeouts(self, now: float) -> float:
-        """The request's timeouts, or the idle and header timeouts when there is none in progress."""
+        """The active stream's timeouts (`Stream.sweep`), or the idle and header timeouts when none is in progress."""
         hcm = self.hcm
         stream = self.active
         parsing = self.decoder.stream
@@ -523,43 +523,9 @@ class HttpConnection(asyncio.Protocol):
             return due
         if stream.done:
             return 0.0
-        if stream.deadline and now >= stream.deadline:
-            stream.on_route_timeout()
+        following = stream.sweep(now)
+        if following is None:
             return self._after_stream(now)
-        if stream.try_deadline and now >= stream.try_deadline:
-            stream.on_try_timeout()
-            return self._after_stream(now)
-        following = stream.deadline
-        if stream.try_deadline and (not following or stream.try_deadline < following):
-            following = stream.try_deadline
-        if hcm.max_stream_duration:
-            due = stream.start + hcm.max_stream_duration
-            if now >= due:
-                hcm.rq_max_duration.value += 1
-                stream.on_max_duration()
-                return self._after_stream(now)
-            if not following or due < following:
-                following = due
-        if hcm.request_timeout and not stream.request_complete:
-            due = stream.start + hcm.request_timeout
-            if now >= due:
-                hcm.rq_timeout.value += 1
-                stream.close_after = True
-                stream.local(lr.REQUEST_TIMEOUT)
-                return self._after_stream(now)
-            if not following or due < following:
-                following = due
-        idle = stream.idle_timeout()
-        if idle:
-            due = max(stream.last_activity, self.last_activity) + idle
-            if now >= due:
-                hcm.rq_idle_timeout.value += 1
-                stream.close_after = True
-                # Envoy: 504 once the whole request is in (the upstream is silent), else 408.
-                stream.local(lr.STREAM_IDLE_TIMEOUT if stream.request_complete else lr.STREAM_IDLE_TIMEOUT_CLIENT)
-                return self._after_stream(now)
-            if not following or due < following:
-                following = due
         return following
 
     def _after_stream(self, now: float) -> float:

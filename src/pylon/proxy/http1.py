@@ -42,6 +42,14 @@ def encode_headers(headers: list[tuple[bytes, bytes]]) -> bytes:
     return b"".join([b"%s: %s\r\n" % pair for pair in headers])
 
 
+def without_nominated(headers: list[tuple[bytes, bytes]], connection: bytes) -> list[tuple[bytes, bytes]]:
+    """Drop the headers a Connection header nominates as hop-by-hop (RFC 9110 7.6.1)."""
+    tokens = {t.strip().lower() for t in connection.split(b",")}
+    tokens.discard(b"close")
+    tokens.discard(b"keep-alive")
+    return [p for p in headers if p[0] not in tokens] if tokens else headers
+
+
 def encode_chunk(data: bytes) -> bytes:
     """One chunk of a chunked body; empty input would terminate the body, so callers skip it."""
     return b"%x\r\n%s\r\n" % (len(data), data)

@@ -24,11 +24,12 @@ from typing import TYPE_CHECKING, Callable
 
 from pylon.proxy import local_reply as lr
 from pylon.proxy.headers import HeaderList
+from pylon.proxy.http.h1_client import Http1RequestEncoder
+from pylon.proxy.http1 import HOP_BY_HOP, without_nominated
 from pylon.proxy.path import PathRejected, normalized_target
 from pylon.proxy.tunnel import open_tunnel
 from pylon.proxy.xfcc import HEADER as XFCC
 from pylon.proxy.xfcc import forwarded_value
-from pylon.proxy.http1 import HOP_BY_HOP, LAST_CHUNK, encode_chunk
 
 if TYPE_CHECKING:
     from pylon.proxy.hcm import HcmRuntime, HttpConnection
@@ -74,14 +75,6 @@ def _request_id() -> bytes:
         _random_hex.extend([block[i:i + 32] for i in range(0, len(block), 32)])
     h = _random_hex.pop()
     return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_UUID_VARIANT[h[16]]}{h[17:20]}-{h[20:]}".encode()
-
-
-def _without_nominated(headers: list[tuple[bytes, bytes]], connection: bytes) -> list[tuple[bytes, bytes]]:
-    """Drop the headers a Connection header nominates as hop-by-hop (RFC 9110 7.6.1)."""
-    tokens = {t.strip().lower() for t in connection.split(b",")}
-    tokens.discard(b"close")
-    tokens.discard(b"keep-alive")
-    return [p for p in headers if p[0] not in tokens] if tokens else headers
 
 
 def _grpc_timeout(cap_offset: tuple[int | None, int], headers: list[tuple[bytes, bytes]]) -> float | None:
@@ -187,12 +180,12 @@ class Stream:
     __slots__ = (
         "conn", "hcm", "url", "headers", "method", "is_head", "http10", "keep_alive", "upgrade",
         "req_chunked", "req_length", "request_complete", "started", "done", "body_buffer", "waiting_body",
-        "body_size", "route", "cluster", "host", "pool", "upstream", "up_head", "up_out", "encoder",
+        "body_size", "route", "cluster", "host", "pool", "upstream", "request_encoder", "up_out", "encoder",
         "response_started", "close_after", "local_reply", "status", "flags", "details",
         "retries_left", "retry_held", "deadline", "try_deadline", "bytes_received", "bytes_sent", "start",
         "last_activity", "attempt_start", "first_byte", "authority", "path", "original_path", "pending_local",
         "transport_failure", "request_id", "last_host", "xff", "response_ops", "paused_downstream", "paused_upstream", "resp_headers",
-        "stale_retried", "timeout", "attempts", "tried_hosts", "head_split",
+        "stale_retried", "timeout", "attempts", "tried_hosts",
         "resume", "filter_index", "filter_timer", "finish_callbacks", "header_edits", "upgrade_accepted", "client_rest",
         "tunnel_upstream", "upstream_local", "buffering_request", "held_response", "response_body",
     )
@@ -220,7 +213,7 @@ class Stream:
         self.host: Host | None = None
         self.pool: HostPool | None = None
         self.upstream: UpstreamConnection | None = None
-        self.up_head = b""
+        self.request_encoder: Http1RequestEncoder | None = None  # the upstream request, once routed
         self.up_out: list[bytes] = []
         self.encoder: Http1ResponseEncoder = conn.encoder  # the downstream codec's, for this stream's response
         self.response_started = False
@@ -256,7 +249,6 @@ class Stream:
         self.timeout: float | None = None  # the route timeout in force (a gRPC request's may differ from the route's)
         self.attempts = 0  # upstream attempts started (x-envoy-attempt-count)
         self.tried_hosts: list[Host] | None = None  # hosts attempted, kept only for a previous_hosts retry predicate
-        self.head_split = 0  # where x-envoy-attempt-count goes into up_head (0: the route does not send it)
         # The HTTP filters before the router (only when the HCM has any): the routing they hold back, the
         # next one to run, a timer one holds the request with, what to do when the stream ends.
         self.resume: Callable[[], None] | None = None
@@ -286,7 +278,7 @@ class Stream:
         if self.done or self.pending_local is not None:
             return  # answered already; the rest of the body is read and dropped
         if self.upstream is not None:
-            self.up_out.append(encode_chunk(data) if self.req_chunked else data)
+            self.up_out.append(self.request_encoder.encode_data(data))  # type: ignore[union-attr]
         else:
             self.waiting_body.append(data)
             if self.buffering_request and self.body_size > self.hcm.buffer_limit:
@@ -315,7 +307,7 @@ class Stream:
             return
         if self.upstream is not None:
             if self.req_chunked:
-                self.up_out.append(LAST_CHUNK)
+                self.up_out.append(self.request_encoder.encode_end())  # type: ignore[union-attr]
             self._arm_try_timer()
         if self.timeout and not self.deadline and self.cluster is not None:
             self.deadline = self.conn.loop_time() + self.timeout
@@ -396,7 +388,7 @@ class Stream:
             else:
                 forward.append(pair)
         if conn_tokens is not None:
-            forward = _without_nominated(forward, conn_tokens)
+            forward = without_nominated(forward, conn_tokens)
         if upgrade:
             forward.append((b"connection", b"upgrade"))
             forward.append((b"upgrade", upgrade))
@@ -572,24 +564,13 @@ class Stream:
             if grpc_timeout is not None:
                 self.timeout = grpc_timeout or None
                 forward, expected_header = _announce_grpc_timeout(forward, self.timeout, route)
-        host_header = route.host_rewrite or self.authority
-        head = [b"%s %s HTTP/1.1\r\nhost: %s\r\n" % (self.method, path, host_header)]
         if route.attempt_count:
-            # Envoy sets the header (replacing the client's); the count goes in per attempt, after the host line.
+            # Envoy sets the header (replacing the client's), per attempt.
             forward = [p for p in forward if p[0] != b"x-envoy-attempt-count"]
-            self.head_split = len(head[0])
-        head.extend([b"%s: %s\r\n" % p for p in forward])
-        if expected_header is not None and not hcm.suppress_envoy_headers:
-            head.append(expected_header)
-        if self.req_chunked:
-            head.append(b"transfer-encoding: chunked\r\n\r\n")
-        elif self.req_length:
-            head.append(b"content-length: %d\r\n\r\n" % self.req_length)
-        elif self.method in (b"POST", b"PUT", b"PATCH"):
-            head.append(b"content-length: 0\r\n\r\n")
-        else:
-            head.append(b"\r\n")
-        self.up_head = b"".join(head)
+        self.request_encoder = Http1RequestEncoder(
+            self.method, path, route.host_rewrite or self.authority, forward, chunked=self.req_chunked,
+            length=self.req_length, attempt_count=route.attempt_count,
+            extra=expected_header if not hcm.suppress_envoy_headers else None)
         retry = route.retry
         if retry is not None:
             self.retries_left = retry.num_retries
@@ -687,26 +668,23 @@ class Stream:
         if self.done:
             conn.abandon()
             return
-        split = self.head_split
-        head = self.up_head
-        out = [head] if not split else [head[:split], b"x-envoy-attempt-count: %d\r\n" % self.attempts, head[split:]]
+        encoder = self.request_encoder
+        assert encoder is not None
+        out = [encoder.encode_head(self.attempts)]
         waiting = self.waiting_body
         if conn.requests and self.body_buffer is None and self.body_size <= self.hcm.buffer_limit \
                 and (self.req_length or self.req_chunked):
             # A reused connection may turn out closed by the server: keep the body sent, to send it again.
             self.body_buffer = list(waiting)
         if waiting:
-            if self.req_chunked:
-                out.extend(encode_chunk(piece) for piece in waiting)
-            else:
-                out.extend(waiting)
+            out.extend(map(encoder.encode_data, waiting))
             self.waiting_body = []
             if self.paused_downstream:
                 self.paused_downstream = False
                 self.conn.transport.resume_reading()
         if self.request_complete:
             if self.req_chunked:
-                out.append(LAST_CHUNK)
+                out.append(encoder.encode_end())
             self._arm_try_timer()
         conn.write(b"".join(out))
 
@@ -724,6 +702,53 @@ class Stream:
         conn = self.conn
         if when < conn.wake_at or not conn.wake_at:
             conn.deadlines.arm(conn, when)
+
+    def sweep(self, now: float) -> float | None:
+        """Enforce this stream's timeouts (route, per try, max duration, request, stream idle) at `now`.
+
+        Returns when the stream next needs a look (0: never), or None when a timeout acted (the stream
+        ended, or a retry began with deadlines of its own): the connection then looks at itself again.
+        Per stream, so a connection with several streams at once asks each.
+        """
+        hcm = self.hcm
+        if self.deadline and now >= self.deadline:
+            self.on_route_timeout()
+            return None
+        if self.try_deadline and now >= self.try_deadline:
+            self.on_try_timeout()
+            return None
+        following = self.deadline
+        if self.try_deadline and (not following or self.try_deadline < following):
+            following = self.try_deadline
+        if hcm.max_stream_duration:
+            due = self.start + hcm.max_stream_duration
+            if now >= due:
+                hcm.rq_max_duration.value += 1
+                self.on_max_duration()
+                return None
+            if not following or due < following:
+                following = due
+        if hcm.request_timeout and not self.request_complete:
+            due = self.start + hcm.request_timeout
+            if now >= due:
+                hcm.rq_timeout.value += 1
+                self.close_after = True
+                self.local(lr.REQUEST_TIMEOUT)
+                return None
+            if not following or due < following:
+                following = due
+        idle = self.idle_timeout()
+        if idle:
+            due = max(self.last_activity, self.conn.last_activity) + idle
+            if now >= due:
+                hcm.rq_idle_timeout.value += 1
+                self.close_after = True
+                # Envoy: 504 once the whole request is in (the upstream is silent), else 408.
+                self.local(lr.STREAM_IDLE_TIMEOUT if self.request_complete else lr.STREAM_IDLE_TIMEOUT_CLIENT)
+                return None
+            if not following or due < following:
+                following = due
+        return following
 
     def idle_timeout(self) -> float:
         """The stream idle timeout in force: the route's `idle_timeout` when it sets one, else the HCM's."""
@@ -764,9 +789,6 @@ class Stream:
         self.last_activity = now
         hcm = self.hcm
         resp = headers
-        upstream = self.upstream
-        if upstream is not None and upstream.connection_header is not None:
-            resp = _without_nominated(resp, upstream.connection_header)
         if hcm.via:
             resp = _with_via(resp, hcm.via)
         response_ops = self.response_ops
@@ -786,10 +808,15 @@ class Stream:
                                            and pair[0] not in hcm.response_drop] + extra)
             self.response_body = []
             return
-        close = self.close_after or not self.keep_alive or not self.request_complete or self.conn.draining
+        close = self._ends_connection()
         self.close_after = self.encoder.encode_headers(status, resp, close=close, http10=self.http10,
                                                        head_request=self.is_head, drop=hcm.response_drop,
                                                        extra=extra)
+
+    def _ends_connection(self) -> bool:
+        """Whether the connection ends after this (relayed) response: the client, a drain or an earlier
+        decision says so, or the request was not read whole (what is left of it cannot start the next)."""
+        return self.close_after or not self.keep_alive or not self.request_complete or self.conn.draining
 
     def on_upstream_upgraded(self, upstream: "UpstreamConnection", headers: list[tuple[bytes, bytes]],
                              rest: bytes) -> None:
@@ -874,7 +901,7 @@ class Stream:
         sent = edited.items
         sent.append((b"content-length", b"%d" % len(body)))
         self.bytes_sent = len(body)
-        close = self.close_after or not self.keep_alive or not self.request_complete or self.conn.draining
+        close = self._ends_connection()
         self.close_after = self.encoder.encode_headers(status, sent, close=close, http10=self.http10,
                                                        head_request=False)
         if body:

@@ -15,9 +15,10 @@ other code runs, and the wheel only closes idle ones, so an expiry never races
 with a request being given the connection. A pool that holds nothing any more
 tells its owner (`PoolOwner.maybe_empty`), which drops it (`pool_registry.py`).
 
-The upstream connection parses responses with httptools and hands every
-event to the attached `Exchange` (the router's per-request state), so this
-module knows nothing about routing, retries or the downstream side.
+The upstream connection parses responses with the HTTP/1.1 codec
+(`pylon.proxy.http.h1_client`), which hands every event to the attached
+`Exchange` (the router's per-request state), so this module knows nothing
+about routing, retries or the downstream side, nor about HTTP/1 framing.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import httptools
 
+from pylon.proxy.http.h1_client import Http1ResponseDecoder
 from pylon.proxy.upstream.connect import ConnectError, ConnectTimeout, open_upstream
 from pylon.proxy.upstream.expiry import ConnectionLimits, Expiry, verdict
 from pylon.proxy.watermarks import apply_buffer_limit
@@ -73,35 +75,23 @@ class PoolOwner(Protocol):
         """`pool` holds no connection and no request now; its owner may drop it."""
 
 
-class _TooManyHeaders(Exception):
-    """Raised from the parser callback when a response head has more headers than the cluster allows."""
-
-
 class UpstreamConnection(asyncio.Protocol):
     """One keep-alive connection to a host; serves one exchange at a time (no pipelining)."""
 
     __slots__ = (
-        "pool", "transport", "parser", "exchange", "headers", "status", "keep_alive",
-        "closed", "skip_informational", "head_response", "close_delimited", "in_body", "requests",
-        "connection_header", "answered", "local_address", "wake_at", "opened_at", "idle_since", "draining",
+        "pool", "transport", "decoder", "exchange", "keep_alive", "closed", "requests", "answered",
+        "local_address", "wake_at", "opened_at", "idle_since", "draining",
     )
 
     def __init__(self, pool: "HostPool") -> None:
         self.pool = pool
         self.transport: asyncio.Transport | None = None
         self.local_address: tuple[str, int] | None = None  # for %UPSTREAM_LOCAL_ADDRESS%
-        self.parser = httptools.HttpResponseParser(self)
+        self.decoder = Http1ResponseDecoder(self, pool.limits.max_headers)
         self.exchange: Exchange | None = None
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.status = 0
-        self.keep_alive = True
+        self.keep_alive = True  # the last response allowed reuse (and nothing since forbade it)
         self.closed = False
-        self.skip_informational = False
-        self.head_response = False
-        self.close_delimited = False
-        self.in_body = False
         self.requests = 0
-        self.connection_header: bytes | None = None  # the response's Connection header, if any
         self.answered = False  # a byte of the current exchange's response has arrived
         self.wake_at = 0.0  # when the worker's deadline wheel looks at this connection next (0 = not armed)
         self.opened_at = 0.0  # when the connect finished (max_connection_duration counts from it)
@@ -128,18 +118,18 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self.answered = True
         try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
-            if self.status == 101 and exchange.upgrade_accepted and self.exchange is exchange:
+            rest = self.decoder.feed(data)
+        except httptools.HttpParserError:
+            self._protocol_error()
+            return
+        if rest is not None:
+            if self.decoder.status == 101 and exchange.upgrade_accepted and self.exchange is exchange:
                 # The upstream took the upgrade: the connection is the tunnel's now, never the pool's again.
                 self.exchange = None
                 self.keep_alive = False
-                exchange.on_upstream_upgraded(self, self.headers, data[exc.args[0]:])
+                exchange.on_upstream_upgraded(self, self.decoder.headers, rest)
                 return
             self._protocol_error()  # switching protocols unasked
-            return
-        except httptools.HttpParserError:
-            self._protocol_error()
             return
         if self.exchange is not None:
             self.exchange.on_upstream_flush()
@@ -159,7 +149,7 @@ class UpstreamConnection(asyncio.Protocol):
         if exchange is None:
             return
         self.exchange = None
-        if self.in_body and self.close_delimited:
+        if self.decoder.connection_closed():
             # The body of a response without Content-Length or chunking ends with the connection.
             exchange.on_upstream_complete()
         else:
@@ -175,62 +165,10 @@ class UpstreamConnection(asyncio.Protocol):
         if self.exchange is not None:
             self.exchange.on_upstream_pause(False)
 
-    # -- httptools callbacks ------------------------------------------------
-    def on_message_begin(self) -> None:
-        self.headers = []
-        self.in_body = False
-        self.connection_header = None
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        name = name.lower()
-        if name == b"connection":
-            self.connection_header = value
-        self.headers.append((name, value))
-
-    def on_headers_complete(self) -> None:
-        if len(self.headers) > self.pool.limits.max_headers:
-            raise _TooManyHeaders()  # httptools raises it as a parser error: a protocol error, as Envoy's 502 UPE
-        parser = self.parser
-        status = parser.get_status_code()
-        self.status = status
-        if status < 200:
-            # 100 Continue and friends: the proxy already answered the client's Expect itself.
-            self.skip_informational = True
-            return
-        self.keep_alive = parser.should_keep_alive()
-        headers = self.headers
-        framed = False
-        for name, _ in headers:
-            if name == b"content-length" or name == b"transfer-encoding":
-                framed = True
-                break
-        exchange = self.exchange
-        assert exchange is not None
-        self.head_response = exchange.is_head
-        self.close_delimited = not framed and status not in (204, 304) and not self.head_response
-        self.in_body = True
-        exchange.on_upstream_headers(status, headers, self.keep_alive)
-        if self.head_response and self.exchange is not None:
-            # llhttp would wait for the Content-Length bytes a HEAD response never
-            # carries; the response is complete now, and a fresh parser takes the next one.
-            self.parser = httptools.HttpResponseParser(self)
-            self._finish()
-
-    def on_body(self, body: bytes) -> None:
-        if self.exchange is not None:
-            self.exchange.on_upstream_body(body)
-
-    def on_message_complete(self) -> None:
-        if self.skip_informational:
-            self.skip_informational = False
-            return
-        if self.exchange is not None and not self.head_response:
-            self._finish()
-
-    def _finish(self) -> None:
+    # -- the decoder's owner --------------------------------------------------
+    def response_complete(self) -> None:
         exchange = self.exchange
         self.exchange = None
-        self.in_body = False
         self.requests += 1
         assert exchange is not None
         exchange.on_upstream_complete()
@@ -239,8 +177,6 @@ class UpstreamConnection(asyncio.Protocol):
     # -- used by the exchange ----------------------------------------------
     def attach(self, exchange: Exchange) -> None:
         self.exchange = exchange
-        self.head_response = False
-        self.close_delimited = False
         self.answered = False
 
     def write(self, data: bytes) -> None:

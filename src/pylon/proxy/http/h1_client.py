@@ -1,0 +1,172 @@
+"""The upstream HTTP/1.1 codec (sans-IO): requests to bytes, responses from bytes.
+
+`Http1RequestEncoder` frames one request for an upstream: the head is built
+once when the request is routed and sent again, with its attempt number, on
+every retry; body pieces are framed as they arrive (chunked when the client
+chunked, as they came otherwise). `Http1ResponseDecoder` parses the
+upstream's answers with llhttp (httptools) and hands each one to the
+exchange attached to the connection as events (head, body, end), so the
+connection and its pool only decide about reuse, and the stream never sees
+HTTP/1 framing: an HTTP/2 upstream codec would hand it the same events.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+import httptools
+
+from pylon.proxy.http1 import LAST_CHUNK, encode_chunk, without_nominated
+
+if TYPE_CHECKING:
+    from pylon.proxy.upstream.pool import Exchange
+
+#: Methods whose requests carry a body by definition: without one they say `content-length: 0`
+#: (a server may otherwise wait for a body, or answer 411).
+_BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
+
+
+class Http1RequestEncoder:
+    """One request toward an upstream, ready for each attempt."""
+
+    __slots__ = ("head", "split", "chunked")
+
+    def __init__(self, method: bytes, target: bytes, host: bytes, headers: list[tuple[bytes, bytes]], *,
+                 chunked: bool, length: int, attempt_count: bool, extra: bytes | None = None) -> None:
+        """`headers` go as given (the stream already removed hop-by-hop and framing headers); `extra` is
+        one ready header line. With `attempt_count` every attempt says which it is (x-envoy-attempt-count),
+        right after the host line, as Envoy sets it."""
+        first = b"%s %s HTTP/1.1\r\nhost: %s\r\n" % (method, target, host)
+        self.split = len(first) if attempt_count else 0
+        parts = [first]
+        parts += [b"%s: %s\r\n" % pair for pair in headers]
+        if extra is not None:
+            parts.append(extra)
+        if chunked:
+            parts.append(b"transfer-encoding: chunked\r\n\r\n")
+        elif length:
+            parts.append(b"content-length: %d\r\n\r\n" % length)
+        elif method in _BODY_METHODS:
+            parts.append(b"content-length: 0\r\n\r\n")
+        else:
+            parts.append(b"\r\n")
+        self.head = b"".join(parts)
+        self.chunked = chunked
+
+    def encode_head(self, attempt: int) -> bytes:
+        split = self.split
+        if not split:
+            return self.head
+        head = self.head
+        return b"%sx-envoy-attempt-count: %d\r\n%s" % (head[:split], attempt, head[split:])
+
+    def encode_data(self, data: bytes) -> bytes:
+        return encode_chunk(data) if self.chunked else data
+
+    def encode_end(self) -> bytes:
+        """What ends the body on the wire: the last chunk, or nothing when the length said it all."""
+        return LAST_CHUNK if self.chunked else b""
+
+
+class ResponseOwner(Protocol):
+    """The upstream connection a decoder parses for."""
+
+    exchange: "Exchange | None"  # the request being answered (None once it is done or abandoned)
+    keep_alive: bool  # whether the connection may serve another request after this response
+
+    def response_complete(self) -> None:
+        """The response ended: the exchange is told, and the connection goes back to its pool."""
+
+
+class TooManyHeaders(Exception):
+    """A response head has more headers than the cluster allows (raised from inside the parser:
+    httptools turns it into a parse error, so it ends as a protocol error, as Envoy's 502 UPE)."""
+
+
+class Http1ResponseDecoder:
+    """Parses one upstream connection's responses, one exchange at a time (no pipelining)."""
+
+    __slots__ = ("owner", "parser", "max_headers", "headers", "status", "connection", "informational",
+                 "head_response", "close_delimited", "in_body")
+
+    def __init__(self, owner: ResponseOwner, max_headers: int) -> None:
+        self.owner = owner
+        self.parser = httptools.HttpResponseParser(self)
+        self.max_headers = max_headers
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.status = 0
+        self.connection: bytes | None = None  # the response's Connection header: the names it nominates go
+        self.informational = False  # a 1xx head is being skipped (the proxy answered Expect itself)
+        self.head_response = False  # the answer to a HEAD: no body whatever the headers say
+        self.close_delimited = False  # the body ends with the connection (no length, no chunking)
+        self.in_body = False
+
+    def feed(self, data: bytes) -> bytes | None:
+        """Parse `data`. Returns the bytes after a `101 Switching Protocols` head (the tunnel's, if the
+        exchange asked for the upgrade), else None; raises httptools.HttpParserError on a malformed response."""
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            return data[exc.args[0]:]
+        return None
+
+    def connection_closed(self) -> bool:
+        """The connection ended: True when that ends a close-delimited body (the response is complete)."""
+        return self.in_body and self.close_delimited
+
+    # -- httptools callbacks ------------------------------------------------
+    def on_message_begin(self) -> None:
+        self.headers = []
+        self.in_body = False
+        self.connection = None
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        if name == b"connection":
+            self.connection = value
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        headers = self.headers
+        if len(headers) > self.max_headers:
+            raise TooManyHeaders()
+        parser = self.parser
+        status = parser.get_status_code()
+        self.status = status
+        if status < 200:
+            self.informational = True  # 100 Continue and friends: the stream already answered the client's Expect
+            return
+        owner = self.owner
+        exchange = owner.exchange
+        assert exchange is not None
+        self.head_response = exchange.is_head
+        keep_alive = owner.keep_alive = parser.should_keep_alive()
+        framed = False
+        for name, _ in headers:
+            if name == b"content-length" or name == b"transfer-encoding":
+                framed = True
+                break
+        self.close_delimited = not framed and status != 204 and status != 304 and not self.head_response
+        self.in_body = True
+        if self.connection is not None:
+            headers = without_nominated(headers, self.connection)
+        exchange.on_upstream_headers(status, headers, keep_alive)
+        if self.head_response and owner.exchange is not None:
+            # llhttp would wait for the Content-Length bytes a HEAD response never
+            # carries; the response is complete now, and a fresh parser takes the next one.
+            self.parser = httptools.HttpResponseParser(self)
+            self.in_body = False
+            owner.response_complete()
+
+    def on_body(self, body: bytes) -> None:
+        exchange = self.owner.exchange
+        if exchange is not None:
+            exchange.on_upstream_body(body)
+
+    def on_message_complete(self) -> None:
+        if self.informational:
+            self.informational = False
+            return
+        self.in_body = False
+        if self.owner.exchange is not None and not self.head_response:
+            self.owner.response_complete()
