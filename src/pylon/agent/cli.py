@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import sys
 from pathlib import Path
@@ -31,14 +30,13 @@ def _keyd_path(value: str | None) -> str | None:
     return value[5:]
 
 
-def _secret(path: Path | None, env: str, flag: str) -> str | None:
-    """A PIN from a file (first line) or else the environment variable: never from argv, where `ps` shows it."""
-    if path is not None:
-        lines = path.read_text().splitlines()
-        if not lines or not lines[0]:
-            raise click.BadParameter(f"{path} is empty", param_hint=flag)
-        return lines[0]
-    return os.environ.get(env) or None
+def _pin(path: Path | None, env: str, flag: str) -> str | None:
+    from pylon.keys.pkcs11 import read_pin
+
+    try:
+        return read_pin(path, env)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=flag) from None
 
 
 def _pkcs11_token(label: str | None, library: str, pin_file: Path | None, so_pin_file: Path | None,
@@ -51,8 +49,8 @@ def _pkcs11_token(label: str | None, library: str, pin_file: Path | None, so_pin
 
     if keyd is not None:
         raise click.UsageError("--keyd and --pkcs11-token each say where the workload key lives: give one")
-    pin = _secret(pin_file, "PYLON_PKCS11_PIN", "--pkcs11-pin-file")
-    so_pin = _secret(so_pin_file, "PYLON_PKCS11_SO_PIN", "--pkcs11-so-pin-file")
+    pin = _pin(pin_file, "PYLON_PKCS11_PIN", "--pkcs11-pin-file")
+    so_pin = _pin(so_pin_file, "PYLON_PKCS11_SO_PIN", "--pkcs11-so-pin-file")
     if pin is None:
         raise click.UsageError("--pkcs11-token needs the token's user PIN: --pkcs11-pin-file or PYLON_PKCS11_PIN")
     if so_pin is None:

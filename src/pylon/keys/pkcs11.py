@@ -30,6 +30,7 @@ import secrets
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives import hashes
@@ -369,6 +370,26 @@ def delete_key(token: Token, label: str) -> int:
     for obj in found:
         obj.destroy()
     return len(found)
+
+
+def find_or_generate_key(token: Token, label: str, key_type: KeyType) -> tuple[TokenKey, bool]:
+    """The key pair labelled `label`, made now (as `key_type`) if the token has no object of that label; whether
+    it was made. A label with only one half, or several keys, is an error, never replaced."""
+    pkcs11 = _pkcs11()
+    if not any(True for _ in token.session().get_objects({pkcs11.Attribute.LABEL: label})):
+        return generate_key(token, label, key_type), True
+    return find_key(token, label), False
+
+
+def read_pin(path: Path | None, env_var: str) -> str | None:
+    """A PIN from the first line of `path`, else from the environment variable `env_var` (None if neither):
+    never from a command line, which every user of the machine can read in /proc."""
+    if path is not None:
+        lines = path.read_text().splitlines()
+        if not lines or not lines[0]:
+            raise ValueError(f"{path}: the first line is empty")
+        return lines[0]
+    return os.environ.get(env_var) or None
 
 
 def hash_name(algorithm: hashes.HashAlgorithm) -> str:
