@@ -29,7 +29,7 @@ import pytest
 from cryptography import x509
 
 from tests.agent.test_agent_envoy import ENVOY, LISTENER_YAML, Mesh, _client_identity, _context, _request
-from tests.agent.test_agent_keyd import _descendants, _factor_in_memory
+from tests.agent.test_agent_keyd import _descendants, _factor_in_memory, start_pilot
 from tests.conftest import free_port, pylon_cmd, stop_process_group, wait_for_port
 from tests.softhsm import PIN, SO_PIN, Tokens, make_tokens
 
@@ -50,19 +50,8 @@ def _start(proxy: str, work: Path, tokens: Tokens, ttl: int) -> tuple[list[subpr
     (work / "pin").write_text(PIN + "\n")
     (work / "so-pin").write_text(SO_PIN + "\n")
     procs: list[subprocess.Popen] = []
-    ca_port, listener_port, health_port, admin_port, status_port = (free_port() for _ in range(5))
-    ca_address = f"127.0.0.1:{ca_port}"
-    procs.append(subprocess.Popen(
-        pylon_cmd("pilot", "--config-dir", str(work / "config"), "--grpc-address", f"127.0.0.1:{free_port()}",
-                  "--monitoring-address", f"127.0.0.1:{free_port()}", "--debug-address", f"127.0.0.1:{free_port()}",
-                  "--ca-address", ca_address, "--ca-dir", str(ca_dir)),
-        start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))  # fmt: skip
-    wait_for_port(ca_port, proc=procs[-1])
-    for account, name in (("web", "token"), ("client", "client-token")):
-        token = subprocess.run(pylon_cmd("pilot", "token", "--ca-dir", str(ca_dir), "--namespace", "default",
-                                         "--service-account", account),
-                               check=True, capture_output=True, text=True).stdout.strip()  # fmt: skip
-        (work / name).write_text(token)
+    listener_port, health_port, admin_port, status_port = (free_port() for _ in range(4))
+    ca_address = start_pilot(work, ca_dir, procs)
     (work / "override.yaml").write_text(LISTENER_YAML.format(port=listener_port))
     agent = subprocess.Popen(
         pylon_cmd("agent", "--type", "router", "--namespace", "default", "--service-account", "web",
