@@ -11,6 +11,8 @@ upstream (100-byte body):
   pylon-cryptomb        pylon, provider cryptomb (Intel crypto_mb, batches of 8)
   pylon-keyd            pylon, provider keyd; `pylon keyd --no-cryptomb` (OpenSSL)
   pylon-keyd-cryptomb   pylon, provider keyd; `pylon keyd` with crypto_mb (its default)
+  pylon-pkcs11          pylon, provider sgx (Envoy's SGX config shape) over a SoftHSM2 token made in the temp dir:
+                        its own key of the same type, generated in the token, certified by the same CA
   envoy                 Envoy 1.40, key file (same config file as pylon-file)
   nginx                 nginx, key file, 1 worker, ssl_session_cache off, ssl_session_tickets off
 
@@ -32,8 +34,9 @@ and their order rotates; results are medians. The goals (issue 4), for RSA-2048:
 cryptomb >= 1.6x pylon-file and >= 3x Envoy in handshakes per proxy-CPU-second,
 and cryptomb's p50 at 20/s within 0.1 ms of pylon-file's.
 
-Usage: python benchmarks/handshakes.py [--reps 3] [--duration 5] [--low-duration 10] [--quick]
-Writes benchmarks/results/handshakes.{json,md} (or --out DIR).
+Usage: python benchmarks/handshakes.py [--reps 3] [--duration 5] [--low-duration 10] [--quick] [--name NAME]
+Writes benchmarks/results/NAME.{json,md} (handshakes by default; or --out DIR). The key file beside the PKCS#11
+token: --targets pylon-file,pylon-pkcs11,envoy --name handshakes-pkcs11.
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import datetime as dt
+import ipaddress
 import json
 import os
 import platform
@@ -99,6 +104,7 @@ class Target:
     kind: str  # "pylon", "envoy" or "nginx"
     template: str = ""  # under examples/bench/
     keyd: str | None = None
+    pkcs11: bool = False  # the key is made in a SoftHSM2 token and the proxy signs through it
 
 
 TARGETS = (
@@ -107,6 +113,7 @@ TARGETS = (
     Target("pylon-cryptomb", "pylon", "handshake-cryptomb.yaml"),
     Target("pylon-keyd", "pylon", "handshake-keyd.yaml", keyd="openssl"),
     Target("pylon-keyd-cryptomb", "pylon", "handshake-keyd.yaml", keyd="cryptomb"),
+    Target("pylon-pkcs11", "pylon", "handshake-pkcs11.yaml", pkcs11=True),
     Target("envoy", "envoy", "handshake-file.yaml"),
     Target("nginx", "nginx"),
 )
@@ -171,6 +178,47 @@ def start_keyd(work: Path, key: Path, cryptomb: bool) -> Running:
     raise TargetError(f"pylon keyd not ready on {path}\n{keyd.log_tail()}")
 
 
+TOKEN_LABEL, TOKEN_PIN, TOKEN_SO_PIN = "bench", "1234-bench", "5678-bench"
+
+
+def token_certificate(work: Path, authority: Any, key: str) -> tuple[Path, dict[str, str]]:
+    """A key of type `key` generated in a SoftHSM2 token under `work` (SOFTHSM2_CONF set for this process and the
+    proxies it starts), and its certificate for localhost from `authority`: the cert file and the template's
+    sgx fields."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+
+    from pylon.identity.certs import KeyType
+    from pylon.keys import pkcs11
+
+    if shutil.which("softhsm2-util") is None or not Path(pkcs11.SOFTHSM2_LIBRARY).exists():
+        raise TargetError("softhsm2 is not installed (apt-get install softhsm2)")
+    tokens = work / "softhsm"
+    if "SOFTHSM2_CONF" not in os.environ:  # one token directory per run: the library reads it once per process
+        (tokens / "tokens").mkdir(parents=True)
+        (tokens / "softhsm2.conf").write_text(f"directories.tokendir = {tokens / 'tokens'}\n"
+                                              "objectstore.backend = file\nlog.level = ERROR\n")
+        os.environ["SOFTHSM2_CONF"] = str(tokens / "softhsm2.conf")
+        subprocess.run(["softhsm2-util", "--init-token", "--free", "--label", TOKEN_LABEL, "--pin", TOKEN_PIN,
+                        "--so-pin", TOKEN_SO_PIN], check=True, capture_output=True)
+    token = pkcs11.open_token(pkcs11.SOFTHSM2_LIBRARY, TOKEN_LABEL, TOKEN_PIN)
+    key_type = KeyType.RSA_2048 if key == "rsa2048" else KeyType.ECDSA_P256
+    made = pkcs11.generate_key(token, f"bench-{key}", key_type)
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([])).issuer_name(authority.cert.subject)
+            .public_key(made.public_key).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=True)
+            .sign(authority.key, hashes.SHA256()))  # fmt: skip
+    path = work / f"token-{key}.pem"
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return path, {"pkcs11_library": pkcs11.SOFTHSM2_LIBRARY, "token_label": TOKEN_LABEL, "key_label": made.label,
+                  "key_type": made.key_type, "usr_pin": TOKEN_PIN, "so_pin": TOKEN_SO_PIN}
+
+
 @dataclass
 class Started:
     target: Target
@@ -186,7 +234,7 @@ class Started:
 
 
 def start_target(stack: contextlib.ExitStack, target: Target, work: Path, upstream_port: int,
-                 cert: Path, key: Path) -> Started:
+                 cert: Path, key: Path, token: tuple[Path, dict[str, str]] | None = None) -> Started:
     work = work / target.label
     if target.kind == "nginx":
         return Started(target, stack.enter_context(start_tls_nginx(work, upstream_port, cert, key)))
@@ -194,9 +242,12 @@ def start_target(stack: contextlib.ExitStack, target: Target, work: Path, upstre
     keyd = stack.enter_context(start_keyd(work, key, target.keyd == "cryptomb")) if target.keyd else None
     listen, admin = free_port(), free_port()
     config = work / "config.yaml"
-    config.write_text(render_template((TEMPLATES / target.template).read_text(), {
+    text = render_template((TEMPLATES / target.template).read_text(), {
         "listen_port": listen, "admin_port": admin, "upstream_port": upstream_port, "workdir": work,
-        "server_cert": cert, "server_key": key}))
+        "server_cert": token[0] if target.pkcs11 and token else cert, "server_key": key})
+    for name, value in (token[1].items() if target.pkcs11 and token else ()):  # the template's token fields
+        text = text.replace(f"{{{name}}}", value)
+    config.write_text(text)
     start = start_pylon_proxy if target.kind == "pylon" else start_envoy
     proxy = stack.enter_context(start(config, port=listen, admin_port=admin, concurrency=1,
                                       log_path=work / "proxy.log"))
@@ -484,7 +535,8 @@ def run_key_type(key: str, targets: Sequence[Target], args: argparse.Namespace, 
     crypto[key] = crypto_only(files)
     with contextlib.ExitStack() as stack:
         upstream = stack.enter_context(start_nginx(free_port(), body_size=BODY_SIZE))
-        started = [start_target(stack, t, work, upstream.port, files.cert, files.key) for t in targets]
+        token = token_certificate(work, pki.authority, key) if any(t.pkcs11 for t in targets) else None
+        started = [start_target(stack, t, work, upstream.port, files.cert, files.key, token) for t in targets]
         sizes = {}
         for s in started:  # warm-up, and the request count that takes about --duration seconds
             warm = saturate(s, args.warmup_requests)
@@ -521,6 +573,7 @@ def main() -> int:
     parser.add_argument("--keys", default=",".join(KEY_TYPES), help=f"comma-separated subset of {list(KEY_TYPES)}")
     parser.add_argument("--targets", default=",".join(t.label for t in TARGETS), help="comma-separated subset")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results", help="results folder")
+    parser.add_argument("--name", default="handshakes", help="results file name, without .json/.md (handshakes)")
     args = parser.parse_args()
     if args.quick:
         args.reps, args.duration, args.low_duration, args.warmup_requests, args.alternating = 1, 2.0, 3.0, 200, 40
@@ -548,11 +601,11 @@ def main() -> int:
     summary = summarize(runs, alternating)
     verdict = goals(summary)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "handshakes.json").write_text(json.dumps(
+    (args.out / f"{args.name}.json").write_text(json.dumps(
         {"meta": meta, "summary": summary, "goals": verdict, "crypto_only": crypto, "provider_stats": stats,
          "runs": runs, "alternating_s": alternating}, indent=1) + "\n")
     text = markdown(summary, verdict, meta, stats, crypto)
-    (args.out / "handshakes.md").write_text(text)
+    (args.out / f"{args.name}.md").write_text(text)
     print(text)
     return 0
 

@@ -106,3 +106,17 @@ def stop_process_group(proc: subprocess.Popen) -> None:
 def pylon_cmd(*args: str) -> list[str]:
     """Command line running the installed pylon CLI with this interpreter."""
     return [sys.executable, "-m", "pylon.cli", *args]
+
+
+#: The SoftHSM2 tokens every in-process PKCS#11 test uses (a process initialises the library once, with the
+#: SOFTHSM2_CONF it has then): made once per session in a temp dir.
+SOFTHSM_TOKENS = ("pylon-unit", "pylon-sgx", "pylon-ca")
+
+
+@pytest.fixture(scope="session")
+def softhsm(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    from tests.softhsm import make_tokens, use_in_process
+
+    tokens = make_tokens(tmp_path_factory.mktemp("softhsm"), *SOFTHSM_TOKENS)
+    use_in_process(tokens)
+    return tokens

@@ -31,6 +31,25 @@ class KeydMesh:
     admin_port: int
 
 
+def start_pilot(work: Path, ca_dir: Path, procs: list[subprocess.Popen]) -> str:
+    """`pylon pilot` with its CA in `ca_dir` (config in work/config), appended to `procs`, and tokens for
+    default/web (work/token) and default/client (work/client-token); the CA's address once it listens."""
+    ca_port = free_port()
+    ca_address = f"127.0.0.1:{ca_port}"
+    procs.append(subprocess.Popen(
+        pylon_cmd("pilot", "--config-dir", str(work / "config"), "--grpc-address", f"127.0.0.1:{free_port()}",
+                  "--monitoring-address", f"127.0.0.1:{free_port()}", "--debug-address", f"127.0.0.1:{free_port()}",
+                  "--ca-address", ca_address, "--ca-dir", str(ca_dir)),
+        start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))  # fmt: skip
+    wait_for_port(ca_port, proc=procs[-1])
+    for account, name in (("web", "token"), ("client", "client-token")):
+        token = subprocess.run(pylon_cmd("pilot", "token", "--ca-dir", str(ca_dir), "--namespace", "default",
+                                         "--service-account", account),
+                               check=True, capture_output=True, text=True).stdout.strip()  # fmt: skip
+        (work / name).write_text(token)
+    return ca_address
+
+
 @pytest.fixture(scope="module")
 def keyd_mesh() -> Iterator[KeydMesh]:
     work = Path(tempfile.mkdtemp(prefix="pk-"))  # short: Unix socket paths are limited to 108 bytes
@@ -41,19 +60,8 @@ def keyd_mesh() -> Iterator[KeydMesh]:
         keyd = subprocess.Popen(pylon_cmd("keyd", "--listen", f"unix:{work}/keyd.sock"), start_new_session=True,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
         procs.append(keyd)
-        ca_port, listener_port, health_port, admin_port, status_port = (free_port() for _ in range(5))
-        ca_address = f"127.0.0.1:{ca_port}"
-        procs.append(subprocess.Popen(
-            pylon_cmd("pilot", "--config-dir", str(work / "config"), "--grpc-address", f"127.0.0.1:{free_port()}",
-                      "--monitoring-address", f"127.0.0.1:{free_port()}", "--debug-address", f"127.0.0.1:{free_port()}",
-                      "--ca-address", ca_address, "--ca-dir", str(ca_dir)),
-            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))  # fmt: skip
-        wait_for_port(ca_port, proc=procs[-1])
-        for account, name in (("web", "token"), ("client", "client-token")):
-            token = subprocess.run(pylon_cmd("pilot", "token", "--ca-dir", str(ca_dir), "--namespace", "default",
-                                             "--service-account", account),
-                                   check=True, capture_output=True, text=True).stdout.strip()  # fmt: skip
-            (work / name).write_text(token)
+        listener_port, health_port, admin_port, status_port = (free_port() for _ in range(4))
+        ca_address = start_pilot(work, ca_dir, procs)
         (work / "override.yaml").write_text(LISTENER_YAML.format(port=listener_port))
         agent = subprocess.Popen(
             pylon_cmd("agent", "--type", "router", "--namespace", "default", "--service-account", "web",

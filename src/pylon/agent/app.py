@@ -26,15 +26,22 @@ from cryptography import x509
 from pylon.agent.bootstrap import Workload, build_bootstrap
 from pylon.agent.health import http_status, serve_health
 from pylon.agent.metrics import AgentMetrics, serve_metrics
-from pylon.agent.keys import AgentKeySource, KeydKeySource, KeySource
+from pylon.agent.keys import AgentKeySource, KeydKeySource, KeySource, Pkcs11KeySource, Pkcs11Token, WorkloadKey
 from pylon.pilot.istio.proxyconfig import key_provider_from_metadata
 from pylon.agent.rotation import next_retry, rotate_at
 from pylon.agent.sds import SecretStore, serve_sds
 from pylon.agent.xds_proxy import XdsProxy
 from pylon.identity.client import CaClientError, create_certificate
 from pylon.keys.keyd.client import KeydError
+from pylon.keys.pkcs11 import Pkcs11Error
 
 log = logging.getLogger("pylon.agent")
+
+#: How long a replaced key is kept after its successor is in SDS: handshakes that began with the old certificate
+#: have long signed by then. Only keys that live somewhere (a PKCS#11 token) are removed.
+RETIRE_AFTER = 5.0
+#: What a failed key or certificate request raises (the CA, keyd, a PKCS#11 token, the files).
+RENEWAL_ERRORS = (CaClientError, KeydError, Pkcs11Error, OSError)
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,7 @@ class AgentOptions:
     proxy_uid: int | None = None
     concurrency: int = 2  # the proxy's workers (Istio's ProxyConfig default for sidecars: 2)
     keyd_socket: str | None = None  # the workload key is made and kept in this `pylon keyd`
+    pkcs11: Pkcs11Token | None = None  # ... or in this PKCS#11 token
     log_level: str = "info"
 
 
@@ -68,21 +76,48 @@ class Agent:
         self.keys = keys
         self.store = SecretStore()
         self.not_after = 0.0
+        self.current: WorkloadKey | None = None
+        self.retiring: dict[asyncio.Task[None], WorkloadKey] = {}
 
     async def renew(self) -> float:
         """A new key and certificate into SDS; returns when the next renewal is due (time.time clock)."""
         options = self.options
         key = await asyncio.to_thread(self.keys.new_key, options.workload.identity)  # key generation takes a while
-        chain = await create_certificate(options.ca_address, options.root_cert.read_bytes(), key.csr_pem,
-                                         ttl_seconds=options.ttl_seconds,
-                                         token=options.token_file.read_text().strip())  # fmt: skip
+        try:
+            chain = await create_certificate(options.ca_address, options.root_cert.read_bytes(), key.csr_pem,
+                                             ttl_seconds=options.ttl_seconds,
+                                             token=options.token_file.read_text().strip())  # fmt: skip
+        except BaseException:
+            await self.retire(key)  # never served: a token would otherwise keep it
+            raise
         received = time.time()
         leaf = x509.load_pem_x509_certificate(chain[0].encode())
         self.not_after = leaf.not_valid_after_utc.timestamp()
         await self.store.update(key.tls_certificate("".join(chain[:-1])), chain[-1])
+        previous, self.current = self.current, key
+        if previous is not None:
+            task = asyncio.create_task(self.retire(previous, RETIRE_AFTER))
+            self.retiring[task] = previous
+            task.add_done_callback(lambda done: self.retiring.pop(done, None))
         log.info("certificate for %s valid until %s", options.workload.identity,
                  leaf.not_valid_after_utc.isoformat(timespec="seconds"))  # fmt: skip
         return rotate_at(received, self.not_after, options.grace_ratio)
+
+    async def retire(self, key: WorkloadKey, delay: float = 0.0) -> None:
+        """Remove a key that is no longer served, `delay` seconds from now (a failure is logged, not raised)."""
+        await asyncio.sleep(delay)
+        try:
+            await asyncio.to_thread(key.retire)
+        except RENEWAL_ERRORS as exc:
+            log.warning("could not remove a replaced workload key: %s", exc)
+
+    async def retire_all(self) -> None:
+        """At exit, once the proxy is gone: remove the current key and any replaced one not yet removed."""
+        pending, self.retiring = self.retiring, {}
+        for task in pending:
+            task.cancel()
+        for key in [*pending.values(), *([self.current] if self.current is not None else [])]:
+            await self.retire(key)
 
     async def rotate_forever(self, due: float) -> None:
         delay: float | None = None
@@ -90,7 +125,7 @@ class Agent:
             await asyncio.sleep(max(due - time.time(), 0))
             try:
                 due, delay = await self.renew(), None
-            except (CaClientError, KeydError, OSError) as exc:
+            except RENEWAL_ERRORS as exc:
                 delay = next_retry(delay)
                 log.error("certificate renewal failed (current one expires %s): %s; retrying in %.1fs",
                           dt.datetime.fromtimestamp(self.not_after, dt.timezone.utc).isoformat(timespec="seconds"),
@@ -143,10 +178,12 @@ async def _stop_proxy(proxy: asyncio.subprocess.Process, options: AgentOptions) 
 
 
 def key_source(options: AgentOptions) -> KeySource:
-    """Where the workload key is born: in `pylon keyd` when given one, else in the agent (Istio's default), with
-    the pod's privateKeyProvider if its ProxyConfig names one."""
+    """Where the workload key is born: in `pylon keyd` or a PKCS#11 token when given one, else in the agent
+    (Istio's default), with the pod's privateKeyProvider if its ProxyConfig names one."""
     if options.keyd_socket is not None:
         return KeydKeySource(options.keyd_socket)
+    if options.pkcs11 is not None:
+        return Pkcs11KeySource(options.pkcs11)
     return AgentKeySource(provider=key_provider_from_metadata({"PROXY_CONFIG": dict(options.workload.proxy_config)}))
 
 
@@ -154,7 +191,7 @@ async def run(options: AgentOptions) -> int:
     agent = Agent(options, key_source(options))
     try:
         due = await agent.renew()
-    except (CaClientError, KeydError, OSError) as exc:
+    except RENEWAL_ERRORS as exc:
         log.error("cannot get the first certificate: %s", exc)
         return 1
     sds = await serve_sds(agent.store, str(options.sds_socket))
@@ -194,6 +231,7 @@ async def run(options: AgentOptions) -> int:
     merged_metrics.close()
     await sds.stop(grace=0.5)
     await xds.stop()
+    await agent.retire_all()
     options.sds_socket.unlink(missing_ok=True)
     options.xds_socket.unlink(missing_ok=True)
     return code

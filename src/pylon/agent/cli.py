@@ -30,6 +30,35 @@ def _keyd_path(value: str | None) -> str | None:
     return value[5:]
 
 
+def _pin(path: Path | None, env: str, flag: str) -> str | None:
+    from pylon.keys.pkcs11 import read_pin
+
+    try:
+        return read_pin(path, env)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=flag) from None
+
+
+def _pkcs11_token(label: str | None, library: str, pin_file: Path | None, so_pin_file: Path | None,
+                  key_type: str, keyd: str | None):  # type: ignore[no-untyped-def]  # fmt: skip
+    """The --pkcs11-* flags as the agent's token (None without --pkcs11-token)."""
+    if label is None:
+        return None
+    from pylon.agent.keys import Pkcs11Token
+    from pylon.identity.certs import KeyType
+
+    if keyd is not None:
+        raise click.UsageError("--keyd and --pkcs11-token each say where the workload key lives: give one")
+    pin = _pin(pin_file, "PYLON_PKCS11_PIN", "--pkcs11-pin-file")
+    so_pin = _pin(so_pin_file, "PYLON_PKCS11_SO_PIN", "--pkcs11-so-pin-file")
+    if pin is None:
+        raise click.UsageError("--pkcs11-token needs the token's user PIN: --pkcs11-pin-file or PYLON_PKCS11_PIN")
+    if so_pin is None:
+        raise click.UsageError("--pkcs11-token needs an SO PIN for Envoy's SGX config (which requires one and never "
+                               "uses it): --pkcs11-so-pin-file or PYLON_PKCS11_SO_PIN")  # fmt: skip
+    return Pkcs11Token(library=library, label=label, pin=pin, so_pin=so_pin, key_type=KeyType(key_type))
+
+
 def _address(text: str, flag: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit():
@@ -83,6 +112,19 @@ def _address(text: str, flag: str) -> tuple[str, int]:
 @click.option("--keyd", "keyd", default=None, metavar="unix:PATH",
               help="Make and keep the workload key in this `pylon keyd` (it signs the CSR; the proxy signs its "
                    "handshakes through it): no key bytes in the agent or the proxy.")
+@click.option("--pkcs11-token", "pkcs11_label", default=None, metavar="LABEL",
+              help="Make each workload key inside this PKCS#11 token (non-extractable; the CSR is signed through the "
+                   "token) and give the proxy Envoy's SGX provider config naming it: no key bytes in the agent or "
+                   "the proxy.")  # fmt: skip
+@click.option("--pkcs11-library", default="/usr/lib/softhsm/libsofthsm2.so", show_default=True, metavar="PATH",
+              help="The PKCS#11 library of --pkcs11-token (SoftHSM2's by default; any PKCS#11 module works).")
+@click.option("--pkcs11-pin-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="File whose first line is the token's user PIN (else $PYLON_PKCS11_PIN).")
+@click.option("--pkcs11-so-pin-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="File whose first line is the SO PIN put in Envoy's SGX config, which requires one and never "
+                   "uses it (else $PYLON_PKCS11_SO_PIN).")  # fmt: skip
+@click.option("--pkcs11-key-type", type=click.Choice(["rsa-2048", "rsa-3072", "ecdsa-p256"]), default="rsa-2048",
+              show_default=True, help="The workload key made in the token.")
 @click.option("--concurrency", type=click.IntRange(1), default=2, show_default=True,
               help="The proxy's worker threads (Envoy) or processes (pylon): Istio's pilot-agent --concurrency, "
                    "2 for sidecars by default.")
@@ -96,8 +138,9 @@ def agent_command(proxy_type: str, namespace: str, service_account: str, pod_nam
                   label_pairs: tuple[str, ...], proxy_config: Path | None, workdir: Path,
                   sds_socket: Path | None, proxy: str, envoy_binary: str | None, bootstrap_override: Path | None,
                   admin_port: int, health_address: str, status_address: str, ttl_seconds: int, grace_ratio: float,
-                  drain_seconds: float, keyd: str | None, concurrency: int, proxy_uid: int | None,
-                  log_level: str) -> None:  # fmt: skip
+                  drain_seconds: float, keyd: str | None, pkcs11_label: str | None, pkcs11_library: str,
+                  pkcs11_pin_file: Path | None, pkcs11_so_pin_file: Path | None, pkcs11_key_type: str,
+                  concurrency: int, proxy_uid: int | None, log_level: str) -> None:  # fmt: skip
     """Run Istio's pilot-agent role beside a proxy: certificate, SDS, xDS proxy, rotation, bootstrap, supervision."""
     from pylon.agent.app import AgentOptions, run_agent
     from pylon.agent.bootstrap import Workload
@@ -110,6 +153,7 @@ def agent_command(proxy_type: str, namespace: str, service_account: str, pod_nam
         identity = SpiffeId(trust_domain, namespace, service_account)
     except SpiffeError as exc:
         raise click.UsageError(str(exc)) from None
+    token = _pkcs11_token(pkcs11_label, pkcs11_library, pkcs11_pin_file, pkcs11_so_pin_file, pkcs11_key_type, keyd)
     _address(ca_address, "--ca-address")
     _address(discovery_address, "--discovery-address")
     try:
@@ -129,6 +173,6 @@ def agent_command(proxy_type: str, namespace: str, service_account: str, pod_nam
         health=_address(health_address, "--health-address"), status=_address(status_address, "--status-address"),
         ttl_seconds=ttl_seconds, grace_ratio=grace_ratio,
         drain_seconds=drain_seconds, proxy_uid=proxy_uid, concurrency=concurrency, keyd_socket=_keyd_path(keyd),
-        log_level=log_level,
+        pkcs11=token, log_level=log_level,
     )  # fmt: skip
     sys.exit(run_agent(options))

@@ -2,12 +2,15 @@
 
 Istio's default makes the key in the agent and hands it to the proxy inline over SDS. `pylon keyd`
 makes the key itself, signs the CSR there, and the proxy gets a private-key-provider config instead
-of key bytes (a PKCS#11 token is the next placement); each implements the same `KeySource`, so the
-CSR flow, rotation and SDS code do not change.
+of key bytes. A PKCS#11 token (SoftHSM2 here; the SGX Crypto API Toolkit or an HSM elsewhere) makes the
+key inside itself, non-extractable; the agent signs the CSR through the token and the proxy gets Envoy's
+SGX provider config naming the token and the key. Each implements the same `KeySource`, so the CSR flow,
+rotation and SDS code do not change.
 """
 
 from __future__ import annotations
 
+import re
 import secrets
 from dataclasses import dataclass
 from typing import Protocol
@@ -21,7 +24,9 @@ from pylon.identity.certs import KeyType, PrivateKey, build_csr, generate_key
 from pylon.identity.spiffe import SpiffeId
 from pylon.pilot.istio.proxyconfig import PrivateKeyProvider
 from pylon.keys.keyd.client import generate
-from pylon.xds.contrib_protos import keyd_config, provider_config
+from pylon.keys import pkcs11
+from pylon.keys.pkcs11_keys import as_private_key
+from pylon.xds.contrib_protos import keyd_config, provider_config, sgx_config
 
 
 class WorkloadKey(Protocol):
@@ -32,6 +37,10 @@ class WorkloadKey(Protocol):
 
     def tls_certificate(self, chain_pem: str) -> TlsCertificate:
         """SDS `default`'s TlsCertificate for the issued chain (inline key, or a provider config)."""
+        ...
+
+    def retire(self) -> None:
+        """The key's certificate has been replaced in SDS for a while: remove the key where it lives, if it can be."""
         ...
 
 
@@ -57,6 +66,9 @@ class InAgentKey:
         config = provider_config(provider.name, key_pem, provider.settings.poll_delay)
         return TlsCertificate(certificate_chain=chain, private_key_provider=ProviderConfig(
             provider_name=provider.name, typed_config=config, fallback=provider.settings.fallback))
+
+    def retire(self) -> None:
+        """Nothing to remove: the key was only ever in this object and the SDS messages that carried it."""
 
 
 @dataclass(frozen=True)
@@ -85,6 +97,9 @@ class KeydWorkloadKey:
                               private_key_provider=ProviderConfig(provider_name="keyd", typed_config=keyd_config(
                                   self.socket_path, self.key_id, self.timeout)))  # fmt: skip
 
+    def retire(self) -> None:
+        """keyd has no request to forget a key yet: it keeps the old one until it restarts."""
+
 
 @dataclass(frozen=True)
 class KeydKeySource:
@@ -98,3 +113,62 @@ class KeydKeySource:
         key_id = f"{identity.namespace}.{identity.service_account}.{secrets.token_hex(6)}"
         csr = generate(self.socket_path, key_id, identity.uri)
         return KeydWorkloadKey(csr_pem=csr, socket_path=self.socket_path, key_id=key_id, timeout=self.timeout)
+
+
+@dataclass(frozen=True)
+class Pkcs11Token:
+    """Where the agent makes workload keys: a token of a PKCS#11 library, its user PIN, and the key type.
+
+    `so_pin` is only passed on: Envoy's SGX config requires a non-empty one that neither Envoy's provider nor
+    pylon's uses (the SO PIN only initialises tokens)."""
+
+    library: str
+    label: str
+    pin: str
+    so_pin: str
+    key_type: KeyType = KeyType.RSA_2048
+
+    def __repr__(self) -> str:  # the PINs stay out of logs and tracebacks
+        return f"Pkcs11Token(library={self.library!r}, label={self.label!r}, key_type={self.key_type.value})"
+
+
+@dataclass(frozen=True)
+class Pkcs11WorkloadKey:
+    csr_pem: str
+    token: Pkcs11Token
+    key_label: str
+
+    def tls_certificate(self, chain_pem: str) -> TlsCertificate:
+        """The chain, and Envoy's SGX provider config naming the library, token and key: no key bytes."""
+        config = sgx_config(sgx_library=self.token.library, key_label=self.key_label, usr_pin=self.token.pin,
+                            so_pin=self.token.so_pin, token_label=self.token.label,
+                            key_type="ecdsa" if self.token.key_type is KeyType.ECDSA_P256 else "rsa")  # fmt: skip
+        return TlsCertificate(certificate_chain=DataSource(inline_bytes=chain_pem.encode()),
+                              private_key_provider=ProviderConfig(provider_name="sgx", typed_config=config))  # fmt: skip
+
+    def retire(self) -> None:
+        """Destroy the key in the token (its certificate is no longer served)."""
+        token = pkcs11.open_token(self.token.library, self.token.label, self.token.pin)
+        pkcs11.delete_key(token, self.key_label)
+
+
+@dataclass(frozen=True)
+class Pkcs11KeySource:
+    """The key is generated inside the PKCS#11 token as non-extractable and the CSR is signed through the token;
+    the agent holds a handle and a label, the proxy signs its handshakes through the same token (Envoy's SGX
+    provider config). Each rotation makes a new key."""
+
+    token: Pkcs11Token
+
+    def new_key(self, identity: SpiffeId) -> Pkcs11WorkloadKey:
+        opened = pkcs11.open_token(self.token.library, self.token.label, self.token.pin)
+        # Envoy's SGX provider accepts only [A-Za-z0-9_-/=] in a key label.
+        prefix = re.sub(r"[^A-Za-z0-9_-]", "-", f"{identity.namespace}_{identity.service_account}")
+        label = f"{prefix}_{secrets.token_hex(6)}"
+        key = pkcs11.generate_key(opened, label, self.token.key_type)
+        try:
+            csr = build_csr(as_private_key(key), identity)
+        except BaseException:
+            key.delete()
+            raise
+        return Pkcs11WorkloadKey(csr_pem=csr, token=self.token, key_label=label)

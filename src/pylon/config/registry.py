@@ -71,6 +71,7 @@ EXTENSION_MODULES: Mapping[str, Mapping[str, str]] = MappingProxyType(
             "envoy.extensions.private_key_providers.qat.v3alpha.QatPrivateKeyMethodConfig": "pylon.keys.config",
             "pylon.key_providers.offload.v1.Offload": "pylon.keys.config",
             "pylon.key_providers.keyd.v1.Keyd": "pylon.keys.config",
+            "envoy.extensions.private_key_providers.sgx.v3alpha.SgxPrivateKeyMethodConfig": "pylon.keys.config",
         },
         CONNECTION_BALANCER: {
             "pylon.connection_balance.v1.Dispatcher": "pylon.proxy.balance.dispatcher",

@@ -7,6 +7,10 @@ decision (the TTL refused, the CSR refused, the SAN that is written) is tested w
 `cert-chain.pem` (ca-cert up to the root; empty when ca-cert is the root) and `root-cert.pem`.
 When none exist a self-signed root is created there; a partial set is an error naming what is
 missing, because silently replacing a half-copied plug-in CA would split the mesh's trust.
+
+The signing key may instead live outside the directory (pylon pilot's `--ca-pkcs11-*`: a key in a PKCS#11
+token, as Intel's trusted certificate service keeps it in SGX): then `ca-key.pem` must be absent, the
+certificates are read (or the self-signed root made with that key) as above, and the key only ever signs.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from pylon.identity.certs import Issued, KeyType, _write_private, generate_key, issue_leaf, make_ca
+from pylon.identity.certs import Issued, KeyType, PrivateKey, _write_private, generate_key, issue_leaf, make_ca
 from pylon.identity.spiffe import SpiffeId
 
 PLUGIN_FILES = ("ca-cert.pem", "ca-key.pem", "cert-chain.pem", "root-cert.pem")
@@ -73,23 +77,30 @@ class CaMaterial:
         return self.root.public_bytes(serialization.Encoding.PEM).decode()
 
     @classmethod
-    def load_or_create(cls, directory: Path) -> CaMaterial:
-        """Istio's plug-in files when present, else a self-signed root written there."""
+    def load_or_create(cls, directory: Path, signing_key: PrivateKey | None = None) -> CaMaterial:
+        """Istio's plug-in files when present, else a self-signed root written there. With `signing_key` (kept
+        elsewhere, e.g. in a PKCS#11 token) the files are the certificates alone and the root is made with it."""
         directory.mkdir(parents=True, exist_ok=True)
-        present = [name for name in PLUGIN_FILES if (directory / name).exists()]
+        files = PLUGIN_FILES if signing_key is None else tuple(n for n in PLUGIN_FILES if n != "ca-key.pem")
+        if signing_key is not None and (directory / "ca-key.pem").exists():
+            raise CaSetupError(f"{directory / 'ca-key.pem'}: the CA key is to come from the PKCS#11 token, but this "
+                               "file holds one too; remove one of them")  # fmt: skip
+        present = [name for name in files if (directory / name).exists()]
         if not present:
             root = make_ca("pylon mesh root", key_type=KeyType.RSA_2048, valid_for=ROOT_LIFETIME,
-                           organization="cluster.local")  # fmt: skip
+                           organization="cluster.local", key=signing_key)  # fmt: skip
             (directory / "ca-cert.pem").write_bytes(root.cert_pem)
             (directory / "root-cert.pem").write_bytes(root.cert_pem)
             (directory / "cert-chain.pem").write_bytes(b"")
-            _write_private(directory / "ca-key.pem", root.key_pem)
-        elif len(present) != len(PLUGIN_FILES):
-            missing = ", ".join(name for name in PLUGIN_FILES if name not in present)
+            if signing_key is None:
+                _write_private(directory / "ca-key.pem", root.key_pem)
+        elif len(present) != len(files):
+            missing = ", ".join(name for name in files if name not in present)
             raise CaSetupError(f"{directory}: plug-in CA is incomplete, missing {missing}")
         try:
             cert = x509.load_pem_x509_certificate((directory / "ca-cert.pem").read_bytes())
-            key = serialization.load_pem_private_key((directory / "ca-key.pem").read_bytes(), password=None)
+            key = signing_key if signing_key is not None else serialization.load_pem_private_key(
+                (directory / "ca-key.pem").read_bytes(), password=None)  # fmt: skip
             chain = _load_certs(directory / "cert-chain.pem")
             roots = _load_certs(directory / "root-cert.pem")
         except ValueError as exc:
@@ -97,7 +108,8 @@ class CaMaterial:
         if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
             raise CaSetupError(f"{directory / 'ca-key.pem'}: only RSA and ECDSA CA keys are supported")
         if key.public_key().public_numbers() != cert.public_key().public_numbers():
-            raise CaSetupError(f"{directory}: ca-key.pem is not the key of ca-cert.pem")
+            what = "ca-key.pem" if signing_key is None else "the PKCS#11 token's CA key"
+            raise CaSetupError(f"{directory}: {what} is not the key of ca-cert.pem")
         if len(roots) != 1:
             raise CaSetupError(f"{directory / 'root-cert.pem'}: expected one root certificate, found {len(roots)}")
         root = roots[0]

@@ -119,9 +119,13 @@ def make_ca(
     key_type: KeyType = KeyType.RSA_2048,
     valid_for: dt.timedelta = dt.timedelta(days=365),
     organization: str = "pylon",
+    key: PrivateKey | None = None,
 ) -> Issued:
-    """A self-signed root CA able to sign leaves (and, with no path length limit, intermediates)."""
-    key = generate_key(key_type)
+    """A self-signed root CA able to sign leaves (and, with no path length limit, intermediates).
+
+    `key` signs it instead of a fresh key of `key_type`: a key kept elsewhere (a PKCS#11 token) that only
+    offers `sign` and `public_key`, as cryptography's builders need."""
+    key = key if key is not None else generate_key(key_type)
     name = x509.Name(
         [
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization),

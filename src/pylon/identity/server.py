@@ -18,6 +18,7 @@ import grpc
 
 from pylon.identity.authn import AuthenticationError, authenticate
 from pylon.identity.authority import CaError, CaMaterial, load_or_create_token_key, resolve_ttl
+from pylon.identity.certs import PrivateKey
 from pylon.identity.proto import SERVICE, IstioCertificateRequest, IstioCertificateResponse
 from pylon.identity.spiffe import DEFAULT_TRUST_DOMAIN, SpiffeId
 from pylon.identity.tls_front import TlsFront, server_context
@@ -84,9 +85,11 @@ class CaServer:
 
     @classmethod
     async def start(cls, host: str, port: int, ca_dir: Path, trust_domain: str = DEFAULT_TRUST_DOMAIN,
-                    extra_services: Sequence[ExtraService] = ()) -> CaServer:  # fmt: skip
-        """Load (or create) the CA in `ca_dir` and serve it on host:port over TLS, with `extra_services`."""
-        material = CaMaterial.load_or_create(ca_dir)
+                    extra_services: Sequence[ExtraService] = (),
+                    signing_key: PrivateKey | None = None) -> CaServer:  # fmt: skip
+        """Load (or create) the CA in `ca_dir` and serve it on host:port over TLS, with `extra_services`; the CA's
+        key is `signing_key` when it lives elsewhere (a PKCS#11 token), else ca-key.pem."""
+        material = CaMaterial.load_or_create(ca_dir, signing_key)
         tokens = TokenAuthority(load_or_create_token_key(ca_dir))
         chain_pem, key_pem = material.serving_certificate()
         with tempfile.TemporaryDirectory(prefix="pylon-ca-") as scratch:  # the key file lives only while loading

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING
 
 from pylon.config.datasource import DataSourceError, read_bytes
 from pylon.keys import cryptomb
-from pylon.keys.config import PROVIDER_NAMES, CryptoMbPrivateKeyMethodConfig, Keyd, Offload, QatPrivateKeyMethodConfig
+from pylon.keys.config import (PROVIDER_NAMES, CryptoMbPrivateKeyMethodConfig, Keyd, Offload, QatPrivateKeyMethodConfig,
+                               SgxPrivateKeyMethodConfig)  # fmt: skip
 from pylon.keys.hook import HookError, KeyOps, check_runtime
 from pylon.keys.keyd.client import KeydOps
 from pylon.keys.offload import OffloadOps
@@ -74,6 +75,17 @@ def plan_provider(provider: PrivateKeyProvider, public_key: object) -> ProviderP
                 config.socket_path, config.key_id, config.timeout
             )
         return ProviderPlan(ops, None)
+
+    if isinstance(config, SgxPrivateKeyMethodConfig):  # the key is in a PKCS#11 token: nothing to fall back to
+        from pylon.keys.sgx import SgxConfigError, plan_sgx  # python-pkcs11 only where a config names a token
+
+        try:
+            check_runtime()
+            return ProviderPlan(plan_sgx(config, public_key), None)
+        except HookError as exc:
+            raise ProviderError("", f"sgx: {exc}") from None
+        except SgxConfigError as exc:
+            raise ProviderError(f"typed_config.{exc.field}", exc.message) from None
 
     try:
         pem = read_bytes(config.private_key)

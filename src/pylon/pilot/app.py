@@ -22,7 +22,11 @@ import grpc
 
 from envoy.service.discovery.v3 import ads_pb2_grpc
 from pylon.config.errors import ConfigError
+from pylon.identity.authority import CaSetupError
+from pylon.identity.certs import PrivateKey
 from pylon.identity.server import DEFAULT_CA_DIR, CaServer
+from pylon.keys.pkcs11 import Pkcs11Error
+from pylon.pilot.ca_key import CA_TOKEN_FLAGS, CaToken, open_ca_key
 from pylon.pilot.autoregistration import DEFAULT_GRACE_PERIOD, AutoRegistration
 from pylon.pilot.debug import DebugHandler, serve_http
 from pylon.identity.spiffe import SpiffeId
@@ -50,6 +54,7 @@ class PilotOptions:
     log_level: str = "info"
     ca_address: str = "127.0.0.1:15012"
     ca_dir: Path = DEFAULT_CA_DIR
+    ca_token: CaToken | None = None  # the CA's key in a PKCS#11 token instead of ca_dir/ca-key.pem
     secrets_dir: Path | None = None
     workload_entry_grace_period: float = DEFAULT_GRACE_PERIOD
 
@@ -188,10 +193,17 @@ def run_pilot(options: PilotOptions) -> int:
     pilot = Pilot(snapshot, PilotMetrics(), result.resources, AutoRegistration(options.workload_entry_grace_period))
     tune_garbage_collector()
     freeze_long_lived()
-    return asyncio.run(_serve(options, pilot, load))
+    signing_key = None
+    if options.ca_token is not None:
+        try:
+            signing_key = open_ca_key(options.ca_token)
+        except Pkcs11Error as exc:
+            print(f"{CA_TOKEN_FLAGS[exc.what]}: {exc.message}", file=sys.stderr)
+            return 1
+    return asyncio.run(_serve(options, pilot, load, signing_key))
 
 
-async def _serve(options: PilotOptions, pilot: Pilot, load: CachedLoader) -> int:
+async def _serve(options: PilotOptions, pilot: Pilot, load: CachedLoader, signing_key: PrivateKey | None = None) -> int:
     server = grpc.aio.server()
     ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(pilot.ads, server)
     server.add_insecure_port(options.grpc_address)
@@ -205,8 +217,13 @@ async def _serve(options: PilotOptions, pilot: Pilot, load: CachedLoader) -> int
     def add_secure_ads(grpc_server: grpc.aio.Server, identify: Callable[[grpc.aio.ServicerContext], SpiffeId]) -> None:
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(AuthenticatedAds(pilot.ads, identify), grpc_server)
 
-    ca_server = await CaServer.start(*split_address(options.ca_address), options.ca_dir, pilot.snapshot.mesh.trust_domain,
-                                     extra_services=[add_secure_ads])  # fmt: skip
+    try:
+        ca_server = await CaServer.start(*split_address(options.ca_address), options.ca_dir,
+                                         pilot.snapshot.mesh.trust_domain, extra_services=[add_secure_ads],
+                                         signing_key=signing_key)  # fmt: skip
+    except CaSetupError as exc:
+        log.error("cannot start the CA: %s", exc)
+        return 1
     watchers = [DirectoryWatcher(options.config_dir, pilot.on_load, load=load)]
     if options.secrets_dir is not None:
         watchers.append(DirectoryWatcher(options.secrets_dir, pilot.on_secrets, load=load_secrets))

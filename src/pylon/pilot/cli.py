@@ -25,6 +25,17 @@ import click
 @click.option("--ca-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="CA files (Istio's ca-cert.pem, ca-key.pem, cert-chain.pem, root-cert.pem); a self-signed root "
                    "is created when empty. Default: $XDG_DATA_HOME/pylon/cacerts.")
+@click.option("--ca-pkcs11-token", "ca_token_label", default=None, metavar="LABEL",
+              help="Keep the CA's signing key in this PKCS#11 token instead of --ca-dir/ca-key.pem: found by "
+                   "--ca-pkcs11-key-label, or made there (non-extractable) with a self-signed root when the token has "
+                   "none; --ca-dir then holds only the certificates.")  # fmt: skip
+@click.option("--ca-pkcs11-library", default="/usr/lib/softhsm/libsofthsm2.so", show_default=True, metavar="PATH",
+              help="The PKCS#11 library of --ca-pkcs11-token.")
+@click.option("--ca-pkcs11-key-label", default="pylon-mesh-ca", show_default=True, metavar="LABEL")
+@click.option("--ca-pkcs11-key-type", type=click.Choice(["rsa-2048", "rsa-3072", "ecdsa-p256"]), default="rsa-2048",
+              show_default=True, help="The key made in the token when it has none.")
+@click.option("--ca-pkcs11-pin-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="File whose first line is the token's user PIN (else $PYLON_CA_PKCS11_PIN).")
 @click.option("--secrets-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Kubernetes Secret manifests (tls.crt/tls.key/ca.crt) for Gateway credentialName, served over "
                    "ADS as kubernetes://NAME to gateways authenticated on --ca-address (watched).")
@@ -34,6 +45,8 @@ import click
 @click.pass_context
 def pilot_command(ctx: click.Context, config_dir: Path | None, mesh_config: Path | None, grpc_address: str, monitoring_address: str,
                   debug_address: str, log_level: str, ca_address: str, ca_dir: Path | None,
+                  ca_token_label: str | None, ca_pkcs11_library: str, ca_pkcs11_key_label: str,
+                  ca_pkcs11_key_type: str, ca_pkcs11_pin_file: Path | None,
                   secrets_dir: Path | None, workload_entry_grace_period: float) -> None:
     """Run the control plane: Istio resources in, xDS out (an istiod of pylon's own)."""
     from pylon.identity.server import DEFAULT_CA_DIR
@@ -49,10 +62,25 @@ def pilot_command(ctx: click.Context, config_dir: Path | None, mesh_config: Path
             split_address(address)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint=flag) from None
+    ca_token = None
+    if ca_token_label is not None:
+        from pylon.identity.certs import KeyType
+        from pylon.keys.pkcs11 import read_pin
+        from pylon.pilot.ca_key import CaToken
+
+        try:
+            pin = read_pin(ca_pkcs11_pin_file, "PYLON_CA_PKCS11_PIN")
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--ca-pkcs11-pin-file") from None
+        if pin is None:
+            raise click.UsageError("--ca-pkcs11-token needs the token's user PIN: --ca-pkcs11-pin-file or "
+                                   "PYLON_CA_PKCS11_PIN")  # fmt: skip
+        ca_token = CaToken(library=ca_pkcs11_library, token=ca_token_label, key_label=ca_pkcs11_key_label, pin=pin,
+                           key_type=KeyType(ca_pkcs11_key_type))  # fmt: skip
     sys.exit(run_pilot(PilotOptions(config_dir=config_dir, mesh_config=mesh_config, grpc_address=grpc_address,
                                     monitoring_address=monitoring_address, debug_address=debug_address,
                                     log_level=log_level, ca_address=ca_address,
-                                    ca_dir=ca_dir or DEFAULT_CA_DIR, secrets_dir=secrets_dir,
+                                    ca_dir=ca_dir or DEFAULT_CA_DIR, ca_token=ca_token, secrets_dir=secrets_dir,
                                     workload_entry_grace_period=workload_entry_grace_period)))  # fmt: skip
 
 

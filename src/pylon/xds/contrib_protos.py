@@ -1,4 +1,4 @@
-"""Envoy's contrib private key provider configs (CryptoMB, QAT) and pylon's keyd provider config as protobuf
+"""Envoy's contrib private key provider configs (CryptoMB, QAT, SGX) and pylon's keyd provider config as protobuf
 messages, added to the default pool.
 
 Why here: xds-protos ships only Envoy's core API, but Istio puts these configs in the SDS secrets
@@ -6,7 +6,9 @@ it sends (`privateKeyProvider` in ProxyConfig). pilot must encode them into an `
 xDS client must decode them back to proto-JSON; both go through the default descriptor pool, so
 importing this module once is enough. The names and field numbers are the API's facts
 (data-plane-api contrib/envoy/extensions/private_key_providers/{cryptomb,qat}/v3alpha):
-`private_key` = 1 (DataSource), `poll_delay` = 2 (Duration), in both messages.
+`private_key` = 1 (DataSource), `poll_delay` = 2 (Duration), in both messages; SGX's six strings
+(contrib/envoy/extensions/private_key_providers/sgx/v3alpha): `sgx_library` = 1, `key_label` = 2, `usr_pin` = 3,
+`so_pin` = 4, `token_label` = 5, `key_type` = 6.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ CRYPTOMB = "envoy.extensions.private_key_providers.cryptomb.v3alpha.CryptoMbPriv
 QAT = "envoy.extensions.private_key_providers.qat.v3alpha.QatPrivateKeyMethodConfig"
 # pylon's own provider (keys/config.py Keyd): the key stays in `pylon keyd`; the config names where and which.
 KEYD = "pylon.key_providers.keyd.v1.Keyd"
+SGX = "envoy.extensions.private_key_providers.sgx.v3alpha.SgxPrivateKeyMethodConfig"
+#: SgxPrivateKeyMethodConfig's fields, in field-number order.
+SGX_FIELDS = ("sgx_library", "key_label", "usr_pin", "so_pin", "token_label", "key_type")
 
 _F = descriptor_pb2.FieldDescriptorProto
 
@@ -50,10 +55,21 @@ def _keyd_file() -> descriptor_pb2.FileDescriptorProto:
     return proto
 
 
+def _sgx_file() -> descriptor_pb2.FileDescriptorProto:
+    package, _, message_name = SGX.rpartition(".")
+    proto = descriptor_pb2.FileDescriptorProto(name=f"pylon/contrib/{package.replace('.', '/')}.proto",
+                                               package=package, syntax="proto3")  # fmt: skip
+    message = proto.message_type.add(name=message_name)
+    for number, name in enumerate(SGX_FIELDS, start=1):
+        json_name = name.split("_")[0] + "".join(part.title() for part in name.split("_")[1:])
+        message.field.add(name=name, number=number, type=_F.TYPE_STRING, label=_F.LABEL_OPTIONAL, json_name=json_name)
+    return proto
+
+
 def _register() -> None:
     pool = descriptor_pool.Default()
     for full_name, build in ((CRYPTOMB, lambda: _key_method_file(CRYPTOMB)), (QAT, lambda: _key_method_file(QAT)),
-                             (KEYD, _keyd_file)):  # fmt: skip
+                             (KEYD, _keyd_file), (SGX, _sgx_file)):  # fmt: skip
         try:
             pool.FindMessageTypeByName(full_name)
         except KeyError:
@@ -81,6 +97,17 @@ def keyd_config(socket_path: str, key_id: str, timeout: float) -> any_pb2.Any:
     message.socket_path = socket_path
     message.key_id = key_id
     message.timeout.CopyFrom(_duration(timeout))
+    return _packed(message)
+
+
+def sgx_config(**fields: str) -> any_pb2.Any:
+    """The packed SGX config (Envoy's shape): `sgx_library`, `key_label`, `usr_pin`, `so_pin`, `token_label`,
+    `key_type`, each a string."""
+    message = _message(SGX)
+    for name, value in fields.items():
+        if name not in SGX_FIELDS:
+            raise TypeError(f"SgxPrivateKeyMethodConfig has no field {name!r}")
+        setattr(message, name, value)
     return _packed(message)
 
 
