@@ -77,6 +77,22 @@ def server_transport_socket(tls: ServerTLSSettings) -> Json:
     return {"name": TLS_SOCKET, "typed_config": context}
 
 
+def ads_secret_names(listeners: list[Json], clusters: list[Json]) -> set[str]:
+    """The `kubernetes://` SDS names the listeners' TLS chains and the clusters' TLS origination ask of pilot
+    over ADS (every SdsSecretConfig of their transport sockets whose source is ADS)."""
+    sockets = [chain.get("transport_socket") for listener in listeners for chain in listener.get("filter_chains", [])]
+    sockets += [cluster.get("transport_socket") for cluster in clusters]
+    names: set[str] = set()
+    for socket in sockets:
+        if socket is None:
+            continue
+        common = socket["typed_config"].get("common_tls_context", {})
+        configs = list(common.get("tls_certificate_sds_secret_configs", []))
+        configs.append(common.get("combined_validation_context", {}).get("validation_context_sds_secret_config"))
+        names.update(c["name"] for c in configs if c is not None and c.get("sds_config") == SDS_OVER_ADS)
+    return names
+
+
 def _sans(sans: list[Json]) -> Json:
     return {"match_subject_alt_names": sans} if sans else {}
 

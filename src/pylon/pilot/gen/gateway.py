@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pylon.pilot.gen.authz import http_rbac_filters, policies_for
 from pylon.pilot.gen.clusters import blackhole_cluster, outbound_clusters
 from pylon.pilot.gen.endpoints import outbound_assignments
-from pylon.pilot.gen.credentials import CA_SUFFIX, gateway_secrets, resource_name, server_transport_socket
+from pylon.pilot.gen.credentials import ads_secret_names, gateway_secrets, server_transport_socket
 from pylon.pilot.gen.names import domain_name, gateway_http_route_name, gateway_https_route_name, listener_name
 from pylon.pilot.gen.routes import RouteContext, build_http_routes, is_catch_all
 from pylon.pilot.gen.types import (ADS_SOURCE, CLUSTER, ENDPOINT, FAULT, HCM, LISTENER, ROUTE, ROUTER, SECRET,
@@ -62,14 +62,14 @@ class GatewayGenerator:
         endpoints: list[Json] = []
         for service in snapshot.visible_services(proxy.namespace):
             rule = snapshot.destination_rule(service.hostname, proxy.namespace, service.namespace)
-            clusters += outbound_clusters(snapshot, service, rule)
+            clusters += outbound_clusters(snapshot, service, rule, for_sidecar=False)
             endpoints += outbound_assignments(snapshot, service, rule)
         return {
             LISTENER: {item["name"]: item for item in listeners},
             ROUTE: {item["name"]: item for item in routes},
             CLUSTER: {item["name"]: item for item in clusters},
             ENDPOINT: {item["cluster_name"]: item for item in endpoints},
-            SECRET: gateway_secrets(proxy, snapshot, _credential_names(ports)),
+            SECRET: gateway_secrets(proxy, snapshot, ads_secret_names(listeners, clusters)),
         }
 
     def endpoints(self, proxy: Proxy, snapshot: Snapshot, hostnames: frozenset[str]) -> dict[str, Json]:
@@ -80,20 +80,6 @@ class GatewayGenerator:
             rule = snapshot.destination_rule(service.hostname, proxy.namespace, service.namespace)
             out.update((item["cluster_name"], item) for item in outbound_assignments(snapshot, service, rule))
         return out
-
-
-def _credential_names(ports: dict[tuple[str, int], list[_PortServers]]) -> set[str]:
-    """The `kubernetes://` SDS names the listeners refer to (with `-cacert` where clients are validated)."""
-    names: set[str] = set()
-    for groups in ports.values():
-        for group in groups:
-            tls = group.tls.tls if group.tls is not None else None
-            if tls is None or not tls.credential_name:
-                continue
-            names.add(resource_name(tls.credential_name))
-            if tls.mode in ("MUTUAL", "OPTIONAL_MUTUAL"):
-                names.add(resource_name(tls.credential_name) + CA_SUFFIX)
-    return names
 
 
 def _merge_servers(gateways: list[Resource]) -> dict[tuple[str, int], list[_PortServers]]:

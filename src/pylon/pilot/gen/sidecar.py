@@ -72,7 +72,7 @@ class SidecarGenerator:
         endpoints: list[Json] = []
         for service in services:
             rule = snapshot.destination_rule(service.hostname, proxy.namespace, service.namespace)
-            clusters += outbound_clusters(snapshot, service, rule)
+            clusters += outbound_clusters(snapshot, service, rule, for_sidecar=True)
             endpoints += outbound_assignments(snapshot, service, rule)
         bind = WILDCARD if capture else LOCALHOST
         listeners, routes = _outbound(proxy, snapshot, scope, services, bind, bound=not capture)

@@ -445,22 +445,61 @@ class OutlierDetection(IstioStruct, kw_only=True):
 
 
 class ClientTLSSettings(IstioStruct, kw_only=True):
-    """Upstream TLS: DISABLE, or ISTIO_MUTUAL (the mesh's SDS certificates); SIMPLE/MUTUAL need credentials that
-    pylon pilot cannot serve yet. `mode` None is "not set", which lets auto mTLS decide."""
+    """Upstream TLS of the clusters a DestinationRule (or one of its ports or subsets) covers.
 
-    mode: Literal["DISABLE", "SIMPLE", "MUTUAL", "ISTIO_MUTUAL"] | None = None
-    client_certificate: NotImplementedField | None = None
-    private_key: NotImplementedField | None = None
-    ca_certificates: NotImplementedField | None = None
-    ca_crl: NotImplementedField | None = None
-    credential_name: NotImplementedField | None = None
-    subject_alt_names: NotImplementedField | None = None
-    sni: NotImplementedField | None = None
-    insecure_skip_verify: NotImplementedField | None = None
+    `mode` defaults to DISABLE (the proto's zero value): a `tls` block without a mode turns TLS off, auto mTLS
+    included, as in Istio. SIMPLE and MUTUAL originate TLS with either a
+    `credentialName` Secret (served over ADS as `kubernetes://NAME`, its CA as `kubernetes://NAME-cacert`) or
+    files on the proxy's host (`clientCertificate`, `privateKey`, `caCertificates`, `caCrl`), which Istio's
+    agent serves over SDS as `file-cert:` / `file-root:` resources. The checks are those of Istio's webhook
+    (pkg/config/validation/agent ValidateTLS); fields Istio would silently ignore for the mode are errors.
+    """
+
+    mode: Literal["DISABLE", "SIMPLE", "MUTUAL", "ISTIO_MUTUAL"] = "DISABLE"
+    client_certificate: str = ""
+    private_key: str = ""
+    ca_certificates: str = ""
+    ca_crl: str = ""
+    credential_name: str = ""
+    subject_alt_names: list[NonEmptyStr] = []
+    sni: str = ""
+    insecure_skip_verify: bool | None = None
 
     def __post_init__(self) -> None:
-        if self.mode in ("SIMPLE", "MUTUAL"):
-            raise FieldError("mode", f"{self.mode} is not supported by pylon pilot yet (DISABLE or ISTIO_MUTUAL)")
+        files = (("clientCertificate", self.client_certificate), ("privateKey", self.private_key),
+                 ("caCertificates", self.ca_certificates), ("caCrl", self.ca_crl))  # fmt: skip
+        if self.mode in ("DISABLE", "ISTIO_MUTUAL"):
+            ignored = [*files, ("credentialName", self.credential_name),
+                       ("insecureSkipVerify", self.insecure_skip_verify)]  # fmt: skip
+            if self.mode != "ISTIO_MUTUAL":
+                ignored += [("sni", self.sni), ("subjectAltNames", self.subject_alt_names)]
+            for field, value in ignored:
+                if value:  # Istio reads none of these for the mode: a setting that would do nothing
+                    raise FieldError(field, f"is not used with mode {self.mode} (Istio ignores it); "
+                                     "only SIMPLE and MUTUAL take it")  # fmt: skip
+            return
+        skip_verify = bool(self.insecure_skip_verify)
+        if skip_verify:
+            conflicting = [("caCertificates", self.ca_certificates), ("subjectAltNames", self.subject_alt_names)]
+            if self.mode == "SIMPLE":
+                conflicting.append(("credentialName", self.credential_name))
+            for field, value in conflicting:
+                if value:
+                    raise FieldError(field, "cannot be set when insecureSkipVerify is true (Istio's validation)")
+        if self.credential_name:
+            for field, value in files:
+                if value:
+                    raise FieldError(field, "cannot be set with credentialName: the Secret holds the certificates "
+                                     "(Istio's validation)")  # fmt: skip
+            name = self.credential_name
+            if "://" in name and not name.startswith("kubernetes://"):
+                raise FieldError("credentialName", f"{name!r}: only Kubernetes secrets (NAME or kubernetes://NAME) "
+                                 "are supported by pylon pilot")  # fmt: skip
+            return
+        if self.mode == "MUTUAL":
+            for field, value in files[:2]:
+                if not value:
+                    raise FieldError(field, "required for MUTUAL TLS without credentialName (Istio's validation)")
 
 
 class PortTrafficPolicy(IstioStruct, kw_only=True):
