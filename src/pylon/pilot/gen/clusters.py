@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pylon.pilot.gen.client_tls import auto_sni_options, user_tls_socket
 from pylon.pilot.gen.mtls import apply_client_tls
-from pylon.pilot.gen.names import BLACKHOLE, subset_key
+from pylon.pilot.gen.names import BLACKHOLE, sni_dnat_key, subset_key
 from pylon.pilot.gen.policy import EffectivePolicy, effective_policy
 from pylon.pilot.gen.types import ADS_SOURCE, HTTP_PROTOCOL_OPTIONS, Json
 from pylon.pilot.istio.common import format_duration
@@ -33,15 +33,27 @@ def outbound_clusters(snapshot: Snapshot, service: Service, rule: Resource | Non
         service, rule.spec if rule is not None else None, snapshot.mesh, for_sidecar))
 
 
-def build_clusters(service: Service, rule: DestinationRuleSpec | None, mesh: MeshConfig,
-                   for_sidecar: bool) -> list[Json]:  # fmt: skip
-    """The default cluster of every port, then one per DestinationRule subset, as Istio orders them."""
+def sni_dnat_clusters(snapshot: Snapshot, service: Service, rule: Resource | None) -> list[Json]:
+    """A gateway's SNI-DNAT clusters of the service (AUTO_PASSTHROUGH servers), shared as `outbound_clusters`."""
+    return snapshot.pieces.get("sni-dnat-clusters", (service, rule, snapshot.mesh), (), lambda: build_clusters(
+        service, rule.spec if rule is not None else None, snapshot.mesh, for_sidecar=False, sni_dnat=True))
+
+
+def build_clusters(service: Service, rule: DestinationRuleSpec | None, mesh: MeshConfig, for_sidecar: bool,
+                   sni_dnat: bool = False) -> list[Json]:  # fmt: skip
+    """The default cluster of every port, then one per DestinationRule subset, as Istio orders them.
+
+    `sni_dnat`: a gateway's SNI-DNAT clusters instead (istiod's buildOutboundSniDnatClusters), named
+    `outbound_.<port>_.<subset>_.<fqdn>`, the rule's policy but no TLS: they forward the client's mTLS as it is."""
     out = []
     for port in service.ports:
-        out.append(build_cluster(service, port, "", effective_policy(rule, port.number), mesh, for_sidecar=for_sidecar))
+        if sni_dnat and port.protocol.upper() == "UDP":
+            continue
+        out.append(build_cluster(service, port, "", effective_policy(rule, port.number), mesh, for_sidecar=for_sidecar,
+                                 sni_dnat=sni_dnat))  # fmt: skip
         for subset in rule.subsets if rule is not None else []:
             out.append(build_cluster(service, port, subset.name, effective_policy(rule, port.number, subset.name),
-                                     mesh, subset.labels, for_sidecar=for_sidecar))  # fmt: skip
+                                     mesh, subset.labels, for_sidecar=for_sidecar, sni_dnat=sni_dnat))  # fmt: skip
     return out
 
 
@@ -73,8 +85,8 @@ def blackhole_cluster(mesh: MeshConfig) -> Json:
 
 
 def build_cluster(service: Service, port: ServicePort, subset: str, policy: EffectivePolicy, mesh: MeshConfig,
-                  subset_labels: dict[str, str] | None = None, *, for_sidecar: bool) -> Json:  # fmt: skip
-    name = subset_key(service.hostname, port.number, subset)
+                  subset_labels: dict[str, str] | None = None, *, for_sidecar: bool, sni_dnat: bool = False) -> Json:  # fmt: skip
+    name = (sni_dnat_key if sni_dnat else subset_key)(service.hostname, port.number, subset)
     cluster: Json = {
         "name": name,
         "type": "EDS",
@@ -90,7 +102,7 @@ def build_cluster(service: Service, port: ServicePort, subset: str, policy: Effe
     _apply_outlier_detection(cluster, policy)
     protocol = _upstream_protocol(port, policy)
     http2 = protocol is not None and "http2_protocol_options" in protocol.get("explicit_http_config", {})
-    upstream_options = _apply_tls(cluster, service, port, subset, policy, mesh, http2, for_sidecar)
+    upstream_options = {} if sni_dnat else _apply_tls(cluster, service, port, subset, policy, mesh, http2, for_sidecar)
     if protocol is not None or common or upstream_options:
         options: Json = {"@type": HTTP_PROTOCOL_OPTIONS, **(protocol or {"explicit_http_config": {"http_protocol_options": {}}})}
         if common:

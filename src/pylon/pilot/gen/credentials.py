@@ -47,9 +47,10 @@ def resource_name(credential_name: str) -> str:
     return credential_name if credential_name.startswith(CREDENTIAL_PREFIX) else CREDENTIAL_PREFIX + credential_name
 
 
-def server_transport_socket(tls: ServerTLSSettings) -> Json:
-    """The transport socket terminating TLS for one HTTPS gateway server."""
-    common: Json = {"alpn_protocols": list(HTTPS_ALPN)}
+def server_transport_socket(tls: ServerTLSSettings, alpn: list[str] | None = None) -> Json:
+    """The transport socket terminating TLS for one HTTPS (or TLS) gateway server; ALPN `h2,http/1.1` unless
+    `alpn` says otherwise."""
+    common: Json = {"alpn_protocols": list(alpn or HTTPS_ALPN)}
     sans = [{"exact": san} for san in tls.subject_alt_names]
     if tls.mode == "ISTIO_MUTUAL":
         common["tls_certificate_sds_secret_configs"] = [sds_secret("default")]

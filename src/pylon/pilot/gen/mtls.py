@@ -29,6 +29,7 @@ rest without any configuration.
 
 from __future__ import annotations
 
+from pylon.pilot.gen.names import sni_dnat_key
 from pylon.pilot.gen.types import DOWNSTREAM_TLS, RAW_BUFFER, UPSTREAM_TLS, Json
 from pylon.pilot.istio.networking import ClientTLSSettings
 from pylon.pilot.proxy import Proxy
@@ -118,7 +119,7 @@ def inbound_chains(name: str, port: int | None, mode: str, filters: list[Json], 
 
 def sni(fqdn: str, port: int, subset: str) -> str:
     """Istio's SNI for mesh mTLS: `outbound_.<port>_.<subset>_.<fqdn>`."""
-    return f"outbound_.{port}_.{subset}_.{fqdn}"
+    return sni_dnat_key(fqdn, port, subset)
 
 
 def upstream_tls(fqdn: str, port: int, subset: str, tls: ClientTLSSettings | None = None) -> Json:
