@@ -1,10 +1,10 @@
 """Interop: TLS origination by DestinationRule, TLS passthrough by SNI and TCP routes from `pylon pilot`, on a real
-Envoy 1.40 gateway (and on `pylon proxy` where it has what the config needs).
+Envoy 1.40 gateway and on `pylon proxy`.
 
-- Origination (Envoy): a gateway HTTP server routes to HTTPS upstreams whose DestinationRules say SIMPLE (the
+- Origination: a gateway HTTP server routes to HTTPS upstreams whose DestinationRules say SIMPLE (the
   upstream's CA from a `credentialName` Secret, a SAN to check) or MUTUAL (a client certificate from the Secret).
-  The gateway takes ADS from pilot's TLS port with a mesh certificate, as Istio's agent connects it, since pilot
-  serves credential secrets to verified proxies only.
+  pilot serves credential secrets to verified proxies only: Envoy takes ADS from pilot's TLS port with a mesh
+  certificate, as Istio's agent would connect it; pylon proxy runs under `pylon agent`, whose xDS proxy does that.
 - Passthrough and TCP (Envoy and pylon, plaintext ADS: no secret involved): a PASSTHROUGH server sends each TLS
   connection, unopened, to the backend its SNI names; a TCP server forwards bytes by a VirtualService tcp route.
 """
@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
 import socket
 import ssl
+import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +31,8 @@ import yaml
 from pylon.identity.authority import CaMaterial
 from pylon.identity.certs import Issued, Usage, issue_leaf, make_ca
 from pylon.identity.spiffe import SpiffeId
-from tests.conftest import free_port, wait_for_port
-from tests.pilot.builders import GATEWAY_NODE, doc, write_yaml
+from tests.conftest import free_port, pylon_cmd, wait_for_port
+from tests.pilot.builders import GATEWAY_NODE, SIDECAR_NODE, doc, write_yaml
 from tests.pilot.harness import ENVOY, Processes, bootstrap, eventually, needs_envoy, pilot_cmd
 from tests.pilot.test_gateway_tls_envoy import envoy_bootstrap
 
@@ -99,9 +102,27 @@ def origination_docs(http_port: int, server_port: int, mutual_port: int) -> list
     return docs
 
 
-@pytest.fixture(scope="module")
-def origination(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Origination]:
-    base = tmp_path_factory.mktemp("origination")
+def agent_cmd(base: Path, ca_port: int, proxy: str) -> list[str]:
+    """`pylon agent` running the gateway's proxy as Istio's gateway pod: xDS relayed to pilot's TLS port with the
+    pod's token (so credential secrets reach a proxy whose own xDS client has no TLS)."""
+    token = subprocess.run(pylon_cmd("pilot", "token", "--ca-dir", str(base / "cacerts"), "--namespace", "istio-system",
+                                     "--service-account", "istio-ingressgateway"),
+                           check=True, capture_output=True, text=True).stdout.strip()  # fmt: skip
+    (base / "token").write_text(token)
+    (base / "work").mkdir()
+    return pylon_cmd(
+        "agent", "--type", "router", "--namespace", "istio-system", "--service-account", "istio-ingressgateway",
+        "--pod-name", "gw-0", "--labels", "istio=ingressgateway", "--ca-address", f"127.0.0.1:{ca_port}",
+        "--discovery-address", f"127.0.0.1:{ca_port}", "--root-cert", str(base / "cacerts" / "root-cert.pem"),
+        "--token-file", str(base / "token"), "--workdir", str(base / "work"), "--proxy", proxy,
+        "--envoy-binary", str(ENVOY), "--admin-port", str(free_port()), "--health-address", f"127.0.0.1:{free_port()}",
+        "--status-address", f"127.0.0.1:{free_port()}", "--drain-seconds", "0.2")  # fmt: skip
+
+
+@pytest.fixture(scope="module", params=["envoy", "pylon-agent"])
+def origination(request: pytest.FixtureRequest) -> Iterator[Origination]:
+    """Envoy connected straight to pilot's TLS port with a mesh certificate, or `pylon proxy` under `pylon agent`."""
+    base = Path(tempfile.mkdtemp(prefix="po-"))  # short: the agent's Unix socket paths are limited to 108 bytes
     processes = Processes()
     try:
         server_ca, client_ca = make_ca(), make_ca()
@@ -122,14 +143,18 @@ def origination(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Originatio
         pilot = processes.start(pilot_cmd(config_dir, base, free_port(), free_port(), free_port(), "--secrets-dir",
                                           str(secrets_dir), ca_port=ca_port))  # fmt: skip
         wait_for_port(ca_port, proc=pilot)
-        path = envoy_bootstrap(base, material, SpiffeId("cluster.local", "istio-system", "ingressgateway"), free_port(),
-                               ca_port, tls=True)  # fmt: skip
-        processes.start([str(ENVOY), "-c", str(path), "--disable-hot-restart", "-l", "error", "--use-dynamic-base-id"])
-        wait_for_port(http_port, timeout=20)
+        if request.param == "envoy":
+            path = envoy_bootstrap(base, material, SpiffeId("cluster.local", "istio-system", "ingressgateway"),
+                                   free_port(), ca_port, tls=True)  # fmt: skip
+            processes.start([str(ENVOY), "-c", str(path), "--disable-hot-restart", "-l", "error", "--use-dynamic-base-id"])
+        else:
+            processes.start(agent_cmd(base, ca_port, "pylon"))
+        wait_for_port(http_port, timeout=30)
         eventually(lambda: http_get(http_port, "simple.example.com").status_code == 200, timeout=20)
         yield Origination(http_port)
     finally:
         processes.stop()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_simple_tls_origination_verifies_the_upstream_against_the_secrets_ca(origination: Origination) -> None:
@@ -238,3 +263,75 @@ def test_tcp_route_forwards_bytes_to_its_destination(l4: L4) -> None:
     head, _, body = data.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200")
     assert json.loads(body)["name"] == "plain" and json.loads(body)["path"] == "/through-tcp"
+
+
+# --------------------------------------------------------------------------- a sidecar's TCP and TLS ports
+
+
+@dataclass
+class SidecarL4:
+    tls_port: int
+    tcp_port: int
+    backend_ca: Issued
+
+    def tls_get(self, server_name: str) -> dict[str, Any] | None:
+        return L4(self.tls_port, self.tcp_port, self.backend_ca).tls_get(server_name)
+
+
+def sidecar_docs(tls_port: int, tcp_port: int, a: int, b: int, plain: int) -> list[dict[str, Any]]:
+    """Two TLS services on one port (told apart by SNI, `b` routed to `a`'s backend by a tls route) and a TCP
+    service whose tcp route sends it elsewhere."""
+    return [entry("a.tls.example.com", tls_port, "TLS", a), entry("b.tls.example.com", tls_port, "TLS", b),
+            entry("db.example.com", tcp_port, "TCP", 1), entry("plain.backend.example.com", tcp_port, "TCP", plain),
+            doc("VirtualService", "b", {"hosts": ["b.tls.example.com"], "tls": [
+                {"match": [{"sniHosts": ["b.tls.example.com"]}], "route": [{"destination": {"host": "a.tls.example.com"}}]}]}),
+            doc("VirtualService", "db", {"hosts": ["db.example.com"], "tcp": [
+                {"match": [{"port": tcp_port}], "route": [{"destination": {"host": "plain.backend.example.com"}}]}]})]
+
+
+@pytest.fixture(scope="module", params=["envoy", "pylon"])
+def sidecar_l4(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SidecarL4]:
+    """A sidecar in interception mode NONE: its outbound listeners bound on 127.0.0.1 per service port."""
+    base = tmp_path_factory.mktemp("sidecar-l4")
+    processes = Processes()
+    try:
+        backend_ca = make_ca()
+        names = ["a.tls.example.com", "b.tls.example.com"]
+        a = processes.upstream("a", *write_pem(base, "a", issue_leaf(backend_ca, common_name="a", dns_names=names)))
+        b = processes.upstream("b", *write_pem(base, "b", issue_leaf(backend_ca, common_name="b", dns_names=names)))
+        plain = processes.upstream("plain")
+        mesh = SidecarL4(tls_port=free_port(), tcp_port=free_port(), backend_ca=backend_ca)
+        (base / "config").mkdir()
+        write_yaml(base / "config" / "mesh.yaml", *sidecar_docs(mesh.tls_port, mesh.tcp_port, a, b, plain))
+        xds_port = free_port()
+        pilot = processes.start(pilot_cmd(base / "config", base, xds_port, free_port(), free_port()))
+        wait_for_port(xds_port, proc=pilot)
+        metadata = {"NAMESPACE": "default", "LABELS": {"app": "client"}, "INTERCEPTION_MODE": "NONE"}
+        (base / "sidecar.yaml").write_text(yaml.safe_dump(bootstrap(SIDECAR_NODE, "client.default", metadata,
+                                                                    free_port(), xds_port)))  # fmt: skip
+        if request.param == "envoy":
+            command = [str(ENVOY), "-c", str(base / "sidecar.yaml"), "--disable-hot-restart", "-l", "error",
+                       "--use-dynamic-base-id"]  # fmt: skip
+        else:
+            command = [sys.executable, "-m", "pylon.cli", "proxy", "-c", str(base / "sidecar.yaml"), "-l", "error"]
+        wait_for_port(mesh.tcp_port, proc=processes.start(command), timeout=20)
+        eventually(lambda: mesh.tls_get("a.tls.example.com") is not None, timeout=20)
+        yield mesh
+    finally:
+        processes.stop()
+
+
+def test_sidecar_tls_port_routes_by_sni_and_tls_routes(sidecar_l4: SidecarL4) -> None:
+    answer = sidecar_l4.tls_get("a.tls.example.com")
+    assert answer is not None and answer["name"] == "a"
+    answer = sidecar_l4.tls_get("b.tls.example.com")  # the tls route sends b's name to a's backend
+    assert answer is not None and (answer["name"], answer["sni"]) == ("a", "b.tls.example.com")
+
+
+def test_sidecar_tcp_port_follows_the_tcp_route(sidecar_l4: SidecarL4) -> None:
+    with socket.create_connection(("127.0.0.1", sidecar_l4.tcp_port), timeout=5) as conn:
+        conn.sendall(b"GET /db HTTP/1.1\r\nHost: db\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := conn.recv(65536):
+            data += chunk
+    assert json.loads(data.partition(b"\r\n\r\n")[2])["name"] == "plain"
