@@ -710,7 +710,9 @@ class ServiceEntrySpec(IstioStruct, kw_only=True):
 
     def __post_init__(self) -> None:
         if self.resolution == "DYNAMIC_DNS":
-            raise FieldError("resolution", "DYNAMIC_DNS is not supported by pylon pilot yet")
+            raise FieldError("resolution", "DYNAMIC_DNS is not supported by pylon pilot yet (Istio serves it with "
+                             "Envoy's dynamic forward proxy: a dynamic_forward_proxy cluster and HTTP and SNI filters, "
+                             "which pylon proxy does not have)")  # fmt: skip
         if self.resolution == "STATIC":
             for i, endpoint in enumerate(self.endpoints):
                 if not is_ip(endpoint.address):
