@@ -19,7 +19,7 @@ import ssl
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,6 +73,7 @@ def http_get(port: int, host: str) -> httpx.Response:
 @dataclass
 class Origination:
     port: int
+    proxy: str
 
 
 HOSTS = {"simple": "SIMPLE with the right SAN", "wrong-san": "SIMPLE expecting another SAN",
@@ -151,7 +152,7 @@ def origination(request: pytest.FixtureRequest) -> Iterator[Origination]:
             processes.start(agent_cmd(base, ca_port, "pylon"))
         wait_for_port(http_port, timeout=30)
         eventually(lambda: http_get(http_port, "simple.example.com").status_code == 200, timeout=20)
-        yield Origination(http_port)
+        yield Origination(http_port, request.param)
     finally:
         processes.stop()
         shutil.rmtree(base, ignore_errors=True)
@@ -171,6 +172,16 @@ def test_a_subject_alt_name_the_upstream_certificate_lacks_fails_the_request(ori
 def test_mutual_tls_origination_presents_the_secrets_client_certificate(origination: Origination) -> None:
     answer = http_get(origination.port, "mutual.example.com").json()
     assert answer["name"] == "mutual-server" and answer["client"] == "gateway-client"
+
+
+def test_without_the_client_certificate_the_upstream_refuses(origination: Origination,
+                                                             request: pytest.FixtureRequest) -> None:  # fmt: skip
+    """SIMPLE (no client certificate) to the server that requires one: over TLS 1.3 the server refuses after the
+    client's handshake is done (an alert, then the close), which Envoy answers with a 503."""
+    if origination.proxy != "envoy":
+        request.applymarker(pytest.mark.xfail(reason="pylon proxy bug (proxy data path): an upstream TLS 1.3 "
+                                              "connection refused by the server after the handshake sometimes leaves "
+                                              "the request waiting for ever instead of a 503", strict=False))  # fmt: skip
     assert http_get(origination.port, "no-client-cert.example.com").status_code == 503
 
 
@@ -214,36 +225,64 @@ def l4_docs(tls_port: int, tcp_port: int, a: int, b: int, plain: int) -> list[di
                 {"match": [{"port": tcp_port}], "route": [{"destination": {"host": "plain.backend.example.com"}}]}]})]
 
 
-@pytest.fixture(scope="module", params=["envoy", "pylon"])
-def l4(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[L4]:
-    base = tmp_path_factory.mktemp("l4")
+def start_l4(processes: Processes, base: Path, proxy: str, docs: list[dict[str, Any]], node: str, cluster: str,
+             metadata: dict[str, Any], port: int) -> None:
+    """pilot on `docs` (plaintext ADS) and the proxy (`envoy` or `pylon`) for `node`, listening on `port`."""
+    (base / "config").mkdir()
+    write_yaml(base / "config" / "mesh.yaml", *docs)
+    xds_port = free_port()
+    pilot = processes.start(pilot_cmd(base / "config", base, xds_port, free_port(), free_port()))
+    wait_for_port(xds_port, proc=pilot)
+    (base / "proxy.yaml").write_text(yaml.safe_dump(bootstrap(node, cluster, metadata, free_port(), xds_port)))
+    if proxy == "envoy":
+        command = [str(ENVOY), "-c", str(base / "proxy.yaml"), "--disable-hot-restart", "-l", "error",
+                   "--use-dynamic-base-id"]  # fmt: skip
+    else:
+        command = [sys.executable, "-m", "pylon.cli", "proxy", "-c", str(base / "proxy.yaml"), "-l", "error"]
+    wait_for_port(port, proc=processes.start(command), timeout=20)
+
+
+def tcp_get(port: int, path: str) -> dict[str, Any]:
+    """GET `path` as raw bytes over a TCP connection to `port` (a tcp_proxy listener): the upstream's answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+        conn.sendall(f"GET {path} HTTP/1.1\r\nHost: anything\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := conn.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    return json.loads(body)
+
+
+def backends(processes: Processes, base: Path, zone: str) -> tuple[Issued, int, int, int]:
+    """Two HTTPS backends `a` and `b` whose certificate (of a CA of their own) names `a.<zone>.example.com` and
+    `b.<zone>.example.com`, and a plain HTTP one: the CA and their ports."""
+    ca = make_ca()
+    names = [f"a.{zone}.example.com", f"b.{zone}.example.com"]
+    a, b = (processes.upstream(n, *write_pem(base, n, issue_leaf(ca, common_name=n, dns_names=names))) for n in "ab")
+    return ca, a, b, processes.upstream("plain")
+
+
+def run_l4(base: Path, proxy: str, zone: str, docs: Callable[[int, int, int, int, int], list[dict[str, Any]]],
+           node: str, cluster: str, metadata: dict[str, Any]) -> Iterator[L4]:
+    """The backends, pilot on `docs(tls_port, tcp_port, a, b, plain)` and the proxy; stopped when done."""
     processes = Processes()
     try:
-        backend_ca = make_ca()
-        a = processes.upstream("a", *write_pem(base, "a", issue_leaf(backend_ca, common_name="a",
-                                                                     dns_names=["a.pass.example.com"])))
-        b = processes.upstream("b", *write_pem(base, "b", issue_leaf(backend_ca, common_name="b",
-                                                                     dns_names=["b.pass.example.com"])))
-        plain = processes.upstream("plain")
+        backend_ca, a, b, plain = backends(processes, base, zone)
         mesh = L4(tls_port=free_port(), tcp_port=free_port(), backend_ca=backend_ca)
-        (base / "config").mkdir()
-        write_yaml(base / "config" / "mesh.yaml", *l4_docs(mesh.tls_port, mesh.tcp_port, a, b, plain))
-        xds_port = free_port()
-        pilot = processes.start(pilot_cmd(base / "config", base, xds_port, free_port(), free_port()))
-        wait_for_port(xds_port, proc=pilot)
-        config = bootstrap(GATEWAY_NODE, "istio-ingressgateway.istio-system",
-                           {"NAMESPACE": "istio-system", "LABELS": {"istio": "ingressgateway"}}, free_port(), xds_port)
-        (base / "gateway.yaml").write_text(yaml.safe_dump(config))
-        if request.param == "envoy":
-            command = [str(ENVOY), "-c", str(base / "gateway.yaml"), "--disable-hot-restart", "-l", "error",
-                       "--use-dynamic-base-id"]  # fmt: skip
-        else:
-            command = [sys.executable, "-m", "pylon.cli", "proxy", "-c", str(base / "gateway.yaml"), "-l", "error"]
-        wait_for_port(mesh.tcp_port, proc=processes.start(command), timeout=20)
-        eventually(lambda: mesh.tls_get("a.pass.example.com") is not None, timeout=20)
+        start_l4(processes, base, proxy, docs(mesh.tls_port, mesh.tcp_port, a, b, plain), node, cluster, metadata,
+                 mesh.tcp_port)  # fmt: skip
+        eventually(lambda: mesh.tls_get(f"a.{zone}.example.com") is not None, timeout=20)
         yield mesh
     finally:
         processes.stop()
+
+
+@pytest.fixture(scope="module", params=["envoy", "pylon"])
+def l4(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[L4]:
+    """A gateway: PASSTHROUGH on the TLS port, a TCP server on the other."""
+    yield from run_l4(tmp_path_factory.mktemp("l4"), request.param, "pass", l4_docs, GATEWAY_NODE,
+                      "istio-ingressgateway.istio-system", {"NAMESPACE": "istio-system", "LABELS": {"istio": "ingressgateway"}})
 
 
 def test_passthrough_routes_each_tls_connection_by_its_sni_unopened(l4: L4) -> None:
@@ -255,27 +294,11 @@ def test_passthrough_routes_each_tls_connection_by_its_sni_unopened(l4: L4) -> N
 
 
 def test_tcp_route_forwards_bytes_to_its_destination(l4: L4) -> None:
-    with socket.create_connection(("127.0.0.1", l4.tcp_port), timeout=5) as conn:
-        conn.sendall(b"GET /through-tcp HTTP/1.1\r\nHost: anything\r\nConnection: close\r\n\r\n")
-        data = b""
-        while chunk := conn.recv(65536):
-            data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 200")
-    assert json.loads(body)["name"] == "plain" and json.loads(body)["path"] == "/through-tcp"
+    answer = tcp_get(l4.tcp_port, "/through-tcp")
+    assert (answer["name"], answer["path"]) == ("plain", "/through-tcp")
 
 
 # --------------------------------------------------------------------------- a sidecar's TCP and TLS ports
-
-
-@dataclass
-class SidecarL4:
-    tls_port: int
-    tcp_port: int
-    backend_ca: Issued
-
-    def tls_get(self, server_name: str) -> dict[str, Any] | None:
-        return L4(self.tls_port, self.tcp_port, self.backend_ca).tls_get(server_name)
 
 
 def sidecar_docs(tls_port: int, tcp_port: int, a: int, b: int, plain: int) -> list[dict[str, Any]]:
@@ -290,48 +313,18 @@ def sidecar_docs(tls_port: int, tcp_port: int, a: int, b: int, plain: int) -> li
 
 
 @pytest.fixture(scope="module", params=["envoy", "pylon"])
-def sidecar_l4(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SidecarL4]:
+def sidecar_l4(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[L4]:
     """A sidecar in interception mode NONE: its outbound listeners bound on 127.0.0.1 per service port."""
-    base = tmp_path_factory.mktemp("sidecar-l4")
-    processes = Processes()
-    try:
-        backend_ca = make_ca()
-        names = ["a.tls.example.com", "b.tls.example.com"]
-        a = processes.upstream("a", *write_pem(base, "a", issue_leaf(backend_ca, common_name="a", dns_names=names)))
-        b = processes.upstream("b", *write_pem(base, "b", issue_leaf(backend_ca, common_name="b", dns_names=names)))
-        plain = processes.upstream("plain")
-        mesh = SidecarL4(tls_port=free_port(), tcp_port=free_port(), backend_ca=backend_ca)
-        (base / "config").mkdir()
-        write_yaml(base / "config" / "mesh.yaml", *sidecar_docs(mesh.tls_port, mesh.tcp_port, a, b, plain))
-        xds_port = free_port()
-        pilot = processes.start(pilot_cmd(base / "config", base, xds_port, free_port(), free_port()))
-        wait_for_port(xds_port, proc=pilot)
-        metadata = {"NAMESPACE": "default", "LABELS": {"app": "client"}, "INTERCEPTION_MODE": "NONE"}
-        (base / "sidecar.yaml").write_text(yaml.safe_dump(bootstrap(SIDECAR_NODE, "client.default", metadata,
-                                                                    free_port(), xds_port)))  # fmt: skip
-        if request.param == "envoy":
-            command = [str(ENVOY), "-c", str(base / "sidecar.yaml"), "--disable-hot-restart", "-l", "error",
-                       "--use-dynamic-base-id"]  # fmt: skip
-        else:
-            command = [sys.executable, "-m", "pylon.cli", "proxy", "-c", str(base / "sidecar.yaml"), "-l", "error"]
-        wait_for_port(mesh.tcp_port, proc=processes.start(command), timeout=20)
-        eventually(lambda: mesh.tls_get("a.tls.example.com") is not None, timeout=20)
-        yield mesh
-    finally:
-        processes.stop()
+    yield from run_l4(tmp_path_factory.mktemp("sidecar-l4"), request.param, "tls", sidecar_docs, SIDECAR_NODE,
+                      "client.default", {"NAMESPACE": "default", "LABELS": {"app": "client"}, "INTERCEPTION_MODE": "NONE"})
 
 
-def test_sidecar_tls_port_routes_by_sni_and_tls_routes(sidecar_l4: SidecarL4) -> None:
+def test_sidecar_tls_port_routes_by_sni_and_tls_routes(sidecar_l4: L4) -> None:
     answer = sidecar_l4.tls_get("a.tls.example.com")
     assert answer is not None and answer["name"] == "a"
     answer = sidecar_l4.tls_get("b.tls.example.com")  # the tls route sends b's name to a's backend
     assert answer is not None and (answer["name"], answer["sni"]) == ("a", "b.tls.example.com")
 
 
-def test_sidecar_tcp_port_follows_the_tcp_route(sidecar_l4: SidecarL4) -> None:
-    with socket.create_connection(("127.0.0.1", sidecar_l4.tcp_port), timeout=5) as conn:
-        conn.sendall(b"GET /db HTTP/1.1\r\nHost: db\r\nConnection: close\r\n\r\n")
-        data = b""
-        while chunk := conn.recv(65536):
-            data += chunk
-    assert json.loads(data.partition(b"\r\n\r\n")[2])["name"] == "plain"
+def test_sidecar_tcp_port_follows_the_tcp_route(sidecar_l4: L4) -> None:
+    assert tcp_get(sidecar_l4.tcp_port, "/db")["name"] == "plain"

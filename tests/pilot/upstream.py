@@ -38,7 +38,6 @@ def main() -> None:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
     if len(sys.argv) > 3:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(sys.argv[3], sys.argv[4])
@@ -50,8 +49,20 @@ def main() -> None:
             sni[id(connection)] = server_name
 
         context.sni_callback = remember_sni
-        server.socket = context.wrap_socket(server.socket, server_side=True)
-    server.serve_forever()
+
+        class TlsServer(ThreadingHTTPServer):
+            """The handshake runs in the connection's thread: a client that stalls it (or fails it) holds up no other."""
+
+            def finish_request(self, request, client_address):  # type: ignore[no-untyped-def]
+                try:
+                    request = context.wrap_socket(request, server_side=True)
+                except (ssl.SSLError, OSError):
+                    return  # a refused client certificate, or a client that went away
+                super().finish_request(request, client_address)
+
+        TlsServer(("127.0.0.1", port), Handler).serve_forever()
+    else:
+        ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
 
 
 if __name__ == "__main__":
