@@ -224,8 +224,7 @@ def _listener(proxy: Proxy, snapshot: Snapshot, bind: str, port: int, groups: li
         return None
     # A chain without a match takes every connection: Istio keeps such chains last.
     listener["filter_chains"] = sorted(chains, key=lambda c: "filter_chain_match" not in c)
-    if any("filter_chain_match" in c or "alpn_protocols" in c.get("transport_socket", {}).get("typed_config", {}).get(
-            "common_tls_context", {}) for c in chains):  # fmt: skip
+    if groups[0].kind != "tcp":  # every TLS chain has SNI hosts or ALPN to read (istiod: `*` hosts too)
         listener["listener_filters"] = [{"name": "envoy.filters.listener.tls_inspector",
                                          "typed_config": {"@type": TLS_INSPECTOR}}]  # fmt: skip
     return listener
