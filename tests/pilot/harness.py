@@ -86,11 +86,12 @@ class Processes:
         self.procs.append(proc)
         return proc
 
-    def upstream(self, name: str) -> int:
-        """A tests/pilot/upstream.py answering as `name`, listening: its port."""
+    def upstream(self, name: str, *tls: Path) -> int:
+        """A tests/pilot/upstream.py answering as `name` (over TLS with `tls`: certificate, key and optionally the
+        CA of the client certificates it requires), listening: its port."""
         port = free_port()
         wait_for_port(port, proc=self.start([sys.executable, str(Path(__file__).with_name("upstream.py")), name,
-                                             str(port)]))  # fmt: skip
+                                             str(port), *map(str, tls)]))  # fmt: skip
         return port
 
     def stop(self) -> None:

@@ -129,7 +129,7 @@ def test_edit_changes_envoy_behaviour_within_two_seconds(mesh: Mesh) -> None:
 
 def test_bad_edit_keeps_the_last_good_config(mesh: Mesh) -> None:
     apply(mesh, {"route": [{"destination": {"host": HOST, "subset": "v1"}}]})
-    (mesh.config_dir / "broken.yaml").write_text(yaml.safe_dump(doc("VirtualService", "bad", {"hosts": ["*"], "tcp": []})))
+    (mesh.config_dir / "broken.yaml").write_text(yaml.safe_dump(doc("VirtualService", "bad", {"hosts": ["*"], "tls": [{"match": []}]})))
     try:
         metrics = f"http://127.0.0.1:{mesh.monitoring_port}/metrics"
         eventually(lambda: "pilot_config_errors_total 1.0" in httpx.get(metrics, timeout=5).text)

@@ -50,3 +50,15 @@ def test_clean_directory_and_bad_mesh_config(tmp_path: Path) -> None:
     mesh_config.write_text("outboundTrafficPolicy:\n  mode: ALLOW_ANY\nenableTracing: true\n")
     result = CliRunner().invoke(pilot_command, ["validate", str(tmp_path), "--mesh-config", str(mesh_config)])
     assert result.exit_code == 1 and "enableTracing: not supported by pylon pilot yet" in result.output
+
+
+def test_tcp_and_tls_route_destinations_are_checked_too(tmp_path: Path) -> None:
+    write_yaml(tmp_path / "mesh.yaml", service_entry(HOST, [("10.0.0.1", 80, {})]),
+               doc("VirtualService", "l4", {"hosts": ["*.example.com"], "tcp": [
+                   {"route": [{"destination": {"host": HOST}}]}], "tls": [{"match": [{"sniHosts": ["a.example.com"]}],
+                   "route": [{"destination": {"host": "gone.example.com"}}]}]}))  # fmt: skip
+    result = CliRunner().invoke(pilot_command, ["validate", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == [
+        f"Warning [IST0101] {tmp_path}/mesh.yaml (document 2, VirtualService default/l4): "
+        "spec.tls[0].route[0].destination.host: referenced host not found: 'gone.example.com'"]

@@ -61,7 +61,7 @@ def validate_directory(root: Path, mesh_config: Path | None = None) -> Report:
 
 
 def analyze(snapshot: Snapshot) -> list[AnalysisWarning]:
-    """Dangling references of every VirtualService: gateways, destination hosts, subsets."""
+    """Dangling references of every VirtualService: gateways, destination hosts, subsets (http, tcp and tls routes)."""
     known_gateways = {f"{gw.namespace}/{gw.name}" for gw in snapshot.gateways}
     out: list[AnalysisWarning] = []
     for vs in snapshot.virtual_services:
@@ -75,6 +75,10 @@ def analyze(snapshot: Snapshot) -> list[AnalysisWarning]:
                 out += _check_destination(snapshot, vs, http.mirror, f"spec.http[{i}].mirror")
             for j, mirror in enumerate(http.mirrors):
                 out += _check_destination(snapshot, vs, mirror.destination, f"spec.http[{i}].mirrors[{j}].destination")
+        for kind, l4_routes in (("tcp", vs.spec.tcp), ("tls", vs.spec.tls)):
+            for i, l4 in enumerate(l4_routes):
+                for j, route in enumerate(l4.route):
+                    out += _check_destination(snapshot, vs, route.destination, f"spec.{kind}[{i}].route[{j}].destination")
     return out
 
 

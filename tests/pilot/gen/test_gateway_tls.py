@@ -145,7 +145,11 @@ def test_private_key_provider_from_mesh_default_and_from_the_node(tmp_path: Path
 @pytest.mark.parametrize(("server", "field", "message"), [
     ({"port": {"number": 443, "name": "https", "protocol": "HTTPS"}, "hosts": ["*"]}, "tls", "need TLS settings"),
     (https_server(["*"], "", mode="SIMPLE"), "credentialName", "requires credentialName"),
-    (https_server(["*"], mode="PASSTHROUGH"), "tls.mode", "not supported by pylon pilot yet"),
+    (https_server(["*"], mode="PASSTHROUGH"), "tls.credentialName", "do not end TLS"),
+    ({"port": {"number": 9000, "name": "tcp", "protocol": "TCP"}, "hosts": ["*"], "tls": {"mode": "SIMPLE",
+      "credentialName": "x"}}, "tls", "non HTTPS/TLS ports"),
+    ({"port": {"number": 27017, "name": "mongo", "protocol": "MONGO"}, "hosts": ["*"]}, "port.protocol",
+     "not supported by pylon pilot yet"),
     (https_server(["*"], "sds://x"), "credentialName", "only Kubernetes secrets"),
     (https_server(["*"], subjectAltNames=["x"]), "subjectAltNames", "not validated in SIMPLE mode"),
     (https_server(["*"], "", mode="ISTIO_MUTUAL", minProtocolVersion="TLSV1_3"), "minProtocolVersion",

@@ -129,12 +129,6 @@ def test_peer_authentication_errors_name_the_field(spec: dict[str, Any], path: s
     assert caught.value.path.startswith(path)
 
 
-def test_destination_rule_simple_tls_is_refused_by_name() -> None:
-    with pytest.raises(ConfigError) as caught:
-        resources(subsets_rule(REVIEWS, ["v1"], {"tls": {"mode": "SIMPLE"}}))
-    assert caught.value.path == "spec.trafficPolicy.tls.mode"
-
-
 @needs_envoy
 def test_every_mtls_resource_passes_validation(tmp_path: Path) -> None:
     strict = peer("wl", {"selector": {"matchLabels": {"app": "client"}}, "mtls": {"mode": "STRICT"},

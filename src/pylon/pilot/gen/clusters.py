@@ -10,8 +10,9 @@ since 1.14), circuit-breaker thresholds at UINT32_MAX with track_remaining
 from __future__ import annotations
 
 
+from pylon.pilot.gen.client_tls import auto_sni_options, user_tls_socket
 from pylon.pilot.gen.mtls import apply_client_tls
-from pylon.pilot.gen.names import BLACKHOLE, subset_key
+from pylon.pilot.gen.names import BLACKHOLE, sni_dnat_key, subset_key
 from pylon.pilot.gen.policy import EffectivePolicy, effective_policy
 from pylon.pilot.gen.types import ADS_SOURCE, HTTP_PROTOCOL_OPTIONS, Json
 from pylon.pilot.istio.common import format_duration
@@ -24,21 +25,35 @@ from pylon.pilot.snapshot import Endpoint, Service, Snapshot
 UINT32_MAX = 2**32 - 1
 
 
-def outbound_clusters(snapshot: Snapshot, service: Service, rule: Resource | None) -> list[Json]:
-    """`build_clusters` of the service under its DestinationRule, built once for every proxy and snapshot that
-    has the same service, rule and mesh objects (shared: not to be changed; pieces.py)."""
-    return snapshot.pieces.get("clusters", (service, rule, snapshot.mesh), (),
-                               lambda: build_clusters(service, rule.spec if rule is not None else None, snapshot.mesh))
+def outbound_clusters(snapshot: Snapshot, service: Service, rule: Resource | None, for_sidecar: bool) -> list[Json]:
+    """`build_clusters` of the service under its DestinationRule, built once for every proxy (of the kind
+    `for_sidecar` says: credentialName TLS is for gateways only) and snapshot that has the same service, rule
+    and mesh objects (shared: not to be changed; pieces.py)."""
+    return snapshot.pieces.get("clusters", (service, rule, snapshot.mesh), (for_sidecar,), lambda: build_clusters(
+        service, rule.spec if rule is not None else None, snapshot.mesh, for_sidecar))
 
 
-def build_clusters(service: Service, rule: DestinationRuleSpec | None, mesh: MeshConfig) -> list[Json]:
-    """The default cluster of every port, then one per DestinationRule subset, as Istio orders them."""
+def sni_dnat_clusters(snapshot: Snapshot, service: Service, rule: Resource | None) -> list[Json]:
+    """A gateway's SNI-DNAT clusters of the service (AUTO_PASSTHROUGH servers), shared as `outbound_clusters`."""
+    return snapshot.pieces.get("sni-dnat-clusters", (service, rule, snapshot.mesh), (), lambda: build_clusters(
+        service, rule.spec if rule is not None else None, snapshot.mesh, for_sidecar=False, sni_dnat=True))
+
+
+def build_clusters(service: Service, rule: DestinationRuleSpec | None, mesh: MeshConfig, for_sidecar: bool,
+                   sni_dnat: bool = False) -> list[Json]:  # fmt: skip
+    """The default cluster of every port, then one per DestinationRule subset, as Istio orders them.
+
+    `sni_dnat`: a gateway's SNI-DNAT clusters instead (istiod's buildOutboundSniDnatClusters), named
+    `outbound_.<port>_.<subset>_.<fqdn>`, the rule's policy but no TLS: they forward the client's mTLS as it is."""
     out = []
     for port in service.ports:
-        out.append(build_cluster(service, port, "", effective_policy(rule, port.number), mesh))
+        if sni_dnat and port.protocol.upper() == "UDP":
+            continue
+        out.append(build_cluster(service, port, "", effective_policy(rule, port.number), mesh, for_sidecar=for_sidecar,
+                                 sni_dnat=sni_dnat))  # fmt: skip
         for subset in rule.subsets if rule is not None else []:
             out.append(build_cluster(service, port, subset.name, effective_policy(rule, port.number, subset.name),
-                                     mesh, subset.labels))  # fmt: skip
+                                     mesh, subset.labels, for_sidecar=for_sidecar, sni_dnat=sni_dnat))  # fmt: skip
     return out
 
 
@@ -70,8 +85,8 @@ def blackhole_cluster(mesh: MeshConfig) -> Json:
 
 
 def build_cluster(service: Service, port: ServicePort, subset: str, policy: EffectivePolicy, mesh: MeshConfig,
-                  subset_labels: dict[str, str] | None = None) -> Json:  # fmt: skip
-    name = subset_key(service.hostname, port.number, subset)
+                  subset_labels: dict[str, str] | None = None, *, for_sidecar: bool, sni_dnat: bool = False) -> Json:  # fmt: skip
+    name = (sni_dnat_key if sni_dnat else subset_key)(service.hostname, port.number, subset)
     cluster: Json = {
         "name": name,
         "type": "EDS",
@@ -85,17 +100,34 @@ def build_cluster(service: Service, port: ServicePort, subset: str, policy: Effe
     _apply_load_balancer(cluster, policy)
     common = _apply_connection_pool(cluster, policy)
     _apply_outlier_detection(cluster, policy)
-    # Istio's auto mTLS is for mesh services only: MESH_EXTERNAL hosts get TLS only when a DestinationRule asks
-    internal = service.entry.spec.location == "MESH_INTERNAL"
-    apply_client_tls(cluster, policy.tls.mode if policy.tls is not None else None, mesh.enable_auto_mtls and internal,
-                     service.hostname, port.number, subset)
     protocol = _upstream_protocol(port, policy)
-    if protocol is not None or common:
+    http2 = protocol is not None and "http2_protocol_options" in protocol.get("explicit_http_config", {})
+    upstream_options = {} if sni_dnat else _apply_tls(cluster, service, port, subset, policy, mesh, http2, for_sidecar)
+    if protocol is not None or common or upstream_options:
         options: Json = {"@type": HTTP_PROTOCOL_OPTIONS, **(protocol or {"explicit_http_config": {"http_protocol_options": {}}})}
         if common:
             options["common_http_protocol_options"] = common
+        if upstream_options:
+            options["upstream_http_protocol_options"] = upstream_options
         cluster["typed_extension_protocol_options"] = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": options}
     return cluster
+
+
+def _apply_tls(cluster: Json, service: Service, port: ServicePort, subset: str, policy: EffectivePolicy,
+               mesh: MeshConfig, http2: bool, for_sidecar: bool) -> Json:  # fmt: skip
+    """The cluster's upstream TLS by the rule's mode (auto mTLS when the rule sets none); returns the upstream
+    HTTP protocol options it needs (auto SNI and SAN validation)."""
+    tls = policy.tls
+    if tls is not None and tls.mode in ("SIMPLE", "MUTUAL"):
+        socket = user_tls_socket(tls, service, mesh, http2, for_sidecar)
+        if socket is None:
+            return {}
+        cluster["transport_socket"] = socket
+        return auto_sni_options(tls)
+    # Istio's auto mTLS is for mesh services only: MESH_EXTERNAL hosts get TLS only when a DestinationRule asks
+    internal = service.entry.spec.location == "MESH_INTERNAL"
+    apply_client_tls(cluster, tls, mesh.enable_auto_mtls and internal, service.hostname, port.number, subset)
+    return {}
 
 
 def _istio_metadata(service: Service, port: ServicePort, subset: str) -> Json:

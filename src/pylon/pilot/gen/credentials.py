@@ -47,9 +47,10 @@ def resource_name(credential_name: str) -> str:
     return credential_name if credential_name.startswith(CREDENTIAL_PREFIX) else CREDENTIAL_PREFIX + credential_name
 
 
-def server_transport_socket(tls: ServerTLSSettings) -> Json:
-    """The transport socket terminating TLS for one HTTPS gateway server."""
-    common: Json = {"alpn_protocols": list(HTTPS_ALPN)}
+def server_transport_socket(tls: ServerTLSSettings, alpn: list[str] | None = None) -> Json:
+    """The transport socket terminating TLS for one HTTPS (or TLS) gateway server; ALPN `h2,http/1.1` unless
+    `alpn` says otherwise."""
+    common: Json = {"alpn_protocols": list(alpn or HTTPS_ALPN)}
     sans = [{"exact": san} for san in tls.subject_alt_names]
     if tls.mode == "ISTIO_MUTUAL":
         common["tls_certificate_sds_secret_configs"] = [sds_secret("default")]
@@ -75,6 +76,22 @@ def server_transport_socket(tls: ServerTLSSettings) -> Json:
     context = {"@type": DOWNSTREAM_TLS, "common_tls_context": common,
                "require_client_certificate": tls.mode in ("MUTUAL", "ISTIO_MUTUAL")}  # fmt: skip
     return {"name": TLS_SOCKET, "typed_config": context}
+
+
+def ads_secret_names(listeners: list[Json], clusters: list[Json]) -> set[str]:
+    """The `kubernetes://` SDS names the listeners' TLS chains and the clusters' TLS origination ask of pilot
+    over ADS (every SdsSecretConfig of their transport sockets whose source is ADS)."""
+    sockets = [chain.get("transport_socket") for listener in listeners for chain in listener.get("filter_chains", [])]
+    sockets += [cluster.get("transport_socket") for cluster in clusters]
+    names: set[str] = set()
+    for socket in sockets:
+        if socket is None:
+            continue
+        common = socket["typed_config"].get("common_tls_context", {})
+        configs = list(common.get("tls_certificate_sds_secret_configs", []))
+        configs.append(common.get("combined_validation_context", {}).get("validation_context_sds_secret_config"))
+        names.update(c["name"] for c in configs if c is not None and c.get("sds_config") == SDS_OVER_ADS)
+    return names
 
 
 def _sans(sans: list[Json]) -> Json:

@@ -29,7 +29,9 @@ rest without any configuration.
 
 from __future__ import annotations
 
+from pylon.pilot.gen.names import sni_dnat_key
 from pylon.pilot.gen.types import DOWNSTREAM_TLS, RAW_BUFFER, UPSTREAM_TLS, Json
+from pylon.pilot.istio.networking import ClientTLSSettings
 from pylon.pilot.proxy import Proxy
 from pylon.pilot.snapshot import Snapshot
 
@@ -117,19 +119,26 @@ def inbound_chains(name: str, port: int | None, mode: str, filters: list[Json], 
 
 def sni(fqdn: str, port: int, subset: str) -> str:
     """Istio's SNI for mesh mTLS: `outbound_.<port>_.<subset>_.<fqdn>`."""
-    return f"outbound_.{port}_.{subset}_.{fqdn}"
+    return sni_dnat_key(fqdn, port, subset)
 
 
-def upstream_tls(fqdn: str, port: int, subset: str) -> Json:
-    return {"name": TLS_SOCKET, "typed_config": {"@type": UPSTREAM_TLS, "sni": sni(fqdn, port, subset),
-                                                 "common_tls_context": _common_tls(ISTIO_ALPN)}}  # fmt: skip
+def upstream_tls(fqdn: str, port: int, subset: str, tls: ClientTLSSettings | None = None) -> Json:
+    """ISTIO_MUTUAL's context; a rule's `sni` and `subjectAltNames` replace the generated SNI and the SPIFFE check."""
+    common = _common_tls(ISTIO_ALPN)
+    if tls is not None and tls.subject_alt_names:
+        common["combined_validation_context"]["default_validation_context"] = {
+            "match_subject_alt_names": [{"exact": san} for san in tls.subject_alt_names]}
+    name = tls.sni if tls is not None and tls.sni else sni(fqdn, port, subset)
+    return {"name": TLS_SOCKET, "typed_config": {"@type": UPSTREAM_TLS, "sni": name, "common_tls_context": common}}
 
 
-def apply_client_tls(cluster: Json, mode: str | None, auto_mtls: bool, fqdn: str, port: int, subset: str) -> None:
-    """Upstream TLS of an outbound cluster: `mode` is the DestinationRule's tls.mode (None: not set)."""
-    if mode == "ISTIO_MUTUAL":
-        cluster["transport_socket"] = upstream_tls(fqdn, port, subset)
-    elif mode is None and auto_mtls:
+def apply_client_tls(cluster: Json, tls: ClientTLSSettings | None, auto_mtls: bool, fqdn: str, port: int,
+                     subset: str) -> None:  # fmt: skip
+    """Mesh TLS of an outbound cluster: `tls` is the DestinationRule's (None: the rule sets none), DISABLE or
+    ISTIO_MUTUAL here (SIMPLE and MUTUAL are gen/client_tls.py's)."""
+    if tls is not None and tls.mode == "ISTIO_MUTUAL":
+        cluster["transport_socket"] = upstream_tls(fqdn, port, subset, tls)
+    elif tls is None and auto_mtls:
         cluster["transport_socket_matches"] = [
             {"name": "tlsMode-istio", "match": {"tlsMode": "istio"}, "transport_socket": upstream_tls(fqdn, port, subset)},
             {"name": "tlsMode-disabled", "match": {},

@@ -12,8 +12,16 @@ def subset_key(host: str, port: int, subset: str = "", direction: str = "outboun
     return f"{direction}|{port}|{subset}|{host}"
 
 
+def sni_dnat_key(host: str, port: int, subset: str = "") -> str:
+    """`outbound_.<port>_.<subset>_.<fqdn>` (BuildDNSSrvSubsetKey): Istio's mTLS SNI, and the name of a gateway's
+    SNI-DNAT cluster (AUTO_PASSTHROUGH) and its load assignment."""
+    return f"outbound_.{port}_.{subset}_.{host}"
+
+
 def subset_key_host(name: str) -> str:
-    """The fqdn of a `subset_key` name (the host of an outbound cluster or its load assignment)."""
+    """The fqdn of a `subset_key` or `sni_dnat_key` name (the host of an outbound cluster or its load assignment)."""
+    if "|" not in name and name.startswith("outbound_."):
+        return name.split("_.", 3)[-1]
     return name.rsplit("|", 1)[-1]
 
 

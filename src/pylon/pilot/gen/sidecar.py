@@ -36,6 +36,7 @@ from pylon.pilot.gen.endpoints import outbound_assignments
 from pylon.pilot.gen.mtls import PeerModes, inbound_chains
 from pylon.pilot.gen.names import BLACKHOLE, INBOUND_PASSTHROUGH, PASSTHROUGH, domain_name, listener_name, subset_key
 from pylon.pilot.gen.routes import RouteContext, build_http_routes, is_catch_all, translate_retry
+from pylon.pilot.gen.tcp import sidecar_tcp_chains, sidecar_tls_chains
 from pylon.pilot.gen.scope import SidecarScope, mesh_virtual_services, own_services, scoped_services, sidecar_scope
 from pylon.pilot.gen.types import (ADS_SOURCE, CLUSTER, ENDPOINT, FAULT, HCM, LISTENER, ORIGINAL_DST_FILTER, ROUTE,
                                    ROUTER, TCP_PROXY, TLS_INSPECTOR, Json, Resources)  # fmt: skip
@@ -52,6 +53,7 @@ WILDCARD = "0.0.0.0"
 LOCALHOST = "127.0.0.1"
 INBOUND_SOURCE = "127.0.0.6"
 INTERCEPTION_MODES = ("REDIRECT", "NONE")
+TLS_PROTOCOLS = ("TLS", "HTTPS")  # Istio's Protocol.IsTLS: outbound chains by SNI
 
 
 def is_http(port: ServicePort) -> bool:
@@ -72,7 +74,7 @@ class SidecarGenerator:
         endpoints: list[Json] = []
         for service in services:
             rule = snapshot.destination_rule(service.hostname, proxy.namespace, service.namespace)
-            clusters += outbound_clusters(snapshot, service, rule)
+            clusters += outbound_clusters(snapshot, service, rule, for_sidecar=True)
             endpoints += outbound_assignments(snapshot, service, rule)
         bind = WILDCARD if capture else LOCALHOST
         listeners, routes = _outbound(proxy, snapshot, scope, services, bind, bound=not capture)
@@ -105,7 +107,7 @@ class SidecarGenerator:
 def _outbound(proxy: Proxy, snapshot: Snapshot, scope: SidecarScope, services: list[Service], bind: str,
               bound: bool) -> tuple[list[Json], list[Json]]:  # fmt: skip
     http_ports: dict[int, list[Service]] = {}
-    tcp_ports: dict[int, Service] = {}
+    tcp_ports: dict[int, list[tuple[Service, ServicePort]]] = {}
     for service in services:
         for port in service.ports:
             if is_http(port):
@@ -113,27 +115,48 @@ def _outbound(proxy: Proxy, snapshot: Snapshot, scope: SidecarScope, services: l
     for service in services:
         for port in service.ports:
             if not is_http(port) and port.number not in http_ports:
-                tcp_ports.setdefault(port.number, service)  # Istio: the first service on a port wins
+                tcp_ports.setdefault(port.number, []).append((service, port))
     virtual_services = mesh_virtual_services(proxy, snapshot, scope)
+    claiming = _claims(virtual_services)
     listeners: list[Json] = []
     routes: list[Json] = []
     for number in sorted(set(http_ports) | set(tcp_ports)):
         name = listener_name(bind, number)
-        if number in http_ports:
-            filters = [_hcm(f"outbound_{name}", {"rds": {"config_source": ADS_SOURCE, "route_config_name": str(number)}})]
-            routes.append(_route_configuration(proxy, snapshot, scope, number, http_ports[number], virtual_services))
-        else:
-            filters = [_tcp_proxy(subset_key(tcp_ports[number].hostname, number))]
         listener: Json = {
             "name": name,
             "address": {"socket_address": {"address": bind, "port_value": number}},
             "traffic_direction": "OUTBOUND",
-            "filter_chains": [{"filters": filters}],
         }
+        if number in http_ports:
+            filters = [_hcm(f"outbound_{name}", {"rds": {"config_source": ADS_SOURCE, "route_config_name": str(number)}})]
+            routes.append(_route_configuration(proxy, snapshot, scope, number, http_ports[number], virtual_services))
+            listener["filter_chains"] = [{"filters": filters}]
+        else:
+            listener["filter_chains"] = _tcp_chains(proxy, snapshot, number, tcp_ports[number], claiming)
+            if any("server_names" in c.get("filter_chain_match", {}) for c in listener["filter_chains"]):
+                listener["listener_filters"] = [{"name": "envoy.filters.listener.tls_inspector",
+                                                 "typed_config": {"@type": TLS_INSPECTOR}}]  # fmt: skip
         if not bound:
             listener["bind_to_port"] = False
         listeners.append(listener)
     return listeners, routes
+
+
+def _tcp_chains(proxy: Proxy, snapshot: Snapshot, number: int, on_port: list[tuple[Service, ServicePort]],
+                claiming: Callable[[str], list[Resource]]) -> list[Json]:  # fmt: skip
+    """The chains of a port outside the HTTP family (gen/tcp.py): by SNI per service when the first service's port
+    is TLS or HTTPS (each TLS service of the port), else the first service's TCP routes (Istio gives each service
+    address a listener of its own; pylon's one listener per port serves the first service, as before)."""
+
+    def contexts(service: Service) -> list[RouteContext]:
+        return [RouteContext(proxy=proxy, snapshot=snapshot, vs=vs, listen_port=number, gateways=frozenset({"mesh"}))
+                for vs in claiming(service.hostname)]  # fmt: skip
+
+    first, port = on_port[0]
+    if port.protocol.upper() in TLS_PROTOCOLS:
+        tls_services = [service for service, p in on_port if p.protocol.upper() in TLS_PROTOCOLS]
+        return sidecar_tls_chains(contexts, tls_services, number, snapshot, proxy.namespace)
+    return sidecar_tcp_chains(contexts(first), first, number, snapshot, proxy.namespace)
 
 
 def _route_configuration(proxy: Proxy, snapshot: Snapshot, scope: SidecarScope, port: int, services: list[Service],

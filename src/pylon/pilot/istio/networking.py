@@ -17,6 +17,7 @@ from typing import Annotated, Literal
 import msgspec
 
 from pylon.config.errors import FieldError
+from pylon.pilot.hosts import matches
 from pylon.pilot.istio.common import (
     GoDuration,
     Int32,
@@ -65,9 +66,10 @@ TERMINATING_MODES = frozenset({"SIMPLE", "MUTUAL", "OPTIONAL_MUTUAL", "ISTIO_MUT
 
 
 class ServerTLSSettings(IstioStruct, kw_only=True):
-    """Gateway TLS. HTTPS servers terminate TLS with a `credentialName` secret (SIMPLE, MUTUAL,
-    OPTIONAL_MUTUAL) or the gateway's mesh certificate (ISTIO_MUTUAL); plain HTTP servers may only
-    set `httpsRedirect`. Passthrough modes need TLS routes, which pylon pilot does not have yet."""
+    """Gateway TLS. HTTPS and TLS servers terminate TLS with a `credentialName` secret (SIMPLE, MUTUAL,
+    OPTIONAL_MUTUAL) or the gateway's mesh certificate (ISTIO_MUTUAL), or pass it through (PASSTHROUGH by
+    VirtualService tls routes, AUTO_PASSTHROUGH by the SNI of mesh clusters); plain HTTP servers may only
+    set `httpsRedirect`."""
 
     https_redirect: bool = False
     mode: Literal["PASSTHROUGH", "SIMPLE", "MUTUAL", "AUTO_PASSTHROUGH", "ISTIO_MUTUAL", "OPTIONAL_MUTUAL"] = "PASSTHROUGH"
@@ -87,7 +89,14 @@ class ServerTLSSettings(IstioStruct, kw_only=True):
 
     def __post_init__(self) -> None:
         if self.mode in ("PASSTHROUGH", "AUTO_PASSTHROUGH"):
-            return  # checked with the server: only meaningful (and only refused) on a TLS-carrying server
+            for field, unset in (("credentialName", not self.credential_name),
+                                 ("subjectAltNames", not self.subject_alt_names),
+                                 ("minProtocolVersion", self.min_protocol_version == "TLS_AUTO"),
+                                 ("maxProtocolVersion", self.max_protocol_version == "TLS_AUTO"),
+                                 ("cipherSuites", not self.cipher_suites)):  # fmt: skip
+                if not unset:  # the gateway never ends the TLS: Istio reads none of these
+                    raise FieldError(field, f"{self.mode} servers do not end TLS: Istio ignores it")
+            return
         if self.mode == "ISTIO_MUTUAL":
             if self.credential_name:
                 raise FieldError("credentialName", "ISTIO_MUTUAL uses the gateway's mesh certificate; "
@@ -120,22 +129,21 @@ class Server(IstioStruct, kw_only=True):
 
     def __post_init__(self) -> None:
         protocol = self.port.protocol.upper()
-        if protocol == "HTTPS":
+        if protocol in ("HTTPS", "TLS"):
             if self.tls is None:
-                raise FieldError("tls", "HTTPS servers need TLS settings (Istio: server must have TLS settings "
-                                 "for HTTPS/TLS protocols)")  # fmt: skip
-            if self.tls.mode not in TERMINATING_MODES:
-                raise FieldError("tls.mode", f"{self.tls.mode} servers are not supported by pylon pilot yet "
-                                 "(they need VirtualService tls routes); use SIMPLE, MUTUAL, OPTIONAL_MUTUAL or "
-                                 "ISTIO_MUTUAL")  # fmt: skip
+                raise FieldError("tls", "HTTPS and TLS servers need TLS settings (Istio: server must have TLS "
+                                 "settings for HTTPS/TLS protocols)")  # fmt: skip
         elif protocol in HTTP_PROTOCOLS:
             if self.tls is not None and not self.tls.https_redirect:
                 raise FieldError("tls", "a plain-text HTTP server cannot have TLS settings other than httpsRedirect")
+        elif protocol == "TCP":
+            if self.tls is not None:
+                raise FieldError("tls", "server cannot have TLS settings for non HTTPS/TLS ports (Istio's validation)")
         else:
             raise FieldError(
                 "port.protocol",
                 f"{self.port.protocol} servers are not supported by pylon pilot yet "
-                "(HTTP, HTTP2, GRPC, GRPC-WEB and HTTPS only)",
+                "(HTTP, HTTP2, GRPC, GRPC-WEB, HTTPS, TLS and TCP only)",
             )
         if self.bind:
             try:
@@ -148,9 +156,20 @@ class Server(IstioStruct, kw_only=True):
                 raise FieldError(f"hosts[{i}]", f"invalid host {host!r}: expected [namespace/]dnsName")
 
     @property
-    def terminates_tls(self) -> bool:
-        """An HTTPS server: TLS ends at the gateway, HTTP is routed behind it."""
-        return self.port.protocol.upper() == "HTTPS"
+    def kind(self) -> Literal["http", "https", "tls", "tcp"]:
+        """How the gateway serves it: plain HTTP (`http`, merged per port), TLS ended and HTTP routed behind it
+        (`https`: an HTTPS server in a terminating mode), TLS passed through by SNI or ended with TCP routed behind
+        it (`tls`: VirtualService tls/tcp routes), or plain TCP (`tcp`)."""
+        protocol = self.port.protocol.upper()
+        if self.tls is not None and protocol in ("HTTPS", "TLS"):
+            return "https" if protocol == "HTTPS" and self.tls.mode in TERMINATING_MODES else "tls"
+        return "tcp" if protocol == "TCP" else "http"
+
+    @property
+    def passthrough(self) -> bool:
+        """TLS goes through untouched (PASSTHROUGH by the VirtualServices' SNI routes, AUTO_PASSTHROUGH by the SNI
+        of the mesh's clusters)."""
+        return self.tls is not None and self.tls.mode in ("PASSTHROUGH", "AUTO_PASSTHROUGH")
 
 
 class GatewaySpec(IstioStruct, kw_only=True):
@@ -351,13 +370,79 @@ class HTTPRoute(IstioStruct, kw_only=True):
             raise ValueError("mirror and mirrors cannot both be set")
 
 
+class RouteDestination(IstioStruct, kw_only=True):
+    """A destination of a TCP or TLS route, with its share of the connections."""
+
+    destination: Destination
+    weight: Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)] = 0
+
+
+def _check_destinations(route: list[RouteDestination]) -> None:
+    """Istio's validateRouteDestinations, for TCP and TLS routes."""
+    if not route:
+        raise FieldError("route", "a TCP or TLS route needs at least one destination")
+    if len(route) > 1 and sum(d.weight for d in route) == 0:
+        raise FieldError("route", "total destination weight = 0")
+
+
+class _L4Match(IstioStruct, kw_only=True):
+    """What TCP and TLS matches share: `port`, `gateways`, `sourceLabels`, `sourceNamespace` are decided when
+    config is generated for a proxy; `destinationSubnets` by the proxy, as a filter chain's prefix ranges."""
+
+    destination_subnets: list[NonEmptyStr] = []
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0
+    source_labels: dict[str, str] = {}
+    gateways: list[NonEmptyStr] = []
+    source_namespace: str = ""
+
+    def __post_init__(self) -> None:
+        for i, subnet in enumerate(self.destination_subnets):
+            try:
+                ipaddress.ip_network(subnet, strict=False)
+            except ValueError:
+                raise FieldError(f"destinationSubnets[{i}]", f"{subnet!r} is not an IP address or CIDR") from None
+
+
+class L4MatchAttributes(_L4Match, kw_only=True):
+    pass
+
+
+class TLSMatchAttributes(_L4Match, kw_only=True):
+    sni_hosts: Annotated[list[NonEmptyStr], msgspec.Meta(min_length=1)]
+
+
+class TCPRoute(IstioStruct, kw_only=True):
+    match: list[L4MatchAttributes] = []
+    route: list[RouteDestination] = []
+
+    def __post_init__(self) -> None:
+        _check_destinations(self.route)
+
+
+class TLSRoute(IstioStruct, kw_only=True):
+    match: Annotated[list[TLSMatchAttributes], msgspec.Meta(min_length=1)]
+    route: list[RouteDestination] = []
+
+    def __post_init__(self) -> None:
+        _check_destinations(self.route)
+
+
 class VirtualServiceSpec(IstioStruct, kw_only=True):
     hosts: Annotated[list[NonEmptyStr], msgspec.Meta(min_length=1)]
     gateways: list[NonEmptyStr] = []
     http: list[HTTPRoute] = []
-    tls: NotImplementedField | None = None
-    tcp: NotImplementedField | None = None
+    tls: list[TLSRoute] = []
+    tcp: list[TCPRoute] = []
     export_to: list[str] = []
+
+    def __post_init__(self) -> None:
+        for i, tls in enumerate(self.tls):
+            for j, match in enumerate(tls.match):
+                for k, sni in enumerate(match.sni_hosts):
+                    if not any(matches(host, sni) for host in self.hosts):  # Istio: the SNI host is a subset of one
+                        raise FieldError(f"tls[{i}].match[{j}].sniHosts[{k}]",
+                                         f"SNI host {sni!r} is not a compatible subset of any of the virtual service "
+                                         f"hosts: [{', '.join(self.hosts)}]")  # fmt: skip
 
 
 # --------------------------------------------------------------------------- DestinationRule
@@ -445,22 +530,61 @@ class OutlierDetection(IstioStruct, kw_only=True):
 
 
 class ClientTLSSettings(IstioStruct, kw_only=True):
-    """Upstream TLS: DISABLE, or ISTIO_MUTUAL (the mesh's SDS certificates); SIMPLE/MUTUAL need credentials that
-    pylon pilot cannot serve yet. `mode` None is "not set", which lets auto mTLS decide."""
+    """Upstream TLS of the clusters a DestinationRule (or one of its ports or subsets) covers.
 
-    mode: Literal["DISABLE", "SIMPLE", "MUTUAL", "ISTIO_MUTUAL"] | None = None
-    client_certificate: NotImplementedField | None = None
-    private_key: NotImplementedField | None = None
-    ca_certificates: NotImplementedField | None = None
-    ca_crl: NotImplementedField | None = None
-    credential_name: NotImplementedField | None = None
-    subject_alt_names: NotImplementedField | None = None
-    sni: NotImplementedField | None = None
-    insecure_skip_verify: NotImplementedField | None = None
+    `mode` defaults to DISABLE (the proto's zero value): a `tls` block without a mode turns TLS off, auto mTLS
+    included, as in Istio. SIMPLE and MUTUAL originate TLS with either a
+    `credentialName` Secret (served over ADS as `kubernetes://NAME`, its CA as `kubernetes://NAME-cacert`) or
+    files on the proxy's host (`clientCertificate`, `privateKey`, `caCertificates`, `caCrl`), which Istio's
+    agent serves over SDS as `file-cert:` / `file-root:` resources. The checks are those of Istio's webhook
+    (pkg/config/validation/agent ValidateTLS); fields Istio would silently ignore for the mode are errors.
+    """
+
+    mode: Literal["DISABLE", "SIMPLE", "MUTUAL", "ISTIO_MUTUAL"] = "DISABLE"
+    client_certificate: str = ""
+    private_key: str = ""
+    ca_certificates: str = ""
+    ca_crl: str = ""
+    credential_name: str = ""
+    subject_alt_names: list[NonEmptyStr] = []
+    sni: str = ""
+    insecure_skip_verify: bool | None = None
 
     def __post_init__(self) -> None:
-        if self.mode in ("SIMPLE", "MUTUAL"):
-            raise FieldError("mode", f"{self.mode} is not supported by pylon pilot yet (DISABLE or ISTIO_MUTUAL)")
+        files = (("clientCertificate", self.client_certificate), ("privateKey", self.private_key),
+                 ("caCertificates", self.ca_certificates), ("caCrl", self.ca_crl))  # fmt: skip
+        if self.mode in ("DISABLE", "ISTIO_MUTUAL"):
+            ignored = [*files, ("credentialName", self.credential_name),
+                       ("insecureSkipVerify", self.insecure_skip_verify)]  # fmt: skip
+            if self.mode != "ISTIO_MUTUAL":
+                ignored += [("sni", self.sni), ("subjectAltNames", self.subject_alt_names)]
+            for field, value in ignored:
+                if value:  # Istio reads none of these for the mode: a setting that would do nothing
+                    raise FieldError(field, f"is not used with mode {self.mode} (Istio ignores it); "
+                                     "only SIMPLE and MUTUAL take it")  # fmt: skip
+            return
+        skip_verify = bool(self.insecure_skip_verify)
+        if skip_verify:
+            conflicting = [("caCertificates", self.ca_certificates), ("subjectAltNames", self.subject_alt_names)]
+            if self.mode == "SIMPLE":
+                conflicting.append(("credentialName", self.credential_name))
+            for field, value in conflicting:
+                if value:
+                    raise FieldError(field, "cannot be set when insecureSkipVerify is true (Istio's validation)")
+        if self.credential_name:
+            for field, value in files:
+                if value:
+                    raise FieldError(field, "cannot be set with credentialName: the Secret holds the certificates "
+                                     "(Istio's validation)")  # fmt: skip
+            name = self.credential_name
+            if "://" in name and not name.startswith("kubernetes://"):
+                raise FieldError("credentialName", f"{name!r}: only Kubernetes secrets (NAME or kubernetes://NAME) "
+                                 "are supported by pylon pilot")  # fmt: skip
+            return
+        if self.mode == "MUTUAL":
+            for field, value in files[:2]:
+                if not value:
+                    raise FieldError(field, "required for MUTUAL TLS without credentialName (Istio's validation)")
 
 
 class PortTrafficPolicy(IstioStruct, kw_only=True):
@@ -586,7 +710,9 @@ class ServiceEntrySpec(IstioStruct, kw_only=True):
 
     def __post_init__(self) -> None:
         if self.resolution == "DYNAMIC_DNS":
-            raise FieldError("resolution", "DYNAMIC_DNS is not supported by pylon pilot yet")
+            raise FieldError("resolution", "DYNAMIC_DNS is not supported by pylon pilot yet (Istio serves it with "
+                             "Envoy's dynamic forward proxy: a dynamic_forward_proxy cluster and HTTP and SNI filters, "
+                             "which pylon proxy does not have)")  # fmt: skip
         if self.resolution == "STATIC":
             for i, endpoint in enumerate(self.endpoints):
                 if not is_ip(endpoint.address):
