@@ -174,14 +174,9 @@ def test_mutual_tls_origination_presents_the_secrets_client_certificate(originat
     assert answer["name"] == "mutual-server" and answer["client"] == "gateway-client"
 
 
-def test_without_the_client_certificate_the_upstream_refuses(origination: Origination,
-                                                             request: pytest.FixtureRequest) -> None:  # fmt: skip
+def test_without_the_client_certificate_the_upstream_refuses(origination: Origination) -> None:
     """SIMPLE (no client certificate) to the server that requires one: over TLS 1.3 the server refuses after the
     client's handshake is done (an alert, then the close), which Envoy answers with a 503."""
-    if origination.proxy != "envoy":
-        request.applymarker(pytest.mark.xfail(reason="pylon proxy bug (proxy data path): an upstream TLS 1.3 "
-                                              "connection refused by the server after the handshake sometimes leaves "
-                                              "the request waiting for ever instead of a 503", strict=False))  # fmt: skip
     assert http_get(origination.port, "no-client-cert.example.com").status_code == 503
 
 

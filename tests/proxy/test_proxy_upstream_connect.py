@@ -14,11 +14,12 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 
 from pylon.identity.certs import TestPki, make_test_pki
 from tests.conftest import free_port
-from tests.proxy.conftest import ProxyLauncher, RunningProxy, tcp_listener, wait_until
+from tests.proxy.conftest import ProxyLauncher, RunningProxy, http_listener, tcp_listener, wait_until
 from tests.proxy.test_proxy_tls import _server_context, _tls_cluster
 from tests.proxy.upstreams import Upstream
 
@@ -110,3 +111,17 @@ def test_health_checks_of_an_https_cluster_speak_tls(launcher: ProxyLauncher, im
     assert wait_until(lambda: proxy.stats().get("cluster.secure.health_check.success", 0) >= 2, timeout=10)
     assert proxy.stats().get("cluster.secure.health_check.failure", 0) == 0
     assert any(r["path"] == "/status/200" for r in secure.requests)
+
+
+def test_a_tls13_upstream_refusing_the_client_after_its_handshake_gets_a_503(
+        launcher: ProxyLauncher, implementation: str, pki: TestPki, tls_echo: TlsEcho) -> None:
+    """Over TLS 1.3 the client's handshake is done before the server has checked it: a server that wants a client
+    certificate refuses with an alert and closes after that. The connection may end before the pool has used it;
+    every request must still get its 503 at once (the route has no timeout to end a wait)."""
+    cluster = _tls_cluster("nocert", tls_echo.port, pki, client_cert=False)
+    proxy = launcher.start([http_listener("web", free_port(), [
+        {"match": {"prefix": "/"}, "route": {"cluster": "nocert", "timeout": "0s"}}])], [cluster],
+        implementation=implementation)
+    with httpx.Client(timeout=5) as client:
+        statuses = [client.get(f"http://127.0.0.1:{proxy.ports['web']}/{i}").status_code for i in range(8)]
+    assert statuses == [503] * 8

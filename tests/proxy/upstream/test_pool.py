@@ -7,6 +7,7 @@ is a number the test moves, and the wheel is the real one.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import msgspec
@@ -15,6 +16,7 @@ from pylon.config.envoy import Cluster as ClusterConfig, convert
 from pylon.proxy.deadlines import DeadlineWheel, Watched
 from pylon.stats.store import StatsStore
 from pylon.proxy.upstream.cluster import Cluster
+from pylon.proxy.upstream import pool as pool_module
 from pylon.proxy.upstream.pool import HostPool, UpstreamConnection
 
 KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
@@ -271,3 +273,35 @@ def test_a_connection_closed_by_the_server_leaves_the_wheel() -> None:
     conn.connection_lost(None)
     assert not rig.owner.wheel and conn.wake_at == 0.0
     assert rig.pool.empty and rig.owner.emptied == [rig.pool]
+
+
+class _Task:
+    def add_done_callback(self, callback: Any) -> None:
+        pass
+
+
+def test_a_connection_lost_before_the_pool_could_use_it_fails_its_request_at_once(monkeypatch: Any) -> None:
+    """Over TLS 1.3 the server's refusal (an alert, then the close) can arrive before the connect returns: the
+    request waiting for that connection is failed (not given a dead connection to wait on for ever), and the
+    connection's circuit-breaker slot comes back."""
+    rig = Rig()
+
+    async def lost_during_connect(address: Any, tls: Any, timeout: float, factory: Any, source: Any) -> Any:
+        conn = factory()
+        transport = Transport()
+        conn.connection_made(transport)
+        conn.connection_lost(None)
+        return transport, conn
+
+    monkeypatch.setattr(pool_module, "open_upstream", lost_during_connect)
+    connects: list[Any] = []
+    rig.clock.create_task = lambda coro: connects.append(coro) or _Task()  # type: ignore[method-assign]
+    exchange = Exchange()
+    rig.pool.acquire(exchange)
+    assert len(connects) == 1
+    asyncio.run(connects[0])
+    assert exchange.events == [("connect_failure", "connection termination")]
+    assert rig.stat("upstream_cx_connect_fail") == 1
+    assert rig.stats.gauges["cluster.up.upstream_cx_active"].value == 0
+    assert rig.pool.empty
+    assert rig.cluster.circuit_breakers.connections.try_acquire()  # the slot was given back

@@ -356,6 +356,10 @@ class HostPool:
             try:
                 _, conn = await open_upstream(self.host.address, cluster.tls_for(self.host), cluster.connect_timeout,
                                               lambda: UpstreamConnection(self), cluster.source)
+                if conn.closed:
+                    # Lost before the pool could use it: over TLS 1.3 a server refusing the client (no or a bad
+                    # certificate) says so after the client's handshake is done, often before this line runs.
+                    raise ConnectError("connection termination")
             except ConnectTimeout:
                 stats.upstream_cx_connect_timeout.value += 1
                 raise
