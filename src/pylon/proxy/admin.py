@@ -36,6 +36,7 @@ from pylon import __version__
 from pylon.proxy.access_log import AccessLogger, AccessLogRecord
 from pylon.proxy.http1 import local_reply
 from pylon.proxy.local_address import forwarded_for_entry
+from pylon.proxy.redact import redact
 from pylon.stats.prometheus import CONTENT_TYPE as PROMETHEUS_CONTENT_TYPE
 from pylon.stats.prometheus import render_prometheus
 
@@ -271,7 +272,7 @@ class AdminHandler:
         return AdminResponse(200, _pretty_json(render_server_info(self._backend.server_info())), JSON)
 
     async def _config_dump(self, query: dict[str, list[str]]) -> AdminResponse:
-        return AdminResponse(200, _pretty_json(self._backend.config_dump()), JSON)
+        return AdminResponse(200, _pretty_json(redact(msgspec.to_builtins(self._backend.config_dump()))), JSON)
 
     async def _clusters(self, query: dict[str, list[str]]) -> AdminResponse:
         fmt = query.get("format", ["text"])[-1]

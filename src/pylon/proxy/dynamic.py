@@ -676,9 +676,9 @@ class DynamicConfig:
         ]
 
     def _secrets_dump(self, stamp: Callable[[float], str]) -> dict[str, Any]:
-        """Envoy's SecretsConfigDump: private keys are never shown (Envoy prints `[redacted]`)."""
+        """Envoy's SecretsConfigDump (the admin redacts the keys in it, as in every section: redact.py)."""
         def shown(secret: Any) -> dict[str, Any]:
-            return {"@type": SECRETS.type_url, **redact_secret(to_envoy_dict(secret))}
+            return {"@type": SECRETS.type_url, **to_envoy_dict(secret)}
 
         dump: dict[str, Any] = {"@type": "type.googleapis.com/envoy.admin.v3.SecretsConfigDump"}
         if self.static_secrets:
@@ -703,20 +703,6 @@ def _replace(target: dict[str, Resource], name: str, config: Any, version_info: 
         return False
     target[name] = Resource(config, version_info, now)
     return True
-
-
-def redact_secret(data: dict[str, Any]) -> dict[str, Any]:
-    """A secret as Envoy-shaped data with its private key's content replaced by `[redacted]`.
-
-    /config_dump must never show key material; a secret whose key is a file shows only its name, as Envoy."""
-    certificate = data.get("tls_certificate")
-    if certificate is None or "private_key" not in certificate:
-        return data
-    key = certificate["private_key"]
-    # As Envoy shows it: the text `[redacted]` in place of the key (base64, as every inline_bytes is).
-    hidden = {field: value for field, value in (("inline_bytes", "W3JlZGFjdGVkXQ=="), ("inline_string", "[redacted]"))
-              if field in key}
-    return {**data, "tls_certificate": {**certificate, "private_key": {**key, **hidden}}}
 
 
 def _address_key(listener: Any) -> tuple[Any, int]:
