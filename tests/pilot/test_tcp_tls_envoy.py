@@ -180,6 +180,82 @@ def test_without_the_client_certificate_the_upstream_refuses(origination: Origin
     assert http_get(origination.port, "no-client-cert.example.com").status_code == 503
 
 
+# --------------------------------------------------------------------------- origination from files (agent SDS)
+
+FILE_HOSTS = ("file-simple", "file-mutual", "file-wrong-ca")
+
+
+def file_origination_docs(http_port: int, server_port: int, mutual_port: int, files: dict[str, Path]) -> list[dict[str, Any]]:
+    """DestinationRules naming files on the gateway's host (no credentialName): pilot writes Istio's
+    `file-cert:`/`file-root:` SDS names, which the gateway's agent serves from those files."""
+    upstream = {"file-simple": server_port, "file-mutual": mutual_port, "file-wrong-ca": server_port}
+    tls = {
+        "file-simple": {"mode": "SIMPLE", "caCertificates": str(files["server_ca"]), "sni": "api.example.com",
+                        "subjectAltNames": ["api.example.com"]},
+        "file-mutual": {"mode": "MUTUAL", "caCertificates": str(files["server_ca"]), "sni": "api.example.com",
+                        "clientCertificate": str(files["client_cert"]), "privateKey": str(files["client_key"]),
+                        "subjectAltNames": ["api.example.com"]},
+        "file-wrong-ca": {"mode": "SIMPLE", "caCertificates": str(files["other_ca"]), "sni": "api.example.com",
+                          "subjectAltNames": ["api.example.com"]},
+    }  # fmt: skip
+    docs: list[dict[str, Any]] = [gateway({"port": {"number": http_port, "name": "http", "protocol": "HTTP"}, "hosts": ["*"]})]
+    for name in FILE_HOSTS:
+        host = f"{name}.backend.example.com"
+        docs += [entry(host, 443, "HTTP", upstream[name]),
+                 doc("DestinationRule", name, {"host": host, "trafficPolicy": {"tls": tls[name]}}),
+                 doc("VirtualService", name, {"hosts": [f"{name}.example.com"], "gateways": [GATEWAY],
+                                              "http": [{"route": [{"destination": {"host": host}}]}]})]  # fmt: skip
+    return docs
+
+
+@pytest.fixture(scope="module", params=["envoy", "pylon"])
+def file_origination(request: pytest.FixtureRequest) -> Iterator[Origination]:
+    """The gateway's proxy (real Envoy or pylon proxy) under `pylon agent`, which serves the files over SDS."""
+    base = Path(tempfile.mkdtemp(prefix="pf-"))
+    processes = Processes()
+    try:
+        server_ca, client_ca, other_ca = make_ca(), make_ca(), make_ca()
+        server_tls = write_pem(base, "server", issue_leaf(server_ca, common_name="api", dns_names=["api.example.com"]))
+        plain = processes.upstream("simple-server", *server_tls)
+        (base / "client-ca.pem").write_bytes(client_ca.cert_pem)
+        mutual = processes.upstream("mutual-server", *server_tls, base / "client-ca.pem")
+        client_cert, client_key = write_pem(base, "client", issue_leaf(client_ca, common_name="gateway-client",
+                                                                        usage=Usage.CLIENT))  # fmt: skip
+        files = {"server_ca": base / "server-ca.pem", "other_ca": base / "other-ca.pem",
+                 "client_cert": client_cert, "client_key": client_key}  # fmt: skip
+        files["server_ca"].write_bytes(server_ca.cert_pem)
+        files["other_ca"].write_bytes(other_ca.cert_pem)
+        config_dir = base / "config"
+        config_dir.mkdir()
+        http_port = free_port()
+        write_yaml(config_dir / "mesh.yaml", *file_origination_docs(http_port, plain, mutual, files))
+        CaMaterial.load_or_create(base / "cacerts")
+        ca_port = free_port()
+        pilot = processes.start(pilot_cmd(config_dir, base, free_port(), free_port(), free_port(), ca_port=ca_port))
+        wait_for_port(ca_port, proc=pilot)
+        processes.start(agent_cmd(base, ca_port, request.param))
+        wait_for_port(http_port, timeout=30)
+        eventually(lambda: http_get(http_port, "file-simple.example.com").status_code == 200, timeout=20)
+        yield Origination(http_port, request.param)
+    finally:
+        processes.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_simple_origination_trusts_the_ca_file_the_rule_names(file_origination: Origination) -> None:
+    answer = http_get(file_origination.port, "file-simple.example.com").json()
+    assert answer["name"] == "simple-server" and answer["sni"] == "api.example.com" and answer["client"] is None
+
+
+def test_mutual_origination_presents_the_certificate_in_the_files(file_origination: Origination) -> None:
+    answer = http_get(file_origination.port, "file-mutual.example.com").json()
+    assert answer["name"] == "mutual-server" and answer["client"] == "gateway-client"
+
+
+def test_an_upstream_the_named_ca_did_not_sign_is_refused(file_origination: Origination) -> None:
+    assert http_get(file_origination.port, "file-wrong-ca.example.com").status_code == 503
+
+
 # --------------------------------------------------------------------------- passthrough and TCP (Envoy and pylon)
 
 

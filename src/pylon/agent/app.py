@@ -195,6 +195,7 @@ async def run(options: AgentOptions) -> int:
         log.error("cannot get the first certificate: %s", exc)
         return 1
     sds = await serve_sds(agent.store, str(options.sds_socket))
+    file_watch = asyncio.create_task(agent.store.watch_files())
     xds = XdsProxy(options.discovery_address, options.root_cert.read_bytes(), options.token_file,
                    cluster_id=options.workload.cluster_id)  # fmt: skip
     await xds.start(options.xds_socket)
@@ -227,6 +228,7 @@ async def run(options: AgentOptions) -> int:
         code = 0
     stopping.cancel()
     rotation.cancel()
+    file_watch.cancel()
     health.close()
     merged_metrics.close()
     await sds.stop(grace=0.5)

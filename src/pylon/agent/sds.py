@@ -1,9 +1,10 @@
-"""The agent's SDS server (envoy.service.secret.v3): `default` and `ROOTCA` on a Unix socket.
+"""The agent's SDS server (envoy.service.secret.v3): `default`, `ROOTCA` and file secrets on a Unix socket.
 
 Istio's resource names: `default` is the workload's TlsCertificate (chain + key), `ROOTCA` the
-validation context with the mesh root. State of the world: each stream gets the secrets it
-names when its subscription changes, and again whenever the certificate rotates, so Envoy
-switches new handshakes to the new certificate without a restart.
+validation context with the mesh root, `file-cert:<cert>~<key>` and `file-root:<ca>` key pairs and
+CA bundles in files on the host (file_secrets.py). State of the world: each stream gets the secrets it
+names when its subscription changes, and again whenever the certificate rotates or a served file
+changes, so the proxy switches new handshakes over without a restart.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from pylon.agent.file_secrets import FileSecret, FileSecretError, is_file_secret
 
 import grpc
 from google.protobuf.any_pb2 import Any
@@ -40,6 +43,8 @@ class SecretStore:
     secrets: dict[str, Secret] = field(default_factory=dict)
     version: int = 0
     changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+    #: The file secrets asked for, with their files' stamps when last read (watch_files compares).
+    files: dict[str, tuple[FileSecret, tuple[tuple[int, int], ...]]] = field(default_factory=dict)
 
     async def update(self, tls_certificate: TlsCertificate, root_pem: str) -> None:
         """Install a new workload certificate (and root) and wake every stream to push it."""
@@ -48,23 +53,54 @@ class SecretStore:
             ROOT_SECRET: Secret(name=ROOT_SECRET, validation_context=CertificateValidationContext(
                 trusted_ca=DataSource(inline_bytes=root_pem.encode()))),
         }  # fmt: skip
+        await self.bump()
+
+    async def bump(self) -> None:
         async with self.changed:
             self.version += 1
             self.changed.notify_all()
 
     def response(self, names: set[str]) -> DiscoveryResponse:
-        """The named secrets at the current version (a name the agent does not serve is a ValueError)."""
-        unknown = names - self.secrets.keys()
+        """The named secrets at the current version (a name the agent does not serve is a ValueError; a file
+        secret that cannot be read now is left out, and logged)."""
+        unknown = {name for name in names - self.secrets.keys() if not is_file_secret(name)}
         if unknown:
             raise ValueError(f"unknown secret {', '.join(sorted(unknown))}: the agent serves "
-                             f"{WORKLOAD_SECRET!r} and {ROOT_SECRET!r}")  # fmt: skip
+                             f"{WORKLOAD_SECRET!r}, {ROOT_SECRET!r}, file-cert:<cert>~<key> and file-root:<ca>")  # fmt: skip
         resources = []
         for name in sorted(names):
+            secret = self.secrets.get(name) or self._read_file_secret(name)
+            if secret is None:
+                continue
             packed = Any()
-            packed.Pack(self.secrets[name])
+            packed.Pack(secret)
             resources.append(packed)
         return DiscoveryResponse(version_info=str(self.version), resources=resources, type_url=SECRET_TYPE_URL,
                                  nonce=str(next(_nonces)))  # fmt: skip
+
+
+    def _read_file_secret(self, name: str) -> Secret | None:
+        known = self.files.get(name)
+        try:
+            source = known[0] if known else FileSecret.parse(name)
+        except FileSecretError as exc:
+            log.error("%s; not served", exc)
+            return None
+        stamp = source.stamp()  # before reading: a change during the read is seen by the next look
+        self.files[name] = (source, stamp)
+        try:
+            return source.read()
+        except FileSecretError as exc:
+            log.error("%s; not served until the file changes", exc)
+            return None
+
+    async def watch_files(self, interval: float = 1.0) -> None:
+        """Look at the served files every `interval` seconds; a change pushes every stream again."""
+        while True:
+            await asyncio.sleep(interval)
+            if any(source.stamp() != stamp for source, stamp in list(self.files.values())):
+                log.info("a secret file changed; pushing secrets again")
+                await self.bump()
 
 
 class SdsServer(sds_pb2_grpc.SecretDiscoveryServiceServicer):
