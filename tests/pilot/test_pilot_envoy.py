@@ -201,3 +201,28 @@ def test_authorization_policy_table_through_real_envoy(mesh: Mesh) -> None:
     finally:
         (mesh.config_dir / "authz.yaml").unlink()
     eventually(lambda: mesh.get("/other").status_code == 200)
+
+
+def test_a_delegated_route_serves_the_delegates_routes_inside_the_roots_match(mesh: Mesh) -> None:
+    """Istio's VirtualService delegation: the root hands `/api` to a VirtualService of another namespace; its routes
+    apply inside `/api` only (one for `/web` fits nowhere in it and is dropped), and take the root route's header
+    rules; everything else stays the root's."""
+    before = mesh.debug("/debug/syncz").json()[0]["types"]["rds"]["acked"]
+    endpoints = [("127.0.0.1", port, {"version": name}) for name, port in mesh.upstreams.items()]
+    delegate = doc("VirtualService", "api", {"http": [
+        {"match": [{"uri": {"prefix": "/api/v2"}}], "route": [{"destination": {"host": HOST, "subset": "v2"}}]},
+        {"match": [{"uri": {"prefix": "/web"}}], "route": [{"destination": {"host": HOST, "subset": "v2"}}]},
+        {"route": [{"destination": {"host": HOST, "subset": "v1"}}]}]}, namespace="team")  # fmt: skip
+    root = virtual_service([
+        {"match": [{"uri": {"prefix": "/api"}}], "delegate": {"name": "api", "namespace": "team"},
+         "headers": {"response": {"set": {"x-root": "yes"}}}},
+        {"route": [{"destination": {"host": HOST, "subset": "v1"}}]}])  # fmt: skip
+    write_yaml(mesh.config_dir / "mesh.yaml", gateway(mesh.gateway_port, bind="127.0.0.1"),
+               service_entry(HOST, endpoints), subsets_rule(HOST, list(mesh.upstreams)), root, delegate)
+    eventually(lambda: mesh.debug("/debug/syncz").json()[0]["types"]["rds"]["acked"] != before)
+    v2 = mesh.get("/api/v2/items")
+    assert served_by(v2) == "v2" and v2.headers["x-root"] == "yes"
+    other = mesh.get("/api/other")
+    assert served_by(other) == "v1" and other.headers["x-root"] == "yes"
+    web = mesh.get("/web")
+    assert served_by(web) == "v1" and "x-root" not in web.headers  # the root's own route, not the dropped one

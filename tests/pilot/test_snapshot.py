@@ -12,7 +12,9 @@ from tests.pilot.builders import doc, resources, service_entry, snapshot
 
 
 def test_duplicate_resource_names_are_an_error() -> None:
-    found = resources(doc("VirtualService", "v", {"hosts": ["a"]}), doc("VirtualService", "v", {"hosts": ["b"]}))
+    route = [{"route": [{"destination": {"host": "a"}}]}]
+    found = resources(doc("VirtualService", "v", {"hosts": ["a"], "http": route}),
+                      doc("VirtualService", "v", {"hosts": ["b"], "http": route}))
     with pytest.raises(ConfigError, match="VirtualService default/v is also defined in test.yaml \\(document 1"):
         build_snapshot(found)
 

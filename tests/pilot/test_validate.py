@@ -62,3 +62,20 @@ def test_tcp_and_tls_route_destinations_are_checked_too(tmp_path: Path) -> None:
     assert result.output.splitlines() == [
         f"Warning [IST0101] {tmp_path}/mesh.yaml (document 2, VirtualService default/l4): "
         "spec.tls[0].route[0].destination.host: referenced host not found: 'gone.example.com'"]
+
+
+def test_delegates_are_checked_where_they_are_written(tmp_path: Path) -> None:
+    """A missing delegate warns at the root's route; a delegate's short host is a name of its own namespace."""
+    write_yaml(tmp_path / "mesh.yaml", service_entry(HOST, [("10.0.0.1", 80, {})]),
+               virtual_service([{"delegate": {"name": "api", "namespace": "team"}}, {"delegate": {"name": "gone"}},
+                                {"route": [{"destination": {"host": HOST}}]}], gateways=["mesh"], hosts=[HOST]),
+               doc("VirtualService", "api", {"http": [{"route": [{"destination": {"host": "reviews"}}]}]},
+                   namespace="team"))  # fmt: skip
+    result = CliRunner().invoke(pilot_command, ["validate", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == [
+        f"Warning [IST0101] {tmp_path}/mesh.yaml (document 2, VirtualService default/vs): spec.http[1].delegate: "
+        "referenced delegate virtual service not found: 'default/gone'",
+        f"Warning [IST0101] {tmp_path}/mesh.yaml (document 3, VirtualService team/api): "
+        "spec.http[0].route[0].destination.host: referenced host not found: 'reviews.team.svc.cluster.local'",
+    ]

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import msgspec
 
 from pylon.config.errors import ConfigError
+from pylon.pilot.delegation import merge_delegates
 from pylon.pilot.hosts import is_visible, matches, resolve_short_name
 from pylon.pilot.istio.mesh import MeshConfig
 from pylon.pilot.istio.networking import (ServiceEntrySpec, ServicePort, Subset, WorkloadEntrySpec, WorkloadGroupMetadata,
@@ -209,7 +210,7 @@ def build_snapshot(resources: list[Resource], version: str | None = None, mesh: 
         version=version or _new_version(),
         resources=tuple(resources),
         gateways=tuple(by_kind.get("Gateway", [])),
-        virtual_services=tuple(by_kind.get("VirtualService", [])),
+        virtual_services=tuple(merge_delegates(by_kind.get("VirtualService", []), mesh.default_virtual_service_export_to)),
         destination_rules=tuple(by_kind.get("DestinationRule", [])),
         services={host: tuple(found) for host, found in services.items()},
         sidecars=tuple(by_kind.get("Sidecar", [])),

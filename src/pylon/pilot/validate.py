@@ -61,14 +61,22 @@ def validate_directory(root: Path, mesh_config: Path | None = None) -> Report:
 
 
 def analyze(snapshot: Snapshot) -> list[AnalysisWarning]:
-    """Dangling references of every VirtualService: gateways, destination hosts, subsets (http, tcp and tls routes)."""
+    """Dangling references of every VirtualService as written (delegates too): gateways, delegates, destination
+    hosts, subsets (http, tcp and tls routes)."""
     known_gateways = {f"{gw.namespace}/{gw.name}" for gw in snapshot.gateways}
+    written = [r for r in snapshot.resources if r.kind == "VirtualService"]
+    delegates = {(vs.namespace, vs.name) for vs in written if not vs.spec.hosts}
     out: list[AnalysisWarning] = []
-    for vs in snapshot.virtual_services:
+    for vs in written:
         for i, name in enumerate(gateway_names(vs)):
             if name != "mesh" and name not in known_gateways:
                 out.append(AnalysisWarning(NOT_FOUND, vs.source, f"spec.gateways[{i}]", f"referenced gateway not found: {name!r}"))
         for i, http in enumerate(vs.spec.http):
+            if http.delegate is not None:
+                key = (http.delegate.namespace or vs.namespace, http.delegate.name)
+                if key not in delegates:
+                    out.append(AnalysisWarning(NOT_FOUND, vs.source, f"spec.http[{i}].delegate",
+                                               f"referenced delegate virtual service not found: {'/'.join(key)!r}"))
             for j, route in enumerate(http.route):
                 out += _check_destination(snapshot, vs, route.destination, f"spec.http[{i}].route[{j}].destination")
             if http.mirror is not None:

@@ -8,11 +8,13 @@ from pylon.pilot.source.debounce import Debouncer
 from pylon.pilot.source.directory import CachedLoader, DirectoryWatcher, LoadResult, load_directory
 from tests.pilot.builders import doc, gateway, write_yaml
 
+ROUTE = [{"route": [{"destination": {"host": "a"}}]}]  # a VirtualService needs a route (Istio's validation)
+
 
 def test_loads_every_document_of_every_file_and_skips_hidden(tmp_path: Path) -> None:
-    write_yaml(tmp_path / "a.yaml", gateway(8080), doc("VirtualService", "v", {"hosts": ["*"]}))
+    write_yaml(tmp_path / "a.yaml", gateway(8080), doc("VirtualService", "v", {"hosts": ["*"], "http": ROUTE}))
     (tmp_path / "sub").mkdir()
-    write_yaml(tmp_path / "sub" / "b.yml", doc("VirtualService", "w", {"hosts": ["*"]}))
+    write_yaml(tmp_path / "sub" / "b.yml", doc("VirtualService", "w", {"hosts": ["*"], "http": ROUTE}))
     write_yaml(tmp_path / ".hidden.yaml", doc("Bogus", "x", {}))
     (tmp_path / "notes.txt").write_text("not config")
     result = load_directory(tmp_path)
@@ -60,11 +62,11 @@ def test_watcher_reloads_once_after_a_burst_of_edits(tmp_path: Path) -> None:
 
 
 def test_cached_loader_rereads_only_changed_files_and_gives_what_a_full_load_gives(tmp_path: Path) -> None:
-    write_yaml(tmp_path / "a.yaml", gateway(8080), doc("VirtualService", "v", {"hosts": ["*"]}))
-    write_yaml(tmp_path / "b.yaml", doc("VirtualService", "w", {"hosts": ["*"]}))
+    write_yaml(tmp_path / "a.yaml", gateway(8080), doc("VirtualService", "v", {"hosts": ["*"], "http": ROUTE}))
+    write_yaml(tmp_path / "b.yaml", doc("VirtualService", "w", {"hosts": ["*"], "http": ROUTE}))
     load = CachedLoader()
     first = load(tmp_path)
-    write_yaml(tmp_path / "b.yaml", doc("VirtualService", "w", {"hosts": ["changed.example.com"]}))
+    write_yaml(tmp_path / "b.yaml", doc("VirtualService", "w", {"hosts": ["changed.example.com"], "http": ROUTE}))
     (tmp_path / "c.yaml").write_text("kind: Gateway\nkind: Gateway\n")
     second = load(tmp_path)
     full = load_directory(tmp_path)

@@ -340,13 +340,20 @@ class HTTPMirrorPolicy(IstioStruct, kw_only=True):
     percentage: Percent | None = None
 
 
+class Delegate(IstioStruct, kw_only=True):
+    """The VirtualService (without hosts) an HTTP route hands its requests to (delegation.py merges it)."""
+
+    name: NonEmptyStr
+    namespace: str = ""
+
+
 class HTTPRoute(IstioStruct, kw_only=True):
     name: str = ""
     match: list[HTTPMatchRequest] = []
     route: list[HTTPRouteDestination] = []
     redirect: HTTPRedirect | None = None
     direct_response: HTTPDirectResponse | None = None
-    delegate: NotImplementedField | None = None
+    delegate: Delegate | None = None
     rewrite: HTTPRewrite | None = None
     timeout: GoDuration | None = None
     retries: HTTPRetry | None = None
@@ -361,7 +368,11 @@ class HTTPRoute(IstioStruct, kw_only=True):
     def __post_init__(self) -> None:
         actions = [name for name, value in (("route", self.route), ("redirect", self.redirect),
                                             ("directResponse", self.direct_response)) if value]  # fmt: skip
-        if len(actions) != 1:
+        if self.delegate is not None:
+            for action in ("route", "redirect"):
+                if action in actions:
+                    raise FieldError(action, f"a root HTTP route (with delegate) must not specify {action}")
+        elif len(actions) != 1:
             got = f" (got {', '.join(actions)})" if actions else ""
             raise ValueError(f"an HTTP route needs exactly one of route, redirect, directResponse{got}")
         if self.redirect is not None and self.rewrite is not None:
@@ -428,7 +439,7 @@ class TLSRoute(IstioStruct, kw_only=True):
 
 
 class VirtualServiceSpec(IstioStruct, kw_only=True):
-    hosts: Annotated[list[NonEmptyStr], msgspec.Meta(min_length=1)]
+    hosts: list[NonEmptyStr] = []  # none: a delegate, whose HTTP routes a root VirtualService takes in
     gateways: list[NonEmptyStr] = []
     http: list[HTTPRoute] = []
     tls: list[TLSRoute] = []
@@ -436,6 +447,15 @@ class VirtualServiceSpec(IstioStruct, kw_only=True):
     export_to: list[str] = []
 
     def __post_init__(self) -> None:
+        if not (self.http or self.tcp or self.tls):
+            raise ValueError("http, tcp or tls must be provided in virtual service")
+        if not self.hosts:  # Istio's rules for a delegate
+            for field, value in (("gateways", self.gateways), ("tls", self.tls), ("tcp", self.tcp)):
+                if value:
+                    raise FieldError(field, f"a delegate virtual service (no hosts) must have no {field}")
+            for i, http in enumerate(self.http):
+                if http.delegate is not None:
+                    raise FieldError(f"http[{i}].delegate", "a delegate HTTP route cannot delegate again")
         for i, tls in enumerate(self.tls):
             for j, match in enumerate(tls.match):
                 for k, sni in enumerate(match.sni_hosts):
