@@ -617,14 +617,14 @@ def test_downstream_tls_context() -> None:
     [
         ({"tls_certificates": []}, "common_tls_context.tls_certificates", "a server TLS context needs a certificate"),
         ({"tls_certificates": [{"certificate_chain": {"inline_string": PEM}, "private_key_provider": {
-            "provider_name": "sgx", "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.private_key_providers.sgx.v3alpha.SgxPrivateKeyMethodConfig",
-                "key_label": "k"}}}]},
+            "provider_name": "hsm", "typed_config": {
+                "@type": "type.googleapis.com/example.private_key_providers.hsm.v1.Hsm", "key_label": "k"}}}]},
          "common_tls_context.tls_certificates[0].private_key_provider.typed_config.@type",
-         "unknown private key provider type type.googleapis.com/envoy.extensions.private_key_providers.sgx."
-         "v3alpha.SgxPrivateKeyMethodConfig; accepted here: type.googleapis.com/envoy.extensions."
+         "unknown private key provider type type.googleapis.com/example.private_key_providers.hsm.v1.Hsm; "
+         "accepted here: type.googleapis.com/envoy.extensions."
          "private_key_providers.cryptomb.v3alpha.CryptoMbPrivateKeyMethodConfig, type.googleapis.com/envoy.extensions."
-         "private_key_providers.qat.v3alpha.QatPrivateKeyMethodConfig, "
+         "private_key_providers.qat.v3alpha.QatPrivateKeyMethodConfig, type.googleapis.com/envoy.extensions."
+         "private_key_providers.sgx.v3alpha.SgxPrivateKeyMethodConfig, "
          "type.googleapis.com/pylon.key_providers.keyd.v1.Keyd, type.googleapis.com/pylon.key_providers.offload.v1.Offload"),
         ({"tls_certificates": [{"certificate_chain": {"inline_string": PEM}}]},
          "common_tls_context.tls_certificates[0]", "exactly one of private_key, private_key_provider must be set"),
@@ -853,17 +853,12 @@ def test_cluster_connection_options_in_force(fields: dict[str, Any], idle_timeou
          "load_assignment.endpoints[0].lb_endpoints[0].load_balancing_weight", "Expected `int` >= 1"),
         ({"http2_protocol_options": {"max_concurrent_streams": 5}}, "http2_protocol_options.max_concurrent_streams",
          "unknown field"),
-        (_common_options(max_stream_duration="1s"),
-         f"typed_extension_protocol_options[{OPTIONS_KEY}].common_http_protocol_options.max_stream_duration",
-         "not supported yet"),
         (_common_options(max_response_headers_kb=10),
          f"typed_extension_protocol_options[{OPTIONS_KEY}].common_http_protocol_options.max_response_headers_kb",
          "not supported yet"),
         (_common_options(max_headers_count=0),
          f"typed_extension_protocol_options[{OPTIONS_KEY}].common_http_protocol_options.max_headers_count",
          "Expected `int` >= 1"),
-        ({"common_http_protocol_options": {"max_stream_duration": "1s"}},
-         "common_http_protocol_options.max_stream_duration", "not supported yet"),
         ({"common_http_protocol_options": {"idle_timeout": "1s"}, **_common_options()},
          "common_http_protocol_options",
          f"Envoy ignores this deprecated field when typed_extension_protocol_options[{OPTIONS_KEY}] is set; move it "

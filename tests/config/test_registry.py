@@ -60,6 +60,7 @@ def test_core_extensions_are_registered_by_type_url() -> None:
     assert registry.type_urls(registry.KEY_PROVIDER) == {
         "type.googleapis.com/envoy.extensions.private_key_providers.cryptomb.v3alpha.CryptoMbPrivateKeyMethodConfig",
         "type.googleapis.com/envoy.extensions.private_key_providers.qat.v3alpha.QatPrivateKeyMethodConfig",
+        "type.googleapis.com/envoy.extensions.private_key_providers.sgx.v3alpha.SgxPrivateKeyMethodConfig",
         "type.googleapis.com/pylon.key_providers.keyd.v1.Keyd",
         "type.googleapis.com/pylon.key_providers.offload.v1.Offload",
     }

@@ -10,6 +10,7 @@ names (`cluster.up.upstream_cx_idle_timeout`, `upstream_cx_max_requests`,
 from __future__ import annotations
 
 import contextlib
+import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -121,3 +122,39 @@ def test_max_connection_duration_drains_a_busy_connection_and_closes_an_idle_one
     assert history[1]["closed"] - history[1]["opened"] >= MAX_DURATION_S - 0.05
     assert wait_until(lambda: cluster_stat(gateway, "upstream_cx_max_duration_reached") == 2)
     assert prometheus_value(gateway, "upstream_cx_max_duration_reached") == 2
+
+
+MAX_STREAM_S = 0.5
+EARLY_S = 0.05  # the proxy's clock starts when it accepts, a little before the client's
+
+
+def test_max_stream_duration_gives_up_on_a_slow_upstream_request(gateway_with: Callable[..., Gateway]) -> None:
+    """Envoy 1.40: 504 `upstream max stream duration reached` once the request is in; a quick one is untouched."""
+    gateway = gateway_with(**with_options(max_stream_duration=f"{MAX_STREAM_S}s"))
+    base = f"http://127.0.0.1:{gateway.port}"
+    assert httpx.get(f"{base}/quick", timeout=5).status_code == 200
+    started = time.monotonic()
+    response = httpx.get(f"{base}/slow/3", timeout=5)
+    took = time.monotonic() - started
+    assert (response.status_code, response.text) == (504, "upstream max stream duration reached")
+    assert MAX_STREAM_S - EARLY_S <= took < MAX_STREAM_S + 1.0
+    assert cluster_stat(gateway, "upstream_rq_max_duration_reached") == 1
+
+
+def test_max_stream_duration_counts_from_the_connection_even_while_the_request_arrives(implementation: str,
+                                                                                      tmp_path: Path) -> None:
+    """The clock starts when the request is given a connection, not when it is complete: a body still arriving
+    (the upstream waits for it) gets 408 and the connection closes (as Envoy 1.40)."""
+    def listener(port: int) -> dict[str, Any]:
+        return http_listener("main", port, [route("/", "up", timeout="10s")])
+
+    options = with_options(max_stream_duration=f"{MAX_STREAM_S}s")
+    with gateway_in_front_of_upstream(implementation, tmp_path, listener, **options) as gateway, \
+            socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as client:
+        client.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789")
+        answer = b""
+        while chunk := client.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 ") and b"connection: close" in head.lower()
+    assert body == b"upstream max stream duration reached"

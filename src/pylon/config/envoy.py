@@ -1497,7 +1497,12 @@ class UpstreamCommonHttpProtocolOptions(EnvoyStruct, kw_only=True):
     is serving if any (unset or 0: no limit; `upstream_cx_max_duration_reached`);
     `max_requests_per_connection` closes it after that many requests (unset or 0:
     no limit; `upstream_cx_max_requests`); `max_headers_count` limits a response
-    head (more is a protocol error: 502 UPE, `upstream_cx_protocol_error`).
+    head (more is a protocol error: 502 UPE, `upstream_cx_protocol_error`);
+    `max_stream_duration` limits each request from when it is given a connection:
+    then the upstream request is abandoned and the client gets 504 (408 while its
+    request is still arriving), flag UMSDR, or a reset once the response began
+    (`upstream_rq_max_duration_reached`). Departure: an upgraded (websocket)
+    request is not held to it once the upstream switched protocols.
     `headers_with_underscores_action` applies to client requests only: Envoy lets
     underscored headers through a cluster that sets it, both ways, and so does pylon.
     """
@@ -1505,8 +1510,7 @@ class UpstreamCommonHttpProtocolOptions(EnvoyStruct, kw_only=True):
     idle_timeout: Duration = Duration(3600)
     max_connection_duration: Duration | None = None
     max_headers_count: PositiveUInt32 = 100
-    # Envoy resets the upstream request (408/504, flag UMSDR): a router hook pylon does not have yet.
-    max_stream_duration: NotSupportedYet | None = None
+    max_stream_duration: Duration | None = None
     headers_with_underscores_action: Literal["ALLOW", "REJECT_REQUEST", "DROP_HEADER"] = "ALLOW"
     max_requests_per_connection: UInt32 | None = None
     max_response_headers_kb: NotSupportedYet | None = None

@@ -27,6 +27,10 @@ CONNECT_FAILURE = LocalReply(503, "UF", _RESET_BEFORE_HEADERS + b"connection fai
 UPSTREAM_OVERFLOW = LocalReply(503, "UO", _RESET_BEFORE_HEADERS + b"overflow", "upstream_reset_before_response_started{overflow}")
 UPSTREAM_RESET = LocalReply(503, "UC", _RESET_BEFORE_HEADERS + b"connection termination", "upstream_reset_before_response_started{connection_termination}")
 UPSTREAM_TIMEOUT = LocalReply(504, "UT", b"upstream request timeout", "upstream_response_timeout")
+# A cluster's max_stream_duration: 504 once the request is in, 408 while it is still arriving (as Envoy 1.40).
+UPSTREAM_MAX_STREAM_DURATION = LocalReply(504, "UMSDR", b"upstream max stream duration reached",
+                                          "upstream_max_stream_duration_reached")
+UPSTREAM_MAX_STREAM_DURATION_CLIENT = UPSTREAM_MAX_STREAM_DURATION._replace(status=408)
 UPSTREAM_PROTOCOL_ERROR = LocalReply(502, "UPE", _RESET_BEFORE_HEADERS + b"protocol error", "upstream_reset_before_response_started{protocol_error}")
 REQUEST_HEADER_TIMEOUT = LocalReply(408, "-", b"request header timeout", "request_header_timeout")
 LOW_VERSION = LocalReply(426, "DPE", b"Upgrade Required", "low_version")

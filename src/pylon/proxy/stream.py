@@ -182,7 +182,7 @@ class Stream:
         "req_chunked", "req_length", "request_complete", "started", "done", "body_buffer", "waiting_body",
         "body_size", "route", "cluster", "host", "pool", "upstream", "request_encoder", "up_out", "encoder",
         "response_started", "close_after", "local_reply", "status", "flags", "details",
-        "retries_left", "retry_held", "deadline", "try_deadline", "bytes_received", "bytes_sent", "start",
+        "retries_left", "retry_held", "deadline", "try_deadline", "upstream_deadline", "bytes_received", "bytes_sent", "start",
         "last_activity", "attempt_start", "first_byte", "authority", "path", "original_path", "pending_local",
         "transport_failure", "request_id", "last_host", "xff", "response_ops", "paused_downstream", "paused_upstream", "resp_headers",
         "stale_retried", "timeout", "attempts", "tried_hosts",
@@ -226,6 +226,7 @@ class Stream:
         self.retry_held = False
         self.deadline = 0.0  # loop time at which the route timeout fires (0 = none); see HttpConnection.sweep
         self.try_deadline = 0.0  # the same for the current attempt's per_try_timeout
+        self.upstream_deadline = 0.0  # ... and for its cluster's max_stream_duration (from when it got a connection)
         self.bytes_received = 0
         self.bytes_sent = 0
         self.start = now
@@ -668,6 +669,10 @@ class Stream:
         if self.done:
             conn.abandon()
             return
+        limit = conn.pool.limits.max_stream_duration
+        if limit:
+            self.upstream_deadline = self.conn.loop_time() + limit
+            self._arm(self.upstream_deadline)
         encoder = self.request_encoder
         assert encoder is not None
         out = [encoder.encode_head(self.attempts)]
@@ -717,9 +722,13 @@ class Stream:
         if self.try_deadline and now >= self.try_deadline:
             self.on_try_timeout()
             return None
+        if self.upstream_deadline and now >= self.upstream_deadline:
+            self.on_upstream_max_duration()
+            return None
         following = self.deadline
-        if self.try_deadline and (not following or self.try_deadline < following):
-            following = self.try_deadline
+        for due in (self.try_deadline, self.upstream_deadline):
+            if due and (not following or due < following):
+                following = due
         if hcm.max_stream_duration:
             due = self.start + hcm.max_stream_duration
             if now >= due:
@@ -826,7 +835,8 @@ class Stream:
         self.status = 101
         self.response_started = True
         self.first_byte = self.last_activity = conn.loop_time()
-        self.deadline = self.try_deadline = 0.0  # route and per-try timeouts end with the head; stream_idle_timeout goes on
+        # route, per-try and upstream stream timeouts end with the head; stream_idle_timeout goes on
+        self.deadline = self.try_deadline = self.upstream_deadline = 0.0
         self.upstream = None
         self.tunnel_upstream = upstream
         sent = [pair for pair in headers if pair[0] != b"server"]
@@ -1002,6 +1012,23 @@ class Stream:
         else:
             self._timed_out()
 
+    def on_upstream_max_duration(self) -> None:
+        """The cluster's max_stream_duration passed for this attempt: Envoy gives up on the upstream request and
+        answers 504 (408 while the request is still arriving), or resets the stream once the response began."""
+        self.upstream_deadline = 0.0
+        if self.done:
+            return
+        cluster = self.cluster
+        assert cluster is not None
+        cluster.stats.upstream_rq_max_duration_reached.value += 1
+        self._end_attempt(abandon=True)
+        if self.response_started:
+            self.flags = lr.UPSTREAM_MAX_STREAM_DURATION.flag
+            self._finish(close=True)
+        else:
+            self.local(lr.UPSTREAM_MAX_STREAM_DURATION if self.request_complete
+                       else lr.UPSTREAM_MAX_STREAM_DURATION_CLIENT)
+
     def on_max_duration(self) -> None:
         """max_stream_duration passed: Envoy answers 504 if it can, else resets the stream."""
         if self.done:
@@ -1050,7 +1077,7 @@ class Stream:
 
     def _end_attempt(self, abandon: bool) -> None:
         """Release what the current attempt holds: host counters, breaker slot, connection or queue spot."""
-        self.try_deadline = 0.0
+        self.try_deadline = self.upstream_deadline = 0.0
         upstream = self.upstream
         if upstream is not None:
             self.upstream = None

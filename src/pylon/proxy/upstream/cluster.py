@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 _COUNTERS = (
     "upstream_rq_total", "upstream_rq_1xx", "upstream_rq_2xx", "upstream_rq_3xx", "upstream_rq_4xx",
     "upstream_rq_5xx", "upstream_rq_retry", "upstream_rq_timeout", "upstream_rq_per_try_timeout",
+    "upstream_rq_max_duration_reached",
     "upstream_rq_pending_total", "upstream_rq_pending_overflow",
     "upstream_rq_retry_overflow", "upstream_cx_total", "upstream_cx_connect_fail",
     "upstream_cx_connect_timeout", "upstream_cx_destroy", "upstream_cx_overflow",

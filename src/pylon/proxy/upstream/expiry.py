@@ -31,6 +31,7 @@ class ConnectionLimits:
     max_duration: float = 0.0
     max_requests: int = 0
     max_headers: int = 100
+    max_stream_duration: float = 0.0  # of each request on a connection, from when it is given one
 
     @classmethod
     def of(cls, config: Any) -> "ConnectionLimits":
@@ -41,6 +42,7 @@ class ConnectionLimits:
             max_duration=float(options.max_connection_duration or 0),
             max_requests=config.requests_per_connection_limit,
             max_headers=options.max_headers_count,
+            max_stream_duration=float(options.max_stream_duration or 0),
         )
 
 
