@@ -1,4 +1,5 @@
-"""pylon demo: a short real run — requests explained from the gateway's access log, load, report files."""
+"""pylon demo --loopback (what runs where no mesh can): a short real run — requests explained from the gateway's
+access log, load, report files."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from pylon.keys import cryptomb
 
 def test_demo_short_run_writes_the_report(tmp_path: Path) -> None:
     out = tmp_path / "demo"
-    result = CliRunner().invoke(demo, ["--out", str(out), "--duration", "1s", "-c", "4"])
+    result = CliRunner().invoke(demo, ["--loopback", "--out", str(out), "--duration", "1s", "-c", "4"])
     assert result.exit_code == 0, result.output
     text = result.output
 
@@ -62,8 +63,8 @@ def test_demo_short_run_writes_the_report(tmp_path: Path) -> None:
 
 def test_demo_stopped_by_sigterm_leaves_nothing_running(tmp_path: Path) -> None:
     out = tmp_path / "demo"
-    proc = subprocess.Popen([sys.executable, "-u", "-c", "from pylon.bench.demo import demo; demo()", "--out", str(out),
-                             "--duration", "30s"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen([sys.executable, "-u", "-c", "from pylon.bench.demo import demo; demo()", "--loopback",
+                             "--out", str(out), "--duration", "30s"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True)
     try:
         assert proc.stdout is not None
