@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
+from pylon.bench import demo as demo_module
 from pylon.bench.demo import demo
 from pylon.bench.mesh_demo import mesh_unavailable_reason, plan
 from pylon.bench.mesh_runs.csv_rows import CSV_COLUMNS
@@ -32,12 +37,20 @@ def test_plan_runs_the_sidecar_modes_once_and_names_what_cannot_run() -> None:
     assert [m.name for m in meshes[0].modes][:3] == ["baseline", "server_sidecar", "both_sidecar"]
 
 
-@pytest.mark.skipif(REASON is None, reason="a mesh can run here: the fallback is what this test is about")
-def test_without_namespaces_it_says_why_and_runs_the_loopback_demo(tmp_path: Path) -> None:
+def test_not_root_is_a_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert mesh_unavailable_reason() == "not root, so no network namespaces for a mesh"
+
+
+def test_without_namespaces_it_says_why_and_runs_the_loopback_demo(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the mesh cannot run (here: told so, if this machine could), one line says why, then the loopback demo."""
+    reason = REASON or "not root, so no network namespaces for a mesh"
+    monkeypatch.setattr(demo_module, "mesh_unavailable_reason", lambda: reason)
     result = CliRunner().invoke(demo, ["--out", str(tmp_path), "--duration", "1s", "-c", "2"])
     assert result.exit_code == 0, result.output
-    assert f"no mesh here ({REASON}); running the loopback demo instead" in " ".join(result.output.split())
-    assert (tmp_path / "report.csv").exists()
+    assert f"pylon demo: no mesh here ({reason}); running the loopback demo instead" in " ".join(result.output.split())
+    assert (tmp_path / "report.csv").exists() and (tmp_path / "pylon-gateway-rep1.json").exists()
 
 
 @pytest.mark.skipif(REASON is not None, reason=f"the mesh demo cannot run here: {REASON}")
@@ -75,3 +88,36 @@ def test_the_mesh_demo_short_run_writes_istios_csv_and_leaves_no_mesh(tmp_path: 
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert "pm-" not in netns
     assert not Path("/tmp/pm-demo/s").exists()
+
+
+@pytest.mark.skipif(REASON is not None, reason=f"the mesh demo cannot run here: {REASON}")
+def test_sigterm_during_a_run_takes_the_mesh_down(tmp_path: Path) -> None:
+    proc = subprocess.Popen([sys.executable, "-u", "-m", "pylon.cli", "demo", "--out", str(tmp_path), "--key-modes",
+                             "file", "--duration", "20s", "--warmup", "0", "-c", "2", "--qps", "20",
+                             "--lock-timeout", "60"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        seen = []
+        for line in proc.stdout:  # the mesh is up and the workloads answer: the first run has started
+            seen.append(line.decode(errors="replace"))
+            if "mesh up with the gateway's key: file" in seen[-1]:
+                break
+        deadline = time.monotonic() + 120
+        while not list((tmp_path / "work" / "file").glob("*_baseline.json")) and time.monotonic() < deadline:
+            if (tmp_path / "work" / "file" / "load-output.txt").exists():
+                break
+            time.sleep(0.5)
+        time.sleep(2)
+        proc.send_signal(signal.SIGTERM)
+        output = "".join(seen) + proc.communicate(timeout=180)[0].decode(errors="replace")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, output
+    assert "interrupted; `pylon mesh down` has removed the mesh" in output
+    assert "pm-" not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert not Path("/tmp/pm-demo/s").exists()
+    log = (tmp_path / "work" / "file" / "mesh-commands.log").read_text()
+    assert "$ pylon mesh down" in log

@@ -143,10 +143,12 @@ def measure(mesh: MeshCli, mode: Mode, profile: LoadProfile, label: str, json_pa
     cpu_before = tree_cpu(roots)
     sampler.start()
     started = time.monotonic()
-    load_cpu, load_rate, code = exec_load(mesh, mode, command, profile.duration)
-    wall = time.monotonic() - started
-    cpu_after = tree_cpu(roots)
-    rss = sampler.stop()
+    try:
+        load_cpu, load_rate, code = exec_load(mesh, mode, command, profile.duration)
+    finally:
+        wall = time.monotonic() - started
+        cpu_after = tree_cpu(roots)
+        rss = sampler.stop()
     row: dict[str, Any] = {"mode": mode.name, "label": label, "requested_qps": qps, "connections": profile.conn,
                            "size": profile.size, "exit_code": code, "wall_s": wall, "json": str(json_path)}
     if not json_path.exists():
