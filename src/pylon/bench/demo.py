@@ -332,9 +332,12 @@ def _run_mesh(options: MeshDemoOptions, console: Console) -> None:
         with sigterm_interrupts():
             files = run_mesh_demo(options, console)
     except KeyboardInterrupt:
-        console.print("interrupted; `pylon mesh down` has removed the mesh")
+        console.print("interrupted; `pylon mesh down` ran for every mesh the demo brought up")
         raise SystemExit(130) from None
     except (MeshDemoError, LockBusy) as exc:
         raise click.ClickException(str(exc)) from None
     console.print(f"Istio's CSV: {files.csv}\nreport:      {files.markdown}\n             {files.html}\n"
                   f"charts:      {files.png}\nruns:        {files.runs}\nlogs:        {options.out / 'work'}")
+    if files.failed:
+        raise click.ClickException(f"the mesh run failed for key mode(s) {', '.join(files.failed)}: "
+                                   f"see {files.markdown}")

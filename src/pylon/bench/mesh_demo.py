@@ -105,6 +105,7 @@ class MeshDemoFiles:
     html: Path
     png: Path | None
     runs: Path
+    failed: tuple[str, ...] = ()  # key modes whose mesh run failed (the report says how)
 
 
 def run_mesh_demo(options: MeshDemoOptions, console: Console) -> MeshDemoFiles:
@@ -126,6 +127,9 @@ def run_mesh_demo(options: MeshDemoOptions, console: Console) -> MeshDemoFiles:
         if mesh_namespaces():
             raise MeshDemoError(f"a pylon mesh is already up ({', '.join(mesh_namespaces())}); "
                                 "`pylon mesh down` (with its PYLON_MESH_STATE) first")  # fmt: skip
+        if STATE.exists():  # our own state, its namespaces gone: a demo killed hard; `mesh up` would refuse it
+            removed = MeshCli(STATE, options.out / "cleanup.log").down()
+            console.print(f"removed a previous demo's leftover state: {removed}")
         run_id = uuid.uuid4().hex[:8]
         for planned in meshes:
             sessions.append(_one_mesh(planned, options, run_id, console, notes))
@@ -181,7 +185,8 @@ def _intro(options: MeshDemoOptions, started: str) -> list[str]:
         f"Load: `pylon load -qps {p.qps} -c {p.conn} -t {p.duration:g}s` from a client pod (`pylon mesh exec`), "
         f"GET /echo?size={p.size} from `pylon echo` in the server pod (sidecar: `pylon agent` + `pylon proxy`); "
         f"a new TLS connection per request (a full handshake, RSA-2048) at {p.newconn_qps} qps; warm-up "
-        f"{p.warmup:g} s per mode. One fresh mesh per gateway key mode (`pylon mesh up -f inputs/<mode>-install.yaml`).",
+        f"{p.warmup:g} s per mode. One fresh mesh per gateway key mode "
+        "(`pylon mesh up -f inputs/<mode>-install.yaml`).",
         "CPU: millicores of each proxy's process tree over the run (Istio's cpu_mili_avg_istio_proxy_* columns); "
         "Istio's CSV has latencies in µs, the tables here in ms.",
     ]
@@ -198,7 +203,8 @@ def _write_report(options: MeshDemoOptions, rows: list[dict[str, Any]], sessions
     tables.append(gateway_table(summary, list(options.key_modes), notes))
     intro = _intro(options, started)
     files = MeshDemoFiles(csv=out / "istio-perf.csv", markdown=out / "report.md", html=out / "report.html",
-                          png=out / "report.png", runs=out / "runs.json")  # fmt: skip
+                          png=out / "report.png", runs=out / "runs.json",
+                          failed=tuple(s["tag"] for s in sessions if "error" in s))  # fmt: skip
     write_csv(files.csv, rows)
     results = []
     for row in rows:

@@ -51,9 +51,9 @@ def sidecar_table(summary: dict[str, Any], group: str) -> TextTable:
         if not s or not s["reps"]:
             rows.append([SIDECAR_TITLES[mode], "not measured", *["-"] * 8, "; ".join((s or {}).get("failures", []))])
             continue
-        base = mode == "baseline"
+        added = ["-"] * 3 if mode == "baseline" else [_added_ms(s[f"added_p{p}_us"]) for p in ("50", "90", "99")]
         rows.append([SIDECAR_TITLES[mode], fmt(s["ActualQPS"], ".0f"), _ms(s["p50_us"]), _ms(s["p90_us"]),
-                     _ms(s["p99_us"]), *(("-",) * 3 if base else (_added_ms(s[f"added_p{p}_us"]) for p in ("50", "90", "99"))),
+                     _ms(s["p99_us"]), *added,
                      fmt(s["client_millicores"]), fmt(s["server_millicores"]), _errors(s)])  # fmt: skip
     return TextTable("Sidecar overhead (Istio's perf modes, keep-alive, plain HTTP between pods)",
                      ["mode", "qps", "p50 ms", "p90 ms", "p99 ms", "+p50", "+p90", "+p99", "client sidecar mc",

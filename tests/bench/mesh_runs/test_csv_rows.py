@@ -7,8 +7,9 @@ from pathlib import Path
 
 from pylon.bench.mesh_runs.csv_rows import CSV_COLUMNS, csv_cells, fmt, write_csv
 
-ROW = {"StartTime": "2026-12-05T14:46:22+00:00", "ActualDuration": 2992650325, "label": "ab12_qps_1000_c_16_1024_pylon_both_sidecar",
-       "NumThreads": 16, "ActualQPS": 998.766, "p50_us": 8680.04, "p90_us": 18040.0, "p99_us": 29011.0, "p999_us": None,
+ROW = {"StartTime": "2026-12-05T14:46:22+00:00", "ActualDuration": 2992650325,
+       "label": "ab12_qps_1000_c_16_1024_pylon_both_sidecar", "NumThreads": 16, "ActualQPS": 998.766,
+       "p50_us": 8680.04, "p90_us": 18040.0, "p99_us": 29011.0, "p999_us": None,
        "client_millicores": 243.26, "server_millicores": 240.0, "client_rss_mib": 235.61, "server_rss_mib": 236.0}
 
 

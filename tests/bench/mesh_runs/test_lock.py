@@ -56,7 +56,8 @@ def test_a_lock_held_by_another_process_is_waited_for_then_refused(tmp_path: Pat
 def test_a_lock_our_parent_holds_is_ours(tmp_path: Path) -> None:
     """As `flock /tmp/pylon-bench.lock pytest ...` runs the mesh tests: the demo inside must not wait for it."""
     path = tmp_path / "bench.lock"
-    code = ("import sys; from pathlib import Path; from pylon.bench.mesh_runs.lock import bench_lock, held_by_ancestor\n"
+    code = ("import sys; from pathlib import Path\n"
+            "from pylon.bench.mesh_runs.lock import bench_lock, held_by_ancestor\n"
             "p = Path(sys.argv[1]); assert held_by_ancestor(p)\n"
             "with bench_lock(0.5, p): print('inside')\n")  # fmt: skip
     done = subprocess.run(["flock", str(path), sys.executable, "-c", code, str(path)], capture_output=True, text=True,

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from pylon.bench.mesh_runs.modes import MODES
-from pylon.bench.mesh_runs.runs import LoadProfile, cost_fields, label_of, load_command, result_fields, steady_millicores
+from pylon.bench.mesh_runs.runs import (LoadProfile, cost_fields, label_of, load_command, result_fields,
+                                        steady_millicores)  # fmt: skip
 
 PROFILE = LoadProfile(qps=1000, conn=16, duration=5.0, size=1024, newconn_qps=200)
 

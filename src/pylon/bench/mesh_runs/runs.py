@@ -37,7 +37,8 @@ class LoadProfile:
 
 def label_of(run_id: str, mode: Mode, profile: LoadProfile, tag: str) -> str:
     """Istio's run label: `<runid>_qps_<q>_c_<c>_<size>_<telemetry>_<mode>` (our `tag` in telemetry's place)."""
-    return f"{run_id}_qps_{qps_of(mode, profile.qps, profile.newconn_qps)}_c_{profile.conn}_{profile.size}_{tag}_{mode.name}"
+    qps = qps_of(mode, profile.qps, profile.newconn_qps)
+    return f"{run_id}_qps_{qps}_c_{profile.conn}_{profile.size}_{tag}_{mode.name}"
 
 
 def load_command(mode: Mode, profile: LoadProfile, seconds: float, json_path: Path, label: str, ca: Path,
@@ -108,7 +109,8 @@ def result_fields(result: dict[str, Any]) -> dict[str, Any]:
     count = int(result["DurationHistogram"]["Count"])
     ok = int(result["RetCodes"].get("200", 0))
     return {
-        "StartTime": result["StartTime"], "ActualDuration": result["ActualDuration"], "NumThreads": result["NumThreads"],
+        "StartTime": result["StartTime"], "ActualDuration": result["ActualDuration"],
+        "NumThreads": result["NumThreads"],
         "ActualQPS": result["ActualQPS"], "requests": count, "ok": ok, "errors": count - ok,
         "error_kinds": result.get("ErrorKinds", {}), "ret_codes": result["RetCodes"],
         "error_percent": 100.0 * (count - ok) / count if count else 100.0,
