@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pylon.bench.mesh_demo_report import (gateway_table, html_preface, markdown_report, markdown_table,
+from pylon.bench.mesh_demo_report import (chart_label, gateway_table, html_preface, markdown_report, markdown_table,
                                           sidecar_table)  # fmt: skip
 from pylon.bench.mesh_runs.summary import summarize
 
@@ -44,6 +44,12 @@ def test_gateway_table_one_row_per_key_mode_with_its_note() -> None:
     assert cmb[1] == "100" and cmb[4] == "-" and cmb[-1] == "fallback (software, not accelerated)"  # new-conn: no run
     assert keyd[1:10] == ["-"] * 9 and keyd[-1] == "not available yet in pylon mesh"
     assert pkcs11[-1] == "not available yet"
+
+
+def test_chart_labels_fit_the_charts() -> None:
+    assert chart_label("file", "both_sidecar") == "both sidecars"
+    assert chart_label("cryptomb", "ingress_https_newconn") == "cryptomb: gw new conn"
+    assert all(len(chart_label(k, m)) <= 28 for k in KEYS for m in ("baseline", "ingress_https", "ingress_https_newconn"))
 
 
 def test_markdown_and_html_carry_the_same_tables() -> None:

@@ -29,7 +29,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from pylon.bench.mesh_demo_report import (TextTable, gateway_table, html_preface, markdown_report,
+from pylon.bench.mesh_demo_report import (TextTable, chart_label, gateway_table, html_preface, markdown_report,
                                           sidecar_table)  # fmt: skip
 from pylon.bench.mesh_runs.csv_rows import fmt, write_csv
 from pylon.bench.mesh_runs.inputs import IngressGateway, write_inputs
@@ -210,7 +210,7 @@ def _write_report(options: MeshDemoOptions, rows: list[dict[str, Any]], sessions
     for row in rows:
         if "ActualQPS" in row and Path(row["json"]).exists():
             result = json.loads(Path(row["json"]).read_text())
-            result["Labels"] = f"{row['tag']}:{row['mode']}"  # short names on the charts; the CSV keeps Istio's
+            result["Labels"] = chart_label(row["tag"], row["mode"])
             results.append(result)
     png = None
     if results:

@@ -15,6 +15,12 @@ from pylon.bench.mesh_runs.csv_rows import fmt
 from pylon.bench.mesh_runs.modes import INGRESS_MODES, SIDECAR_MODES
 
 SIDECAR_TITLES = {"baseline": "no sidecar", "server_sidecar": "server sidecar", "both_sidecar": "both sidecars"}
+INGRESS_TITLES = {"ingress_https": "gw keep-alive", "ingress_https_newconn": "gw new conn"}
+
+
+def chart_label(key_mode: str, mode: str) -> str:
+    """A run's name on the charts (pylon report cuts labels at 28 characters; Istio's stay in the CSV)."""
+    return SIDECAR_TITLES.get(mode) or f"{key_mode}: {INGRESS_TITLES.get(mode, mode)}"
 
 
 @dataclass(frozen=True)

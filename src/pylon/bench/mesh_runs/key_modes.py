@@ -42,7 +42,7 @@ class KeyMode:
 
 
 KEY_MODES: dict[str, KeyMode] = {m.name: m for m in (
-    KeyMode("file", "", "the key inline in the SDS secret, signed by OpenSSL in the gateway"),
+    KeyMode("file", "", "the key in the gateway's SDS secret, signed by OpenSSL"),
     KeyMode("cryptomb", CRYPTOMB_CONFIG, "Envoy's cryptomb provider (Intel crypto_mb, AVX-512 IFMA batches of 8)"),
     KeyMode("keyd", "", "the key in a separate `pylon keyd` process", _keyd_unavailable),
     KeyMode("pkcs11", "", "the key in a PKCS#11 token (the SGX provider's interface)", _pkcs11_unavailable),

@@ -18,7 +18,7 @@ from typing import Any
 
 from pylon.bench.mesh_runs.meshctl import PYTHON, MeshCli
 from pylon.bench.mesh_runs.modes import ROLES, Mode, qps_of
-from pylon.bench.mesh_runs.procfs import RssSampler, children_cpu, has_argument, proc_table, tree, tree_cpu
+from pylon.bench.procfs import RssSampler, children_cpu, has_argument, proc_table, tree, tree_cpu
 
 OVERSTAY_S = 60.0  # a run's `mesh exec` is killed this long after its -t
 

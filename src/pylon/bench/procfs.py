@@ -1,7 +1,9 @@
-"""CPU and memory of process trees from /proc: what Istio reads from cAdvisor for the `istio-proxy` container.
+"""CPU and memory of process trees from /proc, for every benchmark that measures the processes it runs.
 
-A sidecar here is `pylon agent` and its children (the proxy and its workers), as Istio's container holds
-pilot-agent and Envoy; its CPU is the tree's utime+stime (children that exited included: cutime+cstime).
+A measured thing is a process tree: a proxy and its workers (targets.py), a mesh sidecar as `pylon agent` and
+its children, as Istio's `istio-proxy` container holds pilot-agent and Envoy (mesh_runs/). Its CPU is the
+tree's utime+stime plus cutime+cstime (the CPU of children it has reaped), so a run is the difference of two
+readings.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 
 def parse_stat(text: str) -> tuple[int, float]:
     """(parent pid, utime+stime+cutime+cstime in clock ticks) of one /proc/PID/stat line; the command name may
-    hold spaces and parentheses, so fields are counted from the last ')'."""
+    hold spaces and parentheses, so fields are counted from the last ')' (after it: state ppid ... utime(14)
+    stime(15) cutime(16) cstime(17), 1-based in proc(5))."""
     fields = text.rsplit(")", 1)[1].split()
     return int(fields[1]), float(sum(int(f) for f in fields[11:15]))
 
@@ -32,7 +35,7 @@ def proc_table() -> tuple[dict[int, list[int]], dict[int, float]]:
             continue
         try:
             parent, ticks = parse_stat(Path(f"/proc/{entry.name}/stat").read_text())
-        except (OSError, IndexError, ValueError):
+        except (OSError, IndexError, ValueError):  # exited while we were looking
             continue
         pid = int(entry.name)
         children.setdefault(parent, []).append(pid)
