@@ -181,7 +181,9 @@ def _intro(options: MeshDemoOptions, started: str) -> list[str]:
     model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                   if line.startswith("model name")), platform.machine())  # fmt: skip
     lines = [
-        f"Run {started} on {os.cpu_count()} CPUs ({model}); every pod, proxy, pilot and the load share them.",
+        f"Run {started} on {os.cpu_count()} CPUs ({model}); every pod, proxy, pilot and the load share them "
+        f"(load average when the report was written: {', '.join(f'{x:.2f}' for x in os.getloadavg())}; anything "
+        "else running on this machine shows in the latencies).",
         f"Load: `pylon load -qps {p.qps} -c {p.conn} -t {p.duration:g}s` from a client pod (`pylon mesh exec`), "
         f"GET /echo?size={p.size} from `pylon echo` in the server pod (sidecar: `pylon agent` + `pylon proxy`); "
         f"a new TLS connection per request (a full handshake, RSA-2048) at {p.newconn_qps} qps; warm-up "
