@@ -198,6 +198,7 @@ def _intro(options: MeshDemoOptions, started: str) -> list[str]:
 def _write_report(options: MeshDemoOptions, rows: list[dict[str, Any]], sessions: list[dict[str, Any]],
                   notes: dict[str, str], ran: list[str], started: str, console: Console) -> MeshDemoFiles:  # fmt: skip
     out = options.out
+    notes = {key: notes[key] for key in options.key_modes if key in notes}  # in the order the modes ran
     summary = summarize(rows, [*SIDECAR_MODES, *INGRESS_MODES], list(options.key_modes), "tag")
     tables: list[TextTable] = []
     if ran:
