@@ -22,6 +22,7 @@ from pylon.bench import demo as demo_module
 from pylon.bench.demo import demo
 from pylon.bench.mesh_demo import STATE, mesh_unavailable_reason, plan
 from pylon.bench.mesh_runs.csv_rows import CSV_COLUMNS
+from tests.bench.conftest import own_session
 
 REASON = mesh_unavailable_reason()
 
@@ -95,29 +96,20 @@ def test_the_mesh_demo_short_run_writes_istios_csv_and_leaves_no_mesh(tmp_path: 
 
 @pytest.mark.skipif(REASON is not None, reason=f"the mesh demo cannot run here: {REASON}")
 def test_sigterm_during_a_run_takes_the_mesh_down(tmp_path: Path) -> None:
-    proc = subprocess.Popen([sys.executable, "-u", "-m", "pylon.cli", "demo", "--out", str(tmp_path), "--key-modes",
-                             "file", "--duration", "20s", "--warmup", "0", "-c", "2", "--qps", "20",
-                             "--lock-timeout", "60"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True)  # fmt: skip
-    try:
+    with own_session([sys.executable, "-u", "-m", "pylon.cli", "demo", "--out", str(tmp_path), "--key-modes", "file",
+                      "--duration", "20s", "--warmup", "0", "-c", "2", "--qps", "20", "--lock-timeout", "60"]) as proc:
         assert proc.stdout is not None
         seen = []
-        for line in proc.stdout:  # the mesh is up and the workloads answer: the first run has started
+        for line in proc.stdout:  # the mesh is coming up
             seen.append(line.decode(errors="replace"))
             if "mesh up with the gateway's key: file" in seen[-1]:
                 break
-        deadline = time.monotonic() + 120
-        while not list((tmp_path / "work" / "file").glob("*_baseline.json")) and time.monotonic() < deadline:
-            if (tmp_path / "work" / "file" / "load-output.txt").exists():
-                break
+        deadline = time.monotonic() + 120  # until the first load runs in the client pod
+        while not (tmp_path / "work" / "file" / "load-output.txt").exists() and time.monotonic() < deadline:
             time.sleep(0.5)
         time.sleep(2)
         proc.send_signal(signal.SIGTERM)
         output = "".join(seen) + proc.communicate(timeout=180)[0].decode(errors="replace")
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
     assert proc.returncode == 130, output
     assert "interrupted; `pylon mesh down` ran for every mesh the demo brought up" in output
     assert "pm-" not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
