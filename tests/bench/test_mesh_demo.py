@@ -22,9 +22,17 @@ from pylon.bench import demo as demo_module
 from pylon.bench.demo import demo
 from pylon.bench.mesh_demo import STATE, mesh_unavailable_reason, plan
 from pylon.bench.mesh_runs.csv_rows import CSV_COLUMNS
+from pylon.bench.mesh_runs.meshctl import mesh_namespaces
 from tests.bench.conftest import own_session
 
 REASON = mesh_unavailable_reason()
+
+
+@pytest.fixture
+def no_mesh_up() -> None:
+    """As tests/mesh: a mesh someone else runs (its `pm-` namespaces) is not ours to take down; skip instead."""
+    if mesh_namespaces():
+        pytest.skip("a pylon mesh is already up on this machine (pylon mesh down first)")
 
 
 def test_plan_runs_the_sidecar_modes_once_and_names_what_cannot_run() -> None:
@@ -55,7 +63,7 @@ def test_without_namespaces_it_says_why_and_runs_the_loopback_demo(tmp_path: Pat
 
 
 @pytest.mark.skipif(REASON is not None, reason=f"the mesh demo cannot run here: {REASON}")
-def test_the_mesh_demo_short_run_writes_istios_csv_and_leaves_no_mesh(tmp_path: Path) -> None:
+def test_the_mesh_demo_short_run_writes_istios_csv_and_leaves_no_mesh(tmp_path: Path, no_mesh_up: None) -> None:
     out = tmp_path / "demo"
     STATE.mkdir(parents=True, exist_ok=True)  # as a demo killed with SIGKILL leaves it: cleaned, not refused
     (STATE / "leftover").write_text("from a killed demo")
@@ -95,7 +103,7 @@ def test_the_mesh_demo_short_run_writes_istios_csv_and_leaves_no_mesh(tmp_path: 
 
 
 @pytest.mark.skipif(REASON is not None, reason=f"the mesh demo cannot run here: {REASON}")
-def test_sigterm_during_a_run_takes_the_mesh_down(tmp_path: Path) -> None:
+def test_sigterm_during_a_run_takes_the_mesh_down(tmp_path: Path, no_mesh_up: None) -> None:
     with own_session([sys.executable, "-u", "-m", "pylon.cli", "demo", "--out", str(tmp_path), "--key-modes", "file",
                       "--duration", "20s", "--warmup", "0", "-c", "2", "--qps", "20", "--lock-timeout", "60"]) as proc:
         assert proc.stdout is not None
