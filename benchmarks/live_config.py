@@ -57,6 +57,7 @@ from typing import Any, Callable
 import yaml
 
 from pylon import __version__
+from pylon.bench.procfs import proc_table, tree
 from pylon.bench.targets import (
     BackgroundTool, Running, TargetError, find_envoy, free_port, nginx_preamble, run_tool, start_process, unique_base_id,
 )
@@ -132,27 +133,10 @@ def stats(running: Running) -> dict[str, int]:
     return out
 
 
-def tree_pids(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_bytes()
-            except OSError:
-                continue
-            children.setdefault(int(stat[stat.rindex(b")") + 2:].split()[1]), []).append(int(entry))
-    pids, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        pids.append(pid)
-        todo.extend(children.get(pid, ()))
-    return pids
-
-
 def memory_mib(root: int) -> dict[str, Any]:
     """RSS and PSS (MiB) summed over `root` and its descendants, and how many processes that is."""
     rss = pss = 0
-    pids = tree_pids(root)
+    pids = tree(root, proc_table()[0])
     for pid in pids:
         with contextlib.suppress(OSError):
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():

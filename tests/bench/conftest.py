@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,3 +66,16 @@ def tls_args(pki: TestPki, mtls: bool = False) -> list[str]:
 
 def ca_file(pki: TestPki) -> Path:
     return pki.ca.cert
+
+
+@contextlib.contextmanager
+def own_session(args: list[str]) -> Iterator[subprocess.Popen[bytes]]:
+    """A child in a session of its own (so a signal we send reaches it alone), output piped; killed with its
+    whole group if it still runs when the block ends."""
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

@@ -1,11 +1,11 @@
-"""pylon demo: a short real run — requests explained from the gateway's access log, load, report files."""
+"""pylon demo --loopback (what runs where no mesh can): a short real run — requests explained from the gateway's
+access log, load, report files."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -14,11 +14,12 @@ from click.testing import CliRunner
 
 from pylon.bench.demo import REQUESTS, demo
 from pylon.keys import cryptomb
+from tests.bench.conftest import own_session
 
 
 def test_demo_short_run_writes_the_report(tmp_path: Path) -> None:
     out = tmp_path / "demo"
-    result = CliRunner().invoke(demo, ["--out", str(out), "--duration", "1s", "-c", "4"])
+    result = CliRunner().invoke(demo, ["--loopback", "--out", str(out), "--duration", "1s", "-c", "4"])
     assert result.exit_code == 0, result.output
     text = result.output
 
@@ -62,10 +63,8 @@ def test_demo_short_run_writes_the_report(tmp_path: Path) -> None:
 
 def test_demo_stopped_by_sigterm_leaves_nothing_running(tmp_path: Path) -> None:
     out = tmp_path / "demo"
-    proc = subprocess.Popen([sys.executable, "-u", "-c", "from pylon.bench.demo import demo; demo()", "--out", str(out),
-                             "--duration", "30s"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    try:
+    with own_session([sys.executable, "-u", "-c", "from pylon.bench.demo import demo; demo()", "--loopback",
+                      "--out", str(out), "--duration", "30s"]) as proc:
         assert proc.stdout is not None
         for line in proc.stdout:  # wait for the load phase: the gateway is up and loaded
             if line.startswith(b"load:"):
@@ -73,10 +72,6 @@ def test_demo_stopped_by_sigterm_leaves_nothing_running(tmp_path: Path) -> None:
         time.sleep(1.0)
         proc.send_signal(signal.SIGTERM)
         output = proc.communicate(timeout=20)[0].decode()
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
     assert proc.returncode == 130, output
     assert "interrupted" in output
     configs = [str(out / "work" / f"{label}.yaml") for label in ("pylon-gateway", "tls-file", "tls-cryptomb")]

@@ -78,3 +78,12 @@ def test_cli_rejects_non_fortio_json(tmp_path: Path) -> None:
     path.write_text("{}")
     result = CliRunner().invoke(report, [str(path)])
     assert result.exit_code == 1 and "not a Fortio result" in result.output
+
+
+def test_html_page_takes_a_title_and_a_preface_above_the_runs() -> None:
+    from pylon.bench.report import html_page
+
+    page = html_page([], None, title="demo <mesh>", preface="<h2>summary</h2>\n")
+    assert "<title>demo &lt;mesh&gt;</title>" in page and "<h1>demo &lt;mesh&gt;</h1>" in page
+    assert page.index("<h2>summary</h2>") < page.index("<table>")
+    assert "<title>pylon load report</title>" in html_page([], None)

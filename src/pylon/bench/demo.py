@@ -1,4 +1,5 @@
-"""`pylon demo`: an echo workload behind a pylon gateway — a few requests explained, a load run, a report.
+"""`pylon demo`: the seed's benchmark on `pylon mesh` where a mesh can run (`mesh_demo.py`), else this loopback
+tour: an echo workload behind a pylon gateway — a few requests explained, a load run, a report.
 
 1. Start `pylon echo` (the workload) and one gateway per variant, from the
    config templates in `examples/` (ports filled in).
@@ -35,6 +36,9 @@ from rich.console import Console
 from rich.table import Table
 
 from pylon.bench.fortio_args import LoadUsageError
+from pylon.bench.mesh_demo import MeshDemoError, MeshDemoOptions, mesh_unavailable_reason, run_mesh_demo
+from pylon.bench.mesh_runs.lock import LockBusy
+from pylon.bench.mesh_runs.runs import LoadProfile
 from pylon.bench.scenario import (
     PROXY_URL,
     BenchRun,
@@ -258,18 +262,59 @@ def run_demo(out: Path, duration: str = "5s", connections: int = 16, variants: S
     return bench.write_report(runs, title="demo: the workload directly and through the gateway")
 
 
+def _mesh_options(out: Path, duration: str, connections: int, key_modes: str, qps: int, newconn_qps: int,
+                  warmup: float, size: int, lock_timeout: float) -> MeshDemoOptions:  # fmt: skip
+    from pylon.bench.fortio_args import parse_go_duration
+    from pylon.bench.mesh_runs.key_modes import KEY_MODES
+
+    names = tuple(m for m in key_modes.split(",") if m)
+    unknown = [m for m in names if m not in KEY_MODES]
+    if unknown or not names:
+        raise click.BadParameter(f"{', '.join(unknown) or 'none given'}: choose from {', '.join(KEY_MODES)}",
+                                 param_hint="--key-modes")  # fmt: skip
+    try:
+        seconds = parse_go_duration(duration)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--duration") from None
+    profile = LoadProfile(qps=qps, conn=connections, duration=seconds, size=size, newconn_qps=newconn_qps,
+                          warmup=warmup)  # fmt: skip
+    return MeshDemoOptions(out=out, key_modes=names, profile=profile, lock_timeout=lock_timeout)
+
+
 @click.command("demo")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="output folder (default ./demo-out/<timestamp>)")
-@click.option("--duration", default="5s", show_default=True, help="load duration per target (Fortio's -t)")
+@click.option("--duration", default="5s", show_default=True, help="load duration per target / perf mode (Fortio's -t)")
 @click.option("--connections", "-c", type=click.IntRange(min=1), default=16, show_default=True,
               help="load connections")
-def demo(out_dir: str | None, duration: str, connections: int) -> None:
-    """The tour: an echo workload behind pylon gateways, requests explained, a load run, a report.
-
-    Besides the HTTP gateway, two TLS gateways take a handshake-heavy load: key file vs the cryptomb provider.
+@click.option("--loopback", is_flag=True, help="Today's loopback demo even where a mesh could run.")
+@click.option("--key-modes", default="file,cryptomb,keyd,pkcs11", show_default=True,
+              help="Mesh demo: where the ingress gateway's key lives, one mesh per mode in turn.")
+@click.option("--qps", type=click.IntRange(min=0), default=1000, show_default=True,
+              help="Mesh demo: requested qps of the keep-alive modes (Istio's default 1000; 0 = as fast as it goes).")
+@click.option("--newconn-qps", type=click.IntRange(min=0), default=200, show_default=True,
+              help="Mesh demo: qps with a new TLS connection per request (a full handshake each).")
+@click.option("--warmup", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="Mesh demo: unmeasured seconds of load per mode before the runs.")
+@click.option("--size", type=click.IntRange(min=0), default=1024, show_default=True,
+              help="Mesh demo: response size, /echo?size= (Istio's --size).")
+@click.option("--lock-timeout", type=click.FloatRange(min=0), default=600, show_default=True,
+              help="Mesh demo: seconds to wait for /tmp/pylon-bench.lock (one mesh at a time on this machine).")
+def demo(out_dir: str | None, duration: str, connections: int, loopback: bool, key_modes: str, qps: int,
+         newconn_qps: int, warmup: float, size: int, lock_timeout: float) -> None:  # fmt: skip
+    """The tour. As root where network namespaces work: the seed's benchmark on `pylon mesh` - an echo workload
+    with a sidecar behind the ingress gateway, its key in each mode in turn, Istio's perf modes, Istio's CSV and
+    charts. Elsewhere (or with --loopback): an echo workload behind pylon gateways on loopback, requests
+    explained, a load run, a report (HTTP gateway, and TLS gateways with the key file vs the cryptomb provider).
     """
     out = Path(out_dir) if out_dir else default_out_dir("demo-out", "demo")
     console = wide_console()
+    reason = None if loopback else mesh_unavailable_reason()
+    if not loopback and reason is None:
+        options = _mesh_options(out, duration, connections, key_modes, qps, newconn_qps, warmup, size, lock_timeout)
+        _run_mesh(options, console)
+        return
+    if reason:
+        console.print(f"pylon demo: no mesh here ({reason}); running the loopback demo instead")
     try:
         with sigterm_interrupts():
             files = run_demo(out, duration, connections, console=console)
@@ -280,3 +325,19 @@ def demo(out_dir: str | None, duration: str, connections: int) -> None:
         raise click.ClickException(str(exc)) from None
     console.print(f"report: {files.html}\n        {files.png}\n        {files.csv}\n"
                   f"runs:   {', '.join(str(p) for p in files.runs)}\nlogs:   {out / 'work'}")
+
+
+def _run_mesh(options: MeshDemoOptions, console: Console) -> None:
+    try:
+        with sigterm_interrupts():
+            files = run_mesh_demo(options, console)
+    except KeyboardInterrupt:
+        console.print("interrupted; `pylon mesh down` ran for every mesh the demo brought up")
+        raise SystemExit(130) from None
+    except (MeshDemoError, LockBusy) as exc:
+        raise click.ClickException(str(exc)) from None
+    console.print(f"Istio's CSV: {files.csv}\nreport:      {files.markdown}\n             {files.html}\n"
+                  f"charts:      {files.png}\nruns:        {files.runs}\nlogs:        {options.out / 'work'}")
+    if files.failed:
+        raise click.ClickException(f"the mesh run failed for key mode(s) {', '.join(files.failed)}: "
+                                   f"see {files.markdown}")

@@ -99,17 +99,19 @@ def rich_table(results: Sequence[Mapping[str, Any]]) -> Table:
     return table
 
 
-def html_page(results: Sequence[Mapping[str, Any]], png: bytes | None) -> str:
-    """A self-contained page: the table, and the charts embedded as a data URI."""
+def html_page(results: Sequence[Mapping[str, Any]], png: bytes | None, title: str = "pylon load report",
+              preface: str = "") -> str:
+    """A self-contained page: `preface` (HTML, e.g. a summary above the runs), the table, and the charts
+    embedded as a data URI."""
     header, rows = table_rows(results)
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
     img = (f'<img alt="pylon load charts" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
            if png else "")
-    return ("<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>pylon load report</title>"
+    return (f"<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
             "<style>body{font-family:sans-serif}table{border-collapse:collapse}"
             "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:first-child{text-align:left}"
-            "img{max-width:100%}</style></head><body>\n<h1>pylon load report</h1>\n"
+            f"img{{max-width:100%}}</style></head><body>\n<h1>{html.escape(title)}</h1>\n{preface}"
             f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>\n{img}\n</body></html>\n")
 
 

@@ -40,6 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from pylon.bench.procfs import proc_table, tree
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 _PR_SET_PDEATHSIG = 1
 
@@ -49,26 +51,6 @@ class TargetError(RuntimeError):
 
 
 # --------------------------------------------------------------------------- CPU accounting
-
-
-def _proc_table() -> tuple[dict[int, list[int]], dict[int, float]]:
-    """Every live process's children and its CPU seconds (own + reaped children) from /proc/*/stat."""
-    children: dict[int, list[int]] = {}
-    cpu: dict[int, float] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:  # exited while we were looking
-            continue
-        # Fields after "(comm)": state ppid ... utime(14) stime(15) cutime(16) cstime(17), 1-based in proc(5).
-        fields = stat[stat.rindex(b")") + 2:].split()
-        pid = int(entry)
-        children.setdefault(int(fields[1]), []).append(pid)
-        cpu[pid] = sum(int(v) for v in fields[11:15]) / CLK_TCK
-    return children, cpu
 
 
 def tree_cpu_seconds(root: int) -> float:
@@ -81,13 +63,8 @@ def tree_cpu_seconds(root: int) -> float:
     times. A child whose parent ignores SIGCHLD is auto-reaped and its CPU is
     lost. Measure a run as the difference of two calls. 0.0 when `root` is gone.
     """
-    children, cpu = _proc_table()
-    total, todo = 0.0, [root]
-    while todo:
-        pid = todo.pop()
-        total += cpu.get(pid, 0.0)
-        todo.extend(children.get(pid, ()))
-    return total
+    children, cpu = proc_table()
+    return sum(cpu.get(pid, 0.0) for pid in tree(root, children))
 
 
 # --------------------------------------------------------------------------- ports and readiness
