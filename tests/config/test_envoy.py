@@ -491,9 +491,46 @@ def test_tcp_proxy() -> None:
     assert (tcp.idle_timeout, tcp.max_connect_attempts, len(tcp.access_log)) == (10, 3, 1)
 
 
-def test_tcp_proxy_weighted_clusters_are_unknown() -> None:
-    proxy = {"@type": TCP_PROXY_TYPE, "stat_prefix": "tcp", "cluster": "svc", "weighted_clusters": {}}
-    assert error(bootstrap([listener(proxy)])) == f"config error in test.yaml: {HCM_PATH}.weighted_clusters: unknown field"
+def tcp_error(**fields: Any) -> str:
+    return error(bootstrap([listener({"@type": TCP_PROXY_TYPE, "stat_prefix": "tcp", **fields})]))
+
+
+def test_tcp_proxy_weighted_clusters_hash_policy_and_max_duration() -> None:
+    proxy = {"@type": TCP_PROXY_TYPE, "stat_prefix": "tcp", "hash_policy": [{"source_ip": {}}],
+             "weighted_clusters": {"clusters": [{"name": "svc", "weight": 1}, {"name": "svc", "weight": 3}]},
+             "max_downstream_connection_duration": "1.5s",
+             "max_downstream_connection_duration_jitter_percentage": {"value": 10}}
+    tcp = the_hcm(load(bootstrap([listener(proxy)])))
+    assert tcp.cluster is None and [c.weight for c in tcp.weighted_clusters.clusters] == [1, 3]
+    assert tcp.max_downstream_connection_duration == 1.5 and tcp.hash_policy[0].source_ip is not None
+    assert list(tcp.cluster_references()) == [("weighted_clusters.clusters[0].name", "svc"),
+                                              ("weighted_clusters.clusters[1].name", "svc")]
+    assert to_envoy_dict(tcp)["weighted_clusters"] == proxy["weighted_clusters"]  # what /config_dump shows
+
+
+def test_tcp_proxy_field_errors_name_the_field() -> None:
+    base = f"config error in test.yaml: {HCM_PATH}"
+    assert tcp_error() == f"{base}: exactly one of cluster, weighted_clusters must be set"
+    assert tcp_error(cluster="svc", weighted_clusters={"clusters": [{"name": "svc", "weight": 1}]}) == (
+        f"{base}: exactly one of cluster, weighted_clusters must be set (got cluster, weighted_clusters)")
+    assert tcp_error(weighted_clusters={"clusters": []}) == (
+        f"{base}.weighted_clusters.clusters: Expected `array` of length >= 1")
+    assert tcp_error(weighted_clusters={"clusters": [{"name": "svc", "weight": 0}]}) == (
+        f"{base}.weighted_clusters.clusters[0].weight: Expected `int` >= 1")
+    assert tcp_error(weighted_clusters={"clusters": [{"name": "svc", "weight": 1}, {"name": "db", "weight": 1}]}) == (
+        f"{base}.weighted_clusters.clusters[1].name: unknown cluster 'db'")
+    assert tcp_error(weighted_clusters={"clusters": [{"name": "svc", "weight": 1, "metadata_match": {}}]}).startswith(
+        f"{base}.weighted_clusters.clusters[0].metadata_match: selects endpoints through the subset load balancer")
+    assert tcp_error(cluster="svc", metadata_match={}).startswith(f"{base}.metadata_match: selects endpoints")
+    assert tcp_error(cluster="svc", hash_policy=[{"filter_state": {"key": "k"}}]).startswith(
+        f"{base}.hash_policy[0].filter_state: hashing a filter state object is not supported")
+    assert tcp_error(cluster="svc", hash_policy=[{}]) == (
+        f"{base}.hash_policy[0]: exactly one of source_ip, filter_state must be set")
+    assert tcp_error(cluster="svc", hash_policy=[{"source_ip": {}}, {"source_ip": {}}]) == (
+        f"{base}.hash_policy: Expected `array` of length <= 1")
+    assert tcp_error(cluster="svc", max_downstream_connection_duration="0.0001s") == (
+        f"{base}.max_downstream_connection_duration: must be at least 0.001s")
+    assert tcp_error(cluster="svc", tunneling_config={"hostname": "h"}) == f"{base}.tunneling_config: unknown field"
 
 
 # --------------------------------------------------------------------------- listeners

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Iterator
 from types import MappingProxyType
 from typing import Annotated, Any, ClassVar, Literal, NoReturn, TypeVar
 
@@ -37,6 +38,7 @@ from msgspec.structs import force_setattr
 from pylon import regex
 from pylon.config import registry, runtime
 from pylon.config.constraints import (
+    AtLeastOneMs,
     ConstrainedStr,
     DnsRefreshRate,
     Duration,
@@ -994,15 +996,80 @@ def _check_terminal_last(filters: list[_TypedExtension], field: str, what: str) 
             raise FieldError(f"{field}[{i}]", f"the last filter must be {what}, got {item.name}")
 
 
+_NO_SUBSET_LB = ("selects endpoints through the subset load balancer (the cluster's lb_subset_config), which pylon "
+                 "does not have; send to a cluster holding only those endpoints instead")
+
+
+class TcpClusterWeight(EnvoyStruct, kw_only=True):
+    """TcpProxy.WeightedCluster.ClusterWeight: a cluster and its share of the connections (weight >= 1)."""
+
+    name: NonEmptyStr
+    weight: PositiveUInt32
+    metadata_match: Metadata | None = None
+
+    def __post_init__(self) -> None:
+        if self.metadata_match is not None:
+            raise FieldError("metadata_match", _NO_SUBSET_LB)
+
+
+class TcpWeightedCluster(EnvoyStruct, kw_only=True):
+    """TcpProxy.WeightedCluster: each downstream connection goes to one of these clusters, picked by weight."""
+
+    clusters: Annotated[list[TcpClusterWeight], msgspec.Meta(min_length=1)]
+
+
+class SourceIpHash(EnvoyStruct, kw_only=True):
+    """type.v3.HashPolicy.SourceIp (no fields): hash the downstream peer's IP address."""
+
+
+class FilterStateHash(EnvoyStruct, kw_only=True):
+    """type.v3.HashPolicy.FilterState: hash a filter state object (refused: no pylon filter stores one)."""
+
+    key: NonEmptyStr
+
+
+class TcpHashPolicy(EnvoyStruct, kw_only=True):
+    """type.v3.HashPolicy, the key tcp_proxy gives a hashing load balancer (RING_HASH) for each connection."""
+
+    source_ip: SourceIpHash | None = None
+    filter_state: FilterStateHash | None = None
+
+    def __post_init__(self) -> None:
+        _exactly_one(self, "source_ip", "filter_state")
+        if self.filter_state is not None:
+            raise FieldError("filter_state", "hashing a filter state object is not supported: no pylon network "
+                                             "filter stores hashable filter state (use source_ip)")
+
+
 class TcpProxy(EnvoyStruct, kw_only=True):
-    """extensions.filters.network.tcp_proxy.v3.TcpProxy to a single cluster."""
+    """extensions.filters.network.tcp_proxy.v3.TcpProxy: to one cluster, or to weighted clusters (one pick per
+    downstream connection), with an optional source-IP hash and a maximum connection duration."""
 
     terminal_filter: ClassVar[bool] = True
     stat_prefix: NonEmptyStr
-    cluster: NonEmptyStr
+    cluster: NonEmptyStr | None = None
+    weighted_clusters: TcpWeightedCluster | None = None
+    metadata_match: Metadata | None = None
     idle_timeout: Duration = Duration(3600)
     access_log: list[AccessLog] = []
     max_connect_attempts: PositiveUInt32 = 1
+    hash_policy: Annotated[list[TcpHashPolicy], msgspec.Meta(max_length=1)] = []
+    max_downstream_connection_duration: AtLeastOneMs | None = None
+    # Raises the duration by a random amount up to this share of it, per connection (ignored without a duration).
+    max_downstream_connection_duration_jitter_percentage: Percent | None = None
+
+    def __post_init__(self) -> None:
+        _exactly_one(self, "cluster", "weighted_clusters")
+        if self.metadata_match is not None:
+            raise FieldError("metadata_match", _NO_SUBSET_LB)
+
+    def cluster_references(self) -> Iterator[tuple[str, str]]:
+        """(field path below this filter config, cluster name) of every cluster it may connect to."""
+        if self.cluster is not None:
+            yield "cluster", self.cluster
+        if self.weighted_clusters is not None:
+            for i, weighted in enumerate(self.weighted_clusters.clusters):
+                yield f"weighted_clusters.clusters[{i}].name", weighted.name
 
 
 # --------------------------------------------------------------------------- TLS
