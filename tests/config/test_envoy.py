@@ -712,6 +712,20 @@ def test_session_timeout_bounds(timeout: str, message: str | None) -> None:
         )
 
 
+def test_crl_needs_a_trusted_ca_and_loads_as_pem_crls() -> None:
+    upstream = {"name": "tls", "typed_config": {"@type": UPSTREAM_TLS_TYPE, "common_tls_context": {
+        "validation_context": {"crl": {"inline_string": "x"}}}}}
+    assert error(bootstrap(clusters=[cluster(transport_socket=upstream)])).startswith(
+        "config error in test.yaml: static_resources.clusters[0].transport_socket.typed_config.common_tls_context."
+        "validation_context.crl: a CRL without a trusted CA")
+    validation = upstream["typed_config"]["common_tls_context"]["validation_context"]
+    validation.update(trusted_ca={"inline_string": PEM}, only_verify_leaf_cert_crl=True)
+    context = load(bootstrap(clusters=[cluster(transport_socket=upstream)])).static_resources.clusters[0].transport_socket
+    assert context.typed_config.common_tls_context.validation_context.only_verify_leaf_cert_crl is True
+    assert to_envoy_dict(context)["typed_config"]["common_tls_context"]["validation_context"]["crl"] == {
+        "inline_string": "x"}  # what /config_dump shows
+
+
 def test_upstream_tls_context_and_wrong_direction() -> None:
     upstream = {"name": "tls", "typed_config": {"@type": UPSTREAM_TLS_TYPE, "sni": "backend.example.com",
                                                 "common_tls_context": {"validation_context": {"trusted_ca": {"inline_string": PEM}}}}}  # fmt: skip

@@ -1120,16 +1120,25 @@ class SubjectAltNameMatcher(EnvoyStruct, kw_only=True):
 
 
 class CertificateValidationContext(EnvoyStruct, kw_only=True):
-    """What a peer certificate is checked against. SAN matchers need a trusted CA: checked where the context is
-    final (`check_secure`), since a combined validation context gets its CA from an SDS secret."""
+    """What a peer certificate is checked against. SAN matchers and a CRL need a trusted CA: checked where the
+    context is final (`check_secure`), since a combined validation context gets its CA from an SDS secret.
+
+    `crl`: PEM CRLs (one or several); a revoked peer certificate fails the handshake. As Envoy (BoringSSL's
+    CRL_CHECK + CRL_CHECK_ALL) every certificate of the chain is checked, so each CA of the chain needs its CRL
+    here, unless `only_verify_leaf_cert_crl`: then only the leaf, against its issuer's CRL."""
 
     trusted_ca: DataSource | None = None
     match_typed_subject_alt_names: list[SubjectAltNameMatcher] = []
     match_subject_alt_names: list[StringMatcher] = []
+    crl: DataSource | None = None
+    only_verify_leaf_cert_crl: bool = False
 
     def check_secure(self) -> None:
         if self.trusted_ca is None and (self.match_typed_subject_alt_names or self.match_subject_alt_names):
             raise FieldError("trusted_ca", "SAN matching without a trusted CA is insecure and not allowed")
+        if self.trusted_ca is None and self.crl is not None:
+            raise FieldError("crl", "a CRL without a trusted CA (Envoy: \"Failed to load CRL ... without trusted "
+                                    "CA\"): set trusted_ca")
 
 
 class SdsSecretConfig(EnvoyStruct, kw_only=True):

@@ -32,6 +32,10 @@ What follows Envoy's semantics, and where OpenSSL forces a difference:
   SANs and are ignored when typed matchers are present. Upstream, without a
   validation context the server certificate is not verified at all (Envoy's
   default), and there is no implicit hostname check.
+* Revocation: `crl` loads the CRLs into the context's store (a PEM file OpenSSL reads, so
+  certificates and CRLs alike) with `VERIFY_CRL_CHECK_CHAIN` (Envoy's CRL_CHECK |
+  CRL_CHECK_ALL), or `VERIFY_CRL_CHECK_LEAF` with `only_verify_leaf_cert_crl`: a revoked
+  peer certificate fails the handshake.
 
 Knobs that `ssl.SSLContext` lacks are reached through the `SSL_CTX*` inside it
 (`pylon.openssl.context.OpenSslContext`), resolved in the same libssl that `_ssl` uses.
@@ -41,6 +45,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import ssl
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -397,6 +402,8 @@ def _apply_validation(context: ssl.SSLContext, common: CommonTlsContext) -> tupl
     if validation.trusted_ca is None:
         return verifier, False
     _load_trusted_ca(context, validation.trusted_ca, f"{path}.trusted_ca")
+    if validation.crl is not None:
+        _load_crl(context, validation.crl, f"{path}.crl", validation.only_verify_leaf_cert_crl)
     return verifier, True
 
 
@@ -444,6 +451,9 @@ def check_secret(secret: Secret) -> None:
         if secret.validation_context.trusted_ca is not None:
             _load_trusted_ca(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), secret.validation_context.trusted_ca,
                              "validation_context.trusted_ca")
+        if secret.validation_context.crl is not None:
+            _load_crl(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), secret.validation_context.crl,
+                      "validation_context.crl", False)
 
 
 def _apply_common(handle: OpenSslContext, common: CommonTlsContext, *, server: bool) -> None:
@@ -629,6 +639,32 @@ def _load_trusted_ca(context: ssl.SSLContext, source: DataSource, path: str) -> 
         context.load_verify_locations(cadata=pem)
     except ssl.SSLError as exc:
         raise TlsConfigError(path, f"OpenSSL rejected the CA certificates: {exc}") from None
+
+
+_PEM_CRL = re.compile(rb"-----BEGIN X509 CRL-----.+?-----END X509 CRL-----", re.DOTALL)
+
+
+def _load_crl(context: ssl.SSLContext, source: DataSource, path: str, leaf_only: bool) -> None:
+    """Load every PEM CRL of `source` into the context's trust store and turn revocation checks on.
+
+    `load_verify_locations(cadata=...)` takes certificates only; a file (in memory) is read by OpenSSL's
+    X509_load_cert_crl_file, which takes CRLs too.
+    """
+    data = _read(source, path)
+    blocks = _PEM_CRL.findall(data)
+    if not blocks:
+        raise TlsConfigError(path, "no valid PEM CRL found")
+    for i, block in enumerate(blocks):
+        try:
+            x509.load_pem_x509_crl(block)
+        except ValueError as exc:
+            raise TlsConfigError(path, f"CRL {i} does not parse: {exc}") from None
+    with _memory_file(b"\n".join(blocks) + b"\n") as crl_path:
+        try:
+            context.load_verify_locations(cafile=crl_path)
+        except ssl.SSLError as exc:
+            raise TlsConfigError(path, f"OpenSSL rejected the CRL: {exc}") from None
+    context.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF if leaf_only else ssl.VERIFY_CRL_CHECK_CHAIN
 
 
 @contextlib.contextmanager
