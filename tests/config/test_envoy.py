@@ -712,6 +712,28 @@ def test_session_timeout_bounds(timeout: str, message: str | None) -> None:
         )
 
 
+def test_auto_sni_options_in_the_typed_protocol_options_or_the_deprecated_field() -> None:
+    options = {"auto_sni": True, "auto_san_validation": True, "override_auto_sni_header": "x-sni"}
+    typed = {"@type": HTTP_OPTIONS_TYPE, "explicit_http_config": {"http_protocol_options": {}},
+             "upstream_http_protocol_options": options}
+    loaded = load(bootstrap(clusters=[cluster(typed_extension_protocol_options={
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": typed})])).static_resources.clusters[0]
+    assert loaded.auto_sni_options is not None and loaded.auto_sni_options.override_auto_sni_header == "x-sni"
+    assert to_envoy_dict(loaded)["typed_extension_protocol_options"][
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["upstream_http_protocol_options"] == options
+    deprecated = load(bootstrap(clusters=[cluster(upstream_http_protocol_options=options)])).static_resources.clusters[0]
+    assert deprecated.auto_sni_options == loaded.auto_sni_options
+    both = cluster(upstream_http_protocol_options=options, typed_extension_protocol_options={
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": typed})
+    assert error(bootstrap(clusters=[both])).startswith(
+        "config error in test.yaml: static_resources.clusters[0].upstream_http_protocol_options: Envoy ignores this "
+        "deprecated field")
+    bad = cluster(upstream_http_protocol_options={"override_auto_sni_header": "x\nsni"})
+    assert error(bootstrap(clusters=[bad])).startswith(
+        "config error in test.yaml: static_resources.clusters[0].upstream_http_protocol_options."
+        "override_auto_sni_header: must not contain")
+
+
 def test_crl_needs_a_trusted_ca_and_loads_as_pem_crls() -> None:
     upstream = {"name": "tls", "typed_config": {"@type": UPSTREAM_TLS_TYPE, "common_tls_context": {
         "validation_context": {"crl": {"inline_string": "x"}}}}}

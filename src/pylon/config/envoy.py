@@ -1588,10 +1588,32 @@ class UpstreamCommonHttpProtocolOptions(EnvoyStruct, kw_only=True):
     max_response_headers_kb: NotSupportedYet | None = None
 
 
+class AutoSniOptions(EnvoyStruct, kw_only=True):
+    """config.core.v3.UpstreamHttpProtocolOptions: the upstream TLS of each request follows its host.
+
+    `auto_sni`: the SNI of new upstream connections is the request's host (the route's host rewrite, else its
+    Host/:authority, without the port; `override_auto_sni_header`'s value instead when the request has it; an
+    IP address sets none). `auto_san_validation`: the server certificate must also carry a SAN for that host.
+    Connections made for one host never serve another (pools are per host name, as Envoy's are per transport
+    socket options). Only HTTP requests use them: tcp_proxy and health checks do not, as in Envoy.
+    """
+
+    auto_sni: bool = False
+    auto_san_validation: bool = False
+    override_auto_sni_header: HttpText = HttpText("")
+
+    @property
+    def in_force(self) -> bool:
+        """Whether requests change anything (Envoy looks at the host only when one of the two is set)."""
+        return self.auto_sni or self.auto_san_validation
+
+
 class UpstreamHttpProtocolOptions(EnvoyStruct, kw_only=True):
-    """extensions.upstreams.http.v3.HttpProtocolOptions: an explicit HTTP/1.1 config and the connection limits."""
+    """extensions.upstreams.http.v3.HttpProtocolOptions: an explicit HTTP/1.1 config, the connection limits, and
+    the upstream TLS name per request (auto_sni)."""
 
     common_http_protocol_options: UpstreamCommonHttpProtocolOptions | None = None
+    upstream_http_protocol_options: AutoSniOptions | None = None
     explicit_http_config: ExplicitHttpConfig | None = None
     use_downstream_protocol_config: NotSupportedYet | None = None
     auto_config: NotSupportedYet | None = None
@@ -1668,6 +1690,8 @@ class Cluster(EnvoyStruct, kw_only=True):
     max_requests_per_connection: UInt32 | None = None  # deprecated place; 0, like unset, is no limit
     # Deprecated in Envoy, still accepted by 1.40; ignored there next to the typed HttpProtocolOptions (refused here).
     common_http_protocol_options: UpstreamCommonHttpProtocolOptions | None = None
+    # Deprecated in Envoy, still accepted by 1.40; ignored there next to the typed HttpProtocolOptions (refused here).
+    upstream_http_protocol_options: AutoSniOptions | None = None
     metadata: Metadata | None = None
     http2_protocol_options: Http2ProtocolOptions | None = None  # deprecated in Envoy, still in Istio's bootstraps
     upstream_bind_config: BindConfig | None = None
@@ -1741,6 +1765,14 @@ class Cluster(EnvoyStruct, kw_only=True):
         return common if common is not None else _DEFAULT_UPSTREAM_OPTIONS
 
     @property
+    def auto_sni_options(self) -> AutoSniOptions | None:
+        """The upstream_http_protocol_options in force (the typed HttpProtocolOptions', else the deprecated cluster
+        field's), or None when they set neither auto_sni nor auto_san_validation."""
+        typed = self.typed_extension_protocol_options.get(HTTP_PROTOCOL_OPTIONS)
+        options = typed.upstream_http_protocol_options if typed is not None else self.upstream_http_protocol_options
+        return options if options is not None and options.in_force else None
+
+    @property
     def requests_per_connection_limit(self) -> int:
         """Requests an upstream connection may serve (0: no limit), from whichever of Envoy's two places has it."""
         limit = self.http_protocol_options.max_requests_per_connection
@@ -1757,6 +1789,10 @@ class Cluster(EnvoyStruct, kw_only=True):
             raise FieldError("common_http_protocol_options", f"Envoy ignores this deprecated field when "
                              f"typed_extension_protocol_options[{HTTP_PROTOCOL_OPTIONS}] is set; move it to that "
                              "extension's common_http_protocol_options")
+        if typed is not None and self.upstream_http_protocol_options is not None:
+            raise FieldError("upstream_http_protocol_options", f"Envoy ignores this deprecated field when "
+                             f"typed_extension_protocol_options[{HTTP_PROTOCOL_OPTIONS}] is set; move it to that "
+                             "extension's upstream_http_protocol_options")
         if self.max_requests_per_connection is not None \
                 and self.http_protocol_options.max_requests_per_connection is not None:
             raise FieldError("max_requests_per_connection", "only one of max_requests_per_connection from Cluster "

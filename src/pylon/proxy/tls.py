@@ -79,6 +79,7 @@ __all__ = [
     "ClientTls",
     "DEFAULT_CIPHER_SUITES",
     "DEFAULT_ECDH_CURVES",
+    "HostSanVerifier",
     "PeerVerifier",
     "SanMatcher",
     "ServerTls",
@@ -260,6 +261,42 @@ class PeerVerifier:
         return self.verify_der(ssl_object.getpeercert(binary_form=True))
 
 
+class HostSanVerifier(PeerVerifier):
+    """auto_san_validation: the configured SAN matchers, then a SAN for the request's host.
+
+    As Envoy's check of a SAN list given per connection: a DNS SAN matches the host by the DNS wildcard rules,
+    any other SAN (URI, email, IP) by its text. The chain must have been verified against a trusted CA: without
+    one Envoy fails every such connection, and so does pylon.
+    """
+
+    def __init__(self, matchers: Sequence[SanMatcher], host: str, chain_verified: bool) -> None:
+        super().__init__(matchers)
+        self.host = host
+        self.chain_verified = chain_verified
+
+    def verify_der(self, der: bytes | None) -> str | None:
+        if not self.chain_verified:
+            return f"cannot verify the upstream certificate for {self.host!r} (auto_san_validation): no trusted CA"
+        problem = super().verify_der(der)
+        if problem is not None:
+            return problem
+        if der is None:
+            return "peer presented no certificate, but auto_san_validation needs one"
+        try:
+            sans = peer_sans(der)
+        except ValueError as exc:
+            return f"cannot read the peer certificate's SANs: {exc}"
+        host = self.host
+        if any(dns_name_match(host, pattern) for pattern in sans.get("DNS", ())) or any(
+                host == value for san_type in ("URI", "EMAIL", "IP_ADDRESS") for value in sans.get(san_type, ())):
+            return None
+        present = ", ".join(f"{t}:{v}" for t in _SAN_TYPES for v in sans.get(t, ())) or "none"
+        return f"peer certificate SANs ({present}) do not include the request's host {host!r} (auto_san_validation)"
+
+    def verify(self, ssl_object: ssl.SSLObject | ssl.SSLSocket) -> str | None:
+        return self.verify_der(ssl_object.getpeercert(binary_form=True))
+
+
 def _peer_verifier(validation: CertificateValidationContext, path: str) -> PeerVerifier:
     matchers: list[SanMatcher] = []
     if validation.match_typed_subject_alt_names:
@@ -338,6 +375,14 @@ class ClientTls:
     def verify_peer(self, ssl_object: ssl.SSLObject | ssl.SSLSocket) -> str | None:
         """None when the server is acceptable, else why not (Envoy's `ssl.fail_verify_san`)."""
         return self.verifier.verify(ssl_object)
+
+    def for_host(self, server_name: str | None, san: str | None) -> ClientTls:
+        """This TLS for connections made for one request host (auto_sni / auto_san_validation): `server_name` as
+        SNI (None: the context's own `sni`), and `san` required of the server certificate (None: no more than the
+        configured matchers). The SSLContext is shared: only the per-connection settings differ."""
+        verifier = self.verifier if san is None else HostSanVerifier(
+            self.verifier.matchers, san, self.context.verify_mode == ssl.CERT_REQUIRED)
+        return ClientTls(self.context, server_name if server_name is not None else self.server_hostname, verifier)
 
 
 @dataclass(frozen=True)
