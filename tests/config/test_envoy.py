@@ -491,9 +491,46 @@ def test_tcp_proxy() -> None:
     assert (tcp.idle_timeout, tcp.max_connect_attempts, len(tcp.access_log)) == (10, 3, 1)
 
 
-def test_tcp_proxy_weighted_clusters_are_unknown() -> None:
-    proxy = {"@type": TCP_PROXY_TYPE, "stat_prefix": "tcp", "cluster": "svc", "weighted_clusters": {}}
-    assert error(bootstrap([listener(proxy)])) == f"config error in test.yaml: {HCM_PATH}.weighted_clusters: unknown field"
+def tcp_error(**fields: Any) -> str:
+    return error(bootstrap([listener({"@type": TCP_PROXY_TYPE, "stat_prefix": "tcp", **fields})]))
+
+
+def test_tcp_proxy_weighted_clusters_hash_policy_and_max_duration() -> None:
+    proxy = {"@type": TCP_PROXY_TYPE, "stat_prefix": "tcp", "hash_policy": [{"source_ip": {}}],
+             "weighted_clusters": {"clusters": [{"name": "svc", "weight": 1}, {"name": "svc", "weight": 3}]},
+             "max_downstream_connection_duration": "1.5s",
+             "max_downstream_connection_duration_jitter_percentage": {"value": 10}}
+    tcp = the_hcm(load(bootstrap([listener(proxy)])))
+    assert tcp.cluster is None and [c.weight for c in tcp.weighted_clusters.clusters] == [1, 3]
+    assert tcp.max_downstream_connection_duration == 1.5 and tcp.hash_policy[0].source_ip is not None
+    assert list(tcp.cluster_references()) == [("weighted_clusters.clusters[0].name", "svc"),
+                                              ("weighted_clusters.clusters[1].name", "svc")]
+    assert to_envoy_dict(tcp)["weighted_clusters"] == proxy["weighted_clusters"]  # what /config_dump shows
+
+
+def test_tcp_proxy_field_errors_name_the_field() -> None:
+    base = f"config error in test.yaml: {HCM_PATH}"
+    assert tcp_error() == f"{base}: exactly one of cluster, weighted_clusters must be set"
+    assert tcp_error(cluster="svc", weighted_clusters={"clusters": [{"name": "svc", "weight": 1}]}) == (
+        f"{base}: exactly one of cluster, weighted_clusters must be set (got cluster, weighted_clusters)")
+    assert tcp_error(weighted_clusters={"clusters": []}) == (
+        f"{base}.weighted_clusters.clusters: Expected `array` of length >= 1")
+    assert tcp_error(weighted_clusters={"clusters": [{"name": "svc", "weight": 0}]}) == (
+        f"{base}.weighted_clusters.clusters[0].weight: Expected `int` >= 1")
+    assert tcp_error(weighted_clusters={"clusters": [{"name": "svc", "weight": 1}, {"name": "db", "weight": 1}]}) == (
+        f"{base}.weighted_clusters.clusters[1].name: unknown cluster 'db'")
+    assert tcp_error(weighted_clusters={"clusters": [{"name": "svc", "weight": 1, "metadata_match": {}}]}).startswith(
+        f"{base}.weighted_clusters.clusters[0].metadata_match: selects endpoints through the subset load balancer")
+    assert tcp_error(cluster="svc", metadata_match={}).startswith(f"{base}.metadata_match: selects endpoints")
+    assert tcp_error(cluster="svc", hash_policy=[{"filter_state": {"key": "k"}}]).startswith(
+        f"{base}.hash_policy[0].filter_state: hashing a filter state object is not supported")
+    assert tcp_error(cluster="svc", hash_policy=[{}]) == (
+        f"{base}.hash_policy[0]: exactly one of source_ip, filter_state must be set")
+    assert tcp_error(cluster="svc", hash_policy=[{"source_ip": {}}, {"source_ip": {}}]) == (
+        f"{base}.hash_policy: Expected `array` of length <= 1")
+    assert tcp_error(cluster="svc", max_downstream_connection_duration="0.0001s") == (
+        f"{base}.max_downstream_connection_duration: must be at least 0.001s")
+    assert tcp_error(cluster="svc", tunneling_config={"hostname": "h"}) == f"{base}.tunneling_config: unknown field"
 
 
 # --------------------------------------------------------------------------- listeners
@@ -673,6 +710,42 @@ def test_session_timeout_bounds(timeout: str, message: str | None) -> None:
             "config error in test.yaml: static_resources.listeners[0].filter_chains[0].transport_socket.typed_config."
             f"session_timeout: {message}"
         )
+
+
+def test_auto_sni_options_in_the_typed_protocol_options_or_the_deprecated_field() -> None:
+    options = {"auto_sni": True, "auto_san_validation": True, "override_auto_sni_header": "x-sni"}
+    typed = {"@type": HTTP_OPTIONS_TYPE, "explicit_http_config": {"http_protocol_options": {}},
+             "upstream_http_protocol_options": options}
+    loaded = load(bootstrap(clusters=[cluster(typed_extension_protocol_options={
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": typed})])).static_resources.clusters[0]
+    assert loaded.auto_sni_options is not None and loaded.auto_sni_options.override_auto_sni_header == "x-sni"
+    assert to_envoy_dict(loaded)["typed_extension_protocol_options"][
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["upstream_http_protocol_options"] == options
+    deprecated = load(bootstrap(clusters=[cluster(upstream_http_protocol_options=options)])).static_resources.clusters[0]
+    assert deprecated.auto_sni_options == loaded.auto_sni_options
+    both = cluster(upstream_http_protocol_options=options, typed_extension_protocol_options={
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": typed})
+    assert error(bootstrap(clusters=[both])).startswith(
+        "config error in test.yaml: static_resources.clusters[0].upstream_http_protocol_options: Envoy ignores this "
+        "deprecated field")
+    bad = cluster(upstream_http_protocol_options={"override_auto_sni_header": "x\nsni"})
+    assert error(bootstrap(clusters=[bad])).startswith(
+        "config error in test.yaml: static_resources.clusters[0].upstream_http_protocol_options."
+        "override_auto_sni_header: must not contain")
+
+
+def test_crl_needs_a_trusted_ca_and_loads_as_pem_crls() -> None:
+    upstream = {"name": "tls", "typed_config": {"@type": UPSTREAM_TLS_TYPE, "common_tls_context": {
+        "validation_context": {"crl": {"inline_string": "x"}}}}}
+    assert error(bootstrap(clusters=[cluster(transport_socket=upstream)])).startswith(
+        "config error in test.yaml: static_resources.clusters[0].transport_socket.typed_config.common_tls_context."
+        "validation_context.crl: a CRL without a trusted CA")
+    validation = upstream["typed_config"]["common_tls_context"]["validation_context"]
+    validation.update(trusted_ca={"inline_string": PEM}, only_verify_leaf_cert_crl=True)
+    context = load(bootstrap(clusters=[cluster(transport_socket=upstream)])).static_resources.clusters[0].transport_socket
+    assert context.typed_config.common_tls_context.validation_context.only_verify_leaf_cert_crl is True
+    assert to_envoy_dict(context)["typed_config"]["common_tls_context"]["validation_context"]["crl"] == {
+        "inline_string": "x"}  # what /config_dump shows
 
 
 def test_upstream_tls_context_and_wrong_direction() -> None:

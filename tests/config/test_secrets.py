@@ -126,3 +126,19 @@ def test_pipe_addresses_only_for_grpc_clusters() -> None:
     assert load_error(data) == (
         "static_resources.clusters[0].load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.pipe: pipe "
         "endpoints are supported only for gRPC clusters (xDS, SDS), which speak HTTP/2: set http2_protocol_options")
+
+
+def test_the_secrets_crl_wins_and_only_verify_leaf_cert_crl_merges() -> None:
+    """Envoy's MergeFrom of a combined validation context: a CRL in the secret replaces the default's, a true
+    only_verify_leaf_cert_crl on either side stays true."""
+    crl = {"inline_string": "-----BEGIN X509 CRL-----\nA\n-----END X509 CRL-----\n"}
+    context = common(combined_validation_context={
+        "default_validation_context": {"crl": {"filename": "/etc/default.crl"}, "only_verify_leaf_cert_crl": True},
+        "validation_context_sds_secret_config": {"name": "ROOTCA"}})
+    merged = resolve(context, secrets({"name": "ROOTCA", "validation_context": {"trusted_ca": CA, "crl": crl}}))
+    assert merged.validation_context.crl.inline_string == crl["inline_string"]
+    assert merged.validation_context.only_verify_leaf_cert_crl is True
+    kept = resolve(context, secrets({"name": "ROOTCA", "validation_context": {"trusted_ca": CA}}))
+    assert kept.validation_context.crl.filename == "/etc/default.crl"
+    with pytest.raises(FieldError, match=r"^combined_validation_context\.crl: a CRL without a trusted CA"):
+        resolve(context, secrets({"name": "ROOTCA", "validation_context": {}}))

@@ -399,3 +399,34 @@ def test_sidecar_tls_port_routes_by_sni_and_tls_routes(sidecar_l4: L4) -> None:
 
 def test_sidecar_tcp_port_follows_the_tcp_route(sidecar_l4: L4) -> None:
     assert tcp_get(sidecar_l4.tcp_port, "/db")["name"] == "plain"
+
+
+# --------------------------------------------------------------------------- a weighted tcp route (Envoy and pylon)
+
+
+def weighted_docs(tls_port: int, tcp_port: int, a: int, b: int, plain: int) -> list[dict[str, Any]]:
+    """The gateway's TCP server split 1:1 between the TLS backends `a` and `b` (relayed unopened), whose
+    DestinationRules ask for source-IP hashing and a maximum connection duration: a `weighted_clusters` tcp_proxy
+    with `hash_policy` and `max_downstream_connection_duration`."""
+    docs = [d for d in l4_docs(tls_port, tcp_port, a, b, plain) if d["metadata"]["name"] != "tcp"]
+    rules = [doc("DestinationRule", f"{name}-tcp", {"host": f"{name}-tcp.backend.example.com", "trafficPolicy": {
+        "loadBalancer": {"consistentHash": {"useSourceIp": True}},
+        "connectionPool": {"tcp": {"maxConnectionDuration": "30s"}}}}) for name in ("a", "b")]
+    return [*docs, entry("a-tcp.backend.example.com", 7001, "TCP", a), entry("b-tcp.backend.example.com", 7001, "TCP", b),
+            *rules, doc("VirtualService", "tcp", {"hosts": ["*"], "gateways": [GATEWAY], "tcp": [
+                {"match": [{"port": tcp_port}], "route": [{"destination": {"host": "a-tcp.backend.example.com"}, "weight": 50},
+                                                          {"destination": {"host": "b-tcp.backend.example.com"}, "weight": 50}]}]})]  # fmt: skip
+
+
+@pytest.fixture(scope="module", params=["envoy", "pylon"])
+def weighted_l4(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[L4]:
+    yield from run_l4(tmp_path_factory.mktemp("weighted-l4"), request.param, "pass", weighted_docs, GATEWAY_NODE,
+                      "istio-ingressgateway.istio-system", {"NAMESPACE": "istio-system", "LABELS": {"istio": "ingressgateway"}})
+
+
+def test_weighted_tcp_route_splits_connections_between_its_destinations(weighted_l4: L4) -> None:
+    """The pylon proxy takes pilot's weighted tcp_proxy (it refused weighted_clusters, hash_policy and
+    max_downstream_connection_duration before) and splits connections as Envoy does."""
+    tcp = L4(tls_port=weighted_l4.tcp_port, tcp_port=weighted_l4.tcp_port, backend_ca=weighted_l4.backend_ca)
+    names = [answer["name"] for answer in (tcp.tls_get("a.pass.example.com") for _ in range(30)) if answer]
+    assert len(names) == 30 and set(names) == {"a", "b"}, names

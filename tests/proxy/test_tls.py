@@ -689,3 +689,14 @@ def test_openssl_s_client(pki):
     assert "Verify return code: 0 (ok)" in out
     assert "ALPN protocol: h2" in out
     assert "hello from pylon" in out
+
+
+def test_a_crl_that_is_no_pem_crl_is_an_error_at_its_field(pki):
+    from pylon.config.envoy import UpstreamTlsContext, convert
+    from pylon.proxy.tls import TlsConfigError, client_context
+
+    config = convert({"common_tls_context": {"validation_context": {
+        "trusted_ca": {"filename": str(pki.ca.cert)}, "crl": {"inline_string": "not a CRL"}}}}, UpstreamTlsContext)
+    with pytest.raises(TlsConfigError) as info:
+        client_context(config)
+    assert (info.value.path, info.value.message) == ("common_tls_context.validation_context.crl", "no valid PEM CRL found")

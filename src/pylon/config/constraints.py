@@ -53,6 +53,12 @@ class PositiveDuration(Duration):
     greater_than_ns = 0
 
 
+class AtLeastOneMs(Duration):
+    """PGV `gte: {nanos: 1000000}` (1 ms or more): tcp_proxy's max_downstream_connection_duration."""
+
+    at_least_ns = 1_000_000
+
+
 class DnsRefreshRate(Duration):
     """Cluster.dns_refresh_rate: PGV `gt: {nanos: 1000000}` (more than 1 ms)."""
 

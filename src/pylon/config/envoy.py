@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Iterator
 from types import MappingProxyType
 from typing import Annotated, Any, ClassVar, Literal, NoReturn, TypeVar
 
@@ -37,6 +38,7 @@ from msgspec.structs import force_setattr
 from pylon import regex
 from pylon.config import registry, runtime
 from pylon.config.constraints import (
+    AtLeastOneMs,
     ConstrainedStr,
     DnsRefreshRate,
     Duration,
@@ -994,15 +996,80 @@ def _check_terminal_last(filters: list[_TypedExtension], field: str, what: str) 
             raise FieldError(f"{field}[{i}]", f"the last filter must be {what}, got {item.name}")
 
 
+_NO_SUBSET_LB = ("selects endpoints through the subset load balancer (the cluster's lb_subset_config), which pylon "
+                 "does not have; send to a cluster holding only those endpoints instead")
+
+
+class TcpClusterWeight(EnvoyStruct, kw_only=True):
+    """TcpProxy.WeightedCluster.ClusterWeight: a cluster and its share of the connections (weight >= 1)."""
+
+    name: NonEmptyStr
+    weight: PositiveUInt32
+    metadata_match: Metadata | None = None
+
+    def __post_init__(self) -> None:
+        if self.metadata_match is not None:
+            raise FieldError("metadata_match", _NO_SUBSET_LB)
+
+
+class TcpWeightedCluster(EnvoyStruct, kw_only=True):
+    """TcpProxy.WeightedCluster: each downstream connection goes to one of these clusters, picked by weight."""
+
+    clusters: Annotated[list[TcpClusterWeight], msgspec.Meta(min_length=1)]
+
+
+class SourceIpHash(EnvoyStruct, kw_only=True):
+    """type.v3.HashPolicy.SourceIp (no fields): hash the downstream peer's IP address."""
+
+
+class FilterStateHash(EnvoyStruct, kw_only=True):
+    """type.v3.HashPolicy.FilterState: hash a filter state object (refused: no pylon filter stores one)."""
+
+    key: NonEmptyStr
+
+
+class TcpHashPolicy(EnvoyStruct, kw_only=True):
+    """type.v3.HashPolicy, the key tcp_proxy gives a hashing load balancer (RING_HASH) for each connection."""
+
+    source_ip: SourceIpHash | None = None
+    filter_state: FilterStateHash | None = None
+
+    def __post_init__(self) -> None:
+        _exactly_one(self, "source_ip", "filter_state")
+        if self.filter_state is not None:
+            raise FieldError("filter_state", "hashing a filter state object is not supported: no pylon network "
+                                             "filter stores hashable filter state (use source_ip)")
+
+
 class TcpProxy(EnvoyStruct, kw_only=True):
-    """extensions.filters.network.tcp_proxy.v3.TcpProxy to a single cluster."""
+    """extensions.filters.network.tcp_proxy.v3.TcpProxy: to one cluster, or to weighted clusters (one pick per
+    downstream connection), with an optional source-IP hash and a maximum connection duration."""
 
     terminal_filter: ClassVar[bool] = True
     stat_prefix: NonEmptyStr
-    cluster: NonEmptyStr
+    cluster: NonEmptyStr | None = None
+    weighted_clusters: TcpWeightedCluster | None = None
+    metadata_match: Metadata | None = None
     idle_timeout: Duration = Duration(3600)
     access_log: list[AccessLog] = []
     max_connect_attempts: PositiveUInt32 = 1
+    hash_policy: Annotated[list[TcpHashPolicy], msgspec.Meta(max_length=1)] = []
+    max_downstream_connection_duration: AtLeastOneMs | None = None
+    # Raises the duration by a random amount up to this share of it, per connection (ignored without a duration).
+    max_downstream_connection_duration_jitter_percentage: Percent | None = None
+
+    def __post_init__(self) -> None:
+        _exactly_one(self, "cluster", "weighted_clusters")
+        if self.metadata_match is not None:
+            raise FieldError("metadata_match", _NO_SUBSET_LB)
+
+    def cluster_references(self) -> Iterator[tuple[str, str]]:
+        """(field path below this filter config, cluster name) of every cluster it may connect to."""
+        if self.cluster is not None:
+            yield "cluster", self.cluster
+        if self.weighted_clusters is not None:
+            for i, weighted in enumerate(self.weighted_clusters.clusters):
+                yield f"weighted_clusters.clusters[{i}].name", weighted.name
 
 
 # --------------------------------------------------------------------------- TLS
@@ -1053,16 +1120,25 @@ class SubjectAltNameMatcher(EnvoyStruct, kw_only=True):
 
 
 class CertificateValidationContext(EnvoyStruct, kw_only=True):
-    """What a peer certificate is checked against. SAN matchers need a trusted CA: checked where the context is
-    final (`check_secure`), since a combined validation context gets its CA from an SDS secret."""
+    """What a peer certificate is checked against. SAN matchers and a CRL need a trusted CA: checked where the
+    context is final (`check_secure`), since a combined validation context gets its CA from an SDS secret.
+
+    `crl`: PEM CRLs (one or several); a revoked peer certificate fails the handshake. As Envoy (BoringSSL's
+    CRL_CHECK + CRL_CHECK_ALL) every certificate of the chain is checked, so each CA of the chain needs its CRL
+    here, unless `only_verify_leaf_cert_crl`: then only the leaf, against its issuer's CRL."""
 
     trusted_ca: DataSource | None = None
     match_typed_subject_alt_names: list[SubjectAltNameMatcher] = []
     match_subject_alt_names: list[StringMatcher] = []
+    crl: DataSource | None = None
+    only_verify_leaf_cert_crl: bool = False
 
     def check_secure(self) -> None:
         if self.trusted_ca is None and (self.match_typed_subject_alt_names or self.match_subject_alt_names):
             raise FieldError("trusted_ca", "SAN matching without a trusted CA is insecure and not allowed")
+        if self.trusted_ca is None and self.crl is not None:
+            raise FieldError("crl", "a CRL without a trusted CA (Envoy: \"Failed to load CRL ... without trusted "
+                                    "CA\"): set trusted_ca")
 
 
 class SdsSecretConfig(EnvoyStruct, kw_only=True):
@@ -1516,10 +1592,32 @@ class UpstreamCommonHttpProtocolOptions(EnvoyStruct, kw_only=True):
     max_response_headers_kb: NotSupportedYet | None = None
 
 
+class AutoSniOptions(EnvoyStruct, kw_only=True):
+    """config.core.v3.UpstreamHttpProtocolOptions: the upstream TLS of each request follows its host.
+
+    `auto_sni`: the SNI of new upstream connections is the request's host (the route's host rewrite, else its
+    Host/:authority, without the port; `override_auto_sni_header`'s value instead when the request has it; an
+    IP address sets none). `auto_san_validation`: the server certificate must also carry a SAN for that host.
+    Connections made for one host never serve another (pools are per host name, as Envoy's are per transport
+    socket options). Only HTTP requests use them: tcp_proxy and health checks do not, as in Envoy.
+    """
+
+    auto_sni: bool = False
+    auto_san_validation: bool = False
+    override_auto_sni_header: HttpText = HttpText("")
+
+    @property
+    def in_force(self) -> bool:
+        """Whether requests change anything (Envoy looks at the host only when one of the two is set)."""
+        return self.auto_sni or self.auto_san_validation
+
+
 class UpstreamHttpProtocolOptions(EnvoyStruct, kw_only=True):
-    """extensions.upstreams.http.v3.HttpProtocolOptions: an explicit HTTP/1.1 config and the connection limits."""
+    """extensions.upstreams.http.v3.HttpProtocolOptions: an explicit HTTP/1.1 config, the connection limits, and
+    the upstream TLS name per request (auto_sni)."""
 
     common_http_protocol_options: UpstreamCommonHttpProtocolOptions | None = None
+    upstream_http_protocol_options: AutoSniOptions | None = None
     explicit_http_config: ExplicitHttpConfig | None = None
     use_downstream_protocol_config: NotSupportedYet | None = None
     auto_config: NotSupportedYet | None = None
@@ -1596,6 +1694,8 @@ class Cluster(EnvoyStruct, kw_only=True):
     max_requests_per_connection: UInt32 | None = None  # deprecated place; 0, like unset, is no limit
     # Deprecated in Envoy, still accepted by 1.40; ignored there next to the typed HttpProtocolOptions (refused here).
     common_http_protocol_options: UpstreamCommonHttpProtocolOptions | None = None
+    # Deprecated in Envoy, still accepted by 1.40; ignored there next to the typed HttpProtocolOptions (refused here).
+    upstream_http_protocol_options: AutoSniOptions | None = None
     metadata: Metadata | None = None
     http2_protocol_options: Http2ProtocolOptions | None = None  # deprecated in Envoy, still in Istio's bootstraps
     upstream_bind_config: BindConfig | None = None
@@ -1669,6 +1769,14 @@ class Cluster(EnvoyStruct, kw_only=True):
         return common if common is not None else _DEFAULT_UPSTREAM_OPTIONS
 
     @property
+    def auto_sni_options(self) -> AutoSniOptions | None:
+        """The upstream_http_protocol_options in force (the typed HttpProtocolOptions', else the deprecated cluster
+        field's), or None when they set neither auto_sni nor auto_san_validation."""
+        typed = self.typed_extension_protocol_options.get(HTTP_PROTOCOL_OPTIONS)
+        options = typed.upstream_http_protocol_options if typed is not None else self.upstream_http_protocol_options
+        return options if options is not None and options.in_force else None
+
+    @property
     def requests_per_connection_limit(self) -> int:
         """Requests an upstream connection may serve (0: no limit), from whichever of Envoy's two places has it."""
         limit = self.http_protocol_options.max_requests_per_connection
@@ -1685,6 +1793,10 @@ class Cluster(EnvoyStruct, kw_only=True):
             raise FieldError("common_http_protocol_options", f"Envoy ignores this deprecated field when "
                              f"typed_extension_protocol_options[{HTTP_PROTOCOL_OPTIONS}] is set; move it to that "
                              "extension's common_http_protocol_options")
+        if typed is not None and self.upstream_http_protocol_options is not None:
+            raise FieldError("upstream_http_protocol_options", f"Envoy ignores this deprecated field when "
+                             f"typed_extension_protocol_options[{HTTP_PROTOCOL_OPTIONS}] is set; move it to that "
+                             "extension's upstream_http_protocol_options")
         if self.max_requests_per_connection is not None \
                 and self.http_protocol_options.max_requests_per_connection is not None:
             raise FieldError("max_requests_per_connection", "only one of max_requests_per_connection from Cluster "

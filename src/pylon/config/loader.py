@@ -205,8 +205,10 @@ def _cross_reference_problems(bootstrap: Bootstrap) -> Iterator[tuple[str, str]]
             for k, network_filter in enumerate(chain.filters):
                 base = f"static_resources.listeners[{i}].{rel}.filters[{k}].typed_config"
                 config = network_filter.typed_config
-                if isinstance(config, TcpProxy) and config.cluster not in clusters:
-                    yield f"{base}.cluster", f"unknown cluster {config.cluster!r}"
+                if isinstance(config, TcpProxy):
+                    for rel_path, name in config.cluster_references():
+                        if name not in clusters:
+                            yield f"{base}.{rel_path}", f"unknown cluster {name!r}"
                 elif (isinstance(config, HttpConnectionManager) and config.route_config is not None
                       and config.route_config.validate_clusters is not False):
                     # Envoy checks an inline route table's clusters unless validate_clusters is false (then a

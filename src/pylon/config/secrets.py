@@ -166,7 +166,9 @@ def merge_validation(default: CertificateValidationContext,
     return CertificateValidationContext(
         trusted_ca=dynamic.trusted_ca if dynamic.trusted_ca is not None else default.trusted_ca,
         match_typed_subject_alt_names=[*default.match_typed_subject_alt_names, *dynamic.match_typed_subject_alt_names],
-        match_subject_alt_names=[*default.match_subject_alt_names, *dynamic.match_subject_alt_names])
+        match_subject_alt_names=[*default.match_subject_alt_names, *dynamic.match_subject_alt_names],
+        crl=dynamic.crl if dynamic.crl is not None else default.crl,
+        only_verify_leaf_cert_crl=default.only_verify_leaf_cert_crl or dynamic.only_verify_leaf_cert_crl)
 
 
 def _lookup(secrets: Mapping[str, Secret], ref: SdsSecretConfig, skip_missing: bool) -> Secret | None:

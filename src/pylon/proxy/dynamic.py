@@ -730,7 +730,8 @@ def _terminal_cluster_references(listener: Any) -> Iterable[tuple[str, str, bool
             config = network_filter.typed_config
             base = f"{rel}.filters[{k}].typed_config"
             if isinstance(config, TcpProxy):
-                yield f"{base}.cluster", config.cluster, True
+                for name_path, name in config.cluster_references():
+                    yield f"{base}.{name_path}", name, True
             elif isinstance(config, HttpConnectionManager) and config.route_config is not None:
                 validated = config.route_config.validate_clusters is not False
                 for rel, name in route_cluster_references(config.route_config):

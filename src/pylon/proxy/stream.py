@@ -650,7 +650,7 @@ class Stream:
         cluster.stats.upstream_rq_total.value += 1
         cluster.stats.upstream_rq_active.value += 1
         self.attempt_start = self.conn.loop_time()
-        self.pool = pool = self.hcm.pools.get(cluster, host)
+        self.pool = pool = self.hcm.pools.get(cluster, host, self)
         pool.acquire(self, fresh)
 
     def _avoid_tried(self, cluster: "Cluster", key: bytes | None, host: "Host", tried: list["Host"]) -> "Host":

@@ -5,12 +5,22 @@ TCP stream is opaque), opened as every upstream connection is (`upstream/connect
 the cluster's TLS origination and SAN checks included). Bytes arriving before the upstream connects are
 buffered; after that each side's write buffer back-pressures the other side's
 reads, so a slow peer never makes the proxy buffer without bound.
+
+Which cluster: the one named, or with `weighted_clusters` one picked by weight for each downstream
+connection (Envoy's pick: a random number below the total weight, the first cluster whose running sum
+exceeds it). Which host: the cluster's balancer, given the client's IP as hash key when `hash_policy` says
+`source_ip` (a RING_HASH cluster then keeps one client on one host; other policies ignore the key, as in
+Envoy). How long: `idle_timeout` and `max_downstream_connection_duration` are both enforced by the
+worker's deadline wheel (`sweep`), never by a timer per connection.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
+import itertools
 import logging
+import random
 from typing import TYPE_CHECKING, Any
 
 from pylon.proxy.access_log import AccessLogRecord, build_access_loggers
@@ -33,8 +43,19 @@ class TcpProxyRuntime:
     def __init__(self, config: Any, clusters: "dict[str, Cluster]", stats: StatsStore, worker: "Worker") -> None:
         self.worker = worker
         self.clusters = clusters  # the worker's, kept current by CDS: the cluster is looked up per connection
-        self.cluster_name = config.cluster
+        self.cluster_name: str | None = config.cluster  # None: picked per connection from the weighted clusters
+        self.weighted_names: tuple[str, ...] = ()
+        self.weighted_bounds: list[int] = []  # running sums of the weights, for the pick's bisect
+        if config.weighted_clusters is not None:
+            entries = config.weighted_clusters.clusters
+            self.weighted_names = tuple(entry.name for entry in entries)
+            self.weighted_bounds = list(itertools.accumulate(entry.weight for entry in entries))
+        self.rng = random.Random()
+        self.hash_source_ip = bool(config.hash_policy)  # the model admits source_ip only
         self.idle_timeout = config.idle_timeout or 0.0
+        self.max_duration = float(config.max_downstream_connection_duration or 0.0)
+        jitter = config.max_downstream_connection_duration_jitter_percentage
+        self.max_duration_jitter = jitter.value / 100.0 if jitter is not None else 0.0
         self.max_connect_attempts = config.max_connect_attempts or 1
         prefix = f"tcp.{config.stat_prefix}."
         self.cx_total = stats.counter(prefix + "downstream_cx_total")
@@ -42,11 +63,26 @@ class TcpProxyRuntime:
         self.cx_rx_bytes = stats.counter(prefix + "downstream_cx_rx_bytes_total")
         self.cx_tx_bytes = stats.counter(prefix + "downstream_cx_tx_bytes_total")
         self.idle_timeouts = stats.counter(prefix + "idle_timeout")
+        self.max_duration_reached = stats.counter(prefix + "max_downstream_connection_duration")
         self.upstream_flush_active = stats.gauge(prefix + "upstream_flush_active")
         self.access_loggers = build_access_loggers(config.access_log, worker.access_log_writer)
         self.peer_check: Any = None  # set by the listener when TLS validates client certificates
         self.tls_stats: TlsStats | None = None  # the listener's ssl.* stats, on a TLS chain (set by the listener)
         self.network_filters: list[Any] = []  # the chain's filters ahead of this one (set by the listener)
+
+    def pick_cluster(self) -> str:
+        """The cluster of one downstream connection: the configured one, or one of the weighted clusters."""
+        if self.cluster_name is not None:
+            return self.cluster_name
+        bounds = self.weighted_bounds
+        return self.weighted_names[bisect.bisect_right(bounds, self.rng.randrange(bounds[-1]))]
+
+    def session_deadline(self, start: float) -> float:
+        """When a session started at `start` reaches max_downstream_connection_duration (0.0: never)."""
+        if not self.max_duration:
+            return 0.0
+        jitter = self.max_duration * self.max_duration_jitter * self.rng.random() if self.max_duration_jitter else 0.0
+        return start + self.max_duration + jitter
 
 
 class _Upstream(asyncio.Protocol):
@@ -88,9 +124,13 @@ class TcpProxySession(asyncio.Protocol):
         self.upstream: _Upstream | None = None
         self.early: list[bytes] = []
         self.closed = False
+        self.downstream_done = False  # the client half-closed (EOF)
+        self.upstream_done = False  # the upstream half-closed (EOF)
         self.host = None
         self.cluster: Cluster | None = None
+        self.cluster_name: str | None = runtime.cluster_name  # the weighted pick's, once made
         self.last_activity = 0.0
+        self.deadline = 0.0  # max_downstream_connection_duration's end (0 = none)
         self.wake_at = 0.0  # when the worker's deadline wheel looks at this session next (0 = not armed)
         self.start = 0.0
         self.rx = 0
@@ -120,8 +160,11 @@ class TcpProxySession(asyncio.Protocol):
             if not all(network_filter.on_connection(info) for network_filter in rt.network_filters):
                 self.close()  # refused (e.g. by RBAC) before any upstream connection exists
                 return
-        if rt.idle_timeout:
-            worker.deadlines.arm(self, self.start + rt.idle_timeout)
+        self.deadline = rt.session_deadline(self.start)
+        idle_due = self.start + rt.idle_timeout if rt.idle_timeout else 0.0
+        first = min(idle_due, self.deadline) if idle_due and self.deadline else idle_due or self.deadline
+        if first:
+            worker.deadlines.arm(self, first)
         worker.loop.create_task(self._connect())
 
     def connection_info(self) -> ConnectionInfo:
@@ -137,15 +180,20 @@ class TcpProxySession(asyncio.Protocol):
 
     async def _connect(self) -> None:
         rt = self.runtime
-        cluster = self.cluster = rt.clusters.get(rt.cluster_name)
+        name = self.cluster_name = rt.pick_cluster()
+        cluster = self.cluster = rt.clusters.get(name)
         if cluster is None:
             self.flags = "NC"  # Envoy: no cluster by that name (CDS removed it)
             rt.cx_no_route.value += 1
             self.close()
             return
         stats = cluster.stats
+        key = None
+        if rt.hash_source_ip:
+            peer = self.downstream.get_extra_info("peername")
+            key = peer[0].encode() if peer else None  # the address without the port, as Envoy hashes it
         for _ in range(rt.max_connect_attempts):
-            host = cluster.choose_host(None) if not cluster.original_dst else \
+            host = cluster.choose_host(key) if not cluster.original_dst else \
                 cluster.original_dst_host(self.connection_info().local_address)
             if host is None:
                 self.flags = "UH"
@@ -194,9 +242,13 @@ class TcpProxySession(asyncio.Protocol):
                 self.downstream.pause_reading()
 
     def eof_received(self) -> bool:
+        """The client is done sending: half-close upstream; once both sides are done, the session ends."""
+        self.downstream_done = True
         upstream = self.upstream
         if upstream is not None and upstream.transport is not None and upstream.transport.can_write_eof():
             upstream.transport.write_eof()
+            if self.upstream_done:
+                self._close_both()  # asyncio keeps a transport open after both FINs: nothing else would end it
             return True
         return False
 
@@ -207,8 +259,12 @@ class TcpProxySession(asyncio.Protocol):
         self.downstream.write(data)
 
     def upstream_eof(self) -> None:
+        """The upstream is done sending: half-close downstream; once both sides are done, the session ends."""
+        self.upstream_done = True
         if self.downstream.can_write_eof():
             self.downstream.write_eof()
+        if self.downstream_done:
+            self._close_both()
 
     def upstream_closed(self) -> None:
         rt = self.runtime
@@ -248,7 +304,7 @@ class TcpProxySession(asyncio.Protocol):
             record.bytes_sent = self.tx
             record.duration = (rt.worker.loop.time() - self.start) * 1000
             record.response_flags = self.flags
-            record.upstream_cluster = rt.cluster_name
+            record.upstream_cluster = self.cluster_name
             peer = self.downstream.get_extra_info("peername")
             record.downstream_remote = peer[:2] if peer else None
             record.connection_id = self.connection_id
@@ -269,15 +325,27 @@ class TcpProxySession(asyncio.Protocol):
         """TCP has no request boundary: Envoy lets TCP sessions run until the drain time ends."""
 
     def sweep(self, now: float) -> float:
-        """Close the session once idle for `idle_timeout`; else say when to look again (deadlines.py)."""
+        """Close the session once it reached max_downstream_connection_duration (flag DT, as Envoy) or was idle
+        for `idle_timeout`; else say when to look again (deadlines.py)."""
         rt = self.runtime
-        if self.closed or not rt.idle_timeout:
+        if self.closed:
             return 0.0
+        deadline = self.deadline
+        if deadline and now >= deadline:
+            rt.max_duration_reached.value += 1
+            self.flags = "DT"
+            self._close_both()
+            return 0.0
+        if not rt.idle_timeout:
+            return deadline
         due = self.last_activity + rt.idle_timeout
         if now < due:
-            return due
+            return min(due, deadline) if deadline else due
         rt.idle_timeouts.value += 1
+        self._close_both()
+        return 0.0
+
+    def _close_both(self) -> None:
         if self.upstream is not None and self.upstream.transport is not None:
             self.upstream.transport.close()
         self.close()
-        return 0.0

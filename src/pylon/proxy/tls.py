@@ -32,6 +32,10 @@ What follows Envoy's semantics, and where OpenSSL forces a difference:
   SANs and are ignored when typed matchers are present. Upstream, without a
   validation context the server certificate is not verified at all (Envoy's
   default), and there is no implicit hostname check.
+* Revocation: `crl` loads the CRLs into the context's store (a PEM file OpenSSL reads, so
+  certificates and CRLs alike) with `VERIFY_CRL_CHECK_CHAIN` (Envoy's CRL_CHECK |
+  CRL_CHECK_ALL), or `VERIFY_CRL_CHECK_LEAF` with `only_verify_leaf_cert_crl`: a revoked
+  peer certificate fails the handshake.
 
 Knobs that `ssl.SSLContext` lacks are reached through the `SSL_CTX*` inside it
 (`pylon.openssl.context.OpenSslContext`), resolved in the same libssl that `_ssl` uses.
@@ -41,6 +45,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import ssl
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -74,6 +79,7 @@ __all__ = [
     "ClientTls",
     "DEFAULT_CIPHER_SUITES",
     "DEFAULT_ECDH_CURVES",
+    "HostSanVerifier",
     "PeerVerifier",
     "SanMatcher",
     "ServerTls",
@@ -255,6 +261,42 @@ class PeerVerifier:
         return self.verify_der(ssl_object.getpeercert(binary_form=True))
 
 
+class HostSanVerifier(PeerVerifier):
+    """auto_san_validation: the configured SAN matchers, then a SAN for the request's host.
+
+    As Envoy's check of a SAN list given per connection: a DNS SAN matches the host by the DNS wildcard rules,
+    any other SAN (URI, email, IP) by its text. The chain must have been verified against a trusted CA: without
+    one Envoy fails every such connection, and so does pylon.
+    """
+
+    def __init__(self, matchers: Sequence[SanMatcher], host: str, chain_verified: bool) -> None:
+        super().__init__(matchers)
+        self.host = host
+        self.chain_verified = chain_verified
+
+    def verify_der(self, der: bytes | None) -> str | None:
+        if not self.chain_verified:
+            return f"cannot verify the upstream certificate for {self.host!r} (auto_san_validation): no trusted CA"
+        problem = super().verify_der(der)
+        if problem is not None:
+            return problem
+        if der is None:
+            return "peer presented no certificate, but auto_san_validation needs one"
+        try:
+            sans = peer_sans(der)
+        except ValueError as exc:
+            return f"cannot read the peer certificate's SANs: {exc}"
+        host = self.host
+        if any(dns_name_match(host, pattern) for pattern in sans.get("DNS", ())) or any(
+                host == value for san_type in ("URI", "EMAIL", "IP_ADDRESS") for value in sans.get(san_type, ())):
+            return None
+        present = ", ".join(f"{t}:{v}" for t in _SAN_TYPES for v in sans.get(t, ())) or "none"
+        return f"peer certificate SANs ({present}) do not include the request's host {host!r} (auto_san_validation)"
+
+    def verify(self, ssl_object: ssl.SSLObject | ssl.SSLSocket) -> str | None:
+        return self.verify_der(ssl_object.getpeercert(binary_form=True))
+
+
 def _peer_verifier(validation: CertificateValidationContext, path: str) -> PeerVerifier:
     matchers: list[SanMatcher] = []
     if validation.match_typed_subject_alt_names:
@@ -334,6 +376,14 @@ class ClientTls:
         """None when the server is acceptable, else why not (Envoy's `ssl.fail_verify_san`)."""
         return self.verifier.verify(ssl_object)
 
+    def for_host(self, server_name: str | None, san: str | None) -> ClientTls:
+        """This TLS for connections made for one request host (auto_sni / auto_san_validation): `server_name` as
+        SNI (None: the context's own `sni`), and `san` required of the server certificate (None: no more than the
+        configured matchers). The SSLContext is shared: only the per-connection settings differ."""
+        verifier = self.verifier if san is None else HostSanVerifier(
+            self.verifier.matchers, san, self.context.verify_mode == ssl.CERT_REQUIRED)
+        return ClientTls(self.context, server_name if server_name is not None else self.server_hostname, verifier)
+
 
 @dataclass(frozen=True)
 class UnavailableTls:
@@ -397,6 +447,8 @@ def _apply_validation(context: ssl.SSLContext, common: CommonTlsContext) -> tupl
     if validation.trusted_ca is None:
         return verifier, False
     _load_trusted_ca(context, validation.trusted_ca, f"{path}.trusted_ca")
+    if validation.crl is not None:
+        _load_crl(context, validation.crl, f"{path}.crl", validation.only_verify_leaf_cert_crl)
     return verifier, True
 
 
@@ -444,6 +496,9 @@ def check_secret(secret: Secret) -> None:
         if secret.validation_context.trusted_ca is not None:
             _load_trusted_ca(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), secret.validation_context.trusted_ca,
                              "validation_context.trusted_ca")
+        if secret.validation_context.crl is not None:
+            _load_crl(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), secret.validation_context.crl,
+                      "validation_context.crl", False)
 
 
 def _apply_common(handle: OpenSslContext, common: CommonTlsContext, *, server: bool) -> None:
@@ -629,6 +684,32 @@ def _load_trusted_ca(context: ssl.SSLContext, source: DataSource, path: str) -> 
         context.load_verify_locations(cadata=pem)
     except ssl.SSLError as exc:
         raise TlsConfigError(path, f"OpenSSL rejected the CA certificates: {exc}") from None
+
+
+_PEM_CRL = re.compile(rb"-----BEGIN X509 CRL-----.+?-----END X509 CRL-----", re.DOTALL)
+
+
+def _load_crl(context: ssl.SSLContext, source: DataSource, path: str, leaf_only: bool) -> None:
+    """Load every PEM CRL of `source` into the context's trust store and turn revocation checks on.
+
+    `load_verify_locations(cadata=...)` takes certificates only; a file (in memory) is read by OpenSSL's
+    X509_load_cert_crl_file, which takes CRLs too.
+    """
+    data = _read(source, path)
+    blocks = _PEM_CRL.findall(data)
+    if not blocks:
+        raise TlsConfigError(path, "no valid PEM CRL found")
+    for i, block in enumerate(blocks):
+        try:
+            x509.load_pem_x509_crl(block)
+        except ValueError as exc:
+            raise TlsConfigError(path, f"CRL {i} does not parse: {exc}") from None
+    with _memory_file(b"\n".join(blocks) + b"\n") as crl_path:
+        try:
+            context.load_verify_locations(cafile=crl_path)
+        except ssl.SSLError as exc:
+            raise TlsConfigError(path, f"OpenSSL rejected the CRL: {exc}") from None
+    context.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF if leaf_only else ssl.VERIFY_CRL_CHECK_CHAIN
 
 
 @contextlib.contextmanager

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from pylon.config.errors import ConfigError
+from pylon.identity.certs import make_ca
 from pylon.pilot.gen import generator_for
 from pylon.pilot.gen.names import subset_key_host
 from pylon.pilot.gen.sidecar import SidecarGenerator
@@ -21,6 +22,7 @@ from pylon.pilot.xds.encode import to_any
 from tests.conftest import free_port
 from tests.pilot.builders import GATEWAY_NODE, doc, gateway_proxy, resources, sidecar_proxy
 from tests.pilot.harness import ENVOY, bootstrap, needs_envoy
+from tests.proxy.test_proxy_tls_crl import revocation_list
 
 TCP_PROXY = "envoy.filters.network.tcp_proxy"
 
@@ -214,14 +216,20 @@ def test_sidecar_generator_is_unchanged_for_plain_tcp_ports() -> None:
 
 
 @needs_envoy
-def test_envoy_accepts_what_pylon_proxy_cannot_run_yet(tmp_path: Path) -> None:
-    """AUTO_PASSTHROUGH chains and SNI-DNAT clusters, a weighted tcp route with DestinationRule connection settings,
-    and auto SNI TLS origination pass `envoy --mode validate`; pylon proxy refuses the three fields it lacks, by
-    name (its NACK, over ADS)."""
+def test_envoy_and_pylon_proxy_accept_weighted_tcp_routes_source_ip_hashing_and_auto_sni(tmp_path: Path) -> None:
+    """AUTO_PASSTHROUGH chains and SNI-DNAT clusters, a weighted tcp route with DestinationRule connection settings
+    (idle timeout, maxConnectionDuration, useSourceIp) and auto SNI TLS origination with a CRL pass the `--mode
+    validate` of Envoy and of pylon proxy alike."""
     mesh_service = entry("r", 9080, "HTTP", "MESH_INTERNAL", [{"address": "10.0.0.1",
                                                               "labels": {"security.istio.io/tlsMode": "istio"}}])
+    ca, crl = tmp_path / "ca.pem", tmp_path / "crl.pem"
+    authority = make_ca()
+    ca.write_bytes(authority.cert_pem)
+    crl.write_bytes(revocation_list(authority, []))
     rule = doc("DestinationRule", "db", {"host": "db.example.com", "trafficPolicy": {
-        "tls": {"mode": "SIMPLE", "insecureSkipVerify": True}, "connectionPool": {"tcp": {"idleTimeout": "30s"}}}})
+        "tls": {"mode": "SIMPLE", "caCertificates": str(ca), "caCrl": str(crl)},
+        "loadBalancer": {"consistentHash": {"useSourceIp": True}},
+        "connectionPool": {"tcp": {"idleTimeout": "30s", "maxConnectionDuration": "1h"}}}})
     out = generate(gateway(server(15443, "TLS", ["*.example.com"], {"mode": "AUTO_PASSTHROUGH"}),
                            server(9000, "TCP", ["*"])),
                    mesh_service, entry("db", 5432, "TCP"), entry("o", 5432, "TCP"), rule,
@@ -241,4 +249,7 @@ def test_envoy_accepts_what_pylon_proxy_cannot_run_yet(tmp_path: Path) -> None:
     assert envoy.returncode == 0, envoy.stdout + envoy.stderr
     pylon = subprocess.run([sys.executable, "-m", "pylon.cli", "proxy", "--mode", "validate", "-c", str(path), "-l",
                             "error"], capture_output=True, text=True, timeout=30)  # fmt: skip
-    assert pylon.returncode != 0 and "unknown field" in pylon.stdout + pylon.stderr
+    assert pylon.returncode == 0, pylon.stdout + pylon.stderr
+    text = path.read_text()
+    assert all(field in text for field in ("weighted_clusters", "source_ip", "max_downstream_connection_duration",
+                                           "auto_sni", "auto_san_validation", "crl"))

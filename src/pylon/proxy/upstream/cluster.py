@@ -18,6 +18,7 @@ import random
 import time
 from typing import Any, Callable, Iterable, Mapping
 
+from pylon.proxy.upstream.auto_sni import AutoSni
 from pylon.proxy.upstream.circuit import CircuitBreakers
 from pylon.proxy.upstream.connect import open_stream
 from pylon.proxy.upstream.dns import DnsRefresher, DnsTarget, ResolvedEndpoint
@@ -117,6 +118,8 @@ class Cluster:
         # metadata a transport_socket_match takes use that match's (`tls_for`).
         self.tls: UpstreamTls = transport_tls(config.transport_socket, secrets)
         self.socket_matches = socket_matches(config, secrets)
+        # auto_sni / auto_san_validation: each request's host names its connections' TLS (None: not set).
+        self.auto_sni: AutoSni | None = AutoSni.of(config)
         bind = config.upstream_bind_config
         # Where upstream connections leave from (Istio's inbound clusters: 127.0.0.6, so capture rules let them by).
         self.source: tuple[str, int] | None = (

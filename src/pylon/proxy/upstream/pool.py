@@ -38,6 +38,7 @@ from pylon.proxy.watermarks import apply_buffer_limit
 
 if TYPE_CHECKING:
     from pylon.proxy.deadlines import Watched
+    from pylon.proxy.upstream.auto_sni import UpstreamName
     from pylon.proxy.upstream.cluster import Cluster, Host
 
 log = logging.getLogger("pylon.upstream")
@@ -203,11 +204,18 @@ class UpstreamConnection(asyncio.Protocol):
 
 
 class HostPool:
-    """Connections to one host from one worker, with Envoy's pending-request queue."""
+    """Connections to one host from one worker, with Envoy's pending-request queue.
 
-    def __init__(self, cluster: "Cluster", host: "Host", loop: asyncio.AbstractEventLoop, owner: PoolOwner) -> None:
+    `name`: the request host name its connections are for (auto_sni / auto_san_validation: their SNI and the SAN
+    required), None for a host's one pool; `key` is what its owner keys it by.
+    """
+
+    def __init__(self, cluster: "Cluster", host: "Host", loop: asyncio.AbstractEventLoop, owner: PoolOwner,
+                 key: Any = None, name: "UpstreamName | None" = None) -> None:
         self.cluster = cluster
         self.host = host
+        self.key = key if key is not None else host
+        self.name = name
         self.loop = loop
         self.owner = owner
         self.limits: ConnectionLimits = cluster.connection_limits
@@ -352,9 +360,12 @@ class HostPool:
         stats = cluster.stats
         stats.upstream_cx_total.value += 1
         host, port = self.host.address
+        tls = cluster.tls_for(self.host)  # read at each connect: a rotated SDS certificate applies to new ones
+        if self.name is not None:
+            tls = self.name.tls(tls)
         try:
             try:
-                _, conn = await open_upstream(self.host.address, cluster.tls_for(self.host), cluster.connect_timeout,
+                _, conn = await open_upstream(self.host.address, tls, cluster.connect_timeout,
                                               lambda: UpstreamConnection(self), cluster.source)
                 if conn.closed:
                     # Lost before the pool could use it: over TLS 1.3 a server refusing the client (no or a bad

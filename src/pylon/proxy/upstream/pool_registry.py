@@ -10,6 +10,10 @@ here, a burst of closes costs one look, and a pool that empties and is used
 again within the slot (a stale connection's retry) is kept. Nothing else holds
 an empty pool: a request takes its pool from the registry each attempt, and
 keeps it only while it waits in it or uses one of its connections.
+
+A pool is one host's, except for a cluster with auto_sni / auto_san_validation (`auto_sni.py`): there each
+request host names the TLS of its connections, so the pool is the host's and that name's, and a connection
+made for one name never serves another. Other clusters pay one attribute test per request for it.
 """
 
 from __future__ import annotations
@@ -17,15 +21,18 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any, Callable
 
+from pylon.proxy.tls import ClientTls
 from pylon.proxy.upstream.pool import HostPool
 
 if TYPE_CHECKING:
     from pylon.proxy.deadlines import Watched
+    from pylon.proxy.upstream.auto_sni import HostedRequest, UpstreamName
     from pylon.proxy.upstream.cluster import Cluster
 
 
 class PoolRegistry:
-    """The worker's connection pools, one per host, created on first use (the `PoolOwner` of each)."""
+    """The worker's connection pools, one per host (and request host name, see the module docstring), created on
+    first use (the `PoolOwner` of each)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, arm: Callable[["Watched", float], None],
                  disarm: Callable[["Watched"], None]) -> None:
@@ -36,12 +43,28 @@ class PoolRegistry:
         self._suspects: set[HostPool] = set()  # pools that said they may be empty since the last look
         self.wake_at = 0.0  # when the wheel looks at the suspects next (0 = not armed)
 
-    def get(self, cluster: "Cluster", host: Any) -> HostPool:
-        pool = self.pools.get(host)
-        if pool is None:
-            pool = self.pools[host] = HostPool(cluster, host, self.loop, self)
-            # A pool nothing ends up using (the request overflowed the breakers) must go too.
-            self.maybe_empty(pool)
+    def get(self, cluster: "Cluster", host: Any, request: "HostedRequest | None" = None) -> HostPool:
+        """The pool for `request` to `host` of `cluster` (the request matters only to auto_sni clusters)."""
+        if cluster.auto_sni is None:  # the per-request hot path: one attribute test more than a plain lookup
+            pool = self.pools.get(host)
+            return pool if pool is not None else self._new_pool(cluster, host, host, None)
+        return self._named_pool(cluster, host, request)
+
+    def _named_pool(self, cluster: "Cluster", host: Any, request: "HostedRequest | None") -> HostPool:
+        """An auto_sni cluster's pool for the request's host name (plain TCP hosts have no name: one pool)."""
+        if request is None or not isinstance(cluster.tls_for(host), ClientTls):
+            pool = self.pools.get(host)
+            return pool if pool is not None else self._new_pool(cluster, host, host, None)
+        assert cluster.auto_sni is not None
+        name = cluster.auto_sni.name_for(request)
+        key = (host, name.key)
+        pool = self.pools.get(key)
+        return pool if pool is not None else self._new_pool(cluster, host, key, name)
+
+    def _new_pool(self, cluster: "Cluster", host: Any, key: Any, name: "UpstreamName | None") -> HostPool:
+        pool = self.pools[key] = HostPool(cluster, host, self.loop, self, key, name)
+        # A pool nothing ends up using (the request overflowed the breakers) must go too.
+        self.maybe_empty(pool)
         return pool
 
     # -- PoolOwner -------------------------------------------------------------------------
@@ -61,25 +84,25 @@ class PoolRegistry:
         suspects, self._suspects = self._suspects, set()
         pools = self.pools
         for pool in suspects:
-            if pool.empty and pools.get(pool.host) is pool:
-                del pools[pool.host]
+            if pool.empty and pools.get(pool.key) is pool:
+                del pools[pool.key]
         return 0.0
 
     # -- configuration changes -------------------------------------------------------------
     def retire_cluster(self, cluster: "Cluster") -> None:
         """Forget the pools of a cluster that CDS removed or replaced; their busy connections finish first."""
-        for host, pool in list(self.pools.items()):
+        for key, pool in list(self.pools.items()):
             if pool.cluster is cluster:
                 pool.retire()
-                del self.pools[host]
+                del self.pools[key]
 
     def retire_hosts(self, cluster: "Cluster") -> None:
         """Forget the pools of hosts an EDS update took out of `cluster`; the pools of hosts that stay are kept."""
         kept = set(cluster.hosts)
-        for host, pool in list(self.pools.items()):
-            if pool.cluster is cluster and host not in kept:
+        for key, pool in list(self.pools.items()):
+            if pool.cluster is cluster and pool.host not in kept:
                 pool.retire()
-                del self.pools[host]
+                del self.pools[key]
 
     def close_all(self) -> None:
         for pool in self.pools.values():
