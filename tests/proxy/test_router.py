@@ -511,7 +511,7 @@ def test_host_rewrite_and_hash_header():
                          hash_policy=[{"header": {"header_name": "X-User"}}]))
     route = route_of(table, "/")
     assert route.host_rewrite == b"upstream.local"
-    assert route.hash_header == b"x-user"
+    assert route.hash_policies == (("header", b"x-user", False),)
 
 
 def test_regex_over_envoys_program_size_limit_is_a_build_error():

@@ -643,11 +643,31 @@ class HashPolicyHeader(EnvoyStruct, kw_only=True):
     header_name: NonEmptyHttpText
 
 
-class HashPolicy(EnvoyStruct, kw_only=True):
-    """config.route.v3.RouteAction.HashPolicy; only the `header` policy is supported."""
+class HashPolicyConnectionProperties(EnvoyStruct, kw_only=True):
+    source_ip: bool = False
 
-    header: HashPolicyHeader
+
+class HashPolicyQueryParameter(EnvoyStruct, kw_only=True):
+    name: NonEmptyStr
+
+
+class HashPolicy(EnvoyStruct, kw_only=True):
+    """config.route.v3.RouteAction.HashPolicy: a request header, the client's address or a query parameter.
+
+    Each policy that finds its value adds it to the request's hash key, in order; a
+    `terminal` one that found it ends the list (Envoy's rules). A policy that finds
+    nothing adds nothing; with no value at all the balancer picks as without a key.
+    """
+
+    header: HashPolicyHeader | None = None
+    connection_properties: HashPolicyConnectionProperties | None = None
+    query_parameter: HashPolicyQueryParameter | None = None
+    cookie: NotSupportedYet | None = None
+    filter_state: NotSupportedYet | None = None
     terminal: bool = False
+
+    def __post_init__(self) -> None:
+        _exactly_one(self, "header", "connection_properties", "query_parameter", "cookie", "filter_state")
 
 
 class ClusterWeight(_HeaderMutations, kw_only=True):

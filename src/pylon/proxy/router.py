@@ -162,6 +162,19 @@ def _regex_predicate(regex: Regex, as_bytes: bool) -> Callable[[Any], bool]:
     return fullmatch
 
 
+#: One hash policy of a route, compiled: (kind, name, terminal); kind is "header" (name: the lower-case header),
+#: "source_ip" or "query" (name: the parameter). Stream.hash_key reads them.
+HashSource = tuple[str, bytes, bool]
+
+
+def _hash_source(policy: Any) -> HashSource:
+    if policy.header is not None:
+        return ("header", policy.header.header_name.lower().encode(), policy.terminal)
+    if policy.query_parameter is not None:
+        return ("query", policy.query_parameter.name.encode(), policy.terminal)
+    return ("source_ip" if policy.connection_properties.source_ip else "none", b"", policy.terminal)
+
+
 class _HeaderMatcher:
     """One compiled Envoy HeaderMatcher.
 
@@ -397,7 +410,7 @@ class MatchedRoute:
     __slots__ = (
         "name", "virtual_host_name", "kind", "cluster", "timeout", "idle_timeout", "retry",
         "expected_timeout_header", "attempt_count", "grpc_timeout",
-        "hash_header", "host_rewrite", "direct_status", "direct_body", "redirect_status",
+        "hash_policies", "host_rewrite", "direct_status", "direct_body", "redirect_status",
         "request_header_ops", "response_header_ops", "rewrites", "_matched_len",
         "_prefix_rewrite", "_regex_rewrite", "_substitution", "_weights", "_cumulative",
         "_total_weight", "_random", "_redirect", "_cluster_ops", "filter_configs",
@@ -421,7 +434,7 @@ class MatchedRoute:
         #: (max_grpc_timeout or None for no cap, grpc_timeout_offset) in milliseconds, as Envoy counts them,
         #: when max_grpc_timeout is set; None: the grpc-timeout header is not read
         self.grpc_timeout: tuple[int | None, int] | None = None
-        self.hash_header: bytes | None = None
+        self.hash_policies: tuple[HashSource, ...] | None = None  # where a hashing balancer's key comes from
         self.host_rewrite: bytes | None = None
         self.direct_status = 0
         self.direct_body = b""
@@ -844,7 +857,7 @@ class RouteTable:
             route.grpc_timeout = (round(action.max_grpc_timeout * 1000) or None,
                                   round((action.grpc_timeout_offset or 0) * 1000))
         if action.hash_policy:
-            route.hash_header = action.hash_policy[0].header.header_name.lower().encode()
+            route.hash_policies = tuple(_hash_source(policy) for policy in action.hash_policy)
         if action.host_rewrite_literal:
             route.host_rewrite = action.host_rewrite_literal.encode()
         if action.prefix_rewrite is not None:

@@ -34,7 +34,7 @@ from pylon.proxy.xfcc import forwarded_value
 if TYPE_CHECKING:
     from pylon.proxy.hcm import HcmRuntime, HttpConnection
     from pylon.proxy.http.h1_server import Http1ResponseEncoder
-    from pylon.proxy.router import MatchedRoute
+    from pylon.proxy.router import HashSource, MatchedRoute
     from pylon.proxy.upstream.cluster import Cluster, Host
     from pylon.proxy.upstream.pool import HostPool, UpstreamConnection
 
@@ -75,6 +75,18 @@ def _request_id() -> bytes:
         _random_hex.extend([block[i:i + 32] for i in range(0, len(block), 32)])
     h = _random_hex.pop()
     return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_UUID_VARIANT[h[16]]}{h[17:20]}-{h[20:]}".encode()
+
+
+def _query_value(path: bytes, name: bytes) -> bytes | None:
+    """The first value of query parameter `name` in `path` (as sent: not percent-decoded), or None."""
+    query = path.partition(b"?")[2]
+    if not query:
+        return None
+    for pair in query.split(b"&"):
+        key, equals, value = pair.partition(b"=")
+        if key == name:
+            return value if equals else b""
+    return None
 
 
 def _grpc_timeout(cap_offset: tuple[int | None, int], headers: list[tuple[bytes, bytes]]) -> float | None:
@@ -628,13 +640,8 @@ class Stream:
         assert cluster is not None and self.route is not None
         if not cluster.circuit_breakers.requests.try_acquire():
             return self.local(lr.UPSTREAM_OVERFLOW)
-        hash_header = self.route.hash_header
-        key = None
-        if hash_header is not None:
-            for name, value in self.headers:
-                if name == hash_header:
-                    key = value
-                    break
+        policies = self.route.hash_policies
+        key = self.hash_key(policies) if policies is not None else None
         host = cluster.choose_host(key) if not cluster.original_dst else cluster.original_dst_host(self.conn.local)
         tried = self.tried_hosts
         if tried is not None and host is not None:
@@ -652,6 +659,27 @@ class Stream:
         self.attempt_start = self.conn.loop_time()
         self.pool = pool = self.hcm.pools.get(cluster, host, self)
         pool.acquire(self, fresh)
+
+    def hash_key(self, policies: "tuple[HashSource, ...]") -> bytes | None:
+        """The key a hashing balancer (RING_HASH, MAGLEV) places this request by: the route's hash policies in
+        order, each adding the value it finds (a header's first value, the client's address as x-forwarded-for
+        and use_remote_address make it, a query parameter);
+        a terminal policy that found its value ends the list (Envoy's RouteAction.hash_policy)."""
+        parts = []
+        for kind, name, terminal in policies:
+            value: bytes | None = None
+            if kind == "header":
+                value = next((v for n, v in self.headers if n == name), None)
+            elif kind == "source_ip":  # the client as the connection manager trusts it (XFF rules), as Envoy
+                client = self.hcm.trusted_client(self)
+                value = (client[0] if isinstance(client, tuple) else client).encode()
+            elif kind == "query":
+                value = _query_value(self.path, name)
+            if value is not None:
+                parts.append(value)
+                if terminal:
+                    break
+        return b"\x00".join(parts) if parts else None
 
     def _avoid_tried(self, cluster: "Cluster", key: bytes | None, host: "Host", tried: list["Host"]) -> "Host":
         """Envoy's previous_hosts predicate: pick again while the host was already tried, up to
