@@ -83,7 +83,7 @@ def _admin(**fields: Any) -> dict[str, Any]:
                                      **fields})
 
 
-LB_NAMES = "CLUSTER_PROVIDED, LEAST_REQUEST, RANDOM, RING_HASH, ROUND_ROBIN"
+LB_NAMES = "CLUSTER_PROVIDED, LEAST_REQUEST, MAGLEV, RANDOM, RING_HASH, ROUND_ROBIN"
 
 AGREED = [
     # Enum names: protobuf's JSON parser as Envoy sets it up ignores letter case.

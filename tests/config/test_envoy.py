@@ -894,8 +894,9 @@ def test_cluster_connection_options_in_force(fields: dict[str, Any], idle_timeou
         ({"eds_cluster_config": {"eds_config": {"ads": {}}}}, "eds_cluster_config", "only for type EDS, not STATIC"),
         ({"type": "EDS", "eds_cluster_config": {"eds_config": {"path_config_source": {"path": "/e.yaml"}}}},
          "eds_cluster_config.eds_config.path_config_source", "EDS from a file is not supported yet; use ads: {} or an api_config_source"),
-        ({"lb_policy": "MAGLEV"}, "lb_policy",
-         "Invalid enum value 'MAGLEV'; accepted: CLUSTER_PROVIDED, LEAST_REQUEST, RANDOM, RING_HASH, ROUND_ROBIN (in any letter case)"),
+        ({"lb_policy": "LOAD_BALANCING_POLICY_CONFIG"}, "lb_policy",
+         "Invalid enum value 'LOAD_BALANCING_POLICY_CONFIG'; accepted: CLUSTER_PROVIDED, LEAST_REQUEST, MAGLEV, RANDOM, "
+         "RING_HASH, ROUND_ROBIN (in any letter case)"),
         ({"connect_timeout": "0s"}, "connect_timeout", "must be greater than 0s"),
         ({"typed_extension_protocol_options": {OPTIONS_KEY: {"@type": HTTP_OPTIONS_TYPE, "auto_config": {}}}},
          f"typed_extension_protocol_options[{OPTIONS_KEY}].auto_config", "not supported yet"),

@@ -1,4 +1,5 @@
-"""Integration: a route's `hash_policy` places requests on a RING_HASH cluster as Envoy 1.40 does (pylon and Envoy).
+"""Integration: a route's `hash_policy` places requests on a RING_HASH or MAGLEV cluster as Envoy 1.40 does (pylon and
+Envoy).
 
 Three upstreams behind one ring; a request's host is the upstream whose request count grew. The same key must
 always land on the same host; requests without a key (or whose policies find nothing) spread over the ring.
@@ -19,11 +20,11 @@ SOURCES = ("127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5")
 
 class Ring:
     def __init__(self, launcher: ProxyLauncher, implementation: str, upstreams: Any, policies: list[dict[str, Any]],
-                 **hcm: Any) -> None:
+                 lb_policy: str = "RING_HASH", **hcm: Any) -> None:
         self.servers = upstreams(3)
         route = {"match": {"prefix": "/"}, "route": {"cluster": "ring", "hash_policy": policies}}
         self.proxy = launcher.start([http_listener("web", free_port(), [route], **hcm)],
-                                    [static_cluster("ring", [s.port for s in self.servers], lb_policy="RING_HASH")],
+                                    [static_cluster("ring", [s.port for s in self.servers], lb_policy=lb_policy)],
                                     implementation=implementation)  # fmt: skip
 
     def hosts(self, count: int, path: str = "/", source: str = "127.0.0.1", **headers: str) -> set[int]:
@@ -88,3 +89,10 @@ def test_the_client_address_is_the_one_the_connection_manager_trusts(launcher: P
     for i in range(2, 12):
         pinned |= edge.hosts(1, **{"x-forwarded-for": f"10.0.0.{i}"})
     assert len(pinned) == 1
+
+
+def test_maglev_keeps_a_key_on_one_host_and_spreads_without_one(launcher: ProxyLauncher, implementation: str,
+                                                                 upstreams: Any) -> None:
+    ring = Ring(launcher, implementation, upstreams, [{"header": {"header_name": "x-user"}}], lb_policy="MAGLEV")
+    assert all(len(ring.hosts(6, **{"x-user": user})) == 1 for user in ("ann", "bob", "cid"))
+    assert len(ring.hosts(12)) > 1

@@ -25,6 +25,7 @@ Decode with `convert(data, Bootstrap)`; the loader
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from collections.abc import Iterator
 from types import MappingProxyType
@@ -1552,6 +1553,25 @@ RING_SIZE_MAX = 8 * 1024 * 1024
 RingSize = Annotated[int, msgspec.Meta(ge=1, le=RING_SIZE_MAX)]
 
 
+MAGLEV_TABLE_SIZE_MAX = 5000011
+
+
+class MaglevLbConfig(EnvoyStruct, kw_only=True):
+    """config.cluster.v3.Cluster.MaglevLbConfig: the lookup table's size, a prime (Envoy's default 65537)."""
+
+    table_size: Annotated[int, msgspec.Meta(ge=1, le=MAGLEV_TABLE_SIZE_MAX)] = 65537
+
+    def __post_init__(self) -> None:
+        if not _is_prime(self.table_size):
+            raise FieldError("table_size", "The table size of maglev must be prime number")
+
+
+def _is_prime(n: int) -> bool:
+    if n < 2:
+        return False
+    return all(n % d for d in range(2, math.isqrt(n) + 1))
+
+
 class RingHashLbConfig(EnvoyStruct, kw_only=True):
     minimum_ring_size: RingSize = 1024
     maximum_ring_size: RingSize = RING_SIZE_MAX
@@ -1695,7 +1715,7 @@ class Cluster(EnvoyStruct, kw_only=True):
     type: Literal["STATIC", "STRICT_DNS", "LOGICAL_DNS", "EDS", "ORIGINAL_DST"] = "STATIC"
     eds_cluster_config: EdsClusterConfig | None = None
     connect_timeout: PositiveDuration = PositiveDuration(5)
-    lb_policy: Literal["ROUND_ROBIN", "LEAST_REQUEST", "RANDOM", "RING_HASH", "CLUSTER_PROVIDED"] = "ROUND_ROBIN"
+    lb_policy: Literal["ROUND_ROBIN", "LEAST_REQUEST", "RANDOM", "RING_HASH", "MAGLEV", "CLUSTER_PROVIDED"] = "ROUND_ROBIN"
     load_assignment: ClusterLoadAssignment | None = None
     circuit_breakers: CircuitBreakers | None = None
     health_checks: list[HealthCheck] = []
@@ -1708,6 +1728,7 @@ class Cluster(EnvoyStruct, kw_only=True):
     respect_dns_ttl: bool = False  # refresh at the answer's TTL (Istio sets it on DNS clusters)
     common_lb_config: CommonLbConfig = msgspec.field(default_factory=CommonLbConfig)
     ring_hash_lb_config: RingHashLbConfig = msgspec.field(default_factory=RingHashLbConfig)
+    maglev_lb_config: MaglevLbConfig = msgspec.field(default_factory=MaglevLbConfig)
     least_request_lb_config: LeastRequestLbConfig = msgspec.field(default_factory=LeastRequestLbConfig)
     per_connection_buffer_limit_bytes: UInt32 = 1024 * 1024
     typed_extension_protocol_options: dict[str, Any] = {}

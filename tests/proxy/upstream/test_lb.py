@@ -11,7 +11,7 @@ import pytest
 from pylon.config.envoy import Cluster as ClusterConfig, dec_hook
 from pylon.proxy.upstream.host import FAILED_ACTIVE_HC, Host
 from pylon.proxy.upstream.lb import (
-    LB_POLICIES, LeastRequest, Random, RingHash, RoundRobin, create_load_balancer, stable_hash,
+    LB_POLICIES, LeastRequest, Maglev, Random, RingHash, RoundRobin, create_load_balancer, stable_hash,
 )
 
 
@@ -172,6 +172,57 @@ def test_ring_hash_maximum_ring_size_caps_entries():
     assert lb.ring_size <= 101
 
 
+# -- maglev ----------------------------------------------------------------------------------
+
+
+def test_maglev_same_key_same_host_across_instances_and_host_order():
+    hosts = make_hosts(1, 1, 1, 1, 1)
+    a, b = Maglev(table_size=251, rng=random.Random(1)), Maglev(table_size=251, rng=random.Random(2))
+    a.update(hosts)
+    b.update(list(reversed(hosts)))  # the table depends on the hosts, not on their order... for equal weights
+    same = sum(a.choose(f"s{i}".encode()) is b.choose(f"s{i}".encode()) for i in range(500))
+    assert all(a.choose(f"s{i}".encode()) is a.choose(f"s{i}".encode()) for i in range(200))
+    assert same > 450  # turn order decides a few contested slots
+
+
+def test_maglev_removing_a_host_moves_almost_only_its_keys():
+    hosts = make_hosts(1, 1, 1, 1, 1)
+    lb = Maglev(rng=random.Random(1))
+    lb.update(hosts)
+    keys = [f"k{i}".encode() for i in range(3000)]
+    before = {k: lb.choose(k) for k in keys}
+    gone = hosts[2]
+    lb.update([h for h in hosts if h is not gone])
+    after = {k: lb.choose(k) for k in keys}
+    others = [k for k in keys if before[k] is not gone]
+    assert all(after[k] is not gone for k in keys)
+    assert sum(after[k] is not before[k] for k in others) < 0.02 * len(others)
+
+
+def test_maglev_spreads_by_weight_and_a_key_less_request_is_random():
+    lb = Maglev(rng=random.Random(3))
+    lb.update(make_hosts(1, 3))
+    spread = Counter(lb.choose(f"u{i}".encode()).address[0] for i in range(4000))
+    assert 0.2 < spread["10.0.0.1"] / 4000 < 0.3
+    assert len(counts(lb, 200)) == 2
+
+
+def test_maglev_health_flap_back_reuses_the_same_table():
+    hosts = make_hosts(1, 1, 1)
+    lb = Maglev(table_size=101, rng=random.Random(1))
+    lb.update(hosts)
+    table = lb._table
+    lb.update(hosts)
+    assert lb._table is table
+
+
+@pytest.mark.parametrize(("size", "error"), [(100, "must be prime"), (5000012, "<= 5000011")])
+def test_maglev_table_size_is_a_prime_within_envoys_bound(size, error):
+    with pytest.raises(msgspec.ValidationError, match=error):
+        cluster_config(lb_policy="MAGLEV", maglev_lb_config={"table_size": size})
+    assert create_load_balancer(cluster_config(lb_policy="MAGLEV", maglev_lb_config={"table_size": 7})).table_size == 7
+
+
 # -- panic threshold and empty sets --------------------------------------------------------
 
 
@@ -225,7 +276,7 @@ def cluster_config(**fields) -> ClusterConfig:
 
 
 def test_registry_is_keyed_by_envoy_enum_names():
-    assert set(LB_POLICIES) == {"ROUND_ROBIN", "LEAST_REQUEST", "RANDOM", "RING_HASH"}
+    assert set(LB_POLICIES) == {"ROUND_ROBIN", "LEAST_REQUEST", "RANDOM", "RING_HASH", "MAGLEV"}
 
 
 def test_create_from_config_reads_policy_specific_blocks():
