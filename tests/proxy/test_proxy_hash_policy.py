@@ -7,6 +7,7 @@ always land on the same host; requests without a key (or whose policies find not
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import httpx
@@ -66,10 +67,11 @@ def test_a_terminal_policy_that_finds_its_value_ends_the_list(launcher: ProxyLau
     assert all(len(ring.hosts(4, source=source)) == 1 for source in SOURCES)
 
 
-@pytest.mark.parametrize("policy", [{"cookie": {"name": "s", "ttl": "10s"}}, {"filter_state": {"key": "k"}}])
+@pytest.mark.parametrize("policy", [{"cookie": {"name": "s", "attributes": [{"name": "a"}]}},
+                                    {"filter_state": {"key": "k"}}])
 def test_unsupported_policies_are_refused_by_name(launcher: ProxyLauncher, policy: dict[str, Any], upstreams: Any,
                                                   tmp_path: Any) -> None:
-    name = next(iter(policy))
+    name = "cookie.attributes" if "cookie" in policy else next(iter(policy))
     with pytest.raises(Exception, match=rf"hash_policy\[0\]\.{name}"):
         Ring(launcher, "pylon", upstreams, [policy])
 
@@ -96,3 +98,34 @@ def test_maglev_keeps_a_key_on_one_host_and_spreads_without_one(launcher: ProxyL
     ring = Ring(launcher, implementation, upstreams, [{"header": {"header_name": "x-user"}}], lb_policy="MAGLEV")
     assert all(len(ring.hosts(6, **{"x-user": user})) == 1 for user in ("ann", "bob", "cid"))
     assert len(ring.hosts(12)) > 1
+
+
+def test_a_cookie_key_sticks_and_a_missing_cookie_is_made_as_envoy_makes_it(launcher: ProxyLauncher,
+                                                                           implementation: str,
+                                                                           upstreams: Any) -> None:
+    """With a ttl, a request without the cookie gets one (`name="<16 hex>"; Max-Age=<ttl>; Path=...; HttpOnly`,
+    the same for one connection) and is placed by it; a request that brings it is placed by it and gets none."""
+    ring = Ring(launcher, implementation, upstreams, [{"cookie": {"name": "sess", "ttl": "60s", "path": "/"}}])
+    url = f"http://127.0.0.1:{ring.proxy.ports['web']}/a"
+    made = []
+    with httpx.Client(timeout=5) as client:
+        for _ in range(3):  # one connection; the client's jar forgets the cookie each time
+            made.append(client.get(url).headers.get_list("set-cookie"))
+            client.cookies.clear()
+    assert made[0] == made[1] == made[2] and len(made[0]) == 1
+    assert re.fullmatch(r'sess="[0-9a-f]{16}"; Max-Age=60; Path=/; HttpOnly', made[0][0]), made[0]
+    assert all(len(ring.hosts(6, cookie=f"sess={sid}")) == 1 for sid in ("a1", "b2", "c3"))
+    with httpx.Client(timeout=5) as client:
+        assert client.get(url, headers={"cookie": "sess=a1"}).headers.get_list("set-cookie") == []
+
+
+def test_a_cookie_policy_without_ttl_makes_no_cookie_and_no_key(launcher: ProxyLauncher, implementation: str,
+                                                                upstreams: Any) -> None:
+    ring = Ring(launcher, implementation, upstreams, [{"cookie": {"name": "sess"}}])
+    with httpx.Client(timeout=5) as client:
+        assert client.get(f"http://127.0.0.1:{ring.proxy.ports['web']}/").headers.get_list("set-cookie") == []
+    assert len(ring.hosts(12)) > 1
+    session = Ring(launcher, implementation, upstreams, [{"cookie": {"name": "sess", "ttl": "0s"}}])
+    with httpx.Client(timeout=5) as client:
+        cookie = client.get(f"http://127.0.0.1:{session.proxy.ports['web']}/").headers.get_list("set-cookie")
+    assert len(cookie) == 1 and re.fullmatch(r'sess="[0-9a-f]{16}"; HttpOnly', cookie[0])  # a session cookie

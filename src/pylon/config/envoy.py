@@ -652,8 +652,18 @@ class HashPolicyQueryParameter(EnvoyStruct, kw_only=True):
     name: NonEmptyStr
 
 
+class HashPolicyCookie(EnvoyStruct, kw_only=True):
+    """The request's cookie `name`; without it and with a `ttl`, Envoy makes one (from the connection's addresses)
+    and sets it on the response (`Max-Age` unless the ttl is 0, `Path` if given, HttpOnly)."""
+
+    name: NonEmptyStr
+    ttl: Duration | None = None
+    path: str = ""
+    attributes: NotSupportedYet | None = None
+
+
 class HashPolicy(EnvoyStruct, kw_only=True):
-    """config.route.v3.RouteAction.HashPolicy: a request header, the client's address or a query parameter.
+    """config.route.v3.RouteAction.HashPolicy: a request header, the client's address, a query parameter, a cookie.
 
     Each policy that finds its value adds it to the request's hash key, in order; a
     `terminal` one that found it ends the list (Envoy's rules). A policy that finds
@@ -663,7 +673,7 @@ class HashPolicy(EnvoyStruct, kw_only=True):
     header: HashPolicyHeader | None = None
     connection_properties: HashPolicyConnectionProperties | None = None
     query_parameter: HashPolicyQueryParameter | None = None
-    cookie: NotSupportedYet | None = None
+    cookie: HashPolicyCookie | None = None
     filter_state: NotSupportedYet | None = None
     terminal: bool = False
 

@@ -66,7 +66,7 @@ import os
 import random
 import time
 from bisect import bisect_right
-from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Literal, NamedTuple, Sequence
 
 from pylon.config.datasource import read_bytes
 from pylon.config.envoy import GRPC_RETRY_ON
@@ -162,17 +162,26 @@ def _regex_predicate(regex: Regex, as_bytes: bool) -> Callable[[Any], bool]:
     return fullmatch
 
 
-#: One hash policy of a route, compiled: (kind, name, terminal); kind is "header" (name: the lower-case header),
-#: "source_ip" or "query" (name: the parameter). Stream.hash_key reads them.
-HashSource = tuple[str, bytes, bool]
+class HashSource(NamedTuple):
+    """One hash policy of a route, compiled; Stream.hash_key reads them."""
+
+    kind: str  # "header" (name: the lower-case header), "source_ip", "query" (name: the parameter), "cookie", "none"
+    name: bytes
+    terminal: bool
+    cookie_ttl: float | None = None  # a cookie policy: make the cookie when missing (None: never), its Max-Age
+    cookie_path: bytes = b""
 
 
 def _hash_source(policy: Any) -> HashSource:
     if policy.header is not None:
-        return ("header", policy.header.header_name.lower().encode(), policy.terminal)
+        return HashSource("header", policy.header.header_name.lower().encode(), policy.terminal)
     if policy.query_parameter is not None:
-        return ("query", policy.query_parameter.name.encode(), policy.terminal)
-    return ("source_ip" if policy.connection_properties.source_ip else "none", b"", policy.terminal)
+        return HashSource("query", policy.query_parameter.name.encode(), policy.terminal)
+    if policy.cookie is not None:
+        cookie = policy.cookie
+        return HashSource("cookie", cookie.name.encode(), policy.terminal,
+                          float(cookie.ttl) if cookie.ttl is not None else None, cookie.path.encode())
+    return HashSource("source_ip" if policy.connection_properties.source_ip else "none", b"", policy.terminal)
 
 
 class _HeaderMatcher:

@@ -28,6 +28,7 @@ from pylon.proxy.http.h1_client import Http1RequestEncoder
 from pylon.proxy.http1 import HOP_BY_HOP, without_nominated
 from pylon.proxy.path import PathRejected, normalized_target
 from pylon.proxy.tunnel import open_tunnel
+from pylon.proxy.upstream.lb import stable_hash
 from pylon.proxy.xfcc import HEADER as XFCC
 from pylon.proxy.xfcc import forwarded_value
 
@@ -75,6 +76,18 @@ def _request_id() -> bytes:
         _random_hex.extend([block[i:i + 32] for i in range(0, len(block), 32)])
     h = _random_hex.pop()
     return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_UUID_VARIANT[h[16]]}{h[17:20]}-{h[20:]}".encode()
+
+
+def _cookie_value(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    """The value of cookie `name` in the request's cookie headers (quotes around it removed), or None."""
+    for header, value in headers:
+        if header != b"cookie":
+            continue
+        for pair in value.split(b";"):
+            key, equals, found = pair.strip().partition(b"=")
+            if equals and key == name:
+                return found[1:-1] if len(found) > 1 and found[:1] == found[-1:] == b'"' else found
+    return None
 
 
 def _query_value(path: bytes, name: bytes) -> bytes | None:
@@ -199,7 +212,7 @@ class Stream:
         "transport_failure", "request_id", "last_host", "xff", "response_ops", "paused_downstream", "paused_upstream", "resp_headers",
         "stale_retried", "timeout", "attempts", "tried_hosts",
         "resume", "filter_index", "filter_timer", "finish_callbacks", "header_edits", "upgrade_accepted", "client_rest",
-        "tunnel_upstream", "upstream_local", "buffering_request", "held_response", "response_body",
+        "tunnel_upstream", "upstream_local", "buffering_request", "held_response", "response_body", "set_cookie",
     )
 
     def __init__(self, conn: "HttpConnection", now: float) -> None:
@@ -239,6 +252,7 @@ class Stream:
         self.deadline = 0.0  # loop time at which the route timeout fires (0 = none); see HttpConnection.sweep
         self.try_deadline = 0.0  # the same for the current attempt's per_try_timeout
         self.upstream_deadline = 0.0  # ... and for its cluster's max_stream_duration (from when it got a connection)
+        self.set_cookie: tuple[bytes, bytes, bytes] | None = None  # a hash policy's cookie made for this request
         self.bytes_received = 0
         self.bytes_sent = 0
         self.start = now
@@ -666,9 +680,13 @@ class Stream:
         and use_remote_address make it, a query parameter);
         a terminal policy that found its value ends the list (Envoy's RouteAction.hash_policy)."""
         parts = []
-        for kind, name, terminal in policies:
+        for kind, name, terminal, cookie_ttl, cookie_path in policies:
             value: bytes | None = None
-            if kind == "header":
+            if kind == "cookie":
+                value = _cookie_value(self.headers, name)
+                if value is None and cookie_ttl is not None:
+                    value = self._made_cookie(name, cookie_ttl, cookie_path)
+            elif kind == "header":
                 value = next((v for n, v in self.headers if n == name), None)
             elif kind == "source_ip":  # the client as the connection manager trusts it (XFF rules), as Envoy
                 client = self.hcm.trusted_client(self)
@@ -680,6 +698,21 @@ class Stream:
                 if terminal:
                     break
         return b"\x00".join(parts) if parts else None
+
+    def _made_cookie(self, name: bytes, ttl: float, path: bytes) -> bytes:
+        """The cookie Envoy makes for a cookie hash policy when the request has none: a hash of the connection's
+        two addresses (so one connection keeps one value), set on the response; a retry reuses it."""
+        if self.set_cookie is not None:
+            return self.set_cookie[1]
+        conn = self.conn
+        value = b"%016x" % stable_hash(b"%s:%d%s:%d" % (conn.peer_ip, conn.peer[1], conn.local[0].encode(), conn.local[1]))
+        header = b'%s="%s"' % (name, value)
+        if ttl:
+            header += b"; Max-Age=%d" % int(ttl)
+        if path:
+            header += b"; Path=" + path
+        self.set_cookie = (name, value, header + b"; HttpOnly")
+        return value
 
     def _avoid_tried(self, cluster: "Cluster", key: bytes | None, host: "Host", tried: list["Host"]) -> "Host":
         """Envoy's previous_hosts predicate: pick again while the host was already tried, up to
@@ -837,6 +870,8 @@ class Stream:
             resp = self.encode_headers(status, resp)
         self.resp_headers = resp
         extra = [(b"server", hcm.server_name)] if hcm.overwrite_server else []
+        if self.set_cookie is not None:
+            extra.append((b"set-cookie", self.set_cookie[2]))
         if not hcm.suppress_envoy_headers:
             extra.append((b"x-envoy-upstream-service-time", b"%d" % int((now - self.attempt_start) * 1000)))
         if hcm.body_encoders and not self.is_head and status != 204 and status != 304 and \
