@@ -241,7 +241,7 @@ def test_network_filter_merge_merges_the_typed_config() -> None:
     hcm = {"name": HCM, "typedConfig": {"@type": HCM_TYPE, "streamIdleTimeout": "7s"}}
     out = gw(patch("NETWORK_FILTER", "MERGE", hcm, listener={"portNumber": 8080, "filterChain": {"filter": {"name": HCM}}}))
     config = out[LISTENER]["0.0.0.0_8080"]["filter_chains"][0]["filters"][0]["typed_config"]
-    assert config["stream_idle_timeout"] == "7s" and len(config["http_filters"]) == 2 and "rds" in config
+    assert config["stream_idle_timeout"] == "7s" and len(config["http_filters"]) == 3 and "rds" in config
 
 
 def test_filter_merge_of_another_type_keeps_the_filter() -> None:
