@@ -97,3 +97,31 @@ class Processes:
     def stop(self) -> None:
         for proc in self.procs:
             stop_process_group(proc)
+
+
+#: A gateway pod of namespace `default` (its Gateway resources must be in `default` too).
+DEFAULT_GATEWAY_NODE = "router~127.0.0.1~gw.default~default.svc.cluster.local"
+
+
+def gateway_on_pilot(launcher: Any, directory: Path, docs: list[dict[str, Any]], implementation: str,
+                     *pilot_args: str, api_type: str | None = None) -> Any:
+    """Start pilot on `docs` (written to `directory`/config) and a gateway proxy (`implementation`: pylon or envoy)
+    of namespace default on it over ADS, bootstrapped as Istio's agent does for a router (no static listener,
+    LDS and CDS over ADS; `api_type` GRPC or DELTA_GRPC, else the bootstrap's default); returns the RunningProxy
+    once its admin answers (its listeners come from pilot: wait for them)."""
+    from tests.pilot.builders import write_yaml
+    from tests.xds.test_ads_interop import ads_bootstrap
+
+    xds_port = free_port()
+    config_dir = directory / "config"
+    config_dir.mkdir()
+    write_yaml(config_dir / "mesh.yaml", *docs)
+    pilot = launcher.spawn(pilot_cmd(config_dir, directory, xds_port, free_port(), free_port(), *pilot_args))
+    wait_for_port(xds_port, proc=pilot)
+    extra, xds = ads_bootstrap(xds_port)
+    if api_type is not None:
+        extra["dynamic_resources"]["ads_config"]["api_type"] = api_type
+    extra["node"] = {"id": DEFAULT_GATEWAY_NODE, "cluster": "gw.default",
+                     "metadata": {"NAMESPACE": "default", "LABELS": {"istio": "ingressgateway"}}}
+    extra["dynamic_resources"]["lds_config"] = {"ads": {}, "initial_fetch_timeout": "5s", "resource_api_version": "V3"}
+    return launcher.start([], [xds], implementation=implementation, bootstrap_extra=extra)

@@ -44,6 +44,17 @@ def test_the_delegates_routes_replace_the_root_route_narrowed_by_its_match() -> 
     assert root_rest.delegate is None and not root_rest.match
 
 
+def test_the_root_routes_cors_policy_is_inherited_as_istiod_merges_it() -> None:
+    cors = {"allowOrigins": [{"exact": "https://a.example"}]}
+    routes = merged_routes(root({"delegate": {"name": "d", "namespace": "team"}, "corsPolicy": cors}),
+                           delegate("d", {"match": [{"uri": {"prefix": "/own"}}], "route": V1,
+                                          "corsPolicy": {"allowOrigin": ["https://b.example"]}},
+                                    {"route": V1}))  # fmt: skip
+    own, inherited = routes
+    assert own.cors_policy.allow_origin == ["https://b.example"] and not own.cors_policy.allow_origins
+    assert inherited.cors_policy.allow_origins[0].exact == "https://a.example"
+
+
 def test_destinations_are_names_in_the_delegates_namespace() -> None:
     routes = merged_routes(root({"delegate": {"name": "d", "namespace": "team"}}), delegate("d", {"route": V1}))
     assert routes[0].route[0].destination.host == "reviews.team.svc.cluster.local"

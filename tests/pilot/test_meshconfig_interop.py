@@ -35,16 +35,14 @@ from pylon.pilot.gen.types import HCM, ROUTER
 from pylon.pilot.istio.mesh import load_mesh_config
 from pylon.pilot.snapshot import build_snapshot
 from tests.conftest import free_port, pylon_cmd, wait_for_port
-from tests.pilot.builders import doc, gateway, resources, service_entry, sidecar_proxy, virtual_service, write_yaml
-from tests.pilot.harness import eventually, needs_envoy, pilot_cmd
+from tests.pilot.builders import doc, gateway, resources, service_entry, sidecar_proxy, virtual_service
+from tests.pilot.harness import eventually, gateway_on_pilot, needs_envoy, pilot_cmd
 from tests.proxy.conftest import ProxyLauncher
 from tests.proxy.upstreams import Upstream
-from tests.xds.test_ads_interop import ads_bootstrap
 
 pytestmark = needs_envoy
 
 HOST = "echo.example.com"
-NODE = "router~127.0.0.1~gw.default~default.svc.cluster.local"
 CUSTOM_TEXT = '%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL% %RESPONSE_CODE% "%UPSTREAM_HOST%"'
 CUSTOM_JSON = '{"method": "%REQ(:METHOD)%", "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%", "code": "%RESPONSE_CODE%"}'
 
@@ -62,21 +60,12 @@ def _gateway_request_log(tmp_path: Path, implementation: str, mesh_config: dict[
     upstream = Upstream()
     launcher = ProxyLauncher(tmp_path)
     try:
-        gateway_port, xds_port = free_port(), free_port()
-        config_dir = tmp_path / "config"
-        config_dir.mkdir()
+        gateway_port = free_port()
         gw = gateway(gateway_port)
         gw["metadata"]["namespace"] = "default"
-        write_yaml(config_dir / "mesh.yaml", gw, service_entry(HOST, [("127.0.0.1", upstream.port, {})]),
-                   virtual_service([{"route": [{"destination": {"host": HOST}}]}], gateways=["default/gw"]))
-        pilot = launcher.spawn(pilot_cmd(config_dir, tmp_path, xds_port, free_port(), free_port(),
-                                         "--mesh-config", str(tmp_path / "mesh.yaml")))  # fmt: skip
-        wait_for_port(xds_port, proc=pilot)
-        extra, xds = ads_bootstrap(xds_port)
-        extra["node"] = {"id": NODE, "cluster": "gw.default",
-                         "metadata": {"NAMESPACE": "default", "LABELS": {"istio": "ingressgateway"}}}
-        extra["dynamic_resources"]["lds_config"] = {"ads": {}, "initial_fetch_timeout": "5s", "resource_api_version": "V3"}
-        launcher.start([], [xds], implementation=implementation, bootstrap_extra=extra)
+        docs = [gw, service_entry(HOST, [("127.0.0.1", upstream.port, {})]),
+                virtual_service([{"route": [{"destination": {"host": HOST}}]}], gateways=["default/gw"])]
+        gateway_on_pilot(launcher, tmp_path, docs, implementation, "--mesh-config", str(tmp_path / "mesh.yaml"))
         wait_for_port(gateway_port, timeout=10)
         reply = httpx.get(f"http://127.0.0.1:{gateway_port}/x?q=1", headers={"host": HOST}, timeout=5)
         assert reply.status_code == 200

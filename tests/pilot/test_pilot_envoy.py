@@ -226,3 +226,21 @@ def test_a_delegated_route_serves_the_delegates_routes_inside_the_roots_match(me
     assert served_by(other) == "v1" and other.headers["x-root"] == "yes"
     web = mesh.get("/web")
     assert served_by(web) == "v1" and "x-root" not in web.headers  # the root's own route, not the dropped one
+
+
+def test_cors_policy_added_and_changed(mesh: Mesh) -> None:
+    """A corsPolicy edit reaches Envoy (RDS ACKed) and changes its answers; tests/pilot/test_cors_interop.py has
+    the whole policy through Envoy and pylon proxy."""
+    origin = {"origin": "https://a.example"}
+    preflight = {**origin, "access-control-request-method": "PUT"}
+    to_v1 = [{"destination": {"host": HOST, "subset": "v1"}}]
+    apply(mesh, {"route": to_v1, "corsPolicy": {"allowOrigins": [{"exact": "https://a.example"}], "maxAge": "10s"}})
+    answered = httpx.options(f"http://127.0.0.1:{mesh.gateway_port}/", headers=preflight, timeout=5)
+    assert (answered.status_code, answered.headers["access-control-max-age"]) == (200, "10")
+    assert "name" not in answered.text  # the gateway answered, not an upstream
+    assert mesh.get("/", **origin).headers["access-control-allow-origin"] == "https://a.example"
+    apply(mesh, {"route": to_v1, "corsPolicy": {"allowOrigins": [{"exact": "https://b.example"}]}})
+    forwarded = httpx.options(f"http://127.0.0.1:{mesh.gateway_port}/", headers=preflight, timeout=5)
+    # forwarded: the test upstream has no OPTIONS handler and answers 501 itself
+    assert forwarded.status_code == 501 and "access-control-allow-origin" not in forwarded.headers
+    apply(mesh, {"route": to_v1})

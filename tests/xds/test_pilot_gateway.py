@@ -17,15 +17,13 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import free_port, wait_for_port
-from tests.pilot.builders import gateway, service_entry, subsets_rule, virtual_service, write_yaml
-from tests.pilot.harness import pilot_cmd
+from tests.conftest import free_port
+from tests.pilot.builders import gateway, service_entry, subsets_rule, virtual_service
+from tests.pilot.harness import gateway_on_pilot
 from tests.proxy.conftest import ProxyLauncher, RunningProxy, wait_until
 from tests.proxy.upstreams import Upstream
-from tests.xds.test_ads_interop import ads_bootstrap
 
 HOST = "echo.example.com"
-NODE = "router~127.0.0.1~gw.default~default.svc.cluster.local"
 
 
 def mesh_config(gateway_port: int, ups: dict[str, Upstream]) -> list[dict[str, Any]]:
@@ -69,19 +67,9 @@ def gw(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Gateway]:
     ups = {"v1": Upstream(), "v2": Upstream()}
     launcher = ProxyLauncher(tmp_path)
     try:
-        gateway_port, xds_port = free_port(), free_port()
-        config_dir = tmp_path / "config"
-        config_dir.mkdir()
-        write_yaml(config_dir / "mesh.yaml", *mesh_config(gateway_port, ups))
-        pilot = launcher.spawn(pilot_cmd(config_dir, tmp_path, xds_port, free_port(), free_port()))
-        wait_for_port(xds_port, proc=pilot)
-        extra, xds = ads_bootstrap(xds_port)
-        extra["dynamic_resources"]["ads_config"]["api_type"] = api_type
-        extra["node"] = {"id": NODE, "cluster": "gw.default",
-                         "metadata": {"NAMESPACE": "default", "LABELS": {"istio": "ingressgateway"}}}
-        extra["dynamic_resources"]["lds_config"] = {"ads": {}, "initial_fetch_timeout": "5s",
-                                                    "resource_api_version": "V3"}
-        proxy = launcher.start([], [xds], implementation=implementation, bootstrap_extra=extra)
+        gateway_port = free_port()
+        proxy = gateway_on_pilot(launcher, tmp_path, mesh_config(gateway_port, ups), implementation,
+                                 api_type=api_type)
         yield Gateway(proxy, gateway_port, ups)
     finally:
         launcher.close()

@@ -434,6 +434,17 @@ class FractionalPercent(EnvoyStruct, kw_only=True):
         return min(self.numerator, scale) / scale
 
 
+class RuntimeFractionalPercent(EnvoyStruct, kw_only=True):
+    """config.core.v3.RuntimeFractionalPercent: `default_value` unless the runtime has `runtime_key`.
+
+    pylon's layered runtime refuses every key it does not implement (config/runtime.py), and it
+    implements none of these, so the default is always what applies - as in Envoy without the key.
+    """
+
+    default_value: FractionalPercent
+    runtime_key: str = ""
+
+
 class Percent(EnvoyStruct, kw_only=True):
     """type.v3.Percent."""
 
@@ -703,6 +714,27 @@ class RegexRewrite(EnvoyStruct, kw_only=True):
     substitution: HttpText
 
 
+class CorsPolicy(EnvoyStruct, kw_only=True, weakref=True):
+    """config.route.v3.CorsPolicy, field for field the same as extensions.filters.http.cors.v3.CorsPolicy.
+
+    One Struct for both: the route's and virtual host's deprecated `cors` (still accepted by Envoy 1.40,
+    with a warning) and the CORS filter's per-route config, which the filter module registers. Envoy
+    does not check the header texts; pylon refuses NUL, CR and LF in them (they would break the
+    response head). Weak-referenceable: the filter caches what it compiles from one, per route table.
+    """
+
+    allow_origin_string_match: list[StringMatcher] = []
+    allow_methods: HttpText = HttpText("")
+    allow_headers: HttpText = HttpText("")
+    expose_headers: HttpText = HttpText("")
+    max_age: HttpText = HttpText("")
+    allow_credentials: bool | None = None
+    filter_enabled: RuntimeFractionalPercent | None = None
+    shadow_enabled: RuntimeFractionalPercent | None = None
+    allow_private_network_access: bool | None = None
+    forward_not_matching_preflights: bool | None = None
+
+
 class RouteAction(EnvoyStruct, kw_only=True):
     cluster: NonEmptyStr | None = None
     weighted_clusters: WeightedCluster | None = None
@@ -717,6 +749,8 @@ class RouteAction(EnvoyStruct, kw_only=True):
     max_grpc_timeout: Duration | None = None
     #: subtracted from `grpc-timeout` when smaller than it (only with max_grpc_timeout, as in Envoy)
     grpc_timeout_offset: Duration | None = None
+    #: deprecated in Envoy (the CORS filter's per-route config replaces it) but still honoured by its filter
+    cors: CorsPolicy | None = None
 
     def __post_init__(self) -> None:
         _exactly_one(self, "cluster", "weighted_clusters")
@@ -785,6 +819,8 @@ class VirtualHost(_NonEmptyHeaderRemovals, kw_only=True):
     #: send `x-envoy-attempt-count` (1, 2, ... per attempt) on upstream requests
     include_request_attempt_count: bool = False
     typed_per_filter_config: dict[str, Any] = {}
+    #: deprecated in Envoy (the CORS filter's per-route config replaces it) but still honoured by its filter
+    cors: CorsPolicy | None = None
 
     def __post_init__(self) -> None:
         _resolve_per_filter_configs(self)
@@ -796,8 +832,11 @@ class RouteConfiguration(_HeaderMutations, kw_only=True):
     #: True: a route to a cluster the proxy does not know rejects the configuration (RDS only: an HCM's
     #: inline route_config refuses the field). None is Envoy's default, false for RDS.
     validate_clusters: bool | None = None
+    #: the least specific level of per-filter configs (a virtual host's, then a route's, override it)
+    typed_per_filter_config: dict[str, Any] = {}
 
     def __post_init__(self) -> None:
+        _resolve_per_filter_configs(self)
         seen: dict[str, str] = {}
         for i, vhost in enumerate(self.virtual_hosts):
             for j, domain in enumerate(vhost.domains):

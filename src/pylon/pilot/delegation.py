@@ -6,8 +6,8 @@ anything is generated, the root's route is replaced by the delegate's routes, ea
 match: a delegate match must fit inside one of the root's (a root prefix `/api` admits `/api/v1`, not `/web`),
 and the two are merged field by field, the delegate's value winning where both set one. A delegate route whose
 match fits none of the root's is dropped with a warning, as istiod drops it; so is a delegate that does not
-exist or is not exported to the root's namespace. The root route's rewrite, timeout, retries, fault, mirrors
-and header rules apply to the delegate's routes that set none. Delegation is one level deep (a delegate's
+exist or is not exported to the root's namespace. The root route's rewrite, timeout, retries, fault, mirrors,
+corsPolicy and header rules apply to the delegate's routes that set none. Delegation is one level deep (a delegate's
 route cannot delegate: refused when the delegate is decoded).
 
 Destinations in a delegate are short names of the delegate's namespace: they are made full names here, so the
@@ -30,7 +30,7 @@ log = logging.getLogger("pylon.pilot.delegation")
 
 #: What a delegate route takes from its root route when it sets none itself (istiod's mergeHTTPRoute).
 _INHERITED = ("rewrite", "direct_response", "timeout", "retries", "fault", "mirror", "mirror_percent",
-              "mirror_percentage", "mirrors", "headers")  # fmt: skip
+              "mirror_percentage", "cors_policy", "mirrors", "headers")  # fmt: skip
 
 
 def is_delegate(vs: Resource) -> bool:

@@ -422,7 +422,7 @@ class MatchedRoute:
         "hash_policies", "host_rewrite", "direct_status", "direct_body", "redirect_status",
         "request_header_ops", "response_header_ops", "rewrites", "_matched_len",
         "_prefix_rewrite", "_regex_rewrite", "_substitution", "_weights", "_cumulative",
-        "_total_weight", "_random", "_redirect", "_cluster_ops", "filter_configs",
+        "_total_weight", "_random", "_redirect", "_cluster_ops", "filter_configs", "filter_levels", "cors_policies",
     )
 
     def __init__(self) -> None:
@@ -463,8 +463,15 @@ class MatchedRoute:
         self._redirect: _Redirect | None = None
         # Weighted clusters with their own header rules: cluster name -> (request, response) ops.
         self._cluster_ops: dict[str, tuple[HeaderOps, HeaderOps]] = {}
-        #: HTTP filter name -> its per-route config (the route's, else the virtual host's)
+        #: HTTP filter name -> its per-route config (the route's, else the virtual host's, else the route
+        #: configuration's: Envoy's most specific one)
         self.filter_configs: dict[str, Any] = {}
+        #: the non-empty `typed_per_filter_config`s of the route, its virtual host and the route configuration,
+        #: most specific first, for filters that merge the levels (see `filter_configs_of`)
+        self.filter_levels: tuple[dict[str, Any], ...] = ()
+        #: the deprecated `cors` of the route's action, then of its virtual host (those set): what Envoy's CORS
+        #: filter falls back to when no level has a per-route config for it
+        self.cors_policies: tuple[Any, ...] = ()
 
     def __repr__(self) -> str:
         return f"MatchedRoute(name={self.name!r}, vhost={self.virtual_host_name!r}, kind={self.kind!r})"
@@ -472,6 +479,12 @@ class MatchedRoute:
     def filter_config(self, name: str) -> Any:
         """The per-route config of the HTTP filter called `name`, or None (the filter's own config applies)."""
         return self.filter_configs.get(name)
+
+    def filter_configs_of(self, name: str) -> list[Any]:
+        """Every level's per-route config of the filter called `name`, most specific first (route, virtual
+        host, route configuration), as Envoy's getAllPerFilterConfig gives them: the CORS filter takes each
+        field from the most specific level that sets it, where other filters take one config whole."""
+        return [level[name] for level in self.filter_levels if name in level]
 
     def pick_cluster(self) -> str:
         """The upstream cluster for one request: the route's cluster, or a weighted random pick."""
@@ -723,7 +736,7 @@ class RouteTable:
         regex_count = 0
         for i, vh_config in enumerate(config.virtual_hosts):
             vhost = self._build_vhost(vh_config, f"virtual_hosts[{i}] ({vh_config.name})",
-                                      config_request, config_response)
+                                      config_request, config_response, config.typed_per_filter_config)
             regex_count += len(vhost.regex_routes)
             for domain in vh_config.domains:  # unique across virtual hosts (checked by the model)
                 d = domain.lower()
@@ -749,8 +762,8 @@ class RouteTable:
 
     # -- build
 
-    def _build_vhost(self, config: VirtualHost, where: str, config_request: Any, config_response: Any
-                     ) -> _VirtualHost:
+    def _build_vhost(self, config: VirtualHost, where: str, config_request: Any, config_response: Any,
+                     config_filters: dict[str, Any]) -> _VirtualHost:
         """The compiled virtual host; errors start with `where` and the route they concern."""
         try:
             vh_request = compile_header_level(config.request_headers_to_add, config.request_headers_to_remove)
@@ -766,7 +779,14 @@ class RouteTable:
             try:
                 entry = self._build_route(route, config.name, vh_retry,
                                           (vh_request, config_request), (vh_response, config_response))
-                entry[3].filter_configs = {**config.typed_per_filter_config, **route.typed_per_filter_config}
+                matched = entry[3]
+                matched.filter_configs = {**config_filters, **config.typed_per_filter_config,
+                                          **route.typed_per_filter_config}
+                levels = (route.typed_per_filter_config, config.typed_per_filter_config, config_filters)
+                matched.filter_levels = tuple(level for level in levels if level)
+                if route.route is not None and route.route.cors is not None or config.cors is not None:
+                    cors = (route.route.cors if route.route is not None else None, config.cors)
+                    matched.cors_policies = tuple(policy for policy in cors if policy is not None)
                 entry[3].attempt_count = config.include_request_attempt_count
                 entries.append(entry)
             except ValueError as exc:

@@ -522,9 +522,11 @@ class Stream:
             self.header_edits = []
         self.header_edits.append((op, name, value))
 
-    def respond_from_filter(self, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
-        """A filter answers the request itself (Envoy's Lua `respond()`): the upstream is never asked."""
-        self.status, self.details = status, "python_response"
+    def respond_from_filter(self, status: int, body: bytes, headers: list[tuple[bytes, bytes]],
+                            details: str = "python_response") -> None:
+        """A filter answers the request itself (Envoy's Lua `respond()`, CORS's preflight answer): the upstream is
+        never asked; `details` is the access log's %RESPONSE_CODE_DETAILS%."""
+        self.status, self.details = status, details
         self._send_local(status, body, None, extra=headers)
 
     def encode_headers(self, status: int, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:

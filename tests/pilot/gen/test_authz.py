@@ -122,7 +122,8 @@ def test_filters_sit_first_in_gateway_and_sidecar_inbound_chains_and_are_valid_e
     assert chains["virtualInbound-catchall-tcp"][0] == "envoy.filters.network.rbac"
     http_chain = next(c for c in side[LISTENER]["virtualInbound"]["filter_chains"] if c["name"] == "0.0.0.0_8080")
     http_filters = [f["name"] for f in http_chain["filters"][0]["typed_config"]["http_filters"]]
-    assert http_filters == ["envoy.filters.http.rbac", "envoy.filters.http.fault", "envoy.filters.http.router"]
+    assert http_filters == ["envoy.filters.http.rbac", "envoy.filters.http.fault", "envoy.filters.http.cors",
+                            "envoy.filters.http.router"]
     assert side[LISTENER]["0.0.0.0_80"]["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][0]["name"] != (
         "envoy.filters.http.rbac")  # outbound traffic is not authorized by the client's own policies
     gw = GatewayGenerator().generate(gateway_proxy(), snap)

@@ -241,7 +241,7 @@ def test_network_filter_merge_merges_the_typed_config() -> None:
     hcm = {"name": HCM, "typedConfig": {"@type": HCM_TYPE, "streamIdleTimeout": "7s"}}
     out = gw(patch("NETWORK_FILTER", "MERGE", hcm, listener={"portNumber": 8080, "filterChain": {"filter": {"name": HCM}}}))
     config = out[LISTENER]["0.0.0.0_8080"]["filter_chains"][0]["filters"][0]["typed_config"]
-    assert config["stream_idle_timeout"] == "7s" and len(config["http_filters"]) == 2 and "rds" in config
+    assert config["stream_idle_timeout"] == "7s" and len(config["http_filters"]) == 3 and "rds" in config
 
 
 def test_filter_merge_of_another_type_keeps_the_filter() -> None:
@@ -253,19 +253,22 @@ def test_filter_merge_of_another_type_keeps_the_filter() -> None:
 # --------------------------------------------------------------------------- HTTP_FILTER
 
 
+C = ("envoy.filters.http.cors", None)  # istiod's cors filter, after fault in every connection manager
+
+
 @pytest.mark.parametrize(("operation", "expected"), [
-    ("INSERT_BEFORE", [("envoy.filters.http.fault", 7), ("envoy.filters.http.fault", None), ("envoy.filters.http.router", None)]),
-    ("INSERT_AFTER", [("envoy.filters.http.fault", None), ("envoy.filters.http.fault", 7), ("envoy.filters.http.router", None)]),
-    ("REPLACE", [("envoy.filters.http.fault", 7), ("envoy.filters.http.router", None)]),
-    ("MERGE", [("envoy.filters.http.fault", 7), ("envoy.filters.http.router", None)]),
-    ("REMOVE", [("envoy.filters.http.router", None)]),
+    ("INSERT_BEFORE", [("envoy.filters.http.fault", 7), ("envoy.filters.http.fault", None), C, ("envoy.filters.http.router", None)]),
+    ("INSERT_AFTER", [("envoy.filters.http.fault", None), ("envoy.filters.http.fault", 7), C, ("envoy.filters.http.router", None)]),
+    ("REPLACE", [("envoy.filters.http.fault", 7), C, ("envoy.filters.http.router", None)]),
+    ("MERGE", [("envoy.filters.http.fault", 7), C, ("envoy.filters.http.router", None)]),
+    ("REMOVE", [C, ("envoy.filters.http.router", None)]),
 ])  # fmt: skip
 def test_http_filter_operations_relative_to_the_sub_filter(operation: str, expected: list[Any]) -> None:
     out = gw(patch("HTTP_FILTER", operation, None if operation == "REMOVE" else LUA_LIKE,
                    listener={"portNumber": 8080, "filterChain": {"filter": {"name": HCM, "subFilter": {
                        "name": "envoy.filters.http.fault"}}}}))  # fmt: skip
     assert http_filters(out) == expected
-    assert http_filters(out, "0.0.0.0_9090") == [("envoy.filters.http.fault", None), ("envoy.filters.http.router", None)]
+    assert http_filters(out, "0.0.0.0_9090") == [("envoy.filters.http.fault", None), C, ("envoy.filters.http.router", None)]
 
 
 def test_http_filter_without_a_filter_match_patches_every_connection_manager() -> None:

@@ -38,8 +38,8 @@ def test_unknown_field_is_an_error_at_its_path() -> None:
 
 def test_istio_field_not_implemented_says_so() -> None:
     error = error_of(doc("VirtualService", "v", {"hosts": ["a"], "http": [
-        {"route": [{"destination": {"host": "a"}}], "corsPolicy": {"allowOrigins": [{"exact": "x"}]}}]}))
-    assert (error.path, error.message) == ("spec.http[0].corsPolicy", "not supported by pylon pilot yet")
+        {"route": [{"destination": {"host": "a"}}], "fault": {"delay": {"fixedDelay": "1s", "exponentialDelay": "1s"}}}]}))
+    assert (error.path, error.message) == ("spec.http[0].fault.delay.exponentialDelay", "not supported by pylon pilot yet")
 
 
 def test_oneof_and_validation_errors_point_at_the_field() -> None:

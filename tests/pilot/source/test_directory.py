@@ -24,11 +24,11 @@ def test_loads_every_document_of_every_file_and_skips_hidden(tmp_path: Path) -> 
 
 def test_reports_all_errors_with_file_and_document(tmp_path: Path) -> None:
     write_yaml(tmp_path / "a.yaml", gateway(8080), doc("VirtualService", "v", {"hosts": ["*"], "http": [{"route": [
-        {"destination": {"host": "a"}}], "corsPolicy": {}}]}))
+        {"destination": {"host": "a"}}], "fault": {"abort": {"http2Error": "x"}}}]}))
     (tmp_path / "b.yaml").write_text("kind: Gateway\nkind: Gateway\n")
     result = load_directory(tmp_path)
     assert [str(e) for e in result.errors] == [
-        f"config error in {tmp_path}/a.yaml (document 2, VirtualService default/v): spec.http[0].corsPolicy: "
+        f"config error in {tmp_path}/a.yaml (document 2, VirtualService default/v): spec.http[0].fault.abort.http2Error: "
         "not supported by pylon pilot yet",
         f"config error in {tmp_path}/b.yaml: invalid YAML at line 2, column 1: while constructing a mapping, "
         "found duplicate key 'kind'",

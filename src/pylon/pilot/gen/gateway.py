@@ -28,8 +28,8 @@ from pylon.pilot.gen.names import domain_name, gateway_http_route_name, gateway_
 from pylon.pilot.gen.routes import RouteContext, build_http_routes, is_catch_all
 from pylon.pilot.gen.tcp import (auto_passthrough_chains, bound_contexts, claimable_hosts, gateway_passthrough_chains,
                                  gateway_tcp_chain)  # fmt: skip
-from pylon.pilot.gen.types import (ADS_SOURCE, CLUSTER, ENDPOINT, FAULT, HCM, LISTENER, ROUTE, ROUTER, SECRET,
-                                   TLS_INSPECTOR, Json, Resources)  # fmt: skip
+from pylon.pilot.gen.types import (ADS_SOURCE, CLUSTER, ENDPOINT, HCM, LISTENER, ROUTE, ROUTER, SECRET,
+                                   TLS_INSPECTOR, Json, Resources, route_configured_filters)  # fmt: skip
 from pylon.pilot.hosts import intersection
 from pylon.pilot.istio.networking import Server
 from pylon.pilot.istio.resources import Resource
@@ -165,7 +165,7 @@ def _hcm(route_name: str, stat_prefix: str, rbac: list[Json]) -> Json:
         "rds": {"config_source": ADS_SOURCE, "route_config_name": route_name},
         "http_filters": [
             *rbac,
-            {"name": "envoy.filters.http.fault", "typed_config": {"@type": FAULT}},
+            *route_configured_filters(),
             {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}},
         ],
         "use_remote_address": True,

@@ -14,9 +14,10 @@ from dataclasses import dataclass
 
 from pylon.pilot.gen.names import subset_key
 from pylon.pilot.gen.policy import effective_policy
-from pylon.pilot.gen.types import FAULT, PREVIOUS_PRIORITIES, Json
+from pylon.pilot.gen.types import CORS_POLICY, FAULT, PREVIOUS_PRIORITIES, Json
 from pylon.pilot.hosts import resolve_short_name
 from pylon.pilot.istio.common import Percent, StringMatch, format_duration
+from pylon.pilot.istio.cors import CorsPolicy
 from pylon.pilot.istio.networking import (
     GRPC_STATUS,
     REDIRECT_CODES,
@@ -110,7 +111,9 @@ def _translate(ctx: RouteContext, http: HTTPRoute, match: HTTPMatchRequest | Non
         route["route"] = _route_action(ctx, http, route, authority)
     route["decorator"] = {"operation": _operation(route, ctx.vs.name, ctx.listen_port)}
     if http.fault is not None:
-        route["typed_per_filter_config"] = {"envoy.filters.http.fault": translate_fault(http.fault)}
+        route.setdefault("typed_per_filter_config", {})["envoy.filters.http.fault"] = translate_fault(http.fault)
+    if http.cors_policy is not None:
+        route.setdefault("typed_per_filter_config", {})["envoy.filters.http.cors"] = translate_cors(http.cors_policy)
     route["metadata"] = {"filter_metadata": {"istio": {
         "config": f"/apis/networking.istio.io/v1/namespaces/{ctx.vs.namespace}/virtual-service/{ctx.vs.name}"}}}  # fmt: skip
     return route
@@ -426,6 +429,27 @@ def translate_fault(fault: HTTPFaultInjection) -> Json:
         else:
             abort["grpc_status"] = GRPC_STATUS[fault.abort.grpc_status or ""]
         out["abort"] = abort
+    return out
+
+
+def translate_cors(cors: CorsPolicy) -> Json:
+    """envoy.filters.http.cors per-route config as istiod writes it: always enabled, preflights from other origins
+    forwarded unless `unmatchedPreflights: IGNORE`, `allowOrigins` (else the deprecated exact `allowOrigin`), lists
+    joined with "," and maxAge in whole seconds."""
+    out: Json = {"@type": CORS_POLICY, "forward_not_matching_preflights": cors.unmatched_preflights != "IGNORE",
+                 "filter_enabled": {"default_value": {"numerator": 100, "denominator": "HUNDRED"}}}
+    if cors.allow_origins:
+        out["allow_origin_string_match"] = [_string_matcher(origin) for origin in cors.allow_origins]
+    elif cors.allow_origin:
+        out["allow_origin_string_match"] = [{"exact": origin} for origin in cors.allow_origin]
+    if cors.allow_credentials is not None:
+        out["allow_credentials"] = cors.allow_credentials
+    for field, values in (("allow_headers", cors.allow_headers), ("allow_methods", cors.allow_methods),
+                          ("expose_headers", cors.expose_headers)):
+        if values:
+            out[field] = ",".join(values)
+    if cors.max_age is not None:
+        out["max_age"] = str(int(cors.max_age))
     return out
 
 

@@ -38,8 +38,8 @@ from pylon.pilot.gen.names import BLACKHOLE, INBOUND_PASSTHROUGH, PASSTHROUGH, d
 from pylon.pilot.gen.routes import RouteContext, build_http_routes, is_catch_all, translate_retry
 from pylon.pilot.gen.tcp import sidecar_tcp_chains, sidecar_tls_chains
 from pylon.pilot.gen.scope import SidecarScope, mesh_virtual_services, own_services, scoped_services, sidecar_scope
-from pylon.pilot.gen.types import (ADS_SOURCE, CLUSTER, ENDPOINT, FAULT, HCM, LISTENER, ORIGINAL_DST_FILTER, ROUTE,
-                                   ROUTER, TCP_PROXY, TLS_INSPECTOR, Json, Resources)  # fmt: skip
+from pylon.pilot.gen.types import (ADS_SOURCE, CLUSTER, ENDPOINT, HCM, LISTENER, ORIGINAL_DST_FILTER, ROUTE,
+                                   ROUTER, TCP_PROXY, TLS_INSPECTOR, Json, Resources, route_configured_filters)  # fmt: skip
 from pylon.pilot.hosts import matches, resolve_short_name
 from pylon.pilot.istio.common import format_duration
 from pylon.pilot.istio.networking import HTTP_PROTOCOLS, ServicePort
@@ -303,7 +303,7 @@ def _hcm(stat_prefix: str, routes: Json, inbound: bool = False, rbac: list[Json]
         **routes,
         "http_filters": [
             *(rbac or []),
-            {"name": "envoy.filters.http.fault", "typed_config": {"@type": FAULT}},
+            *route_configured_filters(),
             {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}},
         ],
         "use_remote_address": False,

@@ -25,8 +25,17 @@ RBAC_HTTP = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
 RBAC_NETWORK = "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC"
 ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 FAULT = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
+CORS = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"
+CORS_POLICY = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy"
 HTTP_PROTOCOL_OPTIONS = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 PREVIOUS_PRIORITIES = "type.googleapis.com/envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig"
+
+def route_configured_filters() -> list[dict[str, Any]]:
+    """The filters istiod puts in every HTTP connection manager just before the router (after RBAC), whether or
+    not a route uses them, because routes may carry per-route configs for them (listener_builder.go)."""
+    return [{"name": "envoy.filters.http.fault", "typed_config": {"@type": FAULT}},
+            {"name": "envoy.filters.http.cors", "typed_config": {"@type": CORS}}]
+
 
 # A resource as proto-JSON, and a proxy's resources: {type URL: {resource name: resource}}.
 Json = dict[str, Any]

@@ -18,6 +18,7 @@ import msgspec
 
 from pylon.config.errors import FieldError
 from pylon.pilot.hosts import matches
+from pylon.pilot.istio.cors import CorsPolicy
 from pylon.pilot.istio.common import (
     GoDuration,
     Int32,
@@ -362,7 +363,7 @@ class HTTPRoute(IstioStruct, kw_only=True):
     mirrors: list[HTTPMirrorPolicy] = []
     mirror_percent: UInt32 | None = None
     mirror_percentage: Percent | None = None
-    cors_policy: NotImplementedField | None = None
+    cors_policy: CorsPolicy | None = None
     headers: Headers | None = None
 
     def __post_init__(self) -> None:

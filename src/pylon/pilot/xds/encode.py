@@ -22,6 +22,7 @@ from google.protobuf.message import Message
 
 # Registered for their @type URLs inside generated resources.
 import envoy.extensions.access_loggers.file.v3.file_pb2  # noqa: F401
+import envoy.extensions.filters.http.cors.v3.cors_pb2  # noqa: F401
 import envoy.extensions.filters.http.fault.v3.fault_pb2  # noqa: F401
 import envoy.extensions.filters.http.rbac.v3.rbac_pb2  # noqa: F401
 import envoy.extensions.filters.http.router.v3.router_pb2  # noqa: F401
