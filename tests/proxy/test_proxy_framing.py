@@ -170,3 +170,18 @@ def test_100mb_download_is_streamed_with_back_pressure(run_proxy, upstreams):
     assert received == total
     peak = proc_memory_kb(pid)["VmHWM"]
     assert (peak - baseline) * 1024 < 60 * MB, f"worker RSS grew by {(peak - baseline) // 1024} MB"
+
+
+def test_a_bodiless_request_gets_content_length_0_upstream_where_envoy_adds_it(launcher: Any, implementation: str,
+                                                                              upstreams: Any) -> None:
+    """Envoy 1.40 sends `content-length: 0` with a bodiless request of any method but GET, HEAD and DELETE."""
+    (upstream,) = upstreams(1)
+    port = free_port()
+    launcher.start([http_listener("web", port, [route("/", "up")])], [static_cluster("up", [upstream.port])],
+                   implementation=implementation)
+    seen = {}
+    for method in ("GET", "HEAD", "DELETE", "OPTIONS", "POST"):
+        raw_exchange(port, f"{method} /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n".encode())
+        seen[method] = upstream.requests[-1]["headers"].get("content-length")
+        assert upstream.requests[-1]["method"] == method
+    assert seen == {"GET": None, "HEAD": None, "DELETE": None, "OPTIONS": "0", "POST": "0"}

@@ -28,9 +28,12 @@ def test_chunked_request_is_rechunked_piece_by_piece() -> None:
 
 @pytest.mark.parametrize(("method", "tail"), [(b"POST", b"content-length: 0\r\n\r\n"),
                                               (b"PATCH", b"content-length: 0\r\n\r\n"),
+                                              (b"OPTIONS", b"content-length: 0\r\n\r\n"),
+                                              (b"TRACE", b"content-length: 0\r\n\r\n"),
                                               (b"GET", b"host: h\r\n\r\n"),
+                                              (b"HEAD", b"host: h\r\n\r\n"),
                                               (b"DELETE", b"host: h\r\n\r\n")])
-def test_a_bodyless_request_says_length_zero_only_where_the_method_implies_a_body(method: bytes, tail: bytes) -> None:
+def test_a_bodyless_request_says_length_zero_as_envoy_sends_it(method: bytes, tail: bytes) -> None:
     head = Http1RequestEncoder(method, b"/", b"h", [], chunked=False, length=0, attempt_count=False).encode_head(1)
     assert head.endswith(tail)
 

@@ -21,9 +21,9 @@ from pylon.proxy.http1 import LAST_CHUNK, encode_chunk, without_nominated
 if TYPE_CHECKING:
     from pylon.proxy.upstream.pool import Exchange
 
-#: Methods whose requests carry a body by definition: without one they say `content-length: 0`
-#: (a server may otherwise wait for a body, or answer 411).
-_BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
+#: Methods Envoy 1.40 sends without a length when they have no body; every other bodiless request says
+#: `content-length: 0` (seen with Envoy: OPTIONS, TRACE, POST, PUT, PATCH do; GET, HEAD, DELETE do not).
+_BODILESS_METHODS = frozenset({b"GET", b"HEAD", b"DELETE", b"CONNECT"})
 
 
 class Http1RequestEncoder:
@@ -46,7 +46,7 @@ class Http1RequestEncoder:
             parts.append(b"transfer-encoding: chunked\r\n\r\n")
         elif length:
             parts.append(b"content-length: %d\r\n\r\n" % length)
-        elif method in _BODY_METHODS:
+        elif method not in _BODILESS_METHODS:
             parts.append(b"content-length: 0\r\n\r\n")
         else:
             parts.append(b"\r\n")
