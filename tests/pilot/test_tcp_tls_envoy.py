@@ -76,9 +76,6 @@ class Origination:
     proxy: str
 
 
-HOSTS = {"simple": "SIMPLE with the right SAN", "wrong-san": "SIMPLE expecting another SAN",
-         "mutual": "MUTUAL with the client certificate", "no-client-cert": "SIMPLE to the server that needs one"}
-
 
 def origination_docs(http_port: int, server_port: int, mutual_port: int) -> list[dict[str, Any]]:
     """Four routes to two HTTPS upstreams, one VirtualService host and one ServiceEntry + DestinationRule each."""
@@ -93,14 +90,27 @@ def origination_docs(http_port: int, server_port: int, mutual_port: int) -> list
         "no-client-cert": {"mode": "SIMPLE", "credentialName": "server-ca", "sni": "api.example.com",
                            "subjectAltNames": ["api.example.com"]},
     }  # fmt: skip
+    return routed_docs(http_port, upstream, tls)
+
+
+def routed_docs(http_port: int, upstream: dict[str, int], tls: dict[str, Any]) -> list[dict[str, Any]]:
+    """A gateway HTTP server and, per name, `<name>.example.com` routed to an HTTPS upstream whose DestinationRule
+    originates TLS as `tls[name]` says."""
     docs: list[dict[str, Any]] = [gateway({"port": {"number": http_port, "name": "http", "protocol": "HTTP"}, "hosts": ["*"]})]
-    for name in HOSTS:
+    for name, port in upstream.items():
         host = f"{name}.backend.example.com"
-        docs += [entry(host, 443, "HTTP", upstream[name]),
+        docs += [entry(host, 443, "HTTP", port),
                  doc("DestinationRule", name, {"host": host, "trafficPolicy": {"tls": tls[name]}}),
                  doc("VirtualService", name, {"hosts": [f"{name}.example.com"], "gateways": [GATEWAY],
                                               "http": [{"route": [{"destination": {"host": host}}]}]})]  # fmt: skip
     return docs
+
+
+def ready(http_port: int, probe_host: str, proxy: str) -> Origination:
+    """The gateway listening and routing `probe_host` (its config has arrived)."""
+    wait_for_port(http_port, timeout=30)
+    eventually(lambda: http_get(http_port, probe_host).status_code == 200, timeout=20)
+    return Origination(http_port, proxy)
 
 
 def agent_cmd(base: Path, ca_port: int, proxy: str) -> list[str]:
@@ -150,17 +160,20 @@ def origination(request: pytest.FixtureRequest) -> Iterator[Origination]:
             processes.start([str(ENVOY), "-c", str(path), "--disable-hot-restart", "-l", "error", "--use-dynamic-base-id"])
         else:
             processes.start(agent_cmd(base, ca_port, "pylon"))
-        wait_for_port(http_port, timeout=30)
-        eventually(lambda: http_get(http_port, "simple.example.com").status_code == 200, timeout=20)
-        yield Origination(http_port, request.param)
+        yield ready(http_port, "simple.example.com", request.param)
     finally:
         processes.stop()
         shutil.rmtree(base, ignore_errors=True)
 
 
+def served_by_simple_server(port: int, host: str) -> bool:
+    """`host` reached the TLS upstream that wants no client certificate, with the rule's SNI, and sent none."""
+    answer = http_get(port, host).json()
+    return answer["name"] == "simple-server" and answer["sni"] == "api.example.com" and answer["client"] is None
+
+
 def test_simple_tls_origination_verifies_the_upstream_against_the_secrets_ca(origination: Origination) -> None:
-    answer = http_get(origination.port, "simple.example.com").json()
-    assert answer["name"] == "simple-server" and answer["sni"] == "api.example.com" and answer["client"] is None
+    assert served_by_simple_server(origination.port, "simple.example.com")
 
 
 def test_a_subject_alt_name_the_upstream_certificate_lacks_fails_the_request(origination: Origination) -> None:
@@ -182,9 +195,6 @@ def test_without_the_client_certificate_the_upstream_refuses(origination: Origin
 
 # --------------------------------------------------------------------------- origination from files (agent SDS)
 
-FILE_HOSTS = ("file-simple", "file-mutual", "file-wrong-ca")
-
-
 def file_origination_docs(http_port: int, server_port: int, mutual_port: int, files: dict[str, Path]) -> list[dict[str, Any]]:
     """DestinationRules naming files on the gateway's host (no credentialName): pilot writes Istio's
     `file-cert:`/`file-root:` SDS names, which the gateway's agent serves from those files."""
@@ -198,14 +208,7 @@ def file_origination_docs(http_port: int, server_port: int, mutual_port: int, fi
         "file-wrong-ca": {"mode": "SIMPLE", "caCertificates": str(files["other_ca"]), "sni": "api.example.com",
                           "subjectAltNames": ["api.example.com"]},
     }  # fmt: skip
-    docs: list[dict[str, Any]] = [gateway({"port": {"number": http_port, "name": "http", "protocol": "HTTP"}, "hosts": ["*"]})]
-    for name in FILE_HOSTS:
-        host = f"{name}.backend.example.com"
-        docs += [entry(host, 443, "HTTP", upstream[name]),
-                 doc("DestinationRule", name, {"host": host, "trafficPolicy": {"tls": tls[name]}}),
-                 doc("VirtualService", name, {"hosts": [f"{name}.example.com"], "gateways": [GATEWAY],
-                                              "http": [{"route": [{"destination": {"host": host}}]}]})]  # fmt: skip
-    return docs
+    return routed_docs(http_port, upstream, tls)
 
 
 @pytest.fixture(scope="module", params=["envoy", "pylon"])
@@ -234,17 +237,14 @@ def file_origination(request: pytest.FixtureRequest) -> Iterator[Origination]:
         pilot = processes.start(pilot_cmd(config_dir, base, free_port(), free_port(), free_port(), ca_port=ca_port))
         wait_for_port(ca_port, proc=pilot)
         processes.start(agent_cmd(base, ca_port, request.param))
-        wait_for_port(http_port, timeout=30)
-        eventually(lambda: http_get(http_port, "file-simple.example.com").status_code == 200, timeout=20)
-        yield Origination(http_port, request.param)
+        yield ready(http_port, "file-simple.example.com", request.param)
     finally:
         processes.stop()
         shutil.rmtree(base, ignore_errors=True)
 
 
 def test_simple_origination_trusts_the_ca_file_the_rule_names(file_origination: Origination) -> None:
-    answer = http_get(file_origination.port, "file-simple.example.com").json()
-    assert answer["name"] == "simple-server" and answer["sni"] == "api.example.com" and answer["client"] is None
+    assert served_by_simple_server(file_origination.port, "file-simple.example.com")
 
 
 def test_mutual_origination_presents_the_certificate_in_the_files(file_origination: Origination) -> None:
