@@ -110,7 +110,7 @@ def pylon_cmd(*args: str) -> list[str]:
 
 #: The SoftHSM2 tokens every in-process PKCS#11 test uses (a process initialises the library once, with the
 #: SOFTHSM2_CONF it has then): made once per session in a temp dir.
-SOFTHSM_TOKENS = ("pylon-unit", "pylon-sgx", "pylon-ca")
+SOFTHSM_TOKENS = ("pylon-unit", "pylon-sgx", "pylon-ca", "pylon-cred")
 
 
 @pytest.fixture(scope="session")

@@ -35,13 +35,12 @@ def no_mesh_up() -> None:
         pytest.skip("a pylon mesh is already up on this machine (pylon mesh down first)")
 
 
-def test_plan_runs_the_sidecar_modes_once_and_names_what_cannot_run() -> None:
+def test_plan_runs_the_sidecar_modes_once_and_every_key_mode() -> None:
     meshes, left_out = plan(("file", "cryptomb", "keyd", "pkcs11"))
-    assert [p.key_mode.name for p in meshes] == ["file", "cryptomb"]
+    assert [p.key_mode.name for p in meshes] == ["file", "cryptomb", "keyd", "pkcs11"] and left_out == {}
     assert [m.name for m in meshes[0].modes] == ["baseline", "server_sidecar", "both_sidecar", "ingress_https",
                                                  "ingress_https_newconn"]
-    assert [m.name for m in meshes[1].modes] == ["ingress_https", "ingress_https_newconn"]
-    assert set(left_out) == {"keyd", "pkcs11"} and all("not available yet" in r for r in left_out.values())
+    assert all([m.name for m in p.modes] == ["ingress_https", "ingress_https_newconn"] for p in meshes[1:])
     meshes, _ = plan(("cryptomb",))
     assert [m.name for m in meshes[0].modes][:3] == ["baseline", "server_sidecar", "both_sidecar"]
 
@@ -63,24 +62,30 @@ def test_without_namespaces_it_says_why_and_runs_the_loopback_demo(tmp_path: Pat
 
 
 @pytest.mark.skipif(REASON is not None, reason=f"the mesh demo cannot run here: {REASON}")
+@pytest.mark.timeout(600)  # three meshes in turn (file, keyd, pkcs11), each up, loaded and down
 def test_the_mesh_demo_short_run_writes_istios_csv_and_leaves_no_mesh(tmp_path: Path, no_mesh_up: None) -> None:
     out = tmp_path / "demo"
     STATE.mkdir(parents=True, exist_ok=True)  # as a demo killed with SIGKILL leaves it: cleaned, not refused
     (STATE / "leftover").write_text("from a killed demo")
-    result = CliRunner().invoke(demo, ["--out", str(out), "--key-modes", "file,pkcs11", "--duration", "1s",
+    result = CliRunner().invoke(demo, ["--out", str(out), "--key-modes", "file,keyd,pkcs11", "--duration", "1s",
                                        "--warmup", "0", "-c", "2", "--qps", "50", "--newconn-qps", "20",
                                        "--lock-timeout", "60"])  # fmt: skip
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
-    assert "gateway key mode pkcs11: not available yet" in text
+    assert "not available" not in text
     assert f"removed a previous demo's leftover state: removed: {STATE}" in text
 
     with (out / "istio-perf.csv").open() as f:
         lines = list(csv.reader(f))
     assert lines[0] == CSV_COLUMNS
-    rows = {line[2].rsplit("_file_", 1)[1]: dict(zip(CSV_COLUMNS, line, strict=True)) for line in lines[1:]}
+    by_mode = {tag: {line[2].rsplit(f"_{tag}_", 1)[1]: dict(zip(CSV_COLUMNS, line, strict=True))
+                     for line in lines[1:] if f"_{tag}_" in line[2]} for tag in ("file", "keyd", "pkcs11")}
+    rows = by_mode["file"]
     assert sorted(rows) == sorted(["baseline", "server_sidecar", "both_sidecar", "ingress_https",
                                    "ingress_https_newconn"])
+    for tag in ("keyd", "pkcs11"):  # the gateway's credential key in keyd or the token: HTTPS works, handshakes cost
+        assert sorted(by_mode[tag]) == ["ingress_https", "ingress_https_newconn"]
+        assert float(by_mode[tag]["ingress_https_newconn"]["cpu_mili_avg_istio_proxy_istio-ingressgateway"]) > 0
     assert rows["baseline"]["cpu_mili_avg_istio_proxy_fortioserver"] == ""  # no sidecar crossed
     assert float(rows["both_sidecar"]["cpu_mili_avg_istio_proxy_fortioclient"]) > 0
     assert float(rows["ingress_https_newconn"]["cpu_mili_avg_istio_proxy_istio-ingressgateway"]) > 0
@@ -89,11 +94,18 @@ def test_the_mesh_demo_short_run_writes_istios_csv_and_leaves_no_mesh(tmp_path: 
     assert {r["mode"] for r in runs} == set(rows)
     for run in runs:
         assert run["errors"] == 0 and run["requests"] > 0, run
-    newconn = next(r for r in runs if r["mode"] == "ingress_https_newconn")
-    assert newconn["handshakes"] == newconn["requests"]  # a full TLS handshake per request
+    for tag in ("file", "keyd", "pkcs11"):
+        newconn = next(r for r in runs if r["mode"] == "ingress_https_newconn" and r["tag"] == tag)
+        assert newconn["handshakes"] == newconn["requests"]  # a full TLS handshake per request
+    keyd_run = next(r for r in runs if r["mode"] == "ingress_https_newconn" and r["tag"] == "keyd")
+    assert keyd_run["gateway_keyd_cpu_s"] > 0  # keyd signed, and its CPU is counted as the gateway's
 
     report = (out / "report.md").read_text()
-    assert "| both sidecars |" in report and "| pkcs11 |" in report and "not available yet" in report
+    assert "| both sidecars |" in report and "| pkcs11 |" in report and "not available yet" not in report
+    logs = out / "work"
+    assert "moved into keyd at" in (logs / "keyd" / "logs-keyd-1" / "istio-ingressgateway-sidecar.log").read_text()
+    assert "moved into PKCS#11 token 'pylon-gateway'" in \
+        (logs / "pkcs11" / "logs-pkcs11-1" / "istio-ingressgateway-sidecar.log").read_text()
     assert (out / "report.png").stat().st_size > 10_000 and "<img" in (out / "report.html").read_text()
     assert (out / "inputs" / "file-install.yaml").read_text().startswith("apiVersion: install.istio.io/v1alpha1")
 

@@ -73,6 +73,12 @@ def test_install_file_uses_mesh_config_and_names_what_it_ignores(tmp_path: Path)
         "proxy.istio.io/config": "privateKeyProvider:\n  qat: {}\n"}}}]}},
      "spec.components.ingressGateways[0].k8s.podAnnotations.proxy.istio.io/config.privateKeyProvider.qat.pollDelay"),
     ({"addonComponents": {}}, "spec.addonComponents"),
+    ({"components": {"ingressGateways": [{"name": "gw", "k8s": {"podAnnotations": {
+        "inject.istio.io/templates": "gateway,sgx"}}}]}},
+     "spec.components.ingressGateways[0].k8s.podAnnotations.inject.istio.io/templates"),
+    ({"components": {"ingressGateways": [{"name": "gw", "k8s": {"podAnnotations": {
+        "inject.istio.io/templates": "gateway,keyd,pkcs11"}}}]}},
+     "spec.components.ingressGateways[0].k8s.podAnnotations.inject.istio.io/templates"),
 ])  # fmt: skip
 def test_install_errors_name_the_field(tmp_path: Path, spec: dict, field: str) -> None:
     path = tmp_path / "install.yaml"
@@ -80,6 +86,16 @@ def test_install_errors_name_the_field(tmp_path: Path, spec: dict, field: str) -
     with pytest.raises(ConfigError) as info:
         load_install(path)
     assert info.value.path == field and str(path) in str(info.value)
+
+
+@pytest.mark.parametrize(("templates", "keys"), [("gateway", ""), ("gateway,keyd", "keyd"), ("pkcs11", "pkcs11")])
+def test_the_templates_annotation_says_where_a_gateways_keys_live(tmp_path: Path, templates: str, keys: str) -> None:
+    path = tmp_path / "install.yaml"
+    path.write_text(yaml.safe_dump({"apiVersion": "install.istio.io/v1alpha1", "kind": "IstioOperator", "spec": {
+        "components": {"ingressGateways": [{"name": "gw", "k8s": {"podAnnotations": {
+            "inject.istio.io/templates": templates}}}]}}}))  # fmt: skip
+    install = load_install(path)
+    assert install.gateways[0].keys == keys and install.ignored == []
 
 
 def test_a_mesh_address_is_used_only_through_our_own_eth0(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -24,12 +24,14 @@ from pathlib import Path
 from cryptography import x509
 
 from pylon.agent.bootstrap import Workload, build_bootstrap
+from pylon.agent.credential_keys import CredentialKeyStore, KeydCredentialKeys, TokenCredentialKeys
 from pylon.agent.health import http_status, serve_health
 from pylon.agent.metrics import AgentMetrics, serve_metrics
 from pylon.agent.keys import AgentKeySource, KeydKeySource, KeySource, Pkcs11KeySource, Pkcs11Token, WorkloadKey
 from pylon.pilot.istio.proxyconfig import key_provider_from_metadata
 from pylon.agent.rotation import next_retry, rotate_at
 from pylon.agent.sds import SecretStore, serve_sds
+from pylon.agent.secret_rewrite import SecretRewriter
 from pylon.agent.xds_proxy import XdsProxy
 from pylon.identity.client import CaClientError, create_certificate
 from pylon.keys.keyd.client import KeydError
@@ -187,6 +189,16 @@ def key_source(options: AgentOptions) -> KeySource:
     return AgentKeySource(provider=key_provider_from_metadata({"PROXY_CONFIG": dict(options.workload.proxy_config)}))
 
 
+def credential_keys(options: AgentOptions) -> CredentialKeyStore | None:
+    """Where credential keys (a gateway's `credentialName` secrets) go: where the workload key lives, when that is
+    keyd or a PKCS#11 token; None keeps Istio's default (the key inline to the proxy)."""
+    if options.keyd_socket is not None:
+        return KeydCredentialKeys(options.keyd_socket)
+    if options.pkcs11 is not None:
+        return TokenCredentialKeys(options.pkcs11)
+    return None
+
+
 async def run(options: AgentOptions) -> int:
     agent = Agent(options, key_source(options))
     try:
@@ -196,8 +208,10 @@ async def run(options: AgentOptions) -> int:
         return 1
     sds = await serve_sds(agent.store, str(options.sds_socket))
     file_watch = asyncio.create_task(agent.store.watch_files())
+    store = credential_keys(options)
+    rewriter = SecretRewriter(store) if store is not None else None
     xds = XdsProxy(options.discovery_address, options.root_cert.read_bytes(), options.token_file,
-                   cluster_id=options.workload.cluster_id)  # fmt: skip
+                   cluster_id=options.workload.cluster_id, rewriter=rewriter)  # fmt: skip
     await xds.start(options.xds_socket)
     if options.proxy_uid is not None:  # the proxy, another user, must be able to connect to both sockets
         for socket_path in (options.sds_socket, options.xds_socket):
@@ -234,6 +248,8 @@ async def run(options: AgentOptions) -> int:
     await sds.stop(grace=0.5)
     await xds.stop()
     await agent.retire_all()
+    if rewriter is not None:
+        await rewriter.retire_all()
     options.sds_socket.unlink(missing_ok=True)
     options.xds_socket.unlink(missing_ok=True)
     return code

@@ -111,11 +111,13 @@ def _address(text: str, flag: str) -> tuple[str, int]:
               help="How long the proxy drains on SIGTERM before it is stopped.")
 @click.option("--keyd", "keyd", default=None, metavar="unix:PATH",
               help="Make and keep the workload key in this `pylon keyd` (it signs the CSR; the proxy signs its "
-                   "handshakes through it): no key bytes in the agent or the proxy.")
+                   "handshakes through it), and move there the key of every credential pilot sends (a gateway's "
+                   "credentialName secrets): no key bytes in the proxy.")
 @click.option("--pkcs11-token", "pkcs11_label", default=None, metavar="LABEL",
               help="Make each workload key inside this PKCS#11 token (non-extractable; the CSR is signed through the "
-                   "token) and give the proxy Envoy's SGX provider config naming it: no key bytes in the agent or "
-                   "the proxy.")  # fmt: skip
+                   "token) and import there the key of every credential pilot sends (a gateway's credentialName "
+                   "secrets; sensitive, not extractable); the proxy gets Envoy's SGX provider config naming each: no "
+                   "key bytes in the proxy.")  # fmt: skip
 @click.option("--pkcs11-library", default="/usr/lib/softhsm/libsofthsm2.so", show_default=True, metavar="PATH",
               help="The PKCS#11 library of --pkcs11-token (SoftHSM2's by default; any PKCS#11 module works).")
 @click.option("--pkcs11-pin-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,

@@ -7,9 +7,10 @@ plane (Istio's Envoy bootstrap has none), pilot sees the workload's service-acco
 new stream, so a rotated projected token is picked up without restarting the proxy.
 
 Streams are relayed as raw bytes (identity (de)serializers): the agent never decodes or re-encodes a
-resource. Either side ending ends the other with a status that says why, and the proxy reconnects with its
-own backoff, as it does when istiod goes away. One upstream channel (one TLS connection, one HTTP/2
-connection) carries every stream.
+resource, except Secrets when its keys live in keyd or a PKCS#11 token: then `rewriter` moves each inline
+credential key there before the proxy sees it (secret_rewrite.py). Either side ending ends the other with a
+status that says why, and the proxy reconnects with its own backoff, as it does when istiod goes away. One
+upstream channel (one TLS connection, one HTTP/2 connection) carries every stream.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import grpc
 
+from pylon.agent.secret_rewrite import SecretRewriter
 from pylon.identity.authority import SERVING_DNS_NAMES
 
 log = logging.getLogger("pylon.agent.xds_proxy")
@@ -65,6 +67,7 @@ class XdsProxy:
     token_file: Path
     cluster_id: str = "Kubernetes"
     server_name: str = SERVING_DNS_NAMES[0]
+    rewriter: SecretRewriter | None = None  # credential keys out of Secrets, when the agent's keys live elsewhere
     server: grpc.aio.Server | None = None
     channel: grpc.aio.Channel | None = None
 
@@ -112,7 +115,7 @@ class XdsProxy:
         upstream = self.channel.stream_stream(f"/{ADS_SERVICE}/{method}")(metadata=metadata)
         log.info("xDS stream %d (%s) relayed to %s", stream_id, method, self.upstream)
         up = asyncio.create_task(_pump_up(downstream, upstream))
-        down = asyncio.create_task(_pump_down(upstream, downstream))
+        down = asyncio.create_task(_pump_down(upstream, downstream, method, self.rewriter))
         try:
             await asyncio.wait({up, down}, return_when=asyncio.FIRST_COMPLETED)
             ended_by_pilot = upstream.done()
@@ -141,9 +144,13 @@ async def _pump_up(downstream: grpc.aio.ServicerContext, upstream: grpc.aio.Stre
     await asyncio.Event().wait()  # half-closed: keep relaying pilot's responses until pilot ends
 
 
-async def _pump_down(upstream: grpc.aio.StreamStreamCall, downstream: grpc.aio.ServicerContext) -> None:
-    """Responses, pilot -> proxy, until pilot ends the stream (returns) or it fails (raises)."""
+async def _pump_down(upstream: grpc.aio.StreamStreamCall, downstream: grpc.aio.ServicerContext, method: str,
+                     rewriter: SecretRewriter | None) -> None:  # fmt: skip
+    """Responses, pilot -> proxy (through `rewriter`, if any), until pilot ends the stream (returns) or it fails
+    (raises)."""
     while (message := await upstream.read()) is not grpc.aio.EOF:
+        if rewriter is not None:
+            message = await rewriter.response(method, message)
         await downstream.write(message)
 
 

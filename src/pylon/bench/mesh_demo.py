@@ -142,7 +142,8 @@ def _one_mesh(planned: Planned, options: MeshDemoOptions, run_id: str, console: 
     key = planned.key_mode
     console.print(f"[bold]mesh up with the gateway's key: {key.name}[/bold] ({key.what}); "
                   f"modes: {', '.join(m.name for m in planned.modes)}")
-    inputs = write_inputs(options.out / "inputs", [IngressGateway(GW, key.proxy_config)], stem=key.name)
+    gateway = IngressGateway(GW, key.proxy_config, templates=key.templates)
+    inputs = write_inputs(options.out / "inputs", [gateway], stem=key.name)
     spec = SessionSpec(proxy="pylon", modes=planned.modes, profile=options.profile, inputs=inputs,
                        work=options.out / "work" / key.name, state=STATE, run_id=run_id, tag=key.name)
     began = time.monotonic()

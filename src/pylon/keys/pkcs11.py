@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
@@ -359,6 +359,57 @@ def generate_key(token: Token, label: str, key_type: KeyType) -> TokenKey:
                           ) from None  # fmt: skip
     log.info("generated %s key %r in PKCS#11 token %r (non-extractable)", key_type.value, label, token.label)
     return TokenKey(token, label)
+
+
+def import_key(token: Token, label: str, private_key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> TokenKey:
+    """`private_key` stored in the token under `label` (both halves, as Envoy's SGX provider finds them), the
+    private half sensitive, not extractable and for signing only, as `generate_key` makes them; the token then
+    reports it as neither ALWAYS_SENSITIVE nor NEVER_EXTRACTABLE, which is true: it was once outside.
+
+    The caller's copy of the key is the caller's to drop: pylon imports in a short-lived process (see
+    pkcs11_import.py), so the primes it had to read never outlive the import."""
+    pkcs11 = _pkcs11()
+    attribute = pkcs11.Attribute
+    key_id = secrets.token_bytes(8)
+    common = {attribute.TOKEN: True, attribute.LABEL: label, attribute.ID: key_id}
+    private = {**common, attribute.CLASS: pkcs11.ObjectClass.PRIVATE_KEY, attribute.PRIVATE: True,
+               attribute.SENSITIVE: True, attribute.EXTRACTABLE: False, attribute.SIGN: True,
+               attribute.DECRYPT: False, attribute.UNWRAP: False, attribute.DERIVE: False}  # fmt: skip
+    public = {**common, attribute.CLASS: pkcs11.ObjectClass.PUBLIC_KEY, attribute.VERIFY: True,
+              attribute.ENCRYPT: False, attribute.WRAP: False}  # fmt: skip
+    if isinstance(private_key, rsa.RSAPrivateKey):
+        numbers = private_key.private_numbers()
+        n, e = numbers.public_numbers.n, numbers.public_numbers.e
+        private.update({attribute.KEY_TYPE: pkcs11.KeyType.RSA, attribute.MODULUS: _big(n),
+                        attribute.PUBLIC_EXPONENT: _big(e), attribute.PRIVATE_EXPONENT: _big(numbers.d),
+                        attribute.PRIME_1: _big(numbers.p), attribute.PRIME_2: _big(numbers.q),
+                        attribute.EXPONENT_1: _big(numbers.dmp1), attribute.EXPONENT_2: _big(numbers.dmq1),
+                        attribute.COEFFICIENT: _big(numbers.iqmp)})  # fmt: skip
+        public.update({attribute.KEY_TYPE: pkcs11.KeyType.RSA, attribute.MODULUS: _big(n),
+                       attribute.PUBLIC_EXPONENT: _big(e)})  # fmt: skip
+    elif isinstance(private_key, ec.EllipticCurvePrivateKey) and isinstance(private_key.curve, ec.SECP256R1):
+        point = private_key.public_key().public_bytes(serialization.Encoding.X962,
+                                                      serialization.PublicFormat.UncompressedPoint)  # fmt: skip
+        private.update({attribute.KEY_TYPE: pkcs11.KeyType.EC, attribute.EC_PARAMS: _P256_PARAMS,
+                        attribute.VALUE: private_key.private_numbers().private_value.to_bytes(32, "big")})  # fmt: skip
+        public.update({attribute.KEY_TYPE: pkcs11.KeyType.EC, attribute.EC_PARAMS: _P256_PARAMS,
+                       attribute.EC_POINT: bytes([0x04, len(point)]) + point})  # fmt: skip
+    else:
+        raise Pkcs11Error("key_type", "pylon imports RSA and P-256 ECDSA keys into tokens only")
+    session = token.session()
+    try:
+        session.create_object(public)
+        session.create_object(private)
+    except pkcs11.PKCS11Error as exc:
+        delete_key(token, label)
+        raise Pkcs11Error("token", f"token {token.label!r} could not store key {label!r}: {exc!r}") from None
+    log.info("imported key %r into PKCS#11 token %r (sensitive, not extractable)", label, token.label)
+    return TokenKey(token, label)
+
+
+def _big(value: int) -> bytes:
+    """A CK_BIGINTEGER: big-endian, no leading zero bytes."""
+    return value.to_bytes((value.bit_length() + 7) // 8 or 1, "big")
 
 
 def delete_key(token: Token, label: str) -> int:

@@ -21,6 +21,7 @@ import yaml
 
 from pylon.mesh import kube_proxy, netns
 from pylon.mesh.install import GatewayDeployment, Install, effective_proxy_config
+from pylon.mesh.key_homes import KeyPlacement, make_token
 from pylon.mesh.layout import (BRIDGE, HUB, PILOT_ADDRESS, PROXY_UID, allocate, check_name, netns_name, service_host,
                                state_dir, veth_name)  # fmt: skip
 from pylon.mesh.resources import WorkloadSpec, hosts_file, service_document, workload_document
@@ -156,7 +157,28 @@ class Mesh:
         workdir = self.root / "w" / name
         workdir.mkdir(parents=True)
         self._write_names(state)
-        self._start_agent(state, workload, workdir, "router", gateway.labels, gateway.proxy_config)
+        placement = KeyPlacement()
+        if gateway.keys:
+            if state.proxy != "pylon":
+                raise netns.MeshError(f"gateway {name}: its keys in {gateway.keys} need `--proxy pylon` (stock Envoy "
+                                      "has neither the keyd nor the SGX provider)")  # fmt: skip
+            placement = self._place_keys(state, workload, workdir, gateway.keys)
+        self._start_agent(state, workload, workdir, "router", gateway.labels, gateway.proxy_config, placement)
+
+    def _place_keys(self, state: MeshState, workload: Workload, workdir: Path, keys: str) -> KeyPlacement:
+        """The gateway pod's key home, as the `keyd` or `pkcs11` injection template asks: a `pylon keyd` running in
+        the pod (a process of its own, as Intel's SDS server is a container of its own), or a SoftHSM2 token made
+        for the pod (its files under the pod's directory, PINs in files only root reads)."""
+        pod = netns_name(workload.spec.name)
+        if keys == "keyd":
+            sock = workdir / "keyd.sock"
+            log_path = self.logs / f"{workload.spec.name}-keyd.log"
+            keyd = netns.spawn(pod, [*PYLON, "keyd", "--listen", f"unix:{sock}"], log_path)
+            workload.processes.append(Process("keyd", keyd.pid, netns.start_ticks(keyd.pid)))
+            state.save(self.state_file)
+            _wait_for_file(sock, keyd, log_path)
+            return KeyPlacement(args=["--keyd", f"unix:{sock}"])
+        return make_token(workdir / "softhsm")
 
     def exec(self, name: str, command: list[str]) -> int:
         """Run `command` in workload `name`'s namespace (as `kubectl exec`), attached to this terminal."""
@@ -230,18 +252,19 @@ class Mesh:
                 netns.load_rules(netns_name(name), kube_proxy.ruleset(services))
 
     def _start_agent(self, state: MeshState, workload: Workload, workdir: Path, proxy_type: str,
-                     labels: dict[str, str], annotation: str = "") -> None:
+                     labels: dict[str, str], annotation: str = "", keys: KeyPlacement | None = None) -> None:
         """The pod's `pylon agent` (Istio's pilot-agent) with its token and its ProxyConfig (MeshConfig
-        `defaultConfig` under the pod's `proxy.istio.io/config` annotation), running the proxy; waits until
-        ready."""
+        `defaultConfig` under the pod's `proxy.istio.io/config` annotation), and where its keys live, running the
+        proxy; waits until ready."""
         spec = workload.spec
-        extra: list[str] = []
+        keys = keys or KeyPlacement()
+        extra: list[str] = list(keys.args)
         mesh_file = self.root / "mesh.yaml"
         mesh_config = yaml.safe_load(mesh_file.read_text()) or {} if mesh_file.exists() else {}
         proxy_config = effective_proxy_config(mesh_config, annotation)
         if proxy_config:
             (workdir / "proxy-config.yaml").write_text(proxy_config)
-            extra = ["--proxy-config", str(workdir / "proxy-config.yaml")]
+            extra += ["--proxy-config", str(workdir / "proxy-config.yaml")]
         token = workdir / "token"
         issued = subprocess.run([*PYLON, "pilot", "token", "--ca-dir", str(self.ca_dir), "--namespace",
                                  spec.namespace, "--service-account", spec.service_account],
@@ -258,7 +281,8 @@ class Mesh:
                    "--health-address", "127.0.0.1:15021", *_proxy_user(spec.proxy or state.proxy),
                    *(["--ttl", str(spec.cert_ttl)] if spec.cert_ttl else []),
                    *(arg for key, value in labels.items() for arg in ("--labels", f"{key}={value}")), *extra]
-        agent = netns.spawn(netns_name(spec.name), command, self.logs / f"{spec.name}-sidecar.log", proxy_group=True)
+        agent = netns.spawn(netns_name(spec.name), command, self.logs / f"{spec.name}-sidecar.log", proxy_group=True,
+                            env=keys.env)  # fmt: skip
         workload.processes.append(Process("sidecar", agent.pid, netns.start_ticks(agent.pid)))
         state.save(self.state_file)
         _wait_ready(netns_name(spec.name), agent, self.logs / f"{spec.name}-sidecar.log")
@@ -283,6 +307,17 @@ def _wait_for_port(namespace: str, host: str, port: int, proc: subprocess.Popen,
             return
         time.sleep(0.2)
     raise netns.MeshError(f"nothing listens on {host}:{port} after {timeout:.0f}s; see {log}:\n{_tail(log)}")
+
+
+def _wait_for_file(path: Path, proc: subprocess.Popen, log: Path, timeout: float = 30) -> None:
+    """Until `path` exists (a server's Unix socket), or `proc` exits, or `timeout` passes."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            raise netns.MeshError(f"exited with {proc.returncode}; see {log}:\n{_tail(log)}")
+        if time.monotonic() > deadline:
+            raise netns.MeshError(f"no {path} after {timeout:.0f}s; see {log}:\n{_tail(log)}")
+        time.sleep(0.1)
 
 
 def _wait_ready(pod: str, agent: subprocess.Popen, log: Path, timeout: float = 60) -> None:

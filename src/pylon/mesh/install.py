@@ -2,7 +2,10 @@
 
 What has a meaning on one machine is used: `spec.meshConfig` becomes pilot's MeshConfig, and each enabled
 `spec.components.ingressGateways[]` becomes a gateway pod (its `label`, `namespace`, and the
-`proxy.istio.io/config` pod annotation, a ProxyConfig such as Intel's `privateKeyProvider`). What only
+`proxy.istio.io/config` pod annotation, a ProxyConfig such as Intel's `privateKeyProvider`, and the
+`inject.istio.io/templates` annotation, whose `keyd` or `pkcs11` template puts the gateway's keys - its mesh key
+and its credentials' keys - in a `pylon keyd` or a PKCS#11 token of its pod, as Intel's `sgx` template adds an SDS
+server holding them in SGX). What only
 makes sense on Kubernetes (images, profiles, Helm values, resources, overlays, other annotations) is
 reported as ignored, by name. Anything else is an error naming the field: an install that asks for
 something must not silently get less. Egress gateways are not supported by `pylon mesh` yet: an error.
@@ -26,6 +29,10 @@ KUBERNETES_ONLY = ("hub", "tag", "profile", "revision", "namespace", "values", "
 
 
 PROXY_CONFIG_ANNOTATION = "proxy.istio.io/config"
+TEMPLATES_ANNOTATION = "inject.istio.io/templates"
+#: Injection templates a gateway pod may name: Istio's `gateway` (what every gateway pod gets), and pylon's two
+#: key placements (see GatewayDeployment.keys).
+KEY_TEMPLATES = ("keyd", "pkcs11")
 DEFAULT_GATEWAY_NAMESPACE = "istio-system"
 
 
@@ -37,6 +44,7 @@ class GatewayDeployment:
     namespace: str = DEFAULT_GATEWAY_NAMESPACE
     labels: dict[str, str] = field(default_factory=dict)
     proxy_config: str = ""  # the proxy.istio.io/config annotation's YAML, checked
+    keys: str = ""  # where the gateway's private keys live: "" (the agent, Istio's default), "keyd" or "pkcs11"
 
 
 @dataclass
@@ -137,10 +145,26 @@ def _gateway_k8s(value: Any, source: str, where: str, deployment: GatewayDeploym
             install.ignored.append(f"{where}.{key}")  # resources, overlays, service, hpaSpec, ...: Kubernetes's
             continue
         for annotation, text in (item or {}).items():
-            if annotation != PROXY_CONFIG_ANNOTATION:
+            if annotation == TEMPLATES_ANNOTATION:
+                deployment.keys = _key_template(text, source, f"{where}.podAnnotations.{annotation}")
+            elif annotation == PROXY_CONFIG_ANNOTATION:
+                deployment.proxy_config = _checked_proxy_config(text, source, f"{where}.podAnnotations.{annotation}")
+            else:
                 install.ignored.append(f"{where}.podAnnotations.{annotation}")
-                continue
-            deployment.proxy_config = _checked_proxy_config(text, source, f"{where}.podAnnotations.{annotation}")
+
+
+def _key_template(text: Any, source: str, where: str) -> str:
+    """The key placement `inject.istio.io/templates` names ("" for none): `gateway` and at most one of keyd and
+    pkcs11; any other template is an error (pylon mesh has no others to inject)."""
+    names = [name.strip() for name in str(text).split(",") if name.strip()]
+    unknown = [name for name in names if name not in ("gateway", *KEY_TEMPLATES)]
+    if unknown:
+        raise ConfigError(source, where, f"unknown template(s) {', '.join(unknown)}: pylon mesh injects gateway, "
+                                         "keyd (the keys in a pylon keyd of the pod) or pkcs11 (in a PKCS#11 token)")
+    placements = [name for name in names if name in KEY_TEMPLATES]
+    if len(placements) > 1:
+        raise ConfigError(source, where, "keyd and pkcs11 each say where the keys live: name one")
+    return placements[0] if placements else ""
 
 
 def _checked_proxy_config(text: Any, source: str, where: str) -> str:

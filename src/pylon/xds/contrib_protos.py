@@ -123,3 +123,14 @@ def _packed(message: Any) -> any_pb2.Any:
     packed = any_pb2.Any()
     packed.Pack(message)
     return packed
+
+
+def inline_provider_key(config: any_pb2.Any) -> Any | None:
+    """The `private_key` DataSource of a packed CryptoMB or QAT config (the key Istio puts inline there); None for
+    a config of any other type."""
+    full_name = config.type_url.rpartition("/")[2]
+    if full_name not in PROVIDERS.values():
+        return None
+    message = _message(full_name)
+    config.Unpack(message)
+    return message.private_key

@@ -28,6 +28,14 @@ def test_the_install_file_is_an_istio_operator_with_the_key_provider_annotation(
     assert yaml.safe_load(gateway.proxy_config)["privateKeyProvider"]["cryptomb"]["fallback"] is True
 
 
+def test_the_key_template_annotation_reads_as_a_key_placement(tmp_path: Path) -> None:
+    inputs = write_inputs(tmp_path, [IngressGateway(GW, templates="gateway,pkcs11")], stem="pkcs11")
+    annotations = yaml.safe_load(inputs.install.read_text())["spec"]["components"]["ingressGateways"][0]["k8s"]
+    assert annotations == {"podAnnotations": {"inject.istio.io/templates": "gateway,pkcs11"}}
+    [gateway] = load_install(inputs.install).gateways
+    assert gateway.keys == "pkcs11" and gateway.proxy_config == ""
+
+
 def test_a_second_gateway_gets_its_own_selector_label() -> None:
     doc = install_document([IngressGateway(GW, http=True), IngressGateway(GW_CMB, CRYPTOMB_CONFIG)])
     first, second = doc["spec"]["components"]["ingressGateways"]

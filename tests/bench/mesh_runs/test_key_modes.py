@@ -19,9 +19,11 @@ def test_modes_in_the_seeds_order_with_intels_cryptomb_annotation() -> None:
     assert KEY_MODES["file"].unavailable() is None and KEY_MODES["cryptomb"].unavailable() is None
 
 
-def test_modes_not_built_yet_say_so() -> None:
-    assert "not available yet" in (KEY_MODES["pkcs11"].unavailable() or "")
-    assert "not available yet" in (KEY_MODES["keyd"].unavailable() or "")
+def test_keyd_and_pkcs11_are_injection_templates_of_the_gateway_pod() -> None:
+    assert KEY_MODES["keyd"].templates == "gateway,keyd" and KEY_MODES["pkcs11"].templates == "gateway,pkcs11"
+    assert KEY_MODES["keyd"].proxy_config == "" and KEY_MODES["pkcs11"].proxy_config == ""
+    assert KEY_MODES["keyd"].unavailable() is None
+    assert KEY_MODES["pkcs11"].unavailable() is None  # this machine has SoftHSM2 and python-pkcs11 (bootstrap.sh)
 
 
 def test_cryptomb_is_accelerated_only_on_a_cpu_that_can_and_with_no_fallback_logged() -> None:

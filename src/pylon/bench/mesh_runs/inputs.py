@@ -2,7 +2,8 @@
 
 The install file is shaped like Intel's (intel/istio `intel/yaml/intel-istio-cryptomb.yaml`): each ingress
 gateway under `spec.components.ingressGateways`, its key provider in the `proxy.istio.io/config` pod
-annotation. The resources are what a user applies with `kubectl apply -f`: the gateway credential as a
+annotation, and where its keys live (pylon's `keyd` or `pkcs11` template) in `inject.istio.io/templates`.
+The resources are what a user applies with `kubectl apply -f`: the gateway credential as a
 `kubernetes.io/tls` Secret (an RSA-2048 leaf, so handshakes cost what they cost in Istio's setups), one
 Gateway per ingress gateway (HTTPS on :8443 with `credentialName`, optionally HTTP on :8080), and a
 VirtualService sending everything to the server. Documents are built sans-IO; `write_inputs` writes them.
@@ -24,11 +25,13 @@ CREDENTIAL = "bench-cred"
 
 @dataclass(frozen=True)
 class IngressGateway:
-    """One ingress gateway of the install: its name, its pod's `proxy.istio.io/config`, whether it serves HTTP."""
+    """One ingress gateway of the install: its name, its pod's `proxy.istio.io/config` and
+    `inject.istio.io/templates` annotations, whether it serves HTTP."""
 
     name: str
     proxy_config: str = ""
     http: bool = False
+    templates: str = ""
 
     @property
     def selector(self) -> str:
@@ -50,8 +53,10 @@ def install_document(gateways: list[IngressGateway]) -> dict[str, Any]:
         entry: dict[str, Any] = {"name": gateway.name, "enabled": True}
         if gateway.name != GW:
             entry["label"] = {"istio": gateway.selector}
-        if gateway.proxy_config:
-            entry["k8s"] = {"podAnnotations": {"proxy.istio.io/config": gateway.proxy_config}}
+        annotations = {key: value for key, value in (("proxy.istio.io/config", gateway.proxy_config),
+                                                     ("inject.istio.io/templates", gateway.templates)) if value}
+        if annotations:
+            entry["k8s"] = {"podAnnotations": annotations}
         entries.append(entry)
     return {"apiVersion": "install.istio.io/v1alpha1", "kind": "IstioOperator",
             "spec": {"components": {"ingressGateways": entries}}}  # fmt: skip

@@ -1,8 +1,10 @@
 """Where the ingress gateway's private key lives, per the seed's demo: file, cryptomb, keyd, PKCS#11.
 
-Each mode is the `proxy.istio.io/config` annotation the install file gives the gateway pod, plus what keeps
-it from running here (None when it can). A mode that cannot run is reported with its reason and left out,
-never simulated. cryptomb runs everywhere with `fallback: true` (Intel's file sets it), but it is only
+Each mode is the annotations the install file gives the gateway pod - `proxy.istio.io/config` (cryptomb) or
+`inject.istio.io/templates` (keyd, pkcs11: `pylon mesh` then runs a `pylon keyd` in the gateway's pod or makes a
+SoftHSM2 token for it, and the gateway's agent moves the credential's key there) - plus what keeps it from running
+here (None when it can). A mode that cannot run is reported with its reason and left out, never simulated.
+cryptomb runs everywhere with `fallback: true` (Intel's file sets it), but it is only
 *accelerated* on a CPU with AVX-512 IFMA; elsewhere the gateway signs with the key in software and says so
 in its log, and the report says "fallback", never "accelerated" (`cryptomb_status`).
 """
@@ -21,31 +23,36 @@ def _runs() -> str | None:
     return None
 
 
-def _keyd_unavailable() -> str | None:
-    return ("not available yet in pylon mesh: the gateway's credential comes from pilot over SDS with its key "
-            "inline (pilot/gen/credentials.py knows cryptomb and qat only), and no agent hands a credential's key "
-            "to a `pylon keyd`; keyd holds workload keys only (`pylon agent --keyd`)")
+def _softhsm_missing() -> str | None:
+    """The pkcs11 mode needs SoftHSM2 (the token) and python-pkcs11 (pylon's way to it)."""
+    import importlib.util
+    import shutil
 
-
-def _pkcs11_unavailable() -> str | None:
-    return "not available yet: the PKCS#11 key provider is being built (issue 15's PKCS#11 mode)"
+    if shutil.which("softhsm2-util") is None:
+        return "SoftHSM2 is not installed (apt-get install softhsm2)"
+    if importlib.util.find_spec("pkcs11") is None:
+        return "python-pkcs11 is not installed (pip install python-pkcs11)"
+    return None
 
 
 @dataclass(frozen=True)
 class KeyMode:
-    """One placement of the gateway's key: its install annotation, and why it cannot run here (or None)."""
+    """One placement of the gateway's key: its install annotations, and why it cannot run here (or None)."""
 
     name: str
     proxy_config: str
     what: str
     unavailable: Callable[[], str | None] = _runs
+    templates: str = ""  # inject.istio.io/templates
 
 
 KEY_MODES: dict[str, KeyMode] = {m.name: m for m in (
     KeyMode("file", "", "the key in the gateway's SDS secret, signed by OpenSSL"),
     KeyMode("cryptomb", CRYPTOMB_CONFIG, "Envoy's cryptomb provider (Intel crypto_mb, AVX-512 IFMA batches of 8)"),
-    KeyMode("keyd", "", "the key in a separate `pylon keyd` process", _keyd_unavailable),
-    KeyMode("pkcs11", "", "the key in a PKCS#11 token (the SGX provider's interface)", _pkcs11_unavailable),
+    KeyMode("keyd", "", "the key moved by the gateway's agent into a `pylon keyd` of its pod",
+            templates="gateway,keyd"),
+    KeyMode("pkcs11", "", "the key moved by the gateway's agent into a PKCS#11 token of its pod (SoftHSM2; the SGX "
+            "provider's interface)", _softhsm_missing, templates="gateway,pkcs11"),
 )}  # fmt: skip
 
 

@@ -136,20 +136,22 @@ def cost_fields(roles: list[str], cpu: dict[str, float], rss: dict[str, tuple[fl
 def measure(mesh: MeshCli, mode: Mode, profile: LoadProfile, label: str, json_path: Path, ca: Path,
             startup_cpu: float | None = None) -> dict[str, Any]:  # fmt: skip
     """Run `mode` once and measure it; a row with `failed` when the load left no result."""
-    agents, apps = mesh.pids("sidecar"), mesh.pids("app")
+    agents, apps, keyds = mesh.pids("sidecar"), mesh.pids("app"), mesh.pids("keyd")
     roots = {role: agents[workload] for role, workload in mode.roles}
     roots["echo"] = apps[mode.server]
+    # A gateway whose keys live in a `pylon keyd` of its pod signs there: keyd's CPU is the gateway's too.
+    key_homes = {f"{role}+keyd": keyds[workload] for role, workload in mode.roles if workload in keyds}
     qps = qps_of(mode, profile.qps, profile.newconn_qps)
     command = load_command(mode, profile, profile.duration, json_path, label, ca)
     sampler = RssSampler({k: v for k, v in roots.items() if k != "echo"})
-    cpu_before = tree_cpu(roots)
+    cpu_before = tree_cpu({**roots, **key_homes})
     sampler.start()
     started = time.monotonic()
     try:
         load_cpu, load_rate, code = exec_load(mesh, mode, command, profile.duration)
     finally:
         wall = time.monotonic() - started
-        cpu_after = tree_cpu(roots)
+        cpu_after = tree_cpu({**roots, **key_homes})
         rss = sampler.stop()
     row: dict[str, Any] = {"mode": mode.name, "label": label, "requested_qps": qps, "connections": profile.conn,
                            "size": profile.size, "exit_code": code, "wall_s": wall, "json": str(json_path)}
@@ -162,8 +164,12 @@ def measure(mesh: MeshCli, mode: Mode, profile: LoadProfile, label: str, json_pa
     row["load_cpu_s"], row["load_millicores"] = load_cpu, load_rate
     if startup_cpu is not None:
         row["load_millicores_by_rusage"] = 1000 * max(load_cpu - startup_cpu, 0.0) / duration if duration else None
-    row.update(cost_fields([r for r in (*ROLES, "echo") if r in roots],
-                           {r: cpu_after[r] - cpu_before[r] for r in roots}, rss, duration, row["ok"]))
+    cpu = {r: cpu_after[r] - cpu_before[r] for r in roots}
+    for home in key_homes:
+        role = home.removesuffix("+keyd")
+        row[f"{role}_keyd_cpu_s"] = cpu_after[home] - cpu_before[home]
+        cpu[role] += row[f"{role}_keyd_cpu_s"]
+    row.update(cost_fields([r for r in (*ROLES, "echo") if r in roots], cpu, rss, duration, row["ok"]))
     if mode.new_connection:
         row["handshakes"] = result.get("Handshakes")
         if row.get("handshakes") and row.get("gateway_cpu_s"):

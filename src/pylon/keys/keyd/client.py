@@ -15,7 +15,8 @@ import socket
 from collections.abc import Callable
 
 from pylon.keys.hook import HookedKey, complete_slot, fail_slot, slot_input
-from pylon.keys.keyd.protocol import GENERATE, OK, FrameReader, ProtocolError, Request, decode_response, encode_request
+from pylon.keys.keyd.protocol import (GENERATE, IMPORT, OK, FrameReader, ProtocolError, Request, decode_response,
+                                      encode_request)  # fmt: skip
 
 log = logging.getLogger("pylon.keys.keyd")
 
@@ -172,11 +173,25 @@ def generate(socket_path: str, key_id: str, identity_uri: str, timeout: float = 
 
     Blocking: an agent calls it off its event loop, once per certificate.
     """
+    return _call(socket_path, Request(1, GENERATE, key_id, identity_uri.encode()), timeout).decode()
+
+
+def import_key(socket_path: str, key_id: str, key_pem: bytes, timeout: float = 10.0) -> bytes:
+    """Hand the PEM private key `key_pem` to keyd, which keeps it under `key_id` from then on; the public key (PEM)
+    keyd answers with, so the caller can check it is the key it sent.
+
+    Blocking: an agent calls it off its event loop, once per credential version.
+    """
+    return _call(socket_path, Request(1, IMPORT, key_id, key_pem), timeout)
+
+
+def _call(socket_path: str, request: Request, timeout: float) -> bytes:
+    """One request, one answer, on a connection of its own; KeydError naming the socket and keyd's reason."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         try:
             sock.connect(socket_path)
-            sock.sendall(encode_request(Request(1, GENERATE, key_id, identity_uri.encode())))
+            sock.sendall(encode_request(request))
             reader = FrameReader()
             while True:
                 data = sock.recv(65536)
@@ -190,4 +205,4 @@ def generate(socket_path: str, key_id: str, identity_uri: str, timeout: float = 
     response = decode_response(frames[0])
     if response.status != OK:
         raise KeydError(f"keyd at {socket_path}: {response.data.decode(errors='replace')}")
-    return response.data.decode()
+    return response.data

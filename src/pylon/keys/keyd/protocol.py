@@ -6,9 +6,13 @@ Response: u32 length | u32 id | u8 status | data   (data = result, or a UTF-8 re
 `length` counts the bytes after itself. `kind` is 1 (raw RSA on a padded
 block) or 2 (ECDSA over a digest): the only primitives a TLS handshake needs;
 or 3 (GENERATE): keyd makes a new key under `key_id` and answers with a CSR
-for the SPIFFE id in `data` (what an agent asks, so the key is born in keyd).
+for the SPIFFE id in `data` (what an agent asks, so the key is born in keyd);
+or 4 (IMPORT): `data` is a PEM private key that keyd keeps under `key_id` from
+then on (what a gateway's agent sends with a credential's key, so that the
+proxy never holds it); the answer is the key's public half (PEM).
 Responses carry the request id, so a proxy can pipeline requests and keyd
-can answer them in batch order. Nothing in either direction is key material.
+can answer them in batch order. Only IMPORT carries key material, and only
+towards keyd.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ from dataclasses import dataclass
 OK = 0
 ERROR = 1
 GENERATE = 3
-MAX_FRAME = 4096
+IMPORT = 4
+MAX_FRAME = 8192  # an RSA-4096 PEM (about 3.3 KB) with room to spare
 
 _HEAD = struct.Struct("!I")
 _REQUEST = struct.Struct("!IBB")

@@ -1,6 +1,7 @@
 """The keyd server: holds private keys, signs for authenticated local proxies, never exports a key. Keys are
-loaded at start (`--key`) or made here on an agent's request (GENERATE: the key is born in keyd and only
-its CSR leaves).
+loaded at start (`--key`), made here on an agent's request (GENERATE: the key is born in keyd and only
+its CSR leaves), or handed over by an agent (IMPORT: a gateway credential's key, which pilot serves inline;
+keyd keeps it so the proxy never holds it, and only its public half leaves).
 
 Callers are authenticated by the kernel (SO_PEERCRED on the Unix socket):
 only the uids in the allow-list (by default keyd's own uid) may connect;
@@ -23,13 +24,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from pylon.keys import cryptomb
 from pylon.keys.hook import DONE, ECDSA_DIGEST, RSA_RAW, HookedKey, ffi, lib, new_slot
 from pylon.identity.certs import KeyType, build_csr, generate_key
 from pylon.identity.spiffe import SpiffeError, SpiffeId
-from pylon.keys.keyd.protocol import (ERROR, GENERATE, OK, FrameReader, ProtocolError, Request, Response, decode_request,
-                                      encode_response)  # fmt: skip
+from pylon.keys.keyd.protocol import (ERROR, GENERATE, IMPORT, OK, FrameReader, ProtocolError, Request, Response,
+                                      decode_request, encode_response)  # fmt: skip
 
 log = logging.getLogger("pylon.keyd")
 
@@ -102,6 +104,9 @@ class KeydServer:
         if request.kind == GENERATE:
             reply(self.generate(request))
             return
+        if request.kind == IMPORT:
+            reply(self.import_key(request))
+            return
         key = self.keys.get(request.key_id)
         if key is None:
             reply(Response(request.id, ERROR, f"unknown key id {request.key_id!r}".encode()))
@@ -146,6 +151,34 @@ class KeydServer:
         self.keys.update(load_keys([(request.key_id, pem)], use_cryptomb=self.use_cryptomb))
         log.info("generated key %s for %s", request.key_id, identity)
         return Response(request.id, OK, build_csr(private, identity).encode())
+
+
+    def import_key(self, request: Request) -> Response:
+        """Keep the PEM private key in the request under its key id; the answer is its public key (PEM).
+
+        Importing the same key under the same id again is a success (an agent re-sends a credential after a
+        reconnect or a restart of its own); another key under a taken id is refused, never replaced, so one
+        caller cannot swap the key another one's certificate names."""
+        if not request.key_id:
+            return Response(request.id, ERROR, b"empty key id")
+        try:
+            private = serialization.load_pem_private_key(request.data, password=None)
+        except (ValueError, TypeError):
+            return Response(request.id, ERROR, b"not an unencrypted PEM private key")
+        if not isinstance(private, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey)):
+            return Response(request.id, ERROR, b"keyd holds RSA and ECDSA keys only")
+        public_pem = private.public_key().public_bytes(serialization.Encoding.PEM,
+                                                       serialization.PublicFormat.SubjectPublicKeyInfo)  # fmt: skip
+        held = self.keys.get(request.key_id)
+        if held is not None:
+            same = held.hooked.public_key.public_bytes(serialization.Encoding.PEM,
+                                                       serialization.PublicFormat.SubjectPublicKeyInfo) == public_pem
+            if not same:
+                return Response(request.id, ERROR, f"key id {request.key_id!r} holds another key".encode())
+            return Response(request.id, OK, public_pem)
+        self.keys.update(load_keys([(request.key_id, request.data)], use_cryptomb=self.use_cryptomb))
+        log.info("imported key %s", request.key_id)
+        return Response(request.id, OK, public_pem)
 
 
 class _KeydConnection(asyncio.Protocol):
