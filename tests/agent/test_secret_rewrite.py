@@ -115,6 +115,10 @@ def test_keyd_gets_the_key_and_the_proxy_a_keyd_config(keyd: Path, leaf: Issued,
     key_id = key_name(NAME, leaf.cert_pem)
     assert key_id.encode() in provider.typed_config.value and str(keyd).encode() in provider.typed_config.value
     import_key(str(keyd), key_id, _key_pem(leaf))
+    # At exit the agent has keyd drop what it handed over: the id is free, another key may take it.
+    asyncio.run(rewriter.retire_all())
+    other = issue_leaf(make_ca("other CA"), common_name="gw.example.com")
+    import_key(str(keyd), key_id, _key_pem(other))
 
 
 def test_a_delta_response_is_rewritten_too(keyd: Path, leaf: Issued) -> None:

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import serialization
 from envoy.extensions.transport_sockets.tls.v3.common_pb2 import PrivateKeyProvider as ProviderConfig
 from pylon.agent.keys import Pkcs11Token
 from pylon.keys import pkcs11
-from pylon.keys.keyd.client import KeydError, import_key
+from pylon.keys.keyd.client import KeydError, forget, import_key
 from pylon.keys.pkcs11_import import import_in_child
 from pylon.xds.contrib_protos import keyd_config, sgx_config
 
@@ -92,7 +92,11 @@ class KeydCredentialKeys:
         return ProviderConfig(provider_name="keyd", typed_config=keyd_config(self.socket_path, key_id, self.timeout))
 
     def retire(self, secret_name: str, chain_pem: bytes) -> None:
-        """keyd has no request to forget a key yet: it keeps a replaced credential key until it restarts."""
+        """keyd drops a replaced credential's key."""
+        try:
+            forget(self.socket_path, key_name(secret_name, chain_pem), self.timeout)
+        except KeydError as exc:
+            raise CredentialKeyError(f"cannot remove the replaced key of {secret_name} from {exc}") from None
 
 
 @dataclass

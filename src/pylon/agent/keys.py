@@ -23,7 +23,7 @@ from envoy.extensions.transport_sockets.tls.v3.common_pb2 import TlsCertificate
 from pylon.identity.certs import KeyType, PrivateKey, build_csr, generate_key
 from pylon.identity.spiffe import SpiffeId
 from pylon.pilot.istio.proxyconfig import PrivateKeyProvider
-from pylon.keys.keyd.client import generate
+from pylon.keys.keyd.client import forget, generate
 from pylon.keys import pkcs11
 from pylon.keys.pkcs11_keys import as_private_key
 from pylon.xds.contrib_protos import keyd_config, provider_config, sgx_config
@@ -98,7 +98,8 @@ class KeydWorkloadKey:
                                   self.socket_path, self.key_id, self.timeout)))  # fmt: skip
 
     def retire(self) -> None:
-        """keyd has no request to forget a key yet: it keeps the old one until it restarts."""
+        """keyd drops the replaced key (KeydError if it cannot: the caller logs it)."""
+        forget(self.socket_path, self.key_id, self.timeout)
 
 
 @dataclass(frozen=True)

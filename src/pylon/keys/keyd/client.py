@@ -15,7 +15,7 @@ import socket
 from collections.abc import Callable
 
 from pylon.keys.hook import HookedKey, complete_slot, fail_slot, slot_input
-from pylon.keys.keyd.protocol import (GENERATE, IMPORT, OK, FrameReader, ProtocolError, Request, decode_response,
+from pylon.keys.keyd.protocol import (FORGET, GENERATE, IMPORT, OK, FrameReader, ProtocolError, Request, decode_response,
                                       encode_request)  # fmt: skip
 
 log = logging.getLogger("pylon.keys.keyd")
@@ -183,6 +183,14 @@ def import_key(socket_path: str, key_id: str, key_pem: bytes, timeout: float = 1
     Blocking: an agent calls it off its event loop, once per credential version.
     """
     return _call(socket_path, Request(1, IMPORT, key_id, key_pem), timeout)
+
+
+def forget(socket_path: str, key_id: str, timeout: float = 10.0) -> None:
+    """Have keyd drop the key under `key_id` (one this agent made or handed over, no longer served).
+
+    Blocking: an agent calls it off its event loop, once per replaced key.
+    """
+    _call(socket_path, Request(1, FORGET, key_id, b""), timeout)
 
 
 def _call(socket_path: str, request: Request, timeout: float) -> bytes:

@@ -9,7 +9,9 @@ or 3 (GENERATE): keyd makes a new key under `key_id` and answers with a CSR
 for the SPIFFE id in `data` (what an agent asks, so the key is born in keyd);
 or 4 (IMPORT): `data` is a PEM private key that keyd keeps under `key_id` from
 then on (what a gateway's agent sends with a credential's key, so that the
-proxy never holds it); the answer is the key's public half (PEM).
+proxy never holds it); the answer is the key's public half (PEM);
+or 5 (FORGET): keyd drops the key under `key_id` that an agent made or handed it
+(replaced by a rotation, or a credential's new version); start-up keys stay.
 Responses carry the request id, so a proxy can pipeline requests and keyd
 can answer them in batch order. Only IMPORT carries key material, and only
 towards keyd.
@@ -24,6 +26,7 @@ OK = 0
 ERROR = 1
 GENERATE = 3
 IMPORT = 4
+FORGET = 5
 MAX_FRAME = 8192  # an RSA-4096 PEM (about 3.3 KB) with room to spare
 
 _HEAD = struct.Struct("!I")

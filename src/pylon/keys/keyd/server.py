@@ -30,7 +30,7 @@ from pylon.keys import cryptomb
 from pylon.keys.hook import DONE, ECDSA_DIGEST, RSA_RAW, HookedKey, ffi, lib, new_slot
 from pylon.identity.certs import KeyType, build_csr, generate_key
 from pylon.identity.spiffe import SpiffeError, SpiffeId
-from pylon.keys.keyd.protocol import (ERROR, GENERATE, IMPORT, OK, FrameReader, ProtocolError, Request, Response,
+from pylon.keys.keyd.protocol import (ERROR, FORGET, GENERATE, IMPORT, OK, FrameReader, ProtocolError, Request, Response,
                                       decode_request, encode_response)  # fmt: skip
 
 log = logging.getLogger("pylon.keyd")
@@ -90,6 +90,7 @@ class KeydServer:
         self.inline = _InlineOps()
         self.refused = 0
         self.served = 0
+        self.given: set[str] = set()  # key ids agents made or handed over (FORGET may drop only these)
 
     async def serve(self, path: str) -> asyncio.AbstractServer:
         if os.path.exists(path):
@@ -106,6 +107,9 @@ class KeydServer:
             return
         if request.kind == IMPORT:
             reply(self.import_key(request))
+            return
+        if request.kind == FORGET:
+            reply(self.forget(request))
             return
         key = self.keys.get(request.key_id)
         if key is None:
@@ -126,7 +130,8 @@ class KeydServer:
         slot.in_len = len(request.data)
         ffi.memmove(getattr(slot, "in"), request.data, len(request.data))
 
-        def done() -> None:
+        # `done` holds `key`, so a key forgotten meanwhile (and its native half) lives until this operation ends.
+        def done(key: KeydKey = key) -> None:
             self.served += 1
             if slot.state == DONE:
                 reply(Response(request.id, OK, ffi.buffer(slot.out, slot.out_len)[:]))
@@ -149,6 +154,7 @@ class KeydServer:
         pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                     serialization.NoEncryption())  # fmt: skip
         self.keys.update(load_keys([(request.key_id, pem)], use_cryptomb=self.use_cryptomb))
+        self.given.add(request.key_id)
         log.info("generated key %s for %s", request.key_id, identity)
         return Response(request.id, OK, build_csr(private, identity).encode())
 
@@ -177,8 +183,22 @@ class KeydServer:
                 return Response(request.id, ERROR, f"key id {request.key_id!r} holds another key".encode())
             return Response(request.id, OK, public_pem)
         self.keys.update(load_keys([(request.key_id, request.data)], use_cryptomb=self.use_cryptomb))
+        self.given.add(request.key_id)
         log.info("imported key %s", request.key_id)
         return Response(request.id, OK, public_pem)
+
+    def forget(self, request: Request) -> Response:
+        """Drop a key an agent made (GENERATE) or handed over (IMPORT), once its certificate is no longer served;
+        a key loaded at start (`--key`) is the operator's and cannot be dropped this way. Forgetting a key that
+        is gone already is a success (the agent may retry after a lost answer)."""
+        if request.key_id not in self.given:
+            if request.key_id in self.keys:
+                return Response(request.id, ERROR, f"key id {request.key_id!r} was loaded at start".encode())
+            return Response(request.id, OK, b"")
+        self.given.discard(request.key_id)
+        del self.keys[request.key_id]
+        log.info("forgot key %s", request.key_id)
+        return Response(request.id, OK, b"")
 
 
 class _KeydConnection(asyncio.Protocol):
