@@ -129,6 +129,9 @@ class HcmRuntime:
         # The ones that may want whole bodies (the stream then buffers that direction, up to buffer_limit).
         self.body_decoders = [f for f in self.decoder_filters if hasattr(f, "decode_body")]
         self.body_encoders = [f for f in self.encoder_filters if hasattr(f, "encode_body")]
+        # The ones that may want each body piece as it passes (streaming transforms), in their directions' orders.
+        self.data_decoders = [f for f in self.decoder_filters if hasattr(f, "decode_data")]
+        self.data_encoders = [f for f in self.encoder_filters if hasattr(f, "encode_data")]
         self.rq_too_large = stats.counter(prefix + "downstream_rq_too_large")
         self.rs_too_large = stats.counter(prefix + "rs_too_large")
         self.access_loggers = build_access_loggers(config.access_log, worker.access_log_writer)

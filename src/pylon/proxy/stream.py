@@ -20,7 +20,7 @@ import asyncio
 import os
 import random
 from functools import partial
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from pylon.proxy import local_reply as lr
 from pylon.proxy.headers import HeaderList
@@ -213,6 +213,7 @@ class Stream:
         "stale_retried", "timeout", "attempts", "tried_hosts",
         "resume", "filter_index", "filter_timer", "finish_callbacks", "header_edits", "upgrade_accepted", "client_rest",
         "tunnel_upstream", "upstream_local", "buffering_request", "held_response", "response_body", "set_cookie",
+        "request_data_filters", "response_data_filters",
     )
 
     def __init__(self, conn: "HttpConnection", now: float) -> None:
@@ -253,6 +254,9 @@ class Stream:
         self.try_deadline = 0.0  # the same for the current attempt's per_try_timeout
         self.upstream_deadline = 0.0  # ... and for its cluster's max_stream_duration (from when it got a connection)
         self.set_cookie: tuple[bytes, bytes, bytes] | None = None  # a hash policy's cookie made for this request
+        # Filters transforming each body piece as it passes (None: none want this stream's; see filters/http.py).
+        self.request_data_filters: list[Any] | None = None
+        self.response_data_filters: list[Any] | None = None
         self.bytes_received = 0
         self.bytes_sent = 0
         self.start = now
@@ -296,6 +300,14 @@ class Stream:
     def on_body(self, data: bytes) -> None:
         self.bytes_received += len(data)
         self.last_activity = self.conn.loop_time()
+        if self.request_data_filters is not None:
+            data = self._decode_data(data, False)
+            if not data:
+                return
+        self._take_body(data)
+
+    def _take_body(self, data: bytes) -> None:
+        """A (filtered) piece of the request body: upstream now, or kept until there is an upstream."""
         self.body_size += len(data)
         if self.body_buffer is not None:
             if self.body_size > self.hcm.buffer_limit:
@@ -332,13 +344,49 @@ class Stream:
             return
         if not self.started:
             return
+        if self.request_data_filters is not None:
+            tail = self._decode_data(b"", True)
+            if self.done:
+                return
+            if tail:
+                self._take_body(tail)
         if self.upstream is not None:
-            if self.req_chunked:
-                self.up_out.append(self.request_encoder.encode_end())  # type: ignore[union-attr]
+            encoder = self.request_encoder
+            assert encoder is not None
+            if encoder.chunked:
+                self.up_out.append(encoder.encode_end())
             self._arm_try_timer()
         if self.timeout and not self.deadline and self.cluster is not None:
             self.deadline = self.conn.loop_time() + self.timeout
             self._arm(self.deadline)
+
+    def _decode_data(self, data: bytes, end_stream: bool) -> bytes:
+        """A request body piece through the filters that transform it as it passes (filters/http.py)."""
+        for http_filter in self.request_data_filters or ():
+            data = http_filter.decode_data(self, data, end_stream)
+            if self.done:  # the filter answered (or failed closed): the rest of the body is dropped
+                return b""
+        return data
+
+    def _encode_data(self, data: bytes, end_stream: bool) -> bytes:
+        """A response body piece through the filters that transform it as it passes, last filter first."""
+        for http_filter in self.response_data_filters or ():
+            data = http_filter.encode_data(self, data, end_stream)
+        return data
+
+    def _filter_waiting_body(self) -> None:
+        """Data filters came with the route: what of the body arrived before goes through them now."""
+        pieces, self.waiting_body = self.waiting_body, []
+        for piece in pieces:
+            piece = self._decode_data(piece, False)
+            if self.done:
+                return
+            if piece:
+                self.waiting_body.append(piece)
+        if self.request_complete:
+            tail = self._decode_data(b"", True)
+            if tail and not self.done:
+                self.waiting_body.append(tail)
 
     def flush_upstream(self) -> None:
         """Send what the downstream feed produced for upstream in one write."""
@@ -596,9 +644,18 @@ class Stream:
         if route.attempt_count:
             # Envoy sets the header (replacing the client's), per attempt.
             forward = [p for p in forward if p[0] != b"x-envoy-attempt-count"]
+        chunked = self.req_chunked
+        if hcm.data_decoders and (self.req_length or chunked):
+            wanting = [f for f in hcm.data_decoders if f.wants_request_data(self)]
+            if wanting:
+                self.request_data_filters = wanting
+                chunked = True  # pieces may change size: the client's length no longer holds
+                self._filter_waiting_body()
+                if self.done:
+                    return
         self.request_encoder = Http1RequestEncoder(
-            self.method, path, route.host_rewrite or self.authority, forward, chunked=self.req_chunked,
-            length=self.req_length, attempt_count=route.attempt_count,
+            self.method, path, route.host_rewrite or self.authority, forward, chunked=chunked,
+            length=0 if chunked else self.req_length, attempt_count=route.attempt_count,
             extra=expected_header if not hcm.suppress_envoy_headers else None)
         retry = route.retry
         if retry is not None:
@@ -751,7 +808,7 @@ class Stream:
                 self.paused_downstream = False
                 self.conn.transport.resume_reading()
         if self.request_complete:
-            if self.req_chunked:
+            if encoder.chunked:
                 out.append(encoder.encode_end())
             self._arm_try_timer()
         conn.write(b"".join(out))
@@ -870,6 +927,11 @@ class Stream:
             resp = hl.items
         if hcm.encoder_filters:
             resp = self.encode_headers(status, resp)
+        if hcm.data_encoders and not self.is_head and status != 204 and status != 304:
+            wanting = [f for f in hcm.data_encoders if f.wants_response_data(self)]
+            if wanting:
+                self.response_data_filters = wanting
+                resp = [pair for pair in resp if pair[0] != b"content-length"]  # pieces may change size
         self.resp_headers = resp
         extra = [(b"server", hcm.server_name)] if hcm.overwrite_server else []
         if self.set_cookie is not None:
@@ -942,6 +1004,14 @@ class Stream:
         self._finish(close=True)
 
     def on_upstream_body(self, data: bytes) -> None:
+        if self.response_data_filters is not None:
+            data = self._encode_data(data, False)
+            if not data:
+                return
+        self._relay_body(data)
+
+    def _relay_body(self, data: bytes) -> None:
+        """A (filtered) piece of the response body: to the client, or held for the whole-body filters."""
         self.bytes_sent += len(data)
         held = self.response_body
         if held is None:
@@ -995,6 +1065,12 @@ class Stream:
             # An early response (the upstream didn't wait for the whole body): the
             # connection is mid-request and must not be reused.
             self.upstream.keep_alive = False
+        if self.response_data_filters is not None:
+            tail = self._encode_data(b"", True)
+            if tail:
+                self._relay_body(tail)
+            if self.done:  # the held body outgrew the buffer: answered 500 already
+                return
         if self.held_response is not None:
             self._send_held_response()
         self.encoder.encode_end()

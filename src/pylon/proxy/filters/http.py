@@ -25,6 +25,20 @@ direction up to the connection's buffer limit (413 / 500 beyond it):
   complete, before anything is sent (headers may still change); local
   replies pass them too.
 
+Filters may instead (or also) see each body piece as it passes, to transform
+a stream without holding it:
+
+- `wants_request_data(stream)` (asked when the request is routed, for a
+  request with a body) and `decode_data(stream, data, end_stream) -> bytes`
+  (in filter order, for every piece; the last call has `end_stream` True,
+  possibly with no bytes): what it returns replaces the piece. Since sizes may
+  change, such a request goes upstream chunked (its content-length dropped);
+- `wants_response_data(stream)` (asked at the response head, for a response
+  with a body) and `encode_data(stream, data, end_stream) -> bytes` (last
+  filter first): the response goes out without its content-length (chunked,
+  or to the end of the connection for HTTP/1.0). Data filters run before the
+  whole-body ones, which then see the transformed body.
+
 Without filters besides the router, a stream does none of this (no cost).
 """
 

@@ -8,6 +8,8 @@ both of:
     def on_request_body(request): ...   # the whole request body is in: request.body
     def on_response(response): ...      # the response head is about to go out
     def on_response_body(response): ... # the whole response is in: response.body
+    def on_request_data(request): ...   # each request body piece as it passes: request.data
+    def on_response_data(response): ... # each response body piece as it passes: response.data
 
 `request.method`, `.path`, `.authority` (str); `request.headers` and
 `response.headers` read and change headers (`get`, `get_all`, `set`, `add`,
@@ -45,6 +47,15 @@ nothing has been sent. A body bigger than the connection's buffer limit
 costs latency and memory: define a body hook only when it is needed. An
 exception in `on_request_body` answers 500; in `on_response_body` the
 response goes on unchanged.
+
+Streams: `on_request_data` / `on_response_data` see each body piece as it
+passes, without holding the body (`.data`, bytes; assign bytes or str to
+replace it, b"" to drop it; `.end_stream` is True on the last call, which may
+carry no bytes - the place to append a tail). The pieces may change size, so
+a request or response such a hook sees goes without its content-length
+(chunked). They run before the whole-body hooks. An exception in
+`on_request_data` fails the request (500 if nothing was answered yet, else a
+reset); in `on_response_data` the piece goes on unchanged.
 """
 
 from __future__ import annotations
@@ -63,7 +74,7 @@ from pylon.proxy.filters.http import register_filter
 from pylon.proxy.headers import HeaderList
 
 TYPE_URL = "type.googleapis.com/pylon.filters.http.v1.Python"
-HOOKS = ("on_request", "on_request_body", "on_response", "on_response_body")
+HOOKS = ("on_request", "on_request_body", "on_response", "on_response_body", "on_request_data", "on_response_data")
 
 #: What filters may not touch: the connection manager's own framing, routing inputs and trust headers.
 _PROTECTED = frozenset({b"host", b"content-length", b"transfer-encoding", b"connection", b"x-forwarded-for",
@@ -94,6 +105,8 @@ class Hooks:
     on_request_body: Callable[[Any], Any] | None
     on_response: Callable[[Any], Any] | None
     on_response_body: Callable[[Any], Any] | None
+    on_request_data: Callable[[Any], Any] | None
+    on_response_data: Callable[[Any], Any] | None
     stamp: tuple[int, int]  # the file's (mtime_ns, size) when loaded
 
 
@@ -164,6 +177,8 @@ class Request:
         self.log = runtime.log
         self.responded = False
         self.body: bytes | str | None = None  # the whole body, in on_request_body only
+        self.data: bytes | str = b""  # one body piece, in on_request_data only
+        self.end_stream = False  # ... and whether it is the last
 
     @property
     def method(self) -> str:
@@ -206,6 +221,8 @@ class Response:
         self.config = runtime.config.config
         self.log = runtime.log
         self.body: bytes | str | None = None  # the whole body, in on_response_body only
+        self.data: bytes | str = b""  # one body piece, in on_response_data only
+        self.end_stream = False  # ... and whether it is the last
 
 
 class PythonFilter:
@@ -279,6 +296,43 @@ class PythonFilter:
                 stream.local(lr.LocalReply(500, "-", b"python filter error", "python_filter_error"))
             return False
         return True
+
+    def wants_request_data(self, stream: Any) -> bool:
+        return self.hooks.on_request_data is not None
+
+    def decode_data(self, stream: Any, data: bytes, end_stream: bool) -> bytes:
+        """One request body piece through `on_request_data`: its replacement (b"" once the request failed)."""
+        hook = self.hooks.on_request_data
+        if hook is None:  # the file changed since the stream asked: pass the rest through
+            return data
+        request = Request(stream, self)
+        request.data, request.end_stream = data, end_stream
+
+        def run(req: Request) -> None:
+            hook(req)
+            req.data = _body_bytes(req.data)
+
+        if not self._run_request_hook("on_request_data", run, request, stream) or request.responded:
+            return b""
+        return request.data  # type: ignore[return-value]  # bytes, by run()
+
+    def wants_response_data(self, stream: Any) -> bool:
+        return self.hooks.on_response_data is not None
+
+    def encode_data(self, stream: Any, data: bytes, end_stream: bool) -> bytes:
+        """One response body piece through `on_response_data`: its replacement, or the piece if the hook fails."""
+        hook = self.hooks.on_response_data
+        if hook is None:
+            return data
+        response = Response(stream.status, HeaderList([]), self)
+        response.data, response.end_stream = data, end_stream
+        try:
+            hook(response)
+            return _body_bytes(response.data)
+        except Exception:  # the user's code: this piece goes on unchanged
+            self.errors.inc()
+            self.log.exception("on_response_data failed: the piece goes on unchanged")
+            return data
 
     def wants_response_body(self, stream: Any) -> bool:
         return self.hooks.on_response_body is not None
