@@ -48,9 +48,14 @@ class ProxyConfigSpec(IstioStruct, kw_only=True):
     def __post_init__(self) -> None:
         if self.concurrency is not None and self.concurrency < 0:
             raise FieldError("concurrency", "concurrency must be greater than or equal to 0")
-        for name, value in self.environment_variables.items():
-            if not _ENV_NAME.fullmatch(name):
-                raise FieldError(f"environmentVariables.{name}", "a valid environment variable name must consist of "
-                                 "letters, digits, '_', '-' or '.', and must not start with a digit")  # fmt: skip
-            if "\0" in value:
-                raise FieldError(f"environmentVariables.{name}", "must not contain a NUL character")
+        check_environment(self.environment_variables, "environmentVariables")
+
+
+def check_environment(variables: dict[str, str], field: str) -> None:
+    """FieldError at `field.NAME` for a variable a process environment cannot hold, or Kubernetes refuses."""
+    for name, value in variables.items():
+        if not _ENV_NAME.fullmatch(name):
+            raise FieldError(f"{field}.{name}", "a valid environment variable name must consist of letters, digits, "
+                             "'_', '-' or '.', and must not start with a digit")  # fmt: skip
+        if "\0" in value:
+            raise FieldError(f"{field}.{name}", "must not contain a NUL character")
