@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from pylon.agent.bootstrap import Workload, build_bootstrap
-from pylon.agent.proxy_config import load_proxy_config, node_proxy_config, protojson_duration
+from pylon.agent.proxy_config import env_metadata, load_proxy_config, node_proxy_config, protojson_duration
 from pylon.config.errors import ConfigError
 from pylon.identity.spiffe import SpiffeId
 from pylon.pilot.istio.proxyconfig import key_provider_from_metadata
@@ -39,7 +39,9 @@ def test_proxy_config_becomes_istios_protobuf_json_that_pilot_reads(tmp_path: Pa
 @pytest.mark.parametrize(("text", "where"), [
     ("privateKeyProvider: {qat: {pollDelay: 0s}}\n", "privateKeyProvider.qat.pollDelay: must be greater than 0"),
     ("privateKeyProvider: {qat: {pollDelay: 1ms}, cryptomb: {pollDelay: 1ms}}\n", "privateKeyProvider"),
-    ("concurrency: 2\n", "concurrency: not supported by pylon pilot yet"),
+    ("concurrency: -1\n", "concurrency: concurrency must be greater than or equal to 0"),
+    ("proxyMetadata: {1A: x}\n", "proxyMetadata.1A: a valid environment variable name"),
+    ("drainDuration: 5s\n", "drainDuration: not supported by pylon pilot yet"),
     ("privateKeyProvider: {qat: {pollDelay: 1ms, fallbak: true}}\n", "privateKeyProvider.qat.fallbak: unknown field"),
     ("- a list\n", "expected a ProxyConfig mapping"),
 ])  # fmt: skip
@@ -72,3 +74,37 @@ def test_the_proxy_runs_as_the_proxy_uid_when_asked(tmp_path: Path) -> None:
 
     command = proxy_command(dataclasses.replace(options, proxy_uid=1337))
     assert command[:4] == ["setpriv", "--reuid=1337", "--regid=1337", "--clear-groups"] and command[4] == "/bin/envoy"
+
+
+def test_concurrency_and_proxy_metadata_reach_pilot_and_the_node_as_istios_agent_sends_them(tmp_path: Path) -> None:
+    path = tmp_path / "pc.yaml"
+    path.write_text("concurrency: 1\nproxyMetadata: {FOO: bar, ISTIO_META_DNS_CAPTURE: 'true', ISTIO_METAJSON_X: '[1]'}\n")
+    config = load_proxy_config(path)
+    metadata = node_proxy_config(config, discovery_address="pilot:15012", admin_port=15000)
+    assert metadata["concurrency"] == 1 and metadata["proxyMetadata"]["FOO"] == "bar"
+    node = env_metadata(config.proxy_metadata, str(path))
+    assert node == {"DNS_CAPTURE": "true", "X": [1]}
+    workload = Workload(SpiffeId("cluster.local", "default", "web"), "web-0", "10.0.0.1",
+                        env_metadata={**node, "NAMESPACE": "elsewhere"})  # fmt: skip
+    assert workload.metadata()["DNS_CAPTURE"] == "true" and workload.metadata()["NAMESPACE"] == "default"
+    with pytest.raises(ConfigError) as error:
+        env_metadata({"ISTIO_METAJSON_X": "{"}, "pc.yaml")
+    assert error.value.path == "proxyMetadata.ISTIO_METAJSON_X"
+
+
+def test_concurrency_zero_is_a_worker_per_cpu_and_proxy_env_is_kept(tmp_path: Path) -> None:
+    """Istio's agent leaves Envoy's --concurrency out at 0 (Envoy then runs a worker per CPU); pylon proxy is told
+    the CPU count."""
+    import dataclasses
+    import os
+
+    from pylon.agent.app import AgentOptions, proxy_command
+
+    workload = Workload(SpiffeId("cluster.local", "default", "web"), "web-0", "10.0.0.1")
+    options = AgentOptions(workload=workload, ca_address="x:1", root_cert=tmp_path / "r", token_file=tmp_path / "t",
+                           discovery_address="x:1", sds_socket=tmp_path / "s", xds_socket=tmp_path / "x",
+                           bootstrap_path=tmp_path / "b.json", proxy="envoy", envoy_binary="/bin/envoy",
+                           concurrency=0)  # fmt: skip
+    assert "--concurrency" not in proxy_command(options)
+    command = proxy_command(dataclasses.replace(options, proxy="pylon"))
+    assert command[command.index("--concurrency") + 1] == str(min(os.cpu_count() or 1, 256))

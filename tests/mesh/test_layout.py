@@ -154,7 +154,8 @@ def test_a_pods_proxy_config_is_mesh_default_under_its_annotation() -> None:
     from pylon.mesh.install import effective_proxy_config
 
     mesh = {"defaultConfig": {"privateKeyProvider": {"cryptomb": {"pollDelay": "10ms", "fallback": True}}}}
-    assert yaml.safe_load(effective_proxy_config(mesh)) == mesh["defaultConfig"]
+    assert yaml.safe_load(effective_proxy_config(mesh).text) == mesh["defaultConfig"]
     annotation = "privateKeyProvider:\n  qat:\n    pollDelay: 2ms\n"
-    assert yaml.safe_load(effective_proxy_config(mesh, annotation)) == {"privateKeyProvider": {"qat": {"pollDelay": "2ms"}}}
-    assert effective_proxy_config({}) == ""
+    assert yaml.safe_load(effective_proxy_config(mesh, annotation).text) == {
+        "privateKeyProvider": {"qat": {"pollDelay": "2ms"}}}
+    assert effective_proxy_config({}).text == ""

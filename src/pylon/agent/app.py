@@ -18,7 +18,7 @@ import shutil
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
@@ -66,7 +66,8 @@ class AgentOptions:
     grace_ratio: float = 0.5
     drain_seconds: float = 5.0
     proxy_uid: int | None = None
-    concurrency: int = 2  # the proxy's workers (Istio's ProxyConfig default for sidecars: 2)
+    concurrency: int = 2  # the proxy's workers (Istio's ProxyConfig default for sidecars: 2); 0: one per CPU
+    proxy_env: dict[str, str] = field(default_factory=dict)  # ProxyConfig proxyMetadata: added to the proxy's env
     keyd_socket: str | None = None  # the workload key is made and kept in this `pylon keyd`
     pkcs11: Pkcs11Token | None = None  # ... or in this PKCS#11 token
     log_level: str = "info"
@@ -144,13 +145,16 @@ def proxy_command(options: AgentOptions) -> list[str]:
     """The proxy as Istio's agent starts Envoy (plus --config-yaml from a bootstrap override file); `pylon proxy`
     takes the same bootstrap and flags it shares with Envoy."""
     if options.proxy == "pylon":
+        workers = options.concurrency or min(os.cpu_count() or 1, 256)  # 0: Envoy's default, a worker per CPU
         command = [sys.executable, "-m", "pylon.cli", "proxy", "-c", str(options.bootstrap_path),
                    "--drain-time-s", str(options.drain_seconds), "--log-level", "warning",
-                   "--concurrency", str(options.concurrency)]  # fmt: skip
+                   "--concurrency", str(workers)]  # fmt: skip
     else:
         binary = options.envoy_binary or shutil.which("envoy") or str(Path(sys.executable).parent / "envoy")
         command = [binary, "-c", str(options.bootstrap_path), "--drain-strategy", "immediate",
-                   "--disable-hot-restart", "--log-level", "warning", "--concurrency", str(options.concurrency)]  # fmt: skip
+                   "--disable-hot-restart", "--log-level", "warning"]  # fmt: skip
+        if options.concurrency > 0:  # as Istio's agent: 0 leaves Envoy its default, a worker per CPU
+            command += ["--concurrency", str(options.concurrency)]
     if options.bootstrap_override is not None:
         command += ["--config-yaml", options.bootstrap_override.read_text()]
     if options.proxy_uid is not None:
@@ -223,7 +227,7 @@ async def run(options: AgentOptions) -> int:
     options.bootstrap_path.write_text(json.dumps(bootstrap, indent=2))
     health = await serve_health(*options.health, agent.ready)
     merged_metrics = await serve_metrics(*options.status, options.admin_port, AgentMetrics(lambda: agent.not_after))
-    proxy = await asyncio.create_subprocess_exec(*proxy_command(options))
+    proxy = await asyncio.create_subprocess_exec(*proxy_command(options), env={**os.environ, **options.proxy_env})
     log.info("agent for %s: SDS on %s, xDS on %s, proxy pid %d, health on %s:%d", options.workload.node_id,
              options.sds_socket, options.xds_socket, proxy.pid, *options.health)  # fmt: skip
     stop = asyncio.Event()

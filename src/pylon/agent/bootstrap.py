@@ -31,6 +31,7 @@ class Workload:
     cluster_id: str = "Kubernetes"
     labels: Mapping[str, str] = field(default_factory=dict)
     proxy_config: Mapping[str, Any] = field(default_factory=dict)
+    env_metadata: Mapping[str, Any] = field(default_factory=dict)  # ISTIO_META_* of proxyMetadata, under the rest
 
     @property
     def node_id(self) -> str:
@@ -39,6 +40,7 @@ class Workload:
 
     def metadata(self) -> dict[str, Any]:
         return {
+            **self.env_metadata,
             "NAMESPACE": self.identity.namespace,
             "SERVICE_ACCOUNT": self.identity.service_account,
             "NAME": self.pod_name,

@@ -88,7 +88,8 @@ def _address(text: str, flag: str) -> tuple[str, int]:
                    "selectors match.")
 @click.option("--proxy-config", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="ProxyConfig YAML (Istio's proxy.istio.io/config annotation), sent as node metadata "
-                   "PROXY_CONFIG; pilot reads privateKeyProvider from it.")
+                   "PROXY_CONFIG; pilot reads privateKeyProvider from it, the agent concurrency (the proxy's workers) "
+                   "and proxyMetadata (added to the proxy's environment; ISTIO_META_* also node metadata).")
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True,
               help="Root of Istio's relative paths (etc/istio/proxy/envoy-rev.json, the xDS socket "
                    "etc/istio/proxy/XDS, var/run/secrets/...).")
@@ -127,9 +128,9 @@ def _address(text: str, flag: str) -> tuple[str, int]:
                    "uses it (else $PYLON_PKCS11_SO_PIN).")  # fmt: skip
 @click.option("--pkcs11-key-type", type=click.Choice(["rsa-2048", "rsa-3072", "ecdsa-p256"]), default="rsa-2048",
               show_default=True, help="The workload key made in the token.")
-@click.option("--concurrency", type=click.IntRange(1), default=2, show_default=True,
-              help="The proxy's worker threads (Envoy) or processes (pylon): Istio's pilot-agent --concurrency, "
-                   "2 for sidecars by default.")
+@click.option("--concurrency", type=click.IntRange(1), default=None,
+              help="The proxy's worker threads (Envoy) or processes (pylon): Istio's legacy pilot-agent --concurrency, "
+                   "over --proxy-config's `concurrency`; 2 when neither sets it (Istio's sidecars).")
 @click.option("--proxy-uid", type=click.IntRange(1), default=None,
               help="Run the proxy as this user and group (Istio's istio-proxy 1337, which capture rules let through); "
                    "needs the agent to run as root.")
@@ -142,11 +143,11 @@ def agent_command(proxy_type: str, namespace: str, service_account: str, pod_nam
                   admin_port: int, health_address: str, status_address: str, ttl_seconds: int, grace_ratio: float,
                   drain_seconds: float, keyd: str | None, pkcs11_label: str | None, pkcs11_library: str,
                   pkcs11_pin_file: Path | None, pkcs11_so_pin_file: Path | None, pkcs11_key_type: str,
-                  concurrency: int, proxy_uid: int | None, log_level: str) -> None:  # fmt: skip
+                  concurrency: int | None, proxy_uid: int | None, log_level: str) -> None:  # fmt: skip
     """Run Istio's pilot-agent role beside a proxy: certificate, SDS, xDS proxy, rotation, bootstrap, supervision."""
     from pylon.agent.app import AgentOptions, run_agent
     from pylon.agent.bootstrap import Workload
-    from pylon.agent.proxy_config import load_proxy_config, node_proxy_config
+    from pylon.agent.proxy_config import env_metadata, load_proxy_config, node_proxy_config
     from pylon.config.errors import ConfigError
     from pylon.identity.spiffe import SpiffeError, SpiffeId
     from pylon.pilot.istio.proxyconfig import ProxyConfig
@@ -160,11 +161,14 @@ def agent_command(proxy_type: str, namespace: str, service_account: str, pod_nam
     _address(discovery_address, "--discovery-address")
     try:
         config = load_proxy_config(proxy_config) if proxy_config is not None else ProxyConfig()
+        node_env = env_metadata(config.proxy_metadata, str(proxy_config))
     except ConfigError as exc:
         raise click.BadParameter(str(exc), param_hint="--proxy-config") from None
     workload = Workload(identity=identity, pod_name=pod_name, ip=ip, proxy_type=proxy_type, labels=_labels(label_pairs),
                         proxy_config=node_proxy_config(config, discovery_address=discovery_address,
-                                                       admin_port=admin_port))  # fmt: skip
+                                                       admin_port=admin_port), env_metadata=node_env)  # fmt: skip
+    if concurrency is None:
+        concurrency = config.concurrency if config.concurrency is not None else 2
     options = AgentOptions(
         workload=workload, ca_address=ca_address, root_cert=root_cert, token_file=token_file,
         discovery_address=discovery_address,
@@ -174,7 +178,8 @@ def agent_command(proxy_type: str, namespace: str, service_account: str, pod_nam
         bootstrap_override=bootstrap_override, admin_port=admin_port,
         health=_address(health_address, "--health-address"), status=_address(status_address, "--status-address"),
         ttl_seconds=ttl_seconds, grace_ratio=grace_ratio,
-        drain_seconds=drain_seconds, proxy_uid=proxy_uid, concurrency=concurrency, keyd_socket=_keyd_path(keyd),
+        drain_seconds=drain_seconds, proxy_uid=proxy_uid, concurrency=concurrency,
+        proxy_env=dict(config.proxy_metadata), keyd_socket=_keyd_path(keyd),
         pkcs11=token, log_level=log_level,
     )  # fmt: skip
     sys.exit(run_agent(options))

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    from pylon.mesh.control import Mesh
 
 
 def _mesh():  # type: ignore[no-untyped-def]
@@ -43,6 +47,7 @@ def up_command(install_file: Path | None, proxy: str) -> None:
         mesh.up(install, proxy=proxy)
     except (ConfigError, MeshError) as exc:
         _fail(exc)
+    _report(mesh)
     click.echo(f"mesh up: pilot on 10.77.0.2 (ADS :15010, CA and ADS over TLS :15012); state in {mesh.root}")
 
 
@@ -75,13 +80,27 @@ def run_command(name: str, namespace: str, service_account: str | None, ports: t
         if not sep or not key:
             raise click.BadParameter(f"{label!r}: expected KEY=VALUE", param_hint="--labels")
         parsed[key] = value
+    from pylon.config.errors import ConfigError
+
+    mesh = _mesh()
     try:
-        spec = _mesh().run(name, namespace, service_account or name, ports, parsed, list(command), service or name,
-                           sidecar, proxy or "", cert_ttl or 0)  # fmt: skip
-    except (MeshError, ValueError) as exc:
+        spec = mesh.run(name, namespace, service_account or name, ports, parsed, list(command), service or name,
+                        sidecar, proxy or "", cert_ttl or 0)  # fmt: skip
+    except (MeshError, ValueError, ConfigError) as exc:
+        _report(mesh)
         _fail(exc)
+    _report(mesh)
     click.echo(f"{name}: pod {spec.address}, service {spec.service}.{namespace}.svc.cluster.local ({spec.vip}) "
                f"port(s) {', '.join(map(str, ports))}")
+
+
+def _report(mesh: Mesh) -> None:
+    """What starting pods met and did not use: Kubernetes-only settings (ProxyConfig `image`), and resources
+    not applied."""
+    for name in mesh.ignored:
+        click.echo(f"ignored (Kubernetes only): {name}", err=True)
+    for note in mesh.notes:
+        click.echo(f"note: {note}", err=True)
 
 
 @mesh_command.command("exec", context_settings={"ignore_unknown_options": True})

@@ -26,8 +26,8 @@ from pylon.mesh.layout import (BRIDGE, HUB, PILOT_ADDRESS, PROXY_UID, allocate, 
                                state_dir, veth_name)  # fmt: skip
 from pylon.mesh.resources import WorkloadSpec, hosts_file, service_document, workload_document
 from pylon.mesh.state import MeshState, Process, Workload
-from pylon.pilot.istio.resources import decode_resource
-from pylon.pilot.source.directory import read_documents
+from pylon.pilot.istio.resources import Resource, decode_resource
+from pylon.pilot.source.directory import load_directory, read_documents
 from pylon.pilot.source.secrets import decode_secret
 
 PILOT_NETNS = netns_name("istiod")
@@ -45,6 +45,8 @@ class Mesh:
         self.config_dir = self.root / "config"
         self.ca_dir = self.root / "cacerts"
         self.logs = self.root / "logs"
+        self.ignored: list[str] = []  # Kubernetes-only settings met while starting pods, by name, for the user
+        self.notes: list[str] = []  # resources not applied to a pod, and why
 
     # ------------------------------------------------------------------ up / down
 
@@ -236,6 +238,14 @@ class Mesh:
             raise netns.MeshError("no mesh is up (pylon mesh up)")
         return MeshState.load(self.state_file)
 
+    def _proxy_config_resources(self) -> list[Resource]:
+        """The ProxyConfig resources in pilot's config directory (`apply` checked them; an error now is the
+        directory's, named by file and field)."""
+        result = load_directory(self.config_dir)
+        if result.errors:
+            raise result.errors[0]
+        return [resource for resource in result.resources if resource.kind == "ProxyConfig"]
+
     def _write_names(self, state: MeshState) -> None:
         """Every pod resolves every service (and gateway) by name: hosts files for all pods, rewritten in place;
         pods without a sidecar reach service VIPs through kube-proxy-like rules, refreshed with the endpoints."""
@@ -254,16 +264,20 @@ class Mesh:
     def _start_agent(self, state: MeshState, workload: Workload, workdir: Path, proxy_type: str,
                      labels: dict[str, str], annotation: str = "", keys: KeyPlacement | None = None) -> None:
         """The pod's `pylon agent` (Istio's pilot-agent) with its token and its ProxyConfig (MeshConfig
-        `defaultConfig` under the pod's `proxy.istio.io/config` annotation), and where its keys live, running the
-        proxy; waits until ready."""
+        `defaultConfig`, the applied ProxyConfig resources and the pod's `proxy.istio.io/config` annotation, merged
+        now as Istio's injector does: a later change reaches only pods started after it), and where its keys live,
+        running the proxy; waits until ready."""
         spec = workload.spec
         keys = keys or KeyPlacement()
         extra: list[str] = list(keys.args)
         mesh_file = self.root / "mesh.yaml"
         mesh_config = yaml.safe_load(mesh_file.read_text()) or {} if mesh_file.exists() else {}
-        proxy_config = effective_proxy_config(mesh_config, annotation)
-        if proxy_config:
-            (workdir / "proxy-config.yaml").write_text(proxy_config)
+        proxy_config = effective_proxy_config(mesh_config, annotation, self._proxy_config_resources(),
+                                              spec.namespace, labels)  # fmt: skip
+        self.ignored += proxy_config.ignored
+        self.notes += proxy_config.notes
+        if proxy_config.text:
+            (workdir / "proxy-config.yaml").write_text(proxy_config.text)
             extra += ["--proxy-config", str(workdir / "proxy-config.yaml")]
         token = workdir / "token"
         issued = subprocess.run([*PYLON, "pilot", "token", "--ca-dir", str(self.ca_dir), "--namespace",

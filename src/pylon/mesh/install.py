@@ -14,6 +14,7 @@ something must not silently get less. Egress gateways are not supported by `pylo
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,10 @@ import yaml
 
 from pylon.config.errors import ConfigError, split_validation_error
 from pylon.pilot.istio.common import convert, read_yaml_file
+from pylon.mesh.proxy_configs import DEFAULT_ROOT_NAMESPACE
+from pylon.mesh.proxy_configs import effective_proxy_config as merge_effective
 from pylon.pilot.istio.mesh import MeshConfig
+from pylon.pilot.istio.resources import Resource
 
 #: spec fields that only mean something on Kubernetes (images, install profiles, Helm values).
 KUBERNETES_ONLY = ("hub", "tag", "profile", "revision", "namespace", "values", "installPackagePath")
@@ -181,9 +185,28 @@ def _checked_proxy_config(text: Any, source: str, where: str) -> str:
     return str(text)
 
 
-def effective_proxy_config(mesh_config: dict[str, Any], annotation: str = "") -> str:
-    """A pod's ProxyConfig as Istio merges it for the agent: MeshConfig `defaultConfig`, then the pod's
-    `proxy.istio.io/config` annotation field by field over it; YAML for `pylon agent --proxy-config` ("" if
-    neither sets anything)."""
-    merged = {**(mesh_config.get("defaultConfig") or {}), **(yaml.safe_load(annotation) or {})}
-    return yaml.safe_dump(merged) if merged else ""
+@dataclass
+class PodProxyConfig:
+    """What the pod's agent gets: `text`, the effective ProxyConfig as YAML for `pylon agent --proxy-config` ("" if
+    nothing is set); `ignored`, the fields that only mean something on Kubernetes, by name; `notes`, resources
+    not applied."""
+
+    text: str = ""
+    ignored: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def effective_proxy_config(mesh_config: dict[str, Any], annotation: str = "", resources: Sequence[Resource] = (),
+                           namespace: str = "default", labels: Mapping[str, str] | None = None) -> PodProxyConfig:  # fmt: skip
+    """A pod's ProxyConfig as Istio's injector merges it (mesh/proxy_configs.py): MeshConfig `defaultConfig`, the
+    ProxyConfig resources among `resources` for its namespace and labels, and its `proxy.istio.io/config`
+    annotation. `image` picks the sidecar's container image: no container here, so it is reported as ignored,
+    naming the resource that set it."""
+    merged = merge_effective(mesh_config.get("defaultConfig") or {}, resources, namespace=namespace,
+                             labels=labels or {}, annotation=yaml.safe_load(annotation) if annotation else None,
+                             root_namespace=mesh_config.get("rootNamespace") or DEFAULT_ROOT_NAMESPACE)  # fmt: skip
+    config = dict(merged.config)
+    ignored = [f"ProxyConfig {r.namespace}/{r.name}: spec.image" for r in merged.applied if r.spec.image is not None]
+    if config.pop("image", None) is None:
+        ignored = []
+    return PodProxyConfig(text=yaml.safe_dump(config) if config else "", ignored=ignored, notes=merged.notes)

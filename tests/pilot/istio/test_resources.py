@@ -56,8 +56,8 @@ def test_oneof_and_validation_errors_point_at_the_field() -> None:
 
 
 def test_kinds_and_versions() -> None:
-    assert error_of(doc("ProxyConfig", "s", {}, api_version="networking.istio.io/v1beta1")).message == (
-        "ProxyConfig is not supported by pylon pilot yet")
+    assert error_of(doc("Telemetry", "s", {}, api_version="telemetry.istio.io/v1")).message == (
+        "Telemetry is not supported by pylon pilot yet")
     assert "unknown kind 'Gatway'" in error_of(doc("Gatway", "g", {})).message
     error = error_of(doc("Gateway", "g", {"servers": []}, api_version="networking.istio.io/v2"))
     assert error.path == "apiVersion"

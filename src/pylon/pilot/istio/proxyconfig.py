@@ -2,9 +2,12 @@
 `PROXY_CONFIG` node metadata an agent sends (the `proxy.istio.io/config` annotation merged over it).
 
 Most ProxyConfig fields configure the agent and the proxy process (concurrency, drain, ports), not
-what pilot generates; in `defaultConfig` they are named as not implemented, so setting one is an
-error rather than a silent no-op. `privateKeyProvider` is pilot's: it puts the CryptoMB or QAT
-provider into the gateway secrets it serves (istiod's pilot/pkg/xds/sds.go).
+what pilot generates. `privateKeyProvider` is pilot's: it puts the CryptoMB or QAT provider into the
+gateway secrets it serves (istiod's pilot/pkg/xds/sds.go). `concurrency` (the proxy's workers) and
+`proxyMetadata` (the proxy process's environment) are the agent's: `pylon agent --proxy-config` applies
+them, and `pylon mesh run` (pylon's injector) merges them from `defaultConfig`, ProxyConfig resources and
+the annotation. The other fields are named as not implemented, so setting one is an error rather than a
+silent no-op.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ from typing import Any
 import msgspec
 
 from pylon.config.errors import FieldError, split_validation_error
-from pylon.pilot.istio.common import GoDuration, IstioStruct, NotImplementedField, convert, exactly_one
+from pylon.pilot.istio.common import GoDuration, Int32, IstioStruct, NotImplementedField, convert, exactly_one
+from pylon.pilot.istio.proxyconfig_resource import check_environment
 
 
 class KeyProviderSettings(IstioStruct, kw_only=True):
@@ -57,11 +61,11 @@ class ProxyConfig(IstioStruct, kw_only=True):
     termination_drain_duration: NotImplementedField | None = None
     discovery_address: NotImplementedField | None = None
     proxy_admin_port: NotImplementedField | None = None
-    concurrency: NotImplementedField | None = None
+    concurrency: Int32 | None = None  # None: the agent's default (2); 0: a worker per CPU, as Envoy's default
     interception_mode: NotImplementedField | None = None
     tracing: NotImplementedField | None = None
     proxy_stats_matcher: NotImplementedField | None = None
-    proxy_metadata: NotImplementedField | None = None
+    proxy_metadata: dict[str, str] = {}  # environment variables of the proxy process
     status_port: NotImplementedField | None = None
     extra_stat_tags: NotImplementedField | None = None
     gateway_topology: NotImplementedField | None = None
@@ -69,6 +73,11 @@ class ProxyConfig(IstioStruct, kw_only=True):
     proxy_headers: NotImplementedField | None = None
     image: NotImplementedField | None = None
     ca_certificates_pem: NotImplementedField | None = None
+
+    def __post_init__(self) -> None:
+        if self.concurrency is not None and self.concurrency < 0:
+            raise FieldError("concurrency", "concurrency must be greater than or equal to 0")
+        check_environment(self.proxy_metadata, "proxyMetadata")
 
 
 def key_provider_from_metadata(metadata: dict[str, Any]) -> PrivateKeyProvider | None:

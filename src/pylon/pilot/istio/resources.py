@@ -7,7 +7,7 @@ the field path, e.g.::
     config error in routes.yaml (document 2, VirtualService default/reviews): spec.http[0].timeout: ...
 
 Kinds and apiVersions are Istio's: networking.istio.io v1, v1beta1 and v1alpha3
-for the networking kinds. Istio kinds pylon pilot does not serve yet are named
+for the networking kinds, v1beta1 only for ProxyConfig. Istio kinds pylon pilot does not serve yet are named
 as such, so a user knows the difference between a typo and a missing feature.
 """
 
@@ -28,6 +28,7 @@ from pylon.pilot.istio.networking import (
     WorkloadGroupSpec,
     WorkloadEntrySpec,
 )
+from pylon.pilot.istio.proxyconfig_resource import ProxyConfigSpec
 from pylon.pilot.istio.security import AuthorizationPolicySpec, PeerAuthenticationSpec
 from pylon.pilot.istio.sidecar import SidecarSpec
 
@@ -46,11 +47,12 @@ KINDS: dict[str, tuple[type[IstioStruct], tuple[str, ...]]] = {
     "AuthorizationPolicy": (AuthorizationPolicySpec, SECURITY_VERSIONS),
     "PeerAuthentication": (PeerAuthenticationSpec, SECURITY_VERSIONS),
     "EnvoyFilter": (EnvoyFilterSpec, ("networking.istio.io/v1alpha3",)),
+    "ProxyConfig": (ProxyConfigSpec, ("networking.istio.io/v1beta1",)),
 }
 
 # Istio kinds that exist but are not served yet (issue 13 lists them).
 NOT_YET_KINDS = frozenset(
-    {"ProxyConfig", "RequestAuthentication", "Telemetry", "WasmPlugin"}
+    {"RequestAuthentication", "Telemetry", "WasmPlugin"}
 )  # fmt: skip
 
 DEFAULT_NAMESPACE = "default"
@@ -81,7 +83,7 @@ class Resource(msgspec.Struct, frozen=True, kw_only=True):
     """One decoded Istio resource and where it came from."""
 
     kind: Literal["Gateway", "VirtualService", "DestinationRule", "ServiceEntry", "WorkloadEntry", "WorkloadGroup",
-                  "Sidecar", "AuthorizationPolicy", "PeerAuthentication", "EnvoyFilter"]
+                  "Sidecar", "AuthorizationPolicy", "PeerAuthentication", "EnvoyFilter", "ProxyConfig"]
     api_version: str
     meta: ObjectMeta
     spec: Any
