@@ -297,17 +297,16 @@ class Stream:
         self.response_body: list[bytes] | None = None
 
     # ------------------------------------------------------------------ downstream events
-    def on_body(self, data: bytes) -> None:
-        self.bytes_received += len(data)
-        self.last_activity = self.conn.loop_time()
-        if self.request_data_filters is not None:
-            data = self._decode_data(data, False)
-            if not data:
-                return
-        self._take_body(data)
-
-    def _take_body(self, data: bytes) -> None:
-        """A (filtered) piece of the request body: upstream now, or kept until there is an upstream."""
+    def on_body(self, data: bytes, filtered: bool = False) -> None:
+        """A piece of the request body: upstream now, or kept until there is an upstream. `filtered`: a piece the
+        data filters made themselves (their tail), not one the client sent."""
+        if not filtered:
+            self.bytes_received += len(data)
+            self.last_activity = self.conn.loop_time()
+            if self.request_data_filters is not None:
+                data = self._decode_data(data, False)
+                if not data:
+                    return
         self.body_size += len(data)
         if self.body_buffer is not None:
             if self.body_size > self.hcm.buffer_limit:
@@ -349,7 +348,7 @@ class Stream:
             if self.done:
                 return
             if tail:
-                self._take_body(tail)
+                self.on_body(tail, filtered=True)
         if self.upstream is not None:
             encoder = self.request_encoder
             assert encoder is not None
@@ -1003,15 +1002,13 @@ class Stream:
         self._end_attempt(abandon=False)
         self._finish(close=True)
 
-    def on_upstream_body(self, data: bytes) -> None:
-        if self.response_data_filters is not None:
+    def on_upstream_body(self, data: bytes, filtered: bool = False) -> None:
+        """A piece of the response body: to the client, or held for the whole-body filters. `filtered`: a piece
+        the data filters made themselves (their tail)."""
+        if self.response_data_filters is not None and not filtered:
             data = self._encode_data(data, False)
             if not data:
                 return
-        self._relay_body(data)
-
-    def _relay_body(self, data: bytes) -> None:
-        """A (filtered) piece of the response body: to the client, or held for the whole-body filters."""
         self.bytes_sent += len(data)
         held = self.response_body
         if held is None:
@@ -1068,7 +1065,7 @@ class Stream:
         if self.response_data_filters is not None:
             tail = self._encode_data(b"", True)
             if tail:
-                self._relay_body(tail)
+                self.on_upstream_body(tail, filtered=True)
             if self.done:  # the held body outgrew the buffer: answered 500 already
                 return
         if self.held_response is not None:
