@@ -226,6 +226,8 @@ class TcpProxySession(asyncio.Protocol):
             if self.early:
                 upstream.transport.write(b"".join(self.early))
                 self.early = []
+            if self.downstream_done and upstream.transport.can_write_eof():
+                upstream.transport.write_eof()  # the client finished before there was an upstream to tell
             return
         self.close()
 
@@ -245,7 +247,9 @@ class TcpProxySession(asyncio.Protocol):
         """The client is done sending: half-close upstream; once both sides are done, the session ends."""
         self.downstream_done = True
         upstream = self.upstream
-        if upstream is not None and upstream.transport is not None and upstream.transport.can_write_eof():
+        if upstream is None:
+            return True  # still connecting: the EOF follows the early bytes once the upstream is there
+        if upstream.transport is not None and upstream.transport.can_write_eof():
             upstream.transport.write_eof()
             if self.upstream_done:
                 self._close_both()  # asyncio keeps a transport open after both FINs: nothing else would end it
