@@ -22,7 +22,7 @@ from pylon.config.envoy import HeaderMatcher, RouteConfiguration, dec_hook
 from pylon.config.errors import ConfigError
 from pylon.config.loader import parse_bootstrap
 from pylon.proxy.headers import HeaderList
-from pylon.proxy.router import MatchedRoute, RouteTable, _HeaderMatcher
+from pylon.proxy.router import HashSource, MatchedRoute, RouteTable, _HeaderMatcher
 from pylon.proxy.validate import configure_regex_engine, validate_route_config
 from pylon.regex import hs_cache, hyperscan_engine
 from tests.conftest import free_port
@@ -511,7 +511,7 @@ def test_host_rewrite_and_hash_header():
                          hash_policy=[{"header": {"header_name": "X-User"}}]))
     route = route_of(table, "/")
     assert route.host_rewrite == b"upstream.local"
-    assert route.hash_policies == (("header", b"x-user", False),)
+    assert route.hash_policies == (HashSource("header", b"x-user", False),)
 
 
 def test_regex_over_envoys_program_size_limit_is_a_build_error():
