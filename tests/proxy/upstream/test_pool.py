@@ -305,3 +305,20 @@ def test_a_connection_lost_before_the_pool_could_use_it_fails_its_request_at_onc
     assert rig.stats.gauges["cluster.up.upstream_cx_active"].value == 0
     assert rig.pool.empty
     assert rig.cluster.circuit_breakers.connections.try_acquire()  # the slot was given back
+
+
+def test_an_unexpected_error_while_connecting_fails_its_request_instead_of_leaving_it(monkeypatch: Any) -> None:
+    """Whatever goes wrong opening a connection, the request waiting for it gets its answer (a connect failure)."""
+    rig = Rig()
+
+    async def broken(address: Any, tls: Any, timeout: float, factory: Any, source: Any) -> Any:
+        raise ValueError("handshake not done yet")
+
+    monkeypatch.setattr(pool_module, "open_upstream", broken)
+    connects: list[Any] = []
+    rig.clock.create_task = lambda coro: connects.append(coro) or _Task()  # type: ignore[method-assign]
+    exchange = Exchange()
+    rig.pool.acquire(exchange)
+    asyncio.run(connects[0])
+    assert exchange.events == [("connect_failure", "internal error: ValueError")]
+    assert rig.cluster.circuit_breakers.connections.try_acquire()

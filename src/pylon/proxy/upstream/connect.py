@@ -52,7 +52,12 @@ async def open_upstream(address: tuple[str, int], tls: "ClientTls | UnavailableT
     except OSError as exc:
         raise ConnectError(f"delayed connect error: {exc.errno}" if exc.errno else str(exc)) from None
     if tls is not None:
-        problem = tls.verify_peer(transport.get_extra_info("ssl_object"))
+        try:
+            problem = tls.verify_peer(transport.get_extra_info("ssl_object"))
+        except ValueError:
+            # The TLS layer was torn down as the connect returned: over TLS 1.3 a server refusing the client
+            # certificate sends its alert after the client's handshake is done, and the peer certificate is gone.
+            problem = "connection closed by the server after the handshake"
         if problem:
             transport.close()
             raise ConnectError(f"TLS error: {problem}")

@@ -374,6 +374,11 @@ class HostPool:
             except ConnectTimeout:
                 stats.upstream_cx_connect_timeout.value += 1
                 raise
+            except ConnectError:
+                raise
+            except Exception as exc:  # a bug on this path must fail the request (503), never leave it waiting
+                log.exception("opening a connection to %s:%d failed", host, port)
+                raise ConnectError(f"internal error: {type(exc).__name__}") from exc
         except ConnectError as exc:
             self.connecting -= 1
             stats.upstream_cx_connect_fail.value += 1

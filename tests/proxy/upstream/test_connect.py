@@ -1,0 +1,48 @@
+"""The one upstream connect path without a proxy: what a TLS connection torn down as it opens becomes."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pylon.identity.certs import make_test_pki
+from pylon.proxy.upstream.connect import ConnectError, open_upstream
+
+
+class TornDown:
+    """A cluster TLS whose peer check finds the TLS layer gone (what a refusing TLS 1.3 server leaves behind)."""
+
+    def __init__(self, context: ssl.SSLContext) -> None:
+        self.context = context
+        self.server_hostname = "localhost"
+
+    def verify_peer(self, ssl_object: Any) -> str | None:
+        raise ValueError("handshake not done yet")
+
+
+def test_a_tls_layer_gone_at_the_peer_check_is_a_connect_error(tmp_path: Path) -> None:
+    pki = make_test_pki(tmp_path / "pki")
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_context.load_cert_chain(pki.server_ecdsa.cert, pki.server_ecdsa.key)
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with server_context.wrap_socket(conn, server_side=True):
+            pass
+
+    threading.Thread(target=serve, daemon=True).start()
+    client_context = ssl.create_default_context(cafile=str(pki.ca.cert))
+
+    async def run() -> None:
+        await open_upstream(listener.getsockname()[:2], TornDown(client_context), 5.0, asyncio.Protocol)  # type: ignore[arg-type]
+
+    with pytest.raises(ConnectError, match="TLS error: connection closed by the server after the handshake"):
+        asyncio.run(run())
+    listener.close()
