@@ -9,6 +9,7 @@ leaves the response unchanged (response side).
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -39,19 +40,26 @@ def on_response_body(response):
 '''
 
 
-@pytest.fixture
-def running(tmp_path: Path, launcher: ProxyLauncher) -> Iterator[Any]:
+@contextlib.contextmanager
+def proxy_with_script(launcher: ProxyLauncher, path: Path, script: str, **listener_fields: Any) -> Iterator[Any]:
+    """pylon in front of an `Upstream`, with a Python filter running `script` (written to `path`) before the
+    router; yields (proxy, upstream)."""
     upstream = Upstream()
-    script = tmp_path / "bodies.py"
-    write_atomically(script, SCRIPT)
-    python_filter = {"name": "bodies", "typed_config": {"@type": PYTHON_TYPE, "path": str(script)}}
+    write_atomically(path, script)
+    python_filter = {"name": path.stem, "typed_config": {"@type": PYTHON_TYPE, "path": str(path)}}
     listener = http_listener("main", free_port(), [route("/", "up")])
-    listener["per_connection_buffer_limit_bytes"] = BUFFER_LIMIT
+    listener.update(listener_fields)
     listener["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"].insert(0, python_filter)
     try:
         yield launcher.start([listener], [static_cluster("up", [upstream.port])]), upstream
     finally:
         upstream.close()
+
+
+@pytest.fixture
+def running(tmp_path: Path, launcher: ProxyLauncher) -> Iterator[Any]:
+    with proxy_with_script(launcher, tmp_path / "bodies.py", SCRIPT, per_connection_buffer_limit_bytes=BUFFER_LIMIT) as both:
+        yield both
 
 
 def test_request_and_response_bodies_are_replaced(running: Any) -> None:

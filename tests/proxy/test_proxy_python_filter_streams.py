@@ -12,10 +12,8 @@ from typing import Any, Iterator
 import httpx
 import pytest
 
-from tests.conftest import free_port
-from tests.proxy.conftest import ProxyLauncher, http_listener, route, static_cluster
-from tests.proxy.test_proxy_python_filter import PYTHON_TYPE, write_atomically
-from tests.proxy.upstreams import Upstream
+from tests.proxy.conftest import ProxyLauncher
+from tests.proxy.test_proxy_python_filter_bodies import proxy_with_script
 
 SCRIPT = '''
 def on_request_data(request):
@@ -35,16 +33,8 @@ def on_response_data(response):
 
 @pytest.fixture
 def running(tmp_path: Path, launcher: ProxyLauncher) -> Iterator[Any]:
-    upstream = Upstream()
-    script = tmp_path / "streams.py"
-    write_atomically(script, SCRIPT)
-    python_filter = {"name": "streams", "typed_config": {"@type": PYTHON_TYPE, "path": str(script)}}
-    listener = http_listener("main", free_port(), [route("/", "up")])
-    listener["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"].insert(0, python_filter)
-    try:
-        yield launcher.start([listener], [static_cluster("up", [upstream.port])]), upstream
-    finally:
-        upstream.close()
+    with proxy_with_script(launcher, tmp_path / "streams.py", SCRIPT) as both:
+        yield both
 
 
 def test_each_piece_is_transformed_and_the_last_call_adds_a_tail(running: Any) -> None:
