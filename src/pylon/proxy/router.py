@@ -294,7 +294,7 @@ class _QueryMatcher:
         return self.test is None or self.test(value)
 
 
-def _first_query_values(path: str) -> dict[str, str]:
+def first_query_values(path: str) -> dict[str, str]:
     """Raw first value per parameter name (`a` alone means an empty value), as Envoy parses them."""
     q = path.find("?")
     params: dict[str, str] = {}
@@ -335,7 +335,7 @@ class _Conditions:
             if not hm.matches(None if text is None else text.encode()):
                 return False
         if self.queries:
-            params = _first_query_values(path)
+            params = first_query_values(path)
             for qm in self.queries:
                 if not qm.matches(params):
                     return False

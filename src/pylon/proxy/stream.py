@@ -27,6 +27,7 @@ from pylon.proxy.headers import HeaderList
 from pylon.proxy.http.h1_client import Http1RequestEncoder
 from pylon.proxy.http1 import HOP_BY_HOP, without_nominated
 from pylon.proxy.path import PathRejected, normalized_target
+from pylon.proxy.router import first_query_values
 from pylon.proxy.tunnel import open_tunnel
 from pylon.proxy.upstream.lb import stable_hash
 from pylon.proxy.xfcc import HEADER as XFCC
@@ -87,18 +88,6 @@ def _cookie_value(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | No
             key, equals, found = pair.strip().partition(b"=")
             if equals and key == name:
                 return found[1:-1] if len(found) > 1 and found[:1] == found[-1:] == b'"' else found
-    return None
-
-
-def _query_value(path: bytes, name: bytes) -> bytes | None:
-    """The first value of query parameter `name` in `path` (as sent: not percent-decoded), or None."""
-    query = path.partition(b"?")[2]
-    if not query:
-        return None
-    for pair in query.split(b"&"):
-        key, equals, value = pair.partition(b"=")
-        if key == name:
-            return value if equals else b""
     return None
 
 
@@ -749,8 +738,9 @@ class Stream:
             elif kind == "source_ip":  # the client as the connection manager trusts it (XFF rules), as Envoy
                 client = self.hcm.trusted_client(self)
                 value = (client[0] if isinstance(client, tuple) else client).encode()
-            elif kind == "query":
-                value = _query_value(self.path, name)
+            elif kind == "query":  # as route query matchers read it: the first value, as sent
+                found = first_query_values(self.path.decode("latin-1")).get(name.decode("latin-1"))
+                value = found.encode("latin-1") if found is not None else None
             if value is not None:
                 parts.append(value)
                 if terminal:
