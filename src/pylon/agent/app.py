@@ -24,6 +24,7 @@ from pathlib import Path
 from cryptography import x509
 
 from pylon.agent.bootstrap import Workload, build_bootstrap
+from pylon.agent.dns_proxy import DnsConfigError, DnsProxy, Resolvers
 from pylon.agent.credential_keys import CredentialKeyStore, KeydCredentialKeys, TokenCredentialKeys
 from pylon.agent.health import http_status, serve_health
 from pylon.agent.metrics import AgentMetrics, serve_metrics
@@ -70,6 +71,8 @@ class AgentOptions:
     proxy_env: dict[str, str] = field(default_factory=dict)  # ProxyConfig proxyMetadata: added to the proxy's env
     keyd_socket: str | None = None  # the workload key is made and kept in this `pylon keyd`
     pkcs11: Pkcs11Token | None = None  # ... or in this PKCS#11 token
+    dns_address: tuple[str, int] = ("127.0.0.1", 15053)  # the DNS proxy's, when the workload captures DNS
+    resolv_conf: Path = Path("/etc/resolv.conf")  # the pod's resolvers, where names not of the mesh are forwarded
     log_level: str = "info"
 
 
@@ -81,6 +84,7 @@ class Agent:
         self.not_after = 0.0
         self.current: WorkloadKey | None = None
         self.retiring: dict[asyncio.Task[None], WorkloadKey] = {}
+        self.dns: DnsProxy | None = None
 
     async def renew(self) -> float:
         """A new key and certificate into SDS; returns when the next renewal is due (time.time clock)."""
@@ -136,7 +140,9 @@ class Agent:
                 due = time.time() + delay
 
     async def ready(self) -> bool:
-        if not self.store.secrets:
+        """A certificate, the DNS table when DNS is captured (as Istio's agent: a pod resolving nothing of the mesh
+        is not ready), and the proxy's own readiness."""
+        if not self.store.secrets or (self.dns is not None and not self.dns.ready):
             return False
         return await http_status("127.0.0.1", self.options.admin_port, "/ready") == 200
 
@@ -214,8 +220,18 @@ async def run(options: AgentOptions) -> int:
     file_watch = asyncio.create_task(agent.store.watch_files())
     store = credential_keys(options)
     rewriter = SecretRewriter(store) if store is not None else None
+    metrics = AgentMetrics(lambda: agent.not_after)
+    if options.workload.captures_dns:
+        try:
+            agent.dns = DnsProxy(options.workload.identity.namespace, options.workload.dns_domain,
+                                 Resolvers.read(options.resolv_conf), metrics.registry)  # fmt: skip
+            await agent.dns.start(*options.dns_address)
+        except (DnsConfigError, OSError) as exc:
+            log.error("cannot serve DNS on %s:%d: %s", *options.dns_address, exc)
+            return 1
     xds = XdsProxy(options.discovery_address, options.root_cert.read_bytes(), options.token_file,
-                   cluster_id=options.workload.cluster_id, rewriter=rewriter)  # fmt: skip
+                   cluster_id=options.workload.cluster_id, rewriter=rewriter,
+                   on_name_table=agent.dns.update if agent.dns is not None else None)  # fmt: skip
     await xds.start(options.xds_socket)
     if options.proxy_uid is not None:  # the proxy, another user, must be able to connect to both sockets
         for socket_path in (options.sds_socket, options.xds_socket):
@@ -226,7 +242,7 @@ async def run(options: AgentOptions) -> int:
     options.bootstrap_path.parent.mkdir(parents=True, exist_ok=True)
     options.bootstrap_path.write_text(json.dumps(bootstrap, indent=2))
     health = await serve_health(*options.health, agent.ready)
-    merged_metrics = await serve_metrics(*options.status, options.admin_port, AgentMetrics(lambda: agent.not_after))
+    merged_metrics = await serve_metrics(*options.status, options.admin_port, metrics)
     proxy = await asyncio.create_subprocess_exec(*proxy_command(options), env={**os.environ, **options.proxy_env})
     log.info("agent for %s: SDS on %s, xDS on %s, proxy pid %d, health on %s:%d", options.workload.node_id,
              options.sds_socket, options.xds_socket, proxy.pid, *options.health)  # fmt: skip
@@ -251,6 +267,8 @@ async def run(options: AgentOptions) -> int:
     merged_metrics.close()
     await sds.stop(grace=0.5)
     await xds.stop()
+    if agent.dns is not None:
+        await agent.dns.stop()
     await agent.retire_all()
     if rewriter is not None:
         await rewriter.retire_all()

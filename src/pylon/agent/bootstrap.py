@@ -34,9 +34,19 @@ class Workload:
     env_metadata: Mapping[str, Any] = field(default_factory=dict)  # ISTIO_META_* of proxyMetadata, under the rest
 
     @property
+    def dns_domain(self) -> str:
+        """The pod's DNS domain, the node id's last part (Kubernetes' `<ns>.svc.cluster.local`)."""
+        return f"{self.identity.namespace}.svc.cluster.local"
+
+    @property
     def node_id(self) -> str:
-        ns = self.identity.namespace
-        return f"{self.proxy_type}~{self.ip}~{self.pod_name}.{ns}~{ns}.svc.cluster.local"
+        return f"{self.proxy_type}~{self.ip}~{self.pod_name}.{self.identity.namespace}~{self.dns_domain}"
+
+    @property
+    def captures_dns(self) -> bool:
+        """Istio's DNS capture: a sidecar whose proxyMetadata sets ISTIO_META_DNS_CAPTURE=true (node metadata
+        DNS_CAPTURE) has its agent answer the pod's DNS from pilot's name table."""
+        return self.proxy_type == "sidecar" and str(self.env_metadata.get("DNS_CAPTURE", "")).lower() == "true"
 
     def metadata(self) -> dict[str, Any]:
         return {

@@ -134,6 +134,12 @@ def _address(text: str, flag: str) -> tuple[str, int]:
 @click.option("--proxy-uid", type=click.IntRange(1), default=None,
               help="Run the proxy as this user and group (Istio's istio-proxy 1337, which capture rules let through); "
                    "needs the agent to run as root.")
+@click.option("--dns-address", default="127.0.0.1:15053", show_default=True,
+              help="Where the DNS proxy listens when the workload captures DNS (proxyMetadata "
+                   "ISTIO_META_DNS_CAPTURE=true; Istio's DNS_PROXY_ADDR): mesh names from pilot's table, the rest "
+                   "forwarded to the resolvers of --resolv-conf.")
+@click.option("--resolv-conf", type=click.Path(dir_okay=False, path_type=Path), default=Path("/etc/resolv.conf"),
+              show_default=True, help="The pod's resolvers and search list (DNS capture).")
 @click.option("-l", "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True)
 def agent_command(proxy_type: str, namespace: str, service_account: str, pod_name: str, ip: str, trust_domain: str,
@@ -143,7 +149,8 @@ def agent_command(proxy_type: str, namespace: str, service_account: str, pod_nam
                   admin_port: int, health_address: str, status_address: str, ttl_seconds: int, grace_ratio: float,
                   drain_seconds: float, keyd: str | None, pkcs11_label: str | None, pkcs11_library: str,
                   pkcs11_pin_file: Path | None, pkcs11_so_pin_file: Path | None, pkcs11_key_type: str,
-                  concurrency: int | None, proxy_uid: int | None, log_level: str) -> None:  # fmt: skip
+                  concurrency: int | None, proxy_uid: int | None, dns_address: str, resolv_conf: Path,
+                  log_level: str) -> None:  # fmt: skip
     """Run Istio's pilot-agent role beside a proxy: certificate, SDS, xDS proxy, rotation, bootstrap, supervision."""
     from pylon.agent.app import AgentOptions, run_agent
     from pylon.agent.bootstrap import Workload
@@ -180,6 +187,7 @@ def agent_command(proxy_type: str, namespace: str, service_account: str, pod_nam
         ttl_seconds=ttl_seconds, grace_ratio=grace_ratio,
         drain_seconds=drain_seconds, proxy_uid=proxy_uid, concurrency=concurrency,
         proxy_env=dict(config.proxy_metadata), keyd_socket=_keyd_path(keyd),
-        pkcs11=token, log_level=log_level,
+        pkcs11=token, dns_address=_address(dns_address, "--dns-address"), resolv_conf=resolv_conf,
+        log_level=log_level,
     )  # fmt: skip
     sys.exit(run_agent(options))

@@ -8,7 +8,10 @@ new stream, so a rotated projected token is picked up without restarting the pro
 
 Streams are relayed as raw bytes (identity (de)serializers): the agent never decodes or re-encodes a
 resource, except Secrets when its keys live in keyd or a PKCS#11 token: then `rewriter` moves each inline
-credential key there before the proxy sees it (secret_rewrite.py). Either side ending ends the other with a
+credential key there before the proxy sees it (secret_rewrite.py). With DNS capture on (`on_name_table`), the
+agent also subscribes to pilot's DNS name table on each state-of-the-world stream, after the proxy's first
+request (which names the node), as Istio's xDS proxy does: NameTable responses go to the DNS proxy and are
+ACKed by the agent, never to the proxy, which did not ask for them. Either side ending ends the other with a
 status that says why, and the proxy reconnects with its own backoff, as it does when istiod goes away. One
 upstream channel (one TLS connection, one HTTP/2 connection) carries every stream.
 """
@@ -25,8 +28,11 @@ from pathlib import Path
 
 import grpc
 
+from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest, DiscoveryResponse
+from pylon.agent.dns_table import NameInfo
 from pylon.agent.secret_rewrite import SecretRewriter
 from pylon.identity.authority import SERVING_DNS_NAMES
+from pylon.xds.nds import NAME_TABLE, NameTable
 
 log = logging.getLogger("pylon.agent.xds_proxy")
 
@@ -68,6 +74,7 @@ class XdsProxy:
     cluster_id: str = "Kubernetes"
     server_name: str = SERVING_DNS_NAMES[0]
     rewriter: SecretRewriter | None = None  # credential keys out of Secrets, when the agent's keys live elsewhere
+    on_name_table: Callable[[dict[str, NameInfo]], None] | None = None  # the DNS proxy's, with DNS capture on
     server: grpc.aio.Server | None = None
     channel: grpc.aio.Channel | None = None
 
@@ -114,8 +121,10 @@ class XdsProxy:
             await downstream.abort(grpc.StatusCode.UNAUTHENTICATED, f"pylon agent: {exc}")
         upstream = self.channel.stream_stream(f"/{ADS_SERVICE}/{method}")(metadata=metadata)
         log.info("xDS stream %d (%s) relayed to %s", stream_id, method, self.upstream)
-        up = asyncio.create_task(_pump_up(downstream, upstream))
-        down = asyncio.create_task(_pump_down(upstream, downstream, method, self.rewriter))
+        writes = asyncio.Lock()  # the proxy's requests and the agent's NDS ACKs share the upstream stream
+        tap = _NameTableTap(upstream, writes, self.on_name_table) if self._taps(method) else None
+        up = asyncio.create_task(_pump_up(downstream, upstream, writes, tap))
+        down = asyncio.create_task(_pump_down(upstream, downstream, method, self.rewriter, tap))
         try:
             await asyncio.wait({up, down}, return_when=asyncio.FIRST_COMPLETED)
             ended_by_pilot = upstream.done()
@@ -136,19 +145,78 @@ class XdsProxy:
         await downstream.abort(code, f"pilot {self.upstream}: {details}")
 
 
-async def _pump_up(downstream: grpc.aio.ServicerContext, upstream: grpc.aio.StreamStreamCall) -> None:
-    """Requests, proxy -> pilot, until the proxy half-closes."""
+    def _taps(self, method: str) -> bool:
+        """Whether to subscribe to the name table on a stream of `method` (state of the world: the bootstrap's)."""
+        return self.on_name_table is not None and method == "StreamAggregatedResources"
+
+
+@dataclass
+class _NameTableTap:
+    """The agent's own NDS subscription on a relayed stream: asked once the proxy has named the node, answered
+    responses handed to `deliver` and ACKed (or NACKed, if the table cannot be read) by the agent."""
+
+    upstream: grpc.aio.StreamStreamCall
+    writes: asyncio.Lock
+    deliver: Callable[[dict[str, NameInfo]], None]
+    subscribed: bool = False
+
+    async def after_proxy_request(self) -> None:
+        if not self.subscribed:
+            self.subscribed = True
+            await self._send(DiscoveryRequest(type_url=NAME_TABLE))
+
+    async def take(self, message: bytes) -> bool:
+        """Whether `message` was a name table (consumed here) rather than a response for the proxy."""
+        response = DiscoveryResponse.FromString(message)
+        if response.type_url != NAME_TABLE:
+            return False
+        ack = DiscoveryRequest(type_url=NAME_TABLE, version_info=response.version_info, response_nonce=response.nonce)
+        try:
+            self.deliver(_name_infos(response))
+        except (ValueError, TypeError) as exc:  # a table pilot should not have sent: say so, keep the last one
+            log.error("DNS name table version %s rejected: %s", response.version_info, exc)
+            ack.version_info = ""
+            ack.error_detail.message = f"pylon agent: {exc}"
+        await self._send(ack)
+        return True
+
+    async def _send(self, request: DiscoveryRequest) -> None:
+        async with self.writes:
+            await self.upstream.write(request.SerializeToString())
+
+
+def _name_infos(response: DiscoveryResponse) -> dict[str, NameInfo]:
+    table: dict[str, NameInfo] = {}
+    for packed in response.resources:
+        message = NameTable()
+        if not packed.Unpack(message):
+            raise ValueError(f"a {packed.type_url} in a NameTable response")
+        for host, info in message.table.items():
+            table[host] = NameInfo(tuple(info.ips), info.registry, info.shortname, info.namespace)
+    return table
+
+
+async def _pump_up(downstream: grpc.aio.ServicerContext, upstream: grpc.aio.StreamStreamCall, writes: asyncio.Lock,
+                   tap: _NameTableTap | None) -> None:  # fmt: skip
+    """Requests, proxy -> pilot, until the proxy half-closes (the first one followed by the agent's NDS
+    subscription, if it taps the stream)."""
     while (message := await downstream.read()) is not grpc.aio.EOF:
-        await upstream.write(message)
-    await upstream.done_writing()
+        async with writes:
+            await upstream.write(message)
+        if tap is not None:
+            await tap.after_proxy_request()
+    async with writes:
+        await upstream.done_writing()
     await asyncio.Event().wait()  # half-closed: keep relaying pilot's responses until pilot ends
 
 
 async def _pump_down(upstream: grpc.aio.StreamStreamCall, downstream: grpc.aio.ServicerContext, method: str,
-                     rewriter: SecretRewriter | None) -> None:  # fmt: skip
-    """Responses, pilot -> proxy (through `rewriter`, if any), until pilot ends the stream (returns) or it fails
-    (raises)."""
+                     rewriter: SecretRewriter | None, tap: _NameTableTap | None) -> None:  # fmt: skip
+    """Responses, pilot -> proxy (through `rewriter`, if any; name tables to `tap`), until pilot ends the stream
+    (returns) or it fails (raises)."""
     while (message := await upstream.read()) is not grpc.aio.EOF:
+        if tap is not None and await tap.take(message):
+            continue
         if rewriter is not None:
             message = await rewriter.response(method, message)
         await downstream.write(message)

@@ -34,12 +34,14 @@ from pylon.pilot.gen.authz import SelectedPolicies, http_rbac_filters, network_r
 from pylon.pilot.gen.clusters import blackhole_cluster, outbound_clusters
 from pylon.pilot.gen.endpoints import outbound_assignments
 from pylon.pilot.gen.mtls import PeerModes, inbound_chains
+from pylon.pilot.gen.name_table import name_table
 from pylon.pilot.gen.names import BLACKHOLE, INBOUND_PASSTHROUGH, PASSTHROUGH, domain_name, listener_name, subset_key
 from pylon.pilot.gen.routes import RouteContext, build_http_routes, is_catch_all, translate_retry
 from pylon.pilot.gen.tcp import sidecar_tcp_chains, sidecar_tls_chains
 from pylon.pilot.gen.scope import SidecarScope, mesh_virtual_services, own_services, scoped_services, sidecar_scope
-from pylon.pilot.gen.types import (ADS_SOURCE, CLUSTER, ENDPOINT, HCM, LISTENER, ORIGINAL_DST_FILTER, ROUTE,
-                                   ROUTER, TCP_PROXY, TLS_INSPECTOR, Json, Resources, route_configured_filters)  # fmt: skip
+from pylon.pilot.gen.types import (ADS_SOURCE, CLUSTER, ENDPOINT, HCM, LISTENER, NAME_TABLE, ORIGINAL_DST_FILTER,
+                                   ROUTE, ROUTER, TCP_PROXY, TLS_INSPECTOR, Json, Resources,
+                                   route_configured_filters)  # fmt: skip
 from pylon.pilot.hosts import matches, resolve_short_name
 from pylon.pilot.istio.common import format_duration
 from pylon.pilot.istio.networking import HTTP_PROTOCOLS, ServicePort
@@ -89,6 +91,7 @@ class SidecarGenerator:
             ROUTE: {item["name"]: item for item in routes},
             CLUSTER: {item["name"]: item for item in clusters},
             ENDPOINT: {item["cluster_name"]: item for item in endpoints},
+            NAME_TABLE: {"": name_table(services)},  # one unnamed table, for the agent's DNS proxy (if it asks)
         }
 
     def endpoints(self, proxy: Proxy, snapshot: Snapshot, hostnames: frozenset[str]) -> dict[str, Json]:

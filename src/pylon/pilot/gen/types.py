@@ -9,10 +9,12 @@ ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 ENDPOINT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 SECRET = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+NAME_TABLE = "type.googleapis.com/istio.networking.nds.v1.NameTable"  # Istio's DNS table, for agents (not Envoy)
 
-# Istio's push order: clusters before the endpoints they name, listeners before their routes, then secrets.
-PUSH_ORDER = (CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET)
-SHORT_NAMES = {CLUSTER: "cds", ENDPOINT: "eds", LISTENER: "lds", ROUTE: "rds", SECRET: "sds"}
+# Istio's push order: clusters before the endpoints they name, listeners before their routes, then secrets; the
+# agent's DNS table last.
+PUSH_ORDER = (CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, NAME_TABLE)
+SHORT_NAMES = {CLUSTER: "cds", ENDPOINT: "eds", LISTENER: "lds", ROUTE: "rds", SECRET: "sds", NAME_TABLE: "nds"}
 
 HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 TCP_PROXY = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"

@@ -42,7 +42,8 @@ from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
 from envoy.config.listener.v3.listener_pb2 import Listener
 from envoy.config.route.v3.route_pb2 import RouteConfiguration
 from envoy.extensions.transport_sockets.tls.v3.secret_pb2 import Secret
-from pylon.pilot.gen.types import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, Json
+from pylon.pilot.gen.types import CLUSTER, ENDPOINT, LISTENER, NAME_TABLE, ROUTE, SECRET, Json
+from pylon.xds.nds import NameTable
 
 MESSAGES: dict[str, type[Message]] = {
     LISTENER: Listener,
@@ -50,6 +51,7 @@ MESSAGES: dict[str, type[Message]] = {
     CLUSTER: Cluster,
     ENDPOINT: ClusterLoadAssignment,
     SECRET: Secret,
+    NAME_TABLE: NameTable,
 }
 
 
