@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -9,9 +10,10 @@ import yaml
 
 from pylon.config.errors import ConfigError
 from pylon.mesh.capture import ruleset
-from pylon.mesh.install import load_install
+from pylon.mesh.install import effective_proxy_config, load_install
 from pylon.mesh.layout import allocate, check_name
-from pylon.mesh.resources import WorkloadSpec, hosts_file, service_document, workload_document
+from pylon.mesh.resources import (WorkloadSpec, hosts_file, pod_hosts_file, resolv_conf, service_document,
+                                  workload_document)  # fmt: skip
 from pylon.pilot.istio.resources import decode_resource
 from pylon.pilot.snapshot import build_snapshot
 
@@ -37,6 +39,32 @@ def test_capture_rules_exempt_the_proxy_and_its_ports() -> None:
     assert 'ip saddr 127.0.0.6 oifname "lo" return' in rules
     # The order is the rules' meaning: the exemptions come before the catch-all redirect.
     assert rules.index("meta skgid 1337 return") < rules.index("redirect to :15001")
+
+
+def test_dns_capture_sends_every_query_but_the_proxys_to_the_agent() -> None:
+    assert ":15053" not in ruleset()
+    rules = ruleset(dns=True)
+    for proto in ("udp", "tcp"):
+        assert f"{proto} dport 53 meta skuid != 1337 meta skgid != 1337 redirect to :15053" in rules
+    # Ahead of the loopback exemptions: a resolver on loopback is captured too.
+    assert rules.index("redirect to :15053") < rules.index('oifname "lo" meta skuid != 1337 return')
+
+
+def test_a_pod_whose_sidecar_answers_dns_has_no_service_names_in_its_hosts_file() -> None:
+    capturing = dataclasses.replace(SPEC, dns_capture=True)
+    assert pod_hosts_file(capturing, [SPEC, V2]) == "127.0.0.1 localhost\n::1 localhost\n"
+    assert "server.default.svc.cluster.local" in pod_hosts_file(SPEC, [SPEC, V2])
+    conf = resolv_conf("shop", "10.77.0.1")
+    assert "search shop.svc.cluster.local svc.cluster.local cluster.local\n" in conf and "nameserver 10.77.0.1\n" in conf
+
+
+def test_sidecars_capture_dns_unless_their_proxy_metadata_says_not() -> None:
+    assert effective_proxy_config({}, dns_capture_by_default=True).captures_dns
+    assert not effective_proxy_config({}).captures_dns  # gateways: Istio's default
+    off = {"defaultConfig": {"proxyMetadata": {"ISTIO_META_DNS_CAPTURE": "false", "A": "1"}}}
+    result = effective_proxy_config(off, dns_capture_by_default=True)
+    assert not result.captures_dns and yaml.safe_load(result.text)["proxyMetadata"] == {
+        "ISTIO_META_DNS_CAPTURE": "false", "A": "1"}
 
 
 def test_workload_resources_are_what_pilot_reads() -> None:

@@ -107,6 +107,30 @@ def test_a_pod_without_sidecar_talks_plaintext_both_ways(mesh: MeshCli) -> None:
     assert status == "200" and "URI=spiffe" not in body
 
 
+def test_names_resolve_through_the_sidecars_dns_proxy(mesh: MeshCli, tmp_path: Path) -> None:
+    """The client pod's hosts file holds only localhost: its lookups are captured to its agent's DNS proxy, which
+    answers from pilot's name table - the service by its name and, through the search list, its short names, a
+    ServiceEntry applied later, and a query sent straight to a resolver address nobody listens on."""
+    assert "server" not in mesh("exec", "client", "--", "cat", "/etc/hosts").stdout
+    vip = mesh("exec", "client", "--", "getent", "ahostsv4", "server.default.svc.cluster.local").stdout.split()[0]
+    assert vip.startswith("10.77.128.")
+    for name in ("server", "server.default"):
+        assert mesh("exec", "client", "--", "getent", "ahostsv4", name).stdout.split()[0] == vip, name
+    late = tmp_path / "late.yaml"
+    late.write_text(yaml.safe_dump({"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
+                                    "metadata": {"name": "late", "namespace": "default"},
+                                    "spec": {"hosts": ["api.late.test"], "addresses": ["10.77.128.250"],
+                                             "ports": [{"number": 80, "name": "http", "protocol": "HTTP"}]}}))
+    mesh("apply", "-f", str(late))
+    eventually(lambda: "10.77.128.250" in mesh("exec", "client", "--", "getent", "ahostsv4", "api.late.test",
+                                               check=False).stdout, timeout=10)  # fmt: skip
+    ask = ("import dns.message, dns.query; print(dns.query.udp(dns.message.make_query("
+           "'server.default.svc.cluster.local', 'A'), '10.77.0.1', timeout=3).answer[0])")
+    assert vip in mesh("exec", "client", "--", sys.executable, "-c", ask).stdout  # captured, answered by the agent
+    # A pod without a sidecar resolves from its hosts file.
+    assert mesh("exec", "plain", "--", "getent", "ahostsv4", "server.default.svc.cluster.local").stdout.split()[0] == vip
+
+
 def test_an_authorization_policy_denies_a_path(mesh: MeshCli, tmp_path: Path) -> None:
     policy = tmp_path / "deny-admin.yaml"
     policy.write_text(yaml.safe_dump({

@@ -67,6 +67,7 @@ class DnsProxy:
                  upstream_timeout: float = UPSTREAM_TIMEOUT) -> None:  # fmt: skip
         self.namespace, self.domain, self.resolvers = namespace, domain, resolvers
         self.upstream_timeout = upstream_timeout
+        self.registry = registry
         self.lookup: LookupTable | None = None
         self.requests = Counter("istio_agent_dns_requests", "DNS requests.", registry=registry)
         self.upstream_requests = Counter("istio_agent_dns_upstream_requests", "DNS requests forwarded to the pod's "
@@ -110,28 +111,30 @@ class DnsProxy:
             return None
         self.requests.inc()
         if self.lookup is None:
-            response = _failure(query)
-        else:
-            response = answer(self.lookup, query) or await self._forward(query, tcp)
-        return _to_wire(response, query, tcp)
+            return _to_wire(_failure(query), query, tcp)
+        response = answer(self.lookup, query)
+        if response is not None:
+            return _to_wire(response, query, tcp)
+        return await self._forward(wire, query, tcp)
 
-    async def _forward(self, query: dns.message.Message, tcp: bool) -> dns.message.Message:
-        """The first answer of the pod's resolvers, tried in random order (SERVFAIL if none answers)."""
+    async def _forward(self, wire: bytes, query: dns.message.Message, tcp: bool) -> bytes:
+        """The first answer of the pod's resolvers to the query as it came, tried in random order (SERVFAIL if
+        none answers)."""
         self.upstream_requests.inc()
         servers = list(self.resolvers.servers)
         random.shuffle(servers)
         for server in servers:
             try:
                 if tcp:
-                    return await dns.asyncquery.tcp(query, server, timeout=self.upstream_timeout,
-                                                    port=self.resolvers.port)  # fmt: skip
-                return await dns.asyncquery.udp(query, server, timeout=self.upstream_timeout, port=self.resolvers.port,
-                                                ignore_unexpected=True)  # fmt: skip
-            except (dns.exception.DNSException, OSError, EOFError) as exc:
+                    reply = await dns.asyncquery.tcp(query, server, timeout=self.upstream_timeout,
+                                                     port=self.resolvers.port)  # fmt: skip
+                    return reply.to_wire(max_size=_TCP_MAX)
+                return await _udp_exchange(wire, query.id, server, self.resolvers.port, self.upstream_timeout)
+            except (dns.exception.DNSException, OSError, EOFError, asyncio.TimeoutError) as exc:
                 log.info("resolver %s did not answer %s: %r", server, query.question[0].name if query.question else "?",
                          exc)  # fmt: skip
         self.upstream_failures.inc()
-        return _failure(query)
+        return _to_wire(_failure(query), query, tcp)
 
     async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Length-prefixed queries on one connection, answered in turn until the client closes."""
@@ -144,6 +147,33 @@ class DnsProxy:
                 writer.write(struct.pack("!H", len(wire)) + wire)
                 await writer.drain()
         writer.close()
+
+
+async def _udp_exchange(wire: bytes, query_id: int, server: str, port: int, timeout: float) -> bytes:
+    """One UDP query to `server` and its answer. The socket is connected, so a resolver that is not there
+    (ICMP port unreachable) fails at once instead of after the timeout."""
+    loop = asyncio.get_running_loop()
+    answered: asyncio.Future[bytes] = loop.create_future()
+    transport, _ = await loop.create_datagram_endpoint(lambda: _Exchange(answered, query_id),
+                                                       remote_addr=(server, port))  # fmt: skip
+    try:
+        transport.sendto(wire)
+        return await asyncio.wait_for(answered, timeout)
+    finally:
+        transport.close()
+
+
+class _Exchange(asyncio.DatagramProtocol):
+    def __init__(self, answered: asyncio.Future[bytes], query_id: int) -> None:
+        self.answered, self.query_id = answered, query_id
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        if len(data) >= 2 and struct.unpack("!H", data[:2])[0] == self.query_id and not self.answered.done():
+            self.answered.set_result(data)  # anything else is not the answer: wait on
+
+    def error_received(self, exc: Exception) -> None:
+        if not self.answered.done():
+            self.answered.set_exception(exc)
 
 
 class _UdpProtocol(asyncio.DatagramProtocol):

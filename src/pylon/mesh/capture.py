@@ -6,6 +6,11 @@ for the sidecar's own ports; outbound connections go to :15001 but for the proxy
 sidecar's inbound passthrough to the app). The
 `redirect` of each rule needs `meta l4proto tcp` beside it. Loading is atomic (`nft -f`): a ruleset
 that fails installs nothing, so the loader checks the table afterwards.
+
+With DNS capture (istio-iptables' --redirect-dns with ISTIO_META_DNS_CAPTURE; `dns=True`), every DNS query of
+the pod's processes, UDP or TCP port 53 to any resolver, goes to the agent's DNS proxy on :15053, ahead of the
+loopback exemptions (a resolver may well be on loopback), except the proxy's and the agent's own (uid or gid
+1337), which is how the agent's forwarding reaches the real resolvers.
 """
 
 from __future__ import annotations
@@ -15,13 +20,18 @@ from pylon.mesh.layout import PROXY_UID
 TABLE = "pylon_capture"
 INBOUND_CAPTURE_PORT = 15006
 OUTBOUND_CAPTURE_PORT = 15001
+DNS_CAPTURE_PORT = 15053
 # istio-iptables' default exclusions: the sidecar's own ports (HBONE, agent, health, Prometheus).
 EXCLUDED_INBOUND_PORTS = (15008, 15020, 15021, 15090)
 
 
-def ruleset(excluded_inbound: tuple[int, ...] = EXCLUDED_INBOUND_PORTS) -> str:
-    """The nft script for one workload namespace (replaces any earlier version of the table)."""
+def ruleset(excluded_inbound: tuple[int, ...] = EXCLUDED_INBOUND_PORTS, dns: bool = False) -> str:
+    """The nft script for one workload namespace (replaces any earlier version of the table); `dns`: with DNS
+    capture."""
     excluded = ", ".join(str(port) for port in excluded_inbound)
+    dns_rules = "".join(
+        f"\n    {proto} dport 53 meta skuid != {PROXY_UID} meta skgid != {PROXY_UID} redirect to :{DNS_CAPTURE_PORT}"
+        for proto in ("udp", "tcp")) if dns else ""  # fmt: skip
     return f"""table inet {TABLE}
 delete table inet {TABLE}
 table inet {TABLE} {{
@@ -31,7 +41,7 @@ table inet {TABLE} {{
     meta l4proto tcp redirect to :{INBOUND_CAPTURE_PORT}
   }}
   chain output {{
-    type nat hook output priority -100; policy accept;
+    type nat hook output priority -100; policy accept;{dns_rules}
     ip saddr 127.0.0.6 oifname "lo" return
     oifname "lo" ip daddr != 127.0.0.1 meta skuid {PROXY_UID} meta l4proto tcp redirect to :{INBOUND_CAPTURE_PORT}
     oifname "lo" meta skuid != {PROXY_UID} return

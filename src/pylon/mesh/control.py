@@ -9,6 +9,7 @@ left (it looks for the `pm-` names, not only at the state).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -20,11 +21,12 @@ from typing import Any
 import yaml
 
 from pylon.mesh import kube_proxy, netns
-from pylon.mesh.install import GatewayDeployment, Install, effective_proxy_config
+from pylon.mesh.install import GatewayDeployment, Install, PodProxyConfig, effective_proxy_config
 from pylon.mesh.key_homes import KeyPlacement, make_token
-from pylon.mesh.layout import (BRIDGE, HUB, PILOT_ADDRESS, PROXY_UID, allocate, check_name, netns_name, service_host,
-                               state_dir, veth_name)  # fmt: skip
-from pylon.mesh.resources import WorkloadSpec, hosts_file, service_document, workload_document
+from pylon.mesh.layout import (BRIDGE, HUB, HUB_ADDRESS, PILOT_ADDRESS, PROXY_UID, allocate, check_name, netns_name,
+                               service_host, state_dir, veth_name)  # fmt: skip
+from pylon.mesh.resources import (WorkloadSpec, pod_hosts_file, resolv_conf, service_document,
+                                  workload_document)  # fmt: skip
 from pylon.mesh.state import MeshState, Process, Workload
 from pylon.pilot.istio.resources import Resource, decode_resource
 from pylon.pilot.source.directory import load_directory, read_documents
@@ -123,6 +125,9 @@ class Mesh:
         spec = WorkloadSpec(name=name, namespace=namespace, service_account=service_account, address=str(slot.address),
                             vip=vip, ports=ports, labels=labels, service=service, sidecar=sidecar,
                             proxy=proxy, cert_ttl=cert_ttl)  # fmt: skip
+        pod_config = self._pod_proxy_config(spec, spec.all_labels, sidecar=True) if sidecar else None
+        if pod_config is not None:
+            spec = dataclasses.replace(spec, dns_capture=pod_config.captures_dns)
         pod = netns_name(name)
         workdir = self.root / "w" / name
         workdir.mkdir(parents=True)
@@ -132,13 +137,13 @@ class Mesh:
         netns.create_pod(pod, veth_name(slot.index), slot.address)
         netns.check_route(pod, PILOT_ADDRESS)
         if sidecar:
-            netns.load_capture(pod)
+            netns.load_capture(pod, dns=spec.dns_capture)
         if peer is None:
             (self.config_dir / f"service-{namespace}-{service}.yaml").write_text(yaml.safe_dump(service_document(spec)))
         (self.config_dir / f"workload-{name}.yaml").write_text(yaml.safe_dump(workload_document(spec)))
         self._write_names(state)
-        if sidecar:
-            self._start_agent(state, workload, workdir, "sidecar", spec.all_labels)
+        if pod_config is not None:
+            self._start_agent(state, workload, workdir, "sidecar", spec.all_labels, pod_config)
         if command:
             app = netns.spawn(pod, command, self.logs / f"{name}.log")
             workload.processes.append(Process("app", app.pid, netns.start_ticks(app.pid)))
@@ -165,7 +170,8 @@ class Mesh:
                 raise netns.MeshError(f"gateway {name}: its keys in {gateway.keys} need `--proxy pylon` (stock Envoy "
                                       "has neither the keyd nor the SGX provider)")  # fmt: skip
             placement = self._place_keys(state, workload, workdir, gateway.keys)
-        self._start_agent(state, workload, workdir, "router", gateway.labels, gateway.proxy_config, placement)
+        pod_config = self._pod_proxy_config(spec, gateway.labels, gateway.proxy_config)
+        self._start_agent(state, workload, workdir, "router", gateway.labels, pod_config, placement)
 
     def _place_keys(self, state: MeshState, workload: Workload, workdir: Path, keys: str) -> KeyPlacement:
         """The gateway pod's key home, as the `keyd` or `pkcs11` injection template asks: a `pylon keyd` running in
@@ -247,33 +253,40 @@ class Mesh:
         return [resource for resource in result.resources if resource.kind == "ProxyConfig"]
 
     def _write_names(self, state: MeshState) -> None:
-        """Every pod resolves every service (and gateway) by name: hosts files for all pods, rewritten in place;
-        pods without a sidecar reach service VIPs through kube-proxy-like rules, refreshed with the endpoints."""
+        """Every pod resolves every service (and gateway) by name: through its sidecar's DNS proxy (pilot's name
+        table), or else from a hosts file (rewritten in place); with Kubernetes' search list either way. Pods
+        without a sidecar reach service VIPs through kube-proxy-like rules, refreshed with the endpoints."""
         specs = [w.spec for w in state.workloads.values()]
-        hosts = hosts_file(specs)
         services: dict[tuple[str, int], list[str]] = {}
         for spec in specs:
             for port in spec.ports if spec.vip else ():
                 services.setdefault((spec.vip, port), []).append(spec.address)
         for name, workload in state.workloads.items():
-            netns.write_etc(netns_name(name), "hosts", hosts)
-            netns.write_etc(netns_name(name), "resolv.conf", "options timeout:1 attempts:1\nnameserver 10.77.0.1\n")
+            netns.write_etc(netns_name(name), "hosts", pod_hosts_file(workload.spec, specs))
+            # The hub runs no resolver: a name not of the mesh fails at once (port unreachable), as nothing may
+            # leave the machine.
+            netns.write_etc(netns_name(name), "resolv.conf", resolv_conf(workload.spec.namespace, str(HUB_ADDRESS)))
             if workload.kind == "sidecar" and not workload.spec.sidecar:
                 netns.load_rules(netns_name(name), kube_proxy.ruleset(services))
 
+    def _pod_proxy_config(self, spec: WorkloadSpec, labels: dict[str, str], annotation: str = "",
+                          sidecar: bool = False) -> PodProxyConfig:  # fmt: skip
+        """The pod's ProxyConfig: MeshConfig `defaultConfig`, the applied ProxyConfig resources and the pod's
+        `proxy.istio.io/config` annotation, merged now as Istio's injector does (a later change reaches only pods
+        started after it). Departure: a sidecar captures DNS unless its proxyMetadata says otherwise (Istio's
+        default is off, with kube-dns beside it; here the agent's DNS proxy is how pods find services)."""
+        mesh_file = self.root / "mesh.yaml"
+        mesh_config = yaml.safe_load(mesh_file.read_text()) or {} if mesh_file.exists() else {}
+        return effective_proxy_config(mesh_config, annotation, self._proxy_config_resources(), spec.namespace, labels,
+                                      dns_capture_by_default=sidecar)  # fmt: skip
+
     def _start_agent(self, state: MeshState, workload: Workload, workdir: Path, proxy_type: str,
-                     labels: dict[str, str], annotation: str = "", keys: KeyPlacement | None = None) -> None:
-        """The pod's `pylon agent` (Istio's pilot-agent) with its token and its ProxyConfig (MeshConfig
-        `defaultConfig`, the applied ProxyConfig resources and the pod's `proxy.istio.io/config` annotation, merged
-        now as Istio's injector does: a later change reaches only pods started after it), and where its keys live,
-        running the proxy; waits until ready."""
+                     labels: dict[str, str], proxy_config: PodProxyConfig, keys: KeyPlacement | None = None) -> None:
+        """The pod's `pylon agent` (Istio's pilot-agent) with its token, its ProxyConfig and where its keys live,
+        running the proxy; waits until ready (with DNS capture, that includes pilot's name table)."""
         spec = workload.spec
         keys = keys or KeyPlacement()
         extra: list[str] = list(keys.args)
-        mesh_file = self.root / "mesh.yaml"
-        mesh_config = yaml.safe_load(mesh_file.read_text()) or {} if mesh_file.exists() else {}
-        proxy_config = effective_proxy_config(mesh_config, annotation, self._proxy_config_resources(),
-                                              spec.namespace, labels)  # fmt: skip
         self.ignored += proxy_config.ignored
         self.notes += proxy_config.notes
         if proxy_config.text:

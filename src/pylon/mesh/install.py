@@ -194,19 +194,30 @@ class PodProxyConfig:
     text: str = ""
     ignored: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    captures_dns: bool = False  # proxyMetadata ISTIO_META_DNS_CAPTURE is "true"
+
+
+DNS_CAPTURE = "ISTIO_META_DNS_CAPTURE"
 
 
 def effective_proxy_config(mesh_config: dict[str, Any], annotation: str = "", resources: Sequence[Resource] = (),
-                           namespace: str = "default", labels: Mapping[str, str] | None = None) -> PodProxyConfig:  # fmt: skip
+                           namespace: str = "default", labels: Mapping[str, str] | None = None,
+                           dns_capture_by_default: bool = False) -> PodProxyConfig:  # fmt: skip
     """A pod's ProxyConfig as Istio's injector merges it (mesh/proxy_configs.py): MeshConfig `defaultConfig`, the
     ProxyConfig resources among `resources` for its namespace and labels, and its `proxy.istio.io/config`
     annotation. `image` picks the sidecar's container image: no container here, so it is reported as ignored,
-    naming the resource that set it."""
+    naming the resource that set it. `dns_capture_by_default`: proxyMetadata ISTIO_META_DNS_CAPTURE is "true"
+    unless the merged config sets it."""
     merged = merge_effective(mesh_config.get("defaultConfig") or {}, resources, namespace=namespace,
                              labels=labels or {}, annotation=yaml.safe_load(annotation) if annotation else None,
                              root_namespace=mesh_config.get("rootNamespace") or DEFAULT_ROOT_NAMESPACE)  # fmt: skip
     config = dict(merged.config)
+    metadata = dict(config.get("proxyMetadata") or {})
+    if dns_capture_by_default and DNS_CAPTURE not in metadata:
+        config["proxyMetadata"] = {**metadata, DNS_CAPTURE: "true"}
+    captures_dns = str((config.get("proxyMetadata") or {}).get(DNS_CAPTURE, "")).lower() == "true"
     ignored = [f"ProxyConfig {r.namespace}/{r.name}: spec.image" for r in merged.applied if r.spec.image is not None]
     if config.pop("image", None) is None:
         ignored = []
-    return PodProxyConfig(text=yaml.safe_dump(config) if config else "", ignored=ignored, notes=merged.notes)
+    return PodProxyConfig(text=yaml.safe_dump(config) if config else "", ignored=ignored, notes=merged.notes,
+                          captures_dns=captures_dns)

@@ -80,11 +80,12 @@ def check_route(netns: str, destination: ipaddress.IPv4Address, device: str = "e
         raise MeshError(f"refusing to use {destination} from {netns}: its route is not our {device} ({route.strip()})")
 
 
-def load_capture(netns: str) -> None:
-    """Istio's capture rules in `netns`, checked after loading (nft -f installs all or nothing)."""
-    run("ip", "netns", "exec", netns, "nft", "-f", "-", input_text=ruleset())
+def load_capture(netns: str, dns: bool = False) -> None:
+    """Istio's capture rules in `netns` (`dns`: DNS too), checked after loading (nft -f installs all or nothing)."""
+    run("ip", "netns", "exec", netns, "nft", "-f", "-", input_text=ruleset(dns=dns))
     listing = run("ip", "netns", "exec", netns, "nft", "list", "table", "inet", TABLE)
-    if "redirect to :15001" not in listing or "redirect to :15006" not in listing:
+    expected = ["redirect to :15001", "redirect to :15006", *(["redirect to :15053"] if dns else [])]
+    if not all(rule in listing for rule in expected):
         raise MeshError(f"capture rules did not load in {netns}: {listing}")
 
 

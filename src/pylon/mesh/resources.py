@@ -31,6 +31,7 @@ class WorkloadSpec:
     sidecar: bool = True
     proxy: str = ""  # its sidecar's proxy, pylon or envoy ("": the mesh's default)
     cert_ttl: int = 0  # seconds its certificate lives (Istio's SECRET_TTL; 0: the agent's default, 24 h)
+    dns_capture: bool = False  # its sidecar answers its DNS (ISTIO_META_DNS_CAPTURE)
 
     @property
     def all_labels(self) -> dict[str, str]:
@@ -58,11 +59,14 @@ def workload_document(spec: WorkloadSpec) -> dict[str, Any]:
                 "ports": {f"http-{port}": port for port in spec.ports}}}  # fmt: skip
 
 
+LOCALHOST = ["127.0.0.1 localhost", "::1 localhost"]
+
+
 def hosts_file(workloads: list[WorkloadSpec]) -> str:
-    """/etc/hosts for every workload namespace: each service's names on its VIP (ip netns exec bind-mounts
-    /etc/netns/<ns>/hosts over /etc/hosts), the equivalent of Kubernetes' DNS for Services; a gateway, which
-    has no VIP, by its pod address."""
-    lines = ["127.0.0.1 localhost", "::1 localhost"]
+    """/etc/hosts for a workload namespace whose sidecar does not answer its DNS: each service's names on its VIP
+    (ip netns exec bind-mounts /etc/netns/<ns>/hosts over /etc/hosts), the equivalent of Kubernetes' DNS for
+    Services; a gateway, which has no VIP, by its pod address."""
+    lines = list(LOCALHOST)
     seen: set[tuple[str, str]] = set()
     for spec in workloads:
         name = spec.service or spec.name
@@ -72,3 +76,16 @@ def hosts_file(workloads: list[WorkloadSpec]) -> str:
         host = service_host(name, spec.namespace)
         lines.append(f"{spec.vip or spec.address} {host} {name}.{spec.namespace}.svc {name}.{spec.namespace}")
     return "\n".join(lines) + "\n"
+
+
+def resolv_conf(namespace: str, resolver: str) -> str:
+    """/etc/resolv.conf of a pod: Kubernetes' search list for its namespace (so `server` and `server.default`
+    find `server.default.svc.cluster.local`), and `resolver`."""
+    return (f"search {namespace}.svc.cluster.local svc.cluster.local cluster.local\n"
+            f"nameserver {resolver}\noptions timeout:1 attempts:2\n")  # fmt: skip
+
+
+def pod_hosts_file(spec: WorkloadSpec, workloads: list[WorkloadSpec]) -> str:
+    """A pod's /etc/hosts: localhost alone when its sidecar answers its DNS from pilot's table (every service,
+    and ServiceEntries applied later, by name), else every service's names (`hosts_file`)."""
+    return "\n".join(LOCALHOST) + "\n" if spec.dns_capture else hosts_file(workloads)
