@@ -41,6 +41,8 @@ UPSTREAM_OPTIONS = "envoy.upstream_options"
 KEY_PROVIDER = "envoy.tls.key_providers"
 CONNECTION_BALANCER = "envoy.network.connection_balance"
 REGEX_ENGINE = "envoy.regex_engines"
+#: A cluster's `cluster_type.typed_config`: custom cluster types, whose clusters find their hosts themselves.
+CLUSTER_TYPE = "envoy.clusters"
 
 #: Human names used in error messages ("accepted here (network filters): ...").
 CATEGORY_NAMES = MappingProxyType(
@@ -56,6 +58,7 @@ CATEGORY_NAMES = MappingProxyType(
         KEY_PROVIDER: "private key provider",
         CONNECTION_BALANCER: "connection balancer",
         REGEX_ENGINE: "regex engine",
+        CLUSTER_TYPE: "cluster type",
     }
 )
 
