@@ -82,14 +82,22 @@ EXTENSION_MODULES: Mapping[str, Mapping[str, str]] = MappingProxyType(
         },
         HTTP_FILTER: {
             "envoy.extensions.filters.http.cors.v3.Cors": "pylon.extensions.filters.http.cors",
+            "envoy.extensions.filters.http.dynamic_forward_proxy.v3.FilterConfig":
+                "pylon.extensions.filters.http.dynamic_forward_proxy",
             "envoy.extensions.filters.http.fault.v3.HTTPFault": "pylon.extensions.filters.http.fault",
             "envoy.extensions.filters.http.rbac.v3.RBAC": "pylon.extensions.filters.http.rbac",
             "pylon.filters.http.v1.Python": "pylon.extensions.filters.http.python",
         },
         HTTP_FILTER_PER_ROUTE: {
             "envoy.extensions.filters.http.cors.v3.CorsPolicy": "pylon.extensions.filters.http.cors",
+            "envoy.extensions.filters.http.dynamic_forward_proxy.v3.PerRouteConfig":
+                "pylon.extensions.filters.http.dynamic_forward_proxy",
             "envoy.extensions.filters.http.fault.v3.HTTPFault": "pylon.extensions.filters.http.fault",
             "envoy.extensions.filters.http.rbac.v3.RBACPerRoute": "pylon.extensions.filters.http.rbac",
+        },
+        CLUSTER_TYPE: {
+            "envoy.extensions.clusters.dynamic_forward_proxy.v3.ClusterConfig":
+                "pylon.extensions.clusters.dynamic_forward_proxy",
         },
         NETWORK_FILTER: {
             "envoy.extensions.filters.network.rbac.v3.RBAC": "pylon.extensions.filters.network.rbac",
