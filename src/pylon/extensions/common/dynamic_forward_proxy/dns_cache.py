@@ -74,7 +74,8 @@ class CacheListener(Protocol):
 
 class PendingRequests:
     """dns_cache_circuit_breaker: how many requests wait for a resolution at once; a gauge of what is left and
-    one that says when none is (Envoy's `circuit_breakers.rq_pending_remaining` / `_open`)."""
+    one that says when none is (Envoy's `circuit_breakers.rq_pending_remaining` / `_open`; as Envoy's, `_open`
+    changes when a request takes or frees a place, so a limit of 0 never shows it)."""
 
     __slots__ = ("limit", "count", "overflow", "open", "remaining")
 
@@ -84,21 +85,20 @@ class PendingRequests:
         self.overflow = stats.counter(prefix + "dns_rq_pending_overflow")
         self.open = stats.gauge(prefix + "circuit_breakers.rq_pending_open")
         self.remaining = stats.gauge(prefix + "circuit_breakers.rq_pending_remaining")
-        self._show()
+        self.remaining.value = limit
 
     def try_acquire(self) -> bool:
         if self.count >= self.limit:
             self.overflow.value += 1
             return False
-        self.count += 1
-        self._show()
+        self._count(1)
         return True
 
     def release(self) -> None:
-        self.count -= 1
-        self._show()
+        self._count(-1)
 
-    def _show(self) -> None:
+    def _count(self, change: int) -> None:
+        self.count += change
         self.remaining.value = self.limit - self.count
         self.open.value = 1 if self.count >= self.limit else 0
 
