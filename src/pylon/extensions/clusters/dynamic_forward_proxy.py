@@ -22,7 +22,7 @@ proxy filter, which resolves it first, is not implemented).
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from pylon.config import registry
 from pylon.config.envoy import AutoSniOptions, ClusterTypeConfig, NotSupportedYet
@@ -33,10 +33,12 @@ from pylon.extensions.common.dynamic_forward_proxy.config import DnsCacheConfig
 from pylon.extensions.common.dynamic_forward_proxy.dns_cache import LOADING, HostInfo, worker_caches
 from pylon.extensions.common.dynamic_forward_proxy.hosts import cache_key
 from pylon.proxy import local_reply as lr
-from pylon.proxy.connection_info import ConnectionInfo
 from pylon.proxy.upstream.cluster import PENDING, Cluster, register_cluster_type
 from pylon.proxy.upstream.host import Host
-from pylon.stats.store import StatsStore
+
+if TYPE_CHECKING:
+    from pylon.proxy.connection_info import ConnectionInfo
+    from pylon.stats.store import StatsStore
 
 TYPE_URL = "type.googleapis.com/envoy.extensions.clusters.dynamic_forward_proxy.v3.ClusterConfig"
 _AUTO_SNI = AutoSniOptions(auto_sni=True, auto_san_validation=True)

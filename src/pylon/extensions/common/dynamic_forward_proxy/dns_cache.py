@@ -20,19 +20,18 @@ the stats of several workers add up (as circuit breakers and health checks do).
 from __future__ import annotations
 
 import asyncio
-import logging
 import math
 import random
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pylon.extensions.common.dynamic_forward_proxy.config import DnsCacheConfig
 from pylon.extensions.common.dynamic_forward_proxy.hosts import cache_key, parse_authority
 from pylon.proxy.upstream.dns import CaresResolver, no_records
-from pylon.stats.store import StatsStore
 from pylon.xds.backoff import Backoff
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from pylon.stats.store import StatsStore
 
 IN_CACHE, LOADING, OVERFLOW = "in_cache", "loading", "overflow"
 COMPLETED, FAILURE = "completed", "failure"  # Envoy's resolution status: a name without addresses is COMPLETED
