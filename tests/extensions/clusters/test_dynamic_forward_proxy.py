@@ -17,6 +17,7 @@ from pylon.config.envoy import convert
 from pylon.config.errors import ConfigError
 from pylon.config.loader import parse_bootstrap
 from pylon.extensions.clusters.dynamic_forward_proxy import DynamicForwardProxyCluster
+from pylon.extensions.common.dynamic_forward_proxy.dns_cache import HostInfo
 from pylon.proxy.dynamic import DynamicConfig
 from pylon.proxy.upstream.cluster import build_cluster
 from pylon.stats.store import StatsStore
@@ -180,3 +181,30 @@ def test_a_cds_update_giving_a_cache_other_settings_than_a_listeners_filter_is_r
     assert caught.value.path == "resources[0].cluster_type.typed_config.dns_cache_config"
     assert caught.value.message == "config specified DNS cache 'dfp' with different settings"
     assert dynamic.version == 1
+
+
+def test_a_names_host_takes_the_match_asking_no_metadata_and_leaves_when_ejected() -> None:
+    """Istio's auto mTLS shape: a `tlsMode: istio` match and a plaintext one asking nothing; outlier detection."""
+    data = bootstrap()
+    cluster_of(data)["transport_socket_matches"] = [
+        {"name": "tlsMode-istio", "match": {"tlsMode": "istio"}, "transport_socket": {
+            "name": "envoy.transport_sockets.tls", "typed_config": {"@type": UPSTREAM_TLS_TYPE}}},
+        {"name": "tlsMode-disabled", "match": {}, "transport_socket": {
+            "name": "envoy.transport_sockets.raw_buffer",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"}}}]
+    cluster_of(data)["outlier_detection"] = {"consecutive_5xx": 1, "max_ejection_percent": 100}
+    cluster = build_cluster(parse_bootstrap(data, "test").static_resources.clusters[0], StatsStore(), 0, secrets={},
+                            singletons={})
+    assert isinstance(cluster, DynamicForwardProxyCluster)
+    info = HostInfo("a.localhost:80", "a.localhost", 80, 0.0, None)
+    info.address = ("127.0.0.1", 80)
+    cluster.dns_cache.loop = type("Clock", (), {"time": lambda self: 1.0})()  # touch() reads the loop's time
+    cluster.on_host_added_or_updated(info)
+    host = cluster.hosts[0]
+    assert host.socket == 1 and cluster.tls_for(host) is None  # plain TCP
+    stream = type("Stream", (), {"route": type("Route", (), {"host_rewrite": None})(), "authority": b"a.localhost"})()
+    assert cluster.request_host(stream) is host
+    host.record_response(503)  # consecutive_5xx 1: ejected
+    assert not host.healthy and cluster.request_host(stream) is None
+    cluster.on_host_removed(info)
+    assert cluster.hosts == [] and cluster.outlier is not None and not cluster.outlier.monitors

@@ -14,8 +14,10 @@ Upstream TLS follows each host name: without upstream HTTP protocol options of i
 `allow_insecure_cluster_options`. `allow_coalesced_connections` shares HTTP/2 and HTTP/3 connections between
 names; pylon's upstream connections are HTTP/1.1, where Envoy does not coalesce either.
 
-Refused by name: `sub_clusters_config`, and on such a cluster endpoints (it has none), health checks, outlier
-detection and transport socket matches. Departure: tcp_proxy to such a cluster takes the host of the
+A name's host has no metadata: of `transport_socket_matches` (Istio's auto mTLS) only a match asking none applies.
+Outlier detection ejects a name's host; while ejected its requests get 503 UH, as Envoy's cluster gives no host.
+
+Refused by name: `sub_clusters_config`, and on such a cluster endpoints (it has none) and health checks. Departure: tcp_proxy to such a cluster takes the host of the
 connection's SNI only when the cache already has it (Envoy's cluster would resolve it too; the SNI dynamic forward
 proxy filter, which resolves it first, is not implemented).
 """
@@ -35,6 +37,7 @@ from pylon.extensions.common.dynamic_forward_proxy.hosts import cache_key
 from pylon.proxy import local_reply as lr
 from pylon.proxy.upstream.cluster import PENDING, Cluster, register_cluster_type
 from pylon.proxy.upstream.host import Host
+from pylon.proxy.upstream.tls_factory import matching_socket
 
 if TYPE_CHECKING:
     from pylon.proxy.connection_info import ConnectionInfo
@@ -63,9 +66,8 @@ class ClusterConfig(ClusterTypeConfig, kw_only=True):
         if cluster.load_assignment is not None and cluster.load_assignment.endpoints:
             raise FieldError("load_assignment", "a dynamic forward proxy cluster has no endpoints: its hosts are the "
                                                 "names requests bring")
-        for field in ("health_checks", "outlier_detection", "transport_socket_matches"):
-            if getattr(cluster, field):
-                raise FieldError(field, "not supported yet on a dynamic forward proxy cluster")
+        if cluster.health_checks:
+            raise FieldError("health_checks", "not supported yet on a dynamic forward proxy cluster")
         options = cluster.auto_sni_options
         if not self.allow_insecure_cluster_options and (
                 options is None or not (options.auto_sni and options.auto_san_validation)):
@@ -106,6 +108,11 @@ class DynamicForwardProxyCluster(Cluster):
             entry[0].address = info.address  # Envoy's logical host: new connections go to the new address
             return
         host = Host(info.address, hostname=info.key)
+        # Its transport socket: a match that asks no metadata, else the cluster's (a name's host has no metadata).
+        host.socket = matching_socket(self.socket_matches, {}) if self.socket_matches else -1
+        if self.outlier is not None:
+            self.outlier.add_host(host)
+        host.on_health_change = self._on_health_change
         self._by_key[info.key] = (host, info)
         self.hosts.append(host)
         self.stats.membership_change.value += 1
@@ -115,7 +122,11 @@ class DynamicForwardProxyCluster(Cluster):
         entry = self._by_key.pop(info.key, None)
         if entry is None:
             return
-        self.hosts.remove(entry[0])
+        host = entry[0]
+        host.on_health_change = None
+        if self.outlier is not None:
+            self.outlier.remove_host(host)
+        self.hosts.remove(host)
         self.stats.membership_change.value += 1
         self._refresh()
         if self.on_hosts_removed is not None:
@@ -127,7 +138,7 @@ class DynamicForwardProxyCluster(Cluster):
         entry = self._by_key.get(cache_key(raw, self.default_port))
         if entry is not None:
             self.dns_cache.touch(entry[1])
-            return entry[0]
+            return entry[0] if entry[0].healthy else None  # ejected by outlier detection: no host, as Envoy
         status, _ = self.dns_cache.load(raw, self.default_port, lambda _: stream.attempt_now())
         return PENDING if status == LOADING else None
 
@@ -136,7 +147,7 @@ class DynamicForwardProxyCluster(Cluster):
         if entry is None:
             return None
         self.dns_cache.touch(entry[1])
-        return entry[0]
+        return entry[0] if entry[0].healthy else None
 
     def no_host_reply(self, stream: Any) -> lr.LocalReply:
         """Envoy's 503 UH, with the cache's reason when the name did not resolve (not counted as none healthy)."""
