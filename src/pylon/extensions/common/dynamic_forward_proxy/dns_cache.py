@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import random
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -105,16 +104,14 @@ class PendingRequests:
 class DnsCache:
     """One named cache in one worker (see the module docstring); `start(loop)` before the first `load`."""
 
-    def __init__(self, config: DnsCacheConfig, stats: StatsStore, rng: random.Random | None = None) -> None:
+    def __init__(self, config: DnsCacheConfig, stats: StatsStore) -> None:
         self.config = config
-        self.name = config.name
         prefix = f"dns_cache.{config.name}."
         self.stats = {name: stats.counter(prefix + name) for name in _COUNTERS}
         self.num_hosts = stats.gauge(prefix + "num_hosts")
         self.pending = PendingRequests(config.dns_cache_circuit_breaker.max_pending_requests, stats, prefix)
         self.hosts: dict[str, HostInfo] = {}
         self.listeners: list[CacheListener] = []
-        self.rng = rng or random.Random()
         # Envoy keeps refresh intervals in whole seconds (duration_cast<seconds>) once an answer is in.
         self.refresh_rate = math.floor(config.dns_refresh_rate)
         self.min_refresh_rate = math.floor(config.dns_min_refresh_rate)
@@ -163,8 +160,7 @@ class DnsCache:
         assert self.loop is not None
         name, port, _ = parse_authority(key)
         failure_rate = self.config.dns_failure_refresh_rate
-        backoff = None if failure_rate is None else Backoff(float(failure_rate.base_interval), failure_rate.maximum,
-                                                              self.rng)
+        backoff = None if failure_rate is None else Backoff(float(failure_rate.base_interval), failure_rate.maximum)
         info = self.hosts[key] = HostInfo(key, name, port if port is not None else default_port, self.loop.time(),
                                           backoff)
         self.stats["host_added"].value += 1
