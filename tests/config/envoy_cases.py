@@ -68,6 +68,24 @@ def _common_options(**common: Any) -> dict[str, Any]:
         "explicit_http_config": {"http_protocol_options": {}}}}}
 
 
+DFP_CLUSTER_TYPE = "type.googleapis.com/envoy.extensions.clusters.dynamic_forward_proxy.v3.ClusterConfig"
+DFP_FILTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.dynamic_forward_proxy.v3.FilterConfig"
+
+
+def _dfp(filter_cache: dict[str, Any] | None = None, typed: dict[str, Any] | None = None, **fields: Any) -> dict[str, Any]:
+    """A dynamic forward proxy cluster (cache `dfp`, or `typed`'s) with cluster `fields`; with `filter_cache`, an
+    HTTP DFP filter naming that cache config too."""
+    config = {"name": "svc", "lb_policy": "CLUSTER_PROVIDED", "cluster_type": {
+        "name": "envoy.clusters.dynamic_forward_proxy",
+        "typed_config": {"@type": DFP_CLUSTER_TYPE, "dns_cache_config": {"name": "dfp"}, **(typed or {})}}, **fields}
+    filters = [] if filter_cache is None else [{"name": "envoy.filters.http.dynamic_forward_proxy", "typed_config": {
+        "@type": DFP_FILTER_TYPE, "dns_cache_config": filter_cache}}]
+    data = http_bootstrap(clusters=[config])
+    hcm_config = data["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    hcm_config["http_filters"] = filters + hcm_config["http_filters"]
+    return data
+
+
 def _health_check(**fields: Any) -> dict[str, Any]:
     check = {"timeout": "1s", "interval": "1s", "unhealthy_threshold": 1, "healthy_threshold": 1}
     check.update(fields if "http_health_check" in fields else {"tcp_health_check": {}, **fields})
@@ -232,6 +250,21 @@ CASES: tuple[Case, ...] = (
     Case("health-check-host-ctl", _health_check(http_health_check={"path": "/", "host": "a\x7f"}),
          f"{CLUSTER}.health_checks[0].http_health_check.host: must not contain control characters other than tab"),
     Case("health-check-host-tab-and-space", _health_check(http_health_check={"path": "/", "host": "a\t b"}), None),
+    # ---- the dynamic forward proxy
+    Case("dfp", _dfp({"name": "dfp"}), None),
+    Case("dfp-round-robin", _dfp(lb_policy="ROUND_ROBIN"), f"{CLUSTER}.lb_policy: cluster provided LB not specified "
+         "but cluster 'svc' provided one: a cluster_type cluster picks its hosts itself (lb_policy CLUSTER_PROVIDED)"),
+    Case("dfp-type-too", _dfp(type="STRICT_DNS"),
+         f"{CLUSTER}.type: type and cluster_type are one choice (cluster_discovery_type): set one"),
+    Case("dfp-typed-options-without-auto-sni", _dfp(**_common_options()),
+         f"{CLUSTER}.typed_extension_protocol_options: dynamic_forward_proxy cluster must have auto_sni and "
+         "auto_san_validation true unless allow_insecure_cluster_options is set."),
+    Case("dfp-insecure-options", _dfp(typed={"allow_insecure_cluster_options": True}, **_common_options()), None),
+    Case("dfp-cache-settings-differ", _dfp({"name": "dfp", "max_hosts": 3}),
+         f"{HCM_PATH}.http_filters[0].typed_config.dns_cache_config: config specified DNS cache 'dfp' with different "
+         "settings"),
+    Case("dfp-min-refresh-below-1s", _dfp(typed={"dns_cache_config": {"name": "dfp", "dns_min_refresh_rate": "0.5s"}}),
+         f"{CLUSTER}.cluster_type.typed_config.dns_cache_config.dns_min_refresh_rate: must be at least 1s"),
     # ---- nesting (protobuf's JSON parser stops at 100 levels)
     Case("nested-100", _nested(100), None),
     Case("nested-101", _nested(101), "node.metadata" + ".a" * 98 + ": nested more than 100 levels deep"),

@@ -1759,9 +1759,41 @@ class TransportSocketMatch(EnvoyStruct, kw_only=True):
     transport_socket: UpstreamTransportSocket
 
 
+class SharedByName(EnvoyStruct, kw_only=True):
+    """A config of something the proxy keeps once per name and shares among its users (the dynamic forward proxy's
+    DNS caches: its clusters and filters name one): every config of a name must be the same, as Envoy requires
+    (loader.py checks; `conflict` is Envoy's message, with `{name}`)."""
+
+    conflict: ClassVar[str]
+    name: NonEmptyStr
+
+
+class ClusterTypeConfig(EnvoyStruct, kw_only=True):
+    """Base of a custom cluster type's config (`cluster_type.typed_config`), with what it asks of its cluster.
+
+    Envoy's cluster factory for a type checks the cluster it makes (and may fill in defaults); here each type's
+    config does it when the cluster decodes, so a bad cluster is a load error at its field path like any other.
+    """
+
+    def check_cluster(self, cluster: "Cluster") -> None:
+        """Raise FieldError (path below the cluster) for what a cluster of this type does not take."""
+
+    def implied_upstream_options(self) -> "AutoSniOptions | None":
+        """The deprecated `upstream_http_protocol_options` the factory gives a cluster that has none (None: none)."""
+        return None
+
+
+class CustomClusterType(_TypedExtension, kw_only=True):
+    """config.cluster.v3.Cluster.CustomClusterType: a cluster type of an extension, by its config's @type."""
+
+    category: ClassVar[str] = registry.CLUSTER_TYPE
+
+
 class Cluster(EnvoyStruct, kw_only=True):
     name: NonEmptyStr
-    type: Literal["STATIC", "STRICT_DNS", "LOGICAL_DNS", "EDS", "ORIGINAL_DST"] = "STATIC"
+    # One choice with `cluster_type` (Envoy's oneof cluster_discovery_type); STATIC when neither is set.
+    type: Literal["STATIC", "STRICT_DNS", "LOGICAL_DNS", "EDS", "ORIGINAL_DST"] | None = None
+    cluster_type: CustomClusterType | None = None
     eds_cluster_config: EdsClusterConfig | None = None
     connect_timeout: PositiveDuration = PositiveDuration(5)
     lb_policy: Literal["ROUND_ROBIN", "LEAST_REQUEST", "RANDOM", "RING_HASH", "MAGLEV", "CLUSTER_PROVIDED"] = "ROUND_ROBIN"
@@ -1796,6 +1828,7 @@ class Cluster(EnvoyStruct, kw_only=True):
     def __post_init__(self) -> None:
         self._resolve_protocol_options()
         self._check_connection_options()
+        self._check_discovery_type()
         self._check_eds()
         self._check_endpoints()
         if len(self.health_checks) > 1:
@@ -1809,6 +1842,20 @@ class Cluster(EnvoyStruct, kw_only=True):
             return ""
         return self.eds_cluster_config.service_name or self.name
 
+    def _check_discovery_type(self) -> None:
+        """`type` or `cluster_type`, never both; a custom type's cluster provides its own load balancing (as Envoy's
+        cluster manager requires) and passes its type's own checks."""
+        if self.cluster_type is None:
+            if self.type is None:
+                force_setattr(self, "type", "STATIC")
+            return
+        if self.type is not None:
+            raise FieldError("type", "type and cluster_type are one choice (cluster_discovery_type): set one")
+        if self.lb_policy != "CLUSTER_PROVIDED":
+            raise FieldError("lb_policy", f"cluster provided LB not specified but cluster {self.name!r} provided one: a "
+                                          "cluster_type cluster picks its hosts itself (lb_policy CLUSTER_PROVIDED)")
+        self.cluster_type.typed_config.check_cluster(self)
+
     def _check_eds(self) -> None:
         if self.type == "EDS":
             if self.eds_cluster_config is None:
@@ -1816,7 +1863,7 @@ class Cluster(EnvoyStruct, kw_only=True):
             if self.load_assignment is not None:
                 raise FieldError("load_assignment", "an EDS cluster takes its endpoints from EDS, not inline")
         elif self.eds_cluster_config is not None:
-            raise FieldError("eds_cluster_config", f"only for type EDS, not {self.type}")
+            raise FieldError("eds_cluster_config", f"only for type EDS, not {self.type or 'a cluster_type cluster'}")
 
     @property
     def grpc_only(self) -> bool:
@@ -1864,6 +1911,8 @@ class Cluster(EnvoyStruct, kw_only=True):
         field's), or None when they set neither auto_sni nor auto_san_validation."""
         typed = self.typed_extension_protocol_options.get(HTTP_PROTOCOL_OPTIONS)
         options = typed.upstream_http_protocol_options if typed is not None else self.upstream_http_protocol_options
+        if typed is None and options is None and self.cluster_type is not None:
+            options = self.cluster_type.typed_config.implied_upstream_options()  # Envoy's factory fills the field in
         return options if options is not None and options.in_force else None
 
     @property
@@ -1893,7 +1942,9 @@ class Cluster(EnvoyStruct, kw_only=True):
                                                             "or HttpProtocolOptions can be specified")
 
     def _check_endpoints(self) -> None:
-        # Envoy's pairing: CLUSTER_PROVIDED is ORIGINAL_DST's policy, and only its.
+        if self.cluster_type is not None:
+            return  # its type's check_cluster said what it takes
+        # Envoy's pairing: CLUSTER_PROVIDED is ORIGINAL_DST's policy (and a cluster_type cluster's), and only its.
         if (self.type == "ORIGINAL_DST") != (self.lb_policy == "CLUSTER_PROVIDED"):
             raise FieldError("lb_policy", f"LB policy {self.lb_policy} is not valid for cluster type {self.type}: "
                                           "ORIGINAL_DST clusters and only they use CLUSTER_PROVIDED")

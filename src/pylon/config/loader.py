@@ -26,7 +26,7 @@ from pylon.config.datasource import DataSource, DataSourceError, read_bytes
 from pylon.config.constraints import Duration, format_duration
 from pylon.config.envoy import (
     ApiConfigSource, Bootstrap, Cluster, ConfigSource, HttpConnectionManager, Listener, RouteConfiguration,
-    SdsSecretConfig, TcpProxy, convert,
+    SdsSecretConfig, SharedByName, TcpProxy, convert,
 )
 from pylon.config.errors import ConfigError, join_path, split_validation_error
 from pylon.config.secrets import cluster_secret_refs, listener_secret_refs, source_conflicts, static_secret_problems
@@ -196,6 +196,8 @@ def _cross_reference_problems(bootstrap: Bootstrap) -> Iterator[tuple[str, str]]
     yield from _shared_addresses(resources.listeners)
     yield from _grpc_problems(bootstrap)
     yield from _secret_problems(bootstrap)
+    yield from shared_name_problems(shared_configs(resources.listeners, "static_resources.listeners",
+                                                   resources.clusters, "static_resources.clusters"))
     dynamic = bootstrap.dynamic_resources
     if dynamic is not None and dynamic.cds_config is not None:
         return  # clusters come and go at run time: a route to a missing one answers 503 (NC), as in Envoy
@@ -250,6 +252,32 @@ def listener_hcms(listeners: Iterable[Listener], base: str) -> Iterator[tuple[st
             for k, network_filter in enumerate(chain.filters):
                 if isinstance(network_filter.typed_config, HttpConnectionManager):
                     yield f"{base}[{i}].{rel}.filters[{k}].typed_config", network_filter.typed_config
+
+
+def shared_configs(listeners: Iterable[Listener], listener_base: str, clusters: Iterable[Cluster],
+                   cluster_base: str) -> Iterator[tuple[str, SharedByName]]:
+    """(field path, config) of every config shared by name (`SharedByName`) in custom cluster types and HTTP
+    filters, where Envoy's extensions name them; only those small configs are walked."""
+    for i, cluster in enumerate(clusters):
+        if cluster.cluster_type is not None:
+            yield from _shared_in(cluster.cluster_type.typed_config, f"{cluster_base}[{i}].cluster_type.typed_config")
+    for path, hcm in listener_hcms(listeners, listener_base):
+        for k, http_filter in enumerate(hcm.http_filters):
+            yield from _shared_in(http_filter.typed_config, f"{path}.http_filters[{k}].typed_config")
+
+
+def _shared_in(config: Any, base: str) -> Iterator[tuple[str, SharedByName]]:
+    for path, value in walk(config, base):
+        if isinstance(value, SharedByName):
+            yield path, value
+
+
+def shared_name_problems(found: Iterable[tuple[str, SharedByName]]) -> Iterator[tuple[str, str]]:
+    """Envoy's refusal of a name given two different configs, at each later one that differs from the first."""
+    first: dict[tuple[type, str], SharedByName] = {}
+    for path, config in found:
+        if first.setdefault((type(config), config.name), config) != config:
+            yield path, config.conflict.format(name=config.name)
 
 
 def grpc_clusters(bootstrap: Bootstrap) -> frozenset[str]:

@@ -41,6 +41,8 @@ UPSTREAM_OPTIONS = "envoy.upstream_options"
 KEY_PROVIDER = "envoy.tls.key_providers"
 CONNECTION_BALANCER = "envoy.network.connection_balance"
 REGEX_ENGINE = "envoy.regex_engines"
+#: A cluster's `cluster_type.typed_config`: custom cluster types, whose clusters find their hosts themselves.
+CLUSTER_TYPE = "envoy.clusters"
 
 #: Human names used in error messages ("accepted here (network filters): ...").
 CATEGORY_NAMES = MappingProxyType(
@@ -56,6 +58,7 @@ CATEGORY_NAMES = MappingProxyType(
         KEY_PROVIDER: "private key provider",
         CONNECTION_BALANCER: "connection balancer",
         REGEX_ENGINE: "regex engine",
+        CLUSTER_TYPE: "cluster type",
     }
 )
 
@@ -79,14 +82,22 @@ EXTENSION_MODULES: Mapping[str, Mapping[str, str]] = MappingProxyType(
         },
         HTTP_FILTER: {
             "envoy.extensions.filters.http.cors.v3.Cors": "pylon.extensions.filters.http.cors",
+            "envoy.extensions.filters.http.dynamic_forward_proxy.v3.FilterConfig":
+                "pylon.extensions.filters.http.dynamic_forward_proxy",
             "envoy.extensions.filters.http.fault.v3.HTTPFault": "pylon.extensions.filters.http.fault",
             "envoy.extensions.filters.http.rbac.v3.RBAC": "pylon.extensions.filters.http.rbac",
             "pylon.filters.http.v1.Python": "pylon.extensions.filters.http.python",
         },
         HTTP_FILTER_PER_ROUTE: {
             "envoy.extensions.filters.http.cors.v3.CorsPolicy": "pylon.extensions.filters.http.cors",
+            "envoy.extensions.filters.http.dynamic_forward_proxy.v3.PerRouteConfig":
+                "pylon.extensions.filters.http.dynamic_forward_proxy",
             "envoy.extensions.filters.http.fault.v3.HTTPFault": "pylon.extensions.filters.http.fault",
             "envoy.extensions.filters.http.rbac.v3.RBACPerRoute": "pylon.extensions.filters.http.rbac",
+        },
+        CLUSTER_TYPE: {
+            "envoy.extensions.clusters.dynamic_forward_proxy.v3.ClusterConfig":
+                "pylon.extensions.clusters.dynamic_forward_proxy",
         },
         NETWORK_FILTER: {
             "envoy.extensions.filters.network.rbac.v3.RBAC": "pylon.extensions.filters.network.rbac",

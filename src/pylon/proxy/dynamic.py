@@ -49,7 +49,7 @@ from pylon.config.errors import ConfigError, FieldError
 from pylon.config.envoy import ConfigSource, HttpConnectionManager, TcpProxy
 from pylon.config.loader import (
     bootstrap_secret_refs, config_source_problems, grpc_cluster_message, grpc_clusters, listener_hcms,
-    route_cluster_references, to_envoy_dict,
+    route_cluster_references, shared_configs, shared_name_problems, to_envoy_dict,
 )
 from pylon.config.secrets import (
     cluster_secret_refs, listener_secret_refs, sds_references, source_conflicts, static_secret_problems,
@@ -396,6 +396,7 @@ class DynamicConfig:
                                          for i, c in enumerate(resources.values()) if c.eds_cluster_config is not None])
             held = {name: r.config for name, r in self.clusters.items()}
             validate_clusters(list(resources.values()), update.source, "resources", self.secret_table(), held)
+            self._check_shared_names(update.source, [], resources.values())
             return
         if update.kind is SECRETS:
             for i, secret in enumerate(resources.values()):
@@ -435,6 +436,7 @@ class DynamicConfig:
                                      for i, listener in enumerate(resources.values())
                                      for rel, source in _rds_sources(listener)])
         validate_listeners(list(resources.values()), source, "resources", self.secret_table())
+        self._check_shared_names(source, resources.values(), [])
         static_names = {listener.name for listener in self.static_listeners}
         taken = {_address_key(listener): f"static listener {listener.name or '(unnamed)'!r}"
                  for listener in self.static_listeners if listener.address.socket_address.port_value}
@@ -467,6 +469,17 @@ class DynamicConfig:
                     raise ConfigError(source, f"{path}.{rel}", f"unknown cluster {cluster!r}")
         if self.binder is not None:
             self.binder.bind_new(resources, source)
+
+    def _check_shared_names(self, source: str, listeners: Iterable[Any], clusters: Iterable[Any]) -> None:
+        """Envoy's refusal of an update that gives a name shared by name (a DNS cache) other settings than the
+        static resources and the held ones of the other kind have (the update's own kind it replaces)."""
+        held_listeners = [r.config for r in self.listeners.values()] if not listeners else []
+        held_clusters = [r.config for r in self.clusters.values()] if not clusters else []
+        kept = shared_configs([*self.static_listeners, *held_listeners], "listeners",
+                              [*self.static_cluster_configs.values(), *held_clusters], "clusters")
+        for path, message in shared_name_problems([*kept, *shared_configs(listeners, "resources", clusters,
+                                                                          "resources")]):
+            raise ConfigError(source, path, message)
 
     def _check_secret_refs(self, update: Update, refs: list[tuple[str, Any]]) -> None:
         """An LDS or CDS update's secret references: static ones exist, each name has one source, sources reach

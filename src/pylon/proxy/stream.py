@@ -29,6 +29,7 @@ from pylon.proxy.http1 import HOP_BY_HOP, without_nominated
 from pylon.proxy.path import PathRejected, normalized_target
 from pylon.proxy.router import first_query_values
 from pylon.proxy.tunnel import open_tunnel
+from pylon.proxy.upstream.cluster import PENDING
 from pylon.proxy.upstream.lb import stable_hash
 from pylon.proxy.xfcc import HEADER as XFCC
 from pylon.proxy.xfcc import forwarded_value
@@ -558,6 +559,11 @@ class Stream:
             self.header_edits = []
         self.header_edits.append((op, name, value))
 
+    def set_authority(self, value: bytes) -> None:
+        """A filter replaces the request's Host/:authority (Envoy's setHost): the upstream request, auto_sni and the
+        access log see the new value; the route stays the one chosen before the filters."""
+        self.authority = value
+
     def respond_from_filter(self, status: int, body: bytes, headers: list[tuple[bytes, bytes]],
                             details: str = "python_response") -> None:
         """A filter answers the request itself (Envoy's Lua `respond()`, CORS's preflight answer): the upstream is
@@ -703,15 +709,20 @@ class Stream:
             return self.local(lr.UPSTREAM_OVERFLOW)
         policies = self.route.hash_policies
         key = self.hash_key(policies) if policies is not None else None
-        host = cluster.choose_host(key) if not cluster.original_dst else cluster.original_dst_host(self.conn.local)
+        if not cluster.provided:
+            host = cluster.choose_host(key)
+        else:
+            host = cluster.request_host(self)
+            if host is PENDING:  # the cluster went to find it: it calls attempt_now when it knows
+                cluster.circuit_breakers.requests.release()
+                return
         tried = self.tried_hosts
         if tried is not None and host is not None:
             host = self._avoid_tried(cluster, key, host, tried)
             tried.append(host)
         if host is None:
             cluster.circuit_breakers.requests.release()
-            cluster.stats.upstream_cx_none_healthy.value += 1
-            return self.local(lr.NO_HEALTHY_UPSTREAM)
+            return self.local(cluster.no_host_reply(self))
         self.host = self.last_host = host
         self.attempts += 1
         host.active_requests += 1
@@ -1197,9 +1208,11 @@ class Stream:
         attempt = retry.num_retries - self.retries_left - 1 if retry is not None else 0
         self.waiting_body = list(self.body_buffer or ())
         delay = random.uniform(0, min(base * (2 ** attempt), cap))
-        self.conn.loop.call_later(delay, self._retry_now)
+        self.conn.loop.call_later(delay, self.attempt_now)
 
-    def _retry_now(self) -> None:
+    def attempt_now(self) -> None:
+        """Start an upstream attempt, unless the stream ended meanwhile: after a retry's back-off, or when a
+        cluster that went to find the request's host (PENDING) knows it."""
         if not self.done:
             self._start_attempt()
 

@@ -193,8 +193,7 @@ class TcpProxySession(asyncio.Protocol):
             peer = self.downstream.get_extra_info("peername")
             key = peer[0].encode() if peer else None  # the address without the port, as Envoy hashes it
         for _ in range(rt.max_connect_attempts):
-            host = cluster.choose_host(key) if not cluster.original_dst else \
-                cluster.original_dst_host(self.connection_info().local_address)
+            host = cluster.choose_host(key) if not cluster.provided else cluster.connection_host(self.connection_info())
             if host is None:
                 self.flags = "UH"
                 cluster.stats.upstream_cx_none_healthy.value += 1

@@ -24,7 +24,7 @@ from pylon.proxy.filters.http import build_filter
 from pylon.proxy.filters.network import is_registered
 from pylon.proxy.router import RouteTable
 from pylon.proxy.tls import TlsConfigError, check_secret, client_context, server_context
-from pylon.proxy.upstream.cluster import Cluster
+from pylon.proxy.upstream.cluster import build_cluster
 from pylon.stats.store import StatsStore
 
 log = logging.getLogger("pylon.main")
@@ -129,7 +129,8 @@ def validate_clusters(clusters: list[Any], source: str, path: str, secrets: Mapp
             continue  # grpcio's (xDS, SDS): no data-plane runtime; or in force already
         failed = False
         try:
-            Cluster(cluster, StatsStore(), 0, secrets=secrets)  # built, never started: no socket, DNS query, timer
+            # built, never started: no socket, DNS query, timer
+            build_cluster(cluster, StatsStore(), 0, secrets=secrets, singletons={})
         except TlsConfigError:
             failed = True  # which of its contexts: found below, to name the field
         except ValueError as exc:

@@ -42,7 +42,7 @@ from pylon.proxy.listener import ListenerRuntime, build_listener
 from pylon.proxy.listener_filters import PeekWatcher
 from pylon.proxy.logging_setup import configure_logging
 from pylon.proxy.router import RouteTable
-from pylon.proxy.upstream.cluster import Cluster, build_clusters
+from pylon.proxy.upstream.cluster import Cluster, build_cluster, build_clusters
 from pylon.proxy.validate import configure_regex_engine
 from pylon.proxy.upstream.pool_registry import PoolRegistry
 from pylon.stats.store import StatsStore
@@ -77,6 +77,8 @@ class Worker:
         self.route_tables: dict[str, RouteTable] = {}  # and the table each is compiled into (shared by its HCMs)
         self.rds_subscribers: dict[str, list[Any]] = {}  # route configuration name -> HcmRuntimes using it
         self.secrets: dict[str, Secret] = {}  # static and SDS secrets by name, for TLS contexts that name them
+        # What extensions share by name in this worker (Envoy's singleton manager): the DFP's DNS caches.
+        self.singletons: dict[str, Any] = {}
         self.access_log_writer = AccessLogWriter()
         self.draining = False
         self._conn_ids = worker_id << 40
@@ -148,7 +150,7 @@ class Worker:
         self.access_log_writer.start(self.loop)
         self.secrets = _decode_secrets(dynamic)
         self.clusters.update(build_clusters(bootstrap.static_resources.clusters, self.stats, self.worker_id,
-                                            self.secrets))
+                                            self.secrets, self.singletons))
         for cluster in self.clusters.values():
             cluster.on_hosts_removed = self.pools.retire_hosts
             cluster.start(self.loop)
@@ -195,7 +197,8 @@ class Worker:
             config = convert(data, ClusterConfig)
             if self.cds_configs.get(name) == config:
                 continue  # its endpoints may have changed: below
-            cluster = Cluster(config, self.stats, self.worker_id, secrets=self.secrets)
+            cluster = build_cluster(config, self.stats, self.worker_id, secrets=self.secrets,
+                                    singletons=self.singletons)
             endpoints = document["endpoints"].get(name)
             if endpoints is not None:
                 assignment = convert(endpoints, ClusterLoadAssignment)

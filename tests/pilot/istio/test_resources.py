@@ -66,7 +66,7 @@ def test_kinds_and_versions() -> None:
 
 def test_service_entry_resolution_rules() -> None:
     error = error_of(doc("ServiceEntry", "s", {"hosts": ["a.example.com"], "resolution": "DYNAMIC_DNS"}))
-    assert error.path == "spec.resolution" and "DYNAMIC_DNS is not supported" in error.message
+    assert error.path == "spec.hosts[0]" and "host must be wildcarded for resolution mode DYNAMIC_DNS" in error.message
     error = error_of(doc("ServiceEntry", "s", {"hosts": ["a.example.com"], "resolution": "STATIC",
                                                "endpoints": [{"address": "db.example.com"}]}))  # fmt: skip
     assert error.path == "spec.endpoints[0].address" and "STATIC resolution needs IP addresses" in error.message

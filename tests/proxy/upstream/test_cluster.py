@@ -37,6 +37,7 @@ def test_static_cluster_hosts_weights_and_choice():
     stats = StatsStore()
     clusters = build_clusters(
         [config(endpoints=[endpoint("127.0.0.1", 8001, 3), endpoint("127.0.0.2", 8002)])], stats, worker_id=0, secrets={},
+        singletons={},
     )
     cluster = clusters["backend"]
     assert cluster.name == "backend" and cluster.connect_timeout == 0.25
@@ -136,7 +137,7 @@ def test_describe_lists_hosts_like_envoy_admin():
 
 def test_config_errors():
     with pytest.raises(ValueError, match="duplicate cluster name"):
-        build_clusters([config(), config()], StatsStore(), 0, {})
+        build_clusters([config(), config()], StatsStore(), 0, {}, {})
 
 
 def test_strict_dns_on_localhost_keeps_hosts_across_refreshes():

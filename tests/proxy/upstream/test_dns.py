@@ -97,7 +97,7 @@ def test_respect_dns_ttl_refreshes_at_the_answers_ttl():
             async def getaddrinfo(self, *args, **kwargs):
                 return Answer()
 
-        refresher._cares = Resolver()
+        refresher._cares._channel = Resolver()  # the c-ares channel the first answer made
         answer = await refresher.resolve_once(loop)
         assert [e.address[0] for e in answer] == ["10.0.0.1", "10.0.0.2"] and refresher.next_refresh == 12
 

@@ -10,6 +10,7 @@ since 1.14), circuit-breaker thresholds at UINT32_MAX with track_remaining
 from __future__ import annotations
 
 
+from pylon.pilot.gen import dfp
 from pylon.pilot.gen.client_tls import auto_sni_options, user_tls_socket
 from pylon.pilot.gen.mtls import apply_client_tls
 from pylon.pilot.gen.names import BLACKHOLE, sni_dnat_key, subset_key
@@ -17,7 +18,7 @@ from pylon.pilot.gen.policy import EffectivePolicy, effective_policy
 from pylon.pilot.gen.types import ADS_SOURCE, HTTP_PROTOCOL_OPTIONS, Json
 from pylon.pilot.istio.common import format_duration
 from pylon.pilot.istio.mesh import MeshConfig
-from pylon.pilot.istio.networking import HTTP2_PROTOCOLS, DestinationRuleSpec, ServicePort, TcpKeepalive
+from pylon.pilot.istio.networking import HTTP2_PROTOCOLS, ClientTLSSettings, DestinationRuleSpec, ServicePort, TcpKeepalive
 from pylon.pilot.gen.endpoints import assignment
 from pylon.pilot.istio.resources import Resource
 from pylon.pilot.snapshot import Endpoint, Service, Snapshot
@@ -44,7 +45,12 @@ def build_clusters(service: Service, rule: DestinationRuleSpec | None, mesh: Mes
     """The default cluster of every port, then one per DestinationRule subset, as Istio orders them.
 
     `sni_dnat`: a gateway's SNI-DNAT clusters instead (istiod's buildOutboundSniDnatClusters), named
-    `outbound_.<port>_.<subset>_.<fqdn>`, the rule's policy but no TLS: they forward the client's mTLS as it is."""
+    `outbound_.<port>_.<subset>_.<fqdn>`, the rule's policy but no TLS: they forward the client's mTLS as it is.
+    A DYNAMIC_DNS wildcard host has a dynamic forward proxy cluster per port and no subsets (gen/dfp.py), and no
+    SNI-DNAT clusters: it has no endpoints to forward to."""
+    if dfp.is_dynamic_dns(service):
+        return [] if sni_dnat else [build_dfp_cluster(service, port, effective_policy(rule, port.number), mesh,
+                                                      for_sidecar) for port in service.ports]  # fmt: skip
     out = []
     for port in service.ports:
         if sni_dnat and port.protocol.upper() == "UDP":
@@ -103,6 +109,12 @@ def build_cluster(service: Service, port: ServicePort, subset: str, policy: Effe
     protocol = _upstream_protocol(port, policy)
     http2 = protocol is not None and "http2_protocol_options" in protocol.get("explicit_http_config", {})
     upstream_options = {} if sni_dnat else _apply_tls(cluster, service, port, subset, policy, mesh, http2, for_sidecar)
+    _add_protocol_options(cluster, protocol, common, upstream_options)
+    return cluster
+
+
+def _add_protocol_options(cluster: Json, protocol: Json | None, common: Json, upstream_options: Json) -> None:
+    """The typed HttpProtocolOptions, when the upstream protocol, the connection pool or TLS by request host ask."""
     if protocol is not None or common or upstream_options:
         options: Json = {"@type": HTTP_PROTOCOL_OPTIONS, **(protocol or {"explicit_http_config": {"http_protocol_options": {}}})}
         if common:
@@ -110,7 +122,52 @@ def build_cluster(service: Service, port: ServicePort, subset: str, policy: Effe
         if upstream_options:
             options["upstream_http_protocol_options"] = upstream_options
         cluster["typed_extension_protocol_options"] = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": options}
+
+
+def build_dfp_cluster(service: Service, port: ServicePort, policy: EffectivePolicy, mesh: MeshConfig,
+                      for_sidecar: bool) -> Json:  # fmt: skip
+    """istiod's buildDFPCluster under the rule's policy (applyDestinationRule): no endpoints and no load balancing
+    of its own (CLUSTER_PROVIDED: the host is the request's), connection pool, outlier detection, the upstream
+    protocol, TLS with the request's host as SNI; istio metadata `external` for a MESH_EXTERNAL service."""
+    cluster: Json = {
+        "name": subset_key(service.hostname, port.number),
+        "lb_policy": "CLUSTER_PROVIDED",
+        "cluster_type": dfp.cluster_type(service),
+        "connect_timeout": format_duration(mesh.connect_timeout),
+        "circuit_breakers": {"thresholds": [_default_thresholds()]},
+    }
+    if service.entry.spec.location == "MESH_EXTERNAL":
+        cluster["metadata"] = {"filter_metadata": {"istio": {"external": True}}}
+    common = _apply_connection_pool(cluster, policy)
+    _apply_outlier_detection(cluster, policy)
+    protocol = _upstream_protocol(port, policy)
+    http2 = protocol is not None and "http2_protocol_options" in protocol.get("explicit_http_config", {})
+    upstream_options = _apply_dfp_tls(cluster, service, port, policy, mesh, http2, for_sidecar)
+    if (protocol is not None or common) and not upstream_options:
+        # Departure: typed options without these make Envoy refuse the cluster (its factory implies them only for a
+        # cluster without typed options), which istiod's shape for a GRPC port or a connection pool gets.
+        upstream_options = dfp.IMPLIED_OPTIONS
+    _add_protocol_options(cluster, protocol, common, upstream_options)
     return cluster
+
+
+def _apply_dfp_tls(cluster: Json, service: Service, port: ServicePort, policy: EffectivePolicy, mesh: MeshConfig,
+                   http2: bool, for_sidecar: bool) -> Json:  # fmt: skip
+    """A DFP cluster's TLS as istiod's cluster_tls.go: SNI from each request (never the generated mesh SNI), the
+    upstream options of dfp.auto_sni_options; auto mTLS as other clusters' (its hosts carry no tlsMode: plaintext)."""
+    tls = policy.tls
+    if tls is not None and tls.mode in ("SIMPLE", "MUTUAL"):
+        socket = user_tls_socket(tls, service, mesh, http2, for_sidecar)
+        if socket is None:
+            return {}
+        cluster["transport_socket"] = socket
+        return dfp.auto_sni_options(cluster, tls)
+    internal = service.entry.spec.location == "MESH_INTERNAL"
+    auto_mtls = tls is None and mesh.enable_auto_mtls and internal
+    apply_client_tls(cluster, tls, auto_mtls, service.hostname, port.number, "", generated_sni=False)
+    if tls is not None and tls.mode == "ISTIO_MUTUAL":
+        return dfp.auto_sni_options(cluster, tls)
+    return dfp.auto_sni_options(cluster, ClientTLSSettings(mode="ISTIO_MUTUAL")) if auto_mtls else {}
 
 
 def _apply_tls(cluster: Json, service: Service, port: ServicePort, subset: str, policy: EffectivePolicy,

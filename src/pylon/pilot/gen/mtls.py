@@ -122,25 +122,29 @@ def sni(fqdn: str, port: int, subset: str) -> str:
     return sni_dnat_key(fqdn, port, subset)
 
 
-def upstream_tls(fqdn: str, port: int, subset: str, tls: ClientTLSSettings | None = None) -> Json:
-    """ISTIO_MUTUAL's context; a rule's `sni` and `subjectAltNames` replace the generated SNI and the SPIFFE check."""
+def upstream_tls(fqdn: str, port: int, subset: str, tls: ClientTLSSettings | None = None,
+                 generated_sni: bool = True) -> Json:  # fmt: skip
+    """ISTIO_MUTUAL's context; a rule's `sni` and `subjectAltNames` replace the generated SNI and the SPIFFE check.
+    Without `generated_sni` (a dynamic forward proxy cluster, whose SNI is each request's host) only a rule's."""
     common = _common_tls(ISTIO_ALPN)
     if tls is not None and tls.subject_alt_names:
         common["combined_validation_context"]["default_validation_context"] = {
             "match_subject_alt_names": [{"exact": san} for san in tls.subject_alt_names]}
-    name = tls.sni if tls is not None and tls.sni else sni(fqdn, port, subset)
-    return {"name": TLS_SOCKET, "typed_config": {"@type": UPSTREAM_TLS, "sni": name, "common_tls_context": common}}
+    name = tls.sni if tls is not None and tls.sni else sni(fqdn, port, subset) if generated_sni else ""
+    context: Json = {"@type": UPSTREAM_TLS, **({"sni": name} if name else {}), "common_tls_context": common}
+    return {"name": TLS_SOCKET, "typed_config": context}
 
 
 def apply_client_tls(cluster: Json, tls: ClientTLSSettings | None, auto_mtls: bool, fqdn: str, port: int,
-                     subset: str) -> None:  # fmt: skip
+                     subset: str, generated_sni: bool = True) -> None:  # fmt: skip
     """Mesh TLS of an outbound cluster: `tls` is the DestinationRule's (None: the rule sets none), DISABLE or
     ISTIO_MUTUAL here (SIMPLE and MUTUAL are gen/client_tls.py's)."""
     if tls is not None and tls.mode == "ISTIO_MUTUAL":
-        cluster["transport_socket"] = upstream_tls(fqdn, port, subset, tls)
+        cluster["transport_socket"] = upstream_tls(fqdn, port, subset, tls, generated_sni)
     elif tls is None and auto_mtls:
         cluster["transport_socket_matches"] = [
-            {"name": "tlsMode-istio", "match": {"tlsMode": "istio"}, "transport_socket": upstream_tls(fqdn, port, subset)},
+            {"name": "tlsMode-istio", "match": {"tlsMode": "istio"},
+             "transport_socket": upstream_tls(fqdn, port, subset, generated_sni=generated_sni)},
             {"name": "tlsMode-disabled", "match": {},
              "transport_socket": {"name": "envoy.transport_sockets.raw_buffer", "typed_config": {"@type": RAW_BUFFER}}},
         ]  # fmt: skip

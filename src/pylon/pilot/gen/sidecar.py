@@ -8,7 +8,8 @@ ALLOW_ANY, BlackHoleCluster under REGISTRY_ONLY). Each HTTP service port gets
 port, whose virtual hosts are `<host>:<port>` per service on that port (the
 routes of mesh VirtualServices, else a default route to
 `outbound|<port>||<host>`) and then `allow_any` or `block_all`. Other ports get
-a tcp_proxy listener to the first service on the port.
+a tcp_proxy listener to the first service on the port. A port with DYNAMIC_DNS
+services has their dynamic forward proxy filters before the router (gen/dfp.py).
 
 Inbound: `virtualInbound` on 15006 (original_dst listener filter) has one chain
 per port of the services that select the proxy (`destination_port` match),
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from pylon.pilot.gen import dfp
 from pylon.pilot.gen.authz import SelectedPolicies, http_rbac_filters, network_rbac_filters, policies_for
 from pylon.pilot.gen.clusters import blackhole_cluster, outbound_clusters
 from pylon.pilot.gen.endpoints import outbound_assignments
@@ -131,7 +133,11 @@ def _outbound(proxy: Proxy, snapshot: Snapshot, scope: SidecarScope, services: l
             "traffic_direction": "OUTBOUND",
         }
         if number in http_ports:
-            filters = [_hcm(f"outbound_{name}", {"rds": {"config_source": ADS_SOURCE, "route_config_name": str(number)}})]
+            # DYNAMIC_DNS services of the port: their dynamic forward proxy filters (gen/dfp.py), by hostname
+            forward = [dfp.http_filter(s) for s in sorted(http_ports[number], key=lambda s: s.hostname)
+                       if dfp.is_dynamic_dns(s)]
+            filters = [_hcm(f"outbound_{name}", {"rds": {"config_source": ADS_SOURCE, "route_config_name": str(number)}},
+                            last=forward)]
             routes.append(_route_configuration(proxy, snapshot, scope, number, http_ports[number], virtual_services))
             listener["filter_chains"] = [{"filters": filters}]
         else:
@@ -299,7 +305,9 @@ def _virtual_inbound(inbound: dict[int, tuple[Service, ServicePort]], policies: 
 # --------------------------------------------------------------------------- shared pieces
 
 
-def _hcm(stat_prefix: str, routes: Json, inbound: bool = False, rbac: list[Json] | None = None) -> Json:
+def _hcm(stat_prefix: str, routes: Json, inbound: bool = False, rbac: list[Json] | None = None,
+         last: list[Json] | None = None) -> Json:
+    """A connection manager: `rbac` filters first, `last` ones just before the router (as istiod orders them)."""
     config: Json = {
         "@type": HCM,
         "stat_prefix": stat_prefix,
@@ -307,6 +315,7 @@ def _hcm(stat_prefix: str, routes: Json, inbound: bool = False, rbac: list[Json]
         "http_filters": [
             *(rbac or []),
             *route_configured_filters(),
+            *(last or []),
             {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}},
         ],
         "use_remote_address": False,

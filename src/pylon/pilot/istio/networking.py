@@ -731,9 +731,7 @@ class ServiceEntrySpec(IstioStruct, kw_only=True):
 
     def __post_init__(self) -> None:
         if self.resolution == "DYNAMIC_DNS":
-            raise FieldError("resolution", "DYNAMIC_DNS is not supported by pylon pilot yet (Istio serves it with "
-                             "Envoy's dynamic forward proxy: a dynamic_forward_proxy cluster and HTTP and SNI filters, "
-                             "which pylon proxy does not have)")  # fmt: skip
+            self._check_dynamic_dns()
         if self.resolution == "STATIC":
             for i, endpoint in enumerate(self.endpoints):
                 if not is_ip(endpoint.address):
@@ -750,6 +748,30 @@ class ServiceEntrySpec(IstioStruct, kw_only=True):
         for i, host in enumerate(self.hosts):
             if host == "*":
                 raise FieldError(f"hosts[{i}]", "a ServiceEntry host cannot be '*'")
+
+
+    def _check_dynamic_dns(self) -> None:
+        """Istio's rules for DYNAMIC_DNS (served by Envoy's dynamic forward proxy, pilot/gen/dfp.py): wildcard
+        hosts only, no addresses or endpoints, ports of HTTP, TLS, GRPC or HTTP2. A TLS port needs Envoy's SNI
+        dynamic forward proxy filter, which pylon proxy does not have: refused."""
+        for i, host in enumerate(self.hosts):
+            if not host.startswith("*"):
+                raise FieldError(f"hosts[{i}]", "host must be wildcarded for resolution mode DYNAMIC_DNS")
+        if self.addresses:
+            raise FieldError("addresses", "addresses cannot be set for resolution type DYNAMIC_DNS. HTTP route "
+                                          "domains will only be generated from the hosts field values")
+        if self.endpoints:
+            raise FieldError("endpoints", "endpoints cannot be set for resolution type DYNAMIC_DNS. Destination IP "
+                                          "address determined from hosts field values")
+        for i, port in enumerate(self.ports):
+            protocol = port.protocol.upper()
+            if protocol not in ("HTTP", "TLS", "GRPC", "HTTP2"):
+                raise FieldError(f"ports[{i}].protocol", "only HTTP, TLS, GRPC, and HTTP2 protocols are supported "
+                                                         "for resolution type DYNAMIC_DNS")
+            if protocol == "TLS":
+                raise FieldError(f"ports[{i}].protocol", "TLS with resolution DYNAMIC_DNS is not supported by pylon "
+                                 "pilot yet (Istio serves it with Envoy's SNI dynamic forward proxy filter, which "
+                                 "pylon proxy does not have)")  # fmt: skip
 
 
 class WorkloadTemplate(_WorkloadFields, kw_only=True):

@@ -22,7 +22,9 @@ from google.protobuf.message import Message
 
 # Registered for their @type URLs inside generated resources.
 import envoy.extensions.access_loggers.file.v3.file_pb2  # noqa: F401
+import envoy.extensions.clusters.dynamic_forward_proxy.v3.cluster_pb2  # noqa: F401
 import envoy.extensions.filters.http.cors.v3.cors_pb2  # noqa: F401
+import envoy.extensions.filters.http.dynamic_forward_proxy.v3.dynamic_forward_proxy_pb2  # noqa: F401
 import envoy.extensions.filters.http.fault.v3.fault_pb2  # noqa: F401
 import envoy.extensions.filters.http.rbac.v3.rbac_pb2  # noqa: F401
 import envoy.extensions.filters.http.router.v3.router_pb2  # noqa: F401

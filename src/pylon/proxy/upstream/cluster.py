@@ -8,6 +8,13 @@ The hot path uses only `choose_host()`, the circuit-breaker `Resource`s
 integer bumps. Everything else (membership changes, health transitions, DNS
 answers, the outlier sweep) runs off the hot path and ends in `_refresh()`,
 which rebuilds the load balancer's set once.
+
+A cluster whose `lb_policy` is CLUSTER_PROVIDED (`provided`) picks each
+request's host itself (`request_host`, `connection_host`): ORIGINAL_DST where
+the connection was going, a custom cluster type (`cluster_type`, built by the
+factory its extension registers: `register_cluster_type`) as it knows. Such a
+cluster may answer PENDING: it went to find the host and will start the
+request's attempt again (`attempt_now`) once it knows.
 """
 
 from __future__ import annotations
@@ -16,8 +23,9 @@ import asyncio
 import logging
 import random
 import time
-from typing import Any, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
+from pylon.proxy import local_reply as lr
 from pylon.proxy.upstream.auto_sni import AutoSni
 from pylon.proxy.upstream.circuit import CircuitBreakers
 from pylon.proxy.upstream.connect import open_stream
@@ -30,7 +38,14 @@ from pylon.proxy.upstream.outlier import OutlierDetector
 from pylon.proxy.upstream.tls_factory import UpstreamTls, matching_socket, socket_matches, transport_tls
 from pylon.stats.store import Counter, StatsStore
 
+if TYPE_CHECKING:
+    from pylon.proxy.connection_info import ConnectionInfo
+    from pylon.proxy.stream import Stream
+
 log = logging.getLogger(__name__)
+
+#: What `request_host` answers when the cluster went to find the host (see the module docstring).
+PENDING: Any = object()
 
 _COUNTERS = (
     "upstream_rq_total", "upstream_rq_1xx", "upstream_rq_2xx", "upstream_rq_3xx", "upstream_rq_4xx",
@@ -139,12 +154,15 @@ class Cluster:
         self._cleanup_timer: asyncio.TimerHandle | None = None
         self._resolved: asyncio.Event | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        # CLUSTER_PROVIDED: the cluster picks each request's host (request_host / connection_host), not the LB.
+        self.provided = config.lb_policy == "CLUSTER_PROVIDED"
         # ORIGINAL_DST: a host per original destination, made when a connection needs it (original_dst_host).
         self.original_dst = config.type == "ORIGINAL_DST"
         self.cleanup_interval = float(config.cleanup_interval)
         self._used: set[Host] = set()  # original-destination hosts used since the last cleanup
         self.on_hosts_removed: Callable[["Cluster"], None] | None = None  # the worker forgets their pools
-        if config.type in ("STATIC", "EDS", "ORIGINAL_DST"):  # EDS: no hosts until the worker sets the assignment's
+        if config.type not in ("STRICT_DNS", "LOGICAL_DNS"):
+            # EDS: no hosts until the worker sets the assignment's; a cluster_type's hosts come from its type
             self.set_endpoints([ResolvedEndpoint(*endpoint) for endpoint in endpoints])
         else:
             self._dns = DnsRefresher(
@@ -231,6 +249,19 @@ class Cluster:
             self._refresh()
         self._used.add(host)
         return host
+
+    def request_host(self, stream: "Stream") -> Host | None:
+        """A CLUSTER_PROVIDED cluster's host for an HTTP request (ORIGINAL_DST: where its connection was going)."""
+        return self.original_dst_host(stream.conn.local)
+
+    def connection_host(self, info: "ConnectionInfo") -> Host | None:
+        """A CLUSTER_PROVIDED cluster's host for a tcp_proxy connection."""
+        return self.original_dst_host(info.local_address)
+
+    def no_host_reply(self, stream: "Stream") -> lr.LocalReply:
+        """The answer to a request the cluster has no host for (Envoy's 503 UH, counted here)."""
+        self.stats.upstream_cx_none_healthy.value += 1
+        return lr.NO_HEALTHY_UPSTREAM
 
     def _cleanup(self, loop: asyncio.AbstractEventLoop) -> None:
         """Drop the original-destination hosts nothing used for a cleanup_interval (as Envoy), then look again."""
@@ -346,8 +377,27 @@ def assignment_endpoints(assignment: Any) -> Iterable[tuple[tuple[str, int], int
                    eds_health_flags(lb_endpoint.health_status), lb_endpoint.socket_match_metadata)
 
 
-def build_clusters(configs: Iterable[Any], stats: StatsStore, worker_id: int,
-                   secrets: Mapping[str, Any]) -> dict[str, Cluster]:
+#: A custom cluster type's factory: (config, stats, worker id, secrets, the worker's singletons) -> its Cluster.
+ClusterFactory = Callable[[Any, StatsStore, int, Mapping[str, Any], dict[str, Any]], Cluster]
+_CLUSTER_TYPES: dict[type, ClusterFactory] = {}
+
+
+def register_cluster_type(config_type: type, factory: ClusterFactory) -> None:
+    """Clusters whose `cluster_type.typed_config` is a `config_type` are made by `factory` (extensions register)."""
+    _CLUSTER_TYPES[config_type] = factory
+
+
+def build_cluster(config: Any, stats: StatsStore, worker_id: int, *, secrets: Mapping[str, Any],
+                  singletons: dict[str, Any]) -> Cluster:
+    """The worker's runtime of one cluster: a `Cluster`, or what its cluster type's factory makes. `singletons` are
+    the worker's objects extensions share by name (Envoy's singleton manager: the DFP's DNS caches)."""
+    if config.cluster_type is None:
+        return Cluster(config, stats, worker_id, secrets=secrets)
+    return _CLUSTER_TYPES[type(config.cluster_type.typed_config)](config, stats, worker_id, secrets, singletons)
+
+
+def build_clusters(configs: Iterable[Any], stats: StatsStore, worker_id: int, secrets: Mapping[str, Any],
+                   singletons: dict[str, Any]) -> dict[str, Cluster]:
     """One `Cluster` per configured cluster for this worker, by name (call `start(loop)` on each); gRPC-only
     clusters (pipe endpoints, used by grpcio for xDS and SDS) have no data-plane runtime."""
     clusters: dict[str, Cluster] = {}
@@ -355,5 +405,5 @@ def build_clusters(configs: Iterable[Any], stats: StatsStore, worker_id: int,
         if config.name in clusters:
             raise ValueError(f"duplicate cluster name {config.name!r}")
         if not config.grpc_only:
-            clusters[config.name] = Cluster(config, stats, worker_id, secrets=secrets)
+            clusters[config.name] = build_cluster(config, stats, worker_id, secrets=secrets, singletons=singletons)
     return clusters

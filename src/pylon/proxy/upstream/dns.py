@@ -14,8 +14,9 @@ follows DNS).
 `respect_dns_ttl`: the next refresh comes when the answer's TTL runs out (the
 smallest TTL of the addresses; an answer with TTL 0, such as one from
 /etc/hosts, keeps `dns_refresh_rate`, as in Envoy). getaddrinfo does not tell
-TTLs, so such clusters resolve through c-ares (aiodns), Envoy's own resolver,
-which reads /etc/hosts too. Departure: Envoy times each name on its own; pylon
+TTLs, so such clusters resolve through c-ares (`CaresResolver`: aiodns), Envoy's
+own resolver, which reads /etc/hosts too; the dynamic forward proxy's DNS cache
+resolves through it as well. Departure: Envoy times each name on its own; pylon
 refreshes a cluster's names together, at the soonest TTL.
 """
 
@@ -84,6 +85,39 @@ def select_addresses(infos: Sequence[tuple[Any, ...]], lookup_family: str) -> li
     raise ValueError(f"dns_lookup_family {lookup_family!r} is not one of {', '.join(LOOKUP_FAMILIES)}")
 
 
+class CaresResolver:
+    """c-ares through aiodns, Envoy's default resolver: a name's addresses of a lookup family and their TTL.
+
+    c-ares reads resolv.conf and the hosts file as getaddrinfo does, and answers `localhost` and `*.localhost`
+    with loopback addresses itself (RFC 6761), as it does inside Envoy. Its channel is made on first use, on the
+    running loop.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._channel: Any = None
+
+    async def resolve(self, hostname: str, port: int, lookup_family: str) -> tuple[list[str], int]:
+        """The addresses `lookup_family` keeps, in answer order, and the smallest TTL among all the answer's (0:
+        none, or a hosts-file answer). Raises aiodns' DNSError (`no_records` tells a name without addresses)."""
+        if self._channel is None:
+            import aiodns
+
+            self._channel = aiodns.DNSResolver(loop=self.loop)
+        answer = await self._channel.getaddrinfo(hostname, family=socket.AF_UNSPEC, port=port, type=socket.SOCK_STREAM)
+        infos = [(node.family, node.socktype, node.protocol, "", (node.addr[0].decode(), *node.addr[1:]))
+                 for node in answer.nodes]
+        return select_addresses(infos, lookup_family), min((node.ttl for node in answer.nodes), default=0)
+
+
+def no_records(error: BaseException) -> bool:
+    """Whether a c-ares error says the name has no addresses (NXDOMAIN or no data): Envoy counts such an answer as
+    a completed resolution with no records, other errors as failures."""
+    import pycares
+
+    return bool(error.args) and error.args[0] in (pycares.errno.ARES_ENOTFOUND, pycares.errno.ARES_ENODATA)
+
+
 class DnsRefresher:
     """Resolves targets now and every `refresh_rate` seconds, reporting each full answer."""
 
@@ -108,7 +142,7 @@ class DnsRefresher:
         self.first_only = first_only
         self.respect_ttl = respect_ttl
         self.next_refresh = refresh_rate  # the refresh rate, or (respect_ttl) the last answer's TTL
-        self._cares: Any = None  # aiodns resolver, made on first use (respect_ttl only)
+        self._cares: CaresResolver | None = None  # made on first use (respect_ttl only)
         self._last: dict[DnsTarget, list[str]] = {}
         self._task: asyncio.Task[None] | None = None
 
@@ -146,14 +180,8 @@ class DnsRefresher:
             infos = await loop.getaddrinfo(target.hostname, target.port, type=socket.SOCK_STREAM)
             return select_addresses(infos, self.lookup_family), 0
         if self._cares is None:
-            import aiodns
-
-            self._cares = aiodns.DNSResolver(loop=loop)
-        answer = await self._cares.getaddrinfo(target.hostname, family=socket.AF_UNSPEC, port=target.port,
-                                               type=socket.SOCK_STREAM)
-        infos = [(node.family, node.socktype, node.protocol, "", (node.addr[0].decode(), *node.addr[1:]))
-                 for node in answer.nodes]
-        return select_addresses(infos, self.lookup_family), min((node.ttl for node in answer.nodes), default=0)
+            self._cares = CaresResolver(loop)
+        return await self._cares.resolve(target.hostname, target.port, self.lookup_family)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._task = loop.create_task(self._run(loop))

@@ -1,0 +1,1 @@
+"""What several extensions share, by Envoy's layout (`extensions/common/`): the dynamic forward proxy's DNS cache."""
