@@ -45,7 +45,7 @@ HTTP_PROTOCOLS = frozenset({"HTTP", "HTTP2", "GRPC", "GRPC-WEB"})
 HTTP2_PROTOCOLS = frozenset({"HTTP2", "GRPC", "GRPC-WEB"})
 
 
-def _check_protocol(value: str, field: str) -> None:
+def check_protocol(value: str, field: str) -> None:
     if value.upper() not in PROTOCOLS:
         raise FieldError(field, f"unknown protocol {value!r}; Istio's protocols: {', '.join(sorted(PROTOCOLS))}")
 
@@ -60,7 +60,7 @@ class ServerPort(IstioStruct, kw_only=True):
     target_port: NotImplementedField | None = None
 
     def __post_init__(self) -> None:
-        _check_protocol(self.protocol, "protocol")
+        check_protocol(self.protocol, "protocol")
 
 
 #: Gateway TLS modes whose server terminates TLS and serves HTTP (an `https.*` route configuration).
@@ -723,7 +723,7 @@ class ServicePort(IstioStruct, kw_only=True):
 
     def __post_init__(self) -> None:
         if self.protocol:
-            _check_protocol(self.protocol, "protocol")
+            check_protocol(self.protocol, "protocol")
 
 
 class WorkloadSelector(IstioStruct, kw_only=True):
