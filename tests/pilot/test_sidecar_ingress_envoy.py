@@ -7,7 +7,8 @@ on 127.0.0.1, and an egress listener bound to a port of its own (captureMode NON
   own (`unshare -rn`) whose nftables redirect the ingress port to virtualInbound (15006), as istio-iptables
   does; the client's request reaches the app through virtualInbound's chain for that port, with its original
   destination restored by the original_dst listener filter. Skipped where namespaces or nft are not available.
-- Interception mode NONE (no capture rules, Envoy and pylon proxy): the ingress listener is a listener of its own.
+- Interception mode NONE (no capture rules, Envoy and pylon proxy): the ingress listener is a listener of its own;
+  so are an HTTP_PROXY egress port and a unix socket egress listener.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ METADATA = {"NAMESPACE": "default", "LABELS": {"app": "client"}}
 
 
 def mesh_docs(app_port: int, reviews_port: int, ingress_port: int = INGRESS_PORT, egress_port: int = EGRESS_PORT,
-              bind: str = "") -> list[dict[str, Any]]:  # fmt: skip
+              bind: str = "", more_egress: tuple[dict[str, Any], ...] = ()) -> list[dict[str, Any]]:  # fmt: skip
     """reviews (another workload), the client's own service (its port 80 is not the ingress port), mTLS off (no
     agent beside Envoy serves SDS), and the client's Sidecar (REGISTRY_ONLY: an unknown host is a 502, not a
     passthrough back to the listener itself)."""
@@ -59,7 +60,7 @@ def mesh_docs(app_port: int, reviews_port: int, ingress_port: int = INGRESS_PORT
             "workloadSelector": {"labels": {"app": "client"}},
             "ingress": [ingress],
             "egress": [{"port": {"number": egress_port, "protocol": "HTTP", "name": "http"}, "bind": "127.0.0.1",
-                        "captureMode": "NONE", "hosts": [f"./{REVIEWS}"]}],
+                        "captureMode": "NONE", "hosts": [f"./{REVIEWS}"]}, *more_egress],
             "outboundTrafficPolicy": {"mode": "REGISTRY_ONLY"}}),
     ]  # fmt: skip
 
@@ -173,11 +174,18 @@ def test_an_egress_listener_bound_to_its_port_routes_to_its_hosts(captured: Capt
 
 @pytest.mark.parametrize("proxy", ["envoy", "pylon"])
 def test_ingress_and_egress_listeners_of_their_own_without_capture(proxy: str, tmp_path: Path) -> None:
+    """Besides the ingress and the egress port: an HTTP proxy port, and (Envoy: pylon proxy listens on IP
+    addresses only) a unix socket, each serving the service by its `host:port`."""
     procs = Processes()
     try:
         app_port, reviews_port, xds_port = procs.upstream("app"), procs.upstream("reviews"), free_port()
-        ingress_port, egress_port = free_port(), free_port()
-        config_dir = write_config(tmp_path, mesh_docs(app_port, reviews_port, ingress_port, egress_port, bind="127.0.0.1"))
+        ingress_port, egress_port, proxy_port = free_port(), free_port(), free_port()
+        socket = tmp_path / "egress.sock"
+        more = [{"port": {"number": proxy_port, "protocol": "HTTP_PROXY"}, "hosts": [f"./{REVIEWS}"]}]
+        if proxy == "envoy":
+            more.append({"port": {"number": 0, "protocol": "HTTP"}, "bind": f"unix://{socket}", "hosts": [f"./{REVIEWS}"]})
+        docs = mesh_docs(app_port, reviews_port, ingress_port, egress_port, bind="127.0.0.1", more_egress=tuple(more))
+        config_dir = write_config(tmp_path, docs)
         pilot = procs.start(pilot_cmd(config_dir, tmp_path, xds_port, free_port(), free_port(),
                                       "--mesh-config", str(tmp_path / "meshconfig.yaml")))  # fmt: skip
         wait_for_port(xds_port, proc=pilot)
@@ -185,8 +193,15 @@ def test_ingress_and_egress_listeners_of_their_own_without_capture(proxy: str, t
         wait_for_port(ingress_port, proc=procs.start(command), timeout=20)
         response = httpx.get(f"http://127.0.0.1:{ingress_port}/", headers={"host": "client.default"}, timeout=5)
         assert (response.json()["name"], response.headers["server"]) == ("app", "istio-envoy")
-        wait_for_port(egress_port)
+        for port in (egress_port, proxy_port):
+            wait_for_port(port)
         response = httpx.get(f"http://127.0.0.1:{egress_port}/", headers={"host": REVIEWS}, timeout=5)
         assert response.json()["name"] == "reviews"
+        url = f"http://{REVIEWS}:{egress_port}/"
+        assert httpx.get(url, proxy=f"http://127.0.0.1:{proxy_port}", timeout=5).json()["name"] == "reviews"
+        if proxy == "envoy":
+            eventually(socket.exists)
+            with httpx.Client(transport=httpx.HTTPTransport(uds=str(socket)), timeout=5) as client:
+                assert client.get(url).json()["name"] == "reviews"
     finally:
         procs.stop()

@@ -3,24 +3,21 @@
 from __future__ import annotations
 
 import logging
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from pylon.pilot.gen import SharedGenerations
 from pylon.pilot.gen.sidecar import SidecarGenerator
-from pylon.pilot.gen.types import CLUSTER, ENDPOINT, LISTENER, Json
+from pylon.pilot.gen.types import CLUSTER, LISTENER, Json
 from pylon.pilot.proxy import parse_node
 from pylon.pilot.snapshot import build_snapshot
 from pylon.pilot.xds.encode import to_message
-from tests.conftest import free_port
 from tests.pilot.builders import SIDECAR_NODE, doc, resources
 from tests.pilot.gen.test_sidecar import mesh_docs
-from tests.pilot.harness import ENVOY, bootstrap, needs_envoy
+from tests.pilot.harness import ENVOY, needs_envoy, validate_static
 
 CLIENT = "client.default.svc.cluster.local"
 HTTP_9090 = {"number": 9090, "name": "web", "protocol": "HTTP"}
@@ -197,15 +194,4 @@ def test_ingress_listeners_pass_envoy_validation(tmp_path: Path) -> None:
     envoy_only = [{"port": {"number": 9444, "protocol": "TLS"}, "tls": {**tls, "insecureSkipVerify": True}},
                   {"port": {"number": 9091, "protocol": "GRPC"}, "defaultEndpoint": "unix:///tmp/app.sock"}]  # fmt: skip
     for proxy, listeners in (([str(ENVOY)], ingress + envoy_only), ([sys.executable, "-m", "pylon.cli", "proxy"], ingress)):
-        out = generate(with_ingress(*listeners), DISABLE, ip="10.1.2.3")
-        config = bootstrap(SIDECAR_NODE, "client.default", {"NAMESPACE": "default"}, free_port(), free_port())
-        config["static_resources"]["listeners"] = list(out[LISTENER].values())
-        config["static_resources"]["clusters"] += [c for c in out[CLUSTER].values() if c["type"] != "EDS"]
-        config["static_resources"]["clusters"] += [
-            {k: v for k, v in c.items() if k != "eds_cluster_config"} | {"type": "STATIC", "load_assignment": out[ENDPOINT][c["name"]]}
-            for c in out[CLUSTER].values() if c["type"] == "EDS"]  # fmt: skip
-        path = tmp_path / "ingress.yaml"
-        path.write_text(yaml.safe_dump(config))
-        result = subprocess.run([*proxy, "--mode", "validate", "-c", str(path), "-l", "error"],
-                                capture_output=True, text=True, timeout=30)  # fmt: skip
-        assert result.returncode == 0, result.stdout + result.stderr
+        validate_static(proxy, generate(with_ingress(*listeners), DISABLE, ip="10.1.2.3"), tmp_path / "ingress.yaml")

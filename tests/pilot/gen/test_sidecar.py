@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from pylon.pilot.istio.mesh import MeshConfig, load_mesh_config
 from pylon.pilot.snapshot import build_snapshot
 from pylon.pilot.xds.encode import to_message
 from tests.pilot.builders import doc, resources, service_entry, sidecar_proxy, subsets_rule
+from tests.pilot.harness import ENVOY, needs_envoy, validate_static
 
 REVIEWS = "reviews.default.svc.cluster.local"
 
@@ -183,3 +185,36 @@ def test_egress_proxy_takes_passthroughs_place() -> None:
     # a Sidecar's policy without a mode is REGISTRY_ONLY, the proto's zero value
     assert generate(doc("Sidecar", "default", {"outboundTrafficPolicy": {}}))[ROUTE]["9080"]["virtual_hosts"][-1][
         "name"] == "block_all"
+
+
+def test_http_proxy_port_and_unix_socket_serve_every_port_of_their_hosts() -> None:
+    """istiod's needsPortMatch (false for both) and mergeAllVirtualHosts: one HTTP listener, one route
+    configuration with the virtual hosts of every port, `host:port` domains only off port 80."""
+    sidecar = doc("Sidecar", "default", {"egress": [
+        {"port": {"number": 3128, "protocol": "HTTP_PROXY"}, "captureMode": "NONE", "hosts": ["./*"]},
+        {"port": {"number": 0, "protocol": "HTTP"}, "bind": "unix:///var/run/egress.sock", "hosts": [f"./{REVIEWS}"]}]})
+    out = generate(sidecar)
+    assert sorted(out[LISTENER]) == ["127.0.0.1_3128", "unix:///var/run/egress.sock_0", "virtualInbound", "virtualOutbound"]
+    socket = out[LISTENER]["unix:///var/run/egress.sock_0"]
+    assert socket["address"] == {"pipe": {"path": "/var/run/egress.sock"}} and "bind_to_port" not in socket
+    rds = socket["filter_chains"][0]["filters"][0]["typed_config"]["rds"]["route_config_name"]
+    assert rds == "unix:///var/run/egress.sock"
+    assert [v["name"] for v in out[ROUTE][rds]["virtual_hosts"]] == [f"{REVIEWS}:9080", "allow_any"]
+    assert out[ROUTE][rds]["virtual_hosts"][0]["domains"] == [f"{REVIEWS}:9080"]
+    proxy_routes = out[ROUTE]["3128"]["virtual_hosts"]  # client's port 80 and reviews' 9080, in the namespace
+    assert [v["name"] for v in proxy_routes] == ["client.default.svc.cluster.local:80", f"{REVIEWS}:9080", "allow_any"]
+    assert proxy_routes[0]["domains"] == ["client.default.svc.cluster.local", "client.default.svc.cluster.local:80"]
+    # every port of the imported services has its clusters (client's TCP 5432 too)
+    assert "outbound|5432||client.default.svc.cluster.local" in out[CLUSTER]
+
+
+@needs_envoy
+def test_egress_listeners_pass_envoy_validation(tmp_path: Path) -> None:
+    """Bound and captured ports, an HTTP proxy port and a unix socket, as Envoy 1.40 loads them, and pylon proxy
+    but for the socket (its listeners bind IP addresses only)."""
+    egress = [{"port": {"number": 9080, "protocol": "HTTP"}, "bind": "127.0.0.2", "captureMode": "NONE", "hosts": [f"./{REVIEWS}"]},
+              {"port": {"number": 3128, "protocol": "HTTP_PROXY"}, "hosts": ["./*"]},
+              {"hosts": ["*/*"]}]  # fmt: skip
+    socket = {"port": {"number": 0, "protocol": "HTTP"}, "bind": f"unix://{tmp_path}/egress.sock", "hosts": ["./*"]}
+    for proxy, listeners in (([str(ENVOY)], [socket, *egress]), ([sys.executable, "-m", "pylon.cli", "proxy"], egress)):
+        validate_static(proxy, generate(doc("Sidecar", "default", {"egress": listeners})), tmp_path / "egress.yaml")

@@ -9,9 +9,10 @@ service).
 Each egress listener imports the services and VirtualServices its hosts name (`ns/host`: `*` any namespace,
 `.` the Sidecar's own, `~` none; host `*` or a DNS name that may start with a wildcard). A listener with a
 `port` imports only the services that have that port, and of them only that port (istiod's
-serviceMatchingListenerPort); the catch-all (no port, the last listener) imports every port. The proxy's
-clusters are those of every listener, ports merged per service. The outbound policy is the Sidecar's, else
-the mesh's; its `egressProxy` (ALLOW_ANY only) replaces PassthroughCluster.
+serviceMatchingListenerPort); the catch-all (no port, the last listener), an HTTP_PROXY port and a unix
+socket (port 0) import every port (istiod's needsPortMatch). The proxy's clusters are those of every
+listener, ports merged per service. The outbound policy is the Sidecar's, else the mesh's; its `egressProxy`
+(ALLOW_ANY only) replaces PassthroughCluster.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from pylon.pilot.gen.names import PASSTHROUGH, subset_key
 from pylon.pilot.hosts import matches, resolve_short_name
 from pylon.pilot.istio.resources import Resource
-from pylon.pilot.istio.sidecar import IstioEgressListener, SidecarPort
+from pylon.pilot.istio.sidecar import HTTP_PROXY, IstioEgressListener, SidecarPort
 from pylon.pilot.proxy import Proxy
 from pylon.pilot.snapshot import Service, Snapshot
 
@@ -39,12 +40,24 @@ class EgressListener:
         """Whether a config of `namespace` about `host` is imported by this listener."""
         return any(ns in ("*", namespace) and matches(pattern, host) for ns, pattern in self.hosts)
 
+    @property
+    def merges_ports(self) -> bool:
+        """An HTTP proxy port or a unix socket: one HTTP listener for every port of its services, whose route
+        configuration holds the virtual hosts of all of them."""
+        return self.port is not None and (self.port.number == 0 or self.port.protocol.upper() == HTTP_PROXY)
+
+    @property
+    def route_name(self) -> str:
+        """The RDS name of the listener's HTTP port: the port, or the socket (`unix://…`) of a port 0."""
+        assert self.port is not None
+        return self.bind if self.port.number == 0 else str(self.port.number)
+
     def imported_ports(self, service: Service) -> frozenset[int]:
         """The ports of `service` this listener imports (none if its hosts do not name the service)."""
         if not self.allows(service.namespace, service.hostname):
             return frozenset()
         numbers = frozenset(p.number for p in service.ports)
-        return numbers if self.port is None else numbers & {self.port.number}
+        return numbers if self.port is None or self.merges_ports else numbers & {self.port.number}
 
 
 @dataclass(frozen=True)
@@ -63,10 +76,10 @@ class SidecarScope:
         appendSidecarServices)."""
         return frozenset().union(*(listener.imported_ports(service) for listener in self.egress))
 
-    def route_listener(self, port: int) -> EgressListener | None:
-        """The egress listener whose services make the route configuration of `port` (istiod's
-        GetEgressListenerForRDS): the first one on that port, else the catch-all."""
-        return next((e for e in self.egress if e.port is None or e.port.number == port), None)
+    def route_listener(self, name: str) -> EgressListener | None:
+        """The egress listener whose services make the route configuration `name` (istiod's
+        GetEgressListenerForRDS): the first one on that port (or socket), else the catch-all."""
+        return next((e for e in self.egress if e.port is None or e.route_name == name), None)
 
 
 def sidecar_scope(proxy: Proxy, snapshot: Snapshot) -> SidecarScope:

@@ -12,11 +12,13 @@ made, at the same address, is not touched). An HTTP port is `<bind>_<port>` with
 named by the port, whose virtual hosts are `<host>:<port>` per service on that port of
 the first egress listener on the port, else of the catch-all (the routes of its mesh
 VirtualServices, else a default route to `outbound|<port>||<host>`), and then
-`allow_any` or `block_all`. Other ports get tcp_proxy chains (gen/tcp.py). A listener
-is bound for real (on its `bind`, else 127.0.0.1) when its `captureMode` is NONE or the
-proxy's interception mode is; otherwise it only receives hand-offs (`bind_to_port:
-false`, on its `bind`, else 0.0.0.0). Clusters are those of the ports the egress
-listeners import.
+`allow_any` or `block_all`. Other ports get tcp_proxy chains (gen/tcp.py). An egress
+listener with the HTTP_PROXY protocol, or on a unix socket (port 0, `unix://` bind, its RDS
+named by the socket), is one HTTP listener whose route configuration has the virtual hosts
+of every port of its services. A listener is bound for real (on its `bind`, else
+127.0.0.1) when its `captureMode` is NONE, its bind a socket, or the proxy's interception
+mode NONE; otherwise it only receives hand-offs (`bind_to_port: false`, on its `bind`,
+else 0.0.0.0). Clusters are those of the ports the egress listeners import.
 
 Inbound: gen/inbound.py (`virtualInbound` on 15006, or the Sidecar's ingress listeners).
 
@@ -47,6 +49,7 @@ from pylon.pilot.gen.types import ADS_SOURCE, CLUSTER, ENDPOINT, LISTENER, ROUTE
 from pylon.pilot.hosts import matches, resolve_short_name
 from pylon.pilot.istio.networking import HTTP_PROTOCOLS, ServicePort
 from pylon.pilot.istio.resources import Resource
+from pylon.pilot.istio.sidecar import UNIX_PREFIX, unix_path
 from pylon.pilot.proxy import Proxy
 from pylon.pilot.snapshot import Service, Snapshot
 
@@ -117,21 +120,30 @@ def _outbound(proxy: Proxy, snapshot: Snapshot, scope: SidecarScope, services: l
     """The per-port listeners of every egress listener, in order, and the route configurations of their HTTP
     ports (istiod's buildSidecarOutboundListeners; one listener per port, not per service address)."""
     built: dict[tuple[str, int], Json] = {}
-    http_ports: set[int] = set()
+    routes: set[str] = set()
     for egress in scope.egress:
-        bound = not capture or egress.capture_mode == "NONE"
+        bound = not capture or egress.capture_mode == "NONE" or egress.bind.startswith(UNIX_PREFIX)
         bind = egress.bind or (LOCALHOST if bound else WILDCARD)
-        on_ports = _ports(listener_services(services, egress), egress)
+        imported = listener_services(services, egress)
+        if egress.merges_ports:  # one HTTP listener for all the ports of its services
+            assert egress.port is not None
+            if imported and (bind, egress.port.number) not in built:
+                built[(bind, egress.port.number)] = _http_listener(bind, egress.port.number, egress.route_name, bound)
+                routes.add(egress.route_name)
+            continue
+        on_ports = _ports(imported, egress)
         locked = set(built)  # ports made by the listeners before: the catch-all adds nothing to them
         claiming = _claims(mesh_virtual_services(proxy, snapshot, egress))
         for number in sorted(on_ports):
             if (bind, number) in locked:
                 continue
             if is_http(on_ports[number][0][1]):
-                http_ports.add(number)
-            built[(bind, number)] = _listener(proxy, snapshot, bind, number, on_ports[number], claiming, bound)
+                built[(bind, number)] = _http_listener(bind, number, str(number), bound)
+                routes.add(str(number))
+            else:
+                built[(bind, number)] = _tcp_listener(proxy, snapshot, bind, number, on_ports[number], claiming, bound)
     listeners = [built[key] for key in sorted(built, key=lambda k: (k[1], k[0]))]
-    return listeners, [_route_configuration(proxy, snapshot, scope, number, services) for number in sorted(http_ports)]
+    return listeners, [_route_configuration(proxy, snapshot, scope, name, services) for name in sorted(routes)]
 
 
 def _ports(services: list[Service], egress: EgressListener) -> dict[int, list[tuple[Service, ServicePort]]]:
@@ -151,17 +163,25 @@ def _ports(services: list[Service], egress: EgressListener) -> dict[int, list[tu
     return out
 
 
-def _listener(proxy: Proxy, snapshot: Snapshot, bind: str, number: int, on_port: list[tuple[Service, ServicePort]],
-              claiming: Callable[[str], list[Resource]], bound: bool) -> Json:  # fmt: skip
+def _http_listener(bind: str, number: int, route_name: str, bound: bool) -> Json:
     name = listener_name(bind, number)
-    listener: Json = {"name": name, "address": socket_address(bind, number), "traffic_direction": "OUTBOUND"}
-    if is_http(on_port[0][1]):
-        rds = {"rds": {"config_source": ADS_SOURCE, "route_config_name": str(number)}}
-        listener["filter_chains"] = [{"filters": [hcm(f"outbound_{name}", rds)]}]
-    else:
-        listener["filter_chains"] = _tcp_chains(proxy, snapshot, number, on_port, claiming)
-        if any("server_names" in c.get("filter_chain_match", {}) for c in listener["filter_chains"]):
-            listener["listener_filters"] = [tls_inspector()]
+    rds = {"rds": {"config_source": ADS_SOURCE, "route_config_name": route_name}}
+    return _listener_at(bind, number, [{"filters": [hcm(f"outbound_{name}", rds)]}], bound)
+
+
+def _tcp_listener(proxy: Proxy, snapshot: Snapshot, bind: str, number: int, on_port: list[tuple[Service, ServicePort]],
+                  claiming: Callable[[str], list[Resource]], bound: bool) -> Json:  # fmt: skip
+    listener = _listener_at(bind, number, _tcp_chains(proxy, snapshot, number, on_port, claiming), bound)
+    if any("server_names" in c.get("filter_chain_match", {}) for c in listener["filter_chains"]):
+        listener["listener_filters"] = [tls_inspector()]
+    return listener
+
+
+def _listener_at(bind: str, number: int, chains: list[Json], bound: bool) -> Json:
+    """`<bind>_<port>` on bind:port, or on the socket of a `unix://` bind."""
+    address = {"pipe": {"path": unix_path(bind)}} if bind.startswith(UNIX_PREFIX) else socket_address(bind, number)
+    listener: Json = {"name": listener_name(bind, number), "address": address, "traffic_direction": "OUTBOUND",
+                      "filter_chains": chains}  # fmt: skip
     if not bound:
         listener["bind_to_port"] = False
     return listener
@@ -184,16 +204,35 @@ def _tcp_chains(proxy: Proxy, snapshot: Snapshot, number: int, on_port: list[tup
     return sidecar_tcp_chains(contexts(first), first, number, snapshot, proxy.namespace)
 
 
-def _route_configuration(proxy: Proxy, snapshot: Snapshot, scope: SidecarScope, port: int,
+def _route_configuration(proxy: Proxy, snapshot: Snapshot, scope: SidecarScope, name: str,
                          services: list[Service]) -> Json:  # fmt: skip
-    """RDS `<port>`: the virtual hosts of the HTTP services on the port that the port's egress listener imports
-    (istiod's GetEgressListenerForRDS: the first listener on the port, else the catch-all), with its
-    VirtualServices' routes, then the fallback."""
-    egress = scope.route_listener(port)
+    """RDS `name` (a port, or a socket): the virtual hosts of the HTTP services on the port that its egress
+    listener imports (istiod's GetEgressListenerForRDS: the first listener on the port, else the catch-all),
+    with its VirtualServices' routes, then the fallback. An HTTP proxy port or a socket has those of every port
+    (istiod's mergeAllVirtualHosts: off port 80, a virtual host keeps its `host:port` domains only)."""
+    egress = scope.route_listener(name)
     assert egress is not None  # a listener on the port made this route's listener
     claiming = _claims(mesh_virtual_services(proxy, snapshot, egress))
-    on_port = [s for s in listener_services(services, egress) if any(p.number == port and is_http(p) for p in s.ports)]
+    imported = listener_services(services, egress)
+    if not egress.merges_ports:
+        vhosts = _port_virtual_hosts(proxy, snapshot, int(name), imported, claiming)
+    else:
+        vhosts = []
+        for port in sorted({p.number for s in imported for p in s.ports if is_http(p)}):
+            for vhost in _port_virtual_hosts(proxy, snapshot, port, imported, claiming):
+                if port != 80:  # a copy: default virtual hosts are shared pieces
+                    vhost = {**vhost, "domains": [d for d in vhost["domains"] if ":" in d]}
+                if vhost["domains"]:
+                    vhosts.append(vhost)
+    vhosts.append(_fallback_virtual_host(scope))
+    return {"name": name, "virtual_hosts": vhosts, "validate_clusters": False}
+
+
+def _port_virtual_hosts(proxy: Proxy, snapshot: Snapshot, port: int, services: list[Service],
+                        claiming: Callable[[str], list[Resource]]) -> list[Json]:  # fmt: skip
+    """`<host>:<port>` of each of `services` with an HTTP `port`, by hostname."""
     vhosts = []
+    on_port = [s for s in services if any(p.number == port and is_http(p) for p in s.ports)]
     for service in sorted(on_port, key=lambda s: s.hostname):
         routes: list[Json] = []
         for vs in claiming(service.hostname):
@@ -204,8 +243,7 @@ def _route_configuration(proxy: Proxy, snapshot: Snapshot, scope: SidecarScope, 
         else:  # most services: no VirtualService, a virtual host that depends on the service and port alone
             vhosts.append(snapshot.pieces.get("default-vhost", (service,), (port,), lambda: _virtual_host(
                 service, port, [_default_route(service.hostname, port)])))  # fmt: skip
-    vhosts.append(_fallback_virtual_host(scope))
-    return {"name": str(port), "virtual_hosts": vhosts, "validate_clusters": False}
+    return vhosts
 
 
 def _claims(virtual_services: list[Resource]) -> Callable[[str], list[Resource]]:

@@ -4,9 +4,8 @@ Field names are istio/api's (`networking/v1alpha3/sidecar.proto`); the checks ar
 (pkg/config/validation ValidateSidecar), errors naming the field. What the sidecar generator does with
 them is gen/sidecar.py's and gen/inbound.py's. Not served, each an error naming the field:
 
-- egress listeners on a unix domain socket (port 0 with a `unix://` bind) and the HTTP_PROXY protocol: istiod
-  serves both with one route configuration holding the virtual hosts of every port of every imported service
-  (named by the socket, or by the port), where pylon pilot builds route configurations per port; not yet.
+- egress listeners on a unix domain socket (port 0, a `unix://` bind) outside the HTTP family: istiod's chains
+  there route to `outbound|0||<host>`, a cluster that never exists.
 - ingress `tls` in PASSTHROUGH mode (the proto's default): istiod does not pass TLS through there, it ends it
   (with the files given, else the workload's mesh certificate) and checks no client: a mode that says the
   opposite of what happens; SIMPLE, MUTUAL and OPTIONAL_MUTUAL say it.
@@ -23,7 +22,7 @@ import msgspec
 
 from pylon.config.errors import FieldError
 from pylon.pilot.istio.common import IstioStruct, NonEmptyStr, UInt32
-from pylon.pilot.istio.networking import ConnectionPoolSettings, Destination, check_protocol, is_ip
+from pylon.pilot.istio.networking import HTTP_PROTOCOLS, ConnectionPoolSettings, Destination, check_protocol, is_ip
 
 UNIX_PREFIX = "unix://"
 HTTP_PROXY = "HTTP_PROXY"
@@ -64,13 +63,19 @@ class DefaultEndpoint:
     port: int = 0
 
 
+def unix_path(address: str) -> str:
+    """The path of a `unix://` address (Istio's ValidateUnixAddress: absolute, not a directory, or an abstract
+    `@name`); ValueError else."""
+    path = address[len(UNIX_PREFIX):]
+    if not path.startswith("@") and (not path.startswith("/") or path.endswith("/")):
+        raise ValueError(f"{path!r} is not an absolute path to a file (or an abstract @name)")
+    return path
+
+
 def parse_default_endpoint(value: str) -> DefaultEndpoint:
     """`127.0.0.1:PORT`, `0.0.0.0:PORT`, `[::1]:PORT`, `[::]:PORT`, `:PORT` or `unix:///path`; ValueError else."""
     if value.startswith(UNIX_PREFIX):
-        path = value[len(UNIX_PREFIX):]
-        if not path.startswith("@") and (not path.startswith("/") or path.endswith("/")):
-            raise ValueError(f"{path!r} is not an absolute path to a file (or an abstract @name)")
-        return DefaultEndpoint(unix_path=path)
+        return DefaultEndpoint(unix_path=unix_path(value))
     if value.startswith("["):
         host, bracket, port = value[1:].partition("]:")
         if not bracket:
@@ -200,16 +205,22 @@ class IstioEgressListener(IstioStruct, kw_only=True):
                 raise FieldError(f"hosts[{i}]", f"{host!r} must be namespace/dnsName (`*/`, `./` or `~/` for namespaces)")
             if name != "*" and "*" in name[1:]:
                 raise FieldError(f"hosts[{i}]", f"{host!r}: a wildcard is only allowed as the first label")
-        if (self.port is not None and self.port.number == 0) or self.bind.startswith(UNIX_PREFIX):
-            raise FieldError("bind" if self.bind.startswith(UNIX_PREFIX) else "port.number",
-                             "unix domain socket egress listeners (port 0, bind unix://) are not supported by pylon "
-                             "pilot yet")  # fmt: skip
-        if self.port is not None and self.port.protocol.upper() == HTTP_PROXY:
-            raise FieldError("port.protocol", "HTTP_PROXY egress listeners are not supported by pylon pilot yet")
+        if self.port is not None and self.port.number == 0:
+            if not self.bind.startswith(UNIX_PREFIX):
+                raise FieldError("bind", "sidecar: ports with 0 value must have a unix domain socket bind address")
+            try:
+                unix_path(self.bind)
+            except ValueError as exc:
+                raise FieldError("bind", str(exc)) from None
+            if self.capture_mode == "IPTABLES":
+                raise FieldError("captureMode", "sidecar: captureMode must be DEFAULT/NONE for unix domain socket listeners")
+            if self.port.protocol.upper() not in (*HTTP_PROTOCOLS, HTTP_PROXY):
+                raise FieldError("port.protocol", "a unix domain socket egress listener must speak HTTP: istiod's "
+                                 "TCP chains there route to outbound|0||<host>, a cluster that never exists")  # fmt: skip
+        elif self.bind and not is_ip(self.bind):
+            raise FieldError("bind", f"{self.bind!r} is not an IP address")
         if self.port is not None and self.port.protocol.upper() == "UDP":
             raise FieldError("port.protocol", "istiod builds no listener for a UDP port")
-        if self.bind and not is_ip(self.bind):
-            raise FieldError("bind", f"{self.bind!r} is not an IP address")
 
 
 class OutboundTrafficPolicy(IstioStruct, kw_only=True):
@@ -247,11 +258,16 @@ class SidecarSpec(IstioStruct, kw_only=True):
                 raise FieldError(f"ingress[{i}].port.number", "sidecar: ports on IP bound listeners must be unique")
             seen.add(listener.port.number)
         seen = set()
+        sockets: set[str] = set()
         for i, egress in enumerate(self.egress):
             if egress.port is None:
                 if i != len(self.egress) - 1:
                     raise FieldError(f"egress[{i}]", "sidecar: the egress listener with empty port should be the last "
                                      "listener in the list (the catch-all; there can be only one)")  # fmt: skip
+            elif egress.port.number == 0:
+                if egress.bind in sockets:
+                    raise FieldError(f"egress[{i}].bind", "sidecar: unix domain socket values for listeners must be unique")
+                sockets.add(egress.bind)
             elif egress.port.number in seen:
                 raise FieldError(f"egress[{i}].port.number", "sidecar: ports on IP bound listeners must be unique")
             else:
