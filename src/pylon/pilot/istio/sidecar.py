@@ -10,6 +10,8 @@ them is gen/sidecar.py's and gen/inbound.py's. Not served, each an error naming 
   (with the files given, else the workload's mesh certificate) and checks no client: a mode that says the
   opposite of what happens; SIMPLE, MUTUAL and OPTIONAL_MUTUAL say it.
 - ingress `tls` `verifyCertificateSpki`/`verifyCertificateHash`: istiod never reads them.
+- egress ports of protocol UDP: istiod builds no listener for them.
+- ingress ports of protocol HTTP_PROXY: the protocol of explicit egress proxies.
 """
 
 from __future__ import annotations
