@@ -13,8 +13,11 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 
+from pylon.pilot.gen.types import CLUSTER, ENDPOINT, LISTENER
 from tests.conftest import REPO_ROOT, free_port, pylon_cmd, stop_process_group, wait_for_port
+from tests.pilot.builders import SIDECAR_NODE
 
 ENVOY = REPO_ROOT / ".venv" / "bin" / "envoy"
 if not ENVOY.exists() and shutil.which("envoy"):
@@ -72,6 +75,22 @@ def bootstrap(node_id: str, cluster: str, metadata: dict[str, Any], admin_port: 
                 "address": {"pipe": {"path": "./var/run/secrets/workload-spiffe-uds/socket"}}}}]}]},
         }]},
     }  # fmt: skip
+
+
+def validate_static(command: list[str], resources: dict[str, dict[str, Any]], path: Path) -> None:
+    """Fail unless `command` (`envoy`, or `pylon proxy`) loads a sidecar's generated `resources` in
+    `--mode validate`: listeners and clusters static, EDS clusters with their load assignments inline."""
+    config = bootstrap(SIDECAR_NODE, "client.default", {"NAMESPACE": "default"}, free_port(), free_port())
+    config["static_resources"]["listeners"] = list(resources[LISTENER].values())
+    for cluster in resources[CLUSTER].values():
+        if cluster["type"] == "EDS":
+            cluster = {k: v for k, v in cluster.items() if k != "eds_cluster_config"}
+            cluster |= {"type": "STATIC", "load_assignment": resources[ENDPOINT][cluster["name"]]}
+        config["static_resources"]["clusters"].append(cluster)
+    path.write_text(yaml.safe_dump(config))
+    result = subprocess.run([*command, "--mode", "validate", "-c", str(path), "-l", "error"],
+                            capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 class Processes:

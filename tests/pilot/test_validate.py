@@ -79,3 +79,19 @@ def test_delegates_are_checked_where_they_are_written(tmp_path: Path) -> None:
         f"Warning [IST0101] {tmp_path}/mesh.yaml (document 3, VirtualService team/api): "
         "spec.http[0].route[0].destination.host: referenced host not found: 'reviews.team.svc.cluster.local'",
     ]
+
+
+def test_sidecar_errors_and_its_egress_proxy(tmp_path: Path) -> None:
+    write_yaml(tmp_path / "sidecar.yaml", doc("Sidecar", "s", {"ingress": [
+        {"port": {"number": 9090, "protocol": "HTTP"}, "defaultEndpoint": "10.0.0.1:8080"}]}))  # fmt: skip
+    result = CliRunner().invoke(pilot_command, ["validate", str(tmp_path)])
+    assert result.exit_code == 1
+    assert (f"config error in {tmp_path}/sidecar.yaml (document 1, Sidecar default/s): spec.ingress[0].defaultEndpoint: "
+            "defaultEndpoint must be of form 127.0.0.1:<port>") in result.output
+    write_yaml(tmp_path / "sidecar.yaml", service_entry(HOST, [("10.0.0.1", 80, {})]), doc("Sidecar", "s", {
+        "outboundTrafficPolicy": {"mode": "ALLOW_ANY", "egressProxy": {"host": "egress.example.com", "port": {"number": 443}}}}))
+    result = CliRunner().invoke(pilot_command, ["validate", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == [
+        f"Warning [IST0101] {tmp_path}/sidecar.yaml (document 2, Sidecar default/s): "
+        "spec.outboundTrafficPolicy.egressProxy.host: referenced host not found: 'egress.example.com'"]

@@ -1391,6 +1391,8 @@ class FilterChain(EnvoyStruct, kw_only=True):
     transport_socket: TransportSocket | None = None
     use_proxy_proto: NotSupportedYet | None = None
     transport_socket_connect_timeout: NotSupportedYet | None = None
+    # Data only (see Metadata): istiod names there the Sidecar an inbound chain comes from.
+    metadata: Metadata | None = None
 
     def __post_init__(self) -> None:
         what = "a terminal network filter (http_connection_manager or tcp_proxy)"

@@ -80,6 +80,8 @@ class Snapshot:
     secrets: Mapping[SecretKey, GatewaySecret] = field(default_factory=dict)
     selector_label_keys: frozenset[str] = frozenset()  # see `selector_label_keys`
     selector_metadata_keys: frozenset[str] = frozenset()  # node metadata EnvoyFilter proxy matches read
+    # A Sidecar's ingress listeners depend on the proxy's own IPs (their bind, a defaultEndpoint 0.0.0.0 or ::).
+    sidecars_read_instance_ips: bool = False
     # Generated per-service pieces, carried over from the previous snapshot (pieces.py); not part of the config.
     pieces: Pieces = field(default_factory=Pieces, compare=False, repr=False)
 
@@ -221,6 +223,7 @@ def build_snapshot(resources: list[Resource], version: str | None = None, mesh: 
         secrets=dict(secrets or {}),
         selector_label_keys=selector_label_keys(resources),
         selector_metadata_keys=selector_metadata_keys(by_kind.get("EnvoyFilter", [])),
+        sidecars_read_instance_ips=any(s.spec.reads_instance_ips for s in by_kind.get("Sidecar", [])),
         pieces=previous.pieces.successor() if previous is not None else Pieces(),
     )
 

@@ -2,7 +2,7 @@
 
 Schema errors (each naming file, document and field path) make a config that
 pilot would refuse to start with: they are errors, exit status 1. References
-that resolve to nothing (a VirtualService's gateway, a destination host, a
+that resolve to nothing (a VirtualService's gateway, a destination host, a Sidecar's egress proxy, a
 subset no DestinationRule defines) are valid config that Istio accepts and then
 routes to nowhere (404s, 503s, "no healthy upstream"): they are warnings with
 Istio's analyzer code IST0101 (ReferencedResourceNotFound), exit status 0.
@@ -62,7 +62,7 @@ def validate_directory(root: Path, mesh_config: Path | None = None) -> Report:
 
 def analyze(snapshot: Snapshot) -> list[AnalysisWarning]:
     """Dangling references of every VirtualService as written (delegates too): gateways, delegates, destination
-    hosts, subsets (http, tcp and tls routes)."""
+    hosts, subsets (http, tcp and tls routes); and of every Sidecar's egress proxy."""
     known_gateways = {f"{gw.namespace}/{gw.name}" for gw in snapshot.gateways}
     written = [r for r in snapshot.resources if r.kind == "VirtualService"]
     delegates = {(vs.namespace, vs.name) for vs in written if not vs.spec.hosts}
@@ -87,18 +87,23 @@ def analyze(snapshot: Snapshot) -> list[AnalysisWarning]:
             for i, l4 in enumerate(l4_routes):
                 for j, route in enumerate(l4.route):
                     out += _check_destination(snapshot, vs, route.destination, f"spec.{kind}[{i}].route[{j}].destination")
+    for sidecar in snapshot.sidecars:
+        policy = sidecar.spec.outbound_traffic_policy
+        if policy is not None and policy.egress_proxy is not None:
+            out += _check_destination(snapshot, sidecar, policy.egress_proxy, "spec.outboundTrafficPolicy.egressProxy")
     return out
 
 
-def _check_destination(snapshot: Snapshot, vs: Resource, destination: Destination, path: str) -> list[AnalysisWarning]:
-    host = resolve_short_name(destination.host, vs.namespace)
-    service = snapshot.service(host, vs.namespace, vs.namespace)
+def _check_destination(snapshot: Snapshot, resource: Resource, destination: Destination,
+                       path: str) -> list[AnalysisWarning]:  # fmt: skip
+    host = resolve_short_name(destination.host, resource.namespace)
+    service = snapshot.service(host, resource.namespace, resource.namespace)
     if service is None:
-        return [AnalysisWarning(NOT_FOUND, vs.source, f"{path}.host", f"referenced host not found: {host!r}")]
+        return [AnalysisWarning(NOT_FOUND, resource.source, f"{path}.host", f"referenced host not found: {host!r}")]
     if not destination.subset:
         return []
-    rule = snapshot.destination_rule(host, vs.namespace, service.namespace)
+    rule = snapshot.destination_rule(host, resource.namespace, service.namespace)
     if rule is None or all(s.name != destination.subset for s in rule.spec.subsets):
-        return [AnalysisWarning(NOT_FOUND, vs.source, f"{path}.subset",
+        return [AnalysisWarning(NOT_FOUND, resource.source, f"{path}.subset",
                          f"referenced host+subset in destinationrule not found: {host!r} subset {destination.subset!r}")]
     return []

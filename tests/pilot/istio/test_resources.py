@@ -82,3 +82,13 @@ def test_go_durations() -> None:
     for bad in ("10", "-1s", "1x", "", 5):
         with pytest.raises(ValueError):
             parse_go_duration(bad)
+
+
+def test_connection_pool_checks_are_istios() -> None:
+    def pool_error(pool: dict) -> ConfigError:
+        return error_of(doc("DestinationRule", "d", {"host": "a", "trafficPolicy": {"connectionPool": pool}}))
+
+    assert pool_error({}).path == "spec.trafficPolicy.connectionPool"
+    assert pool_error({"tcp": {"maxConnections": -1}}).path == "spec.trafficPolicy.connectionPool.tcp.maxConnections"
+    error = pool_error({"http": {"useClientProtocol": True, "h2UpgradePolicy": "UPGRADE"}})
+    assert error.path == "spec.trafficPolicy.connectionPool.http.useClientProtocol"

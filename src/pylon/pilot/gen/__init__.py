@@ -73,30 +73,33 @@ def generator_for(proxy: Proxy) -> Generator:
 # `generation_key`: it sees only what the key holds.
 GENERATION_METADATA = ("INTERCEPTION_MODE", "PROXY_CONFIG")
 
-GenerationKey = tuple[str, str, tuple[tuple[str, str], ...], tuple[tuple[str, str], ...], SpiffeId | None]
+GenerationKey = tuple[str, str, tuple[tuple[str, str], ...], tuple[tuple[str, str], ...], SpiffeId | None,
+                      tuple[str, ...]]
 
 
 def generation_key(proxy: Proxy, snapshot: Snapshot) -> GenerationKey:
     """What a proxy's generated config can depend on: type, namespace, the metadata generators read (and the
     keys EnvoyFilter proxy matches read, `Snapshot.selector_metadata_keys`), the
-    labels any selector of the snapshot could look at (`Snapshot.selector_label_keys`), and the identity it
-    proved on the TLS port (gateway secrets are served to verified proxies only).
+    labels any selector of the snapshot could look at (`Snapshot.selector_label_keys`), the identity it
+    proved on the TLS port (gateway secrets are served to verified proxies only), and a sidecar's IPs when a
+    Sidecar's ingress listeners read them (`Snapshot.sidecars_read_instance_ips`).
 
     Node id, pod name, IPs and the other labels and metadata differ between replicas but no generator reads
-    them, so proxies with equal keys get identical config - istiod's per-namespace SidecarScope taken as far
-    as it provably goes.
+    them (IPs aside, as said), so proxies with equal keys get identical config - istiod's per-namespace
+    SidecarScope taken as far as it provably goes.
     """
     labels = tuple(sorted((k, v) for k, v in proxy.labels.items() if k in snapshot.selector_label_keys))
     read = sorted(set(GENERATION_METADATA) | snapshot.selector_metadata_keys)
     metadata = tuple((k, json.dumps(proxy.metadata[k], sort_keys=True)) for k in read if k in proxy.metadata)
-    return proxy.type, proxy.namespace, labels, metadata, proxy.identity
+    ips = proxy.ip_addresses if proxy.type == "sidecar" and snapshot.sidecars_read_instance_ips else ()
+    return proxy.type, proxy.namespace, labels, metadata, proxy.identity, ips
 
 
 def key_proxy(key: GenerationKey) -> Proxy:
-    """The proxy generators see for a key: only what the key holds (no node id, pod or IPs), so that a
-    generation is a function of its key and can be shared by construction, not by audit alone."""
-    proxy_type, namespace, labels, metadata, identity = key
-    return Proxy(node_id="", type=proxy_type, ip_addresses=(), id="", dns_domain="", namespace=namespace,
+    """The proxy generators see for a key: only what the key holds (no node id or pod, IPs only when read), so
+    that a generation is a function of its key and can be shared by construction, not by audit alone."""
+    proxy_type, namespace, labels, metadata, identity, ips = key
+    return Proxy(node_id="", type=proxy_type, ip_addresses=ips, id="", dns_domain="", namespace=namespace,
                  labels=dict(labels), metadata={k: json.loads(v) for k, v in metadata}, identity=identity)  # fmt: skip
 
 

@@ -18,7 +18,8 @@ from pylon.pilot.gen.policy import EffectivePolicy, effective_policy
 from pylon.pilot.gen.types import ADS_SOURCE, HTTP_PROTOCOL_OPTIONS, Json
 from pylon.pilot.istio.common import format_duration
 from pylon.pilot.istio.mesh import MeshConfig
-from pylon.pilot.istio.networking import HTTP2_PROTOCOLS, ClientTLSSettings, DestinationRuleSpec, ServicePort, TcpKeepalive
+from pylon.pilot.istio.networking import (HTTP2_PROTOCOLS, ClientTLSSettings, ConnectionPoolSettings,
+                                         DestinationRuleSpec, ServicePort, TcpKeepalive)  # fmt: skip
 from pylon.pilot.gen.endpoints import assignment
 from pylon.pilot.istio.resources import Resource
 from pylon.pilot.snapshot import Endpoint, Service, Snapshot
@@ -109,19 +110,38 @@ def build_cluster(service: Service, port: ServicePort, subset: str, policy: Effe
     protocol = _upstream_protocol(port, policy)
     http2 = protocol is not None and "http2_protocol_options" in protocol.get("explicit_http_config", {})
     upstream_options = {} if sni_dnat else _apply_tls(cluster, service, port, subset, policy, mesh, http2, for_sidecar)
-    _add_protocol_options(cluster, protocol, common, upstream_options)
+    _set_protocol_options(cluster, protocol, common, upstream_options)
     return cluster
 
 
-def _add_protocol_options(cluster: Json, protocol: Json | None, common: Json, upstream_options: Json) -> None:
-    """The typed HttpProtocolOptions, when the upstream protocol, the connection pool or TLS by request host ask."""
-    if protocol is not None or common or upstream_options:
-        options: Json = {"@type": HTTP_PROTOCOL_OPTIONS, **(protocol or {"explicit_http_config": {"http_protocol_options": {}}})}
-        if common:
-            options["common_http_protocol_options"] = common
-        if upstream_options:
-            options["upstream_http_protocol_options"] = upstream_options
-        cluster["typed_extension_protocol_options"] = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": options}
+def apply_inbound_policy(cluster: Json, protocol: str, pool: ConnectionPoolSettings | None) -> None:
+    """What istiod's buildInboundCluster applies to an `inbound|<port>||` cluster: circuit breakers (every
+    inbound cluster has them), the connection pool (`pool`: the Sidecar's for the port, else the
+    DestinationRule's) and the app's HTTP version (HTTP/2 for HTTP2 and gRPC ports, the client's with
+    useClientProtocol; never an h2UpgradePolicy, which is outbound only); no load balancer, outlier
+    detection or TLS."""
+    cluster["circuit_breakers"] = {"thresholds": [_default_thresholds()]}
+    common = _apply_connection_pool(cluster, EffectivePolicy(connection_pool=pool))
+    http = pool.http if pool is not None else None
+    upstream: Json | None = None
+    if http is not None and http.use_client_protocol:
+        upstream = {"use_downstream_protocol_config": {"http_protocol_options": {}, "http2_protocol_options": {}}}
+    elif protocol.upper() in HTTP2_PROTOCOLS:
+        streams = http.max_concurrent_streams if http is not None else 0
+        upstream = {"explicit_http_config": {"http2_protocol_options": _h2_options(streams)}}
+    _set_protocol_options(cluster, upstream, common, {})
+
+
+def _set_protocol_options(cluster: Json, protocol: Json | None, common: Json, upstream_options: Json) -> None:
+    """The cluster's HttpProtocolOptions, when it needs any (HTTP/1.1 unless `protocol` says otherwise)."""
+    if protocol is None and not common and not upstream_options:
+        return
+    options: Json = {"@type": HTTP_PROTOCOL_OPTIONS, **(protocol or {"explicit_http_config": {"http_protocol_options": {}}})}
+    if common:
+        options["common_http_protocol_options"] = common
+    if upstream_options:
+        options["upstream_http_protocol_options"] = upstream_options
+    cluster["typed_extension_protocol_options"] = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": options}
 
 
 def build_dfp_cluster(service: Service, port: ServicePort, policy: EffectivePolicy, mesh: MeshConfig,
@@ -147,7 +167,7 @@ def build_dfp_cluster(service: Service, port: ServicePort, policy: EffectivePoli
         # Departure: typed options without these make Envoy refuse the cluster (its factory implies them only for a
         # cluster without typed options), which istiod's shape for a GRPC port or a connection pool gets.
         upstream_options = dfp.IMPLIED_OPTIONS
-    _add_protocol_options(cluster, protocol, common, upstream_options)
+    _set_protocol_options(cluster, protocol, common, upstream_options)
     return cluster
 
 

@@ -64,18 +64,28 @@ def server_transport_socket(tls: ServerTLSSettings, alpn: list[str] | None = Non
                 "default_validation_context": _sans(sans),
                 "validation_context_sds_secret_config": {"name": name + CA_SUFFIX, "sds_config": SDS_OVER_ADS},
             }
-        params: Json = {}
-        if tls.min_protocol_version in _TLS_VERSIONS:
-            params["tls_minimum_protocol_version"] = _TLS_VERSIONS[tls.min_protocol_version]
-        if tls.max_protocol_version in _TLS_VERSIONS:
-            params["tls_maximum_protocol_version"] = _TLS_VERSIONS[tls.max_protocol_version]
-        if tls.cipher_suites:
-            params["cipher_suites"] = list(tls.cipher_suites)
+        params = server_tls_params(tls.min_protocol_version, tls.max_protocol_version, tls.cipher_suites)
         if params:
             common["tls_params"] = params
     context = {"@type": DOWNSTREAM_TLS, "common_tls_context": common,
                "require_client_certificate": tls.mode in ("MUTUAL", "ISTIO_MUTUAL")}  # fmt: skip
     return {"name": TLS_SOCKET, "typed_config": context}
+
+
+def server_tls_params(min_version: str, max_version: str, cipher_suites: list[str],
+                      ecdh_curves: list[str] | None = None) -> Json:  # fmt: skip
+    """The TlsParameters a server's settings ask for (istiod's applyServerTLSSettings; TLS_AUTO leaves a bound to
+    Envoy's default); empty when they ask for none."""
+    params: Json = {}
+    if min_version in _TLS_VERSIONS:
+        params["tls_minimum_protocol_version"] = _TLS_VERSIONS[min_version]
+    if max_version in _TLS_VERSIONS:
+        params["tls_maximum_protocol_version"] = _TLS_VERSIONS[max_version]
+    if cipher_suites:
+        params["cipher_suites"] = list(cipher_suites)
+    if ecdh_curves:
+        params["ecdh_curves"] = list(ecdh_curves)
+    return params
 
 
 def ads_secret_names(listeners: list[Json], clusters: list[Json]) -> set[str]:

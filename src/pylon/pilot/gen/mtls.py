@@ -89,10 +89,6 @@ class PeerModes:
     def mode(self, port: int) -> str:
         return self.ports.get(port, self.default)
 
-    @property
-    def any_tls(self) -> bool:
-        return self.default != "DISABLE" or any(m != "DISABLE" for m in self.ports.values())
-
 
 def inbound_chains(name: str, port: int | None, mode: str, filters: list[Json], http: bool) -> list[Json]:
     """The chains of one inbound port (None: the catch-all) under `mode`, all running `filters`."""

@@ -2,28 +2,29 @@
 
 Outbound: `virtualOutbound` on 15001 (`use_original_dst`) hands captured
 connections to the listener of their original destination port, else to its
-catch-all chain `virtualOutbound-catchall-tcp` (PassthroughCluster under
-ALLOW_ANY, BlackHoleCluster under REGISTRY_ONLY). Each HTTP service port gets
-`0.0.0.0_<port>` (not bound: it only receives hand-offs) with RDS named by the
-port, whose virtual hosts are `<host>:<port>` per service on that port (the
-routes of mesh VirtualServices, else a default route to
-`outbound|<port>||<host>`) and then `allow_any` or `block_all`. Other ports get
-a tcp_proxy listener to the first service on the port. A port with DYNAMIC_DNS
-services has their dynamic forward proxy filters before the router (gen/dfp.py).
+catch-all chain `virtualOutbound-catchall-tcp` (PassthroughCluster, or the Sidecar's
+egress proxy, under ALLOW_ANY; BlackHoleCluster under REGISTRY_ONLY). The Sidecar's
+egress listeners (gen/scope.py; by default one catch-all importing every service)
+make the per-port listeners, as istiod's buildSidecarOutboundListeners: a listener
+with a `port` makes that port's listener for its own services, with its own protocol;
+the catch-all then makes one for every other port of its services (a port already
+made, at the same address, is not touched). An HTTP port is `<bind>_<port>` with RDS
+named by the port, whose virtual hosts are `<host>:<port>` per service on that port of
+the first egress listener on the port, else of the catch-all (the routes of its mesh
+VirtualServices, else a default route to `outbound|<port>||<host>`), and then
+`allow_any` or `block_all`; the DYNAMIC_DNS services of an HTTP listener put their dynamic
+forward proxy filters before the router (gen/dfp.py). Other ports get tcp_proxy chains (gen/tcp.py). An egress
+listener with the HTTP_PROXY protocol, or on a unix socket (port 0, `unix://` bind, its RDS
+named by the socket), is one HTTP listener whose route configuration has the virtual hosts
+of every port of its services. A listener is bound for real (on its `bind`, else
+127.0.0.1) when its `captureMode` is NONE, its bind a socket, or the proxy's interception
+mode NONE; otherwise it only receives hand-offs (`bind_to_port: false`, on its `bind`,
+else 0.0.0.0). Clusters are those of the ports the egress listeners import.
 
-Inbound: `virtualInbound` on 15006 (original_dst listener filter) has one chain
-per port of the services that select the proxy (`destination_port` match),
-routing to `inbound|<port>||`: an ORIGINAL_DST cluster whose connections leave
-from 127.0.0.6, so the app sees the sidecar, not the peer, and capture rules
-let the traffic through. Unknown ports go to InboundPassthroughCluster.
-AuthorizationPolicies selecting the proxy guard every inbound chain: HTTP RBAC
-ahead of the HTTP filters, network RBAC ahead of tcp_proxy (gen/authz.py).
-PeerAuthentication decides each port's chains: TLS only (STRICT), TLS and
-plaintext told apart by tls_inspector (PERMISSIVE, the default), plaintext
-(DISABLE) - gen/mtls.py.
+Inbound: gen/inbound.py (`virtualInbound` on 15006, or the Sidecar's ingress listeners).
 
 Interception mode NONE (node metadata `INTERCEPTION_MODE`, no capture rules):
-no virtual listeners and no inbound; outbound listeners bind for real on
+no virtual listeners, no inbound but the Sidecar's ingress listeners (bound); outbound listeners bind for real on
 `127.0.0.1_<port>`, as istiod does, so an application reaches them directly.
 """
 
@@ -31,31 +32,30 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import msgspec
+
 from pylon.pilot.gen import dfp
-from pylon.pilot.gen.authz import SelectedPolicies, http_rbac_filters, network_rbac_filters, policies_for
+from pylon.pilot.gen.authz import policies_for
 from pylon.pilot.gen.clusters import blackhole_cluster, outbound_clusters
 from pylon.pilot.gen.endpoints import outbound_assignments
-from pylon.pilot.gen.mtls import PeerModes, inbound_chains
+from pylon.pilot.gen.filters import (INBOUND_SOURCE, LOCALHOST, VIRTUAL_OUTBOUND_PORT, WILDCARD, hcm, original_dst_cluster,
+                                     socket_address, tcp_proxy_to, tls_inspector)  # fmt: skip
+from pylon.pilot.gen.inbound import inbound_cluster, inbound_listeners, inbound_ports
+from pylon.pilot.gen.mtls import PeerModes
 from pylon.pilot.gen.name_table import name_table
 from pylon.pilot.gen.names import BLACKHOLE, INBOUND_PASSTHROUGH, PASSTHROUGH, domain_name, listener_name, subset_key
 from pylon.pilot.gen.routes import RouteContext, build_http_routes, is_catch_all, translate_retry
 from pylon.pilot.gen.tcp import sidecar_tcp_chains, sidecar_tls_chains
-from pylon.pilot.gen.scope import SidecarScope, mesh_virtual_services, own_services, scoped_services, sidecar_scope
-from pylon.pilot.gen.types import (ADS_SOURCE, CLUSTER, ENDPOINT, HCM, LISTENER, NAME_TABLE, ORIGINAL_DST_FILTER,
-                                   ROUTE, ROUTER, TCP_PROXY, TLS_INSPECTOR, Json, Resources,
-                                   route_configured_filters)  # fmt: skip
+from pylon.pilot.gen.scope import (EgressListener, SidecarScope, listener_services, mesh_virtual_services, scoped_services,
+                                   sidecar_scope)  # fmt: skip
+from pylon.pilot.gen.types import ADS_SOURCE, CLUSTER, ENDPOINT, LISTENER, NAME_TABLE, ROUTE, Json, Resources
 from pylon.pilot.hosts import matches, resolve_short_name
-from pylon.pilot.istio.common import format_duration
 from pylon.pilot.istio.networking import HTTP_PROTOCOLS, ServicePort
 from pylon.pilot.istio.resources import Resource
+from pylon.pilot.istio.sidecar import UNIX_PREFIX, unix_path
 from pylon.pilot.proxy import Proxy
 from pylon.pilot.snapshot import Service, Snapshot
 
-VIRTUAL_OUTBOUND_PORT = 15001
-VIRTUAL_INBOUND_PORT = 15006
-WILDCARD = "0.0.0.0"
-LOCALHOST = "127.0.0.1"
-INBOUND_SOURCE = "127.0.0.6"
 INTERCEPTION_MODES = ("REDIRECT", "NONE")
 TLS_PROTOCOLS = ("TLS", "HTTPS")  # Istio's Protocol.IsTLS: outbound chains by SNI
 
@@ -74,20 +74,19 @@ class SidecarGenerator:
         scope = sidecar_scope(proxy, snapshot)
         services = scoped_services(proxy, snapshot, scope)
         timeout = snapshot.mesh.connect_timeout
-        clusters: list[Json] = [blackhole_cluster(snapshot.mesh), _original_dst_cluster(PASSTHROUGH, timeout)]
+        clusters: list[Json] = [blackhole_cluster(snapshot.mesh), original_dst_cluster(PASSTHROUGH, timeout)]
         endpoints: list[Json] = []
         for service in services:
             rule = snapshot.destination_rule(service.hostname, proxy.namespace, service.namespace)
-            clusters += outbound_clusters(snapshot, service, rule, for_sidecar=True)
-            endpoints += outbound_assignments(snapshot, service, rule)
-        bind = WILDCARD if capture else LOCALHOST
-        listeners, routes = _outbound(proxy, snapshot, scope, services, bind, bound=not capture)
+            clusters += _imported(scope, service, outbound_clusters(snapshot, service, rule, for_sidecar=True))
+            endpoints += _imported(scope, service, outbound_assignments(snapshot, service, rule))
+        listeners, routes = _outbound(proxy, snapshot, scope, services, capture)
+        inbound = inbound_ports(proxy, snapshot, scope, capture)
+        clusters += [inbound_cluster(port, proxy, snapshot) for port in inbound]
         if capture:
-            inbound = _inbound_ports(proxy, snapshot)
-            clusters.append(_original_dst_cluster(INBOUND_PASSTHROUGH, timeout, source=INBOUND_SOURCE))
-            clusters += [_inbound_cluster(service, port, timeout) for port, (service, _) in inbound.items()]
-            listeners += [_virtual_outbound(scope), _virtual_inbound(inbound, policies_for(proxy, snapshot),
-                                                                       PeerModes(proxy, snapshot))]
+            clusters.append(original_dst_cluster(INBOUND_PASSTHROUGH, timeout, source=INBOUND_SOURCE))
+            listeners.append(_virtual_outbound(scope))
+        listeners += inbound_listeners(inbound, policies_for(proxy, snapshot), PeerModes(proxy, snapshot), capture)
         return {
             LISTENER: {item["name"]: item for item in listeners},
             ROUTE: {item["name"]: item for item in routes},
@@ -100,55 +99,101 @@ class SidecarGenerator:
         """The EDS part of `generate` for the services of `hostnames` alone (what an endpoint change needs:
         SharedGenerations)."""
         out: dict[str, Json] = {}
-        for service in scoped_services(proxy, snapshot, sidecar_scope(proxy, snapshot), hostnames):
+        scope = sidecar_scope(proxy, snapshot)
+        for service in scoped_services(proxy, snapshot, scope, hostnames):
             rule = snapshot.destination_rule(service.hostname, proxy.namespace, service.namespace)
-            out.update((item["cluster_name"], item) for item in outbound_assignments(snapshot, service, rule))
+            out.update((item["cluster_name"], item) for item in _imported(scope, service, outbound_assignments(
+                snapshot, service, rule)))  # fmt: skip
         return out
+
+
+def _imported(scope: SidecarScope, service: Service, items: list[Json]) -> list[Json]:
+    """The clusters or load assignments (`outbound|<port>|<subset>|<host>`) of the ports the scope imports: the
+    shared pieces are built for every port of the service."""
+    ports = scope.imported_ports(service)
+    if len(ports) == len(service.ports):
+        return items
+    return [item for item in items if int((item.get("name") or item["cluster_name"]).split("|")[1]) in ports]
 
 
 # --------------------------------------------------------------------------- outbound
 
 
-def _outbound(proxy: Proxy, snapshot: Snapshot, scope: SidecarScope, services: list[Service], bind: str,
-              bound: bool) -> tuple[list[Json], list[Json]]:  # fmt: skip
-    http_ports: dict[int, list[Service]] = {}
-    tcp_ports: dict[int, list[tuple[Service, ServicePort]]] = {}
+def _outbound(proxy: Proxy, snapshot: Snapshot, scope: SidecarScope, services: list[Service],
+              capture: bool) -> tuple[list[Json], list[Json]]:  # fmt: skip
+    """The per-port listeners of every egress listener, in order, and the route configurations of their HTTP
+    ports (istiod's buildSidecarOutboundListeners; one listener per port, not per service address)."""
+    built: dict[tuple[str, int], Json] = {}
+    routes: set[str] = set()
+    for egress in scope.egress:
+        bound = not capture or egress.capture_mode == "NONE" or egress.bind.startswith(UNIX_PREFIX)
+        bind = egress.bind or (LOCALHOST if bound else WILDCARD)
+        imported = listener_services(services, egress)
+        if egress.merges_ports:  # one HTTP listener for all the ports of its services
+            assert egress.port is not None
+            if imported and (bind, egress.port.number) not in built:
+                built[(bind, egress.port.number)] = _http_listener(bind, egress.port.number, egress.route_name, bound,
+                                                                   imported)  # fmt: skip
+                routes.add(egress.route_name)
+            continue
+        on_ports = _ports(imported, egress)
+        locked = set(built)  # ports made by the listeners before: the catch-all adds nothing to them
+        claiming = _claims(mesh_virtual_services(proxy, snapshot, egress))
+        for number in sorted(on_ports):
+            if (bind, number) in locked:
+                continue
+            if is_http(on_ports[number][0][1]):
+                built[(bind, number)] = _http_listener(bind, number, str(number), bound,
+                                                       [service for service, _ in on_ports[number]])  # fmt: skip
+                routes.add(str(number))
+            else:
+                built[(bind, number)] = _tcp_listener(proxy, snapshot, bind, number, on_ports[number], claiming, bound)
+    listeners = [built[key] for key in sorted(built, key=lambda k: (k[1], k[0]))]
+    return listeners, [_route_configuration(proxy, snapshot, scope, name, services) for name in sorted(routes)]
+
+
+def _ports(services: list[Service], egress: EgressListener) -> dict[int, list[tuple[Service, ServicePort]]]:
+    """Port -> the services on it, with the port as the listener serves it: for a listener with a port, its number
+    and its protocol; for the catch-all, every port of its services, an HTTP port's HTTP services only (a TCP
+    service on a port that some service serves as HTTP gets no chain: pylon's listeners are per port)."""
+    if egress.port is not None:
+        number, protocol = egress.port.number, egress.port.protocol
+        return {number: [(s, msgspec.structs.replace(p, protocol=protocol)) for s in services for p in s.ports
+                         if p.number == number]}  # fmt: skip
+    http = {p.number for s in services for p in s.ports if is_http(p)}
+    out: dict[int, list[tuple[Service, ServicePort]]] = {}
     for service in services:
         for port in service.ports:
-            if is_http(port):
-                http_ports.setdefault(port.number, []).append(service)
-    for service in services:
-        for port in service.ports:
-            if not is_http(port) and port.number not in http_ports:
-                tcp_ports.setdefault(port.number, []).append((service, port))
-    virtual_services = mesh_virtual_services(proxy, snapshot, scope)
-    claiming = _claims(virtual_services)
-    listeners: list[Json] = []
-    routes: list[Json] = []
-    for number in sorted(set(http_ports) | set(tcp_ports)):
-        name = listener_name(bind, number)
-        listener: Json = {
-            "name": name,
-            "address": {"socket_address": {"address": bind, "port_value": number}},
-            "traffic_direction": "OUTBOUND",
-        }
-        if number in http_ports:
-            # DYNAMIC_DNS services of the port: their dynamic forward proxy filters (gen/dfp.py), by hostname
-            forward = [dfp.http_filter(s) for s in sorted(http_ports[number], key=lambda s: s.hostname)
-                       if dfp.is_dynamic_dns(s)]
-            filters = [_hcm(f"outbound_{name}", {"rds": {"config_source": ADS_SOURCE, "route_config_name": str(number)}},
-                            last=forward)]
-            routes.append(_route_configuration(proxy, snapshot, scope, number, http_ports[number], virtual_services))
-            listener["filter_chains"] = [{"filters": filters}]
-        else:
-            listener["filter_chains"] = _tcp_chains(proxy, snapshot, number, tcp_ports[number], claiming)
-            if any("server_names" in c.get("filter_chain_match", {}) for c in listener["filter_chains"]):
-                listener["listener_filters"] = [{"name": "envoy.filters.listener.tls_inspector",
-                                                 "typed_config": {"@type": TLS_INSPECTOR}}]  # fmt: skip
-        if not bound:
-            listener["bind_to_port"] = False
-        listeners.append(listener)
-    return listeners, routes
+            if is_http(port) or port.number not in http:
+                out.setdefault(port.number, []).append((service, port))
+    return out
+
+
+def _http_listener(bind: str, number: int, route_name: str, bound: bool, services: list[Service]) -> Json:
+    """An HTTP listener; the DYNAMIC_DNS services among `services` (its routes') put their dynamic forward proxy
+    filters just before the router, by hostname (gen/dfp.py)."""
+    name = listener_name(bind, number)
+    rds = {"rds": {"config_source": ADS_SOURCE, "route_config_name": route_name}}
+    forward = [dfp.http_filter(s) for s in sorted(services, key=lambda s: s.hostname) if dfp.is_dynamic_dns(s)]
+    return _listener_at(bind, number, [{"filters": [hcm(f"outbound_{name}", rds, last=forward)]}], bound)
+
+
+def _tcp_listener(proxy: Proxy, snapshot: Snapshot, bind: str, number: int, on_port: list[tuple[Service, ServicePort]],
+                  claiming: Callable[[str], list[Resource]], bound: bool) -> Json:  # fmt: skip
+    listener = _listener_at(bind, number, _tcp_chains(proxy, snapshot, number, on_port, claiming), bound)
+    if any("server_names" in c.get("filter_chain_match", {}) for c in listener["filter_chains"]):
+        listener["listener_filters"] = [tls_inspector()]
+    return listener
+
+
+def _listener_at(bind: str, number: int, chains: list[Json], bound: bool) -> Json:
+    """`<bind>_<port>` on bind:port, or on the socket of a `unix://` bind."""
+    address = {"pipe": {"path": unix_path(bind)}} if bind.startswith(UNIX_PREFIX) else socket_address(bind, number)
+    listener: Json = {"name": listener_name(bind, number), "address": address, "traffic_direction": "OUTBOUND",
+                      "filter_chains": chains}  # fmt: skip
+    if not bound:
+        listener["bind_to_port"] = False
+    return listener
 
 
 def _tcp_chains(proxy: Proxy, snapshot: Snapshot, number: int, on_port: list[tuple[Service, ServicePort]],
@@ -168,11 +213,36 @@ def _tcp_chains(proxy: Proxy, snapshot: Snapshot, number: int, on_port: list[tup
     return sidecar_tcp_chains(contexts(first), first, number, snapshot, proxy.namespace)
 
 
-def _route_configuration(proxy: Proxy, snapshot: Snapshot, scope: SidecarScope, port: int, services: list[Service],
-                         virtual_services: list[Resource]) -> Json:  # fmt: skip
-    claiming = _claims(virtual_services)
+def _route_configuration(proxy: Proxy, snapshot: Snapshot, scope: SidecarScope, name: str,
+                         services: list[Service]) -> Json:  # fmt: skip
+    """RDS `name` (a port, or a socket): the virtual hosts of the HTTP services on the port that its egress
+    listener imports (istiod's GetEgressListenerForRDS: the first listener on the port, else the catch-all),
+    with its VirtualServices' routes, then the fallback. An HTTP proxy port or a socket has those of every port
+    (istiod's mergeAllVirtualHosts: off port 80, a virtual host keeps its `host:port` domains only)."""
+    egress = scope.route_listener(name)
+    assert egress is not None  # a listener on the port made this route's listener
+    claiming = _claims(mesh_virtual_services(proxy, snapshot, egress))
+    imported = listener_services(services, egress)
+    if not egress.merges_ports:
+        vhosts = _port_virtual_hosts(proxy, snapshot, int(name), imported, claiming)
+    else:
+        vhosts = []
+        for port in sorted({p.number for s in imported for p in s.ports if is_http(p)}):
+            for vhost in _port_virtual_hosts(proxy, snapshot, port, imported, claiming):
+                if port != 80:  # a copy: default virtual hosts are shared pieces
+                    vhost = {**vhost, "domains": [d for d in vhost["domains"] if ":" in d]}
+                if vhost["domains"]:
+                    vhosts.append(vhost)
+    vhosts.append(_fallback_virtual_host(scope))
+    return {"name": name, "virtual_hosts": vhosts, "validate_clusters": False}
+
+
+def _port_virtual_hosts(proxy: Proxy, snapshot: Snapshot, port: int, services: list[Service],
+                        claiming: Callable[[str], list[Resource]]) -> list[Json]:  # fmt: skip
+    """`<host>:<port>` of each of `services` with an HTTP `port`, by hostname."""
     vhosts = []
-    for service in sorted(services, key=lambda s: s.hostname):
+    on_port = [s for s in services if any(p.number == port and is_http(p) for p in s.ports)]
+    for service in sorted(on_port, key=lambda s: s.hostname):
         routes: list[Json] = []
         for vs in claiming(service.hostname):
             ctx = RouteContext(proxy=proxy, snapshot=snapshot, vs=vs, listen_port=port, gateways=frozenset({"mesh"}))
@@ -182,8 +252,7 @@ def _route_configuration(proxy: Proxy, snapshot: Snapshot, scope: SidecarScope, 
         else:  # most services: no VirtualService, a virtual host that depends on the service and port alone
             vhosts.append(snapshot.pieces.get("default-vhost", (service,), (port,), lambda: _virtual_host(
                 service, port, [_default_route(service.hostname, port)])))  # fmt: skip
-    vhosts.append(_fallback_virtual_host(scope.outbound_policy))
-    return {"name": str(port), "virtual_hosts": vhosts, "validate_clusters": False}
+    return vhosts
 
 
 def _claims(virtual_services: list[Resource]) -> Callable[[str], list[Resource]]:
@@ -227,118 +296,28 @@ def _default_route(host: str, port: int) -> Json:
     }  # fmt: skip
 
 
-def _fallback_virtual_host(policy: str) -> Json:
-    """`allow_any` (unknown hosts pass through) or `block_all` (502), Istio's last virtual host of every port."""
-    if policy == "ALLOW_ANY":
+def _fallback_virtual_host(scope: SidecarScope) -> Json:
+    """`allow_any` (unknown hosts pass through, or go to the egress proxy) or `block_all` (502), Istio's last
+    virtual host of every port."""
+    if scope.outbound_policy == "ALLOW_ANY":
         return {"name": "allow_any", "domains": ["*"], "include_request_attempt_count": True, "routes": [{
             "name": "allow_any", "match": {"prefix": "/"},
-            "route": {"cluster": PASSTHROUGH, "timeout": "0s", "max_grpc_timeout": "0s"}}]}  # fmt: skip
+            "route": {"cluster": scope.passthrough_cluster, "timeout": "0s", "max_grpc_timeout": "0s"}}]}  # fmt: skip
     return {"name": "block_all", "domains": ["*"], "include_request_attempt_count": True, "routes": [{
         "name": "block_all", "match": {"prefix": "/"}, "direct_response": {"status": 502}}]}  # fmt: skip
 
 
 def _virtual_outbound(scope: SidecarScope) -> Json:
-    catch_all = PASSTHROUGH if scope.outbound_policy == "ALLOW_ANY" else BLACKHOLE
+    catch_all = scope.passthrough_cluster if scope.outbound_policy == "ALLOW_ANY" else BLACKHOLE
     return {
         "name": "virtualOutbound",
-        "address": {"socket_address": {"address": WILDCARD, "port_value": VIRTUAL_OUTBOUND_PORT}},
+        "address": socket_address(WILDCARD, VIRTUAL_OUTBOUND_PORT),
         "use_original_dst": True,
         "traffic_direction": "OUTBOUND",
         "filter_chains": [
             # connections addressed to 15001 itself would loop back forever
             {"name": "virtualOutbound-blackhole", "filter_chain_match": {"destination_port": VIRTUAL_OUTBOUND_PORT},
-             "filters": [_tcp_proxy(BLACKHOLE)]},
-            {"name": "virtualOutbound-catchall-tcp", "filters": [_tcp_proxy(catch_all)]},
+             "filters": [tcp_proxy_to(BLACKHOLE)]},
+            {"name": "virtualOutbound-catchall-tcp", "filters": [tcp_proxy_to(catch_all)]},
         ],
     }  # fmt: skip
-
-
-# --------------------------------------------------------------------------- inbound
-
-
-def _inbound_ports(proxy: Proxy, snapshot: Snapshot) -> dict[int, tuple[Service, ServicePort]]:
-    """Target port -> the first service port (by hostname) that lands on it."""
-    out: dict[int, tuple[Service, ServicePort]] = {}
-    for service in own_services(proxy, snapshot):
-        for port in service.ports:
-            out.setdefault(port.target_port or port.number, (service, port))
-    return dict(sorted(out.items()))
-
-
-def _inbound_cluster(service: Service, port: int, connect_timeout: float) -> Json:
-    cluster = _original_dst_cluster(subset_key("", port, direction="inbound"), connect_timeout, source=INBOUND_SOURCE)
-    cluster["metadata"] = {"filter_metadata": {"istio": {"services": [
-        {"host": service.hostname, "name": service.hostname.split(".")[0], "namespace": service.namespace}]}}}  # fmt: skip
-    return cluster
-
-
-def _virtual_inbound(inbound: dict[int, tuple[Service, ServicePort]], policies: SelectedPolicies, modes: PeerModes) -> Json:
-    chains: list[Json] = [{"name": "virtualInbound-blackhole", "filter_chain_match": {"destination_port": VIRTUAL_INBOUND_PORT},
-                           "filters": [_tcp_proxy(BLACKHOLE)]}]  # fmt: skip
-    for number, (service, port) in inbound.items():
-        cluster = subset_key("", number, direction="inbound")
-        if is_http(port):
-            route_config = {"name": cluster, "validate_clusters": False, "virtual_hosts": [{
-                "name": f"inbound|http|{number}", "domains": ["*"], "routes": [{
-                    "name": "default", "match": {"prefix": "/"},
-                    "route": {"cluster": cluster, "timeout": "0s", "max_grpc_timeout": "0s"},
-                    "decorator": {"operation": f"{service.hostname}:{port.number}/*"}}]}]}  # fmt: skip
-            filters = [_hcm(f"inbound_0.0.0.0_{number}", {"route_config": route_config}, inbound=True,
-                            rbac=http_rbac_filters(policies))]  # fmt: skip
-        else:
-            filters = [*network_rbac_filters(policies), _tcp_proxy(cluster)]
-        chains += inbound_chains(f"{WILDCARD}_{number}", number, modes.mode(number), filters, http=is_http(port))
-    chains += inbound_chains("virtualInbound-catchall-tcp", None, modes.default,
-                             [*network_rbac_filters(policies), _tcp_proxy(INBOUND_PASSTHROUGH)], http=False)
-    listener_filters = [{"name": "envoy.filters.listener.original_dst", "typed_config": {"@type": ORIGINAL_DST_FILTER}}]
-    if modes.any_tls:
-        listener_filters.append({"name": "envoy.filters.listener.tls_inspector", "typed_config": {"@type": TLS_INSPECTOR}})
-    return {
-        "name": "virtualInbound",
-        "address": {"socket_address": {"address": WILDCARD, "port_value": VIRTUAL_INBOUND_PORT}},
-        "traffic_direction": "INBOUND",
-        "listener_filters": listener_filters,
-        "filter_chains": chains,
-    }
-
-
-# --------------------------------------------------------------------------- shared pieces
-
-
-def _hcm(stat_prefix: str, routes: Json, inbound: bool = False, rbac: list[Json] | None = None,
-         last: list[Json] | None = None) -> Json:
-    """A connection manager: `rbac` filters first, `last` ones just before the router (as istiod orders them)."""
-    config: Json = {
-        "@type": HCM,
-        "stat_prefix": stat_prefix,
-        **routes,
-        "http_filters": [
-            *(rbac or []),
-            *route_configured_filters(),
-            *(last or []),
-            {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}},
-        ],
-        "use_remote_address": False,
-        "normalize_path": True,
-        "path_with_escaped_slashes_action": "KEEP_UNCHANGED",
-        "upgrade_configs": [{"upgrade_type": "websocket"}],
-    }
-    if inbound:
-        config["forward_client_cert_details"] = "APPEND_FORWARD"
-        config["set_current_client_cert_details"] = {"subject": True, "uri": True, "dns": True}
-        config["server_name"] = "istio-envoy"
-    return {"name": "envoy.filters.network.http_connection_manager", "typed_config": config}
-
-
-def _tcp_proxy(cluster: str) -> Json:
-    return {"name": "envoy.filters.network.tcp_proxy",
-            "typed_config": {"@type": TCP_PROXY, "stat_prefix": cluster, "cluster": cluster}}  # fmt: skip
-
-
-def _original_dst_cluster(name: str, connect_timeout: float, source: str = "") -> Json:
-    """Connections go where they were addressed (PassthroughCluster, InboundPassthroughCluster, inbound|port||)."""
-    cluster: Json = {"name": name, "type": "ORIGINAL_DST", "lb_policy": "CLUSTER_PROVIDED",
-                     "connect_timeout": format_duration(connect_timeout)}  # fmt: skip
-    if source:
-        cluster["upstream_bind_config"] = {"source_address": {"address": source, "port_value": 0}}
-    return cluster

@@ -22,6 +22,7 @@ from pylon.config.errors import ConfigError, split_validation_error
 StructT = TypeVar("StructT")
 UInt32 = Annotated[int, msgspec.Meta(ge=0, le=2**32 - 1)]
 Int32 = Annotated[int, msgspec.Meta(ge=-(2**31), le=2**31 - 1)]
+NonNegativeInt32 = Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)]
 PortNumber = Annotated[int, msgspec.Meta(ge=1, le=65535)]
 NonEmptyStr = Annotated[str, msgspec.Meta(min_length=1)]
 

@@ -21,7 +21,6 @@ import msgspec
 from pylon.config.errors import FieldError
 from pylon.pilot.istio.common import GoDuration, IstioStruct, NotImplementedField, camel, load_struct_file
 from pylon.pilot.istio.proxyconfig import ProxyConfig
-from pylon.pilot.istio.sidecar import OutboundTrafficPolicy
 
 # Istio's ValidateTrustDomain: dot-separated DNS-1123 labels, an optional trailing dot.
 _DNS_LABEL = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
@@ -30,8 +29,14 @@ Namespace = Annotated[str, msgspec.Meta(pattern=f"^{_DNS_LABEL}$")]
 CONNECT_TIMEOUT_RANGE = (0.001, 3600.0)  # Istio's connectTimeoutMin / connectTimeoutMax
 
 
+class MeshOutboundTrafficPolicy(IstioStruct, kw_only=True):
+    """MeshConfig's outbound policy: ALLOW_ANY unless set (istiod's default mesh), no egress proxy (a Sidecar's)."""
+
+    mode: Literal["REGISTRY_ONLY", "ALLOW_ANY"] = "ALLOW_ANY"
+
+
 class MeshConfig(IstioStruct, kw_only=True):
-    outbound_traffic_policy: OutboundTrafficPolicy = OutboundTrafficPolicy()
+    outbound_traffic_policy: MeshOutboundTrafficPolicy = MeshOutboundTrafficPolicy()
     default_config: ProxyConfig = ProxyConfig()
     trust_domain: str = "cluster.local"
     trust_domain_aliases: list[str] = []

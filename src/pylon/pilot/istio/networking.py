@@ -24,6 +24,7 @@ from pylon.pilot.istio.common import (
     Int32,
     IstioStruct,
     NonEmptyStr,
+    NonNegativeInt32,
     NotImplementedField,
     Percent,
     PortNumber,
@@ -44,7 +45,7 @@ HTTP_PROTOCOLS = frozenset({"HTTP", "HTTP2", "GRPC", "GRPC-WEB"})
 HTTP2_PROTOCOLS = frozenset({"HTTP2", "GRPC", "GRPC-WEB"})
 
 
-def _check_protocol(value: str, field: str) -> None:
+def check_protocol(value: str, field: str) -> None:
     if value.upper() not in PROTOCOLS:
         raise FieldError(field, f"unknown protocol {value!r}; Istio's protocols: {', '.join(sorted(PROTOCOLS))}")
 
@@ -59,7 +60,7 @@ class ServerPort(IstioStruct, kw_only=True):
     target_port: NotImplementedField | None = None
 
     def __post_init__(self) -> None:
-        _check_protocol(self.protocol, "protocol")
+        check_protocol(self.protocol, "protocol")
 
 
 #: Gateway TLS modes whose server terminates TLS and serves HTTP (an `https.*` route configuration).
@@ -516,7 +517,7 @@ class TcpKeepalive(IstioStruct, kw_only=True):
 
 
 class TCPSettings(IstioStruct, kw_only=True):
-    max_connections: Int32 = 0
+    max_connections: NonNegativeInt32 = 0
     connect_timeout: GoDuration | None = None
     tcp_keepalive: TcpKeepalive | None = None
     max_connection_duration: GoDuration | None = None
@@ -524,19 +525,30 @@ class TCPSettings(IstioStruct, kw_only=True):
 
 
 class HTTPSettings(IstioStruct, kw_only=True):
-    http1_max_pending_requests: Int32 = 0
-    http2_max_requests: Int32 = 0
-    max_requests_per_connection: Int32 = 0
-    max_retries: Int32 = 0
+    http1_max_pending_requests: NonNegativeInt32 = 0
+    http2_max_requests: NonNegativeInt32 = 0
+    max_requests_per_connection: NonNegativeInt32 = 0
+    max_retries: NonNegativeInt32 = 0
     idle_timeout: GoDuration | None = None
     h2_upgrade_policy: Literal["DEFAULT", "DO_NOT_UPGRADE", "UPGRADE"] = "DEFAULT"
     use_client_protocol: bool = False
-    max_concurrent_streams: Int32 = 0
+    max_concurrent_streams: NonNegativeInt32 = 0
+
+    def __post_init__(self) -> None:
+        if self.use_client_protocol and self.h2_upgrade_policy == "UPGRADE":
+            raise FieldError("useClientProtocol", "must not be true when h2UpgradePolicy is UPGRADE (Istio's validation)")
 
 
 class ConnectionPoolSettings(IstioStruct, kw_only=True):
+    """DestinationRule and Sidecar connection pools, with Istio's checks (validateConnectionPool): at least one
+    of tcp and http, no negative limits."""
+
     tcp: TCPSettings | None = None
     http: HTTPSettings | None = None
+
+    def __post_init__(self) -> None:
+        if self.tcp is None and self.http is None:
+            raise ValueError("connection pool must have at least one field (tcp or http)")
 
 
 class OutlierDetection(IstioStruct, kw_only=True):
@@ -711,7 +723,7 @@ class ServicePort(IstioStruct, kw_only=True):
 
     def __post_init__(self) -> None:
         if self.protocol:
-            _check_protocol(self.protocol, "protocol")
+            check_protocol(self.protocol, "protocol")
 
 
 class WorkloadSelector(IstioStruct, kw_only=True):
