@@ -17,7 +17,7 @@ listener, ports merged per service. The outbound policy is the Sidecar's, else t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pylon.pilot.gen.names import PASSTHROUGH, subset_key
 from pylon.pilot.hosts import matches, resolve_short_name
@@ -35,6 +35,8 @@ class EgressListener:
     port: SidecarPort | None = None  # None: the catch-all
     bind: str = ""
     capture_mode: str = "DEFAULT"
+    # imported_ports by id(service), as SidecarScope's (a listener lives as long as its scope)
+    _imported: dict[int, frozenset[int]] = field(default_factory=dict, compare=False, repr=False)
 
     def allows(self, namespace: str, host: str) -> bool:
         """Whether a config of `namespace` about `host` is imported by this listener."""
@@ -54,10 +56,15 @@ class EgressListener:
 
     def imported_ports(self, service: Service) -> frozenset[int]:
         """The ports of `service` this listener imports (none if its hosts do not name the service)."""
-        if not self.allows(service.namespace, service.hostname):
-            return frozenset()
-        numbers = frozenset(p.number for p in service.ports)
-        return numbers if self.port is None or self.merges_ports else numbers & {self.port.number}
+        known = self._imported.get(id(service))
+        if known is None:
+            if not self.allows(service.namespace, service.hostname):
+                known = frozenset()
+            else:
+                numbers = frozenset(p.number for p in service.ports)
+                known = numbers if self.port is None or self.merges_ports else numbers & {self.port.number}
+            self._imported[id(service)] = known
+        return known
 
 
 @dataclass(frozen=True)
@@ -66,6 +73,8 @@ class SidecarScope:
     egress: tuple[EgressListener, ...]
     outbound_policy: str  # ALLOW_ANY | REGISTRY_ONLY
     passthrough_cluster: str  # where ALLOW_ANY sends unknown traffic: PassthroughCluster or the egress proxy's
+    # imported_ports by id(service): a generation asks it several times for each of a thousand services
+    _imported: dict[int, frozenset[int]] = field(default_factory=dict, compare=False, repr=False)
 
     def allows(self, namespace: str, host: str) -> bool:
         """Whether any egress listener imports a config of `namespace` about `host`."""
@@ -74,7 +83,10 @@ class SidecarScope:
     def imported_ports(self, service: Service) -> frozenset[int]:
         """The ports of `service` the proxy gets clusters for: every listener's, merged (istiod's
         appendSidecarServices)."""
-        return frozenset().union(*(listener.imported_ports(service) for listener in self.egress))
+        known = self._imported.get(id(service))
+        if known is None:  # services live as long as the snapshot the scope is made for: their ids are stable
+            known = self._imported[id(service)] = frozenset().union(*(e.imported_ports(service) for e in self.egress))
+        return known
 
     def route_listener(self, name: str) -> EgressListener | None:
         """The egress listener whose services make the route configuration `name` (istiod's
