@@ -1,0 +1,105 @@
+"""benchmarks/conformance.py on three tiny configs: one both proxies accept, one only Envoy accepts (a filter
+pylon refuses by name), one that is not an Envoy bootstrap."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from pylon.bench.targets import TargetError, find_envoy
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "conformance.py"
+
+BOTH = """
+static_resources:
+  listeners:
+  - name: main
+    address: {socket_address: {address: 127.0.0.1, port_value: 10000}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: main
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {prefix: /}
+                direct_response: {status: 200}
+          http_filters:%s
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+"""
+
+BUFFER = """
+          - name: envoy.filters.http.buffer
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer
+              max_request_bytes: 1024"""
+
+COMPOSE = """
+services:
+  envoy:
+    image: envoyproxy/envoy:v1.40-latest
+    ports: ["10000:10000"]
+"""
+
+BUFFER_TYPE = "envoy.extensions.filters.http.buffer.v3.Buffer"
+
+
+def load_script() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("conformance", SCRIPT)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["conformance"] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def envoy() -> str:
+    try:
+        return find_envoy()
+    except TargetError as exc:
+        pytest.skip(f"the survey compares with Envoy's own validate mode: {exc}")
+
+
+def test_classifies_three_configs(tmp_path: Path, envoy: str) -> None:
+    conformance = load_script()
+    (tmp_path / "both.yaml").write_text(BOTH % "")
+    (tmp_path / "envoy-only.yaml").write_text(BOTH % BUFFER)
+    (tmp_path / "docker-compose.yaml").write_text(COMPOSE)
+
+    found = conformance.survey([tmp_path], envoy, timeout=60, jobs=2)
+
+    assert found.skipped == {"docker-compose.yaml": "docker-compose file"}
+    results = {result.path: result for result in found.results}
+    assert set(results) == {"both.yaml", "envoy-only.yaml"}
+    assert results["both.yaml"].category == "both" and results["both.yaml"].pylon.error == ""
+    only = results["envoy-only.yaml"]
+    assert only.category == "envoy-only" and only.envoy.accepted and not only.pylon.accepted
+    assert only.pylon.error.startswith(
+        "envoy-only.yaml: static_resources.listeners[0].filter_chains[0].filters[0].typed_config.http_filters[0]"
+        f".typed_config.@type: unknown HTTP filter type type.googleapis.com/{BUFFER_TYPE}")
+    summary = conformance.totals(found)
+    assert summary["envoy_acceptance"] == 1.0 and summary["pylon_acceptance_among_envoy_accepted"] == 0.5
+    assert summary["refusals_ranked"] == {f"{BUFFER_TYPE} (unknown HTTP filter type)": 1}
+
+
+def test_field_reason_names_the_extension_not_the_indices() -> None:
+    conformance = load_script()
+    config = {"static_resources": {"listeners": [{"filter_chains": [{"filters": [{"typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
+                 "HttpConnectionManager", "route_config": {"virtual_hosts": [{"routes": [{
+                     "typed_per_filter_config": {"envoy.filters.http.lua": {}}}]}]}}}]}]}]}}
+    path = ("static_resources.listeners[0].filter_chains[0].filters[0].typed_config.route_config.virtual_hosts[0]"
+            ".routes[0].typed_per_filter_config[envoy.filters.http.lua].disabled")
+    assert conformance.field_reason(config, path) == (
+        "HttpConnectionManager.route_config.virtual_hosts[].routes[].typed_per_filter_config[].disabled")
