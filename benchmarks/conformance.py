@@ -311,8 +311,11 @@ def serve_note(document: Any) -> str:
             if 0 < int(address.get("port_value") or 0) < 1024:
                 low_ports.add(int(address["port_value"]))
     notes = []
-    if names:
-        notes.append("upstreams by DNS name: " + ", ".join(sorted(names)))
+    services = sorted(name for name in names if "." not in name)
+    if services:
+        notes.append("upstreams by docker-compose service name: " + ", ".join(services))
+    if names - set(services):
+        notes.append("upstreams by DNS name: " + ", ".join(sorted(names - set(services))))
     if low_ports:
         notes.append("ports below 1024: " + ", ".join(map(str, sorted(low_ports))))
     if document.get("dynamic_resources"):
@@ -426,6 +429,9 @@ def markdown(found: Survey, summary: dict[str, Any], meta: dict[str, Any]) -> st
         "",
         "## pylon's refusal reasons, by Envoy-accepted configs blocked",
         "",
+        "pylon stops at a config's first error, so each config counts once, under its first reason; a config may "
+        "hold further gaps behind it.",
+        "",
         "| configs | reason (extension @type, or field under the nearest typed extension: message) |",
         "|---:|---|",
         *(f"| {n} | {cell(reason, 200)} |" for reason, n in summary["refusals_ranked"].items()),
@@ -444,6 +450,10 @@ def markdown(found: Survey, summary: dict[str, Any], meta: dict[str, Any]) -> st
           f"{cell(r.pylon.error, 140)} |" for r in found.results if not r.envoy.accepted),
         "",
         "## Configs both accept: could they serve on loopback as they are?",
+        "",
+        "As they are: every upstream an IP address, no listener port below 1024, no control plane. Upstreams "
+        "named by docker-compose service names would serve once those names resolve to loopback (e.g. "
+        "in a network namespace with its own /etc/hosts) and the services run there.",
         "",
         "| config | on loopback as is? | what stands in the way |",
         "|---|---|---|",
