@@ -30,6 +30,12 @@ def error(data: dict[str, Any]) -> str:
     return f"{info.value.path}: {info.value.message}"
 
 
+def test_transport_api_version_auto_is_v3_as_in_envoy() -> None:
+    data = bootstrap()
+    data["dynamic_resources"]["ads_config"].pop("transport_api_version", None)
+    assert parse_bootstrap(data, "b.yaml").dynamic_resources.ads_config.transport_api_version == "AUTO"
+
+
 def test_istio_shaped_bootstrap_loads() -> None:
     loaded = parse_bootstrap(bootstrap(), "b.yaml")
     ads = loaded.dynamic_resources.ads_config
@@ -40,7 +46,7 @@ def test_istio_shaped_bootstrap_loads() -> None:
 @pytest.mark.parametrize(("change", "expected"), [
     ({"api_type": "REST"}, f"{ADS}.api_type: only GRPC and DELTA_GRPC are supported, got REST"),
     ({"api_type": "AGGREGATED_GRPC"}, f"{ADS}.api_type: only GRPC and DELTA_GRPC are supported, got AGGREGATED_GRPC"),
-    ({"transport_api_version": "AUTO"}, f"{ADS}.transport_api_version: must be V3 (Envoy rejects AUTO)"),
+    ({"transport_api_version": "V2"}, f"{ADS}.transport_api_version: V2 xDS is no longer supported: use V3 (or leave it unset)"),
     ({"grpc_services": []}, f"{ADS}.grpc_services: exactly one gRPC service is required, got 0"),
     ({"grpc_services": [{"google_grpc": {}}]}, f"{ADS}.grpc_services[0].google_grpc: not supported yet"),
     ({"grpc_services": [{"envoy_grpc": {"cluster_name": "xds-grpc"}, "timeout": "5s"}]},

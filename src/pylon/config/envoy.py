@@ -2050,8 +2050,8 @@ class ApiConfigSource(EnvoyStruct, kw_only=True):
     def __post_init__(self) -> None:
         if self.api_type not in ("GRPC", "DELTA_GRPC"):
             raise FieldError("api_type", f"only GRPC and DELTA_GRPC are supported, got {self.api_type}")
-        if self.transport_api_version != "V3":
-            raise FieldError("transport_api_version", f"must be V3 (Envoy rejects {self.transport_api_version})")
+        if self.transport_api_version == "V2":  # AUTO, the default, is V3 (the only version Envoy 1.40 speaks)
+            raise FieldError("transport_api_version", "V2 xDS is no longer supported: use V3 (or leave it unset)")
         if len(self.grpc_services) != 1:
             raise FieldError("grpc_services", f"exactly one gRPC service is required, got {len(self.grpc_services)}")
 
