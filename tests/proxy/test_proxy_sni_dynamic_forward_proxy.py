@@ -12,10 +12,8 @@ per scenario, each with a cache of its own so that its stats are its own. Every 
 
 from __future__ import annotations
 
-import contextlib
 import socket
 import ssl
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,11 +21,11 @@ from typing import Any
 
 import pytest
 
-from pylon.identity.certs import issue_leaf, make_ca, write_pem_files
 from tests.conftest import free_port
 from tests.proxy.conftest import (
-    TCP_PROXY_TYPE, ProxyLauncher, RunningProxy, json_access_log, read_json_lines, wait_until,
+    TCP_PROXY_TYPE, ProxyLauncher, RunningProxy, json_access_log, read_json_lines,
 )
+from tests.proxy.upstreams import TlsServer
 
 SNI_FILTER_CONFIG = "type.googleapis.com/envoy.extensions.filters.network.sni_dynamic_forward_proxy.v3.FilterConfig"
 CLUSTER_CONFIG = "type.googleapis.com/envoy.extensions.clusters.dynamic_forward_proxy.v3.ClusterConfig"
@@ -41,44 +39,6 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "tight": {**QUIET, "dns_cache_circuit_breaker": {"max_pending_requests": 0}},
 }
 LOG_FIELDS = {"sni": "%REQUESTED_SERVER_NAME%", "details": "%CONNECTION_TERMINATION_DETAILS%"}
-
-
-class TlsServer:
-    """A TLS server for `localhost` and `a.localhost` (OpenSSL matches no wildcard over one label) that answers each connection's first line with
-    `<its SNI> <the line>`: the client's handshake, and its bytes, reached it through the proxy untouched."""
-
-    def __init__(self, directory: Path) -> None:
-        ca = make_ca()
-        self.ca_file = str(write_pem_files(directory, "ca", ca, ca).ca)
-        leaf = write_pem_files(directory, "server", issue_leaf(ca, dns_names=["localhost", "a.localhost"]), ca)
-        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.context.load_cert_chain(str(leaf.cert), str(leaf.key))
-        self.context.sni_callback = self._remember
-        self.names: dict[int, str] = {}
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _remember(self, tls: ssl.SSLSocket, name: str | None, _: ssl.SSLContext) -> None:
-        self.names[id(tls)] = name or ""
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
-        with contextlib.suppress(OSError), self.context.wrap_socket(conn, server_side=True) as tls:
-            line = tls.recv(1024)
-            tls.sendall(self.names.pop(id(tls), "").encode() + b" " + line)
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def scenario_listener(name: str, port: int, server_port: int, log: Path) -> dict[str, Any]:
