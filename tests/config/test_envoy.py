@@ -1013,7 +1013,9 @@ def test_missing_or_unknown_type_urls() -> None:
     assert error(bootstrap([listener({"@type": url})])) == (
         f"config error in test.yaml: {HCM_PATH}.@type: unknown network filter type {url}; accepted here: "
         f"type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager, "
-        f"type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC, {TCP_PROXY_TYPE}"
+        f"type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC, "
+        f"type.googleapis.com/envoy.extensions.filters.network.sni_dynamic_forward_proxy.v3.FilterConfig, "
+        f"{TCP_PROXY_TYPE}"
     )
     data = bootstrap()
     del data["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]

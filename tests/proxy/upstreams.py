@@ -28,13 +28,17 @@ after a set number of complete keep-alive responses.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
+
+from pylon.identity.certs import issue_leaf, make_ca, write_pem_files
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -396,3 +400,41 @@ class RecordingUpstream(TcpEcho):
         """A copy of every connection's record, in the order they were accepted."""
         with self.lock:
             return [dict(record) for record in self.records]
+
+
+class TlsServer:
+    """A TLS server for `localhost` and `a.localhost` (OpenSSL matches no wildcard over one label) that answers each connection's first line with
+    `<its SNI> <the line>`: the client's handshake, and its bytes, reached it through the proxy untouched."""
+
+    def __init__(self, directory: Path, address: tuple[str, int] = ("127.0.0.1", 0)) -> None:
+        ca = make_ca()
+        self.ca_file = str(write_pem_files(directory, "ca", ca, ca).ca)
+        leaf = write_pem_files(directory, "server", issue_leaf(ca, dns_names=["localhost", "a.localhost"]), ca)
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(str(leaf.cert), str(leaf.key))
+        self.context.sni_callback = self._remember
+        self.names: dict[int, str] = {}
+        self.sock = socket.socket()
+        self.sock.bind(address)
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _remember(self, tls: ssl.SSLSocket, name: str | None, _: ssl.SSLContext) -> None:
+        self.names[id(tls)] = name or ""
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with contextlib.suppress(OSError), self.context.wrap_socket(conn, server_side=True) as tls:
+            line = tls.recv(1024)
+            tls.sendall(self.names.pop(id(tls), "").encode() + b" " + line)
+
+    def close(self) -> None:
+        self.sock.close()

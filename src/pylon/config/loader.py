@@ -256,11 +256,16 @@ def listener_hcms(listeners: Iterable[Listener], base: str) -> Iterator[tuple[st
 
 def shared_configs(listeners: Iterable[Listener], listener_base: str, clusters: Iterable[Cluster],
                    cluster_base: str) -> Iterator[tuple[str, SharedByName]]:
-    """(field path, config) of every config shared by name (`SharedByName`) in custom cluster types and HTTP
-    filters, where Envoy's extensions name them; only those small configs are walked."""
+    """(field path, config) of every config shared by name (`SharedByName`) in custom cluster types, network
+    filters ahead of a terminal one and HTTP filters, where Envoy's extensions name them; only those configs are
+    walked."""
     for i, cluster in enumerate(clusters):
         if cluster.cluster_type is not None:
             yield from _shared_in(cluster.cluster_type.typed_config, f"{cluster_base}[{i}].cluster_type.typed_config")
+    for i, listener in enumerate(listeners):
+        for rel, chain in listener.all_filter_chains():
+            for k, network_filter in enumerate(chain.filters[:-1]):
+                yield from _shared_in(network_filter.typed_config, f"{listener_base}[{i}].{rel}.filters[{k}].typed_config")
     for path, hcm in listener_hcms(listeners, listener_base):
         for k, http_filter in enumerate(hcm.http_filters):
             yield from _shared_in(http_filter.typed_config, f"{path}.http_filters[{k}].typed_config")

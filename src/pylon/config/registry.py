@@ -101,6 +101,8 @@ EXTENSION_MODULES: Mapping[str, Mapping[str, str]] = MappingProxyType(
         },
         NETWORK_FILTER: {
             "envoy.extensions.filters.network.rbac.v3.RBAC": "pylon.extensions.filters.network.rbac",
+            "envoy.extensions.filters.network.sni_dynamic_forward_proxy.v3.FilterConfig":
+                "pylon.extensions.filters.network.sni_dynamic_forward_proxy",
         },
         LISTENER_FILTER: {
             "envoy.extensions.filters.listener.original_dst.v3.OriginalDst":

@@ -77,6 +77,9 @@ class ConnectionInfo:
         # sets it. Observed with Envoy 1.40: without tls_inspector, RBAC's requested_server_name sees "" on a
         # TLS connection whose client sent an SNI.
         self.inspected_server_name = server_name
+        # The upstream port a network filter chose (Envoy's filter state `envoy.upstream.dynamic_port`, which the
+        # SNI dynamic forward proxy filter sets and a dynamic forward proxy cluster reads; 0: none).
+        self.dynamic_port = 0
         # Why a network filter closed the connection (Envoy's %CONNECTION_TERMINATION_DETAILS%), None if none did.
         self.termination_details: str | None = None
 

@@ -273,7 +273,7 @@ def build_chain(chain: FilterChain, listener: ListenerRuntime) -> ChainRuntime:
     terminal_cfg = chain.filters[-1].typed_config
     if isinstance(terminal_cfg, HttpConnectionManager) and runtime.tls_config is not None:
         runtime.tls_config = _without_h2(runtime.tls_config, listener.config.name)
-    network_filters = [build_network_filter(f.name, f.typed_config, worker.stats) for f in chain.filters[:-1]]
+    network_filters = [build_network_filter(f.name, f.typed_config, worker) for f in chain.filters[:-1]]
     scheme = b"https" if runtime.tls_config is not None else b"http"
     if isinstance(terminal_cfg, HttpConnectionManager):
         hcm = HcmRuntime(terminal_cfg, worker.clusters, worker.pools, worker.stats, worker)

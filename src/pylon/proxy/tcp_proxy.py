@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from pylon.proxy.access_log import AccessLogRecord, build_access_loggers
 from pylon.proxy.connection_info import ConnectionInfo
+from pylon.proxy.filters.network import run_filters
 from pylon.proxy.tls_stats import TlsStats, tls_accepted
 from pylon.proxy.upstream.connect import ConnectError, ConnectTimeout, open_upstream
 from pylon.proxy.watermarks import apply_buffer_limit
@@ -140,6 +141,7 @@ class TcpProxySession(asyncio.Protocol):
         self.runtime_listener: Any = None
         self.detected: Any = None  # what the listener filters found (SNI, ALPN), if they ran
         self.info: ConnectionInfo | None = None
+        self.waiting: asyncio.Future[bool] | None = None  # a network filter's verdict not in yet
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.downstream = transport  # type: ignore[assignment]
@@ -155,17 +157,20 @@ class TcpProxySession(asyncio.Protocol):
             self.closed = True  # a client certificate the listener's SAN matchers refuse (counted, as in Envoy)
             transport.abort()
             return
+        waiting = None
         if rt.network_filters:
-            info = self.connection_info()
-            if not all(network_filter.on_connection(info) for network_filter in rt.network_filters):
+            verdict = run_filters(rt.network_filters, self.connection_info())
+            if verdict is False:
                 self.close()  # refused (e.g. by RBAC) before any upstream connection exists
                 return
+            if verdict is not True:
+                waiting = self.waiting = verdict  # e.g. the SNI's DNS answer; bytes meanwhile wait in `early`
         self.deadline = rt.session_deadline(self.start)
         idle_due = self.start + rt.idle_timeout if rt.idle_timeout else 0.0
         first = min(idle_due, self.deadline) if idle_due and self.deadline else idle_due or self.deadline
         if first:
             worker.deadlines.arm(self, first)
-        worker.loop.create_task(self._connect())
+        worker.loop.create_task(self._connect(waiting))
 
     def connection_info(self) -> ConnectionInfo:
         """The connection's facts for network filters (built on first use)."""
@@ -178,8 +183,17 @@ class TcpProxySession(asyncio.Protocol):
                                        detected.server_name if detected is not None else "")
         return self.info
 
-    async def _connect(self) -> None:
+    async def _connect(self, waiting: "asyncio.Future[bool] | None" = None) -> None:
         rt = self.runtime
+        if waiting is not None:
+            try:
+                allowed = await waiting
+            except asyncio.CancelledError:
+                return  # the client left while a filter waited (connection_lost cancelled it)
+            self.waiting = None
+            if not allowed:
+                self.close()
+                return
         name = self.cluster_name = rt.pick_cluster()
         cluster = self.cluster = rt.clusters.get(name)
         if cluster is None:
@@ -297,6 +311,8 @@ class TcpProxySession(asyncio.Protocol):
         if not self.closed:
             self.closed = True
         rt.worker.deadlines.disarm(self)  # not held by the wheel until an idle deadline it no longer has
+        if self.waiting is not None:
+            self.waiting.cancel()  # the filter frees what it holds for the connection (Envoy: on destruction)
         if self.upstream is not None and self.upstream.transport is not None:
             self.upstream.transport.close()
         rt.worker.connection_closed(self)

@@ -21,7 +21,7 @@ from pylon.proxy.access_log import compile_log_format
 from pylon.proxy.balance import Dlb, NoDlbFallback, balance_kind
 from pylon.proxy.filter_chain_match import DuplicateMatch, FilterChainSelector
 from pylon.proxy.filters.http import build_filter
-from pylon.proxy.filters.network import is_registered
+from pylon.proxy.filters.network import is_registered, waits
 from pylon.proxy.router import RouteTable
 from pylon.proxy.tls import TlsConfigError, check_secret, client_context, server_context
 from pylon.proxy.upstream.cluster import build_cluster
@@ -91,6 +91,10 @@ def _validate_chain(chain: Any, source: str, chain_path: str, secrets: Mapping[s
             raise ConfigError(source, f"{chain_path}.filters[{k}]",
                               f"{network_filter.name} cannot come before the terminal filter in pylon (it only "
                               "serves connections; filters that may refuse them, such as RBAC, can)")
+        if waits(type(network_filter.typed_config)) and not isinstance(chain.filters[-1].typed_config, TcpProxy):
+            raise ConfigError(source, f"{chain_path}.filters[{k}]",
+                              f"{network_filter.name} must come before tcp_proxy in pylon (its connection waits for "
+                              "it, which only tcp_proxy can)")
     if tls_context(chain.transport_socket) is not None:
         tls_path = f"{chain_path}.transport_socket.typed_config"
         try:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from pylon.config.envoy import Cluster, HttpConnectionManager, convert
+from pylon.config.envoy import Cluster, HttpConnectionManager, Listener, convert
 from pylon.pilot.gen import generator_for
 from pylon.pilot.gen.sidecar import SidecarGenerator
 from pylon.pilot.gen.types import CLUSTER, ENDPOINT, LISTENER, ROUTE, Resources
@@ -84,6 +84,23 @@ def test_other_ports_get_no_filter_and_grpc_speaks_http2() -> None:
     assert options["upstream_http_protocol_options"] == {"auto_sni": True, "auto_san_validation": True}
 
 
+def test_a_wildcard_tls_port_resolves_the_sni_before_tcp_proxy_passes_the_connection_through() -> None:
+    out = sidecar(wildcard_entry("TLS", 8443))
+    name = f"outbound|8443||{HOST}"
+    cluster = out[CLUSTER][name]
+    assert cluster["cluster_type"] == DFP_TYPE and "transport_socket" not in cluster  # pass-through: no TLS
+    listener = out[LISTENER]["0.0.0.0_8443"]
+    assert [f["name"] for f in listener["listener_filters"]] == ["envoy.filters.listener.tls_inspector"]
+    [chain] = listener["filter_chains"]
+    assert chain["filter_chain_match"] == {"server_names": [HOST]}
+    sni, tcp = chain["filters"]
+    assert sni == {"name": "envoy.filters.network.sni_dynamic_forward_proxy", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.sni_dynamic_forward_proxy.v3.FilterConfig",
+        "dns_cache_config": CACHE, "port_value": 8443}}
+    assert tcp["name"] == "envoy.filters.network.tcp_proxy" and tcp["typed_config"]["cluster"] == name
+    convert(listener, Listener)  # pylon proxy takes the listener and its filter
+
+
 @pytest.mark.parametrize(("tls", "options", "insecure"), [
     ({"mode": "SIMPLE"}, {"auto_sni": True, "auto_san_validation": True}, False),
     ({"mode": "SIMPLE", "subjectAltNames": ["a.example.localhost"]}, {"auto_sni": True, "auto_san_validation": True},
@@ -124,8 +141,6 @@ def test_gateways_get_the_cluster_without_the_filter() -> None:
     ({"endpoints": [{"address": "10.0.0.1"}]}, "spec.endpoints", "endpoints cannot be set for resolution type"),
     ({"ports": [{"number": 5432, "name": "db", "protocol": "TCP"}]}, "spec.ports[0].protocol",
      "only HTTP, TLS, GRPC, and HTTP2 protocols are supported for resolution type DYNAMIC_DNS"),
-    ({"ports": [{"number": 443, "name": "tls", "protocol": "TLS"}]}, "spec.ports[0].protocol",
-     "SNI dynamic forward proxy filter, which pylon proxy does not have"),
     ({"workloadSelector": {"labels": {"app": "a"}}}, "spec.workloadSelector", "not supported by pylon pilot yet"),
 ])  # fmt: skip
 def test_istios_checks_of_a_dynamic_dns_service_entry(spec: dict[str, Any], path: str, message: str) -> None:

@@ -17,9 +17,12 @@ names; pylon's upstream connections are HTTP/1.1, where Envoy does not coalesce 
 A name's host has no metadata: of `transport_socket_matches` (Istio's auto mTLS) only a match asking none applies.
 Outlier detection ejects a name's host; while ejected its requests get 503 UH, as Envoy's cluster gives no host.
 
-Refused by name: `sub_clusters_config`, and on such a cluster endpoints (it has none) and health checks. Departure: tcp_proxy to such a cluster takes the host of the
-connection's SNI only when the cache already has it (Envoy's cluster would resolve it too; the SNI dynamic forward
-proxy filter, which resolves it first, is not implemented).
+tcp_proxy to such a cluster takes the host of the connection's SNI (from tls_inspector) on the port the SNI dynamic
+forward proxy filter resolved it for (`port_value`; without the filter the default port).
+
+Refused by name: `sub_clusters_config`, and on such a cluster endpoints (it has none) and health checks. Departure:
+tcp_proxy without the SNI filter takes the SNI's host only when the cache already has it (Envoy's cluster would
+resolve it too).
 """
 
 from __future__ import annotations
@@ -143,7 +146,9 @@ class DynamicForwardProxyCluster(Cluster):
         return PENDING if status == LOADING else None
 
     def connection_host(self, info: ConnectionInfo) -> Host | None:
-        entry = self._by_key.get(cache_key(info.inspected_server_name, self.default_port))
+        """The host of the connection's SNI, on the port the SNI filter resolved it for (else the default port)."""
+        port = info.dynamic_port if 0 < info.dynamic_port <= 65535 else self.default_port
+        entry = self._by_key.get(cache_key(info.inspected_server_name, port))
         if entry is None:
             return None
         self.dns_cache.touch(entry[1])

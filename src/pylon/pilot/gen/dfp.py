@@ -1,11 +1,15 @@
 """ServiceEntry `resolution: DYNAMIC_DNS`: wildcard hosts served by Envoy's dynamic forward proxy, as istiod does.
 
 istiod (pilot/pkg/networking/core: cluster_builder.go buildDFPCluster, listener_builder.go, cluster_tls.go
-setAutoSniAndAutoSanValidation) gives each HTTP-family port of such a service a cluster `outbound|<port>||<host>`
+setAutoSniAndAutoSanValidation, networkfilter.go buildSNIDFPFilter, tls.go) gives each HTTP-family or TLS port of
+such a service a cluster `outbound|<port>||<host>`
 of type `envoy.clusters.dynamic_forward_proxy` (lb_policy CLUSTER_PROVIDED, no endpoints, no subsets) whose DNS
 cache is named `<host>_dfp_dns_cache`, and puts a dynamic forward proxy HTTP filter naming the same cache (same
 settings: Envoy shares caches by name and refuses two settings) in the sidecar's outbound connection manager of the
-port: requests to `*.example.com` are resolved by their Host and sent there. Gateways get the clusters (Envoy 1.40's
+port: requests to `*.example.com` are resolved by their Host and sent there. A TLS port's outbound chain matches
+the wildcard host as server name and puts the SNI dynamic forward proxy network filter (same cache, `port_value`
+the listener's port) before its tcp_proxy to the cluster: the connection's SNI is resolved and the connection
+passed through to it (the cluster has no TLS of its own there). Gateways get the clusters (Envoy 1.40's
 cluster resolves a name itself), not the filter. Upstream TLS from a DestinationRule: the request's name as SNI
 unless the rule sets one, and the server must carry it unless verification is skipped; whatever turns either off
 sets the cluster's `allow_insecure_cluster_options`.
@@ -29,6 +33,8 @@ CLUSTER_TYPE = "envoy.clusters.dynamic_forward_proxy"
 CLUSTER_CONFIG = "type.googleapis.com/envoy.extensions.clusters.dynamic_forward_proxy.v3.ClusterConfig"
 FILTER = "envoy.filters.http.dynamic_forward_proxy"
 FILTER_CONFIG = "type.googleapis.com/envoy.extensions.filters.http.dynamic_forward_proxy.v3.FilterConfig"
+SNI_FILTER = "envoy.filters.network.sni_dynamic_forward_proxy"
+SNI_FILTER_CONFIG = "type.googleapis.com/envoy.extensions.filters.network.sni_dynamic_forward_proxy.v3.FilterConfig"
 #: What Envoy's factory gives a DFP cluster without upstream options of its own; written out where typed options
 #: would otherwise go without them (Envoy refuses that).
 IMPLIED_OPTIONS: Json = {"auto_sni": True, "auto_san_validation": True}
@@ -51,6 +57,13 @@ def cluster_type(service: Service) -> Json:
 def http_filter(service: Service) -> Json:
     """The sidecar outbound HCM's filter for the service (BuildSidecarOutboundDynamicForwardProxyFilter)."""
     return {"name": FILTER, "typed_config": {"@type": FILTER_CONFIG, "dns_cache_config": dns_cache_config(service)}}
+
+
+def sni_filter(service: Service, port: int) -> Json:
+    """The sidecar outbound TLS chain's filter for the service, before its tcp_proxy (buildSNIDFPFilter): the
+    connection's SNI resolved through the cluster's cache, the upstream on the listener's port."""
+    return {"name": SNI_FILTER, "typed_config": {"@type": SNI_FILTER_CONFIG, "dns_cache_config": dns_cache_config(service),
+                                                 "port_value": port}}
 
 
 def auto_sni_options(cluster: Json, tls: ClientTLSSettings) -> dict[str, Any]:

@@ -31,6 +31,7 @@ import ipaddress
 import logging
 from collections.abc import Callable
 
+from pylon.pilot.gen import dfp
 from pylon.pilot.gen.credentials import server_transport_socket
 from pylon.pilot.gen.names import sni_dnat_key, subset_key
 from pylon.pilot.gen.routes import RouteContext, destination_cluster
@@ -280,7 +281,11 @@ def sidecar_tcp_chains(contexts: list[RouteContext], service: Service, port: int
 
 def _default_chain(service: Service, port: int, snapshot: Snapshot, proxy_namespace: str,
                    sni: list[str] | None = None) -> Json:  # fmt: skip
-    """To the service's own cluster on the port (its only port when it has one, as istiod)."""
+    """To the service's own cluster on the port (its only port when it has one, as istiod); a DYNAMIC_DNS service's
+    connections resolve their SNI first (gen/dfp.py, on the listener's port as istiod's buildCompleteNetworkFilters)."""
     number = service.ports[0].number if len(service.ports) == 1 else port
     cluster = subset_key(service.hostname, number)
-    return _chain([tcp_proxy(snapshot, proxy_namespace, service.hostname, cluster, cluster, "")], sni=sni)
+    filters = [tcp_proxy(snapshot, proxy_namespace, service.hostname, cluster, cluster, "")]
+    if dfp.is_dynamic_dns(service):
+        filters.insert(0, dfp.sni_filter(service, port))
+    return _chain(filters, sni=sni)

@@ -764,8 +764,7 @@ class ServiceEntrySpec(IstioStruct, kw_only=True):
 
     def _check_dynamic_dns(self) -> None:
         """Istio's rules for DYNAMIC_DNS (served by Envoy's dynamic forward proxy, pilot/gen/dfp.py): wildcard
-        hosts only, no addresses or endpoints, ports of HTTP, TLS, GRPC or HTTP2. A TLS port needs Envoy's SNI
-        dynamic forward proxy filter, which pylon proxy does not have: refused."""
+        hosts only, no addresses or endpoints, ports of HTTP, TLS, GRPC or HTTP2."""
         for i, host in enumerate(self.hosts):
             if not host.startswith("*"):
                 raise FieldError(f"hosts[{i}]", "host must be wildcarded for resolution mode DYNAMIC_DNS")
@@ -780,10 +779,6 @@ class ServiceEntrySpec(IstioStruct, kw_only=True):
             if protocol not in ("HTTP", "TLS", "GRPC", "HTTP2"):
                 raise FieldError(f"ports[{i}].protocol", "only HTTP, TLS, GRPC, and HTTP2 protocols are supported "
                                                          "for resolution type DYNAMIC_DNS")
-            if protocol == "TLS":
-                raise FieldError(f"ports[{i}].protocol", "TLS with resolution DYNAMIC_DNS is not supported by pylon "
-                                 "pilot yet (Istio serves it with Envoy's SNI dynamic forward proxy filter, which "
-                                 "pylon proxy does not have)")  # fmt: skip
 
 
 class WorkloadTemplate(_WorkloadFields, kw_only=True):

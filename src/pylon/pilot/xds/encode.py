@@ -31,6 +31,7 @@ import envoy.extensions.filters.http.router.v3.router_pb2  # noqa: F401
 import envoy.extensions.filters.listener.original_dst.v3.original_dst_pb2  # noqa: F401
 import envoy.extensions.filters.network.http_connection_manager.v3.http_connection_manager_pb2  # noqa: F401
 import envoy.extensions.filters.network.rbac.v3.rbac_pb2  # noqa: F401
+import envoy.extensions.filters.network.sni_dynamic_forward_proxy.v3.sni_dynamic_forward_proxy_pb2  # noqa: F401
 import envoy.extensions.filters.network.tcp_proxy.v3.tcp_proxy_pb2  # noqa: F401
 import envoy.extensions.filters.listener.tls_inspector.v3.tls_inspector_pb2  # noqa: F401
 import envoy.extensions.retry.host.previous_hosts.v3.previous_hosts_pb2  # noqa: F401

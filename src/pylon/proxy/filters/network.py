@@ -3,7 +3,9 @@
 Envoy runs a filter chain's network filters in order on every connection the
 chain takes; the last one (tcp_proxy, http_connection_manager) serves it. The
 ones before it can refuse the connection - `envoy.filters.network.rbac` is the
-one Istio generates, ahead of tcp_proxy on a workload's inbound TCP ports.
+one Istio generates, ahead of tcp_proxy on a workload's inbound TCP ports - or
+hold it until they know more (`envoy.filters.network.sni_dynamic_forward_proxy`
+resolves the SNI first, as Envoy's filter stops iterating until its DNS answer).
 
 Each filter module (`pylon/extensions/filters/network/`) registers its config
 Struct (`config.registry`, category `envoy.filters.network`) and a factory
@@ -11,33 +13,68 @@ here, in the proxy, which must not import the filters (they import it). A filter
 connection is established (its TLS handshake done), the terminal calls
 `on_connection(info)` with the connection's `ConnectionInfo`
 (`proxy/connection_info.py`); True lets it through, False closes it before a
-byte reaches the upstream.
+byte reaches the upstream, and a future (registered with `waits=True`) holds the
+connection until it is done with one of the two. Only tcp_proxy waits
+(`run_filters`); the loader refuses a filter that waits ahead of the HTTP
+connection manager (`waits`).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol
+import asyncio
+from typing import Any, Callable, Protocol, Union
+
+#: A filter's answer: let the connection through, close it, or wait for the answer.
+Verdict = Union[bool, "asyncio.Future[bool]"]
 
 
 class NetworkFilter(Protocol):
     name: str
 
-    def on_connection(self, info: Any) -> bool: ...
+    def on_connection(self, info: Any) -> Verdict: ...
 
 
-#: factory(name, config Struct, worker stats store) -> the filter, built once per chain and worker
+#: factory(name, config Struct, worker) -> the filter, built once per chain and worker
 NetworkFilterFactory = Callable[[str, Any, Any], NetworkFilter]
 _FACTORIES: dict[type, NetworkFilterFactory] = {}
+_WAITING: set[type] = set()
 
 
-def register_network_filter(config_type: type, factory: NetworkFilterFactory) -> None:
+def register_network_filter(config_type: type, factory: NetworkFilterFactory, *, waits: bool = False) -> None:
+    """`waits`: the filter may answer a future (only tcp_proxy can wait for one)."""
     _FACTORIES[config_type] = factory
+    if waits:
+        _WAITING.add(config_type)
 
 
 def is_registered(config_type: type) -> bool:
     return config_type in _FACTORIES
 
 
-def build_network_filter(name: str, config: Any, stats: Any) -> NetworkFilter:
+def waits(config_type: type) -> bool:
+    return config_type in _WAITING
+
+
+def build_network_filter(name: str, config: Any, worker: Any) -> NetworkFilter:
     """The filter for one non-terminal `filters` entry of a chain (its config type was registered by its module)."""
-    return _FACTORIES[type(config)](name, config, stats)
+    return _FACTORIES[type(config)](name, config, worker)
+
+
+def run_filters(filters: list[NetworkFilter], info: Any) -> Verdict:
+    """The filters' verdict in order: the first False, else True; a future when one of them waits (the ones after
+    it run once it let the connection through)."""
+    for index, network_filter in enumerate(filters):
+        verdict = network_filter.on_connection(info)
+        if verdict is True:
+            continue
+        if verdict is False:
+            return False
+        return asyncio.ensure_future(_after(verdict, filters[index + 1:], info))
+    return True
+
+
+async def _after(waiting: "asyncio.Future[bool]", rest: list[NetworkFilter], info: Any) -> bool:
+    if not await waiting:
+        return False
+    verdict = run_filters(rest, info)
+    return verdict if isinstance(verdict, bool) else await verdict

@@ -100,4 +100,4 @@ class RbacNetworkFilter:
 
 
 registry.register_typed(registry.NETWORK_FILTER, TYPE_URL, RBAC)
-register_network_filter(RBAC, RbacNetworkFilter)
+register_network_filter(RBAC, lambda name, config, worker: RbacNetworkFilter(name, config, worker.stats))
