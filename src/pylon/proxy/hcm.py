@@ -99,6 +99,7 @@ class HcmRuntime:
         self.first_stream_timeout = min([t for t in (self.request_timeout, self.stream_idle_timeout) if t] or [0.0])
         http1 = config.http_protocol_options
         self.accept_http_10 = http1.accept_http_10
+        self.enable_trailers = http1.enable_trailers  # the client's trailers are read, a response's written to it
         self.default_host_for_http_10 = http1.default_host_for_http_10.encode()
         self.use_remote_address = config.use_remote_address
         # Routes gate access by path: they must see the path the upstream will act on (path.py).
@@ -221,7 +222,7 @@ class HttpConnection(asyncio.Protocol):
         self.loop_time = self.loop.time
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.decoder = Http1RequestDecoder(hcm, self)
-        self.encoder = Http1ResponseEncoder(hcm.server_name)
+        self.encoder = Http1ResponseEncoder(hcm.server_name, hcm.enable_trailers)
         self.active: Stream | None = None
         self.queue: deque[Stream] = deque()
         self.closed = False

@@ -203,7 +203,7 @@ class Stream:
         "stale_retried", "timeout", "attempts", "tried_hosts",
         "resume", "filter_index", "filter_timer", "finish_callbacks", "header_edits", "upgrade_accepted", "client_rest",
         "tunnel_upstream", "upstream_local", "buffering_request", "held_response", "response_body", "set_cookie",
-        "request_data_filters", "response_data_filters",
+        "request_data_filters", "response_data_filters", "req_trailers", "resp_trailers",
     )
 
     def __init__(self, conn: "HttpConnection", now: float) -> None:
@@ -285,6 +285,9 @@ class Stream:
         self.buffering_request = False
         self.held_response: tuple[int, list[tuple[bytes, bytes]]] | None = None
         self.response_body: list[bytes] | None = None
+        # Trailer fields after a chunked body, where the codecs carry them (enable_trailers; see h1_server.py).
+        self.req_trailers: list[tuple[bytes, bytes]] | None = None
+        self.resp_trailers: list[tuple[bytes, bytes]] | None = None
 
     # ------------------------------------------------------------------ downstream events
     def on_body(self, data: bytes, filtered: bool = False) -> None:
@@ -343,7 +346,7 @@ class Stream:
             encoder = self.request_encoder
             assert encoder is not None
             if encoder.chunked:
-                self.up_out.append(encoder.encode_end())
+                self.up_out.append(encoder.encode_end(self.req_trailers))
             self._arm_try_timer()
         if self.timeout and not self.deadline and self.cluster is not None:
             self.deadline = self.conn.loop_time() + self.timeout
@@ -533,8 +536,9 @@ class Stream:
                     body = replaced
         self.waiting_body = [body] if body else []
         self.body_size = len(body)
-        self.req_chunked = False
-        self.req_length = len(body)
+        if self.req_trailers is None:  # a length has no place for trailers: with some, it stays chunked
+            self.req_chunked = False
+            self.req_length = len(body)
         if self.paused_downstream:
             self.paused_downstream = False
             self.conn.transport.resume_reading()
@@ -647,10 +651,13 @@ class Stream:
                 self._filter_waiting_body()
                 if self.done:
                     return
+        cluster = hcm.clusters.get(cluster_name)
+        if cluster is None:
+            return self.local(lr.NO_CLUSTER)  # a route to a cluster CDS has not (or no longer) given
         self.request_encoder = Http1RequestEncoder(
             self.method, path, route.host_rewrite or self.authority, forward, chunked=chunked,
             length=0 if chunked else self.req_length, attempt_count=route.attempt_count,
-            extra=expected_header if not hcm.suppress_envoy_headers else None)
+            extra=expected_header if not hcm.suppress_envoy_headers else None, trailers=cluster.upstream_trailers)
         retry = route.retry
         if retry is not None:
             self.retries_left = retry.num_retries
@@ -658,9 +665,6 @@ class Stream:
             self.body_buffer = list(self.waiting_body) if self.body_size <= hcm.buffer_limit else None
             if retry.host_reselections:
                 self.tried_hosts = []
-        cluster = hcm.clusters.get(cluster_name)
-        if cluster is None:
-            return self.local(lr.NO_CLUSTER)  # a route to a cluster CDS has not (or no longer) given
         self.cluster = cluster
         if self.request_complete and self.timeout:
             self.deadline = conn.loop_time() + self.timeout
@@ -809,7 +813,7 @@ class Stream:
                 self.conn.transport.resume_reading()
         if self.request_complete:
             if encoder.chunked:
-                out.append(encoder.encode_end())
+                out.append(encoder.encode_end(self.req_trailers))
             self._arm_try_timer()
         conn.write(b"".join(out))
 
@@ -1042,13 +1046,18 @@ class Stream:
         edited = HeaderList(headers)
         body = self._filtered_response_body(status, edited, body)
         sent = edited.items
-        sent.append((b"content-length", b"%d" % len(body)))
+        if self.resp_trailers is None:  # with trailers it goes chunked: a length has no place for them
+            sent.append((b"content-length", b"%d" % len(body)))
         self.bytes_sent = len(body)
         close = self._ends_connection()
         self.close_after = self.encoder.encode_headers(status, sent, close=close, http10=self.http10,
                                                        head_request=False)
         if body:
             self.encoder.encode_data(body)
+
+    def on_upstream_trailers(self, trailers: list[tuple[bytes, bytes]]) -> None:
+        """The response's trailers (the upstream codec's last event before the end): written after its body."""
+        self.resp_trailers = trailers
 
     def on_upstream_flush(self) -> None:
         out = self.encoder.out
@@ -1071,7 +1080,7 @@ class Stream:
                 return
         if self.held_response is not None:
             self._send_held_response()
-        self.encoder.encode_end()
+        self.encoder.encode_end(self.resp_trailers)
         self.on_upstream_flush()
         cluster = self.cluster
         assert cluster is not None
