@@ -27,6 +27,7 @@ from pylon.proxy.linger import Lingering
 from pylon.proxy.local_address import forwarded_for_entry
 from pylon.proxy.router import RouteTable
 from pylon.proxy.stream import Stream
+from pylon.proxy.stream_states import RQ_BODY, RS_DONE, RS_NOT_STARTED, RS_RESET
 from pylon.proxy.tls_stats import TlsStats, tls_accepted
 from pylon.proxy.watermarks import apply_buffer_limit
 from pylon.proxy.xfcc import client_cert_element
@@ -335,7 +336,7 @@ class HttpConnection(asyncio.Protocol):
             hcm.rq_rx_reset.value += 1
             self.active.on_downstream_closed()
         for stream in self.queue:
-            stream.done = True
+            stream.rs_state = RS_RESET
         self.queue.clear()
         self.worker.connection_closed(self)
 
@@ -362,6 +363,7 @@ class HttpConnection(asyncio.Protocol):
         return stream
 
     def request_head_complete(self, stream: Stream) -> None:
+        stream.rq_state = RQ_BODY
         if self.draining:
             stream.close_after = True
         if stream is self.active:
@@ -370,7 +372,7 @@ class HttpConnection(asyncio.Protocol):
     def upgrade_rest(self, rest: bytes) -> None:
         """The bytes after an upgrade's head belong to the tunnel, once the upstream accepts (101)."""
         stream = self.active
-        if stream is not None and stream.upgrade_accepted and not stream.done:
+        if stream is not None and stream.upgrade_accepted and stream.rs_state < RS_DONE:
             stream.client_rest = rest
             self.transport.pause_reading()
 
@@ -413,8 +415,8 @@ class HttpConnection(asyncio.Protocol):
     def _reply_and_close(self, reply: lr.LocalReply) -> None:
         stream = self.active
         replied = True
-        if stream is not None and stream.started and not stream.done:
-            if not stream.response_started:
+        if stream is not None and stream.started and stream.rs_state < RS_DONE:
+            if stream.rs_state == RS_NOT_STARTED:
                 stream.close_after = True
                 stream.local(reply)
             else:
@@ -525,7 +527,7 @@ class HttpConnection(asyncio.Protocol):
                 self.close()
                 return 0.0
             return due
-        if stream.done:
+        if stream.rs_state >= RS_DONE:
             return 0.0
         following = stream.sweep(now)
         if following is None:
