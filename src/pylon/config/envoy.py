@@ -999,13 +999,18 @@ class SetCurrentClientCertDetails(EnvoyStruct, kw_only=True):
 
 
 class Http1ProtocolOptions(EnvoyStruct, kw_only=True):
-    """config.core.v3.Http1ProtocolOptions: HTTP/1.0 acceptance (downstream); nothing else is supported yet.
+    """config.core.v3.Http1ProtocolOptions: HTTP/1.0 acceptance (downstream) and chunked trailers.
 
     Envoy reads the HTTP/1.0 fields only on the downstream side and ignores them upstream, as pylon does.
+    `enable_trailers` is per side, as Envoy's HTTP/1 codec reads it (checked against Envoy 1.40): on the HCM the
+    client's request trailers are read and a response's trailers written to it; on a cluster (the typed
+    HttpProtocolOptions' explicit HTTP/1 config) trailers are written to the upstream and read from its
+    responses. Off (the default), that codec drops them.
     """
 
     accept_http_10: bool = False
     default_host_for_http_10: str = ""
+    enable_trailers: bool = False
 
 
 class HttpConnectionManager(EnvoyStruct, kw_only=True):
@@ -1906,6 +1911,16 @@ class Cluster(EnvoyStruct, kw_only=True):
         typed = self.typed_extension_protocol_options.get(HTTP_PROTOCOL_OPTIONS)
         common = typed.common_http_protocol_options if typed is not None else self.common_http_protocol_options
         return common if common is not None else _DEFAULT_UPSTREAM_OPTIONS
+
+    @property
+    def upstream_trailers(self) -> bool:
+        """Whether HTTP/1 trailers cross to and from this cluster's hosts (its explicit HTTP/1 config's
+        `enable_trailers`; Envoy's default drops them)."""
+        typed = self.typed_extension_protocol_options.get(HTTP_PROTOCOL_OPTIONS)
+        if typed is None or typed.explicit_http_config is None:
+            return False
+        http1 = typed.explicit_http_config.http_protocol_options
+        return http1 is not None and http1.enable_trailers
 
     @property
     def auto_sni_options(self) -> AutoSniOptions | None:

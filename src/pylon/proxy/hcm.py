@@ -27,6 +27,7 @@ from pylon.proxy.linger import Lingering
 from pylon.proxy.local_address import forwarded_for_entry
 from pylon.proxy.router import RouteTable
 from pylon.proxy.stream import Stream
+from pylon.proxy.stream_states import RQ_BODY, RS_DONE, RS_NOT_STARTED, RS_RESET
 from pylon.proxy.tls_stats import TlsStats, tls_accepted
 from pylon.proxy.watermarks import apply_buffer_limit
 from pylon.proxy.xfcc import client_cert_element
@@ -99,6 +100,7 @@ class HcmRuntime:
         self.first_stream_timeout = min([t for t in (self.request_timeout, self.stream_idle_timeout) if t] or [0.0])
         http1 = config.http_protocol_options
         self.accept_http_10 = http1.accept_http_10
+        self.enable_trailers = http1.enable_trailers  # the client's trailers are read, a response's written to it
         self.default_host_for_http_10 = http1.default_host_for_http_10.encode()
         self.use_remote_address = config.use_remote_address
         # Routes gate access by path: they must see the path the upstream will act on (path.py).
@@ -221,7 +223,7 @@ class HttpConnection(asyncio.Protocol):
         self.loop_time = self.loop.time
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.decoder = Http1RequestDecoder(hcm, self)
-        self.encoder = Http1ResponseEncoder(hcm.server_name)
+        self.encoder = Http1ResponseEncoder(hcm.server_name, hcm.enable_trailers)
         self.active: Stream | None = None
         self.queue: deque[Stream] = deque()
         self.closed = False
@@ -334,7 +336,7 @@ class HttpConnection(asyncio.Protocol):
             hcm.rq_rx_reset.value += 1
             self.active.on_downstream_closed()
         for stream in self.queue:
-            stream.done = True
+            stream.rs_state = RS_RESET
         self.queue.clear()
         self.worker.connection_closed(self)
 
@@ -361,6 +363,7 @@ class HttpConnection(asyncio.Protocol):
         return stream
 
     def request_head_complete(self, stream: Stream) -> None:
+        stream.rq_state = RQ_BODY
         if self.draining:
             stream.close_after = True
         if stream is self.active:
@@ -369,7 +372,7 @@ class HttpConnection(asyncio.Protocol):
     def upgrade_rest(self, rest: bytes) -> None:
         """The bytes after an upgrade's head belong to the tunnel, once the upstream accepts (101)."""
         stream = self.active
-        if stream is not None and stream.upgrade_accepted and not stream.done:
+        if stream is not None and stream.upgrade_accepted and stream.rs_state < RS_DONE:
             stream.client_rest = rest
             self.transport.pause_reading()
 
@@ -412,8 +415,8 @@ class HttpConnection(asyncio.Protocol):
     def _reply_and_close(self, reply: lr.LocalReply) -> None:
         stream = self.active
         replied = True
-        if stream is not None and stream.started and not stream.done:
-            if not stream.response_started:
+        if stream is not None and stream.started and stream.rs_state < RS_DONE:
+            if stream.rs_state == RS_NOT_STARTED:
                 stream.close_after = True
                 stream.local(reply)
             else:
@@ -524,7 +527,7 @@ class HttpConnection(asyncio.Protocol):
                 self.close()
                 return 0.0
             return due
-        if stream.done:
+        if stream.rs_state >= RS_DONE:
             return 0.0
         following = stream.sweep(now)
         if following is None:

@@ -18,9 +18,10 @@ from http import HTTPStatus
 
 # Headers that describe one connection, not the message: never forwarded
 # (RFC 9110 section 7.6.1). Transfer-Encoding is re-framed by the proxy itself.
+# `trailer` (which fields the trailers will carry) describes the message: Envoy 1.40 forwards it both ways.
 HOP_BY_HOP: frozenset[bytes] = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
-    b"te", b"upgrade", b"trailer", b"proxy-authenticate",
+    b"te", b"upgrade", b"proxy-authenticate",
 })
 
 _REASONS: dict[int, bytes] = {s.value: s.phrase.encode() for s in HTTPStatus}
@@ -48,6 +49,13 @@ def without_nominated(headers: list[tuple[bytes, bytes]], connection: bytes) -> 
     tokens.discard(b"close")
     tokens.discard(b"keep-alive")
     return [p for p in headers if p[0] not in tokens] if tokens else headers
+
+
+def last_chunk(trailers: list[tuple[bytes, bytes]] | None) -> bytes:
+    """The end of a chunked body: the last chunk, with the trailer fields when there are some."""
+    if not trailers:
+        return LAST_CHUNK
+    return b"0\r\n%s\r\n" % encode_headers(trailers)
 
 
 def encode_chunk(data: bytes) -> bytes:

@@ -28,6 +28,9 @@ from pylon.proxy.http.h1_client import Http1RequestEncoder
 from pylon.proxy.http1 import HOP_BY_HOP, without_nominated
 from pylon.proxy.path import PathRejected, normalized_target
 from pylon.proxy.router import first_query_values
+from pylon.proxy.stream_states import (RQ_DONE, RQ_HEADERS, RS_DONE, RS_HELD, RS_NOT_STARTED, RS_RESET, RS_SENDING,
+                                       UP_AWAITING, UP_CONNECTING, UP_DONE, UP_IDLE, UP_RECEIVING, UP_RESET,
+                                       UP_SENDING, UP_UPGRADED)
 from pylon.proxy.tunnel import open_tunnel
 from pylon.proxy.upstream.cluster import PENDING
 from pylon.proxy.upstream.lb import stable_hash
@@ -194,16 +197,16 @@ class Stream:
 
     __slots__ = (
         "conn", "hcm", "url", "headers", "method", "is_head", "http10", "keep_alive", "upgrade",
-        "req_chunked", "req_length", "request_complete", "started", "done", "body_buffer", "waiting_body",
+        "req_chunked", "req_length", "rq_state", "up_state", "rs_state", "started", "body_buffer", "waiting_body",
         "body_size", "route", "cluster", "host", "pool", "upstream", "request_encoder", "up_out", "encoder",
-        "response_started", "close_after", "local_reply", "status", "flags", "details",
+        "close_after", "local_reply", "status", "flags", "details",
         "retries_left", "retry_held", "deadline", "try_deadline", "upstream_deadline", "bytes_received", "bytes_sent", "start",
         "last_activity", "attempt_start", "first_byte", "authority", "path", "original_path", "pending_local",
         "transport_failure", "request_id", "last_host", "xff", "response_ops", "paused_downstream", "paused_upstream", "resp_headers",
         "stale_retried", "timeout", "attempts", "tried_hosts",
         "resume", "filter_index", "filter_timer", "finish_callbacks", "header_edits", "upgrade_accepted", "client_rest",
         "tunnel_upstream", "upstream_local", "buffering_request", "held_response", "response_body", "set_cookie",
-        "request_data_filters", "response_data_filters",
+        "request_data_filters", "response_data_filters", "req_trailers", "resp_trailers",
     )
 
     def __init__(self, conn: "HttpConnection", now: float) -> None:
@@ -218,9 +221,11 @@ class Stream:
         self.upgrade = False
         self.req_chunked = False
         self.req_length = 0
-        self.request_complete = False
-        self.started = False
-        self.done = False
+        # The three state machines of stream_states.py: the client's request, the upstream attempt, the response.
+        self.rq_state = RQ_HEADERS
+        self.up_state = UP_IDLE
+        self.rs_state = RS_NOT_STARTED
+        self.started = False  # begin() ran: routing started and the request is counted active
         self.body_buffer: list[bytes] | None = None
         self.waiting_body: list[bytes] = []
         self.body_size = 0
@@ -232,7 +237,6 @@ class Stream:
         self.request_encoder: Http1RequestEncoder | None = None  # the upstream request, once routed
         self.up_out: list[bytes] = []
         self.encoder: Http1ResponseEncoder = conn.encoder  # the downstream codec's, for this stream's response
-        self.response_started = False
         self.close_after = False
         self.local_reply = False  # the response is the proxy's own (then a close waits for the client's FIN)
         self.status = 0
@@ -285,6 +289,9 @@ class Stream:
         self.buffering_request = False
         self.held_response: tuple[int, list[tuple[bytes, bytes]]] | None = None
         self.response_body: list[bytes] | None = None
+        # Trailer fields after a chunked body, where the codecs carry them (enable_trailers; see h1_server.py).
+        self.req_trailers: list[tuple[bytes, bytes]] | None = None
+        self.resp_trailers: list[tuple[bytes, bytes]] | None = None
 
     # ------------------------------------------------------------------ downstream events
     def on_body(self, data: bytes, filtered: bool = False) -> None:
@@ -303,7 +310,7 @@ class Stream:
                 self.body_buffer = None  # too big to replay: this request won't be retried
             else:
                 self.body_buffer.append(data)
-        if self.done or self.pending_local is not None:
+        if self.rs_state >= RS_DONE or self.pending_local is not None:
             return  # answered already; the rest of the body is read and dropped
         if self.upstream is not None:
             self.up_out.append(self.request_encoder.encode_data(data))  # type: ignore[union-attr]
@@ -320,8 +327,8 @@ class Stream:
                 self.conn.transport.pause_reading()
 
     def on_complete(self) -> None:
-        self.request_complete = True
-        if self.done:
+        self.rq_state = RQ_DONE
+        if self.rs_state >= RS_DONE:
             return
         if self.pending_local is not None:
             reply, self.pending_local = self.pending_local, None
@@ -335,15 +342,17 @@ class Stream:
             return
         if self.request_data_filters is not None:
             tail = self._decode_data(b"", True)
-            if self.done:
+            if self.rs_state >= RS_DONE:
                 return
             if tail:
                 self.on_body(tail, filtered=True)
         if self.upstream is not None:
+            if self.up_state == UP_SENDING:  # else the response came early: it is being received already
+                self.up_state = UP_AWAITING
             encoder = self.request_encoder
             assert encoder is not None
             if encoder.chunked:
-                self.up_out.append(encoder.encode_end())
+                self.up_out.append(encoder.encode_end(self.req_trailers))
             self._arm_try_timer()
         if self.timeout and not self.deadline and self.cluster is not None:
             self.deadline = self.conn.loop_time() + self.timeout
@@ -353,7 +362,7 @@ class Stream:
         """A request body piece through the filters that transform it as it passes (filters/http.py)."""
         for http_filter in self.request_data_filters or ():
             data = http_filter.decode_data(self, data, end_stream)
-            if self.done:  # the filter answered (or failed closed): the rest of the body is dropped
+            if self.rs_state >= RS_DONE:  # the filter answered (or failed closed): the rest of the body is dropped
                 return b""
         return data
 
@@ -368,13 +377,13 @@ class Stream:
         pieces, self.waiting_body = self.waiting_body, []
         for piece in pieces:
             piece = self._decode_data(piece, False)
-            if self.done:
+            if self.rs_state >= RS_DONE:
                 return
             if piece:
                 self.waiting_body.append(piece)
-        if self.request_complete:
+        if self.rq_state == RQ_DONE:
             tail = self._decode_data(b"", True)
-            if tail and not self.done:
+            if tail and self.rs_state < RS_DONE:
                 self.waiting_body.append(tail)
 
     def flush_upstream(self) -> None:
@@ -386,19 +395,19 @@ class Stream:
 
     def flush_pending_local(self) -> None:
         """A local reply was decided while the request body was still arriving: send it now and close."""
-        if self.pending_local is not None and not self.done:
+        if self.pending_local is not None and self.rs_state < RS_DONE:
             reply, self.pending_local = self.pending_local, None
             self.local(reply)
 
     def on_downstream_closed(self) -> None:
         """The client went away mid-exchange (Envoy's DC flag)."""
-        if self.done:
+        if self.rs_state >= RS_DONE:
             return
         self.flags = "DC"
         self.details = "downstream_remote_disconnect"
-        self.status = 0 if not self.response_started else self.status
+        self.status = 0 if self.rs_state == RS_NOT_STARTED else self.status
         self._end_attempt(abandon=True)
-        self._finish(close=True)
+        self._finish(close=True, final=RS_RESET)
 
     # ------------------------------------------------------------------ routing
     def begin(self) -> None:
@@ -446,7 +455,7 @@ class Stream:
                 elif name in _EDGE_CLEANED and not hcm.use_remote_address:
                     forward.append(pair)  # trusted behind the edge; _ENVOY_CONTROLS are never forwarded
                 elif name == b"expect":
-                    if pair[1].lower() == b"100-continue" and not self.request_complete:
+                    if pair[1].lower() == b"100-continue" and self.rq_state != RQ_DONE:
                         self.encoder.encode_continue()
                 # content-length and hop-by-hop headers: framing is re-done below
             else:
@@ -510,12 +519,12 @@ class Stream:
                 return  # it answered, or holds the request and calls this again
         if self.hcm.body_decoders and (self.req_length or self.req_chunked) and \
                 any(f.wants_request_body(self) for f in self.hcm.body_decoders):
-            if not self.request_complete:
+            if self.rq_state != RQ_DONE:
                 self.buffering_request = True  # on_complete (or the size limit) takes it from here
                 return
             return self._filter_request_body()
         resume, self.resume = self.resume, None
-        if resume is not None and not self.done:
+        if resume is not None and self.rs_state < RS_DONE:
             resume()
 
     def _filter_request_body(self) -> None:
@@ -527,19 +536,20 @@ class Stream:
         for http_filter in self.hcm.body_decoders:
             if http_filter.wants_request_body(self):
                 replaced = http_filter.decode_body(self, body)
-                if self.done or self.pending_local is not None:
+                if self.rs_state >= RS_DONE or self.pending_local is not None:
                     return  # the filter answered
                 if replaced is not None:
                     body = replaced
         self.waiting_body = [body] if body else []
         self.body_size = len(body)
-        self.req_chunked = False
-        self.req_length = len(body)
+        if self.req_trailers is None:  # a length has no place for trailers: with some, it stays chunked
+            self.req_chunked = False
+            self.req_length = len(body)
         if self.paused_downstream:
             self.paused_downstream = False
             self.conn.transport.resume_reading()
         resume, self.resume = self.resume, None
-        if resume is not None and not self.done:
+        if resume is not None and self.rs_state < RS_DONE:
             resume()
 
     def hold(self, seconds: float, then: Callable[[], None]) -> None:
@@ -548,7 +558,7 @@ class Stream:
 
     def _release(self, then: Callable[[], None]) -> None:
         self.filter_timer = None
-        if not self.done:
+        if self.rs_state < RS_DONE:
             then()
 
     def edit_request_header(self, op: str, name: bytes, value: bytes = b"") -> None:
@@ -645,12 +655,15 @@ class Stream:
                 self.request_data_filters = wanting
                 chunked = True  # pieces may change size: the client's length no longer holds
                 self._filter_waiting_body()
-                if self.done:
+                if self.rs_state >= RS_DONE:
                     return
+        cluster = hcm.clusters.get(cluster_name)
+        if cluster is None:
+            return self.local(lr.NO_CLUSTER)  # a route to a cluster CDS has not (or no longer) given
         self.request_encoder = Http1RequestEncoder(
             self.method, path, route.host_rewrite or self.authority, forward, chunked=chunked,
             length=0 if chunked else self.req_length, attempt_count=route.attempt_count,
-            extra=expected_header if not hcm.suppress_envoy_headers else None)
+            extra=expected_header if not hcm.suppress_envoy_headers else None, trailers=cluster.upstream_trailers)
         retry = route.retry
         if retry is not None:
             self.retries_left = retry.num_retries
@@ -658,11 +671,8 @@ class Stream:
             self.body_buffer = list(self.waiting_body) if self.body_size <= hcm.buffer_limit else None
             if retry.host_reselections:
                 self.tried_hosts = []
-        cluster = hcm.clusters.get(cluster_name)
-        if cluster is None:
-            return self.local(lr.NO_CLUSTER)  # a route to a cluster CDS has not (or no longer) given
         self.cluster = cluster
-        if self.request_complete and self.timeout:
+        if self.rq_state == RQ_DONE and self.timeout:
             self.deadline = conn.loop_time() + self.timeout
             self._arm(self.deadline)
         self._start_attempt()
@@ -730,6 +740,7 @@ class Stream:
         cluster.stats.upstream_rq_active.value += 1
         self.attempt_start = self.conn.loop_time()
         self.pool = pool = self.hcm.pools.get(cluster, host, self)
+        self.up_state = UP_CONNECTING
         pool.acquire(self, fresh)
 
     def hash_key(self, policies: "tuple[HashSource, ...]") -> bytes | None:
@@ -786,7 +797,7 @@ class Stream:
     def on_upstream_ready(self, conn: "UpstreamConnection") -> None:
         self.upstream = conn
         self.upstream_local = conn.local_address
-        if self.done:
+        if self.rs_state >= RS_DONE:
             conn.abandon()
             return
         limit = conn.pool.limits.max_stream_duration
@@ -807,10 +818,13 @@ class Stream:
             if self.paused_downstream:
                 self.paused_downstream = False
                 self.conn.transport.resume_reading()
-        if self.request_complete:
+        if self.rq_state == RQ_DONE:
+            self.up_state = UP_AWAITING
             if encoder.chunked:
-                out.append(encoder.encode_end())
+                out.append(encoder.encode_end(self.req_trailers))
             self._arm_try_timer()
+        else:
+            self.up_state = UP_SENDING
         conn.write(b"".join(out))
 
     def _arm_try_timer(self) -> None:
@@ -857,7 +871,7 @@ class Stream:
                 return None
             if not following or due < following:
                 following = due
-        if hcm.request_timeout and not self.request_complete:
+        if hcm.request_timeout and self.rq_state != RQ_DONE:
             due = self.start + hcm.request_timeout
             if now >= due:
                 hcm.rq_timeout.value += 1
@@ -873,7 +887,7 @@ class Stream:
                 hcm.rq_idle_timeout.value += 1
                 self.close_after = True
                 # Envoy: 504 once the whole request is in (the upstream is silent), else 408.
-                self.local(lr.STREAM_IDLE_TIMEOUT if self.request_complete else lr.STREAM_IDLE_TIMEOUT_CLIENT)
+                self.local(lr.STREAM_IDLE_TIMEOUT if self.rq_state == RQ_DONE else lr.STREAM_IDLE_TIMEOUT_CLIENT)
                 return None
             if not following or due < following:
                 following = due
@@ -887,6 +901,7 @@ class Stream:
         return self.hcm.stream_idle_timeout
 
     def on_upstream_connect_failure(self, reason: str) -> None:
+        self.up_state = UP_RESET
         self.transport_failure = reason
         self._end_attempt(abandon=False)
         retry = self.route.retry if self.route else None
@@ -895,6 +910,7 @@ class Stream:
         self.local(lr.CONNECT_FAILURE)
 
     def on_upstream_overflow(self) -> None:
+        self.up_state = UP_RESET
         self._end_attempt(abandon=False)
         self.local(lr.UPSTREAM_OVERFLOW)
 
@@ -913,7 +929,7 @@ class Stream:
             if self._retries_exhausted():
                 self.flags = "URX"
         self.status = status
-        self.response_started = True
+        self.up_state = UP_RECEIVING
         self.first_byte = now = self.conn.loop_time()
         self.last_activity = now
         hcm = self.hcm
@@ -943,7 +959,9 @@ class Stream:
             self.held_response = (status, [pair for pair in resp if pair[0] != b"content-length"
                                            and pair[0] not in hcm.response_drop] + extra)
             self.response_body = []
+            self.rs_state = RS_HELD
             return
+        self.rs_state = RS_SENDING
         close = self._ends_connection()
         self.close_after = self.encoder.encode_headers(status, resp, close=close, http10=self.http10,
                                                        head_request=self.is_head, drop=hcm.response_drop,
@@ -952,7 +970,7 @@ class Stream:
     def _ends_connection(self) -> bool:
         """Whether the connection ends after this (relayed) response: the client, a drain or an earlier
         decision says so, or the request was not read whole (what is left of it cannot start the next)."""
-        return self.close_after or not self.keep_alive or not self.request_complete or self.conn.draining
+        return self.close_after or not self.keep_alive or self.rq_state != RQ_DONE or self.conn.draining
 
     def on_upstream_upgraded(self, upstream: "UpstreamConnection", headers: list[tuple[bytes, bytes]],
                              rest: bytes) -> None:
@@ -960,7 +978,8 @@ class Stream:
         conn = self.conn
         hcm = self.hcm
         self.status = 101
-        self.response_started = True
+        self.up_state = UP_UPGRADED
+        self.rs_state = RS_SENDING
         self.first_byte = self.last_activity = conn.loop_time()
         # route, per-try and upstream stream timeouts end with the head; stream_idle_timeout goes on
         self.deadline = self.try_deadline = self.upstream_deadline = 0.0
@@ -997,7 +1016,7 @@ class Stream:
             upstream.connection_lost(exc)  # the pool forgets it
 
     def _tunnel_end(self) -> None:
-        if self.done:
+        if self.rs_state >= RS_DONE:
             return
         self.hcm.upgrades_active.dec()
         self._end_attempt(abandon=False)
@@ -1019,7 +1038,7 @@ class Stream:
         if self.bytes_sent > self.hcm.buffer_limit:
             # A body filter wants the response whole and it does not fit: Envoy answers 500 instead.
             self.held_response = self.response_body = None
-            self.response_started = False
+            self.rs_state = RS_NOT_STARTED  # nothing was sent: the stream may answer itself
             self.hcm.rs_too_large.value += 1
             self._end_attempt(abandon=True)
             self.local(lr.RESPONSE_TOO_LARGE)
@@ -1039,16 +1058,22 @@ class Stream:
         status, headers = self.held_response
         body = b"".join(self.response_body)
         self.held_response = self.response_body = None
+        self.rs_state = RS_SENDING
         edited = HeaderList(headers)
         body = self._filtered_response_body(status, edited, body)
         sent = edited.items
-        sent.append((b"content-length", b"%d" % len(body)))
+        if self.resp_trailers is None:  # with trailers it goes chunked: a length has no place for them
+            sent.append((b"content-length", b"%d" % len(body)))
         self.bytes_sent = len(body)
         close = self._ends_connection()
         self.close_after = self.encoder.encode_headers(status, sent, close=close, http10=self.http10,
                                                        head_request=False)
         if body:
             self.encoder.encode_data(body)
+
+    def on_upstream_trailers(self, trailers: list[tuple[bytes, bytes]]) -> None:
+        """The response's trailers (the upstream codec's last event before the end): written after its body."""
+        self.resp_trailers = trailers
 
     def on_upstream_flush(self) -> None:
         out = self.encoder.out
@@ -1059,7 +1084,7 @@ class Stream:
             out.clear()
 
     def on_upstream_complete(self) -> None:
-        if not self.request_complete and self.upstream is not None:
+        if self.rq_state != RQ_DONE and self.upstream is not None:
             # An early response (the upstream didn't wait for the whole body): the
             # connection is mid-request and must not be reused.
             self.upstream.keep_alive = False
@@ -1067,29 +1092,31 @@ class Stream:
             tail = self._encode_data(b"", True)
             if tail:
                 self.on_upstream_body(tail, filtered=True)
-            if self.done:  # the held body outgrew the buffer: answered 500 already
+            if self.rs_state >= RS_DONE:  # the held body outgrew the buffer: answered 500 already
                 return
         if self.held_response is not None:
             self._send_held_response()
-        self.encoder.encode_end()
+        self.encoder.encode_end(self.resp_trailers)
         self.on_upstream_flush()
         cluster = self.cluster
         assert cluster is not None
         cluster.stats.count_response(self.status)
         cluster.stats.upstream_rq_time.record((self.conn.loop_time() - self.attempt_start) * 1000)
         self.upstream = None  # the pool takes the connection back
+        self.up_state = UP_DONE
         self._end_attempt(abandon=False)
         self._finish(close=self.close_after)
 
     def on_upstream_reset(self, reason: str, stale: bool = False) -> None:
         self.upstream = None
+        self.up_state = UP_RESET
         self._end_attempt(abandon=False)
-        if self.response_started:
+        if self.rs_state != RS_NOT_STARTED:
             self.flags = "UPE" if reason == "protocol error" else "UC"
             self.details = "upstream_reset_after_response_started{%s}" % reason.replace(" ", "_")
-            self._finish(close=True)
+            self._finish(close=True, final=RS_RESET)
             return
-        if stale and self.method in _IDEMPOTENT and not self.stale_retried and not self.done \
+        if stale and self.method in _IDEMPOTENT and not self.stale_retried and self.rs_state < RS_DONE \
                 and (self.body_buffer is not None or not (self.req_length or self.req_chunked)):
             # A pooled connection lost before any byte of the answer: a server's keep-alive close racing
             # the request, or (seen the same way) a server that failed after reading it. An idempotent
@@ -1123,7 +1150,7 @@ class Stream:
 
     def on_try_timeout(self) -> None:
         self.try_deadline = 0.0
-        if self.done or self.response_started:
+        if self.rs_state != RS_NOT_STARTED:
             return
         cluster = self.cluster
         assert cluster is not None
@@ -1138,16 +1165,16 @@ class Stream:
 
     def on_route_timeout(self) -> None:
         self.deadline = 0.0
-        if self.done:
+        if self.rs_state >= RS_DONE:
             return
         if self.cluster is not None:
             self.cluster.stats.upstream_rq_timeout.value += 1
         if self.host is not None and self.upstream is not None:
             self.host.record_timeout()
         self._end_attempt(abandon=True)
-        if self.response_started:
+        if self.rs_state != RS_NOT_STARTED:
             self.flags = "UT"
-            self._finish(close=True)
+            self._finish(close=True, final=RS_RESET)
         else:
             self._timed_out()
 
@@ -1155,26 +1182,26 @@ class Stream:
         """The cluster's max_stream_duration passed for this attempt: Envoy gives up on the upstream request and
         answers 504 (408 while the request is still arriving), or resets the stream once the response began."""
         self.upstream_deadline = 0.0
-        if self.done:
+        if self.rs_state >= RS_DONE:
             return
         cluster = self.cluster
         assert cluster is not None
         cluster.stats.upstream_rq_max_duration_reached.value += 1
         self._end_attempt(abandon=True)
-        if self.response_started:
+        if self.rs_state != RS_NOT_STARTED:
             self.flags = lr.UPSTREAM_MAX_STREAM_DURATION.flag
-            self._finish(close=True)
+            self._finish(close=True, final=RS_RESET)
         else:
-            self.local(lr.UPSTREAM_MAX_STREAM_DURATION if self.request_complete
+            self.local(lr.UPSTREAM_MAX_STREAM_DURATION if self.rq_state == RQ_DONE
                        else lr.UPSTREAM_MAX_STREAM_DURATION_CLIENT)
 
     def on_max_duration(self) -> None:
         """max_stream_duration passed: Envoy answers 504 if it can, else resets the stream."""
-        if self.done:
+        if self.rs_state >= RS_DONE:
             return
         self._end_attempt(abandon=True)
-        if self.response_started:
-            self._finish(close=True)
+        if self.rs_state != RS_NOT_STARTED:
+            self._finish(close=True, final=RS_RESET)
         else:
             self.local(lr.MAX_DURATION_TIMEOUT)
 
@@ -1183,7 +1210,7 @@ class Stream:
 
     def _reserve_retry(self) -> bool:
         """Take one retry if the policy has one left, the body can be replayed and the budget allows."""
-        if self.retries_left <= 0 or self.body_buffer is None or self.done or self.response_started:
+        if self.retries_left <= 0 or self.body_buffer is None or self.rs_state != RS_NOT_STARTED:
             return False
         cluster = self.cluster
         assert cluster is not None
@@ -1213,12 +1240,14 @@ class Stream:
     def attempt_now(self) -> None:
         """Start an upstream attempt, unless the stream ended meanwhile: after a retry's back-off, or when a
         cluster that went to find the request's host (PENDING) knows it."""
-        if not self.done:
+        if self.rs_state < RS_DONE:
             self._start_attempt()
 
     def _end_attempt(self, abandon: bool) -> None:
         """Release what the current attempt holds: host counters, breaker slot, connection or queue spot."""
         self.try_deadline = self.upstream_deadline = 0.0
+        if abandon and UP_CONNECTING <= self.up_state <= UP_RECEIVING:
+            self.up_state = UP_RESET  # given up on mid-attempt
         upstream = self.upstream
         if upstream is not None:
             self.upstream = None
@@ -1239,13 +1268,13 @@ class Stream:
     # ------------------------------------------------------------------ replies and the end
     def local(self, reply: lr.LocalReply) -> None:
         """Answer with a proxy-generated reply (Envoy's sendLocalReply), or reset if too late."""
-        if self.done:
+        if self.rs_state >= RS_DONE:
             return
-        if self.response_started:
+        if self.rs_state != RS_NOT_STARTED:
             self.flags = reply.flag
-            self._finish(close=True)
+            self._finish(close=True, final=RS_RESET)
             return
-        if not self.request_complete and (self.req_length or self.req_chunked) and self.pending_local is None \
+        if self.rq_state != RQ_DONE and (self.req_length or self.req_chunked) and self.pending_local is None \
                 and self.conn.feeding:
             # The body may be in the very same read: answer once this read is parsed,
             # so a small body doesn't cost the client its keep-alive connection.
@@ -1259,7 +1288,7 @@ class Stream:
     def _send_local(self, status: int, body: bytes, ops, *, content_type: bytes = b"text/plain",
                     extra: list[tuple[bytes, bytes]] | None = None) -> None:
         hcm = self.hcm
-        body_pending = not self.request_complete and bool(self.req_length or self.req_chunked)
+        body_pending = self.rq_state != RQ_DONE and bool(self.req_length or self.req_chunked)
         close = self.close_after or not self.keep_alive or body_pending or self.conn.draining \
             or status == 400 or status == 426 or status == 431
         headers = list(extra) if extra else []
@@ -1277,7 +1306,6 @@ class Stream:
             edited = HeaderList(headers)
             body = self._filtered_response_body(status, edited, body)
             headers = edited.items
-        self.response_started = True
         self.local_reply = True
         self.bytes_sent = len(body)
         self.encoder.encode_local_reply(status, body, close=close, content_type=content_type, headers=headers,
@@ -1286,10 +1314,11 @@ class Stream:
         self._end_attempt(abandon=True)
         self._finish(close=close)
 
-    def _finish(self, close: bool) -> None:
-        if self.done:
+    def _finish(self, close: bool, final: int = RS_DONE) -> None:
+        """The stream ends: the response went out whole (`final` RS_DONE) or not (RS_RESET)."""
+        if self.rs_state >= RS_DONE:
             return
-        self.done = True
+        self.rs_state = final
         self.deadline = 0.0
         if self.filter_timer is not None:
             self.filter_timer.cancel()

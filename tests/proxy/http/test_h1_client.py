@@ -62,6 +62,9 @@ class Exchange:
     def on_upstream_body(self, data: bytes) -> None:
         self.events.append(("body", data))
 
+    def on_upstream_trailers(self, trailers: list[tuple[bytes, bytes]]) -> None:
+        self.events.append(("trailers", trailers))
+
 
 class Owner:
     """The upstream connection's side of the decoder: who is answered, and when it is done."""
@@ -78,9 +81,10 @@ class Owner:
         self.completed += 1
 
 
-def decoder_for(exchange: Exchange, max_headers: int = 100) -> tuple[Http1ResponseDecoder, Owner]:
+def decoder_for(exchange: Exchange, max_headers: int = 100, trailers: bool = False
+                ) -> tuple[Http1ResponseDecoder, Owner]:
     owner = Owner(exchange)
-    decoder = Http1ResponseDecoder(owner, max_headers)
+    decoder = Http1ResponseDecoder(owner, max_headers, trailers)
     return decoder, owner
 
 
@@ -175,3 +179,38 @@ def test_a_101_hands_back_what_follows_its_head() -> None:
     assert rest == b"frame"
     assert decoder.status == 101
     assert (b"upgrade", b"websocket") in decoder.headers
+
+
+_TRAILED = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\nGrpc-Status: 0\r\n\r\n"
+
+
+def test_response_trailers_arrive_before_the_end_when_the_cluster_enables_them() -> None:
+    exchange = Exchange()
+    decoder, _ = decoder_for(exchange, trailers=True)
+    decoder.feed(_TRAILED)
+    assert exchange.events == [("headers", 200, [(b"transfer-encoding", b"chunked")], True), ("body", b"hi"),
+                               ("trailers", [(b"grpc-status", b"0")]), ("complete",)]
+
+
+def test_response_trailers_are_dropped_by_default_and_never_join_the_head() -> None:
+    exchange = Exchange()
+    decoder, _ = decoder_for(exchange)
+    decoder.feed(_TRAILED)
+    assert exchange.events == [("headers", 200, [(b"transfer-encoding", b"chunked")], True), ("body", b"hi"),
+                               ("complete",)]
+
+
+def test_too_many_response_trailers_are_a_protocol_error() -> None:
+    decoder, _ = decoder_for(Exchange(), max_headers=1, trailers=True)
+    with pytest.raises(httptools.HttpParserError):
+        decoder.feed(_TRAILED.replace(b"Grpc-Status: 0\r\n", b"A: 1\r\nB: 2\r\n"))
+
+
+def test_the_request_encoder_writes_trailers_only_for_a_cluster_that_carries_them() -> None:
+    trailers = [(b"x-sum", b"1")]
+    carrying = Http1RequestEncoder(b"POST", b"/", b"h", [], chunked=True, length=0, attempt_count=False,
+                                   trailers=True)
+    assert carrying.encode_end(trailers) == b"0\r\nx-sum: 1\r\n\r\n"
+    assert carrying.encode_end(None) == b"0\r\n\r\n"
+    plain = Http1RequestEncoder(b"POST", b"/", b"h", [], chunked=True, length=0, attempt_count=False)
+    assert plain.encode_end(trailers) == b"0\r\n\r\n"

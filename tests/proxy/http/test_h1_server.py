@@ -22,6 +22,7 @@ class Request:
         self.keep_alive = True
         self.req_length = 0
         self.body: list[bytes] = []
+        self.req_trailers: list[tuple[bytes, bytes]] | None = None
         self.complete = False
 
     def on_body(self, data: bytes) -> None:
@@ -55,6 +56,7 @@ class Connection:
 
 def limits(**overrides: Any) -> SimpleNamespace:
     base = dict(max_header_bytes=60 * 1024, max_headers_count=100, underscores=0, accept_http_10=False,
+                enable_trailers=False,
                 rejected_underscores=SimpleNamespace(value=0), dropped_underscores=SimpleNamespace(value=0))
     return SimpleNamespace(**{**base, **overrides})
 
@@ -206,3 +208,48 @@ def test_local_replies_and_upgrades() -> None:
     assert b"content-length: 4\r\n" in head_reply and head_reply.endswith(b"\r\n\r\n")
     enc.encode_upgrade([(b"upgrade", b"websocket"), (b"connection", b"Upgrade"), (b"content-length", b"0")])
     assert enc.take() == b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n"
+
+
+# ---------------------------------------------------------------------------- trailers
+
+_CHUNKED_WITH_TRAILERS = (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+                          b"3\r\nabc\r\n0\r\nX-Sum: 1\r\nX-Other: 2\r\n\r\nGET /next HTTP/1.1\r\nHost: a\r\n\r\n")
+
+
+def test_trailers_reach_the_stream_with_enable_trailers_and_never_join_its_headers() -> None:
+    dec, conn = decoder(enable_trailers=True)
+    assert dec.feed(_CHUNKED_WITH_TRAILERS) is None
+    first, second = conn.requests
+    assert first.req_trailers == [(b"x-sum", b"1"), (b"x-other", b"2")] and first.complete
+    assert first.headers == [(b"host", b"a"), (b"transfer-encoding", b"chunked")]
+    assert second.req_trailers is None and second.headers == [(b"host", b"a")]
+
+
+def test_trailers_are_dropped_by_default() -> None:
+    dec, conn = decoder()
+    assert dec.feed(_CHUNKED_WITH_TRAILERS) is None
+    first, _ = conn.requests
+    assert first.req_trailers is None and first.complete
+    assert first.headers == [(b"host", b"a"), (b"transfer-encoding", b"chunked")]
+
+
+def test_trailers_are_held_to_the_head_limits() -> None:
+    dec, _ = decoder(enable_trailers=True, max_headers_count=1)
+    assert dec.feed(_CHUNKED_WITH_TRAILERS) is lr.HEADERS_TOO_LARGE
+    dec, _ = decoder(enable_trailers=True, underscores=2)
+    assert dec.feed(_CHUNKED_WITH_TRAILERS.replace(b"X-Sum", b"X_Sum")) is lr.UNDERSCORE_IN_HEADER
+
+
+def test_the_encoder_writes_trailers_after_the_last_chunk_only_when_enabled() -> None:
+    trailers = [(b"grpc-status", b"0")]
+    for enabled, end in ((True, b"0\r\ngrpc-status: 0\r\n\r\n"), (False, b"0\r\n\r\n")):
+        enc = Http1ResponseEncoder(b"envoy", enabled)
+        enc.encode_headers(200, [], close=False, http10=False, head_request=False)
+        enc.encode_data(b"hi")
+        enc.encode_end(trailers)
+        assert enc.take().endswith(b"2\r\nhi\r\n" + end)
+    enc = Http1ResponseEncoder(b"envoy", True)  # a response with a length has no place for them
+    enc.encode_headers(200, [(b"content-length", b"2")], close=False, http10=False, head_request=False)
+    enc.encode_data(b"hi")
+    enc.encode_end(trailers)
+    assert enc.take().endswith(b"\r\n\r\nhi")

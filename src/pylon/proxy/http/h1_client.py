@@ -8,6 +8,11 @@ upstream's answers with llhttp (httptools) and hands each one to the
 exchange attached to the connection as events (head, body, end), so the
 connection and its pool only decide about reuse, and the stream never sees
 HTTP/1 framing: an HTTP/2 upstream codec would hand it the same events.
+
+Trailers cross only where the cluster's explicit HTTP/1 config says
+`enable_trailers`, as Envoy's codec: the encoder writes a request's after its
+last chunk, the decoder hands a response's to the exchange
+(`on_upstream_trailers`, just before the end); otherwise both drop them.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import httptools
 
-from pylon.proxy.http1 import LAST_CHUNK, encode_chunk, without_nominated
+from pylon.proxy.http1 import encode_chunk, last_chunk, without_nominated
 
 if TYPE_CHECKING:
     from pylon.proxy.upstream.pool import Exchange
@@ -29,13 +34,14 @@ _BODILESS_METHODS = frozenset({b"GET", b"HEAD", b"DELETE", b"CONNECT"})
 class Http1RequestEncoder:
     """One request toward an upstream, ready for each attempt."""
 
-    __slots__ = ("head", "split", "chunked")
+    __slots__ = ("head", "split", "chunked", "trailers")
 
     def __init__(self, method: bytes, target: bytes, host: bytes, headers: list[tuple[bytes, bytes]], *,
-                 chunked: bool, length: int, attempt_count: bool, extra: bytes | None = None) -> None:
+                 chunked: bool, length: int, attempt_count: bool, extra: bytes | None = None,
+                 trailers: bool = False) -> None:
         """`headers` go as given (the stream already removed hop-by-hop and framing headers); `extra` is
         one ready header line. With `attempt_count` every attempt says which it is (x-envoy-attempt-count),
-        right after the host line, as Envoy sets it."""
+        right after the host line, as Envoy sets it. `trailers`: the cluster's enable_trailers."""
         first = b"%s %s HTTP/1.1\r\nhost: %s\r\n" % (method, target, host)
         self.split = len(first) if attempt_count else 0
         parts = [first]
@@ -52,6 +58,7 @@ class Http1RequestEncoder:
             parts.append(b"\r\n")
         self.head = b"".join(parts)
         self.chunked = chunked
+        self.trailers = trailers
 
     def encode_head(self, attempt: int) -> bytes:
         split = self.split
@@ -63,9 +70,12 @@ class Http1RequestEncoder:
     def encode_data(self, data: bytes) -> bytes:
         return encode_chunk(data) if self.chunked else data
 
-    def encode_end(self) -> bytes:
-        """What ends the body on the wire: the last chunk, or nothing when the length said it all."""
-        return LAST_CHUNK if self.chunked else b""
+    def encode_end(self, trailers: list[tuple[bytes, bytes]] | None = None) -> bytes:
+        """What ends the body on the wire: the last chunk (with `trailers` if this cluster carries them), or
+        nothing when the length said it all."""
+        if not self.chunked:
+            return b""
+        return last_chunk(trailers if self.trailers else None)
 
 
 class ResponseOwner(Protocol):
@@ -87,13 +97,15 @@ class Http1ResponseDecoder:
     """Parses one upstream connection's responses, one exchange at a time (no pipelining)."""
 
     __slots__ = ("owner", "parser", "max_headers", "headers", "status", "connection", "informational",
-                 "head_response", "close_delimited", "in_body")
+                 "head_response", "close_delimited", "in_body", "trailers", "read_trailers")
 
-    def __init__(self, owner: ResponseOwner, max_headers: int) -> None:
+    def __init__(self, owner: ResponseOwner, max_headers: int, trailers: bool = False) -> None:
         self.owner = owner
         self.parser = httptools.HttpResponseParser(self)
         self.max_headers = max_headers
+        self.read_trailers = trailers  # the cluster's enable_trailers: a response's trailers go to the exchange
         self.headers: list[tuple[bytes, bytes]] = []
+        self.trailers: list[tuple[bytes, bytes]] | None = None  # the current response's, once one came
         self.status = 0
         self.connection: bytes | None = None  # the response's Connection header: the names it nominates go
         self.informational = False  # a 1xx head is being skipped (the proxy answered Expect itself)
@@ -121,6 +133,8 @@ class Http1ResponseDecoder:
         self.connection = None
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self.in_body:  # llhttp reports trailer fields through this callback, after the body
+            return self._on_trailer(name, value)
         name = name.lower()
         if name == b"connection":
             self.connection = value
@@ -158,6 +172,16 @@ class Http1ResponseDecoder:
             self.in_body = False
             owner.response_complete()
 
+    def _on_trailer(self, name: bytes, value: bytes) -> None:
+        if not self.read_trailers:
+            return
+        trailers = self.trailers
+        if trailers is None:
+            trailers = self.trailers = []
+        trailers.append((name.lower(), value))
+        if len(trailers) > self.max_headers:
+            raise TooManyHeaders()
+
     def on_body(self, body: bytes) -> None:
         exchange = self.owner.exchange
         if exchange is not None:
@@ -168,5 +192,10 @@ class Http1ResponseDecoder:
             self.informational = False
             return
         self.in_body = False
-        if self.owner.exchange is not None and not self.head_response:
+        exchange = self.owner.exchange
+        if exchange is not None and not self.head_response:
+            trailers = self.trailers
+            if trailers is not None:
+                self.trailers = None
+                exchange.on_upstream_trailers(trailers)
             self.owner.response_complete()

@@ -7,6 +7,11 @@ the end of the connection; `connection: close` whenever the connection ends
 after this response. Bytes collect in `out` and the connection writes them
 once per read or upstream event (`HttpConnection.flush_output`): one write
 per response is the biggest single saving on this path.
+
+Trailers (fields after a chunked body) cross only where the HCM's
+`http_protocol_options.enable_trailers` allows, as Envoy's HTTP/1 codec: the
+decoder hands the stream a request's trailers, the encoder writes a response's
+after its last chunk; otherwise both drop them.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from typing import TYPE_CHECKING, Protocol
 import httptools
 
 from pylon.proxy import local_reply as lr
-from pylon.proxy.http1 import CONTINUE_100, HOP_BY_HOP, LAST_CHUNK, encode_chunk, local_reply, status_line
+from pylon.proxy.http1 import CONTINUE_100, HOP_BY_HOP, encode_chunk, last_chunk, local_reply, status_line
 
 if TYPE_CHECKING:
     from pylon.proxy.hcm import HcmRuntime
@@ -29,12 +34,13 @@ _UPGRADE_HEAD_SKIP = frozenset({b"connection", b"content-length", b"transfer-enc
 class Http1ResponseEncoder:
     """Encodes one connection's responses, one at a time (HTTP/1.1 answers in request order)."""
 
-    __slots__ = ("out", "chunked", "server_name")
+    __slots__ = ("out", "chunked", "server_name", "trailers")
 
-    def __init__(self, server_name: bytes) -> None:
+    def __init__(self, server_name: bytes, trailers: bool = False) -> None:
         self.out: list[bytes] = []
         self.chunked = False  # the response being sent is chunked: data is framed, the end adds the last chunk
         self.server_name = server_name  # the server header of local replies
+        self.trailers = trailers  # enable_trailers: a response's trailers are written (else dropped)
 
     def encode_continue(self) -> None:
         """`100 Continue` for a client that sent `Expect: 100-continue` and waits before its body."""
@@ -76,10 +82,11 @@ class Http1ResponseEncoder:
     def encode_data(self, data: bytes) -> None:
         self.out.append(encode_chunk(data) if self.chunked else data)
 
-    def encode_end(self) -> None:
-        """The response body is complete."""
+    def encode_end(self, trailers: list[tuple[bytes, bytes]] | None = None) -> None:
+        """The response body is complete; `trailers` follow its last chunk if this codec writes them (a response
+        with a length, or to an HTTP/1.0 client, has no place for them)."""
         if self.chunked:
-            self.out.append(LAST_CHUNK)
+            self.out.append(last_chunk(trailers if self.trailers else None))
             self.chunked = False
 
     def encode_upgrade(self, headers: list[tuple[bytes, bytes]]) -> None:
@@ -129,7 +136,9 @@ class Http1RequestDecoder:
     with underscores, HTTP/1.1 only (1.0 where allowed), plain chunked as the only
     transfer coding, HTTP/0.9 refused at once. `feed` returns the local reply a
     protocol error calls for (the connection answers it and closes), else None.
-    The stream being parsed gets its head fields, then `on_body` and `on_complete`.
+    The stream being parsed gets its head fields, then `on_body`, its trailers
+    (`stream.req_trailers`, with enable_trailers) and `on_complete`. llhttp
+    reports trailer fields through `on_header` after the body.
     """
 
     __slots__ = ("hcm", "callbacks", "parser", "stream", "in_head", "head_bytes", "raw_head_bytes", "header_count",
@@ -198,6 +207,8 @@ class Http1RequestDecoder:
         stream = self.stream
         assert stream is not None
         hcm = self.hcm
+        if not self.in_head:
+            return self._on_trailer(stream, name, value)
         if hcm.underscores and b"_" in name:
             if hcm.underscores == 2:
                 hcm.rejected_underscores.value += 1
@@ -209,6 +220,27 @@ class Http1RequestDecoder:
         self.header_count += 1
         self.head_bytes += len(name) + len(value) + 4
         if self.header_count > hcm.max_headers_count or self.head_bytes > hcm.max_header_bytes:
+            self.stop_reply = lr.HEADERS_TOO_LARGE
+            raise StopParsing()
+
+    def _on_trailer(self, stream: "Stream", name: bytes, value: bytes) -> None:
+        """A trailer field: kept for the stream with enable_trailers (under the head's limits), else dropped."""
+        hcm = self.hcm
+        if not hcm.enable_trailers:
+            return
+        if hcm.underscores and b"_" in name:
+            if hcm.underscores == 2:
+                hcm.rejected_underscores.value += 1
+                self.stop_reply = lr.UNDERSCORE_IN_HEADER
+                raise StopParsing()
+            hcm.dropped_underscores.value += 1
+            return
+        trailers = stream.req_trailers
+        if trailers is None:
+            trailers = stream.req_trailers = []
+        trailers.append((name.lower(), value))
+        self.head_bytes += len(name) + len(value) + 4
+        if len(trailers) > hcm.max_headers_count or self.head_bytes > hcm.max_header_bytes:
             self.stop_reply = lr.HEADERS_TOO_LARGE
             raise StopParsing()
 

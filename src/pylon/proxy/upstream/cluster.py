@@ -111,6 +111,7 @@ class Cluster:
         self.connect_timeout = float(config.connect_timeout)
         # Idle timeout, max duration, max requests and response headers of its pooled connections (pool.py).
         self.connection_limits = ConnectionLimits.of(config)
+        self.upstream_trailers: bool = config.upstream_trailers  # HTTP/1 trailers cross to and from its hosts
         self.worker_id = worker_id
         prefix = f"cluster.{config.name}."
         self.stats = ClusterStats(stats, prefix)

@@ -28,6 +28,7 @@ from pylon.extensions.common.dynamic_forward_proxy.config import DnsCacheConfig
 from pylon.extensions.common.dynamic_forward_proxy.dns_cache import LOADING, OVERFLOW, DnsCache, HostInfo, worker_caches
 from pylon.proxy import local_reply as lr
 from pylon.proxy.filters.http import register_filter
+from pylon.proxy.stream_states import RS_DONE
 
 TYPE_URL = "type.googleapis.com/envoy.extensions.filters.http.dynamic_forward_proxy.v3.FilterConfig"
 PER_ROUTE_TYPE_URL = "type.googleapis.com/envoy.extensions.filters.http.dynamic_forward_proxy.v3.PerRouteConfig"
@@ -99,7 +100,7 @@ class DynamicForwardProxyFilter:
 
         def loaded(info: HostInfo) -> None:
             release()
-            if not stream.done and self._resolved(stream, info):
+            if stream.rs_state < RS_DONE and self._resolved(stream, info):
                 stream.continue_decoding()
 
         status, info = cache.load(stream.authority.decode("latin-1"), cluster.default_port, loaded)
