@@ -210,12 +210,7 @@ class Http1RequestDecoder:
         if not self.in_head:
             return self._on_trailer(stream, name, value)
         if hcm.underscores and b"_" in name:
-            if hcm.underscores == 2:
-                hcm.rejected_underscores.value += 1
-                self.stop_reply = lr.UNDERSCORE_IN_HEADER
-                raise StopParsing()
-            hcm.dropped_underscores.value += 1
-            return
+            return self._drop_underscored()
         stream.headers.append((name.lower(), value))
         self.header_count += 1
         self.head_bytes += len(name) + len(value) + 4
@@ -223,18 +218,23 @@ class Http1RequestDecoder:
             self.stop_reply = lr.HEADERS_TOO_LARGE
             raise StopParsing()
 
+    def _drop_underscored(self) -> None:
+        """A field name with an underscore under `headers_with_underscores_action`: the request is refused
+        (REJECT_REQUEST) or the field dropped (DROP_HEADER), counted as Envoy counts them."""
+        hcm = self.hcm
+        if hcm.underscores == 2:
+            hcm.rejected_underscores.value += 1
+            self.stop_reply = lr.UNDERSCORE_IN_HEADER
+            raise StopParsing()
+        hcm.dropped_underscores.value += 1
+
     def _on_trailer(self, stream: "Stream", name: bytes, value: bytes) -> None:
         """A trailer field: kept for the stream with enable_trailers (under the head's limits), else dropped."""
         hcm = self.hcm
         if not hcm.enable_trailers:
             return
         if hcm.underscores and b"_" in name:
-            if hcm.underscores == 2:
-                hcm.rejected_underscores.value += 1
-                self.stop_reply = lr.UNDERSCORE_IN_HEADER
-                raise StopParsing()
-            hcm.dropped_underscores.value += 1
-            return
+            return self._drop_underscored()
         trailers = stream.req_trailers
         if trailers is None:
             trailers = stream.req_trailers = []
