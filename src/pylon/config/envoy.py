@@ -783,12 +783,8 @@ class DirectResponseAction(EnvoyStruct, kw_only=True):
 
 
 class Decorator(EnvoyStruct, kw_only=True):
-    """config.route.v3.Decorator: the span name (and its propagation) for tracing.
-
-    Envoy reads it only when tracing is configured; pylon has no tracing config at
-    all (no `tracing` in the HCM or bootstrap), so accepting it is faithful: in
-    Envoy without tracing it changes nothing either.
-    """
+    """config.route.v3.Decorator: the span name, and whether egress requests carry it upstream
+    (x-envoy-decorator-operation); read only when the HCM has `tracing`, as in Envoy."""
 
     operation: NonEmptyStr
     propagate: bool | None = None
@@ -921,6 +917,8 @@ class Router(EnvoyStruct, kw_only=True):
 
     terminal_filter: ClassVar[bool] = True
     suppress_envoy_headers: bool = False
+    #: with HCM tracing: a CLIENT span of its own for the upstream request ("router <cluster> egress")
+    start_child_span: bool = False
 
 
 class WatchedDirectory(EnvoyStruct, kw_only=True):
@@ -1013,6 +1011,63 @@ class Http1ProtocolOptions(EnvoyStruct, kw_only=True):
     enable_trailers: bool = False
 
 
+class TracingProvider(_TypedExtension, kw_only=True):
+    """config.trace.v3.Tracing.Http: the tracer (`envoy.tracers.zipkin`, ...), resolved through the registry."""
+
+    category: ClassVar[str] = registry.TRACER
+
+
+class LiteralTag(EnvoyStruct, kw_only=True):
+    value: NonEmptyStr
+
+
+class EnvironmentTag(EnvoyStruct, kw_only=True):
+    name: NonEmptyStr
+    default_value: str = ""
+
+
+class HeaderTag(EnvoyStruct, kw_only=True):
+    name: HeaderKey
+    default_value: str = ""
+
+
+class CustomTag(EnvoyStruct, kw_only=True):
+    """type.tracing.v3.CustomTag: a span tag from a literal, an environment variable or a request header
+    (metadata tags are refused: pylon has no dynamic metadata to read them from)."""
+
+    tag: NonEmptyStr
+    literal: LiteralTag | None = None
+    environment: EnvironmentTag | None = None
+    request_header: HeaderTag | None = None
+    metadata: NotSupportedYet | None = None
+
+    def __post_init__(self) -> None:
+        _exactly_one(self, "literal", "environment", "request_header")
+
+
+class Tracing(EnvoyStruct, kw_only=True):
+    """HttpConnectionManager.Tracing: which requests are traced (Envoy's sampling percentages) and by what."""
+
+    provider: TracingProvider | None = None
+    client_sampling: Percent = msgspec.field(default_factory=lambda: Percent(value=100.0))
+    random_sampling: Percent = msgspec.field(default_factory=lambda: Percent(value=100.0))
+    overall_sampling: Percent = msgspec.field(default_factory=lambda: Percent(value=100.0))
+    verbose: bool = False
+    max_path_tag_length: UInt32 = 256
+    custom_tags: list[CustomTag] = []
+    spawn_upstream_span: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.provider is None:
+            raise FieldError("provider", "a tracing config without a provider traces nothing in Envoy 1.40 "
+                                         "(the bootstrap-level tracing is not supported); name a provider")
+        if self.verbose:
+            raise FieldError("verbose", "not supported yet (span logs of the request's events)")
+        if self.spawn_upstream_span:
+            raise FieldError("spawn_upstream_span", "not supported yet; the router's start_child_span makes "
+                                                    "the upstream request's span")
+
+
 class HttpConnectionManager(EnvoyStruct, kw_only=True):
     """extensions.filters.network.http_connection_manager.v3.HttpConnectionManager (HTTP/1.1 only)."""
 
@@ -1049,6 +1104,7 @@ class HttpConnectionManager(EnvoyStruct, kw_only=True):
         "IMPLEMENTATION_SPECIFIC_DEFAULT", "KEEP_UNCHANGED", "REJECT_REQUEST", "UNESCAPE_AND_REDIRECT",
         "UNESCAPE_AND_FORWARD"] = "IMPLEMENTATION_SPECIFIC_DEFAULT"  # Envoy's default: KEEP_UNCHANGED
     via: HttpText = HttpText("")
+    tracing: Tracing | None = None
 
     def __post_init__(self) -> None:
         if self.codec_type in ("HTTP2", "HTTP3"):
@@ -1991,11 +2047,12 @@ class Cluster(EnvoyStruct, kw_only=True):
 
 
 class Node(EnvoyStruct, kw_only=True):
-    """Identity of this proxy; metadata only."""
+    """Identity of this proxy: what it tells a control plane, and its spans' node_id, zone and service name."""
 
     id: str = ""
     cluster: str = ""
     metadata: dict[str, Any] = {}
+    locality: Locality | None = None
 
 
 class Admin(EnvoyStruct, kw_only=True):

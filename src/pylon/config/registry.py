@@ -43,6 +43,8 @@ CONNECTION_BALANCER = "envoy.network.connection_balance"
 REGEX_ENGINE = "envoy.regex_engines"
 #: A cluster's `cluster_type.typed_config`: custom cluster types, whose clusters find their hosts themselves.
 CLUSTER_TYPE = "envoy.clusters"
+#: HCM `tracing.provider.typed_config`: the tracer that makes, propagates and exports spans.
+TRACER = "envoy.tracers"
 
 #: Human names used in error messages ("accepted here (network filters): ...").
 CATEGORY_NAMES = MappingProxyType(
@@ -59,6 +61,7 @@ CATEGORY_NAMES = MappingProxyType(
         CONNECTION_BALANCER: "connection balancer",
         REGEX_ENGINE: "regex engine",
         CLUSTER_TYPE: "cluster type",
+        TRACER: "tracer",
     }
 )
 
@@ -98,6 +101,10 @@ EXTENSION_MODULES: Mapping[str, Mapping[str, str]] = MappingProxyType(
         CLUSTER_TYPE: {
             "envoy.extensions.clusters.dynamic_forward_proxy.v3.ClusterConfig":
                 "pylon.extensions.clusters.dynamic_forward_proxy",
+        },
+        TRACER: {
+            "envoy.config.trace.v3.ZipkinConfig": "pylon.extensions.tracers.zipkin",
+            "envoy.config.trace.v3.OpenTelemetryConfig": "pylon.extensions.tracers.opentelemetry",
         },
         NETWORK_FILTER: {
             "envoy.extensions.filters.network.rbac.v3.RBAC": "pylon.extensions.filters.network.rbac",

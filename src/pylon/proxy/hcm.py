@@ -34,6 +34,7 @@ from pylon.proxy.xfcc import client_cert_element
 from pylon.stats.store import StatsStore
 
 if TYPE_CHECKING:
+    from pylon.proxy.tracing import Tracer
     from pylon.proxy.upstream.cluster import Cluster
     from pylon.proxy.worker import PoolRegistry, Worker
 
@@ -149,6 +150,7 @@ class HcmRuntime:
         # client is paused), and Envoy's retry buffer limit.
         self.buffer_limit = 1 << 20
         self.host_labels: dict[Any, str] = {}  # host -> "ip:port" for %UPSTREAM_HOST%, formatted once
+        self.tracer: Tracer | None = None  # with HCM `tracing` (set by the listener, which knows the direction)
 
     def trusted_client(self, stream: Stream) -> tuple[str, int] | str:
         """Envoy's downstream remote address: the peer, or the x-forwarded-for entry it trusts.

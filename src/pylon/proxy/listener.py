@@ -34,6 +34,7 @@ from pylon.proxy.listener_filters import Inspection, PeekWatcher
 from pylon.proxy.tcp_proxy import TcpProxyRuntime, TcpProxySession
 from pylon.proxy.tls import ServerTls, UnavailableTls, server_context
 from pylon.proxy.tls_stats import TlsStats
+from pylon.proxy.tracing import Tracer
 
 if TYPE_CHECKING:
     from pylon.proxy.worker import Worker
@@ -280,6 +281,10 @@ def build_chain(chain: FilterChain, listener: ListenerRuntime) -> ChainRuntime:
         hcm.tls_stats = runtime.tls_stats
         hcm.network_filters = network_filters
         hcm.buffer_limit = listener.config.per_connection_buffer_limit_bytes
+        if terminal_cfg.tracing is not None:
+            router = terminal_cfg.http_filters[-1].typed_config
+            hcm.tracer = Tracer(terminal_cfg.tracing, listener.config.traffic_direction == "OUTBOUND",
+                                router.start_child_span, hcm)
         runtime.forwards_client_cert = terminal_cfg.forward_client_cert_details != "SANITIZE"
         runtime.terminal = hcm
 

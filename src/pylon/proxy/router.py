@@ -423,6 +423,7 @@ class MatchedRoute:
         "request_header_ops", "response_header_ops", "rewrites", "_matched_len",
         "_prefix_rewrite", "_regex_rewrite", "_substitution", "_weights", "_cumulative",
         "_total_weight", "_random", "_redirect", "_cluster_ops", "filter_configs", "filter_levels", "cors_policies",
+        "decorator",
     )
 
     def __init__(self) -> None:
@@ -472,6 +473,8 @@ class MatchedRoute:
         #: the deprecated `cors` of the route's action, then of its virtual host (those set): what Envoy's CORS
         #: filter falls back to when no level has a per-route config for it
         self.cors_policies: tuple[Any, ...] = ()
+        #: the route's `decorator` (span name, and its propagation upstream), read only by tracing
+        self.decorator: Any = None
 
     def __repr__(self) -> str:
         return f"MatchedRoute(name={self.name!r}, vhost={self.virtual_host_name!r}, kind={self.kind!r})"
@@ -800,6 +803,7 @@ class RouteTable:
         route = MatchedRoute()
         route.name = config.name
         route.virtual_host_name = vhost_name
+        route.decorator = config.decorator
         route._random = self._random
         kind, arg, route._matched_len = self._path_matcher(config.match)
         headers = [_HeaderMatcher(h, engine) for h in config.match.headers]

@@ -206,7 +206,7 @@ class Stream:
         "stale_retried", "timeout", "attempts", "tried_hosts",
         "resume", "filter_index", "filter_timer", "finish_callbacks", "header_edits", "upgrade_accepted", "client_rest",
         "tunnel_upstream", "upstream_local", "buffering_request", "held_response", "response_body", "set_cookie",
-        "request_data_filters", "response_data_filters", "req_trailers", "resp_trailers",
+        "request_data_filters", "response_data_filters", "req_trailers", "resp_trailers", "span",
     )
 
     def __init__(self, conn: "HttpConnection", now: float) -> None:
@@ -292,6 +292,7 @@ class Stream:
         # Trailer fields after a chunked body, where the codecs carry them (enable_trailers; see h1_server.py).
         self.req_trailers: list[tuple[bytes, bytes]] | None = None
         self.resp_trailers: list[tuple[bytes, bytes]] | None = None
+        self.span: Any = None  # the tracer's (span, child span or None), when the HCM traces (tracing.py)
 
     # ------------------------------------------------------------------ downstream events
     def on_body(self, data: bytes, filtered: bool = False) -> None:
@@ -645,6 +646,8 @@ class Stream:
             if grpc_timeout is not None:
                 self.timeout = grpc_timeout or None
                 forward, expected_header = _announce_grpc_timeout(forward, self.timeout, route)
+        if hcm.tracer is not None:
+            forward = hcm.tracer.start(self, forward, cluster_name)
         if route.attempt_count:
             # Envoy sets the header (replacing the client's), per attempt.
             forward = [p for p in forward if p[0] != b"x-envoy-attempt-count"]
@@ -1342,6 +1345,8 @@ class Stream:
             elapsed = self.conn.loop_time() - self.start
         if hcm.access_loggers:
             hcm.log_access(self, elapsed)
+        if self.span is not None:
+            hcm.tracer.finish(self)
         if self.paused_downstream and not self.conn.closed and not close:
             self.paused_downstream = False
             self.conn.transport.resume_reading()

@@ -79,6 +79,7 @@ class Worker:
         self.secrets: dict[str, Secret] = {}  # static and SDS secrets by name, for TLS contexts that name them
         # What extensions share by name in this worker (Envoy's singleton manager): the DFP's DNS caches.
         self.singletons: dict[str, Any] = {}
+        self.node: Any = None  # the bootstrap's node (spans' node_id, zone, service name)
         self.access_log_writer = AccessLogWriter()
         self.draining = False
         self._conn_ids = worker_id << 40
@@ -149,6 +150,7 @@ class Worker:
             self.lds = lds
         self.access_log_writer.start(self.loop)
         self.secrets = _decode_secrets(dynamic)
+        self.node = bootstrap.node
         self.clusters.update(build_clusters(bootstrap.static_resources.clusters, self.stats, self.worker_id,
                                             self.secrets, self.singletons))
         for cluster in self.clusters.values():

@@ -1,0 +1,1 @@
+"""Tracer providers (HCM `tracing.provider`): each registers its config type and its driver (proxy/tracing.py)."""
