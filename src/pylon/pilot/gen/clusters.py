@@ -171,17 +171,23 @@ def build_dfp_cluster(service: Service, port: ServicePort, policy: EffectivePoli
     return cluster
 
 
+def _user_tls(cluster: Json, tls: ClientTLSSettings, service: Service, mesh: MeshConfig, http2: bool,
+              for_sidecar: bool) -> bool:  # fmt: skip
+    """A DestinationRule's SIMPLE or MUTUAL TLS as the cluster's transport socket; False when there is none to give
+    (gen/client_tls.py says why)."""
+    socket = user_tls_socket(tls, service, mesh, http2, for_sidecar)
+    if socket is not None:
+        cluster["transport_socket"] = socket
+    return socket is not None
+
+
 def _apply_dfp_tls(cluster: Json, service: Service, port: ServicePort, policy: EffectivePolicy, mesh: MeshConfig,
                    http2: bool, for_sidecar: bool) -> Json:  # fmt: skip
     """A DFP cluster's TLS as istiod's cluster_tls.go: SNI from each request (never the generated mesh SNI), the
     upstream options of dfp.auto_sni_options; auto mTLS as other clusters' (its hosts carry no tlsMode: plaintext)."""
     tls = policy.tls
     if tls is not None and tls.mode in ("SIMPLE", "MUTUAL"):
-        socket = user_tls_socket(tls, service, mesh, http2, for_sidecar)
-        if socket is None:
-            return {}
-        cluster["transport_socket"] = socket
-        return dfp.auto_sni_options(cluster, tls)
+        return dfp.auto_sni_options(cluster, tls) if _user_tls(cluster, tls, service, mesh, http2, for_sidecar) else {}
     internal = service.entry.spec.location == "MESH_INTERNAL"
     auto_mtls = tls is None and mesh.enable_auto_mtls and internal
     apply_client_tls(cluster, tls, auto_mtls, service.hostname, port.number, "", generated_sni=False)
@@ -196,11 +202,7 @@ def _apply_tls(cluster: Json, service: Service, port: ServicePort, subset: str, 
     HTTP protocol options it needs (auto SNI and SAN validation)."""
     tls = policy.tls
     if tls is not None and tls.mode in ("SIMPLE", "MUTUAL"):
-        socket = user_tls_socket(tls, service, mesh, http2, for_sidecar)
-        if socket is None:
-            return {}
-        cluster["transport_socket"] = socket
-        return auto_sni_options(tls)
+        return auto_sni_options(tls) if _user_tls(cluster, tls, service, mesh, http2, for_sidecar) else {}
     # Istio's auto mTLS is for mesh services only: MESH_EXTERNAL hosts get TLS only when a DestinationRule asks
     internal = service.entry.spec.location == "MESH_INTERNAL"
     apply_client_tls(cluster, tls, mesh.enable_auto_mtls and internal, service.hostname, port.number, subset)
