@@ -409,8 +409,11 @@ def test_a_header_sent_once_is_matched_without_allocating():
             if name == b"x-test":
                 pass
 
-    # The same as a bare scan: no list of values, no joined bytes, nothing kept.
-    assert allocated([hm.matches_headers for hm in matchers] * 1000) == allocated([scan] * 3000)
+    # The same as a bare scan: no list of values, no joined bytes, nothing kept. tracemalloc counts every thread's
+    # allocations, and daemon threads of earlier tests (servers, exporters) may allocate during one measurement:
+    # a few tries, of which one must match exactly (a matcher that allocates never does).
+    tries = [(allocated([hm.matches_headers for hm in matchers] * 1000), allocated([scan] * 3000)) for _ in range(5)]
+    assert any(ours == floor for ours, floor in tries), tries
 
 
 def test_all_header_matchers_must_match():
