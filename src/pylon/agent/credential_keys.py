@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -116,7 +117,10 @@ class TokenCredentialKeys:
             opened = pkcs11.open_token(self.token.library, self.token.label, self.token.pin)
             if label not in self.placed:
                 pkcs11.delete_key(opened, label)  # a leftover of an agent that died before removing it
+                log.info("importing the key of %s into %s (child process)", secret_name, self.where)
+                started = time.monotonic()
                 import_in_child(self.token.library, self.token.label, self.token.pin, label, key_pem)
+                log.info("the key of %s is in %s after %.1fs", secret_name, self.where, time.monotonic() - started)
                 self.placed.add(label)
             key = pkcs11.find_key(opened, label)
         except pkcs11.Pkcs11Error as exc:
