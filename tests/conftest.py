@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import random
 import signal
@@ -40,16 +41,50 @@ def refuses_connections(port: int) -> bool:
     return False
 
 
+#: Ports are handed out from blocks of _BLOCK ports, one block at a time per pytest process, each claimed with an
+#: flock on its file in _PORT_LOCKS held for the process's life. A test binds its port some time after free_port
+#: returns it; in that gap another pytest run on the machine (a helper's, a developer's) could pick the same port
+#: (seen: "address already in use" on a proxy's admin port). With blocks, no two processes ever hand out the same
+#: port and one process never hands out a port twice until it has gone through a whole block; the kernel drops the
+#: locks when the process exits, so nothing is left to clean up.
+_PORT_LOCKS = Path("/tmp/pylon-test-ports")
+_BLOCK = 100
+_block: list[int] = []  # the ports of this process's current block not handed out yet
+_block_locks: list[int] = []  # fds holding this process's blocks (kept open: closing one drops its lock)
+
+
+def _next_block() -> list[int]:
+    """The ports of a block no other process holds, now locked by this one."""
+    _PORT_LOCKS.mkdir(exist_ok=True)
+    starts = list(range(_PORTS.start, _PORTS.stop - _BLOCK + 1, _BLOCK))
+    random.shuffle(starts)
+    for start in starts:
+        fd = os.open(_PORT_LOCKS / f"{start}-{start + _BLOCK - 1}", os.O_CREAT | os.O_RDWR, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        for old in _block_locks:  # this process has used that block up: another process may take it now
+            os.close(old)
+        _block_locks[:] = [fd]
+        return list(range(start, start + _BLOCK))
+    raise RuntimeError(f"every block of ports in {_PORTS.start}-{_PORTS.stop - 1} is held by another process")
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1, outside the ephemeral range, that nothing is bound to right now."""
-    for _ in range(100):
-        port = random.choice(_PORTS)
+    """A TCP port on 127.0.0.1, outside the ephemeral range, that nothing is bound to right now and that no other
+    pytest process on this machine hands out (see _PORT_LOCKS)."""
+    for _ in range(4 * _BLOCK):
+        if not _block:
+            _block[:] = _next_block()
+        port = _block.pop(0)
         with socket.socket() as sock:
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError:
                 continue
-            return port
+        return port
     raise RuntimeError(f"no free port in {_PORTS.start}-{_PORTS.stop - 1}")
 
 
