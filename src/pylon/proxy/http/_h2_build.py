@@ -40,6 +40,7 @@ typedef struct pyl_h2 {
 #define PYL_TRIP_WINDOW_UPDATE 3
 #define PYL_TRIP_HEADER_OVERFLOW 4
 #define PYL_TRIP_CONTINUATIONS 5
+#define PYL_TRIP_RAPID_RESET 6
 
 #define NGHTTP2_DATA 0
 #define NGHTTP2_RST_STREAM 3

@@ -22,9 +22,10 @@ What it decides on its own, as Envoy's codec does:
   `receive`, PING/SETTINGS acks by nghttp2's own `max_outbound_ack`. A header
   block over `max_header_bytes` or `max_headers_count` ends the connection
   (`http2.header_overflow`), as Envoy does since CVE-2024-27919, and so does a
-  CONTINUATION run (CVE-2024-27316). Rapid reset (CVE-2023-44487) is nghttp2's
-  stream reset rate limit where the library has it (probed by symbol: Debian
-  backports it to 1.52), else a token bucket here with the same figures.
+  CONTINUATION run (CVE-2024-27316). Rapid reset (CVE-2023-44487): a token
+  bucket in the shim stops parsing mid-buffer (`http2.rx_reset_flood`, pylon's
+  own name); nghttp2's own limit is set too where the library has it (probed
+  by symbol: Debian backports it to 1.52).
 - GOAWAY is graceful as Envoy drains: `shutdown_notice()` first, `goaway()`
   later with the last stream id nghttp2 processed.
 """
@@ -33,7 +34,6 @@ from __future__ import annotations
 
 import itertools
 import struct
-import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Protocol
@@ -56,6 +56,7 @@ FLOOD_STATS = {
     lib.PYL_TRIP_WINDOW_UPDATE: "http2.inbound_window_update_frames_flood",
     lib.PYL_TRIP_HEADER_OVERFLOW: "http2.header_overflow",
     lib.PYL_TRIP_CONTINUATIONS: "http2.header_overflow",
+    lib.PYL_TRIP_RAPID_RESET: "http2.rx_reset_flood",  # pylon's own: Envoy limits resets in its HCM instead
 }
 
 #: Whether libnghttp2 has the CVE-2023-44487 and CVE-2024-27316 limits (probed by symbol, not version).
@@ -156,8 +157,7 @@ class H2Connection:
         c.max_continuations = s.max_continuations
         c.max_priority_per_stream = s.max_inbound_priority_frames_per_stream
         c.max_wu_per_data = s.max_inbound_window_update_frames_per_data_frame_sent
-        burst = s.stream_reset_burst if HAS_RESET_RATE_LIMIT else 0  # 0: the bucket in `_rapid_reset` counts
-        rv = lib.pyl_new(c, int(server), s.max_outbound_control_frames, burst, s.stream_reset_rate)
+        rv = lib.pyl_new(c, int(server), s.max_outbound_control_frames, s.stream_reset_burst, s.stream_reset_rate)
         if rv:
             raise H2Error(ffi.string(lib.nghttp2_strerror(rv)).decode())
         self._c = ffi.gc(c, lib.pyl_del)
@@ -166,8 +166,6 @@ class H2Connection:
         self._streams: dict[int, int] = {}  # open streams the owner knows: received DATA bytes not yet consumed
         self._final: bytes | None = None  # after an outbound flood: the GOAWAY that replaces the queued frames
         self._error: BaseException | None = None  # raised by an owner call inside a callback
-        self._resets = float(s.stream_reset_burst)  # the token bucket used without nghttp2's own limit
-        self._resets_at = time.monotonic()
         self.pending_send_bytes = 0  # body bytes accepted by send_data, not yet framed (Envoy's gauge)
         self.streams_active = 0
         self.stats: dict[str, int] = {}  # counters this connection tripped: outbound/inbound floods, overflow
@@ -195,6 +193,8 @@ class H2Connection:
         if rv < 0:
             self._fatal(rv)
             return
+        if not lib.nghttp2_session_want_read(self._session):
+            self.closed = True  # nghttp2 ended the session (a connection error) or a GOAWAY drain is over
         if lib.nghttp2_session_get_outbound_queue_size(self._session) > self.settings.max_outbound_frames:
             self._outbound_flood()
 
@@ -247,6 +247,8 @@ class H2Connection:
                     self._fail(INTERNAL_ERROR)
                 break
             parts.append(ffi.buffer(pp[0], n)[:])
+        if not lib.nghttp2_session_want_read(session):
+            self.closed = True  # a GOAWAY that ends the session went out
         if self._error is not None:
             error, self._error = self._error, None
             raise error
@@ -360,15 +362,6 @@ class H2Connection:
         if rv < 0:
             raise H2Error(ffi.string(lib.nghttp2_strerror(rv)).decode())
 
-    def _rapid_reset(self) -> bool:
-        """The fallback CVE-2023-44487 limit (nghttp2's figures) where the library has none."""
-        now = time.monotonic()
-        s = self.settings
-        self._resets = min(float(s.stream_reset_burst), self._resets + (now - self._resets_at) * s.stream_reset_rate)
-        self._resets_at = now
-        self._resets -= 1
-        return self._resets < 0
-
 
 # --- callbacks from the shim (process-global; the handle says which connection) --------------------------
 
@@ -416,10 +409,6 @@ def pyl_on_frame(handle, frame_type, stream_id, flags, a, b):  # type: ignore[no
     try:
         if frame_type == lib.NGHTTP2_DATA:
             conn.owner.on_end_stream(stream_id)
-        elif frame_type == lib.NGHTTP2_RST_STREAM:
-            if conn.server and not HAS_RESET_RATE_LIMIT and conn._rapid_reset():
-                conn.stats["http2.rx_reset_flood"] = 1
-                conn._fail(ENHANCE_YOUR_CALM)
         elif frame_type == lib.NGHTTP2_GOAWAY:
             conn.owner.on_goaway(a, b)
     except BaseException as e:  # noqa: BLE001

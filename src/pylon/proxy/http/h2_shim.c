@@ -9,11 +9,15 @@
  *
  * Optional libnghttp2 symbols (the stream reset rate limit of CVE-2023-44487, the CONTINUATION limit of
  * CVE-2024-27316) are Debian backports on a 1.52 library, so the version says nothing: they are looked up with
- * dlsym at first use. Where max_continuations is absent the limit is counted here instead.
+ * dlsym at first use, and used where present. Where max_continuations is absent the limit is counted here instead.
+ * The reset rate is counted here too, with the library's figures: nghttp2's own limit queues a GOAWAY but goes on
+ * parsing the rest of the buffer (a 64 KiB read holds ~2,000 HEADERS+RST pairs, each a new request for the
+ * proxy), while a callback failure stops mem_recv at once.
  */
 #include <dlfcn.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <nghttp2/nghttp2.h>
 
 typedef struct pyl_h2 {
@@ -29,6 +33,7 @@ typedef struct pyl_h2 {
     uint64_t max_priority_per_stream, priority_frames;
     uint64_t max_wu_per_data, wu_frames, data_frames_sent;
     uint64_t opened_streams;
+    double reset_tokens, reset_burst, reset_rate, reset_at;  /* RST_STREAM token bucket (server sessions) */
     int tripped;  /* PYL_TRIP_*: the limit that ended the connection */
     uint64_t rx_reset, tx_reset, rx_messaging_error, goaway_sent;
 } pyl_h2;
@@ -38,6 +43,7 @@ typedef struct pyl_h2 {
 #define PYL_TRIP_WINDOW_UPDATE 3
 #define PYL_TRIP_HEADER_OVERFLOW 4
 #define PYL_TRIP_CONTINUATIONS 5
+#define PYL_TRIP_RAPID_RESET 6
 
 /* Defined in Python (extern "Python" in the cdef). */
 static int pyl_on_headers(void *, int32_t, int, int, const unsigned char *, size_t);
@@ -137,6 +143,22 @@ static int cb_header(nghttp2_session *s, const nghttp2_frame *f, const uint8_t *
     return 0;
 }
 
+static double now_sec(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* CVE-2023-44487: a token bucket of RST_STREAMs received, `reset_burst` deep, refilled at `reset_rate` per second. */
+static int rapid_reset_ok(pyl_h2 *c) {
+    double now = now_sec();
+    c->reset_tokens += (now - c->reset_at) * c->reset_rate;
+    if (c->reset_tokens > c->reset_burst) c->reset_tokens = c->reset_burst;
+    c->reset_at = now;
+    c->reset_tokens -= 1;
+    return c->reset_tokens >= 0;
+}
+
 static int cb_frame_recv(nghttp2_session *s, const nghttp2_frame *f, void *ud) {
     pyl_h2 *c = ud;
     int end = (f->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0;
@@ -148,6 +170,7 @@ static int cb_frame_recv(nghttp2_session *s, const nghttp2_frame *f, void *ud) {
         return end ? pyl_on_frame(c->handle, NGHTTP2_DATA, f->hd.stream_id, f->hd.flags, 0, 0) : 0;
     case NGHTTP2_RST_STREAM:
         c->rx_reset++;
+        if (c->reset_burst > 0 && !rapid_reset_ok(c)) return trip(c, PYL_TRIP_RAPID_RESET);
         return pyl_on_frame(c->handle, NGHTTP2_RST_STREAM, f->hd.stream_id, 0, f->rst_stream.error_code, 0);
     case NGHTTP2_GOAWAY:
         return pyl_on_frame(c->handle, NGHTTP2_GOAWAY, 0, 0, (uint32_t)f->goaway.last_stream_id,
@@ -229,7 +252,10 @@ static int pyl_new(pyl_h2 *c, int server, int max_outbound_ack, int reset_burst,
     nghttp2_option_set_peer_max_concurrent_streams(opt, 2147483647u);
     if (server) {
         reset_limit_fn f = (reset_limit_fn)pyl_symbol("nghttp2_option_set_stream_reset_rate_limit");
-        if (f && reset_burst > 0) f(opt, (uint64_t)reset_burst, (uint64_t)reset_rate);
+        if (f) f(opt, (uint64_t)reset_burst, (uint64_t)reset_rate);
+        c->reset_tokens = c->reset_burst = reset_burst;
+        c->reset_rate = reset_rate;
+        c->reset_at = now_sec();
     }
     {
         continuations_fn f = (continuations_fn)pyl_symbol("nghttp2_option_set_max_continuations");

@@ -1,0 +1,158 @@
+"""Hostile byte sequences fed to a server session: each of Envoy's flood limits, and the two CVE attacks.
+
+Every attack is fed in one `receive` call and must end the connection (GOAWAY out, `closed` or no more
+reading), never loop or buffer without bound; the counter names the limit, as Envoy's `http2.*` stats do.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from pylon.proxy.http import h2_session
+from pylon.proxy.http.h2_session import ENHANCE_YOUR_CALM, H2Settings
+
+from .h2_helpers import (CONTINUATION, DATA, END_HEADERS, END_STREAM, GET_BLOCK, HEADERS, PING, POST_BLOCK, PRIORITY,
+                         RST_STREAM, WINDOW_UPDATE, Recorder, client_start, frame, goaway_of, literal, session)  # fmt: skip
+
+
+def server(settings: H2Settings | None = None, owner: Recorder | None = None):
+    owner = owner or Recorder()
+    return session(owner, server=True, settings=settings), owner
+
+
+def assert_ended_by(srv, stat: str) -> None:
+    assert srv.closed
+    assert srv.counters()[stat] == 1
+    assert goaway_of(srv.data_to_send()) == (srv_last(srv), ENHANCE_YOUR_CALM)
+    assert not srv.want_read
+
+
+def srv_last(srv) -> int:
+    return h2_session.lib.nghttp2_session_get_last_proc_stream_id(srv._session)
+
+
+def test_consecutive_empty_data_frames():
+    srv, _ = server()
+    srv.receive(client_start() + frame(HEADERS, END_HEADERS, 1, POST_BLOCK) + frame(DATA, 0, 1) + frame(DATA, 0, 1))
+    assert_ended_by(srv, "http2.inbound_empty_frames_flood")
+
+
+def test_one_empty_frame_between_payloads_is_fine():
+    srv, owner = server()
+    srv.receive(client_start() + frame(HEADERS, END_HEADERS, 1, POST_BLOCK) + frame(DATA, 0, 1) + frame(DATA, 0, 1, b"x")
+                + frame(DATA, 0, 1) + frame(DATA, END_STREAM, 1))  # fmt: skip
+    assert not srv.closed
+    assert owner.kinds() == ["headers", "end"]
+
+
+def test_empty_continuation_frames():
+    srv, _ = server()
+    attack = frame(HEADERS, 0, 1, GET_BLOCK) + frame(CONTINUATION, 0, 1) + frame(CONTINUATION, 0, 1)
+    srv.receive(client_start() + attack)
+    assert_ended_by(srv, "http2.inbound_empty_frames_flood")
+
+
+def test_priority_frames_beyond_100_per_stream():
+    srv, _ = server()
+    priority = frame(PRIORITY, 0, 3, struct.pack(">IB", 0, 15))
+    srv.receive(client_start() + priority * 100)
+    assert not srv.closed  # 100 * (1 + 0 streams opened) are allowed
+    srv.receive(priority)
+    assert_ended_by(srv, "http2.inbound_priority_frames_flood")
+
+
+def test_window_updates_with_no_data_sent():
+    srv, _ = server()
+    update = frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", 1))
+    srv.receive(client_start() + update * 5)
+    assert not srv.closed  # 5 + 2 * (streams opened + 10 * DATA frames sent) are allowed
+    srv.receive(update)
+    assert_ended_by(srv, "http2.inbound_window_update_frames_flood")
+
+
+def test_ping_acks_never_read_are_an_outbound_control_flood():
+    srv, _ = server()
+    ping = frame(PING, 0, 0, b"12345678")
+    srv.receive(client_start() + ping * 1500)  # the writer never drains: acks pile up
+    assert_ended_by(srv, "http2.outbound_control_flood")
+
+
+def test_pings_that_are_read_are_fine():
+    srv, _ = server()
+    srv.receive(client_start())
+    for _ in range(5):
+        srv.receive(frame(PING, 0, 0, b"12345678") * 900)
+        srv.data_to_send()
+    assert not srv.closed
+
+
+def test_responses_queued_behind_a_peer_that_does_not_read_are_an_outbound_flood():
+    class Answering(Recorder):
+        def on_headers(self, stream_id, headers, end_stream):
+            self.conn.send_response(stream_id, [(b":status", b"200")], end_stream=True)
+
+    srv, _ = server(H2Settings(max_outbound_frames=50), Answering())
+    srv.receive(client_start() + b"".join(frame(HEADERS, END_HEADERS | END_STREAM, 2 * i + 1, GET_BLOCK)
+                                          for i in range(60)))  # fmt: skip
+    assert srv.closed
+    assert srv.counters()["http2.outbound_flood"] == 1
+    out = srv.data_to_send()
+    assert goaway_of(out)[1] == ENHANCE_YOUR_CALM
+    assert len(out) == 17  # only the GOAWAY: the queued responses are dropped, not flushed
+    assert srv.data_to_send() == b""
+
+
+def test_header_block_over_max_request_headers_kb():
+    srv, _ = server(H2Settings(max_header_bytes=1024))
+    block = GET_BLOCK + b"".join(literal(b"x-h%d" % i, b"v" * 100) for i in range(10))
+    srv.receive(client_start() + frame(HEADERS, END_HEADERS | END_STREAM, 1, block))
+    assert_ended_by(srv, "http2.header_overflow")
+
+
+def test_more_headers_than_max_headers_count():
+    srv, owner = server(H2Settings(max_headers_count=10))
+    ok = GET_BLOCK + b"".join(literal(b"x-%d" % i, b"v") for i in range(6))  # 4 pseudo + 6 = 10
+    srv.receive(client_start() + frame(HEADERS, END_HEADERS | END_STREAM, 1, ok))
+    assert owner.kinds() == ["headers"]
+    srv.receive(frame(HEADERS, END_HEADERS | END_STREAM, 3, ok + literal(b"x-11", b"v")))
+    assert_ended_by(srv, "http2.header_overflow")
+
+
+def test_continuation_flood_cve_2024_27316():
+    """Headers that never end: many CONTINUATION frames, each with a few small fields."""
+    srv, owner = server()
+    attack = frame(HEADERS, 0, 1, GET_BLOCK) + b"".join(
+        frame(CONTINUATION, 0, 1, literal(b"x-c", b"%d" % i)) for i in range(10000))
+    srv.receive(client_start() + attack)
+    assert_ended_by(srv, "http2.header_overflow")
+    assert owner.events == []
+
+
+def test_rapid_reset_cve_2023_44487():
+    """HEADERS then RST_STREAM, over and over, in one read: parsing stops at the burst, not after 3000 streams."""
+    srv, owner = server(H2Settings(stream_reset_burst=100))
+    rst = struct.pack(">I", 8)
+    attack = b"".join(frame(HEADERS, END_HEADERS | END_STREAM, 2 * i + 1, GET_BLOCK) + frame(RST_STREAM, 0, 2 * i + 1, rst)
+                      for i in range(3000))  # fmt: skip
+    srv.receive(client_start() + attack)
+    assert_ended_by(srv, "http2.rx_reset_flood")
+    assert owner.kinds().count("headers") == 101
+
+
+def test_resets_under_the_burst_are_fine():
+    srv, owner = server(H2Settings(stream_reset_burst=100))
+    rst = struct.pack(">I", 8)
+    srv.receive(client_start() + b"".join(frame(HEADERS, END_HEADERS, 2 * i + 1, GET_BLOCK)
+                                          + frame(RST_STREAM, 0, 2 * i + 1, rst) for i in range(100)))  # fmt: skip
+    assert not srv.closed
+    assert srv.counters()["http2.rx_reset"] == 100
+
+
+@pytest.mark.parametrize("junk", [b"GET / HTTP/1.1\r\n\r\n", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\xff" * 64])
+def test_garbage_ends_the_connection(junk):
+    srv, _ = server()
+    srv.receive(junk)
+    assert goaway_of(srv.data_to_send())[1] != 0
+    assert srv.closed and not srv.want_read
