@@ -72,6 +72,7 @@ static int pyl_has_reset_rate_limit(void);
 static int pyl_has_max_continuations(void);
 static int pyl_new(pyl_h2 *c, int server, int max_outbound_ack, int reset_burst, int reset_rate);
 static void pyl_del(pyl_h2 *c);
+static ssize_t pyl_send(pyl_h2 *c, const uint8_t **out);
 static int32_t pyl_submit_request(pyl_h2 *c, const char *block, size_t len, size_t count, int with_body);
 static int pyl_submit_response(pyl_h2 *c, int32_t stream_id, const char *block, size_t len, size_t count,
                                int with_body);

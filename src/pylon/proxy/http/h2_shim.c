@@ -25,6 +25,8 @@ typedef struct pyl_h2 {
     void *handle;  /* the Python H2Connection (ffi.new_handle), which keeps the handle alive */
     unsigned char *hbuf;
     size_t hlen, hcap;
+    uint8_t *obuf;  /* pyl_send's output, reused */
+    size_t ocap;
     uint32_t hcount;
     size_t max_header_bytes;
     uint32_t max_headers_count;
@@ -277,6 +279,9 @@ static void pyl_del(pyl_h2 *c) {
     free(c->hbuf);
     c->hbuf = NULL;
     c->hcap = c->hlen = 0;
+    free(c->obuf);
+    c->obuf = NULL;
+    c->ocap = 0;
 }
 
 /* Header lists cross as one "name\0value\0..." block of `count` fields: one Python join instead of one cdata
@@ -287,15 +292,23 @@ static nghttp2_nv *nva_from_block(const char *block, size_t len, size_t count) {
     size_t i;
     if (!nva) return NULL;
     for (i = 0; i < count; i++) {
-        const char *z = memchr(p, 0, (size_t)(end - p));
-        const char *v = z + 1;
-        const char *vz = memchr(v, 0, (size_t)(end - v));
+        const char *z = p < end ? memchr(p, 0, (size_t)(end - p)) : NULL;
+        const char *v = z ? z + 1 : end;
+        const char *vz = v < end ? memchr(v, 0, (size_t)(end - v)) : NULL;
+        if (!vz) {
+            free(nva);
+            return NULL;
+        }
         nva[i].name = (uint8_t *)p;
         nva[i].namelen = (size_t)(z - p);
         nva[i].value = (uint8_t *)v;
         nva[i].valuelen = (size_t)(vz - v);
         nva[i].flags = NGHTTP2_NV_FLAG_NONE;
         p = vz + 1;
+    }
+    if (p != end) {  /* a NUL inside a name or value: more separators than fields */
+        free(nva);
+        return NULL;
     }
     return nva;
 }
@@ -304,7 +317,7 @@ static int32_t pyl_submit_request(pyl_h2 *c, const char *block, size_t len, size
     nghttp2_data_provider prd;
     nghttp2_nv *nva = nva_from_block(block, len, count);
     int32_t rv;
-    if (!nva) return NGHTTP2_ERR_NOMEM;
+    if (!nva) return NGHTTP2_ERR_INVALID_ARGUMENT;
     prd.source.ptr = NULL;
     prd.read_callback = cb_read;
     rv = nghttp2_submit_request(c->session, NULL, nva, count, with_body ? &prd : NULL, NULL);
@@ -317,7 +330,7 @@ static int pyl_submit_response(pyl_h2 *c, int32_t stream_id, const char *block, 
     nghttp2_data_provider prd;
     nghttp2_nv *nva = nva_from_block(block, len, count);
     int rv;
-    if (!nva) return NGHTTP2_ERR_NOMEM;
+    if (!nva) return NGHTTP2_ERR_INVALID_ARGUMENT;
     prd.source.ptr = NULL;
     prd.read_callback = cb_read;
     rv = nghttp2_submit_response(c->session, stream_id, nva, count, with_body ? &prd : NULL);
@@ -330,9 +343,34 @@ static int pyl_submit_headers(pyl_h2 *c, int32_t stream_id, const char *block, s
                               int end_stream) {
     nghttp2_nv *nva = nva_from_block(block, len, count);
     int rv;
-    if (!nva) return NGHTTP2_ERR_NOMEM;
+    if (!nva) return NGHTTP2_ERR_INVALID_ARGUMENT;
     rv = nghttp2_submit_headers(c->session, end_stream ? NGHTTP2_FLAG_END_STREAM : NGHTTP2_FLAG_NONE, stream_id,
                                 NULL, nva, count, NULL);
     free(nva);
     return rv;
+}
+
+/* Everything nghttp2 will frame now, in one buffer (one Python call instead of one per frame); sets *out and
+ * returns its length, or a negative nghttp2 error. The buffer is valid until the next call. */
+static ssize_t pyl_send(pyl_h2 *c, const uint8_t **out) {
+    size_t len = 0;
+    for (;;) {
+        const uint8_t *p;
+        ssize_t n = nghttp2_session_mem_send(c->session, &p);
+        if (n < 0) return n;
+        if (n == 0) break;
+        if (len + (size_t)n > c->ocap) {
+            size_t cap = c->ocap ? c->ocap : 16384;
+            uint8_t *b;
+            while (cap < len + (size_t)n) cap *= 2;
+            b = realloc(c->obuf, cap);
+            if (!b) return NGHTTP2_ERR_NOMEM;
+            c->obuf = b;
+            c->ocap = cap;
+        }
+        memcpy(c->obuf + len, p, (size_t)n);
+        len += (size_t)n;
+    }
+    *out = c->obuf;
+    return (ssize_t)len;
 }
