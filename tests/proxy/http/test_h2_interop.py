@@ -1,4 +1,4 @@
-"""The HTTP/2 codec against clients nobody here wrote: nghttp, curl and h2load, over real loopback sockets.
+"""The HTTP/2 codec against clients nobody here wrote (nghttp, curl, h2load) over loopback, and beside Envoy 1.40.
 
 The server is a test aid (an asyncio Protocol around a server `H2Connection`, in a thread): `/` answers
 "hello", `/echo` returns the request body, `/trailers` adds a trailer after the body.
@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
+import socket
+import struct
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -17,7 +19,9 @@ import pytest
 
 from pylon.proxy.http.h2_session import H2Connection
 from tests.conftest import free_port
-from tests.proxy.conftest import ProxyLauncher, http_listener
+from tests.proxy.conftest import ProxyLauncher, http_listener, route, static_cluster
+
+from .h2_helpers import PREFACE, SETTINGS, WINDOW_UPDATE, Recorder, frames, session
 
 pytestmark = pytest.mark.skipif(not (shutil.which("nghttp") and shutil.which("h2load") and shutil.which("curl")),
                                 reason="nghttp2-client and curl are not installed")  # fmt: skip
@@ -162,3 +166,44 @@ def test_first_frames_match_envoys(h2c_port: int, launcher: ProxyLauncher) -> No
     envoy = connection_preamble(port)
     assert envoy == connection_preamble(h2c_port)
     assert envoy[-1] == "(window_size_increment=25100289)"
+
+
+def _settings_and_window(data: bytes) -> tuple[list[tuple[int, int]], int]:
+    """The entries of the first SETTINGS and the first connection WINDOW_UPDATE's increment in `data`."""
+    out = frames(data)
+    payload = next(f[3] for f in out if f[0] == SETTINGS)
+    update = next(f[3] for f in out if f[0] == WINDOW_UPDATE and f[2] == 0)
+    return [struct.unpack(">HI", payload[i:i + 6]) for i in range(0, len(payload), 6)], struct.unpack(">I", update)[0]
+
+
+def test_client_first_frames_match_envoys_upstream_codec(launcher: ProxyLauncher) -> None:
+    """Envoy 1.40 toward an HTTP/2 cluster: the frames after its preface, captured raw, equal our client's."""
+    capture_port, port = free_port(), free_port()
+    listening = socket.create_server(("127.0.0.1", capture_port))
+    listening.settimeout(20)
+    captured = bytearray()
+
+    def capture() -> None:
+        conn, _ = listening.accept()
+        conn.settimeout(5)
+        with conn:
+            while len(captured) < len(PREFACE) + 60:
+                data = conn.recv(65536)
+                if not data:
+                    break
+                captured.extend(data)
+
+    thread = threading.Thread(target=capture, daemon=True)
+    thread.start()
+    h2 = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        "explicit_http_config": {"http2_protocol_options": {}}}}  # fmt: skip
+    launcher.start([http_listener("main", port, [route("/", "up")])],
+                   [static_cluster("up", [capture_port], typed_extension_protocol_options=h2)], implementation="envoy")
+    run("curl", "-s", "-m", "3", f"http://127.0.0.1:{port}/")  # answered 503 once the capture hangs up
+    thread.join(20)
+    listening.close()
+    assert bytes(captured[:len(PREFACE)]) == PREFACE
+    ours = session(Recorder(), server=False).data_to_send()
+    assert ours[:len(PREFACE)] == PREFACE
+    assert _settings_and_window(bytes(captured[len(PREFACE):])) == _settings_and_window(ours[len(PREFACE):])

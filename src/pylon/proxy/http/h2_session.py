@@ -11,8 +11,10 @@ each calling the owner directly, with no event allocation or dispatch loop;
 codec alone this runs at ~105k requests per CPU-second (`benchmarks/h2_codec.py`).
 
 What it decides on its own, as Envoy's codec does:
-- SETTINGS: Envoy 1.40's (`H2Settings`, named as `http2_protocol_options`);
-  the connection window is raised to `initial_connection_window_size` at once.
+- SETTINGS: Envoy 1.40's (`H2Settings`, named as `http2_protocol_options`),
+  in Envoy's order, with ENABLE_PUSH 0 first on the client side as Envoy's
+  upstream codec sends; the connection window is raised to
+  `initial_connection_window_size` at once.
 - Flow control is manual (nghttp2's automatic WINDOW_UPDATE is off): received
   DATA is credited back only when the owner calls `consume`, so a proxy that
   cannot forward a body stops the peer instead of buffering it. Bytes never
@@ -169,13 +171,16 @@ class H2Connection:
         self.streams_active = 0
         self.stats: dict[str, int] = {}  # counters this connection tripped: outbound/inbound floods, overflow
         self.closed = False  # a fatal error or a tripped limit: write data_to_send(), then close the socket
-        entries = ffi.new("nghttp2_settings_entry[4]", [
+        entries = [
             (lib.NGHTTP2_SETTINGS_HEADER_TABLE_SIZE, s.hpack_table_size),
             (lib.NGHTTP2_SETTINGS_ENABLE_CONNECT_PROTOCOL, int(s.allow_connect)),
             (lib.NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, s.max_concurrent_streams),
             (lib.NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, s.initial_stream_window_size),
-        ])  # fmt: skip
-        self._check(lib.nghttp2_submit_settings(self._session, 0, entries, 4))
+        ]  # fmt: skip
+        if not server:
+            entries.insert(0, (lib.NGHTTP2_SETTINGS_ENABLE_PUSH, 0))  # Envoy's upstream codec refuses server push
+        self._check(lib.nghttp2_submit_settings(self._session, 0, ffi.new("nghttp2_settings_entry[]", entries),
+                                                len(entries)))
         self._check(lib.nghttp2_session_set_local_window_size(self._session, 0, 0, s.initial_connection_window_size))
 
     # --- input -------------------------------------------------------------------------------------------
