@@ -105,7 +105,8 @@ def main() -> None:
     server = [args.requests / server_only(record) for _ in range(args.reps)]
     for name, rates in (("client+server", both), ("server alone", server)):
         best = max(rates)
-        print(f"{name}, {args.batch} requests per feed: {', '.join(f'{r / 1000:.1f}k' for r in rates)} req per CPU-second "
+        shown = ", ".join(f"{r / 1000:.1f}k" for r in rates)
+        print(f"{name}, {args.batch} requests per feed: {shown} req per CPU-second "
               f"(best {best / 1000:.1f}k/s, {1e6 / best:.1f} us per request)")
     print("mesh-facts B4, codec only, API mode: 110.7k/s")
 

@@ -14,7 +14,8 @@ from pylon.proxy.http import h2_session
 from pylon.proxy.http.h2_session import ENHANCE_YOUR_CALM, H2Settings
 
 from .h2_helpers import (CONTINUATION, DATA, END_HEADERS, END_STREAM, GET_BLOCK, HEADERS, PING, POST_BLOCK, PRIORITY,
-                         RST_STREAM, WINDOW_UPDATE, Recorder, client_start, frame, goaway_of, literal, session)  # fmt: skip
+                         RST_STREAM, WINDOW_UPDATE, Recorder, client_start, frame, frames, goaway_of, literal,
+                         session)  # fmt: skip
 
 
 def server(settings: H2Settings | None = None, owner: Recorder | None = None):
@@ -41,8 +42,8 @@ def test_consecutive_empty_data_frames():
 
 def test_one_empty_frame_between_payloads_is_fine():
     srv, owner = server()
-    srv.receive(client_start() + frame(HEADERS, END_HEADERS, 1, POST_BLOCK) + frame(DATA, 0, 1) + frame(DATA, 0, 1, b"x")
-                + frame(DATA, 0, 1) + frame(DATA, END_STREAM, 1))  # fmt: skip
+    body = frame(DATA, 0, 1) + frame(DATA, 0, 1, b"x") + frame(DATA, 0, 1) + frame(DATA, END_STREAM, 1)
+    srv.receive(client_start() + frame(HEADERS, END_HEADERS, 1, POST_BLOCK) + body)
     assert not srv.closed
     assert owner.kinds() == ["headers", "end"]
 
@@ -130,24 +131,39 @@ def test_continuation_flood_cve_2024_27316():
     assert owner.events == []
 
 
+def open_and_reset(count: int) -> bytes:
+    """`count` streams, each opened with HEADERS and cancelled with RST_STREAM at once."""
+    cancel = struct.pack(">I", 8)
+    return b"".join(frame(HEADERS, END_HEADERS | END_STREAM, sid, GET_BLOCK) + frame(RST_STREAM, 0, sid, cancel)
+                    for sid in range(1, 2 * count, 2))  # fmt: skip
+
+
 def test_rapid_reset_cve_2023_44487():
     """HEADERS then RST_STREAM, over and over, in one read: parsing stops at the burst, not after 3000 streams."""
     srv, owner = server(H2Settings(stream_reset_burst=100))
-    rst = struct.pack(">I", 8)
-    attack = b"".join(frame(HEADERS, END_HEADERS | END_STREAM, 2 * i + 1, GET_BLOCK) + frame(RST_STREAM, 0, 2 * i + 1, rst)
-                      for i in range(3000))  # fmt: skip
-    srv.receive(client_start() + attack)
+    srv.receive(client_start() + open_and_reset(3000))
     assert_ended_by(srv, "http2.rx_reset_flood")
     assert owner.kinds().count("headers") == 101
 
 
 def test_resets_under_the_burst_are_fine():
     srv, owner = server(H2Settings(stream_reset_burst=100))
-    rst = struct.pack(">I", 8)
-    srv.receive(client_start() + b"".join(frame(HEADERS, END_HEADERS, 2 * i + 1, GET_BLOCK)
-                                          + frame(RST_STREAM, 0, 2 * i + 1, rst) for i in range(100)))  # fmt: skip
+    srv.receive(client_start() + open_and_reset(100))
     assert not srv.closed
     assert srv.counters()["http2.rx_reset"] == 100
+
+
+@pytest.mark.parametrize("field", [literal(b"X-Upper", b"v"), literal(b"x-ctl", b"a\x01b"),
+                                   literal(b"connection", b"x")])  # fmt: skip
+def test_invalid_fields_reset_the_stream_and_count_a_messaging_error(field):
+    srv, owner = server()
+    srv.receive(client_start() + frame(HEADERS, END_HEADERS | END_STREAM, 1, GET_BLOCK + field)
+                + frame(HEADERS, END_HEADERS | END_STREAM, 3, GET_BLOCK))  # fmt: skip
+    assert [e[:2] for e in owner.events] == [("headers", 3)]  # the connection goes on
+    out = srv.data_to_send()
+    assert (RST_STREAM, 0, 1, struct.pack(">I", 1)) in frames(out)  # PROTOCOL_ERROR
+    assert srv.counters()["http2.rx_messaging_error"] == 1
+    assert srv.counters()["http2.tx_reset"] == 1
 
 
 @pytest.mark.parametrize("junk", [b"GET / HTTP/1.1\r\n\r\n", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\xff" * 64])

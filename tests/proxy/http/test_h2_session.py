@@ -78,6 +78,7 @@ def test_trailers_both_ways():
     cli.send_trailers(sid, [(b"x-checksum", b"abc")])
     pump(cli, srv)
     assert so.events == [("headers", sid, POST, False), ("trailers", sid, [(b"x-checksum", b"abc")])]
+    assert srv.counters()["http2.trailers"] == 1
     srv.send_response(sid, [(b":status", b"200"), (b"content-type", b"application/grpc")])
     srv.send_data(sid, b"world")
     srv.send_trailers(sid, [(b"grpc-status", b"0")])

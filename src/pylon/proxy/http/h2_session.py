@@ -22,7 +22,8 @@ What it decides on its own, as Envoy's codec does:
 - Floods end the connection with GOAWAY and count Envoy's `http2.*` stat
   (`FLOOD_STATS`): the inbound limits are counted per frame header in C
   (`h2_shim.c`), outbound frames queued behind a slow reader after each
-  `receive`, PING/SETTINGS acks by nghttp2's own `max_outbound_ack`. A header
+  `receive` (DATA is bounded by the peer's windows and the owner's buffers
+  instead), PING/SETTINGS acks by nghttp2's own `max_outbound_ack`. A header
   block over `max_header_bytes` or `max_headers_count` ends the connection
   (`http2.header_overflow`), as Envoy does since CVE-2024-27919, and so does a
   CONTINUATION run (CVE-2024-27316). Rapid reset (CVE-2023-44487): a token
@@ -169,6 +170,7 @@ class H2Connection:
         self._error: BaseException | None = None  # raised by an owner call inside a callback
         self.pending_send_bytes = 0  # body bytes accepted by send_data, not yet framed (Envoy's gauge)
         self.streams_active = 0
+        self.trailers = 0  # request trailers received (Envoy's http2.trailers)
         self.stats: dict[str, int] = {}  # counters this connection tripped: outbound/inbound floods, overflow
         self.closed = False  # a fatal error or a tripped limit: write data_to_send(), then close the socket
         entries = [
@@ -354,6 +356,7 @@ class H2Connection:
         out["http2.tx_reset"] = c.tx_reset
         out["http2.rx_messaging_error"] = c.rx_messaging_error
         out["http2.goaway_sent"] = c.goaway_sent + self.stats.get("http2.goaway_sent", 0)
+        out["http2.trailers"] = self.trailers
         out["http2.streams_active"] = self.streams_active
         out["http2.pending_send_bytes"] = self.pending_send_bytes
         return out
@@ -380,6 +383,8 @@ def pyl_on_headers(handle, stream_id, cat, end, block, length):  # type: ignore[
         elif cat == lib.NGHTTP2_HCAT_RESPONSE or (headers and headers[0][0] == b":status"):
             conn.owner.on_headers(stream_id, headers, bool(end))
         else:
+            if conn.server:
+                conn.trailers += 1
             conn.owner.on_trailers(stream_id, headers)
     except BaseException as e:  # noqa: BLE001 - re-raised by receive() once nghttp2 has returned
         conn._error = e

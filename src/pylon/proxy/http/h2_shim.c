@@ -206,20 +206,14 @@ static int cb_frame_send(nghttp2_session *s, const nghttp2_frame *f, void *ud) {
     return 0;
 }
 
-/* A violation of RFC 9113 section 8 (HTTP messaging) on a stream: nghttp2 resets the stream. */
+/* A violation of RFC 9113 section 8 (HTTP messaging: bad pseudo-headers, an invalid field, a body longer than its
+ * content-length) on a stream: nghttp2 resets the stream with PROTOCOL_ERROR; Envoy counts rx_messaging_error. */
 static int cb_invalid_frame(nghttp2_session *s, const nghttp2_frame *f, int lib_error, void *ud) {
     (void)s;
     (void)f;
     if (lib_error == NGHTTP2_ERR_HTTP_MESSAGING || lib_error == NGHTTP2_ERR_HTTP_HEADER)
         ((pyl_h2 *)ud)->rx_messaging_error++;
     return 0;
-}
-
-static int cb_invalid_header(nghttp2_session *s, const nghttp2_frame *f, const uint8_t *name, size_t namelen,
-                             const uint8_t *value, size_t valuelen, uint8_t flags, void *ud) {
-    (void)s; (void)f; (void)name; (void)namelen; (void)value; (void)valuelen; (void)flags;
-    ((pyl_h2 *)ud)->rx_messaging_error++;
-    return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;  /* reset the stream, as without this callback */
 }
 
 static ssize_t cb_read(nghttp2_session *s, int32_t stream_id, uint8_t *buf, size_t length, uint32_t *data_flags,
@@ -243,7 +237,6 @@ static int pyl_new(pyl_h2 *c, int server, int max_outbound_ack, int reset_burst,
     nghttp2_session_callbacks_set_on_stream_close_callback(cbs, cb_stream_close);
     nghttp2_session_callbacks_set_on_frame_send_callback(cbs, cb_frame_send);
     nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(cbs, cb_invalid_frame);
-    nghttp2_session_callbacks_set_on_invalid_header_callback(cbs, cb_invalid_header);
     if ((rv = nghttp2_option_new(&opt)) != 0) {
         nghttp2_session_callbacks_del(cbs);
         return rv;
