@@ -14,7 +14,7 @@ from pylon.proxy.http import h2_session
 from pylon.proxy.http.h2_session import ENHANCE_YOUR_CALM, H2Settings
 
 from .h2_helpers import (CONTINUATION, DATA, END_HEADERS, END_STREAM, GET_BLOCK, HEADERS, PING, POST_BLOCK, PRIORITY,
-                         RST_STREAM, WINDOW_UPDATE, Recorder, client_start, frame, frames, goaway_of, literal,
+                         RST_STREAM, SETTINGS, WINDOW_UPDATE, Recorder, client_start, frame, frames, goaway_of, literal,
                          session)  # fmt: skip
 
 
@@ -78,6 +78,22 @@ def test_ping_acks_never_read_are_an_outbound_control_flood():
     ping = frame(PING, 0, 0, b"12345678")
     srv.receive(client_start() + ping * 1500)  # the writer never drains: acks pile up
     assert_ended_by(srv, "http2.outbound_control_flood")
+
+
+def test_settings_acks_never_read_are_an_outbound_control_flood():
+    srv, _ = server()
+    srv.receive(client_start() + frame(SETTINGS, 0, 0) * 1500)
+    assert_ended_by(srv, "http2.outbound_control_flood")
+
+
+def test_hpack_bomb_small_on_the_wire_large_decoded():
+    """One 4000-byte field put in the dynamic table, then referenced by one byte each: the decoded size is capped."""
+    index_it = b"\x40\x05x-big" + b"\x7f\xa1\x1e" + b"b" * 4000  # literal with indexing, value length 4000
+    refs = b"\xbe" * 20  # index 62: the newest dynamic entry
+    srv, owner = server()
+    srv.receive(client_start() + frame(HEADERS, END_HEADERS | END_STREAM, 1, GET_BLOCK + index_it + refs))
+    assert_ended_by(srv, "http2.header_overflow")
+    assert owner.events == []
 
 
 def test_pings_that_are_read_are_fine():

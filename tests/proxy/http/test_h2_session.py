@@ -184,6 +184,11 @@ def test_submissions_that_cannot_be_framed_are_errors():
     sid = cli.send_request(REQ, end_stream=True)
     with pytest.raises(H2Error):
         cli.send_data(sid, b"x")  # the request ended with its headers
+    pump(cli, srv)
+    cli.reset_stream(sid)
+    pump(cli, srv)
+    with pytest.raises(H2Error, match="not open"):
+        srv.send_response(sid, [(b":status", b"200")])  # the client gave up first
 
 
 def test_an_owner_exception_ends_the_connection_and_propagates():

@@ -98,7 +98,12 @@ class H2Settings:
 
 
 class H2Owner(Protocol):
-    """What the connection calls while `receive` parses (a server's HCM side, or a client's pool)."""
+    """What the connection calls while `receive` parses (a server's HCM side, or a client's pool).
+
+    The calls may submit (send_response, send_data, consume, reset_stream...)
+    but not call `receive` or `data_to_send`: nghttp2 is mid-parse. An
+    exception ends the connection and leaves `receive` once nghttp2 returned.
+    """
 
     def on_headers(self, stream_id: int, headers: Headers, end_stream: bool) -> None:
         """A request (server) or a response (client; also each 1xx), pseudo-headers first."""
@@ -279,6 +284,7 @@ class H2Connection:
 
     def send_response(self, stream_id: int, headers: Headers, end_stream: bool = False) -> None:
         """Server: the final response head (`:status` first); a body follows by `send_data` unless `end_stream`."""
+        self._known(stream_id)
         block = _block(headers)
         self._check(lib.pyl_submit_response(self._c, stream_id, block, len(block), len(headers),
                                             int(not end_stream)))
@@ -287,6 +293,7 @@ class H2Connection:
 
     def send_informational(self, stream_id: int, headers: Headers) -> None:
         """Server: a 1xx response (100 Continue, 103 Early Hints) before the final one."""
+        self._known(stream_id)
         block = _block(headers)
         self._check(lib.pyl_submit_headers(self._c, stream_id, block, len(block), len(headers), 0))
 
@@ -360,6 +367,10 @@ class H2Connection:
         out["http2.streams_active"] = self.streams_active
         out["http2.pending_send_bytes"] = self.pending_send_bytes
         return out
+
+    def _known(self, stream_id: int) -> None:
+        if stream_id not in self._streams:
+            raise H2Error(f"stream {stream_id} is not open")
 
     def _check(self, rv: int) -> None:
         if rv < 0:
