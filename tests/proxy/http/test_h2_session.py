@@ -209,3 +209,20 @@ def test_the_optional_symbols_were_probed():
     """Debian's 1.52 has both backports; the probe (not the version) says so."""
     assert h2_session.HAS_RESET_RATE_LIMIT in (True, False)
     assert h2_session.HAS_MAX_CONTINUATIONS in (True, False)
+
+
+@pytest.mark.parametrize("allow_connect", [True, False])
+def test_extended_connect_only_with_allow_connect(allow_connect):
+    """allow_connect advertises SETTINGS_ENABLE_CONNECT_PROTOCOL; without it a `:protocol` request is refused."""
+    srv, so, cli, co = pair(server_settings=H2Settings(allow_connect=allow_connect))
+    pump(cli, srv)
+    sid = cli.send_request([(b":method", b"CONNECT"), (b":protocol", b"websocket"), (b":scheme", b"http"),
+                            (b":path", b"/chat"), (b":authority", b"x")])  # fmt: skip
+    pump(cli, srv)
+    if allow_connect:
+        assert so.events[0][:2] == ("headers", sid)
+        assert (b":protocol", b"websocket") in so.events[0][2]
+    else:
+        assert so.events == []
+        assert co.events == [("closed", sid, 1)]  # PROTOCOL_ERROR
+        assert srv.counters()["http2.rx_messaging_error"] == 1
