@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up everything pylon needs on a fresh Debian machine of this kind; safe to run again.
 # Debian packages (we are root): the load tools, peers and profiler (perf) the tests and benchmarks use, and the
-# compiler and OpenSSL headers that build the private-key hook (src/pylon/keys/keyhook.c), and iproute2 + nftables
+# compiler and OpenSSL headers that build the private-key hook (src/pylon/keys/keyhook.c), the libnghttp2 headers that
+# build the HTTP/2 codec's binding (src/pylon/proxy/http/h2_shim.c), and iproute2 + nftables
 # for the capture tests (network namespaces of our own with REDIRECT rules), and softhsm2 + opensc for PKCS#11 tokens
 # (workload and CA keys kept in a token; the tests make their own tokens in temp dirs, never the system's).
 # Python: a virtualenv in .venv with pylon installed editable, plus test and bench extras.
@@ -9,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DEBS=(wrk nginx-light nghttp2-client curl openssl ca-certificates gcc libssl-dev linux-perf iproute2 nftables softhsm2
-      opensc)
+      opensc libnghttp2-dev)
 missing=()
 for pkg in "${DEBS[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

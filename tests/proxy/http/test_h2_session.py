@@ -1,0 +1,228 @@
+"""The HTTP/2 codec without sockets: a client session and a server session of our own, bytes carried by hand."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from pylon.proxy.http import h2_session
+from pylon.proxy.http.h2_session import CANCEL, NO_ERROR, REFUSED_STREAM, H2Error, H2Settings
+
+from .h2_helpers import SETTINGS, WINDOW_UPDATE, Recorder, client_start, frames, goaway_of, pump, session
+
+REQ = [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"example.com"), (b":path", b"/a?b=c"),
+       (b"user-agent", b"t"), (b"x-empty", b"")]  # fmt: skip
+POST = [(b":method", b"POST"), (b":scheme", b"http"), (b":authority", b"x"), (b":path", b"/up")]
+
+
+def pair(server_settings: H2Settings | None = None, client_settings: H2Settings | None = None, **owner_kw):
+    so, co = Recorder(**owner_kw), Recorder()
+    srv = session(so, server=True, settings=server_settings)
+    cli = session(co, server=False, settings=client_settings)
+    return srv, so, cli, co
+
+
+def test_get_and_response_headers_both_ways():
+    srv, so, cli, co = pair()
+    sid = cli.send_request(REQ, end_stream=True)
+    pump(cli, srv)
+    assert so.events == [("headers", sid, REQ, True)]
+    srv.send_response(sid, [(b":status", b"204"), (b"server", b"pylon")], end_stream=True)
+    pump(cli, srv)
+    assert co.events == [("headers", sid, [(b":status", b"204"), (b"server", b"pylon")], True), ("closed", sid, 0)]
+    assert so.events[-1] == ("closed", sid, 0)
+    assert srv.streams_active == cli.streams_active == 0
+
+
+def test_server_settings_are_envoys_and_the_connection_window_opens():
+    """Envoy 1.40 sends these four settings, then raises the connection window to 24 MiB (seen with nghttp -v)."""
+    srv = session(Recorder(), server=True)
+    srv.receive(client_start())
+    out = frames(srv.data_to_send())
+    settings = [f for f in out if f[0] == SETTINGS and not f[1] & 1][0][3]
+    entries = [struct.unpack(">HI", settings[i:i + 6]) for i in range(0, len(settings), 6)]
+    assert entries == [(1, 4096), (8, 0), (3, 1024), (4, 16 * 1024 * 1024)]
+    update = [f for f in out if f[0] == WINDOW_UPDATE and f[2] == 0][0][3]
+    assert struct.unpack(">I", update)[0] == 24 * 1024 * 1024 - 65535
+
+
+def test_bodies_larger_than_the_windows_flow_only_as_the_owner_consumes():
+    small = H2Settings(initial_stream_window_size=65535, initial_connection_window_size=65535)
+    srv, so, cli, co = pair(server_settings=small, auto_consume=False)
+    sid = cli.send_request(POST)
+    body = bytes(range(256)) * 4096  # 1 MiB
+    cli.send_data(sid, body, end_stream=True)
+    pump(cli, srv)
+    assert len(so.body[sid]) == 65535  # back-pressure: nothing more until the proxy passes bytes on
+    assert cli.pending_send_bytes == len(body) - 65535
+    consumed = 0
+    while ("end", sid) not in so.events:
+        srv.consume(sid, len(so.body[sid]) - consumed)  # the proxy passed on everything received so far
+        consumed = len(so.body[sid])
+        pump(cli, srv)
+    assert bytes(so.body[sid]) == body
+    assert cli.pending_send_bytes == 0
+    srv.send_response(sid, [(b":status", b"200")])
+    srv.send_data(sid, body[:300000])
+    srv.send_data(sid, body[300000:], end_stream=True)
+    pump(cli, srv)
+    assert bytes(co.body[sid]) == body
+    assert co.events[-2:] == [("end", sid), ("closed", sid, 0)]
+
+
+def test_trailers_both_ways():
+    srv, so, cli, co = pair()
+    sid = cli.send_request(POST)
+    cli.send_data(sid, b"hello")
+    cli.send_trailers(sid, [(b"x-checksum", b"abc")])
+    pump(cli, srv)
+    assert so.events == [("headers", sid, POST, False), ("trailers", sid, [(b"x-checksum", b"abc")])]
+    assert srv.counters()["http2.trailers"] == 1
+    srv.send_response(sid, [(b":status", b"200"), (b"content-type", b"application/grpc")])
+    srv.send_data(sid, b"world")
+    srv.send_trailers(sid, [(b"grpc-status", b"0")])
+    pump(cli, srv)
+    assert co.events == [("headers", sid, [(b":status", b"200"), (b"content-type", b"application/grpc")], False),
+                         ("trailers", sid, [(b"grpc-status", b"0")]), ("closed", sid, 0)]  # fmt: skip
+    assert bytes(co.body[sid]) == b"world"
+
+
+def test_trailers_only_after_an_informational_response():
+    """A 100 Continue is headers, not trailers; the final response follows as headers too."""
+    srv, so, cli, co = pair()
+    sid = cli.send_request(POST + [(b"expect", b"100-continue")])
+    pump(cli, srv)
+    srv.send_informational(sid, [(b":status", b"100")])
+    pump(cli, srv)
+    cli.send_data(sid, b"x", end_stream=True)
+    pump(cli, srv)
+    srv.send_response(sid, [(b":status", b"200")], end_stream=True)
+    pump(cli, srv)
+    assert [e[:2] + (e[2][0],) for e in co.events if e[0] == "headers"] == [
+        ("headers", sid, (b":status", b"100")), ("headers", sid, (b":status", b"200"))]  # fmt: skip
+
+
+def test_reset_reaches_the_other_side_and_is_counted():
+    srv, so, cli, co = pair()
+    sid = cli.send_request(POST)
+    cli.send_data(sid, b"part")
+    pump(cli, srv)
+    cli.reset_stream(sid, CANCEL)
+    pump(cli, srv)
+    assert so.events[-1] == ("closed", sid, CANCEL)
+    assert co.events[-1] == ("closed", sid, CANCEL)
+    assert srv.counters()["http2.rx_reset"] == 1
+    assert cli.counters()["http2.tx_reset"] == 1
+    assert srv.streams_active == 0
+
+
+def test_unconsumed_bytes_of_a_closed_stream_return_to_the_connection_window():
+    """A stream reset with unread bytes must not shrink the connection window for good."""
+    small = H2Settings(initial_stream_window_size=65535, initial_connection_window_size=65535)
+    srv, so, cli, co = pair(server_settings=small, auto_consume=False)
+    for _ in range(3):
+        sid = cli.send_request(POST)
+        cli.send_data(sid, b"x" * 40000)
+        pump(cli, srv)
+        assert len(so.body[sid]) == 40000  # each stream gets its full body: the window came back
+        srv.reset_stream(sid, CANCEL)
+        pump(cli, srv)
+
+
+def test_graceful_goaway_refuses_only_streams_after_the_last_processed_one():
+    srv, so, cli, co = pair()
+    first = cli.send_request(REQ, end_stream=True)
+    pump(cli, srv)
+    late = cli.send_request(REQ, end_stream=True)
+    in_flight = cli.data_to_send()  # crosses the GOAWAYs on the wire
+    srv.shutdown_notice()
+    srv.goaway()
+    cli.receive(srv.data_to_send())
+    srv.receive(in_flight)
+    assert co.events == [("goaway", 2**31 - 1, NO_ERROR), ("goaway", first, NO_ERROR), ("closed", late, REFUSED_STREAM)]
+    assert [e[1] for e in so.events] == [first]  # the late stream never reached the server's owner
+    assert srv.want_write is False and srv.want_read  # the first stream still owes its response
+    srv.send_response(first, [(b":status", b"200")], end_stream=True)
+    pump(cli, srv)
+    assert co.events[-1] == ("closed", first, 0)
+    assert not srv.want_read and not srv.want_write
+    assert srv.counters()["http2.goaway_sent"] == 2
+
+
+def test_a_client_opens_no_stream_after_a_shutdown_notice():
+    srv, so, cli, co = pair()
+    pump(cli, srv)
+    srv.shutdown_notice()
+    pump(cli, srv)
+    sid = cli.send_request(REQ, end_stream=True)
+    pump(cli, srv)
+    assert co.events[-1] == ("closed", sid, REFUSED_STREAM)  # retryable on another connection
+    assert so.events == []
+
+
+def test_streams_over_max_concurrent_streams_are_refused():
+    srv, so, cli, co = pair(server_settings=H2Settings(max_concurrent_streams=2))
+    pump(cli, srv)  # the client learns the limit...
+    sids = [cli.send_request(REQ, end_stream=True) for _ in range(2)]
+    pump(cli, srv)
+    assert len(so.events) == 2
+    extra = cli.send_request(REQ, end_stream=True)
+    pump(cli, srv)  # ...and holds the third stream back until one closes
+    assert len(so.events) == 2
+    srv.send_response(sids[0], [(b":status", b"200")], end_stream=True)
+    pump(cli, srv)
+    assert ("headers", extra, REQ, True) in so.events
+
+
+def test_submissions_that_cannot_be_framed_are_errors():
+    srv, so, cli, co = pair()
+    with pytest.raises(H2Error, match="Invalid argument"):
+        cli.send_request([(b":method", b"G\0ET")] + REQ[1:])
+    with pytest.raises(H2Error):
+        cli.send_data(99, b"x")
+    sid = cli.send_request(REQ, end_stream=True)
+    with pytest.raises(H2Error):
+        cli.send_data(sid, b"x")  # the request ended with its headers
+    pump(cli, srv)
+    cli.reset_stream(sid)
+    pump(cli, srv)
+    with pytest.raises(H2Error, match="not open"):
+        srv.send_response(sid, [(b":status", b"200")])  # the client gave up first
+
+
+def test_an_owner_exception_ends_the_connection_and_propagates():
+    class Boom(Recorder):
+        def on_headers(self, stream_id, headers, end_stream):
+            raise RuntimeError("owner bug")
+
+    so, co = Boom(), Recorder()
+    srv, cli = session(so, server=True), session(co, server=False)
+    cli.send_request(REQ, end_stream=True)
+    with pytest.raises(RuntimeError, match="owner bug"):
+        srv.receive(cli.data_to_send())
+    assert srv.closed
+    assert goaway_of(srv.data_to_send()) is not None
+
+
+def test_the_optional_symbols_were_probed():
+    """Debian's 1.52 has both backports; the probe (not the version) says so."""
+    assert h2_session.HAS_RESET_RATE_LIMIT in (True, False)
+    assert h2_session.HAS_MAX_CONTINUATIONS in (True, False)
+
+
+@pytest.mark.parametrize("allow_connect", [True, False])
+def test_extended_connect_only_with_allow_connect(allow_connect):
+    """allow_connect advertises SETTINGS_ENABLE_CONNECT_PROTOCOL; without it a `:protocol` request is refused."""
+    srv, so, cli, co = pair(server_settings=H2Settings(allow_connect=allow_connect))
+    pump(cli, srv)
+    sid = cli.send_request([(b":method", b"CONNECT"), (b":protocol", b"websocket"), (b":scheme", b"http"),
+                            (b":path", b"/chat"), (b":authority", b"x")])  # fmt: skip
+    pump(cli, srv)
+    if allow_connect:
+        assert so.events[0][:2] == ("headers", sid)
+        assert (b":protocol", b"websocket") in so.events[0][2]
+    else:
+        assert so.events == []
+        assert co.events == [("closed", sid, 1)]  # PROTOCOL_ERROR
+        assert srv.counters()["http2.rx_messaging_error"] == 1
