@@ -27,9 +27,10 @@ if [ ! -x .venv/bin/python ]; then
   echo "bootstrap: creating .venv"
   "$PYTHON" -m venv .venv
 fi
-# Reinstall only when the project's dependencies changed.
+# Reinstall only when the project's dependencies or its native parts (cffi modules and their C sources) changed.
 stamp=.venv/.pylon-installed
-want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+want=$(cat pyproject.toml setup.py src/pylon/keys/_build.py src/pylon/keys/keyhook.c src/pylon/proxy/http/_h2_build.py \
+       src/pylon/proxy/http/h2_shim.c | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "bootstrap: installing pylon and its dependencies into .venv"
   .venv/bin/python -m pip install -q --upgrade pip
