@@ -46,14 +46,16 @@ class Span:
     duration_us: int = 0
     tags: dict[str, str] = field(default_factory=dict)
     start_loop: float = 0.0
+    trace_state: str = ""  # W3C tracestate carried with the span (OpenTelemetry)
 
 
 class Driver(Protocol):
     """What a tracer provider does: continue or start a trace, inject it upstream, export finished spans."""
 
     def start_span(self, headers: list[tuple[bytes, bytes]], traced: bool, name: str, kind: str,
-                   start_us: int) -> tuple[Span, Any]:
-        """The request's span, from the incoming context in `headers` if any; and how it propagates (opaque)."""
+                   start_us: int) -> tuple[Span | None, Any]:
+        """The request's span, from the incoming context in `headers` if any, or None for no span at all (the
+        request goes upstream untouched); and how it propagates (opaque)."""
 
     def child_span(self, parent: Span, name: str, start_us: int) -> Span:
         """A CLIENT span under `parent` (the router's start_child_span)."""
@@ -159,16 +161,18 @@ class Tracer:
         name = decorator.operation if decorator is not None else stream.authority.decode("latin-1")
         now = stream.conn.loop_time()
         start_us = int((stream.start + self.wall_offset) * 1_000_000)
+        if self.egress and decorator is not None and decorator.propagate is not False:
+            forward = [p for p in forward if p[0] != b"x-envoy-decorator-operation"]
+            forward.append((b"x-envoy-decorator-operation", decorator.operation.encode()))
         span, style = self.driver.start_span(stream.headers, status in _TRACED, name, self.kind, start_us)
+        if span is None:
+            return forward
         span.start_loop = stream.start
         outgoing = span
         if self.child:
             outgoing = self.driver.child_span(span, f"router {cluster} egress", int((now + self.wall_offset) * 1e6))
             outgoing.start_loop = now
         stream.span = (span, outgoing if outgoing is not span else None)
-        if self.egress and decorator is not None and decorator.propagate is not False:
-            forward = [p for p in forward if p[0] != b"x-envoy-decorator-operation"]
-            forward.append((b"x-envoy-decorator-operation", decorator.operation.encode()))
         return self.driver.inject(forward, outgoing, style)
 
     def _mark_request_id(self, stream: "Stream", forward: list[tuple[bytes, bytes]], nibble: bytes
