@@ -52,6 +52,9 @@ class Span:
 class Driver(Protocol):
     """What a tracer provider does: continue or start a trace, inject it upstream, export finished spans."""
 
+    #: An undecorated request's span is named "ingress" / "egress" (OpenTelemetry), not by its authority (Zipkin).
+    names_by_direction: bool
+
     def start_span(self, headers: list[tuple[bytes, bytes]], traced: bool, name: str, kind: str,
                    start_us: int) -> tuple[Span | None, Any]:
         """The request's span, from the incoming context in `headers` if any, or None for no span at all (the
@@ -111,6 +114,7 @@ class Tracer:
         self.kind = "CLIENT" if egress else "SERVER"
         self.egress = egress
         self.child = start_child_span
+        self.direction_name = ("egress" if egress else "ingress") if self.driver.names_by_direction else None
         node = hcm.worker.node
         self.node_tags = {"node_id": node.id if node is not None else "",
                           "zone": node.locality.zone if node is not None and node.locality is not None else ""}
@@ -158,7 +162,10 @@ class Tracer:
             forward = self._mark_request_id(stream, forward, status.encode())
         route = stream.route
         decorator = route.decorator if route is not None else None
-        name = decorator.operation if decorator is not None else stream.authority.decode("latin-1")
+        if decorator is not None:
+            name = decorator.operation
+        else:
+            name = self.direction_name or stream.authority.decode("latin-1")
         now = stream.conn.loop_time()
         start_us = int((stream.start + self.wall_offset) * 1_000_000)
         if self.egress and decorator is not None and decorator.propagate is not False:

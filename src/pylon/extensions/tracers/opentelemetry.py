@@ -4,7 +4,8 @@ Spans: a request continues an incoming `traceparent` (same trace, the caller's
 span as parent, its sampled flag and tracestate; a malformed one means no span,
 traceparent.py) or starts a trace with a random 128-bit id, sampled by the
 connection manager's decision. Every span gets its own random id (no shared
-spans, unlike Zipkin); the router's start_child_span makes a CLIENT child. The
+spans, unlike Zipkin), named by the route's decorator or else "ingress" / "egress"
+by the listener's direction; the router's start_child_span makes a CLIENT child. The
 upstream gets `traceparent`/`tracestate` of the outermost span it is under.
 Tags become string attributes (otlp.py).
 
@@ -185,6 +186,8 @@ def _random_trace_id() -> str:
 
 class OpenTelemetryDriver:
     """The OpenTelemetry tracer of one HCM in one worker (its batcher shared with HCMs of the same config)."""
+
+    names_by_direction = True
 
     def __init__(self, config: OpenTelemetryConfig, hcm: "HcmRuntime") -> None:
         worker = hcm.worker

@@ -149,6 +149,8 @@ def encode_json_v2(spans: list[Span], endpoint: dict[str, Any]) -> bytes:
 class ZipkinDriver:
     """The Zipkin tracer of one HCM in one worker (its batcher shared with HCMs naming the same collector)."""
 
+    names_by_direction = False
+
     def __init__(self, config: ZipkinConfig, hcm: "HcmRuntime") -> None:
         self.trace_id_128bit = config.trace_id_128bit
         self.shared = config.shared_span_context
