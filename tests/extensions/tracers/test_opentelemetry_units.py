@@ -85,3 +85,45 @@ def test_refused_by_name(fields: dict[str, object], where: str) -> None:
     with pytest.raises(Exception) as info:
         _config(**fields)
     assert where in str(info.value) or where in repr(info.value.__cause__)
+
+
+def _bootstrap(otel: dict[str, object], collector: dict[str, object]) -> dict[str, object]:
+    hcm = {"@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
+                    "HttpConnectionManager", "stat_prefix": "x",
+           "tracing": {"provider": {"name": "envoy.tracers.opentelemetry", "typed_config": {
+               "@type": "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig", **otel}}},
+           "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
+               "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
+           "route_config": {"virtual_hosts": [{"name": "a", "domains": ["*"], "routes": []}]}}
+    endpoint = {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 4317}}}}
+    return {"static_resources": {
+        "listeners": [{"address": {"socket_address": {"address": "127.0.0.1", "port_value": 10000}},
+                       "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                                                       "typed_config": hcm}]}]}],
+        "clusters": [{"name": "collector", "load_assignment": {"cluster_name": "collector", "endpoints": [
+            {"lb_endpoints": [endpoint]}]}, **collector}]}}
+
+
+H2 = {"typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+    "explicit_http_config": {"http2_protocol_options": {}}}}}
+TLS = {"transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": {
+    "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"}}}
+
+
+def test_loader_refuses_collector_clusters_pylon_cannot_reach() -> None:
+    from pylon.config.errors import ConfigError
+    from pylon.config.loader import parse_bootstrap
+
+    base = ("static_resources.listeners[0].filter_chains[0].filters[0].typed_config.tracing.provider.typed_config."
+            "grpc_service.envoy_grpc.cluster_name")
+    with pytest.raises(ConfigError) as info:
+        parse_bootstrap(_bootstrap({"grpc_service": {"envoy_grpc": {"cluster_name": "collector"}}}, {**H2, **TLS}),
+                        "t.yaml")
+    assert info.value.path == base and "TLS" in info.value.message
+    parse_bootstrap(_bootstrap({"grpc_service": {"envoy_grpc": {"cluster_name": "collector"}}}, H2), "t.yaml")
+    http = {"http_service": {"http_uri": {"uri": "http://c/v1/traces", "cluster": "collector", "timeout": "1s"}}}
+    with pytest.raises(ConfigError) as info:
+        parse_bootstrap(_bootstrap(http, H2), "t.yaml")
+    assert info.value.path.endswith("http_service.http_uri.cluster") and "HTTP/2" in info.value.message
+    parse_bootstrap(_bootstrap(http, {}), "t.yaml")
