@@ -2,10 +2,11 @@
 
 An HCM with `tracing` gets a `Tracer` (an HCM without one has `hcm.tracer = None`
 and pays nothing: the stream tests that attribute twice). For each routed request
-`Tracer.start` decides, as Envoy's connection manager does, whether the request is
+`Tracer.mark` decides, as Envoy's connection manager does, whether the request is
 traced (x-envoy-force-trace from an internal client, x-client-trace-id under
-client_sampling, random_sampling on the request id, then overall_sampling), writes
-that decision into the x-request-id UUID (Envoy's trace status nibble), asks the
+client_sampling, random_sampling on the request id, then overall_sampling), and
+writes that decision into the x-request-id UUID (Envoy's trace status
+nibble) before the route's header rules run; after them `Tracer.start` asks the
 provider's `Driver` to continue the incoming context or start a trace, and returns
 the upstream headers carrying the proxy's span (or the router's child span with
 `start_child_span`). `Tracer.finish` tags the span when the stream ends and hands
@@ -154,12 +155,18 @@ class Tracer:
         return status
 
     # ------------------------------------------------------------------ the stream's hooks
-    def start(self, stream: "Stream", forward: list[tuple[bytes, bytes]], cluster: str) -> list[tuple[bytes, bytes]]:
-        """Decide, make the request's span (stream.span), and return the upstream headers that carry it."""
+    def mark(self, stream: "Stream", forward: list[tuple[bytes, bytes]]) -> tuple[list[tuple[bytes, bytes]], str]:
+        """Decide, and write the decision into x-request-id: the upstream headers and the trace status. The
+        connection manager does this before the route's header rules run (they may read x-request-id)."""
         status = self.decide(stream.request_id, stream.headers)
         self.stat[status].value += 1
         if _request_id_key(stream.request_id) is not None and stream.request_id[14:15] != status.encode():
             forward = self._mark_request_id(stream, forward, status.encode())
+        return forward, status
+
+    def start(self, stream: "Stream", forward: list[tuple[bytes, bytes]], cluster: str, status: str
+              ) -> list[tuple[bytes, bytes]]:
+        """Make the request's span (stream.span) under the `mark`ed status; the upstream headers that carry it."""
         route = stream.route
         decorator = route.decorator if route is not None else None
         if decorator is not None:
