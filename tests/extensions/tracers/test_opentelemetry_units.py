@@ -45,6 +45,7 @@ def test_otlp_encoding_round_trips() -> None:
     root = Span(TRACE, "2222222222222222", "", True, "router up egress", "CLIENT", 1_700_000_000_000_100)
     body = otlp.encode([span, root], {"service.name": "svc"}, ("pylon", "0.1.0"))
     request = ExportTraceServiceRequest.FromString(body)
+    assert request.SerializeToString() == body  # the hand-written bytes are protobuf's own (canonical) encoding
     (resource_spans,) = request.resource_spans
     assert [(a.key, a.value.string_value) for a in resource_spans.resource.attributes] == [("service.name", "svc")]
     (scope_spans,) = resource_spans.scope_spans
@@ -56,6 +57,16 @@ def test_otlp_encoding_round_trips() -> None:
     assert [(a.key, a.value.string_value) for a in first.attributes] == [("http.status_code", "200")]
     assert (second.kind, second.parent_span_id) == (second.SPAN_KIND_CLIENT, b"")
     assert not ExportTraceServiceRequest.FromString(otlp.encode([span], {}, None)).resource_spans[0].scope_spans[0].HasField("scope")
+
+
+def test_otlp_long_and_empty_attributes_encode_as_protobuf() -> None:
+    tags = {"empty": "", "long": "x" * 300, "k" * 130: "v", "ü": "é" * 70}
+    span = Span(TRACE, SPAN, "", True, "n" * 200, "CLIENT", 1, tags=tags)
+    body = otlp.encode([span], {"service.name": "s" * 1000}, ("", ""))
+    request = ExportTraceServiceRequest.FromString(body)
+    assert request.SerializeToString() == body
+    (decoded,) = request.resource_spans[0].scope_spans[0].spans
+    assert {a.key: a.value.string_value for a in decoded.attributes} == tags and decoded.name == "n" * 200
 
 
 def _config(**fields: object) -> OpenTelemetryConfig:
