@@ -2,8 +2,8 @@
 
 A `SpanBatcher` keeps the spans a worker's tracers report and hands them to its
 provider's `export` callable when `min_flush_spans` are waiting or when its timer
-fires (Envoy's Zipkin and OpenTelemetry tracers: 5 spans or every 5 s; the
-`timer_flushed` counter). With `max_pending` (OpenTelemetry's max_cache_size) a span
+fires (Envoy's Zipkin and OpenTelemetry tracers: 5 spans or every 5 s, counted in
+`timer_flushed`; Datadog's: every 2 s, uncounted). With `max_pending` (OpenTelemetry's max_cache_size) a span
 that finds the queue full is dropped and counted (`spans_dropped`).
 
 `post_report` is the HTTP transport the providers share: one POST through pylon's
@@ -32,7 +32,8 @@ class SpanBatcher:
     """One collector's queue of spans in one worker (shared by every HCM that names the same collector)."""
 
     def __init__(self, worker: "Worker", export: Callable[[list["Span"]], None], stat_prefix: str, *,
-                 min_flush_spans: int = 5, flush_interval: float = 5.0, max_pending: int | None = None) -> None:
+                 min_flush_spans: int = 5, flush_interval: float = 5.0, max_pending: int | None = None,
+                 count_timer: bool = True) -> None:
         self.worker = worker
         self.export = export
         self.min_flush_spans = min_flush_spans
@@ -40,7 +41,7 @@ class SpanBatcher:
         self.max_pending = max_pending
         self.pending: list[Span] = []
         stats = worker.stats
-        self.timer_flushed = stats.counter(stat_prefix + "timer_flushed")
+        self.timer_flushed = stats.counter(stat_prefix + "timer_flushed") if count_timer else None
         self.spans_dropped = stats.counter(stat_prefix + "spans_dropped") if max_pending is not None else None
         self.timer: asyncio.TimerHandle | None = None
 
@@ -57,7 +58,8 @@ class SpanBatcher:
             self.flush()
 
     def _on_timer(self) -> None:
-        self.timer_flushed.value += 1
+        if self.timer_flushed is not None:
+            self.timer_flushed.value += 1
         self.flush()
         self.timer = self.worker.loop.call_later(self.flush_interval, self._on_timer)
 

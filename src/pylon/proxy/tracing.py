@@ -48,6 +48,7 @@ class Span:
     tags: dict[str, str] = field(default_factory=dict)
     start_loop: float = 0.0
     trace_state: str = ""  # W3C tracestate carried with the span (OpenTelemetry)
+    extra: Any = None  # the provider's own state of the span (Datadog: sampling priority, _dd.p tags)
 
 
 class Driver(Protocol):
