@@ -91,6 +91,9 @@ def test_resource_attributes_follow_the_switches() -> None:
     ({"http_service": {"http_uri": {"uri": "http://c/v1/traces", "cluster": "c", "timeout": "1s"},
                        "request_headers_to_add": [{"header": {"key": "k", "value": "%ENVIRONMENT(K)%"}}]}},
      "request_headers_to_add[0].header.value"),
+    ({"http_service": {"http_uri": {"uri": "http://c/v1/traces", "cluster": "c", "timeout": "1s"},
+                       "request_headers_to_add": [{"header": {"key": ":path", "value": "/x"}}]}},
+     "request_headers_to_add[0]"),
 ])
 def test_refused_by_name(fields: dict[str, object], where: str) -> None:
     with pytest.raises(Exception) as info:

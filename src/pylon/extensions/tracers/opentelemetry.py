@@ -94,6 +94,10 @@ class OpenTelemetryConfig(EnvoyStruct, kw_only=True):
                 if "%" in value.replace("%%", ""):
                     raise FieldError(f"http_service.request_headers_to_add[{k}].header.value",
                                      "substitution formatters are not supported in the OTLP exporter's headers")
+                try:
+                    compile_header_level([option], ())
+                except ValueError as exc:
+                    raise FieldError(f"http_service.request_headers_to_add[{k}]", str(exc)) from None
 
     def cluster_references(self) -> Iterator[tuple[str, str, str]]:
         """(field path, cluster, "grpc" or "http") of the collector cluster, for the loader's checks."""
