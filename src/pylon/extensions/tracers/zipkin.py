@@ -13,7 +13,7 @@ JSON array to collector_endpoint on collector_cluster (span_export.py batches an
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Iterator, Literal
 
 from pylon.config import registry
 from pylon.config.envoy import EnvoyStruct, NonEmptyStr
@@ -50,6 +50,10 @@ class ZipkinConfig(EnvoyStruct, kw_only=True):
             raise FieldError("split_spans_for_request", "not supported yet")
         if self.trace_context_option != "USE_B3":
             raise FieldError("trace_context_option", f"{self.trace_context_option} is not supported yet")
+
+    def cluster_references(self) -> Iterator[tuple[str, str, str]]:
+        """(field path, cluster, transport) of the collector's cluster, for the loader's checks."""
+        yield "collector_cluster", self.collector_cluster, "http"
 
 
 _B3_HEADERS = frozenset((b"x-b3-traceid", b"x-b3-spanid", b"x-b3-parentspanid", b"x-b3-sampled", b"b3"))
