@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pylon.config.envoy import HeaderValue, HeaderValueOption
-from pylon.proxy.headers import HeaderList, HeaderOps, RequestHeaders, compile_header_level
+from pylon.proxy.headers import HeaderList, HeaderOps, RequestHeaders, compile_header_level, request_lookup
 
 
 def opt(key: str, value: str, action: str = "APPEND_IF_EXISTS_OR_ADD", **kw) -> HeaderValueOption:
@@ -135,9 +135,31 @@ def test_dynamic_value_without_downstream_is_empty_and_dropped():
     assert list(h) == []
 
 
+def test_req_operator_reads_the_request():
+    level = [opt("a", "%REQ(user-agent)%"), opt("b", "%REQ(x-none?User-Agent):3%"), opt("c", "[%REQ(x-none)%]"),
+             opt("d", "%REQ(x-none)%"), opt("e", "%REQ(:authority)%"), opt("f", "%REQ(Host)%")]
+    compiled = ops((level, []))
+    assert compiled.reads_request and not ops(([opt("a", "1")], [])).reads_request
+    request = request_lookup([(b"user-agent", b"curl/8")], {b":authority": b"example.com"})
+    h = HeaderList()
+    compiled.apply(h, request=request)
+    assert list(h) == [(b"a", b"curl/8"), (b"b", b"cur"), (b"c", b"[]"), (b"e", b"example.com"),
+                       (b"f", b"example.com")]
+    bound = HeaderList()
+    compiled.bound(request).apply(bound)
+    assert list(bound) == list(h)
+    unbound = HeaderList()
+    compiled.apply(unbound)
+    assert list(unbound) == [(b"c", b"[]")]
+
+
 @pytest.mark.parametrize("value, message", [
     ("%UPSTREAM_HOST%", "unsupported substitution operator %UPSTREAM_HOST%"),
     ("50%", "unescaped '%'"),
+    ("%REQ(a?b?c)%", "malformed %REQ"),
+    ("%REQ(a):x%", "malformed %REQ"),
+    ("%REQ()%", "malformed %REQ"),
+    ("%REQ(a%", "malformed %REQ"),
 ])
 def test_bad_values_fail_at_build_time(value, message):
     with pytest.raises(ValueError, match=message):

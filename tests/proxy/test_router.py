@@ -733,9 +733,9 @@ def test_header_rules_run_route_then_vhost_then_config():
 
 
 def test_bad_header_value_is_a_build_error():
-    with pytest.raises(ValueError, match="%REQ"):
+    with pytest.raises(ValueError, match="%UPSTREAM_HOST%"):
         one_vhost({"name": "r", "match": {"prefix": "/"}, "route": {"cluster": "c"},
-                   "request_headers_to_add": level("x", "%REQ(foo)%")})
+                   "request_headers_to_add": level("x", "%UPSTREAM_HOST%")})
 
 
 # --------------------------------------------------------------------------- regex engines and one-scan matching

@@ -29,7 +29,13 @@ from pylon.config.envoy import (
     SdsSecretConfig, SharedByName, TcpProxy, convert,
 )
 from pylon.config.errors import ConfigError, join_path, split_validation_error
-from pylon.config.secrets import cluster_secret_refs, listener_secret_refs, source_conflicts, static_secret_problems
+from pylon.config.secrets import (
+    cluster_secret_refs,
+    listener_secret_refs,
+    source_conflicts,
+    static_secret_problems,
+    tls_context,
+)
 
 CONFIG_YAML_SOURCE = "<config-yaml>"
 
@@ -363,6 +369,27 @@ def _grpc_problems(bootstrap: Bootstrap) -> Iterator[tuple[str, str]]:
             for rel, name in route_cluster_references(hcm.route_config):
                 if name in grpc:
                     yield f"{path}.route_config.{rel}", grpc_cluster_message(name)
+        yield from _tracer_cluster_problems(hcm, path, {c.name: c for c in clusters}, grpc)
+
+
+def _tracer_cluster_problems(hcm: HttpConnectionManager, path: str, clusters: dict[str, Cluster],
+                             grpc: frozenset[str]) -> Iterator[tuple[str, str]]:
+    """A tracer's collector cluster must suit pylon's transport: HTTP/1.1 for an HTTP export (the pool), cleartext
+    for a gRPC export (grpcio gets no TLS credentials from a cluster yet). A cluster that is not (yet) there is
+    no error, as in Envoy: the export finds no host and is skipped."""
+    tracing = hcm.tracing
+    references = getattr(tracing.provider.typed_config, "cluster_references", None) if tracing is not None else None
+    if references is None:
+        return
+    base = f"{path}.tracing.provider.typed_config"
+    for rel, name, transport in references():
+        cluster = clusters.get(name)
+        if transport == "http" and name in grpc:
+            yield f"{base}.{rel}", grpc_cluster_message(name)
+        elif transport == "grpc" and cluster is not None and (
+                tls_context(cluster.transport_socket) is not None or cluster.transport_socket_matches):
+            yield (f"{base}.{rel}", f"cluster {name!r} has a TLS transport socket (or transport_socket_matches): "
+                                    "pylon's gRPC client to a cluster speaks cleartext HTTP/2 only (not supported yet)")
 
 
 def grpc_cluster_message(name: str) -> str:

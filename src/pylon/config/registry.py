@@ -105,6 +105,7 @@ EXTENSION_MODULES: Mapping[str, Mapping[str, str]] = MappingProxyType(
         TRACER: {
             "envoy.config.trace.v3.ZipkinConfig": "pylon.extensions.tracers.zipkin",
             "envoy.config.trace.v3.OpenTelemetryConfig": "pylon.extensions.tracers.opentelemetry",
+            "envoy.config.trace.v3.DatadogConfig": "pylon.extensions.tracers.datadog",
         },
         NETWORK_FILTER: {
             "envoy.extensions.filters.network.rbac.v3.RBAC": "pylon.extensions.filters.network.rbac",

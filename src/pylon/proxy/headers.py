@@ -19,12 +19,19 @@ one per request, so construction must be free. Lookups scan the list; for the
 Header values may use Envoy's substitution syntax, restricted to what a
 sans-IO core can know: `%%` (a literal `%`), `%DOWNSTREAM_REMOTE_ADDRESS%` and
 `%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%` (from the `downstream` argument of
-`apply`). Any other `%OPERATOR%` is a `ValueError` at build time, naming it.
+`apply`), and `%REQ(name)%` / `%REQ(name?alternative)%` / `%REQ(name):N%`, a request
+header's value (the alternative when the first is absent; at most N characters),
+from the `request` lookup of `apply`: a missing header is empty (so the header is
+skipped unless keep_empty_value), as in Envoy. For request headers the router looks
+them up before the tracer writes its context; for response headers, in the request
+as it went upstream (`HeaderOps.bound`), so `%REQ(x-b3-traceid)%` answers the trace
+the proxy sent (observed with Envoy 1.40). Any other `%OPERATOR%` is a `ValueError`
+at build time, naming it.
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 __all__ = [
     "ADD_IF_ABSENT",
@@ -34,7 +41,9 @@ __all__ = [
     "OVERWRITE_IF_EXISTS",
     "OVERWRITE_IF_EXISTS_OR_ADD",
     "RequestHeaders",
+    "BoundHeaderOps",
     "compile_header_level",
+    "request_lookup",
 ]
 
 
@@ -121,13 +130,62 @@ _OPERATORS = {
 }
 
 Downstream = tuple[str, int]  # (ip, port) as asyncio's peername gives it
+#: A request header's first value by lower-case name (pseudo-headers such as :authority included), or None.
+RequestLookup = Callable[[bytes], "bytes | None"]
 
 
-def _parse_value(value: bytes) -> bytes | tuple[bytes | int, ...]:
+class _Req:
+    """A %REQ(name?alternative):max% piece."""
+
+    __slots__ = ("names", "max_length")
+
+    def __init__(self, names: tuple[bytes, ...], max_length: int | None) -> None:
+        self.names = names
+        self.max_length = max_length
+
+    def value(self, request: RequestLookup | None) -> bytes:
+        if request is None:
+            return b""
+        for name in self.names:
+            found = request(name)
+            if found is not None:
+                return found[:self.max_length] if self.max_length is not None else found
+        return b""
+
+
+def _parse_req(value: bytes, operator: bytes) -> _Req | None:
+    """`REQ(a?b):N` as a piece; None if `operator` is not REQ; ValueError when malformed."""
+    if not operator.startswith(b"REQ("):
+        return None
+    close = operator.find(b")")
+    rest = operator[close + 1:] if close > 0 else b""
+    names = operator[4:close].lower().split(b"?") if close > 0 else []
+    if close < 0 or not all(names) or len(names) > 2 or (rest and not (rest[:1] == b":" and rest[1:].isdigit())):
+        raise ValueError(f"header value {value!r}: malformed %{operator.decode('utf-8', 'replace')}% (write "
+                         "%REQ(name)%, %REQ(name?alternative)% or %REQ(name):length%)")
+    return _Req(tuple(names), int(rest[1:]) if rest else None)
+
+
+def request_lookup(headers: list[tuple[bytes, bytes]], pseudo: dict[bytes, bytes]) -> RequestLookup:
+    """A `RequestLookup` over a header list, with the pseudo-headers (:authority, :path, ...) the codec keeps apart
+    (`host` is :authority, as in Envoy's header map)."""
+    def lookup(name: bytes) -> bytes | None:
+        if name[:1] == b":":
+            return pseudo.get(name)
+        if name == b"host":
+            return pseudo.get(b":authority")
+        for n, v in headers:
+            if n == name:
+                return v
+        return None
+    return lookup
+
+
+def _parse_value(value: bytes) -> bytes | tuple[bytes | int | _Req, ...]:
     """A literal (bytes) or a template of literal and operator pieces."""
     if b"%" not in value:
         return value
-    pieces: list[bytes | int] = []
+    pieces: list[bytes | int | _Req] = []
     literal = bytearray()
     i = 0
     while i < len(value):
@@ -143,11 +201,14 @@ def _parse_value(value: bytes) -> bytes | tuple[bytes | int, ...]:
             literal += b"%"
         else:
             name = value[pct + 1 : close]
-            code = _OPERATORS.get(name)
+            code: int | _Req | None = _OPERATORS.get(name)
+            if code is None:
+                code = _parse_req(value, name)
             if code is None:
                 raise ValueError(
                     f"header value {value!r}: unsupported substitution operator %{name.decode('utf-8', 'replace')}%"
-                    f" (supported: %DOWNSTREAM_REMOTE_ADDRESS%, %DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%, %%)"
+                    f" (supported: %DOWNSTREAM_REMOTE_ADDRESS%, %DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%, "
+                    f"%REQ(...)%, %%)"
                 )
             if literal:
                 pieces.append(bytes(literal))
@@ -161,11 +222,14 @@ def _parse_value(value: bytes) -> bytes | tuple[bytes | int, ...]:
     return tuple(pieces)
 
 
-def _format(template: tuple[bytes | int, ...], downstream: Downstream | None) -> bytes:
+def _format(template: tuple[bytes | int | _Req, ...], downstream: Downstream | None,
+            request: RequestLookup | None) -> bytes:
     out = []
     for piece in template:
         if piece.__class__ is bytes:
             out.append(piece)
+        elif piece.__class__ is _Req:
+            out.append(piece.value(request))  # type: ignore[union-attr]
         elif downstream is not None:
             host, port = downstream[0], downstream[1]
             if piece == _REMOTE_ADDRESS_WITHOUT_PORT:
@@ -223,15 +287,24 @@ def compile_header_level(headers_to_add: Iterable[Any], headers_to_remove: Itera
 class HeaderOps:
     """Header rules of several levels, applied in order (later levels win on overwrite)."""
 
-    __slots__ = ("levels", "empty")
+    __slots__ = ("levels", "empty", "reads_request")
 
     def __init__(self, levels: Sequence[_Level | None] = ()) -> None:
         self.levels: tuple[_Level, ...] = tuple(level for level in levels if level is not None)
         #: True when `apply` would do nothing: callers may skip the call.
         self.empty = not self.levels
+        #: True when a value reads the request (%REQ(...)%): the caller passes `request` or binds one.
+        self.reads_request = any(piece.__class__ is _Req for level in self.levels for _, template, _, _ in level.adds
+                                 if template.__class__ is tuple for piece in template)
 
-    def apply(self, headers: HeaderList, downstream: Downstream | None = None) -> None:
-        """Mutate `headers` in place. `downstream` feeds the %DOWNSTREAM_REMOTE_ADDRESS...% operators."""
+    def bound(self, request: RequestLookup) -> "BoundHeaderOps":
+        """These rules with `request` as what %REQ(...)% reads (a response's rules, bound to the request sent)."""
+        return BoundHeaderOps(self, request)
+
+    def apply(self, headers: HeaderList, downstream: Downstream | None = None,
+              request: RequestLookup | None = None) -> None:
+        """Mutate `headers` in place. `downstream` feeds the %DOWNSTREAM_REMOTE_ADDRESS...% operators, `request`
+        the %REQ(...)% ones."""
         for level in self.levels:
             removes = level.removes
             if removes:
@@ -239,7 +312,7 @@ class HeaderOps:
             overwrite: list[tuple[bytes, bytes]] = []
             append: list[tuple[bytes, bytes]] = []
             for name, template, action, keep_empty in level.adds:
-                value = template if template.__class__ is bytes else _format(template, downstream)
+                value = template if template.__class__ is bytes else _format(template, downstream, request)
                 if not value and not keep_empty:
                     continue
                 if action is APPEND_IF_EXISTS_OR_ADD:
@@ -255,3 +328,17 @@ class HeaderOps:
                 headers.set(name, value)
             if append:
                 headers.items.extend(append)
+
+
+class BoundHeaderOps:
+    """`HeaderOps` whose %REQ(...)% read one request: what `HeaderOps.bound` gives, used as the rules themselves."""
+
+    __slots__ = ("ops", "request", "empty")
+
+    def __init__(self, ops: HeaderOps, request: RequestLookup) -> None:
+        self.ops = ops
+        self.request = request
+        self.empty = ops.empty
+
+    def apply(self, headers: HeaderList, downstream: Downstream | None = None) -> None:
+        self.ops.apply(headers, downstream, self.request)

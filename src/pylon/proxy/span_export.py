@@ -1,13 +1,15 @@
-"""Batched, asynchronous export of finished spans to a collector cluster, off the requests' path.
+"""Batched, asynchronous export of finished spans to a collector, off the requests' path.
 
-A `SpanBatcher` keeps the spans a worker's tracers report and POSTs them, encoded
-by its provider, when `min_flush_spans` are waiting or when its timer fires
-(Envoy's Zipkin reporter: 5 spans or every 5 s). Each report is one request
-through pylon's own upstream pool for the collector cluster (its hosts, its
-balancer, its connections), with Envoy's 5 s timeout; nothing waits for it. The
-provider's counters are Envoy's: reports_sent (a 202 answer), reports_dropped
-(another status), reports_failed (no answer), spans_sent, timer_flushed,
-reports_skipped_no_cluster.
+A `SpanBatcher` keeps the spans a worker's tracers report and hands them to its
+provider's `export` callable when `min_flush_spans` are waiting or when its timer
+fires (Envoy's Zipkin and OpenTelemetry tracers: 5 spans or every 5 s, counted in
+`timer_flushed`; Datadog's: every 2 s, uncounted). With `max_pending` (OpenTelemetry's max_cache_size) a span
+that finds the queue full is dropped and counted (`spans_dropped`).
+
+`post_report` is the HTTP transport the providers share: one POST through pylon's
+own upstream pool for the collector cluster (its hosts, its balancer, its
+connections), with a timeout; nothing waits for it, `done(status)` hears the
+answer (0: none).
 """
 
 from __future__ import annotations
@@ -22,33 +24,33 @@ if TYPE_CHECKING:
     from pylon.proxy.upstream.pool import UpstreamConnection
     from pylon.proxy.worker import Worker
 
-#: Envoy's collector request timeout (tracing.zipkin.request_timeout) and flush thresholds, in its defaults.
+#: Envoy's Zipkin collector request timeout (tracing.zipkin.request_timeout).
 REQUEST_TIMEOUT = 5.0
 
 
 class SpanBatcher:
     """One collector's queue of spans in one worker (shared by every HCM that names the same collector)."""
 
-    def __init__(self, worker: "Worker", cluster: str, path: str, host: str, content_type: bytes,
-                 encode: Callable[[list["Span"]], bytes], stat_prefix: str, *, min_flush_spans: int = 5,
-                 flush_interval: float = 5.0) -> None:
+    def __init__(self, worker: "Worker", export: Callable[[list["Span"]], None], stat_prefix: str, *,
+                 min_flush_spans: int = 5, flush_interval: float = 5.0, max_pending: int | None = None,
+                 count_timer: bool = True) -> None:
         self.worker = worker
-        self.cluster_name = cluster
-        self.path = path.encode()
-        self.host = host.encode()
-        self.content_type = content_type
-        self.encode = encode
+        self.export = export
         self.min_flush_spans = min_flush_spans
         self.flush_interval = flush_interval
+        self.max_pending = max_pending
         self.pending: list[Span] = []
         stats = worker.stats
-        self.stats = {name: stats.counter(stat_prefix + name) for name in (
-            "reports_sent", "reports_dropped", "reports_failed", "reports_skipped_no_cluster", "spans_sent",
-            "timer_flushed")}
+        self.timer_flushed = stats.counter(stat_prefix + "timer_flushed") if count_timer else None
+        self.spans_dropped = stats.counter(stat_prefix + "spans_dropped") if max_pending is not None else None
         self.timer: asyncio.TimerHandle | None = None
 
     def add(self, spans: list["Span"]) -> None:
         """Queue finished spans; flush once enough wait (the timer takes care of the rest)."""
+        if self.max_pending is not None and len(self.pending) + len(spans) > self.max_pending:
+            room = max(0, self.max_pending - len(self.pending))
+            self.spans_dropped.value += len(spans) - room  # type: ignore[union-attr]
+            spans = spans[:room]
         self.pending.extend(spans)
         if self.timer is None:
             self.timer = self.worker.loop.call_later(self.flush_interval, self._on_timer)
@@ -56,34 +58,31 @@ class SpanBatcher:
             self.flush()
 
     def _on_timer(self) -> None:
-        self.stats["timer_flushed"].value += 1
+        if self.timer_flushed is not None:
+            self.timer_flushed.value += 1
         self.flush()
         self.timer = self.worker.loop.call_later(self.flush_interval, self._on_timer)
 
     def flush(self) -> None:
-        """POST what is waiting as one report (dropped, and counted, when the cluster has no host)."""
+        """Export what is waiting as one report."""
         spans, self.pending = self.pending, []
-        if not spans:
-            return
-        cluster = self.worker.clusters.get(self.cluster_name)
-        host = cluster.choose_host(None) if cluster is not None else None
-        if cluster is None or host is None:
-            self.stats["reports_skipped_no_cluster"].value += 1
-            return
-        self.stats["spans_sent"].value += len(spans)
-        body = self.encode(spans)
-        head = Http1RequestEncoder(b"POST", self.path, self.host, [(b"content-type", self.content_type)],
-                                   chunked=False, length=len(body), attempt_count=False).head
-        report = _Report(head + body, self._answered, self.worker.loop)
-        self.worker.pools.get(cluster, host).acquire(report)
+        if spans:
+            self.export(spans)
 
-    def _answered(self, status: int) -> None:
-        if status == 0:
-            self.stats["reports_failed"].value += 1
-        elif status == 202:
-            self.stats["reports_sent"].value += 1
-        else:
-            self.stats["reports_dropped"].value += 1
+
+def post_report(worker: "Worker", cluster_name: str, path: bytes, host: bytes, headers: list[tuple[bytes, bytes]],
+                body: bytes, done: Callable[[int], None], timeout: float | None = REQUEST_TIMEOUT) -> bool:
+    """POST `body` to a host of the cluster through the worker's pool; False (nothing sent) when the cluster is
+    unknown or has no host to pick. `done(status)` is called once, with 0 when no answer came in `timeout`
+    (None: no limit)."""
+    cluster = worker.clusters.get(cluster_name)
+    chosen = cluster.choose_host(None) if cluster is not None else None
+    if cluster is None or chosen is None:
+        return False
+    head = Http1RequestEncoder(b"POST", path, host, headers, chunked=False, length=len(body),
+                               attempt_count=False).head
+    worker.pools.get(cluster, chosen).acquire(_Report(head + body, done, worker.loop, timeout))
+    return True
 
 
 class _Report:
@@ -92,16 +91,18 @@ class _Report:
     is_head = False
     upgrade_accepted = False
 
-    def __init__(self, request: bytes, done: Callable[[int], None], loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, request: bytes, done: Callable[[int], None], loop: asyncio.AbstractEventLoop,
+                 timeout: float | None) -> None:
         self.request = request
         self.done: Callable[[int], None] | None = done
         self.status = 0
         self.conn: UpstreamConnection | None = None
-        self.timer = loop.call_later(REQUEST_TIMEOUT, self._timed_out)
+        self.timer = loop.call_later(timeout, self._timed_out) if timeout is not None else None
 
     def _end(self, status: int) -> None:
         done, self.done = self.done, None
-        self.timer.cancel()
+        if self.timer is not None:
+            self.timer.cancel()
         if done is not None:
             done(status)
 

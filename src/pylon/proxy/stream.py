@@ -23,7 +23,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, Callable
 
 from pylon.proxy import local_reply as lr
-from pylon.proxy.headers import HeaderList
+from pylon.proxy.headers import HeaderList, request_lookup
 from pylon.proxy.http.h1_client import Http1RequestEncoder
 from pylon.proxy.http1 import HOP_BY_HOP, without_nominated
 from pylon.proxy.path import PathRejected, normalized_target
@@ -635,9 +635,14 @@ class Stream:
             forward = _edited(forward, self.header_edits)
         cluster_name = route.pick_cluster()
         request_ops, self.response_ops = route.header_ops_for(cluster_name)
+        if hcm.tracer is not None:
+            forward, trace_status = hcm.tracer.mark(self, forward)
+        pseudo = None
+        if request_ops.reads_request or self.response_ops.reads_request:
+            pseudo = {b":authority": self.authority, b":path": url, b":method": self.method, b":scheme": conn.scheme}
         if not request_ops.empty:
             headers = HeaderList(forward)
-            request_ops.apply(headers, conn.peer)
+            request_ops.apply(headers, conn.peer, request_lookup(list(forward), pseudo) if pseudo else None)
             forward = headers.items
         self.timeout = route.timeout
         expected_header = route.expected_timeout_header
@@ -647,7 +652,10 @@ class Stream:
                 self.timeout = grpc_timeout or None
                 forward, expected_header = _announce_grpc_timeout(forward, self.timeout, route)
         if hcm.tracer is not None:
-            forward = hcm.tracer.start(self, forward, cluster_name)
+            forward = hcm.tracer.start(self, forward, cluster_name, trace_status)
+        if pseudo is not None and self.response_ops.reads_request:
+            # The response's %REQ(...)% read the request as it goes upstream, the tracer's context included.
+            self.response_ops = self.response_ops.bound(request_lookup(forward, pseudo))
         if route.attempt_count:
             # Envoy sets the header (replacing the client's), per attempt.
             forward = [p for p in forward if p[0] != b"x-envoy-attempt-count"]
@@ -700,18 +708,22 @@ class Stream:
 
     def _local_route_reply(self, route: "MatchedRoute") -> None:
         hcm = self.hcm
+        ops = route.response_header_ops
+        if ops.reads_request:
+            ops = ops.bound(request_lookup(self.headers, {b":authority": self.authority, b":path": self.path,
+                                                          b":method": self.method, b":scheme": self.conn.scheme}))
         if route.kind == "direct_response":
             hcm.rq_direct_response.value += 1
             self.status = route.direct_status
             self.details = "direct_response"
-            self._send_local(route.direct_status, route.direct_body, route.response_header_ops, content_type=b"text/plain")
+            self._send_local(route.direct_status, route.direct_body, ops, content_type=b"text/plain")
         else:
             hcm.rq_redirect.value += 1
             location = route.redirect_location(self.conn.scheme.decode(), self.authority.decode("latin-1"),
                                                self.path.decode("utf-8", "surrogateescape"))
             self.status = route.redirect_status
             self.details = "redirect"
-            self._send_local(route.redirect_status, b"", route.response_header_ops,
+            self._send_local(route.redirect_status, b"", ops,
                              extra=[(b"location", location.encode("utf-8", "surrogateescape"))])
 
     # ------------------------------------------------------------------ upstream attempts

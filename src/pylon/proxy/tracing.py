@@ -2,10 +2,11 @@
 
 An HCM with `tracing` gets a `Tracer` (an HCM without one has `hcm.tracer = None`
 and pays nothing: the stream tests that attribute twice). For each routed request
-`Tracer.start` decides, as Envoy's connection manager does, whether the request is
+`Tracer.mark` decides, as Envoy's connection manager does, whether the request is
 traced (x-envoy-force-trace from an internal client, x-client-trace-id under
-client_sampling, random_sampling on the request id, then overall_sampling), writes
-that decision into the x-request-id UUID (Envoy's trace status nibble), asks the
+client_sampling, random_sampling on the request id, then overall_sampling), and
+writes that decision into the x-request-id UUID (Envoy's trace status
+nibble) before the route's header rules run; after them `Tracer.start` asks the
 provider's `Driver` to continue the incoming context or start a trace, and returns
 the upstream headers carrying the proxy's span (or the router's child span with
 `start_child_span`). `Tracer.finish` tags the span when the stream ends and hands
@@ -46,14 +47,20 @@ class Span:
     duration_us: int = 0
     tags: dict[str, str] = field(default_factory=dict)
     start_loop: float = 0.0
+    trace_state: str = ""  # W3C tracestate carried with the span (OpenTelemetry)
+    extra: Any = None  # the provider's own state of the span (Datadog: sampling priority, _dd.p tags)
 
 
 class Driver(Protocol):
     """What a tracer provider does: continue or start a trace, inject it upstream, export finished spans."""
 
+    #: An undecorated request's span is named "ingress" / "egress" (OpenTelemetry), not by its authority (Zipkin).
+    names_by_direction: bool
+
     def start_span(self, headers: list[tuple[bytes, bytes]], traced: bool, name: str, kind: str,
-                   start_us: int) -> tuple[Span, Any]:
-        """The request's span, from the incoming context in `headers` if any; and how it propagates (opaque)."""
+                   start_us: int) -> tuple[Span | None, Any]:
+        """The request's span, from the incoming context in `headers` if any, or None for no span at all (the
+        request goes upstream untouched); and how it propagates (opaque)."""
 
     def child_span(self, parent: Span, name: str, start_us: int) -> Span:
         """A CLIENT span under `parent` (the router's start_child_span)."""
@@ -109,6 +116,7 @@ class Tracer:
         self.kind = "CLIENT" if egress else "SERVER"
         self.egress = egress
         self.child = start_child_span
+        self.direction_name = ("egress" if egress else "ingress") if self.driver.names_by_direction else None
         node = hcm.worker.node
         self.node_tags = {"node_id": node.id if node is not None else "",
                           "zone": node.locality.zone if node is not None and node.locality is not None else ""}
@@ -148,27 +156,38 @@ class Tracer:
         return status
 
     # ------------------------------------------------------------------ the stream's hooks
-    def start(self, stream: "Stream", forward: list[tuple[bytes, bytes]], cluster: str) -> list[tuple[bytes, bytes]]:
-        """Decide, make the request's span (stream.span), and return the upstream headers that carry it."""
+    def mark(self, stream: "Stream", forward: list[tuple[bytes, bytes]]) -> tuple[list[tuple[bytes, bytes]], str]:
+        """Decide, and write the decision into x-request-id: the upstream headers and the trace status. The
+        connection manager does this before the route's header rules run (they may read x-request-id)."""
         status = self.decide(stream.request_id, stream.headers)
         self.stat[status].value += 1
         if _request_id_key(stream.request_id) is not None and stream.request_id[14:15] != status.encode():
             forward = self._mark_request_id(stream, forward, status.encode())
+        return forward, status
+
+    def start(self, stream: "Stream", forward: list[tuple[bytes, bytes]], cluster: str, status: str
+              ) -> list[tuple[bytes, bytes]]:
+        """Make the request's span (stream.span) under the `mark`ed status; the upstream headers that carry it."""
         route = stream.route
         decorator = route.decorator if route is not None else None
-        name = decorator.operation if decorator is not None else stream.authority.decode("latin-1")
+        if decorator is not None:
+            name = decorator.operation
+        else:
+            name = self.direction_name or stream.authority.decode("latin-1")
         now = stream.conn.loop_time()
         start_us = int((stream.start + self.wall_offset) * 1_000_000)
+        if self.egress and decorator is not None and decorator.propagate is not False:
+            forward = [p for p in forward if p[0] != b"x-envoy-decorator-operation"]
+            forward.append((b"x-envoy-decorator-operation", decorator.operation.encode()))
         span, style = self.driver.start_span(stream.headers, status in _TRACED, name, self.kind, start_us)
+        if span is None:
+            return forward
         span.start_loop = stream.start
         outgoing = span
         if self.child:
             outgoing = self.driver.child_span(span, f"router {cluster} egress", int((now + self.wall_offset) * 1e6))
             outgoing.start_loop = now
         stream.span = (span, outgoing if outgoing is not span else None)
-        if self.egress and decorator is not None and decorator.propagate is not False:
-            forward = [p for p in forward if p[0] != b"x-envoy-decorator-operation"]
-            forward.append((b"x-envoy-decorator-operation", decorator.operation.encode()))
         return self.driver.inject(forward, outgoing, style)
 
     def _mark_request_id(self, stream: "Stream", forward: list[tuple[bytes, bytes]], nibble: bytes

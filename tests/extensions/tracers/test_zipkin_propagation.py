@@ -97,9 +97,10 @@ def test_unsupported_zipkin_fields_are_errors_naming_them(fields: dict, named: s
     ({"spawn_upstream_span": True, **_tracing()}, "spawn_upstream_span"),
     ({"provider": {"name": "envoy.tracers.opentelemetry", "typed_config": {
         "@type": "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig",
-        "grpc_service": {"envoy_grpc": {"cluster_name": "c"}}}}}, "HTTP/2"),
+        "grpc_service": {"envoy_grpc": {"cluster_name": "c"}},
+        "sampler": {"name": "envoy.tracers.opentelemetry.samplers.always_on"}}}}, "sampler"),
     ({"provider": {"name": "envoy.tracers.datadog", "typed_config": {
-        "@type": "type.googleapis.com/envoy.config.trace.v3.DatadogConfig"}}}, "DatadogConfig"),
+        "@type": "type.googleapis.com/envoy.config.trace.v3.DatadogConfig"}}}, "collector_cluster"),
 ])
 def test_refused_tracing_configs_say_why(tracing: dict, named: str) -> None:
     from pylon.config.envoy import convert

@@ -7,23 +7,24 @@ incoming sampled flag overrides the connection manager's decision, as in Envoy.
 With shared_span_context (the default) an ingress (SERVER) span keeps the
 incoming span's id, Zipkin's shared span; an egress span is always a child. A
 new trace's root span id is the trace id's low 64 bits. Spans are exported as a
-JSON array to collector_endpoint on collector_cluster (span_export.py).
+JSON array to collector_endpoint on collector_cluster (span_export.py batches and posts).
 """
 
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Iterator, Literal
 
 from pylon.config import registry
 from pylon.config.envoy import EnvoyStruct, NonEmptyStr
 from pylon.config.errors import FieldError
 from pylon.proxy.local_address import envoy_local_address
-from pylon.proxy.span_export import SpanBatcher, batcher_for
+from pylon.proxy.span_export import SpanBatcher, batcher_for, post_report
 from pylon.proxy.tracing import Span, random_hex64, register_driver
 
 if TYPE_CHECKING:
     from pylon.proxy.hcm import HcmRuntime
+    from pylon.proxy.worker import Worker
 
 TYPE_URL = "type.googleapis.com/envoy.config.trace.v3.ZipkinConfig"
 
@@ -49,6 +50,10 @@ class ZipkinConfig(EnvoyStruct, kw_only=True):
             raise FieldError("split_spans_for_request", "not supported yet")
         if self.trace_context_option != "USE_B3":
             raise FieldError("trace_context_option", f"{self.trace_context_option} is not supported yet")
+
+    def cluster_references(self) -> Iterator[tuple[str, str, str]]:
+        """(field path, cluster, transport) of the collector's cluster, for the loader's checks."""
+        yield "collector_cluster", self.collector_cluster, "http"
 
 
 _B3_HEADERS = frozenset((b"x-b3-traceid", b"x-b3-spanid", b"x-b3-parentspanid", b"x-b3-sampled", b"b3"))
@@ -148,6 +153,8 @@ def encode_json_v2(spans: list[Span], endpoint: dict[str, Any]) -> bytes:
 class ZipkinDriver:
     """The Zipkin tracer of one HCM in one worker (its batcher shared with HCMs naming the same collector)."""
 
+    names_by_direction = False
+
     def __init__(self, config: ZipkinConfig, hcm: "HcmRuntime") -> None:
         self.trace_id_128bit = config.trace_id_128bit
         self.shared = config.shared_span_context
@@ -156,10 +163,8 @@ class ZipkinDriver:
         endpoint = {"serviceName": node.cluster if node is not None else "", "ipv4": envoy_local_address(),
                     "port": 0}
         self.batcher = batcher_for(worker, f"tracer.zipkin:{config.collector_cluster}:{config.collector_endpoint}",
-                                   lambda: SpanBatcher(
-                                       worker, config.collector_cluster, config.collector_endpoint,
-                                       config.collector_hostname or config.collector_cluster, b"application/json",
-                                       lambda spans: encode_json_v2(spans, endpoint), "tracing.zipkin."))
+                                   lambda: SpanBatcher(worker, _Reporter(worker, config, endpoint).export,
+                                                       "tracing.zipkin."))
 
     def start_span(self, headers: list[tuple[bytes, bytes]], traced: bool, name: str, kind: str,
                    start_us: int) -> tuple[Span, bool]:
@@ -184,6 +189,37 @@ class ZipkinDriver:
 
     def report(self, spans: list[Span]) -> None:
         self.batcher.add(spans)
+
+
+class _Reporter:
+    """Posts a batch as Zipkin v2 JSON; Envoy's counters: reports_sent (a 202 answer), reports_dropped (another
+    status), reports_failed (no answer), spans_sent, reports_skipped_no_cluster."""
+
+    def __init__(self, worker: "Worker", config: ZipkinConfig, endpoint: dict[str, Any]) -> None:
+        self.worker = worker
+        self.cluster = config.collector_cluster
+        self.path = config.collector_endpoint.encode()
+        self.host = (config.collector_hostname or config.collector_cluster).encode()
+        self.endpoint = endpoint
+        stats = worker.stats
+        self.stats = {name: stats.counter("tracing.zipkin." + name) for name in (
+            "reports_sent", "reports_dropped", "reports_failed", "reports_skipped_no_cluster", "spans_sent")}
+
+    def export(self, spans: list[Span]) -> None:
+        body = encode_json_v2(spans, self.endpoint)
+        if not post_report(self.worker, self.cluster, self.path, self.host, [(b"content-type", b"application/json")],
+                           body, self._answered):
+            self.stats["reports_skipped_no_cluster"].value += 1
+            return
+        self.stats["spans_sent"].value += len(spans)
+
+    def _answered(self, status: int) -> None:
+        if status == 0:
+            self.stats["reports_failed"].value += 1
+        elif status == 202:
+            self.stats["reports_sent"].value += 1
+        else:
+            self.stats["reports_dropped"].value += 1
 
 
 registry.register_typed(registry.TRACER, TYPE_URL, ZipkinConfig)
