@@ -311,9 +311,9 @@ class CompressorFilter:
         if compressible:
             vary = _joined(headers, b"vary")
             if vary is None:
-                headers.set(b"vary", b"accept-encoding")
-            elif not any(part.strip() == b"accept-encoding" for part in vary.split(b",")):
-                headers.set(b"vary", vary + b", accept-encoding")
+                headers.set(b"vary", b"Accept-Encoding")
+            elif not any(part.strip() == b"Accept-Encoding" for part in vary.split(b",")):
+                headers.set(b"vary", vary + b", Accept-Encoding")
             elif len(headers.get_all(b"vary")) > 1:
                 headers.set(b"vary", vary)  # Envoy keeps vary inline: its lines become one
 

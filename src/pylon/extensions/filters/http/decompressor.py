@@ -11,7 +11,7 @@ unless its `common_config.enabled` says otherwise:
   is dropped and the body goes on chunked, decompressed piece by piece
   (`total_compressed_bytes`, `total_uncompressed_bytes`).
 - With response decompression on and `advertise_accept_encoding` (default
-  true), a request with a body gets the library's coding appended to its
+  true), every request gets the library's coding appended to its
   Accept-Encoding ("," without a space; set when absent), so the upstream may
   compress.
 - Stats: `http.<stat_prefix>.decompressor.<library name>.<gzip|brotli|zstd>.`
@@ -101,12 +101,12 @@ class DecompressorFilter:
         self._responses: dict[Any, Any] = {}
 
     def decode_headers(self, stream: Any) -> bool:
-        if not (stream.req_length or stream.req_chunked):
-            return True  # headers only: Envoy's filter does nothing
         if self.response.enabled and self.advertise:
             accept = _joined(stream.headers, b"accept-encoding")
             stream.edit_request_header("set", b"accept-encoding",
                                        self.encoding if accept is None else accept + b"," + self.encoding)
+        if not (stream.req_length or stream.req_chunked):
+            return True  # headers only: nothing to decompress, nothing counted
         remaining = self._decodes(self.request, stream.headers)
         if remaining is None:
             return True
