@@ -5,7 +5,8 @@
 - `/status/<code>?...`: that status, with a text body unless 204 or 304;
 - `/record`: keeps the request (its headers and its body, de-chunked) and answers 200 "recorded".
 
-A first path segment other than these is skipped (`/off/text/10`). `text(n)` is the body `/text/<n>` sends, for comparing what a client decompresses.
+A first path segment other than these is skipped (`/off/text/10`). `text(n)` is the body `/text/<n>` sends,
+for comparing what a client decompresses.
 """
 
 from __future__ import annotations

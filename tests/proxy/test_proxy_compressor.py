@@ -270,7 +270,8 @@ def test_stats(comp: Compression) -> None:
         "z.zstd.request.not_compressed": 1}
     before = comp.stats("etag")
     comp.ask('/text/2000?content-type=application/json&etag="x"', listener="etag")
-    assert delta(before, comp.stats("etag")) == {"json.gzip.not_compressed_etag": 1, "json.gzip.header_compressor_used": 1,
+    assert delta(before, comp.stats("etag")) == {"json.gzip.not_compressed_etag": 1,
+                                                 "json.gzip.header_compressor_used": 1,
                                                  "json.gzip.response.not_compressed": 1,
                                                  "json.gzip.request.not_compressed": 1}
 

@@ -100,7 +100,8 @@ EXTENSION_MODULES: Mapping[str, Mapping[str, str]] = MappingProxyType(
             "pylon.filters.http.v1.Python": "pylon.extensions.filters.http.python",
         },
         HTTP_FILTER_PER_ROUTE: {
-            "envoy.extensions.filters.http.compressor.v3.CompressorPerRoute": "pylon.extensions.filters.http.compressor",
+            "envoy.extensions.filters.http.compressor.v3.CompressorPerRoute":
+                "pylon.extensions.filters.http.compressor",
             "envoy.extensions.filters.http.cors.v3.CorsPolicy": "pylon.extensions.filters.http.cors",
             "envoy.extensions.filters.http.csrf.v3.CsrfPolicy": "pylon.extensions.filters.http.csrf",
             "envoy.extensions.filters.http.dynamic_forward_proxy.v3.PerRouteConfig":

@@ -1,4 +1,4 @@
-"""Which encoding a response gets: Envoy's compressor filters' shared choice from the request's Accept-Encoding (sans-IO).
+"""Which encoding a response gets: the compressor filters' shared choice from a request's Accept-Encoding (sans-IO).
 
 All compressor filters of a chain take part in one choice per stream (Envoy's
 `chooseEncoding`, made by the first of them to ask and cached for the others):
