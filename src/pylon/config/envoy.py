@@ -1113,8 +1113,8 @@ class HttpConnectionManager(EnvoyStruct, kw_only=True):
         "UNESCAPE_AND_FORWARD"] = "IMPLEMENTATION_SPECIFIC_DEFAULT"  # Envoy's default: KEEP_UNCHANGED
     via: HttpText = HttpText("")
     tracing: Tracing | None = None
-    #: set user-agent (when missing or empty) and x-envoy-downstream-service-cluster from the node's cluster, and
-    #: x-envoy-downstream-service-node from its id (proxy/stream.py); nothing when the node has no cluster
+    #: set user-agent (when missing or empty) and x-envoy-downstream-service-cluster from the node's cluster (even
+    #: an empty one, as Envoy), and x-envoy-downstream-service-node from its id (proxy/hcm.py, proxy/stream.py)
     add_user_agent: bool = False
 
     def __post_init__(self) -> None:

@@ -46,8 +46,9 @@ if TYPE_CHECKING:
 
 def _user_agent_edits(cluster: bytes, node_id: bytes, headers: list[tuple[bytes, bytes]]
                       ) -> list[tuple[str, bytes, bytes]]:
-    """Envoy's add_user_agent: x-envoy-downstream-service-cluster is the node's cluster (whatever the client sent),
-    user-agent too when the request has none or an empty one, x-envoy-downstream-service-node the node's id."""
+    """Envoy's add_user_agent: x-envoy-downstream-service-cluster is the node's cluster (whatever the client sent,
+    and even when the node has no cluster: then empty), user-agent too when the request has none or an empty one,
+    x-envoy-downstream-service-node the node's id when it has one."""
     edits = [("set", b"x-envoy-downstream-service-cluster", cluster)]
     if not next((value for name, value in headers if name == b"user-agent"), b""):
         edits.append(("set", b"user-agent", cluster))
@@ -165,9 +166,10 @@ class HcmRuntime:
         self.host_labels: dict[Any, str] = {}  # host -> "ip:port" for %UPSTREAM_HOST%, formatted once
         self.tracer: Tracer | None = None  # with HCM `tracing` (set by the listener, which knows the direction)
         node = getattr(worker, "node", None)
-        cluster = node.cluster if config.add_user_agent and node is not None else ""
-        # add_user_agent, as Envoy: its user agent is the node's cluster (--service-cluster), none without one
-        self.user_agent_edits = partial(_user_agent_edits, cluster.encode(), node.id.encode()) if cluster else None
+        cluster, node_id = (node.cluster, node.id) if node is not None else ("", "")
+        # add_user_agent, as Envoy: its user agent is the node's cluster (--service-cluster), even an empty one
+        self.user_agent_edits = partial(_user_agent_edits, cluster.encode(), node_id.encode()) \
+            if config.add_user_agent else None
 
     def trusted_client(self, stream: Stream) -> tuple[str, int] | str:
         """Envoy's downstream remote address: the peer, or the x-forwarded-for entry it trusts.
