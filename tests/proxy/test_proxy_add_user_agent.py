@@ -26,8 +26,9 @@ def seen(implementation: str, directory: Path, node: dict[str, Any], requests: l
     launcher = ProxyLauncher(directory)
     try:
         port = free_port()
-        launcher.start([http_listener("main", port, [route("/", "up")], **hcm)], [static_cluster("up", [upstream.port])],
-                       implementation=implementation, bootstrap_extra={"node": node})
+        launcher.start([http_listener("main", port, [route("/", "up")], **hcm)],
+                       [static_cluster("up", [upstream.port])], implementation=implementation,
+                       bootstrap_extra={"node": node})
         for request in requests:
             assert raw_exchange(port, request).status == 200
         return [{name: r["headers"].get(name) for name in ("user-agent", CLUSTER, NODE)} for r in upstream.requests]

@@ -218,6 +218,7 @@ NEGOTIATION = [
     ("br;q=0.5, gzip;q=0.4", "text/plain", "br"),
     ("br;q=0.5, gzip;Q=0.6", "text/plain", "gzip"),
     ("*", "text/plain", "br"),  # the wildcard: the filter first in the chain
+    ("*, *", "text/plain", "br"),
     ("gzip;q=0, *", "text/plain", "br"),
     ("br;q=0, gzip;q=0, *", "text/plain", None),
     ("zstd", "text/plain", None),  # zstd's filter takes JSON only

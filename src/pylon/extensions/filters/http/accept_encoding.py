@@ -5,8 +5,8 @@ All compressor filters of a chain take part in one choice per stream (Envoy's
 
 - the candidates are the chain's compressors in filter order, less those whose
   content types leave out the response's (`content-type` up to ";", any case);
-  of several with one encoding, only the first counts; each gets its
-  registration number (0, 1, ...) in that order;
+  of several with one encoding, only the first counts (registered in that
+  order);
 - Accept-Encoding is read token by token (split on ",", empties skipped): the
   coding is the text before ";", trimmed, compared case-sensitively; a `q=`
   parameter (its name in any case) that is no number drops the token; q=0
@@ -14,12 +14,10 @@ All compressor filters of a chain take part in one choice per stream (Envoy's
 - nothing parsed, or no candidates left: identity, counted as not valid;
 - otherwise, over the tokens in order, among the candidates, `identity` and
   `*`, the highest q wins; on a tie the later token wins only if its coding's
-  filter says `choose_first`. Envoy's tie test indexes its candidate map with
-  the coding, which inserts `identity` or `*` as a candidate numbered 0: kept,
-  since it decides which filter a later `*` picks;
+  filter says `choose_first` (`identity` and `*` never do, nor become
+  candidates: Envoy 1.40 answers "*, *" with its first filter's encoding);
 - a winning q of 0 (nothing acceptable): identity, not valid; `identity`:
-  identity; `*`: the lowest-numbered candidate (ties: the smallest coding);
-  else that coding.
+  identity; `*`: the first candidate; else that coding.
 """
 
 from __future__ import annotations
@@ -77,12 +75,11 @@ def parse(accept_encoding: str) -> list[tuple[str, float]]:
 def choose(accept_encoding: str, content_type: str | None, chain: Sequence[Candidate]) -> Decision:
     """The encoding for a response with `content_type` (None: no header) to a request with `accept_encoding`."""
     media = content_type.split(";", 1)[0].strip().lower() if content_type else ""
-    allowed: dict[str, tuple[int, bool]] = {}  # coding -> (registration number, choose_first)
+    allowed: dict[str, bool] = {}  # coding -> its filter's choose_first, in the order of registration
     for candidate in chain:
         if media and media not in candidate.content_types:
             continue
-        if candidate.encoding not in allowed:
-            allowed[candidate.encoding] = (len(allowed), candidate.choose_first)
+        allowed.setdefault(candidate.encoding, candidate.choose_first)
     pairs = parse(accept_encoding)
     for coding, q in pairs:
         if not q:
@@ -92,13 +89,12 @@ def choose(accept_encoding: str, content_type: str | None, chain: Sequence[Candi
     choice, best = IDENTITY, 0.0
     for coding, q in pairs:
         if coding in allowed or coding == IDENTITY or coding == WILDCARD:
-            if q > best or (q == best and allowed.setdefault(coding, (0, False))[1]):
+            if q > best or (q == best and allowed.get(coding, False)):
                 choice, best = coding, q
     if not best:  # (a NaN q never wins a comparison, so it cannot be the best)
         return Decision(IDENTITY, NOT_VALID)
     if choice == IDENTITY:
         return Decision(IDENTITY, IDENTITY_KIND)
     if choice == WILDCARD:
-        first = min(allowed.items(), key=lambda item: (item[1][0], item[0]))[0]
-        return Decision(first, WILDCARD_KIND)
+        return Decision(next(iter(allowed)), WILDCARD_KIND)  # the first registered
     return Decision(choice, VALID)
