@@ -1,7 +1,7 @@
 """An upstream for the compression tests: text bodies of a chosen size and headers, and a recorder of requests.
 
 - `GET|HEAD /text/<n>?name=value&...`: 200 with n bytes of compressible text and those headers (a
-  `content-length` unless `chunked=1`, then chunked in pieces of 1,000 bytes);
+  `content-length` unless `chunked=1`, then chunked in pieces of 1,000 bytes; gzipped with `gzip=1`);
 - `/status/<code>?...`: that status, with a text body unless 204 or 304;
 - `/record`: keeps the request (its headers and its body, de-chunked) and answers 200 "recorded".
 
@@ -11,6 +11,7 @@ for comparing what a client decompresses.
 
 from __future__ import annotations
 
+import gzip
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -58,6 +59,9 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             status, payload = 200, text(int(parts[1]) if len(parts) > 1 else 1000)
         chunked = query.pop("chunked", None) == "1"
+        if query.pop("gzip", None) == "1":
+            payload = gzip.compress(payload)
+            query["content-encoding"] = "gzip"
         self.send_response(status)
         for name, value in query.items():
             self.send_header(name, value)

@@ -314,6 +314,21 @@ def test_request_decompression_and_advertising(comp: Compression) -> None:
         "upload.gzip.response.not_decompressed": 3}
 
 
+def test_response_decompression(comp: Compression) -> None:
+    before = comp.stats("dec", "decompressor")
+    reply = comp.ask("/text/5000?gzip=1&content-type=text/plain", accept=None, listener="dec")
+    assert (reply.status, reply.body, reply.get("content-encoding"), reply.get("content-length")) == (
+        200, text(5000), None, None)
+    kept = comp.ask("/text/5000?gzip=1&content-type=text/plain&cache-control=no-transform", accept=None,
+                    listener="dec")
+    assert (kept.get("content-encoding"), gzip.decompress(kept.body)) == ("gzip", text(5000))
+    stats = delta(before, comp.stats("dec", "decompressor"))
+    assert {k: v for k, v in stats.items() if k.startswith("upload.gzip.response.")} == {
+        "upload.gzip.response.decompressed": 1, "upload.gzip.response.not_decompressed": 1,
+        "upload.gzip.response.total_compressed_bytes": len(gzip.compress(text(5000))),
+        "upload.gzip.response.total_uncompressed_bytes": 5000}
+
+
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 def test_curl_compressed(comp: Compression) -> None:
     url = f"http://127.0.0.1:{comp.ports['multi']}/text/6000?content-type=text/css"
