@@ -205,20 +205,41 @@ class _StreamState:
 _STREAMS: dict[Any, _StreamState] = {}
 
 
-def _joined(headers: Any, name: bytes) -> bytes | None:
-    """An Envoy inline header's value: its lines joined with "," (None when absent)."""
-    values = [value for key, value in headers if key == name]
-    if not values:
-        return None
-    return values[0] if len(values) == 1 else b",".join(values)
+#: the headers the filter reads, in one pass over a message's head
+_READ = frozenset((b"accept-encoding", b"content-length", b"content-type", b"content-encoding", b"cache-control",
+                   b"etag", b"vary", b"transfer-encoding", b"connection", b"upgrade"))
+
+
+def _read(headers: Any) -> dict[bytes, bytes]:
+    """The headers the filter reads, each as Envoy keeps an inline header: its lines joined with ","."""
+    found: dict[bytes, bytes] = {}
+    for name, value in headers:
+        if name in _READ:
+            found[name] = found[name] + b"," + value if name in found else value
+    return found
 
 
 def _has_token(value: bytes | None, token: bytes) -> bool:
     return value is not None and any(part.strip().lower() == token for part in value.split(b","))
 
 
-def _is_upgrade(headers: Any) -> bool:
-    return _has_token(_joined(headers, b"connection"), b"upgrade") and _joined(headers, b"upgrade") is not None
+def _is_upgrade(found: dict[bytes, bytes]) -> bool:
+    return _has_token(found.get(b"connection"), b"upgrade") and b"upgrade" in found
+
+
+#: choices by (the chain's candidates, accept-encoding, content-type): a handful of distinct ones in practice
+_CHOICES: dict[tuple[Any, str, str | None], Decision] = {}
+_CHOICES_MAX = 4096
+
+
+def _choice(chain: tuple[Candidate, ...], accept: str, content_type: str | None) -> Decision:
+    key = (chain, accept, content_type)
+    decision = _CHOICES.get(key)
+    if decision is None:
+        if len(_CHOICES) >= _CHOICES_MAX:
+            _CHOICES.clear()  # headers come from clients: bound the memo, keep it simple
+        decision = _CHOICES[key] = choose(accept, content_type, chain)
+    return decision
 
 
 class CompressorFilter:
@@ -258,19 +279,18 @@ class CompressorFilter:
             state = _STREAMS[stream] = _StreamState()
             stream.on_finish(functools.partial(_STREAMS.pop, stream, None))
         state.chain.append(self)
-        headers = stream.headers
-        state.accept[self] = None if (accept := _joined(headers, b"accept-encoding")) is None \
-            else accept.decode("latin-1")
+        found = _read(stream.headers)
+        accept = found.get(b"accept-encoding")
+        state.accept[self] = None if accept is None else accept.decode("latin-1")
         per_route = self._per_route(stream)
         if self._response_enabled(per_route) and self._removes_accept_encoding(per_route):
             stream.edit_request_header("remove", b"accept-encoding")
         config = self.request_config
         has_body = bool(stream.req_length or stream.req_chunked)
         if has_body and config.enabled and not stream.upgrade \
-                and config.long_enough(_joined(headers, b"content-length")) \
-                and config.type_allowed(_joined(headers, b"content-type")) \
-                and _joined(headers, b"content-encoding") is None \
-                and self._transfer_encoding_allowed(headers):
+                and config.long_enough(found.get(b"content-length")) \
+                and config.type_allowed(found.get(b"content-type")) \
+                and b"content-encoding" not in found and self._transfer_encoding_allowed(found):
             stream.edit_request_header("set", b"content-encoding", self.encoding_bytes)
             config.compressed.inc()
             state.request[self] = self.library.make()
@@ -291,15 +311,16 @@ class CompressorFilter:
         if state is None or stream.local_reply:
             return
         config = self.response_config
-        per_route = self._per_route(stream)
-        big_enough = self._response_enabled(per_route) and config.long_enough(headers.get(b"content-length"))
-        compressible = (big_enough and not _is_upgrade(headers) and config.type_allowed(headers.get(b"content-type"))
-                        and not _has_token(_joined(headers, b"cache-control"), b"no-transform")
-                        and self._etag_allowed(headers) and b"content-encoding" not in headers)
+        found = _read(headers)
+        per_route = self._per_route(stream) if stream.route is not None else None
+        big_enough = self._response_enabled(per_route) and config.long_enough(found.get(b"content-length"))
+        compressible = (big_enough and not _is_upgrade(found) and config.type_allowed(found.get(b"content-type"))
+                        and not _has_token(found.get(b"cache-control"), b"no-transform")
+                        and self._etag_allowed(found) and b"content-encoding" not in found)
         end_stream = stream.is_head or status == 204 or status == 304
-        if not end_stream and self._accept_encoding_allowed(big_enough, state, headers) and compressible \
-                and self._transfer_encoding_allowed(headers):
-            etag = headers.get(b"etag")
+        if not end_stream and self._accept_encoding_allowed(big_enough, state, found) and compressible \
+                and self._transfer_encoding_allowed(found):
+            etag = found.get(b"etag")
             if etag is not None and len(etag) > 2 and etag[:2] not in (b"W/", b"w/"):
                 headers.remove(b"etag")  # a strong ETag no longer holds for the compressed bytes
             headers.remove(b"content-length")
@@ -309,7 +330,7 @@ class CompressorFilter:
         else:
             config.not_compressed.inc()
         if compressible:
-            vary = _joined(headers, b"vary")
+            vary = found.get(b"vary")
             if vary is None:
                 headers.set(b"vary", b"Accept-Encoding")
             elif not any(part.strip() == b"Accept-Encoding" for part in vary.split(b",")):
@@ -347,20 +368,20 @@ class CompressorFilter:
         remove = per_route.remove_accept_encoding if per_route is not None else None
         return self.remove_accept_encoding if remove is None else remove
 
-    def _etag_allowed(self, headers: Any) -> bool:
-        if self.disable_on_etag and b"etag" in headers:
+    def _etag_allowed(self, found: dict[bytes, bytes]) -> bool:
+        if self.disable_on_etag and b"etag" in found:
             self.not_compressed_etag.inc()
             return False
         return True
 
-    def _transfer_encoding_allowed(self, headers: Any) -> bool:
-        value = _joined(headers, b"transfer-encoding")
+    def _transfer_encoding_allowed(self, found: dict[bytes, bytes]) -> bool:
+        value = found.get(b"transfer-encoding")
         if value is None:
             return True
         codings = {part.strip().lower() for part in value.split(b",")}
         return not (codings & _COMPRESSING_CODINGS or self.encoding_bytes.lower() in codings)
 
-    def _accept_encoding_allowed(self, maybe: bool, state: _StreamState, headers: Any) -> bool:
+    def _accept_encoding_allowed(self, maybe: bool, state: _StreamState, found: dict[bytes, bytes]) -> bool:
         """Whether the chain's choice of encoding is this filter's (counting the header's kind); computed once per
         stream, by the first compressor filter to ask."""
         if not maybe:
@@ -370,9 +391,9 @@ class CompressorFilter:
             self.no_accept_header.inc()
             return False
         if state.decision is None:
-            content_type = headers.get(b"content-type")
-            state.decision = choose(accept, None if content_type is None else content_type.decode("latin-1"),
-                                    [f.candidate for f in state.chain])
+            content_type = found.get(b"content-type")
+            state.decision = _choice(tuple(f.candidate for f in state.chain), accept,
+                                     None if content_type is None else content_type.decode("latin-1"))
         decision = state.decision
         ours = decision.encoding.lower() == self.encoding.lower()
         if decision.kind == VALID:
