@@ -314,6 +314,23 @@ def test_request_decompression_and_advertising(comp: Compression) -> None:
         "upload.gzip.response.not_decompressed": 3}
 
 
+def test_corrupt_input_and_a_decompression_bomb(comp: Compression) -> None:
+    before = len(comp.upstream.requests)
+    stats_before = comp.stats("dec", "decompressor")
+    packed = gzip.compress(text(4000))
+    corrupt = packed[:40] + b"\xff" * 30 + packed[70:]
+    bomb = gzip.compress(b"\0" * 5_000_000)
+    for body in (corrupt, bomb):
+        reply = comp.ask("/record", accept=None, listener="dec", method="POST", body=body, content_encoding="gzip")
+        assert reply.status == 200  # the request goes on, cut short
+    seen = [len(r["body"]) for r in comp.upstream.requests[before:]]
+    assert seen == [0, 120 * 4096]  # the first whole chunk past 100 times the input (4,892 bytes)
+    assert delta(stats_before, comp.stats("dec", "decompressor")) == {
+        "upload.gzip.decompressor_library.zlib_data_error": 2, "upload.gzip.request.decompressed": 2,
+        "upload.gzip.request.total_compressed_bytes": len(corrupt) + len(bomb),
+        "upload.gzip.request.total_uncompressed_bytes": 120 * 4096, "upload.gzip.response.not_decompressed": 2}
+
+
 def test_response_decompression(comp: Compression) -> None:
     before = comp.stats("dec", "decompressor")
     reply = comp.ask("/text/5000?gzip=1&content-type=text/plain", accept=None, listener="dec")

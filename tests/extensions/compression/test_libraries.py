@@ -84,12 +84,12 @@ def test_decompressors_read_the_real_libraries(struct: type, encode: Any) -> Non
     config = {"window_bits": 15} if struct is GzipDecompressor else {}
     decompressor = convert(config, struct).make()
     out = b"".join(decompressor.decompress(packed[i:i + 1000]) for i in range(0, len(packed), 1000))
-    assert out == BODY and not decompressor.failed
+    assert out == BODY and decompressor.failed == ()
 
 
 def test_gzip_window_smaller_than_the_stream_is_a_data_error() -> None:
     decompressor = convert({"window_bits": 9}, GzipDecompressor).make()
-    assert decompressor.decompress(gzip.compress(BODY)) == b"" and decompressor.failed
+    assert decompressor.decompress(gzip.compress(BODY)) == b"" and decompressor.failed == ("zlib_data_error",)
 
 
 @pytest.mark.parametrize(("struct", "encode"), [
@@ -102,7 +102,7 @@ def test_a_decompression_bomb_is_cut_short(struct: type, encode: Any) -> None:
     config = {"window_bits": 15, "max_inflate_ratio": 100} if struct is GzipDecompressor else {}
     decompressor = convert(config, struct).make()
     out = decompressor.decompress(bomb)
-    assert decompressor.failed and len(out) <= len(bomb) * 100
+    assert decompressor.failed and len(out) <= len(bomb) * 100 + 4096
     assert decompressor.decompress(b"more") == b""
 
 

@@ -25,8 +25,9 @@ class StreamCompressor(Protocol):
 
 class StreamDecompressor(Protocol):
     """One direction of one stream; `decompress` returns what the piece yields. After corrupt input, or output
-    beyond the library's inflate ratio, it yields nothing more (`failed`), as Envoy's decompressors stop."""
+    beyond the library's inflate ratio, it yields nothing more: `failed` then names the library's error counters
+    (Envoy's, under `<decompressor stats>.decompressor_library.`), else it is empty."""
 
-    failed: bool
+    failed: tuple[str, ...]
 
     def decompress(self, data: bytes) -> bytes: ...

@@ -6,7 +6,10 @@ checked, no effect on the bytes). Content-Encoding `br`, stats under `brotli`.
 Refused by name: `disable_literal_context_modeling: true` (the Python binding
 has no such encoder parameter) and the decompressor's
 `disable_ring_buffer_reallocation: true`. The decompressor stops beyond 100
-times its compressed input, as Envoy's brotli decompressor guards against bombs.
+times its compressed input (`brotli_error`, `brotli_output_overflow`), as
+Envoy's brotli decompressor guards against bombs. Departure: Envoy applies the
+ratio to each data piece at its chunk granularity, so where the output ends
+differs (Envoy 1.40 also cuts a legitimate body that inflates past it).
 """
 
 from __future__ import annotations
@@ -87,7 +90,7 @@ class _Decompressor:
     def __init__(self) -> None:
         self._b = brotli.Decompressor()
         self._in = self._out = 0
-        self.failed = False
+        self.failed: tuple[str, ...] = ()
 
     def decompress(self, data: bytes) -> bytes:
         if self.failed or not data:
@@ -96,11 +99,11 @@ class _Decompressor:
         try:
             out = self._b.process(data)
         except brotli.error:
-            self.failed = True
+            self.failed = ("brotli_error",)
             return b""
         room = self._in * _MAX_INFLATE_RATIO - self._out
         if len(out) > room:
-            self.failed = True
+            self.failed = ("brotli_error", "brotli_output_overflow")
             out = out[:room]
         self._out += len(out)
         return out

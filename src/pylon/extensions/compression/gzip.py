@@ -3,10 +3,10 @@
 Envoy's defaults: compression level zlib's default (6), strategy default,
 memory_level 5, window_bits 12 (the gzip header adds 16, as Envoy's zlib
 wrapper does), chunk_size 4096. chunk_size is the size of the buffers Envoy's
-zlib writes into: it slices the output, never changes its bytes, so it is
-checked and has nothing else to do here. The decompressor stops at
-`max_inflate_ratio` (default 100) times the compressed input, Envoy's
-decompression-bomb guard.
+zlib writes into: for the compressor it slices the output, never changes its
+bytes; for the decompressor it is the granularity of the bomb guard, which
+stops at the first chunk past `max_inflate_ratio` (default 100) times the
+compressed input, as Envoy's does (counted `zlib_data_error`, as corrupt input).
 """
 
 from __future__ import annotations
@@ -71,30 +71,38 @@ class GzipDecompressor(EnvoyStruct, kw_only=True):
     max_inflate_ratio: Annotated[int, msgspec.Meta(ge=1, le=1032)] = 100
 
     def make(self) -> _Decompressor:
-        return _Decompressor(zlib.decompressobj(self.window_bits + _GZIP_HEADER), self.max_inflate_ratio)
+        return _Decompressor(zlib.decompressobj(self.window_bits + _GZIP_HEADER), self.max_inflate_ratio,
+                             self.chunk_size)
+
+
+_DATA_ERROR = ("zlib_data_error",)
 
 
 class _Decompressor:
-    __slots__ = ("_z", "_ratio", "_in", "_out", "failed")
+    """Envoy's zlib decompressor writes `chunk_size` pieces and stops once the stream's output passes
+    `max_inflate_ratio` times its input: so the output ends at the first whole chunk past that (checked beside
+    Envoy 1.40: 4,892 bytes of a gzipped bomb yield 491,520 = 120 chunks)."""
 
-    def __init__(self, z: zlib._Decompress, ratio: int) -> None:
-        self._z, self._ratio = z, ratio
+    __slots__ = ("_z", "_ratio", "_chunk", "_in", "_out", "failed")
+
+    def __init__(self, z: zlib._Decompress, ratio: int, chunk: int) -> None:
+        self._z, self._ratio, self._chunk = z, ratio, chunk
         self._in = self._out = 0
-        self.failed = False
+        self.failed: tuple[str, ...] = ()
 
     def decompress(self, data: bytes) -> bytes:
         if self.failed or not data:
             return b""
         self._in += len(data)
         room = self._in * self._ratio - self._out
+        limit = (room // self._chunk + 1) * self._chunk
         try:
-            out = self._z.decompress(data, room + 1)
+            out = self._z.decompress(data, limit)
         except zlib.error:
-            self.failed = True
+            self.failed = _DATA_ERROR
             return b""
-        if len(out) > room or self._z.unconsumed_tail:
-            self.failed = True  # inflates beyond max_inflate_ratio: a decompression bomb, cut short
-            out = out[:room]
+        if len(out) > room:
+            self.failed = _DATA_ERROR  # inflates beyond max_inflate_ratio: a decompression bomb, cut short
         self._out += len(out)
         return out
 

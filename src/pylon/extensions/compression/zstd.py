@@ -5,7 +5,10 @@ strategy DEFAULT (the level's own), no checksum, chunk_size 4096 (output
 buffer slicing only: checked, no effect on the bytes). Each piece is flushed
 as a block, as Envoy's `ZSTD_e_flush`. Refused by name: the compressor's
 `dictionary` and the decompressor's `dictionaries`. The decompressor stops
-beyond 100 times its compressed input (a bomb guard, as Envoy's).
+beyond 100 times its compressed input (`zstd_generic_error`). Departure: Envoy
+checks the ratio per data piece after decompressing all of it (passing up to
+zstd's 128 KiB block per piece, and counting the error even for a legitimate
+body that inflates more); pylon's cumulative cut also applies to those.
 """
 
 from __future__ import annotations
@@ -84,7 +87,7 @@ class _Decompressor:
     def __init__(self) -> None:
         self._z = zstandard.ZstdDecompressor().decompressobj(read_across_frames=True)
         self._in = self._out = 0
-        self.failed = False
+        self.failed: tuple[str, ...] = ()
 
     def decompress(self, data: bytes) -> bytes:
         if self.failed or not data:
@@ -93,11 +96,11 @@ class _Decompressor:
         try:
             out = self._z.decompress(data)
         except zstandard.ZstdError:
-            self.failed = True
+            self.failed = ("zstd_generic_error",)
             return b""
         room = self._in * _MAX_INFLATE_RATIO - self._out
         if len(out) > room:
-            self.failed = True
+            self.failed = ("zstd_generic_error",)
             out = out[:room]
         self._out += len(out)
         return out

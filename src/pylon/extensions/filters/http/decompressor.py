@@ -18,8 +18,10 @@ unless its `common_config.enabled` says otherwise:
   `request.` / `response.` then the counters above.
 
 Corrupt input, or input inflating beyond the library's ratio, ends the output
-there, as Envoy's decompressors stop (pylon keeps no per-library error
-counters). Runtime keys never apply (pylon's runtime refuses keys it does not
+there, as Envoy's decompressors stop, counted under
+`...<gzip|brotli|zstd>.decompressor_library.` (`zlib_data_error`,
+`brotli_error`, `brotli_output_overflow`, `zstd_generic_error`; once per
+stream). Runtime keys never apply (pylon's runtime refuses keys it does not
 implement).
 """
 
@@ -96,6 +98,8 @@ class DecompressorFilter:
         self.request = _Direction(config.request_direction_config.common_config, prefix + "request.", stats)
         self.response = _Direction(config.response_direction_config.common_config, prefix + "response.", stats)
         self.advertise = config.request_direction_config.advertise_accept_encoding
+        self.library_prefix = prefix + "decompressor_library."
+        self.stats = stats
         #: the streams being decompressed, by direction: their decompressors (until the stream ends)
         self._requests: dict[Any, Any] = {}
         self._responses: dict[Any, Any] = {}
@@ -159,11 +163,14 @@ class DecompressorFilter:
         streams[stream] = self.library.make()
         stream.on_finish(functools.partial(streams.pop, stream, None))
 
-    @staticmethod
-    def _decompress(decompressor: Any, direction: _Direction, data: bytes) -> bytes:
+    def _decompress(self, decompressor: Any, direction: _Direction, data: bytes) -> bytes:
+        failed = decompressor.failed
         out = decompressor.decompress(data)
         direction.total_compressed.inc(len(data))
         direction.total_uncompressed.inc(len(out))
+        if decompressor.failed and not failed:
+            for name in decompressor.failed:
+                self.stats.counter(self.library_prefix + name).inc()
         return out
 
 
