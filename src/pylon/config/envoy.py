@@ -445,6 +445,14 @@ class RuntimeFractionalPercent(EnvoyStruct, kw_only=True):
     runtime_key: str = ""
 
 
+class RuntimeFeatureFlag(EnvoyStruct, kw_only=True):
+    """config.core.v3.RuntimeFeatureFlag: on or off by `default_value` (required), unless the runtime has
+    `runtime_key` - which pylon's runtime never has (see RuntimeFractionalPercent)."""
+
+    default_value: bool
+    runtime_key: str = ""
+
+
 class Percent(EnvoyStruct, kw_only=True):
     """type.v3.Percent."""
 
@@ -1105,6 +1113,9 @@ class HttpConnectionManager(EnvoyStruct, kw_only=True):
         "UNESCAPE_AND_FORWARD"] = "IMPLEMENTATION_SPECIFIC_DEFAULT"  # Envoy's default: KEEP_UNCHANGED
     via: HttpText = HttpText("")
     tracing: Tracing | None = None
+    #: set user-agent (when missing or empty) and x-envoy-downstream-service-cluster from the node's cluster (even
+    #: an empty one, as Envoy), and x-envoy-downstream-service-node from its id (proxy/hcm.py, proxy/stream.py)
+    add_user_agent: bool = False
 
     def __post_init__(self) -> None:
         if self.codec_type in ("HTTP2", "HTTP3"):

@@ -45,6 +45,9 @@ REGEX_ENGINE = "envoy.regex_engines"
 CLUSTER_TYPE = "envoy.clusters"
 #: HCM `tracing.provider.typed_config`: the tracer that makes, propagates and exports spans.
 TRACER = "envoy.tracers"
+#: The compressor / decompressor filters' `compressor_library` / `decompressor_library` (gzip, brotli, zstd).
+COMPRESSOR_LIBRARY = "envoy.compression.compressor"
+DECOMPRESSOR_LIBRARY = "envoy.compression.decompressor"
 
 #: Human names used in error messages ("accepted here (network filters): ...").
 CATEGORY_NAMES = MappingProxyType(
@@ -62,6 +65,8 @@ CATEGORY_NAMES = MappingProxyType(
         REGEX_ENGINE: "regex engine",
         CLUSTER_TYPE: "cluster type",
         TRACER: "tracer",
+        COMPRESSOR_LIBRARY: "compressor library",
+        DECOMPRESSOR_LIBRARY: "decompressor library",
     }
 )
 
@@ -84,7 +89,10 @@ EXTENSION_MODULES: Mapping[str, Mapping[str, str]] = MappingProxyType(
             "envoy.extensions.network.connection_balance.dlb.v3alpha.Dlb": "pylon.proxy.balance.dlb",
         },
         HTTP_FILTER: {
+            "envoy.extensions.filters.http.compressor.v3.Compressor": "pylon.extensions.filters.http.compressor",
             "envoy.extensions.filters.http.cors.v3.Cors": "pylon.extensions.filters.http.cors",
+            "envoy.extensions.filters.http.csrf.v3.CsrfPolicy": "pylon.extensions.filters.http.csrf",
+            "envoy.extensions.filters.http.decompressor.v3.Decompressor": "pylon.extensions.filters.http.decompressor",
             "envoy.extensions.filters.http.dynamic_forward_proxy.v3.FilterConfig":
                 "pylon.extensions.filters.http.dynamic_forward_proxy",
             "envoy.extensions.filters.http.fault.v3.HTTPFault": "pylon.extensions.filters.http.fault",
@@ -92,11 +100,24 @@ EXTENSION_MODULES: Mapping[str, Mapping[str, str]] = MappingProxyType(
             "pylon.filters.http.v1.Python": "pylon.extensions.filters.http.python",
         },
         HTTP_FILTER_PER_ROUTE: {
+            "envoy.extensions.filters.http.compressor.v3.CompressorPerRoute":
+                "pylon.extensions.filters.http.compressor",
             "envoy.extensions.filters.http.cors.v3.CorsPolicy": "pylon.extensions.filters.http.cors",
+            "envoy.extensions.filters.http.csrf.v3.CsrfPolicy": "pylon.extensions.filters.http.csrf",
             "envoy.extensions.filters.http.dynamic_forward_proxy.v3.PerRouteConfig":
                 "pylon.extensions.filters.http.dynamic_forward_proxy",
             "envoy.extensions.filters.http.fault.v3.HTTPFault": "pylon.extensions.filters.http.fault",
             "envoy.extensions.filters.http.rbac.v3.RBACPerRoute": "pylon.extensions.filters.http.rbac",
+        },
+        COMPRESSOR_LIBRARY: {
+            "envoy.extensions.compression.gzip.compressor.v3.Gzip": "pylon.extensions.compression.gzip",
+            "envoy.extensions.compression.brotli.compressor.v3.Brotli": "pylon.extensions.compression.brotli",
+            "envoy.extensions.compression.zstd.compressor.v3.Zstd": "pylon.extensions.compression.zstd",
+        },
+        DECOMPRESSOR_LIBRARY: {
+            "envoy.extensions.compression.gzip.decompressor.v3.Gzip": "pylon.extensions.compression.gzip",
+            "envoy.extensions.compression.brotli.decompressor.v3.Brotli": "pylon.extensions.compression.brotli",
+            "envoy.extensions.compression.zstd.decompressor.v3.Zstd": "pylon.extensions.compression.zstd",
         },
         CLUSTER_TYPE: {
             "envoy.extensions.clusters.dynamic_forward_proxy.v3.ClusterConfig":

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections import deque
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from pylon.proxy import local_reply as lr
@@ -41,6 +42,19 @@ if TYPE_CHECKING:
 
 # Bytes a request head may exceed its limit by, counted per read, before the
 # exact count (done as each header completes) has had a chance to answer 431.
+
+
+def _user_agent_edits(cluster: bytes, node_id: bytes, headers: list[tuple[bytes, bytes]]
+                      ) -> list[tuple[str, bytes, bytes]]:
+    """Envoy's add_user_agent: x-envoy-downstream-service-cluster is the node's cluster (whatever the client sent,
+    and even when the node has no cluster: then empty), user-agent too when the request has none or an empty one,
+    x-envoy-downstream-service-node the node's id when it has one."""
+    edits = [("set", b"x-envoy-downstream-service-cluster", cluster)]
+    if not next((value for name, value in headers if name == b"user-agent"), b""):
+        edits.append(("set", b"user-agent", cluster))
+    if node_id:
+        edits.append(("set", b"x-envoy-downstream-service-node", node_id))
+    return edits
 
 
 class HcmRuntime:
@@ -151,6 +165,11 @@ class HcmRuntime:
         self.buffer_limit = 1 << 20
         self.host_labels: dict[Any, str] = {}  # host -> "ip:port" for %UPSTREAM_HOST%, formatted once
         self.tracer: Tracer | None = None  # with HCM `tracing` (set by the listener, which knows the direction)
+        node = getattr(worker, "node", None)
+        cluster, node_id = (node.cluster, node.id) if node is not None else ("", "")
+        # add_user_agent, as Envoy: its user agent is the node's cluster (--service-cluster), even an empty one
+        self.user_agent_edits = partial(_user_agent_edits, cluster.encode(), node_id.encode()) \
+            if config.add_user_agent else None
 
     def trusted_client(self, stream: Stream) -> tuple[str, int] | str:
         """Envoy's downstream remote address: the peer, or the x-forwarded-for entry it trusts.

@@ -470,6 +470,9 @@ class Stream:
             client_cert = forwarded_value(hcm.xfcc_mode, xfcc, conn.client_cert_element())
             if client_cert is not None:
                 forward.append((XFCC, client_cert))
+        if hcm.user_agent_edits is not None:  # the filters and the access log see them too, as in Envoy
+            edits = hcm.user_agent_edits(self.headers)
+            forward, self.headers = _edited(forward, edits), _edited(self.headers, edits)
         if hcm.via:
             forward = _with_via(forward, hcm.via)
         url = self.url
@@ -1315,13 +1318,13 @@ class Stream:
             headers.append((b"x-request-id", self.request_id))
         if hcm.via:
             headers = _with_via(headers, hcm.via)
+        self.local_reply = True  # before the encoders: the ones that only transform relayed responses can tell
         if hcm.encoder_filters:
             headers = self.encode_headers(status, headers)  # Envoy's local replies pass the encoders too
         if hcm.body_encoders and not self.is_head:
             edited = HeaderList(headers)
             body = self._filtered_response_body(status, edited, body)
             headers = edited.items
-        self.local_reply = True
         self.bytes_sent = len(body)
         self.encoder.encode_local_reply(status, body, close=close, content_type=content_type, headers=headers,
                                         head_request=self.is_head)
