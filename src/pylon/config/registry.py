@@ -87,7 +87,10 @@ EXTENSION_MODULES: Mapping[str, Mapping[str, str]] = MappingProxyType(
             "envoy.extensions.filters.http.cors.v3.Cors": "pylon.extensions.filters.http.cors",
             "envoy.extensions.filters.http.dynamic_forward_proxy.v3.FilterConfig":
                 "pylon.extensions.filters.http.dynamic_forward_proxy",
+            "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz": "pylon.extensions.filters.http.ext_authz",
             "envoy.extensions.filters.http.fault.v3.HTTPFault": "pylon.extensions.filters.http.fault",
+            "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit":
+                "pylon.extensions.filters.http.local_ratelimit",
             "envoy.extensions.filters.http.rbac.v3.RBAC": "pylon.extensions.filters.http.rbac",
             "pylon.filters.http.v1.Python": "pylon.extensions.filters.http.python",
         },
@@ -95,7 +98,10 @@ EXTENSION_MODULES: Mapping[str, Mapping[str, str]] = MappingProxyType(
             "envoy.extensions.filters.http.cors.v3.CorsPolicy": "pylon.extensions.filters.http.cors",
             "envoy.extensions.filters.http.dynamic_forward_proxy.v3.PerRouteConfig":
                 "pylon.extensions.filters.http.dynamic_forward_proxy",
+            "envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute": "pylon.extensions.filters.http.ext_authz",
             "envoy.extensions.filters.http.fault.v3.HTTPFault": "pylon.extensions.filters.http.fault",
+            "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit":
+                "pylon.extensions.filters.http.local_ratelimit",
             "envoy.extensions.filters.http.rbac.v3.RBACPerRoute": "pylon.extensions.filters.http.rbac",
         },
         CLUSTER_TYPE: {
