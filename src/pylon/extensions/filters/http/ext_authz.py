@@ -52,6 +52,7 @@ from pylon.config.envoy import (
 )
 from pylon.config.errors import FieldError
 from pylon.extensions.filters.common import ext_authz as check
+from pylon.extensions.filters.common.config import HttpStatus, RuntimeFeatureFlag
 from pylon.proxy import async_client
 from pylon.proxy import local_reply as lr
 from pylon.proxy.filters.http import register_filter
@@ -118,31 +119,6 @@ class BufferSettings(EnvoyStruct, kw_only=True):
     max_request_bytes: PositiveUInt32
     allow_partial_message: bool = False
     pack_as_bytes: bool = False  # how a gRPC check carries the body; an HTTP check sends it as it is
-
-
-class RuntimeFeatureFlag(EnvoyStruct, kw_only=True):
-    """config.core.v3.RuntimeFeatureFlag (its runtime key never applies: pylon's runtime refuses it)."""
-
-    default_value: bool
-    runtime_key: str = ""
-
-
-class HttpStatus(EnvoyStruct, kw_only=True):
-    """type.v3.HttpStatus: a status Envoy's StatusCode enum names (by name or number)."""
-
-    code: int | str
-
-    def __post_init__(self) -> None:
-        from envoy.type.v3 import http_status_pb2  # Envoy's enum: its names and which numbers it defines
-
-        enum = http_status_pb2.StatusCode
-        try:
-            number = enum.Value(self.code) if isinstance(self.code, str) else enum.Name(self.code) and self.code
-        except ValueError:
-            raise FieldError("code", f"{self.code!r} is not an HTTP status Envoy's StatusCode defines") from None
-        if not number:
-            raise FieldError("code", "must not be Empty (0)")
-        object.__setattr__(self, "code", number)
 
 
 def _grpc_refused(field: str) -> FieldError:
