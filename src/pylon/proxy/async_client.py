@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Callable, NamedTuple
 
-from pylon.proxy.http.h1_client import Http1RequestEncoder
+from pylon.proxy.http.h1_client import _BODILESS_METHODS, Http1RequestEncoder
 
 if TYPE_CHECKING:
     from pylon.proxy.upstream.cluster import Cluster
@@ -143,8 +143,10 @@ def send(worker: "Worker", cluster_name: str, method: bytes, path: bytes, host: 
     if host_ is None:
         loop.call_soon(done, None, "no_host")
         return None
+    # Envoy's async client states an empty body's length whatever the method (its ext_authz checks say 0)
+    extra = b"content-length: 0\r\n" if not body and method in _BODILESS_METHODS else None
     head = Http1RequestEncoder(method, path, host, headers, chunked=False, length=len(body),
-                               attempt_count=False).head
+                               attempt_count=False, extra=extra).head
     pool = worker.pools.get(cluster, host_)
     call = Call(head + body, cluster, pool, done, loop, timeout)
     pool.acquire(call)

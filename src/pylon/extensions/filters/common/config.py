@@ -21,11 +21,17 @@ class HttpStatus(EnvoyStruct, kw_only=True):
     code: int | str
 
     def __post_init__(self) -> None:
-        enum = http_status_pb2.StatusCode
         try:
-            number = enum.Value(self.code) if isinstance(self.code, str) else enum.Name(self.code) and self.code
+            number = self.number
         except ValueError:
             raise FieldError("code", f"{self.code!r} is not an HTTP status Envoy's StatusCode defines") from None
         if not number:
             raise FieldError("code", "must not be Empty (0)")
-        object.__setattr__(self, "code", number)
+
+    @property
+    def number(self) -> int:
+        enum = http_status_pb2.StatusCode
+        if isinstance(self.code, str):
+            return enum.Value(self.code)
+        enum.Name(self.code)  # ValueError unless the enum defines it
+        return self.code

@@ -231,7 +231,7 @@ class ExtAuthzFilter:
                                          _matcher(response.allowed_upstream_headers_to_append),
                                          _matcher(response.allowed_client_headers),
                                          _matcher(response.allowed_client_headers_on_success))
-        self.status_on_error = config.status_on_error.code if config.status_on_error is not None else 403
+        self.status_on_error = config.status_on_error.number if config.status_on_error is not None else 403
         self.enabled = config.filter_enabled.default_value.fraction if config.filter_enabled is not None else None
         self.deny_at_disable = config.deny_at_disable is not None and config.deny_at_disable.default_value
         self.prefix = f"http.{stat_prefix}.ext_authz." + (f"{config.stat_prefix}." if config.stat_prefix else "")

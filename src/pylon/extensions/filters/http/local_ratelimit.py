@@ -137,7 +137,7 @@ class Limiter:
         self.clock = clock
         self.enabled = _fraction(config.filter_enabled)
         self.enforced = _fraction(config.filter_enforced)
-        self.status = config.status.code if config.status is not None else 429
+        self.status = config.status.number if config.status is not None else 429
         self.per_connection = config.local_rate_limit_per_downstream_connection
         self.limit_header = b"%d" % bucket.max_tokens if config.enable_x_ratelimit_headers != "OFF" else None
         self.request_ops = _headers("request_headers_to_add_when_not_enforced",
