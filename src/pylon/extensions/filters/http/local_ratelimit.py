@@ -9,7 +9,8 @@ so it is answered `status` (429) "local_rate_limited" with `response_headers_to_
 of an enabled request says x-ratelimit-limit (max_tokens), x-ratelimit-remaining and x-ratelimit-reset.
 A route's (virtual host's, route configuration's) `typed_per_filter_config` is a whole LocalRateLimit with its
 own bucket and stat prefix. Stats are Envoy's, outside the `http.` tree:
-`<stat_prefix>.http_local_rate_limit.{enabled, enforced, ok, rate_limited, shadow_mode}`.
+`<stat_prefix>.http_local_rate_limit.{enabled, enforced, ok, rate_limited}` (and `shadow_mode`, at 0 as Envoy
+leaves it for a limit that is not enforced).
 
 Buckets and workers: one bucket is shared by every worker (proxy/shared_buckets.py), as Envoy's is shared by
 its threads, so `--concurrency N` never serves N times the rate; with
@@ -145,8 +146,8 @@ class Limiter:
         self.response_headers = HeaderList()
         _headers("response_headers_to_add", config.response_headers_to_add).apply(self.response_headers)
         prefix = config.stat_prefix + ".http_local_rate_limit."
-        self.counters = {name: stats.counter(prefix + name)
-                         for name in ("enabled", "enforced", "ok", "rate_limited", "shadow_mode")}
+        self.counters = {name: stats.counter(prefix + name) for name in ("enabled", "enforced", "ok", "rate_limited")}
+        stats.counter(prefix + "shadow_mode")  # shown at 0: Envoy 1.40 does not count a limit not enforced there
         self._shared: SharedBucket | LocalBucket | None = None
         self._connections: dict[Any, LocalBucket] = {}
 
@@ -209,7 +210,6 @@ class LocalRateLimitFilter:
             return True
         counters["rate_limited"].inc()
         if not _hits(limiter.enforced, self.chance):
-            counters["shadow_mode"].inc()
             if not limiter.request_ops.empty:
                 _edit_request(stream, limiter.request_ops)
             return True
