@@ -110,6 +110,7 @@ LISTENERS: dict[str, dict[str, Any]] = {
     "on_error": authz("down", status_on_error={"code": "ServiceUnavailable"}),
     "off": authz(filter_enabled={"default_value": {"numerator": 0}}),
     "off_deny": authz(filter_enabled={"default_value": {"numerator": 0}}, deny_at_disable={"default_value": True}),
+    "reroute": {**MAIN, "clear_route_cache": True},
 }
 
 
@@ -118,6 +119,8 @@ def listener(name: str, port: int, log: Path, config: dict[str, Any]) -> dict[st
               {**route("/nobody", "up"), "typed_per_filter_config": {NAME: {
                   "@type": PER_ROUTE_TYPE, "check_settings": {"disable_request_body_buffering": True,
                                                               "context_extensions": {"k": "v"}}}}},
+              {"match": {"prefix": "/", "headers": [{"name": "x-current-user", "string_match": {"exact": "alice"}}]},
+               "direct_response": {"status": 200, "body": {"inline_string": "alice's"}}},
               route("/", "up")]
     result = http_listener(name, port, routes, access_log=json_access_log(log))
     hcm = result["filter_chains"][0]["filters"][0]["typed_config"]
@@ -274,3 +277,10 @@ def test_stats_and_access_log(setup: Setup) -> None:
     by_details = {(line["code"], line["flags"], line["details"]) for line in lines}
     assert (401, "UAEX", "ext_authz_denied") in by_details
     assert (403, "UAEX", "ext_authz_error") in by_details
+
+
+def test_clear_route_cache_routes_again_with_the_answers_headers(setup: Setup) -> None:
+    reply, upstream, _ = setup.ask("reroute", "/allow")
+    assert (reply.status_code, reply.text, upstream) == (200, "alice's", None)
+    reply, upstream, _ = setup.ask("main", "/allow")  # the route chosen before the check stands
+    assert reply.text == "ok\n" and upstream is not None

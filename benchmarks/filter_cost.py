@@ -1,0 +1,130 @@
+"""What an HTTP filter costs per request, pylon next to Envoy 1.40: requests per proxy-CPU-second with and
+without it.
+
+The `plain` config of proxy_vs_envoy.py (one listener, one route, a 1-worker nginx upstream with a 100-byte
+body), then the same with one filter ahead of the router:
+
+  ext_authz        an HTTP authorization service (a second 1-worker nginx answering 200: every request
+                   allowed, one check request each, through the proxy's own pool to it)
+  local_ratelimit  a bucket too large to ever run dry, enabled and enforced (the token is taken, never refused)
+
+Both proxies `--concurrency 1`, `wrk -t1 -c50` keep-alive, repetitions interleaved and the order of the two
+proxies alternating, as proxy_vs_envoy.py does; the metric is requests per proxy-CPU-second (the proxy's
+process tree, from /proc), median of the repetitions. The authorization server's CPU is not the proxy's.
+
+Usage: python benchmarks/filter_cost.py [--reps 3] [--duration 10]
+Prints a table; writes nothing unless --out FILE (JSON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pylon.bench.scenario import render_template
+from pylon.bench.targets import Running, TargetError, free_port, run_wrk, start_envoy, start_nginx, start_pylon_proxy
+
+ROOT = Path(__file__).resolve().parent.parent
+TEMPLATE = ROOT / "examples" / "bench" / "proxy-plain.yaml"
+PROXIES = ("pylon", "envoy")
+CONNECTIONS = 50
+EXT_AUTHZ = {"name": "envoy.filters.http.ext_authz", "typed_config": {
+    "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+    "http_service": {"server_uri": {"uri": "http://authz", "cluster": "authz", "timeout": "1s"}}}}
+ALL = {"default_value": {"numerator": 100}}
+LOCAL_RATELIMIT = {"name": "envoy.filters.http.local_ratelimit", "typed_config": {
+    "@type": "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+    "stat_prefix": "bench_rl", "filter_enabled": ALL, "filter_enforced": ALL,
+    "token_bucket": {"max_tokens": 4_000_000_000, "tokens_per_fill": 4_000_000_000, "fill_interval": "1s"}}}
+VARIANTS = ("plain", "ext_authz", "local_ratelimit")
+
+
+def config(variant: str, listen: int, admin: int, upstream: int, authz: int) -> dict[str, Any]:
+    bootstrap = yaml.safe_load(render_template(TEMPLATE.read_text(), {
+        "listen_port": listen, "admin_port": admin, "upstream_port": upstream}))
+    hcm = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    if variant == "ext_authz":
+        hcm["http_filters"].insert(0, EXT_AUTHZ)
+        cluster = json.loads(json.dumps(bootstrap["static_resources"]["clusters"][0]))
+        cluster["name"] = cluster["load_assignment"]["cluster_name"] = "authz"
+        cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"][
+            "port_value"] = authz
+        bootstrap["static_resources"]["clusters"].append(cluster)
+    elif variant == "local_ratelimit":
+        hcm["http_filters"].insert(0, LOCAL_RATELIMIT)
+    return bootstrap
+
+
+def measure(proc: Running, url: str, duration: float) -> dict[str, Any]:
+    before = proc.cpu_seconds()
+    w = run_wrk(url, duration=duration, connections=CONNECTIONS, threads=1)
+    cpu = proc.cpu_seconds() - before
+    return {"requests": w.requests, "rps": w.requests_per_sec, "errors": w.errors + w.non_2xx_3xx,
+            "proxy_cpu_s": cpu, "req_per_proxy_cpu_s": w.requests / cpu if cpu else None}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--out", type=Path, default=None, help="also write the runs and medians here (JSON)")
+    args = parser.parse_args()
+    runs: list[dict[str, Any]] = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="pylon-filter-cost-") as tmp, contextlib.ExitStack() as stack:
+            work = Path(tmp)
+            upstream = stack.enter_context(start_nginx(free_port(), body_size=100))
+            authz = stack.enter_context(start_nginx(free_port(), body_size=0))
+            proxies: dict[tuple[str, str], Running] = {}
+            for variant in VARIANTS:
+                for proxy in PROXIES:
+                    listen, admin = free_port(), free_port()
+                    path = work / f"{variant}-{proxy}.yaml"
+                    path.write_text(yaml.safe_dump(config(variant, listen, admin, upstream.port, authz.port)))
+                    start = start_pylon_proxy if proxy == "pylon" else start_envoy
+                    proxies[variant, proxy] = stack.enter_context(start(
+                        path, port=listen, admin_port=admin, concurrency=1, log_path=work / f"{variant}-{proxy}.log"))
+            for proc in proxies.values():
+                run_wrk(proc.url(), duration=args.warmup, connections=CONNECTIONS)
+            for rep in range(1, args.reps + 1):
+                for variant in VARIANTS:
+                    for proxy in PROXIES if rep % 2 else PROXIES[::-1]:
+                        row = {"rep": rep, "variant": variant, "proxy": proxy,
+                               **measure(proxies[variant, proxy], proxies[variant, proxy].url(), args.duration)}
+                        runs.append(row)
+                        print(f"  rep {rep} {variant:15s} {proxy:5s} {row['rps']:8.0f} req/s "
+                              f"{row['req_per_proxy_cpu_s'] or 0:8.0f} req/proxy-CPU-s errors {row['errors']}",
+                              flush=True)
+    except TargetError as exc:
+        print(f"benchmark failed: {exc}", file=sys.stderr)
+        return 1
+    medians = {(v, p): statistics.median(r["req_per_proxy_cpu_s"] for r in runs if (r["variant"], r["proxy"]) == (v, p))
+               for v in VARIANTS for p in PROXIES}
+    print(f"\nmedian of {args.reps} x {args.duration:g} s, wrk -t1 -c{CONNECTIONS}, --concurrency 1\n")
+    print("| variant | pylon req/CPU-s | pylon µs/req | pylon filter µs | Envoy req/CPU-s | Envoy µs/req "
+          "| Envoy filter µs |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for variant in VARIANTS:
+        cells = []
+        for proxy in PROXIES:
+            eff = medians[variant, proxy]
+            cost = 1e6 / eff - 1e6 / medians["plain", proxy]
+            cells += [f"{eff:.0f}", f"{1e6 / eff:.1f}", "-" if variant == "plain" else f"{cost:+.1f}"]
+        print(f"| {variant} | " + " | ".join(cells) + " |")
+    if args.out is not None:
+        args.out.write_text(json.dumps({"runs": runs, "medians": {f"{v}/{p}": m for (v, p), m in medians.items()}},
+                                       indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
