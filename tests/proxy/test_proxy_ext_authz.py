@@ -67,9 +67,10 @@ class _Authz(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.send_header("content-length", str(len(out)))
         self.end_headers()
-        self.wfile.write(out)
+        if self.command != "HEAD":
+            self.wfile.write(out)
 
-    do_POST = do_PUT = do_DELETE = do_GET
+    do_POST = do_PUT = do_DELETE = do_HEAD = do_GET
 
 
 class AuthzServer(ThreadingHTTPServer):
@@ -284,3 +285,10 @@ def test_clear_route_cache_routes_again_with_the_answers_headers(setup: Setup) -
     assert (reply.status_code, reply.text, upstream) == (200, "alice's", None)
     reply, upstream, _ = setup.ask("main", "/allow")  # the route chosen before the check stands
     assert reply.text == "ok\n" and upstream is not None
+
+
+def test_head_requests_are_checked_as_head(setup: Setup) -> None:
+    reply, upstream, asked = setup.ask("main", "/allow", method="HEAD")
+    assert reply.status_code == 200 and upstream is not None and asked is not None and asked["method"] == "HEAD"
+    reply, upstream, _ = setup.ask("main", "/deny", method="HEAD")
+    assert (reply.status_code, reply.content, upstream) == (401, b"", None)

@@ -35,12 +35,12 @@ Done = Callable[["Response | None", str], None]
 class Call:
     """One request in flight; `cancel()` when the caller no longer wants the answer (its own stream ended)."""
 
-    is_head = False
     upgrade_accepted = False
 
     def __init__(self, request: bytes, cluster: "Cluster", pool: "HostPool", done: Done,
-                 loop: asyncio.AbstractEventLoop, timeout: float) -> None:
+                 loop: asyncio.AbstractEventLoop, timeout: float, is_head: bool = False) -> None:
         self.request = request
+        self.is_head = is_head  # the answer to a HEAD has no body, whatever its length says
         self.cluster = cluster
         self.pool = pool
         self.done: Done | None = done
@@ -148,6 +148,6 @@ def send(worker: "Worker", cluster_name: str, method: bytes, path: bytes, host: 
     head = Http1RequestEncoder(method, path, host, headers, chunked=False, length=len(body),
                                attempt_count=False, extra=extra).head
     pool = worker.pools.get(cluster, host_)
-    call = Call(head + body, cluster, pool, done, loop, timeout)
+    call = Call(head + body, cluster, pool, done, loop, timeout, is_head=method == b"HEAD")
     pool.acquire(call)
     return call
