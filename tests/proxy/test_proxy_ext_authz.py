@@ -116,7 +116,8 @@ LISTENERS: dict[str, dict[str, Any]] = {
 
 
 def listener(name: str, port: int, log: Path, config: dict[str, Any]) -> dict[str, Any]:
-    routes = [{**route("/public", "up"), "typed_per_filter_config": {NAME: {"@type": PER_ROUTE_TYPE, "disabled": True}}},
+    disabled = {NAME: {"@type": PER_ROUTE_TYPE, "disabled": True}}
+    routes = [{**route("/public", "up"), "typed_per_filter_config": disabled},
               {**route("/nobody", "up"), "typed_per_filter_config": {NAME: {
                   "@type": PER_ROUTE_TYPE, "check_settings": {"disable_request_body_buffering": True,
                                                               "context_extensions": {"k": "v"}}}}},

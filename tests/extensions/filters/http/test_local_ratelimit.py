@@ -16,11 +16,14 @@ BUCKET = {"max_tokens": 2, "tokens_per_fill": 2, "fill_interval": "5s"}
 
 
 def load(config: dict[str, Any], per_route: dict[str, Any] | None = None) -> Any:
-    listener = http_listener("main", 10000, [{**route("/", "a"), "typed_per_filter_config": {
-        "envoy.filters.http.local_ratelimit": {"@type": TYPE, **per_route}}} if per_route is not None else route("/", "a")])
+    first = route("/", "a")
+    if per_route is not None:
+        first["typed_per_filter_config"] = {"envoy.filters.http.local_ratelimit": {"@type": TYPE, **per_route}}
+    listener = http_listener("main", 10000, [first])
     listener["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"].insert(0, {
         "name": "envoy.filters.http.local_ratelimit", "typed_config": {"@type": TYPE, **config}})
-    return parse_bootstrap({"static_resources": {"listeners": [listener], "clusters": [static_cluster("a", [1])]}}, "rl.yaml")
+    resources = {"listeners": [listener], "clusters": [static_cluster("a", [1])]}
+    return parse_bootstrap({"static_resources": resources}, "rl.yaml")
 
 
 def error(config: dict[str, Any], per_route: dict[str, Any] | None = None) -> str:
