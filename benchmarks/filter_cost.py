@@ -1,20 +1,24 @@
-"""The per-request cost of an HTTP filter, pylon beside Envoy 1.40: the same config with and without it.
+"""What an HTTP filter costs per request, pylon next to Envoy 1.40: requests per proxy-CPU-second with and
+without it.
 
-Each proxy runs `--concurrency 1` in front of a 1-worker nginx returning a
-text/plain body (2,048 bytes by default), loaded by `wrk -t1 -c50` keep-alive.
-Variants, each one config file run unchanged by both proxies:
+The `plain` config of proxy_vs_envoy.py (examples/bench/proxy-plain.yaml: one listener, one route, a 1-worker
+nginx upstream answering text/plain, `--body` bytes), then the same with one filter ahead of the router:
 
-  plain   examples/bench/proxy-plain.yaml (the router alone)
-  gzip    the same with envoy.filters.http.compressor (gzip, Envoy's defaults) before the router;
-          wrk sends `Accept-Encoding: gzip`, so every response is compressed
+  gzip             envoy.filters.http.compressor with gzip (Envoy's defaults); wrk sends `Accept-Encoding: gzip`,
+                   so every response is compressed (use a body of a realistic size: --body 2048)
+  ext_authz        an HTTP authorization service (a second 1-worker nginx answering 200: every request
+                   allowed, one check request each, through the proxy's own pool to it)
+  local_ratelimit  a bucket too large to ever run dry, enabled and enforced (the token is taken, never refused)
 
-The metric is requests per proxy-CPU-second (utime+stime of the proxy's process
-tree), as in proxy_vs_envoy.py; the filter's cost per request is the difference
-of the CPU microseconds per request with and without it. All four proxies start
-up front; repetitions are interleaved and the pylon/Envoy order alternates;
-medians of `--reps` (3). Prints a table; `--out FILE` also writes the JSON.
+Each variant is one config file run unchanged by both proxies. Both proxies `--concurrency 1`, `wrk -t1 -c50`
+keep-alive; every proxy starts up front, repetitions are interleaved and the order of the two proxies alternates,
+as proxy_vs_envoy.py does. The metric is requests per proxy-CPU-second (the proxy's process tree, from /proc),
+median of the repetitions; a filter's cost is the difference of CPU microseconds per request with and without it.
+The authorization server's CPU is not the proxy's.
 
-Usage: python benchmarks/filter_cost.py [--reps 3] [--duration 5] [--body 2048] [--out FILE]
+Usage: python benchmarks/filter_cost.py [--variants plain,gzip,ext_authz,local_ratelimit] [--reps 3]
+                                        [--duration 10] [--body 100] [--out FILE]
+Prints a table; writes nothing unless --out FILE (JSON).
 """
 
 from __future__ import annotations
@@ -37,39 +41,47 @@ ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "examples" / "bench" / "proxy-plain.yaml"
 PROXIES = ("pylon", "envoy")
 CONNECTIONS = 50
-GZIP_FILTER = {"name": "envoy.filters.http.compressor", "typed_config": {
+GZIP = {"name": "envoy.filters.http.compressor", "typed_config": {
     "@type": "type.googleapis.com/envoy.extensions.filters.http.compressor.v3.Compressor",
     "response_direction_config": {},
     "compressor_library": {"name": "text", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.compression.gzip.compressor.v3.Gzip"}}}}
-VARIANTS = {"plain": ([], []), "gzip": ([GZIP_FILTER], ["Accept-Encoding: gzip"])}  # filters, wrk headers
+EXT_AUTHZ = {"name": "envoy.filters.http.ext_authz", "typed_config": {
+    "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+    "http_service": {"server_uri": {"uri": "http://authz", "cluster": "authz", "timeout": "1s"}}}}
+ALL = {"default_value": {"numerator": 100}}
+LOCAL_RATELIMIT = {"name": "envoy.filters.http.local_ratelimit", "typed_config": {
+    "@type": "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+    "stat_prefix": "bench_rl", "filter_enabled": ALL, "filter_enforced": ALL,
+    "token_bucket": {"max_tokens": 4_000_000_000, "tokens_per_fill": 4_000_000_000, "fill_interval": "1s"}}}
+#: variant -> (the filter ahead of the router, or None; the request headers wrk sends)
+VARIANTS: dict[str, tuple[dict[str, Any] | None, list[str]]] = {
+    "plain": (None, []),
+    "gzip": (GZIP, ["Accept-Encoding: gzip"]),
+    "ext_authz": (EXT_AUTHZ, []),
+    "local_ratelimit": (LOCAL_RATELIMIT, []),
+}
 
 
-def config_text(variant: str, listen: int, admin: int, upstream: int) -> str:
-    text = render_template(TEMPLATE.read_text(), {"listen_port": listen, "admin_port": admin,
-                                                  "upstream_port": upstream})
-    config = yaml.safe_load(text)
-    hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
-    hcm["http_filters"] = [*VARIANTS[variant][0], *hcm["http_filters"]]
-    return yaml.safe_dump(config)
-
-
-def start_all(stack: contextlib.ExitStack, work: Path, upstream: int) -> dict[tuple[str, str], Running]:
-    running = {}
-    for variant in VARIANTS:
-        for proxy in PROXIES:
-            listen, admin = free_port(), free_port()
-            path = work / f"{variant}-{proxy}.yaml"
-            path.write_text(config_text(variant, listen, admin, upstream))
-            start = start_pylon_proxy if proxy == "pylon" else start_envoy
-            running[variant, proxy] = stack.enter_context(
-                start(path, port=listen, admin_port=admin, concurrency=1, log_path=work / f"{variant}-{proxy}.log"))
-    return running
+def config(variant: str, listen: int, admin: int, upstream: int, authz: int) -> dict[str, Any]:
+    bootstrap = yaml.safe_load(render_template(TEMPLATE.read_text(), {
+        "listen_port": listen, "admin_port": admin, "upstream_port": upstream}))
+    hcm = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    http_filter = VARIANTS[variant][0]
+    if http_filter is not None:
+        hcm["http_filters"].insert(0, http_filter)
+    if variant == "ext_authz":
+        cluster = json.loads(json.dumps(bootstrap["static_resources"]["clusters"][0]))
+        cluster["name"] = cluster["load_assignment"]["cluster_name"] = "authz"
+        cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"][
+            "port_value"] = authz
+        bootstrap["static_resources"]["clusters"].append(cluster)
+    return bootstrap
 
 
 def measure(proc: Running, variant: str, duration: float) -> dict[str, Any]:
     before = proc.cpu_seconds()
-    w = run_wrk(proc.url(), duration=duration, connections=CONNECTIONS, headers=VARIANTS[variant][1])
+    w = run_wrk(proc.url(), duration=duration, connections=CONNECTIONS, threads=1, headers=VARIANTS[variant][1])
     cpu = proc.cpu_seconds() - before
     return {"requests": w.requests, "rps": w.requests_per_sec, "errors": w.errors + w.non_2xx_3xx,
             "proxy_cpu_s": cpu, "req_per_proxy_cpu_s": w.requests / cpu if cpu else None}
@@ -77,43 +89,63 @@ def measure(proc: Running, variant: str, duration: float) -> dict[str, Any]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, from: " + ", ".join(VARIANTS))
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--duration", type=float, default=5.0)
-    parser.add_argument("--body", type=int, default=2048, help="upstream body bytes (2048)")
-    parser.add_argument("--out", type=Path, help="also write the runs and medians as JSON here")
+    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--body", type=int, default=100, help="upstream body bytes (100)")
+    parser.add_argument("--out", type=Path, default=None, help="also write the runs and medians here (JSON)")
     args = parser.parse_args()
+    variants = ["plain", *(v for v in args.variants.split(",") if v != "plain")]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
     runs: list[dict[str, Any]] = []
     try:
         with tempfile.TemporaryDirectory(prefix="pylon-filter-cost-") as tmp, contextlib.ExitStack() as stack:
-            nginx = stack.enter_context(start_nginx(free_port(), body_size=args.body))
-            proxies = start_all(stack, Path(tmp), nginx.port)
+            work = Path(tmp)
+            upstream = stack.enter_context(start_nginx(free_port(), body_size=args.body))
+            authz = stack.enter_context(start_nginx(free_port(), body_size=0))
+            proxies: dict[tuple[str, str], Running] = {}
+            for variant in variants:
+                for proxy in PROXIES:
+                    listen, admin = free_port(), free_port()
+                    path = work / f"{variant}-{proxy}.yaml"
+                    path.write_text(yaml.safe_dump(config(variant, listen, admin, upstream.port, authz.port)))
+                    start = start_pylon_proxy if proxy == "pylon" else start_envoy
+                    proxies[variant, proxy] = stack.enter_context(start(
+                        path, port=listen, admin_port=admin, concurrency=1, log_path=work / f"{variant}-{proxy}.log"))
             for (variant, _), proc in proxies.items():
-                run_wrk(proc.url(), duration=1.0, connections=CONNECTIONS, headers=VARIANTS[variant][1])
+                run_wrk(proc.url(), duration=args.warmup, connections=CONNECTIONS, headers=VARIANTS[variant][1])
             for rep in range(1, args.reps + 1):
-                for variant in VARIANTS:
+                for variant in variants:
                     for proxy in PROXIES if rep % 2 else PROXIES[::-1]:
                         row = {"rep": rep, "variant": variant, "proxy": proxy,
                                **measure(proxies[variant, proxy], variant, args.duration)}
                         runs.append(row)
-                        print(f"  rep {rep} {variant:5s} {proxy:5s} {row['rps']:8.0f} req/s "
+                        print(f"  rep {rep} {variant:15s} {proxy:5s} {row['rps']:8.0f} req/s "
                               f"{row['req_per_proxy_cpu_s'] or 0:8.0f} req/proxy-CPU-s errors {row['errors']}",
                               flush=True)
     except TargetError as exc:
         print(f"benchmark failed: {exc}", file=sys.stderr)
         return 1
-    medians = {f"{variant}/{proxy}": statistics.median(r["req_per_proxy_cpu_s"] for r in runs
-                                                      if r["variant"] == variant and r["proxy"] == proxy)
-               for variant in VARIANTS for proxy in PROXIES}
-    print(f"\nwrk -t1 -c{CONNECTIONS} keep-alive, {args.reps} x {args.duration:g} s, nginx body {args.body} B "
-          f"text/plain, --concurrency 1; medians\n")
-    print("| proxy | plain req/CPU-s | gzip req/CPU-s | µs CPU/req plain | µs CPU/req gzip | gzip filter µs/req |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for proxy in PROXIES:
-        plain, gz = medians[f"plain/{proxy}"], medians[f"gzip/{proxy}"]
-        print(f"| {proxy} | {plain:.0f} | {gz:.0f} | {1e6 / plain:.1f} | {1e6 / gz:.1f} "
-              f"| {1e6 / gz - 1e6 / plain:.1f} |")
-    if args.out:
-        args.out.write_text(json.dumps({"medians": medians, "runs": runs}, indent=2) + "\n")
+    medians = {(v, p): statistics.median(r["req_per_proxy_cpu_s"] for r in runs if (r["variant"], r["proxy"]) == (v, p))
+               for v in variants for p in PROXIES}
+    print(f"\nmedian of {args.reps} x {args.duration:g} s, wrk -t1 -c{CONNECTIONS} keep-alive, nginx body "
+          f"{args.body} B text/plain, --concurrency 1\n")
+    print("| variant | pylon req/CPU-s | pylon µs/req | pylon filter µs | Envoy req/CPU-s | Envoy µs/req "
+          "| Envoy filter µs |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for variant in variants:
+        cells = []
+        for proxy in PROXIES:
+            eff = medians[variant, proxy]
+            cost = 1e6 / eff - 1e6 / medians["plain", proxy]
+            cells += [f"{eff:.0f}", f"{1e6 / eff:.1f}", "-" if variant == "plain" else f"{cost:+.1f}"]
+        print(f"| {variant} | " + " | ".join(cells) + " |")
+    if args.out is not None:
+        args.out.write_text(json.dumps({"runs": runs, "medians": {f"{v}/{p}": m for (v, p), m in medians.items()}},
+                                       indent=2) + "\n")
     return 0
 
 

@@ -95,7 +95,10 @@ EXTENSION_MODULES: Mapping[str, Mapping[str, str]] = MappingProxyType(
             "envoy.extensions.filters.http.decompressor.v3.Decompressor": "pylon.extensions.filters.http.decompressor",
             "envoy.extensions.filters.http.dynamic_forward_proxy.v3.FilterConfig":
                 "pylon.extensions.filters.http.dynamic_forward_proxy",
+            "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz": "pylon.extensions.filters.http.ext_authz",
             "envoy.extensions.filters.http.fault.v3.HTTPFault": "pylon.extensions.filters.http.fault",
+            "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit":
+                "pylon.extensions.filters.http.local_ratelimit",
             "envoy.extensions.filters.http.rbac.v3.RBAC": "pylon.extensions.filters.http.rbac",
             "pylon.filters.http.v1.Python": "pylon.extensions.filters.http.python",
         },
@@ -106,7 +109,10 @@ EXTENSION_MODULES: Mapping[str, Mapping[str, str]] = MappingProxyType(
             "envoy.extensions.filters.http.csrf.v3.CsrfPolicy": "pylon.extensions.filters.http.csrf",
             "envoy.extensions.filters.http.dynamic_forward_proxy.v3.PerRouteConfig":
                 "pylon.extensions.filters.http.dynamic_forward_proxy",
+            "envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute": "pylon.extensions.filters.http.ext_authz",
             "envoy.extensions.filters.http.fault.v3.HTTPFault": "pylon.extensions.filters.http.fault",
+            "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit":
+                "pylon.extensions.filters.http.local_ratelimit",
             "envoy.extensions.filters.http.rbac.v3.RBACPerRoute": "pylon.extensions.filters.http.rbac",
         },
         COMPRESSOR_LIBRARY: {

@@ -39,6 +39,7 @@ from pylon.proxy.clusters_text import render_clusters
 from pylon.proxy.dynamic import POLL_INTERVAL_S, DynamicConfig, FileSources
 from pylon.proxy.listener_sockets import ListenerSockets
 from pylon.proxy.logging_setup import configure_logging
+from pylon.proxy.shared_buckets import SharedBuckets
 from pylon.proxy.validate import configure_regex_engine, validate_runtime
 from pylon.stats.store import StatsStore, cumulative, merge_snapshots
 from pylon.xds.client import XdsClient
@@ -81,6 +82,9 @@ class Supervisor:
         self.bootstrap_document = bootstrap_to_dict(bootstrap)
         self.balancers = balancers
         self.load_table = load_table
+        # The rate limit buckets the workers share (local_ratelimit), one memfd handed to each; a lone worker keeps
+        # its buckets to itself (no lock to take per request).
+        self.shared_buckets = SharedBuckets.create() if options.concurrency > 1 else None
         self.workers: dict[int, WorkerHandle] = {}
         self.state = "PRE_INITIALIZING"
         self.start_time = time.time()
@@ -188,6 +192,8 @@ class Supervisor:
         fds = [child.fileno(), lds_channel_fd, *lds_fds.values()] + [s.fileno() for s in listener_socks if s is not None]
         if self.load_table is not None:
             fds.append(self.load_table.fd)
+        if self.shared_buckets is not None:
+            fds.append(self.shared_buckets.fd)
         proc = subprocess.Popen([sys.executable, "-m", "pylon.proxy.worker", str(child.fileno())], pass_fds=fds)
         child.close()
         lds_theirs.close()
@@ -202,6 +208,7 @@ class Supervisor:
             "listener_fds": [sock.fileno() if sock is not None else -1 for sock in listener_socks],  # -1: unbound
             "lds_channel_fd": lds_channel_fd, "lds_fds": lds_fds,
             "load_table_fd": self.load_table.fd if self.load_table is not None else None,
+            "shared_buckets_fd": self.shared_buckets.fd if self.shared_buckets is not None else None,
             "workers": self.options.concurrency,
         }
         writer.write(control.encode(init))

@@ -206,7 +206,7 @@ class Stream:
         "stale_retried", "timeout", "attempts", "tried_hosts",
         "resume", "filter_index", "filter_timer", "finish_callbacks", "header_edits", "upgrade_accepted", "client_rest",
         "tunnel_upstream", "upstream_local", "buffering_request", "held_response", "response_body", "set_cookie",
-        "request_data_filters", "response_data_filters", "req_trailers", "resp_trailers", "span",
+        "request_data_filters", "response_data_filters", "req_trailers", "resp_trailers", "span", "body_watch",
     )
 
     def __init__(self, conn: "HttpConnection", now: float) -> None:
@@ -293,6 +293,9 @@ class Stream:
         self.req_trailers: list[tuple[bytes, bytes]] | None = None
         self.resp_trailers: list[tuple[bytes, bytes]] | None = None
         self.span: Any = None  # the tracer's (span, child span or None), when the HCM traces (tracing.py)
+        # A filter holding the request until enough of its body is in (ext_authz's with_request_body): called
+        # after each piece kept while the request waits, and once the request is complete.
+        self.body_watch: Callable[[], None] | None = None
 
     # ------------------------------------------------------------------ downstream events
     def on_body(self, data: bytes, filtered: bool = False) -> None:
@@ -317,6 +320,10 @@ class Stream:
             self.up_out.append(self.request_encoder.encode_data(data))  # type: ignore[union-attr]
         else:
             self.waiting_body.append(data)
+            if self.body_watch is not None:
+                self.body_watch()
+                if self.rs_state >= RS_DONE:
+                    return
             if self.buffering_request and self.body_size > self.hcm.buffer_limit:
                 self.buffering_request = False
                 self.hcm.rq_too_large.value += 1
@@ -338,6 +345,9 @@ class Stream:
         if self.buffering_request:
             self.buffering_request = False
             self._filter_request_body()
+            return
+        if self.body_watch is not None:
+            self.body_watch()
             return
         if not self.started:
             return
@@ -579,11 +589,11 @@ class Stream:
         self.authority = value
 
     def respond_from_filter(self, status: int, body: bytes, headers: list[tuple[bytes, bytes]],
-                            details: str = "python_response") -> None:
+                            details: str = "python_response", content_type: bytes = b"text/plain") -> None:
         """A filter answers the request itself (Envoy's Lua `respond()`, CORS's preflight answer): the upstream is
         never asked; `details` is the access log's %RESPONSE_CODE_DETAILS%."""
         self.status, self.details = status, details
-        self._send_local(status, body, None, extra=headers)
+        self._send_local(status, body, None, content_type=content_type, extra=headers)
 
     def encode_headers(self, status: int, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
         """The response head through the encoder side of the filter chain (last filter first, as Envoy)."""

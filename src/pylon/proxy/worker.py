@@ -42,6 +42,7 @@ from pylon.proxy.listener import ListenerRuntime, build_listener
 from pylon.proxy.listener_filters import PeekWatcher
 from pylon.proxy.logging_setup import configure_logging
 from pylon.proxy.router import RouteTable
+from pylon.proxy.shared_buckets import SHARED_BUCKETS, SharedBuckets
 from pylon.proxy.upstream.cluster import Cluster, build_cluster, build_clusters
 from pylon.proxy.validate import configure_regex_engine
 from pylon.proxy.upstream.pool_registry import PoolRegistry
@@ -347,6 +348,9 @@ async def _serve(control_fd: int) -> int:
     bootstrap = parse_bootstrap(init["bootstrap"], init["config_source"])
     configure_regex_engine(bootstrap, init["config_source"])
     worker = Worker(init["worker_id"], loop)
+    buckets_fd = init.get("shared_buckets_fd")
+    if buckets_fd is not None:
+        worker.singletons[SHARED_BUCKETS] = SharedBuckets(buckets_fd)
     table_fd = init.get("load_table_fd")
     table = LoadTable(table_fd, len(init["listener_fds"]), init["workers"]) if table_fd is not None else None
     drain_time = float(init.get("drain_time", 600))
