@@ -313,11 +313,10 @@ def first_query_values(path: str) -> dict[str, str]:
     return params
 
 
-def is_grpc_request(items: Sequence[tuple[bytes, bytes]], method: str | None) -> bool:
-    """Envoy's `Grpc::Common::isGrpcRequestHeaders`, what `match.grpc` asks: a POST whose content-type (an
-    inline header: repeated lines joined with ",") is `application/grpc`, alone or followed by `+` or `;`."""
-    if method != "POST":
-        return False
+def is_grpc_request(items: Sequence[tuple[bytes, bytes]]) -> bool:
+    """What `match.grpc` asks of a request in Envoy 1.40 (`Grpc::Common::hasGrpcContentType`; observed): its
+    content-type (an inline header: repeated lines joined with ",") is `application/grpc`, alone or followed by
+    `+` (`application/grpc;charset=...` is not, nor is `application/grpc-web`); any method."""
     content_type = None
     for name, value in items:
         if name == b"content-type":
@@ -326,7 +325,7 @@ def is_grpc_request(items: Sequence[tuple[bytes, bytes]], method: str | None) ->
             elif value:
                 content_type = content_type + b"," + value if content_type else value
     return (content_type is not None and content_type.startswith(b"application/grpc")
-            and content_type[16:17] in (b"", b"+", b";"))
+            and content_type[16:17] in (b"", b"+"))
 
 
 class _Conditions:
@@ -342,7 +341,7 @@ class _Conditions:
 
     def matches(self, headers: HeaderList, authority: str, path: str,
                 method: str | None, scheme: str | None) -> bool:
-        if self.grpc and not is_grpc_request(headers.items, method):
+        if self.grpc and not is_grpc_request(headers.items):
             return False
         for hm in self.headers:
             pseudo = hm.pseudo
