@@ -72,6 +72,9 @@ def test_priorities_and_locality_weights_as_envoy(setup: tuple[RunningProxy, lis
     proxy, ups = setup
     assert wait_until(lambda: healthy(proxy, 4), timeout=10)
     assert shares(proxy, ups) == [1.0, 0.0, 0.0, 0.0]
+    listed = proxy.clusters()  # /clusters: each host's locality and priority, as Envoy lists them
+    host = f"lb::127.0.0.1:{ups[2].port}"
+    assert [listed[f"{host}::{key}"] for key in ("region", "zone", "sub_zone", "priority")] == ["r", "c", "", "1"]
 
     ups[0].health_status = 503  # priority 0 gone: priority 1 takes it all, its localities 1:3
     assert wait_until(lambda: healthy(proxy, 3), timeout=10)

@@ -129,6 +129,7 @@ def test_describe_lists_hosts_like_envoy_admin():
     assert described["hosts"] == [{
         "address": "[::1]:9000", "hostname": "", "weight": 2, "health_flags": "healthy", "cx_active": 1,
         "cx_connect_fail": 0, "rq_active": 1, "rq_total": 1, "rq_success": 1, "rq_error": 0, "rq_timeout": 0,
+        "region": "", "zone": "", "sub_zone": "", "priority": 0,
     }]
     assert described["circuit_breakers"] == {
         "max_connections": 1024, "max_pending_requests": 1024, "max_requests": 1024, "max_retries": 3,

@@ -362,6 +362,10 @@ class Cluster:
                     "rq_success": h.rq_success,
                     "rq_error": h.rq_error,
                     "rq_timeout": h.rq_timeout,
+                    "region": h.placement.locality[0],
+                    "zone": h.placement.locality[1],
+                    "sub_zone": h.placement.locality[2],
+                    "priority": h.placement.priority,
                 }
                 for h in self.hosts
             ],
