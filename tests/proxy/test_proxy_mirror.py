@@ -137,3 +137,13 @@ def test_the_shadow_cluster_counts_its_requests(mirror: Mirror) -> None:
     assert wait_until(lambda: mirror.proxy.stats().get("cluster.other.upstream_rq_200", 0) == before + 1)
     stats = mirror.proxy.stats()
     assert stats["cluster.other.upstream_rq_total"] == stats["cluster.other.upstream_rq_2xx"] == before + 1
+
+
+def test_a_client_leaving_mid_body_takes_its_copy_with_it(mirror: Mirror) -> None:
+    """The client sends half its body and goes: the copy is abandoned too (nothing stays active or queued)."""
+    with socket.create_connection(("127.0.0.1", mirror.proxy.ports["main"]), timeout=5) as sock:
+        sock.sendall(b"POST /sink HTTP/1.1\r\nhost: h\r\ncontent-length: 100000\r\n\r\n" + b"x" * 1000)
+        assert wait_until(lambda: mirror.proxy.stats().get("cluster.shadow.upstream_rq_active") == 1)
+    assert wait_until(lambda: mirror.proxy.stats().get("cluster.shadow.upstream_rq_active") == 0)
+    assert wait_until(lambda: mirror.proxy.stats().get("cluster.main.upstream_rq_active") == 0)
+    assert mirror.get("/fixed/still-fine").status_code == 200
