@@ -914,8 +914,20 @@ def test_cluster_connection_options_in_force(fields: dict[str, Any], idle_timeou
          "common_lb_config.healthy_panic_threshold.value", "Expected `float` <= 100.0"),
         ({"circuit_breakers": {"thresholds": [{"priority": "LOW"}]}}, "circuit_breakers.thresholds[0].priority",
          "Invalid enum value 'LOW'; accepted: DEFAULT, HIGH (in any letter case)"),
-        ({"load_assignment": {"cluster_name": "svc", "endpoints": [{"priority": 1}]}},
-         "load_assignment.endpoints[0].priority", "only priority 0 is supported"),
+        ({"common_lb_config": {"zone_aware_lb_config": {}}}, "common_lb_config.zone_aware_lb_config",
+         "not supported yet"),
+        ({"lb_policy": "MAGLEV", "common_lb_config": {"locality_weighted_lb_config": {}}},
+         "common_lb_config.locality_weighted_lb_config",
+         "locality weights with MAGLEV are not supported yet (ROUND_ROBIN, LEAST_REQUEST and RANDOM take them)"),
+        ({"load_assignment": {"cluster_name": "svc", "endpoints": [{"lb_endpoints": [{"endpoint": {
+            "address": {"socket_address": {"address": "10.0.0.1", "port_value": 80}},
+            "health_check_config": {"port_value": 81}}}]}]}},
+         "load_assignment.endpoints[0].lb_endpoints[0].endpoint.health_check_config.port_value",
+         "health checks on another port than the endpoint's are not supported yet"),
+        ({"load_assignment": {"cluster_name": "svc", "endpoints": [{"lb_endpoints": [{"endpoint": {
+            "address": {"socket_address": {"address": "10.0.0.1", "port_value": 80}},
+            "health_check_config": {"hostname": "h"}}}]}]}},
+         "load_assignment.endpoints[0].lb_endpoints[0].endpoint.health_check_config.hostname", "not supported yet"),
         ({"load_assignment": {"cluster_name": "svc", "endpoints": [{"lb_endpoints": [
             {"endpoint": {"address": {"socket_address": {"address": "db.local", "port_value": 1}}}}]}]}},
          "load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address.address",

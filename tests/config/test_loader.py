@@ -175,11 +175,11 @@ def test_merge_configs_follows_protobuf_merge() -> None:
 
 def test_the_documented_example_message(tmp_path: Path) -> None:
     routes = [{"match": {"prefix": f"/{i}"}, "route": {"cluster": "svc"}} for i in range(3)]
-    routes.append({"match": {"prefix": "/grpc", "grpc": {}}, "route": {"cluster": "svc"}})
+    routes.append({"match": {"prefix": "/tls", "tls_context": {}}, "route": {"cluster": "svc"}})
     path = write(tmp_path / "envoy.yaml", http_bootstrap(routes))
     assert load_error(path) == (
         f"config error in {path}: static_resources.listeners[0].filter_chains[0].filters[0].typed_config."
-        "route_config.virtual_hosts[0].routes[3].match.grpc: unknown field"
+        "route_config.virtual_hosts[0].routes[3].match.tls_context: unknown field"
     )
 
 

@@ -82,6 +82,9 @@ MATCHERS: dict[str, list[dict[str, Any]]] = {
     "host-x": [{"name": "host", **sm(exact="x")}],
     "host-other": [{"name": "host", **sm(exact="other")}],
     "authority-x": [{"name": ":authority", **sm(exact="x")}],
+    "method-get": [{"name": ":method", **sm(exact="GET")}],
+    "method-post": [{"name": ":method", **sm(exact="POST")}],
+    "scheme-http": [{"name": ":scheme", **sm(exact="http")}],
 }
 QUERY_MATCHERS: dict[str, list[dict[str, Any]]] = {
     "q-1": [{"name": "a", **sm(exact="1")}],
@@ -203,6 +206,12 @@ def test_host_matcher_reads_the_authority(proxy: RunningProxy) -> None:
     assert ask(proxy, "http://x/m/host-other", [], host="other") == "none"
     assert ask(proxy, "http://x/m/authority-x", [], host="other") == "authority-x"
     assert ask(proxy, "/m/host-x", [], host="x") == "host-x"
+
+
+def test_method_and_scheme_matchers_read_the_request(proxy: RunningProxy) -> None:
+    assert ask(proxy, "/m/method-get", []) == "method-get"
+    assert ask(proxy, "/m/method-post", []) == "none"
+    assert ask(proxy, "/m/scheme-http", []) == "scheme-http"
 
 
 @pytest.mark.parametrize(("route_id", "query", "hit"), [

@@ -46,13 +46,13 @@ def test_validate_mode_ok_binds_nothing(launcher, tmp_path, upstreams):
 
 
 BAD_ROUTE_PATH = ("static_resources.listeners[0].filter_chains[0].filters[0].typed_config.route_config"
-                  ".virtual_hosts[0].routes[1].match.grpc")
+                  ".virtual_hosts[0].routes[1].match.tls_context")
 
 
 @pytest.mark.parametrize("mode", ["validate", "serve"])
 def test_unsupported_field_is_an_error_naming_its_path(launcher, tmp_path, mode):
     port, admin = free_port(), free_port()
-    routes = [route("/a", "u"), {"match": {"prefix": "/", "grpc": {}}, "route": {"cluster": "u"}}]
+    routes = [route("/a", "u"), {"match": {"prefix": "/", "tls_context": {}}, "route": {"cluster": "u"}}]
     config = write_bootstrap(tmp_path / "bad.yaml", [http_listener("main", port, routes)],
                              [static_cluster("u", [free_port()])], admin)
     code, out = _run_to_exit(launcher, config, "--mode", mode)

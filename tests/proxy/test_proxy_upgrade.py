@@ -82,8 +82,11 @@ def setup(implementation: str, tmp_path: Path) -> Iterator[Setup]:
     up, launcher = UpgradeUpstream(), ProxyLauncher(tmp_path)
     try:
         ports = {"ws": free_port(), "plain": free_port()}
-        listeners = [http_listener("ws", ports["ws"], [route("/", "up")], upgrade_configs=[{"upgrade_type": "websocket"}]),
-                     http_listener("plain", ports["plain"], [route("/", "up")])]
+        off = route("/off", "up", upgrade_configs=[{"upgrade_type": "WebSocket", "enabled": False}])
+        on = route("/on", "up", upgrade_configs=[{"upgrade_type": "websocket"}])
+        listeners = [http_listener("ws", ports["ws"], [off, route("/", "up")],
+                                   upgrade_configs=[{"upgrade_type": "websocket"}]),
+                     http_listener("plain", ports["plain"], [on, route("/", "up")])]
         proxy = launcher.start(listeners, [static_cluster("up", [up.port])], implementation=implementation)
         yield Setup(proxy, ports, up)
     finally:
@@ -110,6 +113,24 @@ def test_websocket_is_tunnelled_both_ways(setup: Setup) -> None:
 def test_upgrade_without_upgrade_configs_is_refused(setup: Setup) -> None:
     with setup.connect("plain") as client:
         client.sendall(UPGRADE)
+        assert read_until(client, b"\r\n\r\n").startswith(b"HTTP/1.1 403 ")
+    assert setup.up.heads == []
+
+
+def test_a_route_allows_an_upgrade_the_connection_manager_does_not(setup: Setup) -> None:
+    """Route-level upgrade_configs (Envoy's websocket example, envoy-ws-route.yaml): the route's word wins."""
+    with setup.connect("plain") as client:
+        client.sendall(UPGRADE.replace(b"/chat", b"/on/chat") + b"early")
+        head = read_until(client, b"echo:early")
+        assert head.startswith(b"HTTP/1.1 101 ") and b"hello" in head
+        client.sendall(b"ping")
+        assert read_until(client, b"echo:ping").endswith(b"echo:ping")
+    assert wait_until(lambda: setup.proxy.stats()["http.plain.downstream_cx_upgrades_total"] == 1)
+
+
+def test_a_route_refuses_an_upgrade_the_connection_manager_allows(setup: Setup) -> None:
+    with setup.connect("ws") as client:
+        client.sendall(UPGRADE.replace(b"/chat", b"/off/chat"))
         assert read_until(client, b"\r\n\r\n").startswith(b"HTTP/1.1 403 ")
     assert setup.up.heads == []
 

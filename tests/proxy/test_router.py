@@ -969,3 +969,79 @@ def test_proxy_serves_regex_routes_with_hyperscan(launcher, tmp_path):
     output = proc.stdout.read().decode(errors="replace")
     assert output.count("'/lazy(?U)a+' served by RE2") == 1, output  # only the process that compiled it
     assert "regex routes with envoy.regex_engines.hyperscan" in output
+
+
+# --------------------------------------------------------------------------- match.grpc, mirrors, upgrades
+
+
+GRPC = "application/grpc"
+
+
+@pytest.mark.parametrize(("method", "content_types", "matches"), [
+    ("POST", [GRPC], True),
+    ("POST", ["application/grpc+proto"], True),
+    ("POST", ["application/grpc;charset=utf-8"], False),
+    ("POST", ["application/grpc-web"], False),
+    ("POST", ["application/grpcx"], False),
+    ("POST", ["Application/grpc"], False),
+    ("POST", ["text/plain"], False),
+    ("POST", [], False),
+    ("GET", [GRPC], True),  # Envoy 1.40 does not look at the method
+    ("PUT", [GRPC], True),
+    ("POST", ["", GRPC], True),  # an inline header: empty lines are skipped when Envoy folds them
+    ("POST", [GRPC, "text/plain"], False),  # folded: "application/grpc,text/plain"
+])
+def test_match_grpc_takes_only_grpc_requests(method: str, content_types: list[str], matches: bool):
+    table = one_vhost(to("grpc", {"prefix": "/", "grpc": {}}), to("other"))
+    headers = [(b"content-type", value.encode()) for value in content_types]
+    assert name_of(table, "/svc/Method", headers=headers, method=method) == ("grpc" if matches else "other")
+
+
+def test_match_grpc_goes_with_the_route_s_other_conditions():
+    table = one_vhost(to("grpc", {"prefix": "/a", "grpc": {}, "headers": [{"name": "x", "exact_match": "1"}]}))
+    grpc = [(b"content-type", GRPC.encode())]
+    assert name_of(table, "/a", headers=[*grpc, (b"x", b"1")], method="POST") == "grpc"
+    assert name_of(table, "/a", headers=grpc, method="POST") is None
+    assert name_of(table, "/b", headers=[*grpc, (b"x", b"1")], method="POST") is None
+
+
+def test_mirror_policies_are_compiled_in_order():
+    table = one_vhost(to("main", request_mirror_policies=[
+        {"cluster": "shadow"},
+        {"cluster_header": "X-Mirror", "runtime_fraction": {"default_value": {"numerator": 25}},
+         "trace_sampled": False, "disable_shadow_host_suffix_append": True}]))
+    fixed, by_header = route_of(table, "/").mirrors
+    assert (fixed.cluster_for([]), fixed.fraction, fixed.trace_sampled) == ("shadow", 1.0, None)
+    assert fixed.suffix_host
+    assert by_header.cluster_for([(b"x-mirror", b"other")]) == "other"
+    assert by_header.cluster_for([]) == ""
+    assert (by_header.fraction, by_header.trace_sampled, by_header.suffix_host) == (0.25, False, False)
+    assert route_of(one_vhost(to("plain")), "/").mirrors == ()
+
+
+@pytest.mark.parametrize(("policy", "message"), [
+    ({}, "exactly one of cluster or cluster_header in request mirror policy need to be specified"),
+    ({"cluster": "a", "cluster_header": "b"},
+     "only one of cluster or cluster_header in request mirror policy can be specified"),
+    ({"cluster": "a", "host_rewrite_literal": "h"}, "not supported yet"),
+    ({"cluster": "a", "request_headers_mutations": []}, "not supported yet"),
+])
+def test_mirror_policy_errors(policy: dict[str, Any], message: str):
+    with pytest.raises(msgspec.ValidationError, match=message):
+        one_vhost(to("main", request_mirror_policies=[policy]))
+
+
+def test_route_upgrade_configs_first_entry_of_a_type_wins():
+    table = one_vhost(to("ws", upgrade_configs=[{"upgrade_type": "WebSocket"}, {"upgrade_type": "websocket",
+                                                                              "enabled": False},
+                                                {"upgrade_type": "h2c", "enabled": False}]))
+    assert route_of(table, "/").upgrades == {b"websocket": True, b"h2c": False}
+
+
+@pytest.mark.parametrize(("upgrade", "message"), [
+    ({"upgrade_type": "CONNECT"}, "CONNECT is not supported yet"),
+    ({"upgrade_type": "websocket", "connect_config": {}}, "not supported yet"),
+])
+def test_route_upgrade_config_errors(upgrade: dict[str, Any], message: str):
+    with pytest.raises(msgspec.ValidationError, match=message):
+        one_vhost(to("main", upgrade_configs=[upgrade]))

@@ -568,6 +568,10 @@ class QueryParameterMatcher(EnvoyStruct, kw_only=True):
 # --------------------------------------------------------------------------- routes
 
 
+class GrpcRouteMatchOptions(EnvoyStruct, kw_only=True):
+    """RouteMatch.grpc: no options in Envoy 1.40; its presence limits the route to gRPC requests."""
+
+
 class RouteMatch(EnvoyStruct, kw_only=True):
     prefix: str | None = None
     path: str | None = None
@@ -575,6 +579,8 @@ class RouteMatch(EnvoyStruct, kw_only=True):
     case_sensitive: bool = True
     headers: list[HeaderMatcher] = []
     query_parameters: list[QueryParameterMatcher] = []
+    #: set: only gRPC requests match (POST with content-type application/grpc or application/grpc+...)
+    grpc: GrpcRouteMatchOptions | None = None
 
     def __post_init__(self) -> None:
         _exactly_one(self, "prefix", "path", "safe_regex")
@@ -743,6 +749,42 @@ class CorsPolicy(EnvoyStruct, kw_only=True, weakref=True):
     forward_not_matching_preflights: bool | None = None
 
 
+class RequestMirrorPolicy(EnvoyStruct, kw_only=True):
+    """RouteAction.request_mirror_policies[]: a copy of the request to another cluster, its answer dropped.
+
+    `trace_sampled` is read only where a tracer propagates a sampling decision (see proxy/mirror.py).
+    The newer `request_headers_mutations` and `host_rewrite_literal` are not supported yet.
+    """
+
+    cluster: str = ""
+    cluster_header: HttpText = HttpText("")
+    runtime_fraction: RuntimeFractionalPercent | None = None
+    trace_sampled: bool | None = None
+    disable_shadow_host_suffix_append: bool = False
+    request_headers_mutations: NotSupportedYet | None = None
+    host_rewrite_literal: NotSupportedYet | None = None
+
+    def __post_init__(self) -> None:
+        # Envoy's ShadowPolicyImpl checks, with its words
+        if self.cluster and self.cluster_header:
+            raise ValueError("only one of cluster or cluster_header in request mirror policy can be specified")
+        if not self.cluster and not self.cluster_header:
+            raise ValueError("exactly one of cluster or cluster_header in request mirror policy need to be specified")
+
+
+class RouteUpgradeConfig(EnvoyStruct, kw_only=True):
+    """RouteAction.upgrade_configs[]: allow or forbid one upgrade type on this route, over the HCM's list."""
+
+    upgrade_type: NonEmptyStr
+    enabled: bool = True
+    connect_config: NotSupportedYet | None = None
+
+    def __post_init__(self) -> None:
+        if self.upgrade_type.lower() == "connect":
+            raise FieldError("upgrade_type", "CONNECT is not supported yet (HTTP/1.1 Upgrade types such as "
+                                             "websocket are)")
+
+
 class RouteAction(EnvoyStruct, kw_only=True):
     cluster: NonEmptyStr | None = None
     weighted_clusters: WeightedCluster | None = None
@@ -759,6 +801,8 @@ class RouteAction(EnvoyStruct, kw_only=True):
     grpc_timeout_offset: Duration | None = None
     #: deprecated in Envoy (the CORS filter's per-route config replaces it) but still honoured by its filter
     cors: CorsPolicy | None = None
+    request_mirror_policies: list[RequestMirrorPolicy] = []
+    upgrade_configs: list[RouteUpgradeConfig] = []
 
     def __post_init__(self) -> None:
         _exactly_one(self, "cluster", "weighted_clusters")
@@ -1534,9 +1578,27 @@ class Listener(EnvoyStruct, kw_only=True):
 # --------------------------------------------------------------------------- clusters
 
 
+class HealthCheckConfig(EnvoyStruct, kw_only=True):
+    """Endpoint.health_check_config: where active health checks go. pylon checks the endpoint's own address, so
+    `port_value` is taken when it is 0 or the endpoint's port (what Envoy then does too) and refused otherwise."""
+
+    port_value: Port = 0
+    hostname: NotSupportedYet | None = None
+    address: NotSupportedYet | None = None
+    disable_active_health_check: NotSupportedYet | None = None
+
+
 class Endpoint(EnvoyStruct, kw_only=True):
     address: Address
     hostname: str = ""
+    health_check_config: HealthCheckConfig | None = None
+
+    def __post_init__(self) -> None:
+        check = self.health_check_config
+        sock = self.address.socket_address
+        if check is not None and check.port_value and (sock is None or check.port_value != sock.port_value):
+            raise FieldError("health_check_config.port_value",
+                             "health checks on another port than the endpoint's are not supported yet")
 
 
 #: The endpoint metadata namespace a cluster's transport_socket_matches are matched against.
@@ -1562,7 +1624,8 @@ class LbEndpoint(EnvoyStruct, kw_only=True):
 
 
 class Locality(EnvoyStruct, kw_only=True):
-    """Where endpoints run; kept as metadata (no locality-aware balancing)."""
+    """Where endpoints run: with `common_lb_config.locality_weighted_lb_config`, each locality entry of a
+    priority is picked by its weight first (proxy/upstream/priority.py)."""
 
     region: str = ""
     zone: str = ""
@@ -1573,11 +1636,8 @@ class LocalityLbEndpoints(EnvoyStruct, kw_only=True):
     locality: Locality | None = None
     lb_endpoints: list[LbEndpoint] = []
     load_balancing_weight: PositiveUInt32 | None = None
+    #: Envoy's priority levels: 0 takes the load while healthy, lower ones the spill-over (upstream/priority.py)
     priority: UInt32 = 0
-
-    def __post_init__(self) -> None:
-        if self.priority != 0:
-            raise FieldError("priority", "only priority 0 is supported")
 
 
 class ClusterLoadAssignment(EnvoyStruct, kw_only=True):
@@ -1651,6 +1711,8 @@ class HealthCheck(EnvoyStruct, kw_only=True):
     unhealthy_threshold: UInt32
     healthy_threshold: UInt32
     no_traffic_interval: PositiveDuration = PositiveDuration(60)
+    #: the wait before checking a healthy host of a cluster without traffic yet (unset: no_traffic_interval)
+    no_traffic_healthy_interval: PositiveDuration | None = None
     http_health_check: HttpHealthCheck | None = None
     tcp_health_check: TcpHealthCheck | None = None
 
@@ -1668,8 +1730,15 @@ class OutlierDetection(EnvoyStruct, kw_only=True):
     enforcing_consecutive_gateway_failure: Percentage = 0
 
 
+class LocalityWeightedLbConfig(EnvoyStruct, kw_only=True):
+    """CommonLbConfig.locality_weighted_lb_config: pick a locality by its weight first (no options)."""
+
+
 class CommonLbConfig(EnvoyStruct, kw_only=True):
     healthy_panic_threshold: Percent = msgspec.field(default_factory=lambda: Percent(value=50.0))
+    locality_weighted_lb_config: LocalityWeightedLbConfig | None = None
+    #: needs the local cluster (cluster_manager.local_cluster_name), which pylon does not have
+    zone_aware_lb_config: NotSupportedYet | None = None
 
 
 RING_SIZE_MAX = 8 * 1024 * 1024
@@ -1908,6 +1977,10 @@ class Cluster(EnvoyStruct, kw_only=True):
         if len(self.health_checks) > 1:
             # Envoy 1.40 runs several when each has a name; pylon runs one health checker per cluster.
             raise FieldError("health_checks[1]", "more than one health check per cluster is not supported yet")
+        if self.common_lb_config.locality_weighted_lb_config is not None and self.lb_policy in ("RING_HASH", "MAGLEV"):
+            raise FieldError("common_lb_config.locality_weighted_lb_config",
+                             f"locality weights with {self.lb_policy} are not supported yet (ROUND_ROBIN, "
+                             "LEAST_REQUEST and RANDOM take them)")
 
     @property
     def eds_service_name(self) -> str:

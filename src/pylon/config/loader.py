@@ -244,6 +244,9 @@ def route_cluster_references(route_config: RouteConfiguration) -> Iterator[tuple
             if action.weighted_clusters is not None:
                 for w, weighted in enumerate(action.weighted_clusters.clusters):
                     yield f"{where}.weighted_clusters.clusters[{w}].name", weighted.name
+            for m, mirror in enumerate(action.request_mirror_policies):
+                if mirror.cluster:  # Envoy checks a named shadow cluster too (a cluster_header one is per request)
+                    yield f"{where}.request_mirror_policies[{m}].cluster", mirror.cluster
 
 
 def http_connection_managers(bootstrap: Bootstrap) -> Iterator[tuple[str, HttpConnectionManager]]:

@@ -40,7 +40,8 @@ def merge_cluster_views(per_worker: list[list[dict[str, Any]]]) -> list[dict[str
 
 
 def render_clusters(per_worker: list[list[dict[str, Any]]]) -> str:
-    """`name::default_priority::max_connections::1024` and `name::ip:port::stat::value` lines, as Envoy prints."""
+    """`name::default_priority::max_connections::1024` and `name::ip:port::stat::value` lines, as Envoy prints
+    (a host's locality and priority after its weight, in Envoy's order)."""
     lines: list[str] = []
     for cluster in merge_cluster_views(per_worker):
         name = cluster["name"]
@@ -48,6 +49,6 @@ def render_clusters(per_worker: list[list[dict[str, Any]]]) -> str:
         lines.append(f"{name}::added_via_api::false")
         for host in cluster["hosts"]:
             address = host["address"]
-            for key in (*_SUMMED, "hostname", "health_flags", "weight"):
+            for key in (*_SUMMED, "hostname", "health_flags", "weight", "region", "zone", "sub_zone", "priority"):
                 lines.append(f"{name}::{address}::{key}::{host[key]}")
     return "\n".join(lines) + ("\n" if lines else "")

@@ -79,7 +79,7 @@ if TYPE_CHECKING:
         RouteAction, RouteConfiguration, RouteMatch, StringMatcher, VirtualHost,
     )
 
-__all__ = ["MatchedRoute", "RetryRule", "RouteTable"]
+__all__ = ["MatchedRoute", "MirrorRule", "RetryRule", "RouteTable", "is_grpc_request"]
 
 log = logging.getLogger("pylon.router")
 
@@ -313,17 +313,36 @@ def first_query_values(path: str) -> dict[str, str]:
     return params
 
 
+def is_grpc_request(items: Sequence[tuple[bytes, bytes]]) -> bool:
+    """What `match.grpc` asks of a request in Envoy 1.40 (`Grpc::Common::hasGrpcContentType`; observed): its
+    content-type (an inline header: repeated lines joined with ",") is `application/grpc`, alone or followed by
+    `+` (`application/grpc;charset=...` is not, nor is `application/grpc-web`); any method."""
+    content_type = None
+    for name, value in items:
+        if name == b"content-type":
+            if content_type is None:
+                content_type = value
+            elif value:
+                content_type = content_type + b"," + value if content_type else value
+    return (content_type is not None and content_type.startswith(b"application/grpc")
+            and content_type[16:17] in (b"", b"+"))
+
+
 class _Conditions:
-    """Header and query-parameter conditions of a route, checked after its path matched."""
+    """Header, query-parameter and gRPC conditions of a route, checked after its path matched."""
 
-    __slots__ = ("headers", "queries")
+    __slots__ = ("headers", "queries", "grpc")
 
-    def __init__(self, headers: Sequence[_HeaderMatcher], queries: Sequence[_QueryMatcher]) -> None:
+    def __init__(self, headers: Sequence[_HeaderMatcher], queries: Sequence[_QueryMatcher],
+                 grpc: bool = False) -> None:
         self.headers = tuple(headers)
         self.queries = tuple(queries)
+        self.grpc = grpc
 
     def matches(self, headers: HeaderList, authority: str, path: str,
                 method: str | None, scheme: str | None) -> bool:
+        if self.grpc and not is_grpc_request(headers.items):
+            return False
         for hm in self.headers:
             pseudo = hm.pseudo
             if pseudo is None:
@@ -409,6 +428,32 @@ class RetryRule:
         return False
 
 
+class MirrorRule:
+    """One compiled RequestMirrorPolicy: where the copy goes, how often, and how its Host is made."""
+
+    __slots__ = ("cluster", "cluster_header", "fraction", "trace_sampled", "suffix_host")
+
+    def __init__(self, config: Any) -> None:
+        self.cluster: str = config.cluster
+        #: lower-case header naming the cluster per request (b"" when `cluster` is fixed)
+        self.cluster_header: bytes = config.cluster_header.lower().encode()
+        #: the share of requests mirrored (Envoy: all when runtime_fraction is unset)
+        fraction = config.runtime_fraction
+        self.fraction: float = 1.0 if fraction is None else fraction.default_value.fraction
+        self.trace_sampled: bool | None = config.trace_sampled
+        self.suffix_host: bool = not config.disable_shadow_host_suffix_append
+
+    def cluster_for(self, headers: Sequence[tuple[bytes, bytes]]) -> str:
+        """The cluster this request's copy goes to ("" for none: the named header is missing or empty)."""
+        if not self.cluster_header:
+            return self.cluster
+        name = self.cluster_header
+        for n, v in headers:
+            if n == name:
+                return v.decode("latin-1")
+        return ""
+
+
 #: The default of every MatchedRoute (a HeaderOps is never mutated, so one instance serves all)
 _NO_HEADER_OPS = HeaderOps()
 
@@ -423,7 +468,7 @@ class MatchedRoute:
         "request_header_ops", "response_header_ops", "rewrites", "_matched_len",
         "_prefix_rewrite", "_regex_rewrite", "_substitution", "_weights", "_cumulative",
         "_total_weight", "_random", "_redirect", "_cluster_ops", "filter_configs", "filter_levels", "cors_policies",
-        "decorator",
+        "decorator", "mirrors", "upgrades",
     )
 
     def __init__(self) -> None:
@@ -475,6 +520,10 @@ class MatchedRoute:
         self.cors_policies: tuple[Any, ...] = ()
         #: the route's `decorator` (span name, and its propagation upstream), read only by tracing
         self.decorator: Any = None
+        #: the route's request_mirror_policies, compiled (proxy/mirror.py sends the copies)
+        self.mirrors: tuple[MirrorRule, ...] = ()
+        #: the route's upgrade_configs: lower-case upgrade type -> enabled; they override the HCM's list
+        self.upgrades: dict[bytes, bool] = {}
 
     def __repr__(self) -> str:
         return f"MatchedRoute(name={self.name!r}, vhost={self.virtual_host_name!r}, kind={self.kind!r})"
@@ -808,7 +857,8 @@ class RouteTable:
         kind, arg, route._matched_len = self._path_matcher(config.match)
         headers = [_HeaderMatcher(h, engine) for h in config.match.headers]
         queries = [_QueryMatcher(q, engine) for q in config.match.query_parameters]
-        conditions = _Conditions(headers, queries) if headers or queries else None
+        grpc = config.match.grpc is not None
+        conditions = _Conditions(headers, queries, grpc) if headers or queries or grpc else None
 
         # Envoy's default order: route, virtual host, route configuration (the last one wins).
         route_request = compile_header_level(config.request_headers_to_add, config.request_headers_to_remove)
@@ -891,6 +941,11 @@ class RouteTable:
                                   round((action.grpc_timeout_offset or 0) * 1000))
         if action.hash_policy:
             route.hash_policies = tuple(_hash_source(policy) for policy in action.hash_policy)
+        if action.request_mirror_policies:
+            route.mirrors = tuple(MirrorRule(policy) for policy in action.request_mirror_policies)
+        for upgrade in action.upgrade_configs:
+            # Envoy keeps the first entry of a type
+            route.upgrades.setdefault(upgrade.upgrade_type.lower().encode(), upgrade.enabled)
         if action.host_rewrite_literal:
             route.host_rewrite = action.host_rewrite_literal.encode()
         if action.prefix_rewrite is not None:

@@ -26,6 +26,7 @@ from pylon.proxy import local_reply as lr
 from pylon.proxy.headers import HeaderList, request_lookup
 from pylon.proxy.http.h1_client import Http1RequestEncoder
 from pylon.proxy.http1 import HOP_BY_HOP, without_nominated
+from pylon.proxy.mirror import Shadow, start_shadows
 from pylon.proxy.path import PathRejected, normalized_target
 from pylon.proxy.router import first_query_values
 from pylon.proxy.stream_states import (RQ_DONE, RQ_HEADERS, RS_DONE, RS_HELD, RS_NOT_STARTED, RS_RESET, RS_SENDING,
@@ -207,6 +208,7 @@ class Stream:
         "resume", "filter_index", "filter_timer", "finish_callbacks", "header_edits", "upgrade_accepted", "client_rest",
         "tunnel_upstream", "upstream_local", "buffering_request", "held_response", "response_body", "set_cookie",
         "request_data_filters", "response_data_filters", "req_trailers", "resp_trailers", "span", "body_watch",
+        "shadows",
     )
 
     def __init__(self, conn: "HttpConnection", now: float) -> None:
@@ -296,6 +298,7 @@ class Stream:
         # A filter holding the request until enough of its body is in (ext_authz's with_request_body): called
         # after each piece kept while the request waits, and once the request is complete.
         self.body_watch: Callable[[], None] | None = None
+        self.shadows: list[Shadow] | None = None  # the route's request mirrors under way (mirror.py)
 
     # ------------------------------------------------------------------ downstream events
     def on_body(self, data: bytes, filtered: bool = False) -> None:
@@ -309,6 +312,9 @@ class Stream:
                 if not data:
                     return
         self.body_size += len(data)
+        if self.shadows is not None:
+            for shadow in self.shadows:
+                shadow.data(data)
         if self.body_buffer is not None:
             if self.body_size > self.hcm.buffer_limit:
                 self.body_buffer = None  # too big to replay: this request won't be retried
@@ -357,6 +363,9 @@ class Stream:
                 return
             if tail:
                 self.on_body(tail, filtered=True)
+        if self.shadows is not None:
+            for shadow in self.shadows:
+                shadow.end(self.req_trailers)
         if self.upstream is not None:
             if self.up_state == UP_SENDING:  # else the response came early: it is being received already
                 self.up_state = UP_AWAITING
@@ -434,9 +443,8 @@ class Stream:
         upgrade = b""
         if self.upgrade:
             upgrade = next((v for n, v in self.headers if n == b"upgrade"), b"")
-            if self.method == b"CONNECT" or upgrade.strip().lower() not in hcm.upgrade_types:
+            if self.method == b"CONNECT":
                 return self.local(lr.UPGRADE_REFUSED)
-            self.upgrade_accepted = True
         conn = self.conn
         forward: list[tuple[bytes, bytes]] = []
         authority = None
@@ -516,7 +524,15 @@ class Stream:
         # UTF-8 with surrogateescape: non-ASCII paths match non-ASCII regex literals as in
         # Envoy (which matches the raw bytes), and any byte sequence still round-trips.
         path_text = url.decode("utf-8", "surrogateescape")
-        self.route = hcm.route_table.match(authority.decode("latin-1"), path_text, HeaderList(self.headers))
+        self.route = route = hcm.route_table.match(authority.decode("latin-1"), path_text, HeaderList(self.headers),
+                                                   self.method.decode("latin-1"), conn.scheme.decode("latin-1"))
+        if self.upgrade:
+            # Envoy decides with the route: its upgrade_configs allow or forbid a type, else the HCM's list does
+            kind = upgrade.strip().lower()
+            allowed = route.upgrades.get(kind) if route is not None else None
+            if not (kind in hcm.upgrade_types if allowed is None else allowed):
+                return self.local(lr.UPGRADE_REFUSED)
+            self.upgrade_accepted = True
         if hcm.decoder_filters:
             self.resume = partial(self._route, forward, xff, xfp, url, path_text)
             return self.continue_decoding()
@@ -696,6 +712,12 @@ class Stream:
             if retry.host_reselections:
                 self.tried_hosts = []
         self.cluster = cluster
+        if route.mirrors:
+            self.shadows = start_shadows(self, route, forward, path, chunked, 0 if chunked else self.req_length,
+                                         expected_header if not hcm.suppress_envoy_headers else None)
+            if self.shadows is not None and self.rq_state == RQ_DONE:
+                for shadow in self.shadows:
+                    shadow.end(self.req_trailers)
         if self.rq_state == RQ_DONE and self.timeout:
             self.deadline = conn.loop_time() + self.timeout
             self._arm(self.deadline)
@@ -1357,6 +1379,11 @@ class Stream:
         if self.retry_held and self.cluster is not None:
             self.cluster.circuit_breakers.retries.release()
             self.retry_held = False
+        if self.shadows is not None:
+            if self.rq_state != RQ_DONE:  # the client's request ended short: so do its copies
+                for shadow in self.shadows:
+                    shadow.abandon()
+            self.shadows = None
         hcm = self.hcm
         if self.started:
             hcm.rq_active.value -= 1

@@ -129,6 +129,7 @@ def test_describe_lists_hosts_like_envoy_admin():
     assert described["hosts"] == [{
         "address": "[::1]:9000", "hostname": "", "weight": 2, "health_flags": "healthy", "cx_active": 1,
         "cx_connect_fail": 0, "rq_active": 1, "rq_total": 1, "rq_success": 1, "rq_error": 0, "rq_timeout": 0,
+        "region": "", "zone": "", "sub_zone": "", "priority": 0,
     }]
     assert described["circuit_breakers"] == {
         "max_connections": 1024, "max_pending_requests": 1024, "max_requests": 1024, "max_retries": 3,
@@ -305,3 +306,27 @@ def test_an_original_dst_cluster_makes_a_host_per_destination_and_drops_unused_o
             await cluster.stop()
 
     asyncio.run(main())
+
+
+def test_eds_priorities_and_locality_weights_follow_each_assignment():
+    """An EDS cluster's placement comes with each ClusterLoadAssignment: priorities, localities and their weights
+    (the balancing itself is test_priority.py's)."""
+    cluster = Cluster(config(type="EDS", load_assignment=None, eds_cluster_config={"eds_config": {"ads": {}}},
+                             common_lb_config={"locality_weighted_lb_config": {}}), StatsStore())
+
+    def assign(*localities: tuple[int, int, list[tuple[int, str]]]) -> None:
+        cluster.set_assignment(msgspec.convert({"cluster_name": "backend", "endpoints": [
+            {"priority": priority, "load_balancing_weight": weight, "locality": {"zone": f"z{priority}{weight}"},
+             "lb_endpoints": [with_status("127.0.0.1", port, status) for port, status in hosts]}
+            for priority, weight, hosts in localities]}, ClusterLoadAssignment))
+
+    def picks() -> Counter:
+        return Counter(cluster.choose_host(None).address[1] for _ in range(400))
+
+    assign((0, 1, [(8001, "HEALTHY")]), (0, 3, [(8002, "HEALTHY")]), (1, 1, [(8003, "HEALTHY")]))
+    assert picks() == {8001: 100, 8002: 300}
+    assert cluster.hosts[2].placement.priority == 1 and cluster.hosts[1].placement.locality == ("", "z03", "")
+    assign((0, 1, [(8001, "UNHEALTHY")]), (0, 3, [(8002, "UNHEALTHY")]), (1, 1, [(8003, "HEALTHY")]))
+    assert picks() == {8003: 400}
+    assign((0, 1, [(8001, "HEALTHY")]), (1, 1, [(8003, "HEALTHY")]))  # a host moves: its placement follows
+    assert picks() == {8001: 400}

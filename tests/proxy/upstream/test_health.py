@@ -235,6 +235,22 @@ def test_checker_uses_no_traffic_interval_until_traffic():
     assert 2 <= checker.next_interval() <= 2.5
 
 
+def test_no_traffic_healthy_interval_is_for_healthy_hosts():
+    traffic = False
+    checker = HealthChecker(
+        StatsStore(), "cluster.c.", tcp_probe(plain), timeout=1, interval=2, no_traffic_interval=60,
+        no_traffic_healthy_interval=4, healthy_threshold=1, unhealthy_threshold=1, had_traffic=lambda: traffic,
+    )
+    healthy, failed = Host(("127.0.0.1", 1)), Host(("127.0.0.1", 2))
+    failed.set_flag(FAILED_ACTIVE_HC)
+    assert (checker.next_interval(healthy), checker.next_interval(failed)) == (4, 60)
+    traffic = True
+    assert (checker.next_interval(healthy), checker.next_interval(failed)) == (2, 2)
+    unset = HealthChecker(StatsStore(), "cluster.c.", tcp_probe(plain), timeout=1, interval=2, no_traffic_interval=60,
+                          healthy_threshold=1, unhealthy_threshold=1, had_traffic=lambda: False)
+    assert unset.next_interval(healthy) == 60  # unset: no_traffic_interval, as Envoy defaults it
+
+
 def test_removed_host_stops_being_checked():
     async def main() -> None:
         server = TinyServer()

@@ -32,9 +32,10 @@ from pylon.proxy.upstream.connect import open_stream
 from pylon.proxy.upstream.dns import DnsRefresher, DnsTarget, ResolvedEndpoint
 from pylon.proxy.upstream.expiry import ConnectionLimits
 from pylon.proxy.upstream.health import HealthChecker
-from pylon.proxy.upstream.host import Host, eds_health_flags, format_address
+from pylon.proxy.upstream.host import Host, Placement, eds_health_flags, format_address
 from pylon.proxy.upstream.lb import create_load_balancer
 from pylon.proxy.upstream.outlier import OutlierDetector
+from pylon.proxy.upstream.priority import prioritized
 from pylon.proxy.upstream.tls_factory import UpstreamTls, matching_socket, socket_matches, transport_tls
 from pylon.stats.store import Counter, StatsStore
 
@@ -118,7 +119,7 @@ class Cluster:
 
         self.circuit_breakers = CircuitBreakers.from_config(config, stats, prefix)
 
-        self.lb = create_load_balancer(config, rng)
+        self.lb = prioritized(lambda: create_load_balancer(config, rng), config, rng)
         # The hot path's one call: the policy's own `choose`, bound directly (no wrapper frame).
         # None means no host at all; the data path answers 503 (UH) and bumps upstream_cx_none_healthy.
         self.choose_host: Callable[[bytes | None], Host | None] = self.lb.choose
@@ -168,8 +169,8 @@ class Cluster:
         else:
             self._dns = DnsRefresher(
                 self.name,
-                [DnsTarget(address[0], address[1], weight, flags, metadata)
-                 for address, weight, _, flags, metadata in endpoints],
+                [DnsTarget(address[0], address[1], weight, flags, metadata, placement)
+                 for address, weight, _, flags, metadata, placement in endpoints],
                 self._on_dns_update,
                 lookup_family=config.dns_lookup_family,
                 refresh_rate=float(config.dns_refresh_rate),
@@ -193,6 +194,7 @@ class Cluster:
                 added.append(host)
             else:
                 host.weight = ep.weight
+            host.placement = ep.placement
             host.set_eds_flags(ep.eds_flags)
             host.socket = matching_socket(self.socket_matches, ep.socket_metadata) if self.socket_matches else -1
             new[ep.address] = host
@@ -283,6 +285,7 @@ class Cluster:
         self.stats.membership_total.value = len(hosts)
         self.stats.membership_healthy.value = sum(1 for h in hosts if h.healthy)
         self.lb.update(hosts)
+        self.choose_host = self.lb.choose  # a prioritized balancer picks its fastest way after each update
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -359,23 +362,32 @@ class Cluster:
                     "rq_success": h.rq_success,
                     "rq_error": h.rq_error,
                     "rq_timeout": h.rq_timeout,
+                    "region": h.placement.locality[0],
+                    "zone": h.placement.locality[1],
+                    "sub_zone": h.placement.locality[2],
+                    "priority": h.placement.priority,
                 }
                 for h in self.hosts
             ],
         }
 
 
-def assignment_endpoints(assignment: Any) -> Iterable[tuple[tuple[str, int], int, str, int, Mapping[str, Any]]]:
-    """((address, port), weight, hostname, health flags, transport socket metadata) of every lb_endpoint of a
-    ClusterLoadAssignment (inline or from EDS): the fields of a `ResolvedEndpoint`."""
+def assignment_endpoints(assignment: Any
+                         ) -> Iterable[tuple[tuple[str, int], int, str, int, Mapping[str, Any], Placement]]:
+    """((address, port), weight, hostname, health flags, transport socket metadata, placement) of every lb_endpoint
+    of a ClusterLoadAssignment (inline or from EDS): the fields of a `ResolvedEndpoint`."""
     if assignment is None:
         return
-    for locality in assignment.endpoints:
+    for i, locality in enumerate(assignment.endpoints):
+        where = locality.locality
+        placement = Placement(locality.priority, i,
+                              (where.region, where.zone, where.sub_zone) if where is not None else ("", "", ""),
+                              locality.load_balancing_weight or 0)
         for lb_endpoint in locality.lb_endpoints:
             endpoint = lb_endpoint.endpoint
             sock = endpoint.address.socket_address
             yield ((sock.address, sock.port_value), lb_endpoint.load_balancing_weight, endpoint.hostname,
-                   eds_health_flags(lb_endpoint.health_status), lb_endpoint.socket_match_metadata)
+                   eds_health_flags(lb_endpoint.health_status), lb_endpoint.socket_match_metadata, placement)
 
 
 #: A custom cluster type's factory: (config, stats, worker id, secrets, the worker's singletons) -> its Cluster.

@@ -29,6 +29,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+from pylon.proxy.upstream.host import NO_PLACEMENT, Placement
+
 log = logging.getLogger(__name__)
 
 DEFAULT_DNS_REFRESH_RATE = 5.0
@@ -45,6 +47,7 @@ class DnsTarget:
     eds_flags: int = 0  # the lb_endpoint's health_status as host health flags (host.eds_health_flags)
     # its `envoy.transport_socket_match` metadata (which transport socket its hosts get)
     socket_metadata: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    placement: Placement = NO_PLACEMENT  # its locality entry's priority and locality
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,7 @@ class ResolvedEndpoint:
     hostname: str
     eds_flags: int = 0
     socket_metadata: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    placement: Placement = NO_PLACEMENT
 
 
 def select_addresses(infos: Sequence[tuple[Any, ...]], lookup_family: str) -> list[str]:
@@ -168,7 +172,7 @@ class DnsRefresher:
                 self._last[target] = addresses
             endpoints.extend(
                 ResolvedEndpoint((addr, target.port), target.weight, target.hostname, target.eds_flags,
-                                 target.socket_metadata)
+                                 target.socket_metadata, target.placement)
                 for addr in addresses
             )
         self.on_update(endpoints)

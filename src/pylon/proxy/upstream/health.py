@@ -191,6 +191,7 @@ class HealthChecker:
         unhealthy_threshold: int,
         interval_jitter: float = 0.0,
         no_traffic_interval: float = 60.0,
+        no_traffic_healthy_interval: float | None = None,
         had_traffic: Callable[[], bool] = lambda: True,
         on_success: Callable[[Host], None] | None = None,
         rng: random.Random | None = None,
@@ -202,6 +203,8 @@ class HealthChecker:
         self.unhealthy_threshold = unhealthy_threshold
         self.interval_jitter = interval_jitter
         self.no_traffic_interval = no_traffic_interval
+        self.no_traffic_healthy_interval = (
+            no_traffic_interval if no_traffic_healthy_interval is None else no_traffic_healthy_interval)
         self.had_traffic = had_traffic
         self.on_success = on_success
         self.rng = rng if rng is not None else random.Random()
@@ -232,6 +235,7 @@ class HealthChecker:
             timeout=config.timeout, interval=config.interval,
             healthy_threshold=config.healthy_threshold, unhealthy_threshold=config.unhealthy_threshold,
             interval_jitter=config.interval_jitter or 0.0, no_traffic_interval=config.no_traffic_interval,
+            no_traffic_healthy_interval=config.no_traffic_healthy_interval,
             had_traffic=had_traffic, on_success=on_success,
         )
 
@@ -263,9 +267,15 @@ class HealthChecker:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    def next_interval(self) -> float:
-        """Envoy's wait: `no_traffic_interval` until the cluster carries traffic, else `interval`, plus jitter."""
-        base = self.interval if self.had_traffic() else self.no_traffic_interval
+    def next_interval(self, host: Host | None = None) -> float:
+        """Envoy's wait: until the cluster carries traffic `no_traffic_healthy_interval` for a healthy `host` and
+        `no_traffic_interval` for another, else `interval`; plus jitter."""
+        if self.had_traffic():
+            base = self.interval
+        elif host is not None and not host.has_flag(FAILED_ACTIVE_HC):
+            base = self.no_traffic_healthy_interval
+        else:
+            base = self.no_traffic_interval
         if self.interval_jitter:
             base += self.rng.uniform(0.0, self.interval_jitter)
         return base
@@ -299,7 +309,7 @@ class HealthChecker:
     async def _run(self, host: Host) -> None:
         while host in self.states:
             await self.check_once(host)
-            await asyncio.sleep(self.next_interval())
+            await asyncio.sleep(self.next_interval(host))
 
     def _publish(self) -> None:
         self.healthy.value = sum(1 for h in self.states if not h.has_flag(FAILED_ACTIVE_HC))

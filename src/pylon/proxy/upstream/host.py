@@ -10,7 +10,7 @@ filtering hosts on every pick.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, NamedTuple
 
 if TYPE_CHECKING:
     from pylon.proxy.upstream.outlier import HostMonitor
@@ -39,6 +39,19 @@ _FLAG_NAMES: tuple[tuple[int, str], ...] = (
 )
 
 
+class Placement(NamedTuple):
+    """Where an endpoint's locality entry (ClusterLoadAssignment.endpoints[i]) puts its hosts: the priority level,
+    which entry (hosts of one entry form one locality), its locality and its load_balancing_weight (0: unset)."""
+
+    priority: int = 0
+    entry: int = 0
+    locality: tuple[str, str, str] = ("", "", "")
+    weight: int = 0
+
+
+NO_PLACEMENT = Placement()
+
+
 def eds_health_flags(health_status: str) -> int:
     """Envoy's setEdsHealthFlag: the health flags an lb_endpoint's `health_status` gives its host."""
     if health_status in ("UNHEALTHY", "TIMEOUT"):
@@ -57,7 +70,7 @@ class Host:
     __slots__ = (
         "address", "weight", "hostname", "healthy", "health_flags",
         "active_requests", "active_connections", "rq_total", "rq_success", "rq_error",
-        "rq_timeout", "cx_connect_fail", "outlier", "on_health_change", "socket",
+        "rq_timeout", "cx_connect_fail", "outlier", "on_health_change", "socket", "placement",
     )
 
     def __init__(self, address: tuple[str, int], weight: int = 1, hostname: str = "") -> None:
@@ -76,6 +89,7 @@ class Host:
         self.cx_connect_fail = 0
         # Which of its cluster's transport_socket_matches it takes (-1: the cluster's transport socket).
         self.socket = -1
+        self.placement = NO_PLACEMENT  # its priority and locality (upstream/priority.py balances by them)
         # Per-host outlier state, attached by the cluster's detector (None without outlier_detection).
         self.outlier: HostMonitor | None = None
         # Called with this host whenever `healthy` flips; the cluster rebuilds its LB set.

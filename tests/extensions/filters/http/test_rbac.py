@@ -207,12 +207,43 @@ def parse_with(config: dict[str, Any], per_route_config: dict[str, Any] | None =
     parse_bootstrap({"static_resources": {"listeners": [listener], "clusters": [static_cluster("a", [1])]}}, "rbac.yaml")
 
 
+ALLOW_ACTION = {"name": "a", "typed_config": {"@type": "type.googleapis.com/envoy.config.rbac.v3.Action"}}
+
+
+def header_input(name: str) -> dict[str, Any]:
+    url = "type.googleapis.com/envoy.type.matcher.v3.HttpRequestHeaderMatchInput"
+    return {"name": "h", "typed_config": {"@type": url, "header_name": name}}
+
+
+def matcher_on(matcher_input: dict[str, Any], **single: Any) -> dict[str, Any]:
+    """A matcher with one field matcher on `matcher_input` (an exact "x" unless `single` says otherwise)."""
+    predicate = {k: v for k, v in {"input": matcher_input, "value_match": {"exact": "x"}, **single}.items()
+                 if v is not None}
+    return {"matcher_list": {"matchers": [{"predicate": {"single_predicate": predicate},
+                                           "on_match": {"action": ALLOW_ACTION}}]}}
+
+
 HTTP_FILTER = "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.http_filters[0].typed_config"
 
 
 @pytest.mark.parametrize(("config", "path", "message"), [
-    ({"matcher": {}}, "matcher", "not supported yet"),
-    ({"shadow_matcher": {}}, "shadow_matcher", "not supported yet"),
+    ({"matcher": {"matcher_tree": {}}}, "matcher.matcher_tree", "not supported yet"),
+    ({"shadow_matcher": {"on_no_match": {"action": ALLOW_ACTION, "keep_matching": True}}},
+     "shadow_matcher.on_no_match.keep_matching", "not supported yet"),
+    ({"matcher": matcher_on(header_input("X-Forwarded-For"))},
+     "matcher.matcher_list.matchers[0].predicate.single_predicate.input.typed_config.header_name",
+     "x-forwarded-for: Envoy's connection manager sets or strips"),
+    ({"matcher": matcher_on({"name": "i", "typed_config": {"@type": "type.googleapis.com/x.Unknown"}})},
+     "matcher.matcher_list.matchers[0].predicate.single_predicate.input.typed_config.@type",
+     "input 'type.googleapis.com/x.Unknown' is not supported"),
+    ({"matcher": matcher_on(header_input("x-a"), value_match={"safe_regex": {"regex": "a"}})},
+     "matcher.matcher_list.matchers[0].predicate.single_predicate.value_match.safe_regex.google_re2",
+     "missing required field"),
+    ({"matcher": matcher_on(header_input("x-a"), value_match=None, custom_match={})},
+     "matcher.matcher_list.matchers[0].predicate.single_predicate.custom_match", "not supported yet"),
+    ({"matcher": {"on_no_match": {"action": {"name": "a", "typed_config": {
+        "@type": "type.googleapis.com/envoy.config.rbac.v3.Action", "action": "AUDIT"}}}}},
+     "matcher.on_no_match.action.typed_config", "Invalid enum value 'AUDIT'"),
     ({"rules": rules("ALLOW", p={"permissions": [{"header": {"name": "X-Forwarded-For", "present_match": True}}],
                                  "principals": ANY})},
      "rules.policies[p].permissions[0].header.name", "x-forwarded-for: Envoy's connection manager sets or strips"),
@@ -236,8 +267,8 @@ def test_per_route_configs_parse_where_routes_are() -> None:
                     "rbac": {"rules": rules("DENY")}})
     with pytest.raises(ConfigError) as caught:
         parse_with({}, {"@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBACPerRoute",
-                        "rbac": {"matcher": {}}})
-    assert caught.value.path.endswith("typed_per_filter_config[envoy.filters.http.rbac].rbac.matcher")
+                        "rbac": {"matcher": {"matcher_tree": {}}}})
+    assert caught.value.path.endswith("typed_per_filter_config[envoy.filters.http.rbac].rbac.matcher.matcher_tree")
 
 
 def test_every_shape_pilot_generates_for_authorization_policies_loads() -> None:

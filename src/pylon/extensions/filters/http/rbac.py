@@ -32,8 +32,10 @@ is what Envoy 1.40's HTTP filter does around them, as observed:
   `HcmRuntime.trusted_client`; an entry that is not an IP, such as `ip:port`,
   means the peer, as in Envoy).
 
-Refused by name: `matcher` and `shadow_matcher` (generic matcher trees), and
-header matchers on the request headers pylon's connection manager sets,
+`matcher` and `shadow_matcher` (the unified matcher API with RBAC actions) decide
+instead of the rules, as Envoy's (see `filters/common/rbac_matcher.py`).
+
+Refused by name: header matchers on the request headers pylon's connection manager sets,
 replaces or answers only after its filters ran while Envoy's does so before
 (x-forwarded-for, x-forwarded-proto, x-request-id, x-forwarded-client-cert,
 via, upgrade, expect and every x-envoy-* header): matching on them would not
@@ -47,9 +49,10 @@ import weakref
 from typing import Any, NamedTuple
 
 from pylon.config import registry
-from pylon.config.envoy import EnvoyStruct, NotSupportedYet
+from pylon.config.envoy import EnvoyStruct
 from pylon.config.errors import FieldError, join_path
 from pylon.extensions.filters.common import rbac as common
+from pylon.extensions.filters.common import rbac_matcher
 from pylon.proxy import local_reply as lr
 from pylon.proxy.filters.http import register_filter
 
@@ -71,23 +74,27 @@ class RBAC(EnvoyStruct, kw_only=True):
 
     rules: common.RBAC | None = None
     rules_stat_prefix: str = ""
-    matcher: NotSupportedYet | None = None
+    matcher: rbac_matcher.Matcher | None = None
     shadow_rules: common.RBAC | None = None
-    shadow_matcher: NotSupportedYet | None = None
+    shadow_matcher: rbac_matcher.Matcher | None = None
     shadow_rules_stat_prefix: str = ""
     track_per_rule_stats: bool = False
 
     def __post_init__(self) -> None:
+        headers: list[tuple[str, str]] = []
         for field in ("rules", "shadow_rules"):
             rules = getattr(self, field)
-            if rules is None:
-                continue
-            for path, header in common.header_matchers(rules):
-                name = header.name.lower()
-                if name in _SETTLED_AFTER_FILTERS or name.startswith("x-envoy-"):
-                    raise FieldError(join_path(field, f"{path}.name"),
-                                     f"{name}: Envoy's connection manager sets or strips it before the HTTP filters "
-                                     "run, pylon's after them; matching on it is not supported yet")
+            if rules is not None:
+                headers += [(join_path(field, f"{path}.name"), header.name.lower())
+                            for path, header in common.header_matchers(rules)]
+        for field in ("matcher", "shadow_matcher"):
+            matcher = getattr(self, field)
+            if matcher is not None:
+                headers += [(join_path(field, path), name) for path, name in rbac_matcher.header_inputs(matcher)]
+        for path, name in headers:
+            if name in _SETTLED_AFTER_FILTERS or name.startswith("x-envoy-"):
+                raise FieldError(path, f"{name}: Envoy's connection manager sets or strips it before the HTTP "
+                                       "filters run, pylon's after them; matching on it is not supported yet")
 
 
 class RBACPerRoute(EnvoyStruct, kw_only=True, weakref=True):
@@ -97,17 +104,27 @@ class RBACPerRoute(EnvoyStruct, kw_only=True, weakref=True):
 
 
 class _Engines(NamedTuple):
-    rules: common.Engine | None
-    shadow: common.Engine | None
+    rules: common.Engine | rbac_matcher.MatcherEngine | None
+    shadow: common.Engine | rbac_matcher.MatcherEngine | None
     track: bool
 
     @classmethod
     def of(cls, config: RBAC | None) -> _Engines:
         if config is None:
             return _DISABLED
-        return cls(common.Engine(config.rules) if config.rules is not None else None,
-                   common.Engine(config.shadow_rules) if config.shadow_rules is not None else None,
+        return cls(_engine(config.matcher, config.rules, "rules"),
+                   _engine(config.shadow_matcher, config.shadow_rules, "shadow_rules"),
                    config.track_per_rule_stats)
+
+
+def _engine(matcher: rbac_matcher.Matcher | None, rules: common.RBAC | None, what: str
+            ) -> common.Engine | rbac_matcher.MatcherEngine | None:
+    """The matcher's engine when there is one (Envoy ignores the rules then, and warns), else the rules'."""
+    if matcher is not None:
+        if rules is not None:
+            log.warning("RBAC %s are ignored when a matcher is configured (as Envoy)", what)
+        return rbac_matcher.MatcherEngine(matcher)
+    return common.Engine(rules) if rules is not None else None
 
 
 _DISABLED = _Engines(None, None, False)
