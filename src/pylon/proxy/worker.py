@@ -368,7 +368,10 @@ async def _serve(control_fd: int) -> int:
     await writer.drain()
     log.debug("worker %d ready", worker.worker_id)
     control_task = loop.create_task(_control_loop(worker, reader, writer, drain_time, stop))
+    control_task.add_done_callback(lambda _: stop.set())  # the channel is this worker's life: its end ends it
     await stop.wait()
+    if control_task.done() and not control_task.cancelled() and control_task.exception() is not None:
+        return 1  # an order failed (logged): the supervisor restarts this worker with the whole current config
     control_task.cancel()
     return 0
 
@@ -387,22 +390,36 @@ async def _control_loop(worker: Worker, reader: asyncio.StreamReader, writer: as
             await _drain_and_stop(worker, drain_time, stop)
             return
         op = message.get("op")
-        if op == "stats":
-            reply: dict[str, Any] = {"stats": worker.stats.snapshot()}
-        elif op == "clusters":
-            reply = {"clusters": worker.describe_clusters()}
-        elif op == "dynamic":
-            await worker.apply_dynamic(message["dynamic"])
-            reply = {"ok": True}
-        elif op == "drain":
-            asyncio.get_running_loop().create_task(
-                _drain_and_stop(worker, float(message.get("drain_time", drain_time)), stop))
-            reply = {"ok": True}
-        else:
-            reply = {"error": f"unknown op {op!r}"}
+        try:
+            reply = await _carry_out(worker, message, drain_time, stop)
+        except Exception:
+            # Half applied, this worker's state is no version the supervisor knows: leave, and let the supervisor
+            # restart it with the whole current configuration (as Envoy would crash) rather than serve that state
+            # or leave the supervisor's request unanswered (it waited, and every later order queued behind it).
+            log.critical("worker %d: the supervisor's %r order failed; exiting to be restarted", worker.worker_id, op,
+                         exc_info=True)  # fmt: skip
+            raise
         reply["id"] = message.get("id")
         writer.write(control.encode(reply))
         await writer.drain()
+
+
+async def _carry_out(worker: Worker, message: dict[str, Any], drain_time: float, stop: asyncio.Event
+                     ) -> dict[str, Any]:  # fmt: skip
+    """One order of the supervisor, carried out; the reply (its id is added by the caller)."""
+    op = message.get("op")
+    if op == "stats":
+        return {"stats": worker.stats.snapshot()}
+    if op == "clusters":
+        return {"clusters": worker.describe_clusters()}
+    if op == "dynamic":
+        await worker.apply_dynamic(message["dynamic"])
+        return {"ok": True}
+    if op == "drain":
+        asyncio.get_running_loop().create_task(
+            _drain_and_stop(worker, float(message.get("drain_time", drain_time)), stop))
+        return {"ok": True}
+    return {"error": f"unknown op {op!r}"}
 
 
 def main() -> None:
