@@ -82,9 +82,6 @@ class LdsListeners:
         for name in [n for n in self.fds if n not in bound]:
             socket.socket(fileno=self.fds.pop(name)).close()  # removed while it was warming
 
-    def runtimes(self) -> list[ListenerRuntime]:
-        return [entry.runtime for entry in self.serving.values()]
-
     def close(self) -> None:
         """Stop accepting on every LDS listener (the worker's drain)."""
         for entry in self.serving.values():
