@@ -189,3 +189,38 @@ def test_response_trailers_on_a_request_without_body(gateway):
         assert response.trailers == [(b"grpc-status", b"0"), (b"x-resp-trailer", b"yes")]
         (request,) = gw.upstream.requests
         assert request.header(b"transfer-encoding") is None and request.trailers == []
+
+
+TRAILER_FILTER = '''
+def on_request_trailers(request):
+    request.trailers.set("x-checksum", request.trailers.get("x-checksum").upper())
+    request.trailers.remove("x-count")
+
+
+def on_response_trailers(response):
+    response.trailers.add("x-seen-by", "pylon")
+    response.trailers.remove("x-resp-trailer")
+'''
+
+
+def test_filters_see_and_change_trailers_both_ways(tmp_path: Path) -> None:
+    """pylon's own Python filter (Envoy has none to compare with) edits the request's trailers before they go
+    upstream and the response's before they go to the client: the HTTP filter chain's trailer hooks."""
+    script = tmp_path / "trailers.py"
+    script.write_text(TRAILER_FILTER)
+    python_filter = {"name": "trailers", "typed_config": {
+        "@type": "type.googleapis.com/pylon.filters.http.v1.Python", "path": str(script)}}
+
+    def listener(port: int) -> dict[str, Any]:
+        main = http_listener("main", port, [route("/", "up", timeout="5s")],
+                             http_protocol_options={"enable_trailers": True})
+        hcm = main["filter_chains"][0]["filters"][0]["typed_config"]
+        hcm["http_filters"] = [python_filter, *hcm["http_filters"]]
+        return main
+
+    with gateway_in_front_of_upstream("pylon", tmp_path, listener, TrailerUpstream, **cluster_options(True)) as gw:
+        response = exchange(gw.port, REQUEST)
+        (request,) = gw.upstream.requests
+    assert request.trailers == [(b"x-checksum", b"ABC123")]
+    assert response.body == b"foobar"
+    assert response.trailers == [(b"grpc-status", b"0"), (b"x-seen-by", b"pylon")]

@@ -149,6 +149,10 @@ class HcmRuntime:
         # The ones that may want each body piece as it passes (streaming transforms), in their directions' orders.
         self.data_decoders = [f for f in self.decoder_filters if hasattr(f, "decode_data")]
         self.data_encoders = [f for f in self.encoder_filters if hasattr(f, "encode_data")]
+        # The ones that see trailers, where a message has them (enable_trailers): request first to last, response
+        # last to first, as Envoy's decodeTrailers / encodeTrailers.
+        self.trailer_decoders = [f for f in self.decoder_filters if hasattr(f, "decode_trailers")]
+        self.trailer_encoders = [f for f in reversed(self.decoder_filters) if hasattr(f, "encode_trailers")]
         self.rq_too_large = stats.counter(prefix + "downstream_rq_too_large")
         self.rs_too_large = stats.counter(prefix + "rs_too_large")
         self.access_loggers = build_access_loggers(config.access_log, worker.access_log_writer)

@@ -344,6 +344,9 @@ class Stream:
         self.rq_state = RQ_DONE
         if self.rs_state >= RS_DONE:
             return
+        if self.req_trailers is not None and self.hcm.trailer_decoders:
+            for http_filter in self.hcm.trailer_decoders:
+                http_filter.decode_trailers(self, self.req_trailers)
         if self.pending_local is not None:
             reply, self.pending_local = self.pending_local, None
             self.local(reply)
@@ -1123,6 +1126,8 @@ class Stream:
 
     def on_upstream_trailers(self, trailers: list[tuple[bytes, bytes]]) -> None:
         """The response's trailers (the upstream codec's last event before the end): written after its body."""
+        for http_filter in self.hcm.trailer_encoders:
+            http_filter.encode_trailers(self, trailers)
         self.resp_trailers = trailers
 
     def on_upstream_flush(self) -> None:

@@ -39,6 +39,16 @@ a stream without holding it:
   or to the end of the connection for HTTP/1.0). Data filters run before the
   whole-body ones, which then see the transformed body.
 
+Filters may also see a message's trailers, where it has them (HTTP/1.1
+chunked trailers carried with `enable_trailers` on the HCM and the cluster):
+
+- `decode_trailers(stream, trailers)` (in filter order, once the request is
+  complete) and `encode_trailers(stream, trailers)` (last filter first, before
+  the response ends) get the trailer list, (name, value) pairs with lower-case
+  names, and change it in place; what they leave is what is sent. A message
+  without trailers calls neither (HTTP/1.1 can only carry trailers after a
+  chunked body, so none are added to one that has none).
+
 Without filters besides the router, a stream does none of this (no cost).
 """
 

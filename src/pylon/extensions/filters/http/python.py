@@ -10,6 +10,8 @@ both of:
     def on_response_body(response): ... # the whole response is in: response.body
     def on_request_data(request): ...   # each request body piece as it passes: request.data
     def on_response_data(response): ... # each response body piece as it passes: response.data
+    def on_request_trailers(request): ...   # the request's trailers: request.trailers
+    def on_response_trailers(response): ... # the response's trailers: response.trailers
 
 `request.method`, `.path`, `.authority` (str); `request.headers` and
 `response.headers` read and change headers (`get`, `get_all`, `set`, `add`,
@@ -56,6 +58,13 @@ a request or response such a hook sees goes without its content-length
 (chunked). They run before the whole-body hooks. An exception in
 `on_request_data` fails the request (500 if nothing was answered yet, else a
 reset); in `on_response_data` the piece goes on unchanged.
+
+Trailers: where a message has them (HTTP/1.1 trailers after a chunked body,
+carried with `enable_trailers` on the connection manager and the cluster),
+`on_request_trailers` / `on_response_trailers` see them as `.trailers`, with
+the headers' methods; changes are what is sent. They run once the message is
+complete, so the request has mostly gone upstream already: an exception in
+either is logged and counted and the trailers go on unchanged.
 """
 
 from __future__ import annotations
@@ -74,7 +83,8 @@ from pylon.proxy.filters.http import register_filter
 from pylon.proxy.headers import HeaderList
 
 TYPE_URL = "type.googleapis.com/pylon.filters.http.v1.Python"
-HOOKS = ("on_request", "on_request_body", "on_response", "on_response_body", "on_request_data", "on_response_data")
+HOOKS = ("on_request", "on_request_body", "on_response", "on_response_body", "on_request_data", "on_response_data",
+         "on_request_trailers", "on_response_trailers")
 
 #: What filters may not touch: the connection manager's own framing, routing inputs and trust headers.
 _PROTECTED = frozenset({b"host", b"content-length", b"transfer-encoding", b"connection", b"x-forwarded-for",
@@ -107,6 +117,8 @@ class Hooks:
     on_response_body: Callable[[Any], Any] | None
     on_request_data: Callable[[Any], Any] | None
     on_response_data: Callable[[Any], Any] | None
+    on_request_trailers: Callable[[Any], Any] | None
+    on_response_trailers: Callable[[Any], Any] | None
     stamp: tuple[int, int]  # the file's (mtime_ns, size) when loaded
 
 
@@ -166,6 +178,18 @@ class _Headers:
         self._apply("remove", _name(name), b"")
 
 
+def _editable(headers: HeaderList) -> _Headers:
+    """A `_Headers` view that changes `headers` itself."""
+
+    def apply(op: str, name: bytes, value: bytes) -> None:
+        if op == "remove":
+            headers.remove(name)
+        else:
+            getattr(headers, op)(name, value)
+
+    return _Headers(lambda: headers, apply)
+
+
 class Request:
     """What `on_request` gets: one request, its headers, its connection."""
 
@@ -179,6 +203,7 @@ class Request:
         self.body: bytes | str | None = None  # the whole body, in on_request_body only
         self.data: bytes | str = b""  # one body piece, in on_request_data only
         self.end_stream = False  # ... and whether it is the last
+        self.trailers: _Headers | None = None  # in on_request_trailers only
 
     @property
     def method(self) -> str:
@@ -210,19 +235,13 @@ class Response:
 
     def __init__(self, status: int, headers: HeaderList, runtime: "PythonFilter") -> None:
         self.status = status
-
-        def apply(op: str, name: bytes, value: bytes) -> None:
-            if op == "remove":
-                headers.remove(name)
-            else:
-                getattr(headers, op)(name, value)
-
-        self.headers = _Headers(lambda: headers, apply)
+        self.headers = _editable(headers)
         self.config = runtime.config.config
         self.log = runtime.log
         self.body: bytes | str | None = None  # the whole body, in on_response_body only
         self.data: bytes | str = b""  # one body piece, in on_response_data only
         self.end_stream = False  # ... and whether it is the last
+        self.trailers: _Headers | None = None  # in on_response_trailers only
 
 
 class PythonFilter:
@@ -367,6 +386,32 @@ class PythonFilter:
             self.log.exception("on_response failed: the response goes on unchanged")
             return
         headers.items = working.items
+
+
+    def decode_trailers(self, stream: Any, trailers: list[tuple[bytes, bytes]]) -> None:
+        hook = self.hooks.on_request_trailers
+        if hook is not None:
+            request = Request(stream, self)
+            self._run_trailer_hook("on_request_trailers", hook, request, trailers)
+
+    def encode_trailers(self, stream: Any, trailers: list[tuple[bytes, bytes]]) -> None:
+        hook = self.hooks.on_response_trailers
+        if hook is not None:
+            self._run_trailer_hook("on_response_trailers", hook, Response(stream.status, HeaderList([]), self),
+                                   trailers)  # fmt: skip
+
+    def _run_trailer_hook(self, label: str, hook: Callable[[Any], Any], message: "Request | Response",
+                          trailers: list[tuple[bytes, bytes]]) -> None:  # fmt: skip
+        """Call a trailer hook on a copy of `trailers`; if it returns, the copy replaces them in place."""
+        working = HeaderList(list(trailers))
+        message.trailers = _editable(working)
+        try:
+            hook(message)
+        except Exception:  # the user's code: the trailers go on unchanged
+            self.errors.inc()
+            self.log.exception("%s failed: the trailers go on unchanged", label)
+            return
+        trailers[:] = working.items
 
 
 def _body_bytes(body: object) -> bytes:
