@@ -22,14 +22,13 @@ import msgspec
 from pylon.config import registry
 from pylon.config.envoy import EnvoyStruct
 from pylon.config.errors import FieldError
+from pylon.extensions.compression.streams import ChunkSize, FlushingCompressor, RatioGuardedDecompressor
 
 COMPRESSOR_TYPE_URL = "type.googleapis.com/envoy.extensions.compression.brotli.compressor.v3.Brotli"
 DECOMPRESSOR_TYPE_URL = "type.googleapis.com/envoy.extensions.compression.brotli.decompressor.v3.Brotli"
 
 _MODES = {"DEFAULT": brotli.MODE_GENERIC, "GENERIC": brotli.MODE_GENERIC, "TEXT": brotli.MODE_TEXT,
           "FONT": brotli.MODE_FONT}
-_MAX_INFLATE_RATIO = 100
-ChunkSize = Annotated[int, msgspec.Meta(ge=4096, le=65536)]
 
 
 class BrotliCompressor(EnvoyStruct, kw_only=True):
@@ -49,22 +48,10 @@ class BrotliCompressor(EnvoyStruct, kw_only=True):
             raise FieldError("disable_literal_context_modeling", "not supported (the brotli binding pylon uses "
                                                                  "cannot set it)")
 
-    def make(self) -> _Compressor:
-        return _Compressor(brotli.Compressor(mode=_MODES[self.encoder_mode], quality=self.quality,
-                                             lgwin=self.window_bits, lgblock=self.input_block_bits))
-
-
-class _Compressor:
-    __slots__ = ("_b",)
-
-    def __init__(self, b: brotli.Compressor) -> None:
-        self._b = b
-
-    def compress(self, data: bytes) -> bytes:
-        return self._b.process(data) + self._b.flush()
-
-    def finish(self) -> bytes:
-        return self._b.finish()
+    def make(self) -> FlushingCompressor:
+        b = brotli.Compressor(mode=_MODES[self.encoder_mode], quality=self.quality, lgwin=self.window_bits,
+                              lgblock=self.input_block_bits)  # fmt: skip
+        return FlushingCompressor(lambda data: b.process(data) + b.flush(), b.finish)
 
 
 class BrotliDecompressor(EnvoyStruct, kw_only=True):
@@ -80,33 +67,9 @@ class BrotliDecompressor(EnvoyStruct, kw_only=True):
             raise FieldError("disable_ring_buffer_reallocation", "not supported (the brotli binding pylon uses "
                                                                  "cannot set it)")
 
-    def make(self) -> _Decompressor:
-        return _Decompressor()
-
-
-class _Decompressor:
-    __slots__ = ("_b", "_in", "_out", "failed")
-
-    def __init__(self) -> None:
-        self._b = brotli.Decompressor()
-        self._in = self._out = 0
-        self.failed: tuple[str, ...] = ()
-
-    def decompress(self, data: bytes) -> bytes:
-        if self.failed or not data:
-            return b""
-        self._in += len(data)
-        try:
-            out = self._b.process(data)
-        except brotli.error:
-            self.failed = ("brotli_error",)
-            return b""
-        room = self._in * _MAX_INFLATE_RATIO - self._out
-        if len(out) > room:
-            self.failed = ("brotli_error", "brotli_output_overflow")
-            out = out[:room]
-        self._out += len(out)
-        return out
+    def make(self) -> RatioGuardedDecompressor:
+        return RatioGuardedDecompressor(brotli.Decompressor().process, brotli.error, ("brotli_error",),
+                                        ("brotli_error", "brotli_output_overflow"))
 
 
 registry.register_typed(registry.COMPRESSOR_LIBRARY, COMPRESSOR_TYPE_URL, BrotliCompressor)

@@ -18,6 +18,7 @@ import msgspec
 
 from pylon.config import registry
 from pylon.config.envoy import EnvoyStruct
+from pylon.extensions.compression.streams import ChunkSize, FlushingCompressor
 
 COMPRESSOR_TYPE_URL = "type.googleapis.com/envoy.extensions.compression.gzip.compressor.v3.Gzip"
 DECOMPRESSOR_TYPE_URL = "type.googleapis.com/envoy.extensions.compression.gzip.decompressor.v3.Gzip"
@@ -28,7 +29,6 @@ _STRATEGIES = {"DEFAULT_STRATEGY": zlib.Z_DEFAULT_STRATEGY, "FILTERED": zlib.Z_F
                "HUFFMAN_ONLY": zlib.Z_HUFFMAN_ONLY, "RLE": zlib.Z_RLE, "FIXED": zlib.Z_FIXED}
 _GZIP_HEADER = 16
 WindowBits = Annotated[int, msgspec.Meta(ge=9, le=15)]
-ChunkSize = Annotated[int, msgspec.Meta(ge=4096, le=65536)]
 
 
 class GzipCompressor(EnvoyStruct, kw_only=True):
@@ -42,23 +42,11 @@ class GzipCompressor(EnvoyStruct, kw_only=True):
     window_bits: WindowBits = 12
     chunk_size: ChunkSize = 4096
 
-    def make(self) -> _Compressor:
-        return _Compressor(zlib.compressobj(_LEVELS[self.compression_level], zlib.DEFLATED,
-                                            self.window_bits + _GZIP_HEADER, self.memory_level,
-                                            _STRATEGIES[self.compression_strategy]))
-
-
-class _Compressor:
-    __slots__ = ("_z",)
-
-    def __init__(self, z: zlib._Compress) -> None:
-        self._z = z
-
-    def compress(self, data: bytes) -> bytes:
-        return self._z.compress(data) + self._z.flush(zlib.Z_SYNC_FLUSH)
-
-    def finish(self) -> bytes:
-        return self._z.flush(zlib.Z_FINISH)
+    def make(self) -> FlushingCompressor:
+        z = zlib.compressobj(_LEVELS[self.compression_level], zlib.DEFLATED, self.window_bits + _GZIP_HEADER,
+                             self.memory_level, _STRATEGIES[self.compression_strategy])  # fmt: skip
+        return FlushingCompressor(lambda data: z.compress(data) + z.flush(zlib.Z_SYNC_FLUSH),
+                                  lambda: z.flush(zlib.Z_FINISH))  # fmt: skip
 
 
 class GzipDecompressor(EnvoyStruct, kw_only=True):

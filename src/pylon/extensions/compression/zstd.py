@@ -13,13 +13,13 @@ body that inflates more); pylon's cumulative cut also applies to those.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
-import msgspec
 import zstandard
 
 from pylon.config import registry
 from pylon.config.envoy import EnvoyStruct, NotSupportedYet, UInt32
+from pylon.extensions.compression.streams import ChunkSize, FlushingCompressor, RatioGuardedDecompressor
 
 COMPRESSOR_TYPE_URL = "type.googleapis.com/envoy.extensions.compression.zstd.compressor.v3.Zstd"
 DECOMPRESSOR_TYPE_URL = "type.googleapis.com/envoy.extensions.compression.zstd.decompressor.v3.Zstd"
@@ -31,8 +31,6 @@ _STRATEGIES = {"DEFAULT": 0, "FAST": zstandard.STRATEGY_FAST, "DFAST": zstandard
                "BTULTRA2": zstandard.STRATEGY_BTULTRA2}
 _DEFAULT_LEVEL = 3
 _MAX_LEVEL = 22  # zstd clamps higher levels to its maximum, as Envoy's setParameter does
-_MAX_INFLATE_RATIO = 100
-ChunkSize = Annotated[int, msgspec.Meta(ge=4096, le=65536)]
 
 
 class ZstdCompressor(EnvoyStruct, kw_only=True):
@@ -46,27 +44,16 @@ class ZstdCompressor(EnvoyStruct, kw_only=True):
     dictionary: NotSupportedYet | None = None
     chunk_size: ChunkSize = 4096
 
-    def make(self) -> _Compressor:
+    def make(self) -> FlushingCompressor:
         level = min(self.compression_level or _DEFAULT_LEVEL, _MAX_LEVEL)
         params: dict[str, Any] = {"write_checksum": self.enable_checksum}
         if self.strategy != "DEFAULT":
             params["strategy"] = _STRATEGIES[self.strategy]
         compressor = zstandard.ZstdCompressor(
             compression_params=zstandard.ZstdCompressionParameters.from_level(level, **params))
-        return _Compressor(compressor.compressobj())
-
-
-class _Compressor:
-    __slots__ = ("_z",)
-
-    def __init__(self, z: Any) -> None:
-        self._z = z
-
-    def compress(self, data: bytes) -> bytes:
-        return self._z.compress(data) + self._z.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
-
-    def finish(self) -> bytes:
-        return self._z.flush(zstandard.COMPRESSOBJ_FLUSH_FINISH)
+        z = compressor.compressobj()
+        return FlushingCompressor(lambda data: z.compress(data) + z.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK),
+                                  lambda: z.flush(zstandard.COMPRESSOBJ_FLUSH_FINISH))  # fmt: skip
 
 
 class ZstdDecompressor(EnvoyStruct, kw_only=True):
@@ -77,33 +64,10 @@ class ZstdDecompressor(EnvoyStruct, kw_only=True):
     dictionaries: list[NotSupportedYet] = []
     chunk_size: ChunkSize = 4096
 
-    def make(self) -> _Decompressor:
-        return _Decompressor()
-
-
-class _Decompressor:
-    __slots__ = ("_z", "_in", "_out", "failed")
-
-    def __init__(self) -> None:
-        self._z = zstandard.ZstdDecompressor().decompressobj(read_across_frames=True)
-        self._in = self._out = 0
-        self.failed: tuple[str, ...] = ()
-
-    def decompress(self, data: bytes) -> bytes:
-        if self.failed or not data:
-            return b""
-        self._in += len(data)
-        try:
-            out = self._z.decompress(data)
-        except zstandard.ZstdError:
-            self.failed = ("zstd_generic_error",)
-            return b""
-        room = self._in * _MAX_INFLATE_RATIO - self._out
-        if len(out) > room:
-            self.failed = ("zstd_generic_error",)
-            out = out[:room]
-        self._out += len(out)
-        return out
+    def make(self) -> RatioGuardedDecompressor:
+        z = zstandard.ZstdDecompressor().decompressobj(read_across_frames=True)
+        return RatioGuardedDecompressor(z.decompress, zstandard.ZstdError, ("zstd_generic_error",),
+                                        ("zstd_generic_error",))
 
 
 registry.register_typed(registry.COMPRESSOR_LIBRARY, COMPRESSOR_TYPE_URL, ZstdCompressor)
