@@ -56,6 +56,9 @@ class Driver(Protocol):
 
     #: An undecorated request's span is named "ingress" / "egress" (OpenTelemetry), not by its authority (Zipkin).
     names_by_direction: bool
+    #: The request's span is named by its path, decorator or not, and `inject` gets the request's authority as
+    #: its `style` (SkyWalking's entry span and sw8 target address; an optional attribute).
+    names_by_path: bool
 
     def start_span(self, headers: list[tuple[bytes, bytes]], traced: bool, name: str, kind: str,
                    start_us: int) -> tuple[Span | None, Any]:
@@ -117,6 +120,7 @@ class Tracer:
         self.egress = egress
         self.child = start_child_span
         self.direction_name = ("egress" if egress else "ingress") if self.driver.names_by_direction else None
+        self.names_by_path = getattr(self.driver, "names_by_path", False)
         node = hcm.worker.node
         self.node_tags = {"node_id": node.id if node is not None else "",
                           "zone": node.locality.zone if node is not None and node.locality is not None else ""}
@@ -170,7 +174,9 @@ class Tracer:
         """Make the request's span (stream.span) under the `mark`ed status; the upstream headers that carry it."""
         route = stream.route
         decorator = route.decorator if route is not None else None
-        if decorator is not None:
+        if self.names_by_path:
+            name = (stream.original_path or stream.path).decode("latin-1")
+        elif decorator is not None:
             name = decorator.operation
         else:
             name = self.direction_name or stream.authority.decode("latin-1")
@@ -188,6 +194,8 @@ class Tracer:
             outgoing = self.driver.child_span(span, f"router {cluster} egress", int((now + self.wall_offset) * 1e6))
             outgoing.start_loop = now
         stream.span = (span, outgoing if outgoing is not span else None)
+        if self.names_by_path:
+            style = stream.authority
         return self.driver.inject(forward, outgoing, style)
 
     def _mark_request_id(self, stream: "Stream", forward: list[tuple[bytes, bytes]], nibble: bytes
