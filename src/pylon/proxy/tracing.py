@@ -260,6 +260,10 @@ class Tracer:
                 ctags["upstream_address"] = ctags["peer.address"] = "%s:%d" % host.address
             if not status or status >= 500:
                 ctags["error"] = "true"
+            for tag, source in self.custom_tags:  # Envoy's router tags its span with the custom tags too
+                value = source(headers)
+                if value is not None:
+                    ctags[tag] = value
             spans.insert(0, child)
         self.driver.report(spans)
 

@@ -60,6 +60,11 @@ RETRY_INITIAL: Final = 0.5
 RETRY_MAX: Final = 30.0
 #: Envoy's tag names that SkyWalking spells its own way.
 _TAG_NAMES = {"http.url": "url", "http.status_code": "status_code"}
+#: The order Envoy sets the connection manager's and the router's tags in (what is not here follows, as set).
+_TAG_ORDER = {name: k for k, name in enumerate((
+    "node_id", "zone", "guid:x-request-id", "http.url", "http.method", "downstream_cluster", "user_agent",
+    "http.protocol", "peer.address", "guid:x-client-trace-id", "request_size", "response_size", "upstream_address",
+    "component", "upstream_cluster", "upstream_cluster.name", "http.status_code", "response_flags"))}
 log = logging.getLogger(__name__)
 
 
@@ -194,7 +199,8 @@ class SkyWalkingDriver:
         return Span(trace_id, "0", "-1", True, name, kind, start_us, extra=_Segment(str(uuid.uuid4()), parent, name)), None
 
     def child_span(self, parent: Span, name: str, start_us: int) -> Span:
-        return Span(parent.trace_id, "1", "0", True, name, "CLIENT", start_us, extra=parent.extra)
+        """The exit span: named as the entry span (Envoy's SkyWalking spans ignore the name they are given)."""
+        return Span(parent.trace_id, "1", "0", True, parent.name, "CLIENT", start_us, extra=parent.extra)
 
     def inject(self, forward: list[tuple[bytes, bytes]], span: Span, style: Any) -> list[tuple[bytes, bytes]]:
         if span.span_id == "0":
@@ -214,12 +220,15 @@ class SkyWalkingDriver:
 
 
 def _segment_span(span: Span, parent: sw8.SpanContext | None) -> segment.SegmentSpan:
+    """A span as Envoy's SkyWalking span keeps it: `peer.address` is its peer, not a tag; tags in Envoy's order."""
     start_ms = span.start_us // 1000
-    tags = [(_TAG_NAMES.get(name, name), value) for name, value in span.tags.items()]
+    last = len(_TAG_ORDER)
+    names = sorted(span.tags, key=lambda name: _TAG_ORDER.get(name, last))
+    tags = [(_TAG_NAMES.get(name, name), span.tags[name]) for name in names if name != "peer.address"]
     return segment.SegmentSpan(int(span.span_id), int(span.parent_id), start_ms,
                                (span.start_us + span.duration_us) // 1000, span.name,
                                segment.SPAN_ENTRY if span.span_id == "0" else segment.SPAN_EXIT, tags,
-                               is_error="error" in span.tags, ref=parent)
+                               peer=span.tags.get("peer.address", ""), is_error="error" in span.tags, ref=parent)
 
 
 registry.register_typed(registry.TRACER, TYPE_URL, SkyWalkingConfig)
