@@ -6,9 +6,6 @@ sw8-correlation alone, start traces under the sampling settings (an untraced req
 send upstream the sw8 of the router's exit span (start_child_span) or, without one, the sw8 that came in, and
 report one segment per request with Envoy's spans, names, peers, tags, references and error flags, the
 backend_token as `authentication` metadata and Envoy's tracing.skywalking.* counters.
-
-One departure is asserted as such: the sw8 target address (the last field) is the upstream host's address in
-Envoy and the request's authority in pylon, which builds the upstream headers before it picks the host.
 """
 
 from __future__ import annotations
@@ -57,8 +54,8 @@ def _listener(name: str, port: int, direction: str, child: bool, client_config: 
 
 def _entry_tags(port: int, path: str, status: int, size: int, *extra: tuple[str, str]) -> list[tuple[str, str]]:
     """Envoy's connection manager tags of the entry span, in its order (the request id left as "ID")."""
-    tags = [("node_id", "node-1"), ("zone", "z1"), ("guid:x-request-id", "ID"), ("url", f"http://127.0.0.1:{port}{path}"),
-            ("http.method", "GET"), ("downstream_cluster", "-"), ("user_agent", "ua1"), ("http.protocol", "HTTP/1.1")]
+    tags = [("node_id", "node-1"), ("zone", "z1"), ("guid:x-request-id", "ID"),
+            ("url", f"http://127.0.0.1:{port}{path}"), ("http.method", "GET"), ("downstream_cluster", "-"), ("user_agent", "ua1"), ("http.protocol", "HTTP/1.1")]
     tags += [pair for pair in extra if pair[0].startswith("guid:")]
     tags += [("request_size", "0"), ("response_size", str(size)), ("component", "proxy"), ("upstream_cluster", "up"),
              ("upstream_cluster.name", "up"), ("status_code", str(status)), ("response_flags", "-")]
@@ -101,7 +98,7 @@ def test_skywalking_tracing_as_envoy(implementation: str, tmp_path: Path) -> Non
             implementation=implementation,
             bootstrap_extra={"node": {"id": "node-1", "cluster": "front", "locality": {"zone": "z1"}}})
         upstream_address = f"127.0.0.1:{up.port}"
-        target = upstream_address if implementation == "envoy" else f"127.0.0.1:{ports['front']}"
+        target = upstream_address  # the sw8 target address: the upstream host, as the proxy picked it
 
         def send(listener: str, path: str, **headers: str) -> dict[str, str]:
             httpx.get(f"http://127.0.0.1:{ports[listener]}{path}", headers={"user-agent": "ua1", **headers},

@@ -56,8 +56,7 @@ class Driver(Protocol):
 
     #: An undecorated request's span is named "ingress" / "egress" (OpenTelemetry), not by its authority (Zipkin).
     names_by_direction: bool
-    #: The request's span is named by its path, decorator or not, and `inject` gets the request's authority as
-    #: its `style` (SkyWalking's entry span and sw8 target address; an optional attribute).
+    #: The request's span is named by its path, decorator or not (SkyWalking's entry span; an optional attribute).
     names_by_path: bool
 
     def start_span(self, headers: list[tuple[bytes, bytes]], traced: bool, name: str, kind: str,
@@ -73,6 +72,10 @@ class Driver(Protocol):
 
     def report(self, spans: list[Span]) -> None:
         """Queue finished, sampled spans for export."""
+
+    def upstream_header(self, span: Span, address: str) -> tuple[bytes, bytes] | None:
+        """A header naming the upstream host (`address`, "ip:port") that carries `span`, added to each attempt
+        once its host is picked (SkyWalking's sw8 and its target address); optional: most drivers have none."""
 
 
 DriverFactory = Callable[[Any, "HcmRuntime"], Driver]
@@ -121,6 +124,7 @@ class Tracer:
         self.child = start_child_span
         self.direction_name = ("egress" if egress else "ingress") if self.driver.names_by_direction else None
         self.names_by_path = getattr(self.driver, "names_by_path", False)
+        self.names_host = hasattr(self.driver, "upstream_header")
         node = hcm.worker.node
         self.node_tags = {"node_id": node.id if node is not None else "",
                           "zone": node.locality.zone if node is not None and node.locality is not None else ""}
@@ -194,9 +198,17 @@ class Tracer:
             outgoing = self.driver.child_span(span, f"router {cluster} egress", int((now + self.wall_offset) * 1e6))
             outgoing.start_loop = now
         stream.span = (span, outgoing if outgoing is not span else None)
-        if self.names_by_path:
-            style = stream.authority
         return self.driver.inject(forward, outgoing, style)
+
+    def with_host_header(self, stream: "Stream", head: bytes) -> bytes:
+        """An attempt's request head with the driver's header naming its upstream host (Envoy injects the
+        context when the upstream request is ready, its host known)."""
+        span, child = stream.span
+        ip, port = stream.host.address
+        pair = self.driver.upstream_header(child or span, f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}")
+        if pair is None:
+            return head
+        return head[:-2] + b"%s: %s\r\n\r\n" % pair  # before the blank line that ends the head
 
     def _mark_request_id(self, stream: "Stream", forward: list[tuple[bytes, bytes]], nibble: bytes
                          ) -> list[tuple[bytes, bytes]]:

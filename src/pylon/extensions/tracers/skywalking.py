@@ -9,7 +9,8 @@ UUID, as cpp2sky). Each request is one segment with its own UUID: the entry span
 (0, named by the request's path: Envoy ignores the decorator here) and, with the
 router's start_child_span, the exit span (1, "router CLUSTER egress"). Only an exit
 span propagates: with it the upstream gets a new sw8 (flag 1, this segment, span 1,
-the service, instance, the entry span's path as endpoint, and the target address);
+the service, instance, the entry span's path as endpoint, and the upstream host's
+address as target, written into each attempt once its host is picked);
 without it the request goes upstream with whatever sw8 it came with. Tags keep Envoy's
 names but `http.url` and `http.status_code`, which SkyWalking calls `url` and
 `status_code`; `error` also marks the span isError (segment.py).
@@ -22,10 +23,6 @@ backoff, 0.5 s doubling to 30 s), segments wait in a cache of `max_cache_size`
 (default 1024; the oldest dropped, counted) and are flushed when a stream opens.
 Envoy's counters under tracing.skywalking.: segments_sent, segments_dropped,
 cache_flushed, segments_flushed.
-
-Departure: the sw8 target address is the request's authority, Envoy's fallback; Envoy
-writes the chosen upstream host's address, which pylon has not picked yet when it
-builds the upstream request's headers.
 """
 
 from __future__ import annotations
@@ -176,7 +173,7 @@ class SkyWalkingDriver:
     """The SkyWalking tracer of one HCM in one worker (its reporter shared with HCMs of the same config)."""
 
     names_by_direction = False
-    names_by_path = True
+    names_by_path = True  # the entry span is named by the request's path
 
     def __init__(self, config: SkyWalkingConfig, hcm: "HcmRuntime") -> None:
         worker = hcm.worker
@@ -196,20 +193,27 @@ class SkyWalkingDriver:
         if parent is None and not traced:
             return None, None
         trace_id = parent.trace_id if parent is not None else str(uuid.uuid4())
-        return Span(trace_id, "0", "-1", True, name, kind, start_us, extra=_Segment(str(uuid.uuid4()), parent, name)), None
+        context = _Segment(str(uuid.uuid4()), parent, name)
+        return Span(trace_id, "0", "-1", True, name, kind, start_us, extra=context), None
 
     def child_span(self, parent: Span, name: str, start_us: int) -> Span:
         """The exit span: named as the entry span (Envoy's SkyWalking spans ignore the name they are given)."""
         return Span(parent.trace_id, "1", "0", True, parent.name, "CLIENT", start_us, extra=parent.extra)
 
     def inject(self, forward: list[tuple[bytes, bytes]], span: Span, style: Any) -> list[tuple[bytes, bytes]]:
+        """An exit span's sw8 replaces the incoming one, written per attempt (upstream_header); an entry span
+        propagates nothing (cpp2sky writes sw8 for an exit span only), so what came in goes on."""
         if span.span_id == "0":
-            return forward  # an entry span propagates nothing (cpp2sky writes sw8 for an exit span only)
+            return forward
+        return [pair for pair in forward if pair[0] != sw8.HEADER]
+
+    def upstream_header(self, span: Span, address: str) -> tuple[bytes, bytes] | None:
+        """The exit span's sw8, naming the upstream host as the target address, as Envoy writes it."""
+        if span.span_id == "0":
+            return None
         context: _Segment = span.extra
-        target = style.decode("latin-1") if isinstance(style, bytes) else ""
-        value = sw8.encode(sw8.SpanContext(span.trace_id, context.segment_id, int(span.span_id), self.service,
-                                           self.instance, context.endpoint, target))
-        return [pair for pair in forward if pair[0] != sw8.HEADER] + [(sw8.HEADER, value)]
+        return sw8.HEADER, sw8.encode(sw8.SpanContext(span.trace_id, context.segment_id, int(span.span_id),
+                                                      self.service, self.instance, context.endpoint, address))
 
     def report(self, spans: list[Span]) -> None:
         ordered = sorted(spans, key=lambda s: int(s.span_id))
