@@ -7,18 +7,22 @@ is treated as absent. Without one, a request the connection manager does not tra
 gets no span and goes upstream untouched, and a traced one starts a trace (a random
 UUID, as cpp2sky). Each request is one segment with its own UUID: the entry span
 (0, named by the request's path: Envoy ignores the decorator here) and, with the
-router's start_child_span, the exit span (1, "router CLUSTER egress"). Only an exit
-span propagates: with it the upstream gets a new sw8 (flag 1, this segment, span 1,
-the service, instance, the entry span's path as endpoint, and the upstream host's
-address as target, written into each attempt once its host is picked);
-without it the request goes upstream with whatever sw8 it came with. Tags keep Envoy's
-names but `http.url` and `http.status_code`, which SkyWalking calls `url` and
-`status_code`; `error` also marks the span isError (segment.py).
+router's start_child_span, the exit span (1, named as the entry span, as Envoy's).
+Only an exit span propagates: with it the upstream gets a new sw8 (flag 1, this
+segment, span 1, the service, instance, the entry span's path as endpoint, and the
+upstream host's address as target, written into each attempt once its host is
+picked); without it the request goes upstream with whatever sw8 it came with.
+Tags keep Envoy's names and order, but `http.url` and `http.status_code`, which
+SkyWalking calls `url` and `status_code`, and `peer.address`, which is the span's
+peer (the client's address on the entry span, the upstream host's on the exit
+span); `error` also marks the span isError (segment.py).
 
 Report: per worker, one client-streaming call `TraceSegmentReportService/collect` to
 the grpc_service's cluster (proxy/upstream/grpc_channel.py), a SegmentObject per
-finished request, `backend_token` as the `authentication` metadata. While no stream
-is open (no host yet, or the collector closed it: retried with Envoy's jittered
+finished request, `backend_token` as the `authentication` metadata (after Envoy's
+x-envoy-internal / x-forwarded-for and the service's initial_metadata). The
+grpc_service's `timeout` does not bound the stream: Envoy starts it without one.
+While no stream is open (no host yet, or the collector closed it: retried with Envoy's jittered
 backoff, 0.5 s doubling to 30 s), segments wait in a cache of `max_cache_size`
 (default 1024; the oldest dropped, counted) and are flushed when a stream opens.
 Envoy's counters under tracing.skywalking.: segments_sent, segments_dropped,
