@@ -133,6 +133,7 @@ EXTENSION_MODULES: Mapping[str, Mapping[str, str]] = MappingProxyType(
             "envoy.config.trace.v3.ZipkinConfig": "pylon.extensions.tracers.zipkin",
             "envoy.config.trace.v3.OpenTelemetryConfig": "pylon.extensions.tracers.opentelemetry",
             "envoy.config.trace.v3.DatadogConfig": "pylon.extensions.tracers.datadog",
+            "envoy.config.trace.v3.SkyWalkingConfig": "pylon.extensions.tracers.skywalking",
         },
         NETWORK_FILTER: {
             "envoy.extensions.filters.network.rbac.v3.RBAC": "pylon.extensions.filters.network.rbac",

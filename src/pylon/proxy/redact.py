@@ -6,8 +6,8 @@ Envoy 1.40: a static listener's inline private key and password show as `[redact
 shape, so a file name still shows where the secret lives; inline bytes become base64 of `[redacted]`, as
 Envoy prints them. pylon redacts the fields of that kind it accepts: a certificate's private key and its
 password, the private key inside a key provider's config (cryptomb, qat), session ticket keys, a generic
-secret's value, and the user and SO PINs of the SGX provider config (a token's PIN is a credential whether or
-not a proto marks it). Names are matched in both of the proto JSON spellings (`private_key`, `privateKey`).
+secret's value, SkyWalking's backend_token, and the user and SO PINs of the SGX provider config (a token's PIN
+is a credential whether or not a proto marks it). Names are matched in both of the proto JSON spellings (`private_key`, `privateKey`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ REDACTED = "[redacted]"
 REDACTED_BYTES = "W3JlZGFjdGVkXQ=="  # base64 of "[redacted]": inline_bytes are base64 in proto JSON
 
 #: Fields whose value is a secret wherever they appear (names without underscores, lower case).
-_SENSITIVE = frozenset({"privatekey", "password", "usrpin", "sopin"})
+_SENSITIVE = frozenset({"privatekey", "password", "usrpin", "sopin", "backendtoken"})
 #: Fields that are secrets only inside a given parent: TlsSessionTicketKeys.keys, GenericSecret.secret.
 _SENSITIVE_IN = {"sessionticketkeys": "keys", "genericsecret": "secret"}
 

@@ -860,6 +860,8 @@ class Stream:
         encoder = self.request_encoder
         assert encoder is not None
         out = [encoder.encode_head(self.attempts)]
+        if self.span is not None and self.hcm.tracer.names_host:  # type: ignore[union-attr]
+            out[0] = self.hcm.tracer.with_host_header(self, out[0])  # type: ignore[union-attr]
         waiting = self.waiting_body
         if conn.requests and self.body_buffer is None and self.body_size <= self.hcm.buffer_limit \
                 and (self.req_length or self.req_chunked):

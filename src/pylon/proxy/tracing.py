@@ -56,6 +56,8 @@ class Driver(Protocol):
 
     #: An undecorated request's span is named "ingress" / "egress" (OpenTelemetry), not by its authority (Zipkin).
     names_by_direction: bool
+    #: The request's span is named by its path, decorator or not (SkyWalking's entry span; an optional attribute).
+    names_by_path: bool
 
     def start_span(self, headers: list[tuple[bytes, bytes]], traced: bool, name: str, kind: str,
                    start_us: int) -> tuple[Span | None, Any]:
@@ -70,6 +72,10 @@ class Driver(Protocol):
 
     def report(self, spans: list[Span]) -> None:
         """Queue finished, sampled spans for export."""
+
+    def upstream_header(self, span: Span, address: str) -> tuple[bytes, bytes] | None:
+        """A header naming the upstream host (`address`, "ip:port") that carries `span`, added to each attempt
+        once its host is picked (SkyWalking's sw8 and its target address); optional: most drivers have none."""
 
 
 DriverFactory = Callable[[Any, "HcmRuntime"], Driver]
@@ -117,6 +123,8 @@ class Tracer:
         self.egress = egress
         self.child = start_child_span
         self.direction_name = ("egress" if egress else "ingress") if self.driver.names_by_direction else None
+        self.names_by_path = getattr(self.driver, "names_by_path", False)
+        self.names_host = hasattr(self.driver, "upstream_header")
         node = hcm.worker.node
         self.node_tags = {"node_id": node.id if node is not None else "",
                           "zone": node.locality.zone if node is not None and node.locality is not None else ""}
@@ -170,7 +178,9 @@ class Tracer:
         """Make the request's span (stream.span) under the `mark`ed status; the upstream headers that carry it."""
         route = stream.route
         decorator = route.decorator if route is not None else None
-        if decorator is not None:
+        if self.names_by_path:
+            name = (stream.original_path or stream.path).decode("latin-1")
+        elif decorator is not None:
             name = decorator.operation
         else:
             name = self.direction_name or stream.authority.decode("latin-1")
@@ -189,6 +199,16 @@ class Tracer:
             outgoing.start_loop = now
         stream.span = (span, outgoing if outgoing is not span else None)
         return self.driver.inject(forward, outgoing, style)
+
+    def with_host_header(self, stream: "Stream", head: bytes) -> bytes:
+        """An attempt's request head with the driver's header naming its upstream host (Envoy injects the
+        context when the upstream request is ready, its host known)."""
+        span, child = stream.span
+        ip, port = stream.host.address
+        pair = self.driver.upstream_header(child or span, f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}")
+        if pair is None:
+            return head
+        return head[:-2] + b"%s: %s\r\n\r\n" % pair  # before the blank line that ends the head
 
     def _mark_request_id(self, stream: "Stream", forward: list[tuple[bytes, bytes]], nibble: bytes
                          ) -> list[tuple[bytes, bytes]]:
@@ -252,6 +272,10 @@ class Tracer:
                 ctags["upstream_address"] = ctags["peer.address"] = "%s:%d" % host.address
             if not status or status >= 500:
                 ctags["error"] = "true"
+            for tag, source in self.custom_tags:  # Envoy's router tags its span with the custom tags too
+                value = source(headers)
+                if value is not None:
+                    ctags[tag] = value
             spans.insert(0, child)
         self.driver.report(spans)
 

@@ -2,9 +2,10 @@
 
 pylon's own upstream pool speaks HTTP/1.1; gRPC needs HTTP/2, which grpcio
 brings. `GrpcClusterClient` is what data-plane extensions use to call a gRPC
-service behind a cluster (the OpenTelemetry tracer's OTLP/gRPC export; ext_authz
-later): each call picks a host with the cluster's own load balancer (so its
-health checks and outlier ejections count) and goes on one grpc.aio channel per
+service behind a cluster (the OpenTelemetry tracer's OTLP/gRPC export, the
+SkyWalking tracer's client-streaming segment report; ext_authz later): each call
+picks a host with the cluster's own load balancer (so its health checks and
+outlier ejections count) and goes on one grpc.aio channel per
 host address, kept while the host is in the cluster. The channel runs in the
 worker's event loop: workers are fresh interpreters started with subprocess
 (no fork after grpcio started its threads), so grpcio's fork caveats do not arise.
@@ -24,7 +25,7 @@ yet. Calls carry messages as bytes: callers bring their own protobuf classes.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, AsyncIterator, Callable
 
 import grpc
 import grpc.aio
@@ -98,6 +99,18 @@ class GrpcClusterClient:
         call = self._channel(cluster).unary_unary(method, request_serializer=_identity,
                                                   response_deserializer=_identity)
         return await call(request, timeout=self.timeout, metadata=self.metadata)
+
+    def open_stream(self, method: str, requests: AsyncIterator[bytes], metadata: tuple[tuple[str, str], ...] = ()
+                    ) -> grpc.aio.StreamUnaryCall:
+        """Start a client-streaming call of `method` on a host of the cluster, sending what `requests` yields,
+        with `metadata` after the service's. No deadline: such a stream (SkyWalking's segment report) lives
+        until either side ends it, as Envoy's async streams. Raises NoHost."""
+        cluster = self.worker.clusters.get(self.cluster_name)
+        if cluster is None:
+            raise NoHost(self.cluster_name)
+        call = self._channel(cluster).stream_unary(method, request_serializer=_identity,
+                                                   response_deserializer=_identity)
+        return call(requests, metadata=self.metadata + metadata)
 
     def call_soon(self, method: str, request: bytes, done: Callable[[bytes | None, BaseException | None], None]
                   ) -> None:
