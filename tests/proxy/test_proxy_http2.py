@@ -12,6 +12,7 @@ import re
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -32,6 +33,29 @@ IMPLEMENTATIONS = ("pylon", "envoy")
 GOAWAY_NOTICE = 2**31 - 1
 
 
+class BlackHole:
+    """An upstream that accepts connections and never reads them: whatever is sent to it backs up."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.held: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.held.append(conn)
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.held:
+            conn.close()
+
+
 class Gateways:
     """pylon and Envoy on the same bootstrap: listener `h2c` (codec AUTO, plaintext), `tls` (AUTO, ALPN h2 and
     http/1.1), `idle` (stream_idle_timeout 0.5 s); cluster `up` (an `Upstream`) and `trail` (a TrailerUpstream,
@@ -40,6 +64,7 @@ class Gateways:
     def __init__(self, directory: Path) -> None:
         self.upstream = Upstream()
         self.trailers = TrailerUpstream()
+        self.hole = BlackHole()
         self.launcher = ProxyLauncher(directory)
         self.log = {}
         self.proxies: dict[str, RunningProxy] = {}
@@ -48,7 +73,8 @@ class Gateways:
             if impl == "envoy" and not ENVOY_BIN.exists():
                 continue
             self.log[impl] = directory / f"{impl}-access.log"
-            routes = [route("/t", "trail", timeout="5s"), route("/", "up", timeout="5s")]
+            routes = [route("/t", "trail", timeout="5s"), route("/hole", "hole", timeout="10s"),
+                      route("/", "up", timeout="5s")]
             tls = http_listener("tls", free_port(), routes)
             tls["filter_chains"][0]["transport_socket"] = {"name": "envoy.transport_sockets.tls", "typed_config": {
                 "@type": DOWNSTREAM_TLS_TYPE, "common_tls_context": {
@@ -56,9 +82,12 @@ class Gateways:
                                           "private_key": {"filename": str(pki.server_rsa.key)}}],
                     "alpn_protocols": ["h2", "http/1.1"]}}}
             listeners = [http_listener("h2c", free_port(), routes, access_log=json_access_log(self.log[impl])), tls,
-                         http_listener("idle", free_port(), routes, stream_idle_timeout="0.5s")]
+                         http_listener("idle", free_port(), routes, stream_idle_timeout="0.5s"),
+                         http_listener("strict", free_port(), routes, common_http_protocol_options={
+                             "headers_with_underscores_action": "REJECT_REQUEST"})]
             clusters = [static_cluster("up", [self.upstream.port]),
-                        static_cluster("trail", [self.trailers.port], **cluster_options(True))]
+                        static_cluster("trail", [self.trailers.port], **cluster_options(True)),
+                        static_cluster("hole", [self.hole.port])]
             self.proxies[impl] = self.launcher.start(listeners, clusters, implementation=impl)
 
     def url(self, impl: str, path: str, listener: str = "h2c") -> str:
@@ -75,6 +104,7 @@ class Gateways:
         self.launcher.close()
         self.upstream.close()
         self.trailers.close()
+        self.hole.close()
 
 
 @pytest.fixture(scope="module")
@@ -189,11 +219,16 @@ def test_stream_idle_timeout_is_per_stream(gw: Gateways) -> None:
 class H2Client:
     """pylon's own codec as a client over a blocking socket: for the frames no stock client sends on request."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, *, consume: bool = True, split: int = 0) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-        self.owner = Recorder()
+        self.owner = Recorder(auto_consume=consume)
         self.h2: H2Connection = session(self.owner, server=False)
         self.closed = False
+        if split:  # the preface in two writes: the server must wait for the rest before choosing HTTP/2
+            first = self.h2.data_to_send()
+            self.sock.sendall(first[:split])
+            time.sleep(0.2)
+            self.sock.sendall(first[split:])
         self.flush()
 
     def flush(self) -> None:
@@ -201,11 +236,14 @@ class H2Client:
         if data:
             self.sock.sendall(data)
 
-    def get(self, path: str, authority: str = "gw") -> int:
-        sid = self.h2.send_request([(b":method", b"GET"), (b":scheme", b"http"), (b":authority", authority.encode()),
-                                    (b":path", path.encode())], end_stream=True)  # fmt: skip
+    def get(self, path: str, *fields: tuple[bytes, bytes], method: bytes = b"GET", end: bool = True) -> int:
+        sid = self.h2.send_request([(b":method", method), (b":scheme", b"http"), (b":authority", b"gw"),
+                                    (b":path", path.encode()), *fields], end_stream=end)  # fmt: skip
         self.flush()
         return sid
+
+    def ended(self, sid: int) -> bool:
+        return any(e[0] == "closed" and e[1] == sid for e in self.owner.events)
 
     def status(self, sid: int) -> int | None:
         for event in self.owner.events:
@@ -326,3 +364,67 @@ def test_codec_type_http1_never_speaks_h2_and_http2_always_does(tmp_path: Path) 
         launcher.close()
         upstream.close()
 
+
+
+def test_the_preface_split_across_reads_still_chooses_http2(gw: Gateways) -> None:
+    """pylon's departure: it waits for the whole preface. Envoy 1.40 (AUTO) takes the first 5 bytes for HTTP/1
+    and resets the connection (seen here)."""
+    client = H2Client(gw.proxies["pylon"].ports["h2c"], split=5)
+    try:
+        sid = client.get("/split")
+        client.pump_until(lambda: client.ended(sid))
+        assert client.status(sid) == 200
+    finally:
+        client.close()
+
+
+def test_underscored_names_refused_by_resetting_the_stream(gw: Gateways) -> None:
+    """headers_with_underscores_action REJECT_REQUEST: the stream is reset and counted; the connection lives on."""
+    for impl in each(gw):
+        client = H2Client(gw.proxies[impl].ports["strict"])
+        try:
+            refused = client.get("/u", (b"x_bad", b"1"))
+            client.pump_until(lambda: client.ended(refused))
+            fine = client.get("/u")
+            client.pump_until(lambda: client.ended(fine))
+            assert client.status(refused) is None and client.status(fine) == 200, impl
+            assert ("closed", refused, 2) in client.owner.events  # RST_STREAM(INTERNAL_ERROR), as Envoy 1.40
+            assert gw.proxies[impl].stats()["http2.requests_rejected_with_underscores_in_headers"] >= 1
+        finally:
+            client.close()
+
+
+def test_an_upload_the_upstream_does_not_take_stalls_only_its_stream(gw: Gateways) -> None:
+    """Per-stream back-pressure: a 32 MiB upload to an upstream that never reads stops being credited (its window
+    runs out, the client cannot send more) while another stream on the same connection is served."""
+    for impl in each(gw):
+        client = H2Client(gw.proxies[impl].ports["h2c"])
+        try:
+            upload = client.get("/hole", method=b"POST", end=False)
+            client.h2.send_data(upload, b"u" * (32 << 20), end_stream=True)
+            client.flush()
+            client.pump_until(lambda: False, timeout=1.5)
+            assert client.h2.pending(upload) > 0, impl  # not all of it could be sent: the stream is stalled
+            quick = client.get("/quick")
+            client.pump_until(lambda: client.ended(quick))
+            assert client.status(quick) == 200, impl
+        finally:
+            client.close()
+
+
+def test_a_response_the_client_does_not_read_stops_only_its_upstream(gw: Gateways) -> None:
+    """The client never credits a 64 MiB response: pylon stops reading that upstream (it never finishes writing)
+    and still serves another stream on the same connection. (Envoy 1.40 was seen reading all of it here.)"""
+    for impl in each(gw):
+        gw.upstream.bytes_done.clear()
+        client = H2Client(gw.proxies[impl].ports["h2c"], consume=False)
+        try:
+            big = client.get("/bytes/67108864")
+            client.pump_until(lambda: False, timeout=1.5)
+            quick = client.get("/quick")
+            client.pump_until(lambda: client.ended(quick))
+            assert client.status(big) == 200 and client.status(quick) == 200, impl
+            if impl == "pylon":
+                assert not gw.upstream.bytes_done.is_set()
+        finally:
+            client.close()

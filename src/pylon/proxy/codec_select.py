@@ -7,6 +7,10 @@ connection preface means h2c with prior knowledge, anything else HTTP/1.1.
 The choice costs each connection one look and no request anything: an
 HTTP/1 connection, once chosen, is the plain `HttpConnection` with its
 HTTP/1 decoder (the preface check steps aside after the first bytes).
+
+Departure: a plaintext client whose preface arrives in pieces is waited for
+(bytes that can still become the preface are held); Envoy 1.40 takes a short
+first read that is not the whole preface for HTTP/1 and resets the connection.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from pylon.proxy.hcm import HcmRuntime, HttpConnection
 from pylon.proxy.http.h2_server import Http2ResponseEncoder, request_head
-from pylon.proxy.http.h2_session import INTERNAL_ERROR, NO_ERROR, PROTOCOL_ERROR, H2Connection, H2Settings
+from pylon.proxy.http.h2_session import INTERNAL_ERROR, NO_ERROR, H2Connection, H2Settings
 from pylon.proxy.stream import Stream
 from pylon.proxy.stream_states import RQ_BODY, RS_DONE, RS_RESET
 
@@ -132,11 +132,14 @@ class H2StreamConn:
             self.h2.flush()
 
     def write(self, _marker: bytes) -> None:
-        """The stream encoded something (its encoder's `out` says so): the connection writes the session's frames.
-        A response the client does not read fast enough stops its upstream past the buffer limit."""
+        """The stream encoded something (its encoder's `out` says so): the connection writes the session's frames
+        once this round of events is over, every stream's in one write. A response the client does not read fast
+        enough stops its upstream past the buffer limit."""
         h2 = self.h2
-        h2.flush()
-        if not self.closed and h2.session.pending(self.stream_id) > self.hcm.buffer_limit:
+        if not h2.flush_soon:
+            h2.flush_soon = True
+            h2.loop.call_soon(h2.flush)
+        if h2.session.pending(self.stream_id) > self.hcm.buffer_limit and not self.closed:
             stream = self.stream
             if not stream.paused_upstream:
                 stream.on_downstream_pause(True)
@@ -173,8 +176,8 @@ class H2StreamConn:
 class Http2Connection(HttpConnection):
     """One downstream HTTP/2 connection (h2 by ALPN, h2c with prior knowledge, or codec_type HTTP2)."""
 
-    __slots__ = ("session", "streams", "seen", "receiving", "flush_again", "write_paused", "out_paused",
-                 "final_goaway")
+    __slots__ = ("session", "streams", "seen", "receiving", "flush_again", "flush_soon", "write_paused",
+                 "out_paused", "final_goaway")
 
     protocol = "HTTP/2"
 
@@ -185,6 +188,7 @@ class Http2Connection(HttpConnection):
         self.seen: dict[str, int] = {}  # the codec's counts already added to the worker's stats
         self.receiving = False  # inside the session (receive, data_to_send): nothing may be framed until it returns
         self.flush_again = False  # something was submitted meanwhile: frame again once it returns
+        self.flush_soon = False  # a flush is scheduled for the end of this round of events
         self.write_paused = False  # the socket's buffer is full: frames stay in the session
         self.out_paused: set[H2StreamConn] = set()  # streams whose upstream is paused for the client's reading
         self.final_goaway = False
@@ -250,7 +254,7 @@ class Http2Connection(HttpConnection):
             hcm.h2.dropped_underscores.value += dropped
         if head.rejected:
             hcm.h2.rejected_underscores.value += 1
-            self.session.reset_stream(stream_id, PROTOCOL_ERROR)  # as Envoy's HTTP/2 codec refuses the stream
+            self.session.reset_stream(stream_id, INTERNAL_ERROR)  # as Envoy 1.40 refuses the stream
             return
         conn = H2StreamConn(self, stream_id)
         stream = conn.stream = Stream(conn, self.loop_time())  # type: ignore[arg-type]
@@ -356,6 +360,7 @@ class Http2Connection(HttpConnection):
 
         Framing calls back too (a stream whose last frame went out closes): what those callbacks submit is framed
         by another round here, never by a nested call into the session."""
+        self.flush_soon = False
         if self.closed:
             return
         if self.receiving:
