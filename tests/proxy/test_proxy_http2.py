@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import signal
 import socket
+import struct
 import subprocess
 import threading
 import time
@@ -24,8 +25,8 @@ from pylon.proxy.http.h2_session import ENHANCE_YOUR_CALM, H2Connection
 from tests.conftest import free_port
 from tests.proxy.conftest import (DOWNSTREAM_TLS_TYPE, ENVOY_BIN, ProxyLauncher, RunningProxy, http_listener,
                                   read_json_lines, route, static_cluster, json_access_log, wait_until)  # fmt: skip
-from tests.proxy.http.h2_helpers import (DATA, END_HEADERS, HEADERS, POST_BLOCK, Recorder, client_start, frame,
-                                         goaway_of, session)  # fmt: skip
+from tests.proxy.http.h2_helpers import (DATA, END_HEADERS, GOAWAY, HEADERS, POST_BLOCK, Recorder, client_start, frame,
+                                         frames, goaway_of, session)  # fmt: skip
 from tests.proxy.test_proxy_trailers import TrailerUpstream, cluster_options
 from tests.proxy.upstreams import Upstream
 
@@ -84,7 +85,11 @@ class Gateways:
             listeners = [http_listener("h2c", free_port(), routes, access_log=json_access_log(self.log[impl])), tls,
                          http_listener("idle", free_port(), routes, stream_idle_timeout="0.5s"),
                          http_listener("strict", free_port(), routes, common_http_protocol_options={
-                             "headers_with_underscores_action": "REJECT_REQUEST"})]
+                             "headers_with_underscores_action": "REJECT_REQUEST"}),
+                         http_listener("tuned", free_port(), routes, drain_timeout="1s", common_http_protocol_options={
+                             "idle_timeout": "0.5s"}, http2_protocol_options={
+                             "max_concurrent_streams": 5, "initial_stream_window_size": 65535,
+                             "initial_connection_window_size": 1048576, "hpack_table_size": 0})]
             clusters = [static_cluster("up", [self.upstream.port]),
                         static_cluster("trail", [self.trailers.port], **cluster_options(True)),
                         static_cluster("hole", [self.hole.port])]
@@ -224,6 +229,7 @@ class H2Client:
         self.owner = Recorder(auto_consume=consume)
         self.h2: H2Connection = session(self.owner, server=False)
         self.closed = False
+        self.raw = b""  # everything received (the server's frames from the start)
         if split:  # the preface in two writes: the server must wait for the rest before choosing HTTP/2
             first = self.h2.data_to_send()
             self.sock.sendall(first[:split])
@@ -241,6 +247,12 @@ class H2Client:
                                     (b":path", path.encode()), *fields], end_stream=end)  # fmt: skip
         self.flush()
         return sid
+
+    def goaways(self) -> list[tuple[int, int]]:
+        """(last stream id, error code) of every GOAWAY received, read off the wire: once a GOAWAY leaves it no
+        stream, this client's session reads nothing more."""
+        return [(struct.unpack(">I", p[:4])[0] & 0x7FFFFFFF, struct.unpack(">I", p[4:8])[0])
+                for kind, _flags, _sid, p in frames(self.raw) if kind == GOAWAY]
 
     def ended(self, sid: int) -> bool:
         return any(e[0] == "closed" and e[1] == sid for e in self.owner.events)
@@ -262,6 +274,7 @@ class H2Client:
             if not data:
                 self.closed = True
                 break
+            self.raw += data
             self.h2.receive(data)
             self.flush()
 
@@ -338,9 +351,8 @@ def test_drain_sends_graceful_goaway(tmp_path: Path) -> None:
         wait_until(lambda: upstream.requests)
         proxy.proc.send_signal(signal.SIGTERM)
         client.pump_until(lambda: client.closed, timeout=8)
-        goaways = [e for e in client.owner.events if e[0] == "goaway"]
         assert client.status(sid) == 200
-        assert goaways[-1] == ("goaway", sid, 0)
+        assert client.goaways() == [(GOAWAY_NOTICE, 0), (sid, 0)]
         assert client.closed
         client.close()
     finally:
@@ -431,3 +443,33 @@ def test_a_response_the_client_does_not_read_stops_only_its_upstream(gw: Gateway
                 assert not gw.upstream.bytes_done.is_set()
         finally:
             client.close()
+
+
+def test_http2_protocol_options_are_what_the_client_is_told(gw: Gateways) -> None:
+    for impl in each(gw):
+        out = run("nghttp", "-v", gw.url(impl, "/", "tuned")).stdout.decode()
+        settings = out[out.index("recv SETTINGS"):]
+        settings = settings[:settings.index("recv ", 5)]
+        assert "[SETTINGS_MAX_CONCURRENT_STREAMS(0x03):5]" in settings, (impl, settings)
+        assert "[SETTINGS_INITIAL_WINDOW_SIZE(0x04):65535]" in settings
+        assert "[SETTINGS_HEADER_TABLE_SIZE(0x01):0]" in settings
+        assert re.search(r"recv WINDOW_UPDATE frame <length=4, flags=0x00, stream_id=0>\s+\(window_size_increment=983041\)",
+                         out), (impl, out)  # 1 MiB connection window, from the default 65535
+
+
+def test_an_idle_connection_is_ended_with_a_goaway(gw: Gateways) -> None:
+    for impl in each(gw):
+        before = gw.proxies[impl].stats().get("http.tuned.downstream_cx_idle_timeout", 0)
+        client = H2Client(gw.proxies[impl].ports["tuned"])
+        try:
+            sid = client.get("/")
+            client.pump_until(lambda: client.ended(sid))
+            client.pump_until(lambda: client.closed, timeout=5)
+            assert client.closed, (impl, client.owner.events)
+            # Envoy's drain sequence: the shutdown notice, drain_timeout, the final GOAWAY, the close
+            assert client.goaways() == [(GOAWAY_NOTICE, 0), (sid, 0)], impl
+        finally:
+            client.close()
+        stats = gw.proxies[impl].stats()
+        assert stats["http.tuned.downstream_cx_idle_timeout"] == before + 1
+        assert wait_until(lambda: gw.proxies[impl].stats()["http.tuned.downstream_cx_http2_active"] == 0)

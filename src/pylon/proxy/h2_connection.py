@@ -416,8 +416,9 @@ class Http2Connection(HttpConnection):
         self.flush()
 
     def sweep(self, now: float) -> float:
-        """The connection's own timeouts: max_connection_duration drains it, idle_timeout (no open stream for that
-        long) ends it with a GOAWAY. Each stream's timeouts are its own (`H2StreamConn.sweep`)."""
+        """The connection's own timeouts: max_connection_duration and idle_timeout (no open stream for that long)
+        drain it, as Envoy (its GOAWAY pair, drain_timeout apart). Each stream's timeouts are its own
+        (`H2StreamConn.sweep`)."""
         if self.closed:
             return 0.0
         hcm = self.hcm
@@ -430,12 +431,11 @@ class Http2Connection(HttpConnection):
             else:
                 following = due
         idle = hcm.idle_timeout
-        if idle and not self.closed:
+        if idle and not self.draining:
             due = (self.last_activity if not self.streams else now) + idle
             if now >= due:
                 hcm.cx_idle_timeout.value += 1
-                self.session.terminate(NO_ERROR)
-                self.flush()
+                self.drain(close_idle=False)  # as Envoy: the drain sequence, then the close
                 return 0.0
             following = min(following, due) if following else due
         return following
