@@ -136,9 +136,7 @@ class H2StreamConn:
         once this round of events is over, every stream's in one write. A response the client does not read fast
         enough stops its upstream past the buffer limit."""
         h2 = self.h2
-        if not h2.flush_soon:
-            h2.flush_soon = True
-            h2.loop.call_soon(h2.flush)
+        h2.flush_later()
         if h2.session.pending(self.stream_id) > self.hcm.buffer_limit and not self.closed:
             stream = self.stream
             if not stream.paused_upstream:
@@ -353,7 +351,13 @@ class Http2Connection(HttpConnection):
         if conn.stream.rs_state == RS_RESET:
             conn.encoder.ended = True
             self.session.reset_stream(conn.stream_id, INTERNAL_ERROR)
-        self.flush()
+        self.flush_later()
+
+    def flush_later(self) -> None:
+        """Flush once this round of events is over: every stream's frames of the round in one write."""
+        if not self.flush_soon:
+            self.flush_soon = True
+            self.loop.call_soon(self.flush)
 
     def flush(self) -> None:
         """Write what the session frames now, in one write (not while it parses, nor while the socket is full).
