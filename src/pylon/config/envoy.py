@@ -1095,6 +1095,9 @@ class HcmHttp2ProtocolOptions(EnvoyStruct, kw_only=True):
     max_metadata_size: NotSupportedYet | None = None
 
     def __post_init__(self) -> None:
+        if self.allow_connect:
+            raise FieldError("allow_connect", "not supported yet: extended CONNECT (RFC 8441 websockets over HTTP/2) "
+                                              "is not tunnelled by pylon")
         if self.allow_metadata:
             raise FieldError("allow_metadata", "not supported yet (HTTP/2 METADATA frames)")
         if self.stream_error_on_invalid_http_messaging or self.override_stream_error_on_invalid_http_message:

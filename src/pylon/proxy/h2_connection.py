@@ -54,7 +54,7 @@ def h2_settings(config: Any) -> H2Settings:
         "max_inbound_priority_frames_per_stream", "max_inbound_window_update_frames_per_data_frame_sent",
     ) if getattr(options, name) is not None}  # fmt: skip
     common = config.common_http_protocol_options
-    return H2Settings(allow_connect=options.allow_connect, max_header_bytes=config.max_request_headers_kb * 1024,
+    return H2Settings(max_header_bytes=config.max_request_headers_kb * 1024,
                       max_headers_count=common.max_headers_count if common is not None else 100, **given)
 
 
@@ -146,7 +146,7 @@ class H2StreamConn:
     # --- the connection the stream sees
     def flush_output(self) -> None:
         self.encoder.out.clear()
-        self.h2.flush()
+        self.h2.flush_later()
 
     def stream_done(self, stream: Stream, close: bool) -> None:
         self.h2.stream_done(self)
