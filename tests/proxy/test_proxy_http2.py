@@ -473,3 +473,19 @@ def test_an_idle_connection_is_drained_and_closed(gw: Gateways) -> None:
         stats = gw.proxies[impl].stats()
         assert stats["http.tuned.downstream_cx_idle_timeout"] == before + 1
         assert wait_until(lambda: gw.proxies[impl].stats()["http.tuned.downstream_cx_http2_active"] == 0)
+
+
+def test_an_http1_request_that_starts_like_the_preface_is_served_as_http1(gw: Gateways) -> None:
+    """AUTO on plaintext: "P" could begin the preface, "PO" cannot; the held byte goes to the HTTP/1 codec."""
+    for impl in each(gw):
+        with socket.create_connection(("127.0.0.1", gw.proxies[impl].ports["h2c"]), timeout=5) as sock:
+            sock.sendall(b"P")
+            time.sleep(0.2)
+            sock.sendall(b"OST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\nhi")
+            data = b""
+            while b"\r\n\r\n" not in data or not data.endswith(b"hi"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        assert data.startswith(b"HTTP/1.1 200") and data.endswith(b"hi"), (impl, data)
