@@ -142,11 +142,46 @@ def test_hcm_explicit_values() -> None:
     assert manager.http_filters[0].typed_config.suppress_envoy_headers is True
 
 
-@pytest.mark.parametrize("codec", ["HTTP2", "HTTP3"])
-def test_http2_codec_is_not_supported_yet(codec: str) -> None:
-    assert error(http_bootstrap(codec_type=codec)) == (
-        f"config error in test.yaml: {HCM_PATH}.codec_type: {codec} is not supported yet"
+def test_http3_codec_is_not_supported_yet() -> None:
+    assert error(http_bootstrap(codec_type="HTTP3")) == (
+        f"config error in test.yaml: {HCM_PATH}.codec_type: HTTP3 is not supported yet"
     )
+
+
+def test_hcm_http2_protocol_options_map_onto_the_codec_settings() -> None:
+    from pylon.proxy.h2_connection import h2_settings
+    from pylon.proxy.http.h2_session import H2Settings
+
+    manager = the_hcm(load(http_bootstrap(codec_type="HTTP2")))
+    assert h2_settings(manager) == H2Settings()  # unset: Envoy 1.40's defaults
+    options = {"max_concurrent_streams": 7, "initial_stream_window_size": 65535,
+               "initial_connection_window_size": 1 << 20, "hpack_table_size": 0,
+               "max_outbound_frames": 50, "max_outbound_control_frames": 20,
+               "max_consecutive_inbound_frames_with_empty_payload": 3, "max_inbound_priority_frames_per_stream": 4,
+               "max_inbound_window_update_frames_per_data_frame_sent": 5}
+    manager = the_hcm(load(http_bootstrap(http2_protocol_options=options, max_request_headers_kb=8,
+                                          common_http_protocol_options={"max_headers_count": 30})))
+    assert h2_settings(manager) == H2Settings(**options, max_header_bytes=8192, max_headers_count=30)
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("allow_connect", True, "not supported yet: extended CONNECT (RFC 8441 websockets over HTTP/2) is not "
+                            "tunnelled by pylon"),
+    ("allow_metadata", True, "not supported yet (HTTP/2 METADATA frames)"),
+    ("stream_error_on_invalid_http_messaging", True, "not supported yet: an invalid message ends the HTTP/2 "
+                                                     "connection, as Envoy's default does"),
+    ("override_stream_error_on_invalid_http_message", True, "not supported yet: an invalid message ends the HTTP/2 "
+                                                            "connection, as Envoy's default does"),
+    ("use_oghttp2_codec", True, "not supported: pylon's HTTP/2 codec is libnghttp2"),
+    ("connection_keepalive", {"interval": "10s", "timeout": "1s"}, "not supported yet"),
+    ("custom_settings_parameters", [{"identifier": 8, "value": 1}], "not supported yet"),
+    ("max_metadata_size", 1024, "not supported yet"),
+    ("initial_stream_window_size", 1000, "Expected `int` >= 65535"),
+    ("max_concurrent_streams", 0, "Expected `int` >= 1"),
+])  # fmt: skip
+def test_hcm_http2_protocol_options_refused_by_name(field: str, value: Any, message: str) -> None:
+    found = error(http_bootstrap(http2_protocol_options={field: value}))
+    assert found.startswith(f"config error in test.yaml: {HCM_PATH}.http2_protocol_options.{field}: {message}"), found
 
 
 def test_rds_over_ads_needs_ads_config() -> None:
@@ -999,8 +1034,8 @@ def test_node_and_admin() -> None:
         (lambda d: d["static_resources"]["listeners"][0].update(filter_chain_match={}), "static_resources.listeners[0].filter_chain_match"),
         (lambda d: d["static_resources"]["listeners"][0]["filter_chains"][0].update(filter_chain_match={"sni": "a"}),
          "static_resources.listeners[0].filter_chains[0].filter_chain_match.sni"),
-        (lambda d: d["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"].update(http2_protocol_options={}),
-         f"{HCM_PATH}.http2_protocol_options"),
+        (lambda d: d["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"].update(http3_protocol_options={}),
+         f"{HCM_PATH}.http3_protocol_options"),
         (lambda d: d["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"][0].update(require_tls="ALL"),
          f"{HCM_PATH}.route_config.virtual_hosts[0].require_tls"),
         (lambda d: d["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][0]["typed_config"].update(dynamic_stats=False),

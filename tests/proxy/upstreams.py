@@ -195,6 +195,7 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 128  # a proxy may open dozens of connections at once (HTTP/2 streams fanned out)
 
     def __init__(self, port: int, tls: ssl.SSLContext | None) -> None:
         super().__init__(("127.0.0.1", port), _Handler)

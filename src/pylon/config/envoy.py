@@ -1120,8 +1120,54 @@ class Tracing(EnvoyStruct, kw_only=True):
                                                     "the upstream request's span")
 
 
+class HcmHttp2ProtocolOptions(EnvoyStruct, kw_only=True):
+    """config.core.v3.Http2ProtocolOptions as the HCM reads it: the downstream HTTP/2 codec's limits.
+
+    Unset fields keep Envoy 1.40's defaults (`pylon.proxy.http.h2_session.H2Settings`); the ranges are Envoy's
+    proto rules. The fields pylon's codec does not implement are refused by name when set to anything but
+    their default (never parsed and ignored).
+    """
+
+    hpack_table_size: UInt32 | None = None
+    max_concurrent_streams: Annotated[int, msgspec.Meta(ge=1, le=2147483647)] | None = None
+    initial_stream_window_size: Annotated[int, msgspec.Meta(ge=65535, le=2147483647)] | None = None
+    initial_connection_window_size: Annotated[int, msgspec.Meta(ge=65535, le=2147483647)] | None = None
+    allow_connect: bool = False
+    allow_metadata: bool = False
+    max_outbound_frames: PositiveUInt32 | None = None
+    max_outbound_control_frames: PositiveUInt32 | None = None
+    max_consecutive_inbound_frames_with_empty_payload: UInt32 | None = None
+    max_inbound_priority_frames_per_stream: UInt32 | None = None
+    max_inbound_window_update_frames_per_data_frame_sent: PositiveUInt32 | None = None
+    stream_error_on_invalid_http_messaging: bool = False
+    override_stream_error_on_invalid_http_message: bool | None = None
+    custom_settings_parameters: NotSupportedYet | None = None
+    connection_keepalive: NotSupportedYet | None = None
+    use_oghttp2_codec: bool | None = None
+    max_metadata_size: NotSupportedYet | None = None
+
+    def __post_init__(self) -> None:
+        if self.allow_connect:
+            raise FieldError("allow_connect", "not supported yet: extended CONNECT (RFC 8441 websockets over HTTP/2) "
+                                              "is not tunnelled by pylon")
+        if self.allow_metadata:
+            raise FieldError("allow_metadata", "not supported yet (HTTP/2 METADATA frames)")
+        if self.stream_error_on_invalid_http_messaging or self.override_stream_error_on_invalid_http_message:
+            field = "stream_error_on_invalid_http_messaging" if self.stream_error_on_invalid_http_messaging \
+                else "override_stream_error_on_invalid_http_message"
+            raise FieldError(field, "not supported yet: an invalid message ends the HTTP/2 connection, as Envoy's "
+                                    "default does")
+        if self.use_oghttp2_codec:
+            raise FieldError("use_oghttp2_codec", "not supported: pylon's HTTP/2 codec is libnghttp2")
+
+
 class HttpConnectionManager(EnvoyStruct, kw_only=True):
-    """extensions.filters.network.http_connection_manager.v3.HttpConnectionManager (HTTP/1.1 only)."""
+    """extensions.filters.network.http_connection_manager.v3.HttpConnectionManager (HTTP/1.1 and HTTP/2).
+
+    `codec_type`: AUTO serves HTTP/2 to a TLS client that negotiated `h2` by ALPN or to a plaintext client
+    that opens with the HTTP/2 preface (h2c with prior knowledge), else HTTP/1.1; HTTP1 never speaks
+    HTTP/2; HTTP2 always does. HTTP3 is refused.
+    """
 
     terminal_filter: ClassVar[bool] = True
     codec_type: Literal["AUTO", "HTTP1", "HTTP2", "HTTP3"] = "AUTO"
@@ -1132,6 +1178,7 @@ class HttpConnectionManager(EnvoyStruct, kw_only=True):
     access_log: list[AccessLog] = []
     common_http_protocol_options: HttpProtocolOptions = msgspec.field(default_factory=HttpProtocolOptions)
     http_protocol_options: Http1ProtocolOptions = msgspec.field(default_factory=Http1ProtocolOptions)
+    http2_protocol_options: HcmHttp2ProtocolOptions = msgspec.field(default_factory=HcmHttp2ProtocolOptions)
     max_request_headers_kb: Annotated[int, msgspec.Meta(ge=1, le=8192)] = 60
     request_timeout: Duration = Duration(0)
     request_headers_timeout: Duration = Duration(0)
@@ -1162,8 +1209,8 @@ class HttpConnectionManager(EnvoyStruct, kw_only=True):
     add_user_agent: bool = False
 
     def __post_init__(self) -> None:
-        if self.codec_type in ("HTTP2", "HTTP3"):
-            raise FieldError("codec_type", f"{self.codec_type} is not supported yet")
+        if self.codec_type == "HTTP3":
+            raise FieldError("codec_type", "HTTP3 is not supported yet")
         if (self.route_config is None) == (self.rds is None):
             raise FieldError("route_config", "exactly one of route_config and rds is required")
         _check_terminal_last(self.http_filters, "http_filters", "the router filter (envoy.filters.http.router)")

@@ -1,4 +1,4 @@
-"""Envoy's HTTP connection manager for HTTP/1.1: the downstream side of the data path.
+"""Envoy's HTTP connection manager: the downstream side of the data path (HTTP/2: `h2_connection.py`).
 
 `HcmRuntime` is the compiled, per-worker form of one
 `envoy.filters.network.http_connection_manager` config (route table, limits,
@@ -32,7 +32,7 @@ from pylon.proxy.stream_states import RQ_BODY, RS_DONE, RS_NOT_STARTED, RS_RESET
 from pylon.proxy.tls_stats import TlsStats, tls_accepted
 from pylon.proxy.watermarks import apply_buffer_limit
 from pylon.proxy.xfcc import client_cert_element
-from pylon.stats.store import StatsStore
+from pylon.stats.store import Counter, StatsStore
 
 if TYPE_CHECKING:
     from pylon.proxy.tracing import Tracer
@@ -40,8 +40,19 @@ if TYPE_CHECKING:
     from pylon.proxy.worker import PoolRegistry, Worker
 
 
-# Bytes a request head may exceed its limit by, counted per read, before the
-# exact count (done as each header completes) has had a chance to answer 431.
+class _Difference(Counter):
+    """A counter read as one counter minus another (Envoy's per-protocol request counts)."""
+
+    __slots__ = ("total", "part")
+
+    def __init__(self, name: str, total: Counter, part: Counter) -> None:  # noqa: D107 - no value of its own
+        self.name = name
+        self.total = total
+        self.part = part
+
+    @property  # type: ignore[override]
+    def value(self) -> int:
+        return self.total.value - self.part.value
 
 
 def _user_agent_edits(cluster: bytes, node_id: bytes, headers: list[tuple[bytes, bytes]]
@@ -77,8 +88,13 @@ class HcmRuntime:
         self.cx_protocol_error = stats.counter(prefix + "downstream_cx_protocol_error")
         self.cx_idle_timeout = stats.counter(prefix + "downstream_cx_idle_timeout")
         self.rq_total = stats.counter(prefix + "downstream_rq_total")
-        self.rq_http1_total = self.rq_total  # HTTP/1.1 only, so the same count
-        stats.counters[prefix + "downstream_rq_http1_total"] = self.rq_total
+        self.rq_http2_total = stats.counter(prefix + "downstream_rq_http2_total")
+        # Every request that is not HTTP/2 is HTTP/1: worked out when read, so the HTTP/1 path counts nothing more.
+        stats.counters[prefix + "downstream_rq_http1_total"] = _Difference(
+            prefix + "downstream_rq_http1_total", self.rq_total, self.rq_http2_total)
+        self.cx_http2_total = stats.counter(prefix + "downstream_cx_http2_total")
+        self.cx_http2_active = stats.gauge(prefix + "downstream_cx_http2_active")
+        self.h2: Any = None  # the HTTP/2 codec's settings and stats, when codec_type lets it serve (h2_connection.py)
         self.rq_active = stats.gauge(prefix + "downstream_rq_active")
         self.rq_completed = stats.counter(prefix + "downstream_rq_completed")
         self.rq_by_class = {c: stats.counter(f"{prefix}downstream_rq_{c}xx") for c in range(1, 6)}
@@ -201,7 +217,7 @@ class HcmRuntime:
         record.method = stream.method.decode("latin-1")
         record.path = stream.path.decode("latin-1")
         record.authority = stream.authority.decode("latin-1")
-        record.protocol = "HTTP/1.0" if stream.http10 else "HTTP/1.1"
+        record.protocol = "HTTP/1.0" if stream.http10 else conn.protocol
         record.request_headers = stream.headers
         record.response_headers = stream.resp_headers
         record.response_code = stream.status
@@ -232,6 +248,8 @@ class HcmRuntime:
 
 class HttpConnection(asyncio.Protocol):
     """One downstream HTTP/1.1 connection."""
+
+    protocol = "HTTP/1.1"  # the access log's %PROTOCOL% (HTTP/1.0 is told per request)
 
     __slots__ = (
         "hcm", "worker", "loop", "transport", "decoder", "active", "queue", "closed", "draining",

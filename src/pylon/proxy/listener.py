@@ -29,7 +29,9 @@ from pylon.proxy.balance.loadtable import CX_ACTIVE, LoadSlot
 from pylon.proxy.filter_chain_match import ConnectionFacts, FilterChainSelector
 from pylon.proxy.filters.listener import Detected, build_listener_filter
 from pylon.proxy.filters.network import build_network_filter
-from pylon.proxy.hcm import HcmRuntime, HttpConnection
+from pylon.proxy.codec_select import connection_factory
+from pylon.proxy.h2_connection import H2Runtime
+from pylon.proxy.hcm import HcmRuntime
 from pylon.proxy.listener_filters import Inspection, PeekWatcher
 from pylon.proxy.tcp_proxy import TcpProxyRuntime, TcpProxySession
 from pylon.proxy.tls import ServerTls, UnavailableTls, server_context
@@ -250,16 +252,17 @@ def _matches_everything(match: Any) -> bool:
 
 
 def _without_h2(tls_config: Any, listener_name: str) -> Any:
-    """The chain's TLS context without `h2` in its ALPN list, said once: pylon's HTTP connection manager speaks
+    """The chain's TLS context without `h2` in its ALPN list, said once: an HCM with codec_type HTTP1 speaks
     HTTP/1 only, so a client that negotiated `h2` (as curl and browsers do when offered it) would send frames the
-    connection cannot read. Not offering it makes such clients use HTTP/1.1 (Envoy would serve them HTTP/2)."""
+    connection cannot read. Not offering it makes such clients use HTTP/1.1. (Envoy offers it and then fails
+    such clients; serving them HTTP/1.1 is pylon's departure.)"""
     common = tls_config.common_tls_context
     if "h2" not in common.alpn_protocols:
         return tls_config
     if listener_name not in _h2_reported:
         _h2_reported.add(listener_name)
-        log.warning("listener %s: HTTP/2 is not supported by pylon's HTTP connection manager yet; its TLS chains "
-                    "do not offer 'h2' in ALPN, so HTTP/2 clients use HTTP/1.1", listener_name or "(unnamed)")
+        log.warning("listener %s: its HTTP connection manager has codec_type HTTP1, so its TLS chains do not "
+                    "offer 'h2' in ALPN and HTTP/2 clients use HTTP/1.1", listener_name or "(unnamed)")
     alpn = [protocol for protocol in common.alpn_protocols if protocol != "h2"]
     return msgspec.structs.replace(tls_config, common_tls_context=msgspec.structs.replace(common, alpn_protocols=alpn))
 
@@ -272,7 +275,8 @@ def build_chain(chain: FilterChain, listener: ListenerRuntime) -> ChainRuntime:
     if runtime.tls_config is not None:
         runtime.tls_stats = TlsStats(worker.stats, listener_stat_name(listener.config) + ".")
     terminal_cfg = chain.filters[-1].typed_config
-    if isinstance(terminal_cfg, HttpConnectionManager) and runtime.tls_config is not None:
+    if isinstance(terminal_cfg, HttpConnectionManager) and runtime.tls_config is not None \
+            and terminal_cfg.codec_type == "HTTP1":
         runtime.tls_config = _without_h2(runtime.tls_config, listener.config.name)
     network_filters = [build_network_filter(f.name, f.typed_config, worker) for f in chain.filters[:-1]]
     scheme = b"https" if runtime.tls_config is not None else b"http"
@@ -287,12 +291,9 @@ def build_chain(chain: FilterChain, listener: ListenerRuntime) -> ChainRuntime:
                                 router.start_child_span, hcm)
         runtime.forwards_client_cert = terminal_cfg.forward_client_cert_details != "SANITIZE"
         runtime.terminal = hcm
-
-        def factory(detected: Detected | None = None) -> HttpConnection:
-            conn = HttpConnection(hcm, scheme)
-            conn.runtime_listener = listener
-            conn.detected = detected
-            return conn
+        if terminal_cfg.codec_type != "HTTP1":
+            hcm.h2 = H2Runtime(hcm, worker.stats)
+        factory = connection_factory(hcm, scheme, runtime.tls_config is not None, listener)
     elif isinstance(terminal_cfg, TcpProxy):
         tcp = TcpProxyRuntime(terminal_cfg, worker.clusters, worker.stats, worker)
         tcp.tls_stats = runtime.tls_stats

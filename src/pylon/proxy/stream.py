@@ -185,6 +185,11 @@ def _edited(headers: list[tuple[bytes, bytes]], edits: list[tuple[str, bytes, by
     return edited.items
 
 
+def _asks_trailers(te: bytes) -> bool:
+    """Whether a TE field lists `trailers` (its only value a proxy forwards, as Envoy sanitises TE)."""
+    return any(token.split(b";")[0].strip().lower() == b"trailers" for token in te.split(b","))
+
+
 def _with_via(headers: list[tuple[bytes, bytes]], via: bytes) -> list[tuple[bytes, bytes]]:
     """Envoy's HCM `via`: appended to the first via header, or added as one."""
     for i, (name, value) in enumerate(headers):
@@ -479,6 +484,9 @@ class Stream:
                 elif name == b"expect":
                     if pair[1].lower() == b"100-continue" and self.rq_state != RQ_DONE:
                         self.encoder.encode_continue()
+                elif name == b"te":
+                    if _asks_trailers(pair[1]):
+                        forward.append((b"te", b"trailers"))  # Envoy keeps this one TE value (and only it)
                 # content-length and hop-by-hop headers: framing is re-done below
             else:
                 forward.append(pair)

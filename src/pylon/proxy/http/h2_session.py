@@ -324,6 +324,11 @@ class H2Connection:
             out.deferred = False
             lib.nghttp2_session_resume_data(self._session, stream_id)
 
+    def pending(self, stream_id: int) -> int:
+        """Body bytes of the stream accepted by `send_data` and not framed yet (its share of the back-pressure)."""
+        out = self._out.get(stream_id)
+        return sum(map(len, out.chunks)) - out.offset if out is not None and out.chunks else 0
+
     def consume(self, stream_id: int, n: int) -> None:
         """The owner passed on `n` received body bytes: credit them back to the peer (WINDOW_UPDATE)."""
         left = self._streams.get(stream_id)

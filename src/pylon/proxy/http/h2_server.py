@@ -1,0 +1,167 @@
+"""The downstream HTTP/2 codec's two translations (sans-IO): a request head in, a stream's response out.
+
+`request_head` turns an HTTP/2 request's header block into what the
+per-request machinery (`pylon.proxy.stream`) reads from an HTTP/1 request:
+method, target, a `host` field made from `:authority`, the other fields with
+cookies joined as Envoy joins them (RFC 9113 8.2.3: one `cookie` field, values
+separated by "; "), and the declared length. libnghttp2 has already refused
+what RFC 9113 forbids (connection-specific fields, `te` other than
+`trailers`, upper-case names, pseudo-headers out of place, a length that the
+DATA does not match): those end the stream before it gets here.
+
+`Http2ResponseEncoder` is the per-stream counterpart of
+`Http1ResponseEncoder`: the same calls from the stream, turned into
+submissions on the connection's `H2Connection` (HEADERS with `:status`,
+DATA, trailers). Framing is HTTP/2's own, so there is no chunking and no
+`connection: close`; connection-specific fields of the upstream's response
+are dropped. `out` only says "something was submitted": the stream's flush
+(`on_upstream_flush`, `flush_output`) then has the connection write what the
+session framed, so one write carries every stream's frames of an event.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pylon.proxy.http1 import HOP_BY_HOP, HTTP_DATE
+
+if TYPE_CHECKING:
+    from pylon.proxy.http.h2_session import H2Connection
+
+Headers = list[tuple[bytes, bytes]]
+
+#: Fields HTTP/2 forbids in a message (RFC 9113 8.2.2), besides the hop-by-hop ones the stream drops already.
+CONNECTION_SPECIFIC = HOP_BY_HOP | {b"host"}
+
+_CONTINUE = [(b":status", b"100")]
+
+
+class RequestHead:
+    """An HTTP/2 request head as the stream reads an HTTP/1 one."""
+
+    __slots__ = ("method", "path", "headers", "length", "rejected")
+
+    def __init__(self) -> None:
+        self.method = b""
+        self.path = b""
+        self.headers: Headers = []  # `host` first (from :authority), then the fields in order
+        self.length: int | None = None  # content-length, when given
+        self.rejected = ""  # why the stream is refused (a name with an underscore under REJECT_REQUEST)
+
+
+def request_head(fields: Headers, underscores: int) -> tuple[RequestHead, int]:
+    """Translate a request's header block; returns the head and how many underscored names were dropped.
+
+    `underscores` is the HCM's headers_with_underscores_action (0 allow, 1 drop the field, 2 refuse the
+    request). `:authority` becomes the `host` field, a `host` field stands in for a missing `:authority`
+    (RFC 9113 8.3.1), and a second one is dropped, as Envoy keeps one authority.
+    """
+    head = RequestHead()
+    authority: bytes | None = None
+    host: bytes | None = None
+    headers: Headers = []
+    cookie_at = -1
+    dropped = 0
+    for pair in fields:
+        name = pair[0]
+        if name[:1] == b":":
+            if name == b":method":
+                head.method = pair[1]
+            elif name == b":path":
+                head.path = pair[1]
+            elif name == b":authority":
+                authority = pair[1]
+            continue  # :scheme: the connection's own scheme is what x-forwarded-proto says, as Envoy
+        if underscores and b"_" in name:
+            if underscores == 2:
+                head.rejected = "underscore"
+                return head, dropped
+            dropped += 1
+            continue
+        if name == b"cookie":
+            if cookie_at >= 0:
+                headers[cookie_at] = (name, headers[cookie_at][1] + b"; " + pair[1])
+                continue
+            cookie_at = len(headers)
+        elif name == b"host":
+            if host is None:
+                host = pair[1]
+            continue
+        elif name == b"content-length":
+            head.length = int(pair[1])
+        headers.append(pair)
+    authority = authority if authority is not None else host
+    if authority is not None:
+        headers.insert(0, (b"host", authority))
+    head.headers = headers
+    return head, dropped
+
+
+class Http2ResponseEncoder:
+    """Encodes one HTTP/2 stream's response into its connection's session (the stream's `encoder`)."""
+
+    __slots__ = ("out", "session", "stream_id", "server_name", "ended")
+
+    def __init__(self, session: "H2Connection", stream_id: int, server_name: bytes) -> None:
+        self.out: list[bytes] = []  # non-empty: frames were submitted, the connection has something to write
+        self.session = session
+        self.stream_id = stream_id
+        self.server_name = server_name
+        self.ended = False  # the response's last frame was submitted (or the stream is gone)
+
+    def encode_continue(self) -> None:
+        """`100 Continue` as an informational HEADERS frame."""
+        if not self.ended:
+            self.session.send_informational(self.stream_id, _CONTINUE)
+            self.out.append(b"")
+
+    def encode_headers(self, status: int, headers: Headers, *, close: bool, http10: bool, head_request: bool,
+                       drop: frozenset[bytes] = HOP_BY_HOP, extra: Headers | None = None) -> bool:
+        """The response head; a HEAD, 204 or 304 response ends with it. Returns `close` as the stream decided:
+        the connection reads it as "the request was not read whole" (see `Http2Connection.stream_done`)."""
+        if self.ended:
+            return close
+        sent = [(b":status", b"%d" % status)]
+        sent += [pair for pair in headers if pair[0] not in drop and pair[0] not in CONNECTION_SPECIFIC]
+        if extra:
+            sent += extra
+        end = head_request or status == 204 or status == 304
+        self.session.send_response(self.stream_id, sent, end_stream=end)
+        self.ended = end
+        self.out.append(b"")
+        return close
+
+    def encode_data(self, data: bytes) -> None:
+        if data and not self.ended:
+            self.session.send_data(self.stream_id, data)
+            if not self.out:
+                self.out.append(b"")
+
+    def encode_end(self, trailers: Headers | None = None) -> None:
+        """The body is complete: its trailers (HTTP/2 always carries them), else an empty DATA with END_STREAM."""
+        if self.ended:
+            return
+        self.ended = True
+        if trailers:
+            self.session.send_trailers(self.stream_id, trailers)
+        else:
+            self.session.send_data(self.stream_id, b"", end_stream=True)
+        self.out.append(b"")
+
+    def encode_local_reply(self, status: int, body: bytes, *, close: bool, content_type: bytes = b"text/plain",
+                           headers: Headers | None = None, head_request: bool = False) -> None:
+        """A whole response the proxy makes itself, with the fields Envoy's local replies carry."""
+        if self.ended:
+            return
+        sent = [(b":status", b"%d" % status), (b"content-length", b"%d" % len(body))]
+        if body:
+            sent.append((b"content-type", content_type))
+        sent += [(b"date", HTTP_DATE.now()), (b"server", self.server_name)]
+        if headers:
+            sent += [pair for pair in headers if pair[0] not in CONNECTION_SPECIFIC]
+        with_body = bool(body) and not head_request
+        self.session.send_response(self.stream_id, sent, end_stream=not with_body)
+        if with_body:
+            self.session.send_data(self.stream_id, body, end_stream=True)
+        self.ended = True
+        self.out.append(b"")
