@@ -156,8 +156,8 @@ def setup(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     launcher = ProxyLauncher(directory)
     try:
         ports = {name: free_port() for name in ("main", "example", "failing", "picker")}
-        proxy = launcher.start(listeners(ports), [static_cluster("up", [up.port]), static_cluster("other", [other.port])],
-                               implementation=implementation)
+        clusters = [static_cluster("up", [up.port]), static_cluster("other", [other.port])]
+        proxy = launcher.start(listeners(ports), clusters, implementation=implementation)
         yield Setup(proxy, ports, up, other)
     finally:
         launcher.close()
@@ -184,6 +184,8 @@ def test_respond_answers_without_the_upstream(setup: Setup) -> None:
     assert (reply.status_code, reply.text) == (403, "nope")
     assert reply.headers["x-why"] == "lua"
     assert reply.headers["content-length"] == "4"
+    assert reply.headers["content-type"] == "text/plain"
+    assert reply.headers["x-lua-resp"] == "403"  # the local answer passes envoy_on_response too
 
 
 def test_request_body_read_and_replaced(setup: Setup) -> None:

@@ -775,7 +775,8 @@ class RouteAction(EnvoyStruct, kw_only=True):
     cors: CorsPolicy | None = None
 
     def __post_init__(self) -> None:
-        _exactly_one(self, "cluster", "weighted_clusters", "cluster_specifier_plugin", "inline_cluster_specifier_plugin")
+        _exactly_one(self, "cluster", "weighted_clusters", "cluster_specifier_plugin",
+                     "inline_cluster_specifier_plugin")
         _at_most_one(self, "prefix_rewrite", "regex_rewrite")
 
 

@@ -25,7 +25,7 @@ local function class(kind)
   methods.__index = function(_, key)
     local m = rawget(methods, key)
     if m ~= nil then return m end
-    if type(key) == "string" and key:sub(1, 2) ~= "__" then return unsupported(kind, key) end
+    if type(key) == "string" and key:sub(1, 1) ~= "_" then return unsupported(kind, key) end
     return nil
   end
   return methods
@@ -185,7 +185,7 @@ function Handle:connection() return setmetatable({_id = self._id}, Connection) e
 function Handle:metadata() return setmetatable({}, Metadata) end
 function Handle:timestamp(resolution) return bridge.timestamp(resolution) end
 function Handle:timestampString(resolution) return tostring(bridge.timestamp(resolution)) end
-function Handle:base64Escape(data) return bridge.base64(tostring(data)) end
+function Handle:base64Escape(data) return bridge.encode64(tostring(data)) end
 function Handle:logTrace(message) bridge.log(0, tostring(message)) end
 function Handle:logDebug(message) bridge.log(1, tostring(message)) end
 function Handle:logInfo(message) bridge.log(2, tostring(message)) end

@@ -214,7 +214,7 @@ class _Context:
             raise ValueError("respond() needs a :status header between 200 and 599")
         self.filter.local_replies.inc()
         extra = [(n, v) for n, v in headers if not n.startswith(b":")]
-        content_type = next((v for n, v in extra if n == b"content-type"), b"")
+        content_type = next((v for n, v in extra if n == b"content-type"), b"text/plain")  # as Envoy's
         extra = [(n, v) for n, v in extra if n != b"content-type"]
         self.stream.respond_from_filter(int(status), body, extra, "lua_response", content_type=content_type)
 
