@@ -49,6 +49,10 @@ function envoy_on_request(request_handle)
     headers:add("x-call-side", answer["x-side"])
     headers:add("x-call-body", (answer_body:gsub("%s+$", "")))
   end
+  if path == "/scope" then
+    request_handle:body()
+    headers:add("x-after-wait", "1")
+  end
   if path == "/no-body" then
     headers:add("x-body-nil", tostring(request_handle:body() == nil))
   end
@@ -192,6 +196,12 @@ def test_request_body_read_and_replaced(setup: Setup) -> None:
     reply, seen = setup.ask("main", "/echo", method="POST", body=b"hello lua")
     assert seen is not None
     assert (reply.status_code, reply.content) == (200, b"HELLO LUA")
+
+
+def test_objects_from_before_a_wait_are_out_of_scope(setup: Setup) -> None:
+    reply, seen = setup.ask("main", "/scope", method="POST", body=b"abc")
+    assert reply.status_code == 200 and seen is not None
+    assert seen["headers"]["x-lua-req"] == "yes" and "x-after-wait" not in seen["headers"]  # the script failed
 
 
 def test_request_without_body_reads_nil(setup: Setup) -> None:

@@ -208,3 +208,17 @@ def test_require_cannot_load_c_modules() -> None:
     with pytest.raises(ScriptError, match="not found"):
         state.load(b'require("socket.core")', "test")
     assert state.lua.eval(b"package.cpath") == b""
+
+
+def test_objects_die_when_the_script_waits() -> None:
+    """As in Envoy: a body that is all in already still counts as a wait."""
+    stream = FakeStream([], b"in")
+    _, script, what = run("""
+    function envoy_on_request(h)
+      local headers = h:headers()
+      h:body()
+      h:headers():add("fresh", "ok")
+      headers:add("stale", "no")
+    end""", stream)
+    assert what == FAILED and "object used outside of proper scope" in script.error
+    assert stream.headers.get(b"fresh") == b"ok" and b"stale" not in stream.headers

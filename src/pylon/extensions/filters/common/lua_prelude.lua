@@ -43,15 +43,32 @@ local function flatten(headers)
   return flat
 end
 
+-- As in Envoy, headers and body objects die when the script waits (for a body, trailers, an httpCall): a script
+-- must ask its handle for them again afterwards. `scope` is the handle's counter of waits.
+local function scoped(object, handle)
+  object._scope = handle._scope
+  object._at = handle._scope.n
+  return object
+end
+
+local function live(object)
+  local scope = object._scope
+  if scope ~= nil and scope.n ~= object._at then error("object used outside of proper scope", 3) end
+  return object
+end
+
 -------------------------------------------------------------------- headers and trailers
 local Headers = class("headers")
-function Headers:get(name) return bridge.header_get(self._id, self._which, name) end
-function Headers:getAtIndex(name, index) return bridge.header_at(self._id, self._which, name, index) end
-function Headers:getNumValues(name) return bridge.header_count(self._id, self._which, name) end
-function Headers:add(name, value) bridge.header_edit(self._id, self._which, "add", name, tostring(value)) end
-function Headers:replace(name, value) bridge.header_edit(self._id, self._which, "replace", name, tostring(value)) end
-function Headers:remove(name) bridge.header_edit(self._id, self._which, "remove", name, "") end
+function Headers:get(name) return bridge.header_get(live(self)._id, self._which, name) end
+function Headers:getAtIndex(name, index) return bridge.header_at(live(self)._id, self._which, name, index) end
+function Headers:getNumValues(name) return bridge.header_count(live(self)._id, self._which, name) end
+function Headers:add(name, value) bridge.header_edit(live(self)._id, self._which, "add", name, tostring(value)) end
+function Headers:replace(name, value)
+  bridge.header_edit(live(self)._id, self._which, "replace", name, tostring(value))
+end
+function Headers:remove(name) bridge.header_edit(live(self)._id, self._which, "remove", name, "") end
 Headers.__pairs = function(self)
+  live(self)
   local list = bridge.header_list(self._id, self._which)
   local i = -1
   return function()
@@ -62,9 +79,9 @@ end
 
 -------------------------------------------------------------------- buffers
 local Buffer = class("buffer")
-function Buffer:length() return bridge.body_length(self._id) end
-function Buffer:getBytes(index, length) return bridge.body_bytes(self._id, index, length) end
-function Buffer:setBytes(data) bridge.body_set(self._id, tostring(data)) end
+function Buffer:length() return bridge.body_length(live(self)._id) end
+function Buffer:getBytes(index, length) return bridge.body_bytes(live(self)._id, index, length) end
+function Buffer:setBytes(data) bridge.body_set(live(self)._id, tostring(data)) end
 
 -------------------------------------------------------------------- metadata and stream info
 local Metadata = class("metadata")
@@ -106,14 +123,23 @@ end
 local Handle = class("handle")
 
 function Handle:headers()
-  return setmetatable({_id = self._id, _which = self._side}, Headers)
+  return scoped(setmetatable({_id = self._id, _which = self._side}, Headers), self)
+end
+
+-- The first wait for a body: Envoy yields whenever there is one, even if it is all in already.
+local function await_body(self)
+  local state = bridge.body_state(self._id)
+  if state == "none" or self._body_seen then return state end
+  if state == "wait" then state = yield("body") end
+  self._body_seen = true
+  self._scope.n = self._scope.n + 1
+  return state
 end
 
 function Handle:body(always_wrap)
-  local state = bridge.body_state(self._id)
-  if state == "wait" then state = yield("body") end
+  local state = await_body(self)
   if state == "none" and not always_wrap then return nil end
-  return setmetatable({_id = self._id}, Buffer)
+  return scoped(setmetatable({_id = self._id}, Buffer), self)
 end
 
 function Handle:bodyChunks()
@@ -129,10 +155,9 @@ function Handle:bodyChunks()
 end
 
 function Handle:trailers()
-  local state = bridge.body_state(self._id)
-  if state == "wait" then yield("body") end
+  await_body(self)
   if not bridge.has_trailers(self._id) then return nil end
-  return setmetatable({_id = self._id, _which = self._side .. "_trailers"}, Headers)
+  return scoped(setmetatable({_id = self._id, _which = self._side .. "_trailers"}, Headers), self)
 end
 
 function Handle:respond(headers, body)
@@ -164,6 +189,7 @@ function Handle:httpCall(cluster, headers, body, timeout_or_options, asynchronou
   end
   bridge.http_call(self._id, cluster, flat, body and tostring(body) or "", timeout, false)
   local answer, answer_body = yield("http")
+  self._scope.n = self._scope.n + 1
   local result = {}
   local i = 1
   while answer[i] ~= nil do
@@ -195,10 +221,10 @@ function Handle:logCritical(message) bridge.log(5, tostring(message)) end
 
 -- The route handle of the Lua cluster specifier: only headers().
 local RouteHandle = class("route_handle")
-function RouteHandle:headers() return setmetatable({_id = self._id, _which = "request"}, Headers) end
+function RouteHandle:headers() return scoped(setmetatable({_id = self._id, _which = "request"}, Headers), self) end
 
 return {
   pairs = pairs,
-  handle = function(id, side) return setmetatable({_id = id, _side = side}, Handle) end,
-  route_handle = function(id) return setmetatable({_id = id}, RouteHandle) end,
+  handle = function(id, side) return setmetatable({_id = id, _side = side, _scope = {n = 0}}, Handle) end,
+  route_handle = function(id) return setmetatable({_id = id, _scope = {n = 0}}, RouteHandle) end,
 }
