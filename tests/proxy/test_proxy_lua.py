@@ -34,6 +34,11 @@ function envoy_on_request(request_handle)
   headers:replace("x-replace", "new")
   headers:remove("x-drop")
   headers:add("x-method", headers:get(":method"))
+  if headers:get("x-multi") then
+    headers:add("x-multi-get", headers:get("x-multi"))
+    headers:add("x-multi-n", headers:getNumValues("x-multi"))
+    headers:add("x-multi-1", headers:getAtIndex("x-multi", 1))
+  end
   local count = 0
   for name, value in pairs(headers) do count = count + 1 end
   headers:add("x-counted", tostring(count > 3))
@@ -141,11 +146,11 @@ class Setup:
     def __init__(self, proxy: RunningProxy, ports: dict[str, int], up: Upstream, other: Upstream) -> None:
         self.proxy, self.ports, self.up, self.other = proxy, ports, up, other
 
-    def ask(self, listener: str, path: str, method: str = "GET", body: bytes = b"", **headers: str
-            ) -> tuple[httpx.Response, dict[str, Any] | None]:
+    def ask(self, listener: str, path: str, method: str = "GET", body: bytes = b"",
+            repeated: list[tuple[str, str]] | None = None, **headers: str) -> tuple[httpx.Response, dict[str, Any] | None]:
         """(the client's response, what `up` saw or None)."""
         before = len(self.up.requests)
-        sent = {k.replace("_", "-"): v for k, v in headers.items()}
+        sent = [(k.replace("_", "-"), v) for k, v in headers.items()] + (repeated or [])
         reply = httpx.request(method, f"http://127.0.0.1:{self.ports[listener]}{path}", headers=sent, content=body,
                               timeout=5)
         requests = self.up.requests
@@ -180,6 +185,13 @@ def test_headers_edited_both_ways(setup: Setup) -> None:
     assert "x-drop" not in seen["headers"]
     assert reply.headers["x-lua-resp"] == "200"
     assert "x-served-by" not in reply.headers
+
+
+def test_repeated_headers(setup: Setup) -> None:
+    reply, seen = setup.ask("main", "/", repeated=[("x-multi", "a"), ("x-multi", "b")])
+    assert reply.status_code == 200 and seen is not None
+    assert (seen["headers"]["x-multi-get"], seen["headers"]["x-multi-n"], seen["headers"]["x-multi-1"]) == \
+        ("a,b", "2", "b")
 
 
 def test_respond_answers_without_the_upstream(setup: Setup) -> None:
