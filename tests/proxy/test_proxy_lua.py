@@ -216,6 +216,12 @@ def test_objects_from_before_a_wait_are_out_of_scope(setup: Setup) -> None:
     assert seen["headers"]["x-lua-req"] == "yes" and "x-after-wait" not in seen["headers"]  # the script failed
 
 
+def test_request_body_over_the_buffer_limit_is_413(setup: Setup) -> None:
+    reply, seen = setup.ask("main", "/echo", method="POST", body=b"x" * (1024 * 1024 + 1))
+    assert seen is None
+    assert (reply.status_code, reply.text) == (413, "Payload Too Large")
+
+
 def test_request_without_body_reads_nil(setup: Setup) -> None:
     reply, seen = setup.ask("main", "/no-body")
     assert reply.status_code == 200 and seen is not None
