@@ -58,6 +58,14 @@ function envoy_on_request(request_handle)
     request_handle:body()
     headers:add("x-after-wait", "1")
   end
+  if path == "/info" then
+    local info = request_handle:streamInfo()
+    headers:add("x-protocol", info:protocol())
+    headers:add("x-local", info:downstreamLocalAddress())
+    headers:add("x-remote", info:downstreamDirectRemoteAddress())
+    headers:add("x-ssl", tostring(request_handle:connection():ssl()))
+    headers:add("x-sni", tostring(info:requestedServerName()))
+  end
   if path == "/no-body" then
     headers:add("x-body-nil", tostring(request_handle:body() == nil))
   end
@@ -220,6 +228,15 @@ def test_request_body_over_the_buffer_limit_is_413(setup: Setup) -> None:
     reply, seen = setup.ask("main", "/echo", method="POST", body=b"x" * (1024 * 1024 + 1))
     assert seen is None
     assert (reply.status_code, reply.text) == (413, "Payload Too Large")
+
+
+def test_stream_info(setup: Setup) -> None:
+    reply, seen = setup.ask("main", "/info")
+    assert reply.status_code == 200 and seen is not None
+    assert seen["headers"]["x-protocol"] == "HTTP/1.1"
+    assert seen["headers"]["x-local"] == f"127.0.0.1:{setup.ports['main']}"
+    assert seen["headers"]["x-remote"].startswith("127.0.0.1:")
+    assert (seen["headers"]["x-ssl"], seen["headers"]["x-sni"]) == ("nil", "")
 
 
 def test_request_without_body_reads_nil(setup: Setup) -> None:
