@@ -58,6 +58,15 @@ function envoy_on_request(request_handle)
     request_handle:body()
     headers:add("x-after-wait", "1")
   end
+  if path == "/call-down" then
+    local answer, answer_body = request_handle:httpCall("down", {
+      [":method"] = "GET", [":path"] = "/", [":authority"] = "down"}, "", 1000)
+    request_handle:headers():add("x-call-status", answer[":status"])
+    request_handle:headers():add("x-call-body", tostring(answer_body))
+  end
+  if path == "/call-unknown" then
+    request_handle:httpCall("nowhere", {[":method"] = "GET", [":path"] = "/", [":authority"] = "x"}, "", 1000)
+  end
   if path == "/info" then
     local info = request_handle:streamInfo()
     headers:add("x-protocol", info:protocol())
@@ -173,7 +182,8 @@ def setup(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     launcher = ProxyLauncher(directory)
     try:
         ports = {name: free_port() for name in ("main", "example", "failing", "picker")}
-        clusters = [static_cluster("up", [up.port]), static_cluster("other", [other.port])]
+        clusters = [static_cluster("up", [up.port]), static_cluster("other", [other.port]),
+                    static_cluster("down", [free_port()])]
         proxy = launcher.start(listeners(ports), clusters, implementation=implementation)
         yield Setup(proxy, ports, up, other)
     finally:
@@ -261,6 +271,18 @@ def test_http_call_to_another_cluster(setup: Setup) -> None:
     assert seen["headers"]["x-call-body"] == "respond"
     asked = setup.other.requests[before]
     assert (asked["path"], asked["headers"]["host"]) == ("/respond?x-side=called", "side")
+
+
+def test_http_call_that_fails(setup: Setup) -> None:
+    reply, seen = setup.ask("main", "/call-down")
+    assert reply.status_code == 200 and seen is not None
+    assert (seen["headers"]["x-call-status"], seen["headers"]["x-call-body"]) == (
+        "503", "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure")
+
+
+def test_http_call_to_an_unknown_cluster_fails_the_script(setup: Setup) -> None:
+    reply, seen = setup.ask("main", "/call-unknown")
+    assert reply.status_code == 200 and seen is not None
 
 
 def test_envoy_example_scripts(setup: Setup) -> None:

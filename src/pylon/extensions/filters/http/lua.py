@@ -40,6 +40,15 @@ TYPE_URL = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua"
 PER_ROUTE_TYPE_URL = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.LuaPerRoute"
 _FRAMING = frozenset({b"content-length", b"transfer-encoding"})
 _FIXED_PSEUDO = frozenset({b":path", b":method", b":scheme", b":status"})
+#: what a synchronous httpCall hears when the call fails: Envoy's async client answers with its local reply
+_FAILED_CALL = {
+    "timeout": lr.UPSTREAM_TIMEOUT,
+    "no_host": lr.NO_HEALTHY_UPSTREAM,
+    "overflow": lr.UPSTREAM_OVERFLOW,
+    "reset": lr.UPSTREAM_RESET,
+    "connect_failure": lr.CONNECT_FAILURE._replace(body=lr.UPSTREAM_RESET.body.replace(
+        b"connection termination", b"remote connection failure")),  # as Envoy 1.40's async client says it
+}
 
 
 def _source(field: str, source: DataSource) -> bytes:
@@ -250,9 +259,11 @@ class _Context:
     def _answered(self, response: async_client.Response | None, reason: str) -> None:
         if self.stream.rs_state >= RS_DONE or self.run is None:
             return
-        if response is None:  # Envoy's sync httpCall hears a 503 when the call fails
-            flat: list[bytes] = [b":status", b"503"]
-            body = b""
+        if response is None:
+            reply = _FAILED_CALL.get(reason, lr.UPSTREAM_RESET)
+            body = reply.body
+            flat: list[bytes] = [b":status", b"%d" % reply.status, b"content-length", b"%d" % len(body),
+                                 b"content-type", b"text/plain"]
         else:
             flat = [b":status", b"%d" % response.status]
             for name, value in response.headers:
