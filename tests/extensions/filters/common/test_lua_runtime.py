@@ -60,7 +60,7 @@ def run(code: str, stream: FakeStream, hook: str = "envoy_on_request") -> tuple[
     state = LuaState(logging.getLogger("test"))
     env = state.load(code.encode(), "test")
     script = state.start(env[hook.encode()], stream, "request")
-    return state, script, script.step()
+    return state, script, script.what
 
 
 def test_headers_get_add_replace_remove_and_pairs() -> None:

@@ -223,8 +223,30 @@ function Handle:logCritical(message) bridge.log(5, tostring(message)) end
 local RouteHandle = class("route_handle")
 function RouteHandle:headers() return scoped(setmetatable({_id = self._id, _which = "request"}, Headers), self) end
 
+-------------------------------------------------------------------- running a script as a coroutine
+-- One call from pylon per start or resume (no coroutine object crosses over unless the script waits):
+-- (true, nil, result) when the script returned, (true, co, what) when it waits for `what`, (false, error).
+local function runner(fn, id, side)
+  local handle
+  if side == "route" then
+    handle = setmetatable({_id = id, _scope = {n = 0}}, RouteHandle)
+  else
+    handle = setmetatable({_id = id, _side = side, _scope = {n = 0}}, Handle)
+  end
+  return fn(handle)
+end
+
+local function settle(co, ok, value, ...)
+  if not ok then return false, tostring(value) end
+  if coroutine.status(co) == "dead" then return true, nil, value end
+  return true, co, value
+end
+
 return {
   pairs = pairs,
-  handle = function(id, side) return setmetatable({_id = id, _side = side, _scope = {n = 0}}, Handle) end,
-  route_handle = function(id) return setmetatable({_id = id, _scope = {n = 0}}, RouteHandle) end,
+  start = function(fn, id, side)
+    local co = coroutine.create(runner)
+    return settle(co, coroutine.resume(co, fn, id, side))
+  end,
+  resume = function(co, ...) return settle(co, coroutine.resume(co, ...)) end,
 }

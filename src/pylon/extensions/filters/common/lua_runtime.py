@@ -113,8 +113,8 @@ class LuaState:
         api = self.lua.execute(PRELUDE, self.lua.table_from(self._bridge()))
         self.lua.execute(_SANDBOX)
         self.lua.globals()[b"pairs"] = api[b"pairs"]
-        self._handle = api[b"handle"]
-        self._route_handle = api[b"route_handle"]
+        self._start = api[b"start"]
+        self.resume = api[b"resume"]
         self._env_of = self.lua.eval(b"""function(g) return setmetatable({}, {__index = g}) end""")
         self._load = self.lua.eval(b"""function(source, name, env)
             local chunk, err = loadstring(source, name)
@@ -134,11 +134,13 @@ class LuaState:
 
     # ------------------------------------------------------------------ one stream's script
     def start(self, function: Any, context: StreamContext, side: str) -> "Run":
+        """Call `function(handle)` as a coroutine; `Run.what` says where it stopped (DONE, FAILED or a wait)."""
         self._next_id += 1
         sid = self._next_id
         self.streams[sid] = context
-        handle = self._handle(sid, side.encode()) if side != "route" else self._route_handle(sid)
-        return Run(self, sid, function.coroutine(handle))
+        run = Run(self, sid)
+        run.settle(self._start(function, sid, side.encode()))
+        return run
 
     def table(self, values: list[Any]) -> Any:
         return self.lua.table_from(values)
@@ -218,31 +220,33 @@ DONE, FAILED = "done", "failed"
 class Run:
     """One script call (envoy_on_request / envoy_on_response / envoy_on_route) as a coroutine."""
 
-    def __init__(self, state: LuaState, sid: int, thread: Any) -> None:
+    def __init__(self, state: LuaState, sid: int) -> None:
         self.state = state
         self.sid = sid
-        self.thread = thread
+        self.thread: Any = None  # the Lua coroutine while the script waits
+        self.what = ""  # what it waits for, DONE or FAILED
         self.result: Any = None  # what the function returned, once DONE
         self.error = ""
 
+    def settle(self, outcome: tuple[Any, ...]) -> str:
+        ok, thread, value = outcome if len(outcome) == 3 else (*outcome, None)
+        if not ok:
+            self.error = thread.decode(errors="replace") if isinstance(thread, bytes) else str(thread)
+            self.what = FAILED
+        elif thread is None:
+            self.result = value
+            self.what = DONE
+        else:
+            self.thread = thread
+            self.what = value.decode() if isinstance(value, bytes) else str(value)
+            return self.what
+        self.finish()
+        return self.what
+
     def step(self, *values: Any) -> str:
-        """Start or resume the script; what it waits for next, DONE or FAILED (then `error` says why)."""
-        try:
-            got = self.thread.send(values if len(values) > 1 else (values[0] if values else None))
-        except StopIteration:  # returned nothing
-            self.finish()
-            return DONE
-        except LuaError as exc:
-            self.error = str(exc) or repr(exc.__cause__ or exc.__context__ or exc)
-            self.finish()
-            return FAILED
-        if not self.thread:  # returned `got` (lupa hands a return value over as if yielded, and the thread is dead)
-            self.result = got
-            self.finish()
-            return DONE
-        if isinstance(got, tuple):
-            got = got[0]
-        return got.decode() if isinstance(got, bytes) else str(got)
+        """Resume the waiting script with `values`; what it waits for next, DONE or FAILED (`error` says why)."""
+        thread, self.thread = self.thread, None
+        return self.settle(self.state.resume(thread, *values))
 
     def finish(self) -> None:
         self.state.streams.pop(self.sid, None)

@@ -300,15 +300,20 @@ class LuaFilter:
         self.log = logging.getLogger(f"pylon.filters.lua.{name}")
         self.state = LuaState(self.log)
         default, named = config.codes()
-        self.default = self.state.load(default, "default_source_code") if default is not None else None
-        self.named = {key: self.state.load(code, f"source_codes.{key}") for key, code in named.items()}
-        self.per_route: dict[bytes, Any] = {}  # inline per-route scripts, by their text
+        self.default = self._load(default, "default_source_code") if default is not None else None
+        self.named = {key: self._load(code, f"source_codes.{key}") for key, code in named.items()}
+        self.per_route: dict[bytes, dict[bytes, Any]] = {}  # inline per-route scripts, by their text
         prefix = f"http.{stat_prefix}.lua." + (f"{config.stat_prefix}." if config.stat_prefix else "")
         self.errors = stats.counter(prefix + "errors")
         self.local_replies = stats.counter(prefix + "local_replies")
         self.waiting: dict[Any, _Context] = {}  # streams whose envoy_on_response waits for the whole body
 
-    def _script(self, stream: Any) -> Any:
+    def _load(self, code: bytes, name: str) -> dict[bytes, Any]:
+        """A script's hooks (`envoy_on_request`, `envoy_on_response`: Lua functions or None), looked up once."""
+        env = self.state.load(code, name)
+        return {hook: env[hook] for hook in (b"envoy_on_request", b"envoy_on_response")}
+
+    def _script(self, stream: Any) -> dict[bytes, Any] | None:
         per_route = stream.route.filter_config(self.name) if stream.route is not None else None
         if not isinstance(per_route, LuaPerRoute):
             return self.default
@@ -317,17 +322,20 @@ class LuaFilter:
         if per_route.name is not None:
             return self.named.get(per_route.name)  # Envoy: an unknown name runs nothing
         code = read_bytes(per_route.source_code)  # type: ignore[arg-type]  # one of the three is set
-        env = self.per_route.get(code)
-        if env is None:
-            env = self.per_route[code] = self.state.load(code, "source_code")
-        return env
+        hooks = self.per_route.get(code)
+        if hooks is None:
+            hooks = self.per_route[code] = self._load(code, "source_code")
+        return hooks
 
-    def _start(self, stream: Any, side: str, hook: bytes) -> _Context | None:
-        env = self._script(stream)
-        function = env[hook] if env is not None else None
+    def _start(self, stream: Any, side: str, hook: bytes, status: int = 0,
+               headers: HeaderList | None = None) -> _Context | None:
+        """Run the script's `hook` for this stream until it ends or waits (None: no such hook here)."""
+        hooks = self._script(stream)
+        function = hooks[hook] if hooks is not None else None
         if function is None:
             return None
         context = _Context(self, stream, side)
+        context.status, context.response = status, headers
         context.run = self.state.start(function, context, side)
         return context
 
@@ -336,9 +344,11 @@ class LuaFilter:
         context = self._start(stream, "request", b"envoy_on_request")
         if context is None:
             return True
-        assert context.run is not None
-        stream.on_finish(context.run.finish)
-        return self.advance(context, context.run.step(), in_headers=True)
+        run = context.run
+        assert run is not None
+        if run.what != DONE and run.what != FAILED:
+            stream.on_finish(run.finish)  # the script waits: let go of it however the stream ends
+        return self.advance(context, run.what, in_headers=True)
 
     def advance(self, context: _Context, what: str, in_headers: bool = False) -> bool:
         """The script stopped at `what`: wait for it, or let the stream go on (True if it may go on now)."""
@@ -355,7 +365,7 @@ class LuaFilter:
             stream.body_watch = lambda: self._request_body(context)
         elif what == "body":
             self.waiting[stream] = context
-            stream.on_finish(lambda: self.waiting.pop(stream, None))
+            stream.on_finish(lambda: self._forget(stream))
         return False  # "http": the answer resumes it; "respond": answered
 
     def _request_body(self, context: _Context) -> None:
@@ -372,12 +382,16 @@ class LuaFilter:
 
     # ------------------------------------------------------------------ response path
     def encode_headers(self, stream: Any, status: int, headers: HeaderList) -> None:
-        context = self._start(stream, "response", b"envoy_on_response")
+        context = self._start(stream, "response", b"envoy_on_response", status, headers)
         if context is None:
             return
-        context.status, context.response = status, headers
         assert context.run is not None
-        self.advance(context, context.run.step())
+        self.advance(context, context.run.what)
+
+    def _forget(self, stream: Any) -> None:
+        context = self.waiting.pop(stream, None)
+        if context is not None and context.run is not None:
+            context.run.finish()
 
     def wants_response_body(self, stream: Any) -> bool:
         return stream in self.waiting

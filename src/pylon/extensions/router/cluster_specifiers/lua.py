@@ -67,7 +67,7 @@ class LuaPicker:
             self.state = LuaState(log)
             self.function = self.state.load(read_bytes(self.config.source_code), "source_code")[b"envoy_on_route"]
         run = self.state.start(self.function, _RouteContext(stream), "route")
-        what = run.step()
+        what = run.what
         if what != DONE:
             run.finish()
             log.error("envoy_on_route failed (%s): using default_cluster", run.error or f"waited for {what}")
