@@ -222,3 +222,11 @@ def test_objects_die_when_the_script_waits() -> None:
     end""", stream)
     assert what == FAILED and "object used outside of proper scope" in script.error
     assert stream.headers.get(b"fresh") == b"ok" and b"stale" not in stream.headers
+
+
+def test_a_finished_script_leaves_nothing_behind() -> None:
+    stream = FakeStream([], b"x", ready=False)
+    state, script, what = run("function envoy_on_request(h) h:body() end", stream)
+    assert what == "body" and list(state.streams) == [script.sid]
+    assert script.step(b"ready") == DONE
+    assert state.streams == {} and script.thread is None
