@@ -9,7 +9,10 @@ worker's pools (proxy/async_client.py; synchronous on the request path, asynchro
 (protocol, downstream addresses, requestedServerName, dynamicMetadata kept per stream, downstreamSslConnection
 presence), connection():ssl() presence, metadata() (empty: pylon routes carry no metadata), timestamp(),
 base64Escape(), log*(). Any other API function raises a Lua error naming it. A failing script is logged and counted
-(`http.<stat_prefix>.lua.errors`), and the request goes on, as in Envoy.
+(`http.<stat_prefix>.lua.errors`), and the request goes on, as in Envoy. As there, headers and body objects die
+when the script waits (body, trailers, a synchronous httpCall: "object used outside of proper scope"), a failed
+synchronous httpCall hears the async client's local reply (503 / 504 with Envoy's text), an unknown cluster fails the
+script, and a body over the connection's buffer limit is answered 413.
 
 Departures: the request's pseudo-headers :path and :method, and content-length / transfer-encoding (pylon's
 framing), cannot be changed (a Lua error says so); :authority / host can. A synchronous httpCall in
