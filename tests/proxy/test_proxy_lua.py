@@ -298,9 +298,13 @@ def test_envoy_example_scripts(setup: Setup) -> None:
 
 
 def test_failing_script_lets_the_request_go_on(setup: Setup) -> None:
+    before = setup.proxy.stats()
     reply, seen = setup.ask("failing", "/")
     assert reply.status_code == 200 and seen is not None
     assert seen["headers"]["x-before"] == "1"
+    after = setup.proxy.stats()
+    assert after["http.failing.lua.errors"] - before["http.failing.lua.errors"] == 1
+    assert after["http.failing.lua.executions"] - before["http.failing.lua.executions"] == 1
 
 
 def test_cluster_specifier_picks_the_cluster(setup: Setup) -> None:

@@ -9,7 +9,7 @@ worker's pools (proxy/async_client.py; synchronous on the request path, asynchro
 (protocol, downstream addresses, requestedServerName, dynamicMetadata kept per stream, downstreamSslConnection
 presence), connection():ssl() presence, metadata() (empty: pylon routes carry no metadata), timestamp(),
 base64Escape(), log*(). Any other API function raises a Lua error naming it. A failing script is logged and counted
-(`http.<stat_prefix>.lua.errors`), and the request goes on, as in Envoy. As there, headers and body objects die
+(`http.<stat_prefix>.lua.[<stat_prefix>.]errors`; `executions` counts the hooks run), and the request goes on, as in Envoy. As there, headers and body objects die
 when the script waits (body, trailers, a synchronous httpCall: "object used outside of proper scope"), a failed
 synchronous httpCall hears the async client's local reply (503 / 504 with Envoy's text), an unknown cluster fails the
 script, and a body over the connection's buffer limit is answered 413.
@@ -224,7 +224,6 @@ class _Context:
         status = next((v for n, v in headers if n == b":status"), None)
         if status is None or not status.isdigit() or not 200 <= int(status) < 600:
             raise ValueError("respond() needs a :status header between 200 and 599")
-        self.filter.local_replies.inc()
         extra = [(n, v) for n, v in headers if not n.startswith(b":")]
         content_type = next((v for n, v in extra if n == b"content-type"), b"text/plain")  # as Envoy's
         extra = [(n, v) for n, v in extra if n != b"content-type"]
@@ -308,7 +307,7 @@ class LuaFilter:
         self.per_route: dict[bytes, dict[bytes, Any]] = {}  # inline per-route scripts, by their text
         prefix = f"http.{stat_prefix}.lua." + (f"{config.stat_prefix}." if config.stat_prefix else "")
         self.errors = stats.counter(prefix + "errors")
-        self.local_replies = stats.counter(prefix + "local_replies")
+        self.executions = stats.counter(prefix + "executions")
         self.waiting: dict[Any, _Context] = {}  # streams whose envoy_on_response waits for the whole body
 
     def _load(self, code: bytes, name: str) -> dict[bytes, Any]:
@@ -337,6 +336,7 @@ class LuaFilter:
         function = hooks[hook] if hooks is not None else None
         if function is None:
             return None
+        self.executions.inc()
         context = _Context(self, stream, side)
         context.status, context.response = status, headers
         context.run = self.state.start(function, context, side)
