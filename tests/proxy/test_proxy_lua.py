@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from tests.conftest import free_port
-from tests.proxy.conftest import ProxyLauncher, RunningProxy, http_listener, route, static_cluster
+from tests.proxy.conftest import ProxyLauncher, RunningProxy, http_listener, route, static_cluster, wait_until
 from tests.proxy.upstreams import Upstream
 
 LUA_TYPE = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua"
@@ -57,6 +57,11 @@ function envoy_on_request(request_handle)
   if path == "/scope" then
     request_handle:body()
     headers:add("x-after-wait", "1")
+  end
+  if path == "/call-async" then
+    request_handle:httpCall("other", {[":method"] = "POST", [":path"] = "/async", [":authority"] = "side",
+                                      ["x-note"] = "fire"}, "payload", 1000, true)
+    headers:add("x-async-sent", "1")
   end
   if path == "/call-down" then
     local answer, answer_body = request_handle:httpCall("down", {
@@ -271,6 +276,16 @@ def test_http_call_to_another_cluster(setup: Setup) -> None:
     assert seen["headers"]["x-call-body"] == "respond"
     asked = setup.other.requests[before]
     assert (asked["path"], asked["headers"]["host"]) == ("/respond?x-side=called", "side")
+
+
+def test_asynchronous_http_call_does_not_hold_the_request(setup: Setup) -> None:
+    before = len(setup.other.requests)
+    reply, seen = setup.ask("main", "/call-async")
+    assert reply.status_code == 200 and seen is not None and seen["headers"]["x-async-sent"] == "1"
+    wait_until(lambda: len(setup.other.requests) > before)
+    asked = setup.other.requests[before]
+    assert (asked["method"], asked["path"], asked["headers"]["x-note"]) == ("POST", "/async", "fire")
+    assert asked["headers"]["content-length"] == "7"
 
 
 def test_http_call_that_fails(setup: Setup) -> None:

@@ -230,3 +230,14 @@ def test_a_finished_script_leaves_nothing_behind() -> None:
     assert what == "body" and list(state.streams) == [script.sid]
     assert script.step(b"ready") == DONE
     assert state.streams == {} and script.thread is None
+
+
+def test_trailers_are_nil_without_any() -> None:
+    stream = FakeStream([], b"x")
+    _, script, what = run("""
+    function envoy_on_request(h)
+      local t = tostring(h:trailers())
+      h:headers():add('t', t)
+    end""", stream)
+    assert what == DONE, script.error
+    assert stream.headers.get(b"t") == b"nil"
