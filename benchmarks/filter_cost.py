@@ -9,6 +9,7 @@ nginx upstream answering text/plain, `--body` bytes), then the same with one fil
   ext_authz        an HTTP authorization service (a second 1-worker nginx answering 200: every request
                    allowed, one check request each, through the proxy's own pool to it)
   local_ratelimit  a bucket too large to ever run dry, enabled and enforced (the token is taken, never refused)
+  lua              envoy.filters.http.lua whose envoy_on_request adds one request header
 
 Each variant is one config file run unchanged by both proxies. Both proxies `--concurrency 1`, `wrk -t1 -c50`
 keep-alive; every proxy starts up front, repetitions are interleaved and the order of the two proxies alternates,
@@ -16,7 +17,7 @@ as proxy_vs_envoy.py does. The metric is requests per proxy-CPU-second (the prox
 median of the repetitions; a filter's cost is the difference of CPU microseconds per request with and without it.
 The authorization server's CPU is not the proxy's.
 
-Usage: python benchmarks/filter_cost.py [--variants plain,gzip,ext_authz,local_ratelimit] [--reps 3]
+Usage: python benchmarks/filter_cost.py [--variants plain,gzip,ext_authz,local_ratelimit,lua] [--reps 3]
                                         [--duration 10] [--body 100] [--out FILE]
 Prints a table; writes nothing unless --out FILE (JSON).
 """
@@ -54,12 +55,17 @@ LOCAL_RATELIMIT = {"name": "envoy.filters.http.local_ratelimit", "typed_config":
     "@type": "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
     "stat_prefix": "bench_rl", "filter_enabled": ALL, "filter_enforced": ALL,
     "token_bucket": {"max_tokens": 4_000_000_000, "tokens_per_fill": 4_000_000_000, "fill_interval": "1s"}}}
+LUA = {"name": "envoy.filters.http.lua", "typed_config": {
+    "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+    "default_source_code": {"inline_string":
+        'function envoy_on_request(request_handle) request_handle:headers():add("x-lua", "1") end'}}}
 #: variant -> (the filter ahead of the router, or None; the request headers wrk sends)
 VARIANTS: dict[str, tuple[dict[str, Any] | None, list[str]]] = {
     "plain": (None, []),
     "gzip": (GZIP, ["Accept-Encoding: gzip"]),
     "ext_authz": (EXT_AUTHZ, []),
     "local_ratelimit": (LOCAL_RATELIMIT, []),
+    "lua": (LUA, []),
 }
 
 

@@ -785,9 +785,23 @@ class RouteUpgradeConfig(EnvoyStruct, kw_only=True):
                                              "websocket are)")
 
 
+class ClusterSpecifierExtension(_TypedExtension, kw_only=True):
+    category = registry.CLUSTER_SPECIFIER
+
+
+class ClusterSpecifierPlugin(EnvoyStruct, kw_only=True):
+    """config.route.v3.ClusterSpecifierPlugin: an extension that picks a request's cluster (the Lua one)."""
+
+    extension: ClusterSpecifierExtension
+    is_optional: bool = False
+
+
 class RouteAction(EnvoyStruct, kw_only=True):
     cluster: NonEmptyStr | None = None
     weighted_clusters: WeightedCluster | None = None
+    #: the name of one of the route configuration's `cluster_specifier_plugins`
+    cluster_specifier_plugin: NonEmptyStr | None = None
+    inline_cluster_specifier_plugin: ClusterSpecifierPlugin | None = None
     prefix_rewrite: HttpText | None = None
     regex_rewrite: RegexRewrite | None = None
     host_rewrite_literal: HttpText | None = None
@@ -805,7 +819,8 @@ class RouteAction(EnvoyStruct, kw_only=True):
     upgrade_configs: list[RouteUpgradeConfig] = []
 
     def __post_init__(self) -> None:
-        _exactly_one(self, "cluster", "weighted_clusters")
+        _exactly_one(self, "cluster", "weighted_clusters", "cluster_specifier_plugin",
+                     "inline_cluster_specifier_plugin")
         _at_most_one(self, "prefix_rewrite", "regex_rewrite")
 
 
@@ -882,9 +897,20 @@ class RouteConfiguration(_HeaderMutations, kw_only=True):
     validate_clusters: bool | None = None
     #: the least specific level of per-filter configs (a virtual host's, then a route's, override it)
     typed_per_filter_config: dict[str, Any] = {}
+    #: named cluster specifiers routes refer to by `route.cluster_specifier_plugin`
+    cluster_specifier_plugins: list[ClusterSpecifierPlugin] = []
 
     def __post_init__(self) -> None:
         _resolve_per_filter_configs(self)
+        plugins = {plugin.extension.name for plugin in self.cluster_specifier_plugins}
+        if len(plugins) != len(self.cluster_specifier_plugins):
+            raise FieldError("cluster_specifier_plugins", "two plugins have the same extension name")
+        for i, vhost in enumerate(self.virtual_hosts):
+            for j, route in enumerate(vhost.routes):
+                wanted = route.route.cluster_specifier_plugin if route.route is not None else None
+                if wanted is not None and wanted not in plugins:
+                    raise FieldError(f"virtual_hosts[{i}].routes[{j}].route.cluster_specifier_plugin",
+                                     f"unknown cluster specifier plugin name: {wanted}")
         seen: dict[str, str] = {}
         for i, vhost in enumerate(self.virtual_hosts):
             for j, domain in enumerate(vhost.domains):

@@ -48,6 +48,8 @@ TRACER = "envoy.tracers"
 #: The compressor / decompressor filters' `compressor_library` / `decompressor_library` (gzip, brotli, zstd).
 COMPRESSOR_LIBRARY = "envoy.compression.compressor"
 DECOMPRESSOR_LIBRARY = "envoy.compression.decompressor"
+#: A route's cluster specifier plugins (`inline_cluster_specifier_plugin`, `cluster_specifier_plugins`).
+CLUSTER_SPECIFIER = "envoy.router.cluster_specifier_plugin"
 
 #: Human names used in error messages ("accepted here (network filters): ...").
 CATEGORY_NAMES = MappingProxyType(
@@ -67,6 +69,7 @@ CATEGORY_NAMES = MappingProxyType(
         TRACER: "tracer",
         COMPRESSOR_LIBRARY: "compressor library",
         DECOMPRESSOR_LIBRARY: "decompressor library",
+        CLUSTER_SPECIFIER: "cluster specifier plugin",
     }
 )
 
@@ -99,6 +102,7 @@ EXTENSION_MODULES: Mapping[str, Mapping[str, str]] = MappingProxyType(
             "envoy.extensions.filters.http.fault.v3.HTTPFault": "pylon.extensions.filters.http.fault",
             "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit":
                 "pylon.extensions.filters.http.local_ratelimit",
+            "envoy.extensions.filters.http.lua.v3.Lua": "pylon.extensions.filters.http.lua",
             "envoy.extensions.filters.http.rbac.v3.RBAC": "pylon.extensions.filters.http.rbac",
             "pylon.filters.http.v1.Python": "pylon.extensions.filters.http.python",
         },
@@ -113,6 +117,7 @@ EXTENSION_MODULES: Mapping[str, Mapping[str, str]] = MappingProxyType(
             "envoy.extensions.filters.http.fault.v3.HTTPFault": "pylon.extensions.filters.http.fault",
             "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit":
                 "pylon.extensions.filters.http.local_ratelimit",
+            "envoy.extensions.filters.http.lua.v3.LuaPerRoute": "pylon.extensions.filters.http.lua",
             "envoy.extensions.filters.http.rbac.v3.RBACPerRoute": "pylon.extensions.filters.http.rbac",
         },
         COMPRESSOR_LIBRARY: {
@@ -128,6 +133,10 @@ EXTENSION_MODULES: Mapping[str, Mapping[str, str]] = MappingProxyType(
         CLUSTER_TYPE: {
             "envoy.extensions.clusters.dynamic_forward_proxy.v3.ClusterConfig":
                 "pylon.extensions.clusters.dynamic_forward_proxy",
+        },
+        CLUSTER_SPECIFIER: {
+            "envoy.extensions.router.cluster_specifiers.lua.v3.LuaConfig":
+                "pylon.extensions.router.cluster_specifiers.lua",
         },
         TRACER: {
             "envoy.config.trace.v3.ZipkinConfig": "pylon.extensions.tracers.zipkin",

@@ -70,6 +70,7 @@ from typing import TYPE_CHECKING, Any, Callable, Literal, NamedTuple, Sequence
 
 from pylon.config.datasource import read_bytes
 from pylon.config.envoy import GRPC_RETRY_ON
+from pylon.proxy.cluster_specifier import build_picker
 from pylon.proxy.headers import HeaderList, HeaderOps, compile_header_level
 from pylon.regex import PatternSet, Regex, RegexEngine, get_engine
 
@@ -467,8 +468,8 @@ class MatchedRoute:
         "hash_policies", "host_rewrite", "direct_status", "direct_body", "redirect_status",
         "request_header_ops", "response_header_ops", "rewrites", "_matched_len",
         "_prefix_rewrite", "_regex_rewrite", "_substitution", "_weights", "_cumulative",
-        "_total_weight", "_random", "_redirect", "_cluster_ops", "filter_configs", "filter_levels", "cors_policies",
-        "decorator", "mirrors", "upgrades",
+        "_total_weight", "_random", "_redirect", "_picker", "_cluster_ops", "filter_configs", "filter_levels",
+        "cors_policies", "decorator", "mirrors", "upgrades",
     )
 
     def __init__(self) -> None:
@@ -507,6 +508,8 @@ class MatchedRoute:
         self._total_weight = 0.0
         self._random: Callable[[], float] = random.random
         self._redirect: _Redirect | None = None
+        #: a cluster specifier plugin's picker (proxy/cluster_specifier.py), which reads the request
+        self._picker: Callable[[Any], str] | None = None
         # Weighted clusters with their own header rules: cluster name -> (request, response) ops.
         self._cluster_ops: dict[str, tuple[HeaderOps, HeaderOps]] = {}
         #: HTTP filter name -> its per-route config (the route's, else the virtual host's, else the route
@@ -538,8 +541,11 @@ class MatchedRoute:
         field from the most specific level that sets it, where other filters take one config whole."""
         return [level[name] for level in self.filter_levels if name in level]
 
-    def pick_cluster(self) -> str:
-        """The upstream cluster for one request: the route's cluster, or a weighted random pick."""
+    def pick_cluster(self, request: Any = None) -> str:
+        """The upstream cluster for one request: the route's cluster, a weighted random pick, or the route's
+        cluster specifier plugin's choice for `request` (the stream)."""
+        if self._picker is not None:
+            return self._picker(request)
         if not self._weights:
             return self.cluster
         return self._weights[bisect_right(self._cumulative, self._random() * self._total_weight)]
@@ -777,6 +783,7 @@ class RouteTable:
         self.name = config.name
         self._engine = regex_engine if regex_engine is not None else get_engine()
         self._random = (rng or random.Random()).random
+        self._plugins = {p.extension.name: p.extension.typed_config for p in config.cluster_specifier_plugins}
         config_request = compile_header_level(config.request_headers_to_add, config.request_headers_to_remove)
         config_response = compile_header_level(config.response_headers_to_add, config.response_headers_to_remove)
 
@@ -924,6 +931,10 @@ class RouteTable:
             route._weights = tuple(names)
             route._cumulative = cumulative
             route._total_weight = total
+        elif action.inline_cluster_specifier_plugin is not None:
+            route._picker = build_picker(action.inline_cluster_specifier_plugin.extension.typed_config)
+        elif action.cluster_specifier_plugin is not None:
+            route._picker = build_picker(self._plugins[action.cluster_specifier_plugin])
         else:
             route.cluster = action.cluster  # type: ignore[assignment]
         route.timeout = float(action.timeout) or None  # Envoy: 0 disables the timeout (default 15s)

@@ -673,7 +673,7 @@ class Stream:
             forward.append((b"x-envoy-original-path", url))
         if self.header_edits is not None:
             forward = _edited(forward, self.header_edits)
-        cluster_name = route.pick_cluster()
+        cluster_name = route.pick_cluster(self)
         request_ops, self.response_ops = route.header_ops_for(cluster_name)
         if hcm.tracer is not None:
             forward, trace_status = hcm.tracer.mark(self, forward)

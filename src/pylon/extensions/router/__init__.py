@@ -1,0 +1,1 @@
+"""Router extensions by category: `cluster_specifiers/` pick a route's cluster per request."""

@@ -1,0 +1,24 @@
+"""Cluster specifier plugins: a route whose cluster an extension picks per request (Envoy's ClusterSpecifierPlugin).
+
+A plugin module (`pylon/extensions/router/cluster_specifiers/`) registers a factory for its config Struct here
+(`register_cluster_specifier`); the route table builds one picker per route that names the plugin and calls it
+with the stream at routing time. The picker returns the cluster's name (a cluster that does not exist is the
+router's 503 NC, as in Envoy).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+#: picker(stream) -> cluster name
+Picker = Callable[[Any], str]
+_FACTORIES: dict[type, Callable[[Any], Picker]] = {}
+
+
+def register_cluster_specifier(config_type: type, factory: Callable[[Any], Picker]) -> None:
+    _FACTORIES[config_type] = factory
+
+
+def build_picker(config: Any) -> Picker:
+    """The picker for one plugin config (its type was registered when the config decoded it)."""
+    return _FACTORIES[type(config)](config)
