@@ -998,7 +998,8 @@ class Stream:
     def _ends_connection(self) -> bool:
         """Whether the connection ends after this (relayed) response: the client, a drain or an earlier
         decision says so, or the request was not read whole (what is left of it cannot start the next)."""
-        return self.close_after or not self.keep_alive or self.rq_state != RQ_DONE or self.conn.draining
+        return self.close_after or not self.keep_alive or self.rq_state != RQ_DONE or self.conn.draining \
+            or self.hcm.worker.health_check_failed  # Envoy drain-closes every connection while failing health
 
     def on_upstream_upgraded(self, upstream: "UpstreamConnection", headers: list[tuple[bytes, bytes]],
                              rest: bytes) -> None:
@@ -1318,6 +1319,7 @@ class Stream:
         hcm = self.hcm
         body_pending = self.rq_state != RQ_DONE and bool(self.req_length or self.req_chunked)
         close = self.close_after or not self.keep_alive or body_pending or self.conn.draining \
+            or self.hcm.worker.health_check_failed \
             or status == 400 or status == 426 or status == 431
         headers = list(extra) if extra else []
         if ops is not None and not ops.empty:
