@@ -1090,6 +1090,7 @@ class Stream:
         self.rs_state = RS_SENDING
         edited = HeaderList(headers)
         body = self._filtered_response_body(status, edited, body)
+        status = self.status  # a body filter may have changed it (the gRPC bridge's 503 for a failed call)
         sent = edited.items
         if self.resp_trailers is None:  # with trailers it goes chunked: a length has no place for them
             sent.append((b"content-length", b"%d" % len(body)))
