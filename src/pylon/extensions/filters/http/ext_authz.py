@@ -339,7 +339,7 @@ class ExtAuthzFilter:
                 return
             if meaning.query_edits:
                 # Not supported yet (the path goes upstream as routed): refused as an error, never ignored.
-                log.warning("ext_authz: an answer asked to edit query parameters, not supported yet: denied")
+                log.warning("ext_authz: an answer asked to edit query parameters (not supported yet): taken as an error")
                 self._decide(stream, check.Verdict(check.ERROR))
                 return
             for name, value in meaning.to_join:
@@ -348,15 +348,16 @@ class ExtAuthzFilter:
             if meaning.client_append:
                 self._on_success_append[stream] = meaning.client_append
                 stream.on_finish(lambda: self._on_success_append.pop(stream, None))
-            self._decide(stream, meaning.verdict)
+            self._decide(stream, meaning.verdict, bool(meaning.to_join))
 
         self.grpc.check(stream, facts, body, partial, answered)
 
-    def _decide(self, stream: Any, verdict: check.Verdict) -> None:
+    def _decide(self, stream: Any, verdict: check.Verdict, joined: bool = False) -> None:
+        """Act on a verdict (`joined`: a gRPC answer already appended to some request headers)."""
         kind = verdict.kind
         self._count(stream, kind)
         if kind == check.OK:
-            self._allow(stream, verdict)
+            self._allow(stream, verdict, joined)
         elif kind == check.DENIED:
             body = verdict.body
             limit = self.config.max_denied_response_body_bytes
@@ -377,14 +378,14 @@ class ExtAuthzFilter:
         if self.config.charge_cluster_response_stats and route is not None and route.cluster:
             self.stats.counter(f"cluster.{route.cluster}.ext_authz.{kind}").inc()
 
-    def _allow(self, stream: Any, verdict: check.Verdict) -> None:
+    def _allow(self, stream: Any, verdict: check.Verdict, joined: bool) -> None:
         for name in verdict.to_remove:
             stream.edit_request_header("remove", name)
         for name, value in verdict.to_set:
             stream.edit_request_header("set", name, value)
         for name, value in verdict.to_append:
             stream.edit_request_header("add", name, value)
-        changed = verdict.to_remove or verdict.to_set or verdict.to_append
+        changed = joined or verdict.to_remove or verdict.to_set or verdict.to_append
         if changed and self.config.clear_route_cache:
             stream.route = stream.hcm.route_table.match(stream.authority.decode("latin-1"),
                                                         stream.path.decode("utf-8", "surrogateescape"),
