@@ -36,6 +36,7 @@ class CannedBackend:
         self.ready = True
         self.state = "LIVE"
         self.quit_called = asyncio.Event()
+        self.health_check_failed = False
 
     async def stats_snapshot(self) -> dict:
         return self.snapshot
@@ -55,6 +56,9 @@ class CannedBackend:
 
     async def quit(self) -> None:
         self.quit_called.set()
+
+    async def fail_health_check(self, failed: bool) -> None:
+        self.health_check_failed = failed
 
 
 Scenario = Callable[[httpx.AsyncClient, CannedBackend, int], Awaitable[None]]
@@ -187,6 +191,17 @@ def test_quitquitquit_needs_post_then_quits(run: Callable[[Scenario], None]) -> 
         response = await client.post("/quitquitquit")
         assert (response.status_code, response.text) == (200, "OK\n")
         await asyncio.wait_for(backend.quit_called.wait(), 5)
+
+    run(scenario)
+
+
+def test_healthcheck_fail_and_ok_need_post(run: Callable[[Scenario], None]) -> None:
+    async def scenario(client: httpx.AsyncClient, backend: CannedBackend, port: int) -> None:
+        assert (await client.get("/healthcheck/fail")).status_code == 405
+        response = await client.post("/healthcheck/fail")
+        assert (response.status_code, response.text, backend.health_check_failed) == (200, "OK\n", True)
+        response = await client.post("/healthcheck/ok")
+        assert (response.status_code, response.text, backend.health_check_failed) == (200, "OK\n", False)
 
     run(scenario)
 

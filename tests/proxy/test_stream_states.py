@@ -144,6 +144,7 @@ class FakeWorker:
         self.deadlines = DeadlineWheel(0.02)
         self.read_budget = self
         self.access_log_writer = None
+        self.health_check_failed = False
         self.ids = 0
 
     def spend(self) -> bool:  # the read budget: never exhausted here

@@ -372,19 +372,30 @@ def _grpc_problems(bootstrap: Bootstrap) -> Iterator[tuple[str, str]]:
             for rel, name in route_cluster_references(hcm.route_config):
                 if name in grpc:
                     yield f"{path}.route_config.{rel}", grpc_cluster_message(name)
-        yield from _tracer_cluster_problems(hcm, path, {c.name: c for c in clusters}, grpc)
+        yield from _called_cluster_problems(hcm, path, {c.name: c for c in clusters}, grpc)
 
 
-def _tracer_cluster_problems(hcm: HttpConnectionManager, path: str, clusters: dict[str, Cluster],
+def _called_cluster_problems(hcm: HttpConnectionManager, path: str, clusters: dict[str, Cluster],
                              grpc: frozenset[str]) -> Iterator[tuple[str, str]]:
-    """A tracer's collector cluster must suit pylon's transport: HTTP/1.1 for an HTTP export (the pool), cleartext
-    for a gRPC export (grpcio gets no TLS credentials from a cluster yet). A cluster that is not (yet) there is
-    no error, as in Envoy: the export finds no host and is skipped."""
+    """A tracer's collector cluster, or a cluster an HTTP filter calls (ext_authz's service), must suit pylon's
+    transport: HTTP/1.1 for an HTTP export (the pool), cleartext for a gRPC call (grpcio gets no TLS credentials
+    from a cluster yet). A cluster that is not (yet) there is no error, as in Envoy: the call finds no host."""
     tracing = hcm.tracing
-    references = getattr(tracing.provider.typed_config, "cluster_references", None) if tracing is not None else None
+    if tracing is not None:
+        yield from _service_cluster_problems(tracing.provider.typed_config, f"{path}.tracing.provider.typed_config",
+                                             clusters, grpc)
+    for i, http_filter in enumerate(hcm.http_filters):
+        yield from _service_cluster_problems(http_filter.typed_config, f"{path}.http_filters[{i}].typed_config",
+                                             clusters, grpc)
+
+
+def _service_cluster_problems(config: Any, base: str, clusters: dict[str, Cluster], grpc: frozenset[str]
+                              ) -> Iterator[tuple[str, str]]:
+    """The clusters an extension calls itself (its `cluster_references()`: field path, cluster, "grpc" or
+    "http"), checked against pylon's transports."""
+    references = getattr(config, "cluster_references", None)
     if references is None:
         return
-    base = f"{path}.tracing.provider.typed_config"
     for rel, name, transport in references():
         cluster = clusters.get(name)
         if transport == "http" and name in grpc:

@@ -1,4 +1,4 @@
-"""Services the data plane calls itself (tracers' collectors, later ext_authz): Envoy's HttpService and GrpcService.
+"""Services the data plane calls itself (tracers' collectors, ext_authz's gRPC service): Envoy's HttpService and GrpcService.
 
 These are the client sides of `config.core.v3.HttpService` / `HttpUri` and
 `config.core.v3.GrpcService` as an extension names them: the cluster to call,

@@ -63,6 +63,10 @@ class AdminBackend(Protocol):
     async def quit(self) -> None:
         """Drain gracefully and exit (/quitquitquit)."""
 
+    async def fail_health_check(self, failed: bool) -> None:
+        """/healthcheck/fail (True) and /healthcheck/ok (False): every worker's health_check filters answer 503
+        (and its connections close after each response) while failed, as Envoy's server health state."""
+
     def runtime(self) -> dict:
         """Envoy's /runtime JSON: {"entries": {key: {"layer_values": [...], "final_value": ...}}, "layers": [...]}."""
 
@@ -226,6 +230,8 @@ class AdminHandler:
             "/": _Endpoint("Admin home page", self._help, False),
             "/clusters": _Endpoint("upstream cluster status", self._clusters, False),
             "/config_dump": _Endpoint("dump current Envoy configs", self._config_dump, False),
+            "/healthcheck/fail": _Endpoint("cause the server to fail health checks", self._health_fail, True),
+            "/healthcheck/ok": _Endpoint("cause the server to pass health checks", self._health_ok, True),
             "/help": _Endpoint("print out list of admin commands", self._help, False),
             "/quitquitquit": _Endpoint("exit the server", self._quit, True),
             "/ready": _Endpoint("print server state, return 200 if LIVE, otherwise return 503", self._ready, False),
@@ -258,6 +264,14 @@ class AdminHandler:
     async def _ready(self, query: dict[str, list[str]]) -> AdminResponse:
         state = self._backend.server_info()["state"]
         return AdminResponse(200 if self._backend.is_ready() else 503, f"{state}\n".encode())
+
+    async def _health_fail(self, query: dict[str, list[str]]) -> AdminResponse:
+        await self._backend.fail_health_check(True)
+        return AdminResponse(200, b"OK\n")
+
+    async def _health_ok(self, query: dict[str, list[str]]) -> AdminResponse:
+        await self._backend.fail_health_check(False)
+        return AdminResponse(200, b"OK\n")
 
     async def _runtime(self, query: dict[str, list[str]]) -> AdminResponse:
         return AdminResponse(200, _pretty_json(self._backend.runtime()), JSON)

@@ -90,6 +90,7 @@ class Supervisor:
         self.start_time = time.time()
         self.stopped = asyncio.Event()
         self.draining = False
+        self.health_check_failed = False  # /healthcheck/fail until /healthcheck/ok; workers hear it (and at init)
         self.dynamic = dynamic
         self.files = files
         self.push_lock = asyncio.Lock()  # versions reach the workers in order, whichever source made them
@@ -210,6 +211,7 @@ class Supervisor:
             "load_table_fd": self.load_table.fd if self.load_table is not None else None,
             "shared_buckets_fd": self.shared_buckets.fd if self.shared_buckets is not None else None,
             "workers": self.options.concurrency,
+            "health_check_failed": self.health_check_failed,
         }
         writer.write(control.encode(init))
         await writer.drain()
@@ -286,6 +288,11 @@ class Supervisor:
     async def _ask_all(self, op: str) -> list[dict[str, Any]]:
         replies = await asyncio.gather(*(h.client.request({"op": op}) for h in self.workers.values()))
         return [r for r in replies if r]
+
+    async def fail_health_check(self, failed: bool) -> None:
+        self.health_check_failed = failed
+        await asyncio.gather(*(h.client.request({"op": "health_check", "failed": failed})
+                               for h in self.workers.values()))
 
     async def stats_snapshot(self) -> dict[str, Any]:
         self.stats.gauge("server.live").set(1 if self.state == "LIVE" else 0)

@@ -1033,7 +1033,8 @@ class Stream:
     def _ends_connection(self) -> bool:
         """Whether the connection ends after this (relayed) response: the client, a drain or an earlier
         decision says so, or the request was not read whole (what is left of it cannot start the next)."""
-        return self.close_after or not self.keep_alive or self.rq_state != RQ_DONE or self.conn.draining
+        return self.close_after or not self.keep_alive or self.rq_state != RQ_DONE or self.conn.draining \
+            or self.hcm.worker.health_check_failed  # Envoy drain-closes every connection while failing health
 
     def on_upstream_upgraded(self, upstream: "UpstreamConnection", headers: list[tuple[bytes, bytes]],
                              rest: bytes) -> None:
@@ -1124,6 +1125,7 @@ class Stream:
         self.rs_state = RS_SENDING
         edited = HeaderList(headers)
         body = self._filtered_response_body(status, edited, body)
+        status = self.status  # a body filter may have changed it (the gRPC bridge's 503 for a failed call)
         sent = edited.items
         if self.resp_trailers is None:  # with trailers it goes chunked: a length has no place for them
             sent.append((b"content-length", b"%d" % len(body)))
@@ -1355,6 +1357,7 @@ class Stream:
         hcm = self.hcm
         body_pending = self.rq_state != RQ_DONE and bool(self.req_length or self.req_chunked)
         close = self.close_after or not self.keep_alive or body_pending or self.conn.draining \
+            or self.hcm.worker.health_check_failed \
             or status == 400 or status == 426 or status == 431
         headers = list(extra) if extra else []
         if ops is not None and not ops.empty:

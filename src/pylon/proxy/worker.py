@@ -83,6 +83,8 @@ class Worker:
         self.node: Any = None  # the bootstrap's node (spans' node_id, zone, service name)
         self.access_log_writer = AccessLogWriter()
         self.draining = False
+        #: the admin's /healthcheck/fail: health_check filters answer 503, connections close after each response
+        self.health_check_failed = False
         self._conn_ids = worker_id << 40
         self._wall_offset = time.time() - loop.time()
         self.deadlines = DeadlineWheel(TIMEOUT_RESOLUTION_S)
@@ -348,6 +350,7 @@ async def _serve(control_fd: int) -> int:
     bootstrap = parse_bootstrap(init["bootstrap"], init["config_source"])
     configure_regex_engine(bootstrap, init["config_source"])
     worker = Worker(init["worker_id"], loop)
+    worker.health_check_failed = bool(init.get("health_check_failed"))
     buckets_fd = init.get("shared_buckets_fd")
     if buckets_fd is not None:
         worker.singletons[SHARED_BUCKETS] = SharedBuckets(buckets_fd)
@@ -414,6 +417,9 @@ async def _carry_out(worker: Worker, message: dict[str, Any], drain_time: float,
         return {"clusters": worker.describe_clusters()}
     if op == "dynamic":
         await worker.apply_dynamic(message["dynamic"])
+        return {"ok": True}
+    if op == "health_check":
+        worker.health_check_failed = bool(message["failed"])
         return {"ok": True}
     if op == "drain":
         asyncio.get_running_loop().create_task(

@@ -22,8 +22,9 @@ direction up to the connection's buffer limit (413 / 500 beyond it):
   before routing; a filter may answer instead (`stream.local(...)`);
 - `wants_response_body(stream)` and `encode_body(stream, status, headers,
   body) -> bytes | None`: run last filter first once the response is
-  complete, before anything is sent (headers may still change); local
-  replies pass them too.
+  complete, before anything is sent (headers may still change, and so may
+  a relayed response's status, by setting `stream.status`: the gRPC
+  bridge's 503); local replies pass them too.
 
 Filters may instead (or also) see each body piece as it passes, to transform
 a stream without holding it:

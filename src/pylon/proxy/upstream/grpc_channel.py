@@ -3,9 +3,9 @@
 pylon's own upstream pool speaks HTTP/1.1; gRPC needs HTTP/2, which grpcio
 brings. `GrpcClusterClient` is what data-plane extensions use to call a gRPC
 service behind a cluster (the OpenTelemetry tracer's OTLP/gRPC export, the
-SkyWalking tracer's client-streaming segment report; ext_authz later): each call
-picks a host with the cluster's own load balancer (so its health checks and
-outlier ejections count) and goes on one grpc.aio channel per
+SkyWalking tracer's client-streaming segment report, ext_authz's gRPC checks):
+each call picks a host with the cluster's own load balancer (so its health checks
+and outlier ejections count) and goes on one grpc.aio channel per
 host address, kept while the host is in the cluster. The channel runs in the
 worker's event loop: workers are fresh interpreters started with subprocess
 (no fork after grpcio started its threads), so grpcio's fork caveats do not arise.

@@ -1,4 +1,4 @@
-"""ext_authz's config: what loads, what is refused by name (the gRPC service first: it needs the gRPC client)."""
+"""ext_authz's config: what loads, what is refused by name."""
 
 from __future__ import annotations
 
@@ -40,10 +40,28 @@ def test_an_http_service_config_loads() -> None:
         {"check_settings": {"context_extensions": {"a": "b"}, "disable_request_body_buffering": True}})
 
 
-def test_the_grpc_service_is_refused_by_name() -> None:
-    message = error({"grpc_service": {"envoy_grpc": {"cluster_name": "authz"}}})
-    assert "http_filters[0].typed_config.grpc_service" in message and "gRPC client" in message
-    assert "check_settings.grpc_service" in error({"http_service": HTTP}, {"check_settings": {"grpc_service": {}}})
+def test_a_grpc_service_config_loads_and_its_unsupported_options_are_refused() -> None:
+    grpc = {"envoy_grpc": {"cluster_name": "authz"}, "timeout": "0.25s"}
+    load({"grpc_service": grpc, "include_peer_certificate": True,
+          "with_request_body": {"max_request_bytes": 10, "pack_as_bytes": True}},
+         {"check_settings": {"context_extensions": {"a": "b"}}})
+    assert "typed_config.http_service" in error({"grpc_service": grpc, "http_service": HTTP})
+    assert "grpc_service.google_grpc" in error({"grpc_service": {"google_grpc": {}}})
+    assert "check_settings.grpc_service" in error({"grpc_service": grpc}, {"check_settings": {"grpc_service": grpc}})
+
+
+def test_a_grpc_service_on_a_tls_cluster_is_refused() -> None:
+    listener = http_listener("main", 10000, [route("/", "a")])
+    listener["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"].insert(0, {
+        "name": "envoy.filters.http.ext_authz",
+        "typed_config": {"@type": TYPE, "grpc_service": {"envoy_grpc": {"cluster_name": "authz"}}}})
+    tls = {"name": "envoy.transport_sockets.tls", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"}}
+    resources = {"listeners": [listener],
+                 "clusters": [static_cluster("a", [1]), static_cluster("authz", [2], transport_socket=tls)]}
+    with pytest.raises(ConfigError) as raised:
+        parse_bootstrap({"static_resources": resources}, "authz.yaml")
+    assert "http_filters[0].typed_config.grpc_service.envoy_grpc.cluster_name" in str(raised.value)
 
 
 @pytest.mark.parametrize("field, value", [

@@ -1,4 +1,4 @@
-"""envoy.filters.http.ext_authz with an HTTP authorization service: ask it before a request may go upstream.
+"""envoy.filters.http.ext_authz: ask an authorization service (HTTP or gRPC) before a request may go upstream.
 
 As Envoy 1.40 does (observed side by side, tests/proxy/test_proxy_ext_authz.py): the request is held while
 one check request goes to `http_service.server_uri.cluster` through the worker's own pools (proxy/async_client.py,
@@ -20,21 +20,30 @@ Stats: `http.<stat_prefix>.ext_authz.[<filter stat_prefix>.]{ok, denied, error, 
 failure_mode_allowed}` and, with `charge_cluster_response_stats` (default), `cluster.<route's
 cluster>.ext_authz.{ok, denied, error, failure_mode_allowed}`.
 
-Fields Envoy reads only for its gRPC service are accepted and, as there, do nothing here: `pack_as_bytes`,
-`include_peer_certificate`, `transport_api_version`, `check_settings.context_extensions`. Refused by name:
-`grpc_service` (it needs the gRPC client), metadata and filter state features (`*metadata*`, `emit_filter_state_stats`,
-`dynamic_metadata_from_headers`), header mutation rules and limits, the top-level `allowed_headers` /
-`disallowed_headers`, `http_service.retry_policy`, per-route service overrides.
+With `grpc_service` instead (Envoy's envoy.service.auth.v3.Authorization/Check, on the worker's gRPC client to
+`envoy_grpc.cluster_name`; filters/http/ext_authz_grpc.py, the messages in filters/common/ext_authz_grpc.py;
+tests/proxy/test_proxy_ext_authz_grpc.py beside Envoy): the same hold, body buffering, verdicts, errors, stats
+and per-route settings, plus `check_settings.context_extensions`, `include_peer_certificate` and
+`pack_as_bytes`, which only a gRPC check carries (an HTTP check accepts them and, as Envoy, does nothing with
+them; `transport_api_version` is V3 either way). The gRPC cluster must be cleartext (loader: pylon's gRPC
+client has no TLS credentials from a cluster yet). Refused by name: metadata and filter state features
+(`*metadata*`, `emit_filter_state_stats`, `dynamic_metadata_from_headers`), header mutation rules and limits,
+the top-level `allowed_headers` / `disallowed_headers`, `http_service.retry_policy`, per-route service
+overrides (`check_settings.grpc_service`, `check_settings.http_service`); an OK gRPC answer that edits query
+parameters is taken as an error (not applied yet).
 
-Departure: the check sees the client's headers plus x-forwarded-proto as the connection manager will set it;
-Envoy's also include the x-request-id it generated before the filters (pylon generates it at routing).
+Departures: the check sees the client's headers plus x-forwarded-proto as the connection manager will set it;
+Envoy's also include the x-request-id it generated before the filters (pylon generates it at routing). A gRPC
+check's `destination.principal` is the listener certificate's first URI SAN only (no DNS SAN or subject
+fallback), and a body that is not UTF-8 goes in `body` with replacement characters (use `pack_as_bytes`).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
 import msgspec
@@ -51,6 +60,7 @@ from pylon.config.envoy import (
     UInt32,
 )
 from pylon.config.errors import FieldError
+from pylon.config.services import GrpcClientService
 from pylon.extensions.filters.common import ext_authz as check
 from pylon.extensions.filters.common.config import HttpStatus, RuntimeFeatureFlag
 from pylon.proxy import async_client
@@ -64,6 +74,7 @@ from pylon.regex import get_engine
 TYPE_URL = "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz"
 PER_ROUTE_TYPE_URL = "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute"
 FLAG = "UAEX"
+log = logging.getLogger(__name__)
 
 
 class ListStringMatcher(EnvoyStruct, kw_only=True):
@@ -121,15 +132,10 @@ class BufferSettings(EnvoyStruct, kw_only=True):
     pack_as_bytes: bool = False  # how a gRPC check carries the body; an HTTP check sends it as it is
 
 
-def _grpc_refused(field: str) -> FieldError:
-    return FieldError(field, "not supported yet: the gRPC authorization service needs pylon's gRPC client to "
-                             "clusters; use http_service")
-
-
 class ExtAuthz(EnvoyStruct, kw_only=True):
     """extensions.filters.http.ext_authz.v3.ExtAuthz."""
 
-    grpc_service: Any = None
+    grpc_service: GrpcClientService | None = None
     http_service: HttpService | None = None
     transport_api_version: Literal["AUTO", "V3"] = "AUTO"
     failure_mode_allow: bool = False
@@ -160,10 +166,16 @@ class ExtAuthz(EnvoyStruct, kw_only=True):
     max_denied_response_body_bytes: UInt32 = 0
     enforce_response_header_limits: bool = False
 
+    def cluster_references(self) -> Iterator[tuple[str, str, str]]:
+        """(field path, cluster, "grpc") of a gRPC service's cluster, for the loader's transport checks (a
+        gRPC check on a TLS cluster is refused: pylon's gRPC client speaks cleartext only)."""
+        if self.grpc_service is not None and self.grpc_service.envoy_grpc is not None:
+            yield "grpc_service.envoy_grpc.cluster_name", self.grpc_service.envoy_grpc.cluster_name, "grpc"
+
     def __post_init__(self) -> None:
-        if self.grpc_service is not None:
-            raise _grpc_refused("grpc_service")
-        if self.http_service is None:
+        if self.grpc_service is not None and self.http_service is not None:
+            raise FieldError("http_service", "only one of grpc_service, http_service may be set (services)")
+        if self.grpc_service is None and self.http_service is None:
             raise FieldError("http_service", "one of grpc_service, http_service must be set (services)")
         for field in ("validate_mutations", "include_tls_session", "encode_raw_headers", "emit_filter_state_stats",
                       "enforce_response_header_limits"):
@@ -175,12 +187,10 @@ class CheckSettings(EnvoyStruct, kw_only=True):
     context_extensions: dict[str, str] = msgspec.field(default_factory=dict)  # sent by a gRPC check only
     disable_request_body_buffering: bool = False
     with_request_body: BufferSettings | None = None
-    grpc_service: Any = None
+    grpc_service: NotSupportedYet | None = None
     http_service: NotSupportedYet | None = None
 
     def __post_init__(self) -> None:
-        if self.grpc_service is not None:
-            raise _grpc_refused("grpc_service")
         if self.disable_request_body_buffering and self.with_request_body is not None:
             raise ValueError("disable_request_body_buffering and with_request_body cannot both be set")
 
@@ -217,7 +227,26 @@ class ExtAuthzFilter:
         self.loop = loop
         self.chance = chance
         self.stats = stats
-        service = config.http_service
+        self.grpc: Any = None
+        if config.grpc_service is not None:
+            from pylon.extensions.filters.http.ext_authz_grpc import GrpcChecker  # grpcio only for gRPC checks
+
+            pack = config.with_request_body is not None and config.with_request_body.pack_as_bytes
+            self.grpc = GrpcChecker(config.grpc_service, config.include_peer_certificate, pack)
+        else:
+            self._http_service(config.http_service)
+        self.status_on_error = config.status_on_error.number if config.status_on_error is not None else 403
+        self.enabled = config.filter_enabled.default_value.fraction if config.filter_enabled is not None else None
+        self.deny_at_disable = config.deny_at_disable is not None and config.deny_at_disable.default_value
+        self.prefix = f"http.{stat_prefix}.ext_authz." + (f"{config.stat_prefix}." if config.stat_prefix else "")
+        self.counters = {kind: stats.counter(self.prefix + kind)
+                         for kind in ("ok", "denied", "error", "disabled", "failure_mode_allowed")}
+        #: streams allowed with headers for their response (allowed_client_headers_on_success)
+        self._on_success: dict[Any, list[tuple[bytes, bytes]]] = {}
+        #: streams allowed by a gRPC answer with headers to add to their response (response_headers_to_add)
+        self._on_success_append: dict[Any, list[tuple[bytes, bytes]]] = {}
+
+    def _http_service(self, service: HttpService | None) -> None:
         assert service is not None and service.server_uri is not None
         self.cluster = service.server_uri.cluster
         self.timeout = float(service.server_uri.timeout)
@@ -231,14 +260,6 @@ class ExtAuthzFilter:
                                          _matcher(response.allowed_upstream_headers_to_append),
                                          _matcher(response.allowed_client_headers),
                                          _matcher(response.allowed_client_headers_on_success))
-        self.status_on_error = config.status_on_error.number if config.status_on_error is not None else 403
-        self.enabled = config.filter_enabled.default_value.fraction if config.filter_enabled is not None else None
-        self.deny_at_disable = config.deny_at_disable is not None and config.deny_at_disable.default_value
-        self.prefix = f"http.{stat_prefix}.ext_authz." + (f"{config.stat_prefix}." if config.stat_prefix else "")
-        self.counters = {kind: stats.counter(self.prefix + kind)
-                         for kind in ("ok", "denied", "error", "disabled", "failure_mode_allowed")}
-        #: streams allowed with headers for their response (allowed_client_headers_on_success)
-        self._on_success: dict[Any, list[tuple[bytes, bytes]]] = {}
 
     # ---------------------------------------------------------------- the request side
     def decode_headers(self, stream: Any) -> bool:
@@ -282,6 +303,9 @@ class ExtAuthzFilter:
         self._check(stream, body[:limit], size >= limit and settings.allow_partial_message)
 
     def _check(self, stream: Any, body: bytes | None, partial: bool) -> None:
+        if self.grpc is not None:
+            self._grpc_check(stream, body, partial)
+            return
         headers = stream.headers
         if not any(name == b"x-forwarded-proto" for name, _ in headers):
             headers = [*headers, (b"x-forwarded-proto", stream.conn.scheme)]
@@ -302,11 +326,38 @@ class ExtAuthzFilter:
         if call is not None:
             stream.on_finish(call.cancel)
 
-    def _decide(self, stream: Any, verdict: check.Verdict) -> None:
+    def _grpc_check(self, stream: Any, body: bytes | None, partial: bool) -> None:
+        per_route = stream.route.filter_config(self.name) if stream.route is not None else None
+        settings = per_route.check_settings if isinstance(per_route, ExtAuthzPerRoute) else None
+        facts = self.grpc.facts(stream, settings.context_extensions if settings is not None else {})
+
+        def answered(meaning: Any) -> None:
+            if stream.rs_state >= RS_DONE:
+                return
+            if meaning is None:
+                self._decide(stream, check.Verdict(check.ERROR))
+                return
+            if meaning.query_edits:
+                # Not supported yet (the path goes upstream as routed): refused as an error, never ignored.
+                log.warning("ext_authz: an answer asked to edit query parameters (not supported yet): taken as an error")
+                self._decide(stream, check.Verdict(check.ERROR))
+                return
+            for name, value in meaning.to_join:
+                old = [v for n, v in stream.headers if n == name]
+                stream.edit_request_header("set", name, b",".join([*old, value]))
+            if meaning.client_append:
+                self._on_success_append[stream] = meaning.client_append
+                stream.on_finish(lambda: self._on_success_append.pop(stream, None))
+            self._decide(stream, meaning.verdict, bool(meaning.to_join))
+
+        self.grpc.check(stream, facts, body, partial, answered)
+
+    def _decide(self, stream: Any, verdict: check.Verdict, joined: bool = False) -> None:
+        """Act on a verdict (`joined`: a gRPC answer already appended to some request headers)."""
         kind = verdict.kind
         self._count(stream, kind)
         if kind == check.OK:
-            self._allow(stream, verdict)
+            self._allow(stream, verdict, joined)
         elif kind == check.DENIED:
             body = verdict.body
             limit = self.config.max_denied_response_body_bytes
@@ -327,14 +378,14 @@ class ExtAuthzFilter:
         if self.config.charge_cluster_response_stats and route is not None and route.cluster:
             self.stats.counter(f"cluster.{route.cluster}.ext_authz.{kind}").inc()
 
-    def _allow(self, stream: Any, verdict: check.Verdict) -> None:
+    def _allow(self, stream: Any, verdict: check.Verdict, joined: bool) -> None:
         for name in verdict.to_remove:
             stream.edit_request_header("remove", name)
         for name, value in verdict.to_set:
             stream.edit_request_header("set", name, value)
         for name, value in verdict.to_append:
             stream.edit_request_header("add", name, value)
-        changed = verdict.to_remove or verdict.to_set or verdict.to_append
+        changed = joined or verdict.to_remove or verdict.to_set or verdict.to_append
         if changed and self.config.clear_route_cache:
             stream.route = stream.hcm.route_table.match(stream.authority.decode("latin-1"),
                                                         stream.path.decode("utf-8", "surrogateescape"),
@@ -362,6 +413,10 @@ class ExtAuthzFilter:
         if added is not None:
             for name, value in added:
                 headers.set(name, value)
+        appended = self._on_success_append.get(stream)
+        if appended is not None:
+            for name, value in appended:
+                headers.add(name, value)
 
 
 registry.register_typed(registry.HTTP_FILTER, TYPE_URL, ExtAuthz)
