@@ -21,6 +21,24 @@ KINDS = {Span.SPAN_KIND_SERVER: "SERVER", Span.SPAN_KIND_CLIENT: "CLIENT", Span.
          Span.SPAN_KIND_UNSPECIFIED: "UNSPECIFIED"}
 
 
+def by_number(message: Any, number: int) -> Any:
+    """The field `number` of `message`, whatever its name. xds-protos ships an older copy of OTLP's trace.proto at
+    the same module path as opentelemetry-proto (ResourceSpans field 2 named `instrumentation_library_spans`, its
+    field 1 `instrumentation_library`, where the current file says `scope_spans` and `scope`: same numbers, same
+    wire format), and whichever package pip installed last owns the file; so the tests read those by number."""
+    return getattr(message, message.DESCRIPTOR.fields_by_number[number].name)
+
+
+def scope_spans(resource_spans: Any) -> Any:
+    """ResourceSpans.scope_spans (field 2)."""
+    return by_number(resource_spans, 2)
+
+
+def has_scope(spans_of_scope: Any) -> bool:
+    """Whether ScopeSpans.scope (field 1) is set."""
+    return spans_of_scope.HasField(spans_of_scope.DESCRIPTOR.fields_by_number[1].name)
+
+
 def attributes(pairs: list[KeyValue]) -> dict[str, Any]:
     """OTLP attributes as a dict (string, int, bool and double values)."""
     out: dict[str, Any] = {}
@@ -49,8 +67,8 @@ class _Store:
             self.requests.append(headers)
             for rs in request.resource_spans:
                 resource = attributes(rs.resource.attributes)
-                for ss in rs.scope_spans:
-                    scope = {"name": ss.scope.name, "version": ss.scope.version}
+                for ss in scope_spans(rs):
+                    scope = {"name": by_number(ss, 1).name, "version": by_number(ss, 1).version}
                     self.spans.extend(span_dict(span, resource, scope) for span in ss.spans)
 
     def wait(self, count: int, timeout: float = 12.0) -> list[dict[str, Any]]:

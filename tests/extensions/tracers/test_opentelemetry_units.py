@@ -9,6 +9,7 @@ from pylon.config.envoy import convert
 from pylon.extensions.tracers import otlp, traceparent
 from pylon.extensions.tracers.opentelemetry import OpenTelemetryConfig, resource_attributes
 from pylon.proxy.tracing import Span
+from tests.proxy.otlp_collectors import by_number, has_scope, scope_spans
 
 TRACE = "463ac35c9f6413ad48485a3953bb6124"
 SPAN = "a2fb4a1d1a96d312"
@@ -48,15 +49,16 @@ def test_otlp_encoding_round_trips() -> None:
     assert request.SerializeToString() == body  # the hand-written bytes are protobuf's own (canonical) encoding
     (resource_spans,) = request.resource_spans
     assert [(a.key, a.value.string_value) for a in resource_spans.resource.attributes] == [("service.name", "svc")]
-    (scope_spans,) = resource_spans.scope_spans
-    assert (scope_spans.scope.name, scope_spans.scope.version) == ("pylon", "0.1.0")
-    first, second = scope_spans.spans
+    (spans_of_scope,) = scope_spans(resource_spans)
+    assert (by_number(spans_of_scope, 1).name, by_number(spans_of_scope, 1).version) == ("pylon", "0.1.0")
+    first, second = spans_of_scope.spans
     assert (first.trace_id.hex(), first.span_id.hex(), first.parent_span_id.hex()) == (TRACE, SPAN, "1111111111111111")
     assert (first.kind, first.name, first.trace_state) == (first.SPAN_KIND_SERVER, "op", "k=v")
     assert first.end_time_unix_nano - first.start_time_unix_nano == 1_500_000
     assert [(a.key, a.value.string_value) for a in first.attributes] == [("http.status_code", "200")]
     assert (second.kind, second.parent_span_id) == (second.SPAN_KIND_CLIENT, b"")
-    assert not ExportTraceServiceRequest.FromString(otlp.encode([span], {}, None)).resource_spans[0].scope_spans[0].HasField("scope")
+    request = ExportTraceServiceRequest.FromString(otlp.encode([span], {}, None))
+    assert not has_scope(scope_spans(request.resource_spans[0])[0])
 
 
 def test_otlp_long_and_empty_attributes_encode_as_protobuf() -> None:
@@ -65,7 +67,7 @@ def test_otlp_long_and_empty_attributes_encode_as_protobuf() -> None:
     body = otlp.encode([span], {"service.name": "s" * 1000}, ("", ""))
     request = ExportTraceServiceRequest.FromString(body)
     assert request.SerializeToString() == body
-    (decoded,) = request.resource_spans[0].scope_spans[0].spans
+    (decoded,) = scope_spans(request.resource_spans[0])[0].spans
     assert {a.key: a.value.string_value for a in decoded.attributes} == tags and decoded.name == "n" * 200
 
 
