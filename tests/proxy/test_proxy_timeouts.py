@@ -65,7 +65,10 @@ def test_slowloris_connections_are_all_closed_at_the_header_timeout(gateway: Gat
             socks.append(sock)
         time.sleep(HEADERS_TIMEOUT_S / 2)
         for sock in socks:  # a trickle keeps no connection alive past the timeout
-            sock.sendall(b"X-A: b\r\n")
+            try:
+                sock.sendall(b"X-A: b\r\n")
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # on a slow machine the first connections' timers fire while the last ones are still opening
         deadline = time.monotonic() + HEADERS_TIMEOUT_S + 2.0
         closed = 0
         for sock in socks:
@@ -74,7 +77,9 @@ def test_slowloris_connections_are_all_closed_at_the_header_timeout(gateway: Gat
                 while sock.recv(65536):
                     pass
                 closed += 1
-            except (socket.timeout, ConnectionResetError):
+            except ConnectionResetError:  # closed with the trickle unread: the kernel resets; closed all the same
+                closed += 1
+            except socket.timeout:
                 pass
     finally:
         for sock in socks:
