@@ -24,7 +24,7 @@ import pytest
 from tests.conftest import free_port
 from tests.proxy.conftest import (ENVOY_BIN, ProxyLauncher, RunningProxy, http_listener, json_access_log,
                                   read_json_lines, route, static_cluster, wait_until)  # fmt: skip
-from tests.proxy.grpc_upstream import EchoServer, method
+from tests.proxy.grpc_upstream import EchoServer, ResettingH2Upstream, method
 
 IMPLEMENTATIONS = ("pylon", "envoy")
 OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
@@ -72,6 +72,9 @@ class Gateways:
 
     def __init__(self, directory: Path) -> None:
         self.echo = EchoServer()
+        # grpcio ends each connection with GOAWAY after 300 ms (then 10 s of grace for the streams it took).
+        self.aging = EchoServer(**{"grpc.max_connection_age_ms": 300, "grpc.max_connection_age_grace_ms": 10000})
+        self.resetting = ResettingH2Upstream()
         self.web = Nghttpd(directory)
         self.launcher = ProxyLauncher(directory)
         self.proxies: dict[str, RunningProxy] = {}
@@ -80,14 +83,23 @@ class Gateways:
             if impl == "envoy" and not ENVOY_BIN.exists():
                 continue
             self.log[impl] = directory / f"{impl}-access.log"
-            routes = [route("/test.Echo/", "echo", timeout="20s"), route("/", "web", timeout="10s")]
+            routes = [route("/test.Echo/", "echo", timeout="20s"), route("/reset", "resetting", timeout="10s"),
+                      route("/", "web", timeout="10s")]
             listeners = [
                 http_listener("front", free_port(), routes, access_log=json_access_log(self.log[impl])),
                 http_listener("capped", free_port(), [route("/", "echo_capped", timeout="20s")]),
+                http_listener("aging", free_port(), [route("/", "echo_aging", timeout="20s")]),
+                http_listener("follow", free_port(), [route("/", "web_follow", timeout="10s")]),
             ]
+            follow = {"typed_extension_protocol_options": {OPTIONS_KEY: {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "use_downstream_protocol_config": {"http_protocol_options": {}, "http2_protocol_options": {}}}}}
             clusters = [static_cluster("echo", [self.echo.port], **h2_options()),
                         static_cluster("echo_capped", [self.echo.port], **h2_options(max_concurrent_streams=2)),
-                        static_cluster("web", [self.web.port], http2_protocol_options={})]
+                        static_cluster("echo_aging", [self.aging.port], **h2_options()),
+                        static_cluster("resetting", [self.resetting.port], **h2_options()),
+                        static_cluster("web", [self.web.port], http2_protocol_options={}),
+                        static_cluster("web_follow", [self.web.port], **follow)]
             self.proxies[impl] = self.launcher.start(listeners, clusters, implementation=impl)
 
     def channel(self, impl: str, listener: str = "front") -> grpc.Channel:
@@ -97,6 +109,8 @@ class Gateways:
     def close(self) -> None:
         self.launcher.close()
         self.echo.close()
+        self.aging.close()
+        self.resetting.close()
         self.web.close()
 
 
@@ -256,3 +270,66 @@ def test_access_log_protocol_and_flags(gw: Gateways) -> None:
 
 def json_lines(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_goaway_mid_load_loses_no_call(gw: Gateways) -> None:
+    """grpcio sends GOAWAY on each upstream connection 300 ms old: calls keep coming for 2 s from 8 threads, and
+    every one succeeds (streams the server took finish; any it refused go again on a new connection)."""
+    for impl in each(gw):
+        proxy = gw.proxies[impl]
+        failures: list[Any] = []
+        done = [0]
+        with gw.channel(impl, "aging") as channel:
+            call = method(channel, "unary_unary", "Unary")
+            stop = time.monotonic() + 2.0
+
+            def client() -> None:
+                while time.monotonic() < stop:
+                    try:
+                        assert call(b"x", timeout=15) == b"x"
+                        done[0] += 1
+                    except Exception as exc:  # noqa: BLE001 - collected and reported below
+                        failures.append(exc)
+
+            threads = [threading.Thread(target=client) for _ in range(8)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(60)
+        assert not failures, (impl, failures[:3])
+        assert done[0] > 20, (impl, done[0])
+        assert proxy.stats()["cluster.echo_aging.upstream_cx_total"] > 1, impl  # the connections did go away
+
+
+def test_upstream_reset_before_the_response(gw: Gateways) -> None:
+    outcomes = {}
+    for impl in each(gw):
+        response = httpx.get(gw.proxies[impl].url("front", "/reset"), timeout=10)
+        outcomes[impl] = (response.status_code, response.text)
+    assert outcomes["pylon"][0] == 503, outcomes
+    assert outcomes["pylon"] == outcomes.get("envoy", outcomes["pylon"]), outcomes
+    for impl in each(gw):
+        wanted = wait_until(lambda: [line for line in json_lines(gw.log[impl]) if line["path"] == "/reset"],
+                            timeout=10)
+        assert wanted[0]["flags"] == "UR", (impl, wanted)
+
+
+def test_upstream_reset_after_the_response_started(gw: Gateways) -> None:
+    """The head went out already: the client's connection is reset mid-body, as Envoy does."""
+    for impl in each(gw):
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(gw.proxies[impl].url("front", "/reset-mid"), timeout=10).read()
+
+
+def test_use_downstream_protocol_config_follows_the_client(gw: Gateways) -> None:
+    """nghttpd speaks HTTP/2 only: through `follow`, an h2c client's request reaches it, an HTTP/1.1 one goes
+    upstream as HTTP/1.1 and fails (502: the answer is no HTTP/1.1), in both proxies."""
+    outcomes = {}
+    for impl in each(gw):
+        url = gw.proxies[impl].url("follow", "/hello.txt")
+        http1 = httpx.get(url, timeout=10)
+        http2 = subprocess.run(["curl", "-s", "--http2-prior-knowledge", "-w", "\n%{http_code} %{http_version}", url],
+                               capture_output=True, timeout=30).stdout.decode()
+        outcomes[impl] = (http1.status_code, http2)
+    assert outcomes["pylon"] == (502, "hello from nghttpd\n\n200 2")  # nghttpd answers HTTP/1.1 with a GOAWAY
+    assert len(set(outcomes.values())) == 1, outcomes
