@@ -26,7 +26,8 @@ SERVICE = "test.Echo"
 class EchoServer:
     """A grpcio server on a free loopback port; `cancelled` lists the Sleep calls it saw cancelled."""
 
-    def __init__(self, workers: int = 32, **options: Any) -> None:
+    def __init__(self, workers: int = 32, tls: tuple[bytes, bytes] | None = None, **options: Any) -> None:
+        """`tls`: (key PEM, certificate chain PEM) to serve TLS (grpcio then requires ALPN h2 of its clients)."""
         self.cancelled: list[bytes] = []
         self.calls = 0
         self._lock = threading.Lock()
@@ -42,7 +43,10 @@ class EchoServer:
             "Big": grpc.unary_unary_rpc_method_handler(self._big),
         }
         self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        if tls is None:
+            self.port = self.server.add_insecure_port("127.0.0.1:0")
+        else:
+            self.port = self.server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials([tls]))
         self.server.start()
 
     def _count(self) -> None:

@@ -21,8 +21,9 @@ import grpc
 import httpx
 import pytest
 
+from pylon.identity.certs import make_test_pki
 from tests.conftest import free_port
-from tests.proxy.conftest import (ENVOY_BIN, ProxyLauncher, RunningProxy, http_listener, json_access_log,
+from tests.proxy.conftest import (ENVOY_BIN, UPSTREAM_TLS_TYPE, ProxyLauncher, RunningProxy, http_listener, json_access_log,
                                   read_json_lines, route, static_cluster, wait_until)  # fmt: skip
 from tests.proxy.grpc_upstream import EchoServer, ResettingH2Upstream, method
 
@@ -75,6 +76,8 @@ class Gateways:
         # grpcio ends each connection with GOAWAY after 300 ms (then 10 s of grace for the streams it took).
         self.aging = EchoServer(**{"grpc.max_connection_age_ms": 300, "grpc.max_connection_age_grace_ms": 10000})
         self.resetting = ResettingH2Upstream()
+        self.pki = make_test_pki(directory / "pki")
+        self.secure = EchoServer(tls=(self.pki.server_rsa.key.read_bytes(), self.pki.server_rsa.cert.read_bytes()))
         self.web = Nghttpd(directory)
         self.launcher = ProxyLauncher(directory)
         self.proxies: dict[str, RunningProxy] = {}
@@ -90,6 +93,8 @@ class Gateways:
                 http_listener("capped", free_port(), [route("/", "echo_capped", timeout="20s")]),
                 http_listener("aging", free_port(), [route("/", "echo_aging", timeout="20s")]),
                 http_listener("follow", free_port(), [route("/", "web_follow", timeout="10s")]),
+                http_listener("tls_up", free_port(), [route("/", "echo_tls", timeout="10s")]),
+                http_listener("wrong_san", free_port(), [route("/", "echo_tls_wrong_san", timeout="10s")]),
             ]
             follow = {"typed_extension_protocol_options": {OPTIONS_KEY: {
                 "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
@@ -99,8 +104,20 @@ class Gateways:
                         static_cluster("echo_aging", [self.aging.port], **h2_options()),
                         static_cluster("resetting", [self.resetting.port], **h2_options()),
                         static_cluster("web", [self.web.port], http2_protocol_options={}),
-                        static_cluster("web_follow", [self.web.port], **follow)]
+                        static_cluster("web_follow", [self.web.port], **follow),
+                        static_cluster("echo_tls", [self.secure.port], **h2_options(), **self.tls("localhost")),
+                        static_cluster("echo_tls_wrong_san", [self.secure.port], **h2_options(),
+                                       **self.tls("other.example"))]
             self.proxies[impl] = self.launcher.start(listeners, clusters, implementation=impl)
+
+    def tls(self, san: str) -> dict[str, Any]:
+        """A cluster's TLS to the grpcio TLS server: the test CA, SNI localhost, the server's DNS SAN must be `san`.
+        No alpn_protocols: an HTTP/2 cluster offers `h2` by itself, as Envoy's does (grpcio refuses a client that
+        does not)."""
+        return {"transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": {
+            "@type": UPSTREAM_TLS_TYPE, "sni": "localhost", "common_tls_context": {"validation_context": {
+                "trusted_ca": {"filename": str(self.pki.ca.cert)},
+                "match_typed_subject_alt_names": [{"san_type": "DNS", "matcher": {"exact": san}}]}}}}}
 
     def channel(self, impl: str, listener: str = "front") -> grpc.Channel:
         return grpc.insecure_channel(f"127.0.0.1:{self.proxies[impl].ports[listener]}", options=[
@@ -111,6 +128,7 @@ class Gateways:
         self.echo.close()
         self.aging.close()
         self.resetting.close()
+        self.secure.close()
         self.web.close()
 
 
@@ -332,4 +350,18 @@ def test_use_downstream_protocol_config_follows_the_client(gw: Gateways) -> None
                                capture_output=True, timeout=30).stdout.decode()
         outcomes[impl] = (http1.status_code, http2)
     assert outcomes["pylon"] == (502, "hello from nghttpd\n\n200 2")  # nghttpd answers HTTP/1.1 with a GOAWAY
+    assert len(set(outcomes.values())) == 1, outcomes
+
+
+def test_tls_upstream_offers_h2_and_checks_the_san(gw: Gateways) -> None:
+    """A TLS HTTP/2 cluster: ALPN h2 (grpcio's TLS server requires it), the CA and the SAN matcher apply; a SAN
+    that does not match fails the connection (503), as for HTTP/1 clusters."""
+    outcomes = {}
+    for impl in each(gw):
+        with gw.channel(impl, "tls_up") as channel:
+            good = method(channel, "unary_unary", "Unary")(b"secure", timeout=10)
+        with gw.channel(impl, "wrong_san") as channel, pytest.raises(grpc.RpcError) as info:
+            method(channel, "unary_unary", "Unary")(b"secure", timeout=10)
+        outcomes[impl] = (good, info.value.code())
+    assert outcomes["pylon"] == (b"secure", grpc.StatusCode.UNAVAILABLE), outcomes
     assert len(set(outcomes.values())) == 1, outcomes

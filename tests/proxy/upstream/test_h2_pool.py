@@ -258,6 +258,8 @@ def test_max_requests_per_connection_drains_then_closes() -> None:
     rig.pump()
     assert conn.transport.closed  # type: ignore[union-attr]
     assert rig.counter("upstream_cx_destroy") == 1
+    per_cx = rig.stats.histograms["cluster.up.upstream_rq_per_cx"]
+    assert (per_cx.count, per_cx.sum) == (1, 2)  # Envoy's requests-per-connection histogram
 
 
 def test_idle_timeout_closes_an_idle_connection_only() -> None:
@@ -306,3 +308,20 @@ def test_the_connection_count_is_envoys() -> None:
     rig.connect()
     assert rig.counter("upstream_rq_pending_total") == 2
     assert len(rig.pool.connections) == 1 and rig.pool.connections[0].active == 2
+
+
+def test_no_stream_before_the_connection_is_the_pools() -> None:
+    """The server's SETTINGS can arrive before the connect is done (the TLS peer check comes after the handshake):
+    a queued request must not go out on a connection the pool has not accepted yet."""
+    rig = Rig()
+    exchange = Exchange()
+    rig.pool.acquire(exchange)
+    assert rig.clock.asked == 1
+    conn = H2UpstreamConnection(rig.pool)
+    conn.connection_made(Transport())  # type: ignore[arg-type]
+    server = session(Recorder(), server=True)
+    conn.data_received(server.data_to_send())  # its SETTINGS
+    assert exchange.stream is None
+    rig.pool.connecting -= 1
+    rig.pool.connected(conn)
+    assert exchange.stream is not None and exchange.stream.connection is conn

@@ -77,7 +77,8 @@ class ClusterStats:
     per-code counters Envoy keeps (`upstream_rq_2xx`, `upstream_rq_200`).
     """
 
-    __slots__ = _COUNTERS + _GAUGES + ("upstream_rq_time", "_store", "_prefix", "_by_class", "_by_code")
+    __slots__ = _COUNTERS + _GAUGES + ("upstream_rq_time", "upstream_rq_per_cx", "_store", "_prefix", "_by_class",
+                                       "_by_code")
 
     def __init__(self, store: StatsStore, prefix: str) -> None:
         self._store = store
@@ -87,6 +88,7 @@ class ClusterStats:
         for name in _GAUGES:
             setattr(self, name, store.gauge(prefix + name))
         self.upstream_rq_time = store.histogram(prefix + "upstream_rq_time")
+        self.upstream_rq_per_cx = store.histogram(prefix + "upstream_rq_per_cx")  # requests a closed connection served
         self._by_class: dict[int, Counter] = {
             n: getattr(self, f"upstream_rq_{n}xx") for n in range(1, 6)
         }

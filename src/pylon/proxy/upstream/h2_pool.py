@@ -451,8 +451,9 @@ class H2Pool:
                 self._assign(conn, queue.popleft())
 
     def room_changed(self, conn: H2UpstreamConnection) -> None:
-        """The server's SETTINGS may have raised the connection's stream limit: serve the queue."""
-        if self.pending and conn.has_room:
+        """The server's SETTINGS may have raised the connection's stream limit: serve the queue (once the connection
+        is the pool's: its SETTINGS may come before the connect is done, and its peer checked)."""
+        if self.pending and conn.opened_at and conn.has_room:
             self._serve_queue(conn, False)
 
     def stream_closed(self, conn: H2UpstreamConnection) -> None:
@@ -505,6 +506,7 @@ class H2Pool:
         stats = self.cluster.stats
         stats.upstream_cx_active.value -= 1
         stats.upstream_cx_destroy.value += 1
+        stats.upstream_rq_per_cx.record(conn.requests)
         self.host.active_connections -= 1
         self.cluster.circuit_breakers.connections.release()
         if self.pending or self.fresh_pending:

@@ -309,6 +309,7 @@ class HostPool:
         stats = self.cluster.stats
         stats.upstream_cx_active.value -= 1
         stats.upstream_cx_destroy.value += 1
+        stats.upstream_rq_per_cx.record(conn.requests)
         self.host.active_connections -= 1
         self.cluster.circuit_breakers.connections.release()
         if self.pending or self.fresh_pending:
