@@ -1956,11 +1956,13 @@ class LeastRequestLbConfig(EnvoyStruct, kw_only=True):
     choice_count: Annotated[int, msgspec.Meta(ge=2, le=UINT32_MAX)] = 2
 
 
-class Http2ProtocolOptions(EnvoyStruct, kw_only=True):
-    """config.core.v3.Http2ProtocolOptions with every field at Envoy's default (no field is implemented).
+class Http2ProtocolOptions(HcmHttp2ProtocolOptions, kw_only=True):
+    """config.core.v3.Http2ProtocolOptions as a cluster reads it: the upstream HTTP/2 codec's limits.
 
-    pylon speaks HTTP/2 upstream only as an xDS gRPC client (grpcio's own
-    HTTP/2), so it is accepted only on the cluster `ads_config` names (loader.py).
+    The same fields as the HCM's, meaning what Envoy's upstream codec makes of them: `max_concurrent_streams`
+    caps the streams pylon opens on one connection (the peer's SETTINGS may lower it further), the windows and
+    `hpack_table_size` are what pylon's SETTINGS advertise, and the flood limits guard against the upstream as
+    they guard against clients downstream.
     """
 
 
@@ -2023,19 +2025,43 @@ class AutoSniOptions(EnvoyStruct, kw_only=True):
         return self.auto_sni or self.auto_san_validation
 
 
+class UseDownstreamHttpConfig(EnvoyStruct, kw_only=True):
+    """HttpProtocolOptions.UseDownstreamHttpConfig: the upstream request speaks the protocol its client spoke
+    (HTTP/2 upstream iff the request came over HTTP/2), each with these options."""
+
+    http_protocol_options: Http1ProtocolOptions | None = None
+    http2_protocol_options: Http2ProtocolOptions | None = None
+    http3_protocol_options: NotSupportedYet | None = None
+
+
+class AutoHttpConfig(EnvoyStruct, kw_only=True):
+    """HttpProtocolOptions.AutoHttpConfig: ALPN (`h2`, `http/1.1`) picks the protocol of each new TLS connection;
+    a cluster without TLS is refused, as Envoy 1.40 refuses it ("ALPN configured for cluster ... which has a
+    non-ALPN transport socket", checked with its validate mode)."""
+
+    http_protocol_options: Http1ProtocolOptions | None = None
+    http2_protocol_options: Http2ProtocolOptions | None = None
+    http3_protocol_options: NotSupportedYet | None = None
+    alternate_protocols_cache_options: NotSupportedYet | None = None
+
+
 class UpstreamHttpProtocolOptions(EnvoyStruct, kw_only=True):
-    """extensions.upstreams.http.v3.HttpProtocolOptions: an explicit HTTP/1.1 config, the connection limits, and
-    the upstream TLS name per request (auto_sni)."""
+    """extensions.upstreams.http.v3.HttpProtocolOptions: the upstream protocol (explicit HTTP/1.1 or HTTP/2, the
+    downstream's, or ALPN's), the connection limits, and the upstream TLS name per request (auto_sni)."""
 
     common_http_protocol_options: UpstreamCommonHttpProtocolOptions | None = None
     upstream_http_protocol_options: AutoSniOptions | None = None
     explicit_http_config: ExplicitHttpConfig | None = None
-    use_downstream_protocol_config: NotSupportedYet | None = None
-    auto_config: NotSupportedYet | None = None
+    use_downstream_protocol_config: UseDownstreamHttpConfig | None = None
+    auto_config: AutoHttpConfig | None = None
 
     def __post_init__(self) -> None:
-        if self.explicit_http_config is None:
-            raise FieldError("explicit_http_config", "missing required field")
+        _exactly_one(self, "explicit_http_config", "use_downstream_protocol_config", "auto_config")
+
+    @property
+    def protocol_config(self) -> "ExplicitHttpConfig | UseDownstreamHttpConfig | AutoHttpConfig":
+        """The one of the three protocol choices that is set."""
+        return self.explicit_http_config or self.use_downstream_protocol_config or self.auto_config  # type: ignore
 
 
 #: The key of the typed HttpProtocolOptions in a cluster's typed_extension_protocol_options.
@@ -2150,6 +2176,7 @@ class Cluster(EnvoyStruct, kw_only=True):
     def __post_init__(self) -> None:
         self._resolve_protocol_options()
         self._check_connection_options()
+        self._check_upstream_protocol()
         self._check_discovery_type()
         self._check_eds()
         self._check_endpoints()
@@ -2233,13 +2260,49 @@ class Cluster(EnvoyStruct, kw_only=True):
 
     @property
     def upstream_trailers(self) -> bool:
-        """Whether HTTP/1 trailers cross to and from this cluster's hosts (its explicit HTTP/1 config's
-        `enable_trailers`; Envoy's default drops them)."""
+        """Whether HTTP/1 trailers cross to and from this cluster's hosts (its HTTP/1 config's `enable_trailers`;
+        Envoy's default drops them). HTTP/2 always carries them."""
         typed = self.typed_extension_protocol_options.get(HTTP_PROTOCOL_OPTIONS)
-        if typed is None or typed.explicit_http_config is None:
+        if typed is None:
             return False
-        http1 = typed.explicit_http_config.http_protocol_options
+        http1 = typed.protocol_config.http_protocol_options
         return http1 is not None and http1.enable_trailers
+
+    @property
+    def upstream_protocol(self) -> tuple[str, Http2ProtocolOptions | None]:
+        """How this cluster's requests pick their protocol, and the HTTP/2 options when HTTP/2 may be spoken:
+        ("http1", None); ("http2", options): always; ("downstream", options): HTTP/2 iff the client's request
+        came over HTTP/2; ("auto", options): ALPN decides per connection."""
+        if self.http2_protocol_options is not None:
+            return "http2", self.http2_protocol_options
+        typed = self.typed_extension_protocol_options.get(HTTP_PROTOCOL_OPTIONS)
+        if typed is None:
+            return "http1", None
+        config = typed.protocol_config
+        h2 = config.http2_protocol_options or Http2ProtocolOptions()
+        if typed.use_downstream_protocol_config is not None:
+            return "downstream", h2
+        if typed.auto_config is not None:
+            return "auto", h2
+        return ("http2", h2) if config.http2_protocol_options is not None else ("http1", None)
+
+    def _check_upstream_protocol(self) -> None:
+        typed = self.typed_extension_protocol_options.get(HTTP_PROTOCOL_OPTIONS)
+        if typed is None:
+            return
+        if typed.auto_config is not None and (
+                self.transport_socket is None or not hasattr(self.transport_socket.typed_config, "common_tls_context")):
+            raise FieldError(f"typed_extension_protocol_options[{HTTP_PROTOCOL_OPTIONS}].auto_config",
+                             f"ALPN configured for cluster {self.name} which has a non-ALPN transport socket "
+                             "(auto_config needs a TLS transport_socket, as in Envoy 1.40)")
+        if typed.auto_config is not None:
+            raise FieldError(f"typed_extension_protocol_options[{HTTP_PROTOCOL_OPTIONS}].auto_config",
+                             "not supported yet (the protocol chosen by ALPN per connection); use explicit_http_config")
+        if self.http2_protocol_options is not None:
+            # Envoy 1.40 validates both and takes the typed options' protocol: an error, not an unused field.
+            raise FieldError("http2_protocol_options", f"Envoy ignores this deprecated field when "
+                             f"typed_extension_protocol_options[{HTTP_PROTOCOL_OPTIONS}] is set; move it to that "
+                             "extension's explicit_http_config")
 
     @property
     def auto_sni_options(self) -> AutoSniOptions | None:

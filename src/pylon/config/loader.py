@@ -295,10 +295,10 @@ def shared_name_problems(found: Iterable[tuple[str, SharedByName]]) -> Iterator[
 
 
 def grpc_clusters(bootstrap: Bootstrap) -> frozenset[str]:
-    """The static clusters grpcio talks to (xDS, SDS): those with HTTP/2 options, and those a gRPC config
-    source of the bootstrap names. pylon's data plane speaks HTTP/1.1 upstream, so routes and tcp_proxy may not
-    use them (Envoy would proxy to them over HTTP/2; pylon cannot yet)."""
-    names = {c.name for c in bootstrap.static_resources.clusters if c.http2_field is not None}
+    """The static clusters only grpcio talks to (xDS, SDS): those with pipe endpoints (no data-plane runtime), and
+    those a gRPC config source of the bootstrap names (grpcio's channel, not the data plane's pools, holds their
+    connections), so routes and tcp_proxy may not use them. Other HTTP/2 clusters are the data plane's."""
+    names = {c.name for c in bootstrap.static_resources.clusters if c.grpc_only}
     dynamic = bootstrap.dynamic_resources
     if dynamic is not None and dynamic.ads_config is not None:
         names.add(dynamic.ads_config.cluster_name)
@@ -407,7 +407,8 @@ def _service_cluster_problems(config: Any, base: str, clusters: dict[str, Cluste
 
 
 def grpc_cluster_message(name: str) -> str:
-    return f"cluster {name!r} speaks HTTP/2 (a gRPC cluster, for xDS and SDS); pylon proxies HTTP/1.1 upstreams only"
+    return (f"cluster {name!r} is for pylon's gRPC client only (xDS, SDS: a config source names it, or it has pipe "
+            "endpoints); routes and tcp_proxy cannot use it")
 
 
 def _secret_problems(bootstrap: Bootstrap) -> Iterator[tuple[str, str]]:

@@ -25,6 +25,9 @@ NO_CLUSTER = LocalReply(503, "NC", b"", "cluster_not_found")
 NO_HEALTHY_UPSTREAM = LocalReply(503, "UH", b"no healthy upstream", "no_healthy_upstream")
 CONNECT_FAILURE = LocalReply(503, "UF", _RESET_BEFORE_HEADERS + b"connection failure", "upstream_reset_before_response_started{connection_failure}")
 UPSTREAM_OVERFLOW = LocalReply(503, "UO", _RESET_BEFORE_HEADERS + b"overflow", "upstream_reset_before_response_started{overflow}")
+# An HTTP/2 upstream's RST_STREAM before the response (Envoy 1.40: UR), and a stream its GOAWAY refused.
+UPSTREAM_REMOTE_RESET = LocalReply(503, "UR", _RESET_BEFORE_HEADERS + b"remote reset", "upstream_reset_before_response_started{remote_reset}")
+UPSTREAM_REFUSED_STREAM = LocalReply(503, "UR", _RESET_BEFORE_HEADERS + b"remote refused stream reset", "upstream_reset_before_response_started{remote_refused_stream_reset}")
 UPSTREAM_RESET = LocalReply(503, "UC", _RESET_BEFORE_HEADERS + b"connection termination", "upstream_reset_before_response_started{connection_termination}")
 UPSTREAM_TIMEOUT = LocalReply(504, "UT", b"upstream request timeout", "upstream_response_timeout")
 # A cluster's max_stream_duration: 504 once the request is in, 408 while it is still arriving (as Envoy 1.40).

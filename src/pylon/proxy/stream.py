@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from pylon.proxy.http.h1_server import Http1ResponseEncoder
     from pylon.proxy.router import HashSource, MatchedRoute
     from pylon.proxy.upstream.cluster import Cluster, Host
+    from pylon.proxy.upstream.h2_pool import H2UpstreamStream
     from pylon.proxy.upstream.pool import HostPool, UpstreamConnection
 
 # Request headers the single pass treats specially; everything else is forwarded as is.
@@ -63,6 +64,9 @@ _SPECIAL = HOP_BY_HOP | _ENVOY_CONTROLS | _EDGE_CLEANED | {
 _RETRY_BASE, _RETRY_MAX = 0.025, 0.250  # Envoy's default retry back-off
 #: Methods a proxy may send again after a connection was lost before any answer (RFC 9110 9.2.2).
 _IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"))
+#: The local reply for an upstream reset before the response, by the upstream's reason (others: UC).
+_RESET_REPLIES = {"protocol error": lr.UPSTREAM_PROTOCOL_ERROR, "remote reset": lr.UPSTREAM_REMOTE_RESET,
+                  "refused stream": lr.UPSTREAM_REFUSED_STREAM}
 #: What a Host (authority) may contain, as nghttp2's authority check that Envoy applies: RFC 3986's
 #: unreserved, sub-delims, pct-encoded and the ':' '@' '[' ']' of userinfo, port and IPv6 literals.
 _AUTHORITY_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~%!$&'()*+,;=:@[]"
@@ -870,6 +874,8 @@ class Stream:
         if limit:
             self.upstream_deadline = self.conn.loop_time() + limit
             self._arm(self.upstream_deadline)
+        if conn.multiplexed:
+            return self._on_h2_ready(conn)  # type: ignore[arg-type]
         encoder = self.request_encoder
         assert encoder is not None
         out = [encoder.encode_head(self.attempts)]
@@ -894,6 +900,41 @@ class Stream:
         else:
             self.up_state = UP_SENDING
         conn.write(b"".join(out))
+
+    def _on_h2_ready(self, conn: "H2UpstreamStream") -> None:
+        """The attempt got a stream on an HTTP/2 connection: the request head (built as HTTP/1.1 bytes once, as for
+        every attempt) goes as HEADERS, the body so far as DATA; the rest of the body and its end follow through
+        the stream's `Http2RequestEncoder`, which stands in for the HTTP/1 encoder until the attempt ends."""
+        base = self.request_encoder
+        base = getattr(base, "base", base)  # an earlier HTTP/2 attempt's encoder that was not handed back
+        assert base is not None
+        head = base.encode_head(self.attempts)
+        if self.span is not None and self.hcm.tracer.names_host:  # type: ignore[union-attr]
+            head = self.hcm.tracer.with_host_header(self, head)  # type: ignore[union-attr]
+        waiting = self.waiting_body
+        if conn.requests and self.body_buffer is None and self.body_size <= self.hcm.buffer_limit \
+                and (self.req_length or self.req_chunked):
+            self.body_buffer = list(waiting)  # a refused stream's request goes again: keep what was sent
+        done = self.rq_state == RQ_DONE
+        end = done and not waiting and not self.req_trailers
+        encoder = conn.send_head(base, head, end)
+        if encoder is None:
+            return  # the connection took no new stream: the attempt was reset (and maybe retried)
+        self.request_encoder = encoder  # type: ignore[assignment]
+        if waiting:
+            for piece in waiting:
+                encoder.encode_data(piece)
+            self.waiting_body = []
+            if self.paused_downstream:
+                self.paused_downstream = False
+                self.conn.transport.resume_reading()
+        if done:
+            self.up_state = UP_AWAITING
+            encoder.encode_end(self.req_trailers)
+            self._arm_try_timer()
+        else:
+            self.up_state = UP_SENDING
+        conn.write(b"")
 
     def _arm_try_timer(self) -> None:
         route = self.route
@@ -1183,12 +1224,14 @@ class Stream:
         self.upstream = None
         self.up_state = UP_RESET
         self._end_attempt(abandon=False)
+        reply = _RESET_REPLIES.get(reason, lr.UPSTREAM_RESET)
         if self.rs_state != RS_NOT_STARTED:
-            self.flags = "UPE" if reason == "protocol error" else "UC"
+            self.flags = reply.flag
             self.details = "upstream_reset_after_response_started{%s}" % reason.replace(" ", "_")
             self._finish(close=True, final=RS_RESET)
             return
-        if stale and self.method in _IDEMPOTENT and not self.stale_retried and self.rs_state < RS_DONE \
+        if stale and (self.method in _IDEMPOTENT or reason == "refused stream") and not self.stale_retried \
+                and self.rs_state < RS_DONE \
                 and (self.body_buffer is not None or not (self.req_length or self.req_chunked)):
             # A pooled connection lost before any byte of the answer: a server's keep-alive close racing
             # the request, or (seen the same way) a server that failed after reading it. An idempotent
@@ -1199,7 +1242,7 @@ class Stream:
         retry = self.route.retry if self.route else None
         if retry is not None and retry.on_reset and self._reserve_retry():
             return self._schedule_retry()
-        self.local(lr.UPSTREAM_PROTOCOL_ERROR if reason == "protocol error" else lr.UPSTREAM_RESET)
+        self.local(reply)
 
     def on_upstream_pause(self, paused: bool) -> None:
         """The upstream socket's buffer is full (or drained): stop (or resume) reading the client."""

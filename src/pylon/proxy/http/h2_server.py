@@ -100,7 +100,7 @@ def request_head(fields: Headers, underscores: int) -> tuple[RequestHead, int]:
 class Http2ResponseEncoder:
     """Encodes one HTTP/2 stream's response into its connection's session (the stream's `encoder`)."""
 
-    __slots__ = ("out", "session", "stream_id", "server_name", "ended")
+    __slots__ = ("out", "session", "stream_id", "server_name", "ended", "headers_only")
 
     def __init__(self, session: "H2Connection", stream_id: int, server_name: bytes) -> None:
         self.out: list[bytes] = []  # non-empty: frames were submitted, the connection has something to write
@@ -108,6 +108,9 @@ class Http2ResponseEncoder:
         self.stream_id = stream_id
         self.server_name = server_name
         self.ended = False  # the response's last frame was submitted (or the stream is gone)
+        # The upstream's response ended with its head (an HTTP/2 upstream's trailers-only gRPC error): the head
+        # goes with END_STREAM, as Envoy relays it; gRPC clients read its grpc-status only from such a frame.
+        self.headers_only = False
 
     def encode_continue(self) -> None:
         """`100 Continue` as an informational HEADERS frame."""
@@ -125,7 +128,7 @@ class Http2ResponseEncoder:
         sent += [pair for pair in headers if pair[0] not in drop and pair[0] not in CONNECTION_SPECIFIC]
         if extra:
             sent += extra
-        end = head_request or status == 204 or status == 304
+        end = head_request or status == 204 or status == 304 or self.headers_only
         self.session.send_response(self.stream_id, sent, end_stream=end)
         self.ended = end
         self.out.append(b"")

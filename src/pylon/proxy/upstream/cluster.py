@@ -25,7 +25,9 @@ import random
 import time
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
+from pylon.config.secrets import common_tls_context
 from pylon.proxy import local_reply as lr
+from pylon.proxy.http.h2_session import H2Settings
 from pylon.proxy.upstream.auto_sni import AutoSni
 from pylon.proxy.upstream.circuit import CircuitBreakers
 from pylon.proxy.upstream.connect import open_stream
@@ -53,7 +55,8 @@ _COUNTERS = (
     "upstream_rq_5xx", "upstream_rq_retry", "upstream_rq_timeout", "upstream_rq_per_try_timeout",
     "upstream_rq_max_duration_reached",
     "upstream_rq_pending_total", "upstream_rq_pending_overflow",
-    "upstream_rq_retry_overflow", "upstream_cx_total", "upstream_cx_connect_fail",
+    "upstream_rq_retry_overflow", "upstream_cx_total", "upstream_cx_http1_total", "upstream_cx_http2_total",
+    "upstream_cx_connect_fail",
     "upstream_cx_connect_timeout", "upstream_cx_destroy", "upstream_cx_overflow",
     "upstream_cx_idle_timeout", "upstream_cx_max_requests", "upstream_cx_max_duration_reached",
     "upstream_cx_protocol_error",
@@ -74,7 +77,8 @@ class ClusterStats:
     per-code counters Envoy keeps (`upstream_rq_2xx`, `upstream_rq_200`).
     """
 
-    __slots__ = _COUNTERS + _GAUGES + ("upstream_rq_time", "_store", "_prefix", "_by_class", "_by_code")
+    __slots__ = _COUNTERS + _GAUGES + ("upstream_rq_time", "upstream_rq_per_cx", "_store", "_prefix", "_by_class",
+                                       "_by_code")
 
     def __init__(self, store: StatsStore, prefix: str) -> None:
         self._store = store
@@ -84,6 +88,7 @@ class ClusterStats:
         for name in _GAUGES:
             setattr(self, name, store.gauge(prefix + name))
         self.upstream_rq_time = store.histogram(prefix + "upstream_rq_time")
+        self.upstream_rq_per_cx = store.histogram(prefix + "upstream_rq_per_cx")  # requests a closed connection served
         self._by_class: dict[int, Counter] = {
             n: getattr(self, f"upstream_rq_{n}xx") for n in range(1, 6)
         }
@@ -113,6 +118,13 @@ class Cluster:
         # Idle timeout, max duration, max requests and response headers of its pooled connections (pool.py).
         self.connection_limits = ConnectionLimits.of(config)
         self.upstream_trailers: bool = config.upstream_trailers  # HTTP/1 trailers cross to and from its hosts
+        # HTTP/2 upstream (h2_pool.py): the codec's settings when the cluster may speak it; "downstream": only for
+        # requests that came over HTTP/2 (pool_registry.py keys those pools apart).
+        self.protocol, options = config.upstream_protocol
+        self.h2_settings: H2Settings | None = None if options is None else H2Settings.of(
+            options, max_header_bytes=60 * 1024, max_headers_count=self.connection_limits.max_headers)
+        common = common_tls_context(config.transport_socket)
+        self.alpn_configured = common is not None and bool(common.alpn_protocols)
         self.worker_id = worker_id
         prefix = f"cluster.{config.name}."
         self.stats = ClusterStats(stats, prefix)
@@ -137,6 +149,8 @@ class Cluster:
         self.socket_matches = socket_matches(config, secrets)
         # auto_sni / auto_san_validation: each request's host names its connections' TLS (None: not set).
         self.auto_sni: AutoSni | None = AutoSni.of(config)
+        # The pool registry's hot-path test: one pool per host, of the one kind the cluster speaks.
+        self.plain_pools = self.auto_sni is None and self.protocol != "downstream"
         bind = config.upstream_bind_config
         # Where upstream connections leave from (Istio's inbound clusters: 127.0.0.6, so capture rules let them by).
         self.source: tuple[str, int] | None = (
