@@ -54,6 +54,10 @@ def _add_header(key: str, value: str = "v") -> dict[str, Any]:
     return _route(route={"cluster": "svc"}, request_headers_to_add=[{"header": {"key": key, "value": value}}])
 
 
+def _log_filter(log_filter: dict[str, Any]) -> dict[str, Any]:
+    return http_bootstrap(access_log=[{"name": "log", "filter": log_filter, "typed_config": {"@type": STDOUT_LOG_TYPE}}])
+
+
 def _cluster(**fields: Any) -> dict[str, Any]:
     return http_bootstrap(clusters=[cluster("svc", **fields)])
 
@@ -245,6 +249,29 @@ CASES: tuple[Case, ...] = (
     Case("log-content-type-lf", http_bootstrap(access_log=[{"name": "log", "typed_config": {
         "@type": STDOUT_LOG_TYPE, "log_format": {"text_format_source": {"inline_string": "x"}, "content_type": "a\nb"}}}]),
          f"{HCM_PATH}.access_log[0].typed_config.log_format.content_type: must not contain NUL, CR or LF"),
+    # ---- access log filters and local_reply_config
+    Case("log-filter-status-ge", _log_filter({"status_code_filter": {"comparison": {
+        "op": "GE", "value": {"default_value": 400, "runtime_key": "access_log.errors"}}}}), None),
+    Case("log-filter-unknown-flag", _log_filter({"response_flag_filter": {"flags": ["XX"]}}),
+         f"{HCM_PATH}.access_log[0].filter.response_flag_filter.flags[0]: 'XX' is not a response flag (one of DC, DF, "
+         "DI, DO, DPE, DR, DT, FI, IH, LH, LR, NC, NFCF, NR, OM, RFCF, RL, RLSE, SI, UAEX, UC, UDO, UF, UH, UMSDR, UO, "
+         "UPE, UR, URX, UT)"),
+    Case("log-filter-and-of-one", _log_filter({"and_filter": {"filters": [{"not_health_check_filter": {}}]}}),
+         f"{HCM_PATH}.access_log[0].filter.and_filter.filters: Expected `array` of length >= 2"),
+    Case("log-filter-comparison-without-value", _log_filter({"duration_filter": {"comparison": {"op": "GE"}}}),
+         f"{HCM_PATH}.access_log[0].filter.duration_filter.comparison.value: missing required field"),
+    Case("log-filter-empty", _log_filter({}), f"{HCM_PATH}.access_log[0].filter: exactly one of status_code_filter, "
+         "duration_filter, not_health_check_filter, traceable_filter, runtime_filter, and_filter, or_filter, "
+         "header_filter, response_flag_filter, grpc_status_filter, extension_filter, metadata_filter, log_type_filter "
+         "must be set"),
+    Case("local-reply-mapper", http_bootstrap(local_reply_config={"mappers": [
+        {"filter": {"response_flag_filter": {"flags": ["NR"]}}, "status_code": 403,
+         "body": {"inline_string": "no"}}], "body_format": {"text_format": "%LOCAL_REPLY_BODY%"}}), None),
+    Case("local-reply-status-600", http_bootstrap(local_reply_config={"mappers": [
+        {"filter": {"not_health_check_filter": {}}, "status_code": 600}]}),
+         f"{HCM_PATH}.local_reply_config.mappers[0].status_code: Expected `int` <= 599"),
+    Case("local-reply-mapper-without-filter", http_bootstrap(local_reply_config={"mappers": [{"status_code": 500}]}),
+         f"{HCM_PATH}.local_reply_config.mappers[0].filter: missing required field"),
     Case("health-check-path-ctl", _health_check(http_health_check={"path": "/a\x01"}),
          f"{CLUSTER}.health_checks[0].http_health_check.path: must not contain control characters other than tab"),
     Case("health-check-host-ctl", _health_check(http_health_check={"path": "/", "host": "a\x7f"}),

@@ -491,10 +491,19 @@ def test_access_loggers() -> None:
     assert stderr_log.name == ""
 
 
-def test_access_log_filter_is_not_supported_yet() -> None:
+@pytest.mark.parametrize("kind", ["traceable_filter", "runtime_filter", "grpc_status_filter", "extension_filter",
+                                  "metadata_filter", "log_type_filter"])
+def test_access_log_filter_kinds_not_supported_yet_are_named(kind: str) -> None:
+    logs = [{"name": "x", "filter": {kind: {}}, "typed_config": {"@type": STDOUT_LOG_TYPE}}]
+    assert error(http_bootstrap(access_log=logs)) == (
+        f"config error in test.yaml: {HCM_PATH}.access_log[0].filter.{kind}: not supported yet"
+    )
+
+
+def test_access_log_status_code_filter_needs_its_comparison() -> None:
     logs = [{"name": "x", "filter": {"status_code_filter": {}}, "typed_config": {"@type": STDOUT_LOG_TYPE}}]
     assert error(http_bootstrap(access_log=logs)) == (
-        f"config error in test.yaml: {HCM_PATH}.access_log[0].filter: not supported yet"
+        f"config error in test.yaml: {HCM_PATH}.access_log[0].filter.status_code_filter.comparison: missing required field"
     )
 
 

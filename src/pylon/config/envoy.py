@@ -927,15 +927,17 @@ class RouteConfiguration(_HeaderMutations, kw_only=True):
 
 
 class SubstitutionFormatString(EnvoyStruct, kw_only=True):
-    """config.core.v3.SubstitutionFormatString: a text format (DataSource) or a JSON object format."""
+    """config.core.v3.SubstitutionFormatString: a text format (DataSource, or the deprecated inline `text_format`)
+    or a JSON object format."""
 
+    text_format: str | None = None
     text_format_source: DataSource | None = None
     json_format: dict[str, Any] | None = None
     omit_empty_values: bool = False
     content_type: HttpText = HttpText("")
 
     def __post_init__(self) -> None:
-        _exactly_one(self, "text_format_source", "json_format")
+        _exactly_one(self, "text_format", "text_format_source", "json_format")
         if self.json_format is not None:
             _check_json_format(self.json_format, "json_format")
 
@@ -962,11 +964,96 @@ class StderrAccessLog(EnvoyStruct, kw_only=True):
     log_format: SubstitutionFormatString | None = None
 
 
+class RuntimeUInt32(EnvoyStruct, kw_only=True):
+    """config.core.v3.RuntimeUInt32: a number a runtime key may override.
+
+    pylon's runtime refuses every key it does not implement (runtime.py), so no layer can set this one and
+    `default_value` is the value: what Envoy uses while no layer has the key."""
+
+    default_value: UInt32 = 0
+    runtime_key: str = ""
+
+
+class ComparisonFilter(EnvoyStruct, kw_only=True):
+    """config.accesslog.v3.ComparisonFilter."""
+
+    op: Literal["EQ", "GE", "LE", "NE"] = "EQ"
+    value: RuntimeUInt32
+
+
+class StatusCodeFilter(EnvoyStruct, kw_only=True):
+    comparison: ComparisonFilter
+
+
+class DurationFilter(EnvoyStruct, kw_only=True):
+    """Total request duration in milliseconds."""
+
+    comparison: ComparisonFilter
+
+
+class NotHealthCheckFilter(EnvoyStruct, kw_only=True):
+    """Requests the health_check filter did not take as a health check."""
+
+
+class HeaderFilter(EnvoyStruct, kw_only=True):
+    header: HeaderMatcher
+
+
+#: The flags `ResponseFlagFilter.flags` may name (Envoy's validation list).
+RESPONSE_FLAG_NAMES = frozenset({
+    "LH", "UH", "UT", "LR", "UR", "UF", "UC", "UO", "NR", "DI", "FI", "RL", "UAEX", "RLSE", "DC", "URX", "SI",
+    "IH", "DPE", "UMSDR", "RFCF", "NFCF", "DT", "UPE", "NC", "OM", "DF", "DO", "DR", "UDO",
+})
+
+
+class ResponseFlagFilter(EnvoyStruct, kw_only=True):
+    """Any of `flags` is set (any flag at all when the list is empty)."""
+
+    flags: list[str] = []
+
+    def __post_init__(self) -> None:
+        for i, flag in enumerate(self.flags):
+            if flag not in RESPONSE_FLAG_NAMES:
+                raise FieldError(f"flags[{i}]", f"{flag!r} is not a response flag (one of "
+                                                f"{', '.join(sorted(RESPONSE_FLAG_NAMES))})")
+
+
+class AndFilter(EnvoyStruct, kw_only=True):
+    filters: Annotated[list[AccessLogFilter], msgspec.Meta(min_length=2)]
+
+
+class OrFilter(EnvoyStruct, kw_only=True):
+    filters: Annotated[list[AccessLogFilter], msgspec.Meta(min_length=2)]
+
+
+class AccessLogFilter(EnvoyStruct, kw_only=True):
+    """config.accesslog.v3.AccessLogFilter: exactly one kind (proxy/access_log_filter.py evaluates them)."""
+
+    status_code_filter: StatusCodeFilter | None = None
+    duration_filter: DurationFilter | None = None
+    not_health_check_filter: NotHealthCheckFilter | None = None
+    traceable_filter: NotSupportedYet | None = None
+    runtime_filter: NotSupportedYet | None = None
+    and_filter: AndFilter | None = None
+    or_filter: OrFilter | None = None
+    header_filter: HeaderFilter | None = None
+    response_flag_filter: ResponseFlagFilter | None = None
+    grpc_status_filter: NotSupportedYet | None = None
+    extension_filter: NotSupportedYet | None = None
+    metadata_filter: NotSupportedYet | None = None
+    log_type_filter: NotSupportedYet | None = None
+
+    def __post_init__(self) -> None:
+        _exactly_one(self, "status_code_filter", "duration_filter", "not_health_check_filter", "traceable_filter",
+                     "runtime_filter", "and_filter", "or_filter", "header_filter", "response_flag_filter",
+                     "grpc_status_filter", "extension_filter", "metadata_filter", "log_type_filter")
+
+
 class AccessLog(EnvoyStruct, kw_only=True):
-    """config.accesslog.v3.AccessLog; `filter` is recognised but not supported yet."""
+    """config.accesslog.v3.AccessLog: a logger, and the filter a request must pass to be logged by it."""
 
     name: str = ""
-    filter: NotSupportedYet | None = None
+    filter: AccessLogFilter | None = None
     typed_config: Any
 
     def __post_init__(self) -> None:
@@ -984,6 +1071,24 @@ class HttpProtocolOptions(EnvoyStruct, kw_only=True):
     max_headers_count: PositiveUInt32 = 100
     max_stream_duration: Duration | None = None
     headers_with_underscores_action: Literal["ALLOW", "REJECT_REQUEST", "DROP_HEADER"] = "ALLOW"
+
+
+class ResponseMapper(EnvoyStruct, kw_only=True):
+    """HttpConnectionManager's ResponseMapper: what a matching local reply becomes."""
+
+    filter: AccessLogFilter
+    status_code: Annotated[int, msgspec.Meta(ge=200, lt=600)] | None = None
+    body: DataSource | None = None
+    body_format_override: SubstitutionFormatString | None = None
+    headers_to_add: Annotated[list[HeaderValueOption], msgspec.Meta(max_length=1000)] = []
+
+
+class LocalReplyConfig(EnvoyStruct, kw_only=True):
+    """HttpConnectionManager.local_reply_config: the first matching mapper rewrites a local reply, then
+    `body_format` (or the mapper's override) formats its body (proxy/local_reply_mapper.py)."""
+
+    mappers: list[ResponseMapper] = []
+    body_format: SubstitutionFormatString | None = None
 
 
 class HttpFilter(_TypedExtension, kw_only=True):
@@ -1202,6 +1307,7 @@ class HttpConnectionManager(EnvoyStruct, kw_only=True):
     rds: Rds | None = None
     http_filters: list[HttpFilter] = []
     access_log: list[AccessLog] = []
+    local_reply_config: LocalReplyConfig | None = None
     common_http_protocol_options: HttpProtocolOptions = msgspec.field(default_factory=HttpProtocolOptions)
     http_protocol_options: Http1ProtocolOptions = msgspec.field(default_factory=Http1ProtocolOptions)
     http2_protocol_options: HcmHttp2ProtocolOptions = msgspec.field(default_factory=HcmHttp2ProtocolOptions)

@@ -23,7 +23,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, Callable
 
 from pylon.proxy import local_reply as lr
-from pylon.proxy.headers import HeaderList, request_lookup
+from pylon.proxy.headers import HeaderList, RequestLookup, request_lookup
 from pylon.proxy.http.h1_client import Http1RequestEncoder
 from pylon.proxy.http1 import HOP_BY_HOP, without_nominated
 from pylon.proxy.mirror import Shadow, start_shadows
@@ -217,7 +217,7 @@ class Stream:
         "resume", "filter_index", "filter_timer", "finish_callbacks", "header_edits", "upgrade_accepted", "client_rest",
         "tunnel_upstream", "upstream_local", "buffering_request", "held_response", "response_body", "set_cookie",
         "request_data_filters", "response_data_filters", "req_trailers", "resp_trailers", "span", "body_watch",
-        "shadows",
+        "shadows", "health_check",
     )
 
     def __init__(self, conn: "HttpConnection", now: float) -> None:
@@ -308,6 +308,7 @@ class Stream:
         # after each piece kept while the request waits, and once the request is complete.
         self.body_watch: Callable[[], None] | None = None
         self.shadows: list[Shadow] | None = None  # the route's request mirrors under way (mirror.py)
+        self.health_check = False  # the health_check filter took it as a health check (access log filters)
 
     # ------------------------------------------------------------------ downstream events
     def on_body(self, data: bytes, filtered: bool = False) -> None:
@@ -756,12 +757,16 @@ class Stream:
         self.authority = authority[authority.rfind(b"@") + 1:]
         return b"/" if slash < 0 else rest[slash:]
 
+    def _request_lookup(self) -> RequestLookup:
+        """What %REQ(...)% reads in the proxy's own replies: the request's headers and pseudo-headers."""
+        return request_lookup(self.headers, {b":authority": self.authority, b":path": self.path,
+                                             b":method": self.method, b":scheme": self.conn.scheme})
+
     def _local_route_reply(self, route: "MatchedRoute") -> None:
         hcm = self.hcm
         ops = route.response_header_ops
         if ops.reads_request:
-            ops = ops.bound(request_lookup(self.headers, {b":authority": self.authority, b":path": self.path,
-                                                          b":method": self.method, b":scheme": self.conn.scheme}))
+            ops = ops.bound(self._request_lookup())
         if route.kind == "direct_response":
             hcm.rq_direct_response.value += 1
             self.status = route.direct_status
@@ -1407,6 +1412,13 @@ class Stream:
             hl = HeaderList(headers)
             ops.apply(hl, self.conn.peer)
             headers = hl.items
+        if hcm.local_reply_mapper is not None:
+            hl = HeaderList(headers)
+            status, body, content_type = hcm.local_reply_mapper.rewrite(
+                hcm.access_record(self, self.conn.loop_time() - self.start), status, body, content_type, hl,
+                self.conn.peer, self._request_lookup())
+            headers = hl.items
+            self.status = status
         if hcm.always_set_request_id and self.request_id:
             headers.append((b"x-request-id", self.request_id))
         if hcm.via:
