@@ -620,6 +620,26 @@ class Stream:
         access log see the new value; the route stays the one chosen before the filters."""
         self.authority = value
 
+    def rewrite_request(self, method: bytes, path: bytes, body: bytes | None, rematch: bool) -> None:
+        """A filter turns the request into another before it is routed (Envoy's gRPC-JSON transcoder): a new method
+        and path, the client's kept in x-envoy-original-method and x-envoy-original-path, and for a request that came
+        without a body, `body` (sent with its length). With `rematch` the route is chosen again for the new request
+        (Envoy's clearRouteCache); a filter that transforms a body the client sends uses `decode_body` instead."""
+        self.edit_request_header("set", b"x-envoy-original-path", self.path)
+        self.edit_request_header("set", b"x-envoy-original-method", self.method)
+        self.method, self.path = method, path
+        path_text = path.decode("utf-8", "surrogateescape")
+        if self.resume is not None:  # the router's call, bound to the path the request came with
+            forward, xff, xfp = self.resume.args[:3]
+            self.resume = partial(self._route, forward, xff, xfp, path, path_text)
+        if body is not None:
+            self.waiting_body = [body]
+            self.req_length = self.body_size = len(body)
+        if rematch:
+            self.route = self.hcm.route_table.match(self.authority.decode("latin-1"), path_text,
+                                                    HeaderList(self.headers), method.decode("latin-1"),
+                                                    self.conn.scheme.decode("latin-1"))
+
     def respond_from_filter(self, status: int, body: bytes, headers: list[tuple[bytes, bytes]],
                             details: str = "python_response", content_type: bytes = b"text/plain") -> None:
         """A filter answers the request itself (Envoy's Lua `respond()`, CORS's preflight answer): the upstream is

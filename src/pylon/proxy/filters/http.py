@@ -50,6 +50,10 @@ chunked trailers carried with `enable_trailers` on the HCM and the cluster):
   without trailers calls neither (HTTP/1.1 can only carry trailers after a
   chunked body, so none are added to one that has none).
 
+A filter may turn the request into another before it is routed (`stream.rewrite_request(method, path, body,
+rematch)`: the gRPC-JSON transcoder's new method and path, a body for a request that came without one, and the
+route chosen again), or replace its Host (`stream.set_authority`).
+
 Without filters besides the router, a stream does none of this (no cost).
 """
 
