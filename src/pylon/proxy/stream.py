@@ -28,7 +28,8 @@ from pylon.proxy.http.h1_client import Http1RequestEncoder
 from pylon.proxy.http1 import HOP_BY_HOP, without_nominated
 from pylon.proxy.mirror import Shadow, start_shadows
 from pylon.proxy.path import PathRejected, normalized_target
-from pylon.proxy.router import first_query_values
+from pylon.proxy.grpc_local_reply import trailers_only_headers
+from pylon.proxy.router import first_query_values, is_grpc_request
 from pylon.proxy.stream_states import (RQ_DONE, RQ_HEADERS, RS_DONE, RS_HELD, RS_NOT_STARTED, RS_RESET, RS_SENDING,
                                        UP_AWAITING, UP_CONNECTING, UP_DONE, UP_IDLE, UP_RECEIVING, UP_RESET,
                                        UP_SENDING, UP_UPGRADED)
@@ -1368,16 +1369,24 @@ class Stream:
             headers.append((b"x-request-id", self.request_id))
         if hcm.via:
             headers = _with_via(headers, hcm.via)
+        grpc = is_grpc_request(self.headers)
+        if grpc:  # a gRPC client reads the outcome from grpc-status: Envoy's trailers-only reply, HTTP 200
+            headers = trailers_only_headers(status, body, headers, head_request=self.is_head)
+            status = self.status = 200
         self.local_reply = True  # before the encoders: the ones that only transform relayed responses can tell
         if hcm.encoder_filters:
             headers = self.encode_headers(status, headers)  # Envoy's local replies pass the encoders too
-        if hcm.body_encoders and not self.is_head:
-            edited = HeaderList(headers)
-            body = self._filtered_response_body(status, edited, body)
-            headers = edited.items
-        self.bytes_sent = len(body)
-        self.encoder.encode_local_reply(status, body, close=close, content_type=content_type, headers=headers,
-                                        head_request=self.is_head)
+        if grpc:  # the head ends the stream: no body filters, nothing counted as sent (as Envoy's access log)
+            self.bytes_sent = 0
+            self.encoder.encode_trailers_only(headers, close=close, head_request=self.is_head)
+        else:
+            if hcm.body_encoders and not self.is_head:
+                edited = HeaderList(headers)
+                body = self._filtered_response_body(status, edited, body)
+                headers = edited.items
+            self.bytes_sent = len(body)
+            self.encoder.encode_local_reply(status, body, close=close, content_type=content_type, headers=headers,
+                                            head_request=self.is_head)
         self.conn.flush_output()
         self._end_attempt(abandon=True)
         self._finish(close=close)

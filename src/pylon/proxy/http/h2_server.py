@@ -165,3 +165,14 @@ class Http2ResponseEncoder:
             self.session.send_data(self.stream_id, body, end_stream=True)
         self.ended = True
         self.out.append(b"")
+
+    def encode_trailers_only(self, headers: Headers, *, close: bool, head_request: bool = False) -> None:
+        """A gRPC local reply: one HEADERS frame with END_STREAM, :status 200 and grpc-status among `headers`."""
+        if self.ended:
+            return
+        sent = [(b":status", b"200")]
+        sent += [pair for pair in headers if pair[0] not in CONNECTION_SPECIFIC]
+        sent += [(b"date", HTTP_DATE.now()), (b"server", self.server_name)]
+        self.session.send_response(self.stream_id, sent, end_stream=True)
+        self.ended = True
+        self.out.append(b"")
