@@ -37,3 +37,8 @@ def test_a_grpc_status_set_by_the_reply_is_kept_and_an_empty_body_has_no_message
 def test_a_head_request_gets_no_message() -> None:
     out = trailers_only_headers(503, b"no healthy upstream", [], head_request=True)
     assert out == [(b"content-type", b"application/grpc"), (b"grpc-status", b"14")]
+
+
+def test_a_reply_that_names_its_grpc_status_keeps_it() -> None:  # max_stream_duration's DEADLINE_EXCEEDED
+    out = trailers_only_headers(504, b"downstream duration timeout", [], head_request=False, grpc_status=4)
+    assert (b"grpc-status", b"4") in out

@@ -42,16 +42,18 @@ def percent_encode(message: bytes) -> bytes:
 
 
 def trailers_only_headers(status: int, body: bytes, headers: list[tuple[bytes, bytes]], *,
-                          head_request: bool) -> list[tuple[bytes, bytes]]:
+                          head_request: bool, grpc_status: int | None = None) -> list[tuple[bytes, bytes]]:
     """The head of the trailers-only reply that replaces a local reply of `status` with `body`.
 
     `headers` are the reply's own (a route's response_headers_to_add, a redirect's location, a filter's): they come
     first, as in Envoy, less any content-type and content-length; a grpc-status among them is kept as it is.
+    `grpc_status`: the one the reply itself names (Envoy's sendLocalReply argument), else mapped from `status`.
     """
     out = [pair for pair in headers if pair[0] != b"content-type" and pair[0] != b"content-length"]
     out.append((b"content-type", CONTENT_TYPE))
     if not any(name == b"grpc-status" for name, _ in out):
-        out.append((b"grpc-status", b"%d" % http_to_grpc_status(status)))
+        code = grpc_status if grpc_status is not None else http_to_grpc_status(status)
+        out.append((b"grpc-status", b"%d" % code))
     if body and not head_request:
         out.append((b"grpc-message", percent_encode(body)))
     return out
