@@ -632,7 +632,8 @@ class Stream:
             wanting = [f for f in hcm.data_decoders if f.wants_request_data(self)]
             if wanting:
                 self.request_data_filters = wanting
-                chunked = True  # pieces may change size: the client's length no longer holds
+                # pieces may change size: the client's length no longer holds (unless every filter only reads)
+                chunked = chunked or not all(getattr(f, "keeps_length", False) for f in wanting)
                 self._filter_waiting_body()
                 if self.rs_state >= RS_DONE:
                     return
@@ -938,7 +939,8 @@ class Stream:
             wanting = [f for f in hcm.data_encoders if f.wants_response_data(self)]
             if wanting:
                 self.response_data_filters = wanting
-                resp = [pair for pair in resp if pair[0] != b"content-length"]  # pieces may change size
+                if not all(getattr(f, "keeps_length", False) for f in wanting):  # pieces may change size
+                    resp = [pair for pair in resp if pair[0] != b"content-length"]
         self.resp_headers = resp
         extra = [(b"server", hcm.server_name)] if hcm.overwrite_server else []
         if self.set_cookie is not None:

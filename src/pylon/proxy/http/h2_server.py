@@ -125,7 +125,9 @@ class Http2ResponseEncoder:
         sent += [pair for pair in headers if pair[0] not in drop and pair[0] not in CONNECTION_SPECIFIC]
         if extra:
             sent += extra
-        end = head_request or status == 204 or status == 304
+        # A head that says no body follows ends the stream, as Envoy relays an HTTP/1.1 upstream's (a gRPC
+        # server's trailers-only answer: a client reads its grpc-status only from a HEADERS frame with END_STREAM)
+        end = head_request or status == 204 or status == 304 or (b"content-length", b"0") in sent
         self.session.send_response(self.stream_id, sent, end_stream=end)
         self.ended = end
         self.out.append(b"")
