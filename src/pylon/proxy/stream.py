@@ -137,7 +137,7 @@ class Stream:
         "resume", "filter_index", "filter_timer", "finish_callbacks", "header_edits", "upgrade_accepted", "client_rest",
         "tunnel_upstream", "upstream_local", "buffering_request", "held_response", "response_body", "set_cookie",
         "request_data_filters", "response_data_filters", "req_trailers", "resp_trailers", "span", "body_watch",
-        "shadows", "duration_deadline",
+        "shadows", "duration_deadline", "arrived_grpc",
     )
 
     def __init__(self, conn: "HttpConnection", now: float) -> None:
@@ -179,6 +179,8 @@ class Stream:
         self.try_deadline = 0.0  # the same for the current attempt's per_try_timeout
         self.upstream_deadline = 0.0  # ... and for its cluster's max_stream_duration (from when it got a connection)
         self.duration_deadline = 0.0  # max_stream_duration (the HCM's, or the route's), from the stream's start
+        # whether the request was gRPC as it arrived, once a filter changed its content-type (None: unchanged)
+        self.arrived_grpc: bool | None = None
         self.set_cookie: tuple[bytes, bytes, bytes] | None = None  # a hash policy's cookie made for this request
         # Filters transforming each body piece as it passes (None: none want this stream's; see filters/http.py).
         self.request_data_filters: list[Any] | None = None
@@ -531,6 +533,8 @@ class Stream:
     def edit_request_header(self, op: str, name: bytes, value: bytes = b"") -> None:
         """A filter sets (`set`), adds (`add`) or removes (`remove`) a request header: later filters and the
         access log see it at once, the upstream gets it. The route was chosen before the filters ran."""
+        if name == b"content-type" and self.arrived_grpc is None:
+            self.arrived_grpc = is_grpc_request(self.headers)
         self.headers = _edited(self.headers, [(op, name, value)])
         if self.header_edits is None:
             self.header_edits = []
@@ -1312,7 +1316,8 @@ class Stream:
             headers.append((b"x-request-id", self.request_id))
         if hcm.via:
             headers = _with_via(headers, hcm.via)
-        grpc = is_grpc_request(self.headers)
+        # Envoy decides by the request as it arrived (gRPC-Web made gRPC by its filter gets the plain reply)
+        grpc = is_grpc_request(self.headers) if self.arrived_grpc is None else self.arrived_grpc
         if grpc:  # a gRPC client reads the outcome from grpc-status: Envoy's trailers-only reply, HTTP 200
             headers = trailers_only_headers(status, body, headers, head_request=self.is_head, grpc_status=grpc_status)
             status = self.status = 200

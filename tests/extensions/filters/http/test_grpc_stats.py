@@ -8,7 +8,7 @@ import pytest
 
 from pylon.config.errors import ConfigError
 from pylon.config.loader import parse_bootstrap
-from pylon.extensions.filters.http.grpc_stats import service_and_method
+from pylon.extensions.filters.common.grpc_call_stats import service_and_method
 from tests.proxy.conftest import http_listener, route, static_cluster
 
 TYPE = "type.googleapis.com/envoy.extensions.filters.http.grpc_stats.v3.FilterConfig"

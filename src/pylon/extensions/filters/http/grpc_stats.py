@@ -23,12 +23,12 @@ from typing import Any, NamedTuple
 from pylon.config import registry
 from pylon.config.envoy import EnvoyStruct, NonEmptyStr
 from pylon.config.errors import FieldError
+from pylon.extensions.filters.common.grpc_call_stats import charge_status, service_and_method
 from pylon.extensions.filters.common.grpc_frames import FrameCounter
 from pylon.proxy.filters.http import register_filter
 from pylon.proxy.router import is_grpc_request
 
 TYPE_URL = "type.googleapis.com/envoy.extensions.filters.http.grpc_stats.v3.FilterConfig"
-_STATUS_NAMES = frozenset(b"%d" % code for code in range(17))
 
 
 class GrpcService(EnvoyStruct, kw_only=True):
@@ -63,14 +63,6 @@ class FilterConfig(EnvoyStruct, kw_only=True):
         if self.emit_filter_state:
             raise FieldError("emit_filter_state", "not supported: pylon's access log has no %FILTER_STATE% to "
                                                   "read the message counts from")
-
-
-def service_and_method(path: bytes) -> tuple[str, str] | None:
-    """A gRPC path's (service, method): exactly two non-empty segments before any query, as Envoy reads it."""
-    parts = [part for part in path.split(b"?", 1)[0].split(b"/") if part]
-    if len(parts) != 2:
-        return None
-    return parts[0].decode("latin-1"), parts[1].decode("latin-1")
 
 
 class _Call:
@@ -168,10 +160,7 @@ class GrpcStatsFilter:
             counter(prefix + "response_message_count").inc(call.response.count)
         if call.status is None:
             return
-        code = call.status.decode("latin-1") if call.status in _STATUS_NAMES else "other"
-        counter(prefix + code).inc()
-        counter(prefix + ("success" if call.status == b"0" else "failure")).inc()
-        counter(prefix + "total").inc()
+        charge_status(counter, prefix, call.status)
         if self.upstream_stats and call.upstream:
             elapsed = stream.conn.loop_time() - stream.attempt_start
             self.stats.histogram(prefix + "upstream_rq_time").record(elapsed * 1000)
