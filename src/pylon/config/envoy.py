@@ -796,6 +796,17 @@ class ClusterSpecifierPlugin(EnvoyStruct, kw_only=True):
     is_optional: bool = False
 
 
+class RouteMaxStreamDuration(EnvoyStruct, kw_only=True):
+    """RouteAction.MaxStreamDuration: Envoy's newer route timeouts (the route's `timeout` and max_grpc_timeout
+    then no longer apply; see proxy/grpc_timeout.py)."""
+
+    max_stream_duration: Duration | None = None
+    #: set: a request's `grpc-timeout`, capped by this (0: no cap), limits the stream instead
+    grpc_timeout_header_max: Duration | None = None
+    #: taken off the grpc-timeout (down to 0) when grpc_timeout_header_max is set
+    grpc_timeout_header_offset: Duration | None = None
+
+
 class RouteAction(EnvoyStruct, kw_only=True):
     cluster: NonEmptyStr | None = None
     weighted_clusters: WeightedCluster | None = None
@@ -813,6 +824,7 @@ class RouteAction(EnvoyStruct, kw_only=True):
     max_grpc_timeout: Duration | None = None
     #: subtracted from `grpc-timeout` when smaller than it (only with max_grpc_timeout, as in Envoy)
     grpc_timeout_offset: Duration | None = None
+    max_stream_duration: RouteMaxStreamDuration | None = None
     #: deprecated in Envoy (the CORS filter's per-route config replaces it) but still honoured by its filter
     cors: CorsPolicy | None = None
     request_mirror_policies: list[RequestMirrorPolicy] = []

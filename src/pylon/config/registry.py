@@ -104,6 +104,8 @@ EXTENSION_MODULES: Mapping[str, Mapping[str, str]] = MappingProxyType(
                 "pylon.extensions.filters.http.grpc_http1_bridge",
             "envoy.extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder":
                 "pylon.extensions.filters.http.grpc_json_transcoder",
+            "envoy.extensions.filters.http.grpc_stats.v3.FilterConfig": "pylon.extensions.filters.http.grpc_stats",
+            "envoy.extensions.filters.http.grpc_web.v3.GrpcWeb": "pylon.extensions.filters.http.grpc_web",
             "envoy.extensions.filters.http.health_check.v3.HealthCheck": "pylon.extensions.filters.http.health_check",
             "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit":
                 "pylon.extensions.filters.http.local_ratelimit",

@@ -16,6 +16,9 @@ class LocalReply(NamedTuple):
     flag: str
     body: bytes
     details: str
+    #: the grpc-status a gRPC request's reply carries instead of the one mapped from `status` (Envoy passes one
+    #: for a few replies, e.g. DEADLINE_EXCEEDED for max_stream_duration)
+    grpc_status: int | None = None
 
 
 _RESET_BEFORE_HEADERS = b"upstream connect error or disconnect/reset before headers. reset reason: "
@@ -39,7 +42,7 @@ REQUEST_HEADER_TIMEOUT = LocalReply(408, "-", b"request header timeout", "reques
 LOW_VERSION = LocalReply(426, "DPE", b"Upgrade Required", "low_version")
 INVALID_AUTHORITY = LocalReply(400, "DPE", b"Bad Request", "http.invalid_authority")
 PATH_NORMALIZATION_FAILED = LocalReply(400, "-", b"", "path_normalization_failed")
-MAX_DURATION_TIMEOUT = LocalReply(504, "-", b"downstream duration timeout", "max_duration_timeout")
+MAX_DURATION_TIMEOUT = LocalReply(504, "-", b"downstream duration timeout", "max_duration_timeout", grpc_status=4)
 REQUEST_TIMEOUT = LocalReply(408, "-", b"request timeout", "request_overall_timeout")
 STREAM_IDLE_TIMEOUT = LocalReply(504, "SI", b"stream timeout", "stream_idle_timeout")
 STREAM_IDLE_TIMEOUT_CLIENT = LocalReply(408, "SI", b"stream timeout", "stream_idle_timeout")

@@ -71,6 +71,7 @@ from typing import TYPE_CHECKING, Any, Callable, Literal, NamedTuple, Sequence
 from pylon.config.datasource import read_bytes
 from pylon.config.envoy import GRPC_RETRY_ON
 from pylon.proxy.cluster_specifier import build_picker
+from pylon.proxy.grpc_timeout import StreamDuration
 from pylon.proxy.headers import HeaderList, HeaderOps, compile_header_level
 from pylon.regex import PatternSet, Regex, RegexEngine, get_engine
 
@@ -464,7 +465,7 @@ class MatchedRoute:
 
     __slots__ = (
         "name", "virtual_host_name", "kind", "cluster", "timeout", "idle_timeout", "retry",
-        "expected_timeout_header", "attempt_count", "grpc_timeout",
+        "expected_timeout_header", "attempt_count", "grpc_timeout", "stream_duration",
         "hash_policies", "host_rewrite", "direct_status", "direct_body", "redirect_status",
         "request_header_ops", "response_header_ops", "rewrites", "_matched_len",
         "_prefix_rewrite", "_regex_rewrite", "_substitution", "_weights", "_cumulative",
@@ -490,6 +491,8 @@ class MatchedRoute:
         #: (max_grpc_timeout or None for no cap, grpc_timeout_offset) in milliseconds, as Envoy counts them,
         #: when max_grpc_timeout is set; None: the grpc-timeout header is not read
         self.grpc_timeout: tuple[int | None, int] | None = None
+        #: RouteAction.max_stream_duration (then `timeout` is None and grpc_timeout unset, as Envoy's new timeouts)
+        self.stream_duration: StreamDuration | None = None
         self.hash_policies: tuple[HashSource, ...] | None = None  # where a hashing balancer's key comes from
         self.host_rewrite: bytes | None = None
         self.direct_status = 0
@@ -940,6 +943,9 @@ class RouteTable:
         route.timeout = float(action.timeout) or None  # Envoy: 0 disables the timeout (default 15s)
         route.idle_timeout = None if action.idle_timeout is None else float(action.idle_timeout)
         route.retry = RetryRule(action.retry_policy) if action.retry_policy is not None else vh_retry
+        if action.max_stream_duration is not None:
+            route.stream_duration = StreamDuration.of(action.max_stream_duration)
+            route.timeout = None
         # Envoy announces the per-try timeout when it is the tighter bound, else the route timeout.
         expected = route.timeout
         per_try = route.retry.per_try_timeout if route.retry is not None else None
@@ -947,7 +953,7 @@ class RouteTable:
             expected = per_try
         if expected is not None:
             route.expected_timeout_header = b"x-envoy-expected-rq-timeout-ms: %d\r\n" % round(expected * 1000)
-        if action.max_grpc_timeout is not None:
+        if action.max_grpc_timeout is not None and route.stream_duration is None:
             route.grpc_timeout = (round(action.max_grpc_timeout * 1000) or None,
                                   round((action.grpc_timeout_offset or 0) * 1000))
         if action.hash_policy:

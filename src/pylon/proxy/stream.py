@@ -28,7 +28,9 @@ from pylon.proxy.http.h1_client import Http1RequestEncoder
 from pylon.proxy.http1 import HOP_BY_HOP, without_nominated
 from pylon.proxy.mirror import Shadow, start_shadows
 from pylon.proxy.path import PathRejected, normalized_target
-from pylon.proxy.router import first_query_values
+from pylon.proxy.grpc_local_reply import trailers_only_headers
+from pylon.proxy.grpc_timeout import StreamDuration, announce_grpc_timeout, max_grpc_timeout_of, stream_duration_ms
+from pylon.proxy.router import first_query_values, is_grpc_request
 from pylon.proxy.stream_states import (RQ_DONE, RQ_HEADERS, RS_DONE, RS_HELD, RS_NOT_STARTED, RS_RESET, RS_SENDING,
                                        UP_AWAITING, UP_CONNECTING, UP_DONE, UP_IDLE, UP_RECEIVING, UP_RESET,
                                        UP_SENDING, UP_UPGRADED)
@@ -100,84 +102,6 @@ def _cookie_value(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | No
     return None
 
 
-def _grpc_timeout(cap_offset: tuple[int | None, int], headers: list[tuple[bytes, bytes]]) -> float | None:
-    """A gRPC request's route timeout under max_grpc_timeout, in seconds (0.0: none); None if not gRPC.
-
-    Envoy's order: the `grpc-timeout` header (absent or malformed: 0, infinity), minus
-    grpc_timeout_offset when the offset is smaller, then capped by max_grpc_timeout unless that is 0.
-    Milliseconds throughout, as Envoy counts them.
-    """
-    content_type = header_ms = None
-    for name, value in headers:
-        if name == b"content-type" and content_type is None:
-            content_type = value
-        elif name == b"grpc-timeout" and header_ms is None:
-            header_ms = _parse_grpc_timeout(value)
-    if content_type is None or not _is_grpc(content_type):
-        return None
-    cap_ms, offset_ms = cap_offset
-    timeout_ms = header_ms or 0
-    if offset_ms < timeout_ms:
-        timeout_ms -= offset_ms
-    if cap_ms is not None and (timeout_ms == 0 or timeout_ms > cap_ms):
-        timeout_ms = cap_ms
-    return timeout_ms / 1000
-
-
-def _is_grpc(content_type: bytes) -> bool:
-    """Envoy's gRPC content type test: `application/grpc`, alone or followed by `+` or `;`."""
-    return content_type.startswith(b"application/grpc") and content_type[16:17] in (b"", b"+", b";")
-
-
-#: grpc-timeout units as (numerator, denominator) of a millisecond, so rounding up stays exact
-_GRPC_UNIT_MS = {b"H": (3_600_000, 1), b"M": (60_000, 1), b"S": (1000, 1), b"m": (1, 1), b"u": (1, 1000),
-                 b"n": (1, 1_000_000)}
-_GRPC_TIMEOUT_MAX = 99_999_999  # gRPC: at most 8 digits
-
-
-def _parse_grpc_timeout(value: bytes) -> int | None:
-    """`grpc-timeout` (digits + unit) in whole milliseconds, rounded up as Envoy does; None if malformed."""
-    unit = _GRPC_UNIT_MS.get(value[-1:])
-    digits = value[:-1]
-    if unit is None or not digits.isdigit() or int(digits) > _GRPC_TIMEOUT_MAX:
-        return None
-    numerator, denominator = unit
-    return -(-int(digits) * numerator // denominator)
-
-
-def _format_grpc_timeout(ms: int) -> bytes:
-    """Envoy's toGrpcTimeout: milliseconds, else seconds, minutes, hours while over 8 digits (capped)."""
-    value, units = ms, b"mSMH"
-    i = 0
-    if value > _GRPC_TIMEOUT_MAX:
-        value //= 1000
-        i = 1
-        while value > _GRPC_TIMEOUT_MAX:
-            if i == 3:
-                value = _GRPC_TIMEOUT_MAX
-                break
-            value //= 60
-            i += 1
-    return b"%d%c" % (value, units[i])
-
-
-def _announce_grpc_timeout(forward: list[tuple[bytes, bytes]], timeout: float | None, route: "MatchedRoute"
-                           ) -> tuple[list[tuple[bytes, bytes]], bytes | None]:
-    """(headers, x-envoy-expected-rq-timeout-ms line) for a gRPC request under max_grpc_timeout.
-
-    As Envoy: the expected timeout is the per-try timeout when it is the tighter bound, else the
-    route's; when there is one, it also replaces the request's `grpc-timeout` so the upstream knows it.
-    """
-    per_try = route.retry.per_try_timeout if route.retry is not None else None
-    expected = per_try if per_try is not None and (timeout is None or per_try < timeout) else timeout
-    if not expected:
-        return forward, None
-    ms = round(expected * 1000)
-    forward = [p for p in forward if p[0] != b"grpc-timeout"]
-    forward.append((b"grpc-timeout", _format_grpc_timeout(ms)))
-    return forward, b"x-envoy-expected-rq-timeout-ms: %d\r\n" % ms
-
-
 def _edited(headers: list[tuple[bytes, bytes]], edits: list[tuple[str, bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     """`headers` with the filters' request header changes applied, in order."""
     edited = HeaderList(list(headers))
@@ -217,7 +141,7 @@ class Stream:
         "resume", "filter_index", "filter_timer", "finish_callbacks", "header_edits", "upgrade_accepted", "client_rest",
         "tunnel_upstream", "upstream_local", "buffering_request", "held_response", "response_body", "set_cookie",
         "request_data_filters", "response_data_filters", "req_trailers", "resp_trailers", "span", "body_watch",
-        "shadows", "health_check",
+        "shadows", "health_check", "duration_deadline", "arrived_grpc",
     )
 
     def __init__(self, conn: "HttpConnection", now: float) -> None:
@@ -258,6 +182,9 @@ class Stream:
         self.deadline = 0.0  # loop time at which the route timeout fires (0 = none); see HttpConnection.sweep
         self.try_deadline = 0.0  # the same for the current attempt's per_try_timeout
         self.upstream_deadline = 0.0  # ... and for its cluster's max_stream_duration (from when it got a connection)
+        self.duration_deadline = 0.0  # max_stream_duration (the HCM's, or the route's), from the stream's start
+        # whether the request was gRPC as it arrived, once a filter changed its content-type (None: unchanged)
+        self.arrived_grpc: bool | None = None
         self.set_cookie: tuple[bytes, bytes, bytes] | None = None  # a hash policy's cookie made for this request
         # Filters transforming each body piece as it passes (None: none want this stream's; see filters/http.py).
         self.request_data_filters: list[Any] | None = None
@@ -452,7 +379,8 @@ class Stream:
         if hcm.first_stream_timeout:
             self._arm(self.start + hcm.first_stream_timeout)
         if hcm.max_stream_duration:
-            self._arm(self.start + hcm.max_stream_duration)
+            self.duration_deadline = self.start + hcm.max_stream_duration
+            self._arm(self.duration_deadline)
         upgrade = b""
         if self.upgrade:
             upgrade = next((v for n, v in self.headers if n == b"upgrade"), b"")
@@ -610,6 +538,8 @@ class Stream:
     def edit_request_header(self, op: str, name: bytes, value: bytes = b"") -> None:
         """A filter sets (`set`), adds (`add`) or removes (`remove`) a request header: later filters and the
         access log see it at once, the upstream gets it. The route was chosen before the filters ran."""
+        if name == b"content-type" and self.arrived_grpc is None:
+            self.arrived_grpc = is_grpc_request(self.headers)
         self.headers = _edited(self.headers, [(op, name, value)])
         if self.header_edits is None:
             self.header_edits = []
@@ -711,11 +641,13 @@ class Stream:
             forward = headers.items
         self.timeout = route.timeout
         expected_header = route.expected_timeout_header
-        if route.grpc_timeout is not None:
-            grpc_timeout = _grpc_timeout(route.grpc_timeout, self.headers)
+        if route.stream_duration is not None:
+            forward = self._route_stream_duration(route.stream_duration, forward)
+        elif route.grpc_timeout is not None:
+            grpc_timeout = max_grpc_timeout_of(route.grpc_timeout, self.headers)
             if grpc_timeout is not None:
                 self.timeout = grpc_timeout or None
-                forward, expected_header = _announce_grpc_timeout(forward, self.timeout, route)
+                forward, expected_header = announce_grpc_timeout(forward, self.timeout, route)
         if hcm.tracer is not None:
             forward = hcm.tracer.start(self, forward, cluster_name, trace_status)
         if pseudo is not None and self.response_ops.reads_request:
@@ -729,7 +661,8 @@ class Stream:
             wanting = [f for f in hcm.data_decoders if f.wants_request_data(self)]
             if wanting:
                 self.request_data_filters = wanting
-                chunked = True  # pieces may change size: the client's length no longer holds
+                # pieces may change size: the client's length no longer holds (unless every filter only reads)
+                chunked = chunked or not all(getattr(f, "keeps_length", False) for f in wanting)
                 self._filter_waiting_body()
                 if self.rs_state >= RS_DONE:
                     return
@@ -992,8 +925,8 @@ class Stream:
         for due in (self.try_deadline, self.upstream_deadline):
             if due and (not following or due < following):
                 following = due
-        if hcm.max_stream_duration:
-            due = self.start + hcm.max_stream_duration
+        if self.duration_deadline:
+            due = self.duration_deadline
             if now >= due:
                 hcm.rq_max_duration.value += 1
                 self.on_max_duration()
@@ -1076,7 +1009,8 @@ class Stream:
             wanting = [f for f in hcm.data_encoders if f.wants_response_data(self)]
             if wanting:
                 self.response_data_filters = wanting
-                resp = [pair for pair in resp if pair[0] != b"content-length"]  # pieces may change size
+                if not all(getattr(f, "keeps_length", False) for f in wanting):  # pieces may change size
+                    resp = [pair for pair in resp if pair[0] != b"content-length"]
         self.resp_headers = resp
         extra = [(b"server", hcm.server_name)] if hcm.overwrite_server else []
         if self.set_cookie is not None:
@@ -1330,6 +1264,20 @@ class Stream:
             self.local(lr.UPSTREAM_MAX_STREAM_DURATION if self.rq_state == RQ_DONE
                        else lr.UPSTREAM_MAX_STREAM_DURATION_CLIENT)
 
+    def _route_stream_duration(self, rule: StreamDuration, forward: list[tuple[bytes, bytes]]
+                               ) -> list[tuple[bytes, bytes]]:
+        """The route's max_stream_duration replaces the HCM's limit (Envoy's refreshDurationTimeout); a gRPC
+        request's grpc-timeout upstream says what is left of it at the start. Returns the upstream headers."""
+        limit_ms, grpc_timeout = stream_duration_ms(rule, round(self.hcm.max_stream_duration * 1000), self.headers)
+        self.duration_deadline = 0.0 if limit_ms is None else self.start + limit_ms / 1000
+        if self.duration_deadline:
+            self._arm(self.duration_deadline)
+        if grpc_timeout is not None:
+            forward = [pair for pair in forward if pair[0] != b"grpc-timeout"]
+            if grpc_timeout:
+                forward.append((b"grpc-timeout", grpc_timeout))
+        return forward
+
     def on_max_duration(self) -> None:
         """max_stream_duration passed: Envoy answers 504 if it can, else resets the stream."""
         if self.rs_state >= RS_DONE:
@@ -1418,10 +1366,10 @@ class Stream:
         self.flags = reply.flag + ",URX" if reply.status >= 500 and self._retries_exhausted() else reply.flag
         self.details = reply.details
         self.status = reply.status
-        self._send_local(reply.status, reply.body, None)
+        self._send_local(reply.status, reply.body, None, grpc_status=reply.grpc_status)
 
     def _send_local(self, status: int, body: bytes, ops, *, content_type: bytes = b"text/plain",
-                    extra: list[tuple[bytes, bytes]] | None = None) -> None:
+                    extra: list[tuple[bytes, bytes]] | None = None, grpc_status: int | None = None) -> None:
         hcm = self.hcm
         body_pending = self.rq_state != RQ_DONE and bool(self.req_length or self.req_chunked)
         close = self.close_after or not self.keep_alive or body_pending or self.conn.draining \
@@ -1443,16 +1391,25 @@ class Stream:
             headers.append((b"x-request-id", self.request_id))
         if hcm.via:
             headers = _with_via(headers, hcm.via)
+        # Envoy decides by the request as it arrived (gRPC-Web made gRPC by its filter gets the plain reply)
+        grpc = is_grpc_request(self.headers) if self.arrived_grpc is None else self.arrived_grpc
+        if grpc:  # a gRPC client reads the outcome from grpc-status: Envoy's trailers-only reply, HTTP 200
+            headers = trailers_only_headers(status, body, headers, head_request=self.is_head, grpc_status=grpc_status)
+            status = self.status = 200
         self.local_reply = True  # before the encoders: the ones that only transform relayed responses can tell
         if hcm.encoder_filters:
             headers = self.encode_headers(status, headers)  # Envoy's local replies pass the encoders too
-        if hcm.body_encoders and not self.is_head:
-            edited = HeaderList(headers)
-            body = self._filtered_response_body(status, edited, body)
-            headers = edited.items
-        self.bytes_sent = len(body)
-        self.encoder.encode_local_reply(status, body, close=close, content_type=content_type, headers=headers,
-                                        head_request=self.is_head)
+        if grpc:  # the head ends the stream: no body filters, nothing counted as sent (as Envoy's access log)
+            self.bytes_sent = 0
+            self.encoder.encode_trailers_only(headers, close=close, head_request=self.is_head)
+        else:
+            if hcm.body_encoders and not self.is_head:
+                edited = HeaderList(headers)
+                body = self._filtered_response_body(status, edited, body)
+                headers = edited.items
+            self.bytes_sent = len(body)
+            self.encoder.encode_local_reply(status, body, close=close, content_type=content_type, headers=headers,
+                                            head_request=self.is_head)
         self.conn.flush_output()
         self._end_attempt(abandon=True)
         self._finish(close=close)

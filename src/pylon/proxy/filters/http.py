@@ -38,7 +38,9 @@ a stream without holding it:
   with a body) and `encode_data(stream, data, end_stream) -> bytes` (last
   filter first): the response goes out without its content-length (chunked,
   or to the end of the connection for HTTP/1.0). Data filters run before the
-  whole-body ones, which then see the transformed body.
+  whole-body ones, which then see the transformed body. A filter that only
+  reads the pieces and returns them as they came says so with a class
+  attribute `keeps_length = True`: then both lengths stay (grpc_stats).
 
 Filters may also see a message's trailers, where it has them (HTTP/1.1
 chunked trailers carried with `enable_trailers` on the HCM and the cluster):

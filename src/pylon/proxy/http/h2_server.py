@@ -128,7 +128,10 @@ class Http2ResponseEncoder:
         sent += [pair for pair in headers if pair[0] not in drop and pair[0] not in CONNECTION_SPECIFIC]
         if extra:
             sent += extra
-        end = head_request or status == 204 or status == 304 or self.headers_only
+        # A head that says no body follows ends the stream: an HTTP/2 upstream's head that ended its stream
+        # (headers_only), or a length of 0, as Envoy relays an HTTP/1.1 upstream's (a gRPC server's trailers-only
+        # answer: a client reads its grpc-status only from a HEADERS frame with END_STREAM)
+        end = head_request or status == 204 or status == 304 or self.headers_only or (b"content-length", b"0") in sent
         self.session.send_response(self.stream_id, sent, end_stream=end)
         self.ended = end
         self.out.append(b"")
@@ -166,5 +169,16 @@ class Http2ResponseEncoder:
         self.session.send_response(self.stream_id, sent, end_stream=not with_body)
         if with_body:
             self.session.send_data(self.stream_id, body, end_stream=True)
+        self.ended = True
+        self.out.append(b"")
+
+    def encode_trailers_only(self, headers: Headers, *, close: bool, head_request: bool = False) -> None:
+        """A gRPC local reply: one HEADERS frame with END_STREAM, :status 200 and grpc-status among `headers`."""
+        if self.ended:
+            return
+        sent = [(b":status", b"200")]
+        sent += [pair for pair in headers if pair[0] not in CONNECTION_SPECIFIC]
+        sent += [(b"date", HTTP_DATE.now()), (b"server", self.server_name)]
+        self.session.send_response(self.stream_id, sent, end_stream=True)
         self.ended = True
         self.out.append(b"")
