@@ -92,6 +92,7 @@ EXTENSION_MODULES: Mapping[str, Mapping[str, str]] = MappingProxyType(
             "envoy.extensions.network.connection_balance.dlb.v3alpha.Dlb": "pylon.proxy.balance.dlb",
         },
         HTTP_FILTER: {
+            "envoy.extensions.filters.http.buffer.v3.Buffer": "pylon.extensions.filters.http.buffer",
             "envoy.extensions.filters.http.compressor.v3.Compressor": "pylon.extensions.filters.http.compressor",
             "envoy.extensions.filters.http.cors.v3.Cors": "pylon.extensions.filters.http.cors",
             "envoy.extensions.filters.http.csrf.v3.CsrfPolicy": "pylon.extensions.filters.http.csrf",
@@ -110,6 +111,7 @@ EXTENSION_MODULES: Mapping[str, Mapping[str, str]] = MappingProxyType(
             "pylon.filters.http.v1.Python": "pylon.extensions.filters.http.python",
         },
         HTTP_FILTER_PER_ROUTE: {
+            "envoy.extensions.filters.http.buffer.v3.BufferPerRoute": "pylon.extensions.filters.http.buffer",
             "envoy.extensions.filters.http.compressor.v3.CompressorPerRoute":
                 "pylon.extensions.filters.http.compressor",
             "envoy.extensions.filters.http.cors.v3.CorsPolicy": "pylon.extensions.filters.http.cors",
