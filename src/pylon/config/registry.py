@@ -103,6 +103,8 @@ EXTENSION_MODULES: Mapping[str, Mapping[str, str]] = MappingProxyType(
             "envoy.extensions.filters.http.fault.v3.HTTPFault": "pylon.extensions.filters.http.fault",
             "envoy.extensions.filters.http.grpc_http1_bridge.v3.Config":
                 "pylon.extensions.filters.http.grpc_http1_bridge",
+            "envoy.extensions.filters.http.header_mutation.v3.HeaderMutation":
+                "pylon.extensions.filters.http.header_mutation",
             "envoy.extensions.filters.http.health_check.v3.HealthCheck": "pylon.extensions.filters.http.health_check",
             "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit":
                 "pylon.extensions.filters.http.local_ratelimit",
@@ -120,6 +122,8 @@ EXTENSION_MODULES: Mapping[str, Mapping[str, str]] = MappingProxyType(
                 "pylon.extensions.filters.http.dynamic_forward_proxy",
             "envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute": "pylon.extensions.filters.http.ext_authz",
             "envoy.extensions.filters.http.fault.v3.HTTPFault": "pylon.extensions.filters.http.fault",
+            "envoy.extensions.filters.http.header_mutation.v3.HeaderMutationPerRoute":
+                "pylon.extensions.filters.http.header_mutation",
             "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit":
                 "pylon.extensions.filters.http.local_ratelimit",
             "envoy.extensions.filters.http.lua.v3.LuaPerRoute": "pylon.extensions.filters.http.lua",
