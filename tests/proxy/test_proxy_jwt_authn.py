@@ -76,6 +76,9 @@ def config() -> dict[str, Any]:
         "fwd": {"issuer": "fwd", "local_jwks": {"inline_string": json.dumps(KEYS.jwks())}, "forward": True,
                 "from_headers": [{"name": "x-token", "value_prefix": "Tok "}], "from_params": ["tok"],
                 "from_cookies": ["jc"]},
+        "sub": {"issuer": "sub", "subjects": {"prefix": "spiffe://"},
+                "local_jwks": {"inline_string": json.dumps(KEYS.jwks())}, "jwt_cache_config": {"jwt_cache_size": 2}},
+        "life": {"issuer": "life", "max_lifetime": "100s", "local_jwks": {"inline_string": json.dumps(KEYS.jwks())}},
         "remote": {"issuer": "remote", "remote_jwks": {"http_uri": {"uri": "http://jwks.local/jwks",
                                                                     "cluster": "jwks", "timeout": "5s"},
                                                        "cache_duration": "300s"},
@@ -88,17 +91,23 @@ def config() -> dict[str, Any]:
         {"match": {"prefix": "/failed"}, "requires": {"allow_missing_or_failed": {}}},
         {"match": {"prefix": "/fwd"}, "requires": {"provider_name": "fwd"}},
         {"match": {"prefix": "/remote"}, "requires": {"provider_name": "remote"}},
+        {"match": {"prefix": "/sub"}, "requires": {"provider_name": "sub"}},
+        {"match": {"prefix": "/life"}, "requires": {"provider_name": "life"}},
+        {"match": {"prefix": "/any"},
+         "requires": {"requires_any": {"requirements": [{"provider_name": "sub"}, {"provider_name": "life"}]}}},
         {"match": {"prefix": "/aud"},
          "requires": {"provider_and_audiences": {"provider_name": "local", "audiences": ["other"]}}},
         {"match": {"prefix": "/"}, "requires": {"provider_name": "local"}},
     ]
-    return {"@type": JWT, "providers": providers, "rules": rules, "bypass_cors_preflight": True,
+    return {"@type": JWT, "providers": providers, "rules": rules, "bypass_cors_preflight": True, "stat_prefix": "sp",
             "requirement_map": {"both": {"requires_all": {"requirements": [{"provider_name": "local"},
                                                                            {"provider_name": "fwd"}]}}}}
 
 
 def listener(port: int, log: Path) -> dict[str, Any]:
     routes = [{**route("/off", "up"), "typed_per_filter_config": {NAME: {"@type": PER_ROUTE, "disabled": True}}},
+              {**route("/unknown", "up"),
+               "typed_per_filter_config": {NAME: {"@type": PER_ROUTE, "requirement_name": "nope"}}},
               {**route("/named", "up"),
                "typed_per_filter_config": {NAME: {"@type": PER_ROUTE, "requirement_name": "both"}}},
               route("/", "up")]
@@ -249,7 +258,7 @@ def test_cors_preflight_bypasses(setup: Setup) -> None:
     reply = httpx.options(f"http://127.0.0.1:{setup.port}/x", timeout=5,
                           headers={"origin": "http://a", "access-control-request-method": "GET"})
     assert reply.status_code == 200
-    assert setup.proxy.stats()["http.main.jwt_authn.cors_preflight_bypassed"] >= 1
+    assert setup.proxy.stats()["http.main.jwt_authn.sp.cors_preflight_bypassed"] >= 1
 
 
 def test_remote_jwks_is_fetched_once_and_kept(setup: Setup) -> None:
@@ -262,4 +271,61 @@ def test_remote_jwks_is_fetched_once_and_kept(setup: Setup) -> None:
     assert seen["headers"]["x-remote-payload"] == payload + "=" * (-len(payload) % 4)
     assert setup.jwks.fetches - before <= 1
     assert setup.get("/remote", KEYS.token({"iss": "remote"}, kid="rsa-remote"))[:2] == (401, b"Jwt verification fails")
-    assert setup.proxy.stats()["http.main.jwt_authn.jwks_fetch_success"] == 1
+    assert setup.proxy.stats()["http.main.jwt_authn.sp.jwks_fetch_success"] == 1
+
+
+def test_a_route_naming_no_requirement_is_403(setup: Setup) -> None:
+    body = b"Failed JWT authentication: Wrong requirement_name: nope. It should be one of [both]"
+    assert setup.get("/unknown", KEYS.token(claims())) == (403, body, None, None)
+    wanted = ("403", "jwt_authn_access_denied{Wrong_requirement_name:_nope._It_should_be_one_of_[both]}")
+    assert wait_until(lambda: wanted in {(str(line["code"]), line["details"])
+                                         for line in read_json_lines(setup.log, 0)}, timeout=10)
+
+
+@pytest.mark.parametrize("path", ["/x", "/off", "/public"])
+def test_a_clients_own_payload_and_claim_headers_never_reach_the_upstream(setup: Setup, path: str) -> None:
+    forged = {"x-jwt-payload": "forged", "x-sub": "root", "x-remote-payload": "forged", "x-other": "kept"}
+    token = KEYS.token(claims(sub=None)) if path == "/x" else None
+    status, _, _, seen = setup.get(path, token, headers=dict(forged))
+    assert status == 200 and seen is not None
+    headers = seen["headers"]
+    assert "x-sub" not in headers and "x-remote-payload" not in headers and headers["x-other"] == "kept"
+    assert headers.get("x-jwt-payload") == (token.split(".")[1] if token else None)
+
+
+def test_subjects_and_max_lifetime(setup: Setup) -> None:
+    now = int(time.time())
+    assert setup.get("/sub", KEYS.token({"iss": "sub", "sub": "spiffe://a"}))[0] == 200
+    assert setup.get("/sub", KEYS.token({"iss": "sub", "sub": "bob"}))[:2] == (401, b"Jwt verification fails")
+    assert setup.get("/sub", KEYS.token({"iss": "sub"}))[:2] == (401, b"Jwt verification fails")
+    assert setup.get("/life", KEYS.token({"iss": "life", "exp": now + 50}))[0] == 200
+    assert setup.get("/life", KEYS.token({"iss": "life", "iat": now - 1000, "exp": now + 50}))[0] == 200
+    assert setup.get("/life", KEYS.token({"iss": "life", "exp": now + 500}))[:2] == (401, b"Jwt verification fails")
+    assert setup.get("/life", KEYS.token({"iss": "life"}))[:2] == (401, b"Jwt verification fails")
+
+
+@pytest.mark.parametrize(("token_claims", "body"), [
+    ({"iss": "life", "exp": 10**10}, b"Jwt verification fails"),  # life's own failure over sub's unknown issuer
+    ({"iss": "elsewhere"}, b"Jwt issuer is not configured"),
+    (None, b"Jwt is missing"),
+])  # fmt: skip
+def test_requires_any_answers_envoys_pick_of_the_failures(setup: Setup, token_claims: dict | None,
+                                                            body: bytes) -> None:
+    token = KEYS.token(token_claims) if token_claims is not None else None
+    assert setup.get("/any", token)[:2] == (401, body)
+
+
+def test_with_jwt_cache_config_a_verified_token_is_cached(setup: Setup) -> None:
+    def hits() -> tuple[int, int]:
+        stats = setup.proxy.stats()
+        return stats["http.main.jwt_authn.sp.jwt_cache_hit"], stats["http.main.jwt_authn.sp.jwt_cache_miss"]
+
+    before = hits()
+    token = KEYS.token({"iss": "sub", "sub": f"spiffe://{time.monotonic_ns()}"})
+    assert [setup.get("/sub", token)[0] for _ in range(3)] == [200, 200, 200]
+    after = hits()
+    assert (after[0] - before[0], after[1] - before[1]) == (2, 1)
+    before = after
+    assert [setup.get("/x", KEYS.token(claims()))[0] for _ in range(2)] == [200, 200]  # no cache: misses only
+    after = hits()
+    assert (after[0] - before[0], after[1] - before[1]) == (0, 2)

@@ -98,9 +98,8 @@ LOCAL = {"local_jwks": {"inline_string": json.dumps(KEYS.jwks())}}
 
 
 @pytest.mark.parametrize(("config", "field"), [
-    ({"providers": {"p": {**LOCAL, "subjects": {"prefix": "a"}}}}, "subjects"),
-    ({"providers": {"p": {**LOCAL, "max_lifetime": "60s"}}}, "max_lifetime"),
-    ({"providers": {"p": {**LOCAL, "jwt_cache_config": {"jwt_cache_size": 5}}}}, "jwt_cache_config"),
+    ({"providers": {"p": {**LOCAL, "clear_route_cache": True}}}, "clear_route_cache"),
+    ({"providers": {"p": {**LOCAL, "header_in_metadata": "x"}}}, "header_in_metadata"),
     ({"providers": {"p": {**LOCAL, "payload_in_metadata": "x"}}}, "payload_in_metadata"),
     ({"providers": {"p": {"remote_jwks": {"http_uri": {"uri": "http://a/b", "cluster": "c", "timeout": "1s"},
                                           "async_fetch": {}}}}}, "async_fetch"),
@@ -111,7 +110,8 @@ LOCAL = {"local_jwks": {"inline_string": json.dumps(KEYS.jwks())}}
     ({"providers": {"p": LOCAL}, "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "q"}}]},
      "provider 'q'"),
     ({"providers": {"p": LOCAL}, "filter_state_rules": {"name": "x"}}, "filter_state_rules"),
-    ({"providers": {"p": LOCAL}, "stat_prefix": "x"}, "stat_prefix"),
+    ({"providers": {"p": LOCAL}, "strip_failure_response": True}, "strip_failure_response"),
+    ({"providers": {"p": LOCAL}, "rules": [{"match": {"prefix": "/"}, "requirement_name": "r"}]}, "requirement_name"),
     ({"providers": {"p": {**LOCAL, "unknown": 1}}}, "unknown"),
 ])  # fmt: skip
 def test_refused_by_name(config: dict, field: str) -> None:
@@ -131,3 +131,15 @@ def test_jwks_keys_must_be_keys() -> None:
         jv.parse_jwks(json.dumps({"keys": [{"kty": "XYZ"}]}))
     with pytest.raises(ValueError, match=r"keys\[0\]"):
         jv.parse_jwks(json.dumps({"keys": [{"kty": "RSA", "n": "AQAB"}]}))
+
+
+def test_a_cached_token_still_has_its_time_window_checked() -> None:
+    from pylon.extensions.filters.http.jwt_authn import JwtProvider, Outcome, Provider, Token, _verify_one
+
+    config = convert({**LOCAL, "issuer": "i", "jwt_cache_config": {}}, JwtProvider)
+    provider = Provider("p", config)
+    token = KEYS.token({"iss": "i", "exp": int(time.time()) - 3600})
+    provider.cache.put(jv.parse(token))  # as if verified while it was still valid
+    outcome = Outcome()
+    assert _verify_one(Token(token, None, frozenset({"i"})), provider, [provider], None, outcome) == jv.EXPIRED
+    assert (outcome.cache_hits, outcome.passed) == (1, [])
