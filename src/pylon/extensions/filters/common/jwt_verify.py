@@ -107,17 +107,23 @@ def _b64decode(segment: str) -> bytes:
 _B64URL = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 
 
+def _json_object(segment: str, bad_base64: str, bad_json: str) -> dict[str, Any]:
+    """A header or payload segment as the JSON object it must be, or JwtError with the part's own status."""
+    try:
+        value = json.loads(_b64decode(segment))
+    except (binascii.Error, ValueError) as exc:
+        raise JwtError(bad_json if isinstance(exc, json.JSONDecodeError) else bad_base64) from None
+    if not isinstance(value, dict):
+        raise JwtError(bad_json)
+    return value
+
+
 def parse(token: str) -> Jwt:
     """The token's parts, or JwtError with the status jwt_verify_lib gives a malformed one."""
     parts = token.split(".")
     if len(parts) != 3 or not all(parts):
         raise JwtError(BAD_FORMAT)
-    try:
-        header = json.loads(_b64decode(parts[0]))
-    except (binascii.Error, ValueError) as exc:
-        raise JwtError(HEADER_BAD_JSON if isinstance(exc, json.JSONDecodeError) else HEADER_BAD_BASE64) from None
-    if not isinstance(header, dict):
-        raise JwtError(HEADER_BAD_JSON)
+    header = _json_object(parts[0], HEADER_BAD_BASE64, HEADER_BAD_JSON)
     alg = header.get("alg")
     if not isinstance(alg, str):
         raise JwtError(HEADER_BAD_ALG)
@@ -126,12 +132,7 @@ def parse(token: str) -> Jwt:
     kid = header.get("kid", "")
     if not isinstance(kid, str):
         raise JwtError(HEADER_BAD_KID)
-    try:
-        claims = json.loads(_b64decode(parts[1]))
-    except (binascii.Error, ValueError) as exc:
-        raise JwtError(PAYLOAD_BAD_JSON if isinstance(exc, json.JSONDecodeError) else PAYLOAD_BAD_BASE64) from None
-    if not isinstance(claims, dict):
-        raise JwtError(PAYLOAD_BAD_JSON)
+    claims = _json_object(parts[1], PAYLOAD_BAD_BASE64, PAYLOAD_BAD_JSON)
     try:
         _b64decode(parts[2])
     except binascii.Error:
