@@ -2,8 +2,10 @@
 
 Why its own module: the jwt_authn filter decides what to check and when; this says whether one token passes
 against one provider's keys, and if not, which of Envoy's statuses it is (the client reads the status text in
-the 401 body, and the access log in the response details). Signatures are checked by joserfc (JWS with RSA
-PKCS#1 and PSS, ECDSA, EdDSA and HMAC keys from a JWKS); everything around them - the compact form, `alg`, the
+the 401 body, and the access log in the response details). Keys are imported and signatures checked by joserfc
+(its JWS algorithms: RSA PKCS#1 and PSS, ECDSA, EdDSA and HMAC), handed the signing input and signature parsed
+here once rather than the token, which it would parse again (measured: about a third of a verification's time);
+everything around them - the compact form, `alg`, the
 key choice by `kid` and `alg`, the time window with clock skew - follows jwt_verify_lib's order:
 
 1. the compact form (three non-empty base64url parts, JSON objects), `alg` one of Envoy's (`none` never is);
@@ -20,12 +22,13 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from joserfc import jws
 from joserfc.errors import JoseError
 from joserfc.jwk import Key, import_key
+from joserfc.jws import JWSRegistry
 
 MISSING = "Jwt is missing"
 BAD_FORMAT = "Jwt is not in the form of Header.Payload.Signature with two dots and 3 sections"
@@ -54,6 +57,9 @@ _KEY_TYPES = {
     "EdDSA": "OKP",
 }
 _CURVES = {"ES256": "P-256", "ES384": "P-384", "ES512": "P-521"}
+#: joserfc's implementation of each: the token is parsed once, here, and only its signature handed over
+_ALGORITHMS = {name: JWSRegistry.algorithms[name] for name in _KEY_TYPES}
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]+")
 
 
 class JwtError(Exception):
@@ -79,6 +85,8 @@ class Jwt(NamedTuple):
     claims: dict[str, Any]
     alg: str
     kid: str
+    signing_input: bytes
+    signature: bytes
 
     @property
     def issuer(self) -> str:
@@ -99,12 +107,9 @@ class Jwt(NamedTuple):
 
 
 def _b64decode(segment: str) -> bytes:
-    if not segment or any(c not in _B64URL for c in segment):
+    if _BASE64URL.fullmatch(segment) is None:
         raise binascii.Error("not base64url")
     return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
-
-
-_B64URL = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 
 
 def _json_object(segment: str, bad_base64: str, bad_json: str) -> dict[str, Any]:
@@ -134,10 +139,10 @@ def parse(token: str) -> Jwt:
         raise JwtError(HEADER_BAD_KID)
     claims = _json_object(parts[1], PAYLOAD_BAD_BASE64, PAYLOAD_BAD_JSON)
     try:
-        _b64decode(parts[2])
+        signature = _b64decode(parts[2])
     except binascii.Error:
         raise JwtError(SIGNATURE_BAD_BASE64) from None
-    return Jwt(token, header, parts[1], claims, alg, kid)
+    return Jwt(token, header, parts[1], claims, alg, kid, f"{parts[0]}.{parts[1]}".encode(), signature)
 
 
 def check_time(jwt: Jwt, now: int, clock_skew: int) -> None:
@@ -177,6 +182,7 @@ def parse_jwks(text: str) -> list[Jwk]:
 def verify_signature(jwt: Jwt, keys: Sequence[Jwk]) -> None:
     """Passes when a key that fits the token's kid and alg verifies its signature."""
     kty = _KEY_TYPES[jwt.alg]
+    algorithm = _ALGORITHMS[jwt.alg]
     fitted = False
     for jwk in keys:
         if jwt.kid and jwk.kid and jwk.kid != jwt.kid:
@@ -187,8 +193,8 @@ def verify_signature(jwt: Jwt, keys: Sequence[Jwk]) -> None:
             continue
         fitted = True
         try:
-            jws.deserialize_compact(jwt.token, jwk.key, algorithms=[jwt.alg])
-        except (JoseError, ValueError):
+            if algorithm.verify(jwt.signing_input, jwt.signature, jwk.key):
+                return
+        except (JoseError, ValueError, TypeError):
             continue
-        return
     raise JwtError(VERIFICATION_FAILS if fitted else KID_ALG_MISMATCH)
