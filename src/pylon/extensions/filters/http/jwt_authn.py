@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -244,7 +245,7 @@ class Token:
         self.value, self.header, self.issuers = value, header, issuers
 
 
-_TOKEN_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.=+/")
+_TOKEN = re.compile(r"[A-Za-z0-9\-_.=+/]+")
 
 
 def _after_prefix(value: str, prefix: str) -> str | None:
@@ -252,11 +253,8 @@ def _after_prefix(value: str, prefix: str) -> str | None:
     start = value.find(prefix) if prefix else 0
     if start < 0:
         return None
-    rest = value[start + len(prefix):]
-    end = 0
-    while end < len(rest) and rest[end] in _TOKEN_CHARS:
-        end += 1
-    return rest[:end] or None
+    found = _TOKEN.match(value, start + len(prefix))
+    return found.group() if found is not None else None
 
 
 def _cookies(headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
