@@ -69,6 +69,29 @@ def listener(name: str, port: int, wins: bool) -> dict[str, Any]:
     return result
 
 
+def param(key: str, value: str, action: str) -> dict[str, Any]:
+    return {"append": {"record": {"key": key, "value": value}, "action": action}}
+
+
+QUERY = [{"remove": "drop"}, param("a", "1", "APPEND_IF_EXISTS_OR_ADD"), param("b", "new", "OVERWRITE_IF_EXISTS_OR_ADD"),
+         param("c", "x y&z=/?é~*", "ADD_IF_ABSENT"), param("d", "%REQ(x-in)%", "OVERWRITE_IF_EXISTS"),
+         param("e", "v", "OVERWRITE_IF_EXISTS")]
+
+
+def query_listener(name: str, port: int, mutations: list[dict[str, Any]]) -> dict[str, Any]:
+    """The filter's query edits everywhere; on `/r` (prefix-rewritten) a level of its own after them."""
+    level = {NAME: {"@type": PER_ROUTE, "mutations": {
+        "query_parameter_mutations": [param("lvl", "r", "ADD_IF_ABSENT"), param("a", "2", "APPEND_IF_EXISTS_OR_ADD")],
+        "request_mutations": [append("x-lvl", "r")]}}}
+    routes = [{**route("/r", "up", prefix_rewrite="/rewritten"), "typed_per_filter_config": level}, route("/", "up")]
+    result = http_listener(name, port, routes)
+    hcm = result["filter_chains"][0]["filters"][0]["typed_config"]
+    hcm["http_filters"] = [{"name": NAME, "typed_config": {"@type": FILTER, "mutations": {
+                               "query_parameter_mutations": mutations}}},
+                           {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}]
+    return result
+
+
 class Setup:
     def __init__(self, ports: dict[str, int], upstream: Upstream) -> None:
         self.ports, self.upstream = ports, upstream
@@ -87,8 +110,10 @@ def setup(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     upstream = Upstream()
     launcher = ProxyLauncher(directory)
     try:
-        ports = {"main": free_port(), "wins": free_port()}
-        launcher.start([listener("main", ports["main"], False), listener("wins", ports["wins"], True)],
+        ports = {"main": free_port(), "wins": free_port(), "query": free_port(), "plain_query": free_port()}
+        launcher.start([listener("main", ports["main"], False), listener("wins", ports["wins"], True),
+                        query_listener("query", ports["query"], QUERY),
+                        query_listener("plain_query", ports["plain_query"], [param("a", "1", "APPEND_IF_EXISTS_OR_ADD")])],
                        [static_cluster("up", [upstream.port])], implementation=request.param)
         yield Setup(ports, upstream)
     finally:
@@ -133,3 +158,23 @@ def test_per_route_levels_in_envoys_order(setup: Setup, listener: str, order: li
     assert reply.headers.get_list("x-order") == order and reply.headers["x-level"] == order[-1]
     _, seen = setup.get(listener, "/other", [])  # no route-level config: the virtual host's and the table's
     assert values(seen, "x-order") == [level for level in order if level != "route"]
+
+
+ADDED = "a=1&b=new&c=x%20y%26z%3D%2F%3F%C3%A9%7E*"
+
+
+@pytest.mark.parametrize(("listener", "path", "upstream_path"), [
+    ("plain_query", "/r/x?y=1&a=0", "/rewritten/x?a=0&a=1&a=2&lvl=r&y=1"),  # the route's level after the filter's
+    ("plain_query", "/p?b=%2F&a=%7e", "/p?a=~&a=1&b=/"),
+    ("query", "/p?z=9&drop=1&b=old&b=old2&a=0", "/p?a=0&" + ADDED + "&z=9"),
+    ("query", "/p", "/p?" + ADDED),
+    ("query", "/p?c=keep&d=old", "/p?a=1&b=new&c=keep&d=IN%20v"),
+    ("query", "/p?k&=v&&x=", "/p?=v&=&" + ADDED + "&k=&x="),
+    ("query", "/p?z=a%2Fb%7e~*!'()$,;:@[]&q=%zz&%41=1", "/p?A=1&" + ADDED + "&q=%zz&z=a/b~~*!'()$,;:@[]"),
+    ("query", "/p?B=1&_=3&0=4&~=5&-=6&e=7", "/p?-=6&0=4&B=1&_=3&" + ADDED + "&e=v&~=5"),
+])  # fmt: skip
+def test_query_parameter_mutations(setup: Setup, listener: str, path: str, upstream_path: str) -> None:
+    before = len(setup.upstream.requests)
+    reply = httpx.get(f"http://127.0.0.1:{setup.ports[listener]}{path}", headers={"x-in": "IN v"}, timeout=5)
+    assert reply.status_code == 200
+    assert setup.upstream.requests[before]["path"] == upstream_path

@@ -617,6 +617,11 @@ class Stream:
         buffer filter's max_request_bytes), instead of the connection's buffer limit; beyond it, 413."""
         self.decoder_limit = limit
 
+    def set_path(self, value: bytes) -> None:
+        """A filter replaces the request's path (Envoy's setPath: header_mutation's query parameters): the upstream
+        request (after the route's rewrites) and the access log see it; the route stays the one chosen before."""
+        self.path = value
+
     def set_authority(self, value: bytes) -> None:
         """A filter replaces the request's Host/:authority (Envoy's setHost): the upstream request, auto_sni and the
         access log see the new value; the route stays the one chosen before the filters."""
@@ -652,6 +657,9 @@ class Stream:
         if route is None:
             hcm.no_route.value += 1
             return self.local(lr.NO_ROUTE)
+        if self.path is not url:  # a filter replaced it (set_path)
+            url = self.path
+            path_text = url.decode("utf-8", "surrogateescape")
         if route.idle_timeout:
             self._arm(self.start + route.idle_timeout)
         kind = route.kind

@@ -6,7 +6,9 @@ import msgspec
 import pytest
 
 from pylon.config.envoy import convert
-from pylon.extensions.filters.common.mutation_rules import HeaderMutation, HeaderMutations
+from pylon.extensions.filters.common.mutation_rules import (
+    HeaderMutation, HeaderMutations, KeyValueMutation, QueryParameterMutations,
+)
 from pylon.extensions.filters.http.header_mutation import HeaderMutationConfig
 from pylon.proxy.headers import HeaderList
 
@@ -26,7 +28,13 @@ def test_each_mutation_sees_what_the_earlier_ones_left() -> None:
 
 
 @pytest.mark.parametrize(("config", "field"), [
-    ({"mutations": {"query_parameter_mutations": [{"remove": "a"}]}}, "query_parameter_mutations"),
+    ({"mutations": {"query_parameter_mutations": [{"append": {"entry": {"key": "a", "value": "YQ=="}}}]}},
+     "No record specified"),
+    ({"mutations": {"query_parameter_mutations": [{"append": {"record": {"key": "a", "value": 1}}}]}},
+     "only a string value"),
+    ({"mutations": {"query_parameter_mutations": [{}]}}, "No mutation specified"),
+    ({"mutations": {"query_parameter_mutations": [{"append": {"record": {"key": "a", "value": "%START_TIME%"}}}]}},
+     "START_TIME"),
     ({"mutations": {"request_trailers_mutations": [{"remove": "a"}]}}, "request_trailers_mutations"),
     ({"mutations": {"response_trailers_mutations": [{"remove": "a"}]}}, "response_trailers_mutations"),
     ({"mutations": {"request_mutations": [{"remove": ":path"}]}}, "remove"),
@@ -39,3 +47,16 @@ def test_each_mutation_sees_what_the_earlier_ones_left() -> None:
 def test_refused_by_name(config: dict, field: str) -> None:
     with pytest.raises(msgspec.ValidationError, match=field):
         convert(config, HeaderMutationConfig)
+
+
+def test_query_parameters_sorted_decoded_and_appended_encoded() -> None:
+    edits = QueryParameterMutations(convert([
+        {"remove": "drop"},
+        {"append": {"record": {"key": "a", "value": "x y"}}},
+        {"append": {"record": {"key": "b", "value": "%REQ(x-in)%"}, "action": "OVERWRITE_IF_EXISTS"}},
+    ], list[KeyValueMutation]), "query_parameter_mutations")
+    lookup = {b"x-in": b"1/2"}.get
+    assert edits.apply(b"/p?z=%2F&drop=1&b=0&a=0", None, lookup) == b"/p?a=0&a=x%20y&b=1%2F2&z=/"
+    assert edits.apply(b"/p?drop=1", None, lookup) == b"/p?a=x%20y"
+    assert edits.apply(b"/p?q=%20x", None, lookup) == b"/p?a=x%20y&q=%20x"  # a decoded space would break the line
+    assert edits.apply(b"/p?x=a%26admin%3Dtrue", None, lookup) == b"/p?a=x%20y&x=a%26admin%3Dtrue"  # no smuggling
