@@ -141,7 +141,7 @@ class Stream:
         "resume", "filter_index", "filter_timer", "finish_callbacks", "header_edits", "upgrade_accepted", "client_rest",
         "tunnel_upstream", "upstream_local", "buffering_request", "held_response", "response_body", "set_cookie",
         "request_data_filters", "response_data_filters", "req_trailers", "resp_trailers", "span", "body_watch",
-        "shadows", "health_check", "duration_deadline", "arrived_grpc",
+        "shadows", "health_check", "duration_deadline", "arrived_grpc", "decoder_limit",
     )
 
     def __init__(self, conn: "HttpConnection", now: float) -> None:
@@ -225,6 +225,7 @@ class Stream:
         # Body filters (only when the HCM has some that want a body): the request waits whole before routing;
         # the response head and body wait whole before anything is sent downstream.
         self.buffering_request = False
+        self.decoder_limit = 0  # a filter's own limit on a request body buffered whole (0: the connection's)
         self.held_response: tuple[int, list[tuple[bytes, bytes]]] | None = None
         self.response_body: list[bytes] | None = None
         # Trailer fields after a chunked body, where the codecs carry them (enable_trailers; see h1_server.py).
@@ -267,12 +268,13 @@ class Stream:
                 self.body_watch()
                 if self.rs_state >= RS_DONE:
                     return
-            if self.buffering_request and self.body_size > self.hcm.buffer_limit:
+            if self.buffering_request and self.body_size > (self.decoder_limit or self.hcm.buffer_limit):
                 self.buffering_request = False
                 self.hcm.rq_too_large.value += 1
+                self.close_after = True  # Envoy answers mid-body, so its HTTP/1 codec closes (rest here or not)
                 self.local(lr.PAYLOAD_TOO_LARGE)  # a body filter wants it whole, and it does not fit
                 return
-            if self.body_buffer is None and not self.paused_downstream and \
+            if self.body_buffer is None and not self.paused_downstream and not self.buffering_request and \
                     sum(map(len, self.waiting_body)) > self.hcm.buffer_limit:
                 self.paused_downstream = True
                 self.conn.transport.pause_reading()
@@ -545,6 +547,16 @@ class Stream:
             self.header_edits = []
         self.header_edits.append((op, name, value))
 
+    def set_decoder_buffer_limit(self, limit: int) -> None:
+        """A filter sets how much of this request's body may be buffered whole (Envoy's setDecoderBufferLimit: the
+        buffer filter's max_request_bytes), instead of the connection's buffer limit; beyond it, 413."""
+        self.decoder_limit = limit
+
+    def set_path(self, value: bytes) -> None:
+        """A filter replaces the request's path (Envoy's setPath: header_mutation's query parameters): the upstream
+        request (after the route's rewrites) and the access log see it; the route stays the one chosen before."""
+        self.path = value
+
     def set_authority(self, value: bytes) -> None:
         """A filter replaces the request's Host/:authority (Envoy's setHost): the upstream request, auto_sni and the
         access log see the new value; the route stays the one chosen before the filters."""
@@ -600,6 +612,9 @@ class Stream:
         if route is None:
             hcm.no_route.value += 1
             return self.local(lr.NO_ROUTE)
+        if self.path is not url:  # a filter replaced it (set_path)
+            url = self.path
+            path_text = url.decode("utf-8", "surrogateescape")
         if route.idle_timeout:
             self._arm(self.start + route.idle_timeout)
         kind = route.kind
