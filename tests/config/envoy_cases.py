@@ -292,6 +292,42 @@ CASES: tuple[Case, ...] = (
          "settings"),
     Case("dfp-min-refresh-below-1s", _dfp(typed={"dns_cache_config": {"name": "dfp", "dns_min_refresh_rate": "0.5s"}}),
          f"{CLUSTER}.cluster_type.typed_config.dns_cache_config.dns_min_refresh_rate: must be at least 1s"),
+    # ---- subset load balancing
+    Case("subset-selectors", _cluster(lb_subset_config={
+        "fallback_policy": "DEFAULT_SUBSET", "default_subset": {"stage": "prod"}, "panic_mode_any": True,
+        "list_as_any": True, "locality_weight_aware": True, "subset_selectors": [
+            {"keys": ["version", "stage"], "fallback_policy": "KEYS_SUBSET", "fallback_keys_subset": ["version"]},
+            {"keys": ["stage"], "fallback_policy": "ANY_ENDPOINT"}]},
+        common_lb_config={"locality_weighted_lb_config": {}}), None),
+    Case("subset-locality-aware-without-weights", _cluster(lb_subset_config={
+        "locality_weight_aware": True, "subset_selectors": [{"keys": ["a"]}]}),
+         f"{CLUSTER}.lb_subset_config.locality_weight_aware: Locality weight aware subset LB requires that a "
+         "locality_weighted_lb_config be set"),
+    Case("subset-route-metadata-match", _route_action(metadata_match={"filter_metadata": {"envoy.lb": {"v": "1"}}}),
+         None),
+    Case("subset-weighted-metadata-match", _route(route={"weighted_clusters": {"clusters": [
+        {"name": "svc", "weight": 1, "metadata_match": {"filter_metadata": {"envoy.lb": {"v": 1}}}}]}}), None),
+    Case("subset-keys-not-in-selector", _cluster(lb_subset_config={"subset_selectors": [
+        {"keys": ["a", "b"], "fallback_policy": "KEYS_SUBSET", "fallback_keys_subset": ["c"]}]}),
+         f"{CLUSTER}.lb_subset_config.subset_selectors[0].fallback_keys_subset: fallback_keys_subset must be a "
+         "subset of selector keys"),
+    Case("subset-keys-equal", _cluster(lb_subset_config={"subset_selectors": [
+        {"keys": ["a", "b"], "fallback_policy": "KEYS_SUBSET", "fallback_keys_subset": ["b", "a"]}]}),
+         f"{CLUSTER}.lb_subset_config.subset_selectors[0].fallback_keys_subset: fallback_keys_subset cannot be "
+         "equal to keys"),
+    Case("subset-keys-empty", _cluster(lb_subset_config={"subset_selectors": [
+        {"keys": ["a"], "fallback_policy": "KEYS_SUBSET"}]}),
+         f"{CLUSTER}.lb_subset_config.subset_selectors[0].fallback_keys_subset: fallback_keys_subset cannot be empty"),
+    Case("subset-keys-without-keys-subset", _cluster(lb_subset_config={"subset_selectors": [
+        {"keys": ["a", "b"], "fallback_policy": "ANY_ENDPOINT", "fallback_keys_subset": ["a"]}]}),
+         f"{CLUSTER}.lb_subset_config.subset_selectors[0].fallback_keys_subset: fallback_keys_subset can be set "
+         "only for KEYS_SUBSET fallback_policy"),
+    Case("subset-cluster-provided", bootstrap(clusters=[{
+        "name": "svc", "type": "ORIGINAL_DST", "lb_policy": "CLUSTER_PROVIDED",
+        "lb_subset_config": {"subset_selectors": [{"keys": ["a"]}]}}]),
+         f"{CLUSTER}.lb_subset_config: LB policy CLUSTER_PROVIDED cannot be combined with lb_subset_config"),
+    Case("subset-redundant-keys-unknown", _cluster(lb_subset_config={"allow_redundant_keys": True}),
+         f"{CLUSTER}.lb_subset_config.allow_redundant_keys: unknown field"),
     # ---- nesting (protobuf's JSON parser stops at 100 levels)
     Case("nested-100", _nested(100), None),
     Case("nested-101", _nested(101), "node.metadata" + ".a" * 98 + ": nested more than 100 levels deep"),

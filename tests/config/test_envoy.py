@@ -565,8 +565,9 @@ def test_tcp_proxy_field_errors_name_the_field() -> None:
     assert tcp_error(weighted_clusters={"clusters": [{"name": "svc", "weight": 1}, {"name": "db", "weight": 1}]}) == (
         f"{base}.weighted_clusters.clusters[1].name: unknown cluster 'db'")
     assert tcp_error(weighted_clusters={"clusters": [{"name": "svc", "weight": 1, "metadata_match": {}}]}).startswith(
-        f"{base}.weighted_clusters.clusters[0].metadata_match: selects endpoints through the subset load balancer")
-    assert tcp_error(cluster="svc", metadata_match={}).startswith(f"{base}.metadata_match: selects endpoints")
+        f"{base}.weighted_clusters.clusters[0].metadata_match: tcp_proxy's metadata_match (subset load balancing per connection) is not "
+        "supported yet")
+    assert tcp_error(cluster="svc", metadata_match={}).startswith(f"{base}.metadata_match: tcp_proxy's metadata_match")
     assert tcp_error(cluster="svc", hash_policy=[{"filter_state": {"key": "k"}}]).startswith(
         f"{base}.hash_policy[0].filter_state: hashing a filter state object is not supported")
     assert tcp_error(cluster="svc", hash_policy=[{}]) == (

@@ -601,10 +601,11 @@ RETRY_ON_CONDITIONS = frozenset(
 class Metadata(EnvoyStruct, kw_only=True):
     """config.core.v3.Metadata: opaque data for filters, tracers and loggers.
 
-    pylon has nothing that reads metadata (no filter, tracer or access-log
-    operator takes it), so in pylon, as in Envoy without such readers, it only
-    rides along: accepting it changes no behaviour. `typed_filter_metadata` is
-    left out until something reads it (it is an error naming the field).
+    pylon reads two namespaces: `envoy.transport_socket_match` (an endpoint's
+    transport socket) and `envoy.lb` (an endpoint's subset values, a route's
+    `metadata_match`); the rest only rides along, as in Envoy without readers for
+    it. `typed_filter_metadata` is left out until something reads it (it is an
+    error naming the field).
     """
 
     filter_metadata: dict[str, dict[str, Any]] = {}
@@ -709,6 +710,8 @@ class HashPolicy(EnvoyStruct, kw_only=True):
 class ClusterWeight(_HeaderMutations, kw_only=True):
     name: NonEmptyStr
     weight: UInt32 | None = None
+    #: its `envoy.lb` values merged over the route's (these win), for a subset load balancer
+    metadata_match: Metadata | None = None
 
 
 class WeightedCluster(EnvoyStruct, kw_only=True):
@@ -829,6 +832,8 @@ class RouteAction(EnvoyStruct, kw_only=True):
     cors: CorsPolicy | None = None
     request_mirror_policies: list[RequestMirrorPolicy] = []
     upgrade_configs: list[RouteUpgradeConfig] = []
+    #: the `envoy.lb` values a subset load balancer picks the subset by (proxy/upstream/subset.py)
+    metadata_match: Metadata | None = None
 
     def __post_init__(self) -> None:
         _exactly_one(self, "cluster", "weighted_clusters", "cluster_specifier_plugin",
@@ -1373,8 +1378,8 @@ def _check_terminal_last(filters: list[_TypedExtension], field: str, what: str) 
             raise FieldError(f"{field}[{i}]", f"the last filter must be {what}, got {item.name}")
 
 
-_NO_SUBSET_LB = ("selects endpoints through the subset load balancer (the cluster's lb_subset_config), which pylon "
-                 "does not have; send to a cluster holding only those endpoints instead")
+_NO_SUBSET_LB = ("tcp_proxy's metadata_match (subset load balancing per connection) is not supported yet; HTTP "
+                 "routes' metadata_match is, or send to a cluster holding only those endpoints")
 
 
 class TcpClusterWeight(EnvoyStruct, kw_only=True):
@@ -1808,6 +1813,11 @@ class LbEndpoint(EnvoyStruct, kw_only=True):
         """What the cluster's transport_socket_matches are matched against (Istio: {tlsMode: istio})."""
         return self.metadata.filter_metadata.get(TRANSPORT_SOCKET_MATCH, {}) if self.metadata is not None else {}
 
+    @property
+    def lb_metadata(self) -> dict[str, Any]:
+        """What a subset load balancer groups the endpoint by (its `envoy.lb` metadata)."""
+        return self.metadata.filter_metadata.get(ENVOY_LB, {}) if self.metadata is not None else {}
+
     def __post_init__(self) -> None:
         if self.health_status == "DEGRADED":
             raise FieldError("health_status", "DEGRADED is not supported yet (Envoy uses degraded hosts only "
@@ -1930,6 +1940,64 @@ class CommonLbConfig(EnvoyStruct, kw_only=True):
     locality_weighted_lb_config: LocalityWeightedLbConfig | None = None
     #: needs the local cluster (cluster_manager.local_cluster_name), which pylon does not have
     zone_aware_lb_config: NotSupportedYet | None = None
+
+
+#: The metadata namespace the subset load balancer reads: endpoints' subset values, routes' match criteria.
+ENVOY_LB = "envoy.lb"
+
+
+class LbSubsetSelector(EnvoyStruct, kw_only=True):
+    """Cluster.LbSubsetConfig.LbSubsetSelector: the keys whose values split the hosts into subsets, and what a
+    request whose criteria have exactly these keys gets when no subset has its values."""
+
+    keys: list[str] = []
+    single_host_per_subset: bool = False
+    fallback_policy: Literal["NOT_DEFINED", "NO_FALLBACK", "ANY_ENDPOINT", "DEFAULT_SUBSET", "KEYS_SUBSET"] = (
+        "NOT_DEFINED")
+    fallback_keys_subset: list[str] = []
+
+    def __post_init__(self) -> None:
+        if self.single_host_per_subset:
+            raise FieldError("single_host_per_subset", "single-host subsets are not supported yet")
+        # Envoy's SubsetSelector checks, with its messages.
+        if self.fallback_policy != "KEYS_SUBSET":
+            if self.fallback_keys_subset:
+                raise FieldError("fallback_keys_subset",
+                                 "fallback_keys_subset can be set only for KEYS_SUBSET fallback_policy")
+            return
+        if not self.fallback_keys_subset:
+            raise FieldError("fallback_keys_subset", "fallback_keys_subset cannot be empty")
+        if not set(self.fallback_keys_subset) <= set(self.keys):
+            raise FieldError("fallback_keys_subset", "fallback_keys_subset must be a subset of selector keys")
+        if len(set(self.fallback_keys_subset)) == len(set(self.keys)):
+            raise FieldError("fallback_keys_subset", "fallback_keys_subset cannot be equal to keys")
+
+
+class LbSubsetConfig(EnvoyStruct, kw_only=True):
+    """Cluster.LbSubsetConfig: hosts grouped by their `envoy.lb` metadata, a route's `metadata_match` picking
+    the group (proxy/upstream/subset.py). Without selectors it does nothing, as in Envoy."""
+
+    fallback_policy: Literal["NO_FALLBACK", "ANY_ENDPOINT", "DEFAULT_SUBSET"] = "NO_FALLBACK"
+    default_subset: dict[str, Any] = {}
+    subset_selectors: list[LbSubsetSelector] = []
+    locality_weight_aware: bool = False
+    scale_locality_weight: bool = False
+    panic_mode_any: bool = False
+    list_as_any: bool = False
+    metadata_fallback_policy: Literal["METADATA_NO_FALLBACK", "FALLBACK_LIST"] = "METADATA_NO_FALLBACK"
+
+    def __post_init__(self) -> None:
+        if self.scale_locality_weight:
+            raise FieldError("scale_locality_weight", "scaling locality weights by a subset's share of each "
+                                                      "locality's hosts is not supported yet")
+        if self.metadata_fallback_policy == "FALLBACK_LIST":
+            raise FieldError("metadata_fallback_policy", "FALLBACK_LIST (a fallback_list in the request's "
+                                                         "metadata criteria) is not supported yet")
+
+    @property
+    def enabled(self) -> bool:
+        """Envoy's LoadBalancerSubsetInfo.isEnabled: only selectors make subsets."""
+        return bool(self.subset_selectors)
 
 
 RING_SIZE_MAX = 8 * 1024 * 1024
@@ -2184,6 +2252,7 @@ class Cluster(EnvoyStruct, kw_only=True):
     # ORIGINAL_DST: hosts unused for this long are dropped (Envoy's default 5 s).
     cleanup_interval: PositiveDuration = PositiveDuration(5)
     original_dst_lb_config: NotSupportedYet | None = None
+    lb_subset_config: LbSubsetConfig | None = None
 
     def __post_init__(self) -> None:
         self._resolve_protocol_options()
@@ -2199,6 +2268,17 @@ class Cluster(EnvoyStruct, kw_only=True):
             raise FieldError("common_lb_config.locality_weighted_lb_config",
                              f"locality weights with {self.lb_policy} are not supported yet (ROUND_ROBIN, "
                              "LEAST_REQUEST and RANDOM take them)")
+        self._check_subsets()
+
+    def _check_subsets(self) -> None:
+        subsets = self.lb_subset_config
+        if subsets is None or not subsets.enabled:
+            return
+        if self.lb_policy == "CLUSTER_PROVIDED":
+            raise FieldError("lb_subset_config", "LB policy CLUSTER_PROVIDED cannot be combined with lb_subset_config")
+        if subsets.locality_weight_aware and self.common_lb_config.locality_weighted_lb_config is None:
+            raise FieldError("lb_subset_config.locality_weight_aware", "Locality weight aware subset LB requires "
+                                                                       "that a locality_weighted_lb_config be set")
 
     @property
     def eds_service_name(self) -> str:

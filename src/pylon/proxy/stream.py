@@ -758,7 +758,8 @@ class Stream:
         policies = self.route.hash_policies
         key = self.hash_key(policies) if policies is not None else None
         if not cluster.provided:
-            host = cluster.choose_host(key)
+            host = (cluster.choose_host(key) if cluster.subsets is None
+                    else cluster.subsets.choose_matching(self.route.criteria_for(cluster.name), key))
         else:
             host = cluster.request_host(self)
             if host is PENDING:  # the cluster went to find it: it calls attempt_now when it knows
@@ -829,7 +830,9 @@ class Stream:
         for _ in range(self.route.retry.host_reselections):
             if host not in tried:
                 break
-            host = cluster.choose_host(key) or host
+            again = (cluster.choose_host(key) if cluster.subsets is None
+                     else cluster.subsets.choose_matching(self.route.criteria_for(cluster.name), key))
+            host = again or host
         return host
 
     def on_upstream_ready(self, conn: "UpstreamConnection") -> None:

@@ -37,7 +37,7 @@ from pylon.proxy.upstream.health import HealthChecker
 from pylon.proxy.upstream.host import Host, Placement, eds_health_flags, format_address
 from pylon.proxy.upstream.lb import create_load_balancer
 from pylon.proxy.upstream.outlier import OutlierDetector
-from pylon.proxy.upstream.priority import prioritized
+from pylon.proxy.upstream.subset import SubsetBalancer, cluster_balancer
 from pylon.proxy.upstream.tls_factory import UpstreamTls, matching_socket, socket_matches, transport_tls
 from pylon.stats.store import Counter, StatsStore
 
@@ -131,7 +131,9 @@ class Cluster:
 
         self.circuit_breakers = CircuitBreakers.from_config(config, stats, prefix)
 
-        self.lb = prioritized(lambda: create_load_balancer(config, rng), config, rng)
+        self.lb = cluster_balancer(config, lambda: create_load_balancer(config, rng), rng, stats, prefix)
+        # With lb_subset_config: the balancer that takes a route's metadata criteria (choose_matching).
+        self.subsets: SubsetBalancer | None = self.lb if isinstance(self.lb, SubsetBalancer) else None
         # The hot path's one call: the policy's own `choose`, bound directly (no wrapper frame).
         # None means no host at all; the data path answers 503 (UH) and bumps upstream_cx_none_healthy.
         self.choose_host: Callable[[bytes | None], Host | None] = self.lb.choose
@@ -183,8 +185,8 @@ class Cluster:
         else:
             self._dns = DnsRefresher(
                 self.name,
-                [DnsTarget(address[0], address[1], weight, flags, metadata, placement)
-                 for address, weight, _, flags, metadata, placement in endpoints],
+                [DnsTarget(address[0], address[1], weight, flags, metadata, placement, lb_metadata)
+                 for address, weight, _, flags, metadata, placement, lb_metadata in endpoints],
                 self._on_dns_update,
                 lookup_family=config.dns_lookup_family,
                 refresh_rate=float(config.dns_refresh_rate),
@@ -209,6 +211,7 @@ class Cluster:
             else:
                 host.weight = ep.weight
             host.placement = ep.placement
+            host.lb_metadata = ep.lb_metadata
             host.set_eds_flags(ep.eds_flags)
             host.socket = matching_socket(self.socket_matches, ep.socket_metadata) if self.socket_matches else -1
             new[ep.address] = host
@@ -386,10 +389,11 @@ class Cluster:
         }
 
 
-def assignment_endpoints(assignment: Any
-                         ) -> Iterable[tuple[tuple[str, int], int, str, int, Mapping[str, Any], Placement]]:
-    """((address, port), weight, hostname, health flags, transport socket metadata, placement) of every lb_endpoint
-    of a ClusterLoadAssignment (inline or from EDS): the fields of a `ResolvedEndpoint`."""
+def assignment_endpoints(assignment: Any) -> Iterable[
+        tuple[tuple[str, int], int, str, int, Mapping[str, Any], Placement, Mapping[str, Any]]]:
+    """((address, port), weight, hostname, health flags, transport socket metadata, placement, `envoy.lb`
+    metadata) of every lb_endpoint of a ClusterLoadAssignment (inline or from EDS): a `ResolvedEndpoint`'s
+    fields."""
     if assignment is None:
         return
     for i, locality in enumerate(assignment.endpoints):
@@ -401,7 +405,8 @@ def assignment_endpoints(assignment: Any
             endpoint = lb_endpoint.endpoint
             sock = endpoint.address.socket_address
             yield ((sock.address, sock.port_value), lb_endpoint.load_balancing_weight, endpoint.hostname,
-                   eds_health_flags(lb_endpoint.health_status), lb_endpoint.socket_match_metadata, placement)
+                   eds_health_flags(lb_endpoint.health_status), lb_endpoint.socket_match_metadata, placement,
+                   lb_endpoint.lb_metadata)
 
 
 #: A custom cluster type's factory: (config, stats, worker id, secrets, the worker's singletons) -> its Cluster.
