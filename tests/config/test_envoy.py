@@ -395,9 +395,9 @@ def test_append_and_append_action_together_is_an_error() -> None:
         ({"match": {"prefix": "/"}},
          "[0]", "exactly one of route, redirect, direct_response must be set"),
         ({"match": {"prefix": "/", "path": "/x"}, "route": {"cluster": "svc"}},
-         "[0].match", "exactly one of prefix, path, safe_regex must be set (got prefix, path)"),
+         "[0].match", "exactly one of prefix, path, safe_regex, connect_matcher must be set (got prefix, path)"),
         ({"match": {}, "route": {"cluster": "svc"}},
-         "[0].match", "exactly one of prefix, path, safe_regex must be set"),
+         "[0].match", "exactly one of prefix, path, safe_regex, connect_matcher must be set"),
         ({"match": {"prefix": "/", "headers": [{"name": "a", "exact_match": "x", "prefix_match": "y"}]},
           "route": {"cluster": "svc"}},
          "[0].match.headers[0]", "at most one of exact_match, safe_regex_match, present_match, prefix_match, "

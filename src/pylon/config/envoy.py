@@ -572,6 +572,10 @@ class GrpcRouteMatchOptions(EnvoyStruct, kw_only=True):
     """RouteMatch.grpc: no options in Envoy 1.40; its presence limits the route to gRPC requests."""
 
 
+class ConnectMatcher(EnvoyStruct, kw_only=True):
+    """RouteMatch.ConnectMatcher (no fields): the route takes CONNECT requests, and only them."""
+
+
 class RouteMatch(EnvoyStruct, kw_only=True):
     prefix: str | None = None
     path: str | None = None
@@ -581,9 +585,11 @@ class RouteMatch(EnvoyStruct, kw_only=True):
     query_parameters: list[QueryParameterMatcher] = []
     #: set: only gRPC requests match (POST with content-type application/grpc or application/grpc+...)
     grpc: GrpcRouteMatchOptions | None = None
+    #: set: only CONNECT requests match (they have no path, so no other path matcher takes them)
+    connect_matcher: ConnectMatcher | None = None
 
     def __post_init__(self) -> None:
-        _exactly_one(self, "prefix", "path", "safe_regex")
+        _exactly_one(self, "prefix", "path", "safe_regex", "connect_matcher")
 
 
 #: retry_on conditions Envoy evaluates on the response's `grpc-status` header, with the code each names.
@@ -772,17 +778,29 @@ class RequestMirrorPolicy(EnvoyStruct, kw_only=True):
             raise ValueError("exactly one of cluster or cluster_header in request mirror policy need to be specified")
 
 
+class ConnectConfig(EnvoyStruct, kw_only=True):
+    """RouteAction.UpgradeConfig.ConnectConfig: terminate CONNECT here, the payload going upstream as raw TCP."""
+
+    proxy_protocol_config: NotSupportedYet | None = None
+    allow_post: bool = False
+
+    def __post_init__(self) -> None:
+        if self.allow_post:
+            raise FieldError("allow_post", "not supported yet: a POST's body as a raw TCP payload (CONNECT "
+                                           "requests are terminated)")
+
+
 class RouteUpgradeConfig(EnvoyStruct, kw_only=True):
     """RouteAction.upgrade_configs[]: allow or forbid one upgrade type on this route, over the HCM's list."""
 
     upgrade_type: NonEmptyStr
     enabled: bool = True
-    connect_config: NotSupportedYet | None = None
+    #: set on a CONNECT upgrade: the proxy terminates the CONNECT (answers 200 and relays raw TCP to the host)
+    connect_config: ConnectConfig | None = None
 
     def __post_init__(self) -> None:
-        if self.upgrade_type.lower() == "connect":
-            raise FieldError("upgrade_type", "CONNECT is not supported yet (HTTP/1.1 Upgrade types such as "
-                                             "websocket are)")
+        if self.connect_config is not None and self.upgrade_type.lower() != "connect":
+            raise FieldError("connect_config", "only a CONNECT upgrade can be terminated (upgrade_type: CONNECT)")
 
 
 class ClusterSpecifierExtension(_TypedExtension, kw_only=True):
@@ -1047,16 +1065,11 @@ class Rds(EnvoyStruct, kw_only=True):
 
 
 class UpgradeConfig(EnvoyStruct, kw_only=True):
-    """HCM upgrade_configs[]: an HTTP/1.1 Upgrade (e.g. websocket) the connection manager tunnels."""
+    """HCM upgrade_configs[]: an HTTP/1.1 Upgrade (e.g. websocket) or CONNECT the connection manager tunnels."""
 
     upgrade_type: NonEmptyStr
     filters: NotSupportedYet | None = None
     enabled: bool = True
-
-    def __post_init__(self) -> None:
-        if self.upgrade_type.lower() == "connect":
-            raise FieldError("upgrade_type", "CONNECT is not supported yet (HTTP/1.1 Upgrade types such as "
-                                             "websocket are)")
 
 
 class SetCurrentClientCertDetails(EnvoyStruct, kw_only=True):

@@ -469,7 +469,7 @@ class MatchedRoute:
         "request_header_ops", "response_header_ops", "rewrites", "_matched_len",
         "_prefix_rewrite", "_regex_rewrite", "_substitution", "_weights", "_cumulative",
         "_total_weight", "_random", "_redirect", "_picker", "_cluster_ops", "filter_configs", "filter_levels",
-        "cors_policies", "decorator", "mirrors", "upgrades",
+        "cors_policies", "decorator", "mirrors", "upgrades", "connect_terminate",
     )
 
     def __init__(self) -> None:
@@ -527,6 +527,8 @@ class MatchedRoute:
         self.mirrors: tuple[MirrorRule, ...] = ()
         #: the route's upgrade_configs: lower-case upgrade type -> enabled; they override the HCM's list
         self.upgrades: dict[bytes, bool] = {}
+        #: a CONNECT upgrade with connect_config: the proxy answers the CONNECT and relays raw TCP (connect.py)
+        self.connect_terminate = False
 
     def __repr__(self) -> str:
         return f"MatchedRoute(name={self.name!r}, vhost={self.virtual_host_name!r}, kind={self.kind!r})"
@@ -899,6 +901,8 @@ class RouteTable:
 
     def _path_matcher(self, match: RouteMatch) -> tuple[int, Any, int]:
         """(kind, argument, matched prefix length or -1 for "the whole path") for `match`."""
+        if match.connect_matcher is not None:
+            return (_PATH, "", -1)  # a CONNECT's path is empty (the stream's), every other request's is not
         if match.prefix is not None:
             p = match.prefix
             return (_PREFIX, p, len(p)) if match.case_sensitive else (_PREFIX_CI, p.lower(), len(p))
@@ -955,8 +959,10 @@ class RouteTable:
         if action.request_mirror_policies:
             route.mirrors = tuple(MirrorRule(policy) for policy in action.request_mirror_policies)
         for upgrade in action.upgrade_configs:
-            # Envoy keeps the first entry of a type
-            route.upgrades.setdefault(upgrade.upgrade_type.lower().encode(), upgrade.enabled)
+            kind = upgrade.upgrade_type.lower().encode()
+            if kind not in route.upgrades:  # Envoy keeps the first entry of a type
+                route.upgrades[kind] = upgrade.enabled
+                route.connect_terminate |= upgrade.enabled and upgrade.connect_config is not None
         if action.host_rewrite_literal:
             route.host_rewrite = action.host_rewrite_literal.encode()
         if action.prefix_rewrite is not None:
