@@ -1313,6 +1313,29 @@ class TcpHashPolicy(EnvoyStruct, kw_only=True):
                                              "filter stores hashable filter state (use source_ip)")
 
 
+class TcpTunnelingConfig(EnvoyStruct, kw_only=True):
+    """TcpProxy.TunnelingConfig: each downstream connection's bytes go upstream inside one HTTP/1.1 CONNECT (or,
+    with use_post, a chunked POST), to a proxy that terminates it (see proxy/tcp_tunneling.py).
+
+    `hostname` and the `headers_to_add` values are substitution format strings (%DOWNSTREAM_LOCAL_PORT% ...),
+    as Envoy evaluates them per connection."""
+
+    hostname: NonEmptyStr
+    use_post: bool = False
+    post_path: str = ""
+    headers_to_add: Annotated[list[HeaderValueOption], msgspec.Meta(max_length=1000)] = []
+    propagate_response_headers: bool = False
+    propagate_response_trailers: bool = False
+    request_id_extension: NotSupportedYet | None = None
+
+    def __post_init__(self) -> None:
+        if self.post_path and not self.use_post:
+            raise FieldError("post_path", "Can't set a post path when POST method isn't used")
+        for name in ("propagate_response_headers", "propagate_response_trailers"):
+            if getattr(self, name):
+                raise FieldError(name, "not supported yet: pylon has no filter state for the response's headers")
+
+
 class TcpProxy(EnvoyStruct, kw_only=True):
     """extensions.filters.network.tcp_proxy.v3.TcpProxy: to one cluster, or to weighted clusters (one pick per
     downstream connection), with an optional source-IP hash and a maximum connection duration."""
@@ -1329,6 +1352,8 @@ class TcpProxy(EnvoyStruct, kw_only=True):
     max_downstream_connection_duration: AtLeastOneMs | None = None
     # Raises the duration by a random amount up to this share of it, per connection (ignored without a duration).
     max_downstream_connection_duration_jitter_percentage: Percent | None = None
+    #: set: the bytes go to the cluster inside an HTTP/1.1 CONNECT or POST (TCP over HTTP)
+    tunneling_config: TcpTunnelingConfig | None = None
 
     def __post_init__(self) -> None:
         _exactly_one(self, "cluster", "weighted_clusters")
