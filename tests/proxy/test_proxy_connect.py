@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import http.server
 import socket
-import socketserver
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -25,44 +24,37 @@ import pytest
 from tests.conftest import free_port
 from tests.proxy.conftest import (ProxyLauncher, RunningProxy, http_listener, json_access_log, raw_exchange,
                                   read_json_lines, route, static_cluster, wait_until)
+from tests.proxy.test_proxy_upgrade import read_until
+from tests.proxy.upstreams import TcpEcho
 
 CONNECT = b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n"
 TERMINATE = [{"upgrade_type": "CONNECT", "connect_config": {}}]
 CONNECT_ON = [{"upgrade_type": "CONNECT"}]
 
 
-class _Echo(socketserver.BaseRequestHandler):
-    """Echoes what it reads, prefixed with "echo:"; a CONNECT head is answered 200 first (the proxied case)."""
-
-    def handle(self) -> None:
-        sock: socket.socket = self.request
-        first = True
-        while chunk := sock.recv(4096):
-            if first and chunk.startswith(b"CONNECT "):
-                head, _, chunk = chunk.partition(b"\r\n\r\n")
-                self.server.heads.append(head)  # type: ignore[attr-defined]
-                sock.sendall(b"HTTP/1.1 200 Connection Established\r\nx-up: yes\r\n\r\n")
-            first = False
-            self.server.received.append(chunk)  # type: ignore[attr-defined]
-            if chunk == b"bye":
-                return  # the upstream ends the tunnel
-            if chunk:
-                sock.sendall(b"echo:" + chunk)
-
-
-class EchoServer(socketserver.ThreadingTCPServer):
-    daemon_threads = True
-    allow_reuse_address = True
+class EchoServer(TcpEcho):
+    """Echoes what it reads, prefixed with "echo:"; a CONNECT head is answered 200 first (the proxied case), and
+    "bye" ends the connection from the upstream's side."""
 
     def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Echo)
         self.heads: list[bytes] = []
         self.received: list[bytes] = []
-        threading.Thread(target=self.serve_forever, daemon=True).start()
+        super().__init__()
 
-    @property
-    def port(self) -> int:
-        return self.server_address[1]
+    def _echo(self, conn: socket.socket) -> None:  # type: ignore[override]
+        with conn:
+            first = True
+            while chunk := conn.recv(4096):
+                if first and chunk.startswith(b"CONNECT "):
+                    head, _, chunk = chunk.partition(b"\r\n\r\n")
+                    self.heads.append(head)
+                    conn.sendall(b"HTTP/1.1 200 Connection Established\r\nx-up: yes\r\n\r\n")
+                first = False
+                self.received.append(chunk)
+                if chunk == b"bye":
+                    return
+                if chunk:
+                    conn.sendall(b"echo:" + chunk)
 
 
 class _Hello(http.server.BaseHTTPRequestHandler):
@@ -86,16 +78,6 @@ class Setup:
 
     def log_lines(self, count: int) -> list[dict[str, Any]]:
         return read_json_lines(self.log, count, timeout=10)
-
-
-def read_until(sock: socket.socket, marker: bytes) -> bytes:
-    data = b""
-    while marker not in data:
-        chunk = sock.recv(4096)
-        if not chunk:
-            break
-        data += chunk
-    return data
 
 
 @pytest.fixture
@@ -126,9 +108,9 @@ def setup(implementation: str, tmp_path: Path) -> Iterator[Setup]:
         yield Setup(launcher.start(listeners, clusters, implementation=implementation), echo, log)
     finally:
         launcher.close()
-        for server in (echo, web):
-            server.shutdown()
-            server.server_close()
+        echo.close()
+        web.shutdown()
+        web.server_close()
 
 
 def test_curl_proxytunnel_reaches_the_clusters_host(setup: Setup) -> None:

@@ -11,8 +11,6 @@ refused tunnel closes the client's connection without relaying anything.
 from __future__ import annotations
 
 import socket
-import socketserver
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,52 +20,39 @@ import pytest
 from tests.conftest import free_port
 from tests.proxy.conftest import (ProxyLauncher, http_listener, json_access_log, raw_exchange, read_json_lines,
                                   static_cluster, tcp_listener, wait_until)
-from tests.proxy.test_proxy_connect import EchoServer, read_until
+from tests.proxy.test_proxy_connect import EchoServer
+from tests.proxy.test_proxy_upgrade import read_until
+from tests.proxy.upstreams import TcpEcho
 
 TERMINATE = {"match": {"connect_matcher": {}},
              "route": {"cluster": "echo", "upgrade_configs": [{"upgrade_type": "CONNECT", "connect_config": {}}]}}
 
 
-class _Recorder(socketserver.BaseRequestHandler):
-    """Records the request head; answers 200 and echoes (a head naming "refuse": 403 and close)."""
-
-    def handle(self) -> None:
-        sock: socket.socket = self.request
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = sock.recv(4096)
-            if not chunk:
-                return
-            data += chunk
-        head, _, rest = data.partition(b"\r\n\r\n")
-        self.server.heads.append(head)  # type: ignore[attr-defined]
-        if b"refuse" in head:
-            sock.sendall(b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n")
-            return
-        sock.sendall(b"HTTP/1.1 200 OK\r\n\r\nbanner")
-        received = [rest] if rest else []
-        try:
-            while chunk := sock.recv(4096):
-                received.append(chunk)
-                sock.sendall(b"echo:" + chunk)
-        except ConnectionResetError:
-            pass  # Envoy may end a POST tunnel with a reset once the client half-closed
-        self.server.bodies.append(b"".join(received))  # type: ignore[attr-defined]
-
-
-class Recorder(socketserver.ThreadingTCPServer):
-    daemon_threads = True
-    allow_reuse_address = True
+class Recorder(TcpEcho):
+    """Records each request head; answers 200 and echoes, recording what came after the head (a head naming
+    "refuse": 403 and close)."""
 
     def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Recorder)
         self.heads: list[bytes] = []
         self.bodies: list[bytes] = []
-        threading.Thread(target=self.serve_forever, daemon=True).start()
+        super().__init__()
 
-    @property
-    def port(self) -> int:
-        return self.server_address[1]
+    def _echo(self, conn: socket.socket) -> None:  # type: ignore[override]
+        with conn:
+            head, _, rest = read_until(conn, b"\r\n\r\n").partition(b"\r\n\r\n")
+            self.heads.append(head)
+            if b"refuse" in head:
+                conn.sendall(b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n")
+                return
+            conn.sendall(b"HTTP/1.1 200 OK\r\n\r\nbanner")
+            received = [rest] if rest else []
+            try:
+                while chunk := conn.recv(4096):
+                    received.append(chunk)
+                    conn.sendall(b"echo:" + chunk)
+            except ConnectionResetError:
+                pass  # Envoy may end a POST tunnel with a reset once the client half-closed
+            self.bodies.append(b"".join(received))
 
 
 def exchange(port: int, sends: list[bytes], marker: bytes, framing: bytes = b"%s") -> bytes:
@@ -88,9 +73,8 @@ def exchange(port: int, sends: list[bytes], marker: bytes, framing: bytes = b"%s
 def servers() -> Iterator[tuple[EchoServer, Recorder]]:
     echo, recorder = EchoServer(), Recorder()
     yield echo, recorder
-    for server in (echo, recorder):
-        server.shutdown()
-        server.server_close()
+    echo.close()
+    recorder.close()
 
 
 @pytest.mark.parametrize(("front", "back"), [("pylon", "pylon"), ("envoy", "envoy"), ("pylon", "envoy"),
