@@ -395,9 +395,9 @@ def test_append_and_append_action_together_is_an_error() -> None:
         ({"match": {"prefix": "/"}},
          "[0]", "exactly one of route, redirect, direct_response must be set"),
         ({"match": {"prefix": "/", "path": "/x"}, "route": {"cluster": "svc"}},
-         "[0].match", "exactly one of prefix, path, safe_regex must be set (got prefix, path)"),
+         "[0].match", "exactly one of prefix, path, safe_regex, connect_matcher must be set (got prefix, path)"),
         ({"match": {}, "route": {"cluster": "svc"}},
-         "[0].match", "exactly one of prefix, path, safe_regex must be set"),
+         "[0].match", "exactly one of prefix, path, safe_regex, connect_matcher must be set"),
         ({"match": {"prefix": "/", "headers": [{"name": "a", "exact_match": "x", "prefix_match": "y"}]},
           "route": {"cluster": "svc"}},
          "[0].match.headers[0]", "at most one of exact_match, safe_regex_match, present_match, prefix_match, "
@@ -576,7 +576,33 @@ def test_tcp_proxy_field_errors_name_the_field() -> None:
         f"{base}.hash_policy: Expected `array` of length <= 1")
     assert tcp_error(cluster="svc", max_downstream_connection_duration="0.0001s") == (
         f"{base}.max_downstream_connection_duration: must be at least 0.001s")
-    assert tcp_error(cluster="svc", tunneling_config={"hostname": "h"}) == f"{base}.tunneling_config: unknown field"
+    assert tcp_error(cluster="svc", tunneling_config={"hostname": "h", "post_path": "/p"}) == (
+        f"{base}.tunneling_config.post_path: Can't set a post path when POST method isn't used")  # Envoy's words
+    assert tcp_error(cluster="svc", tunneling_config={}) == f"{base}.tunneling_config.hostname: missing required field"
+    for field in ("propagate_response_headers", "propagate_response_trailers"):
+        assert tcp_error(cluster="svc", tunneling_config={"hostname": "h", field: True}).startswith(
+            f"{base}.tunneling_config.{field}: not supported yet")
+    assert tcp_error(cluster="svc", tunneling_config={"hostname": "h", "request_id_extension": {}}).startswith(
+        f"{base}.tunneling_config.request_id_extension: not supported yet")
+
+
+def test_tcp_proxy_tunneling_config() -> None:
+    tunneling = {"hostname": "%DOWNSTREAM_LOCAL_ADDRESS%", "use_post": True, "post_path": "/up",
+                 "headers_to_add": [{"header": {"key": "x-a", "value": "b"}}]}
+    tcp = the_hcm(load(bootstrap([listener({"@type": TCP_PROXY_TYPE, "stat_prefix": "t", "cluster": "svc",
+                                            "tunneling_config": tunneling})])))
+    config = tcp.tunneling_config
+    assert (config.hostname, config.use_post, config.post_path) == ("%DOWNSTREAM_LOCAL_ADDRESS%", True, "/up")
+
+
+def test_tcp_tunneling_over_an_http2_cluster_is_refused_by_name() -> None:
+    """The tunnel goes over HTTP/1.1 only (no HTTP/2 upstream pool yet): an HTTP/2 cluster is an error, not a
+    silent downgrade."""
+    data = bootstrap([listener({"@type": TCP_PROXY_TYPE, "stat_prefix": "t", "cluster": "svc",
+                                "tunneling_config": {"hostname": "h:1"}})],
+                     [cluster("svc", http2_protocol_options={})])
+    assert error(data) == (f"config error in test.yaml: {HCM_PATH}.tunneling_config: not supported yet: tunnelling "
+                           "over HTTP/2 (cluster 'svc' sets http2_protocol_options); pylon tunnels over HTTP/1.1")
 
 
 # --------------------------------------------------------------------------- listeners

@@ -75,6 +75,8 @@ def text(fmt: str, record: AccessLogRecord, omit_empty_values: bool = False) -> 
         ("%DOWNSTREAM_REMOTE_ADDRESS%", "192.0.2.7:51515"),
         ("%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%", "192.0.2.7"),
         ("%DOWNSTREAM_LOCAL_ADDRESS%", "127.0.0.1:10000"),
+        ("%DOWNSTREAM_LOCAL_PORT%", "10000"),
+        ("%DOWNSTREAM_REMOTE_PORT%", "51515"),
         ("%ROUTE_NAME%", "items"),
         ("%CONNECTION_ID%", "42"),
         ("%HOSTNAME%", socket.gethostname()),
@@ -126,6 +128,11 @@ def test_default_format_matches_envoy() -> None:
         b'"10.0.0.9" "curl/8.5.0" "4f1c" "example.com" "10.1.2.3:8080"\n'
     )
     assert compile_text_format(DEFAULT_FORMAT)(http_record()) == line
+
+
+def test_ports_of_a_unix_address_are_unset() -> None:
+    record = http_record(downstream_local="/tmp/listener.sock", downstream_remote=None)
+    assert text("%DOWNSTREAM_LOCAL_PORT% %DOWNSTREAM_REMOTE_PORT%", record) == "- -"
 
 
 def test_tcp_record_prints_dashes_for_http_fields() -> None:

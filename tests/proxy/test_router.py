@@ -1040,9 +1040,34 @@ def test_route_upgrade_configs_first_entry_of_a_type_wins():
 
 
 @pytest.mark.parametrize(("upgrade", "message"), [
-    ({"upgrade_type": "CONNECT"}, "CONNECT is not supported yet"),
-    ({"upgrade_type": "websocket", "connect_config": {}}, "not supported yet"),
+    ({"upgrade_type": "websocket", "connect_config": {}}, "only a CONNECT upgrade can be terminated"),
+    ({"upgrade_type": "CONNECT", "connect_config": {"allow_post": True}}, "allow_post: not supported yet"),
+    ({"upgrade_type": "CONNECT", "connect_config": {"proxy_protocol_config": {}}}, "proxy_protocol_config"),
 ])
 def test_route_upgrade_config_errors(upgrade: dict[str, Any], message: str):
     with pytest.raises(msgspec.ValidationError, match=message):
         one_vhost(to("main", upgrade_configs=[upgrade]))
+
+
+def test_connect_matcher_takes_connect_requests_only():
+    """A CONNECT has no path (the stream matches it with ""): only connect_matcher routes take it, and they take
+    nothing else; a catch-all prefix route does not take a CONNECT, as in Envoy (404)."""
+    terminate = [{"upgrade_type": "CONNECT", "connect_config": {}}]
+    table = one_vhost(to("tunnel", {"connect_matcher": {}}, upgrade_configs=terminate), to("web"))
+    assert name_of(table, "") == "tunnel"
+    assert route_of(table, "").connect_terminate
+    assert name_of(table, "/") == "web" and not route_of(table, "/").connect_terminate
+    assert name_of(one_vhost(to("web")), "") is None
+
+
+def test_connect_config_on_a_disabled_or_later_entry_does_not_terminate():
+    later = [{"upgrade_type": "CONNECT"}, {"upgrade_type": "connect", "connect_config": {}}]
+    disabled = [{"upgrade_type": "CONNECT", "enabled": False, "connect_config": {}}]
+    for upgrades in (later, disabled):
+        table = one_vhost(to("tunnel", {"connect_matcher": {}}, upgrade_configs=upgrades))
+        assert not route_of(table, "").connect_terminate
+
+
+def test_connect_matcher_is_one_of_the_path_matchers():
+    with pytest.raises(msgspec.ValidationError, match="exactly one of prefix, path, safe_regex, connect_matcher"):
+        one_vhost(to("tunnel", {"connect_matcher": {}, "prefix": "/"}))

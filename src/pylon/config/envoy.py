@@ -572,6 +572,10 @@ class GrpcRouteMatchOptions(EnvoyStruct, kw_only=True):
     """RouteMatch.grpc: no options in Envoy 1.40; its presence limits the route to gRPC requests."""
 
 
+class ConnectMatcher(EnvoyStruct, kw_only=True):
+    """RouteMatch.ConnectMatcher (no fields): the route takes CONNECT requests, and only them."""
+
+
 class RouteMatch(EnvoyStruct, kw_only=True):
     prefix: str | None = None
     path: str | None = None
@@ -581,9 +585,11 @@ class RouteMatch(EnvoyStruct, kw_only=True):
     query_parameters: list[QueryParameterMatcher] = []
     #: set: only gRPC requests match (POST with content-type application/grpc or application/grpc+...)
     grpc: GrpcRouteMatchOptions | None = None
+    #: set: only CONNECT requests match (they have no path, so no other path matcher takes them)
+    connect_matcher: ConnectMatcher | None = None
 
     def __post_init__(self) -> None:
-        _exactly_one(self, "prefix", "path", "safe_regex")
+        _exactly_one(self, "prefix", "path", "safe_regex", "connect_matcher")
 
 
 #: retry_on conditions Envoy evaluates on the response's `grpc-status` header, with the code each names.
@@ -775,17 +781,29 @@ class RequestMirrorPolicy(EnvoyStruct, kw_only=True):
             raise ValueError("exactly one of cluster or cluster_header in request mirror policy need to be specified")
 
 
+class ConnectConfig(EnvoyStruct, kw_only=True):
+    """RouteAction.UpgradeConfig.ConnectConfig: terminate CONNECT here, the payload going upstream as raw TCP."""
+
+    proxy_protocol_config: NotSupportedYet | None = None
+    allow_post: bool = False
+
+    def __post_init__(self) -> None:
+        if self.allow_post:
+            raise FieldError("allow_post", "not supported yet: a POST's body as a raw TCP payload (CONNECT "
+                                           "requests are terminated)")
+
+
 class RouteUpgradeConfig(EnvoyStruct, kw_only=True):
     """RouteAction.upgrade_configs[]: allow or forbid one upgrade type on this route, over the HCM's list."""
 
     upgrade_type: NonEmptyStr
     enabled: bool = True
-    connect_config: NotSupportedYet | None = None
+    #: set on a CONNECT upgrade: the proxy terminates the CONNECT (answers 200 and relays raw TCP to the host)
+    connect_config: ConnectConfig | None = None
 
     def __post_init__(self) -> None:
-        if self.upgrade_type.lower() == "connect":
-            raise FieldError("upgrade_type", "CONNECT is not supported yet (HTTP/1.1 Upgrade types such as "
-                                             "websocket are)")
+        if self.connect_config is not None and self.upgrade_type.lower() != "connect":
+            raise FieldError("connect_config", "only a CONNECT upgrade can be terminated (upgrade_type: CONNECT)")
 
 
 class ClusterSpecifierExtension(_TypedExtension, kw_only=True):
@@ -1169,16 +1187,11 @@ class Rds(EnvoyStruct, kw_only=True):
 
 
 class UpgradeConfig(EnvoyStruct, kw_only=True):
-    """HCM upgrade_configs[]: an HTTP/1.1 Upgrade (e.g. websocket) the connection manager tunnels."""
+    """HCM upgrade_configs[]: an HTTP/1.1 Upgrade (e.g. websocket) or CONNECT the connection manager tunnels."""
 
     upgrade_type: NonEmptyStr
     filters: NotSupportedYet | None = None
     enabled: bool = True
-
-    def __post_init__(self) -> None:
-        if self.upgrade_type.lower() == "connect":
-            raise FieldError("upgrade_type", "CONNECT is not supported yet (HTTP/1.1 Upgrade types such as "
-                                             "websocket are)")
 
 
 class SetCurrentClientCertDetails(EnvoyStruct, kw_only=True):
@@ -1423,6 +1436,29 @@ class TcpHashPolicy(EnvoyStruct, kw_only=True):
                                              "filter stores hashable filter state (use source_ip)")
 
 
+class TcpTunnelingConfig(EnvoyStruct, kw_only=True):
+    """TcpProxy.TunnelingConfig: each downstream connection's bytes go upstream inside one HTTP/1.1 CONNECT (or,
+    with use_post, a chunked POST), to a proxy that terminates it (see proxy/tcp_tunneling.py).
+
+    `hostname` and the `headers_to_add` values are substitution format strings (%DOWNSTREAM_LOCAL_PORT% ...),
+    as Envoy evaluates them per connection."""
+
+    hostname: NonEmptyStr
+    use_post: bool = False
+    post_path: str = ""
+    headers_to_add: Annotated[list[HeaderValueOption], msgspec.Meta(max_length=1000)] = []
+    propagate_response_headers: bool = False
+    propagate_response_trailers: bool = False
+    request_id_extension: NotSupportedYet | None = None
+
+    def __post_init__(self) -> None:
+        if self.post_path and not self.use_post:
+            raise FieldError("post_path", "Can't set a post path when POST method isn't used")
+        for name in ("propagate_response_headers", "propagate_response_trailers"):
+            if getattr(self, name):
+                raise FieldError(name, "not supported yet: pylon has no filter state for the response's headers")
+
+
 class TcpProxy(EnvoyStruct, kw_only=True):
     """extensions.filters.network.tcp_proxy.v3.TcpProxy: to one cluster, or to weighted clusters (one pick per
     downstream connection), with an optional source-IP hash and a maximum connection duration."""
@@ -1439,6 +1475,8 @@ class TcpProxy(EnvoyStruct, kw_only=True):
     max_downstream_connection_duration: AtLeastOneMs | None = None
     # Raises the duration by a random amount up to this share of it, per connection (ignored without a duration).
     max_downstream_connection_duration_jitter_percentage: Percent | None = None
+    #: set: the bytes go to the cluster inside an HTTP/1.1 CONNECT or POST (TCP over HTTP)
+    tunneling_config: TcpTunnelingConfig | None = None
 
     def __post_init__(self) -> None:
         _exactly_one(self, "cluster", "weighted_clusters")

@@ -159,6 +159,13 @@ def address_without_port(address: Address | None) -> str | None:
     return address[0]
 
 
+def address_port(address: Address | None) -> int | None:
+    """The port of an IP address (None for a Unix path or nothing), as %DOWNSTREAM_*_PORT% print it."""
+    if address is None or isinstance(address, str):
+        return None
+    return address[1]
+
+
 class _Compiler:
     """Collects what one generated formatter needs: bound objects, temporaries, header dicts."""
 
@@ -358,6 +365,8 @@ _OPERATORS: dict[str, _Operator] = {
     "DOWNSTREAM_REMOTE_ADDRESS": _Operator(_address("downstream_remote"), STR),
     "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT": _Operator(_address("downstream_remote", with_port=False), STR),
     "DOWNSTREAM_LOCAL_ADDRESS": _Operator(_address("downstream_local"), STR),
+    "DOWNSTREAM_LOCAL_PORT": _Operator(lambda c, arg, n: f"{c.bind(address_port)}(r.downstream_local)", INT),
+    "DOWNSTREAM_REMOTE_PORT": _Operator(lambda c, arg, n: f"{c.bind(address_port)}(r.downstream_remote)", INT),
     "ROUTE_NAME": _Operator(_field("route_name"), STR),
     "CONNECTION_ID": _Operator(_field("connection_id"), INT),
     "HOSTNAME": _Operator(lambda c, arg, n: c.bind(socket.gethostname()), STR),

@@ -52,5 +52,6 @@ HEADERS_TOO_LARGE = LocalReply(431, "DPE", b"Request Header Fields Too Large", "
 PAYLOAD_TOO_LARGE = LocalReply(413, "-", b"Payload Too Large", "request_payload_too_large")
 RESPONSE_TOO_LARGE = LocalReply(500, "-", b"Internal Server Error", "response_payload_too_large")
 UPGRADE_REFUSED = LocalReply(403, "-", b"", "upgrade_failed")
+CONNECT_INVALID_URL = LocalReply(400, "DPE", b"Bad Request", "http1.invalid_url")  # CONNECT with a path
 UNSUPPORTED_TRANSFER_ENCODING = LocalReply(501, "DPE", b"Not Implemented", "http1.invalid_transfer_encoding")
 MISSING_HOST = LocalReply(400, "DPE", b"Bad Request", "missing_host_header")

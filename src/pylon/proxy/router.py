@@ -472,6 +472,7 @@ class MatchedRoute:
         "_prefix_rewrite", "_regex_rewrite", "_substitution", "_weights", "_cumulative",
         "_total_weight", "_random", "_redirect", "_picker", "_cluster_ops", "filter_configs", "filter_levels",
         "cors_policies", "decorator", "mirrors", "upgrades", "subset_criteria", "_cluster_criteria",
+        "connect_terminate",
     )
 
     def __init__(self) -> None:
@@ -535,6 +536,8 @@ class MatchedRoute:
         self.subset_criteria: Criteria | None = None
         # Weighted clusters with their own metadata_match: cluster name -> theirs merged over the route's.
         self._cluster_criteria: dict[str, Criteria] = {}
+        #: a CONNECT upgrade with connect_config: the proxy answers the CONNECT and relays raw TCP (connect.py)
+        self.connect_terminate = False
 
     def __repr__(self) -> str:
         return f"MatchedRoute(name={self.name!r}, vhost={self.virtual_host_name!r}, kind={self.kind!r})"
@@ -917,6 +920,8 @@ class RouteTable:
 
     def _path_matcher(self, match: RouteMatch) -> tuple[int, Any, int]:
         """(kind, argument, matched prefix length or -1 for "the whole path") for `match`."""
+        if match.connect_matcher is not None:
+            return (_PATH, "", -1)  # a CONNECT's path is empty (the stream's), every other request's is not
         if match.prefix is not None:
             p = match.prefix
             return (_PREFIX, p, len(p)) if match.case_sensitive else (_PREFIX_CI, p.lower(), len(p))
@@ -981,8 +986,10 @@ class RouteTable:
         if action.request_mirror_policies:
             route.mirrors = tuple(MirrorRule(policy) for policy in action.request_mirror_policies)
         for upgrade in action.upgrade_configs:
-            # Envoy keeps the first entry of a type
-            route.upgrades.setdefault(upgrade.upgrade_type.lower().encode(), upgrade.enabled)
+            kind = upgrade.upgrade_type.lower().encode()
+            if kind not in route.upgrades:  # Envoy keeps the first entry of a type
+                route.upgrades[kind] = upgrade.enabled
+                route.connect_terminate |= upgrade.enabled and upgrade.connect_config is not None
         if action.host_rewrite_literal:
             route.host_rewrite = action.host_rewrite_literal.encode()
         if action.prefix_rewrite is not None:

@@ -34,6 +34,7 @@ from pylon.proxy.router import first_query_values, is_grpc_request
 from pylon.proxy.stream_states import (RQ_DONE, RQ_HEADERS, RS_DONE, RS_HELD, RS_NOT_STARTED, RS_RESET, RS_SENDING,
                                        UP_AWAITING, UP_CONNECTING, UP_DONE, UP_IDLE, UP_RECEIVING, UP_RESET,
                                        UP_SENDING, UP_UPGRADED)
+from pylon.proxy.connect import TerminatedConnect
 from pylon.proxy.tunnel import open_tunnel
 from pylon.proxy.upstream.cluster import PENDING
 from pylon.proxy.upstream.lb import stable_hash
@@ -383,11 +384,15 @@ class Stream:
         if hcm.max_stream_duration:
             self.duration_deadline = self.start + hcm.max_stream_duration
             self._arm(self.duration_deadline)
-        upgrade = b""
+        upgrade: bytes | None = b""
         if self.upgrade:
-            upgrade = next((v for n, v in self.headers if n == b"upgrade"), b"")
-            if self.method == b"CONNECT":
-                return self.local(lr.UPGRADE_REFUSED)
+            if self.method != b"CONNECT":
+                upgrade = next((v for n, v in self.headers if n == b"upgrade"), b"")
+            elif self.encoder.tunnels and self.url[:1] != b"/":
+                upgrade = None  # CONNECT: the method says it, no Upgrade header goes upstream
+            else:
+                # an origin-form target is Envoy's HTTP/1 codec error; HTTP/2 streams are not tunnelled yet
+                return self.local(lr.CONNECT_INVALID_URL if self.encoder.tunnels else lr.UPGRADE_REFUSED)
         conn = self.conn
         forward: list[tuple[bytes, bytes]] = []
         authority = None
@@ -427,7 +432,7 @@ class Stream:
                 forward.append(pair)
         if conn_tokens is not None:
             forward = without_nominated(forward, conn_tokens)
-        if upgrade:
+        if upgrade:  # (CONNECT's None: no headers, the method says it)
             forward.append((b"connection", b"upgrade"))
             forward.append((b"upgrade", upgrade))
         if hcm.xfcc_mode != "SANITIZE":  # the default drops the client's x-forwarded-client-cert
@@ -440,7 +445,10 @@ class Stream:
         if hcm.via:
             forward = _with_via(forward, hcm.via)
         url = self.url
-        if url[:1] != b"/":
+        if upgrade is None:
+            authority = url  # CONNECT: the target is the authority; there is no path (connect_matcher routes)
+            url = b""
+        elif url[:1] != b"/":
             url = self._origin_form(url, authority)
             if url is None:
                 return self.local(lr.BAD_REQUEST)
@@ -474,7 +482,7 @@ class Stream:
                                                    self.method.decode("latin-1"), conn.scheme.decode("latin-1"))
         if self.upgrade:
             # Envoy decides with the route: its upgrade_configs allow or forbid a type, else the HCM's list does
-            kind = upgrade.strip().lower()
+            kind = upgrade.strip().lower() if upgrade is not None else b"connect"
             allowed = route.upgrades.get(kind) if route is not None else None
             if not (kind in hcm.upgrade_types if allowed is None else allowed):
                 return self.local(lr.UPGRADE_REFUSED)
@@ -641,6 +649,8 @@ class Stream:
         path = route.rewrite_path(path_text).encode("utf-8", "surrogateescape") if route.rewrites else url
         if path is not url:
             forward.append((b"x-envoy-original-path", url))
+        if not url:  # CONNECT goes upstream in authority form
+            path = route.host_rewrite or self.authority
         if self.header_edits is not None:
             forward = _edited(forward, self.header_edits)
         cluster_name = route.pick_cluster(self)
@@ -778,8 +788,11 @@ class Stream:
         cluster.stats.upstream_rq_total.value += 1
         cluster.stats.upstream_rq_active.value += 1
         self.attempt_start = self.conn.loop_time()
-        self.pool = pool = self.hcm.pools.get(cluster, host, self)
         self.up_state = UP_CONNECTING
+        if self.route.connect_terminate and not self.path:
+            self.pool = terminated = TerminatedConnect(self, cluster, host)  # raw TCP, answered 200 when up
+            return terminated.start()
+        self.pool = pool = self.hcm.pools.get(cluster, host, self)
         pool.acquire(self, fresh)
 
     def hash_key(self, policies: "tuple[HashSource, ...]") -> bytes | None:
@@ -1054,12 +1067,13 @@ class Stream:
         return self.close_after or not self.keep_alive or self.rq_state != RQ_DONE or self.conn.draining \
             or self.hcm.worker.health_check_failed  # Envoy drain-closes every connection while failing health
 
-    def on_upstream_upgraded(self, upstream: "UpstreamConnection", headers: list[tuple[bytes, bytes]],
-                             rest: bytes) -> None:
-        """The upstream switched protocols (101): relay its head, then join the two connections (tunnel.py)."""
+    def on_upstream_upgraded(self, upstream: "UpstreamConnection | TerminatedConnect",
+                             headers: list[tuple[bytes, bytes]], rest: bytes, status: int = 101) -> None:
+        """The upstream switched protocols (101) or took a CONNECT (2xx; or the proxy connected a terminated
+        CONNECT): relay the head, then join the two connections (tunnel.py)."""
         conn = self.conn
         hcm = self.hcm
-        self.status = 101
+        self.status = status
         self.up_state = UP_UPGRADED
         self.rs_state = RS_SENDING
         self.first_byte = self.last_activity = conn.loop_time()
@@ -1070,11 +1084,13 @@ class Stream:
         sent = [pair for pair in headers if pair[0] != b"server"]
         if hcm.overwrite_server:
             sent.append((b"server", hcm.server_name))
-        self.encoder.encode_upgrade(sent)
+        self.encoder.encode_upgrade(sent, status)
         conn.flush_output()  # the 101 leaves before the tunnel takes the transport over
         hcm.upgrades_total.inc()
         hcm.upgrades_active.inc()
         assert upstream.transport is not None
+        self.bytes_received += len(self.client_rest)  # the tunnel's bytes that came with the heads count too
+        self.bytes_sent += len(rest)
         open_tunnel(conn.transport, upstream.transport, self.client_rest, rest, self._tunnel_activity,
                     self._tunnel_downstream_closed, self._tunnel_upstream_closed)
         self.client_rest = b""
@@ -1087,6 +1103,8 @@ class Stream:
             self.bytes_sent += size
 
     def _tunnel_downstream_closed(self, exc: Exception | None) -> None:
+        if self.rs_state < RS_DONE:  # the client ended the tunnel: Envoy's DC, as for any stream it leaves
+            self.flags, self.details = "DC", "downstream_remote_disconnect"
         self._tunnel_end()
         self.conn.connection_lost(exc)  # the connection's own bookkeeping: its protocol was swapped out
 
@@ -1391,7 +1409,7 @@ class Stream:
         hcm = self.hcm
         body_pending = self.rq_state != RQ_DONE and bool(self.req_length or self.req_chunked)
         close = self.close_after or not self.keep_alive or body_pending or self.conn.draining \
-            or self.hcm.worker.health_check_failed \
+            or self.hcm.worker.health_check_failed or self.upgrade \
             or status == 400 or status == 426 or status == 431
         headers = list(extra) if extra else []
         if ops is not None and not ops.empty:

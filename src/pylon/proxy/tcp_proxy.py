@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from pylon.proxy.access_log import AccessLogRecord, build_access_loggers
 from pylon.proxy.connection_info import ConnectionInfo
 from pylon.proxy.filters.network import run_filters
+from pylon.proxy.tcp_tunneling import HttpTunnelUpstream, TunnelingRequest
 from pylon.proxy.tls_stats import TlsStats, tls_accepted
 from pylon.proxy.upstream.connect import ConnectError, ConnectTimeout, open_upstream
 from pylon.proxy.watermarks import apply_buffer_limit
@@ -58,6 +59,8 @@ class TcpProxyRuntime:
         jitter = config.max_downstream_connection_duration_jitter_percentage
         self.max_duration_jitter = jitter.value / 100.0 if jitter is not None else 0.0
         self.max_connect_attempts = config.max_connect_attempts or 1
+        # tunneling_config: the bytes go inside an HTTP/1.1 CONNECT or POST (tcp_tunneling.py)
+        self.tunneling = TunnelingRequest(config.tunneling_config) if config.tunneling_config is not None else None
         prefix = f"tcp.{config.stat_prefix}."
         self.cx_total = stats.counter(prefix + "downstream_cx_total")
         self.cx_no_route = stats.counter(prefix + "downstream_cx_no_route")
@@ -115,6 +118,18 @@ class _Upstream(asyncio.Protocol):
     def resume_writing(self) -> None:
         self.session.downstream.resume_reading()
 
+    def send(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+    def send_eof(self) -> bool:
+        """Half-close towards the upstream; False when the transport cannot (TLS: only a close can say it)."""
+        assert self.transport is not None
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+            return True
+        return False
+
 
 class TcpProxySession(asyncio.Protocol):
     """The downstream half, and the owner of the session's state."""
@@ -122,7 +137,7 @@ class TcpProxySession(asyncio.Protocol):
     def __init__(self, runtime: TcpProxyRuntime) -> None:
         self.runtime = runtime
         self.downstream: asyncio.Transport = None  # type: ignore[assignment]
-        self.upstream: _Upstream | None = None
+        self.upstream: _Upstream | HttpTunnelUpstream | None = None
         self.early: list[bytes] = []
         self.closed = False
         self.downstream_done = False  # the client half-closed (EOF)
@@ -201,6 +216,12 @@ class TcpProxySession(asyncio.Protocol):
             rt.cx_no_route.value += 1
             self.close()
             return
+        if rt.tunneling is not None and cluster.config.http2_field:
+            # a CDS cluster the loader could not check: never tunnel over HTTP/1.1 what should go over HTTP/2
+            log.warning("tcp_proxy tunneling_config: tunnelling over HTTP/2 (cluster %s) is not supported yet", name)
+            self.flags = "UF"
+            self.close()
+            return
         stats = cluster.stats
         key = None
         if rt.hash_source_ip:
@@ -218,7 +239,7 @@ class TcpProxySession(asyncio.Protocol):
             stats.upstream_cx_total.value += 1
             try:
                 _, upstream = await open_upstream(host.address, cluster.tls_for(host), cluster.connect_timeout,
-                                                  lambda: _Upstream(self), cluster.source)
+                                                  self._upstream_factory(host), cluster.source)
             except ConnectError as exc:
                 cluster.circuit_breakers.connections.release()
                 if isinstance(exc, ConnectTimeout):
@@ -226,6 +247,14 @@ class TcpProxySession(asyncio.Protocol):
                 stats.upstream_cx_connect_fail.value += 1
                 host.record_connect_failure()
                 self.flags = "UF"
+                continue
+            if isinstance(upstream, HttpTunnelUpstream) and not await upstream.established:
+                # the upstream proxy refused the CONNECT/POST (or closed): a failed attempt, as in Envoy
+                upstream.transport.close()
+                cluster.circuit_breakers.connections.release()
+                self.flags = "UF"
+                if self.closed:
+                    return
                 continue
             if self.closed:
                 upstream.transport.close()
@@ -237,12 +266,26 @@ class TcpProxySession(asyncio.Protocol):
             stats.upstream_cx_active.value += 1
             self.upstream = upstream
             if self.early:
-                upstream.transport.write(b"".join(self.early))
+                upstream.send(b"".join(self.early))
                 self.early = []
-            if self.downstream_done and upstream.transport.can_write_eof():
-                upstream.transport.write_eof()  # the client finished before there was an upstream to tell
+                self.downstream.resume_reading()
+            if self.downstream_done:
+                upstream.send_eof()  # the client finished before there was an upstream to tell
             return
         self.close()
+
+    def _upstream_factory(self, host: Any) -> Any:
+        """The upstream protocol: a byte relay, or with tunneling_config one that first sends the HTTP request."""
+        tunneling = self.runtime.tunneling
+        if tunneling is None:
+            return lambda: _Upstream(self)
+        peer = self.downstream.get_extra_info("peername")
+        facts = AccessLogRecord(self.runtime.worker.wall_time(self.start), downstream_remote=peer[:2] if peer else None,
+                                downstream_local=self.connection_info().local_address, upstream_host=host.address,
+                                upstream_cluster=self.cluster_name, connection_id=self.connection_id,
+                                requested_server_name=self.detected.server_name if self.detected else None)
+        head = tunneling.head(facts)
+        return lambda: HttpTunnelUpstream(self, tunneling, head)
 
     def data_received(self, data: bytes) -> None:
         self.rx += len(data)
@@ -250,7 +293,7 @@ class TcpProxySession(asyncio.Protocol):
         self.last_activity = self.runtime.worker.loop.time()
         upstream = self.upstream
         if upstream is not None and upstream.transport is not None:
-            upstream.transport.write(data)
+            upstream.send(data)
         else:
             self.early.append(data)
             if sum(map(len, self.early)) > 1 << 20:
@@ -262,8 +305,7 @@ class TcpProxySession(asyncio.Protocol):
         upstream = self.upstream
         if upstream is None:
             return True  # still connecting: the EOF follows the early bytes once the upstream is there
-        if upstream.transport is not None and upstream.transport.can_write_eof():
-            upstream.transport.write_eof()
+        if upstream.transport is not None and upstream.send_eof():
             if self.upstream_done:
                 self._close_both()  # asyncio keeps a transport open after both FINs: nothing else would end it
             return True

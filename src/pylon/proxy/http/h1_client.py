@@ -97,7 +97,7 @@ class Http1ResponseDecoder:
     """Parses one upstream connection's responses, one exchange at a time (no pipelining)."""
 
     __slots__ = ("owner", "parser", "max_headers", "headers", "status", "connection", "informational",
-                 "head_response", "close_delimited", "in_body", "trailers", "read_trailers")
+                 "head_response", "close_delimited", "in_body", "trailers", "read_trailers", "tunnel")
 
     def __init__(self, owner: ResponseOwner, max_headers: int, trailers: bool = False) -> None:
         self.owner = owner
@@ -112,14 +112,18 @@ class Http1ResponseDecoder:
         self.head_response = False  # the answer to a HEAD: no body whatever the headers say
         self.close_delimited = False  # the body ends with the connection (no length, no chunking)
         self.in_body = False
+        self.tunnel: list[bytes] | None = None  # a CONNECT's 2xx came: the bytes after its head (the tunnel's)
 
     def feed(self, data: bytes) -> bytes | None:
         """Parse `data`. Returns the bytes after a `101 Switching Protocols` head (the tunnel's, if the
-        exchange asked for the upgrade), else None; raises httptools.HttpParserError on a malformed response."""
+        exchange asked for the upgrade) or after a CONNECT's 2xx head (see `tunnel`), else None; raises
+        httptools.HttpParserError on a malformed response."""
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             return data[exc.args[0]:]
+        if self.tunnel is not None:
+            return b"".join(self.tunnel)
         return None
 
     def connection_closed(self) -> bool:
@@ -153,6 +157,10 @@ class Http1ResponseDecoder:
         owner = self.owner
         exchange = owner.exchange
         assert exchange is not None
+        if status < 300 and exchange.upgrade_accepted and exchange.method == b"CONNECT":
+            # llhttp cannot know the request was a CONNECT: it reads what follows as a close-delimited body
+            self.tunnel = []
+            return
         self.head_response = exchange.is_head
         keep_alive = owner.keep_alive = parser.should_keep_alive()
         framed = False
@@ -183,6 +191,9 @@ class Http1ResponseDecoder:
             raise TooManyHeaders()
 
     def on_body(self, body: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.append(body)
+            return
         exchange = self.owner.exchange
         if exchange is not None:
             exchange.on_upstream_body(body)
@@ -191,6 +202,8 @@ class Http1ResponseDecoder:
         if self.informational:
             self.informational = False
             return
+        if self.tunnel is not None:
+            return  # a CONNECT's 2xx with a length: still the tunnel's start
         self.in_body = False
         exchange = self.owner.exchange
         if exchange is not None and not self.head_response:

@@ -36,6 +36,8 @@ class Http1ResponseEncoder:
     """Encodes one connection's responses, one at a time (HTTP/1.1 answers in request order)."""
 
     __slots__ = ("out", "chunked", "server_name", "trailers")
+    #: its connection can become a byte pipe after a 101 or a CONNECT's 2xx (tunnel.py)
+    tunnels = True
 
     def __init__(self, server_name: bytes, trailers: bool = False) -> None:
         self.out: list[bytes] = []
@@ -90,11 +92,12 @@ class Http1ResponseEncoder:
             self.out.append(last_chunk(trailers if self.trailers else None))
             self.chunked = False
 
-    def encode_upgrade(self, headers: list[tuple[bytes, bytes]]) -> None:
-        """The 101 that switches the connection to the upgraded protocol; what follows is the tunnel's."""
-        parts = [status_line(101)]
+    def encode_upgrade(self, headers: list[tuple[bytes, bytes]], status: int = 101) -> None:
+        """The 101 that switches the connection to the upgraded protocol, or a CONNECT's 2xx (no framing, no
+        connection header: the bytes after it are the tunnel's, as Envoy writes it); what follows is the tunnel's."""
+        parts = [status_line(status)]
         parts += [b"%s: %s\r\n" % pair for pair in headers if pair[0] not in _UPGRADE_HEAD_SKIP]
-        parts.append(b"connection: upgrade\r\n\r\n")
+        parts.append(b"connection: upgrade\r\n\r\n" if status == 101 else b"\r\n")
         self.out.append(b"".join(parts))
 
     def encode_local_reply(self, status: int, body: bytes, *, close: bool, content_type: bytes = b"text/plain",

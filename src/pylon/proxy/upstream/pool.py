@@ -48,7 +48,8 @@ class Exchange(Protocol):
     """What the pool and an upstream connection need from a request in flight."""
 
     is_head: bool
-    upgrade_accepted: bool  # an HTTP/1.1 Upgrade this exchange may tunnel after a 101
+    upgrade_accepted: bool  # an HTTP/1.1 Upgrade this exchange may tunnel after a 101 (a CONNECT: after a 2xx)
+    method: bytes
 
     def on_upstream_ready(self, conn: "UpstreamConnection") -> None: ...
     def on_upstream_connect_failure(self, reason: str) -> None: ...
@@ -61,7 +62,7 @@ class Exchange(Protocol):
     def on_upstream_flush(self) -> None: ...
     def on_upstream_pause(self, paused: bool) -> None: ...
     def on_upstream_upgraded(self, conn: "UpstreamConnection", headers: list[tuple[bytes, bytes]],
-                             rest: bytes) -> None: ...
+                             rest: bytes, status: int) -> None: ...
 
 
 class PoolOwner(Protocol):
@@ -126,11 +127,15 @@ class UpstreamConnection(asyncio.Protocol):
             self._protocol_error()
             return
         if rest is not None:
-            if self.decoder.status == 101 and exchange.upgrade_accepted and self.exchange is exchange:
-                # The upstream took the upgrade: the connection is the tunnel's now, never the pool's again.
+            decoder = self.decoder
+            status = decoder.status
+            if (status == 101 or decoder.tunnel is not None) and exchange.upgrade_accepted \
+                    and self.exchange is exchange:
+                # The upstream took the upgrade (or the CONNECT): the connection is the tunnel's now, never the
+                # pool's again.
                 self.exchange = None
                 self.keep_alive = False
-                exchange.on_upstream_upgraded(self, self.decoder.headers, rest)
+                exchange.on_upstream_upgraded(self, decoder.headers, rest, status)
                 return
             self._protocol_error()  # switching protocols unasked
             return
