@@ -158,7 +158,7 @@ def build_result(options: LoadOptions, rec: Recorder, timing: RunTiming) -> dict
     if options.grpc:
         result.update(_grpc_fields(options, rec))
     else:
-        result.update(_http_fields(options, rec))
+        result.update(_http_fields(options, rec, timing))
     if options.extra:
         result.update(options.extra)
     return result
@@ -199,7 +199,7 @@ def _grpc_fields(options: LoadOptions, rec: Recorder) -> dict[str, Any]:
     }
 
 
-def _http_fields(options: LoadOptions, rec: Recorder) -> dict[str, Any]:
+def _http_fields(options: LoadOptions, rec: Recorder, timing: RunTiming) -> dict[str, Any]:
     target = options.target
     result: dict[str, Any] = {
         "RetCodes": {str(code): n for code, n in sorted(rec.ret_codes.items())},
