@@ -127,12 +127,15 @@ class H2ClientConnection(asyncio.Protocol):
         self.bodies: dict[int, bytes] = {}
         self.receiving = False
         self.usable = True  # False once the peer sent GOAWAY or the connection is lost
+        self.lost = False  # the socket is gone and the session freed: nothing may touch `h2` any more
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.flush()  # the preface and our SETTINGS
 
     def flush(self) -> None:
+        if self.lost:
+            return
         out = self.h2.data_to_send()
         if out:
             self.transport.write(out)
@@ -144,6 +147,9 @@ class H2ClientConnection(asyncio.Protocol):
 
     def send(self, slot: "_Slot") -> None:
         """Start the slot's call on a new stream."""
+        if self.lost:  # lost while the slot waited for it to connect
+            slot.lost(self, None)
+            return
         body = self.bodies.get(slot.index)
         if body is None:
             body = self.bodies[slot.index] = self.requests.body(slot.index)
@@ -166,6 +172,8 @@ class H2ClientConnection(asyncio.Protocol):
         """The slot stops using this connection; an abandoned call is reset, an unused connection closed."""
         self.users.discard(slot.index)
         sid = self.by_slot.pop(slot.index, None)
+        if self.lost:
+            return
         if abort and sid is not None and self.calls.pop(sid, None) is not None:
             self.h2.reset_stream(sid, CANCEL)
         if not self.users:
@@ -188,6 +196,7 @@ class H2ClientConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.usable = False
+        self.lost = True
         calls, self.calls = self.calls, {}
         self.by_slot.clear()
         for call in calls.values():
