@@ -6,7 +6,9 @@ concurrent stream each), interleaved repetitions against one `pylon echo`
 (h2c, prior knowledge). Metrics: requests per second, and requests per
 client-CPU-second (rusage of the finished client process, its children
 included); both tools' counts are checked against the echo's own
-`downstream_rq_total`. For scale, `h2load -c 10 -m 10` (ten streams each,
+`downstream_rq_total` (`/stats` is not counted), and the echo's CPU is shown
+beside each run (near the run's length: the server, not the client, was the limit): pylon's exactly, h2load's
+up to the calls it had in flight when `-D` ran out, which it does not count. For scale, `h2load -c 10 -m 10` (ten streams each,
 which Fortio's -h2 never does) is shown too.
 
 Usage: python benchmarks/load_h2.py [--duration 5] [--reps 3]
@@ -71,18 +73,22 @@ def main() -> int:
             start_echo(free_port(), body_size=100) as echo:
         for _ in range(args.reps):
             for name in names:
-                before = served(echo.port)
+                before, server_before = served(echo.port), echo.cpu_seconds()
                 if name == "pylon load -h2":
                     ok, cpu, rate = pylon_load(echo.port, args.duration, Path(tmp))
+                    in_flight = 0  # it ends each connection's call before it stops
                 else:
-                    ok, cpu, rate = h2load(echo.port, args.duration, int(name.rsplit(" ", 1)[1]))
-                counted = served(echo.port) - before - 1  # this /stats request is not counted; the one before was
-                if counted != ok:
+                    streams = int(name.rsplit(" ", 1)[1])
+                    ok, cpu, rate = h2load(echo.port, args.duration, streams)
+                    in_flight = CONNECTIONS * streams  # h2load -D drops the calls in flight when time is up
+                server_cpu = echo.cpu_seconds() - server_before
+                counted = served(echo.port) - before
+                if not 0 <= counted - ok <= in_flight:
                     raise RuntimeError(f"{name}: {ok} requests, the echo counted {counted}")
                 eff[name].append(ok / cpu)
                 qps[name].append(rate)
-                print(f"  {name:15s} {rate:9.0f} req/s, client CPU {cpu:5.2f}s -> {ok / cpu:9.0f} req/client-CPU-s",
-                      flush=True)
+                print(f"  {name:15s} {rate:9.0f} req/s, client CPU {cpu:5.2f}s -> {ok / cpu:9.0f} req/client-CPU-s"
+                      f" (echo CPU {server_cpu:5.2f}s)", flush=True)
     med_eff = {k: statistics.median(v) for k, v in eff.items()}
     med_qps = {k: statistics.median(v) for k, v in qps.items()}
     summary = {

@@ -33,13 +33,18 @@ PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 class _Request:
     """A stream's request as far as it has arrived."""
 
-    __slots__ = ("method", "path", "headers", "body")
+    __slots__ = ("method", "path", "block", "body")
 
-    def __init__(self, method: bytes, path: bytes, headers: Headers) -> None:
+    def __init__(self, method: bytes, path: bytes, block: Headers) -> None:
         self.method = method
         self.path = path
-        self.headers = headers
+        self.block = block  # the header block as received, pseudo-headers first
         self.body: list[bytes] = []
+
+    def fields(self) -> Headers:
+        """The request's fields for `/debug`: `host` from `:authority` first, then the regular ones."""
+        fields = [(b"host", value) for name, value in self.block if name == b":authority"]
+        return fields + [pair for pair in self.block if pair[0][:1] != b":"]
 
 
 class EchoH2Connection:
@@ -75,17 +80,14 @@ class EchoH2Connection:
 
     def on_headers(self, stream_id: int, headers: Headers, end_stream: bool) -> None:
         method = path = b""
-        fields: Headers = []
-        for name, value in headers:
-            if name == b":method":
-                method = value
-            elif name == b":path":
+        for name, value in headers:  # nghttp2 has checked that the pseudo-headers come first
+            if name == b":path":
                 path = value
-            elif name == b":authority":
-                fields.insert(0, (b"host", value))
+            elif name == b":method":
+                method = value
             elif name[:1] != b":":
-                fields.append((name, value))
-        request = _Request(method, path, fields)
+                break
+        request = _Request(method, path, headers)
         if end_stream:
             self._answer(stream_id, request)
         else:
@@ -155,7 +157,7 @@ class EchoH2Connection:
         if path == b"/debug":
             line = b"%s %s HTTP/2.0" % (request.method, request.path)
             return debug_text(socket.gethostname(), self.transport.get_extra_info("peername"), line,
-                              request.headers, b"".join(request.body))
+                              request.fields(), b"".join(request.body))
         return self.w.body
 
     def _send(self, stream_id: int, status: int, body: bytes, extra: tuple[tuple[str, str], ...],

@@ -209,16 +209,16 @@ class H2ClientConnection(asyncio.Protocol):
 
     def on_headers(self, stream_id: int, headers: Headers, end_stream: bool) -> None:
         call = self.calls.get(stream_id)
-        if call is None:
+        if call is None or headers[0][0] != b":status":  # nghttp2 has checked it comes first
             return
-        for name, value in headers:
-            if name == b":status":
-                status = int(value)
-                if status < 200:
-                    return  # a 1xx: the final response follows
-                call.status = status
-            elif name == b"grpc-status":  # a trailers-only gRPC reply
-                call.grpc_status = value
+        status = int(headers[0][1])
+        if status < 200:
+            return  # a 1xx: the final response follows
+        call.status = status
+        if end_stream and self.requests.grpc:  # a trailers-only gRPC reply
+            for name, value in headers:
+                if name == b"grpc-status":
+                    call.grpc_status = value
 
     def on_data(self, stream_id: int, data: bytes) -> None:
         self.h2.consume(stream_id, len(data))
