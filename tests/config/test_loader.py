@@ -203,6 +203,27 @@ def test_yaml_flow_mapping_starting_with_brace() -> None:
     assert load_bootstrap(config_yaml="{node: {id: flow}}").node.id == "flow"
 
 
+def test_keys_tagged_ignore_are_left_out_at_any_depth() -> None:
+    """Envoy drops `!ignore`-tagged keys with their values; their anchors still serve the aliases after them.
+    (tests/bench/test_conformance.py runs such a file through Envoy's validate mode too.)"""
+    text = """
+!ignore anchors: {port: &port 9901, unknown_field: 1}
+node:
+  !ignore note: not a Node field
+  id: tagged
+admin: {address: {socket_address: {address: 127.0.0.1, port_value: *port}}}
+"""
+    loaded = load_bootstrap(config_yaml=text)
+    assert loaded.node.id == "tagged" and loaded.admin.address.socket_address.port_value == 9901
+    assert "unknown field" in load_error_yaml(text.replace("!ignore note", "note"))
+
+
+def load_error_yaml(text: str) -> str:
+    with pytest.raises(ConfigError) as caught:
+        load_bootstrap(config_yaml=text)
+    return str(caught.value)
+
+
 def test_numbers_may_be_quoted_as_in_proto_json() -> None:
     data = bootstrap(clusters=[cluster("svc", ("127.0.0.1", "8080"), per_connection_buffer_limit_bytes="4096")])  # type: ignore[arg-type]
     svc = load(data).static_resources.clusters[0]
