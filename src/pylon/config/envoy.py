@@ -190,10 +190,16 @@ class _EnumSpelling:
     and published configs use all of them. Every enum of the model is a `Literal` of Envoy's
     names, so the one rule lives here rather than in each Literal.
 
+    The same walk applies protobuf's other JSON rule that msgspec lacks: `null` for a message's
+    field means the field is unset (its default), whatever its type - published configs write
+    `listener_filters:` with nothing after it. A null stays where the model takes any JSON value
+    (google.protobuf.Value/Struct positions), where it is a value of its own.
+
     `respell(data, struct_type)` walks the document along the model's types (msgspec's
     type information, built once per Struct type) and returns it with each string at a
     Literal position replaced by the name it matches, ignoring ASCII case; the document
-    itself is never changed (untouched parts are shared, changed ones copied). Positions
+    itself is never changed (untouched parts are shared, changed ones copied), and null fields
+    are left out of the copy. Positions
     inside `typed_config` (protobuf Any) are not walked here: their Struct is decoded by a
     `convert` of its own. Also returns, by msgspec's path (`.a.b[0]`, dict values `[...]`),
     the accepted names of each string that matches none.
@@ -219,6 +225,10 @@ class _EnumSpelling:
             return self._spelled(value, kind.values, path, unknown) if isinstance(value, str) else value
         if isinstance(kind, inspect.StructType) and isinstance(value, dict):
             fields = self._struct_fields(kind)
+            unset = [key for key, item in value.items()
+                     if item is None and key in fields and not isinstance(fields[key], inspect.AnyType)]
+            if unset:
+                value = {key: item for key, item in value.items() if key not in unset}
             return self._mapped(value, {key: (fields[key], f"{path}.{key}") for key in value if key in fields},
                                 unknown)
         if isinstance(kind, inspect.DictType) and isinstance(value, dict):
@@ -332,6 +342,13 @@ def decode_typed(category: str, raw: Any) -> msgspec.Struct:
     type_url = raw.get("@type")
     if not isinstance(type_url, str) or not type_url:
         raise FieldError("@type", "missing required field")
+    if registry.message_name(type_url) in TYPED_STRUCTS:
+        body = _typed_struct_body(raw)
+        try:
+            return decode_typed(category, body)
+        except FieldError as exc:
+            where = "type_url" if exc.rel_path == "@type" else join_path("value", exc.rel_path)
+            raise FieldError(where, exc.message) from None
     struct_type = registry.lookup(category, type_url)
     if struct_type is None:
         raise FieldError("@type", _explain_unknown_type(category, type_url))
@@ -341,6 +358,30 @@ def decode_typed(category: str, raw: Any) -> msgspec.Struct:
     except msgspec.ValidationError as exc:
         path, message = split_validation_error(exc)
         raise FieldError(path, message) from None
+
+
+#: An extension's config as a JSON object beside its message's type URL (xds.type.v3.TypedStruct, and the older
+#: udpa one): for control planes that do not have the message. Envoy takes one wherever it takes the message's Any,
+#: finds the extension by the inner `type_url` and reads `value` as that message's JSON.
+TYPED_STRUCTS = frozenset({"xds.type.v3.TypedStruct", "udpa.type.v1.TypedStruct"})
+
+
+def _typed_struct_body(raw: dict[str, Any]) -> dict[str, Any]:
+    """A TypedStruct as the `{"@type": type_url, **value}` Any it stands for."""
+    for key in raw:
+        if key not in ("@type", "type_url", "value"):
+            raise FieldError(key, "unknown field")
+    type_url = raw.get("type_url")
+    if not isinstance(type_url, str) or not type_url:
+        raise FieldError("type_url", "missing required field")
+    value = raw.get("value")
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        raise FieldError("value", f"expected an object, got {type(value).__name__}")
+    if "@type" in value:
+        raise FieldError("value.@type", "unknown field")
+    return {"@type": type_url, **value}
 
 
 def _resolve_typed_field(struct: msgspec.Struct, field: str, category: str) -> None:
