@@ -1035,6 +1035,9 @@ class Router(EnvoyStruct, kw_only=True):
     """extensions.filters.http.router.v3.Router: the terminal HTTP filter."""
 
     terminal_filter: ClassVar[bool] = True
+    #: false: the router charges none of the per-response cluster stats (`upstream_rq_<code>`, `upstream_rq_<N>xx`,
+    #: the `upstream_rq_time` histogram), as Envoy's `dynamic_stats: false`
+    dynamic_stats: bool = True
     suppress_envoy_headers: bool = False
     #: with HCM tracing: a CLIENT span of its own for the upstream request ("router <cluster> egress")
     start_child_span: bool = False
