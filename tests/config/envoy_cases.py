@@ -290,6 +290,8 @@ CASES: tuple[Case, ...] = (
     Case("null-in-struct", _node(metadata={"key": None, "list": [None]}), None),
     Case("null-in-list", _listeners(("a", "127.0.0.1", 10000), listener_filters=[None]),
          f"{L0}.listener_filters[0]: Expected `object`, got `null`"),
+    # ---- the cluster manager's own settings: only Envoy's defaults
+    Case("cluster-manager-empty", {**bootstrap(), "cluster_manager": {}}, None),
     # ---- TypedStruct: an extension's config as JSON beside its type URL, in place of its Any
     Case("typed-struct", _typed_struct("xds.type.v3.TypedStruct", ROUTER_TYPE, {"suppress_envoy_headers": True}),
          None),

@@ -2420,11 +2420,23 @@ class LayeredRuntime(EnvoyStruct, kw_only=True):
 DEFAULT_STATS_FLUSH_INTERVAL = 5.0
 
 
+class ClusterManager(EnvoyStruct, kw_only=True):
+    """config.bootstrap.v3.ClusterManager: settings of the cluster manager itself. pylon has none of them yet, so
+    only an empty one loads (`cluster_manager: {}`, as in Envoy's own original-dst example): Envoy's defaults."""
+
+    local_cluster_name: NotSupportedYet | None = None
+    outlier_detection: NotSupportedYet | None = None
+    upstream_bind_config: NotSupportedYet | None = None
+    load_stats_config: NotSupportedYet | None = None
+    enable_deferred_cluster_creation: NotSupportedYet | None = None
+
+
 class Bootstrap(EnvoyStruct, kw_only=True):
     node: Node | None = None
     admin: Admin | None = None
     static_resources: StaticResources = msgspec.field(default_factory=StaticResources)
     dynamic_resources: DynamicResources | None = None
+    cluster_manager: ClusterManager | None = None
     default_regex_engine: RegexEngineConfig | None = None
     # How often the supervisor gathers the workers' stats into the merged view (Envoy: how often
     # stats are flushed to sinks); None: Envoy's 5 s. `stats_flush_on_admin` (only `true` may be
