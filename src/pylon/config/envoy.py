@@ -2271,6 +2271,8 @@ class Admin(EnvoyStruct, kw_only=True):
     profile_path: str = ""
     address: Address | None = None
     access_log: list[AccessLog] = []
+    #: when set, only request targets (path and query) one of these matches are served: the others get 403
+    allow_paths: list[StringMatcher] = []
     socket_options: NotSupportedYet | None = None
     ignore_global_conn_limit: NotSupportedYet | None = None
 
