@@ -1659,6 +1659,8 @@ class Listener(EnvoyStruct, kw_only=True):
     connection_balance_config: ConnectionBalanceConfig | None = None
     enable_reuse_port: bool = True
     tcp_backlog_size: UInt32 | None = None  # None: the system's somaxconn, as Envoy
+    #: IP_FREEBIND on the listening sockets: the listener may bind an address this host does not have (yet)
+    freebind: bool = False
     # Data, as in Envoy, where only tracing reads it (pylon has no tracing: a `tracing` config is refused).
     traffic_direction: Literal["UNSPECIFIED", "INBOUND", "OUTBOUND"] = "UNSPECIFIED"
     max_connections_to_accept_per_socket_event: PositiveUInt32 | None = None  # None: all pending, as Envoy
