@@ -54,26 +54,7 @@ services:
 BUFFER_TYPE = "envoy.extensions.filters.http.buffer.v3.Buffer"
 
 # Envoy's docs (configuration/overview/_include/tagged.yaml) keep anchors under a key tagged `!ignore`.
-TAGGED = """
-!ignore dynamic_sockets:
-- &listener_address {address: 127.0.0.1, port_value: 10000}
-static_resources:
-  listeners:
-  - name: main
-    address: {socket_address: *listener_address}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.tcp_proxy
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
-          stat_prefix: main
-          cluster: upstream
-  clusters:
-  - name: upstream
-    load_assignment:
-      cluster_name: upstream
-      endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 8080}}}}]}]
-"""
+TAGGED = "!ignore dynamic_sockets:\n- &port 10000\n" + (BOTH % "").replace("port_value: 10000", "port_value: *port")
 
 
 def load_script() -> ModuleType:
