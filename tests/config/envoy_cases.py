@@ -14,6 +14,7 @@ from typing import Any
 from tests.config.builders import (
     HCM_PATH,
     HTTP_OPTIONS_TYPE,
+    ROUTER_TYPE,
     ROUTES_PATH,
     STDOUT_LOG_TYPE,
     bootstrap,
@@ -106,6 +107,23 @@ def _domains(*domains: str) -> dict[str, Any]:
     data = http_bootstrap()
     hcm_config = data["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     hcm_config["route_config"]["virtual_hosts"][0]["domains"] = list(domains)
+    return data
+
+
+def _node(**fields: Any) -> dict[str, Any]:
+    data = bootstrap()
+    data["node"] = fields
+    return data
+
+
+def _typed_struct(wrapper: str, type_url: str | None, value: dict[str, Any] | None) -> dict[str, Any]:
+    """An HTTP bootstrap whose router filter's config is a TypedStruct (`wrapper`) of `type_url` and `value`."""
+    data = http_bootstrap()
+    typed: dict[str, Any] = {"@type": f"type.googleapis.com/{wrapper}"}
+    typed.update({"type_url": type_url} if type_url is not None else {})
+    typed.update({"value": value} if value is not None else {})
+    data["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"] = [
+        {"name": "envoy.filters.http.router", "typed_config": typed}]
     return data
 
 
@@ -328,6 +346,25 @@ CASES: tuple[Case, ...] = (
          f"{CLUSTER}.lb_subset_config: LB policy CLUSTER_PROVIDED cannot be combined with lb_subset_config"),
     Case("subset-redundant-keys-unknown", _cluster(lb_subset_config={"allow_redundant_keys": True}),
          f"{CLUSTER}.lb_subset_config.allow_redundant_keys: unknown field"),
+    # ---- null: protobuf's JSON mapping reads it as "unset" for every field, and as a value inside a Struct
+    Case("null-repeated-field", _listeners(("a", "127.0.0.1", 10000), listener_filters=None), None),
+    Case("null-message-field", _cluster(connect_timeout=None, load_assignment=None), None),
+    Case("null-in-typed-config", _route_config(response_headers_to_add=None, validate_clusters=None), None),
+    Case("null-in-struct", _node(metadata={"key": None, "list": [None]}), None),
+    Case("null-in-list", _listeners(("a", "127.0.0.1", 10000), listener_filters=[None]),
+         f"{L0}.listener_filters[0]: Expected `object`, got `null`"),
+    # ---- the cluster manager's own settings: only Envoy's defaults
+    Case("cluster-manager-empty", {**bootstrap(), "cluster_manager": {}}, None),
+    # ---- TypedStruct: an extension's config as JSON beside its type URL, in place of its Any
+    Case("typed-struct", _typed_struct("xds.type.v3.TypedStruct", ROUTER_TYPE, {"suppress_envoy_headers": True}),
+         None),
+    Case("typed-struct-udpa", _typed_struct("udpa.type.v1.TypedStruct", ROUTER_TYPE, None), None),
+    Case("typed-struct-bad-field", _typed_struct("xds.type.v3.TypedStruct", ROUTER_TYPE, {"no_such_field": 1}),
+         f"{HCM_PATH}.http_filters[0].typed_config.value.no_such_field: unknown field"),
+    Case("typed-struct-unknown-type", _typed_struct("xds.type.v3.TypedStruct", "type.googleapis.com/x.y.Z", {}),
+         f"{HCM_PATH}.http_filters[0].typed_config.type_url: unknown HTTP filter type type.googleapis.com/x.y.Z"),
+    Case("typed-struct-without-type-url", _typed_struct("xds.type.v3.TypedStruct", None, {}),
+         f"{HCM_PATH}.http_filters[0].typed_config.type_url: missing required field"),
     # ---- nesting (protobuf's JSON parser stops at 100 levels)
     Case("nested-100", _nested(100), None),
     Case("nested-101", _nested(101), "node.metadata" + ".a" * 98 + ": nested more than 100 levels deep"),

@@ -142,6 +142,12 @@ def test_hcm_explicit_values() -> None:
     assert manager.http_filters[0].typed_config.suppress_envoy_headers is True
 
 
+def test_cluster_manager_settings_are_not_supported_yet() -> None:
+    """Only an empty cluster_manager loads (envoy_cases: `cluster-manager-empty`, beside Envoy)."""
+    assert error({**bootstrap(), "cluster_manager": {"local_cluster_name": "svc"}}) == (
+        "config error in test.yaml: cluster_manager.local_cluster_name: not supported yet")
+
+
 def test_http3_codec_is_not_supported_yet() -> None:
     assert error(http_bootstrap(codec_type="HTTP3")) == (
         f"config error in test.yaml: {HCM_PATH}.codec_type: HTTP3 is not supported yet"

@@ -190,10 +190,16 @@ class _EnumSpelling:
     and published configs use all of them. Every enum of the model is a `Literal` of Envoy's
     names, so the one rule lives here rather than in each Literal.
 
+    The same walk applies protobuf's other JSON rule that msgspec lacks: `null` for a message's
+    field means the field is unset (its default), whatever its type - published configs write
+    `listener_filters:` with nothing after it. A null stays where the model takes any JSON value
+    (google.protobuf.Value/Struct positions), where it is a value of its own.
+
     `respell(data, struct_type)` walks the document along the model's types (msgspec's
     type information, built once per Struct type) and returns it with each string at a
     Literal position replaced by the name it matches, ignoring ASCII case; the document
-    itself is never changed (untouched parts are shared, changed ones copied). Positions
+    itself is never changed (untouched parts are shared, changed ones copied), and null fields
+    are left out of the copy. Positions
     inside `typed_config` (protobuf Any) are not walked here: their Struct is decoded by a
     `convert` of its own. Also returns, by msgspec's path (`.a.b[0]`, dict values `[...]`),
     the accepted names of each string that matches none.
@@ -219,6 +225,10 @@ class _EnumSpelling:
             return self._spelled(value, kind.values, path, unknown) if isinstance(value, str) else value
         if isinstance(kind, inspect.StructType) and isinstance(value, dict):
             fields = self._struct_fields(kind)
+            unset = [key for key, item in value.items()
+                     if item is None and key in fields and not isinstance(fields[key], inspect.AnyType)]
+            if unset:
+                value = {key: item for key, item in value.items() if key not in unset}
             return self._mapped(value, {key: (fields[key], f"{path}.{key}") for key in value if key in fields},
                                 unknown)
         if isinstance(kind, inspect.DictType) and isinstance(value, dict):
@@ -332,6 +342,13 @@ def decode_typed(category: str, raw: Any) -> msgspec.Struct:
     type_url = raw.get("@type")
     if not isinstance(type_url, str) or not type_url:
         raise FieldError("@type", "missing required field")
+    if registry.message_name(type_url) in TYPED_STRUCTS:
+        body = _typed_struct_body(raw)
+        try:
+            return decode_typed(category, body)
+        except FieldError as exc:
+            where = "type_url" if exc.rel_path == "@type" else join_path("value", exc.rel_path)
+            raise FieldError(where, exc.message) from None
     struct_type = registry.lookup(category, type_url)
     if struct_type is None:
         raise FieldError("@type", _explain_unknown_type(category, type_url))
@@ -341,6 +358,30 @@ def decode_typed(category: str, raw: Any) -> msgspec.Struct:
     except msgspec.ValidationError as exc:
         path, message = split_validation_error(exc)
         raise FieldError(path, message) from None
+
+
+#: An extension's config as a JSON object beside its message's type URL (xds.type.v3.TypedStruct, and the older
+#: udpa one): for control planes that do not have the message. Envoy takes one wherever it takes the message's Any,
+#: finds the extension by the inner `type_url` and reads `value` as that message's JSON.
+TYPED_STRUCTS = frozenset({"xds.type.v3.TypedStruct", "udpa.type.v1.TypedStruct"})
+
+
+def _typed_struct_body(raw: dict[str, Any]) -> dict[str, Any]:
+    """A TypedStruct as the `{"@type": type_url, **value}` Any it stands for."""
+    for key in raw:
+        if key not in ("@type", "type_url", "value"):
+            raise FieldError(key, "unknown field")
+    type_url = raw.get("type_url")
+    if not isinstance(type_url, str) or not type_url:
+        raise FieldError("type_url", "missing required field")
+    value = raw.get("value")
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        raise FieldError("value", f"expected an object, got {type(value).__name__}")
+    if "@type" in value:
+        raise FieldError("value.@type", "unknown field")
+    return {"@type": type_url, **value}
 
 
 def _resolve_typed_field(struct: msgspec.Struct, field: str, category: str) -> None:
@@ -1134,6 +1175,9 @@ class Router(EnvoyStruct, kw_only=True):
     """extensions.filters.http.router.v3.Router: the terminal HTTP filter."""
 
     terminal_filter: ClassVar[bool] = True
+    #: false: the router charges none of the per-response cluster stats (`upstream_rq_<code>`, `upstream_rq_<N>xx`,
+    #: the `upstream_rq_time` histogram), as Envoy's `dynamic_stats: false`
+    dynamic_stats: bool = True
     suppress_envoy_headers: bool = False
     #: with HCM tracing: a CLIENT span of its own for the upstream request ("router <cluster> egress")
     start_child_span: bool = False
@@ -1776,6 +1820,8 @@ class Listener(EnvoyStruct, kw_only=True):
     connection_balance_config: ConnectionBalanceConfig | None = None
     enable_reuse_port: bool = True
     tcp_backlog_size: UInt32 | None = None  # None: the system's somaxconn, as Envoy
+    #: IP_FREEBIND on the listening sockets: the listener may bind an address this host does not have (yet)
+    freebind: bool = False
     # Data, as in Envoy, where only tracing reads it (pylon has no tracing: a `tracing` config is refused).
     traffic_direction: Literal["UNSPECIFIED", "INBOUND", "OUTBOUND"] = "UNSPECIFIED"
     max_connections_to_accept_per_socket_event: PositiveUInt32 | None = None  # None: all pending, as Envoy
@@ -2526,6 +2572,8 @@ class Admin(EnvoyStruct, kw_only=True):
     profile_path: str = ""
     address: Address | None = None
     access_log: list[AccessLog] = []
+    #: when set, only request targets (path and query) one of these matches are served: the others get 403
+    allow_paths: list[StringMatcher] = []
     socket_options: NotSupportedYet | None = None
     ignore_global_conn_limit: NotSupportedYet | None = None
 
@@ -2675,11 +2723,23 @@ class LayeredRuntime(EnvoyStruct, kw_only=True):
 DEFAULT_STATS_FLUSH_INTERVAL = 5.0
 
 
+class ClusterManager(EnvoyStruct, kw_only=True):
+    """config.bootstrap.v3.ClusterManager: settings of the cluster manager itself. pylon has none of them yet, so
+    only an empty one loads (`cluster_manager: {}`, as in Envoy's own original-dst example): Envoy's defaults."""
+
+    local_cluster_name: NotSupportedYet | None = None
+    outlier_detection: NotSupportedYet | None = None
+    upstream_bind_config: NotSupportedYet | None = None
+    load_stats_config: NotSupportedYet | None = None
+    enable_deferred_cluster_creation: NotSupportedYet | None = None
+
+
 class Bootstrap(EnvoyStruct, kw_only=True):
     node: Node | None = None
     admin: Admin | None = None
     static_resources: StaticResources = msgspec.field(default_factory=StaticResources)
     dynamic_resources: DynamicResources | None = None
+    cluster_manager: ClusterManager | None = None
     default_regex_engine: RegexEngineConfig | None = None
     # How often the supervisor gathers the workers' stats into the merged view (Envoy: how often
     # stats are flushed to sinks); None: Envoy's 5 s. `stats_flush_on_admin` (only `true` may be

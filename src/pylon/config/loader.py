@@ -552,10 +552,17 @@ def _describe_yaml_error(exc: yaml.YAMLError) -> str:
 
 class _StrictLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
     """A safe YAML loader (libyaml's C parser where present: ~3x faster on large route tables)
-    that rejects duplicate mapping keys instead of keeping the last one."""
+    that rejects duplicate mapping keys instead of keeping the last one, and leaves out keys tagged `!ignore`."""
+
+
+#: Envoy's YAML loader drops every mapping key tagged `!ignore`, with its value: a place for content outside the
+#: schema, typically anchors that the config proper refers to by alias (Envoy's docs, "Special YAML usage").
+IGNORE_TAG = "!ignore"
 
 
 def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    # Aliases were resolved when the document was composed, so dropping the ignored pairs here keeps their anchors.
+    node.value = [(key_node, value) for key_node, value in node.value if key_node.tag != IGNORE_TAG]
     seen: set[Any] = set()
     for key_node, _ in node.value:
         if key_node.tag == "tag:yaml.org,2002:merge":

@@ -345,6 +345,9 @@ _OPERATORS: dict[str, _Operator] = {
     "START_TIME": _Operator(lambda c, arg, n: f"{c.bind(start_time_formatter(arg))}(r.start_time)", STR, True),
     "REQ": _Operator(lambda c, arg, n: _header(c, arg, n, response=False), STR, True, True),
     "RESP": _Operator(lambda c, arg, n: _header(c, arg, n, response=True), STR, True, True),
+    # Envoy's long names for the same two operators (its docs' examples use them).
+    "REQUEST_HEADER": _Operator(lambda c, arg, n: _header(c, arg, n, response=False), STR, True, True),
+    "RESPONSE_HEADER": _Operator(lambda c, arg, n: _header(c, arg, n, response=True), STR, True, True),
     "PROTOCOL": _Operator(_field("protocol"), STR),
     "RESPONSE_CODE": _Operator(_field("response_code"), INT),
     "RESPONSE_FLAGS": _Operator(_field("response_flags"), STR),

@@ -156,6 +156,7 @@ class HcmRuntime:
         self.response_drop = HOP_BY_HOP | {b"server"} if self.overwrite_server else HOP_BY_HOP
         router = config.http_filters[-1].typed_config if config.http_filters else None
         self.suppress_envoy_headers = bool(getattr(router, "suppress_envoy_headers", False))
+        self.dynamic_stats = bool(getattr(router, "dynamic_stats", True))
         # The filters before the router, in order; empty (and free) when the router is alone.
         self.decoder_filters = [build_filter(f.name, f.typed_config, config.stat_prefix, stats, worker.loop)
                                 for f in config.http_filters[:-1]]

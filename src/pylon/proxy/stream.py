@@ -1016,7 +1016,8 @@ class Stream:
                                   or (retry.grpc_codes and retry.should_retry_grpc(headers))):
             if self._reserve_retry():
                 # Drop this response (and its connection: its body is still coming) and try again.
-                self.cluster.stats.count_response(status)
+                if self.hcm.dynamic_stats:
+                    self.cluster.stats.count_response(status)
                 self._end_attempt(abandon=True)
                 return self._schedule_retry()
             if self._retries_exhausted():
@@ -1203,8 +1204,9 @@ class Stream:
         self.on_upstream_flush()
         cluster = self.cluster
         assert cluster is not None
-        cluster.stats.count_response(self.status)
-        cluster.stats.upstream_rq_time.record((self.conn.loop_time() - self.attempt_start) * 1000)
+        if self.hcm.dynamic_stats:
+            cluster.stats.count_response(self.status)
+            cluster.stats.upstream_rq_time.record((self.conn.loop_time() - self.attempt_start) * 1000)
         self.upstream = None  # the pool takes the connection back
         self.up_state = UP_DONE
         self._end_attempt(abandon=False)
