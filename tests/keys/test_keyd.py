@@ -199,3 +199,88 @@ def test_keyd_makes_a_key_and_answers_only_its_csr() -> None:
     assert replies[-1].status == ERROR and b"taken" in replies[-1].data
     ask("default.web.2", b"not-a-spiffe-id")
     assert replies[-1].status == ERROR and "default.web.2" not in server.keys
+
+
+#: A keyd client in a separate process (so it can run as another uid): sends one frame, prints the hex of what
+#: came back (empty when keyd closed the connection without answering).
+_PROBE = """
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+s.settimeout(10)
+data = b""
+try:
+    s.sendall(bytes.fromhex(sys.argv[2]))
+    while len(data) < 4 or len(data) < 4 + int.from_bytes(data[:4], "big"):
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+except (ConnectionResetError, BrokenPipeError):
+    pass
+print(data.hex())
+"""
+
+NOBODY = 65534
+
+
+def probe(sock: Path, as_nobody: bool):  # type: ignore[no-untyped-def]
+    """Ask keyd to sign one block with key "rsa", as root or as nobody; the Response, or None when refused."""
+    from pylon.keys.hook import RSA_RAW
+    from pylon.keys.keyd.protocol import Request, decode_response, encode_request
+
+    frame = encode_request(Request(1, RSA_RAW, "rsa", b"\0" + b"\1" * 255)).hex()
+    drop = ["setpriv", "--reuid", "nobody", "--regid", "nogroup", "--clear-groups"] if as_nobody else []
+    out = subprocess.run([*drop, sys.executable, "-I", "-c", _PROBE, str(sock), frame],
+                         capture_output=True, text=True, timeout=30, check=False)
+    assert out.returncode == 0, out.stderr
+    data = bytes.fromhex(out.stdout.strip())
+    return decode_response(data[4:]) if data else None
+
+
+@pytest.fixture
+def open_dir():  # type: ignore[no-untyped-def]
+    """A directory another uid can reach (pytest's tmp_path is root's alone)."""
+    import shutil
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="keyd-uid-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="connecting as another uid needs root (setpriv)")
+@pytest.mark.parametrize("allow", [(), ("--allow-uid", str(NOBODY))], ids=["default", "nobody-allowed"])
+def test_another_uid_is_refused_unless_allowed(pki, open_dir, allow) -> None:  # type: ignore[no-untyped-def]
+    from pylon.keys.keyd.protocol import OK
+
+    sock = open_dir / "keyd.sock"
+    keyd = start_keyd(sock, pki, *allow)
+    try:
+        # keyd makes its socket 0660, so another uid cannot even connect; open it to everyone, as a careless
+        # operator might: the kernel-checked uid must still keep nobody out.
+        assert sock.stat().st_mode & 0o777 == 0o660
+        sock.chmod(0o666)
+        as_root = probe(sock, as_nobody=False)
+        as_nobody = probe(sock, as_nobody=True)
+    finally:
+        err = stop(keyd)
+    if not allow:  # the default allow-list is keyd's own uid (root here), and only that
+        assert "for uids [0]" in err
+        assert as_root is not None and as_root.status == OK and len(as_root.data) == 256
+        assert as_nobody is None, "keyd answered a uid outside its allow-list"
+        assert f"uid {NOBODY}: uid not in the allow-list" in err
+        assert "refused 1 clients" in err
+    else:
+        assert f"for uids [{NOBODY}]" in err
+        assert as_nobody is not None and as_nobody.status == OK and len(as_nobody.data) == 256
+        assert as_root is None  # an explicit list replaces the default
+        assert "refused 1 clients" in err
+
+
+def test_the_allow_list_defaults_to_keyds_own_uid() -> None:
+    from pylon.keys.keyd.server import KeydServer
+
+    assert KeydServer({}, allow_uids=[]).allow_uids == {os.getuid()}
+    assert KeydServer({}, allow_uids=[NOBODY]).allow_uids == {NOBODY}
