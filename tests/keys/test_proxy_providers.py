@@ -30,7 +30,7 @@ from pylon.keys import cryptomb
 from pylon.keys.config import CRYPTOMB_TYPE_URL, KEYD_TYPE_URL, OFFLOAD_TYPE_URL
 from tests.conftest import free_port, pylon_cmd, stop_process_group
 from tests.keys.conftest import needs_mb
-from tests.keys.test_keyd import _primes, scan
+from tests.keys.test_keyd import held_secrets, key_needles
 from tests.proxy.conftest import (  # noqa: F401  (fixtures)
     DOWNSTREAM_TLS_TYPE,
     RunningProxy,
@@ -243,12 +243,13 @@ def test_keyd_down_frozen_and_back(run_proxy, pki, backend, tmp_path) -> None:  
 def test_proxy_workers_hold_no_prime_while_keyd_does(keyd_proxy, keyd, pki) -> None:  # type: ignore[no-untyped-def]
     for _ in range(3):  # the key has really been used through keyd
         assert https_get(keyd_proxy.ports["keyd_rsa"], client_context(pki)).status_code == 200
-    needles = _primes(pki)
-    assert keyd.proc is not None and scan(keyd.proc.pid, needles), "the scan must find the primes in keyd"
+    needles = key_needles(pki.server_rsa.key.read_bytes())
+    assert keyd.proc is not None
+    assert {"p", "q", "d", "dp", "dq"} <= set(held_secrets(keyd.proc.pid, needles)), "keyd must hold the key"
     processes = [keyd_proxy.proc.pid, *keyd_proxy.worker_pids()]
     assert len(processes) == 2
     for pid in processes:
-        assert not scan(pid, needles), f"proxy process {pid} holds a prime of the private key"
+        assert held_secrets(pid, needles) == [], f"proxy process {pid} holds part of the private key"
 
 
 def burst(proxy: RunningProxy, listener: str, ctx: ssl.SSLContext, count: int) -> list[int]:
