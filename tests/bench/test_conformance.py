@@ -38,11 +38,14 @@ static_resources:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
 """
 
-BUFFER = """
-          - name: envoy.filters.http.buffer
+# A filter stock Envoy has and pylon does not (yet): the config Envoy alone accepts.
+UNSUPPORTED = """
+          - name: envoy.filters.http.set_metadata
             typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer
-              max_request_bytes: 1024"""
+              "@type": type.googleapis.com/envoy.extensions.filters.http.set_metadata.v3.Config
+              metadata:
+              - metadata_namespace: example
+                value: {key: value}"""
 
 COMPOSE = """
 services:
@@ -51,7 +54,7 @@ services:
     ports: ["10000:10000"]
 """
 
-BUFFER_TYPE = "envoy.extensions.filters.http.buffer.v3.Buffer"
+UNSUPPORTED_TYPE = "envoy.extensions.filters.http.set_metadata.v3.Config"
 
 # Envoy's docs (configuration/overview/_include/tagged.yaml) keep anchors under a key tagged `!ignore`.
 TAGGED = "!ignore dynamic_sockets:\n- &port 10000\n" + (BOTH % "").replace("port_value: 10000", "port_value: *port")
@@ -77,7 +80,7 @@ def envoy() -> str:
 def test_classifies_three_configs(tmp_path: Path, envoy: str) -> None:
     conformance = load_script()
     (tmp_path / "both.yaml").write_text(BOTH % "")
-    (tmp_path / "envoy-only.yaml").write_text(BOTH % BUFFER)
+    (tmp_path / "envoy-only.yaml").write_text(BOTH % UNSUPPORTED)
     (tmp_path / "docker-compose.yaml").write_text(COMPOSE)
 
     found = conformance.survey([tmp_path], envoy, timeout=60, jobs=2)
@@ -90,10 +93,10 @@ def test_classifies_three_configs(tmp_path: Path, envoy: str) -> None:
     assert only.category == "envoy-only" and only.envoy.accepted and not only.pylon.accepted
     assert only.pylon.error.startswith(
         "envoy-only.yaml: static_resources.listeners[0].filter_chains[0].filters[0].typed_config.http_filters[0]"
-        f".typed_config.@type: unknown HTTP filter type type.googleapis.com/{BUFFER_TYPE}")
+        f".typed_config.@type: unknown HTTP filter type type.googleapis.com/{UNSUPPORTED_TYPE}")
     summary = conformance.totals(found)
     assert summary["envoy_acceptance"] == 1.0 and summary["pylon_acceptance_among_envoy_accepted"] == 0.5
-    assert summary["refusals_ranked"] == {f"{BUFFER_TYPE} (unknown HTTP filter type)": 1}
+    assert summary["refusals_ranked"] == {f"{UNSUPPORTED_TYPE} (unknown HTTP filter type)": 1}
 
 
 def test_keys_tagged_ignore_are_left_out_as_envoy_does(tmp_path: Path, envoy: str) -> None:
