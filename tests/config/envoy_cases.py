@@ -55,6 +55,20 @@ def _add_header(key: str, value: str = "v") -> dict[str, Any]:
     return _route(route={"cluster": "svc"}, request_headers_to_add=[{"header": {"key": key, "value": value}}])
 
 
+_MUTATION = {"name": "m", "typed_config": {
+    "@type": "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation"}}
+_CODEC = {"name": "envoy.filters.http.upstream_codec",
+          "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"}}
+ROUTER_PATH = f"{HCM_PATH}.http_filters[0].typed_config"
+
+
+def _upstream_filters(filters: list[dict[str, Any]]) -> dict[str, Any]:
+    data = http_bootstrap()
+    hcm = data["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    hcm["http_filters"][-1]["typed_config"]["upstream_http_filters"] = filters
+    return data
+
+
 def _log_filter(log_filter: dict[str, Any]) -> dict[str, Any]:
     return http_bootstrap(access_log=[{"name": "log", "filter": log_filter, "typed_config": {"@type": STDOUT_LOG_TYPE}}])
 
@@ -267,6 +281,18 @@ CASES: tuple[Case, ...] = (
     Case("log-content-type-lf", http_bootstrap(access_log=[{"name": "log", "typed_config": {
         "@type": STDOUT_LOG_TYPE, "log_format": {"text_format_source": {"inline_string": "x"}, "content_type": "a\nb"}}}]),
          f"{HCM_PATH}.access_log[0].typed_config.log_format.content_type: must not contain NUL, CR or LF"),
+    # ---- upstream HTTP filters
+    Case("upstream-filters", _upstream_filters([_MUTATION, _CODEC]), None),
+    Case("upstream-filters-codec-only", _upstream_filters([_CODEC]), None),
+    Case("upstream-filters-without-codec", _upstream_filters([_MUTATION]),
+         f"{ROUTER_PATH}.upstream_http_filters[0]: the last filter must be the upstream codec filter "
+         "(envoy.filters.http.upstream_codec), got m"),
+    Case("upstream-filters-codec-first", _upstream_filters([_CODEC, _MUTATION]),
+         f"{ROUTER_PATH}.upstream_http_filters[0]: envoy.filters.http.upstream_codec is terminal and must be the "
+         "last filter"),
+    Case("upstream-filters-cluster", _cluster(typed_extension_protocol_options={HTTP_OPTIONS_TYPE.split("/")[-1]: {
+        "@type": HTTP_OPTIONS_TYPE, "explicit_http_config": {"http_protocol_options": {}},
+        "http_filters": [_MUTATION, _CODEC]}}), None),
     # ---- access log filters and local_reply_config
     Case("log-filter-status-ge", _log_filter({"status_code_filter": {"comparison": {
         "op": "GE", "value": {"default_value": 400, "runtime_key": "access_log.errors"}}}}), None),

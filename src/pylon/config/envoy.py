@@ -1171,16 +1171,39 @@ class HttpFilter(_TypedExtension, kw_only=True):
     category: ClassVar[str] = registry.HTTP_FILTER
 
 
+class UpstreamCodec(EnvoyStruct, kw_only=True):
+    """extensions.filters.http.upstream_codec.v3.UpstreamCodec: the end of an upstream filter chain (the
+    upstream connection's codec)."""
+
+    terminal_filter: ClassVar[bool] = True
+
+
+class UpstreamHttpFilter(_TypedExtension, kw_only=True):
+    """An entry of the router's `upstream_http_filters` or a cluster's `http_filters`
+    (proxy/filters/upstream.py runs them)."""
+
+    category: ClassVar[str] = registry.UPSTREAM_HTTP_FILTER
+
+
+_UPSTREAM_CODEC = "the upstream codec filter (envoy.filters.http.upstream_codec)"
+
+
 class Router(EnvoyStruct, kw_only=True):
     """extensions.filters.http.router.v3.Router: the terminal HTTP filter."""
 
     terminal_filter: ClassVar[bool] = True
+    #: filters between the router and each upstream request (the cluster's own `http_filters` win)
+    upstream_http_filters: list[UpstreamHttpFilter] = []
     #: false: the router charges none of the per-response cluster stats (`upstream_rq_<code>`, `upstream_rq_<N>xx`,
     #: the `upstream_rq_time` histogram), as Envoy's `dynamic_stats: false`
     dynamic_stats: bool = True
     suppress_envoy_headers: bool = False
     #: with HCM tracing: a CLIENT span of its own for the upstream request ("router <cluster> egress")
     start_child_span: bool = False
+
+    def __post_init__(self) -> None:
+        if self.upstream_http_filters:
+            _check_terminal_last(self.upstream_http_filters, "upstream_http_filters", _UPSTREAM_CODEC)
 
 
 class WatchedDirectory(EnvoyStruct, kw_only=True):
@@ -2218,9 +2241,13 @@ class UpstreamHttpProtocolOptions(EnvoyStruct, kw_only=True):
     explicit_http_config: ExplicitHttpConfig | None = None
     use_downstream_protocol_config: UseDownstreamHttpConfig | None = None
     auto_config: AutoHttpConfig | None = None
+    #: the cluster's upstream HTTP filters, instead of the router's `upstream_http_filters`
+    http_filters: list[UpstreamHttpFilter] = []
 
     def __post_init__(self) -> None:
         _exactly_one(self, "explicit_http_config", "use_downstream_protocol_config", "auto_config")
+        if self.http_filters:
+            _check_terminal_last(self.http_filters, "http_filters", _UPSTREAM_CODEC)
 
     @property
     def protocol_config(self) -> "ExplicitHttpConfig | UseDownstreamHttpConfig | AutoHttpConfig":
@@ -2433,6 +2460,12 @@ class Cluster(EnvoyStruct, kw_only=True):
         typed = self.typed_extension_protocol_options.get(HTTP_PROTOCOL_OPTIONS)
         common = typed.common_http_protocol_options if typed is not None else self.common_http_protocol_options
         return common if common is not None else _DEFAULT_UPSTREAM_OPTIONS
+
+    @property
+    def upstream_http_filters(self) -> list[UpstreamHttpFilter]:
+        """The cluster's own upstream HTTP filters (its HttpProtocolOptions' `http_filters`; empty: the router's)."""
+        typed = self.typed_extension_protocol_options.get(HTTP_PROTOCOL_OPTIONS)
+        return typed.http_filters if typed is not None else []
 
     @property
     def upstream_trailers(self) -> bool:
@@ -2801,6 +2834,8 @@ _CORE_EXTENSIONS: tuple[tuple[str, str, type], ...] = (
     ),
     (registry.NETWORK_FILTER, "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy", TcpProxy),
     (registry.HTTP_FILTER, "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router", Router),
+    (registry.UPSTREAM_HTTP_FILTER, "type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec",
+     UpstreamCodec),
     (
         registry.ACCESS_LOGGER,
         "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",

@@ -33,6 +33,8 @@ HTTP_FILTER = "envoy.filters.http"
 #: A route's or virtual host's `typed_per_filter_config` values: each filter's per-route type (RBACPerRoute for
 #: RBAC, the filter's own config for fault), as Envoy unpacks them - a filter config there is refused.
 HTTP_FILTER_PER_ROUTE = "envoy.filters.http.per_route"
+#: The router's `upstream_http_filters` and a cluster's `http_filters`: the filters between router and upstream.
+UPSTREAM_HTTP_FILTER = "envoy.filters.http.upstream"
 LISTENER_FILTER = "envoy.filters.listener"
 ACCESS_LOGGER = "envoy.access_loggers"
 DOWNSTREAM_TRANSPORT_SOCKET = "envoy.transport_sockets.downstream"
@@ -57,6 +59,7 @@ CATEGORY_NAMES = MappingProxyType(
         NETWORK_FILTER: "network filter",
         HTTP_FILTER: "HTTP filter",
         HTTP_FILTER_PER_ROUTE: "per-route HTTP filter config",
+        UPSTREAM_HTTP_FILTER: "upstream HTTP filter",
         LISTENER_FILTER: "listener filter",
         ACCESS_LOGGER: "access logger",
         DOWNSTREAM_TRANSPORT_SOCKET: "downstream transport socket",
@@ -116,6 +119,10 @@ EXTENSION_MODULES: Mapping[str, Mapping[str, str]] = MappingProxyType(
             "envoy.extensions.filters.http.lua.v3.Lua": "pylon.extensions.filters.http.lua",
             "envoy.extensions.filters.http.rbac.v3.RBAC": "pylon.extensions.filters.http.rbac",
             "pylon.filters.http.v1.Python": "pylon.extensions.filters.http.python",
+        },
+        UPSTREAM_HTTP_FILTER: {
+            "envoy.extensions.filters.http.header_mutation.v3.HeaderMutation":
+                "pylon.extensions.filters.http.header_mutation",
         },
         HTTP_FILTER_PER_ROUTE: {
             "envoy.extensions.filters.http.buffer.v3.BufferPerRoute": "pylon.extensions.filters.http.buffer",

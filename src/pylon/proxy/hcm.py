@@ -21,6 +21,7 @@ from pylon.proxy import local_reply as lr
 from pylon.proxy.access_log import AccessLogRecord, build_access_loggers
 from pylon.proxy.connection_info import ConnectionInfo
 from pylon.proxy.filters.http import build_filter
+from pylon.proxy.filters.upstream import build_upstream_filters
 from pylon.proxy.filters.listener import Detected
 from pylon.proxy.http.h1_server import Http1RequestDecoder, Http1ResponseEncoder
 from pylon.proxy.http1 import HOP_BY_HOP
@@ -156,6 +157,8 @@ class HcmRuntime:
         self.response_drop = HOP_BY_HOP | {b"server"} if self.overwrite_server else HOP_BY_HOP
         router = config.http_filters[-1].typed_config if config.http_filters else None
         self.suppress_envoy_headers = bool(getattr(router, "suppress_envoy_headers", False))
+        # The router's upstream HTTP filters (None: none); a cluster's own `http_filters` take their place.
+        self.upstream_filters = build_upstream_filters(getattr(router, "upstream_http_filters", []))
         self.dynamic_stats = bool(getattr(router, "dynamic_stats", True))
         # The filters before the router, in order; empty (and free) when the router is alone.
         self.decoder_filters = [build_filter(f.name, f.typed_config, config.stat_prefix, stats, worker.loop)

@@ -694,6 +694,12 @@ class Stream:
         cluster = hcm.clusters.get(cluster_name)
         if cluster is None:
             return self.local(lr.NO_CLUSTER)  # a route to a cluster CDS has not (or no longer) given
+        upstream_filters = cluster.upstream_filters if cluster.upstream_filters is not None else hcm.upstream_filters
+        if upstream_filters:
+            edited = HeaderList(forward)
+            for upstream_filter in upstream_filters:
+                path = upstream_filter.upstream_request(self, edited, path)
+            forward = edited.items
         self.request_encoder = Http1RequestEncoder(
             self.method, path, route.host_rewrite or self.authority, forward, chunked=chunked,
             length=0 if chunked else self.req_length, attempt_count=route.attempt_count,
@@ -1010,6 +1016,14 @@ class Stream:
     def on_upstream_headers(self, status: int, headers: list[tuple[bytes, bytes]], keep_alive: bool) -> None:
         host = self.host
         assert host is not None and self.cluster is not None
+        upstream_filters = self.cluster.upstream_filters
+        if upstream_filters is None:
+            upstream_filters = self.hcm.upstream_filters
+        if upstream_filters:  # they see the upstream's response first, before the retry checks
+            edited = HeaderList(list(headers))
+            for upstream_filter in reversed(upstream_filters):
+                upstream_filter.upstream_response(self, status, edited)
+            headers = edited.items
         host.record_response(status)
         retry = self.route.retry if self.route else None
         if retry is not None and (retry.should_retry_status(status)

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 from pylon.config.secrets import common_tls_context
 from pylon.proxy import local_reply as lr
 from pylon.proxy.http.h2_session import H2Settings
+from pylon.proxy.filters.upstream import build_upstream_filters
 from pylon.proxy.upstream.auto_sni import AutoSni
 from pylon.proxy.upstream.circuit import CircuitBreakers
 from pylon.proxy.upstream.connect import open_stream
@@ -118,6 +119,8 @@ class Cluster:
         # Idle timeout, max duration, max requests and response headers of its pooled connections (pool.py).
         self.connection_limits = ConnectionLimits.of(config)
         self.upstream_trailers: bool = config.upstream_trailers  # HTTP/1 trailers cross to and from its hosts
+        # Its own upstream HTTP filters (None: the router's, if any; filters/upstream.py).
+        self.upstream_filters = build_upstream_filters(config.upstream_http_filters)
         # HTTP/2 upstream (h2_pool.py): the codec's settings when the cluster may speak it; "downstream": only for
         # requests that came over HTTP/2 (pool_registry.py keys those pools apart).
         self.protocol, options = config.upstream_protocol
