@@ -55,10 +55,10 @@ CLIENTS, STREAMS = 10, 10
 HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
-#: One gRPC unary request body: a length-prefixed message (fortio.PingMessage-shaped: seq 1, payload "ping").
+#: One gRPC unary request body: a length-prefixed message (fgrpc.PingMessage-shaped: seq 1, payload "ping").
 GRPC_MESSAGE = b"\x08\x01\x1a\x04ping"
 GRPC_BODY = b"\x00" + len(GRPC_MESSAGE).to_bytes(4, "big") + GRPC_MESSAGE
-GRPC_PATH = "/fortio.PingServer/Ping"
+GRPC_PATH = "/fgrpc.PingServer/Ping"
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 EMPTY_SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
 
@@ -67,7 +67,7 @@ GRPC_SERVER = textwrap.dedent("""
     import sys, threading
     from concurrent import futures
     import grpc
-    handler = grpc.method_handlers_generic_handler("fortio.PingServer", {
+    handler = grpc.method_handlers_generic_handler("fgrpc.PingServer", {
         "Ping": grpc.unary_unary_rpc_method_handler(lambda request, context: request)})
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
     server.add_generic_rpc_handlers((handler,))
