@@ -166,3 +166,39 @@ def test_cli_refuses_flags_that_would_change_nothing(argv: list[str], message: s
     run = subprocess.run([sys.executable, "-m", "pylon.bench.cli", "load", *argv], capture_output=True, text=True,
                          timeout=60)
     assert run.returncode == 2 and message in run.stderr
+
+
+def test_h2_over_tls_needs_the_server_to_choose_h2(pki) -> None:
+    """A TLS server that picks http/1.1 by ALPN: no HTTP/2 is spoken at it, each call is a protocol error."""
+    import socket
+    import ssl
+    import threading
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(pki.server_rsa.cert, pki.server_rsa.key)
+    ctx.set_alpn_protocols(["http/1.1"])
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    seen: list[bytes] = []
+
+    def answer() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            try:
+                with ctx.wrap_socket(conn, server_side=True) as tls:
+                    seen.append(tls.recv(100))
+            except (OSError, ssl.SSLError):
+                continue
+
+    threading.Thread(target=answer, daemon=True).start()
+    try:
+        result = load(f"https://localhost:{server.getsockname()[1]}/", h2=True, qps=0, connections=1, exactly=2,
+                      cacert=str(ca_file(pki)))
+    finally:
+        server.close()
+    assert result["RetCodes"] == {"-1": 2} and result["ErrorKinds"] == {"protocol": 2}
+    assert not any(data.startswith(b"PRI * HTTP/2.0") for data in seen)  # the preface never went out
