@@ -7,7 +7,7 @@ from click.testing import CliRunner
 
 from pylon.bench.cli import load
 from pylon.bench.fortio_args import (
-    LoadUsageError, format_go_duration, parse_go_duration, parse_load_args, parse_target,
+    LoadUsageError, format_go_duration, grpc_target, parse_go_duration, parse_load_args, parse_target,
 )
 
 URL = "http://127.0.0.1:8080/x?y=1"
@@ -86,3 +86,30 @@ def test_go_durations(text: str, seconds: float) -> None:
                                                (0, "0s"), (90, "1m30s")])
 def test_go_duration_strings(seconds: float, text: str) -> None:
     assert format_go_duration(seconds) == text
+
+
+@pytest.mark.parametrize("destination, cacert, expected", [
+    ("echo", "", ("http", "echo", 8079, "echo:8079")),
+    ("127.0.0.1:9000", "", ("http", "127.0.0.1", 9000, "127.0.0.1:9000")),
+    ("http://echo/some/path", "", ("http", "echo", 80, "echo:80")),
+    ("https://echo", "", ("https", "echo", 443, "echo:443")),
+    ("echo:9000", "ca.pem", ("https", "echo", 9000, "echo:9000")),
+    ("[::1]:9000", "", ("http", "::1", 9000, "[::1]:9000")),
+])
+def test_grpc_destinations_as_fortio_reads_them(destination: str, cacert: str, expected: tuple) -> None:
+    target = grpc_target(destination, cacert)
+    assert (target.scheme, target.host, target.port, target.url) == expected
+
+
+def test_grpc_and_h2_flags() -> None:
+    options = parse_load_args(["-grpc", "-ping", "-s", "4", "-c", "2", "-grpc-ping-delay", "5ms", "-payload", "x",
+                               "echo:8079"])
+    assert (options.grpc, options.ping, options.streams, options.threads) == (True, True, 4, 8)
+    assert options.grpc_ping_delay == pytest.approx(0.005) and options.target.port == 8079
+    options = parse_load_args(["-h2", "-c", "3", "http://h/"])
+    assert options.h2 and options.threads == 3 and not options.grpc
+    assert parse_load_args(["-grpc", "-healthservice", "ping", "h:1"]).health_service == "ping"
+    with pytest.raises(LoadUsageError, match="-healthservice is for health checks"):
+        parse_load_args(["-grpc", "-ping", "-healthservice", "x", "h:1"])
+    with pytest.raises(LoadUsageError, match="-payload-size is for HTTP"):
+        parse_load_args(["-grpc", "-ping", "-payload-size", "10", "h:1"])

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
+import ssl
 import subprocess
 import sys
+import threading
 from pathlib import Path
+from typing import Callable, Iterator
 
 import httpx
 import pytest
@@ -64,31 +69,38 @@ def test_h2_over_tls_by_alpn(start_echo, pki) -> None:
     assert result["RetCodes"] == {"200": 200} and result["SocketCount"] == 2
 
 
-def test_h2_to_an_http1_server_fails_each_call_by_kind(tmp_path: Path) -> None:
-    """A server that answers HTTP/1.1 to the preface: each call is a counted protocol error, not a crash."""
-    import socket
-    import threading
-
+@contextlib.contextmanager
+def tcp_server(handle: Callable[[socket.socket], None]) -> Iterator[int]:
+    """A loopback server calling `handle(conn)` for each connection, in a thread; yields its port, closes after."""
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen()
 
-    def answer() -> None:
+    def serve() -> None:
         while True:
             try:
                 conn, _ = server.accept()
             except OSError:
                 return
             with conn:
-                conn.recv(65536)
-                conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                handle(conn)
 
-    thread = threading.Thread(target=answer, daemon=True)
-    thread.start()
+    threading.Thread(target=serve, daemon=True).start()
     try:
-        result = load(f"http://127.0.0.1:{server.getsockname()[1]}/", h2=True, qps=0, connections=1, exactly=3)
+        yield server.getsockname()[1]
     finally:
         server.close()
+
+
+def test_h2_to_an_http1_server_fails_each_call_by_kind() -> None:
+    """A server that answers HTTP/1.1 to the preface: each call is a counted protocol error, not a crash."""
+
+    def answer(conn: socket.socket) -> None:
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+
+    with tcp_server(answer) as port:
+        result = load(f"http://127.0.0.1:{port}/", h2=True, qps=0, connections=1, exactly=3)
     assert result["RetCodes"] == {"-1": 3} and set(result["ErrorKinds"]) <= {"protocol", "closed", "reset"}
 
 
@@ -166,3 +178,24 @@ def test_cli_refuses_flags_that_would_change_nothing(argv: list[str], message: s
     run = subprocess.run([sys.executable, "-m", "pylon.bench.cli", "load", *argv], capture_output=True, text=True,
                          timeout=60)
     assert run.returncode == 2 and message in run.stderr
+
+
+def test_h2_over_tls_needs_the_server_to_choose_h2(pki) -> None:
+    """A TLS server that picks http/1.1 by ALPN: no HTTP/2 is spoken at it, each call is a protocol error."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(pki.server_rsa.cert, pki.server_rsa.key)
+    ctx.set_alpn_protocols(["http/1.1"])
+    seen: list[bytes] = []
+
+    def answer(conn: socket.socket) -> None:
+        try:
+            with ctx.wrap_socket(conn, server_side=True) as tls:
+                seen.append(tls.recv(100))
+        except (OSError, ssl.SSLError):
+            pass
+
+    with tcp_server(answer) as port:
+        result = load(f"https://localhost:{port}/", h2=True, qps=0, connections=1, exactly=2,
+                      cacert=str(ca_file(pki)))
+    assert result["RetCodes"] == {"-1": 2} and result["ErrorKinds"] == {"protocol": 2}
+    assert not any(data.startswith(b"PRI * HTTP/2.0") for data in seen)  # the preface never went out

@@ -128,9 +128,16 @@ class H2ClientConnection(asyncio.Protocol):
         self.receiving = False
         self.usable = True  # False once the peer sent GOAWAY or the connection is lost
         self.lost = False  # the socket is gone and the session freed: nothing may touch `h2` any more
+        self.alpn_refused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None and ssl_object.selected_alpn_protocol() != "h2":
+            self.usable = False
+            self.alpn_refused = True  # H2Pool fails the connect: no HTTP/2 is spoken to a server that did not agree
+            transport.abort()
+            return
         self.flush()  # the preface and our SETTINGS
 
     def flush(self) -> None:
@@ -276,20 +283,13 @@ class H2Pool:
             try:
                 conn = await self.engine.connect(lambda: H2ClientConnection(self.engine, self.requests),
                                                  group * self.streams)
-            except Exception as exc:  # noqa: BLE001 - every slot of the group waiting sees the failure
+                if conn.alpn_refused:
+                    raise H2Error("the server did not choose h2 by ALPN")
+            except BaseException as exc:  # every slot of the group waiting sees the failure
                 pending.set_exception(exc)
                 pending.exception()  # retrieved: a group nobody else waits on must not warn
                 raise
-            self._check_alpn(conn)
             pending.set_result(conn)
         conn = await asyncio.shield(pending)
         conn.users.add(slot.index)
         return conn
-
-    @staticmethod
-    def _check_alpn(conn: H2ClientConnection) -> None:
-        ssl_object = conn.transport.get_extra_info("ssl_object")
-        if ssl_object is not None and ssl_object.selected_alpn_protocol() != "h2":
-            conn.transport.abort()
-            raise H2Error("the server did not choose h2 by ALPN")
-
