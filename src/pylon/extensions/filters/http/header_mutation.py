@@ -17,7 +17,9 @@ would break the request line (space, control, non-ASCII, `#`) or change the quer
 (and a second level's edits decode the first level's encoded values again). The route is the one matched before;
 its rewrites apply to the new path.
 
-Refused by name: `request_trailers_mutations` and `response_trailers_mutations` (not supported yet). Departure: `%REQ(...)%` in a response edit reads the request as the filters left it, not
+`request_trailers_mutations` and `response_trailers_mutations` edit a message's trailers the same way, level
+by level, where the message has trailers (HTTP/1.1 chunked, `enable_trailers` on both sides): none are added to
+a message without any, as Envoy's HTTP/1 codec cannot either. Departure: `%REQ(...)%` in a response edit reads the request as the filters left it, not
 with the headers the router adds afterwards (x-request-id, x-forwarded-*).
 """
 
@@ -28,7 +30,7 @@ from typing import Any, NamedTuple
 import msgspec
 
 from pylon.config import registry
-from pylon.config.envoy import EnvoyStruct, NotSupportedYet
+from pylon.config.envoy import EnvoyStruct
 from pylon.extensions.filters.common.mutation_rules import (
     HeaderMutation, HeaderMutations, KeyValueMutation, QueryParameterMutations,
 )
@@ -46,8 +48,8 @@ class Mutations(EnvoyStruct, kw_only=True):
     request_mutations: list[HeaderMutation] = msgspec.field(default_factory=list)
     query_parameter_mutations: list[KeyValueMutation] = msgspec.field(default_factory=list)
     response_mutations: list[HeaderMutation] = msgspec.field(default_factory=list)
-    response_trailers_mutations: NotSupportedYet | None = None
-    request_trailers_mutations: NotSupportedYet | None = None
+    response_trailers_mutations: list[HeaderMutation] = msgspec.field(default_factory=list)
+    request_trailers_mutations: list[HeaderMutation] = msgspec.field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.compiled()  # the formats are checked at load, naming the field
@@ -56,15 +58,20 @@ class Mutations(EnvoyStruct, kw_only=True):
         return Compiled(HeaderMutations(self.request_mutations, "request_mutations"),
                         QueryParameterMutations(self.query_parameter_mutations, "query_parameter_mutations")
                         if self.query_parameter_mutations else None,
-                        HeaderMutations(self.response_mutations, "response_mutations"))
+                        HeaderMutations(self.response_mutations, "response_mutations"),
+                        HeaderMutations(self.request_trailers_mutations, "request_trailers_mutations"),
+                        HeaderMutations(self.response_trailers_mutations, "response_trailers_mutations"))
 
 
 class Compiled(NamedTuple):
-    """One level's edits, compiled: request headers, then the query (None: no query edits), response headers."""
+    """One level's edits, compiled: request headers, then the query (None: no query edits), response headers,
+    and the trailers of each side."""
 
     request: HeaderMutations
     query: QueryParameterMutations | None
     response: HeaderMutations
+    request_trailers: HeaderMutations
+    response_trailers: HeaderMutations
 
 
 class HeaderMutationConfig(EnvoyStruct, kw_only=True):
@@ -137,6 +144,23 @@ class HeaderMutationFilter:
         lookup = request_lookup(stream.headers, _pseudo(stream)) if any(l.reads_request for l in levels) else None
         for level in levels:
             level.apply(headers, stream.conn.peer, lookup)
+
+    def decode_trailers(self, stream: Any, trailers: list[tuple[bytes, bytes]]) -> None:
+        self._edit_trailers(stream, trailers, [level.request_trailers for level in self._levels(stream.route)])
+
+    def encode_trailers(self, stream: Any, trailers: list[tuple[bytes, bytes]]) -> None:
+        self._edit_trailers(stream, trailers, [level.response_trailers for level in self._levels(stream.route)])
+
+    @staticmethod
+    def _edit_trailers(stream: Any, trailers: list[tuple[bytes, bytes]], levels: list[HeaderMutations]) -> None:
+        levels = [level for level in levels if not level.empty]
+        if not levels:
+            return
+        edited = HeaderList(list(trailers))
+        lookup = request_lookup(stream.headers, _pseudo(stream)) if any(l.reads_request for l in levels) else None
+        for level in levels:
+            level.apply(edited, stream.conn.peer, lookup)
+        trailers[:] = edited.items
 
 
 registry.register_typed(registry.HTTP_FILTER, TYPE_URL, HeaderMutationConfig)
