@@ -103,9 +103,21 @@ class HeaderMutationFilter:
         self.own = (config.mutations or _NONE).compiled()
         self.most_specific_wins = config.most_specific_header_mutations_wins
         self._compiled: dict[int, tuple[Mutations, Compiled]] = {}
+        self._by_route: dict[int, tuple[Any, list[Compiled]]] = {}
 
     def _levels(self, route: Any) -> list[Compiled]:
-        """The filter's edits, then each per-route level's in Envoy's order."""
+        """The filter's edits, then each per-route level's in Envoy's order (kept per route: a route table's
+        routes live as long as it, and the entry holds the route so its id stays its own)."""
+        known = self._by_route.get(id(route))
+        if known is not None and known[0] is route:
+            return known[1]
+        levels = self._route_levels(route)
+        if len(self._by_route) >= 4096:  # a route table replaced many times over: start again
+            self._by_route.clear()
+        self._by_route[id(route)] = (route, levels)
+        return levels
+
+    def _route_levels(self, route: Any) -> list[Compiled]:
         levels = [self.own]
         configs = route.filter_configs_of(self.name) if route is not None else []
         if self.most_specific_wins:
