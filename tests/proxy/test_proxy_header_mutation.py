@@ -15,7 +15,9 @@ import httpx
 import pytest
 
 from tests.conftest import free_port
-from tests.proxy.conftest import ProxyLauncher, http_listener, route, static_cluster
+from tests.proxy.conftest import ProxyLauncher, gateway_in_front_of_upstream, http_listener, route, static_cluster
+from tests.proxy.test_proxy_trailers import REQUEST as CHUNKED_WITH_TRAILERS
+from tests.proxy.test_proxy_trailers import TrailerUpstream, cluster_options, exchange
 from tests.proxy.upstreams import Upstream
 
 FILTER = "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation"
@@ -178,3 +180,26 @@ def test_query_parameter_mutations(setup: Setup, listener: str, path: str, upstr
     reply = httpx.get(f"http://127.0.0.1:{setup.ports[listener]}{path}", headers={"x-in": "IN v"}, timeout=5)
     assert reply.status_code == 200
     assert setup.upstream.requests[before]["path"] == upstream_path
+
+
+def test_trailer_mutations(implementation: str, tmp_path: Path) -> None:
+    """Trailers carried both ways (enable_trailers on the HCM and the cluster) are edited on each side."""
+    def listener(port: int) -> dict[str, Any]:
+        result = http_listener("main", port, [route("/", "up", timeout="5s")],
+                               http_protocol_options={"enable_trailers": True})
+        hcm = result["filter_chains"][0]["filters"][0]["typed_config"]
+        mutations = {"request_trailers_mutations": [{"remove": "x-count"}, append("x-added", "%REQ(host)%")],
+                     "response_trailers_mutations": [{"remove": "grpc-status"},
+                                                     append("x-resp-trailer", "no", "OVERWRITE_IF_EXISTS")]}
+        hcm["http_filters"] = [{"name": NAME, "typed_config": {"@type": FILTER, "mutations": mutations}},
+                               {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}]
+        return result
+
+    with gateway_in_front_of_upstream(implementation, tmp_path, listener, TrailerUpstream,
+                                      **cluster_options(True)) as gw:
+        response = exchange(gw.port, CHUNKED_WITH_TRAILERS)
+        assert response.complete and response.body == b"foobar"
+        assert response.trailers == [(b"x-resp-trailer", b"no")]
+        (request,) = gw.upstream.requests
+        assert request.body == b"hello world"
+        assert request.trailers == [(b"x-checksum", b"abc123"), (b"x-added", b"example")]

@@ -79,6 +79,8 @@ def config() -> dict[str, Any]:
         "sub": {"issuer": "sub", "subjects": {"prefix": "spiffe://"},
                 "local_jwks": {"inline_string": json.dumps(KEYS.jwks())}, "jwt_cache_config": {"jwt_cache_size": 2}},
         "life": {"issuer": "life", "max_lifetime": "100s", "local_jwks": {"inline_string": json.dumps(KEYS.jwks())}},
+        "broken": {"issuer": "broken", "remote_jwks": {"http_uri": {"uri": "http://jwks.local/missing",
+                                                                    "cluster": "jwks", "timeout": "5s"}}},
         "remote": {"issuer": "remote", "remote_jwks": {"http_uri": {"uri": "http://jwks.local/jwks",
                                                                     "cluster": "jwks", "timeout": "5s"},
                                                        "cache_duration": "300s"},
@@ -91,6 +93,7 @@ def config() -> dict[str, Any]:
         {"match": {"prefix": "/failed"}, "requires": {"allow_missing_or_failed": {}}},
         {"match": {"prefix": "/fwd"}, "requires": {"provider_name": "fwd"}},
         {"match": {"prefix": "/remote"}, "requires": {"provider_name": "remote"}},
+        {"match": {"prefix": "/broken"}, "requires": {"provider_name": "broken"}},
         {"match": {"prefix": "/sub"}, "requires": {"provider_name": "sub"}},
         {"match": {"prefix": "/life"}, "requires": {"provider_name": "life"}},
         {"match": {"prefix": "/any"},
@@ -329,3 +332,11 @@ def test_with_jwt_cache_config_a_verified_token_is_cached(setup: Setup) -> None:
     assert [setup.get("/x", KEYS.token(claims()))[0] for _ in range(2)] == [200, 200]  # no cache: misses only
     after = hits()
     assert (after[0] - before[0], after[1] - before[1]) == (0, 2)
+
+
+def test_a_jwks_that_cannot_be_fetched_refuses_the_token(setup: Setup) -> None:
+    before = setup.proxy.stats()["http.main.jwt_authn.sp.jwks_fetch_failed"]
+    token = KEYS.token({"iss": "broken"})
+    assert setup.get("/broken", token) == (401, b"Jwks remote fetch is failed", realm(setup, "/broken"), None)
+    assert setup.proxy.stats()["http.main.jwt_authn.sp.jwks_fetch_failed"] == before + 1
+    assert setup.get("/broken", KEYS.token({"iss": "broken", "exp": 1}))[1] == b"Jwt is expired"  # checked first

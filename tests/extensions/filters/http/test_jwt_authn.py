@@ -140,6 +140,6 @@ def test_a_cached_token_still_has_its_time_window_checked() -> None:
     provider = Provider("p", config)
     token = KEYS.token({"iss": "i", "exp": int(time.time()) - 3600})
     provider.cache.put(jv.parse(token))  # as if verified while it was still valid
-    outcome = Outcome()
+    outcome = Outcome(set())
     assert _verify_one(Token(token, None, frozenset({"i"})), provider, [provider], None, outcome) == jv.EXPIRED
     assert (outcome.cache_hits, outcome.passed) == (1, [])

@@ -13,10 +13,20 @@ from typing import Any
 def replace_request_headers(stream: Any, edited: list[tuple[bytes, bytes]]) -> None:
     """Make the stream's request headers `edited`: each name whose values changed is removed and re-added."""
     before = stream.headers
-    for name in dict.fromkeys([name for name, _ in edited] + [name for name, _ in before]):
-        old = [v for n, v in before if n == name]
-        new = [v for n, v in edited if n == name]
-        if old != new:
+    if edited == before:
+        return
+    old_values = _by_name(before)
+    for name, values in _by_name(edited).items():
+        if old_values.pop(name, None) != values:
             stream.edit_request_header("remove", name)
-            for value in new:
+            for value in values:
                 stream.edit_request_header("add", name, value)
+    for name in old_values:  # the names no longer there
+        stream.edit_request_header("remove", name)
+
+
+def _by_name(headers: list[tuple[bytes, bytes]]) -> dict[bytes, list[bytes]]:
+    grouped: dict[bytes, list[bytes]] = {}
+    for name, value in headers:
+        grouped.setdefault(name, []).append(value)
+    return grouped

@@ -17,7 +17,9 @@ would break the request line (space, control, non-ASCII, `#`) or change the quer
 (and a second level's edits decode the first level's encoded values again). The route is the one matched before;
 its rewrites apply to the new path.
 
-Refused by name: `request_trailers_mutations` and `response_trailers_mutations` (not supported yet). Departure: `%REQ(...)%` in a response edit reads the request as the filters left it, not
+`request_trailers_mutations` and `response_trailers_mutations` edit a message's trailers the same way, level
+by level, where the message has trailers (HTTP/1.1 chunked, `enable_trailers` on both sides): none are added to
+a message without any, as Envoy's HTTP/1 codec cannot either. Departure: `%REQ(...)%` in a response edit reads the request as the filters left it, not
 with the headers the router adds afterwards (x-request-id, x-forwarded-*).
 """
 
@@ -28,7 +30,7 @@ from typing import Any, NamedTuple
 import msgspec
 
 from pylon.config import registry
-from pylon.config.envoy import EnvoyStruct, NotSupportedYet
+from pylon.config.envoy import EnvoyStruct
 from pylon.extensions.filters.common.mutation_rules import (
     HeaderMutation, HeaderMutations, KeyValueMutation, QueryParameterMutations,
 )
@@ -47,8 +49,8 @@ class Mutations(EnvoyStruct, kw_only=True):
     request_mutations: list[HeaderMutation] = msgspec.field(default_factory=list)
     query_parameter_mutations: list[KeyValueMutation] = msgspec.field(default_factory=list)
     response_mutations: list[HeaderMutation] = msgspec.field(default_factory=list)
-    response_trailers_mutations: NotSupportedYet | None = None
-    request_trailers_mutations: NotSupportedYet | None = None
+    response_trailers_mutations: list[HeaderMutation] = msgspec.field(default_factory=list)
+    request_trailers_mutations: list[HeaderMutation] = msgspec.field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.compiled()  # the formats are checked at load, naming the field
@@ -57,15 +59,20 @@ class Mutations(EnvoyStruct, kw_only=True):
         return Compiled(HeaderMutations(self.request_mutations, "request_mutations"),
                         QueryParameterMutations(self.query_parameter_mutations, "query_parameter_mutations")
                         if self.query_parameter_mutations else None,
-                        HeaderMutations(self.response_mutations, "response_mutations"))
+                        HeaderMutations(self.response_mutations, "response_mutations"),
+                        HeaderMutations(self.request_trailers_mutations, "request_trailers_mutations"),
+                        HeaderMutations(self.response_trailers_mutations, "response_trailers_mutations"))
 
 
 class Compiled(NamedTuple):
-    """One level's edits, compiled: request headers, then the query (None: no query edits), response headers."""
+    """One level's edits, compiled: request headers, then the query (None: no query edits), response headers,
+    and the trailers of each side."""
 
     request: HeaderMutations
     query: QueryParameterMutations | None
     response: HeaderMutations
+    request_trailers: HeaderMutations
+    response_trailers: HeaderMutations
 
 
 class HeaderMutationConfig(EnvoyStruct, kw_only=True):
@@ -89,6 +96,26 @@ def _pseudo(stream: Any) -> dict[bytes, bytes]:
             b":scheme": stream.conn.scheme}
 
 
+class Plan(NamedTuple):
+    """A route's edits in Envoy's order, the empty ones left out, and whether any reads the request (%REQ)."""
+
+    request: tuple[tuple[HeaderMutations, QueryParameterMutations | None], ...]
+    request_reads: bool
+    response: tuple[HeaderMutations, ...]
+    response_reads: bool
+    request_trailers: tuple[HeaderMutations, ...]
+    response_trailers: tuple[HeaderMutations, ...]
+
+    @classmethod
+    def of(cls, levels: list[Compiled]) -> Plan:
+        request = tuple((level.request, level.query) for level in levels if not level.request.empty or level.query)
+        response = tuple(level.response for level in levels if not level.response.empty)
+        return cls(request, any(h.reads_request or (q is not None and q.reads_request) for h, q in request),
+                   response, any(h.reads_request for h in response),
+                   tuple(level.request_trailers for level in levels if not level.request_trailers.empty),
+                   tuple(level.response_trailers for level in levels if not level.response_trailers.empty))
+
+
 class HeaderMutationFilter:
     """One HCM's header mutation filter in one worker; compiled per-route edits are kept per config."""
 
@@ -97,6 +124,19 @@ class HeaderMutationFilter:
         self.own = (config.mutations or _NONE).compiled()
         self.most_specific_wins = config.most_specific_header_mutations_wins
         self._compiled: dict[int, tuple[Mutations, Compiled]] = {}
+        self._by_route: dict[int, tuple[Any, Plan]] = {}
+
+    def _plan(self, route: Any) -> Plan:
+        """The route's plan, kept per route (a route table's routes live as long as it; the entry holds the route,
+        so its id stays its own)."""
+        known = self._by_route.get(id(route))
+        if known is not None and known[0] is route:
+            return known[1]
+        plan = Plan.of(self._levels(route))
+        if len(self._by_route) >= 4096:  # a route table replaced many times over: start again
+            self._by_route.clear()
+        self._by_route[id(route)] = (route, plan)
+        return plan
 
     def _levels(self, route: Any) -> list[Compiled]:
         """The filter's edits, then each per-route level's in Envoy's order."""
@@ -113,31 +153,49 @@ class HeaderMutationFilter:
         return levels
 
     def decode_headers(self, stream: Any) -> bool:
-        levels = [level for level in self._levels(stream.route) if not level.request.empty or level.query]
-        if not levels:
+        plan = self._plan(stream.route)
+        if not plan.request:
             return True
         edited = HeaderList(list(stream.headers))
-        pseudo = _pseudo(stream)
-        lookup = (lambda name: request_lookup(edited.items, pseudo)(name)) \
-            if any(level.request.reads_request or (level.query and level.query.reads_request) for level in levels) \
-            else None  # the live headers: earlier edits count
+        lookup = None
+        if plan.request_reads:
+            pseudo = _pseudo(stream)
+
+            def lookup(name: bytes) -> bytes | None:  # the live headers: earlier edits count
+                return request_lookup(edited.items, pseudo)(name)
         path = stream.path
-        for level in levels:  # each level's headers, then its query, as Envoy's mutateRequestHeaders
-            level.request.apply(edited, stream.conn.peer, lookup)
-            if level.query is not None:
-                path = level.query.apply(path, stream.conn.peer, lookup)
+        peer = stream.conn.peer
+        for headers, query in plan.request:  # each level's headers, then its query, as Envoy's mutateRequestHeaders
+            headers.apply(edited, peer, lookup)
+            if query is not None:
+                path = query.apply(path, peer, lookup)
         replace_request_headers(stream, edited.items)
         if path != stream.path:
             stream.set_path(path)
         return True
 
     def encode_headers(self, stream: Any, status: int, headers: HeaderList) -> None:
-        levels = [level.response for level in self._levels(stream.route) if not level.response.empty]
+        plan = self._plan(stream.route)
+        if plan.response:
+            lookup = request_lookup(stream.headers, _pseudo(stream)) if plan.response_reads else None
+            for level in plan.response:
+                level.apply(headers, stream.conn.peer, lookup)
+
+    def decode_trailers(self, stream: Any, trailers: list[tuple[bytes, bytes]]) -> None:
+        self._edit_trailers(stream, trailers, self._plan(stream.route).request_trailers)
+
+    def encode_trailers(self, stream: Any, trailers: list[tuple[bytes, bytes]]) -> None:
+        self._edit_trailers(stream, trailers, self._plan(stream.route).response_trailers)
+
+    @staticmethod
+    def _edit_trailers(stream: Any, trailers: list[tuple[bytes, bytes]], levels: tuple[HeaderMutations, ...]) -> None:
         if not levels:
             return
+        edited = HeaderList(list(trailers))
         lookup = request_lookup(stream.headers, _pseudo(stream)) if any(l.reads_request for l in levels) else None
         for level in levels:
-            level.apply(headers, stream.conn.peer, lookup)
+            level.apply(edited, stream.conn.peer, lookup)
+        trailers[:] = edited.items
 
 
 class UpstreamHeaderMutation:

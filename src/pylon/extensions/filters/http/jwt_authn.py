@@ -17,8 +17,8 @@ found must pass (the last found is checked first), in Envoy's order: its form, i
 `issuer` when set), its time window (`clock_skew_seconds`, 0 meaning the default 60), its audiences (one of
 `audiences` when set: else 403), `require_expiration`, `subjects`, `max_lifetime` (counted from now, as Envoy
 1.40 does), then its signature by a key of the provider's JWKS (filters/common/jwt_verify.py): `local_jwks`, or
-`remote_jwks` fetched through the worker's async client when first needed (the request held meanwhile, others
-waiting on the same fetch) and kept `cache_duration` (default 10 minutes); a failed fetch is "Jwks remote fetch
+`remote_jwks` fetched through the worker's async client when a token that passed all the rest needs it (the
+request held meanwhile, others waiting on the same fetch) and kept `cache_duration` (default 10 minutes); a failed fetch is "Jwks remote fetch
 is failed". With `jwt_cache_config` verified tokens are kept per provider (by default 100 tokens of up to 4096
 bytes, as Envoy): a cached one skips parsing and the signature, never the time window. On success the token's header is
 removed unless `forward`, the payload goes in `forward_payload_header` (base64url, padded with
@@ -372,13 +372,24 @@ class Provider:
 
 
 class Outcome:
-    """What a request's verification found: the tokens that passed and their providers, applied on success."""
+    """What a request's verification found: the tokens that passed and their providers, applied on success;
+    `fetched`: the remote JWKS this request already fetched (or failed to)."""
 
-    __slots__ = ("passed", "cache_hits", "cache_misses")
+    __slots__ = ("passed", "cache_hits", "cache_misses", "fetched")
 
-    def __init__(self) -> None:
+    def __init__(self, fetched: set[int]) -> None:
         self.passed: list[tuple[Provider, Token, jv.Jwt]] = []
         self.cache_hits = self.cache_misses = 0
+        self.fetched = fetched
+
+
+class NeedKeys(Exception):
+    """A token passed everything but its signature, and its provider's remote JWKS is not here (or stale): fetch
+    it, then check the request again - as Envoy's authenticator fetches only then."""
+
+    def __init__(self, provider: Provider) -> None:
+        super().__init__(provider.name)
+        self.provider = provider
 
 
 def _authenticate(tokens: list[Token], provider: Provider | None, providers: list[Provider],
@@ -413,8 +424,11 @@ def _verify_one(token: Token, provider: Provider | None, providers: list[Provide
             raise jv.JwtError(jv.UNKNOWN_ISSUER)
         owner.check_claims(jwt, audiences)
         if not cached:
-            if owner.keys is None:
+            if owner.config.remote_jwks is not None and owner.needs_keys(time.monotonic()):
+                if id(owner) not in outcome.fetched:
+                    raise NeedKeys(owner)
                 raise jv.JwtError(jv.JWKS_FETCH_FAILED)
+            assert owner.keys is not None
             jv.verify_signature(jwt, owner.keys)
             if provider is not None:
                 provider.cache.put(jwt)
@@ -571,25 +585,22 @@ class JwtAuthnFilter:
         if self.bypass_cors_preflight and stream.method == b"OPTIONS" and _is_preflight(stream.headers):
             self.counters["cors_preflight_bypassed"].inc()
             return True
-        now = time.monotonic()
-        fetch = [p for p in requirement.providers if p.config.remote_jwks is not None and p.needs_keys(now)
-                 and p.locations.tokens(stream)]
-        if not fetch:
-            return self._decide(stream, requirement)
-        pending = [len(fetch)]
+        return self._decide(stream, requirement, set())
 
-        def fetched() -> None:
-            pending[0] -= 1
-            if pending[0] == 0 and stream.rs_state < RS_DONE:
-                if self._decide(stream, requirement):
+    def _decide(self, stream: Any, requirement: Requirement, fetched: set[int]) -> bool:
+        """Check the request; True when it may go on now. A remote JWKS it needs first is fetched (the request
+        held), then the request checked again, from the start."""
+        outcome = Outcome(fetched)
+        try:
+            status = requirement.check(stream, outcome)
+        except NeedKeys as need:
+            fetched.add(id(need.provider))
+
+            def resume() -> None:
+                if stream.rs_state < RS_DONE and self._decide(stream, requirement, fetched):
                     stream.continue_decoding()
-        for provider in fetch:
-            self._fetch(stream, provider, fetched)
-        return False
-
-    def _decide(self, stream: Any, requirement: Requirement) -> bool:
-        outcome = Outcome()
-        status = requirement.check(stream, outcome)
+            self._fetch(stream, need.provider, resume)
+            return False
         if outcome.cache_hits:
             self.counters["jwt_cache_hit"].inc(outcome.cache_hits)
         if outcome.cache_misses:
