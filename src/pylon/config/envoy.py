@@ -642,10 +642,11 @@ RETRY_ON_CONDITIONS = frozenset(
 class Metadata(EnvoyStruct, kw_only=True):
     """config.core.v3.Metadata: opaque data for filters, tracers and loggers.
 
-    pylon has nothing that reads metadata (no filter, tracer or access-log
-    operator takes it), so in pylon, as in Envoy without such readers, it only
-    rides along: accepting it changes no behaviour. `typed_filter_metadata` is
-    left out until something reads it (it is an error naming the field).
+    Read where Envoy's readers read it: a route's and a virtual host's by the
+    Lua filter (metadata(), route():metadata(), virtualHost():metadata()).
+    Elsewhere pylon has nothing that reads metadata, so there, as in Envoy
+    without such readers, it only rides along. `typed_filter_metadata` is left
+    out until something reads it (it is an error naming the field).
     """
 
     filter_metadata: dict[str, dict[str, Any]] = {}
@@ -920,6 +921,8 @@ class VirtualHost(_NonEmptyHeaderRemovals, kw_only=True):
     routes: list[Route] = []
     retry_policy: RetryPolicy | None = None
     matcher: GenericMatcher | None = None
+    #: read by filters (Lua's virtualHost():metadata())
+    metadata: Metadata | None = None
     #: send `x-envoy-attempt-count` (1, 2, ... per attempt) on upstream requests
     include_request_attempt_count: bool = False
     typed_per_filter_config: dict[str, Any] = {}

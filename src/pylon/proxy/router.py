@@ -469,7 +469,7 @@ class MatchedRoute:
         "request_header_ops", "response_header_ops", "rewrites", "_matched_len",
         "_prefix_rewrite", "_regex_rewrite", "_substitution", "_weights", "_cumulative",
         "_total_weight", "_random", "_redirect", "_picker", "_cluster_ops", "filter_configs", "filter_levels",
-        "cors_policies", "decorator", "mirrors", "upgrades",
+        "cors_policies", "decorator", "mirrors", "upgrades", "metadata", "virtual_host_metadata",
     )
 
     def __init__(self) -> None:
@@ -527,6 +527,10 @@ class MatchedRoute:
         self.mirrors: tuple[MirrorRule, ...] = ()
         #: the route's upgrade_configs: lower-case upgrade type -> enabled; they override the HCM's list
         self.upgrades: dict[bytes, bool] = {}
+        #: the `filter_metadata` of the route and of its virtual host (filter name -> its Struct's fields), which
+        #: filters read (Lua's metadata())
+        self.metadata: dict[str, dict[str, Any]] = {}
+        self.virtual_host_metadata: dict[str, dict[str, Any]] = {}
 
     def __repr__(self) -> str:
         return f"MatchedRoute(name={self.name!r}, vhost={self.virtual_host_name!r}, kind={self.kind!r})"
@@ -847,6 +851,8 @@ class RouteTable:
                     cors = (route.route.cors if route.route is not None else None, config.cors)
                     matched.cors_policies = tuple(policy for policy in cors if policy is not None)
                 entry[3].attempt_count = config.include_request_attempt_count
+                if config.metadata is not None:
+                    matched.virtual_host_metadata = config.metadata.filter_metadata
                 entries.append(entry)
             except ValueError as exc:
                 raise ValueError(f"{label}: {exc}") from exc
@@ -860,6 +866,8 @@ class RouteTable:
         route.name = config.name
         route.virtual_host_name = vhost_name
         route.decorator = config.decorator
+        if config.metadata is not None:
+            route.metadata = config.metadata.filter_metadata
         route._random = self._random
         kind, arg, route._matched_len = self._path_matcher(config.match)
         headers = [_HeaderMatcher(h, engine) for h in config.match.headers]
