@@ -1045,8 +1045,8 @@ def test_node_and_admin() -> None:
          f"{HCM_PATH}.http3_protocol_options"),
         (lambda d: d["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"][0].update(require_tls="ALL"),
          f"{HCM_PATH}.route_config.virtual_hosts[0].require_tls"),
-        (lambda d: d["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][0]["typed_config"].update(dynamic_stats=False),
-         f"{HCM_PATH}.http_filters[0].typed_config.dynamic_stats"),
+        (lambda d: d["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][0]["typed_config"].update(respect_expected_rq_timeout=True),
+         f"{HCM_PATH}.http_filters[0].typed_config.respect_expected_rq_timeout"),
         (lambda d: d["static_resources"]["clusters"][0]["load_assignment"]["endpoints"][0]["lb_endpoints"][0].update(
             metadata={"typed_filter_metadata": {}}),
          "static_resources.clusters[0].load_assignment.endpoints[0].lb_endpoints[0].metadata.typed_filter_metadata"),
