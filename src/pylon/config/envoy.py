@@ -648,11 +648,12 @@ RETRY_ON_CONDITIONS = frozenset(
 class Metadata(EnvoyStruct, kw_only=True):
     """config.core.v3.Metadata: opaque data for filters, tracers and loggers.
 
-    pylon reads two namespaces: `envoy.transport_socket_match` (an endpoint's
-    transport socket) and `envoy.lb` (an endpoint's subset values, a route's
-    `metadata_match`); the rest only rides along, as in Envoy without readers for
-    it. `typed_filter_metadata` is left out until something reads it (it is an
-    error naming the field).
+    Read where Envoy's readers read it: `envoy.transport_socket_match` (an
+    endpoint's transport socket), `envoy.lb` (an endpoint's subset values, a
+    route's `metadata_match`), and a route's and a virtual host's by the Lua
+    filter (metadata(), route():metadata(), virtualHost():metadata()). The rest
+    only rides along, as in Envoy without readers for it. `typed_filter_metadata`
+    is left out until something reads it (it is an error naming the field).
     """
 
     filter_metadata: dict[str, dict[str, Any]] = {}
@@ -955,6 +956,8 @@ class VirtualHost(_NonEmptyHeaderRemovals, kw_only=True):
     routes: list[Route] = []
     retry_policy: RetryPolicy | None = None
     matcher: GenericMatcher | None = None
+    #: read by filters (Lua's virtualHost():metadata())
+    metadata: Metadata | None = None
     #: send `x-envoy-attempt-count` (1, 2, ... per attempt) on upstream requests
     include_request_attempt_count: bool = False
     typed_per_filter_config: dict[str, Any] = {}

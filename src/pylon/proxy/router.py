@@ -472,7 +472,7 @@ class MatchedRoute:
         "_prefix_rewrite", "_regex_rewrite", "_substitution", "_weights", "_cumulative",
         "_total_weight", "_random", "_redirect", "_picker", "_cluster_ops", "filter_configs", "filter_levels",
         "cors_policies", "decorator", "mirrors", "upgrades", "subset_criteria", "_cluster_criteria",
-        "connect_terminate",
+        "connect_terminate", "metadata", "virtual_host_metadata",
     )
 
     def __init__(self) -> None:
@@ -538,6 +538,10 @@ class MatchedRoute:
         self._cluster_criteria: dict[str, Criteria] = {}
         #: a CONNECT upgrade with connect_config: the proxy answers the CONNECT and relays raw TCP (connect.py)
         self.connect_terminate = False
+        #: the `filter_metadata` of the route and of its virtual host (filter name -> its Struct's fields), which
+        #: filters read (Lua's metadata())
+        self.metadata: dict[str, dict[str, Any]] = {}
+        self.virtual_host_metadata: dict[str, dict[str, Any]] = {}
 
     def __repr__(self) -> str:
         return f"MatchedRoute(name={self.name!r}, vhost={self.virtual_host_name!r}, kind={self.kind!r})"
@@ -868,6 +872,8 @@ class RouteTable:
                     cors = (route.route.cors if route.route is not None else None, config.cors)
                     matched.cors_policies = tuple(policy for policy in cors if policy is not None)
                 entry[3].attempt_count = config.include_request_attempt_count
+                if config.metadata is not None:
+                    matched.virtual_host_metadata = config.metadata.filter_metadata
                 entries.append(entry)
             except ValueError as exc:
                 raise ValueError(f"{label}: {exc}") from exc
@@ -881,6 +887,8 @@ class RouteTable:
         route.name = config.name
         route.virtual_host_name = vhost_name
         route.decorator = config.decorator
+        if config.metadata is not None:
+            route.metadata = config.metadata.filter_metadata
         route._random = self._random
         kind, arg, route._matched_len = self._path_matcher(config.match)
         headers = [_HeaderMatcher(h, engine) for h in config.match.headers]

@@ -55,6 +55,10 @@ class FakeStream:
     def info(self, key: str) -> Any:
         return {"protocol": "HTTP/1.1", "tls": False, "sni": "", "local": "127.0.0.1:80"}.get(key, "")
 
+    def metadata(self, which: str) -> dict[str, Any]:
+        return {"handle": {"x": "route", "n": 2, "list": ["a", None, {"k": True}]}, "virtual_host": {"x": "vh"}}.get(
+            which, {})
+
 
 def run(code: str, stream: FakeStream, hook: str = "envoy_on_request") -> tuple[LuaState, Any, str]:
     state = LuaState(logging.getLogger("test"))
@@ -157,12 +161,26 @@ def test_stream_info_logs_timestamp_and_metadata() -> None:
       info:dynamicMetadata():set("f", "k", "v")
       h:headers():add("p", info:protocol() .. " " .. info:downstreamLocalAddress() .. " " ..
                       info:dynamicMetadata():get("f")["k"] .. " " .. tostring(h:connection():ssl()) .. " " ..
-                      tostring(h:metadata():get("x")) .. " " .. h:base64Escape("hi"))
+                      h:metadata():get("x") .. " " .. h:base64Escape("hi"))
       h:logInfo("hello")
       assert(h:timestamp() > 1600000000000)
     end""", stream)
     assert what == DONE, script.error
-    assert stream.headers.get(b"p") == b"HTTP/1.1 127.0.0.1:80 v nil nil aGk="
+    assert stream.headers.get(b"p") == b"HTTP/1.1 127.0.0.1:80 v nil route aGk="
+
+
+def test_metadata_as_envoy_converts_a_struct() -> None:
+    """tests/proxy/test_proxy_lua_metadata.py runs such a script through Envoy too."""
+    stream = FakeStream([])
+    _, script, what = run("""
+    function envoy_on_request(h)
+      local md, list = h:metadata(), h:metadata():get("list")
+      h:headers():add("p", md:get("n") .. " " .. list[1] .. " " .. tostring(list[2]) .. " " .. tostring(list[3].k) ..
+                      " " .. select("#", md:get("absent")) .. " " .. h:virtualHost():metadata():get("x") .. " " ..
+                      select("#", h:route():metadata():get("x")))
+    end""", stream)
+    assert what == DONE, script.error
+    assert stream.headers.get(b"p") == b"2 a nil true 0 vh 0"
 
 
 @pytest.mark.parametrize("call", ["h:clearRouteCache()", "h:streamInfo():requestedServerName2()",

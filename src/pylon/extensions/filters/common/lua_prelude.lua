@@ -84,9 +84,20 @@ function Buffer:getBytes(index, length) return bridge.body_bytes(live(self)._id,
 function Buffer:setBytes(data) bridge.body_set(live(self)._id, tostring(data)) end
 
 -------------------------------------------------------------------- metadata and stream info
+-- A route's or virtual host's filter metadata, converted by the bridge as Envoy converts a Struct (nested tables,
+-- lists as arrays, numbers as Lua numbers, null as nil).
 local Metadata = class("metadata")
-function Metadata:get(key) return nil end
-Metadata.__pairs = function() return function() return nil end, nil, nil end
+function Metadata:get(key)
+  local value = self._data[key]
+  if value ~= nil then return value end  -- else no value at all, as Envoy (tostring(md:get("x")) is an error)
+end
+Metadata.__pairs = function(self) return next, self._data, nil end
+local function metadata(id, which) return setmetatable({_data = bridge.metadata(id, which)}, Metadata) end
+
+local VirtualHost = class("virtualHost")
+function VirtualHost:metadata() return metadata(self._id, "virtual_host") end
+local Route = class("route")
+function Route:metadata() return metadata(self._id, "route") end
 
 local DynamicMetadata = class("dynamicMetadata")
 function DynamicMetadata:get(filter) return self._data[filter] end
@@ -208,7 +219,9 @@ function Handle:streamInfo()
   return self._info
 end
 function Handle:connection() return setmetatable({_id = self._id}, Connection) end
-function Handle:metadata() return setmetatable({}, Metadata) end
+function Handle:metadata() return metadata(self._id, "handle") end
+function Handle:virtualHost() return setmetatable({_id = self._id}, VirtualHost) end
+function Handle:route() return setmetatable({_id = self._id}, Route) end
 function Handle:timestamp(resolution) return bridge.timestamp(resolution) end
 function Handle:timestampString(resolution) return tostring(bridge.timestamp(resolution)) end
 function Handle:base64Escape(data) return bridge.encode64(tostring(data)) end

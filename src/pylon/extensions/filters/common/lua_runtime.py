@@ -66,6 +66,8 @@ class StreamContext(Protocol):
 
     def info(self, key: str) -> Any: ...
 
+    def metadata(self, which: str) -> dict[str, Any]: ...  # "handle", "route" or "virtual_host": a Struct's fields
+
 
 def _deny_attributes(obj: Any, name: Any, setting: bool) -> Any:
     raise AttributeError("Python objects are opaque to Lua scripts")
@@ -197,6 +199,21 @@ class LuaState:
             value = streams[sid].info(key.decode())
             return value.encode() if isinstance(value, str) else value
 
+        def lua_value(value: Any) -> Any:
+            """A google.protobuf.Value as Envoy's Lua filter pushes it (MetadataMapHelper::setValue)."""
+            if isinstance(value, str):
+                return value.encode()
+            if value is None or isinstance(value, bool):
+                return value
+            if isinstance(value, (int, float)):
+                return float(value)  # protobuf's Value holds doubles
+            if isinstance(value, list):
+                return table([lua_value(item) for item in value])
+            return table({key.encode(): lua_value(item) for key, item in value.items()})
+
+        def metadata(sid: int, which: bytes) -> Any:
+            return lua_value(streams[sid].metadata(which.decode()))
+
         def timestamp(resolution: Any = None) -> int:
             if resolution in (None, b"MILLISECOND"):
                 return time.time_ns() // 1_000_000
@@ -210,7 +227,7 @@ class LuaState:
         def log(level: int, message: bytes) -> None:
             self.log.log(_LEVELS[level], "script log: %s", message.decode(errors="replace"))
 
-        return {name.encode(): fn for name, fn in locals().items() if callable(fn) and name not in ("table",)}
+        return {name.encode(): fn for name, fn in locals().items() if callable(fn) and name not in ("table", "lua_value")}
 
 
 #: what a running script waits for (the first value it yielded), or that it ended

@@ -7,7 +7,9 @@ The script (`default_source_code`, or per route a `LuaPerRoute` naming one of `s
 waits for it; setBytes replaces it), trailers(), respond() (request path), httpCall() to a cluster through the
 worker's pools (proxy/async_client.py; synchronous on the request path, asynchronous on both), streamInfo()
 (protocol, downstream addresses, requestedServerName, dynamicMetadata kept per stream, downstreamSslConnection
-presence), connection():ssl() presence, metadata() (empty: pylon routes carry no metadata), timestamp(),
+presence), connection():ssl() presence, metadata() (the route's filter_metadata under the filter's name, else under
+`envoy.filters.http.lua`), route():metadata() and virtualHost():metadata() (the route's and its virtual host's,
+under the filter's name only), timestamp(),
 base64Escape(), log*(). Any other API function raises a Lua error naming it. A failing script is logged and counted
 (`http.<stat_prefix>.lua.[<stat_prefix>.]errors`; `executions` counts the hooks run), and the request goes on, as in Envoy. As there, headers and body objects die
 when the script waits (body, trailers, a synchronous httpCall: "object used outside of proper scope"), a failed
@@ -41,6 +43,8 @@ from pylon.proxy.stream_states import RQ_DONE, RS_DONE
 
 TYPE_URL = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua"
 PER_ROUTE_TYPE_URL = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.LuaPerRoute"
+#: where handle:metadata() looks when the route has no metadata under the filter's own name (Envoy still reads it)
+LEGACY_METADATA_KEY = "envoy.filters.http.lua"
 _FRAMING = frozenset({b"content-length", b"transfer-encoding"})
 _FIXED_PSEUDO = frozenset({b":path", b":method", b":scheme", b":status"})
 #: what a synchronous httpCall hears when the call fails: Envoy's async client answers with its local reply
@@ -289,6 +293,18 @@ class _Context:
         else:
             address = conn.peer
         return f"{address[0]}:{address[1]}" if address else ""
+
+    def metadata(self, which: str) -> dict[str, Any]:
+        """The filter's metadata on the route (`handle`: else under `envoy.filters.http.lua`, Envoy's older key;
+        `route`: only its own name) or on the route's virtual host (`virtual_host`); empty without a route."""
+        route = self.stream.route
+        if route is None:
+            return {}
+        levels = route.virtual_host_metadata if which == "virtual_host" else route.metadata
+        name = self.filter.name
+        if name in levels:
+            return levels[name]
+        return levels.get(LEGACY_METADATA_KEY, {}) if which == "handle" else {}
 
 
 # ---------------------------------------------------------------------------- the filter
