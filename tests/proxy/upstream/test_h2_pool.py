@@ -25,11 +25,21 @@ KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
 
 class Connects(Clock):
-    """The loop's clock, counting the connections the pool asks for (the test hands them over itself)."""
+    """The loop's clock, counting the connections the pool asks for (the test hands them over itself), and the
+    callbacks due at the end of the loop's round (`run_soon` runs them, as the loop would)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.asked = 0
+        self.soon: list[Any] = []
+
+    def call_soon(self, callback: Any, *args: Any) -> None:
+        self.soon.append((callback, args))
+
+    def run_soon(self) -> None:
+        while self.soon:
+            callback, args = self.soon.pop(0)
+            callback(*args)
 
     def create_task(self, coro: Any) -> Any:
         coro.close()
@@ -123,6 +133,7 @@ class Rig:
     def pump(self) -> None:
         """Carry bytes between each connection and its server until both are quiet."""
         for _ in range(100):
+            self.clock.run_soon()
             moved = False
             for conn, server, _ in self.servers:
                 transport = conn.transport
@@ -325,3 +336,22 @@ def test_no_stream_before_the_connection_is_the_pools() -> None:
     rig.pool.connecting -= 1
     rig.pool.connected(conn)
     assert exchange.stream is not None and exchange.stream.connection is conn
+
+
+def test_streams_opened_in_one_round_go_out_in_one_write() -> None:
+    """The exchanges a client's read starts write nothing themselves: the connection writes once, when the loop's
+    round ends, all their frames together."""
+    rig = Rig()
+    conn, server, recorder = rig.connect()
+    rig.pump()
+    writes: list[bytes] = []
+    transport = conn.transport
+    original = transport.write  # type: ignore[union-attr]
+    transport.write = lambda data: (writes.append(data), original(data))  # type: ignore[union-attr]
+    for i in range(3):
+        rig.pool.acquire(Exchange(b"/%d" % i))
+    assert writes == []  # submitted, not written yet
+    rig.clock.run_soon()
+    assert len(writes) == 1
+    rig.pump()
+    assert requests_seen(recorder) == [1, 3, 5]

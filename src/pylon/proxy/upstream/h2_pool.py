@@ -112,7 +112,7 @@ class H2UpstreamStream:
             if body:
                 encoder.encode_data(body)
                 encoder.encode_end()
-        connection.flush()
+        connection.flush_soon()
         exchange = self.exchange
         if exchange is not None and not self.writing_paused and self.stream_id and \
                 connection.codec.pending(self.stream_id) > connection.pool.buffer_limit:
@@ -240,6 +240,7 @@ class H2UpstreamConnection(asyncio.Protocol):
         self.preface: bytes | None = b""  # the server's first bytes until its SETTINGS frame is read (then None)
         self.writing_paused = False
         self.write_paused_streams: set[H2UpstreamStream] = set()
+        self.flush_pending = False  # a flush is due at the end of this loop round (flush_soon)
         self.wake_at = 0.0
         self.opened_at = 0.0
         self.idle_since = 0.0
@@ -313,6 +314,18 @@ class H2UpstreamConnection(asyncio.Protocol):
         self.flush()
 
     # -- output -------------------------------------------------------------------------------------
+    def flush_soon(self) -> None:
+        """Write what the streams submitted once this loop round is over: the streams a client's read starts
+        (h2load's ten, a gRPC client's burst) go out in one write, not one each (measured: the per-stream writes
+        were half the proxy's CPU on gRPC unary calls)."""
+        if not self.flush_pending:
+            self.flush_pending = True
+            self.pool.loop.call_soon(self._flush_due)
+
+    def _flush_due(self) -> None:
+        self.flush_pending = False
+        self.flush()
+
     def flush(self) -> None:
         """Write what the session framed (unless the socket is full: then frames wait in the session)."""
         if self.closed or self.writing_paused or self.transport is None:
