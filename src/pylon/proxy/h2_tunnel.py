@@ -36,6 +36,9 @@ class H2Tunnel(asyncio.Protocol):
         if stream.waiting_body:  # DATA that came before the tunnel was up
             transport.write(b"".join(stream.waiting_body))
             stream.waiting_body = []
+        if stream.paused_downstream:  # that DATA filled the buffer: the stream's DATA is credited again
+            stream.paused_downstream = False
+            stream.conn.transport.resume_reading()
         if rest:
             self.data_received(rest)
         if stream.rq_state == RQ_DONE:
