@@ -104,10 +104,28 @@ def candidate_files(paths: Iterable[Path]) -> Iterator[Path]:
                 yield found
 
 
+class EnvoyYamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with Envoy's one YAML extension: mapping keys tagged `!ignore` are left out, with
+    their values (Envoy's docs use them to hold anchors the config refers to; plain PyYAML refuses the tag)."""
+
+
+def _mapping_without_ignored(loader: EnvoyYamlLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    node.value = [(key, value) for key, value in node.value if key.tag != "!ignore"]
+    return loader.construct_mapping(node, deep=True)
+
+
+EnvoyYamlLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_ignored)
+
+
+def load_documents(path: Path) -> list[Any]:
+    """The YAML documents in a file, read as Envoy reads YAML."""
+    return list(yaml.load_all(path.read_text(errors="replace"), Loader=EnvoyYamlLoader))  # noqa: S506 - safe
+
+
 def skip_reason(path: Path) -> str:
     """Why a file is not an Envoy bootstrap, or "" when it is one; the reasons are counted in the report."""
     try:
-        docs = [doc for doc in yaml.safe_load_all(path.read_text(errors="replace")) if doc is not None]
+        docs = [doc for doc in load_documents(path) if doc is not None]
     except yaml.YAMLError:
         return "not parseable as YAML/JSON (a template?)"
     if any(isinstance(doc, dict) and "apiVersion" in doc and "kind" in doc for doc in docs):
@@ -357,7 +375,7 @@ def survey(paths: Iterable[Path], envoy: str, timeout: float = 60.0, jobs: int =
         pylons = [pool.submit(pylon_outcome, config, timeout, isolation) for config in configs]
         for config, envoy_run, pylon_run in zip(configs, envoys, pylons):
             result = ConfigResult(display(config, paths), envoy_run.result(), pylon_run.result())
-            categorize(result, yaml.safe_load(config.read_text(errors="replace")))
+            categorize(result, next(doc for doc in load_documents(config) if doc is not None))
             found.results.append(result)
     return found
 

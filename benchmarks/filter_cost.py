@@ -10,6 +10,12 @@ nginx upstream answering text/plain, `--body` bytes), then the same with one fil
                    allowed, one check request each, through the proxy's own pool to it)
   local_ratelimit  a bucket too large to ever run dry, enabled and enforced (the token is taken, never refused)
   lua              envoy.filters.http.lua whose envoy_on_request adds one request header
+  header_mutation  envoy.filters.http.header_mutation adding one request and one response header
+  buffer           envoy.filters.http.buffer (wrk's GETs have no body: what the filter costs where it has nothing
+                   to buffer)
+  jwt_authn        envoy.filters.http.jwt_authn, one provider with a local RSA JWKS; wrk sends one RS256 token
+                   (minted here with joserfc), verified on every request
+  jwt_cached       the same with jwt_cache_config: the token verified once, then found in the cache
 
 Each variant is one config file run unchanged by both proxies. Both proxies `--concurrency 1`, `wrk -t1 -c50`
 keep-alive; every proxy starts up front, repetitions are interleaved and the order of the two proxies alternates,
@@ -17,7 +23,7 @@ as proxy_vs_envoy.py does. The metric is requests per proxy-CPU-second (the prox
 median of the repetitions; a filter's cost is the difference of CPU microseconds per request with and without it.
 The authorization server's CPU is not the proxy's.
 
-Usage: python benchmarks/filter_cost.py [--variants plain,gzip,ext_authz,local_ratelimit,lua] [--reps 3]
+Usage: python benchmarks/filter_cost.py [--variants plain,gzip,ext_authz,local_ratelimit,lua,...] [--reps 3]
                                         [--duration 10] [--body 100] [--out FILE]
 Prints a table; writes nothing unless --out FILE (JSON).
 """
@@ -34,6 +40,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from joserfc import jwt
+from joserfc.jwk import RSAKey
 
 from pylon.bench.scenario import render_template
 from pylon.bench.targets import Running, TargetError, free_port, run_wrk, start_envoy, start_nginx, start_pylon_proxy
@@ -59,6 +67,26 @@ LUA = {"name": "envoy.filters.http.lua", "typed_config": {
     "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
     "default_source_code": {"inline_string":
         'function envoy_on_request(request_handle) request_handle:headers():add("x-lua", "1") end'}}}
+HEADER_MUTATION = {"name": "envoy.filters.http.header_mutation", "typed_config": {
+    "@type": "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation",
+    "mutations": {"request_mutations": [{"append": {"header": {"key": "x-hm", "value": "1"}}}],
+                  "response_mutations": [{"append": {"header": {"key": "x-hm-resp", "value": "1"}}}]}}}
+BUFFER = {"name": "envoy.filters.http.buffer", "typed_config": {
+    "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer", "max_request_bytes": 65536}}
+_JWT_KEY = RSAKey.generate_key(2048, parameters={"kid": "bench"})
+JWT_TOKEN = jwt.encode({"alg": "RS256", "kid": "bench"}, {"iss": "bench", "sub": "wrk"}, _JWT_KEY)
+
+
+def _jwt_authn(cache: bool) -> dict[str, Any]:
+    provider: dict[str, Any] = {"issuer": "bench", "local_jwks": {"inline_string": json.dumps(
+        {"keys": [_JWT_KEY.as_dict(private=False)]})}}
+    if cache:
+        provider["jwt_cache_config"] = {}
+    return {"name": "envoy.filters.http.jwt_authn", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+        "providers": {"bench": provider}, "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "bench"}}]}}
+
+
 #: variant -> (the filter ahead of the router, or None; the request headers wrk sends)
 VARIANTS: dict[str, tuple[dict[str, Any] | None, list[str]]] = {
     "plain": (None, []),
@@ -66,6 +94,10 @@ VARIANTS: dict[str, tuple[dict[str, Any] | None, list[str]]] = {
     "ext_authz": (EXT_AUTHZ, []),
     "local_ratelimit": (LOCAL_RATELIMIT, []),
     "lua": (LUA, []),
+    "header_mutation": (HEADER_MUTATION, []),
+    "buffer": (BUFFER, []),
+    "jwt_authn": (_jwt_authn(cache=False), [f"Authorization: Bearer {JWT_TOKEN}"]),
+    "jwt_cached": (_jwt_authn(cache=True), [f"Authorization: Bearer {JWT_TOKEN}"]),
 }
 
 

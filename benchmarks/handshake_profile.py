@@ -1,20 +1,29 @@
-"""Where a full TLS handshake's CPU goes in pylon, key file vs cryptomb: a perf profile of the worker.
+"""Where a full TLS 1.3 handshake's CPU goes: pylon (key file, cryptomb) beside nginx and Envoy.
 
 handshakes.py measures how many handshakes each target does per CPU-second;
-this says why the ratio between pylon-file and pylon-cryptomb is what it is.
-For each of the two (RSA-2048, `--concurrency 1`, the same templates and
-nginx upstream as handshakes.py), under `h2load --h1 -H 'Connection: close'
--c 32`, `perf record --call-graph dwarf` samples the worker process, and
-the report splits the worker's CPU per handshake by shared object (libcrypto,
-crypto_mb, CPython, kernel, ...) and gives the share of the signature
-(`EVP_DigestSignFinal` + `EVP_DigestSignInit_ex`, inclusive) in pylon-file.
+this says why. Per key type (ECDSA P-256, where the signature is almost free,
+and RSA-2048) and target (`--concurrency 1`, the templates and nginx upstream
+of handshakes.py), under `h2load --h1 -H 'Connection: close' -c 32` (one full
+handshake and one proxied request per connection):
 
-A key provider can take only the signature off a handshake, so
-1 / (1 - signature share) bounds what any provider can gain per CPU-second
-(Amdahl), before side effects such as handling handshakes in groups.
+1. CPU per handshake: the process tree's CPU time / handshakes, the median
+   of `--reps` runs without a profiler (the machine is shared: CPU time, not
+   rates);
+2. `perf record --call-graph dwarf` on every process of the tree (native
+   frames, kernel included), each sample sorted into a category by
+   `handshake_split` (signature, key exchange, key schedule, RNG, ...);
+3. for pylon, `py-spy record --native`, whose Python frames split what perf
+   can only call "Python code" into TLS transport, connection set-up and
+   teardown, and proxying the request.
 
-Usage: python benchmarks/handshake_profile.py [--requests 6000] [--seconds 2]
-Needs perf (Debian package linux-perf). Writes benchmarks/results/handshake_profile.{json,md}.
+Milliseconds per category = (1) x the category's share in (2)/(3). The
+profilers' own overhead stays out of (1). Also checked: whether each target
+issues TLS 1.3 session tickets with the benchmark's configuration
+(`openssl s_client -msg`), and, for RSA, the signature's share and the
+Amdahl bound it sets on any key provider.
+
+Usage: python benchmarks/handshake_profile.py [--requests 3000] [--reps 3] [--keys ecdsa-p256,rsa2048]
+Needs perf (Debian linux-perf) and py-spy. Writes benchmarks/results/handshake_profile.{json,md}.
 """
 
 from __future__ import annotations
@@ -22,8 +31,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,114 +42,156 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from handshake_split import CATEGORIES, PYTHON_CODE, combine, perf_stacks, pyspy_stacks, python_split, split  # noqa: E402
 from handshakes import TARGETS, BODY_SIZE, Started, saturate, start_target  # noqa: E402
 
+from pylon.bench.procfs import proc_table, tree  # noqa: E402
 from pylon.bench.targets import free_port, pylon_workers, start_nginx  # noqa: E402
 from pylon.identity.certs import make_test_pki  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-PROFILED = ("pylon-file", "pylon-cryptomb")
-SIGNATURE_SYMBOLS = ("EVP_DigestSignFinal", "EVP_DigestSignInit_ex")
-#: Shared objects shown by name; everything else is summed as "other".
-DSO_NAMES = {
-    "libcrypto.so.3": "OpenSSL libcrypto",
-    "libcrypto_mb.so.13": "crypto_mb",
-    "libssl.so.3": "OpenSSL libssl",
-    "libpython3.11.so.1.0": "CPython",
-    "[kernel.kallsyms]": "kernel",
-    "libc.so.6": "libc",
-}
+PROFILED = ("pylon-file", "pylon-cryptomb", "nginx", "envoy")
+KEYS = ("ecdsa-p256", "rsa2048")
+PY_SPY = Path(sys.executable).parent / "py-spy"
+PERF_SECONDS_MARGIN = 1.0
 
 
-def perf_report(data: Path, *extra: str) -> list[tuple[float, str]]:
-    """(percent, name) rows of `perf report --stdio` for `data`."""
-    out = subprocess.run(["perf", "report", "-i", str(data), "--stdio", "-g", "none", *extra],
-                         capture_output=True, text=True, check=True).stdout
-    rows = []
-    for line in out.splitlines():
-        match = re.match(r"\s*([\d.]+)%\s+(?:[\d.]+%\s+)?(?:\[\.\]|\[k\])?\s*(\S+)", line)
-        if match and not line.lstrip().startswith("#"):
-            rows.append((float(match.group(1)), match.group(2)))
-    return rows
+def tree_pids(started: Started) -> list[int]:
+    children, _cpu = proc_table()
+    return sorted(tree(started.proxy.proc.pid, children))
 
 
-def profile(started: Started, requests: int, seconds: float, work: Path) -> dict[str, Any]:
-    data = work / f"{started.target.label}.perf"
-    perf = subprocess.Popen(["perf", "record", "-F", "999", "--call-graph", "dwarf,16384", "-o", str(data),
-                             "-p", str(pylon_workers(started.proxy)[0]), "--", "sleep", f"{seconds:g}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(0.3)  # perf attached before the load starts
+def cpu_ms_per_handshake(started: Started, requests: int) -> float:
     sat = saturate(started, requests)
-    if perf.wait() != 0:
-        raise RuntimeError(f"perf record failed for {started.target.label}")
-    cpu_ms = 1000 / sat["hs_per_proxy_cpu_s"]
-    by_dso: dict[str, float] = {}
-    for percent, dso in perf_report(data, "--no-children", "--sort", "dso"):
-        name = DSO_NAMES.get(dso, "other")
-        by_dso[name] = by_dso.get(name, 0.0) + percent
-    inclusive = {sym: pct for pct, sym in perf_report(data, "--children", "--sort", "sym")}
-    signature = sum(inclusive.get(sym, 0.0) for sym in SIGNATURE_SYMBOLS)
-    return {"hs_per_proxy_cpu_s": sat["hs_per_proxy_cpu_s"], "cpu_ms_per_hs": cpu_ms,
-            "percent_by_dso": by_dso, "ms_per_hs_by_dso": {k: cpu_ms * v / 100 for k, v in by_dso.items()},
-            "signature_percent": signature}
+    if sat["failed"] or not sat["hs_per_proxy_cpu_s"]:
+        raise RuntimeError(f"{started.target.label}: {sat['failed']} handshakes failed")
+    return 1000 / sat["hs_per_proxy_cpu_s"]
 
 
-def markdown(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
-    file, mb = results["pylon-file"], results["pylon-cryptomb"]
-    share = file["signature_percent"] / 100
-    names = list(DSO_NAMES.values()) + ["other"]
+def sampled(started: Started, requests: int, command: list[str]) -> tuple[float, subprocess.CompletedProcess[str]]:
+    """Run a profiler `command` (it stops itself) around one saturation run; (its duration estimate, result)."""
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.5)  # attached before the load starts
+    start = time.monotonic()
+    saturate(started, requests)
+    took = time.monotonic() - start
+    out, err = proc.communicate(timeout=120)
+    return took, subprocess.CompletedProcess(command, proc.returncode, out, err)
+
+
+def perf_split(started: Started, requests: int, seconds: float, work: Path) -> dict[str, float]:
+    data = work / f"{started.target.label}.perf"
+    pids = ",".join(map(str, tree_pids(started)))
+    _, done = sampled(started, requests, ["perf", "record", "-F", "999", "--call-graph", "dwarf,16384", "-o",
+                                          str(data), "-p", pids, "--", "sleep", f"{seconds:g}"])
+    if done.returncode != 0:
+        raise RuntimeError(f"perf record failed for {started.target.label}: {done.stderr[-500:]}")
+    script = subprocess.run(["perf", "script", "-i", str(data)], capture_output=True, text=True, check=True).stdout
+    data.unlink()
+    return split(perf_stacks(script))
+
+
+def pyspy_split(started: Started, requests: int, seconds: float, work: Path) -> dict[str, float]:
+    raw = work / f"{started.target.label}.spy"
+    workers = list(pylon_workers(started.proxy).values())
+    _, done = sampled(started, requests, [str(PY_SPY), "record", "--native", "-r", "250", "-f", "raw", "-o", str(raw),
+                                          "-p", str(workers[0]), "-d", str(max(1, round(seconds)))])
+    if done.returncode != 0 or not raw.exists():
+        raise RuntimeError(f"py-spy failed for {started.target.label}: {done.stderr[-500:]}")
+    return python_split(pyspy_stacks(raw.read_text()))
+
+
+def tickets_issued(started: Started, ca: Path) -> int:
+    """NewSessionTicket messages the target sends after a TLS 1.3 handshake (0 when tickets are off)."""
+    out = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{started.proxy.port}", "-tls1_3", "-CAfile", str(ca),
+                          "-msg", "-ign_eof"],
+                         input=b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n", capture_output=True,
+                         timeout=20, check=False)
+    return out.stdout.decode(errors="replace").count("NewSessionTicket")
+
+
+def profile_target(started: Started, args: argparse.Namespace, work: Path, ca: Path) -> dict[str, Any]:
+    runs = [cpu_ms_per_handshake(started, args.requests) for _ in range(args.reps)]
+    cpu_ms = statistics.median(runs)
+    seconds = args.requests / (1000 / cpu_ms) + PERF_SECONDS_MARGIN  # the run's length, roughly, at full speed
+    native = perf_split(started, args.requests, seconds, work)
+    python = pyspy_split(started, args.requests // 2, seconds, work) if started.target.kind == "pylon" else None
+    shares = combine(native, python)
+    return {"cpu_ms_per_hs_runs": runs, "cpu_ms_per_hs": cpu_ms, "perf_shares": native, "pyspy_python_shares": python,
+            "shares": shares, "ms_per_hs": {name: cpu_ms * share for name, share in shares.items()},
+            "tickets_issued": tickets_issued(started, ca)}
+
+
+def markdown(results: dict[str, dict[str, dict[str, Any]]], meta: dict[str, Any]) -> str:
     lines = [
-        "# Where a full TLS 1.3 handshake's CPU goes: pylon-file vs pylon-cryptomb (RSA-2048)", "",
-        (f"perf record --call-graph dwarf on the worker under `h2load --h1 -H 'Connection: close' -c 32`, "
-         f"{meta['requests']} handshakes each, one TLS 1.3 handshake + one proxied request per connection; "
-         f"{meta['started']}. CPU ms per handshake from the proxy's CPU time (perf's own overhead included, "
-         "alike for both); the split is perf's share of the worker's samples."), "",
-        "| CPU ms per handshake | " + " | ".join(PROFILED) + " |", "|---|---:|---:|",
-        f"| total | {file['cpu_ms_per_hs']:.3f} | {mb['cpu_ms_per_hs']:.3f} |",
+        "# Where a full TLS 1.3 handshake's CPU goes: pylon beside nginx and Envoy", "",
+        (f"`python benchmarks/handshake_profile.py`, {meta['started']}. `h2load --h1 -H 'Connection: close' -c 32`, "
+         f"{meta['requests']} handshakes per run, each target `--concurrency 1` in front of the same nginx upstream. "
+         f"**CPU ms per handshake** = the process tree's CPU time / handshakes, median of {meta['reps']} runs without "
+         "a profiler (the machine is shared with other work: CPU time, not rates). Split by the share of "
+         "`perf record --call-graph dwarf` samples (whole process tree, kernel included) in each category of "
+         "`benchmarks/handshake_split.py`; for pylon, perf's \"Python code\" is split further by `py-spy record "
+         "--native` (the Python frames). Envoy's binary is stripped: only its kernel time splits, the rest is "
+         "\"other\"."), "",
     ]
-    for name in names:
-        lines.append(f"| {name} | {file['ms_per_hs_by_dso'].get(name, 0):.3f} | "
-                     f"{mb['ms_per_hs_by_dso'].get(name, 0):.3f} |")
-    ratio = mb["hs_per_proxy_cpu_s"] / file["hs_per_proxy_cpu_s"]
-    lines += [
-        "",
-        f"- The signature (`{' + '.join(SIGNATURE_SYMBOLS)}`, inclusive) is **{share:.0%}** of pylon-file's "
-        f"worker CPU, {file['cpu_ms_per_hs'] * share:.3f} ms per handshake.",
-        f"- So a provider that made the signature free would give at most **{1 / (1 - share):.2f}x** pylon-file's "
-        "handshakes per CPU-second, apart from side effects.",
-        f"- Measured here: pylon-cryptomb / pylon-file = **{ratio:.2f}x**; crypto_mb itself costs "
-        f"{mb['ms_per_hs_by_dso'].get('crypto_mb', 0):.3f} ms per handshake.",
-        "",
-    ]
+    for key, by_target in results.items():
+        labels = list(by_target)
+        lines += [f"## {key}", "", "| CPU ms per handshake | " + " | ".join(labels) + " |",
+                  "|---|" + "---:|" * len(labels),
+                  "| **total** | " + " | ".join(f"**{by_target[t]['cpu_ms_per_hs']:.3f}**" for t in labels) + " |"]
+        names = [n for n in CATEGORIES if n != PYTHON_CODE] + [PYTHON_CODE]
+        for name in names:
+            values = [by_target[t]["ms_per_hs"].get(name) for t in labels]
+            if all(not v for v in values):
+                continue
+            lines.append(f"| {name} | " + " | ".join("" if v is None else f"{v:.3f}" for v in values) + " |")
+        outside = {t: by_target[t]["cpu_ms_per_hs"] - by_target[t]["ms_per_hs"].get("signature", 0.0) for t in labels}
+        lines += ["| outside the signature | " + " | ".join(f"{outside[t]:.3f}" for t in labels) + " |",
+                  "| TLS 1.3 tickets issued per handshake | "
+                  + " | ".join(str(by_target[t]["tickets_issued"]) for t in labels) + " |", ""]
+        if key == "rsa2048" and "pylon-file" in by_target:
+            share = by_target["pylon-file"]["shares"]["signature"]
+            lines += [f"- The signature is **{share:.0%}** of pylon-file's CPU per RSA-2048 handshake: a provider that "
+                      f"made it free would give at most **{1 / (1 - share):.2f}x** pylon-file's handshakes per "
+                      "CPU-second.", ""]
     return "\n".join(lines)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--requests", type=int, default=6000, help="handshakes per profiled run (6000)")
-    parser.add_argument("--seconds", type=float, default=2.0, help="seconds perf samples (2)")
+    parser.add_argument("--requests", type=int, default=3000, help="handshakes per run (3000)")
+    parser.add_argument("--reps", type=int, default=3, help="profiler-free runs per target for the CPU figure (3)")
+    parser.add_argument("--keys", default=",".join(KEYS), help=f"comma-separated subset of {list(KEYS)}")
+    parser.add_argument("--targets", default=",".join(PROFILED), help="comma-separated subset")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results", help="results folder")
+    parser.add_argument("--name", default="handshake_profile", help="results file name (handshake_profile)")
     args = parser.parse_args()
-    if shutil.which("perf") is None:
-        print("perf is not installed (apt-get install linux-perf)", file=sys.stderr)
-        return 1
-    meta = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "requests": args.requests}
+    for tool, hint in (("perf", "apt-get install linux-perf"), (str(PY_SPY), "pip install py-spy")):
+        if shutil.which(tool) is None:
+            print(f"{tool} is not installed ({hint})", file=sys.stderr)
+            return 1
+    meta = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "requests": args.requests, "reps": args.reps}
     by_label = {t.label: t for t in TARGETS}
-    results: dict[str, dict[str, Any]] = {}
-    with tempfile.TemporaryDirectory(prefix="pylon-hs-profile-") as tmp, contextlib.ExitStack() as stack:
+    results: dict[str, dict[str, dict[str, Any]]] = {}
+    with tempfile.TemporaryDirectory(prefix="pylon-hs-profile-") as tmp:
         work = Path(tmp)
         pki = make_test_pki(work / "pki")
-        upstream = stack.enter_context(start_nginx(free_port(), body_size=BODY_SIZE))
-        for label in PROFILED:
-            started = start_target(stack, by_label[label], work, upstream.port, pki.server_rsa.cert,
-                                   pki.server_rsa.key)
-            saturate(started, 500)  # warm-up
-            results[label] = profile(started, args.requests, args.seconds, work)
-            print(f"{label}: {results[label]['hs_per_proxy_cpu_s']:.0f} hs/proxy-CPU-s", flush=True)
+        for key in args.keys.split(","):
+            files = pki.server_rsa if key == "rsa2048" else pki.server_ecdsa
+            results[key] = {}
+            for label in args.targets.split(","):
+                with contextlib.ExitStack() as stack:  # one target at a time: nothing else of ours runs meanwhile
+                    upstream = stack.enter_context(start_nginx(free_port(), body_size=BODY_SIZE))
+                    target_work = work / key / label
+                    target_work.mkdir(parents=True)
+                    started = start_target(stack, by_label[label], target_work, upstream.port, files.cert, files.key)
+                    saturate(started, 500)  # warm-up
+                    results[key][label] = profile_target(started, args, target_work, pki.ca.cert)
+                print(f"{key} {label}: {results[key][label]['cpu_ms_per_hs']:.3f} CPU ms per handshake", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "handshake_profile.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
+    (args.out / f"{args.name}.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
     text = markdown(results, meta)
-    (args.out / "handshake_profile.md").write_text(text)
+    (args.out / f"{args.name}.md").write_text(text)
     print(text)
     return 0
 

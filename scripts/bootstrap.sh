@@ -3,13 +3,14 @@
 # Debian packages (we are root): the load tools, peers and profiler (perf) the tests and benchmarks use, and the
 # compiler and OpenSSL headers that build the private-key hook (src/pylon/keys/keyhook.c), the libnghttp2 headers that
 # build the HTTP/2 codec's binding (src/pylon/proxy/http/h2_shim.c), and iproute2 + nftables
-# for the capture tests (network namespaces of our own with REDIRECT rules), and softhsm2 + opensc for PKCS#11 tokens
+# for the capture tests (network namespaces of our own with REDIRECT rules), nghttpd (nghttp2-server: a third-party
+# HTTP/2 upstream for the upstream HTTP/2 tests), and softhsm2 + opensc for PKCS#11 tokens
 # (workload and CA keys kept in a token; the tests make their own tokens in temp dirs, never the system's).
 # Python: a virtualenv in .venv with pylon installed editable, plus test and bench extras.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBS=(wrk nginx-light nghttp2-client curl openssl ca-certificates gcc libssl-dev linux-perf iproute2 nftables softhsm2
+DEBS=(wrk nginx-light nghttp2-client nghttp2-server curl openssl ca-certificates gcc libssl-dev linux-perf iproute2 nftables softhsm2
       opensc libnghttp2-dev)
 missing=()
 for pkg in "${DEBS[@]}"; do

@@ -53,6 +53,9 @@ services:
 
 BUFFER_TYPE = "envoy.extensions.filters.http.buffer.v3.Buffer"
 
+# Envoy's docs (configuration/overview/_include/tagged.yaml) keep anchors under a key tagged `!ignore`.
+TAGGED = "!ignore dynamic_sockets:\n- &port 10000\n" + (BOTH % "").replace("port_value: 10000", "port_value: *port")
+
 
 def load_script() -> ModuleType:
     spec = importlib.util.spec_from_file_location("conformance", SCRIPT)
@@ -91,6 +94,19 @@ def test_classifies_three_configs(tmp_path: Path, envoy: str) -> None:
     summary = conformance.totals(found)
     assert summary["envoy_acceptance"] == 1.0 and summary["pylon_acceptance_among_envoy_accepted"] == 0.5
     assert summary["refusals_ranked"] == {f"{BUFFER_TYPE} (unknown HTTP filter type)": 1}
+
+
+def test_keys_tagged_ignore_are_left_out_as_envoy_does(tmp_path: Path, envoy: str) -> None:
+    """A bootstrap with an `!ignore` key is found (plain PyYAML refuses the tag) and both proxies accept it."""
+    conformance = load_script()
+    (tmp_path / "tagged.yaml").write_text(TAGGED)
+
+    assert conformance.load_documents(tmp_path / "tagged.yaml")[0].keys() == {"static_resources"}
+    found = conformance.survey([tmp_path], envoy, timeout=60, jobs=2)
+
+    assert found.skipped == {}
+    [result] = found.results
+    assert result.category == "both", (result.envoy.error, result.pylon.error)
 
 
 def test_field_reason_names_the_extension_not_the_indices() -> None:

@@ -14,6 +14,7 @@ from typing import Any
 from tests.config.builders import (
     HCM_PATH,
     HTTP_OPTIONS_TYPE,
+    ROUTER_TYPE,
     ROUTES_PATH,
     STDOUT_LOG_TYPE,
     bootstrap,
@@ -52,6 +53,10 @@ def _route_action(**fields: Any) -> dict[str, Any]:
 
 def _add_header(key: str, value: str = "v") -> dict[str, Any]:
     return _route(route={"cluster": "svc"}, request_headers_to_add=[{"header": {"key": key, "value": value}}])
+
+
+def _log_filter(log_filter: dict[str, Any]) -> dict[str, Any]:
+    return http_bootstrap(access_log=[{"name": "log", "filter": log_filter, "typed_config": {"@type": STDOUT_LOG_TYPE}}])
 
 
 def _cluster(**fields: Any) -> dict[str, Any]:
@@ -102,6 +107,23 @@ def _domains(*domains: str) -> dict[str, Any]:
     data = http_bootstrap()
     hcm_config = data["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     hcm_config["route_config"]["virtual_hosts"][0]["domains"] = list(domains)
+    return data
+
+
+def _node(**fields: Any) -> dict[str, Any]:
+    data = bootstrap()
+    data["node"] = fields
+    return data
+
+
+def _typed_struct(wrapper: str, type_url: str | None, value: dict[str, Any] | None) -> dict[str, Any]:
+    """An HTTP bootstrap whose router filter's config is a TypedStruct (`wrapper`) of `type_url` and `value`."""
+    data = http_bootstrap()
+    typed: dict[str, Any] = {"@type": f"type.googleapis.com/{wrapper}"}
+    typed.update({"type_url": type_url} if type_url is not None else {})
+    typed.update({"value": value} if value is not None else {})
+    data["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"] = [
+        {"name": "envoy.filters.http.router", "typed_config": typed}]
     return data
 
 
@@ -245,6 +267,29 @@ CASES: tuple[Case, ...] = (
     Case("log-content-type-lf", http_bootstrap(access_log=[{"name": "log", "typed_config": {
         "@type": STDOUT_LOG_TYPE, "log_format": {"text_format_source": {"inline_string": "x"}, "content_type": "a\nb"}}}]),
          f"{HCM_PATH}.access_log[0].typed_config.log_format.content_type: must not contain NUL, CR or LF"),
+    # ---- access log filters and local_reply_config
+    Case("log-filter-status-ge", _log_filter({"status_code_filter": {"comparison": {
+        "op": "GE", "value": {"default_value": 400, "runtime_key": "access_log.errors"}}}}), None),
+    Case("log-filter-unknown-flag", _log_filter({"response_flag_filter": {"flags": ["XX"]}}),
+         f"{HCM_PATH}.access_log[0].filter.response_flag_filter.flags[0]: 'XX' is not a response flag (one of DC, DF, "
+         "DI, DO, DPE, DR, DT, FI, IH, LH, LR, NC, NFCF, NR, OM, RFCF, RL, RLSE, SI, UAEX, UC, UDO, UF, UH, UMSDR, UO, "
+         "UPE, UR, URX, UT)"),
+    Case("log-filter-and-of-one", _log_filter({"and_filter": {"filters": [{"not_health_check_filter": {}}]}}),
+         f"{HCM_PATH}.access_log[0].filter.and_filter.filters: Expected `array` of length >= 2"),
+    Case("log-filter-comparison-without-value", _log_filter({"duration_filter": {"comparison": {"op": "GE"}}}),
+         f"{HCM_PATH}.access_log[0].filter.duration_filter.comparison.value: missing required field"),
+    Case("log-filter-empty", _log_filter({}), f"{HCM_PATH}.access_log[0].filter: exactly one of status_code_filter, "
+         "duration_filter, not_health_check_filter, traceable_filter, runtime_filter, and_filter, or_filter, "
+         "header_filter, response_flag_filter, grpc_status_filter, extension_filter, metadata_filter, log_type_filter "
+         "must be set"),
+    Case("local-reply-mapper", http_bootstrap(local_reply_config={"mappers": [
+        {"filter": {"response_flag_filter": {"flags": ["NR"]}}, "status_code": 403,
+         "body": {"inline_string": "no"}}], "body_format": {"text_format": "%LOCAL_REPLY_BODY%"}}), None),
+    Case("local-reply-status-600", http_bootstrap(local_reply_config={"mappers": [
+        {"filter": {"not_health_check_filter": {}}, "status_code": 600}]}),
+         f"{HCM_PATH}.local_reply_config.mappers[0].status_code: Expected `int` <= 599"),
+    Case("local-reply-mapper-without-filter", http_bootstrap(local_reply_config={"mappers": [{"status_code": 500}]}),
+         f"{HCM_PATH}.local_reply_config.mappers[0].filter: missing required field"),
     Case("health-check-path-ctl", _health_check(http_health_check={"path": "/a\x01"}),
          f"{CLUSTER}.health_checks[0].http_health_check.path: must not contain control characters other than tab"),
     Case("health-check-host-ctl", _health_check(http_health_check={"path": "/", "host": "a\x7f"}),
@@ -265,6 +310,61 @@ CASES: tuple[Case, ...] = (
          "settings"),
     Case("dfp-min-refresh-below-1s", _dfp(typed={"dns_cache_config": {"name": "dfp", "dns_min_refresh_rate": "0.5s"}}),
          f"{CLUSTER}.cluster_type.typed_config.dns_cache_config.dns_min_refresh_rate: must be at least 1s"),
+    # ---- subset load balancing
+    Case("subset-selectors", _cluster(lb_subset_config={
+        "fallback_policy": "DEFAULT_SUBSET", "default_subset": {"stage": "prod"}, "panic_mode_any": True,
+        "list_as_any": True, "locality_weight_aware": True, "subset_selectors": [
+            {"keys": ["version", "stage"], "fallback_policy": "KEYS_SUBSET", "fallback_keys_subset": ["version"]},
+            {"keys": ["stage"], "fallback_policy": "ANY_ENDPOINT"}]},
+        common_lb_config={"locality_weighted_lb_config": {}}), None),
+    Case("subset-locality-aware-without-weights", _cluster(lb_subset_config={
+        "locality_weight_aware": True, "subset_selectors": [{"keys": ["a"]}]}),
+         f"{CLUSTER}.lb_subset_config.locality_weight_aware: Locality weight aware subset LB requires that a "
+         "locality_weighted_lb_config be set"),
+    Case("subset-route-metadata-match", _route_action(metadata_match={"filter_metadata": {"envoy.lb": {"v": "1"}}}),
+         None),
+    Case("subset-weighted-metadata-match", _route(route={"weighted_clusters": {"clusters": [
+        {"name": "svc", "weight": 1, "metadata_match": {"filter_metadata": {"envoy.lb": {"v": 1}}}}]}}), None),
+    Case("subset-keys-not-in-selector", _cluster(lb_subset_config={"subset_selectors": [
+        {"keys": ["a", "b"], "fallback_policy": "KEYS_SUBSET", "fallback_keys_subset": ["c"]}]}),
+         f"{CLUSTER}.lb_subset_config.subset_selectors[0].fallback_keys_subset: fallback_keys_subset must be a "
+         "subset of selector keys"),
+    Case("subset-keys-equal", _cluster(lb_subset_config={"subset_selectors": [
+        {"keys": ["a", "b"], "fallback_policy": "KEYS_SUBSET", "fallback_keys_subset": ["b", "a"]}]}),
+         f"{CLUSTER}.lb_subset_config.subset_selectors[0].fallback_keys_subset: fallback_keys_subset cannot be "
+         "equal to keys"),
+    Case("subset-keys-empty", _cluster(lb_subset_config={"subset_selectors": [
+        {"keys": ["a"], "fallback_policy": "KEYS_SUBSET"}]}),
+         f"{CLUSTER}.lb_subset_config.subset_selectors[0].fallback_keys_subset: fallback_keys_subset cannot be empty"),
+    Case("subset-keys-without-keys-subset", _cluster(lb_subset_config={"subset_selectors": [
+        {"keys": ["a", "b"], "fallback_policy": "ANY_ENDPOINT", "fallback_keys_subset": ["a"]}]}),
+         f"{CLUSTER}.lb_subset_config.subset_selectors[0].fallback_keys_subset: fallback_keys_subset can be set "
+         "only for KEYS_SUBSET fallback_policy"),
+    Case("subset-cluster-provided", bootstrap(clusters=[{
+        "name": "svc", "type": "ORIGINAL_DST", "lb_policy": "CLUSTER_PROVIDED",
+        "lb_subset_config": {"subset_selectors": [{"keys": ["a"]}]}}]),
+         f"{CLUSTER}.lb_subset_config: LB policy CLUSTER_PROVIDED cannot be combined with lb_subset_config"),
+    Case("subset-redundant-keys-unknown", _cluster(lb_subset_config={"allow_redundant_keys": True}),
+         f"{CLUSTER}.lb_subset_config.allow_redundant_keys: unknown field"),
+    # ---- null: protobuf's JSON mapping reads it as "unset" for every field, and as a value inside a Struct
+    Case("null-repeated-field", _listeners(("a", "127.0.0.1", 10000), listener_filters=None), None),
+    Case("null-message-field", _cluster(connect_timeout=None, load_assignment=None), None),
+    Case("null-in-typed-config", _route_config(response_headers_to_add=None, validate_clusters=None), None),
+    Case("null-in-struct", _node(metadata={"key": None, "list": [None]}), None),
+    Case("null-in-list", _listeners(("a", "127.0.0.1", 10000), listener_filters=[None]),
+         f"{L0}.listener_filters[0]: Expected `object`, got `null`"),
+    # ---- the cluster manager's own settings: only Envoy's defaults
+    Case("cluster-manager-empty", {**bootstrap(), "cluster_manager": {}}, None),
+    # ---- TypedStruct: an extension's config as JSON beside its type URL, in place of its Any
+    Case("typed-struct", _typed_struct("xds.type.v3.TypedStruct", ROUTER_TYPE, {"suppress_envoy_headers": True}),
+         None),
+    Case("typed-struct-udpa", _typed_struct("udpa.type.v1.TypedStruct", ROUTER_TYPE, None), None),
+    Case("typed-struct-bad-field", _typed_struct("xds.type.v3.TypedStruct", ROUTER_TYPE, {"no_such_field": 1}),
+         f"{HCM_PATH}.http_filters[0].typed_config.value.no_such_field: unknown field"),
+    Case("typed-struct-unknown-type", _typed_struct("xds.type.v3.TypedStruct", "type.googleapis.com/x.y.Z", {}),
+         f"{HCM_PATH}.http_filters[0].typed_config.type_url: unknown HTTP filter type type.googleapis.com/x.y.Z"),
+    Case("typed-struct-without-type-url", _typed_struct("xds.type.v3.TypedStruct", None, {}),
+         f"{HCM_PATH}.http_filters[0].typed_config.type_url: missing required field"),
     # ---- nesting (protobuf's JSON parser stops at 100 levels)
     Case("nested-100", _nested(100), None),
     Case("nested-101", _nested(101), "node.metadata" + ".a" * 98 + ": nested more than 100 levels deep"),

@@ -20,7 +20,7 @@ from pylon.config.envoy import (
     convert,
 )
 from pylon.config.errors import ConfigError
-from pylon.config.loader import to_envoy_dict
+from pylon.config.loader import parse_bootstrap, to_envoy_dict
 from tests.config.builders import (
     DOWNSTREAM_TLS_TYPE,
     FILE_LOG_TYPE,
@@ -140,6 +140,12 @@ def test_hcm_explicit_values() -> None:
     assert manager.server_name == "pylon" and manager.server_header_transformation == "PASS_THROUGH"
     assert manager.normalize_path and manager.merge_slashes and manager.via == "pylon-1"
     assert manager.http_filters[0].typed_config.suppress_envoy_headers is True
+
+
+def test_cluster_manager_settings_are_not_supported_yet() -> None:
+    """Only an empty cluster_manager loads (envoy_cases: `cluster-manager-empty`, beside Envoy)."""
+    assert error({**bootstrap(), "cluster_manager": {"local_cluster_name": "svc"}}) == (
+        "config error in test.yaml: cluster_manager.local_cluster_name: not supported yet")
 
 
 def test_http3_codec_is_not_supported_yet() -> None:
@@ -491,10 +497,19 @@ def test_access_loggers() -> None:
     assert stderr_log.name == ""
 
 
-def test_access_log_filter_is_not_supported_yet() -> None:
+@pytest.mark.parametrize("kind", ["traceable_filter", "runtime_filter", "grpc_status_filter", "extension_filter",
+                                  "metadata_filter", "log_type_filter"])
+def test_access_log_filter_kinds_not_supported_yet_are_named(kind: str) -> None:
+    logs = [{"name": "x", "filter": {kind: {}}, "typed_config": {"@type": STDOUT_LOG_TYPE}}]
+    assert error(http_bootstrap(access_log=logs)) == (
+        f"config error in test.yaml: {HCM_PATH}.access_log[0].filter.{kind}: not supported yet"
+    )
+
+
+def test_access_log_status_code_filter_needs_its_comparison() -> None:
     logs = [{"name": "x", "filter": {"status_code_filter": {}}, "typed_config": {"@type": STDOUT_LOG_TYPE}}]
     assert error(http_bootstrap(access_log=logs)) == (
-        f"config error in test.yaml: {HCM_PATH}.access_log[0].filter: not supported yet"
+        f"config error in test.yaml: {HCM_PATH}.access_log[0].filter.status_code_filter.comparison: missing required field"
     )
 
 
@@ -556,8 +571,9 @@ def test_tcp_proxy_field_errors_name_the_field() -> None:
     assert tcp_error(weighted_clusters={"clusters": [{"name": "svc", "weight": 1}, {"name": "db", "weight": 1}]}) == (
         f"{base}.weighted_clusters.clusters[1].name: unknown cluster 'db'")
     assert tcp_error(weighted_clusters={"clusters": [{"name": "svc", "weight": 1, "metadata_match": {}}]}).startswith(
-        f"{base}.weighted_clusters.clusters[0].metadata_match: selects endpoints through the subset load balancer")
-    assert tcp_error(cluster="svc", metadata_match={}).startswith(f"{base}.metadata_match: selects endpoints")
+        f"{base}.weighted_clusters.clusters[0].metadata_match: tcp_proxy's metadata_match (subset load balancing per connection) is not "
+        "supported yet")
+    assert tcp_error(cluster="svc", metadata_match={}).startswith(f"{base}.metadata_match: tcp_proxy's metadata_match")
     assert tcp_error(cluster="svc", hash_policy=[{"filter_state": {"key": "k"}}]).startswith(
         f"{base}.hash_policy[0].filter_state: hashing a filter state object is not supported")
     assert tcp_error(cluster="svc", hash_policy=[{}]) == (
@@ -961,7 +977,17 @@ def test_cluster_connection_options_in_force(fields: dict[str, Any], idle_timeou
          "RING_HASH, ROUND_ROBIN (in any letter case)"),
         ({"connect_timeout": "0s"}, "connect_timeout", "must be greater than 0s"),
         ({"typed_extension_protocol_options": {OPTIONS_KEY: {"@type": HTTP_OPTIONS_TYPE, "auto_config": {}}}},
-         f"typed_extension_protocol_options[{OPTIONS_KEY}].auto_config", "not supported yet"),
+         f"typed_extension_protocol_options[{OPTIONS_KEY}].auto_config", "ALPN configured for cluster svc which has a "
+         "non-ALPN transport socket (auto_config needs a TLS transport_socket, as in Envoy 1.40)"),
+        ({"typed_extension_protocol_options": {OPTIONS_KEY: {"@type": HTTP_OPTIONS_TYPE}}},
+         f"typed_extension_protocol_options[{OPTIONS_KEY}]",
+         "exactly one of explicit_http_config, use_downstream_protocol_config, auto_config must be set"),
+        ({"http2_protocol_options": {}, "typed_extension_protocol_options": {OPTIONS_KEY: {
+            "@type": HTTP_OPTIONS_TYPE, "explicit_http_config": {"http_protocol_options": {}}}}},
+         "http2_protocol_options", f"Envoy ignores this deprecated field when typed_extension_protocol_options["
+         f"{OPTIONS_KEY}] is set; move it to that extension's explicit_http_config"),
+        ({"http2_protocol_options": {"allow_metadata": True}}, "http2_protocol_options.allow_metadata",
+         "not supported yet (HTTP/2 METADATA frames)"),
         ({"typed_extension_protocol_options": {"http": {"@type": HTTP_OPTIONS_TYPE,
                                                         "explicit_http_config": {"http_protocol_options": {}}}}},
          "typed_extension_protocol_options[http]", f"the key must be the extension name {OPTIONS_KEY}"),
@@ -999,8 +1025,8 @@ def test_cluster_connection_options_in_force(fields: dict[str, Any], idle_timeou
         ({"load_assignment": {"cluster_name": "svc", "endpoints": [{"lb_endpoints": [
             {"endpoint": {"address": {"socket_address": {"address": "::1", "port_value": 1}}}, "load_balancing_weight": 0}]}]}},
          "load_assignment.endpoints[0].lb_endpoints[0].load_balancing_weight", "Expected `int` >= 1"),
-        ({"http2_protocol_options": {"max_concurrent_streams": 5}}, "http2_protocol_options.max_concurrent_streams",
-         "unknown field"),
+        ({"http2_protocol_options": {"max_concurrent_streams": 0}}, "http2_protocol_options.max_concurrent_streams",
+         "Expected `int` >= 1"),
         (_common_options(max_response_headers_kb=10),
          f"typed_extension_protocol_options[{OPTIONS_KEY}].common_http_protocol_options.max_response_headers_kb",
          "not supported yet"),
@@ -1027,11 +1053,9 @@ def test_cluster_errors(change: dict[str, Any], path: str, message: str) -> None
     {"typed_extension_protocol_options": {OPTIONS_KEY: {"@type": HTTP_OPTIONS_TYPE,
                                                         "explicit_http_config": {"http2_protocol_options": {}}}}},
 ])  # fmt: skip
-def test_a_route_to_an_http2_cluster_is_an_error(h2: dict[str, Any]) -> None:
-    """A static HTTP/2 cluster is a gRPC cluster (xDS, SDS): pylon's data plane speaks HTTP/1.1 upstream."""
-    assert error(bootstrap(clusters=[cluster(**h2)])) == (
-        f"config error in test.yaml: {HCM_PATH}.route_config.virtual_hosts[0].routes[0].route.cluster: cluster 'svc' "
-        "speaks HTTP/2 (a gRPC cluster, for xDS and SDS); pylon proxies HTTP/1.1 upstreams only")
+def test_a_route_to_an_http2_cluster_validates(h2: dict[str, Any]) -> None:
+    """An HTTP/2 cluster with IP endpoints is the data plane's (upstream HTTP/2): routes may use it."""
+    parse_bootstrap(bootstrap(clusters=[cluster(**h2)]), "test.yaml")
 
 
 def test_static_eds_cluster_needs_its_source() -> None:

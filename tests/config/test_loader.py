@@ -203,6 +203,49 @@ def test_yaml_flow_mapping_starting_with_brace() -> None:
     assert load_bootstrap(config_yaml="{node: {id: flow}}").node.id == "flow"
 
 
+def test_keys_tagged_ignore_are_left_out_at_any_depth() -> None:
+    """Envoy drops `!ignore`-tagged keys with their values; their anchors still serve the aliases after them.
+    (tests/bench/test_conformance.py runs such a file through Envoy's validate mode too.)"""
+    text = """
+!ignore anchors: {port: &port 9901, unknown_field: 1}
+node:
+  !ignore note: not a Node field
+  id: tagged
+admin: {address: {socket_address: {address: 127.0.0.1, port_value: *port}}}
+"""
+    loaded = load_bootstrap(config_yaml=text)
+    assert loaded.node.id == "tagged" and loaded.admin.address.socket_address.port_value == 9901
+    assert "unknown field" in load_error_yaml(text.replace("!ignore note", "note"))
+
+
+def test_null_is_unset_for_fields_and_a_value_inside_structs() -> None:
+    """protobuf's JSON mapping, as Envoy reads configs (tests/config/envoy_cases.py: `null-*`, beside Envoy)."""
+    text = """
+node: {id: n, metadata: {kept: null}}
+static_resources:
+  listeners:
+  - name: main
+    address: {socket_address: {address: 127.0.0.1, port_value: 10000}}
+    listener_filters:
+    per_connection_buffer_limit_bytes: null
+    filter_chains: [{filters: [{name: tcp, typed_config: {"@type": %s, stat_prefix: t, cluster: svc, idle_timeout: null}}]}]
+  clusters: [{name: svc, connect_timeout: null}]
+""" % TCP_PROXY_TYPE
+    loaded = load_bootstrap(config_yaml=text)
+    [main] = loaded.static_resources.listeners
+    assert main.listener_filters == [] and main.per_connection_buffer_limit_bytes == 1024 * 1024
+    tcp = main.filter_chains[0].filters[0].typed_config
+    assert isinstance(tcp, TcpProxy) and tcp.idle_timeout == TcpProxy(stat_prefix="t", cluster="svc").idle_timeout
+    assert loaded.static_resources.clusters[0].connect_timeout == 5
+    assert loaded.node.metadata == {"kept": None}
+
+
+def load_error_yaml(text: str) -> str:
+    with pytest.raises(ConfigError) as caught:
+        load_bootstrap(config_yaml=text)
+    return str(caught.value)
+
+
 def test_numbers_may_be_quoted_as_in_proto_json() -> None:
     data = bootstrap(clusters=[cluster("svc", ("127.0.0.1", "8080"), per_connection_buffer_limit_bytes="4096")])  # type: ignore[arg-type]
     svc = load(data).static_resources.clusters[0]

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
+import ssl
 
 import pytest
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from pylon.keys import cryptomb
-from pylon.keys.hook import DONE, RSA_RAW, HookedKey, ffi, new_slot
+from pylon.keys.hook import DONE, FAILED, RSA_RAW, HookedKey, ffi, install_hooked_key, new_slot
 from pylon.keys.signers import PENDING_SIGNERS
+from pylon.proxy.tls_transport import tls_protocol_factory
 from pylon.stats.store import StatsStore
 
-from .conftest import needs_mb
+from .conftest import Reply, client_context, needs_mb
 
 POLL_DELAY = 0.05
 
@@ -153,3 +157,111 @@ def test_a_burst_goes_once_no_handshake_can_add_more(rsa_key) -> None:  # type: 
     asyncio.run(run())
     sizes = stats.histograms["cryptomb.rsa_queue_sizes"]
     assert sizes.count == 1 and sizes.sum == 3
+
+
+def faulty_pem(private) -> bytes:  # type: ignore[no-untyped-def]
+    """The key with a wrong CRT exponent dp: as if a fault hit it, every CRT result is wrong.
+
+    OpenSSL loads such a key without complaint (pylon's config check would refuse it, so this goes straight
+    to the hook); its own RSA then notices the fault and recomputes without CRT, crypto_mb does not.
+    """
+    numbers = private.private_numbers()
+    bad = rsa.RSAPrivateNumbers(numbers.p, numbers.q, numbers.d, numbers.dmp1 ^ 2, numbers.dmq1, numbers.iqmp,
+                                numbers.public_numbers)
+    return bad.private_key(unsafe_skip_rsa_key_validation=True).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+
+
+@needs_mb
+def test_a_wrong_crypto_mb_result_is_caught(rsa_key) -> None:  # type: ignore[no-untyped-def]
+    _hooked, private = rsa_key
+    faulty = HookedKey(private.public_key(), None, faulty_pem(private))  # type: ignore[arg-type]
+    stats = StatsStore()
+    ops = cryptomb.CryptoMbOps(POLL_DELAY, stats)
+    done: list[object] = []
+
+    async def run() -> None:
+        make_busy(ops, asyncio.get_running_loop().time())
+        for slot in [rsa_slot(faulty) for _ in range(8)]:
+            ops.submit(slot, lambda slot=slot: done.append(slot))
+
+    asyncio.run(run())
+    assert len(done) == 8 and all(slot.state == FAILED for slot in done)  # type: ignore[attr-defined]
+    counters = {name: stats.counters[f"cryptomb.rsa_{name}_ops"].value for name in ("crypto_mb", "openssl", "failed")}
+    assert counters == {"crypto_mb": 8, "openssl": 0, "failed": 8}
+
+
+@needs_mb
+def test_operations_are_counted_by_who_computed_them(rsa_key) -> None:  # type: ignore[no-untyped-def]
+    hooked, _private = rsa_key
+    stats = StatsStore()
+    ops = cryptomb.CryptoMbOps(POLL_DELAY, stats)
+
+    async def run() -> None:
+        ops.submit(rsa_slot(hooked), lambda: None)  # a lone operation: OpenSSL
+        make_busy(ops, asyncio.get_running_loop().time())
+        for _ in range(8):  # a full batch: crypto_mb
+            ops.submit(rsa_slot(hooked), lambda: None)
+
+    asyncio.run(run())
+    counters = {name: stats.counters[f"cryptomb.rsa_{name}_ops"].value for name in ("crypto_mb", "openssl", "failed")}
+    assert counters == {"crypto_mb": 8, "openssl": 1, "failed": 0}
+    assert stats.counters["cryptomb.ecdsa_crypto_mb_ops"].value == 0
+
+
+async def preconnected(port: int, count: int) -> list[socket.socket]:
+    """`count` TCP connections the server has accepted (each one a handshake that will sign), no TLS sent yet.
+
+    Handshakes started on them together reach their signatures together, so they batch whatever the timing.
+    """
+    start = PENDING_SIGNERS.count
+    socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(count)]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while PENDING_SIGNERS.count < start + count:
+        assert loop.time() < deadline, "the server did not accept the connections"
+        await asyncio.sleep(0.01)
+    return socks
+
+
+async def tls_fetch(sock: socket.socket, ctx: ssl.SSLContext) -> bytes:
+    reader, writer = await asyncio.wait_for(
+        asyncio.open_connection(sock=sock, ssl=ctx, server_hostname="localhost"), 10)
+    writer.write(b"hi")
+    data = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    return data
+
+
+@needs_mb
+def test_a_handshake_whose_crypto_mb_result_is_wrong_fails_cleanly(pki, rsa_key) -> None:  # type: ignore[no-untyped-def]
+    _hooked, private = rsa_key
+    stats = StatsStore()
+    ops = cryptomb.CryptoMbOps(1.0, stats)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    install_hooked_key(context, pki.server_rsa.cert.read_bytes(),
+                       HookedKey(private.public_key(), ops, faulty_pem(private)))  # type: ignore[arg-type]
+    client = client_context(pki)
+
+    async def run() -> tuple[list[object], bytes]:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(tls_protocol_factory(context, Reply), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            socks = await preconnected(port, 8)
+            results = await asyncio.gather(*(tls_fetch(s, client) for s in socks), return_exceptions=True)
+            # A lone handshake goes to OpenSSL, whose RSA catches the same fault and recomputes without CRT.
+            lone = await tls_fetch(socket.create_connection(("127.0.0.1", port)), client)
+        finally:
+            server.close()
+        return results, lone
+
+    results, lone = asyncio.run(run())
+    for result in results:
+        # The handshake ended by the server (an alert or the connection closed), never by the client finding a
+        # bad signature: the wrong result was not sent.
+        assert isinstance(result, (ssl.SSLError, ConnectionError, asyncio.IncompleteReadError)), result
+        assert "BAD_SIGNATURE" not in str(result) and "bad signature" not in str(result), result
+    assert stats.counters["cryptomb.rsa_crypto_mb_ops"].value == 8
+    assert stats.counters["cryptomb.rsa_failed_ops"].value == 8
+    assert lone == b"ok:hi" and stats.counters["cryptomb.rsa_openssl_ops"].value == 1

@@ -121,14 +121,59 @@ def test_unauthorized_client_refused(pki, sock, caplog) -> None:  # type: ignore
     assert any("keyd at" in r.message and "unavailable" in r.message for r in caplog.records)
 
 
-def _primes(pki) -> list[bytes]:  # type: ignore[no-untyped-def]
-    key = serialization.load_pem_private_key(pki.server_rsa.key.read_bytes(), password=None)
+def _forms(value: int) -> list[bytes]:
+    """32 bytes of `value` as DER/PEM hold it (big-endian, minimal length) and as OpenSSL's BIGNUM limbs do
+    (little-endian, from the lowest limb)."""
+    raw = value.to_bytes((value.bit_length() + 7) // 8, "big")
+    return [raw[:32], raw[::-1][:32]]
+
+
+def key_needles(pem: bytes) -> dict[str, list[bytes]]:
+    """What of an RSA private key a memory scan looks for, by name: each secret number of it (p, q, d, dp, dq)
+    and its text (a line of the PEM, and base64 across a line break, as an unwrapped copy would hold it).
+
+    The text needles come from the PEM's last lines, which encode the primes and CRT values: its first lines
+    encode the modulus, which the certificate's own base64 may contain too."""
+    key = serialization.load_pem_private_key(pem, password=None)
     numbers = key.private_numbers()  # type: ignore[union-attr]
-    out = []
-    for prime in (numbers.p, numbers.q):
-        raw = prime.to_bytes(128, "big")
-        out += [raw[:32], raw[::-1][:32]]  # big-endian (PEM/DER) and little-endian (BIGNUM limbs) forms
-    return out
+    lines = [line for line in pem.splitlines() if line and not line.startswith(b"-----")]
+    assert len(lines) > 20  # RSA-2048 and up
+    return {
+        "p": _forms(numbers.p), "q": _forms(numbers.q), "d": _forms(numbers.d),
+        "dp": _forms(numbers.dmp1), "dq": _forms(numbers.dmq1),
+        "pem": [lines[-3]], "base64": [lines[-5][-24:] + lines[-4][:24]],
+    }
+
+
+def held_secrets(pid: int, needles: dict[str, list[bytes]]) -> list[str]:
+    """The names of the needles found in the process's memory (empty: none of the key is there)."""
+    return [name for name, forms in needles.items() if scan(pid, forms)]
+
+
+#: A process holding a key as a careless one would: parsed by OpenSSL, its PEM text, an unwrapped base64 copy.
+_HOLDER = """
+import sys
+from cryptography.hazmat.primitives import serialization
+pem = open(sys.argv[1], "rb").read()
+key = serialization.load_pem_private_key(pem, password=None)
+unwrapped = b"".join(pem.splitlines()[1:-1])
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_the_scan_finds_each_part_of_a_key_where_it_is(pki) -> None:  # type: ignore[no-untyped-def]
+    """The control for the scans below: each needle is found in a process that holds that part of the key
+    (the scanning process holds the needles themselves, so it cannot be its own control)."""
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(pki.server_rsa.key)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ready"  # type: ignore[union-attr]
+        needles = key_needles(pki.server_rsa.key.read_bytes())
+        assert held_secrets(holder.pid, needles) == list(needles)
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def scan(pid: int, needles: list[bytes]) -> bool:
@@ -164,9 +209,11 @@ def test_proxy_memory_holds_no_prime_while_keyd_does(pki, sock) -> None:  # type
                 assert data == b"ok:hi"
 
         asyncio.run(handshakes())  # the proxy has really used the key through keyd
-        needles = _primes(pki)
-        assert scan(keyd.pid, needles), "the scan must find the primes in keyd (else it proves nothing)"
-        assert not scan(proxy.pid, needles), "the proxy process holds a prime of the private key"
+        needles = key_needles(pki.server_rsa.key.read_bytes())
+        # keyd holds the key's numbers (else the scan proves nothing) ...
+        assert {"p", "q", "d", "dp", "dq"} <= set(held_secrets(keyd.pid, needles))
+        # ... the proxy none of it, nor its text.
+        assert held_secrets(proxy.pid, needles) == [], "the proxy process holds part of the private key"
     finally:
         proxy.kill()
         proxy.wait()
@@ -199,3 +246,88 @@ def test_keyd_makes_a_key_and_answers_only_its_csr() -> None:
     assert replies[-1].status == ERROR and b"taken" in replies[-1].data
     ask("default.web.2", b"not-a-spiffe-id")
     assert replies[-1].status == ERROR and "default.web.2" not in server.keys
+
+
+#: A keyd client in a separate process (so it can run as another uid): sends one frame, prints the hex of what
+#: came back (empty when keyd closed the connection without answering).
+_PROBE = """
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+s.settimeout(10)
+data = b""
+try:
+    s.sendall(bytes.fromhex(sys.argv[2]))
+    while len(data) < 4 or len(data) < 4 + int.from_bytes(data[:4], "big"):
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+except (ConnectionResetError, BrokenPipeError):
+    pass
+print(data.hex())
+"""
+
+NOBODY = 65534
+
+
+def probe(sock: Path, as_nobody: bool):  # type: ignore[no-untyped-def]
+    """Ask keyd to sign one block with key "rsa", as root or as nobody; the Response, or None when refused."""
+    from pylon.keys.hook import RSA_RAW
+    from pylon.keys.keyd.protocol import Request, decode_response, encode_request
+
+    frame = encode_request(Request(1, RSA_RAW, "rsa", b"\0" + b"\1" * 255)).hex()
+    drop = ["setpriv", "--reuid", "nobody", "--regid", "nogroup", "--clear-groups"] if as_nobody else []
+    out = subprocess.run([*drop, sys.executable, "-I", "-c", _PROBE, str(sock), frame],
+                         capture_output=True, text=True, timeout=30, check=False)
+    assert out.returncode == 0, out.stderr
+    data = bytes.fromhex(out.stdout.strip())
+    return decode_response(data[4:]) if data else None
+
+
+@pytest.fixture
+def open_dir():  # type: ignore[no-untyped-def]
+    """A directory another uid can reach (pytest's tmp_path is root's alone)."""
+    import shutil
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="keyd-uid-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="connecting as another uid needs root (setpriv)")
+@pytest.mark.parametrize("allow", [(), ("--allow-uid", str(NOBODY))], ids=["default", "nobody-allowed"])
+def test_another_uid_is_refused_unless_allowed(pki, open_dir, allow) -> None:  # type: ignore[no-untyped-def]
+    from pylon.keys.keyd.protocol import OK
+
+    sock = open_dir / "keyd.sock"
+    keyd = start_keyd(sock, pki, *allow)
+    try:
+        # keyd makes its socket 0660, so another uid cannot even connect; open it to everyone, as a careless
+        # operator might: the kernel-checked uid must still keep nobody out.
+        assert sock.stat().st_mode & 0o777 == 0o660
+        sock.chmod(0o666)
+        as_root = probe(sock, as_nobody=False)
+        as_nobody = probe(sock, as_nobody=True)
+    finally:
+        err = stop(keyd)
+    if not allow:  # the default allow-list is keyd's own uid (root here), and only that
+        assert "for uids [0]" in err
+        assert as_root is not None and as_root.status == OK and len(as_root.data) == 256
+        assert as_nobody is None, "keyd answered a uid outside its allow-list"
+        assert f"uid {NOBODY}: uid not in the allow-list" in err
+        assert "refused 1 clients" in err
+    else:
+        assert f"for uids [{NOBODY}]" in err
+        assert as_nobody is not None and as_nobody.status == OK and len(as_nobody.data) == 256
+        assert as_root is None  # an explicit list replaces the default
+        assert "refused 1 clients" in err
+
+
+def test_the_allow_list_defaults_to_keyds_own_uid() -> None:
+    from pylon.keys.keyd.server import KeydServer
+
+    assert KeydServer({}, allow_uids=[]).allow_uids == {os.getuid()}
+    assert KeydServer({}, allow_uids=[NOBODY]).allow_uids == {NOBODY}

@@ -10,8 +10,11 @@ secret primes are in memory: in keyd, never in the proxy's processes.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import re
 import signal
+import socket
 import ssl
 import subprocess
 import time
@@ -27,7 +30,7 @@ from pylon.keys import cryptomb
 from pylon.keys.config import CRYPTOMB_TYPE_URL, KEYD_TYPE_URL, OFFLOAD_TYPE_URL
 from tests.conftest import free_port, pylon_cmd, stop_process_group
 from tests.keys.conftest import needs_mb
-from tests.keys.test_keyd import _primes, scan
+from tests.keys.test_keyd import held_secrets, key_needles
 from tests.proxy.conftest import (  # noqa: F401  (fixtures)
     DOWNSTREAM_TLS_TYPE,
     RunningProxy,
@@ -37,6 +40,7 @@ from tests.proxy.conftest import (  # noqa: F401  (fixtures)
     run_proxy_module,
     static_cluster,
     upstreams_module,
+    wait_until,
 )
 
 CLIENT_TIMEOUT = 5.0
@@ -44,15 +48,14 @@ KEYD_TIMEOUT_S = 0.5
 
 
 def provider_config(name: str, key_file: Path | None = None, socket_path: Path | None = None,
-                    key_id: str = "") -> dict[str, Any]:
+                    key_id: str = "", poll_delay: str = "0.002s", timeout: float = KEYD_TIMEOUT_S) -> dict[str, Any]:
     """A `private_key_provider` block in Envoy's shape for one of pylon's providers."""
     if name == "offload":
         typed = {"@type": OFFLOAD_TYPE_URL, "private_key": {"filename": str(key_file)}, "threads": 2}
     elif name == "cryptomb":
-        typed = {"@type": CRYPTOMB_TYPE_URL, "private_key": {"filename": str(key_file)}, "poll_delay": "0.002s"}
+        typed = {"@type": CRYPTOMB_TYPE_URL, "private_key": {"filename": str(key_file)}, "poll_delay": poll_delay}
     else:
-        typed = {"@type": KEYD_TYPE_URL, "socket_path": str(socket_path), "key_id": key_id,
-                 "timeout": f"{KEYD_TIMEOUT_S}s"}
+        typed = {"@type": KEYD_TYPE_URL, "socket_path": str(socket_path), "key_id": key_id, "timeout": f"{timeout}s"}
     return {"provider_name": name, "typed_config": typed}
 
 
@@ -75,11 +78,12 @@ class Keyd:
     socket_path: Path
     pki: Any
     proc: subprocess.Popen | None = None
+    extra: tuple[str, ...] = ()
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
             pylon_cmd("keyd", "--listen", f"unix:{self.socket_path}", "--key", f"rsa={self.pki.server_rsa.key}",
-                      "--key", f"ec={self.pki.server_ecdsa.key}"),
+                      "--key", f"ec={self.pki.server_ecdsa.key}", *self.extra),
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
         assert self.proc.stderr is not None
         seen = []
@@ -89,11 +93,16 @@ class Keyd:
                 return
         raise RuntimeError("keyd exited before it was ready:\n" + "".join(seen))
 
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_process_group(self.proc)
-            self.proc.stderr.close()  # type: ignore[union-attr]
-            self.proc = None
+    def stop(self) -> str:
+        """Stop keyd; returns what it logged after it was ready (its operation summary last)."""
+        if self.proc is None:
+            return ""
+        stop_process_group(self.proc)
+        assert self.proc.stderr is not None
+        log = self.proc.stderr.read()
+        self.proc.stderr.close()
+        self.proc = None
+        return log
 
 
 @pytest.fixture(scope="module")
@@ -117,6 +126,9 @@ def in_process_proxy(run_proxy_module, pki, backend) -> RunningProxy:  # type: i
     listeners = [tls_listener(f"{name}_{kind}", files.cert, provider_config(name, files.key))
                  for name in providers
                  for kind, files in (("rsa", pki.server_rsa), ("ec", pki.server_ecdsa))]
+    if "cryptomb" in providers:  # batches wait for a burst however slowly this machine serves it
+        listeners.append(tls_listener("cryptomb_burst", pki.server_rsa.cert,
+                                      provider_config("cryptomb", pki.server_rsa.key, poll_delay="1s")))
     return run_proxy_module(listeners, [backend])
 
 
@@ -231,9 +243,75 @@ def test_keyd_down_frozen_and_back(run_proxy, pki, backend, tmp_path) -> None:  
 def test_proxy_workers_hold_no_prime_while_keyd_does(keyd_proxy, keyd, pki) -> None:  # type: ignore[no-untyped-def]
     for _ in range(3):  # the key has really been used through keyd
         assert https_get(keyd_proxy.ports["keyd_rsa"], client_context(pki)).status_code == 200
-    needles = _primes(pki)
-    assert keyd.proc is not None and scan(keyd.proc.pid, needles), "the scan must find the primes in keyd"
+    needles = key_needles(pki.server_rsa.key.read_bytes())
+    assert keyd.proc is not None
+    assert {"p", "q", "d", "dp", "dq"} <= set(held_secrets(keyd.proc.pid, needles)), "keyd must hold the key"
     processes = [keyd_proxy.proc.pid, *keyd_proxy.worker_pids()]
     assert len(processes) == 2
     for pid in processes:
-        assert not scan(pid, needles), f"proxy process {pid} holds a prime of the private key"
+        assert held_secrets(pid, needles) == [], f"proxy process {pid} holds part of the private key"
+
+
+def burst(proxy: RunningProxy, listener: str, ctx: ssl.SSLContext, count: int) -> list[int]:
+    """`count` handshakes and requests at once on connections the proxy has all accepted first, so their
+    signatures are due together whatever the timing; the response statuses."""
+    port = proxy.ports[listener]
+    workers = proxy.worker_pids()
+    # The proxy counts a connection only once its handshake is done: watch its workers' descriptors instead.
+    descriptors = lambda: sum(len(os.listdir(f"/proc/{pid}/fd")) for pid in workers)  # noqa: E731
+    before = descriptors()
+    socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(count)]
+    try:
+        assert wait_until(lambda: descriptors() >= before + count, timeout=10), "the proxy did not accept"
+
+        async def one(sock: socket.socket) -> int:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(sock=sock, ssl=ctx, server_hostname="localhost"), 30)
+            writer.write(b"GET /hello HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
+            head = await asyncio.wait_for(reader.readline(), 30)
+            writer.close()
+            return int(head.split()[1])
+
+        async def run() -> list[int]:
+            return list(await asyncio.gather(*(one(sock) for sock in socks)))
+
+        return asyncio.run(run())
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def cryptomb_ops(proxy: RunningProxy) -> dict[str, int]:
+    stats = proxy.stats()
+    return {who: stats.get(f"cryptomb.rsa_{who}_ops", 0) for who in ("crypto_mb", "openssl", "failed")}
+
+
+@needs_mb
+def test_concurrent_handshakes_through_the_proxy_reach_crypto_mb(in_process_proxy, pki) -> None:  # type: ignore[no-untyped-def]
+    before = cryptomb_ops(in_process_proxy)
+    assert burst(in_process_proxy, "cryptomb_burst", client_context(pki), 16) == [200] * 16
+    after = wait_until(lambda: (ops := cryptomb_ops(in_process_proxy))["crypto_mb"] > before["crypto_mb"] and ops)
+    assert after, "no operation reached crypto_mb"
+    assert after["crypto_mb"] - before["crypto_mb"] >= 8 and after["failed"] == before["failed"]
+    # A lone handshake is still OpenSSL's (a batch under MIN_MB_BATCH).
+    assert https_get(in_process_proxy.ports["cryptomb_rsa"], client_context(pki)).status_code == 200
+    assert wait_until(lambda: cryptomb_ops(in_process_proxy)["openssl"] > after["openssl"])
+
+
+@needs_mb
+def test_concurrent_handshakes_through_keyd_reach_crypto_mb(run_proxy, pki, backend, tmp_path) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    # keyd cannot know how many operations are coming: it waits for a batch once they arrive often enough.
+    server = Keyd(tmp_path / "keyd.sock", pki, extra=("--poll-delay", "0.2"))
+    server.start()
+    try:
+        proxy = run_proxy([tls_listener("keyd_rsa", pki.server_rsa.cert,
+                                        provider_config("keyd", socket_path=server.socket_path, key_id="rsa",
+                                                        timeout=10.0))], [backend])
+        assert burst(proxy, "keyd_rsa", client_context(pki), 64) == [200] * 64
+    finally:
+        log = server.stop()
+    found = re.search(r"keyd served (\d+) operations: (\d+) by crypto_mb, (\d+) by OpenSSL, (\d+) failed", log)
+    assert found, log
+    served, by_mb, by_openssl, failed = map(int, found.groups())
+    assert served == by_mb + by_openssl == 64 and failed == 0
+    assert by_mb >= 8, log

@@ -1,6 +1,6 @@
 """An HTTP/1.1 upstream that answers like a gRPC server would over HTTP/1.1 with trailers (tests only).
 
-By the request path: `/ok`: 200, application/grpc, one framed message, chunked, trailer grpc-status 0;
+By the request path's last segment (`/ok` or `/pkg.Service/ok`): `ok`: 200, application/grpc, one framed message, chunked, trailer grpc-status 0;
 `/fail`: the same with trailers grpc-status 2 and grpc-message "boom"; `/trailers-only`: 200 with grpc-status 14
 in the head and no body. Every request is kept (method, path, headers in order, body) in `requests`.
 """
@@ -47,6 +47,7 @@ def _read_request(conn: socket.socket) -> dict[str, Any] | None:
 
 
 def _answer(path: str) -> bytes:
+    path = "/" + path.split("?")[0].rsplit("/", 1)[-1]  # by the last segment: a gRPC method's name works too
     if path.startswith("/trailers-only"):
         return b"HTTP/1.1 200 OK\r\ncontent-type: application/grpc\r\ngrpc-status: 14\r\ncontent-length: 0\r\n\r\n"
     status, message = (b"2", b"grpc-message: boom\r\n") if path.startswith("/fail") else (b"0", b"")

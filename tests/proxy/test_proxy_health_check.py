@@ -33,6 +33,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "nocl": {"pass_through_mode": False, "headers": PATH, "cluster_min_healthy_percentages": {"nope": {"value": 0}}},
     "pass": {"pass_through_mode": True, "headers": PATH},
     "cache": {"pass_through_mode": True, "cache_time": "30s", "headers": PATH},
+    "hclog": {"pass_through_mode": True, "headers": PATH},  # also logs through a not_health_check_filter
 }
 CHECKED = "x-envoy-upstream-healthchecked-cluster"
 FAIL = "x-envoy-immediate-health-check-fail"
@@ -67,8 +68,11 @@ def setup(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         ports = {name: free_port() for name in CONFIGS}
         listeners = []
         for name, config in CONFIGS.items():
-            listener = http_listener(name, ports[name], [route("/", "up")],
-                                     access_log=json_access_log(directory / f"{name}.log"))
+            logs = json_access_log(directory / f"{name}.log")
+            if name == "hclog":
+                logs.append({**json_access_log(directory / "hclog-not-hc.log")[0],
+                             "filter": {"not_health_check_filter": {}}})
+            listener = http_listener(name, ports[name], [route("/", "up")], access_log=logs)
             listener["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"].insert(0, {
                 "name": "envoy.filters.http.health_check", "typed_config": {"@type": HC_TYPE, **config}})
             listeners.append(listener)
@@ -127,6 +131,15 @@ def test_pass_through_and_the_cache(setup: Setup) -> None:
     assert (stats["cached_response"], stats["ok"], stats["request_total"]) == (2, 2, 2)
     assert [d for _, _, d in _details(setup, "cache", 3)] == ["via_upstream", "health_check_cached",
                                                              "health_check_cached"]
+
+
+def test_an_access_log_filter_leaves_health_checks_out(setup: Setup) -> None:
+    """Passed through or not, a request the filter took as a health check is one for not_health_check_filter."""
+    for path in ("/healthz", "/other", "/healthz", "/more"):
+        assert setup.ask("hclog", path)[0].status_code == 200
+    assert [line["path"] for line in read_json_lines(setup.logs / "hclog.log", 4)] == [
+        "/healthz", "/other", "/healthz", "/more"]
+    assert [line["path"] for line in read_json_lines(setup.logs / "hclog-not-hc.log", 2)] == ["/other", "/more"]
 
 
 def test_failing_health_checks_by_the_admin(setup: Setup) -> None:

@@ -35,3 +35,33 @@ def test_an_rbac_regex_over_the_re2_limit_is_a_config_error_naming_the_filter(tm
     assert ("static_resources.listeners[0].filter_chains[0].filters[0].typed_config.http_filters[0].typed_config: "
             "regex") in run.stderr + run.stdout
     assert "max program size" in run.stderr + run.stdout
+
+
+def _validate_hcm(tmp_path: Path, **fields: object) -> str:
+    """`--mode validate`'s output (it must refuse) for a direct-response HCM with `fields`."""
+    hcm = {"@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+           "stat_prefix": "h", "route_config": {"virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [
+               {"match": {"prefix": "/"}, "direct_response": {"status": 200}}]}]},
+           "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
+               "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}], **fields}
+    config = tmp_path / "hcm.yaml"
+    config.write_text(yaml.safe_dump({"static_resources": {"listeners": [{
+        "name": "l", "address": {"socket_address": {"address": "127.0.0.1", "port_value": 10000}},
+        "filter_chains": [{"filters": [{"name": "hcm", "typed_config": hcm}]}]}]}}))
+    run = subprocess.run([sys.executable, "-m", "pylon.cli", "proxy", "-c", str(config), "--mode", "validate"],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1
+    return run.stderr + run.stdout
+
+
+def test_a_local_reply_body_format_operator_unknown_is_a_config_error(tmp_path: Path) -> None:
+    out = _validate_hcm(tmp_path, local_reply_config={"body_format": {"text_format": "%NOPE%"}})
+    assert "typed_config.local_reply_config: unsupported access log command operator %NOPE%" in out
+
+
+def test_an_access_log_filter_regex_over_the_re2_limit_is_a_config_error(tmp_path: Path) -> None:
+    regex = {"string_match": {"safe_regex": {"regex": "(a|b|c|d|e|f|g)" * 40}}}
+    out = _validate_hcm(tmp_path, access_log=[{"name": "a", "filter": {"header_filter": {"header": {
+        "name": "x-a", **regex}}}, "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"}}])
+    assert "typed_config.access_log[0].filter: regex" in out and "max program size" in out

@@ -6,7 +6,7 @@
 - `/slow/<seconds>`: read the body, wait, answer 200;
 - `/reset`: close the connection without answering (RST);
 - `/chunked/<n>`: a chunked response of n chunks;
-- `/echo`: echo the request body;
+- `/echo`: echo the request body (each body echoed is kept in `echoed`, once it arrived whole);
 - `/bytes/<n>`: n bytes, streamed (`bytes_done` is set once all were written);
 - `/sink`: read a body of any size without keeping it, answer with its size
   (`sink_bytes` grows while it reads, so a test can see streaming);
@@ -171,6 +171,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(b"0\r\n\r\n")
         elif kind == "echo":
             body = self._body()
+            with server.lock:
+                server.echoed.append(body)
             self._send(200, body, {"Content-Type": self.headers.get("Content-Type", "application/octet-stream")})
         elif kind == "bytes":
             total = int(parts[1])
@@ -201,6 +203,7 @@ class _Server(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", port), _Handler)
         self.lock = threading.Lock()
         self.requests: list[dict[str, Any]] = []
+        self.echoed: list[bytes] = []
         self.flaky: dict[str, int] = {}
         self.sink_bytes = 0
         self.bytes_done = threading.Event()
@@ -250,6 +253,11 @@ class Upstream:
 
     def paths(self) -> list[str]:
         return [r["path"] for r in self.requests]
+
+    @property
+    def echoed(self) -> list[bytes]:
+        with self.server.lock:
+            return list(self.server.echoed)
 
     @property
     def health_status(self) -> int:

@@ -86,18 +86,21 @@ def test_a_route_to_the_xds_cluster_is_an_error() -> None:
     del hcm["rds"]
     hcm["route_config"] = {"virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [
         {"match": {"prefix": "/"}, "route": {"cluster": "xds-grpc"}}]}]}
-    assert error(data).endswith("route_config.virtual_hosts[0].routes[0].route.cluster: cluster 'xds-grpc' speaks "
-                                "HTTP/2 (a gRPC cluster, for xDS and SDS); pylon proxies HTTP/1.1 upstreams only")
+    assert error(data).endswith("route_config.virtual_hosts[0].routes[0].route.cluster: cluster 'xds-grpc' is for "
+                                "pylon's gRPC client only (xDS, SDS: a config source names it, or it has pipe "
+                                "endpoints); routes and tcp_proxy cannot use it")
 
 
 def dynamic_config() -> DynamicConfig:
     return DynamicConfig(parse_bootstrap(bootstrap(), "b.yaml"), StatsStore())
 
 
-def test_dynamic_rejects_http2_clusters_and_routes_to_the_xds_cluster() -> None:
+def test_dynamic_rejects_pipe_clusters_and_routes_to_the_xds_cluster() -> None:
     dynamic = dynamic_config()
-    h2 = convert(cluster("web", http2_protocol_options={}), Cluster)
-    with pytest.raises(ConfigError, match=r"resources\[0\].http2_protocol_options: HTTP/2 upstreams"):
+    pipe = cluster("web", http2_protocol_options={})
+    pipe["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"] = {"pipe": {"path": "/tmp/x"}}
+    h2 = convert(pipe, Cluster)
+    with pytest.raises(ConfigError, match=r"resources\[0\].load_assignment: pipe endpoints are supported only"):
         dynamic.offer(CLUSTERS, [], lambda: Update(CLUSTERS, Discovered("1", {"web": h2}), frozenset(), "ads"))
     routes = convert({"name": "main_routes", "virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [
         {"match": {"prefix": "/"}, "route": {"cluster": "xds-grpc"}}]}]}, RouteConfiguration)

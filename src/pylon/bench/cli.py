@@ -31,19 +31,24 @@ from pylon.bench.results import load_result, summary_text, write_json
               help="worker processes sharing the port (SO_REUSEPORT)")
 @click.option("--body-size", type=click.IntRange(min=0), default=DEFAULT_BODY_SIZE, show_default=True,
               help="size of the default response body")
+@click.option("--grpc-port", "-grpc-port", "grpc_port", type=click.IntRange(min=0), default=None,
+              help="serve Fortio's gRPC ping and health services on this port too (0 = any free)")
 def echo(port: int, host: str, tls_cert: str | None, tls_key: str | None, tls_ca: str | None, concurrency: int,
-         body_size: int) -> None:
-    """Echo server (Fortio's server role): GET /stats for counters; Fortio query args shape replies."""
+         body_size: int, grpc_port: int | None) -> None:
+    """Echo server (Fortio's server role), HTTP/1.1 and HTTP/2 (h2c prior knowledge, ALPN h2 with TLS):
+    GET /stats for counters; Fortio query args shape replies."""
     if tls_key and not tls_cert:
         raise click.UsageError("--tls-key needs --tls-cert")
     if tls_ca and not tls_cert:
         raise click.UsageError("--tls-ca needs --tls-cert")
     config = EchoConfig(port=port, host=host, tls_cert=tls_cert or "", tls_key=tls_key or "", tls_ca=tls_ca or "",
-                        concurrency=concurrency, body_size=body_size)
+                        concurrency=concurrency, body_size=body_size, grpc_port=grpc_port)
     scheme = "https" if tls_cert else "http"
 
-    def ready(bound: int) -> None:
+    def ready(bound: int, grpc_bound: int | None) -> None:
         click.echo(f"pylon echo listening on {scheme}://{host}:{bound} ({concurrency} worker(s))")
+        if grpc_bound is not None:
+            click.echo(f"pylon echo serving gRPC ping and health on {host}:{grpc_bound}")
         sys.stdout.flush()
 
     try:

@@ -33,15 +33,18 @@ from typing import Callable
 import httptools
 import uvloop
 
+from pylon.bench.echo_grpc import GrpcPingServer
+from pylon.bench.echo_h2 import PREFACE, EchoH2Connection
 from pylon.bench.echo_query import (
-    EchoQueryError, Reply, build_response, decide, filler, http_date, parse_echo_query,
+    EchoQueryError, Reply, build_response, debug_text, decide, filler, http_date, parse_echo_query,
 )
 
 DEFAULT_PORT = 8080
 DEFAULT_BODY_SIZE = 100
 
-COUNTER_NAMES = ("downstream_cx_total", "downstream_rq_total", "ssl.handshake", "ssl.session_reused")
-_CX, _RQ, _HS, _REUSED = range(len(COUNTER_NAMES))
+COUNTER_NAMES = ("downstream_cx_total", "downstream_rq_total", "ssl.handshake", "ssl.session_reused",
+                 "grpc_rq_total")
+_CX, _RQ, _HS, _REUSED, _GRPC = range(len(COUNTER_NAMES))
 _SLOT = len(COUNTER_NAMES)
 
 
@@ -75,6 +78,7 @@ class EchoConfig:
     tls_ca: str = ""  # when set, clients must present a certificate signed by it (mTLS)
     concurrency: int = 1
     body_size: int = DEFAULT_BODY_SIZE
+    grpc_port: int | None = None  # Fortio's -grpc-port: serve the gRPC ping and health services there
 
     def ssl_context(self) -> ssl.SSLContext | None:
         if not self.tls_cert:
@@ -84,6 +88,7 @@ class EchoConfig:
         if self.tls_ca:
             ctx.load_verify_locations(self.tls_ca)
             ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.set_alpn_protocols(["h2", "http/1.1"])  # as Go's server offers them: HTTP/2 by ALPN
         return ctx
 
 
@@ -111,7 +116,7 @@ class _Worker:
 class EchoProtocol(asyncio.Protocol):
     """One client connection: parse requests with llhttp, reply in order, write once per batch."""
 
-    __slots__ = ("w", "transport", "parser", "url", "headers", "body", "out", "queue", "closing")
+    __slots__ = ("w", "transport", "parser", "url", "headers", "body", "out", "queue", "closing", "sniffed", "h2")
 
     def __init__(self, worker: _Worker) -> None:
         self.w = worker
@@ -122,6 +127,8 @@ class EchoProtocol(asyncio.Protocol):
         self.out: list[bytes] = []
         self.queue: list[list] = []  # replies waiting behind a delayed one: [bytes | None, close]
         self.closing = False
+        self.sniffed: bytes | None = b""  # the connection's first bytes while they may be an HTTP/2 preface
+        self.h2: EchoH2Connection | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -132,8 +139,18 @@ class EchoProtocol(asyncio.Protocol):
             ssl_object = transport.get_extra_info("ssl_object")
             if ssl_object is not None and ssl_object.session_reused:
                 w.values[w.base + _REUSED] += 1
+            if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
+                self.h2 = EchoH2Connection(w, self.transport, w.base + _RQ)
+                return
 
     def data_received(self, data: bytes) -> None:
+        if self.h2 is not None:
+            self.h2.data_received(data)
+            return
+        if self.sniffed is not None:
+            data = self.sniffed + data
+            if self._sniff(data):
+                return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -146,6 +163,20 @@ class EchoProtocol(asyncio.Protocol):
             out.clear()
         if self.closing and not self.queue:
             self.transport.close()
+
+    def _sniff(self, data: bytes) -> bool:
+        """Whether the connection's first bytes `data` are (the start of) HTTP/2's preface: then they are
+        held until the whole preface is in, and the connection turns HTTP/2; else it stays HTTP/1.1."""
+        if data[:len(PREFACE)] != PREFACE[:len(data)]:
+            self.sniffed = None
+            return False
+        if len(data) < len(PREFACE):
+            self.sniffed = data
+            return True
+        self.sniffed = None
+        self.h2 = EchoH2Connection(self.w, self.transport, self.w.base + _RQ)
+        self.h2.data_received(data)
+        return True
 
     def _fail(self, reason: bytes) -> None:
         if not self.closing:
@@ -217,18 +248,9 @@ class EchoProtocol(asyncio.Protocol):
         return self.w.body
 
     def _debug_text(self) -> bytes:
-        peer = self.transport.get_extra_info("peername")
-        lines = [
-            f"pylon echo debug server on {socket.gethostname()} - request from {peer[0]}:{peer[1]}".encode(),
-            b"",
-            b"%s %s HTTP/%s" % (self.parser.get_method(), self.url, self.parser.get_http_version().encode()),
-            b"",
-            b"headers:",
-            b"",
-        ]
-        lines.extend(name + b": " + value for name, value in self.headers or ())
-        lines += [b"", b"body:", b"", b"".join(self.body or ()), b""]
-        return b"\n".join(lines)
+        request_line = b"%s %s HTTP/%s" % (self.parser.get_method(), self.url, self.parser.get_http_version().encode())
+        return debug_text(socket.gethostname(), self.transport.get_extra_info("peername"), request_line,
+                          self.headers or [], b"".join(self.body or ()))
 
     def _send(self, response: bytes, delay: float, close: bool) -> None:
         """Queue a reply in request order; a delayed one holds back those after it."""
@@ -265,6 +287,8 @@ class EchoProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.queue.clear()
+        if self.h2 is not None:
+            self.h2.connection_lost()
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -300,10 +324,12 @@ def _run_worker(config: EchoConfig, sock: socket.socket, counters: EchoCounters,
         loop.close()
 
 
-def serve_echo(config: EchoConfig, on_ready: Callable[[int], None] | None = None) -> dict[str, int]:
+def serve_echo(config: EchoConfig, on_ready: Callable[[int, int | None], None] | None = None) -> dict[str, int]:
     """Run the echo server until SIGTERM/SIGINT; return (and print) the counters.
 
-    `on_ready(port)` is called once every worker's socket is bound (port 0 picks a free one).
+    `on_ready(port, grpc_port)` is called once every worker's socket is bound and the gRPC services (when
+    asked for) serve; port 0 picks a free one. The gRPC server starts after the workers are forked: see
+    `echo_grpc`.
     """
     if config.concurrency < 1:
         raise ValueError("concurrency must be >= 1")
@@ -312,19 +338,44 @@ def serve_echo(config: EchoConfig, on_ready: Callable[[int], None] | None = None
     first = _listen(config.host, config.port)
     port = first.getsockname()[1]
     socks = [first] + [_listen(config.host, port) for _ in range(config.concurrency - 1)]
-    if on_ready is not None:
-        on_ready(port)
-    if config.concurrency == 1:
-        _run_worker(config, first, counters, 0)
-    else:
-        _run_children(config, socks, counters)
+    grpc_server = None
+
+    def ready() -> None:
+        nonlocal grpc_server
+        grpc_port = None
+        if config.grpc_port is not None:
+            grpc_server = GrpcPingServer(config.host, config.grpc_port, _grpc_counter(counters))
+            grpc_port = grpc_server.start()
+        if on_ready is not None:
+            on_ready(port, grpc_port)
+
+    try:
+        if config.concurrency == 1:
+            ready()
+            _run_worker(config, first, counters, 0)
+        else:
+            _run_children(config, socks, counters, ready)
+    finally:
+        if grpc_server is not None:
+            grpc_server.stop()
     totals = counters.totals()
     print("pylon echo stopped: " + ", ".join(f"{k} {v}" for k, v in totals.items()), flush=True)
     return totals
 
 
-def _run_children(config: EchoConfig, socks: list[socket.socket], counters: EchoCounters) -> None:
-    """Fork one worker per socket, forward SIGTERM/SIGINT to them, and wait for all."""
+def _grpc_counter(counters: EchoCounters) -> Callable[[], None]:
+    """The gRPC thread's count: its own word of worker 0's slot, which no worker writes."""
+    values, index = counters.values, counters.base(0) + _GRPC
+
+    def count() -> None:
+        values[index] += 1
+
+    return count
+
+
+def _run_children(config: EchoConfig, socks: list[socket.socket], counters: EchoCounters,
+                  forked: Callable[[], None]) -> None:
+    """Fork one worker per socket, call `forked()`, forward SIGTERM/SIGINT to them, and wait for all."""
     pids = []
     for index, sock in enumerate(socks):
         pid = os.fork()
@@ -353,6 +404,11 @@ def _run_children(config: EchoConfig, socks: list[socket.socket], counters: Echo
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
+        try:
+            forked()
+        except BaseException:
+            forward(signal.SIGTERM, None)
+            raise
         for child in pids:
             while True:
                 try:

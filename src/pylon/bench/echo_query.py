@@ -178,3 +178,19 @@ def build_response(status: int, body: bytes, date: bytes, *, close: bool = False
     if close:
         lines.append(b"Connection: close")
     return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
+def debug_text(host: str, peer: tuple[str, int], request_line: bytes, headers: list[tuple[bytes, bytes]],
+               body: bytes) -> bytes:
+    """The `/debug` page (Fortio's): who asked, the request line, its headers and its body, in plain text."""
+    lines = [
+        f"pylon echo debug server on {host} - request from {peer[0]}:{peer[1]}".encode(),
+        b"",
+        request_line,
+        b"",
+        b"headers:",
+        b"",
+    ]
+    lines.extend(name + b": " + value for name, value in headers)
+    lines += [b"", b"body:", b"", body, b""]
+    return b"\n".join(lines)

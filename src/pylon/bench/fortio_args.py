@@ -79,11 +79,22 @@ class LoadOptions:
     connection_reuse: tuple[int, int] | None = None
     procs: int = 1
     new_connection: bool = False
+    h2: bool = False  # HTTP/2: prior knowledge for http://, ALPN h2 for https://
+    grpc: bool = False  # gRPC to HOST:PORT: the health service, or Fortio's ping with `ping`
+    ping: bool = False
+    streams: int = 1  # -s: gRPC streams (threads) sharing each connection
+    grpc_ping_delay: float = 0.0  # seconds the ping server is asked to wait before answering
+    health_service: str = ""  # -healthservice: the service name a health check asks about
     extra: dict = field(default_factory=dict, compare=False)  # free-form notes copied into the JSON
 
     @property
     def target(self) -> Target:
-        return parse_target(self.url)
+        return grpc_target(self.url, self.cacert) if self.grpc else parse_target(self.url)
+
+    @property
+    def threads(self) -> int:
+        """Fortio's NumThreads: one per connection, times the streams of each connection with gRPC."""
+        return self.connections * self.streams
 
     @property
     def http_method(self) -> str:
@@ -109,6 +120,30 @@ def parse_target(url: str) -> Target:
     if port is None:
         port = 443 if parts.scheme == "https" else 80
     return Target(url=url, scheme=parts.scheme, host=parts.hostname, port=port, path=path)
+
+
+GRPC_DEFAULT_PORT = 8079  # Fortio's default gRPC port (fnet.DefaultGRPCPort)
+
+
+def grpc_target(destination: str, cacert: str = "") -> Target:
+    """A gRPC destination as Fortio reads it: `host[:port]` (port 8079), or an http:// (port 80) or
+    https:// (443) URL whose path is dropped; TLS for https:// or when a CA is given (`-cacert`)."""
+    scheme, default_port = ("https" if cacert else "http"), GRPC_DEFAULT_PORT
+    for prefix, port in (("http://", 80), ("https://", 443)):
+        if destination.lower().startswith(prefix):
+            scheme = "https" if prefix == "https://" or cacert else "http"
+            destination, default_port = destination[len(prefix):], port
+    host_port = destination.split("/", 1)[0]
+    try:
+        parts = urlsplit(f"//{host_port}")
+        port = parts.port
+    except ValueError as exc:
+        raise LoadUsageError(f"invalid gRPC destination {destination!r}: {exc}") from None
+    if not parts.hostname:
+        raise LoadUsageError(f"invalid gRPC destination {destination!r}: no host")
+    port = default_port if port is None else port
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return Target(url=f"{host}:{port}", scheme=scheme, host=parts.hostname, port=port, path="/")
 
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
@@ -231,6 +266,9 @@ _BOOL_FLAGS = {
     "a": "auto_save",
     "keepalive": "keepalive",
     "new-connection": "new_connection",
+    "h2": "h2",
+    "grpc": "grpc",
+    "ping": "ping",
 }
 
 
@@ -270,12 +308,19 @@ def build_parser() -> argparse.ArgumentParser:
     add(*_names("connection-reuse"), type=_parse_reuse, default=None, dest="connection_reuse",
         help="requests per connection, random within min:max")
     add(*_names("procs"), type=_positive_int, default=1, help="client processes (1)")
+    add(*_names("s"), "--streams", dest="streams", type=_positive_int, default=None,
+        help="gRPC: streams per connection, each a thread (1)")
+    add(*_names("grpc-ping-delay"), type=_duration_arg, default=0.0, dest="grpc_ping_delay",
+        help="gRPC ping: delay the server is asked to add to each reply (0)")
+    add(*_names("healthservice"), default="", dest="health_service",
+        help="gRPC health check: the service name to ask about ('')")
     for flag, dest in _BOOL_FLAGS.items():
         add(*_names(flag), action="store_true", dest=dest, default=(dest == "keepalive"),
             help=argparse.SUPPRESS if flag in ("k", "https-insecure", "a") else None)
         add(f"--{flag}=false", action="store_false", dest=dest, help=argparse.SUPPRESS)
-    add("url", metavar="URL", help="target URL (http:// or https://)")
-    p.epilog = "Boolean flags: -k/-https-insecure skip TLS verification; -a auto-names the JSON file."
+    add("url", metavar="URL", help="target URL (http:// or https://), or HOST:PORT with -grpc")
+    p.epilog = ("Boolean flags: -k/-https-insecure skip TLS verification; -a auto-names the JSON file; "
+                "-h2 HTTP/2 (prior knowledge for http://); -grpc gRPC health checks, -ping Fortio's ping instead.")
     return p
 
 
@@ -298,7 +343,8 @@ def _normalise_bools(argv: Sequence[str]) -> list[str]:
 def parse_load_args(argv: Sequence[str]) -> LoadOptions:
     """Parse a Fortio-style command line into `LoadOptions`; raise `LoadUsageError` when it is wrong."""
     ns = build_parser().parse_args(_normalise_bools(argv))
-    parse_target(ns.url)  # fail early on a bad URL
+    _check_protocol_flags(ns)
+    grpc_target(ns.url, ns.cacert) if ns.grpc else parse_target(ns.url)  # fail early on a bad URL
     try:
         percentiles = tuple(parse_percentiles(ns.percentiles))
     except ValueError as exc:
@@ -322,7 +368,33 @@ def parse_load_args(argv: Sequence[str]) -> LoadOptions:
         labels=ns.labels, json_path=ns.json_path, auto_save=ns.auto_save, data_dir=ns.data_dir,
         csv_path=ns.csv_path, timeout=ns.timeout, abort_on=ns.abort_on, keepalive=ns.keepalive,
         connection_reuse=ns.connection_reuse, procs=ns.procs, new_connection=ns.new_connection,
+        h2=ns.h2, grpc=ns.grpc, ping=ns.ping, streams=ns.streams or 1, grpc_ping_delay=ns.grpc_ping_delay,
+        health_service=ns.health_service,
     )
+
+
+def _check_protocol_flags(ns: argparse.Namespace) -> None:
+    """Refuse the gRPC flags without -grpc, and HTTP/1.1 connection handling with HTTP/2, rather than
+    accept a flag that would change nothing."""
+    if not ns.grpc:
+        for flag, given in (("-ping", ns.ping), ("-s", ns.streams is not None),
+                            ("-grpc-ping-delay", ns.grpc_ping_delay > 0), ("-healthservice", ns.health_service)):
+            if given:
+                raise LoadUsageError(f"{flag} needs -grpc")
+    elif ns.ping and ns.health_service:
+        raise LoadUsageError("-healthservice is for health checks, not -ping")
+    elif not ns.ping and (ns.grpc_ping_delay > 0 or ns.payload is not None or ns.payload_size):
+        raise LoadUsageError("-grpc-ping-delay and -payload need -ping (a health check has neither)")
+    if ns.grpc and ns.payload_size:
+        raise LoadUsageError("-payload-size is for HTTP; gRPC ping takes a -payload string")
+    if ns.h2 or ns.grpc:
+        mode = "-grpc" if ns.grpc else "-h2"
+        for flag, given in (("-new-connection", ns.new_connection), ("-keepalive=false", not ns.keepalive),
+                            ("-connection-reuse", ns.connection_reuse is not None)):
+            if given:
+                raise LoadUsageError(f"{flag} is not supported with {mode}")
+    if ns.grpc and (ns.method or ns.content_type or ns.headers):
+        raise LoadUsageError("-X, -content-type and -H are HTTP flags, not supported with -grpc")
 
 
 def payload_base64(payload: bytes) -> str | None:

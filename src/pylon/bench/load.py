@@ -44,8 +44,10 @@ import uvloop
 
 from pylon import __version__
 from pylon.bench.fortio_args import LoadOptions, LoadUsageError, Target, format_go_duration
+from pylon.bench.load_h2 import H2ClientConnection, H2Pool
 from pylon.bench.pacing import Pacer, Tickets, split
 from pylon.bench.results import SOCKET_ERROR, Recorder, RunTiming, build_result
+from pylon.proxy.http.h2_session import H2Error
 
 perf_counter = time.perf_counter
 USER_AGENT = f"pylon-load/{__version__}"
@@ -91,7 +93,7 @@ def classify_error(exc: BaseException | None) -> str:
         return "tls"
     if isinstance(exc, socket.gaierror):
         return "dns"
-    if isinstance(exc, httptools.HttpParserError):
+    if isinstance(exc, (httptools.HttpParserError, H2Error)):
         return "protocol"
     return "other"
 
@@ -119,6 +121,8 @@ def client_ssl_context(options: LoadOptions) -> ssl.SSLContext | None:
         return None
     try:
         ctx = ssl.create_default_context(cafile=options.cacert or None)
+        if options.h2 or options.grpc:
+            ctx.set_alpn_protocols(["h2"])
         if options.insecure:
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
@@ -142,6 +146,16 @@ class _ClientProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+
+    def send(self, slot: "_Slot") -> None:
+        self.transport.write(slot.engine.request)
+
+    def release(self, slot: "_Slot", abort: bool) -> None:
+        """The slot is done with this connection (its own): close it, or abort it when a call was abandoned."""
+        if abort:
+            self.transport.abort()
+        else:
+            self.transport.close()
 
     def data_received(self, data: bytes) -> None:
         self.rx += len(data)
@@ -171,7 +185,7 @@ class _Slot:
         self.engine = engine
         self.index = index
         self.pacer: Pacer | None = None
-        self.proto: _ClientProtocol | None = None
+        self.proto: _ClientProtocol | H2ClientConnection | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.intended = 0.0
         self.base = 0.0  # latency origin of the call in flight: min(intended, actual send)
@@ -184,18 +198,12 @@ class _Slot:
 
     # connecting ---------------------------------------------------------------
 
-    async def _open(self) -> _ClientProtocol:
+    async def _open(self) -> _ClientProtocol | H2ClientConnection:
         e = self.engine
-        started = perf_counter()
-        transport, proto = await asyncio.wait_for(
-            e.loop.create_connection(lambda: _ClientProtocol(self), e.address[0], e.address[1],
-                                     ssl=e.ssl_context, server_hostname=e.sni,
-                                     ssl_handshake_timeout=e.options.timeout if e.ssl_context else None),
-            e.options.timeout)
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        e.recorder.connected(self.index, perf_counter() - started, e.peer, e.ssl_context is not None)
+        if e.pool is not None:
+            proto: _ClientProtocol | H2ClientConnection = await e.pool.get(self)
+        else:
+            proto = await e.connect(lambda: _ClientProtocol(self), self.index)
         reuse = e.options.connection_reuse
         self.reuse_limit = random.randint(*reuse) if reuse else 0
         self.uses = 0
@@ -263,14 +271,33 @@ class _Slot:
             self.base = now
         self.sent_at = now
         self.in_flight = True
-        self.proto.transport.write(self.engine.request)  # type: ignore[union-attr]
+        self.proto.send(self)  # type: ignore[union-attr]
 
     def complete(self, proto: _ClientProtocol, code: int, keep_alive: bool, size: int, header_size: int) -> None:
         if proto is not self.proto or not self.in_flight:
             return
-        e = self.engine
         self.in_flight = False
-        e.recorder.response(perf_counter() - self.base, code, size, header_size)
+        self.engine.recorder.response(perf_counter() - self.base, code, size, header_size)
+        self._completed(code, keep_alive)
+
+    def complete_reply(self, proto: H2ClientConnection, key: int | str, ok: bool, keep_alive: bool,
+                       size: int) -> None:
+        """An HTTP/2 call's reply: `key` is its RetCodes key (the status, or Fortio's gRPC name)."""
+        if proto is not self.proto or not self.in_flight:
+            return
+        self.in_flight = False
+        self.engine.recorder.reply(perf_counter() - self.base, key, ok, size)
+        self._completed(key, keep_alive)
+
+    def stream_failed(self, proto: H2ClientConnection, kind: str) -> None:
+        """This slot's stream failed (reset, refused), the connection lives on."""
+        if proto is not self.proto or not self.in_flight:
+            return
+        self.in_flight = False
+        self._failed(kind)
+
+    def _completed(self, code: int | str, keep_alive: bool) -> None:
+        e = self.engine
         e.completed += 1
         if code == e.options.abort_on:
             e.stop()
@@ -303,10 +330,7 @@ class _Slot:
     def _drop(self, abort: bool = False) -> None:
         proto, self.proto = self.proto, None
         if proto is not None:
-            if abort:
-                proto.transport.abort()
-            else:
-                proto.transport.close()
+            proto.release(self, abort)
 
     def finish(self) -> None:
         if self.finished:
@@ -331,9 +355,11 @@ class _Engine:
         self.ssl_context = client_ssl_context(options)
         self.sni = self.target.host if self.ssl_context else None
         self.fresh_connections = options.new_connection or not options.keepalive
+        self.user_agent = USER_AGENT
         self.request = build_request(options, self.target, close=self.fresh_connections)
         self.recorder = Recorder(options.resolution, options.connections)
-        self.slots = [_Slot(self, i) for i in range(options.connections)]
+        self.slots = [_Slot(self, i) for i in range(options.threads)]
+        self.pool = H2Pool(self, options.streams) if options.h2 or options.grpc else None
         self.completed = 0
         self.stopping = False
         self.unfinished = len(self.slots)
@@ -351,6 +377,21 @@ class _Engine:
         counts: list[int | None] = list(split(total, c)) if total is not None else [None] * c
         return [Pacer(start, interval, count=counts[i], offset=(i * interval / c if o.uniform else 0.0),
                       jitter=o.jitter, nocatchup=o.nocatchup) for i in range(c)]
+
+    async def connect(self, factory: Callable[[], Any], index: int) -> Any:
+        """A new connection made by `factory()`'s protocol, counted as slot `index`'s socket (times out)."""
+        started = perf_counter()
+        transport, proto = await asyncio.wait_for(
+            self.loop.create_connection(factory, self.address[0], self.address[1],
+                                        ssl=self.ssl_context, server_hostname=self.sni,
+                                        ssl_handshake_timeout=self.options.timeout if self.ssl_context else None),
+            self.options.timeout)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.recorder.connected(index // self.options.streams, perf_counter() - started, self.peer,
+                                self.ssl_context is not None)
+        return proto
 
     async def prepare(self) -> None:
         if not self.fresh_connections:

@@ -47,7 +47,7 @@ def istio_row(result: Mapping[str, Any]) -> dict[str, Any]:
     for entry in hist.get("Percentiles") or ():
         row[_percentile_column(entry["Percentile"])] = int(entry["Value"] * 10**6)
     row["errorPercent"] = error_percent(result)
-    row["Payload"] = int(result["Sizes"]["Avg"])
+    row["Payload"] = int(result.get("Sizes", {}).get("Avg", 0))  # absent from Fortio's gRPC JSON
     return row
 
 

@@ -38,7 +38,7 @@ class Recorder:
         self.connect_times = Histogram(0.0, resolution)
         self.sizes = Histogram(0.0, 100.0)  # Fortio's scales for sizes
         self.header_sizes = Histogram(0.0, 5.0)
-        self.ret_codes: dict[int, int] = {}
+        self.ret_codes: dict[int | str, int] = {}
         self.error_kinds: dict[str, int] = {}
         self.sockets = [0] * connections
         self.ip_counts: dict[str, int] = {}
@@ -51,6 +51,16 @@ class Recorder:
         self.sizes.record(size)
         self.header_sizes.record(header_size)
         if not 200 <= code < 300:
+            self.errors.record(latency)
+
+    def reply(self, latency: float, key: int | str, ok: bool, size: int) -> None:
+        """An HTTP/2 call's reply, keyed by status or gRPC outcome; the codec keeps no header size (Fortio's
+        std client reports none either)."""
+        self.durations.record(latency)
+        self.ret_codes[key] = self.ret_codes.get(key, 0) + 1
+        self.sizes.record(size)
+        self.header_sizes.record(0)
+        if not ok:
             self.errors.record(latency)
 
     def failure(self, latency: float, kind: str) -> None:
@@ -113,8 +123,8 @@ def run_id(start: datetime, labels: str) -> str:
 
 
 def build_result(options: LoadOptions, rec: Recorder, timing: RunTiming) -> dict[str, Any]:
-    """The run as Fortio's JSON object (HTTPRunnerResults)."""
-    labels = options.labels or default_labels(options.url)
+    """The run as Fortio's JSON object: HTTPRunnerResults, or GRPCRunnerResults with -grpc."""
+    labels = options.labels or default_labels(options.target.url if options.grpc else options.url)
     count = rec.durations.count
     if options.exactly > 0:
         requested_duration = f"exactly {options.exactly} calls"
@@ -126,14 +136,14 @@ def build_result(options: LoadOptions, rec: Recorder, timing: RunTiming) -> dict
         requested_duration = "until stop"
     target = options.target
     result: dict[str, Any] = {
-        "RunType": "HTTP",
+        "RunType": grpc_run_type(options) if options.grpc else "HTTP",
         "Labels": labels,
         "StartTime": timing.start.isoformat(),
         "RequestedQPS": "max" if options.qps <= 0 else f"{options.qps:.9g}",
         "RequestedDuration": requested_duration,
         "ActualQPS": count / timing.elapsed if timing.elapsed > 0 else 0.0,
         "ActualDuration": int(timing.elapsed * 1e9),
-        "NumThreads": options.connections,
+        "NumThreads": options.threads,
         "Version": VERSION,
         "DurationHistogram": rec.durations.export(options.percentiles),
         "ErrorsDurationHistogram": rec.errors.export(options.percentiles),
@@ -144,6 +154,54 @@ def build_result(options: LoadOptions, rec: Recorder, timing: RunTiming) -> dict
         "RunID": 0,
         "AccessLoggerInfo": "",
         "ID": run_id(timing.start, labels),
+    }
+    if options.grpc:
+        result.update(_grpc_fields(options, rec))
+    else:
+        result.update(_http_fields(options, rec, timing))
+    if options.extra:
+        result.update(options.extra)
+    return result
+
+
+def grpc_run_type(options: LoadOptions) -> str:
+    """Fortio's RunType for a gRPC run: "GRPC Ping" (with its delay and payload length), or the health check."""
+    if options.ping:
+        run_type = "GRPC Ping"
+        if options.grpc_ping_delay > 0:
+            run_type += f" Delay={format_go_duration(options.grpc_ping_delay)}"
+    else:
+        run_type = f"GRPC Health for '{options.health_service}'"
+    if options.payload:
+        run_type += f" PayloadLength={len(options.payload)}"
+    return run_type
+
+
+def _grpc_fields(options: LoadOptions, rec: Recorder) -> dict[str, Any]:
+    """GRPCRunnerResults' own fields; calls without a reply count as "ERROR", as every failure does in Fortio.
+    pylon adds what the HTTP result has for the report: Sizes (reply bytes), sockets and error kinds."""
+    codes: dict[str, int] = {}
+    for code, n in rec.ret_codes.items():
+        key = "ERROR" if code == SOCKET_ERROR else str(code)
+        codes[key] = codes.get(key, 0) + n
+    return {
+        "RetCodes": dict(sorted(codes.items())),
+        "Destination": options.target.url,
+        "Streams": options.streams,
+        "Ping": options.ping,
+        "Metadata": None,
+        "Sizes": rec.sizes.export(),
+        "Sockets": list(rec.sockets),
+        "SocketCount": sum(rec.sockets),
+        "ConnectionStats": rec.connect_times.export(options.percentiles),
+        "ErrorKinds": dict(sorted(rec.error_kinds.items())),
+        "Procs": options.procs,
+    }
+
+
+def _http_fields(options: LoadOptions, rec: Recorder, timing: RunTiming) -> dict[str, Any]:
+    target = options.target
+    result: dict[str, Any] = {
         "RetCodes": {str(code): n for code, n in sorted(rec.ret_codes.items())},
         "IPCountMap": dict(rec.ip_counts),
         "URL": target.url,
@@ -153,6 +211,7 @@ def build_result(options: LoadOptions, rec: Recorder, timing: RunTiming) -> dict
         "HTTP10": False,
         "DisableKeepAlive": not options.keepalive or options.new_connection,
         "AllowHalfClose": False,
+        "H2": options.h2,
         "Insecure": options.insecure,
         "FollowRedirects": False,
         "Resolve": "",
@@ -183,8 +242,6 @@ def build_result(options: LoadOptions, rec: Recorder, timing: RunTiming) -> dict
         result["Handshakes"] = rec.handshakes if target.tls else 0
         result["HandshakesPerSec"] = (result["Handshakes"] / timing.elapsed) if timing.elapsed > 0 else 0.0
         result["HandshakeHistogram"] = rec.connect_times.export(options.percentiles)
-    if options.extra:
-        result.update(options.extra)
     return result
 
 
@@ -212,29 +269,38 @@ def summary_text(result: Mapping[str, Any]) -> str:
     out = io.StringIO()
     h = result["DurationHistogram"]
     count = h["Count"]
+    grpc = "Destination" in result
     elapsed = result["ActualDuration"] / 1e9
     print(f"Ended after {format_go_duration(elapsed)} : {count} calls. qps={result['ActualQPS']:.5g}", file=out)
     print(histogram_text("Aggregated Function Time", h), file=out)
     print(histogram_text("Error cases", result["ErrorsDurationHistogram"]), file=out)
     if result.get("ConnectionStats", {}).get("Count"):
         print(_counter_line("Connection time (s)", result["ConnectionStats"]), file=out)
-    print(f"Sockets used: {result['SocketCount']} (for perfect keepalive, would be {result['NumThreads']})",
-          file=out)
+    if "SocketCount" in result:
+        ideal = result["NumThreads"] // result.get("Streams", 1)
+        print(f"Sockets used: {result['SocketCount']} (for perfect keepalive, would be {ideal})", file=out)
     print(f"Uniform: {str(result['Uniform']).lower()}, Jitter: {str(result['Jitter']).lower()}, "
           f"Catchup allowed: {str(not result['NoCatchUp']).lower()}", file=out)
-    print("IP addresses distribution:", file=out)
-    for peer, n in result["IPCountMap"].items():
-        print(f"{peer}: {n}", file=out)
+    if not grpc:
+        print("IP addresses distribution:", file=out)
+        for peer, n in result["IPCountMap"].items():
+            print(f"{peer}: {n}", file=out)
     for code, n in result["RetCodes"].items():
-        print(f"Code {int(code):3d} : {n} ({100.0 * n / count if count else 0:.1f} %)", file=out)
+        share = f"{100.0 * n / count if count else 0:.1f} %"
+        if grpc:  # Fortio's lines for a gRPC run: "Ping SERVING : 10", "Health NOT_SERVING : 3"
+            print(f"{'Ping' if result.get('Ping') else 'Health'} {code} : {n} ({share})", file=out)
+        else:
+            print(f"Code {int(code):3d} : {n} ({share})", file=out)
     for kind, n in result.get("ErrorKinds", {}).items():
         print(f"Socket errors {kind} : {n}", file=out)
     if "Handshakes" in result:
         hs = result["HandshakeHistogram"]
         pct = ", ".join(f"p{p['Percentile']:g} {p['Value'] * 1000:.3f} ms" for p in hs.get("Percentiles") or ())
         print(f"TLS handshakes: {result['Handshakes']} ({result['HandshakesPerSec']:.1f}/s) {pct}", file=out)
-    print(_counter_line("Response Header Sizes", result["HeaderSizes"]), file=out)
-    print(_counter_line("Response Body/Total Sizes", result["Sizes"]), file=out)
+    if "HeaderSizes" in result:
+        print(_counter_line("Response Header Sizes", result["HeaderSizes"]), file=out)
+    if "Sizes" in result:
+        print(_counter_line("Response Body/Total Sizes", result["Sizes"]), file=out)
     print(f"All done {count} calls (plus 0 warmup) {h['Avg'] * 1000:.3f} ms avg, "
           f"{result['ActualQPS']:.1f} qps", file=out)
     return out.getvalue()
@@ -244,7 +310,7 @@ def load_result(path: str | os.PathLike) -> dict[str, Any]:
     """Read a Fortio (or pylon) JSON result, checking the fields the report needs."""
     with open(path, encoding="utf-8") as f:
         data = json.load(f)
-    missing = [k for k in ("Labels", "ActualQPS", "DurationHistogram", "RetCodes", "Sizes") if k not in data]
+    missing = [k for k in ("Labels", "ActualQPS", "DurationHistogram", "RetCodes") if k not in data]
     if missing:
         raise ValueError(f"{path}: not a Fortio result (missing {', '.join(missing)})")
     return data
@@ -258,11 +324,12 @@ def write_json(result: Mapping[str, Any], path: str | os.PathLike) -> Path:
 
 
 def error_percent(result: Mapping[str, Any]) -> float:
-    """Istio's definition: calls that did not get a 200, over all calls."""
-    total = int(result["Sizes"]["Count"])
+    """Istio's definition: calls that did not get a 200 (a gRPC run: SERVING), over all calls."""
+    total = int((result.get("Sizes") or result["DurationHistogram"])["Count"])  # Fortio's gRPC JSON has no Sizes
     if total == 0:
         return 0.0
-    return 100.0 * (total - int(result["RetCodes"].get("200", 0))) / total
+    ok = "SERVING" if "Destination" in result else "200"
+    return 100.0 * (total - int(result["RetCodes"].get(ok, 0))) / total
 
 
 def latency_ms(result: Mapping[str, Any], percentile: float) -> float | None:

@@ -190,10 +190,16 @@ class _EnumSpelling:
     and published configs use all of them. Every enum of the model is a `Literal` of Envoy's
     names, so the one rule lives here rather than in each Literal.
 
+    The same walk applies protobuf's other JSON rule that msgspec lacks: `null` for a message's
+    field means the field is unset (its default), whatever its type - published configs write
+    `listener_filters:` with nothing after it. A null stays where the model takes any JSON value
+    (google.protobuf.Value/Struct positions), where it is a value of its own.
+
     `respell(data, struct_type)` walks the document along the model's types (msgspec's
     type information, built once per Struct type) and returns it with each string at a
     Literal position replaced by the name it matches, ignoring ASCII case; the document
-    itself is never changed (untouched parts are shared, changed ones copied). Positions
+    itself is never changed (untouched parts are shared, changed ones copied), and null fields
+    are left out of the copy. Positions
     inside `typed_config` (protobuf Any) are not walked here: their Struct is decoded by a
     `convert` of its own. Also returns, by msgspec's path (`.a.b[0]`, dict values `[...]`),
     the accepted names of each string that matches none.
@@ -219,6 +225,10 @@ class _EnumSpelling:
             return self._spelled(value, kind.values, path, unknown) if isinstance(value, str) else value
         if isinstance(kind, inspect.StructType) and isinstance(value, dict):
             fields = self._struct_fields(kind)
+            unset = [key for key, item in value.items()
+                     if item is None and key in fields and not isinstance(fields[key], inspect.AnyType)]
+            if unset:
+                value = {key: item for key, item in value.items() if key not in unset}
             return self._mapped(value, {key: (fields[key], f"{path}.{key}") for key in value if key in fields},
                                 unknown)
         if isinstance(kind, inspect.DictType) and isinstance(value, dict):
@@ -332,6 +342,13 @@ def decode_typed(category: str, raw: Any) -> msgspec.Struct:
     type_url = raw.get("@type")
     if not isinstance(type_url, str) or not type_url:
         raise FieldError("@type", "missing required field")
+    if registry.message_name(type_url) in TYPED_STRUCTS:
+        body = _typed_struct_body(raw)
+        try:
+            return decode_typed(category, body)
+        except FieldError as exc:
+            where = "type_url" if exc.rel_path == "@type" else join_path("value", exc.rel_path)
+            raise FieldError(where, exc.message) from None
     struct_type = registry.lookup(category, type_url)
     if struct_type is None:
         raise FieldError("@type", _explain_unknown_type(category, type_url))
@@ -341,6 +358,30 @@ def decode_typed(category: str, raw: Any) -> msgspec.Struct:
     except msgspec.ValidationError as exc:
         path, message = split_validation_error(exc)
         raise FieldError(path, message) from None
+
+
+#: An extension's config as a JSON object beside its message's type URL (xds.type.v3.TypedStruct, and the older
+#: udpa one): for control planes that do not have the message. Envoy takes one wherever it takes the message's Any,
+#: finds the extension by the inner `type_url` and reads `value` as that message's JSON.
+TYPED_STRUCTS = frozenset({"xds.type.v3.TypedStruct", "udpa.type.v1.TypedStruct"})
+
+
+def _typed_struct_body(raw: dict[str, Any]) -> dict[str, Any]:
+    """A TypedStruct as the `{"@type": type_url, **value}` Any it stands for."""
+    for key in raw:
+        if key not in ("@type", "type_url", "value"):
+            raise FieldError(key, "unknown field")
+    type_url = raw.get("type_url")
+    if not isinstance(type_url, str) or not type_url:
+        raise FieldError("type_url", "missing required field")
+    value = raw.get("value")
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        raise FieldError("value", f"expected an object, got {type(value).__name__}")
+    if "@type" in value:
+        raise FieldError("value.@type", "unknown field")
+    return {"@type": type_url, **value}
 
 
 def _resolve_typed_field(struct: msgspec.Struct, field: str, category: str) -> None:
@@ -607,10 +648,11 @@ RETRY_ON_CONDITIONS = frozenset(
 class Metadata(EnvoyStruct, kw_only=True):
     """config.core.v3.Metadata: opaque data for filters, tracers and loggers.
 
-    pylon has nothing that reads metadata (no filter, tracer or access-log
-    operator takes it), so in pylon, as in Envoy without such readers, it only
-    rides along: accepting it changes no behaviour. `typed_filter_metadata` is
-    left out until something reads it (it is an error naming the field).
+    pylon reads two namespaces: `envoy.transport_socket_match` (an endpoint's
+    transport socket) and `envoy.lb` (an endpoint's subset values, a route's
+    `metadata_match`); the rest only rides along, as in Envoy without readers for
+    it. `typed_filter_metadata` is left out until something reads it (it is an
+    error naming the field).
     """
 
     filter_metadata: dict[str, dict[str, Any]] = {}
@@ -715,6 +757,8 @@ class HashPolicy(EnvoyStruct, kw_only=True):
 class ClusterWeight(_HeaderMutations, kw_only=True):
     name: NonEmptyStr
     weight: UInt32 | None = None
+    #: its `envoy.lb` values merged over the route's (these win), for a subset load balancer
+    metadata_match: Metadata | None = None
 
 
 class WeightedCluster(EnvoyStruct, kw_only=True):
@@ -814,6 +858,17 @@ class ClusterSpecifierPlugin(EnvoyStruct, kw_only=True):
     is_optional: bool = False
 
 
+class RouteMaxStreamDuration(EnvoyStruct, kw_only=True):
+    """RouteAction.MaxStreamDuration: Envoy's newer route timeouts (the route's `timeout` and max_grpc_timeout
+    then no longer apply; see proxy/grpc_timeout.py)."""
+
+    max_stream_duration: Duration | None = None
+    #: set: a request's `grpc-timeout`, capped by this (0: no cap), limits the stream instead
+    grpc_timeout_header_max: Duration | None = None
+    #: taken off the grpc-timeout (down to 0) when grpc_timeout_header_max is set
+    grpc_timeout_header_offset: Duration | None = None
+
+
 class RouteAction(EnvoyStruct, kw_only=True):
     cluster: NonEmptyStr | None = None
     weighted_clusters: WeightedCluster | None = None
@@ -831,10 +886,13 @@ class RouteAction(EnvoyStruct, kw_only=True):
     max_grpc_timeout: Duration | None = None
     #: subtracted from `grpc-timeout` when smaller than it (only with max_grpc_timeout, as in Envoy)
     grpc_timeout_offset: Duration | None = None
+    max_stream_duration: RouteMaxStreamDuration | None = None
     #: deprecated in Envoy (the CORS filter's per-route config replaces it) but still honoured by its filter
     cors: CorsPolicy | None = None
     request_mirror_policies: list[RequestMirrorPolicy] = []
     upgrade_configs: list[RouteUpgradeConfig] = []
+    #: the `envoy.lb` values a subset load balancer picks the subset by (proxy/upstream/subset.py)
+    metadata_match: Metadata | None = None
 
     def __post_init__(self) -> None:
         _exactly_one(self, "cluster", "weighted_clusters", "cluster_specifier_plugin",
@@ -945,15 +1003,17 @@ class RouteConfiguration(_HeaderMutations, kw_only=True):
 
 
 class SubstitutionFormatString(EnvoyStruct, kw_only=True):
-    """config.core.v3.SubstitutionFormatString: a text format (DataSource) or a JSON object format."""
+    """config.core.v3.SubstitutionFormatString: a text format (DataSource, or the deprecated inline `text_format`)
+    or a JSON object format."""
 
+    text_format: str | None = None
     text_format_source: DataSource | None = None
     json_format: dict[str, Any] | None = None
     omit_empty_values: bool = False
     content_type: HttpText = HttpText("")
 
     def __post_init__(self) -> None:
-        _exactly_one(self, "text_format_source", "json_format")
+        _exactly_one(self, "text_format", "text_format_source", "json_format")
         if self.json_format is not None:
             _check_json_format(self.json_format, "json_format")
 
@@ -980,11 +1040,96 @@ class StderrAccessLog(EnvoyStruct, kw_only=True):
     log_format: SubstitutionFormatString | None = None
 
 
+class RuntimeUInt32(EnvoyStruct, kw_only=True):
+    """config.core.v3.RuntimeUInt32: a number a runtime key may override.
+
+    pylon's runtime refuses every key it does not implement (runtime.py), so no layer can set this one and
+    `default_value` is the value: what Envoy uses while no layer has the key."""
+
+    default_value: UInt32 = 0
+    runtime_key: str = ""
+
+
+class ComparisonFilter(EnvoyStruct, kw_only=True):
+    """config.accesslog.v3.ComparisonFilter."""
+
+    op: Literal["EQ", "GE", "LE", "NE"] = "EQ"
+    value: RuntimeUInt32
+
+
+class StatusCodeFilter(EnvoyStruct, kw_only=True):
+    comparison: ComparisonFilter
+
+
+class DurationFilter(EnvoyStruct, kw_only=True):
+    """Total request duration in milliseconds."""
+
+    comparison: ComparisonFilter
+
+
+class NotHealthCheckFilter(EnvoyStruct, kw_only=True):
+    """Requests the health_check filter did not take as a health check."""
+
+
+class HeaderFilter(EnvoyStruct, kw_only=True):
+    header: HeaderMatcher
+
+
+#: The flags `ResponseFlagFilter.flags` may name (Envoy's validation list).
+RESPONSE_FLAG_NAMES = frozenset({
+    "LH", "UH", "UT", "LR", "UR", "UF", "UC", "UO", "NR", "DI", "FI", "RL", "UAEX", "RLSE", "DC", "URX", "SI",
+    "IH", "DPE", "UMSDR", "RFCF", "NFCF", "DT", "UPE", "NC", "OM", "DF", "DO", "DR", "UDO",
+})
+
+
+class ResponseFlagFilter(EnvoyStruct, kw_only=True):
+    """Any of `flags` is set (any flag at all when the list is empty)."""
+
+    flags: list[str] = []
+
+    def __post_init__(self) -> None:
+        for i, flag in enumerate(self.flags):
+            if flag not in RESPONSE_FLAG_NAMES:
+                raise FieldError(f"flags[{i}]", f"{flag!r} is not a response flag (one of "
+                                                f"{', '.join(sorted(RESPONSE_FLAG_NAMES))})")
+
+
+class AndFilter(EnvoyStruct, kw_only=True):
+    filters: Annotated[list[AccessLogFilter], msgspec.Meta(min_length=2)]
+
+
+class OrFilter(EnvoyStruct, kw_only=True):
+    filters: Annotated[list[AccessLogFilter], msgspec.Meta(min_length=2)]
+
+
+class AccessLogFilter(EnvoyStruct, kw_only=True):
+    """config.accesslog.v3.AccessLogFilter: exactly one kind (proxy/access_log_filter.py evaluates them)."""
+
+    status_code_filter: StatusCodeFilter | None = None
+    duration_filter: DurationFilter | None = None
+    not_health_check_filter: NotHealthCheckFilter | None = None
+    traceable_filter: NotSupportedYet | None = None
+    runtime_filter: NotSupportedYet | None = None
+    and_filter: AndFilter | None = None
+    or_filter: OrFilter | None = None
+    header_filter: HeaderFilter | None = None
+    response_flag_filter: ResponseFlagFilter | None = None
+    grpc_status_filter: NotSupportedYet | None = None
+    extension_filter: NotSupportedYet | None = None
+    metadata_filter: NotSupportedYet | None = None
+    log_type_filter: NotSupportedYet | None = None
+
+    def __post_init__(self) -> None:
+        _exactly_one(self, "status_code_filter", "duration_filter", "not_health_check_filter", "traceable_filter",
+                     "runtime_filter", "and_filter", "or_filter", "header_filter", "response_flag_filter",
+                     "grpc_status_filter", "extension_filter", "metadata_filter", "log_type_filter")
+
+
 class AccessLog(EnvoyStruct, kw_only=True):
-    """config.accesslog.v3.AccessLog; `filter` is recognised but not supported yet."""
+    """config.accesslog.v3.AccessLog: a logger, and the filter a request must pass to be logged by it."""
 
     name: str = ""
-    filter: NotSupportedYet | None = None
+    filter: AccessLogFilter | None = None
     typed_config: Any
 
     def __post_init__(self) -> None:
@@ -1004,6 +1149,24 @@ class HttpProtocolOptions(EnvoyStruct, kw_only=True):
     headers_with_underscores_action: Literal["ALLOW", "REJECT_REQUEST", "DROP_HEADER"] = "ALLOW"
 
 
+class ResponseMapper(EnvoyStruct, kw_only=True):
+    """HttpConnectionManager's ResponseMapper: what a matching local reply becomes."""
+
+    filter: AccessLogFilter
+    status_code: Annotated[int, msgspec.Meta(ge=200, lt=600)] | None = None
+    body: DataSource | None = None
+    body_format_override: SubstitutionFormatString | None = None
+    headers_to_add: Annotated[list[HeaderValueOption], msgspec.Meta(max_length=1000)] = []
+
+
+class LocalReplyConfig(EnvoyStruct, kw_only=True):
+    """HttpConnectionManager.local_reply_config: the first matching mapper rewrites a local reply, then
+    `body_format` (or the mapper's override) formats its body (proxy/local_reply_mapper.py)."""
+
+    mappers: list[ResponseMapper] = []
+    body_format: SubstitutionFormatString | None = None
+
+
 class HttpFilter(_TypedExtension, kw_only=True):
     category: ClassVar[str] = registry.HTTP_FILTER
 
@@ -1012,6 +1175,9 @@ class Router(EnvoyStruct, kw_only=True):
     """extensions.filters.http.router.v3.Router: the terminal HTTP filter."""
 
     terminal_filter: ClassVar[bool] = True
+    #: false: the router charges none of the per-response cluster stats (`upstream_rq_<code>`, `upstream_rq_<N>xx`,
+    #: the `upstream_rq_time` histogram), as Envoy's `dynamic_stats: false`
+    dynamic_stats: bool = True
     suppress_envoy_headers: bool = False
     #: with HCM tracing: a CLIENT span of its own for the upstream request ("router <cluster> egress")
     start_child_span: bool = False
@@ -1215,6 +1381,7 @@ class HttpConnectionManager(EnvoyStruct, kw_only=True):
     rds: Rds | None = None
     http_filters: list[HttpFilter] = []
     access_log: list[AccessLog] = []
+    local_reply_config: LocalReplyConfig | None = None
     common_http_protocol_options: HttpProtocolOptions = msgspec.field(default_factory=HttpProtocolOptions)
     http_protocol_options: Http1ProtocolOptions = msgspec.field(default_factory=Http1ProtocolOptions)
     http2_protocol_options: HcmHttp2ProtocolOptions = msgspec.field(default_factory=HcmHttp2ProtocolOptions)
@@ -1268,8 +1435,8 @@ def _check_terminal_last(filters: list[_TypedExtension], field: str, what: str) 
             raise FieldError(f"{field}[{i}]", f"the last filter must be {what}, got {item.name}")
 
 
-_NO_SUBSET_LB = ("selects endpoints through the subset load balancer (the cluster's lb_subset_config), which pylon "
-                 "does not have; send to a cluster holding only those endpoints instead")
+_NO_SUBSET_LB = ("tcp_proxy's metadata_match (subset load balancing per connection) is not supported yet; HTTP "
+                 "routes' metadata_match is, or send to a cluster holding only those endpoints")
 
 
 class TcpClusterWeight(EnvoyStruct, kw_only=True):
@@ -1653,6 +1820,8 @@ class Listener(EnvoyStruct, kw_only=True):
     connection_balance_config: ConnectionBalanceConfig | None = None
     enable_reuse_port: bool = True
     tcp_backlog_size: UInt32 | None = None  # None: the system's somaxconn, as Envoy
+    #: IP_FREEBIND on the listening sockets: the listener may bind an address this host does not have (yet)
+    freebind: bool = False
     # Data, as in Envoy, where only tracing reads it (pylon has no tracing: a `tracing` config is refused).
     traffic_direction: Literal["UNSPECIFIED", "INBOUND", "OUTBOUND"] = "UNSPECIFIED"
     max_connections_to_accept_per_socket_event: PositiveUInt32 | None = None  # None: all pending, as Envoy
@@ -1727,6 +1896,11 @@ class LbEndpoint(EnvoyStruct, kw_only=True):
     def socket_match_metadata(self) -> dict[str, Any]:
         """What the cluster's transport_socket_matches are matched against (Istio: {tlsMode: istio})."""
         return self.metadata.filter_metadata.get(TRANSPORT_SOCKET_MATCH, {}) if self.metadata is not None else {}
+
+    @property
+    def lb_metadata(self) -> dict[str, Any]:
+        """What a subset load balancer groups the endpoint by (its `envoy.lb` metadata)."""
+        return self.metadata.filter_metadata.get(ENVOY_LB, {}) if self.metadata is not None else {}
 
     def __post_init__(self) -> None:
         if self.health_status == "DEGRADED":
@@ -1852,6 +2026,64 @@ class CommonLbConfig(EnvoyStruct, kw_only=True):
     zone_aware_lb_config: NotSupportedYet | None = None
 
 
+#: The metadata namespace the subset load balancer reads: endpoints' subset values, routes' match criteria.
+ENVOY_LB = "envoy.lb"
+
+
+class LbSubsetSelector(EnvoyStruct, kw_only=True):
+    """Cluster.LbSubsetConfig.LbSubsetSelector: the keys whose values split the hosts into subsets, and what a
+    request whose criteria have exactly these keys gets when no subset has its values."""
+
+    keys: list[str] = []
+    single_host_per_subset: bool = False
+    fallback_policy: Literal["NOT_DEFINED", "NO_FALLBACK", "ANY_ENDPOINT", "DEFAULT_SUBSET", "KEYS_SUBSET"] = (
+        "NOT_DEFINED")
+    fallback_keys_subset: list[str] = []
+
+    def __post_init__(self) -> None:
+        if self.single_host_per_subset:
+            raise FieldError("single_host_per_subset", "single-host subsets are not supported yet")
+        # Envoy's SubsetSelector checks, with its messages.
+        if self.fallback_policy != "KEYS_SUBSET":
+            if self.fallback_keys_subset:
+                raise FieldError("fallback_keys_subset",
+                                 "fallback_keys_subset can be set only for KEYS_SUBSET fallback_policy")
+            return
+        if not self.fallback_keys_subset:
+            raise FieldError("fallback_keys_subset", "fallback_keys_subset cannot be empty")
+        if not set(self.fallback_keys_subset) <= set(self.keys):
+            raise FieldError("fallback_keys_subset", "fallback_keys_subset must be a subset of selector keys")
+        if len(set(self.fallback_keys_subset)) == len(set(self.keys)):
+            raise FieldError("fallback_keys_subset", "fallback_keys_subset cannot be equal to keys")
+
+
+class LbSubsetConfig(EnvoyStruct, kw_only=True):
+    """Cluster.LbSubsetConfig: hosts grouped by their `envoy.lb` metadata, a route's `metadata_match` picking
+    the group (proxy/upstream/subset.py). Without selectors it does nothing, as in Envoy."""
+
+    fallback_policy: Literal["NO_FALLBACK", "ANY_ENDPOINT", "DEFAULT_SUBSET"] = "NO_FALLBACK"
+    default_subset: dict[str, Any] = {}
+    subset_selectors: list[LbSubsetSelector] = []
+    locality_weight_aware: bool = False
+    scale_locality_weight: bool = False
+    panic_mode_any: bool = False
+    list_as_any: bool = False
+    metadata_fallback_policy: Literal["METADATA_NO_FALLBACK", "FALLBACK_LIST"] = "METADATA_NO_FALLBACK"
+
+    def __post_init__(self) -> None:
+        if self.scale_locality_weight:
+            raise FieldError("scale_locality_weight", "scaling locality weights by a subset's share of each "
+                                                      "locality's hosts is not supported yet")
+        if self.metadata_fallback_policy == "FALLBACK_LIST":
+            raise FieldError("metadata_fallback_policy", "FALLBACK_LIST (a fallback_list in the request's "
+                                                         "metadata criteria) is not supported yet")
+
+    @property
+    def enabled(self) -> bool:
+        """Envoy's LoadBalancerSubsetInfo.isEnabled: only selectors make subsets."""
+        return bool(self.subset_selectors)
+
+
 RING_SIZE_MAX = 8 * 1024 * 1024
 RingSize = Annotated[int, msgspec.Meta(ge=1, le=RING_SIZE_MAX)]
 
@@ -1888,11 +2120,13 @@ class LeastRequestLbConfig(EnvoyStruct, kw_only=True):
     choice_count: Annotated[int, msgspec.Meta(ge=2, le=UINT32_MAX)] = 2
 
 
-class Http2ProtocolOptions(EnvoyStruct, kw_only=True):
-    """config.core.v3.Http2ProtocolOptions with every field at Envoy's default (no field is implemented).
+class Http2ProtocolOptions(HcmHttp2ProtocolOptions, kw_only=True):
+    """config.core.v3.Http2ProtocolOptions as a cluster reads it: the upstream HTTP/2 codec's limits.
 
-    pylon speaks HTTP/2 upstream only as an xDS gRPC client (grpcio's own
-    HTTP/2), so it is accepted only on the cluster `ads_config` names (loader.py).
+    The same fields as the HCM's, meaning what Envoy's upstream codec makes of them: `max_concurrent_streams`
+    caps the streams pylon opens on one connection (the peer's SETTINGS may lower it further), the windows and
+    `hpack_table_size` are what pylon's SETTINGS advertise, and the flood limits guard against the upstream as
+    they guard against clients downstream.
     """
 
 
@@ -1955,19 +2189,43 @@ class AutoSniOptions(EnvoyStruct, kw_only=True):
         return self.auto_sni or self.auto_san_validation
 
 
+class UseDownstreamHttpConfig(EnvoyStruct, kw_only=True):
+    """HttpProtocolOptions.UseDownstreamHttpConfig: the upstream request speaks the protocol its client spoke
+    (HTTP/2 upstream iff the request came over HTTP/2), each with these options."""
+
+    http_protocol_options: Http1ProtocolOptions | None = None
+    http2_protocol_options: Http2ProtocolOptions | None = None
+    http3_protocol_options: NotSupportedYet | None = None
+
+
+class AutoHttpConfig(EnvoyStruct, kw_only=True):
+    """HttpProtocolOptions.AutoHttpConfig: ALPN (`h2`, `http/1.1`) picks the protocol of each new TLS connection;
+    a cluster without TLS is refused, as Envoy 1.40 refuses it ("ALPN configured for cluster ... which has a
+    non-ALPN transport socket", checked with its validate mode)."""
+
+    http_protocol_options: Http1ProtocolOptions | None = None
+    http2_protocol_options: Http2ProtocolOptions | None = None
+    http3_protocol_options: NotSupportedYet | None = None
+    alternate_protocols_cache_options: NotSupportedYet | None = None
+
+
 class UpstreamHttpProtocolOptions(EnvoyStruct, kw_only=True):
-    """extensions.upstreams.http.v3.HttpProtocolOptions: an explicit HTTP/1.1 config, the connection limits, and
-    the upstream TLS name per request (auto_sni)."""
+    """extensions.upstreams.http.v3.HttpProtocolOptions: the upstream protocol (explicit HTTP/1.1 or HTTP/2, the
+    downstream's, or ALPN's), the connection limits, and the upstream TLS name per request (auto_sni)."""
 
     common_http_protocol_options: UpstreamCommonHttpProtocolOptions | None = None
     upstream_http_protocol_options: AutoSniOptions | None = None
     explicit_http_config: ExplicitHttpConfig | None = None
-    use_downstream_protocol_config: NotSupportedYet | None = None
-    auto_config: NotSupportedYet | None = None
+    use_downstream_protocol_config: UseDownstreamHttpConfig | None = None
+    auto_config: AutoHttpConfig | None = None
 
     def __post_init__(self) -> None:
-        if self.explicit_http_config is None:
-            raise FieldError("explicit_http_config", "missing required field")
+        _exactly_one(self, "explicit_http_config", "use_downstream_protocol_config", "auto_config")
+
+    @property
+    def protocol_config(self) -> "ExplicitHttpConfig | UseDownstreamHttpConfig | AutoHttpConfig":
+        """The one of the three protocol choices that is set."""
+        return self.explicit_http_config or self.use_downstream_protocol_config or self.auto_config  # type: ignore
 
 
 #: The key of the typed HttpProtocolOptions in a cluster's typed_extension_protocol_options.
@@ -2078,10 +2336,12 @@ class Cluster(EnvoyStruct, kw_only=True):
     # ORIGINAL_DST: hosts unused for this long are dropped (Envoy's default 5 s).
     cleanup_interval: PositiveDuration = PositiveDuration(5)
     original_dst_lb_config: NotSupportedYet | None = None
+    lb_subset_config: LbSubsetConfig | None = None
 
     def __post_init__(self) -> None:
         self._resolve_protocol_options()
         self._check_connection_options()
+        self._check_upstream_protocol()
         self._check_discovery_type()
         self._check_eds()
         self._check_endpoints()
@@ -2092,6 +2352,17 @@ class Cluster(EnvoyStruct, kw_only=True):
             raise FieldError("common_lb_config.locality_weighted_lb_config",
                              f"locality weights with {self.lb_policy} are not supported yet (ROUND_ROBIN, "
                              "LEAST_REQUEST and RANDOM take them)")
+        self._check_subsets()
+
+    def _check_subsets(self) -> None:
+        subsets = self.lb_subset_config
+        if subsets is None or not subsets.enabled:
+            return
+        if self.lb_policy == "CLUSTER_PROVIDED":
+            raise FieldError("lb_subset_config", "LB policy CLUSTER_PROVIDED cannot be combined with lb_subset_config")
+        if subsets.locality_weight_aware and self.common_lb_config.locality_weighted_lb_config is None:
+            raise FieldError("lb_subset_config.locality_weight_aware", "Locality weight aware subset LB requires "
+                                                                       "that a locality_weighted_lb_config be set")
 
     @property
     def eds_service_name(self) -> str:
@@ -2165,13 +2436,49 @@ class Cluster(EnvoyStruct, kw_only=True):
 
     @property
     def upstream_trailers(self) -> bool:
-        """Whether HTTP/1 trailers cross to and from this cluster's hosts (its explicit HTTP/1 config's
-        `enable_trailers`; Envoy's default drops them)."""
+        """Whether HTTP/1 trailers cross to and from this cluster's hosts (its HTTP/1 config's `enable_trailers`;
+        Envoy's default drops them). HTTP/2 always carries them."""
         typed = self.typed_extension_protocol_options.get(HTTP_PROTOCOL_OPTIONS)
-        if typed is None or typed.explicit_http_config is None:
+        if typed is None:
             return False
-        http1 = typed.explicit_http_config.http_protocol_options
+        http1 = typed.protocol_config.http_protocol_options
         return http1 is not None and http1.enable_trailers
+
+    @property
+    def upstream_protocol(self) -> tuple[str, Http2ProtocolOptions | None]:
+        """How this cluster's requests pick their protocol, and the HTTP/2 options when HTTP/2 may be spoken:
+        ("http1", None); ("http2", options): always; ("downstream", options): HTTP/2 iff the client's request
+        came over HTTP/2; ("auto", options): ALPN decides per connection."""
+        if self.http2_protocol_options is not None:
+            return "http2", self.http2_protocol_options
+        typed = self.typed_extension_protocol_options.get(HTTP_PROTOCOL_OPTIONS)
+        if typed is None:
+            return "http1", None
+        config = typed.protocol_config
+        h2 = config.http2_protocol_options or Http2ProtocolOptions()
+        if typed.use_downstream_protocol_config is not None:
+            return "downstream", h2
+        if typed.auto_config is not None:
+            return "auto", h2
+        return ("http2", h2) if config.http2_protocol_options is not None else ("http1", None)
+
+    def _check_upstream_protocol(self) -> None:
+        typed = self.typed_extension_protocol_options.get(HTTP_PROTOCOL_OPTIONS)
+        if typed is None:
+            return
+        if typed.auto_config is not None and (
+                self.transport_socket is None or not hasattr(self.transport_socket.typed_config, "common_tls_context")):
+            raise FieldError(f"typed_extension_protocol_options[{HTTP_PROTOCOL_OPTIONS}].auto_config",
+                             f"ALPN configured for cluster {self.name} which has a non-ALPN transport socket "
+                             "(auto_config needs a TLS transport_socket, as in Envoy 1.40)")
+        if typed.auto_config is not None:
+            raise FieldError(f"typed_extension_protocol_options[{HTTP_PROTOCOL_OPTIONS}].auto_config",
+                             "not supported yet (the protocol chosen by ALPN per connection); use explicit_http_config")
+        if self.http2_protocol_options is not None:
+            # Envoy 1.40 validates both and takes the typed options' protocol: an error, not an unused field.
+            raise FieldError("http2_protocol_options", f"Envoy ignores this deprecated field when "
+                             f"typed_extension_protocol_options[{HTTP_PROTOCOL_OPTIONS}] is set; move it to that "
+                             "extension's explicit_http_config")
 
     @property
     def auto_sni_options(self) -> AutoSniOptions | None:
@@ -2265,6 +2572,8 @@ class Admin(EnvoyStruct, kw_only=True):
     profile_path: str = ""
     address: Address | None = None
     access_log: list[AccessLog] = []
+    #: when set, only request targets (path and query) one of these matches are served: the others get 403
+    allow_paths: list[StringMatcher] = []
     socket_options: NotSupportedYet | None = None
     ignore_global_conn_limit: NotSupportedYet | None = None
 
@@ -2414,11 +2723,23 @@ class LayeredRuntime(EnvoyStruct, kw_only=True):
 DEFAULT_STATS_FLUSH_INTERVAL = 5.0
 
 
+class ClusterManager(EnvoyStruct, kw_only=True):
+    """config.bootstrap.v3.ClusterManager: settings of the cluster manager itself. pylon has none of them yet, so
+    only an empty one loads (`cluster_manager: {}`, as in Envoy's own original-dst example): Envoy's defaults."""
+
+    local_cluster_name: NotSupportedYet | None = None
+    outlier_detection: NotSupportedYet | None = None
+    upstream_bind_config: NotSupportedYet | None = None
+    load_stats_config: NotSupportedYet | None = None
+    enable_deferred_cluster_creation: NotSupportedYet | None = None
+
+
 class Bootstrap(EnvoyStruct, kw_only=True):
     node: Node | None = None
     admin: Admin | None = None
     static_resources: StaticResources = msgspec.field(default_factory=StaticResources)
     dynamic_resources: DynamicResources | None = None
+    cluster_manager: ClusterManager | None = None
     default_regex_engine: RegexEngineConfig | None = None
     # How often the supervisor gathers the workers' stats into the merged view (Envoy: how often
     # stats are flushed to sinks); None: Envoy's 5 s. `stats_flush_on_admin` (only `true` may be

@@ -300,10 +300,10 @@ def shared_name_problems(found: Iterable[tuple[str, SharedByName]]) -> Iterator[
 
 
 def grpc_clusters(bootstrap: Bootstrap) -> frozenset[str]:
-    """The static clusters grpcio talks to (xDS, SDS): those with HTTP/2 options, and those a gRPC config
-    source of the bootstrap names. pylon's data plane speaks HTTP/1.1 upstream, so routes and tcp_proxy may not
-    use them (Envoy would proxy to them over HTTP/2; pylon cannot yet)."""
-    names = {c.name for c in bootstrap.static_resources.clusters if c.http2_field is not None}
+    """The static clusters only grpcio talks to (xDS, SDS): those with pipe endpoints (no data-plane runtime), and
+    those a gRPC config source of the bootstrap names (grpcio's channel, not the data plane's pools, holds their
+    connections), so routes and tcp_proxy may not use them. Other HTTP/2 clusters are the data plane's."""
+    names = {c.name for c in bootstrap.static_resources.clusters if c.grpc_only}
     dynamic = bootstrap.dynamic_resources
     if dynamic is not None and dynamic.ads_config is not None:
         names.add(dynamic.ads_config.cluster_name)
@@ -412,7 +412,8 @@ def _service_cluster_problems(config: Any, base: str, clusters: dict[str, Cluste
 
 
 def grpc_cluster_message(name: str) -> str:
-    return f"cluster {name!r} speaks HTTP/2 (a gRPC cluster, for xDS and SDS); pylon proxies HTTP/1.1 upstreams only"
+    return (f"cluster {name!r} is for pylon's gRPC client only (xDS, SDS: a config source names it, or it has pipe "
+            "endpoints); routes and tcp_proxy cannot use it")
 
 
 def _secret_problems(bootstrap: Bootstrap) -> Iterator[tuple[str, str]]:
@@ -551,10 +552,17 @@ def _describe_yaml_error(exc: yaml.YAMLError) -> str:
 
 class _StrictLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
     """A safe YAML loader (libyaml's C parser where present: ~3x faster on large route tables)
-    that rejects duplicate mapping keys instead of keeping the last one."""
+    that rejects duplicate mapping keys instead of keeping the last one, and leaves out keys tagged `!ignore`."""
+
+
+#: Envoy's YAML loader drops every mapping key tagged `!ignore`, with its value: a place for content outside the
+#: schema, typically anchors that the config proper refers to by alias (Envoy's docs, "Special YAML usage").
+IGNORE_TAG = "!ignore"
 
 
 def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    # Aliases were resolved when the document was composed, so dropping the ignored pairs here keeps their anchors.
+    node.value = [(key_node, value) for key_node, value in node.value if key_node.tag != IGNORE_TAG]
     seen: set[Any] = set()
     for key_node, _ in node.value:
         if key_node.tag == "tag:yaml.org,2002:merge":

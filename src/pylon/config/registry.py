@@ -92,6 +92,7 @@ EXTENSION_MODULES: Mapping[str, Mapping[str, str]] = MappingProxyType(
             "envoy.extensions.network.connection_balance.dlb.v3alpha.Dlb": "pylon.proxy.balance.dlb",
         },
         HTTP_FILTER: {
+            "envoy.extensions.filters.http.buffer.v3.Buffer": "pylon.extensions.filters.http.buffer",
             "envoy.extensions.filters.http.compressor.v3.Compressor": "pylon.extensions.filters.http.compressor",
             "envoy.extensions.filters.http.cors.v3.Cors": "pylon.extensions.filters.http.cors",
             "envoy.extensions.filters.http.csrf.v3.CsrfPolicy": "pylon.extensions.filters.http.csrf",
@@ -102,7 +103,14 @@ EXTENSION_MODULES: Mapping[str, Mapping[str, str]] = MappingProxyType(
             "envoy.extensions.filters.http.fault.v3.HTTPFault": "pylon.extensions.filters.http.fault",
             "envoy.extensions.filters.http.grpc_http1_bridge.v3.Config":
                 "pylon.extensions.filters.http.grpc_http1_bridge",
+            "envoy.extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder":
+                "pylon.extensions.filters.http.grpc_json_transcoder",
+            "envoy.extensions.filters.http.grpc_stats.v3.FilterConfig": "pylon.extensions.filters.http.grpc_stats",
+            "envoy.extensions.filters.http.grpc_web.v3.GrpcWeb": "pylon.extensions.filters.http.grpc_web",
+            "envoy.extensions.filters.http.header_mutation.v3.HeaderMutation":
+                "pylon.extensions.filters.http.header_mutation",
             "envoy.extensions.filters.http.health_check.v3.HealthCheck": "pylon.extensions.filters.http.health_check",
+            "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication": "pylon.extensions.filters.http.jwt_authn",
             "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit":
                 "pylon.extensions.filters.http.local_ratelimit",
             "envoy.extensions.filters.http.lua.v3.Lua": "pylon.extensions.filters.http.lua",
@@ -110,6 +118,7 @@ EXTENSION_MODULES: Mapping[str, Mapping[str, str]] = MappingProxyType(
             "pylon.filters.http.v1.Python": "pylon.extensions.filters.http.python",
         },
         HTTP_FILTER_PER_ROUTE: {
+            "envoy.extensions.filters.http.buffer.v3.BufferPerRoute": "pylon.extensions.filters.http.buffer",
             "envoy.extensions.filters.http.compressor.v3.CompressorPerRoute":
                 "pylon.extensions.filters.http.compressor",
             "envoy.extensions.filters.http.cors.v3.CorsPolicy": "pylon.extensions.filters.http.cors",
@@ -118,6 +127,9 @@ EXTENSION_MODULES: Mapping[str, Mapping[str, str]] = MappingProxyType(
                 "pylon.extensions.filters.http.dynamic_forward_proxy",
             "envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute": "pylon.extensions.filters.http.ext_authz",
             "envoy.extensions.filters.http.fault.v3.HTTPFault": "pylon.extensions.filters.http.fault",
+            "envoy.extensions.filters.http.header_mutation.v3.HeaderMutationPerRoute":
+                "pylon.extensions.filters.http.header_mutation",
+            "envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig": "pylon.extensions.filters.http.jwt_authn",
             "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit":
                 "pylon.extensions.filters.http.local_ratelimit",
             "envoy.extensions.filters.http.lua.v3.LuaPerRoute": "pylon.extensions.filters.http.lua",

@@ -26,7 +26,12 @@ Every RSA result is re-encrypted with the public key (e = 65537, in the same
 multi-buffer pass) and compared with the input before it is used, so a CRT
 fault cannot leak a factor (keyhook.c: mb_rsa_batch). Batch sizes are
 recorded in Envoy's histograms `cryptomb.rsa_queue_sizes` and
-`cryptomb.ecdsa_queue_sizes`.
+`cryptomb.ecdsa_queue_sizes`. Those count every batch, also the small ones
+OpenSSL computes, so operations are also counted by who computed them
+(`cryptomb.<rsa|ecdsa>_crypto_mb_ops`, `cryptomb.<rsa|ecdsa>_openssl_ops`) and
+the ones that failed, a wrong crypto_mb result among them
+(`cryptomb.<rsa|ecdsa>_failed_ops`): the histograms alone cannot show
+whether crypto_mb ever ran.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ import time
 from collections.abc import Callable
 from functools import cache
 
-from pylon.keys.hook import ECDSA_DIGEST, RSA_RAW, HookedKey, check_runtime, ffi, lib
+from pylon.keys.hook import DONE, ECDSA_DIGEST, RSA_RAW, HookedKey, check_runtime, ffi, lib
 from pylon.keys.signers import PENDING_SIGNERS
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
@@ -163,6 +168,11 @@ class CryptoMbOps:
         self.stats = stats
         self._rsa_sizes = stats.histogram("cryptomb.rsa_queue_sizes", QUEUE_SIZE_BUCKETS)
         self._ecdsa_sizes = stats.histogram("cryptomb.ecdsa_queue_sizes", QUEUE_SIZE_BUCKETS)
+        # (crypto_mb, OpenSSL, failed) operation counters by kind.
+        self._counts = {
+            kind: tuple(stats.counter(f"cryptomb.{name}_{who}_ops") for who in ("crypto_mb", "openssl", "failed"))
+            for kind, name in ((RSA_RAW, "rsa"), (ECDSA_DIGEST, "ecdsa"))
+        }
 
     def submit(self, slot: object, done: Callable[[], None]) -> None:
         kind = int(slot.kind)  # type: ignore[attr-defined]
@@ -210,11 +220,17 @@ class CryptoMbOps:
         del queue.slots[:BATCH], queue.dones[:BATCH]
         if not slots:
             return
+        by_mb, by_openssl, failed = self._counts[queue.kind]
         if len(slots) >= MIN_MB_BATCH:
-            run_batch(queue.kind, slots)
+            good = run_batch(queue.kind, slots)
+            by_mb.inc(len(slots))
         else:
+            good = 0
             for slot in slots:
                 lib.pk_slot_run(slot)
+                good += slot.state == DONE  # type: ignore[attr-defined]
+            by_openssl.inc(len(slots))
+        failed.inc(len(slots) - good)
         (self._rsa_sizes if queue.kind == RSA_RAW else self._ecdsa_sizes).record(len(slots))
         for done in dones:
             done()

@@ -20,6 +20,8 @@ import _ssl
 # OpenSSL constants (ssl.h / tls1.h of OpenSSL 3).
 SSL_SESS_CACHE_OFF = 0x0000
 SSL_SESS_CACHE_SERVER = 0x0002
+SSL_MODE_NO_AUTO_CHAIN = 0x0008
+_SSL_CTRL_MODE = 33
 _SSL_CTRL_SET_SESS_CACHE_MODE = 44
 _SSL_CTRL_GET_SESS_CACHE_MODE = 45
 _SSL_CTRL_SET_GROUPS_LIST = 92
@@ -128,6 +130,15 @@ class OpenSslContext:
     @session_cache_mode.setter
     def session_cache_mode(self, mode: int) -> None:
         self._lib.SSL_CTX_ctrl(self.pointer, _SSL_CTRL_SET_SESS_CACHE_MODE, mode, None)
+
+    @property
+    def mode(self) -> int:
+        """`SSL_CTX_get_mode`: the `SSL_MODE_*` bits."""
+        return int(self._lib.SSL_CTX_ctrl(self.pointer, _SSL_CTRL_MODE, 0, None))
+
+    def add_mode(self, bits: int) -> None:
+        """`SSL_CTX_set_mode`: set `bits` (OpenSSL only ever adds mode bits this way)."""
+        self._lib.SSL_CTX_ctrl(self.pointer, _SSL_CTRL_MODE, bits, None)
 
     @property
     def timeout(self) -> int:

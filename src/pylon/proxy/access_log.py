@@ -31,6 +31,8 @@ import msgspec
 
 from pylon.config.datasource import read_bytes
 from pylon.config.envoy import AccessLog, FileAccessLog, StderrAccessLog, StdoutAccessLog, SubstitutionFormatString
+from pylon.proxy.access_log_filter import compile_filter
+from pylon.regex import get_engine
 
 # Envoy's default format (configuration/observability/access_log/usage: "Default format string").
 DEFAULT_FORMAT = (
@@ -64,6 +66,7 @@ class AccessLogRecord:
         "response_duration", "upstream_host", "upstream_cluster", "upstream_local_address",
         "upstream_transport_failure_reason", "downstream_remote", "downstream_local",
         "route_name", "connection_id", "requested_server_name", "connection_termination_details",
+        "health_check", "local_reply_body",
     )
 
     def __init__(
@@ -96,6 +99,8 @@ class AccessLogRecord:
         connection_id: int | None = None,
         requested_server_name: str | None = None,
         connection_termination_details: str | None = None,
+        health_check: bool = False,
+        local_reply_body: bytes | None = None,
     ) -> None:
         self.start_time = start_time
         self.method = method
@@ -124,6 +129,8 @@ class AccessLogRecord:
         self.connection_id = connection_id
         self.requested_server_name = requested_server_name
         self.connection_termination_details = connection_termination_details
+        self.health_check = health_check  # the health_check filter took the request as a health check
+        self.local_reply_body = local_reply_body  # a local reply's body, while local_reply_config formats it
 
 
 # --------------------------------------------------------------------------- operators
@@ -162,7 +169,8 @@ def address_port(address: Address | None) -> int | None:
 class _Compiler:
     """Collects what one generated formatter needs: bound objects, temporaries, header dicts."""
 
-    def __init__(self) -> None:
+    def __init__(self, local_reply: bool = False) -> None:
+        self.local_reply = local_reply  # formatting a local reply's body: %LOCAL_REPLY_BODY% has a value
         self.env: dict[str, Any] = {}
         self.uses_request_headers = False
         self.uses_response_headers = False
@@ -190,8 +198,9 @@ class _Compiler:
         return namespace["_format"]
 
 
-# Kinds of operator values: STR may be None or empty (both "not set"); INT may be None.
-STR, INT = "str", "int"
+# Kinds of operator values: STR may be None or empty (both "not set"); INT may be None; BODY is a string printed
+# as it is, even empty, in text and in JSON (Envoy's %LOCAL_REPLY_BODY%).
+STR, INT, BODY = "str", "int", "body"
 
 # Request "headers" that are fields of the record rather than entries of request_headers.
 _REQUEST_PSEUDO = {
@@ -336,6 +345,9 @@ _OPERATORS: dict[str, _Operator] = {
     "START_TIME": _Operator(lambda c, arg, n: f"{c.bind(start_time_formatter(arg))}(r.start_time)", STR, True),
     "REQ": _Operator(lambda c, arg, n: _header(c, arg, n, response=False), STR, True, True),
     "RESP": _Operator(lambda c, arg, n: _header(c, arg, n, response=True), STR, True, True),
+    # Envoy's long names for the same two operators (its docs' examples use them).
+    "REQUEST_HEADER": _Operator(lambda c, arg, n: _header(c, arg, n, response=False), STR, True, True),
+    "RESPONSE_HEADER": _Operator(lambda c, arg, n: _header(c, arg, n, response=True), STR, True, True),
     "PROTOCOL": _Operator(_field("protocol"), STR),
     "RESPONSE_CODE": _Operator(_field("response_code"), INT),
     "RESPONSE_FLAGS": _Operator(_field("response_flags"), STR),
@@ -361,7 +373,15 @@ _OPERATORS: dict[str, _Operator] = {
     "ROUTE_NAME": _Operator(_field("route_name"), STR),
     "CONNECTION_ID": _Operator(_field("connection_id"), INT),
     "HOSTNAME": _Operator(lambda c, arg, n: c.bind(socket.gethostname()), STR),
+    "LOCAL_REPLY_BODY": _Operator(lambda c, arg, n: _local_reply_body(c), BODY),
 }
+
+
+def _local_reply_body(c: _Compiler) -> str:
+    if not c.local_reply:
+        raise ValueError("command operator %LOCAL_REPLY_BODY% is supported in local_reply_config body formats "
+                         "only (not in access logs yet)")
+    return "(r.local_reply_body or b'').decode('utf-8', 'replace')"
 
 _COMMAND = re.compile(r"%([A-Z][A-Z0-9_]*)(?:\(([^)]*)\))?(?::(\d+))?%")
 
@@ -401,6 +421,8 @@ def _as_text(c: _Compiler, expr: str, kind: str, missing: str) -> str:
     """An operator's value for a text position: `missing` when not set."""
     if kind == STR:
         return f"({expr} or {missing!r})"
+    if kind == BODY:
+        return expr
     value = c.temp()
     return f"({missing!r} if ({value} := {expr}) is None else {value})"
 
@@ -420,9 +442,11 @@ def _interpolate(c: _Compiler, text: str, missing: str) -> str:
     return f"{c.bind(''.join(template).format)}({', '.join(arguments)})"
 
 
-def compile_text_format(text: str, omit_empty_values: bool = False) -> Callable[[AccessLogRecord], bytes]:
-    """A text format: unset operators print `-` (nothing with omit_empty_values); no newline is added."""
-    c = _Compiler()
+def compile_text_format(text: str, omit_empty_values: bool = False,
+                        local_reply: bool = False) -> Callable[[AccessLogRecord], bytes]:
+    """A text format: unset operators print `-` (nothing with omit_empty_values); no newline is added.
+    `local_reply`: the format of a local reply's body (local_reply_config), where %LOCAL_REPLY_BODY% is known."""
+    c = _Compiler(local_reply)
     return c.function(f"{_interpolate(c, text, '' if omit_empty_values else UNSPECIFIED)}.encode()")
 
 
@@ -452,22 +476,28 @@ def _json_object(c: _Compiler, spec: Mapping[str, Any], omit_empty_values: bool)
     return f"{c.bind(line_type)}({', '.join(values)})"
 
 
-def compile_json_format(spec: Mapping[str, Any], omit_empty_values: bool = False) -> Callable[[AccessLogRecord], bytes]:
+def compile_json_format(spec: Mapping[str, Any], omit_empty_values: bool = False,
+                        local_reply: bool = False) -> Callable[[AccessLogRecord], bytes]:
     """A JSON format: one object per line, newline-terminated."""
-    c = _Compiler()
+    c = _Compiler(local_reply)
     body = _json_object(c, spec, omit_empty_values)
     return c.function(f"{c.bind(msgspec.json.Encoder().encode)}({body}) + b'\\n'")
 
 
-def compile_log_format(log_format: SubstitutionFormatString | None) -> Callable[[AccessLogRecord], bytes]:
-    """The formatter for a config's `log_format`; None means Envoy's default text format."""
+def compile_log_format(log_format: SubstitutionFormatString | None,
+                       local_reply: bool = False) -> Callable[[AccessLogRecord], bytes]:
+    """The formatter for a config's `log_format` (or a local reply's `body_format`: `local_reply`); None means
+    Envoy's default text format."""
     if log_format is None:
         return compile_text_format(DEFAULT_FORMAT)
     if log_format.json_format is not None:
-        return compile_json_format(log_format.json_format, log_format.omit_empty_values)
-    assert log_format.text_format_source is not None  # exactly one is set (config validation)
-    text = read_bytes(log_format.text_format_source).decode()
-    return compile_text_format(text, log_format.omit_empty_values)
+        return compile_json_format(log_format.json_format, log_format.omit_empty_values, local_reply)
+    if log_format.text_format is not None:
+        text = log_format.text_format
+    else:
+        assert log_format.text_format_source is not None  # exactly one is set (config validation)
+        text = read_bytes(log_format.text_format_source).decode()
+    return compile_text_format(text, log_format.omit_empty_values, local_reply)
 
 
 
@@ -603,16 +633,19 @@ class AccessLogWriter:
 
 
 class AccessLogger:
-    """One configured access log: a compiled format and where its lines go."""
+    """One configured access log: a compiled format, where its lines go, and the filter a record must pass."""
 
-    __slots__ = ("format", "destination")
+    __slots__ = ("format", "destination", "passes")
 
-    def __init__(self, format: Callable[[AccessLogRecord], bytes], destination: Destination) -> None:
+    def __init__(self, format: Callable[[AccessLogRecord], bytes], destination: Destination,
+                 passes: Callable[[AccessLogRecord], bool] | None = None) -> None:
         self.format = format
         self.destination = destination
+        self.passes = passes
 
     def log(self, record: AccessLogRecord) -> None:
-        self.destination.write(self.format(record))
+        if self.passes is None or self.passes(record):
+            self.destination.write(self.format(record))
 
 
 def build_access_loggers(entries: Sequence[AccessLog], writer: AccessLogWriter) -> list[AccessLogger]:
@@ -628,5 +661,6 @@ def build_access_loggers(entries: Sequence[AccessLog], writer: AccessLogWriter) 
             destination = writer.stderr()
         else:
             raise ValueError(f"unsupported access logger {type(config).__name__}")
-        loggers.append(AccessLogger(compile_log_format(config.log_format), destination))
+        passes = compile_filter(entry.filter, get_engine()) if entry.filter is not None else None
+        loggers.append(AccessLogger(compile_log_format(config.log_format), destination, passes))
     return loggers

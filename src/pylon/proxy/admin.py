@@ -223,8 +223,10 @@ class _Endpoint(NamedTuple):
 class AdminHandler:
     """Maps (method, request target) to a response; no sockets involved."""
 
-    def __init__(self, backend: AdminBackend) -> None:
+    def __init__(self, backend: AdminBackend, allow_paths: Sequence[Callable[[str], bool]] = ()) -> None:
         self._backend = backend
+        #: admin.allow_paths, compiled: when any, a target none of them matches is refused before routing
+        self._allow_paths = tuple(allow_paths)
         self._background: set[asyncio.Task[None]] = set()
         self._endpoints: dict[str, _Endpoint] = {
             "/": _Endpoint("Admin home page", self._help, False),
@@ -250,6 +252,8 @@ class AdminHandler:
         )
 
     async def handle(self, method: str, target: str) -> AdminResponse:
+        if self._allow_paths and not any(allowed(target) for allowed in self._allow_paths):
+            return AdminResponse(403, f"request to path {target} not allowed".encode())
         parts = urlsplit(target)
         endpoint = self._endpoints.get(parts.path)
         if endpoint is None:
@@ -501,9 +505,11 @@ class _AdminProtocol(asyncio.Protocol):
 
 
 async def start_admin_server(host: str, port: int, backend: AdminBackend,
-                             access_loggers: Sequence[AccessLogger] = ()) -> asyncio.Server:
-    """Listen on host:port (port 0 picks one: read it from `server.sockets`); log requests to `access_loggers`."""
-    handler = AdminHandler(backend)
+                             access_loggers: Sequence[AccessLogger] = (),
+                             allow_paths: Sequence[Callable[[str], bool]] = ()) -> asyncio.Server:
+    """Listen on host:port (port 0 picks one: read it from `server.sockets`); log requests to `access_loggers`;
+    serve only the targets one of `allow_paths` matches, when any are given."""
+    handler = AdminHandler(backend, allow_paths)
     loop = asyncio.get_running_loop()
     connection_ids = itertools.count()
     return await loop.create_server(lambda: _AdminProtocol(handler, access_loggers, next(connection_ids)), host, port)

@@ -387,9 +387,9 @@ class DynamicConfig:
                 if name in self.static_cluster_configs:
                     raise ConfigError(update.source, f"resources[{i}].name",
                                       f"{name!r} is a static cluster; CDS cannot replace it")
-                if cluster.http2_field is not None:
-                    raise ConfigError(update.source, f"resources[{i}].{cluster.http2_field}",
-                                      "HTTP/2 upstreams are supported only for static gRPC clusters (xDS, SDS)")
+                if cluster.grpc_only:
+                    raise ConfigError(update.source, f"resources[{i}].load_assignment",
+                                      "pipe endpoints are supported only for static gRPC clusters (xDS, SDS)")
             self._check_secret_refs(update, [(f"resources[{i}].{rel}", ref) for i, cluster in enumerate(resources.values())
                                              for rel, ref in cluster_secret_refs(cluster)])
             self._check_sources(update, [(f"resources[{i}].eds_cluster_config.eds_config", c.eds_cluster_config.eds_config)

@@ -47,15 +47,9 @@ _GAUGES = frozenset({"http2.streams_active", "http2.pending_send_bytes"})
 
 def h2_settings(config: Any) -> H2Settings:
     """An HCM's `http2_protocol_options` (unset fields: Envoy's defaults) and its header limits, for the codec."""
-    options = config.http2_protocol_options
-    given = {name: getattr(options, name) for name in (
-        "hpack_table_size", "max_concurrent_streams", "initial_stream_window_size", "initial_connection_window_size",
-        "max_outbound_frames", "max_outbound_control_frames", "max_consecutive_inbound_frames_with_empty_payload",
-        "max_inbound_priority_frames_per_stream", "max_inbound_window_update_frames_per_data_frame_sent",
-    ) if getattr(options, name) is not None}  # fmt: skip
     common = config.common_http_protocol_options
-    return H2Settings(max_header_bytes=config.max_request_headers_kb * 1024,
-                      max_headers_count=common.max_headers_count if common is not None else 100, **given)
+    return H2Settings.of(config.http2_protocol_options, max_header_bytes=config.max_request_headers_kb * 1024,
+                         max_headers_count=common.max_headers_count if common is not None else 100)
 
 
 class H2Runtime:

@@ -26,12 +26,14 @@ from pylon.proxy.http.h1_server import Http1RequestDecoder, Http1ResponseEncoder
 from pylon.proxy.http1 import HOP_BY_HOP
 from pylon.proxy.linger import Lingering
 from pylon.proxy.local_address import forwarded_for_entry
+from pylon.proxy.local_reply_mapper import LocalReplyMapper
 from pylon.proxy.router import RouteTable
 from pylon.proxy.stream import Stream
 from pylon.proxy.stream_states import RQ_BODY, RS_DONE, RS_NOT_STARTED, RS_RESET
 from pylon.proxy.tls_stats import TlsStats, tls_accepted
 from pylon.proxy.watermarks import apply_buffer_limit
 from pylon.proxy.xfcc import client_cert_element
+from pylon.regex import get_engine
 from pylon.stats.store import Counter, StatsStore
 
 if TYPE_CHECKING:
@@ -154,6 +156,7 @@ class HcmRuntime:
         self.response_drop = HOP_BY_HOP | {b"server"} if self.overwrite_server else HOP_BY_HOP
         router = config.http_filters[-1].typed_config if config.http_filters else None
         self.suppress_envoy_headers = bool(getattr(router, "suppress_envoy_headers", False))
+        self.dynamic_stats = bool(getattr(router, "dynamic_stats", True))
         # The filters before the router, in order; empty (and free) when the router is alone.
         self.decoder_filters = [build_filter(f.name, f.typed_config, config.stat_prefix, stats, worker.loop)
                                 for f in config.http_filters[:-1]]
@@ -172,6 +175,8 @@ class HcmRuntime:
         self.rq_too_large = stats.counter(prefix + "downstream_rq_too_large")
         self.rs_too_large = stats.counter(prefix + "rs_too_large")
         self.access_loggers = build_access_loggers(config.access_log, worker.access_log_writer)
+        self.local_reply_mapper = LocalReplyMapper(config.local_reply_config, get_engine()) \
+            if config.local_reply_config is not None else None
         self.peer_check: Any = None  # set by the listener when TLS validates client certificates
         self.tls_stats: TlsStats | None = None  # the listener's ssl.* stats, on a TLS chain (set by the listener)
         self.network_filters: list[Any] = []  # the chain's filters ahead of this one (set by the listener)
@@ -210,13 +215,21 @@ class HcmRuntime:
         return stream.conn.peer
 
     def log_access(self, stream: Stream, elapsed: float) -> None:
-        """Fill an access-log record from a finished stream and hand it to every logger."""
+        """Hand a finished stream's access-log record to every logger."""
+        record = self.access_record(stream, elapsed)
+        for logger in self.access_loggers:
+            logger.log(record)
+
+    def access_record(self, stream: Stream, elapsed: float) -> AccessLogRecord:
+        """What the access log knows of `stream`, `elapsed` seconds after it started (also what
+        local_reply_config's filters and body formats read)."""
         conn = stream.conn
         record = AccessLogRecord()
         record.start_time = self.worker.wall_time(stream.start)
         record.method = stream.method.decode("latin-1")
         record.path = stream.path.decode("latin-1")
         record.authority = stream.authority.decode("latin-1")
+        record.scheme = conn.scheme.decode("latin-1")
         record.protocol = "HTTP/1.0" if stream.http10 else conn.protocol
         record.request_headers = stream.headers
         record.response_headers = stream.resp_headers
@@ -242,8 +255,8 @@ class HcmRuntime:
         record.connection_id = conn.connection_id
         if conn.detected is not None:
             record.requested_server_name = conn.detected.server_name or None
-        for logger in self.access_loggers:
-            logger.log(record)
+        record.health_check = stream.health_check
+        return record
 
 
 class HttpConnection(asyncio.Protocol):

@@ -114,4 +114,14 @@ def local_reply(
     return b"".join(parts)
 
 
+def trailers_only_reply(headers: list[tuple[bytes, bytes]], *, close: bool = False, server_name: bytes = b"envoy",
+                        head_only: bool = False) -> bytes:
+    """A gRPC local reply over HTTP/1.1 as Envoy's codec writes a head that ends the stream: 200, the reply's
+    headers, date and server, then `content-length: 0` (to a HEAD request: `transfer-encoding: chunked`, which
+    Envoy writes for a HEAD response without a length) and nothing after the head."""
+    framing = b"transfer-encoding: chunked\r\n" if head_only else b"content-length: 0\r\n"
+    return b"".join((status_line(200), encode_headers(headers), b"date: %s\r\nserver: %s\r\n" % (HTTP_DATE.now(),
+                     server_name), framing, b"connection: close\r\n\r\n" if close else b"\r\n"))
+
+
 CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"

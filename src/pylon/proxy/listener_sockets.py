@@ -46,7 +46,8 @@ class ListenerSockets:
                     continue  # same name, same address (DynamicConfig refuses a move): the socket stays
                 sa = listener.address.socket_address
                 balancer = KernelBalancer(listen_backlog(listener), reuse_port=listener.enable_reuse_port,
-                                          accepts_per_event=listener.max_connections_to_accept_per_socket_event)
+                                          accepts_per_event=listener.max_connections_to_accept_per_socket_event,
+                                          freebind=listener.freebind)
                 try:
                     balancer.bind(sa.address, sa.port_value, self.workers, listen=False)
                 except OSError as exc:

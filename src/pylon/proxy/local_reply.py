@@ -16,6 +16,9 @@ class LocalReply(NamedTuple):
     flag: str
     body: bytes
     details: str
+    #: the grpc-status a gRPC request's reply carries instead of the one mapped from `status` (Envoy passes one
+    #: for a few replies, e.g. DEADLINE_EXCEEDED for max_stream_duration)
+    grpc_status: int | None = None
 
 
 _RESET_BEFORE_HEADERS = b"upstream connect error or disconnect/reset before headers. reset reason: "
@@ -25,6 +28,9 @@ NO_CLUSTER = LocalReply(503, "NC", b"", "cluster_not_found")
 NO_HEALTHY_UPSTREAM = LocalReply(503, "UH", b"no healthy upstream", "no_healthy_upstream")
 CONNECT_FAILURE = LocalReply(503, "UF", _RESET_BEFORE_HEADERS + b"connection failure", "upstream_reset_before_response_started{connection_failure}")
 UPSTREAM_OVERFLOW = LocalReply(503, "UO", _RESET_BEFORE_HEADERS + b"overflow", "upstream_reset_before_response_started{overflow}")
+# An HTTP/2 upstream's RST_STREAM before the response (Envoy 1.40: UR), and a stream its GOAWAY refused.
+UPSTREAM_REMOTE_RESET = LocalReply(503, "UR", _RESET_BEFORE_HEADERS + b"remote reset", "upstream_reset_before_response_started{remote_reset}")
+UPSTREAM_REFUSED_STREAM = LocalReply(503, "UR", _RESET_BEFORE_HEADERS + b"remote refused stream reset", "upstream_reset_before_response_started{remote_refused_stream_reset}")
 UPSTREAM_RESET = LocalReply(503, "UC", _RESET_BEFORE_HEADERS + b"connection termination", "upstream_reset_before_response_started{connection_termination}")
 UPSTREAM_TIMEOUT = LocalReply(504, "UT", b"upstream request timeout", "upstream_response_timeout")
 # A cluster's max_stream_duration: 504 once the request is in, 408 while it is still arriving (as Envoy 1.40).
@@ -36,7 +42,7 @@ REQUEST_HEADER_TIMEOUT = LocalReply(408, "-", b"request header timeout", "reques
 LOW_VERSION = LocalReply(426, "DPE", b"Upgrade Required", "low_version")
 INVALID_AUTHORITY = LocalReply(400, "DPE", b"Bad Request", "http.invalid_authority")
 PATH_NORMALIZATION_FAILED = LocalReply(400, "-", b"", "path_normalization_failed")
-MAX_DURATION_TIMEOUT = LocalReply(504, "-", b"downstream duration timeout", "max_duration_timeout")
+MAX_DURATION_TIMEOUT = LocalReply(504, "-", b"downstream duration timeout", "max_duration_timeout", grpc_status=4)
 REQUEST_TIMEOUT = LocalReply(408, "-", b"request timeout", "request_overall_timeout")
 STREAM_IDLE_TIMEOUT = LocalReply(504, "SI", b"stream timeout", "stream_idle_timeout")
 STREAM_IDLE_TIMEOUT_CLIENT = LocalReply(408, "SI", b"stream timeout", "stream_idle_timeout")

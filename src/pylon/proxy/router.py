@@ -69,9 +69,11 @@ from bisect import bisect_right
 from typing import TYPE_CHECKING, Any, Callable, Literal, NamedTuple, Sequence
 
 from pylon.config.datasource import read_bytes
-from pylon.config.envoy import GRPC_RETRY_ON
+from pylon.config.envoy import ENVOY_LB, GRPC_RETRY_ON
 from pylon.proxy.cluster_specifier import build_picker
+from pylon.proxy.grpc_timeout import StreamDuration
 from pylon.proxy.headers import HeaderList, HeaderOps, compile_header_level
+from pylon.proxy.upstream.subset import Criteria, criteria_of, merged_criteria
 from pylon.regex import PatternSet, Regex, RegexEngine, get_engine
 
 if TYPE_CHECKING:
@@ -464,12 +466,13 @@ class MatchedRoute:
 
     __slots__ = (
         "name", "virtual_host_name", "kind", "cluster", "timeout", "idle_timeout", "retry",
-        "expected_timeout_header", "attempt_count", "grpc_timeout",
+        "expected_timeout_header", "attempt_count", "grpc_timeout", "stream_duration",
         "hash_policies", "host_rewrite", "direct_status", "direct_body", "redirect_status",
         "request_header_ops", "response_header_ops", "rewrites", "_matched_len",
         "_prefix_rewrite", "_regex_rewrite", "_substitution", "_weights", "_cumulative",
         "_total_weight", "_random", "_redirect", "_picker", "_cluster_ops", "filter_configs", "filter_levels",
-        "cors_policies", "decorator", "mirrors", "upgrades", "connect_terminate",
+        "cors_policies", "decorator", "mirrors", "upgrades", "subset_criteria", "_cluster_criteria",
+        "connect_terminate",
     )
 
     def __init__(self) -> None:
@@ -490,6 +493,8 @@ class MatchedRoute:
         #: (max_grpc_timeout or None for no cap, grpc_timeout_offset) in milliseconds, as Envoy counts them,
         #: when max_grpc_timeout is set; None: the grpc-timeout header is not read
         self.grpc_timeout: tuple[int | None, int] | None = None
+        #: RouteAction.max_stream_duration (then `timeout` is None and grpc_timeout unset, as Envoy's new timeouts)
+        self.stream_duration: StreamDuration | None = None
         self.hash_policies: tuple[HashSource, ...] | None = None  # where a hashing balancer's key comes from
         self.host_rewrite: bytes | None = None
         self.direct_status = 0
@@ -527,6 +532,10 @@ class MatchedRoute:
         self.mirrors: tuple[MirrorRule, ...] = ()
         #: the route's upgrade_configs: lower-case upgrade type -> enabled; they override the HCM's list
         self.upgrades: dict[bytes, bool] = {}
+        #: the route's `envoy.lb` metadata_match (None: none), what a subset cluster picks hosts by
+        self.subset_criteria: Criteria | None = None
+        # Weighted clusters with their own metadata_match: cluster name -> theirs merged over the route's.
+        self._cluster_criteria: dict[str, Criteria] = {}
         #: a CONNECT upgrade with connect_config: the proxy answers the CONNECT and relays raw TCP (connect.py)
         self.connect_terminate = False
 
@@ -551,6 +560,11 @@ class MatchedRoute:
         if not self._weights:
             return self.cluster
         return self._weights[bisect_right(self._cumulative, self._random() * self._total_weight)]
+
+    def criteria_for(self, cluster: str) -> Criteria | None:
+        """The metadata match criteria of a request sent to `cluster` (a weighted cluster's, else the route's)."""
+        return self._cluster_criteria.get(cluster, self.subset_criteria) if self._cluster_criteria else (
+            self.subset_criteria)
 
     def header_ops_for(self, cluster: str) -> tuple[HeaderOps, HeaderOps]:
         """(request, response) header rules once `cluster` was picked.
@@ -631,6 +645,11 @@ def _port_start(host: str) -> int:
     if bracket < 0 or bracket < colon:
         return colon
     return -1
+
+
+def _lb_values(metadata: Any) -> dict[str, Any] | None:
+    """A metadata_match's `envoy.lb` values (None: it has none, and sets no criteria, as in Envoy)."""
+    return metadata.filter_metadata.get(ENVOY_LB) if metadata is not None else None
 
 
 def _request_host(authority: str, request_scheme: str, new_scheme: str, new_port: str) -> str:
@@ -914,6 +933,8 @@ class RouteTable:
     def _build_route_action(self, route: MatchedRoute, action: RouteAction, vh_retry: RetryRule | None,
                             request_levels: tuple[Any, ...], response_levels: tuple[Any, ...]) -> None:
         route.kind = "cluster"
+        route_lb = _lb_values(action.metadata_match)
+        route.subset_criteria = criteria_of(route_lb) if route_lb is not None else None
         if action.weighted_clusters is not None:
             names: list[str] = []
             cumulative: list[float] = []
@@ -928,6 +949,9 @@ class RouteTable:
                     # Envoy applies the weighted cluster's rules before all others.
                     route._cluster_ops[cw.name] = (HeaderOps([own_request, *request_levels]),
                                                    HeaderOps([own_response, *response_levels]))
+                own_lb = _lb_values(cw.metadata_match)
+                if own_lb is not None:
+                    route._cluster_criteria[cw.name] = merged_criteria(route_lb or {}, own_lb)
                 if cw.weight:
                     total += cw.weight
                     names.append(cw.name)
@@ -944,6 +968,9 @@ class RouteTable:
         route.timeout = float(action.timeout) or None  # Envoy: 0 disables the timeout (default 15s)
         route.idle_timeout = None if action.idle_timeout is None else float(action.idle_timeout)
         route.retry = RetryRule(action.retry_policy) if action.retry_policy is not None else vh_retry
+        if action.max_stream_duration is not None:
+            route.stream_duration = StreamDuration.of(action.max_stream_duration)
+            route.timeout = None
         # Envoy announces the per-try timeout when it is the tighter bound, else the route timeout.
         expected = route.timeout
         per_try = route.retry.per_try_timeout if route.retry is not None else None
@@ -951,7 +978,7 @@ class RouteTable:
             expected = per_try
         if expected is not None:
             route.expected_timeout_header = b"x-envoy-expected-rq-timeout-ms: %d\r\n" % round(expected * 1000)
-        if action.max_grpc_timeout is not None:
+        if action.max_grpc_timeout is not None and route.stream_duration is None:
             route.grpc_timeout = (round(action.max_grpc_timeout * 1000) or None,
                                   round((action.grpc_timeout_offset or 0) * 1000))
         if action.hash_policy:

@@ -39,9 +39,11 @@ from pylon.proxy.clusters_text import render_clusters
 from pylon.proxy.dynamic import POLL_INTERVAL_S, DynamicConfig, FileSources
 from pylon.proxy.listener_sockets import ListenerSockets
 from pylon.proxy.logging_setup import configure_logging
+from pylon.proxy.router import _compile_string_matcher
 from pylon.proxy.shared_buckets import SharedBuckets
 from pylon.proxy.validate import configure_regex_engine, validate_runtime
 from pylon.stats.store import StatsStore, cumulative, merge_snapshots
+from pylon.regex import get_engine
 from pylon.xds.client import XdsClient
 
 log = logging.getLogger("pylon.main")
@@ -115,7 +117,9 @@ class Supervisor:
         if admin is not None and admin.address is not None:
             sa = admin.address.socket_address
             try:
-                self.admin_server = await start_admin_server(sa.address, sa.port_value, self, self.admin_loggers)
+                allow_paths = [_compile_string_matcher(m, get_engine(), as_bytes=False) for m in admin.allow_paths]
+                self.admin_server = await start_admin_server(sa.address, sa.port_value, self, self.admin_loggers,
+                                                             allow_paths)
             except OSError as exc:
                 log.critical("admin.address: cannot bind %s:%d: %s", sa.address, sa.port_value, exc.strerror or exc)
                 self.admin_log_writer.close()

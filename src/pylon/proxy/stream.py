@@ -23,12 +23,14 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, Callable
 
 from pylon.proxy import local_reply as lr
-from pylon.proxy.headers import HeaderList, request_lookup
+from pylon.proxy.headers import HeaderList, RequestLookup, request_lookup
 from pylon.proxy.http.h1_client import Http1RequestEncoder
 from pylon.proxy.http1 import HOP_BY_HOP, without_nominated
 from pylon.proxy.mirror import Shadow, start_shadows
 from pylon.proxy.path import PathRejected, normalized_target
-from pylon.proxy.router import first_query_values
+from pylon.proxy.grpc_local_reply import trailers_only_headers
+from pylon.proxy.grpc_timeout import StreamDuration, announce_grpc_timeout, max_grpc_timeout_of, stream_duration_ms
+from pylon.proxy.router import first_query_values, is_grpc_request
 from pylon.proxy.stream_states import (RQ_DONE, RQ_HEADERS, RS_DONE, RS_HELD, RS_NOT_STARTED, RS_RESET, RS_SENDING,
                                        UP_AWAITING, UP_CONNECTING, UP_DONE, UP_IDLE, UP_RECEIVING, UP_RESET,
                                        UP_SENDING, UP_UPGRADED)
@@ -45,6 +47,7 @@ if TYPE_CHECKING:
     from pylon.proxy.http.h1_server import Http1ResponseEncoder
     from pylon.proxy.router import HashSource, MatchedRoute
     from pylon.proxy.upstream.cluster import Cluster, Host
+    from pylon.proxy.upstream.h2_pool import H2UpstreamStream
     from pylon.proxy.upstream.pool import HostPool, UpstreamConnection
 
 # Request headers the single pass treats specially; everything else is forwarded as is.
@@ -63,8 +66,14 @@ _EDGE_CLEANED = frozenset({
 _SPECIAL = HOP_BY_HOP | _ENVOY_CONTROLS | _EDGE_CLEANED | {
     b"host", b"content-length", b"expect", b"x-forwarded-for", b"x-forwarded-proto", b"x-request-id", XFCC}
 _RETRY_BASE, _RETRY_MAX = 0.025, 0.250  # Envoy's default retry back-off
+#: Framing a 2xx to CONNECT may carry and a client must ignore (RFC 9110 9.3.6): not relayed to an HTTP/2 stream.
+_CONNECT_2XX_FRAMING = frozenset({b"content-length", b"transfer-encoding"})
+
 #: Methods a proxy may send again after a connection was lost before any answer (RFC 9110 9.2.2).
 _IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"))
+#: The local reply for an upstream reset before the response, by the upstream's reason (others: UC).
+_RESET_REPLIES = {"protocol error": lr.UPSTREAM_PROTOCOL_ERROR, "remote reset": lr.UPSTREAM_REMOTE_RESET,
+                  "refused stream": lr.UPSTREAM_REFUSED_STREAM}
 #: What a Host (authority) may contain, as nghttp2's authority check that Envoy applies: RFC 3986's
 #: unreserved, sub-delims, pct-encoded and the ':' '@' '[' ']' of userinfo, port and IPv6 literals.
 _AUTHORITY_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~%!$&'()*+,;=:@[]"
@@ -96,84 +105,6 @@ def _cookie_value(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | No
             if equals and key == name:
                 return found[1:-1] if len(found) > 1 and found[:1] == found[-1:] == b'"' else found
     return None
-
-
-def _grpc_timeout(cap_offset: tuple[int | None, int], headers: list[tuple[bytes, bytes]]) -> float | None:
-    """A gRPC request's route timeout under max_grpc_timeout, in seconds (0.0: none); None if not gRPC.
-
-    Envoy's order: the `grpc-timeout` header (absent or malformed: 0, infinity), minus
-    grpc_timeout_offset when the offset is smaller, then capped by max_grpc_timeout unless that is 0.
-    Milliseconds throughout, as Envoy counts them.
-    """
-    content_type = header_ms = None
-    for name, value in headers:
-        if name == b"content-type" and content_type is None:
-            content_type = value
-        elif name == b"grpc-timeout" and header_ms is None:
-            header_ms = _parse_grpc_timeout(value)
-    if content_type is None or not _is_grpc(content_type):
-        return None
-    cap_ms, offset_ms = cap_offset
-    timeout_ms = header_ms or 0
-    if offset_ms < timeout_ms:
-        timeout_ms -= offset_ms
-    if cap_ms is not None and (timeout_ms == 0 or timeout_ms > cap_ms):
-        timeout_ms = cap_ms
-    return timeout_ms / 1000
-
-
-def _is_grpc(content_type: bytes) -> bool:
-    """Envoy's gRPC content type test: `application/grpc`, alone or followed by `+` or `;`."""
-    return content_type.startswith(b"application/grpc") and content_type[16:17] in (b"", b"+", b";")
-
-
-#: grpc-timeout units as (numerator, denominator) of a millisecond, so rounding up stays exact
-_GRPC_UNIT_MS = {b"H": (3_600_000, 1), b"M": (60_000, 1), b"S": (1000, 1), b"m": (1, 1), b"u": (1, 1000),
-                 b"n": (1, 1_000_000)}
-_GRPC_TIMEOUT_MAX = 99_999_999  # gRPC: at most 8 digits
-
-
-def _parse_grpc_timeout(value: bytes) -> int | None:
-    """`grpc-timeout` (digits + unit) in whole milliseconds, rounded up as Envoy does; None if malformed."""
-    unit = _GRPC_UNIT_MS.get(value[-1:])
-    digits = value[:-1]
-    if unit is None or not digits.isdigit() or int(digits) > _GRPC_TIMEOUT_MAX:
-        return None
-    numerator, denominator = unit
-    return -(-int(digits) * numerator // denominator)
-
-
-def _format_grpc_timeout(ms: int) -> bytes:
-    """Envoy's toGrpcTimeout: milliseconds, else seconds, minutes, hours while over 8 digits (capped)."""
-    value, units = ms, b"mSMH"
-    i = 0
-    if value > _GRPC_TIMEOUT_MAX:
-        value //= 1000
-        i = 1
-        while value > _GRPC_TIMEOUT_MAX:
-            if i == 3:
-                value = _GRPC_TIMEOUT_MAX
-                break
-            value //= 60
-            i += 1
-    return b"%d%c" % (value, units[i])
-
-
-def _announce_grpc_timeout(forward: list[tuple[bytes, bytes]], timeout: float | None, route: "MatchedRoute"
-                           ) -> tuple[list[tuple[bytes, bytes]], bytes | None]:
-    """(headers, x-envoy-expected-rq-timeout-ms line) for a gRPC request under max_grpc_timeout.
-
-    As Envoy: the expected timeout is the per-try timeout when it is the tighter bound, else the
-    route's; when there is one, it also replaces the request's `grpc-timeout` so the upstream knows it.
-    """
-    per_try = route.retry.per_try_timeout if route.retry is not None else None
-    expected = per_try if per_try is not None and (timeout is None or per_try < timeout) else timeout
-    if not expected:
-        return forward, None
-    ms = round(expected * 1000)
-    forward = [p for p in forward if p[0] != b"grpc-timeout"]
-    forward.append((b"grpc-timeout", _format_grpc_timeout(ms)))
-    return forward, b"x-envoy-expected-rq-timeout-ms: %d\r\n" % ms
 
 
 def _edited(headers: list[tuple[bytes, bytes]], edits: list[tuple[str, bytes, bytes]]) -> list[tuple[bytes, bytes]]:
@@ -215,7 +146,7 @@ class Stream:
         "resume", "filter_index", "filter_timer", "finish_callbacks", "header_edits", "upgrade_accepted", "client_rest",
         "tunnel_upstream", "upstream_local", "buffering_request", "held_response", "response_body", "set_cookie",
         "request_data_filters", "response_data_filters", "req_trailers", "resp_trailers", "span", "body_watch",
-        "shadows",
+        "shadows", "health_check", "duration_deadline", "arrived_grpc", "decoder_limit",
     )
 
     def __init__(self, conn: "HttpConnection", now: float) -> None:
@@ -256,6 +187,9 @@ class Stream:
         self.deadline = 0.0  # loop time at which the route timeout fires (0 = none); see HttpConnection.sweep
         self.try_deadline = 0.0  # the same for the current attempt's per_try_timeout
         self.upstream_deadline = 0.0  # ... and for its cluster's max_stream_duration (from when it got a connection)
+        self.duration_deadline = 0.0  # max_stream_duration (the HCM's, or the route's), from the stream's start
+        # whether the request was gRPC as it arrived, once a filter changed its content-type (None: unchanged)
+        self.arrived_grpc: bool | None = None
         self.set_cookie: tuple[bytes, bytes, bytes] | None = None  # a hash policy's cookie made for this request
         # Filters transforming each body piece as it passes (None: none want this stream's; see filters/http.py).
         self.request_data_filters: list[Any] | None = None
@@ -296,6 +230,7 @@ class Stream:
         # Body filters (only when the HCM has some that want a body): the request waits whole before routing;
         # the response head and body wait whole before anything is sent downstream.
         self.buffering_request = False
+        self.decoder_limit = 0  # a filter's own limit on a request body buffered whole (0: the connection's)
         self.held_response: tuple[int, list[tuple[bytes, bytes]]] | None = None
         self.response_body: list[bytes] | None = None
         # Trailer fields after a chunked body, where the codecs carry them (enable_trailers; see h1_server.py).
@@ -306,6 +241,7 @@ class Stream:
         # after each piece kept while the request waits, and once the request is complete.
         self.body_watch: Callable[[], None] | None = None
         self.shadows: list[Shadow] | None = None  # the route's request mirrors under way (mirror.py)
+        self.health_check = False  # the health_check filter took it as a health check (access log filters)
 
     # ------------------------------------------------------------------ downstream events
     def on_body(self, data: bytes, filtered: bool = False) -> None:
@@ -337,12 +273,13 @@ class Stream:
                 self.body_watch()
                 if self.rs_state >= RS_DONE:
                     return
-            if self.buffering_request and self.body_size > self.hcm.buffer_limit:
+            if self.buffering_request and self.body_size > (self.decoder_limit or self.hcm.buffer_limit):
                 self.buffering_request = False
                 self.hcm.rq_too_large.value += 1
+                self.close_after = True  # Envoy answers mid-body, so its HTTP/1 codec closes (rest here or not)
                 self.local(lr.PAYLOAD_TOO_LARGE)  # a body filter wants it whole, and it does not fit
                 return
-            if self.body_buffer is None and not self.paused_downstream and \
+            if self.body_buffer is None and not self.paused_downstream and not self.buffering_request and \
                     sum(map(len, self.waiting_body)) > self.hcm.buffer_limit:
                 self.paused_downstream = True
                 self.conn.transport.pause_reading()
@@ -453,7 +390,8 @@ class Stream:
         if hcm.first_stream_timeout:
             self._arm(self.start + hcm.first_stream_timeout)
         if hcm.max_stream_duration:
-            self._arm(self.start + hcm.max_stream_duration)
+            self.duration_deadline = self.start + hcm.max_stream_duration
+            self._arm(self.duration_deadline)
         upgrade: bytes | None = b""
         if self.upgrade:
             if self.method != b"CONNECT":
@@ -620,15 +558,47 @@ class Stream:
     def edit_request_header(self, op: str, name: bytes, value: bytes = b"") -> None:
         """A filter sets (`set`), adds (`add`) or removes (`remove`) a request header: later filters and the
         access log see it at once, the upstream gets it. The route was chosen before the filters ran."""
+        if name == b"content-type" and self.arrived_grpc is None:
+            self.arrived_grpc = is_grpc_request(self.headers)
         self.headers = _edited(self.headers, [(op, name, value)])
         if self.header_edits is None:
             self.header_edits = []
         self.header_edits.append((op, name, value))
 
+    def set_decoder_buffer_limit(self, limit: int) -> None:
+        """A filter sets how much of this request's body may be buffered whole (Envoy's setDecoderBufferLimit: the
+        buffer filter's max_request_bytes), instead of the connection's buffer limit; beyond it, 413."""
+        self.decoder_limit = limit
+
+    def set_path(self, value: bytes) -> None:
+        """A filter replaces the request's path (Envoy's setPath: header_mutation's query parameters): the upstream
+        request (after the route's rewrites) and the access log see it; the route stays the one chosen before."""
+        self.path = value
+
     def set_authority(self, value: bytes) -> None:
         """A filter replaces the request's Host/:authority (Envoy's setHost): the upstream request, auto_sni and the
         access log see the new value; the route stays the one chosen before the filters."""
         self.authority = value
+
+    def rewrite_request(self, method: bytes, path: bytes, body: bytes | None, rematch: bool) -> None:
+        """A filter turns the request into another before it is routed (Envoy's gRPC-JSON transcoder): a new method
+        and path, the client's kept in x-envoy-original-method and x-envoy-original-path, and for a request that came
+        without a body, `body` (sent with its length). With `rematch` the route is chosen again for the new request
+        (Envoy's clearRouteCache); a filter that transforms a body the client sends uses `decode_body` instead."""
+        self.edit_request_header("set", b"x-envoy-original-path", self.path)
+        self.edit_request_header("set", b"x-envoy-original-method", self.method)
+        self.method, self.path = method, path
+        path_text = path.decode("utf-8", "surrogateescape")
+        if self.resume is not None:  # the router's call, bound to the path the request came with
+            forward, xff, xfp = self.resume.args[:3]
+            self.resume = partial(self._route, forward, xff, xfp, path, path_text)
+        if body is not None:
+            self.waiting_body = [body]
+            self.req_length = self.body_size = len(body)
+        if rematch:
+            self.route = self.hcm.route_table.match(self.authority.decode("latin-1"), path_text,
+                                                    HeaderList(self.headers), method.decode("latin-1"),
+                                                    self.conn.scheme.decode("latin-1"))
 
     def respond_from_filter(self, status: int, body: bytes, headers: list[tuple[bytes, bytes]],
                             details: str = "python_response", content_type: bytes = b"text/plain") -> None:
@@ -660,6 +630,9 @@ class Stream:
         if route is None:
             hcm.no_route.value += 1
             return self.local(lr.NO_ROUTE)
+        if self.path is not url:  # a filter replaced it (set_path)
+            url = self.path
+            path_text = url.decode("utf-8", "surrogateescape")
         if route.idle_timeout:
             self._arm(self.start + route.idle_timeout)
         kind = route.kind
@@ -703,11 +676,13 @@ class Stream:
             forward = headers.items
         self.timeout = route.timeout
         expected_header = route.expected_timeout_header
-        if route.grpc_timeout is not None:
-            grpc_timeout = _grpc_timeout(route.grpc_timeout, self.headers)
+        if route.stream_duration is not None:
+            forward = self._route_stream_duration(route.stream_duration, forward)
+        elif route.grpc_timeout is not None:
+            grpc_timeout = max_grpc_timeout_of(route.grpc_timeout, self.headers)
             if grpc_timeout is not None:
                 self.timeout = grpc_timeout or None
-                forward, expected_header = _announce_grpc_timeout(forward, self.timeout, route)
+                forward, expected_header = announce_grpc_timeout(forward, self.timeout, route)
         if hcm.tracer is not None:
             forward = hcm.tracer.start(self, forward, cluster_name, trace_status)
         if pseudo is not None and self.response_ops.reads_request:
@@ -721,7 +696,8 @@ class Stream:
             wanting = [f for f in hcm.data_decoders if f.wants_request_data(self)]
             if wanting:
                 self.request_data_filters = wanting
-                chunked = True  # pieces may change size: the client's length no longer holds
+                # pieces may change size: the client's length no longer holds (unless every filter only reads)
+                chunked = chunked or not all(getattr(f, "keeps_length", False) for f in wanting)
                 self._filter_waiting_body()
                 if self.rs_state >= RS_DONE:
                     return
@@ -769,12 +745,16 @@ class Stream:
         self.authority = authority[authority.rfind(b"@") + 1:]
         return b"/" if slash < 0 else rest[slash:]
 
+    def _request_lookup(self) -> RequestLookup:
+        """What %REQ(...)% reads in the proxy's own replies: the request's headers and pseudo-headers."""
+        return request_lookup(self.headers, {b":authority": self.authority, b":path": self.path,
+                                             b":method": self.method, b":scheme": self.conn.scheme})
+
     def _local_route_reply(self, route: "MatchedRoute") -> None:
         hcm = self.hcm
         ops = route.response_header_ops
         if ops.reads_request:
-            ops = ops.bound(request_lookup(self.headers, {b":authority": self.authority, b":path": self.path,
-                                                          b":method": self.method, b":scheme": self.conn.scheme}))
+            ops = ops.bound(self._request_lookup())
         if route.kind == "direct_response":
             hcm.rq_direct_response.value += 1
             self.status = route.direct_status
@@ -798,7 +778,8 @@ class Stream:
         policies = self.route.hash_policies
         key = self.hash_key(policies) if policies is not None else None
         if not cluster.provided:
-            host = cluster.choose_host(key)
+            host = (cluster.choose_host(key) if cluster.subsets is None
+                    else cluster.subsets.choose_matching(self.route.criteria_for(cluster.name), key))
         else:
             host = cluster.request_host(self)
             if host is PENDING:  # the cluster went to find it: it calls attempt_now when it knows
@@ -872,7 +853,9 @@ class Stream:
         for _ in range(self.route.retry.host_reselections):
             if host not in tried:
                 break
-            host = cluster.choose_host(key) or host
+            again = (cluster.choose_host(key) if cluster.subsets is None
+                     else cluster.subsets.choose_matching(self.route.criteria_for(cluster.name), key))
+            host = again or host
         return host
 
     def on_upstream_ready(self, conn: "UpstreamConnection") -> None:
@@ -885,6 +868,8 @@ class Stream:
         if limit:
             self.upstream_deadline = self.conn.loop_time() + limit
             self._arm(self.upstream_deadline)
+        if conn.multiplexed:
+            return self._on_h2_ready(conn)  # type: ignore[arg-type]
         encoder = self.request_encoder
         assert encoder is not None
         out = [encoder.encode_head(self.attempts)]
@@ -909,6 +894,41 @@ class Stream:
         else:
             self.up_state = UP_SENDING
         conn.write(b"".join(out))
+
+    def _on_h2_ready(self, conn: "H2UpstreamStream") -> None:
+        """The attempt got a stream on an HTTP/2 connection: the request head (built as HTTP/1.1 bytes once, as for
+        every attempt) goes as HEADERS, the body so far as DATA; the rest of the body and its end follow through
+        the stream's `Http2RequestEncoder`, which stands in for the HTTP/1 encoder until the attempt ends."""
+        base = self.request_encoder
+        base = getattr(base, "base", base)  # an earlier HTTP/2 attempt's encoder that was not handed back
+        assert base is not None
+        head = base.encode_head(self.attempts)
+        if self.span is not None and self.hcm.tracer.names_host:  # type: ignore[union-attr]
+            head = self.hcm.tracer.with_host_header(self, head)  # type: ignore[union-attr]
+        waiting = self.waiting_body
+        if conn.requests and self.body_buffer is None and self.body_size <= self.hcm.buffer_limit \
+                and (self.req_length or self.req_chunked):
+            self.body_buffer = list(waiting)  # a refused stream's request goes again: keep what was sent
+        done = self.rq_state == RQ_DONE
+        end = done and not waiting and not self.req_trailers
+        encoder = conn.send_head(base, head, end)
+        if encoder is None:
+            return  # the connection took no new stream: the attempt was reset (and maybe retried)
+        self.request_encoder = encoder  # type: ignore[assignment]
+        if waiting:
+            for piece in waiting:
+                encoder.encode_data(piece)
+            self.waiting_body = []
+            if self.paused_downstream:
+                self.paused_downstream = False
+                self.conn.transport.resume_reading()
+        if done:
+            self.up_state = UP_AWAITING
+            encoder.encode_end(self.req_trailers)
+            self._arm_try_timer()
+        else:
+            self.up_state = UP_SENDING
+        conn.write(b"")
 
     def _arm_try_timer(self) -> None:
         route = self.route
@@ -946,8 +966,8 @@ class Stream:
         for due in (self.try_deadline, self.upstream_deadline):
             if due and (not following or due < following):
                 following = due
-        if hcm.max_stream_duration:
-            due = self.start + hcm.max_stream_duration
+        if self.duration_deadline:
+            due = self.duration_deadline
             if now >= due:
                 hcm.rq_max_duration.value += 1
                 self.on_max_duration()
@@ -1006,7 +1026,8 @@ class Stream:
                                   or (retry.grpc_codes and retry.should_retry_grpc(headers))):
             if self._reserve_retry():
                 # Drop this response (and its connection: its body is still coming) and try again.
-                self.cluster.stats.count_response(status)
+                if self.hcm.dynamic_stats:
+                    self.cluster.stats.count_response(status)
                 self._end_attempt(abandon=True)
                 return self._schedule_retry()
             if self._retries_exhausted():
@@ -1030,7 +1051,8 @@ class Stream:
             wanting = [f for f in hcm.data_encoders if f.wants_response_data(self)]
             if wanting:
                 self.response_data_filters = wanting
-                resp = [pair for pair in resp if pair[0] != b"content-length"]  # pieces may change size
+                if not all(getattr(f, "keeps_length", False) for f in wanting):  # pieces may change size
+                    resp = [pair for pair in resp if pair[0] != b"content-length"]
         self.resp_headers = resp
         extra = [(b"server", hcm.server_name)] if hcm.overwrite_server else []
         if self.set_cookie is not None:
@@ -1076,6 +1098,7 @@ class Stream:
         hcm.upgrades_total.inc()
         hcm.upgrades_active.inc()
         if not self.encoder.tunnels:  # an HTTP/2 CONNECT stream: DATA frames carry the bytes (h2_tunnel.py)
+            sent = [pair for pair in sent if pair[0] not in _CONNECT_2XX_FRAMING]  # RFC 9110 9.3.6: ignored
             self.encoder.encode_headers(status, sent, close=False, http10=False, head_request=False)
             conn.write(b"")
             H2Tunnel(self, upstream, rest)
@@ -1198,8 +1221,9 @@ class Stream:
         self.on_upstream_flush()
         cluster = self.cluster
         assert cluster is not None
-        cluster.stats.count_response(self.status)
-        cluster.stats.upstream_rq_time.record((self.conn.loop_time() - self.attempt_start) * 1000)
+        if self.hcm.dynamic_stats:
+            cluster.stats.count_response(self.status)
+            cluster.stats.upstream_rq_time.record((self.conn.loop_time() - self.attempt_start) * 1000)
         self.upstream = None  # the pool takes the connection back
         self.up_state = UP_DONE
         self._end_attempt(abandon=False)
@@ -1209,12 +1233,14 @@ class Stream:
         self.upstream = None
         self.up_state = UP_RESET
         self._end_attempt(abandon=False)
+        reply = _RESET_REPLIES.get(reason, lr.UPSTREAM_RESET)
         if self.rs_state != RS_NOT_STARTED:
-            self.flags = "UPE" if reason == "protocol error" else "UC"
+            self.flags = reply.flag
             self.details = "upstream_reset_after_response_started{%s}" % reason.replace(" ", "_")
             self._finish(close=True, final=RS_RESET)
             return
-        if stale and self.method in _IDEMPOTENT and not self.stale_retried and self.rs_state < RS_DONE \
+        if stale and (self.method in _IDEMPOTENT or reason == "refused stream") and not self.stale_retried \
+                and self.rs_state < RS_DONE \
                 and (self.body_buffer is not None or not (self.req_length or self.req_chunked)):
             # A pooled connection lost before any byte of the answer: a server's keep-alive close racing
             # the request, or (seen the same way) a server that failed after reading it. An idempotent
@@ -1225,7 +1251,7 @@ class Stream:
         retry = self.route.retry if self.route else None
         if retry is not None and retry.on_reset and self._reserve_retry():
             return self._schedule_retry()
-        self.local(lr.UPSTREAM_PROTOCOL_ERROR if reason == "protocol error" else lr.UPSTREAM_RESET)
+        self.local(reply)
 
     def on_upstream_pause(self, paused: bool) -> None:
         """The upstream socket's buffer is full (or drained): stop (or resume) reading the client."""
@@ -1292,6 +1318,20 @@ class Stream:
         else:
             self.local(lr.UPSTREAM_MAX_STREAM_DURATION if self.rq_state == RQ_DONE
                        else lr.UPSTREAM_MAX_STREAM_DURATION_CLIENT)
+
+    def _route_stream_duration(self, rule: StreamDuration, forward: list[tuple[bytes, bytes]]
+                               ) -> list[tuple[bytes, bytes]]:
+        """The route's max_stream_duration replaces the HCM's limit (Envoy's refreshDurationTimeout); a gRPC
+        request's grpc-timeout upstream says what is left of it at the start. Returns the upstream headers."""
+        limit_ms, grpc_timeout = stream_duration_ms(rule, round(self.hcm.max_stream_duration * 1000), self.headers)
+        self.duration_deadline = 0.0 if limit_ms is None else self.start + limit_ms / 1000
+        if self.duration_deadline:
+            self._arm(self.duration_deadline)
+        if grpc_timeout is not None:
+            forward = [pair for pair in forward if pair[0] != b"grpc-timeout"]
+            if grpc_timeout:
+                forward.append((b"grpc-timeout", grpc_timeout))
+        return forward
 
     def on_max_duration(self) -> None:
         """max_stream_duration passed: Envoy answers 504 if it can, else resets the stream."""
@@ -1381,10 +1421,10 @@ class Stream:
         self.flags = reply.flag + ",URX" if reply.status >= 500 and self._retries_exhausted() else reply.flag
         self.details = reply.details
         self.status = reply.status
-        self._send_local(reply.status, reply.body, None)
+        self._send_local(reply.status, reply.body, None, grpc_status=reply.grpc_status)
 
     def _send_local(self, status: int, body: bytes, ops, *, content_type: bytes = b"text/plain",
-                    extra: list[tuple[bytes, bytes]] | None = None) -> None:
+                    extra: list[tuple[bytes, bytes]] | None = None, grpc_status: int | None = None) -> None:
         hcm = self.hcm
         body_pending = self.rq_state != RQ_DONE and bool(self.req_length or self.req_chunked)
         close = self.close_after or not self.keep_alive or body_pending or self.conn.draining \
@@ -1395,20 +1435,36 @@ class Stream:
             hl = HeaderList(headers)
             ops.apply(hl, self.conn.peer)
             headers = hl.items
+        if hcm.local_reply_mapper is not None:
+            hl = HeaderList(headers)
+            status, body, content_type = hcm.local_reply_mapper.rewrite(
+                hcm.access_record(self, self.conn.loop_time() - self.start), status, body, content_type, hl,
+                self.conn.peer, self._request_lookup())
+            headers = hl.items
+            self.status = status
         if hcm.always_set_request_id and self.request_id:
             headers.append((b"x-request-id", self.request_id))
         if hcm.via:
             headers = _with_via(headers, hcm.via)
+        # Envoy decides by the request as it arrived (gRPC-Web made gRPC by its filter gets the plain reply)
+        grpc = is_grpc_request(self.headers) if self.arrived_grpc is None else self.arrived_grpc
+        if grpc:  # a gRPC client reads the outcome from grpc-status: Envoy's trailers-only reply, HTTP 200
+            headers = trailers_only_headers(status, body, headers, head_request=self.is_head, grpc_status=grpc_status)
+            status = self.status = 200
         self.local_reply = True  # before the encoders: the ones that only transform relayed responses can tell
         if hcm.encoder_filters:
             headers = self.encode_headers(status, headers)  # Envoy's local replies pass the encoders too
-        if hcm.body_encoders and not self.is_head:
-            edited = HeaderList(headers)
-            body = self._filtered_response_body(status, edited, body)
-            headers = edited.items
-        self.bytes_sent = len(body)
-        self.encoder.encode_local_reply(status, body, close=close, content_type=content_type, headers=headers,
-                                        head_request=self.is_head)
+        if grpc:  # the head ends the stream: no body filters, nothing counted as sent (as Envoy's access log)
+            self.bytes_sent = 0
+            self.encoder.encode_trailers_only(headers, close=close, head_request=self.is_head)
+        else:
+            if hcm.body_encoders and not self.is_head:
+                edited = HeaderList(headers)
+                body = self._filtered_response_body(status, edited, body)
+                headers = edited.items
+            self.bytes_sent = len(body)
+            self.encoder.encode_local_reply(status, body, close=close, content_type=content_type, headers=headers,
+                                            head_request=self.is_head)
         self.conn.flush_output()
         self._end_attempt(abandon=True)
         self._finish(close=close)

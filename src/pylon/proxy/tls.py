@@ -58,7 +58,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from pylon.config.datasource import DataSourceError, read_bytes
 from pylon.config.errors import FieldError
 from pylon.config.secrets import resolve
-from pylon.openssl.context import SSL_SESS_CACHE_OFF, OpenSslContext
+from pylon.openssl.context import SSL_MODE_NO_AUTO_CHAIN, SSL_SESS_CACHE_OFF, OpenSslContext
 from pylon.proxy.connection_info import certificate_sans, remember_server_name
 from pylon.regex import get_engine
 
@@ -528,6 +528,10 @@ def _apply_common(handle: OpenSslContext, common: CommonTlsContext, *, server: b
     context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
     # BoringSSL servers never renegotiate, and Envoy clients refuse it unless allowed.
     context.options |= ssl.OP_NO_RENEGOTIATION
+    # Envoy (BoringSSL) sends exactly the configured certificate_chain. OpenSSL would instead build a chain for a
+    # certificate file without intermediates from the trust store on every handshake (X509_verify_cert each time)
+    # and send whatever it found there, the trusted CA of an mTLS listener included.
+    handle.add_mode(SSL_MODE_NO_AUTO_CHAIN)
 
 
 def _apply_ciphers(context: ssl.SSLContext, suites: Sequence[str], path: str) -> None:

@@ -120,7 +120,8 @@ class TlsServerProtocol(asyncio.Protocol):
         self.raw = transport  # type: ignore[assignment]
         self.will_sign = True
         PENDING_SIGNERS.started()
-        self._handshake()
+        # No do_handshake yet: a server has nothing to do before the ClientHello, and asking would only raise
+        # SSLWantReadError, whose construction costs several microseconds (CPython formats its message).
 
     def _signer_done(self) -> None:
         if self.will_sign:
@@ -246,6 +247,8 @@ class TlsServerProtocol(asyncio.Protocol):
             if not data:
                 break
             self.app.data_received(data)  # type: ignore[attr-defined]
+            if not self.incoming.pending and not sslobj.pending():
+                break  # nothing left to decrypt: another read would only raise SSLWantReadError (costly)
         self._flush()
 
     def write_app(self, data: bytes | bytearray | memoryview) -> None:

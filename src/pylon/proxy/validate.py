@@ -18,10 +18,12 @@ from pylon.config.envoy import HttpConnectionManager, TcpProxy
 from pylon.config.errors import ConfigError
 from pylon.config.secrets import secret_names, tls_context
 from pylon.proxy.access_log import compile_log_format
+from pylon.proxy.access_log_filter import compile_filter
 from pylon.proxy.balance import Dlb, NoDlbFallback, balance_kind
 from pylon.proxy.filter_chain_match import DuplicateMatch, FilterChainSelector
 from pylon.proxy.filters.http import build_filter
 from pylon.proxy.filters.network import is_registered, waits
+from pylon.proxy.local_reply_mapper import LocalReplyMapper
 from pylon.proxy.router import RouteTable
 from pylon.proxy.tls import TlsConfigError, check_secret, client_context, server_context
 from pylon.proxy.upstream.cluster import build_cluster
@@ -111,6 +113,11 @@ def _validate_chain(chain: Any, source: str, chain_path: str, secrets: Mapping[s
                 build_filter(http_filter.name, http_filter.typed_config, terminal.stat_prefix, StatsStore(), None)
             except ValueError as exc:
                 raise ConfigError(source, f"{filter_path}.http_filters[{k}].typed_config", str(exc)) from exc
+        if terminal.local_reply_config is not None:
+            try:  # its filters' header matchers and its body formats' operators
+                LocalReplyMapper(terminal.local_reply_config, regex.get_engine())
+            except ValueError as exc:
+                raise ConfigError(source, f"{filter_path}.local_reply_config", str(exc)) from exc
     _check_access_logs(source, filter_path, terminal)
 
 
@@ -175,3 +182,8 @@ def _check_access_logs(source: str, filter_path: str, terminal: HttpConnectionMa
             compile_log_format(entry.typed_config.log_format)
         except ValueError as exc:
             raise ConfigError(source, f"{filter_path}.access_log[{k}].typed_config.log_format", str(exc)) from exc
+        if entry.filter is not None:
+            try:  # a header_filter's regex over RE2's limits fails here, not in a worker
+                compile_filter(entry.filter, regex.get_engine())
+            except ValueError as exc:
+                raise ConfigError(source, f"{filter_path}.access_log[{k}].filter", str(exc)) from exc

@@ -210,6 +210,17 @@ def test_local_replies_and_upgrades() -> None:
     assert enc.take() == b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n"
 
 
+def test_a_grpc_local_reply_is_a_200_head_with_no_body() -> None:
+    enc = Http1ResponseEncoder(b"envoy")
+    grpc = [(b"content-type", b"application/grpc"), (b"grpc-status", b"14")]
+    enc.encode_trailers_only(grpc, close=True)
+    data = enc.take()
+    assert data.startswith(b"HTTP/1.1 200 OK\r\ncontent-type: application/grpc\r\ngrpc-status: 14\r\ndate: ")
+    assert data.endswith(b"server: envoy\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+    enc.encode_trailers_only(grpc, close=False, head_request=True)  # Envoy's framing of a HEAD reply
+    assert enc.take().endswith(b"server: envoy\r\ntransfer-encoding: chunked\r\n\r\n")
+
+
 # ---------------------------------------------------------------------------- trailers
 
 _CHUNKED_WITH_TRAILERS = (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"

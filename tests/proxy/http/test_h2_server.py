@@ -85,6 +85,29 @@ def test_a_local_reply_has_envoys_fields_and_its_body() -> None:
     assert owner.body[1] == b"no healthy upstream"
 
 
+def test_a_grpc_local_reply_is_one_headers_frame_that_ends_the_stream() -> None:
+    encoder, owner, server, client = _exchange()
+    encoder.encode_trailers_only([(b"content-type", b"application/grpc"), (b"grpc-status", b"14"),
+                                  (b"connection", b"close")], close=True)
+    encoder.encode_end()
+    pump(server, client)
+    assert [event[0] for event in owner.events if event[0] != "closed"] == ["headers"]
+    headers, end_stream = owner.events[0][2], owner.events[0][3]
+    assert end_stream and 1 not in owner.body
+    assert [pair for pair in headers if pair[0] != b"date"] == [
+        (b":status", b"200"), (b"content-type", b"application/grpc"), (b"grpc-status", b"14"), (b"server", b"envoy")]
+
+
+def test_a_head_with_content_length_zero_ends_the_stream() -> None:  # a relayed gRPC trailers-only answer
+    encoder, owner, server, client = _exchange()
+    encoder.encode_headers(200, [(b"content-length", b"0"), (b"grpc-status", b"14")], close=False, http10=False,
+                           head_request=False)
+    encoder.encode_end()
+    pump(server, client)
+    assert owner.events[0][0] == "headers" and owner.events[0][3] is True
+    assert [event[0] for event in owner.events if event[0] != "closed"] == ["headers"]
+
+
 def test_100_continue_is_an_informational_head_before_the_response() -> None:
     encoder, owner, server, client = _exchange()
     encoder.encode_continue()

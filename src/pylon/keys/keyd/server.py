@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import socket
 import struct
 from collections.abc import Iterable
@@ -32,6 +33,7 @@ from pylon.identity.certs import KeyType, build_csr, generate_key
 from pylon.identity.spiffe import SpiffeError, SpiffeId
 from pylon.keys.keyd.protocol import (ERROR, FORGET, GENERATE, IMPORT, OK, FrameReader, ProtocolError, Request, Response,
                                       decode_request, encode_response)  # fmt: skip
+from pylon.stats.store import StatsStore
 
 log = logging.getLogger("pylon.keyd")
 
@@ -39,10 +41,17 @@ _PEERCRED = struct.Struct("3i")  # struct ucred {pid, uid, gid}
 
 
 class _InlineOps:
-    """Operations computed at once with OpenSSL (no crypto_mb here)."""
+    """Operations computed at once with OpenSSL (no crypto_mb here), counted as the batcher counts its own."""
+
+    def __init__(self, stats: StatsStore) -> None:
+        self.computed = stats.counter("keyd.openssl_ops")
+        self.failed = stats.counter("keyd.failed_ops")
 
     def submit(self, slot: object, done) -> None:  # type: ignore[no-untyped-def]
         lib.pk_slot_run(slot)
+        self.computed.inc()
+        if slot.state != DONE:  # type: ignore[attr-defined]
+            self.failed.inc()
         done()
 
     def sign_blocking(self, kind: int, key: HookedKey, data: bytes) -> bytes:
@@ -62,10 +71,9 @@ def load_keys(specs: Iterable[tuple[str, bytes]], use_cryptomb: bool = True) -> 
     """Keys by id from (id, PEM) pairs; crypto_mb where it can run and supports the key."""
     mb_reason = cryptomb.unavailable_reason() if use_cryptomb else "disabled"
     keys: dict[str, KeydKey] = {}
-    inline = _InlineOps()
     for key_id, pem in specs:
         private = serialization.load_pem_private_key(pem, password=None)
-        hooked = HookedKey(private.public_key(), inline, pem)  # type: ignore[arg-type]
+        hooked = HookedKey(private.public_key(), None, pem)  # type: ignore[arg-type]  # KeydServer computes
         batched = mb_reason is None and cryptomb.key_unsupported_reason(hooked.public_key) is None
         keys[key_id] = KeydKey(key_id, hooked, batched)
         log.info("key %s: %s %d bits, %s", key_id, hooked.kind, hooked.bits, "crypto_mb" if batched else "OpenSSL")
@@ -86,11 +94,22 @@ class KeydServer:
         self.keys = keys
         self.use_cryptomb = use_cryptomb
         self.allow_uids = frozenset(allow_uids) or frozenset({os.getuid()})
-        self.batcher = cryptomb.CryptoMbOps(poll_delay)
-        self.inline = _InlineOps()
+        self.stats = StatsStore()
+        self.batcher = cryptomb.CryptoMbOps(poll_delay, self.stats)
+        self.inline = _InlineOps(self.stats)
         self.refused = 0
         self.served = 0
         self.given: set[str] = set()  # key ids agents made or handed over (FORGET may drop only these)
+
+    def summary(self) -> str:
+        """Who computed the operations served so far (logged when keyd stops: keyd has no admin endpoint)."""
+        counters = {name: stat.value for name, stat in self.stats.counters.items()}
+        by_mb = counters["cryptomb.rsa_crypto_mb_ops"] + counters["cryptomb.ecdsa_crypto_mb_ops"]
+        by_openssl = (counters["cryptomb.rsa_openssl_ops"] + counters["cryptomb.ecdsa_openssl_ops"]
+                      + counters["keyd.openssl_ops"])
+        failed = counters["cryptomb.rsa_failed_ops"] + counters["cryptomb.ecdsa_failed_ops"] + counters["keyd.failed_ops"]
+        return (f"keyd served {self.served} operations: {by_mb} by crypto_mb, {by_openssl} by OpenSSL, "
+                f"{failed} failed; refused {self.refused} clients")
 
     async def serve(self, path: str) -> asyncio.AbstractServer:
         if os.path.exists(path):
@@ -243,5 +262,12 @@ async def run_keyd(path: str, keys: dict[str, KeydKey], allow_uids: Iterable[int
     log.info("keyd listening on unix:%s for uids %s", path, sorted(server.allow_uids))
     if ready is not None:
         ready()
-    async with listener:
-        await listener.serve_forever()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, asyncio.current_task().cancel)  # type: ignore[union-attr]
+    try:
+        async with listener:
+            await listener.serve_forever()
+    except asyncio.CancelledError:
+        pass
+    finally:
+        log.info("%s", server.summary())

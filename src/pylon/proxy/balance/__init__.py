@@ -67,11 +67,13 @@ def balancer_for(listener: Any, listener_index: int = 0) -> Balancer:
     kind = balance_kind(listener)
     backlog = listen_backlog(listener)
     per_event = listener.max_connections_to_accept_per_socket_event
+    freebind = listener.freebind
     if kind == "exact":
-        return HandoffBalancer(ExactPolicy(), listener_index, backlog, per_event)
+        return HandoffBalancer(ExactPolicy(), listener_index, backlog, per_event, freebind)
     if kind == "dispatcher":
-        return HandoffBalancer(DispatcherPolicy(), listener_index, backlog, per_event)
-    return KernelBalancer(backlog, reuse_port=listener.enable_reuse_port, accepts_per_event=per_event)
+        return HandoffBalancer(DispatcherPolicy(), listener_index, backlog, per_event, freebind)
+    return KernelBalancer(backlog, reuse_port=listener.enable_reuse_port, accepts_per_event=per_event,
+                          freebind=freebind)
 
 
 def listen_backlog(listener: Any) -> int:

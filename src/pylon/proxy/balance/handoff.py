@@ -46,6 +46,7 @@ from typing import Any, Protocol, Sequence
 
 from pylon.proxy.balance.acceptor import accept_pending
 from pylon.proxy.balance.adopt import start_adopting
+from pylon.proxy.balance.listen_socket import new_listen_socket
 from pylon.proxy.balance.loadtable import CX_ACTIVE, RQ_ACTIVE, TAKEN, LoadSlot, LoadTable
 
 log = logging.getLogger("pylon.main")
@@ -68,8 +69,10 @@ class HandoffBalancer:
 
     handoff = True
 
-    def __init__(self, policy: Policy, listener_index: int, backlog: int, accepts_per_event: int | None = None) -> None:
+    def __init__(self, policy: Policy, listener_index: int, backlog: int, accepts_per_event: int | None = None,
+                 freebind: bool = False) -> None:
         self.backlog = backlog  # of the one socket the supervisor accepts from
+        self.freebind = freebind
         self.accepts_per_event = accepts_per_event or sys.maxsize  # unset: all pending, as Envoy
         self.policy = policy
         self.name = policy.name
@@ -90,12 +93,8 @@ class HandoffBalancer:
     # ------------------------------------------------------------------ supervisor: set-up
     def bind(self, host: str, port: int, workers: int) -> None:
         """The listener's one socket, bound now so errors surface before any worker starts."""
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock = new_listen_socket(host, self.freebind)
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if host == "::" else 1)
             sock.bind((host, port))
             sock.listen(self.backlog)
             sock.setblocking(False)

@@ -19,6 +19,7 @@ import socket
 from typing import Any
 
 from pylon.proxy.balance.acceptor import ListenerAcceptor
+from pylon.proxy.balance.listen_socket import new_listen_socket
 
 
 class NoSupervisorHooks:
@@ -40,9 +41,11 @@ class KernelBalancer(NoSupervisorHooks):
     handoff = False
     uses_inflight = False
 
-    def __init__(self, backlog: int, reuse_port: bool = True, accepts_per_event: int | None = None) -> None:
+    def __init__(self, backlog: int, reuse_port: bool = True, accepts_per_event: int | None = None,
+                 freebind: bool = False) -> None:
         self.backlog = backlog
         self.reuse_port = reuse_port
+        self.freebind = freebind
         self.accepts_per_event = accepts_per_event  # None: all pending, as Envoy
         self.sockets: list[socket.socket] = []
 
@@ -52,18 +55,14 @@ class KernelBalancer(NoSupervisorHooks):
         `listen=False` only binds: an LDS listener's port is taken while it warms, and refuses
         connections (as in Envoy) until the workers listen on it once it is warm.
         """
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
         count = workers if self.reuse_port else 1
         sockets: list[socket.socket] = []
         try:
             for _ in range(count):
-                sock = socket.socket(family, socket.SOCK_STREAM)
+                sock = new_listen_socket(host, self.freebind)
                 sockets.append(sock)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 if self.reuse_port:
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-                if family == socket.AF_INET6:
-                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if host == "::" else 1)
                 sock.bind((host, port))
                 if port == 0 and self.reuse_port:
                     port = sock.getsockname()[1]  # the others must share the port the first one got

@@ -38,7 +38,9 @@ a stream without holding it:
   with a body) and `encode_data(stream, data, end_stream) -> bytes` (last
   filter first): the response goes out without its content-length (chunked,
   or to the end of the connection for HTTP/1.0). Data filters run before the
-  whole-body ones, which then see the transformed body.
+  whole-body ones, which then see the transformed body. A filter that only
+  reads the pieces and returns them as they came says so with a class
+  attribute `keeps_length = True`: then both lengths stay (grpc_stats).
 
 Filters may also see a message's trailers, where it has them (HTTP/1.1
 chunked trailers carried with `enable_trailers` on the HCM and the cluster):
@@ -49,6 +51,10 @@ chunked trailers carried with `enable_trailers` on the HCM and the cluster):
   names, and change it in place; what they leave is what is sent. A message
   without trailers calls neither (HTTP/1.1 can only carry trailers after a
   chunked body, so none are added to one that has none).
+
+A filter may turn the request into another before it is routed (`stream.rewrite_request(method, path, body,
+rematch)`: the gRPC-JSON transcoder's new method and path, a body for a request that came without one, and the
+route chosen again), or replace its Host (`stream.set_authority`).
 
 Without filters besides the router, a stream does none of this (no cost).
 """

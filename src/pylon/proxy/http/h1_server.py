@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Protocol
 import httptools
 
 from pylon.proxy import local_reply as lr
-from pylon.proxy.http1 import CONTINUE_100, HOP_BY_HOP, encode_chunk, last_chunk, local_reply, status_line
+from pylon.proxy.http1 import (CONTINUE_100, HOP_BY_HOP, encode_chunk, last_chunk, local_reply, status_line,
+                               trailers_only_reply)
 
 if TYPE_CHECKING:
     from pylon.proxy.hcm import HcmRuntime
@@ -105,6 +106,13 @@ class Http1ResponseEncoder:
         self.chunked = False
         self.out.append(local_reply(status, body, close=close, content_type=content_type, extra=headers,
                                     server_name=self.server_name, head_only=head_request))
+
+    def encode_trailers_only(self, headers: list[tuple[bytes, bytes]], *, close: bool,
+                             head_request: bool = False) -> None:
+        """A gRPC local reply: a 200 head with grpc-status among `headers`, and no body."""
+        self.chunked = False
+        self.out.append(trailers_only_reply(headers, close=close, server_name=self.server_name,
+                                            head_only=head_request))
 
     def take(self) -> bytes:
         """Everything encoded since the last take, as one buffer (b"" if nothing)."""

@@ -100,7 +100,7 @@ def request_head(fields: Headers, underscores: int) -> tuple[RequestHead, int]:
 class Http2ResponseEncoder:
     """Encodes one HTTP/2 stream's response into its connection's session (the stream's `encoder`)."""
 
-    __slots__ = ("out", "session", "stream_id", "server_name", "ended")
+    __slots__ = ("out", "session", "stream_id", "server_name", "ended", "headers_only")
     tunnels = False  # its stream's CONNECT payload is DATA frames, not the connection's bytes (h2_tunnel.py)
 
     def __init__(self, session: "H2Connection", stream_id: int, server_name: bytes) -> None:
@@ -109,6 +109,9 @@ class Http2ResponseEncoder:
         self.stream_id = stream_id
         self.server_name = server_name
         self.ended = False  # the response's last frame was submitted (or the stream is gone)
+        # The upstream's response ended with its head (an HTTP/2 upstream's trailers-only gRPC error): the head
+        # goes with END_STREAM, as Envoy relays it; gRPC clients read its grpc-status only from such a frame.
+        self.headers_only = False
 
     def encode_continue(self) -> None:
         """`100 Continue` as an informational HEADERS frame."""
@@ -126,7 +129,10 @@ class Http2ResponseEncoder:
         sent += [pair for pair in headers if pair[0] not in drop and pair[0] not in CONNECTION_SPECIFIC]
         if extra:
             sent += extra
-        end = head_request or status == 204 or status == 304
+        # A head that says no body follows ends the stream: an HTTP/2 upstream's head that ended its stream
+        # (headers_only), or a length of 0, as Envoy relays an HTTP/1.1 upstream's (a gRPC server's trailers-only
+        # answer: a client reads its grpc-status only from a HEADERS frame with END_STREAM)
+        end = head_request or status == 204 or status == 304 or self.headers_only or (b"content-length", b"0") in sent
         self.session.send_response(self.stream_id, sent, end_stream=end)
         self.ended = end
         self.out.append(b"")
@@ -164,5 +170,16 @@ class Http2ResponseEncoder:
         self.session.send_response(self.stream_id, sent, end_stream=not with_body)
         if with_body:
             self.session.send_data(self.stream_id, body, end_stream=True)
+        self.ended = True
+        self.out.append(b"")
+
+    def encode_trailers_only(self, headers: Headers, *, close: bool, head_request: bool = False) -> None:
+        """A gRPC local reply: one HEADERS frame with END_STREAM, :status 200 and grpc-status among `headers`."""
+        if self.ended:
+            return
+        sent = [(b":status", b"200")]
+        sent += [pair for pair in headers if pair[0] not in CONNECTION_SPECIFIC]
+        sent += [(b"date", HTTP_DATE.now()), (b"server", self.server_name)]
+        self.session.send_response(self.stream_id, sent, end_stream=True)
         self.ended = True
         self.out.append(b"")

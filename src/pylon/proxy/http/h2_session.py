@@ -40,7 +40,7 @@ import itertools
 import struct
 from collections import deque
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from pylon.proxy.http._nghttp2 import ffi, lib
 
@@ -95,6 +95,21 @@ class H2Settings:
     stream_reset_burst: int = 1000
     stream_reset_rate: int = 33
     max_continuations: int = 8
+
+    @classmethod
+    def of(cls, options: Any, *, max_header_bytes: int, max_headers_count: int) -> "H2Settings":
+        """From an Http2ProtocolOptions (the HCM's or a cluster's; unset fields: Envoy's defaults) and the header
+        limits of the side it serves."""
+        given = {name: getattr(options, name) for name in _OPTION_FIELDS if getattr(options, name) is not None}
+        return cls(max_header_bytes=max_header_bytes, max_headers_count=max_headers_count, **given)
+
+
+#: The Http2ProtocolOptions fields the codec takes as they are.
+_OPTION_FIELDS = (
+    "hpack_table_size", "max_concurrent_streams", "initial_stream_window_size", "initial_connection_window_size",
+    "max_outbound_frames", "max_outbound_control_frames", "max_consecutive_inbound_frames_with_empty_payload",
+    "max_inbound_priority_frames_per_stream", "max_inbound_window_update_frames_per_data_frame_sent",
+)
 
 
 class H2Owner(Protocol):

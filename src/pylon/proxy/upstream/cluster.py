@@ -25,7 +25,9 @@ import random
 import time
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
+from pylon.config.secrets import common_tls_context
 from pylon.proxy import local_reply as lr
+from pylon.proxy.http.h2_session import H2Settings
 from pylon.proxy.upstream.auto_sni import AutoSni
 from pylon.proxy.upstream.circuit import CircuitBreakers
 from pylon.proxy.upstream.connect import open_stream
@@ -35,7 +37,7 @@ from pylon.proxy.upstream.health import HealthChecker
 from pylon.proxy.upstream.host import Host, Placement, eds_health_flags, format_address
 from pylon.proxy.upstream.lb import create_load_balancer
 from pylon.proxy.upstream.outlier import OutlierDetector
-from pylon.proxy.upstream.priority import prioritized
+from pylon.proxy.upstream.subset import SubsetBalancer, cluster_balancer
 from pylon.proxy.upstream.tls_factory import UpstreamTls, matching_socket, socket_matches, transport_tls
 from pylon.stats.store import Counter, StatsStore
 
@@ -53,7 +55,8 @@ _COUNTERS = (
     "upstream_rq_5xx", "upstream_rq_retry", "upstream_rq_timeout", "upstream_rq_per_try_timeout",
     "upstream_rq_max_duration_reached",
     "upstream_rq_pending_total", "upstream_rq_pending_overflow",
-    "upstream_rq_retry_overflow", "upstream_cx_total", "upstream_cx_connect_fail",
+    "upstream_rq_retry_overflow", "upstream_cx_total", "upstream_cx_http1_total", "upstream_cx_http2_total",
+    "upstream_cx_connect_fail",
     "upstream_cx_connect_timeout", "upstream_cx_destroy", "upstream_cx_overflow",
     "upstream_cx_idle_timeout", "upstream_cx_max_requests", "upstream_cx_max_duration_reached",
     "upstream_cx_protocol_error",
@@ -74,7 +77,8 @@ class ClusterStats:
     per-code counters Envoy keeps (`upstream_rq_2xx`, `upstream_rq_200`).
     """
 
-    __slots__ = _COUNTERS + _GAUGES + ("upstream_rq_time", "_store", "_prefix", "_by_class", "_by_code")
+    __slots__ = _COUNTERS + _GAUGES + ("upstream_rq_time", "upstream_rq_per_cx", "_store", "_prefix", "_by_class",
+                                       "_by_code")
 
     def __init__(self, store: StatsStore, prefix: str) -> None:
         self._store = store
@@ -84,6 +88,7 @@ class ClusterStats:
         for name in _GAUGES:
             setattr(self, name, store.gauge(prefix + name))
         self.upstream_rq_time = store.histogram(prefix + "upstream_rq_time")
+        self.upstream_rq_per_cx = store.histogram(prefix + "upstream_rq_per_cx")  # requests a closed connection served
         self._by_class: dict[int, Counter] = {
             n: getattr(self, f"upstream_rq_{n}xx") for n in range(1, 6)
         }
@@ -113,13 +118,22 @@ class Cluster:
         # Idle timeout, max duration, max requests and response headers of its pooled connections (pool.py).
         self.connection_limits = ConnectionLimits.of(config)
         self.upstream_trailers: bool = config.upstream_trailers  # HTTP/1 trailers cross to and from its hosts
+        # HTTP/2 upstream (h2_pool.py): the codec's settings when the cluster may speak it; "downstream": only for
+        # requests that came over HTTP/2 (pool_registry.py keys those pools apart).
+        self.protocol, options = config.upstream_protocol
+        self.h2_settings: H2Settings | None = None if options is None else H2Settings.of(
+            options, max_header_bytes=60 * 1024, max_headers_count=self.connection_limits.max_headers)
+        common = common_tls_context(config.transport_socket)
+        self.alpn_configured = common is not None and bool(common.alpn_protocols)
         self.worker_id = worker_id
         prefix = f"cluster.{config.name}."
         self.stats = ClusterStats(stats, prefix)
 
         self.circuit_breakers = CircuitBreakers.from_config(config, stats, prefix)
 
-        self.lb = prioritized(lambda: create_load_balancer(config, rng), config, rng)
+        self.lb = cluster_balancer(config, lambda: create_load_balancer(config, rng), rng, stats, prefix)
+        # With lb_subset_config: the balancer that takes a route's metadata criteria (choose_matching).
+        self.subsets: SubsetBalancer | None = self.lb if isinstance(self.lb, SubsetBalancer) else None
         # The hot path's one call: the policy's own `choose`, bound directly (no wrapper frame).
         # None means no host at all; the data path answers 503 (UH) and bumps upstream_cx_none_healthy.
         self.choose_host: Callable[[bytes | None], Host | None] = self.lb.choose
@@ -137,6 +151,8 @@ class Cluster:
         self.socket_matches = socket_matches(config, secrets)
         # auto_sni / auto_san_validation: each request's host names its connections' TLS (None: not set).
         self.auto_sni: AutoSni | None = AutoSni.of(config)
+        # The pool registry's hot-path test: one pool per host, of the one kind the cluster speaks.
+        self.plain_pools = self.auto_sni is None and self.protocol != "downstream"
         bind = config.upstream_bind_config
         # Where upstream connections leave from (Istio's inbound clusters: 127.0.0.6, so capture rules let them by).
         self.source: tuple[str, int] | None = (
@@ -169,8 +185,8 @@ class Cluster:
         else:
             self._dns = DnsRefresher(
                 self.name,
-                [DnsTarget(address[0], address[1], weight, flags, metadata, placement)
-                 for address, weight, _, flags, metadata, placement in endpoints],
+                [DnsTarget(address[0], address[1], weight, flags, metadata, placement, lb_metadata)
+                 for address, weight, _, flags, metadata, placement, lb_metadata in endpoints],
                 self._on_dns_update,
                 lookup_family=config.dns_lookup_family,
                 refresh_rate=float(config.dns_refresh_rate),
@@ -195,6 +211,7 @@ class Cluster:
             else:
                 host.weight = ep.weight
             host.placement = ep.placement
+            host.lb_metadata = ep.lb_metadata
             host.set_eds_flags(ep.eds_flags)
             host.socket = matching_socket(self.socket_matches, ep.socket_metadata) if self.socket_matches else -1
             new[ep.address] = host
@@ -372,10 +389,11 @@ class Cluster:
         }
 
 
-def assignment_endpoints(assignment: Any
-                         ) -> Iterable[tuple[tuple[str, int], int, str, int, Mapping[str, Any], Placement]]:
-    """((address, port), weight, hostname, health flags, transport socket metadata, placement) of every lb_endpoint
-    of a ClusterLoadAssignment (inline or from EDS): the fields of a `ResolvedEndpoint`."""
+def assignment_endpoints(assignment: Any) -> Iterable[
+        tuple[tuple[str, int], int, str, int, Mapping[str, Any], Placement, Mapping[str, Any]]]:
+    """((address, port), weight, hostname, health flags, transport socket metadata, placement, `envoy.lb`
+    metadata) of every lb_endpoint of a ClusterLoadAssignment (inline or from EDS): a `ResolvedEndpoint`'s
+    fields."""
     if assignment is None:
         return
     for i, locality in enumerate(assignment.endpoints):
@@ -387,7 +405,8 @@ def assignment_endpoints(assignment: Any
             endpoint = lb_endpoint.endpoint
             sock = endpoint.address.socket_address
             yield ((sock.address, sock.port_value), lb_endpoint.load_balancing_weight, endpoint.hostname,
-                   eds_health_flags(lb_endpoint.health_status), lb_endpoint.socket_match_metadata, placement)
+                   eds_health_flags(lb_endpoint.health_status), lb_endpoint.socket_match_metadata, placement,
+                   lb_endpoint.lb_metadata)
 
 
 #: A custom cluster type's factory: (config, stats, worker id, secrets, the worker's singletons) -> its Cluster.

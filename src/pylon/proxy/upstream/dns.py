@@ -48,6 +48,7 @@ class DnsTarget:
     # its `envoy.transport_socket_match` metadata (which transport socket its hosts get)
     socket_metadata: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=False)
     placement: Placement = NO_PLACEMENT  # its locality entry's priority and locality
+    lb_metadata: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=False)  # its `envoy.lb`
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,7 @@ class ResolvedEndpoint:
     eds_flags: int = 0
     socket_metadata: Mapping[str, Any] = field(default_factory=dict, hash=False)
     placement: Placement = NO_PLACEMENT
+    lb_metadata: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
 
 def select_addresses(infos: Sequence[tuple[Any, ...]], lookup_family: str) -> list[str]:
@@ -172,7 +174,8 @@ class DnsRefresher:
                 self._last[target] = addresses
             endpoints.extend(
                 ResolvedEndpoint((addr, target.port), target.weight, target.hostname, target.eds_flags,
-                                 target.socket_metadata, target.placement)
+                                 target.socket_metadata, target.placement,
+                                 target.lb_metadata)
                 for addr in addresses
             )
         self.on_update(endpoints)

@@ -10,7 +10,8 @@ filtering hosts on every pick.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, NamedTuple
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Callable, Mapping, NamedTuple
 
 if TYPE_CHECKING:
     from pylon.proxy.upstream.outlier import HostMonitor
@@ -50,6 +51,8 @@ class Placement(NamedTuple):
 
 
 NO_PLACEMENT = Placement()
+#: The `envoy.lb` metadata of a host that has none.
+NO_METADATA: Mapping[str, Any] = MappingProxyType({})
 
 
 def eds_health_flags(health_status: str) -> int:
@@ -70,7 +73,7 @@ class Host:
     __slots__ = (
         "address", "weight", "hostname", "healthy", "health_flags",
         "active_requests", "active_connections", "rq_total", "rq_success", "rq_error",
-        "rq_timeout", "cx_connect_fail", "outlier", "on_health_change", "socket", "placement",
+        "rq_timeout", "cx_connect_fail", "outlier", "on_health_change", "socket", "placement", "lb_metadata",
     )
 
     def __init__(self, address: tuple[str, int], weight: int = 1, hostname: str = "") -> None:
@@ -90,6 +93,8 @@ class Host:
         # Which of its cluster's transport_socket_matches it takes (-1: the cluster's transport socket).
         self.socket = -1
         self.placement = NO_PLACEMENT  # its priority and locality (upstream/priority.py balances by them)
+        # Its `envoy.lb` metadata: the values a subset load balancer groups it by (upstream/subset.py).
+        self.lb_metadata: Mapping[str, Any] = NO_METADATA
         # Per-host outlier state, attached by the cluster's detector (None without outlier_detection).
         self.outlier: HostMonitor | None = None
         # Called with this host whenever `healthy` flips; the cluster rebuilds its LB set.

@@ -85,6 +85,7 @@ class UpstreamConnection(asyncio.Protocol):
         "pool", "transport", "decoder", "exchange", "keep_alive", "closed", "requests", "answered",
         "local_address", "wake_at", "opened_at", "idle_since", "draining",
     )
+    multiplexed = False  # an HTTP/2 stream (h2_pool.H2UpstreamStream) says True: the router frames for it apart
 
     def __init__(self, pool: "HostPool") -> None:
         self.pool = pool
@@ -313,6 +314,7 @@ class HostPool:
         stats = self.cluster.stats
         stats.upstream_cx_active.value -= 1
         stats.upstream_cx_destroy.value += 1
+        stats.upstream_rq_per_cx.record(conn.requests)
         self.host.active_connections -= 1
         self.cluster.circuit_breakers.connections.release()
         if self.pending or self.fresh_pending:
@@ -365,6 +367,7 @@ class HostPool:
         cluster = self.cluster
         stats = cluster.stats
         stats.upstream_cx_total.value += 1
+        stats.upstream_cx_http1_total.value += 1
         host, port = self.host.address
         tls = cluster.tls_for(self.host)  # read at each connect: a rotated SDS certificate applies to new ones
         if self.name is not None:

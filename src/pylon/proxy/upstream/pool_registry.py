@@ -22,10 +22,15 @@ import asyncio
 from typing import TYPE_CHECKING, Any, Callable
 
 from pylon.proxy.tls import ClientTls
+from pylon.proxy.upstream.h2_pool import H2Pool
 from pylon.proxy.upstream.pool import HostPool
+
+#: A host's pool of either kind (they answer the same calls).
+Pool = HostPool | H2Pool
 
 if TYPE_CHECKING:
     from pylon.proxy.deadlines import Watched
+    from pylon.proxy.http.h2_session import H2Settings
     from pylon.proxy.upstream.auto_sni import HostedRequest, UpstreamName
     from pylon.proxy.upstream.cluster import Cluster
 
@@ -37,32 +42,39 @@ class PoolRegistry:
     def __init__(self, loop: asyncio.AbstractEventLoop, arm: Callable[["Watched", float], None],
                  disarm: Callable[["Watched"], None]) -> None:
         self.loop = loop
-        self.pools: dict[Any, HostPool] = {}
+        self.pools: dict[Any, Pool] = {}
         self._arm = arm  # the worker's: arms its deadline wheel and keeps the wheel ticking
         self._disarm = disarm
-        self._suspects: set[HostPool] = set()  # pools that said they may be empty since the last look
+        self._suspects: set[Pool] = set()  # pools that said they may be empty since the last look
         self.wake_at = 0.0  # when the wheel looks at the suspects next (0 = not armed)
 
-    def get(self, cluster: "Cluster", host: Any, request: "HostedRequest | None" = None) -> HostPool:
+    def get(self, cluster: "Cluster", host: Any, request: "HostedRequest | None" = None) -> Pool:
         """The pool for `request` to `host` of `cluster` (the request matters only to auto_sni clusters)."""
-        if cluster.auto_sni is None:  # the per-request hot path: one attribute test more than a plain lookup
+        if cluster.plain_pools:  # the per-request hot path: one attribute test more than a plain lookup
             pool = self.pools.get(host)
-            return pool if pool is not None else self._new_pool(cluster, host, host, None)
-        return self._named_pool(cluster, host, request)
+            return pool if pool is not None else self._new_pool(cluster, host, host, None, cluster.h2_settings)
+        return self._keyed_pool(cluster, host, request)
 
-    def _named_pool(self, cluster: "Cluster", host: Any, request: "HostedRequest | None") -> HostPool:
-        """An auto_sni cluster's pool for the request's host name (plain TCP hosts have no name: one pool)."""
-        if request is None or not isinstance(cluster.tls_for(host), ClientTls):
-            pool = self.pools.get(host)
-            return pool if pool is not None else self._new_pool(cluster, host, host, None)
-        assert cluster.auto_sni is not None
+    def _keyed_pool(self, cluster: "Cluster", host: Any, request: "HostedRequest | None") -> Pool:
+        """The pool of a cluster whose requests pick it: an auto_sni cluster's for the request's host name (plain
+        TCP hosts have no name), and with use_downstream_protocol_config the HTTP/2 one for HTTP/2 requests."""
+        h2 = cluster.h2_settings
+        key: Any = host
+        if cluster.protocol == "downstream":
+            h2 = h2 if request is not None and request.conn.protocol == "HTTP/2" else None
+            key = (host, h2 is not None)
+        if cluster.auto_sni is None or request is None or not isinstance(cluster.tls_for(host), ClientTls):
+            pool = self.pools.get(key)
+            return pool if pool is not None else self._new_pool(cluster, host, key, None, h2)
         name = cluster.auto_sni.name_for(request)
-        key = (host, name.key)
+        key = (key, name.key)
         pool = self.pools.get(key)
-        return pool if pool is not None else self._new_pool(cluster, host, key, name)
+        return pool if pool is not None else self._new_pool(cluster, host, key, name, h2)
 
-    def _new_pool(self, cluster: "Cluster", host: Any, key: Any, name: "UpstreamName | None") -> HostPool:
-        pool = self.pools[key] = HostPool(cluster, host, self.loop, self, key, name)
+    def _new_pool(self, cluster: "Cluster", host: Any, key: Any, name: "UpstreamName | None",
+                  h2: "H2Settings | None") -> Pool:
+        kind = HostPool if h2 is None else H2Pool
+        pool = self.pools[key] = kind(cluster, host, self.loop, self, key, name)
         # A pool nothing ends up using (the request overflowed the breakers) must go too.
         self.maybe_empty(pool)
         return pool
@@ -74,7 +86,7 @@ class PoolRegistry:
     def disarm(self, target: "Watched") -> None:
         self._disarm(target)
 
-    def maybe_empty(self, pool: HostPool) -> None:
+    def maybe_empty(self, pool: Pool) -> None:
         self._suspects.add(pool)
         if not self.wake_at:
             self._arm(self, self.loop.time())

@@ -88,6 +88,7 @@ class HealthCheckFilter:
                                        stream.path.decode("utf-8", "surrogateescape"),
                                        stream.method.decode("latin-1"), stream.conn.scheme.decode("latin-1")):
             return True
+        stream.health_check = True
         self.checks.add(stream)
         stream.on_finish(lambda: self.checks.discard(stream))
         if self.pass_through:

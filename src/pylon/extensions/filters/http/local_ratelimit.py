@@ -51,6 +51,7 @@ from pylon.config.envoy import (
 from pylon.config.constraints import PositiveDuration
 from pylon.config.errors import FieldError
 from pylon.extensions.filters.common.config import HttpStatus
+from pylon.extensions.filters.common.request_edits import replace_request_headers
 from pylon.extensions.filters.common.token_bucket import BucketRule, LocalBucket, Taken
 from pylon.proxy.filters.http import register_filter
 from pylon.proxy.headers import HeaderList, HeaderOps, compile_header_level
@@ -246,14 +247,7 @@ def _edit_request(stream: Any, ops: HeaderOps) -> None:
     """The request headers as `ops` leave them, through the stream's header edits (upstream sees them)."""
     edited = HeaderList(list(stream.headers))
     ops.apply(edited)
-    before = stream.headers
-    for name in {name for name, _ in edited.items} | {name for name, _ in before}:
-        old = [v for n, v in before if n == name]
-        new = [v for n, v in edited.items if n == name]
-        if old != new:
-            stream.edit_request_header("remove", name)
-            for value in new:
-                stream.edit_request_header("add", name, value)
+    replace_request_headers(stream, edited.items)
 
 
 registry.register_typed(registry.HTTP_FILTER, TYPE_URL, LocalRateLimit)

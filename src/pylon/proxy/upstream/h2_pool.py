@@ -1,0 +1,623 @@
+"""HTTP/2 upstream connections and the multiplexed per-host pool (Envoy's HTTP/2 connection pool).
+
+Beside `pool.py`'s HTTP/1 pool, for clusters that speak HTTP/2 upstream
+(`Cluster.h2_settings`). A request takes a stream on a ready connection that
+has room: fewer open streams than the smaller of the cluster's
+`max_concurrent_streams` and the server's SETTINGS_MAX_CONCURRENT_STREAMS
+(read from its first SETTINGS frame, `h2_client.first_settings`). Only when
+every connection is full does it wait in the pending queue, and a new
+connection is opened only when the connections being opened cannot take the
+queue either (each counts for its stream limit), so a load of many concurrent
+requests shares one connection, as in Envoy. The circuit breakers count as
+Envoy's do for HTTP/2: `max_requests` the active streams (the router takes
+that slot), `max_pending_requests` the queue, `max_connections` the
+connections.
+
+A connection ends its life as Envoy's do: `max_requests_per_connection`
+streams (the one reaching the limit is counted in `upstream_cx_max_requests`),
+`max_connection_duration`, or a GOAWAY from the server stop new streams on it
+and it closes once its last stream ends; an idle one closes after the idle
+timeout (`expiry.py` decides, the worker's deadline wheel looks). Streams the
+server's GOAWAY refused (above its last stream id, or RST_STREAM
+REFUSED_STREAM) were not processed: their requests go again on a new
+connection, whatever the method (the router's `stale` retry).
+
+Each request's view of its connection is an `H2UpstreamStream`, which stands in
+for `pool.UpstreamConnection` in the router's `Exchange` calls: `write` flushes
+the session (the body went in as DATA submissions through
+`h2_client.Http2RequestEncoder`), `transport.pause_reading()` stops crediting
+that stream's received DATA (flow control: a slow client stops only its own
+upstream stream), `abandon` resets it with CANCEL. A stream whose request body
+waits past the cluster's buffer limit behind the server's window pauses its
+client (`on_upstream_pause`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from pylon.proxy.http.h2_client import Http2RequestEncoder, first_settings, request_headers, response_head
+from pylon.proxy.http.h2_session import CANCEL, NO_ERROR, REFUSED_STREAM, H2Connection, H2Error, H2Settings, Headers
+from pylon.proxy.tls import ClientTls
+from pylon.proxy.upstream.connect import ConnectError, ConnectTimeout, open_upstream
+from pylon.proxy.upstream.expiry import ConnectionLimits, Expiry, verdict
+from pylon.proxy.watermarks import apply_buffer_limit
+
+if TYPE_CHECKING:
+    from pylon.proxy.http.h1_client import Http1RequestEncoder
+    from pylon.proxy.upstream.auto_sni import UpstreamName
+    from pylon.proxy.upstream.cluster import Cluster, Host
+    from pylon.proxy.upstream.pool import Exchange, PoolOwner
+
+log = logging.getLogger("pylon.upstream")
+
+
+class H2UpstreamStream:
+    """One request's stream on an HTTP/2 upstream connection: what the router's exchange holds as its upstream."""
+
+    __slots__ = ("connection", "pool", "exchange", "stream_id", "encoder", "local_address", "requests", "keep_alive",
+                 "transport", "reading_paused", "held", "writing_paused", "answered")
+    multiplexed = True  # the router's one test: this attempt goes through `send_head`, not HTTP/1 bytes
+
+    def __init__(self, connection: "H2UpstreamConnection", exchange: "Exchange") -> None:
+        self.connection = connection
+        self.pool = connection.pool
+        self.exchange: Exchange | None = exchange
+        self.stream_id = 0
+        self.encoder: Http2RequestEncoder | None = None
+        self.local_address = connection.local_address
+        self.requests = connection.requests - 1  # streams the connection carried before this one
+        self.keep_alive = True
+        self.transport = self  # the exchange's pause/resume of "reading" this upstream lands here
+        self.reading_paused = False
+        self.held = 0  # received body bytes not credited back while the client is not reading
+        self.writing_paused = False  # the exchange was told to stop reading its client
+        self.answered = False
+
+    # -- used by the exchange ------------------------------------------------------------------------
+    def send_head(self, base: "Http1RequestEncoder", head: bytes, end_stream: bool) -> Http2RequestEncoder | None:
+        """Open the stream with the request `head` (HTTP/1.1 bytes, translated); the encoder for its body. None
+        when the session takes no new stream (it is ending): the exchange was told (a reset it may retry)."""
+        connection = self.connection
+        codec = connection.codec
+        try:
+            sid = codec.send_request(request_headers(head, connection.scheme), end_stream)
+        except H2Error:
+            exchange = self._detach()
+            self.pool.stream_closed(connection)
+            if exchange is not None:
+                exchange.on_upstream_reset("refused stream", stale=True)
+            return None
+        self.stream_id = sid
+        connection.streams[sid] = self
+        self.encoder = encoder = Http2RequestEncoder(base, codec, sid)
+        encoder.ended = end_stream
+        return encoder
+
+    def write(self, data: bytes) -> None:
+        """The exchange's flush: its body went in as submissions already (`data` is empty); frame and send them.
+
+        The proxy's own requests (async_client, span export) write one whole HTTP/1.1 request with its length
+        instead: it goes as one stream here."""
+        connection = self.connection
+        if data and not self.stream_id:
+            head, _, body = data.partition(b"\r\n\r\n")
+            encoder = self.send_head(None, head + b"\r\n", not body)  # type: ignore[arg-type]
+            if encoder is None:
+                return
+            if body:
+                encoder.encode_data(body)
+                encoder.encode_end()
+        connection.flush()
+        exchange = self.exchange
+        if exchange is not None and not self.writing_paused and self.stream_id and \
+                connection.codec.pending(self.stream_id) > connection.pool.buffer_limit:
+            self.writing_paused = True
+            connection.write_paused_streams.add(self)
+            exchange.on_upstream_pause(True)
+
+    def abandon(self) -> None:
+        """The exchange gave up (timeout, client gone, retry): RST_STREAM CANCEL; the slot frees when it closes."""
+        self._detach()
+        connection = self.connection
+        if not self.stream_id:  # never opened: its slot is free at once
+            self.pool.stream_closed(connection)
+        elif self.stream_id in connection.streams and not connection.closed:
+            try:
+                connection.codec.reset_stream(self.stream_id, CANCEL)
+            except H2Error:
+                return
+            connection.flush()
+
+    def pause_reading(self) -> None:
+        self.reading_paused = True
+
+    def resume_reading(self) -> None:
+        self.reading_paused = False
+        held, self.held = self.held, 0
+        if held and not self.connection.closed:
+            self.connection.codec.consume(self.stream_id, held)
+            self.connection.flush()
+
+    def _detach(self) -> "Exchange | None":
+        """Let go of the exchange, handing its HTTP/1 encoder back (a retry may land on an HTTP/1.1 connection)."""
+        exchange, self.exchange = self.exchange, None
+        if exchange is not None and self.encoder is not None and self.encoder.base is not None:
+            exchange.request_encoder = self.encoder.base  # type: ignore[attr-defined]
+        self.connection.write_paused_streams.discard(self)
+        return exchange
+
+    # -- from the connection ------------------------------------------------------------------------
+    def on_headers(self, fields: Headers, end_stream: bool) -> None:
+        status, headers = response_head(fields)
+        if status < 200:
+            return  # 1xx: Envoy's upstream codec drops them unless the client asked 100-continue
+        exchange = self.exchange
+        if exchange is None:
+            return
+        self.answered = True
+        if end_stream:
+            encoder = getattr(exchange, "encoder", None)  # the router's downstream encoder, if it is HTTP/2's
+            if hasattr(encoder, "headers_only"):
+                encoder.headers_only = True  # type: ignore[union-attr]
+        exchange.on_upstream_headers(status, headers, True)
+        if end_stream:
+            self._complete()
+        elif self.exchange is not None:
+            exchange.on_upstream_flush()
+
+    def on_data(self, data: bytes) -> None:
+        exchange = self.exchange
+        if exchange is None:
+            self.connection.codec.consume(self.stream_id, len(data))
+            return
+        exchange.on_upstream_body(data)
+        exchange.on_upstream_flush()
+        if self.reading_paused:
+            self.held += len(data)
+        else:
+            self.connection.codec.consume(self.stream_id, len(data))
+
+    def on_trailers(self, trailers: Headers) -> None:
+        exchange = self.exchange
+        if exchange is not None:
+            exchange.on_upstream_trailers(trailers)
+        self._complete()
+
+    def _complete(self) -> None:
+        encoder = self.encoder
+        exchange = self._detach()
+        if exchange is None:
+            return
+        exchange.on_upstream_complete()
+        if encoder is not None and not encoder.ended:
+            # The response came before the request ended: Envoy resets the rest of the upstream request.
+            try:
+                self.connection.codec.reset_stream(self.stream_id, NO_ERROR)
+            except H2Error:
+                pass
+
+    def on_closed(self, error_code: int) -> None:
+        """The stream is over (both ways); an exchange still attached lost it: refused, reset or not answered."""
+        exchange = self._detach()
+        if exchange is None:
+            return
+        if error_code == REFUSED_STREAM:
+            # Not processed by the server (its GOAWAY's last stream id is below, or it refused it): safe to send again.
+            exchange.on_upstream_reset("refused stream", stale=True)
+        elif error_code:
+            exchange.on_upstream_reset("remote reset")
+        else:
+            exchange.on_upstream_reset("connection termination")
+
+    def on_lost(self) -> None:
+        """The connection closed under the stream."""
+        exchange = self._detach()
+        if exchange is not None:
+            exchange.on_upstream_reset("connection termination", stale=self.requests > 0 and not self.answered)
+
+
+class H2UpstreamConnection(asyncio.Protocol):
+    """One HTTP/2 connection to a host: many streams at once, each an `H2UpstreamStream`."""
+
+    def __init__(self, pool: "H2Pool") -> None:
+        self.pool = pool
+        self.codec = H2Connection(self, server=False, settings=pool.settings)
+        self.scheme = pool.scheme
+        self.streams: dict[int, H2UpstreamStream] = {}
+        self.transport: asyncio.Transport | None = None
+        self.local_address: tuple[str, int] | None = None
+        self.closed = False
+        self.goaway = False  # the server sent GOAWAY: no new streams
+        self.draining = False  # max requests or max duration reached: no new streams, closed once idle
+        self.requests = 0  # streams ever opened
+        self.active = 0  # streams holding a slot (opened, not closed yet)
+        self.peer_max = -1  # the server's SETTINGS_MAX_CONCURRENT_STREAMS (-1: unlimited or not known yet)
+        self.preface: bytes | None = b""  # the server's first bytes until its SETTINGS frame is read (then None)
+        self.writing_paused = False
+        self.write_paused_streams: set[H2UpstreamStream] = set()
+        self.wake_at = 0.0
+        self.opened_at = 0.0
+        self.idle_since = 0.0
+
+    @property
+    def has_room(self) -> bool:
+        """Whether a new stream may go on this connection now."""
+        if self.closed or self.goaway or self.draining:
+            return False
+        limit = self.pool.max_streams
+        peer = self.peer_max
+        if 0 <= peer < limit:
+            limit = peer
+        return self.active < limit
+
+    # -- asyncio.Protocol ---------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        apply_buffer_limit(transport, self.pool.cluster.config.per_connection_buffer_limit_bytes)
+        self.local_address = transport.get_extra_info("sockname")
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        self.flush()  # the client preface and SETTINGS
+
+    def data_received(self, data: bytes) -> None:
+        if self.preface is not None:
+            self.preface += data
+            try:
+                found = first_settings(self.preface)
+            except ValueError:
+                return self._protocol_error()
+            if found is not None:
+                self.peer_max = found
+                self.preface = None
+        try:
+            self.codec.receive(data)
+        except Exception:  # noqa: BLE001 - a bug in a stream's handling must not leave the others hanging
+            log.exception("an HTTP/2 upstream event failed")
+            self._protocol_error()
+            return
+        self.flush()
+        if self.codec.closed:
+            if self.codec.stats:
+                self.pool.cluster.stats.upstream_cx_protocol_error.value += 1
+            self.close()
+        else:
+            self.pool.room_changed(self)
+
+    def _protocol_error(self) -> None:
+        self.pool.cluster.stats.upstream_cx_protocol_error.value += 1
+        self.flush()
+        self.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        streams = list(self.streams.values())
+        self.streams.clear()
+        for stream in streams:
+            stream.on_lost()
+        self.pool.forget(self)
+
+    def pause_writing(self) -> None:
+        self.writing_paused = True
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        self.flush()
+
+    # -- output -------------------------------------------------------------------------------------
+    def flush(self) -> None:
+        """Write what the session framed (unless the socket is full: then frames wait in the session)."""
+        if self.closed or self.writing_paused or self.transport is None:
+            return
+        out = self.codec.data_to_send()
+        if out:
+            self.transport.write(out)
+        paused = self.write_paused_streams
+        if paused:
+            low = self.pool.buffer_limit // 2
+            for stream in [s for s in paused if self.codec.pending(s.stream_id) <= low]:
+                paused.discard(stream)
+                stream.writing_paused = False
+                if stream.exchange is not None:
+                    stream.exchange.on_upstream_pause(False)
+
+    def close(self) -> None:
+        """Close now (streams still open learn it from `connection_lost`); the pool forgets it at once."""
+        if not self.closed:
+            self.flush()
+            self.closed = True
+            if self.transport is not None:
+                self.transport.close()
+            self.pool.forget(self)
+
+    def sweep(self, now: float) -> float:
+        """The deadline wheel's look (deadlines.py): the idle timeout and max duration; next look or 0."""
+        if self.closed:
+            return 0.0
+        return self.pool.expire(self, now)
+
+    # -- H2Owner: the codec's calls ------------------------------------------------------------------
+    def on_headers(self, stream_id: int, headers: Headers, end_stream: bool) -> None:
+        stream = self.streams.get(stream_id)
+        if stream is not None:
+            stream.on_headers(headers, end_stream)
+
+    def on_data(self, stream_id: int, data: bytes) -> None:
+        stream = self.streams.get(stream_id)
+        if stream is not None:
+            stream.on_data(data)
+        else:
+            self.codec.consume(stream_id, len(data))
+
+    def on_trailers(self, stream_id: int, trailers: Headers) -> None:
+        stream = self.streams.get(stream_id)
+        if stream is not None:
+            stream.on_trailers(trailers)
+
+    def on_end_stream(self, stream_id: int) -> None:
+        stream = self.streams.get(stream_id)
+        if stream is not None:
+            stream._complete()
+
+    def on_stream_closed(self, stream_id: int, error_code: int) -> None:
+        stream = self.streams.pop(stream_id, None)
+        if stream is None:
+            return
+        stream.on_closed(error_code)
+        self.pool.stream_closed(self)
+
+    def on_goaway(self, last_stream_id: int, error_code: int) -> None:
+        self.goaway = True
+        self.pool.went_away(self)
+
+
+class H2Pool:
+    """HTTP/2 connections to one host from one worker: streams share connections; Envoy's pending queue."""
+
+    def __init__(self, cluster: "Cluster", host: "Host", loop: asyncio.AbstractEventLoop, owner: "PoolOwner",
+                 key: Any = None, name: "UpstreamName | None" = None) -> None:
+        self.cluster = cluster
+        self.host = host
+        self.key = key if key is not None else host
+        self.name = name
+        self.loop = loop
+        self.owner = owner
+        settings = cluster.h2_settings
+        assert settings is not None
+        self.settings: H2Settings = settings
+        self.max_streams = settings.max_concurrent_streams
+        self.limits: ConnectionLimits = cluster.connection_limits
+        self.max_requests_per_connection = self.limits.max_requests
+        self.buffer_limit = cluster.config.per_connection_buffer_limit_bytes
+        self.scheme = b"http"
+        self.connections: list[H2UpstreamConnection] = []  # up (ready), until closed
+        self.pending: deque[Exchange] = deque()
+        self.fresh_pending: deque[Exchange] = deque()  # waiting for a new connection (lost a stale or refused one)
+        self.connecting = 0
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.retired = False
+
+    def acquire(self, exchange: "Exchange", fresh: bool = False) -> None:
+        """A stream on a connection with room now, or a place in the queue (and a connection opened if needed)."""
+        if not fresh:
+            for conn in self.connections:
+                if conn.has_room:
+                    self._assign(conn, exchange)
+                    return
+        cluster = self.cluster
+        if not cluster.circuit_breakers.pending_requests.try_acquire():
+            exchange.on_upstream_overflow()
+            return
+        (self.fresh_pending if fresh else self.pending).append(exchange)
+        cluster.stats.upstream_rq_pending_total.value += 1
+        self._maybe_connect()
+
+    def cancel(self, exchange: "Exchange") -> None:
+        """A queued exchange went away before it got a stream."""
+        for queue in (self.pending, self.fresh_pending):
+            try:
+                queue.remove(exchange)
+            except ValueError:
+                continue
+            self.cluster.circuit_breakers.pending_requests.release()
+            self._check_empty()
+            return
+
+    def _assign(self, conn: H2UpstreamConnection, exchange: "Exchange") -> None:
+        conn.requests += 1
+        conn.active += 1
+        conn.idle_since = 0.0
+        limit = self.max_requests_per_connection
+        if limit and conn.requests >= limit:
+            conn.draining = True  # this is its last stream (counted as Envoy does, when given)
+            self.cluster.stats.upstream_cx_max_requests.value += 1
+        exchange.on_upstream_ready(H2UpstreamStream(conn, exchange))  # type: ignore[arg-type]
+
+    def _serve_queue(self, conn: H2UpstreamConnection, fresh: bool) -> None:
+        """Give `conn`'s room to the queued requests (those waiting for a new connection only if it is new)."""
+        breaker = self.cluster.circuit_breakers.pending_requests
+        queues = (self.fresh_pending, self.pending) if fresh else (self.pending,)
+        for queue in queues:
+            while queue and conn.has_room:
+                breaker.release()
+                self._assign(conn, queue.popleft())
+
+    def room_changed(self, conn: H2UpstreamConnection) -> None:
+        """The server's SETTINGS may have raised the connection's stream limit: serve the queue (once the connection
+        is the pool's: its SETTINGS may come before the connect is done, and its peer checked)."""
+        if self.pending and conn.opened_at and conn.has_room:
+            self._serve_queue(conn, False)
+
+    def stream_closed(self, conn: H2UpstreamConnection) -> None:
+        """A stream of `conn` closed: its slot goes to the next queued request, or the connection may go idle."""
+        conn.active -= 1
+        if conn.closed:
+            return
+        if self.pending and conn.has_room:
+            self._serve_queue(conn, False)
+            return
+        if conn.active:
+            return
+        if conn.goaway or conn.draining or self.retired:
+            conn.close()
+            return
+        conn.idle_since = now = self.loop.time()
+        idle_timeout = self.limits.idle_timeout
+        if idle_timeout:
+            when = now + idle_timeout
+            if when < conn.wake_at or not conn.wake_at:
+                self.owner.arm(conn, when)
+
+    def went_away(self, conn: H2UpstreamConnection) -> None:
+        """The server's GOAWAY: `conn` takes no new stream; queued requests need another connection."""
+        if not conn.active:
+            conn.close()
+        if self.pending or self.fresh_pending:
+            self._maybe_connect()
+
+    def expire(self, conn: H2UpstreamConnection, now: float) -> float:
+        """Close or drain `conn` when its idle timeout or max duration is due; its next look, or 0."""
+        why, following = verdict(self.limits, now, conn.opened_at, conn.idle_since, conn.draining)
+        if why is None:
+            return following
+        getattr(self.cluster.stats, why.value).value += 1
+        if why is Expiry.MAX_DURATION:
+            conn.draining = True
+            if conn.active:
+                return 0.0  # closed when its last stream ends
+        conn.close()
+        return 0.0
+
+    def forget(self, conn: H2UpstreamConnection) -> None:
+        """Bookkeeping when a connection closes for any reason (once per connection)."""
+        self.owner.disarm(conn)
+        try:
+            self.connections.remove(conn)
+        except ValueError:
+            return
+        stats = self.cluster.stats
+        stats.upstream_cx_active.value -= 1
+        stats.upstream_cx_destroy.value += 1
+        stats.upstream_rq_per_cx.record(conn.requests)
+        self.host.active_connections -= 1
+        self.cluster.circuit_breakers.connections.release()
+        if self.pending or self.fresh_pending:
+            self._maybe_connect()
+        else:
+            self._check_empty()
+
+    @property
+    def empty(self) -> bool:
+        return not (self.connections or self.connecting or self.pending or self.fresh_pending)
+
+    def _check_empty(self) -> None:
+        if self.empty:
+            self.owner.maybe_empty(self)  # type: ignore[arg-type]
+
+    def retire(self) -> None:
+        """The cluster went away (CDS): idle connections close now, the others once their streams end."""
+        self.retired = True
+        for conn in list(self.connections):
+            if not conn.active:
+                conn.close()
+            else:
+                conn.draining = True
+
+    def close_all(self) -> None:
+        for conn in list(self.connections):
+            conn.close()
+        for task in list(self.tasks):
+            task.cancel()
+
+    def _maybe_connect(self) -> None:
+        """Open connections while the ones being opened cannot take the queue (each counts for its stream limit;
+        a request that needs a new connection counts whole)."""
+        connections = self.cluster.circuit_breakers.connections
+        while self.connecting * self.max_streams < len(self.pending) or self.connecting < len(self.fresh_pending):
+            if not connections.try_acquire():
+                return
+            self.connecting += 1
+            task = self.loop.create_task(self._connect())
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def _connect(self) -> None:
+        cluster = self.cluster
+        stats = cluster.stats
+        stats.upstream_cx_total.value += 1
+        stats.upstream_cx_http2_total.value += 1
+        host, port = self.host.address
+        tls = cluster.tls_for(self.host)
+        if self.name is not None:
+            tls = self.name.tls(tls)
+        if isinstance(tls, ClientTls):
+            self.scheme = b"https"
+            if not cluster.alpn_configured:
+                tls.context.set_alpn_protocols(["h2"])  # Envoy's fallback ALPN for an HTTP/2 cluster
+        try:
+            try:
+                _, conn = await open_upstream(self.host.address, tls, cluster.connect_timeout,
+                                              lambda: H2UpstreamConnection(self), cluster.source)
+                if conn.closed:
+                    raise ConnectError("connection termination")
+            except ConnectTimeout:
+                stats.upstream_cx_connect_timeout.value += 1
+                raise
+            except ConnectError:
+                raise
+            except Exception as exc:  # a bug on this path must fail the request (503), never leave it waiting
+                log.exception("opening an HTTP/2 connection to %s:%d failed", host, port)
+                raise ConnectError(f"internal error: {type(exc).__name__}") from exc
+        except ConnectError as exc:
+            self.connecting -= 1
+            stats.upstream_cx_connect_fail.value += 1
+            cluster.circuit_breakers.connections.release()
+            self.host.record_connect_failure()
+            log.debug("connect to %s:%d failed: %s", host, port, exc)
+            self._fail_queued(str(exc))
+            self._check_empty()
+            return
+        except asyncio.CancelledError:
+            self.connecting -= 1
+            cluster.circuit_breakers.connections.release()
+            raise
+        self.connecting -= 1
+        self.connected(conn)
+
+    def _fail_queued(self, reason: str) -> None:
+        """A connect failed: the queued requests it was opened for fail (those the other connects cannot take)."""
+        breaker = self.cluster.circuit_breakers.pending_requests
+        fresh = self.fresh_pending
+        if fresh and len(fresh) > self.connecting:
+            breaker.release()
+            fresh.popleft().on_upstream_connect_failure(reason)
+        pending = self.pending
+        while pending and len(pending) > self.connecting * self.max_streams:
+            breaker.release()
+            pending.popleft().on_upstream_connect_failure(reason)
+
+    def connected(self, conn: H2UpstreamConnection) -> None:
+        """A connection is up: count it, start its max duration, give its room to the queue, or keep it idle."""
+        cluster = self.cluster
+        cluster.stats.upstream_cx_active.value += 1
+        self.host.active_connections += 1
+        self.connections.append(conn)
+        conn.opened_at = now = self.loop.time()
+        if self.limits.max_duration:
+            self.owner.arm(conn, now + self.limits.max_duration)
+        self._serve_queue(conn, True)
+        if not conn.active:
+            if self.retired:
+                conn.close()
+                return
+            conn.idle_since = now
+            if self.limits.idle_timeout:
+                self.owner.arm(conn, now + self.limits.idle_timeout)
