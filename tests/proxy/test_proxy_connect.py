@@ -168,6 +168,17 @@ def test_a_route_enables_connect_the_connection_manager_does_not(setup: Setup) -
         assert read_until(client, b"echo:x").startswith(b"HTTP/1.1 200 ")
 
 
+def upstream_connect_fields(setup: Setup) -> dict[bytes, bytes]:
+    """The one CONNECT head the upstream got, checked for the parts every proxied CONNECT has; its fields."""
+    [head] = setup.echo.heads
+    lines = head.split(b"\r\n")
+    assert lines[0] == b"CONNECT example.com:443 HTTP/1.1"
+    fields = dict(line.lower().split(b": ", 1) for line in lines[1:])
+    assert fields[b"host"] == b"example.com:443"
+    assert b"content-length" not in fields and b"transfer-encoding" not in fields
+    return fields
+
+
 def test_without_connect_config_the_connect_goes_upstream(setup: Setup) -> None:
     with setup.connect("proxied") as client:
         client.sendall(CONNECT)
@@ -176,12 +187,7 @@ def test_without_connect_config_the_connect_goes_upstream(setup: Setup) -> None:
         assert b"transfer-encoding" not in head.lower() and b"content-length" not in head.lower()
         client.sendall(b"ping")
         assert read_until(client, b"echo:ping").endswith(b"echo:ping")
-    [head] = setup.echo.heads
-    lines = head.split(b"\r\n")
-    assert lines[0] == b"CONNECT example.com:443 HTTP/1.1"
-    fields = dict(line.lower().split(b": ", 1) for line in lines[1:])
-    assert fields[b"host"] == b"example.com:443"
-    assert b"content-length" not in fields and b"transfer-encoding" not in fields
+    fields = upstream_connect_fields(setup)
     assert b"x-envoy-original-path" not in fields and b"upgrade" not in fields
     [line] = setup.log_lines(1)
     assert (line["code"], line["method"], line["cluster"]) == (200, "CONNECT", "echo")
@@ -281,12 +287,7 @@ def test_an_http2_connect_without_connect_config_goes_upstream_over_http1(setup:
         assert body(client, sid) == b"echo:ping"
     finally:
         client.close()
-    [head] = setup.echo.heads
-    lines = head.split(b"\r\n")
-    assert lines[0] == b"CONNECT example.com:443 HTTP/1.1"
-    fields = dict(line.lower().split(b": ", 1) for line in lines[1:])
-    assert fields[b"host"] == b"example.com:443"
-    assert b"transfer-encoding" not in fields and b"content-length" not in fields
+    upstream_connect_fields(setup)
 
 
 def test_an_http2_connect_nothing_allows_is_refused(setup: Setup) -> None:
