@@ -1,4 +1,5 @@
-"""Integration: HTTP/1.1 CONNECT through pylon and Envoy 1.40 — terminated (`connect_config`), proxied, refused.
+"""Integration: CONNECT through pylon and Envoy 1.40 — terminated (`connect_config`), proxied, refused; over
+HTTP/1.1 and as HTTP/2 CONNECT streams (DATA <-> bytes, END_STREAM <-> half-close, RST <-> close).
 
 A route with `match.connect_matcher` and `upgrade_configs: [{upgrade_type: CONNECT, connect_config: {}}]` makes
 the proxy answer the CONNECT itself once a plain TCP connection to the cluster's host is up (200, no framing
@@ -20,10 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.conftest import free_port
 from tests.proxy.conftest import (ProxyLauncher, RunningProxy, http_listener, json_access_log, raw_exchange,
                                   read_json_lines, route, static_cluster, wait_until)
+from tests.proxy.test_proxy_http2 import H2Client
 from tests.proxy.test_proxy_upgrade import read_until
 from tests.proxy.upstreams import TcpEcho
 
@@ -102,6 +105,10 @@ def setup(implementation: str, tmp_path: Path) -> Iterator[Setup]:
             http_listener("off", free_port(), [proxied]),
             http_listener("disabled", free_port(), [disabled], upgrade_configs=CONNECT_ON),
             http_listener("down", free_port(), [down], upgrade_configs=CONNECT_ON, **logged),
+            http_listener("h2term", free_port(), [terminate], upgrade_configs=CONNECT_ON, codec_type="HTTP2",
+                          **logged),
+            http_listener("h2proxied", free_port(), [proxied], upgrade_configs=CONNECT_ON, codec_type="HTTP2"),
+            http_listener("h2off", free_port(), [proxied], codec_type="HTTP2"),
         ]
         clusters = [static_cluster("echo", [echo.port]), static_cluster("web", [web.server_address[1]]),
                     static_cluster("down", [free_port()])]
@@ -161,6 +168,17 @@ def test_a_route_enables_connect_the_connection_manager_does_not(setup: Setup) -
         assert read_until(client, b"echo:x").startswith(b"HTTP/1.1 200 ")
 
 
+def upstream_connect_fields(setup: Setup) -> dict[bytes, bytes]:
+    """The one CONNECT head the upstream got, checked for the parts every proxied CONNECT has; its fields."""
+    [head] = setup.echo.heads
+    lines = head.split(b"\r\n")
+    assert lines[0] == b"CONNECT example.com:443 HTTP/1.1"
+    fields = dict(line.lower().split(b": ", 1) for line in lines[1:])
+    assert fields[b"host"] == b"example.com:443"
+    assert b"content-length" not in fields and b"transfer-encoding" not in fields
+    return fields
+
+
 def test_without_connect_config_the_connect_goes_upstream(setup: Setup) -> None:
     with setup.connect("proxied") as client:
         client.sendall(CONNECT)
@@ -169,12 +187,7 @@ def test_without_connect_config_the_connect_goes_upstream(setup: Setup) -> None:
         assert b"transfer-encoding" not in head.lower() and b"content-length" not in head.lower()
         client.sendall(b"ping")
         assert read_until(client, b"echo:ping").endswith(b"echo:ping")
-    [head] = setup.echo.heads
-    lines = head.split(b"\r\n")
-    assert lines[0] == b"CONNECT example.com:443 HTTP/1.1"
-    fields = dict(line.lower().split(b": ", 1) for line in lines[1:])
-    assert fields[b"host"] == b"example.com:443"
-    assert b"content-length" not in fields and b"transfer-encoding" not in fields
+    fields = upstream_connect_fields(setup)
     assert b"x-envoy-original-path" not in fields and b"upgrade" not in fields
     [line] = setup.log_lines(1)
     assert (line["code"], line["method"], line["cluster"]) == (200, "CONNECT", "echo")
@@ -206,3 +219,112 @@ def test_a_connect_whose_host_refuses_is_a_503(setup: Setup) -> None:
     [line] = setup.log_lines(1)
     assert (line["code"], line["flags"]) == (503, "UF")
     assert setup.proxy.stats()["cluster.down.upstream_cx_connect_fail"] >= 1
+
+
+# --------------------------------------------------------------------------- HTTP/2 CONNECT streams
+
+
+def h2_connect(setup: Setup, listener: str, first: bytes = b"early") -> tuple[H2Client, int]:
+    """A CONNECT stream (no :path, no :scheme: RFC 9113 8.5) with `first` as DATA right behind the HEADERS."""
+    client = H2Client(setup.proxy.ports[listener])
+    sid = client.h2.send_request([(b":method", b"CONNECT"), (b":authority", b"example.com:443")])
+    if first:
+        client.h2.send_data(sid, first)
+    client.flush()
+    return client, sid
+
+
+def body(client: H2Client, sid: int) -> bytes:
+    return bytes(client.owner.body.get(sid, b""))
+
+
+def test_an_http2_connect_stream_is_terminated_data_both_ways(setup: Setup) -> None:
+    """DATA <-> the upstream's bytes, the client's END_STREAM <-> the upstream's half-close, and the upstream's
+    EOF <-> END_STREAM: the stream closes cleanly, as Envoy closes it."""
+    client, sid = h2_connect(setup, "h2term")
+    try:
+        client.pump_until(lambda: b"echo:early" in body(client, sid))
+        [head] = [e for e in client.owner.events if e[0] == "headers"]
+        fields = dict(head[2])
+        assert fields[b":status"] == b"200" and head[3] is False  # not the end: the tunnel follows
+        assert b"content-length" not in fields
+        client.h2.send_data(sid, b"ping", end_stream=True)
+        client.flush()
+        client.pump_until(lambda: client.ended(sid))
+        assert body(client, sid) == b"echo:earlyecho:ping"
+        assert ("closed", sid, 0) in client.owner.events and ("end", sid) in client.owner.events
+    finally:
+        client.close()
+    assert setup.echo.heads == [] and b"".join(setup.echo.received) == b"earlyping"
+    [line] = setup.log_lines(1)
+    assert (line["code"], line["method"], line["protocol"], line["flags"]) == (200, "CONNECT", "HTTP/2", "-")
+    assert (line["bytes_received"], line["bytes_sent"]) == (9, 19)
+    assert line["upstream"] == f"127.0.0.1:{setup.echo.port}"
+    assert wait_until(lambda: setup.proxy.stats()["http.h2term.downstream_cx_upgrades_active"] == 0)
+
+
+def test_resetting_an_http2_connect_stream_closes_its_upstream(setup: Setup) -> None:
+    client, sid = h2_connect(setup, "h2term")
+    try:
+        client.pump_until(lambda: b"echo:early" in body(client, sid))
+        assert wait_until(lambda: setup.proxy.stats()["cluster.echo.upstream_cx_active"] == 1)
+        client.h2.reset_stream(sid)
+        client.flush()
+        assert wait_until(lambda: setup.proxy.stats()["cluster.echo.upstream_cx_active"] == 0)
+        assert wait_until(lambda: setup.proxy.stats()["http.h2term.downstream_cx_upgrades_active"] == 0)
+    finally:
+        client.close()
+
+
+def test_an_http2_connect_without_connect_config_goes_upstream_over_http1(setup: Setup) -> None:
+    client, sid = h2_connect(setup, "h2proxied", b"")
+    try:
+        client.pump_until(lambda: client.status(sid) is not None)
+        assert client.status(sid) == 200
+        client.h2.send_data(sid, b"ping")
+        client.flush()
+        client.pump_until(lambda: b"echo:ping" in body(client, sid))
+        assert body(client, sid) == b"echo:ping"
+    finally:
+        client.close()
+    upstream_connect_fields(setup)
+
+
+def test_an_http2_connect_nothing_allows_is_refused(setup: Setup) -> None:
+    client, sid = h2_connect(setup, "h2off")
+    try:
+        client.pump_until(lambda: client.ended(sid))
+        assert client.status(sid) == 403
+    finally:
+        client.close()
+    assert setup.echo.heads == [] and setup.echo.received == []
+
+
+def test_a_connect_proxied_to_an_http2_cluster_the_loader_could_not_see_is_a_503(tmp_path: Path) -> None:
+    """pylon proxies CONNECT over HTTP/1.1 only (Envoy would open an HTTP/2 CONNECT stream: a departure). The loader
+    refuses such a route it can see; one that arrives by RDS is answered 503 instead of hanging. pylon only."""
+    echo, launcher = EchoServer(), ProxyLauncher(tmp_path)
+    try:
+        rds = tmp_path / "rds.yaml"
+        route_config = {"@type": "type.googleapis.com/envoy.config.route.v3.RouteConfiguration", "name": "routes",
+                        "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
+                            {"match": {"connect_matcher": {}}, "route": {"cluster": "h2"}}]}]}
+        rds.write_text(yaml.safe_dump({"version_info": "1", "resources": [route_config]}))
+        listener = http_listener("rds", free_port(), [], upgrade_configs=CONNECT_ON, access_log=json_access_log(
+            tmp_path / "log"))
+        hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+        del hcm["route_config"]
+        hcm["rds"] = {"route_config_name": "routes",
+                      "config_source": {"path_config_source": {"path": str(rds)}, "resource_api_version": "V3"}}
+        h2 = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http2_protocol_options": {}}}}
+        proxy = launcher.start([listener], [static_cluster("h2", [echo.port], typed_extension_protocol_options=h2)])
+        result = raw_exchange(proxy.ports["rds"], CONNECT + b"early")
+        assert result.status == 503 and result.closed
+        [line] = read_json_lines(tmp_path / "log", 1, timeout=10)
+        assert line["details"] == "connect_to_http2_upstream_not_supported"
+        assert echo.connections == 0
+    finally:
+        launcher.close()
+        echo.close()

@@ -35,8 +35,10 @@ from pylon.proxy.stream_states import (RQ_DONE, RQ_HEADERS, RS_DONE, RS_HELD, RS
                                        UP_AWAITING, UP_CONNECTING, UP_DONE, UP_IDLE, UP_RECEIVING, UP_RESET,
                                        UP_SENDING, UP_UPGRADED)
 from pylon.proxy.connect import TerminatedConnect
+from pylon.proxy.h2_tunnel import H2Tunnel
 from pylon.proxy.tunnel import open_tunnel
 from pylon.proxy.upstream.cluster import PENDING
+from pylon.proxy.upstream.h2_pool import H2Pool
 from pylon.proxy.upstream.lb import stable_hash
 from pylon.proxy.xfcc import HEADER as XFCC
 from pylon.proxy.xfcc import forwarded_value
@@ -65,6 +67,9 @@ _EDGE_CLEANED = frozenset({
 _SPECIAL = HOP_BY_HOP | _ENVOY_CONTROLS | _EDGE_CLEANED | {
     b"host", b"content-length", b"expect", b"x-forwarded-for", b"x-forwarded-proto", b"x-request-id", XFCC}
 _RETRY_BASE, _RETRY_MAX = 0.025, 0.250  # Envoy's default retry back-off
+#: Framing a 2xx to CONNECT may carry and a client must ignore (RFC 9110 9.3.6): not relayed to an HTTP/2 stream.
+_CONNECT_2XX_FRAMING = frozenset({b"content-length", b"transfer-encoding"})
+
 #: Methods a proxy may send again after a connection was lost before any answer (RFC 9110 9.2.2).
 _IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"))
 #: The local reply for an upstream reset before the response, by the upstream's reason (others: UC).
@@ -284,6 +289,10 @@ class Stream:
         self.rq_state = RQ_DONE
         if self.rs_state >= RS_DONE:
             return
+        if self.up_state == UP_UPGRADED:  # an HTTP/2 CONNECT stream's END_STREAM: the tunnel's half-close
+            if self.upstream is not None:
+                self.upstream.end_request()  # type: ignore[attr-defined]
+            return
         if self.req_trailers is not None and self.hcm.trailer_decoders:
             for http_filter in self.hcm.trailer_decoders:
                 http_filter.decode_trailers(self, self.req_trailers)
@@ -388,11 +397,10 @@ class Stream:
         if self.upgrade:
             if self.method != b"CONNECT":
                 upgrade = next((v for n, v in self.headers if n == b"upgrade"), b"")
-            elif self.encoder.tunnels and self.url[:1] != b"/":
+            elif self.url[:1] != b"/":
                 upgrade = None  # CONNECT: the method says it, no Upgrade header goes upstream
             else:
-                # an origin-form target is Envoy's HTTP/1 codec error; HTTP/2 streams are not tunnelled yet
-                return self.local(lr.CONNECT_INVALID_URL if self.encoder.tunnels else lr.UPGRADE_REFUSED)
+                return self.local(lr.CONNECT_INVALID_URL)  # an origin-form target: Envoy's HTTP/1 codec error
         conn = self.conn
         forward: list[tuple[bytes, bytes]] = []
         authority = None
@@ -446,8 +454,11 @@ class Stream:
             forward = _with_via(forward, hcm.via)
         url = self.url
         if upgrade is None:
-            authority = url  # CONNECT: the target is the authority; there is no path (connect_matcher routes)
+            # CONNECT: the target is the authority (HTTP/2: :authority); there is no path (connect_matcher routes)
+            authority = url or authority
             url = b""
+            if not authority:
+                return self.local(lr.MISSING_HOST)
         elif url[:1] != b"/":
             url = self._origin_form(url, authority)
             if url is None:
@@ -681,7 +692,7 @@ class Stream:
         if route.attempt_count:
             # Envoy sets the header (replacing the client's), per attempt.
             forward = [p for p in forward if p[0] != b"x-envoy-attempt-count"]
-        chunked = self.req_chunked
+        chunked = self.req_chunked and bool(url)  # a CONNECT's payload is the tunnel's, never a chunked body
         if hcm.data_decoders and (self.req_length or chunked):
             wanting = [f for f in hcm.data_decoders if f.wants_request_data(self)]
             if wanting:
@@ -799,6 +810,8 @@ class Stream:
             self.pool = terminated = TerminatedConnect(self, cluster, host)  # raw TCP, answered 200 when up
             return terminated.start()
         self.pool = pool = self.hcm.pools.get(cluster, host, self)
+        if not self.path and isinstance(pool, H2Pool):  # a CONNECT the loader could not check (CDS, RDS)
+            return self.local(lr.CONNECT_OVER_HTTP2)
         pool.acquire(self, fresh)
 
     def hash_key(self, policies: "tuple[HashSource, ...]") -> bytes | None:
@@ -1099,10 +1112,16 @@ class Stream:
         sent = [pair for pair in headers if pair[0] != b"server"]
         if hcm.overwrite_server:
             sent.append((b"server", hcm.server_name))
-        self.encoder.encode_upgrade(sent, status)
-        conn.flush_output()  # the 101 leaves before the tunnel takes the transport over
         hcm.upgrades_total.inc()
         hcm.upgrades_active.inc()
+        if not self.encoder.tunnels:  # an HTTP/2 CONNECT stream: DATA frames carry the bytes (h2_tunnel.py)
+            sent = [pair for pair in sent if pair[0] not in _CONNECT_2XX_FRAMING]  # RFC 9110 9.3.6: ignored
+            self.encoder.encode_headers(status, sent, close=False, http10=False, head_request=False)
+            conn.write(b"")
+            H2Tunnel(self, upstream, rest)
+            return
+        self.encoder.encode_upgrade(sent, status)
+        conn.flush_output()  # the 101 leaves before the tunnel takes the transport over
         assert upstream.transport is not None
         self.bytes_received += len(self.client_rest)  # the tunnel's bytes that came with the heads count too
         self.bytes_sent += len(rest)
@@ -1120,22 +1139,23 @@ class Stream:
     def _tunnel_downstream_closed(self, exc: Exception | None) -> None:
         if self.rs_state < RS_DONE:  # the client ended the tunnel: Envoy's DC, as for any stream it leaves
             self.flags, self.details = "DC", "downstream_remote_disconnect"
-        self._tunnel_end()
+        self.tunnel_end()
         self.conn.connection_lost(exc)  # the connection's own bookkeeping: its protocol was swapped out
 
     def _tunnel_upstream_closed(self, exc: Exception | None) -> None:
-        self._tunnel_end()
+        self.tunnel_end()
         upstream = self.tunnel_upstream
         if upstream is not None:
             self.tunnel_upstream = None
             upstream.connection_lost(exc)  # the pool forgets it
 
-    def _tunnel_end(self) -> None:
+    def tunnel_end(self, reset: bool = False) -> None:
+        """The tunnel closed (`reset`: unfinished, an HTTP/2 stream is then reset): the stream ends, logged now."""
         if self.rs_state >= RS_DONE:
             return
         self.hcm.upgrades_active.dec()
         self._end_attempt(abandon=False)
-        self._finish(close=True)
+        self._finish(close=True, final=RS_RESET if reset else RS_DONE)
 
     def on_upstream_body(self, data: bytes, filtered: bool = False) -> None:
         """A piece of the response body: to the client, or held for the whole-body filters. `filtered`: a piece

@@ -63,7 +63,8 @@ REQUEST: dict[RequestState, frozenset[RequestState]] = {
 }
 UPSTREAM: dict[UpstreamState, frozenset[UpstreamState]] = {
     U.IDLE: frozenset({U.CONNECTING}),
-    U.CONNECTING: frozenset({U.SENDING, U.AWAITING_RESPONSE, U.RESET}),
+    # UPGRADED: a CONNECT the proxy terminates (connect.py) has no request to send; the connection is the answer
+    U.CONNECTING: frozenset({U.SENDING, U.AWAITING_RESPONSE, U.UPGRADED, U.RESET}),
     U.SENDING: frozenset({U.AWAITING_RESPONSE, U.RECEIVING_RESPONSE, U.UPGRADED, U.RESET}),
     U.AWAITING_RESPONSE: frozenset({U.RECEIVING_RESPONSE, U.UPGRADED, U.RESET}),
     U.RECEIVING_RESPONSE: frozenset({U.DONE, U.RESET}),

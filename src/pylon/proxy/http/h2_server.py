@@ -101,7 +101,7 @@ class Http2ResponseEncoder:
     """Encodes one HTTP/2 stream's response into its connection's session (the stream's `encoder`)."""
 
     __slots__ = ("out", "session", "stream_id", "server_name", "ended", "headers_only")
-    tunnels = False  # a CONNECT stream is not carried as a tunnel yet (refused)
+    tunnels = False  # its stream's CONNECT payload is DATA frames, not the connection's bytes (h2_tunnel.py)
 
     def __init__(self, session: "H2Connection", stream_id: int, server_name: bytes) -> None:
         self.out: list[bytes] = []  # non-empty: frames were submitted, the connection has something to write
