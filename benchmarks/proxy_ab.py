@@ -38,14 +38,15 @@ CONNECTIONS = 50
 
 @contextlib.contextmanager
 def baseline_tree(rev: str) -> Any:
-    """`rev` checked out in a temporary worktree, with this tree's built native module; removed afterwards."""
+    """`rev` checked out in a temporary worktree, with this tree's built native modules (the key hook, the HTTP/2
+    codec's binding: git holds their sources, not the builds); removed afterwards."""
     path = Path(tempfile.mkdtemp(prefix="pylon-ab-"))
     subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(path), rev], check=True)
     try:
-        keys_dir = path / "src" / "pylon" / "keys"
-        for built in (ROOT / "src" / "pylon" / "keys").glob("_keyhook*.so"):
-            if keys_dir.is_dir():  # revisions older than the key hook have nothing to load it
-                shutil.copy2(built, keys_dir / built.name)
+        for built in (ROOT / "src" / "pylon").rglob("_*.abi3.so"):
+            target = path / built.relative_to(ROOT)
+            if target.parent.is_dir():  # revisions older than a native module have nothing to load it
+                shutil.copy2(built, target)
         yield path
     finally:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(path)], check=False)
