@@ -47,4 +47,5 @@ PAYLOAD_TOO_LARGE = LocalReply(413, "-", b"Payload Too Large", "request_payload_
 RESPONSE_TOO_LARGE = LocalReply(500, "-", b"Internal Server Error", "response_payload_too_large")
 UPGRADE_REFUSED = LocalReply(403, "-", b"", "upgrade_failed")
 UNSUPPORTED_TRANSFER_ENCODING = LocalReply(501, "DPE", b"Not Implemented", "http1.invalid_transfer_encoding")
+OVERLOADED = LocalReply(503, "OL", b"envoy overloaded", "overload")  # the overload manager's stop_accepting_requests
 MISSING_HOST = LocalReply(400, "DPE", b"Bad Request", "missing_host_header")
