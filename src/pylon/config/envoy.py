@@ -27,7 +27,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import MappingProxyType
 from typing import Annotated, Any, ClassVar, Literal, NoReturn, TypeVar
 
@@ -2527,6 +2527,15 @@ class Trigger(EnvoyStruct, kw_only=True):
         _exactly_one(self, "threshold", "scaled")
 
 
+def _check_unique(names: list[str], field: str, message: Callable[[str], str]) -> None:
+    """FieldError at `<field>[i].name` for the first name that came before, with `message(name)`."""
+    seen: set[str] = set()
+    for i, name in enumerate(names):
+        if name in seen:
+            raise FieldError(f"{field}[{i}].name", message(name))
+        seen.add(name)
+
+
 class OverloadAction(EnvoyStruct, kw_only=True):
     name: NonEmptyStr
     triggers: Annotated[list[Trigger], msgspec.Meta(min_length=1)]
@@ -2539,11 +2548,8 @@ class OverloadAction(EnvoyStruct, kw_only=True):
             raise FieldError("name", f"Unknown Overload Manager Action {self.name}")
         if self.typed_config is not None:
             raise FieldError("typed_config", f"{self.name} takes no typed_config")
-        seen: set[str] = set()
-        for i, trigger in enumerate(self.triggers):
-            if trigger.name in seen:
-                raise FieldError(f"triggers[{i}].name", f"Duplicate trigger resource for overload action {self.name}")
-            seen.add(trigger.name)
+        _check_unique([t.name for t in self.triggers], "triggers",
+                      lambda _: f"Duplicate trigger resource for overload action {self.name}")
 
 
 class OverloadManager(EnvoyStruct, kw_only=True):
@@ -2559,11 +2565,8 @@ class OverloadManager(EnvoyStruct, kw_only=True):
     def __post_init__(self) -> None:
         if not self.resource_monitors:
             raise FieldError("resource_monitors", "value must contain at least 1 item(s)")
-        names: set[str] = set()
-        for i, monitor in enumerate(self.resource_monitors):
-            if monitor.name in names:
-                raise FieldError(f"resource_monitors[{i}].name", f"Duplicate resource monitor {monitor.name}")
-            names.add(monitor.name)
+        names = [m.name for m in self.resource_monitors]
+        _check_unique(names, "resource_monitors", lambda name: f"Duplicate resource monitor {name}")
         for i, action in enumerate(self.actions):
             for j, trigger in enumerate(action.triggers):
                 if trigger.name not in names:
