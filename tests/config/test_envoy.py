@@ -1150,17 +1150,22 @@ def test_bootstrap_extensions_are_refused_naming_their_type() -> None:
                                 "extension pylon knows")
 
 
-def test_stats_sinks_statsd_only() -> None:
+def test_stats_sinks_statsd_and_dog_statsd_only() -> None:
     statsd = {"name": "envoy.stat_sinks.statsd", "typed_config": {
         "@type": "type.googleapis.com/envoy.config.metrics.v3.StatsdSink", "prefix": "edge",
         "address": {"socket_address": {"address": "127.0.0.1", "port_value": 8125}}}}
     loaded = load({**bootstrap(), "stats_sinks": [statsd]})
     assert loaded.stats_sinks[0].typed_config.prefix == "edge"
     dog = {"name": "envoy.stat_sinks.dog_statsd", "typed_config": {
-        "@type": "type.googleapis.com/envoy.config.metrics.v3.DogStatsdSink"}}
-    assert error({**bootstrap(), "stats_sinks": [dog]}).startswith(
+        "@type": "type.googleapis.com/envoy.config.metrics.v3.DogStatsdSink", "max_bytes_per_datagram": 1400,
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": 8125}}}}
+    assert error({**bootstrap(), "stats_sinks": [dog]}) == (
+        "config error in test.yaml: stats_sinks[0].typed_config.max_bytes_per_datagram: not supported yet")
+    hystrix = {"name": "envoy.stat_sinks.hystrix", "typed_config": {
+        "@type": "type.googleapis.com/envoy.config.metrics.v3.HystrixSink"}}
+    assert error({**bootstrap(), "stats_sinks": [hystrix]}).startswith(
         "config error in test.yaml: stats_sinks[0].typed_config.@type: unknown stats sink type "
-        "type.googleapis.com/envoy.config.metrics.v3.DogStatsdSink")
+        "type.googleapis.com/envoy.config.metrics.v3.HystrixSink")
     tcp = {"name": "envoy.stat_sinks.statsd", "typed_config": {
         "@type": "type.googleapis.com/envoy.config.metrics.v3.StatsdSink", "tcp_cluster_name": "svc"}}
     assert error({**bootstrap(), "stats_sinks": [tcp]}) == (

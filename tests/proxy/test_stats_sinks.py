@@ -22,3 +22,9 @@ def test_histograms_as_the_mean_of_new_samples_with_their_rate() -> None:
     assert lines.flush(snapshot({}, {}, one)) == [b"edge.t:7|ms"]
     assert lines.flush(snapshot({}, {}, one)) == []
     assert lines.flush(snapshot({}, {}, {"t": {"count": 5, "sum": 17.0}})) == [b"edge.t:2.5|ms|@0.25"]
+
+
+def test_dog_statsd_lines_carry_the_tags() -> None:
+    lines = StatsdLines("", tagged=True)
+    assert lines.flush(snapshot({"http.main.downstream_rq_total": 3, "server.live": 0}, {"server.live": 1})) == [
+        b"envoy.http.downstream_rq_total:3|c|#envoy.http_conn_manager_prefix:main", b"envoy.server.live:1|g"]

@@ -2606,6 +2606,8 @@ class StatsdSink(EnvoyStruct, kw_only=True):
     """config.metrics.v3.StatsdSink: counters (deltas), gauges and timers in statsd's line format to a UDP address
     at each stats flush (proxy/stats_sinks.py). `prefix` defaults to Envoy's `envoy`."""
 
+    #: DogStatsD's lines carry the stat's tags (Envoy's tag-extracted name, then `|#tag:value,...`)
+    tagged: ClassVar[bool] = False
     address: SinkAddress | None = None
     tcp_cluster_name: NotSupportedYet | None = None
     prefix: str = ""
@@ -2615,8 +2617,17 @@ class StatsdSink(EnvoyStruct, kw_only=True):
             raise FieldError("address", "missing required field (pylon's statsd sink sends over UDP to an address)")
 
 
+class DogStatsdSink(EnvoyStruct, kw_only=True):
+    """config.metrics.v3.DogStatsdSink: statsd lines with DogStatsD's tags, to a UDP address."""
+
+    tagged: ClassVar[bool] = True
+    address: SinkAddress
+    prefix: str = ""
+    max_bytes_per_datagram: NotSupportedYet | None = None  # Envoy then packs several lines into a datagram
+
+
 class StatsSink(_TypedExtension, kw_only=True):
-    """Bootstrap.stats_sinks[]: statsd only; another sink's @type (dog_statsd, metrics_service, hystrix, wasm,
+    """Bootstrap.stats_sinks[]: statsd and dog_statsd; another sink's @type (metrics_service, hystrix, wasm,
     open_telemetry) is an unknown stats sink type, named in the error."""
 
     category: ClassVar[str] = registry.STATS_SINK
@@ -2741,6 +2752,7 @@ _CORE_EXTENSIONS: tuple[tuple[str, str, type], ...] = (
     (registry.NETWORK_FILTER, "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy", TcpProxy),
     (registry.HTTP_FILTER, "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router", Router),
     (registry.STATS_SINK, "type.googleapis.com/envoy.config.metrics.v3.StatsdSink", StatsdSink),
+    (registry.STATS_SINK, "type.googleapis.com/envoy.config.metrics.v3.DogStatsdSink", DogStatsdSink),
     (registry.RESOURCE_MONITOR, "type.googleapis.com/envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig",
      FixedHeapConfig),
     (registry.RESOURCE_MONITOR,

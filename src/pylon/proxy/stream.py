@@ -1039,15 +1039,15 @@ class Stream:
 
     def _ends_connection(self) -> bool:
         """Whether the connection ends after this (relayed) response: the client, a drain or an earlier
-        decision says so, or the request was not read whole (what is left of it cannot start the next)."""
+        decision says so, or the request was not read whole (what is left of it cannot start the next); Envoy
+        drain-closes every connection while failing health, and the overload manager may disable keep-alive."""
         return self.close_after or not self.keep_alive or self.rq_state != RQ_DONE or self.conn.draining \
             or self.hcm.worker.health_check_failed \
-            or self._overload_ends_keepalive()  # Envoy drain-closes every connection while failing health
+            or (self.hcm.worker.overload.keepalive_off > 0.0 and self._overload_ends_keepalive())
 
     def _overload_ends_keepalive(self) -> bool:
         """disable_http_keepalive: this response ends the connection (counted once, as Envoy's drain)."""
-        overload = self.hcm.worker.overload
-        if overload.keepalive_off and overload.ends_keepalive():
+        if self.hcm.worker.overload.ends_keepalive():
             self.hcm.cx_overload_disable_keepalive.value += 1
             return True
         return False
@@ -1374,7 +1374,8 @@ class Stream:
         body_pending = self.rq_state != RQ_DONE and bool(self.req_length or self.req_chunked)
         close = self.close_after or not self.keep_alive or body_pending or self.conn.draining \
             or self.hcm.worker.health_check_failed \
-            or status == 400 or status == 426 or status == 431 or self._overload_ends_keepalive()
+            or status == 400 or status == 426 or status == 431 \
+            or (hcm.worker.overload.keepalive_off > 0.0 and self._overload_ends_keepalive())
         headers = list(extra) if extra else []
         if ops is not None and not ops.empty:
             hl = HeaderList(headers)
