@@ -347,6 +347,14 @@ CASES: tuple[Case, ...] = (
         {"name": "envoy.stat_sinks.statsd", "typed_config": {
             "@type": "type.googleapis.com/envoy.config.metrics.v3.StatsdSink", "prefix": "edge",
             "address": {"socket_address": {"address": "127.0.0.1", "port_value": 8125}}}}]}, None),
+    Case("stats-sink-dog-statsd", {**bootstrap(), "stats_sinks": [
+        {"name": "envoy.stat_sinks.dog_statsd", "typed_config": {
+            "@type": "type.googleapis.com/envoy.config.metrics.v3.DogStatsdSink",
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": 8125}}}}]}, None),
+    Case("bootstrap-extension-unknown-type", {**bootstrap(), "bootstrap_extensions": [
+        {"name": "x", "typed_config": {"@type": "type.googleapis.com/acme.NoSuchExtension"}}]},
+         "bootstrap_extensions[0].typed_config.@type: bootstrap extension type.googleapis.com/acme.NoSuchExtension is "
+         "not supported: not a bootstrap extension pylon knows"),
     # ---- nesting (protobuf's JSON parser stops at 100 levels)
     Case("nested-100", _nested(100), None),
     Case("nested-101", _nested(101), "node.metadata" + ".a" * 98 + ": nested more than 100 levels deep"),
