@@ -75,6 +75,7 @@ class HcmRuntime:
                  stats: StatsStore, worker: "Worker") -> None:
         self.config = config
         self.worker = worker
+        self.overload = worker.overload  # the worker's overload actions (one object for its life): one hop less
         self.clusters = clusters
         self.pools = pools
         if config.rds is not None:

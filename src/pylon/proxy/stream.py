@@ -444,7 +444,7 @@ class Stream:
         hcm = self.hcm
         hcm.rq_total.value += 1
         hcm.rq_active.value += 1
-        overload = hcm.worker.overload
+        overload = hcm.overload
         if overload.stop_requests and overload.refuses_request():
             hcm.rq_overload_close.value += 1
             return self.local(lr.OVERLOADED)
@@ -1043,11 +1043,11 @@ class Stream:
         drain-closes every connection while failing health, and the overload manager may disable keep-alive."""
         return self.close_after or not self.keep_alive or self.rq_state != RQ_DONE or self.conn.draining \
             or self.hcm.worker.health_check_failed \
-            or (self.hcm.worker.overload.keepalive_off > 0.0 and self._overload_ends_keepalive())
+            or (self.hcm.overload.keepalive_off > 0.0 and self._overload_ends_keepalive())
 
     def _overload_ends_keepalive(self) -> bool:
         """disable_http_keepalive: this response ends the connection (counted once, as Envoy's drain)."""
-        if self.hcm.worker.overload.ends_keepalive():
+        if self.hcm.overload.ends_keepalive():
             self.hcm.cx_overload_disable_keepalive.value += 1
             return True
         return False
@@ -1375,7 +1375,7 @@ class Stream:
         close = self.close_after or not self.keep_alive or body_pending or self.conn.draining \
             or self.hcm.worker.health_check_failed \
             or status == 400 or status == 426 or status == 431 \
-            or (hcm.worker.overload.keepalive_off > 0.0 and self._overload_ends_keepalive())
+            or (hcm.overload.keepalive_off > 0.0 and self._overload_ends_keepalive())
         headers = list(extra) if extra else []
         if ops is not None and not ops.empty:
             hl = HeaderList(headers)
