@@ -87,6 +87,23 @@ def _common_options(**common: Any) -> dict[str, Any]:
         "explicit_http_config": {"http_protocol_options": {}}}}}
 
 
+_HEAP = "envoy.resource_monitors.fixed_heap"
+_HEAP_TYPE = "type.googleapis.com/envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig"
+_HEAP_MONITOR = {"name": _HEAP, "typed_config": {"@type": _HEAP_TYPE, "max_heap_size_bytes": 1 << 30}}
+_CX = "envoy.resource_monitors.global_downstream_max_connections"
+_CX_MONITOR = {"name": _CX, "typed_config": {
+    "@type": "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3."
+             "DownstreamConnectionsConfig", "max_active_downstream_connections": 1000}}
+
+
+def _overload(monitors: list[dict[str, Any]], actions: list[dict[str, Any]]) -> dict[str, Any]:
+    return {**bootstrap(), "overload_manager": {"resource_monitors": monitors, "actions": actions}}
+
+
+def _action(name: str, trigger: dict[str, Any], monitor: str = _HEAP) -> dict[str, Any]:
+    return {"name": f"envoy.overload_actions.{name}", "triggers": [{"name": monitor, **trigger}]}
+
+
 DFP_CLUSTER_TYPE = "type.googleapis.com/envoy.extensions.clusters.dynamic_forward_proxy.v3.ClusterConfig"
 DFP_FILTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.dynamic_forward_proxy.v3.FilterConfig"
 
@@ -391,6 +408,43 @@ CASES: tuple[Case, ...] = (
          f"{HCM_PATH}.http_filters[0].typed_config.type_url: unknown HTTP filter type type.googleapis.com/x.y.Z"),
     Case("typed-struct-without-type-url", _typed_struct("xds.type.v3.TypedStruct", None, {}),
          f"{HCM_PATH}.http_filters[0].typed_config.type_url: missing required field"),
+    # ---- overload manager
+    Case("overload-monitors-and-actions", _overload([_HEAP_MONITOR, _CX_MONITOR], [
+        _action("stop_accepting_requests", {"threshold": {"value": 0.9}}),
+        _action("disable_http_keepalive", {"scaled": {"scaling_threshold": 0.8, "saturation_threshold": 0.95}}),
+        _action("reject_incoming_connections", {"threshold": {"value": 0.9}}, monitor=_CX),
+        _action("stop_accepting_connections", {"threshold": {"value": 0.99}})]), None),
+    Case("overload-no-monitors", _overload([], []),
+         "overload_manager.resource_monitors: value must contain at least 1 item(s)"),
+    Case("overload-unknown-action", _overload([_HEAP_MONITOR], [_action("bogus", {"threshold": {"value": 0.9}})]),
+         "overload_manager.actions[0].name: Unknown Overload Manager Action envoy.overload_actions.bogus"),
+    Case("overload-unknown-trigger", _overload([_HEAP_MONITOR], [
+        _action("stop_accepting_requests", {"threshold": {"value": 0.9}}, monitor="envoy.resource_monitors.nope")]),
+         "overload_manager.actions[0].triggers[0].name: Unknown trigger resource envoy.resource_monitors.nope for "
+         "overload action envoy.overload_actions.stop_accepting_requests"),
+    Case("overload-duplicate-monitor", _overload([_HEAP_MONITOR, _HEAP_MONITOR], []),
+         f"overload_manager.resource_monitors[1].name: Duplicate resource monitor {_HEAP}"),
+    Case("overload-scaled-backwards", _overload([_HEAP_MONITOR], [
+        _action("stop_accepting_requests", {"scaled": {"scaling_threshold": 0.9, "saturation_threshold": 0.8}})]),
+         "overload_manager.actions[0].triggers[0].scaled: scaling_threshold must be less than saturation_threshold"),
+    Case("overload-heap-zero", _overload([{"name": _HEAP, "typed_config": {"@type": _HEAP_TYPE}}], []),
+         "overload_manager.resource_monitors[0].typed_config.max_heap_size_bytes: fixed_heap: max heap size must be "
+         "greater than 0"),
+    Case("overload-runtime-connections-limit", {**bootstrap(), "layered_runtime": {"layers": [
+        {"name": "static", "static_layer": {"overload.global_downstream_max_connections": 100}}]}}, None),
+    # ---- stats sinks
+    Case("stats-sink-statsd", {**bootstrap(), "stats_flush_interval": "1s", "stats_sinks": [
+        {"name": "envoy.stat_sinks.statsd", "typed_config": {
+            "@type": "type.googleapis.com/envoy.config.metrics.v3.StatsdSink", "prefix": "edge",
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": 8125}}}}]}, None),
+    Case("stats-sink-dog-statsd", {**bootstrap(), "stats_sinks": [
+        {"name": "envoy.stat_sinks.dog_statsd", "typed_config": {
+            "@type": "type.googleapis.com/envoy.config.metrics.v3.DogStatsdSink",
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": 8125}}}}]}, None),
+    Case("bootstrap-extension-unknown-type", {**bootstrap(), "bootstrap_extensions": [
+        {"name": "x", "typed_config": {"@type": "type.googleapis.com/acme.NoSuchExtension"}}]},
+         "bootstrap_extensions[0].typed_config.@type: bootstrap extension type.googleapis.com/acme.NoSuchExtension is "
+         "not supported: not a bootstrap extension pylon knows"),
     # ---- nesting (protobuf's JSON parser stops at 100 levels)
     Case("nested-100", _nested(100), None),
     Case("nested-101", _nested(101), "node.metadata" + ".a" * 98 + ": nested more than 100 levels deep"),

@@ -150,12 +150,14 @@ AGREED = [
                                           data=_regex_route(UNDER_100)),
          f"{HCM_PATH}.route_config: virtual_hosts[0] (backend): routes[0]: regex '{UNDER_100}': "
          "RE2 program size of 95 > max program size of 60"),
+    Case("overload-global-max-connections", _runtime(_static({"overload": {"global_downstream_max_connections": 50000}})),
+         None),
 ]
 
 REFUSED = [
-    Case("overload-global-max-connections", _runtime(_static({"overload": {"global_downstream_max_connections": 50000}})),
-         f"{LAYER}.overload.global_downstream_max_connections: not supported yet: pylon does not limit downstream "
-         "connections across its listeners"),
+    Case("overload-global-max-connections-not-a-number",
+         _runtime(_static({"overload": {"global_downstream_max_connections": "many"}})),
+         f"{LAYER}.overload.global_downstream_max_connections: must be a non-negative integer, got 'many'"),
     Case("listener-connection-limit", _runtime(_static({"envoy.resource_limits.listener.listener_0.connection_limit": 5})),
          f"{LAYER}.envoy.resource_limits.listener.listener_0.connection_limit: per-listener connection limits are not "
          "supported yet (listener 'listener_0' is in this config)"),
@@ -173,7 +175,7 @@ REFUSED = [
          f"{LAYER}.re2.max_program_size.error_level: must be a non-negative integer, got 'abc'"),
     Case("unknown-key", _runtime(_static({"health_check.min_interval": 10})),
          f"{LAYER}.health_check.min_interval: not a runtime key pylon supports (it implements "
-         "re2.max_program_size.error_level)"),
+         "re2.max_program_size.error_level and overload.global_downstream_max_connections)"),
     Case("key-twice-in-a-layer", _runtime(_static({"re2": {"max_program_size": {"error_level": 10}},
                                                    "re2.max_program_size.error_level": 20})),
          f"{LAYER}.re2.max_program_size.error_level: set twice in this layer (as a dotted key and as nested objects)"),

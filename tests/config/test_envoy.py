@@ -1081,7 +1081,7 @@ def test_node_and_admin() -> None:
 @pytest.mark.parametrize(
     ("mutate", "path"),
     [
-        (lambda d: d.update(overload_manager={}), "overload_manager"),
+        (lambda d: d.update(overload_manager={"resource_monitors": [], "loadshed": []}), "overload_manager.loadshed"),
         (lambda d: d["static_resources"]["listeners"][0].update(filter_chain_match={}), "static_resources.listeners[0].filter_chain_match"),
         (lambda d: d["static_resources"]["listeners"][0]["filter_chains"][0].update(filter_chain_match={"sni": "a"}),
          "static_resources.listeners[0].filter_chains[0].filter_chain_match.sni"),
@@ -1185,3 +1185,37 @@ def test_a_filter_config_and_a_per_route_config_are_not_interchangeable() -> Non
 def test_original_dst_clusters_pair_with_cluster_provided(fields: dict[str, Any], path: str, message: str) -> None:
     assert error(bootstrap(clusters=[cluster(**fields)])).startswith(
         f"config error in test.yaml: static_resources.clusters[0].{path}: {message}")
+
+
+def test_bootstrap_extensions_are_refused_naming_their_type() -> None:
+    internal = "type.googleapis.com/envoy.extensions.bootstrap.internal_listener.v3.InternalListener"
+    data = {**bootstrap(), "bootstrap_extensions": [{"name": "envoy.bootstrap.internal_listener",
+                                                     "typed_config": {"@type": internal}}]}
+    assert error(data) == (f"config error in test.yaml: bootstrap_extensions[0].typed_config.@type: bootstrap "
+                           f"extension {internal} is not supported: pylon has no internal listeners (listeners with "
+                           "internal_listener, envoy_internal_address endpoints)")
+    data["bootstrap_extensions"][0]["typed_config"]["@type"] = "type.googleapis.com/acme.Thing"
+    assert error(data).endswith("bootstrap extension type.googleapis.com/acme.Thing is not supported: not a bootstrap "
+                                "extension pylon knows")
+
+
+def test_stats_sinks_statsd_and_dog_statsd_only() -> None:
+    statsd = {"name": "envoy.stat_sinks.statsd", "typed_config": {
+        "@type": "type.googleapis.com/envoy.config.metrics.v3.StatsdSink", "prefix": "edge",
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": 8125}}}}
+    loaded = load({**bootstrap(), "stats_sinks": [statsd]})
+    assert loaded.stats_sinks[0].typed_config.prefix == "edge"
+    dog = {"name": "envoy.stat_sinks.dog_statsd", "typed_config": {
+        "@type": "type.googleapis.com/envoy.config.metrics.v3.DogStatsdSink", "max_bytes_per_datagram": 1400,
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": 8125}}}}
+    assert error({**bootstrap(), "stats_sinks": [dog]}) == (
+        "config error in test.yaml: stats_sinks[0].typed_config.max_bytes_per_datagram: not supported yet")
+    hystrix = {"name": "envoy.stat_sinks.hystrix", "typed_config": {
+        "@type": "type.googleapis.com/envoy.config.metrics.v3.HystrixSink"}}
+    assert error({**bootstrap(), "stats_sinks": [hystrix]}).startswith(
+        "config error in test.yaml: stats_sinks[0].typed_config.@type: unknown stats sink type "
+        "type.googleapis.com/envoy.config.metrics.v3.HystrixSink")
+    tcp = {"name": "envoy.stat_sinks.statsd", "typed_config": {
+        "@type": "type.googleapis.com/envoy.config.metrics.v3.StatsdSink", "tcp_cluster_name": "svc"}}
+    assert error({**bootstrap(), "stats_sinks": [tcp]}) == (
+        "config error in test.yaml: stats_sinks[0].typed_config.tcp_cluster_name: not supported yet")

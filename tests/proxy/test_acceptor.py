@@ -13,6 +13,7 @@ import uvloop
 
 from pylon.proxy.balance import acceptor as acceptor_module
 from pylon.proxy.balance.acceptor import ListenerAcceptor
+from pylon.proxy.overload import WorkerOverload
 
 QUEUED = 20
 
@@ -60,7 +61,8 @@ def test_accepted_connections_are_served_and_close_stops_accepting() -> None:
 
     async def serve() -> None:
         chain = SimpleNamespace(protocol_factory=Greeter, ssl_context=None, tls_stats=None)
-        runtime = SimpleNamespace(config=SimpleNamespace(name="main"), only_chain=chain)
+        worker = SimpleNamespace(cx_gate=None, overload=WorkerOverload())  # no limit, no overload action on
+        runtime = SimpleNamespace(config=SimpleNamespace(name="main"), only_chain=chain, worker=worker)
         acceptor = ListenerAcceptor(asyncio.get_running_loop(), listener, runtime)
         for _ in range(100):
             if len(made) == QUEUED:

@@ -19,6 +19,7 @@ from pylon.config.envoy import Cluster as ClusterConfig
 from pylon.config.envoy import HttpConnectionManager, convert
 from pylon.proxy import hcm as hcm_module
 from pylon.proxy import stream_states as ss
+from pylon.proxy.overload import WorkerOverload
 from pylon.proxy.deadlines import DeadlineWheel
 from pylon.proxy.hcm import HcmRuntime, HttpConnection
 from pylon.proxy.stream import Stream
@@ -145,6 +146,7 @@ class FakeWorker:
         self.read_budget = self
         self.access_log_writer = None
         self.health_check_failed = False
+        self.overload = WorkerOverload()  # every overload action off
         self.ids = 0
 
     def spend(self) -> bool:  # the read budget: never exhausted here

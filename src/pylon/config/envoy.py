@@ -27,7 +27,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import MappingProxyType
 from typing import Annotated, Any, ClassVar, Literal, NoReturn, TypeVar
 
@@ -1851,6 +1851,8 @@ class Listener(EnvoyStruct, kw_only=True):
     # Data, as in Envoy, where only tracing reads it (pylon has no tracing: a `tracing` config is refused).
     traffic_direction: Literal["UNSPECIFIED", "INBOUND", "OUTBOUND"] = "UNSPECIFIED"
     max_connections_to_accept_per_socket_event: PositiveUInt32 | None = None  # None: all pending, as Envoy
+    #: its connections are not counted against, nor refused by, the global downstream connections limit
+    ignore_global_conn_limit: bool = False
     filter_chain_matcher: GenericMatcher | None = None
     default_filter_chain: FilterChain | None = None
     listener_filters_timeout: Duration = Duration(15)  # 0: no limit
@@ -2611,7 +2613,9 @@ class Admin(EnvoyStruct, kw_only=True):
     #: when set, only request targets (path and query) one of these matches are served: the others get 403
     allow_paths: list[StringMatcher] = []
     socket_options: NotSupportedYet | None = None
-    ignore_global_conn_limit: NotSupportedYet | None = None
+    #: pylon's admin endpoint (in the supervisor) is never counted against the global downstream connections limit,
+    #: which Envoy's is unless this is true (a departure only when it is false)
+    ignore_global_conn_limit: bool = False
 
     def __post_init__(self) -> None:
         if self.address is not None and self.address.socket_address is None:
@@ -2768,6 +2772,210 @@ class ClusterManager(EnvoyStruct, kw_only=True):
     upstream_bind_config: NotSupportedYet | None = None
     load_stats_config: NotSupportedYet | None = None
     enable_deferred_cluster_creation: NotSupportedYet | None = None
+# --------------------------------------------------------------------------- overload manager
+
+#: The overload actions pylon takes (proxy/overload.py), by Envoy's names.
+STOP_ACCEPTING_REQUESTS = "envoy.overload_actions.stop_accepting_requests"
+DISABLE_HTTP_KEEPALIVE = "envoy.overload_actions.disable_http_keepalive"
+STOP_ACCEPTING_CONNECTIONS = "envoy.overload_actions.stop_accepting_connections"
+REJECT_INCOMING_CONNECTIONS = "envoy.overload_actions.reject_incoming_connections"
+OVERLOAD_ACTIONS = (STOP_ACCEPTING_REQUESTS, DISABLE_HTTP_KEEPALIVE, STOP_ACCEPTING_CONNECTIONS,
+                    REJECT_INCOMING_CONNECTIONS)
+#: Envoy's other actions, each refused with the reason.
+_REFUSED_ACTIONS = MappingProxyType({
+    "envoy.overload_actions.shrink_heap": "releases tcmalloc's free memory to the system; pylon's memory is "
+                                          "CPython's allocator's, which has nothing to release on request",
+    "envoy.overload_actions.reduce_timeouts": "not supported yet",
+    "envoy.overload_actions.reset_high_memory_stream": "not supported yet (pylon does not account memory by stream)",
+})
+#: The resource monitor whose pressure is the downstream connections across workers, and the runtime key that
+#: still sets the same limit in Envoy 1.40 (deprecated).
+GLOBAL_DOWNSTREAM_MAX_CONNECTIONS = "envoy.resource_monitors.global_downstream_max_connections"
+
+
+class FixedHeapConfig(EnvoyStruct, kw_only=True):
+    """resource_monitors.fixed_heap.v3.FixedHeapConfig: pressure is memory in use over this. Envoy's is tcmalloc's
+    heap; pylon's is the resident memory of the proxy's processes (proxy/overload_monitor.py)."""
+
+    max_heap_size_bytes: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)] = 0  # a uint64; msgspec stops at int64
+
+    def __post_init__(self) -> None:
+        if self.max_heap_size_bytes <= 0:
+            raise FieldError("max_heap_size_bytes", "fixed_heap: max heap size must be greater than 0")
+
+
+class DownstreamConnectionsConfig(EnvoyStruct, kw_only=True):
+    """resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig: a connection past this many
+    open ones, counted across all workers, is closed as it is accepted."""
+
+    max_active_downstream_connections: Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
+
+
+class ResourceMonitor(_TypedExtension, kw_only=True):
+    category: ClassVar[str] = registry.RESOURCE_MONITOR
+
+
+class ThresholdTrigger(EnvoyStruct, kw_only=True):
+    value: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.0
+
+
+class ScaledTrigger(EnvoyStruct, kw_only=True):
+    scaling_threshold: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.0
+    saturation_threshold: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.0
+
+    def __post_init__(self) -> None:
+        if self.scaling_threshold >= self.saturation_threshold:
+            raise ValueError("scaling_threshold must be less than saturation_threshold")
+
+
+class Trigger(EnvoyStruct, kw_only=True):
+    """overload.v3.Trigger: a monitor's pressure turning an action on (threshold) or up by degrees (scaled)."""
+
+    name: NonEmptyStr
+    threshold: ThresholdTrigger | None = None
+    scaled: ScaledTrigger | None = None
+
+    def __post_init__(self) -> None:
+        _exactly_one(self, "threshold", "scaled")
+
+
+def _check_unique(names: list[str], field: str, message: Callable[[str], str]) -> None:
+    """FieldError at `<field>[i].name` for the first name that came before, with `message(name)`."""
+    seen: set[str] = set()
+    for i, name in enumerate(names):
+        if name in seen:
+            raise FieldError(f"{field}[{i}].name", message(name))
+        seen.add(name)
+
+
+class OverloadAction(EnvoyStruct, kw_only=True):
+    name: NonEmptyStr
+    triggers: Annotated[list[Trigger], msgspec.Meta(min_length=1)]
+    typed_config: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.name in _REFUSED_ACTIONS:
+            raise FieldError("name", f"{self.name}: {_REFUSED_ACTIONS[self.name]}")
+        if self.name not in OVERLOAD_ACTIONS:
+            raise FieldError("name", f"Unknown Overload Manager Action {self.name}")
+        if self.typed_config is not None:
+            raise FieldError("typed_config", f"{self.name} takes no typed_config")
+        _check_unique([t.name for t in self.triggers], "triggers",
+                      lambda _: f"Duplicate trigger resource for overload action {self.name}")
+
+
+class OverloadManager(EnvoyStruct, kw_only=True):
+    """config.overload.v3.OverloadManager: monitors measured every refresh_interval by the supervisor, actions
+    the workers take while a monitor's pressure triggers them (proxy/overload.py)."""
+
+    refresh_interval: PositiveDuration = PositiveDuration(1)
+    resource_monitors: list[ResourceMonitor] = []
+    actions: list[OverloadAction] = []
+    buffer_factory_config: NotSupportedYet | None = None
+    loadshed_points: NotSupportedYet | None = None
+
+    def __post_init__(self) -> None:
+        if not self.resource_monitors:
+            raise FieldError("resource_monitors", "value must contain at least 1 item(s)")
+        names = [m.name for m in self.resource_monitors]
+        _check_unique(names, "resource_monitors", lambda name: f"Duplicate resource monitor {name}")
+        for i, action in enumerate(self.actions):
+            for j, trigger in enumerate(action.triggers):
+                if trigger.name not in names:
+                    raise FieldError(f"actions[{i}].triggers[{j}].name", f"Unknown trigger resource {trigger.name} "
+                                                                         f"for overload action {action.name}")
+
+    def monitor(self, config_type: type) -> Any:
+        """The typed config of the monitor of that type, or None."""
+        return next((m.typed_config for m in self.resource_monitors if isinstance(m.typed_config, config_type)),
+                    None)
+
+
+# --------------------------------------------------------------------------- stats sinks
+
+
+class SinkSocketAddress(EnvoyStruct, kw_only=True):
+    """A statsd sink's address: config.core.v3.SocketAddress, sent UDP datagrams whatever its `protocol` says (as
+    Envoy's statsd sink does; a listener's or cluster's SocketAddress refuses UDP)."""
+
+    protocol: Literal["TCP", "UDP"] = "TCP"
+    address: NonEmptyStr
+    port_value: Port
+    ipv4_compat: bool = False
+
+    def __post_init__(self) -> None:
+        try:
+            ipaddress.ip_address(self.address)
+        except ValueError:
+            raise FieldError("address", f"{self.address!r} is not an IP address") from None
+
+
+class SinkAddress(EnvoyStruct, kw_only=True):
+    socket_address: SinkSocketAddress
+
+
+class StatsdSink(EnvoyStruct, kw_only=True):
+    """config.metrics.v3.StatsdSink: counters (deltas), gauges and timers in statsd's line format to a UDP address
+    at each stats flush (proxy/stats_sinks.py). `prefix` defaults to Envoy's `envoy`."""
+
+    #: DogStatsD's lines carry the stat's tags (Envoy's tag-extracted name, then `|#tag:value,...`)
+    tagged: ClassVar[bool] = False
+    address: SinkAddress | None = None
+    tcp_cluster_name: NotSupportedYet | None = None
+    prefix: str = ""
+
+    def __post_init__(self) -> None:
+        if self.address is None:
+            raise FieldError("address", "missing required field (pylon's statsd sink sends over UDP to an address)")
+
+
+class DogStatsdSink(EnvoyStruct, kw_only=True):
+    """config.metrics.v3.DogStatsdSink: statsd lines with DogStatsD's tags, to a UDP address."""
+
+    tagged: ClassVar[bool] = True
+    address: SinkAddress
+    prefix: str = ""
+    max_bytes_per_datagram: NotSupportedYet | None = None  # Envoy then packs several lines into a datagram
+
+
+class StatsSink(_TypedExtension, kw_only=True):
+    """Bootstrap.stats_sinks[]: statsd and dog_statsd; another sink's @type (metrics_service, hystrix, wasm,
+    open_telemetry) is an unknown stats sink type, named in the error."""
+
+    category: ClassVar[str] = registry.STATS_SINK
+
+
+# --------------------------------------------------------------------------- bootstrap extensions
+
+#: Envoy's bootstrap extensions that its docs configure, each with why pylon has no meaning for it yet.
+_BOOTSTRAP_EXTENSIONS = MappingProxyType({
+    "envoy.extensions.bootstrap.internal_listener.v3.InternalListener":
+        "pylon has no internal listeners (listeners with internal_listener, envoy_internal_address endpoints)",
+    "envoy.extensions.wasm.v3.WasmService": "pylon runs no Wasm",
+    "envoy.extensions.network.socket_interface.v3.DefaultSocketInterface":
+        "pylon's sockets are the kernel's through Python's socket module: there is no socket interface to choose",
+    "envoy.extensions.bootstrap.reverse_tunnel.downstream_socket_interface.v3."
+    "DownstreamReverseConnectionSocketInterface": "pylon has no reverse tunnels",
+    "envoy.extensions.bootstrap.reverse_tunnel.upstream_socket_interface.v3.UpstreamReverseConnectionSocketInterface":
+        "pylon has no reverse tunnels",
+    "envoy.extensions.vcl.v3alpha.VclSocketInterface": "pylon has no VPP/VCL socket interface",
+})
+
+
+class BootstrapExtension(EnvoyStruct, kw_only=True):
+    """Bootstrap.bootstrap_extensions[] (core.v3.TypedExtensionConfig). Envoy's published examples use none; its
+    docs configure the ones in `_BOOTSTRAP_EXTENSIONS`, none of which has a meaning in pylon yet, so each is an
+    error naming its @type and why (an unknown @type too)."""
+
+    name: NonEmptyStr
+    typed_config: dict[str, Any]
+
+    def __post_init__(self) -> None:
+        type_url = self.typed_config.get("@type")
+        if not isinstance(type_url, str) or not type_url:
+            raise FieldError("typed_config.@type", "missing required field")
+        reason = _BOOTSTRAP_EXTENSIONS.get(registry.message_name(type_url), "not a bootstrap extension pylon knows")
+        raise FieldError("typed_config.@type", f"bootstrap extension {type_url} is not supported: {reason}")
 
 
 class Bootstrap(EnvoyStruct, kw_only=True):
@@ -2783,6 +2991,10 @@ class Bootstrap(EnvoyStruct, kw_only=True):
     stats_flush_interval: StatsFlushInterval | None = None
     stats_flush_on_admin: bool | None = None
     layered_runtime: LayeredRuntime | None = None
+    overload_manager: OverloadManager | None = None
+    #: where the stats go at each stats_flush_interval (statsd over UDP)
+    stats_sinks: list[StatsSink] = []
+    bootstrap_extensions: list[BootstrapExtension] = []
 
     def __post_init__(self) -> None:
         if self.stats_flush_on_admin is False:
@@ -2792,11 +3004,26 @@ class Bootstrap(EnvoyStruct, kw_only=True):
                              "only one of stats_flush_interval or stats_flush_on_admin may be set")
         if self.layered_runtime is not None:
             self._check_runtime_keys(self.layered_runtime)
+        if self.overload_manager is not None:
+            self._check_overload(self.overload_manager)
         if self.dynamic_resources is not None and self.dynamic_resources.cds_config is not None:
             node = self.node
             if node is None or not node.id or not node.cluster:
                 # Envoy's rule for CDS: the node names itself to whoever serves the clusters.
                 raise FieldError("node", "node id and cluster are required with dynamic_resources.cds_config")
+
+    def _check_overload(self, overload: OverloadManager) -> None:
+        """stop_accepting_connections pauses the workers' own accepting; a balanced listener is accepted by the
+        supervisor, which does not pause."""
+        for i, action in enumerate(overload.actions):
+            if action.name != STOP_ACCEPTING_CONNECTIONS:
+                continue
+            for listener in self.static_resources.listeners:
+                if listener.connection_balance_config is not None:
+                    raise FieldError(f"overload_manager.actions[{i}].name",
+                                     f"{action.name} with a listener's connection_balance_config (listener "
+                                     f"{listener.name!r}) is not supported yet: its connections are accepted by "
+                                     "pylon's supervisor, which does not stop")
 
     def _check_runtime_keys(self, layered: LayeredRuntime) -> None:
         listener_names = [listener.name for listener in self.static_resources.listeners]
@@ -2839,6 +3066,13 @@ _CORE_EXTENSIONS: tuple[tuple[str, str, type], ...] = (
     (registry.HTTP_FILTER, "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router", Router),
     (registry.UPSTREAM_HTTP_FILTER, "type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec",
      UpstreamCodec),
+    (registry.STATS_SINK, "type.googleapis.com/envoy.config.metrics.v3.StatsdSink", StatsdSink),
+    (registry.STATS_SINK, "type.googleapis.com/envoy.config.metrics.v3.DogStatsdSink", DogStatsdSink),
+    (registry.RESOURCE_MONITOR, "type.googleapis.com/envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig",
+     FixedHeapConfig),
+    (registry.RESOURCE_MONITOR,
+     "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
+     DownstreamConnectionsConfig),
     (
         registry.ACCESS_LOGGER,
         "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",

@@ -52,6 +52,10 @@ COMPRESSOR_LIBRARY = "envoy.compression.compressor"
 DECOMPRESSOR_LIBRARY = "envoy.compression.decompressor"
 #: A route's cluster specifier plugins (`inline_cluster_specifier_plugin`, `cluster_specifier_plugins`).
 CLUSTER_SPECIFIER = "envoy.router.cluster_specifier_plugin"
+#: The overload manager's `resource_monitors[].typed_config` (fixed heap, downstream connections).
+RESOURCE_MONITOR = "envoy.resource_monitors"
+#: The bootstrap's `stats_sinks[].typed_config`: where the stats go at each flush (statsd).
+STATS_SINK = "envoy.stats_sinks"
 
 #: Human names used in error messages ("accepted here (network filters): ...").
 CATEGORY_NAMES = MappingProxyType(
@@ -73,6 +77,8 @@ CATEGORY_NAMES = MappingProxyType(
         COMPRESSOR_LIBRARY: "compressor library",
         DECOMPRESSOR_LIBRARY: "decompressor library",
         CLUSTER_SPECIFIER: "cluster specifier plugin",
+        RESOURCE_MONITOR: "resource monitor",
+        STATS_SINK: "stats sink",
     }
 )
 

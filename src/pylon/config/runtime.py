@@ -26,6 +26,10 @@ Keys pylon implements:
 - `re2.max_program_size.error_level` (a non-negative integer): the largest RE2
   program a regex of the Google RE2 engine may compile to (Envoy's default is
   100; see `regex/re2_engine.py`).
+- `overload.global_downstream_max_connections` (a non-negative integer): the
+  open downstream connections across workers past which a new one is closed as
+  it is accepted, as the overload manager's global_downstream_max_connections
+  monitor does (which wins when both are set; see `proxy/overload.py`).
 - `envoy.resource_limits.listener.<name>.connection_limit` where no listener can
   be called <name> (no static listener has that name and there is no LDS): it
   limits nothing in Envoy either. Envoy's front-proxy example ships one of these,
@@ -41,13 +45,14 @@ from typing import Any
 
 #: The RE2 program size limit (Envoy's `re2.max_program_size.error_level`).
 RE2_MAX_PROGRAM_SIZE = "re2.max_program_size.error_level"
+#: The downstream connections limit across workers: deprecated in Envoy 1.40 for the overload manager's
+#: global_downstream_max_connections monitor, and still honoured by it (observed).
+GLOBAL_DOWNSTREAM_MAX_CONNECTIONS = "overload.global_downstream_max_connections"
 
 _LISTENER_CONNECTION_LIMIT = re.compile(r"^envoy\.resource_limits\.listener\.(?P<name>.+)\.connection_limit$")
 _FEATURE_FLAG = re.compile(r"^envoy\.(reloadable|restart)_features\.")
 
 _NOT_SUPPORTED_YET = {
-    "overload.global_downstream_max_connections":
-        "not supported yet: pylon does not limit downstream connections across its listeners",
     "re2.max_program_size.warn_level":
         "not supported yet: pylon enforces re2.max_program_size.error_level only",
 }
@@ -87,7 +92,7 @@ def layer_entries(static_layer: dict[str, Any]) -> dict[str, Any]:
 
 def check_entry(key: str, value: Any, listener_names: Iterable[str], has_lds: bool) -> None:
     """RuntimeValueError unless pylon does with `key` what Envoy does."""
-    if key == RE2_MAX_PROGRAM_SIZE:
+    if key in (RE2_MAX_PROGRAM_SIZE, GLOBAL_DOWNSTREAM_MAX_CONNECTIONS):
         _non_negative_int(key, value)
         return
     limit = _LISTENER_CONNECTION_LIMIT.match(key)
@@ -104,7 +109,8 @@ def check_entry(key: str, value: Any, listener_names: Iterable[str], has_lds: bo
     if _FEATURE_FLAG.match(key):
         raise RuntimeValueError(key, "Envoy feature flags are not supported: pylon behaves as Envoy 1.40 does "
                                      "with every flag at its default")
-    raise RuntimeValueError(key, f"not a runtime key pylon supports (it implements {RE2_MAX_PROGRAM_SIZE})")
+    raise RuntimeValueError(key, f"not a runtime key pylon supports (it implements {RE2_MAX_PROGRAM_SIZE} and "
+                                 f"{GLOBAL_DOWNSTREAM_MAX_CONNECTIONS})")
 
 
 def _non_negative_int(key: str, value: Any) -> int:
@@ -144,6 +150,12 @@ class Runtime:
         """`re2.max_program_size.error_level` (None: the engine's default, Envoy's 100)."""
         value = self.values.get(RE2_MAX_PROGRAM_SIZE)
         return None if value is None else _non_negative_int(RE2_MAX_PROGRAM_SIZE, value)
+
+    @property
+    def global_downstream_max_connections(self) -> int | None:
+        """`overload.global_downstream_max_connections` (None: unset, no limit from the runtime)."""
+        value = self.values.get(GLOBAL_DOWNSTREAM_MAX_CONNECTIONS)
+        return None if value is None else _non_negative_int(GLOBAL_DOWNSTREAM_MAX_CONNECTIONS, value)
 
     def admin_view(self) -> dict[str, Any]:
         """Envoy's `/runtime` JSON: the layer names, and each key's value in every layer ("" where unset) and final."""

@@ -78,6 +78,7 @@ class HcmRuntime:
                  stats: StatsStore, worker: "Worker") -> None:
         self.config = config
         self.worker = worker
+        self.overload = worker.overload  # the worker's overload actions (one object for its life): one hop less
         self.clusters = clusters
         self.pools = pools
         if config.rds is not None:
@@ -91,6 +92,8 @@ class HcmRuntime:
         self.cx_protocol_error = stats.counter(prefix + "downstream_cx_protocol_error")
         self.cx_idle_timeout = stats.counter(prefix + "downstream_cx_idle_timeout")
         self.rq_total = stats.counter(prefix + "downstream_rq_total")
+        self.rq_overload_close = stats.counter(prefix + "downstream_rq_overload_close")  # stop_accepting_requests
+        self.cx_overload_disable_keepalive = stats.counter(prefix + "downstream_cx_overload_disable_keepalive")
         self.rq_http2_total = stats.counter(prefix + "downstream_rq_http2_total")
         # Every request that is not HTTP/2 is HTTP/1: worked out when read, so the HTTP/1 path counts nothing more.
         stats.counters[prefix + "downstream_rq_http1_total"] = _Difference(

@@ -78,6 +78,8 @@ class LdsListeners:
                 sock = None  # bind_to_port false: it only takes connections a use_original_dst listener hands over
             acceptor = None if sock is None else ListenerAcceptor(
                 self.worker.loop, sock, runtime, config.max_connections_to_accept_per_socket_event)
+            if acceptor is not None and self.worker.overload.stop_accepting:
+                acceptor.pause()  # the overload manager's stop_accepting_connections is on
             self.serving[name] = LdsListener(data, runtime, acceptor)
         for name in [n for n in self.fds if n not in bound]:
             socket.socket(fileno=self.fds.pop(name)).close()  # removed while it was warming

@@ -40,7 +40,9 @@ from pylon.proxy.dynamic import POLL_INTERVAL_S, DynamicConfig, FileSources
 from pylon.proxy.listener_sockets import ListenerSockets
 from pylon.proxy.logging_setup import configure_logging
 from pylon.proxy.router import _compile_string_matcher
+from pylon.proxy.overload_monitor import OverloadMonitor
 from pylon.proxy.shared_buckets import SharedBuckets
+from pylon.proxy.stats_sinks import build_sinks
 from pylon.proxy.validate import configure_regex_engine, validate_runtime
 from pylon.stats.store import StatsStore, cumulative, merge_snapshots
 from pylon.regex import get_engine
@@ -87,6 +89,10 @@ class Supervisor:
         # The rate limit buckets the workers share (local_ratelimit), one memfd handed to each; a lone worker keeps
         # its buckets to itself (no lock to take per request).
         self.shared_buckets = SharedBuckets.create() if options.concurrency > 1 else None
+        # The overload manager's measuring half, and the connections table the workers share (None: not asked for).
+        self.overload = OverloadMonitor.of(bootstrap, dynamic.stats, options.concurrency)
+        # The bootstrap's stats_sinks, sent the merged stats at each flush (stats_sinks.py).
+        self.sinks = build_sinks(bootstrap)
         self.workers: dict[int, WorkerHandle] = {}
         self.state = "PRE_INITIALIZING"
         self.start_time = time.time()
@@ -132,6 +138,8 @@ class Supervisor:
         self.xds = XdsClient(self.bootstrap, self.dynamic, self._push_dynamic)
         tasks.append(loop.create_task(self.xds.run()))
         await self.xds.wait_initialized()
+        if self.overload is not None:
+            self.overload.measure([])  # as Envoy's, the actions are in force before the first connection
         for worker_id in range(self.options.concurrency):
             try:
                 self.workers[worker_id] = await self._spawn(worker_id)
@@ -150,6 +158,9 @@ class Supervisor:
         tasks.append(loop.create_task(self._monitor()))
         if self.stats_refresh_interval is not None:
             tasks.append(loop.create_task(self._refresh_stats(self.stats_refresh_interval)))
+        if self.overload is not None:
+            tasks.append(loop.create_task(self.overload.run(
+                lambda: [h.proc.pid for h in self.workers.values()], self._send_overload)))
         if self.files.files:
             tasks.append(loop.create_task(self._watch_files()))
         await self.stopped.wait()
@@ -166,7 +177,14 @@ class Supervisor:
         """
         while not self.draining:
             await asyncio.sleep(interval)
-            await self._worker_stats()
+            if self.sinks:
+                self._flush_sinks(await self.stats_snapshot())
+            else:
+                await self._worker_stats()
+
+    def _flush_sinks(self, snapshot: dict[str, Any]) -> None:
+        for sink in self.sinks:
+            sink.flush(snapshot)
 
     async def _watch_files(self) -> None:
         """Apply accepted changes of the CDS/RDS files to every worker."""
@@ -188,6 +206,11 @@ class Supervisor:
         self.listener_sockets.send_missing(handle.worker_id, handle.lds_channel)
         await handle.client.request({"op": "dynamic", "dynamic": document}, timeout=60)
 
+    async def _send_overload(self, scales: dict[str, float]) -> None:
+        """The overload actions' new scales to every running worker (a worker started later gets them at init)."""
+        await asyncio.gather(*(h.client.request({"op": "overload", "scales": scales})
+                               for h in list(self.workers.values())))
+
     async def _spawn(self, worker_id: int) -> WorkerHandle:
         parent, child = socket.socketpair()
         lds_ours, lds_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -199,6 +222,8 @@ class Supervisor:
             fds.append(self.load_table.fd)
         if self.shared_buckets is not None:
             fds.append(self.shared_buckets.fd)
+        if self.overload is not None:
+            fds.extend(self.overload.fds())
         proc = subprocess.Popen([sys.executable, "-m", "pylon.proxy.worker", str(child.fileno())], pass_fds=fds)
         child.close()
         lds_theirs.close()
@@ -216,6 +241,7 @@ class Supervisor:
             "shared_buckets_fd": self.shared_buckets.fd if self.shared_buckets is not None else None,
             "workers": self.options.concurrency,
             "health_check_failed": self.health_check_failed,
+            "overload": self.overload.worker_init() if self.overload is not None else None,
         }
         writer.write(control.encode(init))
         await writer.drain()
@@ -305,7 +331,10 @@ class Supervisor:
         self.stats.gauge("server.state").set({"LIVE": 0, "DRAINING": 1, "PRE_INITIALIZING": 2}[self.state])
         self.stats.counter("server.worker_restarts").value = sum(h.restarts for h in self.workers.values())
         await self._worker_stats()
-        return merge_snapshots([self.stats.snapshot(), self.retired, *self.last_seen.values()])
+        snapshot = merge_snapshots([self.stats.snapshot(), self.retired, *self.last_seen.values()])
+        if self.sinks and self.stats_refresh_interval is None:
+            self._flush_sinks(snapshot)  # stats_flush_on_admin: an admin request is the sinks' flush, as in Envoy
+        return snapshot
 
     async def _worker_stats(self) -> None:
         """Refresh `last_seen` from every worker that answers (one that does not keeps its previous entry)."""

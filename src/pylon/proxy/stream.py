@@ -388,6 +388,10 @@ class Stream:
         hcm = self.hcm
         hcm.rq_total.value += 1
         hcm.rq_active.value += 1
+        overload = hcm.overload
+        if overload.stop_requests and overload.refuses_request():
+            hcm.rq_overload_close.value += 1
+            return self.local(lr.OVERLOADED)
         if hcm.first_stream_timeout:
             self._arm(self.start + hcm.first_stream_timeout)
         if hcm.max_stream_duration:
@@ -1091,9 +1095,18 @@ class Stream:
 
     def _ends_connection(self) -> bool:
         """Whether the connection ends after this (relayed) response: the client, a drain or an earlier
-        decision says so, or the request was not read whole (what is left of it cannot start the next)."""
+        decision says so, or the request was not read whole (what is left of it cannot start the next); Envoy
+        drain-closes every connection while failing health, and the overload manager may disable keep-alive."""
         return self.close_after or not self.keep_alive or self.rq_state != RQ_DONE or self.conn.draining \
-            or self.hcm.worker.health_check_failed  # Envoy drain-closes every connection while failing health
+            or self.hcm.worker.health_check_failed \
+            or (self.hcm.overload.keepalive_off > 0.0 and self._overload_ends_keepalive())
+
+    def _overload_ends_keepalive(self) -> bool:
+        """disable_http_keepalive: this response ends the connection (counted once, as Envoy's drain)."""
+        if self.hcm.overload.ends_keepalive():
+            self.hcm.cx_overload_disable_keepalive.value += 1
+            return True
+        return False
 
     def on_upstream_upgraded(self, upstream: "UpstreamConnection | TerminatedConnect",
                              headers: list[tuple[bytes, bytes]], rest: bytes, status: int = 101) -> None:
@@ -1446,7 +1459,8 @@ class Stream:
         body_pending = self.rq_state != RQ_DONE and bool(self.req_length or self.req_chunked)
         close = self.close_after or not self.keep_alive or body_pending or self.conn.draining \
             or self.hcm.worker.health_check_failed or self.upgrade \
-            or status == 400 or status == 426 or status == 431
+            or status == 400 or status == 426 or status == 431 \
+            or (hcm.overload.keepalive_off > 0.0 and self._overload_ends_keepalive())
         headers = list(extra) if extra else []
         if ops is not None and not ops.empty:
             hl = HeaderList(headers)

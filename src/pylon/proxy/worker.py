@@ -35,18 +35,21 @@ from pylon.proxy import control
 from pylon.proxy.access_log import AccessLogWriter
 from pylon.proxy.balance import Accepting, balancer_for
 from pylon.proxy.balance.loadtable import RQ_ACTIVE, LoadSlot, LoadTable
+from pylon.proxy.balance.acceptor import ListenerAcceptor
 from pylon.proxy.deadlines import DeadlineWheel, Watched
+from pylon.proxy.downstream_connections import ConnectionCounts, ConnectionGate
 from pylon.proxy.fairness import PhaseBudget
 from pylon.proxy.lds import LdsListeners
 from pylon.proxy.listener import ListenerRuntime, build_listener
 from pylon.proxy.listener_filters import PeekWatcher
 from pylon.proxy.logging_setup import configure_logging
+from pylon.proxy.overload import WorkerOverload
 from pylon.proxy.router import RouteTable
 from pylon.proxy.shared_buckets import SHARED_BUCKETS, SharedBuckets
 from pylon.proxy.upstream.cluster import Cluster, build_cluster, build_clusters
 from pylon.proxy.validate import configure_regex_engine
 from pylon.proxy.upstream.pool_registry import PoolRegistry
-from pylon.stats.store import StatsStore
+from pylon.stats.store import Counter, StatsStore
 
 log = logging.getLogger("pylon.worker")
 
@@ -85,6 +88,11 @@ class Worker:
         self.draining = False
         #: the admin's /healthcheck/fail: health_check filters answer 503, connections close after each response
         self.health_check_failed = False
+        #: the overload manager's actions as the supervisor last sent them (overload.py)
+        self.overload = WorkerOverload()
+        self.overload.on_accepting = self.set_accepting
+        #: the global downstream connections limit's side of this worker (None: no limit)
+        self.cx_gate: ConnectionGate | None = None
         self._conn_ids = worker_id << 40
         self._wall_offset = time.time() - loop.time()
         self.deadlines = DeadlineWheel(TIMEOUT_RESOLUTION_S)
@@ -127,9 +135,19 @@ class Worker:
 
     def connection_opened(self, conn: Any) -> None:
         self.connections.add(conn)
-        if conn.runtime_listener is not None:
-            conn.runtime_listener.opened()
+        listener = conn.runtime_listener
+        if listener is not None:
+            listener.opened()
+            if self.cx_gate is not None and not listener.config.ignore_global_conn_limit:
+                self.cx_gate.opened()
         self._start_ticking()
+
+    def set_accepting(self, accepting: bool) -> None:
+        """Pause or resume every listener's accepting (the overload manager's stop_accepting_connections)."""
+        acceptors = [*self.servers, *(entry.acceptor for entry in self.lds.serving.values())]
+        for acceptor in acceptors:
+            if isinstance(acceptor, ListenerAcceptor):
+                acceptor.resume() if accepting else acceptor.pause()
 
     def arm_deadline(self, target: Watched, when: float) -> None:
         """Arm the deadline wheel for something that is no downstream connection (an upstream connection, the pool
@@ -144,8 +162,11 @@ class Worker:
 
     def connection_closed(self, conn: Any) -> None:
         self.connections.discard(conn)
-        if conn.runtime_listener is not None:
-            conn.runtime_listener.closed()
+        listener = conn.runtime_listener
+        if listener is not None:
+            listener.closed()
+            if self.cx_gate is not None and not listener.config.ignore_global_conn_limit:
+                self.cx_gate.closed()
 
     async def start(self, bootstrap: Any, listener_fds: list[int], dynamic: dict[str, Any],
                     load_table: LoadTable | None = None, lds: LdsListeners | None = None) -> None:
@@ -174,6 +195,8 @@ class Worker:
                     self.load_slots.append(runtime.load_slot)
             server = await balancer.serve(self.loop, sock, runtime)
             self.servers.append(server)
+        if self.overload.stop_accepting:  # the overload manager's stop_accepting_connections was on at init
+            self.set_accepting(False)
         if self.load_slots:
             self.loop.call_later(LOAD_PUBLISH_INTERVAL_S, self._publish_load)
 
@@ -354,6 +377,14 @@ async def _serve(control_fd: int) -> int:
     buckets_fd = init.get("shared_buckets_fd")
     if buckets_fd is not None:
         worker.singletons[SHARED_BUCKETS] = SharedBuckets(buckets_fd)
+    overload = init.get("overload")
+    if overload is not None:
+        if overload["connections_fd"] is not None:
+            counts = ConnectionCounts(overload["connections_fd"], init["workers"])
+            monitor = overload["connections_monitor"]  # None: the runtime key's limit, which has no stats
+            failed = worker.stats.counter(f"overload.{monitor}.failed_updates") if monitor else Counter("")
+            worker.cx_gate = ConnectionGate(counts, worker.worker_id, overload["connections_limit"], failed)
+        worker.overload.update(overload["scales"])
     table_fd = init.get("load_table_fd")
     table = LoadTable(table_fd, len(init["listener_fds"]), init["workers"]) if table_fd is not None else None
     drain_time = float(init.get("drain_time", 600))
@@ -417,6 +448,9 @@ async def _carry_out(worker: Worker, message: dict[str, Any], drain_time: float,
         return {"clusters": worker.describe_clusters()}
     if op == "dynamic":
         await worker.apply_dynamic(message["dynamic"])
+        return {"ok": True}
+    if op == "overload":
+        worker.overload.update(message["scales"])
         return {"ok": True}
     if op == "health_check":
         worker.health_check_failed = bool(message["failed"])

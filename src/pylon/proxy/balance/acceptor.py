@@ -68,6 +68,16 @@ class ListenerAcceptor:
         for conn in accept_pending(self.sock.accept, self.accepts_per_event, repr(self.runtime.config.name)):
             start_adopting(self.loop, conn, self.runtime)
 
+    def pause(self) -> None:
+        """Stop taking connections for now (the overload manager's stop_accepting_connections): they wait in the
+        listen backlog."""
+        if self.open:
+            self.loop.remove_reader(self.sock.fileno())
+
+    def resume(self) -> None:
+        if self.open:
+            self.loop.add_reader(self.sock.fileno(), self._on_acceptable)
+
     def close(self, keep_socket: bool = False) -> None:
         """Stop accepting; the socket closes too unless a new version of the listener takes it over."""
         if self.open:

@@ -15,7 +15,18 @@ _ADOPTING: set[asyncio.Task[None]] = set()
 
 def start_adopting(loop: asyncio.AbstractEventLoop, sock: socket.socket, runtime: Any,
                    done: Callable[[], None] | None = None) -> None:
-    """Serve an accepted socket with its filter chain's protocol (and TLS); `done` runs however it ends."""
+    """Serve an accepted socket with its filter chain's protocol (and TLS); `done` runs however it ends. The
+    overload manager may close it first: past the global connections limit, or by reject_incoming_connections."""
+    worker = runtime.worker
+    gate = worker.cx_gate
+    if gate is not None and not runtime.config.ignore_global_conn_limit:
+        if not gate.admit():
+            runtime.global_cx_overflow.value += 1
+            return _refuse(sock, done)
+        done = _then(gate.adopted, done)
+    if worker.overload.reject and worker.overload.rejects_connection():
+        runtime.cx_overload_reject.value += 1
+        return _refuse(sock, done)
     chain = runtime.only_chain
     if chain is not None:
         _spawn(loop, sock, chain.ssl_context, chain.protocol_factory, chain.tls_stats, done)
@@ -30,6 +41,22 @@ def start_adopting(loop: asyncio.AbstractEventLoop, sock: socket.socket, runtime
         sock, lambda found, detected: _spawn(loop, sock, found.ssl_context, found.protocol_factory_for(detected),
                                              found.tls_stats, done),
         drop)
+
+
+def _refuse(sock: socket.socket, done: Callable[[], None] | None) -> None:
+    sock.close()
+    if done is not None:
+        done()
+
+
+def _then(first: Callable[[], None], done: Callable[[], None] | None) -> Callable[[], None]:
+    if done is None:
+        return first
+
+    def both() -> None:
+        first()
+        done()
+    return both
 
 
 def _spawn(loop: asyncio.AbstractEventLoop, sock: socket.socket, ssl_context: ssl.SSLContext | None,
