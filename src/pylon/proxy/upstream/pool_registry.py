@@ -61,7 +61,8 @@ class PoolRegistry:
         h2 = cluster.h2_settings
         key: Any = host
         if cluster.protocol == "downstream":
-            h2 = h2 if request is not None and request.conn.protocol == "HTTP/2" else None
+            # the client's protocol (a shadow copy or the proxy's own request has no client connection: HTTP/1.1)
+            h2 = h2 if getattr(getattr(request, "conn", None), "protocol", None) == "HTTP/2" else None
             key = (host, h2 is not None)
         if cluster.auto_sni is None or request is None or not isinstance(cluster.tls_for(host), ClientTls):
             pool = self.pools.get(key)
