@@ -8,6 +8,7 @@ connection's bytes; time is a number the test moves, and the deadline wheel is t
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
 import msgspec
@@ -18,7 +19,7 @@ from pylon.proxy.http.h2_session import CANCEL, INTERNAL_ERROR, REFUSED_STREAM, 
 from pylon.proxy.upstream.cluster import Cluster
 from pylon.proxy.upstream.h2_pool import H2Pool, H2UpstreamConnection, H2UpstreamStream
 from pylon.stats.store import StatsStore
-from tests.proxy.http.h2_helpers import Recorder, session
+from tests.proxy.http.h2_helpers import GOAWAY, Recorder, frame, session
 from tests.proxy.upstream.test_pool import Clock, Owner, Transport
 
 KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
@@ -138,6 +139,16 @@ class Rig:
                 return
         raise AssertionError("the connections kept talking")
 
+    def two_streams(self) -> tuple[H2UpstreamConnection, H2Connection, Recorder, Exchange, Exchange]:
+        """A connection with two requests on it (streams 1 and 3), both seen by the server."""
+        conn, server, recorder = self.connect()
+        first, second = Exchange(), Exchange()
+        self.pool.acquire(first)
+        self.pool.acquire(second)
+        self.pump()
+        assert requests_seen(recorder) == [1, 3]
+        return conn, server, recorder, first, second
+
     def counter(self, name: str) -> int:
         return self.stats.snapshot()["counters"][f"cluster.up.{name}"]
 
@@ -195,16 +206,8 @@ def test_request_translated_with_authority_and_scheme() -> None:
 
 def test_goaway_refuses_the_streams_the_server_did_not_process() -> None:
     rig = Rig()
-    conn, server, recorder = rig.connect()
-    first, second = Exchange(), Exchange()
-    rig.pool.acquire(first)
-    rig.pool.acquire(second)
-    rig.pump()
-    assert requests_seen(recorder) == [1, 3]
-    # The server processed stream 1 only: its GOAWAY names it as the last one.
-    server.receive(b"")  # nothing new
-    goaway = (b"\x00\x00\x08\x07\x00\x00\x00\x00\x00" + (1).to_bytes(4, "big") + (0).to_bytes(4, "big"))
-    conn.data_received(goaway)
+    conn, server, _, first, second = rig.two_streams()
+    conn.data_received(frame(GOAWAY, 0, 0, struct.pack(">II", 1, 0)))  # the server processed stream 1 only
     assert ("reset", "refused stream", True) in second.events  # safe to send again, whatever the method
     assert conn.goaway and not conn.has_room
     third = Exchange()
@@ -218,11 +221,7 @@ def test_goaway_refuses_the_streams_the_server_did_not_process() -> None:
 
 def test_upstream_reset_and_cancel() -> None:
     rig = Rig()
-    _, server, recorder = rig.connect()
-    reset, cancelled = Exchange(), Exchange()
-    rig.pool.acquire(reset)
-    rig.pool.acquire(cancelled)
-    rig.pump()
+    _, server, recorder, reset, cancelled = rig.two_streams()
     server.reset_stream(1, INTERNAL_ERROR)
     rig.pump()
     assert reset.events == [("reset", "remote reset", False)]

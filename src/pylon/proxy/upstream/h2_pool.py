@@ -36,16 +36,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
-from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from pylon.proxy.http.h2_client import Http2RequestEncoder, first_settings, request_headers, response_head
 from pylon.proxy.http.h2_session import CANCEL, NO_ERROR, REFUSED_STREAM, H2Connection, H2Error, H2Settings, Headers
 from pylon.proxy.tls import ClientTls
-from pylon.proxy.upstream.connect import ConnectError, ConnectTimeout, open_upstream
-from pylon.proxy.upstream.expiry import ConnectionLimits, Expiry, verdict
-from pylon.proxy.watermarks import apply_buffer_limit
+from pylon.proxy.upstream.pool_base import PoolBase, PooledConnection, prepare_transport
 
 if TYPE_CHECKING:
     from pylon.proxy.http.h1_client import Http1RequestEncoder
@@ -221,7 +217,7 @@ class H2UpstreamStream:
             exchange.on_upstream_reset("connection termination", stale=self.requests > 0 and not self.answered)
 
 
-class H2UpstreamConnection(asyncio.Protocol):
+class H2UpstreamConnection(PooledConnection, asyncio.Protocol):
     """One HTTP/2 connection to a host: many streams at once, each an `H2UpstreamStream`."""
 
     def __init__(self, pool: "H2Pool") -> None:
@@ -258,14 +254,7 @@ class H2UpstreamConnection(asyncio.Protocol):
     # -- asyncio.Protocol ---------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        apply_buffer_limit(transport, self.pool.cluster.config.per_connection_buffer_limit_bytes)
-        self.local_address = transport.get_extra_info("sockname")
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
+        self.local_address = prepare_transport(transport, self.pool.cluster.config.per_connection_buffer_limit_bytes)
         self.flush()  # the client preface and SETTINGS
 
     def data_received(self, data: bytes) -> None:
@@ -329,20 +318,8 @@ class H2UpstreamConnection(asyncio.Protocol):
                 if stream.exchange is not None:
                     stream.exchange.on_upstream_pause(False)
 
-    def close(self) -> None:
-        """Close now (streams still open learn it from `connection_lost`); the pool forgets it at once."""
-        if not self.closed:
-            self.flush()
-            self.closed = True
-            if self.transport is not None:
-                self.transport.close()
-            self.pool.forget(self)
-
-    def sweep(self, now: float) -> float:
-        """The deadline wheel's look (deadlines.py): the idle timeout and max duration; next look or 0."""
-        if self.closed:
-            return 0.0
-        return self.pool.expire(self, now)
+    def _before_close(self) -> None:
+        self.flush()  # streams still open learn of the close from `connection_lost`
 
     # -- H2Owner: the codec's calls ------------------------------------------------------------------
     def on_headers(self, stream_id: int, headers: Headers, end_stream: bool) -> None:
@@ -379,31 +356,21 @@ class H2UpstreamConnection(asyncio.Protocol):
         self.pool.went_away(self)
 
 
-class H2Pool:
+class H2Pool(PoolBase):
     """HTTP/2 connections to one host from one worker: streams share connections; Envoy's pending queue."""
+
+    protocol_stat = "upstream_cx_http2_total"
 
     def __init__(self, cluster: "Cluster", host: "Host", loop: asyncio.AbstractEventLoop, owner: "PoolOwner",
                  key: Any = None, name: "UpstreamName | None" = None) -> None:
-        self.cluster = cluster
-        self.host = host
-        self.key = key if key is not None else host
-        self.name = name
-        self.loop = loop
-        self.owner = owner
+        super().__init__(cluster, host, loop, owner, key, name)
         settings = cluster.h2_settings
         assert settings is not None
         self.settings: H2Settings = settings
         self.max_streams = settings.max_concurrent_streams
-        self.limits: ConnectionLimits = cluster.connection_limits
-        self.max_requests_per_connection = self.limits.max_requests
         self.buffer_limit = cluster.config.per_connection_buffer_limit_bytes
         self.scheme = b"http"
         self.connections: list[H2UpstreamConnection] = []  # up (ready), until closed
-        self.pending: deque[Exchange] = deque()
-        self.fresh_pending: deque[Exchange] = deque()  # waiting for a new connection (lost a stale or refused one)
-        self.connecting = 0
-        self.tasks: set[asyncio.Task[Any]] = set()
-        self.retired = False
 
     def acquire(self, exchange: "Exchange", fresh: bool = False) -> None:
         """A stream on a connection with room now, or a place in the queue (and a connection opened if needed)."""
@@ -412,24 +379,7 @@ class H2Pool:
                 if conn.has_room:
                     self._assign(conn, exchange)
                     return
-        cluster = self.cluster
-        if not cluster.circuit_breakers.pending_requests.try_acquire():
-            exchange.on_upstream_overflow()
-            return
-        (self.fresh_pending if fresh else self.pending).append(exchange)
-        cluster.stats.upstream_rq_pending_total.value += 1
-        self._maybe_connect()
-
-    def cancel(self, exchange: "Exchange") -> None:
-        """A queued exchange went away before it got a stream."""
-        for queue in (self.pending, self.fresh_pending):
-            try:
-                queue.remove(exchange)
-            except ValueError:
-                continue
-            self.cluster.circuit_breakers.pending_requests.release()
-            self._check_empty()
-            return
+        self._enqueue(exchange, fresh)
 
     def _assign(self, conn: H2UpstreamConnection, exchange: "Exchange") -> None:
         conn.requests += 1
@@ -483,18 +433,8 @@ class H2Pool:
         if self.pending or self.fresh_pending:
             self._maybe_connect()
 
-    def expire(self, conn: H2UpstreamConnection, now: float) -> float:
-        """Close or drain `conn` when its idle timeout or max duration is due; its next look, or 0."""
-        why, following = verdict(self.limits, now, conn.opened_at, conn.idle_since, conn.draining)
-        if why is None:
-            return following
-        getattr(self.cluster.stats, why.value).value += 1
-        if why is Expiry.MAX_DURATION:
-            conn.draining = True
-            if conn.active:
-                return 0.0  # closed when its last stream ends
-        conn.close()
-        return 0.0
+    def _busy(self, conn: H2UpstreamConnection) -> bool:
+        return conn.active > 0
 
     def forget(self, conn: H2UpstreamConnection) -> None:
         """Bookkeeping when a connection closes for any reason (once per connection)."""
@@ -503,24 +443,11 @@ class H2Pool:
             self.connections.remove(conn)
         except ValueError:
             return
-        stats = self.cluster.stats
-        stats.upstream_cx_active.value -= 1
-        stats.upstream_cx_destroy.value += 1
-        stats.upstream_rq_per_cx.record(conn.requests)
-        self.host.active_connections -= 1
-        self.cluster.circuit_breakers.connections.release()
-        if self.pending or self.fresh_pending:
-            self._maybe_connect()
-        else:
-            self._check_empty()
+        self._count_closed(conn)
 
     @property
     def empty(self) -> bool:
         return not (self.connections or self.connecting or self.pending or self.fresh_pending)
-
-    def _check_empty(self) -> None:
-        if self.empty:
-            self.owner.maybe_empty(self)  # type: ignore[arg-type]
 
     def retire(self) -> None:
         """The cluster went away (CDS): idle connections close now, the others once their streams end."""
@@ -540,60 +467,21 @@ class H2Pool:
     def _maybe_connect(self) -> None:
         """Open connections while the ones being opened cannot take the queue (each counts for its stream limit;
         a request that needs a new connection counts whole)."""
-        connections = self.cluster.circuit_breakers.connections
         while self.connecting * self.max_streams < len(self.pending) or self.connecting < len(self.fresh_pending):
-            if not connections.try_acquire():
+            if not self._start_connect():
                 return
-            self.connecting += 1
-            task = self.loop.create_task(self._connect())
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
 
-    async def _connect(self) -> None:
-        cluster = self.cluster
-        stats = cluster.stats
-        stats.upstream_cx_total.value += 1
-        stats.upstream_cx_http2_total.value += 1
-        host, port = self.host.address
-        tls = cluster.tls_for(self.host)
-        if self.name is not None:
-            tls = self.name.tls(tls)
+    def _new_connection(self) -> H2UpstreamConnection:
+        return H2UpstreamConnection(self)
+
+    def _prepare_tls(self, tls: Any) -> None:
         if isinstance(tls, ClientTls):
             self.scheme = b"https"
-            if not cluster.alpn_configured:
+            if not self.cluster.alpn_configured:
                 tls.context.set_alpn_protocols(["h2"])  # Envoy's fallback ALPN for an HTTP/2 cluster
-        try:
-            try:
-                _, conn = await open_upstream(self.host.address, tls, cluster.connect_timeout,
-                                              lambda: H2UpstreamConnection(self), cluster.source)
-                if conn.closed:
-                    raise ConnectError("connection termination")
-            except ConnectTimeout:
-                stats.upstream_cx_connect_timeout.value += 1
-                raise
-            except ConnectError:
-                raise
-            except Exception as exc:  # a bug on this path must fail the request (503), never leave it waiting
-                log.exception("opening an HTTP/2 connection to %s:%d failed", host, port)
-                raise ConnectError(f"internal error: {type(exc).__name__}") from exc
-        except ConnectError as exc:
-            self.connecting -= 1
-            stats.upstream_cx_connect_fail.value += 1
-            cluster.circuit_breakers.connections.release()
-            self.host.record_connect_failure()
-            log.debug("connect to %s:%d failed: %s", host, port, exc)
-            self._fail_queued(str(exc))
-            self._check_empty()
-            return
-        except asyncio.CancelledError:
-            self.connecting -= 1
-            cluster.circuit_breakers.connections.release()
-            raise
-        self.connecting -= 1
-        self.connected(conn)
 
-    def _fail_queued(self, reason: str) -> None:
-        """A connect failed: the queued requests it was opened for fail (those the other connects cannot take)."""
+    def _connect_failed(self, reason: str) -> None:
+        """The queued requests the failed connect was opened for fail (those the other connects cannot take)."""
         breaker = self.cluster.circuit_breakers.pending_requests
         fresh = self.fresh_pending
         if fresh and len(fresh) > self.connecting:
@@ -606,13 +494,8 @@ class H2Pool:
 
     def connected(self, conn: H2UpstreamConnection) -> None:
         """A connection is up: count it, start its max duration, give its room to the queue, or keep it idle."""
-        cluster = self.cluster
-        cluster.stats.upstream_cx_active.value += 1
-        self.host.active_connections += 1
         self.connections.append(conn)
-        conn.opened_at = now = self.loop.time()
-        if self.limits.max_duration:
-            self.owner.arm(conn, now + self.limits.max_duration)
+        now = self._count_opened(conn)
         self._serve_queue(conn, True)
         if not conn.active:
             if self.retired:
