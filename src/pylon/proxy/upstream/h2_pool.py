@@ -45,11 +45,15 @@ from pylon.proxy.upstream.pool_base import PoolBase, PooledConnection, prepare_t
 
 if TYPE_CHECKING:
     from pylon.proxy.http.h1_client import Http1RequestEncoder
+    from pylon.proxy.upstream.auto_pool import AutoPool
     from pylon.proxy.upstream.auto_sni import UpstreamName
     from pylon.proxy.upstream.cluster import Cluster, Host
     from pylon.proxy.upstream.pool import Exchange, PoolOwner
 
 log = logging.getLogger("pylon.upstream")
+
+#: What an auto_config cluster offers when its TLS context names no alpn_protocols (Envoy's order).
+AUTO_ALPN = ["h2", "http/1.1"]
 
 
 class H2UpstreamStream:
@@ -239,6 +243,7 @@ class H2UpstreamConnection(PooledConnection, asyncio.Protocol):
         self.wake_at = 0.0
         self.opened_at = 0.0
         self.idle_since = 0.0
+        self.http1_chosen = False  # auto_config: the server's ALPN did not pick h2
 
     @property
     def has_room(self) -> bool:
@@ -255,6 +260,11 @@ class H2UpstreamConnection(PooledConnection, asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.local_address = prepare_transport(transport, self.pool.cluster.config.per_connection_buffer_limit_bytes)
+        if self.pool.auto is not None:
+            tls = transport.get_extra_info("ssl_object")
+            if tls is None or tls.selected_alpn_protocol() != "h2":
+                self.http1_chosen = True  # auto_config: the HTTP/1.1 pool takes it over (auto_pool.py)
+                return
         self.flush()  # the client preface and SETTINGS
 
     def data_received(self, data: bytes) -> None:
@@ -371,6 +381,7 @@ class H2Pool(PoolBase):
         self.buffer_limit = cluster.config.per_connection_buffer_limit_bytes
         self.scheme = b"http"
         self.connections: list[H2UpstreamConnection] = []  # up (ready), until closed
+        self.auto: AutoPool | None = None  # auto_config: the pool that takes connections ALPN made HTTP/1.1
 
     def acquire(self, exchange: "Exchange", fresh: bool = False) -> None:
         """A stream on a connection with room now, or a place in the queue (and a connection opened if needed)."""
@@ -477,8 +488,8 @@ class H2Pool(PoolBase):
     def _prepare_tls(self, tls: Any) -> None:
         if isinstance(tls, ClientTls):
             self.scheme = b"https"
-            if not self.cluster.alpn_configured:
-                tls.context.set_alpn_protocols(["h2"])  # Envoy's fallback ALPN for an HTTP/2 cluster
+            if not self.cluster.alpn_configured:  # Envoy's fallback ALPN for an HTTP/2 (or auto_config) cluster
+                tls.context.set_alpn_protocols(AUTO_ALPN if self.auto is not None else ["h2"])
 
     def _connect_failed(self, reason: str) -> None:
         """The queued requests the failed connect was opened for fail (those the other connects cannot take)."""
@@ -494,6 +505,8 @@ class H2Pool(PoolBase):
 
     def connected(self, conn: H2UpstreamConnection) -> None:
         """A connection is up: count it, start its max duration, give its room to the queue, or keep it idle."""
+        if self.auto is not None and not self.auto.connected(conn):
+            return  # ALPN chose HTTP/1.1: the HTTP/1.1 pool has it
         self.connections.append(conn)
         now = self._count_opened(conn)
         self._serve_queue(conn, True)

@@ -201,7 +201,8 @@ class PoolBase:
         cluster = self.cluster
         stats = cluster.stats
         stats.upstream_cx_total.value += 1
-        getattr(stats, self.protocol_stat).value += 1
+        if self.protocol_stat:
+            getattr(stats, self.protocol_stat).value += 1
         host, port = self.host.address
         tls = cluster.tls_for(self.host)  # read at each connect: a rotated SDS certificate applies to new ones
         if self.name is not None:

@@ -22,11 +22,12 @@ import asyncio
 from typing import TYPE_CHECKING, Any, Callable
 
 from pylon.proxy.tls import ClientTls
+from pylon.proxy.upstream.auto_pool import AutoPool
 from pylon.proxy.upstream.h2_pool import H2Pool
 from pylon.proxy.upstream.pool import HostPool
 
 #: A host's pool of either kind (they answer the same calls).
-Pool = HostPool | H2Pool
+Pool = HostPool | H2Pool | AutoPool
 
 if TYPE_CHECKING:
     from pylon.proxy.deadlines import Watched
@@ -74,7 +75,7 @@ class PoolRegistry:
 
     def _new_pool(self, cluster: "Cluster", host: Any, key: Any, name: "UpstreamName | None",
                   h2: "H2Settings | None") -> Pool:
-        kind = HostPool if h2 is None else H2Pool
+        kind = HostPool if h2 is None else AutoPool if cluster.protocol == "auto" else H2Pool
         pool = self.pools[key] = kind(cluster, host, self.loop, self, key, name)
         # A pool nothing ends up using (the request overflowed the breakers) must go too.
         self.maybe_empty(pool)
