@@ -324,3 +324,27 @@ def test_no_stream_before_the_connection_is_the_pools() -> None:
     rig.pool.connecting -= 1
     rig.pool.connected(conn)
     assert exchange.stream is not None and exchange.stream.connection is conn
+
+
+class WholeRequest(Exchange):
+    """The proxy's own requests (async_client, span export) write one whole HTTP/1.1 request with its length."""
+
+    def on_upstream_ready(self, stream: H2UpstreamStream) -> None:
+        self.stream = stream
+        stream.write(b"POST /v1/traces HTTP/1.1\r\nhost: collector\r\ncontent-type: application/json\r\n"
+                     b"content-length: 7\r\n\r\n{\"a\":1}")
+
+
+def test_a_whole_http1_request_goes_as_one_stream() -> None:
+    rig = Rig()
+    _, server, recorder = rig.connect()
+    exchange = WholeRequest()
+    rig.pool.acquire(exchange)
+    rig.pump()
+    assert recorder.events[0][2] == [(b":method", b"POST"), (b":scheme", b"http"), (b":authority", b"collector"),
+                                     (b":path", b"/v1/traces"), (b"content-type", b"application/json"),
+                                     (b"content-length", b"7")]
+    assert bytes(recorder.body[1]) == b'{"a":1}' and ("end", 1) in recorder.events
+    respond(server, 1)
+    rig.pump()
+    assert exchange.events[-1] == "complete"
