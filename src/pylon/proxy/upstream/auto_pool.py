@@ -78,10 +78,9 @@ class AutoPool:
         upstream.connection_made(transport)
         h1.connecting += 1  # this connection, handed over: the queue moved below needs one connect fewer
         breaker = self.cluster.circuit_breakers.pending_requests
-        for queue, fresh in ((h2.fresh_pending, True), (h2.pending, False)):
-            while queue:
-                breaker.release()
-                h1.acquire(queue.popleft(), fresh)
+        while h2.pending:
+            breaker.release()
+            h1.acquire(h2.pending.popleft())
         h1.connecting -= 1
         h1.connected(upstream)
         return False

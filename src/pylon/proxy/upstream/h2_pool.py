@@ -384,13 +384,15 @@ class H2Pool(PoolBase):
         self.auto: AutoPool | None = None  # auto_config: the pool that takes connections ALPN made HTTP/1.1
 
     def acquire(self, exchange: "Exchange", fresh: bool = False) -> None:
-        """A stream on a connection with room now, or a place in the queue (and a connection opened if needed)."""
-        if not fresh:
-            for conn in self.connections:
-                if conn.has_room:
-                    self._assign(conn, exchange)
-                    return
-        self._enqueue(exchange, fresh)
+        """A stream on a connection with room now, or a place in the queue (and a connection opened if needed).
+
+        `fresh` (the request lost its stream to a refusal or a lost connection) needs no new connection here: the
+        connection it lost takes no streams any more, and any other may carry it."""
+        for conn in self.connections:
+            if conn.has_room:
+                self._assign(conn, exchange)
+                return
+        self._enqueue(exchange, False)
 
     def _assign(self, conn: H2UpstreamConnection, exchange: "Exchange") -> None:
         conn.requests += 1
@@ -402,20 +404,19 @@ class H2Pool(PoolBase):
             self.cluster.stats.upstream_cx_max_requests.value += 1
         exchange.on_upstream_ready(H2UpstreamStream(conn, exchange))  # type: ignore[arg-type]
 
-    def _serve_queue(self, conn: H2UpstreamConnection, fresh: bool) -> None:
-        """Give `conn`'s room to the queued requests (those waiting for a new connection only if it is new)."""
+    def _serve_queue(self, conn: H2UpstreamConnection) -> None:
+        """Give `conn`'s room to the queued requests, first in line first."""
         breaker = self.cluster.circuit_breakers.pending_requests
-        queues = (self.fresh_pending, self.pending) if fresh else (self.pending,)
-        for queue in queues:
-            while queue and conn.has_room:
-                breaker.release()
-                self._assign(conn, queue.popleft())
+        queue = self.pending
+        while queue and conn.has_room:
+            breaker.release()
+            self._assign(conn, queue.popleft())
 
     def room_changed(self, conn: H2UpstreamConnection) -> None:
         """The server's SETTINGS may have raised the connection's stream limit: serve the queue (once the connection
         is the pool's: its SETTINGS may come before the connect is done, and its peer checked)."""
         if self.pending and conn.opened_at and conn.has_room:
-            self._serve_queue(conn, False)
+            self._serve_queue(conn)
 
     def stream_closed(self, conn: H2UpstreamConnection) -> None:
         """A stream of `conn` closed: its slot goes to the next queued request, or the connection may go idle."""
@@ -423,7 +424,7 @@ class H2Pool(PoolBase):
         if conn.closed:
             return
         if self.pending and conn.has_room:
-            self._serve_queue(conn, False)
+            self._serve_queue(conn)
             return
         if conn.active:
             return
@@ -441,7 +442,7 @@ class H2Pool(PoolBase):
         """The server's GOAWAY: `conn` takes no new stream; queued requests need another connection."""
         if not conn.active:
             conn.close()
-        if self.pending or self.fresh_pending:
+        if self.pending:
             self._maybe_connect()
 
     def _busy(self, conn: H2UpstreamConnection) -> bool:
@@ -458,7 +459,7 @@ class H2Pool(PoolBase):
 
     @property
     def empty(self) -> bool:
-        return not (self.connections or self.connecting or self.pending or self.fresh_pending)
+        return not (self.connections or self.connecting or self.pending)
 
     def retire(self) -> None:
         """The cluster went away (CDS): idle connections close now, the others once their streams end."""
@@ -476,9 +477,8 @@ class H2Pool(PoolBase):
             task.cancel()
 
     def _maybe_connect(self) -> None:
-        """Open connections while the ones being opened cannot take the queue (each counts for its stream limit;
-        a request that needs a new connection counts whole)."""
-        while self.connecting * self.max_streams < len(self.pending) or self.connecting < len(self.fresh_pending):
+        """Open connections while the ones being opened cannot take the queue (each counts for its stream limit)."""
+        while self.connecting * self.max_streams < len(self.pending):
             if not self._start_connect():
                 return
 
@@ -494,10 +494,6 @@ class H2Pool(PoolBase):
     def _connect_failed(self, reason: str) -> None:
         """The queued requests the failed connect was opened for fail (those the other connects cannot take)."""
         breaker = self.cluster.circuit_breakers.pending_requests
-        fresh = self.fresh_pending
-        if fresh and len(fresh) > self.connecting:
-            breaker.release()
-            fresh.popleft().on_upstream_connect_failure(reason)
         pending = self.pending
         while pending and len(pending) > self.connecting * self.max_streams:
             breaker.release()
@@ -509,7 +505,7 @@ class H2Pool(PoolBase):
             return  # ALPN chose HTTP/1.1: the HTTP/1.1 pool has it
         self.connections.append(conn)
         now = self._count_opened(conn)
-        self._serve_queue(conn, True)
+        self._serve_queue(conn)
         if not conn.active:
             if self.retired:
                 conn.close()
