@@ -256,6 +256,7 @@ def test_many_concurrent_calls_share_one_upstream_connection(gw: Gateways) -> No
         stats = proxy.stats()
         assert stats["cluster.echo.upstream_cx_total"] - before <= 1, (impl, stats["cluster.echo.upstream_cx_total"])
         assert stats["cluster.echo.upstream_cx_http2_total"] == stats["cluster.echo.upstream_cx_total"] == 1, impl
+        assert stats["cluster.echo.http2.nghttp2_upstream_connections"] == 1, impl  # Envoy's codec stats
 
 
 def test_max_concurrent_streams_caps_streams_per_connection(gw: Gateways) -> None:

@@ -229,7 +229,10 @@ def test_upstream_reset_and_cancel() -> None:
     cancelled.stream.abandon()
     rig.pump()
     assert ("closed", 3, CANCEL) in recorder.events  # the server saw RST_STREAM CANCEL
-    assert rig.pool.connections[0].active == 0
+    conn = rig.pool.connections[0]
+    assert conn.active == 0
+    conn.connection_lost(None)  # its codec's counts reach the cluster's `http2.*` stats, as Envoy names them
+    assert (rig.counter("http2.rx_reset"), rig.counter("http2.tx_reset")) == (1, 1)
 
 
 def test_refused_stream_reset_is_retriable() -> None:

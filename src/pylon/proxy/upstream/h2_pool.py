@@ -39,7 +39,8 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from pylon.proxy.http.h2_client import Http2RequestEncoder, first_settings, request_headers, response_head
-from pylon.proxy.http.h2_session import CANCEL, NO_ERROR, REFUSED_STREAM, H2Connection, H2Error, H2Settings, Headers
+from pylon.proxy.http.h2_session import (CANCEL, COUNTER_NAMES, NO_ERROR, REFUSED_STREAM, H2Connection, H2Error,
+                                         H2Settings, Headers, add_counts)
 from pylon.proxy.tls import ClientTls
 from pylon.proxy.upstream.pool_base import PoolBase, PooledConnection, prepare_transport
 
@@ -244,6 +245,7 @@ class H2UpstreamConnection(PooledConnection, asyncio.Protocol):
         self.opened_at = 0.0
         self.idle_since = 0.0
         self.http1_chosen = False  # auto_config: the server's ALPN did not pick h2
+        self.seen: dict[str, int] = {}  # the codec's counts already added to the cluster's `http2.*` stats
 
     @property
     def has_room(self) -> bool:
@@ -298,6 +300,7 @@ class H2UpstreamConnection(PooledConnection, asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        add_counts(self.pool.cluster.stats.counter, self.codec.counters(), self.seen)
         streams = list(self.streams.values())
         self.streams.clear()
         for stream in streams:
@@ -381,6 +384,10 @@ class H2Pool(PoolBase):
         self.buffer_limit = cluster.config.per_connection_buffer_limit_bytes
         self.scheme = b"http"
         self.connections: list[H2UpstreamConnection] = []  # up (ready), until closed
+        stats = cluster.stats
+        self.codec_connections = stats.counter("http2.nghttp2_upstream_connections")
+        for name in COUNTER_NAMES:
+            stats.counter(f"http2.{name}")  # Envoy's upstream codec stats, present at 0 as Envoy lists them
         self.auto: AutoPool | None = None  # auto_config: the pool that takes connections ALPN made HTTP/1.1
 
     def acquire(self, exchange: "Exchange", fresh: bool = False) -> None:
@@ -504,6 +511,7 @@ class H2Pool(PoolBase):
         if self.auto is not None and not self.auto.connected(conn):
             return  # ALPN chose HTTP/1.1: the HTTP/1.1 pool has it
         self.connections.append(conn)
+        self.codec_connections.value += 1
         now = self._count_opened(conn)
         self._serve_queue(conn)
         if not conn.active:
