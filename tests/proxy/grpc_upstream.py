@@ -12,6 +12,7 @@ message of the size the request says). `ResettingH2Upstream`: what grpcio and ng
 from __future__ import annotations
 
 import socket
+import socketserver
 import threading
 from concurrent import futures
 from typing import Any, Iterator
@@ -106,45 +107,38 @@ class ResettingH2Upstream:
 
     def __init__(self) -> None:
         self.paths: list[bytes] = []
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.conns: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
+        paths = self.paths
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.conns.append(conn)
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                _serve_h2(self.request, _Resetter(paths))
 
-    def _serve(self, sock: socket.socket) -> None:
-        owner = _Resetter(self.paths)
-        codec = H2Connection(owner, server=True)
-        owner.codec = codec
-        with sock:
-            sock.sendall(codec.data_to_send())
-            while not codec.closed:
-                try:
-                    data = sock.recv(65536)
-                except OSError:
-                    return
-                if not data:
-                    return
-                codec.receive(data)
-                out = codec.data_to_send()
-                if out:
-                    sock.sendall(out)
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def close(self) -> None:
-        self.sock.close()
-        for conn in self.conns:
-            try:
-                conn.close()
-            except OSError:
-                pass
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _serve_h2(sock: socket.socket, owner: "_Resetter") -> None:
+    """One connection: bytes in through the codec, what it answers out, until either side ends it."""
+    codec = H2Connection(owner, server=True)
+    owner.codec = codec
+    sock.sendall(codec.data_to_send())
+    while not codec.closed:
+        try:
+            data = sock.recv(65536)
+        except OSError:
+            return
+        if not data:
+            return
+        codec.receive(data)
+        out = codec.data_to_send()
+        if out:
+            sock.sendall(out)
 
 
 class _Resetter:

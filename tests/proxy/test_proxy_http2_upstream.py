@@ -20,12 +20,14 @@ from typing import Any, Iterator
 import grpc
 import httpx
 import pytest
+import ssl
 
 from pylon.identity.certs import make_test_pki
 from tests.conftest import free_port
 from tests.proxy.conftest import (ENVOY_BIN, UPSTREAM_TLS_TYPE, ProxyLauncher, RunningProxy, http_listener, json_access_log,
                                   read_json_lines, route, static_cluster, wait_until)  # fmt: skip
 from tests.proxy.grpc_upstream import EchoServer, ResettingH2Upstream, method
+from tests.proxy.upstreams import Upstream
 
 IMPLEMENTATIONS = ("pylon", "envoy")
 OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
@@ -78,6 +80,10 @@ class Gateways:
         self.resetting = ResettingH2Upstream()
         self.pki = make_test_pki(directory / "pki")
         self.secure = EchoServer(tls=(self.pki.server_rsa.key.read_bytes(), self.pki.server_rsa.cert.read_bytes()))
+        http1_only = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        http1_only.load_cert_chain(str(self.pki.server_rsa.cert), str(self.pki.server_rsa.key))
+        http1_only.set_alpn_protocols(["http/1.1"])
+        self.https1 = Upstream(tls=http1_only)  # an HTTPS server whose ALPN picks HTTP/1.1
         self.web = Nghttpd(directory)
         self.launcher = ProxyLauncher(directory)
         self.proxies: dict[str, RunningProxy] = {}
@@ -94,11 +100,18 @@ class Gateways:
                 http_listener("aging", free_port(), [route("/", "echo_aging", timeout="20s")]),
                 http_listener("follow", free_port(), [route("/", "web_follow", timeout="10s")]),
                 http_listener("tls_up", free_port(), [route("/", "echo_tls", timeout="10s")]),
+                http_listener("auto_h2", free_port(), [route("/", "auto_h2", timeout="10s")]),
+                http_listener("auto_h1", free_port(), [route("/", "auto_h1", timeout="10s")]),
+                http_listener("mirrored", free_port(), [route("/", "web", timeout="10s", request_mirror_policies=[
+                    {"cluster": "resetting"}])]),
                 http_listener("wrong_san", free_port(), [route("/", "echo_tls_wrong_san", timeout="10s")]),
             ]
             follow = {"typed_extension_protocol_options": {OPTIONS_KEY: {
                 "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
                 "use_downstream_protocol_config": {"http_protocol_options": {}, "http2_protocol_options": {}}}}}
+            auto = {"typed_extension_protocol_options": {OPTIONS_KEY: {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "auto_config": {"http_protocol_options": {}, "http2_protocol_options": {}}}}}
             clusters = [static_cluster("echo", [self.echo.port], **h2_options()),
                         static_cluster("echo_capped", [self.echo.port], **h2_options(max_concurrent_streams=2)),
                         static_cluster("echo_aging", [self.aging.port], **h2_options()),
@@ -107,7 +120,9 @@ class Gateways:
                         static_cluster("web_follow", [self.web.port], **follow),
                         static_cluster("echo_tls", [self.secure.port], **h2_options(), **self.tls("localhost")),
                         static_cluster("echo_tls_wrong_san", [self.secure.port], **h2_options(),
-                                       **self.tls("other.example"))]
+                                       **self.tls("other.example")),
+                        static_cluster("auto_h2", [self.secure.port], **auto, **self.tls("localhost")),
+                        static_cluster("auto_h1", [self.https1.port], **auto, **self.tls("localhost"))]
             self.proxies[impl] = self.launcher.start(listeners, clusters, implementation=impl)
 
     def tls(self, san: str) -> dict[str, Any]:
@@ -129,6 +144,7 @@ class Gateways:
         self.aging.close()
         self.resetting.close()
         self.secure.close()
+        self.https1.close()
         self.web.close()
 
 
@@ -240,6 +256,7 @@ def test_many_concurrent_calls_share_one_upstream_connection(gw: Gateways) -> No
         stats = proxy.stats()
         assert stats["cluster.echo.upstream_cx_total"] - before <= 1, (impl, stats["cluster.echo.upstream_cx_total"])
         assert stats["cluster.echo.upstream_cx_http2_total"] == stats["cluster.echo.upstream_cx_total"] == 1, impl
+        assert stats["cluster.echo.http2.nghttp2_upstream_connections"] == 1, impl  # Envoy's codec stats
 
 
 def test_max_concurrent_streams_caps_streams_per_connection(gw: Gateways) -> None:
@@ -365,3 +382,31 @@ def test_tls_upstream_offers_h2_and_checks_the_san(gw: Gateways) -> None:
         outcomes[impl] = (good, info.value.code())
     assert outcomes["pylon"] == (b"secure", grpc.StatusCode.UNAVAILABLE), outcomes
     assert len(set(outcomes.values())) == 1, outcomes
+
+
+def test_a_request_mirrored_to_an_http2_cluster(gw: Gateways) -> None:
+    """The shadow copy goes to an HTTP/2 cluster as its own stream (Host suffixed -shadow), body included."""
+    for impl in each(gw):
+        path = f"/mirror-{impl}"
+        response = httpx.post(gw.proxies[impl].url("mirrored", path), content=b"copy me", timeout=10)
+        assert (response.status_code, response.content) == (200, b"copy me"), impl  # nghttpd's echo; the copy's
+        # answer is dropped
+        wait_until(lambda: path.encode() in gw.resetting.paths, timeout=10)
+
+
+def test_auto_config_speaks_what_alpn_picks(gw: Gateways) -> None:
+    """auto_config on TLS clusters: grpcio's server picks h2 (gRPC works, an HTTP/2 connection is counted), an
+    HTTPS server whose ALPN picks http/1.1 gets HTTP/1.1 requests (an HTTP/1.1 connection is counted)."""
+    outcomes = {}
+    for impl in each(gw):
+        proxy = gw.proxies[impl]
+        with gw.channel(impl, "auto_h2") as channel:
+            reply = method(channel, "unary_unary", "Unary")(b"alpn", timeout=10)
+        plain = [httpx.get(proxy.url("auto_h1", f"/auto-{impl}-{i}"), timeout=10) for i in range(3)]
+        stats = proxy.stats()
+        outcomes[impl] = (reply, [r.status_code for r in plain], stats["cluster.auto_h2.upstream_cx_http2_total"],
+                          stats["cluster.auto_h1.upstream_cx_http1_total"])
+        seen = [r for r in gw.https1.requests if r["path"].startswith(f"/auto-{impl}-")]
+        assert len(seen) == 3, (impl, seen)
+    assert outcomes["pylon"] == (b"alpn", [200, 200, 200], 1, 1), outcomes
+    assert len({repr(o) for o in outcomes.values()}) == 1, outcomes

@@ -24,6 +24,7 @@ from pylon.proxy.deadlines import DeadlineWheel
 from pylon.proxy.hcm import HcmRuntime, HttpConnection
 from pylon.proxy.stream import Stream
 from pylon.proxy.upstream import pool as pool_module
+from pylon.proxy.upstream import pool_base
 from pylon.proxy.upstream.cluster import Cluster
 from pylon.proxy.upstream.connect import ConnectError
 from pylon.proxy.upstream.pool_registry import PoolRegistry
@@ -185,7 +186,7 @@ class Rig:
             {"name": "all", "domains": ["*"], "routes": [route]}]}, **(hcm or {})}, HttpConnectionManager)
         pools = PoolRegistry(self.loop, self.worker.deadlines.arm, self.worker.deadlines.disarm)  # type: ignore[arg-type]
         self.hcm = HcmRuntime(config, {"up": self.cluster}, pools, stats, self.worker)  # type: ignore[arg-type]
-        monkeypatch.setattr(pool_module, "open_upstream", self._open_upstream)
+        monkeypatch.setattr(pool_base, "open_upstream", self._open_upstream)
         self.streams: list[Any] = []  # every stream the connection made, finished ones too
         monkeypatch.setattr(hcm_module, "Stream", self._new_stream)
         self.conn = HttpConnection(self.hcm)

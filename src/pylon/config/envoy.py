@@ -2509,9 +2509,6 @@ class Cluster(EnvoyStruct, kw_only=True):
             raise FieldError(f"typed_extension_protocol_options[{HTTP_PROTOCOL_OPTIONS}].auto_config",
                              f"ALPN configured for cluster {self.name} which has a non-ALPN transport socket "
                              "(auto_config needs a TLS transport_socket, as in Envoy 1.40)")
-        if typed.auto_config is not None:
-            raise FieldError(f"typed_extension_protocol_options[{HTTP_PROTOCOL_OPTIONS}].auto_config",
-                             "not supported yet (the protocol chosen by ALPN per connection); use explicit_http_config")
         if self.http2_protocol_options is not None:
             # Envoy 1.40 validates both and takes the typed options' protocol: an error, not an unused field.
             raise FieldError("http2_protocol_options", f"Envoy ignores this deprecated field when "

@@ -32,7 +32,8 @@ from typing import TYPE_CHECKING, Any
 
 from pylon.proxy.hcm import HcmRuntime, HttpConnection
 from pylon.proxy.http.h2_server import Http2ResponseEncoder, request_head
-from pylon.proxy.http.h2_session import INTERNAL_ERROR, NO_ERROR, H2Connection, H2Settings
+from pylon.proxy.http.h2_session import (COUNTER_NAMES, INTERNAL_ERROR, NO_ERROR, H2Connection, H2Settings,
+                                         add_counts)
 from pylon.proxy.stream import Stream
 from pylon.proxy.stream_states import RQ_BODY, RS_DONE, RS_RESET
 
@@ -41,8 +42,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pylon.proxy.h2")
 
-#: The codec's per-connection counts that are gauges in Envoy, not counters.
-_GAUGES = frozenset({"http2.streams_active", "http2.pending_send_bytes"})
 
 
 def h2_settings(config: Any) -> H2Settings:
@@ -63,20 +62,12 @@ class H2Runtime:
         self.dropped_underscores = stats.counter("http2.dropped_headers_with_underscores")
         self.rejected_underscores = stats.counter("http2.requests_rejected_with_underscores_in_headers")
         self.streams_active = stats.gauge("http2.streams_active")
-        for name in ("rx_reset", "tx_reset", "rx_messaging_error", "goaway_sent", "trailers", "header_overflow",
-                     "outbound_flood", "outbound_control_flood", "inbound_empty_frames_flood",
-                     "inbound_priority_frames_flood", "inbound_window_update_frames_flood"):
+        for name in COUNTER_NAMES:
             stats.counter(f"http2.{name}")  # present at 0, as Envoy lists them
 
     def add(self, counts: dict[str, int], seen: dict[str, int]) -> None:
         """Add what a connection's codec counted since `seen` (updated) to the worker's counters."""
-        for name, value in counts.items():
-            if name in _GAUGES:
-                continue
-            delta = value - seen.get(name, 0)
-            if delta:
-                seen[name] = value
-                self.stats.counter(name).value += delta
+        add_counts(self.stats.counter, counts, seen)
 
 
 class H2StreamConn:

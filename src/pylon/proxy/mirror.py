@@ -149,7 +149,9 @@ class Shadow:
         self.headers = stream.headers
         self.rule = rule
         self.loop = loop
-        self.out: list[bytes] = [encoder.encode_head(1)]
+        self.out: list[bytes] = []  # framed for the connection, once there is one
+        self.pieces: list[bytes] = []  # the body until then, as it came (an HTTP/2 stream frames it its own way)
+        self.trailers: list[tuple[bytes, bytes]] | None = None
         self.pool: HostPool | None = None
         self.conn: UpstreamConnection | None = None
         self.status = 0
@@ -163,21 +165,27 @@ class Shadow:
         stats.upstream_rq_active.value += 1
 
     def send(self, pool: "HostPool", body: list[bytes]) -> None:
-        """Queue the head and the body so far, and ask `pool` for a connection."""
-        for piece in body:
-            self.out.append(self.encoder.encode_data(piece))
+        """Keep the body so far, and ask `pool` for a connection."""
+        self.pieces.extend(body)
         self.pool = pool
         pool.acquire(self)
 
     # -- the main request's body, as it arrives
     def data(self, piece: bytes) -> None:
-        if not self.done:
-            self.out.append(self.encoder.encode_data(piece))
-            self._flush()
+        if self.done:
+            return
+        if self.conn is None:
+            self.pieces.append(piece)
+            return
+        self.out.append(self.encoder.encode_data(piece))
+        self._flush()
 
     def end(self, trailers: list[tuple[bytes, bytes]] | None) -> None:
         if not self.done and not self.ended:
             self.ended = True
+            if self.conn is None:
+                self.trailers = trailers
+                return
             tail = self.encoder.encode_end(trailers)
             if tail:
                 self.out.append(tail)
@@ -199,6 +207,18 @@ class Shadow:
             conn.abandon()
             return
         self.conn = conn
+        pieces, self.pieces = self.pieces, []
+        encoder = self.encoder
+        if conn.multiplexed:  # an HTTP/2 cluster's stream: the head as HEADERS, the body as DATA (h2_client.py)
+            h2 = conn.send_head(encoder, encoder.encode_head(1), self.ended and not pieces and not self.trailers)
+            if h2 is None:
+                return  # refused at once: on_upstream_reset closed the copy
+            self.encoder = encoder = h2  # type: ignore[assignment]
+        else:
+            self.out.append(encoder.encode_head(1))
+        self.out.extend(map(encoder.encode_data, pieces))
+        if self.ended:
+            self.out.append(encoder.encode_end(self.trailers))
         self._flush()
 
     def on_upstream_connect_failure(self, reason: str) -> None:

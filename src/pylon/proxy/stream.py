@@ -919,9 +919,8 @@ class Stream:
         if self.span is not None and self.hcm.tracer.names_host:  # type: ignore[union-attr]
             head = self.hcm.tracer.with_host_header(self, head)  # type: ignore[union-attr]
         waiting = self.waiting_body
-        if conn.requests and self.body_buffer is None and self.body_size <= self.hcm.buffer_limit \
-                and (self.req_length or self.req_chunked):
-            self.body_buffer = list(waiting)  # a refused stream's request goes again: keep what was sent
+        if self.body_buffer is None and self.body_size <= self.hcm.buffer_limit and (self.req_length or self.req_chunked):
+            self.body_buffer = list(waiting)  # a stream the server refuses (GOAWAY) goes again: keep what was sent
         done = self.rq_state == RQ_DONE
         end = done and not waiting and not self.req_trailers
         encoder = conn.send_head(base, head, end)

@@ -8,6 +8,7 @@ connection's bytes; time is a number the test moves, and the deadline wheel is t
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
 import msgspec
@@ -18,7 +19,7 @@ from pylon.proxy.http.h2_session import CANCEL, INTERNAL_ERROR, REFUSED_STREAM, 
 from pylon.proxy.upstream.cluster import Cluster
 from pylon.proxy.upstream.h2_pool import H2Pool, H2UpstreamConnection, H2UpstreamStream
 from pylon.stats.store import StatsStore
-from tests.proxy.http.h2_helpers import Recorder, session
+from tests.proxy.http.h2_helpers import GOAWAY, Recorder, frame, session
 from tests.proxy.upstream.test_pool import Clock, Owner, Transport
 
 KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
@@ -149,6 +150,16 @@ class Rig:
                 return
         raise AssertionError("the connections kept talking")
 
+    def two_streams(self) -> tuple[H2UpstreamConnection, H2Connection, Recorder, Exchange, Exchange]:
+        """A connection with two requests on it (streams 1 and 3), both seen by the server."""
+        conn, server, recorder = self.connect()
+        first, second = Exchange(), Exchange()
+        self.pool.acquire(first)
+        self.pool.acquire(second)
+        self.pump()
+        assert requests_seen(recorder) == [1, 3]
+        return conn, server, recorder, first, second
+
     def counter(self, name: str) -> int:
         return self.stats.snapshot()["counters"][f"cluster.up.{name}"]
 
@@ -206,16 +217,8 @@ def test_request_translated_with_authority_and_scheme() -> None:
 
 def test_goaway_refuses_the_streams_the_server_did_not_process() -> None:
     rig = Rig()
-    conn, server, recorder = rig.connect()
-    first, second = Exchange(), Exchange()
-    rig.pool.acquire(first)
-    rig.pool.acquire(second)
-    rig.pump()
-    assert requests_seen(recorder) == [1, 3]
-    # The server processed stream 1 only: its GOAWAY names it as the last one.
-    server.receive(b"")  # nothing new
-    goaway = (b"\x00\x00\x08\x07\x00\x00\x00\x00\x00" + (1).to_bytes(4, "big") + (0).to_bytes(4, "big"))
-    conn.data_received(goaway)
+    conn, server, _, first, second = rig.two_streams()
+    conn.data_received(frame(GOAWAY, 0, 0, struct.pack(">II", 1, 0)))  # the server processed stream 1 only
     assert ("reset", "refused stream", True) in second.events  # safe to send again, whatever the method
     assert conn.goaway and not conn.has_room
     third = Exchange()
@@ -229,11 +232,7 @@ def test_goaway_refuses_the_streams_the_server_did_not_process() -> None:
 
 def test_upstream_reset_and_cancel() -> None:
     rig = Rig()
-    _, server, recorder = rig.connect()
-    reset, cancelled = Exchange(), Exchange()
-    rig.pool.acquire(reset)
-    rig.pool.acquire(cancelled)
-    rig.pump()
+    _, server, recorder, reset, cancelled = rig.two_streams()
     server.reset_stream(1, INTERNAL_ERROR)
     rig.pump()
     assert reset.events == [("reset", "remote reset", False)]
@@ -241,7 +240,10 @@ def test_upstream_reset_and_cancel() -> None:
     cancelled.stream.abandon()
     rig.pump()
     assert ("closed", 3, CANCEL) in recorder.events  # the server saw RST_STREAM CANCEL
-    assert rig.pool.connections[0].active == 0
+    conn = rig.pool.connections[0]
+    assert conn.active == 0
+    conn.connection_lost(None)  # its codec's counts reach the cluster's `http2.*` stats, as Envoy names them
+    assert (rig.counter("http2.rx_reset"), rig.counter("http2.tx_reset")) == (1, 1)
 
 
 def test_refused_stream_reset_is_retriable() -> None:
@@ -355,3 +357,27 @@ def test_streams_opened_in_one_round_go_out_in_one_write() -> None:
     assert len(writes) == 1
     rig.pump()
     assert requests_seen(recorder) == [1, 3, 5]
+
+
+class WholeRequest(Exchange):
+    """The proxy's own requests (async_client, span export) write one whole HTTP/1.1 request with its length."""
+
+    def on_upstream_ready(self, stream: H2UpstreamStream) -> None:
+        self.stream = stream
+        stream.write(b"POST /v1/traces HTTP/1.1\r\nhost: collector\r\ncontent-type: application/json\r\n"
+                     b"content-length: 7\r\n\r\n{\"a\":1}")
+
+
+def test_a_whole_http1_request_goes_as_one_stream() -> None:
+    rig = Rig()
+    _, server, recorder = rig.connect()
+    exchange = WholeRequest()
+    rig.pool.acquire(exchange)
+    rig.pump()
+    assert recorder.events[0][2] == [(b":method", b"POST"), (b":scheme", b"http"), (b":authority", b"collector"),
+                                     (b":path", b"/v1/traces"), (b"content-type", b"application/json"),
+                                     (b"content-length", b"7")]
+    assert bytes(recorder.body[1]) == b'{"a":1}' and ("end", 1) in recorder.events
+    respond(server, 1)
+    rig.pump()
+    assert exchange.events[-1] == "complete"

@@ -17,6 +17,7 @@ from pylon.proxy.deadlines import DeadlineWheel, Watched
 from pylon.stats.store import StatsStore
 from pylon.proxy.upstream.cluster import Cluster
 from pylon.proxy.upstream import pool as pool_module
+from pylon.proxy.upstream import pool_base
 from pylon.proxy.upstream.pool import HostPool, UpstreamConnection
 
 KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
@@ -293,7 +294,7 @@ def test_a_connection_lost_before_the_pool_could_use_it_fails_its_request_at_onc
         conn.connection_lost(None)
         return transport, conn
 
-    monkeypatch.setattr(pool_module, "open_upstream", lost_during_connect)
+    monkeypatch.setattr(pool_base, "open_upstream", lost_during_connect)
     connects: list[Any] = []
     rig.clock.create_task = lambda coro: connects.append(coro) or _Task()  # type: ignore[method-assign]
     exchange = Exchange()
@@ -314,7 +315,7 @@ def test_an_unexpected_error_while_connecting_fails_its_request_instead_of_leavi
     async def broken(address: Any, tls: Any, timeout: float, factory: Any, source: Any) -> Any:
         raise ValueError("handshake not done yet")
 
-    monkeypatch.setattr(pool_module, "open_upstream", broken)
+    monkeypatch.setattr(pool_base, "open_upstream", broken)
     connects: list[Any] = []
     rig.clock.create_task = lambda coro: connects.append(coro) or _Task()  # type: ignore[method-assign]
     exchange = Exchange()

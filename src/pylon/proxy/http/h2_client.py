@@ -24,6 +24,7 @@ from __future__ import annotations
 import struct
 from typing import TYPE_CHECKING
 
+from pylon.proxy.http.h2_session import H2Error
 from pylon.proxy.http1 import HOP_BY_HOP
 
 if TYPE_CHECKING:
@@ -113,14 +114,20 @@ class Http2RequestEncoder:
 
     def encode_data(self, data: bytes) -> bytes:
         if data and not self.ended:
-            self.codec.send_data(self.stream_id, data)
+            try:
+                self.codec.send_data(self.stream_id, data)
+            except H2Error:
+                self.ended = True  # the stream is gone (reset, connection lost): its close tells the exchange
         return b""
 
     def encode_end(self, trailers: Headers | None = None) -> bytes:
         if not self.ended:
             self.ended = True
-            if trailers:
-                self.codec.send_trailers(self.stream_id, [(n.lower(), v) for n, v in trailers])
-            else:
-                self.codec.send_data(self.stream_id, b"", end_stream=True)
+            try:
+                if trailers:
+                    self.codec.send_trailers(self.stream_id, [(n.lower(), v) for n, v in trailers])
+                else:
+                    self.codec.send_data(self.stream_id, b"", end_stream=True)
+            except H2Error:
+                pass  # as in encode_data
         return b""

@@ -40,7 +40,7 @@ import itertools
 import struct
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from pylon.proxy.http._nghttp2 import ffi, lib
 
@@ -110,6 +110,27 @@ _OPTION_FIELDS = (
     "max_outbound_frames", "max_outbound_control_frames", "max_consecutive_inbound_frames_with_empty_payload",
     "max_inbound_priority_frames_per_stream", "max_inbound_window_update_frames_per_data_frame_sent",
 )
+
+
+#: The codec's per-connection counts that are gauges in Envoy, not counters.
+GAUGES = frozenset({"http2.streams_active", "http2.pending_send_bytes"})
+
+#: Envoy's `http2.*` counters a side lists at 0 before anything happened.
+COUNTER_NAMES = ("rx_reset", "tx_reset", "rx_messaging_error", "goaway_sent", "trailers", "header_overflow",
+                 "outbound_flood", "outbound_control_flood", "inbound_empty_frames_flood",
+                 "inbound_priority_frames_flood", "inbound_window_update_frames_flood")
+
+
+def add_counts(counter: Callable[[str], Any], counts: dict[str, int], seen: dict[str, int]) -> None:
+    """Add what a connection's codec counted (`H2Connection.counters`) since `seen` (updated) to `counter(name)`,
+    the stats of the side it serves (an HCM's, a cluster's); the gauges are left out."""
+    for name, value in counts.items():
+        if name in GAUGES:
+            continue
+        delta = value - seen.get(name, 0)
+        if delta:
+            seen[name] = value
+            counter(name).value += delta
 
 
 class H2Owner(Protocol):

@@ -95,6 +95,10 @@ class ClusterStats:
         }
         self._by_code: dict[int, Counter] = {}
 
+    def counter(self, name: str) -> Counter:
+        """The cluster's counter `name` (made on first use), for the stats not kept as attributes (`http2.*`)."""
+        return self._store.counter(self._prefix + name)
+
     def count_response(self, status: int) -> None:
         """Count one upstream response in `upstream_rq_<N>xx` and `upstream_rq_<code>`."""
         by_class = self._by_class.get(status // 100)

@@ -36,24 +36,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
-from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from pylon.proxy.http.h2_client import Http2RequestEncoder, first_settings, request_headers, response_head
-from pylon.proxy.http.h2_session import CANCEL, NO_ERROR, REFUSED_STREAM, H2Connection, H2Error, H2Settings, Headers
+from pylon.proxy.http.h2_session import (CANCEL, COUNTER_NAMES, NO_ERROR, REFUSED_STREAM, H2Connection, H2Error,
+                                         H2Settings, Headers, add_counts)
 from pylon.proxy.tls import ClientTls
-from pylon.proxy.upstream.connect import ConnectError, ConnectTimeout, open_upstream
-from pylon.proxy.upstream.expiry import ConnectionLimits, Expiry, verdict
-from pylon.proxy.watermarks import apply_buffer_limit
+from pylon.proxy.upstream.pool_base import PoolBase, PooledConnection, prepare_transport
 
 if TYPE_CHECKING:
     from pylon.proxy.http.h1_client import Http1RequestEncoder
+    from pylon.proxy.upstream.auto_pool import AutoPool
     from pylon.proxy.upstream.auto_sni import UpstreamName
     from pylon.proxy.upstream.cluster import Cluster, Host
     from pylon.proxy.upstream.pool import Exchange, PoolOwner
 
 log = logging.getLogger("pylon.upstream")
+
+#: What an auto_config cluster offers when its TLS context names no alpn_protocols (Envoy's order).
+AUTO_ALPN = ["h2", "http/1.1"]
 
 
 class H2UpstreamStream:
@@ -221,7 +222,7 @@ class H2UpstreamStream:
             exchange.on_upstream_reset("connection termination", stale=self.requests > 0 and not self.answered)
 
 
-class H2UpstreamConnection(asyncio.Protocol):
+class H2UpstreamConnection(PooledConnection, asyncio.Protocol):
     """One HTTP/2 connection to a host: many streams at once, each an `H2UpstreamStream`."""
 
     def __init__(self, pool: "H2Pool") -> None:
@@ -244,6 +245,8 @@ class H2UpstreamConnection(asyncio.Protocol):
         self.wake_at = 0.0
         self.opened_at = 0.0
         self.idle_since = 0.0
+        self.http1_chosen = False  # auto_config: the server's ALPN did not pick h2
+        self.seen: dict[str, int] = {}  # the codec's counts already added to the cluster's `http2.*` stats
 
     @property
     def has_room(self) -> bool:
@@ -259,14 +262,12 @@ class H2UpstreamConnection(asyncio.Protocol):
     # -- asyncio.Protocol ---------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        apply_buffer_limit(transport, self.pool.cluster.config.per_connection_buffer_limit_bytes)
-        self.local_address = transport.get_extra_info("sockname")
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
+        self.local_address = prepare_transport(transport, self.pool.cluster.config.per_connection_buffer_limit_bytes)
+        if self.pool.auto is not None:
+            tls = transport.get_extra_info("ssl_object")
+            if tls is None or tls.selected_alpn_protocol() != "h2":
+                self.http1_chosen = True  # auto_config: the HTTP/1.1 pool takes it over (auto_pool.py)
+                return
         self.flush()  # the client preface and SETTINGS
 
     def data_received(self, data: bytes) -> None:
@@ -300,6 +301,7 @@ class H2UpstreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        add_counts(self.pool.cluster.stats.counter, self.codec.counters(), self.seen)
         streams = list(self.streams.values())
         self.streams.clear()
         for stream in streams:
@@ -342,20 +344,8 @@ class H2UpstreamConnection(asyncio.Protocol):
                 if stream.exchange is not None:
                     stream.exchange.on_upstream_pause(False)
 
-    def close(self) -> None:
-        """Close now (streams still open learn it from `connection_lost`); the pool forgets it at once."""
-        if not self.closed:
-            self.flush()
-            self.closed = True
-            if self.transport is not None:
-                self.transport.close()
-            self.pool.forget(self)
-
-    def sweep(self, now: float) -> float:
-        """The deadline wheel's look (deadlines.py): the idle timeout and max duration; next look or 0."""
-        if self.closed:
-            return 0.0
-        return self.pool.expire(self, now)
+    def _before_close(self) -> None:
+        self.flush()  # streams still open learn of the close from `connection_lost`
 
     # -- H2Owner: the codec's calls ------------------------------------------------------------------
     def on_headers(self, stream_id: int, headers: Headers, end_stream: bool) -> None:
@@ -392,57 +382,37 @@ class H2UpstreamConnection(asyncio.Protocol):
         self.pool.went_away(self)
 
 
-class H2Pool:
+class H2Pool(PoolBase):
     """HTTP/2 connections to one host from one worker: streams share connections; Envoy's pending queue."""
+
+    protocol_stat = "upstream_cx_http2_total"
 
     def __init__(self, cluster: "Cluster", host: "Host", loop: asyncio.AbstractEventLoop, owner: "PoolOwner",
                  key: Any = None, name: "UpstreamName | None" = None) -> None:
-        self.cluster = cluster
-        self.host = host
-        self.key = key if key is not None else host
-        self.name = name
-        self.loop = loop
-        self.owner = owner
+        super().__init__(cluster, host, loop, owner, key, name)
         settings = cluster.h2_settings
         assert settings is not None
         self.settings: H2Settings = settings
         self.max_streams = settings.max_concurrent_streams
-        self.limits: ConnectionLimits = cluster.connection_limits
-        self.max_requests_per_connection = self.limits.max_requests
         self.buffer_limit = cluster.config.per_connection_buffer_limit_bytes
         self.scheme = b"http"
         self.connections: list[H2UpstreamConnection] = []  # up (ready), until closed
-        self.pending: deque[Exchange] = deque()
-        self.fresh_pending: deque[Exchange] = deque()  # waiting for a new connection (lost a stale or refused one)
-        self.connecting = 0
-        self.tasks: set[asyncio.Task[Any]] = set()
-        self.retired = False
+        stats = cluster.stats
+        self.codec_connections = stats.counter("http2.nghttp2_upstream_connections")
+        for name in COUNTER_NAMES:
+            stats.counter(f"http2.{name}")  # Envoy's upstream codec stats, present at 0 as Envoy lists them
+        self.auto: AutoPool | None = None  # auto_config: the pool that takes connections ALPN made HTTP/1.1
 
     def acquire(self, exchange: "Exchange", fresh: bool = False) -> None:
-        """A stream on a connection with room now, or a place in the queue (and a connection opened if needed)."""
-        if not fresh:
-            for conn in self.connections:
-                if conn.has_room:
-                    self._assign(conn, exchange)
-                    return
-        cluster = self.cluster
-        if not cluster.circuit_breakers.pending_requests.try_acquire():
-            exchange.on_upstream_overflow()
-            return
-        (self.fresh_pending if fresh else self.pending).append(exchange)
-        cluster.stats.upstream_rq_pending_total.value += 1
-        self._maybe_connect()
+        """A stream on a connection with room now, or a place in the queue (and a connection opened if needed).
 
-    def cancel(self, exchange: "Exchange") -> None:
-        """A queued exchange went away before it got a stream."""
-        for queue in (self.pending, self.fresh_pending):
-            try:
-                queue.remove(exchange)
-            except ValueError:
-                continue
-            self.cluster.circuit_breakers.pending_requests.release()
-            self._check_empty()
-            return
+        `fresh` (the request lost its stream to a refusal or a lost connection) needs no new connection here: the
+        connection it lost takes no streams any more, and any other may carry it."""
+        for conn in self.connections:
+            if conn.has_room:
+                self._assign(conn, exchange)
+                return
+        self._enqueue(exchange, False)
 
     def _assign(self, conn: H2UpstreamConnection, exchange: "Exchange") -> None:
         conn.requests += 1
@@ -454,20 +424,19 @@ class H2Pool:
             self.cluster.stats.upstream_cx_max_requests.value += 1
         exchange.on_upstream_ready(H2UpstreamStream(conn, exchange))  # type: ignore[arg-type]
 
-    def _serve_queue(self, conn: H2UpstreamConnection, fresh: bool) -> None:
-        """Give `conn`'s room to the queued requests (those waiting for a new connection only if it is new)."""
+    def _serve_queue(self, conn: H2UpstreamConnection) -> None:
+        """Give `conn`'s room to the queued requests, first in line first."""
         breaker = self.cluster.circuit_breakers.pending_requests
-        queues = (self.fresh_pending, self.pending) if fresh else (self.pending,)
-        for queue in queues:
-            while queue and conn.has_room:
-                breaker.release()
-                self._assign(conn, queue.popleft())
+        queue = self.pending
+        while queue and conn.has_room:
+            breaker.release()
+            self._assign(conn, queue.popleft())
 
     def room_changed(self, conn: H2UpstreamConnection) -> None:
         """The server's SETTINGS may have raised the connection's stream limit: serve the queue (once the connection
         is the pool's: its SETTINGS may come before the connect is done, and its peer checked)."""
         if self.pending and conn.opened_at and conn.has_room:
-            self._serve_queue(conn, False)
+            self._serve_queue(conn)
 
     def stream_closed(self, conn: H2UpstreamConnection) -> None:
         """A stream of `conn` closed: its slot goes to the next queued request, or the connection may go idle."""
@@ -475,7 +444,7 @@ class H2Pool:
         if conn.closed:
             return
         if self.pending and conn.has_room:
-            self._serve_queue(conn, False)
+            self._serve_queue(conn)
             return
         if conn.active:
             return
@@ -493,21 +462,11 @@ class H2Pool:
         """The server's GOAWAY: `conn` takes no new stream; queued requests need another connection."""
         if not conn.active:
             conn.close()
-        if self.pending or self.fresh_pending:
+        if self.pending:
             self._maybe_connect()
 
-    def expire(self, conn: H2UpstreamConnection, now: float) -> float:
-        """Close or drain `conn` when its idle timeout or max duration is due; its next look, or 0."""
-        why, following = verdict(self.limits, now, conn.opened_at, conn.idle_since, conn.draining)
-        if why is None:
-            return following
-        getattr(self.cluster.stats, why.value).value += 1
-        if why is Expiry.MAX_DURATION:
-            conn.draining = True
-            if conn.active:
-                return 0.0  # closed when its last stream ends
-        conn.close()
-        return 0.0
+    def _busy(self, conn: H2UpstreamConnection) -> bool:
+        return conn.active > 0
 
     def forget(self, conn: H2UpstreamConnection) -> None:
         """Bookkeeping when a connection closes for any reason (once per connection)."""
@@ -516,24 +475,11 @@ class H2Pool:
             self.connections.remove(conn)
         except ValueError:
             return
-        stats = self.cluster.stats
-        stats.upstream_cx_active.value -= 1
-        stats.upstream_cx_destroy.value += 1
-        stats.upstream_rq_per_cx.record(conn.requests)
-        self.host.active_connections -= 1
-        self.cluster.circuit_breakers.connections.release()
-        if self.pending or self.fresh_pending:
-            self._maybe_connect()
-        else:
-            self._check_empty()
+        self._count_closed(conn)
 
     @property
     def empty(self) -> bool:
-        return not (self.connections or self.connecting or self.pending or self.fresh_pending)
-
-    def _check_empty(self) -> None:
-        if self.empty:
-            self.owner.maybe_empty(self)  # type: ignore[arg-type]
+        return not (self.connections or self.connecting or self.pending)
 
     def retire(self) -> None:
         """The cluster went away (CDS): idle connections close now, the others once their streams end."""
@@ -551,67 +497,23 @@ class H2Pool:
             task.cancel()
 
     def _maybe_connect(self) -> None:
-        """Open connections while the ones being opened cannot take the queue (each counts for its stream limit;
-        a request that needs a new connection counts whole)."""
-        connections = self.cluster.circuit_breakers.connections
-        while self.connecting * self.max_streams < len(self.pending) or self.connecting < len(self.fresh_pending):
-            if not connections.try_acquire():
+        """Open connections while the ones being opened cannot take the queue (each counts for its stream limit)."""
+        while self.connecting * self.max_streams < len(self.pending):
+            if not self._start_connect():
                 return
-            self.connecting += 1
-            task = self.loop.create_task(self._connect())
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
 
-    async def _connect(self) -> None:
-        cluster = self.cluster
-        stats = cluster.stats
-        stats.upstream_cx_total.value += 1
-        stats.upstream_cx_http2_total.value += 1
-        host, port = self.host.address
-        tls = cluster.tls_for(self.host)
-        if self.name is not None:
-            tls = self.name.tls(tls)
+    def _new_connection(self) -> H2UpstreamConnection:
+        return H2UpstreamConnection(self)
+
+    def _prepare_tls(self, tls: Any) -> None:
         if isinstance(tls, ClientTls):
             self.scheme = b"https"
-            if not cluster.alpn_configured:
-                tls.context.set_alpn_protocols(["h2"])  # Envoy's fallback ALPN for an HTTP/2 cluster
-        try:
-            try:
-                _, conn = await open_upstream(self.host.address, tls, cluster.connect_timeout,
-                                              lambda: H2UpstreamConnection(self), cluster.source)
-                if conn.closed:
-                    raise ConnectError("connection termination")
-            except ConnectTimeout:
-                stats.upstream_cx_connect_timeout.value += 1
-                raise
-            except ConnectError:
-                raise
-            except Exception as exc:  # a bug on this path must fail the request (503), never leave it waiting
-                log.exception("opening an HTTP/2 connection to %s:%d failed", host, port)
-                raise ConnectError(f"internal error: {type(exc).__name__}") from exc
-        except ConnectError as exc:
-            self.connecting -= 1
-            stats.upstream_cx_connect_fail.value += 1
-            cluster.circuit_breakers.connections.release()
-            self.host.record_connect_failure()
-            log.debug("connect to %s:%d failed: %s", host, port, exc)
-            self._fail_queued(str(exc))
-            self._check_empty()
-            return
-        except asyncio.CancelledError:
-            self.connecting -= 1
-            cluster.circuit_breakers.connections.release()
-            raise
-        self.connecting -= 1
-        self.connected(conn)
+            if not self.cluster.alpn_configured:  # Envoy's fallback ALPN for an HTTP/2 (or auto_config) cluster
+                tls.context.set_alpn_protocols(AUTO_ALPN if self.auto is not None else ["h2"])
 
-    def _fail_queued(self, reason: str) -> None:
-        """A connect failed: the queued requests it was opened for fail (those the other connects cannot take)."""
+    def _connect_failed(self, reason: str) -> None:
+        """The queued requests the failed connect was opened for fail (those the other connects cannot take)."""
         breaker = self.cluster.circuit_breakers.pending_requests
-        fresh = self.fresh_pending
-        if fresh and len(fresh) > self.connecting:
-            breaker.release()
-            fresh.popleft().on_upstream_connect_failure(reason)
         pending = self.pending
         while pending and len(pending) > self.connecting * self.max_streams:
             breaker.release()
@@ -619,14 +521,12 @@ class H2Pool:
 
     def connected(self, conn: H2UpstreamConnection) -> None:
         """A connection is up: count it, start its max duration, give its room to the queue, or keep it idle."""
-        cluster = self.cluster
-        cluster.stats.upstream_cx_active.value += 1
-        self.host.active_connections += 1
+        if self.auto is not None and not self.auto.connected(conn):
+            return  # ALPN chose HTTP/1.1: the HTTP/1.1 pool has it
         self.connections.append(conn)
-        conn.opened_at = now = self.loop.time()
-        if self.limits.max_duration:
-            self.owner.arm(conn, now + self.limits.max_duration)
-        self._serve_queue(conn, True)
+        self.codec_connections.value += 1
+        now = self._count_opened(conn)
+        self._serve_queue(conn)
         if not conn.active:
             if self.retired:
                 conn.close()

@@ -24,24 +24,17 @@ about routing, retries or the downstream side, nor about HTTP/1 framing.
 from __future__ import annotations
 
 import asyncio
-import logging
-import socket
-from collections import deque
 from typing import TYPE_CHECKING, Any, Protocol
 
 import httptools
 
 from pylon.proxy.http.h1_client import Http1ResponseDecoder
-from pylon.proxy.upstream.connect import ConnectError, ConnectTimeout, open_upstream
-from pylon.proxy.upstream.expiry import ConnectionLimits, Expiry, verdict
-from pylon.proxy.watermarks import apply_buffer_limit
+from pylon.proxy.upstream.pool_base import PoolBase, PooledConnection, prepare_transport
 
 if TYPE_CHECKING:
     from pylon.proxy.deadlines import Watched
     from pylon.proxy.upstream.auto_sni import UpstreamName
     from pylon.proxy.upstream.cluster import Cluster, Host
-
-log = logging.getLogger("pylon.upstream")
 
 
 class Exchange(Protocol):
@@ -78,7 +71,7 @@ class PoolOwner(Protocol):
         """`pool` holds no connection and no request now; its owner may drop it."""
 
 
-class UpstreamConnection(asyncio.Protocol):
+class UpstreamConnection(PooledConnection, asyncio.Protocol):
     """One keep-alive connection to a host; serves one exchange at a time (no pipelining)."""
 
     __slots__ = (
@@ -105,14 +98,7 @@ class UpstreamConnection(asyncio.Protocol):
     # -- asyncio.Protocol ---------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        apply_buffer_limit(transport, self.pool.cluster.config.per_connection_buffer_limit_bytes)
-        self.local_address = transport.get_extra_info("sockname")
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
+        self.local_address = prepare_transport(transport, self.pool.cluster.config.per_connection_buffer_limit_bytes)
 
     def data_received(self, data: bytes) -> None:
         exchange = self.exchange
@@ -196,46 +182,20 @@ class UpstreamConnection(asyncio.Protocol):
         self.exchange = None
         self.close()
 
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            if self.transport is not None:
-                self.transport.close()
-            self.pool.forget(self)
-
-    def sweep(self, now: float) -> float:
-        """The deadline wheel's look (deadlines.py): enforce the idle timeout and max duration; next look or 0."""
-        if self.closed:
-            return 0.0
-        return self.pool.expire(self, now)
 
 
-class HostPool:
-    """Connections to one host from one worker, with Envoy's pending-request queue.
+class HostPool(PoolBase):
+    """HTTP/1.1 connections to one host from one worker, with Envoy's pending-request queue (pool_base.py)."""
 
-    `name`: the request host name its connections are for (auto_sni / auto_san_validation: their SNI and the SAN
-    required), None for a host's one pool; `key` is what its owner keys it by.
-    """
+    protocol_stat = "upstream_cx_http1_total"
 
     def __init__(self, cluster: "Cluster", host: "Host", loop: asyncio.AbstractEventLoop, owner: PoolOwner,
                  key: Any = None, name: "UpstreamName | None" = None) -> None:
-        self.cluster = cluster
-        self.host = host
-        self.key = key if key is not None else host
-        self.name = name
-        self.loop = loop
-        self.owner = owner
-        self.limits: ConnectionLimits = cluster.connection_limits
-        self.max_requests_per_connection = self.limits.max_requests
+        super().__init__(cluster, host, loop, owner, key, name)
         # Oldest idle first: `release` appends and `acquire` takes the most recent, so the ones that expire are
         # at the front, and a busy pool keeps reusing its warm connections.
         self.idle: list[UpstreamConnection] = []
         self.busy: set[UpstreamConnection] = set()
-        self.pending: deque[Exchange] = deque()
-        self.fresh_pending: deque[Exchange] = deque()  # waiting for a new connection, never a reused one
-        self.connecting = 0
-        self.tasks: set[asyncio.Task[Any]] = set()
-        self.retired = False  # its cluster was removed or replaced: finish what is in flight, reuse nothing
 
     def acquire(self, exchange: Exchange, fresh: bool = False) -> None:
         """Give the exchange a connection now, or queue it and open one if the breakers allow.
@@ -248,24 +208,7 @@ class HostPool:
             if not conn.closed:
                 self._assign(conn, exchange)
                 return
-        cluster = self.cluster
-        if not cluster.circuit_breakers.pending_requests.try_acquire():
-            exchange.on_upstream_overflow()
-            return
-        (self.fresh_pending if fresh else self.pending).append(exchange)
-        cluster.stats.upstream_rq_pending_total.value += 1
-        self._maybe_connect()
-
-    def cancel(self, exchange: Exchange) -> None:
-        """A queued exchange went away (client closed, timeout) before it got a connection."""
-        for queue in (self.pending, self.fresh_pending):
-            try:
-                queue.remove(exchange)
-            except ValueError:
-                continue
-            self.cluster.circuit_breakers.pending_requests.release()
-            self._check_empty()
-            return
+        self._enqueue(exchange, fresh)
 
     def release(self, conn: UpstreamConnection) -> None:
         """An exchange finished cleanly on `conn`: reuse it, or close it if it can't be reused."""
@@ -288,18 +231,8 @@ class HostPool:
             if when < conn.wake_at or not conn.wake_at:  # usually armed already, for an earlier idle period
                 self.owner.arm(conn, when)
 
-    def expire(self, conn: UpstreamConnection, now: float) -> float:
-        """Close or drain `conn` if its idle timeout or max duration is due (expiry.py); its next look, or 0."""
-        why, following = verdict(self.limits, now, conn.opened_at, conn.idle_since, conn.draining)
-        if why is None:
-            return following
-        getattr(self.cluster.stats, why.value).value += 1
-        if why is Expiry.MAX_DURATION:
-            conn.draining = True
-            if not conn.idle_since:
-                return 0.0  # busy: `release` closes it after this response
-        conn.close()
-        return 0.0
+    def _busy(self, conn: UpstreamConnection) -> bool:
+        return not conn.idle_since
 
     def forget(self, conn: UpstreamConnection) -> None:
         """Bookkeeping when a connection closes for any reason (called once per connection)."""
@@ -311,25 +244,12 @@ class HostPool:
                 self.idle.remove(conn)
             except ValueError:
                 return
-        stats = self.cluster.stats
-        stats.upstream_cx_active.value -= 1
-        stats.upstream_cx_destroy.value += 1
-        stats.upstream_rq_per_cx.record(conn.requests)
-        self.host.active_connections -= 1
-        self.cluster.circuit_breakers.connections.release()
-        if self.pending or self.fresh_pending:
-            self._maybe_connect()
-        else:
-            self._check_empty()
+        self._count_closed(conn)
 
     @property
     def empty(self) -> bool:
         """No connection (idle, busy or being opened) and no request waiting: nothing would be lost by dropping it."""
         return not (self.idle or self.busy or self.connecting or self.pending or self.fresh_pending)
-
-    def _check_empty(self) -> None:
-        if self.empty:
-            self.owner.maybe_empty(self)
 
     def retire(self) -> None:
         """The cluster went away (CDS): close idle connections now, busy ones once their exchange ends."""
@@ -354,74 +274,29 @@ class HostPool:
         exchange.on_upstream_ready(conn)
 
     def _maybe_connect(self) -> None:
-        connections = self.cluster.circuit_breakers.connections
         while self.connecting < len(self.pending) + len(self.fresh_pending):
-            if not connections.try_acquire():
+            if not self._start_connect():
                 return
-            self.connecting += 1
-            task = self.loop.create_task(self._connect())
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
 
-    async def _connect(self) -> None:
-        cluster = self.cluster
-        stats = cluster.stats
-        stats.upstream_cx_total.value += 1
-        stats.upstream_cx_http1_total.value += 1
-        host, port = self.host.address
-        tls = cluster.tls_for(self.host)  # read at each connect: a rotated SDS certificate applies to new ones
-        if self.name is not None:
-            tls = self.name.tls(tls)
-        try:
-            try:
-                _, conn = await open_upstream(self.host.address, tls, cluster.connect_timeout,
-                                              lambda: UpstreamConnection(self), cluster.source)
-                if conn.closed:
-                    # Lost before the pool could use it: over TLS 1.3 a server refusing the client (no or a bad
-                    # certificate) says so after the client's handshake is done, often before this line runs.
-                    raise ConnectError("connection termination")
-            except ConnectTimeout:
-                stats.upstream_cx_connect_timeout.value += 1
-                raise
-            except ConnectError:
-                raise
-            except Exception as exc:  # a bug on this path must fail the request (503), never leave it waiting
-                log.exception("opening a connection to %s:%d failed", host, port)
-                raise ConnectError(f"internal error: {type(exc).__name__}") from exc
-        except ConnectError as exc:
-            self.connecting -= 1
-            stats.upstream_cx_connect_fail.value += 1
-            cluster.circuit_breakers.connections.release()
-            self.host.record_connect_failure()
-            log.debug("connect to %s:%d failed: %s", host, port, exc)
-            queue = self.fresh_pending or self.pending
-            if queue:
-                exchange = queue.popleft()
-                cluster.circuit_breakers.pending_requests.release()
-                exchange.on_upstream_connect_failure(str(exc))
-            self._check_empty()
-            return
-        except asyncio.CancelledError:
-            self.connecting -= 1
-            cluster.circuit_breakers.connections.release()
-            raise
-        self.connecting -= 1
-        self.connected(conn)
+    def _new_connection(self) -> UpstreamConnection:
+        return UpstreamConnection(self)
+
+    def _connect_failed(self, reason: str) -> None:
+        """One connect is one request's: the first in line fails."""
+        queue = self.fresh_pending or self.pending
+        if queue:
+            exchange = queue.popleft()
+            self.cluster.circuit_breakers.pending_requests.release()
+            exchange.on_upstream_connect_failure(reason)
 
     def connected(self, conn: UpstreamConnection) -> None:
         """A connection `_connect` opened (no longer counted in `connecting`; it keeps its circuit-breaker slot) is
         up: count it, start the clock of its max duration, and give it to the first request in line, or keep it
         idle."""
-        cluster = self.cluster
-        cluster.stats.upstream_cx_active.value += 1
-        self.host.active_connections += 1
         self.busy.add(conn)
-        conn.opened_at = now = self.loop.time()
-        if self.limits.max_duration:
-            self.owner.arm(conn, now + self.limits.max_duration)
+        self._count_opened(conn)
         if self.fresh_pending:
-            cluster.circuit_breakers.pending_requests.release()
+            self.cluster.circuit_breakers.pending_requests.release()
             self._assign(conn, self.fresh_pending.popleft())
         else:
             self.release(conn)
-

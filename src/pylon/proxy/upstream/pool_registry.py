@@ -22,11 +22,12 @@ import asyncio
 from typing import TYPE_CHECKING, Any, Callable
 
 from pylon.proxy.tls import ClientTls
+from pylon.proxy.upstream.auto_pool import AutoPool
 from pylon.proxy.upstream.h2_pool import H2Pool
 from pylon.proxy.upstream.pool import HostPool
 
 #: A host's pool of either kind (they answer the same calls).
-Pool = HostPool | H2Pool
+Pool = HostPool | H2Pool | AutoPool
 
 if TYPE_CHECKING:
     from pylon.proxy.deadlines import Watched
@@ -61,7 +62,8 @@ class PoolRegistry:
         h2 = cluster.h2_settings
         key: Any = host
         if cluster.protocol == "downstream":
-            h2 = h2 if request is not None and request.conn.protocol == "HTTP/2" else None
+            # the client's protocol (a shadow copy or the proxy's own request has no client connection: HTTP/1.1)
+            h2 = h2 if getattr(getattr(request, "conn", None), "protocol", None) == "HTTP/2" else None
             key = (host, h2 is not None)
         if cluster.auto_sni is None or request is None or not isinstance(cluster.tls_for(host), ClientTls):
             pool = self.pools.get(key)
@@ -73,7 +75,7 @@ class PoolRegistry:
 
     def _new_pool(self, cluster: "Cluster", host: Any, key: Any, name: "UpstreamName | None",
                   h2: "H2Settings | None") -> Pool:
-        kind = HostPool if h2 is None else H2Pool
+        kind = HostPool if h2 is None else AutoPool if cluster.protocol == "auto" else H2Pool
         pool = self.pools[key] = kind(cluster, host, self.loop, self, key, name)
         # A pool nothing ends up using (the request overflowed the breakers) must go too.
         self.maybe_empty(pool)
