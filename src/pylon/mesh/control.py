@@ -98,7 +98,10 @@ class Mesh:
         for leftover in netns.ETC_NETNS.glob("pm-*") if netns.ETC_NETNS.exists() else []:
             shutil.rmtree(leftover, ignore_errors=True)
         if self.root.exists():
-            shutil.rmtree(self.root)
+            try:
+                shutil.rmtree(self.root)
+            except FileNotFoundError:  # emptied meanwhile by another cleanup: take what is left
+                shutil.rmtree(self.root, ignore_errors=True)
             removed.append(str(self.root))
         return removed
 
