@@ -1,7 +1,7 @@
 """Integration: envoy.filters.http.grpc_web through pylon and Envoy 1.40, side by side.
 
-gRPC-Web clients speak HTTP/1.1 here (raw sockets, so bodies can be split anywhere); the upstream speaks gRPC's
-framing over HTTP/1.1 with trailers (tests/proxy/grpc_h1_upstream.py: the method name picks ok, fail or
+gRPC-Web clients speak HTTP/1.1 here (raw sockets, so bodies can be split anywhere), one HTTP/2; the upstream
+speaks gRPC's framing over HTTP/1.1 with trailers (tests/proxy/grpc_h1_upstream.py: the method name picks ok, fail or
 trailers-only). Compared: what the upstream received, the client's answer (head fields without date and the
 proxies' own timing header; body de-chunked) and the grpc-web stats. Expectations are what Envoy 1.40 does.
 """
