@@ -9,7 +9,6 @@ original flag. Over HTTP/1.1 the replies' heads are compared field by field (dat
 from __future__ import annotations
 
 import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,34 +19,10 @@ import pytest
 from tests.conftest import free_port
 from tests.proxy.conftest import (ProxyLauncher, http_listener, json_access_log, read_json_lines, route,
                                   static_cluster, wait_until)
-from tests.proxy.test_proxy_http2 import H2Client
+from tests.proxy.test_proxy_http2 import BlackHole, H2Client
 
 REQUEST = b"\x0a\x01x"  # a protobuf message; the method is never reached
 CONNECT_FAILURE = "upstream connect error or disconnect/reset before headers. reset reason: "
-
-
-class SilentUpstream:
-    """Accepts connections and reads nothing back: every request to it times out."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
-        self.conns: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                self.conns.append(self.sock.accept()[0])
-            except OSError:
-                return
-
-    def close(self) -> None:
-        self.sock.close()
-        for conn in self.conns:
-            conn.close()
 
 
 class Setup:
@@ -86,7 +61,7 @@ class Setup:
 @pytest.fixture(scope="module", params=["pylon", "envoy"])
 def setup(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     directory = tmp_path_factory.mktemp(f"grpc-local-{request.param}")
-    silent = SilentUpstream()
+    silent = BlackHole()
     launcher = ProxyLauncher(directory)
     try:
         port, log = free_port(), directory / "access.log"

@@ -1,7 +1,7 @@
 """Integration: envoy.filters.http.grpc_web through pylon and Envoy 1.40, side by side.
 
-gRPC-Web clients speak HTTP/1.1 here (raw sockets, so bodies can be split anywhere); the upstream speaks gRPC's
-framing over HTTP/1.1 with trailers (tests/proxy/grpc_h1_upstream.py: the method name picks ok, fail or
+gRPC-Web clients speak HTTP/1.1 here (raw sockets, so bodies can be split anywhere), one HTTP/2; the upstream
+speaks gRPC's framing over HTTP/1.1 with trailers (tests/proxy/grpc_h1_upstream.py: the method name picks ok, fail or
 trailers-only). Compared: what the upstream received, the client's answer (head fields without date and the
 proxies' own timing header; body de-chunked) and the grpc-web stats. Expectations are what Envoy 1.40 does.
 """
@@ -19,6 +19,7 @@ from tests.conftest import free_port
 from tests.proxy.conftest import ProxyLauncher, http_listener, route, static_cluster, wait_until
 from tests.proxy.grpc_h1_upstream import FRAMED, GrpcHttp1Upstream
 from tests.proxy.test_proxy_grpc_http1_bridge import TRAILERS
+from tests.proxy.test_proxy_http2 import H2Client
 
 WEB_TYPE = "type.googleapis.com/envoy.extensions.filters.http.grpc_web.v3.GrpcWeb"
 OK_TRAILER = b"\x80\x00\x00\x00\x0fgrpc-status:0\r\n"
@@ -180,3 +181,16 @@ def test_calls_are_counted_per_method_under_grpc_web(setup: Setup) -> None:
                    "cluster.up.grpc-web.svc.B.ok.total": 1, "cluster.up.grpc-web.svc.B.fail.2": 1,
                    "cluster.up.grpc-web.svc.B.fail.failure": 1, "cluster.up.grpc-web.svc.B.fail.total": 1}
     assert not any(".empty." in k for k in after)
+
+
+def test_over_http2_the_trailers_are_in_the_body_too(setup: Setup) -> None:
+    client = H2Client(setup.port)
+    sid = client.get("/svc.A/fail", (b"content-type", b"application/grpc-web"), method=b"POST", end=False)
+    client.h2.send_data(sid, FRAMED, end_stream=True)
+    client.flush()
+    client.pump_until(lambda: client.ended(sid))
+    heads = [event for event in client.owner.events if event[0] in ("headers", "trailers") and event[1] == sid]
+    assert [event[0] for event in heads] == ["headers"]  # no HTTP/2 trailers: they are the body's last frame
+    fields = dict(heads[0][2])
+    assert (fields[b":status"], fields[b"content-type"]) == (b"200", b"application/grpc-web+proto")
+    assert bytes(client.owner.body[sid]) == FRAMED + FAIL_TRAILER

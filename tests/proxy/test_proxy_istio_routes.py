@@ -110,7 +110,7 @@ def test_grpc_timeout(implementation: str, run_proxy: Callable[..., RunningProxy
     began = time.monotonic()
     reply = httpx.post(proxy.url("main", "/slow/0.8"), headers=headers, content=b"", timeout=5)
     elapsed = time.monotonic() - began
-    # Envoy answers a gRPC request's timeout the gRPC way (200, grpc-status 14); pylon has no gRPC local replies yet.
+    # Both answer a gRPC request's timeout the gRPC way (200, grpc-status 14; tests/proxy/test_proxy_grpc_local_reply.py).
     timed_out = reply.status_code == 504 or reply.headers.get("grpc-status") == "14"
     assert (timed_out, elapsed < 0.7) == (times_out, times_out)
     (request,) = ups["a"].requests

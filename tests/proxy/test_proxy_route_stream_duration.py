@@ -20,7 +20,7 @@ from tests.conftest import free_port
 from tests.proxy.conftest import ProxyLauncher, http_listener, route, static_cluster
 from tests.proxy.grpc_h1_upstream import MESSAGE, GrpcHttp1Upstream
 from tests.proxy.test_proxy_grpc_http1_bridge import TRAILERS
-from tests.proxy.test_proxy_grpc_local_reply import SilentUpstream
+from tests.proxy.test_proxy_http2 import BlackHole
 
 ROUTES: list[dict[str, Any]] = [
     route("/route.Capped/", "silent", timeout="0.2s", max_stream_duration={"max_stream_duration": "1.5s"}),
@@ -59,7 +59,7 @@ class Setup:
 @pytest.fixture(scope="module", params=["pylon", "envoy"])
 def setup(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     directory = tmp_path_factory.mktemp(f"stream-duration-{request.param}")
-    silent, recording = SilentUpstream(), GrpcHttp1Upstream()
+    silent, recording = BlackHole(), GrpcHttp1Upstream()
     launcher = ProxyLauncher(directory)
     try:
         port = free_port()

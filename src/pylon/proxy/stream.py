@@ -23,13 +23,13 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, Callable
 
 from pylon.proxy import local_reply as lr
+from pylon.proxy.grpc_local_reply import trailers_only_headers
+from pylon.proxy.grpc_timeout import StreamDuration, announce_grpc_timeout, max_grpc_timeout_of, stream_duration_ms
 from pylon.proxy.headers import HeaderList, RequestLookup, request_lookup
 from pylon.proxy.http.h1_client import Http1RequestEncoder
 from pylon.proxy.http1 import HOP_BY_HOP, without_nominated
 from pylon.proxy.mirror import Shadow, start_shadows
 from pylon.proxy.path import PathRejected, normalized_target
-from pylon.proxy.grpc_local_reply import trailers_only_headers
-from pylon.proxy.grpc_timeout import StreamDuration, announce_grpc_timeout, max_grpc_timeout_of, stream_duration_ms
 from pylon.proxy.router import first_query_values, is_grpc_request
 from pylon.proxy.stream_states import (RQ_DONE, RQ_HEADERS, RS_DONE, RS_HELD, RS_NOT_STARTED, RS_RESET, RS_SENDING,
                                        UP_AWAITING, UP_CONNECTING, UP_DONE, UP_IDLE, UP_RECEIVING, UP_RESET,

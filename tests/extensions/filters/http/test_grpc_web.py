@@ -7,17 +7,13 @@ from typing import Any
 import pytest
 
 from pylon.config.errors import ConfigError
-from pylon.config.loader import parse_bootstrap
-from tests.proxy.conftest import http_listener, route, static_cluster
+from tests.extensions.filters.http.loading import load_filter
 
 TYPE = "type.googleapis.com/envoy.extensions.filters.http.grpc_web.v3.GrpcWeb"
 
 
 def load(**config: Any) -> None:
-    listener = http_listener("main", 10000, [route("/", "a")])
-    listener["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"].insert(0, {
-        "name": "envoy.filters.http.grpc_web", "typed_config": {"@type": TYPE, **config}})
-    parse_bootstrap({"static_resources": {"listeners": [listener], "clusters": [static_cluster("a", [1])]}}, "b.yaml")
+    load_filter("envoy.filters.http.grpc_web", TYPE, config)
 
 
 def test_config() -> None:
