@@ -19,7 +19,7 @@ ROUTER = {"name": "envoy.filters.http.router",
           "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
 
 
-def _validate_hcm(tmp_path: Path, filters: list[dict[str, object]] = [], **fields: object) -> str:
+def _validate_hcm(tmp_path: Path, filters: tuple[dict[str, object], ...] = (), **fields: object) -> str:
     """`--mode validate`'s output (it must refuse) for a direct-response HCM with `filters` before its router and
     the other `fields`."""
     hcm = {"@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
@@ -40,7 +40,7 @@ def test_an_rbac_regex_over_the_re2_limit_is_a_config_error_naming_the_filter(tm
     rbac = {"@type": RBAC_TYPE, "rules": {"action": "ALLOW", "policies": {"p": {
         "permissions": [{"header": {"name": "x-a", "string_match": {"safe_regex": {"regex": "(a|b|c|d|e|f|g)" * 40}}}}],
         "principals": [{"any": True}]}}}}
-    out = _validate_hcm(tmp_path, [{"name": "envoy.filters.http.rbac", "typed_config": rbac}])
+    out = _validate_hcm(tmp_path, ({"name": "envoy.filters.http.rbac", "typed_config": rbac},))
     assert "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.http_filters[0].typed_config: regex" in out
     assert "max program size" in out
 
