@@ -109,3 +109,17 @@ def test_local_replies_rewritten_and_logs_filtered_as_envoy(proxy: tuple[Running
     assert wait_until(lambda: [e["path"] for e in lines(logs / "tagged.log")] == ["/up/a", "/nowhere/j"], timeout=10)
     assert wait_until(lambda: [e["path"] for e in lines(logs / "flagged.log")] == ["/nowhere", "/nowhere/j"],
                       timeout=10)
+
+
+def test_a_grpc_requests_local_reply_is_rewritten_then_made_grpc(proxy: tuple[RunningProxy, Path]) -> None:
+    """The mapper and the body format run first; the reply a gRPC client gets carries their status and body as
+    grpc-status and grpc-message (Envoy's order)."""
+    running, _ = proxy
+    grpc = {"content-type": "application/grpc", "te": "trailers", "x-who": "g"}
+    with httpx.Client(timeout=5) as client:
+        down = client.post(running.url("main", "/gone"), content=b"\x00\x00\x00\x00\x00", headers=grpc)
+        missing = client.post(running.url("main", "/nowhere"), content=b"\x00\x00\x00\x00\x00", headers=grpc)
+    assert down.status_code == 200 and down.headers["content-type"] == "application/grpc"
+    assert (down.headers["grpc-status"], down.headers["grpc-message"]) == ("14", "[502 UH] backend down%0A")
+    assert down.headers["x-mapped"] == "uh-g"
+    assert (missing.headers["grpc-status"], missing.headers["grpc-message"]) == ("12", "[404 NR] %0A")
