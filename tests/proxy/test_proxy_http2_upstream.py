@@ -358,7 +358,8 @@ def test_upstream_reset_after_the_response_started(gw: Gateways) -> None:
 
 def test_use_downstream_protocol_config_follows_the_client(gw: Gateways) -> None:
     """nghttpd speaks HTTP/2 only: through `follow`, an h2c client's request reaches it, an HTTP/1.1 one goes
-    upstream as HTTP/1.1 and fails (502: the answer is no HTTP/1.1), in both proxies."""
+    upstream as HTTP/1.1 and fails, in both proxies. nghttpd answers it with a GOAWAY and closes at once: 502 (UPE)
+    when the proxy reads those bytes first, 503 (UC) when the close wins (seen in a fresh run), for either proxy."""
     outcomes = {}
     for impl in each(gw):
         url = gw.proxies[impl].url("follow", "/hello.txt")
@@ -366,8 +367,8 @@ def test_use_downstream_protocol_config_follows_the_client(gw: Gateways) -> None
         http2 = subprocess.run(["curl", "-s", "--http2-prior-knowledge", "-w", "\n%{http_code} %{http_version}", url],
                                capture_output=True, timeout=30).stdout.decode()
         outcomes[impl] = (http1.status_code, http2)
-    assert outcomes["pylon"] == (502, "hello from nghttpd\n\n200 2")  # nghttpd answers HTTP/1.1 with a GOAWAY
-    assert len(set(outcomes.values())) == 1, outcomes
+    for impl, (http1_status, http2) in outcomes.items():
+        assert http1_status in (502, 503) and http2 == "hello from nghttpd\n\n200 2", (impl, outcomes)
 
 
 def test_tls_upstream_offers_h2_and_checks_the_san(gw: Gateways) -> None:
