@@ -208,7 +208,6 @@ def _cross_reference_problems(bootstrap: Bootstrap) -> Iterator[tuple[str, str]]
     if dynamic is not None and dynamic.cds_config is not None:
         return  # clusters come and go at run time: a route to a missing one answers 503 (NC), as in Envoy
     clusters = {cluster.name for cluster in resources.clusters}
-    http2 = {cluster.name: cluster.http2_field for cluster in resources.clusters if cluster.http2_field}
     # clusters that may speak HTTP/2 to their hosts: a CONNECT is not carried over an HTTP/2 upstream yet
     h2_capable = {cluster.name: cluster.upstream_protocol[0] for cluster in resources.clusters
                   if cluster.upstream_protocol[0] in ("http2", "downstream")}
@@ -221,10 +220,6 @@ def _cross_reference_problems(bootstrap: Bootstrap) -> Iterator[tuple[str, str]]
                     for rel_path, name in config.cluster_references():
                         if name not in clusters:
                             yield f"{base}.{rel_path}", f"unknown cluster {name!r}"
-                        elif config.tunneling_config is not None and name in http2:
-                            yield f"{base}.tunneling_config", (
-                                f"not supported yet: tunnelling over HTTP/2 (cluster {name!r} sets {http2[name]}); "
-                                "pylon tunnels over HTTP/1.1")
                 elif isinstance(config, HttpConnectionManager) and config.route_config is not None:
                     if config.route_config.validate_clusters is not False:
                         # Envoy checks an inline route table's clusters unless validate_clusters is false (then a

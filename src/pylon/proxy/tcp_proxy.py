@@ -27,6 +27,7 @@ from pylon.proxy.access_log import AccessLogRecord, build_access_loggers
 from pylon.proxy.connection_info import ConnectionInfo
 from pylon.proxy.filters.network import run_filters
 from pylon.proxy.tcp_tunneling import HttpTunnelUpstream, TunnelingRequest
+from pylon.proxy.tcp_tunneling_h2 import H2TcpTunnel, open_h2_tunnel
 from pylon.proxy.tls_stats import TlsStats, tls_accepted
 from pylon.proxy.upstream.connect import ConnectError, ConnectTimeout, open_upstream
 from pylon.proxy.watermarks import apply_buffer_limit
@@ -137,7 +138,7 @@ class TcpProxySession(asyncio.Protocol):
     def __init__(self, runtime: TcpProxyRuntime) -> None:
         self.runtime = runtime
         self.downstream: asyncio.Transport = None  # type: ignore[assignment]
-        self.upstream: _Upstream | HttpTunnelUpstream | None = None
+        self.upstream: _Upstream | HttpTunnelUpstream | H2TcpTunnel | None = None
         self.early: list[bytes] = []
         self.closed = False
         self.downstream_done = False  # the client half-closed (EOF)
@@ -216,19 +217,20 @@ class TcpProxySession(asyncio.Protocol):
             rt.cx_no_route.value += 1
             self.close()
             return
-        if rt.tunneling is not None and cluster.config.http2_field:
-            # a CDS cluster the loader could not check: never tunnel over HTTP/1.1 what should go over HTTP/2
-            log.warning("tcp_proxy tunneling_config: tunnelling over HTTP/2 (cluster %s) is not supported yet", name)
-            self.flags = "UF"
-            self.close()
-            return
-        stats = cluster.stats
         key = None
         if rt.hash_source_ip:
             peer = self.downstream.get_extra_info("peername")
             key = peer[0].encode() if peer else None  # the address without the port, as Envoy hashes it
+        if rt.tunneling is not None and cluster.protocol == "http2":
+            tunnel = await open_h2_tunnel(self, cluster, key)  # a stream on the host's HTTP/2 pool
+            if tunnel is None:
+                self.close()
+            else:
+                self._attach(tunnel)
+            return
+        stats = cluster.stats
         for _ in range(rt.max_connect_attempts):
-            host = cluster.choose_host(key) if not cluster.provided else cluster.connection_host(self.connection_info())
+            host = self.pick_host(cluster, key)
             if host is None:
                 self.flags = "UH"
                 cluster.stats.upstream_cx_none_healthy.value += 1
@@ -260,32 +262,46 @@ class TcpProxySession(asyncio.Protocol):
                 upstream.transport.close()
                 cluster.circuit_breakers.connections.release()
                 return
-            self.flags = "-"
             self.host = host
             host.active_connections += 1
             stats.upstream_cx_active.value += 1
-            self.upstream = upstream
-            if self.early:
-                upstream.send(b"".join(self.early))
-                self.early = []
-                self.downstream.resume_reading()
-            if self.downstream_done:
-                upstream.send_eof()  # the client finished before there was an upstream to tell
+            self._attach(upstream)
             return
         self.close()
+
+    def _attach(self, upstream: "_Upstream | HttpTunnelUpstream | H2TcpTunnel") -> None:
+        """The upstream is there (connected, or its tunnel established): what the client sent meanwhile goes."""
+        self.flags = "-"
+        self.upstream = upstream
+        if self.early:
+            upstream.send(b"".join(self.early))
+            self.early = []
+            self.downstream.resume_reading()
+        if self.downstream_done:
+            upstream.send_eof()  # the client finished before there was an upstream to tell
+
+    def pick_host(self, cluster: "Cluster", key: bytes | None) -> Any:
+        """The host of one connect attempt: the balancer's (with the hash key), or the one the client asked for."""
+        return cluster.choose_host(key) if not cluster.provided else cluster.connection_host(self.connection_info())
 
     def _upstream_factory(self, host: Any) -> Any:
         """The upstream protocol: a byte relay, or with tunneling_config one that first sends the HTTP request."""
         tunneling = self.runtime.tunneling
         if tunneling is None:
             return lambda: _Upstream(self)
+        head = self.tunnel_head(host)
+        return lambda: HttpTunnelUpstream(self, tunneling, head)
+
+    def tunnel_head(self, host: Any) -> bytes:
+        """tunneling_config's request head for this connection to `host` (its format strings read the facts)."""
+        tunneling = self.runtime.tunneling
+        assert tunneling is not None
         peer = self.downstream.get_extra_info("peername")
         facts = AccessLogRecord(self.runtime.worker.wall_time(self.start), downstream_remote=peer[:2] if peer else None,
                                 downstream_local=self.connection_info().local_address, upstream_host=host.address,
                                 upstream_cluster=self.cluster_name, connection_id=self.connection_id,
                                 requested_server_name=self.detected.server_name if self.detected else None)
-        head = tunneling.head(facts)
-        return lambda: HttpTunnelUpstream(self, tunneling, head)
+        return tunneling.head(facts)
 
     def data_received(self, data: bytes) -> None:
         self.rx += len(data)
