@@ -13,18 +13,26 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import socketserver
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from pylon.proxy.http.h2_session import H2Connection, Headers
 from tests.conftest import free_port
 from tests.proxy.conftest import (ProxyLauncher, RunningProxy, http_listener, json_access_log, raw_exchange,
                                   read_json_lines, static_cluster, tcp_listener, wait_until)
 from tests.proxy.test_proxy_http2_upstream import h2_options
+from tests.proxy.test_proxy_upgrade import read_until
 from tests.proxy.upstreams import TcpEcho
+
+CONNECT_ERROR = 0xA
+FLOOD_SIZE = 48 << 20
+FLOOD = bytes(range(256)) * (FLOOD_SIZE // 256)
 
 PAIRS = [("pylon", "pylon"), ("envoy", "envoy"), ("pylon", "envoy"), ("envoy", "pylon")]
 TERMINATE = {"match": {"connect_matcher": {}},
@@ -144,3 +152,182 @@ def test_a_refused_connect_closes_the_client(chain: Chain) -> None:
     assert result.closed and result.data == b""
     [line] = read_json_lines(chain.log, 1, timeout=10)
     assert (line["method"], line["code"]) == ("CONNECT", 403)
+
+
+class H2TunnelServer:
+    """An h2c server on pylon's own codec that records each stream's header block and answers like a tunnel's far
+    end: 200, then each DATA echoed as `echo:<data>`, its END_STREAM after the client's; an authority naming
+    "refuse" is answered 403 (END_STREAM), one naming "reset" RST_STREAM(CONNECT_ERROR) once DATA came, one naming
+    "flood" FLOOD bytes at once (`flood_sent`: how many of them flow control let out so far)."""
+
+    def __init__(self) -> None:
+        self.heads: list[Headers] = []
+        self.received: list[bytes] = []
+        self.flood_sent = 0
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), self._handler())
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def _handler(self) -> type[socketserver.BaseRequestHandler]:
+        outer = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                owner = _TunnelEnd(outer)
+                codec = owner.codec = H2Connection(owner, server=True)
+                sock = self.request
+                sock.sendall(codec.data_to_send())
+                while not codec.closed:
+                    try:
+                        data = sock.recv(65536)
+                    except OSError:
+                        return
+                    if not data:
+                        return
+                    codec.receive(data)
+                    out = codec.data_to_send()
+                    if out:
+                        sock.sendall(out)
+                    owner.count_flood()
+        return Handler
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class _TunnelEnd:
+    def __init__(self, server: H2TunnelServer) -> None:
+        self.server = server
+        self.codec: H2Connection = None  # type: ignore[assignment]
+        self.kind: dict[int, bytes] = {}
+        self.flood_stream = 0
+
+    def count_flood(self) -> None:
+        if self.flood_stream:
+            self.server.flood_sent = FLOOD_SIZE - self.codec.pending(self.flood_stream)
+
+    def on_headers(self, stream_id: int, headers: Headers, end_stream: bool) -> None:
+        self.server.heads.append(headers)
+        authority = dict(headers).get(b":authority", b"")
+        kind = self.kind[stream_id] = next((k for k in (b"refuse", b"reset", b"flood") if k in authority), b"")
+        if kind == b"flood":
+            self.flood_stream = stream_id
+            self.codec.send_response(stream_id, [(b":status", b"200")])
+            self.codec.send_data(stream_id, FLOOD, end_stream=True)
+        elif kind == b"refuse":
+            self.codec.send_response(stream_id, [(b":status", b"403"), (b"content-length", b"0")], end_stream=True)
+        else:
+            self.codec.send_response(stream_id, [(b":status", b"200")])
+
+    def on_data(self, stream_id: int, data: bytes) -> None:
+        self.codec.consume(stream_id, len(data))
+        self.server.received.append(data)
+        if self.kind.get(stream_id) == b"reset":
+            self.codec.reset_stream(stream_id, CONNECT_ERROR)
+        elif self.kind.get(stream_id) == b"":
+            self.codec.send_data(stream_id, b"echo:" + data)
+
+    def on_trailers(self, stream_id: int, trailers: Headers) -> None:
+        pass
+
+    def on_end_stream(self, stream_id: int) -> None:
+        if self.kind.get(stream_id) == b"":
+            self.codec.send_data(stream_id, b"", end_stream=True)
+
+    def on_stream_closed(self, stream_id: int, error_code: int) -> None:
+        pass
+
+    def on_goaway(self, last_stream_id: int, error_code: int) -> None:
+        pass
+
+
+@pytest.fixture
+def recorded(implementation: str, tmp_path: Path) -> Iterator[dict[str, Any]]:
+    server = H2TunnelServer()
+    launcher = ProxyLauncher(tmp_path)
+    ports = {"connect": free_port(), "post": free_port(), "refused": free_port(), "reset": free_port(),
+             "flood": free_port()}
+    headers = [{"header": {"key": "x-fixed", "value": "yes"}}]
+    listeners = [
+        tcp_listener("connect", ports["connect"], "rec",
+                     tunneling_config={"hostname": "h.example:%DOWNSTREAM_LOCAL_PORT%", "headers_to_add": headers}),
+        tcp_listener("post", ports["post"], "rec",
+                     tunneling_config={"hostname": "h.example:443", "use_post": True, "post_path": "/tunnel"}),
+        tcp_listener("refused", ports["refused"], "rec", tunneling_config={"hostname": "refuse.example:1"}),
+        tcp_listener("reset", ports["reset"], "rec", tunneling_config={"hostname": "reset.example:1"}),
+        tcp_listener("flood", ports["flood"], "rec", tunneling_config={"hostname": "flood.example:1"}),
+    ]
+    try:
+        proxy = launcher.start(listeners, [static_cluster("rec", [server.port], **h2_options())],
+                               implementation=implementation)
+        yield {"ports": ports, "server": server, "proxy": proxy}
+    finally:
+        launcher.close()
+        server.close()
+
+
+def converse(port: int, piece: bytes) -> bytes:
+    """Send `piece`, wait for its echo, half-close, read to the end."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(piece)
+        got = read_until(sock, b"echo:" + piece)
+        sock.shutdown(socket.SHUT_WR)
+        while chunk := sock.recv(4096):
+            got += chunk
+        return got
+
+
+def test_the_connect_stream_each_connection_opens(recorded: dict[str, Any]) -> None:
+    port, server = recorded["ports"]["connect"], recorded["server"]
+    assert converse(port, b"hello") == b"echo:hello"
+    assert server.heads == [[(b":method", b"CONNECT"), (b":authority", b"h.example:%d" % port), (b"x-fixed", b"yes")]]
+    assert server.received == [b"hello"]
+
+
+def test_use_post_opens_a_post_stream_carrying_raw_bytes(recorded: dict[str, Any]) -> None:
+    port, server = recorded["ports"]["post"], recorded["server"]
+    assert converse(port, b"hello") == b"echo:hello"  # DATA frames carry the bytes as they are: no chunking
+    [head] = server.heads  # (Envoy puts :scheme last: the order of pseudo-headers carries no meaning)
+    assert sorted(head) == [(b":authority", b"h.example:443"), (b":method", b"POST"), (b":path", b"/tunnel"),
+                            (b":scheme", b"http")]
+
+
+def test_a_non_200_answer_closes_the_client_and_relays_nothing(recorded: dict[str, Any]) -> None:
+    result = raw_exchange(recorded["ports"]["refused"], b"secret", timeout=5)
+    assert result.closed and result.data == b""
+    assert recorded["server"].received == []
+
+
+def test_a_reset_stream_closes_the_client(recorded: dict[str, Any]) -> None:
+    with socket.create_connection(("127.0.0.1", recorded["ports"]["reset"]), timeout=10) as sock:
+        sock.sendall(b"hello")
+        try:
+            assert sock.recv(4096) == b""
+        except ConnectionResetError:
+            pass  # closed with a reset: as good
+    assert wait_until(lambda: recorded["proxy"].stats()["cluster.rec.upstream_rq_active"] == 0, timeout=10)
+
+
+def test_a_client_that_does_not_read_stops_its_stream(recorded: dict[str, Any]) -> None:
+    """The server has 48 MiB to send and the client reads nothing: the proxy stops crediting the stream's DATA once
+    its buffer towards the client is full, so the server's window closes well short of it all (the stream's
+    window, 16 MiB in either proxy, plus the socket buffers); then the client reads it all, byte for byte."""
+    server = recorded["server"]
+    with socket.create_connection(("127.0.0.1", recorded["ports"]["flood"]), timeout=20) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+        sock.sendall(b"go")
+        last = {"value": -1, "since": time.monotonic()}
+
+        def settled() -> bool:
+            value = server.flood_sent
+            if value != last["value"]:
+                last.update(value=value, since=time.monotonic())
+            return value > 0 and time.monotonic() - last["since"] > 1.0
+        assert wait_until(settled, timeout=30, interval=0.1)
+        assert server.flood_sent < 24 << 20  # observed: exactly 16 MiB in both (without the pause: all 48)
+        got = bytearray()
+        while len(got) < FLOOD_SIZE and (chunk := sock.recv(1 << 20)):
+            got += chunk
+    assert len(got) == FLOOD_SIZE and got == FLOOD
