@@ -11,7 +11,7 @@ same), so rather than teach each tunnel end about streams, the stream is made to
 - back-pressure both ways is the stream's own: `pause_reading` stops crediting its DATA (only this stream's
   window closes), and DATA waiting behind the server's window past the cluster's buffer limit calls
   `pause_writing` on the protocol (`H2UpstreamStream.write`'s check, released by the connection's flush);
-- `close` resets the stream (CANCEL) unless both sides already ended it.
+- `close` resets the stream (CANCEL) unless the server ended its side (then it ends ours: END_STREAM).
 
 `TunnelStream` is the pool's `H2UpstreamStream` with one difference once joined: the server's END_STREAM is a
 half-close, not the end of an exchange (the base class would reset the unfinished request side).
@@ -23,6 +23,7 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 from pylon.proxy.http.h2_session import Headers
+from pylon.proxy.http.h2_client import response_head
 from pylon.proxy.upstream.h2_pool import H2UpstreamStream
 
 if TYPE_CHECKING:
@@ -43,6 +44,22 @@ class TunnelStream(H2UpstreamStream):
     def joined(self) -> "H2StreamTransport | None":
         exchange = self.exchange
         return exchange if isinstance(exchange, H2StreamTransport) else None
+
+    def on_headers(self, fields: Headers, end_stream: bool) -> None:
+        """A proxied CONNECT's 2xx: the router's exchange relays the head and joins its client to this stream (as
+        an HTTP/1.1 upstream's 2xx does); any other answer is an ordinary response."""
+        exchange = self.exchange
+        if exchange is None or self.joined() is not None or not exchange.upgrade_accepted \
+                or exchange.method != b"CONNECT":
+            return super().on_headers(fields, end_stream)
+        status, headers = response_head(fields)
+        if not 200 <= status < 300:
+            return super().on_headers(fields, end_stream)
+        self.answered = True
+        transport = H2StreamTransport(self)
+        exchange.on_upstream_upgraded(transport, headers, b"", status)  # type: ignore[arg-type]
+        if end_stream:
+            transport.on_upstream_eof()
 
     def _complete(self) -> None:
         transport = self.joined()
@@ -143,6 +160,8 @@ class H2StreamTransport(asyncio.Transport):
         """Reset the stream unless both sides ended it; the protocol hears `connection_lost` soon after, once."""
         if self.closed:
             return
+        if self.got_eof and not self.sent_eof:
+            self.write_eof()  # the server had finished: end our side too, rather than reset a finished tunnel
         self.closed = True
         if not (self.sent_eof and self.got_eof):
             self.stream.abandon()  # RST_STREAM CANCEL (the stream's close then frees its slot)

@@ -54,8 +54,6 @@ RESPONSE_TOO_LARGE = LocalReply(500, "-", b"Internal Server Error", "response_pa
 UPGRADE_REFUSED = LocalReply(403, "-", b"", "upgrade_failed")
 CONNECT_INVALID_URL = LocalReply(400, "DPE", b"Bad Request", "http1.invalid_url")  # CONNECT with a path
 #: pylon carries a proxied CONNECT over HTTP/1.1 only (the loader refuses such routes it can see)
-CONNECT_OVER_HTTP2 = LocalReply(503, "-", b"CONNECT to an HTTP/2 upstream is not supported yet",
-                                "connect_to_http2_upstream_not_supported")
 UNSUPPORTED_TRANSFER_ENCODING = LocalReply(501, "DPE", b"Not Implemented", "http1.invalid_transfer_encoding")
 OVERLOADED = LocalReply(503, "OL", b"envoy overloaded", "overload")  # the overload manager's stop_accepting_requests
 MISSING_HOST = LocalReply(400, "DPE", b"Bad Request", "missing_host_header")
