@@ -24,8 +24,8 @@ import pytest
 
 from pylon.proxy.http.h2_session import H2Connection, Headers
 from tests.conftest import free_port
-from tests.proxy.conftest import (ProxyLauncher, RunningProxy, http_listener, json_access_log, raw_exchange,
-                                  read_json_lines, static_cluster, tcp_listener, wait_until)
+from tests.proxy.conftest import (FILE_LOG_TYPE, ProxyLauncher, RunningProxy, http_listener, json_access_log,
+                                  raw_exchange, read_json_lines, static_cluster, tcp_listener, wait_until)
 from tests.proxy.test_proxy_http2_upstream import h2_options
 from tests.proxy.test_proxy_upgrade import read_until
 from tests.proxy.upstreams import TcpEcho
@@ -248,7 +248,10 @@ def recorded(implementation: str, tmp_path: Path) -> Iterator[dict[str, Any]]:
     server = H2TunnelServer()
     launcher = ProxyLauncher(tmp_path)
     ports = {"connect": free_port(), "post": free_port(), "refused": free_port(), "reset": free_port(),
-             "flood": free_port()}
+             "flood": free_port(), "down": free_port()}
+    flags_log = [{"name": "envoy.access_loggers.file", "typed_config": {
+        "@type": FILE_LOG_TYPE, "path": str(tmp_path / "down.log"), "log_format": {"json_format": {
+            "flags": "%RESPONSE_FLAGS%"}}}}]
     headers = [{"header": {"key": "x-fixed", "value": "yes"}}]
     listeners = [
         tcp_listener("connect", ports["connect"], "rec",
@@ -258,11 +261,16 @@ def recorded(implementation: str, tmp_path: Path) -> Iterator[dict[str, Any]]:
         tcp_listener("refused", ports["refused"], "rec", tunneling_config={"hostname": "refuse.example:1"}),
         tcp_listener("reset", ports["reset"], "rec", tunneling_config={"hostname": "reset.example:1"}),
         tcp_listener("flood", ports["flood"], "rec", tunneling_config={"hostname": "flood.example:1"}),
+        tcp_listener("down", ports["down"], "down", tunneling_config={"hostname": "down.example:1"},
+                     access_log=flags_log),
     ]
+    breaker = {"thresholds": [{"max_requests": 1}]}
     try:
-        proxy = launcher.start(listeners, [static_cluster("rec", [server.port], **h2_options())],
+        proxy = launcher.start(listeners, [static_cluster("rec", [server.port], **h2_options()),
+                                           static_cluster("down", [free_port()], circuit_breakers=breaker,
+                                                          **h2_options())],
                                implementation=implementation)
-        yield {"ports": ports, "server": server, "proxy": proxy}
+        yield {"ports": ports, "server": server, "proxy": proxy, "log": tmp_path / "down.log"}
     finally:
         launcher.close()
         server.close()
@@ -331,3 +339,13 @@ def test_a_client_that_does_not_read_stops_its_stream(recorded: dict[str, Any]) 
         while len(got) < FLOOD_SIZE and (chunk := sock.recv(1 << 20)):
             got += chunk
     assert len(got) == FLOOD_SIZE and got == FLOOD
+
+
+def test_failed_connects_give_their_stream_slot_back(recorded: dict[str, Any]) -> None:
+    """The cluster allows one stream at a time (max_requests 1) and its host refuses connections: each attempt
+    fails as a connect failure (UF), none as an overflow (UO) left by the one before."""
+    for _ in range(3):
+        result = raw_exchange(recorded["ports"]["down"], b"hello", timeout=10)
+        assert result.closed and result.data == b""
+    flags = [line["flags"].split(",") for line in read_json_lines(recorded["log"], 3, timeout=10)]
+    assert all("UF" in each and "UO" not in each for each in flags), flags  # (Envoy adds URX: attempts exhausted)

@@ -47,7 +47,8 @@ class H2TcpTunnel(asyncio.Protocol):
         self.stream: TunnelStream | None = None
         self.transport: H2StreamTransport | None = None
         self.overflow = False  # the pool's pending queue was full (UO, not UF)
-        self.counted = False  # holds the request breaker's slot and the rq_active count
+        self.holds_slot = True  # the request breaker's slot, taken before the pool was asked
+        self.counted = False  # the stream counts in upstream_rq_active and the host's active requests
 
     # ------------------------------------------------------------------ the pool's exchange
     def on_upstream_ready(self, stream: "H2UpstreamStream") -> None:
@@ -105,10 +106,12 @@ class H2TcpTunnel(asyncio.Protocol):
             self.established.set_result(False)
 
     def release(self) -> None:
-        """Give back the stream's breaker slot and counts (once)."""
+        """Give back the breaker slot and the counts (once)."""
+        if self.holds_slot:
+            self.holds_slot = False
+            self.cluster.circuit_breakers.requests.release()
         if self.counted:
             self.counted = False
-            self.cluster.circuit_breakers.requests.release()
             self.cluster.stats.upstream_rq_active.value -= 1
             self.host.active_requests -= 1
 
