@@ -22,10 +22,11 @@ from typing import Any
 
 import pytest
 
-from pylon.proxy.http.h2_session import H2Connection, Headers
+from pylon.proxy.http.h2_session import Headers
 from tests.conftest import free_port
 from tests.proxy.conftest import (FILE_LOG_TYPE, ProxyLauncher, RunningProxy, http_listener, json_access_log,
                                   raw_exchange, read_json_lines, static_cluster, tcp_listener, wait_until)
+from tests.proxy.grpc_upstream import serve_h2
 from tests.proxy.test_proxy_http2_upstream import h2_options
 from tests.proxy.test_proxy_upgrade import read_until
 from tests.proxy.upstreams import TcpEcho
@@ -175,21 +176,7 @@ class H2TunnelServer:
         class Handler(socketserver.BaseRequestHandler):
             def handle(self) -> None:
                 owner = _TunnelEnd(outer)
-                codec = owner.codec = H2Connection(owner, server=True)
-                sock = self.request
-                sock.sendall(codec.data_to_send())
-                while not codec.closed:
-                    try:
-                        data = sock.recv(65536)
-                    except OSError:
-                        return
-                    if not data:
-                        return
-                    codec.receive(data)
-                    out = codec.data_to_send()
-                    if out:
-                        sock.sendall(out)
-                    owner.count_flood()
+                serve_h2(self.request, owner, owner.count_flood)
         return Handler
 
     def close(self) -> None:
@@ -200,7 +187,7 @@ class H2TunnelServer:
 class _TunnelEnd:
     def __init__(self, server: H2TunnelServer) -> None:
         self.server = server
-        self.codec: H2Connection = None  # type: ignore[assignment]
+        self.codec: Any = None  # serve_h2 sets it
         self.kind: dict[int, bytes] = {}
         self.flood_stream = 0
 

@@ -28,6 +28,7 @@ from pylon.proxy.connection_info import ConnectionInfo
 from pylon.proxy.filters.network import run_filters
 from pylon.proxy.tcp_tunneling import HttpTunnelUpstream, TunnelingRequest
 from pylon.proxy.tcp_tunneling_h2 import H2TcpTunnel, open_h2_tunnel
+from pylon.proxy.tcp_upstream import TcpUpstream
 from pylon.proxy.tls_stats import TlsStats, tls_accepted
 from pylon.proxy.upstream.connect import ConnectError, ConnectTimeout, open_upstream
 from pylon.proxy.watermarks import apply_buffer_limit
@@ -90,55 +91,13 @@ class TcpProxyRuntime:
         return start + self.max_duration + jitter
 
 
-class _Upstream(asyncio.Protocol):
-    """The upstream half: everything it reads goes to the downstream transport."""
-
-    def __init__(self, session: "TcpProxySession") -> None:
-        self.session = session
-        self.transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        cluster = self.session.cluster
-        if cluster is not None:
-            apply_buffer_limit(transport, cluster.config.per_connection_buffer_limit_bytes)
-
-    def data_received(self, data: bytes) -> None:
-        self.session.from_upstream(data)
-
-    def eof_received(self) -> bool:
-        self.session.upstream_eof()
-        return True
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.session.upstream_closed()
-
-    def pause_writing(self) -> None:
-        self.session.downstream.pause_reading()
-
-    def resume_writing(self) -> None:
-        self.session.downstream.resume_reading()
-
-    def send(self, data: bytes) -> None:
-        assert self.transport is not None
-        self.transport.write(data)
-
-    def send_eof(self) -> bool:
-        """Half-close towards the upstream; False when the transport cannot (TLS: only a close can say it)."""
-        assert self.transport is not None
-        if self.transport.can_write_eof():
-            self.transport.write_eof()
-            return True
-        return False
-
-
 class TcpProxySession(asyncio.Protocol):
     """The downstream half, and the owner of the session's state."""
 
     def __init__(self, runtime: TcpProxyRuntime) -> None:
         self.runtime = runtime
         self.downstream: asyncio.Transport = None  # type: ignore[assignment]
-        self.upstream: _Upstream | HttpTunnelUpstream | H2TcpTunnel | None = None
+        self.upstream: TcpUpstream | HttpTunnelUpstream | H2TcpTunnel | None = None
         self.early: list[bytes] = []
         self.closed = False
         self.downstream_done = False  # the client half-closed (EOF)
@@ -232,8 +191,6 @@ class TcpProxySession(asyncio.Protocol):
         for _ in range(rt.max_connect_attempts):
             host = self.pick_host(cluster, key)
             if host is None:
-                self.flags = "UH"
-                cluster.stats.upstream_cx_none_healthy.value += 1
                 break
             if not cluster.circuit_breakers.connections.try_acquire():
                 self.flags = "UO"
@@ -269,7 +226,7 @@ class TcpProxySession(asyncio.Protocol):
             return
         self.close()
 
-    def _attach(self, upstream: "_Upstream | HttpTunnelUpstream | H2TcpTunnel") -> None:
+    def _attach(self, upstream: "TcpUpstream | HttpTunnelUpstream | H2TcpTunnel") -> None:
         """The upstream is there (connected, or its tunnel established): what the client sent meanwhile goes."""
         self.flags = "-"
         self.upstream = upstream
@@ -281,14 +238,19 @@ class TcpProxySession(asyncio.Protocol):
             upstream.send_eof()  # the client finished before there was an upstream to tell
 
     def pick_host(self, cluster: "Cluster", key: bytes | None) -> Any:
-        """The host of one connect attempt: the balancer's (with the hash key), or the one the client asked for."""
-        return cluster.choose_host(key) if not cluster.provided else cluster.connection_host(self.connection_info())
+        """The host of one connect attempt: the balancer's (with the hash key), or the one the client asked for;
+        None when there is none (flag UH, counted)."""
+        host = cluster.choose_host(key) if not cluster.provided else cluster.connection_host(self.connection_info())
+        if host is None:
+            self.flags = "UH"
+            cluster.stats.upstream_cx_none_healthy.value += 1
+        return host
 
     def _upstream_factory(self, host: Any) -> Any:
         """The upstream protocol: a byte relay, or with tunneling_config one that first sends the HTTP request."""
         tunneling = self.runtime.tunneling
         if tunneling is None:
-            return lambda: _Upstream(self)
+            return lambda: TcpUpstream(self)
         head = self.tunnel_head(host)
         return lambda: HttpTunnelUpstream(self, tunneling, head)
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from pylon.proxy.h2_stream_transport import H2StreamTransport, TunnelStream
 from pylon.proxy.http.h2_session import Headers
+from pylon.proxy.tcp_upstream import TcpUpstream
 
 if TYPE_CHECKING:
     from pylon.proxy.tcp_proxy import TcpProxySession
@@ -27,8 +28,9 @@ if TYPE_CHECKING:
     from pylon.proxy.upstream.h2_pool import H2UpstreamStream
 
 
-class H2TcpTunnel(asyncio.Protocol):
-    """One session's tunnel: the pool's exchange until the server answers, then the stream's protocol.
+class H2TcpTunnel(TcpUpstream):
+    """One session's tunnel: the pool's exchange until the server answers, then the stream's protocol (relaying
+    as any tcp_proxy upstream does).
 
     The session sees the upstream it knows (`transport`, `send`, `send_eof`); `transport` stays None until the
     tunnel is established, so what the client sends meanwhile waits in the session's early buffer.
@@ -38,14 +40,13 @@ class H2TcpTunnel(asyncio.Protocol):
     upgrade_accepted = False  # the answer is read here, not by an HTTP/1 decoder
 
     def __init__(self, session: "TcpProxySession", cluster: "Cluster", host: "Host", head: bytes) -> None:
-        self.session = session
+        super().__init__(session)
         self.cluster = cluster
         self.host = host
         self.head = head
         self.method = head[:head.index(b" ")]
         self.established: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self.stream: TunnelStream | None = None
-        self.transport: H2StreamTransport | None = None
         self.overflow = False  # the pool's pending queue was full (UO, not UF)
         self.holds_slot = True  # the request breaker's slot, taken before the pool was asked
         self.counted = False  # the stream counts in upstream_rq_active and the host's active requests
@@ -115,33 +116,10 @@ class H2TcpTunnel(asyncio.Protocol):
             self.cluster.stats.upstream_rq_active.value -= 1
             self.host.active_requests -= 1
 
-    # ------------------------------------------------------------------ the session's side
-    def send(self, data: bytes) -> None:
-        assert self.transport is not None
-        self.transport.write(data)
-
-    def send_eof(self) -> bool:
-        assert self.transport is not None
-        self.transport.write_eof()
-        return True
-
     # ------------------------------------------------------------------ asyncio.Protocol (the stream's)
-    def data_received(self, data: bytes) -> None:
-        self.session.from_upstream(data)
-
-    def eof_received(self) -> bool:
-        self.session.upstream_eof()
-        return True
-
     def connection_lost(self, exc: Exception | None) -> None:
         self.release()
-        self.session.upstream_closed()
-
-    def pause_writing(self) -> None:
-        self.session.downstream.pause_reading()
-
-    def resume_writing(self) -> None:
-        self.session.downstream.resume_reading()
+        super().connection_lost(exc)
 
 
 async def open_h2_tunnel(session: "TcpProxySession", cluster: "Cluster", key: bytes | None) -> H2TcpTunnel | None:
@@ -151,8 +129,6 @@ async def open_h2_tunnel(session: "TcpProxySession", cluster: "Cluster", key: by
     for _ in range(rt.max_connect_attempts):
         host = session.pick_host(cluster, key)
         if host is None:
-            session.flags = "UH"
-            cluster.stats.upstream_cx_none_healthy.value += 1
             return None
         if not cluster.circuit_breakers.requests.try_acquire():
             session.flags = "UO"
