@@ -39,6 +39,7 @@ from pylon.proxy.h2_stream_transport import TunnelStream
 from pylon.proxy.h2_tunnel import H2Tunnel
 from pylon.proxy.tunnel import open_tunnel
 from pylon.proxy.upstream.cluster import PENDING
+from pylon.proxy.upstream.h2_pool import H2Pool
 from pylon.proxy.upstream.lb import stable_hash
 from pylon.proxy.xfcc import HEADER as XFCC
 from pylon.proxy.xfcc import forwarded_value
@@ -814,6 +815,8 @@ class Stream:
             self.pool = terminated = TerminatedConnect(self, cluster, host)  # raw TCP, answered 200 when up
             return terminated.start()
         self.pool = pool = self.hcm.pools.get(cluster, host, self)
+        if self.upgrade_accepted and self.path and isinstance(pool, H2Pool):  # no extended CONNECT upstream yet
+            return self.local(lr.UPGRADE_OVER_HTTP2)
         pool.acquire(self, fresh)
 
     def hash_key(self, policies: "tuple[HashSource, ...]") -> bytes | None:
