@@ -20,14 +20,11 @@ half-close, not the end of an exchange (the base class would reset the unfinishe
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from pylon.proxy.http.h2_session import Headers
 from pylon.proxy.http.h2_client import response_head
+from pylon.proxy.http.h2_session import Headers
 from pylon.proxy.upstream.h2_pool import H2UpstreamStream
-
-if TYPE_CHECKING:
-    from pylon.proxy.upstream.pool import Exchange
 
 
 class TunnelStream(H2UpstreamStream):
@@ -91,7 +88,7 @@ class H2StreamTransport(asyncio.Transport):
     def __init__(self, stream: TunnelStream, protocol: asyncio.BaseProtocol | None = None) -> None:
         super().__init__()
         self.stream = stream
-        self.exchange: "Exchange | None" = stream._detach()  # who opened it (its HTTP/1 encoder handed back)
+        stream._detach()  # the exchange that opened it lets go (the router gets its HTTP/1 encoder back)
         stream.exchange = self  # type: ignore[assignment]  # the stream's events come here from now on
         self.protocol: Any = protocol
         self.closed = False
