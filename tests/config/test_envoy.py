@@ -601,14 +601,12 @@ def test_tcp_proxy_tunneling_config() -> None:
     assert (config.hostname, config.use_post, config.post_path) == ("%DOWNSTREAM_LOCAL_ADDRESS%", True, "/up")
 
 
-def test_tcp_tunneling_over_an_http2_cluster_is_refused_by_name() -> None:
-    """The tunnel goes over HTTP/1.1 only (no HTTP/2 upstream pool yet): an HTTP/2 cluster is an error, not a
-    silent downgrade."""
+def test_tcp_tunneling_over_an_http2_cluster_loads() -> None:
+    """Each connection is one HTTP/2 CONNECT stream on the cluster's pool (tcp_tunneling_h2.py), as in Envoy."""
     data = bootstrap([listener({"@type": TCP_PROXY_TYPE, "stat_prefix": "t", "cluster": "svc",
                                 "tunneling_config": {"hostname": "h:1"}})],
                      [cluster("svc", http2_protocol_options={})])
-    assert error(data) == (f"config error in test.yaml: {HCM_PATH}.tunneling_config: not supported yet: tunnelling "
-                           "over HTTP/2 (cluster 'svc' sets http2_protocol_options); pylon tunnels over HTTP/1.1")
+    assert load(data).static_resources.clusters[0].upstream_protocol[0] == "http2"
 
 
 # --------------------------------------------------------------------------- listeners

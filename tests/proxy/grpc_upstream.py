@@ -15,7 +15,7 @@ import socket
 import socketserver
 import threading
 from concurrent import futures
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import grpc
 
@@ -111,7 +111,7 @@ class ResettingH2Upstream:
 
         class Handler(socketserver.BaseRequestHandler):
             def handle(self) -> None:
-                _serve_h2(self.request, _Resetter(paths))
+                serve_h2(self.request, _Resetter(paths))
 
         self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
@@ -123,8 +123,9 @@ class ResettingH2Upstream:
         self.server.server_close()
 
 
-def _serve_h2(sock: socket.socket, owner: "_Resetter") -> None:
-    """One connection: bytes in through the codec, what it answers out, until either side ends it."""
+def serve_h2(sock: socket.socket, owner: Any, after_read: Callable[[], None] | None = None) -> None:
+    """One connection: bytes in through the codec, what it answers out, until either side ends it (`owner` gets
+    the codec as `.codec`; `after_read` is called after each read's answer went out)."""
     codec = H2Connection(owner, server=True)
     owner.codec = codec
     sock.sendall(codec.data_to_send())
@@ -139,6 +140,8 @@ def _serve_h2(sock: socket.socket, owner: "_Resetter") -> None:
         out = codec.data_to_send()
         if out:
             sock.sendall(out)
+        if after_read is not None:
+            after_read()
 
 
 class _Resetter:

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from tests.conftest import free_port
 from tests.proxy.conftest import (ProxyLauncher, RunningProxy, http_listener, json_access_log, raw_exchange,
@@ -298,33 +297,3 @@ def test_an_http2_connect_nothing_allows_is_refused(setup: Setup) -> None:
     finally:
         client.close()
     assert setup.echo.heads == [] and setup.echo.received == []
-
-
-def test_a_connect_proxied_to_an_http2_cluster_the_loader_could_not_see_is_a_503(tmp_path: Path) -> None:
-    """pylon proxies CONNECT over HTTP/1.1 only (Envoy would open an HTTP/2 CONNECT stream: a departure). The loader
-    refuses such a route it can see; one that arrives by RDS is answered 503 instead of hanging. pylon only."""
-    echo, launcher = EchoServer(), ProxyLauncher(tmp_path)
-    try:
-        rds = tmp_path / "rds.yaml"
-        route_config = {"@type": "type.googleapis.com/envoy.config.route.v3.RouteConfiguration", "name": "routes",
-                        "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
-                            {"match": {"connect_matcher": {}}, "route": {"cluster": "h2"}}]}]}
-        rds.write_text(yaml.safe_dump({"version_info": "1", "resources": [route_config]}))
-        listener = http_listener("rds", free_port(), [], upgrade_configs=CONNECT_ON, access_log=json_access_log(
-            tmp_path / "log"))
-        hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
-        del hcm["route_config"]
-        hcm["rds"] = {"route_config_name": "routes",
-                      "config_source": {"path_config_source": {"path": str(rds)}, "resource_api_version": "V3"}}
-        h2 = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-            "explicit_http_config": {"http2_protocol_options": {}}}}
-        proxy = launcher.start([listener], [static_cluster("h2", [echo.port], typed_extension_protocol_options=h2)])
-        result = raw_exchange(proxy.ports["rds"], CONNECT + b"early")
-        assert result.status == 503 and result.closed
-        [line] = read_json_lines(tmp_path / "log", 1, timeout=10)
-        assert line["details"] == "connect_to_http2_upstream_not_supported"
-        assert echo.connections == 0
-    finally:
-        launcher.close()
-        echo.close()

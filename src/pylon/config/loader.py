@@ -208,10 +208,6 @@ def _cross_reference_problems(bootstrap: Bootstrap) -> Iterator[tuple[str, str]]
     if dynamic is not None and dynamic.cds_config is not None:
         return  # clusters come and go at run time: a route to a missing one answers 503 (NC), as in Envoy
     clusters = {cluster.name for cluster in resources.clusters}
-    http2 = {cluster.name: cluster.http2_field for cluster in resources.clusters if cluster.http2_field}
-    # clusters that may speak HTTP/2 to their hosts: a CONNECT is not carried over an HTTP/2 upstream yet
-    h2_capable = {cluster.name: cluster.upstream_protocol[0] for cluster in resources.clusters
-                  if cluster.upstream_protocol[0] in ("http2", "downstream")}
     for i, listener in enumerate(resources.listeners):
         for rel, chain in listener.all_filter_chains():
             for k, network_filter in enumerate(chain.filters):
@@ -221,16 +217,11 @@ def _cross_reference_problems(bootstrap: Bootstrap) -> Iterator[tuple[str, str]]
                     for rel_path, name in config.cluster_references():
                         if name not in clusters:
                             yield f"{base}.{rel_path}", f"unknown cluster {name!r}"
-                        elif config.tunneling_config is not None and name in http2:
-                            yield f"{base}.tunneling_config", (
-                                f"not supported yet: tunnelling over HTTP/2 (cluster {name!r} sets {http2[name]}); "
-                                "pylon tunnels over HTTP/1.1")
                 elif isinstance(config, HttpConnectionManager) and config.route_config is not None:
                     if config.route_config.validate_clusters is not False:
                         # Envoy checks an inline route table's clusters unless validate_clusters is false (then a
                         # route to an unknown cluster answers 503 NC).
                         yield from _route_cluster_problems(config, f"{base}.route_config", clusters)
-                    yield from _connect_over_http2_problems(config.route_config, f"{base}.route_config", h2_capable)
 
 
 def _route_cluster_problems(hcm: HttpConnectionManager, base: str, clusters: set[str]) -> Iterator[tuple[str, str]]:
@@ -238,29 +229,6 @@ def _route_cluster_problems(hcm: HttpConnectionManager, base: str, clusters: set
     for path, name in route_cluster_references(hcm.route_config):
         if name not in clusters:
             yield join_path(base, path), f"unknown cluster {name!r}"
-
-
-def _connect_over_http2_problems(route_config: RouteConfiguration, base: str,
-                                 h2_capable: dict[str, str]) -> Iterator[tuple[str, str]]:
-    """A connect_matcher route that proxies CONNECT (no connect_config) to a cluster that may speak HTTP/2: Envoy
-    sends it as an HTTP/2 CONNECT stream; pylon carries CONNECT upstream over HTTP/1.1 only, so it is refused
-    rather than left to hang."""
-    for v, vhost in enumerate(route_config.virtual_hosts):
-        for r, route in enumerate(vhost.routes):
-            action = route.route
-            if route.match.connect_matcher is None or action is None:
-                continue
-            connect = next((u for u in action.upgrade_configs if u.upgrade_type.lower() == "connect"), None)
-            if connect is not None and connect.enabled and connect.connect_config is not None:
-                continue  # terminated here: the upstream gets raw TCP whatever its HTTP protocol
-            names = [action.cluster] if action.cluster is not None else [
-                w.name for w in action.weighted_clusters.clusters] if action.weighted_clusters is not None else []
-            for name in names:
-                if name in h2_capable:
-                    yield (f"{base}.virtual_hosts[{v}].routes[{r}].route",
-                           f"not supported yet: proxying CONNECT to cluster {name!r}, which speaks HTTP/2 "
-                           f"({h2_capable[name]}); terminate it with upgrade_configs' connect_config, or use an "
-                           "HTTP/1.1 cluster")
 
 
 def route_cluster_references(route_config: RouteConfiguration) -> Iterator[tuple[str, str]]:

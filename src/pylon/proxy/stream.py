@@ -35,6 +35,7 @@ from pylon.proxy.stream_states import (RQ_DONE, RQ_HEADERS, RS_DONE, RS_HELD, RS
                                        UP_AWAITING, UP_CONNECTING, UP_DONE, UP_IDLE, UP_RECEIVING, UP_RESET,
                                        UP_SENDING, UP_UPGRADED)
 from pylon.proxy.connect import TerminatedConnect
+from pylon.proxy.h2_stream_transport import TunnelStream
 from pylon.proxy.h2_tunnel import H2Tunnel
 from pylon.proxy.tunnel import open_tunnel
 from pylon.proxy.upstream.cluster import PENDING
@@ -814,8 +815,8 @@ class Stream:
             self.pool = terminated = TerminatedConnect(self, cluster, host)  # raw TCP, answered 200 when up
             return terminated.start()
         self.pool = pool = self.hcm.pools.get(cluster, host, self)
-        if not self.path and isinstance(pool, H2Pool):  # a CONNECT the loader could not check (CDS, RDS)
-            return self.local(lr.CONNECT_OVER_HTTP2)
+        if self.upgrade_accepted and self.path and isinstance(pool, H2Pool):  # no extended CONNECT upstream yet
+            return self.local(lr.UPGRADE_OVER_HTTP2)
         pool.acquire(self, fresh)
 
     def hash_key(self, policies: "tuple[HashSource, ...]") -> bytes | None:
@@ -922,6 +923,9 @@ class Stream:
         if self.body_buffer is None and self.body_size <= self.hcm.buffer_limit and (self.req_length or self.req_chunked):
             self.body_buffer = list(waiting)  # a stream the server refuses (GOAWAY) goes again: keep what was sent
         done = self.rq_state == RQ_DONE
+        if not self.path:  # a proxied CONNECT: its stream becomes the tunnel on a 2xx (h2_stream_transport.py)
+            self.upstream = conn = TunnelStream.taking_over(conn)
+            done = False  # the tunnel's half-close is the client's to send, after the 2xx
         end = done and not waiting and not self.req_trailers
         encoder = conn.send_head(base, head, end)
         if encoder is None:

@@ -27,6 +27,8 @@ from pylon.proxy.access_log import AccessLogRecord, build_access_loggers
 from pylon.proxy.connection_info import ConnectionInfo
 from pylon.proxy.filters.network import run_filters
 from pylon.proxy.tcp_tunneling import HttpTunnelUpstream, TunnelingRequest
+from pylon.proxy.tcp_tunneling_h2 import H2TcpTunnel, open_h2_tunnel
+from pylon.proxy.tcp_upstream import TcpUpstream
 from pylon.proxy.tls_stats import TlsStats, tls_accepted
 from pylon.proxy.upstream.connect import ConnectError, ConnectTimeout, open_upstream
 from pylon.proxy.watermarks import apply_buffer_limit
@@ -89,55 +91,13 @@ class TcpProxyRuntime:
         return start + self.max_duration + jitter
 
 
-class _Upstream(asyncio.Protocol):
-    """The upstream half: everything it reads goes to the downstream transport."""
-
-    def __init__(self, session: "TcpProxySession") -> None:
-        self.session = session
-        self.transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        cluster = self.session.cluster
-        if cluster is not None:
-            apply_buffer_limit(transport, cluster.config.per_connection_buffer_limit_bytes)
-
-    def data_received(self, data: bytes) -> None:
-        self.session.from_upstream(data)
-
-    def eof_received(self) -> bool:
-        self.session.upstream_eof()
-        return True
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.session.upstream_closed()
-
-    def pause_writing(self) -> None:
-        self.session.downstream.pause_reading()
-
-    def resume_writing(self) -> None:
-        self.session.downstream.resume_reading()
-
-    def send(self, data: bytes) -> None:
-        assert self.transport is not None
-        self.transport.write(data)
-
-    def send_eof(self) -> bool:
-        """Half-close towards the upstream; False when the transport cannot (TLS: only a close can say it)."""
-        assert self.transport is not None
-        if self.transport.can_write_eof():
-            self.transport.write_eof()
-            return True
-        return False
-
-
 class TcpProxySession(asyncio.Protocol):
     """The downstream half, and the owner of the session's state."""
 
     def __init__(self, runtime: TcpProxyRuntime) -> None:
         self.runtime = runtime
         self.downstream: asyncio.Transport = None  # type: ignore[assignment]
-        self.upstream: _Upstream | HttpTunnelUpstream | None = None
+        self.upstream: TcpUpstream | HttpTunnelUpstream | H2TcpTunnel | None = None
         self.early: list[bytes] = []
         self.closed = False
         self.downstream_done = False  # the client half-closed (EOF)
@@ -216,22 +176,21 @@ class TcpProxySession(asyncio.Protocol):
             rt.cx_no_route.value += 1
             self.close()
             return
-        if rt.tunneling is not None and cluster.config.http2_field:
-            # a CDS cluster the loader could not check: never tunnel over HTTP/1.1 what should go over HTTP/2
-            log.warning("tcp_proxy tunneling_config: tunnelling over HTTP/2 (cluster %s) is not supported yet", name)
-            self.flags = "UF"
-            self.close()
-            return
-        stats = cluster.stats
         key = None
         if rt.hash_source_ip:
             peer = self.downstream.get_extra_info("peername")
             key = peer[0].encode() if peer else None  # the address without the port, as Envoy hashes it
+        if rt.tunneling is not None and cluster.protocol == "http2":
+            tunnel = await open_h2_tunnel(self, cluster, key)  # a stream on the host's HTTP/2 pool
+            if tunnel is None:
+                self.close()
+            else:
+                self._attach(tunnel)
+            return
+        stats = cluster.stats
         for _ in range(rt.max_connect_attempts):
-            host = cluster.choose_host(key) if not cluster.provided else cluster.connection_host(self.connection_info())
+            host = self.pick_host(cluster, key)
             if host is None:
-                self.flags = "UH"
-                cluster.stats.upstream_cx_none_healthy.value += 1
                 break
             if not cluster.circuit_breakers.connections.try_acquire():
                 self.flags = "UO"
@@ -260,32 +219,51 @@ class TcpProxySession(asyncio.Protocol):
                 upstream.transport.close()
                 cluster.circuit_breakers.connections.release()
                 return
-            self.flags = "-"
             self.host = host
             host.active_connections += 1
             stats.upstream_cx_active.value += 1
-            self.upstream = upstream
-            if self.early:
-                upstream.send(b"".join(self.early))
-                self.early = []
-                self.downstream.resume_reading()
-            if self.downstream_done:
-                upstream.send_eof()  # the client finished before there was an upstream to tell
+            self._attach(upstream)
             return
         self.close()
+
+    def _attach(self, upstream: "TcpUpstream | HttpTunnelUpstream | H2TcpTunnel") -> None:
+        """The upstream is there (connected, or its tunnel established): what the client sent meanwhile goes."""
+        self.flags = "-"
+        self.upstream = upstream
+        if self.early:
+            upstream.send(b"".join(self.early))
+            self.early = []
+            self.downstream.resume_reading()
+        if self.downstream_done:
+            upstream.send_eof()  # the client finished before there was an upstream to tell
+
+    def pick_host(self, cluster: "Cluster", key: bytes | None) -> Any:
+        """The host of one connect attempt: the balancer's (with the hash key), or the one the client asked for;
+        None when there is none (flag UH, counted)."""
+        host = cluster.choose_host(key) if not cluster.provided else cluster.connection_host(self.connection_info())
+        if host is None:
+            self.flags = "UH"
+            cluster.stats.upstream_cx_none_healthy.value += 1
+        return host
 
     def _upstream_factory(self, host: Any) -> Any:
         """The upstream protocol: a byte relay, or with tunneling_config one that first sends the HTTP request."""
         tunneling = self.runtime.tunneling
         if tunneling is None:
-            return lambda: _Upstream(self)
+            return lambda: TcpUpstream(self)
+        head = self.tunnel_head(host)
+        return lambda: HttpTunnelUpstream(self, tunneling, head)
+
+    def tunnel_head(self, host: Any) -> bytes:
+        """tunneling_config's request head for this connection to `host` (its format strings read the facts)."""
+        tunneling = self.runtime.tunneling
+        assert tunneling is not None
         peer = self.downstream.get_extra_info("peername")
         facts = AccessLogRecord(self.runtime.worker.wall_time(self.start), downstream_remote=peer[:2] if peer else None,
                                 downstream_local=self.connection_info().local_address, upstream_host=host.address,
                                 upstream_cluster=self.cluster_name, connection_id=self.connection_id,
                                 requested_server_name=self.detected.server_name if self.detected else None)
-        head = tunneling.head(facts)
-        return lambda: HttpTunnelUpstream(self, tunneling, head)
+        return tunneling.head(facts)
 
     def data_received(self, data: bytes) -> None:
         self.rx += len(data)
