@@ -416,3 +416,18 @@ def test_trailers_cross_a_stream_both_ways_with_enable_trailers(monkeypatch: pyt
     r.answer(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\ngrpc-status: 0\r\n\r\n")
     assert r.client.take().endswith(b"2\r\nok\r\n0\r\ngrpc-status: 0\r\n\r\n")
     assert r.stream.rs_state == ss.RS_DONE
+
+
+def test_the_access_record_of_a_stream_sets_every_field(monkeypatch: pytest.MonkeyPatch) -> None:
+    """HcmRuntime.access_record makes its record without __init__ (cheaper): a field it forgot to store would
+    be an AttributeError in whatever format or filter reads it."""
+    from pylon.proxy.access_log import AccessLogRecord
+
+    r = rig(monkeypatch)
+    r.send(GET)
+    r.answer(OK)
+    record = r.hcm.access_record(r.stream, 0.002)
+    missing = [name for name in AccessLogRecord.__slots__ if not hasattr(record, name)]
+    assert missing == []
+    assert (record.method, record.path, record.response_code, record.upstream_host, record.duration) == \
+        ("GET", "/a", 200, "127.0.0.1:9", 2.0)

