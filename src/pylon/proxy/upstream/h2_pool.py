@@ -61,7 +61,7 @@ class H2UpstreamStream:
     """One request's stream on an HTTP/2 upstream connection: what the router's exchange holds as its upstream."""
 
     __slots__ = ("connection", "pool", "exchange", "stream_id", "encoder", "local_address", "requests", "keep_alive",
-                 "transport", "reading_paused", "held", "writing_paused", "answered")
+                 "reading_paused", "held", "writing_paused", "answered")
     multiplexed = True  # the router's one test: this attempt goes through `send_head`, not HTTP/1 bytes
 
     def __init__(self, connection: "H2UpstreamConnection", exchange: "Exchange") -> None:
@@ -73,11 +73,16 @@ class H2UpstreamStream:
         self.local_address = connection.local_address
         self.requests = connection.requests - 1  # streams the connection carried before this one
         self.keep_alive = True
-        self.transport = self  # the exchange's pause/resume of "reading" this upstream lands here
         self.reading_paused = False
         self.held = 0  # received body bytes not credited back while the client is not reading
         self.writing_paused = False  # the exchange was told to stop reading its client
         self.answered = False
+
+    @property
+    def transport(self) -> "H2UpstreamStream":
+        """The exchange's pause/resume of "reading" this upstream lands here. A property, not an attribute holding
+        `self`: that would be a reference cycle per stream, freed only by the garbage collector."""
+        return self
 
     # -- used by the exchange ------------------------------------------------------------------------
     def send_head(self, base: "Http1RequestEncoder", head: bytes, end_stream: bool) -> Http2RequestEncoder | None:
