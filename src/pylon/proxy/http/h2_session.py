@@ -167,11 +167,12 @@ class H2Error(Exception):
 class _Outbound:
     """A stream's body waiting for nghttp2's DATA reads (which follow the peer's windows)."""
 
-    __slots__ = ("chunks", "offset", "ended", "trailers", "deferred")
+    __slots__ = ("chunks", "offset", "size", "ended", "trailers", "deferred")
 
     def __init__(self) -> None:
         self.chunks: deque[bytes] = deque()
         self.offset = 0  # bytes of chunks[0] already sent
+        self.size = 0  # bytes in chunks not sent yet: `pending` is asked after every write of every stream
         self.ended = False
         self.trailers: Headers | None = None
         self.deferred = False  # nghttp2 waits for `resume_data`
@@ -340,6 +341,7 @@ class H2Connection:
             raise H2Error(f"stream {stream_id} has no open body")
         if data:
             out.chunks.append(data)
+            out.size += len(data)
             self.pending_send_bytes += len(data)
         if end_stream:
             out.ended = True
@@ -363,7 +365,7 @@ class H2Connection:
     def pending(self, stream_id: int) -> int:
         """Body bytes of the stream accepted by `send_data` and not framed yet (its share of the back-pressure)."""
         out = self._out.get(stream_id)
-        return sum(map(len, out.chunks)) - out.offset if out is not None and out.chunks else 0
+        return out.size if out is not None else 0
 
     def consume(self, stream_id: int, n: int) -> None:
         """The owner passed on `n` received body bytes: credit them back to the peer (WINDOW_UPDATE)."""
@@ -479,8 +481,8 @@ def pyl_on_close(handle, stream_id, error_code):  # type: ignore[no-untyped-def]
     conn: H2Connection = ffi.from_handle(handle)
     try:
         out = conn._out.pop(stream_id, None)
-        if out is not None and out.chunks:
-            conn.pending_send_bytes -= sum(len(c) for c in out.chunks) - out.offset
+        if out is not None:
+            conn.pending_send_bytes -= out.size
         left = conn._streams.pop(stream_id, None)
         if left is None:
             return 0  # refused or reset before its headers reached the owner
@@ -513,6 +515,7 @@ def pyl_read(handle, stream_id, buf, length, flags):  # type: ignore[no-untyped-
             else:
                 out.offset = off + take
         conn.pending_send_bytes -= n
+        out.size -= n
         if not chunks:
             if out.ended:
                 if out.trailers is not None:
