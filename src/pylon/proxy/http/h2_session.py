@@ -174,7 +174,7 @@ class _Outbound:
         self.offset = 0  # bytes of chunks[0] already sent
         self.size = 0  # bytes in chunks not sent yet: `pending` is asked after every write of every stream
         self.ended = False
-        self.trailers: Headers | None = None
+        self.trailers: tuple[bytes, int] | None = None  # the trailers' block and field count, made once
         self.deferred = False  # nghttp2 waits for `resume_data`
 
 
@@ -352,8 +352,7 @@ class H2Connection:
         out = self._out.get(stream_id)
         if out is None or out.ended:
             raise H2Error(f"stream {stream_id} has no open body")
-        _block(trailers)  # checked now, not inside the read callback
-        out.trailers = trailers
+        out.trailers = (_block(trailers), len(trailers))  # made now (and checked), not inside the read callback
         out.ended = True
         self._resume(stream_id, out)
 
@@ -520,8 +519,8 @@ def pyl_read(handle, stream_id, buf, length, flags):  # type: ignore[no-untyped-
             if out.ended:
                 if out.trailers is not None:
                     flags[0] = lib.NGHTTP2_DATA_FLAG_EOF | lib.NGHTTP2_DATA_FLAG_NO_END_STREAM
-                    block = _block(out.trailers)
-                    if lib.pyl_submit_headers(conn._c, stream_id, block, len(block), len(out.trailers), 1) < 0:
+                    block, count = out.trailers
+                    if lib.pyl_submit_headers(conn._c, stream_id, block, len(block), count, 1) < 0:
                         return lib.NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE
                 else:
                     flags[0] = lib.NGHTTP2_DATA_FLAG_EOF
