@@ -8,8 +8,9 @@ connection turns that head into a header block here (`request_headers`):
 fields and the HTTP/1 framing (`transfer-encoding`) dropped, `te: trailers`
 kept; a `content-length` stays, as Envoy's upstream codec keeps it (nghttp2
 checks it against the DATA). The router's own attempts skip the bytes:
-`head_fields` builds the same block from what the encoder made its head of. `Http2RequestEncoder` stands in for the HTTP/1
-encoder for the rest of the attempt: the stream's body and end calls become
+`head_fields` builds the same block from what the encoder made its head
+of. `Http2RequestEncoder` stands in for the HTTP/1 encoder for the rest of
+the attempt: the stream's body and end calls become
 DATA and trailers on the connection's `H2Connection`, and return b"" (the
 stream's later `write` only flushes the session). `response_head` reads a
 response's header block back into a status and HTTP/1-shaped fields.
@@ -75,7 +76,7 @@ def head_fields(base: "Http1RequestEncoder", attempt: int, scheme: bytes) -> Hea
     if base.split:
         fields.append((b"x-envoy-attempt-count", b"%d" % attempt))
     if extra is not None:  # ready header lines ("name: value\r\n")
-        headers = headers + [tuple(line.split(b": ", 1)) for line in extra.split(b"\r\n")[:-1]]
+        headers = headers + [line.partition(b": ")[::2] for line in extra.split(b"\r\n")[:-1]]
     for pair in headers:
         name = pair[0]
         if name == b"host":
