@@ -74,7 +74,7 @@ class H2StreamConn:
     """One HTTP/2 stream as its `Stream` sees its connection (and transport): facts shared, flow and timers own."""
 
     __slots__ = ("h2", "stream_id", "stream", "encoder", "hcm", "loop", "loop_time", "deadlines", "peer", "peer_ip",
-                 "local", "scheme", "connection_id", "detected", "transport", "wake_at", "closed", "paused", "owed")
+                 "local", "scheme", "connection_id", "detected", "wake_at", "closed", "paused", "owed")
 
     protocol = "HTTP/2"  # the access log's %PROTOCOL%
     feeding = False  # a request's head arrives whole: a local reply never waits for the rest of a read
@@ -95,7 +95,6 @@ class H2StreamConn:
         self.scheme = h2.scheme
         self.connection_id = h2.connection_id
         self.detected = h2.detected
-        self.transport = self  # what the stream pauses and writes through: this stream only
         self.wake_at = 0.0
         self.closed = False  # the HTTP/2 stream is closed (both ways, or reset)
         self.paused = False  # the upstream does not take the body: received DATA is not credited back
@@ -104,6 +103,12 @@ class H2StreamConn:
     @property
     def draining(self) -> bool:
         return self.h2.draining
+
+    @property
+    def transport(self) -> "H2StreamConn":
+        """What the stream pauses and writes through: this stream only. A property, not an attribute holding
+        `self`: that would be a reference cycle per stream, freed only by the garbage collector."""
+        return self
 
     # --- the transport the stream sees
     def pause_reading(self) -> None:
@@ -148,7 +153,7 @@ class H2StreamConn:
     def sweep(self, now: float) -> float:
         """The stream's own timeouts, from the worker's deadline wheel (see `Stream.sweep`)."""
         stream = self.stream
-        if stream.rs_state >= RS_DONE:
+        if stream is None or stream.rs_state >= RS_DONE:
             return 0.0
         following = stream.sweep(now)
         if following is None:  # a timeout acted: the stream ended, or a retry has deadlines of its own
@@ -317,6 +322,8 @@ class Http2Connection(HttpConnection):
             # that closed without error sent its response's end, and the stream is finishing it right now.
             self.hcm.rq_rx_reset.value += 1
             stream.on_downstream_closed()
+        if stream.rs_state >= RS_DONE:
+            conn.stream = None  # type: ignore[assignment]  # both are over: see stream_done
 
     def on_goaway(self, last_stream_id: int, error_code: int) -> None:
         """The client will open no more streams: the session ends once the open ones are done."""
@@ -328,6 +335,12 @@ class Http2Connection(HttpConnection):
             self.deadlines.disarm(conn)
         self.out_paused.discard(conn)
         if conn.closed or self.closed:
+            # The HTTP/2 stream closed first: nothing calls this stream again. Dropping the link back to it (the
+            # stream keeps its `conn`) leaves no reference cycle, so both are freed the moment they are dropped
+            # instead of by the garbage collector, whose collections of these cycles cost about an eighth of a
+            # worker's CPU under h2load. The usual order (the stream ends, then its frames go out and the HTTP/2
+            # stream closes) drops it in _stream_closed.
+            conn.stream = None  # type: ignore[assignment]
             return
         if conn.owed:
             self.session.consume(conn.stream_id, conn.owed)  # what is left of its body is read and dropped

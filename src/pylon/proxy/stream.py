@@ -910,15 +910,15 @@ class Stream:
         conn.write(b"".join(out))
 
     def _on_h2_ready(self, conn: "H2UpstreamStream") -> None:
-        """The attempt got a stream on an HTTP/2 connection: the request head (built as HTTP/1.1 bytes once, as for
-        every attempt) goes as HEADERS, the body so far as DATA; the rest of the body and its end follow through
-        the stream's `Http2RequestEncoder`, which stands in for the HTTP/1 encoder until the attempt ends."""
+        """The attempt got a stream on an HTTP/2 connection: the request head (the HTTP/1.1 encoder's, as a header
+        block built from its parts: h2_client.head_fields) goes as HEADERS, the body so far as DATA; the rest of the
+        body and its end follow through the stream's `Http2RequestEncoder`, which stands in for the HTTP/1 encoder until the attempt ends."""
         base = self.request_encoder
         base = getattr(base, "base", base)  # an earlier HTTP/2 attempt's encoder that was not handed back
         assert base is not None
-        head = base.encode_head(self.attempts)
+        head = None  # the H2 stream builds the block from `base` (a tracer's host header edits the bytes)
         if self.span is not None and self.hcm.tracer.names_host:  # type: ignore[union-attr]
-            head = self.hcm.tracer.with_host_header(self, head)  # type: ignore[union-attr]
+            head = self.hcm.tracer.with_host_header(self, base.encode_head(self.attempts))  # type: ignore[union-attr]
         waiting = self.waiting_body
         if self.body_buffer is None and self.body_size <= self.hcm.buffer_limit and (self.req_length or self.req_chunked):
             self.body_buffer = list(waiting)  # a stream the server refuses (GOAWAY) goes again: keep what was sent
@@ -927,7 +927,7 @@ class Stream:
             self.upstream = conn = TunnelStream.taking_over(conn)
             done = False  # the tunnel's half-close is the client's to send, after the 2xx
         end = done and not waiting and not self.req_trailers
-        encoder = conn.send_head(base, head, end)
+        encoder = conn.send_head(base, head, end, self.attempts)
         if encoder is None:
             return  # the connection took no new stream: the attempt was reset (and maybe retried)
         self.request_encoder = encoder  # type: ignore[assignment]

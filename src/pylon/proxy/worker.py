@@ -16,6 +16,7 @@ Python process has one GIL.
 from __future__ import annotations
 
 import asyncio
+import gc
 import ipaddress
 import logging
 import os
@@ -62,6 +63,8 @@ INFLIGHT_SMOOTHING = 0.4
 #: How finely timeouts are kept: a timeout fires at most this much (plus loop lag) after its setting.
 #: 50 wheel ticks a second while connections are open cost far less than a timer per request.
 TIMEOUT_RESOLUTION_S = 0.02
+#: Young collections: one every this many container allocations not yet freed (CPython's default: 700).
+GC_YOUNG_THRESHOLD = 10_000
 
 
 class Worker:
@@ -362,6 +365,18 @@ def _decode_secrets(document: dict[str, Any]) -> dict[str, Secret]:
     return {name: convert(data, Secret) for name, data in document["secrets"].items()}
 
 
+def tune_garbage_collector() -> None:
+    """Once the worker is built. What is alive then (modules, the bootstrap, the runtime) lives as long as the
+    worker: frozen out of the collector's generations, a full collection scans only what came since (under
+    h2load the worker's full collections took ~0.1 s each, scanning these). Frozen objects are still freed by
+    reference counting. A young collection runs every GC_YOUNG_THRESHOLD container allocations not yet freed:
+    CPython's 700 is crossed by every burst of in-flight requests (100 HTTP/2 streams hold ~1,700 containers)
+    though each is freed by reference counting when it ends (the streams hold no cycles), so each of those
+    collections scanned the requests in flight and freed nothing."""
+    gc.freeze()
+    gc.set_threshold(max(gc.get_threshold()[0], GC_YOUNG_THRESHOLD), *gc.get_threshold()[1:])
+
+
 async def _serve(control_fd: int) -> int:
     loop = asyncio.get_running_loop()
     sock = socket.socket(fileno=control_fd)
@@ -391,6 +406,7 @@ async def _serve(control_fd: int) -> int:
     channel = socket.socket(fileno=init["lds_channel_fd"])
     lds = LdsListeners(worker, channel, init["lds_fds"], drain_time)
     await worker.start(bootstrap, init["listener_fds"], init["dynamic"], table, lds)
+    tune_garbage_collector()
     stop = asyncio.Event()
 
     def on_term() -> None:

@@ -8,7 +8,8 @@ import struct
 import pytest
 
 from pylon.proxy.http.h1_client import Http1RequestEncoder
-from pylon.proxy.http.h2_client import Http2RequestEncoder, first_settings, request_headers, response_head
+from pylon.proxy.http.h2_client import (Http2RequestEncoder, first_settings, head_fields, request_headers,
+                                       response_head)
 from tests.proxy.http.h2_helpers import SETTINGS, Recorder, frame, pump, session
 
 
@@ -26,6 +27,28 @@ def test_request_head_keeps_content_length_and_drops_other_te() -> None:
     head = b"PUT /x HTTP/1.1\r\nhost: h\r\nte: gzip\r\nkeep-alive: 5\r\ncontent-length: 3\r\n\r\n"
     assert request_headers(head, b"http") == [(b":method", b"PUT"), (b":scheme", b"http"), (b":authority", b"h"),
                                               (b":path", b"/x"), (b"content-length", b"3")]
+
+
+_FIELDS = [(b"content-type", b"application/grpc"), (b"te", b"trailers"), (b"x-a", b"v: with a colon")]
+
+
+@pytest.mark.parametrize("method, target, fields, options", [
+    (b"POST", b"/svc/Method", _FIELDS, {"chunked": True, "length": 0, "attempt_count": True}),
+    (b"POST", b"/svc/Method", _FIELDS, {"chunked": False, "length": 14, "attempt_count": False,
+                                        "extra": b"x-envoy-expected-rq-timeout-ms: 5000\r\n"}),
+    (b"POST", b"/empty", [], {"chunked": False, "length": 0, "attempt_count": False}),  # content-length: 0
+    (b"GET", b"/", [(b"te", b"gzip"), (b"keep-alive", b"5"), (b"cookie", b"a=1")],
+     {"chunked": False, "length": 0, "attempt_count": True}),  # no length at all
+    (b"GET", b"/h", [(b"host", b"later.example")], {"chunked": False, "length": 0, "attempt_count": False}),
+    (b"CONNECT", b"", [(b"x-b", b"2")], {"chunked": False, "length": 0, "attempt_count": False}),
+])
+def test_head_fields_is_the_translation_of_the_encoders_bytes(method: bytes, target: bytes,
+                                                               fields: list[tuple[bytes, bytes]],
+                                                               options: dict) -> None:
+    """The router's HTTP/2 attempts build the block from the encoder's parts: exactly what the bytes translate to."""
+    encoder = Http1RequestEncoder(method, target or b"api.local:443", b"api.local:443", fields, **options)
+    for attempt in (1, 3):
+        assert head_fields(encoder, attempt, b"https") == request_headers(encoder.encode_head(attempt), b"https")
 
 
 def test_response_head() -> None:

@@ -34,7 +34,7 @@ _BODILESS_METHODS = frozenset({b"GET", b"HEAD", b"DELETE", b"CONNECT"})
 class Http1RequestEncoder:
     """One request toward an upstream, ready for each attempt."""
 
-    __slots__ = ("head", "split", "chunked", "trailers")
+    __slots__ = ("head", "split", "chunked", "trailers", "parts")
 
     def __init__(self, method: bytes, target: bytes, host: bytes, headers: list[tuple[bytes, bytes]], *,
                  chunked: bool, length: int, attempt_count: bool, extra: bytes | None = None,
@@ -48,15 +48,21 @@ class Http1RequestEncoder:
         parts += [b"%s: %s\r\n" % pair for pair in headers]
         if extra is not None:
             parts.append(extra)
+        declared: int | None = None  # the content-length the head says (None: chunked, or none at all)
         if chunked:
             parts.append(b"transfer-encoding: chunked\r\n\r\n")
         elif length:
             parts.append(b"content-length: %d\r\n\r\n" % length)
+            declared = length
         elif method not in _BODILESS_METHODS:
             parts.append(b"content-length: 0\r\n\r\n")
+            declared = 0
         else:
             parts.append(b"\r\n")
         self.head = b"".join(parts)
+        # What the head was made of (references, no copies): an attempt on an HTTP/2 stream builds its header
+        # block from these (h2_client.head_fields) instead of parsing the bytes back.
+        self.parts = (method, target, host, headers, extra, declared)
         self.chunked = chunked
         self.trailers = trailers
 

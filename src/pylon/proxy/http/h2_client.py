@@ -7,8 +7,10 @@ connection turns that head into a header block here (`request_headers`):
 `:authority` from Host, `:scheme` from the connection, connection-specific
 fields and the HTTP/1 framing (`transfer-encoding`) dropped, `te: trailers`
 kept; a `content-length` stays, as Envoy's upstream codec keeps it (nghttp2
-checks it against the DATA). `Http2RequestEncoder` stands in for the HTTP/1
-encoder for the rest of the attempt: the stream's body and end calls become
+checks it against the DATA). The router's own attempts skip the bytes:
+`head_fields` builds the same block from what the encoder made its head
+of. `Http2RequestEncoder` stands in for the HTTP/1 encoder for the rest of
+the attempt: the stream's body and end calls become
 DATA and trailers on the connection's `H2Connection`, and return b"" (the
 stream's later `write` only flushes the session). `response_head` reads a
 response's header block back into a status and HTTP/1-shaped fields.
@@ -63,6 +65,32 @@ def request_headers(head: bytes, scheme: bytes) -> Headers:
     if method == b"CONNECT":
         pseudo = [(b":method", method), (b":authority", authority)]
     return pseudo + fields
+
+
+def head_fields(base: "Http1RequestEncoder", attempt: int, scheme: bytes) -> Headers:
+    """What `request_headers(base.encode_head(attempt), scheme)` returns, built from the parts the encoder made its
+    head of rather than by making those bytes and parsing them back (a gRPC call's head cost as much as the rest
+    of its HEADERS)."""
+    method, target, authority, headers, extra, declared = base.parts
+    fields: Headers = []
+    if base.split:
+        fields.append((b"x-envoy-attempt-count", b"%d" % attempt))
+    if extra is not None:  # ready header lines ("name: value\r\n")
+        headers = headers + [line.partition(b": ")[::2] for line in extra.split(b"\r\n")[:-1]]
+    for pair in headers:
+        name = pair[0]
+        if name == b"host":
+            authority = pair[1]  # a later host line wins in request_headers too
+        elif name == b"te":
+            if pair[1].lower() == b"trailers":
+                fields.append(pair)
+        elif name not in _DROPPED:
+            fields.append(pair)
+    if declared is not None:
+        fields.append((b"content-length", b"%d" % declared))
+    if method == b"CONNECT":
+        return [(b":method", method), (b":authority", authority)] + fields
+    return [(b":method", method), (b":scheme", scheme), (b":authority", authority), (b":path", target)] + fields
 
 
 def response_head(fields: Headers) -> tuple[int, Headers]:

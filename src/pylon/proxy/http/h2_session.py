@@ -167,13 +167,14 @@ class H2Error(Exception):
 class _Outbound:
     """A stream's body waiting for nghttp2's DATA reads (which follow the peer's windows)."""
 
-    __slots__ = ("chunks", "offset", "ended", "trailers", "deferred")
+    __slots__ = ("chunks", "offset", "size", "ended", "trailers", "deferred")
 
     def __init__(self) -> None:
         self.chunks: deque[bytes] = deque()
         self.offset = 0  # bytes of chunks[0] already sent
+        self.size = 0  # bytes in chunks not sent yet: `pending` is asked after every write of every stream
         self.ended = False
-        self.trailers: Headers | None = None
+        self.trailers: tuple[bytes, int] | None = None  # the trailers' block and field count, made once
         self.deferred = False  # nghttp2 waits for `resume_data`
 
 
@@ -340,6 +341,7 @@ class H2Connection:
             raise H2Error(f"stream {stream_id} has no open body")
         if data:
             out.chunks.append(data)
+            out.size += len(data)
             self.pending_send_bytes += len(data)
         if end_stream:
             out.ended = True
@@ -350,8 +352,7 @@ class H2Connection:
         out = self._out.get(stream_id)
         if out is None or out.ended:
             raise H2Error(f"stream {stream_id} has no open body")
-        _block(trailers)  # checked now, not inside the read callback
-        out.trailers = trailers
+        out.trailers = (_block(trailers), len(trailers))  # made now (and checked), not inside the read callback
         out.ended = True
         self._resume(stream_id, out)
 
@@ -363,7 +364,7 @@ class H2Connection:
     def pending(self, stream_id: int) -> int:
         """Body bytes of the stream accepted by `send_data` and not framed yet (its share of the back-pressure)."""
         out = self._out.get(stream_id)
-        return sum(map(len, out.chunks)) - out.offset if out is not None and out.chunks else 0
+        return out.size if out is not None else 0
 
     def consume(self, stream_id: int, n: int) -> None:
         """The owner passed on `n` received body bytes: credit them back to the peer (WINDOW_UPDATE)."""
@@ -479,8 +480,8 @@ def pyl_on_close(handle, stream_id, error_code):  # type: ignore[no-untyped-def]
     conn: H2Connection = ffi.from_handle(handle)
     try:
         out = conn._out.pop(stream_id, None)
-        if out is not None and out.chunks:
-            conn.pending_send_bytes -= sum(len(c) for c in out.chunks) - out.offset
+        if out is not None:
+            conn.pending_send_bytes -= out.size
         left = conn._streams.pop(stream_id, None)
         if left is None:
             return 0  # refused or reset before its headers reached the owner
@@ -513,12 +514,13 @@ def pyl_read(handle, stream_id, buf, length, flags):  # type: ignore[no-untyped-
             else:
                 out.offset = off + take
         conn.pending_send_bytes -= n
+        out.size -= n
         if not chunks:
             if out.ended:
                 if out.trailers is not None:
                     flags[0] = lib.NGHTTP2_DATA_FLAG_EOF | lib.NGHTTP2_DATA_FLAG_NO_END_STREAM
-                    block = _block(out.trailers)
-                    if lib.pyl_submit_headers(conn._c, stream_id, block, len(block), len(out.trailers), 1) < 0:
+                    block, count = out.trailers
+                    if lib.pyl_submit_headers(conn._c, stream_id, block, len(block), count, 1) < 0:
                         return lib.NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE
                 else:
                     flags[0] = lib.NGHTTP2_DATA_FLAG_EOF

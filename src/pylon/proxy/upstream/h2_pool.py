@@ -38,7 +38,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
-from pylon.proxy.http.h2_client import Http2RequestEncoder, first_settings, request_headers, response_head
+from pylon.proxy.http.h2_client import Http2RequestEncoder, first_settings, head_fields, request_headers, response_head
 from pylon.proxy.http.h2_session import (CANCEL, COUNTER_NAMES, NO_ERROR, REFUSED_STREAM, H2Connection, H2Error,
                                          H2Settings, Headers, add_counts)
 from pylon.proxy.tls import ClientTls
@@ -61,7 +61,7 @@ class H2UpstreamStream:
     """One request's stream on an HTTP/2 upstream connection: what the router's exchange holds as its upstream."""
 
     __slots__ = ("connection", "pool", "exchange", "stream_id", "encoder", "local_address", "requests", "keep_alive",
-                 "transport", "reading_paused", "held", "writing_paused", "answered")
+                 "reading_paused", "held", "writing_paused", "answered")
     multiplexed = True  # the router's one test: this attempt goes through `send_head`, not HTTP/1 bytes
 
     def __init__(self, connection: "H2UpstreamConnection", exchange: "Exchange") -> None:
@@ -73,20 +73,29 @@ class H2UpstreamStream:
         self.local_address = connection.local_address
         self.requests = connection.requests - 1  # streams the connection carried before this one
         self.keep_alive = True
-        self.transport = self  # the exchange's pause/resume of "reading" this upstream lands here
         self.reading_paused = False
         self.held = 0  # received body bytes not credited back while the client is not reading
         self.writing_paused = False  # the exchange was told to stop reading its client
         self.answered = False
 
+    @property
+    def transport(self) -> "H2UpstreamStream":
+        """The exchange's pause/resume of "reading" this upstream lands here. A property, not an attribute holding
+        `self`: that would be a reference cycle per stream, freed only by the garbage collector."""
+        return self
+
     # -- used by the exchange ------------------------------------------------------------------------
-    def send_head(self, base: "Http1RequestEncoder", head: bytes, end_stream: bool) -> Http2RequestEncoder | None:
-        """Open the stream with the request `head` (HTTP/1.1 bytes, translated); the encoder for its body. None
-        when the session takes no new stream (it is ending): the exchange was told (a reset it may retry)."""
+    def send_head(self, base: "Http1RequestEncoder", head: bytes | None, end_stream: bool,
+                  attempt: int = 1) -> Http2RequestEncoder | None:
+        """Open the stream with the request `head` (HTTP/1.1 bytes, translated), or with None the head `base`
+        makes for `attempt` (built without the bytes); the encoder for its body. None when the session takes no
+        new stream (it is ending): the exchange was told (a reset it may retry)."""
         connection = self.connection
         codec = connection.codec
+        scheme = connection.scheme
         try:
-            sid = codec.send_request(request_headers(head, connection.scheme), end_stream)
+            headers = request_headers(head, scheme) if head is not None else head_fields(base, attempt, scheme)
+            sid = codec.send_request(headers, end_stream)
         except H2Error:
             exchange = self._detach()
             self.pool.stream_closed(connection)
