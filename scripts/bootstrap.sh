@@ -30,7 +30,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # Reinstall only when the project's dependencies or its native parts (cffi modules and their C sources) changed.
 stamp=.venv/.pylon-installed
-want=$(cat pyproject.toml setup.py src/pylon/keys/_build.py src/pylon/keys/keyhook.c src/pylon/proxy/http/_h2_build.py \
+want=$(cat pyproject.toml setup.py src/pylon/keys/_build.py src/pylon/keys/keyhook.c src/pylon/keys/tlsconn.c src/pylon/proxy/http/_h2_build.py \
        src/pylon/proxy/http/h2_shim.c | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "bootstrap: installing pylon and its dependencies into .venv"
