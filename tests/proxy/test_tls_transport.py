@@ -157,3 +157,21 @@ def test_handshake_failure_has_cpythons_reason_name() -> None:
     assert tls_transport.handshake_error(certificate_verify_failed).reason == "CERTIFICATE_VERIFY_FAILED"
     failure = tls_transport.handshake_error(no_certificate)
     assert isinstance(failure, ssl.SSLError) and failure.reason == "PEER_DID_NOT_RETURN_A_CERTIFICATE"
+
+
+def test_a_stale_native_build_is_refused_and_key_files_fall_back(pki: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A module built before tlsconn.c existed: providers get a clear HookError, key files uvloop's SSL."""
+    from pylon.keys import hook
+
+    class Stale:  # the old module's functions, without the TLS driving
+        def __getattr__(self, name: str) -> Any:
+            if name.startswith("tn_"):
+                raise AttributeError(name)
+            return getattr(lib, name)
+
+    monkeypatch.setattr(hook, "lib", Stale())
+    with pytest.raises(hook.HookError, match="older sources"):
+        hook.check_runtime()
+    tls = _listener_tls(pki)
+    assert tls.loop_ssl_context is tls.context
+    assert tls.wrap_protocol_factory(Echo) is Echo
