@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything pylon needs on a fresh Debian machine of this kind; safe to run again.
 # Debian packages (we are root): the load tools, peers and profiler (perf) the tests and benchmarks use, and the
-# compiler and OpenSSL headers that build the private-key hook (src/pylon/keys/keyhook.c), the libnghttp2 headers that
+# compiler and OpenSSL headers that build the private-key hook and TLS driving (src/pylon/keys/keyhook.c, tlsconn.c), the libnghttp2 headers that
 # build the HTTP/2 codec's binding (src/pylon/proxy/http/h2_shim.c), and iproute2 + nftables
 # for the capture tests (network namespaces of our own with REDIRECT rules), nghttpd (nghttp2-server: a third-party
 # HTTP/2 upstream for the upstream HTTP/2 tests), and softhsm2 + opensc for PKCS#11 tokens
