@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything pylon needs on a fresh Debian machine of this kind; safe to run again.
 # Debian packages (we are root): the load tools, peers and profiler (perf) the tests and benchmarks use, and the
-# compiler and OpenSSL headers that build the private-key hook (src/pylon/keys/keyhook.c), the libnghttp2 headers that
+# compiler and OpenSSL headers that build the private-key hook and TLS driving (src/pylon/keys/keyhook.c, tlsconn.c), the libnghttp2 headers that
 # build the HTTP/2 codec's binding (src/pylon/proxy/http/h2_shim.c), and iproute2 + nftables
 # for the capture tests (network namespaces of our own with REDIRECT rules), nghttpd (nghttp2-server: a third-party
 # HTTP/2 upstream for the upstream HTTP/2 tests), and softhsm2 + opensc for PKCS#11 tokens
@@ -30,7 +30,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # Reinstall only when the project's dependencies or its native parts (cffi modules and their C sources) changed.
 stamp=.venv/.pylon-installed
-want=$(cat pyproject.toml setup.py src/pylon/keys/_build.py src/pylon/keys/keyhook.c src/pylon/proxy/http/_h2_build.py \
+want=$(cat pyproject.toml setup.py src/pylon/keys/_build.py src/pylon/keys/keyhook.c src/pylon/keys/tlsconn.c src/pylon/proxy/http/_h2_build.py \
        src/pylon/proxy/http/h2_shim.c | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "bootstrap: installing pylon and its dependencies into .venv"

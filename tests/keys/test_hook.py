@@ -9,7 +9,8 @@ import pytest
 
 from pylon.keys import cryptomb
 from pylon.keys.config import CRYPTOMB_TYPE_URL, OFFLOAD_TYPE_URL
-from pylon.keys.hook import is_hooked
+from pylon.keys.hook import ffi, is_hooked
+from pylon.proxy.tls_transport import TlsServerProtocol
 from pylon.stats.store import StatsStore
 
 from .conftest import client_context, fetch, needs_mb, provider_tls, s_client, serve
@@ -64,8 +65,10 @@ def test_handshakes_verify(pki, provider, cert, maximum, args, signature) -> Non
 def test_file_key_is_not_hooked(pki) -> None:  # type: ignore[no-untyped-def]
     tls = provider_tls(pki.server_rsa, None)
     assert not is_hooked(tls.context)
-    assert tls.loop_ssl_context is tls.context
-    assert tls.wrap_protocol_factory(object) is object
+    # Served by the native TLS transport all the same, with no slot to park a key operation in.
+    assert tls.loop_ssl_context is None
+    protocol = tls.wrap_protocol_factory(asyncio.Protocol)()
+    assert isinstance(protocol, TlsServerProtocol) and protocol.slot == ffi.NULL
 
 
 def test_hooked_context_also_works_under_a_foreign_transport(pki) -> None:  # type: ignore[no-untyped-def]

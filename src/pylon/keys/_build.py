@@ -3,7 +3,8 @@
 Used by setup.py (`cffi_modules`) and runnable directly to build in place
 (`python src/pylon/keys/_build.py`). It links the system libssl/libcrypto: the
 same instance CPython's `_ssl` uses (checked again at run time by
-`pylon.keys.hook`). crypto_mb is not linked: it is dlopen'ed on demand, so the
+`pylon.keys.hook`). tlsconn.c, compiled into the same module, drives server-side
+TLS connections (`pylon.proxy.tls_transport`). crypto_mb is not linked: it is dlopen'ed on demand, so the
 hook works (without the cryptomb provider) where ipp-crypto is absent.
 """
 
@@ -45,13 +46,32 @@ void *pk_ssl_ctx_new_address(void);
 int mb_load(const char *const paths[], int count);
 int mb_rsa_batch(pk_slot *const slots[], int count);
 int mb_ecdsa_batch(pk_slot *const slots[], int count);
+
+typedef struct tn_conn { int wire; int more; int status; unsigned long err; ...; } tn_conn;
+#define TN_OK 0
+#define TN_WANT_READ 1
+#define TN_WANT_ASYNC 2
+#define TN_CLOSED 3
+#define TN_ERROR -1
+int tn_attach(tn_conn *c, void *sslsock, pk_slot *slot);
+int tn_feed(tn_conn *c, const char *data, int len);
+int tn_handshake(tn_conn *c, const char *data, int len);
+void tn_unwind(tn_conn *c);
+int tn_read(tn_conn *c, const char *data, int len, char *out, int cap);
+int tn_take(tn_conn *c, char *out, int cap);
+int tn_write(tn_conn *c, const char *data, int len, char *out, int cap);
+int tn_shutdown(tn_conn *c, char *out, int cap);
+const char *tn_reason(unsigned long err);
 """
+
+#: The C sources of the module, in order: tlsconn.c uses keyhook.c's slots and pk_current.
+SOURCES = ("keyhook.c", "tlsconn.c")
 
 ffibuilder = FFI()
 ffibuilder.cdef(CDEF)
 ffibuilder.set_source(
     "pylon.keys._keyhook",
-    (HERE / "keyhook.c").read_text(),
+    "\n".join((HERE / name).read_text() for name in SOURCES),
     libraries=["ssl", "crypto", "dl"],
     extra_compile_args=["-O2", "-Wno-deprecated-declarations", "-Wno-unused-parameter"],
 )

@@ -73,6 +73,11 @@ def check_runtime() -> None:
             f"the private-key hook is not built ({_IMPORT_ERROR}); reinstall pylon with a C compiler, "
             "OpenSSL 3 headers and cffi available (pip install -e .)"
         )
+    if not hasattr(lib, "tn_attach"):
+        raise HookError(
+            "the private-key hook was built from older sources (it lacks tlsconn.c's TLS driving); rebuild it "
+            "(scripts/bootstrap.sh, or pip install -e .)"
+        )
     _check_same_openssl()
 
 

@@ -80,7 +80,7 @@ class ChainRuntime:
         if detected is None or isinstance(self.tls, UnavailableTls):
             return self.protocol_factory
         factory = functools.partial(self.app_factory, detected)
-        return self.tls.wrap_protocol_factory(factory) if self.tls is not None else factory
+        return self.tls.wrap_protocol_factory(factory, self.tls_stats) if self.tls is not None else factory
 
     def install_tls(self, secrets: Mapping[str, Any], stats: Any) -> None:
         """Build the chain's TLS from its config and the current secrets, for the connections accepted from now
@@ -101,14 +101,13 @@ class ChainRuntime:
             tls_stats = self.tls_stats
             self.protocol_factory = lambda: _Refused(tls, tls_stats)
             return
-        # None when a private key provider is hooked in: pylon's own TLS transport then
-        # terminates TLS (it can suspend a handshake on a pending key operation).
+        # None when pylon's own (native) TLS transport terminates TLS: then the protocol factory wraps it.
         self.ssl_context = tls.loop_ssl_context
         self.peer_check = terminal.peer_check = tls.verify_peer
         tls.bind_stats(stats)
         if self.forwards_client_cert:
             terminal.local_uri_sans = tls.uri_sans()
-        self.protocol_factory = tls.wrap_protocol_factory(self.app_factory)
+        self.protocol_factory = tls.wrap_protocol_factory(self.app_factory, self.tls_stats)
 
 
 class _Refused(asyncio.Protocol):

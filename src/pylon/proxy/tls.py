@@ -60,6 +60,7 @@ from pylon.config.errors import FieldError
 from pylon.config.secrets import resolve
 from pylon.openssl.context import SSL_MODE_NO_AUTO_CHAIN, SSL_SESS_CACHE_OFF, OpenSslContext
 from pylon.proxy.connection_info import certificate_sans, remember_server_name
+from pylon.proxy.tls_transport import native_tls_available, tls_protocol_factory
 from pylon.regex import get_engine
 
 if TYPE_CHECKING:
@@ -320,11 +321,11 @@ def _peer_verifier(validation: CertificateValidationContext, path: str) -> PeerV
 class ServerTls:
     """A downstream (listener) TLS context and its post-handshake peer check.
 
-    With private key providers (`key_ops` not empty) handshakes must be able to
-    wait for a key operation, which uvloop's SSL layer cannot: such listeners
-    serve with `loop_ssl_context` (None) and `wrap_protocol_factory(factory)`,
-    which terminates TLS in `pylon.proxy.tls_transport`. Without providers the
-    two are the plain context and the factory itself.
+    Listeners serve with `loop_ssl_context` (None) and `wrap_protocol_factory(factory)`,
+    which terminates TLS in `pylon.proxy.tls_transport`, driven by the native module: it
+    costs less per record than uvloop's SSL layer, and handshakes can wait for a private
+    key provider's operation, which uvloop's cannot. Only where the native module is not
+    built do key-file listeners fall back to uvloop's SSL (`ssl=` the plain context).
     """
 
     context: ssl.SSLContext
@@ -346,15 +347,14 @@ class ServerTls:
     @property
     def loop_ssl_context(self) -> ssl.SSLContext | None:
         """The `ssl=` argument for `loop.create_server` (None when pylon terminates TLS itself)."""
-        return None if self.key_ops else self.context
+        return None if self.key_ops or native_tls_available() else self.context
 
-    def wrap_protocol_factory(self, factory: Callable[[], Any]) -> Callable[[], Any]:
-        """The protocol factory to serve with: `factory` itself, or wrapped in pylon's TLS transport."""
-        if not self.key_ops:
+    def wrap_protocol_factory(self, factory: Callable[[], Any], stats: Any = None) -> Callable[[], Any]:
+        """The protocol factory to serve with: wrapped in pylon's TLS transport (counting failed handshakes in
+        `stats`), or `factory` itself when uvloop's SSL serves the listener."""
+        if self.loop_ssl_context is not None:
             return factory
-        from pylon.proxy.tls_transport import tls_protocol_factory
-
-        return tls_protocol_factory(self.context, factory)
+        return tls_protocol_factory(self.context, factory, stats)
 
     def bind_stats(self, stats: Any) -> None:
         """Record provider stats (e.g. `cryptomb.rsa_queue_sizes`) in this worker's StatsStore."""

@@ -1,14 +1,22 @@
-"""Server-side TLS over `ssl.SSLObject` whose handshake can wait for a private key operation.
+"""Server-side TLS driven by the native module: one C call per read and per write of a connection.
 
-uvloop's SSL layer treats `SSL_ERROR_WANT_ASYNC` as a fatal error, so
-listeners whose certificate uses a private key provider terminate TLS here
-instead: the raw socket's protocol (`TlsServerProtocol`) feeds a memory-BIO
-`SSLObject`; when the handshake pauses on a key operation (SSLError with
-errno 10, see `pylon.keys.hook`), the operation parked in the connection's
-slot is handed to the key's provider and the loop moves on to other work.
-The provider's completion callback resumes the handshake. The application
-protocol (HTTP connection manager, tcp_proxy) sees an ordinary transport
-(`TlsAppTransport`), created only once the handshake is done, as with uvloop.
+Every TLS listener terminates here (uvloop's SSL layer is not used: it costs
+more per record, and it treats `SSL_ERROR_WANT_ASYNC` as fatal, which private
+key providers need). The raw socket's protocol (`TlsServerProtocol`) hands the
+bytes it receives to `keys/tlsconn.c`, which drives the handshake or decrypts
+every record they complete in one call; a write is encrypted in one call too.
+The SSL object is the one CPython made for an `ssl.SSLObject` of the listener's
+context, so every setting `proxy/tls.py` makes applies, and the negotiated
+parameters (peer certificate, ALPN, SNI, cipher) are read through that
+`SSLObject` as before (`get_extra_info("ssl_object")`); only its record I/O
+moved to C, on memory BIOs of its own.
+
+When the handshake pauses on a key operation (a hooked key, `pylon.keys.hook`),
+the operation parked in the connection's slot is handed to the key's provider
+and the loop moves on to other work; the provider's completion callback
+resumes the handshake. The application protocol (HTTP connection manager,
+tcp_proxy) sees an ordinary transport (`TlsAppTransport`), created only once
+the handshake is done, as with uvloop.
 
 A connection closed while its key operation is outstanding fails the slot and
 drives the handshake once more, so OpenSSL's paused ASYNC job unwinds instead
@@ -23,14 +31,41 @@ import ssl
 from collections.abc import Callable
 from typing import Any
 
-from pylon.keys.hook import PENDING, WANT_ASYNC_ERRNO, ffi, lib, new_slot, slot_key
+from pylon.keys.hook import HookError, check_runtime, ffi, is_hooked, lib, new_slot, slot_key
 from pylon.keys.signers import PENDING_SIGNERS
 
 log = logging.getLogger("pylon.tls")
 
 _HANDSHAKE, _WAITING_KEY, _OPEN, _CLOSED = range(4)
-_READ_SIZE = 65536
+
+#: Seconds a client has to complete its handshake (what uvloop was given for listeners before).
+HANDSHAKE_TIMEOUT = 10.0
+
+#: One plaintext and one ciphertext buffer for every connection of the (single-threaded) loop: each
+#: call's output is copied out into a bytes object before anything else can run.
+_BUFFER_SIZE = 256 * 1024
+_PLAIN = ffi.new("char[]", _BUFFER_SIZE) if ffi is not None else None
+_WIRE = ffi.new("char[]", _BUFFER_SIZE) if ffi is not None else None
 _NULL = ffi.NULL if ffi is not None else None
+#: `wrap_bio` wants memory BIOs; the C side swaps in its own at once, so all connections share these.
+_UNUSED_IN, _UNUSED_OUT = ssl.MemoryBIO(), ssl.MemoryBIO()
+
+
+def native_tls_available() -> bool:
+    """Whether the native module is built and shares `_ssl`'s OpenSSL (else uvloop's SSL serves key files)."""
+    try:
+        check_runtime()
+    except HookError:
+        return False
+    return True
+
+
+def handshake_error(err: int) -> ssl.SSLError:
+    """An `ssl.SSLError` for a failed handshake, with OpenSSL's reason as CPython names it (for `ssl.*` stats)."""
+    reason = ffi.string(lib.tn_reason(err)).decode("ascii", "replace").upper().replace(" ", "_")
+    exc = ssl.SSLError(1, f"[SSL: {reason}] TLS handshake failed")
+    exc.reason = reason
+    return exc
 
 
 class TlsAppTransport(asyncio.Transport):
@@ -100,28 +135,33 @@ class TlsAppTransport(asyncio.Transport):
 
 
 class TlsServerProtocol(asyncio.Protocol):
-    """The raw socket's protocol: TLS records in and out, the application protocol on top."""
+    """The raw socket's protocol: TLS records in and out through `tlsconn.c`, the application protocol on top."""
 
-    def __init__(self, context: ssl.SSLContext, app: asyncio.BaseProtocol) -> None:
+    def __init__(self, context: ssl.SSLContext, app: asyncio.BaseProtocol, stats: Any = None,
+                 hooked: bool = False) -> None:
         self.context = context
         self.app = app
+        self.stats = stats  # the listener's TlsStats: failed handshakes are counted here
         self.raw: asyncio.Transport | None = None
         self.state = _HANDSHAKE
-        self.incoming = ssl.MemoryBIO()
-        self.outgoing = ssl.MemoryBIO()
-        self.sslobj = context.wrap_bio(self.incoming, self.outgoing, server_side=True)
-        self.slot = new_slot()
+        self.sslobj = context.wrap_bio(_UNUSED_IN, _UNUSED_OUT, server_side=True)
+        self.slot = new_slot() if hooked else _NULL
+        self.conn = ffi.new("tn_conn *")
+        if not lib.tn_attach(self.conn, ffi.cast("void *", id(self.sslobj._sslobj)), self.slot):
+            raise HookError("the SSL object of an ssl.SSLObject is not where CPython 3.11 keeps it")
         self.app_transport: TlsAppTransport | None = None
         self.will_sign = False  # counted in PENDING_SIGNERS until its key operation is submitted
+        self.timer: asyncio.TimerHandle | None = None
 
     # ---- raw side ----
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.raw = transport  # type: ignore[assignment]
-        self.will_sign = True
-        PENDING_SIGNERS.started()
-        # No do_handshake yet: a server has nothing to do before the ClientHello, and asking would only raise
-        # SSLWantReadError, whose construction costs several microseconds (CPython formats its message).
+        self.timer = asyncio.get_running_loop().call_later(HANDSHAKE_TIMEOUT, self._handshake_timeout)
+        if self.slot is not _NULL:
+            self.will_sign = True
+            PENDING_SIGNERS.started()
+        # No handshake step yet: a server has nothing to do before the ClientHello.
 
     def _signer_done(self) -> None:
         if self.will_sign:
@@ -129,29 +169,27 @@ class TlsServerProtocol(asyncio.Protocol):
             PENDING_SIGNERS.finished()
 
     def data_received(self, data: bytes) -> None:
-        self.incoming.write(data)
         if self.state == _OPEN:
-            self._read()
+            self._read(data)
         elif self.state == _HANDSHAKE:
-            self._handshake()
-        # _WAITING_KEY: the bytes wait in the BIO until the key operation is back.
+            self._handshake(data)
+        elif self.state == _WAITING_KEY:
+            lib.tn_feed(self.conn, data, len(data))  # read once the key operation is back
 
     def eof_received(self) -> bool | None:
         if self.state == _OPEN:
-            self._read()
-            if self.state == _OPEN:
-                keep = self.app.eof_received()  # type: ignore[attr-defined]
-                if not keep:
-                    self.close()
-                return None
+            keep = self.app.eof_received()  # type: ignore[attr-defined]
+            if not keep:
+                self.close()
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
         was = self.state
         self.state = _CLOSED
+        self._stop_timer()
         self._signer_done()
         if was == _WAITING_KEY:
-            self._unwind_job()
+            lib.tn_unwind(self.conn)
         if was == _OPEN or (was == _CLOSED and self.app_transport is not None):
             self.app.connection_lost(exc)
         self.raw = None
@@ -166,118 +204,120 @@ class TlsServerProtocol(asyncio.Protocol):
 
     # ---- handshake ----
 
-    def _handshake(self) -> None:
-        lib.pk_enter(self.slot)
-        try:
-            self.sslobj.do_handshake()
-        except ssl.SSLWantReadError:
-            lib.pk_enter(_NULL)
+    def _handshake(self, data: bytes = b"") -> None:
+        conn = self.conn
+        result = lib.tn_handshake(conn, data, len(data))
+        if conn.wire:
             self._flush()
+        if result == lib.TN_WANT_READ:
             return
-        except ssl.SSLError as exc:
-            lib.pk_enter(_NULL)
-            if exc.errno == WANT_ASYNC_ERRNO and self.slot.state == PENDING:
-                self.state = _WAITING_KEY
-                self._flush()
-                if self.will_sign:
-                    self.will_sign = False
-                    PENDING_SIGNERS.count -= 1  # no flush callback: this very operation is being queued
-                slot_key(self.slot).ops.submit(self.slot, self._key_done)
-                return
-            self._handshake_failed(exc)
+        if result == lib.TN_WANT_ASYNC:
+            self.state = _WAITING_KEY
+            if self.will_sign:
+                self.will_sign = False
+                PENDING_SIGNERS.count -= 1  # no flush callback: this very operation is being queued
+            slot_key(self.slot).ops.submit(self.slot, self._key_done)
             return
-        except OSError as exc:
-            lib.pk_enter(_NULL)
-            self._handshake_failed(exc)
+        if result != lib.TN_OK:
+            self._handshake_failed(handshake_error(conn.err))
             return
-        lib.pk_enter(_NULL)
-        self._flush()
+        self._stop_timer()
         self._signer_done()  # e.g. a resumed session: done without a signature
         self.state = _OPEN
         self.app_transport = TlsAppTransport(self)
         self.app.connection_made(self.app_transport)
-        if self.state == _OPEN and self.incoming.pending:
-            self._read()
+        if self.state == _OPEN:
+            # Records that came with the client's Finished (often the first request) may be buffered already
+            # inside OpenSSL, where neither the BIO nor SSL_has_pending shows them: read to find out.
+            self._read(b"")
 
     def _key_done(self) -> None:
         """The provider finished (or failed) the parked operation: resume the handshake."""
         if self.state != _WAITING_KEY:
-            return  # the connection went away meanwhile; _unwind_job already ended the job
+            return  # the connection went away meanwhile; tn_unwind already ended the job
         self.state = _HANDSHAKE
         self._handshake()
 
-    def _handshake_failed(self, exc: Exception) -> None:
+    def _handshake_failed(self, exc: ssl.SSLError) -> None:
         log.debug("TLS handshake failed: %s", exc)
+        self._stop_timer()
         self._signer_done()
         self.state = _CLOSED
-        self._flush()  # the alert, if OpenSSL produced one
+        if self.stats is not None:
+            self.stats.handshake_failed(exc)  # Envoy's ssl.fail_verify_no_cert / fail_verify_error / connection_error
         if self.raw is not None:
             self.raw.close()
 
-    def _unwind_job(self) -> None:
-        """Fail the outstanding operation and let OpenSSL's paused ASYNC job run to its end."""
-        lib.pk_slot_fail(self.slot)
-        lib.pk_enter(self.slot)
-        try:
-            self.sslobj.do_handshake()
-        except (ssl.SSLError, OSError):
-            pass
-        finally:
-            lib.pk_enter(_NULL)
+    def _handshake_timeout(self) -> None:
+        self.timer = None
+        if self.state in (_HANDSHAKE, _WAITING_KEY):
+            log.debug("TLS handshake timed out")
+            self.abort()
+
+    def _stop_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
     # ---- application data ----
 
-    def _read(self) -> None:
-        sslobj = self.sslobj
-        while self.state == _OPEN:
-            try:
-                data = sslobj.read(_READ_SIZE)
-            except ssl.SSLWantReadError:
-                break
-            except ssl.SSLZeroReturnError:
+    def _read(self, data: bytes) -> None:
+        conn = self.conn
+        size = lib.tn_read(conn, data, len(data), _PLAIN, _BUFFER_SIZE)
+        while True:
+            if conn.wire:
                 self._flush()
-                keep = self.app.eof_received()  # type: ignore[attr-defined]
-                if not keep:
-                    self.close()
+            status = conn.status
+            more = conn.more
+            if size:
+                self.app.data_received(ffi.unpack(_PLAIN, size))  # type: ignore[attr-defined]
+            if status == lib.TN_CLOSED:
+                if self.state == _OPEN:
+                    keep = self.app.eof_received()  # type: ignore[attr-defined]
+                    if not keep:
+                        self.close()
                 return
-            except (ssl.SSLError, OSError) as exc:
-                log.debug("TLS read failed: %s", exc)
+            if status != lib.TN_OK:
+                log.debug("TLS read failed: %s", handshake_error(conn.err))
                 self.abort()
                 return
-            if not data:
-                break
-            self.app.data_received(data)  # type: ignore[attr-defined]
-            if not self.incoming.pending and not sslobj.pending():
-                break  # nothing left to decrypt: another read would only raise SSLWantReadError (costly)
-        self._flush()
+            if not more or self.state != _OPEN:
+                return
+            size = lib.tn_read(conn, _NULL, 0, _PLAIN, _BUFFER_SIZE)
 
     def write_app(self, data: bytes | bytearray | memoryview) -> None:
         if self.state != _OPEN or not data:
             return
-        try:
-            self.sslobj.write(data)
-        except (ssl.SSLError, OSError) as exc:
-            log.debug("TLS write failed: %s", exc)
+        if type(data) is not bytes:
+            data = bytes(data)
+        size = lib.tn_write(self.conn, data, len(data), _WIRE, _BUFFER_SIZE)
+        if size < 0:
+            log.debug("TLS write failed: %s", handshake_error(self.conn.err))
             self.abort()
             return
-        self._flush()
+        if self.raw is not None:
+            self.raw.write(ffi.unpack(_WIRE, size))
+        if self.conn.wire:
+            self._flush()
 
     def _flush(self) -> None:
-        if self.outgoing.pending and self.raw is not None:
-            self.raw.write(self.outgoing.read())
+        conn = self.conn
+        while conn.wire:
+            size = lib.tn_take(conn, _WIRE, _BUFFER_SIZE)
+            if self.raw is not None:
+                self.raw.write(ffi.unpack(_WIRE, size))
 
     def close(self) -> None:
         """Send close_notify, then close once the written data is out (asyncio semantics)."""
         if self.state == _CLOSED or self.raw is None:
             return
         if self.state == _OPEN:
-            try:
-                self.sslobj.unwrap()
-            except (ssl.SSLError, OSError):
-                pass  # the peer's close_notify is not awaited, as in Envoy
-            self._flush()
+            size = lib.tn_shutdown(self.conn, _WIRE, _BUFFER_SIZE)  # the peer's close_notify is not awaited
+            if size:
+                self.raw.write(ffi.unpack(_WIRE, size))
         elif self.state == _WAITING_KEY:
-            self._unwind_job()
+            lib.tn_unwind(self.conn)
+        self._stop_timer()
         self.state = _CLOSED
         self.raw.close()
 
@@ -285,15 +325,23 @@ class TlsServerProtocol(asyncio.Protocol):
         if self.raw is None:
             return
         if self.state == _WAITING_KEY:
-            self._unwind_job()
+            lib.tn_unwind(self.conn)
+        self._stop_timer()
         self.state = _CLOSED
         self.raw.abort()
 
 
-def tls_protocol_factory(context: ssl.SSLContext, app_factory: Callable[[], Any]) -> Callable[[], TlsServerProtocol]:
-    """A protocol factory for `loop.create_server(..., ssl=None)` that terminates TLS with `context`."""
+def tls_protocol_factory(context: ssl.SSLContext, app_factory: Callable[[], Any],
+                         stats: Any = None) -> Callable[[], TlsServerProtocol]:
+    """A protocol factory for `loop.create_server(..., ssl=None)` that terminates TLS with `context`.
+
+    One connection object is made here first, so a CPython whose `SSLObject` is not laid out as
+    expected fails when the listener is built, not per connection.
+    """
+    hooked = is_hooked(context)
+    TlsServerProtocol(context, asyncio.Protocol(), hooked=False)
 
     def factory() -> TlsServerProtocol:
-        return TlsServerProtocol(context, app_factory())
+        return TlsServerProtocol(context, app_factory(), stats, hooked)
 
     return factory
