@@ -1,20 +1,37 @@
 """Integration: upstream HTTP filters (the router's `upstream_http_filters`, a cluster's own `http_filters`),
-through pylon and Envoy 1.40 alike, with header_mutation as the filter.
+through pylon and Envoy 1.40 alike, with header_mutation and RBAC as the filters.
 
-They run on the request as the router made it (so they can remove what the router added) and on the upstream's
-response before the router relays it; a cluster's own chain replaces the router's.
+They run on the request as the router made it (so they can remove what the router added, and see the rewritten
+Host) and on the upstream's response before the router relays it; a cluster's own chain replaces the router's.
+Each attempt runs the chain again (on its own `x-envoy-attempt-count`), on the request as the last attempt's
+filters left it (Envoy's filters edit the router's one request); a filter that answers ends the request with its
+reply, unretried, through the connection manager's local_reply_config.
+
+Which of the HTTP filters pylon has stock Envoy 1.40 accepts as upstream filters (`--mode validate`, in a
+cluster's HttpProtocolOptions `http_filters` and in the router's `upstream_http_filters` alike;
+`test_envoy_accepts_these_http_filters_upstream` checks it again): buffer, compressor, header_mutation, lua,
+rbac (and ext_proc, which pylon does not have). It refuses cors, csrf, decompressor, dynamic_forward_proxy,
+ext_authz, fault, grpc_http1_bridge, grpc_json_transcoder, grpc_stats, grpc_web, health_check, jwt_authn and
+local_ratelimit there. pylon runs header_mutation and rbac upstream; buffer, compressor and lua it refuses there
+by name, with the reason (`test_pylon_runs_or_refuses_each_of_them_by_name`).
 """
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from tests.conftest import free_port
-from tests.proxy.conftest import ProxyLauncher, RunningProxy, http_listener, route, static_cluster
+from tests.proxy.conftest import (ENVOY_BIN, ProxyLauncher, RunningProxy, http_listener, json_access_log,
+                                  read_json_lines, route, static_cluster, wait_until)
 from tests.proxy.upstreams import Upstream
 
 MUTATION = "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation"
@@ -79,3 +96,222 @@ def test_a_clusters_own_chain_replaces_the_routers(setup: tuple[RunningProxy, Up
     assert reply.status_code == 200 and "x-up-resp" not in reply.headers and "x-served-by" in reply.headers
     seen = up.requests[-1]["headers"]
     assert seen.get("x-up") == "cluster" and seen.get("x-secret") == "s" and "x-forwarded-proto" in seen
+
+
+# ---------------------------------------------------------------- which filters run upstream
+
+FILTERS = "type.googleapis.com/envoy.extensions.filters.http."
+#: A minimal config of each HTTP filter pylon has (ext_proc: Envoy's other upstream one), by short name.
+MINIMAL = {
+    "buffer": {"@type": FILTERS + "buffer.v3.Buffer", "max_request_bytes": 1024},
+    "compressor": {"@type": FILTERS + "compressor.v3.Compressor", "compressor_library": {"name": "gzip", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.compression.gzip.compressor.v3.Gzip"}}},
+    "cors": {"@type": FILTERS + "cors.v3.Cors"},
+    "csrf": {"@type": FILTERS + "csrf.v3.CsrfPolicy", "filter_enabled": {"default_value": {"numerator": 100}}},
+    "decompressor": {"@type": FILTERS + "decompressor.v3.Decompressor", "decompressor_library": {
+        "name": "gzip", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.compression.gzip.decompressor.v3.Gzip"}}},
+    "dynamic_forward_proxy": {"@type": FILTERS + "dynamic_forward_proxy.v3.FilterConfig",
+                              "dns_cache_config": {"name": "c"}},
+    "ext_authz": {"@type": FILTERS + "ext_authz.v3.ExtAuthz", "http_service": {
+        "server_uri": {"uri": "http://127.0.0.1:1", "cluster": "up", "timeout": "1s"}}},
+    "ext_proc": {"@type": FILTERS + "ext_proc.v3.ExternalProcessor",
+                 "grpc_service": {"envoy_grpc": {"cluster_name": "up"}}},
+    "fault": {"@type": FILTERS + "fault.v3.HTTPFault", "abort": {"http_status": 503, "percentage": {"numerator": 100}}},
+    "grpc_http1_bridge": {"@type": FILTERS + "grpc_http1_bridge.v3.Config"},
+    "grpc_json_transcoder": {"@type": FILTERS + "grpc_json_transcoder.v3.GrpcJsonTranscoder",
+                             "proto_descriptor": "/dev/null", "services": ["a.B"]},
+    "grpc_stats": {"@type": FILTERS + "grpc_stats.v3.FilterConfig"},
+    "grpc_web": {"@type": FILTERS + "grpc_web.v3.GrpcWeb"},
+    "header_mutation": {"@type": MUTATION},
+    "health_check": {"@type": FILTERS + "health_check.v3.HealthCheck", "pass_through_mode": False},
+    "jwt_authn": {"@type": FILTERS + "jwt_authn.v3.JwtAuthentication"},
+    "local_ratelimit": {"@type": FILTERS + "local_ratelimit.v3.LocalRateLimit", "stat_prefix": "x"},
+    "lua": {"@type": FILTERS + "lua.v3.Lua",
+            "default_source_code": {"inline_string": "function envoy_on_request(h) end"}},
+    "rbac": {"@type": FILTERS + "rbac.v3.RBAC"},
+}
+ENVOY_UPSTREAM = {"buffer", "compressor", "ext_proc", "header_mutation", "lua", "rbac"}
+PYLON_UPSTREAM = {"header_mutation", "rbac"}
+#: what pylon's refusal of each says (besides the field path)
+REFUSED = {"buffer": "pylon does not yet (pylon's buffer filter holds the client's request body ahead of the router",
+           "compressor": "pylon does not yet (pylon's compressor transforms bodies ahead of the router",
+           "lua": "pylon does not yet (pylon's Lua stream API works on the client's request",
+           "ext_proc": "unknown upstream HTTP filter type"}
+
+
+def one_upstream_filter(config: dict[str, Any], where: str) -> dict[str, Any]:
+    """A bootstrap with the filter in the router's chain or in its cluster's."""
+    upstream_filter = {"name": "f", "typed_config": config}
+    listener = http_listener("main", 10000, [route("/", "up")])
+    cluster = static_cluster("up", [1])
+    if where == "router":
+        listener["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][-1]["typed_config"][
+            "upstream_http_filters"] = [upstream_filter, CODEC]
+    else:
+        cluster["typed_extension_protocol_options"] = {OPTIONS: {
+            "@type": f"type.googleapis.com/{OPTIONS}", "explicit_http_config": {"http_protocol_options": {}},
+            "http_filters": [upstream_filter, CODEC]}}
+    return {"static_resources": {"listeners": [listener], "clusters": [cluster]}}
+
+
+def validate(command: list[str], config: dict[str, Any], directory: Path) -> tuple[bool, str]:
+    path = directory / "upstream-filter.json"
+    path.write_text(json.dumps(config))
+    done = subprocess.run([*command, "--mode", "validate", "-c", str(path)], capture_output=True, text=True,
+                          timeout=60)
+    return done.returncode == 0, (done.stdout + done.stderr).strip()
+
+
+@pytest.mark.skipif(not ENVOY_BIN.exists(), reason="envoy is not installed")
+@pytest.mark.parametrize("where", ["router", "cluster"])
+def test_envoy_accepts_these_http_filters_upstream(where: str, tmp_path: Path) -> None:
+    accepted = {name for name, config in MINIMAL.items()
+                if validate([str(ENVOY_BIN), "-l", "critical"], one_upstream_filter(config, where), tmp_path)[0]}
+    assert accepted == ENVOY_UPSTREAM
+
+
+@pytest.mark.parametrize("where", ["router", "cluster"])
+def test_pylon_runs_or_refuses_each_of_them_by_name(where: str, tmp_path: Path) -> None:
+    pylon = [sys.executable, "-m", "pylon.cli", "proxy"]
+    for name in sorted(ENVOY_UPSTREAM):
+        ok, output = validate(pylon, one_upstream_filter(MINIMAL[name], where), tmp_path)
+        if name in PYLON_UPSTREAM:
+            assert ok, output
+        else:
+            assert not ok and REFUSED[name] in output and ".typed_config" in output, output
+
+
+# ---------------------------------------------------------------- RBAC upstream, per attempt
+
+RBAC = FILTERS + "rbac.v3.RBAC"
+RETRIED = {"retry_on": "5xx,retriable-status-codes", "retriable_status_codes": [403], "num_retries": 2}
+
+
+def rbac(name: str, action: str, permissions: list[dict[str, Any]]) -> dict[str, Any]:
+    policies = {"p": {"permissions": permissions, "principals": [{"any": True}]}} if permissions else {}
+    return {"name": name, "typed_config": {"@type": RBAC, "rules": {"action": action, "policies": policies}}}
+
+
+def own_chain(name: str, port: int, *filters: dict[str, Any]) -> dict[str, Any]:
+    cluster = static_cluster(name, [port])
+    cluster["typed_extension_protocol_options"] = {OPTIONS: {
+        "@type": f"type.googleapis.com/{OPTIONS}", "explicit_http_config": {"http_protocol_options": {}},
+        "http_filters": [*filters, CODEC]}}
+    return cluster
+
+
+@dataclass
+class RbacSetup:
+    proxy: RunningProxy
+    up: Upstream
+    log: Path
+
+    def logged(self, path: str) -> dict[str, Any]:
+        """The access log line of the request to `path` (waiting for the logger's flush)."""
+        found = wait_until(lambda: [line for line in read_json_lines(self.log, 1) if line["path"] == path], 10)
+        assert found, f"no access log line for {path}"
+        return found[-1]
+
+
+@pytest.fixture(scope="module", params=["pylon", "envoy"])
+def rbac_setup(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RbacSetup]:
+    up = Upstream()
+    directory = tmp_path_factory.mktemp(f"upstream-rbac-{request.param}")
+    launcher = ProxyLauncher(directory)
+    log = directory / "access.json"
+    try:
+        routes = [
+            route("/deny/", "deny", prefix_rewrite="/", retry_policy=RETRIED),
+            route("/rewritten/", "rewritten", prefix_rewrite="/", host_rewrite_literal="rewritten"),
+            route("/port/", "port", prefix_rewrite="/"),
+            route("/", "up", retry_policy={"retry_on": "5xx", "num_retries": 2}),
+        ]
+        # Its own 403s only (the upstream filter's reply is the connection manager's to map, as in Envoy).
+        mapper = {"filter": {"status_code_filter": {"comparison": {
+            "op": "EQ", "value": {"default_value": 403, "runtime_key": "k"}}}},
+            "headers_to_add": [{"header": {"key": "x-mapped", "value": "yes"}}]}
+        listener = http_listener("main", free_port(), routes, access_log=json_access_log(log),
+                                 local_reply_config={"mappers": [mapper]})
+        virtual_host = listener["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"][0]
+        virtual_host["include_request_attempt_count"] = True
+        router = listener["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][-1]["typed_config"]
+        router["upstream_http_filters"] = [
+            mutation("perTry", [add("x-up", "a")], []),
+            rbac("thirdDenied", "DENY", [{"header": {"name": "x-envoy-attempt-count",
+                                                     "string_match": {"exact": "3"}}}]),
+            CODEC]
+        clusters = [
+            static_cluster("up", [up.port]),
+            own_chain("deny", up.port, rbac("none", "ALLOW", [])),
+            own_chain("rewritten", up.port, rbac("host", "ALLOW", [
+                {"header": {"name": ":authority", "string_match": {"exact": "rewritten"}}}])),
+            # the connection RBAC sees upstream is still the client's: the upstream's port is no destination_port
+            own_chain("port", up.port, rbac("port", "ALLOW", [{"destination_port": up.port}])),
+        ]
+        yield RbacSetup(launcher.start([listener], clusters, implementation=request.param), up, log)
+    finally:
+        launcher.close()
+        up.close()
+
+
+def test_an_upstream_rbac_denial_is_the_reply_unretried_and_mapped(rbac_setup: RbacSetup) -> None:
+    before = len(rbac_setup.up.requests)
+    reply = httpx.get(rbac_setup.proxy.url("main", "/deny/a"), timeout=10)
+    assert reply.status_code == 403 and reply.text == "RBAC: access denied"
+    assert reply.headers.get("x-mapped") == "yes"  # the connection manager's local_reply_config saw it
+    assert len(rbac_setup.up.requests) == before  # never asked, and not retried though 403 is retriable here
+    line = rbac_setup.logged("/deny/a")
+    assert line["details"] == "rbac_access_denied_matched_policy[none]" and line["flags"] == "-"
+    assert line["upstream"] == f"127.0.0.1:{rbac_setup.up.port}"  # the attempt's host was chosen
+    stats = rbac_setup.proxy.stats()
+    assert stats.get("cluster.deny.rbac.denied") == 1 and not stats.get("cluster.deny.upstream_rq_retry")
+
+
+def test_upstream_rbac_sees_the_request_as_routed_on_the_clients_connection(rbac_setup: RbacSetup) -> None:
+    reply = httpx.get(rbac_setup.proxy.url("main", "/rewritten/b"), timeout=10)
+    assert reply.status_code == 200  # the Host it matched is the route's rewrite
+    seen = rbac_setup.up.requests[-1]
+    assert seen["path"] == "/b" and seen["headers"]["host"] == "rewritten"
+    assert rbac_setup.proxy.stats().get("cluster.rewritten.rbac.allowed") == 1
+    reply = httpx.get(rbac_setup.proxy.url("main", "/port/c"), timeout=10)
+    assert reply.status_code == 403 and rbac_setup.proxy.stats().get("cluster.port.rbac.denied") == 1
+
+
+def test_each_attempt_runs_the_upstream_chain_again(rbac_setup: RbacSetup) -> None:
+    up = rbac_setup.up
+    before = len(up.requests)
+    reply = httpx.get(rbac_setup.proxy.url("main", "/flaky/per-try/1/503"), timeout=10)
+    assert reply.status_code == 200
+    tries = up.requests[before:]
+    assert [t["headers"]["x-envoy-attempt-count"] for t in tries] == ["1", "2"]
+    # the filters edit the one request the router holds: the second attempt's chain appends to the first's edit
+    assert [[pair for pair in t["header_list"] if pair[0] == "x-up"] for t in tries] == [
+        [("x-up", "a")], [("x-up", "a"), ("x-up", "a")]]
+    before = len(up.requests)
+    reply = httpx.get(rbac_setup.proxy.url("main", "/flaky/third/2/503"), timeout=10)
+    assert reply.status_code == 403 and reply.text == "RBAC: access denied"  # the third attempt's chain said no
+    assert [t["headers"]["x-envoy-attempt-count"] for t in up.requests[before:]] == ["1", "2"]
+    assert rbac_setup.logged("/flaky/third/2/503")["details"] == "rbac_access_denied_matched_policy[p]"
+    stats = rbac_setup.proxy.stats()
+    assert stats.get("http.main.rbac.denied") == 1 and stats.get("http.main.rbac.allowed") == 4
+
+
+def test_a_mirrored_copy_passes_its_clusters_own_chain_not_the_routers(
+        implementation: str, launcher: ProxyLauncher) -> None:
+    up, shadow = Upstream(), Upstream()
+    try:
+        listener = http_listener("main", free_port(), [route("/", "up", request_mirror_policies=[{"cluster": "shadow"}])])
+        router = listener["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][-1]["typed_config"]
+        router["upstream_http_filters"] = [mutation("routerChain", [add("x-router", "1")], []), CODEC]
+        clusters = [static_cluster("up", [up.port]),
+                    own_chain("shadow", shadow.port, mutation("clusterChain", [add("x-cluster", "1")], []))]
+        proxy = launcher.start([listener], clusters, implementation=implementation)
+        assert httpx.get(proxy.url("main", "/m"), timeout=10).status_code == 200
+        assert wait_until(lambda: shadow.requests, 10)
+        main, copy = up.requests[-1]["headers"], shadow.requests[-1]["headers"]
+        assert main.get("x-router") == "1" and "x-cluster" not in main
+        assert copy.get("x-cluster") == "1" and "x-router" not in copy
+    finally:
+        up.close()
+        shadow.close()

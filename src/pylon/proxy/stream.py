@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from pylon.proxy import local_reply as lr
 from pylon.proxy.grpc_local_reply import trailers_only_headers
 from pylon.proxy.grpc_timeout import StreamDuration, announce_grpc_timeout, max_grpc_timeout_of, stream_duration_ms
+from pylon.proxy.filters.upstream import FilteredRequest
 from pylon.proxy.headers import HeaderList, RequestLookup, request_lookup
 from pylon.proxy.http.h1_client import Http1RequestEncoder
 from pylon.proxy.http1 import HOP_BY_HOP, without_nominated
@@ -147,7 +148,7 @@ class Stream:
         "resume", "filter_index", "filter_timer", "finish_callbacks", "header_edits", "upgrade_accepted", "client_rest",
         "tunnel_upstream", "upstream_local", "buffering_request", "held_response", "response_body", "set_cookie",
         "request_data_filters", "response_data_filters", "req_trailers", "resp_trailers", "span", "body_watch",
-        "shadows", "health_check", "duration_deadline", "arrived_grpc", "decoder_limit",
+        "shadows", "health_check", "duration_deadline", "arrived_grpc", "decoder_limit", "filtered_request",
     )
 
     def __init__(self, conn: "HttpConnection", now: float) -> None:
@@ -176,6 +177,7 @@ class Stream:
         self.pool: HostPool | None = None
         self.upstream: UpstreamConnection | None = None
         self.request_encoder: Http1RequestEncoder | None = None  # the upstream request, once routed
+        self.filtered_request: FilteredRequest | None = None  # with upstream filters: what each attempt starts from
         self.up_out: list[bytes] = []
         self.encoder: Http1ResponseEncoder = conn.encoder  # the downstream codec's, for this stream's response
         self.close_after = False
@@ -710,15 +712,14 @@ class Stream:
         if cluster is None:
             return self.local(lr.NO_CLUSTER)  # a route to a cluster CDS has not (or no longer) given
         upstream_filters = cluster.upstream_filters if cluster.upstream_filters is not None else hcm.upstream_filters
-        if upstream_filters:
-            edited = HeaderList(forward)
-            for upstream_filter in upstream_filters:
-                path = upstream_filter.upstream_request(self, edited, path)
-            forward = edited.items
-        self.request_encoder = Http1RequestEncoder(
+        made = (partial(FilteredRequest, upstream_filters) if upstream_filters else Http1RequestEncoder)(
             self.method, path, route.host_rewrite or self.authority, forward, chunked=chunked,
             length=0 if chunked else self.req_length, attempt_count=route.attempt_count,
             extra=expected_header if not hcm.suppress_envoy_headers else None, trailers=cluster.upstream_trailers)
+        if upstream_filters:  # each attempt runs them and makes its own encoder (filters/upstream.py)
+            self.filtered_request = made
+        else:
+            self.request_encoder = made
         retry = route.retry
         if retry is not None:
             self.retries_left = retry.num_retries
@@ -805,6 +806,13 @@ class Stream:
             return self.local(cluster.no_host_reply(self))
         self.host = self.last_host = host
         self.attempts += 1
+        if self.filtered_request is not None:
+            made = self.filtered_request.attempt(self, self.attempts)
+            if isinstance(made, lr.LocalReply):  # an upstream filter answered: the request ends with its reply
+                cluster.circuit_breakers.requests.release()
+                self.host = None
+                return self.local(made)
+            self.request_encoder = made
         host.active_requests += 1
         cluster.stats.upstream_rq_total.value += 1
         cluster.stats.upstream_rq_active.value += 1
