@@ -1186,9 +1186,6 @@ class UpstreamCodec(EnvoyStruct, kw_only=True):
 _NOT_UPSTREAM_YET = {
     "envoy.extensions.filters.http.buffer.v3.Buffer":
         "pylon's buffer filter holds the client's request body ahead of the router, not each attempt's",
-    "envoy.extensions.filters.http.lua.v3.Lua":
-        "pylon's Lua stream API works on the client's request (its body, trailers, metadata, local replies) ahead "
-        "of the router, not on an attempt's",
     "envoy.extensions.filters.http.compressor.v3.Compressor":
         "pylon's compressor transforms bodies ahead of the router, not an attempt's request body or its "
         "upstream's response before the router reads it",

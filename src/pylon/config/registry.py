@@ -129,6 +129,7 @@ EXTENSION_MODULES: Mapping[str, Mapping[str, str]] = MappingProxyType(
         UPSTREAM_HTTP_FILTER: {
             "envoy.extensions.filters.http.header_mutation.v3.HeaderMutation":
                 "pylon.extensions.filters.http.header_mutation",
+            "envoy.extensions.filters.http.lua.v3.Lua": "pylon.extensions.filters.http.lua",
             "envoy.extensions.filters.http.rbac.v3.RBAC": "pylon.extensions.filters.http.rbac",
         },
         HTTP_FILTER_PER_ROUTE: {

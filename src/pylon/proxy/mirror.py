@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING, Any
 
 from pylon.proxy.filters.upstream import FilteredRequest
 from pylon.proxy.http.h1_client import Http1RequestEncoder
-from pylon.proxy.local_reply import LocalReply
 
 if TYPE_CHECKING:
     import asyncio
@@ -134,7 +133,7 @@ def start_shadows(stream: Any, route: "MatchedRoute", forward: list[tuple[bytes,
                                              trailers=cluster.upstream_trailers)
         if isinstance(encoder, FilteredRequest):
             encoder = encoder.attempt(stream, 1)
-            if isinstance(encoder, LocalReply):
+            if not isinstance(encoder, Http1RequestEncoder):
                 cluster.circuit_breakers.requests.release()
                 continue
         shadow = Shadow(cluster, host, encoder, authority, stream, rule, stream.conn.loop, stream.timeout)

@@ -808,10 +808,10 @@ class Stream:
         self.attempts += 1
         if self.filtered_request is not None:
             made = self.filtered_request.attempt(self, self.attempts)
-            if isinstance(made, lr.LocalReply):  # an upstream filter answered: the request ends with its reply
+            if not isinstance(made, Http1RequestEncoder):  # an upstream filter answered: the request ends so
                 cluster.circuit_breakers.requests.release()
                 self.host = None
-                return self.local(made)
+                return self.local(made) if isinstance(made, lr.LocalReply) else self.respond_from_filter(*made)
             self.request_encoder = made
         host.active_requests += 1
         cluster.stats.upstream_rq_total.value += 1

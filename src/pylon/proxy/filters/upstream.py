@@ -16,15 +16,16 @@ a header a filter appends is there twice on the second attempt, and pylon does t
 `local_reply_config` maps it, the access log has the filter's details, no flag, and the chosen host - and the
 upstream is never asked.
 
-A filter has `upstream_request(stream, head) -> LocalReply | None` (the attempt's `UpstreamHead` to edit, in
-chain order; a reply ends the chain and the request) and `upstream_response(stream, status, headers)` (the
+A filter has `upstream_request(stream, head) -> Answer | None` (the attempt's `UpstreamHead` to edit, in
+chain order; an answer - a proxy `LocalReply` or the filter's own `FilterResponse` - ends the chain and the
+request) and `upstream_response(stream, status, headers)` (the
 upstream's response headers, a HeaderList to edit, last filter first). Its factory gets the stat scope Envoy
 gives it: `http.<stat_prefix>.` for the router's chain, `cluster.<name>.` for a cluster's.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, NamedTuple, Protocol
 
 from pylon.proxy.headers import HeaderList
 from pylon.proxy.http.h1_client import Http1RequestEncoder
@@ -43,10 +44,24 @@ class UpstreamHead:
         self.headers = headers
 
 
+class FilterResponse(NamedTuple):
+    """A filter's own response to the request (Lua's respond()), as `Stream.respond_from_filter` sends it."""
+
+    status: int
+    body: bytes
+    headers: list[tuple[bytes, bytes]]
+    details: str
+    content_type: bytes
+
+
+#: how an upstream filter answers instead of letting the attempt go on
+Answer = LocalReply | FilterResponse
+
+
 class UpstreamFilter(Protocol):
     name: str
 
-    def upstream_request(self, stream: Any, head: UpstreamHead) -> LocalReply | None: ...
+    def upstream_request(self, stream: Any, head: UpstreamHead) -> Answer | None: ...
 
     def upstream_response(self, stream: Any, status: int, headers: Any) -> None: ...
 
@@ -91,7 +106,7 @@ class FilteredRequest:
         self.extra = extra
         self.trailers = trailers
 
-    def attempt(self, stream: Any, attempt: int) -> Http1RequestEncoder | LocalReply:
+    def attempt(self, stream: Any, attempt: int) -> Http1RequestEncoder | Answer:
         """Run the chain for attempt number `attempt`: its encoder, or the reply a filter answered with."""
         headers = HeaderList(list(self.headers))
         if self.attempt_count:  # the router sets it for each attempt (first after Host, where the encoder puts it)
