@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -202,7 +202,8 @@ def own_chain(name: str, port: int, *filters: dict[str, Any]) -> dict[str, Any]:
 
 
 @dataclass
-class RbacSetup:
+class Setup:
+    implementation: str
     proxy: RunningProxy
     up: Upstream
     log: Path
@@ -214,48 +215,58 @@ class RbacSetup:
         return found[-1]
 
 
-@pytest.fixture(scope="module", params=["pylon", "envoy"])
-def rbac_setup(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RbacSetup]:
+Build = Callable[[Upstream, Path], tuple[dict[str, Any], list[dict[str, Any]]]]
+
+
+def serve(implementation: str, directory: Path, build: Build) -> Iterator[Setup]:
+    """One proxy (the listener and clusters `build` makes for an upstream and an access log path) for a module."""
     up = Upstream()
-    directory = tmp_path_factory.mktemp(f"upstream-rbac-{request.param}")
     launcher = ProxyLauncher(directory)
     log = directory / "access.json"
     try:
-        routes = [
-            route("/deny/", "deny", prefix_rewrite="/", retry_policy=RETRIED),
-            route("/rewritten/", "rewritten", prefix_rewrite="/", host_rewrite_literal="rewritten"),
-            route("/port/", "port", prefix_rewrite="/"),
-            route("/", "up", retry_policy={"retry_on": "5xx", "num_retries": 2}),
-        ]
-        # Its own 403s only (the upstream filter's reply is the connection manager's to map, as in Envoy).
-        mapper = {"filter": {"status_code_filter": {"comparison": {
-            "op": "EQ", "value": {"default_value": 403, "runtime_key": "k"}}}},
-            "headers_to_add": [{"header": {"key": "x-mapped", "value": "yes"}}]}
-        listener = http_listener("main", free_port(), routes, access_log=json_access_log(log),
-                                 local_reply_config={"mappers": [mapper]})
-        virtual_host = listener["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"][0]
-        virtual_host["include_request_attempt_count"] = True
-        router = listener["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][-1]["typed_config"]
-        router["upstream_http_filters"] = [
-            mutation("perTry", [add("x-up", "a")], []),
-            rbac("thirdDenied", "DENY", [{"header": {"name": "x-envoy-attempt-count",
-                                                     "string_match": {"exact": "3"}}}]),
-            CODEC]
-        clusters = [
-            static_cluster("up", [up.port]),
-            own_chain("deny", up.port, rbac("none", "ALLOW", [])),
-            own_chain("rewritten", up.port, rbac("host", "ALLOW", [
-                {"header": {"name": ":authority", "string_match": {"exact": "rewritten"}}}])),
-            # the connection RBAC sees upstream is still the client's: the upstream's port is no destination_port
-            own_chain("port", up.port, rbac("port", "ALLOW", [{"destination_port": up.port}])),
-        ]
-        yield RbacSetup(launcher.start([listener], clusters, implementation=request.param), up, log)
+        listener, clusters = build(up, log)
+        yield Setup(implementation, launcher.start([listener], clusters, implementation=implementation), up, log)
     finally:
         launcher.close()
         up.close()
 
 
-def test_an_upstream_rbac_denial_is_the_reply_unretried_and_mapped(rbac_setup: RbacSetup) -> None:
+def rbac_config(up: Upstream, log: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    routes = [
+        route("/deny/", "deny", prefix_rewrite="/", retry_policy=RETRIED),
+        route("/rewritten/", "rewritten", prefix_rewrite="/", host_rewrite_literal="rewritten"),
+        route("/port/", "port", prefix_rewrite="/"),
+        route("/", "up", retry_policy={"retry_on": "5xx", "num_retries": 2}),
+    ]
+    # Its own 403s only (the upstream filter's reply is the connection manager's to map, as in Envoy).
+    mapper = {"filter": {"status_code_filter": {"comparison": {
+        "op": "EQ", "value": {"default_value": 403, "runtime_key": "k"}}}},
+        "headers_to_add": [{"header": {"key": "x-mapped", "value": "yes"}}]}
+    listener = http_listener("main", free_port(), routes, access_log=json_access_log(log),
+                             local_reply_config={"mappers": [mapper]})
+    virtual_host = listener["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"][0]
+    virtual_host["include_request_attempt_count"] = True
+    router = listener["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][-1]["typed_config"]
+    router["upstream_http_filters"] = [
+        mutation("perTry", [add("x-up", "a")], []),
+        rbac("thirdDenied", "DENY", [{"header": {"name": "x-envoy-attempt-count", "string_match": {"exact": "3"}}}]),
+        CODEC]
+    return listener, [
+        static_cluster("up", [up.port]),
+        own_chain("deny", up.port, rbac("none", "ALLOW", [])),
+        own_chain("rewritten", up.port, rbac("host", "ALLOW", [
+            {"header": {"name": ":authority", "string_match": {"exact": "rewritten"}}}])),
+        # the connection RBAC sees upstream is still the client's: the upstream's port is no destination_port
+        own_chain("port", up.port, rbac("port", "ALLOW", [{"destination_port": up.port}])),
+    ]
+
+
+@pytest.fixture(scope="module", params=["pylon", "envoy"])
+def rbac_setup(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+    yield from serve(request.param, tmp_path_factory.mktemp(f"upstream-rbac-{request.param}"), rbac_config)
+
+
+def test_an_upstream_rbac_denial_is_the_reply_unretried_and_mapped(rbac_setup: Setup) -> None:
     before = len(rbac_setup.up.requests)
     reply = httpx.get(rbac_setup.proxy.url("main", "/deny/a"), timeout=10)
     assert reply.status_code == 403 and reply.text == "RBAC: access denied"
@@ -268,7 +279,7 @@ def test_an_upstream_rbac_denial_is_the_reply_unretried_and_mapped(rbac_setup: R
     assert stats.get("cluster.deny.rbac.denied") == 1 and not stats.get("cluster.deny.upstream_rq_retry")
 
 
-def test_upstream_rbac_sees_the_request_as_routed_on_the_clients_connection(rbac_setup: RbacSetup) -> None:
+def test_upstream_rbac_sees_the_request_as_routed_on_the_clients_connection(rbac_setup: Setup) -> None:
     reply = httpx.get(rbac_setup.proxy.url("main", "/rewritten/b"), timeout=10)
     assert reply.status_code == 200  # the Host it matched is the route's rewrite
     seen = rbac_setup.up.requests[-1]
@@ -278,7 +289,7 @@ def test_upstream_rbac_sees_the_request_as_routed_on_the_clients_connection(rbac
     assert reply.status_code == 403 and rbac_setup.proxy.stats().get("cluster.port.rbac.denied") == 1
 
 
-def test_each_attempt_runs_the_upstream_chain_again(rbac_setup: RbacSetup) -> None:
+def test_each_attempt_runs_the_upstream_chain_again(rbac_setup: Setup) -> None:
     up = rbac_setup.up
     before = len(up.requests)
     reply = httpx.get(rbac_setup.proxy.url("main", "/flaky/per-try/1/503"), timeout=10)
@@ -349,45 +360,26 @@ def lua(name: str, script: str) -> dict[str, Any]:
     return {"name": name, "typed_config": {"@type": LUA, "default_source_code": {"inline_string": script}}}
 
 
-@dataclass
-class LuaSetup:
-    implementation: str
-    proxy: RunningProxy
-    up: Upstream
-    log: Path
-
-    def logged(self, path: str) -> dict[str, Any]:
-        found = wait_until(lambda: [line for line in read_json_lines(self.log, 1) if line["path"] == path], 10)
-        assert found, f"no access log line for {path}"
-        return found[-1]
+def lua_config(up: Upstream, log: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    retried = {"retry_on": "5xx,retriable-status-codes", "retriable_status_codes": [418], "num_retries": 2}
+    routes = [route("/lua/", "lua", prefix_rewrite="/", host_rewrite_literal="lua-host", retry_policy=retried),
+              route("/body/", "body", prefix_rewrite="/")]
+    listener = http_listener("main", free_port(), routes, access_log=json_access_log(log))
+    virtual_host = listener["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"][0]
+    virtual_host["include_request_attempt_count"] = True
+    return listener, [own_chain("lua", up.port, lua("script", SCRIPT)), own_chain("body", up.port, lua("b", BODY_SCRIPT))]
 
 
 @pytest.fixture(scope="module", params=["pylon", "envoy"])
-def lua_setup(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LuaSetup]:
-    up = Upstream()
-    directory = tmp_path_factory.mktemp(f"upstream-lua-{request.param}")
-    launcher = ProxyLauncher(directory)
-    log = directory / "access.json"
-    try:
-        retried = {"retry_on": "5xx,retriable-status-codes", "retriable_status_codes": [418], "num_retries": 2}
-        routes = [route("/lua/", "lua", prefix_rewrite="/", host_rewrite_literal="lua-host", retry_policy=retried),
-                  route("/body/", "body", prefix_rewrite="/")]
-        listener = http_listener("main", free_port(), routes, access_log=json_access_log(log))
-        virtual_host = listener["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"][0]
-        virtual_host["include_request_attempt_count"] = True
-        clusters = [own_chain("lua", up.port, lua("script", SCRIPT)), own_chain("body", up.port, lua("b", BODY_SCRIPT))]
-        proxy = launcher.start([listener], clusters, implementation=request.param)
-        yield LuaSetup(request.param, proxy, up, log)
-    finally:
-        launcher.close()
-        up.close()
+def lua_setup(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+    yield from serve(request.param, tmp_path_factory.mktemp(f"upstream-lua-{request.param}"), lua_config)
 
 
 def values(seen: dict[str, Any], name: str) -> list[str]:
     return [value for key, value in seen["header_list"] if key == name]
 
 
-def test_upstream_lua_edits_the_request_as_routed_and_the_response(lua_setup: LuaSetup) -> None:
+def test_upstream_lua_edits_the_request_as_routed_and_the_response(lua_setup: Setup) -> None:
     reply = httpx.get(lua_setup.proxy.url("main", "/lua/a"), headers={"x-path": "/replaced?q=1"}, timeout=10)
     assert reply.status_code == 200 and reply.headers.get("x-lua-resp") == "200"
     seen = lua_setup.up.requests[-1]
@@ -395,7 +387,7 @@ def test_upstream_lua_edits_the_request_as_routed_and_the_response(lua_setup: Lu
     assert values(seen, "x-lua-authority") == ["lua-host"] and values(seen, "x-lua-attempt") == ["1"]
 
 
-def test_upstream_lua_runs_again_for_each_attempt(lua_setup: LuaSetup) -> None:
+def test_upstream_lua_runs_again_for_each_attempt(lua_setup: Setup) -> None:
     up = lua_setup.up
     before = len(up.requests)
     reply = httpx.get(lua_setup.proxy.url("main", "/lua/flaky/lua/1/503"), timeout=10)
@@ -407,7 +399,7 @@ def test_upstream_lua_runs_again_for_each_attempt(lua_setup: LuaSetup) -> None:
     assert values(second, "x-lua-try") == [count, str(int(count) + 1)]  # one Lua state: its globals go on
 
 
-def test_an_upstream_lua_respond_is_the_response_unretried(lua_setup: LuaSetup) -> None:
+def test_an_upstream_lua_respond_is_the_response_unretried(lua_setup: Setup) -> None:
     before = len(lua_setup.up.requests)
     reply = httpx.get(lua_setup.proxy.url("main", "/lua/denied"), headers={"x-deny": "1"}, timeout=10)
     assert reply.status_code == 418 and reply.text == "nope"  # though 418 is retriable on this route
@@ -418,7 +410,7 @@ def test_an_upstream_lua_respond_is_the_response_unretried(lua_setup: LuaSetup) 
     assert lua_setup.proxy.stats().get("cluster.lua.lua.executions", 0) >= 3
 
 
-def test_upstream_lua_that_waits_for_the_body(lua_setup: LuaSetup) -> None:
+def test_upstream_lua_that_waits_for_the_body(lua_setup: Setup) -> None:
     """Envoy's script gets the body; pylon's upstream Lua is headers only: the script fails there (counted) and
     the request goes on with what it did before (a departure, docs/architecture.md)."""
     reply = httpx.post(lua_setup.proxy.url("main", "/body/x"), content=b"payload", timeout=10)

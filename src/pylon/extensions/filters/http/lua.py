@@ -140,6 +140,17 @@ class _ResponseHeaders:
         return iter([(b":status", b"%d" % self.status), *self.headers])
 
 
+def _response(headers: list[tuple[bytes, bytes]], body: bytes) -> FilterResponse:
+    """What respond() answers: its :status (200-599), its other headers, text/plain unless they say (as Envoy)."""
+    status = next((v for n, v in headers if n == b":status"), None)
+    if status is None or not status.isdigit() or not 200 <= int(status) < 600:
+        raise ValueError("respond() needs a :status header between 200 and 599")
+    extra = [(n, v) for n, v in headers if not n.startswith(b":")]
+    content_type = next((v for n, v in extra if n == b"content-type"), b"text/plain")
+    return FilterResponse(int(status), body, [(n, v) for n, v in extra if n != b"content-type"], "lua_response",
+                          content_type)
+
+
 def _edit_list(headers: HeaderList, op: str, name: bytes, value: bytes) -> None:
     if op == "remove":
         headers.remove(name)
@@ -230,13 +241,7 @@ class _Context:
         return (self.stream.req_trailers if self.side == "request" else self.stream.resp_trailers) is not None
 
     def respond(self, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
-        status = next((v for n, v in headers if n == b":status"), None)
-        if status is None or not status.isdigit() or not 200 <= int(status) < 600:
-            raise ValueError("respond() needs a :status header between 200 and 599")
-        extra = [(n, v) for n, v in headers if not n.startswith(b":")]
-        content_type = next((v for n, v in extra if n == b"content-type"), b"text/plain")  # as Envoy's
-        extra = [(n, v) for n, v in extra if n != b"content-type"]
-        self.stream.respond_from_filter(int(status), body, extra, "lua_response", content_type=content_type)
+        self.stream.respond_from_filter(*_response(headers, body))
 
     def http_call(self, cluster: bytes, headers: list[tuple[bytes, bytes]], body: bytes, timeout_ms: float,
                   asynchronous: bool) -> None:
@@ -316,7 +321,7 @@ _HEADERS_ONLY = ("pylon's Lua filter as an upstream filter sees headers only (bo
                  "httpCalls are not supported there)")
 
 
-class _UpstreamHeaders:
+class _UpstreamHeaders(RequestHeaders):
     """An attempt's request headers as an upstream Lua script sees them: pseudo-headers first (the Host and path
     the router made), then the router's headers."""
 
@@ -327,18 +332,6 @@ class _UpstreamHeaders:
         head = self.head
         return [(b":authority", head.authority), (b":path", head.path), (b":method", head.method),
                 (b":scheme", self.scheme), *head.headers.items]
-
-    def get(self, name: bytes) -> bytes | None:
-        values = self.get_all(name)
-        return b",".join(values) if values else None
-
-    def get_all(self, name: bytes) -> list[bytes]:
-        if name == b"host":
-            name = b":authority"
-        return [v for n, v in self._items() if n == name]
-
-    def __iter__(self) -> Any:
-        return iter(self._items())
 
 
 class _UpstreamContext(_Context):
@@ -385,13 +378,7 @@ class _UpstreamContext(_Context):
         raise ValueError(_HEADERS_ONLY)
 
     def respond(self, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
-        status = next((v for n, v in headers if n == b":status"), None)
-        if status is None or not status.isdigit() or not 200 <= int(status) < 600:
-            raise ValueError("respond() needs a :status header between 200 and 599")
-        extra = [(n, v) for n, v in headers if not n.startswith(b":")]
-        content_type = next((v for n, v in extra if n == b"content-type"), b"text/plain")  # as Envoy's
-        extra = [(n, v) for n, v in extra if n != b"content-type"]
-        self.answer = FilterResponse(int(status), body, extra, "lua_response", content_type)
+        self.answer = _response(headers, body)
 
     def http_call(self, cluster: bytes, headers: list[tuple[bytes, bytes]], body: bytes, timeout_ms: float,
                   asynchronous: bool) -> None:
