@@ -1,5 +1,5 @@
 """Integration: upstream HTTP filters (the router's `upstream_http_filters`, a cluster's own `http_filters`),
-through pylon and Envoy 1.40 alike, with header_mutation, RBAC and Lua as the filters.
+through pylon and Envoy 1.40 alike, with header_mutation, RBAC, Lua and buffer as the filters.
 
 They run on the request as the router made it (so they can remove what the router added, and see the rewritten
 Host) and on the upstream's response before the router relays it; a cluster's own chain replaces the router's.
@@ -12,7 +12,7 @@ cluster's HttpProtocolOptions `http_filters` and in the router's `upstream_http_
 `test_envoy_accepts_these_http_filters_upstream` checks it again): buffer, compressor, header_mutation, lua,
 rbac (and ext_proc, which pylon does not have). It refuses cors, csrf, decompressor, dynamic_forward_proxy,
 ext_authz, fault, grpc_http1_bridge, grpc_json_transcoder, grpc_stats, grpc_web, health_check, jwt_authn and
-local_ratelimit there. pylon runs header_mutation, lua (headers only) and rbac upstream; buffer and compressor it
+local_ratelimit there. pylon runs buffer, header_mutation, lua (headers only) and rbac upstream; compressor it
 refuses there by name, with the reason (`test_pylon_runs_or_refuses_each_of_them_by_name`).
 """
 
@@ -32,7 +32,7 @@ from pylon.config.errors import ConfigError
 from tests.config.builders import load
 from tests.conftest import free_port
 from tests.proxy.conftest import (ENVOY_BIN, ProxyLauncher, RunningProxy, http_listener, json_access_log,
-                                  read_json_lines, route, static_cluster, wait_until)
+                                  raw_exchange, read_json_lines, route, static_cluster, wait_until)
 from tests.proxy.upstreams import Upstream
 
 MUTATION = "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation"
@@ -133,10 +133,9 @@ MINIMAL = {
     "rbac": {"@type": FILTERS + "rbac.v3.RBAC"},
 }
 ENVOY_UPSTREAM = {"buffer", "compressor", "ext_proc", "header_mutation", "lua", "rbac"}
-PYLON_UPSTREAM = {"header_mutation", "lua", "rbac"}
+PYLON_UPSTREAM = {"buffer", "header_mutation", "lua", "rbac"}
 #: what pylon's refusal of each says (besides the field path)
-REFUSED = {"buffer": "pylon does not yet (pylon's buffer filter holds the client's request body ahead of the router",
-           "compressor": "pylon does not yet (pylon's compressor transforms bodies ahead of the router",
+REFUSED = {"compressor": "pylon does not yet (pylon's compressor transforms bodies ahead of the router",
            "ext_proc": "unknown upstream HTTP filter type"}
 
 
@@ -421,3 +420,61 @@ def test_upstream_lua_that_waits_for_the_body(lua_setup: Setup) -> None:
         assert seen["headers"].get("x-after") == "1"
     else:
         assert "x-after" not in seen["headers"] and lua_setup.proxy.stats().get("cluster.body.lua.errors") == 1
+
+
+# ---------------------------------------------------------------- buffer upstream
+
+BUFFER = FILTERS + "buffer.v3.Buffer"
+
+
+def buffer_config(up: Upstream, log: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    late = route("/late/", "buf", prefix_rewrite="/")  # a fault delay holds it: the body is in before routing
+    late["typed_per_filter_config"] = {"delay": {"@type": FILTERS + "fault.v3.HTTPFault", "delay": {
+        "fixed_delay": "0.2s", "percentage": {"numerator": 100}}}}
+    routes = [late, route("/buf/", "buf", prefix_rewrite="/", retry_policy={"retry_on": "5xx", "num_retries": 1})]
+    listener = http_listener("main", free_port(), routes, access_log=json_access_log(log))
+    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    hcm["http_filters"].insert(0, {"name": "delay", "typed_config": {"@type": FILTERS + "fault.v3.HTTPFault"}})
+    held = {"name": "held", "typed_config": {"@type": BUFFER, "max_request_bytes": 16}}
+    return listener, [own_chain("buf", up.port, held)]
+
+
+@pytest.fixture(scope="module", params=["pylon", "envoy"])
+def buffer_setup(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+    yield from serve(request.param, tmp_path_factory.mktemp(f"upstream-buffer-{request.param}"), buffer_config)
+
+
+def pieces(*parts: bytes) -> Iterator[bytes]:
+    yield from parts  # httpx sends a generator's body chunked
+
+
+def test_an_upstream_buffer_sends_each_attempt_the_whole_body_with_its_length(buffer_setup: Setup) -> None:
+    up = buffer_setup.up
+    reply = httpx.post(buffer_setup.proxy.url("main", "/buf/echo"), content=pieces(b"abc", b"de"), timeout=10)
+    assert reply.status_code == 200 and reply.content == b"abcde"
+    seen = up.requests[-1]["headers"]
+    assert seen.get("content-length") == "5" and "transfer-encoding" not in seen
+    before = len(up.requests)
+    reply = httpx.post(buffer_setup.proxy.url("main", "/buf/flaky/buffered/1/503"), content=pieces(b"abc", b"de"),
+                       timeout=10)
+    assert reply.status_code == 200
+    assert [t["headers"].get("content-length") for t in up.requests[before:]] == ["5", "5"]
+
+
+def test_an_upstream_buffer_answers_413_beyond_its_limit(buffer_setup: Setup) -> None:
+    before = len(buffer_setup.up.requests)
+    for path, body in (("/buf/whole", b"x" * 100), ("/buf/pieces", pieces(b"x" * 10, b"y" * 10, b"z" * 10))):
+        reply = httpx.post(buffer_setup.proxy.url("main", path), content=body, timeout=10)
+        assert reply.status_code == 413 and reply.text == "Payload Too Large"
+        assert reply.headers.get("connection") == "close"
+        line = buffer_setup.logged(path)
+        assert line["details"] == "request_payload_too_large" and line["flags"] == "-"
+    assert len(buffer_setup.up.requests) == before
+    # the whole body in before the request is routed (a fault delay held it): nothing left to hold, no 413, and it
+    # goes with its length
+    late = raw_exchange(buffer_setup.proxy.ports["main"], b"POST /late/echo HTTP/1.1\r\nhost: x\r\n"
+                        b"transfer-encoding: chunked\r\n\r\n64\r\n" + b"x" * 100 + b"\r\n0\r\n\r\n")
+    assert late.status == 200 and late.data.endswith(b"x" * 100)
+    seen = buffer_setup.up.requests[-1]["headers"]
+    assert seen.get("content-length") == "100" and "transfer-encoding" not in seen
+    assert not buffer_setup.proxy.stats().get("http.main.downstream_rq_too_large")  # the HCM's, not this filter's

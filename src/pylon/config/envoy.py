@@ -1184,8 +1184,6 @@ class UpstreamCodec(EnvoyStruct, kw_only=True):
 #: HTTP filters Envoy 1.40 also runs upstream (its validate accepts them there) that pylon runs only ahead of the
 #: router, with why: refused by name in an upstream chain rather than taken for unknown.
 _NOT_UPSTREAM_YET = {
-    "envoy.extensions.filters.http.buffer.v3.Buffer":
-        "pylon's buffer filter holds the client's request body ahead of the router, not each attempt's",
     "envoy.extensions.filters.http.compressor.v3.Compressor":
         "pylon's compressor transforms bodies ahead of the router, not an attempt's request body or its "
         "upstream's response before the router reads it",

@@ -127,6 +127,7 @@ EXTENSION_MODULES: Mapping[str, Mapping[str, str]] = MappingProxyType(
             "pylon.filters.http.v1.Python": "pylon.extensions.filters.http.python",
         },
         UPSTREAM_HTTP_FILTER: {
+            "envoy.extensions.filters.http.buffer.v3.Buffer": "pylon.extensions.filters.http.buffer",
             "envoy.extensions.filters.http.header_mutation.v3.HeaderMutation":
                 "pylon.extensions.filters.http.header_mutation",
             "envoy.extensions.filters.http.lua.v3.Lua": "pylon.extensions.filters.http.lua",

@@ -276,14 +276,16 @@ class Stream:
                 self.body_watch()
                 if self.rs_state >= RS_DONE:
                     return
-            if self.buffering_request and self.body_size > (self.decoder_limit or self.hcm.buffer_limit):
+            if (self.buffering_request or self.decoder_limit) and \
+                    self.body_size > (self.decoder_limit or self.hcm.buffer_limit):
+                if self.buffering_request:  # a filter ahead of the router held it (Envoy counts an upstream one not)
+                    self.hcm.rq_too_large.value += 1
                 self.buffering_request = False
-                self.hcm.rq_too_large.value += 1
                 self.close_after = True  # Envoy answers mid-body, so its HTTP/1 codec closes (rest here or not)
                 self.local(lr.PAYLOAD_TOO_LARGE)  # a body filter wants it whole, and it does not fit
                 return
             if self.body_buffer is None and not self.paused_downstream and not self.buffering_request and \
-                    sum(map(len, self.waiting_body)) > self.hcm.buffer_limit:
+                    not self.decoder_limit and sum(map(len, self.waiting_body)) > self.hcm.buffer_limit:
                 self.paused_downstream = True
                 self.conn.transport.pause_reading()
 
@@ -331,6 +333,8 @@ class Stream:
         if self.timeout and not self.deadline and self.cluster is not None:
             self.deadline = self.conn.loop_time() + self.timeout
             self._arm(self.deadline)
+        if self.filtered_request is not None and self.filtered_request.holding:
+            self._start_attempt()  # the body an upstream filter held is in: the first attempt goes
 
     def _decode_data(self, data: bytes, end_stream: bool) -> bytes:
         """A request body piece through the filters that transform it as it passes (filters/http.py)."""
@@ -737,6 +741,9 @@ class Stream:
         if self.rq_state == RQ_DONE and self.timeout:
             self.deadline = conn.loop_time() + self.timeout
             self._arm(self.deadline)
+        if upstream_filters and (self.req_length or chunked) and self.filtered_request.hold(self) \
+                and self.rq_state != RQ_DONE:  # type: ignore[union-attr]
+            return  # an upstream filter wants the body whole first (buffer): on_complete starts the attempt
         self._start_attempt()
 
     def _origin_form(self, url: bytes, authority: bytes | None) -> bytes | None:

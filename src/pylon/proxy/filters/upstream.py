@@ -16,6 +16,9 @@ a header a filter appends is there twice on the second attempt, and pylon does t
 `local_reply_config` maps it, the access log has the filter's details, no flag, and the chosen host - and the
 upstream is never asked.
 
+A filter that wants the request body whole before the upstream sees the request (buffer) has
+`body_limit(stream) -> int` (0: not for this request): the first attempt waits for the body, 413 beyond the limit.
+
 A filter has `upstream_request(stream, head) -> Answer | None` (the attempt's `UpstreamHead` to edit, in
 chain order; an answer - a proxy `LocalReply` or the filter's own `FilterResponse` - ends the chain and the
 request) and `upstream_response(stream, status, headers)` (the
@@ -75,6 +78,11 @@ def register_upstream_filter(config_type: type, factory: UpstreamFilterFactory) 
     _FACTORIES[config_type] = factory
 
 
+def _holds_no_body(stream: Any) -> int:
+    """The `body_limit` of a filter that does not hold bodies."""
+    return 0
+
+
 def build_upstream_filters(entries: list[Any], scope: str, stats: Any) -> list[UpstreamFilter] | None:
     """The chain for an `upstream_http_filters` / `http_filters` list (None when it is empty: not configured);
     the upstream codec at its end is the upstream connection itself. `scope` prefixes the filters' stats."""
@@ -90,7 +98,7 @@ class FilteredRequest:
     arguments, kept whole)."""
 
     __slots__ = ("filters", "method", "path", "authority", "headers", "chunked", "length", "attempt_count", "extra",
-                 "trailers")
+                 "trailers", "holding")
 
     def __init__(self, filters: list[UpstreamFilter], method: bytes, path: bytes, authority: bytes,
                  headers: list[tuple[bytes, bytes]], *, chunked: bool, length: int, attempt_count: bool,
@@ -105,9 +113,30 @@ class FilteredRequest:
         self.attempt_count = attempt_count
         self.extra = extra
         self.trailers = trailers
+        self.holding = False  # the first attempt waits for the whole body (a filter's `body_limit`)
+
+    def hold(self, stream: Any) -> bool:
+        """Whether a filter wants the request's body whole before the first attempt (Envoy's upstream buffer
+        filter): then the stream keeps what is still to come, up to the smallest such filter's limit (413 beyond:
+        `Stream.on_body`), and starts the attempt once it is in."""
+        limits = [limit for f in self.filters if (limit := getattr(f, "body_limit", _holds_no_body)(stream))]
+        if not limits:
+            return False
+        stream.set_decoder_buffer_limit(min(limits))
+        self.holding = True
+        return True
+
+    def _release(self, stream: Any) -> None:
+        """The held body is in: it goes with a content-length (unless trailers follow it). One that was in before
+        the route was known is never too large here (Envoy's buffer filter passes a body that comes whole)."""
+        self.holding = False
+        if stream.req_trailers is None:
+            self.chunked, self.length = False, stream.body_size
 
     def attempt(self, stream: Any, attempt: int) -> Http1RequestEncoder | Answer:
         """Run the chain for attempt number `attempt`: its encoder, or the reply a filter answered with."""
+        if self.holding:
+            self._release(stream)
         headers = HeaderList(list(self.headers))
         if self.attempt_count:  # the router sets it for each attempt (first after Host, where the encoder puts it)
             headers.remove(b"x-envoy-attempt-count")
