@@ -741,8 +741,8 @@ class Stream:
         if self.rq_state == RQ_DONE and self.timeout:
             self.deadline = conn.loop_time() + self.timeout
             self._arm(self.deadline)
-        if upstream_filters and (self.req_length or chunked) and self.filtered_request.hold(self) \
-                and self.rq_state != RQ_DONE:  # type: ignore[union-attr]
+        filtered = self.filtered_request
+        if filtered is not None and (self.req_length or chunked) and filtered.hold(self) and self.rq_state != RQ_DONE:
             return  # an upstream filter wants the body whole first (buffer): on_complete starts the attempt
         self._start_attempt()
 
