@@ -346,6 +346,8 @@ function envoy_on_request(handle)
   headers:add("x-lua-attempt", headers:get("x-envoy-attempt-count") or "none")
   if headers:get("x-path") then headers:replace(":path", headers:get("x-path")) end
   if headers:get("x-deny") then handle:respond({[":status"] = "418", ["x-from"] = "lua"}, "nope") end
+  if headers:get("x-inject") then headers:add("x-evil", "a\\r\\nx-injected: 1") end
+  if headers:get("x-space") then headers:replace(":path", "/p q") end
 end
 function envoy_on_response(handle)
   handle:headers():add("x-lua-resp", handle:headers():get(":status"))
@@ -413,6 +415,23 @@ def test_an_upstream_lua_respond_is_the_response_unretried(lua_setup: Setup) -> 
     line = lua_setup.logged("/lua/denied")
     assert line["details"] == "lua_response" and line["flags"] == "-"
     assert lua_setup.proxy.stats().get("cluster.lua.lua.executions", 0) >= 3
+
+
+def test_upstream_lua_cannot_write_headers_or_a_request_line_of_its_making(lua_setup: Setup) -> None:
+    """CR/LF in a value: Envoy's codec refuses the request (503), pylon's Lua refuses the edit (the script fails,
+    the request goes on): the upstream never sees an injected header. A :path with a space: Envoy sends it as it is
+    (its upstream answers 400 to the broken request line); pylon refuses that edit too (a departure)."""
+    up = lua_setup.up
+    before = len(up.requests)
+    reply = httpx.get(lua_setup.proxy.url("main", "/lua/inject"), headers={"x-inject": "1"}, timeout=10)
+    assert all("x-injected" not in seen["headers"] for seen in up.requests[before:])
+    assert reply.status_code == (503 if lua_setup.implementation == "envoy" else 200)
+    reply = httpx.get(lua_setup.proxy.url("main", "/lua/spaced"), headers={"x-space": "1"}, timeout=10)
+    if lua_setup.implementation == "envoy":
+        assert reply.status_code == 400
+    else:
+        assert reply.status_code == 200 and up.requests[-1]["path"] == "/spaced"
+        assert lua_setup.proxy.stats().get("cluster.lua.lua.errors") == 2
 
 
 def test_upstream_lua_that_waits_for_the_body(lua_setup: Setup) -> None:

@@ -22,7 +22,9 @@ synchronous httpCall) fails with a Lua error saying so (Envoy's waits: a departu
 
 Departures: the request's pseudo-headers :path and :method, and content-length / transfer-encoding (pylon's
 framing), cannot be changed (a Lua error says so); :authority / host can. A synchronous httpCall in
-envoy_on_response is a Lua error (pylon cannot hold a response head). bodyChunks() gives the body whole, as one
+envoy_on_response is a Lua error (pylon cannot hold a response head). A header value with CR, LF or NUL (or a
+name that is no token) is a Lua error, on the request and the response alike (Envoy refuses the request with a 503,
+but writes such a response header as it is). bodyChunks() gives the body whole, as one
 chunk. Sandbox: no io, os.execute & co, debug or C modules (lua_runtime.py). Refused by name: `inline_code`
 (deprecated, use default_source_code), `clear_route_cache`, LuaPerRoute `filter_context`.
 """
@@ -30,6 +32,7 @@ chunk. Sandbox: no io, os.execute & co, debug or C modules (lua_runtime.py). Ref
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import msgspec
@@ -317,6 +320,7 @@ class _Context:
         return levels.get(LEGACY_METADATA_KEY, {}) if which == "handle" else {}
 
 
+_NOT_IN_REQUEST_LINE = re.compile(rb"[\x00-\x20\x7f]")
 _HEADERS_ONLY = ("pylon's Lua filter as an upstream filter sees headers only (bodies, trailers and synchronous "
                  "httpCalls are not supported there)")
 
@@ -360,6 +364,8 @@ class _UpstreamContext(_Context):
         if name in (b":authority", b"host", b":path", b":method"):
             if op == "remove" or not value:
                 raise ValueError(f"removing {name.decode()} is not supported by pylon's Lua filter")
+            if _NOT_IN_REQUEST_LINE.search(value):  # it goes into the request line (or Host) as it is
+                raise ValueError(f"invalid header value for: {name.decode()}")
             if name == b":path":
                 head.path = value
             elif name == b":method":
