@@ -301,6 +301,10 @@ CASES: tuple[Case, ...] = (
     # ---- upstream HTTP filters
     Case("upstream-filters", _upstream_filters([_MUTATION, _CODEC]), None),
     Case("upstream-filters-codec-only", _upstream_filters([_CODEC]), None),
+    Case("upstream-filters-rbac", _upstream_filters([{"name": "r", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC", "rules": {"policies": {"p": {
+            "permissions": [{"header": {"name": "x-forwarded-proto", "present_match": True}}],
+            "principals": [{"any": True}]}}}}}, _CODEC]), None),
     Case("upstream-filters-without-codec", _upstream_filters([_MUTATION]),
          f"{ROUTER_PATH}.upstream_http_filters[0]: the last filter must be the upstream codec filter "
          "(envoy.filters.http.upstream_codec), got m"),

@@ -1167,8 +1167,8 @@ def test_a_filter_config_and_a_per_route_config_are_not_interchangeable() -> Non
             "this position takes HTTP filters") in error(bootstrap([listener(manager)]))
     manager = hcm()
     manager["route_config"]["virtual_hosts"][0]["typed_per_filter_config"] = {"rbac": {"@type": rbac_url}}
-    assert (f"typed_per_filter_config[rbac].@type: {rbac_url} is registered as HTTP filter, but this position takes "
-            "per-route HTTP filter configs") in error(bootstrap([listener(manager)]))
+    assert (f"typed_per_filter_config[rbac].@type: {rbac_url} is registered as HTTP filter and upstream HTTP filter, "
+            "but this position takes per-route HTTP filter configs") in error(bootstrap([listener(manager)]))
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ client's status, body and headers, and what the upstream saw.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -83,12 +84,18 @@ function envoy_on_request(request_handle)
   if path == "/no-body" then
     headers:add("x-body-nil", tostring(request_handle:body() == nil))
   end
+  if path == "/inject" then
+    headers:add("x-evil", "a\\r\\nx-injected: 1")
+  end
 end
 
 function envoy_on_response(response_handle)
   local headers = response_handle:headers()
   headers:add("x-lua-resp", headers:get(":status"))
   headers:remove("x-served-by")
+  if headers:get("x-split") then
+    headers:add("x-evil", "a\\r\\nx-injected: 1")
+  end
   if headers:get("x-rewrite") then
     local body = response_handle:body()
     body:setBytes("rewritten:" .. body:getBytes(0, body:length()))
@@ -331,3 +338,16 @@ def test_cluster_specifier_picks_the_cluster(setup: Setup) -> None:
     assert len(setup.other.requests) == before + 1
     reply, seen = setup.ask("picker", "/", x_pick="fake")
     assert reply.status_code == 503 and seen is None
+
+
+def test_a_header_value_with_cr_lf_never_becomes_a_header(setup: Setup) -> None:
+    """A script's value with CR/LF would write a header of its (or the client's) making. On the request Envoy's
+    codec refuses it (a 503 "invalid header value for: x-evil"); in pylon the edit is a Lua error (the script
+    fails, counted, the request goes on without it): the upstream never sees the injected header. On the response
+    Envoy 1.40 writes it to the client (response splitting); pylon refuses it the same way (a departure)."""
+    reply, seen = setup.ask("main", "/inject")
+    assert seen is None or "x-injected" not in seen["headers"]
+    assert "x-injected" not in reply.headers
+    reply, _ = setup.ask("main", "/respond?x-split=1")
+    envoy = Path(setup.proxy.proc.args[0]).name == "envoy"
+    assert ("x-injected" in reply.headers) is envoy

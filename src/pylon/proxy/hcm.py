@@ -163,7 +163,8 @@ class HcmRuntime:
         router = config.http_filters[-1].typed_config if config.http_filters else None
         self.suppress_envoy_headers = bool(getattr(router, "suppress_envoy_headers", False))
         # The router's upstream HTTP filters (None: none); a cluster's own `http_filters` take their place.
-        self.upstream_filters = build_upstream_filters(getattr(router, "upstream_http_filters", []))
+        self.upstream_filters = build_upstream_filters(getattr(router, "upstream_http_filters", []),
+                                                       f"http.{config.stat_prefix}.", stats)
         self.dynamic_stats = bool(getattr(router, "dynamic_stats", True))
         # The filters before the router, in order; empty (and free) when the router is alone.
         self.decoder_filters = [build_filter(f.name, f.typed_config, config.stat_prefix, stats, worker.loop)

@@ -24,9 +24,11 @@ is not held back when the shadow host reads slowly (Envoy's watermarks would pau
 from __future__ import annotations
 
 import random
+from functools import partial
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
+from pylon.proxy.filters.upstream import FilteredRequest
 from pylon.proxy.http.h1_client import Http1RequestEncoder
 
 if TYPE_CHECKING:
@@ -123,9 +125,17 @@ def start_shadows(stream: Any, route: "MatchedRoute", forward: list[tuple[bytes,
         if rule.suffix_host:
             authority = shadow_host(authority)
         headers, has_xff = shadow_headers(forward, sampled)
-        encoder = Http1RequestEncoder(stream.method, path, authority, headers, chunked=chunked, length=length,
-                                      attempt_count=False, extra=shadow_tail(expected, has_xff),
-                                      trailers=cluster.upstream_trailers)
+        # Not the router's upstream filters but the mirror cluster's own `http_filters` run on the copy (Envoy 1.40,
+        # observed); one that answers means no copy.
+        encoder = (partial(FilteredRequest, cluster.upstream_filters) if cluster.upstream_filters
+                   else Http1RequestEncoder)(stream.method, path, authority, headers, chunked=chunked, length=length,
+                                             attempt_count=False, extra=shadow_tail(expected, has_xff),
+                                             trailers=cluster.upstream_trailers)
+        if isinstance(encoder, FilteredRequest):
+            encoder = encoder.attempt(stream, 1)
+            if not isinstance(encoder, Http1RequestEncoder):
+                cluster.circuit_breakers.requests.release()
+                continue
         shadow = Shadow(cluster, host, encoder, authority, stream, rule, stream.conn.loop, stream.timeout)
         started.append(shadow)
         shadow.send(hcm.pools.get(cluster, host, shadow), stream.waiting_body)

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from pylon.proxy import local_reply as lr
 from pylon.proxy.grpc_local_reply import trailers_only_headers
 from pylon.proxy.grpc_timeout import StreamDuration, announce_grpc_timeout, max_grpc_timeout_of, stream_duration_ms
+from pylon.proxy.filters.upstream import FilteredRequest
 from pylon.proxy.headers import HeaderList, RequestLookup, request_lookup
 from pylon.proxy.http.h1_client import Http1RequestEncoder
 from pylon.proxy.http1 import HOP_BY_HOP, without_nominated
@@ -148,7 +149,7 @@ class Stream:
         "resume", "filter_index", "filter_timer", "finish_callbacks", "header_edits", "upgrade_accepted", "client_rest",
         "tunnel_upstream", "upstream_local", "buffering_request", "held_response", "response_body", "set_cookie",
         "request_data_filters", "response_data_filters", "req_trailers", "resp_trailers", "span", "body_watch",
-        "shadows", "health_check", "duration_deadline", "arrived_grpc", "decoder_limit",
+        "shadows", "health_check", "duration_deadline", "arrived_grpc", "decoder_limit", "filtered_request",
     )
 
     def __init__(self, conn: "HttpConnection", now: float) -> None:
@@ -177,6 +178,7 @@ class Stream:
         self.pool: HostPool | None = None
         self.upstream: UpstreamConnection | None = None
         self.request_encoder: Http1RequestEncoder | None = None  # the upstream request, once routed
+        self.filtered_request: FilteredRequest | None = None  # with upstream filters: what each attempt starts from
         self.up_out: list[bytes] = []
         self.encoder: Http1ResponseEncoder = conn.encoder  # the downstream codec's, for this stream's response
         self.close_after = False
@@ -275,14 +277,16 @@ class Stream:
                 self.body_watch()
                 if self.rs_state >= RS_DONE:
                     return
-            if self.buffering_request and self.body_size > (self.decoder_limit or self.hcm.buffer_limit):
+            if (self.buffering_request or self.decoder_limit) and \
+                    self.body_size > (self.decoder_limit or self.hcm.buffer_limit):
+                if self.buffering_request:  # a filter ahead of the router held it (Envoy counts an upstream one not)
+                    self.hcm.rq_too_large.value += 1
                 self.buffering_request = False
-                self.hcm.rq_too_large.value += 1
                 self.close_after = True  # Envoy answers mid-body, so its HTTP/1 codec closes (rest here or not)
                 self.local(lr.PAYLOAD_TOO_LARGE)  # a body filter wants it whole, and it does not fit
                 return
             if self.body_buffer is None and not self.paused_downstream and not self.buffering_request and \
-                    sum(map(len, self.waiting_body)) > self.hcm.buffer_limit:
+                    not self.decoder_limit and sum(map(len, self.waiting_body)) > self.hcm.buffer_limit:
                 self.paused_downstream = True
                 self.conn.transport.pause_reading()
 
@@ -330,6 +334,8 @@ class Stream:
         if self.timeout and not self.deadline and self.cluster is not None:
             self.deadline = self.conn.loop_time() + self.timeout
             self._arm(self.deadline)
+        if self.filtered_request is not None and self.filtered_request.holding:
+            self._start_attempt()  # the body an upstream filter held is in: the first attempt goes
 
     def _decode_data(self, data: bytes, end_stream: bool) -> bytes:
         """A request body piece through the filters that transform it as it passes (filters/http.py)."""
@@ -711,15 +717,14 @@ class Stream:
         if cluster is None:
             return self.local(lr.NO_CLUSTER)  # a route to a cluster CDS has not (or no longer) given
         upstream_filters = cluster.upstream_filters if cluster.upstream_filters is not None else hcm.upstream_filters
-        if upstream_filters:
-            edited = HeaderList(forward)
-            for upstream_filter in upstream_filters:
-                path = upstream_filter.upstream_request(self, edited, path)
-            forward = edited.items
-        self.request_encoder = Http1RequestEncoder(
+        made = (partial(FilteredRequest, upstream_filters) if upstream_filters else Http1RequestEncoder)(
             self.method, path, route.host_rewrite or self.authority, forward, chunked=chunked,
             length=0 if chunked else self.req_length, attempt_count=route.attempt_count,
             extra=expected_header if not hcm.suppress_envoy_headers else None, trailers=cluster.upstream_trailers)
+        if upstream_filters:  # each attempt runs them and makes its own encoder (filters/upstream.py)
+            self.filtered_request = made
+        else:
+            self.request_encoder = made
         retry = route.retry
         if retry is not None:
             self.retries_left = retry.num_retries
@@ -737,6 +742,9 @@ class Stream:
         if self.rq_state == RQ_DONE and self.timeout:
             self.deadline = conn.loop_time() + self.timeout
             self._arm(self.deadline)
+        filtered = self.filtered_request
+        if filtered is not None and (self.req_length or chunked) and filtered.hold(self) and self.rq_state != RQ_DONE:
+            return  # an upstream filter wants the body whole first (buffer): on_complete starts the attempt
         self._start_attempt()
 
     def _origin_form(self, url: bytes, authority: bytes | None) -> bytes | None:
@@ -806,6 +814,13 @@ class Stream:
             return self.local(cluster.no_host_reply(self))
         self.host = self.last_host = host
         self.attempts += 1
+        if self.filtered_request is not None:
+            made = self.filtered_request.attempt(self, self.attempts)
+            if not isinstance(made, Http1RequestEncoder):  # an upstream filter answered: the request ends so
+                cluster.circuit_breakers.requests.release()
+                self.host = None
+                return self.local(made) if isinstance(made, lr.LocalReply) else self.respond_from_filter(*made)
+            self.request_encoder = made
         host.active_requests += 1
         cluster.stats.upstream_rq_total.value += 1
         cluster.stats.upstream_rq_active.value += 1

@@ -124,7 +124,7 @@ class Cluster:
         self.connection_limits = ConnectionLimits.of(config)
         self.upstream_trailers: bool = config.upstream_trailers  # HTTP/1 trailers cross to and from its hosts
         # Its own upstream HTTP filters (None: the router's, if any; filters/upstream.py).
-        self.upstream_filters = build_upstream_filters(config.upstream_http_filters)
+        self.upstream_filters = build_upstream_filters(config.upstream_http_filters, f"cluster.{config.name}.", stats)
         # HTTP/2 upstream (h2_pool.py): the codec's settings when the cluster may speak it; "downstream": only for
         # requests that came over HTTP/2 (pool_registry.py keys those pools apart).
         self.protocol, options = config.upstream_protocol

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import re
 import time
 from pathlib import Path
 from typing import Any, Callable, Protocol
@@ -38,6 +39,12 @@ if package.searchers then package.searchers[3] = nil; package.searchers[4] = nil
 """
 
 _LEVELS = (5, logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR, logging.CRITICAL)
+
+
+#: what a header a script sets may be called (an RFC 9110 token, or a pseudo-header) and never contain (Envoy's
+#: codec refuses such a value: "invalid header value for: <name>")
+_FIELD_NAME = re.compile(rb":?[!#$%&'*+\-.^_`|~0-9a-z]+")
+_NOT_IN_VALUE = re.compile(rb"[\r\n\x00]")
 
 
 class ScriptError(Exception):
@@ -169,7 +176,12 @@ class LuaState:
             return table(flat)
 
         def header_edit(sid: int, which: bytes, op: bytes, name: bytes, value: bytes) -> None:
-            streams[sid].header_edit(which.decode(), op.decode(), bytes(name).lower(), bytes(value))
+            name, value = bytes(name).lower(), bytes(value)
+            if not _FIELD_NAME.fullmatch(name):
+                raise ValueError(f"invalid header name: {name!r}")
+            if _NOT_IN_VALUE.search(value):  # CR/LF would write headers of the script's (or the client's) making
+                raise ValueError(f"invalid header value for: {name.decode()}")
+            streams[sid].header_edit(which.decode(), op.decode(), name, value)
 
         def body_state(sid: int) -> bytes:
             return streams[sid].body_state().encode()

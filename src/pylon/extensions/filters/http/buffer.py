@@ -21,6 +21,7 @@ from pylon.config import registry
 from pylon.config.envoy import EnvoyStruct, PositiveUInt32
 from pylon.config.errors import FieldError
 from pylon.proxy.filters.http import register_filter
+from pylon.proxy.filters.upstream import register_upstream_filter
 
 TYPE_URL = "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer"
 PER_ROUTE_TYPE_URL = "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.BufferPerRoute"
@@ -83,6 +84,26 @@ class BufferFilter:
         return None  # buffered whole is all it asks: the stream sends it with a content-length
 
 
+class UpstreamBufferFilter(BufferFilter):
+    """The filter as an upstream HTTP filter: the request's body is held whole before the first attempt (each
+    attempt then sends it with its content-length), 413 "Payload Too Large" beyond `max_request_bytes` (or the
+    route's BufferPerRoute) with the connection closed, the upstream never asked (Envoy 1.40, observed)."""
+
+    def __init__(self, name: str, config: Buffer, scope: str, stats: Any) -> None:
+        super().__init__(name, config, scope, stats, None)
+
+    def body_limit(self, stream: Any) -> int:
+        return self._limit(stream)
+
+    def upstream_request(self, stream: Any, head: Any) -> None:
+        return None  # the holding is the stream's (filters/upstream.py `FilteredRequest.hold`)
+
+    def upstream_response(self, stream: Any, status: int, headers: Any) -> None:
+        pass
+
+
 registry.register_typed(registry.HTTP_FILTER, TYPE_URL, Buffer)
 registry.register_typed(registry.HTTP_FILTER_PER_ROUTE, PER_ROUTE_TYPE_URL, BufferPerRoute)
 register_filter(Buffer, BufferFilter)
+registry.register_typed(registry.UPSTREAM_HTTP_FILTER, TYPE_URL, Buffer)
+register_upstream_filter(Buffer, UpstreamBufferFilter)

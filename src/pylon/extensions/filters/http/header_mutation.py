@@ -36,7 +36,7 @@ from pylon.extensions.filters.common.mutation_rules import (
 )
 from pylon.extensions.filters.common.request_edits import replace_request_headers
 from pylon.proxy.filters.http import register_filter
-from pylon.proxy.filters.upstream import register_upstream_filter
+from pylon.proxy.filters.upstream import UpstreamHead, register_upstream_filter
 from pylon.proxy.headers import HeaderList, request_lookup
 
 TYPE_URL = "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation"
@@ -201,24 +201,24 @@ class HeaderMutationFilter:
 class UpstreamHeaderMutation:
     """The filter as an upstream HTTP filter (the router's `upstream_http_filters` or a cluster's `http_filters`):
     its edits, and the route's per-route levels for its name (as Envoy 1.40 applies them there too, observed), on
-    the request as the router made it (its headers, then its query, level by level) and on the upstream's response
-    before the router reads it."""
+    each attempt's request as the router made it (its headers, then its query, level by level) and on the
+    upstream's response before the router reads it."""
 
-    def __init__(self, name: str, config: HeaderMutationConfig) -> None:
+    def __init__(self, name: str, config: HeaderMutationConfig, scope: str, stats: Any) -> None:
         self.levels = HeaderMutationFilter(name, config, "", None, None)
 
-    def upstream_request(self, stream: Any, headers: HeaderList, path: bytes) -> bytes:
+    def upstream_request(self, stream: Any, head: UpstreamHead) -> None:
         levels = [level for level in self.levels._levels(stream.route) if not level.request.empty or level.query]
         if levels:
-            pseudo = {**_pseudo(stream), b":path": path}
+            headers = head.headers
+            pseudo = {**_pseudo(stream), b":path": head.path, b":authority": head.authority}
             lookup = (lambda name: request_lookup(headers.items, pseudo)(name)) \
                 if any(level.request.reads_request or (level.query and level.query.reads_request)
                        for level in levels) else None
             for level in levels:
                 level.request.apply(headers, stream.conn.peer, lookup)
                 if level.query is not None:
-                    path = level.query.apply(path, stream.conn.peer, lookup)
-        return path
+                    head.path = level.query.apply(head.path, stream.conn.peer, lookup)
 
     def upstream_response(self, stream: Any, status: int, headers: HeaderList) -> None:
         self.levels.encode_headers(stream, status, headers)

@@ -16,9 +16,15 @@ when the script waits (body, trailers, a synchronous httpCall: "object used outs
 synchronous httpCall hears the async client's local reply (503 / 504 with Envoy's text), an unknown cluster fails the
 script, and a body over the connection's buffer limit is answered 413.
 
+As an upstream HTTP filter (`UpstreamLuaFilter`, proxy/filters/upstream.py) the same API runs on each attempt's
+request and the upstream's response head, headers only: a script that would wait there (body, trailers, a
+synchronous httpCall) fails with a Lua error saying so (Envoy's waits: a departure), and respond() ends the request.
+
 Departures: the request's pseudo-headers :path and :method, and content-length / transfer-encoding (pylon's
 framing), cannot be changed (a Lua error says so); :authority / host can. A synchronous httpCall in
-envoy_on_response is a Lua error (pylon cannot hold a response head). bodyChunks() gives the body whole, as one
+envoy_on_response is a Lua error (pylon cannot hold a response head). A header value with CR, LF or NUL (or a
+name that is no token) is a Lua error, on the request and the response alike (Envoy refuses the request with a 503,
+but writes such a response header as it is). bodyChunks() gives the body whole, as one
 chunk. Sandbox: no io, os.execute & co, debug or C modules (lua_runtime.py). Refused by name: `inline_code`
 (deprecated, use default_source_code), `clear_route_cache`, LuaPerRoute `filter_context`.
 """
@@ -26,6 +32,7 @@ chunk. Sandbox: no io, os.execute & co, debug or C modules (lua_runtime.py). Ref
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import msgspec
@@ -38,6 +45,7 @@ from pylon.extensions.filters.common.lua_runtime import DONE, FAILED, LuaState, 
 from pylon.proxy import async_client
 from pylon.proxy import local_reply as lr
 from pylon.proxy.filters.http import register_filter
+from pylon.proxy.filters.upstream import FilterResponse, UpstreamHead, register_upstream_filter
 from pylon.proxy.headers import HeaderList
 from pylon.proxy.stream_states import RQ_DONE, RS_DONE
 
@@ -135,6 +143,17 @@ class _ResponseHeaders:
         return iter([(b":status", b"%d" % self.status), *self.headers])
 
 
+def _response(headers: list[tuple[bytes, bytes]], body: bytes) -> FilterResponse:
+    """What respond() answers: its :status (200-599), its other headers, text/plain unless they say (as Envoy)."""
+    status = next((v for n, v in headers if n == b":status"), None)
+    if status is None or not status.isdigit() or not 200 <= int(status) < 600:
+        raise ValueError("respond() needs a :status header between 200 and 599")
+    extra = [(n, v) for n, v in headers if not n.startswith(b":")]
+    content_type = next((v for n, v in extra if n == b"content-type"), b"text/plain")
+    return FilterResponse(int(status), body, [(n, v) for n, v in extra if n != b"content-type"], "lua_response",
+                          content_type)
+
+
 def _edit_list(headers: HeaderList, op: str, name: bytes, value: bytes) -> None:
     if op == "remove":
         headers.remove(name)
@@ -225,13 +244,7 @@ class _Context:
         return (self.stream.req_trailers if self.side == "request" else self.stream.resp_trailers) is not None
 
     def respond(self, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
-        status = next((v for n, v in headers if n == b":status"), None)
-        if status is None or not status.isdigit() or not 200 <= int(status) < 600:
-            raise ValueError("respond() needs a :status header between 200 and 599")
-        extra = [(n, v) for n, v in headers if not n.startswith(b":")]
-        content_type = next((v for n, v in extra if n == b"content-type"), b"text/plain")  # as Envoy's
-        extra = [(n, v) for n, v in extra if n != b"content-type"]
-        self.stream.respond_from_filter(int(status), body, extra, "lua_response", content_type=content_type)
+        self.stream.respond_from_filter(*_response(headers, body))
 
     def http_call(self, cluster: bytes, headers: list[tuple[bytes, bytes]], body: bytes, timeout_ms: float,
                   asynchronous: bool) -> None:
@@ -307,6 +320,79 @@ class _Context:
         return levels.get(LEGACY_METADATA_KEY, {}) if which == "handle" else {}
 
 
+_NOT_IN_REQUEST_LINE = re.compile(rb"[\x00-\x20\x7f]")
+_HEADERS_ONLY = ("pylon's Lua filter as an upstream filter sees headers only (bodies, trailers and synchronous "
+                 "httpCalls are not supported there)")
+
+
+class _UpstreamHeaders(RequestHeaders):
+    """An attempt's request headers as an upstream Lua script sees them: pseudo-headers first (the Host and path
+    the router made), then the router's headers."""
+
+    def __init__(self, head: UpstreamHead, scheme: bytes) -> None:
+        self.head, self.scheme = head, scheme
+
+    def _items(self) -> list[tuple[bytes, bytes]]:
+        head = self.head
+        return [(b":authority", head.authority), (b":path", head.path), (b":method", head.method),
+                (b":scheme", self.scheme), *head.headers.items]
+
+
+class _UpstreamContext(_Context):
+    """One attempt's side as an upstream script sees it: the attempt's request (each pseudo-header but :scheme may
+    change: the head is made for each attempt), the upstream's response head; what would wait is a Lua error."""
+
+    def __init__(self, lua_filter: "LuaFilter", stream: Any, side: str, head: UpstreamHead | None) -> None:
+        super().__init__(lua_filter, stream, side)
+        self.head = head
+        self.answer: FilterResponse | None = None
+
+    def header_view(self, which: str) -> Any:
+        if which == "response":
+            return super().header_view(which)
+        if which != "request" or self.head is None:
+            raise ValueError(_HEADERS_ONLY)
+        return _UpstreamHeaders(self.head, self.stream.conn.scheme)
+
+    def header_edit(self, which: str, op: str, name: bytes, value: bytes) -> None:
+        if which != "request":
+            return super().header_edit(which, op, name, value)
+        if name in _FRAMING:
+            raise ValueError(f"changing {name.decode()} is not supported by pylon's Lua filter (pylon frames bodies)")
+        head = self.head
+        assert head is not None  # the request side has one
+        if name in (b":authority", b"host", b":path", b":method"):
+            if op == "remove" or not value:
+                raise ValueError(f"removing {name.decode()} is not supported by pylon's Lua filter")
+            if _NOT_IN_REQUEST_LINE.search(value):  # it goes into the request line (or Host) as it is
+                raise ValueError(f"invalid header value for: {name.decode()}")
+            if name == b":path":
+                head.path = value
+            elif name == b":method":
+                head.method = value
+            else:
+                head.authority = value
+        elif name.startswith(b":"):
+            raise ValueError(f"changing {name.decode()} is not supported by pylon's Lua filter")
+        else:
+            _edit_list(head.headers, op, name, value)
+
+    def body_state(self) -> str:
+        raise ValueError(_HEADERS_ONLY)
+
+    def has_trailers(self) -> bool:
+        raise ValueError(_HEADERS_ONLY)
+
+    def respond(self, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        self.answer = _response(headers, body)
+
+    def http_call(self, cluster: bytes, headers: list[tuple[bytes, bytes]], body: bytes, timeout_ms: float,
+                  asynchronous: bool) -> None:
+        if not asynchronous:
+            raise ValueError(_HEADERS_ONLY)
+        super().http_call(cluster, headers, body, timeout_ms, asynchronous)
+
+
 # ---------------------------------------------------------------------------- the filter
 
 
@@ -314,6 +400,9 @@ class LuaFilter:
     """One HCM's Lua filter in one worker: its Lua state and the scripts loaded into it."""
 
     def __init__(self, name: str, config: Lua, stat_prefix: str, stats: Any, loop: Any) -> None:
+        self._setup(name, config, f"http.{stat_prefix}.", stats)
+
+    def _setup(self, name: str, config: Lua, scope: str, stats: Any) -> None:
         self.name = name
         self.log = logging.getLogger(f"pylon.filters.lua.{name}")
         self.state = LuaState(self.log)
@@ -321,7 +410,7 @@ class LuaFilter:
         self.default = self._load(default, "default_source_code") if default is not None else None
         self.named = {key: self._load(code, f"source_codes.{key}") for key, code in named.items()}
         self.per_route: dict[bytes, dict[bytes, Any]] = {}  # inline per-route scripts, by their text
-        prefix = f"http.{stat_prefix}.lua." + (f"{config.stat_prefix}." if config.stat_prefix else "")
+        prefix = f"{scope}lua." + (f"{config.stat_prefix}." if config.stat_prefix else "")
         self.errors = stats.counter(prefix + "errors")
         self.executions = stats.counter(prefix + "executions")
         self.waiting: dict[Any, _Context] = {}  # streams whose envoy_on_response waits for the whole body
@@ -346,14 +435,16 @@ class LuaFilter:
         return hooks
 
     def _start(self, stream: Any, side: str, hook: bytes, status: int = 0,
-               headers: HeaderList | None = None) -> _Context | None:
-        """Run the script's `hook` for this stream until it ends or waits (None: no such hook here)."""
+               headers: HeaderList | None = None, upstream: bool = False,
+               head: UpstreamHead | None = None) -> _Context | None:
+        """Run the script's `hook` for this stream until it ends or waits (None: no such hook here); `upstream`:
+        in an upstream chain, where `head` is the attempt's request (request side)."""
         hooks = self._script(stream)
         function = hooks[hook] if hooks is not None else None
         if function is None:
             return None
         self.executions.inc()
-        context = _Context(self, stream, side)
+        context = _UpstreamContext(self, stream, side, head) if upstream else _Context(self, stream, side)
         context.status, context.response = status, headers
         context.run = self.state.start(function, context, side)
         return context
@@ -426,6 +517,42 @@ class LuaFilter:
         return context.replaced
 
 
+class UpstreamLuaFilter(LuaFilter):
+    """The filter as an upstream HTTP filter: `envoy_on_request` on each attempt's request (run again for a retry,
+    the Lua state's globals kept, as Envoy's per-worker state), `envoy_on_response` on the upstream's response head
+    before the router reads it; a respond() ends the request with that response, unretried (Envoy 1.40,
+    observed). Headers only: a script that would wait (body, trailers, a synchronous httpCall) fails there, logged
+    and counted, and the request goes on. Stats under the chain's scope (`cluster.<name>.lua.*` for a cluster's)."""
+
+    def __init__(self, name: str, config: Lua, scope: str, stats: Any) -> None:
+        self._setup(name, config, scope, stats)
+
+    def upstream_request(self, stream: Any, head: UpstreamHead) -> FilterResponse | None:
+        context = self._start(stream, "request", b"envoy_on_request", upstream=True, head=head)
+        if context is None:
+            return None
+        self._ended(context)
+        return context.answer  # type: ignore[attr-defined]
+
+    def upstream_response(self, stream: Any, status: int, headers: HeaderList) -> None:
+        context = self._start(stream, "response", b"envoy_on_response", status, headers, upstream=True)
+        if context is not None:
+            self._ended(context)
+
+    def _ended(self, context: _Context) -> None:
+        """The script ran to its end, failed, or answered (respond(): it waits no more upstream)."""
+        run = context.run
+        assert run is not None
+        if run.what == FAILED:
+            self.errors.inc()
+            self.log.error("script error: %s", run.error)
+        elif run.what != DONE:
+            run.finish()
+        context.run = None
+
+
 registry.register_typed(registry.HTTP_FILTER, TYPE_URL, Lua)
 registry.register_typed(registry.HTTP_FILTER_PER_ROUTE, PER_ROUTE_TYPE_URL, LuaPerRoute)
 register_filter(Lua, LuaFilter)
+registry.register_typed(registry.UPSTREAM_HTTP_FILTER, TYPE_URL, Lua)
+register_upstream_filter(Lua, UpstreamLuaFilter)

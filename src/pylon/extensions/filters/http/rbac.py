@@ -55,6 +55,7 @@ from pylon.extensions.filters.common import rbac as common
 from pylon.extensions.filters.common import rbac_matcher
 from pylon.proxy import local_reply as lr
 from pylon.proxy.filters.http import register_filter
+from pylon.proxy.filters.upstream import UpstreamHead, register_upstream_filter
 
 TYPE_URL = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
 PER_ROUTE_TYPE_URL = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBACPerRoute"
@@ -148,9 +149,12 @@ class RbacFilter:
     """One HCM's RBAC filter in one worker."""
 
     def __init__(self, name: str, config: RBAC, stat_prefix: str, stats: Any, loop: Any) -> None:
+        self._setup(name, config, f"http.{stat_prefix}.", stats)
+
+    def _setup(self, name: str, config: RBAC, scope: str, stats: Any) -> None:
         self.name = name
         self.stats = stats
-        base = f"http.{stat_prefix}.rbac."
+        base = f"{scope}rbac."
         self.rules_prefix = base + common.stat_part(config.rules_stat_prefix)
         self.shadow_prefix = base + common.stat_part(config.shadow_rules_stat_prefix)
         self.allowed = stats.counter(self.rules_prefix + "allowed")
@@ -162,6 +166,15 @@ class RbacFilter:
         self._per_route: dict[int, tuple[weakref.ref[RBACPerRoute], _Engines]] = {}
 
     def decode_headers(self, stream: Any) -> bool:
+        reply = self._decide(stream, None)
+        if reply is None:
+            return True
+        stream.local(reply)
+        return False
+
+    def _decide(self, stream: Any, head: UpstreamHead | None) -> lr.LocalReply | None:
+        """The reply denying the request (None: it goes on), counted; `head`: the upstream request, when the
+        filter runs upstream."""
         engines = self.engines
         if stream.route is not None:
             per_route = stream.route.filter_config(self.name)
@@ -171,8 +184,8 @@ class RbacFilter:
                 engines = self._route_engines(per_route)
         rules, shadow = engines.rules, engines.shadow
         if rules is None and shadow is None:
-            return True
-        facts = self._facts(stream)
+            return None
+        facts = self._facts(stream, head)
         if shadow is not None:
             decision = shadow.evaluate(facts)
             (self.shadow_allowed if decision.allowed else self.shadow_denied).inc()
@@ -180,22 +193,27 @@ class RbacFilter:
                 result = "shadow_allowed" if decision.allowed else "shadow_denied"
                 self.stats.counter(f"{self.shadow_prefix}policy.{decision.policy}.{result}").inc()
         if rules is None:
-            return True
+            return None
         decision = rules.evaluate(facts)
         (self.allowed if decision.allowed else self.denied).inc()
         if engines.track and decision.policy is not None:
             result = "allowed" if decision.allowed else "denied"
             self.stats.counter(f"{self.rules_prefix}policy.{decision.policy}.{result}").inc()
         if decision.allowed:
-            return True
-        stream.local(lr.LocalReply(403, "-", DENIED_BODY, common.denied_details(decision.policy)))
-        return False
+            return None
+        return lr.LocalReply(403, "-", DENIED_BODY, common.denied_details(decision.policy))
 
-    def _facts(self, stream: Any) -> common.Facts:
+    def _facts(self, stream: Any, head: UpstreamHead | None) -> common.Facts:
+        """What the rules see: the request as the connection manager passed it on, or, upstream, as the router
+        made it (Host and path rewritten, its headers added); the connection is the client's either way (Envoy
+        1.40's upstream RBAC matches `destination_port` on the listener's port, observed)."""
         conn = stream.conn
         client = stream.hcm.trusted_client(stream)
-        request = common.Request(_as_filters_see_them(stream.headers), stream.method, stream.authority, stream.path,
-                                 conn.scheme)
+        if head is None:
+            request = common.Request(_as_filters_see_them(stream.headers), stream.method, stream.authority,
+                                     stream.path, conn.scheme)
+        else:
+            request = common.Request(head.headers.items, head.method, head.authority, head.path, conn.scheme)
         return common.Facts(conn.connection_info(), request, client if isinstance(client, str) else None)
 
     def _route_engines(self, per_route: RBACPerRoute) -> _Engines:
@@ -207,14 +225,38 @@ class RbacFilter:
         self._per_route[key] = (weakref.ref(per_route, lambda _: self._per_route.pop(key, None)), engines)
         return engines
 
-    def _wrong_route_config(self, stream: Any, per_route: Any) -> bool:
+    def _wrong_route_config(self, stream: Any, per_route: Any) -> lr.LocalReply:
         """A route config of another type under this filter's name: Envoy refuses the config; deny (fail closed)."""
         log.error("route %r: typed_per_filter_config[%s] is a %s, not an RBACPerRoute: request denied",
                   stream.route.name, self.name, type(per_route).__name__)
-        stream.local(lr.LocalReply(403, "-", DENIED_BODY, common.denied_details(None)))
-        return False
+        return lr.LocalReply(403, "-", DENIED_BODY, common.denied_details(None))
+
+
+class UpstreamRBAC(RBAC, kw_only=True):
+    """The RBAC config in an upstream filter chain: its header matchers may name any header, those the connection
+    manager and the router set included, since upstream the request is as they made it (pylon's as Envoy's)."""
+
+    def __post_init__(self) -> None:
+        pass
+
+
+class UpstreamRbacFilter(RbacFilter):
+    """The filter as an upstream HTTP filter: it decides on each attempt's request (the `x-envoy-attempt-count`
+    it carries included) with the client's connection, and its 403 ends the request unretried (Envoy 1.40,
+    observed); stats under the chain's scope (`cluster.<name>.rbac.*` for a cluster's chain)."""
+
+    def __init__(self, name: str, config: UpstreamRBAC, scope: str, stats: Any) -> None:
+        self._setup(name, config, scope, stats)
+
+    def upstream_request(self, stream: Any, head: UpstreamHead) -> lr.LocalReply | None:
+        return self._decide(stream, head)
+
+    def upstream_response(self, stream: Any, status: int, headers: Any) -> None:
+        pass
 
 
 registry.register_typed(registry.HTTP_FILTER, TYPE_URL, RBAC)
 registry.register_typed(registry.HTTP_FILTER_PER_ROUTE, PER_ROUTE_TYPE_URL, RBACPerRoute)
 register_filter(RBAC, RbacFilter)
+registry.register_typed(registry.UPSTREAM_HTTP_FILTER, TYPE_URL, UpstreamRBAC)
+register_upstream_filter(UpstreamRBAC, UpstreamRbacFilter)
