@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from pylon.config.envoy import HeaderValue, HeaderValueOption
-from pylon.proxy.headers import HeaderList, HeaderOps, RequestHeaders, compile_header_level, request_lookup
+from pylon.proxy.headers import (
+    HeaderList,
+    HeaderOps,
+    RequestHeaders,
+    check_scripted_header,
+    compile_header_level,
+    request_lookup,
+)
 
 
 def opt(key: str, value: str, action: str = "APPEND_IF_EXISTS_OR_ADD", **kw) -> HeaderValueOption:
@@ -172,3 +179,16 @@ def test_pseudo_headers_and_host_cannot_be_modified(name):
         compile_header_level([opt(name, "v")], [])
     with pytest.raises(ValueError, match="may not be modified"):
         compile_header_level([], [name])
+
+
+@pytest.mark.parametrize(("name", "value", "accepted"), [
+    (b"x-team", b"blue, green", True), (b":authority", b"a.example", True), (b"x-a", b"", True),
+    (b"x-a", b"b\r\nx-injected: 1", False), (b"x-a", b"b\nc", False), (b"x-a", b"b\x00", False),
+    (b"X-A", b"b", False), (b"x a", b"b", False), (b"", b"b", False), (b"x-a\r\n", b"b", False),
+])
+def test_check_scripted_header_refuses_what_would_split_a_header(name: bytes, value: bytes, accepted: bool) -> None:
+    if accepted:
+        check_scripted_header(name, value)
+    else:
+        with pytest.raises(ValueError, match="invalid header"):
+            check_scripted_header(name, value)

@@ -31,6 +31,7 @@ at build time, naming it.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "APPEND_IF_EXISTS_OR_ADD",
     "HeaderList",
     "HeaderOps",
+    "check_scripted_header",
     "OVERWRITE_IF_EXISTS",
     "OVERWRITE_IF_EXISTS_OR_ADD",
     "RequestHeaders",
@@ -342,3 +344,18 @@ class BoundHeaderOps:
 
     def apply(self, headers: HeaderList, downstream: Downstream | None = None) -> None:
         self.ops.apply(headers, downstream, self.request)
+
+
+#: What a header written by a script (Lua, the Python filter) may be called: an RFC 9110 token in lower case, or a
+#: pseudo-header; and what its value may never hold. The codecs write names and values as given, so a CR or LF
+#: would end the header there and start one of the script's (or, copied from a request, the client's) making.
+_FIELD_NAME = re.compile(rb":?[!#$%&'*+\-.^_`|~0-9a-z]+")
+_NOT_IN_VALUE = re.compile(rb"[\r\n\x00]")
+
+
+def check_scripted_header(name: bytes, value: bytes) -> None:
+    """ValueError (Envoy's words: "invalid header value for: <name>") for a name or value the wire cannot carry."""
+    if not _FIELD_NAME.fullmatch(name):
+        raise ValueError(f"invalid header name: {name!r}")
+    if _NOT_IN_VALUE.search(value):
+        raise ValueError(f"invalid header value for: {name.decode('latin-1')}")

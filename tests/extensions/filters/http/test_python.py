@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from pylon.config.envoy import convert
-from pylon.extensions.filters.http.python import PythonFilterConfig, ScriptError, _name, load_hooks
+from pylon.extensions.filters.http.python import PythonFilterConfig, ScriptError, _editable, _name, load_hooks
+from pylon.proxy.headers import HeaderList
 
 
 def script(tmp_path: Path, text: str) -> str:
@@ -50,3 +51,15 @@ def test_the_connection_managers_own_headers_are_off_limits(name: str) -> None:
 
 def test_other_names_are_lower_cased() -> None:
     assert _name("X-Team") == b"x-team"
+
+
+@pytest.mark.parametrize(("name", "value"), [("x-a", "b\r\nx-injected: 1"), ("x-a", "b\nc"), ("x-a", "b\x00"),
+                                             ("x a", "b"), ("x-a:", "b")])
+def test_a_header_the_wire_cannot_carry_is_refused_and_nothing_is_written(name: str, value: str) -> None:
+    """A script copying a value into a header must not write headers of its (or the client's) making."""
+    headers = HeaderList([(b"x-a", b"kept")])
+    view = _editable(headers)
+    for write in (view.set, view.add):
+        with pytest.raises(ValueError, match="invalid header"):
+            write(name, value)
+    assert list(headers) == [(b"x-a", b"kept")]

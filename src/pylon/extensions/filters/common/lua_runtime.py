@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import re
 import time
 from pathlib import Path
 from typing import Any, Callable, Protocol
@@ -25,6 +24,8 @@ try:
     from lupa import luajit21 as lupa_impl
 except ImportError:  # a lupa build without LuaJIT: Lua 5.1 has the same language
     from lupa import lua51 as lupa_impl  # type: ignore[no-redef]
+
+from pylon.proxy.headers import check_scripted_header  # noqa: E402
 
 LuaError = lupa_impl.LuaError
 PRELUDE = (Path(__file__).parent / "lua_prelude.lua").read_bytes()
@@ -39,12 +40,6 @@ if package.searchers then package.searchers[3] = nil; package.searchers[4] = nil
 """
 
 _LEVELS = (5, logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR, logging.CRITICAL)
-
-
-#: what a header a script sets may be called (an RFC 9110 token, or a pseudo-header) and never contain (Envoy's
-#: codec refuses such a value: "invalid header value for: <name>")
-_FIELD_NAME = re.compile(rb":?[!#$%&'*+\-.^_`|~0-9a-z]+")
-_NOT_IN_VALUE = re.compile(rb"[\r\n\x00]")
 
 
 class ScriptError(Exception):
@@ -177,10 +172,7 @@ class LuaState:
 
         def header_edit(sid: int, which: bytes, op: bytes, name: bytes, value: bytes) -> None:
             name, value = bytes(name).lower(), bytes(value)
-            if not _FIELD_NAME.fullmatch(name):
-                raise ValueError(f"invalid header name: {name!r}")
-            if _NOT_IN_VALUE.search(value):  # CR/LF would write headers of the script's (or the client's) making
-                raise ValueError(f"invalid header value for: {name.decode()}")
+            check_scripted_header(name, value)
             streams[sid].header_edit(which.decode(), op.decode(), name, value)
 
         def body_state(sid: int) -> bytes:

@@ -27,7 +27,9 @@ The route was chosen before filters run (as with Envoy's Lua filter): changing
 a request header does not re-route. Headers the connection manager sets
 itself (host, x-forwarded-*, x-request-id, x-envoy-*, content-length,
 transfer-encoding, connection) cannot be changed here (ValueError): the
-proxy's own framing and trust decisions stay its own.
+proxy's own framing and trust decisions stay its own. Nor can a header be
+written that is no token or holds CR, LF or NUL (ValueError, as Lua's): the
+codec would split it into headers of the script's, or the client's, making.
 
 An exception in `on_request` answers 500 (fail closed; `python.errors`); in
 `on_response` it is logged and counted and the response goes on unchanged.
@@ -80,7 +82,7 @@ from pylon.config.envoy import Duration, EnvoyStruct, NonEmptyStr
 from pylon.config.errors import FieldError
 from pylon.proxy import local_reply as lr
 from pylon.proxy.filters.http import register_filter
-from pylon.proxy.headers import HeaderList
+from pylon.proxy.headers import HeaderList, check_scripted_header
 
 TYPE_URL = "type.googleapis.com/pylon.filters.http.v1.Python"
 HOOKS = ("on_request", "on_request_body", "on_response", "on_response_body", "on_request_data", "on_response_data",
@@ -152,6 +154,13 @@ def _name(name: str) -> bytes:
     return encoded
 
 
+def _written(name: str, value: str) -> tuple[bytes, bytes]:
+    """The header as the codec will write it; a CR/LF in it would write headers of the script's making."""
+    encoded_name, encoded_value = _name(name), value.encode("latin-1")
+    check_scripted_header(encoded_name, encoded_value)
+    return encoded_name, encoded_value
+
+
 class _Headers:
     """Headers as str, changed through `apply(op, name, value)`."""
 
@@ -169,10 +178,10 @@ class _Headers:
         return [(n.decode("latin-1"), v.decode("latin-1")) for n, v in self._read()]
 
     def set(self, name: str, value: str) -> None:
-        self._apply("set", _name(name), value.encode("latin-1"))
+        self._apply("set", *_written(name, value))
 
     def add(self, name: str, value: str) -> None:
-        self._apply("add", _name(name), value.encode("latin-1"))
+        self._apply("add", *_written(name, value))
 
     def remove(self, name: str) -> None:
         self._apply("remove", _name(name), b"")
