@@ -51,8 +51,11 @@ _h2_reported: set[str] = set()
 
 
 def listener_stat_name(listener: Any) -> str:
-    """Envoy's stat name for a listener address: `listener.<ip>_<port>`, colons of IPv6 turned into `_`."""
-    sa = listener.address.socket_address
+    """Envoy's stat name for a listener address: `listener.<ip>_<port>`, colons of IPv6 turned into `_`; an
+    internal listener's is `listener.envoy_internal_<name>`."""
+    if listener.internal_listener is not None:
+        return f"listener.envoy_internal_{listener.name}"
+    sa = listener.socket_address
     return "listener.%s_%d" % (sa.address.replace(":", "_"), sa.port_value)
 
 

@@ -24,7 +24,7 @@ import random
 from typing import TYPE_CHECKING, Any
 
 from pylon.proxy.access_log import AccessLogRecord, build_access_loggers
-from pylon.proxy.connection_info import ConnectionInfo
+from pylon.proxy.connection_info import ConnectionInfo, address_host, transport_address
 from pylon.proxy.filters.network import run_filters
 from pylon.proxy.tcp_tunneling import HttpTunnelUpstream, TunnelingRequest
 from pylon.proxy.tls_stats import TlsStats, tls_accepted
@@ -226,7 +226,7 @@ class TcpProxySession(asyncio.Protocol):
         key = None
         if rt.hash_source_ip:
             peer = self.downstream.get_extra_info("peername")
-            key = peer[0].encode() if peer else None  # the address without the port, as Envoy hashes it
+            key = address_host(peer).encode() if peer else None  # the address without the port, as Envoy hashes it
         for _ in range(rt.max_connect_attempts):
             host = cluster.choose_host(key) if not cluster.provided else cluster.connection_host(self.connection_info())
             if host is None:
@@ -280,7 +280,7 @@ class TcpProxySession(asyncio.Protocol):
         if tunneling is None:
             return lambda: _Upstream(self)
         peer = self.downstream.get_extra_info("peername")
-        facts = AccessLogRecord(self.runtime.worker.wall_time(self.start), downstream_remote=peer[:2] if peer else None,
+        facts = AccessLogRecord(self.runtime.worker.wall_time(self.start), downstream_remote=transport_address(peer),
                                 downstream_local=self.connection_info().local_address, upstream_host=host.address,
                                 upstream_cluster=self.cluster_name, connection_id=self.connection_id,
                                 requested_server_name=self.detected.server_name if self.detected else None)
@@ -367,7 +367,7 @@ class TcpProxySession(asyncio.Protocol):
             record.response_flags = self.flags
             record.upstream_cluster = self.cluster_name
             peer = self.downstream.get_extra_info("peername")
-            record.downstream_remote = peer[:2] if peer else None
+            record.downstream_remote = transport_address(peer)
             record.connection_id = self.connection_id
             if self.detected is not None:
                 record.requested_server_name = self.detected.server_name or None
