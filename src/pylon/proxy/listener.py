@@ -159,6 +159,9 @@ class ListenerRuntime:
         self.listener_filters: list[Any] = []
         # The chain every connection goes to when there is nothing to inspect or match on.
         self.only_chain: ChainRuntime | None = None
+        # Its connections count toward the global downstream connections limit: not with ignore_global_conn_limit,
+        # nor an internal listener's (Envoy's limit is its TCP listeners' accept; internal ones accept no socket).
+        self.counts_globally = not config.ignore_global_conn_limit and config.internal_listener is None
 
     @property
     def all_chains(self) -> list[ChainRuntime]:

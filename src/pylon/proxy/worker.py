@@ -140,7 +140,7 @@ class Worker:
         listener = conn.runtime_listener
         if listener is not None:
             listener.opened()
-            if self.cx_gate is not None and not listener.config.ignore_global_conn_limit:
+            if self.cx_gate is not None and listener.counts_globally:
                 self.cx_gate.opened()
         self._start_ticking()
 
@@ -167,7 +167,7 @@ class Worker:
         listener = conn.runtime_listener
         if listener is not None:
             listener.closed()
-            if self.cx_gate is not None and not listener.config.ignore_global_conn_limit:
+            if self.cx_gate is not None and listener.counts_globally:
                 self.cx_gate.closed()
 
     async def start(self, bootstrap: Any, listener_fds: list[int], dynamic: dict[str, Any],
