@@ -60,7 +60,8 @@ def upstream():
     server.close()
 
 
-def start_http_chain(implementation: str, tmp_path: Path, upstream: Upstream, buffer_size_kb: int | None = None):
+def start_http_chain(implementation: str, tmp_path: Path, upstream: Upstream, buffer_size_kb: int | None = None,
+                     http2: bool = False):
     """front (HTTP, a port) -> cluster `inner` (internal address) -> internal listener `inner` (HCM) -> upstream."""
     launcher = ProxyLauncher(tmp_path)
     port = free_port()
@@ -70,10 +71,14 @@ def start_http_chain(implementation: str, tmp_path: Path, upstream: Upstream, bu
     extension = dict(EXTENSION)
     if buffer_size_kb is not None:
         extension = {**EXTENSION, "typed_config": {**EXTENSION["typed_config"], "buffer_size_kb": buffer_size_kb}}
+    inner = internal_cluster("inner", "inner", "e1")
+    if http2:
+        inner["typed_extension_protocol_options"] = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http2_protocol_options": {}}}}
     proxy = launcher.start(
         [front, internal_http_listener("inner", "up", logs[1])],
-        [internal_cluster("inner", "inner", "e1"), internal_cluster("nowhere", "no_such_listener"),
-         static_cluster("up", [upstream.port])],
+        [inner, internal_cluster("nowhere", "no_such_listener"), static_cluster("up", [upstream.port])],
         implementation=implementation, bootstrap_extra={"bootstrap_extensions": [extension]})
     return launcher, proxy, port, logs
 
@@ -129,6 +134,24 @@ def test_large_bodies_both_ways_with_a_small_buffer(implementation: str, tmp_pat
         assert hashlib.sha256(answer.content).hexdigest() == hashlib.sha256(body).hexdigest()
         big = httpx.get(f"http://127.0.0.1:{port}/bytes/{16 << 20}", timeout=60)
         assert big.status_code == 200 and len(big.content) == 16 << 20
+    finally:
+        launcher.close()
+
+
+def test_http2_to_an_internal_listener(implementation: str, tmp_path: Path, upstream: Upstream) -> None:
+    """An HTTP/2 cluster: h2c over the in-process connection to the internal HCM (codec AUTO); several requests share
+    the one connection, bodies both ways."""
+    launcher, proxy, port, _logs = start_http_chain(implementation, tmp_path, upstream, http2=True)
+    try:
+        with httpx.Client(timeout=30) as client:
+            for size in (0, 10, 1 << 20):
+                body = b"z" * size
+                answer = client.post(f"http://127.0.0.1:{port}/echo", content=body)
+                assert answer.status_code == 200 and answer.content == body
+        assert upstream.echoed == [b"", b"z" * 10, b"z" * (1 << 20)]
+        stats = proxy.stats()
+        assert stats["cluster.inner.upstream_cx_http2_total"] == 1
+        assert stats["http.inner.downstream_cx_http2_total"] == 1 and stats["http.inner.downstream_rq_2xx"] == 3
     finally:
         launcher.close()
 
