@@ -184,6 +184,21 @@ def test_tcp_proxy_chain_as_envoys_example(implementation: str, tmp_path: Path) 
         echo.close()
 
 
+def test_tcp_proxy_to_a_missing_internal_listener_closes(implementation: str, tmp_path: Path) -> None:
+    launcher = ProxyLauncher(tmp_path)
+    try:
+        port = free_port()
+        proxy = launcher.start([tcp_listener("ingress", port, "nowhere")], [internal_cluster("nowhere", "no_such")],
+                               implementation=implementation, bootstrap_extra={"bootstrap_extensions": [EXTENSION]})
+        with socket.create_connection(("127.0.0.1", port), timeout=15) as client:
+            assert client.recv(100) == b""  # closed
+        stats = proxy.stats()
+        assert stats["cluster.nowhere.upstream_cx_connect_fail"] == 1
+        assert stats["tcp.ingress.downstream_cx_total"] == 1
+    finally:
+        launcher.close()
+
+
 @pytest.mark.parametrize(("change", "path", "message"), [
     ("no_extension", "static_resources.listeners[1].internal_listener",
      "InternalListener bootstrap extension is mandatory"),
