@@ -1256,6 +1256,10 @@ class Stream:
         if self.hcm.dynamic_stats:
             cluster.stats.count_response(self.status)
             cluster.stats.upstream_rq_time.record((self.conn.loop_time() - self.attempt_start) * 1000)
+        if self.paused_upstream:
+            # The last bytes filled the client's buffer and paused the upstream's reading as they completed the
+            # response: the pool must take the connection back reading, or the next exchange never hears its answer.
+            self.on_downstream_pause(False)
         self.upstream = None  # the pool takes the connection back
         self.up_state = UP_DONE
         self._end_attempt(abandon=False)
