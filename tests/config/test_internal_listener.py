@@ -107,3 +107,21 @@ def test_an_eds_endpoint_cannot_be_internal() -> None:
     with pytest.raises(Exception) as info:
         assignment.check_ip_addresses("resources[0]", "EDS endpoints need IPs")
     assert "resources[0].endpoints[0].lb_endpoints[0].endpoint.address.envoy_internal_address" in str(info.value)
+
+
+def test_an_lds_internal_listener_is_refused_naming_it() -> None:
+    """Internal listeners come from the bootstrap only, for now: an LDS update with one is refused (a NACK)."""
+    from pylon.config.discovery import LISTENERS, Discovered, Update
+    from pylon.config.envoy import Listener, convert
+    from pylon.proxy.dynamic import DynamicConfig
+    from pylon.stats.store import StatsStore
+
+    data = config()
+    lds_listener = convert(data["static_resources"]["listeners"].pop(1), Listener)
+    data["static_resources"]["clusters"][0]["load_assignment"]["endpoints"] = []
+    dynamic = DynamicConfig(parse_bootstrap(data, "b.yaml"), StatsStore())
+    with pytest.raises(ConfigError) as caught:
+        dynamic.offer(LISTENERS, [], lambda: Update(LISTENERS, Discovered("1", {"encap": lds_listener}), frozenset(),
+                                                    "ads"))
+    assert caught.value.path == "resources[0].internal_listener"
+    assert "internal listeners from LDS are not supported yet" in caught.value.message
