@@ -16,6 +16,9 @@ nginx upstream answering text/plain, `--body` bytes), then the same with one fil
   jwt_authn        envoy.filters.http.jwt_authn, one provider with a local RSA JWKS; wrk sends one RS256 token
                    (minted here with joserfc), verified on every request
   jwt_cached       the same with jwt_cache_config: the token verified once, then found in the cache
+  internal_listener  not a filter: one more hop inside the proxy, the route to a cluster whose endpoint is an
+                   internal listener (envoy.bootstrap.internal_listener) with the same HCM, which routes to the
+                   upstream: what an internal hop (a second HCM and pool, no socket) costs per request
 
 Each variant is one config file run unchanged by both proxies. Both proxies `--concurrency 1`, `wrk -t1 -c50`
 keep-alive; every proxy starts up front, repetitions are interleaved and the order of the two proxies alternates,
@@ -98,7 +101,26 @@ VARIANTS: dict[str, tuple[dict[str, Any] | None, list[str]]] = {
     "buffer": (BUFFER, []),
     "jwt_authn": (_jwt_authn(cache=False), [f"Authorization: Bearer {JWT_TOKEN}"]),
     "jwt_cached": (_jwt_authn(cache=True), [f"Authorization: Bearer {JWT_TOKEN}"]),
+    "internal_listener": (None, []),
 }
+
+
+def _through_internal_listener(bootstrap: dict[str, Any]) -> None:
+    """The ingress HCM routes to an internal listener running a copy of itself, which routes to the upstream."""
+    resources = bootstrap["static_resources"]
+    ingress = resources["listeners"][0]
+    inner = json.loads(json.dumps(ingress))
+    inner["name"] = "inner"
+    del inner["address"]
+    inner["internal_listener"] = {}
+    inner["filter_chains"][0]["filters"][0]["typed_config"]["stat_prefix"] = "inner_http"
+    resources["listeners"].append(inner)
+    ingress["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"][0]["routes"][0][
+        "route"]["cluster"] = "inner"
+    resources["clusters"].append({"name": "inner", "load_assignment": {"cluster_name": "inner", "endpoints": [
+        {"lb_endpoints": [{"endpoint": {"address": {"envoy_internal_address": {"server_listener_name": "inner"}}}}]}]}})
+    bootstrap["bootstrap_extensions"] = [{"name": "envoy.bootstrap.internal_listener", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.bootstrap.internal_listener.v3.InternalListener"}}]
 
 
 def config(variant: str, listen: int, admin: int, upstream: int, authz: int) -> dict[str, Any]:
@@ -108,6 +130,8 @@ def config(variant: str, listen: int, admin: int, upstream: int, authz: int) -> 
     http_filter = VARIANTS[variant][0]
     if http_filter is not None:
         hcm["http_filters"].insert(0, http_filter)
+    if variant == "internal_listener":
+        _through_internal_listener(bootstrap)
     if variant == "ext_authz":
         cluster = json.loads(json.dumps(bootstrap["static_resources"]["clusters"][0]))
         cluster["name"] = cluster["load_assignment"]["cluster_name"] = "authz"

@@ -1186,12 +1186,10 @@ def test_original_dst_clusters_pair_with_cluster_provided(fields: dict[str, Any]
 
 
 def test_bootstrap_extensions_are_refused_naming_their_type() -> None:
-    internal = "type.googleapis.com/envoy.extensions.bootstrap.internal_listener.v3.InternalListener"
-    data = {**bootstrap(), "bootstrap_extensions": [{"name": "envoy.bootstrap.internal_listener",
-                                                     "typed_config": {"@type": internal}}]}
+    wasm = "type.googleapis.com/envoy.extensions.wasm.v3.WasmService"
+    data = {**bootstrap(), "bootstrap_extensions": [{"name": "envoy.bootstrap.wasm", "typed_config": {"@type": wasm}}]}
     assert error(data) == (f"config error in test.yaml: bootstrap_extensions[0].typed_config.@type: bootstrap "
-                           f"extension {internal} is not supported: pylon has no internal listeners (listeners with "
-                           "internal_listener, envoy_internal_address endpoints)")
+                           f"extension {wasm} is not supported: pylon runs no Wasm")
     data["bootstrap_extensions"][0]["typed_config"]["@type"] = "type.googleapis.com/acme.Thing"
     assert error(data).endswith("bootstrap extension type.googleapis.com/acme.Thing is not supported: not a bootstrap "
                                 "extension pylon knows")

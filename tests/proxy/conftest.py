@@ -273,7 +273,7 @@ class ProxyLauncher:
             time.sleep(0.05)
         else:
             raise TimeoutError("proxy never became ready")
-        ports = {l["name"]: l["address"]["socket_address"]["port_value"] for l in listeners}
+        ports = {l["name"]: l["address"]["socket_address"]["port_value"] for l in listeners if "address" in l}
         return RunningProxy(proc, admin_port, ports, path)
 
     def close(self) -> None:

@@ -439,14 +439,23 @@ class Pipe(EnvoyStruct, kw_only=True):
     mode: Annotated[int, msgspec.Meta(ge=0, le=0o777)] = 0
 
 
+class EnvoyInternalAddress(EnvoyStruct, kw_only=True):
+    """config.core.v3.EnvoyInternalAddress: an internal listener by name (a cluster endpoint's address: the
+    connection stays inside the worker, proxy/internal_listener.py). `endpoint_id` tells apart endpoints that name
+    the same listener; Envoy prints the address as `envoy://<server_listener_name>/<endpoint_id>`."""
+
+    server_listener_name: NonEmptyStr
+    endpoint_id: str = ""
+
+
 class Address(EnvoyStruct, kw_only=True):
     """config.core.v3.Address: `socket_address`, or `pipe` where pylon connects through grpcio (the clusters of
     xDS and SDS, as Istio's bootstrap writes them: `xds-grpc`, `sds-grpc`); a pipe anywhere else is an error
-    naming it (see `SocketAddress` users)."""
+    naming it (see `SocketAddress` users). `envoy_internal_address`: a cluster endpoint's internal listener."""
 
     socket_address: SocketAddress | None = None
     pipe: Pipe | None = None
-    envoy_internal_address: NotSupportedYet | None = None
+    envoy_internal_address: EnvoyInternalAddress | None = None
 
     def __post_init__(self) -> None:
         _exactly_one(self, "socket_address", "pipe", "envoy_internal_address")
@@ -1854,9 +1863,16 @@ class ConnectionBalanceConfig(EnvoyStruct, kw_only=True):
         _exactly_one(self, "exact_balance", "extend_balance")
 
 
+class InternalListenerConfig(EnvoyStruct, kw_only=True):
+    """Listener.InternalListenerConfig (no fields): the listener binds nothing; clusters reach it by name
+    (`envoy_internal_address`), inside the worker (proxy/internal_listener.py)."""
+
+
 class Listener(EnvoyStruct, kw_only=True):
     name: str = ""
-    address: Address
+    address: Address | None = None  # required, except on an internal listener
+    #: an internal listener: no address; endpoints name it in their envoy_internal_address
+    internal_listener: InternalListenerConfig | None = None
     filter_chains: list[FilterChain] = []
     listener_filters: list[ListenerFilter] = []
     per_connection_buffer_limit_bytes: UInt32 = 1024 * 1024
@@ -1880,14 +1896,57 @@ class Listener(EnvoyStruct, kw_only=True):
     use_original_dst: bool = False
 
     def __post_init__(self) -> None:
-        if self.address.socket_address is None:
-            raise FieldError("address.pipe", "pylon listeners bind IP addresses only (socket_address)")
-        try:
-            ipaddress.ip_address(self.address.socket_address.address)
-        except ValueError:
-            raise FieldError("address.socket_address.address", "a listener address must be an IP address") from None
         if not self.filter_chains and self.default_filter_chain is None:
             raise FieldError("filter_chains", "a listener needs a filter chain (or a default_filter_chain)")
+        if self.internal_listener is not None:
+            self._check_internal()
+        elif self.address is None:
+            raise FieldError("address", "missing required field (an internal listener sets internal_listener instead)")
+        elif self.address.envoy_internal_address is not None:
+            raise FieldError("address.envoy_internal_address",
+                             f"error adding listener named {self.name!r}: use internal_listener field instead of "
+                             "address for internal listeners")  # Envoy's words
+        elif self.address.socket_address is None:
+            raise FieldError("address.pipe", "pylon listeners bind IP addresses only (socket_address)")
+        else:
+            self._check_bound()
+
+    @property
+    def socket_address(self) -> SocketAddress:
+        """The address a listener that is not internal binds (checked at load)."""
+        assert self.address is not None and self.address.socket_address is not None
+        return self.address.socket_address
+
+    def _check_internal(self) -> None:
+        """Envoy's rules for an internal listener (no address, none of the TCP listener's socket features), and
+        what pylon's internal listeners do not do yet: the connection has no socket to peek at or match on, so no
+        listener filters and one filter chain that takes every connection, in plain text."""
+        if self.address is not None:
+            raise FieldError("address", f"error adding listener {self.name!r}: address should not be used when an "
+                                        "internal listener config is provided")  # Envoy's words
+        for name, unsupported in (("connection_balance_config", self.connection_balance_config is not None),
+                                  ("freebind", self.freebind), ("tcp_backlog_size", self.tcp_backlog_size is not None)):
+            if unsupported:
+                raise FieldError(name, f"error adding listener named {self.name!r}: has unsupported tcp listener "
+                                       "feature")  # Envoy's words
+        if self.listener_filters:
+            raise FieldError("listener_filters", "listener filters on an internal listener are not supported yet")
+        if self.use_original_dst:
+            raise FieldError("use_original_dst", "an internal listener's connections have no original destination")
+        chains = self.all_filter_chains()
+        if len(chains) != 1 or (chains[0][1].filter_chain_match is not None
+                                and chains[0][1].filter_chain_match != FilterChainMatch()):
+            raise FieldError("filter_chains", "an internal listener with more than one filter chain, or a "
+                                              "filter_chain_match, is not supported yet")
+        path, chain = chains[0]
+        if chain.transport_socket is not None and not isinstance(chain.transport_socket.typed_config, RawBuffer):
+            raise FieldError(f"{path}.transport_socket", "TLS on an internal listener is not supported yet")
+
+    def _check_bound(self) -> None:
+        try:
+            ipaddress.ip_address(self.socket_address.address)
+        except ValueError:
+            raise FieldError("address.socket_address.address", "a listener address must be an IP address") from None
         if not self.bind_to_port and self.connection_balance_config is not None:
             raise FieldError("connection_balance_config", "a listener that does not bind (bind_to_port: false) "
                                                           "accepts nothing to balance")
@@ -1981,14 +2040,18 @@ class ClusterLoadAssignment(EnvoyStruct, kw_only=True):
         """The EDS resource name (a cluster's service_name, else its name): how xDS code keys every resource."""
         return self.cluster_name
 
-    def check_ip_addresses(self, path: str, why: str) -> None:
-        """FieldError naming the first endpoint whose address is not an IP literal (Envoy: "malformed IP address")."""
+    def check_ip_addresses(self, path: str, why: str, internal_ok: bool = False) -> None:
+        """FieldError naming the first endpoint whose address is not an IP literal (Envoy: "malformed IP address");
+        `internal_ok`: an internal listener's address passes (a STATIC cluster's, checked by the cluster)."""
         for i, locality in enumerate(self.endpoints):
             for j, lb_endpoint in enumerate(locality.lb_endpoints):
+                if internal_ok and lb_endpoint.endpoint.address.envoy_internal_address is not None:
+                    continue
                 address = lb_endpoint.endpoint.address.socket_address
                 if address is None:
                     where = f"endpoints[{i}].lb_endpoints[{j}].endpoint.address"
-                    raise FieldError(join_path(path, f"{where}.pipe"), f"a pipe is not an IP address ({why})")
+                    kind = "pipe" if lb_endpoint.endpoint.address.pipe is not None else "envoy_internal_address"
+                    raise FieldError(join_path(path, f"{where}.{kind}"), f"a {kind} is not an IP address ({why})")
                 host = address.address
                 try:
                     ipaddress.ip_address(host)
@@ -2443,6 +2506,21 @@ class Cluster(EnvoyStruct, kw_only=True):
         elif self.eds_cluster_config is not None:
             raise FieldError("eds_cluster_config", f"only for type EDS, not {self.type or 'a cluster_type cluster'}")
 
+    def _check_internal_endpoint(self, path: str) -> None:
+        """An endpoint that is an internal listener: what pylon's internal connections do not carry yet."""
+        if self.type != "STATIC":
+            raise FieldError(path, f"an internal address in a {self.type} cluster is not supported (STATIC only)")
+        if self.health_checks:
+            # Envoy 1.40 crashes validating such a config (observed): there is no behaviour to follow.
+            raise FieldError("health_checks", "health checks of internal listener endpoints are not supported")
+        if self.transport_socket is not None and not isinstance(self.transport_socket.typed_config, RawBuffer):
+            raise FieldError("transport_socket", "TLS to an internal listener is not supported yet")
+        if self.transport_socket_matches:
+            raise FieldError("transport_socket_matches", "transport socket matches with internal listener endpoints "
+                                                         "are not supported yet")
+        if self.upstream_bind_config is not None:
+            raise FieldError("upstream_bind_config", "an internal connection has no source address to bind")
+
     @property
     def grpc_only(self) -> bool:
         """A static HTTP/2 cluster with pipe endpoints: only grpcio uses it (xDS, SDS); workers build no runtime."""
@@ -2590,8 +2668,12 @@ class Cluster(EnvoyStruct, kw_only=True):
                     raise FieldError(f"load_assignment.endpoints[{i}].lb_endpoints[{j}].endpoint.address.pipe",
                                      "pipe endpoints are supported only for gRPC clusters (xDS, SDS), which speak "
                                      "HTTP/2: set http2_protocol_options")
+                if lb_endpoint.endpoint.address.envoy_internal_address is not None:
+                    self._check_internal_endpoint(
+                        f"load_assignment.endpoints[{i}].lb_endpoints[{j}].endpoint.address.envoy_internal_address")
         if self.type == "STATIC":
-            self.load_assignment.check_ip_addresses("load_assignment", "STATIC clusters need IPs; use STRICT_DNS for names")
+            self.load_assignment.check_ip_addresses("load_assignment", "STATIC clusters need IPs; use STRICT_DNS for names",
+                                                    internal_ok=True)
         count = sum(len(locality.lb_endpoints) for locality in self.load_assignment.endpoints)
         if self.type == "LOGICAL_DNS" and count != 1:
             raise FieldError("load_assignment", f"a LOGICAL_DNS cluster needs exactly one endpoint, got {count}")
@@ -2961,10 +3043,10 @@ class StatsSink(_TypedExtension, kw_only=True):
 
 # --------------------------------------------------------------------------- bootstrap extensions
 
-#: Envoy's bootstrap extensions that its docs configure, each with why pylon has no meaning for it yet.
+INTERNAL_LISTENER_EXTENSION = "envoy.extensions.bootstrap.internal_listener.v3.InternalListener"
+
+#: Envoy's bootstrap extensions that its docs configure and pylon does not have, each with why.
 _BOOTSTRAP_EXTENSIONS = MappingProxyType({
-    "envoy.extensions.bootstrap.internal_listener.v3.InternalListener":
-        "pylon has no internal listeners (listeners with internal_listener, envoy_internal_address endpoints)",
     "envoy.extensions.wasm.v3.WasmService": "pylon runs no Wasm",
     "envoy.extensions.network.socket_interface.v3.DefaultSocketInterface":
         "pylon's sockets are the kernel's through Python's socket module: there is no socket interface to choose",
@@ -2976,20 +3058,35 @@ _BOOTSTRAP_EXTENSIONS = MappingProxyType({
 })
 
 
+class InternalListenerExtension(EnvoyStruct, kw_only=True):
+    """extensions.bootstrap.internal_listener.v3.InternalListener: internal listeners exist only with it (Envoy
+    refuses an `internal_listener` without it). `buffer_size_kb` (1-8192, Envoy's default 1024): how much an
+    internal connection's side holds unread before its writer is told to stop (proxy/user_space.py)."""
+
+    buffer_size_kb: Annotated[int, msgspec.Meta(ge=1, le=8192)] | None = None
+
+    @property
+    def buffer_size(self) -> int:
+        """In bytes."""
+        return (1024 if self.buffer_size_kb is None else self.buffer_size_kb) * 1024
+
+
 class BootstrapExtension(EnvoyStruct, kw_only=True):
     """Bootstrap.bootstrap_extensions[] (core.v3.TypedExtensionConfig). Envoy's published examples use none; its
-    docs configure the ones in `_BOOTSTRAP_EXTENSIONS`, none of which has a meaning in pylon yet, so each is an
-    error naming its @type and why (an unknown @type too)."""
+    docs configure the internal listener (`InternalListenerExtension`, decoded into `typed_config`) and the ones in
+    `_BOOTSTRAP_EXTENSIONS`, which pylon does not have: an error naming the @type and why (an unknown @type too)."""
 
     name: NonEmptyStr
-    typed_config: dict[str, Any]
+    typed_config: Any
 
     def __post_init__(self) -> None:
-        type_url = self.typed_config.get("@type")
-        if not isinstance(type_url, str) or not type_url:
-            raise FieldError("typed_config.@type", "missing required field")
-        reason = _BOOTSTRAP_EXTENSIONS.get(registry.message_name(type_url), "not a bootstrap extension pylon knows")
-        raise FieldError("typed_config.@type", f"bootstrap extension {type_url} is not supported: {reason}")
+        raw = self.typed_config
+        if isinstance(raw, dict) and isinstance(raw.get("@type"), str):
+            name = registry.message_name(raw["@type"])
+            if name not in TYPED_STRUCTS and registry.lookup(registry.BOOTSTRAP_EXTENSION, name) is None:
+                reason = _BOOTSTRAP_EXTENSIONS.get(name, "not a bootstrap extension pylon knows")
+                raise FieldError("typed_config.@type", f"bootstrap extension {raw['@type']} is not supported: {reason}")
+        _resolve_typed_field(self, "typed_config", registry.BOOTSTRAP_EXTENSION)
 
 
 class Bootstrap(EnvoyStruct, kw_only=True):
@@ -3020,6 +3117,12 @@ class Bootstrap(EnvoyStruct, kw_only=True):
             self._check_runtime_keys(self.layered_runtime)
         if self.overload_manager is not None:
             self._check_overload(self.overload_manager)
+        if self.internal_listener is None:
+            for i, listener in enumerate(self.static_resources.listeners):
+                if listener.internal_listener is not None:
+                    raise FieldError(f"static_resources.listeners[{i}].internal_listener",
+                                     f"error adding listener named {listener.name!r}: InternalListener bootstrap "
+                                     "extension is mandatory")  # Envoy's words
         if self.dynamic_resources is not None and self.dynamic_resources.cds_config is not None:
             node = self.node
             if node is None or not node.id or not node.cluster:
@@ -3050,6 +3153,14 @@ class Bootstrap(EnvoyStruct, kw_only=True):
                     raise FieldError(f"layered_runtime.layers[{i}].static_layer.{key}", exc.message) from None
 
     @property
+    def internal_listener(self) -> InternalListenerExtension | None:
+        """The internal listener bootstrap extension, if configured (internal listeners need it)."""
+        for extension in self.bootstrap_extensions:
+            if isinstance(extension.typed_config, InternalListenerExtension):
+                return extension.typed_config
+        return None
+
+    @property
     def stats_refresh_interval(self) -> float | None:
         """Seconds between the supervisor's stats refreshes; None: only when the admin endpoint asks."""
         if self.stats_flush_on_admin:
@@ -3071,6 +3182,7 @@ class Bootstrap(EnvoyStruct, kw_only=True):
 # --------------------------------------------------------------------------- core extensions by name
 
 _CORE_EXTENSIONS: tuple[tuple[str, str, type], ...] = (
+    (registry.BOOTSTRAP_EXTENSION, registry.TYPE_URL_PREFIX + INTERNAL_LISTENER_EXTENSION, InternalListenerExtension),
     (
         registry.NETWORK_FILTER,
         "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",

@@ -431,7 +431,9 @@ def _shared_addresses(listeners: list[Listener]) -> Iterator[tuple[str, str]]:
     """
     first: dict[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int], int] = {}
     for i, listener in enumerate(listeners):
-        socket_address = listener.address.socket_address
+        if listener.internal_listener is not None:
+            continue  # binds nothing
+        socket_address = listener.socket_address
         if socket_address.port_value == 0:
             continue
         ip = ipaddress.ip_address(socket_address.address)  # an IP: checked by Listener

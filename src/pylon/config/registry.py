@@ -56,6 +56,8 @@ CLUSTER_SPECIFIER = "envoy.router.cluster_specifier_plugin"
 RESOURCE_MONITOR = "envoy.resource_monitors"
 #: The bootstrap's `stats_sinks[].typed_config`: where the stats go at each flush (statsd).
 STATS_SINK = "envoy.stats_sinks"
+#: Bootstrap.bootstrap_extensions[] (the internal listener's)
+BOOTSTRAP_EXTENSION = "envoy.bootstrap"
 
 #: Human names used in error messages ("accepted here (network filters): ...").
 CATEGORY_NAMES = MappingProxyType(
@@ -79,6 +81,7 @@ CATEGORY_NAMES = MappingProxyType(
         CLUSTER_SPECIFIER: "cluster specifier plugin",
         RESOURCE_MONITOR: "resource monitor",
         STATS_SINK: "stats sink",
+        BOOTSTRAP_EXTENSION: "bootstrap extension",
     }
 )
 

@@ -146,16 +146,20 @@ class AccessLogRecord:
 
 
 def format_address(address: Address | None) -> str | None:
-    """`1.2.3.4:80`, `[::1]:80` or a Unix path, as Envoy prints addresses."""
-    if address is None or isinstance(address, str):
-        return address
+    """`1.2.3.4:80`, `[::1]:80`, a Unix path or an internal listener's `envoy://` address, as Envoy prints them."""
+    if address is None:
+        return None
+    if isinstance(address, str):
+        return str(address)  # a plain str: JSON encoders refuse a subclass (an internal listener's InternalAddress)
     host, port = address[0], address[1]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def address_without_port(address: Address | None) -> str | None:
-    if address is None or isinstance(address, str):
-        return address
+    if address is None:
+        return None
+    if isinstance(address, str):
+        return str(address)
     return address[0]
 
 

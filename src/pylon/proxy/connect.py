@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from pylon.proxy.http1 import HTTP_DATE
 from pylon.proxy.upstream.connect import ConnectError, ConnectTimeout, open_upstream
+from pylon.proxy.upstream.host import format_address
 from pylon.proxy.watermarks import apply_buffer_limit
 
 if TYPE_CHECKING:
@@ -80,7 +81,7 @@ class TerminatedConnect:
                 stats.upstream_cx_connect_timeout.value += 1
             stats.upstream_cx_connect_fail.value += 1
             host.record_connect_failure()
-            log.debug("CONNECT to %s:%d failed: %s", *host.address, exc)
+            log.debug("CONNECT to %s failed: %s", format_address(host.address), exc)
             self.stream.on_upstream_connect_failure(str(exc))
             return
         self.transport = transport

@@ -63,6 +63,24 @@ class PeerCertificate:
 
 
 
+def transport_address(raw: Any) -> Any:
+    """A transport's peername or sockname as pylon keeps it: (ip, port) of a socket, the `envoy://` text of an
+    internal connection's side (internal_listener.py), None if unknown."""
+    if not raw:
+        return None
+    return raw if isinstance(raw, str) else raw[:2]
+
+
+def address_host(address: Any) -> str:
+    """An address without its port (an internal one is all host)."""
+    return address if isinstance(address, str) else address[0]
+
+
+def spell_address(address: Any) -> str:
+    """`ip:port`, or an internal address's text."""
+    return address if isinstance(address, str) else "%s:%d" % address
+
+
 class ConnectionInfo:
     """One downstream connection's facts (built on first use, then kept with the connection)."""
 

@@ -439,11 +439,15 @@ class DynamicConfig:
         self._check_shared_names(source, resources.values(), [])
         static_names = {listener.name for listener in self.static_listeners}
         taken = {_address_key(listener): f"static listener {listener.name or '(unnamed)'!r}"
-                 for listener in self.static_listeners if listener.address.socket_address.port_value}
+                 for listener in self.static_listeners
+                 if listener.internal_listener is None and listener.socket_address.port_value}
         for i, (name, listener) in enumerate(resources.items()):
             path = f"resources[{i}]"
             if name in static_names:
                 raise ConfigError(source, f"{path}.name", f"{name!r} is a static listener; LDS cannot replace it")
+            if listener.internal_listener is not None:
+                raise ConfigError(source, f"{path}.internal_listener",
+                                  "internal listeners from LDS are not supported yet (static ones are)")
             if listener.connection_balance_config is not None:
                 raise ConfigError(source, f"{path}.connection_balance_config",
                                   "pylon balances LDS listeners by the kernel only (exact and extend balancing "
@@ -456,7 +460,7 @@ class DynamicConfig:
             if old is not None and old.config.bind_to_port != listener.bind_to_port:
                 raise ConfigError(source, f"{path}.bind_to_port",
                                   f"listener {name!r} cannot change bind_to_port; remove it and add it again")
-            if listener.address.socket_address.port_value:
+            if listener.socket_address.port_value:
                 other = taken.setdefault(_address_key(listener), f"listener {name!r}")
                 if other != f"listener {name!r}":
                     raise ConfigError(source, f"{path}.address",
@@ -719,7 +723,7 @@ def _replace(target: dict[str, Resource], name: str, config: Any, version_info: 
 
 
 def _address_key(listener: Any) -> tuple[Any, int]:
-    sa = listener.address.socket_address
+    sa = listener.socket_address
     return ipaddress.ip_address(sa.address), sa.port_value  # an IP: checked by Listener
 
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from pylon.proxy import local_reply as lr
 from pylon.proxy.access_log import AccessLogRecord, build_access_loggers
-from pylon.proxy.connection_info import ConnectionInfo
+from pylon.proxy.connection_info import ConnectionInfo, address_host, transport_address
 from pylon.proxy.filters.http import build_filter
 from pylon.proxy.filters.upstream import build_upstream_filters
 from pylon.proxy.filters.listener import Detected
@@ -32,6 +32,7 @@ from pylon.proxy.router import RouteTable
 from pylon.proxy.stream import Stream
 from pylon.proxy.stream_states import RQ_BODY, RS_DONE, RS_NOT_STARTED, RS_RESET
 from pylon.proxy.tls_stats import TlsStats, tls_accepted
+from pylon.proxy.upstream.host import format_address
 from pylon.proxy.watermarks import apply_buffer_limit
 from pylon.proxy.xfcc import client_cert_element
 from pylon.regex import get_engine
@@ -259,7 +260,7 @@ class HcmRuntime:
         if host is not None:
             label = self.host_labels.get(host)
             if label is None:
-                label = self.host_labels[host] = "%s:%d" % host.address
+                label = self.host_labels[host] = format_address(host.address)
             record.upstream_host = label
         else:
             record.upstream_host = None
@@ -302,10 +303,10 @@ class HttpConnection(asyncio.Protocol):
         self.queue: deque[Stream] = deque()
         self.closed = False
         self.draining = False
-        self.peer: tuple[str, int] = ("", 0)
+        self.peer: tuple[str, int] | str = ("", 0)  # str: an internal connection's envoy:// address
         self.peer_ip = b""
         self.xff_ip = b""  # what this hop appends to x-forwarded-for at the edge (see forwarded_for_ip)
-        self.local: tuple[str, int] = ("", 0)
+        self.local: tuple[str, int] | str = ("", 0)
         self.scheme = scheme
         self.feeding = False  # the decoder is working through a read (local replies may wait for its end)
         self.last_activity = 0.0
@@ -324,15 +325,15 @@ class HttpConnection(asyncio.Protocol):
     # ------------------------------------------------------------------ asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        peer = transport.get_extra_info("peername")
+        peer = transport_address(transport.get_extra_info("peername"))
         if peer:
-            self.peer = peer[:2]
-            self.peer_ip = peer[0].encode()
+            self.peer = peer
+            self.peer_ip = address_host(peer).encode()
         detected = self.detected
         local = detected.original_destination if detected is not None else None
         local = local or transport.get_extra_info("sockname")  # a redirected connection's is where it was going
         if local:
-            self.local = local[:2]
+            self.local = transport_address(local)
         apply_buffer_limit(transport, self.hcm.buffer_limit)
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
@@ -525,7 +526,7 @@ class HttpConnection(asyncio.Protocol):
         """The client's address as Envoy appends it to x-forwarded-for: this host's own address for a
         loopback client (a loopback address means nothing to whoever reads the header)."""
         if not self.xff_ip:
-            self.xff_ip = forwarded_for_entry(self.peer[0]).encode() if self.peer else self.peer_ip
+            self.xff_ip = forwarded_for_entry(address_host(self.peer)).encode() if self.peer else self.peer_ip
         return self.xff_ip
 
     def connection_info(self) -> ConnectionInfo:

@@ -51,8 +51,11 @@ _h2_reported: set[str] = set()
 
 
 def listener_stat_name(listener: Any) -> str:
-    """Envoy's stat name for a listener address: `listener.<ip>_<port>`, colons of IPv6 turned into `_`."""
-    sa = listener.address.socket_address
+    """Envoy's stat name for a listener address: `listener.<ip>_<port>`, colons of IPv6 turned into `_`; an
+    internal listener's is `listener.envoy_internal_<name>`."""
+    if listener.internal_listener is not None:
+        return f"listener.envoy_internal_{listener.name}"
+    sa = listener.socket_address
     return "listener.%s_%d" % (sa.address.replace(":", "_"), sa.port_value)
 
 
@@ -155,6 +158,9 @@ class ListenerRuntime:
         self.listener_filters: list[Any] = []
         # The chain every connection goes to when there is nothing to inspect or match on.
         self.only_chain: ChainRuntime | None = None
+        # Its connections count toward the global downstream connections limit: not with ignore_global_conn_limit,
+        # nor an internal listener's (Envoy's limit is its TCP listeners' accept; internal ones accept no socket).
+        self.counts_globally = not config.ignore_global_conn_limit and config.internal_listener is None
 
     @property
     def all_chains(self) -> list[ChainRuntime]:

@@ -44,7 +44,7 @@ class ListenerSockets:
             for i, (name, listener) in enumerate(listeners.items()):
                 if name in self.bound or not listener.bind_to_port:
                     continue  # same name, same address (DynamicConfig refuses a move): the socket stays
-                sa = listener.address.socket_address
+                sa = listener.socket_address
                 balancer = KernelBalancer(listen_backlog(listener), reuse_port=listener.enable_reuse_port,
                                           accepts_per_event=listener.max_connections_to_accept_per_socket_event,
                                           freebind=listener.freebind)

@@ -27,6 +27,15 @@ NO_ROUTE = LocalReply(404, "NR", b"", "route_not_found")
 NO_CLUSTER = LocalReply(503, "NC", b"", "cluster_not_found")
 NO_HEALTHY_UPSTREAM = LocalReply(503, "UH", b"no healthy upstream", "no_healthy_upstream")
 CONNECT_FAILURE = LocalReply(503, "UF", _RESET_BEFORE_HEADERS + b"connection failure", "upstream_reset_before_response_started{connection_failure}")
+
+
+def internal_connect_failure(reason: str) -> LocalReply:
+    """A connect to an internal listener no one has (proxy/internal_listener.py): Envoy's in-process pair connects
+    and its other end closes at once, so the reset is the remote's, and the details carry the reason."""
+    return LocalReply(503, "UF", _RESET_BEFORE_HEADERS + b"remote connection failure",
+                      "upstream_reset_before_response_started{remote_connection_failure|%s}" % reason.replace(" ", "_"))
+
+
 UPSTREAM_OVERFLOW = LocalReply(503, "UO", _RESET_BEFORE_HEADERS + b"overflow", "upstream_reset_before_response_started{overflow}")
 # An HTTP/2 upstream's RST_STREAM before the response (Envoy 1.40: UR), and a stream its GOAWAY refused.
 UPSTREAM_REMOTE_RESET = LocalReply(503, "UR", _RESET_BEFORE_HEADERS + b"remote reset", "upstream_reset_before_response_started{remote_reset}")

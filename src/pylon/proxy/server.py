@@ -150,7 +150,9 @@ class Supervisor:
                 return 1
         self.state = "LIVE"
         for index, listener in enumerate(self.bootstrap.static_resources.listeners):
-            sa = listener.address.socket_address
+            if listener.internal_listener is not None:
+                continue  # reached by name, from clusters (internal_listener.py)
+            sa = listener.socket_address
             log.info("listener '%s' serving on %s:%d with %d worker(s), %s balancing", listener.name or "",
                      sa.address, sa.port_value, self.options.concurrency, self.balancers[index].name)
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -392,8 +394,11 @@ def bind_listeners(bootstrap: Any, workers: int) -> tuple[list[Balancer], LoadTa
     bound: list[Balancer] = []
     try:
         for index, listener in enumerate(listeners):
-            sa = listener.address.socket_address
             balancer = balancer_for(listener, index)
+            if listener.internal_listener is not None:
+                bound.append(balancer)  # an unbound one: internal listeners take their connections by name
+                continue
+            sa = listener.socket_address
             try:
                 balancer.bind(sa.address, sa.port_value, workers)
             except OSError as exc:

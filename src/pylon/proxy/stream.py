@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from pylon.proxy import local_reply as lr
 from pylon.proxy.grpc_local_reply import trailers_only_headers
+from pylon.proxy.connection_info import spell_address
+from pylon.proxy.internal_listener import NO_INTERNAL_LISTENER
 from pylon.proxy.grpc_timeout import StreamDuration, announce_grpc_timeout, max_grpc_timeout_of, stream_duration_ms
 from pylon.proxy.filters.upstream import FilteredRequest
 from pylon.proxy.headers import HeaderList, RequestLookup, request_lookup
@@ -866,7 +868,7 @@ class Stream:
         if self.set_cookie is not None:
             return self.set_cookie[1]
         conn = self.conn
-        value = b"%016x" % stable_hash(b"%s:%d%s:%d" % (conn.peer_ip, conn.peer[1], conn.local[0].encode(), conn.local[1]))
+        value = b"%016x" % stable_hash((spell_address(conn.peer) + spell_address(conn.local)).encode())
         header = b'%s="%s"' % (name, value)
         if ttl:
             header += b"; Max-Age=%d" % int(ttl)
@@ -1041,7 +1043,8 @@ class Stream:
         retry = self.route.retry if self.route else None
         if retry is not None and retry.on_connect_failure and self._reserve_retry():
             return self._schedule_retry()
-        self.local(lr.CONNECT_FAILURE)
+        self.local(lr.internal_connect_failure(reason) if reason.startswith(NO_INTERNAL_LISTENER) else
+                   lr.CONNECT_FAILURE)
 
     def on_upstream_overflow(self) -> None:
         self.up_state = UP_RESET
@@ -1272,6 +1275,10 @@ class Stream:
         if self.hcm.dynamic_stats:
             cluster.stats.count_response(self.status)
             cluster.stats.upstream_rq_time.record((self.conn.loop_time() - self.attempt_start) * 1000)
+        if self.paused_upstream:
+            # The last bytes filled the client's buffer and paused the upstream's reading as they completed the
+            # response: the pool must take the connection back reading, or the next exchange never hears its answer.
+            self.on_downstream_pause(False)
         self.upstream = None  # the pool takes the connection back
         self.up_state = UP_DONE
         self._end_attempt(abandon=False)

@@ -24,7 +24,7 @@ import random
 from typing import TYPE_CHECKING, Any
 
 from pylon.proxy.access_log import AccessLogRecord, build_access_loggers
-from pylon.proxy.connection_info import ConnectionInfo
+from pylon.proxy.connection_info import ConnectionInfo, address_host, transport_address
 from pylon.proxy.filters.network import run_filters
 from pylon.proxy.tcp_tunneling import HttpTunnelUpstream, TunnelingRequest
 from pylon.proxy.tcp_tunneling_h2 import H2TcpTunnel, open_h2_tunnel
@@ -179,7 +179,7 @@ class TcpProxySession(asyncio.Protocol):
         key = None
         if rt.hash_source_ip:
             peer = self.downstream.get_extra_info("peername")
-            key = peer[0].encode() if peer else None  # the address without the port, as Envoy hashes it
+            key = address_host(peer).encode() if peer else None  # the address without the port, as Envoy hashes it
         if rt.tunneling is not None and cluster.protocol == "http2":
             tunnel = await open_h2_tunnel(self, cluster, key)  # a stream on the host's HTTP/2 pool
             if tunnel is None:
@@ -259,7 +259,7 @@ class TcpProxySession(asyncio.Protocol):
         tunneling = self.runtime.tunneling
         assert tunneling is not None
         peer = self.downstream.get_extra_info("peername")
-        facts = AccessLogRecord(self.runtime.worker.wall_time(self.start), downstream_remote=peer[:2] if peer else None,
+        facts = AccessLogRecord(self.runtime.worker.wall_time(self.start), downstream_remote=transport_address(peer),
                                 downstream_local=self.connection_info().local_address, upstream_host=host.address,
                                 upstream_cluster=self.cluster_name, connection_id=self.connection_id,
                                 requested_server_name=self.detected.server_name if self.detected else None)
@@ -345,7 +345,7 @@ class TcpProxySession(asyncio.Protocol):
             record.response_flags = self.flags
             record.upstream_cluster = self.cluster_name
             peer = self.downstream.get_extra_info("peername")
-            record.downstream_remote = peer[:2] if peer else None
+            record.downstream_remote = transport_address(peer)
             record.connection_id = self.connection_id
             if self.detected is not None:
                 record.requested_server_name = self.detected.server_name or None

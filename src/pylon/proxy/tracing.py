@@ -23,6 +23,9 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
+from pylon.proxy.connection_info import spell_address
+from pylon.proxy.upstream.host import format_address
+
 if TYPE_CHECKING:
     from pylon.proxy.hcm import HcmRuntime
     from pylon.proxy.stream import Stream
@@ -204,8 +207,7 @@ class Tracer:
         """An attempt's request head with the driver's header naming its upstream host (Envoy injects the
         context when the upstream request is ready, its host known)."""
         span, child = stream.span
-        ip, port = stream.host.address
-        pair = self.driver.upstream_header(child or span, f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}")
+        pair = self.driver.upstream_header(child or span, format_address(stream.host.address))
         if pair is None:
             return head
         return head[:-2] + b"%s: %s\r\n\r\n" % pair  # before the blank line that ends the head
@@ -269,7 +271,7 @@ class Tracer:
             ctags["response_flags"] = stream.flags
             host = stream.last_host
             if host is not None:
-                ctags["upstream_address"] = ctags["peer.address"] = "%s:%d" % host.address
+                ctags["upstream_address"] = ctags["peer.address"] = spell_address(host.address)
             if not status or status >= 500:
                 ctags["error"] = "true"
             for tag, source in self.custom_tags:  # Envoy's router tags its span with the custom tags too

@@ -32,7 +32,7 @@ from pylon.config.envoy import Cluster as ClusterConfig
 from pylon.config.envoy import ClusterLoadAssignment, RouteConfiguration, Secret, convert
 from pylon.config.loader import parse_bootstrap
 from pylon.config.secrets import cluster_secret_refs, secret_names
-from pylon.proxy import control
+from pylon.proxy import control, internal_listener
 from pylon.proxy.access_log import AccessLogWriter
 from pylon.proxy.balance import Accepting, balancer_for
 from pylon.proxy.balance.loadtable import RQ_ACTIVE, LoadSlot, LoadTable
@@ -113,7 +113,9 @@ class Worker:
         ip, port = ipaddress.ip_address(address[0]), address[1]
         wildcard = None
         for runtime in [*self.listeners, *self.lds.runtimes()]:
-            sa = runtime.config.address.socket_address
+            if runtime.config.internal_listener is not None:
+                continue
+            sa = runtime.config.socket_address
             if sa.port_value != port:
                 continue
             listening_on = ipaddress.ip_address(sa.address)
@@ -141,7 +143,7 @@ class Worker:
         listener = conn.runtime_listener
         if listener is not None:
             listener.opened()
-            if self.cx_gate is not None and not listener.config.ignore_global_conn_limit:
+            if self.cx_gate is not None and listener.counts_globally:
                 self.cx_gate.opened()
         self._start_ticking()
 
@@ -168,7 +170,7 @@ class Worker:
         listener = conn.runtime_listener
         if listener is not None:
             listener.closed()
-            if self.cx_gate is not None and not listener.config.ignore_global_conn_limit:
+            if self.cx_gate is not None and listener.counts_globally:
                 self.cx_gate.closed()
 
     async def start(self, bootstrap: Any, listener_fds: list[int], dynamic: dict[str, Any],
@@ -186,11 +188,15 @@ class Worker:
         # Envoy's cluster warming: DNS clusters serve only once their first answer is in.
         await asyncio.gather(*(cluster.ready() for cluster in self.clusters.values()))
         await self.apply_dynamic(dynamic)
+        if bootstrap.internal_listener is not None:
+            internal_listener.configure(bootstrap.internal_listener.buffer_size)
         for index, listener_cfg in enumerate(bootstrap.static_resources.listeners):
             # The worker owns its inherited copy: closing the server on drain closes it (-1: bind_to_port false).
             sock = socket.socket(fileno=listener_fds[index]) if listener_fds[index] >= 0 else None
             runtime = build_listener(listener_cfg, self)
             self.listeners.append(runtime)
+            if listener_cfg.internal_listener is not None:
+                internal_listener.register(runtime)
             balancer = balancer_for(listener_cfg, index)
             if balancer.handoff and load_table is not None:
                 runtime.load_slot = load_table.slot(index, self.worker_id)

@@ -285,3 +285,16 @@ def test_create_from_config_reads_policy_specific_blocks():
     ))
     assert isinstance(rh, RingHash) and (rh.minimum_ring_size, rh.maximum_ring_size) == (16, 32)
     assert create_load_balancer(cluster_config()).panic_threshold == 50
+
+
+@pytest.mark.parametrize("policy", [RingHash, Maglev])
+def test_internal_listener_hosts_hash_by_their_address_text(policy) -> None:
+    """Hosts that are internal listeners (`envoy://name/id`) hash by that whole text, as Envoy's asString: hosts of
+    one cluster that differ only after `envoy:` must not land on the same points."""
+    from pylon.proxy.internal_listener import InternalAddress
+
+    hosts = [Host(InternalAddress("inner", str(i)), 1) for i in range(4)]
+    lb = policy(rng=random.Random(1))
+    lb.update(hosts)
+    picked = Counter(lb.choose(f"k{i}".encode()).address for i in range(2000))
+    assert set(picked) == {h.address for h in hosts} and min(picked.values()) > 250

@@ -62,7 +62,7 @@ def balance_kind(listener: Any) -> str:
 
 def balancer_for(listener: Any, listener_index: int = 0) -> Balancer:
     """A fresh balancer for the listener at `listener_index` of static_resources.listeners."""
-    if not listener.bind_to_port:
+    if not listener.bind_to_port or listener.internal_listener is not None:
         return UnboundBalancer()
     kind = balance_kind(listener)
     backlog = listen_backlog(listener)

@@ -35,6 +35,7 @@ from pylon.proxy.upstream.connect import open_stream
 from pylon.proxy.upstream.dns import DnsRefresher, DnsTarget, ResolvedEndpoint
 from pylon.proxy.upstream.expiry import ConnectionLimits
 from pylon.proxy.upstream.health import HealthChecker
+from pylon.proxy.internal_listener import InternalAddress
 from pylon.proxy.upstream.host import Host, Placement, eds_health_flags, format_address
 from pylon.proxy.upstream.lb import create_load_balancer
 from pylon.proxy.upstream.outlier import OutlierDetector
@@ -410,8 +411,13 @@ def assignment_endpoints(assignment: Any) -> Iterable[
                               locality.load_balancing_weight or 0)
         for lb_endpoint in locality.lb_endpoints:
             endpoint = lb_endpoint.endpoint
-            sock = endpoint.address.socket_address
-            yield ((sock.address, sock.port_value), lb_endpoint.load_balancing_weight, endpoint.hostname,
+            internal = endpoint.address.envoy_internal_address
+            if internal is not None:
+                address: Any = InternalAddress(internal.server_listener_name, internal.endpoint_id)
+            else:
+                sock = endpoint.address.socket_address
+                address = (sock.address, sock.port_value)
+            yield (address, lb_endpoint.load_balancing_weight, endpoint.hostname,
                    eds_health_flags(lb_endpoint.health_status), lb_endpoint.socket_match_metadata, placement,
                    lb_endpoint.lb_metadata)
 

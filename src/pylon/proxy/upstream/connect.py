@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any, Callable
 
+from pylon.proxy import internal_listener
+from pylon.proxy.internal_listener import InternalAddress
 from pylon.proxy.tls import UnavailableTls
 
 if TYPE_CHECKING:
@@ -28,11 +30,17 @@ class ConnectTimeout(ConnectError):
     """The connection (TCP and TLS handshake) did not complete within the cluster's connect_timeout."""
 
 
-async def open_upstream(address: tuple[str, int], tls: "ClientTls | UnavailableTls | None", timeout: float,
-                        protocol_factory: Callable[[], Any],
+async def open_upstream(address: tuple[str, int] | InternalAddress, tls: "ClientTls | UnavailableTls | None",
+                        timeout: float, protocol_factory: Callable[[], Any],
                         source: tuple[str, int] | None = None) -> tuple[asyncio.Transport, Any]:
     """Connect (from `source`, the cluster's upstream_bind_config, if any; and handshake, and check the peer's
-    SANs) within `timeout`; ConnectError otherwise."""
+    SANs) within `timeout`; ConnectError otherwise. An internal listener's address connects inside the worker
+    (internal_listener.py; its clusters have no TLS or source address: config/envoy.py)."""
+    if isinstance(address, InternalAddress):
+        try:
+            return internal_listener.connect(address, protocol_factory)
+        except internal_listener.NoInternalListener as exc:
+            raise ConnectError(str(exc)) from None
     if isinstance(tls, UnavailableTls):
         raise ConnectError(f"TLS error: {tls.reason}")  # fail closed: never cleartext to a TLS cluster
     loop = asyncio.get_running_loop()
@@ -64,7 +72,7 @@ async def open_upstream(address: tuple[str, int], tls: "ClientTls | UnavailableT
     return transport, protocol  # type: ignore[return-value]
 
 
-async def open_stream(address: tuple[str, int], tls: "ClientTls | UnavailableTls | None", timeout: float,
+async def open_stream(address: tuple[str, int] | InternalAddress, tls: "ClientTls | UnavailableTls | None", timeout: float,
                       source: tuple[str, int] | None = None) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """`open_upstream` as asyncio streams (for health checks, where a few extra objects cost nothing)."""
     loop = asyncio.get_running_loop()

@@ -26,7 +26,7 @@ from typing import Any, Awaitable, Callable, Sequence
 import httptools
 
 from pylon.proxy.upstream.connect import ConnectError
-from pylon.proxy.upstream.host import ACTIVE_HC_TIMEOUT, FAILED_ACTIVE_HC, PENDING_ACTIVE_HC, Host
+from pylon.proxy.upstream.host import ACTIVE_HC_TIMEOUT, FAILED_ACTIVE_HC, PENDING_ACTIVE_HC, Host, format_address
 from pylon.stats.store import StatsStore
 
 log = logging.getLogger(__name__)
@@ -298,7 +298,7 @@ class HealthChecker:
                 self.network_failure.value += 1
         if state.on_result(outcome):
             log.info(
-                "health check: %s:%d is now %s", host.address[0], host.address[1],
+                "health check: %s is now %s", format_address(host.address),
                 "unhealthy" if host.has_flag(FAILED_ACTIVE_HC) else "healthy",
             )
             self._publish()

@@ -162,7 +162,10 @@ class Host:
             self.outlier.put_http_status(504)
 
 
-def format_address(address: tuple[str, int]) -> str:
-    """`ip:port`, with IPv6 in brackets as Envoy prints it (`[::1]:8080`)."""
+def format_address(address: tuple[str, int] | str) -> str:
+    """`ip:port`, with IPv6 in brackets as Envoy prints it (`[::1]:8080`); an internal listener's address
+    (`envoy://name/id`, proxy/internal_listener.py) as it is."""
+    if isinstance(address, str):
+        return str(address)  # a plain str (JSON encoders refuse a subclass)
     ip, port = address
     return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"

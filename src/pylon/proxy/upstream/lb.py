@@ -18,6 +18,7 @@ import math
 import random
 from typing import Any, Callable, ClassVar, Sequence
 
+from pylon.proxy.connection_info import spell_address
 from pylon.proxy.upstream.host import Host
 
 DEFAULT_PANIC_THRESHOLD = 50.0
@@ -286,7 +287,7 @@ class RingHash(LoadBalancer):
         """Hashes of `"<ip>:<port>_<i>"` for i < count, reusing the last build's (health flaps rebuild often)."""
         hashes = self._hash_cache.get(host.address, [])
         if len(hashes) < count:
-            prefix = f"{host.address[0]}:{host.address[1]}_"
+            prefix = f"{spell_address(host.address)}_"  # an internal listener's: its envoy:// text, as Envoy's
             hashes = hashes + [stable_hash(f"{prefix}{i}".encode()) for i in range(len(hashes), count)]
         return hashes
 
@@ -349,7 +350,7 @@ def _maglev_table(hosts: list[Host], size: int) -> list[Host]:
     weighted so a host of twice the weight claims twice as often."""
     offsets, skips = [], []
     for host in hosts:
-        name = f"{host.address[0]}:{host.address[1]}".encode()
+        name = spell_address(host.address).encode()
         offsets.append(stable_hash(name) % size)
         skips.append(stable_hash(b"skip:" + name) % (size - 1) + 1 if size > 1 else 1)
     weights = [max(h.weight, 1) for h in hosts]

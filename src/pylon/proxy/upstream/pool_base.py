@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from pylon.proxy.upstream.connect import ConnectError, ConnectTimeout, open_upstream
 from pylon.proxy.upstream.expiry import ConnectionLimits, Expiry, verdict
+from pylon.proxy.upstream.host import format_address
 from pylon.proxy.watermarks import apply_buffer_limit
 
 if TYPE_CHECKING:
@@ -203,7 +204,6 @@ class PoolBase:
         stats.upstream_cx_total.value += 1
         if self.protocol_stat:
             getattr(stats, self.protocol_stat).value += 1
-        host, port = self.host.address
         tls = cluster.tls_for(self.host)  # read at each connect: a rotated SDS certificate applies to new ones
         if self.name is not None:
             tls = self.name.tls(tls)
@@ -222,14 +222,14 @@ class PoolBase:
             except ConnectError:
                 raise
             except Exception as exc:  # a bug on this path must fail the request (503), never leave it waiting
-                log.exception("opening a connection to %s:%d failed", host, port)
+                log.exception("opening a connection to %s failed", format_address(self.host.address))
                 raise ConnectError(f"internal error: {type(exc).__name__}") from exc
         except ConnectError as exc:
             self.connecting -= 1
             stats.upstream_cx_connect_fail.value += 1
             cluster.circuit_breakers.connections.release()
             self.host.record_connect_failure()
-            log.debug("connect to %s:%d failed: %s", host, port, exc)
+            log.debug("connect to %s failed: %s", format_address(self.host.address), exc)
             self._connect_failed(str(exc))
             self._check_empty()
             return

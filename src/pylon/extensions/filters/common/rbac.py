@@ -382,7 +382,7 @@ class Facts:
     @cached_property
     def local_port(self) -> int | None:
         local = self.connection.local_address
-        return local[1] if local else None
+        return local[1] if isinstance(local, tuple) else None  # an internal listener's address has no port
 
     @cached_property
     def direct_remote_ip(self) -> IpAddress | None:
