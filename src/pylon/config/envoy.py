@@ -1378,9 +1378,6 @@ class HcmHttp2ProtocolOptions(EnvoyStruct, kw_only=True):
     max_metadata_size: NotSupportedYet | None = None
 
     def __post_init__(self) -> None:
-        if self.allow_connect:
-            raise FieldError("allow_connect", "not supported yet: extended CONNECT (RFC 8441 websockets over HTTP/2) "
-                                              "is not tunnelled by pylon")
         if self.allow_metadata:
             raise FieldError("allow_metadata", "not supported yet (HTTP/2 METADATA frames)")
         if self.stream_error_on_invalid_http_messaging or self.override_stream_error_on_invalid_http_message:
@@ -2156,6 +2153,12 @@ class Http2ProtocolOptions(HcmHttp2ProtocolOptions, kw_only=True):
     `hpack_table_size` are what pylon's SETTINGS advertise, and the flood limits guard against the upstream as
     they guard against clients downstream.
     """
+
+    def __post_init__(self) -> None:
+        if self.allow_connect:
+            raise FieldError("allow_connect", "not supported yet on a cluster (an upgrade to an HTTP/2 cluster is "
+                                              "not sent as an extended CONNECT)")
+        super().__post_init__()
 
 
 class ExplicitHttpConfig(EnvoyStruct, kw_only=True):

@@ -697,7 +697,8 @@ class Stream:
         if route.attempt_count:
             # Envoy sets the header (replacing the client's), per attempt.
             forward = [p for p in forward if p[0] != b"x-envoy-attempt-count"]
-        chunked = self.req_chunked and bool(url)  # a CONNECT's payload is the tunnel's, never a chunked body
+        # a CONNECT's payload is the tunnel's, never a chunked body; so is an HTTP/2 upgrade's (extended CONNECT)
+        chunked = self.req_chunked and bool(url) and (self.encoder.tunnels or not self.upgrade_accepted)
         if hcm.data_decoders and (self.req_length or chunked):
             wanting = [f for f in hcm.data_decoders if f.wants_request_data(self)]
             if wanting:
@@ -1132,7 +1133,9 @@ class Stream:
         hcm.upgrades_active.inc()
         if not self.encoder.tunnels:  # an HTTP/2 CONNECT stream: DATA frames carry the bytes (h2_tunnel.py)
             sent = [pair for pair in sent if pair[0] not in _CONNECT_2XX_FRAMING]  # RFC 9110 9.3.6: ignored
-            self.encoder.encode_headers(status, sent, close=False, http10=False, head_request=False)
+            # an extended CONNECT's 101 is its 200 (RFC 8441 5; Envoy's transformUpgradeResponseFromH1toH2)
+            self.encoder.encode_headers(200 if status == 101 else status, sent, close=False, http10=False,
+                                        head_request=False)
             conn.write(b"")
             H2Tunnel(self, upstream, rest)
             return

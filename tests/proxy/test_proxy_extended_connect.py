@@ -1,0 +1,155 @@
+"""Integration: extended CONNECT (RFC 8441, websockets over HTTP/2) under `allow_connect`, through pylon and Envoy.
+
+An HTTP/2 client opens a stream with `:method CONNECT` and `:protocol websocket`; a proxy whose HCM has
+`http2_protocol_options.allow_connect` (which advertises SETTINGS_ENABLE_CONNECT_PROTOCOL) and a websocket
+`upgrade_configs` sends it to the HTTP/1.1 upstream as a GET with `Upgrade: websocket` / `Connection: upgrade`,
+relays the upstream's 101 as a 200 HEADERS frame that does not end the stream, and then carries the bytes as DATA
+both ways. Without allow_connect the codec refuses the `:protocol` stream (RST_STREAM PROTOCOL_ERROR); with it but
+no websocket upgrade_configs the request is refused 403; an upgrade the upstream declines is an ordinary response.
+The client is pylon's own codec in client mode (no stock client sends extended CONNECT on request).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import free_port
+from tests.proxy.conftest import ProxyLauncher, RunningProxy, http_listener, route, static_cluster, wait_until
+from tests.proxy.http.h2_helpers import frames
+from tests.proxy.test_proxy_http2 import H2Client
+from tests.proxy.test_proxy_upgrade import UpgradeUpstream
+
+WEBSOCKET = [{"upgrade_type": "websocket"}]
+SETTINGS = 4
+ENABLE_CONNECT_PROTOCOL = 8
+PROTOCOL_ERROR = 1
+
+
+class Setup:
+    def __init__(self, proxy: RunningProxy, up: UpgradeUpstream, implementation: str) -> None:
+        self.proxy, self.up, self.implementation = proxy, up, implementation
+
+    def open(self, listener: str, path: str = "/chat", first: bytes = b"") -> tuple[H2Client, int]:
+        """An extended CONNECT stream, sent once the proxy's SETTINGS arrived (they say whether it may be sent)."""
+        client = H2Client(self.proxy.ports[listener])
+        client.pump_until(lambda: any(kind == SETTINGS for kind, *_ in frames(client.raw)))
+        sid = client.h2.send_request([(b":method", b"CONNECT"), (b":protocol", b"websocket"), (b":scheme", b"http"),
+                                      (b":authority", b"ws.example"), (b":path", path.encode())])  # fmt: skip
+        if first:
+            client.h2.send_data(sid, first)
+        client.flush()
+        return client, sid
+
+
+@pytest.fixture(params=["pylon", "envoy"])
+def setup(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Setup]:
+    up, launcher = UpgradeUpstream(), ProxyLauncher(tmp_path)
+    try:
+        allow = {"codec_type": "HTTP2", "http2_protocol_options": {"allow_connect": True}}
+        listeners = [
+            http_listener("ws", free_port(), [route("/", "up")], upgrade_configs=WEBSOCKET, **allow),
+            http_listener("no_upgrades", free_port(), [route("/", "up")], **allow),
+            http_listener("off", free_port(), [route("/", "up")], upgrade_configs=WEBSOCKET, codec_type="HTTP2"),
+        ]
+        yield Setup(launcher.start(listeners, [static_cluster("up", [up.port])], implementation=request.param), up,
+                    request.param)
+    finally:
+        launcher.close()
+        up.shutdown()
+        up.server_close()
+
+
+def body(client: H2Client, sid: int) -> bytes:
+    return bytes(client.owner.body.get(sid, b""))
+
+
+def settings_of(client: H2Client) -> dict[int, int]:
+    [payload] = [p for kind, flags, _sid, p in frames(client.raw) if kind == SETTINGS and not flags & 1][:1]
+    return {int.from_bytes(payload[i:i + 2], "big"): int.from_bytes(payload[i + 2:i + 6], "big")
+            for i in range(0, len(payload), 6)}
+
+
+def test_allow_connect_is_advertised(setup: Setup) -> None:
+    on, _ = setup.open("ws")
+    off, _ = setup.open("off")
+    try:
+        assert settings_of(on).get(ENABLE_CONNECT_PROTOCOL) == 1
+        assert settings_of(off).get(ENABLE_CONNECT_PROTOCOL, 0) == 0
+    finally:
+        on.close()
+        off.close()
+
+
+def test_a_websocket_over_http2_reaches_an_http1_upstream_as_an_upgrade(setup: Setup) -> None:
+    client, sid = setup.open("ws", first=b"early")
+    try:
+        client.pump_until(lambda: b"echo:early" in body(client, sid))
+        [head] = [e for e in client.owner.events if e[0] == "headers"]
+        fields = dict(head[2])
+        assert fields[b":status"] == b"200" and head[3] is False  # the 101, as a 200 that does not end the stream
+        assert b"upgrade" not in fields and b"connection" not in fields
+        client.h2.send_data(sid, b"ping")
+        client.flush()
+        client.pump_until(lambda: b"echo:ping" in body(client, sid))
+        assert body(client, sid) == b"helloecho:earlyecho:ping"
+    finally:
+        client.close()
+    request_line, *fields_seen = setup.up.heads[-1].split(b"\r\n")
+    assert request_line == b"GET /chat HTTP/1.1"
+    seen = {line.split(b":", 1)[0].lower(): line.split(b":", 1)[1].strip().lower() for line in fields_seen}
+    assert (seen[b"upgrade"], seen[b"connection"], seen[b"host"]) == (b"websocket", b"upgrade", b"ws.example")
+    assert b"transfer-encoding" not in seen and b"content-length" not in seen
+    assert wait_until(lambda: setup.proxy.stats()["http.ws.downstream_cx_upgrades_active"] == 0)
+    assert setup.proxy.stats()["http.ws.downstream_cx_upgrades_total"] == 1
+
+
+def test_ending_the_stream_closes_the_upstream(setup: Setup) -> None:
+    client, sid = setup.open("ws")
+    try:
+        client.pump_until(lambda: b"hello" in body(client, sid))
+        assert wait_until(lambda: setup.proxy.stats()["http.ws.downstream_cx_upgrades_active"] == 1)
+        client.h2.reset_stream(sid)
+        client.flush()
+        assert wait_until(lambda: setup.proxy.stats()["http.ws.downstream_cx_upgrades_active"] == 0)
+        assert wait_until(lambda: setup.proxy.stats()["cluster.up.upstream_cx_active"] == 0)
+    finally:
+        client.close()
+
+
+def test_without_allow_connect_the_stream_is_refused(setup: Setup) -> None:
+    """pylon resets the stream (PROTOCOL_ERROR: a malformed request, RFC 8441 3); Envoy 1.40 closes the whole
+    connection, without a GOAWAY (observed). Neither answers it nor sends anything upstream."""
+    client, sid = setup.open("off")
+    try:
+        client.pump_until(lambda: client.ended(sid) or client.closed)
+        if setup.implementation == "pylon":
+            assert ("closed", sid, PROTOCOL_ERROR) in client.owner.events and not client.closed
+        else:
+            assert client.closed
+        assert client.status(sid) is None
+    finally:
+        client.close()
+    assert setup.up.heads == []
+
+
+def test_without_websocket_upgrade_configs_it_is_refused_403(setup: Setup) -> None:
+    client, sid = setup.open("no_upgrades")
+    try:
+        client.pump_until(lambda: client.ended(sid))
+        assert client.status(sid) == 403
+    finally:
+        client.close()
+    assert setup.up.heads == []
+
+
+def test_an_upgrade_the_upstream_declines_is_an_ordinary_response(setup: Setup) -> None:
+    client, sid = setup.open("ws", path="/refuse")
+    try:
+        client.pump_until(lambda: client.ended(sid))
+        assert client.status(sid) == 400
+        assert body(client, sid) == b"refused"
+    finally:
+        client.close()
