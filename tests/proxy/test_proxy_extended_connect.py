@@ -11,6 +11,7 @@ The client is pylon's own codec in client mode (no stock client sends extended C
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +21,9 @@ from tests.conftest import free_port
 from tests.proxy.conftest import ProxyLauncher, RunningProxy, http_listener, route, static_cluster, wait_until
 from tests.proxy.http.h2_helpers import frames
 from tests.proxy.test_proxy_http2 import H2Client
-from tests.proxy.test_proxy_upgrade import UpgradeUpstream
+from tests.proxy.test_proxy_http2_upstream import h2_options
+from tests.proxy.test_proxy_tcp_tunneling_h2 import H2TunnelServer
+from tests.proxy.test_proxy_upgrade import UPGRADE, UpgradeUpstream, read_until
 
 WEBSOCKET = [{"upgrade_type": "websocket"}]
 SETTINGS = 4
@@ -153,3 +156,93 @@ def test_an_upgrade_the_upstream_declines_is_an_ordinary_response(setup: Setup) 
         assert body(client, sid) == b"refused"
     finally:
         client.close()
+
+
+# --- to an HTTP/2 cluster: the upgrade goes as an extended CONNECT stream --------------------------------------
+
+
+class UpstreamSetup:
+    def __init__(self, proxy: RunningProxy, servers: dict[str, H2TunnelServer], implementation: str) -> None:
+        self.proxy, self.servers, self.implementation = proxy, servers, implementation
+
+
+@pytest.fixture(params=["pylon", "envoy"])
+def to_h2(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[UpstreamSetup]:
+    servers = {"ext": H2TunnelServer(allow_connect=True), "plain": H2TunnelServer()}
+    launcher = ProxyLauncher(tmp_path)
+    try:
+        listeners = [
+            http_listener("h1", free_port(), [route("/", "ext")], upgrade_configs=WEBSOCKET),
+            http_listener("h2", free_port(), [route("/", "ext")], upgrade_configs=WEBSOCKET, codec_type="HTTP2",
+                          http2_protocol_options={"allow_connect": True}),
+            http_listener("plain", free_port(), [route("/", "plain")], upgrade_configs=WEBSOCKET),
+        ]
+        clusters = [static_cluster(name, [server.port], **h2_options()) for name, server in servers.items()]
+        yield UpstreamSetup(launcher.start(listeners, clusters, implementation=request.param), servers, request.param)
+    finally:
+        launcher.close()
+        for server in servers.values():
+            server.close()
+
+
+def upstream_head(server: H2TunnelServer) -> tuple[list[tuple[bytes, bytes]], list[bytes]]:
+    """The one header block the server saw: its pseudo-headers sorted (Envoy sends :authority first, an order with
+    no meaning), then the names of its other fields in order."""
+    [head] = server.heads
+    return sorted(p for p in head if p[0][:1] == b":"), [name for name, _ in head if name[:1] != b":"]
+
+
+EXTENDED = [(b":authority", b"a"), (b":method", b"CONNECT"), (b":path", b"/chat"), (b":protocol", b"websocket"),
+            (b":scheme", b"http")]
+FIELDS = [b"x-forwarded-proto", b"x-request-id", b"x-envoy-expected-rq-timeout-ms"]
+
+
+def test_an_http1_upgrade_to_an_http2_cluster_is_an_extended_connect_stream(to_h2: UpstreamSetup) -> None:
+    with socket.create_connection(("127.0.0.1", to_h2.proxy.ports["h1"]), timeout=10) as sock:
+        sock.sendall(UPGRADE + b"early")
+        got = read_until(sock, b"echo:early")
+        head, _, rest = got.partition(b"\r\n\r\n")
+        lines = head.lower().split(b"\r\n")
+        assert lines[0] == b"http/1.1 101 switching protocols"  # the server's 200, as the 101 the client asked for
+        assert b"upgrade: websocket" in lines and b"connection: upgrade" in lines
+        assert rest == b"echo:early"
+        sock.sendall(b"ping")
+        assert read_until(sock, b"echo:ping") == b"echo:ping"
+        assert upstream_head(to_h2.servers["ext"]) == (EXTENDED, FIELDS)
+    assert wait_until(lambda: to_h2.proxy.stats()["http.h1.downstream_cx_upgrades_active"] == 0)
+    assert wait_until(lambda: to_h2.proxy.stats()["cluster.ext.upstream_rq_active"] == 0)
+    assert to_h2.proxy.stats()["http.h1.downstream_cx_upgrades_total"] == 1
+
+
+def test_extended_connect_both_sides(to_h2: UpstreamSetup) -> None:
+    """An HTTP/2 client's extended CONNECT to an HTTP/2 cluster: the server's 200 relayed as a 200, DATA both ways,
+    the client's END_STREAM as the upstream stream's, the server's END_STREAM back: a clean close."""
+    client = H2Client(to_h2.proxy.ports["h2"])
+    try:
+        client.pump_until(lambda: any(kind == SETTINGS for kind, *_ in frames(client.raw)))
+        sid = client.h2.send_request([(b":method", b"CONNECT"), (b":protocol", b"websocket"), (b":scheme", b"http"),
+                                      (b":authority", b"a"), (b":path", b"/chat")])  # fmt: skip
+        client.h2.send_data(sid, b"early")
+        client.flush()
+        client.pump_until(lambda: b"echo:early" in body(client, sid))
+        [head] = [e for e in client.owner.events if e[0] == "headers"]
+        assert dict(head[2])[b":status"] == b"200" and head[3] is False
+        client.h2.send_data(sid, b"ping", end_stream=True)
+        client.flush()
+        client.pump_until(lambda: client.ended(sid))
+        assert body(client, sid) == b"echo:earlyecho:ping"
+        assert ("closed", sid, 0) in client.owner.events
+    finally:
+        client.close()
+    assert upstream_head(to_h2.servers["ext"]) == (EXTENDED, FIELDS)
+    assert b"".join(to_h2.servers["ext"].received) == b"earlyping"
+
+
+def test_a_server_that_does_not_admit_extended_connect_gets_no_stream(to_h2: UpstreamSetup) -> None:
+    """Its SETTINGS lack ENABLE_CONNECT_PROTOCOL: the proxy resets the stream itself (502, "protocol error")."""
+    with socket.create_connection(("127.0.0.1", to_h2.proxy.ports["plain"]), timeout=10) as sock:
+        sock.sendall(UPGRADE)
+        got = read_until(sock, b"protocol error")
+    assert got.startswith(b"HTTP/1.1 502 Bad Gateway\r\n")
+    assert got.endswith(b"upstream connect error or disconnect/reset before headers. reset reason: protocol error")
+    assert to_h2.servers["plain"].heads == []

@@ -39,7 +39,6 @@ from pylon.proxy.h2_stream_transport import TunnelStream
 from pylon.proxy.h2_tunnel import H2Tunnel
 from pylon.proxy.tunnel import open_tunnel
 from pylon.proxy.upstream.cluster import PENDING
-from pylon.proxy.upstream.h2_pool import H2Pool
 from pylon.proxy.upstream.lb import stable_hash
 from pylon.proxy.xfcc import HEADER as XFCC
 from pylon.proxy.xfcc import forwarded_value
@@ -816,8 +815,6 @@ class Stream:
             self.pool = terminated = TerminatedConnect(self, cluster, host)  # raw TCP, answered 200 when up
             return terminated.start()
         self.pool = pool = self.hcm.pools.get(cluster, host, self)
-        if self.upgrade_accepted and self.path and isinstance(pool, H2Pool):  # no extended CONNECT upstream yet
-            return self.local(lr.UPGRADE_OVER_HTTP2)
         pool.acquire(self, fresh)
 
     def hash_key(self, policies: "tuple[HashSource, ...]") -> bytes | None:
@@ -924,7 +921,8 @@ class Stream:
         if self.body_buffer is None and self.body_size <= self.hcm.buffer_limit and (self.req_length or self.req_chunked):
             self.body_buffer = list(waiting)  # a stream the server refuses (GOAWAY) goes again: keep what was sent
         done = self.rq_state == RQ_DONE
-        if not self.path:  # a proxied CONNECT: its stream becomes the tunnel on a 2xx (h2_stream_transport.py)
+        if self.upgrade_accepted:  # a proxied CONNECT, or an upgrade as extended CONNECT (RFC 8441): its stream
+            # becomes the tunnel on a 2xx (h2_stream_transport.py)
             self.upstream = conn = TunnelStream.taking_over(conn)
             done = False  # the tunnel's half-close is the client's to send, after the 2xx
         end = done and not waiting and not self.req_trailers

@@ -28,6 +28,14 @@ def test_request_head_keeps_content_length_and_drops_other_te() -> None:
                                               (b":path", b"/x"), (b"content-length", b"3")]
 
 
+def test_an_upgrade_goes_as_extended_connect() -> None:
+    """RFC 8441: `:method CONNECT` with `:protocol` the Upgrade's value; Upgrade and Connection are not sent."""
+    head = b"GET /chat?x=1 HTTP/1.1\r\nhost: h\r\nx-a: 1\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n"
+    assert request_headers(head, b"http") == [(b":method", b"CONNECT"), (b":protocol", b"websocket"),
+                                              (b":scheme", b"http"), (b":authority", b"h"), (b":path", b"/chat?x=1"),
+                                              (b"x-a", b"1")]  # fmt: skip
+
+
 def test_response_head() -> None:
     assert response_head([(b":status", b"503"), (b"grpc-status", b"14"), (b"connection", b"x")]) == (
         503, [(b"grpc-status", b"14")])
@@ -39,9 +47,10 @@ def settings_frame(*entries: tuple[int, int]) -> bytes:
 
 def test_first_settings() -> None:
     whole = settings_frame((0x1, 4096), (0x3, 100), (0x4, 65535))
-    assert first_settings(whole) == 100
+    assert first_settings(whole) == (100, False)
     assert first_settings(whole[:12]) is None  # not all here yet
-    assert first_settings(settings_frame((0x4, 1))) == -1  # says nothing: unlimited
+    assert first_settings(settings_frame((0x4, 1))) == (-1, False)  # says nothing: unlimited
+    assert first_settings(settings_frame((0x8, 1), (0x3, 7))) == (7, True)  # extended CONNECT admitted
     with pytest.raises(ValueError):
         first_settings(frame(0x6, 0, 0, b"\0" * 8))  # a PING first is a protocol error
 

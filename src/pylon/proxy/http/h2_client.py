@@ -6,17 +6,19 @@ benchmark, pays nothing for HTTP/2. An attempt that lands on an HTTP/2
 connection turns that head into a header block here (`request_headers`):
 `:authority` from Host, `:scheme` from the connection, connection-specific
 fields and the HTTP/1 framing (`transfer-encoding`) dropped, `te: trailers`
-kept; a `content-length` stays, as Envoy's upstream codec keeps it (nghttp2
+kept, an accepted Upgrade sent as extended CONNECT (`:protocol`, RFC 8441, as
+Envoy's upstream codec sends it); a `content-length` stays, as Envoy's upstream codec keeps it (nghttp2
 checks it against the DATA). `Http2RequestEncoder` stands in for the HTTP/1
 encoder for the rest of the attempt: the stream's body and end calls become
 DATA and trailers on the connection's `H2Connection`, and return b"" (the
 stream's later `write` only flushes the session). `response_head` reads a
 response's header block back into a status and HTTP/1-shaped fields.
 
-`first_settings` reads the peer's SETTINGS_MAX_CONCURRENT_STREAMS from the
-first frame of the server's preface (RFC 9113 3.4: it must be SETTINGS): the
-pool needs it to know when a connection is full, and libnghttp2's binding
-exposes no getter for it.
+`first_settings` reads the peer's SETTINGS_MAX_CONCURRENT_STREAMS and
+SETTINGS_ENABLE_CONNECT_PROTOCOL from the first frame of the server's preface
+(RFC 9113 3.4: it must be SETTINGS): the pool needs them to know when a
+connection is full and whether an upgrade may go as extended CONNECT, and
+libnghttp2's binding exposes no getter for them.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ _RESPONSE_DROPPED = HOP_BY_HOP
 
 _SETTINGS = 0x4
 _MAX_CONCURRENT_STREAMS = 0x3
+_ENABLE_CONNECT_PROTOCOL = 0x8
 
 
 def request_headers(head: bytes, scheme: bytes) -> Headers:
@@ -47,6 +50,7 @@ def request_headers(head: bytes, scheme: bytes) -> Headers:
     lines = head.split(b"\r\n")
     method, target, _ = lines[0].split(b" ", 2)
     authority = b""
+    protocol = b""
     fields: Headers = []
     for line in lines[1:]:
         if not line:
@@ -59,6 +63,11 @@ def request_headers(head: bytes, scheme: bytes) -> Headers:
                 fields.append((name, value))
         elif name not in _DROPPED:
             fields.append((name, value))
+        elif name == b"upgrade":
+            protocol = value
+    if protocol:  # an accepted upgrade (the router adds `upgrade` only then): extended CONNECT, RFC 8441
+        return [(b":method", b"CONNECT"), (b":protocol", protocol), (b":scheme", scheme), (b":authority", authority),
+                (b":path", target)] + fields
     pseudo = [(b":method", method), (b":scheme", scheme), (b":authority", authority), (b":path", target)]
     if method == b"CONNECT":
         pseudo = [(b":method", method), (b":authority", authority)]
@@ -78,9 +87,10 @@ def response_head(fields: Headers) -> tuple[int, Headers]:
     return status, headers
 
 
-def first_settings(preface: bytes) -> int | None:
-    """The MAX_CONCURRENT_STREAMS of the SETTINGS frame `preface` starts with: -1 when that frame does not say
-    it (unlimited), None while the frame is incomplete. ValueError when the first frame is not SETTINGS."""
+def first_settings(preface: bytes) -> tuple[int, bool] | None:
+    """The MAX_CONCURRENT_STREAMS (-1 when not said: unlimited) and ENABLE_CONNECT_PROTOCOL (RFC 8441: whether an
+    upgrade may go as extended CONNECT) of the SETTINGS frame `preface` starts with; None while the frame is
+    incomplete. ValueError when the first frame is not SETTINGS."""
     if len(preface) < 9:
         return None
     length = int.from_bytes(preface[:3], "big")
@@ -89,11 +99,14 @@ def first_settings(preface: bytes) -> int | None:
     if len(preface) < 9 + length:
         return None
     found = -1
+    connect = False
     for offset in range(9, 9 + length - length % 6, 6):
         ident, value = struct.unpack_from(">HI", preface, offset)
         if ident == _MAX_CONCURRENT_STREAMS:
             found = value
-    return found
+        elif ident == _ENABLE_CONNECT_PROTOCOL:
+            connect = value == 1
+    return found, connect
 
 
 class Http2RequestEncoder:
