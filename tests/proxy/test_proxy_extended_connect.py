@@ -20,6 +20,7 @@ import pytest
 from tests.conftest import free_port
 from tests.proxy.conftest import ProxyLauncher, RunningProxy, http_listener, route, static_cluster, wait_until
 from tests.proxy.http.h2_helpers import frames
+from tests.proxy.test_proxy_connect import body, ping, reset_closes_upstream
 from tests.proxy.test_proxy_http2 import H2Client
 from tests.proxy.test_proxy_http2_upstream import h2_options
 from tests.proxy.test_proxy_tcp_tunneling_h2 import H2TunnelServer
@@ -65,10 +66,6 @@ def setup(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Setup]:
         up.server_close()
 
 
-def body(client: H2Client, sid: int) -> bytes:
-    return bytes(client.owner.body.get(sid, b""))
-
-
 def settings_of(client: H2Client) -> dict[int, int]:
     [payload] = [p for kind, flags, _sid, p in frames(client.raw) if kind == SETTINGS and not flags & 1][:1]
     return {int.from_bytes(payload[i:i + 2], "big"): int.from_bytes(payload[i + 2:i + 6], "big")
@@ -94,10 +91,7 @@ def test_a_websocket_over_http2_reaches_an_http1_upstream_as_an_upgrade(setup: S
         fields = dict(head[2])
         assert fields[b":status"] == b"200" and head[3] is False  # the 101, as a 200 that does not end the stream
         assert b"upgrade" not in fields and b"connection" not in fields
-        client.h2.send_data(sid, b"ping")
-        client.flush()
-        client.pump_until(lambda: b"echo:ping" in body(client, sid))
-        assert body(client, sid) == b"helloecho:earlyecho:ping"
+        assert ping(client, sid) == b"helloecho:earlyecho:ping"
     finally:
         client.close()
     request_line, *fields_seen = setup.up.heads[-1].split(b"\r\n")
@@ -111,15 +105,7 @@ def test_a_websocket_over_http2_reaches_an_http1_upstream_as_an_upgrade(setup: S
 
 def test_ending_the_stream_closes_the_upstream(setup: Setup) -> None:
     client, sid = setup.open("ws")
-    try:
-        client.pump_until(lambda: b"hello" in body(client, sid))
-        assert wait_until(lambda: setup.proxy.stats()["http.ws.downstream_cx_upgrades_active"] == 1)
-        client.h2.reset_stream(sid)
-        client.flush()
-        assert wait_until(lambda: setup.proxy.stats()["http.ws.downstream_cx_upgrades_active"] == 0)
-        assert wait_until(lambda: setup.proxy.stats()["cluster.up.upstream_cx_active"] == 0)
-    finally:
-        client.close()
+    reset_closes_upstream(client, sid, b"hello", setup.proxy, "up", "ws")
 
 
 def test_without_allow_connect_the_stream_is_refused(setup: Setup) -> None:
