@@ -984,8 +984,6 @@ def test_cluster_connection_options_in_force(fields: dict[str, Any], idle_timeou
          f"{OPTIONS_KEY}] is set; move it to that extension's explicit_http_config"),
         ({"http2_protocol_options": {"allow_metadata": True}}, "http2_protocol_options.allow_metadata",
          "not supported yet (HTTP/2 METADATA frames)"),
-        ({"http2_protocol_options": {"allow_connect": True}}, "http2_protocol_options.allow_connect",
-         "not supported yet on a cluster (an upgrade to an HTTP/2 cluster is not sent as an extended CONNECT)"),
         ({"typed_extension_protocol_options": {"http": {"@type": HTTP_OPTIONS_TYPE,
                                                         "explicit_http_config": {"http_protocol_options": {}}}}},
          "typed_extension_protocol_options[http]", f"the key must be the extension name {OPTIONS_KEY}"),

@@ -12,6 +12,7 @@ The client is pylon's own codec in client mode (no stock client sends extended C
 from __future__ import annotations
 
 import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -232,3 +233,44 @@ def test_a_server_that_does_not_admit_extended_connect_gets_no_stream(to_h2: Ups
     assert got.startswith(b"HTTP/1.1 502 Bad Gateway\r\n")
     assert got.endswith(b"upstream connect error or disconnect/reset before headers. reset reason: protocol error")
     assert to_h2.servers["plain"].heads == []
+
+
+class FirstBytes:
+    """A server that keeps what a client's connection sends first (its preface and SETTINGS), and answers nothing."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.received = b""
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        conn, _ = self.listener.accept()
+        with conn:
+            while chunk := conn.recv(4096):
+                self.received += chunk
+
+    def settings(self) -> dict[int, int] | None:
+        """The client's first SETTINGS frame, once it came."""
+        for kind, _flags, _sid, payload in frames(self.received[24:]):
+            if kind == SETTINGS:
+                return {int.from_bytes(payload[i:i + 2], "big"): int.from_bytes(payload[i + 2:i + 6], "big")
+                        for i in range(0, len(payload), 6)}
+        return None
+
+
+@pytest.mark.parametrize("implementation", ["pylon", "envoy"])
+def test_a_clusters_allow_connect_is_advertised_upstream(implementation: str, tmp_path: Path) -> None:
+    """A cluster's allow_connect puts ENABLE_CONNECT_PROTOCOL=1 in the proxy's own SETTINGS, as Envoy 1.40 sends."""
+    server, launcher = FirstBytes(), ProxyLauncher(tmp_path)
+    try:
+        proxy = launcher.start([http_listener("l", free_port(), [route("/", "c")])],
+                               [static_cluster("c", [server.port], **h2_options(allow_connect=True))],
+                               implementation=implementation)
+        with socket.create_connection(("127.0.0.1", proxy.ports["l"]), timeout=10) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+            assert wait_until(lambda: server.settings() is not None, timeout=10)
+        assert server.settings().get(ENABLE_CONNECT_PROTOCOL) == 1  # type: ignore[union-attr]
+    finally:
+        launcher.close()
+        server.listener.close()

@@ -2151,14 +2151,9 @@ class Http2ProtocolOptions(HcmHttp2ProtocolOptions, kw_only=True):
     The same fields as the HCM's, meaning what Envoy's upstream codec makes of them: `max_concurrent_streams`
     caps the streams pylon opens on one connection (the peer's SETTINGS may lower it further), the windows and
     `hpack_table_size` are what pylon's SETTINGS advertise, and the flood limits guard against the upstream as
-    they guard against clients downstream.
+    they guard against clients downstream; `allow_connect` is advertised in pylon's SETTINGS as Envoy's upstream
+    codec advertises it (whether an upgrade may go as extended CONNECT is the server's SETTINGS' word).
     """
-
-    def __post_init__(self) -> None:
-        if self.allow_connect:
-            raise FieldError("allow_connect", "not supported yet on a cluster (an upgrade to an HTTP/2 cluster is "
-                                              "not sent as an extended CONNECT)")
-        super().__post_init__()
 
 
 class ExplicitHttpConfig(EnvoyStruct, kw_only=True):
