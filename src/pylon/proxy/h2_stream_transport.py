@@ -56,7 +56,8 @@ class TunnelStream(H2UpstreamStream):
         transport = H2StreamTransport(self)
         if exchange.method != b"CONNECT":
             # the router's Stream (only it accepts upgrades) holds the client's `upgrade`
-            protocol = next(value for name, value in exchange.headers if name == b"upgrade")  # type: ignore[attr-defined]
+            fields: Headers = exchange.headers  # type: ignore[attr-defined]
+            protocol = next(value for name, value in fields if name == b"upgrade")
             headers = [pair for pair in headers if pair[0] != b"content-length"] + [(b"upgrade", protocol)]
             status = 101
         exchange.on_upstream_upgraded(transport, headers, b"", status)  # type: ignore[arg-type]
