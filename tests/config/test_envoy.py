@@ -164,15 +164,13 @@ def test_hcm_http2_protocol_options_map_onto_the_codec_settings() -> None:
                "initial_connection_window_size": 1 << 20, "hpack_table_size": 0,
                "max_outbound_frames": 50, "max_outbound_control_frames": 20,
                "max_consecutive_inbound_frames_with_empty_payload": 3, "max_inbound_priority_frames_per_stream": 4,
-               "max_inbound_window_update_frames_per_data_frame_sent": 5}
+               "max_inbound_window_update_frames_per_data_frame_sent": 5, "allow_connect": True}
     manager = the_hcm(load(http_bootstrap(http2_protocol_options=options, max_request_headers_kb=8,
                                           common_http_protocol_options={"max_headers_count": 30})))
     assert h2_settings(manager) == H2Settings(**options, max_header_bytes=8192, max_headers_count=30)
 
 
 @pytest.mark.parametrize(("field", "value", "message"), [
-    ("allow_connect", True, "not supported yet: extended CONNECT (RFC 8441 websockets over HTTP/2) is not "
-                            "tunnelled by pylon"),
     ("allow_metadata", True, "not supported yet (HTTP/2 METADATA frames)"),
     ("stream_error_on_invalid_http_messaging", True, "not supported yet: an invalid message ends the HTTP/2 "
                                                      "connection, as Envoy's default does"),

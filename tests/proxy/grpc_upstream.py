@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator
 
 import grpc
 
-from pylon.proxy.http.h2_session import INTERNAL_ERROR, H2Connection, Headers
+from pylon.proxy.http.h2_session import INTERNAL_ERROR, H2Connection, H2Settings, Headers
 
 SERVICE = "test.Echo"
 
@@ -123,10 +123,11 @@ class ResettingH2Upstream:
         self.server.server_close()
 
 
-def serve_h2(sock: socket.socket, owner: Any, after_read: Callable[[], None] | None = None) -> None:
+def serve_h2(sock: socket.socket, owner: Any, after_read: Callable[[], None] | None = None,
+             settings: H2Settings | None = None) -> None:
     """One connection: bytes in through the codec, what it answers out, until either side ends it (`owner` gets
     the codec as `.codec`; `after_read` is called after each read's answer went out)."""
-    codec = H2Connection(owner, server=True)
+    codec = H2Connection(owner, server=True, settings=settings)
     owner.codec = codec
     sock.sendall(codec.data_to_send())
     while not codec.closed:

@@ -237,6 +237,14 @@ def body(client: H2Client, sid: int) -> bytes:
     return bytes(client.owner.body.get(sid, b""))
 
 
+def ping(client: H2Client, sid: int) -> bytes:
+    """Send "ping" on the tunnel stream `sid`; everything it received once "echo:ping" came back."""
+    client.h2.send_data(sid, b"ping")
+    client.flush()
+    client.pump_until(lambda: b"echo:ping" in body(client, sid))
+    return body(client, sid)
+
+
 def test_an_http2_connect_stream_is_terminated_data_both_ways(setup: Setup) -> None:
     """DATA <-> the upstream's bytes, the client's END_STREAM <-> the upstream's half-close, and the upstream's
     EOF <-> END_STREAM: the stream closes cleanly, as Envoy closes it."""
@@ -262,17 +270,25 @@ def test_an_http2_connect_stream_is_terminated_data_both_ways(setup: Setup) -> N
     assert wait_until(lambda: setup.proxy.stats()["http.h2term.downstream_cx_upgrades_active"] == 0)
 
 
-def test_resetting_an_http2_connect_stream_closes_its_upstream(setup: Setup) -> None:
-    client, sid = h2_connect(setup, "h2term")
+def reset_closes_upstream(client: H2Client, sid: int, marker: bytes, proxy: RunningProxy, cluster: str,
+                          listener: str) -> None:
+    """Once `marker` came through the tunnel stream `sid`, reset it: its upstream connection and the listener's
+    upgrade gauge go to 0. The client is closed in the end."""
+    stats = proxy.stats
     try:
-        client.pump_until(lambda: b"echo:early" in body(client, sid))
-        assert wait_until(lambda: setup.proxy.stats()["cluster.echo.upstream_cx_active"] == 1)
+        client.pump_until(lambda: marker in body(client, sid))
+        assert wait_until(lambda: stats()[f"cluster.{cluster}.upstream_cx_active"] == 1)
         client.h2.reset_stream(sid)
         client.flush()
-        assert wait_until(lambda: setup.proxy.stats()["cluster.echo.upstream_cx_active"] == 0)
-        assert wait_until(lambda: setup.proxy.stats()["http.h2term.downstream_cx_upgrades_active"] == 0)
+        assert wait_until(lambda: stats()[f"cluster.{cluster}.upstream_cx_active"] == 0)
+        assert wait_until(lambda: stats()[f"http.{listener}.downstream_cx_upgrades_active"] == 0)
     finally:
         client.close()
+
+
+def test_resetting_an_http2_connect_stream_closes_its_upstream(setup: Setup) -> None:
+    client, sid = h2_connect(setup, "h2term")
+    reset_closes_upstream(client, sid, b"echo:early", setup.proxy, "echo", "h2term")
 
 
 def test_an_http2_connect_without_connect_config_goes_upstream_over_http1(setup: Setup) -> None:
@@ -280,10 +296,7 @@ def test_an_http2_connect_without_connect_config_goes_upstream_over_http1(setup:
     try:
         client.pump_until(lambda: client.status(sid) is not None)
         assert client.status(sid) == 200
-        client.h2.send_data(sid, b"ping")
-        client.flush()
-        client.pump_until(lambda: b"echo:ping" in body(client, sid))
-        assert body(client, sid) == b"echo:ping"
+        assert ping(client, sid) == b"echo:ping"
     finally:
         client.close()
     upstream_connect_fields(setup)

@@ -97,25 +97,3 @@ def test_a_refused_connect_is_relayed_as_a_response(setup: dict[str, Any]) -> No
         head = read_until(sock, b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 403 Forbidden\r\n")
     assert setup["server"].received == []
-
-
-def test_an_upgrade_to_an_http2_cluster_is_a_503_naming_it(tmp_path: Path) -> None:
-    """Envoy turns an HTTP/1.1 Upgrade (websocket) to an HTTP/2 cluster into extended CONNECT (RFC 8441); pylon
-    does not yet, and says so (503 `upgrade_to_http2_upstream_not_supported`) rather than send the request without
-    its Upgrade. pylon only: a departure."""
-    server, launcher = H2TunnelServer(), ProxyLauncher(tmp_path)
-    log = tmp_path / "access.log"
-    try:
-        listener = http_listener("ws", free_port(), [{"match": {"prefix": "/"}, "route": {"cluster": "rec"}}],
-                                 upgrade_configs=[{"upgrade_type": "websocket"}], access_log=json_access_log(log))
-        proxy = launcher.start([listener], [static_cluster("rec", [server.port], **h2_options())])
-        with socket.create_connection(("127.0.0.1", proxy.ports["ws"]), timeout=10) as sock:
-            sock.sendall(b"GET /chat HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
-            head = read_until(sock, b"\r\n\r\n")
-        assert head.startswith(b"HTTP/1.1 503 ")
-        [line] = read_json_lines(log, 1, timeout=10)
-        assert line["details"] == "upgrade_to_http2_upstream_not_supported"
-        assert server.heads == []
-    finally:
-        launcher.close()
-        server.close()

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from pylon.proxy.http.h2_session import Headers
+from pylon.proxy.http.h2_session import H2Settings, Headers
 from tests.conftest import free_port
 from tests.proxy.conftest import (FILE_LOG_TYPE, ProxyLauncher, RunningProxy, http_listener, json_access_log,
                                   raw_exchange, read_json_lines, static_cluster, tcp_listener, wait_until)
@@ -159,9 +159,11 @@ class H2TunnelServer:
     """An h2c server on pylon's own codec that records each stream's header block and answers like a tunnel's far
     end: 200, then each DATA echoed as `echo:<data>`, its END_STREAM after the client's; an authority naming
     "refuse" is answered 403 (END_STREAM), one naming "reset" RST_STREAM(CONNECT_ERROR) once DATA came, one naming
-    "flood" FLOOD bytes at once (`flood_sent`: how many of them flow control let out so far)."""
+    "flood" FLOOD bytes at once (`flood_sent`: how many of them flow control let out so far). `allow_connect`:
+    its SETTINGS admit extended CONNECT (RFC 8441), so a proxy may send an upgrade as one."""
 
-    def __init__(self) -> None:
+    def __init__(self, allow_connect: bool = False) -> None:
+        self.settings = H2Settings(allow_connect=allow_connect)
         self.heads: list[Headers] = []
         self.received: list[bytes] = []
         self.flood_sent = 0
@@ -176,7 +178,7 @@ class H2TunnelServer:
         class Handler(socketserver.BaseRequestHandler):
             def handle(self) -> None:
                 owner = _TunnelEnd(outer)
-                serve_h2(self.request, owner, owner.count_flood)
+                serve_h2(self.request, owner, owner.count_flood, outer.settings)
         return Handler
 
     def close(self) -> None:

@@ -1404,9 +1404,6 @@ class HcmHttp2ProtocolOptions(EnvoyStruct, kw_only=True):
     max_metadata_size: NotSupportedYet | None = None
 
     def __post_init__(self) -> None:
-        if self.allow_connect:
-            raise FieldError("allow_connect", "not supported yet: extended CONNECT (RFC 8441 websockets over HTTP/2) "
-                                              "is not tunnelled by pylon")
         if self.allow_metadata:
             raise FieldError("allow_metadata", "not supported yet (HTTP/2 METADATA frames)")
         if self.stream_error_on_invalid_http_messaging or self.override_stream_error_on_invalid_http_message:
@@ -2234,7 +2231,8 @@ class Http2ProtocolOptions(HcmHttp2ProtocolOptions, kw_only=True):
     The same fields as the HCM's, meaning what Envoy's upstream codec makes of them: `max_concurrent_streams`
     caps the streams pylon opens on one connection (the peer's SETTINGS may lower it further), the windows and
     `hpack_table_size` are what pylon's SETTINGS advertise, and the flood limits guard against the upstream as
-    they guard against clients downstream.
+    they guard against clients downstream; `allow_connect` is advertised in pylon's SETTINGS as Envoy's upstream
+    codec advertises it (whether an upgrade may go as extended CONNECT is the server's SETTINGS' word).
     """
 
 

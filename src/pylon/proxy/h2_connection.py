@@ -256,6 +256,11 @@ class Http2Connection(HttpConnection):
             else:
                 stream.req_chunked = True  # no length: the HTTP/1.1 upstream gets it chunked, as from Envoy
         stream.upgrade = head.method == b"CONNECT"
+        if head.protocol:
+            # Extended CONNECT (RFC 8441) is an upgrade, as Envoy's codec makes it: a GET with `upgrade: <protocol>`
+            # (its 101 goes back as a 200, h2_server.py); its DATA is the tunnel's (h2_tunnel.py)
+            stream.method = b"GET"
+            stream.headers.append((b"upgrade", head.protocol))
         stream.rq_state = RQ_BODY
         self.streams[stream_id] = conn
         hcm.h2.streams_active.value += 1

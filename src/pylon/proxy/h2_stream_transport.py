@@ -44,16 +44,22 @@ class TunnelStream(H2UpstreamStream):
 
     def on_headers(self, fields: Headers, end_stream: bool) -> None:
         """A proxied CONNECT's 2xx: the router's exchange relays the head and joins its client to this stream (as
-        an HTTP/1.1 upstream's 2xx does); any other answer is an ordinary response."""
+        an HTTP/1.1 upstream's 2xx does); any other answer is an ordinary response. An upgrade sent as extended
+        CONNECT is relayed as the 101 of an HTTP/1.1 upgrade (`upgrade: <protocol>`), as Envoy's codec turns it."""
         exchange = self.exchange
-        if exchange is None or self.joined() is not None or not exchange.upgrade_accepted \
-                or exchange.method != b"CONNECT":
+        if exchange is None or self.joined() is not None or not exchange.upgrade_accepted:
             return super().on_headers(fields, end_stream)
         status, headers = response_head(fields)
         if not 200 <= status < 300:
             return super().on_headers(fields, end_stream)
         self.answered = True
         transport = H2StreamTransport(self)
+        if exchange.method != b"CONNECT":
+            # the router's Stream (only it accepts upgrades) holds the client's `upgrade`
+            fields: Headers = exchange.headers  # type: ignore[attr-defined]
+            protocol = next(value for name, value in fields if name == b"upgrade")
+            headers = [pair for pair in headers if pair[0] != b"content-length"] + [(b"upgrade", protocol)]
+            status = 101
         exchange.on_upstream_upgraded(transport, headers, b"", status)  # type: ignore[arg-type]
         if end_stream:
             transport.on_upstream_eof()

@@ -62,9 +62,6 @@ PAYLOAD_TOO_LARGE = LocalReply(413, "-", b"Payload Too Large", "request_payload_
 RESPONSE_TOO_LARGE = LocalReply(500, "-", b"Internal Server Error", "response_payload_too_large")
 UPGRADE_REFUSED = LocalReply(403, "-", b"", "upgrade_failed")
 CONNECT_INVALID_URL = LocalReply(400, "DPE", b"Bad Request", "http1.invalid_url")  # CONNECT with a path
-#: an HTTP/1.1 Upgrade (websocket) to an HTTP/2 upstream: Envoy sends it as extended CONNECT (RFC 8441), pylon not yet
-UPGRADE_OVER_HTTP2 = LocalReply(503, "-", b"an Upgrade to an HTTP/2 upstream is not supported yet",
-                                "upgrade_to_http2_upstream_not_supported")
 #: pylon carries a proxied CONNECT over HTTP/1.1 only (the loader refuses such routes it can see)
 UNSUPPORTED_TRANSFER_ENCODING = LocalReply(501, "DPE", b"Not Implemented", "http1.invalid_transfer_encoding")
 OVERLOADED = LocalReply(503, "OL", b"envoy overloaded", "overload")  # the overload manager's stop_accepting_requests

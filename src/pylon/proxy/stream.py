@@ -42,7 +42,6 @@ from pylon.proxy.h2_stream_transport import TunnelStream
 from pylon.proxy.h2_tunnel import H2Tunnel
 from pylon.proxy.tunnel import open_tunnel
 from pylon.proxy.upstream.cluster import PENDING
-from pylon.proxy.upstream.h2_pool import H2Pool
 from pylon.proxy.upstream.lb import stable_hash
 from pylon.proxy.xfcc import HEADER as XFCC
 from pylon.proxy.xfcc import forwarded_value
@@ -705,7 +704,8 @@ class Stream:
         if route.attempt_count:
             # Envoy sets the header (replacing the client's), per attempt.
             forward = [p for p in forward if p[0] != b"x-envoy-attempt-count"]
-        chunked = self.req_chunked and bool(url)  # a CONNECT's payload is the tunnel's, never a chunked body
+        # a CONNECT's payload is the tunnel's, never a chunked body; so is an HTTP/2 upgrade's (extended CONNECT)
+        chunked = self.req_chunked and bool(url) and (self.encoder.tunnels or not self.upgrade_accepted)
         if hcm.data_decoders and (self.req_length or chunked):
             wanting = [f for f in hcm.data_decoders if f.wants_request_data(self)]
             if wanting:
@@ -832,8 +832,6 @@ class Stream:
             self.pool = terminated = TerminatedConnect(self, cluster, host)  # raw TCP, answered 200 when up
             return terminated.start()
         self.pool = pool = self.hcm.pools.get(cluster, host, self)
-        if self.upgrade_accepted and self.path and isinstance(pool, H2Pool):  # no extended CONNECT upstream yet
-            return self.local(lr.UPGRADE_OVER_HTTP2)
         pool.acquire(self, fresh)
 
     def hash_key(self, policies: "tuple[HashSource, ...]") -> bytes | None:
@@ -940,7 +938,8 @@ class Stream:
         if self.body_buffer is None and self.body_size <= self.hcm.buffer_limit and (self.req_length or self.req_chunked):
             self.body_buffer = list(waiting)  # a stream the server refuses (GOAWAY) goes again: keep what was sent
         done = self.rq_state == RQ_DONE
-        if not self.path:  # a proxied CONNECT: its stream becomes the tunnel on a 2xx (h2_stream_transport.py)
+        if self.upgrade_accepted:  # a proxied CONNECT, or an upgrade as extended CONNECT (RFC 8441): its stream
+            # becomes the tunnel on a 2xx (h2_stream_transport.py)
             self.upstream = conn = TunnelStream.taking_over(conn)
             done = False  # the tunnel's half-close is the client's to send, after the 2xx
         end = done and not waiting and not self.req_trailers
@@ -1150,7 +1149,9 @@ class Stream:
         hcm.upgrades_active.inc()
         if not self.encoder.tunnels:  # an HTTP/2 CONNECT stream: DATA frames carry the bytes (h2_tunnel.py)
             sent = [pair for pair in sent if pair[0] not in _CONNECT_2XX_FRAMING]  # RFC 9110 9.3.6: ignored
-            self.encoder.encode_headers(status, sent, close=False, http10=False, head_request=False)
+            # an extended CONNECT's 101 is its 200 (RFC 8441 5; Envoy's transformUpgradeResponseFromH1toH2)
+            self.encoder.encode_headers(200 if status == 101 else status, sent, close=False, http10=False,
+                                        head_request=False)
             conn.write(b"")
             H2Tunnel(self, upstream, rest)
             return

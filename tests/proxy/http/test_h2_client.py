@@ -41,6 +41,8 @@ _FIELDS = [(b"content-type", b"application/grpc"), (b"te", b"trailers"), (b"x-a"
      {"chunked": False, "length": 0, "attempt_count": True}),  # no length at all
     (b"GET", b"/h", [(b"host", b"later.example")], {"chunked": False, "length": 0, "attempt_count": False}),
     (b"CONNECT", b"", [(b"x-b", b"2")], {"chunked": False, "length": 0, "attempt_count": False}),
+    (b"GET", b"/chat", [(b"connection", b"upgrade"), (b"upgrade", b"websocket")],
+     {"chunked": False, "length": 0, "attempt_count": False}),  # an accepted upgrade: extended CONNECT
 ])
 def test_head_fields_is_the_translation_of_the_encoders_bytes(method: bytes, target: bytes,
                                                                fields: list[tuple[bytes, bytes]],
@@ -49,6 +51,14 @@ def test_head_fields_is_the_translation_of_the_encoders_bytes(method: bytes, tar
     encoder = Http1RequestEncoder(method, target or b"api.local:443", b"api.local:443", fields, **options)
     for attempt in (1, 3):
         assert head_fields(encoder, attempt, b"https") == request_headers(encoder.encode_head(attempt), b"https")
+
+
+def test_an_upgrade_goes_as_extended_connect() -> None:
+    """RFC 8441: `:method CONNECT` with `:protocol` the Upgrade's value; Upgrade and Connection are not sent."""
+    head = b"GET /chat?x=1 HTTP/1.1\r\nhost: h\r\nx-a: 1\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n"
+    assert request_headers(head, b"http") == [(b":method", b"CONNECT"), (b":protocol", b"websocket"),
+                                              (b":scheme", b"http"), (b":authority", b"h"), (b":path", b"/chat?x=1"),
+                                              (b"x-a", b"1")]  # fmt: skip
 
 
 def test_response_head() -> None:
@@ -62,9 +72,10 @@ def settings_frame(*entries: tuple[int, int]) -> bytes:
 
 def test_first_settings() -> None:
     whole = settings_frame((0x1, 4096), (0x3, 100), (0x4, 65535))
-    assert first_settings(whole) == 100
+    assert first_settings(whole) == (100, False)
     assert first_settings(whole[:12]) is None  # not all here yet
-    assert first_settings(settings_frame((0x4, 1))) == -1  # says nothing: unlimited
+    assert first_settings(settings_frame((0x4, 1))) == (-1, False)  # says nothing: unlimited
+    assert first_settings(settings_frame((0x8, 1), (0x3, 7))) == (7, True)  # extended CONNECT admitted
     with pytest.raises(ValueError):
         first_settings(frame(0x6, 0, 0, b"\0" * 8))  # a PING first is a protocol error
 

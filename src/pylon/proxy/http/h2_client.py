@@ -6,19 +6,21 @@ benchmark, pays nothing for HTTP/2. An attempt that lands on an HTTP/2
 connection turns that head into a header block here (`request_headers`):
 `:authority` from Host, `:scheme` from the connection, connection-specific
 fields and the HTTP/1 framing (`transfer-encoding`) dropped, `te: trailers`
-kept; a `content-length` stays, as Envoy's upstream codec keeps it (nghttp2
-checks it against the DATA). The router's own attempts skip the bytes:
-`head_fields` builds the same block from what the encoder made its head
-of. `Http2RequestEncoder` stands in for the HTTP/1 encoder for the rest of
-the attempt: the stream's body and end calls become
+kept, an accepted Upgrade sent as extended CONNECT (`:protocol`, RFC 8441, as
+Envoy's upstream codec sends it); a `content-length` stays, as Envoy's upstream
+codec keeps it (nghttp2 checks it against the DATA). The router's own attempts
+skip the bytes: `head_fields` builds the same block from what the encoder made
+its head of. `Http2RequestEncoder` stands in for the HTTP/1 encoder for the
+rest of the attempt: the stream's body and end calls become
 DATA and trailers on the connection's `H2Connection`, and return b"" (the
 stream's later `write` only flushes the session). `response_head` reads a
 response's header block back into a status and HTTP/1-shaped fields.
 
-`first_settings` reads the peer's SETTINGS_MAX_CONCURRENT_STREAMS from the
-first frame of the server's preface (RFC 9113 3.4: it must be SETTINGS): the
-pool needs it to know when a connection is full, and libnghttp2's binding
-exposes no getter for it.
+`first_settings` reads the peer's SETTINGS_MAX_CONCURRENT_STREAMS and
+SETTINGS_ENABLE_CONNECT_PROTOCOL from the first frame of the server's preface
+(RFC 9113 3.4: it must be SETTINGS): the pool needs them to know when a
+connection is full and whether an upgrade may go as extended CONNECT, and
+libnghttp2's binding exposes no getter for them.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ _RESPONSE_DROPPED = HOP_BY_HOP
 
 _SETTINGS = 0x4
 _MAX_CONCURRENT_STREAMS = 0x3
+_ENABLE_CONNECT_PROTOCOL = 0x8
 
 
 def request_headers(head: bytes, scheme: bytes) -> Headers:
@@ -49,6 +52,7 @@ def request_headers(head: bytes, scheme: bytes) -> Headers:
     lines = head.split(b"\r\n")
     method, target, _ = lines[0].split(b" ", 2)
     authority = b""
+    protocol = b""
     fields: Headers = []
     for line in lines[1:]:
         if not line:
@@ -61,6 +65,11 @@ def request_headers(head: bytes, scheme: bytes) -> Headers:
                 fields.append((name, value))
         elif name not in _DROPPED:
             fields.append((name, value))
+        elif name == b"upgrade":
+            protocol = value
+    if protocol:  # an accepted upgrade (the router adds `upgrade` only then): extended CONNECT, RFC 8441
+        return [(b":method", b"CONNECT"), (b":protocol", protocol), (b":scheme", scheme), (b":authority", authority),
+                (b":path", target)] + fields
     pseudo = [(b":method", method), (b":scheme", scheme), (b":authority", authority), (b":path", target)]
     if method == b"CONNECT":
         pseudo = [(b":method", method), (b":authority", authority)]
@@ -72,6 +81,7 @@ def head_fields(base: "Http1RequestEncoder", attempt: int, scheme: bytes) -> Hea
     head of rather than by making those bytes and parsing them back (a gRPC call's head cost as much as the rest
     of its HEADERS)."""
     method, target, authority, headers, extra, declared = base.parts
+    protocol = b""
     fields: Headers = []
     if base.split:
         fields.append((b"x-envoy-attempt-count", b"%d" % attempt))
@@ -86,8 +96,13 @@ def head_fields(base: "Http1RequestEncoder", attempt: int, scheme: bytes) -> Hea
                 fields.append(pair)
         elif name not in _DROPPED:
             fields.append(pair)
+        elif name == b"upgrade":
+            protocol = pair[1]
     if declared is not None:
         fields.append((b"content-length", b"%d" % declared))
+    if protocol:  # as in request_headers: an accepted upgrade goes as extended CONNECT
+        return [(b":method", b"CONNECT"), (b":protocol", protocol), (b":scheme", scheme), (b":authority", authority),
+                (b":path", target)] + fields
     if method == b"CONNECT":
         return [(b":method", method), (b":authority", authority)] + fields
     return [(b":method", method), (b":scheme", scheme), (b":authority", authority), (b":path", target)] + fields
@@ -106,9 +121,10 @@ def response_head(fields: Headers) -> tuple[int, Headers]:
     return status, headers
 
 
-def first_settings(preface: bytes) -> int | None:
-    """The MAX_CONCURRENT_STREAMS of the SETTINGS frame `preface` starts with: -1 when that frame does not say
-    it (unlimited), None while the frame is incomplete. ValueError when the first frame is not SETTINGS."""
+def first_settings(preface: bytes) -> tuple[int, bool] | None:
+    """The MAX_CONCURRENT_STREAMS (-1 when not said: unlimited) and ENABLE_CONNECT_PROTOCOL (RFC 8441: whether an
+    upgrade may go as extended CONNECT) of the SETTINGS frame `preface` starts with; None while the frame is
+    incomplete. ValueError when the first frame is not SETTINGS."""
     if len(preface) < 9:
         return None
     length = int.from_bytes(preface[:3], "big")
@@ -117,11 +133,14 @@ def first_settings(preface: bytes) -> int | None:
     if len(preface) < 9 + length:
         return None
     found = -1
+    connect = False
     for offset in range(9, 9 + length - length % 6, 6):
         ident, value = struct.unpack_from(">HI", preface, offset)
         if ident == _MAX_CONCURRENT_STREAMS:
             found = value
-    return found
+        elif ident == _ENABLE_CONNECT_PROTOCOL:
+            connect = value == 1
+    return found, connect
 
 
 class Http2RequestEncoder:

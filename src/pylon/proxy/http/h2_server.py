@@ -39,11 +39,12 @@ _CONTINUE = [(b":status", b"100")]
 class RequestHead:
     """An HTTP/2 request head as the stream reads an HTTP/1 one."""
 
-    __slots__ = ("method", "path", "headers", "length", "rejected")
+    __slots__ = ("method", "path", "protocol", "headers", "length", "rejected")
 
     def __init__(self) -> None:
         self.method = b""
         self.path = b""
+        self.protocol = b""  # an extended CONNECT's `:protocol` (RFC 8441; nghttp2 admits it under allow_connect)
         self.headers: Headers = []  # `host` first (from :authority), then the fields in order
         self.length: int | None = None  # content-length, when given
         self.rejected = ""  # why the stream is refused (a name with an underscore under REJECT_REQUEST)
@@ -71,6 +72,8 @@ def request_head(fields: Headers, underscores: int) -> tuple[RequestHead, int]:
                 head.path = pair[1]
             elif name == b":authority":
                 authority = pair[1]
+            elif name == b":protocol":
+                head.protocol = pair[1]
             continue  # :scheme: the connection's own scheme is what x-forwarded-proto says, as Envoy
         if underscores and b"_" in name:
             if underscores == 2:

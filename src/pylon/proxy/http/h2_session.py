@@ -106,7 +106,8 @@ class H2Settings:
 
 #: The Http2ProtocolOptions fields the codec takes as they are.
 _OPTION_FIELDS = (
-    "hpack_table_size", "max_concurrent_streams", "initial_stream_window_size", "initial_connection_window_size",
+    "hpack_table_size", "allow_connect", "max_concurrent_streams", "initial_stream_window_size",
+    "initial_connection_window_size",
     "max_outbound_frames", "max_outbound_control_frames", "max_consecutive_inbound_frames_with_empty_payload",
     "max_inbound_priority_frames_per_stream", "max_inbound_window_update_frames_per_data_frame_sent",
 )

@@ -93,9 +93,17 @@ class H2UpstreamStream:
         connection = self.connection
         codec = connection.codec
         scheme = connection.scheme
+        fields = request_headers(head, scheme) if head is not None else head_fields(base, attempt, scheme)
+        if fields[1][0] == b":protocol" and not connection.peer_connect:
+            # an upgrade the server's SETTINGS do not admit as extended CONNECT: reset here, as Envoy's codec does
+            # (502 "protocol error"); the pool waited for those SETTINGS (`H2Pool.may_take`)
+            exchange = self._detach()
+            self.pool.stream_closed(connection)
+            if exchange is not None:
+                exchange.on_upstream_reset("protocol error")
+            return None
         try:
-            headers = request_headers(head, scheme) if head is not None else head_fields(base, attempt, scheme)
-            sid = codec.send_request(headers, end_stream)
+            sid = codec.send_request(fields, end_stream)
         except H2Error:
             exchange = self._detach()
             self.pool.stream_closed(connection)
@@ -247,6 +255,7 @@ class H2UpstreamConnection(PooledConnection, asyncio.Protocol):
         self.requests = 0  # streams ever opened
         self.active = 0  # streams holding a slot (opened, not closed yet)
         self.peer_max = -1  # the server's SETTINGS_MAX_CONCURRENT_STREAMS (-1: unlimited or not known yet)
+        self.peer_connect = False  # the server's SETTINGS_ENABLE_CONNECT_PROTOCOL (RFC 8441 extended CONNECT)
         self.preface: bytes | None = b""  # the server's first bytes until its SETTINGS frame is read (then None)
         self.writing_paused = False
         self.write_paused_streams: set[H2UpstreamStream] = set()
@@ -287,7 +296,7 @@ class H2UpstreamConnection(PooledConnection, asyncio.Protocol):
             except ValueError:
                 return self._protocol_error()
             if found is not None:
-                self.peer_max = found
+                self.peer_max, self.peer_connect = found
                 self.preface = None
         try:
             self.codec.receive(data)
@@ -418,7 +427,7 @@ class H2Pool(PoolBase):
         `fresh` (the request lost its stream to a refusal or a lost connection) needs no new connection here: the
         connection it lost takes no streams any more, and any other may carry it."""
         for conn in self.connections:
-            if conn.has_room:
+            if conn.has_room and self.may_take(conn, exchange):
                 self._assign(conn, exchange)
                 return
         self._enqueue(exchange, False)
@@ -437,9 +446,14 @@ class H2Pool(PoolBase):
         """Give `conn`'s room to the queued requests, first in line first."""
         breaker = self.cluster.circuit_breakers.pending_requests
         queue = self.pending
-        while queue and conn.has_room:
+        while queue and conn.has_room and self.may_take(conn, queue[0]):
             breaker.release()
             self._assign(conn, queue.popleft())
+
+    @staticmethod
+    def may_take(conn: H2UpstreamConnection, exchange: "Exchange") -> bool:
+        """An upgrade (sent as extended CONNECT) waits for the server's SETTINGS: they say whether it may go."""
+        return conn.preface is None or not (exchange.upgrade_accepted and exchange.method != b"CONNECT")
 
     def room_changed(self, conn: H2UpstreamConnection) -> None:
         """The server's SETTINGS may have raised the connection's stream limit: serve the queue (once the connection
