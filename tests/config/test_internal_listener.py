@@ -12,7 +12,8 @@ from pylon.config.envoy import InternalListenerExtension
 from pylon.config.errors import ConfigError
 from pylon.config.loader import parse_bootstrap, to_envoy_dict
 from tests.config.builders import (
-    DOWNSTREAM_TLS_TYPE, TCP_PROXY_TYPE, TLS_INSPECTOR_TYPE, UPSTREAM_TLS_TYPE, bootstrap, cluster, listener,
+    DOWNSTREAM_TLS_TYPE, TCP_PROXY_TYPE, TLS_INSPECTOR_TYPE, UPSTREAM_TLS_TYPE, bootstrap, cluster, hcm, listener,
+    router_filter,
 )
 
 EXTENSION_TYPE = "type.googleapis.com/envoy.extensions.bootstrap.internal_listener.v3.InternalListener"
@@ -125,3 +126,21 @@ def test_an_lds_internal_listener_is_refused_naming_it() -> None:
                                                     "ads"))
     assert caught.value.path == "resources[0].internal_listener"
     assert "internal listeners from LDS are not supported yet" in caught.value.message
+
+
+def test_a_grpc_service_on_internal_endpoints_is_refused_naming_it() -> None:
+    """pylon's gRPC client (grpcio) dials sockets: ext_authz's gRPC service on a cluster of internal endpoints is a
+    load error naming the field, not a ValueError at the first request."""
+    authz = {"name": "envoy.filters.http.ext_authz", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+        "transport_api_version": "V3", "grpc_service": {"envoy_grpc": {"cluster_name": "encap"}}}}
+
+    def add_http_listener(data: dict[str, Any]) -> None:
+        http = listener(hcm(http_filters=[authz, router_filter()]), name="http")
+        http["address"]["socket_address"]["port_value"] = 10001
+        data["static_resources"]["listeners"].append(http)
+
+    text = error(config(add_http_listener))
+    assert ("static_resources.listeners[2].filter_chains[0].filters[0].typed_config.http_filters[0].typed_config."
+            "grpc_service.envoy_grpc.cluster_name") in text, text
+    assert "cluster 'encap' has envoy_internal_address endpoints" in text, text

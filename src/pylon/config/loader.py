@@ -404,6 +404,16 @@ def _service_cluster_problems(config: Any, base: str, clusters: dict[str, Cluste
                 tls_context(cluster.transport_socket) is not None or cluster.transport_socket_matches):
             yield (f"{base}.{rel}", f"cluster {name!r} has a TLS transport socket (or transport_socket_matches): "
                                     "pylon's gRPC client to a cluster speaks cleartext HTTP/2 only (not supported yet)")
+        elif transport == "grpc" and cluster is not None and _has_internal_endpoints(cluster):
+            yield (f"{base}.{rel}", f"cluster {name!r} has envoy_internal_address endpoints: pylon's gRPC client "
+                                    "(grpcio) dials sockets, it cannot reach an internal listener (not supported yet)")
+
+
+def _has_internal_endpoints(cluster: Cluster) -> bool:
+    assignment = cluster.load_assignment
+    return assignment is not None and any(
+        lb_endpoint.endpoint.address.envoy_internal_address is not None
+        for locality in assignment.endpoints for lb_endpoint in locality.lb_endpoints)
 
 
 def grpc_cluster_message(name: str) -> str:
