@@ -67,13 +67,18 @@ def request_headers(head: bytes, scheme: bytes) -> Headers:
             fields.append((name, value))
         elif name == b"upgrade":
             protocol = value
-    if protocol:  # an accepted upgrade (the router adds `upgrade` only then): extended CONNECT, RFC 8441
+    return _pseudo_headers(method, protocol, scheme, authority, target) + fields
+
+
+def _pseudo_headers(method: bytes, protocol: bytes, scheme: bytes, authority: bytes, target: bytes) -> Headers:
+    """The request's pseudo-header fields: an accepted upgrade (the router adds `upgrade` only then) as extended
+    CONNECT (RFC 8441), a plain CONNECT with :authority alone, else all four."""
+    if protocol:
         return [(b":method", b"CONNECT"), (b":protocol", protocol), (b":scheme", scheme), (b":authority", authority),
-                (b":path", target)] + fields
-    pseudo = [(b":method", method), (b":scheme", scheme), (b":authority", authority), (b":path", target)]
+                (b":path", target)]
     if method == b"CONNECT":
-        pseudo = [(b":method", method), (b":authority", authority)]
-    return pseudo + fields
+        return [(b":method", method), (b":authority", authority)]
+    return [(b":method", method), (b":scheme", scheme), (b":authority", authority), (b":path", target)]
 
 
 def head_fields(base: "Http1RequestEncoder", attempt: int, scheme: bytes) -> Headers:
@@ -100,12 +105,7 @@ def head_fields(base: "Http1RequestEncoder", attempt: int, scheme: bytes) -> Hea
             protocol = pair[1]
     if declared is not None:
         fields.append((b"content-length", b"%d" % declared))
-    if protocol:  # as in request_headers: an accepted upgrade goes as extended CONNECT
-        return [(b":method", b"CONNECT"), (b":protocol", protocol), (b":scheme", scheme), (b":authority", authority),
-                (b":path", target)] + fields
-    if method == b"CONNECT":
-        return [(b":method", method), (b":authority", authority)] + fields
-    return [(b":method", method), (b":scheme", scheme), (b":authority", authority), (b":path", target)] + fields
+    return _pseudo_headers(method, protocol, scheme, authority, target) + fields
 
 
 def response_head(fields: Headers) -> tuple[int, Headers]:
