@@ -126,6 +126,7 @@ class H2StreamConn:
         once this round of events is over, every stream's in one write. A response the client does not read fast
         enough stops its upstream past the buffer limit."""
         h2 = self.h2
+        self.encoder.commit()
         h2.flush_later()
         if h2.session.pending(self.stream_id) > self.hcm.buffer_limit and not self.closed:
             stream = self.stream
@@ -135,6 +136,7 @@ class H2StreamConn:
 
     # --- the connection the stream sees
     def flush_output(self) -> None:
+        self.encoder.commit()
         self.encoder.out.clear()
         self.h2.flush_later()
 
@@ -316,7 +318,7 @@ class Http2Connection(HttpConnection):
     def _stream_closed(self, conn: H2StreamConn, error_code: int) -> None:
         """The HTTP/2 stream is gone (ended both ways, reset by either side, or its connection lost)."""
         conn.closed = True
-        conn.encoder.ended = True
+        conn.encoder.drop()
         self.out_paused.discard(conn)
         self.hcm.h2.streams_active.value -= 1
         if conn.wake_at:
@@ -352,7 +354,8 @@ class Http2Connection(HttpConnection):
             conn.owed = 0
         conn.paused = False
         if conn.stream.rs_state == RS_RESET:
-            conn.encoder.ended = True
+            conn.encoder.commit()  # what the stream relayed goes out before its reset, as it would have
+            conn.encoder.drop()
             self.session.reset_stream(conn.stream_id, INTERNAL_ERROR)
         self.flush_later()
 

@@ -77,6 +77,8 @@ static ssize_t pyl_send(pyl_h2 *c, const uint8_t **out);
 static int32_t pyl_submit_request(pyl_h2 *c, const char *block, size_t len, size_t count, int with_body);
 static int pyl_submit_response(pyl_h2 *c, int32_t stream_id, const char *block, size_t len, size_t count,
                                int with_body);
+static int pyl_submit_whole(pyl_h2 *c, int32_t stream_id, const char *block, size_t len, size_t count,
+                            const uint8_t *body, size_t bodylen);
 static int pyl_submit_headers(pyl_h2 *c, int32_t stream_id, const char *block, size_t len, size_t count,
                               int end_stream);
 

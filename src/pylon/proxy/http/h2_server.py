@@ -17,6 +17,13 @@ DATA, trailers). Framing is HTTP/2's own, so there is no chunking and no
 are dropped. `out` only says "something was submitted": the stream's flush
 (`on_upstream_flush`, `flush_output`) then has the connection write what the
 session framed, so one write carries every stream's frames of an event.
+
+A head with a body to follow is held (with the body's first pieces) until the
+stream's flush (`commit`) or the body's end: a small response that arrives in
+one upstream read, the usual proxied GET, is then submitted whole in one call
+(`send_whole`), its DATA framed by the shim without calling back into Python.
+Nothing is written before the stream's flush anyway, so holding changes no
+frame on the wire.
 """
 
 from __future__ import annotations
@@ -103,7 +110,7 @@ def request_head(fields: Headers, underscores: int) -> tuple[RequestHead, int]:
 class Http2ResponseEncoder:
     """Encodes one HTTP/2 stream's response into its connection's session (the stream's `encoder`)."""
 
-    __slots__ = ("out", "session", "stream_id", "server_name", "ended", "headers_only")
+    __slots__ = ("out", "session", "stream_id", "server_name", "ended", "headers_only", "held", "held_body")
     tunnels = False  # its stream's CONNECT payload is DATA frames, not the connection's bytes (h2_tunnel.py)
 
     def __init__(self, session: "H2Connection", stream_id: int, server_name: bytes) -> None:
@@ -115,6 +122,26 @@ class Http2ResponseEncoder:
         # The upstream's response ended with its head (an HTTP/2 upstream's trailers-only gRPC error): the head
         # goes with END_STREAM, as Envoy relays it; gRPC clients read its grpc-status only from such a frame.
         self.headers_only = False
+        self.held: Headers | None = None  # a response head not submitted yet (see commit)
+        self.held_body: list[bytes] | None = None  # body pieces that came after the held head
+
+    def commit(self) -> None:
+        """Submit a held head and the body held behind it: the stream flushes, resets, or its body goes on."""
+        held = self.held
+        if held is None:
+            return
+        self.held = None
+        session, stream_id = self.session, self.stream_id
+        session.send_response(stream_id, held)
+        body = self.held_body
+        if body is not None:
+            self.held_body = None
+            session.send_data(stream_id, body[0] if len(body) == 1 else b"".join(body))
+
+    def drop(self) -> None:
+        """The stream is gone: nothing more is submitted for it."""
+        self.ended = True
+        self.held = self.held_body = None
 
     def encode_continue(self) -> None:
         """`100 Continue` as an informational HEADERS frame."""
@@ -136,14 +163,23 @@ class Http2ResponseEncoder:
         # (headers_only), or a length of 0, as Envoy relays an HTTP/1.1 upstream's (a gRPC server's trailers-only
         # answer: a client reads its grpc-status only from a HEADERS frame with END_STREAM)
         end = head_request or status == 204 or status == 304 or self.headers_only or (b"content-length", b"0") in sent
-        self.session.send_response(self.stream_id, sent, end_stream=end)
-        self.ended = end
+        if end:
+            self.session.send_response(self.stream_id, sent, end_stream=True)
+            self.ended = True
+        else:
+            self.held = sent  # submitted by commit, or whole with its body by encode_end
         self.out.append(b"")
         return close
 
     def encode_data(self, data: bytes) -> None:
         if data and not self.ended:
-            self.session.send_data(self.stream_id, data)
+            if self.held is not None:
+                if self.held_body is None:
+                    self.held_body = [data]
+                else:
+                    self.held_body.append(data)
+            else:
+                self.session.send_data(self.stream_id, data)
             if not self.out:
                 self.out.append(b"")
 
@@ -151,11 +187,19 @@ class Http2ResponseEncoder:
         """The body is complete: its trailers (HTTP/2 always carries them), else an empty DATA with END_STREAM."""
         if self.ended:
             return
-        self.ended = True
-        if trailers:
-            self.session.send_trailers(self.stream_id, trailers)
+        held = self.held
+        if held is not None and not trailers:
+            body = self.held_body
+            self.held = self.held_body = None
+            self.session.send_whole(self.stream_id, held, b"" if body is None else body[0] if len(body) == 1
+                                    else b"".join(body))
         else:
-            self.session.send_data(self.stream_id, b"", end_stream=True)
+            self.commit()
+            if trailers:
+                self.session.send_trailers(self.stream_id, trailers)
+            else:
+                self.session.send_data(self.stream_id, b"", end_stream=True)
+        self.ended = True
         self.out.append(b"")
 
     def encode_local_reply(self, status: int, body: bytes, *, close: bool, content_type: bytes = b"text/plain",

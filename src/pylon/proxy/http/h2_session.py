@@ -5,9 +5,10 @@ Built on libnghttp2 through pylon's own cffi binding (`_nghttp2`, built by
 request (mesh-facts B4). As the HTTP/1 codecs beside it, it owns no socket:
 `receive(data)` parses and calls the owner (`H2Owner`) for each stream event,
 `data_to_send()` returns everything to write in one bytes object. Events are
-calls into the owner, not event objects: on a server a GET costs three calls
-from C (its headers as one list, the response's DATA read, the stream's close),
-each calling the owner directly, with no event allocation or dispatch loop;
+calls into the owner, not event objects: on a server a GET costs two calls
+from C (its headers as one list, the stream's close; a response submitted
+whole by `send_whole` has its DATA framed by the shim, other bodies cost a
+DATA read each), each calling the owner directly, with no event allocation or dispatch loop;
 codec alone this runs at ~105k requests per CPU-second (`benchmarks/h2_codec.py`).
 
 What it decides on its own, as Envoy's codec does:
@@ -328,6 +329,13 @@ class H2Connection:
                                             int(not end_stream)))
         if not end_stream:
             self._out[stream_id] = _Outbound()
+
+    def send_whole(self, stream_id: int, headers: Headers, body: bytes) -> None:
+        """Server: a complete response, its head and `body` (the stream then ends), in one submission. The shim
+        keeps a copy of the body and frames it itself: no `_Outbound`, no DATA read calling back into Python."""
+        self._known(stream_id)
+        block = _block(headers)
+        self._check(lib.pyl_submit_whole(self._c, stream_id, block, len(block), len(headers), body, len(body)))
 
     def send_informational(self, stream_id: int, headers: Headers) -> None:
         """Server: a 1xx response (100 Continue, 103 Early Hints) before the final one."""

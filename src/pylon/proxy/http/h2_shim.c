@@ -5,7 +5,8 @@
  * header fields are collected into one NUL-separated block per HEADERS frame (HTTP/2 forbids NUL in fields and
  * nghttp2 checks it), Envoy's inbound flood limits are counted per frame header, and the counters the proxy
  * reports are kept in the connection struct. Python is called once per HEADERS frame, DATA chunk, stream close
- * and DATA read: what needs a Python object.
+ * and DATA read: what needs a Python object. A small response submitted whole (pyl_submit_whole) is framed from a
+ * copy here, with no DATA read in Python.
  *
  * Optional libnghttp2 symbols (the stream reset rate limit of CVE-2023-44487, the CONTINUATION limit of
  * CVE-2024-27316) are Debian backports on a 1.52 library, so the version says nothing: they are looked up with
@@ -19,6 +20,14 @@
 #include <string.h>
 #include <time.h>
 #include <nghttp2/nghttp2.h>
+
+/* A small response body submitted whole with its head (pyl_submit_whole): nghttp2 frames it from here, with no
+ * call into Python per DATA read. Linked into its connection so pyl_del frees what an abandoned session left. */
+typedef struct pyl_body {
+    struct pyl_body *prev, *next;
+    size_t len, off;
+    uint8_t data[];
+} pyl_body;
 
 typedef struct pyl_h2 {
     nghttp2_session *session;
@@ -38,6 +47,7 @@ typedef struct pyl_h2 {
     double reset_tokens, reset_burst, reset_rate, reset_at;  /* RST_STREAM token bucket (server sessions) */
     int tripped;  /* PYL_TRIP_*: the limit that ended the connection */
     uint64_t rx_reset, tx_reset, rx_messaging_error, goaway_sent;
+    pyl_body *bodies;  /* whole bodies not framed yet */
 } pyl_h2;
 
 #define PYL_TRIP_EMPTY 1
@@ -189,9 +199,18 @@ static int cb_data_chunk(nghttp2_session *s, uint8_t flags, int32_t stream_id, c
     return pyl_on_data(((pyl_h2 *)ud)->handle, stream_id, data, len);
 }
 
+static void body_free(pyl_h2 *c, pyl_body *b) {
+    if (b->prev) b->prev->next = b->next;
+    else c->bodies = b->next;
+    if (b->next) b->next->prev = b->prev;
+    free(b);
+}
+
 static int cb_stream_close(nghttp2_session *s, int32_t stream_id, uint32_t error_code, void *ud) {
-    (void)s;
-    return pyl_on_close(((pyl_h2 *)ud)->handle, stream_id, error_code);
+    pyl_h2 *c = ud;
+    pyl_body *b = nghttp2_session_get_stream_user_data(s, stream_id);
+    if (b) body_free(c, b);  /* reset before its body was framed */
+    return pyl_on_close(c->handle, stream_id, error_code);
 }
 
 static int cb_frame_send(nghttp2_session *s, const nghttp2_frame *f, void *ud) {
@@ -221,6 +240,22 @@ static ssize_t cb_read(nghttp2_session *s, int32_t stream_id, uint8_t *buf, size
     (void)s;
     (void)source;
     return pyl_read(((pyl_h2 *)ud)->handle, stream_id, buf, length, data_flags);
+}
+
+/* The DATA reads of a whole body (pyl_submit_whole): all of it as the windows allow, then END_STREAM. */
+static ssize_t cb_read_body(nghttp2_session *s, int32_t stream_id, uint8_t *buf, size_t length, uint32_t *data_flags,
+                            nghttp2_data_source *source, void *ud) {
+    pyl_body *b = source->ptr;
+    size_t n = b->len - b->off;
+    if (n > length) n = length;
+    memcpy(buf, b->data + b->off, n);
+    b->off += n;
+    if (b->off == b->len) {
+        *data_flags |= NGHTTP2_DATA_FLAG_EOF;
+        nghttp2_session_set_stream_user_data(s, stream_id, NULL);
+        body_free(ud, b);
+    }
+    return (ssize_t)n;
 }
 
 /* One session with the callbacks above and Envoy's options; returns 0 or a negative nghttp2 error. */
@@ -269,6 +304,7 @@ static int pyl_new(pyl_h2 *c, int server, int max_outbound_ack, int reset_burst,
 static void pyl_del(pyl_h2 *c) {
     if (c->session) nghttp2_session_del(c->session);
     c->session = NULL;
+    while (c->bodies) body_free(c, c->bodies);
     free(c->hbuf);
     c->hbuf = NULL;
     c->hcap = c->hlen = 0;
@@ -329,6 +365,39 @@ static int pyl_submit_response(pyl_h2 *c, int32_t stream_id, const char *block, 
     rv = nghttp2_submit_response(c->session, stream_id, nva, count, with_body ? &prd : NULL);
     free(nva);
     return rv;
+}
+
+/* A whole response at once: HEADERS, then `body` (copied here) as DATA ending the stream, framed in C. The usual
+ * small proxied response then costs one call into C and none back per DATA read. */
+static int pyl_submit_whole(pyl_h2 *c, int32_t stream_id, const char *block, size_t len, size_t count,
+                            const uint8_t *body, size_t bodylen) {
+    nghttp2_data_provider prd;
+    nghttp2_nv *nva = nva_from_block(block, len, count);
+    pyl_body *b;
+    int rv;
+    if (!nva) return NGHTTP2_ERR_INVALID_ARGUMENT;
+    b = malloc(sizeof(pyl_body) + bodylen);
+    if (!b) {
+        free(nva);
+        return NGHTTP2_ERR_NOMEM;
+    }
+    b->len = bodylen;
+    b->off = 0;
+    memcpy(b->data, body, bodylen);
+    prd.source.ptr = b;
+    prd.read_callback = cb_read_body;
+    rv = nghttp2_submit_response(c->session, stream_id, nva, count, &prd);
+    free(nva);
+    if (rv != 0) {
+        free(b);
+        return rv;
+    }
+    b->prev = NULL;
+    b->next = c->bodies;
+    if (b->next) b->next->prev = b;
+    c->bodies = b;
+    nghttp2_session_set_stream_user_data(c->session, stream_id, b);
+    return 0;
 }
 
 /* Informational (1xx) responses and trailers: a HEADERS frame with no data provider. */
