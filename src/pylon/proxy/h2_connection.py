@@ -6,7 +6,7 @@ TLS checks, network filters, XFF and client-certificate facts, but many
 streams at once. Each stream drives the same per-request machinery as an
 HTTP/1 request (`stream.py`: routing, filters, retries, timeouts, local
 replies, access log) through `H2StreamConn`, the stream's view of its
-connection: it carries the stream's own response encoder
+connection: it is also the stream's own response encoder
 (`http/h2_server.py`), its own deadlines on the worker's wheel
 (`stream_idle_timeout` and the route's timeouts are per stream), and stands
 in for the transport where the stream applies back-pressure, so pausing
@@ -70,22 +70,25 @@ class H2Runtime:
         add_counts(self.stats.counter, counts, seen)
 
 
-class H2StreamConn:
-    """One HTTP/2 stream as its `Stream` sees its connection (and transport): facts shared, flow and timers own."""
+class H2StreamConn(Http2ResponseEncoder):
+    """One HTTP/2 stream as its `Stream` sees its connection (and transport): facts shared, flow and timers own.
 
-    __slots__ = ("h2", "stream_id", "stream", "encoder", "hcm", "loop", "loop_time", "deadlines", "peer", "peer_ip",
-                 "local", "scheme", "connection_id", "detected", "wake_at", "closed", "paused", "owed")
+    It is also the stream's response encoder (`encoder` is itself): one object per stream for both roles, not two,
+    as a proxied GET makes and frees a handful of objects and each is a share of its CPU.
+    """
+
+    __slots__ = ("h2", "stream", "hcm", "loop", "loop_time", "deadlines", "peer", "peer_ip", "local", "scheme",
+                 "connection_id", "detected", "wake_at", "closed", "paused", "owed")
 
     protocol = "HTTP/2"  # the access log's %PROTOCOL%
     feeding = False  # a request's head arrives whole: a local reply never waits for the rest of a read
     last_activity = 0.0  # per stream only: the stream's own last_activity counts for stream_idle_timeout
 
     def __init__(self, h2: "Http2Connection", stream_id: int) -> None:
+        Http2ResponseEncoder.__init__(self, h2.session, stream_id, h2.hcm.server_name)
         self.h2 = h2
-        self.stream_id = stream_id
         self.stream: Stream = None  # type: ignore[assignment]  # set right after, the Stream needs this first
         self.hcm = h2.hcm
-        self.encoder = Http2ResponseEncoder(h2.session, stream_id, h2.hcm.server_name)
         self.loop = h2.loop
         self.loop_time = h2.loop_time
         self.deadlines = h2.deadlines
@@ -103,6 +106,11 @@ class H2StreamConn:
     @property
     def draining(self) -> bool:
         return self.h2.draining
+
+    @property
+    def encoder(self) -> "H2StreamConn":
+        """The stream's response encoder: this object (see the class)."""
+        return self
 
     @property
     def transport(self) -> "H2StreamConn":
@@ -126,7 +134,7 @@ class H2StreamConn:
         once this round of events is over, every stream's in one write. A response the client does not read fast
         enough stops its upstream past the buffer limit."""
         h2 = self.h2
-        self.encoder.commit()
+        self.commit()
         h2.flush_later()
         if h2.session.pending(self.stream_id) > self.hcm.buffer_limit and not self.closed:
             stream = self.stream
@@ -136,8 +144,8 @@ class H2StreamConn:
 
     # --- the connection the stream sees
     def flush_output(self) -> None:
-        self.encoder.commit()
-        self.encoder.out.clear()
+        self.commit()
+        self.out.clear()
         self.h2.flush_later()
 
     def stream_done(self, stream: Stream, close: bool) -> None:
@@ -318,7 +326,7 @@ class Http2Connection(HttpConnection):
     def _stream_closed(self, conn: H2StreamConn, error_code: int) -> None:
         """The HTTP/2 stream is gone (ended both ways, reset by either side, or its connection lost)."""
         conn.closed = True
-        conn.encoder.drop()
+        conn.drop()
         self.out_paused.discard(conn)
         self.hcm.h2.streams_active.value -= 1
         if conn.wake_at:
@@ -354,8 +362,8 @@ class Http2Connection(HttpConnection):
             conn.owed = 0
         conn.paused = False
         if conn.stream.rs_state == RS_RESET:
-            conn.encoder.commit()  # what the stream relayed goes out before its reset, as it would have
-            conn.encoder.drop()
+            conn.commit()  # what the stream relayed goes out before its reset, as it would have
+            conn.drop()
             self.session.reset_stream(conn.stream_id, INTERNAL_ERROR)
         self.flush_later()
 
