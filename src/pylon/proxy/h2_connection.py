@@ -7,8 +7,9 @@ streams at once. Each stream drives the same per-request machinery as an
 HTTP/1 request (`stream.py`: routing, filters, retries, timeouts, local
 replies, access log) through `H2StreamConn`, the stream's view of its
 connection: it is also the stream's own response encoder
-(`http/h2_server.py`), its own deadlines on the worker's wheel
-(`stream_idle_timeout` and the route's timeouts are per stream), and stands
+(`http/h2_server.py`), keeps its own deadlines (`stream_idle_timeout` and
+the route's timeouts are per stream; the worker's wheel looks at the
+connection, which asks each open stream), and stands
 in for the transport where the stream applies back-pressure, so pausing
 "reading" pauses only that stream: its received DATA is not credited back
 (no WINDOW_UPDATE) until the upstream takes it. A response the client does
@@ -77,8 +78,8 @@ class H2StreamConn(Http2ResponseEncoder):
     as a proxied GET makes and frees a handful of objects and each is a share of its CPU.
     """
 
-    __slots__ = ("h2", "stream", "hcm", "loop", "loop_time", "deadlines", "peer", "peer_ip", "local", "scheme",
-                 "connection_id", "detected", "wake_at", "closed", "paused", "owed")
+    __slots__ = ("h2", "stream", "hcm", "loop", "loop_time", "peer", "peer_ip", "local", "scheme", "connection_id",
+                 "detected", "closed", "paused", "owed")
 
     protocol = "HTTP/2"  # the access log's %PROTOCOL%
     feeding = False  # a request's head arrives whole: a local reply never waits for the rest of a read
@@ -91,14 +92,12 @@ class H2StreamConn(Http2ResponseEncoder):
         self.hcm = h2.hcm
         self.loop = h2.loop
         self.loop_time = h2.loop_time
-        self.deadlines = h2.deadlines
         self.peer = h2.peer
         self.peer_ip = h2.peer_ip
         self.local = h2.local
         self.scheme = h2.scheme
         self.connection_id = h2.connection_id
         self.detected = h2.detected
-        self.wake_at = 0.0
         self.closed = False  # the HTTP/2 stream is closed (both ways, or reset)
         self.paused = False  # the upstream does not take the body: received DATA is not credited back
         self.owed = 0  # body bytes received while paused, credited when it resumes
@@ -106,6 +105,16 @@ class H2StreamConn(Http2ResponseEncoder):
     @property
     def draining(self) -> bool:
         return self.h2.draining
+
+    @property
+    def wake_at(self) -> float:
+        """When the deadline wheel looks at the stream next: its connection's look, which asks every stream."""
+        return self.h2.wake_at
+
+    @property
+    def deadlines(self) -> "Http2Connection":
+        """Where the stream arms its deadlines (`Stream._arm`): its connection, not the worker's wheel itself."""
+        return self.h2
 
     @property
     def encoder(self) -> "H2StreamConn":
@@ -161,7 +170,7 @@ class H2StreamConn(Http2ResponseEncoder):
         return self.h2.connection_info()
 
     def sweep(self, now: float) -> float:
-        """The stream's own timeouts, from the worker's deadline wheel (see `Stream.sweep`)."""
+        """The stream's own timeouts, from its connection's look (see `Stream.sweep`)."""
         stream = self.stream
         if stream is None or stream.rs_state >= RS_DONE:
             return 0.0
@@ -329,8 +338,6 @@ class Http2Connection(HttpConnection):
         conn.drop()
         self.out_paused.discard(conn)
         self.hcm.h2.streams_active.value -= 1
-        if conn.wake_at:
-            self.deadlines.disarm(conn)
         stream = conn.stream
         if error_code and stream.rs_state < RS_DONE:
             # Reset (or its connection lost): its upstream request is abandoned; the other streams go on. A stream
@@ -345,9 +352,8 @@ class Http2Connection(HttpConnection):
 
     # ------------------------------------------------------------------ the streams' calls
     def stream_done(self, conn: H2StreamConn) -> None:
-        """A stream's response ended (whole, or reset after it began): the stream's flow and timers are settled."""
-        if conn.wake_at:
-            self.deadlines.disarm(conn)
+        """A stream's response ended (whole, or reset after it began): the stream's flow is settled (its deadlines
+        end with it: the connection's look asks only the streams still open)."""
         self.out_paused.discard(conn)
         if conn.closed or self.closed:
             # The HTTP/2 stream closed first: nothing calls this stream again. Dropping the link back to it (the
@@ -433,20 +439,33 @@ class Http2Connection(HttpConnection):
         self.session.goaway(NO_ERROR)
         self.flush()
 
+    def arm(self, _stream: H2StreamConn, when: float) -> None:
+        """A stream's deadline (`Stream._arm` through `H2StreamConn.deadlines`): the wheel looks at the connection,
+        which asks each of its streams (`sweep`). One target per connection, not per stream: a stream whose deadline
+        is later than the connection's next look costs one comparison, not an entry in the wheel and its removal."""
+        if when < self.wake_at or not self.wake_at:
+            self.deadlines.arm(self, when)
+
     def sweep(self, now: float) -> float:
         """The connection's own timeouts: max_connection_duration and idle_timeout (no open stream for that long)
-        drain it, as Envoy (its GOAWAY pair, drain_timeout apart). Each stream's timeouts are its own
-        (`H2StreamConn.sweep`)."""
+        drain it, as Envoy (its GOAWAY pair, drain_timeout apart); then each open stream's own
+        (`H2StreamConn.sweep`). Returns the earliest of their next deadlines."""
         if self.closed:
             return 0.0
         hcm = self.hcm
         following = 0.0
+        for conn in list(self.streams.values()):
+            due = conn.sweep(now)
+            if due and (not following or due < following):
+                following = due
+        if self.closed:
+            return 0.0
         if hcm.max_connection_duration and not self.draining:
             due = self.opened_at + hcm.max_connection_duration
             if now >= due:
                 hcm.cx_max_duration.value += 1
                 self.drain(close_idle=False)
-            else:
+            elif not following or due < following:
                 following = due
         idle = hcm.idle_timeout
         if idle and not self.draining:
