@@ -114,3 +114,39 @@ def test_100_continue_is_an_informational_head_before_the_response() -> None:
     encoder.encode_headers(204, [], close=False, http10=False, head_request=False)
     pump(server, client)
     assert [e[2][0] for e in owner.events if e[0] == "headers"] == [(b":status", b"100"), (b":status", b"204")]
+
+
+def test_a_head_is_held_until_the_body_ends_then_the_response_goes_whole() -> None:
+    encoder, owner, server, client = _exchange()
+    encoder.encode_headers(200, [(b"content-length", b"4")], close=False, http10=False, head_request=False)
+    encoder.encode_data(b"bo")
+    encoder.encode_data(b"dy")
+    assert encoder.out and server.data_to_send() == b""  # nothing framed yet: the head waits for the body's end
+    encoder.encode_end()
+    assert 1 not in server._out  # submitted whole: the shim frames the body
+    pump(server, client)
+    assert owner.events[0] == ("headers", 1, [(b":status", b"200"), (b"content-length", b"4")], False)
+    assert owner.body[1] == b"body" and owner.events[-2:] == [("end", 1), ("closed", 1, 0)]
+
+
+def test_a_flush_submits_a_held_head_and_its_body_so_far_and_the_rest_follows() -> None:
+    encoder, owner, server, client = _exchange()
+    encoder.encode_headers(200, [], close=False, http10=False, head_request=False)
+    encoder.encode_data(b"first ")
+    encoder.commit()  # the stream flushes at the end of an upstream read: what it relayed goes out
+    pump(server, client)
+    assert owner.events == [("headers", 1, [(b":status", b"200")], False)] and owner.body[1] == b"first "
+    encoder.encode_data(b"second")
+    encoder.encode_end()
+    pump(server, client)
+    assert owner.body[1] == b"first second" and owner.events[-2:] == [("end", 1), ("closed", 1, 0)]
+
+
+def test_a_held_head_of_a_stream_that_is_gone_is_never_submitted() -> None:
+    encoder, owner, server, client = _exchange()
+    encoder.encode_headers(200, [], close=False, http10=False, head_request=False)
+    encoder.drop()
+    encoder.commit()
+    encoder.encode_end()
+    pump(server, client)
+    assert owner.events == []

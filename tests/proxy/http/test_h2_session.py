@@ -7,7 +7,7 @@ import struct
 import pytest
 
 from pylon.proxy.http import h2_session
-from pylon.proxy.http.h2_session import CANCEL, NO_ERROR, REFUSED_STREAM, H2Error, H2Settings
+from pylon.proxy.http.h2_session import CANCEL, NO_ERROR, REFUSED_STREAM, H2Connection, H2Error, H2Settings
 
 from .h2_helpers import SETTINGS, WINDOW_UPDATE, Recorder, client_start, frames, goaway_of, pump, session
 
@@ -226,3 +226,57 @@ def test_extended_connect_only_with_allow_connect(allow_connect):
         assert so.events == []
         assert co.events == [("closed", sid, 1)]  # PROTOCOL_ERROR
         assert srv.counters()["http2.rx_messaging_error"] == 1
+
+
+def test_a_whole_response_goes_in_one_submission_and_follows_the_windows():
+    """send_whole: HEADERS, then the body framed by the shim from its own copy (no body queued in Python), as the
+    client's windows allow, ending the stream."""
+    small = H2Settings(initial_stream_window_size=65535, initial_connection_window_size=65535)
+    srv, so, cli, co = pair(client_settings=small)
+    sid = cli.send_request(REQ, end_stream=True)
+    pump(cli, srv)
+    body = bytes(range(256)) * 1024  # 256 KiB: four windows
+    srv.send_whole(sid, [(b":status", b"200"), (b"content-length", b"%d" % len(body))], body)
+    assert srv.pending(sid) == 0 and sid not in srv._out  # nothing for pyl_read: the shim holds the body
+    pump(cli, srv)
+    assert co.events[0] == ("headers", sid, [(b":status", b"200"), (b"content-length", b"262144")], False)
+    assert bytes(co.body[sid]) == body
+    assert co.events[-2:] == [("end", sid), ("closed", sid, 0)]
+    assert srv._c.bodies == h2_session.ffi.NULL  # framed whole: the copy was freed
+
+
+def test_a_whole_response_on_a_stream_not_open_is_refused():
+    srv, _so, _cli, _co = pair()
+    with pytest.raises(H2Error):
+        srv.send_whole(1, [(b":status", b"200")], b"x")
+
+
+def _held_back(count: int) -> tuple[H2Connection, Recorder, H2Connection, list[int]]:
+    """A server with `count` whole responses of 4 KiB its client's 1 KiB stream windows hold back (it reads nothing)."""
+    so, co = Recorder(), Recorder(auto_consume=False)
+    srv = session(so, server=True)
+    cli = session(co, server=False, settings=H2Settings(initial_stream_window_size=1024))
+    sids = [cli.send_request(REQ, end_stream=True) for _ in range(count)]
+    pump(cli, srv)
+    for sid in sids:
+        srv.send_whole(sid, [(b":status", b"200")], b"x" * 4096)
+    pump(cli, srv)
+    assert [len(co.body[sid]) for sid in sids] == [1024] * count
+    return srv, so, cli, sids
+
+
+def test_the_copy_of_a_whole_body_is_freed_when_its_stream_is_reset():
+    srv, so, cli, sids = _held_back(2)
+    cli.reset_stream(sids[0], CANCEL)
+    pump(cli, srv)
+    assert ("closed", sids[0], CANCEL) in so.events
+    assert srv._c.bodies != h2_session.ffi.NULL  # the second's
+    cli.reset_stream(sids[1], CANCEL)
+    pump(cli, srv)
+    assert srv._c.bodies == h2_session.ffi.NULL
+
+
+def test_the_copies_a_session_still_holds_are_freed_with_it():
+    srv, _so, _cli, _sids = _held_back(2)
+    srv.close()
+    assert srv._c.bodies == h2_session.ffi.NULL

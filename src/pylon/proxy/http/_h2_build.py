@@ -21,6 +21,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 
 CDEF = """
 typedef struct nghttp2_session nghttp2_session;
+typedef struct pyl_body pyl_body;
 typedef struct pyl_h2 {
     nghttp2_session *session;
     void *handle;
@@ -32,6 +33,7 @@ typedef struct pyl_h2 {
     uint64_t max_wu_per_data;
     int tripped;
     uint64_t rx_reset, tx_reset, rx_messaging_error, goaway_sent;
+    pyl_body *bodies;
     ...;
 } pyl_h2;
 
