@@ -7,7 +7,8 @@ import struct
 import pytest
 
 from pylon.proxy.http import h2_session
-from pylon.proxy.http.h2_session import CANCEL, NO_ERROR, REFUSED_STREAM, H2Connection, H2Error, H2Settings
+from pylon.proxy.http.h2_session import (CANCEL, NO_ERROR, REFUSED_STREAM, H2Connection, H2Error, H2Settings,
+                                         header_block)
 
 from .h2_helpers import SETTINGS, WINDOW_UPDATE, Recorder, client_start, frames, goaway_of, pump, session
 
@@ -236,7 +237,8 @@ def test_a_whole_response_goes_in_one_submission_and_follows_the_windows():
     sid = cli.send_request(REQ, end_stream=True)
     pump(cli, srv)
     body = bytes(range(256)) * 1024  # 256 KiB: four windows
-    srv.send_whole(sid, [(b":status", b"200"), (b"content-length", b"%d" % len(body))], body)
+    head = [(b":status", b"200"), (b"content-length", b"%d" % len(body))]
+    srv.send_whole(sid, header_block(head), len(head), body)
     assert srv.pending(sid) == 0 and sid not in srv._out  # nothing for pyl_read: the shim holds the body
     pump(cli, srv)
     assert co.events[0] == ("headers", sid, [(b":status", b"200"), (b"content-length", b"262144")], False)
@@ -248,7 +250,7 @@ def test_a_whole_response_goes_in_one_submission_and_follows_the_windows():
 def test_a_whole_response_on_a_stream_not_open_is_refused():
     srv, _so, _cli, _co = pair()
     with pytest.raises(H2Error):
-        srv.send_whole(1, [(b":status", b"200")], b"x")
+        srv.send_whole(1, header_block([(b":status", b"200")]), 1, b"x")
 
 
 def _held_back(count: int) -> tuple[H2Connection, Recorder, H2Connection, list[int]]:
@@ -259,7 +261,7 @@ def _held_back(count: int) -> tuple[H2Connection, Recorder, H2Connection, list[i
     sids = [cli.send_request(REQ, end_stream=True) for _ in range(count)]
     pump(cli, srv)
     for sid in sids:
-        srv.send_whole(sid, [(b":status", b"200")], b"x" * 4096)
+        srv.send_whole(sid, header_block([(b":status", b"200")]), 1, b"x" * 4096)
     pump(cli, srv)
     assert [len(co.body[sid]) for sid in sids] == [1024] * count
     return srv, so, cli, sids

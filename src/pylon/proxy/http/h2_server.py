@@ -67,12 +67,12 @@ def request_head(fields: Headers, underscores: int) -> tuple[RequestHead, int]:
     head = RequestHead()
     authority: bytes | None = None
     host: bytes | None = None
-    headers: Headers = []
+    headers: Headers = [(b"host", b"")]  # its place, first: filled (or removed) at the end, not inserted there
     cookie_at = -1
     dropped = 0
     for pair in fields:
         name = pair[0]
-        if name[:1] == b":":
+        if name[0] == 58:  # b":" (nghttp2 admits no empty name)
             if name == b":method":
                 head.method = pair[1]
             elif name == b":path":
@@ -102,7 +102,9 @@ def request_head(fields: Headers, underscores: int) -> tuple[RequestHead, int]:
         headers.append(pair)
     authority = authority if authority is not None else host
     if authority is not None:
-        headers.insert(0, (b"host", authority))
+        headers[0] = (b"host", authority)
+    else:
+        del headers[0]
     head.headers = headers
     return head, dropped
 
@@ -122,7 +124,7 @@ class Http2ResponseEncoder:
         # The upstream's response ended with its head (an HTTP/2 upstream's trailers-only gRPC error): the head
         # goes with END_STREAM, as Envoy relays it; gRPC clients read its grpc-status only from such a frame.
         self.headers_only = False
-        self.held: Headers | None = None  # a response head not submitted yet (see commit)
+        self.held: tuple[bytes, int] | None = None  # a response head not submitted yet (its block, its field count)
         self.held_body: list[bytes] | None = None  # body pieces that came after the held head
 
     def commit(self) -> None:
@@ -132,7 +134,7 @@ class Http2ResponseEncoder:
             return
         self.held = None
         session, stream_id = self.session, self.stream_id
-        session.send_response(stream_id, held)
+        session.send_response_block(stream_id, *held)
         body = self.held_body
         if body is not None:
             self.held_body = None
@@ -155,19 +157,30 @@ class Http2ResponseEncoder:
         the connection reads it as "the request was not read whole" (see `Http2Connection.stream_done`)."""
         if self.ended:
             return close
-        sent = [(b":status", b"%d" % status)]
-        sent += [pair for pair in headers if pair[0] not in drop and pair[0] not in CONNECTION_SPECIFIC]
+        # The head straight as the session's block (`name\0value\0...`): one pass, no list of pairs in between.
+        flat = [b":status", b"%d" % status]
+        empty = False  # content-length: 0
+        for name, value in headers:
+            if name not in drop and name not in CONNECTION_SPECIFIC:
+                flat += (name, value)
+                if name == b"content-length" and value == b"0":
+                    empty = True
         if extra:
-            sent += extra
+            for name, value in extra:
+                flat += (name, value)
+                if name == b"content-length" and value == b"0":
+                    empty = True
+        count = len(flat) // 2
+        flat.append(b"")
+        block = b"\0".join(flat)
         # A head that says no body follows ends the stream: an HTTP/2 upstream's head that ended its stream
         # (headers_only), or a length of 0, as Envoy relays an HTTP/1.1 upstream's (a gRPC server's trailers-only
         # answer: a client reads its grpc-status only from a HEADERS frame with END_STREAM)
-        end = head_request or status == 204 or status == 304 or self.headers_only or (b"content-length", b"0") in sent
-        if end:
-            self.session.send_response(self.stream_id, sent, end_stream=True)
+        if head_request or status == 204 or status == 304 or self.headers_only or empty:
+            self.session.send_response_block(self.stream_id, block, count, end_stream=True)
             self.ended = True
         else:
-            self.held = sent  # submitted by commit, or whole with its body by encode_end
+            self.held = (block, count)  # submitted by commit, or whole with its body by encode_end
         self.out.append(b"")
         return close
 
@@ -191,7 +204,7 @@ class Http2ResponseEncoder:
         if held is not None and not trailers:
             body = self.held_body
             self.held = self.held_body = None
-            self.session.send_whole(self.stream_id, held, b"" if body is None else body[0] if len(body) == 1
+            self.session.send_whole(self.stream_id, *held, b"" if body is None else body[0] if len(body) == 1
                                     else b"".join(body))
         else:
             self.commit()

@@ -180,7 +180,7 @@ class _Outbound:
         self.deferred = False  # nghttp2 waits for `resume_data`
 
 
-def _block(headers: Headers) -> bytes:
+def header_block(headers: Headers) -> bytes:
     """`name\\0value\\0...`: the shim builds nghttp2's array from it, and refuses a field holding a NUL."""
     return b"\0".join(itertools.chain.from_iterable(headers)) + b"\0"
 
@@ -312,7 +312,7 @@ class H2Connection:
 
     def send_request(self, headers: Headers, end_stream: bool = False) -> int:
         """Client: open a stream with `headers` (pseudo-headers first); returns its id."""
-        block = _block(headers)
+        block = header_block(headers)
         sid = lib.pyl_submit_request(self._c, block, len(block), len(headers), int(not end_stream))
         self._check(sid)
         if not end_stream:
@@ -323,24 +323,27 @@ class H2Connection:
 
     def send_response(self, stream_id: int, headers: Headers, end_stream: bool = False) -> None:
         """Server: the final response head (`:status` first); a body follows by `send_data` unless `end_stream`."""
+        self.send_response_block(stream_id, header_block(headers), len(headers), end_stream)
+
+    def send_response_block(self, stream_id: int, block: bytes, count: int, end_stream: bool = False) -> None:
+        """`send_response` with the head as a ready `name\0value\0...` block of `count` fields (see `header_block`): for
+        an encoder that builds it in its own pass over the fields instead of a list of pairs first."""
         self._known(stream_id)
-        block = _block(headers)
-        self._check(lib.pyl_submit_response(self._c, stream_id, block, len(block), len(headers),
-                                            int(not end_stream)))
+        self._check(lib.pyl_submit_response(self._c, stream_id, block, len(block), count, int(not end_stream)))
         if not end_stream:
             self._out[stream_id] = _Outbound()
 
-    def send_whole(self, stream_id: int, headers: Headers, body: bytes) -> None:
-        """Server: a complete response, its head and `body` (the stream then ends), in one submission. The shim
-        keeps a copy of the body and frames it itself: no `_Outbound`, no DATA read calling back into Python."""
+    def send_whole(self, stream_id: int, block: bytes, count: int, body: bytes) -> None:
+        """Server: a complete response, its head (a block, as `send_response_block`) and `body` (the stream then
+        ends), in one submission. The shim keeps a copy of the body and frames it itself: no `_Outbound`, no DATA
+        read calling back into Python."""
         self._known(stream_id)
-        block = _block(headers)
-        self._check(lib.pyl_submit_whole(self._c, stream_id, block, len(block), len(headers), body, len(body)))
+        self._check(lib.pyl_submit_whole(self._c, stream_id, block, len(block), count, body, len(body)))
 
     def send_informational(self, stream_id: int, headers: Headers) -> None:
         """Server: a 1xx response (100 Continue, 103 Early Hints) before the final one."""
         self._known(stream_id)
-        block = _block(headers)
+        block = header_block(headers)
         self._check(lib.pyl_submit_headers(self._c, stream_id, block, len(block), len(headers), 0))
 
     def send_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
@@ -361,7 +364,7 @@ class H2Connection:
         out = self._out.get(stream_id)
         if out is None or out.ended:
             raise H2Error(f"stream {stream_id} has no open body")
-        out.trailers = (_block(trailers), len(trailers))  # made now (and checked), not inside the read callback
+        out.trailers = (header_block(trailers), len(trailers))  # made now (and checked), not inside the read callback
         out.ended = True
         self._resume(stream_id, out)
 
