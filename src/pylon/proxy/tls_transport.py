@@ -18,6 +18,14 @@ resumes the handshake. The application protocol (HTTP connection manager,
 tcp_proxy) sees an ordinary transport (`TlsAppTransport`), created only once
 the handshake is done, as with uvloop.
 
+Application writes are encrypted at once but sent once per loop iteration
+(`loop.call_soon`), as Envoy flushes a connection's write buffer: what an
+iteration writes leaves in one `write(2)`, so a response and the close_notify
+of the close that follows it (HTTP/1 `Connection: close`) go together, and the
+session ticket issued when the handshake completes goes with whatever is
+written in the same iteration (a local reply). The handshake's own flights
+are sent at once.
+
 A connection closed while its key operation is outstanding fails the slot and
 drives the handshake once more, so OpenSSL's paused ASYNC job unwinds instead
 of leaking its fiber stack; a late provider result is then ignored.
@@ -116,7 +124,9 @@ class TlsAppTransport(asyncio.Transport):
         return self._tls.raw is not None and self._tls.raw.is_reading()
 
     def get_write_buffer_size(self) -> int:
-        return self._tls.raw.get_write_buffer_size() if self._tls.raw is not None else 0
+        tls = self._tls
+        held = sum(map(len, tls.pending)) if tls.pending else 0
+        return held + (tls.raw.get_write_buffer_size() if tls.raw is not None else 0)
 
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
         if self._tls.raw is not None:
@@ -152,12 +162,15 @@ class TlsServerProtocol(asyncio.Protocol):
         self.app_transport: TlsAppTransport | None = None
         self.will_sign = False  # counted in PENDING_SIGNERS until its key operation is submitted
         self.timer: asyncio.TimerHandle | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.pending: list[bytes] | None = None  # records this iteration wrote, sent together at its end
 
     # ---- raw side ----
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.raw = transport  # type: ignore[assignment]
-        self.timer = asyncio.get_running_loop().call_later(HANDSHAKE_TIMEOUT, self._handshake_timeout)
+        self.loop = loop = asyncio.get_running_loop()
+        self.timer = loop.call_later(HANDSHAKE_TIMEOUT, self._handshake_timeout)
         if self.slot is not _NULL:
             self.will_sign = True
             PENDING_SIGNERS.started()
@@ -208,7 +221,10 @@ class TlsServerProtocol(asyncio.Protocol):
         conn = self.conn
         result = lib.tn_handshake(conn, data, len(data))
         if conn.wire:
-            self._flush()
+            if result == lib.TN_OK:  # the session ticket: sent with what the application writes in this iteration
+                self._queue(lib.tn_take(conn, _WIRE, _BUFFER_SIZE))
+            else:
+                self._flush()  # a handshake flight (or an alert): the peer waits for it
         if result == lib.TN_WANT_READ:
             return
         if result == lib.TN_WANT_ASYNC:
@@ -295,26 +311,42 @@ class TlsServerProtocol(asyncio.Protocol):
             log.debug("TLS write failed: %s", handshake_error(self.conn.err))
             self.abort()
             return
-        if self.raw is not None:
-            self.raw.write(ffi.unpack(_WIRE, size))
-        if self.conn.wire:
-            self._flush()
+        self._queue(size)
+
+    def _queue(self, size: int) -> None:
+        """Hold the records in `_WIRE` (and any left in the write BIO) for this iteration's one socket write."""
+        conn = self.conn
+        pending = self.pending
+        if pending is None:
+            self.pending = pending = []
+            self.loop.call_soon(self._send_pending)  # type: ignore[union-attr]
+        if size:
+            pending.append(ffi.unpack(_WIRE, size))
+        while conn.wire:
+            pending.append(ffi.unpack(_WIRE, lib.tn_take(conn, _WIRE, _BUFFER_SIZE)))
+
+    def _send_pending(self) -> None:
+        pending, self.pending = self.pending, None
+        if pending and self.state != _CLOSED and self.raw is not None:
+            self.raw.writelines(pending)  # one writev
 
     def _flush(self) -> None:
+        """Send what the write BIO holds now, or behind this iteration's records if some are held (in order)."""
         conn = self.conn
         while conn.wire:
-            size = lib.tn_take(conn, _WIRE, _BUFFER_SIZE)
-            if self.raw is not None:
-                self.raw.write(ffi.unpack(_WIRE, size))
+            chunk = ffi.unpack(_WIRE, lib.tn_take(conn, _WIRE, _BUFFER_SIZE))
+            if self.pending is not None:
+                self.pending.append(chunk)
+            elif self.raw is not None:
+                self.raw.write(chunk)
 
     def close(self) -> None:
         """Send close_notify, then close once the written data is out (asyncio semantics)."""
         if self.state == _CLOSED or self.raw is None:
             return
         if self.state == _OPEN:
-            size = lib.tn_shutdown(self.conn, _WIRE, _BUFFER_SIZE)  # the peer's close_notify is not awaited
-            if size:
-                self.raw.write(ffi.unpack(_WIRE, size))
+            self._queue(lib.tn_shutdown(self.conn, _WIRE, _BUFFER_SIZE))  # the peer's close_notify is not awaited
+            self._send_pending()  # with what this iteration wrote before it
         elif self.state == _WAITING_KEY:
             lib.tn_unwind(self.conn)
         self._stop_timer()
