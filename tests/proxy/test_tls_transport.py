@@ -268,3 +268,30 @@ def test_a_stale_native_build_is_refused_and_key_files_fall_back(pki: Any, monke
     tls = _listener_tls(pki)
     assert tls.loop_ssl_context is tls.context
     assert tls.wrap_protocol_factory(Echo) is Echo
+
+
+
+def test_adopted_sockets_have_nodelay_from_the_loop(pki: Any) -> None:
+    """hcm.py sets no TCP_NODELAY per connection: the worker's loop (uvloop) sets it on every socket adopted as
+    `balance/adopt.py` adopts them, plain or under this TLS transport. This pins that."""
+    import socket
+
+    import uvloop
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        for factory in (asyncio.Protocol, _listener_tls(pki).wrap_protocol_factory(asyncio.Protocol)):
+            client = socket.create_connection(listener.getsockname())
+            accepted, _ = listener.accept()
+            assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 0
+            transport, _ = await loop.connect_accepted_socket(factory, accepted)
+            assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+            transport.close()
+            client.close()
+        listener.close()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(run())
