@@ -1,4 +1,4 @@
-"""Before/after for a handshake cut: two pylon source trees side by side, CPU per full TLS 1.3 handshake.
+"""Before/after for a handshake cut: two pylon source trees side by side, CPU per TLS 1.3 handshake.
 
 handshakes.py compares servers in one run of one source tree; a cut of a few
 percent drowns in the drift of a shared machine between two such runs. Here
@@ -12,7 +12,8 @@ variant.
 A variant is NAME=TARGET@SRC: TARGET a label of handshakes.py (pylon-file,
 pylon-cryptomb, nginx, ...) or pylon-file-mtls (pylon-file whose listener also
 has a trusted CA, as a sidecar's inbound listener does: client certificates
-optional), SRC the `src` folder whose pylon it runs (ignored for nginx/envoy).
+optional) or pylon-file-resumed / envoy-resumed (session tickets on, as
+resumption.py runs them: resumed handshakes), SRC the `src` folder whose pylon it runs (ignored for nginx/envoy).
 
 Usage: python benchmarks/handshake_ab.py --key ecdsa-p256 before=pylon-file@/old/src after=pylon-file@src [...]
 """
@@ -32,6 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from handshakes import BODY_SIZE, TARGETS, TEMPLATES, Target, saturate, start_target  # noqa: E402
+from resumption import resumption_template  # noqa: E402
 
 from pylon.bench.targets import free_port, start_nginx  # noqa: E402
 from pylon.identity.certs import make_test_pki  # noqa: E402
@@ -64,6 +66,10 @@ def main() -> int:
         files = pki.server_rsa if args.key == "rsa2048" else pki.server_ecdsa
         targets = {t.label: t for t in TARGETS}
         targets["pylon-file-mtls"] = mtls_target(work, pki.ca.cert)
+        resumed = str(resumption_template(work))
+        for label in ("pylon-file", "envoy"):
+            targets[f"{label}-resumed"] = dataclasses.replace(targets[label], label=f"{label}-resumed",
+                                                              template=resumed)
         upstream = stack.enter_context(start_nginx(free_port(), body_size=BODY_SIZE))
         started = {}
         for variant in args.variants:

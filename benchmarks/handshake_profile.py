@@ -22,7 +22,10 @@ issues TLS 1.3 session tickets with the benchmark's configuration
 (`openssl s_client -msg`), and, for RSA, the signature's share and the
 Amdahl bound it sets on any key provider.
 
-Usage: python benchmarks/handshake_profile.py [--requests 3000] [--reps 3] [--keys ecdsa-p256,rsa2048]
+`--resumed` profiles resumption.py's load instead: session tickets on, so every
+handshake after each h2load client's first one is a resumed TLS 1.3 handshake.
+
+Usage: python benchmarks/handshake_profile.py [--requests 3000] [--reps 3] [--keys ecdsa-p256,rsa2048] [--resumed]
 Needs perf (Debian linux-perf) and py-spy. Writes benchmarks/results/handshake_profile.{json,md}.
 """
 
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import shutil
 import statistics
@@ -43,7 +47,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from handshake_split import CATEGORIES, PYTHON_CODE, combine, perf_stacks, pyspy_stacks, python_split, split  # noqa: E402
-from handshakes import TARGETS, BODY_SIZE, Started, saturate, start_target  # noqa: E402
+from handshakes import TARGETS, BODY_SIZE, Started, Target, saturate, start_target  # noqa: E402
+from resumption import resumption_template, start_nginx_with_tickets  # noqa: E402
 
 from pylon.bench.procfs import proc_table, tree  # noqa: E402
 from pylon.bench.targets import free_port, pylon_workers, start_nginx  # noqa: E402
@@ -122,10 +127,25 @@ def profile_target(started: Started, args: argparse.Namespace, work: Path, ca: P
             "tickets_issued": tickets_issued(started, ca)}
 
 
+def start(stack: contextlib.ExitStack, target: Target, work: Path, upstream_port: int, cert: Path, key: Path,
+          resumed: bool) -> Started:
+    """handshakes.py's target, or with resumed: resumption.py's (session tickets at the server's defaults)."""
+    if not resumed:
+        return start_target(stack, target, work, upstream_port, cert, key)
+    if target.kind == "nginx":
+        return start_nginx_with_tickets(stack, work / target.label, upstream_port, cert, key)
+    if target.template != "handshake-file.yaml":
+        raise SystemExit(f"--resumed profiles key-file targets only, not {target.label}")
+    return start_target(stack, dataclasses.replace(target, template=str(resumption_template(work))), work,
+                        upstream_port, cert, key)
+
+
 def markdown(results: dict[str, dict[str, dict[str, Any]]], meta: dict[str, Any]) -> str:
     lines = [
-        "# Where a full TLS 1.3 handshake's CPU goes: pylon beside nginx and Envoy", "",
-        (f"`python benchmarks/handshake_profile.py`, {meta['started']}. `h2load --h1 -H 'Connection: close' -c 32`, "
+        f"# Where a {'resumed' if meta.get('resumed') else 'full'} TLS 1.3 handshake's CPU goes: pylon beside nginx "
+        "and Envoy", "",
+        (f"`python benchmarks/handshake_profile.py{' --resumed' if meta.get('resumed') else ''}`, {meta['started']}. "
+         "`h2load --h1 -H 'Connection: close' -c 32`, "
          f"{meta['requests']} handshakes per run, each target `--concurrency 1` in front of the same nginx upstream. "
          f"**CPU ms per handshake** = the process tree's CPU time / handshakes, median of {meta['reps']} runs without "
          "a profiler (the machine is shared with other work: CPU time, not rates). Split by the share of "
@@ -165,12 +185,14 @@ def main() -> int:
     parser.add_argument("--targets", default=",".join(PROFILED), help="comma-separated subset")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results", help="results folder")
     parser.add_argument("--name", default="handshake_profile", help="results file name (handshake_profile)")
+    parser.add_argument("--resumed", action="store_true", help="session tickets on: resumed handshakes (resumption.py)")
     args = parser.parse_args()
     for tool, hint in (("perf", "apt-get install linux-perf"), (str(PY_SPY), "pip install py-spy")):
         if shutil.which(tool) is None:
             print(f"{tool} is not installed ({hint})", file=sys.stderr)
             return 1
-    meta = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "requests": args.requests, "reps": args.reps}
+    meta = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "requests": args.requests, "reps": args.reps,
+            "resumed": args.resumed}
     by_label = {t.label: t for t in TARGETS}
     results: dict[str, dict[str, dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory(prefix="pylon-hs-profile-") as tmp:
@@ -184,7 +206,8 @@ def main() -> int:
                     upstream = stack.enter_context(start_nginx(free_port(), body_size=BODY_SIZE))
                     target_work = work / key / label
                     target_work.mkdir(parents=True)
-                    started = start_target(stack, by_label[label], target_work, upstream.port, files.cert, files.key)
+                    started = start(stack, by_label[label], target_work, upstream.port, files.cert, files.key,
+                                    args.resumed)
                     saturate(started, 500)  # warm-up
                     results[key][label] = profile_target(started, args, target_work, pki.ca.cert)
                 print(f"{key} {label}: {results[key][label]['cpu_ms_per_hs']:.3f} CPU ms per handshake", flush=True)

@@ -43,7 +43,7 @@ FIRST_MATCH: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("record encryption", ("EVP_EncryptUpdate", "EVP_DecryptUpdate", "EVP_CipherUpdate", "EVP_EncryptFinal",
                            "EVP_DecryptFinal", "EVP_CipherFinal", "CRYPTO_gcm128", "aesni_gcm")),
     (HANDSHAKE_OTHER := "handshake, other libssl/libcrypto", ("SSL_do_handshake", "SSLSocket_do_handshake", "SSLObject.do_handshake",
-                                           "ngx_ssl_handshake")),
+                                           "ngx_ssl_handshake", "tn_handshake")),
     ("SSL object set-up/teardown", ("SSL_new", "SSL_free", "SSLContext__wrap_bio", "PySSL_dealloc", "SSL_clear")),
 )
 

@@ -2,8 +2,8 @@
 
 The proxy-level TLS tests (test_proxy_tls*.py, tests/keys/) run every listener through it; these cover what
 they do not reach: payloads larger than the transport's one-call buffers both ways, close_notify in both
-directions, the handshake timeout, and the check that keeps the C side from trusting a pointer that is not
-the SSL of the `SSLObject` it was given.
+directions, session tickets (held for the connection's first write) and resumption, the handshake timeout,
+and the check that keeps the C side from trusting a pointer that is not the SSL of the `SSLObject` it was given.
 """
 
 from __future__ import annotations
@@ -52,6 +52,10 @@ class Echo(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if data == b"close":
+            self.transport.close()
+        elif data.startswith(b"twice:"):  # two writes and a close in one callback: they leave together
+            self.transport.write(data[6:])
+            self.transport.write(data[6:])
             self.transport.close()
         else:
             self.transport.write(data)
@@ -122,6 +126,95 @@ def test_close_notify_both_ways(pki: Any) -> None:
     asyncio.run(run())
 
 
+class BioClient:
+    """A TLS client over memory BIOs on a plain connection: it can offer a session and see every byte it gets."""
+
+    def __init__(self, pki: Any, port: int, session: ssl.SSLSession | None = None,
+                 context: ssl.SSLContext | None = None) -> None:
+        self.port = port
+        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.context = context or _client(pki)
+        self.tls = self.context.wrap_bio(self.incoming, self.outgoing, server_hostname="localhost", session=session)
+
+    async def handshake(self) -> None:
+        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        while True:
+            try:
+                self.tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                self.writer.write(self.outgoing.read())
+                await self._more()
+        self.writer.write(self.outgoing.read())  # the client's Finished
+
+    async def _more(self) -> bool:
+        data = await asyncio.wait_for(self.reader.read(65536), 30)
+        self.incoming.write(data)
+        return bool(data)
+
+    def send(self, data: bytes) -> None:
+        self.tls.write(data)
+        self.writer.write(self.outgoing.read())
+
+    async def read_until_closed(self) -> bytes:
+        """Everything the server sends until its close_notify (which must come)."""
+        got = b""
+        while True:
+            try:
+                chunk = self.tls.read(65536)
+            except ssl.SSLWantReadError:
+                assert await self._more(), "the connection ended without close_notify"
+                continue
+            if not chunk:  # close_notify (CPython reads it as the end, b"")
+                return got
+            got += chunk
+
+
+def test_tickets_go_with_the_first_write_and_resume(pki: Any) -> None:
+    async def run() -> None:
+        server, port, _ = await _serve(_listener_tls(pki))
+        first = BioClient(pki, port)
+        await first.handshake()
+        first.send(b"twice:ping")
+        assert await first.read_until_closed() == b"pingping"
+        assert first.tls.session is not None and first.tls.session.has_ticket  # it came with the response
+        assert not first.tls.session_reused
+        second = BioClient(pki, port, session=first.tls.session, context=first.context)
+        await second.handshake()
+        assert second.tls.session_reused
+        second.send(b"twice:pong")
+        assert await second.read_until_closed() == b"pongpong"
+        assert second.tls.session.has_ticket and second.tls.session is not first.tls.session  # a new one
+        for client in (first, second):
+            client.writer.close()
+        server.close()
+
+    asyncio.run(run())
+
+
+def test_held_tickets_go_with_the_close_when_nothing_is_written(pki: Any) -> None:
+    """A connection that never writes still hands its tickets out: with its close_notify."""
+    closers: list[asyncio.Protocol] = []
+
+    class CloseAtOnce(asyncio.Protocol):
+        def connection_made(self, transport: Any) -> None:
+            closers.append(self)
+            transport.close()
+
+    async def run() -> None:
+        tls = _listener_tls(pki)
+        server = await asyncio.get_running_loop().create_server(tls.wrap_protocol_factory(CloseAtOnce),
+                                                                "127.0.0.1", 0)
+        client = BioClient(pki, server.sockets[0].getsockname()[1])
+        await client.handshake()
+        assert await client.read_until_closed() == b""
+        assert closers and client.tls.session.has_ticket
+        client.writer.close()
+        server.close()
+
+    asyncio.run(run())
+
+
 def test_silent_client_is_dropped_after_the_handshake_timeout(pki: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(tls_transport, "HANDSHAKE_TIMEOUT", 0.5)
 
@@ -175,3 +268,30 @@ def test_a_stale_native_build_is_refused_and_key_files_fall_back(pki: Any, monke
     tls = _listener_tls(pki)
     assert tls.loop_ssl_context is tls.context
     assert tls.wrap_protocol_factory(Echo) is Echo
+
+
+
+def test_adopted_sockets_have_nodelay_from_the_loop(pki: Any) -> None:
+    """hcm.py sets no TCP_NODELAY per connection: the worker's loop (uvloop) sets it on every socket adopted as
+    `balance/adopt.py` adopts them, plain or under this TLS transport. This pins that."""
+    import socket
+
+    import uvloop
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        for factory in (asyncio.Protocol, _listener_tls(pki).wrap_protocol_factory(asyncio.Protocol)):
+            client = socket.create_connection(listener.getsockname())
+            accepted, _ = listener.accept()
+            assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 0
+            transport, _ = await loop.connect_accepted_socket(factory, accepted)
+            assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+            transport.close()
+            client.close()
+        listener.close()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(run())

@@ -12,7 +12,6 @@ timeouts. The router logic lives in `stream.py`.
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections import deque
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -335,12 +334,8 @@ class HttpConnection(asyncio.Protocol):
         if local:
             self.local = transport_address(local)
         apply_buffer_limit(transport, self.hcm.buffer_limit)
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
+        # TCP_NODELAY is already set: uvloop's (and asyncio's) TCP transports set it on every socket they adopt
+        # (tests/proxy/test_tls_transport.py pins it), so no setsockopt per connection here.
         self.last_activity = self.opened_at = now = self.loop_time()
         self.connection_id = self.worker.next_connection_id()
         self.hcm.cx_total.value += 1
