@@ -109,7 +109,7 @@ def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = 15.0, pro
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log):  # type: ignore[no-untyped-def]
-    """`--dist loadfile` (scripts/test.sh) keeps the mesh tests on one worker: see tests/xdist_scheduling.py."""
+    """`--dist loadfile` keeps the mesh tests on one worker: see tests/xdist_scheduling.py."""
     if config.getoption("dist") != "loadfile":
         return None  # another --dist asked for explicitly: xdist's own
     from tests.xdist_scheduling import FileOrMeshScheduling

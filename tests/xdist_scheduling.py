@@ -1,4 +1,4 @@
-"""How pytest-xdist shares the suite between its workers (scripts/test.sh runs `-n 2 --dist loadfile`).
+"""How pytest-xdist shares the suite between its workers (`scripts/test.sh -n 4 --dist loadfile`).
 
 Each test file is one unit of work, run whole by one worker: its module-scoped proxies and upstreams start once, not
 once per worker, and its tests keep their order. One unit spans files: the tests that bring up a `pylon mesh` (or the
