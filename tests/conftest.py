@@ -108,6 +108,15 @@ def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = 15.0, pro
     raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s")
 
 
+def pytest_xdist_make_scheduler(config: pytest.Config, log):  # type: ignore[no-untyped-def]
+    """`--dist loadfile` keeps the mesh tests on one worker: see tests/xdist_scheduling.py."""
+    if config.getoption("dist") != "loadfile":
+        return None  # another --dist asked for explicitly: xdist's own
+    from tests.xdist_scheduling import FileOrMeshScheduling
+
+    return FileOrMeshScheduling(config, log)
+
+
 @pytest.fixture
 def spawn() -> Iterator[Callable[..., subprocess.Popen]]:
     """Start child processes (in their own process group) and kill them at teardown, even on failure."""
