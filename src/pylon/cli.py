@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import click
@@ -10,7 +11,38 @@ from pylon import __version__
 from pylon.proxy.logging_setup import LEVELS
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# Subcommands other than `proxy`, imported only when one runs (or help lists them): importing them all cost
+# ~0.27 s of CPU on every start of every command, the proxy's and each of its worker processes' included.
+_LAZY_COMMANDS = {
+    "keyd": "pylon.keys.cli:keyd_command",
+    "echo": "pylon.bench.cli:echo",
+    "load": "pylon.bench.cli:load",
+    "report": "pylon.bench.cli:report",
+    "bench": "pylon.bench.scenario:bench",
+    "demo": "pylon.bench.demo:demo",
+    "pilot": "pylon.pilot.cli:pilot_command",
+    "agent": "pylon.agent.cli:agent_command",
+    "mesh": "pylon.mesh.cli:mesh_command",
+}
+
+
+class _LazyGroup(click.Group):
+    """A group whose commands in `_LAZY_COMMANDS` are imported by name when asked for (click's lazy-loading pattern)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *_LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = _LAZY_COMMANDS.get(cmd_name)
+        if target is None:
+            return super().get_command(ctx, cmd_name)
+        module, attribute = target.split(":")
+        command = getattr(importlib.import_module(module), attribute)
+        assert isinstance(command, click.Command) and command.name == cmd_name, target
+        return command
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="pylon")
 def main() -> None:
     """pylon: a service mesh in Python (Envoy-like proxy, Istio-like control plane, Fortio-like bench kit)."""
@@ -38,53 +70,6 @@ def proxy(config_path: str | None, config_yaml: str | None, concurrency: int, lo
     sys.exit(run_proxy(ProxyOptions(config_path=config_path, config_yaml=config_yaml, concurrency=concurrency,
                                     log_level=log_level, mode=mode, drain_time_s=drain_time_s, base_id=base_id)))
 
-
-def _register_keyd_command() -> None:
-    from pylon.keys.cli import keyd_command
-
-    main.add_command(keyd_command)
-
-
-_register_keyd_command()
-
-
-def _register_bench_commands() -> None:
-    from pylon.bench.cli import echo, load, report
-    from pylon.bench.demo import demo
-    from pylon.bench.scenario import bench
-
-    for command in (echo, load, report, bench, demo):
-        main.add_command(command)
-
-
-_register_bench_commands()
-
-
-def _register_pilot_command() -> None:
-    from pylon.pilot.cli import pilot_command
-
-    main.add_command(pilot_command)
-
-
-_register_pilot_command()
-
-
-def _register_agent_command() -> None:
-    from pylon.agent.cli import agent_command
-
-    main.add_command(agent_command)
-
-
-_register_agent_command()
-
-
-def _register_mesh_command() -> None:
-    from pylon.mesh.cli import mesh_command
-
-    main.add_command(mesh_command)
-
-
-_register_mesh_command()
 
 if __name__ == "__main__":
     main()
