@@ -43,8 +43,15 @@ def encode_headers(headers: list[tuple[bytes, bytes]]) -> bytes:
     return b"".join([b"%s: %s\r\n" % pair for pair in headers])
 
 
+#: Connection values that nominate no header, as servers and clients usually spell them: a set look-up instead of
+#: splitting the value (nginx says `keep-alive` on every response).
+NOMINATES_NOTHING: frozenset[bytes] = frozenset({b"keep-alive", b"Keep-Alive", b"close", b"Close"})
+
+
 def without_nominated(headers: list[tuple[bytes, bytes]], connection: bytes) -> list[tuple[bytes, bytes]]:
     """Drop the headers a Connection header nominates as hop-by-hop (RFC 9110 7.6.1)."""
+    if connection in NOMINATES_NOTHING:
+        return headers
     tokens = {t.strip().lower() for t in connection.split(b",")}
     tokens.discard(b"close")
     tokens.discard(b"keep-alive")

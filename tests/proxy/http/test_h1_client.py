@@ -119,6 +119,16 @@ def test_connection_close_forbids_reuse_and_its_nominated_headers_are_dropped() 
     assert (b"x-hop", b"secret") not in headers
 
 
+def test_keep_alive_nominates_nothing_and_does_not_undo_an_earlier_connection_header() -> None:
+    exchange = Exchange()
+    decoder, owner = decoder_for(exchange)
+    decoder.feed(b"HTTP/1.1 200 OK\r\nConnection: x-hop\r\nX-Hop: secret\r\nConnection: keep-alive\r\n"
+                 b"Keep-Alive: timeout=5\r\nContent-Length: 0\r\n\r\n")
+    status, headers, keep_alive = exchange.events[0][1:]
+    assert (status, keep_alive, owner.keep_alive) == (200, True, True)
+    assert [name for name, _ in headers] == [b"connection", b"connection", b"keep-alive", b"content-length"]
+
+
 def test_informational_heads_are_skipped() -> None:
     exchange = Exchange()
     decoder, _ = decoder_for(exchange)
