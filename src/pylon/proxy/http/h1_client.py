@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import httptools
 
-from pylon.proxy.http1 import encode_chunk, last_chunk, without_nominated
+from pylon.proxy.http1 import NOMINATES_NOTHING, encode_chunk, last_chunk, without_nominated
 
 if TYPE_CHECKING:
     from pylon.proxy.upstream.pool import Exchange
@@ -29,6 +29,11 @@ if TYPE_CHECKING:
 #: Methods Envoy 1.40 sends without a length when they have no body; every other bodiless request says
 #: `content-length: 0` (seen with Envoy: OPTIONS, TRACE, POST, PUT, PATCH do; GET, HEAD, DELETE do not).
 _BODILESS_METHODS = frozenset({b"GET", b"HEAD", b"DELETE", b"CONNECT"})
+
+
+#: `name: value` from a header pair, and the lines joined: C loops, twice as fast as formatting each pair.
+_HEADER_LINE = b": ".join
+_LINES = b"\r\n".join
 
 
 class Http1RequestEncoder:
@@ -44,8 +49,7 @@ class Http1RequestEncoder:
         right after the host line, as Envoy sets it. `trailers`: the cluster's enable_trailers."""
         first = b"%s %s HTTP/1.1\r\nhost: %s\r\n" % (method, target, host)
         self.split = len(first) if attempt_count else 0
-        parts = [first]
-        parts += [b"%s: %s\r\n" % pair for pair in headers]
+        parts = [first, _LINES(map(_HEADER_LINE, headers)), b"\r\n"] if headers else [first]
         if extra is not None:
             parts.append(extra)
         declared: int | None = None  # the content-length the head says (None: chunked, or none at all)
@@ -113,7 +117,7 @@ class Http1ResponseDecoder:
         self.headers: list[tuple[bytes, bytes]] = []
         self.trailers: list[tuple[bytes, bytes]] | None = None  # the current response's, once one came
         self.status = 0
-        self.connection: bytes | None = None  # the response's Connection header: the names it nominates go
+        self.connection: bytes | None = None  # the response's Connection header naming headers: those go
         self.informational = False  # a 1xx head is being skipped (the proxy answered Expect itself)
         self.head_response = False  # the answer to a HEAD: no body whatever the headers say
         self.close_delimited = False  # the body ends with the connection (no length, no chunking)
@@ -146,7 +150,7 @@ class Http1ResponseDecoder:
         if self.in_body:  # llhttp reports trailer fields through this callback, after the body
             return self._on_trailer(name, value)
         name = name.lower()
-        if name == b"connection":
+        if name == b"connection" and value not in NOMINATES_NOTHING:  # keep-alive, close: nothing to drop
             self.connection = value
         self.headers.append((name, value))
 
