@@ -17,7 +17,6 @@ a single `transport.write`.
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 from functools import partial
 from typing import TYPE_CHECKING, Any, Callable
@@ -33,6 +32,7 @@ from pylon.proxy.http.h1_client import Http1RequestEncoder
 from pylon.proxy.http1 import HOP_BY_HOP, without_nominated
 from pylon.proxy.mirror import Shadow, start_shadows
 from pylon.proxy.path import PathRejected, normalized_target
+from pylon.proxy.request_ids import new_request_id
 from pylon.proxy.router import first_query_values, is_grpc_request
 from pylon.proxy.stream_states import (RQ_DONE, RQ_HEADERS, RS_DONE, RS_HELD, RS_NOT_STARTED, RS_RESET, RS_SENDING,
                                        UP_AWAITING, UP_CONNECTING, UP_DONE, UP_IDLE, UP_RECEIVING, UP_RESET,
@@ -97,22 +97,6 @@ def _valid_authority(authority: bytes) -> bool:
         _VALID_AUTHORITIES.clear()
     _VALID_AUTHORITIES.add(authority)
     return True
-
-
-_UUID_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
-_random_hex: list[str] = []
-
-
-def _request_id() -> bytes:
-    """A random UUID4 string (x-request-id), several times cheaper than str(uuid.uuid4()).
-
-    Randomness is fetched 2 KiB at a time: one urandom call per 128 requests.
-    """
-    if not _random_hex:
-        block = os.urandom(16 * 128).hex()
-        _random_hex.extend([block[i:i + 32] for i in range(0, len(block), 32)])
-    h = _random_hex.pop()
-    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_UUID_VARIANT[h[16]]}{h[17:20]}-{h[20:]}".encode()
 
 
 def _cookie_value(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
@@ -680,7 +664,7 @@ class Stream:
             forward.append((b"x-forwarded-proto", xfp or conn.scheme))
         self.xff = xff
         if not self.request_id and hcm.generate_request_id:
-            self.request_id = _request_id()
+            self.request_id = new_request_id()
             forward.append((b"x-request-id", self.request_id))
             if hcm.replace_client_request_id:
                 self.headers = [pair for pair in self.headers if pair[0] != b"x-request-id"]
