@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import httptools
 
-from pylon.proxy.http1 import NOMINATES_NOTHING, encode_chunk, last_chunk, without_nominated
+from pylon.proxy.http1 import HEADER_LINE, JOIN_LINES, NOMINATES_NOTHING, encode_chunk, last_chunk, without_nominated
 
 if TYPE_CHECKING:
     from pylon.proxy.upstream.pool import Exchange
@@ -29,11 +29,6 @@ if TYPE_CHECKING:
 #: Methods Envoy 1.40 sends without a length when they have no body; every other bodiless request says
 #: `content-length: 0` (seen with Envoy: OPTIONS, TRACE, POST, PUT, PATCH do; GET, HEAD, DELETE do not).
 _BODILESS_METHODS = frozenset({b"GET", b"HEAD", b"DELETE", b"CONNECT"})
-
-
-#: `name: value` from a header pair, and the lines joined: C loops, twice as fast as formatting each pair.
-_HEADER_LINE = b": ".join
-_LINES = b"\r\n".join
 
 
 class Http1RequestEncoder:
@@ -49,7 +44,7 @@ class Http1RequestEncoder:
         right after the host line, as Envoy sets it. `trailers`: the cluster's enable_trailers."""
         first = b"%s %s HTTP/1.1\r\nhost: %s\r\n" % (method, target, host)
         self.split = len(first) if attempt_count else 0
-        parts = [first, _LINES(map(_HEADER_LINE, headers)), b"\r\n"] if headers else [first]
+        parts = [first, JOIN_LINES(map(HEADER_LINE, headers)), b"\r\n"] if headers else [first]
         if extra is not None:
             parts.append(extra)
         declared: int | None = None  # the content-length the head says (None: chunked, or none at all)

@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Protocol
 import httptools
 
 from pylon.proxy import local_reply as lr
-from pylon.proxy.http1 import (CONTINUE_100, HOP_BY_HOP, encode_chunk, last_chunk, local_reply, status_line,
-                               trailers_only_reply)
+from pylon.proxy.http1 import (CONTINUE_100, HEADER_LINE, HOP_BY_HOP, JOIN_LINES, STATUS_LINES, encode_chunk,
+                               last_chunk, local_reply, status_line, trailers_only_reply)
 
 if TYPE_CHECKING:
     from pylon.proxy.hcm import HcmRuntime
@@ -61,7 +61,7 @@ class Http1ResponseEncoder:
         a drain, an error). A response with no length becomes chunked, or for an
         HTTP/1.0 client is delimited by the close itself.
         """
-        parts = [status_line(status)]
+        sent = []
         has_length = False
         for pair in headers:
             name = pair[0]
@@ -69,9 +69,11 @@ class Http1ResponseEncoder:
                 continue
             if name == b"content-length":
                 has_length = True
-            parts.append(b"%s: %s\r\n" % pair)
+            sent.append(pair)
         if extra:
-            parts += [b"%s: %s\r\n" % pair for pair in extra]
+            sent += extra
+        parts = [STATUS_LINES.get(status) or status_line(status), JOIN_LINES(map(HEADER_LINE, sent)), b"\r\n"] \
+            if sent else [status_line(status)]
         if not has_length and not head_request and status != 204 and status != 304:
             if http10:
                 close = True  # an HTTP/1.0 client reads to the end of the connection
