@@ -1273,9 +1273,10 @@ class Stream:
         self.on_upstream_flush()
         cluster = self.cluster
         assert cluster is not None
+        now = self.conn.loop_time()
         if self.hcm.dynamic_stats:
             cluster.stats.count_response(self.status)
-            cluster.stats.upstream_rq_time.record((self.conn.loop_time() - self.attempt_start) * 1000)
+            cluster.stats.upstream_rq_time.record((now - self.attempt_start) * 1000)
         if self.paused_upstream:
             # The last bytes filled the client's buffer and paused the upstream's reading as they completed the
             # response: the pool must take the connection back reading, or the next exchange never hears its answer.
@@ -1283,7 +1284,7 @@ class Stream:
         self.upstream = None  # the pool takes the connection back
         self.up_state = UP_DONE
         self._end_attempt(abandon=False)
-        self._finish(close=self.close_after)
+        self._finish(self.close_after, RS_DONE, now)
 
     def on_upstream_reset(self, reason: str, stale: bool = False) -> None:
         self.upstream = None
@@ -1526,8 +1527,9 @@ class Stream:
         self._end_attempt(abandon=True)
         self._finish(close=close)
 
-    def _finish(self, close: bool, final: int = RS_DONE) -> None:
-        """The stream ends: the response went out whole (`final` RS_DONE) or not (RS_RESET)."""
+    def _finish(self, close: bool, final: int = RS_DONE, now: float = 0.0) -> None:
+        """The stream ends: the response went out whole (`final` RS_DONE) or not (RS_RESET). `now`: the loop's
+        clock if the caller just read it (one read of it fewer per request)."""
         if self.rs_state >= RS_DONE:
             return
         self.rs_state = final
@@ -1547,16 +1549,14 @@ class Stream:
                     shadow.abandon()
             self.shadows = None
         hcm = self.hcm
+        elapsed = (now or self.conn.loop_time()) - self.start
         if self.started:
             hcm.rq_active.value -= 1
             status = self.status
             if status:
                 hcm.rq_by_class[status // 100].value += 1
             hcm.rq_completed.value += 1
-            elapsed = self.conn.loop_time() - self.start
             hcm.rq_time.record(elapsed * 1000)
-        else:
-            elapsed = self.conn.loop_time() - self.start
         if hcm.access_loggers:
             hcm.log_access(self, elapsed)
         if self.span is not None:
