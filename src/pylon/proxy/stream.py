@@ -400,8 +400,11 @@ class Stream:
         if overload.stop_requests and overload.refuses_request():
             hcm.rq_overload_close.value += 1
             return self.local(lr.OVERLOADED)
-        if hcm.first_stream_timeout:
-            self._arm(self.start + hcm.first_stream_timeout)
+        if hcm.first_stream_timeout:  # _arm's test inlined: usually the connection is due for a look sooner
+            when = self.start + hcm.first_stream_timeout
+            conn = self.conn
+            if when < conn.wake_at or not conn.wake_at:
+                conn.deadlines.arm(conn, when)
         if hcm.max_stream_duration:
             self.duration_deadline = self.start + hcm.max_stream_duration
             self._arm(self.duration_deadline)

@@ -154,8 +154,7 @@ class Http1RequestDecoder:
     reports trailer fields through `on_header` after the body.
     """
 
-    __slots__ = ("hcm", "callbacks", "parser", "stream", "in_head", "head_bytes", "raw_head_bytes", "header_count",
-                 "stop_reply")
+    __slots__ = ("hcm", "callbacks", "parser", "stream", "in_head", "head_bytes", "raw_head_bytes", "stop_reply")
 
     def __init__(self, hcm: "HcmRuntime", callbacks: RequestCallbacks) -> None:
         self.hcm = hcm
@@ -165,7 +164,6 @@ class Http1RequestDecoder:
         self.in_head = True  # between requests or inside a head (the request-headers timeout's concern)
         self.head_bytes = 0  # request line and headers as counted against max_request_headers_kb
         self.raw_head_bytes = 0  # bytes read while in a head, for a header line that never ends
-        self.header_count = 0
         self.stop_reply: lr.LocalReply | None = None  # why a callback stopped parsing
 
     def feed(self, data: bytes) -> lr.LocalReply | None:
@@ -205,7 +203,6 @@ class Http1RequestDecoder:
         self.stream = self.callbacks.new_stream()
         self.in_head = True
         self.head_bytes = 0
-        self.header_count = 0
 
     def on_url(self, url: bytes) -> None:
         stream = self.stream
@@ -224,10 +221,10 @@ class Http1RequestDecoder:
             return self._on_trailer(stream, name, value)
         if hcm.underscores and b"_" in name:
             return self._drop_underscored()
-        stream.headers.append((name.lower(), value))
-        self.header_count += 1
+        headers = stream.headers  # the fields kept so far are the count (underscored ones dropped are not)
+        headers.append((name.lower(), value))
         self.head_bytes += len(name) + len(value) + 4
-        if self.header_count > hcm.max_headers_count or self.head_bytes > hcm.max_header_bytes:
+        if len(headers) > hcm.max_headers_count or self.head_bytes > hcm.max_header_bytes:
             self.stop_reply = lr.HEADERS_TOO_LARGE
             raise StopParsing()
 
