@@ -136,6 +136,19 @@ def test_informational_heads_are_skipped() -> None:
     assert exchange.events == [("headers", 201, [(b"content-length", b"0")], True), ("complete",)]
 
 
+def test_each_response_starts_with_no_fields_of_the_one_before() -> None:
+    """An informational head's fields and a nominating Connection header end with their response."""
+    exchange = Exchange()
+    decoder, owner = decoder_for(exchange)
+    decoder.feed(b"HTTP/1.1 100 Continue\r\nX-Early: 1\r\n\r\n"
+                 b"HTTP/1.1 200 OK\r\nConnection: x-hop\r\nX-Hop: a\r\nContent-Length: 0\r\n\r\n")
+    assert exchange.events[0] == ("headers", 200, [(b"connection", b"x-hop"), (b"content-length", b"0")], True)
+    second = Exchange()
+    owner.exchange = second
+    decoder.feed(b"HTTP/1.1 200 OK\r\nX-Hop: b\r\nContent-Length: 0\r\n\r\n")
+    assert second.events[0] == ("headers", 200, [(b"x-hop", b"b"), (b"content-length", b"0")], True)
+
+
 def test_a_head_response_is_complete_at_its_head_whatever_its_length_says() -> None:
     exchange = Exchange(is_head=True)
     decoder, owner = decoder_for(exchange)

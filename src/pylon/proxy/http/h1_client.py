@@ -136,11 +136,6 @@ class Http1ResponseDecoder:
         return self.in_body and self.close_delimited
 
     # -- httptools callbacks ------------------------------------------------
-    def on_message_begin(self) -> None:
-        self.headers = []
-        self.in_body = False
-        self.connection = None
-
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.in_body:  # llhttp reports trailer fields through this callback, after the body
             return self._on_trailer(name, value)
@@ -177,6 +172,8 @@ class Http1ResponseDecoder:
         self.in_body = True
         if self.connection is not None:
             headers = without_nominated(headers, self.connection)
+            self.connection = None
+        self.headers = []  # the next response's (no on_message_begin: one callback fewer per response)
         exchange.on_upstream_headers(status, headers, keep_alive)
         if self.head_response and owner.exchange is not None:
             # llhttp would wait for the Content-Length bytes a HEAD response never
@@ -206,6 +203,9 @@ class Http1ResponseDecoder:
     def on_message_complete(self) -> None:
         if self.informational:
             self.informational = False
+            if self.status != 101:  # (a 101's head stays: the connection hands it to the tunnel)
+                self.headers = []
+                self.connection = None
             return
         if self.tunnel is not None:
             return  # a CONNECT's 2xx with a length: still the tunnel's start
