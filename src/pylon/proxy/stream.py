@@ -144,7 +144,7 @@ class Stream:
         "body_size", "route", "cluster", "host", "pool", "upstream", "request_encoder", "up_out", "encoder",
         "close_after", "local_reply", "status", "flags", "details",
         "retries_left", "retry_held", "deadline", "try_deadline", "upstream_deadline", "bytes_received", "bytes_sent", "start",
-        "last_activity", "attempt_start", "first_byte", "authority", "path", "original_path", "pending_local",
+        "last_activity", "attempt_start", "first_byte", "authority", "path", "pending_local",
         "transport_failure", "request_id", "last_host", "xff", "response_ops", "paused_downstream", "paused_upstream", "resp_headers",
         "stale_retried", "timeout", "attempts", "tried_hosts",
         "resume", "filter_index", "filter_timer", "finish_callbacks", "header_edits", "upgrade_accepted", "client_rest",
@@ -207,7 +207,6 @@ class Stream:
         self.first_byte = 0.0
         self.authority = b""
         self.path = b""
-        self.original_path = b""
         self.pending_local: lr.LocalReply | None = None
         self.transport_failure = ""
         self.last_host: Host | None = None  # the host of the latest attempt, for %UPSTREAM_HOST%
