@@ -421,7 +421,7 @@ class HttpConnection(asyncio.Protocol):
     # ------------------------------------------------------------------ the decoder's callbacks
     def new_stream(self) -> Stream:
         """A request begins: it becomes the active stream, or waits behind it (pipelining)."""
-        now = self.loop_time()
+        now = self.last_activity  # the clock as this read began (_read): the parser calls this within it
         stream = Stream(self, now)
         if self.hcm.request_headers_timeout:
             self.deadlines.arm(self, now + self.hcm.request_headers_timeout)

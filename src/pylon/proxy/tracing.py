@@ -182,7 +182,7 @@ class Tracer:
         route = stream.route
         decorator = route.decorator if route is not None else None
         if self.names_by_path:
-            name = (stream.original_path or stream.path).decode("latin-1")
+            name = stream.path.decode("latin-1")
         elif decorator is not None:
             name = decorator.operation
         else:
@@ -239,7 +239,7 @@ class Tracer:
         if client_trace is not None:
             tags["guid:x-client-trace-id"] = client_trace.decode("latin-1")
         scheme = headers.get(b"x-forwarded-proto") or stream.conn.scheme
-        path = stream.original_path or stream.path
+        path = stream.path
         url = (scheme + b"://" + stream.authority + path).decode("latin-1")
         tags["http.url"] = url[:self.max_path] if len(path) > self.max_path else url
         tags["http.method"] = stream.method.decode("latin-1")

@@ -9,7 +9,7 @@ snapshots of all workers (`merge_snapshots`) before rendering.
 
 from __future__ import annotations
 
-import bisect
+from bisect import bisect_left
 from typing import Any, Iterable
 
 # Envoy's default histogram bucket bounds (milliseconds for latency histograms).
@@ -64,7 +64,7 @@ class Histogram:
         self.count = 0
 
     def record(self, value: float) -> None:
-        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.counts[bisect_left(self.bounds, value)] += 1
         self.sum += value
         self.count += 1
 

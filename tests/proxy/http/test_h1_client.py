@@ -119,11 +119,34 @@ def test_connection_close_forbids_reuse_and_its_nominated_headers_are_dropped() 
     assert (b"x-hop", b"secret") not in headers
 
 
+def test_keep_alive_nominates_nothing_and_does_not_undo_an_earlier_connection_header() -> None:
+    exchange = Exchange()
+    decoder, owner = decoder_for(exchange)
+    decoder.feed(b"HTTP/1.1 200 OK\r\nConnection: x-hop\r\nX-Hop: secret\r\nConnection: keep-alive\r\n"
+                 b"Keep-Alive: timeout=5\r\nContent-Length: 0\r\n\r\n")
+    status, headers, keep_alive = exchange.events[0][1:]
+    assert (status, keep_alive, owner.keep_alive) == (200, True, True)
+    assert [name for name, _ in headers] == [b"connection", b"connection", b"keep-alive", b"content-length"]
+
+
 def test_informational_heads_are_skipped() -> None:
     exchange = Exchange()
     decoder, _ = decoder_for(exchange)
     decoder.feed(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n")
     assert exchange.events == [("headers", 201, [(b"content-length", b"0")], True), ("complete",)]
+
+
+def test_each_response_starts_with_no_fields_of_the_one_before() -> None:
+    """An informational head's fields and a nominating Connection header end with their response."""
+    exchange = Exchange()
+    decoder, owner = decoder_for(exchange)
+    decoder.feed(b"HTTP/1.1 100 Continue\r\nX-Early: 1\r\n\r\n"
+                 b"HTTP/1.1 200 OK\r\nConnection: x-hop\r\nX-Hop: a\r\nContent-Length: 0\r\n\r\n")
+    assert exchange.events[0] == ("headers", 200, [(b"connection", b"x-hop"), (b"content-length", b"0")], True)
+    second = Exchange()
+    owner.exchange = second
+    decoder.feed(b"HTTP/1.1 200 OK\r\nX-Hop: b\r\nContent-Length: 0\r\n\r\n")
+    assert second.events[0] == ("headers", 200, [(b"x-hop", b"b"), (b"content-length", b"0")], True)
 
 
 def test_a_head_response_is_complete_at_its_head_whatever_its_length_says() -> None:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import httptools
 
-from pylon.proxy.http1 import encode_chunk, last_chunk, without_nominated
+from pylon.proxy.http1 import HEADER_LINE, JOIN_LINES, NOMINATES_NOTHING, encode_chunk, last_chunk, without_nominated
 
 if TYPE_CHECKING:
     from pylon.proxy.upstream.pool import Exchange
@@ -44,8 +44,7 @@ class Http1RequestEncoder:
         right after the host line, as Envoy sets it. `trailers`: the cluster's enable_trailers."""
         first = b"%s %s HTTP/1.1\r\nhost: %s\r\n" % (method, target, host)
         self.split = len(first) if attempt_count else 0
-        parts = [first]
-        parts += [b"%s: %s\r\n" % pair for pair in headers]
+        parts = [first, JOIN_LINES(map(HEADER_LINE, headers)), b"\r\n"] if headers else [first]
         if extra is not None:
             parts.append(extra)
         declared: int | None = None  # the content-length the head says (None: chunked, or none at all)
@@ -113,7 +112,7 @@ class Http1ResponseDecoder:
         self.headers: list[tuple[bytes, bytes]] = []
         self.trailers: list[tuple[bytes, bytes]] | None = None  # the current response's, once one came
         self.status = 0
-        self.connection: bytes | None = None  # the response's Connection header: the names it nominates go
+        self.connection: bytes | None = None  # the response's Connection header naming headers: those go
         self.informational = False  # a 1xx head is being skipped (the proxy answered Expect itself)
         self.head_response = False  # the answer to a HEAD: no body whatever the headers say
         self.close_delimited = False  # the body ends with the connection (no length, no chunking)
@@ -137,16 +136,11 @@ class Http1ResponseDecoder:
         return self.in_body and self.close_delimited
 
     # -- httptools callbacks ------------------------------------------------
-    def on_message_begin(self) -> None:
-        self.headers = []
-        self.in_body = False
-        self.connection = None
-
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.in_body:  # llhttp reports trailer fields through this callback, after the body
             return self._on_trailer(name, value)
         name = name.lower()
-        if name == b"connection":
+        if name == b"connection" and value not in NOMINATES_NOTHING:  # keep-alive, close: nothing to drop
             self.connection = value
         self.headers.append((name, value))
 
@@ -178,6 +172,8 @@ class Http1ResponseDecoder:
         self.in_body = True
         if self.connection is not None:
             headers = without_nominated(headers, self.connection)
+            self.connection = None
+        self.headers = []  # the next response's (no on_message_begin: one callback fewer per response)
         exchange.on_upstream_headers(status, headers, keep_alive)
         if self.head_response and owner.exchange is not None:
             # llhttp would wait for the Content-Length bytes a HEAD response never
@@ -207,6 +203,9 @@ class Http1ResponseDecoder:
     def on_message_complete(self) -> None:
         if self.informational:
             self.informational = False
+            if self.status != 101:  # (a 101's head stays: the connection hands it to the tunnel)
+                self.headers = []
+                self.connection = None
             return
         if self.tunnel is not None:
             return  # a CONNECT's 2xx with a length: still the tunnel's start

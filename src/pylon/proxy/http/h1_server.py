@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Protocol
 import httptools
 
 from pylon.proxy import local_reply as lr
-from pylon.proxy.http1 import (CONTINUE_100, HOP_BY_HOP, encode_chunk, last_chunk, local_reply, status_line,
-                               trailers_only_reply)
+from pylon.proxy.http1 import (CONTINUE_100, HEADER_LINE, HOP_BY_HOP, JOIN_LINES, STATUS_LINES, encode_chunk,
+                               last_chunk, local_reply, status_line, trailers_only_reply)
 
 if TYPE_CHECKING:
     from pylon.proxy.hcm import HcmRuntime
@@ -61,7 +61,7 @@ class Http1ResponseEncoder:
         a drain, an error). A response with no length becomes chunked, or for an
         HTTP/1.0 client is delimited by the close itself.
         """
-        parts = [status_line(status)]
+        sent = []
         has_length = False
         for pair in headers:
             name = pair[0]
@@ -69,9 +69,11 @@ class Http1ResponseEncoder:
                 continue
             if name == b"content-length":
                 has_length = True
-            parts.append(b"%s: %s\r\n" % pair)
+            sent.append(pair)
         if extra:
-            parts += [b"%s: %s\r\n" % pair for pair in extra]
+            sent += extra
+        parts = [STATUS_LINES.get(status) or status_line(status), JOIN_LINES(map(HEADER_LINE, sent)), b"\r\n"] \
+            if sent else [status_line(status)]
         if not has_length and not head_request and status != 204 and status != 304:
             if http10:
                 close = True  # an HTTP/1.0 client reads to the end of the connection
@@ -152,8 +154,7 @@ class Http1RequestDecoder:
     reports trailer fields through `on_header` after the body.
     """
 
-    __slots__ = ("hcm", "callbacks", "parser", "stream", "in_head", "head_bytes", "raw_head_bytes", "header_count",
-                 "stop_reply")
+    __slots__ = ("hcm", "callbacks", "parser", "stream", "in_head", "head_bytes", "raw_head_bytes", "stop_reply")
 
     def __init__(self, hcm: "HcmRuntime", callbacks: RequestCallbacks) -> None:
         self.hcm = hcm
@@ -163,7 +164,6 @@ class Http1RequestDecoder:
         self.in_head = True  # between requests or inside a head (the request-headers timeout's concern)
         self.head_bytes = 0  # request line and headers as counted against max_request_headers_kb
         self.raw_head_bytes = 0  # bytes read while in a head, for a header line that never ends
-        self.header_count = 0
         self.stop_reply: lr.LocalReply | None = None  # why a callback stopped parsing
 
     def feed(self, data: bytes) -> lr.LocalReply | None:
@@ -203,7 +203,6 @@ class Http1RequestDecoder:
         self.stream = self.callbacks.new_stream()
         self.in_head = True
         self.head_bytes = 0
-        self.header_count = 0
 
     def on_url(self, url: bytes) -> None:
         stream = self.stream
@@ -222,10 +221,10 @@ class Http1RequestDecoder:
             return self._on_trailer(stream, name, value)
         if hcm.underscores and b"_" in name:
             return self._drop_underscored()
-        stream.headers.append((name.lower(), value))
-        self.header_count += 1
+        headers = stream.headers  # the fields kept so far are the count (underscored ones dropped are not)
+        headers.append((name.lower(), value))
         self.head_bytes += len(name) + len(value) + 4
-        if self.header_count > hcm.max_headers_count or self.head_bytes > hcm.max_header_bytes:
+        if len(headers) > hcm.max_headers_count or self.head_bytes > hcm.max_header_bytes:
             self.stop_reply = lr.HEADERS_TOO_LARGE
             raise StopParsing()
 

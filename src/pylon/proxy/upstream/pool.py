@@ -169,10 +169,6 @@ class UpstreamConnection(PooledConnection, asyncio.Protocol):
         self.pool.release(self)
 
     # -- used by the exchange ----------------------------------------------
-    def attach(self, exchange: Exchange) -> None:
-        self.exchange = exchange
-        self.answered = False
-
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.closed:
             self.transport.write(data)
@@ -270,7 +266,8 @@ class HostPool(PoolBase):
         if limit and conn.requests + 1 == limit:
             # Envoy counts a connection at its last allowed request, as it starts draining it (closed after).
             self.cluster.stats.upstream_cx_max_requests.value += 1
-        conn.attach(exchange)
+        conn.exchange = exchange
+        conn.answered = False
         exchange.on_upstream_ready(conn)
 
     def _maybe_connect(self) -> None:

@@ -1,0 +1,122 @@
+"""What one plain HTTP/1.1 request costs in pylon's Python, without sockets: time, bytecodes, frames and calls.
+
+The real connection manager, stream, pool and HTTP/1 codecs run on the test doubles of
+tests/proxy/test_stream_states.py (`Rig`: a loop the caller clocks, transports that record), as in
+benchmarks/results/h1_request_profile.md: a keep-alive client sends wrk's request, one pooled upstream connection
+answers with nginx's head and a 100-byte body. Figures per request:
+
+- µs of process CPU time, the best of 1,000-request batches: what a cut saves, but it swings with the machine's
+  load (run two trees interleaved, see --help);
+- bytecodes executed and Python frames entered (`sys.settrace` with opcode events): exact and repeatable whatever
+  the load, so each cut's effect shows even on a busy machine (C work such as llhttp or bytes formatting does not
+  count in them);
+- function calls as cProfile counts them (Python and C functions).
+
+Usage: PYTHONPATH=<tree>/src:<tree> python benchmarks/h1_request_cost.py [--batches 30] [--top 0]
+(<tree> on the path for `tests.proxy`); `--top N` prints the N functions with the most bytecodes per request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import sys
+import time
+from collections import Counter
+from types import FrameType
+from typing import Any, Callable
+
+import pytest
+
+from pylon.proxy import hcm as hcm_module
+from pylon.proxy.stream import Stream
+from tests.proxy.test_stream_states import Rig
+
+REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: wrk\r\n\r\n"
+RESPONSE = (b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Sun, 06 Dec 2026 03:30:00 GMT\r\n"
+            b"Content-Type: application/octet-stream\r\nContent-Length: 100\r\nConnection: keep-alive\r\n\r\n"
+            + b"x" * 100)
+TRACED = 256  # requests under the tracer and the profiler (two request-id batches: the refill counts fairly)
+
+
+def exchange() -> Callable[[], None]:
+    """One request and its response through the rig, as a callable; the production Stream, not the checked one."""
+    patch = pytest.MonkeyPatch()
+    rig = Rig(patch, {"match": {"prefix": "/"}, "route": {"cluster": "up", "timeout": "5s"}})
+    patch.setattr(hcm_module, "Stream", Stream)
+
+    def one() -> None:
+        rig.conn.data_received(REQUEST)
+        rig.loop.run()
+        upstream, transport = rig.upstreams[-1]
+        transport.written = b""
+        upstream.data_received(RESPONSE)
+        rig.loop.run()
+        rig.client.written = b""
+
+    return one
+
+
+def cpu_per_request(one: Callable[[], None], batches: int) -> float:
+    """µs of process CPU per request, the best batch of 1,000."""
+    best = float("inf")
+    for _ in range(batches):
+        start = time.process_time()
+        for _ in range(1000):
+            one()
+        best = min(best, time.process_time() - start)
+    return best * 1000
+
+
+def bytecodes(one: Callable[[], None]) -> tuple[float, float, Counter[str]]:
+    """(bytecodes, Python frames) per request, and bytecodes per function over the traced requests."""
+    per_function: Counter[str] = Counter()
+    frames = 0
+
+    def trace(frame: FrameType, event: str, arg: Any) -> Any:
+        nonlocal frames
+        if event == "call":
+            frames += 1
+            frame.f_trace_opcodes = True
+            frame.f_trace_lines = False
+        elif event == "opcode":
+            code = frame.f_code
+            per_function[f"{code.co_filename.rpartition('/src/')[2]}:{code.co_name}"] += 1
+        return trace
+
+    sys.settrace(trace)
+    try:
+        for _ in range(TRACED):
+            one()
+    finally:
+        sys.settrace(None)
+    return sum(per_function.values()) / TRACED, frames / TRACED, per_function
+
+
+def calls(one: Callable[[], None]) -> float:
+    """Function calls per request as cProfile counts them."""
+    profile = cProfile.Profile()
+    profile.runcall(lambda: [one() for _ in range(TRACED)])
+    stats = pstats.Stats(profile).stats  # type: ignore[attr-defined]
+    return (sum(entry[1] for entry in stats.values()) - 2) / TRACED  # less the lambda and its list comprehension
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batches", type=int, default=30, help="1,000-request batches timed (the best counts)")
+    parser.add_argument("--top", type=int, default=0, help="list the functions with the most bytecodes")
+    args = parser.parse_args()
+    one = exchange()
+    for _ in range(2000):  # warm: the interpreter specialises, the pool holds its connection
+        one()
+    micros = cpu_per_request(one, args.batches)
+    codes, frames, per_function = bytecodes(one)
+    print(f"{micros:.2f} µs CPU/request (best of {args.batches} x 1,000), {codes:.0f} bytecodes, "
+          f"{frames:.1f} Python frames, {calls(one):.1f} calls per request")
+    for name, count in per_function.most_common(args.top):
+        print(f"{count / TRACED:7.0f}  {name}")
+
+
+if __name__ == "__main__":
+    main()
