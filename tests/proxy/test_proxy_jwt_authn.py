@@ -67,6 +67,14 @@ class JwksServer:
         self.server.server_close()
 
 
+def folded_jwks() -> str:
+    """KEYS' JWKS as Envoy's own docs write one under a YAML folded scalar (`>-`): the more-indented lines keep their
+    line breaks, so the RSA modulus holds newlines and spaces inside the JSON string."""
+    text = json.dumps(KEYS.jwks())
+    modulus = KEYS.jwks()["keys"][0]["n"]
+    return text.replace(modulus, "\n        ".join(modulus[i:i + 64] for i in range(0, len(modulus), 64)))
+
+
 def config() -> dict[str, Any]:
     claims = [{"header_name": "x-sub", "claim_name": "sub"}, {"header_name": "x-num", "claim_name": "num"},
               {"header_name": "x-obj", "claim_name": "obj"}, {"header_name": "x-flag", "claim_name": "flag"}]
@@ -79,6 +87,7 @@ def config() -> dict[str, Any]:
         "sub": {"issuer": "sub", "subjects": {"prefix": "spiffe://"},
                 "local_jwks": {"inline_string": json.dumps(KEYS.jwks())}, "jwt_cache_config": {"jwt_cache_size": 2}},
         "life": {"issuer": "life", "max_lifetime": "100s", "local_jwks": {"inline_string": json.dumps(KEYS.jwks())}},
+        "folded": {"issuer": "folded", "local_jwks": {"inline_string": folded_jwks()}},
         "broken": {"issuer": "broken", "remote_jwks": {"http_uri": {"uri": "http://jwks.local/missing",
                                                                     "cluster": "jwks", "timeout": "5s"}}},
         "remote": {"issuer": "remote", "remote_jwks": {"http_uri": {"uri": "http://jwks.local/jwks",
@@ -94,6 +103,7 @@ def config() -> dict[str, Any]:
         {"match": {"prefix": "/fwd"}, "requires": {"provider_name": "fwd"}},
         {"match": {"prefix": "/remote"}, "requires": {"provider_name": "remote"}},
         {"match": {"prefix": "/broken"}, "requires": {"provider_name": "broken"}},
+        {"match": {"prefix": "/folded"}, "requires": {"provider_name": "folded"}},
         {"match": {"prefix": "/sub"}, "requires": {"provider_name": "sub"}},
         {"match": {"prefix": "/life"}, "requires": {"provider_name": "life"}},
         {"match": {"prefix": "/any"},
@@ -340,3 +350,12 @@ def test_a_jwks_that_cannot_be_fetched_refuses_the_token(setup: Setup) -> None:
     assert setup.get("/broken", token) == (401, b"Jwks remote fetch is failed", realm(setup, "/broken"), None)
     assert setup.proxy.stats()["http.main.jwt_authn.sp.jwks_fetch_failed"] == before + 1
     assert setup.get("/broken", KEYS.token({"iss": "broken", "exp": 1}))[1] == b"Jwt is expired"  # checked first
+
+
+def test_a_jwks_as_a_folded_yaml_scalar_writes_it_verifies_tokens(setup: Setup) -> None:
+    # Envoy's JSON reading takes raw line breaks inside strings and its base64url decoding skips whitespace:
+    # the JWKS of its docs' examples (jwt-authn-*-filter.yaml) load and verify
+    assert "\n" in folded_jwks()
+    status, _, _, seen = setup.get("/folded", KEYS.token({"iss": "folded"}))
+    assert (status, seen is not None) == (200, True)
+    assert setup.get("/folded", OTHER.token({"iss": "folded"}))[:2] == (401, b"Jwt verification fails")

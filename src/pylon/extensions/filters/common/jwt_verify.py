@@ -160,10 +160,24 @@ def check_time(jwt: Jwt, now: int, clock_skew: int) -> None:
         raise JwtError(EXPIRED)
 
 
+#: The JWK members that hold base64url numbers or bytes (RFC 7518 6): whitespace inside them is dropped, as Envoy's
+#: decoding (absl's) skips it — Envoy's own docs fold long moduli over several lines.
+_BASE64_MEMBERS = frozenset({"n", "e", "d", "p", "q", "dp", "dq", "qi", "x", "y", "k"})
+_WHITESPACE = re.compile(r"\s+")
+
+
+def _without_whitespace(entry: dict[str, Any]) -> dict[str, Any]:
+    return {name: _WHITESPACE.sub("", value) if name in _BASE64_MEMBERS and isinstance(value, str) else value
+            for name, value in entry.items()}
+
+
 def parse_jwks(text: str) -> list[Jwk]:
-    """A JWKS document's usable keys; ValueError when it is not one (no keys, bad JSON, a bad key)."""
+    """A JWKS document's usable keys; ValueError when it is not one (no keys, bad JSON, a bad key).
+
+    As Envoy reads one: line breaks inside JSON strings are taken (strict=False) and whitespace inside base64url
+    members dropped, so a JWKS written under a YAML folded scalar loads as it does in Envoy."""
     try:
-        document = json.loads(text)
+        document = json.loads(text, strict=False)
     except ValueError as exc:
         raise ValueError(f"not a JWKS (invalid JSON: {exc})") from None
     entries = document.get("keys") if isinstance(document, dict) else None
@@ -177,7 +191,7 @@ def parse_jwks(text: str) -> list[Jwk]:
         if kty not in ("RSA", "EC", "oct", "OKP"):
             raise ValueError(f"keys[{i}]: kty {kty!r} is not RSA, EC, oct or OKP")
         try:
-            key = import_key(entry)
+            key = import_key(_without_whitespace(entry))
         except (JoseError, ValueError, TypeError, KeyError) as exc:
             raise ValueError(f"keys[{i}]: {exc}") from None
         keys.append(Jwk(str(entry.get("kid", "")), str(entry.get("alg", "")), kty, str(entry.get("crv", "")), key))
