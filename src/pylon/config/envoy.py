@@ -2358,6 +2358,37 @@ class BindConfig(EnvoyStruct, kw_only=True):
             raise FieldError("source_address.address", "must be an IP address") from None
 
 
+# Linux's limits for the keepalive settings (MAX_TCP_KEEPIDLE, MAX_TCP_KEEPINTVL, MAX_TCP_KEEPCNT): beyond them the
+# setsockopt fails, so Envoy's connections would fail at run time; here the config says so at load.
+_KEEPALIVE_LIMITS = {"keepalive_time": 32767, "keepalive_interval": 32767, "keepalive_probes": 127}
+
+
+class TcpKeepalive(EnvoyStruct, kw_only=True):
+    """config.core.v3.TcpKeepalive: SO_KEEPALIVE on, and each setting given (seconds; unset: the system's)."""
+
+    keepalive_probes: UInt32 | None = None
+    keepalive_time: UInt32 | None = None
+    keepalive_interval: UInt32 | None = None
+
+    def __post_init__(self) -> None:
+        for field, limit in _KEEPALIVE_LIMITS.items():
+            value = getattr(self, field)
+            if value is not None and not 1 <= value <= limit:
+                raise FieldError(field, f"must be 1..{limit} (Linux's limit); {value} was given")
+
+
+class UpstreamConnectionOptions(EnvoyStruct, kw_only=True):
+    """config.cluster.v3.UpstreamConnectionOptions: TCP keepalive on every upstream connection of the cluster."""
+
+    tcp_keepalive: TcpKeepalive | None = None
+    set_local_interface_name_on_upstream_connections: bool = False
+    happy_eyeballs_config: NotSupportedYet | None = None
+
+    def __post_init__(self) -> None:
+        if self.set_local_interface_name_on_upstream_connections:
+            raise FieldError("set_local_interface_name_on_upstream_connections", "not supported yet")
+
+
 class EdsClusterConfig(EnvoyStruct, kw_only=True):
     """config.cluster.v3.Cluster.EdsClusterConfig: endpoints over the ADS stream, by service_name (else the
     cluster's name). A file source (path_config_source) is not supported yet."""
@@ -2443,6 +2474,7 @@ class Cluster(EnvoyStruct, kw_only=True):
     metadata: Metadata | None = None
     http2_protocol_options: Http2ProtocolOptions | None = None  # deprecated in Envoy, still in Istio's bootstraps
     upstream_bind_config: BindConfig | None = None
+    upstream_connection_options: UpstreamConnectionOptions | None = None
     # ORIGINAL_DST: hosts unused for this long are dropped (Envoy's default 5 s).
     cleanup_interval: PositiveDuration = PositiveDuration(5)
     original_dst_lb_config: NotSupportedYet | None = None
@@ -2518,6 +2550,8 @@ class Cluster(EnvoyStruct, kw_only=True):
                                                          "are not supported yet")
         if self.upstream_bind_config is not None:
             raise FieldError("upstream_bind_config", "an internal connection has no source address to bind")
+        if self.upstream_connection_options is not None:
+            raise FieldError("upstream_connection_options", "an internal connection has no TCP socket to set")
 
     @property
     def grpc_only(self) -> bool:

@@ -198,7 +198,7 @@ class TcpProxySession(asyncio.Protocol):
             stats.upstream_cx_total.value += 1
             try:
                 _, upstream = await open_upstream(host.address, cluster.tls_for(host), cluster.connect_timeout,
-                                                  self._upstream_factory(host), cluster.source)
+                                                  self._upstream_factory(host), cluster.source, cluster.keepalive)
             except ConnectError as exc:
                 cluster.circuit_breakers.connections.release()
                 if isinstance(exc, ConnectTimeout):

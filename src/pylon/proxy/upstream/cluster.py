@@ -165,12 +165,14 @@ class Cluster:
         # Where upstream connections leave from (Istio's inbound clusters: 127.0.0.6, so capture rules let them by).
         self.source: tuple[str, int] | None = (
             (bind.source_address.address, bind.source_address.port_value) if bind is not None else None)
+        options = config.upstream_connection_options
+        self.keepalive = options.tcp_keepalive if options is not None else None  # set on every upstream socket
         self.health_checker: HealthChecker | None = None
         if config.health_checks:
             self.health_checker = HealthChecker.from_config(
                 config.health_checks[0], self.name, stats, prefix,
                 lambda address: open_stream(address, self.tls_for(self._by_address.get(address)),
-                                            self.connect_timeout, self.source),
+                                            self.connect_timeout, self.source, self.keepalive),
                 had_traffic=lambda: self.stats.upstream_cx_total.value > 0,
                 on_success=self.outlier.on_active_health_check_success if self.outlier is not None else None,
             )

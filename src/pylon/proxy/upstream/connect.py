@@ -12,6 +12,7 @@ post-handshake SAN check, and fails with Envoy's transport failure reason.
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import TYPE_CHECKING, Any, Callable
 
 from pylon.proxy import internal_listener
@@ -19,6 +20,7 @@ from pylon.proxy.internal_listener import InternalAddress
 from pylon.proxy.tls import UnavailableTls
 
 if TYPE_CHECKING:
+    from pylon.config.envoy import TcpKeepalive
     from pylon.proxy.tls import ClientTls
 
 
@@ -30,12 +32,24 @@ class ConnectTimeout(ConnectError):
     """The connection (TCP and TLS handshake) did not complete within the cluster's connect_timeout."""
 
 
+def set_keepalive(sock: socket.socket, keepalive: "TcpKeepalive") -> None:
+    """The cluster's upstream_connection_options.tcp_keepalive: SO_KEEPALIVE, and the settings it gives."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for option, value in ((socket.TCP_KEEPIDLE, keepalive.keepalive_time),
+                          (socket.TCP_KEEPINTVL, keepalive.keepalive_interval),
+                          (socket.TCP_KEEPCNT, keepalive.keepalive_probes)):
+        if value is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, option, value)
+
+
 async def open_upstream(address: tuple[str, int] | InternalAddress, tls: "ClientTls | UnavailableTls | None",
                         timeout: float, protocol_factory: Callable[[], Any],
-                        source: tuple[str, int] | None = None) -> tuple[asyncio.Transport, Any]:
+                        source: tuple[str, int] | None = None,
+                        keepalive: "TcpKeepalive | None" = None) -> tuple[asyncio.Transport, Any]:
     """Connect (from `source`, the cluster's upstream_bind_config, if any; and handshake, and check the peer's
-    SANs) within `timeout`; ConnectError otherwise. An internal listener's address connects inside the worker
-    (internal_listener.py; its clusters have no TLS or source address: config/envoy.py)."""
+    SANs) within `timeout`; ConnectError otherwise. `keepalive`: the cluster's TCP keepalive, set on the socket.
+    An internal listener's address connects inside the worker (internal_listener.py; its clusters have no TLS,
+    source address or socket options: config/envoy.py)."""
     if isinstance(address, InternalAddress):
         try:
             return internal_listener.connect(address, protocol_factory)
@@ -59,6 +73,8 @@ async def open_upstream(address: tuple[str, int] | InternalAddress, tls: "Client
         raise ConnectTimeout("connection timeout") from None
     except OSError as exc:
         raise ConnectError(f"delayed connect error: {exc.errno}" if exc.errno else str(exc)) from None
+    if keepalive is not None:
+        set_keepalive(transport.get_extra_info("socket"), keepalive)
     if tls is not None:
         try:
             problem = tls.verify_peer(transport.get_extra_info("ssl_object"))
@@ -73,10 +89,12 @@ async def open_upstream(address: tuple[str, int] | InternalAddress, tls: "Client
 
 
 async def open_stream(address: tuple[str, int] | InternalAddress, tls: "ClientTls | UnavailableTls | None", timeout: float,
-                      source: tuple[str, int] | None = None) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+                      source: tuple[str, int] | None = None,
+                      keepalive: "TcpKeepalive | None" = None) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """`open_upstream` as asyncio streams (for health checks, where a few extra objects cost nothing)."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(loop=loop)
     transport, protocol = await open_upstream(address, tls, timeout,
-                                              lambda: asyncio.StreamReaderProtocol(reader, loop=loop), source)
+                                              lambda: asyncio.StreamReaderProtocol(reader, loop=loop), source,
+                                              keepalive)
     return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
