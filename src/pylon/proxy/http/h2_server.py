@@ -109,6 +109,11 @@ def request_head(fields: Headers, underscores: int) -> tuple[RequestHead, int]:
     return head, dropped
 
 
+
+def _joined(pieces: list[bytes]) -> bytes:
+    """Held body pieces as one buffer (most responses hold just one: no copy then)."""
+    return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
 class Http2ResponseEncoder:
     """Encodes one HTTP/2 stream's response into its connection's session (the stream's `encoder`)."""
 
@@ -138,7 +143,7 @@ class Http2ResponseEncoder:
         body = self.held_body
         if body is not None:
             self.held_body = None
-            session.send_data(stream_id, body[0] if len(body) == 1 else b"".join(body))
+            session.send_data(stream_id, _joined(body))
 
     def drop(self) -> None:
         """The stream is gone: nothing more is submitted for it."""
@@ -204,8 +209,7 @@ class Http2ResponseEncoder:
         if held is not None and not trailers:
             body = self.held_body
             self.held = self.held_body = None
-            self.session.send_whole(self.stream_id, *held, b"" if body is None else body[0] if len(body) == 1
-                                    else b"".join(body))
+            self.session.send_whole(self.stream_id, *held, b"" if body is None else _joined(body))
         else:
             self.commit()
             if trailers:
