@@ -77,15 +77,39 @@ def test_retry_policy_istio_shape() -> None:
 
 
 @pytest.mark.parametrize(("predicate", "where", "message"), [
-    ({"name": "envoy.retry_host_predicates.omit_canary_hosts", "typed_config": {
-        "@type": "type.googleapis.com/envoy.extensions.retry.host.omit_canary_hosts.v3.OmitCanaryHostsPredicate"}},
+    ({"name": "x", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.retry.host.other.v3.Other"}},
      "typed_config.@type", "unsupported retry host predicate"),
     ({**PREVIOUS_HOSTS, "typed_config": {**PREVIOUS_HOSTS["typed_config"], "x": 1}}, "typed_config.x", "unknown field"),
+    ({"name": "m", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.retry.host.omit_host_metadata.v3.OmitHostMetadataConfig",
+        "metadata_match": {"typed_filter_metadata": {}}}}, "typed_config.metadata_match.typed_filter_metadata", ""),
 ])  # fmt: skip
 def test_other_retry_host_predicates_are_errors(predicate: dict[str, Any], where: str, message: str) -> None:
     data = one_route(route={"cluster": "svc", "retry_policy": {"retry_host_predicate": [predicate]}})
     assert error(data).startswith(
         f"config error in test.yaml: {ROUTES_PATH}[0].route.retry_policy.retry_host_predicate[0].{where}: {message}")
+
+
+PRIORITY_TYPE = "type.googleapis.com/envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig"
+
+
+def test_retry_priority_previous_priorities() -> None:
+    policy = {"retry_priority": {"name": "envoy.retry_priorities.previous_priorities",
+                                 "typed_config": {"@type": PRIORITY_TYPE, "update_frequency": 3}}}
+    retry = the_hcm(load(one_route(route={"cluster": "svc", "retry_policy": policy}))).route_config.virtual_hosts[0]
+    assert retry.routes[0].route.retry_policy.retry_priority.decoded().update_frequency == 3
+
+
+@pytest.mark.parametrize(("typed_config", "where", "message"), [
+    ({"@type": PRIORITY_TYPE, "update_frequency": 0}, "typed_config.update_frequency", "Expected `int` >= 1"),
+    ({"@type": PRIORITY_TYPE, "frequency": 2}, "typed_config.frequency", "unknown field"),
+    ({"@type": "type.googleapis.com/envoy.extensions.retry.priority.other.v3.Other"}, "typed_config.@type",
+     "unsupported retry priority"),
+])  # fmt: skip
+def test_retry_priority_errors(typed_config: dict[str, Any], where: str, message: str) -> None:
+    data = one_route(route={"cluster": "svc", "retry_policy": {"retry_priority": {"name": "p", "typed_config": typed_config}}})
+    assert error(data).startswith(
+        f"config error in test.yaml: {ROUTES_PATH}[0].route.retry_policy.retry_priority.{where}: {message}")
 
 
 def test_host_selection_retry_max_attempts_is_not_negative() -> None:

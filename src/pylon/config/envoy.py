@@ -668,24 +668,94 @@ class Metadata(EnvoyStruct, kw_only=True):
     filter_metadata: dict[str, dict[str, Any]] = {}
 
 
-PREVIOUS_HOSTS_TYPE = "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+class PreviousHostsPredicate(EnvoyStruct, kw_only=True):
+    """extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate: a retry avoids the hosts already tried."""
+
+
+class OmitCanaryHostsPredicate(EnvoyStruct, kw_only=True):
+    """extensions.retry.host.omit_canary_hosts.v3.OmitCanaryHostsPredicate: a retry avoids canary hosts (an
+    endpoint whose `envoy.lb` metadata says `canary: true`)."""
+
+
+class OmitHostMetadataConfig(EnvoyStruct, kw_only=True):
+    """extensions.retry.host.omit_host_metadata.v3.OmitHostMetadataConfig: a retry avoids hosts whose `envoy.lb`
+    metadata has every value of `metadata_match.filter_metadata["envoy.lb"]` (other namespaces are not read, as
+    in Envoy; with no values nothing is avoided)."""
+
+    metadata_match: Metadata | None = None
+
+    @property
+    def labels(self) -> dict[str, Any]:
+        """The `envoy.lb` values a host must all carry to be avoided."""
+        return dict(self.metadata_match.filter_metadata.get("envoy.lb", {})) if self.metadata_match else {}
+
+
+#: The retry host predicates pylon runs, by their config message (Envoy's `envoy.retry_host_predicates`).
+RETRY_HOST_PREDICATES: dict[str, type[EnvoyStruct]] = {
+    "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate": PreviousHostsPredicate,
+    "envoy.extensions.retry.host.omit_canary_hosts.v3.OmitCanaryHostsPredicate": OmitCanaryHostsPredicate,
+    "envoy.extensions.retry.host.omit_host_metadata.v3.OmitHostMetadataConfig": OmitHostMetadataConfig,
+}
+
+
+def _decode_retry_extension(typed_config: dict[str, Any], known: dict[str, type[EnvoyStruct]],
+                            what: str) -> EnvoyStruct:
+    """A retry extension's typed_config as its Struct; an unknown @type or field is an error naming it."""
+    type_url = typed_config.get("@type")
+    struct_type = known.get(registry.message_name(type_url)) if isinstance(type_url, str) else None
+    if struct_type is None:
+        accepted = ", ".join(registry.TYPE_URL_PREFIX + name for name in known)
+        raise FieldError("typed_config.@type", f"unsupported {what} {type_url!r}; supported: {accepted}")
+    try:
+        return convert({k: v for k, v in typed_config.items() if k != "@type"}, struct_type)
+    except msgspec.ValidationError as exc:
+        path, message = split_validation_error(exc)
+        raise FieldError(join_path("typed_config", path), message) from None
 
 
 class RetryHostPredicate(EnvoyStruct, kw_only=True):
-    """config.route.v3.RetryPolicy.RetryHostPredicate; only Envoy's previous_hosts (a retry avoids hosts
-    already tried), whose config message has no fields. Other predicates are errors naming the field."""
+    """config.route.v3.RetryPolicy.RetryHostPredicate: previous_hosts, omit_canary_hosts or omit_host_metadata.
+    As in Envoy they act on retries only, and only with `host_selection_retry_max_attempts` above 0: a host a
+    predicate refuses is picked again up to that many times, then the last pick stands."""
 
     name: NonEmptyStr
     typed_config: dict[str, Any]
 
     def __post_init__(self) -> None:
-        type_url = self.typed_config.get("@type")
-        if not isinstance(type_url, str) or registry.message_name(type_url) != PREVIOUS_HOSTS_TYPE:
-            raise FieldError("typed_config.@type", f"unsupported retry host predicate {type_url!r}; "
-                                                   f"supported: {registry.TYPE_URL_PREFIX}{PREVIOUS_HOSTS_TYPE}")
-        extra = sorted(key for key in self.typed_config if key != "@type")
-        if extra:
-            raise FieldError(f"typed_config.{extra[0]}", "unknown field")
+        self.decoded()
+
+    def decoded(self) -> EnvoyStruct:
+        """The predicate's config message (checked when the policy is read, decoded again where it is run)."""
+        return _decode_retry_extension(self.typed_config, RETRY_HOST_PREDICATES, "retry host predicate")
+
+
+class PreviousPrioritiesConfig(EnvoyStruct, kw_only=True):
+    """extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig: after every `update_frequency`
+    attempts, a retry's priority load leaves out the priorities already tried (proxy/upstream/retry_priority.py)."""
+
+    update_frequency: Annotated[int, msgspec.Meta(gt=0, le=2**31 - 1)] = 1
+
+
+#: The retry priorities pylon runs (Envoy has this one).
+RETRY_PRIORITIES: dict[str, type[EnvoyStruct]] = {
+    "envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig": PreviousPrioritiesConfig,
+}
+
+
+class RetryPriority(EnvoyStruct, kw_only=True):
+    """config.route.v3.RetryPolicy.RetryPriority: Envoy's one retry priority, previous_priorities."""
+
+    name: NonEmptyStr
+    typed_config: dict[str, Any]
+
+    def __post_init__(self) -> None:
+        self.decoded()
+
+    def decoded(self) -> PreviousPrioritiesConfig:
+        """The priority's config message (checked when the policy is read, decoded again where it is run)."""
+        decoded = _decode_retry_extension(self.typed_config, RETRY_PRIORITIES, "retry priority")
+        assert isinstance(decoded, PreviousPrioritiesConfig)
+        return decoded
 
 
 class RetryBackOff(EnvoyStruct, kw_only=True):
@@ -706,6 +776,7 @@ class RetryPolicy(EnvoyStruct, kw_only=True):
     retriable_status_codes: list[UInt32] = []
     retry_back_off: RetryBackOff | None = None
     retry_host_predicate: list[RetryHostPredicate] = []
+    retry_priority: RetryPriority | None = None
     #: extra host selections when a predicate refuses the chosen host (Envoy: 0, one selection and no more)
     host_selection_retry_max_attempts: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)] = 0
 

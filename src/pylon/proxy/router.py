@@ -69,11 +69,13 @@ from bisect import bisect_right
 from typing import TYPE_CHECKING, Any, Callable, Literal, NamedTuple, Sequence
 
 from pylon.config.datasource import read_bytes
-from pylon.config.envoy import ENVOY_LB, GRPC_RETRY_ON
+from pylon.config.envoy import (
+    ENVOY_LB, GRPC_RETRY_ON, OmitCanaryHostsPredicate, OmitHostMetadataConfig, PreviousHostsPredicate,
+)
 from pylon.proxy.cluster_specifier import build_picker
 from pylon.proxy.grpc_timeout import StreamDuration
 from pylon.proxy.headers import HeaderList, HeaderOps, compile_header_level
-from pylon.proxy.upstream.subset import Criteria, criteria_of, merged_criteria
+from pylon.proxy.upstream.subset import Criteria, criteria_of, merged_criteria, value_key
 from pylon.regex import PatternSet, Regex, RegexEngine, get_engine
 
 if TYPE_CHECKING:
@@ -81,6 +83,7 @@ if TYPE_CHECKING:
         DirectResponseAction, HeaderMatcher, QueryParameterMatcher, RedirectAction, RetryPolicy, Route,
         RouteAction, RouteConfiguration, RouteMatch, StringMatcher, VirtualHost,
     )
+    from pylon.proxy.upstream.host import Host
 
 __all__ = ["MatchedRoute", "MirrorRule", "RetryRule", "RouteTable", "is_grpc_request"]
 
@@ -373,7 +376,8 @@ class RetryRule:
     __slots__ = (
         "retry_on", "num_retries", "per_try_timeout", "base_interval", "max_interval", "on_5xx",
         "on_gateway_error", "on_5xx_or_gateway", "on_connect_failure", "on_reset", "on_retriable_4xx",
-        "retriable_status_codes", "grpc_codes", "host_reselections",
+        "retriable_status_codes", "grpc_codes", "host_reselections", "avoid_tried", "avoid_canary", "avoid_labels",
+        "priority_update_frequency",
     )
 
     def __init__(self, config: RetryPolicy) -> None:
@@ -406,11 +410,30 @@ class RetryRule:
         )
         #: grpc-status codes retried (cancelled, unavailable, ...); empty = the response's grpc-status is not read
         self.grpc_codes: frozenset[int] = frozenset(GRPC_RETRY_ON[n] for n in names if n in GRPC_RETRY_ON)
-        #: previous_hosts: how many more times a retry picks again when the LB returns a host already tried.
-        #: Envoy's default 0 means one pick and no avoidance, so 0 also means "no tried-hosts bookkeeping".
-        self.host_reselections: int = (
-            config.host_selection_retry_max_attempts if config.retry_host_predicate else 0
-        )
+        predicates = [predicate.decoded() for predicate in config.retry_host_predicate]
+        #: how many more times a retry picks again when a host predicate refuses the LB's pick. Envoy's default
+        #: 0 means one pick and no avoidance, so 0 also means "no predicate runs".
+        self.host_reselections: int = config.host_selection_retry_max_attempts if predicates else 0
+        #: the predicates: previous_hosts, omit_canary_hosts, omit_host_metadata (each set of envoy.lb values)
+        self.avoid_tried = any(isinstance(p, PreviousHostsPredicate) for p in predicates)
+        self.avoid_canary = any(isinstance(p, OmitCanaryHostsPredicate) for p in predicates)
+        self.avoid_labels: tuple[tuple[tuple[str, Any], ...], ...] = tuple(
+            tuple((key, value_key(value)) for key, value in p.labels.items())
+            for p in predicates if isinstance(p, OmitHostMetadataConfig) and p.labels)
+        #: previous_priorities' update_frequency (0: no retry priority; upstream/retry_priority.py)
+        self.priority_update_frequency: int = (
+            config.retry_priority.decoded().update_frequency if config.retry_priority is not None else 0)
+
+    def refuses(self, host: Host, tried: list[Host]) -> bool:
+        """Whether a retry host predicate sends a retry's pick back to the balancer (Envoy's
+        shouldSelectAnotherHost: any predicate refusing is enough)."""
+        if self.avoid_tried and host in tried:
+            return True
+        metadata = host.lb_metadata
+        if self.avoid_canary and metadata.get("canary") is True:
+            return True
+        return any(all(_label_matches(metadata, key, wanted) for key, wanted in labels)
+                   for labels in self.avoid_labels)
 
     def should_retry_status(self, status: int) -> bool:
         """Whether an upstream response with this status is retried under this policy."""
@@ -429,6 +452,16 @@ class RetryRule:
                 value = value.strip()
                 return value.isdigit() and int(value) in self.grpc_codes
         return False
+
+
+def _label_matches(metadata: Any, key: str, wanted: Any) -> bool:
+    """Envoy's metadataLabelMatch for one value, lists as any: the host's value is it or a list holding it."""
+    if key not in metadata:
+        return False
+    value = metadata[key]
+    if value_key(value) == wanted:
+        return True
+    return isinstance(value, (list, tuple)) and any(value_key(item) == wanted for item in value)
 
 
 class MirrorRule:

@@ -43,6 +43,7 @@ from pylon.proxy.h2_tunnel import H2Tunnel
 from pylon.proxy.tunnel import open_tunnel
 from pylon.proxy.upstream.cluster import PENDING
 from pylon.proxy.upstream.lb import stable_hash
+from pylon.proxy.upstream.retry_priority import RetryPriorityState
 from pylon.proxy.xfcc import HEADER as XFCC
 from pylon.proxy.xfcc import forwarded_value
 
@@ -146,7 +147,7 @@ class Stream:
         "retries_left", "retry_held", "deadline", "try_deadline", "upstream_deadline", "bytes_received", "bytes_sent", "start",
         "last_activity", "attempt_start", "first_byte", "authority", "path", "pending_local",
         "transport_failure", "request_id", "last_host", "xff", "response_ops", "paused_downstream", "paused_upstream", "resp_headers",
-        "stale_retried", "timeout", "attempts", "tried_hosts",
+        "stale_retried", "timeout", "attempts", "tried_hosts", "retry_priority",
         "resume", "filter_index", "filter_timer", "finish_callbacks", "header_edits", "upgrade_accepted", "client_rest",
         "tunnel_upstream", "upstream_local", "buffering_request", "held_response", "response_body", "set_cookie",
         "request_data_filters", "response_data_filters", "req_trailers", "resp_trailers", "span", "body_watch",
@@ -220,7 +221,8 @@ class Stream:
         self.stale_retried = False  # already sent again once after a reused connection turned out closed
         self.timeout: float | None = None  # the route timeout in force (a gRPC request's may differ from the route's)
         self.attempts = 0  # upstream attempts started (x-envoy-attempt-count)
-        self.tried_hosts: list[Host] | None = None  # hosts attempted, kept only for a previous_hosts retry predicate
+        #: hosts attempted, kept only under a retry host predicate or retry priority (then `retry_priority` is set)
+        self.tried_hosts: list[Host] | None = None
         # The HTTP filters before the router (only when the HCM has any): the routing they hold back, the
         # next one to run, a timer one holds the request with, what to do when the stream ends.
         self.resume: Callable[[], None] | None = None
@@ -734,8 +736,10 @@ class Stream:
             self.retries_left = retry.num_retries
             # What a retry replays: the body so far (a filter may have held the request while it arrived).
             self.body_buffer = list(self.waiting_body) if self.body_size <= hcm.buffer_limit else None
-            if retry.host_reselections:
+            if retry.host_reselections or retry.priority_update_frequency:
                 self.tried_hosts = []
+                self.retry_priority = (RetryPriorityState(retry.priority_update_frequency)
+                                       if retry.priority_update_frequency else None)
         self.cluster = cluster
         if route.mirrors:
             self.shadows = start_shadows(self, route, forward, path, chunked, 0 if chunked else self.req_length,
@@ -802,17 +806,20 @@ class Stream:
         policies = self.route.hash_policies
         key = self.hash_key(policies) if policies is not None else None
         if not cluster.provided:
-            host = (cluster.choose_host(key) if cluster.subsets is None
-                    else cluster.subsets.choose_matching(self.route.criteria_for(cluster.name), key))
+            if self.tried_hosts:  # a retry under a host predicate or a retry priority
+                host = self._choose_retry_host(cluster, key, self.tried_hosts)
+            else:
+                host = (cluster.choose_host(key) if cluster.subsets is None
+                        else cluster.subsets.choose_matching(self.route.criteria_for(cluster.name), key))
         else:
             host = cluster.request_host(self)
             if host is PENDING:  # the cluster went to find it: it calls attempt_now when it knows
                 cluster.circuit_breakers.requests.release()
                 return
-        tried = self.tried_hosts
-        if tried is not None and host is not None:
-            host = self._avoid_tried(cluster, key, host, tried)
-            tried.append(host)
+        if self.tried_hosts is not None and host is not None:
+            self.tried_hosts.append(host)
+            if self.retry_priority is not None:
+                self.retry_priority.attempted.append(host)
         if host is None:
             cluster.circuit_breakers.requests.release()
             return self.local(cluster.no_host_reply(self))
@@ -877,16 +884,27 @@ class Stream:
         self.set_cookie = (name, value, header + b"; HttpOnly")
         return value
 
-    def _avoid_tried(self, cluster: "Cluster", key: bytes | None, host: "Host", tried: list["Host"]) -> "Host":
-        """Envoy's previous_hosts predicate: pick again while the host was already tried, up to
-        host_selection_retry_max_attempts more times; then the last pick stands (as Envoy routes to it)."""
-        assert self.route is not None and self.route.retry is not None
-        for _ in range(self.route.retry.host_reselections):
-            if host not in tried:
+    def _choose_retry_host(self, cluster: "Cluster", key: bytes | None, tried: list["Host"]) -> "Host | None":
+        """A retry's host as Envoy's router picks it: under the retry priority's load (previous_priorities), and
+        picked again while a host predicate refuses it, up to host_selection_retry_max_attempts more times; then
+        the last pick stands."""
+        retry = self.route.retry  # type: ignore[union-attr]
+        assert retry is not None
+        state = self.retry_priority
+        if state is not None:
+            state.advance()
+        subsets = cluster.subsets
+        criteria = self.route.criteria_for(cluster.name) if subsets is not None else None  # type: ignore[union-attr]
+        host = None
+        for _ in range(retry.host_reselections + 1):
+            if subsets is not None:
+                host = subsets.choose_matching(criteria, key, state)
+            elif state is not None:
+                host = cluster.lb.choose_excluding(state, key)
+            else:
+                host = cluster.choose_host(key)
+            if host is None or not retry.refuses(host, tried):
                 break
-            again = (cluster.choose_host(key) if cluster.subsets is None
-                     else cluster.subsets.choose_matching(self.route.criteria_for(cluster.name), key))
-            host = again or host
         return host
 
     def on_upstream_ready(self, conn: "UpstreamConnection") -> None:

@@ -10,6 +10,7 @@ import pytest
 from pylon.proxy.upstream.host import FAILED_ACTIVE_HC, Host, Placement
 from pylon.proxy.upstream.lb import RingHash, RoundRobin
 from pylon.proxy.upstream.priority import PrioritizedBalancer, priority_health, priority_loads
+from pylon.proxy.upstream.retry_priority import RetryPriorityState
 
 PICKS = 20_000
 
@@ -157,3 +158,33 @@ def test_a_hash_key_keeps_its_priority() -> None:
     assert first == [lb.choose(k).address for k in keys]
     moved = sum(1 for address in first if address[0].startswith("10.1."))
     assert moved / len(keys) == pytest.approx(0.30, abs=0.03)
+
+
+def test_a_retry_priority_spreads_the_load_over_the_levels_left() -> None:
+    """previous_priorities leaves out the levels tried: the rest share the load by health as the cluster does
+    (priority 1 at health 70 of 2 hosts with one down, priority 2 takes the 30 left); nothing left: as usual."""
+    p0, p1, p2 = hosts_at(0, 0, 2), hosts_at(1, 1, 2), hosts_at(2, 2, 2)
+    down(p1[0])
+    lb = balancer()
+    lb.update(p0 + p1 + p2)
+    retry = RetryPriorityState(update_frequency=1)
+    retry.attempted.append(p0[0])
+    retry.advance()
+    picks = Counter(lb.choose_excluding(retry).placement.priority for _ in range(PICKS))
+    assert picks[0] == 0 and picks[1] / PICKS == pytest.approx(0.70, abs=0.02)
+    assert picks[2] / PICKS == pytest.approx(0.30, abs=0.02)
+    retry.attempted += [p1[1], p2[0]]
+    retry.advance()  # every level tried: the cluster's own load, and the tries forgotten
+    assert lb.choose_excluding(retry).placement.priority == 0 and retry.attempted == [] and retry.excluded is None
+
+
+@pytest.mark.parametrize(("frequency", "attempts", "excluded"), [
+    (1, [0], {0}), (1, [0, 1], {0, 1}), (2, [0], None), (2, [0, 0], {0}), (2, [0, 0, 1], {0}), (2, [0, 0, 1, 1], {0, 1}),
+])  # fmt: skip
+def test_previous_priorities_updates_every_update_frequency_attempts(frequency: int, attempts: list[int],
+                                                                    excluded: set[int] | None) -> None:
+    retry = RetryPriorityState(frequency)
+    for priority in attempts:
+        retry.attempted.append(hosts_at(priority, priority, 1)[0])
+        retry.advance()
+    assert retry.excluded == (None if excluded is None else frozenset(excluded))

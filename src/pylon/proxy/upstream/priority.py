@@ -37,6 +37,7 @@ from typing import Any, Callable, Sequence
 
 from pylon.proxy.upstream.host import Host
 from pylon.proxy.upstream.lb import LoadBalancer, panic_threshold_of, stable_hash
+from pylon.proxy.upstream.retry_priority import RetryPriorityState
 
 #: Envoy's default ClusterLoadAssignment.policy.overprovisioning_factor, in percent
 OVERPROVISIONING = 140
@@ -100,6 +101,9 @@ class PrioritizedBalancer:
         self.hosts: list[Host] = []
         self._single = make()  # kept across updates: the common case keeps its rotation state
         self._levels: list[tuple[int, Callable[[bytes | None], Host | None]]] = []  # (cumulative load, choose)
+        #: each level's health and chooser, loaded or not (a retry priority spreads the load over them again)
+        self._health: list[int] = []
+        self._choosers: list[Callable[[bytes | None], Host | None] | None] = []
         self.choose: Callable[[bytes | None], Host | None] = self._single.choose
         #: the percent of requests each priority level takes (0..max priority), for /clusters-style reports
         self.loads: list[int] = [100]
@@ -113,6 +117,8 @@ class PrioritizedBalancer:
             self.in_panic = self._single.in_panic
             self.loads = [100]
             self.choose = self._single.choose
+            self._health = [priority_health(hosts)]
+            self._choosers = [self._single.choose]
             return
         levels: list[list[Host]] = [[] for _ in range(top + 1)]
         for h in hosts:
@@ -131,14 +137,32 @@ class PrioritizedBalancer:
             panic = [total < 100 and self._in_panic(level) for level in levels]
         self.loads = loads
         self.in_panic = any(p for p, load in zip(panic, loads) if load)
-        cumulative = 0
-        self._levels = []
-        for level, load, level_panic in zip(levels, loads, panic):
-            if not load:
-                continue
-            cumulative += load
-            self._levels.append((cumulative, self._level_chooser(level, level_panic)))
+        self._health = health
+        self._choosers = [self._level_chooser(level, level_panic) if level else None
+                          for level, level_panic in zip(levels, panic)]
+        self._levels = self._cumulative(loads)
         self.choose = self._choose
+
+    def _cumulative(self, loads: Sequence[int]) -> list[tuple[int, Callable[[bytes | None], Host | None]]]:
+        levels = []
+        cumulative = 0
+        for load, chooser in zip(loads, self._choosers):
+            if load and chooser is not None:
+                cumulative += load
+                levels.append((cumulative, chooser))
+        return levels
+
+    def choose_excluding(self, retry: RetryPriorityState, hash_key: bytes | None = None) -> Host | None:
+        """A retry's host, the load spread over the levels `retry` does not leave out (retry_priority.py); when
+        none of those has any health, as `choose` (and `retry` starts over)."""
+        excluded = retry.excluded
+        if excluded is None:
+            return self.choose(hash_key)
+        health = [0 if i in excluded else h for i, h in enumerate(self._health)]
+        if not sum(health):
+            retry.exhausted()
+            return self.choose(hash_key)
+        return self._pick(self._cumulative(priority_loads(health)), hash_key)
 
     def _in_panic(self, level: list[Host]) -> bool:
         return bool(level) and 100.0 * sum(1 for h in level if h.healthy) / len(level) < self.panic_threshold
@@ -170,7 +194,10 @@ class PrioritizedBalancer:
         return self._policy(healthy).choose
 
     def _choose(self, hash_key: bytes | None = None) -> Host | None:
-        levels = self._levels
+        return self._pick(self._levels, hash_key)
+
+    def _pick(self, levels: list[tuple[int, Callable[[bytes | None], Host | None]]],
+              hash_key: bytes | None) -> Host | None:
         if not levels:
             return None
         if len(levels) == 1:

@@ -32,6 +32,7 @@ from typing import Any, Callable, Hashable, Mapping, Sequence
 from pylon.proxy.upstream.host import Host
 from pylon.proxy.upstream.lb import panic_threshold_of
 from pylon.proxy.upstream.priority import PrioritizedBalancer, prioritized
+from pylon.proxy.upstream.retry_priority import RetryPriorityState
 from pylon.stats.store import StatsStore
 
 #: Match criteria: (key, value as `value_key` makes it) pairs, sorted by key.
@@ -186,38 +187,45 @@ class SubsetBalancer:
         """A host for a request without criteria: the cluster's fallback."""
         return self._choose_fallback(hash_key)
 
-    def choose_matching(self, criteria: Criteria | None, hash_key: bytes | None = None) -> Host | None:
-        """A host for a request with the route's criteria (None: the route has none)."""
+    def choose_matching(self, criteria: Criteria | None, hash_key: bytes | None = None,
+                        retry: RetryPriorityState | None = None) -> Host | None:
+        """A host for a request with the route's criteria (None: the route has none); a retry under a retry
+        priority passes its state, which the chosen subset's priorities follow."""
         if criteria is None:
-            return self._choose_fallback(hash_key)
+            return self._choose_fallback(hash_key, retry)
         balancer = self._subsets.get(criteria)
         if balancer is not None:
             self.selected.value += 1
-            return balancer.choose(hash_key)
+            return _take(balancer, hash_key, retry)
         selector = self._fallbacks.get(tuple(name for name, _ in criteria)) if criteria else None
         if selector is None or selector.policy == "NOT_DEFINED":
-            return self._choose_fallback(hash_key)
+            return self._choose_fallback(hash_key, retry)
         if selector.policy == "ANY_ENDPOINT":
-            return self._any.choose(hash_key) if self._any is not None else None
+            return _take(self._any, hash_key, retry) if self._any is not None else None
         if selector.policy == "DEFAULT_SUBSET":
-            return self._default.choose(hash_key) if self._default is not None else None
+            return _take(self._default, hash_key, retry) if self._default is not None else None
         if selector.policy == "KEYS_SUBSET":
             kept = tuple(pair for pair in criteria if pair[0] in selector.fallback_keys)
-            return self.choose_matching(kept, hash_key)
+            return self.choose_matching(kept, hash_key, retry)
         return None  # NO_FALLBACK
 
-    def _choose_fallback(self, hash_key: bytes | None) -> Host | None:
+    def _choose_fallback(self, hash_key: bytes | None, retry: RetryPriorityState | None = None) -> Host | None:
         if self._fallback is None:
             return None
-        host = self._fallback.choose(hash_key)
+        host = _take(self._fallback, hash_key, retry)
         if host is not None:
             self.fallback.value += 1
             return host
         if self._panic is not None:
-            host = self._panic.choose(hash_key)
+            host = _take(self._panic, hash_key, retry)
             if host is not None:
                 self.fallback_panic.value += 1
         return host
+
+
+def _take(balancer: Balancer, hash_key: bytes | None, retry: RetryPriorityState | None) -> Host | None:
+    """The balancer's pick; a retry's under its retry priority."""
+    return balancer.choose(hash_key) if retry is None else balancer.choose_excluding(retry, hash_key)
 
 
 def cluster_balancer(config: Any, make_policy: Callable[[], Any], rng: Any, stats: StatsStore, prefix: str
