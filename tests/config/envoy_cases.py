@@ -391,6 +391,13 @@ CASES: tuple[Case, ...] = (
         "name": "svc", "type": "ORIGINAL_DST", "lb_policy": "CLUSTER_PROVIDED",
         "lb_subset_config": {"subset_selectors": [{"keys": ["a"]}]}}]),
          f"{CLUSTER}.lb_subset_config: LB policy CLUSTER_PROVIDED cannot be combined with lb_subset_config"),
+    Case("original-dst-lb-config", bootstrap(clusters=[{
+        "name": "svc", "type": "ORIGINAL_DST", "lb_policy": "CLUSTER_PROVIDED", "original_dst_lb_config": {
+            "use_http_header": True, "http_header_name": ":authority", "upstream_port_override": 8080}}]), None),
+    Case("original-dst-lb-port-above-max", bootstrap(clusters=[{
+        "name": "svc", "type": "ORIGINAL_DST", "lb_policy": "CLUSTER_PROVIDED",
+        "original_dst_lb_config": {"upstream_port_override": 65536}}]),
+         f"{CLUSTER}.original_dst_lb_config.upstream_port_override: Expected `int` <= 65535"),
     Case("subset-redundant-keys-unknown", _cluster(lb_subset_config={"allow_redundant_keys": True}),
          f"{CLUSTER}.lb_subset_config.allow_redundant_keys: unknown field"),
     # ---- null: protobuf's JSON mapping reads it as "unset" for every field, and as a value inside a Struct

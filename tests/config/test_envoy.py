@@ -1213,3 +1213,16 @@ def test_stats_sinks_statsd_and_dog_statsd_only() -> None:
         "@type": "type.googleapis.com/envoy.config.metrics.v3.StatsdSink", "tcp_cluster_name": "svc"}}
     assert error({**bootstrap(), "stats_sinks": [tcp]}) == (
         "config error in test.yaml: stats_sinks[0].typed_config.tcp_cluster_name: not supported yet")
+
+
+@pytest.mark.parametrize(("cluster", "message"), [
+    ({"type": "ORIGINAL_DST", "lb_policy": "CLUSTER_PROVIDED",
+      "original_dst_lb_config": {"metadata_key": {"key": "k", "path": [{"key": "p"}]}}},
+     "original_dst_lb_config.metadata_key: not supported yet"),
+    # Envoy accepts it here and never reads it: pylon says so rather than carry a field that does nothing.
+    ({"type": "STATIC", "original_dst_lb_config": {"use_http_header": True}},
+     "original_dst_lb_config: only an ORIGINAL_DST cluster reads it"),
+])  # fmt: skip
+def test_original_dst_lb_config_refusals(cluster: dict[str, Any], message: str) -> None:
+    data = bootstrap(clusters=[{"name": "svc", **cluster}])
+    assert error(data).startswith(f"config error in test.yaml: static_resources.clusters[0].{message}")

@@ -2513,6 +2513,19 @@ class CustomClusterType(_TypedExtension, kw_only=True):
     category: ClassVar[str] = registry.CLUSTER_TYPE
 
 
+class OriginalDstLbConfig(EnvoyStruct, kw_only=True):
+    """config.cluster.v3.Cluster.OriginalDstLbConfig: where an ORIGINAL_DST cluster's host comes from besides the
+    connection's original destination. With `use_http_header`, a request's header (default
+    x-envoy-original-dst-host; `:authority` names the request's host) gives `ip:port`; absent or invalid
+    (counted in `original_dst_host_invalid`), the connection's destination is used, as in Envoy.
+    `upstream_port_override` replaces the port either way. `metadata_key` (dynamic metadata) is refused."""
+
+    use_http_header: bool = False
+    http_header_name: str = ""
+    upstream_port_override: Annotated[int, msgspec.Meta(ge=0, le=65535)] | None = None
+    metadata_key: NotSupportedYet | None = None
+
+
 class Cluster(EnvoyStruct, kw_only=True):
     name: NonEmptyStr
     # One choice with `cluster_type` (Envoy's oneof cluster_discovery_type); STATIC when neither is set.
@@ -2548,7 +2561,7 @@ class Cluster(EnvoyStruct, kw_only=True):
     upstream_connection_options: UpstreamConnectionOptions | None = None
     # ORIGINAL_DST: hosts unused for this long are dropped (Envoy's default 5 s).
     cleanup_interval: PositiveDuration = PositiveDuration(5)
-    original_dst_lb_config: NotSupportedYet | None = None
+    original_dst_lb_config: OriginalDstLbConfig | None = None
     lb_subset_config: LbSubsetConfig | None = None
 
     def __post_init__(self) -> None:
@@ -2759,6 +2772,9 @@ class Cluster(EnvoyStruct, kw_only=True):
         if self.type == "ORIGINAL_DST" and self.load_assignment is not None and self.load_assignment.endpoints:
             raise FieldError("load_assignment", "an ORIGINAL_DST cluster has no endpoints: it connects where each "
                                                 "connection was going")
+        if self.original_dst_lb_config is not None and self.type != "ORIGINAL_DST":
+            raise FieldError("original_dst_lb_config", "only an ORIGINAL_DST cluster reads it (Envoy ignores it on a "
+                                                       f"{self.type} cluster); remove it")
         if self.load_assignment is None:
             return
         if self.grpc_only:

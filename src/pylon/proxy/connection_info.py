@@ -88,6 +88,9 @@ class ConnectionInfo:
                  ssl_object: Any = None, server_name: str = "") -> None:
         self.connection_id = connection_id
         self.local_address = local  # (ip, port) the client connected to
+        #: the original destination a listener filter (original_dst) restored, else None: an ORIGINAL_DST cluster
+        #: connects there, and has no host without it (Envoy's localAddressRestored)
+        self.restored_local: tuple[str, int] | None = None
         self.remote_address = remote  # (ip, port) of the peer socket (before any x-forwarded-for)
         self.ssl_object = ssl_object
         self.requested_server_name = server_name or (getattr(ssl_object, SNI_ATTRIBUTE, "") if ssl_object else "")

@@ -156,6 +156,7 @@ class TcpProxySession(asyncio.Protocol):
             self.info = ConnectionInfo(self.connection_id, original or transport.get_extra_info("sockname"),
                                        transport.get_extra_info("peername"), transport.get_extra_info("ssl_object"),
                                        detected.server_name if detected is not None else "")
+            self.info.restored_local = original
         return self.info
 
     async def _connect(self, waiting: "asyncio.Future[bool] | None" = None) -> None:

@@ -20,6 +20,7 @@ request's attempt again (`attempt_now`) once it knows.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import random
 import time
@@ -62,12 +63,27 @@ _COUNTERS = (
     "upstream_cx_connect_timeout", "upstream_cx_destroy", "upstream_cx_overflow",
     "upstream_cx_idle_timeout", "upstream_cx_max_requests", "upstream_cx_max_duration_reached",
     "upstream_cx_protocol_error",
-    "upstream_cx_none_healthy", "membership_change",
+    "upstream_cx_none_healthy", "membership_change", "original_dst_host_invalid",
 )
 _GAUGES = (
     "upstream_cx_active", "upstream_rq_active", "upstream_rq_pending_active",
     "membership_healthy", "membership_total", "membership_degraded",
 )
+
+
+def parse_ip_port(text: str) -> tuple[str, int] | None:
+    """`1.2.3.4:80` or `[::1]:80` as (ip, port), as Envoy's parseInternetAddressAndPort reads them; None if not."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        return None
+    bracketed = host.startswith("[") and host.endswith("]")
+    try:
+        ip = ipaddress.ip_address(host[1:-1] if bracketed else host)
+    except ValueError:
+        return None
+    if (ip.version == 6) != bracketed:
+        return None
+    return str(ip), int(port)
 
 
 class ClusterStats:
@@ -186,6 +202,14 @@ class Cluster:
         self.provided = config.lb_policy == "CLUSTER_PROVIDED"
         # ORIGINAL_DST: a host per original destination, made when a connection needs it (original_dst_host).
         self.original_dst = config.type == "ORIGINAL_DST"
+        lb_config = config.original_dst_lb_config
+        #: original_dst_lb_config: the request header naming the host (None: not read), the port put in its place
+        self.dst_header: bytes | None = None
+        self.dst_port: int | None = None
+        if lb_config is not None:
+            if lb_config.use_http_header:
+                self.dst_header = (lb_config.http_header_name or "x-envoy-original-dst-host").lower().encode()
+            self.dst_port = lb_config.upstream_port_override
         self.cleanup_interval = float(config.cleanup_interval)
         self._used: set[Host] = set()  # original-destination hosts used since the last cleanup
         self.on_hosts_removed: Callable[["Cluster"], None] | None = None  # the worker forgets their pools
@@ -271,6 +295,8 @@ class Cluster:
         """An ORIGINAL_DST cluster's host for a connection that was going to `address` (None: no host, 503)."""
         if address is None:
             return None
+        if self.dst_port is not None:
+            address = (address[0], self.dst_port)
         host = self._by_address.get(address)
         if host is None:
             host = self._by_address[address] = Host(address)
@@ -281,12 +307,33 @@ class Cluster:
         return host
 
     def request_host(self, stream: "Stream") -> Host | None:
-        """A CLUSTER_PROVIDED cluster's host for an HTTP request (ORIGINAL_DST: where its connection was going)."""
-        return self.original_dst_host(stream.conn.local)
+        """A CLUSTER_PROVIDED cluster's host for an HTTP request (ORIGINAL_DST: the override header's address, else
+        where its connection was going, if a listener filter restored that: as in Envoy, none otherwise)."""
+        if self.dst_header is not None:
+            named = self._header_address(stream)
+            if named is not None:
+                return self.original_dst_host(named)
+        detected = stream.conn.detected
+        return self.original_dst_host(detected.original_destination if detected is not None else None)
+
+    def _header_address(self, stream: "Stream") -> tuple[str, int] | None:
+        """The first value of the override header as `ip:port` (Envoy takes no name, no missing port); an invalid
+        one counts in `original_dst_host_invalid` and is passed over."""
+        name = self.dst_header
+        if name == b":authority":
+            value: bytes | None = stream.authority
+        else:
+            value = next((v for n, v in stream.headers if n == name), None)
+        if value is None:
+            return None
+        address = parse_ip_port(value.decode("latin-1"))
+        if address is None:
+            self.stats.original_dst_host_invalid.value += 1
+        return address
 
     def connection_host(self, info: "ConnectionInfo") -> Host | None:
-        """A CLUSTER_PROVIDED cluster's host for a tcp_proxy connection."""
-        return self.original_dst_host(info.local_address)
+        """A CLUSTER_PROVIDED cluster's host for a tcp_proxy connection (its restored original destination)."""
+        return self.original_dst_host(info.restored_local)
 
     def no_host_reply(self, stream: "Stream") -> lr.LocalReply:
         """The answer to a request the cluster has no host for (Envoy's 503 UH, counted here)."""
