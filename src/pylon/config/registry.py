@@ -190,6 +190,8 @@ EXTENSION_MODULES: Mapping[str, Mapping[str, str]] = MappingProxyType(
                 "pylon.extensions.filters.listener.tls_inspector",
             "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector":
                 "pylon.extensions.filters.listener.http_inspector",
+            "envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol":
+                "pylon.extensions.filters.listener.proxy_protocol",
         },
     }
 )

@@ -85,13 +85,15 @@ class ConnectionInfo:
     """One downstream connection's facts (built on first use, then kept with the connection)."""
 
     def __init__(self, connection_id: int, local: tuple[str, int] | None, remote: tuple[str, int] | None,
-                 ssl_object: Any = None, server_name: str = "") -> None:
+                 ssl_object: Any = None, server_name: str = "", direct_remote: tuple[str, int] | None = None) -> None:
         self.connection_id = connection_id
         self.local_address = local  # (ip, port) the client connected to
+        #: (ip, port) of the socket's peer: the client, or the balancer that sent a PROXY protocol header
+        self.direct_remote_address = direct_remote or remote
         #: the original destination a listener filter (original_dst) restored, else None: an ORIGINAL_DST cluster
         #: connects there, and has no host without it (Envoy's localAddressRestored)
         self.restored_local: tuple[str, int] | None = None
-        self.remote_address = remote  # (ip, port) of the peer socket (before any x-forwarded-for)
+        self.remote_address = remote  # (ip, port) of the client: a PROXY header's source, else the socket's peer
         self.ssl_object = ssl_object
         self.requested_server_name = server_name or (getattr(ssl_object, SNI_ATTRIBUTE, "") if ssl_object else "")
         # The SNI as Envoy's filters see it (its requestedServerName): only a listener filter (tls_inspector)

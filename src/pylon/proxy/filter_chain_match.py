@@ -42,6 +42,8 @@ class ConnectionFacts:
     server_name: str = ""
     transport_protocol: str = "raw_buffer"
     application_protocols: tuple[str, ...] = ()
+    #: the socket's peer when a PROXY protocol header named another source (None: it is `source_ip`)
+    direct_source_ip: IPAddress | None = None
 
 
 class DuplicateMatch(ValueError):
@@ -165,7 +167,8 @@ class FilterChainSelector:
         transport = facts.transport_protocol or "raw_buffer"
         candidates = _best(candidates, lambda c: -1 if not c.transport else (1 if c.transport == transport else None))
         candidates = self._by_alpn(candidates, facts.application_protocols)
-        candidates = _best(candidates, lambda c: _prefix_score(c.direct_sources, facts.source_ip))
+        direct = facts.direct_source_ip if facts.direct_source_ip is not None else facts.source_ip
+        candidates = _best(candidates, lambda c: _prefix_score(c.direct_sources, direct))
         # Envoy's loopback is 127.0.0.1 (or ::1) itself, not all of 127/8 (checked against Envoy 1.40).
         local = facts.source_ip in _LOOPBACK or facts.source_ip == facts.destination_ip
         wanted_type = "SAME_IP_OR_LOOPBACK" if local else "EXTERNAL"

@@ -325,10 +325,12 @@ class HttpConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         peer = transport_address(transport.get_extra_info("peername"))
+        detected = self.detected
+        if detected is not None and detected.remote_address is not None:
+            peer = detected.remote_address  # the client a PROXY protocol header named (listener filter)
         if peer:
             self.peer = peer
             self.peer_ip = address_host(peer).encode()
-        detected = self.detected
         local = detected.original_destination if detected is not None else None
         local = local or transport.get_extra_info("sockname")  # a redirected connection's is where it was going
         if local:
@@ -531,7 +533,8 @@ class HttpConnection(asyncio.Protocol):
             detected = self.detected
             info = self.info = ConnectionInfo(self.connection_id, self.local, self.peer,
                                               self.transport.get_extra_info("ssl_object"),
-                                              detected.server_name if detected is not None else "")
+                                              detected.server_name if detected is not None else "",
+                                              transport_address(self.transport.get_extra_info("peername")) or None)
         return info
 
     def client_cert_element(self) -> bytes | None:

@@ -217,9 +217,12 @@ class ListenerRuntime:
                     drop()  # the peer has already gone
                     return
                 found = detected or Detected()
+                direct = None
+                if found.remote_address is not None:  # a PROXY protocol header's source is the client
+                    direct, peer = ipaddress.ip_address(peer[0]), found.remote_address
                 facts = ConnectionFacts(ipaddress.ip_address(local[0]), local[1], ipaddress.ip_address(peer[0]),
                                         peer[1], found.server_name, found.transport_protocol or "raw_buffer",
-                                        found.application_protocols)
+                                        found.application_protocols, direct)
                 index = self.selector.select(facts)
             chain = self.chains[index] if index is not None else self.default_chain
         if chain is None:

@@ -102,8 +102,28 @@ class Inspection:
                 return False
             if verdict == CLOSE:
                 return self._end(False, self.runtime.listener_filter_error)
+            if self.detected.drain:
+                if not self._drain():
+                    return True
+                data = None  # what follows the header is peeked afresh
             self.current += 1
         return self._end(True)
+
+    def _drain(self) -> bool:
+        """Read away the bytes a filter took off the stream (they were peeked, so they are there); the next
+        filter peeks what follows. A destination the header named is restored if it is not the socket's own."""
+        detected = self.detected
+        try:
+            self.sock.recv(detected.drain, socket.MSG_DONTWAIT)
+        except OSError:
+            self._end(False, self.runtime.listener_filter_remote_close)
+            return False
+        detected.drain = 0
+        self.seen = -1
+        named = detected.proxied_destination
+        if named is not None and named != self.sock.getsockname()[:2]:
+            detected.original_destination = named
+        return True
 
     def _peek(self, events: int) -> bytes | None:
         """Every byte the client has sent so far, or None when there is nothing new (or the peer left)."""

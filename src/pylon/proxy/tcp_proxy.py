@@ -154,10 +154,18 @@ class TcpProxySession(asyncio.Protocol):
             detected = self.detected
             original = detected.original_destination if detected is not None else None
             self.info = ConnectionInfo(self.connection_id, original or transport.get_extra_info("sockname"),
-                                       transport.get_extra_info("peername"), transport.get_extra_info("ssl_object"),
-                                       detected.server_name if detected is not None else "")
+                                       self.remote_address(), transport.get_extra_info("ssl_object"),
+                                       detected.server_name if detected is not None else "",
+                                       transport.get_extra_info("peername"))
             self.info.restored_local = original
         return self.info
+
+    def remote_address(self) -> Any:
+        """The client: a PROXY protocol header's source (listener filter), else the socket's peer."""
+        detected = self.detected
+        if detected is not None and detected.remote_address is not None:
+            return detected.remote_address
+        return self.downstream.get_extra_info("peername")
 
     async def _connect(self, waiting: "asyncio.Future[bool] | None" = None) -> None:
         rt = self.runtime
@@ -179,7 +187,7 @@ class TcpProxySession(asyncio.Protocol):
             return
         key = None
         if rt.hash_source_ip:
-            peer = self.downstream.get_extra_info("peername")
+            peer = self.remote_address()
             key = address_host(peer).encode() if peer else None  # the address without the port, as Envoy hashes it
         if rt.tunneling is not None and cluster.protocol == "http2":
             tunnel = await open_h2_tunnel(self, cluster, key)  # a stream on the host's HTTP/2 pool
@@ -259,7 +267,7 @@ class TcpProxySession(asyncio.Protocol):
         """tunneling_config's request head for this connection to `host` (its format strings read the facts)."""
         tunneling = self.runtime.tunneling
         assert tunneling is not None
-        peer = self.downstream.get_extra_info("peername")
+        peer = self.remote_address()
         facts = AccessLogRecord(self.runtime.worker.wall_time(self.start), downstream_remote=transport_address(peer),
                                 downstream_local=self.connection_info().local_address, upstream_host=host.address,
                                 upstream_cluster=self.cluster_name, connection_id=self.connection_id,
@@ -345,7 +353,7 @@ class TcpProxySession(asyncio.Protocol):
             record.duration = (rt.worker.loop.time() - self.start) * 1000
             record.response_flags = self.flags
             record.upstream_cluster = self.cluster_name
-            peer = self.downstream.get_extra_info("peername")
+            peer = self.remote_address()
             record.downstream_remote = transport_address(peer)
             record.connection_id = self.connection_id
             if self.detected is not None:

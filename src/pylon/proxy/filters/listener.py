@@ -36,6 +36,12 @@ class Detected:
     transport_protocol: str = ""  # "" until a filter sets it; chains see "raw_buffer" then, as in Envoy
     application_protocols: tuple[str, ...] = ()
     original_destination: tuple[str, int] | None = None  # where a redirected connection was going (original_dst)
+    #: the client's address a PROXY protocol header named (None: the socket's peer is the client)
+    remote_address: tuple[str, int] | None = None
+    #: the destination that header named: it becomes `original_destination` if it is not the socket's own
+    proxied_destination: tuple[str, int] | None = None
+    #: bytes at the stream's start a filter took off it (the PROXY header): read away before the next filter
+    drain: int = 0
 
 
 class ListenerFilter(Protocol):

@@ -26,10 +26,11 @@ Semantics, each observed with Envoy 1.40 (the behaviour tests run both):
   any DNS SAN, or the subject of the peer certificate (RFC 2253, all three
   tried); a TLS client without a certificate has the subject "" (so `exact: ""`
   and `safe_regex: .*` match it).
-- `direct_remote_ip` and the deprecated `source_ip`: the socket peer (pylon
-  has no PROXY protocol, so the two agree). `remote_ip`: the client address the
-  HTTP connection manager derives from x-forwarded-for (`Facts.client_address`,
-  see the HTTP filter); on the network filter, the peer.
+- `direct_remote_ip`: the socket peer. The deprecated `source_ip`: the
+  connection's remote address, which a PROXY protocol header's source replaces
+  (the two agree without one). `remote_ip`: the client address the HTTP
+  connection manager derives from x-forwarded-for (`Facts.client_address`, see
+  the HTTP filter); on the network filter, the connection's remote address.
 - `destination_ip` / `destination_port` / `destination_port_range`: the local
   address of the connection; a range is [start, end).
 - `requested_server_name`: the SNI as the listener's tls_inspector read it;
@@ -239,7 +240,7 @@ class Principal(EnvoyStruct, kw_only=True):
     or_ids: PrincipalSet | None = None
     any: bool | None = None
     authenticated: Authenticated | None = None
-    source_ip: CidrRange | None = None  # deprecated in Envoy; here the socket peer, as direct_remote_ip
+    source_ip: CidrRange | None = None  # deprecated in Envoy: the connection's remote address (PROXY protocol's)
     direct_remote_ip: CidrRange | None = None
     remote_ip: CidrRange | None = None
     header: HeaderMatcher | None = None
@@ -386,12 +387,16 @@ class Facts:
 
     @cached_property
     def direct_remote_ip(self) -> IpAddress | None:
+        return _ip(self.connection.direct_remote_address)
+
+    @cached_property
+    def source_ip(self) -> IpAddress | None:
         return _ip(self.connection.remote_address)
 
     @cached_property
     def remote_ip(self) -> IpAddress | None:
         client = _ip(self.client_address) if self.client_address is not None else None
-        return client if client is not None else self.direct_remote_ip
+        return client if client is not None else self.source_ip
 
     @property
     def server_name(self) -> str:
@@ -520,8 +525,11 @@ def _principal(rule: Principal, engine: RegexEngine) -> Predicate:
         return _always
     if rule.authenticated is not None:
         return _authenticated(rule.authenticated, engine)
-    if rule.source_ip is not None or rule.direct_remote_ip is not None:
-        network = (rule.source_ip or rule.direct_remote_ip).network  # type: ignore[union-attr]
+    if rule.source_ip is not None:
+        source = rule.source_ip.network
+        return lambda facts: facts.source_ip is not None and facts.source_ip in source
+    if rule.direct_remote_ip is not None:
+        network = rule.direct_remote_ip.network
         return lambda facts: facts.direct_remote_ip is not None and facts.direct_remote_ip in network
     if rule.remote_ip is not None:
         network = rule.remote_ip.network
