@@ -84,6 +84,18 @@ def test_source_criteria() -> None:
     assert by_type.select(facts(dst="10.0.0.1", src="10.0.0.2")) == 1
 
 
+def test_a_proxy_protocol_source_is_matched_apart_from_the_direct_peer() -> None:
+    """A PROXY header's source matches source_prefix_ranges; direct_source_prefix_ranges sees the socket's peer."""
+    lb = ipaddress.ip_address("127.0.0.1")
+    via_balancer = ConnectionFacts(ipaddress.ip_address("127.0.0.1"), 8080, ipaddress.ip_address("192.0.2.7"), 5555,
+                                   direct_source_ip=lb)
+    by_source = selector({"source_prefix_ranges": [{"address_prefix": "192.0.2.0", "prefix_len": 24}]}, {})
+    assert by_source.select(via_balancer) == 0 and by_source.select(facts()) == 1
+    by_direct = selector({"direct_source_prefix_ranges": [{"address_prefix": "192.0.2.0", "prefix_len": 24}]},
+                         {"direct_source_prefix_ranges": [{"address_prefix": "127.0.0.1", "prefix_len": 32}]})
+    assert by_direct.select(via_balancer) == 1
+
+
 def test_source_port_comes_after_source_prefix() -> None:
     chains = selector({"source_prefix_ranges": [{"address_prefix": "127.0.0.3", "prefix_len": 32}],
                        "source_ports": [5000]}, {"source_ports": [6000]})
