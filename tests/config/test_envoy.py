@@ -177,7 +177,6 @@ def test_hcm_http2_protocol_options_map_onto_the_codec_settings() -> None:
     ("override_stream_error_on_invalid_http_message", True, "not supported yet: an invalid message ends the HTTP/2 "
                                                             "connection, as Envoy's default does"),
     ("use_oghttp2_codec", True, "not supported: pylon's HTTP/2 codec is libnghttp2"),
-    ("connection_keepalive", {"interval": "10s", "timeout": "1s"}, "not supported yet"),
     ("custom_settings_parameters", [{"identifier": 8, "value": 1}], "not supported yet"),
     ("max_metadata_size", 1024, "not supported yet"),
     ("initial_stream_window_size", 1000, "Expected `int` >= 65535"),
@@ -640,12 +639,13 @@ def test_extend_balance_names_the_unregistered_type() -> None:
 
 
 def test_an_unknown_listener_filter_is_refused_naming_those_accepted() -> None:
-    url = "type.googleapis.com/envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol"
-    filters = [{"name": "envoy.filters.listener.proxy_protocol", "typed_config": {"@type": url}}]
+    url = "type.googleapis.com/envoy.extensions.filters.listener.original_src.v3.OriginalSrc"
+    filters = [{"name": "envoy.filters.listener.original_src", "typed_config": {"@type": url}}]
+    proxy_protocol = "type.googleapis.com/envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol"
     assert error(bootstrap([listener(hcm(), listener_filters=filters)])) == (
         "config error in test.yaml: static_resources.listeners[0].listener_filters[0].typed_config.@type: "
         f"unknown listener filter type {url}; accepted here: {HTTP_INSPECTOR_TYPE}, {ORIGINAL_DST_TYPE}, "
-        f"{TLS_INSPECTOR_TYPE}"
+        f"{proxy_protocol}, {TLS_INSPECTOR_TYPE}"
     )
 
 

@@ -113,6 +113,9 @@ class EchoH2Connection:
     def on_goaway(self, last_stream_id: int, error_code: int) -> None:
         """Nothing to do: streams already open are answered, and the client opens no more."""
 
+    def on_ping_ack(self) -> None:
+        """Nothing to do: the echo server sends no PINGs of its own (an unsolicited ACK is ignored)."""
+
     # replies ------------------------------------------------------------------------------------------
 
     def _answer(self, stream_id: int, request: _Request) -> None:

@@ -261,6 +261,9 @@ class H2ClientConnection(asyncio.Protocol):
     def on_goaway(self, last_stream_id: int, error_code: int) -> None:
         self.usable = False  # calls in flight finish; the slots' next calls take a new connection
 
+    def on_ping_ack(self) -> None:
+        """Nothing to do: the load client sends no PINGs of its own (an unsolicited ACK is ignored)."""
+
 
 class H2Pool:
     """The run's connections, one per group of slots (`-s` slots each), connected on first use."""

@@ -1448,6 +1448,29 @@ class Tracing(EnvoyStruct, kw_only=True):
                                                     "the upstream request's span")
 
 
+class KeepaliveSettings(EnvoyStruct, kw_only=True):
+    """config.core.v3.KeepaliveSettings: HTTP/2 PINGs that find a dead connection (proxy/http/h2_keepalive.py).
+
+    A PING every `interval` (plus up to `interval_jitter` percent of it, 15 by default), or, on a client, before a
+    new stream on a connection nothing was received on for `connection_idle_interval`; no ACK within `timeout`
+    (any frame received meanwhile extends it) closes the connection and counts `http2.keepalive_timeout`."""
+
+    interval: AtLeastOneMs | None = None
+    timeout: AtLeastOneMs
+    interval_jitter: Percent | None = None
+    connection_idle_interval: AtLeastOneMs | None = None
+
+    def grpc_channel_options(self) -> list[tuple[str, int]]:
+        """The same PINGs on a grpcio channel (pylon's xDS and gRPC-service clients of the cluster): grpcio's
+        keepalive time and timeout, PINGs with no call open too, as Envoy sends them. Departure: grpcio adds
+        no jitter and has no idle-before-stream PING (`connection_idle_interval`)."""
+        options = [("grpc.keepalive_timeout_ms", int(float(self.timeout) * 1000)),
+                   ("grpc.keepalive_permit_without_calls", 1), ("grpc.http2.max_pings_without_data", 0)]
+        if self.interval is not None:
+            options.append(("grpc.keepalive_time_ms", int(float(self.interval) * 1000)))
+        return options
+
+
 class HcmHttp2ProtocolOptions(EnvoyStruct, kw_only=True):
     """config.core.v3.Http2ProtocolOptions as the HCM reads it: the downstream HTTP/2 codec's limits.
 
@@ -1470,7 +1493,7 @@ class HcmHttp2ProtocolOptions(EnvoyStruct, kw_only=True):
     stream_error_on_invalid_http_messaging: bool = False
     override_stream_error_on_invalid_http_message: bool | None = None
     custom_settings_parameters: NotSupportedYet | None = None
-    connection_keepalive: NotSupportedYet | None = None
+    connection_keepalive: KeepaliveSettings | None = None
     use_oghttp2_codec: bool | None = None
     max_metadata_size: NotSupportedYet | None = None
 

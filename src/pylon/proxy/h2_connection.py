@@ -32,6 +32,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from pylon.proxy.hcm import HcmRuntime, HttpConnection
+from pylon.proxy.http.h2_keepalive import H2Keepalive
 from pylon.proxy.http.h2_server import Http2ResponseEncoder, request_head
 from pylon.proxy.http.h2_session import (COUNTER_NAMES, INTERNAL_ERROR, NO_ERROR, H2Connection, H2Settings,
                                          add_counts)
@@ -184,7 +185,7 @@ class Http2Connection(HttpConnection):
     """One downstream HTTP/2 connection (h2 by ALPN, h2c with prior knowledge, or codec_type HTTP2)."""
 
     __slots__ = ("session", "streams", "seen", "receiving", "flush_again", "flush_soon", "write_paused",
-                 "out_paused", "final_goaway")
+                 "out_paused", "final_goaway", "keepalive")
 
     protocol = "HTTP/2"
 
@@ -199,6 +200,7 @@ class Http2Connection(HttpConnection):
         self.write_paused = False  # the socket's buffer is full: frames stay in the session
         self.out_paused: set[H2StreamConn] = set()  # streams whose upstream is paused for the client's reading
         self.final_goaway = False
+        self.keepalive: H2Keepalive | None = None  # connection_keepalive's PINGs (the HCM's http2 options)
 
     # ------------------------------------------------------------------ asyncio.Protocol
     def connection_made(self, transport: Any) -> None:
@@ -214,11 +216,16 @@ class Http2Connection(HttpConnection):
         hcm.h2.connections.value += 1
         self.session = H2Connection(self, server=True, settings=hcm.h2.settings)
         self.flush()
+        keepalive = hcm.h2.settings.connection_keepalive
+        if keepalive is not None:
+            self.keepalive = H2Keepalive(self.loop, keepalive, self._ping, self._keepalive_timed_out)
         if data:
             self._read(data)
 
     def _read(self, data: bytes) -> None:
         self.last_activity = self.loop_time()
+        if self.keepalive is not None:
+            self.keepalive.received()
         self.receiving = True
         try:
             self.session.receive(data)
@@ -236,6 +243,8 @@ class Http2Connection(HttpConnection):
         hcm = self.hcm
         hcm.cx_active.value -= 1
         hcm.cx_destroy.value += 1
+        if self.keepalive is not None:
+            self.keepalive.stop()
         session = self.session
         if session is not None:
             hcm.cx_http2_active.value -= 1
@@ -349,6 +358,20 @@ class Http2Connection(HttpConnection):
 
     def on_goaway(self, last_stream_id: int, error_code: int) -> None:
         """The client will open no more streams: the session ends once the open ones are done."""
+
+    def on_ping_ack(self) -> None:
+        if self.keepalive is not None:
+            self.keepalive.acked()
+
+    def _ping(self) -> None:
+        assert self.session is not None
+        self.session.ping()
+        self.flush()
+
+    def _keepalive_timed_out(self) -> None:
+        """No PING ACK in time: the client is gone; close without flushing (Envoy's NoFlush)."""
+        self.hcm.h2.stats.counter("http2.keepalive_timeout").value += 1
+        self.transport.abort()
 
     # ------------------------------------------------------------------ the streams' calls
     def stream_done(self, conn: H2StreamConn) -> None:

@@ -129,11 +129,16 @@ def node_message(node: Any) -> Node:
     return message
 
 
-def grpc_target(clusters: Mapping[str, Any], cluster_name: str) -> tuple[str, float]:
-    """(grpc target, connect timeout) of the static cluster a stream goes to: its first endpoint (loader checked)."""
+def grpc_target(clusters: Mapping[str, Any], cluster_name: str) -> tuple[str, float, list[tuple[str, Any]]]:
+    """(grpc target, connect timeout, channel options) of the static cluster a stream goes to: its first endpoint
+    (loader checked); the options carry the cluster's HTTP/2 connection_keepalive, if it has one."""
     cluster = clusters[cluster_name]
     endpoint = next(e for locality in cluster.load_assignment.endpoints for e in locality.lb_endpoints)
-    return endpoint.endpoint.address.grpc_target, float(cluster.connect_timeout)
+    options: list[tuple[str, Any]] = [("grpc.enable_http_proxy", 0)]
+    http2 = cluster.upstream_protocol[1]
+    if http2 is not None and http2.connection_keepalive is not None:
+        options += http2.connection_keepalive.grpc_channel_options()
+    return endpoint.endpoint.address.grpc_target, float(cluster.connect_timeout), options
 
 
 @dataclass(frozen=True)
@@ -147,11 +152,11 @@ class Wanted:
 class XdsStream:
     """One gRPC stream: the ADS stream, or a per-type discovery service of one `api_config_source`."""
 
-    def __init__(self, client: "XdsClient", label: str, target: str, connect_timeout: float,
+    def __init__(self, client: "XdsClient", label: str, target: tuple[str, float, list[tuple[str, Any]]],
                  rpc: Callable[[grpc.aio.Channel], Any], state: AdsState | DeltaState, backoff: Backoff) -> None:
         self.client = client
         self.label = label
-        self.target = target
+        self.target, connect_timeout, self.channel_options = target
         self.connect_timeout = connect_timeout
         self.rpc = rpc
         self.state = state
@@ -187,7 +192,7 @@ class XdsStream:
             await asyncio.sleep(delay)
 
     async def _stream(self) -> None:
-        async with grpc.aio.insecure_channel(self.target, options=[("grpc.enable_http_proxy", 0)]) as channel:
+        async with grpc.aio.insecure_channel(self.target, options=self.channel_options) as channel:
             await asyncio.wait_for(channel.channel_ready(), self.connect_timeout)
             call = self.rpc(channel)()
             self.connected = True
@@ -252,11 +257,10 @@ class XdsClient:
             return None
         stream = self.streams.get(key)
         if stream is None:
-            target, connect_timeout = grpc_target(self.dynamic.static_cluster_configs, api.cluster_name)
+            target = grpc_target(self.dynamic.static_cluster_configs, api.cluster_name)
             state: AdsState | DeltaState = (DeltaState if delta else AdsState)(
                 self.node, api.set_node_on_first_message_only)
-            stream = self.streams[key] = XdsStream(self, label, target, connect_timeout, rpc, state,
-                                                   self.make_backoff())
+            stream = self.streams[key] = XdsStream(self, label, target, rpc, state, self.make_backoff())
             self.connection_changed()  # not connected yet: 0 until it is
             if self.running:
                 self.tasks.append(asyncio.get_running_loop().create_task(stream.run()))

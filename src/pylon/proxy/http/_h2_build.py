@@ -46,6 +46,7 @@ typedef struct pyl_h2 {
 
 #define NGHTTP2_DATA 0
 #define NGHTTP2_RST_STREAM 3
+#define NGHTTP2_PING 6
 #define NGHTTP2_GOAWAY 7
 #define NGHTTP2_HCAT_REQUEST 0
 #define NGHTTP2_HCAT_RESPONSE 1
@@ -96,6 +97,7 @@ int nghttp2_session_consume_connection(nghttp2_session *session, size_t size);
 int nghttp2_session_resume_data(nghttp2_session *session, int32_t stream_id);
 int nghttp2_submit_rst_stream(nghttp2_session *session, uint8_t flags, int32_t stream_id, uint32_t error_code);
 int nghttp2_submit_shutdown_notice(nghttp2_session *session);
+int nghttp2_submit_ping(nghttp2_session *session, uint8_t flags, const uint8_t *opaque_data);
 int nghttp2_submit_goaway(nghttp2_session *session, uint8_t flags, int32_t last_stream_id, uint32_t error_code,
                           const uint8_t *opaque_data, size_t opaque_data_len);
 int nghttp2_session_terminate_session(nghttp2_session *session, uint32_t error_code);

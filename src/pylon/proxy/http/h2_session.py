@@ -96,6 +96,8 @@ class H2Settings:
     stream_reset_burst: int = 1000
     stream_reset_rate: int = 33
     max_continuations: int = 8
+    #: connection_keepalive (config.core.v3.KeepaliveSettings), None: no PINGs of our own
+    connection_keepalive: Any = None
 
     @classmethod
     def of(cls, options: Any, *, max_header_bytes: int, max_headers_count: int) -> "H2Settings":
@@ -111,6 +113,7 @@ _OPTION_FIELDS = (
     "initial_connection_window_size",
     "max_outbound_frames", "max_outbound_control_frames", "max_consecutive_inbound_frames_with_empty_payload",
     "max_inbound_priority_frames_per_stream", "max_inbound_window_update_frames_per_data_frame_sent",
+    "connection_keepalive",
 )
 
 
@@ -160,6 +163,9 @@ class H2Owner(Protocol):
 
     def on_goaway(self, last_stream_id: int, error_code: int) -> None:
         """The peer will process no stream above `last_stream_id` (those close with REFUSED_STREAM)."""
+
+    def on_ping_ack(self) -> None:
+        """The peer acknowledged a PING (`ping`): the connection is alive (h2_keepalive.py)."""
 
 
 class H2Error(Exception):
@@ -391,6 +397,10 @@ class H2Connection:
         """RST_STREAM: abandon the stream both ways."""
         self._check(lib.nghttp2_submit_rst_stream(self._session, 0, stream_id, error_code))
 
+    def ping(self) -> None:
+        """Queue a PING (connection_keepalive); its ACK calls the owner's `on_ping_ack`."""
+        self._check(lib.nghttp2_submit_ping(self._session, 0, ffi.NULL))
+
     def shutdown_notice(self) -> None:
         """Server: the first GOAWAY of a graceful drain (last stream id 2^31-1): clients stop opening streams."""
         self._check(lib.nghttp2_submit_shutdown_notice(self._session))
@@ -481,6 +491,8 @@ def pyl_on_frame(handle, frame_type, stream_id, flags, a, b):  # type: ignore[no
             conn.owner.on_end_stream(stream_id)
         elif frame_type == lib.NGHTTP2_GOAWAY:
             conn.owner.on_goaway(a, b)
+        elif frame_type == lib.NGHTTP2_PING:
+            conn.owner.on_ping_ack()
     except BaseException as e:  # noqa: BLE001
         conn._error = e
         return lib.NGHTTP2_ERR_CALLBACK_FAILURE

@@ -187,6 +187,8 @@ static int cb_frame_recv(nghttp2_session *s, const nghttp2_frame *f, void *ud) {
     case NGHTTP2_GOAWAY:
         return pyl_on_frame(c->handle, NGHTTP2_GOAWAY, 0, 0, (uint32_t)f->goaway.last_stream_id,
                             f->goaway.error_code);
+    case NGHTTP2_PING:  /* only an ACK reaches Python (keepalive); nghttp2 answers the peer's own PINGs */
+        return (f->hd.flags & NGHTTP2_FLAG_ACK) ? pyl_on_frame(c->handle, NGHTTP2_PING, 0, f->hd.flags, 0, 0) : 0;
     default:
         return 0;
     }

@@ -79,7 +79,11 @@ class GrpcClusterClient:
                 self._forget_gone(cluster)
             ip, port = address
             target = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
-            channel = self.channels[address] = grpc.aio.insecure_channel(target, options=self.options)
+            options = list(self.options)
+            http2 = cluster.config.upstream_protocol[1]
+            if http2 is not None and http2.connection_keepalive is not None:
+                options += http2.connection_keepalive.grpc_channel_options()  # the cluster's PINGs, as Envoy's
+            channel = self.channels[address] = grpc.aio.insecure_channel(target, options=options)
         return channel
 
     def _forget_gone(self, cluster: "Cluster") -> None:

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 from pylon.proxy.http.h2_client import Http2RequestEncoder, first_settings, head_fields, request_headers, response_head
 from pylon.proxy.http.h2_session import (CANCEL, COUNTER_NAMES, NO_ERROR, REFUSED_STREAM, H2Connection, H2Error,
                                          H2Settings, Headers, add_counts)
+from pylon.proxy.http.h2_keepalive import H2Keepalive
 from pylon.proxy.tls import ClientTls
 from pylon.proxy.upstream.pool_base import PoolBase, PooledConnection, prepare_transport
 
@@ -265,6 +266,7 @@ class H2UpstreamConnection(PooledConnection, asyncio.Protocol):
         self.idle_since = 0.0
         self.http1_chosen = False  # auto_config: the server's ALPN did not pick h2
         self.seen: dict[str, int] = {}  # the codec's counts already added to the cluster's `http2.*` stats
+        self.keepalive: H2Keepalive | None = None  # connection_keepalive's PINGs, once connected
 
     @property
     def has_room(self) -> bool:
@@ -287,8 +289,13 @@ class H2UpstreamConnection(PooledConnection, asyncio.Protocol):
                 self.http1_chosen = True  # auto_config: the HTTP/1.1 pool takes it over (auto_pool.py)
                 return
         self.flush()  # the client preface and SETTINGS
+        keepalive = self.pool.settings.connection_keepalive
+        if keepalive is not None:
+            self.keepalive = H2Keepalive(self.pool.loop, keepalive, self._ping, self._keepalive_timed_out)
 
     def data_received(self, data: bytes) -> None:
+        if self.keepalive is not None:
+            self.keepalive.received()
         if self.preface is not None:
             self.preface += data
             try:
@@ -319,6 +326,8 @@ class H2UpstreamConnection(PooledConnection, asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self.keepalive is not None:
+            self.keepalive.stop()
         add_counts(self.pool.cluster.stats.counter, self.codec.counters(), self.seen)
         streams = list(self.streams.values())
         self.streams.clear()
@@ -399,6 +408,21 @@ class H2UpstreamConnection(PooledConnection, asyncio.Protocol):
         self.goaway = True
         self.pool.went_away(self)
 
+    def on_ping_ack(self) -> None:
+        if self.keepalive is not None:
+            self.keepalive.acked()
+
+    # -- connection_keepalive ---------------------------------------------------------------------
+    def _ping(self) -> None:
+        self.codec.ping()
+        self.flush()
+
+    def _keepalive_timed_out(self) -> None:
+        """No PING ACK in time: the peer is gone; close without flushing (Envoy's NoFlush), streams reset."""
+        self.pool.cluster.stats.counter("http2.keepalive_timeout").value += 1
+        if self.transport is not None:
+            self.transport.abort()
+
 
 class H2Pool(PoolBase):
     """HTTP/2 connections to one host from one worker: streams share connections; Envoy's pending queue."""
@@ -440,6 +464,8 @@ class H2Pool(PoolBase):
         if limit and conn.requests >= limit:
             conn.draining = True  # this is its last stream (counted as Envoy does, when given)
             self.cluster.stats.upstream_cx_max_requests.value += 1
+        if conn.keepalive is not None:
+            conn.keepalive.before_stream()
         exchange.on_upstream_ready(H2UpstreamStream(conn, exchange))  # type: ignore[arg-type]
 
     def _serve_queue(self, conn: H2UpstreamConnection) -> None:
