@@ -123,7 +123,7 @@ GAUGES = frozenset({"http2.streams_active", "http2.pending_send_bytes"})
 #: Envoy's `http2.*` counters a side lists at 0 before anything happened.
 COUNTER_NAMES = ("rx_reset", "tx_reset", "rx_messaging_error", "goaway_sent", "trailers", "header_overflow",
                  "outbound_flood", "outbound_control_flood", "inbound_empty_frames_flood",
-                 "inbound_priority_frames_flood", "inbound_window_update_frames_flood")
+                 "inbound_priority_frames_flood", "inbound_window_update_frames_flood", "keepalive_timeout")
 
 
 def add_counts(counter: Callable[[str], Any], counts: dict[str, int], seen: dict[str, int]) -> None:
