@@ -164,3 +164,18 @@ def test_stop_accepting_connections(launch: tuple[ProxyLauncher, str]) -> None:
     stats = proxy.stats()
     assert stats["listener.127.0.0.1_%d.downstream_cx_total" % proxy.ports["main"]] == 0
     assert stats["overload.envoy.overload_actions.stop_accepting_connections.active"] == 1
+
+
+def test_shrink_heap_releases_free_memory_every_ten_seconds(launch: tuple[ProxyLauncher, str]) -> None:
+    """shrink_heap saturated: a round every 10 s (Envoy's fixed period), counted once per round; unsaturated
+    (a limit no process reaches) the counter is there and stays 0."""
+    launcher, implementation = launch
+    proxy = start_saturated(launcher, implementation, "envoy.overload_actions.shrink_heap")
+    name = "overload.envoy.overload_actions.shrink_heap.shrink_count"
+    assert proxy.stats()[name] == 0
+    wait_until(lambda: proxy.stats()[name] >= 1, timeout=30)
+    assert exchange(proxy.ports["main"])[1].endswith(b"ok")  # the workers serve on after their release
+    idle = start(launcher, implementation, {"overload_manager": {"refresh_interval": "0.1s", "resource_monitors": [
+        heap_monitor(1 << 40)], "actions": [{"name": "envoy.overload_actions.shrink_heap", "triggers": [
+            {"name": HEAP, "threshold": {"value": 0.9}}]}]}})
+    assert idle.stats()[name] == 0 and idle.stats()["overload.envoy.overload_actions.shrink_heap.active"] == 0

@@ -24,6 +24,7 @@ Decode with `convert(data, Bootstrap)`; the loader
 
 from __future__ import annotations
 
+import ctypes
 import ipaddress
 import math
 import re
@@ -3017,12 +3018,11 @@ STOP_ACCEPTING_REQUESTS = "envoy.overload_actions.stop_accepting_requests"
 DISABLE_HTTP_KEEPALIVE = "envoy.overload_actions.disable_http_keepalive"
 STOP_ACCEPTING_CONNECTIONS = "envoy.overload_actions.stop_accepting_connections"
 REJECT_INCOMING_CONNECTIONS = "envoy.overload_actions.reject_incoming_connections"
+SHRINK_HEAP = "envoy.overload_actions.shrink_heap"
 OVERLOAD_ACTIONS = (STOP_ACCEPTING_REQUESTS, DISABLE_HTTP_KEEPALIVE, STOP_ACCEPTING_CONNECTIONS,
-                    REJECT_INCOMING_CONNECTIONS)
+                    REJECT_INCOMING_CONNECTIONS, SHRINK_HEAP)
 #: Envoy's other actions, each refused with the reason.
 _REFUSED_ACTIONS = MappingProxyType({
-    "envoy.overload_actions.shrink_heap": "releases tcmalloc's free memory to the system; pylon's memory is "
-                                          "CPython's allocator's, which has nothing to release on request",
     "envoy.overload_actions.reduce_timeouts": "not supported yet",
     "envoy.overload_actions.reset_high_memory_stream": "not supported yet (pylon does not account memory by stream)",
 })
@@ -3096,6 +3096,9 @@ class OverloadAction(EnvoyStruct, kw_only=True):
             raise FieldError("name", f"{self.name}: {_REFUSED_ACTIONS[self.name]}")
         if self.name not in OVERLOAD_ACTIONS:
             raise FieldError("name", f"Unknown Overload Manager Action {self.name}")
+        if self.name == SHRINK_HEAP and not hasattr(ctypes.CDLL(None), "malloc_trim"):
+            raise FieldError("name", f"{self.name} releases free heap memory with glibc's malloc_trim, which this C "
+                                     "library lacks; remove the action")
         if self.typed_config is not None:
             raise FieldError("typed_config", f"{self.name} takes no typed_config")
         _check_unique([t.name for t in self.triggers], "triggers",

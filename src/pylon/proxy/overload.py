@@ -17,12 +17,18 @@ Envoy's overload manager is one object on the main thread that measures its reso
 - `reject_incoming_connections`: an accepted connection is closed at once with the scale as probability
   (`listener.<address>.downstream_cx_overload_reject`).
 
+- `shrink_heap`: while saturated, every 10 s (Envoy's fixed period) the supervisor releases its own free heap
+  memory and tells each worker to release theirs (`release_free_memory`: glibc's malloc_trim, what tcmalloc's
+  ReleaseFreeMemory is to Envoy; CPython's small-object arenas go back to the system by themselves) and counts
+  `overload.envoy.overload_actions.shrink_heap.shrink_count` once per round, as Envoy's one process does.
+
 The global downstream connections limit (the `global_downstream_max_connections` monitor, or Envoy 1.40's
 deprecated runtime key) is no action but a check at accept time across workers (`downstream_connections.py`).
 """
 
 from __future__ import annotations
 
+import ctypes
 import random
 from typing import Any, Mapping
 
@@ -33,7 +39,15 @@ from pylon.config.envoy import (
     STOP_ACCEPTING_REQUESTS,
 )
 
-__all__ = ["WorkerOverload", "action_scales", "trigger_scale"]
+__all__ = ["HEAP_SHRINK_INTERVAL", "WorkerOverload", "action_scales", "release_free_memory", "trigger_scale"]
+
+#: Envoy's HeapShrinker period (fixed, not configurable in Envoy either).
+HEAP_SHRINK_INTERVAL = 10.0
+
+
+def release_free_memory() -> None:
+    """Give the C heap's free memory back to the system (glibc's malloc_trim; the config checked it exists)."""
+    ctypes.CDLL(None).malloc_trim(0)
 
 
 def trigger_scale(trigger: Any, pressure: float) -> float:

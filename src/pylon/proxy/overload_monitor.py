@@ -25,9 +25,9 @@ import logging
 import os
 from typing import Any, Awaitable, Callable
 
-from pylon.config.envoy import DownstreamConnectionsConfig, FixedHeapConfig
+from pylon.config.envoy import SHRINK_HEAP, DownstreamConnectionsConfig, FixedHeapConfig
 from pylon.proxy.downstream_connections import ConnectionCounts
-from pylon.proxy.overload import action_scales
+from pylon.proxy.overload import HEAP_SHRINK_INTERVAL, action_scales, release_free_memory
 from pylon.stats.store import StatsStore
 
 log = logging.getLogger("pylon.proxy.overload")
@@ -72,6 +72,8 @@ class OverloadMonitor:
             if name != self.connections_monitor:  # Envoy's proactive monitor has no skipped updates
                 stats.counter(f"overload.{name}.skipped_updates")
         self._active = {name: stats.gauge(f"overload.{name}.active") for name in self.scales}
+        #: shrink_heap's rounds (only when the action is configured, as Envoy registers it)
+        self.shrink_count = stats.counter(f"overload.{SHRINK_HEAP}.shrink_count") if SHRINK_HEAP in self.scales else None
         self._scale_percent = {name: stats.gauge(f"overload.{name}.scale_percent") for name in self.scales}
 
     @classmethod
@@ -120,6 +122,17 @@ class OverloadMonitor:
                 log.info("overload actions now %s", self.scales)
                 await send(dict(self.scales))
             await asyncio.sleep(self.refresh_interval)
+
+    async def shrink_heap(self, tell_workers: Callable[[], Awaitable[None]]) -> None:
+        """Every HEAP_SHRINK_INTERVAL while shrink_heap is saturated: release free heap memory here and in every
+        worker, one count per round (Envoy's HeapShrinker)."""
+        assert self.shrink_count is not None
+        while True:
+            await asyncio.sleep(HEAP_SHRINK_INTERVAL)
+            if self.scales.get(SHRINK_HEAP, 0.0) >= 1.0:
+                release_free_memory()
+                await tell_workers()
+                self.shrink_count.value += 1
 
     def close(self) -> None:
         if self.connections is not None:

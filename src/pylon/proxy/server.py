@@ -163,6 +163,8 @@ class Supervisor:
         if self.overload is not None:
             tasks.append(loop.create_task(self.overload.run(
                 lambda: [h.proc.pid for h in self.workers.values()], self._send_overload)))
+            if self.overload.shrink_count is not None:
+                tasks.append(loop.create_task(self.overload.shrink_heap(self._shrink_workers)))
         if self.files.files:
             tasks.append(loop.create_task(self._watch_files()))
         await self.stopped.wait()
@@ -212,6 +214,10 @@ class Supervisor:
         """The overload actions' new scales to every running worker (a worker started later gets them at init)."""
         await asyncio.gather(*(h.client.request({"op": "overload", "scales": scales})
                                for h in list(self.workers.values())))
+
+    async def _shrink_workers(self) -> None:
+        """shrink_heap's round: every running worker releases its free heap memory."""
+        await asyncio.gather(*(h.client.request({"op": "shrink_heap"}) for h in list(self.workers.values())))
 
     async def _spawn(self, worker_id: int) -> WorkerHandle:
         parent, child = socket.socketpair()

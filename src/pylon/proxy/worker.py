@@ -44,7 +44,7 @@ from pylon.proxy.lds import LdsListeners
 from pylon.proxy.listener import ListenerRuntime, build_listener
 from pylon.proxy.listener_filters import PeekWatcher
 from pylon.proxy.logging_setup import configure_logging
-from pylon.proxy.overload import WorkerOverload
+from pylon.proxy.overload import WorkerOverload, release_free_memory
 from pylon.proxy.router import RouteTable
 from pylon.proxy.shared_buckets import SHARED_BUCKETS, SharedBuckets
 from pylon.proxy.upstream.cluster import Cluster, build_cluster, build_clusters
@@ -473,6 +473,9 @@ async def _carry_out(worker: Worker, message: dict[str, Any], drain_time: float,
         return {"ok": True}
     if op == "overload":
         worker.overload.update(message["scales"])
+        return {"ok": True}
+    if op == "shrink_heap":
+        release_free_memory()
         return {"ok": True}
     if op == "health_check":
         worker.health_check_failed = bool(message["failed"])
