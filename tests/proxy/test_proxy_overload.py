@@ -179,3 +179,22 @@ def test_shrink_heap_releases_free_memory_every_ten_seconds(launch: tuple[ProxyL
         heap_monitor(1 << 40)], "actions": [{"name": "envoy.overload_actions.shrink_heap", "triggers": [
             {"name": HEAP, "threshold": {"value": 0.9}}]}]}})
     assert idle.stats()[name] == 0 and idle.stats()["overload.envoy.overload_actions.shrink_heap.active"] == 0
+
+
+@pytest.mark.parametrize("mode", ["HOST", "CONTAINER"])
+def test_cpu_utilization_monitor_reads_the_cpu(launch: tuple[ProxyLauncher, str], mode: str) -> None:
+    """The monitor reads every refresh without failing (this machine's cgroup for CONTAINER) and publishes a
+    pressure in percent (the host's at most 100; a cgroup v1's is not clamped, in Envoy either)."""
+    launcher, implementation = launch
+    cpu = "envoy.resource_monitors.cpu_utilization"
+    proxy = start(launcher, implementation, {"overload_manager": {"refresh_interval": "0.1s", "resource_monitors": [
+        {"name": cpu, "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.resource_monitors.cpu_utilization.v3.CpuUtilizationConfig",
+            "mode": mode}}], "actions": [{"name": "envoy.overload_actions.shrink_heap", "triggers": [
+                {"name": cpu, "threshold": {"value": 1.0}}]}]}})
+    for _ in range(5):
+        assert exchange(proxy.ports["main"])[1].endswith(b"ok")
+    wait_until(lambda: f"overload.{cpu}.pressure" in proxy.stats(), timeout=10)
+    stats = proxy.stats()
+    assert stats[f"overload.{cpu}.failed_updates"] == 0 and stats[f"overload.{cpu}.pressure"] >= 0
+    assert mode == "CONTAINER" or stats[f"overload.{cpu}.pressure"] <= 100

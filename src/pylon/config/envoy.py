@@ -3049,6 +3049,13 @@ class DownstreamConnectionsConfig(EnvoyStruct, kw_only=True):
     max_active_downstream_connections: Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
 
 
+class CpuUtilizationConfig(EnvoyStruct, kw_only=True):
+    """resource_monitors.cpu_utilization.v3.CpuUtilizationConfig: pressure is the CPU in use, of the host
+    (/proc/stat) or of the container's cgroup (v2 or v1), smoothed as Envoy's (proxy/cpu_utilization.py)."""
+
+    mode: Literal["HOST", "CONTAINER"] = "HOST"
+
+
 class ResourceMonitor(_TypedExtension, kw_only=True):
     category: ClassVar[str] = registry.RESOURCE_MONITOR
 
@@ -3344,6 +3351,9 @@ _CORE_EXTENSIONS: tuple[tuple[str, str, type], ...] = (
     (registry.RESOURCE_MONITOR,
      "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
      DownstreamConnectionsConfig),
+    (registry.RESOURCE_MONITOR,
+     "type.googleapis.com/envoy.extensions.resource_monitors.cpu_utilization.v3.CpuUtilizationConfig",
+     CpuUtilizationConfig),
     (
         registry.ACCESS_LOGGER,
         "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",

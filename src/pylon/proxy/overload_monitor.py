@@ -8,6 +8,8 @@ The monitors:
   `malloc` share the processes), so it reads the resident set size of the proxy's processes, the supervisor and
   every worker, from `/proc/<pid>/statm`. RSS counts what the processes hold from the system, including memory
   an allocator keeps free; on the same traffic it reads higher than Envoy's heap.
+- `envoy.resource_monitors.cpu_utilization` (CpuUtilizationConfig): the host's or the container's CPU use,
+  smoothed as Envoy's (`cpu_utilization.py`).
 - `envoy.resource_monitors.global_downstream_max_connections` (DownstreamConnectionsConfig): the workers refuse
   connections past the limit as they accept them (`downstream_connections.py`); its pressure is the open
   connections over the limit. Envoy 1.40's deprecated runtime key `overload.global_downstream_max_connections`
@@ -25,7 +27,8 @@ import logging
 import os
 from typing import Any, Awaitable, Callable
 
-from pylon.config.envoy import SHRINK_HEAP, DownstreamConnectionsConfig, FixedHeapConfig
+from pylon.config.envoy import SHRINK_HEAP, CpuUtilizationConfig, DownstreamConnectionsConfig, FixedHeapConfig
+from pylon.proxy.cpu_utilization import CpuReadError, CpuUtilization, container_reader, host_reader
 from pylon.proxy.downstream_connections import ConnectionCounts
 from pylon.proxy.overload import HEAP_SHRINK_INTERVAL, action_scales, release_free_memory
 from pylon.stats.store import StatsStore
@@ -49,12 +52,16 @@ class OverloadMonitor:
         self.config = config
         self.refresh_interval = float(config.refresh_interval) if config is not None else 1.0
         self.heap_monitor: tuple[str, int] | None = None  # (name, max bytes)
+        self.cpu_monitor: tuple[str, CpuUtilization] | None = None
         self.connections_monitor: str | None = None
         limit: int | None = None
         for monitor in config.resource_monitors if config is not None else []:
             typed = monitor.typed_config
             if isinstance(typed, FixedHeapConfig):
                 self.heap_monitor = (monitor.name, typed.max_heap_size_bytes)
+            elif isinstance(typed, CpuUtilizationConfig):  # validate.py checked a CONTAINER has a cgroup to read
+                reader = host_reader() if typed.mode == "HOST" else container_reader()
+                self.cpu_monitor = (monitor.name, CpuUtilization(reader))
             elif isinstance(typed, DownstreamConnectionsConfig):
                 self.connections_monitor = monitor.name
                 limit = typed.max_active_downstream_connections
@@ -103,6 +110,12 @@ class OverloadMonitor:
                 self._failed[name].value += 1  # a worker restarting: keep the last pressure, as Envoy on failure
             else:
                 self.pressures[name] = used / limit
+        if self.cpu_monitor is not None:
+            name, cpu = self.cpu_monitor
+            try:
+                self.pressures[name] = cpu.pressure()
+            except CpuReadError:
+                self._failed[name].value += 1  # the last pressure stays, as Envoy's on a failed update
         if self.connections_monitor is not None and self.connections is not None and self.connections_limit:
             self.pressures[self.connections_monitor] = self.connections.total() / self.connections_limit
         for name, pressure in self.pressures.items():

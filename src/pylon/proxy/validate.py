@@ -14,12 +14,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from pylon import regex
-from pylon.config.envoy import HttpConnectionManager, TcpProxy
+from pylon.config.envoy import CpuUtilizationConfig, HttpConnectionManager, TcpProxy
 from pylon.config.errors import ConfigError
 from pylon.config.secrets import secret_names, tls_context
 from pylon.proxy.access_log import compile_log_format
 from pylon.proxy.access_log_filter import compile_filter
 from pylon.proxy.balance import Dlb, NoDlbFallback, balance_kind
+from pylon.proxy.cpu_utilization import CpuReadError, container_reader
 from pylon.proxy.filter_chain_match import DuplicateMatch, FilterChainSelector
 from pylon.proxy.filters.http import build_filter
 from pylon.proxy.filters.network import is_registered, waits
@@ -56,6 +57,18 @@ def validate_runtime(bootstrap: Any, source: str) -> None:
         validate_secret(secret, source, f"static_resources.secrets[{i}]")
     validate_listeners(resources.listeners, source, "static_resources.listeners", secrets)
     validate_clusters(resources.clusters, source, "static_resources.clusters", secrets)
+    validate_resource_monitors(bootstrap.overload_manager, source)
+
+
+def validate_resource_monitors(overload: Any, source: str) -> None:
+    """A cpu_utilization monitor in CONTAINER mode needs a cgroup it can read (Envoy refuses to start too)."""
+    for i, monitor in enumerate(overload.resource_monitors if overload is not None else []):
+        if isinstance(monitor.typed_config, CpuUtilizationConfig) and monitor.typed_config.mode == "CONTAINER":
+            try:
+                container_reader()
+            except CpuReadError as exc:
+                raise ConfigError(source, f"overload_manager.resource_monitors[{i}].typed_config.mode",
+                                  f"CONTAINER: {exc}; use mode HOST") from None
 
 
 def validate_secret(secret: Any, source: str, path: str) -> None:
