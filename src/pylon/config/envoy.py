@@ -1820,12 +1820,23 @@ class ListenerFilter(_TypedExtension, kw_only=True):
 
 class UdpSocketConfig(EnvoyStruct, kw_only=True):
     """config.core.v3.UdpSocketConfig. `max_rx_datagram_size` (Envoy's default 1500): a longer datagram is dropped,
-    as Envoy drops what its receive buffer truncated. `prefer_gro` asks Envoy to read coalesced datagrams (GRO) in
-    one system call: a matter of system calls, not of what is delivered; pylon reads datagram by datagram whatever
-    it says (uvloop's datagram endpoints)."""
+    as Envoy drops what its receive buffer truncated. `prefer_gro`: Envoy reads coalesced datagrams (GRO) into a
+    64 KiB buffer, and then no datagram is too long (observed with Envoy 1.40: a 2200-byte datagram passes a
+    2100-byte max_rx_datagram_size with prefer_gro, and is dropped without); pylon reads datagram by datagram (a
+    matter of system calls) and keeps that limit. Unset, it is false on a listener, true on the UDP proxy's
+    upstream sockets."""
 
     max_rx_datagram_size: Annotated[int, msgspec.Meta(gt=0, lt=65536)] = 1500
     prefer_gro: bool | None = None
+
+    def rx_limit(self, gro_by_default: bool) -> int:
+        """The longest datagram the socket delivers: max_rx_datagram_size, or with GRO the 64 KiB buffer's."""
+        gro = self.prefer_gro if self.prefer_gro is not None else gro_by_default
+        return GRO_RX_LIMIT if gro else self.max_rx_datagram_size
+
+
+#: What a socket read with GRO delivers at most (Envoy's 64 KiB GRO buffer, more than any UDP datagram holds).
+GRO_RX_LIMIT = 65535
 
 
 class UdpListenerConfig(EnvoyStruct, kw_only=True):

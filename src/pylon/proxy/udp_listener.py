@@ -3,8 +3,9 @@
 Envoy's raw UDP listener (no QUIC): there are no connections, no filter chains, no accepting; every datagram read
 from the socket goes to the UDP listener filter (the UDP proxy) with the peer's address, and what the filter sends
 back to a peer leaves from this same socket, so the client sees its answers come from the address it wrote to. A
-datagram longer than the listener's `max_rx_datagram_size` (default 1500) is dropped and counted as Envoy counts
-the datagrams its receive buffer truncated (`listener.<address>.udp.downstream_rx_datagram_dropped`).
+datagram longer than the listener's `max_rx_datagram_size` (default 1500; with `prefer_gro`, 64 KiB) is dropped and
+counted as Envoy counts the datagrams its receive buffer truncated
+(`listener.<address>.udp.downstream_rx_datagram_dropped`).
 
 The socket is read through uvloop's datagram endpoint (`asyncio.DatagramProtocol`); which worker reads which
 peer's datagrams is the balancer's (`balance/udp.py`).
@@ -33,7 +34,7 @@ class UdpListenerRuntime(asyncio.DatagramProtocol):
         self.worker = worker
         self.draining = False
         self.transport: asyncio.DatagramTransport | None = None
-        self.max_rx_datagram_size = config.udp_config.downstream_socket_config.max_rx_datagram_size
+        self.max_rx_datagram_size = config.udp_config.downstream_socket_config.rx_limit(gro_by_default=False)
         prefix = listener_stat_name(config) + ".udp."
         self.rx_dropped = worker.stats.counter(prefix + "downstream_rx_datagram_dropped")
         self.filter: UdpListenerFilter = build_udp_listener_filter(config.listener_filters[0].typed_config, self)

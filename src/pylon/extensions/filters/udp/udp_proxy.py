@@ -9,7 +9,9 @@ without a datagram either way (`idle_timeout` counted), or at drain. With `use_p
 datagram picks a host and rides the session of (peer, host), made on first use. A session whose host was found
 unhealthy is ended by the next datagram, which makes a new one, as Envoy does. Sessions per cluster are bounded by
 its max_connections circuit breaker (default 1024; `upstream_cx_overflow`); no host: `upstream_cx_none_healthy`;
-no cluster by that name (CDS removed it): `downstream_sess_no_route`. Each drops the datagram.
+no cluster by that name (CDS removed it): `downstream_sess_no_route`. Each drops the datagram; the first two still
+count in `downstream_sess_total`, as Envoy's do. An answer longer than the upstream socket's max_rx_datagram_size
+is dropped, unless its `prefer_gro` (unset: true, Envoy's default for upstream sockets) lets any length through.
 
 Stats, Envoy's names: `udp.<stat_prefix>.downstream_sess_*`, `idle_timeout`, `session_filter_config_missing`;
 the cluster's `udp.sess_*` and `upstream_cx_{rx,tx}_bytes_total`.
@@ -65,7 +67,7 @@ class UdpProxyConfig(EnvoyStruct, kw_only=True):
     idle_timeout: Duration = Duration(60)
     use_original_src_ip: bool = False
     hash_policies: Annotated[list[UdpHashPolicy], msgspec.Meta(max_length=1)] = []
-    #: Envoy's default for upstream sockets is prefer_gro true: a matter of system calls (see UdpSocketConfig)
+    #: Envoy's default for upstream sockets is prefer_gro true: no answer is too long then (see UdpSocketConfig)
     upstream_socket_config: UdpSocketConfig = msgspec.field(default_factory=UdpSocketConfig)
     use_per_packet_load_balancing: bool = False
     access_log: NotSupportedYet | None = None
@@ -98,7 +100,7 @@ class UdpProxyFilter:
         policy = config.hash_policies[0] if config.hash_policies else None
         self.hash_source_ip = policy is not None and policy.source_ip is not None
         self.hash_key = policy.key.encode() if policy is not None and policy.key is not None else None
-        self.max_upstream_datagram = config.upstream_socket_config.max_rx_datagram_size
+        self.max_upstream_datagram = config.upstream_socket_config.rx_limit(gro_by_default=True)
         self.stats = SessionStats(worker.stats, f"udp.{config.stat_prefix}.")
         self.sessions: dict[Any, UdpSession] = {}
 
@@ -121,9 +123,15 @@ class UdpProxyFilter:
                 session = None
             host = None
         if session is None:
+            # Envoy counts a session before it finds it may not have one (observed: the circuit breaker's refusals
+            # count in downstream_sess_total)
+            self.stats.total.value += 1
+            if not cluster.circuit_breakers.connections.try_acquire():
+                return  # too many sessions (upstream_cx_overflow)
             host = host or self._pick_host(cluster, peer)
-            if host is None or not cluster.circuit_breakers.connections.try_acquire():
-                return  # no host (counted by _pick_host), or too many sessions (upstream_cx_overflow)
+            if host is None:
+                cluster.circuit_breakers.connections.release()
+                return  # no host (upstream_cx_none_healthy)
             try:
                 session = UdpSession(self, key, peer, cluster, host)
             except OSError as exc:

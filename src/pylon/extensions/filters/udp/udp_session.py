@@ -3,10 +3,10 @@
 The upstream socket is made and connected (a UDP connect only fixes the peer, nothing is sent) when the session's
 first datagram arrives and read with the loop's reader callback, not a datagram endpoint: the endpoint would come
 a loop iteration later and the first datagrams would have to wait for it; a plain non-blocking socket takes them at
-once. An answer longer than the upstream socket's `max_rx_datagram_size` is dropped and counted as Envoy counts a
-truncated one (`cluster.<c>.udp.sess_rx_datagrams_dropped`); an ICMP refusal surfaces as an error on the socket
-(`sess_rx_errors`, or `sess_tx_errors` on the send that meets it). The idle timeout rides the worker's deadline
-wheel (`sweep`), as every timeout of the proxy does.
+once. An answer longer than the upstream socket's limit (`UdpSocketConfig.rx_limit`) is dropped and counted as
+Envoy counts a truncated one (`cluster.<c>.udp.sess_rx_datagrams_dropped`); an ICMP refusal surfaces as an error on
+the socket (`sess_rx_errors`, or `sess_tx_errors` on the send that meets it). The idle timeout rides the worker's
+deadline wheel (`sweep`), as every timeout of the proxy does.
 """
 
 from __future__ import annotations
@@ -89,7 +89,6 @@ class UdpSession:
         self.closed = False
         self.wake_at = 0.0
         self.last_activity = self.loop.time()
-        proxy.stats.total.value += 1
         proxy.stats.active.value += 1
         worker.arm_deadline(self, self.last_activity + proxy.idle_timeout)
 
