@@ -9,6 +9,7 @@ breaker, and count all of it with the same stats.
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import free_port
-from tests.proxy.conftest import ProxyLauncher, RunningProxy, static_cluster, wait_until
+from tests.proxy.conftest import FILE_LOG_TYPE, ProxyLauncher, RunningProxy, read_json_lines, static_cluster, wait_until
 
 UDP_PROXY_TYPE = "type.googleapis.com/envoy.extensions.filters.udp.udp_proxy.v3.UdpProxyConfig"
 #: the stats both proxies must agree on after a scenario (Envoy's names)
@@ -257,3 +258,41 @@ def test_sessions_stay_whole_across_workers(implementation: str, echoes: list[Ud
         by_source.setdefault(source, set()).add(data[:2])
     assert len(by_source) == 16 and all(len(clients_seen) == 1 for clients_seen in by_source.values())
     assert stats["udp.u.downstream_sess_total"] == 16
+
+
+#: what a session's log line may hold, as Envoy 1.40 fills it in (the fields it leaves empty included)
+SESSION_LOG_FIELDS = {
+    "downstream": "%DOWNSTREAM_REMOTE_ADDRESS%", "local": "%DOWNSTREAM_LOCAL_ADDRESS%", "upstream": "%UPSTREAM_HOST%",
+    "upstream_local": "%UPSTREAM_LOCAL_ADDRESS%", "cluster": "%UPSTREAM_CLUSTER%", "received": "%BYTES_RECEIVED%",
+    "sent": "%BYTES_SENT%", "flags": "%RESPONSE_FLAGS%", "code": "%RESPONSE_CODE%", "protocol": "%PROTOCOL%",
+    "duration": "%DURATION%"}
+
+
+@pytest.mark.parametrize("implementation", ["pylon", "envoy"])
+def test_session_access_log_when_a_session_ends(implementation: str, echoes: list[UdpEcho], clients: Any,
+                                                tmp_path: Path) -> None:
+    json_log, text_log = tmp_path / "sessions.json", tmp_path / "sessions.log"
+    access_log = [
+        {"name": "json", "typed_config": {"@type": FILE_LOG_TYPE, "path": str(json_log),
+                                          "log_format": {"json_format": SESSION_LOG_FIELDS}}},
+        {"name": "default", "typed_config": {"@type": FILE_LOG_TYPE, "path": str(text_log)}}]
+    launcher = ProxyLauncher(tmp_path)
+    try:
+        # long enough that a stall of this busy machine between the two datagrams does not end the session
+        proxy, port = start(launcher, implementation, echoes, idle_timeout="2s", access_log=access_log)
+        client = clients()
+        assert exchange(client, port, b"12345") == b"a:12345"
+        assert exchange(client, port, b"1234567") == b"a:1234567"
+        assert read_json_lines(json_log, 0, timeout=0.2) == []  # nothing while the session lives
+        [line] = read_json_lines(json_log, 1, timeout=20)
+        text = wait_until(lambda: text_log.read_text() if text_log.exists() else "", timeout=10)
+    finally:
+        launcher.close()
+    assert 2000 <= int(line.pop("duration")) < 20000
+    client_port, (upstream_ip, upstream_port) = client.getsockname()[1], line.pop("upstream_local").rsplit(":", 1)
+    assert [source for source, _ in echoes[0].seen] == [(upstream_ip, int(upstream_port))] * 2  # the session's socket
+    assert line == {"downstream": f"127.0.0.1:{client_port}", "local": f"127.0.0.1:{port}",
+                    "upstream": f"127.0.0.1:{echoes[0].port}", "cluster": None, "received": 12, "sent": 16,
+                    "flags": "-", "code": 0, "protocol": None}
+    assert re.fullmatch(r'\[[-0-9T:.]+Z\] "- - -" 0 - 12 16 \d+ - "-" "-" "-" "-" "127\.0\.0\.1:%d"\n'
+                        % echoes[0].port, text), text

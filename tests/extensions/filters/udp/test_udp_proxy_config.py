@@ -56,7 +56,6 @@ def test_gro_decides_the_longest_datagram() -> None:
      "not supported (it needs transparent sockets: IP_TRANSPARENT and CAP_NET_ADMIN)"),
     ({"session_filters": [{"name": "envoy.filters.udp.session.http_capsule"}]}, "session_filters", "not supported yet"),
     ({"tunneling_config": {"proxy_host": "p"}}, "tunneling_config", "not supported yet"),
-    ({"access_log": [{"name": "log"}]}, "access_log", "not supported yet"),
     ({"proxy_access_log": [{"name": "log"}]}, "proxy_access_log", "not supported yet"),
 ])  # fmt: skip
 def test_udp_proxy_fields_pylon_refuses(proxy: dict[str, Any], path: str, message: str) -> None:

@@ -18,8 +18,8 @@ the cluster's `udp.sess_*` and `upstream_cx_{rx,tx}_bytes_total`.
 
 Refused by field: `matcher` (routing on a matcher tree: pylon's generic matcher engine is not wired into the UDP
 proxy yet; the deprecated `cluster` names the one cluster), `use_original_src_ip` (needs transparent sockets and
-CAP_NET_ADMIN), `session_filters`, `tunneling_config`, `access_log`, `proxy_access_log`, `access_log_options`
-(not supported yet).
+CAP_NET_ADMIN), `session_filters`, `tunneling_config`, `proxy_access_log`, `access_log_options` (not supported
+yet). `access_log`: Envoy's session access logs, a line per session when it ends (`udp_session.py`).
 """
 
 from __future__ import annotations
@@ -31,9 +31,10 @@ import msgspec
 
 from pylon.config import registry
 from pylon.config.constraints import Duration
-from pylon.config.envoy import EnvoyStruct, NonEmptyStr, NotSupportedYet, UdpSocketConfig
+from pylon.config.envoy import AccessLog, EnvoyStruct, NonEmptyStr, NotSupportedYet, UdpSocketConfig
 from pylon.config.errors import FieldError
 from pylon.extensions.filters.udp.udp_session import SessionStats, UdpSession
+from pylon.proxy.access_log import build_access_loggers
 from pylon.proxy.connection_info import address_host
 from pylon.proxy.filters.udp import register_udp_listener_filter
 
@@ -70,7 +71,8 @@ class UdpProxyConfig(EnvoyStruct, kw_only=True):
     #: Envoy's default for upstream sockets is prefer_gro true: no answer is too long then (see UdpSocketConfig)
     upstream_socket_config: UdpSocketConfig = msgspec.field(default_factory=UdpSocketConfig)
     use_per_packet_load_balancing: bool = False
-    access_log: NotSupportedYet | None = None
+    #: session access logs: one line when a session ends
+    access_log: list[AccessLog] = []
     proxy_access_log: NotSupportedYet | None = None
     session_filters: NotSupportedYet | None = None
     tunneling_config: NotSupportedYet | None = None
@@ -103,6 +105,9 @@ class UdpProxyFilter:
         self.max_upstream_datagram = config.upstream_socket_config.rx_limit(gro_by_default=True)
         self.stats = SessionStats(worker.stats, f"udp.{config.stat_prefix}.")
         self.sessions: dict[Any, UdpSession] = {}
+        self.access_loggers = build_access_loggers(config.access_log, worker.access_log_writer)
+        sa = listener.config.socket_address
+        self.local_address = (sa.address, sa.port_value)  # what the sessions' logs say they were sent to
 
     def on_datagram(self, data: bytes, peer: tuple[Any, ...]) -> None:
         cluster = self.worker.clusters.get(self.cluster_name)
