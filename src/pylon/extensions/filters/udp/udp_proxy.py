@@ -31,9 +31,12 @@ import msgspec
 
 from pylon.config import registry
 from pylon.config.constraints import Duration
-from pylon.config.envoy import AccessLog, EnvoyStruct, NonEmptyStr, NotSupportedYet, UdpSocketConfig
+from pylon.config.envoy import (
+    AccessLog, EnvoyStruct, HeaderValueOption, NonEmptyStr, NotSupportedYet, PositiveUInt32, UdpSocketConfig,
+)
 from pylon.config.errors import FieldError
-from pylon.extensions.filters.udp.udp_session import SessionStats, UdpSession
+from pylon.extensions.filters.udp.udp_session import Session, SessionStats, UdpSession
+from pylon.extensions.filters.udp.udp_tunnel import TunnelRequest, UdpTunnelSession
 from pylon.proxy.access_log import build_access_loggers
 from pylon.proxy.connection_info import address_host
 from pylon.proxy.filters.udp import register_udp_listener_filter
@@ -59,6 +62,70 @@ class UdpHashPolicy(EnvoyStruct, kw_only=True):
             raise FieldError("source_ip", "value must equal true")
 
 
+HTTP_CAPSULE_TYPE = "envoy.extensions.filters.udp.udp_proxy.session.http_capsule.v3.FilterConfig"
+TunnelPort = Annotated[int, msgspec.Meta(ge=1, le=65535)]
+
+
+class SessionFilter(EnvoyStruct, kw_only=True):
+    """UdpProxyConfig.SessionFilter. pylon has one: `envoy.filters.udp.session.http_capsule` (no settings), which
+    frames a tunnelled session's datagrams as HTTP Datagram capsules (capsules.py); it takes effect with
+    `tunneling_config` only."""
+
+    name: NonEmptyStr
+    typed_config: Any = None
+    config_discovery: NotSupportedYet | None = None
+
+    def __post_init__(self) -> None:
+        raw = self.typed_config
+        type_url = raw.get("@type") if isinstance(raw, dict) else None
+        if not isinstance(type_url, str) or registry.message_name(type_url) != HTTP_CAPSULE_TYPE:
+            raise FieldError("typed_config", f"session filter {type_url or self.name!r} is not supported yet (pylon "
+                                             f"has {registry.TYPE_URL_PREFIX}{HTTP_CAPSULE_TYPE} only)")
+        if set(raw) != {"@type"}:
+            raise FieldError("typed_config", "the http_capsule session filter has no settings")
+
+
+class TunnelRetryOptions(EnvoyStruct, kw_only=True):
+    """UdpTunnelingConfig.RetryOptions: how many hosts a session's tunnel tries (back to back)."""
+
+    max_connect_attempts: PositiveUInt32 = 1
+    backoff_options: NotSupportedYet | None = None
+
+
+class TunnelBufferOptions(EnvoyStruct, kw_only=True):
+    """UdpTunnelingConfig.BufferOptions: what a session holds while its tunnel is not answered yet."""
+
+    max_buffered_datagrams: Annotated[int, msgspec.Meta(ge=0, le=2**32 - 1)] = 1024
+    max_buffered_bytes: Annotated[int, msgspec.Meta(ge=0)] = 16384
+
+
+class UdpTunnelingConfig(EnvoyStruct, kw_only=True):
+    """UdpProxyConfig.UdpTunnelingConfig: each session's datagrams on one HTTP/2 stream, opened as CONNECT-UDP
+    (RFC 9298) to `proxy_host` for `target_host`:`default_target_port` (udp_tunnel.py). `proxy_host`, `target_host`
+    and the `headers_to_add` values are substitution format strings, evaluated per session."""
+
+    proxy_host: NonEmptyStr
+    proxy_port: TunnelPort | None = None
+    target_host: NonEmptyStr
+    default_target_port: TunnelPort
+    use_post: bool = False
+    post_path: str = ""
+    retry_options: TunnelRetryOptions = msgspec.field(default_factory=TunnelRetryOptions)
+    headers_to_add: Annotated[list[HeaderValueOption], msgspec.Meta(max_length=1000)] = []
+    #: unset: datagrams that come before the tunnel is answered are dropped (Envoy's default)
+    buffer_options: TunnelBufferOptions | None = None
+    propagate_response_headers: bool = False
+    propagate_response_trailers: bool = False
+
+    def __post_init__(self) -> None:
+        if self.use_post or self.post_path:
+            raise FieldError("use_post" if self.use_post else "post_path",
+                             "UDP tunnelling over POST is not supported yet (CONNECT-UDP is)")
+        for name in ("propagate_response_headers", "propagate_response_trailers"):
+            if getattr(self, name):
+                raise FieldError(name, "not supported yet: pylon has no filter state for the response's headers")
+
+
 class UdpProxyConfig(EnvoyStruct, kw_only=True):
     """extensions.filters.udp.udp_proxy.v3.UdpProxyConfig."""
 
@@ -74,8 +141,8 @@ class UdpProxyConfig(EnvoyStruct, kw_only=True):
     #: session access logs: one line when a session ends
     access_log: list[AccessLog] = []
     proxy_access_log: NotSupportedYet | None = None
-    session_filters: NotSupportedYet | None = None
-    tunneling_config: NotSupportedYet | None = None
+    session_filters: list[SessionFilter] = []
+    tunneling_config: UdpTunnelingConfig | None = None
     access_log_options: NotSupportedYet | None = None
 
     def __post_init__(self) -> None:
@@ -84,6 +151,12 @@ class UdpProxyConfig(EnvoyStruct, kw_only=True):
                                         "one cluster with `cluster`)")
         if self.cluster is None:
             raise FieldError("", "exactly one of cluster, matcher must be set")
+        if self.session_filters and self.tunneling_config is None:
+            raise FieldError("session_filters", "the http_capsule session filter without tunneling_config is not "
+                                                "supported yet")
+        if self.tunneling_config is not None and self.use_per_packet_load_balancing:
+            raise FieldError("use_per_packet_load_balancing", "Only one of use_per_packet_load_balancing or "
+                                                              "tunneling_config can be used.")  # Envoy's words
         if self.use_original_src_ip:
             raise FieldError("use_original_src_ip", "not supported (it needs transparent sockets: IP_TRANSPARENT "
                                                     "and CAP_NET_ADMIN)")
@@ -104,7 +177,11 @@ class UdpProxyFilter:
         self.hash_key = policy.key.encode() if policy is not None and policy.key is not None else None
         self.max_upstream_datagram = config.upstream_socket_config.rx_limit(gro_by_default=True)
         self.stats = SessionStats(worker.stats, f"udp.{config.stat_prefix}.")
-        self.sessions: dict[Any, UdpSession] = {}
+        self.sessions: dict[Any, Session] = {}
+        tunneling = config.tunneling_config
+        self.tunnel_request = TunnelRequest(tunneling) if tunneling is not None else None
+        self.max_connect_attempts = tunneling.retry_options.max_connect_attempts if tunneling is not None else 1
+        self.capsules = bool(config.session_filters)  # the one session filter there is: http_capsule
         self.access_loggers = build_access_loggers(config.access_log, worker.access_log_writer)
         sa = listener.config.socket_address
         self.local_address = (sa.address, sa.port_value)  # what the sessions' logs say they were sent to
@@ -115,7 +192,7 @@ class UdpProxyFilter:
             self.stats.no_route.value += 1
             return
         if self.per_packet:
-            host = self._pick_host(cluster, peer)
+            host = self.pick_host(cluster, peer)
             if host is None:
                 return
             key: Any = (peer, host.address)
@@ -123,7 +200,7 @@ class UdpProxyFilter:
         else:
             key = peer
             session = self.sessions.get(key)
-            if session is not None and not session.host.healthy:
+            if session is not None and session.host is not None and not session.host.healthy:
                 session.close()  # a new session goes to a healthy host
                 session = None
             host = None
@@ -133,7 +210,11 @@ class UdpProxyFilter:
             self.stats.total.value += 1
             if not cluster.circuit_breakers.connections.try_acquire():
                 return  # too many sessions (upstream_cx_overflow)
-            host = host or self._pick_host(cluster, peer)
+            if self.tunnel_request is not None:
+                session = self.sessions[key] = UdpTunnelSession(self, key, peer, cluster)  # its tunnel picks hosts
+                session.from_downstream(data)
+                return
+            host = host or self.pick_host(cluster, peer)
             if host is None:
                 cluster.circuit_breakers.connections.release()
                 return  # no host (upstream_cx_none_healthy)
@@ -146,7 +227,7 @@ class UdpProxyFilter:
             self.sessions[key] = session
         session.from_downstream(data)
 
-    def _pick_host(self, cluster: Any, peer: tuple[Any, ...]) -> Any:
+    def pick_host(self, cluster: Any, peer: tuple[Any, ...]) -> Any:
         key = self.hash_key if self.hash_key is not None else (
             address_host(peer).encode() if self.hash_source_ip else None)
         host = cluster.choose_host(key)
@@ -157,7 +238,7 @@ class UdpProxyFilter:
     def send_downstream(self, data: bytes, peer: tuple[Any, ...]) -> bool:
         return self.listener.send_to(data, peer)
 
-    def forget(self, session: UdpSession) -> None:
+    def forget(self, session: Session) -> None:
         """A session ended: its key is free for the next datagram of its peer."""
         if self.sessions.get(session.key) is session:
             del self.sessions[session.key]
