@@ -22,10 +22,22 @@ class UdpListenerFilter(Protocol):
 #: factory(config Struct, listener runtime) -> the filter, built once per listener and worker
 UdpListenerFilterFactory = Callable[[Any, Any], UdpListenerFilter]
 _FACTORIES: dict[type, UdpListenerFilterFactory] = {}
+#: check(config Struct): ValueError for what only building the filter finds (format strings), run at validation
+_CHECKS: dict[type, Callable[[Any], None]] = {}
 
 
-def register_udp_listener_filter(config_type: type, factory: UdpListenerFilterFactory) -> None:
+def register_udp_listener_filter(config_type: type, factory: UdpListenerFilterFactory,
+                                 check: Callable[[Any], None] | None = None) -> None:
     _FACTORIES[config_type] = factory
+    if check is not None:
+        _CHECKS[config_type] = check
+
+
+def check_udp_listener_filter(config: Any) -> None:
+    """ValueError unless a worker can build the filter of `config` (the supervisor checks before anything binds)."""
+    check = _CHECKS.get(type(config))
+    if check is not None:
+        check(config)
 
 
 def build_udp_listener_filter(config: Any, listener: Any) -> UdpListenerFilter:

@@ -249,4 +249,10 @@ class UdpProxyFilter:
 
 
 registry.register_typed(registry.UDP_LISTENER_FILTER, TYPE_URL, UdpProxyConfig)
-register_udp_listener_filter(UdpProxyConfig, UdpProxyFilter)
+def _check(config: UdpProxyConfig) -> None:
+    """The tunnel's format strings compile (an unknown %OPERATOR% is refused here, not in a worker)."""
+    if config.tunneling_config is not None:
+        TunnelRequest(config.tunneling_config)
+
+
+register_udp_listener_filter(UdpProxyConfig, UdpProxyFilter, _check)

@@ -6,17 +6,19 @@ connect-udp`, `:authority` the proxy host (and `proxy_port`), `:path
 /.well-known/masque/udp/<target_host>/<default_target_port>/`, `capsule-protocol: ?1` and `headers_to_add`; a 200
 establishes it (`sess_tunnel_success`), anything else, a reset or a failed connect tries the next host, up to
 `retry_options.max_connect_attempts`, then ends the session (`sess_tunnel_failure`). Until then the session's
-datagrams wait within `buffer_options` (without it they are dropped), past it they are dropped
-(`sess_tunnel_buffer_overflow`); then they go in order. With the `http_capsule` session filter each datagram is
+datagrams wait within `buffer_options` (without it they are dropped, uncounted, as Envoy drops them), past it
+they are dropped (`sess_tunnel_buffer_overflow`); then they go in order. With the `http_capsule` session filter each datagram is
 one DATAGRAM capsule (capsules.py) both ways; without it the stream carries the bare payloads (Envoy's framing-less
 mode: what arrives in one DATA read is one datagram). The stream rides the pool as tcp_proxy's HTTP/2 tunnels do
 (tcp_tunneling_h2.py: the request breaker, per-stream flow control); the session ending resets it, the server
-ending it ends the session.
+ending it ends the session. A cluster that is not HTTP/2 fails every tunnel (Envoy would send an HTTP/1.1 Upgrade:
+not supported yet).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import TYPE_CHECKING, Any, Callable
 
 from pylon.extensions.filters.udp.capsules import CapsuleDecoder, CapsuleError, encode_datagram
@@ -26,6 +28,8 @@ from pylon.proxy.tcp_tunneling_h2 import H2TcpTunnel, open_h2_tunnel
 
 if TYPE_CHECKING:
     from pylon.extensions.filters.udp.udp_proxy import UdpProxyFilter, UdpTunnelingConfig
+
+log = logging.getLogger("pylon.udp_proxy")
 
 
 class TunnelRequest:
@@ -40,6 +44,7 @@ class TunnelRequest:
         self.headers = [(option.header.key.lower().encode(), compile_text_format(option.header.value))
                         for option in config.headers_to_add]
         buffer = config.buffer_options
+        self.buffers = buffer is not None  # without buffer_options, Envoy drops (and counts nothing: observed)
         self.max_datagrams = buffer.max_buffered_datagrams if buffer is not None else 0
         self.max_bytes = buffer.max_buffered_bytes if buffer is not None else 0
 
@@ -85,6 +90,13 @@ class UdpTunnelSession(Session):
         return self.proxy
 
     async def _open(self) -> None:
+        if self.cluster.protocol != "http2":
+            # Envoy sends an HTTP/1.1 Upgrade then (observed); pylon tunnels UDP over HTTP/2 only
+            log.warning("UDP proxy: tunnelling to cluster %r, which is not HTTP/2, is not supported yet",
+                        self.cluster.name)
+            self.udp.tunnel_failure.value += 1
+            self.close()
+            return
         tunnel = await open_h2_tunnel(self, self.cluster, None)  # type: ignore[arg-type]
         if self.closed:
             return
@@ -115,6 +127,8 @@ class UdpTunnelSession(Session):
         if tunnel is None:
             request = self.proxy.tunnel_request
             assert request is not None
+            if not request.buffers:
+                return
             if len(self.waiting) >= request.max_datagrams or self.waiting_bytes + len(data) > request.max_bytes:
                 self.udp.tunnel_buffer_overflow.value += 1
                 return
