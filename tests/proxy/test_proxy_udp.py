@@ -296,3 +296,37 @@ def test_session_access_log_when_a_session_ends(implementation: str, echoes: lis
                     "flags": "-", "code": 0, "protocol": None}
     assert re.fullmatch(r'\[[-0-9T:.]+Z\] "- - -" 0 - 12 16 \d+ - "-" "-" "-" "-" "127\.0\.0\.1:%d"\n'
                         % echoes[0].port, text), text
+
+
+@pytest.mark.parametrize("implementation", ["pylon", "envoy"])
+@pytest.mark.parametrize("policy", [{"source_ip": True}, {"key": "rtp-session"}])
+def test_hash_policies_keep_sessions_on_one_host(implementation: str, policy: dict[str, Any], echoes: list[UdpEcho],
+                                                 clients: Any, tmp_path: Path) -> None:
+    """A RING_HASH cluster given the client's IP (every client here is 127.0.0.1) or a fixed key: every session of
+    every client lands on one host, where round robin would spread them."""
+    launcher = ProxyLauncher(tmp_path)
+    try:
+        cluster = static_cluster("echo", [echoes[0].port, echoes[1].port], lb_policy="RING_HASH")
+        proxy, port = start(launcher, implementation, echoes, cluster=cluster, hash_policies=[policy])
+        answers = {exchange(clients(), port, b"x")[:2] for _ in range(6)}
+        stats = proxy.stats()
+    finally:
+        launcher.close()
+    assert len(answers) == 1 and stats["udp.u.downstream_sess_total"] == 6
+
+
+@pytest.mark.parametrize("implementation", ["pylon", "envoy"])
+def test_one_socket_without_reuse_port_takes_one_worker(implementation: str, echoes: list[UdpEcho],
+                                                        tmp_path: Path) -> None:
+    """enable_reuse_port false: one socket, which workers would take turns at, splitting sessions; with two workers
+    both proxies refuse to start, with Envoy's words."""
+    launcher = ProxyLauncher(tmp_path)
+    try:
+        listener = {**udp_listener(free_port()), "enable_reuse_port": False}
+        with pytest.raises((RuntimeError, TimeoutError)) as info:
+            launcher.start([listener], [static_cluster("echo", [echoes[0].port])], implementation=implementation,
+                           concurrency=2)
+    finally:
+        launcher.close()
+    assert "Listening on UDP when concurrency is > 1 without the SO_REUSEPORT socket option results in unstable " \
+           "packet proxying. Configure the reuse_port listener option or set concurrency = 1." in str(info.value)

@@ -5,8 +5,8 @@ of one 4-tuple must reach that worker. Envoy does it with the kernel: each worke
 socket, and the kernel hashes a datagram's 4-tuple onto one socket of the group, the same one for as long as the
 group does not change (Envoy's raw UDP listener delivers each datagram to the worker that read it). pylon does the
 same; the supervisor keeps every socket, so a restarted worker reads the same one and the hash never moves.
-Without `enable_reuse_port` there is one socket, and it is read by worker 0 only: workers sharing one socket would
-take turns at its datagrams and split sessions.
+Without `enable_reuse_port` there is one socket, which takes one worker: the supervisor refuses to start such a
+listener with more (Envoy's words: workers taking turns at one socket would split sessions).
 """
 
 from __future__ import annotations
@@ -54,17 +54,16 @@ class UdpBalancer(NoSupervisorHooks):
             raise
         self.sockets = sockets
 
-    def worker_socket(self, worker_id: int) -> socket.socket | None:
-        """The socket a (re)starting worker reads: its own, the same every time (None: another worker reads)."""
-        return self.sockets[worker_id] if worker_id < len(self.sockets) else None
+    def worker_socket(self, worker_id: int) -> socket.socket:
+        """The socket a (re)starting worker reads: its own, the same every time."""
+        return self.sockets[worker_id]
 
     def close(self) -> None:
         for sock in self.sockets:
             sock.close()
 
-    async def serve(self, loop: asyncio.AbstractEventLoop, sock: socket.socket | None, runtime: Any) -> DatagramServing:
+    async def serve(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, runtime: Any) -> DatagramServing:
         """In the worker: read this worker's socket through a uvloop datagram endpoint, `runtime` its protocol."""
-        if sock is not None:
-            await loop.create_datagram_endpoint(lambda: runtime, sock=sock)
+        await loop.create_datagram_endpoint(lambda: runtime, sock=sock)
         return runtime  # closed at drain: stops reading, ends the sessions
 
