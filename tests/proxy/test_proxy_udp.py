@@ -288,7 +288,7 @@ def test_session_access_log_when_a_session_ends(implementation: str, echoes: lis
         text = wait_until(lambda: text_log.read_text() if text_log.exists() else "", timeout=10)
     finally:
         launcher.close()
-    assert 2000 <= int(line.pop("duration")) < 20000
+    assert 1900 <= int(line.pop("duration")) < 20000  # the idle timeout, give or take a timer tick
     client_port, (upstream_ip, upstream_port) = client.getsockname()[1], line.pop("upstream_local").rsplit(":", 1)
     assert [source for source, _ in echoes[0].seen] == [(upstream_ip, int(upstream_port))] * 2  # the session's socket
     assert line == {"downstream": f"127.0.0.1:{client_port}", "local": f"127.0.0.1:{port}",
