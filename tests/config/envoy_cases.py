@@ -90,6 +90,8 @@ def _udp_listener(port: int = 10000, protocol: str = "UDP", **proxy: Any) -> dic
 
 
 _UDP_TUNNEL = {"proxy_host": "proxy.example", "target_host": "target.example", "default_target_port": 443}
+_UDP_CAPSULES = [{"name": "envoy.filters.udp.session.http_capsule", "typed_config": {
+    "@type": "type.googleapis.com/envoy.extensions.filters.udp.udp_proxy.session.http_capsule.v3.FilterConfig"}}]
 
 
 def _udp(*listeners: dict[str, Any]) -> dict[str, Any]:
@@ -492,16 +494,16 @@ CASES: tuple[Case, ...] = (
     Case("udp-proxy-max-rx-datagram-size-0", _udp(_udp_listener(upstream_socket_config={"max_rx_datagram_size": 0})),
          f"{UDP_FILTER}.typed_config.upstream_socket_config.max_rx_datagram_size: Expected `int` >= 1"),
     Case("udp-proxy-tunneling", _udp(_udp_listener(
-        session_filters=[{"name": "envoy.filters.udp.session.http_capsule", "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.udp.udp_proxy.session.http_capsule.v3.FilterConfig"}}],
+        session_filters=_UDP_CAPSULES,
         tunneling_config={**_UDP_TUNNEL, "proxy_port": 8443, "retry_options": {"max_connect_attempts": 2},
                           "buffer_options": {"max_buffered_datagrams": 8, "max_buffered_bytes": 4096},
                           "headers_to_add": [{"header": {"key": "p", "value": "%DOWNSTREAM_LOCAL_PORT%"}}]})), None),
-    Case("udp-proxy-tunneling-per-packet", _udp(_udp_listener(tunneling_config=_UDP_TUNNEL,
-                                                              use_per_packet_load_balancing=True)),
+    Case("udp-proxy-tunneling-per-packet", _udp(_udp_listener(
+        tunneling_config=_UDP_TUNNEL, session_filters=_UDP_CAPSULES, use_per_packet_load_balancing=True)),
          f"{UDP_FILTER}.typed_config.use_per_packet_load_balancing: Only one of use_per_packet_load_balancing or "
          "tunneling_config can be used."),
-    Case("udp-proxy-tunneling-no-port", _udp(_udp_listener(tunneling_config={**_UDP_TUNNEL, "default_target_port": 0})),
+    Case("udp-proxy-tunneling-no-port", _udp(_udp_listener(tunneling_config={**_UDP_TUNNEL, "default_target_port": 0},
+                                                           session_filters=_UDP_CAPSULES)),
          f"{UDP_FILTER}.typed_config.tunneling_config.default_target_port: Expected `int` >= 1"),
     # ---- nesting (protobuf's JSON parser stops at 100 levels)
     Case("nested-100", _nested(100), None),

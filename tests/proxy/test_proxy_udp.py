@@ -19,7 +19,9 @@ from typing import Any
 import pytest
 
 from tests.conftest import free_port
-from tests.proxy.conftest import FILE_LOG_TYPE, ProxyLauncher, RunningProxy, read_json_lines, static_cluster, wait_until
+from tests.proxy.conftest import (
+    FILE_LOG_TYPE, ProxyLauncher, RunningProxy, read_json_lines, static_cluster, wait_until,
+)
 
 UDP_PROXY_TYPE = "type.googleapis.com/envoy.extensions.filters.udp.udp_proxy.v3.UdpProxyConfig"
 #: the stats both proxies must agree on after a scenario (Envoy's names)

@@ -16,7 +16,9 @@ from typing import Any
 import pytest
 
 from tests.conftest import free_port
-from tests.proxy.conftest import FILE_LOG_TYPE, ProxyLauncher, http_listener, read_json_lines, static_cluster, wait_until
+from tests.proxy.conftest import (
+    FILE_LOG_TYPE, ProxyLauncher, http_listener, read_json_lines, static_cluster, wait_until,
+)
 from tests.proxy.test_proxy_udp import UdpEcho, clients, echoes, exchange, udp_listener  # noqa: F401 (fixtures)
 
 CAPSULE_FILTER = {"name": "envoy.filters.udp.session.http_capsule", "typed_config": {

@@ -154,6 +154,11 @@ class UdpProxyConfig(EnvoyStruct, kw_only=True):
         if self.session_filters and self.tunneling_config is None:
             raise FieldError("session_filters", "the http_capsule session filter without tunneling_config is not "
                                                 "supported yet")
+        if self.tunneling_config is not None and not self.session_filters:
+            # Envoy's docs: CONNECT-UDP needs the capsules to keep datagram boundaries (a tunnel without them is
+            # bare bytes, which pylon does not send)
+            raise FieldError("tunneling_config", "tunnelling without the envoy.filters.udp.session.http_capsule "
+                                                 "session filter is not supported yet")
         if self.tunneling_config is not None and self.use_per_packet_load_balancing:
             raise FieldError("use_per_packet_load_balancing", "Only one of use_per_packet_load_balancing or "
                                                               "tunneling_config can be used.")  # Envoy's words
@@ -181,7 +186,6 @@ class UdpProxyFilter:
         tunneling = config.tunneling_config
         self.tunnel_request = TunnelRequest(tunneling) if tunneling is not None else None
         self.max_connect_attempts = tunneling.retry_options.max_connect_attempts if tunneling is not None else 1
-        self.capsules = bool(config.session_filters)  # the one session filter there is: http_capsule
         self.access_loggers = build_access_loggers(config.access_log, worker.access_log_writer)
         sa = listener.config.socket_address
         self.local_address = (sa.address, sa.port_value)  # what the sessions' logs say they were sent to

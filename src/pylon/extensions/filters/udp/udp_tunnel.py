@@ -7,12 +7,12 @@ connect-udp`, `:authority` the proxy host (and `proxy_port`), `:path
 establishes it (`sess_tunnel_success`), anything else, a reset or a failed connect tries the next host, up to
 `retry_options.max_connect_attempts`, then ends the session (`sess_tunnel_failure`). Until then the session's
 datagrams wait within `buffer_options` (without it they are dropped, uncounted, as Envoy drops them), past it
-they are dropped (`sess_tunnel_buffer_overflow`); then they go in order. With the `http_capsule` session filter each datagram is
-one DATAGRAM capsule (capsules.py) both ways; without it the stream carries the bare payloads (Envoy's framing-less
-mode: what arrives in one DATA read is one datagram). The stream rides the pool as tcp_proxy's HTTP/2 tunnels do
-(tcp_tunneling_h2.py: the request breaker, per-stream flow control); the session ending resets it, the server
-ending it ends the session. A cluster that is not HTTP/2 fails every tunnel (Envoy would send an HTTP/1.1 Upgrade:
-not supported yet).
+they are dropped (`sess_tunnel_buffer_overflow`); then they go in order. Each datagram is one DATAGRAM capsule
+(capsules.py) both ways: the `http_capsule` session filter, which the config requires with a tunnel (Envoy's docs
+require it; without it Envoy would send bare bytes, which pylon does not). The stream rides the pool as tcp_proxy's
+HTTP/2 tunnels do (tcp_tunneling_h2.py: the request breaker, per-stream flow control); the session ending resets it, the
+server ending it ends the session. A cluster that is not HTTP/2 fails every tunnel (Envoy would send an HTTP/1.1
+Upgrade: not supported yet).
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ class UdpTunnelSession(Session):
         self.waiting: list[bytes] = []
         self.waiting_bytes = 0
         self.tunnel: H2TcpTunnel | None = None
-        self.decoder = CapsuleDecoder() if proxy.capsules else None
+        self.decoder = CapsuleDecoder()
         self.opening = asyncio.ensure_future(self._open())
 
     @property
@@ -135,18 +135,15 @@ class UdpTunnelSession(Session):
             self.waiting.append(data)
             self.waiting_bytes += len(data)
             return
-        tunnel.send(encode_datagram(data) if self.decoder is not None else data)
+        tunnel.send(encode_datagram(data))
 
     # ------------------------------------------------------------------ what the tunnel's relaying calls
     def from_upstream(self, data: bytes) -> None:
-        if self.decoder is None:
-            payloads = [data]
-        else:
-            try:
-                payloads = self.decoder.feed(data)
-            except CapsuleError:
-                self.close()
-                return
+        try:
+            payloads = self.decoder.feed(data)
+        except CapsuleError:
+            self.close()
+            return
         for payload in payloads:
             self.udp.rx_datagrams.value += 1
             self.to_downstream(payload)
