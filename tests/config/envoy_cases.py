@@ -77,6 +77,27 @@ def _cluster(**fields: Any) -> dict[str, Any]:
     return http_bootstrap(clusters=[cluster("svc", **fields)])
 
 
+UDP_PROXY_TYPE = "type.googleapis.com/envoy.extensions.filters.udp.udp_proxy.v3.UdpProxyConfig"
+UDP_FILTER = "static_resources.listeners[0].listener_filters[0]"
+
+
+def _udp_listener(port: int = 10000, protocol: str = "UDP", **proxy: Any) -> dict[str, Any]:
+    """A listener whose one listener filter is the UDP proxy (to `svc`, unless `proxy` says otherwise)."""
+    return {"name": f"udp_{port}", "address": {"socket_address": {"protocol": protocol, "address": "127.0.0.1",
+                                                                   "port_value": port}},
+            "listener_filters": [{"name": "envoy.filters.udp_listener.udp_proxy", "typed_config": {
+                "@type": UDP_PROXY_TYPE, "stat_prefix": "u", "cluster": "svc", **proxy}}]}
+
+
+_UDP_TUNNEL = {"proxy_host": "proxy.example", "target_host": "target.example", "default_target_port": 443}
+_UDP_CAPSULES = [{"name": "envoy.filters.udp.session.http_capsule", "typed_config": {
+    "@type": "type.googleapis.com/envoy.extensions.filters.udp.udp_proxy.session.http_capsule.v3.FilterConfig"}}]
+
+
+def _udp(*listeners: dict[str, Any]) -> dict[str, Any]:
+    return bootstrap(list(listeners) or [_udp_listener()])
+
+
 HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
 
@@ -456,6 +477,41 @@ CASES: tuple[Case, ...] = (
         {"name": "x", "typed_config": {"@type": "type.googleapis.com/acme.NoSuchExtension"}}]},
          "bootstrap_extensions[0].typed_config.@type: bootstrap extension type.googleapis.com/acme.NoSuchExtension is "
          "not supported: not a bootstrap extension pylon knows"),
+    # ---- UDP listeners and the UDP proxy
+    Case("udp-proxy-cluster", _udp(), None),
+    Case("udp-proxy-socket-configs", _udp({**_udp_listener(
+        upstream_socket_config={"max_rx_datagram_size": 9000, "prefer_gro": False}, idle_timeout="5s",
+        hash_policies=[{"key": "rtp"}], use_per_packet_load_balancing=True),
+        "udp_listener_config": {"downstream_socket_config": {"max_rx_datagram_size": 9000, "prefer_gro": True}}}),
+         None),
+    Case("udp-and-tcp-listener-one-port", _udp(_udp_listener(), listener(hcm(), address={"socket_address": {
+        "address": "127.0.0.1", "port_value": 10000}})), None),
+    Case("udp-proxy-on-tcp-listener", _udp(_udp_listener(protocol="TCP")),
+         f"{UDP_FILTER}: Didn't find a registered implementation for 'envoy.filters.udp_listener.udp_proxy' with "
+         "type URL: 'envoy.extensions.filters.udp.udp_proxy.v3.UdpProxyConfig' (a UDP listener filter; its "
+         "listener's address says protocol: UDP)"),
+    Case("udp-proxy-no-stat-prefix", _udp(_udp_listener(stat_prefix="")),
+         f"{UDP_FILTER}.typed_config.stat_prefix: Expected `str` of length >= 1"),
+    Case("udp-proxy-no-route", _udp(_udp_listener(cluster=None)),
+         f"{UDP_FILTER}.typed_config: exactly one of cluster, matcher must be set"),
+    Case("udp-proxy-hash-source-ip-false", _udp(_udp_listener(hash_policies=[{"source_ip": False}])),
+         f"{UDP_FILTER}.typed_config.hash_policies[0].source_ip: value must equal true"),
+    Case("udp-proxy-two-hash-policies", _udp(_udp_listener(hash_policies=[{"source_ip": True}, {"key": "k"}])),
+         f"{UDP_FILTER}.typed_config.hash_policies: Expected `array` of length <= 1"),
+    Case("udp-proxy-max-rx-datagram-size-0", _udp(_udp_listener(upstream_socket_config={"max_rx_datagram_size": 0})),
+         f"{UDP_FILTER}.typed_config.upstream_socket_config.max_rx_datagram_size: Expected `int` >= 1"),
+    Case("udp-proxy-tunneling", _udp(_udp_listener(
+        session_filters=_UDP_CAPSULES,
+        tunneling_config={**_UDP_TUNNEL, "proxy_port": 8443, "retry_options": {"max_connect_attempts": 2},
+                          "buffer_options": {"max_buffered_datagrams": 8, "max_buffered_bytes": 4096},
+                          "headers_to_add": [{"header": {"key": "p", "value": "%DOWNSTREAM_LOCAL_PORT%"}}]})), None),
+    Case("udp-proxy-tunneling-per-packet", _udp(_udp_listener(
+        tunneling_config=_UDP_TUNNEL, session_filters=_UDP_CAPSULES, use_per_packet_load_balancing=True)),
+         f"{UDP_FILTER}.typed_config.use_per_packet_load_balancing: Only one of use_per_packet_load_balancing or "
+         "tunneling_config can be used."),
+    Case("udp-proxy-tunneling-no-port", _udp(_udp_listener(tunneling_config={**_UDP_TUNNEL, "default_target_port": 0},
+                                                           session_filters=_UDP_CAPSULES)),
+         f"{UDP_FILTER}.typed_config.tunneling_config.default_target_port: Expected `int` >= 1"),
     # ---- nesting (protobuf's JSON parser stops at 100 levels)
     Case("nested-100", _nested(100), None),
     Case("nested-101", _nested(101), "node.metadata" + ".a" * 98 + ": nested more than 100 levels deep"),

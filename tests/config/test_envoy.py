@@ -658,7 +658,8 @@ def test_an_unknown_listener_filter_is_refused_naming_those_accepted() -> None:
          "address.socket_address.port_value", "missing required field"),
         ({"address": {"pipe": {"path": "/tmp/s"}}}, "address.pipe", "pylon listeners bind IP addresses only (socket_address)"),
         ({"address": {"socket_address": {"address": "::1", "port_value": 80, "protocol": "UDP"}}},
-         "address.socket_address.protocol", "UDP is not supported yet"),
+         "listener_filters", "a UDP listener in pylon takes exactly one UDP listener filter "
+                             "(envoy.filters.udp_listener.udp_proxy)"),
         ({"address": {"socket_address": {"address": "::1", "port_value": 70000}}},
          "address.socket_address.port_value", "Expected `int` <= 65535"),
         ({"filter_chains": []}, "filter_chains", "a listener needs a filter chain (or a default_filter_chain)"),

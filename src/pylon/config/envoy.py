@@ -419,7 +419,8 @@ class _TypedExtension(EnvoyStruct, kw_only=True):
 
 
 class SocketAddress(EnvoyStruct, kw_only=True):
-    """config.core.v3.SocketAddress; only TCP and numeric `port_value` (no named ports)."""
+    """config.core.v3.SocketAddress; only TCP (a listener's may say UDP: `ListenerSocketAddress`) and numeric
+    `port_value` (no named ports)."""
 
     protocol: Literal["TCP", "UDP"] = "TCP"
     address: NonEmptyStr
@@ -428,7 +429,16 @@ class SocketAddress(EnvoyStruct, kw_only=True):
 
     def __post_init__(self) -> None:
         if self.protocol != "TCP":
-            raise FieldError("protocol", f"{self.protocol} is not supported yet")
+            raise FieldError("protocol", f"{self.protocol} is not supported yet (only a listener's address may "
+                                         "say UDP)")
+
+
+class ListenerSocketAddress(SocketAddress, kw_only=True):
+    """A listener's SocketAddress: `protocol: UDP` makes it a UDP listener (its datagrams go to its UDP listener
+    filters, the UDP proxy); everywhere else an address is TCP's."""
+
+    def __post_init__(self) -> None:
+        pass
 
 
 class Pipe(EnvoyStruct, kw_only=True):
@@ -471,6 +481,13 @@ class Address(EnvoyStruct, kw_only=True):
         sa = self.socket_address
         host = f"[{sa.address}]" if ":" in sa.address else sa.address
         return f"{host}:{sa.port_value}"
+
+
+
+class ListenerAddress(Address, kw_only=True):
+    """A listener's Address: its socket_address may be UDP."""
+
+    socket_address: ListenerSocketAddress | None = None
 
 
 class FractionalPercent(EnvoyStruct, kw_only=True):
@@ -1874,11 +1891,55 @@ class Filter(_TypedExtension, kw_only=True):
 
 
 class ListenerFilter(_TypedExtension, kw_only=True):
-    """A listener filter: inspects a new connection's first bytes before a filter chain is chosen."""
+    """A listener filter: inspects a new connection's first bytes before a filter chain is chosen; on a UDP listener,
+    Envoy's UDP listener filters (the UDP proxy) take its datagrams. Which of the two categories an @type belongs to
+    decides how it is read; `Listener` then checks it against the listener's protocol, as Envoy finds a listener
+    filter's factory in its protocol's category only."""
 
     category: ClassVar[str] = registry.LISTENER_FILTER
     filter_disabled: NotSupportedYet | None = None
     config_discovery: NotSupportedYet | None = None
+
+    def __post_init__(self) -> None:
+        raw = self.typed_config
+        type_url = raw.get("@type") if isinstance(raw, dict) else registry.type_url_of(type(raw))
+        udp = isinstance(type_url, str) and registry.UDP_LISTENER_FILTER in registry.categories_of(type_url)
+        _resolve_typed_field(self, "typed_config", registry.UDP_LISTENER_FILTER if udp else self.category)
+
+    @property
+    def udp(self) -> bool:
+        """Whether this is a UDP listener filter (its config registered in that category)."""
+        url = registry.type_url_of(type(self.typed_config))
+        return url is not None and registry.lookup(registry.UDP_LISTENER_FILTER, url) is type(self.typed_config)
+
+
+class UdpSocketConfig(EnvoyStruct, kw_only=True):
+    """config.core.v3.UdpSocketConfig. `max_rx_datagram_size` (Envoy's default 1500): a longer datagram is dropped,
+    as Envoy drops what its receive buffer truncated. `prefer_gro`: Envoy reads coalesced datagrams (GRO) into a
+    64 KiB buffer, and then no datagram is too long (observed with Envoy 1.40: a 2200-byte datagram passes a
+    2100-byte max_rx_datagram_size with prefer_gro, and is dropped without); pylon reads datagram by datagram (a
+    matter of system calls) and keeps that limit. Unset, it is false on a listener, true on the UDP proxy's
+    upstream sockets."""
+
+    max_rx_datagram_size: Annotated[int, msgspec.Meta(gt=0, lt=65536)] = 1500
+    prefer_gro: bool | None = None
+
+    def rx_limit(self, gro_by_default: bool) -> int:
+        """The longest datagram the socket delivers: max_rx_datagram_size, or with GRO the 64 KiB buffer's."""
+        gro = self.prefer_gro if self.prefer_gro is not None else gro_by_default
+        return GRO_RX_LIMIT if gro else self.max_rx_datagram_size
+
+
+#: What a socket read with GRO delivers at most (Envoy's 64 KiB GRO buffer, more than any UDP datagram holds).
+GRO_RX_LIMIT = 65535
+
+
+class UdpListenerConfig(EnvoyStruct, kw_only=True):
+    """config.listener.v3.UdpListenerConfig: a UDP listener's socket; QUIC is not pylon's."""
+
+    downstream_socket_config: UdpSocketConfig = msgspec.field(default_factory=UdpSocketConfig)
+    quic_options: NotSupportedYet | None = None
+    udp_packet_packet_writer_config: NotSupportedYet | None = None
 
 
 class CidrRange(EnvoyStruct, kw_only=True):
@@ -1962,7 +2023,9 @@ class InternalListenerConfig(EnvoyStruct, kw_only=True):
 
 class Listener(EnvoyStruct, kw_only=True):
     name: str = ""
-    address: Address | None = None  # required, except on an internal listener
+    address: ListenerAddress | None = None  # required, except on an internal listener
+    #: a UDP listener's socket (its address says `protocol: UDP`)
+    udp_listener_config: UdpListenerConfig | None = None
     #: an internal listener: no address; endpoints name it in their envoy_internal_address
     internal_listener: InternalListenerConfig | None = None
     filter_chains: list[FilterChain] = []
@@ -1988,6 +2051,18 @@ class Listener(EnvoyStruct, kw_only=True):
     use_original_dst: bool = False
 
     def __post_init__(self) -> None:
+        if self.is_udp:
+            self._check_udp()
+            return
+        for j, listener_filter in enumerate(self.listener_filters):
+            if listener_filter.udp:  # Envoy's words: it looks the factory up among the TCP listener filters
+                raise FieldError(f"listener_filters[{j}]", f"Didn't find a registered implementation for "
+                                 f"'{listener_filter.name}' with type URL: "
+                                 f"'{registry.type_url_of(type(listener_filter.typed_config)).rsplit('/', 1)[-1]}' "
+                                 "(a UDP listener filter; its listener's address says protocol: UDP)")
+        if self.udp_listener_config is not None:
+            raise FieldError("udp_listener_config", "a TCP listener has no UDP socket (its address says protocol: "
+                                                    "TCP)")
         if not self.filter_chains and self.default_filter_chain is None:
             raise FieldError("filter_chains", "a listener needs a filter chain (or a default_filter_chain)")
         if self.internal_listener is not None:
@@ -2008,6 +2083,42 @@ class Listener(EnvoyStruct, kw_only=True):
         """The address a listener that is not internal binds (checked at load)."""
         assert self.address is not None and self.address.socket_address is not None
         return self.address.socket_address
+
+    @property
+    def is_udp(self) -> bool:
+        """A UDP listener: its address says `protocol: UDP`."""
+        address = self.address
+        return address is not None and address.socket_address is not None \
+            and address.socket_address.protocol == "UDP"
+
+    @property
+    def udp_config(self) -> UdpListenerConfig:
+        """A UDP listener's socket config (Envoy's defaults when it has none)."""
+        return self.udp_listener_config or UdpListenerConfig()
+
+    def _check_udp(self) -> None:
+        """What a UDP listener is in pylon: its datagrams go to one UDP listener filter (the UDP proxy, the only
+        one Envoy has without QUIC); the TCP listener's connection features have nothing to act on."""
+        self._check_bound()
+        if self.internal_listener is not None:
+            raise FieldError("internal_listener", "an internal listener has no address to be UDP")
+        for j, listener_filter in enumerate(self.listener_filters):
+            if not listener_filter.udp:
+                raise FieldError(f"listener_filters[{j}]", f"{listener_filter.name} is a TCP listener filter; a "
+                                                           "UDP listener takes UDP listener filters only")
+        if len(self.listener_filters) != 1:
+            raise FieldError("listener_filters", "a UDP listener in pylon takes exactly one UDP listener filter "
+                                                 "(envoy.filters.udp_listener.udp_proxy)")
+        for name, unsupported in (("filter_chains", bool(self.filter_chains)),
+                                  ("default_filter_chain", self.default_filter_chain is not None),
+                                  ("connection_balance_config", self.connection_balance_config is not None),
+                                  ("tcp_backlog_size", self.tcp_backlog_size is not None),
+                                  ("use_original_dst", self.use_original_dst),
+                                  ("bind_to_port", not self.bind_to_port),
+                                  ("filter_chain_matcher", self.filter_chain_matcher is not None)):
+            if unsupported:
+                raise FieldError(name, "a UDP listener has no connections: its datagrams go to its UDP listener "
+                                       "filter (filter chains on a UDP listener are QUIC's, which pylon lacks)")
 
     def _check_internal(self) -> None:
         """Envoy's rules for an internal listener (no address, none of the TCP listener's socket features), and

@@ -439,7 +439,7 @@ def _shared_addresses(listeners: list[Listener]) -> Iterator[tuple[str, str]]:
     wildcard and a specific IP on one port (0.0.0.0:P, 127.0.0.1:P) are different
     addresses, as in Envoy; whether they can both bind is up to the kernel.
     """
-    first: dict[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int], int] = {}
+    first: dict[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int, str], int] = {}
     for i, listener in enumerate(listeners):
         if listener.internal_listener is not None:
             continue  # binds nothing
@@ -447,7 +447,8 @@ def _shared_addresses(listeners: list[Listener]) -> Iterator[tuple[str, str]]:
         if socket_address.port_value == 0:
             continue
         ip = ipaddress.ip_address(socket_address.address)  # an IP: checked by Listener
-        j = first.setdefault((ip, socket_address.port_value), i)
+        # a TCP and a UDP listener on one port are two sockets of two protocols
+        j = first.setdefault((ip, socket_address.port_value, socket_address.protocol), i)
         if j != i:
             host = f"[{ip}]" if ip.version == 6 else str(ip)
             yield (

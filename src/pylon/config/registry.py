@@ -36,6 +36,8 @@ HTTP_FILTER_PER_ROUTE = "envoy.filters.http.per_route"
 #: The router's `upstream_http_filters` and a cluster's `http_filters`: the filters between router and upstream.
 UPSTREAM_HTTP_FILTER = "envoy.filters.http.upstream"
 LISTENER_FILTER = "envoy.filters.listener"
+#: A UDP listener's `listener_filters` (Envoy's UdpListenerFilter category: the UDP proxy).
+UDP_LISTENER_FILTER = "envoy.filters.udp_listener"
 ACCESS_LOGGER = "envoy.access_loggers"
 DOWNSTREAM_TRANSPORT_SOCKET = "envoy.transport_sockets.downstream"
 UPSTREAM_TRANSPORT_SOCKET = "envoy.transport_sockets.upstream"
@@ -67,6 +69,7 @@ CATEGORY_NAMES = MappingProxyType(
         HTTP_FILTER_PER_ROUTE: "per-route HTTP filter config",
         UPSTREAM_HTTP_FILTER: "upstream HTTP filter",
         LISTENER_FILTER: "listener filter",
+        UDP_LISTENER_FILTER: "UDP listener filter",
         ACCESS_LOGGER: "access logger",
         DOWNSTREAM_TRANSPORT_SOCKET: "downstream transport socket",
         UPSTREAM_TRANSPORT_SOCKET: "upstream transport socket",
@@ -182,6 +185,9 @@ EXTENSION_MODULES: Mapping[str, Mapping[str, str]] = MappingProxyType(
             "envoy.extensions.filters.network.rbac.v3.RBAC": "pylon.extensions.filters.network.rbac",
             "envoy.extensions.filters.network.sni_dynamic_forward_proxy.v3.FilterConfig":
                 "pylon.extensions.filters.network.sni_dynamic_forward_proxy",
+        },
+        UDP_LISTENER_FILTER: {
+            "envoy.extensions.filters.udp.udp_proxy.v3.UdpProxyConfig": "pylon.extensions.filters.udp.udp_proxy",
         },
         LISTENER_FILTER: {
             "envoy.extensions.filters.listener.original_dst.v3.OriginalDst":

@@ -440,7 +440,7 @@ class DynamicConfig:
         static_names = {listener.name for listener in self.static_listeners}
         taken = {_address_key(listener): f"static listener {listener.name or '(unnamed)'!r}"
                  for listener in self.static_listeners
-                 if listener.internal_listener is None and listener.socket_address.port_value}
+                 if listener.internal_listener is None and not listener.is_udp and listener.socket_address.port_value}
         for i, (name, listener) in enumerate(resources.items()):
             path = f"resources[{i}]"
             if name in static_names:
@@ -448,6 +448,9 @@ class DynamicConfig:
             if listener.internal_listener is not None:
                 raise ConfigError(source, f"{path}.internal_listener",
                                   "internal listeners from LDS are not supported yet (static ones are)")
+            if listener.is_udp:
+                raise ConfigError(source, f"{path}.address.socket_address.protocol",
+                                  "UDP listeners from LDS are not supported yet (static ones are)")
             if listener.connection_balance_config is not None:
                 raise ConfigError(source, f"{path}.connection_balance_config",
                                   "pylon balances LDS listeners by the kernel only (exact and extend balancing "

@@ -405,6 +405,11 @@ def bind_listeners(bootstrap: Any, workers: int) -> tuple[list[Balancer], LoadTa
                 bound.append(balancer)  # an unbound one: internal listeners take their connections by name
                 continue
             sa = listener.socket_address
+            if listener.is_udp and not listener.enable_reuse_port and workers > 1:
+                raise ListenerBindError(  # Envoy's words, at the same point (its start, not its validation)
+                    f"static_resources.listeners[{index}] ({listener.name or sa.address}): Listening on UDP when "
+                    "concurrency is > 1 without the SO_REUSEPORT socket option results in unstable packet "
+                    "proxying. Configure the reuse_port listener option or set concurrency = 1.")
             try:
                 balancer.bind(sa.address, sa.port_value, workers)
             except OSError as exc:

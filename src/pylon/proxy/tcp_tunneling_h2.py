@@ -45,6 +45,8 @@ class H2TcpTunnel(TcpUpstream):
         self.host = host
         self.head = head
         self.method = head[:head.index(b" ")]
+        # an upgrade goes as extended CONNECT (the UDP proxy's CONNECT-UDP): it waits for the server's SETTINGS
+        self.extended_connect = b"\r\nupgrade: " in head
         self.established: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self.stream: TunnelStream | None = None
         self.overflow = False  # the pool's pending queue was full (UO, not UF)

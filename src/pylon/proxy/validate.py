@@ -24,6 +24,7 @@ from pylon.proxy.cpu_utilization import CpuReadError, container_reader
 from pylon.proxy.filter_chain_match import DuplicateMatch, FilterChainSelector
 from pylon.proxy.filters.http import build_filter
 from pylon.proxy.filters.network import is_registered, waits
+from pylon.proxy.filters.udp import check_udp_listener_filter
 from pylon.proxy.local_reply_mapper import LocalReplyMapper
 from pylon.proxy.router import RouteTable
 from pylon.proxy.tls import TlsConfigError, check_secret, client_context, server_context
@@ -85,6 +86,9 @@ def validate_listeners(listeners: list[Any], source: str, path: str, secrets: Ma
     _check_balancers(source, listeners, path)
     for i, listener in enumerate(listeners):
         base = f"{path}[{i}]"
+        if listener.is_udp:
+            _validate_udp_filter(listener.listener_filters[0].typed_config, source, f"{base}.listener_filters[0]")
+            continue
         try:
             FilterChainSelector([chain.filter_chain_match for chain in listener.filter_chains])
         except DuplicateMatch as exc:
@@ -98,6 +102,15 @@ def validate_listeners(listeners: list[Any], source: str, path: str, secrets: Ma
             raise ConfigError(source, f"{base}.filter_chains[{exc.index}].filter_chain_match", why) from None
         for rel, chain in listener.all_filter_chains():
             _validate_chain(chain, source, f"{base}.{rel}", secrets)
+
+
+def _validate_udp_filter(config: Any, source: str, filter_path: str) -> None:
+    """A UDP listener's filter builds as a worker builds it: its format strings and access logs."""
+    try:
+        check_udp_listener_filter(config)
+    except ValueError as exc:
+        raise ConfigError(source, f"{filter_path}.typed_config", str(exc)) from exc
+    _check_access_logs(source, f"{filter_path}.typed_config", config)
 
 
 def _validate_chain(chain: Any, source: str, chain_path: str, secrets: Mapping[str, Any]) -> None:
@@ -189,7 +202,8 @@ def _check_balancers(source: str, listeners: list[Any], base: str) -> None:
                     "fallback_policy: %s", "; ".join(on_fallback))
 
 
-def _check_access_logs(source: str, filter_path: str, terminal: HttpConnectionManager | TcpProxy) -> None:
+def _check_access_logs(source: str, filter_path: str, terminal: Any) -> None:
+    """The access logs of an HTTP connection manager, a tcp_proxy or a UDP proxy compile as a worker compiles them."""
     for k, entry in enumerate(terminal.access_log):
         try:
             compile_log_format(entry.typed_config.log_format)

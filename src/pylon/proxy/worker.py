@@ -42,6 +42,7 @@ from pylon.proxy.downstream_connections import ConnectionCounts, ConnectionGate
 from pylon.proxy.fairness import PhaseBudget
 from pylon.proxy.lds import LdsListeners
 from pylon.proxy.listener import ListenerRuntime, build_listener
+from pylon.proxy.udp_listener import UdpListenerRuntime
 from pylon.proxy.listener_filters import PeekWatcher
 from pylon.proxy.logging_setup import configure_logging
 from pylon.proxy.overload import WorkerOverload, release_free_memory
@@ -193,6 +194,10 @@ class Worker:
         for index, listener_cfg in enumerate(bootstrap.static_resources.listeners):
             # The worker owns its inherited copy: closing the server on drain closes it (-1: bind_to_port false).
             sock = socket.socket(fileno=listener_fds[index]) if listener_fds[index] >= 0 else None
+            if listener_cfg.is_udp:  # no connections: its datagrams go to its UDP listener filter
+                self.servers.append(await balancer_for(listener_cfg, index).serve(
+                    self.loop, sock, UdpListenerRuntime(listener_cfg, self)))
+                continue
             runtime = build_listener(listener_cfg, self)
             self.listeners.append(runtime)
             if listener_cfg.internal_listener is not None:

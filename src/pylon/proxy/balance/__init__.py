@@ -6,7 +6,8 @@ Chosen by the listener's `connection_balance_config`, as in Envoy:
 - `exact_balance` → `exact` (exact.py): fewest active connections;
 - `extend_balance` with pylon's Dispatcher → `dispatcher` (dispatcher.py):
   fewest active connections, then fewest in-flight requests;
-- `extend_balance` with Envoy's Dlb → its `fallback_policy` (dlb.py).
+- `extend_balance` with Envoy's Dlb → its `fallback_policy` (dlb.py);
+- a UDP listener → `udp.py`: one SO_REUSEPORT datagram socket per worker (the kernel keeps a peer on one).
 
 `exact` and the dispatcher share one mechanism (handoff.py): the supervisor
 accepts and passes each socket to a worker, reading load from a shared-memory
@@ -32,13 +33,14 @@ from pylon.proxy.balance.dlb import Dlb, NoDlbFallback, fallback_kind
 from pylon.proxy.balance.exact import ExactPolicy
 from pylon.proxy.balance.handoff import HandoffBalancer, HandoffReceiver
 from pylon.proxy.balance.kernel import KernelBalancer
+from pylon.proxy.balance.udp import DatagramServing, UdpBalancer
 from pylon.proxy.balance.unbound import NotAccepting, UnboundBalancer
 
 BALANCERS = ("kernel", "exact", "dispatcher")
 
-Balancer = KernelBalancer | HandoffBalancer | UnboundBalancer
-#: What a worker's `serve` returns: it takes connections until `close()` (drain).
-Accepting = ListenerAcceptor | HandoffReceiver | NotAccepting
+Balancer = KernelBalancer | HandoffBalancer | UnboundBalancer | UdpBalancer
+#: What a worker's `serve` returns: it takes connections (a UDP listener's runtime: datagrams) until `close()` (drain).
+Accepting = ListenerAcceptor | HandoffReceiver | NotAccepting | DatagramServing
 
 
 def balance_kind(listener: Any) -> str:
@@ -64,6 +66,8 @@ def balancer_for(listener: Any, listener_index: int = 0) -> Balancer:
     """A fresh balancer for the listener at `listener_index` of static_resources.listeners."""
     if not listener.bind_to_port or listener.internal_listener is not None:
         return UnboundBalancer()
+    if listener.is_udp:
+        return UdpBalancer(reuse_port=listener.enable_reuse_port, freebind=listener.freebind)
     kind = balance_kind(listener)
     backlog = listen_backlog(listener)
     per_event = listener.max_connections_to_accept_per_socket_event

@@ -478,8 +478,10 @@ class H2Pool(PoolBase):
 
     @staticmethod
     def may_take(conn: H2UpstreamConnection, exchange: "Exchange") -> bool:
-        """An upgrade (sent as extended CONNECT) waits for the server's SETTINGS: they say whether it may go."""
-        return conn.preface is None or not (exchange.upgrade_accepted and exchange.method != b"CONNECT")
+        """An upgrade (sent as extended CONNECT) waits for the server's SETTINGS: they say whether it may go. The
+        router's upgrades say so by accepting one; a tunnel of the proxy's own (CONNECT-UDP) by `extended_connect`."""
+        return conn.preface is None or not (exchange.upgrade_accepted and exchange.method != b"CONNECT"
+                                            or getattr(exchange, "extended_connect", False))
 
     def room_changed(self, conn: H2UpstreamConnection) -> None:
         """The server's SETTINGS may have raised the connection's stream limit: serve the queue (once the connection
