@@ -274,6 +274,7 @@ class HcmRuntime:
         record.connection_termination_details = None
         record.health_check = stream.health_check
         record.local_reply_body = None
+        record.dynamic_metadata = stream.dynamic_metadata
         return record
 
 

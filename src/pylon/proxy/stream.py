@@ -21,6 +21,7 @@ import random
 from functools import partial
 from typing import TYPE_CHECKING, Any, Callable
 
+from pylon.proxy import dynamic_metadata
 from pylon.proxy import local_reply as lr
 from pylon.proxy.grpc_local_reply import trailers_only_headers
 from pylon.proxy.connection_info import spell_address
@@ -33,6 +34,7 @@ from pylon.proxy.http1 import HOP_BY_HOP, without_nominated
 from pylon.proxy.mirror import Shadow, start_shadows
 from pylon.proxy.path import PathRejected, normalized_target
 from pylon.proxy.request_ids import new_request_id
+from pylon.config.envoy import ENVOY_LB
 from pylon.proxy.router import first_query_values, is_grpc_request
 from pylon.proxy.stream_states import (RQ_DONE, RQ_HEADERS, RS_DONE, RS_HELD, RS_NOT_STARTED, RS_RESET, RS_SENDING,
                                        UP_AWAITING, UP_CONNECTING, UP_DONE, UP_IDLE, UP_RECEIVING, UP_RESET,
@@ -43,6 +45,7 @@ from pylon.proxy.h2_tunnel import H2Tunnel
 from pylon.proxy.tunnel import open_tunnel
 from pylon.proxy.upstream.cluster import PENDING
 from pylon.proxy.upstream.lb import stable_hash
+from pylon.proxy.upstream.subset import Criteria, merged_over
 from pylon.proxy.xfcc import HEADER as XFCC
 from pylon.proxy.xfcc import forwarded_value
 
@@ -151,6 +154,7 @@ class Stream:
         "tunnel_upstream", "upstream_local", "buffering_request", "held_response", "response_body", "set_cookie",
         "request_data_filters", "response_data_filters", "req_trailers", "resp_trailers", "span", "body_watch",
         "shadows", "health_check", "duration_deadline", "arrived_grpc", "decoder_limit", "filtered_request",
+        "dynamic_metadata", "typed_dynamic_metadata",
     )
 
     def __init__(self, conn: "HttpConnection", now: float) -> None:
@@ -246,6 +250,23 @@ class Stream:
         self.body_watch: Callable[[], None] | None = None
         self.shadows: list[Shadow] | None = None  # the route's request mirrors under way (mirror.py)
         self.health_check = False  # the health_check filter took it as a health check (access log filters)
+        # Filters' dynamic metadata, namespace -> Struct fields (dynamic_metadata.py); None until one sets some.
+        self.dynamic_metadata: dict[str, dict[str, Any]] | None = None
+        # ... and its typed metadata, namespace -> an Any as configured (set_metadata's typed_value): what Envoy
+        # keeps in typed_filter_metadata, which none of pylon's readers read (nor Envoy's formatters).
+        self.typed_dynamic_metadata: dict[str, dict[str, Any]] | None = None
+
+    def set_dynamic_metadata(self, namespace: str, values: dict[str, Any]) -> None:
+        """Envoy's setDynamicMetadata: `values` merged into the namespace, each top-level field replaced."""
+        if self.dynamic_metadata is None:
+            self.dynamic_metadata = {}
+        dynamic_metadata.merge(self.dynamic_metadata, namespace, values)
+
+    def dynamic_metadata_namespaces(self) -> dict[str, dict[str, Any]]:
+        """The stream's metadata for a filter that edits namespaces itself (set_metadata), made on first use."""
+        if self.dynamic_metadata is None:
+            self.dynamic_metadata = {}
+        return self.dynamic_metadata
 
     # ------------------------------------------------------------------ downstream events
     def on_body(self, data: bytes, filtered: bool = False) -> None:
@@ -803,7 +824,7 @@ class Stream:
         key = self.hash_key(policies) if policies is not None else None
         if not cluster.provided:
             host = (cluster.choose_host(key) if cluster.subsets is None
-                    else cluster.subsets.choose_matching(self.route.criteria_for(cluster.name), key))
+                    else cluster.subsets.choose_matching(self._subset_criteria(cluster.name), key))
         else:
             host = cluster.request_host(self)
             if host is PENDING:  # the cluster went to find it: it calls attempt_now when it knows
@@ -877,6 +898,14 @@ class Stream:
         self.set_cookie = (name, value, header + b"; HttpOnly")
         return value
 
+    def _subset_criteria(self, cluster: str) -> Criteria | None:
+        """The subset a request asks of `cluster`: the route's (or weighted cluster's) metadata_match, with the
+        `envoy.lb` dynamic metadata filters set merged over it, their values winning (Envoy's router)."""
+        assert self.route is not None
+        criteria = self.route.criteria_for(cluster)
+        values = self.dynamic_metadata.get(ENVOY_LB) if self.dynamic_metadata is not None else None
+        return criteria if values is None else merged_over(criteria, values)
+
     def _avoid_tried(self, cluster: "Cluster", key: bytes | None, host: "Host", tried: list["Host"]) -> "Host":
         """Envoy's previous_hosts predicate: pick again while the host was already tried, up to
         host_selection_retry_max_attempts more times; then the last pick stands (as Envoy routes to it)."""
@@ -885,7 +914,7 @@ class Stream:
             if host not in tried:
                 break
             again = (cluster.choose_host(key) if cluster.subsets is None
-                     else cluster.subsets.choose_matching(self.route.criteria_for(cluster.name), key))
+                     else cluster.subsets.choose_matching(self._subset_criteria(cluster.name), key))
             host = again or host
         return host
 
