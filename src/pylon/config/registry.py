@@ -121,6 +121,8 @@ EXTENSION_MODULES: Mapping[str, Mapping[str, str]] = MappingProxyType(
             "envoy.extensions.filters.http.grpc_web.v3.GrpcWeb": "pylon.extensions.filters.http.grpc_web",
             "envoy.extensions.filters.http.header_mutation.v3.HeaderMutation":
                 "pylon.extensions.filters.http.header_mutation",
+            "envoy.extensions.filters.http.header_to_metadata.v3.Config":
+                "pylon.extensions.filters.http.header_to_metadata",
             "envoy.extensions.filters.http.health_check.v3.HealthCheck": "pylon.extensions.filters.http.health_check",
             "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication": "pylon.extensions.filters.http.jwt_authn",
             "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit":
@@ -149,6 +151,8 @@ EXTENSION_MODULES: Mapping[str, Mapping[str, str]] = MappingProxyType(
             "envoy.extensions.filters.http.fault.v3.HTTPFault": "pylon.extensions.filters.http.fault",
             "envoy.extensions.filters.http.header_mutation.v3.HeaderMutationPerRoute":
                 "pylon.extensions.filters.http.header_mutation",
+            "envoy.extensions.filters.http.header_to_metadata.v3.Config":
+                "pylon.extensions.filters.http.header_to_metadata",
             "envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig": "pylon.extensions.filters.http.jwt_authn",
             "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit":
                 "pylon.extensions.filters.http.local_ratelimit",

@@ -40,6 +40,7 @@ __all__ = [
     "HeaderList",
     "HeaderOps",
     "check_scripted_header",
+    "cookie_value",
     "OVERWRITE_IF_EXISTS",
     "OVERWRITE_IF_EXISTS_OR_ADD",
     "RequestHeaders",
@@ -181,6 +182,18 @@ def request_lookup(headers: list[tuple[bytes, bytes]], pseudo: dict[bytes, bytes
                 return v
         return None
     return lookup
+
+
+def cookie_value(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    """The value of cookie `name` in the request's cookie headers (quotes around it removed), or None."""
+    for header, value in headers:
+        if header != b"cookie":
+            continue
+        for pair in value.split(b";"):
+            key, equals, found = pair.strip().partition(b"=")
+            if equals and key == name:
+                return found[1:-1] if len(found) > 1 and found[:1] == found[-1:] == b'"' else found
+    return None
 
 
 def _parse_value(value: bytes) -> bytes | tuple[bytes | int | _Req, ...]:
