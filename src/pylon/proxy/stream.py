@@ -50,6 +50,7 @@ from pylon.proxy.xfcc import HEADER as XFCC
 from pylon.proxy.xfcc import forwarded_value
 
 if TYPE_CHECKING:
+    from pylon.proxy.access_log import AccessLogRecord
     from pylon.proxy.hcm import HcmRuntime, HttpConnection
     from pylon.proxy.http.h1_server import Http1ResponseEncoder
     from pylon.proxy.router import HashSource, MatchedRoute
@@ -696,7 +697,8 @@ class Stream:
             pseudo = {b":authority": self.authority, b":path": url, b":method": self.method, b":scheme": conn.scheme}
         if not request_ops.empty:
             headers = HeaderList(forward)
-            request_ops.apply(headers, conn.peer, request_lookup(list(forward), pseudo) if pseudo else None)
+            request_ops.apply(headers, conn.peer, request_lookup(list(forward), pseudo) if pseudo else None,
+                              self._header_facts)
             forward = headers.items
         self.timeout = route.timeout
         expected_header = route.expected_timeout_header
@@ -777,6 +779,18 @@ class Stream:
         # Credentials in the URL are the client's business, never the upstream's Host (Envoy drops them too).
         self.authority = authority[authority.rfind(b"@") + 1:]
         return b"/" if slash < 0 else rest[slash:]
+
+    def _header_facts(self) -> "AccessLogRecord":
+        """What a route's header rules read besides the request (%RESPONSE_CODE%, %DYNAMIC_METADATA(...)% ...):
+        the stream's access-log record as it stands."""
+        return self.hcm.access_record(self, self.conn.loop_time() - self.start)
+
+    def _local_reply_facts(self) -> "AccessLogRecord":
+        """The same for the proxy's own reply, whose headers Envoy 1.40 makes before it sets the response code:
+        %RESPONSE_CODE% is 0 there (observed), the details and flags already the reply's."""
+        record = self._header_facts()
+        record.response_code = 0
+        return record
 
     def _request_lookup(self) -> RequestLookup:
         """What %REQ(...)% reads in the proxy's own replies: the request's headers and pseudo-headers."""
@@ -1103,7 +1117,7 @@ class Stream:
         response_ops = self.response_ops
         if response_ops is not None and not response_ops.empty:
             hl = HeaderList(list(resp))
-            response_ops.apply(hl, self.conn.peer)
+            response_ops.apply(hl, self.conn.peer, facts=self._header_facts)
             resp = hl.items
         if hcm.encoder_filters:
             resp = self.encode_headers(status, resp)
@@ -1497,7 +1511,9 @@ class Stream:
         self.flags = reply.flag + ",URX" if reply.status >= 500 and self._retries_exhausted() else reply.flag
         self.details = reply.details
         self.status = reply.status
-        self._send_local(reply.status, reply.body, None, grpc_status=reply.grpc_status)
+        # Once routed to a cluster, the route's response headers go on the router's replies too, as Envoy's router
+        # finalizes the headers of the replies it sends (observed: a no-healthy-upstream 503 carries them).
+        self._send_local(reply.status, reply.body, self.response_ops, grpc_status=reply.grpc_status)
 
     def _send_local(self, status: int, body: bytes, ops, *, content_type: bytes = b"text/plain",
                     extra: list[tuple[bytes, bytes]] | None = None, grpc_status: int | None = None) -> None:
@@ -1510,7 +1526,7 @@ class Stream:
         headers = list(extra) if extra else []
         if ops is not None and not ops.empty:
             hl = HeaderList(headers)
-            ops.apply(hl, self.conn.peer)
+            ops.apply(hl, self.conn.peer, facts=self._local_reply_facts)
             headers = hl.items
         if hcm.local_reply_mapper is not None:
             hl = HeaderList(headers)
