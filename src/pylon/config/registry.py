@@ -124,6 +124,8 @@ EXTENSION_MODULES: Mapping[str, Mapping[str, str]] = MappingProxyType(
             "envoy.extensions.filters.http.header_to_metadata.v3.Config":
                 "pylon.extensions.filters.http.header_to_metadata",
             "envoy.extensions.filters.http.health_check.v3.HealthCheck": "pylon.extensions.filters.http.health_check",
+            "envoy.extensions.filters.http.json_to_metadata.v3.JsonToMetadata":
+                "pylon.extensions.filters.http.json_to_metadata",
             "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication": "pylon.extensions.filters.http.jwt_authn",
             "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit":
                 "pylon.extensions.filters.http.local_ratelimit",
@@ -153,6 +155,8 @@ EXTENSION_MODULES: Mapping[str, Mapping[str, str]] = MappingProxyType(
                 "pylon.extensions.filters.http.header_mutation",
             "envoy.extensions.filters.http.header_to_metadata.v3.Config":
                 "pylon.extensions.filters.http.header_to_metadata",
+            "envoy.extensions.filters.http.json_to_metadata.v3.JsonToMetadata":
+                "pylon.extensions.filters.http.json_to_metadata",
             "envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig": "pylon.extensions.filters.http.jwt_authn",
             "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit":
                 "pylon.extensions.filters.http.local_ratelimit",
