@@ -1415,6 +1415,17 @@ class HcmHttp2ProtocolOptions(EnvoyStruct, kw_only=True):
             raise FieldError("use_oghttp2_codec", "not supported: pylon's HTTP/2 codec is libnghttp2")
 
 
+class SchemeHeaderTransformation(EnvoyStruct, kw_only=True):
+    """config.core.v3.SchemeHeaderTransformation: `scheme_to_overwrite` is every request's :scheme and
+    x-forwarded-proto (what routes, filters, redirects, logs and the upstream see: proxy/hcm.py, stream.py);
+    `match_upstream` makes an upstream request's :scheme its connection's (http or https), which is what pylon's
+    HTTP/2 upstreams always send. Departure: with scheme_to_overwrite an HTTP/2 upstream still gets its own
+    connection's scheme as :scheme, where Envoy sends the overwritten one."""
+
+    scheme_to_overwrite: Literal["http", "https"] | None = None
+    match_upstream: bool = False
+
+
 class HttpConnectionManager(EnvoyStruct, kw_only=True):
     """extensions.filters.network.http_connection_manager.v3.HttpConnectionManager (HTTP/1.1 and HTTP/2).
 
@@ -1452,6 +1463,7 @@ class HttpConnectionManager(EnvoyStruct, kw_only=True):
     upgrade_configs: list[UpgradeConfig] = []
     server_name: HttpText = HttpText("envoy")
     server_header_transformation: Literal["OVERWRITE", "APPEND_IF_ABSENT", "PASS_THROUGH"] = "OVERWRITE"
+    scheme_header_transformation: SchemeHeaderTransformation | None = None
     normalize_path: bool = False
     merge_slashes: bool = False
     path_with_escaped_slashes_action: Literal[

@@ -157,6 +157,11 @@ class HcmRuntime:
         self.always_set_request_id = config.always_set_request_id_in_response
         self.server_name = config.server_name.encode()
         self.overwrite_server = config.server_header_transformation == "OVERWRITE"
+        # scheme_header_transformation.scheme_to_overwrite: every request's :scheme and x-forwarded-proto
+        transformation = config.scheme_header_transformation
+        self.scheme_to_overwrite: bytes | None = (
+            transformation.scheme_to_overwrite.encode() if transformation is not None
+            and transformation.scheme_to_overwrite is not None else None)
         # What of an upstream response head is not relayed: hop-by-hop headers, and its server header when ours
         # replaces it.
         self.response_drop = HOP_BY_HOP | {b"server"} if self.overwrite_server else HOP_BY_HOP
@@ -307,7 +312,7 @@ class HttpConnection(asyncio.Protocol):
         self.peer_ip = b""
         self.xff_ip = b""  # what this hop appends to x-forwarded-for at the edge (see forwarded_for_ip)
         self.local: tuple[str, int] | str = ("", 0)
-        self.scheme = scheme
+        self.scheme = hcm.scheme_to_overwrite or scheme  # the requests' :scheme (the HCM may overwrite it)
         self.feeding = False  # the decoder is working through a read (local replies may wait for its end)
         self.last_activity = 0.0
         self.connection_id = 0

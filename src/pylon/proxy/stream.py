@@ -673,7 +673,7 @@ class Stream:
         else:
             if xff is not None:
                 forward.append((b"x-forwarded-for", xff))
-            forward.append((b"x-forwarded-proto", xfp or conn.scheme))
+            forward.append((b"x-forwarded-proto", xfp if xfp and not hcm.scheme_to_overwrite else conn.scheme))
         self.xff = xff
         if not self.request_id and hcm.generate_request_id:
             self.request_id = new_request_id()
