@@ -1305,6 +1305,38 @@ class SetCurrentClientCertDetails(EnvoyStruct, kw_only=True):
                                       "the verified chain); use cert")
 
 
+class PreserveCaseFormatterConfig(EnvoyStruct, kw_only=True):
+    """extensions.http.header_formatters.preserve_case.v3.PreserveCaseFormatterConfig (proxy/http/header_case.py):
+    names the proxy adds itself are written lower-case (DEFAULT) or proper-cased."""
+
+    forward_reason_phrase: bool = False
+    formatter_type_on_envoy_headers: Literal["DEFAULT", "PROPER_CASE"] = "DEFAULT"
+
+    def __post_init__(self) -> None:
+        if self.forward_reason_phrase:
+            raise FieldError("forward_reason_phrase", "not supported yet (pylon writes its own reason phrases)")
+
+
+class StatefulHeaderFormatter(_TypedExtension, kw_only=True):
+    category: ClassVar[str] = registry.STATEFUL_HEADER_FORMATTER
+
+
+class HeaderKeyFormat(EnvoyStruct, kw_only=True):
+    """config.core.v3.Http1ProtocolOptions.HeaderKeyFormat: oneof {proper_case_words, stateful_formatter}."""
+
+    proper_case_words: dict[str, Any] | None = None
+    stateful_formatter: StatefulHeaderFormatter | None = None
+
+    def __post_init__(self) -> None:
+        _exactly_one(self, "proper_case_words", "stateful_formatter")
+        if self.proper_case_words:
+            raise FieldError("proper_case_words", f"ProperCaseWords has no fields (got {sorted(self.proper_case_words)})")
+
+    @property
+    def preserve_case(self) -> PreserveCaseFormatterConfig | None:
+        return self.stateful_formatter.typed_config if self.stateful_formatter is not None else None
+
+
 class Http1ProtocolOptions(EnvoyStruct, kw_only=True):
     """config.core.v3.Http1ProtocolOptions: HTTP/1.0 acceptance (downstream) and chunked trailers.
 
@@ -1318,6 +1350,9 @@ class Http1ProtocolOptions(EnvoyStruct, kw_only=True):
     accept_http_10: bool = False
     default_host_for_http_10: str = ""
     enable_trailers: bool = False
+    #: the case of header names on the wire (proxy/http/header_case.py; on the HCM: requests read, responses written;
+    #: on a cluster: requests written, responses read)
+    header_key_format: HeaderKeyFormat | None = None
 
 
 class TracingProvider(_TypedExtension, kw_only=True):
@@ -2622,6 +2657,15 @@ class Cluster(EnvoyStruct, kw_only=True):
         return http1 is not None and http1.enable_trailers
 
     @property
+    def upstream_key_format(self) -> HeaderKeyFormat | None:
+        """The header name case of this cluster's HTTP/1 connections (its HTTP/1 config's `header_key_format`)."""
+        typed = self.typed_extension_protocol_options.get(HTTP_PROTOCOL_OPTIONS)
+        if typed is None:
+            return None
+        http1 = typed.protocol_config.http_protocol_options
+        return http1.header_key_format if http1 is not None else None
+
+    @property
     def upstream_protocol(self) -> tuple[str, Http2ProtocolOptions | None]:
         """How this cluster's requests pick their protocol, and the HTTP/2 options when HTTP/2 may be spoken:
         ("http1", None); ("http2", options): always; ("downstream", options): HTTP/2 iff the client's request
@@ -3290,6 +3334,11 @@ _CORE_EXTENSIONS: tuple[tuple[str, str, type], ...] = (
         RegexEngineHyperscan,
     ),
     (registry.REGEX_ENGINE, "type.googleapis.com/pylon.extensions.regex_engines.v1.PythonRe", RegexEnginePythonRe),
+    (
+        registry.STATEFUL_HEADER_FORMATTER,
+        "type.googleapis.com/envoy.extensions.http.header_formatters.preserve_case.v3.PreserveCaseFormatterConfig",
+        PreserveCaseFormatterConfig,
+    ),
 )
 
 for _category, _type_url, _struct_type in _CORE_EXTENSIONS:

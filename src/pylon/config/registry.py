@@ -58,6 +58,8 @@ RESOURCE_MONITOR = "envoy.resource_monitors"
 STATS_SINK = "envoy.stats_sinks"
 #: Bootstrap.bootstrap_extensions[] (the internal listener's)
 BOOTSTRAP_EXTENSION = "envoy.bootstrap"
+#: Http1ProtocolOptions.header_key_format.stateful_formatter (preserve_case)
+STATEFUL_HEADER_FORMATTER = "envoy.http.stateful_header_formatters"
 
 #: Human names used in error messages ("accepted here (network filters): ...").
 CATEGORY_NAMES = MappingProxyType(
@@ -82,6 +84,7 @@ CATEGORY_NAMES = MappingProxyType(
         RESOURCE_MONITOR: "resource monitor",
         STATS_SINK: "stats sink",
         BOOTSTRAP_EXTENSION: "bootstrap extension",
+        STATEFUL_HEADER_FORMATTER: "stateful header formatter",
     }
 )
 

@@ -30,6 +30,8 @@ from pylon.proxy.grpc_timeout import StreamDuration, announce_grpc_timeout, max_
 from pylon.proxy.filters.upstream import FilteredRequest
 from pylon.proxy.headers import HeaderList, RequestLookup, cookie_value, request_lookup
 from pylon.proxy.http.h1_client import Http1RequestEncoder
+from pylon.proxy.http.h1_server import Http1ResponseEncoder
+from pylon.proxy.http.header_case import KeyFormattingEncoder, PreservedCase, format_head
 from pylon.proxy.http1 import HOP_BY_HOP, without_nominated
 from pylon.proxy.mirror import Shadow, start_shadows
 from pylon.proxy.path import PathRejected, normalized_target
@@ -52,7 +54,6 @@ from pylon.proxy.xfcc import forwarded_value
 if TYPE_CHECKING:
     from pylon.proxy.access_log import AccessLogRecord
     from pylon.proxy.hcm import HcmRuntime, HttpConnection
-    from pylon.proxy.http.h1_server import Http1ResponseEncoder
     from pylon.proxy.router import HashSource, MatchedRoute
     from pylon.proxy.upstream.cluster import Cluster, Host
     from pylon.proxy.upstream.h2_pool import H2UpstreamStream
@@ -143,7 +144,7 @@ class Stream:
         "tunnel_upstream", "upstream_local", "buffering_request", "held_response", "response_body", "set_cookie",
         "request_data_filters", "response_data_filters", "req_trailers", "resp_trailers", "span", "body_watch",
         "shadows", "health_check", "duration_deadline", "arrived_grpc", "decoder_limit", "filtered_request",
-        "dynamic_metadata", "typed_dynamic_metadata",
+        "dynamic_metadata", "typed_dynamic_metadata", "header_case", "resp_header_case",
     )
 
     def __init__(self, conn: "HttpConnection", now: float) -> None:
@@ -244,6 +245,10 @@ class Stream:
         # ... and its typed metadata, namespace -> an Any as configured (set_metadata's typed_value): what Envoy
         # keeps in typed_filter_metadata, which none of pylon's readers read (nor Envoy's formatters).
         self.typed_dynamic_metadata: dict[str, dict[str, Any]] | None = None
+        # header_key_format preserve_case (http/header_case.py): the request's names as the client wrote them (the
+        # HCM's), the response's as the upstream wrote them (the cluster's); None: not recorded
+        self.header_case: PreservedCase | None = None
+        self.resp_header_case: PreservedCase | None = None
 
     def set_dynamic_metadata(self, namespace: str, values: dict[str, Any]) -> None:
         """Envoy's setDynamicMetadata: `values` merged into the namespace, each top-level field replaced."""
@@ -780,6 +785,15 @@ class Stream:
         self.authority = authority[authority.rfind(b"@") + 1:]
         return b"/" if slash < 0 else rest[slash:]
 
+    def _format_response_keys(self, case: PreservedCase | None) -> None:
+        """This response's head goes to an HTTP/1.1 client with its names formatted (header_key_format): as the
+        upstream wrote them, else the HCM's proper_case_words, else as they are."""
+        encoder = self.conn.encoder
+        if self.encoder is encoder and type(encoder) is Http1ResponseEncoder:
+            fmt = case.format if case is not None else self.hcm.response_key_format
+            if fmt is not None:
+                self.encoder = KeyFormattingEncoder(encoder, fmt)  # type: ignore[assignment]
+
     def _header_facts(self) -> "AccessLogRecord":
         """What a route's header rules read besides the request (%RESPONSE_CODE%, %DYNAMIC_METADATA(...)% ...):
         the stream's access-log record as it stands."""
@@ -937,6 +951,9 @@ class Stream:
         out = [encoder.encode_head(self.attempts)]
         if self.span is not None and self.hcm.tracer.names_host:  # type: ignore[union-attr]
             out[0] = self.hcm.tracer.with_host_header(self, out[0])  # type: ignore[union-attr]
+        if self.header_case is not None or self.cluster.request_key_format is not None:  # type: ignore[union-attr]
+            out[0] = format_head(out[0], self.header_case.format if self.header_case is not None
+                                 else self.cluster.request_key_format)  # type: ignore[union-attr]
         waiting = self.waiting_body
         if conn.requests and self.body_buffer is None and self.body_size <= self.hcm.buffer_limit \
                 and (self.req_length or self.req_chunked):
@@ -1108,6 +1125,8 @@ class Stream:
                 self.flags = "URX"
         self.status = status
         self.up_state = UP_RECEIVING
+        if self.resp_header_case is not None or self.hcm.response_key_format is not None:
+            self._format_response_keys(self.resp_header_case)
         self.first_byte = now = self.conn.loop_time()
         self.last_activity = now
         hcm = self.hcm
@@ -1544,6 +1563,8 @@ class Stream:
         if grpc:  # a gRPC client reads the outcome from grpc-status: Envoy's trailers-only reply, HTTP 200
             headers = trailers_only_headers(status, body, headers, head_request=self.is_head, grpc_status=grpc_status)
             status = self.status = 200
+        if hcm.response_key_format is not None:
+            self._format_response_keys(None)  # the proxy's own reply: the HCM's format, never an upstream's case
         self.local_reply = True  # before the encoders: the ones that only transform relayed responses can tell
         if hcm.encoder_filters:
             headers = self.encode_headers(status, headers)  # Envoy's local replies pass the encoders too
