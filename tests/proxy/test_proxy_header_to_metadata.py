@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import base64
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import httpx
 import pytest
 from google.protobuf import struct_pb2
 
 from tests.conftest import free_port
-from tests.proxy.conftest import (ENVOY_BIN, ProxyLauncher, http_listener, json_access_log, proxy_args, read_json_lines,
-                                  static_cluster, wait_until, write_bootstrap)
-from tests.proxy.upstreams import Upstream
+from tests.proxy.conftest import (ProxyLauncher, http_listener, json_access_log, read_json_lines, static_cluster,
+                                  wait_until, write_bootstrap)
+from tests.proxy.metadata_gateway import MetadataGateway, metadata_gateway, validate
 
 H2M_TYPE = "type.googleapis.com/envoy.extensions.filters.http.header_to_metadata.v3.Config"
 ROUTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
@@ -67,35 +67,14 @@ def _listener(port: int, log: Path) -> dict[str, Any]:
     ])
 
 
-def _versioned(default: int, versioned: int) -> dict[str, Any]:
-    """The docs' cluster: a `default: true` host and a `version: 1.0` host, ANY_ENDPOINT fallback."""
-    cluster = static_cluster("versioned", [], lb_subset_config={
-        "fallback_policy": "ANY_ENDPOINT", "subset_selectors": [{"keys": ["default"]}, {"keys": ["version"]}]})
-    cluster["load_assignment"]["endpoints"] = [
-        {"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}},
-                           "metadata": {"filter_metadata": {"envoy.lb": values}}}]}
-        for port, values in ((default, {"default": "true"}), (versioned, {"version": "1.0"}))]
-    return cluster
-
-
 @pytest.fixture
-def gateway(implementation: str, tmp_path: Path) -> Any:
-    default, versioned, up = Upstream(), Upstream(), Upstream()
-    launcher = ProxyLauncher(tmp_path)
-    try:
-        port = free_port()
-        proxy = launcher.start([_listener(port, tmp_path / "access.json")],
-                               [_versioned(default.port, versioned.port), static_cluster("up", [up.port])],
-                               implementation=implementation)
-        yield proxy, port, default, versioned, up, tmp_path / "access.json"
-    finally:
-        launcher.close()
-        for upstream in (default, versioned, up):
-            upstream.close()
+def gateway(implementation: str, tmp_path: Path) -> Iterator[MetadataGateway]:
+    with metadata_gateway(implementation, tmp_path, _listener) as gateway:
+        yield gateway
 
 
-def test_envoy_lb_metadata_from_a_header_picks_the_subset(gateway: Any) -> None:
-    _, port, default, versioned, _, log = gateway
+def test_envoy_lb_metadata_from_a_header_picks_the_subset(gateway: MetadataGateway) -> None:
+    port, default, versioned, log = gateway.port, gateway.default, gateway.versioned, gateway.log
     for version in ("1.0", None, "1.0"):
         headers = {"x-version": version} if version else {}
         assert httpx.get(f"http://127.0.0.1:{port}/app", headers=headers, timeout=10).status_code == 200
@@ -107,8 +86,8 @@ def test_envoy_lb_metadata_from_a_header_picks_the_subset(gateway: Any) -> None:
 PB = struct_pb2.Value(struct_value={"a": [1, "two"], "b": True})
 
 
-def test_every_kind_of_rule_per_route(gateway: Any) -> None:
-    proxy, port, _, _, up, log = gateway
+def test_every_kind_of_rule_per_route(gateway: MetadataGateway) -> None:
+    proxy, port, up, log = gateway.proxy, gateway.port, gateway.up, gateway.log
     headers = [("x-num", "1.5"), ("x-b64", base64.b64encode(b"hello").decode().rstrip("=")),
                ("x-pb", base64.b64encode(PB.SerializeToString()).decode()), ("x-secret", "s3"),
                ("x-multi", "a"), ("x-multi", "b"), ("x-fixed", "ignored"), ("cookie", 'other=1; session="abc"')]
@@ -150,14 +129,8 @@ def test_rule_mistakes_are_refused(implementation: str, launcher: ProxyLauncher,
                              http_filters=[{"name": NAME, "typed_config": {"@type": H2M_TYPE, "request_rules": [rule]}},
                                            {"name": "envoy.filters.http.router",
                                             "typed_config": {"@type": ROUTER_TYPE}}])
-    config = write_bootstrap(tmp_path / "bad.yaml", [listener], [], free_port())
-    if implementation == "envoy":
-        args = [str(ENVOY_BIN), "--mode", "validate", "-c", str(config), "--use-dynamic-base-id", "-l", "critical"]
-    else:
-        args = proxy_args(config, 1, 5.0, "--mode", "validate")
-    proc = launcher.spawn(args)
-    out = proc.communicate(timeout=60)[0].decode(errors="replace")
-    assert proc.returncode != 0 and message in out, out
+    code, out = validate(implementation, launcher, write_bootstrap(tmp_path / "bad.yaml", [listener], [], free_port()))
+    assert code != 0 and message in out, out
 
 
 def test_a_per_route_config_needs_rules(implementation: str, launcher: ProxyLauncher, tmp_path: Path) -> None:
@@ -165,10 +138,5 @@ def test_a_per_route_config_needs_rules(implementation: str, launcher: ProxyLaun
     routes = listener["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
     routes[0]["typed_per_filter_config"] = {NAME: {"@type": H2M_TYPE}}
     config = write_bootstrap(tmp_path / "bad.yaml", [listener], [static_cluster("up", [1])], free_port())
-    if implementation == "envoy":
-        args = [str(ENVOY_BIN), "--mode", "validate", "-c", str(config), "--use-dynamic-base-id", "-l", "critical"]
-    else:
-        args = proxy_args(config, 1, 5.0, "--mode", "validate")
-    proc = launcher.spawn(args)
-    out = proc.communicate(timeout=60)[0].decode(errors="replace")
-    assert proc.returncode != 0 and "Per filter configs must at least specify either request or response rules" in out
+    code, out = validate(implementation, launcher, config)
+    assert code != 0 and "Per filter configs must at least specify either request or response rules" in out

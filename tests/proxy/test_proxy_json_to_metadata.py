@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import httpx
 import pytest
 
-from tests.conftest import free_port
-from tests.proxy.conftest import (ProxyLauncher, http_listener, json_access_log, read_json_lines, static_cluster,
-                                  wait_until)
-from tests.proxy.upstreams import Upstream
+from tests.proxy.conftest import http_listener, json_access_log, read_json_lines, wait_until
+from tests.proxy.metadata_gateway import MetadataGateway, metadata_gateway
 
 J2M_TYPE = "type.googleapis.com/envoy.extensions.filters.http.json_to_metadata.v3.JsonToMetadata"
 SET_METADATA_TYPE = "type.googleapis.com/envoy.extensions.filters.http.set_metadata.v3.Config"
@@ -67,38 +65,18 @@ def _listener(port: int, log: Path) -> dict[str, Any]:
     ])
 
 
-def _versioned(default: int, versioned: int) -> dict[str, Any]:
-    cluster = static_cluster("versioned", [], lb_subset_config={
-        "fallback_policy": "ANY_ENDPOINT", "subset_selectors": [{"keys": ["default"]}, {"keys": ["version"]}]})
-    cluster["load_assignment"]["endpoints"] = [
-        {"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}},
-                           "metadata": {"filter_metadata": {"envoy.lb": values}}}]}
-        for port, values in ((default, {"default": "true"}), (versioned, {"version": "1.0"}))]
-    return cluster
-
-
 @pytest.fixture
-def gateway(implementation: str, tmp_path: Path) -> Any:
-    default, versioned, up = Upstream(), Upstream(), Upstream()
-    launcher = ProxyLauncher(tmp_path)
-    try:
-        port = free_port()
-        proxy = launcher.start([_listener(port, tmp_path / "access.json")],
-                               [_versioned(default.port, versioned.port), static_cluster("up", [up.port])],
-                               implementation=implementation)
-        yield proxy, port, default, versioned, tmp_path / "access.json"
-    finally:
-        launcher.close()
-        for upstream in (default, versioned, up):
-            upstream.close()
+def gateway(implementation: str, tmp_path: Path) -> Iterator[MetadataGateway]:
+    with metadata_gateway(implementation, tmp_path, _listener) as gateway:
+        yield gateway
 
 
 def _counters(proxy: Any) -> dict[str, int]:
     return {k: v for k, v in proxy.stats().items() if k.startswith("json_to_metadata.") and v}
 
 
-def test_a_body_field_picks_the_subset(gateway: Any) -> None:
-    proxy, port, default, versioned, log = gateway
+def test_a_body_field_picks_the_subset(gateway: MetadataGateway) -> None:
+    proxy, port, default, versioned, log = gateway.proxy, gateway.port, gateway.default, gateway.versioned, gateway.log
     url = f"http://127.0.0.1:{port}/app"
     sends = [
         ({"content-type": "application/json"}, b'{"version": "1.0", "other": 1}'),
@@ -121,8 +99,8 @@ def test_a_body_field_picks_the_subset(gateway: Any) -> None:
     assert wait_until(lambda: _counters(proxy) == expected, timeout=10), _counters(proxy)
 
 
-def test_every_kind_of_rule_per_route(gateway: Any) -> None:
-    proxy, port, _, _, log = gateway
+def test_every_kind_of_rule_per_route(gateway: MetadataGateway) -> None:
+    proxy, port, log = gateway.proxy, gateway.port, gateway.log
     body = {"a": {"b": {"c": "deep"}}, "num": 7, "numtext": " 2.5 ", "badnum": "x", "flag": True, "real": 1.5,
             "int": 12, "empty": "", "obj": {"x": 1}, "null": None, "fixed": "ignored", "kept": "from body"}
     response = httpx.post(f"http://127.0.0.1:{port}/echo", content=json.dumps(body).encode(),
@@ -140,8 +118,8 @@ def test_every_kind_of_rule_per_route(gateway: Any) -> None:
     assert wait_until(lambda: _counters(proxy) == expected, timeout=10), _counters(proxy)
 
 
-def test_response_rules(gateway: Any) -> None:
-    proxy, port, _, _, log = gateway
+def test_response_rules(gateway: MetadataGateway) -> None:
+    proxy, port, log = gateway.proxy, gateway.port, gateway.log
     response = httpx.post(f"http://127.0.0.1:{port}/echo", content=b'{"num": "n-1"}',
                           headers={"content-type": "application/json"}, timeout=10)
     assert response.status_code == 200

@@ -31,6 +31,7 @@ import msgspec
 
 from pylon.config import registry
 from pylon.config.envoy import EnvoyStruct, RegexRewrite
+from pylon.extensions.filters.common.per_route import MostSpecific
 from pylon.proxy.filters.http import register_filter
 from pylon.proxy.headers import cookie_value
 from pylon.regex import get_engine
@@ -221,22 +222,10 @@ class HeaderToMetadataFilter:
 
     def __init__(self, name: str, config: HeaderToMetadataConfig, stat_prefix: str, stats: Any, loop: Any) -> None:
         self.name = name
-        self.stats = stats
-        self.own = _Compiled(config, stats)
-        self._per_route: dict[int, tuple[HeaderToMetadataConfig, _Compiled]] = {}
-
-    def _config(self, stream: Any) -> _Compiled:
-        route = stream.route
-        config = route.filter_config(self.name) if route is not None else None
-        if config is None:
-            return self.own
-        known = self._per_route.get(id(config))
-        if known is None or known[0] is not config:
-            known = self._per_route[id(config)] = (config, _Compiled(config, self.stats))  # held: its id stays
-        return known[1]
+        self.configs = MostSpecific(name, config, lambda config: _Compiled(config, stats))
 
     def decode_headers(self, stream: Any) -> bool:
-        compiled = self._config(stream)
+        compiled = self.configs.of(stream)
         if compiled.request:
             pseudo = {b":path": stream.path, b":method": stream.method, b":authority": stream.authority,
                       b"host": stream.authority, b":scheme": stream.conn.scheme}
@@ -255,7 +244,7 @@ class HeaderToMetadataFilter:
         return True
 
     def encode_headers(self, stream: Any, status: int, headers: Any) -> None:
-        compiled = self._config(stream)
+        compiled = self.configs.of(stream)
         if compiled.response:
             def read(rule: _Rule) -> bytes | None:
                 if rule.cookie:

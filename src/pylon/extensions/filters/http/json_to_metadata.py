@@ -34,6 +34,7 @@ import msgspec
 
 from pylon.config import registry
 from pylon.config.envoy import EnvoyStruct, RegexMatcher
+from pylon.extensions.filters.common.per_route import MostSpecific
 from pylon.proxy.filters.http import register_filter
 from pylon.regex import get_engine
 
@@ -208,23 +209,11 @@ class JsonToMetadataFilter:
 
     def __init__(self, name: str, config: JsonToMetadataConfig, stat_prefix: str, stats: Any, loop: Any) -> None:
         self.name = name
-        self.stats = stats
-        self.own = _Compiled(config, stats)
-        self._per_route: dict[int, tuple[JsonToMetadataConfig, _Compiled]] = {}
-
-    def _config(self, stream: Any) -> _Compiled:
-        route = stream.route
-        config = route.filter_config(self.name) if route is not None else None
-        if config is None:
-            return self.own
-        known = self._per_route.get(id(config))
-        if known is None or known[0] is not config:
-            known = self._per_route[id(config)] = (config, _Compiled(config, self.stats))  # held: its id stays
-        return known[1]
+        self.configs = MostSpecific(name, config, lambda config: _Compiled(config, stats))
 
     # ------------------------------------------------------------------ request
     def decode_headers(self, stream: Any) -> bool:
-        side = self._config(stream).request
+        side = self.configs.of(stream).request
         if side is None:
             return True
         if not side.allows(_content_type(stream.headers)):
@@ -236,18 +225,18 @@ class JsonToMetadataFilter:
         return True
 
     def wants_request_body(self, stream: Any) -> bool:
-        side = self._config(stream).request
+        side = self.configs.of(stream).request
         return side is not None and side.allows(_content_type(stream.headers))
 
     def decode_body(self, stream: Any, body: bytes) -> None:
-        side = self._config(stream).request
+        side = self.configs.of(stream).request
         assert side is not None
         _process(stream, side, body)
         return None
 
     # ------------------------------------------------------------------ response
     def encode_headers(self, stream: Any, status: int, headers: Any) -> None:
-        side = self._config(stream).response
+        side = self.configs.of(stream).response
         if side is None:
             return
         if not side.allows(_response_type(stream, headers.items)):
@@ -258,11 +247,11 @@ class JsonToMetadataFilter:
             _set(stream, _all(side.rules, "on_missing"))
 
     def wants_response_body(self, stream: Any) -> bool:
-        side = self._config(stream).response
+        side = self.configs.of(stream).response
         return side is not None and side.allows(_response_type(stream, stream.resp_headers))
 
     def encode_body(self, stream: Any, status: int, headers: Any, body: bytes) -> None:
-        side = self._config(stream).response
+        side = self.configs.of(stream).response
         assert side is not None
         if side.allows(_response_type(stream, headers.items)):
             _process(stream, side, body)
