@@ -13,6 +13,7 @@ from pylon.proxy.headers import (
     compile_header_level,
     request_lookup,
 )
+from pylon.proxy.access_log import AccessLogRecord
 
 
 def opt(key: str, value: str, action: str = "APPEND_IF_EXISTS_OR_ADD", **kw) -> HeaderValueOption:
@@ -171,6 +172,27 @@ def test_req_operator_reads_the_request():
 def test_bad_values_fail_at_build_time(value, message):
     with pytest.raises(ValueError, match=message):
         compile_header_level([opt("x", value)], [])
+
+
+def test_route_rules_read_the_stream_record() -> None:
+    """A route's rules may use any access-log operator; unset values are empty (the header is skipped)."""
+    rules = HeaderOps([compile_header_level(
+        [opt("x-code", "%RESPONSE_CODE%"), opt("x-md", "v=%DYNAMIC_METADATA(ns:k)%/%DYNAMIC_METADATA(ns:n)%"),
+         opt("x-missing", "%DYNAMIC_METADATA(ns:none)%"), opt("x-flags", "%RESPONSE_FLAGS%")], [], stream_facts=True)])
+    assert rules.reads_stream and not rules.reads_request
+    made: list[int] = []
+
+    def facts() -> AccessLogRecord:
+        made.append(1)
+        return AccessLogRecord(response_code=503, response_flags="UH", dynamic_metadata={"ns": {"k": "a", "n": 2}})
+
+    headers = HeaderList()
+    rules.apply(headers, None, None, facts)
+    assert headers.items == [(b"x-code", b"503"), (b"x-md", b"v=a/2"), (b"x-flags", b"UH")]
+    assert made == [1], "the record is made once per apply"
+    unset = HeaderList()
+    rules.apply(unset)
+    assert unset.items == [(b"x-md", b"v=/")]
 
 
 @pytest.mark.parametrize("name", [":path", "host", "Host"])

@@ -734,9 +734,12 @@ def test_header_rules_run_route_then_vhost_then_config():
 
 
 def test_bad_header_value_is_a_build_error():
-    with pytest.raises(ValueError, match="%UPSTREAM_HOST%"):
+    with pytest.raises(ValueError, match="%NO_SUCH_OPERATOR%"):
         one_vhost({"name": "r", "match": {"prefix": "/"}, "route": {"cluster": "c"},
-                   "request_headers_to_add": level("x", "%UPSTREAM_HOST%")})
+                   "request_headers_to_add": level("x", "%NO_SUCH_OPERATOR%")})
+    with pytest.raises(ValueError, match="metadata specification"):
+        one_vhost({"name": "r", "match": {"prefix": "/"}, "route": {"cluster": "c"},
+                   "response_headers_to_add": level("x", "%DYNAMIC_METADATA(a::b)%")})
 
 
 # --------------------------------------------------------------------------- regex engines and one-scan matching

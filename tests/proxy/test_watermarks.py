@@ -44,7 +44,8 @@ def test_zero_turns_the_watermarks_off() -> None:
 
 
 def test_an_upstream_connection_takes_its_clusters_limit() -> None:
-    cluster = SimpleNamespace(config=SimpleNamespace(per_connection_buffer_limit_bytes=4096), upstream_trailers=False)
+    cluster = SimpleNamespace(config=SimpleNamespace(per_connection_buffer_limit_bytes=4096), upstream_trailers=False,
+                              response_case=None)
     conn = UpstreamConnection(SimpleNamespace(cluster=cluster, limits=SimpleNamespace(max_headers=100)))  # type: ignore[arg-type]
     transport = RecordingTransport()
     conn.connection_made(transport)  # type: ignore[arg-type]

@@ -1394,6 +1394,38 @@ class SetCurrentClientCertDetails(EnvoyStruct, kw_only=True):
                                       "the verified chain); use cert")
 
 
+class PreserveCaseFormatterConfig(EnvoyStruct, kw_only=True):
+    """extensions.http.header_formatters.preserve_case.v3.PreserveCaseFormatterConfig (proxy/http/header_case.py):
+    names the proxy adds itself are written lower-case (DEFAULT) or proper-cased."""
+
+    forward_reason_phrase: bool = False
+    formatter_type_on_envoy_headers: Literal["DEFAULT", "PROPER_CASE"] = "DEFAULT"
+
+    def __post_init__(self) -> None:
+        if self.forward_reason_phrase:
+            raise FieldError("forward_reason_phrase", "not supported yet (pylon writes its own reason phrases)")
+
+
+class StatefulHeaderFormatter(_TypedExtension, kw_only=True):
+    category: ClassVar[str] = registry.STATEFUL_HEADER_FORMATTER
+
+
+class HeaderKeyFormat(EnvoyStruct, kw_only=True):
+    """config.core.v3.Http1ProtocolOptions.HeaderKeyFormat: oneof {proper_case_words, stateful_formatter}."""
+
+    proper_case_words: dict[str, Any] | None = None
+    stateful_formatter: StatefulHeaderFormatter | None = None
+
+    def __post_init__(self) -> None:
+        _exactly_one(self, "proper_case_words", "stateful_formatter")
+        if self.proper_case_words:
+            raise FieldError("proper_case_words", f"ProperCaseWords has no fields (got {sorted(self.proper_case_words)})")
+
+    @property
+    def preserve_case(self) -> PreserveCaseFormatterConfig | None:
+        return self.stateful_formatter.typed_config if self.stateful_formatter is not None else None
+
+
 class Http1ProtocolOptions(EnvoyStruct, kw_only=True):
     """config.core.v3.Http1ProtocolOptions: HTTP/1.0 acceptance (downstream) and chunked trailers.
 
@@ -1407,6 +1439,9 @@ class Http1ProtocolOptions(EnvoyStruct, kw_only=True):
     accept_http_10: bool = False
     default_host_for_http_10: str = ""
     enable_trailers: bool = False
+    #: the case of header names on the wire (proxy/http/header_case.py; on the HCM: requests read, responses written;
+    #: on a cluster: requests written, responses read)
+    header_key_format: HeaderKeyFormat | None = None
 
 
 class TracingProvider(_TypedExtension, kw_only=True):
@@ -1527,6 +1562,17 @@ class HcmHttp2ProtocolOptions(EnvoyStruct, kw_only=True):
             raise FieldError("use_oghttp2_codec", "not supported: pylon's HTTP/2 codec is libnghttp2")
 
 
+class SchemeHeaderTransformation(EnvoyStruct, kw_only=True):
+    """config.core.v3.SchemeHeaderTransformation: `scheme_to_overwrite` is every request's :scheme and
+    x-forwarded-proto (what routes, filters, redirects, logs and the upstream see: proxy/hcm.py, stream.py);
+    `match_upstream` makes an upstream request's :scheme its connection's (http or https), which is what pylon's
+    HTTP/2 upstreams always send. Departure: with scheme_to_overwrite an HTTP/2 upstream still gets its own
+    connection's scheme as :scheme, where Envoy sends the overwritten one."""
+
+    scheme_to_overwrite: Literal["http", "https"] | None = None
+    match_upstream: bool = False
+
+
 class HttpConnectionManager(EnvoyStruct, kw_only=True):
     """extensions.filters.network.http_connection_manager.v3.HttpConnectionManager (HTTP/1.1 and HTTP/2).
 
@@ -1564,6 +1610,7 @@ class HttpConnectionManager(EnvoyStruct, kw_only=True):
     upgrade_configs: list[UpgradeConfig] = []
     server_name: HttpText = HttpText("envoy")
     server_header_transformation: Literal["OVERWRITE", "APPEND_IF_ABSENT", "PASS_THROUGH"] = "OVERWRITE"
+    scheme_header_transformation: SchemeHeaderTransformation | None = None
     normalize_path: bool = False
     merge_slashes: bool = False
     path_with_escaped_slashes_action: Literal[
@@ -2829,6 +2876,15 @@ class Cluster(EnvoyStruct, kw_only=True):
         return http1 is not None and http1.enable_trailers
 
     @property
+    def upstream_key_format(self) -> HeaderKeyFormat | None:
+        """The header name case of this cluster's HTTP/1 connections (its HTTP/1 config's `header_key_format`)."""
+        typed = self.typed_extension_protocol_options.get(HTTP_PROTOCOL_OPTIONS)
+        if typed is None:
+            return None
+        http1 = typed.protocol_config.http_protocol_options
+        return http1.header_key_format if http1 is not None else None
+
+    @property
     def upstream_protocol(self) -> tuple[str, Http2ProtocolOptions | None]:
         """How this cluster's requests pick their protocol, and the HTTP/2 options when HTTP/2 may be spoken:
         ("http1", None); ("http2", options): always; ("downstream", options): HTTP/2 iff the client's request
@@ -3512,6 +3568,11 @@ _CORE_EXTENSIONS: tuple[tuple[str, str, type], ...] = (
         RegexEngineHyperscan,
     ),
     (registry.REGEX_ENGINE, "type.googleapis.com/pylon.extensions.regex_engines.v1.PythonRe", RegexEnginePythonRe),
+    (
+        registry.STATEFUL_HEADER_FORMATTER,
+        "type.googleapis.com/envoy.extensions.http.header_formatters.preserve_case.v3.PreserveCaseFormatterConfig",
+        PreserveCaseFormatterConfig,
+    ),
 )
 
 for _category, _type_url, _struct_type in _CORE_EXTENSIONS:

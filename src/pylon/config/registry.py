@@ -60,6 +60,8 @@ RESOURCE_MONITOR = "envoy.resource_monitors"
 STATS_SINK = "envoy.stats_sinks"
 #: Bootstrap.bootstrap_extensions[] (the internal listener's)
 BOOTSTRAP_EXTENSION = "envoy.bootstrap"
+#: Http1ProtocolOptions.header_key_format.stateful_formatter (preserve_case)
+STATEFUL_HEADER_FORMATTER = "envoy.http.stateful_header_formatters"
 
 #: Human names used in error messages ("accepted here (network filters): ...").
 CATEGORY_NAMES = MappingProxyType(
@@ -85,6 +87,7 @@ CATEGORY_NAMES = MappingProxyType(
         RESOURCE_MONITOR: "resource monitor",
         STATS_SINK: "stats sink",
         BOOTSTRAP_EXTENSION: "bootstrap extension",
+        STATEFUL_HEADER_FORMATTER: "stateful header formatter",
     }
 )
 
@@ -124,12 +127,17 @@ EXTENSION_MODULES: Mapping[str, Mapping[str, str]] = MappingProxyType(
             "envoy.extensions.filters.http.grpc_web.v3.GrpcWeb": "pylon.extensions.filters.http.grpc_web",
             "envoy.extensions.filters.http.header_mutation.v3.HeaderMutation":
                 "pylon.extensions.filters.http.header_mutation",
+            "envoy.extensions.filters.http.header_to_metadata.v3.Config":
+                "pylon.extensions.filters.http.header_to_metadata",
             "envoy.extensions.filters.http.health_check.v3.HealthCheck": "pylon.extensions.filters.http.health_check",
+            "envoy.extensions.filters.http.json_to_metadata.v3.JsonToMetadata":
+                "pylon.extensions.filters.http.json_to_metadata",
             "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication": "pylon.extensions.filters.http.jwt_authn",
             "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit":
                 "pylon.extensions.filters.http.local_ratelimit",
             "envoy.extensions.filters.http.lua.v3.Lua": "pylon.extensions.filters.http.lua",
             "envoy.extensions.filters.http.rbac.v3.RBAC": "pylon.extensions.filters.http.rbac",
+            "envoy.extensions.filters.http.set_metadata.v3.Config": "pylon.extensions.filters.http.set_metadata",
             "pylon.filters.http.v1.Python": "pylon.extensions.filters.http.python",
         },
         UPSTREAM_HTTP_FILTER: {
@@ -151,6 +159,10 @@ EXTENSION_MODULES: Mapping[str, Mapping[str, str]] = MappingProxyType(
             "envoy.extensions.filters.http.fault.v3.HTTPFault": "pylon.extensions.filters.http.fault",
             "envoy.extensions.filters.http.header_mutation.v3.HeaderMutationPerRoute":
                 "pylon.extensions.filters.http.header_mutation",
+            "envoy.extensions.filters.http.header_to_metadata.v3.Config":
+                "pylon.extensions.filters.http.header_to_metadata",
+            "envoy.extensions.filters.http.json_to_metadata.v3.JsonToMetadata":
+                "pylon.extensions.filters.http.json_to_metadata",
             "envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig": "pylon.extensions.filters.http.jwt_authn",
             "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit":
                 "pylon.extensions.filters.http.local_ratelimit",

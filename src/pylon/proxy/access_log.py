@@ -31,6 +31,7 @@ import msgspec
 
 from pylon.config.datasource import read_bytes
 from pylon.config.envoy import AccessLog, FileAccessLog, StderrAccessLog, StdoutAccessLog, SubstitutionFormatString
+from pylon.proxy import dynamic_metadata
 from pylon.proxy.access_log_filter import compile_filter
 from pylon.regex import get_engine
 
@@ -66,7 +67,7 @@ class AccessLogRecord:
         "response_duration", "upstream_host", "upstream_cluster", "upstream_local_address",
         "upstream_transport_failure_reason", "downstream_remote", "downstream_local",
         "route_name", "connection_id", "requested_server_name", "connection_termination_details",
-        "health_check", "local_reply_body",
+        "health_check", "local_reply_body", "dynamic_metadata",
     )
 
     def __init__(
@@ -101,6 +102,7 @@ class AccessLogRecord:
         connection_termination_details: str | None = None,
         health_check: bool = False,
         local_reply_body: bytes | None = None,
+        dynamic_metadata: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         self.start_time = start_time
         self.method = method
@@ -131,6 +133,7 @@ class AccessLogRecord:
         self.connection_termination_details = connection_termination_details
         self.health_check = health_check  # the health_check filter took the request as a health check
         self.local_reply_body = local_reply_body  # a local reply's body, while local_reply_config formats it
+        self.dynamic_metadata = dynamic_metadata  # the stream's (proxy/dynamic_metadata.py), None when none was set
 
 
 # --------------------------------------------------------------------------- operators
@@ -203,8 +206,9 @@ class _Compiler:
 
 
 # Kinds of operator values: STR may be None or empty (both "not set"); INT may be None; BODY is a string printed
-# as it is, even empty, in text and in JSON (Envoy's %LOCAL_REPLY_BODY%).
-STR, INT, BODY = "str", "int", "body"
+# as it is, even empty, in text and in JSON (Envoy's %LOCAL_REPLY_BODY%); META is a metadata value's text (None:
+# not set, "" printed empty), and a lone META operator in a JSON format keeps the value's type (`_metadata_typed`).
+STR, INT, BODY, META = "str", "int", "body", "meta"
 
 # Request "headers" that are fields of the record rather than entries of request_headers.
 _REQUEST_PSEUDO = {
@@ -378,7 +382,43 @@ _OPERATORS: dict[str, _Operator] = {
     "CONNECTION_ID": _Operator(_field("connection_id"), INT),
     "HOSTNAME": _Operator(lambda c, arg, n: c.bind(socket.gethostname()), STR),
     "LOCAL_REPLY_BODY": _Operator(lambda c, arg, n: _local_reply_body(c), BODY),
+    "DYNAMIC_METADATA": _Operator(lambda c, arg, n: _metadata_text(c, arg, n), META, True, True),
 }
+
+
+def _metadata_path(arg: str | None) -> tuple[str, tuple[str, ...]]:
+    """DYNAMIC_METADATA(NAMESPACE:KEY:...): the namespace and the path of keys under it."""
+    namespace, *path = (arg or "").split(":")
+    if not namespace or not all(path):
+        raise ValueError(f"invalid metadata specification {arg!r}: expected NAMESPACE or NAMESPACE:KEY[:KEY...]")
+    return namespace, tuple(path)
+
+
+def _metadata_text(c: _Compiler, arg: str | None, max_length: int | None) -> str:
+    """%DYNAMIC_METADATA(NAMESPACE:KEY*):Z% as text: a string as it is, other values as JSON, at most Z characters."""
+    namespace, path = _metadata_path(arg)
+    expr = f"{c.bind(dynamic_metadata.render_text)}({c.bind(dynamic_metadata.lookup)}(r.dynamic_metadata, " \
+           f"{c.bind(namespace)}, {c.bind(path)}))"
+    if max_length is not None:
+        value = c.temp()
+        expr = f"(None if ({value} := {expr}) is None else {value}[:{max_length}])"
+    return expr
+
+
+def _metadata_typed(c: _Compiler, arg: str | None, max_length: str | None) -> str:
+    """A lone %DYNAMIC_METADATA(...)% in a JSON format: the value with its type (null when not set); a maximum
+    length cuts strings only (Envoy 1.40 leaves numbers, lists and objects whole, observed)."""
+    namespace, path = _metadata_path(arg)
+
+    def typed(metadata: dict[str, dict[str, Any]] | None) -> Any:
+        value = dynamic_metadata.lookup(metadata, namespace, path)
+        if value is dynamic_metadata.MISSING:
+            return None
+        if max_length is not None and isinstance(value, str):
+            return value[:int(max_length)]
+        return dynamic_metadata.canonical(value)
+
+    return f"{c.bind(typed)}(r.dynamic_metadata)"
 
 
 def _local_reply_body(c: _Compiler) -> str:
@@ -428,6 +468,8 @@ def _as_text(c: _Compiler, expr: str, kind: str, missing: str) -> str:
     if kind == BODY:
         return expr
     value = c.temp()
+    if kind == META:
+        return f"({missing!r} if ({value} := {expr}) is None else {value})"
     return f"({missing!r} if ({value} := {expr}) is None else {value})"
 
 
@@ -462,6 +504,8 @@ def _json_value(c: _Compiler, value: Any, omit_empty_values: bool) -> str:
         return c.bind(value)
     if lone := _COMMAND.fullmatch(value):
         expr, kind = _operator(c, *lone.groups())
+        if kind == META:
+            return _metadata_typed(c, lone.group(2), lone.group(3))
         return f"({expr} or None)" if kind == STR else expr
     return _interpolate(c, value, "" if omit_empty_values else UNSPECIFIED)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from pylon.proxy import local_reply as lr
 from pylon.proxy.access_log import AccessLogRecord, build_access_loggers
@@ -22,7 +22,8 @@ from pylon.proxy.connection_info import ConnectionInfo, address_host, transport_
 from pylon.proxy.filters.http import build_filter
 from pylon.proxy.filters.upstream import build_upstream_filters
 from pylon.proxy.filters.listener import Detected
-from pylon.proxy.http.h1_server import Http1RequestDecoder, Http1ResponseEncoder
+from pylon.proxy.http.h1_server import CasePreservingRequestDecoder, Http1RequestDecoder, Http1ResponseEncoder
+from pylon.proxy.http.header_case import proper_case
 from pylon.proxy.http1 import HOP_BY_HOP
 from pylon.proxy.linger import Lingering
 from pylon.proxy.local_address import forwarded_for_entry
@@ -38,6 +39,7 @@ from pylon.regex import get_engine
 from pylon.stats.store import Counter, StatsStore
 
 if TYPE_CHECKING:
+    from pylon.config.envoy import PreserveCaseFormatterConfig
     from pylon.proxy.tracing import Tracer
     from pylon.proxy.upstream.cluster import Cluster
     from pylon.proxy.worker import PoolRegistry, Worker
@@ -141,6 +143,12 @@ class HcmRuntime:
         self.accept_http_10 = http1.accept_http_10
         self.enable_trailers = http1.enable_trailers  # the client's trailers are read, a response's written to it
         self.default_host_for_http_10 = http1.default_host_for_http_10.encode()
+        # header_key_format (http/header_case.py): preserve_case records requests' names (its fallback's choice),
+        # proper_case_words formats the responses written to clients
+        key_format = http1.header_key_format
+        self.request_case: PreserveCaseFormatterConfig | None = key_format.preserve_case if key_format else None
+        self.response_key_format: Callable[[bytes], bytes] | None = (
+            proper_case if key_format is not None and key_format.proper_case_words is not None else None)
         self.use_remote_address = config.use_remote_address
         # Routes gate access by path: they must see the path the upstream will act on (path.py).
         self.normalize_path = config.normalize_path
@@ -157,6 +165,11 @@ class HcmRuntime:
         self.always_set_request_id = config.always_set_request_id_in_response
         self.server_name = config.server_name.encode()
         self.overwrite_server = config.server_header_transformation == "OVERWRITE"
+        # scheme_header_transformation.scheme_to_overwrite: every request's :scheme and x-forwarded-proto
+        transformation = config.scheme_header_transformation
+        self.scheme_to_overwrite: bytes | None = (
+            transformation.scheme_to_overwrite.encode() if transformation is not None
+            and transformation.scheme_to_overwrite is not None else None)
         # What of an upstream response head is not relayed: hop-by-hop headers, and its server header when ours
         # replaces it.
         self.response_drop = HOP_BY_HOP | {b"server"} if self.overwrite_server else HOP_BY_HOP
@@ -274,6 +287,7 @@ class HcmRuntime:
         record.connection_termination_details = None
         record.health_check = stream.health_check
         record.local_reply_body = None
+        record.dynamic_metadata = stream.dynamic_metadata
         return record
 
 
@@ -296,7 +310,8 @@ class HttpConnection(asyncio.Protocol):
         self.loop = self.worker.loop
         self.loop_time = self.loop.time
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
-        self.decoder = Http1RequestDecoder(hcm, self)
+        self.decoder = Http1RequestDecoder(hcm, self) if hcm.request_case is None else CasePreservingRequestDecoder(
+            hcm, self, hcm.request_case.formatter_type_on_envoy_headers == "PROPER_CASE")
         self.encoder = Http1ResponseEncoder(hcm.server_name, hcm.enable_trailers)
         self.active: Stream | None = None
         self.queue: deque[Stream] = deque()
@@ -306,7 +321,7 @@ class HttpConnection(asyncio.Protocol):
         self.peer_ip = b""
         self.xff_ip = b""  # what this hop appends to x-forwarded-for at the edge (see forwarded_for_ip)
         self.local: tuple[str, int] | str = ("", 0)
-        self.scheme = scheme
+        self.scheme = hcm.scheme_to_overwrite or scheme  # the requests' :scheme (the HCM may overwrite it)
         self.feeding = False  # the decoder is working through a read (local replies may wait for its end)
         self.last_activity = 0.0
         self.connection_id = 0

@@ -25,8 +25,12 @@ from the `request` lookup of `apply`: a missing header is empty (so the header i
 skipped unless keep_empty_value), as in Envoy. For request headers the router looks
 them up before the tracer writes its context; for response headers, in the request
 as it went upstream (`HeaderOps.bound`), so `%REQ(x-b3-traceid)%` answers the trace
-the proxy sent (observed with Envoy 1.40). Any other `%OPERATOR%` is a `ValueError`
-at build time, naming it.
+the proxy sent (observed with Envoy 1.40). In a route configuration's rules (route,
+virtual host, weighted cluster: `compile_header_level(..., stream_facts=True)`) any other
+access-log operator may appear too (%RESPONSE_CODE%, %RESPONSE_FLAGS%, %UPSTREAM_HOST%,
+%DYNAMIC_METADATA(...)% ...): the access log's formatter over the stream's record as it stands
+when the headers are made (`apply`'s `facts`; unset values empty). Elsewhere, and for an operator
+the access log does not know, any other `%OPERATOR%` is a `ValueError` at build time, naming it.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ __all__ = [
     "HeaderList",
     "HeaderOps",
     "check_scripted_header",
+    "cookie_value",
     "OVERWRITE_IF_EXISTS",
     "OVERWRITE_IF_EXISTS_OR_ADD",
     "RequestHeaders",
@@ -155,6 +160,26 @@ class _Req:
         return b""
 
 
+class _Facts:
+    """Any other access-log command operator (%RESPONSE_CODE%, %DYNAMIC_METADATA(...)%, %UPSTREAM_HOST% ...) in a
+    route's header rules: the access log's formatter for it alone, over the stream's record as it stands when the
+    headers are made (unset values empty, as Envoy's header formatter prints them)."""
+
+    __slots__ = ("render",)
+
+    def __init__(self, render: Callable[[Any], bytes]) -> None:
+        self.render = render
+
+
+def _facts_operator(value: bytes, operator: bytes) -> _Facts:
+    from pylon.proxy.access_log import compile_text_format  # the access log imports the router, which imports this
+
+    try:
+        return _Facts(compile_text_format(f"%{operator.decode('utf-8', 'replace')}%", omit_empty_values=True))
+    except ValueError as exc:
+        raise ValueError(f"header value {value!r}: {exc}") from None
+
+
 def _parse_req(value: bytes, operator: bytes) -> _Req | None:
     """`REQ(a?b):N` as a piece; None if `operator` is not REQ; ValueError when malformed."""
     if not operator.startswith(b"REQ("):
@@ -183,11 +208,24 @@ def request_lookup(headers: list[tuple[bytes, bytes]], pseudo: dict[bytes, bytes
     return lookup
 
 
-def _parse_value(value: bytes) -> bytes | tuple[bytes | int | _Req, ...]:
-    """A literal (bytes) or a template of literal and operator pieces."""
+def cookie_value(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    """The value of cookie `name` in the request's cookie headers (quotes around it removed), or None."""
+    for header, value in headers:
+        if header != b"cookie":
+            continue
+        for pair in value.split(b";"):
+            key, equals, found = pair.strip().partition(b"=")
+            if equals and key == name:
+                return found[1:-1] if len(found) > 1 and found[:1] == found[-1:] == b'"' else found
+    return None
+
+
+def _parse_value(value: bytes, stream_facts: bool = False) -> bytes | tuple[bytes | int | _Req | _Facts, ...]:
+    """A literal (bytes) or a template of literal and operator pieces; `stream_facts`: any access-log operator is
+    allowed (a route's header rules, whose callers pass the stream's record to `apply`)."""
     if b"%" not in value:
         return value
-    pieces: list[bytes | int | _Req] = []
+    pieces: list[bytes | int | _Req | _Facts] = []
     literal = bytearray()
     i = 0
     while i < len(value):
@@ -203,9 +241,11 @@ def _parse_value(value: bytes) -> bytes | tuple[bytes | int | _Req, ...]:
             literal += b"%"
         else:
             name = value[pct + 1 : close]
-            code: int | _Req | None = _OPERATORS.get(name)
+            code: int | _Req | _Facts | None = _OPERATORS.get(name)
             if code is None:
                 code = _parse_req(value, name)
+            if code is None and stream_facts:
+                code = _facts_operator(value, name)
             if code is None:
                 raise ValueError(
                     f"header value {value!r}: unsupported substitution operator %{name.decode('utf-8', 'replace')}%"
@@ -224,14 +264,16 @@ def _parse_value(value: bytes) -> bytes | tuple[bytes | int | _Req, ...]:
     return tuple(pieces)
 
 
-def _format(template: tuple[bytes | int | _Req, ...], downstream: Downstream | None,
-            request: RequestLookup | None) -> bytes:
+def _format(template: tuple[bytes | int | _Req | _Facts, ...], downstream: Downstream | None,
+            request: RequestLookup | None, facts: Any = None) -> bytes:
     out = []
     for piece in template:
         if piece.__class__ is bytes:
             out.append(piece)
         elif piece.__class__ is _Req:
             out.append(piece.value(request))  # type: ignore[union-attr]
+        elif piece.__class__ is _Facts:
+            out.append(piece.render(facts) if facts is not None else b"")  # type: ignore[union-attr]
         elif downstream is not None:
             host, port = downstream[0], downstream[1]
             if piece == _REMOTE_ADDRESS_WITHOUT_PORT:
@@ -260,10 +302,12 @@ class _Level:
         self.adds = adds
 
 
-def compile_header_level(headers_to_add: Iterable[Any], headers_to_remove: Iterable[str]) -> _Level | None:
+def compile_header_level(headers_to_add: Iterable[Any], headers_to_remove: Iterable[str],
+                         stream_facts: bool = False) -> _Level | None:
     """Compile one level's `HeaderValueOption`s and names to remove; None when both are empty.
 
-    `headers_to_add` items are `pylon.config.envoy.HeaderValueOption`s. Raises
+    `headers_to_add` items are `pylon.config.envoy.HeaderValueOption`s; with `stream_facts` their values may use
+    any access-log operator (the caller gives `apply` the stream's record). Raises
     `ValueError` on what Envoy rejects at config time (pseudo-headers, `host`,
     unknown substitution operators).
     """
@@ -280,7 +324,8 @@ def compile_header_level(headers_to_add: Iterable[Any], headers_to_remove: Itera
         action = _ACTIONS.get(OVERWRITE_IF_EXISTS_OR_ADD if option.append is False else option.append_action)
         if action is None:
             raise ValueError(f"header {option.header.key!r}: unknown append_action {option.append_action!r}")
-        adds.append((name, _parse_value(option.header.value.encode()), action, bool(option.keep_empty_value)))
+        adds.append((name, _parse_value(option.header.value.encode(), stream_facts), action,
+                     bool(option.keep_empty_value)))
     if not removes and not adds:
         return None
     return _Level(frozenset(removes), tuple(adds))
@@ -289,7 +334,7 @@ def compile_header_level(headers_to_add: Iterable[Any], headers_to_remove: Itera
 class HeaderOps:
     """Header rules of several levels, applied in order (later levels win on overwrite)."""
 
-    __slots__ = ("levels", "empty", "reads_request")
+    __slots__ = ("levels", "empty", "reads_request", "reads_stream")
 
     def __init__(self, levels: Sequence[_Level | None] = ()) -> None:
         self.levels: tuple[_Level, ...] = tuple(level for level in levels if level is not None)
@@ -298,15 +343,20 @@ class HeaderOps:
         #: True when a value reads the request (%REQ(...)%): the caller passes `request` or binds one.
         self.reads_request = any(piece.__class__ is _Req for level in self.levels for _, template, _, _ in level.adds
                                  if template.__class__ is tuple for piece in template)
+        #: True when a value reads the stream's record (%RESPONSE_CODE%, %DYNAMIC_METADATA(...)% ...): the caller
+        #: passes `facts`, a function making it
+        self.reads_stream = any(piece.__class__ is _Facts for level in self.levels for _, template, _, _ in level.adds
+                                if template.__class__ is tuple for piece in template)
 
     def bound(self, request: RequestLookup) -> "BoundHeaderOps":
         """These rules with `request` as what %REQ(...)% reads (a response's rules, bound to the request sent)."""
         return BoundHeaderOps(self, request)
 
     def apply(self, headers: HeaderList, downstream: Downstream | None = None,
-              request: RequestLookup | None = None) -> None:
+              request: RequestLookup | None = None, facts: Callable[[], Any] | None = None) -> None:
         """Mutate `headers` in place. `downstream` feeds the %DOWNSTREAM_REMOTE_ADDRESS...% operators, `request`
-        the %REQ(...)% ones."""
+        the %REQ(...)% ones, `facts` (called once, when some value reads it) the stream's access-log record."""
+        record = facts() if facts is not None and self.reads_stream else None
         for level in self.levels:
             removes = level.removes
             if removes:
@@ -314,7 +364,7 @@ class HeaderOps:
             overwrite: list[tuple[bytes, bytes]] = []
             append: list[tuple[bytes, bytes]] = []
             for name, template, action, keep_empty in level.adds:
-                value = template if template.__class__ is bytes else _format(template, downstream, request)
+                value = template if template.__class__ is bytes else _format(template, downstream, request, record)
                 if not value and not keep_empty:
                     continue
                 if action is APPEND_IF_EXISTS_OR_ADD:
@@ -335,15 +385,17 @@ class HeaderOps:
 class BoundHeaderOps:
     """`HeaderOps` whose %REQ(...)% read one request: what `HeaderOps.bound` gives, used as the rules themselves."""
 
-    __slots__ = ("ops", "request", "empty")
+    __slots__ = ("ops", "request", "empty", "reads_stream")
 
     def __init__(self, ops: HeaderOps, request: RequestLookup) -> None:
         self.ops = ops
         self.request = request
         self.empty = ops.empty
+        self.reads_stream = ops.reads_stream
 
-    def apply(self, headers: HeaderList, downstream: Downstream | None = None) -> None:
-        self.ops.apply(headers, downstream, self.request)
+    def apply(self, headers: HeaderList, downstream: Downstream | None = None,
+              facts: Callable[[], Any] | None = None) -> None:
+        self.ops.apply(headers, downstream, self.request, facts)
 
 
 #: What a header written by a script (Lua, the Python filter) may be called: an RFC 9110 token in lower case, or a

@@ -842,8 +842,8 @@ class RouteTable:
         self._engine = regex_engine if regex_engine is not None else get_engine()
         self._random = (rng or random.Random()).random
         self._plugins = {p.extension.name: p.extension.typed_config for p in config.cluster_specifier_plugins}
-        config_request = compile_header_level(config.request_headers_to_add, config.request_headers_to_remove)
-        config_response = compile_header_level(config.response_headers_to_add, config.response_headers_to_remove)
+        config_request = compile_header_level(config.request_headers_to_add, config.request_headers_to_remove, True)
+        config_response = compile_header_level(config.response_headers_to_add, config.response_headers_to_remove, True)
 
         self._exact: dict[str, _VirtualHost] = {}
         suffixes: dict[int, dict[str, _VirtualHost]] = {}
@@ -883,8 +883,8 @@ class RouteTable:
                      config_filters: dict[str, Any]) -> _VirtualHost:
         """The compiled virtual host; errors start with `where` and the route they concern."""
         try:
-            vh_request = compile_header_level(config.request_headers_to_add, config.request_headers_to_remove)
-            vh_response = compile_header_level(config.response_headers_to_add, config.response_headers_to_remove)
+            vh_request = compile_header_level(config.request_headers_to_add, config.request_headers_to_remove, True)
+            vh_response = compile_header_level(config.response_headers_to_add, config.response_headers_to_remove, True)
             vh_retry = RetryRule(config.retry_policy) if config.retry_policy is not None else None
         except ValueError as exc:
             raise ValueError(f"{where}: {exc}") from exc
@@ -930,8 +930,8 @@ class RouteTable:
         conditions = _Conditions(headers, queries, grpc) if headers or queries or grpc else None
 
         # Envoy's default order: route, virtual host, route configuration (the last one wins).
-        route_request = compile_header_level(config.request_headers_to_add, config.request_headers_to_remove)
-        route_response = compile_header_level(config.response_headers_to_add, config.response_headers_to_remove)
+        route_request = compile_header_level(config.request_headers_to_add, config.request_headers_to_remove, True)
+        route_response = compile_header_level(config.response_headers_to_add, config.response_headers_to_remove, True)
         route.request_header_ops = self._header_ops((route_request, *request_outer))
         route.response_header_ops = self._header_ops((route_response, *response_outer))
 
@@ -984,8 +984,8 @@ class RouteTable:
             if len({cw.name for cw in clusters}) != len(clusters):
                 raise ValueError("route.weighted_clusters: a cluster is listed twice")
             for cw in clusters:
-                own_request = compile_header_level(cw.request_headers_to_add, cw.request_headers_to_remove)
-                own_response = compile_header_level(cw.response_headers_to_add, cw.response_headers_to_remove)
+                own_request = compile_header_level(cw.request_headers_to_add, cw.request_headers_to_remove, True)
+                own_response = compile_header_level(cw.response_headers_to_add, cw.response_headers_to_remove, True)
                 if own_request is not None or own_response is not None:
                     # Envoy applies the weighted cluster's rules before all others.
                     route._cluster_ops[cw.name] = (HeaderOps([own_request, *request_levels]),

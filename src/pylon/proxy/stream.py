@@ -21,18 +21,22 @@ import random
 from functools import partial
 from typing import TYPE_CHECKING, Any, Callable
 
+from pylon.proxy import dynamic_metadata
 from pylon.proxy import local_reply as lr
 from pylon.proxy.grpc_local_reply import trailers_only_headers
 from pylon.proxy.connection_info import spell_address
 from pylon.proxy.internal_listener import NO_INTERNAL_LISTENER
 from pylon.proxy.grpc_timeout import StreamDuration, announce_grpc_timeout, max_grpc_timeout_of, stream_duration_ms
 from pylon.proxy.filters.upstream import FilteredRequest
-from pylon.proxy.headers import HeaderList, RequestLookup, request_lookup
+from pylon.proxy.headers import HeaderList, RequestLookup, cookie_value, request_lookup
 from pylon.proxy.http.h1_client import Http1RequestEncoder
+from pylon.proxy.http.h1_server import Http1ResponseEncoder
+from pylon.proxy.http.header_case import KeyFormattingEncoder, PreservedCase, format_head
 from pylon.proxy.http1 import HOP_BY_HOP, without_nominated
 from pylon.proxy.mirror import Shadow, start_shadows
 from pylon.proxy.path import PathRejected, normalized_target
 from pylon.proxy.request_ids import new_request_id
+from pylon.config.envoy import ENVOY_LB
 from pylon.proxy.router import first_query_values, is_grpc_request
 from pylon.proxy.stream_states import (RQ_DONE, RQ_HEADERS, RS_DONE, RS_HELD, RS_NOT_STARTED, RS_RESET, RS_SENDING,
                                        UP_AWAITING, UP_CONNECTING, UP_DONE, UP_IDLE, UP_RECEIVING, UP_RESET,
@@ -44,12 +48,13 @@ from pylon.proxy.tunnel import open_tunnel
 from pylon.proxy.upstream.cluster import PENDING
 from pylon.proxy.upstream.lb import stable_hash
 from pylon.proxy.upstream.retry_priority import RetryPriorityState
+from pylon.proxy.upstream.subset import Criteria, merged_over
 from pylon.proxy.xfcc import HEADER as XFCC
 from pylon.proxy.xfcc import forwarded_value
 
 if TYPE_CHECKING:
+    from pylon.proxy.access_log import AccessLogRecord
     from pylon.proxy.hcm import HcmRuntime, HttpConnection
-    from pylon.proxy.http.h1_server import Http1ResponseEncoder
     from pylon.proxy.router import HashSource, MatchedRoute
     from pylon.proxy.upstream.cluster import Cluster, Host
     from pylon.proxy.upstream.h2_pool import H2UpstreamStream
@@ -100,18 +105,6 @@ def _valid_authority(authority: bytes) -> bool:
     return True
 
 
-def _cookie_value(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
-    """The value of cookie `name` in the request's cookie headers (quotes around it removed), or None."""
-    for header, value in headers:
-        if header != b"cookie":
-            continue
-        for pair in value.split(b";"):
-            key, equals, found = pair.strip().partition(b"=")
-            if equals and key == name:
-                return found[1:-1] if len(found) > 1 and found[:1] == found[-1:] == b'"' else found
-    return None
-
-
 def _edited(headers: list[tuple[bytes, bytes]], edits: list[tuple[str, bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     """`headers` with the filters' request header changes applied, in order."""
     edited = HeaderList(list(headers))
@@ -152,6 +145,7 @@ class Stream:
         "tunnel_upstream", "upstream_local", "buffering_request", "held_response", "response_body", "set_cookie",
         "request_data_filters", "response_data_filters", "req_trailers", "resp_trailers", "span", "body_watch",
         "shadows", "health_check", "duration_deadline", "arrived_grpc", "decoder_limit", "filtered_request",
+        "dynamic_metadata", "typed_dynamic_metadata", "header_case", "resp_header_case",
     )
 
     def __init__(self, conn: "HttpConnection", now: float) -> None:
@@ -248,6 +242,27 @@ class Stream:
         self.body_watch: Callable[[], None] | None = None
         self.shadows: list[Shadow] | None = None  # the route's request mirrors under way (mirror.py)
         self.health_check = False  # the health_check filter took it as a health check (access log filters)
+        # Filters' dynamic metadata, namespace -> Struct fields (dynamic_metadata.py); None until one sets some.
+        self.dynamic_metadata: dict[str, dict[str, Any]] | None = None
+        # ... and its typed metadata, namespace -> an Any as configured (set_metadata's typed_value): what Envoy
+        # keeps in typed_filter_metadata, which none of pylon's readers read (nor Envoy's formatters).
+        self.typed_dynamic_metadata: dict[str, dict[str, Any]] | None = None
+        # header_key_format preserve_case (http/header_case.py): the request's names as the client wrote them (the
+        # HCM's), the response's as the upstream wrote them (the cluster's); None: not recorded
+        self.header_case: PreservedCase | None = None
+        self.resp_header_case: PreservedCase | None = None
+
+    def set_dynamic_metadata(self, namespace: str, values: dict[str, Any]) -> None:
+        """Envoy's setDynamicMetadata: `values` merged into the namespace, each top-level field replaced."""
+        if self.dynamic_metadata is None:
+            self.dynamic_metadata = {}
+        dynamic_metadata.merge(self.dynamic_metadata, namespace, values)
+
+    def dynamic_metadata_namespaces(self) -> dict[str, dict[str, Any]]:
+        """The stream's metadata for a filter that edits namespaces itself (set_metadata), made on first use."""
+        if self.dynamic_metadata is None:
+            self.dynamic_metadata = {}
+        return self.dynamic_metadata
 
     # ------------------------------------------------------------------ downstream events
     def on_body(self, data: bytes, filtered: bool = False) -> None:
@@ -665,7 +680,7 @@ class Stream:
         else:
             if xff is not None:
                 forward.append((b"x-forwarded-for", xff))
-            forward.append((b"x-forwarded-proto", xfp or conn.scheme))
+            forward.append((b"x-forwarded-proto", xfp if xfp and not hcm.scheme_to_overwrite else conn.scheme))
         self.xff = xff
         if not self.request_id and hcm.generate_request_id:
             self.request_id = new_request_id()
@@ -689,7 +704,8 @@ class Stream:
             pseudo = {b":authority": self.authority, b":path": url, b":method": self.method, b":scheme": conn.scheme}
         if not request_ops.empty:
             headers = HeaderList(forward)
-            request_ops.apply(headers, conn.peer, request_lookup(list(forward), pseudo) if pseudo else None)
+            request_ops.apply(headers, conn.peer, request_lookup(list(forward), pseudo) if pseudo else None,
+                              self._header_facts)
             forward = headers.items
         self.timeout = route.timeout
         expected_header = route.expected_timeout_header
@@ -773,6 +789,27 @@ class Stream:
         self.authority = authority[authority.rfind(b"@") + 1:]
         return b"/" if slash < 0 else rest[slash:]
 
+    def _format_response_keys(self, case: PreservedCase | None) -> None:
+        """This response's head goes to an HTTP/1.1 client with its names formatted (header_key_format): as the
+        upstream wrote them, else the HCM's proper_case_words, else as they are."""
+        encoder = self.conn.encoder
+        if self.encoder is encoder and type(encoder) is Http1ResponseEncoder:
+            fmt = case.format if case is not None else self.hcm.response_key_format
+            if fmt is not None:
+                self.encoder = KeyFormattingEncoder(encoder, fmt)  # type: ignore[assignment]
+
+    def _header_facts(self) -> "AccessLogRecord":
+        """What a route's header rules read besides the request (%RESPONSE_CODE%, %DYNAMIC_METADATA(...)% ...):
+        the stream's access-log record as it stands."""
+        return self.hcm.access_record(self, self.conn.loop_time() - self.start)
+
+    def _local_reply_facts(self) -> "AccessLogRecord":
+        """The same for the proxy's own reply, whose headers Envoy 1.40 makes before it sets the response code:
+        %RESPONSE_CODE% is 0 there (observed), the details and flags already the reply's."""
+        record = self._header_facts()
+        record.response_code = 0
+        return record
+
     def _request_lookup(self) -> RequestLookup:
         """What %REQ(...)% reads in the proxy's own replies: the request's headers and pseudo-headers."""
         return request_lookup(self.headers, {b":authority": self.authority, b":path": self.path,
@@ -810,7 +847,7 @@ class Stream:
                 host = self._choose_retry_host(cluster, key, self.tried_hosts)
             else:
                 host = (cluster.choose_host(key) if cluster.subsets is None
-                        else cluster.subsets.choose_matching(self.route.criteria_for(cluster.name), key))
+                        else cluster.subsets.choose_matching(self._subset_criteria(cluster.name), key))
         else:
             host = cluster.request_host(self)
             if host is PENDING:  # the cluster went to find it: it calls attempt_now when it knows
@@ -852,7 +889,7 @@ class Stream:
         for kind, name, terminal, cookie_ttl, cookie_path in policies:
             value: bytes | None = None
             if kind == "cookie":
-                value = _cookie_value(self.headers, name)
+                value = cookie_value(self.headers, name)
                 if value is None and cookie_ttl is not None:
                     value = self._made_cookie(name, cookie_ttl, cookie_path)
             elif kind == "header":
@@ -884,6 +921,14 @@ class Stream:
         self.set_cookie = (name, value, header + b"; HttpOnly")
         return value
 
+    def _subset_criteria(self, cluster: str) -> Criteria | None:
+        """The subset a request asks of `cluster`: the route's (or weighted cluster's) metadata_match, with the
+        `envoy.lb` dynamic metadata filters set merged over it, their values winning (Envoy's router)."""
+        assert self.route is not None
+        criteria = self.route.criteria_for(cluster)
+        values = self.dynamic_metadata.get(ENVOY_LB) if self.dynamic_metadata is not None else None
+        return criteria if values is None else merged_over(criteria, values)
+
     def _choose_retry_host(self, cluster: "Cluster", key: bytes | None, tried: list["Host"]) -> "Host | None":
         """A retry's host as Envoy's router picks it: under the retry priority's load (previous_priorities), and
         picked again while a host predicate refuses it, up to host_selection_retry_max_attempts more times; then
@@ -894,7 +939,7 @@ class Stream:
         if state is not None:
             state.advance()
         subsets = cluster.subsets
-        criteria = self.route.criteria_for(cluster.name) if subsets is not None else None  # type: ignore[union-attr]
+        criteria = self._subset_criteria(cluster.name) if subsets is not None else None
         host = None
         for _ in range(retry.host_reselections + 1):
             if subsets is not None:
@@ -924,6 +969,9 @@ class Stream:
         out = [encoder.encode_head(self.attempts)]
         if self.span is not None and self.hcm.tracer.names_host:  # type: ignore[union-attr]
             out[0] = self.hcm.tracer.with_host_header(self, out[0])  # type: ignore[union-attr]
+        if self.header_case is not None or self.cluster.request_key_format is not None:  # type: ignore[union-attr]
+            out[0] = format_head(out[0], self.header_case.format if self.header_case is not None
+                                 else self.cluster.request_key_format)  # type: ignore[union-attr]
         waiting = self.waiting_body
         if conn.requests and self.body_buffer is None and self.body_size <= self.hcm.buffer_limit \
                 and (self.req_length or self.req_chunked):
@@ -1095,6 +1143,8 @@ class Stream:
                 self.flags = "URX"
         self.status = status
         self.up_state = UP_RECEIVING
+        if self.resp_header_case is not None or self.hcm.response_key_format is not None:
+            self._format_response_keys(self.resp_header_case)
         self.first_byte = now = self.conn.loop_time()
         self.last_activity = now
         hcm = self.hcm
@@ -1104,7 +1154,7 @@ class Stream:
         response_ops = self.response_ops
         if response_ops is not None and not response_ops.empty:
             hl = HeaderList(list(resp))
-            response_ops.apply(hl, self.conn.peer)
+            response_ops.apply(hl, self.conn.peer, facts=self._header_facts)
             resp = hl.items
         if hcm.encoder_filters:
             resp = self.encode_headers(status, resp)
@@ -1498,7 +1548,9 @@ class Stream:
         self.flags = reply.flag + ",URX" if reply.status >= 500 and self._retries_exhausted() else reply.flag
         self.details = reply.details
         self.status = reply.status
-        self._send_local(reply.status, reply.body, None, grpc_status=reply.grpc_status)
+        # Once routed to a cluster, the route's response headers go on the router's replies too, as Envoy's router
+        # finalizes the headers of the replies it sends (observed: a no-healthy-upstream 503 carries them).
+        self._send_local(reply.status, reply.body, self.response_ops, grpc_status=reply.grpc_status)
 
     def _send_local(self, status: int, body: bytes, ops, *, content_type: bytes = b"text/plain",
                     extra: list[tuple[bytes, bytes]] | None = None, grpc_status: int | None = None) -> None:
@@ -1511,7 +1563,7 @@ class Stream:
         headers = list(extra) if extra else []
         if ops is not None and not ops.empty:
             hl = HeaderList(headers)
-            ops.apply(hl, self.conn.peer)
+            ops.apply(hl, self.conn.peer, facts=self._local_reply_facts)
             headers = hl.items
         if hcm.local_reply_mapper is not None:
             hl = HeaderList(headers)
@@ -1529,6 +1581,8 @@ class Stream:
         if grpc:  # a gRPC client reads the outcome from grpc-status: Envoy's trailers-only reply, HTTP 200
             headers = trailers_only_headers(status, body, headers, head_request=self.is_head, grpc_status=grpc_status)
             status = self.status = 200
+        if hcm.response_key_format is not None:
+            self._format_response_keys(None)  # the proxy's own reply: the HCM's format, never an upstream's case
         self.local_reply = True  # before the encoders: the ones that only transform relayed responses can tell
         if hcm.encoder_filters:
             headers = self.encode_headers(status, headers)  # Envoy's local replies pass the encoders too

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import httptools
 
+from pylon.proxy.http.header_case import PreservedCase
 from pylon.proxy.http1 import HEADER_LINE, JOIN_LINES, NOMINATES_NOTHING, encode_chunk, last_chunk, without_nominated
 
 if TYPE_CHECKING:
@@ -217,3 +218,27 @@ class Http1ResponseDecoder:
                 self.trailers = None
                 exchange.on_upstream_trailers(trailers)
             self.owner.response_complete()
+
+
+class CasePreservingResponseDecoder(Http1ResponseDecoder):
+    """The decoder of a cluster whose header_key_format is preserve_case: each response's names are recorded as
+    they came and handed to the exchange (`resp_header_case`), for the client's response to carry."""
+
+    __slots__ = ("case", "fallback_proper")
+
+    def __init__(self, owner: ResponseOwner, max_headers: int, trailers: bool, fallback_proper: bool) -> None:
+        super().__init__(owner, max_headers, trailers)
+        self.fallback_proper = fallback_proper
+        self.case = PreservedCase(fallback_proper)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self.in_body:
+            self.case.record(name)
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        case, self.case = self.case, PreservedCase(self.fallback_proper)
+        exchange = self.owner.exchange
+        if exchange is not None and hasattr(exchange, "resp_header_case"):  # streams; not the proxy's own requests
+            exchange.resp_header_case = case
+        super().on_headers_complete()

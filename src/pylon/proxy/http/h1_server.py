@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Protocol
 import httptools
 
 from pylon.proxy import local_reply as lr
+from pylon.proxy.http.header_case import PreservedCase
 from pylon.proxy.http1 import (CONTINUE_100, HEADER_LINE, HOP_BY_HOP, JOIN_LINES, STATUS_LINES, encode_chunk,
                                last_chunk, local_reply, status_line, trailers_only_reply)
 
@@ -296,6 +297,26 @@ class Http1RequestDecoder:
         self.in_head = True
         if stream is not None:
             stream.on_complete()
+
+
+class CasePreservingRequestDecoder(Http1RequestDecoder):
+    """The decoder of an HCM whose header_key_format is preserve_case: each request's names are recorded as they
+    came (`stream.header_case`), for the upstream request to carry (a subclass: the plain decoder pays nothing)."""
+
+    __slots__ = ("fallback_proper",)
+
+    def __init__(self, hcm: "HcmRuntime", callbacks: RequestCallbacks, fallback_proper: bool) -> None:
+        super().__init__(hcm, callbacks)
+        self.fallback_proper = fallback_proper
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        stream = self.stream
+        if stream is not None and self.in_head:
+            case = stream.header_case
+            if case is None:
+                case = stream.header_case = PreservedCase(self.fallback_proper)
+            case.record(name)
+        super().on_header(name, value)
 
 
 #: llhttp's error for bytes after a request that said Connection: close.

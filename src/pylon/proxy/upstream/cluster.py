@@ -30,6 +30,7 @@ from pylon.config.secrets import common_tls_context
 from pylon.proxy import local_reply as lr
 from pylon.proxy.http.h2_session import H2Settings
 from pylon.proxy.filters.upstream import build_upstream_filters
+from pylon.proxy.http.header_case import proper_case
 from pylon.proxy.upstream.auto_sni import AutoSni
 from pylon.proxy.upstream.circuit import CircuitBreakers
 from pylon.proxy.upstream.connect import open_stream
@@ -140,6 +141,12 @@ class Cluster:
         # Idle timeout, max duration, max requests and response headers of its pooled connections (pool.py).
         self.connection_limits = ConnectionLimits.of(config)
         self.upstream_trailers: bool = config.upstream_trailers  # HTTP/1 trailers cross to and from its hosts
+        # header_key_format of its HTTP/1 config (http/header_case.py): proper_case_words formats the requests
+        # written to its hosts, preserve_case records its responses' names (None: neither)
+        key_format = config.upstream_key_format
+        self.request_key_format: Callable[[bytes], bytes] | None = (
+            proper_case if key_format is not None and key_format.proper_case_words is not None else None)
+        self.response_case = key_format.preserve_case if key_format is not None else None
         # Its own upstream HTTP filters (None: the router's, if any; filters/upstream.py).
         self.upstream_filters = build_upstream_filters(config.upstream_http_filters, f"cluster.{config.name}.", stats)
         # HTTP/2 upstream (h2_pool.py): the codec's settings when the cluster may speak it; "downstream": only for

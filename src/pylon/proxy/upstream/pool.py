@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import httptools
 
-from pylon.proxy.http.h1_client import Http1ResponseDecoder
+from pylon.proxy.http.h1_client import CasePreservingResponseDecoder, Http1ResponseDecoder
 from pylon.proxy.upstream.pool_base import PoolBase, PooledConnection, prepare_transport
 
 if TYPE_CHECKING:
@@ -84,7 +84,11 @@ class UpstreamConnection(PooledConnection, asyncio.Protocol):
         self.pool = pool
         self.transport: asyncio.Transport | None = None
         self.local_address: tuple[str, int] | None = None  # for %UPSTREAM_LOCAL_ADDRESS%
-        self.decoder = Http1ResponseDecoder(self, pool.limits.max_headers, pool.cluster.upstream_trailers)
+        cluster = pool.cluster
+        self.decoder = Http1ResponseDecoder(self, pool.limits.max_headers, cluster.upstream_trailers) \
+            if cluster.response_case is None else CasePreservingResponseDecoder(
+                self, pool.limits.max_headers, cluster.upstream_trailers,
+                cluster.response_case.formatter_type_on_envoy_headers == "PROPER_CASE")
         self.exchange: Exchange | None = None
         self.keep_alive = True  # the last response allowed reuse (and nothing since forbade it)
         self.closed = False

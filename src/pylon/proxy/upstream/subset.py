@@ -40,7 +40,8 @@ Criteria = tuple[tuple[str, Hashable], ...]
 #: What balances one subset: `update(hosts)` and `choose(hash_key)` (a PrioritizedBalancer).
 Balancer = Any
 
-__all__ = ["Criteria", "SubsetBalancer", "cluster_balancer", "criteria_of", "merged_criteria", "value_key"]
+__all__ = ["Criteria", "SubsetBalancer", "cluster_balancer", "criteria_of", "merged_criteria", "merged_over",
+           "value_key"]
 
 
 def value_key(value: Any) -> Hashable:
@@ -68,6 +69,14 @@ def criteria_of(values: Mapping[str, Any]) -> Criteria:
 def merged_criteria(parent: Mapping[str, Any], child: Mapping[str, Any]) -> Criteria:
     """A weighted cluster's criteria: its own `envoy.lb` values over the route's (mergeMatchCriteria)."""
     return criteria_of({**parent, **child})
+
+
+def merged_over(criteria: Criteria | None, values: Mapping[str, Any]) -> Criteria:
+    """A route's criteria with a request's `envoy.lb` dynamic metadata over them, its values winning (the router's
+    mergeMatchCriteria of the stream's metadata)."""
+    merged = dict(criteria or ())
+    merged.update((name, value_key(value)) for name, value in values.items())
+    return tuple(sorted(merged.items()))
 
 
 class _Selector:

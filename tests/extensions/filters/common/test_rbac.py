@@ -196,7 +196,7 @@ def test_requested_server_name_is_what_tls_inspector_read() -> None:
     assert allowed_by({"requested_server_name": {"exact": ""}})(facts())
 
 
-def test_metadata_is_always_absent_so_only_inverted_matchers_match() -> None:
+def test_absent_metadata_matches_only_inverted_matchers() -> None:
     def meta(value: dict[str, Any], invert: bool = False) -> dict[str, Any]:
         return {"metadata": {"filter": "istio_authn", "path": [{"key": "request.auth.principal"}], "value": value,
                              "invert": invert}}
@@ -210,6 +210,39 @@ def test_metadata_is_always_absent_so_only_inverted_matchers_match() -> None:
         assert not allowed_by(principal=meta(value))(facts()), value
     sourced = {"sourced_metadata": {"metadata_matcher": meta({"present_match": True})["metadata"]}}
     assert not allowed_by(sourced)(facts())
+
+
+def with_metadata(metadata: dict[str, dict[str, Any]]) -> Facts:
+    base = facts(request=http())
+    return Facts(base.connection, base.request, None, metadata)
+
+
+CANDIDATES = {"text": "alice", "int": 3, "real": 2.5, "bool": True, "null": None, "list": ["a", "b"],
+              "struct": {"k": "v"}}
+
+
+@pytest.mark.parametrize(("value", "matches"), [
+    ({"string_match": {"exact": "alice"}}, {"text"}),
+    ({"string_match": {"prefix": "al"}}, {"text"}),
+    ({"present_match": True}, set(CANDIDATES)),
+    ({"present_match": False}, set()),
+    ({"null_match": {}}, {"null"}),
+    ({"bool_match": True}, {"bool"}),
+    ({"double_match": {"exact": 3}}, {"int"}),
+    ({"double_match": {"range": {"start": 2, "end": 3}}}, {"real"}),
+    ({"list_match": {"one_of": {"string_match": {"exact": "b"}}}}, {"list"}),
+    ({"or_match": {"value_matchers": [{"null_match": {}}, {"bool_match": True}]}}, {"null", "bool"}),
+])
+def test_metadata_matchers_read_the_stream_metadata(value: dict[str, Any], matches: set[str]) -> None:
+    """Envoy's value matchers: each kind matches only values of its kind (True is no number, 3 no string)."""
+    rule = {"metadata": {"filter": "ns", "path": [{"key": "who"}], "value": value}}
+    for name, candidate in CANDIDATES.items():
+        assert allowed_by(rule)(with_metadata({"ns": {"who": candidate}})) == (name in matches), name
+    assert not allowed_by(rule)(with_metadata({"ns": {"other": "alice"}}))
+    nested = {"metadata": {"filter": "ns", "path": [{"key": "a"}, {"key": "b"}], "value": {"string_match": {"exact": "x"}},
+                           "invert": True}}
+    assert not allowed_by(nested)(with_metadata({"ns": {"a": {"b": "x"}}}))
+    assert allowed_by(nested)(with_metadata({"ns": {"a": "not a struct"}}))
 
 
 # --------------------------------------------------------------------------- principals

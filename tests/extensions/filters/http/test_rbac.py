@@ -59,6 +59,7 @@ class FakeStream:
         self.xff = b",".join(v for n, v in self.headers if n == b"x-forwarded-for") or None
         self.conn = FakeConn(peer)
         self.hcm = hcm or FakeHcm()
+        self.dynamic_metadata: dict[str, dict[str, Any]] | None = None  # what filters before set (none here)
         self.answered: Any = None
 
     def local(self, reply: Any) -> None:

@@ -35,11 +35,13 @@ Semantics, each observed with Envoy 1.40 (the behaviour tests run both):
   address of the connection; a range is [start, end).
 - `requested_server_name`: the SNI as the listener's tls_inspector read it;
   without tls_inspector it is "" even on TLS (`ConnectionInfo.inspected_server_name`).
-- `metadata` / `sourced_metadata` (DYNAMIC): pylon keeps no dynamic metadata
-  and has no filter that writes any, so every value such a matcher reads is
-  absent, as in Envoy when no filter set it. No value matcher matches an absent
-  value (`present_match: false` neither, Envoy's PresentMatcher), so the matcher
-  is its `invert`. Istio's `request.auth.*` conditions (namespace `istio_authn`,
+- `metadata` / `sourced_metadata` (DYNAMIC): the stream's dynamic metadata as
+  the filters before set it (set_metadata, header_to_metadata, json_to_metadata;
+  proxy/dynamic_metadata.py), matched as Envoy's MetadataMatcher: each value
+  matcher kind matches only a value of its kind, `present_match: true` any value
+  (false: none), `list_match` any element; on a TCP connection every value is
+  absent. No value matcher matches an absent value, so such a matcher is then its
+  `invert`. Istio's `request.auth.*` conditions (namespace `istio_authn`,
   written by Istio's authn filter for a RequestAuthentication) thus never match,
   as in Envoy without that filter. The namespaces RBAC filters write themselves
   (`envoy.common` for LOG's access_log_hint, the shadow results under
@@ -63,6 +65,7 @@ from pylon.config.envoy import (
     CidrRange, EnvoyStruct, HeaderMatcher, NonEmptyStr, NotSupportedYet, Port, StringMatcher, _exactly_one,
 )
 from pylon.config.errors import FieldError, join_path
+from pylon.proxy import dynamic_metadata
 from pylon.proxy.connection_info import ConnectionInfo
 from pylon.proxy.router import _compile_string_matcher, _HeaderMatcher
 from pylon.regex import RegexEngine, get_engine
@@ -104,7 +107,7 @@ class NullMatch(EnvoyStruct, kw_only=True):
 
 
 class ValueMatcher(EnvoyStruct, kw_only=True):
-    """type.matcher.v3.ValueMatcher. Against an absent value (all pylon has) none of its kinds matches."""
+    """type.matcher.v3.ValueMatcher (`_value_matcher`). Against an absent value none of its kinds matches."""
 
     null_match: NullMatch | None = None
     double_match: DoubleMatcher | None = None
@@ -138,7 +141,7 @@ class PathSegment(EnvoyStruct, kw_only=True):
 
 
 class MetadataMatcher(EnvoyStruct, kw_only=True):
-    """type.matcher.v3.MetadataMatcher on dynamic metadata (always absent in pylon: see the module doc)."""
+    """type.matcher.v3.MetadataMatcher on the stream's dynamic metadata (see the module doc)."""
 
     filter: NonEmptyStr
     path: Annotated[list[PathSegment], msgspec.Meta(min_length=1)]
@@ -371,10 +374,11 @@ class Facts:
     """
 
     def __init__(self, connection: ConnectionInfo, request: Request | None = None,
-                 client_address: str | None = None) -> None:
+                 client_address: str | None = None, dynamic_metadata: dict[str, dict[str, Any]] | None = None) -> None:
         self.connection = connection
         self.request = request
         self.client_address = client_address
+        self.dynamic_metadata = dynamic_metadata  # the stream's (HTTP), what `metadata` matchers read
 
     @cached_property
     def local_ip(self) -> IpAddress | None:
@@ -505,9 +509,9 @@ def _permission(rule: Permission, engine: RegexEngine) -> Predicate:
         start, end = rule.destination_port_range.start, rule.destination_port_range.end
         return lambda facts: facts.local_port is not None and start <= facts.local_port < end
     if rule.metadata is not None:
-        return _metadata(rule.metadata)
+        return _metadata(rule.metadata, engine)
     if rule.sourced_metadata is not None:
-        return _metadata(rule.sourced_metadata.metadata_matcher)
+        return _metadata(rule.sourced_metadata.metadata_matcher, engine)
     if rule.not_rule is not None:
         inner = _permission(rule.not_rule, engine)
         return lambda facts: not inner(facts)
@@ -539,9 +543,9 @@ def _principal(rule: Principal, engine: RegexEngine) -> Predicate:
     if rule.url_path is not None:
         return _url_path(rule.url_path, engine)
     if rule.metadata is not None:
-        return _metadata(rule.metadata)
+        return _metadata(rule.metadata, engine)
     if rule.sourced_metadata is not None:
-        return _metadata(rule.sourced_metadata.metadata_matcher)
+        return _metadata(rule.sourced_metadata.metadata_matcher, engine)
     assert rule.not_id is not None
     inner = _principal(rule.not_id, engine)
     return lambda facts: not inner(facts)
@@ -581,6 +585,43 @@ def _url_path(config: PathMatcher, engine: RegexEngine) -> Predicate:
     return lambda facts: facts.request is not None and bool(path_matches(facts.request.url_path))
 
 
-def _metadata(config: MetadataMatcher) -> Predicate:
-    """The value is absent (pylon keeps no dynamic metadata), which no value matcher matches: `invert` decides."""
-    return _always if config.invert else _never
+def _metadata(config: MetadataMatcher, engine: RegexEngine) -> Predicate:
+    """Envoy's MetadataMatcher over the stream's dynamic metadata: the value at the filter's path (absent on a TCP
+    connection, or when no filter set it), its value matcher, then `invert`."""
+    matches = _value_matcher(config.value, engine)
+    namespace, path, invert = config.filter, tuple(segment.key for segment in config.path), config.invert
+    return lambda facts: matches(dynamic_metadata.lookup(facts.dynamic_metadata, namespace, path)) != invert
+
+
+def _value_matcher(config: ValueMatcher, engine: RegexEngine) -> Callable[[Any], bool]:
+    """type.matcher.v3.ValueMatcher over a metadata value (`dynamic_metadata.MISSING` when absent), as Envoy's
+    matchers: each kind matches only a value of its kind; present_match true matches any value, false none."""
+    if config.null_match is not None:
+        return lambda value: value is None
+    if config.bool_match is not None:
+        wanted = config.bool_match
+        return lambda value: isinstance(value, bool) and value == wanted
+    if config.present_match is not None:
+        present = config.present_match
+        return lambda value: present and value is not dynamic_metadata.MISSING
+    if config.double_match is not None:
+        double = config.double_match
+        if double.exact is not None:
+            exact = double.exact
+            return lambda value: _number(value) and value == exact
+        assert double.range is not None
+        start, end = double.range.start, double.range.end
+        return lambda value: _number(value) and start <= value < end
+    if config.string_match is not None:
+        text = _compile_string_matcher(config.string_match, engine, as_bytes=False)
+        return lambda value: isinstance(value, str) and bool(text(value))
+    if config.list_match is not None:
+        element = _value_matcher(config.list_match.one_of, engine)
+        return lambda value: isinstance(value, list) and any(element(item) for item in value)
+    assert config.or_match is not None
+    choices = [_value_matcher(choice, engine) for choice in config.or_match.value_matchers]
+    return lambda value: any(choice(value) for choice in choices)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -8,7 +8,7 @@ is what Envoy 1.40's HTTP filter does around them, as observed:
   when an ALLOW config matched nothing; whitespace in the name becomes `_`)
   and no response flag (`%RESPONSE_FLAGS%` is `-`). LOG never denies.
 - `shadow_rules` are evaluated and counted only (Envoy also writes the result
-  as dynamic metadata, which nothing in pylon reads).
+  as dynamic metadata, which pylon's RBAC filters do not write).
 - Stats, created at 0 with the filter: `http.<stat_prefix>.rbac.<rules_stat_prefix>{allowed,denied}`
   and `http.<stat_prefix>.rbac.<shadow_rules_stat_prefix>{shadow_allowed,shadow_denied}`
   (a prefix gets a "." unless it ends with one). LOG counts `allowed`. With
@@ -214,7 +214,8 @@ class RbacFilter:
                                      stream.path, conn.scheme)
         else:
             request = common.Request(head.headers.items, head.method, head.authority, head.path, conn.scheme)
-        return common.Facts(conn.connection_info(), request, client if isinstance(client, str) else None)
+        return common.Facts(conn.connection_info(), request, client if isinstance(client, str) else None,
+                            stream.dynamic_metadata)
 
     def _route_engines(self, per_route: RBACPerRoute) -> _Engines:
         key = id(per_route)

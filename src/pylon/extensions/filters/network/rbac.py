@@ -25,7 +25,7 @@ What Envoy 1.40 does, observed:
   (`on_connection`), before any upstream connection. Both types are
   accepted and give Envoy's verdict and counts for every client that sends
   something (nothing a policy reads changes during a connection in pylon, which
-  has no dynamic metadata, so CONTINUOUS cannot decide otherwise later); the
+  keeps no dynamic metadata for a connection, so CONTINUOUS cannot decide otherwise later); the
   differences are a refused client seeing nothing of the upstream, and a
   client that never sends being judged and counted.
 
