@@ -716,9 +716,10 @@ RETRY_HOST_PREDICATES: dict[str, type[EnvoyStruct]] = {
 }
 
 
-def _decode_retry_extension(typed_config: dict[str, Any], known: dict[str, type[EnvoyStruct]],
+def _decode_small_extension(typed_config: dict[str, Any], known: dict[str, type[EnvoyStruct]],
                             what: str) -> EnvoyStruct:
-    """A retry extension's typed_config as its Struct; an unknown @type or field is an error naming it."""
+    """A small extension's typed_config (retry predicates and priorities, DNS resolvers) as its Struct; an unknown
+    @type or field is an error naming it."""
     type_url = typed_config.get("@type")
     struct_type = known.get(registry.message_name(type_url)) if isinstance(type_url, str) else None
     if struct_type is None:
@@ -744,7 +745,7 @@ class RetryHostPredicate(EnvoyStruct, kw_only=True):
 
     def decoded(self) -> EnvoyStruct:
         """The predicate's config message (checked when the policy is read, decoded again where it is run)."""
-        return _decode_retry_extension(self.typed_config, RETRY_HOST_PREDICATES, "retry host predicate")
+        return _decode_small_extension(self.typed_config, RETRY_HOST_PREDICATES, "retry host predicate")
 
 
 class PreviousPrioritiesConfig(EnvoyStruct, kw_only=True):
@@ -771,7 +772,7 @@ class RetryPriority(EnvoyStruct, kw_only=True):
 
     def decoded(self) -> PreviousPrioritiesConfig:
         """The priority's config message (checked when the policy is read, decoded again where it is run)."""
-        decoded = _decode_retry_extension(self.typed_config, RETRY_PRIORITIES, "retry priority")
+        decoded = _decode_small_extension(self.typed_config, RETRY_PRIORITIES, "retry priority")
         assert isinstance(decoded, PreviousPrioritiesConfig)
         return decoded
 
@@ -2695,6 +2696,85 @@ class CustomClusterType(_TypedExtension, kw_only=True):
     category: ClassVar[str] = registry.CLUSTER_TYPE
 
 
+class DnsResolverOptions(EnvoyStruct, kw_only=True):
+    """config.core.v3.DnsResolverOptions."""
+
+    use_tcp_for_dns_lookups: bool = False
+    no_default_search_domain: bool = False
+
+
+class CaresDnsResolverConfig(EnvoyStruct, kw_only=True):
+    """extensions.network.dns_resolver.cares.v3.CaresDnsResolverConfig: Envoy's c-ares resolver, which pylon
+    resolves through too (aiodns over pycares), with these settings on its channel (`channel_options`)."""
+
+    resolvers: list[Address] = []
+    use_resolvers_as_fallback: bool = False
+    filter_unroutable_families: NotSupportedYet | None = None
+    dns_resolver_options: DnsResolverOptions | None = None
+    udp_max_queries: NotSupportedYet | None = None
+    query_timeout_seconds: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    query_tries: Annotated[int, msgspec.Meta(ge=1, le=2**32 - 1)] | None = None
+    rotate_nameservers: bool = False
+    edns0_max_payload_size: NotSupportedYet | None = None
+    max_udp_channel_duration: NotSupportedYet | None = None
+    reinit_channel_on_timeout: NotSupportedYet | None = None
+
+    def __post_init__(self) -> None:
+        for i, resolver in enumerate(self.resolvers):
+            if resolver.socket_address is None:
+                raise FieldError(f"resolvers[{i}]", "a resolver is a socket_address")
+        if self.use_resolvers_as_fallback and not self.resolvers:
+            raise FieldError("use_resolvers_as_fallback", "needs resolvers to fall back to")
+
+    def channel_options(self, system_servers: Callable[[], list[str]]) -> dict[str, Any]:
+        """pycares.Channel keyword arguments; `system_servers` (resolv.conf's) decides use_resolvers_as_fallback."""
+        servers = [(f"[{r.socket_address.address}]:{r.socket_address.port_value}"  # type: ignore[union-attr]
+                    if ":" in r.socket_address.address  # type: ignore[union-attr]
+                    else f"{r.socket_address.address}:{r.socket_address.port_value}")  # type: ignore[union-attr]
+                   for r in self.resolvers]
+        options: dict[str, Any] = {}
+        if servers and not (self.use_resolvers_as_fallback and system_servers()):
+            options["servers"] = servers
+        flags = 0
+        resolver_options = self.dns_resolver_options
+        if resolver_options is not None and resolver_options.use_tcp_for_dns_lookups:
+            flags |= 1 << 0  # ARES_FLAG_USEVC
+        if resolver_options is not None and resolver_options.no_default_search_domain:
+            flags |= 1 << 5  # ARES_FLAG_NOSEARCH
+        if flags:
+            options["flags"] = flags
+        if self.query_timeout_seconds is not None:
+            options["timeout"] = float(self.query_timeout_seconds)
+        if self.query_tries is not None:
+            options["tries"] = self.query_tries
+        if self.rotate_nameservers:
+            options["rotate"] = True
+        return options
+
+
+#: The DNS resolvers pylon has, by their config message (Envoy's `envoy.network.dns_resolver`).
+DNS_RESOLVERS: dict[str, type[EnvoyStruct]] = {
+    "envoy.extensions.network.dns_resolver.cares.v3.CaresDnsResolverConfig": CaresDnsResolverConfig,
+}
+
+
+class TypedDnsResolverConfig(EnvoyStruct, kw_only=True):
+    """config.core.v3.TypedExtensionConfig naming a DNS resolver: c-ares only (getaddrinfo and Apple's are
+    refused by name)."""
+
+    name: NonEmptyStr
+    typed_config: dict[str, Any]
+
+    def __post_init__(self) -> None:
+        self.decoded()
+
+    def decoded(self) -> CaresDnsResolverConfig:
+        """The resolver's config message."""
+        decoded = _decode_small_extension(self.typed_config, DNS_RESOLVERS, "DNS resolver")
+        assert isinstance(decoded, CaresDnsResolverConfig)
+        return decoded
+
+
 class OriginalDstLbConfig(EnvoyStruct, kw_only=True):
     """config.cluster.v3.Cluster.OriginalDstLbConfig: where an ORIGINAL_DST cluster's host comes from besides the
     connection's original destination. With `use_http_header`, a request's header (default
@@ -2726,6 +2806,7 @@ class Cluster(EnvoyStruct, kw_only=True):
     dns_lookup_family: Literal["AUTO", "V4_ONLY", "V6_ONLY", "V4_PREFERRED", "ALL"] = "AUTO"
     dns_refresh_rate: DnsRefreshRate = DnsRefreshRate(5)
     respect_dns_ttl: bool = False  # refresh at the answer's TTL (Istio sets it on DNS clusters)
+    typed_dns_resolver_config: TypedDnsResolverConfig | None = None
     common_lb_config: CommonLbConfig = msgspec.field(default_factory=CommonLbConfig)
     ring_hash_lb_config: RingHashLbConfig = msgspec.field(default_factory=RingHashLbConfig)
     maglev_lb_config: MaglevLbConfig = msgspec.field(default_factory=MaglevLbConfig)
@@ -2963,6 +3044,9 @@ class Cluster(EnvoyStruct, kw_only=True):
         if self.type == "ORIGINAL_DST" and self.load_assignment is not None and self.load_assignment.endpoints:
             raise FieldError("load_assignment", "an ORIGINAL_DST cluster has no endpoints: it connects where each "
                                                 "connection was going")
+        if self.typed_dns_resolver_config is not None and self.type not in ("STRICT_DNS", "LOGICAL_DNS"):
+            raise FieldError("typed_dns_resolver_config", f"only a DNS cluster resolves (Envoy ignores it on a "
+                                                          f"{self.type} cluster); remove it")
         if self.original_dst_lb_config is not None and self.type != "ORIGINAL_DST":
             raise FieldError("original_dst_lb_config", "only an ORIGINAL_DST cluster reads it (Envoy ignores it on a "
                                                        f"{self.type} cluster); remove it")

@@ -120,7 +120,12 @@ TYPED_OPTIONS = {HTTP_OPTIONS: {"@type": f"type.googleapis.com/{HTTP_OPTIONS}",
      "DNS Cache [dfp] configured with preresolve_hostnames=2 larger than max_hosts=1"),
     # what pylon does not implement, by name
     (_set(["@filter", "dns_cache_config", "typed_dns_resolver_config"], {"name": "envoy.network.dns_resolver.cares"}),
-     f"{FILTER}.dns_cache_config.typed_dns_resolver_config", "not supported yet"),
+     f"{FILTER}.dns_cache_config.typed_dns_resolver_config.typed_config", "missing required field"),
+    (_set(["@filter", "dns_cache_config", "typed_dns_resolver_config"], {"name": "c", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.network.dns_resolver.cares.v3.CaresDnsResolverConfig",
+        "filter_unroutable_families": True}}),
+     f"{FILTER}.dns_cache_config.typed_dns_resolver_config.typed_config.filter_unroutable_families",
+     "not supported yet"),
     (_set(["@filter", "dns_cache_config", "key_value_config"], {}), f"{FILTER}.dns_cache_config.key_value_config",
      "not supported yet"),
     (_set(["@filter", "dns_cache_config", "disable_dns_refresh_on_failure"], True),

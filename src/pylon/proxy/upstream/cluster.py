@@ -233,6 +233,8 @@ class Cluster:
                 refresh_rate=float(config.dns_refresh_rate),
                 first_only=config.type == "LOGICAL_DNS",
                 respect_ttl=config.respect_dns_ttl,
+                resolver=(config.typed_dns_resolver_config.decoded()
+                          if config.typed_dns_resolver_config is not None else None),
             )
 
     # -- membership ----------------------------------------------------------------------

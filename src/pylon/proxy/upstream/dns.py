@@ -99,8 +99,9 @@ class CaresResolver:
     running loop.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, config: Any = None) -> None:
         self.loop = loop
+        self.config = config  # a CaresDnsResolverConfig (typed_dns_resolver_config), None: the system's settings
         self._channel: Any = None
 
     async def resolve(self, hostname: str, port: int, lookup_family: str) -> tuple[list[str], int]:
@@ -109,11 +110,19 @@ class CaresResolver:
         if self._channel is None:
             import aiodns
 
-            self._channel = aiodns.DNSResolver(loop=self.loop)
+            options = self.config.channel_options(system_servers) if self.config is not None else {}
+            self._channel = aiodns.DNSResolver(loop=self.loop, **options)
         answer = await self._channel.getaddrinfo(hostname, family=socket.AF_UNSPEC, port=port, type=socket.SOCK_STREAM)
         infos = [(node.family, node.socktype, node.protocol, "", (node.addr[0].decode(), *node.addr[1:]))
                  for node in answer.nodes]
         return select_addresses(infos, lookup_family), min((node.ttl for node in answer.nodes), default=0)
+
+
+def system_servers() -> list[str]:
+    """The name servers c-ares finds in the system's resolv.conf (use_resolvers_as_fallback asks)."""
+    import pycares
+
+    return list(pycares.Channel().servers)
 
 
 def no_records(error: BaseException) -> bool:
@@ -137,6 +146,7 @@ class DnsRefresher:
         refresh_rate: float = DEFAULT_DNS_REFRESH_RATE,
         first_only: bool = False,
         respect_ttl: bool = False,
+        resolver: Any = None,
     ) -> None:
         if lookup_family not in LOOKUP_FAMILIES:
             raise ValueError(f"dns_lookup_family {lookup_family!r} is not one of {', '.join(LOOKUP_FAMILIES)}")
@@ -147,8 +157,10 @@ class DnsRefresher:
         self.refresh_rate = refresh_rate
         self.first_only = first_only
         self.respect_ttl = respect_ttl
+        #: typed_dns_resolver_config's c-ares settings (None: getaddrinfo, or c-ares as the system sets it up)
+        self.resolver = resolver
         self.next_refresh = refresh_rate  # the refresh rate, or (respect_ttl) the last answer's TTL
-        self._cares: CaresResolver | None = None  # made on first use (respect_ttl only)
+        self._cares: CaresResolver | None = None  # made on first use (respect_ttl or a resolver config only)
         self._last: dict[DnsTarget, list[str]] = {}
         self._task: asyncio.Task[None] | None = None
 
@@ -183,11 +195,11 @@ class DnsRefresher:
 
     async def _resolve(self, loop: asyncio.AbstractEventLoop, target: DnsTarget) -> tuple[list[str], int]:
         """The target's addresses and the smallest TTL among them (0: not known, or a hosts-file answer)."""
-        if not self.respect_ttl:
+        if not self.respect_ttl and self.resolver is None:
             infos = await loop.getaddrinfo(target.hostname, target.port, type=socket.SOCK_STREAM)
             return select_addresses(infos, self.lookup_family), 0
         if self._cares is None:
-            self._cares = CaresResolver(loop)
+            self._cares = CaresResolver(loop, self.resolver)
         return await self._cares.resolve(target.hostname, target.port, self.lookup_family)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:

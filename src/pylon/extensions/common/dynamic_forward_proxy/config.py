@@ -4,9 +4,10 @@ cluster share by name.
 Every field is Envoy's, with its default and proto rule. Those pylon runs: `dns_lookup_family`,
 `dns_refresh_rate` (60 s), `dns_min_refresh_rate` (5 s), `host_ttl` (300 s), `max_hosts` (1024),
 `dns_failure_refresh_rate`, `dns_cache_circuit_breaker.max_pending_requests` (1024), `preresolve_hostnames`,
-`dns_query_timeout` (5 s, 0: none). Refused by name: the resolver choices (`typed_dns_resolver_config`,
-`dns_resolution_config`, `use_tcp_for_dns_lookups`: pylon resolves through c-ares as Envoy's default resolver,
-configured by the host's resolv.conf and hosts files), `key_value_config` (a persistent cache),
+`dns_query_timeout` (5 s, 0: none), `typed_dns_resolver_config` (c-ares, Envoy's default resolver, which pylon
+resolves through: its resolvers, TCP, search domain, timeout, tries and rotation; else the host's resolv.conf and
+hosts files). Refused by name: the older resolver fields (`dns_resolution_config`, `use_tcp_for_dns_lookups`),
+`key_value_config` (a persistent cache),
 `disable_dns_refresh_on_failure` and `resolved_address_filter`.
 """
 
@@ -17,7 +18,9 @@ from typing import ClassVar, Literal
 import msgspec
 
 from pylon.config.constraints import AtLeastOneMs, DnsRefreshRate, Duration, PositiveDuration
-from pylon.config.envoy import EnvoyStruct, NotSupportedYet, PositiveUInt32, SharedByName, SocketAddress, UInt32
+from pylon.config.envoy import (
+    EnvoyStruct, NotSupportedYet, PositiveUInt32, SharedByName, SocketAddress, TypedDnsResolverConfig, UInt32,
+)
 from pylon.config.errors import FieldError
 
 #: Envoy's defaults (dns_cache_impl.cc).
@@ -72,7 +75,7 @@ class DnsCacheConfig(SharedByName, kw_only=True):
     dns_cache_circuit_breaker: DnsCacheCircuitBreakers = msgspec.field(default_factory=DnsCacheCircuitBreakers)
     use_tcp_for_dns_lookups: NotSupportedYet | None = None
     dns_resolution_config: NotSupportedYet | None = None
-    typed_dns_resolver_config: NotSupportedYet | None = None
+    typed_dns_resolver_config: TypedDnsResolverConfig | None = None
     preresolve_hostnames: list[SocketAddress] = []
     dns_query_timeout: Duration = Duration(DEFAULT_QUERY_TIMEOUT)
     key_value_config: NotSupportedYet | None = None

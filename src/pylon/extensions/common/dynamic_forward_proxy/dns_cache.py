@@ -123,7 +123,8 @@ class DnsCache:
         if self.loop is not None:
             return
         self.loop = loop
-        self.resolver = CaresResolver(loop)
+        resolver = self.config.typed_dns_resolver_config
+        self.resolver = CaresResolver(loop, resolver.decoded() if resolver is not None else None)
         for address in self.config.preresolve_hostnames:
             key = cache_key(address.address, address.port_value)
             if key not in self.hosts:
