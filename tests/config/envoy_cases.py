@@ -412,6 +412,11 @@ CASES: tuple[Case, ...] = (
         "name": "svc", "type": "ORIGINAL_DST", "lb_policy": "CLUSTER_PROVIDED",
         "lb_subset_config": {"subset_selectors": [{"keys": ["a"]}]}}]),
          f"{CLUSTER}.lb_subset_config: LB policy CLUSTER_PROVIDED cannot be combined with lb_subset_config"),
+    # ---- protobuf JSON names: lowerCamelCase takes the place of the field name, at any depth
+    Case("json-names", bootstrap(clusters=[{
+        "name": "svc", "connectTimeout": "2s", "lbPolicy": "ROUND_ROBIN", "loadAssignment": {
+            "clusterName": "svc", "endpoints": [{"lbEndpoints": [{"endpoint": {"address": {"socketAddress": {
+                "address": "127.0.0.1", "portValue": 8080}}}}]}]}}]), None),
     Case("original-dst-lb-config", bootstrap(clusters=[{
         "name": "svc", "type": "ORIGINAL_DST", "lb_policy": "CLUSTER_PROVIDED", "original_dst_lb_config": {
             "use_http_header": True, "http_header_name": ":authority", "upstream_port_override": 8080}}]), None),

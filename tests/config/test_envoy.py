@@ -1227,3 +1227,13 @@ def test_stats_sinks_statsd_and_dog_statsd_only() -> None:
 def test_original_dst_lb_config_refusals(cluster: dict[str, Any], message: str) -> None:
     data = bootstrap(clusters=[{"name": "svc", **cluster}])
     assert error(data).startswith(f"config error in test.yaml: static_resources.clusters[0].{message}")
+
+
+def test_protobuf_json_names_are_field_names() -> None:
+    """Envoy reads `connectTimeout` as `connect_timeout`; a key that is a field's own name wins, and the same
+    field under both names leaves the camel one unknown."""
+    data = bootstrap(clusters=[{"name": "svc", "connectTimeout": "2s", "perConnectionBufferLimitBytes": 5}])
+    loaded = load(data).static_resources.clusters[0]
+    assert (loaded.connect_timeout, loaded.per_connection_buffer_limit_bytes) == (2.0, 5)
+    both = bootstrap(clusters=[{"name": "svc", "connect_timeout": "1s", "connectTimeout": "2s"}])
+    assert "connectTimeout: unknown field" in error(both)

@@ -191,7 +191,9 @@ class _EnumSpelling:
     and published configs use all of them. Every enum of the model is a `Literal` of Envoy's
     names, so the one rule lives here rather than in each Literal.
 
-    The same walk applies protobuf's other JSON rule that msgspec lacks: `null` for a message's
+    The walk also takes each message field by its protobuf JSON name (lowerCamelCase, `remoteJwks`), as
+    Envoy's parser does; a key that is a field's own name stays as it is (both at once: the camel one is
+    unknown). It applies protobuf's other JSON rule that msgspec lacks: `null` for a message's
     field means the field is unset (its default), whatever its type - published configs write
     `listener_filters:` with nothing after it. A null stays where the model takes any JSON value
     (google.protobuf.Value/Struct positions), where it is a value of its own.
@@ -210,6 +212,7 @@ class _EnumSpelling:
         self._types: dict[type, Any] = {}
         self._fields: dict[type, dict[str, Any]] = {}
         self._names: dict[tuple[str, ...], dict[str, str]] = {}
+        self._camel: dict[type, dict[str, str]] = {}
 
     def respell(self, data: Any, struct_type: type) -> tuple[Any, dict[str, tuple[str, ...]]]:
         kind = self._types.get(struct_type)
@@ -226,6 +229,10 @@ class _EnumSpelling:
             return self._spelled(value, kind.values, path, unknown) if isinstance(value, str) else value
         if isinstance(kind, inspect.StructType) and isinstance(value, dict):
             fields = self._struct_fields(kind)
+            camel = self._camel_names(kind.cls, fields)
+            if any(key in camel and camel[key] not in value for key in value):
+                value = {(camel[key] if key in camel and camel[key] not in value else key): item
+                         for key, item in value.items()}
             unset = [key for key, item in value.items()
                      if item is None and key in fields and not isinstance(fields[key], inspect.AnyType)]
             if unset:
@@ -268,6 +275,19 @@ class _EnumSpelling:
         if fields is None:
             fields = self._fields[kind.cls] = {field.encode_name: field.type for field in kind.fields}
         return fields
+
+    def _camel_names(self, cls: type, fields: dict[str, Any]) -> dict[str, str]:
+        """A Struct's fields by their protobuf JSON names (lowerCamelCase: `remoteJwks` for `remote_jwks`), which
+        Envoy's parser takes as well as the field names."""
+        names = self._camel.get(cls)
+        if names is None:
+            names = self._camel[cls] = {}
+            for field in fields:
+                head, *rest = field.split("_")
+                json_name = head + "".join(part[:1].upper() + part[1:] for part in rest)
+                if json_name != field:
+                    names[json_name] = field
+        return names
 
     def _spelled(self, value: str, names: tuple[str, ...], path: str, unknown: dict[str, tuple[str, ...]]) -> str:
         by_upper = self._names.get(names)
