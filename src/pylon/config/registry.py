@@ -58,6 +58,15 @@ RESOURCE_MONITOR = "envoy.resource_monitors"
 STATS_SINK = "envoy.stats_sinks"
 #: Bootstrap.bootstrap_extensions[] (the internal listener's)
 BOOTSTRAP_EXTENSION = "envoy.bootstrap"
+#: The data inputs of matchers (config/matcher.py) over an HTTP stream, and over a connection; a virtual host's
+#: matcher takes only request headers (Envoy: "Route table can only match on request headers").
+HTTP_MATCH_INPUT = "envoy.matching.http.input"
+NETWORK_MATCH_INPUT = "envoy.matching.network.input"
+ROUTE_MATCH_INPUT = "envoy.matching.http.input.route"
+#: A single predicate's `custom_match`: input matchers (CIDR ranges, Hyperscan)
+INPUT_MATCHER = "envoy.matching.input_matchers"
+#: The actions of a virtual host's matcher (Route, RouteList)
+ROUTE_MATCH_ACTION = "envoy.matching.action.route"
 
 #: Human names used in error messages ("accepted here (network filters): ...").
 CATEGORY_NAMES = MappingProxyType(
@@ -82,6 +91,11 @@ CATEGORY_NAMES = MappingProxyType(
         RESOURCE_MONITOR: "resource monitor",
         STATS_SINK: "stats sink",
         BOOTSTRAP_EXTENSION: "bootstrap extension",
+        HTTP_MATCH_INPUT: "HTTP matching input",
+        NETWORK_MATCH_INPUT: "network matching input",
+        ROUTE_MATCH_INPUT: "route matching input",
+        INPUT_MATCHER: "input matcher",
+        ROUTE_MATCH_ACTION: "route matching action",
     }
 )
 

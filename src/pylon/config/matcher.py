@@ -1,0 +1,273 @@
+"""xds.type.matcher.v3.Matcher, Envoy's unified matcher API, as config (the engine is proxy/matching/).
+
+A matcher is a tree: a `matcher_list` (field matchers in order, each a
+predicate over data inputs) or a `matcher_tree` (one input's value looked up in
+an exact or prefix map), each leaf an `on_match` (an action, or a nested
+matcher), with `on_no_match` at every level. What the inputs read and what the
+actions are depends on where the matcher sits: a virtual host's leaves are
+Routes over request headers, an HTTP filter's are SkipFilter or a composite
+filter's ExecuteFilterAction, a listener's are filter chain names. So the tree
+is decoded here without its typed extensions, and its owner resolves them with
+`resolve(matcher, inputs=..., actions=...)`: each input and action is decoded
+through the registry category the owner names (extensions by name, as every
+other typed_config), and one outside it is a ConfigError at its path.
+
+Not taken (refused at their path): `custom_match` on a map (Envoy's trie of
+IPs), a `custom_match` input matcher other than those registered in
+`registry.INPUT_MATCHER`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+from msgspec.structs import force_setattr
+
+from pylon.config import registry
+from pylon.config.envoy import EnvoyStruct, GoogleRe2, NonEmptyStr, RegexPattern, convert, decode_typed
+from pylon.config.envoy import _exactly_one as exactly_one
+from pylon.config.errors import FieldError, join_path, split_validation_error
+
+
+class TypedExtension(EnvoyStruct, kw_only=True):
+    """core.v3.TypedExtensionConfig: `typed_config` stays raw until the owner resolves it (`resolve`)."""
+
+    name: str = ""
+    typed_config: Any
+
+
+class XdsRegexMatcher(EnvoyStruct, kw_only=True):
+    """xds.type.matcher.v3.RegexMatcher: unlike Envoy's own it requires its engine (as Envoy 1.40 checks)."""
+
+    google_re2: GoogleRe2
+    regex: RegexPattern
+
+
+class XdsStringMatcher(EnvoyStruct, kw_only=True):
+    """xds.type.matcher.v3.StringMatcher: exactly one of the match kinds."""
+
+    exact: str | None = None
+    prefix: NonEmptyStr | None = None
+    suffix: NonEmptyStr | None = None
+    safe_regex: XdsRegexMatcher | None = None
+    contains: NonEmptyStr | None = None
+    ignore_case: bool = False
+
+    def __post_init__(self) -> None:
+        exactly_one(self, "exact", "prefix", "suffix", "safe_regex", "contains")
+
+
+class SinglePredicate(EnvoyStruct, kw_only=True):
+    input: TypedExtension
+    value_match: XdsStringMatcher | None = None
+    custom_match: TypedExtension | None = None
+
+    def __post_init__(self) -> None:
+        exactly_one(self, "value_match", "custom_match")
+
+
+class PredicateList(EnvoyStruct, kw_only=True):
+    predicate: Annotated[list["Predicate"], msgspec.Meta(min_length=2)]
+
+
+class Predicate(EnvoyStruct, kw_only=True):
+    single_predicate: SinglePredicate | None = None
+    or_matcher: PredicateList | None = None
+    and_matcher: PredicateList | None = None
+    not_matcher: Predicate | None = None
+
+    def __post_init__(self) -> None:
+        exactly_one(self, "single_predicate", "or_matcher", "and_matcher", "not_matcher")
+
+
+class OnMatch(EnvoyStruct, kw_only=True):
+    """What a match leads to: an action or a nested matcher. `keep_matching`: Envoy 1.40 skips this match
+    (the action is not taken, matching goes on as if it had not matched)."""
+
+    matcher: Matcher | None = None
+    action: TypedExtension | None = None
+    keep_matching: bool = False
+
+    def __post_init__(self) -> None:
+        exactly_one(self, "matcher", "action")
+
+
+class FieldMatcher(EnvoyStruct, kw_only=True):
+    predicate: Predicate
+    on_match: OnMatch
+
+
+class MatcherList(EnvoyStruct, kw_only=True):
+    matchers: Annotated[list[FieldMatcher], msgspec.Meta(min_length=1)]
+
+
+class MatchMap(EnvoyStruct, kw_only=True):
+    map: Annotated[dict[str, OnMatch], msgspec.Meta(min_length=1)]
+
+
+class MatcherTree(EnvoyStruct, kw_only=True):
+    input: TypedExtension
+    exact_match_map: MatchMap | None = None
+    prefix_match_map: MatchMap | None = None
+    custom_match: TypedExtension | None = None
+
+    def __post_init__(self) -> None:
+        exactly_one(self, "exact_match_map", "prefix_match_map", "custom_match")
+        if self.custom_match is not None:
+            raise FieldError("custom_match", "custom match trees are not supported (use exact_match_map or "
+                                             "prefix_match_map)")
+
+
+class Matcher(EnvoyStruct, kw_only=True):
+    """xds.type.matcher.v3.Matcher."""
+
+    matcher_list: MatcherList | None = None
+    matcher_tree: MatcherTree | None = None
+    on_no_match: OnMatch | None = None
+
+    def __post_init__(self) -> None:
+        if self.matcher_list is not None and self.matcher_tree is not None:
+            raise FieldError("", "at most one of matcher_list, matcher_tree may be set")
+
+
+def decode(raw: Any, *, inputs: str, actions: str) -> Matcher:
+    """`raw` (parsed YAML/JSON, or a Matcher built in code) as a Matcher with every typed extension resolved.
+
+    FieldError below the matcher on a bad tree, or an input or action outside the categories named.
+    """
+    if isinstance(raw, Matcher):
+        matcher = raw
+    else:
+        try:
+            matcher = convert(raw, Matcher)
+        except msgspec.ValidationError as exc:
+            path, message = split_validation_error(exc)
+            raise FieldError(path, message) from None
+    resolve(matcher, inputs=inputs, actions=actions)
+    return matcher
+
+
+def resolve(matcher: Matcher, *, inputs: str, actions: str, path: str = "") -> None:
+    """Decode every input, input matcher and action of `matcher` in place through the registry categories."""
+    if matcher.matcher_list is not None:
+        for i, field in enumerate(matcher.matcher_list.matchers):
+            where = join_path(path, f"matcher_list.matchers[{i}]")
+            _resolve_predicate(field.predicate, inputs, join_path(where, "predicate"))
+            _resolve_on_match(field.on_match, inputs, actions, join_path(where, "on_match"))
+    if matcher.matcher_tree is not None:
+        tree = matcher.matcher_tree
+        where = join_path(path, "matcher_tree")
+        _resolve_typed(tree.input, inputs, join_path(where, "input"))
+        table = tree.exact_match_map if tree.exact_match_map is not None else tree.prefix_match_map
+        kind = "exact_match_map" if tree.exact_match_map is not None else "prefix_match_map"
+        for key, on_match in table.map.items():  # type: ignore[union-attr]
+            _resolve_on_match(on_match, inputs, actions, join_path(where, f"{kind}.map[{key}]"))
+    if matcher.on_no_match is not None:
+        _resolve_on_match(matcher.on_no_match, inputs, actions, join_path(path, "on_no_match"))
+
+
+def _resolve_on_match(on_match: OnMatch, inputs: str, actions: str, path: str) -> None:
+    if on_match.action is not None:
+        _resolve_typed(on_match.action, actions, join_path(path, "action"))
+    else:
+        resolve(on_match.matcher, inputs=inputs, actions=actions, path=join_path(path, "matcher"))  # type: ignore[arg-type]
+
+
+def _resolve_predicate(predicate: Predicate, inputs: str, path: str) -> None:
+    single = predicate.single_predicate
+    if single is not None:
+        _resolve_typed(single.input, inputs, join_path(path, "single_predicate.input"))
+        if single.custom_match is not None:
+            _resolve_typed(single.custom_match, registry.INPUT_MATCHER, join_path(path, "single_predicate.custom_match"))
+    elif predicate.not_matcher is not None:
+        _resolve_predicate(predicate.not_matcher, inputs, join_path(path, "not_matcher"))
+    else:
+        kind = "or_matcher" if predicate.or_matcher is not None else "and_matcher"
+        for i, inner in enumerate(getattr(predicate, kind).predicate):
+            _resolve_predicate(inner, inputs, join_path(path, f"{kind}.predicate[{i}]"))
+
+
+def _resolve_typed(extension: TypedExtension, category: str, path: str) -> None:
+    try:
+        decoded = decode_typed(category, extension.typed_config)
+    except FieldError as exc:
+        raise FieldError(join_path(join_path(path, "typed_config"), exc.rel_path), exc.message) from None
+    force_setattr(extension, "typed_config", decoded)
+
+
+# --------------------------------------------------------------------------- data inputs
+
+
+class HttpRequestHeaderMatchInput(EnvoyStruct, kw_only=True):
+    """type.matcher.v3.HttpRequestHeaderMatchInput: every value of the header joined with "," (absent: none)."""
+
+    header_name: NonEmptyStr
+
+
+class HttpResponseHeaderMatchInput(EnvoyStruct, kw_only=True):
+    header_name: NonEmptyStr
+
+
+class HttpRequestTrailerMatchInput(EnvoyStruct, kw_only=True):
+    header_name: NonEmptyStr
+
+
+class HttpResponseTrailerMatchInput(EnvoyStruct, kw_only=True):
+    header_name: NonEmptyStr
+
+
+class HttpRequestQueryParamMatchInput(EnvoyStruct, kw_only=True):
+    """type.matcher.v3.HttpRequestQueryParamMatchInput: the first value of the parameter, percent-decoded."""
+
+    query_param: NonEmptyStr
+
+
+class DestinationIPInput(EnvoyStruct, kw_only=True):
+    """The connection's local address (text, no brackets)."""
+
+
+class DestinationPortInput(EnvoyStruct, kw_only=True):
+    """The connection's local port (decimal)."""
+
+
+class SourceIPInput(EnvoyStruct, kw_only=True):
+    """The client's address (for HTTP: the one the connection manager trusts)."""
+
+
+class SourcePortInput(EnvoyStruct, kw_only=True):
+    """The client's port (decimal)."""
+
+
+class DirectSourceIPInput(EnvoyStruct, kw_only=True):
+    """The peer's address."""
+
+
+class ServerNameInput(EnvoyStruct, kw_only=True):
+    """The TLS SNI (absent without one)."""
+
+
+class TransportProtocolInput(EnvoyStruct, kw_only=True):
+    """`tls` or `raw_buffer`, as the listener filters found."""
+
+
+class ApplicationProtocolInput(EnvoyStruct, kw_only=True):
+    """The ALPN protocols offered, each quoted, joined with "," (absent: none)."""
+
+
+_HTTP = "type.googleapis.com/envoy.type.matcher.v3."
+_NETWORK = "type.googleapis.com/envoy.extensions.matching.common_inputs.network.v3."
+HTTP_INPUTS: tuple[tuple[str, type], ...] = tuple(
+    (_HTTP + cls.__name__, cls) for cls in (
+        HttpRequestHeaderMatchInput, HttpResponseHeaderMatchInput, HttpRequestTrailerMatchInput,
+        HttpResponseTrailerMatchInput, HttpRequestQueryParamMatchInput))
+NETWORK_INPUTS: tuple[tuple[str, type], ...] = tuple(
+    (_NETWORK + cls.__name__, cls) for cls in (
+        DestinationIPInput, DestinationPortInput, SourceIPInput, SourcePortInput, DirectSourceIPInput,
+        ServerNameInput, TransportProtocolInput, ApplicationProtocolInput))
+
+for _url, _struct in HTTP_INPUTS + NETWORK_INPUTS:
+    registry.register_typed(registry.HTTP_MATCH_INPUT, _url, _struct)
+for _url, _struct in NETWORK_INPUTS:
+    registry.register_typed(registry.NETWORK_MATCH_INPUT, _url, _struct)
+registry.register_typed(registry.ROUTE_MATCH_INPUT, _HTTP + "HttpRequestHeaderMatchInput", HttpRequestHeaderMatchInput)
