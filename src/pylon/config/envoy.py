@@ -964,7 +964,9 @@ class VirtualHost(_NonEmptyHeaderRemovals, kw_only=True):
     domains: Annotated[list[HttpText], msgspec.Meta(min_length=1)]
     routes: list[Route] = []
     retry_policy: RetryPolicy | None = None
-    matcher: GenericMatcher | None = None
+    #: xds.type.matcher.v3.Matcher choosing the route instead of `routes` (decoded by config/matcher.py in
+    #: `__post_init__`, its actions Route and RouteList, its inputs request headers)
+    matcher: Any = None
     #: read by filters (Lua's virtualHost():metadata())
     metadata: Metadata | None = None
     #: send `x-envoy-attempt-count` (1, 2, ... per attempt) on upstream requests
@@ -975,6 +977,23 @@ class VirtualHost(_NonEmptyHeaderRemovals, kw_only=True):
 
     def __post_init__(self) -> None:
         _resolve_per_filter_configs(self)
+        if self.matcher is not None:
+            from pylon.config import matcher  # noqa: PLC0415  (it builds on this module)
+
+            if self.routes:
+                raise FieldError("matcher", "cannot set both matcher and routes on virtual host")
+            try:
+                decoded = matcher.decode(self.matcher, inputs=registry.ROUTE_MATCH_INPUT,
+                                         actions=registry.ROUTE_MATCH_ACTION)
+            except FieldError as exc:
+                raise FieldError(join_path("matcher", exc.rel_path), exc.message) from None
+            force_setattr(self, "matcher", decoded)
+
+
+class RouteList(EnvoyStruct, kw_only=True):
+    """config.route.v3.RouteList: a matcher's action trying its routes in order, the first that matches wins."""
+
+    routes: list[Route] = []
 
 
 class RouteConfiguration(_HeaderMutations, kw_only=True):
@@ -3278,6 +3297,8 @@ _CORE_EXTENSIONS: tuple[tuple[str, str, type], ...] = (
         RegexEngineHyperscan,
     ),
     (registry.REGEX_ENGINE, "type.googleapis.com/pylon.extensions.regex_engines.v1.PythonRe", RegexEnginePythonRe),
+    (registry.ROUTE_MATCH_ACTION, "type.googleapis.com/envoy.config.route.v3.Route", Route),
+    (registry.ROUTE_MATCH_ACTION, "type.googleapis.com/envoy.config.route.v3.RouteList", RouteList),
 )
 
 for _category, _type_url, _struct_type in _CORE_EXTENSIONS:
