@@ -81,18 +81,11 @@ class NotSupportedYet:
 
 
 class GenericMatcher:
-    """Annotation for Envoy's generic matcher trees (`xds.type.matcher.v3.Matcher`), which pylon lacks.
-
-    Users reach for them to plug in `envoy.matching.input_matchers.hyperscan`;
-    the error says what pylon offers instead.
-    """
+    """Annotation for a place Envoy takes a generic matcher tree (`xds.type.matcher.v3.Matcher`) and pylon does
+    not yet (config/matcher.py has the tree; its owners resolve it)."""
 
 
-_GENERIC_MATCHER_MESSAGE = (
-    "generic matchers (xds.type.matcher.v3.Matcher, e.g. the envoy.matching.input_matchers.hyperscan input "
-    "matcher) are not supported; use routes with safe_regex and set the bootstrap's default_regex_engine to "
-    "envoy.regex_engines.hyperscan: pylon then matches a virtual host's regex routes in one Hyperscan scan"
-)
+_GENERIC_MATCHER_MESSAGE = "matcher trees are not supported here yet"
 
 
 _RE2_OPTIONS = re2.Options()
@@ -988,6 +981,11 @@ class VirtualHost(_NonEmptyHeaderRemovals, kw_only=True):
             except FieldError as exc:
                 raise FieldError(join_path("matcher", exc.rel_path), exc.message) from None
             force_setattr(self, "matcher", decoded)
+
+
+class MatcherRoute(Route, kw_only=True):
+    """A Route as a virtual host matcher's action (envoy.config.route.v3.Route under its @type). Its own class, so
+    that only a matcher's actions carry the @type when a config is re-encoded, never a `routes` entry."""
 
 
 class RouteList(EnvoyStruct, kw_only=True):
@@ -3297,7 +3295,7 @@ _CORE_EXTENSIONS: tuple[tuple[str, str, type], ...] = (
         RegexEngineHyperscan,
     ),
     (registry.REGEX_ENGINE, "type.googleapis.com/pylon.extensions.regex_engines.v1.PythonRe", RegexEnginePythonRe),
-    (registry.ROUTE_MATCH_ACTION, "type.googleapis.com/envoy.config.route.v3.Route", Route),
+    (registry.ROUTE_MATCH_ACTION, "type.googleapis.com/envoy.config.route.v3.Route", MatcherRoute),
     (registry.ROUTE_MATCH_ACTION, "type.googleapis.com/envoy.config.route.v3.RouteList", RouteList),
 )
 

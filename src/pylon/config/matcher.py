@@ -12,9 +12,9 @@ is decoded here without its typed extensions, and its owner resolves them with
 through the registry category the owner names (extensions by name, as every
 other typed_config), and one outside it is a ConfigError at its path.
 
-Not taken (refused at their path): `custom_match` on a map (Envoy's trie of
-IPs), a `custom_match` input matcher other than those registered in
-`registry.INPUT_MATCHER`.
+Not taken (refused at their path): `custom_match` on a tree (Envoy's trie of
+IPs), `keep_matching` (Envoy refuses it too), a `custom_match` input matcher
+other than the Hyperscan one (`registry.INPUT_MATCHER`).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import msgspec
+import re2
 from msgspec.structs import force_setattr
 
 from pylon.config import registry
@@ -82,8 +83,8 @@ class Predicate(EnvoyStruct, kw_only=True):
 
 
 class OnMatch(EnvoyStruct, kw_only=True):
-    """What a match leads to: an action or a nested matcher. `keep_matching`: Envoy 1.40 skips this match
-    (the action is not taken, matching goes on as if it had not matched)."""
+    """What a match leads to: an action or a nested matcher. `keep_matching` is refused as Envoy 1.40 refuses it
+    wherever pylon takes matchers (only its rate_limit_quota filter takes it)."""
 
     matcher: Matcher | None = None
     action: TypedExtension | None = None
@@ -91,6 +92,8 @@ class OnMatch(EnvoyStruct, kw_only=True):
 
     def __post_init__(self) -> None:
         exactly_one(self, "matcher", "action")
+        if self.keep_matching:
+            raise FieldError("keep_matching", "keep_matching is not supported in this context")
 
 
 class FieldMatcher(EnvoyStruct, kw_only=True):
@@ -253,6 +256,54 @@ class TransportProtocolInput(EnvoyStruct, kw_only=True):
 
 class ApplicationProtocolInput(EnvoyStruct, kw_only=True):
     """The ALPN protocols offered, each quoted, joined with "," (absent: none)."""
+
+
+# --------------------------------------------------------------------------- input matchers
+
+
+class HyperscanRegex(EnvoyStruct, kw_only=True):
+    """One pattern of the Hyperscan input matcher, in RE2 syntax (pylon's regex engines take RE2's): a value
+    matches when the pattern is found anywhere in it, as Hyperscan scans."""
+
+    regex: RegexPattern
+    id: Annotated[int, msgspec.Meta(ge=0, le=2**32 - 1)] = 0
+    caseless: bool = False
+    dot_all: bool = False
+    multiline: bool = False
+    allow_empty: bool = False
+    utf8: bool = False  # values are text already
+    ucp: bool = False
+    combination: bool = False
+    quiet: bool = False
+
+    def __post_init__(self) -> None:
+        if self.combination:
+            raise FieldError("combination", "logical combinations of patterns are not supported")
+        if self.ucp:
+            raise FieldError("ucp", "Unicode properties for \\w, \\d, \\s are not supported (RE2's are ASCII)")
+        if not self.allow_empty and re2.search(self.regex, "") is not None:
+            # Hyperscan refuses such a pattern unless told (HS_FLAG_ALLOWEMPTY)
+            raise FieldError("regex", f"pattern {self.regex!r} matches the empty string; set allow_empty")
+
+    @property
+    def searched(self) -> str:
+        """The pattern with its flags, as a whole-value match that finds it anywhere."""
+        flags = "i" * self.caseless + "s" * self.dot_all + "m" * self.multiline
+        inner = f"(?{flags}:{self.regex})" if flags else f"(?:{self.regex})"
+        return f"(?s:.*){inner}(?s:.*)"
+
+
+class Hyperscan(EnvoyStruct, kw_only=True):
+    """extensions.matching.input_matchers.hyperscan.v3alpha.Hyperscan (Envoy contrib): any of the patterns found
+    in the value (a `quiet` one never reports a match), run on pylon's regex engine (Hyperscan, if configured,
+    scans them all at once)."""
+
+    regexes: Annotated[list[HyperscanRegex], msgspec.Meta(min_length=1)]
+
+
+registry.register_typed(registry.INPUT_MATCHER,
+                        "type.googleapis.com/envoy.extensions.matching.input_matchers.hyperscan.v3alpha.Hyperscan",
+                        Hyperscan)
 
 
 _HTTP = "type.googleapis.com/envoy.type.matcher.v3."

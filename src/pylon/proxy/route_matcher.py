@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from pylon.config.envoy import Route, RouteList
 from pylon.proxy.matching.engine import INSUFFICIENT, Vocabulary, compile_matcher
 from pylon.proxy.matching.http_inputs import HTTP_READERS, HttpMatchingData
+from pylon.proxy.matching.input_matchers import INPUT_MATCHERS
 from pylon.regex import RegexEngine
 
 if TYPE_CHECKING:
@@ -52,7 +53,7 @@ def compile_route_matcher(config: Matcher, build: Callable[[Route], Entry],
                 raise ValueError(f"{where}{f' ({route.name})' if route.name else ''}: {exc}") from exc
         return tuple(out)
 
-    match = compile_matcher(config, Vocabulary(inputs=HTTP_READERS, action=action), engine)
+    match = compile_matcher(config, Vocabulary(inputs=HTTP_READERS, action=action, input_matchers=INPUT_MATCHERS), engine)
 
     def choose(p: str, headers: HeaderList, authority: str, path: str, method: str | None,
                scheme: str | None) -> MatchedRoute | None:

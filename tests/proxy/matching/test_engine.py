@@ -1,5 +1,5 @@
 """The matcher engine's evaluation, as Envoy 1.40's source/common/matcher: lists, maps, predicates, nesting,
-keep_matching, undecided inputs; and its config checks."""
+undecided inputs; and its config checks."""
 
 from __future__ import annotations
 
@@ -25,14 +25,11 @@ def header(name: str) -> dict[str, Any]:
     return {"name": "h", "typed_config": {"@type": HEADER, "header_name": name}}
 
 
-def act(name: str, keep: bool = False) -> dict[str, Any]:
+def act(name: str) -> dict[str, Any]:
     """An on_match with an action named `name` (a Route, the only action type these tests register)."""
-    on: dict[str, Any] = {"action": {"name": name, "typed_config": {
+    return {"action": {"name": name, "typed_config": {
         "@type": "type.googleapis.com/envoy.config.route.v3.Route", "name": name, "match": {"prefix": "/"},
         "direct_response": {"status": 200}}}}
-    if keep:
-        on["keep_matching"] = True
-    return on
 
 
 def single(name: str, **value_match: Any) -> dict[str, Any]:
@@ -119,14 +116,6 @@ def test_prefix_map_longest_first_and_resumes_after_a_subtree_miss() -> None:
     assert match(request("/other")) == "root"
 
 
-def test_keep_matching_skips_the_match() -> None:
-    match = compiled({"matcher_list": {"matchers": [
-        {"predicate": single("x-a", exact="1"), "on_match": act("skipped", keep=True)},
-        {"predicate": single("x-a", exact="1"), "on_match": act("next")},
-    ]}})
-    assert match(request(x_a="1")) == "next"
-
-
 def test_query_parameter_and_network_inputs() -> None:
     match = compiled({"matcher_list": {"matchers": [
         {"predicate": {"single_predicate": {
@@ -163,8 +152,46 @@ def test_response_input_undecided_until_response_headers() -> None:
     ({"matcher_list": {"matchers": []}}, "matcher_list.matchers"),
     ({"matcher_list": {"matchers": [{"predicate": single("x", safe_regex={"regex": "a"}), "on_match": act("a")}]}},
      "google_re2"),
+    ({"matcher_list": {"matchers": [{"predicate": single("x", exact="1"), "on_match": {**act("a"),
+                                                                                      "keep_matching": True}}]}},
+     "keep_matching is not supported in this context"),
 ])
 def test_config_errors_name_the_field(raw: dict[str, Any], path: str) -> None:
     with pytest.raises((FieldError, ValueError)) as info:
         decode(raw, inputs=registry.HTTP_MATCH_INPUT, actions=registry.ROUTE_MATCH_ACTION)
     assert path in str(info.value)
+
+
+HYPERSCAN = "type.googleapis.com/envoy.extensions.matching.input_matchers.hyperscan.v3alpha.Hyperscan"
+
+
+@pytest.mark.parametrize("engine", ["envoy.regex_engines.google_re2", "envoy.regex_engines.hyperscan"])
+def test_hyperscan_input_matcher_finds_any_pattern_anywhere(engine: str) -> None:
+    from pylon.proxy.matching.input_matchers import INPUT_MATCHERS
+    from pylon.regex import get_engine
+
+    regexes = [{"regex": "^/api/v[0-9]+/", "id": 1}, {"regex": "admin", "caseless": True},
+               {"regex": "secret", "quiet": True}]
+    config = decode({"matcher_list": {"matchers": [{"predicate": {"single_predicate": {
+        "input": header(":path"), "custom_match": {"name": "hs", "typed_config": {"@type": HYPERSCAN,
+                                                                                  "regexes": regexes}}}},
+        "on_match": act("hit")}]}}, inputs=registry.HTTP_MATCH_INPUT, actions=registry.ROUTE_MATCH_ACTION)
+    match = compile_matcher(config, Vocabulary(inputs=HTTP_READERS, action=lambda route: route.name,
+                                               input_matchers=INPUT_MATCHERS), get_engine(engine))
+    assert match(request("/api/v2/users")) == "hit"
+    assert match(request("/x/ADMIN/y")) == "hit"  # found anywhere, caseless
+    assert match(request("/x/api/v2/")) is NO_MATCH  # anchored at the start
+    assert match(request("/secret")) is NO_MATCH  # a quiet pattern reports nothing
+
+
+@pytest.mark.parametrize(("regex", "error"), [
+    ({"regex": "a*"}, "matches the empty string; set allow_empty"),
+    ({"regex": "a", "combination": True}, "combination"),
+    ({"regex": "(unclosed"}, "invalid regex"),
+])
+def test_hyperscan_input_matcher_refusals(regex: dict[str, Any], error: str) -> None:
+    with pytest.raises(FieldError, match=error):
+        decode({"matcher_list": {"matchers": [{"predicate": {"single_predicate": {
+            "input": header(":path"), "custom_match": {"name": "hs", "typed_config": {
+                "@type": HYPERSCAN, "regexes": [regex]}}}}, "on_match": act("hit")}]}},
+            inputs=registry.HTTP_MATCH_INPUT, actions=registry.ROUTE_MATCH_ACTION)

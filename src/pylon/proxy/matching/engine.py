@@ -27,8 +27,8 @@ As Envoy 1.40 evaluates a tree (source/common/matcher/*.h):
   until one comes to a match (Envoy's
   `prefix_map_matcher_resume_after_subtree_miss`, on by default); then
   `on_no_match`.
-- `keep_matching`: the match is skipped (its action not taken, a nested
-  matcher's match discarded), and matching goes on.
+- `keep_matching` never reaches the engine: Envoy 1.40 refuses it wherever
+  pylon takes matchers (config/matcher.py).
 """
 
 from __future__ import annotations
@@ -149,19 +149,9 @@ class _Compiler:
 
     def on_match(self, config: OnMatch) -> Match:
         if config.action is not None:
-            if config.keep_matching:
-                return _no_match  # skipped: Envoy takes no action and matching goes on
             action = self.vocabulary.action(config.action.typed_config)
             return lambda data: action
-        nested = self.tree(config.matcher)  # type: ignore[arg-type]
-        if not config.keep_matching:
-            return nested
-
-        def skipping(data: Any) -> Any:
-            result = nested(data)
-            return result if result is INSUFFICIENT else NO_MATCH
-
-        return skipping
+        return self.tree(config.matcher)  # type: ignore[arg-type]
 
     def predicate(self, config: Predicate) -> _Test:
         if config.single_predicate is not None:
