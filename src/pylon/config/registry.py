@@ -67,6 +67,8 @@ ROUTE_MATCH_INPUT = "envoy.matching.http.input.route"
 INPUT_MATCHER = "envoy.matching.input_matchers"
 #: The actions of a virtual host's matcher (Route, RouteList)
 ROUTE_MATCH_ACTION = "envoy.matching.action.route"
+#: The actions of an HTTP filter's matcher (ExtensionWithMatcher): SkipFilter, the composite's ExecuteFilterAction
+HTTP_FILTER_MATCH_ACTION = "envoy.matching.action.http_filter"
 
 #: Human names used in error messages ("accepted here (network filters): ...").
 CATEGORY_NAMES = MappingProxyType(
@@ -96,6 +98,7 @@ CATEGORY_NAMES = MappingProxyType(
         ROUTE_MATCH_INPUT: "route matching input",
         INPUT_MATCHER: "input matcher",
         ROUTE_MATCH_ACTION: "route matching action",
+        HTTP_FILTER_MATCH_ACTION: "HTTP filter matching action",
     }
 )
 
@@ -118,7 +121,9 @@ EXTENSION_MODULES: Mapping[str, Mapping[str, str]] = MappingProxyType(
             "envoy.extensions.network.connection_balance.dlb.v3alpha.Dlb": "pylon.proxy.balance.dlb",
         },
         HTTP_FILTER: {
+            "envoy.extensions.common.matching.v3.ExtensionWithMatcher": "pylon.extensions.filters.http.match_delegate",
             "envoy.extensions.filters.http.buffer.v3.Buffer": "pylon.extensions.filters.http.buffer",
+            "envoy.extensions.filters.http.composite.v3.Composite": "pylon.extensions.filters.http.composite",
             "envoy.extensions.filters.http.compressor.v3.Compressor": "pylon.extensions.filters.http.compressor",
             "envoy.extensions.filters.http.cors.v3.Cors": "pylon.extensions.filters.http.cors",
             "envoy.extensions.filters.http.csrf.v3.CsrfPolicy": "pylon.extensions.filters.http.csrf",
@@ -167,6 +172,12 @@ EXTENSION_MODULES: Mapping[str, Mapping[str, str]] = MappingProxyType(
                 "pylon.extensions.filters.http.local_ratelimit",
             "envoy.extensions.filters.http.lua.v3.LuaPerRoute": "pylon.extensions.filters.http.lua",
             "envoy.extensions.filters.http.rbac.v3.RBACPerRoute": "pylon.extensions.filters.http.rbac",
+        },
+        HTTP_FILTER_MATCH_ACTION: {
+            "envoy.extensions.filters.common.matcher.action.v3.SkipFilter":
+                "pylon.extensions.filters.http.match_delegate",
+            "envoy.extensions.filters.http.composite.v3.ExecuteFilterAction":
+                "pylon.extensions.filters.http.composite",
         },
         COMPRESSOR_LIBRARY: {
             "envoy.extensions.compression.gzip.compressor.v3.Gzip": "pylon.extensions.compression.gzip",
