@@ -80,14 +80,6 @@ class NotSupportedYet:
     """Annotation for Envoy fields pylon recognises but does not implement: setting one is an error."""
 
 
-class GenericMatcher:
-    """Annotation for a place Envoy takes a generic matcher tree (`xds.type.matcher.v3.Matcher`) and pylon does
-    not yet (config/matcher.py has the tree; its owners resolve it)."""
-
-
-_GENERIC_MATCHER_MESSAGE = "matcher trees are not supported here yet"
-
-
 _RE2_OPTIONS = re2.Options()
 _RE2_OPTIONS.log_errors = False  # the error goes into the ConfigError, not to stderr
 
@@ -131,8 +123,6 @@ def dec_hook(type_: type, obj: Any) -> Any:
         return RegexPattern(obj)
     if type_ is NotSupportedYet:
         raise ValueError("not supported yet")
-    if type_ is GenericMatcher:
-        raise ValueError(_GENERIC_MATCHER_MESSAGE)
     raise NotImplementedError(f"no decoder for {type_!r}")
 
 
@@ -1844,6 +1834,12 @@ class FilterChainMatch(EnvoyStruct, kw_only=True):
                                                        "leading '*.', as in '*.example.com')")
 
 
+class StringValue(EnvoyStruct, kw_only=True):
+    """google.protobuf.StringValue: a filter_chain_matcher's action, the name of the chain it picks."""
+
+    value: str = ""
+
+
 class FilterChain(EnvoyStruct, kw_only=True):
     name: str = ""
     filter_chain_match: FilterChainMatch | None = None
@@ -1900,7 +1896,9 @@ class Listener(EnvoyStruct, kw_only=True):
     max_connections_to_accept_per_socket_event: PositiveUInt32 | None = None  # None: all pending, as Envoy
     #: its connections are not counted against, nor refused by, the global downstream connections limit
     ignore_global_conn_limit: bool = False
-    filter_chain_matcher: GenericMatcher | None = None
+    #: xds.type.matcher.v3.Matcher naming each connection's filter chain instead of their filter_chain_match
+    #: (decoded by config/matcher.py in `__post_init__`; its actions google.protobuf.StringValue chain names)
+    filter_chain_matcher: Any = None
     default_filter_chain: FilterChain | None = None
     listener_filters_timeout: Duration = Duration(15)  # 0: no limit
     continue_on_listener_filters_timeout: bool = False
@@ -1912,6 +1910,8 @@ class Listener(EnvoyStruct, kw_only=True):
     def __post_init__(self) -> None:
         if not self.filter_chains and self.default_filter_chain is None:
             raise FieldError("filter_chains", "a listener needs a filter chain (or a default_filter_chain)")
+        if self.filter_chain_matcher is not None:
+            self._resolve_chain_matcher()
         if self.internal_listener is not None:
             self._check_internal()
         elif self.address is None:
@@ -1924,6 +1924,27 @@ class Listener(EnvoyStruct, kw_only=True):
             raise FieldError("address.pipe", "pylon listeners bind IP addresses only (socket_address)")
         else:
             self._check_bound()
+
+    def _resolve_chain_matcher(self) -> None:
+        """Envoy's rules with a filter_chain_matcher: every chain named, no name twice; their filter_chain_match
+        is then ignored (as Envoy ignores it)."""
+        from pylon.config import matcher  # noqa: PLC0415  (it builds on this module)
+
+        seen: set[str] = set()
+        for j, chain in enumerate(self.filter_chains):
+            if not chain.name:
+                raise FieldError(f"filter_chains[{j}].name", f"error adding listener {self.name!r}: \"name\" field is "
+                                                             "required when using a listener matcher")
+            if chain.name in seen:
+                raise FieldError(f"filter_chains[{j}].name", f"error adding listener {self.name!r}: \"name\" field is "
+                                                             f"duplicated with value {chain.name!r}")
+            seen.add(chain.name)
+        try:
+            decoded = matcher.decode(self.filter_chain_matcher, inputs=registry.NETWORK_MATCH_INPUT,
+                                     actions=registry.FILTER_CHAIN_MATCH_ACTION)
+        except FieldError as exc:
+            raise FieldError(join_path("filter_chain_matcher", exc.rel_path), exc.message) from None
+        force_setattr(self, "filter_chain_matcher", decoded)
 
     @property
     def socket_address(self) -> SocketAddress:
@@ -1947,6 +1968,8 @@ class Listener(EnvoyStruct, kw_only=True):
             raise FieldError("listener_filters", "listener filters on an internal listener are not supported yet")
         if self.use_original_dst:
             raise FieldError("use_original_dst", "an internal listener's connections have no original destination")
+        if self.filter_chain_matcher is not None:
+            raise FieldError("filter_chain_matcher", "an internal listener's connections have no socket to match on")
         chains = self.all_filter_chains()
         if len(chains) != 1 or (chains[0][1].filter_chain_match is not None
                                 and chains[0][1].filter_chain_match != FilterChainMatch()):
@@ -3297,6 +3320,7 @@ _CORE_EXTENSIONS: tuple[tuple[str, str, type], ...] = (
     (registry.REGEX_ENGINE, "type.googleapis.com/pylon.extensions.regex_engines.v1.PythonRe", RegexEnginePythonRe),
     (registry.ROUTE_MATCH_ACTION, "type.googleapis.com/envoy.config.route.v3.Route", MatcherRoute),
     (registry.ROUTE_MATCH_ACTION, "type.googleapis.com/envoy.config.route.v3.RouteList", RouteList),
+    (registry.FILTER_CHAIN_MATCH_ACTION, "type.googleapis.com/google.protobuf.StringValue", StringValue),
 )
 
 for _category, _type_url, _struct_type in _CORE_EXTENSIONS:

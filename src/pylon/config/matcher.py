@@ -12,9 +12,9 @@ is decoded here without its typed extensions, and its owner resolves them with
 through the registry category the owner names (extensions by name, as every
 other typed_config), and one outside it is a ConfigError at its path.
 
-Not taken (refused at their path): `custom_match` on a tree (Envoy's trie of
-IPs), `keep_matching` (Envoy refuses it too), a `custom_match` input matcher
-other than the Hyperscan one (`registry.INPUT_MATCHER`).
+Not taken (refused at their path): `keep_matching` (Envoy refuses it too), a
+custom tree other than the IPMatcher (`registry.CUSTOM_MATCHER`), an input
+matcher other than the Hyperscan one (`registry.INPUT_MATCHER`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import re2
 from msgspec.structs import force_setattr
 
 from pylon.config import registry
-from pylon.config.envoy import EnvoyStruct, GoogleRe2, NonEmptyStr, RegexPattern, convert, decode_typed
+from pylon.config.envoy import CidrRange, EnvoyStruct, GoogleRe2, NonEmptyStr, RegexPattern, convert, decode_typed
 from pylon.config.envoy import _exactly_one as exactly_one
 from pylon.config.errors import FieldError, join_path, split_validation_error
 
@@ -113,13 +113,26 @@ class MatcherTree(EnvoyStruct, kw_only=True):
     input: TypedExtension
     exact_match_map: MatchMap | None = None
     prefix_match_map: MatchMap | None = None
+    #: a custom tree (registry.CUSTOM_MATCHER: xds.type.matcher.v3.IPMatcher)
     custom_match: TypedExtension | None = None
 
     def __post_init__(self) -> None:
         exactly_one(self, "exact_match_map", "prefix_match_map", "custom_match")
-        if self.custom_match is not None:
-            raise FieldError("custom_match", "custom match trees are not supported (use exact_match_map or "
-                                             "prefix_match_map)")
+
+
+class IPRangeMatcher(EnvoyStruct, kw_only=True):
+    ranges: Annotated[list[CidrRange], msgspec.Meta(min_length=1)]
+    on_match: OnMatch
+    exclusive: bool = False
+
+
+class IPMatcher(EnvoyStruct, kw_only=True):
+    """xds.type.matcher.v3.IPMatcher: a tree over an address input by CIDR ranges. As Envoy 1.40's ip range
+    matcher: the ranges holding the address, longest prefix first (then in order), each tried until one comes
+    to a match; after the first, `exclusive` ones are passed over; then `on_no_match`. A value that is no
+    address is `on_no_match` at once."""
+
+    range_matchers: list[IPRangeMatcher] = []
 
 
 class Matcher(EnvoyStruct, kw_only=True):
@@ -162,10 +175,16 @@ def resolve(matcher: Matcher, *, inputs: str, actions: str, path: str = "") -> N
         tree = matcher.matcher_tree
         where = join_path(path, "matcher_tree")
         _resolve_typed(tree.input, inputs, join_path(where, "input"))
-        table = tree.exact_match_map if tree.exact_match_map is not None else tree.prefix_match_map
-        kind = "exact_match_map" if tree.exact_match_map is not None else "prefix_match_map"
-        for key, on_match in table.map.items():  # type: ignore[union-attr]
-            _resolve_on_match(on_match, inputs, actions, join_path(where, f"{kind}.map[{key}]"))
+        if tree.custom_match is not None:
+            _resolve_typed(tree.custom_match, registry.CUSTOM_MATCHER, join_path(where, "custom_match"))
+            custom = join_path(where, "custom_match.typed_config")
+            for i, ranges in enumerate(tree.custom_match.typed_config.range_matchers):
+                _resolve_on_match(ranges.on_match, inputs, actions, join_path(custom, f"range_matchers[{i}].on_match"))
+        else:
+            table = tree.exact_match_map if tree.exact_match_map is not None else tree.prefix_match_map
+            kind = "exact_match_map" if tree.exact_match_map is not None else "prefix_match_map"
+            for key, on_match in table.map.items():  # type: ignore[union-attr]
+                _resolve_on_match(on_match, inputs, actions, join_path(where, f"{kind}.map[{key}]"))
     if matcher.on_no_match is not None:
         _resolve_on_match(matcher.on_no_match, inputs, actions, join_path(path, "on_no_match"))
 
@@ -304,6 +323,7 @@ class Hyperscan(EnvoyStruct, kw_only=True):
 registry.register_typed(registry.INPUT_MATCHER,
                         "type.googleapis.com/envoy.extensions.matching.input_matchers.hyperscan.v3alpha.Hyperscan",
                         Hyperscan)
+registry.register_typed(registry.CUSTOM_MATCHER, "type.googleapis.com/xds.type.matcher.v3.IPMatcher", IPMatcher)
 
 
 _HTTP = "type.googleapis.com/envoy.type.matcher.v3."

@@ -69,6 +69,10 @@ INPUT_MATCHER = "envoy.matching.input_matchers"
 ROUTE_MATCH_ACTION = "envoy.matching.action.route"
 #: The actions of an HTTP filter's matcher (ExtensionWithMatcher): SkipFilter, the composite's ExecuteFilterAction
 HTTP_FILTER_MATCH_ACTION = "envoy.matching.action.http_filter"
+#: The actions of a listener's filter_chain_matcher: a filter chain's name (google.protobuf.StringValue)
+FILTER_CHAIN_MATCH_ACTION = "envoy.matching.action.filter_chain"
+#: A matcher_tree's `custom_match`: custom match trees (xds.type.matcher.v3.IPMatcher)
+CUSTOM_MATCHER = "envoy.matching.custom_matchers"
 
 #: Human names used in error messages ("accepted here (network filters): ...").
 CATEGORY_NAMES = MappingProxyType(
@@ -99,6 +103,8 @@ CATEGORY_NAMES = MappingProxyType(
         INPUT_MATCHER: "input matcher",
         ROUTE_MATCH_ACTION: "route matching action",
         HTTP_FILTER_MATCH_ACTION: "HTTP filter matching action",
+        FILTER_CHAIN_MATCH_ACTION: "filter chain matching action",
+        CUSTOM_MATCHER: "custom match tree",
     }
 )
 

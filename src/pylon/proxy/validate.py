@@ -73,7 +73,8 @@ def validate_listeners(listeners: list[Any], source: str, path: str, secrets: Ma
     for i, listener in enumerate(listeners):
         base = f"{path}[{i}]"
         try:
-            FilterChainSelector([chain.filter_chain_match for chain in listener.filter_chains])
+            if listener.filter_chain_matcher is None:  # with one, the chains' filter_chain_match are ignored
+                FilterChainSelector([chain.filter_chain_match for chain in listener.filter_chains])
         except DuplicateMatch as exc:
             chains = listener.filter_chains
             if exc.identical:

@@ -27,6 +27,7 @@ As Envoy 1.40 evaluates a tree (source/common/matcher/*.h):
   until one comes to a match (Envoy's
   `prefix_map_matcher_resume_after_subtree_miss`, on by default); then
   `on_no_match`.
+- a custom `IPMatcher` tree: see config/matcher.py `IPMatcher`.
 - `keep_matching` never reaches the engine: Envoy 1.40 refuses it wherever
   pylon takes matchers (config/matcher.py).
 """
@@ -34,9 +35,10 @@ As Envoy 1.40 evaluates a tree (source/common/matcher/*.h):
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from ipaddress import ip_address
 from typing import Any, NamedTuple
 
-from pylon.config.matcher import Matcher, OnMatch, Predicate, TypedExtension
+from pylon.config.matcher import IPMatcher, Matcher, OnMatch, Predicate, TypedExtension
 from pylon.proxy.router import _compile_string_matcher
 from pylon.regex import RegexEngine, get_engine
 
@@ -111,6 +113,8 @@ class _Compiler:
     def mapped(self, config: Matcher, otherwise: Match) -> Match:
         tree = config.matcher_tree
         read = self.reader(tree.input)  # type: ignore[union-attr]
+        if tree.custom_match is not None:  # type: ignore[union-attr]
+            return self.ip_ranges(tree.custom_match.typed_config, read, otherwise)  # type: ignore[union-attr]
         if tree.exact_match_map is not None:  # type: ignore[union-attr]
             exact = {key: self.on_match(on) for key, on in tree.exact_match_map.map.items()}  # type: ignore[union-attr]
 
@@ -146,6 +150,36 @@ class _Compiler:
             return otherwise(data)
 
         return match_prefix
+
+    def ip_ranges(self, config: IPMatcher, read: Reader, otherwise: Match) -> Match:
+        # (network, longest-first sort key, exclusive, then) per range; few ranges: a scan, not a trie
+        ranges = []
+        for index, range_matcher in enumerate(config.range_matchers):
+            then = self.on_match(range_matcher.on_match)
+            for cidr in range_matcher.ranges:
+                network = cidr.network
+                ranges.append((network, (-network.prefixlen, index), range_matcher.exclusive, then))
+
+        def match_ip(data: Any) -> Any:
+            value = read(data)
+            if value is NOT_AVAILABLE:
+                return INSUFFICIENT
+            try:
+                address = ip_address(value) if value is not None else None
+            except ValueError:
+                address = None
+            if address is None:
+                return otherwise(data)
+            holding = sorted((entry for entry in ranges if address in entry[0]), key=lambda entry: entry[1])
+            for i, (_, _, exclusive, then) in enumerate(holding):
+                if i and exclusive:
+                    continue
+                result = then(data)
+                if result is not NO_MATCH:
+                    return result
+            return otherwise(data)
+
+        return match_ip
 
     def on_match(self, config: OnMatch) -> Match:
         if config.action is not None:
