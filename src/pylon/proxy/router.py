@@ -99,9 +99,6 @@ REDIRECT_CODES = {
 # Path match kinds, in the order the match loop tests them. A _REGEX route is a
 # build-time entry only: runs of them become one _REGEX_RUN entry.
 _BLOCK, _REGEX_RUN, _PREFIX, _PATH, _PREFIX_CI, _PATH_CI, _REGEX = range(7)
-# A virtual host with a `matcher` has one entry of this kind: the matcher tree, then the chosen routes' own match
-# (route_matcher.py). Tested inside the case-insensitive branch, so tables without one pay nothing for it.
-_MATCHER = 7
 _NO_CANDIDATE = 1 << 62
 
 # Runs of at least this many condition-free, case-sensitive prefix/path routes are
@@ -770,11 +767,14 @@ class _VirtualHost:
     indices below `end` not owned by an earlier run.
     """
 
-    __slots__ = ("name", "entries", "regex_set", "regex_routes")
+    __slots__ = ("name", "entries", "regex_set", "regex_routes", "choose")
 
     def __init__(self, name: str, entries: list[tuple[int, Any, _Conditions | None, MatchedRoute]],
                  labels: list[str], engine: RegexEngine) -> None:
         self.name = name
+        #: a virtual host's `matcher` instead of routes (route_matcher.py): (p, headers, authority, path, method,
+        #: scheme) -> the route or None
+        self.choose: Callable[..., MatchedRoute | None] | None = None
         patterns: list[str] = []
         pattern_labels: list[str] = []
         self.regex_routes: list[tuple[MatchedRoute, _Conditions | None]] = []
@@ -881,7 +881,9 @@ class RouteTable:
                 choose = route_matcher.compile_route_matcher(config.matcher, build, self._entry_test, self._engine)
             except ValueError as exc:
                 raise ValueError(f"{where}: matcher: {exc}") from exc
-            return _VirtualHost(config.name, [(_MATCHER, choose, None, None)], [""], self._engine)
+            vhost = _VirtualHost(config.name, [], [], self._engine)
+            vhost.choose = choose
+            return vhost
         entries = []
         labels = []  # also name a route in the regex engine's errors and fallback warnings
         for j, route in enumerate(config.routes):
@@ -1132,8 +1134,6 @@ class RouteTable:
                 if p != arg:
                     continue
             else:
-                if kind == _MATCHER:
-                    return arg(p, headers, authority, path, method, scheme)
                 if lower is None:
                     lower = p.lower()
                 if kind == _PREFIX_CI:
@@ -1143,7 +1143,9 @@ class RouteTable:
                     continue
             if conditions is None or conditions.matches(headers, authority, path, method, scheme):
                 return route
-        return None
+        # A virtual host with a `matcher` has no entries: asked only here, so a request a route matched pays nothing
+        choose = vhost.choose  # type: ignore[union-attr]
+        return None if choose is None else choose(p, headers, authority, path, method, scheme)
 
 
 def _rss_bytes() -> int:
