@@ -858,6 +858,7 @@ class RouteTable:
             vh_retry = RetryRule(config.retry_policy) if config.retry_policy is not None else None
         except ValueError as exc:
             raise ValueError(f"{where}: {exc}") from exc
+
         def build(route: Route) -> tuple[int, Any, _Conditions | None, MatchedRoute]:
             entry = self._build_route(route, config.name, vh_retry,
                                       (vh_request, config_request), (vh_response, config_response))
