@@ -965,12 +965,7 @@ class VirtualHost(_NonEmptyHeaderRemovals, kw_only=True):
 
             if self.routes:
                 raise FieldError("matcher", "cannot set both matcher and routes on virtual host")
-            try:
-                decoded = matcher.decode(self.matcher, inputs=registry.ROUTE_MATCH_INPUT,
-                                         actions=registry.ROUTE_MATCH_ACTION)
-            except FieldError as exc:
-                raise FieldError(join_path("matcher", exc.rel_path), exc.message) from None
-            force_setattr(self, "matcher", decoded)
+            matcher.decode_field(self, "matcher", inputs=registry.ROUTE_MATCH_INPUT, actions=registry.ROUTE_MATCH_ACTION)
 
 
 class MatcherRoute(Route, kw_only=True):
@@ -1939,12 +1934,8 @@ class Listener(EnvoyStruct, kw_only=True):
                 raise FieldError(f"filter_chains[{j}].name", f"error adding listener {self.name!r}: \"name\" field is "
                                                              f"duplicated with value {chain.name!r}")
             seen.add(chain.name)
-        try:
-            decoded = matcher.decode(self.filter_chain_matcher, inputs=registry.NETWORK_MATCH_INPUT,
-                                     actions=registry.FILTER_CHAIN_MATCH_ACTION)
-        except FieldError as exc:
-            raise FieldError(join_path("filter_chain_matcher", exc.rel_path), exc.message) from None
-        force_setattr(self, "filter_chain_matcher", decoded)
+        matcher.decode_field(self, "filter_chain_matcher", inputs=registry.NETWORK_MATCH_INPUT,
+                             actions=registry.FILTER_CHAIN_MATCH_ACTION)
 
     @property
     def socket_address(self) -> SocketAddress:

@@ -19,6 +19,7 @@ matcher other than the Hyperscan one (`registry.INPUT_MATCHER`).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Annotated, Any
 
 import msgspec
@@ -164,50 +165,72 @@ def decode(raw: Any, *, inputs: str, actions: str) -> Matcher:
     return matcher
 
 
-def resolve(matcher: Matcher, *, inputs: str, actions: str, path: str = "") -> None:
-    """Decode every input, input matcher and action of `matcher` in place through the registry categories."""
+#: what each kind of typed extension of a tree is resolved through, besides the owner's inputs and actions
+_FIXED_CATEGORIES = {"input_matcher": registry.INPUT_MATCHER, "custom_match": registry.CUSTOM_MATCHER}
+
+
+def decode_field(owner: msgspec.Struct, field: str, *, inputs: str, actions: str) -> None:
+    """Replace the raw tree in `owner.field` by its decoded Matcher (FieldError located through the field)."""
+    try:
+        decoded = decode(getattr(owner, field), inputs=inputs, actions=actions)
+    except FieldError as exc:
+        raise FieldError(join_path(field, exc.rel_path), exc.message) from None
+    force_setattr(owner, field, decoded)
+
+
+def resolve(matcher: Matcher, *, inputs: str, actions: str) -> None:
+    """Decode every input, input matcher, custom tree and action of `matcher` in place through the registry
+    categories (the owner's for inputs and actions)."""
+    categories = {**_FIXED_CATEGORIES, "input": inputs, "action": actions}
+    for path, kind, extension in extensions(matcher):
+        _resolve_typed(extension, categories[kind], path)
+
+
+def extensions(matcher: Matcher, path: str = "") -> Iterator[tuple[str, str, TypedExtension]]:
+    """(field path, kind, extension) of every typed extension of the tree, in order; kind is `input`,
+    `input_matcher`, `custom_match` or `action`. A generator: a custom tree's own branches are read after the
+    consumer took (and resolved) the tree's extension."""
     if matcher.matcher_list is not None:
         for i, field in enumerate(matcher.matcher_list.matchers):
             where = join_path(path, f"matcher_list.matchers[{i}]")
-            _resolve_predicate(field.predicate, inputs, join_path(where, "predicate"))
-            _resolve_on_match(field.on_match, inputs, actions, join_path(where, "on_match"))
+            yield from _predicate_extensions(field.predicate, join_path(where, "predicate"))
+            yield from _on_match_extensions(field.on_match, join_path(where, "on_match"))
     if matcher.matcher_tree is not None:
         tree = matcher.matcher_tree
         where = join_path(path, "matcher_tree")
-        _resolve_typed(tree.input, inputs, join_path(where, "input"))
+        yield join_path(where, "input"), "input", tree.input
         if tree.custom_match is not None:
-            _resolve_typed(tree.custom_match, registry.CUSTOM_MATCHER, join_path(where, "custom_match"))
+            yield join_path(where, "custom_match"), "custom_match", tree.custom_match
             custom = join_path(where, "custom_match.typed_config")
             for i, ranges in enumerate(tree.custom_match.typed_config.range_matchers):
-                _resolve_on_match(ranges.on_match, inputs, actions, join_path(custom, f"range_matchers[{i}].on_match"))
+                yield from _on_match_extensions(ranges.on_match, join_path(custom, f"range_matchers[{i}].on_match"))
         else:
-            table = tree.exact_match_map if tree.exact_match_map is not None else tree.prefix_match_map
             kind = "exact_match_map" if tree.exact_match_map is not None else "prefix_match_map"
-            for key, on_match in table.map.items():  # type: ignore[union-attr]
-                _resolve_on_match(on_match, inputs, actions, join_path(where, f"{kind}.map[{key}]"))
+            for key, on_match in getattr(tree, kind).map.items():
+                yield from _on_match_extensions(on_match, join_path(where, f"{kind}.map[{key}]"))
     if matcher.on_no_match is not None:
-        _resolve_on_match(matcher.on_no_match, inputs, actions, join_path(path, "on_no_match"))
+        yield from _on_match_extensions(matcher.on_no_match, join_path(path, "on_no_match"))
 
 
-def _resolve_on_match(on_match: OnMatch, inputs: str, actions: str, path: str) -> None:
+def _on_match_extensions(on_match: OnMatch, path: str) -> Iterator[tuple[str, str, TypedExtension]]:
     if on_match.action is not None:
-        _resolve_typed(on_match.action, actions, join_path(path, "action"))
+        yield join_path(path, "action"), "action", on_match.action
     else:
-        resolve(on_match.matcher, inputs=inputs, actions=actions, path=join_path(path, "matcher"))  # type: ignore[arg-type]
+        yield from extensions(on_match.matcher, join_path(path, "matcher"))  # type: ignore[arg-type]
 
 
-def _resolve_predicate(predicate: Predicate, inputs: str, path: str) -> None:
+def _predicate_extensions(predicate: Predicate, path: str) -> Iterator[tuple[str, str, TypedExtension]]:
     single = predicate.single_predicate
     if single is not None:
-        _resolve_typed(single.input, inputs, join_path(path, "single_predicate.input"))
+        yield join_path(path, "single_predicate.input"), "input", single.input
         if single.custom_match is not None:
-            _resolve_typed(single.custom_match, registry.INPUT_MATCHER, join_path(path, "single_predicate.custom_match"))
+            yield join_path(path, "single_predicate.custom_match"), "input_matcher", single.custom_match
     elif predicate.not_matcher is not None:
-        _resolve_predicate(predicate.not_matcher, inputs, join_path(path, "not_matcher"))
+        yield from _predicate_extensions(predicate.not_matcher, join_path(path, "not_matcher"))
     else:
         kind = "or_matcher" if predicate.or_matcher is not None else "and_matcher"
         for i, inner in enumerate(getattr(predicate, kind).predicate):
-            _resolve_predicate(inner, inputs, join_path(path, f"{kind}.predicate[{i}]"))
+            yield from _predicate_extensions(inner, join_path(path, f"{kind}.predicate[{i}]"))
 
 
 def _resolve_typed(extension: TypedExtension, category: str, path: str) -> None:
@@ -221,22 +244,26 @@ def _resolve_typed(extension: TypedExtension, category: str, path: str) -> None:
 # --------------------------------------------------------------------------- data inputs
 
 
-class HttpRequestHeaderMatchInput(EnvoyStruct, kw_only=True):
-    """type.matcher.v3.HttpRequestHeaderMatchInput: every value of the header joined with "," (absent: none)."""
+class _HeaderInput(EnvoyStruct, kw_only=True):
+    """An HTTP header input: every value of the header joined with "," (absent: none)."""
 
     header_name: NonEmptyStr
 
 
-class HttpResponseHeaderMatchInput(EnvoyStruct, kw_only=True):
-    header_name: NonEmptyStr
+class HttpRequestHeaderMatchInput(_HeaderInput, kw_only=True):
+    """type.matcher.v3.HttpRequestHeaderMatchInput."""
 
 
-class HttpRequestTrailerMatchInput(EnvoyStruct, kw_only=True):
-    header_name: NonEmptyStr
+class HttpResponseHeaderMatchInput(_HeaderInput, kw_only=True):
+    """type.matcher.v3.HttpResponseHeaderMatchInput."""
 
 
-class HttpResponseTrailerMatchInput(EnvoyStruct, kw_only=True):
-    header_name: NonEmptyStr
+class HttpRequestTrailerMatchInput(_HeaderInput, kw_only=True):
+    """type.matcher.v3.HttpRequestTrailerMatchInput."""
+
+
+class HttpResponseTrailerMatchInput(_HeaderInput, kw_only=True):
+    """type.matcher.v3.HttpResponseTrailerMatchInput."""
 
 
 class HttpRequestQueryParamMatchInput(EnvoyStruct, kw_only=True):
@@ -342,3 +369,9 @@ for _url, _struct in HTTP_INPUTS + NETWORK_INPUTS:
 for _url, _struct in NETWORK_INPUTS:
     registry.register_typed(registry.NETWORK_MATCH_INPUT, _url, _struct)
 registry.register_typed(registry.ROUTE_MATCH_INPUT, _HTTP + "HttpRequestHeaderMatchInput", HttpRequestHeaderMatchInput)
+#: the RBAC filters' (extensions/filters/common/rbac_matcher.py): request headers and the connection's
+RBAC_INPUTS = (HttpRequestHeaderMatchInput, DestinationIPInput, DestinationPortInput, SourceIPInput,
+               DirectSourceIPInput, ServerNameInput)
+for _url, _struct in HTTP_INPUTS + NETWORK_INPUTS:
+    if _struct in RBAC_INPUTS:
+        registry.register_typed(registry.RBAC_MATCH_INPUT, _url, _struct)

@@ -63,6 +63,9 @@ BOOTSTRAP_EXTENSION = "envoy.bootstrap"
 HTTP_MATCH_INPUT = "envoy.matching.http.input"
 NETWORK_MATCH_INPUT = "envoy.matching.network.input"
 ROUTE_MATCH_INPUT = "envoy.matching.http.input.route"
+#: The RBAC filters' matcher: its inputs (request headers, the connection's) and actions (config.rbac.v3.Action)
+RBAC_MATCH_INPUT = "envoy.matching.http.input.rbac"
+RBAC_MATCH_ACTION = "envoy.matching.action.rbac"
 #: A single predicate's `custom_match`: input matchers (CIDR ranges, Hyperscan)
 INPUT_MATCHER = "envoy.matching.input_matchers"
 #: The actions of a virtual host's matcher (Route, RouteList)
@@ -101,6 +104,8 @@ CATEGORY_NAMES = MappingProxyType(
         NETWORK_MATCH_INPUT: "network matching input",
         ROUTE_MATCH_INPUT: "route matching input",
         INPUT_MATCHER: "input matcher",
+        RBAC_MATCH_INPUT: "RBAC matching input",
+        RBAC_MATCH_ACTION: "RBAC matching action",
         ROUTE_MATCH_ACTION: "route matching action",
         HTTP_FILTER_MATCH_ACTION: "HTTP filter matching action",
         FILTER_CHAIN_MATCH_ACTION: "filter chain matching action",
@@ -179,6 +184,7 @@ EXTENSION_MODULES: Mapping[str, Mapping[str, str]] = MappingProxyType(
             "envoy.extensions.filters.http.lua.v3.LuaPerRoute": "pylon.extensions.filters.http.lua",
             "envoy.extensions.filters.http.rbac.v3.RBACPerRoute": "pylon.extensions.filters.http.rbac",
         },
+        RBAC_MATCH_ACTION: {"envoy.config.rbac.v3.Action": "pylon.extensions.filters.common.rbac_matcher"},
         HTTP_FILTER_MATCH_ACTION: {
             "envoy.extensions.filters.common.matcher.action.v3.SkipFilter":
                 "pylon.extensions.filters.http.match_delegate",

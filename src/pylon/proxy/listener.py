@@ -213,46 +213,27 @@ class ListenerRuntime:
             if target is not None and target is not self:
                 target.find_chain(sock, proceed, drop, detected)
                 return
-        if self.chain_matcher is not None:
-            self._choose_by_matcher(sock, detected, proceed, drop)
-            return
         chain = self.only_chain
-        if chain is None:
-            index = None
-            if self.selector is not None:
-                try:
-                    local, peer = original or sock.getsockname(), sock.getpeername()
-                except OSError:
-                    drop()  # the peer has already gone
-                    return
-                found = detected or Detected()
-                facts = ConnectionFacts(ipaddress.ip_address(local[0]), local[1], ipaddress.ip_address(peer[0]),
-                                        peer[1], found.server_name, found.transport_protocol or "raw_buffer",
-                                        found.application_protocols)
-                index = self.selector.select(facts)
-            chain = self.chains[index] if index is not None else self.default_chain
-        if chain is None:
-            self.no_filter_chain_match.inc()
-            drop()
-        else:
-            proceed(chain, detected)
-
-
-    def _choose_by_matcher(self, sock: socket.socket, detected: Detected | None,
-                           proceed: Callable[[ChainRuntime, Detected | None], None], drop: Callable[[], None]) -> None:
-        """The filter_chain_matcher's chain (Envoy: its action names one; no match: the default chain; a name no
-        chain has: none, the connection is closed)."""
-        original = detected.original_destination if detected is not None else None
-        try:
-            local, peer = original or sock.getsockname(), sock.getpeername()
-        except OSError:
-            drop()  # the peer has already gone
-            return
-        found = detected or Detected()
-        data = NetworkMatchingData(local[:2], peer[:2], peer[:2], found.server_name,
-                                   found.transport_protocol or "raw_buffer", found.application_protocols)
-        name = self.chain_matcher(data)  # type: ignore[misc]
-        chain = self.default_chain if name is NO_MATCH else self.chains_by_name.get(name)
+        if chain is None and (self.selector is not None or self.chain_matcher is not None):
+            try:
+                local, peer = original or sock.getsockname(), sock.getpeername()
+            except OSError:
+                drop()  # the peer has already gone
+                return
+            found = detected or Detected()
+            transport = found.transport_protocol or "raw_buffer"
+            if self.chain_matcher is not None:
+                # Envoy: the action names the chain (a name no chain has: none); no match: the default chain
+                name = self.chain_matcher(NetworkMatchingData(local[:2], peer[:2], peer[:2], found.server_name,
+                                                              transport, found.application_protocols))
+                chain = self.default_chain if name is NO_MATCH else self.chains_by_name.get(name)
+            else:
+                index = self.selector.select(ConnectionFacts(  # type: ignore[union-attr]
+                    ipaddress.ip_address(local[0]), local[1], ipaddress.ip_address(peer[0]), peer[1],
+                    found.server_name, transport, found.application_protocols))
+                chain = self.chains[index] if index is not None else self.default_chain
+        elif chain is None:
+            chain = self.default_chain
         if chain is None:
             self.no_filter_chain_match.inc()
             drop()

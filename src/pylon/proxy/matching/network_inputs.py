@@ -38,22 +38,13 @@ class NetworkMatchingData:
         return self
 
 
-def _ip(which: str) -> Callable[[Any], Reader]:
+def _address(which: str, part: int) -> Callable[[Any], Reader]:
+    """A reader factory for part 0 (the IP) or 1 (the port) of one of the connection's addresses."""
+
     def factory(_: Any) -> Reader:
         def read(data: Any) -> str | None:
             address = getattr(data.network, which)
-            return None if address is None else str(address[0])
-
-        return read
-
-    return factory
-
-
-def _port(which: str) -> Callable[[Any], Reader]:
-    def factory(_: Any) -> Reader:
-        def read(data: Any) -> str | None:
-            address = getattr(data.network, which)
-            return None if address is None else str(address[1])
+            return None if address is None else str(address[part])
 
         return read
 
@@ -77,11 +68,11 @@ def _application_protocols(_: Any) -> Reader:
 
 #: decoded input Struct type -> reader factory (a caller's `Vocabulary.inputs` includes these)
 NETWORK_READERS: dict[type, Callable[[Any], Reader]] = {
-    config.DestinationIPInput: _ip("local"),
-    config.DestinationPortInput: _port("local"),
-    config.SourceIPInput: _ip("source"),
-    config.SourcePortInput: _port("source"),
-    config.DirectSourceIPInput: _ip("direct_source"),
+    config.DestinationIPInput: _address("local", 0),
+    config.DestinationPortInput: _address("local", 1),
+    config.SourceIPInput: _address("source", 0),
+    config.SourcePortInput: _address("source", 1),
+    config.DirectSourceIPInput: _address("direct_source", 0),
     config.ServerNameInput: _text("server_name"),
     config.TransportProtocolInput: _text("transport_protocol"),
     config.ApplicationProtocolInput: _application_protocols,

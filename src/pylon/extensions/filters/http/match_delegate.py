@@ -19,12 +19,10 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from msgspec.structs import force_setattr
-
 from pylon.config import matcher as xds
 from pylon.config import registry
 from pylon.config.envoy import EnvoyStruct, HttpFilter
-from pylon.config.errors import FieldError, join_path
+from pylon.config.errors import FieldError
 from pylon.proxy.filters.http import build_filter, register_filter
 from pylon.proxy.headers import HeaderList
 from pylon.proxy.matching.engine import INSUFFICIENT, NO_MATCH, Vocabulary, compile_matcher
@@ -52,14 +50,8 @@ class ExtensionWithMatcher(EnvoyStruct, kw_only=True):
         if self.matcher is not None and self.xds_matcher is not None:
             raise FieldError("xds_matcher", "at most one of matcher, xds_matcher may be set")
         for field in ("matcher", "xds_matcher"):
-            raw = getattr(self, field)
-            if raw is None:
-                continue
-            try:
-                decoded = xds.decode(raw, inputs=registry.HTTP_MATCH_INPUT, actions=registry.HTTP_FILTER_MATCH_ACTION)
-            except FieldError as exc:
-                raise FieldError(join_path(field, exc.rel_path), exc.message) from None
-            force_setattr(self, field, decoded)
+            if getattr(self, field) is not None:
+                xds.decode_field(self, field, inputs=registry.HTTP_MATCH_INPUT, actions=registry.HTTP_FILTER_MATCH_ACTION)
 
     @property
     def tree(self) -> xds.Matcher | None:
