@@ -195,3 +195,27 @@ def test_hyperscan_input_matcher_refusals(regex: dict[str, Any], error: str) -> 
             "input": header(":path"), "custom_match": {"name": "hs", "typed_config": {
                 "@type": HYPERSCAN, "regexes": [regex]}}}}, "on_match": act("hit")}]}},
             inputs=registry.HTTP_MATCH_INPUT, actions=registry.ROUTE_MATCH_ACTION)
+
+
+def test_ip_matcher_tree_longest_range_first_exclusive_passed_over_after_the_first() -> None:
+    def ranges(prefix: str, length: int, on: dict[str, Any], exclusive: bool = False) -> dict[str, Any]:
+        return {"ranges": [{"address_prefix": prefix, "prefix_len": length}], "on_match": on, "exclusive": exclusive}
+
+    nested_miss = {"matcher": {"matcher_list": {"matchers": [{"predicate": single("x-never", exact="1"),
+                                                               "on_match": act("never")}]}}}
+    tree = {"matcher_tree": {"input": {"name": "ip", "typed_config": {"@type": SOURCE_IP}}, "custom_match": {
+        "name": "ip", "typed_config": {"@type": "type.googleapis.com/xds.type.matcher.v3.IPMatcher", "range_matchers": [
+            ranges("10.0.0.7", 32, nested_miss), ranges("10.0.0.0", 24, act("exclusive"), exclusive=True),
+            ranges("10.0.0.0", 8, act("eight")), ranges("::", 0, act("v6"))]}}},
+        "on_no_match": act("otherwise")}
+    match = compiled(tree)
+
+    def source(ip: str) -> HttpMatchingData:
+        return HttpMatchingData(HeaderList([]), network=NetworkMatchingData(("127.0.0.1", 80), (ip, 1)))
+
+    assert match(source("10.0.0.7")) == "eight"  # /32 missed below; the /24 is exclusive and not first
+    assert match(source("10.0.0.8")) == "exclusive"  # the first range holding it, exclusive or not
+    assert match(source("10.9.0.1")) == "eight"
+    assert match(source("2001:db8::1")) == "v6"
+    assert match(source("192.0.2.1")) == "otherwise"
+    assert match(HttpMatchingData(HeaderList([]))) == "otherwise"  # no address at all
