@@ -74,8 +74,14 @@ class _State:
         self.skip = False
 
 
-_DECODE_HOOKS = ("decode_body", "wants_request_body", "decode_data", "wants_request_data")
-_ENCODE_HOOKS = ("encode_body", "wants_response_body", "encode_data", "wants_response_data", "encode_trailers")
+#: hooks the wrapper hands straight to the filter: the stream asks them only of a filter that wants the body
+_PASSED = ("decode_body", "decode_data", "encode_body", "encode_data")
+#: whether the filter wants a body: never while skipped
+_WANTS = ("wants_request_body", "wants_request_data", "wants_response_body", "wants_response_data")
+#: the trailer hooks, and where the matching data keeps the trailers they see
+_TRAILERS = {"decode_trailers": "request_trailers", "encode_trailers": "response_trailers"}
+_ENCODE_SIDE = ("encode_headers", "encode_body", "wants_response_body", "encode_data", "wants_response_data",
+                "encode_trailers")
 
 
 class MatchDelegateFilter:
@@ -97,10 +103,16 @@ class MatchDelegateFilter:
             tree, Vocabulary(inputs=HTTP_READERS, action=action, input_matchers=INPUT_MATCHERS))
         self.streams: dict[Any, _State] = {}
         self.keeps_length = getattr(inner, "keeps_length", False)
-        for hook in _DECODE_HOOKS + _ENCODE_HOOKS + ("decode_trailers",):
+        for hook in _PASSED:
             if hasattr(inner, hook):
-                setattr(self, hook, functools.partial(getattr(MatchDelegateFilter, "_" + hook), self))
-        if any(hasattr(inner, hook) for hook in _ENCODE_HOOKS + ("encode_headers",)):
+                setattr(self, hook, getattr(inner, hook))
+        for hook in _WANTS:
+            if hasattr(inner, hook):
+                setattr(self, hook, functools.partial(self._wants, getattr(inner, hook)))
+        for hook, side in _TRAILERS.items():
+            if hasattr(inner, hook):
+                setattr(self, hook, functools.partial(self._trailers, hook, side))
+        if any(hasattr(inner, hook) for hook in _ENCODE_SIDE):
             self.encode_headers = self._encode_headers
 
     # -- the matcher
@@ -134,12 +146,12 @@ class MatchDelegateFilter:
         self._evaluate(stream, state)
         return True if state.skip else self.inner.decode_headers(stream)
 
-    def _decode_trailers(self, stream: Any, trailers: list[tuple[bytes, bytes]]) -> None:
-        state = self._state(stream, True)
-        state.data.request_trailers = HeaderList(trailers)
+    def _trailers(self, hook: str, side: str, stream: Any, trailers: list[tuple[bytes, bytes]]) -> None:
+        state = self._state(stream, side == "request_trailers")
+        setattr(state.data, side, HeaderList(trailers))
         self._evaluate(stream, state)
         if not state.skip:
-            self.inner.decode_trailers(stream, trailers)
+            getattr(self.inner, hook)(stream, trailers)
 
     def _encode_headers(self, stream: Any, status: int, headers: HeaderList) -> None:
         state = self._state(stream, False)
@@ -148,40 +160,9 @@ class MatchDelegateFilter:
         if not state.skip and hasattr(self.inner, "encode_headers"):
             self.inner.encode_headers(stream, status, headers)
 
-    def _encode_trailers(self, stream: Any, trailers: list[tuple[bytes, bytes]]) -> None:
-        state = self._state(stream, False)
-        state.data.response_trailers = HeaderList(trailers)
-        self._evaluate(stream, state)
-        if not state.skip:
-            self.inner.encode_trailers(stream, trailers)
-
-    def _skipped(self, stream: Any) -> bool:
+    def _wants(self, inner_wants: Any, stream: Any) -> bool:
         state = self.streams.get(stream)
-        return state is not None and state.skip
-
-    def _wants_request_body(self, stream: Any) -> bool:
-        return not self._skipped(stream) and self.inner.wants_request_body(stream)
-
-    def _decode_body(self, stream: Any, body: bytes) -> bytes | None:
-        return self.inner.decode_body(stream, body)  # asked only when wanted: never when skipped
-
-    def _wants_request_data(self, stream: Any) -> bool:
-        return not self._skipped(stream) and self.inner.wants_request_data(stream)
-
-    def _decode_data(self, stream: Any, data: bytes, end_stream: bool) -> bytes:
-        return self.inner.decode_data(stream, data, end_stream)
-
-    def _wants_response_body(self, stream: Any) -> bool:
-        return not self._skipped(stream) and self.inner.wants_response_body(stream)
-
-    def _encode_body(self, stream: Any, status: int, headers: Any, body: bytes) -> bytes | None:
-        return self.inner.encode_body(stream, status, headers, body)
-
-    def _wants_response_data(self, stream: Any) -> bool:
-        return not self._skipped(stream) and self.inner.wants_response_data(stream)
-
-    def _encode_data(self, stream: Any, data: bytes, end_stream: bool) -> bytes:
-        return self.inner.encode_data(stream, data, end_stream)
+        return (state is None or not state.skip) and inner_wants(stream)
 
 
 def _matching_data(stream: Any, request_seen: bool) -> HttpMatchingData:
