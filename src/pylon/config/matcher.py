@@ -27,7 +27,9 @@ import re2
 from msgspec.structs import force_setattr
 
 from pylon.config import registry
-from pylon.config.envoy import CidrRange, EnvoyStruct, GoogleRe2, NonEmptyStr, RegexPattern, convert, decode_typed
+from pylon.config.envoy import (
+    CidrRange, EnvoyStruct, GoogleRe2, NonEmptyStr, RegexMatcher, RegexPattern, StringMatcher, convert, decode_typed,
+)
 from pylon.config.envoy import _exactly_one as exactly_one
 from pylon.config.errors import FieldError, join_path, split_validation_error
 
@@ -39,25 +41,16 @@ class TypedExtension(EnvoyStruct, kw_only=True):
     typed_config: Any
 
 
-class XdsRegexMatcher(EnvoyStruct, kw_only=True):
+class XdsRegexMatcher(RegexMatcher, kw_only=True):
     """xds.type.matcher.v3.RegexMatcher: unlike Envoy's own it requires its engine (as Envoy 1.40 checks)."""
 
     google_re2: GoogleRe2
-    regex: RegexPattern
 
 
-class XdsStringMatcher(EnvoyStruct, kw_only=True):
-    """xds.type.matcher.v3.StringMatcher: exactly one of the match kinds."""
+class XdsStringMatcher(StringMatcher, kw_only=True):
+    """xds.type.matcher.v3.StringMatcher: Envoy's, with the xds RegexMatcher."""
 
-    exact: str | None = None
-    prefix: NonEmptyStr | None = None
-    suffix: NonEmptyStr | None = None
     safe_regex: XdsRegexMatcher | None = None
-    contains: NonEmptyStr | None = None
-    ignore_case: bool = False
-
-    def __post_init__(self) -> None:
-        exactly_one(self, "exact", "prefix", "suffix", "safe_regex", "contains")
 
 
 class SinglePredicate(EnvoyStruct, kw_only=True):
