@@ -162,9 +162,13 @@ def test_route_matcher(gateway: tuple[RunningProxy, dict[str, Upstream]], host: 
         "single_predicate"]["input"]["typed_config"].update({
             "@type": "type.googleapis.com/envoy.type.matcher.v3.HttpResponseHeaderMatchInput"}),
      "HttpResponseHeaderMatchInput"),
+    (lambda vh: vh["matcher"]["on_no_match"]["action"]["typed_config"].update(
+        direct_response=None, route={"cluster_specifier_plugin": "nope"}),
+     "cluster specifier plugin name: nope"),
 ])
 def test_refused_as_envoy_refuses(launcher: ProxyLauncher, tmp_path: Path, change: Any, error: str) -> None:
-    """Both matcher and routes, keep_matching, an input other than request headers: both proxies refuse."""
+    """Both matcher and routes, keep_matching, an input other than request headers, a Route naming a cluster
+    specifier plugin the route configuration lacks: both proxies refuse."""
     config = listener(free_port())
     hosts = config["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"]
     hosts[2] = copy.deepcopy(hosts[2])

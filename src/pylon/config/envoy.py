@@ -967,6 +967,24 @@ class VirtualHost(_NonEmptyHeaderRemovals, kw_only=True):
                 raise FieldError("matcher", "cannot set both matcher and routes on virtual host")
             matcher.decode_field(self, "matcher", inputs=registry.ROUTE_MATCH_INPUT, actions=registry.ROUTE_MATCH_ACTION)
 
+    def all_routes(self) -> Iterator[tuple[str, Route]]:
+        """(field path below the virtual host, route) of its `routes`, or of its matcher's Route and RouteList
+        actions."""
+        if self.matcher is None:
+            yield from ((f"routes[{j}]", route) for j, route in enumerate(self.routes))
+            return
+        from pylon.config import matcher  # noqa: PLC0415  (it builds on this module)
+
+        for path, kind, extension in matcher.extensions(self.matcher, "matcher"):
+            if kind != "action":
+                continue
+            action = extension.typed_config
+            where = join_path(path, "typed_config")
+            if isinstance(action, RouteList):
+                yield from ((join_path(where, f"routes[{j}]"), route) for j, route in enumerate(action.routes))
+            else:
+                yield where, action
+
 
 class MatcherRoute(Route, kw_only=True):
     """A Route as a virtual host matcher's action (envoy.config.route.v3.Route under its @type). Its own class, so
@@ -996,10 +1014,10 @@ class RouteConfiguration(_HeaderMutations, kw_only=True):
         if len(plugins) != len(self.cluster_specifier_plugins):
             raise FieldError("cluster_specifier_plugins", "two plugins have the same extension name")
         for i, vhost in enumerate(self.virtual_hosts):
-            for j, route in enumerate(vhost.routes):
+            for path, route in vhost.all_routes():
                 wanted = route.route.cluster_specifier_plugin if route.route is not None else None
                 if wanted is not None and wanted not in plugins:
-                    raise FieldError(f"virtual_hosts[{i}].routes[{j}].route.cluster_specifier_plugin",
+                    raise FieldError(f"virtual_hosts[{i}].{path}.route.cluster_specifier_plugin",
                                      f"unknown cluster specifier plugin name: {wanted}")
         seen: dict[str, str] = {}
         for i, vhost in enumerate(self.virtual_hosts):
