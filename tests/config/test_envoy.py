@@ -1123,17 +1123,26 @@ def test_type_url_prefix_is_not_significant() -> None:
     assert isinstance(the_hcm(load(bootstrap([listener(manager)]))), HttpConnectionManager)
 
 
-def test_hyperscan_input_matcher_is_refused_with_what_to_use_instead() -> None:
-    matcher = {"matcher_list": {"matchers": [{"predicate": {"single_predicate": {
-        "input": {"name": "request-headers", "typed_config": {
-            "@type": "type.googleapis.com/envoy.type.matcher.v3.HttpRequestHeaderMatchInput", "header_name": ":path"}},
+def test_hyperscan_input_matcher_in_a_route_matcher() -> None:
+    """Envoy's contrib Hyperscan input matcher loads in a virtual host's matcher (run on pylon's regex engine);
+    a Route action without its typed_config is refused at its path."""
+    single = {"input": {"name": "request-headers", "typed_config": {
+        "@type": "type.googleapis.com/envoy.type.matcher.v3.HttpRequestHeaderMatchInput", "header_name": ":path"}},
         "custom_match": {"name": "hyperscan", "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.matching.input_matchers.hyperscan.v3alpha.Hyperscan",
-            "regexes": [{"regex": "^/api/.*"}]}}}}, "on_match": {"action": {"name": "route"}}}]}}
+            "regexes": [{"regex": "^/api/.*"}]}}}
+    action = {"name": "route", "typed_config": {"@type": "type.googleapis.com/envoy.config.route.v3.Route",
+                                                "match": {"prefix": "/"}, "route": {"cluster": "backend"}}}
+    matcher = {"matcher_list": {"matchers": [{"predicate": {"single_predicate": single}, "on_match": {"action": action}}]}}
     route_config = {"virtual_hosts": [{"name": "vh", "domains": ["*"], "matcher": matcher}]}
+    loaded = the_hcm(load(bootstrap([listener(hcm(route_config=route_config))])))
+    decoded = loaded.route_config.virtual_hosts[0].matcher.matcher_list.matchers[0]
+    assert decoded.predicate.single_predicate.custom_match.typed_config.regexes[0].regex == "^/api/.*"
+    assert decoded.on_match.action.typed_config.route.cluster == "backend"
+    del action["typed_config"]
     message = error(bootstrap([listener(hcm(route_config=route_config))]))
-    assert "route_config.virtual_hosts[0].matcher: generic matchers" in message
-    assert "envoy.matching.input_matchers.hyperscan" in message and "default_regex_engine" in message
+    assert "route_config.virtual_hosts[0].matcher.matcher_list.matchers[0].on_match.action.typed_config: " \
+           "missing required field" in message
 
 
 # --------------------------------------------------------------------------- Envoy's rules at their edges

@@ -81,21 +81,6 @@ class NotSupportedYet:
     """Annotation for Envoy fields pylon recognises but does not implement: setting one is an error."""
 
 
-class GenericMatcher:
-    """Annotation for Envoy's generic matcher trees (`xds.type.matcher.v3.Matcher`), which pylon lacks.
-
-    Users reach for them to plug in `envoy.matching.input_matchers.hyperscan`;
-    the error says what pylon offers instead.
-    """
-
-
-_GENERIC_MATCHER_MESSAGE = (
-    "generic matchers (xds.type.matcher.v3.Matcher, e.g. the envoy.matching.input_matchers.hyperscan input "
-    "matcher) are not supported; use routes with safe_regex and set the bootstrap's default_regex_engine to "
-    "envoy.regex_engines.hyperscan: pylon then matches a virtual host's regex routes in one Hyperscan scan"
-)
-
-
 _RE2_OPTIONS = re2.Options()
 _RE2_OPTIONS.log_errors = False  # the error goes into the ConfigError, not to stderr
 
@@ -139,8 +124,6 @@ def dec_hook(type_: type, obj: Any) -> Any:
         return RegexPattern(obj)
     if type_ is NotSupportedYet:
         raise ValueError("not supported yet")
-    if type_ is GenericMatcher:
-        raise ValueError(_GENERIC_MATCHER_MESSAGE)
     raise NotImplementedError(f"no decoder for {type_!r}")
 
 
@@ -1074,7 +1057,9 @@ class VirtualHost(_NonEmptyHeaderRemovals, kw_only=True):
     domains: Annotated[list[HttpText], msgspec.Meta(min_length=1)]
     routes: list[Route] = []
     retry_policy: RetryPolicy | None = None
-    matcher: GenericMatcher | None = None
+    #: xds.type.matcher.v3.Matcher choosing the route instead of `routes` (decoded by config/matcher.py in
+    #: `__post_init__`, its actions Route and RouteList, its inputs request headers)
+    matcher: Any = None
     #: read by filters (Lua's virtualHost():metadata())
     metadata: Metadata | None = None
     #: send `x-envoy-attempt-count` (1, 2, ... per attempt) on upstream requests
@@ -1085,6 +1070,41 @@ class VirtualHost(_NonEmptyHeaderRemovals, kw_only=True):
 
     def __post_init__(self) -> None:
         _resolve_per_filter_configs(self)
+        if self.matcher is not None:
+            from pylon.config import matcher  # noqa: PLC0415  (it builds on this module)
+
+            if self.routes:
+                raise FieldError("matcher", "cannot set both matcher and routes on virtual host")
+            matcher.decode_field(self, "matcher", inputs=registry.ROUTE_MATCH_INPUT, actions=registry.ROUTE_MATCH_ACTION)
+
+    def all_routes(self) -> Iterator[tuple[str, Route]]:
+        """(field path below the virtual host, route) of its `routes`, or of its matcher's Route and RouteList
+        actions."""
+        if self.matcher is None:
+            yield from ((f"routes[{j}]", route) for j, route in enumerate(self.routes))
+            return
+        from pylon.config import matcher  # noqa: PLC0415  (it builds on this module)
+
+        for path, kind, extension in matcher.extensions(self.matcher, "matcher"):
+            if kind != "action":
+                continue
+            action = extension.typed_config
+            where = join_path(path, "typed_config")
+            if isinstance(action, RouteList):
+                yield from ((join_path(where, f"routes[{j}]"), route) for j, route in enumerate(action.routes))
+            else:
+                yield where, action
+
+
+class MatcherRoute(Route, kw_only=True):
+    """A Route as a virtual host matcher's action (envoy.config.route.v3.Route under its @type). Its own class, so
+    that only a matcher's actions carry the @type when a config is re-encoded, never a `routes` entry."""
+
+
+class RouteList(EnvoyStruct, kw_only=True):
+    """config.route.v3.RouteList: a matcher's action trying its routes in order, the first that matches wins."""
+
+    routes: list[Route] = []
 
 
 class RouteConfiguration(_HeaderMutations, kw_only=True):
@@ -1104,10 +1124,10 @@ class RouteConfiguration(_HeaderMutations, kw_only=True):
         if len(plugins) != len(self.cluster_specifier_plugins):
             raise FieldError("cluster_specifier_plugins", "two plugins have the same extension name")
         for i, vhost in enumerate(self.virtual_hosts):
-            for j, route in enumerate(vhost.routes):
+            for path, route in vhost.all_routes():
                 wanted = route.route.cluster_specifier_plugin if route.route is not None else None
                 if wanted is not None and wanted not in plugins:
-                    raise FieldError(f"virtual_hosts[{i}].routes[{j}].route.cluster_specifier_plugin",
+                    raise FieldError(f"virtual_hosts[{i}].{path}.route.cluster_specifier_plugin",
                                      f"unknown cluster specifier plugin name: {wanted}")
         seen: dict[str, str] = {}
         for i, vhost in enumerate(self.virtual_hosts):
@@ -2051,6 +2071,12 @@ class FilterChainMatch(EnvoyStruct, kw_only=True):
                                                        "leading '*.', as in '*.example.com')")
 
 
+class StringValue(EnvoyStruct, kw_only=True):
+    """google.protobuf.StringValue: a filter_chain_matcher's action, the name of the chain it picks."""
+
+    value: str = ""
+
+
 class FilterChain(EnvoyStruct, kw_only=True):
     name: str = ""
     filter_chain_match: FilterChainMatch | None = None
@@ -2109,7 +2135,9 @@ class Listener(EnvoyStruct, kw_only=True):
     max_connections_to_accept_per_socket_event: PositiveUInt32 | None = None  # None: all pending, as Envoy
     #: its connections are not counted against, nor refused by, the global downstream connections limit
     ignore_global_conn_limit: bool = False
-    filter_chain_matcher: GenericMatcher | None = None
+    #: xds.type.matcher.v3.Matcher naming each connection's filter chain instead of their filter_chain_match
+    #: (decoded by config/matcher.py in `__post_init__`; its actions google.protobuf.StringValue chain names)
+    filter_chain_matcher: Any = None
     default_filter_chain: FilterChain | None = None
     listener_filters_timeout: Duration = Duration(15)  # 0: no limit
     continue_on_listener_filters_timeout: bool = False
@@ -2133,6 +2161,8 @@ class Listener(EnvoyStruct, kw_only=True):
                                                     "TCP)")
         if not self.filter_chains and self.default_filter_chain is None:
             raise FieldError("filter_chains", "a listener needs a filter chain (or a default_filter_chain)")
+        if self.filter_chain_matcher is not None:
+            self._resolve_chain_matcher()
         if self.internal_listener is not None:
             self._check_internal()
         elif self.address is None:
@@ -2145,6 +2175,23 @@ class Listener(EnvoyStruct, kw_only=True):
             raise FieldError("address.pipe", "pylon listeners bind IP addresses only (socket_address)")
         else:
             self._check_bound()
+
+    def _resolve_chain_matcher(self) -> None:
+        """Envoy's rules with a filter_chain_matcher: every chain named, no name twice; their filter_chain_match
+        is then ignored (as Envoy ignores it)."""
+        from pylon.config import matcher  # noqa: PLC0415  (it builds on this module)
+
+        seen: set[str] = set()
+        for j, chain in enumerate(self.filter_chains):
+            if not chain.name:
+                raise FieldError(f"filter_chains[{j}].name", f"error adding listener {self.name!r}: \"name\" field is "
+                                                             "required when using a listener matcher")
+            if chain.name in seen:
+                raise FieldError(f"filter_chains[{j}].name", f"error adding listener {self.name!r}: \"name\" field is "
+                                                             f"duplicated with value {chain.name!r}")
+            seen.add(chain.name)
+        matcher.decode_field(self, "filter_chain_matcher", inputs=registry.NETWORK_MATCH_INPUT,
+                             actions=registry.FILTER_CHAIN_MATCH_ACTION)
 
     @property
     def socket_address(self) -> SocketAddress:
@@ -2204,6 +2251,8 @@ class Listener(EnvoyStruct, kw_only=True):
             raise FieldError("listener_filters", "listener filters on an internal listener are not supported yet")
         if self.use_original_dst:
             raise FieldError("use_original_dst", "an internal listener's connections have no original destination")
+        if self.filter_chain_matcher is not None:
+            raise FieldError("filter_chain_matcher", "an internal listener's connections have no socket to match on")
         chains = self.all_filter_chains()
         if len(chains) != 1 or (chains[0][1].filter_chain_match is not None
                                 and chains[0][1].filter_chain_match != FilterChainMatch()):
@@ -3677,6 +3726,9 @@ _CORE_EXTENSIONS: tuple[tuple[str, str, type], ...] = (
         "type.googleapis.com/envoy.extensions.http.header_formatters.preserve_case.v3.PreserveCaseFormatterConfig",
         PreserveCaseFormatterConfig,
     ),
+    (registry.ROUTE_MATCH_ACTION, "type.googleapis.com/envoy.config.route.v3.Route", MatcherRoute),
+    (registry.ROUTE_MATCH_ACTION, "type.googleapis.com/envoy.config.route.v3.RouteList", RouteList),
+    (registry.FILTER_CHAIN_MATCH_ACTION, "type.googleapis.com/google.protobuf.StringValue", StringValue),
 )
 
 for _category, _type_url, _struct_type in _CORE_EXTENSIONS:

@@ -62,6 +62,24 @@ STATS_SINK = "envoy.stats_sinks"
 BOOTSTRAP_EXTENSION = "envoy.bootstrap"
 #: Http1ProtocolOptions.header_key_format.stateful_formatter (preserve_case)
 STATEFUL_HEADER_FORMATTER = "envoy.http.stateful_header_formatters"
+#: The data inputs of matchers (config/matcher.py) over an HTTP stream, and over a connection; a virtual host's
+#: matcher takes only request headers (Envoy: "Route table can only match on request headers").
+HTTP_MATCH_INPUT = "envoy.matching.http.input"
+NETWORK_MATCH_INPUT = "envoy.matching.network.input"
+ROUTE_MATCH_INPUT = "envoy.matching.http.input.route"
+#: The RBAC filters' matcher: its inputs (request headers, the connection's) and actions (config.rbac.v3.Action)
+RBAC_MATCH_INPUT = "envoy.matching.http.input.rbac"
+RBAC_MATCH_ACTION = "envoy.matching.action.rbac"
+#: A single predicate's `custom_match`: input matchers (CIDR ranges, Hyperscan)
+INPUT_MATCHER = "envoy.matching.input_matchers"
+#: The actions of a virtual host's matcher (Route, RouteList)
+ROUTE_MATCH_ACTION = "envoy.matching.action.route"
+#: The actions of an HTTP filter's matcher (ExtensionWithMatcher): SkipFilter, the composite's ExecuteFilterAction
+HTTP_FILTER_MATCH_ACTION = "envoy.matching.action.http_filter"
+#: The actions of a listener's filter_chain_matcher: a filter chain's name (google.protobuf.StringValue)
+FILTER_CHAIN_MATCH_ACTION = "envoy.matching.action.filter_chain"
+#: A matcher_tree's `custom_match`: custom match trees (xds.type.matcher.v3.IPMatcher)
+CUSTOM_MATCHER = "envoy.matching.custom_matchers"
 
 #: Human names used in error messages ("accepted here (network filters): ...").
 CATEGORY_NAMES = MappingProxyType(
@@ -88,6 +106,16 @@ CATEGORY_NAMES = MappingProxyType(
         STATS_SINK: "stats sink",
         BOOTSTRAP_EXTENSION: "bootstrap extension",
         STATEFUL_HEADER_FORMATTER: "stateful header formatter",
+        HTTP_MATCH_INPUT: "HTTP matching input",
+        NETWORK_MATCH_INPUT: "network matching input",
+        ROUTE_MATCH_INPUT: "route matching input",
+        INPUT_MATCHER: "input matcher",
+        RBAC_MATCH_INPUT: "RBAC matching input",
+        RBAC_MATCH_ACTION: "RBAC matching action",
+        ROUTE_MATCH_ACTION: "route matching action",
+        HTTP_FILTER_MATCH_ACTION: "HTTP filter matching action",
+        FILTER_CHAIN_MATCH_ACTION: "filter chain matching action",
+        CUSTOM_MATCHER: "custom match tree",
     }
 )
 
@@ -110,7 +138,9 @@ EXTENSION_MODULES: Mapping[str, Mapping[str, str]] = MappingProxyType(
             "envoy.extensions.network.connection_balance.dlb.v3alpha.Dlb": "pylon.proxy.balance.dlb",
         },
         HTTP_FILTER: {
+            "envoy.extensions.common.matching.v3.ExtensionWithMatcher": "pylon.extensions.filters.http.match_delegate",
             "envoy.extensions.filters.http.buffer.v3.Buffer": "pylon.extensions.filters.http.buffer",
+            "envoy.extensions.filters.http.composite.v3.Composite": "pylon.extensions.filters.http.composite",
             "envoy.extensions.filters.http.compressor.v3.Compressor": "pylon.extensions.filters.http.compressor",
             "envoy.extensions.filters.http.cors.v3.Cors": "pylon.extensions.filters.http.cors",
             "envoy.extensions.filters.http.csrf.v3.CsrfPolicy": "pylon.extensions.filters.http.csrf",
@@ -168,6 +198,13 @@ EXTENSION_MODULES: Mapping[str, Mapping[str, str]] = MappingProxyType(
                 "pylon.extensions.filters.http.local_ratelimit",
             "envoy.extensions.filters.http.lua.v3.LuaPerRoute": "pylon.extensions.filters.http.lua",
             "envoy.extensions.filters.http.rbac.v3.RBACPerRoute": "pylon.extensions.filters.http.rbac",
+        },
+        RBAC_MATCH_ACTION: {"envoy.config.rbac.v3.Action": "pylon.extensions.filters.common.rbac_matcher"},
+        HTTP_FILTER_MATCH_ACTION: {
+            "envoy.extensions.filters.common.matcher.action.v3.SkipFilter":
+                "pylon.extensions.filters.http.match_delegate",
+            "envoy.extensions.filters.http.composite.v3.ExecuteFilterAction":
+                "pylon.extensions.filters.http.composite",
         },
         COMPRESSOR_LIBRARY: {
             "envoy.extensions.compression.gzip.compressor.v3.Gzip": "pylon.extensions.compression.gzip",

@@ -27,6 +27,9 @@ from pylon.config.envoy import FilterChain, HttpConnectionManager, TcpProxy
 from pylon.config.secrets import SecretMissing, tls_context
 from pylon.proxy.balance.loadtable import CX_ACTIVE, LoadSlot
 from pylon.proxy.filter_chain_match import ConnectionFacts, FilterChainSelector
+from pylon.proxy.matching.engine import NO_MATCH, Vocabulary, compile_matcher
+from pylon.proxy.matching.input_matchers import INPUT_MATCHERS
+from pylon.proxy.matching.network_inputs import NETWORK_READERS, NetworkMatchingData
 from pylon.proxy.filters.listener import Detected, build_listener_filter
 from pylon.proxy.filters.network import build_network_filter
 from pylon.proxy.codec_select import connection_factory
@@ -155,6 +158,9 @@ class ListenerRuntime:
         self.chains: list[ChainRuntime] = []
         self.default_chain: ChainRuntime | None = None
         self.selector: FilterChainSelector | None = None
+        # With a filter_chain_matcher: it (data -> chain name or NO_MATCH) and the chains by name, instead
+        self.chain_matcher: Callable[[NetworkMatchingData], Any] | None = None
+        self.chains_by_name: dict[str, ChainRuntime] = {}
         self.listener_filters: list[Any] = []
         # The chain every connection goes to when there is nothing to inspect or match on.
         self.only_chain: ChainRuntime | None = None
@@ -208,23 +214,29 @@ class ListenerRuntime:
                 target.find_chain(sock, proceed, drop, detected)
                 return
         chain = self.only_chain
-        if chain is None:
-            index = None
-            if self.selector is not None:
-                try:
-                    local, peer = original or sock.getsockname(), sock.getpeername()
-                except OSError:
-                    drop()  # the peer has already gone
-                    return
-                found = detected or Detected()
-                direct = None
-                if found.remote_address is not None:  # a PROXY protocol header's source is the client
-                    direct, peer = ipaddress.ip_address(peer[0]), found.remote_address
-                facts = ConnectionFacts(ipaddress.ip_address(local[0]), local[1], ipaddress.ip_address(peer[0]),
-                                        peer[1], found.server_name, found.transport_protocol or "raw_buffer",
-                                        found.application_protocols, direct)
-                index = self.selector.select(facts)
-            chain = self.chains[index] if index is not None else self.default_chain
+        if chain is None and (self.selector is not None or self.chain_matcher is not None):
+            try:
+                local, direct = original or sock.getsockname(), sock.getpeername()
+            except OSError:
+                drop()  # the peer has already gone
+                return
+            found = detected or Detected()
+            # a PROXY protocol header's source is the client; the socket's peer stays the direct one
+            peer = found.remote_address or direct
+            transport = found.transport_protocol or "raw_buffer"
+            if self.chain_matcher is not None:
+                # Envoy: the action names the chain (a name no chain has: none); no match: the default chain
+                name = self.chain_matcher(NetworkMatchingData(local[:2], peer[:2], direct[:2], found.server_name,
+                                                              transport, found.application_protocols))
+                chain = self.default_chain if name is NO_MATCH else self.chains_by_name.get(name)
+            else:
+                index = self.selector.select(ConnectionFacts(  # type: ignore[union-attr]
+                    ipaddress.ip_address(local[0]), local[1], ipaddress.ip_address(peer[0]), peer[1],
+                    found.server_name, transport, found.application_protocols,
+                    ipaddress.ip_address(direct[0]) if found.remote_address is not None else None))
+                chain = self.chains[index] if index is not None else self.default_chain
+        elif chain is None:
+            chain = self.default_chain
         if chain is None:
             self.no_filter_chain_match.inc()
             drop()
@@ -246,6 +258,12 @@ def build_listener(config: Any, worker: "Worker") -> ListenerRuntime:
         if not any(isinstance(c, original_dst) for c in filter_configs):
             filter_configs.insert(0, original_dst())
     runtime.listener_filters = [build_listener_filter(c, worker.stats) for c in filter_configs]
+    if config.filter_chain_matcher is not None:
+        # The chains' filter_chain_match are ignored (as Envoy ignores them): the matcher names the chain.
+        runtime.chains_by_name = {chain.name: runtime for chain, runtime in zip(config.filter_chains, runtime.chains)}
+        runtime.chain_matcher = compile_matcher(config.filter_chain_matcher, Vocabulary(
+            inputs=NETWORK_READERS, action=lambda value: value.value, input_matchers=INPUT_MATCHERS))
+        return runtime
     matches = [chain.filter_chain_match for chain in config.filter_chains]
     if len(matches) == 1 and _matches_everything(matches[0]):
         # Nothing to match on: the default chain (if any) is unreachable, as in Envoy.

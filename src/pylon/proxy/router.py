@@ -800,11 +800,14 @@ class _VirtualHost:
     indices below `end` not owned by an earlier run.
     """
 
-    __slots__ = ("name", "entries", "regex_set", "regex_routes")
+    __slots__ = ("name", "entries", "regex_set", "regex_routes", "choose")
 
     def __init__(self, name: str, entries: list[tuple[int, Any, _Conditions | None, MatchedRoute]],
                  labels: list[str], engine: RegexEngine) -> None:
         self.name = name
+        #: a virtual host's `matcher` instead of routes (route_matcher.py): (p, headers, authority, path, method,
+        #: scheme) -> the route or None
+        self.choose: Callable[..., MatchedRoute | None] | None = None
         patterns: list[str] = []
         pattern_labels: list[str] = []
         self.regex_routes: list[tuple[MatchedRoute, _Conditions | None]] = []
@@ -888,29 +891,66 @@ class RouteTable:
             vh_retry = RetryRule(config.retry_policy) if config.retry_policy is not None else None
         except ValueError as exc:
             raise ValueError(f"{where}: {exc}") from exc
+
+        def build(route: Route) -> tuple[int, Any, _Conditions | None, MatchedRoute]:
+            entry = self._build_route(route, config.name, vh_retry,
+                                      (vh_request, config_request), (vh_response, config_response))
+            matched = entry[3]
+            matched.filter_configs = {**config_filters, **config.typed_per_filter_config,
+                                      **route.typed_per_filter_config}
+            levels = (route.typed_per_filter_config, config.typed_per_filter_config, config_filters)
+            matched.filter_levels = tuple(level for level in levels if level)
+            if route.route is not None and route.route.cors is not None or config.cors is not None:
+                cors = (route.route.cors if route.route is not None else None, config.cors)
+                matched.cors_policies = tuple(policy for policy in cors if policy is not None)
+            matched.attempt_count = config.include_request_attempt_count
+            if config.metadata is not None:
+                matched.virtual_host_metadata = config.metadata.filter_metadata
+            return entry
+
+        if config.matcher is not None:
+            from pylon.proxy import route_matcher  # noqa: PLC0415  (only route tables with a matcher need it)
+
+            try:
+                choose = route_matcher.compile_route_matcher(config.matcher, build, self._entry_test, self._engine)
+            except ValueError as exc:
+                raise ValueError(f"{where}: matcher: {exc}") from exc
+            vhost = _VirtualHost(config.name, [], [], self._engine)
+            vhost.choose = choose
+            return vhost
         entries = []
         labels = []  # also name a route in the regex engine's errors and fallback warnings
         for j, route in enumerate(config.routes):
             label = f"{where}: routes[{j}]{f' ({route.name})' if route.name else ''}"
             labels.append(label)
             try:
-                entry = self._build_route(route, config.name, vh_retry,
-                                          (vh_request, config_request), (vh_response, config_response))
-                matched = entry[3]
-                matched.filter_configs = {**config_filters, **config.typed_per_filter_config,
-                                          **route.typed_per_filter_config}
-                levels = (route.typed_per_filter_config, config.typed_per_filter_config, config_filters)
-                matched.filter_levels = tuple(level for level in levels if level)
-                if route.route is not None and route.route.cors is not None or config.cors is not None:
-                    cors = (route.route.cors if route.route is not None else None, config.cors)
-                    matched.cors_policies = tuple(policy for policy in cors if policy is not None)
-                entry[3].attempt_count = config.include_request_attempt_count
-                if config.metadata is not None:
-                    matched.virtual_host_metadata = config.metadata.filter_metadata
-                entries.append(entry)
+                entries.append(build(route))
             except ValueError as exc:
                 raise ValueError(f"{label}: {exc}") from exc
         return _VirtualHost(config.name, entries, labels, self._engine)
+
+    def _entry_test(self, kind: int, arg: Any, conditions: _Conditions | None
+                    ) -> Callable[[str, HeaderList, str, str, str | None, str | None], bool]:
+        """Whether a route of a matcher's action matches: `(p, headers, authority, path, method, scheme)` with
+        `p` the path without query (Envoy checks the Route's own `match` after the tree chose it)."""
+        if kind == _REGEX:
+            fullmatch = self._engine.compile(arg).fullmatch
+            path_test: Callable[[str], Any] = fullmatch
+        elif kind == _PREFIX:
+            path_test = lambda p: p.startswith(arg)  # noqa: E731
+        elif kind == _PATH:
+            path_test = arg.__eq__
+        elif kind == _PREFIX_CI:
+            path_test = lambda p: p.lower().startswith(arg)  # noqa: E731
+        else:
+            path_test = lambda p: p.lower() == arg  # noqa: E731
+
+        def test(p: str, headers: HeaderList, authority: str, path: str, method: str | None,
+                 scheme: str | None) -> bool:
+            return bool(path_test(p)) and (
+                conditions is None or conditions.matches(headers, authority, path, method, scheme))
+
+        return test
 
     def _build_route(self, config: Route, vhost_name: str, vh_retry: RetryRule | None,
                      request_outer: tuple[Any, Any], response_outer: tuple[Any, Any]
@@ -1137,7 +1177,9 @@ class RouteTable:
                     continue
             if conditions is None or conditions.matches(headers, authority, path, method, scheme):
                 return route
-        return None
+        # A virtual host with a `matcher` has no entries: asked only here, so a request a route matched pays nothing
+        choose = vhost.choose  # type: ignore[union-attr]
+        return None if choose is None else choose(p, headers, authority, path, method, scheme)
 
 
 def _rss_bytes() -> int:

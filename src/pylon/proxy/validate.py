@@ -90,7 +90,8 @@ def validate_listeners(listeners: list[Any], source: str, path: str, secrets: Ma
             _validate_udp_filter(listener.listener_filters[0].typed_config, source, f"{base}.listener_filters[0]")
             continue
         try:
-            FilterChainSelector([chain.filter_chain_match for chain in listener.filter_chains])
+            if listener.filter_chain_matcher is None:  # with one, the chains' filter_chain_match are ignored
+                FilterChainSelector([chain.filter_chain_match for chain in listener.filter_chains])
         except DuplicateMatch as exc:
             chains = listener.filter_chains
             if exc.identical:

@@ -7,9 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from pylon.config.envoy import convert
 from pylon.extensions.filters.common.rbac import Decision, Facts, Request
-from pylon.extensions.filters.common.rbac_matcher import Matcher, MatcherEngine
+from pylon.extensions.filters.common.rbac_matcher import MatcherEngine, decode
 from pylon.proxy.connection_info import ConnectionInfo
 
 HEADER = "type.googleapis.com/envoy.type.matcher.v3.HttpRequestHeaderMatchInput"
@@ -32,7 +31,7 @@ def engine(matchers: list[tuple[dict[str, Any], dict[str, Any]]], otherwise: dic
     config: dict[str, Any] = {"matcher_list": {"matchers": [{"predicate": p, "on_match": o} for p, o in matchers]}}
     if otherwise is not None:
         config["on_no_match"] = otherwise
-    return MatcherEngine(convert(config, Matcher))
+    return MatcherEngine(decode(config))
 
 
 def facts(headers: list[tuple[bytes, bytes]] = (), client: str | None = None, sni: str = "") -> Facts:
@@ -78,3 +77,13 @@ def test_connection_inputs() -> None:
     assert e.evaluate(facts(client="192.0.2.7")) == Decision(True, "all")
     assert e.evaluate(facts()) == Decision(False, None)  # SourceIPInput is the peer without a trusted client
     assert e.evaluate(facts(sni="a.example")) == Decision(True, "sni")
+
+
+def test_a_tree_decides_too() -> None:
+    """Envoy's RBAC takes any matcher: an exact map on a header, its miss the tree's on_no_match."""
+    tree = {"matcher_tree": {"input": {"name": "i", "typed_config": {"@type": HEADER, "header_name": "x-role"}},
+                             "exact_match_map": {"map": {"admin": action("admin")}}},
+            "on_no_match": action("others", "DENY")}
+    e = MatcherEngine(decode(tree))
+    assert e.evaluate(facts([(b"x-role", b"admin")])) == Decision(True, "admin")
+    assert e.evaluate(facts([(b"x-role", b"user")])) == Decision(False, "others")

@@ -228,23 +228,24 @@ HTTP_FILTER = "static_resources.listeners[0].filter_chains[0].filters[0].typed_c
 
 
 @pytest.mark.parametrize(("config", "path", "message"), [
-    ({"matcher": {"matcher_tree": {}}}, "matcher.matcher_tree", "not supported yet"),
+    ({"matcher": {"matcher_tree": {}}}, "matcher.matcher_tree.input", "missing required field"),
     ({"shadow_matcher": {"on_no_match": {"action": ALLOW_ACTION, "keep_matching": True}}},
-     "shadow_matcher.on_no_match.keep_matching", "not supported yet"),
+     "shadow_matcher.on_no_match.keep_matching", "keep_matching is not supported in this context"),
     ({"matcher": matcher_on(header_input("X-Forwarded-For"))},
      "matcher.matcher_list.matchers[0].predicate.single_predicate.input.typed_config.header_name",
      "x-forwarded-for: Envoy's connection manager sets or strips"),
     ({"matcher": matcher_on({"name": "i", "typed_config": {"@type": "type.googleapis.com/x.Unknown"}})},
      "matcher.matcher_list.matchers[0].predicate.single_predicate.input.typed_config.@type",
-     "input 'type.googleapis.com/x.Unknown' is not supported"),
+     "unknown RBAC matching input type type.googleapis.com/x.Unknown"),
     ({"matcher": matcher_on(header_input("x-a"), value_match={"safe_regex": {"regex": "a"}})},
      "matcher.matcher_list.matchers[0].predicate.single_predicate.value_match.safe_regex.google_re2",
      "missing required field"),
     ({"matcher": matcher_on(header_input("x-a"), value_match=None, custom_match={})},
-     "matcher.matcher_list.matchers[0].predicate.single_predicate.custom_match", "not supported yet"),
+     "matcher.matcher_list.matchers[0].predicate.single_predicate.custom_match.typed_config",
+     "missing required field"),
     ({"matcher": {"on_no_match": {"action": {"name": "a", "typed_config": {
         "@type": "type.googleapis.com/envoy.config.rbac.v3.Action", "action": "AUDIT"}}}}},
-     "matcher.on_no_match.action.typed_config", "Invalid enum value 'AUDIT'"),
+     "matcher.on_no_match.action.typed_config.action", "Invalid enum value 'AUDIT'"),
     ({"rules": rules("ALLOW", p={"permissions": [{"header": {"name": "X-Forwarded-For", "present_match": True}}],
                                  "principals": ANY})},
      "rules.policies[p].permissions[0].header.name", "x-forwarded-for: Envoy's connection manager sets or strips"),
@@ -269,7 +270,7 @@ def test_per_route_configs_parse_where_routes_are() -> None:
     with pytest.raises(ConfigError) as caught:
         parse_with({}, {"@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBACPerRoute",
                         "rbac": {"matcher": {"matcher_tree": {}}}})
-    assert caught.value.path.endswith("typed_per_filter_config[envoy.filters.http.rbac].rbac.matcher.matcher_tree")
+    assert caught.value.path.endswith("typed_per_filter_config[envoy.filters.http.rbac].rbac.matcher.matcher_tree.input")
 
 
 def test_every_shape_pilot_generates_for_authorization_policies_loads() -> None:

@@ -75,9 +75,10 @@ class RBAC(EnvoyStruct, kw_only=True):
 
     rules: common.RBAC | None = None
     rules_stat_prefix: str = ""
-    matcher: rbac_matcher.Matcher | None = None
+    #: xds.type.matcher.v3.Matcher trees (rbac_matcher.decode_field in `__post_init__`)
+    matcher: Any = None
     shadow_rules: common.RBAC | None = None
-    shadow_matcher: rbac_matcher.Matcher | None = None
+    shadow_matcher: Any = None
     shadow_rules_stat_prefix: str = ""
     track_per_rule_stats: bool = False
 
@@ -89,9 +90,10 @@ class RBAC(EnvoyStruct, kw_only=True):
                 headers += [(join_path(field, f"{path}.name"), header.name.lower())
                             for path, header in common.header_matchers(rules)]
         for field in ("matcher", "shadow_matcher"):
-            matcher = getattr(self, field)
-            if matcher is not None:
-                headers += [(join_path(field, path), name) for path, name in rbac_matcher.header_inputs(matcher)]
+            if getattr(self, field) is not None:
+                rbac_matcher.decode_field(self, field)
+                headers += [(join_path(field, path), name)
+                            for path, name in rbac_matcher.header_inputs(getattr(self, field))]
         for path, name in headers:
             if name in _SETTLED_AFTER_FILTERS or name.startswith("x-envoy-"):
                 raise FieldError(path, f"{name}: Envoy's connection manager sets or strips it before the HTTP "
@@ -118,7 +120,7 @@ class _Engines(NamedTuple):
                    config.track_per_rule_stats)
 
 
-def _engine(matcher: rbac_matcher.Matcher | None, rules: common.RBAC | None, what: str
+def _engine(matcher: Any, rules: common.RBAC | None, what: str
             ) -> common.Engine | rbac_matcher.MatcherEngine | None:
     """The matcher's engine when there is one (Envoy ignores the rules then, and warns), else the rules'."""
     if matcher is not None:
