@@ -332,3 +332,42 @@ def test_one_socket_without_reuse_port_takes_one_worker(implementation: str, ech
         launcher.close()
     assert "Listening on UDP when concurrency is > 1 without the SO_REUSEPORT socket option results in unstable " \
            "packet proxying. Configure the reuse_port listener option or set concurrency = 1." in str(info.value)
+
+
+def _route(cluster: str) -> dict[str, Any]:
+    return {"action": {"name": "route", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.udp.udp_proxy.v3.Route", "cluster": cluster}}}
+
+
+@pytest.mark.parametrize("implementation", ["pylon", "envoy"])
+def test_a_route_matcher_picks_the_cluster_by_source(implementation: str, echoes: list[UdpEcho], clients: Any,
+                                                     launcher: ProxyLauncher) -> None:
+    """Envoy's udp-proxy-router shape: source IP 127.0.0.1, then the source port picks a cluster (exact map),
+    other ports take on_no_match's; a source IP no predicate matches is routed nowhere (no_route)."""
+    routed_client, other_client = clients(), clients()
+    routed_port = routed_client.getsockname()[1]
+    matcher = {"matcher_list": {"matchers": [{
+        "predicate": {"single_predicate": {"input": {"name": "envoy.matching.inputs.source_ip", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.matching.common_inputs.network.v3.SourceIPInput"}},
+            "value_match": {"exact": "127.0.0.1"}}},
+        "on_match": {"matcher": {"matcher_tree": {
+            "input": {"name": "envoy.matching.inputs.source_port", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.matching.common_inputs.network.v3.SourcePortInput"}},
+            "exact_match_map": {"map": {str(routed_port): _route("b")}}},
+            "on_no_match": _route("a")}}}]}}
+    port = free_port()
+    listener = udp_listener(port, matcher=matcher)
+    del listener["listener_filters"][0]["typed_config"]["cluster"]
+    proxy = launcher.start([listener], [static_cluster("a", [echoes[0].port]), static_cluster("b", [echoes[1].port])],
+                           implementation=implementation)
+    assert exchange(routed_client, port, b"x") == b"b:x"
+    assert exchange(other_client, port, b"y") == b"a:y"
+    stats = proxy.stats()
+    assert stats["udp.u.downstream_sess_total"] == 2 and stats.get("udp.u.downstream_sess_no_route", 0) == 0
+    unrouted = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        unrouted.bind(("127.0.0.2", 0))
+        unrouted.sendto(b"z", ("127.0.0.1", port))
+        wait_until(lambda: proxy.stats().get("udp.u.downstream_sess_no_route") == 1, timeout=10)
+    finally:
+        unrouted.close()

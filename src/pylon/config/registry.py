@@ -78,6 +78,8 @@ ROUTE_MATCH_ACTION = "envoy.matching.action.route"
 HTTP_FILTER_MATCH_ACTION = "envoy.matching.action.http_filter"
 #: The actions of a listener's filter_chain_matcher: a filter chain's name (google.protobuf.StringValue)
 FILTER_CHAIN_MATCH_ACTION = "envoy.matching.action.filter_chain"
+#: The actions of a UDP proxy's route matcher: udp_proxy.v3.Route (a cluster's name)
+UDP_ROUTE_MATCH_ACTION = "envoy.matching.action.udp_route"
 #: A matcher_tree's `custom_match`: custom match trees (xds.type.matcher.v3.IPMatcher)
 CUSTOM_MATCHER = "envoy.matching.custom_matchers"
 
@@ -115,6 +117,7 @@ CATEGORY_NAMES = MappingProxyType(
         ROUTE_MATCH_ACTION: "route matching action",
         HTTP_FILTER_MATCH_ACTION: "HTTP filter matching action",
         FILTER_CHAIN_MATCH_ACTION: "filter chain matching action",
+        UDP_ROUTE_MATCH_ACTION: "UDP route matching action",
         CUSTOM_MATCHER: "custom match tree",
     }
 )

@@ -60,9 +60,8 @@ def test_gro_decides_the_longest_datagram() -> None:
 
 @pytest.mark.parametrize(("proxy", "path", "message"), [
     ({"cluster": None, "matcher": {"on_no_match": {"action": {"name": "route", "typed_config": {
-        "@type": "type.googleapis.com/envoy.extensions.filters.udp.udp_proxy.v3.Route", "cluster": "svc"}}}}},
-     "matcher", "routing UDP datagrams with a matcher tree is not supported yet (name the one cluster with "
-                "`cluster`)"),
+        "@type": "type.googleapis.com/envoy.extensions.filters.udp.udp_proxy.v3.Route"}}}}},
+     "matcher.on_no_match.action.typed_config.cluster", "missing required field"),
     ({"use_original_src_ip": True}, "use_original_src_ip",
      "not supported (it needs transparent sockets: IP_TRANSPARENT and CAP_NET_ADMIN)"),
     ({"session_filters": [CAPSULE]}, "session_filters",
@@ -153,3 +152,9 @@ def test_validate_refuses_unknown_operators_as_envoy_does(proxy: dict[str, Any],
         envoy = subprocess.run([str(ENVOY_BIN), "--mode", "validate", "-c", str(config), "-l", "critical"],
                                capture_output=True, text=True, timeout=60)
         assert envoy.returncode != 0 and "NOPE" in envoy.stdout + envoy.stderr
+
+
+def test_cluster_and_matcher_are_one_of() -> None:
+    route = {"on_no_match": {"action": {"name": "route", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.udp.udp_proxy.v3.Route", "cluster": "svc"}}}}
+    assert error(udp_listener(proxy={"matcher": route})).endswith(": exactly one of cluster, matcher must be set")

@@ -16,8 +16,9 @@ is dropped, unless its `prefer_gro` (unset: true, Envoy's default for upstream s
 Stats, Envoy's names: `udp.<stat_prefix>.downstream_sess_*`, `idle_timeout`, `session_filter_config_missing`;
 the cluster's `udp.sess_*` and `upstream_cx_{rx,tx}_bytes_total`.
 
-Refused by field: `matcher` (routing on a matcher tree: pylon's generic matcher engine is not wired into the UDP
-proxy yet; the deprecated `cluster` names the one cluster), `use_original_src_ip` (needs transparent sockets and
+Routing: the deprecated `cluster` names one cluster, or `matcher` (the shared matcher engine, network inputs:
+source/destination IP and port) names one per datagram by its Route actions; no match, or a cluster CDS removed:
+`downstream_sess_no_route`. Refused by field: `use_original_src_ip` (needs transparent sockets and
 CAP_NET_ADMIN), `session_filters`, `tunneling_config`, `proxy_access_log`, `access_log_options` (not supported
 yet). `access_log`: Envoy's session access logs, a line per session when it ends (`udp_session.py`).
 """
@@ -25,11 +26,11 @@ yet). `access_log`: Envoy's session access logs, a line per session when it ends
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Callable
 
 import msgspec
 
-from pylon.config import registry
+from pylon.config import matcher, registry
 from pylon.config.constraints import Duration
 from pylon.config.envoy import (
     AccessLog, EnvoyStruct, HeaderValueOption, NonEmptyStr, NotSupportedYet, PositiveUInt32, UdpSocketConfig,
@@ -40,6 +41,9 @@ from pylon.extensions.filters.udp.udp_tunnel import TunnelRequest, UdpTunnelSess
 from pylon.proxy.access_log import build_access_loggers
 from pylon.proxy.connection_info import address_host
 from pylon.proxy.filters.udp import register_udp_listener_filter
+from pylon.proxy.matching.engine import NO_MATCH, Vocabulary, compile_matcher
+from pylon.proxy.matching.input_matchers import INPUT_MATCHERS
+from pylon.proxy.matching.network_inputs import NETWORK_READERS, NetworkMatchingData
 
 if TYPE_CHECKING:
     from pylon.proxy.udp_listener import UdpListenerRuntime
@@ -126,11 +130,18 @@ class UdpTunnelingConfig(EnvoyStruct, kw_only=True):
                 raise FieldError(name, "not supported yet: pylon has no filter state for the response's headers")
 
 
+class UdpRoute(EnvoyStruct, kw_only=True):
+    """extensions.filters.udp.udp_proxy.v3.Route: a route matcher's action, the cluster a session goes to."""
+
+    cluster: NonEmptyStr
+
+
 class UdpProxyConfig(EnvoyStruct, kw_only=True):
     """extensions.filters.udp.udp_proxy.v3.UdpProxyConfig."""
 
     stat_prefix: NonEmptyStr
     cluster: NonEmptyStr | None = None  # deprecated in Envoy's API, still honoured (with a warning) by 1.40
+    #: the route matcher (config/matcher.py decodes it in `__post_init__`: network inputs, Route actions)
     matcher: Any = None
     idle_timeout: Duration = Duration(60)
     use_original_src_ip: bool = False
@@ -146,11 +157,11 @@ class UdpProxyConfig(EnvoyStruct, kw_only=True):
     access_log_options: NotSupportedYet | None = None
 
     def __post_init__(self) -> None:
-        if self.matcher is not None:
-            raise FieldError("matcher", "routing UDP datagrams with a matcher tree is not supported yet (name the "
-                                        "one cluster with `cluster`)")
-        if self.cluster is None:
+        if (self.cluster is None) == (self.matcher is None):
             raise FieldError("", "exactly one of cluster, matcher must be set")
+        if self.matcher is not None:
+            matcher.decode_field(self, "matcher", inputs=registry.NETWORK_MATCH_INPUT,
+                                 actions=registry.UDP_ROUTE_MATCH_ACTION)
         if self.session_filters and self.tunneling_config is None:
             raise FieldError("session_filters", "the http_capsule session filter without tunneling_config is not "
                                                 "supported yet")
@@ -174,7 +185,11 @@ class UdpProxyFilter:
         self.listener = listener
         worker = listener.worker
         self.worker = worker
-        self.cluster_name: str = config.cluster  # type: ignore[assignment]  # set: checked by the config
+        #: the one cluster, or (matcher) None and the route: a datagram's addresses -> a cluster name or NO_MATCH
+        self.cluster_name: str | None = config.cluster
+        self.route: Callable[[NetworkMatchingData], Any] | None = None if config.matcher is None else compile_matcher(
+            config.matcher, Vocabulary(inputs=NETWORK_READERS, action=lambda route: route.cluster,
+                                       input_matchers=INPUT_MATCHERS))
         self.idle_timeout = float(config.idle_timeout)
         self.per_packet = config.use_per_packet_load_balancing
         policy = config.hash_policies[0] if config.hash_policies else None
@@ -191,7 +206,11 @@ class UdpProxyFilter:
         self.local_address = (sa.address, sa.port_value)  # what the sessions' logs say they were sent to
 
     def on_datagram(self, data: bytes, peer: tuple[Any, ...]) -> None:
-        cluster = self.worker.clusters.get(self.cluster_name)
+        name = self.cluster_name
+        if name is None:  # the route matcher, on the datagram's addresses (Envoy routes each datagram)
+            assert self.route is not None
+            name = self.route(NetworkMatchingData(self.local_address, peer[:2], peer[:2]))
+        cluster = self.worker.clusters.get(name) if name is not NO_MATCH else None
         if cluster is None:
             self.stats.no_route.value += 1
             return
@@ -253,6 +272,8 @@ class UdpProxyFilter:
 
 
 registry.register_typed(registry.UDP_LISTENER_FILTER, TYPE_URL, UdpProxyConfig)
+registry.register_typed(registry.UDP_ROUTE_MATCH_ACTION,
+                        "type.googleapis.com/envoy.extensions.filters.udp.udp_proxy.v3.Route", UdpRoute)
 def _check(config: UdpProxyConfig) -> None:
     """The tunnel's format strings compile (an unknown %OPERATOR% is refused here, not in a worker)."""
     if config.tunneling_config is not None:
