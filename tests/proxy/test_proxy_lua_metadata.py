@@ -9,13 +9,14 @@ converts a Struct: nested tables, lists as arrays, numbers as Lua numbers, boole
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.proxy.conftest import gateway_in_front_of_upstream, http_listener
+from tests.proxy.conftest import gateway_in_front_of_upstream, http_listener, json_access_log, read_json_lines
 
 LUA_TYPE = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua"
 ROUTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
@@ -81,3 +82,49 @@ def test_metadata_reaches_the_script(implementation: str, tmp_path: Path, path: 
         assert httpx.get(f"http://127.0.0.1:{gateway.port}{path}", timeout=10).status_code == 200
         [seen] = gateway.upstream.requests
     assert {name: seen["headers"].get(name) for name in expected} == expected
+
+
+DYNAMIC_SCRIPT = """
+function envoy_on_request(h)
+  local meta = h:streamInfo():dynamicMetadata()
+  meta:set("lua.dyn", "text", "hello")
+  meta:set("lua.dyn", "number", 3)
+  meta:set("lua.dyn", "list", {"a", "b"})
+  meta:set("lua.dyn", "table", {k = true})
+  meta:set("lua.dyn", "text", "again")
+end
+"""
+READER_SCRIPT = """
+function envoy_on_request(h)
+  local ns = h:streamInfo():dynamicMetadata():get("lua.dyn")
+  local names = {}
+  for name, _ in pairs(h:streamInfo():dynamicMetadata()) do names[#names + 1] = name end
+  h:headers():add("x-read", ns["text"] .. "|" .. ns["number"] .. "|" .. ns["list"][2] .. "|" ..
+                  tostring(ns["table"]["k"]) .. "|" .. table.concat(names, ","))
+end
+"""
+
+
+def dynamic_listener(log: Path) -> Callable[[int], dict[str, Any]]:
+    def make(port: int) -> dict[str, Any]:
+        config = http_listener("main", port, [{"match": {"prefix": "/"}, "route": {"cluster": "up"}}],
+                               access_log=json_access_log(log, meta="%DYNAMIC_METADATA(lua.dyn)%",
+                                                          text="%DYNAMIC_METADATA(lua.dyn:text)%"))
+        config["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"] = [
+            {"name": "writer", "typed_config": {"@type": LUA_TYPE, "default_source_code": {"inline_string": DYNAMIC_SCRIPT}}},
+            {"name": "reader", "typed_config": {"@type": LUA_TYPE, "default_source_code": {"inline_string": READER_SCRIPT}}},
+            {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER_TYPE}}]
+        return config
+    return make
+
+
+def test_a_script_s_dynamic_metadata_is_the_stream_s(implementation: str, tmp_path: Path) -> None:
+    """What one script sets, another filter (a second script) and the access log see, as in Envoy."""
+    log = tmp_path / "access.log"
+    with gateway_in_front_of_upstream(implementation, tmp_path, dynamic_listener(log)) as gateway:
+        assert httpx.get(f"http://127.0.0.1:{gateway.port}/", timeout=10).status_code == 200
+        [seen] = gateway.upstream.requests
+        [entry] = read_json_lines(log, 1)
+    assert seen["headers"]["x-read"] == "again|3|b|true|lua.dyn"
+    assert entry["text"] == "again"
+    assert entry["meta"] == {"list": ["a", "b"], "number": 3, "table": {"k": True}, "text": "again"}

@@ -20,6 +20,7 @@ class FakeStream:
         self.ready = ready
         self.answered: tuple[list[tuple[bytes, bytes]], bytes] | None = None
         self.calls: list[tuple[Any, ...]] = []
+        self.dynamic: dict[str, dict[str, Any]] = {}
 
     def header_view(self, which: str) -> Any:
         return self.headers
@@ -58,6 +59,12 @@ class FakeStream:
     def metadata(self, which: str) -> dict[str, Any]:
         return {"handle": {"x": "route", "n": 2, "list": ["a", None, {"k": True}]}, "virtual_host": {"x": "vh"}}.get(
             which, {})
+
+    def dynamic_metadata(self) -> dict[str, dict[str, Any]]:
+        return self.dynamic
+
+    def set_dynamic_metadata(self, namespace: str, values: dict[str, Any]) -> None:
+        self.dynamic.setdefault(namespace, {}).update(values)
 
 
 def run(code: str, stream: FakeStream, hook: str = "envoy_on_request") -> tuple[LuaState, Any, str]:
@@ -167,6 +174,7 @@ def test_stream_info_logs_timestamp_and_metadata() -> None:
     end""", stream)
     assert what == DONE, script.error
     assert stream.headers.get(b"p") == b"HTTP/1.1 127.0.0.1:80 v nil route aGk="
+    assert stream.dynamic == {"f": {"k": "v"}}  # the stream's own metadata, which other filters read
 
 
 def test_metadata_as_envoy_converts_a_struct() -> None:

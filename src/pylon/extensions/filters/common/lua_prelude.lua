@@ -99,14 +99,12 @@ function VirtualHost:metadata() return metadata(self._id, "virtual_host") end
 local Route = class("route")
 function Route:metadata() return metadata(self._id, "route") end
 
+-- The stream's own dynamic metadata (what other filters set and read, the access log prints): a namespace's
+-- fields as a table on get, a key set into a namespace (its other keys kept), the namespaces on pairs.
 local DynamicMetadata = class("dynamicMetadata")
-function DynamicMetadata:get(filter) return self._data[filter] end
-function DynamicMetadata:set(filter, key, value)
-  local t = self._data[filter]
-  if t == nil then t = {}; self._data[filter] = t end
-  t[key] = value
-end
-DynamicMetadata.__pairs = function(self) return next, self._data, nil end
+function DynamicMetadata:get(filter) return bridge.dynamic_get(self._id, filter) end
+function DynamicMetadata:set(filter, key, value) bridge.dynamic_set(self._id, filter, key, value) end
+DynamicMetadata.__pairs = function(self) return next, bridge.dynamic_all(self._id), nil end
 
 local StreamInfo = class("streamInfo")
 function StreamInfo:protocol() return bridge.info(self._id, "protocol") end
@@ -116,7 +114,7 @@ function StreamInfo:downstreamRemoteAddress() return bridge.info(self._id, "remo
 function StreamInfo:requestedServerName() return bridge.info(self._id, "sni") end
 function StreamInfo:routeName() return bridge.info(self._id, "route") end
 function StreamInfo:dynamicMetadata()
-  if self._dynamic == nil then self._dynamic = setmetatable({_data = {}}, DynamicMetadata) end
+  if self._dynamic == nil then self._dynamic = setmetatable({_id = self._id}, DynamicMetadata) end
   return self._dynamic
 end
 function StreamInfo:downstreamSslConnection()

@@ -70,6 +70,10 @@ class StreamContext(Protocol):
 
     def metadata(self, which: str) -> dict[str, Any]: ...  # "handle", "route" or "virtual_host": a Struct's fields
 
+    def dynamic_metadata(self) -> dict[str, dict[str, Any]]: ...  # the stream's, namespace -> fields (a snapshot)
+
+    def set_dynamic_metadata(self, namespace: str, values: dict[str, Any]) -> None: ...  # merged, fields replaced
+
 
 def _deny_attributes(obj: Any, name: Any, setting: bool) -> Any:
     raise AttributeError("Python objects are opaque to Lua scripts")
@@ -218,6 +222,33 @@ class LuaState:
         def metadata(sid: int, which: bytes) -> Any:
             return lua_value(streams[sid].metadata(which.decode()))
 
+        def python_value(value: Any) -> Any:
+            """A Lua value as the protobuf Value Envoy's Lua filter makes of it (strings, doubles, booleans, nil;
+            a table with keys 1..n a list, another a struct of its string keys)."""
+            if isinstance(value, bytes):
+                return value.decode("utf-8", "surrogateescape")
+            if value is None or isinstance(value, (bool, float, int)):
+                return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+            if lupa_impl.lua_type(value) != "table":
+                raise TypeError(f"a {lupa_impl.lua_type(value)} cannot be metadata")
+            items = dict(value.items())
+            if items and all(isinstance(k, (int, float)) for k in items) and \
+                    sorted(items) == list(range(1, len(items) + 1)):
+                return [python_value(items[i]) for i in range(1, len(items) + 1)]
+            return {bytes(k).decode("utf-8", "surrogateescape") if isinstance(k, bytes) else str(k): python_value(v)
+                    for k, v in items.items()}
+
+        def dynamic_get(sid: int, namespace: bytes) -> Any:
+            values = streams[sid].dynamic_metadata().get(bytes(namespace).decode("utf-8", "surrogateescape"))
+            return lua_value(values) if values is not None else None
+
+        def dynamic_all(sid: int) -> Any:
+            return table({name.encode(): lua_value(values) for name, values in streams[sid].dynamic_metadata().items()})
+
+        def dynamic_set(sid: int, namespace: bytes, key: bytes, value: Any) -> None:
+            streams[sid].set_dynamic_metadata(bytes(namespace).decode("utf-8", "surrogateescape"),
+                                              {bytes(key).decode("utf-8", "surrogateescape"): python_value(value)})
+
         def timestamp(resolution: Any = None) -> int:
             if resolution in (None, b"MILLISECOND"):
                 return time.time_ns() // 1_000_000
@@ -231,7 +262,8 @@ class LuaState:
         def log(level: int, message: bytes) -> None:
             self.log.log(_LEVELS[level], "script log: %s", message.decode(errors="replace"))
 
-        return {name.encode(): fn for name, fn in locals().items() if callable(fn) and name not in ("table", "lua_value")}
+        return {name.encode(): fn for name, fn in locals().items()
+                if callable(fn) and name not in ("table", "lua_value", "python_value")}
 
 
 #: what a running script waits for (the first value it yielded), or that it ended

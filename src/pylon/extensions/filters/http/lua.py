@@ -6,7 +6,7 @@ The script (`default_source_code`, or per route a `LuaPerRoute` naming one of `s
 (get, getAtIndex, getNumValues, add, replace, remove, pairs), body() / bodyChunks() (the body whole: the script
 waits for it; setBytes replaces it), trailers(), respond() (request path), httpCall() to a cluster through the
 worker's pools (proxy/async_client.py; synchronous on the request path, asynchronous on both), streamInfo()
-(protocol, downstream addresses, requestedServerName, dynamicMetadata kept per stream, downstreamSslConnection
+(protocol, downstream addresses, requestedServerName, dynamicMetadata (the stream's own), downstreamSslConnection
 presence), connection():ssl() presence, metadata() (the route's filter_metadata under the filter's name, else under
 `envoy.filters.http.lua`), route():metadata() and virtualHost():metadata() (the route's and its virtual host's,
 under the filter's name only), timestamp(),
@@ -306,6 +306,12 @@ class _Context:
         else:
             address = conn.peer
         return f"{address[0]}:{address[1]}" if address else ""
+
+    def dynamic_metadata(self) -> dict[str, dict[str, Any]]:
+        return self.stream.dynamic_metadata or {}
+
+    def set_dynamic_metadata(self, namespace: str, values: dict[str, Any]) -> None:
+        self.stream.set_dynamic_metadata(namespace, values)
 
     def metadata(self, which: str) -> dict[str, Any]:
         """The filter's metadata on the route (`handle`: else under `envoy.filters.http.lua`, Envoy's older key;
