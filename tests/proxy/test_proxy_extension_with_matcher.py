@@ -74,7 +74,28 @@ def wrapped(name: str, inner: dict[str, Any], matcher: dict[str, Any] | None) ->
     return {"name": name, "typed_config": config}
 
 
-LISTENERS = {
+#: ext-authz-extension-with-matcher.yaml's shape: a Lua script sets the stream's dynamic metadata, the matcher
+#: reads it (DynamicMetadataInput and the Metadata input matcher); nothing set matches nothing
+GATE_SCRIPT = """
+function envoy_on_request(h)
+  local mode = h:headers():get("x-mode")
+  if mode then h:streamInfo():dynamicMetadata():set("gate", "mode", mode) end
+end
+"""
+METADATA_MATCHER = {"matcher_list": {"matchers": [{"predicate": {"single_predicate": {
+    "input": {"name": "envoy.matching.inputs.dynamic_metadata", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.matching.common_inputs.network.v3.DynamicMetadataInput",
+        "filter": "gate", "path": [{"key": "mode"}]}},
+    "custom_match": {"name": "envoy.matching.matchers.metadata_matcher", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.matching.input_matchers.metadata.v3.Metadata",
+        "value": {"string_match": {"exact": "skip"}}}}}},
+    "on_match": SKIP_ACTION}]}}
+
+LISTENERS: dict[str, Any] = {
+    "metadata": [{"name": "gate", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+        "default_source_code": {"inline_string": GATE_SCRIPT}}},
+        wrapped("envoy.filters.http.header_mutation", MUTATE, METADATA_MATCHER)],
     "simple": wrapped("envoy.filters.http.fault", ABORT, SIMPLE),
     "complicated": wrapped("envoy.filters.http.fault", ABORT, COMPLICATED),
     "request_response": wrapped("envoy.filters.http.header_mutation", MUTATE, REQUEST_RESPONSE),
@@ -99,14 +120,18 @@ CASES: list[tuple[str, str, dict[str, str], tuple[int, str | None, str | None]]]
     ("composite", "/", {"x-fault-category": "abort"}, (418, None, None)),
     ("composite", "/", {"x-fault-category": "mutate"}, (200, "added", "added")),
     ("no_matcher", "/", {}, (200, None, None)),
+    ("metadata", "/", {"x-mode": "skip"}, (200, None, None)),
+    ("metadata", "/", {"x-mode": "run"}, (200, "added", "added")),
+    ("metadata", "/", {}, (200, "added", "added")),
 ]
 
 
-def listener(name: str, http_filter: dict[str, Any]) -> dict[str, Any]:
+def listener(name: str, http_filters: dict[str, Any] | list[dict[str, Any]]) -> dict[str, Any]:
+    filters = http_filters if isinstance(http_filters, list) else [http_filters]
     hcm = {"@type": HCM_TYPE, "stat_prefix": name,
            "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"],
                                                "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "up"}}]}]},
-           "http_filters": [http_filter, {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER_TYPE}}]}
+           "http_filters": [*filters, {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER_TYPE}}]}
     return {"name": name, "address": {"socket_address": {"address": "127.0.0.1", "port_value": free_port()}},
             "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
                                             "typed_config": hcm}]}]}

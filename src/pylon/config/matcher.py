@@ -175,8 +175,27 @@ def resolve(matcher: Matcher, *, inputs: str, actions: str) -> None:
     """Decode every input, input matcher, custom tree and action of `matcher` in place through the registry
     categories (the owner's for inputs and actions)."""
     categories = {**_FIXED_CATEGORIES, "input": inputs, "action": actions}
-    for path, kind, extension in extensions(matcher):
+    found = []
+    for path, kind, extension in extensions(matcher):  # lazily: a custom tree's branches come once it is decoded
         _resolve_typed(extension, categories[kind], path)
+        found.append((path, kind, extension))
+    _check_metadata_pairs(found)
+
+
+def _check_metadata_pairs(found: list[tuple[str, str, TypedExtension]]) -> None:
+    """A DynamicMetadataInput's value is no text: only the Metadata input matcher takes it, and that matcher takes
+    nothing else (Envoy refuses either mismatch)."""
+    matchers = {path.removesuffix(".custom_match"): ext.typed_config for path, kind, ext in found
+                if kind == "input_matcher"}
+    for path, kind, extension in found:
+        if kind != "input":
+            continue
+        predicate = path.removesuffix(".input")
+        is_metadata = isinstance(extension.typed_config, DynamicMetadataInput)
+        if is_metadata != isinstance(matchers.get(predicate), MetadataInputMatcher):
+            where = path if is_metadata else join_path(predicate, "custom_match")
+            raise FieldError(where, "a DynamicMetadataInput goes with the Metadata input matcher "
+                                    "(envoy.extensions.matching.input_matchers.metadata.v3.Metadata), and only it")
 
 
 def extensions(matcher: Matcher, path: str = "") -> Iterator[tuple[str, str, TypedExtension]]:
@@ -297,6 +316,69 @@ class ApplicationProtocolInput(EnvoyStruct, kw_only=True):
     """The ALPN protocols offered, each quoted, joined with "," (absent: none)."""
 
 
+class DoubleRange(EnvoyStruct, kw_only=True):
+    """type.v3.DoubleRange."""
+
+    start: float = 0.0
+    end: float = 0.0
+
+
+class DoubleMatcher(EnvoyStruct, kw_only=True):
+    """type.matcher.v3.DoubleMatcher."""
+
+    range: DoubleRange | None = None
+    exact: float | None = None
+
+    def __post_init__(self) -> None:
+        exactly_one(self, "range", "exact")
+
+
+class NullMatch(EnvoyStruct, kw_only=True):
+    """type.matcher.v3.ValueMatcher.NullMatch (no fields)."""
+
+
+class ValueMatcher(EnvoyStruct, kw_only=True):
+    """type.matcher.v3.ValueMatcher (`_value_matcher`). Against an absent value none of its kinds matches."""
+
+    null_match: NullMatch | None = None
+    double_match: DoubleMatcher | None = None
+    string_match: StringMatcher | None = None
+    bool_match: bool | None = None
+    present_match: bool | None = None
+    list_match: ListMatcher | None = None
+    or_match: OrMatcher | None = None
+
+    def __post_init__(self) -> None:
+        exactly_one(self, "null_match", "double_match", "string_match", "bool_match", "present_match",
+                     "list_match", "or_match")  # fmt: skip
+
+
+class ListMatcher(EnvoyStruct, kw_only=True):
+    """type.matcher.v3.ListMatcher."""
+
+    one_of: ValueMatcher
+
+
+class OrMatcher(EnvoyStruct, kw_only=True):
+    """type.matcher.v3.OrMatcher."""
+
+    value_matchers: Annotated[list[ValueMatcher], msgspec.Meta(min_length=2)]
+
+
+class PathSegment(EnvoyStruct, kw_only=True):
+    """type.matcher.v3.MetadataMatcher.PathSegment."""
+
+    key: NonEmptyStr
+
+
+class DynamicMetadataInput(EnvoyStruct, kw_only=True):
+    """matching.common_inputs.network.v3.DynamicMetadataInput: a value of the stream's dynamic metadata, for the
+    Metadata input matcher only (it is no text)."""
+
+    filter: NonEmptyStr
+    path: Annotated[list[PathSegment], msgspec.Meta(min_length=1)]
+
+
 # --------------------------------------------------------------------------- input matchers
 
 
@@ -340,9 +422,19 @@ class Hyperscan(EnvoyStruct, kw_only=True):
     regexes: Annotated[list[HyperscanRegex], msgspec.Meta(min_length=1)]
 
 
+class MetadataInputMatcher(EnvoyStruct, kw_only=True):
+    """matching.input_matchers.metadata.v3.Metadata: a ValueMatcher over a DynamicMetadataInput's value."""
+
+    value: ValueMatcher
+    invert: bool = False
+
+
 registry.register_typed(registry.INPUT_MATCHER,
                         "type.googleapis.com/envoy.extensions.matching.input_matchers.hyperscan.v3alpha.Hyperscan",
                         Hyperscan)
+registry.register_typed(registry.INPUT_MATCHER,
+                        "type.googleapis.com/envoy.extensions.matching.input_matchers.metadata.v3.Metadata",
+                        MetadataInputMatcher)
 registry.register_typed(registry.CUSTOM_MATCHER, "type.googleapis.com/xds.type.matcher.v3.IPMatcher", IPMatcher)
 
 
@@ -359,6 +451,8 @@ NETWORK_INPUTS: tuple[tuple[str, type], ...] = tuple(
 
 for _url, _struct in HTTP_INPUTS + NETWORK_INPUTS:
     registry.register_typed(registry.HTTP_MATCH_INPUT, _url, _struct)
+#: the stream's dynamic metadata: an HTTP filter's matcher reads it (no connection-level metadata in pylon)
+registry.register_typed(registry.HTTP_MATCH_INPUT, _NETWORK + "DynamicMetadataInput", DynamicMetadataInput)
 for _url, _struct in NETWORK_INPUTS:
     registry.register_typed(registry.NETWORK_MATCH_INPUT, _url, _struct)
 registry.register_typed(registry.ROUTE_MATCH_INPUT, _HTTP + "HttpRequestHeaderMatchInput", HttpRequestHeaderMatchInput)
@@ -368,3 +462,4 @@ RBAC_INPUTS = (HttpRequestHeaderMatchInput, DestinationIPInput, DestinationPortI
 for _url, _struct in HTTP_INPUTS + NETWORK_INPUTS:
     if _struct in RBAC_INPUTS:
         registry.register_typed(registry.RBAC_MATCH_INPUT, _url, _struct)
+

@@ -219,3 +219,48 @@ def test_ip_matcher_tree_longest_range_first_exclusive_passed_over_after_the_fir
     assert match(source("2001:db8::1")) == "v6"
     assert match(source("192.0.2.1")) == "otherwise"
     assert match(HttpMatchingData(HeaderList([]))) == "otherwise"  # no address at all
+
+
+METADATA_INPUT = {"name": "m", "typed_config": {
+    "@type": "type.googleapis.com/envoy.extensions.matching.common_inputs.network.v3.DynamicMetadataInput",
+    "filter": "ns", "path": [{"key": "k"}]}}
+
+
+def metadata_matcher(**value: Any) -> dict[str, Any]:
+    return {"name": "mm", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.matching.input_matchers.metadata.v3.Metadata", **value}}
+
+
+def test_dynamic_metadata_with_the_metadata_input_matcher() -> None:
+    from pylon.proxy.matching.input_matchers import INPUT_MATCHERS
+
+    raw = {"matcher_list": {"matchers": [
+        {"predicate": {"single_predicate": {"input": METADATA_INPUT, "custom_match": metadata_matcher(
+            value={"double_match": {"exact": 3}})}}, "on_match": act("three")},
+        {"predicate": {"single_predicate": {"input": METADATA_INPUT, "custom_match": metadata_matcher(
+            value={"present_match": True}, invert=True)}}, "on_match": act("absent")}]}}
+    config = decode(raw, inputs=registry.HTTP_MATCH_INPUT, actions=registry.ROUTE_MATCH_ACTION)
+    match = compile_matcher(config, Vocabulary(inputs=HTTP_READERS, action=lambda route: route.name,
+                                               input_matchers=INPUT_MATCHERS))
+
+    def with_metadata(metadata: dict[str, Any] | None) -> HttpMatchingData:
+        data = request()
+        data.metadata = lambda: metadata
+        return data
+
+    assert match(with_metadata({"ns": {"k": 3.0}})) == "three"
+    assert match(with_metadata({"ns": {"k": "3"}})) == NO_MATCH  # a string is no double
+    assert match(with_metadata(None)) == "absent"
+    assert match(with_metadata({"ns": {"other": 1}})) == "absent"
+
+
+@pytest.mark.parametrize(("predicate", "where"), [
+    ({"input": METADATA_INPUT, "value_match": {"exact": "x"}}, "matcher_list.matchers[0].predicate.single_predicate.input"),
+    ({"input": header("a"), "custom_match": metadata_matcher(value={"present_match": True})},
+     "matcher_list.matchers[0].predicate.single_predicate.custom_match"),
+])  # fmt: skip
+def test_dynamic_metadata_input_and_metadata_matcher_go_together(predicate: dict[str, Any], where: str) -> None:
+    raw = {"matcher_list": {"matchers": [{"predicate": {"single_predicate": predicate}, "on_match": act("x")}]}}
+    with pytest.raises(FieldError) as info:
+        decode(raw, inputs=registry.HTTP_MATCH_INPUT, actions=registry.ROUTE_MATCH_ACTION)
+    assert info.value.rel_path == where and "Metadata input matcher" in info.value.message

@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from pylon.config import matcher as config
+from pylon.proxy import dynamic_metadata
 from pylon.proxy.headers import HeaderList
 from pylon.proxy.matching.engine import NOT_AVAILABLE
 from pylon.proxy.matching.network_inputs import NETWORK_READERS, NetworkMatchingData
@@ -28,7 +29,7 @@ class HttpMatchingData:
     """One stream's data as its matchers see it; the stream fills in the response side when it has it."""
 
     __slots__ = ("request_headers", "authority", "path", "method", "scheme", "response_headers", "status",
-                 "request_trailers", "response_trailers", "network")
+                 "request_trailers", "response_trailers", "network", "metadata")
 
     def __init__(self, request_headers: HeaderList | None, authority: str = "", path: str = "",
                  method: str | None = None, scheme: str | None = None,
@@ -43,6 +44,8 @@ class HttpMatchingData:
         self.request_trailers: HeaderList | None = None
         self.response_trailers: HeaderList | None = None
         self.network = network if network is not None else _NO_CONNECTION
+        #: what reads the stream's dynamic metadata now (DynamicMetadataInput); None: a stream that has none
+        self.metadata: Callable[[], dict[str, dict[str, Any]] | None] | None = None
 
 
 _NO_CONNECTION = NetworkMatchingData(None, None)
@@ -117,8 +120,18 @@ def _query_param(decoded: config.HttpRequestQueryParamMatchInput) -> Reader:
     return read
 
 
+def _dynamic_metadata(decoded: config.DynamicMetadataInput) -> Reader:
+    namespace, path = decoded.filter, tuple(segment.key for segment in decoded.path)
+
+    def read(data: HttpMatchingData) -> Any:
+        metadata = data.metadata() if data.metadata is not None else None
+        return dynamic_metadata.lookup(metadata, namespace, path)  # MISSING when absent: the matcher decides
+    return read
+
+
 #: decoded input Struct type -> reader factory: the HTTP inputs and the connection's
 HTTP_READERS: dict[type, Callable[[Any], Reader]] = {
+    config.DynamicMetadataInput: _dynamic_metadata,
     config.HttpRequestHeaderMatchInput: _request_header,
     config.HttpResponseHeaderMatchInput: _response_header,
     config.HttpRequestTrailerMatchInput: _trailer("request_trailers"),

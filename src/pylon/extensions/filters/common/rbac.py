@@ -65,8 +65,10 @@ from pylon.config.envoy import (
     CidrRange, EnvoyStruct, HeaderMatcher, NonEmptyStr, NotSupportedYet, Port, StringMatcher, _exactly_one,
 )
 from pylon.config.errors import FieldError, join_path
+from pylon.config.matcher import PathSegment, ValueMatcher
 from pylon.proxy import dynamic_metadata
 from pylon.proxy.connection_info import ConnectionInfo
+from pylon.proxy.matching.input_matchers import value_matcher
 from pylon.proxy.router import _compile_string_matcher, _HeaderMatcher
 from pylon.regex import RegexEngine, get_engine
 
@@ -83,61 +85,6 @@ class PathMatcher(EnvoyStruct, kw_only=True):
     """type.matcher.v3.PathMatcher: a StringMatcher on the path without query and fragment."""
 
     path: StringMatcher
-
-
-class DoubleRange(EnvoyStruct, kw_only=True):
-    """type.v3.DoubleRange."""
-
-    start: float = 0.0
-    end: float = 0.0
-
-
-class DoubleMatcher(EnvoyStruct, kw_only=True):
-    """type.matcher.v3.DoubleMatcher."""
-
-    range: DoubleRange | None = None
-    exact: float | None = None
-
-    def __post_init__(self) -> None:
-        _exactly_one(self, "range", "exact")
-
-
-class NullMatch(EnvoyStruct, kw_only=True):
-    """type.matcher.v3.ValueMatcher.NullMatch (no fields)."""
-
-
-class ValueMatcher(EnvoyStruct, kw_only=True):
-    """type.matcher.v3.ValueMatcher (`_value_matcher`). Against an absent value none of its kinds matches."""
-
-    null_match: NullMatch | None = None
-    double_match: DoubleMatcher | None = None
-    string_match: StringMatcher | None = None
-    bool_match: bool | None = None
-    present_match: bool | None = None
-    list_match: ListMatcher | None = None
-    or_match: OrMatcher | None = None
-
-    def __post_init__(self) -> None:
-        _exactly_one(self, "null_match", "double_match", "string_match", "bool_match", "present_match",
-                     "list_match", "or_match")  # fmt: skip
-
-
-class ListMatcher(EnvoyStruct, kw_only=True):
-    """type.matcher.v3.ListMatcher."""
-
-    one_of: ValueMatcher
-
-
-class OrMatcher(EnvoyStruct, kw_only=True):
-    """type.matcher.v3.OrMatcher."""
-
-    value_matchers: Annotated[list[ValueMatcher], msgspec.Meta(min_length=2)]
-
-
-class PathSegment(EnvoyStruct, kw_only=True):
-    """type.matcher.v3.MetadataMatcher.PathSegment."""
-
-    key: NonEmptyStr
 
 
 class MetadataMatcher(EnvoyStruct, kw_only=True):
@@ -588,40 +535,8 @@ def _url_path(config: PathMatcher, engine: RegexEngine) -> Predicate:
 def _metadata(config: MetadataMatcher, engine: RegexEngine) -> Predicate:
     """Envoy's MetadataMatcher over the stream's dynamic metadata: the value at the filter's path (absent on a TCP
     connection, or when no filter set it), its value matcher, then `invert`."""
-    matches = _value_matcher(config.value, engine)
+    matches = value_matcher(config.value, engine)
     namespace, path, invert = config.filter, tuple(segment.key for segment in config.path), config.invert
     return lambda facts: matches(dynamic_metadata.lookup(facts.dynamic_metadata, namespace, path)) != invert
 
 
-def _value_matcher(config: ValueMatcher, engine: RegexEngine) -> Callable[[Any], bool]:
-    """type.matcher.v3.ValueMatcher over a metadata value (`dynamic_metadata.MISSING` when absent), as Envoy's
-    matchers: each kind matches only a value of its kind; present_match true matches any value, false none."""
-    if config.null_match is not None:
-        return lambda value: value is None
-    if config.bool_match is not None:
-        wanted = config.bool_match
-        return lambda value: isinstance(value, bool) and value == wanted
-    if config.present_match is not None:
-        present = config.present_match
-        return lambda value: present and value is not dynamic_metadata.MISSING
-    if config.double_match is not None:
-        double = config.double_match
-        if double.exact is not None:
-            exact = double.exact
-            return lambda value: _number(value) and value == exact
-        assert double.range is not None
-        start, end = double.range.start, double.range.end
-        return lambda value: _number(value) and start <= value < end
-    if config.string_match is not None:
-        text = _compile_string_matcher(config.string_match, engine, as_bytes=False)
-        return lambda value: isinstance(value, str) and bool(text(value))
-    if config.list_match is not None:
-        element = _value_matcher(config.list_match.one_of, engine)
-        return lambda value: isinstance(value, list) and any(element(item) for item in value)
-    assert config.or_match is not None
-    choices = [_value_matcher(choice, engine) for choice in config.or_match.value_matchers]
-    return lambda value: any(choice(value) for choice in choices)
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -174,10 +174,13 @@ def _matching_data(stream: Any, request_seen: bool) -> HttpMatchingData:
     source = (client, 0) if isinstance(client, str) else info.remote_address
     network = NetworkMatchingData(info.local_address, source, info.remote_address, info.requested_server_name)
     if not request_seen:
-        return HttpMatchingData(None, network=network)
-    return HttpMatchingData(HeaderList(stream.headers), stream.authority.decode("latin-1"),
-                            stream.path.decode("latin-1"), stream.method.decode("latin-1"),
-                            conn.scheme.decode("latin-1"), network)
+        data = HttpMatchingData(None, network=network)
+    else:
+        data = HttpMatchingData(HeaderList(stream.headers), stream.authority.decode("latin-1"),
+                                stream.path.decode("latin-1"), stream.method.decode("latin-1"),
+                                conn.scheme.decode("latin-1"), network)
+    data.metadata = lambda: stream.dynamic_metadata  # read when matched: earlier filters may set it meanwhile
+    return data
 
 
 registry.register_typed(registry.HTTP_FILTER, TYPE_URL, ExtensionWithMatcher)
