@@ -182,6 +182,12 @@ class HcmRuntime:
         # The filters before the router, in order; empty (and free) when the router is alone.
         self.decoder_filters = [build_filter(f.name, f.typed_config, config.stat_prefix, stats, worker.loop)
                                 for f in config.http_filters[:-1]]
+        # Filters with work of their own before requests (jwt_authn's async JWKS fetch) start now; what a listener
+        # built at startup waits for before it serves (Envoy's init targets) goes to the worker.
+        for http_filter in self.decoder_filters:
+            start = getattr(http_filter, "start", None)
+            if start is not None:
+                worker.init_waits.extend(start(worker))
         # The ones that also see response heads, last first (Envoy's encoder order); empty and free usually.
         self.encoder_filters = [f for f in reversed(self.decoder_filters) if hasattr(f, "encode_headers")]
         # The ones that may want whole bodies (the stream then buffers that direction, up to buffer_limit).

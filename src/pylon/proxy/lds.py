@@ -68,6 +68,7 @@ class LdsListeners:
                 continue
             config = convert(data, Listener)
             runtime = build_listener(config, self.worker)
+            self.worker.init_waits.clear()  # departure: an LDS listener serves at once (its fetches go on)
             if current is not None:
                 sock = current.acceptor.sock if current.acceptor is not None else None
                 self._retire(current, keep_socket=True)

@@ -87,6 +87,9 @@ class Worker:
         self.secrets: dict[str, Secret] = {}  # static and SDS secrets by name, for TLS contexts that name them
         # What extensions share by name in this worker (Envoy's singleton manager): the DFP's DNS caches.
         self.singletons: dict[str, Any] = {}
+        #: what the listener being built waits for before it serves (a filter's first fetch: Envoy's init
+        #: targets); taken by `start` per static listener, dropped for LDS ones (they serve at once)
+        self.init_waits: list[asyncio.Future[Any]] = []
         self.node: Any = None  # the bootstrap's node (spans' node_id, zone, service name)
         self.access_log_writer = AccessLogWriter()
         self.draining = False
@@ -199,6 +202,9 @@ class Worker:
                     self.loop, sock, UdpListenerRuntime(listener_cfg, self)))
                 continue
             runtime = build_listener(listener_cfg, self)
+            waits, self.init_waits = self.init_waits, []
+            if waits:
+                await asyncio.gather(*waits)
             self.listeners.append(runtime)
             if listener_cfg.internal_listener is not None:
                 internal_listener.register(runtime)

@@ -32,7 +32,13 @@ realm="<scheme>://<host><path>"` (plus `, error="invalid_token"` unless the toke
 Stats: `http.<prefix>.jwt_authn.[<stat_prefix>.]{allowed, denied, cors_preflight_bypassed, jwks_fetch_success,
 jwks_fetch_failed, jwt_cache_hit, jwt_cache_miss}`.
 
-Refused by name (not supported yet): `remote_jwks.async_fetch` and `.retry_policy`, `payload_in_metadata`,
+`remote_jwks.retry_policy` retries the fetch as Envoy's fetcher (filters/common/jwks_fetcher.py). With
+`remote_jwks.async_fetch` the worker fetches when it builds the filter, again 5 s before the keys expire or
+`failed_refetch_duration` (1 s) after a failure, and a request fetches on demand only when no keys are there;
+without `fast_listener` a static listener serves only once its first fetch is done (Envoy's init target;
+departure: an LDS listener serves at once).
+
+Refused by name (not supported yet): `payload_in_metadata`,
 `header_in_metadata`, `failed_status_in_metadata`, `normalize_payload_in_metadata` (pylon has no dynamic
 metadata), `clear_route_cache`, `filter_state_rules`, `strip_failure_response`. Departure: a local JWKS that
 does not parse is a config error (Envoy loads the provider without keys).
@@ -44,6 +50,7 @@ import base64
 import json
 import re
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -58,7 +65,7 @@ from pylon.config.envoy import (
 from pylon.config.errors import FieldError
 from pylon.config.services import HttpUri
 from pylon.extensions.filters.common import jwt_verify as jv
-from pylon.proxy import async_client
+from pylon.extensions.filters.common.jwks_fetcher import CoreRetryPolicy, fetch_jwks
 from pylon.proxy.filters.http import register_filter
 from pylon.proxy.headers import HeaderList
 from pylon.proxy.router import RouteTable, _compile_string_matcher, first_query_values
@@ -68,6 +75,8 @@ from pylon.regex import get_engine
 TYPE_URL = "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication"
 PER_ROUTE_TYPE_URL = "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig"
 DEFAULT_CACHE_DURATION = 600.0
+#: async_fetch refetches this long before the keys expire (Envoy's RefetchBeforeExpiredSec), so no request waits
+ASYNC_REFETCH_EARLY = 5.0
 
 
 class Empty(EnvoyStruct, kw_only=True):
@@ -91,11 +100,18 @@ class JwtCacheConfig(EnvoyStruct, kw_only=True):
     jwt_max_token_size: UInt32 = 0
 
 
+class JwksAsyncFetch(EnvoyStruct, kw_only=True):
+    """jwt_authn.v3.JwksAsyncFetch: fetch the JWKS before requests need it (see the module docstring)."""
+
+    fast_listener: bool = False
+    failed_refetch_duration: Duration | None = None
+
+
 class RemoteJwks(EnvoyStruct, kw_only=True):
     http_uri: HttpUri | None = None
     cache_duration: Duration | None = None
-    async_fetch: NotSupportedYet | None = None
-    retry_policy: NotSupportedYet | None = None
+    async_fetch: JwksAsyncFetch | None = None
+    retry_policy: CoreRetryPolicy | None = None
 
     def __post_init__(self) -> None:
         if self.http_uri is None:
@@ -638,22 +654,18 @@ class JwtAuthnFilter:
             provider.waiting.append(then)
             return
         provider.waiting = [then]
+        self._start_fetch(stream.hcm.worker, provider)
+
+    def _start_fetch(self, worker: Any, provider: Provider, settled: Callable[[bool], None] | None = None) -> None:
+        """One fetch of the provider's remote JWKS (with its retry_policy); the keys kept `cache_duration`, and
+        every stream waiting for them told; `settled(ok)` afterwards (async_fetch's timers)."""
         remote = provider.config.remote_jwks
         assert remote is not None and remote.http_uri is not None
-        uri = remote.http_uri
 
-        def answered(response: async_client.Response | None, reason: str) -> None:
-            keys = None
-            if response is not None and response.status == 200:
-                try:
-                    keys = jv.parse_jwks(response.body.decode("utf-8", "replace"))
-                except ValueError:
-                    keys = None
+        def fetched(keys: list[jv.Jwk] | None) -> None:
             if keys is not None:
                 self.counters["jwks_fetch_success"].inc()
-                duration = float(remote.cache_duration) if remote.cache_duration is not None \
-                    else DEFAULT_CACHE_DURATION
-                provider.keys, provider.keys_until = keys, time.monotonic() + duration
+                provider.keys, provider.keys_until = keys, time.monotonic() + _cache_duration(remote)
                 provider.cache.entries.clear()  # tokens verified with the old keys are verified again
             else:
                 self.counters["jwks_fetch_failed"].inc()
@@ -661,9 +673,55 @@ class JwtAuthnFilter:
             waiting, provider.waiting = provider.waiting or [], None
             for callback in waiting:
                 callback()
+            if settled is not None:
+                settled(keys is not None)
 
-        async_client.send(stream.hcm.worker, uri.cluster, b"GET", uri.path.encode(), uri.host.encode(), [], b"",
-                          float(uri.timeout), answered)
+        fetch_jwks(worker, remote.http_uri, remote.retry_policy, fetched)
+
+    def start(self, worker: Any) -> list[Any]:
+        """The worker built this filter: start async_fetch's fetches; the futures a listener waits on before it
+        serves (those without fast_listener, as Envoy's init targets), each done after its first fetch."""
+        waits = []
+        for provider in self.providers.values():
+            remote = provider.config.remote_jwks
+            if remote is None or remote.async_fetch is None:
+                continue
+            first = worker.loop.create_future()
+            if not remote.async_fetch.fast_listener:
+                waits.append(first)
+            self._refetch(worker, provider, remote, first)
+        return waits
+
+    def _refetch(self, worker: Any, provider: Provider, remote: RemoteJwks, first: Any = None) -> None:
+        """async_fetch: fetch now; again 5 s before the keys expire, or `failed_refetch_duration` after a failure."""
+        loop = worker.loop
+
+        def settled(ok: bool) -> None:
+            if first is not None and not first.done():
+                first.set_result(ok)
+            if ok:
+                duration = _cache_duration(remote)
+                again = duration - ASYNC_REFETCH_EARLY if duration > ASYNC_REFETCH_EARLY else duration
+            else:
+                failed = remote.async_fetch.failed_refetch_duration  # type: ignore[union-attr]
+                again = float(failed) if failed is not None else 1.0
+            loop.call_later(again, _refetch_while_kept, weakref.ref(self), worker, provider, remote)
+
+        if provider.waiting is None:
+            provider.waiting = []
+        self._start_fetch(worker, provider, settled)
+
+
+def _refetch_while_kept(filter_ref: "weakref.ref[JwtAuthnFilter]", worker: Any, provider: Provider,
+                        remote: RemoteJwks) -> None:
+    """async_fetch's next fetch, unless the filter is gone (its listener or route configuration replaced)."""
+    jwt_filter = filter_ref()
+    if jwt_filter is not None:
+        jwt_filter._refetch(worker, provider, remote)
+
+
+def _cache_duration(remote: RemoteJwks) -> float:
+    return float(remote.cache_duration) if remote.cache_duration is not None else DEFAULT_CACHE_DURATION
 
 
 def _details(text: str) -> str:
