@@ -55,8 +55,8 @@ def test_envoys_shape_loads() -> None:
     ({"dns_cache_config": {**CACHE, "max_hosts": 5}}, f"{FILTER}.dns_cache_config",
      "config specified DNS cache 'sni' with different settings"),
     ({"save_upstream_address": True}, f"{FILTER}.save_upstream_address", "not supported yet"),
-    ({"dns_cache_config": {**CACHE, "typed_dns_resolver_config": {"name": "envoy.network.dns_resolver.cares"}}},
-     f"{FILTER}.dns_cache_config.typed_dns_resolver_config", "not supported yet"),
+    ({"dns_cache_config": {**CACHE, "use_tcp_for_dns_lookups": True}},
+     f"{FILTER}.dns_cache_config.use_tcp_for_dns_lookups", "not supported yet"),
 ])  # fmt: skip
 def test_config_errors_name_their_field(fields: dict[str, Any], path: str, message: str) -> None:
     data = bootstrap(**fields)
