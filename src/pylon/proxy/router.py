@@ -70,6 +70,7 @@ from typing import TYPE_CHECKING, Any, Callable, Literal, NamedTuple, Sequence
 
 from pylon.config.datasource import read_bytes
 from pylon.config.envoy import ENVOY_LB, GRPC_RETRY_ON
+from pylon.proxy import rate_limits
 from pylon.proxy.cluster_specifier import build_picker
 from pylon.proxy.grpc_timeout import StreamDuration
 from pylon.proxy.headers import HeaderList, HeaderOps, compile_header_level
@@ -472,7 +473,8 @@ class MatchedRoute:
         "_prefix_rewrite", "_regex_rewrite", "_substitution", "_weights", "_cumulative",
         "_total_weight", "_random", "_redirect", "_picker", "_cluster_ops", "filter_configs", "filter_levels",
         "cors_policies", "decorator", "mirrors", "upgrades", "subset_criteria", "_cluster_criteria",
-        "connect_terminate", "metadata", "virtual_host_metadata",
+        "connect_terminate", "metadata", "virtual_host_metadata", "rate_limits", "virtual_host_rate_limits",
+        "include_vh_rate_limits",
     )
 
     def __init__(self) -> None:
@@ -542,6 +544,10 @@ class MatchedRoute:
         #: filters read (Lua's metadata())
         self.metadata: dict[str, dict[str, Any]] = {}
         self.virtual_host_metadata: dict[str, dict[str, Any]] = {}
+        #: the route's and its virtual host's `rate_limits` (proxy/rate_limits.py), None when they have none
+        self.rate_limits: Any = None
+        self.virtual_host_rate_limits: Any = None
+        self.include_vh_rate_limits = False
 
     def __repr__(self) -> str:
         return f"MatchedRoute(name={self.name!r}, vhost={self.virtual_host_name!r}, kind={self.kind!r})"
@@ -857,6 +863,8 @@ class RouteTable:
             raise ValueError(f"{where}: {exc}") from exc
         entries = []
         labels = []  # also name a route in the regex engine's errors and fallback warnings
+        vh_rate_limits = rate_limits.RateLimitPolicy(config.rate_limits, self._engine) if config.rate_limits \
+            else None
         for j, route in enumerate(config.routes):
             label = f"{where}: routes[{j}]{f' ({route.name})' if route.name else ''}"
             labels.append(label)
@@ -874,6 +882,7 @@ class RouteTable:
                 entry[3].attempt_count = config.include_request_attempt_count
                 if config.metadata is not None:
                     matched.virtual_host_metadata = config.metadata.filter_metadata
+                matched.virtual_host_rate_limits = vh_rate_limits
                 entries.append(entry)
             except ValueError as exc:
                 raise ValueError(f"{label}: {exc}") from exc
@@ -993,6 +1002,9 @@ class RouteTable:
             route.hash_policies = tuple(_hash_source(policy) for policy in action.hash_policy)
         if action.request_mirror_policies:
             route.mirrors = tuple(MirrorRule(policy) for policy in action.request_mirror_policies)
+        if action.rate_limits:
+            route.rate_limits = rate_limits.RateLimitPolicy(action.rate_limits, self._engine)
+        route.include_vh_rate_limits = action.include_vh_rate_limits
         for upgrade in action.upgrade_configs:
             kind = upgrade.upgrade_type.lower().encode()
             if kind not in route.upgrades:  # Envoy keeps the first entry of a type

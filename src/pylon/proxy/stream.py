@@ -616,11 +616,13 @@ class Stream:
                                                     self.conn.scheme.decode("latin-1"))
 
     def respond_from_filter(self, status: int, body: bytes, headers: list[tuple[bytes, bytes]],
-                            details: str = "python_response", content_type: bytes = b"text/plain") -> None:
+                            details: str = "python_response", content_type: bytes = b"text/plain",
+                            grpc_status: int | None = None) -> None:
         """A filter answers the request itself (Envoy's Lua `respond()`, CORS's preflight answer): the upstream is
-        never asked; `details` is the access log's %RESPONSE_CODE_DETAILS%."""
+        never asked; `details` is the access log's %RESPONSE_CODE_DETAILS%; `grpc_status` the one a gRPC request's
+        reply says instead of the status's."""
         self.status, self.details = status, details
-        self._send_local(status, body, None, content_type=content_type, extra=headers)
+        self._send_local(status, body, None, content_type=content_type, extra=headers, grpc_status=grpc_status)
 
     def encode_headers(self, status: int, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
         """The response head through the encoder side of the filter chain (last filter first, as Envoy)."""
