@@ -58,6 +58,9 @@ RESOURCE_MONITOR = "envoy.resource_monitors"
 STATS_SINK = "envoy.stats_sinks"
 #: Bootstrap.bootstrap_extensions[] (the internal listener's)
 BOOTSTRAP_EXTENSION = "envoy.bootstrap"
+#: the cache filters' storage (CacheConfig.typed_config, CacheV2Config.typed_config)
+HTTP_CACHE = "envoy.http.cache"
+HTTP_CACHE_V2 = "envoy.http.cache_v2"
 
 #: Human names used in error messages ("accepted here (network filters): ...").
 CATEGORY_NAMES = MappingProxyType(
@@ -82,6 +85,8 @@ CATEGORY_NAMES = MappingProxyType(
         RESOURCE_MONITOR: "resource monitor",
         STATS_SINK: "stats sink",
         BOOTSTRAP_EXTENSION: "bootstrap extension",
+        HTTP_CACHE: "HTTP cache storage",
+        HTTP_CACHE_V2: "HTTP cache (v2) storage",
     }
 )
 
@@ -105,6 +110,8 @@ EXTENSION_MODULES: Mapping[str, Mapping[str, str]] = MappingProxyType(
         },
         HTTP_FILTER: {
             "envoy.extensions.filters.http.buffer.v3.Buffer": "pylon.extensions.filters.http.buffer",
+            "envoy.extensions.filters.http.cache.v3.CacheConfig": "pylon.extensions.filters.http.cache",
+            "envoy.extensions.filters.http.cache_v2.v3.CacheV2Config": "pylon.extensions.filters.http.cache",
             "envoy.extensions.filters.http.compressor.v3.Compressor": "pylon.extensions.filters.http.compressor",
             "envoy.extensions.filters.http.cors.v3.Cors": "pylon.extensions.filters.http.cors",
             "envoy.extensions.filters.http.csrf.v3.CsrfPolicy": "pylon.extensions.filters.http.csrf",
@@ -163,6 +170,14 @@ EXTENSION_MODULES: Mapping[str, Mapping[str, str]] = MappingProxyType(
             "envoy.extensions.compression.gzip.decompressor.v3.Gzip": "pylon.extensions.compression.gzip",
             "envoy.extensions.compression.brotli.decompressor.v3.Brotli": "pylon.extensions.compression.brotli",
             "envoy.extensions.compression.zstd.decompressor.v3.Zstd": "pylon.extensions.compression.zstd",
+        },
+        HTTP_CACHE: {
+            "envoy.extensions.http.cache.simple_http_cache.v3.SimpleHttpCacheConfig":
+                "pylon.extensions.filters.http.cache",
+        },
+        HTTP_CACHE_V2: {
+            "envoy.extensions.http.cache_v2.simple_http_cache.v3.SimpleHttpCacheV2Config":
+                "pylon.extensions.filters.http.cache",
         },
         CLUSTER_TYPE: {
             "envoy.extensions.clusters.dynamic_forward_proxy.v3.ClusterConfig":

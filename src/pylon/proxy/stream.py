@@ -637,7 +637,64 @@ class Stream:
             self.finish_callbacks = []
         self.finish_callbacks.append(callback)
 
+    def forwarded_headers(self) -> list[tuple[bytes, bytes]]:
+        """The request's headers as the connection manager hands them on before routing (a filter's own upstream
+        request copies them, as Envoy's cache filter does): the client's without hop-by-hop ones, the filters'
+        edits, x-forwarded-for/-proto and x-request-id. Only while decoder filters run (the stream holds them)."""
+        assert self.resume is not None
+        forward, xff, xfp = self.resume.args[:3]
+        forward = list(forward)
+        self._add_forwarding(forward, xff, xfp)
+        return _edited(forward, self.header_edits) if self.header_edits is not None else forward
+
+    def respond_with(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes, details: str,
+                     flag: str = "") -> None:
+        """A filter's own whole response (Envoy's encodeHeaders/encodeData from a filter, not a local reply: no
+        local_reply_config, no gRPC rewrite): `headers` say its framing (content-length, else chunked); the
+        encoder filters see its head, the server header is the connection manager's."""
+        hcm = self.hcm
+        self.status, self.details = status, details
+        if flag:
+            self.flags = flag
+        if hcm.via:
+            headers = _with_via(headers, hcm.via)
+        if hcm.encoder_filters:
+            headers = self.encode_headers(status, headers)
+        self.rs_state = RS_SENDING
+        close = self._ends_connection(unread=self.rq_state != RQ_DONE and bool(self.req_length or self.req_chunked))
+        self.close_after = self.encoder.encode_headers(
+            status, headers, close=close, http10=self.http10, head_request=self.is_head, drop=hcm.response_drop,
+            extra=[(b"server", hcm.server_name)] if hcm.overwrite_server else None)
+        if body and not self.is_head:
+            self.bytes_sent = len(body)
+            self.encoder.encode_data(body)
+        self.encoder.encode_end(None)
+        self.conn.flush_output()
+        self._end_attempt(abandon=True)
+        self._finish(self.close_after)
+
     # ------------------------------------------------------------------ routing
+    def _add_forwarding(self, forward: list[tuple[bytes, bytes]], xff: bytes | None, xfp: bytes | None) -> None:
+        """x-forwarded-for / -proto and the request id, as Envoy's connection manager sets them."""
+        hcm = self.hcm
+        conn = self.conn
+        if hcm.use_remote_address:
+            client = conn.forwarded_for_ip()
+            forward.append((b"x-forwarded-for", xff + b"," + client if xff else client))
+            forward.append((b"x-forwarded-proto", conn.scheme))
+            forward.append((b"x-envoy-external-address", conn.peer_ip))
+        else:
+            if xff is not None:
+                forward.append((b"x-forwarded-for", xff))
+            forward.append((b"x-forwarded-proto", xfp or conn.scheme))
+        self.xff = xff
+        if not self.request_id and hcm.generate_request_id:
+            self.request_id = new_request_id()
+            forward.append((b"x-request-id", self.request_id))
+            if hcm.replace_client_request_id:
+                self.headers = [pair for pair in self.headers if pair[0] != b"x-request-id"]
+            self.headers.append((b"x-request-id", self.request_id))  # access logs see what was sent
+
     def _route(self, forward: list[tuple[bytes, bytes]], xff: bytes | None, xfp: bytes | None, url: bytes,
                path_text: str) -> None:
         """Send the request where its route says (the router filter)."""
@@ -656,23 +713,7 @@ class Stream:
         if kind != "cluster":
             return self._local_route_reply(route)
 
-        # x-forwarded-for / -proto and the request id, as Envoy's connection manager sets them.
-        if hcm.use_remote_address:
-            client = conn.forwarded_for_ip()
-            forward.append((b"x-forwarded-for", xff + b"," + client if xff else client))
-            forward.append((b"x-forwarded-proto", conn.scheme))
-            forward.append((b"x-envoy-external-address", conn.peer_ip))
-        else:
-            if xff is not None:
-                forward.append((b"x-forwarded-for", xff))
-            forward.append((b"x-forwarded-proto", xfp or conn.scheme))
-        self.xff = xff
-        if not self.request_id and hcm.generate_request_id:
-            self.request_id = new_request_id()
-            forward.append((b"x-request-id", self.request_id))
-            if hcm.replace_client_request_id:
-                self.headers = [pair for pair in self.headers if pair[0] != b"x-request-id"]
-            self.headers.append((b"x-request-id", self.request_id))  # access logs see what was sent
+        self._add_forwarding(forward, xff, xfp)
         path = route.rewrite_path(path_text).encode("utf-8", "surrogateescape") if route.rewrites else url
         if path is not url:
             forward.append((b"x-envoy-original-path", url))
@@ -1117,11 +1158,14 @@ class Stream:
                                                        head_request=self.is_head, drop=hcm.response_drop,
                                                        extra=extra)
 
-    def _ends_connection(self) -> bool:
+    def _ends_connection(self, unread: bool | None = None) -> bool:
         """Whether the connection ends after this (relayed) response: the client, a drain or an earlier
-        decision says so, or the request was not read whole (what is left of it cannot start the next); Envoy
-        drain-closes every connection while failing health, and the overload manager may disable keep-alive."""
-        return self.close_after or not self.keep_alive or self.rq_state != RQ_DONE or self.conn.draining \
+        decision says so, or the request was not read whole (what is left of it cannot start the next; `unread`
+        when the caller knows better than the request's state); Envoy drain-closes every connection while
+        failing health, and the overload manager may disable keep-alive."""
+        if unread is None:
+            unread = self.rq_state != RQ_DONE
+        return self.close_after or not self.keep_alive or unread or self.conn.draining \
             or self.hcm.worker.health_check_failed \
             or (self.hcm.overload.keepalive_off > 0.0 and self._overload_ends_keepalive())
 
