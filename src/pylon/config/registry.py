@@ -61,6 +61,8 @@ BOOTSTRAP_EXTENSION = "envoy.bootstrap"
 #: the cache filters' storage (CacheConfig.typed_config, CacheV2Config.typed_config)
 HTTP_CACHE = "envoy.http.cache"
 HTTP_CACHE_V2 = "envoy.http.cache_v2"
+#: where stateful_session keeps a session's host (StatefulSession.session_state)
+SESSION_STATE = "envoy.http.stateful_session"
 
 #: Human names used in error messages ("accepted here (network filters): ...").
 CATEGORY_NAMES = MappingProxyType(
@@ -87,6 +89,7 @@ CATEGORY_NAMES = MappingProxyType(
         BOOTSTRAP_EXTENSION: "bootstrap extension",
         HTTP_CACHE: "HTTP cache storage",
         HTTP_CACHE_V2: "HTTP cache (v2) storage",
+        SESSION_STATE: "stateful session state",
     }
 )
 
@@ -134,6 +137,8 @@ EXTENSION_MODULES: Mapping[str, Mapping[str, str]] = MappingProxyType(
                 "pylon.extensions.filters.http.local_ratelimit",
             "envoy.extensions.filters.http.lua.v3.Lua": "pylon.extensions.filters.http.lua",
             "envoy.extensions.filters.http.rbac.v3.RBAC": "pylon.extensions.filters.http.rbac",
+            "envoy.extensions.filters.http.stateful_session.v3.StatefulSession":
+                "pylon.extensions.filters.http.stateful_session",
             "pylon.filters.http.v1.Python": "pylon.extensions.filters.http.python",
         },
         UPSTREAM_HTTP_FILTER: {
@@ -160,6 +165,8 @@ EXTENSION_MODULES: Mapping[str, Mapping[str, str]] = MappingProxyType(
                 "pylon.extensions.filters.http.local_ratelimit",
             "envoy.extensions.filters.http.lua.v3.LuaPerRoute": "pylon.extensions.filters.http.lua",
             "envoy.extensions.filters.http.rbac.v3.RBACPerRoute": "pylon.extensions.filters.http.rbac",
+            "envoy.extensions.filters.http.stateful_session.v3.StatefulSessionPerRoute":
+                "pylon.extensions.filters.http.stateful_session",
         },
         COMPRESSOR_LIBRARY: {
             "envoy.extensions.compression.gzip.compressor.v3.Gzip": "pylon.extensions.compression.gzip",
@@ -178,6 +185,12 @@ EXTENSION_MODULES: Mapping[str, Mapping[str, str]] = MappingProxyType(
         HTTP_CACHE_V2: {
             "envoy.extensions.http.cache_v2.simple_http_cache.v3.SimpleHttpCacheV2Config":
                 "pylon.extensions.filters.http.cache",
+        },
+        SESSION_STATE: {
+            "envoy.extensions.http.stateful_session.cookie.v3.CookieBasedSessionState":
+                "pylon.extensions.filters.http.stateful_session",
+            "envoy.extensions.http.stateful_session.header.v3.HeaderBasedSessionState":
+                "pylon.extensions.filters.http.stateful_session",
         },
         CLUSTER_TYPE: {
             "envoy.extensions.clusters.dynamic_forward_proxy.v3.ClusterConfig":

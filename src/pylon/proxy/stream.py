@@ -149,6 +149,7 @@ class Stream:
         "stale_retried", "timeout", "attempts", "tried_hosts",
         "resume", "filter_index", "filter_timer", "finish_callbacks", "header_edits", "upgrade_accepted", "client_rest",
         "tunnel_upstream", "upstream_local", "buffering_request", "held_response", "response_body", "set_cookie",
+        "override_host",
         "request_data_filters", "response_data_filters", "req_trailers", "resp_trailers", "span", "body_watch",
         "shadows", "health_check", "duration_deadline", "arrived_grpc", "decoder_limit", "filtered_request",
     )
@@ -196,6 +197,9 @@ class Stream:
         # whether the request was gRPC as it arrived, once a filter changed its content-type (None: unchanged)
         self.arrived_grpc: bool | None = None
         self.set_cookie: tuple[bytes, bytes, bytes] | None = None  # a hash policy's cookie made for this request
+        #: (address, strict): the host a filter wants this request to go to (a stateful session's), when healthy;
+        #: strict: no other
+        self.override_host: tuple[str, bool] | None = None
         # Filters transforming each body piece as it passes (None: none want this stream's; see filters/http.py).
         self.request_data_filters: list[Any] | None = None
         self.response_data_filters: list[Any] | None = None
@@ -845,8 +849,14 @@ class Stream:
         policies = self.route.hash_policies
         key = self.hash_key(policies) if policies is not None else None
         if not cluster.provided:
-            host = (cluster.choose_host(key) if cluster.subsets is None
-                    else cluster.subsets.choose_matching(self.route.criteria_for(cluster.name), key))
+            override = self.override_host
+            host = cluster.host_at(override[0]) if override is not None else None
+            if host is None:
+                if override is not None and override[1]:  # strict: that host or none
+                    cluster.circuit_breakers.requests.release()
+                    return self.local(cluster.no_host_reply(self))
+                host = (cluster.choose_host(key) if cluster.subsets is None
+                        else cluster.subsets.choose_matching(self.route.criteria_for(cluster.name), key))
         else:
             host = cluster.request_host(self)
             if host is PENDING:  # the cluster went to find it: it calls attempt_now when it knows
