@@ -27,7 +27,7 @@ from pylon.proxy.connection_info import spell_address
 from pylon.proxy.internal_listener import NO_INTERNAL_LISTENER
 from pylon.proxy.grpc_timeout import StreamDuration, announce_grpc_timeout, max_grpc_timeout_of, stream_duration_ms
 from pylon.proxy.filters.upstream import FilteredRequest
-from pylon.proxy.headers import HeaderList, RequestLookup, request_lookup
+from pylon.proxy.headers import HeaderList, RequestLookup, cookie_value, request_lookup
 from pylon.proxy.http.h1_client import Http1RequestEncoder
 from pylon.proxy.http1 import HOP_BY_HOP, without_nominated
 from pylon.proxy.mirror import Shadow, start_shadows
@@ -97,18 +97,6 @@ def _valid_authority(authority: bytes) -> bool:
         _VALID_AUTHORITIES.clear()
     _VALID_AUTHORITIES.add(authority)
     return True
-
-
-def _cookie_value(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
-    """The value of cookie `name` in the request's cookie headers (quotes around it removed), or None."""
-    for header, value in headers:
-        if header != b"cookie":
-            continue
-        for pair in value.split(b";"):
-            key, equals, found = pair.strip().partition(b"=")
-            if equals and key == name:
-                return found[1:-1] if len(found) > 1 and found[:1] == found[-1:] == b'"' else found
-    return None
 
 
 def _edited(headers: list[tuple[bytes, bytes]], edits: list[tuple[str, bytes, bytes]]) -> list[tuple[bytes, bytes]]:
@@ -898,7 +886,7 @@ class Stream:
         for kind, name, terminal, cookie_ttl, cookie_path in policies:
             value: bytes | None = None
             if kind == "cookie":
-                value = _cookie_value(self.headers, name)
+                value = cookie_value(self.headers, name)
                 if value is None and cookie_ttl is not None:
                     value = self._made_cookie(name, cookie_ttl, cookie_path)
             elif kind == "header":

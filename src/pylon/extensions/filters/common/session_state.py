@@ -20,6 +20,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
+from pylon.proxy.headers import cookie_value
+
 
 def b64decode(value: bytes) -> bytes:
     """Envoy's Base64::decode: empty when the input is not padded base64."""
@@ -110,26 +112,11 @@ def path_matcher(path: str) -> Callable[[bytes], bool]:
         len(request_path) == size or request_path[size:size + 1] in (b"/", b"?", b"#"))
 
 
-def cookie_value(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> bytes:
-    """The value of cookie `name` in the request's cookie headers ("" when absent), quotes taken off, as Envoy's
-    parseCookieValue."""
-    for key, value in headers:
-        if key != b"cookie":
-            continue
-        for part in value.split(b";"):
-            found, sep, found_value = part.strip().partition(b"=")
-            if sep and found == name:
-                if len(found_value) >= 2 and found_value[:1] == found_value[-1:] == b'"':
-                    found_value = found_value[1:-1]
-                return found_value
-    return b""
-
-
 def cookie_address(headers: Sequence[tuple[bytes, bytes]], name: bytes,
                    clock: Callable[[], float] = time.time) -> str | None:
     """The host a request's session cookie names, None without one (or expired)."""
     value = cookie_value(headers, name)
-    if not value:
+    if not value:  # absent or empty
         return None
     decoded = b64decode(value)
     message = decode_cookie(decoded)
