@@ -112,6 +112,8 @@ EXTENSION_MODULES: Mapping[str, Mapping[str, str]] = MappingProxyType(
             "envoy.extensions.network.connection_balance.dlb.v3alpha.Dlb": "pylon.proxy.balance.dlb",
         },
         HTTP_FILTER: {
+            "envoy.extensions.filters.http.admission_control.v3.AdmissionControl":
+                "pylon.extensions.filters.http.admission_control",
             "envoy.extensions.filters.http.buffer.v3.Buffer": "pylon.extensions.filters.http.buffer",
             "envoy.extensions.filters.http.cache.v3.CacheConfig": "pylon.extensions.filters.http.cache",
             "envoy.extensions.filters.http.cache_v2.v3.CacheV2Config": "pylon.extensions.filters.http.cache",
