@@ -996,6 +996,10 @@ class RouteAction(EnvoyStruct, kw_only=True):
     upgrade_configs: list[RouteUpgradeConfig] = []
     #: the `envoy.lb` values a subset load balancer picks the subset by (proxy/upstream/subset.py)
     metadata_match: Metadata | None = None
+    #: descriptors for rate limit filters (local_ratelimit's `descriptors` match them)
+    rate_limits: list[RateLimit] = []
+    #: the virtual host's rate_limits apply too, whatever the filter's vh_rate_limits says
+    include_vh_rate_limits: bool = False
 
     def __post_init__(self) -> None:
         _exactly_one(self, "cluster", "weighted_clusters", "cluster_specifier_plugin",
@@ -1036,6 +1040,98 @@ class Decorator(EnvoyStruct, kw_only=True):
     propagate: bool | None = None
 
 
+class _DescriptorValue(EnvoyStruct, kw_only=True):
+    """What generic_key and header_value_match put in a descriptor entry: Envoy formats `descriptor_value` as a
+    substitution format; pylon takes it literally and refuses `%` (a literal has no `%` to format)."""
+
+    descriptor_value: NonEmptyStr
+    descriptor_key: str = ""
+    default_value: str = ""  # only used when the formatted value is empty: never, for a literal
+
+    def __post_init__(self) -> None:
+        if "%" in self.descriptor_value:
+            raise FieldError("descriptor_value", "substitution formats are not supported here yet")
+
+
+class RateLimitGenericKey(_DescriptorValue, kw_only=True):
+    """RateLimit.Action.GenericKey: the entry (descriptor_key or `generic_key`, descriptor_value)."""
+
+
+class RateLimitHeaderValueMatch(_DescriptorValue, kw_only=True):
+    """RateLimit.Action.HeaderValueMatch: the entry (descriptor_key or `header_match`, descriptor_value) when the
+    request's headers match all `headers` (or none of them with expect_match false), else no descriptor."""
+
+    expect_match: bool = True
+    headers: Annotated[list[HeaderMatcher], msgspec.Meta(min_length=1)]
+
+
+class RateLimitRequestHeaders(EnvoyStruct, kw_only=True):
+    """RateLimit.Action.RequestHeaders: (descriptor_key, the header's first value); a missing header drops the
+    descriptor unless skip_if_absent (then only the entry is left out)."""
+
+    header_name: NonEmptyHttpText
+    descriptor_key: NonEmptyStr
+    skip_if_absent: bool = False
+
+
+class RateLimitQueryParameters(EnvoyStruct, kw_only=True):
+    """RateLimit.Action.QueryParameters: (descriptor_key or `query_param`, the parameter's first decoded value)."""
+
+    query_parameter_name: NonEmptyStr
+    descriptor_key: NonEmptyStr
+    skip_if_absent: bool = False
+
+
+class RateLimitMaskedRemoteAddress(EnvoyStruct, kw_only=True):
+    """RateLimit.Action.MaskedRemoteAddress: (`masked_remote_address`, the client's network as a CIDR range)."""
+
+    v4_prefix_mask_len: Annotated[int, msgspec.Meta(ge=0, le=32)] = 32
+    v6_prefix_mask_len: Annotated[int, msgspec.Meta(ge=0, le=128)] = 128
+
+
+class RateLimitAction(EnvoyStruct, kw_only=True):
+    """config.route.v3.RateLimit.Action: one entry of a rate limit descriptor (proxy/rate_limits.py)."""
+
+    source_cluster: dict[str, Any] | None = None
+    destination_cluster: dict[str, Any] | None = None
+    request_headers: RateLimitRequestHeaders | None = None
+    query_parameters: RateLimitQueryParameters | None = None
+    remote_address: dict[str, Any] | None = None
+    generic_key: RateLimitGenericKey | None = None
+    header_value_match: RateLimitHeaderValueMatch | None = None
+    masked_remote_address: RateLimitMaskedRemoteAddress | None = None
+    dynamic_metadata: NotSupportedYet | None = None
+    metadata: NotSupportedYet | None = None
+    extension: NotSupportedYet | None = None
+    query_parameter_value_match: NotSupportedYet | None = None
+    remote_address_match: NotSupportedYet | None = None
+
+    def __post_init__(self) -> None:
+        _exactly_one(self, "source_cluster", "destination_cluster", "request_headers", "query_parameters",
+                     "remote_address", "generic_key", "header_value_match", "masked_remote_address")
+        for name in ("source_cluster", "destination_cluster", "remote_address"):
+            if getattr(self, name):
+                raise FieldError(f"{name}.{next(iter(getattr(self, name)))}", "unknown field")
+
+
+class RateLimit(EnvoyStruct, kw_only=True):
+    """config.route.v3.RateLimit: the actions that make one descriptor (a route's, a virtual host's or a local
+    rate limit filter's own `rate_limits`)."""
+
+    stage: Annotated[int, msgspec.Meta(ge=0, le=10)] = 0
+    #: set: the local rate limit filter leaves this rate limit out (the runtime key is never consulted)
+    disable_key: str = ""
+    actions: Annotated[list[RateLimitAction], msgspec.Meta(min_length=1)]
+    x_ratelimit_option: Literal["UNSPECIFIED", "OFF", "DRAFT_VERSION_03"] = "UNSPECIFIED"
+    limit: NotSupportedYet | None = None
+    hits_addend: NotSupportedYet | None = None
+    apply_on_stream_done: bool = False
+
+    def __post_init__(self) -> None:
+        if self.apply_on_stream_done:
+            raise FieldError("apply_on_stream_done", "not supported yet")
+
+
 class Route(_NonEmptyHeaderRemovals, kw_only=True):
     name: str = ""
     match: RouteMatch
@@ -1067,6 +1163,8 @@ class VirtualHost(_NonEmptyHeaderRemovals, kw_only=True):
     typed_per_filter_config: dict[str, Any] = {}
     #: deprecated in Envoy (the CORS filter's per-route config replaces it) but still honoured by its filter
     cors: CorsPolicy | None = None
+    #: descriptors for rate limit filters, for routes without their own (local_ratelimit's vh_rate_limits)
+    rate_limits: list[RateLimit] = []
 
     def __post_init__(self) -> None:
         _resolve_per_filter_configs(self)

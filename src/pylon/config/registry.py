@@ -82,6 +82,11 @@ FILTER_CHAIN_MATCH_ACTION = "envoy.matching.action.filter_chain"
 UDP_ROUTE_MATCH_ACTION = "envoy.matching.action.udp_route"
 #: A matcher_tree's `custom_match`: custom match trees (xds.type.matcher.v3.IPMatcher)
 CUSTOM_MATCHER = "envoy.matching.custom_matchers"
+#: the cache filters' storage (CacheConfig.typed_config, CacheV2Config.typed_config)
+HTTP_CACHE = "envoy.http.cache"
+HTTP_CACHE_V2 = "envoy.http.cache_v2"
+#: where stateful_session keeps a session's host (StatefulSession.session_state)
+SESSION_STATE = "envoy.http.stateful_session"
 
 #: Human names used in error messages ("accepted here (network filters): ...").
 CATEGORY_NAMES = MappingProxyType(
@@ -119,6 +124,9 @@ CATEGORY_NAMES = MappingProxyType(
         FILTER_CHAIN_MATCH_ACTION: "filter chain matching action",
         UDP_ROUTE_MATCH_ACTION: "UDP route matching action",
         CUSTOM_MATCHER: "custom match tree",
+        HTTP_CACHE: "HTTP cache storage",
+        HTTP_CACHE_V2: "HTTP cache (v2) storage",
+        SESSION_STATE: "stateful session state",
     }
 )
 
@@ -142,7 +150,11 @@ EXTENSION_MODULES: Mapping[str, Mapping[str, str]] = MappingProxyType(
         },
         HTTP_FILTER: {
             "envoy.extensions.common.matching.v3.ExtensionWithMatcher": "pylon.extensions.filters.http.match_delegate",
+            "envoy.extensions.filters.http.admission_control.v3.AdmissionControl":
+                "pylon.extensions.filters.http.admission_control",
             "envoy.extensions.filters.http.buffer.v3.Buffer": "pylon.extensions.filters.http.buffer",
+            "envoy.extensions.filters.http.cache.v3.CacheConfig": "pylon.extensions.filters.http.cache",
+            "envoy.extensions.filters.http.cache_v2.v3.CacheV2Config": "pylon.extensions.filters.http.cache",
             "envoy.extensions.filters.http.composite.v3.Composite": "pylon.extensions.filters.http.composite",
             "envoy.extensions.filters.http.compressor.v3.Compressor": "pylon.extensions.filters.http.compressor",
             "envoy.extensions.filters.http.cors.v3.Cors": "pylon.extensions.filters.http.cors",
@@ -171,6 +183,8 @@ EXTENSION_MODULES: Mapping[str, Mapping[str, str]] = MappingProxyType(
             "envoy.extensions.filters.http.lua.v3.Lua": "pylon.extensions.filters.http.lua",
             "envoy.extensions.filters.http.rbac.v3.RBAC": "pylon.extensions.filters.http.rbac",
             "envoy.extensions.filters.http.set_metadata.v3.Config": "pylon.extensions.filters.http.set_metadata",
+            "envoy.extensions.filters.http.stateful_session.v3.StatefulSession":
+                "pylon.extensions.filters.http.stateful_session",
             "pylon.filters.http.v1.Python": "pylon.extensions.filters.http.python",
         },
         UPSTREAM_HTTP_FILTER: {
@@ -201,6 +215,8 @@ EXTENSION_MODULES: Mapping[str, Mapping[str, str]] = MappingProxyType(
                 "pylon.extensions.filters.http.local_ratelimit",
             "envoy.extensions.filters.http.lua.v3.LuaPerRoute": "pylon.extensions.filters.http.lua",
             "envoy.extensions.filters.http.rbac.v3.RBACPerRoute": "pylon.extensions.filters.http.rbac",
+            "envoy.extensions.filters.http.stateful_session.v3.StatefulSessionPerRoute":
+                "pylon.extensions.filters.http.stateful_session",
         },
         RBAC_MATCH_ACTION: {"envoy.config.rbac.v3.Action": "pylon.extensions.filters.common.rbac_matcher"},
         HTTP_FILTER_MATCH_ACTION: {
@@ -218,6 +234,20 @@ EXTENSION_MODULES: Mapping[str, Mapping[str, str]] = MappingProxyType(
             "envoy.extensions.compression.gzip.decompressor.v3.Gzip": "pylon.extensions.compression.gzip",
             "envoy.extensions.compression.brotli.decompressor.v3.Brotli": "pylon.extensions.compression.brotli",
             "envoy.extensions.compression.zstd.decompressor.v3.Zstd": "pylon.extensions.compression.zstd",
+        },
+        HTTP_CACHE: {
+            "envoy.extensions.http.cache.simple_http_cache.v3.SimpleHttpCacheConfig":
+                "pylon.extensions.filters.http.cache",
+        },
+        HTTP_CACHE_V2: {
+            "envoy.extensions.http.cache_v2.simple_http_cache.v3.SimpleHttpCacheV2Config":
+                "pylon.extensions.filters.http.cache",
+        },
+        SESSION_STATE: {
+            "envoy.extensions.http.stateful_session.cookie.v3.CookieBasedSessionState":
+                "pylon.extensions.filters.http.stateful_session",
+            "envoy.extensions.http.stateful_session.header.v3.HeaderBasedSessionState":
+                "pylon.extensions.filters.http.stateful_session",
         },
         CLUSTER_TYPE: {
             "envoy.extensions.clusters.dynamic_forward_proxy.v3.ClusterConfig":

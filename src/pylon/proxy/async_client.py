@@ -130,9 +130,12 @@ class Call:
 
 
 def send(worker: "Worker", cluster_name: str, method: bytes, path: bytes, host: bytes,
-         headers: list[tuple[bytes, bytes]], body: bytes, timeout: float, done: Done) -> Call | None:
+         headers: list[tuple[bytes, bytes]], body: bytes, timeout: float, done: Done, *,
+         empty_length: bool = True, extra: bytes | None = None) -> Call | None:
     """Send one request to `cluster_name`; `done` is called once, later (never from inside this call).
 
+    `empty_length`: an empty body is stated (`content-length: 0`, as ext_authz's checks), else a bodiless request
+    has no framing header (the cache filter's, sent headers only); `extra`: header lines after `headers`.
     Returns the call, to cancel it, or None when it could not start (`done` then hears why, soon)."""
     loop = worker.loop
     cluster = worker.clusters.get(cluster_name)
@@ -144,7 +147,8 @@ def send(worker: "Worker", cluster_name: str, method: bytes, path: bytes, host: 
         loop.call_soon(done, None, "no_host")
         return None
     # Envoy's async client states an empty body's length whatever the method (its ext_authz checks say 0)
-    extra = b"content-length: 0\r\n" if not body and method in _BODILESS_METHODS else None
+    if empty_length and not body and method in _BODILESS_METHODS:
+        extra = b"content-length: 0\r\n" + (extra or b"")
     head = Http1RequestEncoder(method, path, host, headers, chunked=False, length=len(body),
                                attempt_count=False, extra=extra).head
     pool = worker.pools.get(cluster, host_)

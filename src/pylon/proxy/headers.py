@@ -411,3 +411,16 @@ def check_scripted_header(name: bytes, value: bytes) -> None:
         raise ValueError(f"invalid header name: {name!r}")
     if _NOT_IN_VALUE.search(value):
         raise ValueError(f"invalid header value for: {name.decode('latin-1')}")
+
+
+def cookie_value(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    """The value of cookie `name` in the request's cookie headers (quotes around it removed), or None, as Envoy's
+    parseCookieValue (a cookie hash policy's, a stateful session's)."""
+    for header, value in headers:
+        if header != b"cookie":
+            continue
+        for pair in value.split(b";"):
+            key, equals, found = pair.strip().partition(b"=")
+            if equals and key == name:
+                return found[1:-1] if len(found) > 1 and found[:1] == found[-1:] == b'"' else found
+    return None

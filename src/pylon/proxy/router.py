@@ -72,6 +72,7 @@ from pylon.config.datasource import read_bytes
 from pylon.config.envoy import (
     ENVOY_LB, GRPC_RETRY_ON, OmitCanaryHostsPredicate, OmitHostMetadataConfig, PreviousHostsPredicate,
 )
+from pylon.proxy import rate_limits
 from pylon.proxy.cluster_specifier import build_picker
 from pylon.proxy.grpc_timeout import StreamDuration
 from pylon.proxy.headers import HeaderList, HeaderOps, compile_header_level
@@ -505,7 +506,8 @@ class MatchedRoute:
         "_prefix_rewrite", "_regex_rewrite", "_substitution", "_weights", "_cumulative",
         "_total_weight", "_random", "_redirect", "_picker", "_cluster_ops", "filter_configs", "filter_levels",
         "cors_policies", "decorator", "mirrors", "upgrades", "subset_criteria", "_cluster_criteria",
-        "connect_terminate", "metadata", "virtual_host_metadata",
+        "connect_terminate", "metadata", "virtual_host_metadata", "rate_limits", "virtual_host_rate_limits",
+        "include_vh_rate_limits",
     )
 
     def __init__(self) -> None:
@@ -575,6 +577,10 @@ class MatchedRoute:
         #: filters read (Lua's metadata())
         self.metadata: dict[str, dict[str, Any]] = {}
         self.virtual_host_metadata: dict[str, dict[str, Any]] = {}
+        #: the route's and its virtual host's `rate_limits` (proxy/rate_limits.py), None when they have none
+        self.rate_limits: Any = None
+        self.virtual_host_rate_limits: Any = None
+        self.include_vh_rate_limits = False
 
     def __repr__(self) -> str:
         return f"MatchedRoute(name={self.name!r}, vhost={self.virtual_host_name!r}, kind={self.kind!r})"
@@ -889,6 +895,8 @@ class RouteTable:
             vh_request = compile_header_level(config.request_headers_to_add, config.request_headers_to_remove, True)
             vh_response = compile_header_level(config.response_headers_to_add, config.response_headers_to_remove, True)
             vh_retry = RetryRule(config.retry_policy) if config.retry_policy is not None else None
+            vh_rate_limits = rate_limits.RateLimitPolicy(config.rate_limits, self._engine) if config.rate_limits \
+                else None
         except ValueError as exc:
             raise ValueError(f"{where}: {exc}") from exc
 
@@ -906,6 +914,7 @@ class RouteTable:
             matched.attempt_count = config.include_request_attempt_count
             if config.metadata is not None:
                 matched.virtual_host_metadata = config.metadata.filter_metadata
+            matched.virtual_host_rate_limits = vh_rate_limits
             return entry
 
         if config.matcher is not None:
@@ -1066,6 +1075,9 @@ class RouteTable:
             route.hash_policies = tuple(_hash_source(policy) for policy in action.hash_policy)
         if action.request_mirror_policies:
             route.mirrors = tuple(MirrorRule(policy) for policy in action.request_mirror_policies)
+        if action.rate_limits:
+            route.rate_limits = rate_limits.RateLimitPolicy(action.rate_limits, self._engine)
+        route.include_vh_rate_limits = action.include_vh_rate_limits
         for upgrade in action.upgrade_configs:
             kind = upgrade.upgrade_type.lower().encode()
             if kind not in route.upgrades:  # Envoy keeps the first entry of a type

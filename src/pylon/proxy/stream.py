@@ -143,6 +143,7 @@ class Stream:
         "stale_retried", "timeout", "attempts", "tried_hosts", "retry_priority",
         "resume", "filter_index", "filter_timer", "finish_callbacks", "header_edits", "upgrade_accepted", "client_rest",
         "tunnel_upstream", "upstream_local", "buffering_request", "held_response", "response_body", "set_cookie",
+        "override_host",
         "request_data_filters", "response_data_filters", "req_trailers", "resp_trailers", "span", "body_watch",
         "shadows", "health_check", "duration_deadline", "arrived_grpc", "decoder_limit", "filtered_request",
         "dynamic_metadata", "typed_dynamic_metadata", "header_case", "resp_header_case",
@@ -191,6 +192,9 @@ class Stream:
         # whether the request was gRPC as it arrived, once a filter changed its content-type (None: unchanged)
         self.arrived_grpc: bool | None = None
         self.set_cookie: tuple[bytes, bytes, bytes] | None = None  # a hash policy's cookie made for this request
+        #: (address, strict): the host a filter wants this request to go to (a stateful session's), when healthy;
+        #: strict: no other
+        self.override_host: tuple[str, bool] | None = None
         # Filters transforming each body piece as it passes (None: none want this stream's; see filters/http.py).
         self.request_data_filters: list[Any] | None = None
         self.response_data_filters: list[Any] | None = None
@@ -633,11 +637,13 @@ class Stream:
                                                     self.conn.scheme.decode("latin-1"))
 
     def respond_from_filter(self, status: int, body: bytes, headers: list[tuple[bytes, bytes]],
-                            details: str = "python_response", content_type: bytes = b"text/plain") -> None:
+                            details: str = "python_response", content_type: bytes = b"text/plain",
+                            grpc_status: int | None = None) -> None:
         """A filter answers the request itself (Envoy's Lua `respond()`, CORS's preflight answer): the upstream is
-        never asked; `details` is the access log's %RESPONSE_CODE_DETAILS%."""
+        never asked; `details` is the access log's %RESPONSE_CODE_DETAILS%; `grpc_status` the one a gRPC request's
+        reply says instead of the status's."""
         self.status, self.details = status, details
-        self._send_local(status, body, None, content_type=content_type, extra=headers)
+        self._send_local(status, body, None, content_type=content_type, extra=headers, grpc_status=grpc_status)
 
     def encode_headers(self, status: int, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
         """The response head through the encoder side of the filter chain (last filter first, as Envoy)."""
@@ -652,7 +658,64 @@ class Stream:
             self.finish_callbacks = []
         self.finish_callbacks.append(callback)
 
+    def forwarded_headers(self) -> list[tuple[bytes, bytes]]:
+        """The request's headers as the connection manager hands them on before routing (a filter's own upstream
+        request copies them, as Envoy's cache filter does): the client's without hop-by-hop ones, the filters'
+        edits, x-forwarded-for/-proto and x-request-id. Only while decoder filters run (the stream holds them)."""
+        assert self.resume is not None
+        forward, xff, xfp = self.resume.args[:3]
+        forward = list(forward)
+        self._add_forwarding(forward, xff, xfp)
+        return _edited(forward, self.header_edits) if self.header_edits is not None else forward
+
+    def respond_with(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes, details: str,
+                     flag: str = "") -> None:
+        """A filter's own whole response (Envoy's encodeHeaders/encodeData from a filter, not a local reply: no
+        local_reply_config, no gRPC rewrite): `headers` say its framing (content-length, else chunked); the
+        encoder filters see its head, the server header is the connection manager's."""
+        hcm = self.hcm
+        self.status, self.details = status, details
+        if flag:
+            self.flags = flag
+        if hcm.via:
+            headers = _with_via(headers, hcm.via)
+        if hcm.encoder_filters:
+            headers = self.encode_headers(status, headers)
+        self.rs_state = RS_SENDING
+        close = self._ends_connection(unread=self.rq_state != RQ_DONE and bool(self.req_length or self.req_chunked))
+        self.close_after = self.encoder.encode_headers(
+            status, headers, close=close, http10=self.http10, head_request=self.is_head, drop=hcm.response_drop,
+            extra=[(b"server", hcm.server_name)] if hcm.overwrite_server else None)
+        if body and not self.is_head:
+            self.bytes_sent = len(body)
+            self.encoder.encode_data(body)
+        self.encoder.encode_end(None)
+        self.conn.flush_output()
+        self._end_attempt(abandon=True)
+        self._finish(self.close_after)
+
     # ------------------------------------------------------------------ routing
+    def _add_forwarding(self, forward: list[tuple[bytes, bytes]], xff: bytes | None, xfp: bytes | None) -> None:
+        """x-forwarded-for / -proto and the request id, as Envoy's connection manager sets them."""
+        hcm = self.hcm
+        conn = self.conn
+        if hcm.use_remote_address:
+            client = conn.forwarded_for_ip()
+            forward.append((b"x-forwarded-for", xff + b"," + client if xff else client))
+            forward.append((b"x-forwarded-proto", conn.scheme))
+            forward.append((b"x-envoy-external-address", conn.peer_ip))
+        else:
+            if xff is not None:
+                forward.append((b"x-forwarded-for", xff))
+            forward.append((b"x-forwarded-proto", xfp if xfp and not hcm.scheme_to_overwrite else conn.scheme))
+        self.xff = xff
+        if not self.request_id and hcm.generate_request_id:
+            self.request_id = new_request_id()
+            forward.append((b"x-request-id", self.request_id))
+            if hcm.replace_client_request_id:
+                self.headers = [pair for pair in self.headers if pair[0] != b"x-request-id"]
+            self.headers.append((b"x-request-id", self.request_id))  # access logs see what was sent
+
     def _route(self, forward: list[tuple[bytes, bytes]], xff: bytes | None, xfp: bytes | None, url: bytes,
                path_text: str) -> None:
         """Send the request where its route says (the router filter)."""
@@ -671,23 +734,7 @@ class Stream:
         if kind != "cluster":
             return self._local_route_reply(route)
 
-        # x-forwarded-for / -proto and the request id, as Envoy's connection manager sets them.
-        if hcm.use_remote_address:
-            client = conn.forwarded_for_ip()
-            forward.append((b"x-forwarded-for", xff + b"," + client if xff else client))
-            forward.append((b"x-forwarded-proto", conn.scheme))
-            forward.append((b"x-envoy-external-address", conn.peer_ip))
-        else:
-            if xff is not None:
-                forward.append((b"x-forwarded-for", xff))
-            forward.append((b"x-forwarded-proto", xfp if xfp and not hcm.scheme_to_overwrite else conn.scheme))
-        self.xff = xff
-        if not self.request_id and hcm.generate_request_id:
-            self.request_id = new_request_id()
-            forward.append((b"x-request-id", self.request_id))
-            if hcm.replace_client_request_id:
-                self.headers = [pair for pair in self.headers if pair[0] != b"x-request-id"]
-            self.headers.append((b"x-request-id", self.request_id))  # access logs see what was sent
+        self._add_forwarding(forward, xff, xfp)
         path = route.rewrite_path(path_text).encode("utf-8", "surrogateescape") if route.rewrites else url
         if path is not url:
             forward.append((b"x-envoy-original-path", url))
@@ -843,11 +890,17 @@ class Stream:
         policies = self.route.hash_policies
         key = self.hash_key(policies) if policies is not None else None
         if not cluster.provided:
-            if self.tried_hosts:  # a retry under a host predicate or a retry priority
-                host = self._choose_retry_host(cluster, key, self.tried_hosts)
-            else:
-                host = (cluster.choose_host(key) if cluster.subsets is None
-                        else cluster.subsets.choose_matching(self._subset_criteria(cluster.name), key))
+            override = self.override_host
+            host = cluster.host_at(override[0]) if override is not None else None
+            if host is None:
+                if override is not None and override[1]:  # strict: that host or none
+                    cluster.circuit_breakers.requests.release()
+                    return self.local(cluster.no_host_reply(self))
+                if self.tried_hosts:  # a retry under a host predicate or a retry priority
+                    host = self._choose_retry_host(cluster, key, self.tried_hosts)
+                else:
+                    host = (cluster.choose_host(key) if cluster.subsets is None
+                            else cluster.subsets.choose_matching(self._subset_criteria(cluster.name), key))
         else:
             host = cluster.request_host(self)
             if host is PENDING:  # the cluster went to find it: it calls attempt_now when it knows
@@ -1183,11 +1236,14 @@ class Stream:
                                                        head_request=self.is_head, drop=hcm.response_drop,
                                                        extra=extra)
 
-    def _ends_connection(self) -> bool:
+    def _ends_connection(self, unread: bool | None = None) -> bool:
         """Whether the connection ends after this (relayed) response: the client, a drain or an earlier
-        decision says so, or the request was not read whole (what is left of it cannot start the next); Envoy
-        drain-closes every connection while failing health, and the overload manager may disable keep-alive."""
-        return self.close_after or not self.keep_alive or self.rq_state != RQ_DONE or self.conn.draining \
+        decision says so, or the request was not read whole (what is left of it cannot start the next; `unread`
+        when the caller knows better than the request's state); Envoy drain-closes every connection while
+        failing health, and the overload manager may disable keep-alive."""
+        if unread is None:
+            unread = self.rq_state != RQ_DONE
+        return self.close_after or not self.keep_alive or unread or self.conn.draining \
             or self.hcm.worker.health_check_failed \
             or (self.hcm.overload.keepalive_off > 0.0 and self._overload_ends_keepalive())
 

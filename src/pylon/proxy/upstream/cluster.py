@@ -344,6 +344,18 @@ class Cluster:
         """A CLUSTER_PROVIDED cluster's host for a tcp_proxy connection (its restored original destination)."""
         return self.original_dst_host(info.restored_local)
 
+    def host_at(self, address: str) -> "Host | None":
+        """The healthy host whose address Envoy spells `address` (`ip:port`, `[v6]:port`, or an internal listener's
+        `envoy://...`), or None: a stateful session's override host, as Envoy's LB looks it up."""
+        key: tuple[str, int] | str = address
+        if not address.startswith("envoy://"):
+            host, sep, port = address.rpartition(":")
+            if not sep or not port.isdigit():
+                return None
+            key = (host[1:-1] if host.startswith("[") and host.endswith("]") else host, int(port))
+        found = self._by_address.get(key)  # type: ignore[arg-type]
+        return found if found is not None and found.healthy else None
+
     def no_host_reply(self, stream: "Stream") -> lr.LocalReply:
         """The answer to a request the cluster has no host for (Envoy's 503 UH, counted here)."""
         self.stats.upstream_cx_none_healthy.value += 1

@@ -1,5 +1,5 @@
-"""local_ratelimit's config: what loads and what is refused by name (descriptors: route rate_limits are not
-implemented)."""
+"""local_ratelimit's config: what loads and what is refused by name; its descriptor decisions (sans-IO, as Envoy's
+LocalRateLimiterImpl)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,10 @@ from typing import Any
 
 import pytest
 
+from pylon.config.envoy import convert
 from pylon.config.errors import ConfigError
+from pylon.extensions.filters.http.local_ratelimit import Limiter, LocalRateLimit
+from pylon.proxy.rate_limits import RequestDescriptor
 from pylon.config.loader import parse_bootstrap
 from tests.proxy.conftest import http_listener, route, static_cluster
 
@@ -43,9 +46,11 @@ def test_envoys_example_config_loads() -> None:
 
 
 @pytest.mark.parametrize("field, value", [
-    ("descriptors", [{"entries": [{"key": "a", "value": "b"}], "token_bucket": BUCKET}]), ("rate_limits", [{}]),
-    ("local_cluster_rate_limit", {}), ("max_dynamic_descriptors", 5), ("stage", 1),
-    ("rate_limited_as_resource_exhausted", True),
+    ("local_cluster_rate_limit", {}), ("max_dynamic_descriptors", 5),
+    ("descriptors", [{"entries": [{"key": "a"}], "token_bucket": BUCKET}]),  # a wildcard: dynamic descriptors
+    ("rate_limits", [{"actions": [{"metadata": {"descriptor_key": "k", "metadata_key": {"key": "x"}}}]}]),
+    ("rate_limits", [{"actions": [{"generic_key": {"descriptor_value": "%REQ(x)%"}}]}]),
+    ("rate_limits", [{"actions": [{"generic_key": {"descriptor_value": "v"}}], "hits_addend": {"number": 2}}]),
 ])
 def test_what_is_not_implemented_is_refused_by_name(field: str, value: Any) -> None:
     message = error({"stat_prefix": "s", "token_bucket": BUCKET, field: value})
@@ -54,8 +59,67 @@ def test_what_is_not_implemented_is_refused_by_name(field: str, value: Any) -> N
 
 def test_required_fields_and_bounds() -> None:
     assert "stat_prefix" in error({"token_bucket": BUCKET})
-    assert "token_bucket" in error({"stat_prefix": "s"})
+    load({"stat_prefix": "s"})  # the filter's own config may do without a default bucket, a per-route one not
+    assert "routes[0].typed_per_filter_config" in error({"stat_prefix": "s"}, {"stat_prefix": "r"})
+    assert "fill_interval" in error({"stat_prefix": "s", "token_bucket": {**BUCKET, "fill_interval": "0.04s"}})
+    assert "stage" in error({"stat_prefix": "s", "stage": 11})
+    descriptor = {"entries": [{"key": "a", "value": "b"}], "token_bucket": BUCKET}
+    assert "descriptors[1]" in error({"stat_prefix": "s", "descriptors": [descriptor, descriptor]})
     assert "token_bucket.fill_interval" in error({"stat_prefix": "s", "token_bucket": {"max_tokens": 1}})
     assert "token_bucket.max_tokens" in error({"stat_prefix": "s", "token_bucket": {**BUCKET, "max_tokens": 0}})
     assert "response_headers_to_add[0].header.value" in error({"stat_prefix": "s", "token_bucket": BUCKET,
         "response_headers_to_add": [{"header": {"key": "x", "value": "%START_TIME%"}}]})
+
+
+class _Stream:
+    """What a Limiter reads of a stream: no shared table (buckets of its own), a connection."""
+
+    def __init__(self) -> None:
+        self.hcm = type("Hcm", (), {"worker": type("Worker", (), {"singletons": {}})()})()
+        self.conn = object()
+
+
+def limiter(**fields: Any) -> Limiter:
+    stats = type("Stats", (), {"counter": lambda self, name: None})()
+    return Limiter(convert({"stat_prefix": "s", **fields}, LocalRateLimit), b"key", stats, lambda: 100.0)
+
+
+def slow(value: str, tokens: int, interval: str = "60s", **fields: Any) -> dict[str, Any]:
+    return {"entries": [{"key": "k", "value": value}],
+            "token_bucket": {"max_tokens": tokens, "tokens_per_fill": 1, "fill_interval": interval}, **fields}
+
+
+def ask(rate_limiter: Limiter, *values: str) -> tuple[bool, int | None]:
+    decision = rate_limiter.decide(_Stream(), [RequestDescriptor((("k", v),), "UNSPECIFIED") for v in values])
+    return decision.allowed, decision.bucket.rule.max_tokens if decision.bucket is not None else None
+
+
+def test_descriptors_then_the_default_bucket() -> None:
+    rl = limiter(token_bucket={"max_tokens": 3, "fill_interval": "60s"}, descriptors=[slow("a", 1), slow("b", 5)])
+    assert ask(rl, "a") == (True, 1)  # the descriptor's bucket is the one the headers describe
+    assert ask(rl, "a") == (False, 1)  # limited by the descriptor
+    assert ask(rl, "x") == (True, 3)  # no match: the default bucket (one token left after the first request)
+    assert ask(rl, "b") == (True, 5)
+    assert ask(rl, "b") == (False, 3)  # the default bucket is empty: it limits
+
+
+def test_without_always_consume_default_a_match_skips_the_default_bucket() -> None:
+    rl = limiter(token_bucket={"max_tokens": 1, "fill_interval": "60s"}, descriptors=[slow("a", 3)],
+                 always_consume_default_token_bucket=False)
+    assert [ask(rl, "a")[0] for _ in range(4)] == [True, True, True, False]
+    assert [ask(rl, "z")[0] for _ in range(2)] == [True, False]
+
+
+def test_slowest_refill_first_and_no_default_bucket() -> None:
+    rl = limiter(descriptors=[slow("fast", 5, "1s"), slow("slow", 1, "60s")])
+    assert ask(rl, "fast", "slow") == (True, 1)  # the slow bucket was asked first: it is the first match
+    assert ask(rl, "fast", "slow") == (False, 1)
+    assert ask(rl, "nothing") == (True, None)  # nothing matched, no default bucket: allowed, no headers
+
+
+def test_a_shadow_descriptor_decides_but_says_so() -> None:
+    rl = limiter(descriptors=[slow("a", 1, shadow_mode=True)])
+    stream = _Stream()
+    rl.decide(stream, [RequestDescriptor((("k", "a"),), "UNSPECIFIED")])
+    decision = rl.decide(stream, [RequestDescriptor((("k", "a"),), "UNSPECIFIED")])
+    assert not decision.allowed and decision.bucket is not None and decision.bucket.shadow
