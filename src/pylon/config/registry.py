@@ -271,6 +271,9 @@ EXTENSION_MODULES: Mapping[str, Mapping[str, str]] = MappingProxyType(
         UDP_LISTENER_FILTER: {
             "envoy.extensions.filters.udp.udp_proxy.v3.UdpProxyConfig": "pylon.extensions.filters.udp.udp_proxy",
         },
+        UDP_ROUTE_MATCH_ACTION: {
+            "envoy.extensions.filters.udp.udp_proxy.v3.Route": "pylon.extensions.filters.udp.udp_proxy",
+        },
         LISTENER_FILTER: {
             "envoy.extensions.filters.listener.original_dst.v3.OriginalDst":
                 "pylon.extensions.filters.listener.original_dst",
