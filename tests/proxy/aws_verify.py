@@ -50,7 +50,8 @@ def verify(method: str, path: str, header_list: list[tuple[str, str]], body: byt
     else:
         algorithm, credential = query["X-Amz-Algorithm"], query["X-Amz-Credential"]
         signed, signature, date = query["X-Amz-SignedHeaders"], query["X-Amz-Signature"], query["X-Amz-Date"]
-        payload_hash = "UNSIGNED-PAYLOAD"
+        # Envoy sets the header for an unsigned or empty payload; else it signed the body's hash
+        payload_hash = headers.get("x-amz-content-sha256") or hashlib.sha256(body).hexdigest()
         raw_query = urlsplit(path).query
         url_path = urlsplit(path).path + "?" + "&".join(p for p in raw_query.split("&")
                                                        if not p.startswith("X-Amz-Signature="))

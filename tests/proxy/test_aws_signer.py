@@ -96,11 +96,16 @@ def test_botocore_agrees_with_header_signatures(algorithm: str, service: str, me
 def test_botocore_agrees_with_query_signatures(algorithm: str) -> None:
     signed = s.sign(_config(algorithm, "vpc-lattice-svcs", "*", query=3), s.Credentials(KEY, SECRET), b"GET",
                     b"/p?z=1", b"svc.example", [(b"accept", b"*/*")], s.UNSIGNED_PAYLOAD, 1_700_000_000)
-    assert not signed.headers  # query signing adds no header
+    assert signed.headers == [(b"x-amz-content-sha256", b"UNSIGNED-PAYLOAD")]  # no Authorization, no date
     path = signed.path.decode()
     assert re.search(r"X-Amz-Expires=3&", path) and "X-Amz-Signature=" in path
-    received = [("host", "svc.example"), ("accept", "*/*")]
-    assert verify("GET", path, received, b"", key=KEY, secret=SECRET) == ["accept", "host"]
+    received = [("host", "svc.example"), ("accept", "*/*"), ("x-amz-content-sha256", "UNSIGNED-PAYLOAD")]
+    assert verify("GET", path, received, b"", key=KEY, secret=SECRET) == ["accept", "host", "x-amz-content-sha256"]
+    body = b"hashed body"
+    with_body = s.sign(_config(algorithm, "vpc-lattice-svcs", "*", query=3), s.Credentials(KEY, SECRET), b"POST",
+                       b"/p", b"svc.example", [], hashlib.sha256(body).hexdigest(), 1_700_000_000)
+    assert with_body.headers == []  # a hashed body: the hash is only in the canonical request
+    assert verify("POST", with_body.path.decode(), [("host", "svc.example")], body, key=KEY, secret=SECRET) == ["host"]
     with pytest.raises(BadSignature):
         verify("GET", path.replace("z=1", "z=2"), received, b"", key=KEY, secret=SECRET)
 

@@ -200,9 +200,11 @@ def sign(config: SignerConfig, credentials: Credentials | None, method: bytes, p
          headers: Sequence[tuple[bytes, bytes]], payload_hash: str, now: float) -> Signed:
     """Sign one request. Header signing sets x-amz-content-sha256, x-amz-date, x-amz-security-token (with a
     session token), x-amz-region-set (SigV4A) and authorization; query signing adds Envoy's X-Amz-* parameters
-    and the signature to the path instead. Without credentials only x-amz-content-sha256 is set."""
+    and the signature to the path instead (x-amz-content-sha256 still set, and signed, for an unsigned or empty
+    payload, as Envoy). Without credentials only x-amz-content-sha256 is set."""
     set_headers: list[tuple[bytes, bytes]] = []
-    if config.query_expires is None:
+    if config.query_expires is None or payload_hash in (UNSIGNED_PAYLOAD, EMPTY_SHA256):
+        # Envoy sets it for an unsigned or empty payload before signing, query signing or not
         set_headers.append((b"x-amz-content-sha256", payload_hash.encode()))
     if credentials is None:
         return Signed(set_headers, path)

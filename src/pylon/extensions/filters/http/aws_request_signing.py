@@ -123,6 +123,8 @@ class AwsRequestSigningPerRoute(EnvoyStruct, kw_only=True):
     def __post_init__(self) -> None:
         if self.aws_request_signing is None:
             raise FieldError("aws_request_signing", "missing required field")
+        if not self.stat_prefix:
+            raise FieldError("stat_prefix", "must be at least 1 character (Envoy's PGV rule)")
 
 
 class Signer:
@@ -156,6 +158,14 @@ class Signer:
         if payload:
             self.payload_signing_added.inc()
         return signed
+
+
+#: the client's connection-level headers, which never reach the upstream (Envoy's codec drops them before filters)
+_HOP_BY_HOP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"te"))
+
+
+def _end_to_end(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    return [pair for pair in headers if pair[0] not in _HOP_BY_HOP]
 
 
 def _apply(stream: Any, signed: aws_signer.Signed) -> None:
@@ -199,7 +209,8 @@ class AwsRequestSigningFilter:
             return True  # signed once the body is whole (decode_body)
         else:
             payload_hash = aws_signer.EMPTY_SHA256
-        signed = signer.sign(stream.method, stream.path, stream.authority, stream.headers, payload_hash, False)
+        signed = signer.sign(stream.method, stream.path, stream.authority, _end_to_end(stream.headers), payload_hash,
+                             False)
         if signed is not None:
             _apply(stream, signed)
         return True
@@ -209,7 +220,7 @@ class AwsRequestSigningFilter:
 
     def decode_body(self, stream: Any, body: bytes) -> None:
         signer = self._signer(stream)
-        signed = signer.sign(stream.method, stream.path, stream.authority, stream.headers,
+        signed = signer.sign(stream.method, stream.path, stream.authority, _end_to_end(stream.headers),
                              hashlib.sha256(body).hexdigest(), True)
         if signed is not None:
             _apply(stream, signed)
