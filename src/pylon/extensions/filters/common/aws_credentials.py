@@ -8,8 +8,8 @@ provider's own file and profile); `inline_credential` replaces the chain; with `
 only the providers configured are asked.
 
 The providers that fetch credentials over the network (STS AssumeRole and AssumeRoleWithWebIdentity, IAM Roles
-Anywhere, the EC2 instance metadata and ECS container endpoints, the config file's SSO-style sources) are refused
-by name when configured: pylon has no such fetcher, and an accepted field must do what Envoy does. In the
+Anywhere, the EC2 instance metadata and ECS container endpoints) and the AWS config file provider are refused by
+name when configured: pylon has no such fetcher, and an accepted field must do what Envoy does. In the
 default chain Envoy goes on to them after the file; pylon stops there (departure: on EC2/ECS/EKS hosts Envoy finds
 credentials pylon does not). No credentials means the request goes unsigned, as in Envoy.
 
@@ -30,10 +30,16 @@ from pylon.config.envoy import EnvoyStruct, WatchedDirectory
 from pylon.config.errors import FieldError
 from pylon.extensions.filters.common.aws_signer import Credentials
 
-#: providers that fetch over the network, refused with this reason when configured
-_REMOTE = ("assume_role_with_web_identity_provider", "iam_roles_anywhere_credential_provider",
-           "config_credential_provider", "container_credential_provider", "instance_profile_credential_provider",
-           "assume_role_credential_provider")
+_NETWORK = ("pylon cannot fetch AWS credentials over the network (STS, IAM Roles Anywhere, instance or container "
+            "metadata); use inline_credential, the environment or credentials_file_provider")
+#: the providers pylon lacks, refused with their reason when configured
+_REFUSED = {
+    "assume_role_with_web_identity_provider": _NETWORK, "iam_roles_anywhere_credential_provider": _NETWORK,
+    "container_credential_provider": _NETWORK, "instance_profile_credential_provider": _NETWORK,
+    "assume_role_credential_provider": _NETWORK,
+    "config_credential_provider": "the AWS config file provider is not implemented in pylon; use inline_credential, "
+                                  "the environment or credentials_file_provider",
+}
 
 
 class InlineCredentialProvider(EnvoyStruct, kw_only=True):
@@ -93,11 +99,9 @@ class AwsCredentialProvider(EnvoyStruct, kw_only=True):
     assume_role_credential_provider: Any = None
 
     def __post_init__(self) -> None:
-        for name in _REMOTE:
+        for name, reason in _REFUSED.items():
             if getattr(self, name) is not None:
-                raise FieldError(name, "pylon cannot fetch AWS credentials over the network (STS, IAM Roles "
-                                       "Anywhere, instance or container metadata); use inline_credential, the "
-                                       "environment or credentials_file_provider")
+                raise FieldError(name, reason)
 
 
 class FileCredentials:
