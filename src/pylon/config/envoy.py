@@ -769,6 +769,11 @@ class ClusterWeight(_HeaderMutations, kw_only=True):
     weight: UInt32 | None = None
     #: its `envoy.lb` values merged over the route's (these win), for a subset load balancer
     metadata_match: Metadata | None = None
+    #: the most specific level of per-filter configs: a request sent to this cluster sees these first
+    typed_per_filter_config: dict[str, Any] = {}
+
+    def __post_init__(self) -> None:
+        _resolve_per_filter_configs(self)
 
 
 class WeightedCluster(EnvoyStruct, kw_only=True):

@@ -61,6 +61,7 @@ Semantics are Envoy's (v3 `RouteConfiguration`), with one documented choice:
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import random
@@ -461,6 +462,21 @@ class MirrorRule:
 _NO_HEADER_OPS = HeaderOps()
 
 
+def _cluster_variants(route: MatchedRoute, clusters: Sequence[Any]) -> dict[str, MatchedRoute]:
+    """For a weighted route where some cluster has its own `typed_per_filter_config`: each cluster's copy of the
+    route, bound to it, with that cluster's configs the most specific level. None has any: {} (no cost)."""
+    if not any(cw.typed_per_filter_config for cw in clusters):
+        return {}
+    variants = {}
+    for cw in clusters:
+        variant = copy.copy(route)
+        variant.cluster, variant._weights, variant.cluster_variants = cw.name, (), {}
+        variant.filter_configs = {**route.filter_configs, **cw.typed_per_filter_config}
+        variant.filter_levels = tuple(level for level in (cw.typed_per_filter_config, *route.filter_levels) if level)
+        variants[cw.name] = variant
+    return variants
+
+
 class MatchedRoute:
     """Everything the proxy needs once a route matched, precomputed. Never mutated after build."""
 
@@ -472,7 +488,7 @@ class MatchedRoute:
         "_prefix_rewrite", "_regex_rewrite", "_substitution", "_weights", "_cumulative",
         "_total_weight", "_random", "_redirect", "_picker", "_cluster_ops", "filter_configs", "filter_levels",
         "cors_policies", "decorator", "mirrors", "upgrades", "subset_criteria", "_cluster_criteria",
-        "connect_terminate", "metadata", "virtual_host_metadata",
+        "connect_terminate", "metadata", "virtual_host_metadata", "cluster_variants",
     )
 
     def __init__(self) -> None:
@@ -542,9 +558,18 @@ class MatchedRoute:
         #: filters read (Lua's metadata())
         self.metadata: dict[str, dict[str, Any]] = {}
         self.virtual_host_metadata: dict[str, dict[str, Any]] = {}
+        #: weighted clusters with per-filter configs: cluster name -> this route bound to that cluster, its
+        #: configs the most specific level (empty: none has any; see `variant_for`)
+        self.cluster_variants: dict[str, MatchedRoute] = {}
 
     def __repr__(self) -> str:
         return f"MatchedRoute(name={self.name!r}, vhost={self.virtual_host_name!r}, kind={self.kind!r})"
+
+    def variant_for(self, request: Any) -> MatchedRoute:
+        """The route as a request sees it once its weighted cluster is picked (Envoy picks it with the route, so
+        the filters see that cluster's `typed_per_filter_config` first): the variant bound to the pick, whose
+        `pick_cluster` gives that cluster again. Only routes with `cluster_variants` need it."""
+        return self.cluster_variants[self.pick_cluster(request)]
 
     def filter_config(self, name: str) -> Any:
         """The per-route config of the HTTP filter called `name`, or None (the filter's own config applies)."""
@@ -874,6 +899,8 @@ class RouteTable:
                 entry[3].attempt_count = config.include_request_attempt_count
                 if config.metadata is not None:
                     matched.virtual_host_metadata = config.metadata.filter_metadata
+                if route.route is not None and route.route.weighted_clusters is not None:
+                    matched.cluster_variants = _cluster_variants(matched, route.route.weighted_clusters.clusters)
                 entries.append(entry)
             except ValueError as exc:
                 raise ValueError(f"{label}: {exc}") from exc

@@ -505,6 +505,8 @@ class Stream:
         path_text = url.decode("utf-8", "surrogateescape")
         self.route = route = hcm.route_table.match(authority.decode("latin-1"), path_text, HeaderList(self.headers),
                                                    self.method.decode("latin-1"), conn.scheme.decode("latin-1"))
+        if route is not None and route.cluster_variants:  # weighted clusters with per-filter configs: pick now
+            self.route = route = route.variant_for(self)
         if self.upgrade:
             # Envoy decides with the route: its upgrade_configs allow or forbid a type, else the HCM's list does
             kind = upgrade.strip().lower() if upgrade is not None else b"connect"
@@ -595,13 +597,17 @@ class Stream:
         access log see the new value; the route stays the one chosen before the filters."""
         self.authority = value
 
-    def rewrite_request(self, method: bytes, path: bytes, body: bytes | None, rematch: bool) -> None:
+    def rewrite_request(self, method: bytes, path: bytes, body: bytes | None, rematch: bool,
+                        keep_original: bool = True) -> None:
         """A filter turns the request into another before it is routed (Envoy's gRPC-JSON transcoder): a new method
-        and path, the client's kept in x-envoy-original-method and x-envoy-original-path, and for a request that came
-        without a body, `body` (sent with its length). With `rematch` the route is chosen again for the new request
-        (Envoy's clearRouteCache); a filter that transforms a body the client sends uses `decode_body` instead."""
-        self.edit_request_header("set", b"x-envoy-original-path", self.path)
-        self.edit_request_header("set", b"x-envoy-original-method", self.method)
+        and path, the client's kept in x-envoy-original-method and x-envoy-original-path (unless not
+        `keep_original`: the AWS Lambda filter's invocation keeps no trace of them, as Envoy's), and for a request
+        that came without a body, `body` (sent with its length). With `rematch` the route is chosen again for the
+        new request (Envoy's clearRouteCache); a filter that transforms a body the client sends uses `decode_body`
+        instead."""
+        if keep_original:
+            self.edit_request_header("set", b"x-envoy-original-path", self.path)
+            self.edit_request_header("set", b"x-envoy-original-method", self.method)
         self.method, self.path = method, path
         path_text = path.decode("utf-8", "surrogateescape")
         if self.resume is not None:  # the router's call, bound to the path the request came with
@@ -614,6 +620,8 @@ class Stream:
             self.route = self.hcm.route_table.match(self.authority.decode("latin-1"), path_text,
                                                     HeaderList(self.headers), method.decode("latin-1"),
                                                     self.conn.scheme.decode("latin-1"))
+            if self.route is not None and self.route.cluster_variants:
+                self.route = self.route.variant_for(self)
 
     def respond_from_filter(self, status: int, body: bytes, headers: list[tuple[bytes, bytes]],
                             details: str = "python_response", content_type: bytes = b"text/plain") -> None:
