@@ -104,6 +104,7 @@ EXTENSION_MODULES: Mapping[str, Mapping[str, str]] = MappingProxyType(
             "envoy.extensions.network.connection_balance.dlb.v3alpha.Dlb": "pylon.proxy.balance.dlb",
         },
         HTTP_FILTER: {
+            "envoy.extensions.filters.http.aws_lambda.v3.Config": "pylon.extensions.filters.http.aws_lambda",
             "envoy.extensions.filters.http.aws_request_signing.v3.AwsRequestSigning":
                 "pylon.extensions.filters.http.aws_request_signing",
             "envoy.extensions.filters.http.buffer.v3.Buffer": "pylon.extensions.filters.http.buffer",
@@ -132,6 +133,7 @@ EXTENSION_MODULES: Mapping[str, Mapping[str, str]] = MappingProxyType(
             "pylon.filters.http.v1.Python": "pylon.extensions.filters.http.python",
         },
         UPSTREAM_HTTP_FILTER: {
+            "envoy.extensions.filters.http.aws_lambda.v3.Config": "pylon.extensions.filters.http.aws_lambda",
             "envoy.extensions.filters.http.aws_request_signing.v3.AwsRequestSigning":
                 "pylon.extensions.filters.http.aws_request_signing",
             "envoy.extensions.filters.http.buffer.v3.Buffer": "pylon.extensions.filters.http.buffer",
@@ -141,6 +143,7 @@ EXTENSION_MODULES: Mapping[str, Mapping[str, str]] = MappingProxyType(
             "envoy.extensions.filters.http.rbac.v3.RBAC": "pylon.extensions.filters.http.rbac",
         },
         HTTP_FILTER_PER_ROUTE: {
+            "envoy.extensions.filters.http.aws_lambda.v3.PerRouteConfig": "pylon.extensions.filters.http.aws_lambda",
             "envoy.extensions.filters.http.aws_request_signing.v3.AwsRequestSigningPerRoute":
                 "pylon.extensions.filters.http.aws_request_signing",
             "envoy.extensions.filters.http.buffer.v3.BufferPerRoute": "pylon.extensions.filters.http.buffer",

@@ -39,6 +39,7 @@ from pylon.config.envoy import EnvoyStruct, StringMatcher
 from pylon.config.errors import FieldError
 from pylon.extensions.filters.common import aws_signer
 from pylon.extensions.filters.common.aws_credentials import AwsCredentialProvider, CredentialChain
+from pylon.extensions.filters.common.aws_stream import apply_signed, end_to_end
 from pylon.proxy.filters.http import register_filter
 from pylon.proxy.filters.upstream import UpstreamHead, register_upstream_filter
 from pylon.proxy.router import _compile_string_matcher
@@ -160,21 +161,6 @@ class Signer:
         return signed
 
 
-#: the client's connection-level headers, which never reach the upstream (Envoy's codec drops them before filters)
-_HOP_BY_HOP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"te"))
-
-
-def _end_to_end(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    return [pair for pair in headers if pair[0] not in _HOP_BY_HOP]
-
-
-def _apply(stream: Any, signed: aws_signer.Signed) -> None:
-    for name, value in signed.headers:
-        stream.edit_request_header("set", name, value)
-    if signed.path != stream.path:
-        stream.set_path(signed.path)
-
-
 class AwsRequestSigningFilter:
     """One HCM's signing filter in one worker; per-route configs compiled on first use."""
 
@@ -209,10 +195,10 @@ class AwsRequestSigningFilter:
             return True  # signed once the body is whole (decode_body)
         else:
             payload_hash = aws_signer.EMPTY_SHA256
-        signed = signer.sign(stream.method, stream.path, stream.authority, _end_to_end(stream.headers), payload_hash,
+        signed = signer.sign(stream.method, stream.path, stream.authority, end_to_end(stream.headers), payload_hash,
                              False)
         if signed is not None:
-            _apply(stream, signed)
+            apply_signed(stream, signed)
         return True
 
     def wants_request_body(self, stream: Any) -> bool:
@@ -220,10 +206,10 @@ class AwsRequestSigningFilter:
 
     def decode_body(self, stream: Any, body: bytes) -> None:
         signer = self._signer(stream)
-        signed = signer.sign(stream.method, stream.path, stream.authority, _end_to_end(stream.headers),
+        signed = signer.sign(stream.method, stream.path, stream.authority, end_to_end(stream.headers),
                              hashlib.sha256(body).hexdigest(), True)
         if signed is not None:
-            _apply(stream, signed)
+            apply_signed(stream, signed)
         return None
 
 
