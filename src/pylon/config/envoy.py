@@ -393,14 +393,38 @@ def _resolve_typed_field(struct: msgspec.Struct, field: str, category: str) -> N
     force_setattr(struct, field, decoded)
 
 
+class FilterConfig(EnvoyStruct, kw_only=True):
+    """config.route.v3.FilterConfig, a per-route wrapper: the filter's own per-route `config`, and `disabled`, which
+    turns the filter off for the route (proxy/filter_chain.py). `is_optional` only matters to Envoy for a config
+    type it does not know; pylon decodes `config` whatever it says, so an unknown type is an error here."""
+
+    config: Any = None
+    is_optional: bool = False
+    disabled: bool = False
+
+    def __post_init__(self) -> None:
+        if self.config is not None:
+            _resolve_typed_field(self, "config", registry.HTTP_FILTER_PER_ROUTE)
+            if isinstance(self.config, FilterConfig):
+                raise FieldError("config", "a FilterConfig cannot wrap another")
+
+
 def _resolve_per_filter_configs(struct: msgspec.Struct) -> None:
-    """Decode each `typed_per_filter_config` value as the per-route config of its @type."""
+    """Decode each `typed_per_filter_config` value as the per-route config of its @type. A FilterConfig is
+    unwrapped: its `config` takes its place, a `disabled` one stays as the level's mark that the filter is off,
+    an enabled one without config leaves nothing at that level."""
     configs = getattr(struct, "typed_per_filter_config")
-    for name, raw in configs.items():
+    for name, raw in list(configs.items()):
         try:
-            configs[name] = decode_typed(registry.HTTP_FILTER_PER_ROUTE, raw)
+            decoded = decode_typed(registry.HTTP_FILTER_PER_ROUTE, raw)
         except FieldError as exc:
             raise FieldError(join_path(f"typed_per_filter_config[{name}]", exc.rel_path), exc.message) from None
+        if isinstance(decoded, FilterConfig) and not decoded.disabled:
+            if decoded.config is None:
+                del configs[name]
+                continue
+            decoded = decoded.config
+        configs[name] = decoded
 
 
 class _TypedExtension(EnvoyStruct, kw_only=True):
@@ -3283,6 +3307,7 @@ _CORE_EXTENSIONS: tuple[tuple[str, str, type], ...] = (
         RegexEngineHyperscan,
     ),
     (registry.REGEX_ENGINE, "type.googleapis.com/pylon.extensions.regex_engines.v1.PythonRe", RegexEnginePythonRe),
+    (registry.HTTP_FILTER_PER_ROUTE, "type.googleapis.com/envoy.config.route.v3.FilterConfig", FilterConfig),
 )
 
 for _category, _type_url, _struct_type in _CORE_EXTENSIONS:

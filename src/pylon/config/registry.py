@@ -104,6 +104,7 @@ EXTENSION_MODULES: Mapping[str, Mapping[str, str]] = MappingProxyType(
             "envoy.extensions.network.connection_balance.dlb.v3alpha.Dlb": "pylon.proxy.balance.dlb",
         },
         HTTP_FILTER: {
+            "envoy.extensions.filters.http.api_key_auth.v3.ApiKeyAuth": "pylon.extensions.filters.http.api_key_auth",
             "envoy.extensions.filters.http.aws_lambda.v3.Config": "pylon.extensions.filters.http.aws_lambda",
             "envoy.extensions.filters.http.aws_request_signing.v3.AwsRequestSigning":
                 "pylon.extensions.filters.http.aws_request_signing",
@@ -143,6 +144,8 @@ EXTENSION_MODULES: Mapping[str, Mapping[str, str]] = MappingProxyType(
             "envoy.extensions.filters.http.rbac.v3.RBAC": "pylon.extensions.filters.http.rbac",
         },
         HTTP_FILTER_PER_ROUTE: {
+            "envoy.extensions.filters.http.api_key_auth.v3.ApiKeyAuthPerRoute":
+                "pylon.extensions.filters.http.api_key_auth",
             "envoy.extensions.filters.http.aws_lambda.v3.PerRouteConfig": "pylon.extensions.filters.http.aws_lambda",
             "envoy.extensions.filters.http.aws_request_signing.v3.AwsRequestSigningPerRoute":
                 "pylon.extensions.filters.http.aws_request_signing",

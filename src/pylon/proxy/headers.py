@@ -136,6 +136,19 @@ Downstream = tuple[str, int]  # (ip, port) as asyncio's peername gives it
 RequestLookup = Callable[[bytes], "bytes | None"]
 
 
+def cookie_value(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    """The value of cookie `name` in the request's cookie headers (quotes around it removed), or None: the first
+    one, as Envoy's parseCookieValue."""
+    for header, value in headers:
+        if header != b"cookie":
+            continue
+        for pair in value.split(b";"):
+            key, equals, found = pair.strip().partition(b"=")
+            if equals and key == name:
+                return found[1:-1] if len(found) > 1 and found[:1] == found[-1:] == b'"' else found
+    return None
+
+
 class _Req:
     """A %REQ(name?alternative):max% piece."""
 

@@ -70,7 +70,7 @@ from bisect import bisect_right
 from typing import TYPE_CHECKING, Any, Callable, Literal, NamedTuple, Sequence
 
 from pylon.config.datasource import read_bytes
-from pylon.config.envoy import ENVOY_LB, GRPC_RETRY_ON
+from pylon.config.envoy import ENVOY_LB, GRPC_RETRY_ON, FilterConfig
 from pylon.proxy.cluster_specifier import build_picker
 from pylon.proxy.grpc_timeout import StreamDuration
 from pylon.proxy.headers import HeaderList, HeaderOps, compile_header_level
@@ -471,10 +471,23 @@ def _cluster_variants(route: MatchedRoute, clusters: Sequence[Any]) -> dict[str,
     for cw in clusters:
         variant = copy.copy(route)
         variant.cluster, variant._weights, variant.cluster_variants = cw.name, (), {}
-        variant.filter_configs = {**route.filter_configs, **cw.typed_per_filter_config}
-        variant.filter_levels = tuple(level for level in (cw.typed_per_filter_config, *route.filter_levels) if level)
+        _set_filter_levels(variant, (cw.typed_per_filter_config, *route.all_levels))
         variants[cw.name] = variant
     return variants
+
+
+def _set_filter_levels(route: MatchedRoute, levels: Sequence[dict[str, Any]]) -> None:
+    """The route's per-filter configs from its levels, most specific first: each filter's most specific config,
+    every level's (for filters that merge them), and the filters whose most specific level disables them."""
+    route.all_levels = tuple(levels)
+    merged: dict[str, Any] = {}
+    for level in reversed(levels):
+        merged.update(level)
+    route.disabled_filters = frozenset(name for name, config in merged.items() if isinstance(config, FilterConfig))
+    route.filter_configs = {name: config for name, config in merged.items() if name not in route.disabled_filters}
+    kept = ({name: config for name, config in level.items() if not isinstance(config, FilterConfig)}
+            for level in levels)
+    route.filter_levels = tuple(level for level in kept if level)
 
 
 class MatchedRoute:
@@ -488,7 +501,8 @@ class MatchedRoute:
         "_prefix_rewrite", "_regex_rewrite", "_substitution", "_weights", "_cumulative",
         "_total_weight", "_random", "_redirect", "_picker", "_cluster_ops", "filter_configs", "filter_levels",
         "cors_policies", "decorator", "mirrors", "upgrades", "subset_criteria", "_cluster_criteria",
-        "connect_terminate", "metadata", "virtual_host_metadata", "cluster_variants",
+        "connect_terminate", "metadata", "virtual_host_metadata", "cluster_variants", "disabled_filters",
+        "all_levels",
     )
 
     def __init__(self) -> None:
@@ -558,6 +572,10 @@ class MatchedRoute:
         #: filters read (Lua's metadata())
         self.metadata: dict[str, dict[str, Any]] = {}
         self.virtual_host_metadata: dict[str, dict[str, Any]] = {}
+        #: the HTTP filters a `FilterConfig {disabled: true}` turns off here (at the most specific level naming them)
+        self.disabled_filters: frozenset[str] = frozenset()
+        #: the levels as configured (disabling marks included), what a weighted cluster's variant builds on
+        self.all_levels: tuple[dict[str, Any], ...] = ()
         #: weighted clusters with per-filter configs: cluster name -> this route bound to that cluster, its
         #: configs the most specific level (empty: none has any; see `variant_for`)
         self.cluster_variants: dict[str, MatchedRoute] = {}
@@ -889,10 +907,8 @@ class RouteTable:
                 entry = self._build_route(route, config.name, vh_retry,
                                           (vh_request, config_request), (vh_response, config_response))
                 matched = entry[3]
-                matched.filter_configs = {**config_filters, **config.typed_per_filter_config,
-                                          **route.typed_per_filter_config}
-                levels = (route.typed_per_filter_config, config.typed_per_filter_config, config_filters)
-                matched.filter_levels = tuple(level for level in levels if level)
+                _set_filter_levels(matched, (route.typed_per_filter_config, config.typed_per_filter_config,
+                                             config_filters))
                 if route.route is not None and route.route.cors is not None or config.cors is not None:
                     cors = (route.route.cors if route.route is not None else None, config.cors)
                     matched.cors_policies = tuple(policy for policy in cors if policy is not None)
