@@ -1769,6 +1769,14 @@ class UpstreamTlsContext(EnvoyStruct, kw_only=True):
     allow_renegotiation: bool = False
 
 
+class GenericSecret(EnvoyStruct, kw_only=True):
+    """extensions.transport_sockets.tls.v3.GenericSecret: opaque bytes a filter uses (credential_injector's
+    credential, an OAuth2 client secret); read when the filter uses it. Its `secrets` map is refused by name."""
+
+    secret: DataSource | None = None
+    secrets: NotSupportedYet | None = None
+
+
 class Secret(EnvoyStruct, kw_only=True):
     """extensions.transport_sockets.tls.v3.Secret: a static secret of the bootstrap, or one from SDS."""
 
@@ -1776,7 +1784,7 @@ class Secret(EnvoyStruct, kw_only=True):
     tls_certificate: TlsCertificate | None = None
     validation_context: CertificateValidationContext | None = None
     session_ticket_keys: NotSupportedYet | None = None
-    generic_secret: NotSupportedYet | None = None
+    generic_secret: GenericSecret | None = None
 
     def __post_init__(self) -> None:
         _exactly_one(self, "tls_certificate", "validation_context", "session_ticket_keys", "generic_secret")

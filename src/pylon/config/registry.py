@@ -58,6 +58,8 @@ RESOURCE_MONITOR = "envoy.resource_monitors"
 STATS_SINK = "envoy.stats_sinks"
 #: Bootstrap.bootstrap_extensions[] (the internal listener's)
 BOOTSTRAP_EXTENSION = "envoy.bootstrap"
+#: the credential_injector filter's credential sources (generic secret, OAuth2)
+INJECTED_CREDENTIALS = "envoy.http.injected_credentials"
 
 #: Human names used in error messages ("accepted here (network filters): ...").
 CATEGORY_NAMES = MappingProxyType(
@@ -82,6 +84,7 @@ CATEGORY_NAMES = MappingProxyType(
         RESOURCE_MONITOR: "resource monitor",
         STATS_SINK: "stats sink",
         BOOTSTRAP_EXTENSION: "bootstrap extension",
+        INJECTED_CREDENTIALS: "injected credential",
     }
 )
 
@@ -110,6 +113,8 @@ EXTENSION_MODULES: Mapping[str, Mapping[str, str]] = MappingProxyType(
                 "pylon.extensions.filters.http.aws_request_signing",
             "envoy.extensions.filters.http.buffer.v3.Buffer": "pylon.extensions.filters.http.buffer",
             "envoy.extensions.filters.http.compressor.v3.Compressor": "pylon.extensions.filters.http.compressor",
+            "envoy.extensions.filters.http.credential_injector.v3.CredentialInjector":
+                "pylon.extensions.filters.http.credential_injector",
             "envoy.extensions.filters.http.cors.v3.Cors": "pylon.extensions.filters.http.cors",
             "envoy.extensions.filters.http.csrf.v3.CsrfPolicy": "pylon.extensions.filters.http.csrf",
             "envoy.extensions.filters.http.decompressor.v3.Decompressor": "pylon.extensions.filters.http.decompressor",
@@ -165,6 +170,12 @@ EXTENSION_MODULES: Mapping[str, Mapping[str, str]] = MappingProxyType(
                 "pylon.extensions.filters.http.local_ratelimit",
             "envoy.extensions.filters.http.lua.v3.LuaPerRoute": "pylon.extensions.filters.http.lua",
             "envoy.extensions.filters.http.rbac.v3.RBACPerRoute": "pylon.extensions.filters.http.rbac",
+        },
+        INJECTED_CREDENTIALS: {
+            "envoy.extensions.http.injected_credentials.generic.v3.Generic":
+                "pylon.extensions.filters.http.credential_injector",
+            "envoy.extensions.http.injected_credentials.oauth2.v3.OAuth2":
+                "pylon.extensions.filters.http.credential_injector",
         },
         COMPRESSOR_LIBRARY: {
             "envoy.extensions.compression.gzip.compressor.v3.Gzip": "pylon.extensions.compression.gzip",
