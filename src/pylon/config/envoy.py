@@ -685,11 +685,20 @@ class Metadata(EnvoyStruct, kw_only=True):
     endpoint's transport socket), `envoy.lb` (an endpoint's subset values, a
     route's `metadata_match`), and a route's and a virtual host's by the Lua
     filter (metadata(), route():metadata(), virtualHost():metadata()). The rest
-    only rides along, as in Envoy without readers for it. `typed_filter_metadata`
-    is left out until something reads it (it is an error naming the field).
+    only rides along, as in Envoy without readers for it. `typed_filter_metadata` values are decoded by their
+    `@type` among the types some reader knows (registry category `envoy.typed_metadata`: gcp_authn's Audience on a
+    cluster); any other is an error naming it.
     """
 
     filter_metadata: dict[str, dict[str, Any]] = {}
+    typed_filter_metadata: dict[str, Any] = {}
+
+    def __post_init__(self) -> None:
+        for name, raw in list(self.typed_filter_metadata.items()):
+            try:
+                self.typed_filter_metadata[name] = decode_typed(registry.TYPED_METADATA, raw)
+            except FieldError as exc:
+                raise FieldError(join_path(f"typed_filter_metadata[{name}]", exc.rel_path), exc.message) from None
 
 
 PREVIOUS_HOSTS_TYPE = "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"

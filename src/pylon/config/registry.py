@@ -60,6 +60,8 @@ STATS_SINK = "envoy.stats_sinks"
 BOOTSTRAP_EXTENSION = "envoy.bootstrap"
 #: the credential_injector filter's credential sources (generic secret, OAuth2)
 INJECTED_CREDENTIALS = "envoy.http.injected_credentials"
+#: `typed_filter_metadata` values (config.core.v3.Metadata) some reader knows: gcp_authn's Audience
+TYPED_METADATA = "envoy.typed_metadata"
 
 #: Human names used in error messages ("accepted here (network filters): ...").
 CATEGORY_NAMES = MappingProxyType(
@@ -85,6 +87,7 @@ CATEGORY_NAMES = MappingProxyType(
         STATS_SINK: "stats sink",
         BOOTSTRAP_EXTENSION: "bootstrap extension",
         INJECTED_CREDENTIALS: "injected credential",
+        TYPED_METADATA: "typed filter metadata",
     }
 )
 
@@ -122,6 +125,8 @@ EXTENSION_MODULES: Mapping[str, Mapping[str, str]] = MappingProxyType(
                 "pylon.extensions.filters.http.dynamic_forward_proxy",
             "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz": "pylon.extensions.filters.http.ext_authz",
             "envoy.extensions.filters.http.fault.v3.HTTPFault": "pylon.extensions.filters.http.fault",
+            "envoy.extensions.filters.http.gcp_authn.v3.GcpAuthnFilterConfig":
+                "pylon.extensions.filters.http.gcp_authn",
             "envoy.extensions.filters.http.grpc_http1_bridge.v3.Config":
                 "pylon.extensions.filters.http.grpc_http1_bridge",
             "envoy.extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder":
@@ -170,6 +175,9 @@ EXTENSION_MODULES: Mapping[str, Mapping[str, str]] = MappingProxyType(
                 "pylon.extensions.filters.http.local_ratelimit",
             "envoy.extensions.filters.http.lua.v3.LuaPerRoute": "pylon.extensions.filters.http.lua",
             "envoy.extensions.filters.http.rbac.v3.RBACPerRoute": "pylon.extensions.filters.http.rbac",
+        },
+        TYPED_METADATA: {
+            "envoy.extensions.filters.http.gcp_authn.v3.Audience": "pylon.extensions.filters.http.gcp_authn",
         },
         INJECTED_CREDENTIALS: {
             "envoy.extensions.http.injected_credentials.generic.v3.Generic":
