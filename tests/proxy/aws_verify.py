@@ -10,6 +10,9 @@ published key for its test credentials). Returns the signed-header names, so tes
 from __future__ import annotations
 
 import hashlib
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from urllib.parse import parse_qsl, urlsplit
 
 import botocore.auth
@@ -94,3 +97,23 @@ def verify(method: str, path: str, header_list: list[tuple[str, str]], body: byt
     except Exception as exc:
         raise BadSignature(f"SigV4A signature does not verify\n{canonical}") from exc
     return names
+
+
+@contextmanager
+def environment(**values: str | None) -> Iterator[None]:
+    """The process environment with `values` set (None: unset) while the block runs: proxies started inside
+    inherit them (the AWS credentials Envoy's and pylon's default chains read)."""
+    saved = {name: os.environ.get(name) for name in values}
+    try:
+        for name, value in values.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

@@ -12,18 +12,16 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
 import pytest
 
 from tests.conftest import free_port
-from tests.proxy.aws_verify import verify
+from tests.proxy.aws_verify import environment, verify
 from tests.proxy.conftest import ProxyLauncher, RunningProxy, http_listener, route, static_cluster, wait_until
+from tests.proxy.recording_server import recording_server, stop
 
 LAMBDA = "type.googleapis.com/envoy.extensions.filters.http.aws_lambda.v3.Config"
 PER_ROUTE = "type.googleapis.com/envoy.extensions.filters.http.aws_lambda.v3.PerRouteConfig"
@@ -34,47 +32,21 @@ ARN = "arn:aws:lambda:us-west-2:987654321:function:"
 GATEWAY = {"filter_metadata": {"com.amazonaws.lambda": {"egress_gateway": True}}}
 
 
-class StandIn(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: Any
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("content-length") or 0))
-        with self.server.lock:
-            self.server.calls.append({"method": self.command, "path": self.path, "body": body,
-                                      "header_list": [(k.lower(), v) for k, v in self.headers.items()]})
-        parts = self.path.split("/")
-        function = parts[3].rsplit(":", 1)[-1] if len(parts) > 3 else ""
-        extra: list[tuple[str, str]] = []
-        if function == "hello":
-            answer = json.dumps({"status_code": 201, "headers": {"x-from": "lambda", "content-type": "text/plain"},
-                                 "cookies": ["a=1; HttpOnly", "b=2"], "body": base64.b64encode(b"hi there").decode(),
-                                 "is_base64_encoded": True}).encode()
-        elif function == "echo":
-            answer = body
-        elif function == "boom":
-            answer, extra = b'{"errorMessage": "boom"}', [("x-amz-function-error", "Unhandled")]
-        else:
-            answer = b"this is not JSON"
-        self.send_response(200)
-        for name, value in [("content-type", "application/json"), *extra]:
-            self.send_header(name, value)
-        self.send_header("content-length", str(len(answer)))
-        self.end_headers()
-        self.wfile.write(answer)
-
-    do_GET = do_PUT = do_POST
-
-
-def stand_in() -> ThreadingHTTPServer:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), StandIn)
-    server.daemon_threads = True
-    server.calls, server.lock = [], threading.Lock()  # type: ignore[attr-defined]
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
+def lambda_answer(call: dict[str, Any]) -> tuple[int, list[tuple[str, str]], bytes]:
+    """The stand-in Lambda: per function (the ARN's name) a wrapped response, an echo, text, or a function error."""
+    parts = call["path"].split("/")
+    function = parts[3].rsplit(":", 1)[-1] if len(parts) > 3 else ""
+    headers = [("content-type", "application/json")]
+    if function == "hello":
+        return 200, headers, json.dumps({
+            "status_code": 201, "headers": {"x-from": "lambda", "content-type": "text/plain"},
+            "cookies": ["a=1; HttpOnly", "b=2"], "body": base64.b64encode(b"hi there").decode(),
+            "is_base64_encoded": True}).encode()
+    if function == "echo":
+        return 200, headers, call["body"]
+    if function == "boom":
+        return 200, [*headers, ("x-amz-function-error", "Unhandled")], b'{"errorMessage": "boom"}'
+    return 200, headers, b"this is not JSON"
 
 
 def _per_route(function: str, **settings: Any) -> dict[str, Any]:
@@ -115,28 +87,20 @@ class Setup:
 
 @pytest.fixture(scope="module", params=["pylon", "envoy"])
 def setup(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
-    saved = {name: os.environ.get(name) for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")}
-    os.environ.update(AWS_ACCESS_KEY_ID=KEY, AWS_SECRET_ACCESS_KEY=SECRET)
-    os.environ.pop("AWS_SESSION_TOKEN", None)
-    servers = [stand_in(), stand_in(), stand_in()]
+    servers = [recording_server(lambda_answer) for _ in range(3)]
     launcher = ProxyLauncher(tmp_path_factory.mktemp(f"aws-lambda-{request.param}"))
     try:
         port = free_port()
         clusters = [static_cluster("lambda", [servers[0].server_address[1]], metadata=GATEWAY),
                     static_cluster("lambda2", [servers[1].server_address[1]], metadata=GATEWAY),
                     static_cluster("plain", [servers[2].server_address[1]])]
-        proxy = launcher.start([_listener(port)], clusters, implementation=request.param)
+        with environment(AWS_ACCESS_KEY_ID=KEY, AWS_SECRET_ACCESS_KEY=SECRET, AWS_SESSION_TOKEN=None):
+            proxy = launcher.start([_listener(port)], clusters, implementation=request.param)
         yield Setup(request.param, proxy, port, servers)
     finally:
         launcher.close()
         for server in servers:
-            server.shutdown()
-            server.server_close()
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+            stop(server)
 
 
 def _signed(call: dict) -> list[str]:

@@ -15,7 +15,6 @@ after the route's prefix rewrite, with the payload signed.
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,7 +22,7 @@ import httpx
 import pytest
 
 from tests.conftest import free_port
-from tests.proxy.aws_verify import BadSignature, verify
+from tests.proxy.aws_verify import BadSignature, environment, verify
 from tests.proxy.conftest import ProxyLauncher, RunningProxy, http_listener, route, static_cluster, wait_until
 from tests.proxy.upstreams import Upstream
 
@@ -86,24 +85,18 @@ class Setup:
 
 @pytest.fixture(scope="module", params=["pylon", "envoy"])
 def setup(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
-    saved = {name: os.environ.get(name) for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")}
-    os.environ.update(AWS_ACCESS_KEY_ID=KEY, AWS_SECRET_ACCESS_KEY=SECRET, AWS_SESSION_TOKEN=TOKEN)
     upstream = Upstream()
     launcher = ProxyLauncher(tmp_path_factory.mktemp(f"aws-signing-{request.param}"))
     try:
         main, up = free_port(), free_port()
         listeners = [_main(main), http_listener("up", up, [route("/up/", "signing", prefix_rewrite="/echo/rewritten/")])]
-        proxy = launcher.start(listeners, [static_cluster("up", [upstream.port]), _signing_cluster(upstream.port)],
-                               implementation=request.param)
+        with environment(AWS_ACCESS_KEY_ID=KEY, AWS_SECRET_ACCESS_KEY=SECRET, AWS_SESSION_TOKEN=TOKEN):
+            proxy = launcher.start(listeners, [static_cluster("up", [upstream.port]), _signing_cluster(upstream.port)],
+                                   implementation=request.param)
         yield Setup(request.param, proxy, main, up, upstream)
     finally:
         launcher.close()
         upstream.close()
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 BASE = ["accept", "accept-encoding", "host", "user-agent", "x-amz-content-sha256", "x-amz-date", "x-amz-security-token",

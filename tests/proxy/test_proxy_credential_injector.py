@@ -11,9 +11,7 @@ and `broken_allowed` (no token, the request goes on without).
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -21,6 +19,7 @@ import pytest
 
 from tests.conftest import free_port
 from tests.proxy.conftest import ProxyLauncher, RunningProxy, http_listener, route, static_cluster, wait_until
+from tests.proxy.recording_server import recording_server, stop
 from tests.proxy.upstreams import Upstream
 
 INJECTOR = "type.googleapis.com/envoy.extensions.filters.http.credential_injector.v3.CredentialInjector"
@@ -32,37 +31,15 @@ SECRETS = [{"name": "basic", "generic_secret": {"secret": {"inline_string": "Bas
            {"name": "client-secret", "generic_secret": {"secret": {"inline_string": "s3cr3t:/=&?"}}}]
 
 
-class TokenEndpoint(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: Any
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("content-length") or 0))
-        with self.server.lock:
-            self.server.calls.append({"method": self.command, "path": self.path, "body": body.decode(),
-                                      "headers": {k.lower(): v for k, v in self.headers.items()}})
-            count = len(self.server.calls)
-        if self.server.broken:
-            answer, status = b"unavailable", 503
-        else:
-            answer, status = json.dumps({"access_token": f"tok-{count}", "token_type": "Bearer",
-                                         "expires_in": 3600}).encode(), 200
-        self.send_response(status)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(answer)))
-        self.end_headers()
-        self.wfile.write(answer)
-
-
-def token_endpoint(broken: bool) -> ThreadingHTTPServer:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), TokenEndpoint)
-    server.daemon_threads = True
-    server.calls, server.lock, server.broken = [], threading.Lock(), broken  # type: ignore[attr-defined]
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
+def token_endpoint(broken: bool) -> Any:
+    """A token endpoint answering `tok-<n>` for an hour to its n-th call, or (broken) 503."""
+    def answer(call: dict[str, Any]) -> tuple[int, list[tuple[str, str]], bytes]:
+        if broken:
+            return 503, [], b"unavailable"
+        return 200, [("content-type", "application/json")], json.dumps(
+            {"access_token": f"tok-{len(server.calls)}", "token_type": "Bearer", "expires_in": 3600}).encode()
+    server = recording_server(answer)
+    return server  # the answer reads its call count
 
 
 def _listener(name: str, port: int, credential_type: str, credential: dict[str, Any], **filter_fields: Any
@@ -125,8 +102,7 @@ def setup(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         launcher.close()
         upstream.close()
         for server in (tokens, broken):
-            server.shutdown()
-            server.server_close()
+            stop(server)
 
 
 def test_a_generic_secret_is_injected_and_a_clients_own_is_kept(setup: Setup) -> None:
@@ -153,8 +129,8 @@ def test_an_oauth2_token_is_fetched_with_the_client_credentials_and_injected(set
         assert (headers["content-type"], headers["user-agent"], headers["accept"]) == (
             "application/x-www-form-urlencoded", "Go-browser", "application/json")
         assert "authorization" not in headers
-        assert call["body"] == ("grant_type=client_credentials&client_id=my%20client&"
-                                "client_secret=s3cr3t%3A%2F%3D%26%3F&scope=read%20write&audience=api%3A%2F%2Fx")
+        assert call["body"] == (b"grant_type=client_credentials&client_id=my%20client&"
+                                b"client_secret=s3cr3t%3A%2F%3D%26%3F&scope=read%20write&audience=api%3A%2F%2Fx")
 
 
 def test_the_token_is_kept_until_it_is_half_spent(setup: Setup) -> None:
@@ -172,7 +148,11 @@ def test_without_a_token_the_request_is_refused_unless_allowed(setup: Setup) -> 
 
 
 def test_the_counters(setup: Setup) -> None:
-    stats = setup.proxy.stats()
-    assert stats["http.generic.credential_injector.injected"] >= 1
-    assert stats["http.generic.credential_injector.already_exists"] >= 1
-    assert stats["http.broken.credential_injector.failed"] >= 1
+    before = setup.proxy.stats()
+    setup.get("generic")
+    setup.get("generic", authorization="Bearer mine")
+    setup.get("broken")
+    after = setup.proxy.stats()
+    for name in ("http.generic.credential_injector.injected", "http.generic.credential_injector.already_exists",
+                 "http.broken.credential_injector.failed"):
+        assert after[name] - before.get(name, 0) >= 1, name

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -23,6 +21,7 @@ import pytest
 
 from tests.conftest import free_port
 from tests.proxy.conftest import ProxyLauncher, RunningProxy, http_listener, route, static_cluster
+from tests.proxy.recording_server import recording_server, stop
 from tests.proxy.upstreams import Upstream
 
 GCP = "type.googleapis.com/envoy.extensions.filters.http.gcp_authn.v3.GcpAuthnFilterConfig"
@@ -37,22 +36,10 @@ def jwt_for(audience: str) -> str:
     return f"{part({'alg': 'RS256', 'typ': 'JWT'})}.{part({'aud': audience, 'exp': int(time.time()) + 3600})}.c2ln"
 
 
-class MetadataServer(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: Any
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        with self.server.lock:
-            self.server.calls.append({"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()}})
-        audience = parse_qs(urlsplit(self.path).query)["audience"][0]
-        body, status = (b"broken", 500) if audience == "fail" else (jwt_for(audience).encode(), 200)
-        self.send_response(status)
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+def metadata_answer(call: dict[str, Any]) -> tuple[int, list[tuple[str, str]], bytes]:
+    """The metadata server: a JWT for the audience asked for, 500 for `fail`."""
+    audience = parse_qs(urlsplit(call["path"]).query)["audience"][0]
+    return (500, [], b"broken") if audience == "fail" else (200, [], jwt_for(audience).encode())
 
 
 def _listener(name: str, port: int, **config: Any) -> dict[str, Any]:
@@ -83,10 +70,7 @@ class Setup:
 @pytest.fixture(scope="module", params=["pylon", "envoy"])
 def setup(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     upstream = Upstream()
-    metadata = ThreadingHTTPServer(("127.0.0.1", 0), MetadataServer)
-    metadata.daemon_threads = True
-    metadata.calls, metadata.lock = [], threading.Lock()  # type: ignore[attr-defined]
-    threading.Thread(target=metadata.serve_forever, daemon=True).start()
+    metadata = recording_server(metadata_answer)
     launcher = ProxyLauncher(tmp_path_factory.mktemp(f"gcp-authn-{request.param}"))
     try:
         ports = {"main": free_port(), "cached": free_port()}
@@ -102,8 +86,7 @@ def setup(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     finally:
         launcher.close()
         upstream.close()
-        metadata.shutdown()
-        metadata.server_close()
+        stop(metadata)
 
 
 def test_a_token_for_the_clusters_audience_replaces_the_clients_authorization(setup: Setup) -> None:
@@ -140,9 +123,17 @@ def test_the_cache_keeps_a_token_per_audience(setup: Setup) -> None:
 
 
 def test_the_counters(setup: Setup) -> None:
-    stats = setup.proxy.stats()
-    assert stats["http.main.gcp_authn.token_fetch_success"] == 2
-    assert stats["http.main.gcp_authn.token_fetch_failed"] == 1
-    assert stats["http.main.gcp_authn.retrieve_audience_failed"] == 1
-    assert stats["http.main.gcp_authn.token_cache_hit"] == 0
-    assert (stats["http.cached.gcp_authn.token_cache_hit"], stats["http.cached.gcp_authn.token_cache_miss"]) == (2, 1)
+    before = setup.proxy.stats()
+    for listener, path in (("main", "/aud"), ("main", "/aud"), ("main", "/fail"), ("main", "/other"),
+                           ("cached", "/aud"), ("cached", "/aud"), ("cached", "/aud")):
+        setup.get(listener, path)
+    after = setup.proxy.stats()
+
+    def delta(name: str) -> int:
+        return after[f"http.{name}"] - before.get(f"http.{name}", 0)
+    assert delta("main.gcp_authn.token_fetch_success") == 2
+    assert delta("main.gcp_authn.token_fetch_failed") == 1
+    assert delta("main.gcp_authn.retrieve_audience_failed") == 1
+    assert delta("main.gcp_authn.token_cache_hit") == delta("main.gcp_authn.token_cache_miss") == 0
+    hits, misses = delta("cached.gcp_authn.token_cache_hit"), delta("cached.gcp_authn.token_cache_miss")
+    assert hits + misses == 3 and hits >= 2

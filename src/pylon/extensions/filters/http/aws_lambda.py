@@ -62,20 +62,8 @@ def arn_region(arn: str) -> str | None:
     return parts[3]
 
 
-class Credentials(EnvoyStruct, kw_only=True):
-    """extensions.filters.http.aws_lambda.v3.Credentials."""
-
-    access_key_id: str = ""
-    secret_access_key: str = ""
-    session_token: str = ""
-
-    def __post_init__(self) -> None:
-        for name in ("access_key_id", "secret_access_key"):
-            if not getattr(self, name):
-                raise FieldError(name, "must not be empty")
-
-    def __repr__(self) -> str:
-        return f"Credentials(access_key_id={self.access_key_id!r}, secret_access_key='*****')"
+class Credentials(InlineCredentialProvider, kw_only=True):
+    """extensions.filters.http.aws_lambda.v3.Credentials: the fields (and checks) of the common inline ones."""
 
 
 class InvokeSettings(EnvoyStruct, kw_only=True):
@@ -132,10 +120,7 @@ class Invocation:
         self.host_rewrite = settings.host_rewrite.encode()
         self.config = aws_signer.SignerConfig(aws_signer.SIGV4, "lambda", region, lambda name: False)
         if settings.credentials is not None:
-            given = settings.credentials
-            provider = AwsCredentialProvider(inline_credential=InlineCredentialProvider(
-                access_key_id=given.access_key_id, secret_access_key=given.secret_access_key,
-                session_token=given.session_token))
+            provider = AwsCredentialProvider(inline_credential=settings.credentials)
         elif settings.credentials_profile:
             provider = AwsCredentialProvider(custom_credential_provider_chain=True, credentials_file_provider=(
                 CredentialsFileCredentialProvider(profile=settings.credentials_profile)))
