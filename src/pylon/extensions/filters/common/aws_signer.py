@@ -68,10 +68,15 @@ class Signed(NamedTuple):
     path: bytes
 
 
-def amz_dates(now: float) -> tuple[str, str]:
-    """(long date 20150830T123600Z, short date 20150830) of a Unix time, in UTC."""
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+@lru_cache(maxsize=4)
+def _amz_dates(second: int) -> tuple[str, str]:
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(second))
     return stamp, stamp[:8]
+
+
+def amz_dates(now: float) -> tuple[str, str]:
+    """(long date 20150830T123600Z, short date 20150830) of a Unix time, in UTC (made once a second)."""
+    return _amz_dates(int(now))
 
 
 def _encode(text: bytes, keep: bytes = b"") -> str:
@@ -131,11 +136,11 @@ def canonical_headers(headers: Sequence[tuple[bytes, bytes]], authority: bytes,
     inner runs of spaces made one, repeated names joined with commas, Host from the authority (port 80 or 443
     dropped)."""
     out: dict[str, str] = {}
-    for raw_name, raw_value in headers:
-        if not raw_name or not raw_value or raw_name[:1] == b":":
+    for raw_name, raw_value in headers:  # names are lower-case in the proxy's header lists
+        if not raw_name or not raw_value or raw_name[:1] == b":" or raw_name in ALWAYS_EXCLUDED:
             continue
-        name = raw_name.decode("latin-1").lower()
-        if name == "host" or raw_name.lower() in ALWAYS_EXCLUDED or excluded(name):
+        name = raw_name.decode("latin-1")
+        if name == "host" or excluded(name):
             continue
         value = " ".join(raw_value.decode("latin-1").split())
         out[name] = f"{out[name]},{value}" if name in out else value
@@ -157,8 +162,9 @@ def _hmac(key: bytes, text: str) -> bytes:
     return hmac.new(key, text.encode(), hashlib.sha256).digest()
 
 
+@lru_cache(maxsize=16)
 def sigv4_key(secret: str, short_date: str, region: str, service: str) -> bytes:
-    """The SigV4 signing key: HMAC chain over date, region, service and `aws4_request`."""
+    """The SigV4 signing key: HMAC chain over date, region, service and `aws4_request` (the same all day: kept)."""
     key = _hmac(("AWS4" + secret).encode(), short_date)
     return _hmac(_hmac(_hmac(key, region), service), "aws4_request")
 
@@ -193,7 +199,7 @@ def signature_of(config: SignerConfig, credentials: Credentials, short_date: str
         key = sigv4a_private_key(credentials.access_key_id, credentials.secret_access_key)
         return key.sign(to_sign.encode(), ec.ECDSA(hashes.SHA256())).hex()
     key = sigv4_key(credentials.secret_access_key, short_date, config.region, config.service)
-    return hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+    return hmac.digest(key, to_sign.encode(), "sha256").hex()
 
 
 def sign(config: SignerConfig, credentials: Credentials | None, method: bytes, path: bytes, authority: bytes,

@@ -107,8 +107,13 @@ class SigningSettings(EnvoyStruct, kw_only=True):
         matchers = [_compile_string_matcher(m, engine, as_bytes=False) for m in self.match_excluded_headers]
         return aws_signer.SignerConfig(
             aws_signer.SIGV4A if self.signing_algorithm == "AWS_SIGV4A" else aws_signer.SIGV4, self.service_name,
-            self.resolved_region(), lambda name: any(match(name) for match in matchers),
+            self.resolved_region(), (lambda name: any(match(name) for match in matchers)) if matchers else _none,
             self.query_string.seconds if self.query_string is not None else None)
+
+
+def _none(name: str) -> bool:
+    """No header excluded beyond the signer's own."""
+    return False
 
 
 class AwsRequestSigning(SigningSettings, kw_only=True):
