@@ -16,6 +16,10 @@ nginx upstream answering text/plain, `--body` bytes), then the same with one fil
   jwt_authn        envoy.filters.http.jwt_authn, one provider with a local RSA JWKS; wrk sends one RS256 token
                    (minted here with joserfc), verified on every request
   jwt_cached       the same with jwt_cache_config: the token verified once, then found in the cache
+  aws_sigv4        envoy.filters.http.aws_request_signing, SigV4 with inline credentials and an unsigned payload
+  aws_sigv4a       the same with SigV4A (an ECDSA P-256 signature per request)
+  api_key_auth     envoy.filters.http.api_key_auth, one key in Authorization, its client forwarded in x-client-id
+  credential_injector  envoy.filters.http.credential_injector injecting a static generic secret in Authorization
   internal_listener  not a filter: one more hop inside the proxy, the route to a cluster whose endpoint is an
                    internal listener (envoy.bootstrap.internal_listener) with the same HCM, which routes to the
                    upstream: what an internal hop (a second HCM and pool, no socket) costs per request
@@ -90,6 +94,25 @@ def _jwt_authn(cache: bool) -> dict[str, Any]:
         "providers": {"bench": provider}, "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "bench"}}]}}
 
 
+def _aws_signing(algorithm: str) -> dict[str, Any]:
+    return {"name": "envoy.filters.http.aws_request_signing", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.aws_request_signing.v3.AwsRequestSigning",
+        "service_name": "vpc-lattice-svcs", "region": "us-east-1" if algorithm == "AWS_SIGV4" else "*",
+        "signing_algorithm": algorithm, "use_unsigned_payload": True,
+        "credential_provider": {"inline_credential": {"access_key_id": "AKIDBENCH", "secret_access_key": "bench"}}}}
+
+
+API_KEY_AUTH = {"name": "envoy.filters.http.api_key_auth", "typed_config": {
+    "@type": "type.googleapis.com/envoy.extensions.filters.http.api_key_auth.v3.ApiKeyAuth",
+    "credentials": [{"key": "bench-key", "client": "wrk"}], "key_sources": [{"header": "Authorization"}],
+    "forwarding": {"header": "x-client-id"}}}
+CREDENTIAL_INJECTOR = {"name": "envoy.filters.http.credential_injector", "typed_config": {
+    "@type": "type.googleapis.com/envoy.extensions.filters.http.credential_injector.v3.CredentialInjector",
+    "credential": {"name": "envoy.http.injected_credentials.generic", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.http.injected_credentials.generic.v3.Generic",
+        "credential": {"name": "bench-credential"}}}}}
+BENCH_SECRET = {"name": "bench-credential", "generic_secret": {"secret": {"inline_string": "Basic YmVuY2g6YmVuY2g="}}}
+
 #: variant -> (the filter ahead of the router, or None; the request headers wrk sends)
 VARIANTS: dict[str, tuple[dict[str, Any] | None, list[str]]] = {
     "plain": (None, []),
@@ -101,6 +124,10 @@ VARIANTS: dict[str, tuple[dict[str, Any] | None, list[str]]] = {
     "buffer": (BUFFER, []),
     "jwt_authn": (_jwt_authn(cache=False), [f"Authorization: Bearer {JWT_TOKEN}"]),
     "jwt_cached": (_jwt_authn(cache=True), [f"Authorization: Bearer {JWT_TOKEN}"]),
+    "aws_sigv4": (_aws_signing("AWS_SIGV4"), []),
+    "aws_sigv4a": (_aws_signing("AWS_SIGV4A"), []),
+    "api_key_auth": (API_KEY_AUTH, ["Authorization: bench-key"]),
+    "credential_injector": (CREDENTIAL_INJECTOR, []),
     "internal_listener": (None, []),
 }
 
@@ -132,6 +159,8 @@ def config(variant: str, listen: int, admin: int, upstream: int, authz: int) -> 
         hcm["http_filters"].insert(0, http_filter)
     if variant == "internal_listener":
         _through_internal_listener(bootstrap)
+    if variant == "credential_injector":
+        bootstrap["static_resources"]["secrets"] = [BENCH_SECRET]
     if variant == "ext_authz":
         cluster = json.loads(json.dumps(bootstrap["static_resources"]["clusters"][0]))
         cluster["name"] = cluster["load_assignment"]["cluster_name"] = "authz"

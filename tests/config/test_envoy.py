@@ -1088,17 +1088,27 @@ def test_node_and_admin() -> None:
          f"{HCM_PATH}.route_config.virtual_hosts[0].require_tls"),
         (lambda d: d["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][0]["typed_config"].update(strict_check_headers=["x-envoy-max-retries"]),
          f"{HCM_PATH}.http_filters[0].typed_config.strict_check_headers"),
-        (lambda d: d["static_resources"]["clusters"][0]["load_assignment"]["endpoints"][0]["lb_endpoints"][0].update(
-            metadata={"typed_filter_metadata": {}}),
-         "static_resources.clusters[0].load_assignment.endpoints[0].lb_endpoints[0].metadata.typed_filter_metadata"),
-        (lambda d: d["static_resources"]["clusters"][0].update(metadata={"typed_filter_metadata": {}}),
-         "static_resources.clusters[0].metadata.typed_filter_metadata"),
     ],
 )  # fmt: skip
 def test_unknown_fields_at_several_depths(mutate: Any, path: str) -> None:
     data = bootstrap()
     mutate(data)
     assert error(data) == f"config error in test.yaml: {path}: unknown field"
+
+
+def test_typed_filter_metadata_takes_the_types_a_reader_knows() -> None:
+    audience = "type.googleapis.com/envoy.extensions.filters.http.gcp_authn.v3.Audience"
+    data = bootstrap()
+    data["static_resources"]["clusters"][0]["metadata"] = {
+        "typed_filter_metadata": {"envoy.filters.http.gcp_authn": {"@type": audience, "url": "http://svc"}}}
+    loaded = load(data).static_resources.clusters[0].metadata.typed_filter_metadata
+    assert loaded["envoy.filters.http.gcp_authn"].url == "http://svc"
+    other = "type.googleapis.com/google.protobuf.Struct"
+    data["static_resources"]["clusters"][0]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["metadata"] = {
+        "typed_filter_metadata": {"x": {"@type": other}}}
+    assert error(data).startswith(
+        "config error in test.yaml: static_resources.clusters[0].load_assignment.endpoints[0].lb_endpoints[0]."
+        f"metadata.typed_filter_metadata[x].@type: unknown typed filter metadata type {other}")
 
 
 def test_missing_or_unknown_type_urls() -> None:

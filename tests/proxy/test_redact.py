@@ -45,3 +45,16 @@ def test_session_ticket_keys_and_generic_secrets_are_hidden_only_where_they_are_
     assert shown["session_ticket_keys"]["keys"] == [{"inline_bytes": REDACTED_BYTES}, {"filename": "/t.key"}]
     assert shown["generic_secret"]["secret"] == {"inline_string": REDACTED}
     assert shown["metadata"] == dump["metadata"]
+
+
+def test_aws_inline_credentials_and_api_keys_are_hidden_as_envoy_hides_them() -> None:
+    # Observed on Envoy 1.40's /config_dump: access_key_id shown, secret_access_key, session_token, and an
+    # api_key_auth credential's key and client all "[redacted]".
+    signing = {"credential_provider": {"inline_credential": {"access_key_id": "AKID", "secret_access_key": "S",
+                                                             "session_token": "T"}}, "service_name": "s3"}
+    api_keys = {"credentials": [{"key": "K", "client": "C"}], "key_sources": [{"header": "Authorization"}]}
+    shown = redact({"a": signing, "b": api_keys})
+    assert shown["a"]["credential_provider"]["inline_credential"] == {
+        "access_key_id": "AKID", "secret_access_key": REDACTED, "session_token": REDACTED}
+    assert shown["b"] == {"credentials": [{"key": REDACTED, "client": REDACTED}],
+                          "key_sources": [{"header": "Authorization"}]}

@@ -633,6 +633,30 @@ def test_weighted_cluster_header_rules_apply_first():
     assert h.get_all(b"x-level") == [b"route"]
 
 
+def test_a_weighted_clusters_per_filter_config_is_the_most_specific_level():
+    buffer = "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.BufferPerRoute"
+
+    def limit(n: int) -> dict[str, Any]:
+        return {"envoy.filters.http.buffer": {"@type": buffer, "buffer": {"max_request_bytes": n}}}
+
+    table = build([{"name": "vh", "domains": ["*"], "typed_per_filter_config": limit(1), "routes": [
+        {"match": {"prefix": "/"}, "typed_per_filter_config": limit(2), "route": {"weighted_clusters": {"clusters": [
+            {"name": "a", "weight": 1, "typed_per_filter_config": limit(3)}, {"name": "b", "weight": 1}]}}}]}],
+        rng=random.Random(7))
+    route = route_of(table, "/")
+    seen = {}
+    for _ in range(50):
+        variant = route.variant_for(None)
+        cluster = variant.pick_cluster()
+        assert all(variant.pick_cluster() == cluster for _ in range(5))  # the pick sticks to the variant
+        seen[cluster] = [c.buffer.max_request_bytes for c in variant.filter_configs_of("envoy.filters.http.buffer")]
+        assert variant.filter_config("envoy.filters.http.buffer").buffer.max_request_bytes == seen[cluster][0]
+    assert seen == {"a": [3, 2, 1], "b": [2, 1]}
+    plain = route_of(build([{"name": "vh", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {
+        "weighted_clusters": {"clusters": [{"name": "a", "weight": 1}, {"name": "b", "weight": 1}]}}}]}]), "/")
+    assert plain.cluster_variants == {}  # no per-filter config on any cluster: picked after the filters, as before
+
+
 def test_plain_cluster_and_timeouts():
     table = one_vhost(
         to("default", {"path": "/d"}),

@@ -397,14 +397,38 @@ def _resolve_typed_field(struct: msgspec.Struct, field: str, category: str) -> N
     force_setattr(struct, field, decoded)
 
 
+class FilterConfig(EnvoyStruct, kw_only=True):
+    """config.route.v3.FilterConfig, a per-route wrapper: the filter's own per-route `config`, and `disabled`, which
+    turns the filter off for the route (proxy/filter_chain.py). `is_optional` only matters to Envoy for a config
+    type it does not know; pylon decodes `config` whatever it says, so an unknown type is an error here."""
+
+    config: Any = None
+    is_optional: bool = False
+    disabled: bool = False
+
+    def __post_init__(self) -> None:
+        if self.config is not None:
+            _resolve_typed_field(self, "config", registry.HTTP_FILTER_PER_ROUTE)
+            if isinstance(self.config, FilterConfig):
+                raise FieldError("config", "a FilterConfig cannot wrap another")
+
+
 def _resolve_per_filter_configs(struct: msgspec.Struct) -> None:
-    """Decode each `typed_per_filter_config` value as the per-route config of its @type."""
+    """Decode each `typed_per_filter_config` value as the per-route config of its @type. A FilterConfig is
+    unwrapped: its `config` takes its place, a `disabled` one stays as the level's mark that the filter is off,
+    an enabled one without config leaves nothing at that level."""
     configs = getattr(struct, "typed_per_filter_config")
-    for name, raw in configs.items():
+    for name, raw in list(configs.items()):
         try:
-            configs[name] = decode_typed(registry.HTTP_FILTER_PER_ROUTE, raw)
+            decoded = decode_typed(registry.HTTP_FILTER_PER_ROUTE, raw)
         except FieldError as exc:
             raise FieldError(join_path(f"typed_per_filter_config[{name}]", exc.rel_path), exc.message) from None
+        if isinstance(decoded, FilterConfig) and not decoded.disabled:
+            if decoded.config is None:
+                del configs[name]
+                continue
+            decoded = decoded.config
+        configs[name] = decoded
 
 
 class _TypedExtension(EnvoyStruct, kw_only=True):
@@ -682,11 +706,20 @@ class Metadata(EnvoyStruct, kw_only=True):
     endpoint's transport socket), `envoy.lb` (an endpoint's subset values, a
     route's `metadata_match`), and a route's and a virtual host's by the Lua
     filter (metadata(), route():metadata(), virtualHost():metadata()). The rest
-    only rides along, as in Envoy without readers for it. `typed_filter_metadata`
-    is left out until something reads it (it is an error naming the field).
+    only rides along, as in Envoy without readers for it. `typed_filter_metadata` values are decoded by their
+    `@type` among the types some reader knows (registry category `envoy.typed_metadata`: gcp_authn's Audience on a
+    cluster); any other is an error naming it.
     """
 
     filter_metadata: dict[str, dict[str, Any]] = {}
+    typed_filter_metadata: dict[str, Any] = {}
+
+    def __post_init__(self) -> None:
+        for name, raw in list(self.typed_filter_metadata.items()):
+            try:
+                self.typed_filter_metadata[name] = decode_typed(registry.TYPED_METADATA, raw)
+            except FieldError as exc:
+                raise FieldError(join_path(f"typed_filter_metadata[{name}]", exc.rel_path), exc.message) from None
 
 
 class PreviousHostsPredicate(EnvoyStruct, kw_only=True):
@@ -862,6 +895,11 @@ class ClusterWeight(_HeaderMutations, kw_only=True):
     weight: UInt32 | None = None
     #: its `envoy.lb` values merged over the route's (these win), for a subset load balancer
     metadata_match: Metadata | None = None
+    #: the most specific level of per-filter configs: a request sent to this cluster sees these first
+    typed_per_filter_config: dict[str, Any] = {}
+
+    def __post_init__(self) -> None:
+        _resolve_per_filter_configs(self)
 
 
 class WeightedCluster(EnvoyStruct, kw_only=True):
@@ -2038,6 +2076,14 @@ class UpstreamTlsContext(EnvoyStruct, kw_only=True):
     allow_renegotiation: bool = False
 
 
+class GenericSecret(EnvoyStruct, kw_only=True):
+    """extensions.transport_sockets.tls.v3.GenericSecret: opaque bytes a filter uses (credential_injector's
+    credential, an OAuth2 client secret); read when the filter uses it. Its `secrets` map is refused by name."""
+
+    secret: DataSource | None = None
+    secrets: NotSupportedYet | None = None
+
+
 class Secret(EnvoyStruct, kw_only=True):
     """extensions.transport_sockets.tls.v3.Secret: a static secret of the bootstrap, or one from SDS."""
 
@@ -2045,7 +2091,7 @@ class Secret(EnvoyStruct, kw_only=True):
     tls_certificate: TlsCertificate | None = None
     validation_context: CertificateValidationContext | None = None
     session_ticket_keys: NotSupportedYet | None = None
-    generic_secret: NotSupportedYet | None = None
+    generic_secret: GenericSecret | None = None
 
     def __post_init__(self) -> None:
         _exactly_one(self, "tls_certificate", "validation_context", "session_ticket_keys", "generic_secret")
@@ -3827,6 +3873,7 @@ _CORE_EXTENSIONS: tuple[tuple[str, str, type], ...] = (
     (registry.ROUTE_MATCH_ACTION, "type.googleapis.com/envoy.config.route.v3.Route", MatcherRoute),
     (registry.ROUTE_MATCH_ACTION, "type.googleapis.com/envoy.config.route.v3.RouteList", RouteList),
     (registry.FILTER_CHAIN_MATCH_ACTION, "type.googleapis.com/google.protobuf.StringValue", StringValue),
+    (registry.HTTP_FILTER_PER_ROUTE, "type.googleapis.com/envoy.config.route.v3.FilterConfig", FilterConfig),
 )
 
 for _category, _type_url, _struct_type in _CORE_EXTENSIONS:

@@ -87,6 +87,10 @@ HTTP_CACHE = "envoy.http.cache"
 HTTP_CACHE_V2 = "envoy.http.cache_v2"
 #: where stateful_session keeps a session's host (StatefulSession.session_state)
 SESSION_STATE = "envoy.http.stateful_session"
+#: the credential_injector filter's credential sources (generic secret, OAuth2)
+INJECTED_CREDENTIALS = "envoy.http.injected_credentials"
+#: `typed_filter_metadata` values (config.core.v3.Metadata) some reader knows: gcp_authn's Audience
+TYPED_METADATA = "envoy.typed_metadata"
 
 #: Human names used in error messages ("accepted here (network filters): ...").
 CATEGORY_NAMES = MappingProxyType(
@@ -127,6 +131,8 @@ CATEGORY_NAMES = MappingProxyType(
         HTTP_CACHE: "HTTP cache storage",
         HTTP_CACHE_V2: "HTTP cache (v2) storage",
         SESSION_STATE: "stateful session state",
+        INJECTED_CREDENTIALS: "injected credential",
+        TYPED_METADATA: "typed filter metadata",
     }
 )
 
@@ -152,11 +158,17 @@ EXTENSION_MODULES: Mapping[str, Mapping[str, str]] = MappingProxyType(
             "envoy.extensions.common.matching.v3.ExtensionWithMatcher": "pylon.extensions.filters.http.match_delegate",
             "envoy.extensions.filters.http.admission_control.v3.AdmissionControl":
                 "pylon.extensions.filters.http.admission_control",
+            "envoy.extensions.filters.http.api_key_auth.v3.ApiKeyAuth": "pylon.extensions.filters.http.api_key_auth",
+            "envoy.extensions.filters.http.aws_lambda.v3.Config": "pylon.extensions.filters.http.aws_lambda",
+            "envoy.extensions.filters.http.aws_request_signing.v3.AwsRequestSigning":
+                "pylon.extensions.filters.http.aws_request_signing",
             "envoy.extensions.filters.http.buffer.v3.Buffer": "pylon.extensions.filters.http.buffer",
             "envoy.extensions.filters.http.cache.v3.CacheConfig": "pylon.extensions.filters.http.cache",
             "envoy.extensions.filters.http.cache_v2.v3.CacheV2Config": "pylon.extensions.filters.http.cache",
             "envoy.extensions.filters.http.composite.v3.Composite": "pylon.extensions.filters.http.composite",
             "envoy.extensions.filters.http.compressor.v3.Compressor": "pylon.extensions.filters.http.compressor",
+            "envoy.extensions.filters.http.credential_injector.v3.CredentialInjector":
+                "pylon.extensions.filters.http.credential_injector",
             "envoy.extensions.filters.http.cors.v3.Cors": "pylon.extensions.filters.http.cors",
             "envoy.extensions.filters.http.csrf.v3.CsrfPolicy": "pylon.extensions.filters.http.csrf",
             "envoy.extensions.filters.http.decompressor.v3.Decompressor": "pylon.extensions.filters.http.decompressor",
@@ -164,6 +176,8 @@ EXTENSION_MODULES: Mapping[str, Mapping[str, str]] = MappingProxyType(
                 "pylon.extensions.filters.http.dynamic_forward_proxy",
             "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz": "pylon.extensions.filters.http.ext_authz",
             "envoy.extensions.filters.http.fault.v3.HTTPFault": "pylon.extensions.filters.http.fault",
+            "envoy.extensions.filters.http.gcp_authn.v3.GcpAuthnFilterConfig":
+                "pylon.extensions.filters.http.gcp_authn",
             "envoy.extensions.filters.http.grpc_http1_bridge.v3.Config":
                 "pylon.extensions.filters.http.grpc_http1_bridge",
             "envoy.extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder":
@@ -188,6 +202,9 @@ EXTENSION_MODULES: Mapping[str, Mapping[str, str]] = MappingProxyType(
             "pylon.filters.http.v1.Python": "pylon.extensions.filters.http.python",
         },
         UPSTREAM_HTTP_FILTER: {
+            "envoy.extensions.filters.http.aws_lambda.v3.Config": "pylon.extensions.filters.http.aws_lambda",
+            "envoy.extensions.filters.http.aws_request_signing.v3.AwsRequestSigning":
+                "pylon.extensions.filters.http.aws_request_signing",
             "envoy.extensions.filters.http.buffer.v3.Buffer": "pylon.extensions.filters.http.buffer",
             "envoy.extensions.filters.http.header_mutation.v3.HeaderMutation":
                 "pylon.extensions.filters.http.header_mutation",
@@ -195,6 +212,11 @@ EXTENSION_MODULES: Mapping[str, Mapping[str, str]] = MappingProxyType(
             "envoy.extensions.filters.http.rbac.v3.RBAC": "pylon.extensions.filters.http.rbac",
         },
         HTTP_FILTER_PER_ROUTE: {
+            "envoy.extensions.filters.http.api_key_auth.v3.ApiKeyAuthPerRoute":
+                "pylon.extensions.filters.http.api_key_auth",
+            "envoy.extensions.filters.http.aws_lambda.v3.PerRouteConfig": "pylon.extensions.filters.http.aws_lambda",
+            "envoy.extensions.filters.http.aws_request_signing.v3.AwsRequestSigningPerRoute":
+                "pylon.extensions.filters.http.aws_request_signing",
             "envoy.extensions.filters.http.buffer.v3.BufferPerRoute": "pylon.extensions.filters.http.buffer",
             "envoy.extensions.filters.http.compressor.v3.CompressorPerRoute":
                 "pylon.extensions.filters.http.compressor",
@@ -224,6 +246,15 @@ EXTENSION_MODULES: Mapping[str, Mapping[str, str]] = MappingProxyType(
                 "pylon.extensions.filters.http.match_delegate",
             "envoy.extensions.filters.http.composite.v3.ExecuteFilterAction":
                 "pylon.extensions.filters.http.composite",
+        },
+        TYPED_METADATA: {
+            "envoy.extensions.filters.http.gcp_authn.v3.Audience": "pylon.extensions.filters.http.gcp_authn",
+        },
+        INJECTED_CREDENTIALS: {
+            "envoy.extensions.http.injected_credentials.generic.v3.Generic":
+                "pylon.extensions.filters.http.credential_injector",
+            "envoy.extensions.http.injected_credentials.oauth2.v3.OAuth2":
+                "pylon.extensions.filters.http.credential_injector",
         },
         COMPRESSOR_LIBRARY: {
             "envoy.extensions.compression.gzip.compressor.v3.Gzip": "pylon.extensions.compression.gzip",

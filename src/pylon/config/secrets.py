@@ -53,12 +53,18 @@ def common_tls_context(transport_socket: Any) -> CommonTlsContext | None:
 
 
 def listener_secret_refs(listener: Any) -> Iterator[tuple[str, SdsSecretConfig]]:
-    """(field path below the listener, reference) of every SDS secret the listener's chains name."""
+    """(field path below the listener, reference) of every SDS secret the listener's chains name: their TLS
+    contexts', and those of the HTTP filters whose config names secrets (`secret_configs()`, credential_injector)."""
     for rel, chain in listener.all_filter_chains():
         common = common_tls_context(chain.transport_socket)
         if common is not None:
             for sub, ref in common.secret_configs():
                 yield f"{rel}.transport_socket.{COMMON}.{sub}", ref
+        for k, network_filter in enumerate(chain.filters):
+            for m, http_filter in enumerate(getattr(network_filter.typed_config, "http_filters", ())):
+                named = getattr(http_filter.typed_config, "secret_configs", None)
+                for sub, ref in named() if named is not None else ():
+                    yield f"{rel}.filters[{k}].typed_config.http_filters[{m}].typed_config.{sub}", ref
 
 
 def cluster_secret_refs(cluster: Any) -> Iterator[tuple[str, SdsSecretConfig]]:

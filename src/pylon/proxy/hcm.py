@@ -200,6 +200,8 @@ class HcmRuntime:
         # last to first, as Envoy's decodeTrailers / encodeTrailers.
         self.trailer_decoders = [f for f in self.decoder_filters if hasattr(f, "decode_trailers")]
         self.trailer_encoders = [f for f in reversed(self.decoder_filters) if hasattr(f, "encode_trailers")]
+        #: the lists without the filters a route disables, per set of names (proxy/filter_chain.py)
+        self.chain_views: dict[frozenset[str], Any] = {}
         self.rq_too_large = stats.counter(prefix + "downstream_rq_too_large")
         self.rs_too_large = stats.counter(prefix + "rs_too_large")
         self.access_loggers = build_access_loggers(config.access_log, worker.access_log_writer)

@@ -208,18 +208,6 @@ def request_lookup(headers: list[tuple[bytes, bytes]], pseudo: dict[bytes, bytes
     return lookup
 
 
-def cookie_value(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
-    """The value of cookie `name` in the request's cookie headers (quotes around it removed), or None."""
-    for header, value in headers:
-        if header != b"cookie":
-            continue
-        for pair in value.split(b";"):
-            key, equals, found = pair.strip().partition(b"=")
-            if equals and key == name:
-                return found[1:-1] if len(found) > 1 and found[:1] == found[-1:] == b'"' else found
-    return None
-
-
 def _parse_value(value: bytes, stream_facts: bool = False) -> bytes | tuple[bytes | int | _Req | _Facts, ...]:
     """A literal (bytes) or a template of literal and operator pieces; `stream_facts`: any access-log operator is
     allowed (a route's header rules, whose callers pass the stream's record to `apply`)."""
@@ -415,7 +403,8 @@ def check_scripted_header(name: bytes, value: bytes) -> None:
 
 def cookie_value(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> bytes | None:
     """The value of cookie `name` in the request's cookie headers (quotes around it removed), or None, as Envoy's
-    parseCookieValue (a cookie hash policy's, a stateful session's)."""
+    parseCookieValue: the first one (a cookie hash policy's, a stateful session's, the API key and credential
+    filters')."""
     for header, value in headers:
         if header != b"cookie":
             continue

@@ -6,7 +6,8 @@ Envoy 1.40: a static listener's inline private key and password show as `[redact
 shape, so a file name still shows where the secret lives; inline bytes become base64 of `[redacted]`, as
 Envoy prints them. pylon redacts the fields of that kind it accepts: a certificate's private key and its
 password, the private key inside a key provider's config (cryptomb, qat), session ticket keys, a generic
-secret's value, SkyWalking's backend_token, and the user and SO PINs of the SGX provider config (a token's PIN
+secret's value, SkyWalking's backend_token, AWS inline credentials' secret_access_key and session_token, the
+api_key_auth filter's credentials (key and client both, as Envoy 1.40 shows them), and the user and SO PINs of the SGX provider config (a token's PIN
 is a credential whether or not a proto marks it). Names are matched in both of the proto JSON spellings (`private_key`, `privateKey`).
 """
 
@@ -18,9 +19,12 @@ REDACTED = "[redacted]"
 REDACTED_BYTES = "W3JlZGFjdGVkXQ=="  # base64 of "[redacted]": inline_bytes are base64 in proto JSON
 
 #: Fields whose value is a secret wherever they appear (names without underscores, lower case).
-_SENSITIVE = frozenset({"privatekey", "password", "usrpin", "sopin", "backendtoken"})
-#: Fields that are secrets only inside a given parent: TlsSessionTicketKeys.keys, GenericSecret.secret.
-_SENSITIVE_IN = {"sessionticketkeys": "keys", "genericsecret": "secret"}
+_SENSITIVE = frozenset({"privatekey", "password", "usrpin", "sopin", "backendtoken", "secretaccesskey",
+                        "sessiontoken"})
+#: Fields that are secrets only inside a given parent: TlsSessionTicketKeys.keys, GenericSecret.secret,
+#: ApiKeyAuth's Credential.key and .client (observed: Envoy 1.40 hides both).
+_SENSITIVE_IN = {"sessionticketkeys": frozenset({"keys"}), "genericsecret": frozenset({"secret"}),
+                 "credentials": frozenset({"key", "client"})}
 
 
 def _plain(name: str) -> str:
@@ -30,11 +34,11 @@ def _plain(name: str) -> str:
 def redact(value: Any, parent: str = "") -> Any:
     """`value` (builtins: dicts, lists, scalars) with every sensitive field's value redacted; a new object."""
     if isinstance(value, dict):
-        secret_child = _SENSITIVE_IN.get(parent)
+        secret_children = _SENSITIVE_IN.get(parent, frozenset())
         out = {}
         for name, item in value.items():
             plain = _plain(name) if isinstance(name, str) else ""
-            out[name] = _hidden(item) if plain in _SENSITIVE or plain == secret_child else redact(item, plain)
+            out[name] = _hidden(item) if plain in _SENSITIVE or plain in secret_children else redact(item, plain)
         return out
     if isinstance(value, list):
         return [redact(item, parent) for item in value]

@@ -61,6 +61,7 @@ Semantics are Envoy's (v3 `RouteConfiguration`), with one documented choice:
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import random
@@ -70,7 +71,7 @@ from typing import TYPE_CHECKING, Any, Callable, Literal, NamedTuple, Sequence
 
 from pylon.config.datasource import read_bytes
 from pylon.config.envoy import (
-    ENVOY_LB, GRPC_RETRY_ON, OmitCanaryHostsPredicate, OmitHostMetadataConfig, PreviousHostsPredicate,
+    ENVOY_LB, GRPC_RETRY_ON, FilterConfig, OmitCanaryHostsPredicate, OmitHostMetadataConfig, PreviousHostsPredicate,
 )
 from pylon.proxy import rate_limits
 from pylon.proxy.cluster_specifier import build_picker
@@ -495,6 +496,34 @@ class MirrorRule:
 _NO_HEADER_OPS = HeaderOps()
 
 
+def _cluster_variants(route: MatchedRoute, clusters: Sequence[Any]) -> dict[str, MatchedRoute]:
+    """For a weighted route where some cluster has its own `typed_per_filter_config`: each cluster's copy of the
+    route, bound to it, with that cluster's configs the most specific level. None has any: {} (no cost)."""
+    if not any(cw.typed_per_filter_config for cw in clusters):
+        return {}
+    variants = {}
+    for cw in clusters:
+        variant = copy.copy(route)
+        variant.cluster, variant._weights, variant.cluster_variants = cw.name, (), {}
+        _set_filter_levels(variant, (cw.typed_per_filter_config, *route.all_levels))
+        variants[cw.name] = variant
+    return variants
+
+
+def _set_filter_levels(route: MatchedRoute, levels: Sequence[dict[str, Any]]) -> None:
+    """The route's per-filter configs from its levels, most specific first: each filter's most specific config,
+    every level's (for filters that merge them), and the filters whose most specific level disables them."""
+    route.all_levels = tuple(levels)
+    merged: dict[str, Any] = {}
+    for level in reversed(levels):
+        merged.update(level)
+    route.disabled_filters = frozenset(name for name, config in merged.items() if isinstance(config, FilterConfig))
+    route.filter_configs = {name: config for name, config in merged.items() if name not in route.disabled_filters}
+    kept = ({name: config for name, config in level.items() if not isinstance(config, FilterConfig)}
+            for level in levels)
+    route.filter_levels = tuple(level for level in kept if level)
+
+
 class MatchedRoute:
     """Everything the proxy needs once a route matched, precomputed. Never mutated after build."""
 
@@ -507,7 +536,7 @@ class MatchedRoute:
         "_total_weight", "_random", "_redirect", "_picker", "_cluster_ops", "filter_configs", "filter_levels",
         "cors_policies", "decorator", "mirrors", "upgrades", "subset_criteria", "_cluster_criteria",
         "connect_terminate", "metadata", "virtual_host_metadata", "rate_limits", "virtual_host_rate_limits",
-        "include_vh_rate_limits",
+        "include_vh_rate_limits", "cluster_variants", "disabled_filters", "all_levels",
     )
 
     def __init__(self) -> None:
@@ -581,9 +610,22 @@ class MatchedRoute:
         self.rate_limits: Any = None
         self.virtual_host_rate_limits: Any = None
         self.include_vh_rate_limits = False
+        #: the HTTP filters a `FilterConfig {disabled: true}` turns off here (at the most specific level naming them)
+        self.disabled_filters: frozenset[str] = frozenset()
+        #: the levels as configured (disabling marks included), what a weighted cluster's variant builds on
+        self.all_levels: tuple[dict[str, Any], ...] = ()
+        #: weighted clusters with per-filter configs: cluster name -> this route bound to that cluster, its
+        #: configs the most specific level (empty: none has any; see `variant_for`)
+        self.cluster_variants: dict[str, MatchedRoute] = {}
 
     def __repr__(self) -> str:
         return f"MatchedRoute(name={self.name!r}, vhost={self.virtual_host_name!r}, kind={self.kind!r})"
+
+    def variant_for(self, request: Any) -> MatchedRoute:
+        """The route as a request sees it once its weighted cluster is picked (Envoy picks it with the route, so
+        the filters see that cluster's `typed_per_filter_config` first): the variant bound to the pick, whose
+        `pick_cluster` gives that cluster again. Only routes with `cluster_variants` need it."""
+        return self.cluster_variants[self.pick_cluster(request)]
 
     def filter_config(self, name: str) -> Any:
         """The per-route config of the HTTP filter called `name`, or None (the filter's own config applies)."""
@@ -904,10 +946,8 @@ class RouteTable:
             entry = self._build_route(route, config.name, vh_retry,
                                       (vh_request, config_request), (vh_response, config_response))
             matched = entry[3]
-            matched.filter_configs = {**config_filters, **config.typed_per_filter_config,
-                                      **route.typed_per_filter_config}
-            levels = (route.typed_per_filter_config, config.typed_per_filter_config, config_filters)
-            matched.filter_levels = tuple(level for level in levels if level)
+            _set_filter_levels(matched, (route.typed_per_filter_config, config.typed_per_filter_config,
+                                         config_filters))
             if route.route is not None and route.route.cors is not None or config.cors is not None:
                 cors = (route.route.cors if route.route is not None else None, config.cors)
                 matched.cors_policies = tuple(policy for policy in cors if policy is not None)
@@ -915,6 +955,8 @@ class RouteTable:
             if config.metadata is not None:
                 matched.virtual_host_metadata = config.metadata.filter_metadata
             matched.virtual_host_rate_limits = vh_rate_limits
+            if route.route is not None and route.route.weighted_clusters is not None:
+                matched.cluster_variants = _cluster_variants(matched, route.route.weighted_clusters.clusters)
             return entry
 
         if config.matcher is not None:

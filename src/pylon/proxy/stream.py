@@ -28,6 +28,7 @@ from pylon.proxy.connection_info import spell_address
 from pylon.proxy.internal_listener import NO_INTERNAL_LISTENER
 from pylon.proxy.grpc_timeout import StreamDuration, announce_grpc_timeout, max_grpc_timeout_of, stream_duration_ms
 from pylon.proxy.filters.upstream import FilteredRequest
+from pylon.proxy.filter_chain import chain_for
 from pylon.proxy.headers import HeaderList, RequestLookup, cookie_value, request_lookup
 from pylon.proxy.http.h1_client import Http1RequestEncoder
 from pylon.proxy.http.h1_server import Http1ResponseEncoder
@@ -146,12 +147,14 @@ class Stream:
         "override_host",
         "request_data_filters", "response_data_filters", "req_trailers", "resp_trailers", "span", "body_watch",
         "shadows", "health_check", "duration_deadline", "arrived_grpc", "decoder_limit", "filtered_request",
-        "dynamic_metadata", "typed_dynamic_metadata", "header_case", "resp_header_case",
+        "dynamic_metadata", "typed_dynamic_metadata", "header_case", "resp_header_case", "chain",
     )
 
     def __init__(self, conn: "HttpConnection", now: float) -> None:
         self.conn = conn
         self.hcm: HcmRuntime = conn.hcm
+        #: where the HTTP filter lists are read: the HCM's, or a view without the filters the route disables
+        self.chain: Any = conn.hcm
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.method = b""
@@ -319,8 +322,8 @@ class Stream:
             if self.upstream is not None:
                 self.upstream.end_request()  # type: ignore[attr-defined]
             return
-        if self.req_trailers is not None and self.hcm.trailer_decoders:
-            for http_filter in self.hcm.trailer_decoders:
+        if self.req_trailers is not None and self.chain.trailer_decoders:
+            for http_filter in self.chain.trailer_decoders:
                 http_filter.decode_trailers(self, self.req_trailers)
         if self.pending_local is not None:
             reply, self.pending_local = self.pending_local, None
@@ -526,6 +529,10 @@ class Stream:
         path_text = url.decode("utf-8", "surrogateescape")
         self.route = route = hcm.route_table.match(authority.decode("latin-1"), path_text, HeaderList(self.headers),
                                                    self.method.decode("latin-1"), conn.scheme.decode("latin-1"))
+        if route is not None and route.cluster_variants:  # weighted clusters with per-filter configs: pick now
+            self.route = route = route.variant_for(self)
+        if route is not None and route.disabled_filters:
+            self.chain = chain_for(hcm, route)
         if self.upgrade:
             # Envoy decides with the route: its upgrade_configs allow or forbid a type, else the HCM's list does
             kind = upgrade.strip().lower() if upgrade is not None else b"connect"
@@ -533,7 +540,7 @@ class Stream:
             if not (kind in hcm.upgrade_types if allowed is None else allowed):
                 return self.local(lr.UPGRADE_REFUSED)
             self.upgrade_accepted = True
-        if hcm.decoder_filters:
+        if self.chain.decoder_filters:
             self.resume = partial(self._route, forward, xff, xfp, url, path_text)
             return self.continue_decoding()
         self._route(forward, xff, xfp, url, path_text)
@@ -541,14 +548,14 @@ class Stream:
     # ------------------------------------------------------------------ the HTTP filters before the router
     def continue_decoding(self) -> None:
         """Run the filters not run yet; once every one lets the request go, route it."""
-        filters = self.hcm.decoder_filters
+        filters = self.chain.decoder_filters
         while self.filter_index < len(filters):
             http_filter = filters[self.filter_index]
             self.filter_index += 1
             if not http_filter.decode_headers(self):
                 return  # it answered, or holds the request and calls this again
-        if self.hcm.body_decoders and (self.req_length or self.req_chunked) and \
-                any(f.wants_request_body(self) for f in self.hcm.body_decoders):
+        if self.chain.body_decoders and (self.req_length or self.req_chunked) and \
+                any(f.wants_request_body(self) for f in self.chain.body_decoders):
             if self.rq_state != RQ_DONE:
                 self.buffering_request = True  # on_complete (or the size limit) takes it from here
                 return
@@ -563,7 +570,7 @@ class Stream:
         A replaced body goes upstream with a content-length (chunked framing is re-done as a length).
         """
         body = b"".join(self.waiting_body)
-        for http_filter in self.hcm.body_decoders:
+        for http_filter in self.chain.body_decoders:
             if http_filter.wants_request_body(self):
                 replaced = http_filter.decode_body(self, body)
                 if self.rs_state >= RS_DONE or self.pending_local is not None:
@@ -616,13 +623,17 @@ class Stream:
         access log see the new value; the route stays the one chosen before the filters."""
         self.authority = value
 
-    def rewrite_request(self, method: bytes, path: bytes, body: bytes | None, rematch: bool) -> None:
+    def rewrite_request(self, method: bytes, path: bytes, body: bytes | None, rematch: bool,
+                        keep_original: bool = True) -> None:
         """A filter turns the request into another before it is routed (Envoy's gRPC-JSON transcoder): a new method
-        and path, the client's kept in x-envoy-original-method and x-envoy-original-path, and for a request that came
-        without a body, `body` (sent with its length). With `rematch` the route is chosen again for the new request
-        (Envoy's clearRouteCache); a filter that transforms a body the client sends uses `decode_body` instead."""
-        self.edit_request_header("set", b"x-envoy-original-path", self.path)
-        self.edit_request_header("set", b"x-envoy-original-method", self.method)
+        and path, the client's kept in x-envoy-original-method and x-envoy-original-path (unless not
+        `keep_original`: the AWS Lambda filter's invocation keeps no trace of them, as Envoy's), and for a request
+        that came without a body, `body` (sent with its length). With `rematch` the route is chosen again for the
+        new request (Envoy's clearRouteCache); a filter that transforms a body the client sends uses `decode_body`
+        instead."""
+        if keep_original:
+            self.edit_request_header("set", b"x-envoy-original-path", self.path)
+            self.edit_request_header("set", b"x-envoy-original-method", self.method)
         self.method, self.path = method, path
         path_text = path.decode("utf-8", "surrogateescape")
         if self.resume is not None:  # the router's call, bound to the path the request came with
@@ -635,6 +646,8 @@ class Stream:
             self.route = self.hcm.route_table.match(self.authority.decode("latin-1"), path_text,
                                                     HeaderList(self.headers), method.decode("latin-1"),
                                                     self.conn.scheme.decode("latin-1"))
+            if self.route is not None and self.route.cluster_variants:
+                self.route = self.route.variant_for(self)
 
     def respond_from_filter(self, status: int, body: bytes, headers: list[tuple[bytes, bytes]],
                             details: str = "python_response", content_type: bytes = b"text/plain",
@@ -648,7 +661,7 @@ class Stream:
     def encode_headers(self, status: int, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
         """The response head through the encoder side of the filter chain (last filter first, as Envoy)."""
         edited = HeaderList(list(headers))
-        for http_filter in self.hcm.encoder_filters:
+        for http_filter in self.chain.encoder_filters:
             http_filter.encode_headers(self, status, edited)
         return edited.items
 
@@ -773,8 +786,8 @@ class Stream:
             forward = [p for p in forward if p[0] != b"x-envoy-attempt-count"]
         # a CONNECT's payload is the tunnel's, never a chunked body; so is an HTTP/2 upgrade's (extended CONNECT)
         chunked = self.req_chunked and bool(url) and (self.encoder.tunnels or not self.upgrade_accepted)
-        if hcm.data_decoders and (self.req_length or chunked):
-            wanting = [f for f in hcm.data_decoders if f.wants_request_data(self)]
+        if self.chain.data_decoders and (self.req_length or chunked):
+            wanting = [f for f in self.chain.data_decoders if f.wants_request_data(self)]
             if wanting:
                 self.request_data_filters = wanting
                 # pieces may change size: the client's length no longer holds (unless every filter only reads)
@@ -1209,10 +1222,10 @@ class Stream:
             hl = HeaderList(list(resp))
             response_ops.apply(hl, self.conn.peer, facts=self._header_facts)
             resp = hl.items
-        if hcm.encoder_filters:
+        if self.chain.encoder_filters:
             resp = self.encode_headers(status, resp)
-        if hcm.data_encoders and not self.is_head and status != 204 and status != 304:
-            wanting = [f for f in hcm.data_encoders if f.wants_response_data(self)]
+        if self.chain.data_encoders and not self.is_head and status != 204 and status != 304:
+            wanting = [f for f in self.chain.data_encoders if f.wants_response_data(self)]
             if wanting:
                 self.response_data_filters = wanting
                 if not all(getattr(f, "keeps_length", False) for f in wanting):  # pieces may change size
@@ -1223,8 +1236,8 @@ class Stream:
             extra.append((b"set-cookie", self.set_cookie[2]))
         if not hcm.suppress_envoy_headers:
             extra.append((b"x-envoy-upstream-service-time", b"%d" % int((now - self.attempt_start) * 1000)))
-        if hcm.body_encoders and not self.is_head and status != 204 and status != 304 and \
-                any(f.wants_response_body(self) for f in hcm.body_encoders):
+        if self.chain.body_encoders and not self.is_head and status != 204 and status != 304 and \
+                any(f.wants_response_body(self) for f in self.chain.body_encoders):
             self.held_response = (status, [pair for pair in resp if pair[0] != b"content-length"
                                            and pair[0] not in hcm.response_drop] + extra)
             self.response_body = []
@@ -1341,7 +1354,7 @@ class Stream:
 
     def _filtered_response_body(self, status: int, headers: HeaderList, body: bytes) -> bytes:
         """A whole response body through the body filters that want it (last filter first); headers may change."""
-        for http_filter in self.hcm.body_encoders:
+        for http_filter in self.chain.body_encoders:
             if http_filter.wants_response_body(self):
                 replaced = http_filter.encode_body(self, status, headers, body)
                 if replaced is not None:
@@ -1370,7 +1383,7 @@ class Stream:
 
     def on_upstream_trailers(self, trailers: list[tuple[bytes, bytes]]) -> None:
         """The response's trailers (the upstream codec's last event before the end): written after its body."""
-        for http_filter in self.hcm.trailer_encoders:
+        for http_filter in self.chain.trailer_encoders:
             http_filter.encode_trailers(self, trailers)
         self.resp_trailers = trailers
 
@@ -1640,13 +1653,13 @@ class Stream:
         if hcm.response_key_format is not None:
             self._format_response_keys(None)  # the proxy's own reply: the HCM's format, never an upstream's case
         self.local_reply = True  # before the encoders: the ones that only transform relayed responses can tell
-        if hcm.encoder_filters:
+        if self.chain.encoder_filters:
             headers = self.encode_headers(status, headers)  # Envoy's local replies pass the encoders too
         if grpc:  # the head ends the stream: no body filters, nothing counted as sent (as Envoy's access log)
             self.bytes_sent = 0
             self.encoder.encode_trailers_only(headers, close=close, head_request=self.is_head)
         else:
-            if hcm.body_encoders and not self.is_head:
+            if self.chain.body_encoders and not self.is_head:
                 edited = HeaderList(headers)
                 body = self._filtered_response_body(status, edited, body)
                 headers = edited.items
