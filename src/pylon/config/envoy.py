@@ -1541,6 +1541,93 @@ class ConfigSource(EnvoyStruct, kw_only=True):
         return self.path_config_source.path if self.path_config_source is not None else self.path
 
 
+class ScopedRoutesKvElement(EnvoyStruct, kw_only=True):
+    """ScopedRoutes.ScopeKeyBuilder.FragmentBuilder.HeaderValueExtractor.KvElement: the value of `key` in a
+    `key<separator>value` element."""
+
+    separator: NonEmptyStr
+    key: NonEmptyStr
+
+
+class ScopedRoutesHeaderValueExtractor(EnvoyStruct, kw_only=True):
+    """A scope key fragment from a request header: its `index`-th element, or the value of a key=value element,
+    the value split by `element_separator` (proxy/scoped_routes.py)."""
+
+    name: NonEmptyStr
+    element_separator: str = ""
+    index: UInt32 | None = None
+    element: ScopedRoutesKvElement | None = None
+
+    def __post_init__(self) -> None:
+        _at_most_one(self, "index", "element")
+
+
+class ScopedRoutesFragmentBuilder(EnvoyStruct, kw_only=True):
+    header_value_extractor: ScopedRoutesHeaderValueExtractor
+
+
+class ScopeKeyBuilder(EnvoyStruct, kw_only=True):
+    fragments: Annotated[list[ScopedRoutesFragmentBuilder], msgspec.Meta(min_length=1)]
+
+
+class ScopedRouteKeyFragment(EnvoyStruct, kw_only=True):
+    string_key: str
+
+
+class ScopedRouteKey(EnvoyStruct, kw_only=True):
+    fragments: Annotated[list[ScopedRouteKeyFragment], msgspec.Meta(min_length=1)]
+
+
+class ScopedRouteConfiguration(EnvoyStruct, kw_only=True):
+    """config.route.v3.ScopedRouteConfiguration, inline: a scope's key and its route configuration. `on_demand`
+    matters to scopes whose route configuration comes by RDS; an inline one is always there."""
+
+    on_demand: bool = False
+    name: NonEmptyStr
+    route_configuration_name: str = ""
+    route_configuration: RouteConfiguration | None = None
+    key: ScopedRouteKey
+
+    def __post_init__(self) -> None:
+        if self.route_configuration_name:
+            raise FieldError("route_configuration_name", "scopes whose route configuration comes by RDS are not "
+                                                         "supported yet (give route_configuration inline)")
+        if self.route_configuration is None:
+            raise FieldError("route_configuration", "missing required field (an inline scope's routes)")
+
+    @property
+    def key_tuple(self) -> tuple[str, ...]:
+        return tuple(fragment.string_key for fragment in self.key.fragments)
+
+
+class ScopedRouteConfigurationsList(EnvoyStruct, kw_only=True):
+    scoped_route_configurations: Annotated[list[ScopedRouteConfiguration], msgspec.Meta(min_length=1)]
+
+    def __post_init__(self) -> None:
+        seen: dict[tuple[str, ...], str] = {}
+        for i, scope in enumerate(self.scoped_route_configurations):
+            other = seen.setdefault(scope.key_tuple, scope.name)
+            if other != scope.name:
+                raise FieldError(f"scoped_route_configurations[{i}].key",
+                                 f"scope {scope.name!r} has the same key as scope {other!r}")
+
+
+class ScopedRoutes(EnvoyStruct, kw_only=True):
+    """extensions.filters.network.http_connection_manager.v3.ScopedRoutes: a request's scope (from its headers)
+    picks the route configuration it is matched against (proxy/scoped_routes.py). Inline scopes only."""
+
+    name: NonEmptyStr
+    scope_key_builder: ScopeKeyBuilder
+    rds_config_source: NotSupportedYet | None = None
+    scoped_route_configurations_list: ScopedRouteConfigurationsList | None = None
+    scoped_rds: NotSupportedYet | None = None
+
+    def __post_init__(self) -> None:
+        if self.scoped_route_configurations_list is None:
+            raise FieldError("scoped_route_configurations_list", "missing required field (pylon takes inline "
+                                                                 "scopes; scoped_rds is not supported yet)")
+
+
 class Rds(EnvoyStruct, kw_only=True):
     """extensions.filters.network.http_connection_manager.v3.Rds."""
 
@@ -1763,6 +1850,7 @@ class HttpConnectionManager(EnvoyStruct, kw_only=True):
     stat_prefix: NonEmptyStr
     route_config: RouteConfiguration | None = None
     rds: Rds | None = None
+    scoped_routes: ScopedRoutes | None = None
     http_filters: list[HttpFilter] = []
     access_log: list[AccessLog] = []
     local_reply_config: LocalReplyConfig | None = None
@@ -1802,9 +1890,20 @@ class HttpConnectionManager(EnvoyStruct, kw_only=True):
     def __post_init__(self) -> None:
         if self.codec_type == "HTTP3":
             raise FieldError("codec_type", "HTTP3 is not supported yet")
-        if (self.route_config is None) == (self.rds is None):
-            raise FieldError("route_config", "exactly one of route_config and rds is required")
+        if sum(source is not None for source in (self.route_config, self.rds, self.scoped_routes)) != 1:
+            raise FieldError("route_config", "exactly one of route_config, rds and scoped_routes is required")
         _check_terminal_last(self.http_filters, "http_filters", "the router filter (envoy.filters.http.router)")
+
+    def inline_route_configs(self) -> list[tuple[str, RouteConfiguration]]:
+        """The route configurations given inline, by field path: `route_config`, or each scope's (scoped_routes)."""
+        if self.route_config is not None:
+            return [("route_config", self.route_config)]
+        if self.scoped_routes is None or self.scoped_routes.scoped_route_configurations_list is None:
+            return []
+        scopes = self.scoped_routes.scoped_route_configurations_list.scoped_route_configurations
+        return [(f"scoped_routes.scoped_route_configurations_list.scoped_route_configurations[{i}]"
+                 ".route_configuration", scope.route_configuration)  # type: ignore[misc]
+                for i, scope in enumerate(scopes)]
 
 
 def _check_terminal_last(filters: list[_TypedExtension], field: str, what: str) -> None:

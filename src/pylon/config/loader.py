@@ -217,16 +217,17 @@ def _cross_reference_problems(bootstrap: Bootstrap) -> Iterator[tuple[str, str]]
                     for rel_path, name in config.cluster_references():
                         if name not in clusters:
                             yield f"{base}.{rel_path}", f"unknown cluster {name!r}"
-                elif isinstance(config, HttpConnectionManager) and config.route_config is not None:
-                    if config.route_config.validate_clusters is not False:
-                        # Envoy checks an inline route table's clusters unless validate_clusters is false (then a
-                        # route to an unknown cluster answers 503 NC).
-                        yield from _route_cluster_problems(config, f"{base}.route_config", clusters)
+                elif isinstance(config, HttpConnectionManager):
+                    for rel_route, route_config in config.inline_route_configs():
+                        if route_config.validate_clusters is not False:
+                            # Envoy checks an inline route table's clusters unless validate_clusters is false
+                            # (then a route to an unknown cluster answers 503 NC).
+                            yield from _route_cluster_problems(route_config, f"{base}.{rel_route}", clusters)
 
 
-def _route_cluster_problems(hcm: HttpConnectionManager, base: str, clusters: set[str]) -> Iterator[tuple[str, str]]:
-    assert hcm.route_config is not None
-    for path, name in route_cluster_references(hcm.route_config):
+def _route_cluster_problems(route_config: RouteConfiguration, base: str, clusters: set[str]
+                            ) -> Iterator[tuple[str, str]]:
+    for path, name in route_cluster_references(route_config):
         if name not in clusters:
             yield join_path(base, path), f"unknown cluster {name!r}"
 
@@ -368,10 +369,10 @@ def _grpc_problems(bootstrap: Bootstrap) -> Iterator[tuple[str, str]]:
         yield from grpc_cluster_problems(ads_config, "dynamic_resources.ads_config", {c.name: c for c in clusters})
     grpc = grpc_clusters(bootstrap)
     for path, hcm in http_connection_managers(bootstrap):
-        if hcm.route_config is not None:
-            for rel, name in route_cluster_references(hcm.route_config):
+        for rel_route, route_config in hcm.inline_route_configs():
+            for rel, name in route_cluster_references(route_config):
                 if name in grpc:
-                    yield f"{path}.route_config.{rel}", grpc_cluster_message(name)
+                    yield f"{path}.{rel_route}.{rel}", grpc_cluster_message(name)
         yield from _called_cluster_problems(hcm, path, {c.name: c for c in clusters}, grpc)
 
 

@@ -752,10 +752,11 @@ def _terminal_cluster_references(listener: Any) -> Iterable[tuple[str, str, bool
             if isinstance(config, TcpProxy):
                 for name_path, name in config.cluster_references():
                     yield f"{base}.{name_path}", name, True
-            elif isinstance(config, HttpConnectionManager) and config.route_config is not None:
-                validated = config.route_config.validate_clusters is not False
-                for rel, name in route_cluster_references(config.route_config):
-                    yield f"{base}.route_config.{rel}", name, validated
+            elif isinstance(config, HttpConnectionManager):
+                for rel_route, route_config in config.inline_route_configs():
+                    validated = route_config.validate_clusters is not False
+                    for rel, name in route_cluster_references(route_config):
+                        yield f"{base}.{rel_route}.{rel}", name, validated
 
 
 # ---------------------------------------------------------------------- filesystem xDS

@@ -29,6 +29,7 @@ from pylon.proxy.linger import Lingering
 from pylon.proxy.local_address import forwarded_for_entry
 from pylon.proxy.local_reply_mapper import LocalReplyMapper
 from pylon.proxy.router import RouteTable
+from pylon.proxy.scoped_routes import ScopedRouteTable
 from pylon.proxy.stream import Stream
 from pylon.proxy.stream_states import RQ_BODY, RS_DONE, RS_NOT_STARTED, RS_RESET
 from pylon.proxy.tls_stats import TlsStats, tls_accepted
@@ -87,6 +88,8 @@ class HcmRuntime:
         self.pools = pools
         if config.rds is not None:
             self.route_table = worker.route_table_for(self, config.rds.route_config_name)
+        elif config.scoped_routes is not None:  # a RouteTable per scope, picked by the request's headers
+            self.route_table = ScopedRouteTable(config.scoped_routes)
         else:
             self.route_table = RouteTable(config.route_config)
         prefix = f"http.{config.stat_prefix}."

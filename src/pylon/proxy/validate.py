@@ -133,8 +133,8 @@ def _validate_chain(chain: Any, source: str, chain_path: str, secrets: Mapping[s
     terminal = chain.filters[-1].typed_config
     filter_path = f"{chain_path}.filters[{len(chain.filters) - 1}].typed_config"
     if isinstance(terminal, HttpConnectionManager):
-        if terminal.route_config is not None:
-            validate_route_config(terminal.route_config, source, f"{filter_path}.route_config")
+        for rel_route, route_config in terminal.inline_route_configs():
+            validate_route_config(route_config, source, f"{filter_path}.{rel_route}")
         for k, http_filter in enumerate(terminal.http_filters[:-1]):
             try:  # built as a worker builds it (an RBAC regex over RE2's limit fails here, not in the worker)
                 build_filter(http_filter.name, http_filter.typed_config, terminal.stat_prefix, StatsStore(), None)
