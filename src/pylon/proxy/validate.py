@@ -123,10 +123,11 @@ def _validate_chain(chain: Any, source: str, chain_path: str, secrets: Mapping[s
             raise ConfigError(source, f"{chain_path}.filters[{k}]",
                               f"{network_filter.name} must come before tcp_proxy in pylon (its connection waits for "
                               "it, which only tcp_proxy can)")
-    if tls_context(chain.transport_socket) is not None:
+    context = tls_context(chain.transport_socket)
+    if context is not None:
         tls_path = f"{chain_path}.transport_socket.typed_config"
         try:
-            server_context(chain.transport_socket.typed_config, secrets, skip_missing=True)
+            server_context(context, secrets, skip_missing=True)
         except TlsConfigError as exc:
             raise ConfigError(source, _join(tls_path, exc.path), exc.message) from exc
     terminal = chain.filters[-1].typed_config
