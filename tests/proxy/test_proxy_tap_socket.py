@@ -74,6 +74,7 @@ class Directions:
     read_truncated: bool
     write_truncated: bool
     local_port: int
+    write_size: int  # before masking
 
 
 def directions(trace: TraceWrapper) -> Directions:
@@ -88,7 +89,7 @@ def directions(trace: TraceWrapper) -> Directions:
             body = event.write.data
             write += body.as_bytes or body.as_string.encode()
     return Directions(VARYING.sub(rb"\1: *", read), VARYING.sub(rb"\1: *", write), buffered.read_truncated,
-                      buffered.write_truncated, buffered.connection.local_address.socket_address.port_value)
+                      buffered.write_truncated, buffered.connection.local_address.socket_address.port_value, len(write))
 
 
 def http_message(data: bytes) -> tuple[bytes, list[bytes], bytes]:
@@ -205,7 +206,7 @@ def test_plain_text_taps_both_sides_as_envoy(tmp_path: Path) -> None:
         (pylon, pylon_run), (envoy, _) = results["pylon"], results["envoy"]
         assert pylon["down"].read == REQUEST
         assert pylon["down"].local_port == pylon_run.port
-        assert pylon["up"].read.startswith(b"HTTP/1.0 200") or pylon["up"].read.startswith(b"HTTP/1.1 200")
+        assert pylon["up"].read.startswith(b"HTTP/1.1 200")
         assert b"GET /tapped/path HTTP/1.1\r\n" in pylon["up"].write
         for side in ("down", "up"):
             assert pylon[side].read_truncated == envoy[side].read_truncated
@@ -217,3 +218,74 @@ def test_plain_text_taps_both_sides_as_envoy(tmp_path: Path) -> None:
         assert http_message(pylon["up"].write) == http_message(envoy["up"].write)
     finally:
         upstream.close()
+
+
+def test_tls_is_tapped_as_plaintext_on_both_sides_as_envoy(tmp_path: Path, pki: PemFiles) -> None:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(pki.cert, pki.key)
+    upstream = Upstream(tls=context)
+    try:
+        sides = {}
+        for implementation in ("pylon", "envoy"):
+            done = run(implementation, tmp_path, upstream, lambda p: tap(server_tls(pki), p, "PROTO_TEXT"),
+                       lambda p: tap(client_tls(pki), p, "JSON_BODY_AS_STRING"), tls_ca=pki.ca)
+            assert done.response.startswith(b"HTTP/1.1 200"), done.response
+            traces = done.traces(2)
+            assert sorted(re.sub(r"_\d+\.", "_ID.", name) for name in traces) == ["down_ID.pb_text", "up_ID.json"]
+            sides[implementation] = by_side(traces)
+        pylon, envoy = sides["pylon"], sides["envoy"]
+        assert pylon["down"].read == REQUEST == envoy["down"].read  # the plaintext, not TLS records
+        assert pylon["up"].write.startswith(b"GET /tapped/path HTTP/1.1\r\n")
+        assert http_message(pylon["up"].write) == http_message(envoy["up"].write)
+        assert pylon["up"].read == envoy["up"].read
+        assert http_message(pylon["down"].write) == http_message(envoy["down"].write)
+    finally:
+        upstream.close()
+
+
+def test_truncation_at_the_buffer_limits_as_envoy(tmp_path: Path) -> None:
+    upstream = Upstream()
+    try:
+        sides = {}
+        for implementation in ("pylon", "envoy"):
+            done = run(implementation, tmp_path, upstream,
+                       lambda p: tap(RAW_BUFFER, p, max_buffered_rx_bytes=20, max_buffered_tx_bytes=len(REQUEST)),
+                       lambda p: tap(RAW_BUFFER, p, max_buffered_rx_bytes=12, max_buffered_tx_bytes=0))
+            assert done.response.startswith(b"HTTP/1.1 200"), done.response
+            sides[implementation] = by_side(done.traces(2))
+        pylon, envoy = sides["pylon"], sides["envoy"]
+        for side in ("down", "up"):
+            mine, theirs = pylon[side], envoy[side]
+            assert (mine.read, mine.read_truncated, mine.write_truncated) == \
+                   (theirs.read, theirs.read_truncated, theirs.write_truncated), side
+            assert mine.write_size == theirs.write_size, side
+        assert pylon["down"].read == REQUEST[:20] and pylon["down"].read_truncated
+        assert pylon["up"].read == b"HTTP/1.1 200" and pylon["up"].read_truncated
+        assert pylon["up"].write == b"" and pylon["up"].write_truncated
+    finally:
+        upstream.close()
+
+
+def test_every_format_names_and_encodes_its_files_as_envoy(tmp_path: Path) -> None:
+    found = {}
+    for implementation in ("pylon", "envoy"):
+        directory = tmp_path / f"formats-{implementation}"
+        directory.mkdir()
+        listeners = []
+        for fmt in FORMATS:
+            listener = http_listener(fmt.lower(), free_port(), [
+                {"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": "tapped\n"}}}])
+            listener["filter_chains"][0]["transport_socket"] = tap(RAW_BUFFER, directory / fmt.lower(), fmt)
+            listeners.append(listener)
+        launcher = ProxyLauncher(tmp_path)
+        _launchers.append(launcher)
+        proxy = launcher.start(listeners, [], implementation=implementation)
+        for port in proxy.ports.values():
+            assert exchange(port).startswith(b"HTTP/1.1 200")
+        traces = Run(proxy, 0, directory, b"").traces(len(FORMATS))
+        found[implementation] = {re.sub(r"_\d+\.", "_ID.", name): directions(trace) for name, trace in traces.items()}
+    assert sorted(found["pylon"]) == sorted(found["envoy"])
+    for name, mine in found["pylon"].items():
+        theirs = found["envoy"][name]
+        assert mine.read == REQUEST == theirs.read, name
+        assert http_message(mine.write) == http_message(theirs.write), name

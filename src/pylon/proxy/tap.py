@@ -11,7 +11,7 @@ reads exactly as Envoy's. Envoy's rules, observed beside it (tests/proxy/test_pr
 - the trace is written once, when the connection closes, even with no event (a connection that sent nothing);
 - the file is `<path_prefix>_<connection id>` + `.pb`, `.pb_length_delimited`, `.pb_text` or `.json`;
   JSON_BODY_AS_STRING writes bodies as `as_string`, the others as `as_bytes`;
-- `transport.tap[.<stats_prefix>].buffered_submit` counts the traces (`streamed_submit` stays 0).
+- `transport.tap[.<stats_prefix>].buffered_submit` counts the traces (`streamed_submit`, `cx_sampled_out` stay 0).
 
 The protobuf modules are imported only by a process whose config has a tap.
 """
@@ -68,7 +68,9 @@ class TapSink:
         self.tx_limit = output.tx_limit
         prefix = "transport.tap." + (f"{config.socket_tap_config.stats_prefix}." if config.socket_tap_config.stats_prefix else "")
         self.buffered_submit = stats.counter(prefix + "buffered_submit")
-        stats.counter(prefix + "streamed_submit")  # Envoy has it at 0 with buffered traces
+        # Envoy's other two, at 0 here: no streamed traces, and no sampling (every connection is tapped)
+        stats.counter(prefix + "streamed_submit")
+        stats.counter(prefix + "cx_sampled_out")
         # Connections that have no id of their own (upstream ones): ids apart from the worker's downstream ones.
         self._ids = itertools.count((worker_id << 40) + (1 << 39) + 1)
 
@@ -125,7 +127,7 @@ class SocketTapper:
         if self.read_truncated or not data:
             return
         event = SocketEvent()
-        event.timestamp.FromNanoseconds(now())
+        event.timestamp.FromMicroseconds(now() // 1000)  # Envoy's clock: microseconds
         kept = data[:self.rx_left]
         event.read.data.as_bytes = kept
         self.rx_left -= len(kept)
@@ -137,7 +139,7 @@ class SocketTapper:
         if self.write_truncated or not data:
             return
         event = SocketEvent()
-        event.timestamp.FromNanoseconds(now())
+        event.timestamp.FromMicroseconds(now() // 1000)  # Envoy's clock: microseconds
         kept = bytes(data[:self.tx_left])
         event.write.data.as_bytes = kept
         event.write.end_stream = end_stream
