@@ -1,4 +1,4 @@
-"""The tap transport socket's config (config/tap.py): what loads, the TLS it wraps, and what is refused by field
+"""The tap transport socket's config (extensions/transport_sockets/tap.py): what loads, the TLS it wraps, and what is refused by field
 (its behaviour beside Envoy 1.40: tests/proxy/test_proxy_tap_socket.py)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 from pylon.config.errors import ConfigError
 from pylon.config.loader import parse_bootstrap, to_envoy_dict
 from pylon.config.secrets import tls_context
-from pylon.config.tap import Tap, UpstreamTap
+from pylon.extensions.transport_sockets.tap import Tap, UpstreamTap
 from tests.config.builders import UPSTREAM_TLS_TYPE, bootstrap, cluster, hcm, listener
 
 TAP_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tap.v3.Tap"

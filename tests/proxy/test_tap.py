@@ -1,4 +1,4 @@
-"""The tap's recording, sans-IO (proxy/tap.py): Envoy's buffer limits and truncation, the five file formats.
+"""The tap's recording, sans-IO (extensions/transport_sockets/tap_trace.py): Envoy's buffer limits and truncation, the five file formats.
 Beside Envoy 1.40 on real connections: tests/proxy/test_proxy_tap_socket.py."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from google.protobuf import text_format
 from google.protobuf.internal.decoder import _DecodeVarint
 
 from pylon.config.envoy import convert
-from pylon.config.tap import Tap
-from pylon.proxy.tap import TapSink
+from pylon.extensions.transport_sockets.tap import Tap
+from pylon.extensions.transport_sockets.tap_trace import TapSink
 from pylon.stats.store import StatsStore
 
 

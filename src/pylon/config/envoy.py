@@ -2618,7 +2618,7 @@ class TransportSocketMatch(EnvoyStruct, kw_only=True):
     transport_socket: UpstreamTransportSocket
 
     def __post_init__(self) -> None:
-        if hasattr(self.transport_socket.typed_config, "common_config"):  # config/tap.py: taps the cluster's own
+        if hasattr(self.transport_socket.typed_config, "transport_socket"):  # a wrapping socket: the tap
             raise FieldError("transport_socket.typed_config", "a tap transport socket in transport_socket_matches "
                                                               "is not supported yet (on the cluster's own it is)")
 

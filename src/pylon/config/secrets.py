@@ -40,8 +40,8 @@ class SecretMissing(Exception):
 
 def tls_context(transport_socket: Any) -> Any:
     """The TLS context (Downstream/UpstreamTlsContext) of a transport socket; None for plain TCP (none, or
-    raw_buffer). A socket wrapping another (the tap, config/tap.py) has the TLS of the one it wraps."""
-    while transport_socket is not None and hasattr(transport_socket.typed_config, "common_config"):
+    raw_buffer). A socket whose config names a `transport_socket` wraps that one (the tap) and has its TLS."""
+    while transport_socket is not None and hasattr(transport_socket.typed_config, "transport_socket"):
         transport_socket = transport_socket.typed_config.transport_socket
     if transport_socket is None or not hasattr(transport_socket.typed_config, "common_tls_context"):
         return None

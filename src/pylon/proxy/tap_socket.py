@@ -5,7 +5,8 @@ the plaintext that socket hands up and takes down. pylon's equivalent point is b
 carries the plaintext (the TCP transport, uvloop's SSL one, or pylon's TLS transport) and the protocol on top (the
 HTTP connection, tcp_proxy, an upstream pool's connection): `TapProtocol` wraps the protocol, handing it a
 `TapTransport` that records what it writes. A listener chain or a cluster without a tap never builds either, so
-its connections pay nothing; the recording itself is proxy/tap.py's.
+its connections pay nothing. The recording itself is the extension's (extensions/transport_sockets/tap_trace.py),
+found by its config's type (`register_socket_tap`), as the proxy imports no extension.
 """
 
 from __future__ import annotations
@@ -13,10 +14,8 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any, Callable
 
-from pylon.config.tap import Tap
-
 if TYPE_CHECKING:
-    from pylon.proxy.tap import TapSink
+    from pylon.extensions.transport_sockets.tap_trace import TapSink
 
 
 class TapTransport:
@@ -89,13 +88,21 @@ class TapProtocol(asyncio.Protocol):
             self.tapper.closed(trace_id, local, remote)
 
 
+#: A wrapping transport socket's config type -> what records its connections in one worker,
+#: made as `factory(config, stats, worker_id)` (extensions register: extensions/transport_sockets/tap.py).
+_TAPS: dict[type, Callable[[Any, Any, int], Any]] = {}
+
+
+def register_socket_tap(config_type: type, factory: Callable[[Any, Any, int], Any]) -> None:
+    _TAPS[config_type] = factory
+
+
 def socket_tap(transport_socket: Any, stats: Any, worker_id: int) -> TapSink | None:
-    """The tap of a listener chain's or a cluster's transport socket in this worker; None without one (then
-    proxy/tap.py, and protobuf with it, is not even imported)."""
-    if transport_socket is None or not isinstance(transport_socket.typed_config, Tap):
+    """The tap of a listener chain's or a cluster's transport socket in this worker; None without one."""
+    if transport_socket is None:
         return None
-    from pylon.proxy.tap import TapSink
-    return TapSink(transport_socket.typed_config, stats, worker_id)
+    factory = _TAPS.get(type(transport_socket.typed_config))
+    return factory(transport_socket.typed_config, stats, worker_id) if factory is not None else None
 
 
 def tapped_factory(factory: Callable[..., Any], sink: TapSink | None) -> Callable[..., Any]:

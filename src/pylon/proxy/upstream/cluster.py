@@ -46,7 +46,7 @@ from pylon.proxy.upstream.tls_factory import UpstreamTls, matching_socket, socke
 from pylon.stats.store import Counter, StatsStore
 
 if TYPE_CHECKING:
-    from pylon.proxy.tap import TapSink
+    from pylon.extensions.transport_sockets.tap_trace import TapSink
     from pylon.proxy.connection_info import ConnectionInfo
     from pylon.proxy.stream import Stream
 

@@ -22,7 +22,7 @@ from pylon.proxy.tls import UnavailableTls
 
 if TYPE_CHECKING:
     from pylon.config.envoy import TcpKeepalive
-    from pylon.proxy.tap import TapSink
+    from pylon.extensions.transport_sockets.tap_trace import TapSink
     from pylon.proxy.tls import ClientTls
 
 

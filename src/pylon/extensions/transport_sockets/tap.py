@@ -1,9 +1,9 @@
-"""envoy.transport_sockets.tap: the config of a transport socket that records a connection's bytes.
+"""envoy.transport_sockets.tap: a transport socket that records a connection's bytes, its config.
 
 `extensions.transport_sockets.tap.v3.Tap` wraps another transport socket (raw_buffer or TLS) of a listener's
-filter chain or of a cluster; what it records is the inner socket's plaintext (proxy/tap.py records, proxy/
-tap_socket.py wraps the connection). Its own config is read here, in the config layer, because the TLS code
-(config/secrets.py `tls_context`) must see through it to the inner TLS context it wraps.
+filter chain or of a cluster; what it records is the inner socket's plaintext (tap_trace.py records,
+proxy/tap_socket.py wraps the connection). The TLS code sees through it to the TLS it wraps
+(config/secrets.py `tls_context`: a socket whose config has a `transport_socket` wraps that one).
 
 What pylon does exactly as Envoy 1.40, and refuses otherwise (naming the field):
 - `common_config.static_config` only: `admin_config` (the admin `/tap` endpoint) is not supported yet;
@@ -23,6 +23,8 @@ from pylon.config.envoy import (
     EnvoyStruct, NonEmptyStr, NotSupportedYet, TransportSocket, UInt32, UpstreamTransportSocket,
 )
 from pylon.config.errors import FieldError
+from pylon.extensions.transport_sockets.tap_trace import TapSink
+from pylon.proxy.tap_socket import register_socket_tap
 
 TYPE_URL = "type.googleapis.com/envoy.extensions.transport_sockets.tap.v3.Tap"
 
@@ -156,3 +158,5 @@ class UpstreamTap(Tap, kw_only=True):
 
 registry.register_typed(registry.DOWNSTREAM_TRANSPORT_SOCKET, TYPE_URL, Tap)
 registry.register_typed(registry.UPSTREAM_TRANSPORT_SOCKET, TYPE_URL, UpstreamTap)
+register_socket_tap(Tap, TapSink)
+register_socket_tap(UpstreamTap, TapSink)

@@ -4,7 +4,7 @@ Sans-IO: `SocketTapper` is told what the connection read and wrote (the inner tr
 after TLS decryption, as Envoy taps) and that it closed; `TapSink` turns that into the
 `envoy.data.tap.v3.TraceWrapper` Envoy writes (`socket_buffered_trace`: the connection's addresses, one event per
 read or write with its wall-clock timestamp) and writes it with protobuf's own serializers, so a trace pylon writes
-reads exactly as Envoy's. Envoy's rules, observed beside it (tests/proxy/test_proxy_tap_socket.py):
+reads exactly as Envoy's (proxy/tap_socket.py feeds it from the connection). Envoy's rules, observed beside it (tests/proxy/test_proxy_tap_socket.py):
 - each direction keeps at most max_buffered_rx/tx_bytes (1 KiB by default); the read or write that crosses the
   limit is cut there and marks its body and the trace `read_truncated`/`write_truncated`, and later ones of that
   direction are not recorded at all (a read after the limit is exactly reached gives one empty, truncated event);
@@ -13,7 +13,7 @@ reads exactly as Envoy's. Envoy's rules, observed beside it (tests/proxy/test_pr
   JSON_BODY_AS_STRING writes bodies as `as_string`, the others as `as_bytes`;
 - `transport.tap[.<stats_prefix>].buffered_submit` counts the traces (`streamed_submit`, `cx_sampled_out` stay 0).
 
-The protobuf modules are imported only by a process whose config has a tap.
+Its module, and protobuf with it, is imported only by a process whose config has a tap.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from google.protobuf import json_format, text_format
 from google.protobuf.internal.encoder import _VarintBytes
@@ -30,9 +30,10 @@ from envoy.config.core.v3.address_pb2 import Address
 from envoy.data.tap.v3.transport_pb2 import SocketBufferedTrace, SocketEvent
 from envoy.data.tap.v3.wrapper_pb2 import TraceWrapper
 
-from pylon.config.tap import Tap
+if TYPE_CHECKING:
+    from pylon.extensions.transport_sockets.tap import Tap
 
-log = logging.getLogger("pylon.proxy.tap")
+log = logging.getLogger("pylon.extensions.transport_sockets.tap")
 
 #: Envoy's file extensions by sink format (MessageUtil::FileExtensions).
 EXTENSIONS = {
@@ -57,7 +58,7 @@ def _address(address: Any) -> Address | None:
 class TapSink:
     """One tap transport socket's config in one worker: makes each connection's tapper and writes its trace."""
 
-    def __init__(self, config: Tap, stats: Any, worker_id: int) -> None:
+    def __init__(self, config: "Tap", stats: Any, worker_id: int) -> None:
         output = config.static_config.output_config
         assert output is not None  # required when read
         sink = output.sinks[0]
