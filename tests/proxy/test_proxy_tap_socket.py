@@ -27,9 +27,9 @@ from pylon.identity.certs import PemFiles, issue_leaf, make_ca, write_pem_files
 from tests.conftest import free_port
 from tests.proxy.conftest import (
     DOWNSTREAM_TLS_TYPE, UPSTREAM_TLS_TYPE, ProxyLauncher, RunningProxy, http_listener, route, static_cluster,
-    wait_until,
+    tcp_listener, wait_until,
 )
-from tests.proxy.upstreams import Upstream
+from tests.proxy.upstreams import TcpEcho, Upstream
 
 TAP_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tap.v3.Tap"
 RAW_BUFFER = {"name": "envoy.transport_sockets.raw_buffer",
@@ -289,3 +289,36 @@ def test_every_format_names_and_encodes_its_files_as_envoy(tmp_path: Path) -> No
         theirs = found["envoy"][name]
         assert mine.read == REQUEST == theirs.read, name
         assert http_message(mine.write) == http_message(theirs.write), name
+
+
+def test_tcp_proxy_connections_are_tapped_both_ways_as_envoy(tmp_path: Path) -> None:
+    payload = b"ping over tcp_proxy " * 10
+    upstream = TcpEcho()
+    try:
+        sides = {}
+        for implementation in ("pylon", "envoy"):
+            directory = tmp_path / f"tcp-{implementation}"
+            directory.mkdir()
+            port = free_port()
+            listener = tcp_listener("main", port, "echo")
+            listener["filter_chains"][0]["transport_socket"] = tap(RAW_BUFFER, directory / "down")
+            launcher = ProxyLauncher(tmp_path)
+            _launchers.append(launcher)
+            proxy = launcher.start([listener], [static_cluster("echo", [upstream.port],
+                                                               transport_socket=tap(RAW_BUFFER, directory / "up"))],
+                                   implementation=implementation)
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+                sock.sendall(payload)
+                echoed = b""
+                while len(echoed) < len(payload):
+                    chunk = sock.recv(65536)
+                    assert chunk, echoed
+                    echoed += chunk
+            assert echoed == payload
+            sides[implementation] = by_side(Run(proxy, port, directory, b"").traces(2))
+        for implementation, side in sides.items():
+            assert side["down"].read == side["down"].write == payload, implementation
+            assert side["up"].write == side["up"].read == payload, implementation
+            assert not any(side[s].read_truncated or side[s].write_truncated for s in side), implementation
+    finally:
+        upstream.close()
