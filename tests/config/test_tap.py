@@ -11,7 +11,7 @@ from pylon.config.errors import ConfigError
 from pylon.config.loader import parse_bootstrap, to_envoy_dict
 from pylon.config.secrets import tls_context
 from pylon.extensions.transport_sockets.tap import Tap, UpstreamTap
-from tests.config.builders import UPSTREAM_TLS_TYPE, bootstrap, cluster, hcm, listener
+from tests.config.builders import DOWNSTREAM_TLS_TYPE, UPSTREAM_TLS_TYPE, bootstrap, cluster, hcm, listener
 
 TAP_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tap.v3.Tap"
 RAW = {"name": "raw", "typed_config": {
@@ -84,3 +84,21 @@ def test_a_tap_in_transport_socket_matches_is_refused() -> None:
     data["static_resources"]["clusters"][0]["transport_socket_matches"] = [
         {"name": "m", "match": {}, "transport_socket": tap()}]
     assert "transport_socket_matches[0].transport_socket.typed_config" in error(data)
+
+
+def test_a_tls_error_below_a_tap_names_the_wrapped_socket() -> None:
+    from pylon.proxy.validate import validate_clusters, validate_listeners
+
+    garbage = {"inline_string": "not a PEM"}
+    server = {"name": "tls", "typed_config": {"@type": DOWNSTREAM_TLS_TYPE, "common_tls_context": {
+        "tls_certificates": [{"certificate_chain": garbage, "private_key": garbage}]}}}
+    client = {"name": "tls", "typed_config": {"@type": UPSTREAM_TLS_TYPE, "common_tls_context": {
+        "validation_context": {"trusted_ca": garbage}}}}
+    boot = parse_bootstrap(with_taps(tap(inner=server), tap(inner=client)), "test.yaml")
+    below = "transport_socket.typed_config.transport_socket.typed_config.common_tls_context"
+    with pytest.raises(ConfigError) as info:
+        validate_listeners(boot.static_resources.listeners, "test.yaml", "static_resources.listeners", {})
+    assert f"static_resources.listeners[0].filter_chains[0].{below}.tls_certificates" in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        validate_clusters(boot.static_resources.clusters, "test.yaml", "static_resources.clusters", {})
+    assert f"static_resources.clusters[0].{below}.validation_context" in str(info.value)

@@ -48,6 +48,15 @@ def tls_context(transport_socket: Any) -> Any:
     return transport_socket.typed_config
 
 
+def tls_socket_path(transport_socket: Any, path: str = "transport_socket") -> str:
+    """Where, below `path` (the socket's own field), the socket holding the TLS context is: `path` itself, or
+    below the sockets wrapping it (a tap's `typed_config.transport_socket`), so errors name the right field."""
+    while transport_socket is not None and hasattr(transport_socket.typed_config, "transport_socket"):
+        transport_socket = transport_socket.typed_config.transport_socket
+        path += ".typed_config.transport_socket"
+    return path
+
+
 def common_tls_context(transport_socket: Any) -> CommonTlsContext | None:
     """The CommonTlsContext of a listener chain's or a cluster's transport socket (None: plain TCP)."""
     context = tls_context(transport_socket)
@@ -60,7 +69,7 @@ def listener_secret_refs(listener: Any) -> Iterator[tuple[str, SdsSecretConfig]]
         common = common_tls_context(chain.transport_socket)
         if common is not None:
             for sub, ref in common.secret_configs():
-                yield f"{rel}.transport_socket.{COMMON}.{sub}", ref
+                yield f"{rel}.{tls_socket_path(chain.transport_socket)}.{COMMON}.{sub}", ref
 
 
 def cluster_secret_refs(cluster: Any) -> Iterator[tuple[str, SdsSecretConfig]]:
@@ -73,7 +82,7 @@ def cluster_secret_refs(cluster: Any) -> Iterator[tuple[str, SdsSecretConfig]]:
         common = common_tls_context(transport_socket)
         if common is not None:
             for sub, ref in common.secret_configs():
-                yield f"{path}.{COMMON}.{sub}", ref
+                yield f"{tls_socket_path(transport_socket, path)}.{COMMON}.{sub}", ref
 
 
 def secret_names(common: CommonTlsContext | None) -> frozenset[str]:
