@@ -50,6 +50,11 @@ def tap(inner: dict[str, Any], prefix: Path, fmt: str = "PROTO_BINARY", **output
         "transport_socket": inner}}
 
 
+def with_stats_prefix(socket: dict[str, Any], prefix: str) -> dict[str, Any]:
+    socket["typed_config"]["socket_tap_config"] = {"stats_prefix": prefix}
+    return socket
+
+
 def read_trace(path: Path) -> TraceWrapper:
     """A trace file in any of the five formats (unknown fields skipped: Envoy 1.40's protos are newer)."""
     data = path.read_bytes()
@@ -194,16 +199,22 @@ def by_side(traces: dict[str, TraceWrapper]) -> dict[str, Directions]:
 def test_plain_text_taps_both_sides_as_envoy(tmp_path: Path) -> None:
     upstream = Upstream()
     try:
-        results = {}
+        results, stats = {}, {}
         for implementation in ("pylon", "envoy"):
             done = run(implementation, tmp_path, upstream, lambda p: tap(RAW_BUFFER, p, "JSON_BODY_AS_BYTES"),
-                       lambda p: tap(RAW_BUFFER, p, "PROTO_BINARY"))
+                       lambda p: with_stats_prefix(tap(RAW_BUFFER, p, "PROTO_BINARY"), "up"))
             assert done.response.startswith(b"HTTP/1.1 200"), done.response
             traces = done.traces(2)
             names = sorted(re.sub(r"_\d+\.", "_ID.", name) for name in traces)
             assert names == ["down_ID.json", "up_ID.pb"]
             results[implementation] = by_side(traces), done
+            stats[implementation] = {k: v for k, v in done.proxy.stats().items() if k.startswith("transport.tap")}
         (pylon, pylon_run), (envoy, _) = results["pylon"], results["envoy"]
+        assert stats["pylon"] == stats["envoy"], stats
+        assert stats["pylon"] == {
+            "transport.tap.buffered_submit": 1, "transport.tap.streamed_submit": 0, "transport.tap.cx_sampled_out": 0,
+            "transport.tap.up.buffered_submit": 1, "transport.tap.up.streamed_submit": 0,
+            "transport.tap.up.cx_sampled_out": 0}
         assert pylon["down"].read == REQUEST
         assert pylon["down"].local_port == pylon_run.port
         assert pylon["up"].read.startswith(b"HTTP/1.1 200")
