@@ -1,5 +1,5 @@
-"""The tap transport socket's config (extensions/transport_sockets/tap.py): what loads, the TLS it wraps, and what is refused by field
-(its behaviour beside Envoy 1.40: tests/proxy/test_proxy_tap_socket.py)."""
+"""The tap transport socket's config (extensions/transport_sockets/tap.py): what loads, the TLS it wraps, and what
+is refused by field (its behaviour beside Envoy 1.40: tests/proxy/test_proxy_tap_socket.py)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""The tap's recording, sans-IO (extensions/transport_sockets/tap_trace.py): Envoy's buffer limits and truncation, the five file formats.
-Beside Envoy 1.40 on real connections: tests/proxy/test_proxy_tap_socket.py."""
+"""The tap's recording, sans-IO (extensions/transport_sockets/tap_trace.py): Envoy's buffer limits and
+truncation, the five file formats. Beside Envoy 1.40 on real connections: tests/proxy/test_proxy_tap_socket.py."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from pylon.extensions.transport_sockets.tap_trace import TapSink
 from pylon.stats.store import StatsStore
 
 
-def sink(tmp_path: Path, fmt: str = "PROTO_BINARY", stats_prefix: str = "", **output: int) -> tuple[TapSink, StatsStore]:
+def sink(tmp_path: Path, fmt: str = "PROTO_BINARY", stats_prefix: str = "",
+         **output: int) -> tuple[TapSink, StatsStore]:
     config = convert({
         "common_config": {"static_config": {"match": {"any_match": True}, "output_config": {
             "sinks": [{"format": fmt, "file_per_tap": {"path_prefix": str(tmp_path / "t")}}], **output}}},

@@ -183,8 +183,8 @@ def validate_clusters(clusters: list[Any], source: str, path: str, secrets: Mapp
                 try:
                     client_context(context, secrets, skip_missing=True)
                 except TlsConfigError as exc:
-                    raise ConfigError(source, _join(f"{path}[{j}].{tls_socket_path(transport_socket, rel)}.typed_config",
-                                                    exc.path), exc.message) from exc
+                    where = f"{path}[{j}].{tls_socket_path(transport_socket, rel)}.typed_config"
+                    raise ConfigError(source, _join(where, exc.path), exc.message) from exc
 
 
 def _check_balancers(source: str, listeners: list[Any], base: str) -> None:

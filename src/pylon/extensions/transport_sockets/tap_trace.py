@@ -3,8 +3,9 @@
 Sans-IO: `SocketTapper` is told what the connection read and wrote (the inner transport socket's plaintext:
 after TLS decryption, as Envoy taps) and that it closed; `TapSink` turns that into the
 `envoy.data.tap.v3.TraceWrapper` Envoy writes (`socket_buffered_trace`: the connection's addresses, one event per
-read or write with its wall-clock timestamp) and writes it with protobuf's own serializers, so a trace pylon writes
-reads exactly as Envoy's (proxy/tap_socket.py feeds it from the connection). Envoy's rules, observed beside it (tests/proxy/test_proxy_tap_socket.py):
+read or write with its wall-clock timestamp) and writes it with protobuf's own serializers, so a trace pylon
+writes reads exactly as Envoy's (proxy/tap_socket.py feeds it from the connection). Envoy's rules, observed beside
+it (tests/proxy/test_proxy_tap_socket.py):
 - each direction keeps at most max_buffered_rx/tx_bytes (1 KiB by default); the read or write that crosses the
   limit is cut there and marks its body and the trace `read_truncated`/`write_truncated`, and later ones of that
   direction are not recorded at all (a read after the limit is exactly reached gives one empty, truncated event);
@@ -67,7 +68,8 @@ class TapSink:
         self.format = sink.format
         self.rx_limit = output.rx_limit
         self.tx_limit = output.tx_limit
-        prefix = "transport.tap." + (f"{config.socket_tap_config.stats_prefix}." if config.socket_tap_config.stats_prefix else "")
+        named = config.socket_tap_config.stats_prefix
+        prefix = f"transport.tap.{named}." if named else "transport.tap."
         self.buffered_submit = stats.counter(prefix + "buffered_submit")
         # Envoy's other two, at 0 here: no streamed traces, and no sampling (every connection is tapped)
         stats.counter(prefix + "streamed_submit")
