@@ -333,3 +333,25 @@ def test_tcp_proxy_connections_are_tapped_both_ways_as_envoy(tmp_path: Path) -> 
             assert not any(side[s].read_truncated or side[s].write_truncated for s in side), implementation
     finally:
         upstream.close()
+
+
+def test_a_failed_tls_handshake_leaves_an_empty_trace_as_envoy(tmp_path: Path, pki: PemFiles) -> None:
+    found = {}
+    for implementation in ("pylon", "envoy"):
+        directory = tmp_path / f"handshake-{implementation}"
+        directory.mkdir()
+        port = free_port()
+        listener = http_listener("main", port, [
+            {"match": {"prefix": "/"}, "direct_response": {"status": 200}}])
+        listener["filter_chains"][0]["transport_socket"] = tap(server_tls(pki), directory / "down")
+        launcher = ProxyLauncher(tmp_path)
+        _launchers.append(launcher)
+        proxy = launcher.start([listener], [], implementation=implementation)
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")  # plaintext to a TLS listener
+            sock.recv(65536)  # the alert, then the close
+        [trace] = Run(proxy, port, directory, b"").traces(1).values()
+        buffered = trace.socket_buffered_trace
+        found[implementation] = (len(buffered.events), buffered.connection.local_address.socket_address.port_value)
+    assert found["pylon"][0] == found["envoy"][0] == 0
+    assert found["pylon"][1] != 0 and found["envoy"][1] != 0

@@ -62,7 +62,7 @@ class TapProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # Read now: once the connection is closed its addresses may be gone.
-        self.addresses = (transport.get_extra_info("sockname"), transport.get_extra_info("peername"))
+        self.addresses = _addresses(transport)
         self.tap_transport = TapTransport(transport, self)  # type: ignore[arg-type]
         self.app.connection_made(self.tap_transport)
 
@@ -86,6 +86,17 @@ class TapProtocol(asyncio.Protocol):
             trace_id = getattr(self.app, "connection_id", 0) or self.sink.next_id()
             local, remote = self.addresses
             self.tapper.closed(trace_id, local, remote)
+
+    def closed_unopened(self, raw: asyncio.BaseTransport | None) -> None:
+        """pylon's TLS under the tap never opened (a failed handshake): the protocol never saw the connection, but
+        Envoy's tap writes its trace anyway, with no event (tls_transport.py tells; uvloop's SSL, used only where
+        the native module is not built, does not)."""
+        local, remote = _addresses(raw) if raw is not None else (None, None)
+        self.tapper.closed(self.sink.next_id(), local, remote)
+
+
+def _addresses(transport: asyncio.BaseTransport) -> tuple[Any, Any]:
+    return transport.get_extra_info("sockname"), transport.get_extra_info("peername")
 
 
 #: A wrapping transport socket's config type -> what records its connections in one worker,
