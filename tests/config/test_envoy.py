@@ -835,7 +835,8 @@ def test_upstream_tls_context_and_wrong_direction() -> None:
         "config error in test.yaml: static_resources.clusters[0].transport_socket.typed_config.@type: "
         f"{DOWNSTREAM_TLS_TYPE} is registered as downstream transport socket, but this position takes "
         "upstream transport sockets; accepted here: type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer."
-        f"v3.RawBuffer, {UPSTREAM_TLS_TYPE}"
+        "v3.RawBuffer, type.googleapis.com/envoy.extensions.transport_sockets.tap.v3.Tap, "
+        f"{UPSTREAM_TLS_TYPE}"
     )
 
 

@@ -2977,6 +2977,11 @@ class TransportSocketMatch(EnvoyStruct, kw_only=True):
     match: dict[str, Any] = {}
     transport_socket: UpstreamTransportSocket
 
+    def __post_init__(self) -> None:
+        if hasattr(self.transport_socket.typed_config, "transport_socket"):  # a wrapping socket: the tap
+            raise FieldError("transport_socket.typed_config", "a tap transport socket in transport_socket_matches "
+                                                              "is not supported yet (on the cluster's own it is)")
+
 
 class SharedByName(EnvoyStruct, kw_only=True):
     """A config of something the proxy keeps once per name and shares among its users (the dynamic forward proxy's

@@ -315,6 +315,8 @@ EXTENSION_MODULES: Mapping[str, Mapping[str, str]] = MappingProxyType(
             "envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol":
                 "pylon.extensions.filters.listener.proxy_protocol",
         },
+        DOWNSTREAM_TRANSPORT_SOCKET: {"envoy.extensions.transport_sockets.tap.v3.Tap": "pylon.extensions.transport_sockets.tap"},
+        UPSTREAM_TRANSPORT_SOCKET: {"envoy.extensions.transport_sockets.tap.v3.Tap": "pylon.extensions.transport_sockets.tap"},
     }
 )
 

@@ -40,10 +40,21 @@ class SecretMissing(Exception):
 
 def tls_context(transport_socket: Any) -> Any:
     """The TLS context (Downstream/UpstreamTlsContext) of a transport socket; None for plain TCP (none, or
-    raw_buffer)."""
+    raw_buffer). A socket whose config names a `transport_socket` wraps that one (the tap) and has its TLS."""
+    while transport_socket is not None and hasattr(transport_socket.typed_config, "transport_socket"):
+        transport_socket = transport_socket.typed_config.transport_socket
     if transport_socket is None or not hasattr(transport_socket.typed_config, "common_tls_context"):
         return None
     return transport_socket.typed_config
+
+
+def tls_socket_path(transport_socket: Any, path: str = "transport_socket") -> str:
+    """Where, below `path` (the socket's own field), the socket holding the TLS context is: `path` itself, or
+    below the sockets wrapping it (a tap's `typed_config.transport_socket`), so errors name the right field."""
+    while transport_socket is not None and hasattr(transport_socket.typed_config, "transport_socket"):
+        transport_socket = transport_socket.typed_config.transport_socket
+        path += ".typed_config.transport_socket"
+    return path
 
 
 def common_tls_context(transport_socket: Any) -> CommonTlsContext | None:
@@ -59,7 +70,7 @@ def listener_secret_refs(listener: Any) -> Iterator[tuple[str, SdsSecretConfig]]
         common = common_tls_context(chain.transport_socket)
         if common is not None:
             for sub, ref in common.secret_configs():
-                yield f"{rel}.transport_socket.{COMMON}.{sub}", ref
+                yield f"{rel}.{tls_socket_path(chain.transport_socket)}.{COMMON}.{sub}", ref
         for k, network_filter in enumerate(chain.filters):
             for m, http_filter in enumerate(getattr(network_filter.typed_config, "http_filters", ())):
                 named = getattr(http_filter.typed_config, "secret_configs", None)
@@ -77,7 +88,7 @@ def cluster_secret_refs(cluster: Any) -> Iterator[tuple[str, SdsSecretConfig]]:
         common = common_tls_context(transport_socket)
         if common is not None:
             for sub, ref in common.secret_configs():
-                yield f"{path}.{COMMON}.{sub}", ref
+                yield f"{tls_socket_path(transport_socket, path)}.{COMMON}.{sub}", ref
 
 
 def secret_names(common: CommonTlsContext | None) -> frozenset[str]:

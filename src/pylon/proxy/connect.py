@@ -72,7 +72,8 @@ class TerminatedConnect:
         stats.upstream_cx_total.value += 1
         try:
             transport, _ = await open_upstream(host.address, cluster.tls_for(host), cluster.connect_timeout,
-                                               lambda: _Opening(self), cluster.source, cluster.keepalive)
+                                               lambda: _Opening(self), cluster.source, cluster.keepalive,
+                                               cluster.tap)
         except (ConnectError, asyncio.CancelledError) as exc:
             cluster.circuit_breakers.connections.release()
             if isinstance(exc, asyncio.CancelledError):

@@ -36,6 +36,7 @@ from pylon.proxy.codec_select import connection_factory
 from pylon.proxy.h2_connection import H2Runtime
 from pylon.proxy.hcm import HcmRuntime
 from pylon.proxy.listener_filters import Inspection, PeekWatcher
+from pylon.proxy.tap_socket import socket_tap, tapped_factory
 from pylon.proxy.tcp_proxy import TcpProxyRuntime, TcpProxySession
 from pylon.proxy.tls import ServerTls, UnavailableTls, server_context
 from pylon.proxy.tls_stats import TlsStats
@@ -336,6 +337,6 @@ def build_chain(chain: FilterChain, listener: ListenerRuntime) -> ChainRuntime:
             return session
     else:  # the config loader only lets the two terminal filters through
         raise TypeError(f"unsupported terminal filter {type(terminal_cfg).__name__}")
-    runtime.app_factory = factory
+    runtime.app_factory = tapped_factory(factory, socket_tap(chain.transport_socket, worker.stats, worker.worker_id))
     runtime.install_tls(worker.secrets, worker.stats)
     return runtime

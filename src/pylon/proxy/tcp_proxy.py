@@ -207,7 +207,8 @@ class TcpProxySession(asyncio.Protocol):
             stats.upstream_cx_total.value += 1
             try:
                 _, upstream = await open_upstream(host.address, cluster.tls_for(host), cluster.connect_timeout,
-                                                  self._upstream_factory(host), cluster.source, cluster.keepalive)
+                                                  self._upstream_factory(host), cluster.source, cluster.keepalive,
+                                                  cluster.tap)
             except ConnectError as exc:
                 cluster.circuit_breakers.connections.release()
                 if isinstance(exc, ConnectTimeout):

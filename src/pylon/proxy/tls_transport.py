@@ -212,6 +212,8 @@ class TlsServerProtocol(asyncio.Protocol):
             lib.tn_unwind(self.conn)
         if was == _OPEN or (was == _CLOSED and self.app_transport is not None):
             self.app.connection_lost(exc)
+        elif self.app_transport is None and hasattr(self.app, "closed_unopened"):
+            self.app.closed_unopened(self.raw)  # a tap (proxy/tap_socket.py): Envoy traces such a connection too
         self.raw = None
 
     def pause_writing(self) -> None:

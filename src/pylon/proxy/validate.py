@@ -16,7 +16,7 @@ from typing import Any
 from pylon import regex
 from pylon.config.envoy import CpuUtilizationConfig, HttpConnectionManager, TcpProxy
 from pylon.config.errors import ConfigError
-from pylon.config.secrets import secret_names, tls_context
+from pylon.config.secrets import secret_names, tls_context, tls_socket_path
 from pylon.proxy.access_log import compile_log_format
 from pylon.proxy.access_log_filter import compile_filter
 from pylon.proxy.balance import Dlb, NoDlbFallback, balance_kind
@@ -124,10 +124,11 @@ def _validate_chain(chain: Any, source: str, chain_path: str, secrets: Mapping[s
             raise ConfigError(source, f"{chain_path}.filters[{k}]",
                               f"{network_filter.name} must come before tcp_proxy in pylon (its connection waits for "
                               "it, which only tcp_proxy can)")
-    if tls_context(chain.transport_socket) is not None:
-        tls_path = f"{chain_path}.transport_socket.typed_config"
+    context = tls_context(chain.transport_socket)
+    if context is not None:
+        tls_path = f"{chain_path}.{tls_socket_path(chain.transport_socket)}.typed_config"
         try:
-            server_context(chain.transport_socket.typed_config, secrets, skip_missing=True)
+            server_context(context, secrets, skip_missing=True)
         except TlsConfigError as exc:
             raise ConfigError(source, _join(tls_path, exc.path), exc.message) from exc
     terminal = chain.filters[-1].typed_config
@@ -183,7 +184,8 @@ def validate_clusters(clusters: list[Any], source: str, path: str, secrets: Mapp
                 try:
                     client_context(context, secrets, skip_missing=True)
                 except TlsConfigError as exc:
-                    raise ConfigError(source, _join(f"{path}[{j}].{rel}.typed_config", exc.path), exc.message) from exc
+                    where = f"{path}[{j}].{tls_socket_path(transport_socket, rel)}.typed_config"
+                    raise ConfigError(source, _join(where, exc.path), exc.message) from exc
 
 
 def _check_balancers(source: str, listeners: list[Any], base: str) -> None:

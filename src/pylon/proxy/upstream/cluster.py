@@ -42,10 +42,12 @@ from pylon.proxy.upstream.host import Host, Placement, eds_health_flags, format_
 from pylon.proxy.upstream.lb import create_load_balancer
 from pylon.proxy.upstream.outlier import OutlierDetector
 from pylon.proxy.upstream.subset import SubsetBalancer, cluster_balancer
+from pylon.proxy.tap_socket import socket_tap
 from pylon.proxy.upstream.tls_factory import UpstreamTls, matching_socket, socket_matches, transport_tls
 from pylon.stats.store import Counter, StatsStore
 
 if TYPE_CHECKING:
+    from pylon.extensions.transport_sockets.tap_trace import TapSink
     from pylon.proxy.connection_info import ConnectionInfo
     from pylon.proxy.stream import Stream
 
@@ -180,6 +182,8 @@ class Cluster:
         # metadata a transport_socket_match takes use that match's (`tls_for`).
         self.tls: UpstreamTls = transport_tls(config.transport_socket, secrets)
         self.socket_matches = socket_matches(config, secrets)
+        # The tap transport socket wrapping the cluster's own (None: none; tap_socket.py), on every connection.
+        self.tap: TapSink | None = socket_tap(config.transport_socket, stats, worker_id)
         # auto_sni / auto_san_validation: each request's host names its connections' TLS (None: not set).
         self.auto_sni: AutoSni | None = AutoSni.of(config)
         # The pool registry's hot-path test: one pool per host, of the one kind the cluster speaks.
@@ -195,7 +199,7 @@ class Cluster:
             self.health_checker = HealthChecker.from_config(
                 config.health_checks[0], self.name, stats, prefix,
                 lambda address: open_stream(address, self.tls_for(self._by_address.get(address)),
-                                            self.connect_timeout, self.source, self.keepalive),
+                                            self.connect_timeout, self.source, self.keepalive, self.tap),
                 had_traffic=lambda: self.stats.upstream_cx_total.value > 0,
                 on_success=self.outlier.on_active_health_check_success if self.outlier is not None else None,
             )

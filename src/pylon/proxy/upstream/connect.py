@@ -17,10 +17,12 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from pylon.proxy import internal_listener
 from pylon.proxy.internal_listener import InternalAddress
+from pylon.proxy.tap_socket import tapped_factory
 from pylon.proxy.tls import UnavailableTls
 
 if TYPE_CHECKING:
     from pylon.config.envoy import TcpKeepalive
+    from pylon.extensions.transport_sockets.tap_trace import TapSink
     from pylon.proxy.tls import ClientTls
 
 
@@ -45,9 +47,12 @@ def set_keepalive(sock: socket.socket, keepalive: "TcpKeepalive") -> None:
 async def open_upstream(address: tuple[str, int] | InternalAddress, tls: "ClientTls | UnavailableTls | None",
                         timeout: float, protocol_factory: Callable[[], Any],
                         source: tuple[str, int] | None = None,
-                        keepalive: "TcpKeepalive | None" = None) -> tuple[asyncio.Transport, Any]:
+                        keepalive: "TcpKeepalive | None" = None,
+                        tap: "TapSink | None" = None) -> tuple[asyncio.Transport, Any]:
     """Connect (from `source`, the cluster's upstream_bind_config, if any; and handshake, and check the peer's
     SANs) within `timeout`; ConnectError otherwise. `keepalive`: the cluster's TCP keepalive, set on the socket.
+    `tap`: the cluster's tap transport socket, recording the connection (tap_socket.py); the caller gets its own
+    protocol back and the transport it writes to.
     An internal listener's address connects inside the worker (internal_listener.py; its clusters have no TLS,
     source address or socket options: config/envoy.py)."""
     if isinstance(address, InternalAddress):
@@ -62,7 +67,7 @@ async def open_upstream(address: tuple[str, int] | InternalAddress, tls: "Client
     try:
         transport, protocol = await asyncio.wait_for(
             loop.create_connection(
-                protocol_factory, host, port,
+                tapped_factory(protocol_factory, tap), host, port,
                 ssl=tls.context if tls else None,
                 server_hostname=(tls.server_hostname or "") if tls else None,  # Envoy sends SNI only when configured
                 local_addr=source,
@@ -85,16 +90,19 @@ async def open_upstream(address: tuple[str, int] | InternalAddress, tls: "Client
         if problem:
             transport.close()
             raise ConnectError(f"TLS error: {problem}")
+    if tap is not None:
+        return protocol.tap_transport, protocol.app
     return transport, protocol  # type: ignore[return-value]
 
 
 async def open_stream(address: tuple[str, int] | InternalAddress, tls: "ClientTls | UnavailableTls | None", timeout: float,
                       source: tuple[str, int] | None = None,
-                      keepalive: "TcpKeepalive | None" = None) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+                      keepalive: "TcpKeepalive | None" = None,
+                      tap: "TapSink | None" = None) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """`open_upstream` as asyncio streams (for health checks, where a few extra objects cost nothing)."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(loop=loop)
     transport, protocol = await open_upstream(address, tls, timeout,
                                               lambda: asyncio.StreamReaderProtocol(reader, loop=loop), source,
-                                              keepalive)
+                                              keepalive, tap)
     return reader, asyncio.StreamWriter(transport, protocol, reader, loop)

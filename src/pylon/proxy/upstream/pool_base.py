@@ -211,7 +211,7 @@ class PoolBase:
         try:
             try:
                 _, conn = await open_upstream(self.host.address, tls, cluster.connect_timeout,
-                                              self._new_connection, cluster.source, cluster.keepalive)
+                                              self._new_connection, cluster.source, cluster.keepalive, cluster.tap)
                 if conn.closed:
                     # Lost before the pool could use it: over TLS 1.3 a server refusing the client (no or a bad
                     # certificate) says so after the client's handshake is done, often before this line runs.
