@@ -180,6 +180,8 @@ EXTENSION_MODULES: Mapping[str, Mapping[str, str]] = MappingProxyType(
                 "pylon.extensions.filters.http.gcp_authn",
             "envoy.extensions.filters.http.grpc_http1_bridge.v3.Config":
                 "pylon.extensions.filters.http.grpc_http1_bridge",
+            "envoy.extensions.filters.http.grpc_http1_reverse_bridge.v3.FilterConfig":
+                "pylon.extensions.filters.http.grpc_http1_reverse_bridge",
             "envoy.extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder":
                 "pylon.extensions.filters.http.grpc_json_transcoder",
             "envoy.extensions.filters.http.grpc_stats.v3.FilterConfig": "pylon.extensions.filters.http.grpc_stats",
@@ -212,6 +214,8 @@ EXTENSION_MODULES: Mapping[str, Mapping[str, str]] = MappingProxyType(
             "envoy.extensions.filters.http.rbac.v3.RBAC": "pylon.extensions.filters.http.rbac",
         },
         HTTP_FILTER_PER_ROUTE: {
+            "envoy.extensions.filters.http.grpc_http1_reverse_bridge.v3.FilterConfigPerRoute":
+                "pylon.extensions.filters.http.grpc_http1_reverse_bridge",
             "envoy.extensions.filters.http.api_key_auth.v3.ApiKeyAuthPerRoute":
                 "pylon.extensions.filters.http.api_key_auth",
             "envoy.extensions.filters.http.aws_lambda.v3.PerRouteConfig": "pylon.extensions.filters.http.aws_lambda",
