@@ -23,17 +23,47 @@ def error(version: tuple[str, ...], config: dict[str, Any]) -> str:
     return str(raised.value)
 
 
+#: the store of Envoy's docs' http-cache-configuration-fs.yaml (and its v2 counterpart)
+DOCS_FS = {"manager_config": {"thread_pool": {"thread_count": 2}}, "cache_path": "/var/cache/envoy",
+           "max_cache_size_bytes": 1073741824}
+
+
 @pytest.mark.parametrize("version", [V1, V2], ids=["v1", "v2"])
-def test_the_in_memory_store_loads_and_the_others_are_refused(version: tuple[str, ...]) -> None:
+def test_the_in_memory_and_file_system_stores_load_and_the_other_versions_are_refused(
+        version: tuple[str, ...]) -> None:
     load_filter(version[0], version[1], {"typed_config": {"@type": version[2]},
                                          "allowed_vary_headers": [{"exact": "accept-language"}],
                                          "ignore_request_cache_control_header": True})
     load_filter(version[0], version[1], {"disabled": True})
-    assert "typed_config.typed_config.@type" in error(version, {"typed_config": {
-        "@type": version[3], "cache_path": "/var/cache/envoy"}})
+    load_filter(version[0], version[1], {"typed_config": {"@type": version[3], **DOCS_FS,
+                                                          "max_cache_entry_count": 10}})
     assert "typed_config.typed_config" in error(version, {})
     other = V2 if version is V1 else V1
     assert "typed_config.typed_config.@type" in error(version, {"typed_config": {"@type": other[2]}})
+    assert "typed_config.typed_config.@type" in error(version, {"typed_config": {"@type": other[3], **DOCS_FS}})
+
+
+@pytest.mark.parametrize("version", [V1, V2], ids=["v1", "v2"])
+@pytest.mark.parametrize("field, value", [
+    ("max_individual_cache_entry_size_bytes", 10), ("cache_subdivisions", 4), ("evict_fraction", 0.2),
+    ("max_eviction_period", "60s"), ("min_eviction_period", "1s"), ("create_cache_path", True)])
+def test_file_system_fields_envoy_never_reads_are_refused(version: tuple[str, ...], field: str, value: Any) -> None:
+    assert f"typed_config.typed_config.{field}" in error(version, {"typed_config": {
+        "@type": version[3], **DOCS_FS, field: value}})
+
+
+@pytest.mark.parametrize("config, path", [
+    ({"cache_path": "/c"}, "manager_config"),
+    ({"manager_config": {"thread_pool": {}}}, "cache_path"),
+    ({"manager_config": {"thread_pool": {}}, "cache_path": ""}, "cache_path"),
+    ({"manager_config": {"id": "a"}, "cache_path": "/c"}, "manager_config.thread_pool"),
+    ({"manager_config": {"thread_pool": {"thread_count": 1025}}, "cache_path": "/c"}, "thread_count"),
+    ({"manager_config": {"thread_pool": {}}, "cache_path": "/c", "max_cache_size_bytes": -1},
+     "max_cache_size_bytes"),
+    ({"manager_config": {"thread_pool": {}}, "cache_path": "/c", "cache_dir": "/c"}, "cache_dir"),
+])
+def test_file_system_store_config_errors_name_the_field(config: dict[str, Any], path: str) -> None:
+    assert path in error(V1, {"typed_config": {"@type": V1[3], **config}})
 
 
 @pytest.mark.parametrize("field, value", [("key_creator_params", {"exclude_host": True}), ("max_body_bytes", 10)])

@@ -156,6 +156,10 @@ def evict(directory: str, max_bytes: int | None, max_count: int | None) -> tuple
 # --------------------------------------------------------------------------- the store (event loop side)
 
 
+def _ignored(_: object) -> None:
+    """The completion of a write whose outcome changes nothing (a failed rewrite leaves the older file)."""
+
+
 class FileCache:
     """One cache directory in one worker: lookups and writes go to the pool, answers come back on `loop`."""
 
@@ -228,10 +232,11 @@ class FileCache:
             self.store(at, stored)
         return True
 
-    def store(self, at: object, entry: Entry) -> None:
-        """Write (or replace) the file of `at`, in the background."""
+    def store(self, at: object, entry: Entry, *, new: bool = True) -> None:
+        """Write the file of `at` in the background; not `new`: it replaces the file of a stored response (its
+        headers updated by a validation), which Envoy does not count as a file added."""
         directory, name, data = self.directory, file_name(at), encode(entry)
-        self._run(lambda: _write(directory, name, data), self._added)
+        self._run(lambda: _write(directory, name, data), self._added if new else _ignored)
 
     def _added(self, size: int) -> None:
         if not size:

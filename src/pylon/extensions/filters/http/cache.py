@@ -255,7 +255,7 @@ class CacheFilter:
             entry.headers = hc.updated_headers(entry.headers, served)
             entry.response_time = self.clock()
             if not isinstance(self.store, hc.SimpleCache):  # a file's copy is written again (in memory: in place)
-                self.store.store(at, entry)
+                self.store.store(at, entry, new=False)
         stream.respond_with(entry.status, served, entry.body, FROM_CACHE, FLAG)
 
 
