@@ -7,7 +7,9 @@ from typing import Any
 import pytest
 
 from pylon.config.errors import ConfigError
+from pylon.config.loader import parse_bootstrap
 from tests.extensions.filters.http.loading import load_filter
+from tests.proxy.conftest import http_listener, route, static_cluster
 
 V1 = ("envoy.filters.http.cache", "type.googleapis.com/envoy.extensions.filters.http.cache.v3.CacheConfig",
       "type.googleapis.com/envoy.extensions.http.cache.simple_http_cache.v3.SimpleHttpCacheConfig",
@@ -75,3 +77,27 @@ def test_v2_takes_an_upstream_cluster_override() -> None:
     load_filter(V2[0], V2[1], {"typed_config": {"@type": V2[2]}, "override_upstream_cluster": "a"})
     assert "override_upstream_cluster" in error(V1, {"typed_config": {"@type": V1[2]},
                                                      "override_upstream_cluster": "a"})
+
+
+def load_two(first: dict[str, Any], second: dict[str, Any], second_version: tuple[str, ...] = V1) -> None:
+    """Two cache filters in one HCM, each with a file-system store."""
+    listener = http_listener("main", 10000, [route("/", "a")])
+    listener["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][:0] = [
+        {"name": V1[0], "typed_config": {"@type": V1[1], "typed_config": {"@type": V1[3], **first}}},
+        {"name": second_version[0], "typed_config": {"@type": second_version[1], "typed_config": {
+            "@type": second_version[3], **second}}}]
+    parse_bootstrap({"static_resources": {"listeners": [listener], "clusters": [static_cluster("a", [1])]}}, "b.yaml")
+
+
+def test_one_path_one_config_and_one_manager_id_one_config() -> None:
+    load_two(DOCS_FS, {**DOCS_FS, "cache_path": "/var/cache/envoy/"})  # the same cache: Envoy adds the slash
+    load_two(DOCS_FS, {**DOCS_FS, "max_cache_size_bytes": 1}, V2)  # v2's caches are others
+    with pytest.raises(ConfigError) as raised:
+        load_two(DOCS_FS, {**DOCS_FS, "max_cache_size_bytes": 1})
+    assert "http_filters[1].typed_config.typed_config" in str(raised.value)
+    assert "mismatched FileSystemHttpCacheConfig with same path /var/cache/envoy/" in str(raised.value)
+    load_two(DOCS_FS, {**DOCS_FS, "cache_path": "/other", "manager_config": {"id": "b", "thread_pool": {}}})
+    with pytest.raises(ConfigError) as raised:
+        load_two(DOCS_FS, {**DOCS_FS, "cache_path": "/other", "manager_config": {"thread_pool": {}}}, V2)
+    assert "http_filters[1].typed_config.typed_config.manager_config" in str(raised.value)
+    assert "AsyncFileManager mismatched config" in str(raised.value)

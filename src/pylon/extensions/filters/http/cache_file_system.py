@@ -15,7 +15,7 @@ from typing import Annotated, Any, ClassVar
 import msgspec
 
 from pylon.config import registry
-from pylon.config.envoy import Duration, EnvoyStruct, NonEmptyStr
+from pylon.config.envoy import Duration, EnvoyStruct, NonEmptyStr, Shared
 from pylon.config.errors import FieldError
 from pylon.extensions.filters.common.fs_http_cache import FileCache
 
@@ -34,9 +34,10 @@ class ThreadPool(EnvoyStruct, kw_only=True):
     thread_count: Annotated[int, msgspec.Meta(ge=0, le=1024)] = 0
 
 
-class AsyncFileManagerConfig(EnvoyStruct, kw_only=True):
-    """extensions.common.async_files.v3.AsyncFileManagerConfig: the pool file operations run on."""
+class AsyncFileManagerConfig(Shared, kw_only=True):
+    """extensions.common.async_files.v3.AsyncFileManagerConfig: the pool file operations run on, one per `id`."""
 
+    conflict: ClassVar[str] = "AsyncFileManager mismatched config"
     id: str = ""
     thread_pool: ThreadPool | None = None
 
@@ -44,10 +45,14 @@ class AsyncFileManagerConfig(EnvoyStruct, kw_only=True):
         if self.thread_pool is None:
             raise FieldError("thread_pool", "a manager type is required (thread_pool)")
 
+    def sharing(self) -> tuple[str, object]:
+        return self.id, self
 
-class FileSystemHttpCacheConfig(EnvoyStruct, kw_only=True):
-    """extensions.http.cache.file_system_http_cache.v3.FileSystemHttpCacheConfig."""
 
+class FileSystemHttpCacheConfig(Shared, kw_only=True):
+    """extensions.http.cache.file_system_http_cache.v3.FileSystemHttpCacheConfig: one cache per `cache_path`."""
+
+    conflict: ClassVar[str] = "mismatched FileSystemHttpCacheConfig with same path {name}"
     manager_config: AsyncFileManagerConfig | None = None
     cache_path: NonEmptyStr | None = None
     max_cache_size_bytes: UInt64 | None = None
@@ -68,6 +73,10 @@ class FileSystemHttpCacheConfig(EnvoyStruct, kw_only=True):
             if getattr(self, field):
                 raise FieldError(field, "not supported (Envoy 1.40 parses it but never reads it)")
 
+    def sharing(self) -> tuple[str, object]:
+        """Envoy compares the configs with the path normalized (a trailing slash)."""
+        return self.directory, msgspec.structs.replace(self, cache_path=self.directory)
+
     @property
     def directory(self) -> str:
         """The path with a trailing separator, as Envoy normalizes it (it names the cache and its stats)."""
@@ -76,10 +85,10 @@ class FileSystemHttpCacheConfig(EnvoyStruct, kw_only=True):
 
     def open_store(self, loop: Any, stats: Any) -> FileCache:
         """This worker's store for the path (made on first use)."""
-        store = _STORES.get(self.directory)
+        store = _STORES.get((type(self), self.directory))  # v1's and v2's are two caches, as Envoy's
         if store is None:
             assert self.manager_config is not None and self.manager_config.thread_pool is not None
-            store = _STORES[self.directory] = FileCache(
+            store = _STORES[type(self), self.directory] = FileCache(
                 self.directory, self.max_cache_size_bytes, self.max_cache_entry_count,
                 _pool(self.manager_config.id, self.manager_config.thread_pool.thread_count), loop, stats)
         return store
@@ -88,10 +97,11 @@ class FileSystemHttpCacheConfig(EnvoyStruct, kw_only=True):
 class FileSystemHttpCacheV2Config(FileSystemHttpCacheConfig, kw_only=True):
     """extensions.http.cache_v2.file_system_http_cache.v3.FileSystemHttpCacheV2Config: v1's fields."""
 
+    conflict: ClassVar[str] = "mismatched FileSystemHttpCacheV2Config with same path {name}"
     label: ClassVar[str] = "envoy_extensions_http_cache_v2_file_system_http_cache"
 
 
-_STORES: dict[str, FileCache] = {}
+_STORES: dict[tuple[type, str], FileCache] = {}
 _POOLS: dict[str, ThreadPoolExecutor] = {}
 
 
