@@ -10,7 +10,9 @@ by a new process, a missing directory (no caching at all), and Envoy's `cache.*`
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ import pytest
 
 from tests.conftest import free_port
 from tests.proxy.conftest import ProxyLauncher, RunningProxy, http_listener, route, static_cluster, wait_until
+from pylon.extensions.filters.common.fs_http_cache import decode
 from tests.proxy.test_proxy_http_cache import ROUTER_TYPE, CacheUpstream
 
 FILTERS = {
@@ -45,7 +48,7 @@ class Cached:
         self.port = 0
         self.proxy: RunningProxy | None = None
 
-    def start(self) -> RunningProxy:
+    def start(self, concurrency: int = 1) -> RunningProxy:
         self.port = self.port or free_port()  # a restart keeps it: the port is in the Host, so in the key
         listener = http_listener("main", self.port, [route("/", "up")])
         name, filter_type, storage = FILTERS[self.version]
@@ -56,7 +59,7 @@ class Cached:
             {"name": name, "typed_config": config},
             {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER_TYPE}}]
         self.proxy = self.launcher.start([listener], [static_cluster("up", [self.upstream.port])],
-                                         implementation=self.implementation)
+                                         implementation=self.implementation, concurrency=concurrency)
         return self.proxy
 
     def get(self, path: str, **headers: str) -> httpx.Response:
@@ -156,3 +159,23 @@ def test_a_missing_directory_is_not_created_and_nothing_is_cached(cached: Cached
     else:
         assert bodies == [b"body /nodir 1", b"body /nodir 2"]
     assert not cached.cache_path.exists()
+
+
+@pytest.mark.parametrize("cached", CASES, ids=ids, indirect=True)
+def test_two_workers_share_the_directory_without_damaging_files(cached: Cached) -> None:
+    """Two pylon workers (processes) or two Envoy threads write and read one directory at once: every answer is
+    a whole one, every file whole (pylon: each one parses), and what was stored is served from the cache."""
+    proxy = cached.start(concurrency=2)
+    if cached.implementation == "pylon":
+        assert len(proxy.worker_pids()) == 2
+    paths = [f"/w{i % 5}?max_age=100" for i in range(40)]
+    with ThreadPoolExecutor(8) as pool:
+        replies = list(pool.map(lambda path: cached.get(path), paths))
+    for path, reply in zip(paths, replies):
+        assert reply.status_code == 200 and re.fullmatch(rb"body /w\d \d+", reply.content)
+        assert reply.content.startswith(f"body {path.split('?')[0]} ".encode())
+    wait_until(lambda: len(cached.files()) == 5)
+    assert all(cached.get(f"/w{i}?max_age=100").headers.get("age", "").isdigit() for i in range(5))
+    if cached.implementation == "pylon":
+        assert all(decode((cached.cache_path / name).read_bytes()) is not None for name in cached.files())
+        assert not [name for name in os.listdir(cached.cache_path) if not name.startswith("cache-")]
