@@ -164,13 +164,14 @@ class FileCache:
     """One cache directory in one worker: lookups and writes go to the pool, answers come back on `loop`."""
 
     def __init__(self, path: str, max_bytes: int | None, max_count: int | None, pool: ThreadPoolExecutor,
-                 loop: Any, stats: Any) -> None:
+                 loop: Any, stats: Any, *, count_lookups: bool) -> None:
+        """`count_lookups`: v1's store counts its hits and misses (v2's filter counts its own events instead)."""
         self.directory = path
         self.max_bytes, self.max_count = max_bytes, max_count
         self.pool, self.loop = pool, loop
         tag = f"cache_path.{path.replace('.', '_')}"
-        self.hits = stats.counter(f"cache.event.{tag}.event_type.hit")
-        self.misses = stats.counter(f"cache.event.{tag}.event_type.miss")
+        self.hits = stats.counter(f"cache.event.{tag}.event_type.hit") if count_lookups else None
+        self.misses = stats.counter(f"cache.event.{tag}.event_type.miss") if count_lookups else None
         self.eviction_runs = stats.counter(f"cache.eviction_runs.{tag}")
         self.size_bytes = stats.gauge(f"cache.size_bytes.{tag}")
         self.size_count = stats.gauge(f"cache.size_count.{tag}")
@@ -186,7 +187,8 @@ class FileCache:
     def _run(self, work: Callable[[], Any], done: Callable[[Any], None]) -> None:
         """`work` on the pool, `done(result)` on the loop."""
         def back(future: Future) -> None:
-            self.loop.call_soon_threadsafe(done, future.result())
+            if not self.loop.is_closed():  # a write may end after the worker's loop (it still completes)
+                self.loop.call_soon_threadsafe(done, future.result())
         self.pool.submit(work).add_done_callback(back)
 
     def _measured(self, result: tuple[int, int]) -> None:
@@ -213,7 +215,9 @@ class FileCache:
             return _read(os.path.join(directory, file_name(varied))), varied
 
         def finish(result: tuple[Entry | None, object]) -> None:
-            (self.hits if result[0] is not None else self.misses).inc()
+            counter = self.hits if result[0] is not None else self.misses
+            if counter is not None:
+                counter.inc()
             done(*result)
 
         self._run(work, finish)

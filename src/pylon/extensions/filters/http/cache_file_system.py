@@ -90,7 +90,8 @@ class FileSystemHttpCacheConfig(Shared, kw_only=True):
             assert self.manager_config is not None and self.manager_config.thread_pool is not None
             store = _STORES[type(self), self.directory] = FileCache(
                 self.directory, self.max_cache_size_bytes, self.max_cache_entry_count,
-                _pool(self.manager_config.id, self.manager_config.thread_pool.thread_count), loop, stats)
+                _pool(self.manager_config.id, self.manager_config.thread_pool.thread_count), loop, stats,
+                count_lookups=not isinstance(self, FileSystemHttpCacheV2Config))
         return store
 
 
