@@ -179,16 +179,19 @@ class FileCache:
         stats.gauge(f"cache.size_limit_count.{tag}").set(max_count or 0)
         self.bytes = self.count = 0
         self._evicting = False
-        self._run(lambda: evict(path, None, None), self._measured)  # Envoy's initStats: what is there already
+        if loop is not None:  # None: built by `--mode validate`, to be checked, never to serve (no disk, no thread)
+            self._run(lambda: evict(path, None, None), self._measured)  # Envoy's initStats: what is there already
 
     def __len__(self) -> int:
         return self.count
 
     def _run(self, work: Callable[[], Any], done: Callable[[Any], None]) -> None:
         """`work` on the pool, `done(result)` on the loop."""
+        loop = self.loop
+
         def back(future: Future) -> None:
-            if not self.loop.is_closed():  # a write may end after the worker's loop (it still completes)
-                self.loop.call_soon_threadsafe(done, future.result())
+            if not loop.is_closed():  # a write may end after the worker's loop (it still completes)
+                loop.call_soon_threadsafe(done, future.result())
         self.pool.submit(work).add_done_callback(back)
 
     def _measured(self, result: tuple[int, int]) -> None:

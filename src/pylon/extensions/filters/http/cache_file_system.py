@@ -84,14 +84,15 @@ class FileSystemHttpCacheConfig(Shared, kw_only=True):
         return self.cache_path if self.cache_path.endswith("/") else self.cache_path + "/"
 
     def open_store(self, loop: Any, stats: Any) -> FileCache:
-        """This worker's store for the path (made on first use)."""
+        """This worker's store for the path (made on first use; without a loop, `--mode validate`'s, kept by none)."""
         store = _STORES.get((type(self), self.directory))  # v1's and v2's are two caches, as Envoy's
         if store is None:
             assert self.manager_config is not None and self.manager_config.thread_pool is not None
-            store = _STORES[type(self), self.directory] = FileCache(
-                self.directory, self.max_cache_size_bytes, self.max_cache_entry_count,
-                _pool(self.manager_config.id, self.manager_config.thread_pool.thread_count), loop, stats,
-                count_lookups=not isinstance(self, FileSystemHttpCacheV2Config))
+            store = FileCache(self.directory, self.max_cache_size_bytes, self.max_cache_entry_count,
+                              _pool(self.manager_config.id, self.manager_config.thread_pool.thread_count), loop,
+                              stats, count_lookups=not isinstance(self, FileSystemHttpCacheV2Config))
+            if loop is not None:
+                _STORES[type(self), self.directory] = store
         return store
 
 
