@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,7 +22,9 @@ import httpx
 import pytest
 
 from tests.conftest import free_port
-from tests.proxy.conftest import ProxyLauncher, RunningProxy, http_listener, route, static_cluster, wait_until
+from tests.proxy.conftest import (
+    ProxyLauncher, RunningProxy, http_listener, route, static_cluster, wait_until, write_bootstrap,
+)
 from pylon.extensions.filters.common.fs_http_cache import decode
 from tests.proxy.test_proxy_http_cache import ROUTER_TYPE, CacheUpstream
 
@@ -181,3 +185,22 @@ def test_two_workers_share_the_directory_without_damaging_files(cached: Cached) 
     if cached.implementation == "pylon":
         assert all(decode((cached.cache_path / name).read_bytes()) is not None for name in cached.files())
         assert not [name for name in os.listdir(cached.cache_path) if not name.startswith("cache-")]
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_validate_mode_accepts_the_docs_store_without_touching_the_disk(version: str, tmp_path: Path) -> None:
+    """Envoy's docs' http-cache[-v2]-configuration-fs.yaml store: `--mode validate` says OK, with nothing logged
+    (no thread answering a loop that is not there) and nothing made on disk."""
+    name, filter_type, storage = FILTERS[version]
+    listener = http_listener("main", free_port(), [route("/", "up")])
+    listener["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"] = [
+        {"name": name, "typed_config": {"@type": filter_type, "typed_config": {
+            "@type": storage, "manager_config": {"thread_pool": {"thread_count": 2}},
+            "cache_path": str(tmp_path / "cache"), "max_cache_size_bytes": 1073741824}}},
+        {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER_TYPE}}]
+    config = write_bootstrap(tmp_path / "bootstrap.yaml", [listener], [static_cluster("up", [free_port()])],
+                             free_port())
+    done = subprocess.run([sys.executable, "-m", "pylon.cli", "proxy", "--mode", "validate", "-c", str(config)],
+                          capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout.strip(), done.stderr) == (0, f"configuration '{config}' OK", "")
+    assert not (tmp_path / "cache").exists()
