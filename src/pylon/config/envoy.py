@@ -2983,13 +2983,24 @@ class TransportSocketMatch(EnvoyStruct, kw_only=True):
                                                               "is not supported yet (on the cluster's own it is)")
 
 
-class SharedByName(EnvoyStruct, kw_only=True):
-    """A config of something the proxy keeps once per name and shares among its users (the dynamic forward proxy's
-    DNS caches: its clusters and filters name one): every config of a name must be the same, as Envoy requires
-    (loader.py checks; `conflict` is Envoy's message, with `{name}`)."""
+class Shared(EnvoyStruct, kw_only=True):
+    """A config of something the proxy keeps once per key and shares among its users: every config of a key must
+    be the same, as Envoy requires (loader.py checks; `conflict` is Envoy's message, with `{name}`: the key)."""
 
     conflict: ClassVar[str]
+
+    def sharing(self) -> tuple[str, object]:
+        """(the key it is shared by, the settings that must be the same for that key)."""
+        raise NotImplementedError
+
+
+class SharedByName(Shared, kw_only=True):
+    """Shared by its `name` (the dynamic forward proxy's DNS caches: its clusters and filters name one)."""
+
     name: NonEmptyStr
+
+    def sharing(self) -> tuple[str, object]:
+        return self.name, self
 
 
 class ClusterTypeConfig(EnvoyStruct, kw_only=True):

@@ -26,7 +26,7 @@ from pylon.config.datasource import DataSource, DataSourceError, read_bytes
 from pylon.config.constraints import Duration, format_duration
 from pylon.config.envoy import (
     ApiConfigSource, Bootstrap, Cluster, ConfigSource, HttpConnectionManager, Listener, RouteConfiguration,
-    SdsSecretConfig, SharedByName, TcpProxy, convert,
+    SdsSecretConfig, Shared, TcpProxy, convert,
 )
 from pylon.config.errors import ConfigError, join_path, split_validation_error
 from pylon.config.secrets import (
@@ -265,8 +265,8 @@ def listener_hcms(listeners: Iterable[Listener], base: str) -> Iterator[tuple[st
 
 
 def shared_configs(listeners: Iterable[Listener], listener_base: str, clusters: Iterable[Cluster],
-                   cluster_base: str) -> Iterator[tuple[str, SharedByName]]:
-    """(field path, config) of every config shared by name (`SharedByName`) in custom cluster types, network
+                   cluster_base: str) -> Iterator[tuple[str, Shared]]:
+    """(field path, config) of every config shared by a key (`Shared`) in custom cluster types, network
     filters ahead of a terminal one and HTTP filters, where Envoy's extensions name them; only those configs are
     walked."""
     for i, cluster in enumerate(clusters):
@@ -281,18 +281,19 @@ def shared_configs(listeners: Iterable[Listener], listener_base: str, clusters: 
             yield from _shared_in(http_filter.typed_config, f"{path}.http_filters[{k}].typed_config")
 
 
-def _shared_in(config: Any, base: str) -> Iterator[tuple[str, SharedByName]]:
+def _shared_in(config: Any, base: str) -> Iterator[tuple[str, Shared]]:
     for path, value in walk(config, base):
-        if isinstance(value, SharedByName):
+        if isinstance(value, Shared):
             yield path, value
 
 
-def shared_name_problems(found: Iterable[tuple[str, SharedByName]]) -> Iterator[tuple[str, str]]:
-    """Envoy's refusal of a name given two different configs, at each later one that differs from the first."""
-    first: dict[tuple[type, str], SharedByName] = {}
+def shared_name_problems(found: Iterable[tuple[str, Shared]]) -> Iterator[tuple[str, str]]:
+    """Envoy's refusal of a key given two different configs, at each later one that differs from the first."""
+    first: dict[tuple[type, str], object] = {}
     for path, config in found:
-        if first.setdefault((type(config), config.name), config) != config:
-            yield path, config.conflict.format(name=config.name)
+        key, settings = config.sharing()
+        if first.setdefault((type(config), key), settings) != settings:
+            yield path, config.conflict.format(name=key)
 
 
 def grpc_clusters(bootstrap: Bootstrap) -> frozenset[str]:

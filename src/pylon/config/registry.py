@@ -273,10 +273,14 @@ EXTENSION_MODULES: Mapping[str, Mapping[str, str]] = MappingProxyType(
         HTTP_CACHE: {
             "envoy.extensions.http.cache.simple_http_cache.v3.SimpleHttpCacheConfig":
                 "pylon.extensions.filters.http.cache",
+            "envoy.extensions.http.cache.file_system_http_cache.v3.FileSystemHttpCacheConfig":
+                "pylon.extensions.filters.http.cache_file_system",
         },
         HTTP_CACHE_V2: {
             "envoy.extensions.http.cache_v2.simple_http_cache.v3.SimpleHttpCacheV2Config":
                 "pylon.extensions.filters.http.cache",
+            "envoy.extensions.http.cache_v2.file_system_http_cache.v3.FileSystemHttpCacheV2Config":
+                "pylon.extensions.filters.http.cache_file_system",
         },
         SESSION_STATE: {
             "envoy.extensions.http.stateful_session.cookie.v3.CookieBasedSessionState":

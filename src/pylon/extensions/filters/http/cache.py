@@ -23,7 +23,8 @@ filters do (both versions behaved alike in every scenario tried; tests/proxy/tes
 
 Storage: SimpleHttpCacheConfig / SimpleHttpCacheV2Config, one store per worker process for each, shared by every
 filter that names it (Envoy's is one per process, shared by its threads; pylon's workers do not share theirs).
-The file system caches are not implemented: their @type is refused by name.
+The file system stores (cache_file_system.py, filters/common/fs_http_cache.py) are shared by every worker through
+their directory; a lookup there answers later, from the store's thread pool.
 
 Departures: the upstream's answer is collected whole before it is relayed (Envoy streams it through while
 storing it); v2's request collapsing (concurrent misses for one key wait for one upstream request) is not done,
@@ -112,7 +113,10 @@ class CacheFilter:
         self.name = name
         self.clock = clock
         storage = type(config.typed_config) if not config.disabled else None
-        self.store = _STORES.setdefault(storage, hc.SimpleCache()) if storage is not None else None
+        self.store: Any = None
+        if storage is not None:
+            open_store = getattr(config.typed_config, "open_store", None)  # the file system's: per path
+            self.store = open_store(loop, stats) if open_store else _STORES.setdefault(storage, hc.SimpleCache())
         engine = get_engine()
         matchers = [_compile_string_matcher(m, engine, as_bytes=True) for m in config.allowed_vary_headers]
         self.vary_allowed: Callable[[bytes], bool] = lambda name: any(match(name) for match in matchers)
@@ -142,19 +146,28 @@ class CacheFilter:
             return True
         control = hc.RequestCacheControl() if self.ignore_request_cache_control else hc.RequestCacheControl.of(request)
         key = (stream.conn.scheme, stream.authority, stream.path)
-        entry, _ = store.lookup(key, request, self.vary_allowed)
+        if isinstance(store, hc.SimpleCache):
+            self._looked_up(stream, key, control, *store.lookup(key, request, self.vary_allowed))
+        else:  # the file system's answers later, from its thread pool
+
+            def found(entry: hc.Entry | None, at: object) -> None:
+                if stream.rs_state < RS_DONE:
+                    self._looked_up(stream, key, control, entry, at)
+            store.lookup(key, request, self.vary_allowed, found)
+        return False
+
+    def _looked_up(self, stream: Any, key: hc.Key, control: hc.RequestCacheControl, entry: hc.Entry | None,
+                   at: object) -> None:
+        """Serve the entry found under `at`, or go upstream to validate it or for want of one."""
         if entry is None:
             self._count("miss")
-            self._upstream(stream, key, None, control)
-            return False
+            return self._upstream(stream, key, None, None, control)
         age = hc.age_of(entry.headers, entry.response_time, self.clock())
         if hc.requires_validation(control, entry.headers, age):
             self._count("validate")
-            self._upstream(stream, key, entry, control)
-            return False
+            return self._upstream(stream, key, entry, at, control)
         self._count("hit")
         self._serve(stream, entry, age)
-        return False
 
     def _serve(self, stream: Any, entry: hc.Entry, age: int | None, details: str = FROM_CACHE) -> None:
         """A stored response (or the range of it the request asks for), with its `age` (None: none, v2's answer
@@ -177,8 +190,10 @@ class CacheFilter:
             hc.set_header(headers, b"content-length", b"%d" % (end - begin))
         stream.respond_with(status, headers, body, details, FLAG if details == FROM_CACHE else "")
 
-    def _upstream(self, stream: Any, key: hc.Key, entry: hc.Entry | None, control: hc.RequestCacheControl) -> None:
-        """The request goes upstream from the filter (to validate `entry`, or for want of one)."""
+    def _upstream(self, stream: Any, key: hc.Key, entry: hc.Entry | None, at: object,
+                  control: hc.RequestCacheControl) -> None:
+        """The request goes upstream from the filter (to validate `entry`, stored under `at`, or for want of
+        one)."""
         route = stream.route
         if route is None or route.kind != "cluster":
             return stream.respond_from_filter(404, b"", [], "cache_no_route")
@@ -211,7 +226,7 @@ class CacheFilter:
                 # set, as Envoy's router sets it (one from a proxy behind, an internal listener's, is replaced)
                 hc.set_header(got, b"x-envoy-upstream-service-time", b"%d" % int((loop.time() - started) * 1000))
             if entry is not None and response.status == 304:
-                return self._validated(stream, entry, got)
+                return self._validated(stream, entry, at, got)
             if entry is not None:
                 self._count("failed_validation")
             if not control.no_store and stream.method != b"HEAD" and \
@@ -231,7 +246,7 @@ class CacheFilter:
         if call is not None:
             stream.on_finish(call.cancel)
 
-    def _validated(self, stream: Any, entry: hc.Entry, not_modified: hc.Headers) -> None:
+    def _validated(self, stream: Any, entry: hc.Entry, at: object, not_modified: hc.Headers) -> None:
         """A 304 to a validation: the stored response goes out under its headers, and is refreshed by them when
         its etag is the stored one (or it has none)."""
         served = hc.validated_response(entry.headers, not_modified)
@@ -239,6 +254,8 @@ class CacheFilter:
         if etag is None or etag == hc.header(entry.headers, b"etag"):
             entry.headers = hc.updated_headers(entry.headers, served)
             entry.response_time = self.clock()
+            if not isinstance(self.store, hc.SimpleCache):  # a file's copy is written again (in memory: in place)
+                self.store.store(at, entry, new=False)
         stream.respond_with(entry.status, served, entry.body, FROM_CACHE, FLAG)
 
 
