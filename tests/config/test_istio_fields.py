@@ -82,7 +82,7 @@ def test_retry_policy_istio_shape() -> None:
     ({**PREVIOUS_HOSTS, "typed_config": {**PREVIOUS_HOSTS["typed_config"], "x": 1}}, "typed_config.x", "unknown field"),
     ({"name": "m", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.retry.host.omit_host_metadata.v3.OmitHostMetadataConfig",
-        "metadata_match": {"typed_filter_metadata": {}}}}, "typed_config.metadata_match.typed_filter_metadata", ""),
+        "metadata_match": {"filter": {}}}}, "typed_config.metadata_match.filter", "unknown field"),
 ])  # fmt: skip
 def test_other_retry_host_predicates_are_errors(predicate: dict[str, Any], where: str, message: str) -> None:
     data = one_route(route={"cluster": "svc", "retry_policy": {"retry_host_predicate": [predicate]}})
