@@ -40,12 +40,10 @@ static_resources:
 
 # A filter stock Envoy has and pylon does not (yet): the config Envoy alone accepts.
 UNSUPPORTED = """
-          - name: envoy.filters.http.set_metadata
+          - name: envoy.filters.http.bandwidth_limit
             typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.set_metadata.v3.Config
-              metadata:
-              - metadata_namespace: example
-                value: {key: value}"""
+              "@type": type.googleapis.com/envoy.extensions.filters.http.bandwidth_limit.v3.BandwidthLimit
+              stat_prefix: bw"""
 
 COMPOSE = """
 services:
@@ -54,7 +52,7 @@ services:
     ports: ["10000:10000"]
 """
 
-UNSUPPORTED_TYPE = "envoy.extensions.filters.http.set_metadata.v3.Config"
+UNSUPPORTED_TYPE = "envoy.extensions.filters.http.bandwidth_limit.v3.BandwidthLimit"
 
 # Envoy's docs (configuration/overview/_include/tagged.yaml) keep anchors under a key tagged `!ignore`.
 TAGGED = "!ignore dynamic_sockets:\n- &port 10000\n" + (BOTH % "").replace("port_value: 10000", "port_value: *port")

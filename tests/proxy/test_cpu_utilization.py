@@ -72,3 +72,14 @@ def test_cgroup_v1_is_scaled_by_shares_and_not_clamped(tmp_path: Path) -> None:
 def test_no_cgroup_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(CpuReadError, match="no supported cgroup"):
         container_reader(tmp_path)
+
+
+def test_a_second_reading_within_a_tick_is_no_failure(tmp_path: Path) -> None:
+    """The supervisor measures at start and at once again: /proc/stat has not moved, which says nothing new."""
+    stat = tmp_path / "stat"
+    write_stat(stat, 100, 0, 100, 800)
+    monitor = CpuUtilization(host_reader(stat))
+    assert monitor.pressure() == 0.0
+    write_stat(stat, 150, 0, 150, 900)
+    first = monitor.pressure()
+    assert monitor.pressure() == first

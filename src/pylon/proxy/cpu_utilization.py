@@ -118,7 +118,10 @@ class CpuUtilization:
 
     def pressure(self) -> float:
         current = self.sample()
-        previous, self.previous = self.previous, current
+        previous = self.previous
+        if previous is not None and current[:2] == previous[:2]:
+            return self.smoothed  # read again within the kernel's tick: nothing new to say (not a failure)
+        self.previous = current
         utilization = 0.0
         if previous is not None:
             work, total = current[0] - previous[0], current[1] - previous[1]
