@@ -194,7 +194,7 @@ class Rig:
         self.conn.connection_made(self.client)  # type: ignore[arg-type]
 
     async def _open_upstream(self, address: Any, tls: Any, timeout: float, factory: Callable[[], Any],
-                             source: Any, keepalive: Any) -> tuple[FakeTransport, Any]:
+                             source: Any, keepalive: Any, tap: Any = None) -> tuple[FakeTransport, Any]:
         if self.refuse:
             self.refuse -= 1
             raise ConnectError("connection refused")

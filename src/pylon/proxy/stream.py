@@ -529,10 +529,11 @@ class Stream:
         path_text = url.decode("utf-8", "surrogateescape")
         self.route = route = hcm.route_table.match(authority.decode("latin-1"), path_text, HeaderList(self.headers),
                                                    self.method.decode("latin-1"), conn.scheme.decode("latin-1"))
-        if route is not None and route.cluster_variants:  # weighted clusters with per-filter configs: pick now
-            self.route = route = route.variant_for(self)
-        if route is not None and route.disabled_filters:
-            self.chain = chain_for(hcm, route)
+        if route is not None and (route.cluster_variants or route.disabled_filters):
+            if route.cluster_variants:  # weighted clusters with per-filter configs: pick now
+                self.route = route = route.variant_for(self)
+            if route.disabled_filters:
+                self.chain = chain_for(hcm, route)
         if self.upgrade:
             # Envoy decides with the route: its upgrade_configs allow or forbid a type, else the HCM's list does
             kind = upgrade.strip().lower() if upgrade is not None else b"connect"
@@ -903,17 +904,14 @@ class Stream:
         policies = self.route.hash_policies
         key = self.hash_key(policies) if policies is not None else None
         if not cluster.provided:
-            override = self.override_host
-            host = cluster.host_at(override[0]) if override is not None else None
-            if host is None:
-                if override is not None and override[1]:  # strict: that host or none
+            if self.override_host is None and not self.tried_hosts:  # the common case: the balancer's pick
+                host = (cluster.choose_host(key) if cluster.subsets is None
+                        else cluster.subsets.choose_matching(self._subset_criteria(cluster.name), key))
+            else:
+                host = self._chosen_host(cluster, key)
+                if host is PENDING:  # a strict override whose host is gone: answered
                     cluster.circuit_breakers.requests.release()
                     return self.local(cluster.no_host_reply(self))
-                if self.tried_hosts:  # a retry under a host predicate or a retry priority
-                    host = self._choose_retry_host(cluster, key, self.tried_hosts)
-                else:
-                    host = (cluster.choose_host(key) if cluster.subsets is None
-                            else cluster.subsets.choose_matching(self._subset_criteria(cluster.name), key))
         else:
             host = cluster.request_host(self)
             if host is PENDING:  # the cluster went to find it: it calls attempt_now when it knows
@@ -986,6 +984,20 @@ class Stream:
             header += b"; Path=" + path
         self.set_cookie = (name, value, header + b"; HttpOnly")
         return value
+
+    def _chosen_host(self, cluster: "Cluster", key: bytes | None) -> "Host | None":
+        """The host a filter's override names (a stateful session's), when the cluster has it healthy; else a
+        retry's pick (`_choose_retry_host`) or the balancer's. PENDING: a strict override that has no host."""
+        override = self.override_host
+        host = cluster.host_at(override[0]) if override is not None else None
+        if host is not None:
+            return host
+        if override is not None and override[1]:  # strict: that host or none
+            return PENDING
+        if self.tried_hosts:  # a retry under a host predicate or a retry priority
+            return self._choose_retry_host(cluster, key, self.tried_hosts)
+        return (cluster.choose_host(key) if cluster.subsets is None
+                else cluster.subsets.choose_matching(self._subset_criteria(cluster.name), key))
 
     def _subset_criteria(self, cluster: str) -> Criteria | None:
         """The subset a request asks of `cluster`: the route's (or weighted cluster's) metadata_match, with the
@@ -1222,10 +1234,11 @@ class Stream:
             hl = HeaderList(list(resp))
             response_ops.apply(hl, self.conn.peer, facts=self._header_facts)
             resp = hl.items
-        if self.chain.encoder_filters:
+        chain = self.chain
+        if chain.encoder_filters:
             resp = self.encode_headers(status, resp)
-        if self.chain.data_encoders and not self.is_head and status != 204 and status != 304:
-            wanting = [f for f in self.chain.data_encoders if f.wants_response_data(self)]
+        if chain.data_encoders and not self.is_head and status != 204 and status != 304:
+            wanting = [f for f in chain.data_encoders if f.wants_response_data(self)]
             if wanting:
                 self.response_data_filters = wanting
                 if not all(getattr(f, "keeps_length", False) for f in wanting):  # pieces may change size
@@ -1236,8 +1249,8 @@ class Stream:
             extra.append((b"set-cookie", self.set_cookie[2]))
         if not hcm.suppress_envoy_headers:
             extra.append((b"x-envoy-upstream-service-time", b"%d" % int((now - self.attempt_start) * 1000)))
-        if self.chain.body_encoders and not self.is_head and status != 204 and status != 304 and \
-                any(f.wants_response_body(self) for f in self.chain.body_encoders):
+        if chain.body_encoders and not self.is_head and status != 204 and status != 304 and \
+                any(f.wants_response_body(self) for f in chain.body_encoders):
             self.held_response = (status, [pair for pair in resp if pair[0] != b"content-length"
                                            and pair[0] not in hcm.response_drop] + extra)
             self.response_body = []
