@@ -11,6 +11,7 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -254,3 +255,17 @@ def test_error_fault(launcher: ProxyLauncher, implementation: str, servers: tupl
         assert client.call("GET", "a:1") == b"-Fault Injected: Error\r\n"
     wait_until(lambda: command_stats(proxy).get("redis.rs.command.get.error_fault") == 1, timeout=15)
     assert command_stats(proxy).get("redis.rs.command.get.total") == 1
+
+
+def test_delay_fault(launcher: ProxyLauncher, implementation: str, servers: tuple[Redis, Redis]) -> None:
+    """A delay fault holds the reply (the command itself goes upstream): at least the delay, never an error."""
+    proxy, port = start(launcher, implementation, servers, faults=[{
+        "fault_type": "DELAY", "delay": "1s", "commands": ["GET"],
+        "fault_enabled": {"default_value": {"numerator": 100, "denominator": "HUNDRED"}}}])
+    with RespClient(port) as client:
+        assert client.call("SET", "a:1", "v") == b"+OK\r\n"
+        started = time.monotonic()
+        assert client.call("GET", "a:1") == b"$1\r\nv\r\n"
+        assert time.monotonic() - started >= 0.95
+    wait_until(lambda: command_stats(proxy).get("redis.rs.command.get.delay_fault") == 1, timeout=15)
+    assert command_stats(proxy).get("redis.rs.command.get.success") == 1
