@@ -22,7 +22,7 @@ FILTER = "static_resources.listeners[0].filter_chains[0].filters[0].typed_config
 
 
 def test_requests_decode_across_reads() -> None:
-    decoder = resp.ReplyDecoder()
+    decoder = resp.Decoder()
     wire = resp.encode_command([b"SET", b"k", b"a\r\nb"]) + resp.encode_command([b"GET", b"k"])
     got = []
     for i in range(len(wire)):  # one byte at a time: a value is taken only once it is whole
@@ -33,7 +33,7 @@ def test_requests_decode_across_reads() -> None:
 
 def test_replies_keep_their_bytes() -> None:
     wire = b"+OK\r\n-ERR x\r\n:42\r\n$-1\r\n*2\r\n$1\r\na\r\n*-1\r\n"
-    replies = resp.ReplyDecoder().feed(wire)
+    replies = resp.Decoder().feed(wire)
     assert [r.kind for r in replies] == [resp.SIMPLE, resp.ERROR, resp.INTEGER, resp.BULK, resp.ARRAY]
     assert replies[2].value == 42 and replies[3].value is None and replies[1].is_error
     assert b"".join(r.raw for r in replies) == wire
@@ -42,7 +42,7 @@ def test_replies_keep_their_bytes() -> None:
 @pytest.mark.parametrize("wire", [b"?x\r\n", b"$abc\r\n", b"$3\r\nabcXY"])
 def test_garbage_is_a_protocol_error(wire: bytes) -> None:
     with pytest.raises(resp.ProtocolError):
-        resp.ReplyDecoder().feed(wire)
+        resp.Decoder().feed(wire)
 
 
 def test_longest_prefix_wins_and_remove_prefix() -> None:

@@ -32,7 +32,7 @@ class UpstreamClient(asyncio.Protocol):
         self.flush_timeout = settings.flush_timeout
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
-        self.decoder = resp.ReplyDecoder()
+        self.decoder = resp.Decoder()
         self.waiting: deque[tuple[OnReply | None, asyncio.TimerHandle | None]] = deque()
         self.out: list[bytes] = []  # written once connected, or once the flush buffer is full
         self.out_size = 0

@@ -84,13 +84,6 @@ class PrefixRoutes(EnvoyStruct, kw_only=True):
                 raise FieldError(f"routes[{i}].prefix", f"prefix `{route.prefix}` already exists.")
             seen.add(prefix)
 
-    def clusters(self) -> list[tuple[str, str]]:
-        """(field path, cluster name) of every route."""
-        named = [(f"prefix_routes.routes[{i}].cluster", route.cluster) for i, route in enumerate(self.routes)]
-        if self.catch_all_route is not None:
-            named.append(("prefix_routes.catch_all_route.cluster", self.catch_all_route.cluster))
-        return named
-
 
 class RedisFault(EnvoyStruct, kw_only=True):
     """RedisProxy.RedisFault: an error or a delay for a share of the commands it names (none: all)."""
@@ -124,9 +117,6 @@ class RedisProxy(EnvoyStruct, kw_only=True):
     def __post_init__(self) -> None:
         if self.settings is None:
             raise FieldError("settings", "missing required field")
-
-    def cluster_references(self) -> list[tuple[str, str]]:
-        return self.prefix_routes.clusters() if self.prefix_routes is not None else []
 
 
 class CredentialAddress(EnvoyStruct, kw_only=True):

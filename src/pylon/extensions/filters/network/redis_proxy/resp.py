@@ -3,8 +3,8 @@
 Why a decoder of our own and no client library: the proxy never interprets replies beyond their boundaries and
 kinds (an error reply counts as a failed fragment of MGET, an integer adds up for DEL), and it must pass each one
 on byte for byte, so a `Reply` keeps its encoded bytes (`raw`) next to the decoded value. Envoy's codec takes the
-same shapes; anything else from a client (an inline command, a nested array) is a protocol error for it, and for
-us: `ProtocolError`.
+same shapes; bytes that are no RESP value (an inline command) are a protocol error for it, and for us:
+`ProtocolError`.
 """
 
 from __future__ import annotations
@@ -110,61 +110,10 @@ class _Buffer:
         return bytes(self.data[at:at + length]), at + length + 2
 
 
-class RequestDecoder:
-    """Client bytes -> commands (lists of arguments). Only arrays of bulk strings are requests."""
-
-    def __init__(self) -> None:
-        self._buf = _Buffer()
-
-    def feed(self, data: bytes) -> list[list[bytes] | ProtocolError]:
-        """The whole requests `data` completes, in order. A malformed one ends the list with its error: what
-        follows it cannot be framed."""
-        buf = self._buf
-        buf.feed(data)
-        out: list[list[bytes] | ProtocolError] = []
-        while buf.pos < len(buf.data):
-            try:
-                found = self._request(buf.pos)
-            except ProtocolError as exc:
-                out.append(exc)
-                return out
-            if found is None:
-                break
-            args, buf.pos = found
-            out.append(args)
-        return out
-
-    def buffered(self) -> int:
-        return len(self._buf.data) - self._buf.pos
-
-    def _request(self, at: int) -> tuple[list[bytes], int] | None:
-        buf = self._buf
-        if buf.data[at] != ARRAY:
-            raise ProtocolError("a request must be an array of bulk strings")
-        header = buf.number(at + 1)
-        if header is None:
-            return None
-        count, at = header
-        if count < 0 or count > 1024 * 1024:
-            raise ProtocolError(f"invalid array length {count}")
-        args: list[bytes] = []
-        for _ in range(count):
-            if at >= len(buf.data):
-                return None
-            if buf.data[at] != BULK:
-                raise ProtocolError("a request must be an array of bulk strings")
-            found = buf.bulk(at + 1)
-            if found is None:
-                return None
-            arg, at = found
-            if arg is None:
-                raise ProtocolError("a request argument cannot be nil")
-            args.append(arg)
-        return args, at
-
-
-class ReplyDecoder:
-    """Upstream bytes -> replies, each with its own bytes."""
+class Decoder:
+    """Bytes -> RESP2 values, each with its own bytes: an upstream's replies, and what clients send (any value:
+    the session refuses what is no array of bulk strings with Envoy's "invalid request", as Envoy does, and
+    closes the connection only on bytes that are not RESP at all)."""
 
     def __init__(self) -> None:
         self._buf = _Buffer()

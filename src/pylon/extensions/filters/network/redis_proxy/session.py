@@ -135,7 +135,7 @@ class RedisSession(asyncio.Protocol):
     def __init__(self, runtime: RedisRuntime) -> None:
         self.runtime = runtime
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
-        self.decoder = resp.ReplyDecoder()  # clients may send any RESP value: what is no command is refused
+        self.decoder = resp.Decoder()  # clients may send any RESP value: what is no command is refused
         self.authenticated = not runtime.passwords
         self.pending: deque[Pending] = deque()
         self.closed = False
