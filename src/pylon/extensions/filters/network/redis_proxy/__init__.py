@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pylon.config import registry
-from pylon.extensions.filters.network.redis_proxy.config import TYPE_URL, RedisProxy
+from pylon.extensions.filters.network.redis_proxy.config import RedisProxy
 from pylon.extensions.filters.network.redis_proxy.session import RedisRuntime, RedisSession
 from pylon.proxy.filters.network import register_terminal
 
@@ -28,5 +27,4 @@ def build(config: RedisProxy, listener: Any, network_filters: list[Any]) -> tupl
     return runtime, factory
 
 
-registry.register_typed(registry.NETWORK_FILTER, TYPE_URL, RedisProxy)
 register_terminal(RedisProxy, build)

@@ -142,4 +142,7 @@ class RedisProtocolOptions(EnvoyStruct, kw_only=True):
     aws_iam: NotSupportedYet | None = None
 
 
+# Both messages register here, the module config/registry.py names (importing it runs the package's __init__,
+# which registers the terminal filter with the proxy).
+registry.register_typed(registry.NETWORK_FILTER, TYPE_URL, RedisProxy)
 registry.register_typed(registry.UPSTREAM_OPTIONS, OPTIONS_TYPE_URL, RedisProtocolOptions)
