@@ -269,3 +269,37 @@ def test_delay_fault(launcher: ProxyLauncher, implementation: str, servers: tupl
         assert time.monotonic() - started >= 0.95
     wait_until(lambda: command_stats(proxy).get("redis.rs.command.get.delay_fault") == 1, timeout=15)
     assert command_stats(proxy).get("redis.rs.command.get.success") == 1
+
+
+def test_upstream_credentials_per_address(launcher: ProxyLauncher, implementation: str,
+                                          servers: tuple[Redis, Redis]) -> None:
+    """`credentials` for the host's address win over the cluster's own (wrong here) username and password."""
+    plain, locked = servers
+    port = free_port()
+    options = {"envoy.filters.network.redis_proxy": {
+        "@type": OPTIONS_TYPE, "auth_username": {"inline_string": "default"},
+        "auth_password": {"inline_string": "wrong"},
+        "credentials": [{"address": {"socket_address": {"address": "127.0.0.1", "port_value": locked.port}},
+                         "auth_username": {"inline_string": "default"},
+                         "auth_password": {"inline_string": UPSTREAM_PASSWORD}}]}}
+    launcher.start([redis_listener(port)], [cluster("plain", plain.port), cluster(
+        "locked", locked.port, typed_extension_protocol_options=options)], implementation=implementation)
+    wait_for_port(port)
+    with RespClient(port) as client:
+        assert client.call("SET", "b:1", "v") == b"+OK\r\n"
+    assert locked.command("GET", "b:1") == b"$1\r\nv\r\n"
+
+
+def test_wrong_upstream_password_shows_in_the_replies(launcher: ProxyLauncher, implementation: str,
+                                                      servers: tuple[Redis, Redis]) -> None:
+    """The AUTH reply is passed over: the commands get the upstream's NOAUTH (and count as answered)."""
+    plain, locked = servers
+    port = free_port()
+    options = {"envoy.filters.network.redis_proxy": {"@type": OPTIONS_TYPE,
+                                                     "auth_password": {"inline_string": "wrong"}}}
+    launcher.start([redis_listener(port)], [cluster("plain", plain.port), cluster(
+        "locked", locked.port, typed_extension_protocol_options=options)], implementation=implementation)
+    wait_for_port(port)
+    with RespClient(port) as client:
+        assert client.call("SET", "b:1", "v").startswith(b"-NOAUTH")
+    assert locked.command("EXISTS", "b:1") == b":0\r\n"
