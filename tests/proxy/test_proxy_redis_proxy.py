@@ -303,3 +303,23 @@ def test_wrong_upstream_password_shows_in_the_replies(launcher: ProxyLauncher, i
     with RespClient(port) as client:
         assert client.call("SET", "b:1", "v").startswith(b"-NOAUTH")
     assert locked.command("EXISTS", "b:1") == b":0\r\n"
+
+
+def test_op_timeout(launcher: ProxyLauncher, implementation: str, servers: tuple[Redis, Redis]) -> None:
+    """An upstream that never answers: after op_timeout the command fails, and the next one gets a new connection."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)  # accepts (the kernel does) and never answers
+    try:
+        port = free_port()
+        launcher.start([redis_listener(port, settings={"op_timeout": "0.5s"})],
+                       [cluster("plain", servers[0].port), cluster("locked", silent.getsockname()[1])],
+                       implementation=implementation)
+        wait_for_port(port)
+        with RespClient(port) as client:
+            started = time.monotonic()
+            assert client.call("GET", "b:1") == b"-upstream failure\r\n"
+            assert time.monotonic() - started >= 0.45
+            assert client.call("SET", "a:1", "v") == b"+OK\r\n"  # the other cluster was never held up
+    finally:
+        silent.close()
