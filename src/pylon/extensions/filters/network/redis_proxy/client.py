@@ -1,6 +1,6 @@
-"""One worker's connection to one redis host, shared by every client connection that sends it commands.
+"""One worker's connection to one redis host, shared by every client connection of one redis_proxy filter.
 
-As Envoy's redis connection pool: per worker, one connection per upstream host, pipelined (replies come back in
+As Envoy's redis connection pool: per worker and filter, one connection per upstream host, pipelined (replies come back in
 the order the commands went). A new connection first sends the cluster's AUTH (RedisProtocolOptions) and passes
 over its reply, as Envoy does; a wrong password then shows in the replies to the commands themselves. A command
 not answered within `op_timeout` closes the connection, and every command still on it fails ("upstream failure").

@@ -62,7 +62,9 @@ class RedisRuntime:
         self.username = read_bytes(config.downstream_auth_username) \
             if config.downstream_auth_username is not None else None
         self.faults = Faults(config.faults, random.Random())
-        self.clients: dict[tuple[int, Any], UpstreamClient] = worker.singletons.setdefault("redis_proxy.clients", {})
+        # this filter's connection per upstream host (its op_timeout and flush settings are the filter's own, as
+        # Envoy keeps a connection pool per filter config and cluster)
+        self.clients: dict[tuple[int, Any], UpstreamClient] = {}
         stats = worker.stats
         prefix = f"redis.{config.stat_prefix}."
         for name in ("downstream_cx_total", "downstream_cx_rx_bytes_total", "downstream_cx_tx_bytes_total",
