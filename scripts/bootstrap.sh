@@ -6,12 +6,13 @@
 # for the capture tests (network namespaces of our own with REDIRECT rules), nghttpd (nghttp2-server: a third-party
 # HTTP/2 upstream for the upstream HTTP/2 tests), and softhsm2 + opensc for PKCS#11 tokens
 # (workload and CA keys kept in a token; the tests make their own tokens in temp dirs, never the system's).
+# redis-server: the upstream of the redis_proxy tests (started on a free port per test, nothing saved).
 # Python: a virtualenv in .venv with pylon installed editable, plus test and bench extras.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DEBS=(wrk nginx-light nghttp2-client nghttp2-server curl openssl ca-certificates gcc libssl-dev linux-perf iproute2 nftables softhsm2
-      opensc libnghttp2-dev)
+      opensc libnghttp2-dev redis-server)
 missing=()
 for pkg in "${DEBS[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

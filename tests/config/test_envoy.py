@@ -1115,11 +1115,12 @@ def test_typed_filter_metadata_takes_the_types_a_reader_knows() -> None:
 def test_missing_or_unknown_type_urls() -> None:
     data = bootstrap([listener({"stat_prefix": "x"})])
     assert error(data) == f"config error in test.yaml: {HCM_PATH}.@type: missing required field"
-    url = "type.googleapis.com/envoy.extensions.filters.network.redis_proxy.v3.RedisProxy"
+    url = "type.googleapis.com/envoy.extensions.filters.network.mongo_proxy.v3.MongoProxy"
     assert error(bootstrap([listener({"@type": url})])) == (
         f"config error in test.yaml: {HCM_PATH}.@type: unknown network filter type {url}; accepted here: "
         f"type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager, "
         f"type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC, "
+        f"type.googleapis.com/envoy.extensions.filters.network.redis_proxy.v3.RedisProxy, "
         f"type.googleapis.com/envoy.extensions.filters.network.sni_dynamic_forward_proxy.v3.FilterConfig, "
         f"{TCP_PROXY_TYPE}"
     )

@@ -2331,7 +2331,7 @@ class FilterChain(EnvoyStruct, kw_only=True):
     metadata: Metadata | None = None
 
     def __post_init__(self) -> None:
-        what = "a terminal network filter (http_connection_manager or tcp_proxy)"
+        what = "a terminal network filter (http_connection_manager, tcp_proxy or redis_proxy)"
         _check_terminal_last(self.filters, "filters", what)
 
 
@@ -3255,7 +3255,7 @@ class Cluster(EnvoyStruct, kw_only=True):
             except FieldError as exc:
                 raise FieldError(join_path(where, exc.rel_path), exc.message) from None
             expected = registry.message_name(registry.type_url_of(type(value)) or "")
-            if key != expected:
+            if key not in (expected, getattr(type(value), "extension_name", expected)):
                 raise FieldError(where, f"the key must be the extension name {expected}")
             resolved[key] = value
         force_setattr(self, "typed_extension_protocol_options", resolved)

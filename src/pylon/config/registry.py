@@ -306,6 +306,12 @@ EXTENSION_MODULES: Mapping[str, Mapping[str, str]] = MappingProxyType(
             "envoy.extensions.filters.network.rbac.v3.RBAC": "pylon.extensions.filters.network.rbac",
             "envoy.extensions.filters.network.sni_dynamic_forward_proxy.v3.FilterConfig":
                 "pylon.extensions.filters.network.sni_dynamic_forward_proxy",
+            "envoy.extensions.filters.network.redis_proxy.v3.RedisProxy":
+                "pylon.extensions.filters.network.redis_proxy.config",
+        },
+        UPSTREAM_OPTIONS: {
+            "envoy.extensions.filters.network.redis_proxy.v3.RedisProtocolOptions":
+                "pylon.extensions.filters.network.redis_proxy.config",
         },
         UDP_LISTENER_FILTER: {
             "envoy.extensions.filters.udp.udp_proxy.v3.UdpProxyConfig": "pylon.extensions.filters.udp.udp_proxy",

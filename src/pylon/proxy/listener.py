@@ -31,7 +31,7 @@ from pylon.proxy.matching.engine import NO_MATCH, Vocabulary, compile_matcher
 from pylon.proxy.matching.input_matchers import INPUT_MATCHERS
 from pylon.proxy.matching.network_inputs import NETWORK_READERS, NetworkMatchingData
 from pylon.proxy.filters.listener import Detected, build_listener_filter
-from pylon.proxy.filters.network import build_network_filter
+from pylon.proxy.filters.network import build_network_filter, terminal_factory
 from pylon.proxy.codec_select import connection_factory
 from pylon.proxy.h2_connection import H2Runtime
 from pylon.proxy.hcm import HcmRuntime
@@ -335,8 +335,12 @@ def build_chain(chain: FilterChain, listener: ListenerRuntime) -> ChainRuntime:
             session.runtime_listener = listener
             session.detected = detected
             return session
-    else:  # the config loader only lets the two terminal filters through
-        raise TypeError(f"unsupported terminal filter {type(terminal_cfg).__name__}")
+    else:  # an extension's terminal filter (the config loader lets only registered ones through)
+        build = terminal_factory(type(terminal_cfg))
+        if build is None:
+            raise TypeError(f"unsupported terminal filter {type(terminal_cfg).__name__}")
+        runtime.terminal, factory = build(terminal_cfg, listener, network_filters)
+        runtime.terminal.tls_stats = runtime.tls_stats
     runtime.app_factory = tapped_factory(factory, socket_tap(chain.transport_socket, worker.stats, worker.worker_id))
     runtime.install_tls(worker.secrets, worker.stats)
     return runtime

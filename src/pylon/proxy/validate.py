@@ -207,7 +207,7 @@ def _check_balancers(source: str, listeners: list[Any], base: str) -> None:
 
 def _check_access_logs(source: str, filter_path: str, terminal: Any) -> None:
     """The access logs of an HTTP connection manager, a tcp_proxy or a UDP proxy compile as a worker compiles them."""
-    for k, entry in enumerate(terminal.access_log):
+    for k, entry in enumerate(getattr(terminal, "access_log", ())):  # redis_proxy has none
         try:
             compile_log_format(entry.typed_config.log_format)
         except ValueError as exc:

@@ -38,6 +38,10 @@ class NetworkFilter(Protocol):
 NetworkFilterFactory = Callable[[str, Any, Any], NetworkFilter]
 _FACTORIES: dict[type, NetworkFilterFactory] = {}
 _WAITING: set[type] = set()
+#: terminal filters of extensions (redis_proxy): factory(config Struct, listener runtime, the chain's filters
+#: ahead of it) -> (the chain's terminal runtime, its connections' protocol factory)
+TerminalFactory = Callable[[Any, Any, list[NetworkFilter]], tuple[Any, Callable[..., Any]]]
+_TERMINALS: dict[type, TerminalFactory] = {}
 
 
 def register_network_filter(config_type: type, factory: NetworkFilterFactory, *, waits: bool = False) -> None:
@@ -45,6 +49,15 @@ def register_network_filter(config_type: type, factory: NetworkFilterFactory, *,
     _FACTORIES[config_type] = factory
     if waits:
         _WAITING.add(config_type)
+
+
+def register_terminal(config_type: type, factory: TerminalFactory) -> None:
+    """A terminal network filter beside the core two (http_connection_manager, tcp_proxy)."""
+    _TERMINALS[config_type] = factory
+
+
+def terminal_factory(config_type: type) -> TerminalFactory | None:
+    return _TERMINALS.get(config_type)
 
 
 def is_registered(config_type: type) -> bool:
