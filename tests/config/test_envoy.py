@@ -195,7 +195,8 @@ def test_rds_over_ads_needs_ads_config() -> None:
 
 def test_route_config_or_rds_exactly_one() -> None:
     data = http_bootstrap(rds={"route_config_name": "r", "config_source": {"path": "/tmp/r.yaml"}})
-    assert error(data) == f"config error in test.yaml: {HCM_PATH}.route_config: exactly one of route_config and rds is required"
+    assert error(data) == (f"config error in test.yaml: {HCM_PATH}.route_config: exactly one of route_config, rds and "
+                           "scoped_routes is required")
 
 
 def test_max_request_headers_kb_is_bounded() -> None:
@@ -1258,3 +1259,15 @@ def test_protobuf_json_names_are_field_names() -> None:
     assert (loaded.connect_timeout, loaded.per_connection_buffer_limit_bytes) == (2.0, 5)
     both = bootstrap(clusters=[{"name": "svc", "connect_timeout": "1s", "connectTimeout": "2s"}])
     assert "connectTimeout: unknown field" in error(both)
+
+
+def test_default_socket_interface_with_io_uring_options_loads() -> None:
+    """Envoy uses io_uring only where its build and kernel have it and falls back to the kernel's sockets; pylon
+    always takes the fallback (proxy/server.py says so at start)."""
+    data = bootstrap()
+    data["bootstrap_extensions"] = [{"name": "s", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.network.socket_interface.v3.DefaultSocketInterface",
+        "io_uring_options": {"io_uring_size": 300}}}]
+    assert load(data).asks_io_uring
+    data["bootstrap_extensions"][0]["typed_config"]["io_uring_options"] = {"io_uring_size": -1}
+    assert "io_uring_options.io_uring_size" in error(data)

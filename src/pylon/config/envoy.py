@@ -3779,8 +3779,6 @@ INTERNAL_LISTENER_EXTENSION = "envoy.extensions.bootstrap.internal_listener.v3.I
 #: Envoy's bootstrap extensions that its docs configure and pylon does not have, each with why.
 _BOOTSTRAP_EXTENSIONS = MappingProxyType({
     "envoy.extensions.wasm.v3.WasmService": "pylon runs no Wasm",
-    "envoy.extensions.network.socket_interface.v3.DefaultSocketInterface":
-        "pylon's sockets are the kernel's through Python's socket module: there is no socket interface to choose",
     "envoy.extensions.bootstrap.reverse_tunnel.downstream_socket_interface.v3."
     "DownstreamReverseConnectionSocketInterface": "pylon has no reverse tunnels",
     "envoy.extensions.bootstrap.reverse_tunnel.upstream_socket_interface.v3.UpstreamReverseConnectionSocketInterface":
@@ -3800,6 +3798,24 @@ class InternalListenerExtension(EnvoyStruct, kw_only=True):
     def buffer_size(self) -> int:
         """In bytes."""
         return (1024 if self.buffer_size_kb is None else self.buffer_size_kb) * 1024
+
+
+class IoUringOptions(EnvoyStruct, kw_only=True):
+    """extensions.network.socket_interface.v3.IoUringOptions (its settings' ranges; see DefaultSocketInterface)."""
+
+    io_uring_size: UInt32 | None = None
+    enable_submission_queue_polling: bool = False
+    read_buffer_size: UInt32 | None = None
+    write_timeout_ms: UInt32 | None = None
+
+
+class DefaultSocketInterface(EnvoyStruct, kw_only=True):
+    """extensions.network.socket_interface.v3.DefaultSocketInterface: the kernel's sockets, which are pylon's
+    anyway. With `io_uring_options` Envoy uses io_uring where its build and kernel support it, and falls back to
+    these sockets silently where not; pylon's workers run on uvloop's epoll, so they always take the fallback, and
+    say so when they start (proxy/server.py)."""
+
+    io_uring_options: IoUringOptions | None = None
 
 
 class BootstrapExtension(EnvoyStruct, kw_only=True):
@@ -3837,6 +3853,10 @@ class Bootstrap(EnvoyStruct, kw_only=True):
     #: where the stats go at each stats_flush_interval (statsd over UDP)
     stats_sinks: list[StatsSink] = []
     bootstrap_extensions: list[BootstrapExtension] = []
+    #: the socket interface every socket uses. pylon has Envoy's default one (the kernel's sockets) only; a name
+    #: that is no socket interface leaves the default in place, as Envoy's server does (it looks the name up and
+    #: keeps its default when nothing answers to it; its validate mode accepts any name)
+    default_socket_interface: str = ""
 
     def __post_init__(self) -> None:
         if self.stats_flush_on_admin is False:
@@ -3884,6 +3904,12 @@ class Bootstrap(EnvoyStruct, kw_only=True):
                     raise FieldError(f"layered_runtime.layers[{i}].static_layer.{key}", exc.message) from None
 
     @property
+    def asks_io_uring(self) -> bool:
+        """Whether a DefaultSocketInterface extension asks for io_uring (which pylon never uses: see there)."""
+        return any(isinstance(e.typed_config, DefaultSocketInterface) and e.typed_config.io_uring_options is not None
+                   for e in self.bootstrap_extensions)
+
+    @property
     def internal_listener(self) -> InternalListenerExtension | None:
         """The internal listener bootstrap extension, if configured (internal listeners need it)."""
         for extension in self.bootstrap_extensions:
@@ -3914,6 +3940,9 @@ class Bootstrap(EnvoyStruct, kw_only=True):
 
 _CORE_EXTENSIONS: tuple[tuple[str, str, type], ...] = (
     (registry.BOOTSTRAP_EXTENSION, registry.TYPE_URL_PREFIX + INTERNAL_LISTENER_EXTENSION, InternalListenerExtension),
+    (registry.BOOTSTRAP_EXTENSION,
+     "type.googleapis.com/envoy.extensions.network.socket_interface.v3.DefaultSocketInterface",
+     DefaultSocketInterface),
     (
         registry.NETWORK_FILTER,
         "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",

@@ -481,6 +481,10 @@ def run_proxy(options: ProxyOptions) -> int:
         return 0
     if options.base_id is not None:
         log.debug("--base-id %d accepted and ignored: pylon has no hot restart", options.base_id)
+    if bootstrap.asks_io_uring:
+        log.warning("bootstrap_extensions: DefaultSocketInterface's io_uring_options: io_uring is not used (pylon's "
+                    "workers run on uvloop's epoll); sockets are the kernel's default ones, as Envoy's where io_uring "
+                    "is unavailable - remove io_uring_options to silence this")
     try:
         balancers, table = bind_listeners(bootstrap, options.concurrency)
     except ListenerBindError as exc:
