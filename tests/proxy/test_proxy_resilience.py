@@ -316,11 +316,12 @@ def test_stream_idle_timeout_client_stalls_is_408(timeouts):
 
 
 def test_stream_idle_timeout_upstream_stalls_is_504(timeouts):
-    # Envoy (since 1.23, PR 20026) answers 504 when the whole request was read and the upstream is silent.
-    data, closed, elapsed = _send_and_wait(timeouts.ports["si"], b"GET /slow/3 HTTP/1.1\r\nHost: x\r\n\r\n")
+    # Envoy (since 1.23, PR 20026) answers 504 when the whole request was read and the upstream is silent; the
+    # connection stays open for the next request (observed beside Envoy 1.40: test_proxy_hcm_no_filters.py).
+    data, closed, _ = _send_and_wait(timeouts.ports["si"], b"GET /slow/3 HTTP/1.1\r\nHost: x\r\n\r\n")
     assert data.startswith(b"HTTP/1.1 504 "), data
     assert data.endswith(b"stream timeout")
-    assert elapsed < 1.5
+    assert b"connection: close" not in data.lower() and not closed
 
 
 def test_idle_timeout_closes_idle_connection(timeouts):

@@ -1166,8 +1166,10 @@ class Stream:
             due = max(self.last_activity, self.conn.last_activity) + idle
             if now >= due:
                 hcm.rq_idle_timeout.value += 1
-                self.close_after = True
-                # Envoy: 504 once the whole request is in (the upstream is silent), else 408.
+                # Envoy: 504 once the whole request is in (the upstream is silent), and the connection stays
+                # open for the next request; else 408, and the connection closes (the rest of the request is
+                # unread).
+                self.close_after = self.rq_state != RQ_DONE
                 self.local(lr.STREAM_IDLE_TIMEOUT if self.rq_state == RQ_DONE else lr.STREAM_IDLE_TIMEOUT_CLIENT)
                 return None
             if not following or due < following:
