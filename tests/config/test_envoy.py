@@ -209,9 +209,13 @@ def test_router_must_be_the_last_http_filter() -> None:
         f"config error in test.yaml: {HCM_PATH}.http_filters[0]: "
         "envoy.filters.http.router is terminal and must be the last filter"
     )
-    assert error(http_bootstrap(http_filters=[])) == (
-        f"config error in test.yaml: {HCM_PATH}.http_filters: must end with the router filter (envoy.filters.http.router)"
+    cors = {"name": "envoy.filters.http.cors", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"}}
+    assert error(http_bootstrap(http_filters=[cors])) == (
+        f"config error in test.yaml: {HCM_PATH}.http_filters[0]: the last filter must be the router filter "
+        "(envoy.filters.http.router), got envoy.filters.http.cors"
     )
+    # none at all is accepted, as Envoy: then nothing answers (tests/proxy/test_proxy_hcm_no_filters.py)
+    load(http_bootstrap(http_filters=[]))
 
 
 def test_missing_stat_prefix_is_a_missing_required_field() -> None:

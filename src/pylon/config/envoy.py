@@ -1892,7 +1892,8 @@ class HttpConnectionManager(EnvoyStruct, kw_only=True):
             raise FieldError("codec_type", "HTTP3 is not supported yet")
         if sum(source is not None for source in (self.route_config, self.rds, self.scoped_routes)) != 1:
             raise FieldError("route_config", "exactly one of route_config, rds and scoped_routes is required")
-        _check_terminal_last(self.http_filters, "http_filters", "the router filter (envoy.filters.http.router)")
+        if self.http_filters:  # none at all is accepted, as Envoy: nothing then answers (proxy/hcm.py)
+            _check_terminal_last(self.http_filters, "http_filters", "the router filter (envoy.filters.http.router)")
 
     def inline_route_configs(self) -> list[tuple[str, RouteConfiguration]]:
         """The route configurations given inline, by field path: `route_config`, or each scope's (scoped_routes)."""

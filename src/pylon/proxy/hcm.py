@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from pylon.proxy import local_reply as lr
 from pylon.proxy.access_log import AccessLogRecord, build_access_loggers
 from pylon.proxy.connection_info import ConnectionInfo, address_host, transport_address
-from pylon.proxy.filters.http import build_filter
+from pylon.proxy.filters.http import NoTerminalFilter, build_filter
 from pylon.proxy.filters.upstream import build_upstream_filters
 from pylon.proxy.filters.listener import Detected
 from pylon.proxy.http.h1_server import CasePreservingRequestDecoder, Http1RequestDecoder, Http1ResponseEncoder
@@ -184,7 +184,7 @@ class HcmRuntime:
         self.dynamic_stats = bool(getattr(router, "dynamic_stats", True))
         # The filters before the router, in order; empty (and free) when the router is alone.
         self.decoder_filters = [build_filter(f.name, f.typed_config, config.stat_prefix, stats, worker.loop)
-                                for f in config.http_filters[:-1]]
+                                for f in config.http_filters[:-1]] if config.http_filters else [NoTerminalFilter()]
         # Filters with work of their own before requests (jwt_authn's async JWKS fetch) start now; what a listener
         # built at startup waits for before it serves (Envoy's init targets) goes to the worker.
         for http_filter in self.decoder_filters:

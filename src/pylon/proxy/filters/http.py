@@ -70,6 +70,17 @@ class DecoderFilter(Protocol):
     def decode_headers(self, stream: Any) -> bool: ...
 
 
+class NoTerminalFilter:
+    """What an HCM without any HTTP filter runs: Envoy 1.40 accepts an empty `http_filters` and then no filter,
+    not even the router, answers a request, which waits until the stream idle timeout (504 "stream timeout").
+    Observed beside it (tests/proxy/test_proxy_hcm_no_filters.py); this keeps that rather than route anyway."""
+
+    name = "(no HTTP filters)"
+
+    def decode_headers(self, stream: Any) -> bool:
+        return False  # stop here; nothing ever continues the stream
+
+
 #: config Struct type -> factory(name, config, stat_prefix, stats, loop) building the filter for one HCM
 FilterFactory = Callable[[str, Any, str, Any, Any], DecoderFilter]
 _FACTORIES: dict[type, FilterFactory] = {}
