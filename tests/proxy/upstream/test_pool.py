@@ -287,8 +287,7 @@ def test_a_connection_lost_before_the_pool_could_use_it_fails_its_request_at_onc
     connection's circuit-breaker slot comes back."""
     rig = Rig()
 
-    async def lost_during_connect(address: Any, tls: Any, timeout: float, factory: Any, source: Any,
-                                  keepalive: Any) -> Any:
+    async def lost_during_connect(address: Any, tls: Any, timeout: float, factory: Any, *rest: Any) -> Any:
         conn = factory()
         transport = Transport()
         conn.connection_made(transport)
@@ -313,7 +312,7 @@ def test_an_unexpected_error_while_connecting_fails_its_request_instead_of_leavi
     """Whatever goes wrong opening a connection, the request waiting for it gets its answer (a connect failure)."""
     rig = Rig()
 
-    async def broken(address: Any, tls: Any, timeout: float, factory: Any, source: Any, keepalive: Any) -> Any:
+    async def broken(address: Any, tls: Any, timeout: float, factory: Any, *rest: Any) -> Any:
         raise ValueError("handshake not done yet")
 
     monkeypatch.setattr(pool_base, "open_upstream", broken)
