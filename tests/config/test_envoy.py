@@ -839,8 +839,9 @@ def test_upstream_tls_context_and_wrong_direction() -> None:
     assert error(bootstrap(clusters=[cluster(transport_socket=upstream)])) == (
         "config error in test.yaml: static_resources.clusters[0].transport_socket.typed_config.@type: "
         f"{DOWNSTREAM_TLS_TYPE} is registered as downstream transport socket, but this position takes "
-        "upstream transport sockets; accepted here: type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer."
-        "v3.RawBuffer, type.googleapis.com/envoy.extensions.transport_sockets.tap.v3.Tap, "
+        "upstream transport sockets; accepted here: type.googleapis.com/envoy.extensions.transport_sockets."
+        "proxy_protocol.v3.ProxyProtocolUpstreamTransport, type.googleapis.com/envoy.extensions.transport_sockets."
+        "raw_buffer.v3.RawBuffer, type.googleapis.com/envoy.extensions.transport_sockets.tap.v3.Tap, "
         f"{UPSTREAM_TLS_TYPE}"
     )
 

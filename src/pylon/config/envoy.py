@@ -2570,6 +2570,11 @@ class LbEndpoint(EnvoyStruct, kw_only=True):
         """What a subset load balancer groups the endpoint by (its `envoy.lb` metadata)."""
         return self.metadata.filter_metadata.get(ENVOY_LB, {}) if self.metadata is not None else {}
 
+    @property
+    def typed_metadata(self) -> dict[str, Any]:
+        """Its typed_filter_metadata, decoded (the upstream proxy_protocol socket's per-host TLVs)."""
+        return self.metadata.typed_filter_metadata if self.metadata is not None else {}
+
     def __post_init__(self) -> None:
         if self.health_status == "DEGRADED":
             raise FieldError("health_status", "DEGRADED is not supported yet (Envoy uses degraded hosts only "

@@ -253,6 +253,7 @@ EXTENSION_MODULES: Mapping[str, Mapping[str, str]] = MappingProxyType(
         },
         TYPED_METADATA: {
             "envoy.extensions.filters.http.gcp_authn.v3.Audience": "pylon.extensions.filters.http.gcp_authn",
+            "envoy.config.core.v3.PerHostConfig": "pylon.extensions.transport_sockets.proxy_protocol",
         },
         INJECTED_CREDENTIALS: {
             "envoy.extensions.http.injected_credentials.generic.v3.Generic":
@@ -330,7 +331,11 @@ EXTENSION_MODULES: Mapping[str, Mapping[str, str]] = MappingProxyType(
                 "pylon.extensions.filters.listener.proxy_protocol",
         },
         DOWNSTREAM_TRANSPORT_SOCKET: {"envoy.extensions.transport_sockets.tap.v3.Tap": "pylon.extensions.transport_sockets.tap"},
-        UPSTREAM_TRANSPORT_SOCKET: {"envoy.extensions.transport_sockets.tap.v3.Tap": "pylon.extensions.transport_sockets.tap"},
+        UPSTREAM_TRANSPORT_SOCKET: {
+            "envoy.extensions.transport_sockets.tap.v3.Tap": "pylon.extensions.transport_sockets.tap",
+            "envoy.extensions.transport_sockets.proxy_protocol.v3.ProxyProtocolUpstreamTransport":
+                "pylon.extensions.transport_sockets.proxy_protocol",
+        },
     }
 )
 

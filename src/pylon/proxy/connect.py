@@ -71,9 +71,11 @@ class TerminatedConnect:
         cluster, host, stats = self.cluster, self.host, self.cluster.stats
         stats.upstream_cx_total.value += 1
         try:
+            info = self.stream.conn.connection_info()
             transport, _ = await open_upstream(host.address, cluster.tls_for(host), cluster.connect_timeout,
                                                lambda: _Opening(self), cluster.source, cluster.keepalive,
-                                               cluster.tap)
+                                               cluster.tap,
+                                               cluster.preamble_for(host, (info.remote_address, info.local_address)))
         except (ConnectError, asyncio.CancelledError) as exc:
             cluster.circuit_breakers.connections.release()
             if isinstance(exc, asyncio.CancelledError):

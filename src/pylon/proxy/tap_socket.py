@@ -109,11 +109,14 @@ def register_socket_tap(config_type: type, factory: Callable[[Any, Any, int], An
 
 
 def socket_tap(transport_socket: Any, stats: Any, worker_id: int) -> TapSink | None:
-    """The tap of a listener chain's or a cluster's transport socket in this worker; None without one."""
-    if transport_socket is None:
-        return None
-    factory = _TAPS.get(type(transport_socket.typed_config))
-    return factory(transport_socket.typed_config, stats, worker_id) if factory is not None else None
+    """The tap among a listener chain's or a cluster's transport socket and the ones it wraps (a tap under a
+    cluster's proxy_protocol socket) in this worker; None without one."""
+    while transport_socket is not None:
+        factory = _TAPS.get(type(transport_socket.typed_config))
+        if factory is not None:
+            return factory(transport_socket.typed_config, stats, worker_id)
+        transport_socket = getattr(transport_socket.typed_config, "transport_socket", None)
+    return None
 
 
 def tapped_factory(factory: Callable[..., Any], sink: TapSink | None) -> Callable[..., Any]:

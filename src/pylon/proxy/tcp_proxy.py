@@ -197,6 +197,10 @@ class TcpProxySession(asyncio.Protocol):
                 self._attach(tunnel)
             return
         stats = cluster.stats
+        downstream = None  # what a PROXY protocol header names: the client, and the address it reached
+        if cluster.any_proxy_protocol:
+            info = self.connection_info()
+            downstream = (info.remote_address, info.local_address)
         for _ in range(rt.max_connect_attempts):
             host = self.pick_host(cluster, key)
             if host is None:
@@ -208,7 +212,7 @@ class TcpProxySession(asyncio.Protocol):
             try:
                 _, upstream = await open_upstream(host.address, cluster.tls_for(host), cluster.connect_timeout,
                                                   self._upstream_factory(host), cluster.source, cluster.keepalive,
-                                                  cluster.tap)
+                                                  cluster.tap, cluster.preamble_for(host, downstream))
             except ConnectError as exc:
                 cluster.circuit_breakers.connections.release()
                 if isinstance(exc, ConnectTimeout):

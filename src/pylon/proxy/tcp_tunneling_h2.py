@@ -136,7 +136,8 @@ async def open_h2_tunnel(session: "TcpProxySession", cluster: "Cluster", key: by
             session.flags = "UO"
             return None
         tunnel = H2TcpTunnel(session, cluster, host, session.tunnel_head(host))
-        rt.worker.pools.get(cluster, host).acquire(tunnel)  # type: ignore[arg-type]
+        # the session stands for a request: a PROXY protocol cluster's pool is this client's
+        rt.worker.pools.get(cluster, host, session).acquire(tunnel)  # type: ignore[arg-type]
         if await tunnel.established:
             if not session.closed:
                 return tunnel

@@ -43,6 +43,7 @@ from pylon.proxy.upstream.lb import create_load_balancer
 from pylon.proxy.upstream.outlier import OutlierDetector
 from pylon.proxy.upstream.subset import SubsetBalancer, cluster_balancer
 from pylon.proxy.tap_socket import socket_tap
+from pylon.proxy.upstream.proxy_protocol import UpstreamProxyProtocol, socket_proxy_protocol
 from pylon.proxy.upstream.tls_factory import UpstreamTls, matching_socket, socket_matches, transport_tls
 from pylon.stats.store import Counter, StatsStore
 
@@ -184,10 +185,16 @@ class Cluster:
         self.socket_matches = socket_matches(config, secrets)
         # The tap transport socket wrapping the cluster's own (None: none; tap_socket.py), on every connection.
         self.tap: TapSink | None = socket_tap(config.transport_socket, stats, worker_id)
+        # The PROXY protocol header its connections start with (None: none; upstream/proxy_protocol.py): the
+        # cluster's transport socket's, or a host's transport_socket_match's.
+        self.proxy_protocol: UpstreamProxyProtocol | None = socket_proxy_protocol(config.transport_socket)
+        self.match_proxy_protocols = [socket_proxy_protocol(match.transport_socket)
+                                      for match in config.transport_socket_matches]
+        self.any_proxy_protocol = self.proxy_protocol is not None or any(self.match_proxy_protocols)
         # auto_sni / auto_san_validation: each request's host names its connections' TLS (None: not set).
         self.auto_sni: AutoSni | None = AutoSni.of(config)
         # The pool registry's hot-path test: one pool per host, of the one kind the cluster speaks.
-        self.plain_pools = self.auto_sni is None and self.protocol != "downstream"
+        self.plain_pools = self.auto_sni is None and self.protocol != "downstream" and not self.any_proxy_protocol
         bind = config.upstream_bind_config
         # Where upstream connections leave from (Istio's inbound clusters: 127.0.0.6, so capture rules let them by).
         self.source: tuple[str, int] | None = (
@@ -199,7 +206,8 @@ class Cluster:
             self.health_checker = HealthChecker.from_config(
                 config.health_checks[0], self.name, stats, prefix,
                 lambda address: open_stream(address, self.tls_for(self._by_address.get(address)),
-                                            self.connect_timeout, self.source, self.keepalive, self.tap),
+                                            self.connect_timeout, self.source, self.keepalive, self.tap,
+                                            self.preamble_for(self._by_address.get(address), None)),
                 had_traffic=lambda: self.stats.upstream_cx_total.value > 0,
                 on_success=self.outlier.on_active_health_check_success if self.outlier is not None else None,
             )
@@ -230,8 +238,8 @@ class Cluster:
         else:
             self._dns = DnsRefresher(
                 self.name,
-                [DnsTarget(address[0], address[1], weight, flags, metadata, placement, lb_metadata)
-                 for address, weight, _, flags, metadata, placement, lb_metadata in endpoints],
+                [DnsTarget(address[0], address[1], weight, flags, metadata, placement, lb_metadata, typed_metadata)
+                 for address, weight, _, flags, metadata, placement, lb_metadata, typed_metadata in endpoints],
                 self._on_dns_update,
                 lookup_family=config.dns_lookup_family,
                 refresh_rate=float(config.dns_refresh_rate),
@@ -259,6 +267,7 @@ class Cluster:
                 host.weight = ep.weight
             host.placement = ep.placement
             host.lb_metadata = ep.lb_metadata
+            host.typed_metadata = ep.typed_metadata
             host.set_eds_flags(ep.eds_flags)
             host.socket = matching_socket(self.socket_matches, ep.socket_metadata) if self.socket_matches else -1
             new[ep.address] = host
@@ -399,6 +408,19 @@ class Cluster:
             return self.tls
         return self.socket_matches[host.socket][1]
 
+    def proxy_protocol_for(self, host: Host | None) -> UpstreamProxyProtocol | None:
+        """The PROXY protocol of connections to `host`: its transport socket match's, else the cluster's."""
+        if host is None or host.socket < 0:
+            return self.proxy_protocol
+        return self.match_proxy_protocols[host.socket]
+
+    def preamble_for(self, host: Host | None, downstream: tuple[Any, Any] | None,
+                     ) -> Callable[[Any, Any], bytes] | None:
+        """What a connection to `host` made for `downstream` (its client and the address it reached; None: for
+        nobody) sends first: its PROXY protocol header, or nothing (None)."""
+        proxy_protocol = self.proxy_protocol_for(host) if self.any_proxy_protocol else None
+        return proxy_protocol.preamble(host, downstream) if proxy_protocol is not None else None
+
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start DNS refresh, active health checks, the outlier sweep and the ORIGINAL_DST cleanup on this worker's
         loop."""
@@ -472,9 +494,9 @@ class Cluster:
 
 
 def assignment_endpoints(assignment: Any) -> Iterable[
-        tuple[tuple[str, int], int, str, int, Mapping[str, Any], Placement, Mapping[str, Any]]]:
+        tuple[tuple[str, int], int, str, int, Mapping[str, Any], Placement, Mapping[str, Any], Mapping[str, Any]]]:
     """((address, port), weight, hostname, health flags, transport socket metadata, placement, `envoy.lb`
-    metadata) of every lb_endpoint of a ClusterLoadAssignment (inline or from EDS): a `ResolvedEndpoint`'s
+    metadata, typed filter metadata) of every lb_endpoint of a ClusterLoadAssignment (inline or from EDS): a `ResolvedEndpoint`'s
     fields."""
     if assignment is None:
         return
@@ -493,7 +515,7 @@ def assignment_endpoints(assignment: Any) -> Iterable[
                 address = (sock.address, sock.port_value)
             yield (address, lb_endpoint.load_balancing_weight, endpoint.hostname,
                    eds_health_flags(lb_endpoint.health_status), lb_endpoint.socket_match_metadata, placement,
-                   lb_endpoint.lb_metadata)
+                   lb_endpoint.lb_metadata, lb_endpoint.typed_metadata)
 
 
 #: A custom cluster type's factory: (config, stats, worker id, secrets, the worker's singletons) -> its Cluster.

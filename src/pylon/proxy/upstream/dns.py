@@ -49,6 +49,8 @@ class DnsTarget:
     socket_metadata: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=False)
     placement: Placement = NO_PLACEMENT  # its locality entry's priority and locality
     lb_metadata: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=False)  # its `envoy.lb`
+    # its typed_filter_metadata (the proxy_protocol socket's per-host TLVs)
+    typed_metadata: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,7 @@ class ResolvedEndpoint:
     socket_metadata: Mapping[str, Any] = field(default_factory=dict, hash=False)
     placement: Placement = NO_PLACEMENT
     lb_metadata: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    typed_metadata: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
 
 def select_addresses(infos: Sequence[tuple[Any, ...]], lookup_family: str) -> list[str]:
@@ -187,7 +190,7 @@ class DnsRefresher:
             endpoints.extend(
                 ResolvedEndpoint((addr, target.port), target.weight, target.hostname, target.eds_flags,
                                  target.socket_metadata, target.placement,
-                                 target.lb_metadata)
+                                 target.lb_metadata, target.typed_metadata)
                 for addr in addresses
             )
         self.on_update(endpoints)

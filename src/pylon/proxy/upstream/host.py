@@ -74,6 +74,7 @@ class Host:
         "address", "weight", "hostname", "healthy", "health_flags",
         "active_requests", "active_connections", "rq_total", "rq_success", "rq_error",
         "rq_timeout", "cx_connect_fail", "outlier", "on_health_change", "socket", "placement", "lb_metadata",
+        "typed_metadata",
     )
 
     def __init__(self, address: tuple[str, int], weight: int = 1, hostname: str = "") -> None:
@@ -95,6 +96,8 @@ class Host:
         self.placement = NO_PLACEMENT  # its priority and locality (upstream/priority.py balances by them)
         # Its `envoy.lb` metadata: the values a subset load balancer groups it by (upstream/subset.py).
         self.lb_metadata: Mapping[str, Any] = NO_METADATA
+        # Its typed_filter_metadata, by name (the upstream proxy_protocol socket's TLVs: upstream/proxy_protocol.py).
+        self.typed_metadata: Mapping[str, Any] = NO_METADATA
         # Per-host outlier state, attached by the cluster's detector (None without outlier_detection).
         self.outlier: HostMonitor | None = None
         # Called with this host whenever `healthy` flips; the cluster rebuilds its LB set.

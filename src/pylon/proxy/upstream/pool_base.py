@@ -17,7 +17,7 @@ import asyncio
 import logging
 import socket
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from pylon.proxy.upstream.connect import ConnectError, ConnectTimeout, open_upstream
 from pylon.proxy.upstream.expiry import ConnectionLimits, Expiry, verdict
@@ -97,6 +97,8 @@ class PoolBase:
         self.connecting = 0
         self.tasks: set[asyncio.Task[Any]] = set()
         self.retired = False  # its cluster was removed or replaced: finish what is in flight, reuse nothing
+        #: what each of its connections sends first (the cluster's PROXY protocol header; set by the registry)
+        self.preamble: Callable[[Any, Any], bytes] | None = None
 
     # -- what each pool says ------------------------------------------------------------------------
     def _new_connection(self) -> Any:
@@ -211,7 +213,8 @@ class PoolBase:
         try:
             try:
                 _, conn = await open_upstream(self.host.address, tls, cluster.connect_timeout,
-                                              self._new_connection, cluster.source, cluster.keepalive, cluster.tap)
+                                              self._new_connection, cluster.source, cluster.keepalive, cluster.tap,
+                                              self.preamble)
                 if conn.closed:
                     # Lost before the pool could use it: over TLS 1.3 a server refusing the client (no or a bad
                     # certificate) says so after the client's handshake is done, often before this line runs.

@@ -13,7 +13,9 @@ keeps it only while it waits in it or uses one of its connections.
 
 A pool is one host's, except for a cluster with auto_sni / auto_san_validation (`auto_sni.py`): there each
 request host names the TLS of its connections, so the pool is the host's and that name's, and a connection
-made for one name never serves another. Other clusters pay one attribute test per request for it.
+made for one name never serves another. Other clusters pay one attribute test per request for it. So is a
+cluster with the upstream PROXY protocol (`proxy_protocol.py`): each connection's header names one downstream
+connection's addresses, so its pools are the host's and those addresses'.
 """
 
 from __future__ import annotations
@@ -36,6 +38,16 @@ if TYPE_CHECKING:
     from pylon.proxy.upstream.cluster import Cluster
 
 
+def _downstream_addresses(request: Any) -> tuple[Any, Any] | None:
+    """(client, address it reached) of the downstream connection a request came on (or of the tcp_proxy session
+    a tunnel is for); None for a request that came on none (a shadow copy, the proxy's own)."""
+    conn = getattr(request, "conn", request)
+    if conn is None or not hasattr(conn, "connection_info"):
+        return None
+    info = conn.connection_info()
+    return info.remote_address, info.local_address
+
+
 class PoolRegistry:
     """The worker's connection pools, one per host (and request host name, see the module docstring), created on
     first use (the `PoolOwner` of each)."""
@@ -49,8 +61,9 @@ class PoolRegistry:
         self._suspects: set[Pool] = set()  # pools that said they may be empty since the last look
         self.wake_at = 0.0  # when the wheel looks at the suspects next (0 = not armed)
 
-    def get(self, cluster: "Cluster", host: Any, request: "HostedRequest | None" = None) -> Pool:
-        """The pool for `request` to `host` of `cluster` (the request matters only to auto_sni clusters)."""
+    def get(self, cluster: "Cluster", host: Any, request: "HostedRequest | Any | None" = None) -> Pool:
+        """The pool for `request` to `host` of `cluster` (the request matters only to auto_sni clusters, and to
+        PROXY protocol ones: then a tcp_proxy session may stand for it, for the addresses of its connection)."""
         if cluster.plain_pools:  # the per-request hot path: one attribute test more than a plain lookup
             pool = self.pools.get(host)
             return pool if pool is not None else self._new_pool(cluster, host, host, None, cluster.h2_settings)
@@ -65,18 +78,28 @@ class PoolRegistry:
             # the client's protocol (a shadow copy or the proxy's own request has no client connection: HTTP/1.1)
             h2 = h2 if getattr(getattr(request, "conn", None), "protocol", None) == "HTTP/2" else None
             key = (host, h2 is not None)
-        if cluster.auto_sni is None or request is None or not isinstance(cluster.tls_for(host), ClientTls):
+        downstream = None
+        if cluster.any_proxy_protocol and cluster.proxy_protocol_for(host) is not None:
+            # each connection's PROXY header names one downstream connection's addresses: never shared by two
+            downstream = _downstream_addresses(request)
+            key = (key, downstream)
+        if cluster.auto_sni is None or not hasattr(request, "route") or \
+                not isinstance(cluster.tls_for(host), ClientTls):
             pool = self.pools.get(key)
-            return pool if pool is not None else self._new_pool(cluster, host, key, None, h2)
+            return pool if pool is not None else self._new_pool(cluster, host, key, None, h2, downstream)
         name = cluster.auto_sni.name_for(request)
         key = (key, name.key)
         pool = self.pools.get(key)
-        return pool if pool is not None else self._new_pool(cluster, host, key, name, h2)
+        return pool if pool is not None else self._new_pool(cluster, host, key, name, h2, downstream)
 
     def _new_pool(self, cluster: "Cluster", host: Any, key: Any, name: "UpstreamName | None",
-                  h2: "H2Settings | None") -> Pool:
+                  h2: "H2Settings | None", downstream: tuple[Any, Any] | None = None) -> Pool:
         kind = HostPool if h2 is None else AutoPool if cluster.protocol == "auto" else H2Pool
         pool = self.pools[key] = kind(cluster, host, self.loop, self, key, name)
+        preamble = cluster.preamble_for(host, downstream)
+        if preamble is not None:
+            for each in (pool.h1, pool.h2) if isinstance(pool, AutoPool) else (pool,):
+                each.preamble = preamble
         # A pool nothing ends up using (the request overflowed the breakers) must go too.
         self.maybe_empty(pool)
         return pool

@@ -47,7 +47,8 @@ class UpstreamClient(asyncio.Protocol):
         stats.upstream_cx_total.value += 1
         try:
             await open_upstream(self.host.address, cluster.tls_for(self.host), cluster.connect_timeout,
-                                lambda: self, cluster.source, cluster.keepalive)
+                                lambda: self, cluster.source, cluster.keepalive, cluster.tap,
+                                cluster.preamble_for(self.host, None))
         except ConnectError as exc:
             if isinstance(exc, ConnectTimeout):
                 stats.upstream_cx_connect_timeout.value += 1
