@@ -11,7 +11,6 @@ from __future__ import annotations
 import ipaddress
 import socket
 import struct
-import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -20,6 +19,7 @@ import pytest
 
 from tests.conftest import free_port
 from tests.proxy.conftest import RunningProxy, http_listener, route, static_cluster, tcp_listener, wait_until
+from tests.proxy.upstreams import TcpEcho
 
 SOCKET_TYPE = ("type.googleapis.com/envoy.extensions.transport_sockets.proxy_protocol.v3."
                "ProxyProtocolUpstreamTransport")
@@ -56,27 +56,16 @@ def parse_header(data: bytes) -> tuple[dict[str, Any], bytes] | None:
     return header, rest
 
 
-class ProxyProtocolBackend:
-    """Accepts connections, records each one's PROXY header, then answers every HTTP/1.1 request with 200 (or, as
+class ProxyProtocolBackend(TcpEcho):
+    """Records each connection's PROXY header, then answers every bodiless HTTP/1.1 request with 200 (or, as
     `echo`, sends back what it reads)."""
 
     def __init__(self, echo: bool = False) -> None:
         self.echo = echo
-        self.connections: list[dict[str, Any]] = []
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.closed = False
-        threading.Thread(target=self._accept, daemon=True).start()
+        self.records: list[dict[str, Any]] = []  # each connection whose header has come, in that order
+        super().__init__()
 
-    def _accept(self) -> None:
-        while not self.closed:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
+    def _echo(self, conn: socket.socket) -> None:  # type: ignore[override]
         record: dict[str, Any] = {"header": None, "paths": []}
         data = b""
         with conn:
@@ -93,7 +82,7 @@ class ProxyProtocolBackend:
                     if parsed is None:
                         continue
                     record["header"], data = parsed
-                    self.connections.append(record)
+                    self.records.append(record)
                 if self.echo:
                     conn.sendall(data)
                     data = b""
@@ -102,10 +91,6 @@ class ProxyProtocolBackend:
                     head, _, data = data.partition(b"\r\n\r\n")
                     record["paths"].append(head.split(b" ")[1].decode())
                     conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-
-    def close(self) -> None:
-        self.closed = True
-        self.sock.close()
 
 
 @pytest.fixture
@@ -158,8 +143,8 @@ def test_http_connections_name_the_downstream_client(implementation: str, run_pr
     second_port, more = get_twice(listener_port)
     assert statuses == more == [200, 200]
     # one upstream connection per downstream connection, each header naming its own client
-    assert [c["paths"] for c in backend.connections] == [["/one", "/two"], ["/one", "/two"]]
-    headers = [c["header"] for c in backend.connections]
+    assert [c["paths"] for c in backend.records] == [["/one", "/two"], ["/one", "/two"]]
+    headers = [c["header"] for c in backend.records]
     assert [h["source"] for h in headers] == [("127.0.0.1", first_port), ("127.0.0.1", second_port)]
     assert all(h["destination"] == ("127.0.0.1", listener_port) for h in headers)
     assert all(h["version"] == (1 if version == "V1" else 2) for h in headers)
@@ -176,7 +161,7 @@ def test_host_tlvs_come_first_and_replace_the_socket_s(implementation: str, run_
                        socket_tlvs=[{"type": 0xEE, "value": "ZGVmYXVsdA=="}, {"type": 0xE0, "value": "ZGVm"}])],
               implementation=implementation)
     assert httpx.get(f"http://127.0.0.1:{listener_port}/", timeout=10).status_code == 200
-    (connection,) = backend.connections
+    (connection,) = backend.records
     assert connection["header"]["tlvs"] == [(0xEE, b"override"), (0xEF, b"newvalue"), (0xE0, b"def")]
 
 
@@ -190,10 +175,10 @@ def test_tcp_proxy_sends_the_header_before_any_byte(implementation: str, run_pro
                   implementation=implementation)
         with socket.create_connection(("127.0.0.1", listener_port), timeout=10) as sock:
             client_port = sock.getsockname()[1]
-            assert wait_until(lambda: echo.connections, timeout=10)  # sent on connect, before the client's bytes
+            assert wait_until(lambda: echo.records, timeout=10)  # sent on connect, before the client's bytes
             sock.sendall(b"hello")
             assert sock.recv(100) == b"hello"
-        (connection,) = echo.connections
+        (connection,) = echo.records
         assert connection["header"] == {"version": 2, "command": "PROXY", "tlvs": [(0xE1, b"x")],
                                         "source": ("127.0.0.1", client_port),
                                         "destination": ("127.0.0.1", listener_port)}
@@ -211,8 +196,8 @@ def test_health_checks_are_made_for_nobody(implementation: str, run_proxy: Calla
               [cluster(backend.port, version, socket_tlvs=[{"type": 0xE1, "value": "eA=="}],
                        health_checks=[health_check])],
               implementation=implementation)
-    assert wait_until(lambda: any("/health" in c["paths"] for c in backend.connections), timeout=10)
-    header = next(c["header"] for c in backend.connections if "/health" in c["paths"])
+    assert wait_until(lambda: any("/health" in c["paths"] for c in backend.records), timeout=10)
+    header = next(c["header"] for c in backend.records if "/health" in c["paths"])
     if version == "V2":
         assert header == {"version": 2, "command": "LOCAL", "tlvs": []}
     else:
