@@ -1,4 +1,5 @@
-"""Test OTLP collectors: an OTLP/HTTP receiver (POST /v1/traces, protobuf) and an OTLP/gRPC receiver on grpcio.
+"""Test OTLP collectors: an OTLP/HTTP receiver (POST /v1/traces, protobuf) and an OTLP/gRPC receiver on grpcio, and
+the same two for metrics (the OpenTelemetry stats sink's reports).
 
 Both decode `ExportTraceServiceRequest`s with opentelemetry-proto and keep every span with its resource and
 scope, plus the request metadata (headers), so tests can compare what pylon and Envoy export.
@@ -13,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import grpc
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
@@ -133,6 +135,46 @@ class GrpcCollector(_Store):
 
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Service(), self.server)
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+
+    def close(self) -> None:
+        self.server.stop(0)
+
+
+class _MetricsStore:
+    """What a metrics collector keeps: each export's headers (":path" among them over HTTP) and body, undecoded
+    (tests decode them: tests/extensions/stat_sinks/test_otlp_metrics.py `decode`)."""
+
+    def __init__(self) -> None:
+        self.reports: list[dict[str, Any]] = []
+        super().__init__()  # the HTTP receiver's own (its lock and server), when it is one
+        self.lock = threading.Lock()
+
+    def add(self, body: bytes, headers: dict[str, str]) -> None:
+        with self.lock:
+            self.reports.append({"headers": headers, "body": body})
+
+
+class HttpMetricsCollector(_MetricsStore, HttpCollector):
+    """OTLP/HTTP for metrics (POST /v1/metrics): the HTTP receiver above, keeping reports."""
+
+
+class GrpcMetricsCollector(_MetricsStore):
+    """OTLP/gRPC for metrics: opentelemetry.proto.collector.metrics.v1.MetricsService/Export on grpcio."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        store = self
+
+        class Service(metrics_service_pb2_grpc.MetricsServiceServicer):
+            def Export(self, request: Any, context: grpc.ServicerContext) -> Any:
+                headers = {k: v for k, v in context.invocation_metadata() if isinstance(v, str)}
+                store.add(request.SerializeToString(), headers)
+                return metrics_service_pb2.ExportMetricsServiceResponse()
+
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(Service(), self.server)
         self.port = self.server.add_insecure_port("127.0.0.1:0")
         self.server.start()
 

@@ -331,6 +331,9 @@ EXTENSION_MODULES: Mapping[str, Mapping[str, str]] = MappingProxyType(
                 "pylon.extensions.filters.listener.proxy_protocol",
         },
         DOWNSTREAM_TRANSPORT_SOCKET: {"envoy.extensions.transport_sockets.tap.v3.Tap": "pylon.extensions.transport_sockets.tap"},
+        STATS_SINK: {
+            "envoy.extensions.stat_sinks.open_telemetry.v3.SinkConfig": "pylon.extensions.stat_sinks.open_telemetry",
+        },
         UPSTREAM_TRANSPORT_SOCKET: {
             "envoy.extensions.transport_sockets.tap.v3.Tap": "pylon.extensions.transport_sockets.tap",
             "envoy.extensions.transport_sockets.proxy_protocol.v3.ProxyProtocolUpstreamTransport":

@@ -92,7 +92,7 @@ class Supervisor:
         # The overload manager's measuring half, and the connections table the workers share (None: not asked for).
         self.overload = OverloadMonitor.of(bootstrap, dynamic.stats, options.concurrency)
         # The bootstrap's stats_sinks, sent the merged stats at each flush (stats_sinks.py).
-        self.sinks = build_sinks(bootstrap)
+        self.sinks = build_sinks(bootstrap, self._export_through_worker)
         self.workers: dict[int, WorkerHandle] = {}
         self.state = "PRE_INITIALIZING"
         self.start_time = time.time()
@@ -189,6 +189,17 @@ class Supervisor:
     def _flush_sinks(self, snapshot: dict[str, Any]) -> None:
         for sink in self.sinks:
             sink.flush(snapshot)
+
+    def _export_through_worker(self, sink: int, body: bytes) -> None:
+        """Have a worker send an extension sink's report (the collector is a cluster, and clusters live in the
+        workers, as in Envoy's main thread's cluster manager): the first live one; dropped, as a failed export,
+        when none is."""
+        handle = next((h for _, h in sorted(self.workers.items()) if not h.gone), None)
+        if handle is None:
+            log.debug("stats sink %d: no worker to export through", sink)
+            return
+        asyncio.get_running_loop().create_task(handle.client.request({"op": "export_stats", "sink": sink,
+                                                                      "body": body}))
 
     async def _watch_files(self) -> None:
         """Apply accepted changes of the CDS/RDS files to every worker."""

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import logging
 import socket
-from typing import Any
+from functools import partial
+from typing import Any, Callable
 
 from pylon.stats.prometheus import extract_tags
 
@@ -111,6 +112,30 @@ class UdpStatsdSink:
         self.sock.close()
 
 
-def build_sinks(bootstrap: Any) -> list[UdpStatsdSink]:
-    """The bootstrap's stats sinks (the config model admits statsd and DogStatsD, over UDP)."""
-    return [UdpStatsdSink(sink.typed_config) for sink in bootstrap.stats_sinks]
+#: An extension sink's config type -> (its supervisor side, made with the config and a `send(body)` that has a
+#: worker export `body`; the worker's exporter, made with the config and the worker). Extensions register
+#: (extensions/stat_sinks/open_telemetry.py): the proxy imports none.
+_SINKS: dict[type, tuple[Callable[[Any, Callable[[bytes], None]], Any], Callable[[Any, Any], Any]]] = {}
+
+
+def register_stats_sink(config_type: type, sink: Callable[[Any, Callable[[bytes], None]], Any],
+                        exporter: Callable[[Any, Any], Any]) -> None:
+    _SINKS[config_type] = (sink, exporter)
+
+
+def build_sinks(bootstrap: Any, export: Callable[[int, bytes], None]) -> list[Any]:
+    """The bootstrap's stats sinks: statsd and DogStatsD over UDP from the supervisor; an extension's sink encodes
+    in the supervisor and has a worker send (`export(index of the sink, body)`), through its upstream pools."""
+    sinks: list[Any] = []
+    for index, sink in enumerate(bootstrap.stats_sinks):
+        registered = _SINKS.get(type(sink.typed_config))
+        if registered is None:
+            sinks.append(UdpStatsdSink(sink.typed_config))
+        else:
+            sinks.append(registered[0](sink.typed_config, partial(export, index)))
+    return sinks
+
+
+def sink_exporter(config: Any, worker: Any) -> Any:
+    """A worker's exporter for an extension sink's config (`send(body)`)."""
+    return _SINKS[type(config)][1](config, worker)

@@ -48,6 +48,7 @@ from pylon.proxy.logging_setup import configure_logging
 from pylon.proxy.overload import WorkerOverload, release_free_memory
 from pylon.proxy.router import RouteTable
 from pylon.proxy.shared_buckets import SHARED_BUCKETS, SharedBuckets
+from pylon.proxy.stats_sinks import sink_exporter
 from pylon.proxy.upstream.cluster import Cluster, build_cluster, build_clusters
 from pylon.proxy.validate import configure_regex_engine
 from pylon.proxy.upstream.pool_registry import PoolRegistry
@@ -91,6 +92,8 @@ class Worker:
         #: targets); taken by `start` per static listener, dropped for LDS ones (they serve at once)
         self.init_waits: list[asyncio.Future[Any]] = []
         self.node: Any = None  # the bootstrap's node (spans' node_id, zone, service name)
+        self.stats_sinks: list[Any] = []  # the bootstrap's; an extension sink's reports go out from a worker
+        self.sink_exporters: dict[int, Any] = {}  # by the sink's index, made on its first report
         self.access_log_writer = AccessLogWriter()
         self.draining = False
         #: the admin's /healthcheck/fail: health_check filters answer 503, connections close after each response
@@ -184,6 +187,7 @@ class Worker:
         self.access_log_writer.start(self.loop)
         self.secrets = _decode_secrets(dynamic)
         self.node = bootstrap.node
+        self.stats_sinks = bootstrap.stats_sinks
         self.clusters.update(build_clusters(bootstrap.static_resources.clusters, self.stats, self.worker_id,
                                             self.secrets, self.singletons))
         for cluster in self.clusters.values():
@@ -374,6 +378,14 @@ class Worker:
         for cluster in self.clusters.values():
             await cluster.stop()
 
+    def export_stats(self, sink: int, body: bytes) -> bool:
+        """Send a stats sink's report (encoded by the supervisor) through this worker's upstream pools."""
+        exporter = self.sink_exporters.get(sink)
+        if exporter is None:
+            exporter = self.sink_exporters[sink] = sink_exporter(self.stats_sinks[sink].typed_config, self)
+        exporter.send(body)
+        return True
+
     def describe_clusters(self) -> list[dict[str, Any]]:
         return [cluster.describe() for cluster in self.clusters.values()]
 
@@ -485,6 +497,8 @@ async def _carry_out(worker: Worker, message: dict[str, Any], drain_time: float,
     if op == "overload":
         worker.overload.update(message["scales"])
         return {"ok": True}
+    if op == "export_stats":
+        return {"ok": worker.export_stats(message["sink"], message["body"])}
     if op == "shrink_heap":
         release_free_memory()
         return {"ok": True}

@@ -118,7 +118,7 @@ def resource_attributes(config: OpenTelemetryConfig) -> dict[str, str]:
     return attributes
 
 
-class _HttpExporter:
+class HttpExporter:
     """OTLP/HTTP: one protobuf POST per batch through the worker's pool for the URI's cluster."""
 
     def __init__(self, worker: "Worker", service: HttpService) -> None:
@@ -147,16 +147,18 @@ def _answered(status: int) -> None:
         log.debug("OTLP/HTTP export answered %s", status or "nothing")
 
 
-class _GrpcExporter:
-    """OTLP/gRPC: TraceService/Export per batch on the cluster's hosts."""
+class GrpcExporter:
+    """OTLP/gRPC: one Export call per batch on the cluster's hosts (`method`: the traces' TraceService/Export, or
+    the stats sink's MetricsService/Export)."""
 
-    def __init__(self, worker: "Worker", service: GrpcClientService) -> None:
+    def __init__(self, worker: "Worker", service: GrpcClientService, method: str = EXPORT_METHOD) -> None:
         from pylon.proxy.upstream.grpc_channel import GrpcClusterClient  # grpcio only for configs that export so
 
         self.client = GrpcClusterClient(worker, service, USER_AGENT)
+        self.method = method
 
     def send(self, body: bytes) -> None:
-        self.client.call_soon(EXPORT_METHOD, body, _exported)
+        self.client.call_soon(self.method, body, _exported)
 
 
 def _exported(response: bytes | None, error: BaseException | None) -> None:
@@ -168,11 +170,11 @@ class _Reporter:
     """Encodes a batch under the config's resource and scope and hands it to the exporter (if any)."""
 
     def __init__(self, worker: "Worker", config: OpenTelemetryConfig) -> None:
-        self.exporter: _HttpExporter | _GrpcExporter | None = None
+        self.exporter: HttpExporter | GrpcExporter | None = None
         if config.http_service is not None:
-            self.exporter = _HttpExporter(worker, config.http_service)
+            self.exporter = HttpExporter(worker, config.http_service)
         elif config.grpc_service is not None:
-            self.exporter = _GrpcExporter(worker, config.grpc_service)
+            self.exporter = GrpcExporter(worker, config.grpc_service)
         self.resource = resource_attributes(config)
         self.scope = ("pylon", __version__) if config.set_instrumentation_scope else None
         self.spans_sent = worker.stats.counter(STAT_PREFIX + "spans_sent")

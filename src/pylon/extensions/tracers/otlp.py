@@ -23,10 +23,10 @@ if TYPE_CHECKING:
     from pylon.proxy.tracing import Span
 
 _KINDS = {"SERVER": b"\x30\x02", "CLIENT": b"\x30\x03"}  # Span.kind (field 6, varint): SERVER 2, CLIENT 3
-_FIXED64 = struct.Struct("<Q").pack
+FIXED64 = struct.Struct("<Q").pack
 
 
-def _varint(value: int) -> bytes:
+def varint(value: int) -> bytes:
     out = bytearray()
     while value > 0x7F:
         out.append((value & 0x7F) | 0x80)
@@ -35,15 +35,15 @@ def _varint(value: int) -> bytes:
     return bytes(out)
 
 
-def _field(tag: int, payload: bytes) -> bytes:
+def field(tag: int, payload: bytes) -> bytes:
     """A length-delimited field (`tag` is the whole key byte: number << 3 | 2)."""
     size = len(payload)
     if size < 0x80:
         return bytes((tag, size)) + payload
-    return bytes((tag,)) + _varint(size) + payload
+    return bytes((tag,)) + varint(size) + payload
 
 
-def _attributes(tag: int, pairs: dict[str, str]) -> bytes:
+def attributes(tag: int, pairs: dict[str, str]) -> bytes:
     """Repeated KeyValue{key: 1, value: 2 AnyValue{string_value: 1}} under `tag`, the common short case inline."""
     out = []
     for key, value in pairs.items():
@@ -55,23 +55,23 @@ def _attributes(tag: int, pairs: dict[str, str]) -> bytes:
             out.append(bytes((tag, len(k) + len(any_value) + 4, 0x0A, len(k))) + k
                        + bytes((0x12, len(any_value))) + any_value)
         else:
-            out.append(_field(tag, _field(0x0A, k) + _field(0x12, _field(0x0A, v) if v else b"")))
+            out.append(field(tag, field(0x0A, k) + field(0x12, field(0x0A, v) if v else b"")))
     return b"".join(out)
 
 
 def _span(span: "Span") -> bytes:
     start = span.start_us * 1000
-    parts = [_field(0x0A, bytes.fromhex(span.trace_id)), _field(0x12, bytes.fromhex(span.span_id))]
+    parts = [field(0x0A, bytes.fromhex(span.trace_id)), field(0x12, bytes.fromhex(span.span_id))]
     if span.trace_state:
-        parts.append(_field(0x1A, span.trace_state.encode()))
+        parts.append(field(0x1A, span.trace_state.encode()))
     if span.parent_id:
-        parts.append(_field(0x22, bytes.fromhex(span.parent_id)))
+        parts.append(field(0x22, bytes.fromhex(span.parent_id)))
     if span.name:
-        parts.append(_field(0x2A, span.name.encode()))
+        parts.append(field(0x2A, span.name.encode()))
     parts.append(_KINDS[span.kind])
-    parts.append(b"\x39" + _FIXED64(start))  # start_time_unix_nano: 7, fixed64
-    parts.append(b"\x41" + _FIXED64(start + span.duration_us * 1000))  # end_time_unix_nano: 8, fixed64
-    parts.append(_attributes(0x4A, span.tags))  # attributes: 9
+    parts.append(b"\x39" + FIXED64(start))  # start_time_unix_nano: 7, fixed64
+    parts.append(b"\x41" + FIXED64(start + span.duration_us * 1000))  # end_time_unix_nano: 8, fixed64
+    parts.append(attributes(0x4A, span.tags))  # attributes: 9
     return b"".join(parts)
 
 
@@ -80,7 +80,7 @@ def encode(spans: list["Span"], resource: dict[str, str], scope: tuple[str, str]
     scope_spans = b""
     if scope is not None:
         name, version = scope[0].encode(), scope[1].encode()
-        scope_spans = _field(0x0A, (_field(0x0A, name) if name else b"") + (_field(0x12, version) if version else b""))
-    scope_spans += b"".join(_field(0x12, _span(span)) for span in spans)
-    resource_spans = _field(0x0A, _attributes(0x0A, resource)) + _field(0x12, scope_spans)
-    return _field(0x0A, resource_spans)
+        scope_spans = field(0x0A, (field(0x0A, name) if name else b"") + (field(0x12, version) if version else b""))
+    scope_spans += b"".join(field(0x12, _span(span)) for span in spans)
+    resource_spans = field(0x0A, attributes(0x0A, resource)) + field(0x12, scope_spans)
+    return field(0x0A, resource_spans)
