@@ -8,11 +8,13 @@ host's bytes are the response body, whose end is the host's EOF: the stream ends
 cut off (HTTP/1.1: the connection closes after the last chunk). A whole request keeps its HTTP/1.1 connection. It
 is no upgrade (downstream_cx_upgrades_total stays 0); the cluster counts upstream_rq_200. Other methods on the
 route are routed as usual, a POST on a route without allow_post too, and the route's timeout still runs from the
-request's end. These tests run each scenario through both proxies with the same expectations.
+request's end. These tests run each scenario through both proxies with the same expectations, and Envoy's docs
+pair (a tcp_proxy tunnelling over HTTP/2 POST in front of the terminating proxy) in every pairing of the two.
 """
 
 from __future__ import annotations
 
+import hashlib
 import http.server
 import os
 import socket
@@ -25,9 +27,11 @@ import pytest
 
 from tests.conftest import free_port
 from tests.proxy.conftest import (ProxyLauncher, RunningProxy, http_listener, json_access_log, read_json_lines,
-                                  route, static_cluster, wait_until)
+                                  route, static_cluster, tcp_listener, wait_until)
 from tests.proxy.test_proxy_connect import body, reset_closes_upstream
 from tests.proxy.test_proxy_http2 import H2Client
+from tests.proxy.test_proxy_http2_upstream import h2_options
+from tests.proxy.test_proxy_tcp_tunneling_h2 import AnswerAfterEof, echo_through
 from tests.proxy.upstreams import TcpEcho
 
 ALLOW_POST = [{"upgrade_type": "CONNECT", "connect_config": {"allow_post": True}}]
@@ -366,3 +370,56 @@ def test_the_route_timeout_runs_from_the_end_of_the_request(setup: Setup) -> Non
             reader.read_until(b"never")  # the connection ends mid-body
         assert not reader.done
     assert wait_until(lambda: setup.proxy.stats().get("cluster.raw.upstream_rq_timeout") == 1, timeout=10)
+
+
+# --------------------------------------------------------------------------- Envoy's docs pair, chained
+
+
+PAIRS = [("pylon", "pylon"), ("envoy", "envoy"), ("pylon", "envoy"), ("envoy", "pylon")]
+
+
+@pytest.fixture(params=PAIRS, ids=["-".join(pair) for pair in PAIRS])
+def chain(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, int]]:
+    """Envoy's encapsulate_in_http2_post.yaml in front of its terminate_http2_post.yaml: a tcp_proxy whose
+    tunneling_config `use_post` opens an HTTP/2 POST stream per connection, to a proxy that terminates POSTs; behind
+    it an echo, and a host that answers only after the client's half-close."""
+    front_impl, back_impl = request.param
+    echo, late, launcher = TcpEcho(), AnswerAfterEof(), ProxyLauncher(tmp_path)
+    try:
+        ports = {"back": free_port(), "back_late": free_port(), "front": free_port(), "front_late": free_port()}
+        back_route = {"match": {"prefix": "/", "headers": [{"name": ":method", "string_match": {"exact": "POST"}}]},
+                      "route": {"cluster": "echo", "upgrade_configs": ALLOW_POST}}
+        late_route = {**back_route, "route": {"cluster": "late", "upgrade_configs": ALLOW_POST}}
+        launcher.start([http_listener(name, ports[name], [routed], http2_protocol_options={"allow_connect": True})
+                        for name, routed in (("back", back_route), ("back_late", late_route))],
+                       [static_cluster("echo", [echo.port]), static_cluster("late", [late.port])],
+                       implementation=back_impl)
+        tunneling = {"hostname": "host.com:443", "use_post": True}
+        launcher.start([tcp_listener("front", ports["front"], "back", tunneling_config=tunneling),
+                        tcp_listener("front_late", ports["front_late"], "back_late", tunneling_config=tunneling)],
+                       [static_cluster("back", [ports["back"]], **h2_options()),
+                        static_cluster("back_late", [ports["back_late"]], **h2_options())],
+                       implementation=front_impl)
+        yield ports
+    finally:
+        launcher.close()
+        echo.close()
+        late.close()
+
+
+def test_the_docs_pair_carries_a_large_payload_byte_exact(chain: dict[str, int]) -> None:
+    payload = os.urandom(4 << 20)
+    got = echo_through(chain["front"], payload)
+    assert len(got) == len(payload) and hashlib.sha256(got).digest() == hashlib.sha256(payload).digest()
+
+
+def test_the_docs_pair_passes_the_half_close_on(chain: dict[str, int]) -> None:
+    """The client's FIN: END_STREAM on the POST stream, then the host's EOF; the host's answer after it comes
+    back, and its close ends the client's connection."""
+    with socket.create_connection(("127.0.0.1", chain["front_late"]), timeout=10) as sock:
+        sock.sendall(b"ping")
+        sock.shutdown(socket.SHUT_WR)
+        got = b""
+        while chunk := sock.recv(4096):
+            got += chunk
+    assert got == b"got:ping"
