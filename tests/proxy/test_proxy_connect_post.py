@@ -21,17 +21,17 @@ import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.conftest import free_port
-from tests.proxy.conftest import (ProxyLauncher, RunningProxy, http_listener, json_access_log, read_json_lines,
-                                  route, static_cluster, tcp_listener, wait_until)
-from tests.proxy.test_proxy_connect import body, reset_closes_upstream
+from tests.proxy.conftest import (ProxyLauncher, http_listener, json_access_log, raw_exchange, route, static_cluster,
+                                  tcp_listener, wait_until)
+from tests.proxy.test_proxy_connect import Setup, _Hello, body, reset_closes_upstream
 from tests.proxy.test_proxy_http2 import H2Client
 from tests.proxy.test_proxy_http2_upstream import h2_options
 from tests.proxy.test_proxy_tcp_tunneling_h2 import AnswerAfterEof, echo_through
+from tests.proxy.test_proxy_upgrade import read_until
 from tests.proxy.upstreams import TcpEcho
 
 ALLOW_POST = [{"upgrade_type": "CONNECT", "connect_config": {"allow_post": True}}]
@@ -67,56 +67,31 @@ class RawHost(TcpEcho):
                 return
 
 
-class _Hello(http.server.BaseHTTPRequestHandler):
-    """An HTTP server behind the same kind of route: a GET is routed to it as HTTP; a tunnelled POST's body is raw
-    bytes to it, so a request written into the body is answered into the response body."""
-
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-        payload = f"hello from {self.path}".encode()
-        self.send_response(200)
-        self.send_header("content-length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
-class Setup:
-    def __init__(self, proxy: RunningProxy, host: RawHost, log: Path, implementation: str) -> None:
-        self.proxy, self.host, self.log, self.implementation = proxy, host, log, implementation
-
-    def connect(self, listener: str) -> socket.socket:
-        return socket.create_connection(("127.0.0.1", self.proxy.ports[listener]), timeout=10)
-
-    def h2(self, listener: str) -> H2Client:
-        return H2Client(self.proxy.ports[listener])
-
-    def log_lines(self, count: int) -> list[dict[str, Any]]:
-        return read_json_lines(self.log, count, timeout=10)
+#: Envoy's docs config's route: POSTs only, terminated
+POST_ONLY = {"match": {"prefix": "/", "headers": [{"name": ":method", "string_match": {"exact": "POST"}}]},
+             "route": {"cluster": "raw", "upgrade_configs": ALLOW_POST}}
+DISABLED = [{"upgrade_type": "CONNECT", "enabled": False, "connect_config": {"allow_post": True}}]
 
 
 @pytest.fixture
 def setup(implementation: str, tmp_path: Path) -> Iterator[Setup]:
-    host, web, launcher = RawHost(), http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hello), ProxyLauncher(tmp_path)
-    threading.Thread(target=web.serve_forever, daemon=True).start()
     log = tmp_path / f"{implementation}-access.log"
+    listeners = [
+        http_listener("post", free_port(), [POST_ONLY], access_log=json_access_log(log),
+                      http2_protocol_options={"allow_connect": True}),
+        http_listener("web", free_port(), [route("/", "web", upgrade_configs=ALLOW_POST)]),
+        http_listener("plain", free_port(), [route("/", "web", upgrade_configs=[
+            {"upgrade_type": "CONNECT", "connect_config": {}}])]),
+        http_listener("disabled", free_port(), [route("/", "raw", upgrade_configs=DISABLED)]),
+        http_listener("timed", free_port(), [route("/", "raw", upgrade_configs=ALLOW_POST, timeout="1s")]),
+    ]
+    host, launcher = RawHost(), ProxyLauncher(tmp_path)
+    web = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hello)
+    threading.Thread(target=web.serve_forever, daemon=True).start()
     try:
-        post_only = {"match": {"prefix": "/", "headers": [{"name": ":method", "string_match": {"exact": "POST"}}]},
-                     "route": {"cluster": "raw", "upgrade_configs": ALLOW_POST}}  # as Envoy's docs config
-        disabled = [{"upgrade_type": "CONNECT", "enabled": False, "connect_config": {"allow_post": True}}]
-        listeners = [
-            http_listener("post", free_port(), [post_only], access_log=json_access_log(log),
-                          http2_protocol_options={"allow_connect": True}),
-            http_listener("web", free_port(), [route("/", "web", upgrade_configs=ALLOW_POST)]),
-            http_listener("plain", free_port(), [route("/", "web", upgrade_configs=[
-                {"upgrade_type": "CONNECT", "connect_config": {}}])]),
-            http_listener("disabled", free_port(), [route("/", "raw", upgrade_configs=disabled)]),
-            http_listener("timed", free_port(), [route("/", "raw", upgrade_configs=ALLOW_POST, timeout="1s")],
-                          access_log=json_access_log(tmp_path / "timed.log")),
-        ]
         clusters = [static_cluster("raw", [host.port]), static_cluster("web", [web.server_address[1]])]
-        yield Setup(launcher.start(listeners, clusters, implementation=implementation), host, log, implementation)
+        proxy = launcher.start(listeners, clusters, implementation=implementation)
+        yield Setup(proxy, host, log)  # type: ignore[arg-type]  # (its `echo`: the raw host)
     finally:
         launcher.close()
         host.close()
@@ -141,7 +116,7 @@ def head_of(client: H2Client, sid: int) -> dict[bytes, bytes]:
 def test_an_h2c_post_is_tunnelled_to_the_host_and_back(setup: Setup) -> None:
     """The 200 comes once the host is connected, before any body; DATA goes raw to the host and back; the
     client's END_STREAM half-closes the host, whose EOF ends the stream cleanly."""
-    client = setup.h2("post")
+    client = H2Client(setup.proxy.ports["post"])
     try:
         sid = h2_post(client)
         fields = head_of(client, sid)
@@ -156,22 +131,23 @@ def test_an_h2c_post_is_tunnelled_to_the_host_and_back(setup: Setup) -> None:
         assert ("closed", sid, 0) in client.owner.events and ("end", sid) in client.owner.events
     finally:
         client.close()
-    assert bytes(setup.host.received[0]) == b"helloworld" and setup.host.eofs == 1  # raw: no HTTP reached it
+    assert bytes(setup.echo.received[0]) == b"helloworld" and setup.echo.eofs == 1  # raw: no HTTP reached it
     [line] = setup.log_lines(1)
     assert (line["code"], line["method"], line["protocol"], line["flags"]) == (200, "POST", "HTTP/2", "-")
     assert (line["bytes_received"], line["bytes_sent"]) == (10, 15)
-    assert (line["cluster"], line["upstream"]) == ("raw", f"127.0.0.1:{setup.host.port}")
+    assert (line["cluster"], line["upstream"]) == ("raw", f"127.0.0.1:{setup.echo.port}")
     stats = wait_until(lambda: (s := setup.proxy.stats())["cluster.raw.upstream_cx_active"] == 0 and s)
     assert stats["cluster.raw.upstream_rq_200"] == 1 and stats["cluster.raw.upstream_cx_total"] == 1
     assert stats.get("http.post.downstream_cx_upgrades_total", 0) == 0  # a POST is no upgrade
 
 
 def test_a_whole_h2_post_gets_the_service_time_header(setup: Setup) -> None:
-    client = setup.h2("post")
+    client = H2Client(setup.proxy.ports["post"])
     try:
-        sid = h2_post(client, (b"content-length", b"5"))
+        sid = client.h2.send_request([(b":method", b"POST"), (b":scheme", b"http"), (b":authority", b"gw"),
+                                      (b":path", b"/upload"), (b"content-length", b"5")])
         client.h2.send_data(sid, b"hello", end_stream=True)
-        client.flush()
+        client.flush()  # the request whole in one write: whole before the host is connected
         client.pump_until(lambda: client.ended(sid), timeout=10)
         fields = head_of(client, sid)
         assert set(fields) == {b":status", b"date", b"server", b"x-envoy-upstream-service-time"}
@@ -183,7 +159,7 @@ def test_a_whole_h2_post_gets_the_service_time_header(setup: Setup) -> None:
 def test_a_large_h2_post_body_round_trips_under_flow_control(setup: Setup) -> None:
     """4 MiB each way, more than any window: the proxy credits the client's DATA only as the host takes it."""
     payload = os.urandom(4 << 20)
-    client = setup.h2("post")
+    client = H2Client(setup.proxy.ports["post"])
     try:
         sid = h2_post(client)
         client.h2.send_data(sid, payload, end_stream=True)  # the session sends it as the windows allow
@@ -192,14 +168,14 @@ def test_a_large_h2_post_body_round_trips_under_flow_control(setup: Setup) -> No
         assert body(client, sid) == payload + EOF_MARK
     finally:
         client.close()
-    assert bytes(setup.host.received[0]) == payload
+    assert bytes(setup.echo.received[0]) == payload
 
 
 def test_the_hosts_close_ends_the_h2_stream(setup: Setup) -> None:
     """The host closing ends the response (END_STREAM) while the client has not ended its body. (Envoy then
     resets the stream with NO_ERROR too; pylon's HTTP/2 connection does not send that reset after any early
     response, see h2_connection.py.)"""
-    client = setup.h2("post")
+    client = H2Client(setup.proxy.ports["post"])
     try:
         sid = h2_post(client)
         client.h2.send_data(sid, b"bye")
@@ -212,7 +188,7 @@ def test_the_hosts_close_ends_the_h2_stream(setup: Setup) -> None:
 
 
 def test_resetting_an_h2_post_closes_its_host_connection(setup: Setup) -> None:
-    client = setup.h2("post")
+    client = H2Client(setup.proxy.ports["post"])
     sid = h2_post(client)
     client.h2.send_data(sid, b"marker")
     client.flush()
@@ -221,26 +197,26 @@ def test_resetting_an_h2_post_closes_its_host_connection(setup: Setup) -> None:
 
 def test_a_get_on_the_docs_route_is_not_taken(setup: Setup) -> None:
     """Envoy's docs config matches `:method POST` only: a GET finds no route (404), and reaches no host."""
-    client = setup.h2("post")
+    client = H2Client(setup.proxy.ports["post"])
     try:
         sid = client.get("/")
         client.pump_until(lambda: client.ended(sid), timeout=10)
         assert client.status(sid) == 404
     finally:
         client.close()
-    assert setup.host.connections == 0
+    assert setup.echo.connections == 0
 
 
 # --------------------------------------------------------------------------- HTTP/1.1
 
 
-def read_head(sock: socket.socket) -> tuple[bytes, dict[bytes, bytes], bytes]:
-    """(status line, fields, bytes after the head)."""
-    data = b""
+def read_head(sock: socket.socket, start: bytes = b"") -> tuple[bytes, dict[bytes, bytes], bytes]:
+    """(status line, fields, bytes after the head); `start`: bytes already read off the socket."""
+    data = start
     while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        assert chunk, data
-        data += chunk
+        more = read_until(sock, b"\n")
+        assert more, data  # closed before the head's end
+        data += more
     head, _, rest = data.partition(b"\r\n\r\n")
     status, *lines = head.split(b"\r\n")
     return status, dict(line.lower().split(b": ", 1) for line in lines), rest
@@ -296,7 +272,7 @@ def test_an_http1_post_streams_both_ways_and_its_end_half_closes_the_host(setup:
         assert reader.read_until(EOF_MARK) == b"helloabc" + EOF_MARK
         assert reader.read_until(b"never") and reader.done
         assert closed_by_peer(sock)  # the head said connection: close
-    assert bytes(setup.host.received[0]) == b"helloabc" and setup.host.eofs == 1  # decoded: no chunk framing
+    assert bytes(setup.echo.received[0]) == b"helloabc" and setup.echo.eofs == 1  # decoded: no chunk framing
     [line] = setup.log_lines(1)
     assert (line["code"], line["method"], line["protocol"], line["flags"]) == (200, "POST", "HTTP/1.1", "-")
     assert (line["bytes_received"], line["bytes_sent"]) == (8, 13)
@@ -313,12 +289,12 @@ def test_a_whole_http1_post_keeps_the_connection_for_the_next_request(setup: Set
         reader = ChunkReader(sock, rest)
         answer = reader.read_until(b"never")
         assert reader.done
-        assert answer.startswith(b"HTTP/1.0 200 OK\r\n") and answer.endswith(b"\r\n\r\nhello from /inside")
-        status, fields, rest = read_head(sock)  # the next request on the same connection, routed as HTTP
+        assert answer.startswith(b"HTTP/1.0 200 OK\r\n") and answer.endswith(b"\r\n\r\nhello from /inside host=None")
+        status, fields, rest = read_head(sock, reader.buf)  # the next request on the connection, routed as HTTP
         assert status == b"HTTP/1.1 200 OK"
         while len(rest) < int(fields[b"content-length"]):
             rest += sock.recv(65536)
-        assert rest == b"hello from /after"
+        assert rest == b"hello from /after host=a"
 
 
 def test_the_hosts_close_ends_an_http1_post_and_its_connection(setup: Setup) -> None:
@@ -341,7 +317,7 @@ def test_other_requests_on_the_route_are_routed_as_http(setup: Setup, listener: 
         assert status == b"HTTP/1.1 200 OK"
         while len(rest) < int(fields[b"content-length"]):
             rest += sock.recv(65536)
-        assert rest == b"hello from /g"
+        assert rest == b"hello from /g host=a"
     if listener == "plain":
         with setup.connect(listener) as sock:
             sock.sendall(b"POST /p HTTP/1.1\r\nHost: a\r\ncontent-length: 0\r\n\r\n")
@@ -416,10 +392,5 @@ def test_the_docs_pair_carries_a_large_payload_byte_exact(chain: dict[str, int])
 def test_the_docs_pair_passes_the_half_close_on(chain: dict[str, int]) -> None:
     """The client's FIN: END_STREAM on the POST stream, then the host's EOF; the host's answer after it comes
     back, and its close ends the client's connection."""
-    with socket.create_connection(("127.0.0.1", chain["front_late"]), timeout=10) as sock:
-        sock.sendall(b"ping")
-        sock.shutdown(socket.SHUT_WR)
-        got = b""
-        while chunk := sock.recv(4096):
-            got += chunk
-    assert got == b"got:ping"
+    result = raw_exchange(chain["front_late"], b"ping", timeout=10, half_close=True)
+    assert result.closed and result.data == b"got:ping"
