@@ -1068,12 +1068,25 @@ def test_route_upgrade_configs_first_entry_of_a_type_wins():
 
 @pytest.mark.parametrize(("upgrade", "message"), [
     ({"upgrade_type": "websocket", "connect_config": {}}, "only a CONNECT upgrade can be terminated"),
-    ({"upgrade_type": "CONNECT", "connect_config": {"allow_post": True}}, "allow_post: not supported yet"),
     ({"upgrade_type": "CONNECT", "connect_config": {"proxy_protocol_config": {}}}, "proxy_protocol_config"),
 ])
 def test_route_upgrade_config_errors(upgrade: dict[str, Any], message: str):
     with pytest.raises(msgspec.ValidationError, match=message):
         one_vhost(to("main", upgrade_configs=[upgrade]))
+
+
+@pytest.mark.parametrize(("upgrade", "connect", "post"), [
+    ({"upgrade_type": "CONNECT", "connect_config": {}}, True, False),
+    ({"upgrade_type": "CONNECT", "connect_config": {"allow_post": True}}, True, True),
+    # as Envoy 1.40 (observed): a disabled CONNECT upgrade still terminates POSTs; CONNECTs it refuses (403)
+    ({"upgrade_type": "CONNECT", "enabled": False, "connect_config": {"allow_post": True}}, False, True),
+    ({"upgrade_type": "connect", "connect_config": {"allow_post": True}}, True, True),
+    ({"upgrade_type": "CONNECT"}, False, False),
+])
+def test_route_connect_config_terminates_connect_and_with_allow_post_post(upgrade: dict[str, Any], connect: bool,
+                                                                          post: bool):
+    matched = route_of(one_vhost(to("main", upgrade_configs=[upgrade])), "/")
+    assert (matched.connect_terminate, matched.post_terminate) == (connect, post)
 
 
 def test_connect_matcher_takes_connect_requests_only():

@@ -967,12 +967,9 @@ class ConnectConfig(EnvoyStruct, kw_only=True):
     """RouteAction.UpgradeConfig.ConnectConfig: terminate CONNECT here, the payload going upstream as raw TCP."""
 
     proxy_protocol_config: NotSupportedYet | None = None
+    #: a POST on the route is terminated too: its body goes to the host as raw TCP, the host's bytes come back as
+    #: the 200's body (Envoy's "forwarding POST payload as raw TCP"; proxy/connect.py)
     allow_post: bool = False
-
-    def __post_init__(self) -> None:
-        if self.allow_post:
-            raise FieldError("allow_post", "not supported yet: a POST's body as a raw TCP payload (CONNECT "
-                                           "requests are terminated)")
 
 
 class RouteUpgradeConfig(EnvoyStruct, kw_only=True):

@@ -1,4 +1,5 @@
-"""A CONNECT the proxy terminates (a route's `upgrade_configs: [{upgrade_type: CONNECT, connect_config: {}}]`).
+"""A CONNECT the proxy terminates (a route's `upgrade_configs: [{upgrade_type: CONNECT, connect_config: {}}]`), and
+with `connect_config: {allow_post: true}` a POST on that route too (its body the payload, see h2_tunnel.py).
 
 Envoy's behaviour, observed on 1.40: the proxy opens a plain TCP connection to the host the cluster picks, and
 only once it is up answers the client `200` (no framing headers: the bytes after the head are the tunnel's);

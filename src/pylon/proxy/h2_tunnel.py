@@ -1,4 +1,5 @@
-"""An HTTP/2 CONNECT stream joined to a TCP connection once the CONNECT is answered 2xx (RFC 9113 8.5).
+"""An HTTP/2 CONNECT stream (RFC 9113 8.5), or a terminated POST on either protocol, joined to a TCP connection
+once it is answered 2xx.
 
 The HTTP/1.1 tunnel (tunnel.py) swaps two transports' protocols; an HTTP/2 CONNECT is one stream among others
 on its connection, so here only the upstream's protocol is swapped, and the stream's own paths carry the rest:
@@ -7,6 +8,12 @@ END_STREAM becomes the upstream's half-close (`end_request`), and a reset of the
 the upstream's bytes go out as DATA, its EOF as END_STREAM, and a close without EOF resets the stream. Flow
 control is HTTP/2's: a full upstream socket stops crediting the stream's DATA, a client that does not read stops
 reading the upstream (the stream's existing `on_downstream_pause`).
+
+A POST a route terminates (connect_config.allow_post) goes the same way, over HTTP/1.1 too: there the request's
+body is decoded as any (content-length or chunked) and the response is chunked, so the HTTP/1 codec stays on the
+connection and only the stream's body paths carry the bytes, as here. One difference, Envoy's: a POST's response
+ends with the upstream's EOF, so the stream ends then (a request still coming is reset, as any request answered
+early), where a CONNECT stays half-open for the client's remaining bytes.
 """
 
 from __future__ import annotations
@@ -52,6 +59,7 @@ class H2Tunnel(asyncio.Protocol):
 
     def end_request(self) -> None:
         """The client's END_STREAM: half-close the upstream; with both sides done, the stream ends."""
+        self.stream.flush_upstream()  # the body's last piece, read with its end, goes before the half-close
         if self.transport.can_write_eof():
             self.transport.write_eof()
         if self.upstream_done:
@@ -59,7 +67,8 @@ class H2Tunnel(asyncio.Protocol):
 
     def abandon(self) -> None:
         """The stream ended first (the client reset it, a timeout): close the upstream."""
-        self.stream.hcm.upgrades_active.dec()
+        if self.stream.upgrade_accepted:  # (a terminated POST is no upgrade)
+            self.stream.hcm.upgrades_active.dec()
         self.transport.close()
 
     # ------------------------------------------------------------------ asyncio.Protocol (the upstream's)
@@ -70,15 +79,15 @@ class H2Tunnel(asyncio.Protocol):
         stream.bytes_sent += len(data)
         stream.last_activity = stream.conn.loop_time()
         stream.encoder.encode_data(data)
-        stream.conn.write(b"")
+        stream.on_upstream_flush()
 
     def eof_received(self) -> bool:
         stream = self.stream
         self.upstream_done = True
         if stream.rs_state < RS_DONE:
             stream.encoder.encode_end()
-            stream.conn.write(b"")
-            if stream.rq_state == RQ_DONE:
+            stream.on_upstream_flush()
+            if stream.rq_state == RQ_DONE or not stream.upgrade_accepted:  # a POST's response is over
                 self._finish()
         return True  # the client may still send: keep the upstream's sending side open
 

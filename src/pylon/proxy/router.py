@@ -535,8 +535,8 @@ class MatchedRoute:
         "_prefix_rewrite", "_regex_rewrite", "_substitution", "_weights", "_cumulative",
         "_total_weight", "_random", "_redirect", "_picker", "_cluster_ops", "filter_configs", "filter_levels",
         "cors_policies", "decorator", "mirrors", "upgrades", "subset_criteria", "_cluster_criteria",
-        "connect_terminate", "metadata", "virtual_host_metadata", "rate_limits", "virtual_host_rate_limits",
-        "include_vh_rate_limits", "cluster_variants", "disabled_filters", "all_levels",
+        "connect_terminate", "post_terminate", "metadata", "virtual_host_metadata", "rate_limits",
+        "virtual_host_rate_limits", "include_vh_rate_limits", "cluster_variants", "disabled_filters", "all_levels",
     )
 
     def __init__(self) -> None:
@@ -602,6 +602,9 @@ class MatchedRoute:
         self._cluster_criteria: dict[str, Criteria] = {}
         #: a CONNECT upgrade with connect_config: the proxy answers the CONNECT and relays raw TCP (connect.py)
         self.connect_terminate = False
+        #: connect_config.allow_post: a POST is terminated as that CONNECT would be (its body the raw payload). As
+        #: in Envoy, whether or not the CONNECT upgrade is `enabled`
+        self.post_terminate = False
         #: the `filter_metadata` of the route and of its virtual host (filter name -> its Struct's fields), which
         #: filters read (Lua's metadata())
         self.metadata: dict[str, dict[str, Any]] = {}
@@ -1124,7 +1127,9 @@ class RouteTable:
             kind = upgrade.upgrade_type.lower().encode()
             if kind not in route.upgrades:  # Envoy keeps the first entry of a type
                 route.upgrades[kind] = upgrade.enabled
-                route.connect_terminate |= upgrade.enabled and upgrade.connect_config is not None
+                connect_config = upgrade.connect_config
+                route.connect_terminate |= upgrade.enabled and connect_config is not None
+                route.post_terminate |= connect_config is not None and connect_config.allow_post
         if action.host_rewrite_literal:
             route.host_rewrite = action.host_rewrite_literal.encode()
         if action.prefix_rewrite is not None:

@@ -318,9 +318,13 @@ class Stream:
         self.rq_state = RQ_DONE
         if self.rs_state >= RS_DONE:
             return
-        if self.up_state == UP_UPGRADED:  # an HTTP/2 CONNECT stream's END_STREAM: the tunnel's half-close
+        if self.up_state == UP_UPGRADED:  # an HTTP/2 CONNECT stream's END_STREAM (or a terminated POST's end): the
+            # tunnel's half-close; a POST's route timeout starts now, as for any request
             if self.upstream is not None:
                 self.upstream.end_request()  # type: ignore[attr-defined]
+            if self.timeout and not self.deadline and not self.upgrade_accepted and self.rs_state < RS_DONE:
+                self.deadline = self.conn.loop_time() + self.timeout
+                self._arm(self.deadline)
             return
         if self.req_trailers is not None and self.chain.trailer_decoders:
             for http_filter in self.chain.trailer_decoders:
@@ -938,7 +942,8 @@ class Stream:
         cluster.stats.upstream_rq_active.value += 1
         self.attempt_start = self.conn.loop_time()
         self.up_state = UP_CONNECTING
-        if self.route.connect_terminate and not self.path:
+        route = self.route
+        if (route.connect_terminate and not self.path) or (route.post_terminate and self.method == b"POST"):
             self.pool = terminated = TerminatedConnect(self, cluster, host)  # raw TCP, answered 200 when up
             return terminated.start()
         self.pool = pool = self.hcm.pools.get(cluster, host, self)
@@ -1292,9 +1297,12 @@ class Stream:
         self.up_state = UP_UPGRADED
         self.rs_state = RS_SENDING
         self.first_byte = self.last_activity = conn.loop_time()
-        # route, per-try and upstream stream timeouts end with the head; stream_idle_timeout goes on
-        self.deadline = self.try_deadline = self.upstream_deadline = 0.0
+        # per-try and upstream stream timeouts end with the head; stream_idle_timeout goes on
+        self.try_deadline = self.upstream_deadline = 0.0
         self.upstream = None
+        if not self.upgrade_accepted:  # a terminated POST: not an upgrade, and its route timeout runs on
+            return self._open_post_tunnel(upstream, headers, rest)
+        self.deadline = 0.0  # so does the route's timeout, for an upgrade
         self.tunnel_upstream = upstream
         sent = [pair for pair in headers if pair[0] != b"server"]
         if hcm.overwrite_server:
@@ -1317,6 +1325,26 @@ class Stream:
         open_tunnel(conn.transport, upstream.transport, self.client_rest, rest, self._tunnel_activity,
                     self._tunnel_downstream_closed, self._tunnel_upstream_closed)
         self.client_rest = b""
+
+    def _open_post_tunnel(self, upstream: "TerminatedConnect", headers: list[tuple[bytes, bytes]],
+                          rest: bytes) -> None:
+        """A POST the route terminates (connect_config.allow_post) is connected: its 200 is an ordinary response
+        head (over HTTP/1.1 chunked, and `connection: close` while the body is still coming, as Envoy's), whose
+        body is what the host sends; the request's body goes to the host as it comes (h2_tunnel.py). As in Envoy
+        it is no upgrade (not in the upgrade stats), and x-envoy-upstream-service-time is there only when the
+        request was already whole."""
+        hcm = self.hcm
+        extra = [(b"server", hcm.server_name)] if hcm.overwrite_server else []
+        if self.rq_state == RQ_DONE and not hcm.suppress_envoy_headers:
+            headers = [(b"x-envoy-upstream-service-time", b"%d" % int((self.first_byte - self.attempt_start) * 1000)),
+                       *headers]
+        self.resp_headers = headers
+        if hcm.dynamic_stats:  # the cluster's upstream_rq_200, as Envoy counts the 200 it makes for the POST
+            self.cluster.stats.count_response(200)  # type: ignore[union-attr]
+        self.close_after = self.encoder.encode_headers(200, headers, close=self._ends_connection(),
+                                                       http10=self.http10, head_request=False, extra=extra)
+        self.on_upstream_flush()
+        H2Tunnel(self, upstream, rest)
 
     def _tunnel_activity(self, size: int, from_client: bool) -> None:
         self.last_activity = self.conn.loop_time()
@@ -1342,9 +1370,10 @@ class Stream:
         """The tunnel closed (`reset`: unfinished, an HTTP/2 stream is then reset): the stream ends, logged now."""
         if self.rs_state >= RS_DONE:
             return
-        self.hcm.upgrades_active.dec()
+        if self.upgrade_accepted:  # (a terminated POST is no upgrade)
+            self.hcm.upgrades_active.dec()
         self._end_attempt(abandon=False)
-        self._finish(close=True, final=RS_RESET if reset else RS_DONE)
+        self._finish(close=self.close_after or self.upgrade_accepted or reset, final=RS_RESET if reset else RS_DONE)
 
     def on_upstream_body(self, data: bytes, filtered: bool = False) -> None:
         """A piece of the response body: to the client, or held for the whole-body filters. `filtered`: a piece
