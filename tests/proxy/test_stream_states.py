@@ -194,7 +194,8 @@ class Rig:
         self.conn.connection_made(self.client)  # type: ignore[arg-type]
 
     async def _open_upstream(self, address: Any, tls: Any, timeout: float, factory: Callable[[], Any],
-                             source: Any, keepalive: Any, tap: Any = None) -> tuple[FakeTransport, Any]:
+                             *rest: Any) -> tuple[FakeTransport, Any]:
+        """The connection's other settings (source, keepalive, tap, preamble) do not matter here."""
         if self.refuse:
             self.refuse -= 1
             raise ConnectError("connection refused")
