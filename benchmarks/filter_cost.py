@@ -9,6 +9,8 @@ nginx upstream answering text/plain, `--body` bytes), then the same with one fil
   ext_authz        an HTTP authorization service (a second 1-worker nginx answering 200: every request
                    allowed, one check request each, through the proxy's own pool to it)
   local_ratelimit  a bucket too large to ever run dry, enabled and enforced (the token is taken, never refused)
+  local_ratelimit_descriptors  the same filter with its own rate_limits (the x-tenant header and a generic key)
+                   and two descriptors: wrk's x-tenant makes the second's entries, whose bucket (never dry) is taken
   lua              envoy.filters.http.lua whose envoy_on_request adds one request header
   header_mutation  envoy.filters.http.header_mutation adding one request and one response header
   buffer           envoy.filters.http.buffer (wrk's GETs have no body: what the filter costs where it has nothing
@@ -54,8 +56,6 @@ nginx upstream answering text/plain, `--body` bytes), then the same with one fil
                    (1 KiB of text, `Content-Encoding: gzip`), inflated on its way upstream. Against `post_gzip`,
                    the same POST through the plain config (where the compressed body passes as it is)
   post, post_json, post_gzip  baselines: no filter, the request of csrf / json_to_metadata / decompressor
-
-Skipped: local_ratelimit descriptors (need route rate_limits actions beside the filter: not a one-filter variant).
 
 Each variant is one config file run unchanged by both proxies. Both proxies `--concurrency 1`, `wrk -t1 -c50`
 keep-alive; every proxy starts up front, repetitions are interleaved and the order of the two proxies alternates,
@@ -103,10 +103,18 @@ EXT_AUTHZ = {"name": "envoy.filters.http.ext_authz", "typed_config": {
     "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
     "http_service": {"server_uri": {"uri": "http://authz", "cluster": "authz", "timeout": "1s"}}}}
 ALL = {"default_value": {"numerator": 100}}
+BIG_BUCKET = {"max_tokens": 4_000_000_000, "tokens_per_fill": 4_000_000_000, "fill_interval": "1s"}
 LOCAL_RATELIMIT = {"name": "envoy.filters.http.local_ratelimit", "typed_config": {
     "@type": "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
     "stat_prefix": "bench_rl", "filter_enabled": ALL, "filter_enforced": ALL,
-    "token_bucket": {"max_tokens": 4_000_000_000, "tokens_per_fill": 4_000_000_000, "fill_interval": "1s"}}}
+    "token_bucket": BIG_BUCKET}}
+LOCAL_RATELIMIT_DESCRIPTORS = {"name": "envoy.filters.http.local_ratelimit", "typed_config": {
+    **LOCAL_RATELIMIT["typed_config"],
+    "rate_limits": [{"actions": [{"request_headers": {"header_name": "x-tenant", "descriptor_key": "tenant"}},
+                                 {"generic_key": {"descriptor_value": "bench"}}]}],
+    "descriptors": [{"entries": [{"key": "tenant", "value": "other"}], "token_bucket": BIG_BUCKET},
+                    {"entries": [{"key": "tenant", "value": "wrk"}, {"key": "generic_key", "value": "bench"}],
+                     "token_bucket": BIG_BUCKET}]}}
 LUA = {"name": "envoy.filters.http.lua", "typed_config": {
     "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
     "default_source_code": {"inline_string":
@@ -243,6 +251,7 @@ VARIANTS: dict[str, tuple[dict[str, Any] | None, list[str]]] = {
     "gzip": (GZIP, ["Accept-Encoding: gzip"]),
     "ext_authz": (EXT_AUTHZ, []),
     "local_ratelimit": (LOCAL_RATELIMIT, []),
+    "local_ratelimit_descriptors": (LOCAL_RATELIMIT_DESCRIPTORS, ["x-tenant: wrk"]),
     "lua": (LUA, []),
     "header_mutation": (HEADER_MUTATION, []),
     "buffer": (BUFFER, []),
