@@ -9,6 +9,8 @@ nginx upstream answering text/plain, `--body` bytes), then the same with one fil
   ext_authz        an HTTP authorization service (a second 1-worker nginx answering 200: every request
                    allowed, one check request each, through the proxy's own pool to it)
   local_ratelimit  a bucket too large to ever run dry, enabled and enforced (the token is taken, never refused)
+  local_ratelimit_descriptors  the same filter with its own rate_limits (the x-tenant header and a generic key)
+                   and two descriptors: wrk's x-tenant makes the second's entries, whose bucket (never dry) is taken
   lua              envoy.filters.http.lua whose envoy_on_request adds one request header
   header_mutation  envoy.filters.http.header_mutation adding one request and one response header
   buffer           envoy.filters.http.buffer (wrk's GETs have no body: what the filter costs where it has nothing
@@ -23,11 +25,43 @@ nginx upstream answering text/plain, `--body` bytes), then the same with one fil
   internal_listener  not a filter: one more hop inside the proxy, the route to a cluster whose endpoint is an
                    internal listener (envoy.bootstrap.internal_listener) with the same HCM, which routes to the
                    upstream: what an internal hop (a second HCM and pool, no socket) costs per request
+  cors             envoy.filters.http.cors with a CorsPolicy on the virtual host; wrk sends an Origin it allows,
+                   so every response gets access-control-allow-origin (and -expose-headers) added
+  health_check     envoy.filters.http.health_check, pass_through_mode false, health path /healthz: wrk's `/` is
+                   compared with it and goes on (the cost of looking)
+  brotli, zstd     the compressor with brotli / zstd (Envoy's defaults), wrk sending `Accept-Encoding: br` /
+                   `zstd`: every response compressed
+  rbac             envoy.filters.http.rbac, ALLOW with two policies: `admin` (path /admin and an x-admin header:
+                   no match) then `bench` (a POST-method permission that misses, then method GET, path prefix /
+                   and a present :authority, all three evaluated): wrk's request walks both to be allowed
+  fault            envoy.filters.http.fault with a 1 s delay and a 503 abort, each at 0 percent: the per-request
+                   draw that decides neither applies
+  set_metadata     envoy.filters.http.set_metadata putting a two-key struct in namespace `bench` on every request
+  header_to_metadata  envoy.filters.http.header_to_metadata: wrk's x-tenant header into metadata bench/tenant
+  cache            envoy.filters.http.cache with the in-memory store (SimpleHttpCacheConfig); this variant's own
+                   nginx adds `Cache-Control: max-age=86400`, so every request after the first is a hit served by
+                   the proxy (the upstream is not asked: the cost is the lookup and replay against a full hop)
+  stateful_session envoy.filters.http.stateful_session with a cookie; wrk sends the cookie naming the upstream
+                   (`bench-session`, base64 of Envoy's Cookie message with the address), so every request has it
+                   parsed, decoded and the host looked up and chosen (counted in stateful_session.bench.routed)
+  admission_control  envoy.filters.http.admission_control enabled, default success criteria: every response
+                   recorded in the sliding window and every request drawn against the (zero) rejection rate
+  csrf             envoy.filters.http.csrf, enabled; only state-changing methods are checked, so wrk sends a POST
+                   without a body with `Origin: http://bench.example` (an additional_origins match): the cheapest
+                   honest setup. Its cost is against `post`, the same POST through the plain config
+  json_to_metadata envoy.filters.http.json_to_metadata: wrk POSTs {"tenant":"wrk","id":1} (application/json); the
+                   filter holds the body, parses it and puts `tenant` into metadata. Against `post_json`, the same
+                   POST through the plain config
+  decompressor     envoy.filters.http.decompressor with gzip, request direction: wrk POSTs a gzip-encoded body
+                   (1 KiB of text, `Content-Encoding: gzip`), inflated on its way upstream. Against `post_gzip`,
+                   the same POST through the plain config (where the compressed body passes as it is)
+  post, post_json, post_gzip  baselines: no filter, the request of csrf / json_to_metadata / decompressor
 
 Each variant is one config file run unchanged by both proxies. Both proxies `--concurrency 1`, `wrk -t1 -c50`
 keep-alive; every proxy starts up front, repetitions are interleaved and the order of the two proxies alternates,
 as proxy_vs_envoy.py does. The metric is requests per proxy-CPU-second (the proxy's process tree, from /proc),
-median of the repetitions; a filter's cost is the difference of CPU microseconds per request with and without it.
+median of the repetitions; a filter's cost is the difference of CPU microseconds per request with and without it
+(without it: `plain`, or the variant's BASELINE when wrk sends something else than a GET).
 The authorization server's CPU is not the proxy's.
 
 Usage: python benchmarks/filter_cost.py [--variants plain,gzip,ext_authz,local_ratelimit,lua,...] [--reps 3]
@@ -38,7 +72,9 @@ Prints a table; writes nothing unless --out FILE (JSON).
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
+import gzip
 import json
 import statistics
 import sys
@@ -52,6 +88,7 @@ from joserfc.jwk import RSAKey
 
 from pylon.bench.scenario import render_template
 from pylon.bench.targets import Running, TargetError, free_port, run_wrk, start_envoy, start_nginx, start_pylon_proxy
+from pylon.extensions.filters.common.session_state import encode_cookie
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "examples" / "bench" / "proxy-plain.yaml"
@@ -66,10 +103,18 @@ EXT_AUTHZ = {"name": "envoy.filters.http.ext_authz", "typed_config": {
     "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
     "http_service": {"server_uri": {"uri": "http://authz", "cluster": "authz", "timeout": "1s"}}}}
 ALL = {"default_value": {"numerator": 100}}
+BIG_BUCKET = {"max_tokens": 4_000_000_000, "tokens_per_fill": 4_000_000_000, "fill_interval": "1s"}
 LOCAL_RATELIMIT = {"name": "envoy.filters.http.local_ratelimit", "typed_config": {
     "@type": "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
     "stat_prefix": "bench_rl", "filter_enabled": ALL, "filter_enforced": ALL,
-    "token_bucket": {"max_tokens": 4_000_000_000, "tokens_per_fill": 4_000_000_000, "fill_interval": "1s"}}}
+    "token_bucket": BIG_BUCKET}}
+LOCAL_RATELIMIT_DESCRIPTORS = {"name": "envoy.filters.http.local_ratelimit", "typed_config": {
+    **LOCAL_RATELIMIT["typed_config"],
+    "rate_limits": [{"actions": [{"request_headers": {"header_name": "x-tenant", "descriptor_key": "tenant"}},
+                                 {"generic_key": {"descriptor_value": "bench"}}]}],
+    "descriptors": [{"entries": [{"key": "tenant", "value": "other"}], "token_bucket": BIG_BUCKET},
+                    {"entries": [{"key": "tenant", "value": "wrk"}, {"key": "generic_key", "value": "bench"}],
+                     "token_bucket": BIG_BUCKET}]}}
 LUA = {"name": "envoy.filters.http.lua", "typed_config": {
     "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
     "default_source_code": {"inline_string":
@@ -112,6 +157,93 @@ CREDENTIAL_INJECTOR = {"name": "envoy.filters.http.credential_injector", "typed_
         "@type": "type.googleapis.com/envoy.extensions.http.injected_credentials.generic.v3.Generic",
         "credential": {"name": "bench-credential"}}}}}
 BENCH_SECRET = {"name": "bench-credential", "generic_secret": {"secret": {"inline_string": "Basic YmVuY2g6YmVuY2g="}}}
+ORIGIN = "http://bench.example"
+CORS = {"name": "envoy.filters.http.cors", "typed_config": {
+    "@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"}}
+CORS_POLICY = {"@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy",
+               "allow_origin_string_match": [{"exact": ORIGIN}], "allow_methods": "GET, POST",
+               "expose_headers": "x-bench"}
+HEALTH_CHECK = {"name": "envoy.filters.http.health_check", "typed_config": {
+    "@type": "type.googleapis.com/envoy.extensions.filters.http.health_check.v3.HealthCheck",
+    "pass_through_mode": False, "headers": [{"name": ":path", "string_match": {"exact": "/healthz"}}]}}
+
+
+def _compressor(library: str, message: str) -> dict[str, Any]:
+    return {"name": "envoy.filters.http.compressor", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.compressor.v3.Compressor",
+        "response_direction_config": {},
+        "compressor_library": {"name": "text", "typed_config": {
+            "@type": f"type.googleapis.com/envoy.extensions.compression.{library}.compressor.v3.{message}"}}}}
+
+
+def _header(name: str, exact: str | None = None) -> dict[str, Any]:
+    return {"header": {"name": name, **({"string_match": {"exact": exact}} if exact else {"present_match": True})}}
+
+
+RBAC = {"name": "envoy.filters.http.rbac", "typed_config": {
+    "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
+    "rules": {"action": "ALLOW", "policies": {
+        "admin": {"permissions": [{"and_rules": {"rules": [
+            {"url_path": {"path": {"prefix": "/admin"}}}, _header("x-admin")]}}],
+            "principals": [{"any": True}]},
+        "bench": {"permissions": [_header(":method", "POST"), {"and_rules": {"rules": [
+            _header(":method", "GET"), {"url_path": {"path": {"prefix": "/"}}}, _header(":authority")]}}],
+            "principals": [{"any": True}]}}}}}
+NONE = {"numerator": 0, "denominator": "HUNDRED"}
+FAULT = {"name": "envoy.filters.http.fault", "typed_config": {
+    "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault",
+    "delay": {"fixed_delay": "1s", "percentage": NONE}, "abort": {"http_status": 503, "percentage": NONE}}}
+SET_METADATA = {"name": "envoy.filters.http.set_metadata", "typed_config": {
+    "@type": "type.googleapis.com/envoy.extensions.filters.http.set_metadata.v3.Config",
+    "metadata": [{"metadata_namespace": "bench", "value": {"tenant": "wrk", "tier": "gold"}}]}}
+HEADER_TO_METADATA = {"name": "envoy.filters.http.header_to_metadata", "typed_config": {
+    "@type": "type.googleapis.com/envoy.extensions.filters.http.header_to_metadata.v3.Config",
+    "request_rules": [{"header": "x-tenant", "on_header_present": {
+        "metadata_namespace": "bench", "key": "tenant", "type": "STRING"}}]}}
+CACHE = {"name": "envoy.filters.http.cache", "typed_config": {
+    "@type": "type.googleapis.com/envoy.extensions.filters.http.cache.v3.CacheConfig",
+    "typed_config": {"@type": "type.googleapis.com/envoy.extensions.http.cache.simple_http_cache.v3."
+                              "SimpleHttpCacheConfig"}}}
+CACHEABLE = [("Cache-Control", "max-age=86400")]
+SESSION_COOKIE = "bench-session"
+STATEFUL_SESSION = {"name": "envoy.filters.http.stateful_session", "typed_config": {
+    "@type": "type.googleapis.com/envoy.extensions.filters.http.stateful_session.v3.StatefulSession",
+    "stat_prefix": "bench", "session_state": {"name": "envoy.http.stateful_session.cookie", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.http.stateful_session.cookie.v3.CookieBasedSessionState",
+        "cookie": {"name": SESSION_COOKIE, "path": "/"}}}}}
+ADMISSION_CONTROL = {"name": "envoy.filters.http.admission_control", "typed_config": {
+    "@type": "type.googleapis.com/envoy.extensions.filters.http.admission_control.v3.AdmissionControl",
+    "enabled": {"default_value": True, "runtime_key": "bench.admission_control.enabled"},
+    "success_criteria": {}}}
+CSRF = {"name": "envoy.filters.http.csrf", "typed_config": {
+    "@type": "type.googleapis.com/envoy.extensions.filters.http.csrf.v3.CsrfPolicy",
+    "filter_enabled": ALL, "additional_origins": [{"exact": "bench.example"}]}}
+JSON_TO_METADATA = {"name": "envoy.filters.http.json_to_metadata", "typed_config": {
+    "@type": "type.googleapis.com/envoy.extensions.filters.http.json_to_metadata.v3.JsonToMetadata",
+    "request_rules": {"rules": [{"selectors": [{"key": "tenant"}],
+                                 "on_present": {"metadata_namespace": "bench", "key": "tenant"}}]}}}
+DECOMPRESSOR = {"name": "envoy.filters.http.decompressor", "typed_config": {
+    "@type": "type.googleapis.com/envoy.extensions.filters.http.decompressor.v3.Decompressor",
+    "decompressor_library": {"name": "text", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.compression.gzip.decompressor.v3.Gzip"}}}}
+
+
+def _lua_string(data: bytes) -> str:
+    """A Lua string literal of any bytes (every byte a 3-digit decimal escape: no digit can run into one)."""
+    return '"' + "".join(f"\\{b:03d}" for b in data) + '"'
+
+
+def _post_lua(body: bytes = b"", headers: dict[str, str] | None = None) -> str:
+    """wrk Lua making every request a POST of `body` with `headers` (wrk adds the Content-Length)."""
+    lines = ['wrk.method = "POST"', f"wrk.body = {_lua_string(body)}"]
+    lines += [f'wrk.headers["{name}"] = "{value}"' for name, value in (headers or {}).items()]
+    return "\n".join(lines)
+
+
+POST_LUA = _post_lua(headers={"Origin": ORIGIN})
+POST_JSON_LUA = _post_lua(b'{"tenant":"wrk","id":1}', {"Content-Type": "application/json"})
+POST_GZIP_LUA = _post_lua(gzip.compress(b"pylon filter cost, a line of text to inflate\n" * 23, mtime=0),
+                          {"Content-Type": "text/plain", "Content-Encoding": "gzip"})
 
 #: variant -> (the filter ahead of the router, or None; the request headers wrk sends)
 VARIANTS: dict[str, tuple[dict[str, Any] | None, list[str]]] = {
@@ -119,6 +251,7 @@ VARIANTS: dict[str, tuple[dict[str, Any] | None, list[str]]] = {
     "gzip": (GZIP, ["Accept-Encoding: gzip"]),
     "ext_authz": (EXT_AUTHZ, []),
     "local_ratelimit": (LOCAL_RATELIMIT, []),
+    "local_ratelimit_descriptors": (LOCAL_RATELIMIT_DESCRIPTORS, ["x-tenant: wrk"]),
     "lua": (LUA, []),
     "header_mutation": (HEADER_MUTATION, []),
     "buffer": (BUFFER, []),
@@ -129,7 +262,42 @@ VARIANTS: dict[str, tuple[dict[str, Any] | None, list[str]]] = {
     "api_key_auth": (API_KEY_AUTH, ["Authorization: bench-key"]),
     "credential_injector": (CREDENTIAL_INJECTOR, []),
     "internal_listener": (None, []),
+    "cors": (CORS, [f"Origin: {ORIGIN}"]),
+    "health_check": (HEALTH_CHECK, []),
+    "brotli": (_compressor("brotli", "Brotli"), ["Accept-Encoding: br"]),
+    "zstd": (_compressor("zstd", "Zstd"), ["Accept-Encoding: zstd"]),
+    "rbac": (RBAC, []),
+    "fault": (FAULT, []),
+    "set_metadata": (SET_METADATA, []),
+    "header_to_metadata": (HEADER_TO_METADATA, ["x-tenant: wrk"]),
+    "cache": (CACHE, []),
+    "stateful_session": (STATEFUL_SESSION, []),  # + the session cookie, which names the upstream's port
+    "admission_control": (ADMISSION_CONTROL, []),
+    "post": (None, []),
+    "csrf": (CSRF, []),
+    "post_json": (None, []),
+    "json_to_metadata": (JSON_TO_METADATA, []),
+    "post_gzip": (None, []),
+    "decompressor": (DECOMPRESSOR, []),
 }
+#: variant -> wrk Lua for a request -H cannot describe (a POST with a body)
+REQUEST_LUA = {"post": POST_LUA, "csrf": POST_LUA, "post_json": POST_JSON_LUA, "json_to_metadata": POST_JSON_LUA,
+               "post_gzip": POST_GZIP_LUA, "decompressor": POST_GZIP_LUA}
+#: variant -> the variant its cost is measured against, where wrk's request is not plain's GET
+BASELINE = {"csrf": "post", "json_to_metadata": "post_json", "decompressor": "post_gzip"}
+
+
+def session_cookie(upstream_port: int) -> str:
+    """The stateful_session cookie naming the upstream, as Envoy writes it: base64 of its `Cookie` message (no
+    ttl, so no expiry)."""
+    return base64.b64encode(encode_cookie(f"127.0.0.1:{upstream_port}".encode(), 0)).decode()
+
+
+def request_headers(variant: str, upstream_port: int) -> list[str]:
+    """The -H headers wrk sends for `variant`."""
+    if variant == "stateful_session":
+        return [f"Cookie: {SESSION_COOKIE}={session_cookie(upstream_port)}"]
+    return VARIANTS[variant][1]
 
 
 def _through_internal_listener(bootstrap: dict[str, Any]) -> None:
@@ -156,9 +324,12 @@ def config(variant: str, listen: int, admin: int, upstream: int, authz: int) -> 
     hcm = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     http_filter = VARIANTS[variant][0]
     if http_filter is not None:
-        hcm["http_filters"].insert(0, http_filter)
+        hcm["http_filters"].insert(0, json.loads(json.dumps(http_filter)))  # a copy: callers may edit theirs
     if variant == "internal_listener":
         _through_internal_listener(bootstrap)
+    if variant == "cors":
+        hcm["route_config"]["virtual_hosts"][0]["typed_per_filter_config"] = {
+            "envoy.filters.http.cors": json.loads(json.dumps(CORS_POLICY))}
     if variant == "credential_injector":
         bootstrap["static_resources"]["secrets"] = [BENCH_SECRET]
     if variant == "ext_authz":
@@ -170,9 +341,10 @@ def config(variant: str, listen: int, admin: int, upstream: int, authz: int) -> 
     return bootstrap
 
 
-def measure(proc: Running, variant: str, duration: float) -> dict[str, Any]:
+def measure(proc: Running, variant: str, duration: float, headers: list[str]) -> dict[str, Any]:
     before = proc.cpu_seconds()
-    w = run_wrk(proc.url(), duration=duration, connections=CONNECTIONS, threads=1, headers=VARIANTS[variant][1])
+    w = run_wrk(proc.url(), duration=duration, connections=CONNECTIONS, threads=1, headers=headers,
+                request_lua=REQUEST_LUA.get(variant, ""))
     cpu = proc.cpu_seconds() - before
     return {"requests": w.requests, "rps": w.requests_per_sec, "errors": w.errors + w.non_2xx_3xx,
             "proxy_cpu_s": cpu, "req_per_proxy_cpu_s": w.requests / cpu if cpu else None}
@@ -187,7 +359,8 @@ def main() -> int:
     parser.add_argument("--body", type=int, default=100, help="upstream body bytes (100)")
     parser.add_argument("--out", type=Path, default=None, help="also write the runs and medians here (JSON)")
     args = parser.parse_args()
-    variants = ["plain", *(v for v in args.variants.split(",") if v != "plain")]
+    chosen = [v for v in args.variants.split(",") if v != "plain"]
+    variants = ["plain", *dict.fromkeys(v for c in chosen for v in (BASELINE.get(c), c) if v is not None)]
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         parser.error(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
@@ -197,22 +370,27 @@ def main() -> int:
             work = Path(tmp)
             upstream = stack.enter_context(start_nginx(free_port(), body_size=args.body))
             authz = stack.enter_context(start_nginx(free_port(), body_size=0))
+            cacheable = stack.enter_context(start_nginx(free_port(), body_size=args.body, response_headers=CACHEABLE)
+                                            ) if "cache" in variants else None
             proxies: dict[tuple[str, str], Running] = {}
             for variant in variants:
+                upstream_port = cacheable.port if cacheable is not None and variant == "cache" else upstream.port
                 for proxy in PROXIES:
                     listen, admin = free_port(), free_port()
                     path = work / f"{variant}-{proxy}.yaml"
-                    path.write_text(yaml.safe_dump(config(variant, listen, admin, upstream.port, authz.port)))
+                    path.write_text(yaml.safe_dump(config(variant, listen, admin, upstream_port, authz.port)))
                     start = start_pylon_proxy if proxy == "pylon" else start_envoy
                     proxies[variant, proxy] = stack.enter_context(start(
                         path, port=listen, admin_port=admin, concurrency=1, log_path=work / f"{variant}-{proxy}.log"))
+            headers = {v: request_headers(v, upstream.port) for v in variants}
             for (variant, _), proc in proxies.items():
-                run_wrk(proc.url(), duration=args.warmup, connections=CONNECTIONS, headers=VARIANTS[variant][1])
+                run_wrk(proc.url(), duration=args.warmup, connections=CONNECTIONS, headers=headers[variant],
+                        request_lua=REQUEST_LUA.get(variant, ""))
             for rep in range(1, args.reps + 1):
                 for variant in variants:
                     for proxy in PROXIES if rep % 2 else PROXIES[::-1]:
                         row = {"rep": rep, "variant": variant, "proxy": proxy,
-                               **measure(proxies[variant, proxy], variant, args.duration)}
+                               **measure(proxies[variant, proxy], variant, args.duration, headers[variant])}
                         runs.append(row)
                         print(f"  rep {rep} {variant:15s} {proxy:5s} {row['rps']:8.0f} req/s "
                               f"{row['req_per_proxy_cpu_s'] or 0:8.0f} req/proxy-CPU-s errors {row['errors']}",
@@ -231,9 +409,11 @@ def main() -> int:
         cells = []
         for proxy in PROXIES:
             eff = medians[variant, proxy]
-            cost = 1e6 / eff - 1e6 / medians["plain", proxy]
-            cells += [f"{eff:.0f}", f"{1e6 / eff:.1f}", "-" if variant == "plain" else f"{cost:+.1f}"]
-        print(f"| {variant} | " + " | ".join(cells) + " |")
+            base = BASELINE.get(variant, "plain")
+            cost = 1e6 / eff - 1e6 / medians[base, proxy]
+            cells += [f"{eff:.0f}", f"{1e6 / eff:.1f}", "-" if variant == base else f"{cost:+.1f}"]
+        against = f" (vs {BASELINE[variant]})" if variant in BASELINE else ""
+        print(f"| {variant}{against} | " + " | ".join(cells) + " |")
     if args.out is not None:
         args.out.write_text(json.dumps({"runs": runs, "medians": {f"{v}/{p}": m for (v, p), m in medians.items()}},
                                        indent=2) + "\n")

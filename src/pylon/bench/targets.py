@@ -234,20 +234,24 @@ http {{
 """
 
 
-def nginx_conf(workdir: str | os.PathLike, port: int, body_size: int = 100, host: str = "127.0.0.1") -> str:
-    """One worker, no access log, `return 200` with a fixed body of exactly `body_size` bytes."""
+def nginx_conf(workdir: str | os.PathLike, port: int, body_size: int = 100, host: str = "127.0.0.1",
+               response_headers: Sequence[tuple[str, str]] = ()) -> str:
+    """One worker, no access log, `return 200` with a fixed body of exactly `body_size` bytes and
+    `response_headers` added (e.g. a Cache-Control that makes the answer cacheable)."""
     body = ("x" * (body_size - 1) + "\\n") if body_size else ""  # nginx unescapes \n in the string
+    added = "".join(f' add_header {name} "{value}" always;' for name, value in response_headers)
     return nginx_preamble(workdir) + f"""    default_type text/plain;
     keepalive_requests 1000000;
     server {{
         listen {_url_host(host)}:{port};
-        location / {{ return 200 "{body}"; }}
+        location / {{{added} return 200 "{body}"; }}
     }}
 }}
 """
 
 
-def start_nginx(port: int, *, host: str = "127.0.0.1", body_size: int = 100) -> Running:
+def start_nginx(port: int, *, host: str = "127.0.0.1", body_size: int = 100,
+                response_headers: Sequence[tuple[str, str]] = ()) -> Running:
     """A 1-worker nginx upstream; its config, pid file and logs live in a temp dir removed on stop."""
     if shutil.which("nginx") is None:
         raise TargetError("nginx is not installed (apt-get install nginx-light)")
@@ -255,7 +259,7 @@ def start_nginx(port: int, *, host: str = "127.0.0.1", body_size: int = 100) -> 
     base = Path(workdir.name)
     (base / "tmp").mkdir()
     conf = base / "nginx.conf"
-    conf.write_text(nginx_conf(base, port, body_size, host))
+    conf.write_text(nginx_conf(base, port, body_size, host, response_headers))
     args = ["nginx", "-e", str(base / "error.log"), "-p", str(base), "-c", str(conf)]
     return start_process("nginx", args, port=port, host=host, log_path=base / "stdout.log", workdir=workdir)
 
@@ -454,12 +458,16 @@ def parse_wrk(text: str, cpu_seconds: float = 0.0) -> WrkResult:
 
 
 def run_wrk(url: str, *, duration: float = 10.0, connections: int = 50, threads: int = 1,
-            headers: Sequence[str] = (), timeout_s: float = 2.0, extra_args: Sequence[str] = ()) -> WrkResult:
-    """`wrk -t<threads> -c<connections> -d<duration>s --latency URL` (keep-alive), parsed, with wrk's CPU."""
+            headers: Sequence[str] = (), timeout_s: float = 2.0, extra_args: Sequence[str] = (),
+            request_lua: str = "") -> WrkResult:
+    """`wrk -t<threads> -c<connections> -d<duration>s --latency URL` (keep-alive), parsed, with wrk's CPU.
+
+    `request_lua` is wrk Lua run ahead of the summary hook (wrk takes one script), for what -H cannot say:
+    `wrk.method = "POST"`, `wrk.body = ...`."""
     if shutil.which("wrk") is None:
         raise TargetError("wrk is not installed (apt-get install wrk)")
     with tempfile.NamedTemporaryFile("w", prefix="pylon-wrk-", suffix=".lua") as script:
-        script.write(WRK_SUMMARY_SCRIPT)
+        script.write(request_lua + "\n" + WRK_SUMMARY_SCRIPT)
         script.flush()
         args = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration:g}s", "--latency",
                 "--timeout", f"{timeout_s:g}s", "-s", script.name]
