@@ -178,3 +178,52 @@ def test_stats(setup: Setup) -> None:
     assert stats["response_pending"] == "0"
     assert int(stats["response_enforced"]) >= 30  # at least 1.5 s of 50 ms waits each time
     assert setup.stat_lines("bw_default.http_bandwidth_limit.")["response_enabled"] == "0"
+
+
+BIG = 32 * 1024 * 1024  # far more than the kernel's loopback socket buffers hold
+
+
+@pytest.fixture(scope="module", params=["pylon", "envoy"])
+def capped(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+    """A listener limiting both directions to 100 KiB/s, its connection buffer limit 64 KiB, its own upstream."""
+    implementation = request.param
+    directory: Path = tmp_path_factory.mktemp(f"bandwidth-capped-{implementation}")
+    upstream = Upstream()
+    launcher = ProxyLauncher(directory)
+    try:
+        port = free_port()
+        capped_listener = listener("capped", port, [route("/", "up")], limit("bw_capped", "REQUEST_AND_RESPONSE", 100))
+        capped_listener["per_connection_buffer_limit_bytes"] = 65536
+        proxy = launcher.start([capped_listener], [static_cluster("up", [upstream.port])], implementation=implementation)
+        yield Setup(proxy, {"capped": port}, upstream)
+    finally:
+        launcher.close()
+        upstream.close()
+
+
+def test_a_held_response_pauses_its_upstream(capped: Setup) -> None:
+    # Were the held body not bounded, the proxy would read the 32 MiB from the upstream at once.
+    with socket.create_connection(("127.0.0.1", capped.ports["capped"]), timeout=10) as sock:
+        sock.sendall(b"GET /bytes/%d HTTP/1.1\r\nhost: x\r\n\r\n" % BIG)
+        got = 0
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            got += len(sock.recv(65536))
+        assert 0 < got < 2 * 1024 * 1024  # paced to the client
+        assert not capped.upstream.bytes_done.is_set()  # and the upstream held back
+
+
+def test_a_held_request_body_pauses_the_client(capped: Setup) -> None:
+    with socket.create_connection(("127.0.0.1", capped.ports["capped"]), timeout=10) as sock:
+        sock.sendall(b"POST /sink HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n" % BIG)
+        sock.setblocking(False)
+        sent = 0
+        block = b"b" * 65536
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline and sent < BIG:
+            try:
+                sent += sock.send(block[:BIG - sent])
+            except BlockingIOError:
+                time.sleep(0.01)
+        assert sent < BIG // 2  # the proxy stopped reading the client
+        assert capped.upstream.sink_bytes < 2 * 1024 * 1024  # and paced what it read

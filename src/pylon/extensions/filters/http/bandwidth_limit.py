@@ -30,7 +30,8 @@ Departures: the limiter sits next to the codecs (it paces the request body as th
 response body as the upstream sent it, which differs from Envoy's only when a filter that changes bodies sits
 on the far side of it in the chain); local replies are not paced; the request body that came in while an
 earlier filter held the request (before this filter saw its headers) is not paced; identical per-route configs
-of one connection manager share one bucket (Envoy gives each its own).
+of one connection manager share one bucket (Envoy gives each its own); a stream that ends unfinished is no
+longer counted pending (Envoy's gauge keeps it).
 """
 
 from __future__ import annotations
@@ -215,6 +216,10 @@ class _Pacing:
         last held bytes)."""
         if self.finished:
             return False
+        if self.started:  # Envoy's codecs end a body with an empty piece, which sets the size gauges
+            self.stats["incoming_size"].set(0)
+            if not self.limiter.ticking:
+                self.stats["allowed_size"].set(0)
         if self.limiter.end():
             self._finish()
             return False
