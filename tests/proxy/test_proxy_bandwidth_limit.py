@@ -11,9 +11,10 @@ asserted (the direction that matters: a limit must hold); the machine may be slo
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -86,22 +87,30 @@ class Setup:
         return out
 
 
-@pytest.fixture(scope="module", params=["pylon", "envoy"])
-def setup(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
-    implementation = request.param
-    directory: Path = tmp_path_factory.mktemp(f"bandwidth-{implementation}")
+@contextlib.contextmanager
+def launched(implementation: str, directory: Path, listeners: Callable[[dict[str, int]], list[dict[str, Any]]],
+             names: tuple[str, ...]) -> Iterator[Setup]:
+    """One proxy with the listeners `listeners(ports)` makes, and an upstream of its own; cleaned up however it ends."""
     upstream = Upstream()
     launcher = ProxyLauncher(directory)
     try:
-        ports = {"main": free_port(), "global": free_port()}
-        proxy = launcher.start(
-            [listener("main", ports["main"], MAIN_ROUTES, limit("bw_default", "DISABLED")),
-             listener("global", ports["global"], GLOBAL_ROUTES, limit("bw_global", "REQUEST_AND_RESPONSE", 100))],
-            [static_cluster("up", [upstream.port])], implementation=implementation)
+        ports = {name: free_port() for name in names}
+        proxy = launcher.start(listeners(ports), [static_cluster("up", [upstream.port])], implementation=implementation)
         yield Setup(proxy, ports, upstream)
     finally:
         launcher.close()
         upstream.close()
+
+
+@pytest.fixture(scope="module", params=["pylon", "envoy"])
+def setup(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+    def listeners(ports: dict[str, int]) -> list[dict[str, Any]]:
+        return [listener("main", ports["main"], MAIN_ROUTES, limit("bw_default", "DISABLED")),
+                listener("global", ports["global"], GLOBAL_ROUTES, limit("bw_global", "REQUEST_AND_RESPONSE", 100))]
+
+    with launched(request.param, tmp_path_factory.mktemp(f"bandwidth-{request.param}"), listeners,
+                  ("main", "global")) as running:
+        yield running
 
 
 def trailered_get(port: int, path: str) -> tuple[bytes, dict[str, str]]:
@@ -186,19 +195,15 @@ BIG = 32 * 1024 * 1024  # far more than the kernel's loopback socket buffers hol
 @pytest.fixture(scope="module", params=["pylon", "envoy"])
 def capped(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     """A listener limiting both directions to 100 KiB/s, its connection buffer limit 64 KiB, its own upstream."""
-    implementation = request.param
-    directory: Path = tmp_path_factory.mktemp(f"bandwidth-capped-{implementation}")
-    upstream = Upstream()
-    launcher = ProxyLauncher(directory)
-    try:
-        port = free_port()
-        capped_listener = listener("capped", port, [route("/", "up")], limit("bw_capped", "REQUEST_AND_RESPONSE", 100))
+    def listeners(ports: dict[str, int]) -> list[dict[str, Any]]:
+        capped_listener = listener("capped", ports["capped"], [route("/", "up")],
+                                   limit("bw_capped", "REQUEST_AND_RESPONSE", 100))
         capped_listener["per_connection_buffer_limit_bytes"] = 65536
-        proxy = launcher.start([capped_listener], [static_cluster("up", [upstream.port])], implementation=implementation)
-        yield Setup(proxy, {"capped": port}, upstream)
-    finally:
-        launcher.close()
-        upstream.close()
+        return [capped_listener]
+
+    with launched(request.param, tmp_path_factory.mktemp(f"bandwidth-capped-{request.param}"), listeners,
+                  ("capped",)) as running:
+        yield running
 
 
 def test_a_held_response_pauses_its_upstream(capped: Setup) -> None:

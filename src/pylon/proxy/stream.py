@@ -130,6 +130,16 @@ def _with_via(headers: list[tuple[bytes, bytes]], via: bytes) -> list[tuple[byte
     return [*headers, (b"via", via)]
 
 
+def _socket_pause(pacer: Any, paused: bool, read: Callable[[bool], None]) -> None:
+    """A socket's back-pressure on a body's source (`read`), unless a bandwidth limiter (`pacer`) still holds too
+    much of that body to take more: then the source stays paused until the limiter lets it go."""
+    if pacer is not None:
+        pacer.sink_full = paused
+        if pacer.full:
+            return
+    read(paused)
+
+
 class Stream:
     """Router state for one request. Lives from request headers to the end of the response."""
 
@@ -1502,24 +1512,12 @@ class Stream:
         self.local(reply)
 
     def on_upstream_pause(self, paused: bool) -> None:
-        """The upstream socket's buffer is full (or drained): stop (or resume) reading the client - unless a
-        bandwidth limiter still holds too much of the request body to take more."""
-        pacer = self.request_pacer
-        if pacer is not None:
-            pacer.sink_full = paused
-            if pacer.full:
-                return
-        self._read_client(paused)
+        """The upstream socket's buffer is full (or drained): stop (or resume) reading the client."""
+        _socket_pause(self.request_pacer, paused, self._read_client)
 
     def on_downstream_pause(self, paused: bool) -> None:
-        """The client's socket buffer is full (or drained): stop (or resume) reading the upstream - unless a
-        bandwidth limiter still holds too much of the response body to take more."""
-        pacer = self.response_pacer
-        if pacer is not None:
-            pacer.sink_full = paused
-            if pacer.full:
-                return
-        self._read_upstream(paused)
+        """The client's socket buffer is full (or drained): stop (or resume) reading the upstream."""
+        _socket_pause(self.response_pacer, paused, self._read_upstream)
 
     def on_pacer_full(self, response: bool, full: bool) -> None:
         """A bandwidth limiter's buffer went above its high watermark (or back to its low one): the source of
