@@ -28,10 +28,10 @@ As Envoy (bandwidth_limit.cc, checked beside it in tests/proxy/test_proxy_bandwi
 
 Departures: the limiter sits next to the codecs (it paces the request body as the client sent it and the
 response body as the upstream sent it, which differs from Envoy's only when a filter that changes bodies sits
-on the far side of it in the chain); local replies are not paced; the request body that came in while an
-earlier filter held the request (before this filter saw its headers) is not paced; identical per-route configs
-of one connection manager share one bucket (Envoy gives each its own); a stream that ends unfinished is no
-longer counted pending (Envoy's gauge keeps it).
+on the far side of it in the chain); local replies and upgraded streams' tunnels (WebSocket, CONNECT) are not
+paced; the request body that came in while an earlier filter held the request (before this filter saw its
+headers) is not paced; identical per-route configs of one connection manager share one bucket (Envoy gives each
+its own); a stream that ends unfinished is no longer counted pending (Envoy's gauge keeps it).
 """
 
 from __future__ import annotations
