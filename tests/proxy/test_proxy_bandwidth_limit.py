@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -232,3 +233,34 @@ def test_a_held_request_body_pauses_the_client(capped: Setup) -> None:
                 time.sleep(0.01)
         assert sent < BIG // 2  # the proxy stopped reading the client
         assert capped.upstream.sink_bytes < 2 * 1024 * 1024  # and paced what it read
+
+
+@pytest.mark.parametrize("implementation", ["pylon", "envoy"])
+def test_two_workers_share_one_bucket(implementation: str, tmp_path: Path) -> None:
+    # Four transfers at once over two workers (the kernel spreads the connections): 600 KiB from one 150 KiB/s
+    # bucket take 3 s or more; a bucket per worker would let them through in about 1 s (2 s if three share one;
+    # only when the kernel puts all four on one worker would a bucket per worker go unnoticed).
+    upstream = Upstream()
+    launcher = ProxyLauncher(tmp_path)
+    try:
+        port = free_port()
+        proxy = launcher.start([listener("main", port, [route("/", "up")], limit("bw_shared", "RESPONSE", 150))],
+                               [static_cluster("up", [upstream.port])], implementation=implementation, concurrency=2)
+        sizes: list[int] = []
+
+        def fetch() -> None:
+            sizes.append(len(httpx.get(f"http://127.0.0.1:{port}/bytes/{150 * 1024}", timeout=30).content))
+
+        start = time.monotonic()
+        threads = [threading.Thread(target=fetch) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert sizes == [150 * 1024] * 4
+        assert time.monotonic() - start >= 2.5
+        if implementation == "pylon":
+            assert len(proxy.worker_pids()) == 2
+    finally:
+        launcher.close()
+        upstream.close()
