@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -159,6 +160,19 @@ def test_the_filter_config_limits_every_route_but_one_that_turns_it_off(setup: S
     elapsed, reply = setup.timed("POST", "global", "/sink", b"g" * SIZE)
     assert reply.status_code == 200 and reply.content == str(SIZE).encode()
     assert elapsed >= PACED
+
+
+def test_http2_clients_are_paced_too(setup: Setup, tmp_path: Path) -> None:
+    body = tmp_path / "body"
+    body.write_bytes(b"h" * SIZE)
+    for path, extra, expected in [(f"/response/bytes/{SIZE}", [], f"2 {SIZE}"),
+                                  ("/request/sink", ["--data-binary", f"@{body}"], "2 6")]:
+        start = time.monotonic()
+        done = subprocess.run(["curl", "-sS", "--http2-prior-knowledge", "-o", "/dev/null", "-w",
+                               "%{http_version} %{size_download}", *extra, setup.url("main", path)],
+                              capture_output=True, text=True, timeout=60, check=True)
+        assert done.stdout == expected  # HTTP/2, and the whole body (the upstream's answer: 6 digits of size)
+        assert time.monotonic() - start >= PACED
 
 
 def test_delay_trailers_when_enabled(setup: Setup) -> None:
