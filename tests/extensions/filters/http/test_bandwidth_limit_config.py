@@ -7,8 +7,12 @@ from typing import Any
 
 import pytest
 
+from pylon.config.constraints import HttpText
+from pylon.config.envoy import RuntimeFeatureFlag
 from pylon.config.errors import ConfigError
 from pylon.config.loader import load_bootstrap, parse_bootstrap
+from pylon.extensions.filters.http.bandwidth_limit import REQUEST, RESPONSE, BandwidthLimit, FillInterval, _Config
+from pylon.stats.store import StatsStore
 from tests.proxy.conftest import http_listener, route
 
 TYPE = "type.googleapis.com/envoy.extensions.filters.http.bandwidth_limit.v3.BandwidthLimit"
@@ -59,3 +63,31 @@ def test_a_route_config_must_set_its_limit() -> None:
 @pytest.mark.skipif(not DOCS.exists(), reason="Envoy's docs configs are not here")
 def test_envoys_docs_example_loads() -> None:
     load_bootstrap(DOCS)
+
+
+def compiled(**fields: Any) -> _Config:
+    return _Config(BandwidthLimit(stat_prefix="bw", **fields), b"key", StatsStore(), lambda: 0.0, 0.0)
+
+
+def test_the_fill_interval_is_whole_milliseconds_default_50() -> None:
+    assert compiled().fill_interval == 0.05
+    assert compiled(fill_interval=FillInterval(0.057)).fill_interval == 0.057  # not 0.056 from 56.99999...
+    assert compiled(fill_interval=FillInterval(0.0209999)).fill_interval == 0.02  # cut, as Envoy's
+
+
+def test_runtime_enabled_default_value_false_turns_the_filter_off() -> None:
+    assert compiled(enable_mode="REQUEST_AND_RESPONSE").mode == REQUEST | RESPONSE
+    off = RuntimeFeatureFlag(default_value=False, runtime_key="bw.on")
+    assert compiled(enable_mode="REQUEST_AND_RESPONSE", runtime_enabled=off).mode == 0
+
+
+def test_the_bucket_holds_a_fill_interval_of_kibibytes_at_load() -> None:
+    bucket = compiled(limit_kbps=100, fill_interval=FillInterval(0.1)).bucket
+    assert bucket.rule.max_tokens == bucket.rule.rate == 102400
+    assert bucket.rule.consume(bucket.first, 0.0, 1 << 20)[1] == 10240
+
+
+def test_trailer_names_take_the_prefix_lower_cased() -> None:
+    assert compiled(response_trailer_prefix=HttpText("X-BW")).trailer_names == [
+        b"x-bw-bandwidth-request-delay-ms", b"x-bw-bandwidth-response-delay-ms",
+        b"x-bw-bandwidth-request-filter-delay-ms", b"x-bw-bandwidth-response-filter-delay-ms"]

@@ -132,8 +132,9 @@ class _Config:
                  loaded: float) -> None:
         flag = config.runtime_enabled
         self.mode = _MODES[config.enable_mode] if flag is None or flag.default_value else 0
-        # Envoy reads the interval as whole milliseconds (PROTOBUF_GET_MS_OR_DEFAULT)
-        interval_ms = int(float(config.fill_interval) * 1000) if config.fill_interval is not None else 50
+        # Envoy reads the interval as whole milliseconds (PROTOBUF_GET_MS_OR_DEFAULT): nanoseconds cut, not rounded
+        interval = config.fill_interval
+        interval_ms = round(float(interval) * 1e9) // 1_000_000 if interval is not None else 50
         self.fill_interval = interval_ms / 1000
         # Without a limit (a filter-level config may leave it out) the bucket never fills: Envoy's holds every
         # body byte then, at its least fill rate of one token a year.
