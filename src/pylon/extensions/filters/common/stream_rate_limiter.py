@@ -80,15 +80,23 @@ class StreamRateLimiter:
         self.ticking = False  # a tick is due (bytes are waiting for tokens)
         self.above_high = False
 
-    def write(self, data: bytes) -> Tick | None:
-        """Bytes from the source: those the bucket allows now go on, unless bytes wait ahead of them (then
-        None: the due tick takes them in turn)."""
-        self.pending.append(data)
-        self.length += len(data)
+    def write(self, data: bytes) -> bytes | None:
+        """Bytes from the source: those the bucket allows now go on (then `ticking` says whether some are left for
+        the next tick), unless bytes wait ahead of them (None: the due tick takes them in turn)."""
         if self.ticking:
+            self.pending.append(data)
+            self.length += len(data)
             self._watermarks()
             return None
-        return self.tick()
+        size = len(data)  # nothing waits (a tick leaves bytes behind only while ticking)
+        taken = self.take(size) if size else 0
+        if taken == size:
+            return data
+        self.pending.append(data[taken:])
+        self.length = size - taken
+        self.ticking = True
+        self._watermarks()
+        return data[:taken]
 
     def end(self) -> bool:
         """The source ended: True when the end may go on now, False when it waits for the pending bytes (a later

@@ -147,52 +147,44 @@ class _Config:
         prefix = config.response_trailer_prefix.lower()
         self.trailer_names = [(prefix + "-" + name if prefix else name).encode() for name in _TRAILERS]
         root = config.stat_prefix + ".http_bandwidth_limit."
-        self.stats = {side: {name: _stat(stats, root + side + "_" + name) for name in _STATS}
-                      for side in ("request", "response")}
+        self.request_stats = _SideStats(stats, root + "request_")
+        self.response_stats = _SideStats(stats, root + "response_")
 
 
-def _stat(stats: Any, name: str) -> Any:
-    if name.endswith(("_pending", "_incoming_size", "_allowed_size")):
-        return stats.gauge(name)
-    if name.endswith("_duration"):
-        return stats.histogram(name)
-    return stats.counter(name)
+class _SideStats:
+    """One direction's stats, as attributes (a request pays attribute increments, no lookups)."""
 
+    __slots__ = _STATS
 
-class _Delays:
-    """What one stream's trailers report: each body's transfer time and the filter's own delay, ms."""
-
-    __slots__ = ("request_duration", "request_delay", "response_delay")
-
-    def __init__(self) -> None:
-        self.request_duration = 0
-        self.request_delay = 0
-        self.response_delay = 0
+    def __init__(self, stats: Any, prefix: str) -> None:
+        for name in _STATS:
+            kind = stats.gauge if name in ("pending", "incoming_size", "allowed_size") else \
+                stats.histogram if name == "transfer_duration" else stats.counter
+            setattr(self, name, kind(prefix + name))
 
 
 class _Pacing:
     """One direction of one stream under a limiter: the stream's side of the protocol (proxy/filters/http.py,
     "Pacing"), the limiter's timer, and Envoy's per-stream stats."""
 
-    __slots__ = ("stream", "config", "response", "limiter", "stats", "delays", "timer", "started", "then",
-                 "finished", "sink_full")
+    __slots__ = ("stream", "config", "response", "limiter", "stats", "timer", "started", "then", "finished",
+                 "sink_full", "duration", "delay")
 
-    def __init__(self, stream: Any, config: _Config, response: bool, delays: _Delays) -> None:
+    def __init__(self, stream: Any, config: _Config, response: bool) -> None:
         self.stream = stream
         self.config = config
         self.response = response
         bucket = config.bucket
         self.limiter = StreamRateLimiter(lambda wanted: bucket.take(stream, wanted), stream.hcm.buffer_limit,
                                          self._on_full)
-        self.stats = config.stats["response" if response else "request"]
-        self.delays = delays
+        self.stats = config.response_stats if response else config.request_stats
         self.timer: Any = None
         self.started = 0.0  # when the first body byte came (0: none yet)
         self.then: Callable[[], None] | None = None
         self.finished = False
         self.sink_full = False  # the socket the body goes to is full (the stream's own back-pressure)
-        self.stats["enabled"].inc()
-        stream.on_finish(self._cancel)
+        self.duration = 0  # ms the body took to pass, once it has (the trailers')
+        self.delay = 0  # ms the filter added: a fill interval per look that left bytes behind (the trailers')
 
     @property
     def full(self) -> bool:
@@ -203,14 +195,16 @@ class _Pacing:
         stats = self.stats
         if not self.started:
             self.started = self.config.bucket.clock()
-            stats["pending"].inc()
-        stats["incoming_size"].set(len(data))
-        stats["incoming_total_size"].inc(len(data))
-        tick = self.limiter.write(data)
-        if tick is None:
+            stats.pending.value += 1
+            self.stream.on_finish(self._cancel)
+        size = len(data)
+        stats.incoming_size.value = size
+        stats.incoming_total_size.value += size
+        allowed = self.limiter.write(data)
+        if allowed is None:
             return b""
-        self._account(tick.data, tick.again)
-        return tick.data
+        self._account(len(allowed), self.limiter.ticking)
+        return allowed
 
     def hold_end(self, then: Callable[[], None]) -> bool:
         """The source ended: False when the end may go on now, True when it waits (`then` is called after the
@@ -218,27 +212,23 @@ class _Pacing:
         if self.finished:
             return False
         if self.started:  # Envoy's codecs end a body with an empty piece, which sets the size gauges
-            self.stats["incoming_size"].set(0)
+            self.stats.incoming_size.value = 0
             if not self.limiter.ticking:
-                self.stats["allowed_size"].set(0)
+                self.stats.allowed_size.value = 0
         if self.limiter.end():
             self._finish()
             return False
         self.then = then
         return True
 
-    def _account(self, data: bytes, again: bool) -> None:
+    def _account(self, size: int, again: bool) -> None:
         """Envoy's write_stats_cb for one look at the bucket; with bytes left, the next look a fill interval on."""
         stats = self.stats
-        stats["allowed_size"].set(len(data))
-        stats["allowed_total_size"].inc(len(data))
+        stats.allowed_size.value = size
+        stats.allowed_total_size.value += size
         if again:
-            stats["enforced"].inc()
-            delay = int(self.config.fill_interval * 1000)
-            if self.response:
-                self.delays.response_delay += delay
-            else:
-                self.delays.request_delay += delay
+            stats.enforced.value += 1
+            self.delay += int(self.config.fill_interval * 1000)
             if self.timer is None:
                 self.timer = self.stream.conn.loop.call_later(self.config.fill_interval, self._tick)
 
@@ -248,7 +238,7 @@ class _Pacing:
         if stream.rs_state >= RS_DONE:
             return
         tick = self.limiter.tick()
-        self._account(tick.data, tick.again)
+        self._account(len(tick.data), tick.again)
         if tick.data:
             if self.response:
                 stream.on_upstream_body(tick.data, paced=True)
@@ -272,21 +262,22 @@ class _Pacing:
         self.finished = True
         if not self.started:
             return
-        duration = int((self.config.bucket.clock() - self.started) * 1000)  # type: ignore[union-attr]
+        self.duration = duration = int((self.config.bucket.clock() - self.started) * 1000)
         self.started = 0.0
-        self.stats["transfer_duration"].record(duration)
-        self.stats["pending"].dec()
-        delays = self.delays
-        if not self.response:
-            delays.request_duration = duration
-            return
-        if not self.config.trailers:
-            return
-        names = self.config.trailer_names
-        added = [(name, b"%d" % value) for name, value in zip(
-            names, (delays.request_duration, duration, delays.request_delay, delays.response_delay)) if value > 0]
+        self.stats.transfer_duration.record(duration)
+        self.stats.pending.value -= 1
+        if self.response and self.config.trailers:
+            self._add_trailers()
+
+    def _add_trailers(self) -> None:
+        """The delay trailers that are not 0: the request's from its own pacer (none without a request body)."""
+        stream = self.stream
+        request = stream.request_pacer
+        request_duration, request_delay = (request.duration, request.delay) if isinstance(request, _Pacing) \
+            else (0, 0)
+        values = (request_duration, self.duration, request_delay, self.delay)
+        added = [(name, b"%d" % value) for name, value in zip(self.config.trailer_names, values) if value > 0]
         if added:
-            stream = self.stream
             stream.resp_trailers = (stream.resp_trailers or []) + added
 
     def _cancel(self) -> None:
@@ -296,7 +287,7 @@ class _Pacing:
             self.timer = None
         if self.started:
             self.started = 0.0
-            self.stats["pending"].dec()
+            self.stats.pending.value -= 1
 
 
 #: how many identical filters (HCM stat prefix, name, config) this worker built: the next one's bucket key
@@ -326,17 +317,17 @@ class BandwidthLimitFilter:
     def decode_headers(self, stream: Any) -> bool:
         config = self.configs.of(stream)
         if config.mode & REQUEST:
-            stream.request_pacer = _Pacing(stream, config, False, self._stream_delays(stream))
+            config.request_stats.enabled.value += 1
+            if stream.req_length or stream.req_chunked:  # a request without a body has nothing to pace
+                stream.request_pacer = _Pacing(stream, config, False)
         return True
 
     def encode_headers(self, stream: Any, status: int, headers: Any) -> None:
         config = self.configs.of(stream)
         if config.mode & RESPONSE:
-            stream.response_pacer = _Pacing(stream, config, True, self._stream_delays(stream))
-
-    def _stream_delays(self, stream: Any) -> _Delays:
-        pacer = stream.request_pacer
-        return pacer.delays if isinstance(pacer, _Pacing) else _Delays()
+            config.response_stats.enabled.value += 1
+            if not stream.is_head and status != 204 and status != 304:  # these have no body
+                stream.response_pacer = _Pacing(stream, config, True)
 
 
 registry.register_typed(registry.HTTP_FILTER, TYPE_URL, BandwidthLimit)
