@@ -91,13 +91,14 @@ class Setup:
 
 @contextlib.contextmanager
 def launched(implementation: str, directory: Path, listeners: Callable[[dict[str, int]], list[dict[str, Any]]],
-             names: tuple[str, ...]) -> Iterator[Setup]:
+             names: tuple[str, ...], concurrency: int = 1) -> Iterator[Setup]:
     """One proxy with the listeners `listeners(ports)` makes, and an upstream of its own; cleaned up however it ends."""
     upstream = Upstream()
     launcher = ProxyLauncher(directory)
     try:
         ports = {name: free_port() for name in names}
-        proxy = launcher.start(listeners(ports), [static_cluster("up", [upstream.port])], implementation=implementation)
+        proxy = launcher.start(listeners(ports), [static_cluster("up", [upstream.port])], implementation=implementation,
+                               concurrency=concurrency)
         yield Setup(proxy, ports, upstream)
     finally:
         launcher.close()
@@ -260,16 +261,14 @@ def test_two_workers_share_one_bucket(implementation: str, tmp_path: Path) -> No
     # Four transfers at once over two workers (the kernel spreads the connections): 600 KiB from one 150 KiB/s
     # bucket take 3 s or more; a bucket per worker would let them through in about 1 s (2 s if three share one;
     # only when the kernel puts all four on one worker would a bucket per worker go unnoticed).
-    upstream = Upstream()
-    launcher = ProxyLauncher(tmp_path)
-    try:
-        port = free_port()
-        proxy = launcher.start([listener("main", port, [route("/", "up")], limit("bw_shared", "RESPONSE", 150))],
-                               [static_cluster("up", [upstream.port])], implementation=implementation, concurrency=2)
+    def listeners(ports: dict[str, int]) -> list[dict[str, Any]]:
+        return [listener("main", ports["main"], [route("/", "up")], limit("bw_shared", "RESPONSE", 150))]
+
+    with launched(implementation, tmp_path, listeners, ("main",), concurrency=2) as running:
         sizes: list[int] = []
 
         def fetch() -> None:
-            sizes.append(len(httpx.get(f"http://127.0.0.1:{port}/bytes/{150 * 1024}", timeout=30).content))
+            sizes.append(len(httpx.get(running.url("main", f"/bytes/{150 * 1024}"), timeout=30).content))
 
         start = time.monotonic()
         threads = [threading.Thread(target=fetch) for _ in range(4)]
@@ -280,7 +279,4 @@ def test_two_workers_share_one_bucket(implementation: str, tmp_path: Path) -> No
         assert sizes == [150 * 1024] * 4
         assert time.monotonic() - start >= 2.5
         if implementation == "pylon":
-            assert len(proxy.worker_pids()) == 2
-    finally:
-        launcher.close()
-        upstream.close()
+            assert len(running.proxy.worker_pids()) == 2
