@@ -22,6 +22,8 @@ nginx upstream answering text/plain, `--body` bytes), then the same with one fil
   aws_sigv4a       the same with SigV4A (an ECDSA P-256 signature per request)
   api_key_auth     envoy.filters.http.api_key_auth, one key in Authorization, its client forwarded in x-client-id
   credential_injector  envoy.filters.http.credential_injector injecting a static generic secret in Authorization
+  bandwidth_limit  envoy.filters.http.bandwidth_limit on both directions with a limit (1 TiB/s) no body reaches:
+                   every response body passes the bucket, none is held (the filter's pure overhead)
   internal_listener  not a filter: one more hop inside the proxy, the route to a cluster whose endpoint is an
                    internal listener (envoy.bootstrap.internal_listener) with the same HCM, which routes to the
                    upstream: what an internal hop (a second HCM and pool, no socket) costs per request
@@ -156,6 +158,9 @@ CREDENTIAL_INJECTOR = {"name": "envoy.filters.http.credential_injector", "typed_
     "credential": {"name": "envoy.http.injected_credentials.generic", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.http.injected_credentials.generic.v3.Generic",
         "credential": {"name": "bench-credential"}}}}}
+BANDWIDTH_LIMIT = {"name": "envoy.filters.http.bandwidth_limit", "typed_config": {
+    "@type": "type.googleapis.com/envoy.extensions.filters.http.bandwidth_limit.v3.BandwidthLimit",
+    "stat_prefix": "bench_bw", "enable_mode": "REQUEST_AND_RESPONSE", "limit_kbps": 1 << 30}}
 BENCH_SECRET = {"name": "bench-credential", "generic_secret": {"secret": {"inline_string": "Basic YmVuY2g6YmVuY2g="}}}
 ORIGIN = "http://bench.example"
 CORS = {"name": "envoy.filters.http.cors", "typed_config": {
@@ -261,6 +266,7 @@ VARIANTS: dict[str, tuple[dict[str, Any] | None, list[str]]] = {
     "aws_sigv4a": (_aws_signing("AWS_SIGV4A"), []),
     "api_key_auth": (API_KEY_AUTH, ["Authorization: bench-key"]),
     "credential_injector": (CREDENTIAL_INJECTOR, []),
+    "bandwidth_limit": (BANDWIDTH_LIMIT, []),
     "internal_listener": (None, []),
     "cors": (CORS, [f"Origin: {ORIGIN}"]),
     "health_check": (HEALTH_CHECK, []),

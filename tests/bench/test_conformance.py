@@ -40,10 +40,9 @@ static_resources:
 
 # A filter stock Envoy has and pylon does not (yet): the config Envoy alone accepts.
 UNSUPPORTED = """
-          - name: envoy.filters.http.bandwidth_limit
+          - name: envoy.filters.http.alternate_protocols_cache
             typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.bandwidth_limit.v3.BandwidthLimit
-              stat_prefix: bw"""
+              "@type": type.googleapis.com/envoy.extensions.filters.http.alternate_protocols_cache.v3.FilterConfig"""
 
 COMPOSE = """
 services:
@@ -52,7 +51,7 @@ services:
     ports: ["10000:10000"]
 """
 
-UNSUPPORTED_TYPE = "envoy.extensions.filters.http.bandwidth_limit.v3.BandwidthLimit"
+UNSUPPORTED_TYPE = "envoy.extensions.filters.http.alternate_protocols_cache.v3.FilterConfig"
 
 # Envoy's docs (configuration/overview/_include/tagged.yaml) keep anchors under a key tagged `!ignore`.
 TAGGED = "!ignore dynamic_sockets:\n- &port 10000\n" + (BOTH % "").replace("port_value: 10000", "port_value: *port")

@@ -162,6 +162,8 @@ EXTENSION_MODULES: Mapping[str, Mapping[str, str]] = MappingProxyType(
             "envoy.extensions.filters.http.aws_lambda.v3.Config": "pylon.extensions.filters.http.aws_lambda",
             "envoy.extensions.filters.http.aws_request_signing.v3.AwsRequestSigning":
                 "pylon.extensions.filters.http.aws_request_signing",
+            "envoy.extensions.filters.http.bandwidth_limit.v3.BandwidthLimit":
+                "pylon.extensions.filters.http.bandwidth_limit",
             "envoy.extensions.filters.http.buffer.v3.Buffer": "pylon.extensions.filters.http.buffer",
             "envoy.extensions.filters.http.cache.v3.CacheConfig": "pylon.extensions.filters.http.cache",
             "envoy.extensions.filters.http.cache_v2.v3.CacheV2Config": "pylon.extensions.filters.http.cache",
@@ -221,6 +223,8 @@ EXTENSION_MODULES: Mapping[str, Mapping[str, str]] = MappingProxyType(
             "envoy.extensions.filters.http.aws_lambda.v3.PerRouteConfig": "pylon.extensions.filters.http.aws_lambda",
             "envoy.extensions.filters.http.aws_request_signing.v3.AwsRequestSigningPerRoute":
                 "pylon.extensions.filters.http.aws_request_signing",
+            "envoy.extensions.filters.http.bandwidth_limit.v3.BandwidthLimit":
+                "pylon.extensions.filters.http.bandwidth_limit",
             "envoy.extensions.filters.http.buffer.v3.BufferPerRoute": "pylon.extensions.filters.http.buffer",
             "envoy.extensions.filters.http.compressor.v3.CompressorPerRoute":
                 "pylon.extensions.filters.http.compressor",

@@ -130,6 +130,16 @@ def _with_via(headers: list[tuple[bytes, bytes]], via: bytes) -> list[tuple[byte
     return [*headers, (b"via", via)]
 
 
+def _socket_pause(pacer: Any, paused: bool, read: Callable[[bool], None]) -> None:
+    """A socket's back-pressure on a body's source (`read`), unless a bandwidth limiter (`pacer`) still holds too
+    much of that body to take more: then the source stays paused until the limiter lets it go."""
+    if pacer is not None:
+        pacer.sink_full = paused
+        if pacer.full:
+            return
+    read(paused)
+
+
 class Stream:
     """Router state for one request. Lives from request headers to the end of the response."""
 
@@ -148,6 +158,7 @@ class Stream:
         "request_data_filters", "response_data_filters", "req_trailers", "resp_trailers", "span", "body_watch",
         "shadows", "health_check", "duration_deadline", "arrived_grpc", "decoder_limit", "filtered_request",
         "dynamic_metadata", "typed_dynamic_metadata", "header_case", "resp_header_case", "chain",
+        "request_pacer", "response_pacer",
     )
 
     def __init__(self, conn: "HttpConnection", now: float) -> None:
@@ -218,6 +229,10 @@ class Stream:
         self.request_id = b""
         self.paused_downstream = False
         self.paused_upstream = False
+        # A bandwidth limiter's hold on the request body as the client sends it, and on the response body as the
+        # upstream sends it (proxy/filters/http.py, "Pacing"); None: the bodies go on as they come.
+        self.request_pacer: Any = None
+        self.response_pacer: Any = None
         self.resp_headers: list[tuple[bytes, bytes]] = []
         self.stale_retried = False  # already sent again once after a reused connection turned out closed
         self.timeout: float | None = None  # the route timeout in force (a gRPC request's may differ from the route's)
@@ -272,12 +287,18 @@ class Stream:
         return self.dynamic_metadata
 
     # ------------------------------------------------------------------ downstream events
-    def on_body(self, data: bytes, filtered: bool = False) -> None:
+    def on_body(self, data: bytes, filtered: bool = False, paced: bool = False) -> None:
         """A piece of the request body: upstream now, or kept until there is an upstream. `filtered`: a piece the
-        data filters made themselves (their tail), not one the client sent."""
+        data filters made themselves (their tail), not one the client sent; `paced`: one a bandwidth limiter held
+        and lets go on now (counted as received when it came)."""
         if not filtered:
-            self.bytes_received += len(data)
-            self.last_activity = self.conn.loop_time()
+            if not paced:
+                self.bytes_received += len(data)
+                self.last_activity = self.conn.loop_time()
+                if self.request_pacer is not None:
+                    data = self.request_pacer.write(data)
+                    if not data:
+                        return
             if self.request_data_filters is not None:
                 data = self._decode_data(data, False)
                 if not data:
@@ -315,6 +336,8 @@ class Stream:
                 self.conn.transport.pause_reading()
 
     def on_complete(self) -> None:
+        if self.request_pacer is not None and self.request_pacer.hold_end(self.on_complete):
+            return  # the request ends once the limiter has let its body go on (it calls this again then)
         self.rq_state = RQ_DONE
         if self.rs_state >= RS_DONE:
             return
@@ -1375,9 +1398,13 @@ class Stream:
         self._end_attempt(abandon=False)
         self._finish(close=self.close_after or self.upgrade_accepted or reset, final=RS_RESET if reset else RS_DONE)
 
-    def on_upstream_body(self, data: bytes, filtered: bool = False) -> None:
+    def on_upstream_body(self, data: bytes, filtered: bool = False, paced: bool = False) -> None:
         """A piece of the response body: to the client, or held for the whole-body filters. `filtered`: a piece
-        the data filters made themselves (their tail)."""
+        the data filters made themselves (their tail); `paced`: one a bandwidth limiter held and lets go on now."""
+        if self.response_pacer is not None and not paced and not filtered:
+            data = self.response_pacer.write(data)
+            if not data:
+                return
         if self.response_data_filters is not None and not filtered:
             data = self._encode_data(data, False)
             if not data:
@@ -1444,30 +1471,52 @@ class Stream:
             # An early response (the upstream didn't wait for the whole body): the
             # connection is mid-request and must not be reused.
             self.upstream.keep_alive = False
+        if self.response_pacer is not None and self.response_pacer.hold_end(self.on_paced_response_end):
+            # A bandwidth limiter still holds some of the body: the upstream is done (its connection goes back to
+            # the pool, the route timeout ends with it, as Envoy's router's), the client's response ends later.
+            self.deadline = 0.0
+            self._upstream_done(self.conn.loop_time())
+            return
+        if self._end_response():
+            now = self.conn.loop_time()
+            self._upstream_done(now)
+            self._finish(self.close_after, RS_DONE, now)
+
+    def on_paced_response_end(self) -> None:
+        """The bandwidth limiter let the last of the body go on, after the upstream's end: the response ends."""
+        if self.rs_state < RS_DONE and self._end_response():
+            self._finish(self.close_after, RS_DONE, self.conn.loop_time())
+
+    def _end_response(self) -> bool:
+        """The response's end to the client: the data filters' tail, a held response, the last chunk and its
+        trailers. False when the stream was answered meanwhile (a held body outgrew the buffer: 500)."""
         if self.response_data_filters is not None:
             tail = self._encode_data(b"", True)
             if tail:
                 self.on_upstream_body(tail, filtered=True)
             if self.rs_state >= RS_DONE:  # the held body outgrew the buffer: answered 500 already
-                return
+                return False
         if self.held_response is not None:
             self._send_held_response()
         self.encoder.encode_end(self.resp_trailers)
         self.on_upstream_flush()
+        return True
+
+    def _upstream_done(self, now: float) -> None:
+        """The upstream's response is complete: its stats, and its connection back to the pool (reading)."""
         cluster = self.cluster
         assert cluster is not None
-        now = self.conn.loop_time()
         if self.hcm.dynamic_stats:
             cluster.stats.count_response(self.status)
             cluster.stats.upstream_rq_time.record((now - self.attempt_start) * 1000)
         if self.paused_upstream:
-            # The last bytes filled the client's buffer and paused the upstream's reading as they completed the
-            # response: the pool must take the connection back reading, or the next exchange never hears its answer.
-            self.on_downstream_pause(False)
+            # The last bytes filled the client's buffer (or a limiter's) and paused the upstream's reading as they
+            # completed the response: the pool must take the connection back reading, or the next exchange never
+            # hears its answer.
+            self._read_upstream(False)
         self.upstream = None  # the pool takes the connection back
         self.up_state = UP_DONE
         self._end_attempt(abandon=False)
-        self._finish(self.close_after, RS_DONE, now)
 
     def on_upstream_reset(self, reason: str, stale: bool = False) -> None:
         self.upstream = None
@@ -1495,6 +1544,20 @@ class Stream:
 
     def on_upstream_pause(self, paused: bool) -> None:
         """The upstream socket's buffer is full (or drained): stop (or resume) reading the client."""
+        _socket_pause(self.request_pacer, paused, self._read_client)
+
+    def on_downstream_pause(self, paused: bool) -> None:
+        """The client's socket buffer is full (or drained): stop (or resume) reading the upstream."""
+        _socket_pause(self.response_pacer, paused, self._read_upstream)
+
+    def on_pacer_full(self, response: bool, full: bool) -> None:
+        """A bandwidth limiter's buffer went above its high watermark (or back to its low one): the source of
+        that body pauses (or resumes, unless the socket it goes to is still full)."""
+        pacer = self.response_pacer if response else self.request_pacer
+        if full or not pacer.sink_full:
+            (self._read_upstream if response else self._read_client)(full)
+
+    def _read_client(self, paused: bool) -> None:
         if paused != self.paused_downstream and not self.conn.closed:
             self.paused_downstream = paused
             if paused:
@@ -1502,8 +1565,7 @@ class Stream:
             else:
                 self.conn.transport.resume_reading()
 
-    def on_downstream_pause(self, paused: bool) -> None:
-        """The client's socket buffer is full (or drained): stop (or resume) reading the upstream."""
+    def _read_upstream(self, paused: bool) -> None:
         upstream = self.upstream
         if upstream is not None and upstream.transport is not None and paused != self.paused_upstream:
             self.paused_upstream = paused

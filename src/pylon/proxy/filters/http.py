@@ -52,6 +52,19 @@ chunked trailers carried with `enable_trailers` on the HCM and the cluster):
   without trailers calls neither (HTTP/1.1 can only carry trailers after a
   chunked body, so none are added to one that has none).
 
+Pacing (the bandwidth limit): a filter may hold a body back and let it go on later, setting, in
+`decode_headers`, `stream.request_pacer`, and in `encode_headers`, `stream.response_pacer`: an object with
+
+- `write(data) -> bytes`: a body piece as the client (the upstream) sent it; what it returns goes on now, the
+  rest it hands back later through `stream.on_body(data, paced=True)` + `stream.flush_upstream()` (the
+  response's: `stream.on_upstream_body(data, paced=True)` + `stream.on_upstream_flush()`);
+- `hold_end(then) -> bool`: the body ended; True holds the end back until the pacer calls `then()`, after its
+  last bytes (the request's end is then the client's as far as the stream knows; the response's upstream is done
+  and back in its pool at once, only the client's response waits);
+- `full` and `sink_full`: while its buffer is above its high watermark it pauses the body's source
+  (`stream.on_pacer_full(response, full)`), and a socket's own back-pressure (`sink_full`, set by the stream)
+  does not resume a source the pacer holds paused, nor the pacer one the socket holds.
+
 A filter may turn the request into another before it is routed (`stream.rewrite_request(method, path, body,
 rematch)`: the gRPC-JSON transcoder's new method and path, a body for a request that came without one, and the
 route chosen again), or replace its Host (`stream.set_authority`).
