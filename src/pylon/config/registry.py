@@ -198,6 +198,7 @@ EXTENSION_MODULES: Mapping[str, Mapping[str, str]] = MappingProxyType(
                 "pylon.extensions.filters.http.json_to_metadata",
             "envoy.extensions.filters.http.sse_to_metadata.v3.SseToMetadata":
                 "pylon.extensions.filters.http.sse_to_metadata",
+            "envoy.extensions.filters.http.transform.v3.TransformConfig": "pylon.extensions.filters.http.transform",
             "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication": "pylon.extensions.filters.http.jwt_authn",
             "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit":
                 "pylon.extensions.filters.http.local_ratelimit",
@@ -241,6 +242,7 @@ EXTENSION_MODULES: Mapping[str, Mapping[str, str]] = MappingProxyType(
                 "pylon.extensions.filters.http.header_to_metadata",
             "envoy.extensions.filters.http.json_to_metadata.v3.JsonToMetadata":
                 "pylon.extensions.filters.http.json_to_metadata",
+            "envoy.extensions.filters.http.transform.v3.TransformConfig": "pylon.extensions.filters.http.transform",
             "envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig": "pylon.extensions.filters.http.jwt_authn",
             "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit":
                 "pylon.extensions.filters.http.local_ratelimit",
