@@ -20,6 +20,12 @@ nginx upstream answering text/plain, `--body` bytes), then the same with one fil
   aws_sigv4a       the same with SigV4A (an ECDSA P-256 signature per request)
   api_key_auth     envoy.filters.http.api_key_auth, one key in Authorization, its client forwarded in x-client-id
   credential_injector  envoy.filters.http.credential_injector injecting a static generic secret in Authorization
+  json_post        no filter: wrk POSTs a 69-byte JSON body and the upstream (a third nginx) answers JSON, the
+                   baseline of `transform`
+  transform        envoy.filters.http.transform as Envoy's docs configure it: a request header from the body, a field
+                   merged into it, two response headers from the JSON answer (wrk and upstream as json_post)
+  sse_to_metadata  envoy.filters.http.sse_to_metadata with the docs' two rules over an upstream (a fourth nginx)
+                   answering text/event-stream: three events (the model, the token usage, [DONE]), 109 bytes
   internal_listener  not a filter: one more hop inside the proxy, the route to a cluster whose endpoint is an
                    internal listener (envoy.bootstrap.internal_listener) with the same HCM, which routes to the
                    upstream: what an internal hop (a second HCM and pool, no socket) costs per request
@@ -113,6 +119,38 @@ CREDENTIAL_INJECTOR = {"name": "envoy.filters.http.credential_injector", "typed_
         "credential": {"name": "bench-credential"}}}}}
 BENCH_SECRET = {"name": "bench-credential", "generic_secret": {"secret": {"inline_string": "Basic YmVuY2g6YmVuY2g="}}}
 
+def _set_header(key: str, value: str) -> dict[str, Any]:
+    return {"append": {"header": {"key": key, "value": value}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}}
+
+
+TRANSFORM = {"name": "transform", "typed_config": {
+    "@type": "type.googleapis.com/envoy.extensions.filters.http.transform.v3.TransformConfig",
+    "request_transformation": {
+        "headers_mutations": [_set_header("model-header", "%REQUEST_BODY(model)%")],
+        "body_transformation": {"body_format": {"json_format": {"model": "new-model"}}, "action": "MERGE"}},
+    "response_transformation": {"headers_mutations": [
+        _set_header("prompt-tokens", "%RESPONSE_BODY(usage:prompt_tokens)%"),
+        _set_header("completion-tokens", "%RESPONSE_BODY(usage:completion_tokens)%")]}}}
+SSE_TO_METADATA = {"name": "envoy.filters.http.sse_to_metadata", "typed_config": {
+    "@type": "type.googleapis.com/envoy.extensions.filters.http.sse_to_metadata.v3.SseToMetadata",
+    "response_rules": {"content_parser": {"name": "envoy.content_parsers.json", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.content_parsers.json.v3.JsonContentParser",
+        "rules": [{"rule": {"selectors": [{"key": "usage"}, {"key": "total_tokens"}],
+                            "on_present": {"metadata_namespace": "envoy.lb", "key": "tokens", "type": "NUMBER"}}},
+                  {"rule": {"selectors": [{"key": "model"}],
+                            "on_present": {"metadata_namespace": "envoy.lb", "key": "model_name", "type": "STRING"}},
+                   "stop_processing_after_matches": 1}]}}}}}
+JSON_REQUEST = ('wrk.method = "POST"\n'
+                'wrk.body = \'{"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]}\'')
+JSON_ANSWER = ("application/json",
+               '{"id": "x", "usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}}')
+SSE_ANSWER = ("text/event-stream", 'data: {"model": "bench", "choices": [{"delta": "hi"}]}\n\n'
+                                   'data: {"usage": {"total_tokens": 42}}\n\ndata: [DONE]\n\n')
+#: variant -> what its upstream answers (content-type, body) when not the plain nginx's text
+ANSWERS = {"json_post": JSON_ANSWER, "transform": JSON_ANSWER, "sse_to_metadata": SSE_ANSWER}
+#: variant -> Lua run first in wrk's script (its method and body)
+PRELUDES = {"json_post": JSON_REQUEST, "transform": JSON_REQUEST}
+
 #: variant -> (the filter ahead of the router, or None; the request headers wrk sends)
 VARIANTS: dict[str, tuple[dict[str, Any] | None, list[str]]] = {
     "plain": (None, []),
@@ -128,6 +166,9 @@ VARIANTS: dict[str, tuple[dict[str, Any] | None, list[str]]] = {
     "aws_sigv4a": (_aws_signing("AWS_SIGV4A"), []),
     "api_key_auth": (API_KEY_AUTH, ["Authorization: bench-key"]),
     "credential_injector": (CREDENTIAL_INJECTOR, []),
+    "json_post": (None, ["Content-Type: application/json"]),
+    "transform": (TRANSFORM, ["Content-Type: application/json"]),
+    "sse_to_metadata": (SSE_TO_METADATA, []),
     "internal_listener": (None, []),
 }
 
@@ -172,7 +213,8 @@ def config(variant: str, listen: int, admin: int, upstream: int, authz: int) -> 
 
 def measure(proc: Running, variant: str, duration: float) -> dict[str, Any]:
     before = proc.cpu_seconds()
-    w = run_wrk(proc.url(), duration=duration, connections=CONNECTIONS, threads=1, headers=VARIANTS[variant][1])
+    w = run_wrk(proc.url(), duration=duration, connections=CONNECTIONS, threads=1, headers=VARIANTS[variant][1],
+                script_prelude=PRELUDES.get(variant, ""))
     cpu = proc.cpu_seconds() - before
     return {"requests": w.requests, "rps": w.requests_per_sec, "errors": w.errors + w.non_2xx_3xx,
             "proxy_cpu_s": cpu, "req_per_proxy_cpu_s": w.requests / cpu if cpu else None}
@@ -197,17 +239,21 @@ def main() -> int:
             work = Path(tmp)
             upstream = stack.enter_context(start_nginx(free_port(), body_size=args.body))
             authz = stack.enter_context(start_nginx(free_port(), body_size=0))
+            answers = {answer: stack.enter_context(start_nginx(free_port(), content_type=answer[0], body=answer[1]))
+                       for answer in {ANSWERS[v] for v in variants if v in ANSWERS}}
             proxies: dict[tuple[str, str], Running] = {}
             for variant in variants:
                 for proxy in PROXIES:
                     listen, admin = free_port(), free_port()
                     path = work / f"{variant}-{proxy}.yaml"
-                    path.write_text(yaml.safe_dump(config(variant, listen, admin, upstream.port, authz.port)))
+                    answering = answers[ANSWERS[variant]] if variant in ANSWERS else upstream
+                    path.write_text(yaml.safe_dump(config(variant, listen, admin, answering.port, authz.port)))
                     start = start_pylon_proxy if proxy == "pylon" else start_envoy
                     proxies[variant, proxy] = stack.enter_context(start(
                         path, port=listen, admin_port=admin, concurrency=1, log_path=work / f"{variant}-{proxy}.log"))
             for (variant, _), proc in proxies.items():
-                run_wrk(proc.url(), duration=args.warmup, connections=CONNECTIONS, headers=VARIANTS[variant][1])
+                run_wrk(proc.url(), duration=args.warmup, connections=CONNECTIONS, headers=VARIANTS[variant][1],
+                        script_prelude=PRELUDES.get(variant, ""))
             for rep in range(1, args.reps + 1):
                 for variant in variants:
                     for proxy in PROXIES if rep % 2 else PROXIES[::-1]:

@@ -61,7 +61,8 @@ def _listener(port: int, buffer_limit: int | None = None) -> dict[str, Any]:
     routes = [
         {"match": {"prefix": "/", "headers": [{"name": "x-go", "string_match": {"exact": "there"}}]},
          "route": {"cluster": "up", "prefix_rewrite": "/rerouted/"}},
-        {"match": {"prefix": "/reroute"}, "route": {"cluster": "up"}, "typed_per_filter_config": {"transform": REROUTE}},
+        {"match": {"prefix": "/reroute"}, "route": {"cluster": "up"},
+         "typed_per_filter_config": {"transform": REROUTE}},
         {"match": {"prefix": "/override"}, "route": {"cluster": "up", "prefix_rewrite": "/echo"},
          "typed_per_filter_config": {"transform": OVERRIDE}},
         {"match": {"prefix": "/text"}, "route": {"cluster": "up", "prefix_rewrite": "/echo"},

@@ -234,10 +234,15 @@ http {{
 """
 
 
-def nginx_conf(workdir: str | os.PathLike, port: int, body_size: int = 100, host: str = "127.0.0.1") -> str:
-    """One worker, no access log, `return 200` with a fixed body of exactly `body_size` bytes."""
-    body = ("x" * (body_size - 1) + "\\n") if body_size else ""  # nginx unescapes \n in the string
-    return nginx_preamble(workdir) + f"""    default_type text/plain;
+def nginx_conf(workdir: str | os.PathLike, port: int, body_size: int = 100, host: str = "127.0.0.1",
+               content_type: str = "text/plain", body: str | None = None) -> str:
+    """One worker, no access log, `return 200` with a fixed body of exactly `body_size` bytes (or `body`, some
+    filters' input: JSON, Server-Sent Events), sent as `content_type`."""
+    if body is not None:
+        body = body.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    else:
+        body = ("x" * (body_size - 1) + "\\n") if body_size else ""  # nginx unescapes \n in the string
+    return nginx_preamble(workdir) + f"""    default_type {content_type};
     keepalive_requests 1000000;
     server {{
         listen {_url_host(host)}:{port};
@@ -247,7 +252,8 @@ def nginx_conf(workdir: str | os.PathLike, port: int, body_size: int = 100, host
 """
 
 
-def start_nginx(port: int, *, host: str = "127.0.0.1", body_size: int = 100) -> Running:
+def start_nginx(port: int, *, host: str = "127.0.0.1", body_size: int = 100, content_type: str = "text/plain",
+                body: str | None = None) -> Running:
     """A 1-worker nginx upstream; its config, pid file and logs live in a temp dir removed on stop."""
     if shutil.which("nginx") is None:
         raise TargetError("nginx is not installed (apt-get install nginx-light)")
@@ -255,7 +261,7 @@ def start_nginx(port: int, *, host: str = "127.0.0.1", body_size: int = 100) -> 
     base = Path(workdir.name)
     (base / "tmp").mkdir()
     conf = base / "nginx.conf"
-    conf.write_text(nginx_conf(base, port, body_size, host))
+    conf.write_text(nginx_conf(base, port, body_size, host, content_type, body))
     args = ["nginx", "-e", str(base / "error.log"), "-p", str(base), "-c", str(conf)]
     return start_process("nginx", args, port=port, host=host, log_path=base / "stdout.log", workdir=workdir)
 
@@ -454,12 +460,14 @@ def parse_wrk(text: str, cpu_seconds: float = 0.0) -> WrkResult:
 
 
 def run_wrk(url: str, *, duration: float = 10.0, connections: int = 50, threads: int = 1,
-            headers: Sequence[str] = (), timeout_s: float = 2.0, extra_args: Sequence[str] = ()) -> WrkResult:
-    """`wrk -t<threads> -c<connections> -d<duration>s --latency URL` (keep-alive), parsed, with wrk's CPU."""
+            headers: Sequence[str] = (), timeout_s: float = 2.0, extra_args: Sequence[str] = (),
+            script_prelude: str = "") -> WrkResult:
+    """`wrk -t<threads> -c<connections> -d<duration>s --latency URL` (keep-alive), parsed, with wrk's CPU.
+    `script_prelude`: Lua run first in wrk's script (e.g. `wrk.method = "POST"` and a `wrk.body`)."""
     if shutil.which("wrk") is None:
         raise TargetError("wrk is not installed (apt-get install wrk)")
     with tempfile.NamedTemporaryFile("w", prefix="pylon-wrk-", suffix=".lua") as script:
-        script.write(WRK_SUMMARY_SCRIPT)
+        script.write(script_prelude + "\n" + WRK_SUMMARY_SCRIPT)
         script.flush()
         args = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration:g}s", "--latency",
                 "--timeout", f"{timeout_s:g}s", "-s", script.name]

@@ -1,4 +1,4 @@
-"""envoy.filters.http.transform (TransformConfig): JSON request and response bodies rewritten, and headers set from them.
+"""envoy.filters.http.transform (TransformConfig): JSON request and response bodies rewritten, headers set from them.
 
 Why: an LLM gateway routes and bills by what is inside a JSON body (the model asked for, the tokens used): this
 filter lifts body fields into headers (`%REQUEST_BODY(model)%`, `%RESPONSE_BODY(usage:prompt_tokens)%`) and
