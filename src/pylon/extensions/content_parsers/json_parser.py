@@ -19,8 +19,7 @@ A rule here needs one of on_present, on_missing or on_error (Envoy's check); jso
 
 from __future__ import annotations
 
-import json
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, NamedTuple
 
 import msgspec
 
@@ -52,17 +51,13 @@ class JsonContentParser(EnvoyStruct, kw_only=True, weakref=True):
     stats_prefix: ClassVar[str] = STATS_PREFIX
     rules: Annotated[list[RuleConfig], msgspec.Meta(min_length=1)]
 
-    def parser(self) -> "JsonParser":
-        """A parser for one stream (its rules' match state is the stream's)."""
-        return JsonParser(self.rules)
+    def factory(self) -> ParserFactory:
+        """The rules compiled once; `.parser()` makes each stream's parser (its rules' match state is the stream's)."""
+        return ParserFactory(self)
 
 
 #: (namespace, key, value, preserve existing): one metadata write, in the order the parser asks for them
 Action = tuple[str, str, Any, bool]
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
 
 
 def _found(document: Any, keys: list[str]) -> Any:
@@ -78,7 +73,7 @@ def _found(document: Any, keys: list[str]) -> Any:
     if isinstance(value, (str, bool, int, float)):
         return value
     if isinstance(value, dict):
-        return json.dumps(value, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+        return msgspec.json.encode(value, order="sorted").decode()
     return _UNSET
 
 
@@ -103,61 +98,74 @@ def _action(pair: KeyValuePair, found: Any) -> Action:
     return (pair.metadata_namespace or DEFAULT_NAMESPACE, pair.key, value, pair.preserve_existing_metadata_value)
 
 
-class _RuleState:
-    __slots__ = ("rule", "keys", "limit", "matches", "not_found")
+class _Rule(NamedTuple):
+    """A rule as each stream's parser reads it (made once per config)."""
 
-    def __init__(self, config: RuleConfig) -> None:
-        self.rule = config.rule
-        self.keys = [selector.key for selector in config.rule.selectors]
-        self.limit = config.stop_processing_after_matches
-        self.matches = 0
-        self.not_found = False
+    rule: RuleFields
+    keys: list[str]
+    limit: int
+
+
+class ParserFactory:
+    """A config's rules, compiled once (Envoy's parser factory); `parser()` per stream."""
+
+    __slots__ = ("rules", "unlimited")
+
+    def __init__(self, config: JsonContentParser) -> None:
+        self.rules = tuple(_Rule(rule.rule, [selector.key for selector in rule.rule.selectors],
+                                 rule.stop_processing_after_matches) for rule in config.rules)
+        #: a rule without a limit: the stream's parsing never stops early
+        self.unlimited = any(not rule.limit for rule in self.rules)
+
+    def parser(self) -> JsonParser:
+        return JsonParser(self)
 
 
 class JsonParser:
-    """One stream's parser: `parse` per document, `deferred` once at the end (sans-IO)."""
+    """One stream's parser: `parse` per document, `deferred` once at the end (sans-IO). What a stream keeps per rule:
+    how often it matched and whether its selector was ever not found."""
 
-    __slots__ = ("rules", "parse_error")
+    __slots__ = ("factory", "matches", "not_found", "parse_error")
 
-    def __init__(self, rules: list[RuleConfig]) -> None:
-        self.rules = [_RuleState(rule) for rule in rules]
+    def __init__(self, factory: ParserFactory) -> None:
+        self.factory = factory
+        self.matches = [0] * len(factory.rules)
+        self.not_found = [False] * len(factory.rules)
         self.parse_error = False
 
     def parse(self, data: bytes) -> tuple[list[Action], bool] | None:
         """The writes one document asks for now and whether parsing may stop; None when it is not JSON."""
         try:
-            document = json.loads(data, parse_constant=_reject_constant)
-        except ValueError:
+            document = msgspec.json.decode(data)
+        except msgspec.DecodeError:
             self.parse_error = True
             return None
         actions: list[Action] = []
-        all_limited = satisfied = True
-        for state in self.rules:
-            if not state.limit:
-                all_limited = False
-            elif state.matches >= state.limit:
+        matches = self.matches
+        satisfied = True
+        for i, (rule, keys, limit) in enumerate(self.factory.rules):
+            if limit and matches[i] >= limit:
                 continue
-            found = _found(document, state.keys)
+            found = _found(document, keys)
             if found is _UNSET:
-                state.not_found = True
+                self.not_found[i] = True
             else:
-                if state.rule.on_present is not None:
-                    actions.append(_action(state.rule.on_present, found))
-                state.matches += 1
-            if state.limit and state.matches < state.limit:
+                if rule.on_present is not None:
+                    actions.append(_action(rule.on_present, found))
+                matches[i] += 1
+            if limit and matches[i] < limit:
                 satisfied = False
-        return actions, all_limited and satisfied
+        return actions, satisfied and not self.factory.unlimited
 
     def deferred(self) -> list[Action]:
         """The end's writes: on_error or on_missing of the rules that never matched."""
         actions: list[Action] = []
-        for state in self.rules:
-            if state.matches:
+        for (rule, _, _), matched, not_found in zip(self.factory.rules, self.matches, self.not_found):
+            if matched:
                 continue
-            rule = state.rule
             if self.parse_error and rule.on_error is not None:
                 actions.append(_action(rule.on_error, _UNSET))
-            elif state.not_found and rule.on_missing is not None:
+            elif not_found and rule.on_missing is not None:
                 actions.append(_action(rule.on_missing, _UNSET))
         return actions
 

@@ -32,11 +32,17 @@ def _line_end(buffer: bytes, start: int, end_stream: bool) -> tuple[int, int]:
     return (cr, cr + 1) if end_stream else (-1, -1)
 
 
-def event_bounds(buffer: bytes, start: int, end_stream: bool) -> tuple[int, int, int] | None:
+def event_bounds(buffer: bytes, start: int, end_stream: bool, no_cr: bool = False) -> tuple[int, int, int] | None:
     """The next complete event from `start`: (its first byte, its end before the blank line, where the next one
-    starts); None when none is complete yet (or, at the body's end, ever)."""
+    starts); None when none is complete yet (or, at the body's end, ever). `no_cr`: the caller knows `buffer` has
+    no CR, so lines end at LF only and the blank line is the first LF LF (or an LF where the event starts)."""
     if buffer.startswith(_BOM, start):
         start += 3
+    if no_cr:
+        if buffer.startswith(b"\n", start):
+            return start, start, start + 1
+        blank = buffer.find(b"\n\n", start)
+        return None if blank < 0 else (start, blank + 1, blank + 2)
     event_start = position = start
     size = len(buffer)
     while position < size:
@@ -53,12 +59,7 @@ def event_data(event: bytes) -> bytes | None:
     """An event's `data` field (its `data` lines joined with LF), None when it has none; other fields (id, event,
     retry) mean nothing to a metadata reader and are skipped."""
     data: list[bytes] | None = None
-    position = 0
-    size = len(event)
-    while position < size:
-        line_end, next_line = _line_end(event, position, True)
-        line = event[position:line_end]
-        position = next_line
+    for line in _lines(event):
         if line[:4] != b"data" or (len(line) > 4 and line[4] != 0x3A):  # not `data` nor `data:...`
             continue
         value = line[5:]
@@ -69,6 +70,20 @@ def event_data(event: bytes) -> bytes | None:
         else:
             data.append(value)
     return None if data is None else b"\n".join(data)
+
+
+def _lines(event: bytes) -> list[bytes]:
+    """An event's lines (LF, CR or CRLF ended; the last may have no end)."""
+    if b"\r" not in event:
+        return event.split(b"\n")  # a last empty piece (after the final LF) is no field
+    lines: list[bytes] = []
+    position = 0
+    size = len(event)
+    while position < size:
+        line_end, next_line = _line_end(event, position, True)
+        lines.append(event[position:line_end])
+        position = next_line
+    return lines
 
 
 class EventFramer:
@@ -87,8 +102,9 @@ class EventFramer:
         buffer = self.held + data if self.held else data
         events: list[bytes] = []
         start = 0
+        no_cr = b"\r" not in buffer
         while start < len(buffer):
-            bounds = event_bounds(buffer, start, end_stream)
+            bounds = event_bounds(buffer, start, end_stream, no_cr)
             if bounds is None:
                 if self.max_event_size and len(buffer) - start > self.max_event_size:
                     self.too_large += 1

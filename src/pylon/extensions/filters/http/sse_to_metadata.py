@@ -75,9 +75,10 @@ class SseToMetadataFilter:
     def __init__(self, name: str, config: SseToMetadataConfig, stat_prefix: str, stats: Any, loop: Any) -> None:
         self.name = name
         rules = config.response_rules
-        self.parser_config = rules.content_parser.typed_config
+        parser_config = rules.content_parser.typed_config
+        self.parsers = parser_config.factory()
         self.max_event_size = DEFAULT_MAX_EVENT_SIZE if rules.max_event_size is None else rules.max_event_size
-        prefix = f"sse_to_metadata.resp.{self.parser_config.stats_prefix}"
+        prefix = f"sse_to_metadata.resp.{parser_config.stats_prefix}"
         self.stats = {stat: stats.counter(prefix + stat) for stat in _STATS}
         self.readings: dict[Any, _Reading] = {}
 
@@ -89,7 +90,7 @@ class SseToMetadataFilter:
             self.stats["mismatched_content_type"].inc()
             return
         if stream not in self.readings:
-            self.readings[stream] = _Reading(self.max_event_size, self.parser_config.parser())
+            self.readings[stream] = _Reading(self.max_event_size, self.parsers.parser())
             stream.on_finish(lambda: self.readings.pop(stream, None))
 
     def wants_response_data(self, stream: Any) -> bool:
