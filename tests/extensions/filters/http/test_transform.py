@@ -35,7 +35,7 @@ def test_bodies_as_a_struct_reads_and_writes_them() -> None:
 
 
 def test_the_commands_in_formats() -> None:
-    record = _BodyRecord(None, BODY, {"usage": {"total": 3.0}})
+    record = _BodyRecord(None, BODY, parse_object(b'{"usage": {"total": 3.0}}'))
     text = compile_text_format("%REQUEST_BODY(a:s)% %RESPONSE_BODY(usage:total)% %REQUEST_BODY(nope)%",
                                commands=COMMANDS)
     assert text(record) == b"x 3 -"

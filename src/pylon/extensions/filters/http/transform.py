@@ -104,7 +104,7 @@ def as_text(value: Any) -> str | None:
     """A body value as a header or a text format prints it: a string as it is, anything else as compact JSON."""
     if value is None or isinstance(value, str):
         return value
-    return msgspec.json.encode(dynamic_metadata.canonical(value)).decode()
+    return msgspec.json.encode(value, order="sorted").decode()  # parsed bodies hold integral numbers as ints
 
 
 class _BodyRecord:
@@ -130,10 +130,19 @@ COMMANDS = {
 }
 
 
+def _number(text: str) -> float | int:
+    """A JSON number with a fraction or exponent as a double, an int when integral: Envoy's Struct prints it so."""
+    number = float(text)
+    return int(number) if number.is_integer() and abs(number) < 2**53 else number
+
+
+_DECODER = msgspec.json.Decoder(float_hook=_number)
+
+
 def parse_object(body: bytes) -> dict[str, Any] | None:
     """A body as protobuf's JSON reader makes a Struct of it; None when it is not a JSON object."""
     try:
-        parsed = msgspec.json.decode(body)
+        parsed = _DECODER.decode(body)
     except msgspec.DecodeError:
         return None
     return parsed if isinstance(parsed, dict) else None
@@ -141,7 +150,7 @@ def parse_object(body: bytes) -> dict[str, Any] | None:
 
 def serialized(body: dict[str, Any]) -> bytes:
     """A Struct as Envoy writes it: compact JSON, keys sorted, integral numbers without a fraction."""
-    return msgspec.json.encode(dynamic_metadata.canonical(body))
+    return msgspec.json.encode(body, order="sorted")
 
 
 # --------------------------------------------------------------------------- compiled configs
