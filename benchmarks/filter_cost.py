@@ -24,6 +24,13 @@ nginx upstream answering text/plain, `--body` bytes), then the same with one fil
   credential_injector  envoy.filters.http.credential_injector injecting a static generic secret in Authorization
   bandwidth_limit  envoy.filters.http.bandwidth_limit on both directions with a limit (1 TiB/s) no body reaches:
                    every response body passes the bucket, none is held (the filter's pure overhead)
+  json_post        no filter: wrk POSTs a 69-byte JSON body and the upstream (an nginx of its own) answers JSON,
+                   the baseline of `transform`
+  transform        envoy.filters.http.transform as Envoy's docs configure it: a request header from the body, a field
+                   merged into it, two response headers from the JSON answer (wrk and upstream as json_post)
+  sse              no filter: the upstream (an nginx of its own) answers text/event-stream: three events (the
+                   model, the token usage, [DONE]), 109 bytes; the baseline of `sse_to_metadata`
+  sse_to_metadata  envoy.filters.http.sse_to_metadata with the docs' two rules over the `sse` upstream
   internal_listener  not a filter: one more hop inside the proxy, the route to a cluster whose endpoint is an
                    internal listener (envoy.bootstrap.internal_listener) with the same HCM, which routes to the
                    upstream: what an internal hop (a second HCM and pool, no socket) costs per request
@@ -250,6 +257,36 @@ POST_JSON_LUA = _post_lua(b'{"tenant":"wrk","id":1}', {"Content-Type": "applicat
 POST_GZIP_LUA = _post_lua(gzip.compress(b"pylon filter cost, a line of text to inflate\n" * 23, mtime=0),
                           {"Content-Type": "text/plain", "Content-Encoding": "gzip"})
 
+def _set_header(key: str, value: str) -> dict[str, Any]:
+    return {"append": {"header": {"key": key, "value": value}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}}
+
+
+TRANSFORM = {"name": "transform", "typed_config": {
+    "@type": "type.googleapis.com/envoy.extensions.filters.http.transform.v3.TransformConfig",
+    "request_transformation": {
+        "headers_mutations": [_set_header("model-header", "%REQUEST_BODY(model)%")],
+        "body_transformation": {"body_format": {"json_format": {"model": "new-model"}}, "action": "MERGE"}},
+    "response_transformation": {"headers_mutations": [
+        _set_header("prompt-tokens", "%RESPONSE_BODY(usage:prompt_tokens)%"),
+        _set_header("completion-tokens", "%RESPONSE_BODY(usage:completion_tokens)%")]}}}
+SSE_TO_METADATA = {"name": "envoy.filters.http.sse_to_metadata", "typed_config": {
+    "@type": "type.googleapis.com/envoy.extensions.filters.http.sse_to_metadata.v3.SseToMetadata",
+    "response_rules": {"content_parser": {"name": "envoy.content_parsers.json", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.content_parsers.json.v3.JsonContentParser",
+        "rules": [{"rule": {"selectors": [{"key": "usage"}, {"key": "total_tokens"}],
+                            "on_present": {"metadata_namespace": "envoy.lb", "key": "tokens", "type": "NUMBER"}}},
+                  {"rule": {"selectors": [{"key": "model"}],
+                            "on_present": {"metadata_namespace": "envoy.lb", "key": "model_name", "type": "STRING"}},
+                   "stop_processing_after_matches": 1}]}}}}}
+JSON_REQUEST = ('wrk.method = "POST"\n'
+                'wrk.body = \'{"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]}\'')
+JSON_ANSWER = ("application/json",
+               '{"id": "x", "usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}}')
+SSE_ANSWER = ("text/event-stream", 'data: {"model": "bench", "choices": [{"delta": "hi"}]}\n\n'
+                                   'data: {"usage": {"total_tokens": 42}}\n\ndata: [DONE]\n\n')
+#: variant -> what its upstream answers (content-type, body) when not the plain nginx's text
+ANSWERS = {"json_post": JSON_ANSWER, "transform": JSON_ANSWER, "sse": SSE_ANSWER, "sse_to_metadata": SSE_ANSWER}
+
 #: variant -> (the filter ahead of the router, or None; the request headers wrk sends)
 VARIANTS: dict[str, tuple[dict[str, Any] | None, list[str]]] = {
     "plain": (None, []),
@@ -267,6 +304,10 @@ VARIANTS: dict[str, tuple[dict[str, Any] | None, list[str]]] = {
     "api_key_auth": (API_KEY_AUTH, ["Authorization: bench-key"]),
     "credential_injector": (CREDENTIAL_INJECTOR, []),
     "bandwidth_limit": (BANDWIDTH_LIMIT, []),
+    "json_post": (None, ["Content-Type: application/json"]),
+    "transform": (TRANSFORM, ["Content-Type: application/json"]),
+    "sse": (None, []),
+    "sse_to_metadata": (SSE_TO_METADATA, []),
     "internal_listener": (None, []),
     "cors": (CORS, [f"Origin: {ORIGIN}"]),
     "health_check": (HEALTH_CHECK, []),
@@ -288,9 +329,11 @@ VARIANTS: dict[str, tuple[dict[str, Any] | None, list[str]]] = {
 }
 #: variant -> wrk Lua for a request -H cannot describe (a POST with a body)
 REQUEST_LUA = {"post": POST_LUA, "csrf": POST_LUA, "post_json": POST_JSON_LUA, "json_to_metadata": POST_JSON_LUA,
-               "post_gzip": POST_GZIP_LUA, "decompressor": POST_GZIP_LUA}
+               "post_gzip": POST_GZIP_LUA, "decompressor": POST_GZIP_LUA, "json_post": JSON_REQUEST,
+               "transform": JSON_REQUEST}
 #: variant -> the variant its cost is measured against, where wrk's request is not plain's GET
-BASELINE = {"csrf": "post", "json_to_metadata": "post_json", "decompressor": "post_gzip"}
+BASELINE = {"csrf": "post", "json_to_metadata": "post_json", "decompressor": "post_gzip", "transform": "json_post",
+            "sse_to_metadata": "sse"}
 
 
 def session_cookie(upstream_port: int) -> str:
@@ -378,9 +421,12 @@ def main() -> int:
             authz = stack.enter_context(start_nginx(free_port(), body_size=0))
             cacheable = stack.enter_context(start_nginx(free_port(), body_size=args.body, response_headers=CACHEABLE)
                                             ) if "cache" in variants else None
+            answers = {answer: stack.enter_context(start_nginx(free_port(), content_type=answer[0], body=answer[1]))
+                       for answer in {ANSWERS[v] for v in variants if v in ANSWERS}}
             proxies: dict[tuple[str, str], Running] = {}
             for variant in variants:
-                upstream_port = cacheable.port if cacheable is not None and variant == "cache" else upstream.port
+                upstream_port = (cacheable.port if cacheable is not None and variant == "cache" else
+                                 answers[ANSWERS[variant]].port if variant in ANSWERS else upstream.port)
                 for proxy in PROXIES:
                     listen, admin = free_port(), free_port()
                     path = work / f"{variant}-{proxy}.yaml"

@@ -235,12 +235,17 @@ http {{
 
 
 def nginx_conf(workdir: str | os.PathLike, port: int, body_size: int = 100, host: str = "127.0.0.1",
-               response_headers: Sequence[tuple[str, str]] = ()) -> str:
-    """One worker, no access log, `return 200` with a fixed body of exactly `body_size` bytes and
-    `response_headers` added (e.g. a Cache-Control that makes the answer cacheable)."""
-    body = ("x" * (body_size - 1) + "\\n") if body_size else ""  # nginx unescapes \n in the string
+               response_headers: Sequence[tuple[str, str]] = (), content_type: str = "text/plain",
+               body: str | None = None) -> str:
+    """One worker, no access log, `return 200` with a fixed body of exactly `body_size` bytes (or `body`, some
+    filters' input: JSON, Server-Sent Events), sent as `content_type` with `response_headers` added (e.g. a
+    Cache-Control that makes the answer cacheable)."""
+    if body is not None:
+        body = body.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    else:
+        body = ("x" * (body_size - 1) + "\\n") if body_size else ""  # nginx unescapes \n in the string
     added = "".join(f' add_header {name} "{value}" always;' for name, value in response_headers)
-    return nginx_preamble(workdir) + f"""    default_type text/plain;
+    return nginx_preamble(workdir) + f"""    default_type {content_type};
     keepalive_requests 1000000;
     server {{
         listen {_url_host(host)}:{port};
@@ -251,7 +256,8 @@ def nginx_conf(workdir: str | os.PathLike, port: int, body_size: int = 100, host
 
 
 def start_nginx(port: int, *, host: str = "127.0.0.1", body_size: int = 100,
-                response_headers: Sequence[tuple[str, str]] = ()) -> Running:
+                response_headers: Sequence[tuple[str, str]] = (), content_type: str = "text/plain",
+                body: str | None = None) -> Running:
     """A 1-worker nginx upstream; its config, pid file and logs live in a temp dir removed on stop."""
     if shutil.which("nginx") is None:
         raise TargetError("nginx is not installed (apt-get install nginx-light)")
@@ -259,7 +265,7 @@ def start_nginx(port: int, *, host: str = "127.0.0.1", body_size: int = 100,
     base = Path(workdir.name)
     (base / "tmp").mkdir()
     conf = base / "nginx.conf"
-    conf.write_text(nginx_conf(base, port, body_size, host, response_headers))
+    conf.write_text(nginx_conf(base, port, body_size, host, response_headers, content_type, body))
     args = ["nginx", "-e", str(base / "error.log"), "-p", str(base), "-c", str(conf)]
     return start_process("nginx", args, port=port, host=host, log_path=base / "stdout.log", workdir=workdir)
 

@@ -91,6 +91,8 @@ SESSION_STATE = "envoy.http.stateful_session"
 INJECTED_CREDENTIALS = "envoy.http.injected_credentials"
 #: `typed_filter_metadata` values (config.core.v3.Metadata) some reader knows: gcp_authn's Audience
 TYPED_METADATA = "envoy.typed_metadata"
+#: what sse_to_metadata hands each event's data to (JsonContentParser)
+CONTENT_PARSER = "envoy.content_parsers"
 
 #: Human names used in error messages ("accepted here (network filters): ...").
 CATEGORY_NAMES = MappingProxyType(
@@ -133,6 +135,7 @@ CATEGORY_NAMES = MappingProxyType(
         SESSION_STATE: "stateful session state",
         INJECTED_CREDENTIALS: "injected credential",
         TYPED_METADATA: "typed filter metadata",
+        CONTENT_PARSER: "content parser",
     }
 )
 
@@ -195,6 +198,9 @@ EXTENSION_MODULES: Mapping[str, Mapping[str, str]] = MappingProxyType(
             "envoy.extensions.filters.http.health_check.v3.HealthCheck": "pylon.extensions.filters.http.health_check",
             "envoy.extensions.filters.http.json_to_metadata.v3.JsonToMetadata":
                 "pylon.extensions.filters.http.json_to_metadata",
+            "envoy.extensions.filters.http.sse_to_metadata.v3.SseToMetadata":
+                "pylon.extensions.filters.http.sse_to_metadata",
+            "envoy.extensions.filters.http.transform.v3.TransformConfig": "pylon.extensions.filters.http.transform",
             "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication": "pylon.extensions.filters.http.jwt_authn",
             "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit":
                 "pylon.extensions.filters.http.local_ratelimit",
@@ -240,6 +246,7 @@ EXTENSION_MODULES: Mapping[str, Mapping[str, str]] = MappingProxyType(
                 "pylon.extensions.filters.http.header_to_metadata",
             "envoy.extensions.filters.http.json_to_metadata.v3.JsonToMetadata":
                 "pylon.extensions.filters.http.json_to_metadata",
+            "envoy.extensions.filters.http.transform.v3.TransformConfig": "pylon.extensions.filters.http.transform",
             "envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig": "pylon.extensions.filters.http.jwt_authn",
             "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit":
                 "pylon.extensions.filters.http.local_ratelimit",
@@ -264,6 +271,10 @@ EXTENSION_MODULES: Mapping[str, Mapping[str, str]] = MappingProxyType(
                 "pylon.extensions.filters.http.credential_injector",
             "envoy.extensions.http.injected_credentials.oauth2.v3.OAuth2":
                 "pylon.extensions.filters.http.credential_injector",
+        },
+        CONTENT_PARSER: {
+            "envoy.extensions.content_parsers.json.v3.JsonContentParser":
+                "pylon.extensions.content_parsers.json_parser",
         },
         COMPRESSOR_LIBRARY: {
             "envoy.extensions.compression.gzip.compressor.v3.Gzip": "pylon.extensions.compression.gzip",

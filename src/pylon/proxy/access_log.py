@@ -176,8 +176,9 @@ def address_port(address: Address | None) -> int | None:
 class _Compiler:
     """Collects what one generated formatter needs: bound objects, temporaries, header dicts."""
 
-    def __init__(self, local_reply: bool = False) -> None:
+    def __init__(self, local_reply: bool = False, commands: Mapping[str, Command] | None = None) -> None:
         self.local_reply = local_reply  # formatting a local reply's body: %LOCAL_REPLY_BODY% has a value
+        self.commands = commands or {}  # the caller's own operators (Envoy's command parsers of a filter)
         self.env: dict[str, Any] = {}
         self.uses_request_headers = False
         self.uses_response_headers = False
@@ -427,11 +428,25 @@ def _local_reply_body(c: _Compiler) -> str:
                          "only (not in access logs yet)")
     return "(r.local_reply_body or b'').decode('utf-8', 'replace')"
 
+class Command(NamedTuple):
+    """An operator one caller adds to the formats it compiles, as an Envoy filter hands the formatter its own command
+    parsers (the transform filter's %REQUEST_BODY(...)%). Both functions take the record the caller formats (it
+    carries what they read) and the operator's argument (None without one); `text` gives its text (None: not set),
+    `typed` its value where a JSON format keeps a lone operator's type (None: null). Envoy's body commands take a
+    maximum length and ignore it; so do these."""
+
+    text: Callable[[Any, str | None], str | None]
+    typed: Callable[[Any, str | None], Any]
+
+
 _COMMAND = re.compile(r"%([A-Z][A-Z0-9_]*)(?:\(([^)]*)\))?(?::(\d+))?%")
 
 
 def _operator(c: _Compiler, name: str, arg: str | None, max_length: str | None) -> tuple[str, str]:
     """(expression, kind) for one command operator; ValueError naming it when it is unsupported or misused."""
+    command = c.commands.get(name)
+    if command is not None:
+        return f"{c.bind(command.text)}(r, {c.bind(arg)})", META
     operator = _OPERATORS.get(name)
     if operator is None:
         raise ValueError(f"unsupported access log command operator %{name}%")
@@ -488,11 +503,12 @@ def _interpolate(c: _Compiler, text: str, missing: str) -> str:
     return f"{c.bind(''.join(template).format)}({', '.join(arguments)})"
 
 
-def compile_text_format(text: str, omit_empty_values: bool = False,
-                        local_reply: bool = False) -> Callable[[AccessLogRecord], bytes]:
+def compile_text_format(text: str, omit_empty_values: bool = False, local_reply: bool = False,
+                        commands: Mapping[str, Command] | None = None) -> Callable[[AccessLogRecord], bytes]:
     """A text format: unset operators print `-` (nothing with omit_empty_values); no newline is added.
-    `local_reply`: the format of a local reply's body (local_reply_config), where %LOCAL_REPLY_BODY% is known."""
-    c = _Compiler(local_reply)
+    `local_reply`: the format of a local reply's body (local_reply_config), where %LOCAL_REPLY_BODY% is known;
+    `commands`: the caller's own operators."""
+    c = _Compiler(local_reply, commands)
     return c.function(f"{_interpolate(c, text, '' if omit_empty_values else UNSPECIFIED)}.encode()")
 
 
@@ -503,6 +519,9 @@ def _json_value(c: _Compiler, value: Any, omit_empty_values: bool) -> str:
     if not isinstance(value, str):
         return c.bind(value)
     if lone := _COMMAND.fullmatch(value):
+        command = c.commands.get(lone.group(1))
+        if command is not None:
+            return f"{c.bind(command.typed)}(r, {c.bind(lone.group(2))})"
         expr, kind = _operator(c, *lone.groups())
         if kind == META:
             return _metadata_typed(c, lone.group(2), lone.group(3))
@@ -524,28 +543,28 @@ def _json_object(c: _Compiler, spec: Mapping[str, Any], omit_empty_values: bool)
     return f"{c.bind(line_type)}({', '.join(values)})"
 
 
-def compile_json_format(spec: Mapping[str, Any], omit_empty_values: bool = False,
-                        local_reply: bool = False) -> Callable[[AccessLogRecord], bytes]:
+def compile_json_format(spec: Mapping[str, Any], omit_empty_values: bool = False, local_reply: bool = False,
+                        commands: Mapping[str, Command] | None = None) -> Callable[[AccessLogRecord], bytes]:
     """A JSON format: one object per line, newline-terminated."""
-    c = _Compiler(local_reply)
+    c = _Compiler(local_reply, commands)
     body = _json_object(c, spec, omit_empty_values)
     return c.function(f"{c.bind(msgspec.json.Encoder().encode)}({body}) + b'\\n'")
 
 
-def compile_log_format(log_format: SubstitutionFormatString | None,
-                       local_reply: bool = False) -> Callable[[AccessLogRecord], bytes]:
+def compile_log_format(log_format: SubstitutionFormatString | None, local_reply: bool = False,
+                       commands: Mapping[str, Command] | None = None) -> Callable[[AccessLogRecord], bytes]:
     """The formatter for a config's `log_format` (or a local reply's `body_format`: `local_reply`); None means
-    Envoy's default text format."""
+    Envoy's default text format. `commands`: the caller's own operators."""
     if log_format is None:
         return compile_text_format(DEFAULT_FORMAT)
     if log_format.json_format is not None:
-        return compile_json_format(log_format.json_format, log_format.omit_empty_values, local_reply)
+        return compile_json_format(log_format.json_format, log_format.omit_empty_values, local_reply, commands)
     if log_format.text_format is not None:
         text = log_format.text_format
     else:
         assert log_format.text_format_source is not None  # exactly one is set (config validation)
         text = read_bytes(log_format.text_format_source).decode()
-    return compile_text_format(text, log_format.omit_empty_values, local_reply)
+    return compile_text_format(text, log_format.omit_empty_values, local_reply, commands)
 
 
 

@@ -171,11 +171,12 @@ class _Facts:
         self.render = render
 
 
-def _facts_operator(value: bytes, operator: bytes) -> _Facts:
+def _facts_operator(value: bytes, operator: bytes, commands: Any = None) -> _Facts:
     from pylon.proxy.access_log import compile_text_format  # the access log imports the router, which imports this
 
     try:
-        return _Facts(compile_text_format(f"%{operator.decode('utf-8', 'replace')}%", omit_empty_values=True))
+        return _Facts(compile_text_format(f"%{operator.decode('utf-8', 'replace')}%", omit_empty_values=True,
+                                          commands=commands))
     except ValueError as exc:
         raise ValueError(f"header value {value!r}: {exc}") from None
 
@@ -208,9 +209,11 @@ def request_lookup(headers: list[tuple[bytes, bytes]], pseudo: dict[bytes, bytes
     return lookup
 
 
-def _parse_value(value: bytes, stream_facts: bool = False) -> bytes | tuple[bytes | int | _Req | _Facts, ...]:
+def _parse_value(value: bytes, stream_facts: bool = False,
+                 commands: Any = None) -> bytes | tuple[bytes | int | _Req | _Facts, ...]:
     """A literal (bytes) or a template of literal and operator pieces; `stream_facts`: any access-log operator is
-    allowed (a route's header rules, whose callers pass the stream's record to `apply`)."""
+    allowed (a route's header rules, whose callers pass the stream's record to `apply`), and the caller's own
+    `commands` (access_log.Command by name)."""
     if b"%" not in value:
         return value
     pieces: list[bytes | int | _Req | _Facts] = []
@@ -233,7 +236,7 @@ def _parse_value(value: bytes, stream_facts: bool = False) -> bytes | tuple[byte
             if code is None:
                 code = _parse_req(value, name)
             if code is None and stream_facts:
-                code = _facts_operator(value, name)
+                code = _facts_operator(value, name, commands)
             if code is None:
                 raise ValueError(
                     f"header value {value!r}: unsupported substitution operator %{name.decode('utf-8', 'replace')}%"
@@ -291,11 +294,11 @@ class _Level:
 
 
 def compile_header_level(headers_to_add: Iterable[Any], headers_to_remove: Iterable[str],
-                         stream_facts: bool = False) -> _Level | None:
+                         stream_facts: bool = False, commands: Any = None) -> _Level | None:
     """Compile one level's `HeaderValueOption`s and names to remove; None when both are empty.
 
     `headers_to_add` items are `pylon.config.envoy.HeaderValueOption`s; with `stream_facts` their values may use
-    any access-log operator (the caller gives `apply` the stream's record). Raises
+    any access-log operator (the caller gives `apply` the stream's record), and the caller's own `commands`. Raises
     `ValueError` on what Envoy rejects at config time (pseudo-headers, `host`,
     unknown substitution operators).
     """
@@ -312,7 +315,7 @@ def compile_header_level(headers_to_add: Iterable[Any], headers_to_remove: Itera
         action = _ACTIONS.get(OVERWRITE_IF_EXISTS_OR_ADD if option.append is False else option.append_action)
         if action is None:
             raise ValueError(f"header {option.header.key!r}: unknown append_action {option.append_action!r}")
-        adds.append((name, _parse_value(option.header.value.encode(), stream_facts), action,
+        adds.append((name, _parse_value(option.header.value.encode(), stream_facts, commands), action,
                      bool(option.keep_empty_value)))
     if not removes and not adds:
         return None

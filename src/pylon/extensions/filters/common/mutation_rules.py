@@ -7,8 +7,9 @@ does: `remove` drops a name, `remove_on_match` every header whose name its Strin
 is one HeaderValueOption under its `append_action` (ADD_IF_ABSENT and OVERWRITE_IF_EXISTS look at the headers the
 earlier mutations left). A value may use the substitution formats pylon's route header rules know
 (proxy/headers.py: `%REQ(...)%`, `%DOWNSTREAM_REMOTE_ADDRESS%`...): each append is compiled as a one-entry level
-of those rules, so both share one formatter and one set of refusals. Pseudo-headers and `host` are refused, as
-the route rules refuse them.
+of those rules, so both share one formatter and one set of refusals. A list compiled with its caller's own
+`commands` (the transform filter's %REQUEST_BODY(...)%) takes any access-log operator besides, read from the record
+`facts` gives `apply`. Pseudo-headers and `host` are refused, as the route rules refuse them.
 """
 
 from __future__ import annotations
@@ -51,22 +52,25 @@ class HeaderMutation(EnvoyStruct, kw_only=True):
                              "off limits)")
 
 
-#: one compiled mutation: (headers, downstream, request lookup) -> None, editing the headers in place
-_Step = Callable[[HeaderList, "Downstream | None", "RequestLookup | None"], None]
+#: what a list compiled with commands reads besides the request: a function making the record (called when read)
+Facts = Callable[[], Any] | None
+#: one compiled mutation: (headers, downstream, request lookup, facts) -> None, editing the headers in place
+_Step = Callable[[HeaderList, "Downstream | None", "RequestLookup | None", Facts], None]
 
 
 def _removal(name: bytes) -> _Step:
-    return lambda headers, downstream, request: headers.remove(name)
+    return lambda headers, downstream, request, facts: headers.remove(name)
 
 
 def _removal_on_match(matches: Callable[[Any], bool]) -> _Step:
-    def step(headers: HeaderList, downstream: Downstream | None, request: RequestLookup | None) -> None:
+    def step(headers: HeaderList, downstream: Downstream | None, request: RequestLookup | None,
+             facts: Facts) -> None:
         headers.items = [item for item in headers.items if not matches(item[0])]
     return step
 
 
 def _addition(ops: HeaderOps) -> _Step:
-    return lambda headers, downstream, request: ops.apply(headers, downstream, request)
+    return lambda headers, downstream, request, facts: ops.apply(headers, downstream, request, facts)
 
 
 class HeaderMutations:
@@ -74,7 +78,7 @@ class HeaderMutations:
 
     __slots__ = ("steps", "empty", "reads_request")
 
-    def __init__(self, mutations: Sequence[HeaderMutation], field: str) -> None:
+    def __init__(self, mutations: Sequence[HeaderMutation], field: str, commands: Any = None) -> None:
         steps: list[_Step] = []
         reads_request = False
         for i, mutation in enumerate(mutations):
@@ -82,7 +86,7 @@ class HeaderMutations:
                 steps.append(_removal(mutation.remove.lower().encode()))
             elif mutation.append is not None:
                 try:
-                    ops = HeaderOps([compile_header_level([mutation.append], [])])
+                    ops = HeaderOps([compile_header_level([mutation.append], [], commands is not None, commands)])
                 except ValueError as exc:
                     raise FieldError(f"{field}[{i}].append", str(exc)) from None
                 reads_request = reads_request or ops.reads_request
@@ -97,9 +101,9 @@ class HeaderMutations:
         self.reads_request = reads_request
 
     def apply(self, headers: HeaderList, downstream: Downstream | None = None,
-              request: RequestLookup | None = None) -> None:
+              request: RequestLookup | None = None, facts: Facts = None) -> None:
         for step in self.steps:
-            step(headers, downstream, request)
+            step(headers, downstream, request, facts)
 
 
 # --------------------------------------------------------------------------- query parameters

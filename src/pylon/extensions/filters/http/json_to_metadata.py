@@ -70,13 +70,17 @@ class Selector(EnvoyStruct, kw_only=True):
             raise ValueError("key: must not be empty")
 
 
-class Rule(EnvoyStruct, kw_only=True):
-    """JsonToMetadata.Rule."""
+class RuleFields(EnvoyStruct, kw_only=True):
+    """JsonToMetadata.Rule as the proto has it (the JSON content parser takes it so; the filter checks more)."""
 
     selectors: Annotated[list[Selector], msgspec.Meta(min_length=1)]
     on_present: KeyValuePair | None = None
     on_missing: KeyValuePair | None = None
     on_error: KeyValuePair | None = None
+
+
+class Rule(RuleFields, kw_only=True):
+    """JsonToMetadata.Rule in this filter, with its checks."""
 
     def __post_init__(self) -> None:
         if self.on_present is None and self.on_missing is None:
@@ -147,6 +151,11 @@ class _Compiled:
         self.response = _Side(config.response_rules, stats, "resp") if config.response_rules is not None else None
 
 
+def number_from_text(text: str) -> float | None:
+    """A string as absl::SimpleAtod reads a number (spaces around, a sign, inf/nan), None when it is not one."""
+    return float(text) if _NUMBER.fullmatch(text) else None
+
+
 def extracted(found: Any, pair: KeyValuePair) -> Any:
     """`found` (a JSON scalar) as `pair.type` makes it; None when it makes nothing, `_UNSET` when it cannot be
     converted (the rule then takes on_missing)."""
@@ -156,7 +165,8 @@ def extracted(found: Any, pair: KeyValuePair) -> Any:
         return found
     if pair.type == "NUMBER":
         if isinstance(found, str):
-            return float(found) if _NUMBER.fullmatch(found) else _UNSET
+            number = number_from_text(found)
+            return _UNSET if number is None else number
         return float(found)
     if isinstance(found, bool):
         text = "1" if found else "0"
