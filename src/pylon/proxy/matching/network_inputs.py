@@ -20,17 +20,21 @@ class NetworkMatchingData:
     """What the network inputs read about one connection. `source` is the client as trusted (for HTTP, after
     x-forwarded-for when the connection manager uses it), `direct_source` the peer socket's."""
 
-    __slots__ = ("local", "source", "direct_source", "server_name", "transport_protocol", "application_protocols")
+    __slots__ = ("local", "source", "direct_source", "server_name", "transport_protocol", "application_protocols",
+                 "network_namespace")
 
     def __init__(self, local: tuple[str, int] | None, source: tuple[str, int] | None,
                  direct_source: tuple[str, int] | None = None, server_name: str = "",
-                 transport_protocol: str = "", application_protocols: tuple[str, ...] = ()) -> None:
+                 transport_protocol: str = "", application_protocols: tuple[str, ...] = (),
+                 network_namespace: str = "") -> None:
         self.local = local
         self.source = source
         self.direct_source = direct_source if direct_source is not None else source
         self.server_name = server_name
         self.transport_protocol = transport_protocol
         self.application_protocols = application_protocols
+        #: the accepting listener address's network_namespace_filepath ("": the default namespace)
+        self.network_namespace = network_namespace
 
     @property
     def network(self) -> NetworkMatchingData:
@@ -76,4 +80,5 @@ NETWORK_READERS: dict[type, Callable[[Any], Reader]] = {
     config.ServerNameInput: _text("server_name"),
     config.TransportProtocolInput: _text("transport_protocol"),
     config.ApplicationProtocolInput: _application_protocols,
+    config.NetworkNamespaceInput: _text("network_namespace"),
 }
