@@ -21,11 +21,14 @@ from typing import Any
 import pytest
 
 from tests.conftest import free_port
-from tests.proxy.conftest import ENVOY_BIN, ProxyLauncher, RunningProxy, envoy_args, proxy_args, write_bootstrap
+from tests.proxy.conftest import (ENVOY_BIN, ProxyLauncher, RunningProxy, envoy_args, proxy_args, wait_until,
+                                  write_bootstrap)
+from tests.proxy.test_proxy_filesystem_xds import EFFECT_S, replace_file
 from tests.proxy.test_proxy_filter_chain_matcher import chain, network_input
 from tests.proxy.test_proxy_filter_chains import free_wildcard_port, http_chain
 
 NETNS_DIR = "/var/run/netns"
+LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
 
 
 class Namespaces:
@@ -86,7 +89,7 @@ def namespace_matcher(spaces: Namespaces) -> dict[str, Any]:
 @pytest.fixture(scope="module", params=["pylon", "envoy"])
 def proxy(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, namespaces: Namespaces
           ) -> Iterator[RunningProxy]:
-    only_a, shared, wildcard = free_port(), free_port(), free_wildcard_port()
+    only_a, shared, wildcard, exact = free_port(), free_port(), free_wildcard_port(), free_port()
     listeners = [
         {"name": "only-a", "address": address("127.0.0.1", only_a, namespaces.path("a")),
          "filter_chains": [http_chain("in-a")]},
@@ -97,6 +100,12 @@ def proxy(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
          "filter_chains": [http_chain("chain-a"), http_chain("chain-b")],
          "default_filter_chain": http_chain("default")},
         {"name": "wildcard", "address": address("0.0.0.0", wildcard, namespaces.path("a")),
+         "filter_chain_matcher": namespace_matcher(namespaces),
+         "filter_chains": [http_chain("chain-a"), http_chain("chain-b")],
+         "default_filter_chain": http_chain("default")},
+        # the supervisor accepts (exact balancing) and hands the connection over: the namespace goes with it
+        {"name": "exact-b", "address": address("127.0.0.1", exact, namespaces.path("b")),
+         "connection_balance_config": {"exact_balance": {}},
          "filter_chain_matcher": namespace_matcher(namespaces),
          "filter_chains": [http_chain("chain-a"), http_chain("chain-b")],
          "default_filter_chain": http_chain("default")},
@@ -126,8 +135,41 @@ def test_network_namespace_input_names_the_chain(proxy: RunningProxy, namespaces
         assert namespaces.get(None, port) == "default"  # the root namespace's address: no namespace, no match
 
 
+def test_a_handed_over_connection_keeps_its_namespace(proxy: RunningProxy, namespaces: Namespaces) -> None:
+    port = proxy.ports["exact-b"]
+    assert namespaces.get("b", port) == "chain-b"
+    assert namespaces.get("a", port) == "error 7"
+
+
 def test_a_wildcard_address_gives_the_input_no_namespace(proxy: RunningProxy, namespaces: Namespaces) -> None:
     assert namespaces.get("a", proxy.ports["wildcard"]) == "default"
+
+
+@pytest.mark.parametrize("implementation", ["pylon", "envoy"])
+def test_an_lds_listener_binds_in_its_namespace(tmp_path: Path, implementation: str, namespaces: Namespaces) -> None:
+    """Bound in the namespace when the update is checked; a modified version takes over the same socket."""
+    lds, port = tmp_path / "lds.yaml", free_port()
+
+    def version(number: str, body: str) -> dict[str, Any]:
+        listener = {"@type": LISTENER_TYPE, "name": "lds-a", "address": address("127.0.0.1", port, namespaces.path("a")),
+                    "filter_chain_matcher": namespace_matcher(namespaces),
+                    "filter_chains": [http_chain(body) | {"name": "chain-a"}, http_chain("chain-b")]}
+        return {"version_info": number, "resources": [listener]}
+
+    replace_file(lds, version("1", "first"))
+    extra = {"node": {"id": "test", "cluster": "test"},
+             "dynamic_resources": {"lds_config": {"path_config_source": {"path": str(lds)},
+                                                  "resource_api_version": "V3"}}}
+    launcher = ProxyLauncher(tmp_path)
+    try:
+        launcher.start([], [], implementation=implementation, bootstrap_extra=extra)
+        assert wait_until(lambda: namespaces.get("a", port) == "first", timeout=EFFECT_S)
+        assert namespaces.get(None, port) == "error 7"
+        replace_file(lds, version("2", "second"))
+        assert wait_until(lambda: namespaces.get("a", port) == "second", timeout=EFFECT_S)
+        assert namespaces.get(None, port) == "error 7"
+    finally:
+        launcher.close()
 
 
 def _single_listener_bootstrap(path: Path, namespace: str) -> Path:

@@ -433,8 +433,7 @@ def _secret_problems(bootstrap: Bootstrap) -> Iterator[tuple[str, str]]:
 
 
 def _shared_addresses(listeners: list[Listener]) -> Iterator[tuple[str, str]]:
-    """Listeners (or two addresses of one) that bind the same IP and port in the same network namespace, which
-    Envoy refuses.
+    """Listeners that bind the same IP and port in the same network namespace, which Envoy refuses.
 
     Left alone, SO_REUSEPORT would let both bind and the kernel would split the
     traffic between two unrelated listeners. IPs compare by value (`::1` is
@@ -443,7 +442,7 @@ def _shared_addresses(listeners: list[Listener]) -> Iterator[tuple[str, str]]:
     addresses, as in Envoy; whether they can both bind is up to the kernel. So are
     one IP and port in two network namespaces (`network_namespace_filepath`): two sockets of two stacks.
     """
-    first: dict[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int, str, str], tuple[int, str]] = {}
+    first: dict[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int, str, str], int] = {}
     for i, listener in enumerate(listeners):
         if listener.internal_listener is not None:
             continue  # binds nothing
@@ -454,18 +453,16 @@ def _shared_addresses(listeners: list[Listener]) -> Iterator[tuple[str, str]]:
             ip = ipaddress.ip_address(socket_address.address)  # an IP: checked by Listener
             # a TCP and a UDP listener on one port are two sockets of two protocols
             key = (ip, socket_address.port_value, socket_address.protocol, socket_address.network_namespace_filepath)
-            j, other = first.setdefault(key, (i, rel))
-            if (j, other) != (i, rel):
+            j = first.setdefault(key, i)
+            if j != i:  # one listener may name an address twice, as Envoy 1.40 takes it (both sockets bind)
                 host = f"[{ip}]" if ip.version == 6 else str(ip)
-                where = f"as its {other}" if j == i else \
-                    f"as listener {_listener_name(listeners[j])} (static_resources.listeners[{j}])"
                 namespace = socket_address.network_namespace_filepath
                 yield (
                     f"static_resources.listeners[{i}].{rel}",
                     f"listener {_listener_name(listener)} has the same address {host}:{socket_address.port_value}"
-                    f"{f' in network namespace {namespace}' if namespace else ''} {where}; "
-                    + ("one address and port is bound once" if j == i else "two listeners cannot bind one address "
-                                                                           "and port"),
+                    f"{f' in network namespace {namespace}' if namespace else ''} as listener "
+                    f"{_listener_name(listeners[j])} (static_resources.listeners[{j}]); "
+                    "two listeners cannot bind one address and port",
                 )
 
 
