@@ -151,7 +151,8 @@ def test_an_lds_listener_binds_in_its_namespace(tmp_path: Path, implementation: 
     lds, port = tmp_path / "lds.yaml", free_port()
 
     def version(number: str, body: str) -> dict[str, Any]:
-        listener = {"@type": LISTENER_TYPE, "name": "lds-a", "address": address("127.0.0.1", port, namespaces.path("a")),
+        listener = {"@type": LISTENER_TYPE, "name": "lds-a",
+                    "address": address("127.0.0.1", port, namespaces.path("a")),
                     "filter_chain_matcher": namespace_matcher(namespaces),
                     "filter_chains": [http_chain(body) | {"name": "chain-a"}, http_chain("chain-b")]}
         return {"version_info": number, "resources": [listener]}
