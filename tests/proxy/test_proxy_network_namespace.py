@@ -12,6 +12,7 @@ A namespace file that does not exist stops both proxies at start, naming the fil
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -133,6 +134,22 @@ def test_network_namespace_input_names_the_chain(proxy: RunningProxy, namespaces
         assert namespaces.get("a", port) == "chain-a"
         assert namespaces.get("b", port) == "chain-b"
         assert namespaces.get(None, port) == "default"  # the root namespace's address: no namespace, no match
+
+
+def test_a_restarted_worker_serves_the_namespaced_sockets(request: pytest.FixtureRequest, proxy: RunningProxy,
+                                                          namespaces: Namespaces) -> None:
+    """pylon's workers are processes: one that dies comes back on the supervisor's copies of the same sockets,
+    still the namespaces' (Envoy's workers are threads: nothing to restart)."""
+    if request.node.callspec.params["proxy"] == "envoy":
+        pytest.skip("Envoy has no worker processes")
+    old = proxy.worker_pids()
+    os.kill(old[0], signal.SIGKILL)
+    assert wait_until(lambda: old[0] not in proxy.worker_pids() and len(proxy.worker_pids()) == 2
+                      and proxy.admin("/ready").status_code == 200, timeout=30)
+    port = proxy.ports["shared"]
+    for _ in range(4):  # the kernel hashes connections over both workers' sockets
+        assert namespaces.get("a", port) == "chain-a"
+        assert namespaces.get("b", port) == "chain-b"
 
 
 def test_a_handed_over_connection_keeps_its_namespace(proxy: RunningProxy, namespaces: Namespaces) -> None:
