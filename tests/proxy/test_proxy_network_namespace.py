@@ -167,12 +167,12 @@ def test_an_lds_listener_binds_in_its_namespace(tmp_path: Path, implementation: 
     """Bound in the namespace when the update is checked; a modified version takes over the same socket."""
     lds, port = tmp_path / "lds.yaml", free_port()
 
-    def version(number: str, body: str) -> dict[str, Any]:
+    def version(number: str, body: str, *more: dict[str, Any]) -> dict[str, Any]:
         listener = {"@type": LISTENER_TYPE, "name": "lds-a",
                     "address": address("127.0.0.1", port, namespaces.path("a")),
                     "filter_chain_matcher": namespace_matcher(namespaces),
                     "filter_chains": [http_chain(body) | {"name": "chain-a"}, http_chain("chain-b")]}
-        return {"version_info": number, "resources": [listener]}
+        return {"version_info": number, "resources": [listener, *more]}
 
     replace_file(lds, version("1", "first"))
     extra = {"node": {"id": "test", "cluster": "test"},
@@ -180,12 +180,18 @@ def test_an_lds_listener_binds_in_its_namespace(tmp_path: Path, implementation: 
                                                   "resource_api_version": "V3"}}}
     launcher = ProxyLauncher(tmp_path)
     try:
-        launcher.start([], [], implementation=implementation, bootstrap_extra=extra)
+        proxy = launcher.start([], [], implementation=implementation, bootstrap_extra=extra)
         assert wait_until(lambda: namespaces.get("a", port) == "first", timeout=EFFECT_S)
         assert namespaces.get(None, port) == "error 7"
         replace_file(lds, version("2", "second"))
         assert wait_until(lambda: namespaces.get("a", port) == "second", timeout=EFFECT_S)
         assert namespaces.get(None, port) == "error 7"
+        # a listener whose namespace file is missing: the update is rejected (Envoy: listener_create_failure too)
+        lost = {"@type": LISTENER_TYPE, "name": "lost", "filter_chains": [http_chain("x")],
+                "address": address("127.0.0.1", free_port(), f"{NETNS_DIR}/pylon-ns17-missing-{os.getpid()}")}
+        replace_file(lds, version("3", "second", lost))
+        assert wait_until(lambda: proxy.stats().get("listener_manager.lds.update_rejected") == 1, timeout=EFFECT_S)
+        assert namespaces.get("a", port) == "second"
     finally:
         launcher.close()
 
