@@ -1,4 +1,5 @@
-"""Listeners in network namespaces (`network_namespace_filepath`) and NetworkNamespaceInput, beside Envoy 1.40.
+"""Listeners (TCP and UDP) in network namespaces (`network_namespace_filepath`) and NetworkNamespaceInput, beside
+Envoy 1.40.
 
 Each module run makes two namespaces of its own (unique names, `lo` up, deleted at the end even on failure) and
 sends only over loopback inside them, from `ip netns exec NAME curl` (independent of the proxy's own setns code).
@@ -15,6 +16,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,11 +24,12 @@ from typing import Any
 import pytest
 
 from tests.conftest import free_port
-from tests.proxy.conftest import (ENVOY_BIN, ProxyLauncher, RunningProxy, envoy_args, proxy_args, wait_until,
-                                  write_bootstrap)
+from tests.proxy.conftest import (ENVOY_BIN, ProxyLauncher, RunningProxy, envoy_args, proxy_args, static_cluster,
+                                  wait_until, write_bootstrap)
 from tests.proxy.test_proxy_filesystem_xds import EFFECT_S, replace_file
 from tests.proxy.test_proxy_filter_chain_matcher import chain, network_input
 from tests.proxy.test_proxy_filter_chains import free_wildcard_port, http_chain
+from tests.proxy.test_proxy_udp import UdpEcho, _route, udp_listener
 
 NETNS_DIR = "/var/run/netns"
 LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
@@ -240,3 +243,30 @@ def test_an_endpoint_cannot_name_a_namespace(tmp_path: Path, implementation: str
     assert done.returncode != 0
     assert "Invalid host configuration: hosts cannot specify network namespaces with their address" in \
         done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("implementation", ["pylon", "envoy"])
+def test_a_udp_listener_in_a_namespace(tmp_path: Path, implementation: str, namespaces: Namespaces) -> None:
+    """A UDP proxy listener in A takes A's datagrams and answers from its namespaced socket (the upstream socket is
+    the proxy's own, in the root namespace). Its route matcher's NetworkNamespaceInput reads nothing, as Envoy
+    1.40's (observed: a datagram's local address carries no namespace), so on_no_match's route is taken."""
+    echoes = [UdpEcho(b"a:"), UdpEcho(b"b:")]
+    port = free_port()
+    matcher = {"matcher_tree": {"input": network_input("NetworkNamespaceInput"), "exact_match_map": {"map": {
+        namespaces.path("a"): _route("a")}}}, "on_no_match": _route("b")}
+    listener = udp_listener(port, matcher=matcher)
+    listener["address"]["socket_address"]["network_namespace_filepath"] = namespaces.path("a")
+    del listener["listener_filters"][0]["typed_config"]["cluster"]
+    launcher = ProxyLauncher(tmp_path)
+    try:
+        launcher.start([listener], [static_cluster(name, [echo.port]) for name, echo in zip("ab", echoes)],
+                       implementation=implementation)
+        client = ("import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(5); "
+                  f"s.sendto(b'hi', ('127.0.0.1', {port})); print(s.recvfrom(100)[0].decode(), end='')")
+        done = subprocess.run(["ip", "netns", "exec", namespaces.names["a"], sys.executable, "-c", client],
+                              capture_output=True, text=True, timeout=30)
+        assert done.stdout == "b:hi", done.stderr
+    finally:
+        launcher.close()
+        for echo in echoes:
+            echo.close()

@@ -484,9 +484,7 @@ class ListenerSocketAddress(SocketAddress, kw_only=True):
     Envoy's)."""
 
     def __post_init__(self) -> None:
-        if self.network_namespace_filepath and self.protocol == "UDP":
-            raise FieldError("network_namespace_filepath", "a UDP listener in a network namespace is not supported "
-                                                           "yet (TCP listeners are)")
+        pass  # a listener's address may say UDP and name a network namespace
 
 
 class Pipe(EnvoyStruct, kw_only=True):

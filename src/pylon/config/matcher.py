@@ -318,7 +318,8 @@ class ApplicationProtocolInput(EnvoyStruct, kw_only=True):
 
 class NetworkNamespaceInput(EnvoyStruct, kw_only=True):
     """The network namespace file of the listener address that accepted the connection (absent: the default
-    namespace). A listener's and a UDP listener's matcher only: pylon's HTTP matchers do not take it yet."""
+    namespace). Network matchers only (a UDP proxy's route matcher reads nothing, as Envoy 1.40's: a datagram's
+    local address carries no namespace); pylon's HTTP matchers do not take it yet."""
 
 
 class DoubleRange(EnvoyStruct, kw_only=True):

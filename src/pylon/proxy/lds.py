@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any
 from pylon.config.envoy import Listener, convert
 from pylon.proxy.balance import listen_backlog
 from pylon.proxy.balance.acceptor import ListenerAcceptor
-from pylon.proxy.listener import ListenerRuntime, build_listener, namespace_input
+from pylon.proxy.listener import ListenerRuntime, build_listener
+from pylon.proxy.matching.network_inputs import namespace_input
 from pylon.proxy.listener_sockets import receive_listener_fds
 
 if TYPE_CHECKING:

@@ -251,16 +251,6 @@ class ListenerRuntime:
             proceed(chain, detected)
 
 
-def namespace_input(address: Any) -> str:
-    """What NetworkNamespaceInput reads for connections accepted on a listener's socket address (None: an
-    internal listener's): its `network_namespace_filepath`, but "" for a wildcard address, as Envoy 1.40 (there the
-    connection's local address is the socket's own, which carries no namespace: observed, and read in its
-    tcp_listener_impl.cc)."""
-    if address is None or ipaddress.ip_address(address.address).is_unspecified:
-        return ""
-    return address.network_namespace_filepath
-
-
 def build_listener(config: Any, worker: "Worker") -> ListenerRuntime:
     """Compile a listener's filter chains and listener filters for this worker."""
     runtime = ListenerRuntime(config, worker)

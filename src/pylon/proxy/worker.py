@@ -41,7 +41,8 @@ from pylon.proxy.deadlines import DeadlineWheel, Watched
 from pylon.proxy.downstream_connections import ConnectionCounts, ConnectionGate
 from pylon.proxy.fairness import PhaseBudget
 from pylon.proxy.lds import LdsListeners
-from pylon.proxy.listener import ListenerRuntime, build_listener, namespace_input
+from pylon.proxy.listener import ListenerRuntime, build_listener
+from pylon.proxy.matching.network_inputs import namespace_input
 from pylon.proxy.udp_listener import UdpListenerRuntime
 from pylon.proxy.listener_filters import PeekWatcher
 from pylon.proxy.logging_setup import configure_logging

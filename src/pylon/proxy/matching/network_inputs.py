@@ -8,6 +8,7 @@ a value the connection does not have is absent (None), as in Envoy.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable
 from typing import Any
 
@@ -40,6 +41,16 @@ class NetworkMatchingData:
     def network(self) -> NetworkMatchingData:
         """Itself: a listener's matcher gets this as its data, and the readers read `data.network`."""
         return self
+
+
+def namespace_input(address: Any) -> str:
+    """What NetworkNamespaceInput reads for connections (or datagrams) taken on a listener's socket address (None:
+    an internal listener's): its `network_namespace_filepath`, but "" for a wildcard address, as Envoy 1.40 (there
+    the connection's local address is the socket's own, which carries no namespace: observed, and read in its
+    tcp_listener_impl.cc)."""
+    if address is None or ipaddress.ip_address(address.address).is_unspecified:
+        return ""
+    return address.network_namespace_filepath
 
 
 def _address(which: str, part: int) -> Callable[[Any], Reader]:
