@@ -191,6 +191,24 @@ def _nested(levels: int) -> dict[str, Any]:
 
 L0, L1 = "static_resources.listeners[0]", "static_resources.listeners[1]"
 SAME = "two listeners cannot bind one address and port"
+NS_A, NS_B = "/var/run/netns/pylon-case-a", "/var/run/netns/pylon-case-b"
+
+
+def _namespaced(namespace: str, **fields: Any) -> dict[str, Any]:
+    socket_address = {"address": "127.0.0.1", "port_value": 10000, **fields}
+    if namespace:
+        socket_address["network_namespace_filepath"] = namespace
+    return {"socket_address": socket_address}
+
+
+def _in_namespace(name: str, namespace: str, **fields: Any) -> dict[str, Any]:
+    """An HCM listener on 127.0.0.1:10000 in `namespace` ("": the proxy's own)."""
+    return listener(hcm(), name=name, address=_namespaced(namespace), **fields)
+
+
+def _extra(namespace: str, **fields: Any) -> dict[str, Any]:
+    """An AdditionalAddress, 127.0.0.1:10000 in `namespace`."""
+    return {"address": _namespaced(namespace, **fields)}
 
 CASES: tuple[Case, ...] = (
     # ---- item 4: listeners on one address
@@ -209,6 +227,37 @@ CASES: tuple[Case, ...] = (
     Case("ipv6-and-ipv4-wildcards", _listeners(("a", "::", 10000), ("b", "0.0.0.0", 10000)), None),
     Case("port-0-twice", _listeners(("a", "127.0.0.1", 0), ("b", "127.0.0.1", 0)), None),
     Case("different-ports", _listeners(("a", "127.0.0.1", 10000), ("b", "127.0.0.1", 10001)), None),
+    # ---- network namespaces (the file is opened when serving, not here) and additional addresses
+    Case("same-address-two-namespaces", bootstrap([_in_namespace("a", NS_A), _in_namespace("b", NS_B)]), None),
+    Case("same-address-namespace-and-root", bootstrap([_in_namespace("a", NS_A), _in_namespace("b", "")]), None),
+    Case("same-address-same-namespace", bootstrap([_in_namespace("a", NS_A), _in_namespace("b", NS_A)]),
+         f"{L1}.address: listener 'b' has the same address 127.0.0.1:10000 in network namespace {NS_A} as listener "
+         f"'a' ({L0}); {SAME}"),
+    Case("additional-address-in-other-namespaces",
+         bootstrap([_in_namespace("a", NS_A, additional_addresses=[_extra(NS_B), _extra("")])]), None),
+    Case("additional-address-same-as-its-address", bootstrap([_in_namespace("a", NS_A, additional_addresses=[
+        _extra(NS_A)])]), None),  # Envoy 1.40 serves it too: two SO_REUSEPORT sockets
+    Case("additional-address-same-as-another-listener", bootstrap([
+        _in_namespace("a", NS_A), _in_namespace("b", "", additional_addresses=[_extra(NS_A)])]),
+         f"{L1}.additional_addresses[0].address: listener 'b' has the same address 127.0.0.1:10000 in network "
+         f"namespace {NS_A} as listener 'a' ({L0}); {SAME}"),
+    Case("additional-address-udp-on-tcp",
+         bootstrap([_in_namespace("a", NS_A, additional_addresses=[_extra("", protocol="UDP")])]),
+         f"{L0}.additional_addresses[0].address.socket_address.protocol: listener a: has different socket type. "
+         "The listener only support same socket type for all the addresses."),
+    Case("additional-address-on-internal-listener", {
+        **bootstrap([listener(hcm(), name="i", address=None, internal_listener={},
+                              additional_addresses=[_extra("")])]),
+        "bootstrap_extensions": [{"name": "envoy.bootstrap.internal_listener", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.bootstrap.internal_listener.v3.InternalListener"}}]},
+         f"{L0}.additional_addresses: error adding listener 'i': address should not be used when an internal "
+         "listener config is provided"),
+    Case("endpoint-in-namespace", bootstrap(clusters=[{**cluster(), "load_assignment": {
+        "cluster_name": "svc", "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
+            "address": "127.0.0.1", "port_value": 80, "network_namespace_filepath": NS_A}}}}]}]}}]),
+         f"{CLUSTER}.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address."
+         "network_namespace_filepath: Invalid host configuration: hosts cannot specify network namespaces with their "
+         "address"),
     # ---- item 11: how many pending connections one wake-up takes (unset: all)
     Case("accept-per-event-2", _listeners(("a", "127.0.0.1", 10000), max_connections_to_accept_per_socket_event=2),
          None),

@@ -33,7 +33,7 @@ def test_one_wakeup_takes_every_pending_connection_or_the_cap(monkeypatch: pytes
                                                               expected: int) -> None:
     """uvloop's server took one per loop iteration: a flood queued thousands behind busy iterations."""
     adopted: list[socket.socket] = []
-    monkeypatch.setattr(acceptor_module, "start_adopting", lambda loop, conn, runtime: adopted.append(conn))
+    monkeypatch.setattr(acceptor_module, "start_adopting", lambda loop, conn, runtime, **_: adopted.append(conn))
     listener, clients = queued_listener()
 
     async def one_wakeup() -> None:

@@ -447,25 +447,44 @@ class _TypedExtension(EnvoyStruct, kw_only=True):
 
 class SocketAddress(EnvoyStruct, kw_only=True):
     """config.core.v3.SocketAddress; only TCP (a listener's may say UDP: `ListenerSocketAddress`) and numeric
-    `port_value` (no named ports)."""
+    `port_value` (no named ports). `network_namespace_filepath` only on a listener's address (the namespace its
+    socket is made in, proxy/netns.py); elsewhere it is refused by name."""
 
     protocol: Literal["TCP", "UDP"] = "TCP"
     address: NonEmptyStr
     port_value: Port
     ipv4_compat: bool = False
+    network_namespace_filepath: str = ""
 
     def __post_init__(self) -> None:
         if self.protocol != "TCP":
             raise FieldError("protocol", f"{self.protocol} is not supported yet (only a listener's address may "
                                          "say UDP)")
+        if self.network_namespace_filepath:
+            # Envoy 1.40 also makes upstream connections from a namespaced upstream_bind_config source address
+            raise FieldError("network_namespace_filepath", "a network namespace is supported on a listener's "
+                                                           "address only (not supported yet here)")
+
+
+class EndpointSocketAddress(SocketAddress, kw_only=True):
+    """A cluster endpoint's SocketAddress: a network namespace is refused with Envoy 1.40's words (its hosts
+    connect from the proxy's namespace; only a source address may name one)."""
+
+    def __post_init__(self) -> None:
+        if self.network_namespace_filepath:
+            raise FieldError("network_namespace_filepath", "Invalid host configuration: hosts cannot specify network "
+                                                           "namespaces with their address")
+        super().__post_init__()
 
 
 class ListenerSocketAddress(SocketAddress, kw_only=True):
     """A listener's SocketAddress: `protocol: UDP` makes it a UDP listener (its datagrams go to its UDP listener
-    filters, the UDP proxy); everywhere else an address is TCP's."""
+    filters, the UDP proxy); everywhere else an address is TCP's. `network_namespace_filepath`: its socket is
+    created in that Linux network namespace (the file is opened when the proxy binds, not in validate mode, as
+    Envoy's)."""
 
     def __post_init__(self) -> None:
-        pass
+        pass  # a listener's address may say UDP and name a network namespace
 
 
 class Pipe(EnvoyStruct, kw_only=True):
@@ -515,6 +534,12 @@ class ListenerAddress(Address, kw_only=True):
     """A listener's Address: its socket_address may be UDP."""
 
     socket_address: ListenerSocketAddress | None = None
+
+
+class EndpointAddress(Address, kw_only=True):
+    """A cluster endpoint's Address: its socket_address names no network namespace (Envoy's rule)."""
+
+    socket_address: EndpointSocketAddress | None = None
 
 
 class FractionalPercent(EnvoyStruct, kw_only=True):
@@ -2356,9 +2381,20 @@ class InternalListenerConfig(EnvoyStruct, kw_only=True):
     (`envoy_internal_address`), inside the worker (proxy/internal_listener.py)."""
 
 
+class AdditionalAddress(EnvoyStruct, kw_only=True):
+    """config.listener.v3.AdditionalAddress: one more address the listener binds, served by the same filter chains
+    (its own socket options and keepalive are not supported yet)."""
+
+    address: ListenerAddress
+    socket_options: NotSupportedYet | None = None
+    tcp_keepalive: NotSupportedYet | None = None
+
+
 class Listener(EnvoyStruct, kw_only=True):
     name: str = ""
     address: ListenerAddress | None = None  # required, except on an internal listener
+    #: more addresses, each its own socket (e.g. the same IP and port in other network namespaces)
+    additional_addresses: list[AdditionalAddress] = []
     #: a UDP listener's socket (its address says `protocol: UDP`)
     udp_listener_config: UdpListenerConfig | None = None
     #: an internal listener: no address; endpoints name it in their envoy_internal_address
@@ -2406,7 +2442,9 @@ class Listener(EnvoyStruct, kw_only=True):
             self._resolve_chain_matcher()
         if self.internal_listener is not None:
             self._check_internal()
-        elif self.address is None:
+            return
+        self._check_additional_addresses()
+        if self.address is None:
             raise FieldError("address", "missing required field (an internal listener sets internal_listener instead)")
         elif self.address.envoy_internal_address is not None:
             raise FieldError("address.envoy_internal_address",
@@ -2434,11 +2472,43 @@ class Listener(EnvoyStruct, kw_only=True):
         matcher.decode_field(self, "filter_chain_matcher", inputs=registry.NETWORK_MATCH_INPUT,
                              actions=registry.FILTER_CHAIN_MATCH_ACTION)
 
+    def _check_additional_addresses(self) -> None:
+        """Envoy's rules for additional addresses (same socket type, no internal address; its words), and pylon's
+        limits: IP addresses, TCP, balanced by the kernel."""
+        for j, extra in enumerate(self.additional_addresses):
+            path = f"additional_addresses[{j}].address"
+            if extra.address.envoy_internal_address is not None:
+                raise FieldError(f"{path}.envoy_internal_address",
+                                 f"error adding listener named {self.name!r}: use internal_listener field instead of "
+                                 "address for internal listeners")  # Envoy's words
+            if extra.address.socket_address is None:
+                raise FieldError(f"{path}.pipe", "pylon listeners bind IP addresses only (socket_address)")
+            if (extra.address.socket_address.protocol == "UDP") != self.is_udp:
+                raise FieldError(f"{path}.socket_address.protocol",
+                                 f"listener {self.name}: has different socket type. The listener only support same "
+                                 "socket type for all the addresses.")  # Envoy's words
+            try:
+                ipaddress.ip_address(extra.address.socket_address.address)
+            except ValueError:
+                raise FieldError(f"{path}.socket_address.address", "a listener address must be an IP "
+                                                                   "address") from None
+        if self.additional_addresses and self.is_udp:
+            raise FieldError("additional_addresses", "additional addresses on a UDP listener are not supported yet")
+        if self.additional_addresses and self.connection_balance_config is not None:
+            raise FieldError("additional_addresses", "additional addresses with a connection_balance_config are not "
+                                                     "supported yet (the kernel balances them)")
+
     @property
     def socket_address(self) -> SocketAddress:
         """The address a listener that is not internal binds (checked at load)."""
         assert self.address is not None and self.address.socket_address is not None
         return self.address.socket_address
+
+    @property
+    def socket_addresses(self) -> list[SocketAddress]:
+        """Every address a listener that is not internal binds: its `address`, then its additional ones."""
+        return [self.socket_address, *(extra.address.socket_address for extra in self.additional_addresses
+                                       if extra.address.socket_address is not None)]
 
     @property
     def is_udp(self) -> bool:
@@ -2456,6 +2526,7 @@ class Listener(EnvoyStruct, kw_only=True):
         """What a UDP listener is in pylon: its datagrams go to one UDP listener filter (the UDP proxy, the only
         one Envoy has without QUIC); the TCP listener's connection features have nothing to act on."""
         self._check_bound()
+        self._check_additional_addresses()
         if self.internal_listener is not None:
             raise FieldError("internal_listener", "an internal listener has no address to be UDP")
         for j, listener_filter in enumerate(self.listener_filters):
@@ -2480,9 +2551,10 @@ class Listener(EnvoyStruct, kw_only=True):
         """Envoy's rules for an internal listener (no address, none of the TCP listener's socket features), and
         what pylon's internal listeners do not do yet: the connection has no socket to peek at or match on, so no
         listener filters and one filter chain that takes every connection, in plain text."""
-        if self.address is not None:
-            raise FieldError("address", f"error adding listener {self.name!r}: address should not be used when an "
-                                        "internal listener config is provided")  # Envoy's words
+        if self.address is not None or self.additional_addresses:
+            raise FieldError("address" if self.address is not None else "additional_addresses",
+                             f"error adding listener {self.name!r}: address should not be used when an "
+                             "internal listener config is provided")  # Envoy's words
         for name, unsupported in (("connection_balance_config", self.connection_balance_config is not None),
                                   ("freebind", self.freebind), ("tcp_backlog_size", self.tcp_backlog_size is not None)):
             if unsupported:
@@ -2534,7 +2606,7 @@ class HealthCheckConfig(EnvoyStruct, kw_only=True):
 
 
 class Endpoint(EnvoyStruct, kw_only=True):
-    address: Address
+    address: EndpointAddress
     hostname: str = ""
     health_check_config: HealthCheckConfig | None = None
 

@@ -433,32 +433,37 @@ def _secret_problems(bootstrap: Bootstrap) -> Iterator[tuple[str, str]]:
 
 
 def _shared_addresses(listeners: list[Listener]) -> Iterator[tuple[str, str]]:
-    """Listeners that bind the same IP and port, which Envoy refuses.
+    """Listeners that bind the same IP and port in the same network namespace, which Envoy refuses.
 
     Left alone, SO_REUSEPORT would let both bind and the kernel would split the
     traffic between two unrelated listeners. IPs compare by value (`::1` is
     `0:0::1`); port 0 picks a fresh port per listener, so it never clashes. A
     wildcard and a specific IP on one port (0.0.0.0:P, 127.0.0.1:P) are different
-    addresses, as in Envoy; whether they can both bind is up to the kernel.
+    addresses, as in Envoy; whether they can both bind is up to the kernel. So are
+    one IP and port in two network namespaces (`network_namespace_filepath`): two sockets of two stacks.
     """
-    first: dict[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int, str], int] = {}
+    first: dict[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int, str, str], int] = {}
     for i, listener in enumerate(listeners):
         if listener.internal_listener is not None:
             continue  # binds nothing
-        socket_address = listener.socket_address
-        if socket_address.port_value == 0:
-            continue
-        ip = ipaddress.ip_address(socket_address.address)  # an IP: checked by Listener
-        # a TCP and a UDP listener on one port are two sockets of two protocols
-        j = first.setdefault((ip, socket_address.port_value, socket_address.protocol), i)
-        if j != i:
-            host = f"[{ip}]" if ip.version == 6 else str(ip)
-            yield (
-                f"static_resources.listeners[{i}].address",
-                f"listener {_listener_name(listener)} has the same address {host}:{socket_address.port_value} "
-                f"as listener {_listener_name(listeners[j])} (static_resources.listeners[{j}]); "
-                "two listeners cannot bind one address and port",
-            )
+        paths = ["address", *(f"additional_addresses[{k}].address" for k in range(len(listener.additional_addresses)))]
+        for rel, socket_address in zip(paths, listener.socket_addresses):
+            if socket_address.port_value == 0:
+                continue
+            ip = ipaddress.ip_address(socket_address.address)  # an IP: checked by Listener
+            # a TCP and a UDP listener on one port are two sockets of two protocols
+            key = (ip, socket_address.port_value, socket_address.protocol, socket_address.network_namespace_filepath)
+            j = first.setdefault(key, i)
+            if j != i:  # one listener may name an address twice, as Envoy 1.40 takes it (both sockets bind)
+                host = f"[{ip}]" if ip.version == 6 else str(ip)
+                namespace = socket_address.network_namespace_filepath
+                yield (
+                    f"static_resources.listeners[{i}].{rel}",
+                    f"listener {_listener_name(listener)} has the same address {host}:{socket_address.port_value}"
+                    f"{f' in network namespace {namespace}' if namespace else ''} as listener "
+                    f"{_listener_name(listeners[j])} (static_resources.listeners[{j}]); "
+                    "two listeners cannot bind one address and port",
+                )
 
 
 def _listener_name(listener: Listener) -> str:

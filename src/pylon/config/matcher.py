@@ -316,6 +316,12 @@ class ApplicationProtocolInput(EnvoyStruct, kw_only=True):
     """The ALPN protocols offered, each quoted, joined with "," (absent: none)."""
 
 
+class NetworkNamespaceInput(EnvoyStruct, kw_only=True):
+    """The network namespace file of the listener address that accepted the connection (absent: the default
+    namespace). Network matchers only (a UDP proxy's route matcher reads nothing, as Envoy 1.40's: a datagram's
+    local address carries no namespace); pylon's HTTP matchers do not take it yet."""
+
+
 class DoubleRange(EnvoyStruct, kw_only=True):
     """type.v3.DoubleRange."""
 
@@ -455,6 +461,7 @@ for _url, _struct in HTTP_INPUTS + NETWORK_INPUTS:
 registry.register_typed(registry.HTTP_MATCH_INPUT, _NETWORK + "DynamicMetadataInput", DynamicMetadataInput)
 for _url, _struct in NETWORK_INPUTS:
     registry.register_typed(registry.NETWORK_MATCH_INPUT, _url, _struct)
+registry.register_typed(registry.NETWORK_MATCH_INPUT, _NETWORK + "NetworkNamespaceInput", NetworkNamespaceInput)
 registry.register_typed(registry.ROUTE_MATCH_INPUT, _HTTP + "HttpRequestHeaderMatchInput", HttpRequestHeaderMatchInput)
 #: the RBAC filters' (extensions/filters/common/rbac_matcher.py): request headers and the connection's
 RBAC_INPUTS = (HttpRequestHeaderMatchInput, DestinationIPInput, DestinationPortInput, SourceIPInput,

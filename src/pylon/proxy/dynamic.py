@@ -54,6 +54,7 @@ from pylon.config.loader import (
 from pylon.config.secrets import (
     cluster_secret_refs, listener_secret_refs, sds_references, source_conflicts, static_secret_problems,
 )
+from pylon.proxy.balance import spell_address
 from pylon.proxy.validate import validate_clusters, validate_listeners, validate_route_config, validate_secret
 from pylon.stats.store import StatsStore
 
@@ -438,9 +439,9 @@ class DynamicConfig:
         validate_listeners(list(resources.values()), source, "resources", self.secret_table())
         self._check_shared_names(source, resources.values(), [])
         static_names = {listener.name for listener in self.static_listeners}
-        taken = {_address_key(listener): f"static listener {listener.name or '(unnamed)'!r}"
-                 for listener in self.static_listeners
-                 if listener.internal_listener is None and not listener.is_udp and listener.socket_address.port_value}
+        taken = {_socket_key(sa): f"static listener {listener.name or '(unnamed)'!r}"
+                 for listener in self.static_listeners if listener.internal_listener is None and not listener.is_udp
+                 for sa in listener.socket_addresses if sa.port_value}
         for i, (name, listener) in enumerate(resources.items()):
             path = f"resources[{i}]"
             if name in static_names:
@@ -451,6 +452,9 @@ class DynamicConfig:
             if listener.is_udp:
                 raise ConfigError(source, f"{path}.address.socket_address.protocol",
                                   "UDP listeners from LDS are not supported yet (static ones are)")
+            if listener.additional_addresses:
+                raise ConfigError(source, f"{path}.additional_addresses",
+                                  "additional addresses on LDS listeners are not supported yet (static ones are)")
             if listener.connection_balance_config is not None:
                 raise ConfigError(source, f"{path}.connection_balance_config",
                                   "pylon balances LDS listeners by the kernel only (exact and extend balancing "
@@ -725,14 +729,17 @@ def _replace(target: dict[str, Resource], name: str, config: Any, version_info: 
     return True
 
 
-def _address_key(listener: Any) -> tuple[Any, int]:
-    sa = listener.socket_address
-    return ipaddress.ip_address(sa.address), sa.port_value  # an IP: checked by Listener
+def _address_key(listener: Any) -> tuple[Any, int, str]:
+    return _socket_key(listener.socket_address)
+
+
+def _socket_key(sa: Any) -> tuple[Any, int, str]:
+    """What tells two listening sockets apart: IP (by value), port and network namespace."""
+    return ipaddress.ip_address(sa.address), sa.port_value, sa.network_namespace_filepath  # an IP: checked by Listener
 
 
 def _spell_address(listener: Any) -> str:
-    ip, port = _address_key(listener)
-    return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
+    return spell_address(listener.socket_address)
 
 
 def _rds_sources(listener: Any) -> Iterable[tuple[str, Any]]:

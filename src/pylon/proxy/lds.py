@@ -26,6 +26,7 @@ from pylon.config.envoy import Listener, convert
 from pylon.proxy.balance import listen_backlog
 from pylon.proxy.balance.acceptor import ListenerAcceptor
 from pylon.proxy.listener import ListenerRuntime, build_listener
+from pylon.proxy.matching.network_inputs import namespace_input
 from pylon.proxy.listener_sockets import receive_listener_fds
 
 if TYPE_CHECKING:
@@ -78,7 +79,8 @@ class LdsListeners:
             else:
                 sock = None  # bind_to_port false: it only takes connections a use_original_dst listener hands over
             acceptor = None if sock is None else ListenerAcceptor(
-                self.worker.loop, sock, runtime, config.max_connections_to_accept_per_socket_event)
+                self.worker.loop, sock, runtime, config.max_connections_to_accept_per_socket_event,
+                namespace_input(config.socket_address))
             if acceptor is not None and self.worker.overload.stop_accepting:
                 acceptor.pause()  # the overload manager's stop_accepting_connections is on
             self.serving[name] = LdsListener(data, runtime, acceptor)

@@ -195,18 +195,23 @@ class ListenerRuntime:
             self.load_slot[CX_ACTIVE] = self.worker_cx_active.value
 
     def find_chain(self, sock: socket.socket, proceed: Callable[[ChainRuntime, Detected | None], None],
-                   drop: Callable[[], None], detected: Detected | None = None) -> None:
+                   drop: Callable[[], None], detected: Detected | None = None, network_namespace: str = "") -> None:
         """Run the listener filters, then `proceed` with the connection's chain and what the filters found,
-        or `drop` it (no chain matched). `detected`: what the listener that handed it over found."""
+        or `drop` it (no chain matched). `detected`: what the listener that handed it over found.
+        `network_namespace`: what NetworkNamespaceInput reads for the accepting address (`namespace_input`)."""
         if not self.listener_filters:
-            self._choose(sock, detected, proceed, drop)
+            self._choose(sock, detected, proceed, drop, network_namespace)
             return
-        inspection = Inspection(sock, self, lambda found: self._choose(sock, found, proceed, drop), drop, detected)
+        inspection = Inspection(sock, self, lambda found: self._choose(sock, found, proceed, drop, network_namespace),
+                                drop, detected)
         inspection.start(self.worker.loop, self.worker.peek_watcher())
 
     def _choose(self, sock: socket.socket, detected: Detected | None,
-                proceed: Callable[[ChainRuntime, Detected | None], None], drop: Callable[[], None]) -> None:
+                proceed: Callable[[ChainRuntime, Detected | None], None], drop: Callable[[], None],
+                network_namespace: str) -> None:
         original = detected.original_destination if detected is not None else None
+        if original is not None:
+            network_namespace = ""  # Envoy's restored local address names no namespace
         if original is not None and self.config.use_original_dst:
             # Envoy's use_original_dst: the listener of the address the connection was redirected from takes it
             # (its own listener filters run); none, or this one: it stays here.
@@ -228,7 +233,8 @@ class ListenerRuntime:
             if self.chain_matcher is not None:
                 # Envoy: the action names the chain (a name no chain has: none); no match: the default chain
                 name = self.chain_matcher(NetworkMatchingData(local[:2], peer[:2], direct[:2], found.server_name,
-                                                              transport, found.application_protocols))
+                                                              transport, found.application_protocols,
+                                                              network_namespace))
                 chain = self.default_chain if name is NO_MATCH else self.chains_by_name.get(name)
             else:
                 index = self.selector.select(ConnectionFacts(  # type: ignore[union-attr]

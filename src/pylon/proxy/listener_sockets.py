@@ -22,8 +22,9 @@ import socket
 from typing import Any
 
 from pylon.config.errors import ConfigError
-from pylon.proxy.balance import listen_backlog
+from pylon.proxy.balance import bind_address, listen_backlog, spell_address
 from pylon.proxy.balance.kernel import KernelBalancer
+from pylon.proxy.netns import NetworkNamespaceError
 
 #: fds per message: below the kernel's SCM_MAX_FD (253).
 FDS_PER_MESSAGE = 200
@@ -49,10 +50,13 @@ class ListenerSockets:
                                           accepts_per_event=listener.max_connections_to_accept_per_socket_event,
                                           freebind=listener.freebind)
                 try:
-                    balancer.bind(sa.address, sa.port_value, self.workers, listen=False)
+                    bind_address(balancer, sa, self.workers, listen=False)
+                except NetworkNamespaceError as exc:
+                    raise ConfigError(source, f"resources[{i}].address.socket_address.network_namespace_filepath",
+                                      f"listener {name!r}: {exc.strerror}") from exc
                 except OSError as exc:
                     raise ConfigError(source, f"resources[{i}].address", f"listener {name!r}: cannot bind "
-                                      f"{sa.address}:{sa.port_value}: {exc.strerror or exc}") from exc
+                                      f"{spell_address(sa)}: {exc.strerror or exc}") from exc
                 self.bound[name] = balancer
                 fresh.append(name)
         except ConfigError:

@@ -33,12 +33,13 @@ from pylon.config.loader import CONFIG_YAML_SOURCE, bootstrap_to_dict, load_boot
 from pylon.proxy import control
 from pylon.proxy.access_log import AccessLogger, AccessLogWriter, build_access_loggers
 from pylon.proxy.admin import start_admin_server
-from pylon.proxy.balance import Balancer, balancer_for
+from pylon.proxy.balance import Balancer, balancer_for, bind_address, spell_address
 from pylon.proxy.balance.loadtable import LoadTable
 from pylon.proxy.clusters_text import render_clusters
 from pylon.proxy.dynamic import POLL_INTERVAL_S, DynamicConfig, FileSources
 from pylon.proxy.listener_sockets import ListenerSockets
 from pylon.proxy.logging_setup import configure_logging
+from pylon.proxy.netns import NetworkNamespaceError
 from pylon.proxy.router import _compile_string_matcher
 from pylon.proxy.overload_monitor import OverloadMonitor
 from pylon.proxy.shared_buckets import SharedBuckets
@@ -77,14 +78,14 @@ class Supervisor:
     """The main process: owns the sockets, the workers and the admin endpoint."""
 
     def __init__(self, options: ProxyOptions, bootstrap: Any, dynamic: DynamicConfig, files: FileSources,
-                 balancers: list[Balancer], listener_sockets: ListenerSockets,
+                 balancers: list[list[Balancer]], listener_sockets: ListenerSockets,
                  load_table: LoadTable | None = None, admin_log_writer: AccessLogWriter | None = None,
                  admin_loggers: list[AccessLogger] | None = None) -> None:
         self.options = options
         self.listener_sockets = listener_sockets  # LDS listeners' (the dynamic config binds through it)
         self.bootstrap = bootstrap
         self.bootstrap_document = bootstrap_to_dict(bootstrap)
-        self.balancers = balancers
+        self.balancers = balancers  # per static listener, one per address (its `address`, then additional ones)
         self.load_table = load_table
         # The rate limit buckets the workers share (local_ratelimit), one memfd handed to each; a lone worker keeps
         # its buckets to itself (no lock to take per request).
@@ -131,7 +132,7 @@ class Supervisor:
                 self.admin_log_writer.close()
                 return 1
             log.info("admin address: %s:%d", sa.address, self.admin_server.sockets[0].getsockname()[1])
-        for balancer in self.balancers:
+        for balancer in self.all_balancers:
             balancer.start(loop)
         tasks = []
         # Envoy's initialization: workers serve once the first xDS updates are in (or initial_fetch_timeout).
@@ -152,9 +153,9 @@ class Supervisor:
         for index, listener in enumerate(self.bootstrap.static_resources.listeners):
             if listener.internal_listener is not None:
                 continue  # reached by name, from clusters (internal_listener.py)
-            sa = listener.socket_address
-            log.info("listener '%s' serving on %s:%d with %d worker(s), %s balancing", listener.name or "",
-                     sa.address, sa.port_value, self.options.concurrency, self.balancers[index].name)
+            log.info("listener '%s' serving on %s with %d worker(s), %s balancing", listener.name or "",
+                     ", ".join(spell_address(sa) for sa in listener.socket_addresses), self.options.concurrency,
+                     self.balancers[index][0].name)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, lambda: loop.create_task(self.quit()))
         tasks.append(loop.create_task(self._monitor()))
@@ -172,6 +173,11 @@ class Supervisor:
             task.cancel()
         self.admin_log_writer.close()
         return 0
+
+    @property
+    def all_balancers(self) -> list[Balancer]:
+        """Every static listener's balancers, one per address."""
+        return [balancer for addresses in self.balancers for balancer in addresses]
 
     async def _refresh_stats(self, interval: float) -> None:
         """Gather the workers' stats every `interval` seconds (the bootstrap's stats_flush_interval).
@@ -233,10 +239,11 @@ class Supervisor:
     async def _spawn(self, worker_id: int) -> WorkerHandle:
         parent, child = socket.socketpair()
         lds_ours, lds_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        listener_socks = [balancer.worker_socket(worker_id) for balancer in self.balancers]
+        listener_socks = [[balancer.worker_socket(worker_id) for balancer in addresses] for addresses in self.balancers]
         lds_fds = self.listener_sockets.spawn_fds(worker_id)
         lds_channel_fd = lds_theirs.fileno()
-        fds = [child.fileno(), lds_channel_fd, *lds_fds.values()] + [s.fileno() for s in listener_socks if s is not None]
+        fds = [child.fileno(), lds_channel_fd, *lds_fds.values()] + [s.fileno() for socks in listener_socks
+                                                                      for s in socks if s is not None]
         if self.load_table is not None:
             fds.append(self.load_table.fd)
         if self.shared_buckets is not None:
@@ -254,7 +261,8 @@ class Supervisor:
             "dynamic": self.dynamic.document(),
             "config_source": self.options.config_path or CONFIG_YAML_SOURCE, "log_level": self.options.log_level,
             "drain_time": self.options.drain_time_s,
-            "listener_fds": [sock.fileno() if sock is not None else -1 for sock in listener_socks],  # -1: unbound
+            # per listener, one per address; -1: unbound
+            "listener_fds": [[sock.fileno() if sock is not None else -1 for sock in socks] for socks in listener_socks],
             "lds_channel_fd": lds_channel_fd, "lds_fds": lds_fds,
             "load_table_fd": self.load_table.fd if self.load_table is not None else None,
             "shared_buckets_fd": self.shared_buckets.fd if self.shared_buckets is not None else None,
@@ -271,7 +279,7 @@ class Supervisor:
         handle = WorkerHandle(worker_id, proc, control.ControlClient(reader, writer), lds_ours)
         if init["dynamic"]["version"] != self.dynamic.version:  # changed while it started: catch up
             await self._send_dynamic(handle, self.dynamic.document())
-        for balancer in self.balancers:
+        for balancer in self.all_balancers:
             balancer.worker_ready(worker_id)
         return handle
 
@@ -288,7 +296,7 @@ class Supervisor:
                 handle.lds_channel.close()
                 self.retired = merge_snapshots([self.retired, cumulative(self.last_seen.pop(worker_id, {}))])
                 log.error("worker %d (pid %d) exited with %s; restarting it", worker_id, handle.proc.pid, code)
-                for balancer in self.balancers:
+                for balancer in self.all_balancers:
                     balancer.worker_gone(worker_id)
                 try:
                     new = await self._spawn(worker_id)
@@ -309,7 +317,7 @@ class Supervisor:
         # Close our copies of the listening sockets first (and stop accepting for the hand-off
         # balancers): once the workers close theirs, new connections are refused instead of
         # waiting in a backlog nobody accepts from.
-        for balancer in self.balancers:
+        for balancer in self.all_balancers:
             balancer.close()
         self.listener_sockets.close()
         await self._stop_workers(self.options.drain_time_s)
@@ -402,42 +410,50 @@ class WorkerStartError(Exception):
     """A worker process could not start; the supervisor stops everything it started."""
 
 
-def bind_listeners(bootstrap: Any, workers: int) -> tuple[list[Balancer], LoadTable | None]:
-    """Bind every listener through its balancer; on failure close what was bound and raise ListenerBindError.
+def bind_listeners(bootstrap: Any, workers: int) -> tuple[list[list[Balancer]], LoadTable | None]:
+    """Bind every address of every listener through its balancer (one per address; a namespaced address in its
+    network namespace); on failure close what was bound and raise ListenerBindError.
 
     Also creates the shared load table when any listener balances by hand-off.
     """
     listeners = bootstrap.static_resources.listeners
-    bound: list[Balancer] = []
+    bound: list[list[Balancer]] = []
     try:
         for index, listener in enumerate(listeners):
-            balancer = balancer_for(listener, index)
             if listener.internal_listener is not None:
-                bound.append(balancer)  # an unbound one: internal listeners take their connections by name
+                bound.append([balancer_for(listener, index)])  # unbound: internal listeners are reached by name
                 continue
             sa = listener.socket_address
+            where = f"static_resources.listeners[{index}] ({listener.name or sa.address})"
             if listener.is_udp and not listener.enable_reuse_port and workers > 1:
                 raise ListenerBindError(  # Envoy's words, at the same point (its start, not its validation)
-                    f"static_resources.listeners[{index}] ({listener.name or sa.address}): Listening on UDP when "
-                    "concurrency is > 1 without the SO_REUSEPORT socket option results in unstable packet "
-                    "proxying. Configure the reuse_port listener option or set concurrency = 1.")
-            try:
-                balancer.bind(sa.address, sa.port_value, workers)
-            except OSError as exc:
-                raise ListenerBindError(
-                    f"static_resources.listeners[{index}] ({listener.name or sa.address}): cannot bind "
-                    f"{sa.address}:{sa.port_value}: {exc.strerror or exc}") from exc
-            bound.append(balancer)
+                    f"{where}: Listening on UDP when concurrency is > 1 without the SO_REUSEPORT socket option "
+                    "results in unstable packet proxying. Configure the reuse_port listener option or set "
+                    "concurrency = 1.")
+            balancers: list[Balancer] = []
+            bound.append(balancers)
+            for address in listener.socket_addresses:
+                balancer = balancer_for(listener, index)
+                try:
+                    bind_address(balancer, address, workers)
+                except NetworkNamespaceError as exc:
+                    # Envoy's words; as Envoy, the proxy does not start (a listener that cannot be created)
+                    raise ListenerBindError(f"{where}: {exc.strerror}") from exc
+                except OSError as exc:
+                    raise ListenerBindError(f"{where}: cannot bind {spell_address(address)}: "
+                                            f"{exc.strerror or exc}") from exc
+                balancers.append(balancer)
     except ListenerBindError:
-        for balancer in bound:
-            balancer.close()
+        for balancers in bound:
+            for balancer in balancers:
+                balancer.close()
         raise
     table = None
-    if any(balancer.handoff for balancer in bound):
+    handoff = [balancer for balancers in bound for balancer in balancers if balancer.handoff]
+    if handoff:
         table = LoadTable.create(len(listeners), workers)
-        for balancer in bound:
-            if balancer.handoff:
-                balancer.table = table
+        for balancer in handoff:
+            balancer.table = table
     return bound, table
 
 

@@ -42,6 +42,7 @@ from pylon.proxy.downstream_connections import ConnectionCounts, ConnectionGate
 from pylon.proxy.fairness import PhaseBudget
 from pylon.proxy.lds import LdsListeners
 from pylon.proxy.listener import ListenerRuntime, build_listener
+from pylon.proxy.matching.network_inputs import namespace_input
 from pylon.proxy.udp_listener import UdpListenerRuntime
 from pylon.proxy.listener_filters import PeekWatcher
 from pylon.proxy.logging_setup import configure_logging
@@ -180,7 +181,7 @@ class Worker:
             if self.cx_gate is not None and listener.counts_globally:
                 self.cx_gate.closed()
 
-    async def start(self, bootstrap: Any, listener_fds: list[int], dynamic: dict[str, Any],
+    async def start(self, bootstrap: Any, listener_fds: list[list[int]], dynamic: dict[str, Any],
                     load_table: LoadTable | None = None, lds: LdsListeners | None = None) -> None:
         if lds is not None:
             self.lds = lds
@@ -199,11 +200,11 @@ class Worker:
         if bootstrap.internal_listener is not None:
             internal_listener.configure(bootstrap.internal_listener.buffer_size)
         for index, listener_cfg in enumerate(bootstrap.static_resources.listeners):
-            # The worker owns its inherited copy: closing the server on drain closes it (-1: bind_to_port false).
-            sock = socket.socket(fileno=listener_fds[index]) if listener_fds[index] >= 0 else None
+            # The worker owns its inherited copies: closing a server on drain closes it (-1: bind_to_port false).
+            socks = [socket.socket(fileno=fd) if fd >= 0 else None for fd in listener_fds[index]]
             if listener_cfg.is_udp:  # no connections: its datagrams go to its UDP listener filter
                 self.servers.append(await balancer_for(listener_cfg, index).serve(
-                    self.loop, sock, UdpListenerRuntime(listener_cfg, self)))
+                    self.loop, socks[0], UdpListenerRuntime(listener_cfg, self)))
                 continue
             runtime = build_listener(listener_cfg, self)
             waits, self.init_waits = self.init_waits, []
@@ -217,8 +218,9 @@ class Worker:
                 runtime.load_slot = load_table.slot(index, self.worker_id)
                 if balancer.uses_inflight:
                     self.load_slots.append(runtime.load_slot)
-            server = await balancer.serve(self.loop, sock, runtime)
-            self.servers.append(server)
+            addresses = listener_cfg.socket_addresses if listener_cfg.internal_listener is None else [None]
+            for sock, address in zip(socks, addresses):
+                self.servers.append(await balancer.serve(self.loop, sock, runtime, namespace_input(address)))
         if self.overload.stop_accepting:  # the overload manager's stop_accepting_connections was on at init
             self.set_accepting(False)
         if self.load_slots:

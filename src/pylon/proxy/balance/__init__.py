@@ -35,6 +35,7 @@ from pylon.proxy.balance.handoff import HandoffBalancer, HandoffReceiver
 from pylon.proxy.balance.kernel import KernelBalancer
 from pylon.proxy.balance.udp import DatagramServing, UdpBalancer
 from pylon.proxy.balance.unbound import NotAccepting, UnboundBalancer
+from pylon.proxy.netns import in_network_namespace
 
 BALANCERS = ("kernel", "exact", "dispatcher")
 
@@ -80,6 +81,30 @@ def balancer_for(listener: Any, listener_index: int = 0) -> Balancer:
                           freebind=freebind)
 
 
+def bind_address(balancer: Balancer, address: Any, workers: int, listen: bool = True) -> None:
+    """Bind `balancer`'s sockets to one of a listener's socket addresses, in its network namespace when it names
+    one (the sockets stay that namespace's wherever they are used; a NetworkNamespaceError if it cannot be
+    entered). `listen=False`: bound only (a warming LDS listener, kernel balancing)."""
+
+    def bind() -> None:
+        if listen:
+            balancer.bind(address.address, address.port_value, workers)
+        else:
+            balancer.bind(address.address, address.port_value, workers, listen=False)  # type: ignore[call-arg]
+
+    if address.network_namespace_filepath:
+        in_network_namespace(address.network_namespace_filepath, bind)
+    else:
+        bind()
+
+
+def spell_address(address: Any) -> str:
+    """A socket address as logs and errors show it: `ip:port`, `[ip6]:port`, and its network namespace if any."""
+    host = f"[{address.address}]" if ":" in address.address else address.address
+    namespace = address.network_namespace_filepath
+    return f"{host}:{address.port_value}" + (f" in network namespace {namespace}" if namespace else "")
+
+
 def listen_backlog(listener: Any) -> int:
     """The listener's `tcp_backlog_size`, else the system's somaxconn, as Envoy does.
 
@@ -101,4 +126,4 @@ def system_somaxconn() -> int:
 
 
 __all__ = ["BALANCERS", "Accepting", "Balancer", "Dispatcher", "Dlb", "NoDlbFallback", "balance_kind", "balancer_for",
-           "listen_backlog"]
+           "bind_address", "listen_backlog", "spell_address"]

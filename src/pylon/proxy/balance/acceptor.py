@@ -55,10 +55,11 @@ class ListenerAcceptor:
     """Accepts on one listening socket in a worker's loop; `close()` stops accepting (drain)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, runtime: Any,
-                 accepts_per_event: int | None = None) -> None:
+                 accepts_per_event: int | None = None, network_namespace: str = "") -> None:
         self.loop = loop
         self.sock = sock
         self.runtime = runtime
+        self.network_namespace = network_namespace  # what its connections' NetworkNamespaceInput reads
         self.accepts_per_event = accepts_per_event or sys.maxsize
         sock.setblocking(False)
         loop.add_reader(sock.fileno(), self._on_acceptable)
@@ -66,7 +67,7 @@ class ListenerAcceptor:
 
     def _on_acceptable(self) -> None:
         for conn in accept_pending(self.sock.accept, self.accepts_per_event, repr(self.runtime.config.name)):
-            start_adopting(self.loop, conn, self.runtime)
+            start_adopting(self.loop, conn, self.runtime, network_namespace=self.network_namespace)
 
     def pause(self) -> None:
         """Stop taking connections for now (the overload manager's stop_accepting_connections): they wait in the

@@ -14,9 +14,10 @@ _ADOPTING: set[asyncio.Task[None]] = set()
 
 
 def start_adopting(loop: asyncio.AbstractEventLoop, sock: socket.socket, runtime: Any,
-                   done: Callable[[], None] | None = None) -> None:
+                   done: Callable[[], None] | None = None, network_namespace: str = "") -> None:
     """Serve an accepted socket with its filter chain's protocol (and TLS); `done` runs however it ends. The
-    overload manager may close it first: past the global connections limit, or by reject_incoming_connections."""
+    overload manager may close it first: past the global connections limit, or by reject_incoming_connections.
+    `network_namespace`: what the chain matcher's NetworkNamespaceInput reads for it."""
     worker = runtime.worker
     gate = worker.cx_gate
     if gate is not None and not runtime.config.ignore_global_conn_limit:
@@ -40,7 +41,7 @@ def start_adopting(loop: asyncio.AbstractEventLoop, sock: socket.socket, runtime
     runtime.find_chain(
         sock, lambda found, detected: _spawn(loop, sock, found.ssl_context, found.protocol_factory_for(detected),
                                              found.tls_stats, done),
-        drop)
+        drop, network_namespace=network_namespace)
 
 
 def _refuse(sock: socket.socket, done: Callable[[], None] | None) -> None:

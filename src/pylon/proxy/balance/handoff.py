@@ -246,18 +246,21 @@ class HandoffBalancer:
             self._resume_accepting()
 
     # ------------------------------------------------------------------ worker half
-    async def serve(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, runtime: Any) -> "HandoffReceiver":
+    async def serve(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, runtime: Any,
+                    network_namespace: str = "") -> "HandoffReceiver":
         """In the worker: adopt every socket that arrives on `sock`, this worker's end of the channel."""
-        return HandoffReceiver(loop, sock, runtime)
+        return HandoffReceiver(loop, sock, runtime, network_namespace)
 
 
 class HandoffReceiver:
     """The worker's end of a hand-off channel; `close()` stops taking connections (drain)."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, channel: socket.socket, runtime: Any) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, channel: socket.socket, runtime: Any,
+                 network_namespace: str = "") -> None:
         self.loop = loop
         self.channel = channel
         self.runtime = runtime
+        self.network_namespace = network_namespace  # what its connections' NetworkNamespaceInput reads
         self.slot: LoadSlot = runtime.load_slot
         channel.setblocking(False)
         loop.add_reader(channel.fileno(), self._on_readable)
@@ -273,7 +276,7 @@ class HandoffReceiver:
                 self.close()
                 return
             for fd in fds:
-                start_adopting(self.loop, socket.socket(fileno=fd), self.runtime, self._taken)
+                start_adopting(self.loop, socket.socket(fileno=fd), self.runtime, self._taken, self.network_namespace)
             if not data:  # the supervisor closed its end: it is draining or gone
                 self.close()
                 return

@@ -85,6 +85,7 @@ class KernelBalancer(NoSupervisorHooks):
         for sock in set(self.sockets):
             sock.close()
 
-    async def serve(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, runtime: Any) -> ListenerAcceptor:
+    async def serve(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, runtime: Any,
+                    network_namespace: str = "") -> ListenerAcceptor:
         """In the worker: accept on this worker's own socket, every pending connection per wake-up."""
-        return ListenerAcceptor(loop, sock, runtime, self.accepts_per_event)
+        return ListenerAcceptor(loop, sock, runtime, self.accepts_per_event, network_namespace)

@@ -30,7 +30,9 @@ class UnboundBalancer(NoSupervisorHooks):
     def close(self) -> None:
         pass
 
-    async def serve(self, loop: asyncio.AbstractEventLoop, sock: socket.socket | None, runtime: Any) -> "NotAccepting":
+    async def serve(self, loop: asyncio.AbstractEventLoop, sock: socket.socket | None, runtime: Any,
+                    network_namespace: str = "") -> "NotAccepting":
+        """Nothing to accept (whatever its address's namespace): connections come handed over or by name."""
         return NotAccepting()
 
 

@@ -8,6 +8,7 @@ a value the connection does not have is absent (None), as in Envoy.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable
 from typing import Any
 
@@ -20,22 +21,36 @@ class NetworkMatchingData:
     """What the network inputs read about one connection. `source` is the client as trusted (for HTTP, after
     x-forwarded-for when the connection manager uses it), `direct_source` the peer socket's."""
 
-    __slots__ = ("local", "source", "direct_source", "server_name", "transport_protocol", "application_protocols")
+    __slots__ = ("local", "source", "direct_source", "server_name", "transport_protocol", "application_protocols",
+                 "network_namespace")
 
     def __init__(self, local: tuple[str, int] | None, source: tuple[str, int] | None,
                  direct_source: tuple[str, int] | None = None, server_name: str = "",
-                 transport_protocol: str = "", application_protocols: tuple[str, ...] = ()) -> None:
+                 transport_protocol: str = "", application_protocols: tuple[str, ...] = (),
+                 network_namespace: str = "") -> None:
         self.local = local
         self.source = source
         self.direct_source = direct_source if direct_source is not None else source
         self.server_name = server_name
         self.transport_protocol = transport_protocol
         self.application_protocols = application_protocols
+        #: the accepting listener address's network_namespace_filepath ("": the default namespace)
+        self.network_namespace = network_namespace
 
     @property
     def network(self) -> NetworkMatchingData:
         """Itself: a listener's matcher gets this as its data, and the readers read `data.network`."""
         return self
+
+
+def namespace_input(address: Any) -> str:
+    """What NetworkNamespaceInput reads for connections (or datagrams) taken on a listener's socket address (None:
+    an internal listener's): its `network_namespace_filepath`, but "" for a wildcard address, as Envoy 1.40 (there
+    the connection's local address is the socket's own, which carries no namespace: observed, and read in its
+    tcp_listener_impl.cc)."""
+    if address is None or ipaddress.ip_address(address.address).is_unspecified:
+        return ""
+    return address.network_namespace_filepath
 
 
 def _address(which: str, part: int) -> Callable[[Any], Reader]:
@@ -76,4 +91,5 @@ NETWORK_READERS: dict[type, Callable[[Any], Reader]] = {
     config.ServerNameInput: _text("server_name"),
     config.TransportProtocolInput: _text("transport_protocol"),
     config.ApplicationProtocolInput: _application_protocols,
+    config.NetworkNamespaceInput: _text("network_namespace"),
 }
