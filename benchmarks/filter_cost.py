@@ -278,8 +278,8 @@ SSE_TO_METADATA = {"name": "envoy.filters.http.sse_to_metadata", "typed_config":
                   {"rule": {"selectors": [{"key": "model"}],
                             "on_present": {"metadata_namespace": "envoy.lb", "key": "model_name", "type": "STRING"}},
                    "stop_processing_after_matches": 1}]}}}}}
-JSON_REQUEST = ('wrk.method = "POST"\n'
-                'wrk.body = \'{"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]}\'')
+JSON_REQUEST = _post_lua(b'{"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]}',
+                         {"Content-Type": "application/json"})
 JSON_ANSWER = ("application/json",
                '{"id": "x", "usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}}')
 SSE_ANSWER = ("text/event-stream", 'data: {"model": "bench", "choices": [{"delta": "hi"}]}\n\n'
@@ -304,8 +304,8 @@ VARIANTS: dict[str, tuple[dict[str, Any] | None, list[str]]] = {
     "api_key_auth": (API_KEY_AUTH, ["Authorization: bench-key"]),
     "credential_injector": (CREDENTIAL_INJECTOR, []),
     "bandwidth_limit": (BANDWIDTH_LIMIT, []),
-    "json_post": (None, ["Content-Type: application/json"]),
-    "transform": (TRANSFORM, ["Content-Type: application/json"]),
+    "json_post": (None, []),
+    "transform": (TRANSFORM, []),
     "sse": (None, []),
     "sse_to_metadata": (SSE_TO_METADATA, []),
     "internal_listener": (None, []),

@@ -85,7 +85,8 @@ def test_request_scripts_carry_the_bodies_the_filters_work_on() -> None:
     assert json.loads(lua_body(filter_cost.POST_JSON_LUA)) == {"tenant": "wrk", "id": 1}
     assert len(gzip.decompress(lua_body(filter_cost.POST_GZIP_LUA))) > 1000
     assert 'wrk.headers["Content-Encoding"] = "gzip"' in filter_cost.POST_GZIP_LUA
-    assert all(filter_cost.REQUEST_LUA[v] == filter_cost.REQUEST_LUA[base] for v, base in filter_cost.BASELINE.items())
+    assert json.loads(lua_body(filter_cost.JSON_REQUEST))["model"] == "gpt-4"
+    assert all(filter_cost.REQUEST_LUA.get(v) == filter_cost.REQUEST_LUA.get(base) for v, base in filter_cost.BASELINE.items())
 
 
 def test_session_cookie_names_the_upstream() -> None:
