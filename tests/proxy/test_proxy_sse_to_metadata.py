@@ -9,7 +9,6 @@ stats what they counted; the client must get the upstream's bytes unchanged.
 from __future__ import annotations
 
 import socket
-import threading
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -19,6 +18,7 @@ import pytest
 from tests.conftest import free_port
 from tests.proxy.conftest import ProxyLauncher, http_listener, json_access_log, read_json_lines, static_cluster, \
     wait_until
+from tests.proxy.upstreams import TcpEcho
 
 SSE_TYPE = "type.googleapis.com/envoy.extensions.filters.http.sse_to_metadata.v3.SseToMetadata"
 JSON_PARSER_TYPE = "type.googleapis.com/envoy.extensions.content_parsers.json.v3.JsonContentParser"
@@ -47,15 +47,12 @@ LOG = {"tokens": "%DYNAMIC_METADATA(envoy.lb:tokens)%", "model": "%DYNAMIC_METAD
        "parser": "%DYNAMIC_METADATA(envoy.content_parsers.json)%"}
 
 
-class SseUpstream:
+class SseUpstream(TcpEcho):
     """Answers each request with a scripted response, written piece by piece (separate sends, TCP_NODELAY)."""
 
     def __init__(self) -> None:
         self.responses: dict[str, tuple[bytes, list[bytes]]] = {}  # path -> (head, body pieces)
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
+        super().__init__()
 
     def script(self, path: str, content_type: str, pieces: list[bytes], chunked: bool = True) -> None:
         framing = "transfer-encoding: chunked" if chunked else f"content-length: {sum(map(len, pieces))}"
@@ -64,15 +61,7 @@ class SseUpstream:
             pieces = [b"%x\r\n%s\r\n" % (len(piece), piece) for piece in pieces] + [b"0\r\n\r\n"]
         self.responses[path] = (head, pieces)
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
-
-    def _answer(self, conn: socket.socket) -> None:
+    def _echo(self, conn: socket.socket) -> None:  # type: ignore[override]
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         with conn:
             data = b""
@@ -88,9 +77,6 @@ class SseUpstream:
                 conn.sendall(response_head)
                 for piece in pieces:
                     conn.sendall(piece)
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def _listener(port: int, log: Path, max_event_size: int | None) -> dict[str, Any]:
