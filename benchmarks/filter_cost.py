@@ -396,7 +396,8 @@ def measure(proc: Running, variant: str, duration: float, headers: list[str]) ->
                 request_lua=REQUEST_LUA.get(variant, ""))
     cpu = proc.cpu_seconds() - before
     return {"requests": w.requests, "rps": w.requests_per_sec, "errors": w.errors + w.non_2xx_3xx,
-            "proxy_cpu_s": cpu, "req_per_proxy_cpu_s": w.requests / cpu if cpu else None}
+            "proxy_cpu_s": cpu, "req_per_proxy_cpu_s": w.requests / cpu if cpu else None,
+            "wrk_cpu_s": w.cpu_seconds}
 
 
 def main() -> int:

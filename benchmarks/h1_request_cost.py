@@ -12,7 +12,12 @@ answers with nginx's head and a 100-byte body. Figures per request:
   count in them);
 - function calls as cProfile counts them (Python and C functions).
 
-Usage: PYTHONPATH=<tree>/src:<tree> python benchmarks/h1_request_cost.py [--batches 30] [--top 0]
+`--variant NAME` puts one of benchmarks/filter_cost.py's filters ahead of the router (with the request headers
+wrk sends there): the filter's own Python per request, free of the machine's noise. Only the GET variants whose
+filter needs nothing outside the connection manager run here (not ext_authz's side call, the POSTs, the cache
+or the internal listener).
+
+Usage: PYTHONPATH=<tree>/src:<tree> python benchmarks/h1_request_cost.py [--batches 30] [--top 0] [--variant NAME]
 (<tree> on the path for `tests.proxy`); `--top N` prints the N functions with the most bytecodes per request.
 """
 
@@ -29,9 +34,11 @@ from typing import Any, Callable
 
 import pytest
 
+import filter_cost
 from pylon.proxy import hcm as hcm_module
+from pylon.proxy.access_log import AccessLogWriter
 from pylon.proxy.stream import Stream
-from tests.proxy.test_stream_states import Rig
+from tests.proxy.test_stream_states import ROUTER, FakeWorker, Rig
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: wrk\r\n\r\n"
 RESPONSE = (b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Sun, 06 Dec 2026 03:30:00 GMT\r\n"
@@ -40,14 +47,44 @@ RESPONSE = (b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Sun, 06 Dec 2026 
 TRACED = 256  # requests under the tracer and the profiler (two request-id batches: the refill counts fairly)
 
 
-def exchange() -> Callable[[], None]:
-    """One request and its response through the rig, as a callable; the production Stream, not the checked one."""
+#: the access log of examples/bench/proxy-json-log.yaml (proxy_vs_envoy's json-log), to /dev/null
+JSON_LOG = {"access_log": [{"name": "envoy.access_loggers.file", "typed_config": {
+    "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog", "path": "/dev/null",
+    "log_format": {"json_format": {
+        "start_time": "%START_TIME%", "method": "%REQ(:METHOD)%", "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+        "protocol": "%PROTOCOL%", "response_code": "%RESPONSE_CODE%", "response_flags": "%RESPONSE_FLAGS%",
+        "bytes_sent": "%BYTES_SENT%", "duration": "%DURATION%", "upstream_host": "%UPSTREAM_HOST%",
+        "request_id": "%REQ(X-REQUEST-ID)%"}}}}]}
+UNSUPPORTED = {"ext_authz", "cache", "internal_listener", *filter_cost.REQUEST_LUA, *filter_cost.ANSWERS}
+
+
+def exchange(variant: str = "plain", json_log: bool = False) -> Callable[[], None]:
+    """One request and its response through the rig, as a callable; the production Stream, not the checked one.
+    `variant`: a filter of benchmarks/filter_cost.py ahead of the router, and the headers wrk sends with it;
+    `json_log`: with proxy_vs_envoy's JSON access log."""
+    if variant in UNSUPPORTED:
+        raise SystemExit(f"{variant}: needs more than the connection manager (use benchmarks/filter_cost.py)")
+    http_filter = filter_cost.VARIANTS[variant][0]
+    route: dict[str, Any] = {"match": {"prefix": "/"}, "route": {"cluster": "up", "timeout": "5s"}}
+    if variant == "cors":
+        route["typed_per_filter_config"] = {"envoy.filters.http.cors": filter_cost.CORS_POLICY}
     patch = pytest.MonkeyPatch()
-    rig = Rig(patch, {"match": {"prefix": "/"}, "route": {"cluster": "up", "timeout": "5s"}})
+    writer = AccessLogWriter()  # filled buffers go to its thread
+    made = FakeWorker.__init__
+
+    def with_writer(worker: FakeWorker, *args: Any) -> None:
+        made(worker, *args)
+        worker.access_log_writer = writer
+
+    patch.setattr(FakeWorker, "__init__", with_writer)
+    hcm = {**(JSON_LOG if json_log else {}), **({} if http_filter is None else {"http_filters": [http_filter, ROUTER]})}
+    rig = Rig(patch, route, hcm=hcm)
     patch.setattr(hcm_module, "Stream", Stream)
+    headers = filter_cost.request_headers(variant, 9)  # the rig's upstream is 127.0.0.1:9
+    request = REQUEST[:-2] + b"".join(header.encode() + b"\r\n" for header in headers) + b"\r\n"
 
     def one() -> None:
-        rig.conn.data_received(REQUEST)
+        rig.conn.data_received(request)
         rig.loop.run()
         upstream, transport = rig.upstreams[-1]
         transport.written = b""
@@ -106,8 +143,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batches", type=int, default=30, help="1,000-request batches timed (the best counts)")
     parser.add_argument("--top", type=int, default=0, help="list the functions with the most bytecodes")
+    parser.add_argument("--variant", default="plain", choices=[v for v in filter_cost.VARIANTS if v not in UNSUPPORTED],
+                        help="a filter of benchmarks/filter_cost.py ahead of the router")
+    parser.add_argument("--json-log", action="store_true", help="with proxy_vs_envoy's JSON access log")
     args = parser.parse_args()
-    one = exchange()
+    one = exchange(args.variant, args.json_log)
     for _ in range(2000):  # warm: the interpreter specialises, the pool holds its connection
         one()
     micros = cpu_per_request(one, args.batches)
