@@ -14,8 +14,8 @@ answers with nginx's head and a 100-byte body. Figures per request:
 
 `--variant NAME` puts one of benchmarks/filter_cost.py's filters ahead of the router (with the request headers
 wrk sends there): the filter's own Python per request, free of the machine's noise. Only the GET variants whose
-filter needs nothing outside the connection manager run here (not ext_authz's side call, the POSTs, the cache
-or the internal listener).
+filter needs nothing outside the connection manager run here (UNSUPPORTED lists the others: side calls,
+shared buckets, secrets, the POSTs...).
 
 Usage: PYTHONPATH=<tree>/src:<tree> python benchmarks/h1_request_cost.py [--batches 30] [--top 0] [--variant NAME]
 (<tree> on the path for `tests.proxy`); `--top N` prints the N functions with the most bytecodes per request.
@@ -55,11 +55,16 @@ JSON_LOG = {"access_log": [{"name": "envoy.access_loggers.file", "typed_config":
         "protocol": "%PROTOCOL%", "response_code": "%RESPONSE_CODE%", "response_flags": "%RESPONSE_FLAGS%",
         "bytes_sent": "%BYTES_SENT%", "duration": "%DURATION%", "upstream_host": "%UPSTREAM_HOST%",
         "request_id": "%REQ(X-REQUEST-ID)%"}}}}]}
-UNSUPPORTED = {"ext_authz", "cache", "internal_listener", *filter_cost.REQUEST_LUA, *filter_cost.ANSWERS}
+#: variants whose filter needs the worker's or the bootstrap's parts: side calls, shared token buckets (across
+#: workers), secrets, JWKS fetched at start, the drain state, an upstream of their own; or a POST
+UNSUPPORTED = {"ext_authz", "cache", "internal_listener", "local_ratelimit", "local_ratelimit_descriptors",
+               "bandwidth_limit", "credential_injector", "jwt_authn", "jwt_cached", "health_check",
+               *filter_cost.REQUEST_LUA, *filter_cost.ANSWERS}
 
 
-def exchange(variant: str = "plain", json_log: bool = False) -> Callable[[], None]:
-    """One request and its response through the rig, as a callable; the production Stream, not the checked one.
+def exchange(variant: str = "plain", json_log: bool = False) -> Callable[[], bytes]:
+    """One request and its response through the rig, as a callable returning what the client got; the production
+    Stream, not the checked one.
     `variant`: a filter of benchmarks/filter_cost.py ahead of the router, and the headers wrk sends with it;
     `json_log`: with proxy_vs_envoy's JSON access log."""
     if variant in UNSUPPORTED:
@@ -83,19 +88,20 @@ def exchange(variant: str = "plain", json_log: bool = False) -> Callable[[], Non
     headers = filter_cost.request_headers(variant, 9)  # the rig's upstream is 127.0.0.1:9
     request = REQUEST[:-2] + b"".join(header.encode() + b"\r\n" for header in headers) + b"\r\n"
 
-    def one() -> None:
+    def one() -> bytes:
         rig.conn.data_received(request)
         rig.loop.run()
         upstream, transport = rig.upstreams[-1]
         transport.written = b""
         upstream.data_received(RESPONSE)
         rig.loop.run()
-        rig.client.written = b""
+        answer, rig.client.written = rig.client.written, b""
+        return answer
 
     return one
 
 
-def cpu_per_request(one: Callable[[], None], batches: int) -> float:
+def cpu_per_request(one: Callable[[], bytes], batches: int) -> float:
     """µs of process CPU per request, the best batch of 1,000."""
     best = float("inf")
     for _ in range(batches):
@@ -106,7 +112,7 @@ def cpu_per_request(one: Callable[[], None], batches: int) -> float:
     return best * 1000
 
 
-def bytecodes(one: Callable[[], None]) -> tuple[float, float, Counter[str]]:
+def bytecodes(one: Callable[[], bytes]) -> tuple[float, float, Counter[str]]:
     """(bytecodes, Python frames) per request, and bytecodes per function over the traced requests."""
     per_function: Counter[str] = Counter()
     frames = 0
@@ -131,7 +137,7 @@ def bytecodes(one: Callable[[], None]) -> tuple[float, float, Counter[str]]:
     return sum(per_function.values()) / TRACED, frames / TRACED, per_function
 
 
-def calls(one: Callable[[], None]) -> float:
+def calls(one: Callable[[], bytes]) -> float:
     """Function calls per request as cProfile counts them."""
     profile = cProfile.Profile()
     profile.runcall(lambda: [one() for _ in range(TRACED)])
