@@ -77,7 +77,7 @@ def test_reads_over_the_budget_are_parked_and_served_in_order(monkeypatch: pytes
     async def scenario() -> list[bytes]:
         worker = Worker(0, asyncio.get_running_loop())
         worker.read_budget.limit = 1
-        await worker.start(bootstrap, [listen.detach()], DynamicConfig(bootstrap, StatsStore()).document())
+        await worker.start(bootstrap, [[listen.detach()]], DynamicConfig(bootstrap, StatsStore()).document())
         try:
             return await exchange_all(port, requests)
         finally:
