@@ -44,9 +44,11 @@ def test_get_returns_the_first_value_and_get_all_every_one():
 
 
 def test_set_replaces_first_in_place_and_drops_the_rest():
-    h = HeaderList([(b"x", b"1"), (b"y", b"q"), (b"x", b"2")])
+    items = [(b"x", b"1"), (b"y", b"q"), (b"x", b"2")]
+    h = HeaderList(items)
     h.set(b"x", b"new")
     assert list(h) == [(b"x", b"new"), (b"y", b"q")]
+    assert h.items is items  # the caller's list, changed in place
     h.set(b"z", b"added")
     assert list(h) == [(b"x", b"new"), (b"y", b"q"), (b"z", b"added")]
     assert len(h) == 3

@@ -36,6 +36,7 @@ the access log does not know, any other `%OPERATOR%` is a `ValueError` at build 
 from __future__ import annotations
 
 import re
+from operator import itemgetter
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 __all__ = [
@@ -52,6 +53,9 @@ __all__ = [
     "compile_header_level",
     "request_lookup",
 ]
+
+
+_NAME = itemgetter(0)  # a header pair's name
 
 
 class HeaderList:
@@ -78,30 +82,25 @@ class HeaderList:
         return [v for n, v in self.items if n == name]
 
     def __contains__(self, name: object) -> bool:
-        for n, _ in self.items:
-            if n == name:
-                return True
-        return False
+        return name in map(_NAME, self.items)  # the scan in C: a response's headers are mostly not the one asked
 
     def remove(self, name: bytes) -> None:
         """Drop every header called `name`."""
         items = self.items
-        for n, _ in items:
-            if n == name:
-                self.items = [item for item in items if item[0] != name]
-                return
+        if name in map(_NAME, items):
+            self.items = [item for item in items if item[0] != name]
 
     def set(self, name: bytes, value: bytes) -> None:
         """Make `value` the only value of `name`: replaces the first in place, drops the others."""
         items = self.items
-        for i, (n, _) in enumerate(items):
-            if n == name:
-                items[i] = (name, value)
-                for j in range(len(items) - 1, i, -1):
-                    if items[j][0] == name:
-                        del items[j]
-                return
-        items.append((name, value))
+        names = list(map(_NAME, items))  # the names in C, then searched in C: no bytecode per header
+        if name not in names:
+            items.append((name, value))
+            return
+        first = names.index(name)
+        items[first] = (name, value)
+        if names.count(name) > 1:
+            items[first + 1:] = [item for item in items[first + 1:] if item[0] != name]
 
     def add(self, name: bytes, value: bytes) -> None:
         """Append one more `name: value` (existing values are kept)."""
