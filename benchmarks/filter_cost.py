@@ -89,7 +89,7 @@ import statistics
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 from joserfc import jwt
@@ -216,7 +216,6 @@ CACHE = {"name": "envoy.filters.http.cache", "typed_config": {
     "@type": "type.googleapis.com/envoy.extensions.filters.http.cache.v3.CacheConfig",
     "typed_config": {"@type": "type.googleapis.com/envoy.extensions.http.cache.simple_http_cache.v3."
                               "SimpleHttpCacheConfig"}}}
-CACHEABLE = [("Cache-Control", "max-age=86400")]
 SESSION_COOKIE = "bench-session"
 STATEFUL_SESSION = {"name": "envoy.filters.http.stateful_session", "typed_config": {
     "@type": "type.googleapis.com/envoy.extensions.filters.http.stateful_session.v3.StatefulSession",
@@ -280,12 +279,25 @@ SSE_TO_METADATA = {"name": "envoy.filters.http.sse_to_metadata", "typed_config":
                    "stop_processing_after_matches": 1}]}}}}}
 JSON_REQUEST = _post_lua(b'{"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]}',
                          {"Content-Type": "application/json"})
-JSON_ANSWER = ("application/json",
-               '{"id": "x", "usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}}')
-SSE_ANSWER = ("text/event-stream", 'data: {"model": "bench", "choices": [{"delta": "hi"}]}\n\n'
-                                   'data: {"usage": {"total_tokens": 42}}\n\ndata: [DONE]\n\n')
-#: variant -> what its upstream answers (content-type, body) when not the plain nginx's text
-ANSWERS = {"json_post": JSON_ANSWER, "transform": JSON_ANSWER, "sse": SSE_ANSWER, "sse_to_metadata": SSE_ANSWER}
+
+
+class Answer(NamedTuple):
+    """What an nginx upstream answers (start_nginx's arguments): a `body` of its own, else --body bytes."""
+
+    content_type: str = "text/plain"
+    body: str | None = None
+    response_headers: tuple[tuple[str, str], ...] = ()
+
+
+PLAIN_ANSWER = Answer()
+JSON_ANSWER = Answer("application/json",
+                     '{"id": "x", "usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}}')
+SSE_ANSWER = Answer("text/event-stream", 'data: {"model": "bench", "choices": [{"delta": "hi"}]}\n\n'
+                                         'data: {"usage": {"total_tokens": 42}}\n\ndata: [DONE]\n\n')
+CACHEABLE_ANSWER = Answer(response_headers=(("Cache-Control", "max-age=86400"),))
+#: variant -> what its upstream answers when not the plain nginx's text (each answer has an nginx of its own)
+ANSWERS = {"json_post": JSON_ANSWER, "transform": JSON_ANSWER, "sse": SSE_ANSWER, "sse_to_metadata": SSE_ANSWER,
+           "cache": CACHEABLE_ANSWER}
 
 #: variant -> (the filter ahead of the router, or None; the request headers wrk sends)
 VARIANTS: dict[str, tuple[dict[str, Any] | None, list[str]]] = {
@@ -418,16 +430,13 @@ def main() -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="pylon-filter-cost-") as tmp, contextlib.ExitStack() as stack:
             work = Path(tmp)
-            upstream = stack.enter_context(start_nginx(free_port(), body_size=args.body))
             authz = stack.enter_context(start_nginx(free_port(), body_size=0))
-            cacheable = stack.enter_context(start_nginx(free_port(), body_size=args.body, response_headers=CACHEABLE)
-                                            ) if "cache" in variants else None
-            answers = {answer: stack.enter_context(start_nginx(free_port(), content_type=answer[0], body=answer[1]))
-                       for answer in {ANSWERS[v] for v in variants if v in ANSWERS}}
+            upstreams = {answer: stack.enter_context(start_nginx(free_port(), body_size=args.body, **answer._asdict()))
+                         for answer in {ANSWERS.get(v, PLAIN_ANSWER) for v in variants}}
+            upstream = upstreams[PLAIN_ANSWER]
             proxies: dict[tuple[str, str], Running] = {}
             for variant in variants:
-                upstream_port = (cacheable.port if cacheable is not None and variant == "cache" else
-                                 answers[ANSWERS[variant]].port if variant in ANSWERS else upstream.port)
+                upstream_port = upstreams[ANSWERS.get(variant, PLAIN_ANSWER)].port
                 for proxy in PROXIES:
                     listen, admin = free_port(), free_port()
                     path = work / f"{variant}-{proxy}.yaml"

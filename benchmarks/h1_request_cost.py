@@ -57,7 +57,7 @@ JSON_LOG = {"access_log": [{"name": "envoy.access_loggers.file", "typed_config":
         "request_id": "%REQ(X-REQUEST-ID)%"}}}}]}
 #: variants whose filter needs the worker's or the bootstrap's parts: side calls, shared token buckets (across
 #: workers), secrets, JWKS fetched at start, the drain state, an upstream of their own; or a POST
-UNSUPPORTED = {"ext_authz", "cache", "internal_listener", "local_ratelimit", "local_ratelimit_descriptors",
+UNSUPPORTED = {"ext_authz", "internal_listener", "local_ratelimit", "local_ratelimit_descriptors",
                "bandwidth_limit", "credential_injector", "jwt_authn", "jwt_cached", "health_check",
                *filter_cost.REQUEST_LUA, *filter_cost.ANSWERS}
 
