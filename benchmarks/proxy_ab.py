@@ -7,7 +7,12 @@ in front of one 1-worker nginx, and loads each with `wrk -t1 -c50` (keep-alive) 
 repetitions, alternating which goes first. The metric is requests per proxy-CPU-second; wrk's CPU is
 recorded to show it was not the limit.
 
-Usage: python benchmarks/proxy_ab.py --baseline REV [--reps 5] [--duration 6] [--variants plain json-log]
+`--baseline-python PATH` runs the baseline side on another interpreter (a virtualenv's python with pylon's
+dependencies), e.g. `--baseline HEAD --baseline-python OTHER/bin/python` compares two builds of CPython running
+the same code.
+
+Usage: python benchmarks/proxy_ab.py --baseline REV [--baseline-python PATH] [--reps 5] [--duration 6]
+[--variants plain json-log]
 Writes benchmarks/results/proxy_ab.{json,md} (or --out DIR).
 """
 
@@ -52,15 +57,27 @@ def baseline_tree(rev: str) -> Any:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(path)], check=False)
 
 
-def start_proxy(tree: Path, config: Path, port: int, admin: int, log: Path) -> Running:
+def start_proxy(python: str, tree: Path, config: Path, port: int, admin: int, log: Path) -> Running:
     env = {**os.environ, "PYTHONPATH": str(tree / "src")}
-    args = [sys.executable, "-m", "pylon.cli", "proxy", "-c", str(config), "--concurrency", "1", "-l", "warning"]
+    args = [python, "-m", "pylon.cli", "proxy", "-c", str(config), "--concurrency", "1", "-l", "warning"]
     return start_process(f"pylon ({tree})", args, port=port, admin_port=admin, log_path=log, env=env)
+
+
+def interpreter(python: str) -> str:
+    """`python`'s version, path and whether libpython is a shared library it loads or linked into the executable
+    (a distribution's build, e.g. Debian's /usr/bin/python3.11, is linked statically and optimized with PGO and LTO;
+    pyenv's default build is neither)."""
+    probe = ("import sys; maps = open('/proc/self/maps').read(); "
+             "print(sys.version.split()[0], sys.executable, "
+             "'(shared libpython)' if 'libpython' in maps else '(libpython linked in)')")
+    return subprocess.run([python, "-c", probe], capture_output=True, text=True, check=True).stdout.strip()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baseline", required=True, help="git revision to compare with (e.g. HEAD~3)")
+    parser.add_argument("--baseline-python", default=sys.executable,
+                        help="interpreter of the baseline side (default: this one)")
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--duration", type=float, default=6.0)
     parser.add_argument("--variants", nargs="+", default=["plain", "json-log"], choices=sorted(TEMPLATE_OF))
@@ -75,6 +92,7 @@ def main() -> None:
         work = Path(tmp)
         pki = make_test_pki(work / "pki")
         trees = {"this": ROOT, "baseline": stack.enter_context(baseline_tree(rev))}
+        pythons = {"this": sys.executable, "baseline": args.baseline_python}
         upstream_port = free_port()
         nginx = stack.enter_context(start_nginx(upstream_port))
         proxies: dict[tuple[str, str], Running] = {}
@@ -87,7 +105,7 @@ def main() -> None:
                     "server_cert": pki.server_ecdsa.cert, "server_key": pki.server_ecdsa.key,
                     "ca_cert": pki.ca.cert}))
                 proxies[variant, side] = stack.enter_context(
-                    start_proxy(tree, config, listen, admin, work / f"{variant}-{side}.log"))
+                    start_proxy(pythons[side], tree, config, listen, admin, work / f"{variant}-{side}.log"))
         for rep in range(args.reps):
             for variant in args.variants:
                 order = ("this", "baseline") if rep % 2 == 0 else ("baseline", "this")
@@ -114,13 +132,15 @@ def main() -> None:
             entry[side]["errors"] = sum(r["errors"] for r in rows)
         entry["ratio"] = entry["this"]["req_per_proxy_cpu_s"] / entry["baseline"]["req_per_proxy_cpu_s"]
         summary[variant] = entry
-    meta = {"this": head, "baseline": rev, "reps": args.reps, "duration_s": args.duration,
+    meta = {"this": head, "baseline": rev, "this_python": interpreter(sys.executable),
+            "baseline_python": interpreter(args.baseline_python), "reps": args.reps, "duration_s": args.duration,
             "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpus": os.cpu_count()}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "proxy_ab.json").write_text(json.dumps({"meta": meta, "summary": summary, "runs": runs}, indent=2))
     lines = [f"# pylon {head} vs pylon {rev}", "",
              f"{args.reps} interleaved repetitions x {args.duration:g} s, `wrk -t1 -c{CONNECTIONS}` keep-alive, both "
              f"`--concurrency 1`, one 1-worker nginx upstream; medians; {meta['cpus']} CPUs. Run at {meta['started']}.",
+             "", f"Interpreters: this {meta['this_python']}; baseline {meta['baseline_python']}.",
              "", "| variant | tree | req per proxy-CPU-s | req/s | p99 ms | wrk CPU s/run | errors | this/baseline |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
     for variant, entry in summary.items():

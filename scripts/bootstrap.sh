@@ -7,12 +7,16 @@
 # HTTP/2 upstream for the upstream HTTP/2 tests), and softhsm2 + opensc for PKCS#11 tokens
 # (workload and CA keys kept in a token; the tests make their own tokens in temp dirs, never the system's).
 # redis-server: the upstream of the redis_proxy tests (started on a free port per test, nothing saved).
-# Python: a virtualenv in .venv with pylon installed editable, plus test and bench extras.
+# Python: a virtualenv in .venv with pylon installed editable, plus test and bench extras, made from Debian's
+# CPython 3.11 (python3.11, -venv for the venv module, -dev for the headers the cffi modules build against). Debian
+# builds it with PGO and LTO and links libpython into the executable; a plain source build (what pyenv makes by
+# default: no PGO/LTO, a shared libpython) runs pylon's Python ~11% slower (benchmarks/h1_request_cost.py) and the
+# proxy ~15% dearer per request (benchmarks/results/proxy_ab-interpreter.md). PYTHON=... picks another interpreter.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DEBS=(wrk nginx-light nghttp2-client nghttp2-server curl openssl ca-certificates gcc libssl-dev linux-perf iproute2 nftables softhsm2
-      opensc libnghttp2-dev redis-server)
+      opensc libnghttp2-dev redis-server python3.11 python3.11-venv python3.11-dev)
 missing=()
 for pkg in "${DEBS[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -24,9 +28,14 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-PYTHON=${PYTHON:-python3}
+PYTHON=${PYTHON:-/usr/bin/python3.11}
+base=$("$PYTHON" -c 'import sys; print(sys._base_executable)')
+if [ -x .venv/bin/python ] && [ "$(.venv/bin/python -c 'import sys; print(sys._base_executable)')" != "$base" ]; then
+  echo "bootstrap: .venv was made from another interpreter; making it anew from $base"
+  rm -rf .venv
+fi
 if [ ! -x .venv/bin/python ]; then
-  echo "bootstrap: creating .venv"
+  echo "bootstrap: creating .venv from $base"
   "$PYTHON" -m venv .venv
 fi
 # Reinstall only when the project's dependencies or its native parts (cffi modules and their C sources) changed.
