@@ -10,8 +10,8 @@
 # Python: a virtualenv in .venv with pylon installed editable, plus test and bench extras, made from Debian's
 # CPython 3.11 (python3.11, -venv for the venv module, -dev for the headers the cffi modules build against). Debian
 # builds it with PGO and LTO and links libpython into the executable; a plain source build (what pyenv makes by
-# default: no PGO/LTO, a shared libpython) runs pylon's Python ~11% slower (benchmarks/h1_request_cost.py) and the
-# proxy ~15% dearer per request (benchmarks/results/proxy_ab-interpreter.md). PYTHON=... picks another interpreter.
+# default: no PGO/LTO, a shared libpython) runs pylon's Python ~11% slower (benchmarks/h1_request_cost.py), and the
+# proxy serves 10-15% fewer requests per CPU-second on it (benchmarks/results/proxy_ab-interpreter.md). PYTHON=... picks another interpreter.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
