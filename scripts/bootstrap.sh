@@ -29,8 +29,10 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 PYTHON=${PYTHON:-/usr/bin/python3.11}
-base=$("$PYTHON" -c 'import sys; print(sys._base_executable)')
-if [ -x .venv/bin/python ] && [ "$(.venv/bin/python -c 'import sys; print(sys._base_executable)')" != "$base" ]; then
+# The interpreter a venv was made from, as a real path (python3 and python3.11 are often one file).
+base_of='import os, sys; print(os.path.realpath(sys._base_executable))'
+base=$("$PYTHON" -c "$base_of")
+if [ -x .venv/bin/python ] && [ "$(.venv/bin/python -c "$base_of")" != "$base" ]; then
   echo "bootstrap: .venv was made from another interpreter; making it anew from $base"
   rm -rf .venv
 fi
