@@ -11,7 +11,8 @@
 # CPython 3.11 (python3.11, -venv for the venv module, -dev for the headers the cffi modules build against). Debian
 # builds it with PGO and LTO and links libpython into the executable; a plain source build (what pyenv makes by
 # default: no PGO/LTO, a shared libpython) runs pylon's Python ~11% slower (benchmarks/h1_request_cost.py), and the
-# proxy serves 10-15% fewer requests per CPU-second on it (benchmarks/results/proxy_ab-interpreter.md). PYTHON=... picks another interpreter.
+# proxy serves 10-15% fewer requests per CPU-second on it (benchmarks/results/proxy_ab-interpreter.md).
+# PYTHON=... picks another interpreter.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
