@@ -7,7 +7,8 @@ import subprocess
 import sys
 import time
 
-from pylon.bench.procfs import RssSampler, has_argument, parse_stat, proc_table, tree, tree_cpu, tree_rss
+from pylon.bench.procfs import (RssSampler, has_argument, parse_stat, proc_table, side_thread_cpu_seconds, tree,
+                                tree_cpu, tree_rss)
 
 STAT = "4242 (we ird) name) S 17 4242 4242 0 -1 4194560 1 0 0 0 30 12 5 3 20 0 1 0 100 0 0"
 
@@ -44,3 +45,20 @@ def test_a_busy_child_shows_in_its_parents_tree() -> None:
         for pid in reversed(tree(parent.pid, proc_table()[0])):
             os.kill(pid, 9)
         parent.wait()
+
+
+def test_side_threads_count_only_the_threads_beside_the_main_one() -> None:
+    spinning_thread = ("import threading, time; threading.Thread(target=lambda: [0 for _ in iter(int, 1)], daemon=True)"
+                       ".start(); time.sleep(30)")
+    for code, busy in ((spinning_thread, True), ("while True: pass", False)):
+        process = subprocess.Popen([sys.executable, "-c", code])
+        try:
+            time.sleep(0.2)
+            before = side_thread_cpu_seconds(process.pid)
+            time.sleep(1.0)
+            spent = side_thread_cpu_seconds(process.pid) - before
+            assert spent > 0.2 if busy else spent == 0.0  # a spinning main thread is not a side thread
+        finally:
+            process.kill()
+            process.wait()
+    assert side_thread_cpu_seconds(process.pid) == 0.0  # gone

@@ -43,6 +43,21 @@ def proc_table() -> tuple[dict[int, list[int]], dict[int, float]]:
     return children, cpu
 
 
+def side_thread_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of `pid`'s threads other than its main one (e.g. a proxy worker's access-log
+    writer), from /proc/PID/task: what work moved off the event loop costs. 0.0 when `pid` is gone."""
+    ticks = 0
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        if task.name == str(pid):
+            continue
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended
+            continue
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime (a thread's cutime/cstime are its process's)
+    return ticks / CLK
+
+
 def tree(root: int, children: dict[int, list[int]]) -> list[int]:
     """`root` and every descendant."""
     out, todo = [], [root]
