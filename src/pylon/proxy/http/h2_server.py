@@ -41,6 +41,10 @@ Headers = list[tuple[bytes, bytes]]
 CONNECTION_SPECIFIC = HOP_BY_HOP | {b"host"}
 
 _CONTINUE = [(b":status", b"100")]
+_ZERO_LENGTH = (b"content-length", b"0")
+#: drop set -> it and CONNECTION_SPECIFIC: the fields a response head leaves out (a connection manager has one drop
+#: set, so this holds one or two entries)
+_NOT_SENT: dict[frozenset[bytes], frozenset[bytes]] = {}
 
 
 class RequestHead:
@@ -164,17 +168,17 @@ class Http2ResponseEncoder:
             return close
         # The head straight as the session's block (`name\0value\0...`): one pass, no list of pairs in between.
         flat = [b":status", b"%d" % status]
-        empty = False  # content-length: 0
+        dropped = _NOT_SENT.get(drop)
+        if dropped is None:
+            dropped = _NOT_SENT[drop] = drop | CONNECTION_SPECIFIC
         for name, value in headers:
-            if name not in drop and name not in CONNECTION_SPECIFIC:
+            if name not in dropped:
                 flat += (name, value)
-                if name == b"content-length" and value == b"0":
-                    empty = True
         if extra:
-            for name, value in extra:
-                flat += (name, value)
-                if name == b"content-length" and value == b"0":
-                    empty = True
+            for pair in extra:
+                flat += pair
+        # content-length: 0 (neither drop set holds content-length: every field of that name went into `flat`)
+        empty = _ZERO_LENGTH in headers or (extra is not None and _ZERO_LENGTH in extra)
         count = len(flat) // 2
         flat.append(b"")
         block = b"\0".join(flat)
