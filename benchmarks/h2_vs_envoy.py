@@ -41,6 +41,7 @@ import httpx
 import yaml
 
 from pylon import __version__
+from pylon.bench.host import describe, host_facts
 from pylon.bench.procfs import tree_rss
 from pylon.bench.targets import (
     Running, TargetError, find_envoy, free_port, run_h2load, start_envoy, start_nginx, start_process,
@@ -206,6 +207,7 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
              f"{meta['reps']} interleaved repetitions x {meta['duration_s']:g} s; `h2load -c{CLIENTS} -m{STREAMS}` over "
              f"h2c; both proxies `--concurrency 1`; medians. {meta['cpus']} CPUs, shared, nothing pinned. "
              f"Run at {meta['started']}. Made by `python benchmarks/h2_vs_envoy.py`.", "",
+             f"Host: {describe(meta['host'])}.", "",
              "| variant | proxy | req/s | req per proxy-CPU-s | h2load CPU s/run | failed | pylon/Envoy | goal |",
              "|---|---|---:|---:|---:|---:|---:|---|"]
     for variant, entry in summary.items():
@@ -255,7 +257,7 @@ def main() -> int:
         parser.error(f"variants are {list(VARIANTS)}; --reps, --duration and --idle must be positive")
     meta = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "reps": args.reps, "duration_s": args.duration,
             "idle": args.idle, "cpus": os.cpu_count(), "python": platform.python_version(), "pylon": __version__,
-            "envoy_version": envoy_version()}
+            "envoy_version": envoy_version(), "host": host_facts()}
     runs: list[dict[str, Any]] = []
     try:
         with tempfile.TemporaryDirectory(prefix="pylon-h2-vs-envoy-") as tmp, contextlib.ExitStack() as stack:

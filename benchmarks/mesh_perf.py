@@ -51,7 +51,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import shutil
 import subprocess
@@ -61,6 +60,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from pylon.bench.host import describe, host_facts
 from pylon.bench.mesh_runs.csv_rows import fmt, write_csv
 from pylon.bench.mesh_runs.inputs import Inputs, IngressGateway, write_inputs
 from pylon.bench.mesh_runs.key_modes import CRYPTOMB_CONFIG
@@ -262,9 +262,7 @@ def envoy_version() -> str:
 
 
 def machine() -> str:
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.machine())
-    return f"{os.cpu_count()} CPUs ({model}), Python {platform.python_version()}"
+    return describe(host_facts())
 
 
 def one_mesh(proxy: str, rep: int, modes: list[str], profile: LoadProfile, work: Path, inputs: Inputs, run_id: str,

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from pylon.bench.scenario import render_template
+from pylon.bench.host import describe, host_facts
 from pylon.bench.procfs import side_thread_cpu_seconds
 from pylon.bench.targets import Running, free_port, pylon_workers, run_wrk, start_nginx, start_process
 from pylon.identity.certs import make_test_pki
@@ -139,13 +140,15 @@ def main() -> None:
         summary[variant] = entry
     meta = {"this": head, "baseline": rev, "this_python": interpreter(sys.executable),
             "baseline_python": interpreter(args.baseline_python), "reps": args.reps, "duration_s": args.duration,
-            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpus": os.cpu_count()}
+            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpus": os.cpu_count(),
+            "host": host_facts()}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "proxy_ab.json").write_text(json.dumps({"meta": meta, "summary": summary, "runs": runs}, indent=2))
     lines = [f"# pylon {head} vs pylon {rev}", "",
              f"{args.reps} interleaved repetitions x {args.duration:g} s, `wrk -t1 -c{CONNECTIONS}` keep-alive, both "
              f"`--concurrency 1`, one 1-worker nginx upstream; medians; {meta['cpus']} CPUs. Run at {meta['started']}.",
              "", f"Interpreters: this {meta['this_python']}; baseline {meta['baseline_python']}.",
+             "", f"Host: {describe(meta['host'])}.",
              "", "Worker side threads: CPU per request of the worker's threads other than its event loop (the access-log "
              "writer), included in the proxy's CPU.",
              "", "| variant | tree | req per proxy-CPU-s | µs CPU/req | of it worker side threads | req/s | p99 ms "

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from pylon import __version__
+from pylon.bench.host import describe, host_facts
 from pylon.bench.scenario import render_template
 from pylon.bench.targets import (
     Running, TargetError, find_envoy, free_port, run_wrk, start_envoy, start_nginx, start_pylon_proxy,
@@ -131,6 +132,8 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
         f"both proxies `--concurrency 1`, 1-worker nginx upstream with a {BODY_SIZE}-byte body; medians. "
         f"{meta['cpus']} CPUs, nothing pinned. Run at {meta['started']}.",
         "",
+        f"Host: {describe(meta['host'])}.",
+        "",
         "| variant | proxy | req/s | p50 ms | p99 ms | req per proxy-CPU-s | µs CPU/req | wrk CPU s/run "
         "| errors | pylon/Envoy (req/CPU-s) | goal |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
@@ -169,7 +172,8 @@ def main() -> int:
         parser.error(f"unknown variant(s) {unknown}" if unknown else "--reps and --duration must be positive")
     meta = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "reps": args.reps, "duration_s": args.duration,
             "connections": CONNECTIONS, "body_size": BODY_SIZE, "cpus": os.cpu_count(),
-            "python": platform.python_version(), "pylon": __version__, "envoy_version": envoy_version()}
+            "python": platform.python_version(), "pylon": __version__, "envoy_version": envoy_version(),
+            "host": host_facts()}
     runs: list[dict[str, Any]] = []
     try:
         with tempfile.TemporaryDirectory(prefix="pylon-vs-envoy-") as tmp, contextlib.ExitStack() as stack:

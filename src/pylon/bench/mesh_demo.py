@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import shutil
 import subprocess
 import time
@@ -29,6 +28,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from pylon.bench.host import cpu_model
 from pylon.bench.mesh_demo_report import (TextTable, chart_label, gateway_table, html_preface, markdown_report,
                                           sidecar_table)  # fmt: skip
 from pylon.bench.mesh_runs.csv_rows import fmt, write_csv
@@ -179,8 +179,7 @@ def _progress(row: dict[str, Any]) -> str:
 
 def _intro(options: MeshDemoOptions, started: str) -> list[str]:
     p = options.profile
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.machine())  # fmt: skip
+    model = cpu_model()
     lines = [
         f"Run {started} on {os.cpu_count()} CPUs ({model}); every pod, proxy, pilot and the load share them "
         f"(load average when the report was written: {', '.join(f'{x:.2f}' for x in os.getloadavg())}; anything "
