@@ -128,11 +128,17 @@ class FakeTransport:
 
     abort = close
 
+    def is_closing(self) -> bool:
+        return self.closed
+
     def pause_reading(self) -> None:
         self.paused = True
 
     def resume_reading(self) -> None:
         self.paused = False
+
+    def is_reading(self) -> bool:
+        return not self.paused
 
     def set_protocol(self, protocol: Any) -> None:
         self.protocol = protocol

@@ -11,6 +11,7 @@ import uvloop
 
 from pylon.proxy.upstream.pool import UpstreamConnection
 from pylon.proxy.watermarks import apply_buffer_limit
+from tests.proxy.test_stream_states import FakeLoop
 
 
 class RecordingTransport:
@@ -46,7 +47,8 @@ def test_zero_turns_the_watermarks_off() -> None:
 def test_an_upstream_connection_takes_its_clusters_limit() -> None:
     cluster = SimpleNamespace(config=SimpleNamespace(per_connection_buffer_limit_bytes=4096), upstream_trailers=False,
                               response_case=None)
-    conn = UpstreamConnection(SimpleNamespace(cluster=cluster, limits=SimpleNamespace(max_headers=100)))  # type: ignore[arg-type]
+    conn = UpstreamConnection(SimpleNamespace(cluster=cluster, limits=SimpleNamespace(max_headers=100),  # type: ignore[arg-type]
+                                              loop=FakeLoop()))
     transport = RecordingTransport()
     conn.connection_made(transport)  # type: ignore[arg-type]
     assert transport.limits == (4096, 2048)

@@ -152,6 +152,9 @@ class H2StreamConn(Http2ResponseEncoder):
                 stream.on_downstream_pause(True)
                 h2.out_paused.add(self)
 
+    #: the stream's writes of a response: the connection already writes once per round (`flush_later`)
+    write_later = write
+
     # --- the connection the stream sees
     def flush_output(self) -> None:
         self.commit()

@@ -35,6 +35,7 @@ from pylon.proxy.stream_states import RQ_BODY, RS_DONE, RS_NOT_STARTED, RS_RESET
 from pylon.proxy.tls_stats import TlsStats, tls_accepted
 from pylon.proxy.upstream.host import format_address
 from pylon.proxy.watermarks import apply_buffer_limit
+from pylon.proxy.write_batch import send_held, write_batch, write_later
 from pylon.proxy.xfcc import client_cert_element
 from pylon.regex import get_engine
 from pylon.stats.store import Counter, StatsStore
@@ -312,7 +313,7 @@ class HttpConnection(asyncio.Protocol):
         "peer", "peer_ip", "local", "scheme", "feeding",
         "last_activity", "connection_id", "loop_time", "runtime_listener", "wake_at", "deadlines",
         "read_budget", "parked", "client_cert", "opened_at", "drain_close_at", "detected", "info",
-        "xff_ip", "encoder",
+        "xff_ip", "encoder", "batch", "held",
     )
 
     def __init__(self, hcm: HcmRuntime, scheme: bytes = b"http") -> None:
@@ -346,6 +347,8 @@ class HttpConnection(asyncio.Protocol):
         self.client_cert: bytes | None = None  # this connection's XFCC element (b"": no client certificate)
         self.opened_at = 0.0
         self.drain_close_at = 0.0  # when a connection drained by max_connection_duration closes if idle (0: not)
+        self.batch = write_batch(self.loop)  # writes go out at the end of the loop's I/O phase (write_batch.py)
+        self.held: list[bytes] | None = None
 
     # ------------------------------------------------------------------ asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -500,10 +503,13 @@ class HttpConnection(asyncio.Protocol):
                 self.flush_output()
 
     def flush_output(self) -> None:
-        """Write what the codec encoded, in one write."""
+        """Write what the codec encoded, with the rest of this I/O phase's writes (write_batch.py)."""
         data = self.encoder.take()
         if data:
-            self.transport.write(data)
+            write_later(self, data)
+
+    write_later = write_later
+    send_held = send_held
 
     def _protocol_error(self, reply: lr.LocalReply) -> None:
         """Malformed or oversized input: answer once if nothing was sent yet, then close."""
@@ -533,6 +539,7 @@ class HttpConnection(asyncio.Protocol):
         if not self.closed:
             self.closed = True
             self.parked = None
+            send_held(self)  # the reply before the close
             timeout = self.hcm.delayed_close_timeout
             if delayed and timeout:
                 Lingering(self, self.transport, timeout)

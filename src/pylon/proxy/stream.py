@@ -1341,7 +1341,8 @@ class Stream:
             H2Tunnel(self, upstream, rest)
             return
         self.encoder.encode_upgrade(sent, status)
-        conn.flush_output()  # the 101 leaves before the tunnel takes the transport over
+        conn.flush_output()  # the 101 leaves before the tunnel takes the transport over: sent now, before the
+        conn.send_held()  # tunnel's own bytes (the upstream holds nothing: the request went in an earlier phase)
         assert upstream.transport is not None
         self.bytes_received += len(self.client_rest)  # the tunnel's bytes that came with the heads count too
         self.bytes_sent += len(rest)
@@ -1463,7 +1464,7 @@ class Stream:
         if out:  # HttpConnection.flush_output, inlined: this runs for every response
             conn = self.conn
             self.last_activity = conn.loop_time()
-            conn.transport.write(out[0] if len(out) == 1 else b"".join(out))
+            conn.write_later(out[0] if len(out) == 1 else b"".join(out))
             out.clear()
 
     def on_upstream_complete(self) -> None:

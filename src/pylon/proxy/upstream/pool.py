@@ -30,6 +30,7 @@ import httptools
 
 from pylon.proxy.http.h1_client import CasePreservingResponseDecoder, Http1ResponseDecoder
 from pylon.proxy.upstream.pool_base import PoolBase, PooledConnection, prepare_transport
+from pylon.proxy.write_batch import send_held, write_batch, write_later
 
 if TYPE_CHECKING:
     from pylon.proxy.deadlines import Watched
@@ -76,7 +77,7 @@ class UpstreamConnection(PooledConnection, asyncio.Protocol):
 
     __slots__ = (
         "pool", "transport", "decoder", "exchange", "keep_alive", "closed", "requests", "answered",
-        "local_address", "wake_at", "opened_at", "idle_since", "draining",
+        "local_address", "wake_at", "opened_at", "idle_since", "draining", "batch", "held",
     )
     multiplexed = False  # an HTTP/2 stream (h2_pool.H2UpstreamStream) says True: the router frames for it apart
 
@@ -98,6 +99,8 @@ class UpstreamConnection(PooledConnection, asyncio.Protocol):
         self.opened_at = 0.0  # when the connect finished (max_connection_duration counts from it)
         self.idle_since = 0.0  # when it last went idle in the pool; 0.0 while it serves an exchange
         self.draining = False  # max_connection_duration reached: no more requests, closed once idle
+        self.batch = write_batch(pool.loop)  # requests go out at the end of the loop's I/O phase (write_batch.py)
+        self.held: list[bytes] | None = None
 
     # -- asyncio.Protocol ---------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -174,8 +177,14 @@ class UpstreamConnection(PooledConnection, asyncio.Protocol):
 
     # -- used by the exchange ----------------------------------------------
     def write(self, data: bytes) -> None:
+        """Send with the rest of this I/O phase's writes (write_batch.py)."""
         if self.transport is not None and not self.closed:
-            self.transport.write(data)
+            write_later(self, data)
+
+    send_held = send_held
+
+    def _before_close(self) -> None:
+        send_held(self)  # the request's bytes before the close
 
     def abandon(self) -> None:
         """The exchange gave up on this connection mid-response: it cannot be reused."""
