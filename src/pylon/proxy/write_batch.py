@@ -3,9 +3,10 @@
 Why: on this loopback a write to a peer that sleeps (nginx upstream, the load tool) wakes it, and waking a task on
 the other CPU of a VM is an interrupt into a halted vCPU: pylon's worker spent 14% of its CPU in that wake-up
 (`sock_def_readable` under `write`, perf). Writing each request as the proxy handles it, ~15 µs of Python apart,
-let the C peer wake, serve one or two requests and sleep again before the next write: 0.4 wake-ups of nginx per
-request, against 0.05-0.07 under Envoy. Holding a phase's writes until every ready socket's callbacks have run
-wakes each peer once per phase with all of it. Measured beside writing at once, same tree and load (wrk -c50,
+let the C peer wake, serve one or two requests and sleep again before the next write: nginx woke 0.44 times per
+request and the load tool 0.35, against 0.12 and 0.11 under Envoy. Holding a phase's writes until every ready
+socket's callbacks have run wakes each peer once per phase with all of it: 0.06 and 0.06
+(benchmarks/wakeups.py; results/wakeups-before-write-batch.md, results/wakeups.md). Measured beside writing at once, same tree and load (wrk -c50,
 plain): 32.7 → 28.4 µs of proxy CPU per request; 1.18x requests per CPU-second with the JSON access log, 1.05x
 over TLS (benchmarks/results/proxy_ab-write-batch.md).
 
