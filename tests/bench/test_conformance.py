@@ -3,16 +3,13 @@ pylon refuses by name), one that is not an Envoy bootstrap."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
 from pylon.bench.targets import TargetError, find_envoy
+from tests.bench.benchmark_scripts import load_benchmark
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "conformance.py"
 
 BOTH = """
 static_resources:
@@ -57,15 +54,6 @@ UNSUPPORTED_TYPE = "envoy.extensions.filters.http.alternate_protocols_cache.v3.F
 TAGGED = "!ignore dynamic_sockets:\n- &port 10000\n" + (BOTH % "").replace("port_value: 10000", "port_value: *port")
 
 
-def load_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("conformance", SCRIPT)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["conformance"] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def envoy() -> str:
     try:
@@ -75,7 +63,7 @@ def envoy() -> str:
 
 
 def test_classifies_three_configs(tmp_path: Path, envoy: str) -> None:
-    conformance = load_script()
+    conformance = load_benchmark("conformance")
     (tmp_path / "both.yaml").write_text(BOTH % "")
     (tmp_path / "envoy-only.yaml").write_text(BOTH % UNSUPPORTED)
     (tmp_path / "docker-compose.yaml").write_text(COMPOSE)
@@ -98,7 +86,7 @@ def test_classifies_three_configs(tmp_path: Path, envoy: str) -> None:
 
 def test_keys_tagged_ignore_are_left_out_as_envoy_does(tmp_path: Path, envoy: str) -> None:
     """A bootstrap with an `!ignore` key is found (plain PyYAML refuses the tag) and both proxies accept it."""
-    conformance = load_script()
+    conformance = load_benchmark("conformance")
     (tmp_path / "tagged.yaml").write_text(TAGGED)
 
     assert conformance.load_documents(tmp_path / "tagged.yaml")[0].keys() == {"static_resources"}
@@ -110,7 +98,7 @@ def test_keys_tagged_ignore_are_left_out_as_envoy_does(tmp_path: Path, envoy: st
 
 
 def test_field_reason_names_the_extension_not_the_indices() -> None:
-    conformance = load_script()
+    conformance = load_benchmark("conformance")
     config = {"static_resources": {"listeners": [{"filter_chains": [{"filters": [{"typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
                  "HttpConnectionManager", "route_config": {"virtual_hosts": [{"routes": [{

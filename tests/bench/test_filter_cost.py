@@ -5,32 +5,20 @@ from __future__ import annotations
 
 import base64
 import gzip
-import importlib.util
 import json
 import re
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import yaml
 
 from pylon.bench.targets import TargetError, find_envoy, unique_base_id
 from pylon.extensions.filters.common.session_state import decode_cookie
+from tests.bench.benchmark_scripts import load_benchmark
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "filter_cost.py"
-
-
-def load_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("filter_cost", SCRIPT)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-filter_cost = load_script()
+filter_cost = load_benchmark("filter_cost")
 
 
 def write_config(tmp_path: Path, variant: str) -> Path:

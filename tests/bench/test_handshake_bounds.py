@@ -4,24 +4,13 @@ carry every field it needs."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "handshake_bounds.py"
+from tests.bench.benchmark_scripts import load_benchmark
 
-
-def load_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("handshake_bounds", SCRIPT)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-bounds = load_script()
+bounds = load_benchmark("handshake_bounds")
 
 
 def split(library: float, kernel: float, own: float, signature: float) -> dict[str, float]:

@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
+from tests.bench.benchmark_scripts import load_benchmark
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "wakeups.py"
-spec = importlib.util.spec_from_file_location("wakeups", SCRIPT)
-assert spec and spec.loader
-wakeups = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(wakeups)
+wakeups = load_benchmark("wakeups")
 
 PERF_SCRIPT = """\
          swapper sched:sched_wakeup: comm=nginx pid=10464 prio=120 target_cpu=000
