@@ -32,6 +32,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pylon.bench.host import describe, host_facts
+
 RESULTS = Path(__file__).resolve().parent / "results"
 #: The library's categories of benchmarks/handshake_split.py, the signature apart.
 LIBRARY = ("RNG", "key exchange", "key schedule", "certificate chain", "record encryption",
@@ -99,11 +101,11 @@ def signature_bound(per_op: dict[str, Any], key: str, goal: float) -> dict[str, 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--profile", type=Path, default=RESULTS / "handshake_profile.json")
-    parser.add_argument("--resumed-profile", type=Path, default=RESULTS / "handshake_profile_resumed.json")
-    parser.add_argument("--handshakes", type=Path, default=RESULTS / "handshakes-debian-python.json",
+    parser.add_argument("--profile", type=Path, default=RESULTS / "handshake_profile-this-host.json")
+    parser.add_argument("--resumed-profile", type=Path, default=RESULTS / "handshake_profile_resumed-this-host.json")
+    parser.add_argument("--handshakes", type=Path, default=RESULTS / "handshakes-this-host.json",
                         help="a handshakes.py run with RSA-2048 and ECDSA P-256 (its per-operation costs)")
-    parser.add_argument("--large-keys", type=Path, default=RESULTS / "handshakes-rsa3072-4096.json",
+    parser.add_argument("--large-keys", type=Path, default=RESULTS / "handshakes-rsa3072-4096-this-host.json",
                         help="a handshakes.py run with RSA-3072 and RSA-4096")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -121,6 +123,8 @@ def main() -> None:
         {"sources": sources, "ratio_goals": rows, "signature_bound_goals": signature_rows}, indent=2))
     lines = [
         "# Issue 18's handshake goals against what OpenSSL 3.0 and the kernel cost on their own",
+        "",
+        f"Host: {describe(host_facts())} (computed here; the runs it reads by default, the `-this-host` results, were made on this host).",
         "",
         f"`python benchmarks/handshake_bounds.py`, from {sources['profile']} (run {sources['profile_started']}), "
         f"{sources['resumed_profile']} (run {sources['resumed_started']}) and the per-operation costs of "
