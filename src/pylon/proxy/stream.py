@@ -1341,8 +1341,10 @@ class Stream:
             H2Tunnel(self, upstream, rest)
             return
         self.encoder.encode_upgrade(sent, status)
-        conn.flush_output()  # the 101 leaves before the tunnel takes the transport over: sent now, before the
-        conn.send_held()  # tunnel's own bytes (the upstream holds nothing: the request went in an earlier phase)
+        # The 101 leaves now, before the tunnel takes the transport over and writes its own bytes (the upstream
+        # holds nothing: its request went out in an earlier phase).
+        conn.flush_output()
+        conn.send_held()
         assert upstream.transport is not None
         self.bytes_received += len(self.client_rest)  # the tunnel's bytes that came with the heads count too
         self.bytes_sent += len(rest)

@@ -181,8 +181,6 @@ class UpstreamConnection(PooledConnection, asyncio.Protocol):
         if self.transport is not None and not self.closed:
             write_later(self, data)
 
-    send_held = send_held
-
     def _before_close(self) -> None:
         send_held(self)  # the request's bytes before the close
 
