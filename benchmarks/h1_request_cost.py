@@ -12,6 +12,10 @@ answers with nginx's head and a 100-byte body. Figures per request:
   count in them);
 - function calls as cProfile counts them (Python and C functions).
 
+The hot modules run as `pylon.compiled` loads them: their Cython builds when built, and then the bytecodes and
+frames count only what still runs interpreted (filters, the test doubles). `PYLON_PURE_PYTHON=1` measures the
+interpreted data path, the builds' baseline. The first line of output says which it was.
+
 `--variant NAME` puts one of benchmarks/filter_cost.py's filters ahead of the router (with the request headers
 wrk sends there): the filter's own Python per request, free of the machine's noise. Only the GET variants whose
 filter needs nothing outside the connection manager run here (UNSUPPORTED lists the others: side calls,
@@ -35,6 +39,7 @@ from typing import Any, Callable
 import pytest
 
 import filter_cost
+from pylon import compiled
 from pylon.proxy import hcm as hcm_module
 from pylon.proxy.access_log import AccessLogWriter
 from pylon.proxy.stream import Stream
@@ -158,6 +163,7 @@ def main() -> None:
         one()
     micros = cpu_per_request(one, args.batches)
     codes, frames, per_function = bytecodes(one)
+    print(compiled.summary())
     print(f"{micros:.2f} µs CPU/request (best of {args.batches} x 1,000), {codes:.0f} bytecodes, "
           f"{frames:.1f} Python frames, {calls(one):.1f} calls per request")
     for name, count in per_function.most_common(args.top):

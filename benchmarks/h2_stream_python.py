@@ -8,6 +8,9 @@ the pool opened get nginx's 100-byte answer, the client's frames are taken. Per 
 `Stream`, routing, the pool, the HTTP/1.1 encoder and decoder, the response's frames. Not in it: the kernel's reads
 and writes, uvloop, and the worker's deadline ticks. Process CPU time per request, the best of several runs.
 
+The hot modules run as `pylon.compiled` loads them (their Cython builds when built; `PYLON_PURE_PYTHON=1` for the
+interpreted baseline); the output says which.
+
 Usage: PYTHONPATH=src:. python benchmarks/h2_stream_python.py [--runs 5] [--rounds 500]
 (from the tree to measure: it uses that tree's tests/proxy rig.) Prints one line; writes nothing.
 """
@@ -20,6 +23,7 @@ import time
 
 import pytest
 
+from pylon import compiled
 from pylon.proxy.h2_connection import H2Runtime, Http2Connection
 from pylon.stats.store import StatsStore
 from tests.proxy.http.h2_helpers import (DATA, END_HEADERS, END_STREAM, GET_BLOCK, HEADERS, WINDOW_UPDATE,
@@ -79,6 +83,7 @@ def main() -> int:
         for _ in range(args.rounds):
             bench.round()
         runs.append((time.process_time() - start) / (args.rounds * STREAMS) * 1e6)
+    print(compiled.summary())
     print(f"{min(runs):.2f} us of Python CPU per stream (best of {len(runs)}: {', '.join(f'{r:.2f}' for r in runs)})")
     return 0
 

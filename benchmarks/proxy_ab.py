@@ -9,7 +9,9 @@ recorded to show it was not the limit.
 
 `--baseline-python PATH` runs the baseline side on another interpreter (a virtualenv's python with pylon's
 dependencies), e.g. `--baseline HEAD --baseline-python OTHER/bin/python` compares two builds of CPython running
-the same code.
+the same code. `--baseline-env NAME=VALUE` sets the baseline side's environment, e.g. `--baseline HEAD
+--baseline-env PYLON_PURE_PYTHON=1` compares the compiled hot modules with the interpreted ones (pylon.compiled).
+Each side runs its own tree's builds of the hot modules (the baseline's are compiled into its worktree).
 
 Usage: python benchmarks/proxy_ab.py --baseline REV [--baseline-python PATH] [--reps 5] [--duration 6]
 [--variants plain json-log]
@@ -44,9 +46,11 @@ CONNECTIONS = 50
 
 
 @contextlib.contextmanager
-def baseline_tree(rev: str) -> Any:
+def baseline_tree(rev: str, python: str) -> Any:
     """`rev` checked out in a temporary worktree, with this tree's built native modules (the key hook, the HTTP/2
-    codec's binding: git holds their sources, not the builds); removed afterwards."""
+    codec's binding: git holds their sources, not the builds) and its own builds of the hot modules (this tree's
+    are copied first: a build is used only for the source it was made from, so only what differs is compiled);
+    removed afterwards."""
     path = Path(tempfile.mkdtemp(prefix="pylon-ab-"))
     subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(path), rev], check=True)
     try:
@@ -54,15 +58,29 @@ def baseline_tree(rev: str) -> Any:
             target = path / built.relative_to(ROOT)
             if target.parent.is_dir():  # revisions older than a native module have nothing to load it
                 shutil.copy2(built, target)
+        compiled = path / "src" / "pylon" / "compiled"
+        if compiled.is_dir():  # revisions before pylon.compiled run interpreted
+            shutil.copytree(ROOT / "src" / "pylon" / "compiled" / "builds", compiled / "builds", dirs_exist_ok=True)
+            subprocess.run([python, "-m", "pylon.compiled", "build"], check=True,
+                           env={**os.environ, "PYTHONPATH": str(path / "src")})
         yield path
     finally:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(path)], check=False)
 
 
-def start_proxy(python: str, tree: Path, config: Path, port: int, admin: int, log: Path) -> Running:
-    env = {**os.environ, "PYTHONPATH": str(tree / "src")}
+def start_proxy(python: str, tree: Path, config: Path, port: int, admin: int, log: Path,
+                extra_env: dict[str, str] | None = None) -> Running:
+    env = {**os.environ, "PYTHONPATH": str(tree / "src"), **(extra_env or {})}
     args = [python, "-m", "pylon.cli", "proxy", "-c", str(config), "--concurrency", "1", "-l", "warning"]
     return start_process(f"pylon ({tree})", args, port=port, admin_port=admin, log_path=log, env=env)
+
+
+def hot_modules(python: str, tree: Path, env: dict[str, str]) -> str:
+    """How `tree`'s proxy loads its hot modules under `env` (pylon.compiled; older trees have no builds)."""
+    probe = ("from pylon.bench.host import compiled_modules; print(compiled_modules())")
+    done = subprocess.run([python, "-c", probe], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(tree / "src"), **env})
+    return done.stdout.strip() if done.returncode == 0 else "interpreted (no pylon.compiled)"
 
 
 def interpreter(python: str) -> str:
@@ -80,6 +98,8 @@ def main() -> None:
     parser.add_argument("--baseline", required=True, help="git revision to compare with (e.g. HEAD~3)")
     parser.add_argument("--baseline-python", default=sys.executable,
                         help="interpreter of the baseline side (default: this one)")
+    parser.add_argument("--baseline-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="environment of the baseline side (e.g. PYLON_PURE_PYTHON=1)")
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--duration", type=float, default=6.0)
     parser.add_argument("--variants", nargs="+", default=["plain", "json-log"], choices=sorted(TEMPLATE_OF))
@@ -93,8 +113,10 @@ def main() -> None:
     with contextlib.ExitStack() as stack, tempfile.TemporaryDirectory(prefix="pylon-ab-work-") as tmp:
         work = Path(tmp)
         pki = make_test_pki(work / "pki")
-        trees = {"this": ROOT, "baseline": stack.enter_context(baseline_tree(rev))}
+        trees = {"this": ROOT, "baseline": stack.enter_context(baseline_tree(rev, args.baseline_python))}
         pythons = {"this": sys.executable, "baseline": args.baseline_python}
+        envs = {"this": {}, "baseline": dict(pair.split("=", 1) for pair in args.baseline_env)}
+        modules = {side: hot_modules(pythons[side], tree, envs[side]) for side, tree in trees.items()}
         upstream_port = free_port()
         nginx = stack.enter_context(start_nginx(upstream_port))
         proxies: dict[tuple[str, str], Running] = {}
@@ -107,7 +129,8 @@ def main() -> None:
                     "server_cert": pki.server_ecdsa.cert, "server_key": pki.server_ecdsa.key,
                     "ca_cert": pki.ca.cert}))
                 proxies[variant, side] = stack.enter_context(
-                    start_proxy(pythons[side], tree, config, listen, admin, work / f"{variant}-{side}.log"))
+                    start_proxy(pythons[side], tree, config, listen, admin, work / f"{variant}-{side}.log",
+                                envs[side]))
         for rep in range(args.reps):
             for variant in args.variants:
                 order = ("this", "baseline") if rep % 2 == 0 else ("baseline", "this")
@@ -138,7 +161,8 @@ def main() -> None:
             entry[side]["errors"] = sum(r["errors"] for r in rows)
         entry["ratio"] = entry["this"]["req_per_proxy_cpu_s"] / entry["baseline"]["req_per_proxy_cpu_s"]
         summary[variant] = entry
-    meta = {"this": head, "baseline": rev, "this_python": interpreter(sys.executable),
+    meta = {"this": head, "baseline": rev, "baseline_env": args.baseline_env, "hot_modules": modules,
+            "this_python": interpreter(sys.executable),
             "baseline_python": interpreter(args.baseline_python), "reps": args.reps, "duration_s": args.duration,
             "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpus": os.cpu_count(),
             "host": host_facts()}
@@ -147,7 +171,9 @@ def main() -> None:
     lines = [f"# pylon {head} vs pylon {rev}", "",
              f"{args.reps} interleaved repetitions x {args.duration:g} s, `wrk -t1 -c{CONNECTIONS}` keep-alive, both "
              f"`--concurrency 1`, one 1-worker nginx upstream; medians; {meta['cpus']} CPUs. Run at {meta['started']}.",
-             "", f"Interpreters: this {meta['this_python']}; baseline {meta['baseline_python']}.",
+             "", f"Interpreters: this {meta['this_python']}; baseline {meta['baseline_python']}"
+             + (f", with {' '.join(args.baseline_env)}." if args.baseline_env else "."),
+             "", f"Hot modules (pylon.compiled): this {modules['this']}; baseline {modules['baseline']}.",
              "", f"Host: {describe(meta['host'])}.",
              "", "Worker side threads: CPU per request of the worker's threads other than its event loop (the access-log "
              "writer), included in the proxy's CPU.",

@@ -7,7 +7,7 @@
 # HTTP/2 upstream for the upstream HTTP/2 tests), and softhsm2 + opensc for PKCS#11 tokens
 # (workload and CA keys kept in a token; the tests make their own tokens in temp dirs, never the system's).
 # redis-server: the upstream of the redis_proxy tests (started on a free port per test, nothing saved).
-# Python: a virtualenv in .venv with pylon installed editable, plus test and bench extras, made from Debian's
+# Python: a virtualenv in .venv with pylon installed editable, plus test, bench and compile extras, made from Debian's
 # CPython 3.11 (python3.11, -venv for the venv module, -dev for the headers the cffi modules build against). Debian
 # builds it with PGO and LTO and links libpython into the executable; a plain source build (what pyenv makes by
 # default: no PGO/LTO, a shared libpython) runs pylon's Python ~11% slower (benchmarks/h1_request_cost.py), and the
@@ -48,6 +48,9 @@ want=$(cat pyproject.toml setup.py src/pylon/keys/_build.py src/pylon/keys/keyho
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "bootstrap: installing pylon and its dependencies into .venv"
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e '.[test,bench]'
+  .venv/bin/python -m pip install -q -e '.[test,bench,compile]'
   echo "$want" > "$stamp"
 fi
+# The data path's hot modules compiled by Cython from their current source (src/pylon/compiled); only what has no
+# build yet is compiled (about a minute for all of them), and an edited module runs interpreted until then.
+.venv/bin/python -m pylon.compiled build

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import platform
 
+import pytest
+
 from pylon.bench.host import cpu_model, describe, host_facts
 
 
@@ -23,3 +25,11 @@ def test_the_report_line_names_every_fact() -> None:
     assert line == ("2 CPUs (AMD EPYC under KVM), Linux 6.1.0, Python 3.11.2; a getppid() call 170 ns, "
                     "a Python loop step 16.4 ns")
     assert "under" not in describe({**facts, "hypervisor": ""})
+
+
+def test_the_report_says_how_pylons_hot_modules_ran(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ratio measured with the hot modules interpreted is not one measured compiled (pylon.compiled)."""
+    monkeypatch.setenv("PYLON_PURE_PYTHON", "1")
+    facts = host_facts(count=1_000)
+    assert facts["pylon_hot_modules"] == "interpreted: python (PYLON_PURE_PYTHON is set)"
+    assert describe(facts).endswith("; pylon's hot modules interpreted: python (PYLON_PURE_PYTHON is set)")

@@ -409,12 +409,13 @@ def test_a_header_sent_once_is_matched_without_allocating():
             if name == b"x-test":
                 pass
 
-    # The same as a bare scan: no list of values, no joined bytes, nothing kept. tracemalloc counts every thread's
+    # No more than a bare scan: no list of values, no joined bytes, nothing kept (compiled, pylon.compiled, the
+    # matcher's own pass allocates less than the interpreted scan's iterator). tracemalloc counts every thread's
     # allocations, and daemon threads of earlier tests (servers, exporters) may allocate during one measurement:
     # twenty short tries, of which one must match exactly (a matcher that allocates never does; five were not
     # enough once the suite's gRPC servers added threads).
     tries = [(allocated([hm.matches_headers for hm in matchers] * 1000), allocated([scan] * 3000)) for _ in range(20)]
-    assert any(ours == floor for ours, floor in tries), tries
+    assert any(ours[0] == floor[0] == 0 and ours[1] <= floor[1] for ours, floor in tries), tries
 
 
 def test_all_header_matchers_must_match():

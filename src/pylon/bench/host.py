@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from pylon import compiled
+
 
 def cpu_model() -> str:
     """The CPU's model name as /proc/cpuinfo gives it (a VM may show a generic one), else the architecture."""
@@ -59,16 +61,26 @@ def _python_steps(count: int) -> None:
         total += i
 
 
+def compiled_modules() -> str:
+    """How the pylon processes a benchmark starts from this tree load the hot modules (pylon.compiled): "23 of 23
+    compiled", or how many run interpreted."""
+    states = compiled.status()
+    done = sum(state == "compiled" for state in states.values())
+    return f"{done} of {len(states)} compiled" if done else f"interpreted: {next(iter(states.values()))}"
+
+
 def host_facts(count: int = 200_000) -> dict[str, Any]:
     """CPUs, model, kernel, hypervisor, Python, and ns per system call and per Python loop step (a loop step is
-    part of the system call's figure: compare hosts by both)."""
+    part of the system call's figure: compare hosts by both); and whether pylon's hot modules run compiled."""
     return {"cpus": os.cpu_count(), "cpu_model": cpu_model(), "kernel": platform.release(),
             "hypervisor": _hypervisor(), "python": platform.python_version(),
-            "syscall_ns": round(_best_ns(_syscalls, count)), "python_step_ns": round(_best_ns(_python_steps, count), 1)}
+            "syscall_ns": round(_best_ns(_syscalls, count)), "python_step_ns": round(_best_ns(_python_steps, count), 1),
+            "pylon_hot_modules": compiled_modules()}
 
 
 def describe(facts: dict[str, Any]) -> str:
     """One line for a report."""
     under = f" under {facts['hypervisor']}" if facts["hypervisor"] else ""
     return (f"{facts['cpus']} CPUs ({facts['cpu_model']}{under}), Linux {facts['kernel']}, Python {facts['python']}; "
-            f"a getppid() call {facts['syscall_ns']} ns, a Python loop step {facts['python_step_ns']} ns")
+            f"a getppid() call {facts['syscall_ns']} ns, a Python loop step {facts['python_step_ns']} ns"
+            + (f"; pylon's hot modules {facts['pylon_hot_modules']}" if "pylon_hot_modules" in facts else ""))

@@ -27,7 +27,7 @@ from typing import Any
 
 import uvloop
 
-from pylon import __version__
+from pylon import __version__, compiled
 from pylon.config.errors import ConfigError
 from pylon.config.loader import CONFIG_YAML_SOURCE, bootstrap_to_dict, load_bootstrap
 from pylon.proxy import control
@@ -141,6 +141,8 @@ class Supervisor:
         await self.xds.wait_initialized()
         if self.overload is not None:
             self.overload.measure([])  # as Envoy's, the actions are in force before the first connection
+        speed = compiled.summary()  # the workers import the same builds (pylon.compiled)
+        (log.info if compiled.data_path_compiled() else log.warning)("%s", speed)
         for worker_id in range(self.options.concurrency):
             try:
                 self.workers[worker_id] = await self._spawn(worker_id)

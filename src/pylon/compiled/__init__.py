@@ -1,0 +1,150 @@
+"""The data path's hot modules, compiled by Cython from their unchanged Python source, loaded only when built from
+the source that is there now.
+
+Per proxied request pylon runs some 3,500 bytecodes of its own Python (benchmarks/h1_request_cost.py): stream,
+connection manager, codecs, pool, router. Cython translates those same `.py` files into C extension modules, with
+no `.pyx`, no C types and no code of their own: the interpreter's dispatch, frames and argument passing go away,
+the semantics stay Python's (annotations are not read as C types, no types are inferred). The source stays the
+only truth; the builds are an acceleration with the interpreted modules as its baseline and fallback.
+
+A build is named after the SHA-256 of the source it came from (`compiled/builds/pylon.proxy.stream.<hash>.<suffix>`), and
+the finder here loads it only while the `.py` beside it has that hash. An edited module therefore runs as Python
+until it is built again, never as a stale build. `PYLON_PURE_PYTHON=1` runs every module as Python.
+
+    python -m pylon.compiled build    # compile what is missing (scripts/bootstrap.sh runs it; build.py)
+    python -m pylon.compiled status   # which modules run compiled
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.abc
+import importlib.machinery
+import os
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Sequence
+
+#: the modules of the per-request path, HTTP/1.1, HTTP/2 and TLS (benchmarks/h1_request_cost.py and
+#: h2_stream_python.py name where the time goes)
+MODULES = (
+    "pylon.proxy.stream",
+    "pylon.proxy.hcm",
+    "pylon.proxy.http.h1_server",
+    "pylon.proxy.http.h1_client",
+    "pylon.proxy.http.h2_server",
+    "pylon.proxy.http.h2_session",
+    "pylon.proxy.h2_connection",
+    "pylon.proxy.upstream.pool",
+    "pylon.proxy.upstream.pool_base",
+    "pylon.proxy.upstream.pool_registry",
+    "pylon.proxy.upstream.cluster",
+    "pylon.proxy.upstream.host",
+    "pylon.proxy.upstream.lb",
+    "pylon.proxy.upstream.circuit",
+    "pylon.proxy.write_batch",
+    "pylon.proxy.fairness",
+    "pylon.proxy.deadlines",
+    "pylon.proxy.router",
+    "pylon.proxy.headers",
+    "pylon.proxy.request_ids",
+    "pylon.proxy.access_log",
+    "pylon.proxy.tls_transport",
+    "pylon.stats.store",
+)
+PURE_ENV = "PYLON_PURE_PYTHON"
+SUFFIX = importlib.machinery.EXTENSION_SUFFIXES[0]
+
+
+class Builds:
+    """Modules under `source_root` and their builds in `build_dir`, each named after the hash of its source."""
+
+    def __init__(self, modules: Sequence[str], source_root: Path, build_dir: Path) -> None:
+        self.modules = tuple(modules)
+        self.source_root = source_root
+        self.build_dir = build_dir
+
+    def source_path(self, name: str) -> Path:
+        return self.source_root.joinpath(*name.split(".")).with_suffix(".py")
+
+    def build_path(self, name: str, source: bytes) -> Path:
+        """Where the build of `name` from exactly `source` lives."""
+        return self.build_dir / f"{name}.{hashlib.sha256(source).hexdigest()[:16]}{SUFFIX}"
+
+    def current_build(self, name: str) -> Path | None:
+        """The build of `name`'s source as it is now, if there is one."""
+        try:
+            built = self.build_path(name, self.source_path(name).read_bytes())
+        except OSError:
+            return None
+        return built if built.is_file() else None
+
+
+#: pylon's own
+PYLON = Builds(MODULES, Path(__file__).resolve().parent.parent.parent, Path(__file__).resolve().parent / "builds")
+
+
+def pure_python() -> bool:
+    return os.environ.get(PURE_ENV, "") not in ("", "0")
+
+
+class CompiledFinder(importlib.abc.MetaPathFinder):
+    """Finds the build of a listed module made from its current source; otherwise leaves the import to the normal
+    finders (the `.py`)."""
+
+    def __init__(self, builds: Builds) -> None:
+        self.builds = builds
+
+    def find_spec(self, fullname: str, path: Sequence[str] | None = None,
+                  target: ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
+        if fullname not in self.builds.modules:
+            return None
+        built = self.builds.current_build(fullname)
+        if built is None:
+            return None
+        loader = importlib.machinery.ExtensionFileLoader(fullname, str(built))
+        return importlib.machinery.ModuleSpec(fullname, loader, origin=str(built))
+
+
+def install(builds: Builds = PYLON) -> None:
+    """Put a finder for `builds` first on `sys.meta_path` (once), unless PYLON_PURE_PYTHON is set."""
+    if pure_python() or any(isinstance(f, CompiledFinder) and f.builds is builds for f in sys.meta_path):
+        return
+    sys.meta_path.insert(0, CompiledFinder(builds))
+
+
+def is_compiled(module: ModuleType) -> bool:
+    return isinstance(getattr(module.__spec__, "loader", None), importlib.machinery.ExtensionFileLoader)
+
+
+def status(builds: Builds = PYLON) -> dict[str, str]:
+    """Each listed module: "compiled", or why it runs as Python (as a fresh import would load it)."""
+    states = {}
+    for name in builds.modules:
+        if pure_python():
+            states[name] = f"python ({PURE_ENV} is set)"
+        elif builds.current_build(name) is not None:
+            states[name] = "compiled"
+        else:
+            states[name] = "python (no build of its current source: python -m pylon.compiled build)"
+    return states
+
+
+def _loaded() -> list[ModuleType]:
+    return [sys.modules[name] for name in PYLON.modules if name in sys.modules]
+
+
+def data_path_compiled() -> bool:
+    """Whether every listed module this process has imported runs compiled."""
+    return all(is_compiled(module) for module in _loaded())
+
+
+def summary() -> str:
+    """One line for a process's start: how many of the listed modules it loaded compiled."""
+    loaded = _loaded()
+    compiled = sum(is_compiled(module) for module in loaded)
+    if compiled == len(loaded):
+        return f"data path compiled ({compiled} modules, pylon.compiled)"
+    why = f"{PURE_ENV} is set" if pure_python() else "run `python -m pylon.compiled build`"
+    return f"data path partly interpreted: {compiled} of {len(loaded)} hot modules compiled ({why})"

@@ -1,0 +1,154 @@
+"""pylon.compiled: a build loads only while its source is unchanged, compiled code keeps Python's semantics, and
+PYLON_PURE_PYTHON runs everything interpreted.
+
+The modules here are tiny ones of a package made in a temporary directory, compiled by the real build (Cython and
+the C compiler), so nothing of pylon's own builds is touched."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Iterator
+
+import pytest
+
+from pylon import compiled
+from pylon.compiled import Builds, CompiledFinder, is_compiled
+from pylon.compiled.build import build
+
+#: what an annotation read as a C type, or an inferred variable type, would change: Cython's defaults refuse a list
+#: subclass for `items: list` and a bytes slice into an inferred bytearray; Python takes both
+SEMANTICS = '''
+class Items(list):
+    pass
+
+
+def count(items: list) -> int:
+    return len(items)
+
+
+def laid_out() -> bytes:
+    out = bytearray(4)
+    out[0::2] = b"ab"
+    return bytes(out)
+
+
+def subclass_count() -> int:
+    return count(Items([1, 2, 3]))
+'''
+
+
+def _package(root: Path, version: int) -> Builds:
+    package = root / "src" / "compiledpkg"
+    package.mkdir(parents=True, exist_ok=True)
+    (package / "__init__.py").write_text("")
+    (package / "plus.py").write_text(f"def plus(x):\n    return x + {version}\n")
+    (package / "semantics.py").write_text(SEMANTICS)
+    return Builds(("compiledpkg.plus", "compiledpkg.semantics"), root / "src", root / "builds")
+
+
+def _fresh_import(name: str) -> ModuleType:
+    for loaded in [n for n in sys.modules if n == "compiledpkg" or n.startswith("compiledpkg.")]:
+        del sys.modules[loaded]
+    importlib.invalidate_caches()
+    return importlib.import_module(name)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Builds:
+    builds = _package(tmp_path_factory.mktemp("compiled"), 1)
+    assert sorted(build(builds)) == ["compiledpkg.plus", "compiledpkg.semantics"]
+    return builds
+
+
+@pytest.fixture
+def finder(built: Builds, monkeypatch: pytest.MonkeyPatch) -> Iterator[CompiledFinder]:
+    monkeypatch.syspath_prepend(str(built.source_root))
+    finder = CompiledFinder(built)
+    monkeypatch.setattr(sys, "meta_path", [finder, *sys.meta_path])
+    yield finder
+    for loaded in [n for n in sys.modules if n == "compiledpkg" or n.startswith("compiledpkg.")]:
+        del sys.modules[loaded]
+
+
+def test_the_build_of_the_current_source_is_what_loads(finder: CompiledFinder) -> None:
+    module = _fresh_import("compiledpkg.plus")
+    assert is_compiled(module)
+    assert Path(module.__file__).parent == finder.builds.build_dir
+    assert module.plus(1) == 2
+
+
+def test_compiled_code_keeps_pythons_semantics(finder: CompiledFinder) -> None:
+    module = _fresh_import("compiledpkg.semantics")
+    assert is_compiled(module)
+    assert module.subclass_count() == 3
+    assert module.laid_out() == b"a\x00b\x00"
+
+
+def test_an_edited_source_runs_interpreted_until_built_again(finder: CompiledFinder, tmp_path: Path) -> None:
+    builds = finder.builds
+    source = builds.source_path("compiledpkg.plus")
+    original = source.read_text()
+    try:
+        source.write_text(original.replace("x + 1", "x + 10"))
+        module = _fresh_import("compiledpkg.plus")
+        assert not is_compiled(module)  # the build of the old source is there, and is not used
+        assert module.plus(1) == 11
+        assert compiled.status(builds)["compiledpkg.plus"].startswith("python (no build")
+        assert build(builds) == ["compiledpkg.plus"]
+        assert len([p for p in builds.build_dir.iterdir() if p.name.startswith("compiledpkg.plus.")]) == 1
+        module = _fresh_import("compiledpkg.plus")
+        assert is_compiled(module) and module.plus(1) == 11
+    finally:
+        source.write_text(original)
+        build(builds)
+
+
+def test_pure_python_is_asked_for_by_the_environment(built: Builds, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "meta_path", [f for f in sys.meta_path if not isinstance(f, CompiledFinder)])
+    monkeypatch.setenv(compiled.PURE_ENV, "1")
+    compiled.install(built)
+    assert not any(isinstance(f, CompiledFinder) for f in sys.meta_path)
+    assert set(compiled.status(built).values()) == {"python (PYLON_PURE_PYTHON is set)"}
+    monkeypatch.setenv(compiled.PURE_ENV, "0")
+    compiled.install(built)
+    compiled.install(built)
+    assert [f.builds for f in sys.meta_path if isinstance(f, CompiledFinder)] == [built]
+    assert set(compiled.status(built).values()) == {"compiled"}
+
+
+def test_every_listed_module_exists() -> None:
+    for name in compiled.MODULES:
+        assert compiled.PYLON.source_path(name).is_file(), name
+
+
+def test_without_cython_the_build_says_what_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    builds = _package(tmp_path, 1)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(SystemExit, match=r"Cython is not installed \(pip install 'cython>=3.0.11'"):
+        build(builds)
+
+
+def test_this_run_tests_the_builds_of_the_current_sources() -> None:
+    """scripts/test.sh builds first, so the suite exercises the compiled data path that `pylon proxy` runs."""
+    if compiled.pure_python():
+        pytest.skip("PYLON_PURE_PYTHON is set: this run tests the interpreted modules")
+    stale = {name: state for name, state in compiled.status().items() if state != "compiled"}
+    assert not stale, f"run `python -m pylon.compiled build` (scripts/bootstrap.sh does): {stale}"
+
+
+def test_the_interpreted_data_path_passes_the_sans_io_tests() -> None:
+    """The fallback is the same source run by the interpreter: the codec and stream tests pass on it too."""
+    root = Path(__file__).resolve().parents[2]
+    tests = ["tests/proxy/test_stream_states.py", "tests/proxy/http/test_h1_server.py",
+             "tests/proxy/http/test_h1_client.py", "tests/proxy/http/test_h2_session.py"]
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0", *tests],
+                          cwd=root, env={**os.environ, compiled.PURE_ENV: "1"}, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert " passed" in done.stdout.splitlines()[-1]
