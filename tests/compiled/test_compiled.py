@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -152,3 +153,12 @@ def test_the_interpreted_data_path_passes_the_sans_io_tests() -> None:
                           timeout=300)
     assert done.returncode == 0, done.stdout[-3000:]
     assert " passed" in done.stdout.splitlines()[-1]
+
+
+def test_no_listed_module_is_started_with_python_dash_m() -> None:
+    """runpy runs a module's source: a compiled module named to `python -m` would not start."""
+    root = Path(compiled.__file__).resolve().parents[1]
+    started = {match for path in root.rglob("*.py")
+               for match in re.findall(r'"-m", "(pylon[a-z_.]*)"', path.read_text())}
+    assert "pylon.proxy.worker" in started  # the pattern finds what the supervisor starts
+    assert not started & set(compiled.MODULES)

@@ -27,7 +27,8 @@ from types import ModuleType
 from typing import Sequence
 
 #: the modules of the per-request path, HTTP/1.1, HTTP/2 and TLS (benchmarks/h1_request_cost.py and
-#: h2_stream_python.py name where the time goes)
+#: h2_stream_python.py name where the time goes), and of accepting a connection (py-spy on a worker serving new TLS
+#: connections). Never a module run as `python -m` (runpy runs only source): pylon.proxy.worker stays interpreted.
 MODULES = (
     "pylon.proxy.stream",
     "pylon.proxy.hcm",
@@ -51,6 +52,14 @@ MODULES = (
     "pylon.proxy.request_ids",
     "pylon.proxy.access_log",
     "pylon.proxy.tls_transport",
+    "pylon.proxy.tls_stats",
+    "pylon.proxy.codec_select",
+    "pylon.proxy.listener",
+    "pylon.proxy.watermarks",
+    "pylon.proxy.connection_info",
+    "pylon.proxy.downstream_connections",
+    "pylon.proxy.balance.adopt",
+    "pylon.proxy.balance.acceptor",
     "pylon.stats.store",
 )
 PURE_ENV = "PYLON_PURE_PYTHON"
