@@ -109,6 +109,9 @@ def main() -> None:
                          capture_output=True, text=True).stdout.strip()
     head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], check=True,
                           capture_output=True, text=True).stdout.strip()
+    if subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"], check=True,
+                      capture_output=True, text=True).stdout.strip():
+        head += "+uncommitted"  # this side runs the working tree, not HEAD
     runs: list[dict[str, Any]] = []
     with contextlib.ExitStack() as stack, tempfile.TemporaryDirectory(prefix="pylon-ab-work-") as tmp:
         work = Path(tmp)

@@ -44,13 +44,35 @@ def subclass_count() -> int:
 '''
 
 
+#: a class made an extension type by the .pxd beside it, as proxy/stream.pxd makes Stream: `n` a C field, `state`
+#: left to the instance dictionary
+COUNTER = '''
+class Counter:
+    __slots__ = ("n", "state")
+
+    def __init__(self):
+        self.n = 0
+        self.state = 0
+
+    def bump(self):
+        self.n += 1
+        self.state += 1
+'''
+COUNTER_PXD = "cdef class Counter:\n    cdef dict __dict__\n    cdef public object n\n"
+
+
 def _package(root: Path, version: int) -> Builds:
     package = root / "src" / "compiledpkg"
     package.mkdir(parents=True, exist_ok=True)
     (package / "__init__.py").write_text("")
     (package / "plus.py").write_text(f"def plus(x):\n    return x + {version}\n")
     (package / "semantics.py").write_text(SEMANTICS)
-    return Builds(("compiledpkg.plus", "compiledpkg.semantics"), root / "src", root / "builds")
+    (package / "counter.py").write_text(COUNTER)
+    (package / "counter.pxd").write_text(COUNTER_PXD)
+    return Builds(("compiledpkg.plus", "compiledpkg.semantics", "compiledpkg.counter"), root / "src", root / "builds")
+
+
+HEAP_TYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: a class statement's type, not an extension type
 
 
 def _fresh_import(name: str) -> ModuleType:
@@ -63,7 +85,7 @@ def _fresh_import(name: str) -> ModuleType:
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Builds:
     builds = _package(tmp_path_factory.mktemp("compiled"), 1)
-    assert sorted(build(builds)) == ["compiledpkg.plus", "compiledpkg.semantics"]
+    assert sorted(build(builds)) == ["compiledpkg.counter", "compiledpkg.plus", "compiledpkg.semantics"]
     return builds
 
 
@@ -108,6 +130,48 @@ def test_an_edited_source_runs_interpreted_until_built_again(finder: CompiledFin
     finally:
         source.write_text(original)
         build(builds)
+
+
+def test_a_pxd_makes_an_extension_type_whose_undeclared_attributes_pass_setattr(finder: CompiledFinder) -> None:
+    """What proxy/stream.pxd relies on: declared attributes are C fields (stores skip __setattr__), the others go
+    through __setattr__, so a checking subclass still sees those."""
+    module = _fresh_import("compiledpkg.counter")
+    assert is_compiled(module) and not module.Counter.__flags__ & HEAP_TYPE
+
+    class Seen(module.Counter):
+        def __setattr__(self, name: str, value: object) -> None:
+            stored.append(name)
+            super().__setattr__(name, value)
+
+    stored: list[str] = []
+    counter = Seen()
+    counter.bump()
+    assert (counter.n, counter.state) == (1, 1)
+    assert stored == ["state", "state"]
+
+
+def test_editing_a_pxd_needs_a_new_build(finder: CompiledFinder) -> None:
+    builds = finder.builds
+    declarations = builds.source_path("compiledpkg.counter").with_suffix(".pxd")
+    before = builds.build_path("compiledpkg.counter")
+    try:
+        declarations.write_text(COUNTER_PXD.replace("cdef public object n", "cdef public object n, state"))
+        assert builds.build_path("compiledpkg.counter") != before
+        assert not is_compiled(_fresh_import("compiledpkg.counter"))
+    finally:
+        declarations.write_text(COUNTER_PXD)
+    assert builds.build_path("compiledpkg.counter") == before
+
+
+def test_stream_pxd_declares_every_slot_but_the_state_machines() -> None:
+    """proxy/stream.pxd in step with Stream.__slots__: a slot it lacks would live in the instance dictionary (slower,
+    still correct); the three state attributes must stay there for stream_states.checked."""
+    from pylon.proxy import stream, stream_states
+    pxd = compiled.PYLON.source_path("pylon.proxy.stream").with_suffix(".pxd").read_text()
+    declared = {name for line in pxd.splitlines() if "cdef public object" in line
+                for name in re.findall(r"\w+", line.split("cdef public object", 1)[1])}
+    assert declared == set(stream.Stream.__slots__) - set(stream_states.MACHINES)
+    assert set(stream_states.MACHINES) == {"rq_state", "up_state", "rs_state"}
 
 
 def test_pure_python_is_asked_for_by_the_environment(built: Builds, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -67,7 +67,9 @@ SUFFIX = importlib.machinery.EXTENSION_SUFFIXES[0]
 
 
 class Builds:
-    """Modules under `source_root` and their builds in `build_dir`, each named after the hash of its source."""
+    """Modules under `source_root` and their builds in `build_dir`, each named after the hash of its source: the
+    `.py`, and the `.pxd` beside it where there is one (Cython's declarations for the compiled module, e.g.
+    proxy/stream.pxd: they change the build, never the interpreted module)."""
 
     def __init__(self, modules: Sequence[str], source_root: Path, build_dir: Path) -> None:
         self.modules = tuple(modules)
@@ -77,14 +79,19 @@ class Builds:
     def source_path(self, name: str) -> Path:
         return self.source_root.joinpath(*name.split(".")).with_suffix(".py")
 
-    def build_path(self, name: str, source: bytes) -> Path:
-        """Where the build of `name` from exactly `source` lives."""
-        return self.build_dir / f"{name}.{hashlib.sha256(source).hexdigest()[:16]}{SUFFIX}"
+    def build_path(self, name: str) -> Path:
+        """Where the build of `name`'s source as it is now lives (OSError: no source)."""
+        source = self.source_path(name)
+        digest = hashlib.sha256(source.read_bytes())
+        declarations = source.with_suffix(".pxd")
+        if declarations.is_file():
+            digest.update(declarations.read_bytes())
+        return self.build_dir / f"{name}.{digest.hexdigest()[:16]}{SUFFIX}"
 
     def current_build(self, name: str) -> Path | None:
         """The build of `name`'s source as it is now, if there is one."""
         try:
-            built = self.build_path(name, self.source_path(name).read_bytes())
+            built = self.build_path(name)
         except OSError:
             return None
         return built if built.is_file() else None

@@ -24,7 +24,7 @@ DIRECTIVES = "annotation_typing=False,infer_types=False"
 def _compile(builds: Builds, name: str, work: Path) -> Path:
     """Cython, then the C compiler with the flags this interpreter's extensions are built with."""
     source_path = builds.source_path(name)
-    target = builds.build_path(name, source_path.read_bytes())
+    target = builds.build_path(name)
     c_file = work / f"{name}.c"
     subprocess.run([sys.executable, "-m", "cython", "-3", "-X", DIRECTIVES, "--module-name", name,
                     "-o", str(c_file), str(source_path)], check=True, capture_output=True, text=True)
@@ -33,7 +33,7 @@ def _compile(builds: Builds, name: str, work: Path) -> Path:
     subprocess.run([*shlex.split(config("CC")), *shlex.split(config("CFLAGS")), *shlex.split(config("CCSHARED")),
                     "-w", "-I", sysconfig.get_paths()["include"], "-c", str(c_file), "-o", str(object_file)],
                    check=True, capture_output=True, text=True)
-    partial = target.with_suffix(".partial")
+    partial = target.with_name(f"{target.name}.{os.getpid()}.partial")  # its own, should two builds run at once
     subprocess.run([*shlex.split(config("LDSHARED")), str(object_file), "-o", str(partial)],
                    check=True, capture_output=True, text=True)
     partial.rename(target)  # whole or not at all: the finder never sees half a file
@@ -44,7 +44,7 @@ def build(builds: Builds = PYLON, jobs: int | None = None) -> list[str]:
     """Compile every listed module whose current source has no build; remove builds of older sources. Returns the
     names compiled."""
     builds.build_dir.mkdir(parents=True, exist_ok=True)
-    wanted = {name: builds.build_path(name, builds.source_path(name).read_bytes()) for name in builds.modules}
+    wanted = {name: builds.build_path(name) for name in builds.modules}
     for old in builds.build_dir.iterdir():
         if old not in wanted.values():
             old.unlink()

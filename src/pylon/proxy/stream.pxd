@@ -1,0 +1,20 @@
+# Cython's view of stream.py (pylon.compiled): compiled, Stream is an extension type whose attributes are C fields,
+# read and written without a dictionary or descriptor look-up. Every name of Stream.__slots__ but the three state
+# machines is declared here (tests/compiled checks it); those three stay in the instance dictionary so that
+# stream_states.checked's __setattr__ sees every transition. Interpreted runs never read this file.
+
+cdef class Stream:
+    cdef dict __dict__
+    cdef public object conn, hcm, url, headers, method, is_head, http10, keep_alive, upgrade, req_chunked
+    cdef public object req_length, started, body_buffer, waiting_body, body_size, route, cluster, host, pool
+    cdef public object upstream, request_encoder, up_out, encoder, close_after, local_reply, status, flags, details
+    cdef public object retries_left, retry_held, deadline, try_deadline, upstream_deadline, bytes_received
+    cdef public object bytes_sent, start, last_activity, attempt_start, first_byte, authority, path, pending_local
+    cdef public object transport_failure, request_id, last_host, xff, response_ops, paused_downstream
+    cdef public object paused_upstream, resp_headers, stale_retried, timeout, attempts, tried_hosts, retry_priority
+    cdef public object resume, filter_index, filter_timer, finish_callbacks, header_edits, upgrade_accepted
+    cdef public object client_rest, tunnel_upstream, upstream_local, buffering_request, held_response, response_body
+    cdef public object set_cookie, override_host, request_data_filters, response_data_filters, req_trailers
+    cdef public object resp_trailers, span, body_watch, shadows, health_check, duration_deadline, arrived_grpc
+    cdef public object decoder_limit, filtered_request, dynamic_metadata, typed_dynamic_metadata, header_case
+    cdef public object resp_header_case, chain, request_pacer, response_pacer
