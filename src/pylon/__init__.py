@@ -4,5 +4,5 @@ from pylon import compiled
 
 __version__ = "0.1.0"
 
-# The data path's hot modules load from their Cython builds when built from the current source (compiled.py).
+# The data path's hot modules load from their Cython builds when built from the current source (pylon/compiled).
 compiled.install()

@@ -3,13 +3,15 @@ the source that is there now.
 
 Per proxied request pylon runs some 3,500 bytecodes of its own Python (benchmarks/h1_request_cost.py): stream,
 connection manager, codecs, pool, router. Cython translates those same `.py` files into C extension modules, with
-no `.pyx`, no C types and no code of their own: the interpreter's dispatch, frames and argument passing go away,
-the semantics stay Python's (annotations are not read as C types, no types are inferred). The source stays the
-only truth; the builds are an acceleration with the interpreted modules as its baseline and fallback.
+no `.pyx` and no C types in the code (one declaration file, proxy/stream.pxd, makes the compiled Stream an
+extension type): the interpreter's dispatch, frames and argument passing go away, the semantics stay Python's
+(annotations are not read as C types, no types are inferred). The source stays the only truth; the builds are an
+acceleration with the interpreted modules as its baseline and fallback.
 
-A build is named after the SHA-256 of the source it came from (`compiled/builds/pylon.proxy.stream.<hash>.<suffix>`), and
-the finder here loads it only while the `.py` beside it has that hash. An edited module therefore runs as Python
-until it is built again, never as a stale build. `PYLON_PURE_PYTHON=1` runs every module as Python.
+A build is named after the SHA-256 of the source it came from, the `.py` and its `.pxd` if any
+(`compiled/builds/pylon.proxy.stream.<hash>.<suffix>`), and the finder here loads it only while the source has
+that hash. An edited module therefore runs as Python until it is built again, never as a stale build.
+`PYLON_PURE_PYTHON=1` runs every module as Python.
 
     python -m pylon.compiled build    # compile what is missing (scripts/bootstrap.sh runs it; build.py)
     python -m pylon.compiled status   # which modules run compiled
