@@ -163,15 +163,54 @@ def test_editing_a_pxd_needs_a_new_build(finder: CompiledFinder) -> None:
     assert builds.build_path("compiledpkg.counter") == before
 
 
-def test_stream_pxd_declares_every_slot_but_the_state_machines() -> None:
-    """proxy/stream.pxd in step with Stream.__slots__: a slot it lacks would live in the instance dictionary (slower,
-    still correct); the three state attributes must stay there for stream_states.checked."""
-    from pylon.proxy import stream, stream_states
-    pxd = compiled.PYLON.source_path("pylon.proxy.stream").with_suffix(".pxd").read_text()
-    declared = {name for line in pxd.splitlines() if "cdef public object" in line
-                for name in re.findall(r"\w+", line.split("cdef public object", 1)[1])}
-    assert declared == set(stream.Stream.__slots__) - set(stream_states.MACHINES)
+def _declared_fields(pxd: str) -> dict[str, set[str]]:
+    """Each `cdef class` of a .pxd and the names its `cdef public object` lines declare."""
+    fields: dict[str, set[str]] = {}
+    current: set[str] = set()
+    for line in pxd.splitlines():
+        if line.startswith("cdef class "):
+            current = fields.setdefault(re.match(r"cdef class (\w+)", line)[1], set())
+        elif "cdef public object" in line:
+            current.update(re.findall(r"\w+", line.split("cdef public object", 1)[1]))
+    return fields
+
+
+def test_every_pxd_declares_each_slot_of_its_classes() -> None:
+    """Each .pxd beside a listed module in step with its classes' own __slots__: a slot it lacks would live in the
+    instance dictionary (slower, still correct), a name it adds would be an attribute the source never sets. Stream's
+    three state attributes must stay in the dictionary, for stream_states.checked."""
+    from pylon.proxy import stream_states
+    kept_in_dict = {"pylon.proxy.stream.Stream": set(stream_states.MACHINES)}
     assert set(stream_states.MACHINES) == {"rq_state", "up_state", "rs_state"}
+    checked = []
+    for name in compiled.MODULES:
+        pxd = compiled.PYLON.source_path(name).with_suffix(".pxd")
+        if not pxd.is_file():
+            continue
+        module = importlib.import_module(name)
+        for class_name, declared in _declared_fields(pxd.read_text()).items():
+            cls = getattr(module, class_name)
+            slots = set(cls.__dict__["__slots__"]) - kept_in_dict.get(f"{name}.{class_name}", set())
+            assert declared == slots, f"{pxd.name}: {class_name}"
+            checked.append(f"{name}.{class_name}")
+    assert {"pylon.proxy.stream.Stream", "pylon.proxy.hcm.HttpConnection",
+            "pylon.proxy.http.h1_server.Http1RequestDecoder", "pylon.proxy.http.h1_client.Http1ResponseDecoder",
+            "pylon.proxy.http.h2_server.Http2ResponseEncoder", "pylon.proxy.upstream.host.Host"} <= set(checked)
+
+
+def test_http_connection_answers_every_asyncio_protocol_callback() -> None:
+    """HttpConnection no longer derives from asyncio.Protocol (an extension type cannot): each callback a transport
+    may make must be its own, eof_received's default (None: the transport closes) included."""
+    import asyncio
+
+    from pylon.proxy.h2_connection import Http2Connection
+    from pylon.proxy.hcm import HttpConnection
+    callbacks = {name for name in dir(asyncio.Protocol) if not name.startswith("_")}
+    assert callbacks == {"connection_made", "connection_lost", "data_received", "eof_received", "pause_writing",
+                         "resume_writing"}
+    for cls in (HttpConnection, Http2Connection):
+        assert all(callable(getattr(cls, name, None)) for name in callbacks), cls
+    assert HttpConnection.__new__(HttpConnection).eof_received() is None
 
 
 def test_pure_python_is_asked_for_by_the_environment(built: Builds, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,9 +3,9 @@ the source that is there now.
 
 Per proxied request pylon runs some 3,500 bytecodes of its own Python (benchmarks/h1_request_cost.py): stream,
 connection manager, codecs, pool, router. Cython translates those same `.py` files into C extension modules, with
-no `.pyx` and no C types in the code (one declaration file, proxy/stream.pxd, makes the compiled Stream an
-extension type): the interpreter's dispatch, frames and argument passing go away, the semantics stay Python's
-(annotations are not read as C types, no types are inferred). The source stays the only truth; the builds are an
+no `.pyx` and no C types in the code (declaration files beside six modules, proxy/stream.pxd the first, make the
+classes a request touches most extension types): the interpreter's dispatch, frames and argument passing go away,
+the semantics stay Python's (annotations are not read as C types, no types are inferred). The source stays the only truth; the builds are an
 acceleration with the interpreted modules as its baseline and fallback.
 
 A build is named after the SHA-256 of the source it came from, the `.py` and its `.pxd` if any

@@ -303,8 +303,10 @@ class HcmRuntime:
         return record
 
 
-class HttpConnection(asyncio.Protocol):
-    """One downstream HTTP/1.1 connection."""
+class HttpConnection:
+    """One downstream HTTP/1.1 connection: an asyncio protocol by its methods, not by deriving from
+    asyncio.Protocol (the compiled module makes it an extension type, which cannot derive from a Python class;
+    see hcm.pxd), so each callback asyncio's protocol defines is written here, eof_received included."""
 
     protocol = "HTTP/1.1"  # the access log's %PROTOCOL% (HTTP/1.0 is told per request)
 
@@ -440,6 +442,10 @@ class HttpConnection(asyncio.Protocol):
             stream.rs_state = RS_RESET
         self.queue.clear()
         self.worker.connection_closed(self)
+
+    def eof_received(self) -> None:
+        """The client shut its side: returning None lets the transport close, as asyncio.Protocol's default."""
+        return None
 
     def pause_writing(self) -> None:
         if self.active is not None:

@@ -239,6 +239,7 @@ class Stream:
         self.attempts = 0  # upstream attempts started (x-envoy-attempt-count)
         #: hosts attempted, kept only under a retry host predicate or retry priority (then `retry_priority` is set)
         self.tried_hosts: list[Host] | None = None
+        self.retry_priority: RetryPriorityState | None = None
         # The HTTP filters before the router (only when the HCM has any): the routing they hold back, the
         # next one to run, a timer one holds the request with, what to do when the stream ends.
         self.resume: Callable[[], None] | None = None
@@ -535,7 +536,7 @@ class Stream:
                 return self.local(lr.MISSING_HOST)
         if authority not in _VALID_AUTHORITIES and not _valid_authority(authority):
             return self.local(lr.INVALID_AUTHORITY)
-        if b"#" in url:
+        if url.find(b"#") != -1:  # (`in` on bytes first tries the needle as an int: an exception made and dropped)
             return self.local(lr.PATH_NORMALIZATION_FAILED)  # Envoy refuses a fragment rather than forward or strip it
         if hcm.path_options and url[:1] == b"/":
             try:
