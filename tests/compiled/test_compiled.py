@@ -59,6 +59,23 @@ class Counter:
         self.state += 1
 '''
 COUNTER_PXD = "cdef class Counter:\n    cdef dict __dict__\n    cdef public object n\n"
+#: an extension type derived from another module's, as h2_connection.pxd derives from hcm.pxd's HttpConnection
+TALLY = '''
+from compiledpkg.counter import Counter
+
+
+class Tally(Counter):
+    __slots__ = ("total",)
+
+    def __init__(self):
+        Counter.__init__(self)
+        self.total = 0
+
+    def add(self, k):
+        self.bump()
+        self.total += k
+'''
+TALLY_PXD = "from compiledpkg.counter cimport Counter\n\ncdef class Tally(Counter):\n    cdef public object total\n"
 
 
 def _package(root: Path, version: int) -> Builds:
@@ -69,7 +86,10 @@ def _package(root: Path, version: int) -> Builds:
     (package / "semantics.py").write_text(SEMANTICS)
     (package / "counter.py").write_text(COUNTER)
     (package / "counter.pxd").write_text(COUNTER_PXD)
-    return Builds(("compiledpkg.plus", "compiledpkg.semantics", "compiledpkg.counter"), root / "src", root / "builds")
+    (package / "tally.py").write_text(TALLY)
+    (package / "tally.pxd").write_text(TALLY_PXD)
+    return Builds(("compiledpkg.plus", "compiledpkg.semantics", "compiledpkg.counter", "compiledpkg.tally"),
+                  root / "src", root / "builds")
 
 
 HEAP_TYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: a class statement's type, not an extension type
@@ -85,7 +105,8 @@ def _fresh_import(name: str) -> ModuleType:
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Builds:
     builds = _package(tmp_path_factory.mktemp("compiled"), 1)
-    assert sorted(build(builds)) == ["compiledpkg.counter", "compiledpkg.plus", "compiledpkg.semantics"]
+    assert sorted(build(builds)) == ["compiledpkg.counter", "compiledpkg.plus", "compiledpkg.semantics",
+                                     "compiledpkg.tally"]
     return builds
 
 
@@ -161,6 +182,47 @@ def test_editing_a_pxd_needs_a_new_build(finder: CompiledFinder) -> None:
     finally:
         declarations.write_text(COUNTER_PXD)
     assert builds.build_path("compiledpkg.counter") == before
+
+
+def test_a_subclass_of_another_modules_extension_type_is_built_against_that_module(finder: CompiledFinder) -> None:
+    """tally.pxd cimports counter's type: its build hashes counter's sources too, and it loads only over a compiled
+    counter (an extension type cannot derive from an interpreted class's layout)."""
+    builds = finder.builds
+    module = _fresh_import("compiledpkg.tally")
+    assert is_compiled(module) and is_compiled(sys.modules["compiledpkg.counter"])
+    assert not module.Tally.__flags__ & HEAP_TYPE
+    tally = module.Tally()
+    tally.add(5)
+    assert (tally.n, tally.state, tally.total) == (1, 1, 5)
+    assert builds.cimports("compiledpkg.tally") == ["compiledpkg.counter"]
+
+    counter_source = builds.source_path("compiledpkg.counter")
+    original = counter_source.read_text()
+    before = builds.build_path("compiledpkg.tally")
+    try:
+        counter_source.write_text(original + "\n# edited\n")
+        assert builds.build_path("compiledpkg.tally") != before  # the base's source is part of the hash
+        assert builds.current_build("compiledpkg.tally") is None
+        module = _fresh_import("compiledpkg.tally")
+        assert not is_compiled(module) and not is_compiled(sys.modules["compiledpkg.counter"])
+    finally:
+        counter_source.write_text(original)
+    counter_build = builds.current_build("compiledpkg.counter")
+    assert counter_build is not None and builds.current_build("compiledpkg.tally") == before
+    hidden = counter_build.with_name(counter_build.name + ".hidden")
+    counter_build.rename(hidden)  # the base runs interpreted: the subclass's build must not load over it
+    try:
+        assert builds.current_build("compiledpkg.tally") is None
+        assert not is_compiled(_fresh_import("compiledpkg.tally"))
+    finally:
+        hidden.rename(counter_build)
+
+
+def test_a_cimport_of_an_unbuilt_module_is_refused(tmp_path: Path) -> None:
+    builds = _package(tmp_path, 1)
+    builds.source_path("compiledpkg.tally").with_suffix(".pxd").write_text("from compiledpkg.elsewhere cimport X\n")
+    with pytest.raises(ValueError, match=r"tally.pxd: cimports compiledpkg.elsewhere, which pylon.compiled does not"):
+        builds.build_path("compiledpkg.tally")
 
 
 def _declared_fields(pxd: str) -> dict[str, set[str]]:

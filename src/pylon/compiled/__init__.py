@@ -3,14 +3,14 @@ the source that is there now.
 
 Per proxied request pylon runs some 3,500 bytecodes of its own Python (benchmarks/h1_request_cost.py): stream,
 connection manager, codecs, pool, router. Cython translates those same `.py` files into C extension modules, with
-no `.pyx` and no C types in the code (declaration files beside six modules, proxy/stream.pxd the first, make the
+no `.pyx` and no C types in the code (declaration files beside seven modules, proxy/stream.pxd the first, make the
 classes a request touches most extension types): the interpreter's dispatch, frames and argument passing go away,
 the semantics stay Python's (annotations are not read as C types, no types are inferred). The source stays the only truth; the builds are an
 acceleration with the interpreted modules as its baseline and fallback.
 
-A build is named after the SHA-256 of the source it came from, the `.py` and its `.pxd` if any
-(`compiled/builds/pylon.proxy.stream.<hash>.<suffix>`), and the finder here loads it only while the source has
-that hash. An edited module therefore runs as Python until it is built again, never as a stale build.
+A build is named after the SHA-256 of the source it came from, the `.py` and its `.pxd` if any, and the sources of
+the modules that `.pxd` cimports (`compiled/builds/pylon.proxy.stream.<hash>.<suffix>`), and the finder here loads
+it only while the source has that hash and those modules load compiled too. An edited module therefore runs as Python until it is built again, never as a stale build.
 `PYLON_PURE_PYTHON=1` runs every module as Python.
 
     python -m pylon.compiled build    # compile what is missing (scripts/bootstrap.sh runs it; build.py)
@@ -23,6 +23,7 @@ import hashlib
 import importlib.abc
 import importlib.machinery
 import os
+import re
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -70,8 +71,9 @@ SUFFIX = importlib.machinery.EXTENSION_SUFFIXES[0]
 
 class Builds:
     """Modules under `source_root` and their builds in `build_dir`, each named after the hash of its source: the
-    `.py`, and the `.pxd` beside it where there is one (Cython's declarations for the compiled module, e.g.
-    proxy/stream.pxd: they change the build, never the interpreted module)."""
+    `.py`, the `.pxd` beside it where there is one (Cython's declarations for the compiled module, e.g.
+    proxy/stream.pxd: they change the build, never the interpreted module), and the sources of the listed modules
+    that `.pxd` cimports (a subclass of another module's extension type is built against that type's layout)."""
 
     def __init__(self, modules: Sequence[str], source_root: Path, build_dir: Path) -> None:
         self.modules = tuple(modules)
@@ -81,22 +83,54 @@ class Builds:
     def source_path(self, name: str) -> Path:
         return self.source_root.joinpath(*name.split(".")).with_suffix(".py")
 
+    def cimports(self, name: str) -> list[str]:
+        """The modules `name`'s `.pxd` cimports (`from a.b cimport C`); each must be listed, so built the same way."""
+        declarations = self.source_path(name).with_suffix(".pxd")
+        if not declarations.is_file():
+            return []
+        found = _CIMPORT.findall(declarations.read_text())
+        unlisted = [module for module in found if module not in self.modules]
+        if unlisted:
+            raise ValueError(f"{declarations}: cimports {', '.join(unlisted)}, which pylon.compiled does not build")
+        return found
+
+    def _depends_on(self, name: str) -> list[str]:
+        """`name` and every module its declarations reach through cimports, each once, `name` first."""
+        order, todo = [], [name]
+        while todo:
+            module = todo.pop()
+            if module not in order:
+                order.append(module)
+                todo.extend(self.cimports(module))
+        return order
+
     def build_path(self, name: str) -> Path:
         """Where the build of `name`'s source as it is now lives (OSError: no source)."""
-        source = self.source_path(name)
-        digest = hashlib.sha256(source.read_bytes())
-        declarations = source.with_suffix(".pxd")
-        if declarations.is_file():
-            digest.update(declarations.read_bytes())
+        digest = hashlib.sha256()
+        for module in self._depends_on(name):
+            source = self.source_path(module)
+            digest.update(source.read_bytes())
+            declarations = source.with_suffix(".pxd")
+            if declarations.is_file():
+                digest.update(declarations.read_bytes())
         return self.build_dir / f"{name}.{digest.hexdigest()[:16]}{SUFFIX}"
 
     def current_build(self, name: str) -> Path | None:
-        """The build of `name`'s source as it is now, if there is one."""
+        """The build of `name`'s source as it is now, if there is one and every module it cimports has one too (a
+        compiled subclass cannot load over an interpreted base)."""
         try:
             built = self.build_path(name)
+            if not built.is_file():
+                return None
+            if any(self.current_build(module) is None for module in self.cimports(name)):
+                return None
         except OSError:
             return None
-        return built if built.is_file() else None
+        return built
+
+
+#: `from pylon.proxy.hcm cimport HttpConnection` in a .pxd: the module it names
+_CIMPORT = re.compile(r"^from\s+([\w.]+)\s+cimport\b", re.M)
 
 
 #: pylon's own

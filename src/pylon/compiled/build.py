@@ -27,6 +27,7 @@ def _compile(builds: Builds, name: str, work: Path) -> Path:
     target = builds.build_path(name)
     c_file = work / f"{name}.c"
     subprocess.run([sys.executable, "-m", "cython", "-3", "-X", DIRECTIVES, "--module-name", name,
+                    "-I", str(builds.source_root),  # where a .pxd's cimports are found
                     "-o", str(c_file), str(source_path)], check=True, capture_output=True, text=True)
     config = sysconfig.get_config_var
     object_file = work / f"{name}.o"

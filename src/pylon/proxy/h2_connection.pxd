@@ -1,0 +1,15 @@
+# Cython's view of h2_connection.py (pylon.compiled): compiled, the HTTP/2 connection and each stream's view of it
+# are extension types derived from those of hcm.pxd and http/h2_server.pxd, so their own slots are C fields too.
+# Every name of each class's own __slots__ is declared here (tests/compiled checks it). The build depends on the two
+# modules cimported here (their sources are part of its hash). Interpreted runs never read this file.
+
+from pylon.proxy.hcm cimport HttpConnection
+from pylon.proxy.http.h2_server cimport Http2ResponseEncoder
+
+cdef class H2StreamConn(Http2ResponseEncoder):
+    cdef public object h2, stream, hcm, loop, loop_time, peer, peer_ip, local, scheme, connection_id, detected, closed
+    cdef public object paused, owed
+
+cdef class Http2Connection(HttpConnection):
+    cdef public object session, streams, seen, receiving, flush_again, flush_soon, write_paused, out_paused
+    cdef public object final_goaway, keepalive
