@@ -23,6 +23,7 @@ import yaml
 
 from h2_vs_envoy import BODY_SIZE, bootstrap, cluster, load, start_grpc_server
 from proxy_ab import ROOT, baseline_tree, start_proxy
+from pylon.bench.paired import paired_ratios, ratio_spread, spread_text
 from pylon.bench.targets import TargetError, free_port, start_nginx
 
 VARIANTS = ("h2c-get", "grpc-unary")
@@ -39,10 +40,11 @@ def main() -> int:
     if any(v not in VARIANTS for v in variants) or args.reps < 1 or args.duration <= 0:
         parser.error(f"variants are {list(VARIANTS)}; --reps and --duration must be positive")
     results: dict[tuple[str, str], list[float]] = {}
+    runs: list[dict[str, object]] = []
     try:
         with tempfile.TemporaryDirectory(prefix="pylon-h2-ab-") as tmp, contextlib.ExitStack() as stack:
             work = Path(tmp)
-            trees = {"this": ROOT, "baseline": stack.enter_context(baseline_tree(args.baseline))}
+            trees = {"this": ROOT, "baseline": stack.enter_context(baseline_tree(args.baseline, sys.executable))}
             upstreams = {}
             if "h2c-get" in variants:
                 nginx = stack.enter_context(start_nginx(free_port(), body_size=BODY_SIZE))
@@ -57,23 +59,26 @@ def main() -> int:
                     config = work / f"{variant}-{name}.yaml"
                     config.write_text(yaml.safe_dump(bootstrap(port, admin, upstreams[variant])))
                     proxies[variant, name] = stack.enter_context(
-                        start_proxy(tree, config, port, admin, work / f"{variant}-{name}.log"))
+                        start_proxy(sys.executable, tree, config, port, admin, work / f"{variant}-{name}.log"))
                     load(proxies[variant, name], variant, 1.0)  # warm-up
             for rep in range(1, args.reps + 1):
                 for variant in variants:
                     for name in (("this", "baseline") if rep % 2 else ("baseline", "this")):
                         row = load(proxies[variant, name], variant, args.duration)
                         results.setdefault((variant, name), []).append(row["req_per_proxy_cpu_s"])
+                        runs.append({"rep": rep, "variant": variant, "side": name, **row})
                         print(f"  rep {rep} {variant:10s} {name:8s} req/proxy-CPU-s {row['req_per_proxy_cpu_s']:.0f} "
                               f"failed {row['failed']}", flush=True)
     except TargetError as exc:
         print(f"benchmark failed: {exc}", file=sys.stderr)
         return 1
     print(f"\n{args.reps} interleaved reps x {args.duration:g} s, medians; this tree vs {args.baseline}")
-    print("| variant | this | baseline | this/baseline |\n|---|---:|---:|---:|")
+    print("| variant | this | baseline | this/baseline | per-rep ratios: median (range) |\n|---|---:|---:|---:|---:|")
     for variant in variants:
         this, base = (statistics.median(results[variant, n]) for n in ("this", "baseline"))
-        print(f"| {variant} | {this:.0f} | {base:.0f} | **{this / base:.3f}** |")
+        paired = ratio_spread(paired_ratios(runs, variant, "req_per_proxy_cpu_s", numerator="this",
+                                            denominator="baseline", side="side"))
+        print(f"| {variant} | {this:.0f} | {base:.0f} | **{this / base:.3f}** | {spread_text(paired)} |")
     return 0
 
 

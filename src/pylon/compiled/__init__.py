@@ -30,8 +30,9 @@ from types import ModuleType
 from typing import Sequence
 
 #: the modules of the per-request path, HTTP/1.1, HTTP/2 and TLS (benchmarks/h1_request_cost.py and
-#: h2_stream_python.py name where the time goes), and of accepting a connection (py-spy on a worker serving new TLS
-#: connections). Never a module run as `python -m` (runpy runs only source): pylon.proxy.worker stays interpreted.
+#: h2_stream_python.py name where the time goes), the HTTP/2 upstream (py-spy on a worker proxying gRPC), and of
+#: accepting a connection (py-spy on a worker serving new TLS connections). Never a module run as `python -m`
+#: (runpy runs only source): pylon.proxy.worker stays interpreted.
 MODULES = (
     "pylon.proxy.stream",
     "pylon.proxy.hcm",
@@ -41,6 +42,8 @@ MODULES = (
     "pylon.proxy.http.h2_session",
     "pylon.proxy.h2_connection",
     "pylon.proxy.upstream.pool",
+    "pylon.proxy.upstream.h2_pool",
+    "pylon.proxy.http.h2_client",
     "pylon.proxy.upstream.pool_base",
     "pylon.proxy.upstream.pool_registry",
     "pylon.proxy.upstream.cluster",
