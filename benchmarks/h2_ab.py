@@ -18,12 +18,13 @@ import statistics
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from h2_vs_envoy import BODY_SIZE, bootstrap, cluster, load, start_grpc_server
 from proxy_ab import ROOT, baseline_tree, start_proxy
-from pylon.bench.paired import paired_ratios, ratio_spread, spread_text
+from pylon.bench.paired import paired_spread, spread_text
 from pylon.bench.targets import TargetError, free_port, start_nginx
 
 VARIANTS = ("h2c-get", "grpc-unary")
@@ -39,8 +40,7 @@ def main() -> int:
     variants = [v for v in args.variants.split(",") if v]
     if any(v not in VARIANTS for v in variants) or args.reps < 1 or args.duration <= 0:
         parser.error(f"variants are {list(VARIANTS)}; --reps and --duration must be positive")
-    results: dict[tuple[str, str], list[float]] = {}
-    runs: list[dict[str, object]] = []
+    runs: list[dict[str, Any]] = []
     try:
         with tempfile.TemporaryDirectory(prefix="pylon-h2-ab-") as tmp, contextlib.ExitStack() as stack:
             work = Path(tmp)
@@ -65,7 +65,6 @@ def main() -> int:
                 for variant in variants:
                     for name in (("this", "baseline") if rep % 2 else ("baseline", "this")):
                         row = load(proxies[variant, name], variant, args.duration)
-                        results.setdefault((variant, name), []).append(row["req_per_proxy_cpu_s"])
                         runs.append({"rep": rep, "variant": variant, "side": name, **row})
                         print(f"  rep {rep} {variant:10s} {name:8s} req/proxy-CPU-s {row['req_per_proxy_cpu_s']:.0f} "
                               f"failed {row['failed']}", flush=True)
@@ -75,9 +74,10 @@ def main() -> int:
     print(f"\n{args.reps} interleaved reps x {args.duration:g} s, medians; this tree vs {args.baseline}")
     print("| variant | this | baseline | this/baseline | per-rep ratios: median (range) |\n|---|---:|---:|---:|---:|")
     for variant in variants:
-        this, base = (statistics.median(results[variant, n]) for n in ("this", "baseline"))
-        paired = ratio_spread(paired_ratios(runs, variant, "req_per_proxy_cpu_s", numerator="this",
-                                            denominator="baseline", side="side"))
+        this, base = (statistics.median(r["req_per_proxy_cpu_s"] for r in runs
+                                         if r["variant"] == variant and r["side"] == n) for n in ("this", "baseline"))
+        paired = paired_spread(runs, variant, "req_per_proxy_cpu_s", numerator="this", denominator="baseline",
+                               side="side")
         print(f"| {variant} | {this:.0f} | {base:.0f} | **{this / base:.3f}** | {spread_text(paired)} |")
     return 0
 

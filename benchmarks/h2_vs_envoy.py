@@ -42,7 +42,7 @@ import yaml
 
 from pylon import __version__
 from pylon.bench.host import describe, host_facts
-from pylon.bench.paired import goal_text, paired_ratios, ratio_spread, spread_text
+from pylon.bench.paired import goal_text, paired_spread, spread_text
 from pylon.bench.procfs import tree_rss
 from pylon.bench.targets import (
     Running, TargetError, find_envoy, free_port, run_h2load, start_envoy, start_nginx, start_process,
@@ -195,7 +195,7 @@ def summarize(runs: list[dict[str, Any]], variants: list[str]) -> dict[str, Any]
                 entry[proxy]["failed"] = sum(r["failed"] for r in rows)
         p, e = entry["pylon"][key], entry["envoy"][key]
         entry["ratio_pylon_over_envoy"] = p / e if p and e else None
-        entry["paired"] = ratio_spread(paired_ratios(runs, variant, key))
+        entry["paired"] = paired_spread(runs, variant, key)
         entry["goal"] = VARIANTS[variant]
         summary[variant] = entry
     return summary

@@ -36,7 +36,7 @@ from typing import Any
 from pylon.bench.scenario import render_template
 from pylon.bench.host import describe, host_facts
 from pylon.bench.procfs import side_thread_cpu_seconds
-from pylon.bench.paired import paired_ratios, ratio_spread, spread_text
+from pylon.bench.paired import paired_spread, spread_text
 from pylon.bench.targets import Running, free_port, pylon_workers, run_wrk, start_nginx, start_process
 from pylon.identity.certs import make_test_pki
 
@@ -164,8 +164,8 @@ def main() -> None:
                                        "wrk_cpu_s")}
             entry[side]["errors"] = sum(r["errors"] for r in rows)
         entry["ratio"] = entry["this"]["req_per_proxy_cpu_s"] / entry["baseline"]["req_per_proxy_cpu_s"]
-        entry["paired"] = ratio_spread(paired_ratios(runs, variant, "req_per_proxy_cpu_s", numerator="this",
-                                                     denominator="baseline", side="side"))
+        entry["paired"] = paired_spread(runs, variant, "req_per_proxy_cpu_s", numerator="this",
+                                        denominator="baseline", side="side")
         summary[variant] = entry
     meta = {"this": head, "baseline": rev, "baseline_env": args.baseline_env, "hot_modules": modules,
             "this_python": interpreter(sys.executable),
@@ -193,7 +193,8 @@ def main() -> None:
             paired = spread_text(entry["paired"]) if side == "this" else ""
             lines.append(f"| {variant} | {side} ({head if side == 'this' else rev}) | {s['req_per_proxy_cpu_s']:.0f} "
                          f"| {1e6 / s['req_per_proxy_cpu_s']:.1f} | {s['side_threads_us_per_req']:.2f} "
-                         f"| {s['rps']:.0f} | {s['p99_ms']:.2f} | {s['wrk_cpu_s']:.2f} | {s['errors']} | {ratio} | {paired} |")
+                         f"| {s['rps']:.0f} | {s['p99_ms']:.2f} | {s['wrk_cpu_s']:.2f} | {s['errors']} | {ratio} "
+                         f"| {paired} |")
     (args.out / "proxy_ab.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -39,7 +39,7 @@ from typing import Any
 
 from pylon import __version__
 from pylon.bench.host import describe, host_facts
-from pylon.bench.paired import goal_text, paired_ratios, ratio_spread, spread_text
+from pylon.bench.paired import goal_text, paired_spread, spread_text
 from pylon.bench.scenario import render_template
 from pylon.bench.targets import (
     Running, TargetError, find_envoy, free_port, run_wrk, start_envoy, start_nginx, start_pylon_proxy,
@@ -115,7 +115,7 @@ def summarize(runs: list[dict[str, Any]], variants: list[str]) -> dict[str, Any]
             }
         p, e = entry["pylon"]["req_per_proxy_cpu_s"], entry["envoy"]["req_per_proxy_cpu_s"]
         entry["ratio_pylon_over_envoy"] = p / e if p and e else None
-        entry["paired"] = ratio_spread(paired_ratios(runs, variant, "req_per_proxy_cpu_s"))
+        entry["paired"] = paired_spread(runs, variant, "req_per_proxy_cpu_s")
         entry["ratio_rps_pylon_over_envoy"] = (entry["pylon"]["rps"] / entry["envoy"]["rps"]
                                                if entry["envoy"]["rps"] else None)
         entry["goal"] = VARIANTS[variant][2]

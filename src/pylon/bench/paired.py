@@ -33,6 +33,12 @@ def ratio_spread(ratios: list[float]) -> dict[str, float] | None:
     return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios), "reps": len(ratios)}
 
 
+def paired_spread(runs: Iterable[Mapping[str, Any]], variant: str, key: str, **sides: str
+                  ) -> dict[str, float] | None:
+    """`ratio_spread` of `paired_ratios` (same arguments): what each report prints beside its ratio of medians."""
+    return ratio_spread(paired_ratios(runs, variant, key, **sides))
+
+
 def spread_text(spread: Mapping[str, float] | None) -> str:
     """`1.201 (1.181–1.207)`, or `-`."""
     if spread is None:

@@ -5,13 +5,13 @@ Per proxied request pylon runs some 3,500 bytecodes of its own Python (benchmark
 connection manager, codecs, pool, router. Cython translates those same `.py` files into C extension modules, with
 no `.pyx` and no C types in the code (declaration files beside seven modules, proxy/stream.pxd the first, make the
 classes a request touches most extension types): the interpreter's dispatch, frames and argument passing go away,
-the semantics stay Python's (annotations are not read as C types, no types are inferred). The source stays the only truth; the builds are an
-acceleration with the interpreted modules as its baseline and fallback.
+the semantics stay Python's (annotations are not read as C types, no types are inferred). The source stays the
+only truth; the builds are an acceleration with the interpreted modules as its baseline and fallback.
 
 A build is named after the SHA-256 of the source it came from, the `.py` and its `.pxd` if any, and the sources of
 the modules that `.pxd` cimports (`compiled/builds/pylon.proxy.stream.<hash>.<suffix>`), and the finder here loads
-it only while the source has that hash and those modules load compiled too. An edited module therefore runs as Python until it is built again, never as a stale build.
-`PYLON_PURE_PYTHON=1` runs every module as Python.
+it only while the source has that hash and those modules load compiled too. An edited module therefore runs as
+Python until it is built again, never as a stale build. `PYLON_PURE_PYTHON=1` runs every module as Python.
 
     python -m pylon.compiled build    # compile what is missing (scripts/bootstrap.sh runs it; build.py)
     python -m pylon.compiled status   # which modules run compiled
@@ -70,6 +70,9 @@ MODULES = (
 )
 PURE_ENV = "PYLON_PURE_PYTHON"
 SUFFIX = importlib.machinery.EXTENSION_SUFFIXES[0]
+
+#: `from pylon.proxy.hcm cimport HttpConnection` in a .pxd: the module it names
+_CIMPORT = re.compile(r"^from\s+([\w.]+)\s+cimport\b", re.M)
 
 
 class Builds:
@@ -131,9 +134,6 @@ class Builds:
             return None
         return built
 
-
-#: `from pylon.proxy.hcm cimport HttpConnection` in a .pxd: the module it names
-_CIMPORT = re.compile(r"^from\s+([\w.]+)\s+cimport\b", re.M)
 
 
 #: pylon's own
