@@ -260,19 +260,22 @@ def test_every_pxd_declares_each_slot_of_its_classes() -> None:
             "pylon.proxy.http.h2_server.Http2ResponseEncoder", "pylon.proxy.upstream.host.Host"} <= set(checked)
 
 
-def test_http_connection_answers_every_asyncio_protocol_callback() -> None:
-    """HttpConnection no longer derives from asyncio.Protocol (an extension type cannot): each callback a transport
-    may make must be its own, eof_received's default (None: the transport closes) included."""
+def test_connections_answer_every_asyncio_protocol_callback() -> None:
+    """The downstream and upstream connections no longer derive from asyncio.Protocol (an extension type cannot):
+    each callback a transport may make must be their own, eof_received's default (None: the transport closes)
+    included."""
     import asyncio
 
     from pylon.proxy.h2_connection import Http2Connection
     from pylon.proxy.hcm import HttpConnection
+    from pylon.proxy.upstream.h2_pool import H2UpstreamConnection
+    from pylon.proxy.upstream.pool import UpstreamConnection
     callbacks = {name for name in dir(asyncio.Protocol) if not name.startswith("_")}
     assert callbacks == {"connection_made", "connection_lost", "data_received", "eof_received", "pause_writing",
                          "resume_writing"}
-    for cls in (HttpConnection, Http2Connection):
+    for cls in (HttpConnection, Http2Connection, UpstreamConnection, H2UpstreamConnection):
         assert all(callable(getattr(cls, name, None)) for name in callbacks), cls
-    assert HttpConnection.__new__(HttpConnection).eof_received() is None
+        assert cls.__new__(cls).eof_received() is None, cls
 
 
 def test_pure_python_is_asked_for_by_the_environment(built: Builds, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -177,15 +177,17 @@ class Rig:
     """A connection manager with one client connection, and the upstream connections the pool opens."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, route: dict[str, Any], *, hcm: dict[str, Any] | None = None,
-                 http1: dict[str, Any] | None = None) -> None:
+                 http1: dict[str, Any] | None = None, http2: dict[str, Any] | None = None) -> None:
+        """`http1` / `http2`: the cluster's explicit HTTP/1.1 options, or HTTP/2 upstream with these options."""
         self.loop = FakeLoop()
         self.worker = FakeWorker(self.loop)
         self.upstreams: list[tuple[pool_module.UpstreamConnection, FakeTransport]] = []
         self.refuse = 0  # connects still to fail
+        explicit = {"http_protocol_options": http1 or {}} if http2 is None else {"http2_protocol_options": http2}
         cluster = {"name": "up", "connect_timeout": "1s", "load_assignment": {"cluster_name": "up", "endpoints": [
             {"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 9}}}}]}]},
             "typed_extension_protocol_options": {OPTIONS_KEY: {
-                "@type": f"type.googleapis.com/{OPTIONS_KEY}", "explicit_http_config": {"http_protocol_options": http1 or {}}}}}
+                "@type": f"type.googleapis.com/{OPTIONS_KEY}", "explicit_http_config": explicit}}}
         stats = StatsStore()
         self.cluster = Cluster(_convert(cluster, ClusterConfig), stats)
         config = _convert({"stat_prefix": "main", "http_filters": [ROUTER], "route_config": {"virtual_hosts": [

@@ -194,6 +194,9 @@ def header_block(headers: Headers) -> bytes:
 class H2Connection:
     """One HTTP/2 connection, server or client side, sans-IO."""
 
+    __slots__ = ("owner", "server", "settings", "_handle", "_c", "_session", "_out", "_streams", "_out_ptr", "_final",
+                 "_error", "pending_send_bytes", "streams_active", "trailers", "stats", "closed")
+
     def __init__(self, owner: H2Owner, *, server: bool, settings: H2Settings | None = None) -> None:
         s = settings or H2Settings()
         self.owner = owner

@@ -240,8 +240,15 @@ class H2UpstreamStream:
             exchange.on_upstream_reset("connection termination", stale=self.requests > 0 and not self.answered)
 
 
-class H2UpstreamConnection(PooledConnection, asyncio.Protocol):
-    """One HTTP/2 connection to a host: many streams at once, each an `H2UpstreamStream`."""
+class H2UpstreamConnection(PooledConnection):
+    """One HTTP/2 connection to a host: many streams at once, each an `H2UpstreamStream`.
+
+    An asyncio protocol without deriving from asyncio.Protocol: compiled, it is an extension type (h2_pool.pxd),
+    which cannot, so each callback asyncio's protocol defines is written here, eof_received included."""
+
+    __slots__ = ("pool", "codec", "scheme", "streams", "transport", "local_address", "closed", "goaway", "draining",
+                 "requests", "active", "peer_max", "peer_connect", "preface", "writing_paused", "write_paused_streams",
+                 "flush_pending", "wake_at", "opened_at", "idle_since", "http1_chosen", "seen", "keepalive")
 
     def __init__(self, pool: "H2Pool") -> None:
         self.pool = pool
@@ -334,6 +341,10 @@ class H2UpstreamConnection(PooledConnection, asyncio.Protocol):
         for stream in streams:
             stream.on_lost()
         self.pool.forget(self)
+
+    def eof_received(self) -> None:
+        """The server shut its side: returning None lets the transport close, as asyncio.Protocol's default."""
+        return None
 
     def pause_writing(self) -> None:
         self.writing_paused = True

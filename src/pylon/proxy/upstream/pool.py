@@ -72,8 +72,11 @@ class PoolOwner(Protocol):
         """`pool` holds no connection and no request now; its owner may drop it."""
 
 
-class UpstreamConnection(PooledConnection, asyncio.Protocol):
-    """One keep-alive connection to a host; serves one exchange at a time (no pipelining)."""
+class UpstreamConnection(PooledConnection):
+    """One keep-alive connection to a host; serves one exchange at a time (no pipelining).
+
+    An asyncio protocol without deriving from asyncio.Protocol: compiled, it is an extension type (pool.pxd), which
+    cannot, so each callback asyncio's protocol defines is written here, eof_received included."""
 
     __slots__ = (
         "pool", "transport", "decoder", "exchange", "keep_alive", "closed", "requests", "answered",
@@ -157,6 +160,10 @@ class UpstreamConnection(PooledConnection, asyncio.Protocol):
             # A reused connection lost before any byte of the answer: most often the server closed it
             # (keep-alive limit, idle timeout) as the request went out (`stale`; see Stream.on_upstream_reset).
             exchange.on_upstream_reset("connection termination", stale=self.requests > 0 and not self.answered)
+
+    def eof_received(self) -> None:
+        """The server shut its side: returning None lets the transport close, as asyncio.Protocol's default."""
+        return None
 
     def pause_writing(self) -> None:
         if self.exchange is not None:

@@ -47,12 +47,12 @@ def prepare_transport(transport: asyncio.BaseTransport, buffer_limit: int) -> tu
 
 
 class PooledConnection:
-    """What both pools' connections share: a close the pool hears of at once, and the deadline wheel's look."""
+    """What both pools' connections share: a close the pool hears of at once, and the deadline wheel's look.
+
+    Each subclass holds `pool`, `transport` and `closed` in its own slots (compiled, its own C fields: see
+    pool_base.pxd, whose extension type has none)."""
 
     __slots__ = ()
-    pool: Any
-    transport: Any
-    closed: bool
 
     def _before_close(self) -> None:
         """Write what must still go out before the socket closes (HTTP/2: a queued GOAWAY or RST_STREAM)."""
