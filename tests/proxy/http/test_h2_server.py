@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+
 from pylon.proxy.http.h2_server import Http2ResponseEncoder, request_head
+from pylon.proxy.http.h2_session import H2Error
 
 from .h2_helpers import Recorder, pump, session
 
@@ -123,7 +126,9 @@ def test_a_head_is_held_until_the_body_ends_then_the_response_goes_whole() -> No
     encoder.encode_data(b"dy")
     assert encoder.out and server.data_to_send() == b""  # nothing framed yet: the head waits for the body's end
     encoder.encode_end()
-    assert 1 not in server._out  # submitted whole: the shim frames the body
+    assert server.pending(1) == 4  # submitted whole: the head and the body's copy in the shim
+    with pytest.raises(H2Error, match="no open body"):
+        server.send_data(1, b"more")  # the body ended with the submission
     pump(server, client)
     assert owner.events[0] == ("headers", 1, [(b":status", b"200"), (b"content-length", b"4")], False)
     assert owner.body[1] == b"body" and owner.events[-2:] == [("end", 1), ("closed", 1, 0)]

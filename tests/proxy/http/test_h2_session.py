@@ -229,9 +229,56 @@ def test_extended_connect_only_with_allow_connect(allow_connect):
         assert srv.counters()["http2.rx_messaging_error"] == 1
 
 
+def test_a_body_and_its_trailers_wait_in_the_shim_behind_the_windows():
+    """The shim's copy of a body goes out as the client's stream window allows; the trailers follow its last byte."""
+    co = Recorder(auto_consume=False)
+    srv = session(Recorder(), server=True)
+    cli = session(co, server=False, settings=H2Settings(initial_stream_window_size=1024))
+    sid = cli.send_request(REQ, end_stream=True)
+    pump(cli, srv)
+    srv.send_response(sid, [(b":status", b"200")])
+    assert srv.send_data(sid, b"a" * 3000) == 3000  # what the stream has queued now
+    assert srv.send_data(sid, b"b" * 1096) == 4096
+    srv.send_trailers(sid, [(b"grpc-status", b"0")])
+    pump(cli, srv)
+    assert len(co.body[sid]) == 1024 and srv.pending(sid) == srv.pending_send_bytes == 3072
+    assert [e[0] for e in co.events] == ["headers"]  # no trailers before the body's end
+    while ("closed", sid, 0) not in co.events:
+        cli.consume(sid, 1024)
+        pump(cli, srv)
+    assert bytes(co.body[sid]) == b"a" * 3000 + b"b" * 1096
+    assert co.events[-2:] == [("trailers", sid, [(b"grpc-status", b"0")]), ("closed", sid, 0)]
+    assert srv.pending(sid) == srv.pending_send_bytes == 0 and srv._c.outs == h2_session.ffi.NULL
+
+
+def test_a_request_body_sent_before_its_headers_are_framed_and_after_a_wait_goes_out():
+    """A request's stream opens in nghttp2 only when its HEADERS is framed: body bytes may come before that, and
+    after the body ran dry (nghttp2 waits) more bytes resume it."""
+    srv, so, cli, co = pair()
+    sid = cli.send_request(POST)
+    assert cli.send_data(sid, b"first ") == 6 and cli.pending(sid) == 6
+    pump(cli, srv)
+    assert bytes(so.body[sid]) == b"first " and ("end", sid) not in so.events
+    cli.send_data(sid, b"second", end_stream=True)
+    pump(cli, srv)
+    assert bytes(so.body[sid]) == b"first second" and ("end", sid) in so.events
+    with pytest.raises(H2Error, match="no open body"):
+        cli.send_data(sid, b"late")
+
+
+def test_trailers_with_a_nul_are_refused_when_submitted_and_the_body_stays_open():
+    srv, so, cli, co = pair()
+    sid = cli.send_request(POST)
+    with pytest.raises(H2Error):
+        cli.send_trailers(sid, [(b"x-bad", b"a\0b")])
+    cli.send_trailers(sid, [(b"x-good", b"ok")])
+    pump(cli, srv)
+    assert ("trailers", sid, [(b"x-good", b"ok")]) in so.events
+
+
 def test_a_whole_response_goes_in_one_submission_and_follows_the_windows():
-    """send_whole: HEADERS, then the body framed by the shim from its own copy (no body queued in Python), as the
-    client's windows allow, ending the stream."""
+    """send_whole: HEADERS, then the body framed by the shim from its own copy, as the client's windows allow,
+    ending the stream."""
     small = H2Settings(initial_stream_window_size=65535, initial_connection_window_size=65535)
     srv, so, cli, co = pair(client_settings=small)
     sid = cli.send_request(REQ, end_stream=True)
@@ -239,12 +286,12 @@ def test_a_whole_response_goes_in_one_submission_and_follows_the_windows():
     body = bytes(range(256)) * 1024  # 256 KiB: four windows
     head = [(b":status", b"200"), (b"content-length", b"%d" % len(body))]
     srv.send_whole(sid, header_block(head), len(head), body)
-    assert srv.pending(sid) == 0 and sid not in srv._out  # nothing for pyl_read: the shim holds the body
+    assert srv.pending(sid) == len(body) == srv.pending_send_bytes  # the shim holds the copy
     pump(cli, srv)
     assert co.events[0] == ("headers", sid, [(b":status", b"200"), (b"content-length", b"262144")], False)
     assert bytes(co.body[sid]) == body
     assert co.events[-2:] == [("end", sid), ("closed", sid, 0)]
-    assert srv._c.bodies == h2_session.ffi.NULL  # framed whole: the copy was freed
+    assert srv._c.outs == h2_session.ffi.NULL and srv.pending_send_bytes == 0  # framed whole: the copy was freed
 
 
 def test_a_whole_response_on_a_stream_not_open_is_refused():
@@ -272,13 +319,13 @@ def test_the_copy_of_a_whole_body_is_freed_when_its_stream_is_reset():
     cli.reset_stream(sids[0], CANCEL)
     pump(cli, srv)
     assert ("closed", sids[0], CANCEL) in so.events
-    assert srv._c.bodies != h2_session.ffi.NULL  # the second's
+    assert srv._c.outs != h2_session.ffi.NULL and srv.pending_send_bytes == 3072  # the second's
     cli.reset_stream(sids[1], CANCEL)
     pump(cli, srv)
-    assert srv._c.bodies == h2_session.ffi.NULL
+    assert srv._c.outs == h2_session.ffi.NULL and srv.pending_send_bytes == 0
 
 
 def test_the_copies_a_session_still_holds_are_freed_with_it():
     srv, _so, _cli, _sids = _held_back(2)
     srv.close()
-    assert srv._c.bodies == h2_session.ffi.NULL
+    assert srv._c.outs == h2_session.ffi.NULL

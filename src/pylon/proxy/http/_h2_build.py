@@ -7,8 +7,8 @@ and .gitignore keeps it out of git). It links the system libnghttp2
 against the header at build time and `extern "Python"` callbacks are the
 cheapest way back into Python (mesh-facts B3). The cdef is only what
 `h2_session` uses; the per-header and per-frame-header work is C
-(`h2_shim.c`), so Python runs once per HEADERS frame, DATA chunk, DATA
-read and stream close.
+(`h2_shim.c`), and so are outbound bodies (copied in, framed from the copy),
+so Python runs once per HEADERS frame, DATA chunk and stream close.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 
 CDEF = """
 typedef struct nghttp2_session nghttp2_session;
-typedef struct pyl_body pyl_body;
+typedef struct pyl_out pyl_out;
 typedef struct pyl_h2 {
     nghttp2_session *session;
     void *handle;
@@ -33,7 +33,8 @@ typedef struct pyl_h2 {
     uint64_t max_wu_per_data;
     int tripped;
     uint64_t rx_reset, tx_reset, rx_messaging_error, goaway_sent;
-    pyl_body *bodies;
+    uint64_t pending_send_bytes;
+    pyl_out *outs;
     ...;
 } pyl_h2;
 
@@ -51,10 +52,6 @@ typedef struct pyl_h2 {
 #define NGHTTP2_HCAT_REQUEST 0
 #define NGHTTP2_HCAT_RESPONSE 1
 #define NGHTTP2_HCAT_HEADERS 3
-#define NGHTTP2_DATA_FLAG_EOF 1
-#define NGHTTP2_DATA_FLAG_NO_END_STREAM 2
-#define NGHTTP2_ERR_DEFERRED -508
-#define NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE -521
 #define NGHTTP2_ERR_CALLBACK_FAILURE -902
 #define NGHTTP2_ERR_FLOODED -904
 #define NGHTTP2_ERR_TOO_MANY_CONTINUATIONS -905
@@ -70,7 +67,6 @@ extern "Python" static int pyl_on_headers(void *, int32_t, int, int, const unsig
 extern "Python" static int pyl_on_data(void *, int32_t, const uint8_t *, size_t);
 extern "Python" static int pyl_on_frame(void *, int, int32_t, int, uint32_t, uint32_t);
 extern "Python" static int pyl_on_close(void *, int32_t, uint32_t);
-extern "Python" static ssize_t pyl_read(void *, int32_t, uint8_t *, size_t, uint32_t *);
 
 static int pyl_has_reset_rate_limit(void);
 static int pyl_has_max_continuations(void);
@@ -79,9 +75,10 @@ static void pyl_del(pyl_h2 *c);
 static ssize_t pyl_send(pyl_h2 *c, const uint8_t **out);
 static int32_t pyl_submit_request(pyl_h2 *c, const char *block, size_t len, size_t count, int with_body);
 static int pyl_submit_response(pyl_h2 *c, int32_t stream_id, const char *block, size_t len, size_t count,
-                               int with_body);
-static int pyl_submit_whole(pyl_h2 *c, int32_t stream_id, const char *block, size_t len, size_t count,
-                            const uint8_t *body, size_t bodylen);
+                               int with_body, const uint8_t *body, size_t bodylen, int ended);
+static int64_t pyl_data(pyl_h2 *c, int32_t stream_id, const uint8_t *data, size_t len, int end);
+static int pyl_trailers(pyl_h2 *c, int32_t stream_id, const char *block, size_t len, size_t count);
+static size_t pyl_pending(pyl_h2 *c, int32_t stream_id);
 static int pyl_submit_headers(pyl_h2 *c, int32_t stream_id, const char *block, size_t len, size_t count,
                               int end_stream);
 
@@ -94,7 +91,6 @@ int nghttp2_session_set_local_window_size(nghttp2_session *session, uint8_t flag
                                           int32_t window_size);
 int nghttp2_session_consume(nghttp2_session *session, int32_t stream_id, size_t size);
 int nghttp2_session_consume_connection(nghttp2_session *session, size_t size);
-int nghttp2_session_resume_data(nghttp2_session *session, int32_t stream_id);
 int nghttp2_submit_rst_stream(nghttp2_session *session, uint8_t flags, int32_t stream_id, uint32_t error_code);
 int nghttp2_submit_shutdown_notice(nghttp2_session *session);
 int nghttp2_submit_ping(nghttp2_session *session, uint8_t flags, const uint8_t *opaque_data);

@@ -21,7 +21,7 @@ session framed, so one write carries every stream's frames of an event.
 A head with a body to follow is held (with the body's first pieces) until the
 stream's flush (`commit`) or the body's end: a small response that arrives in
 one upstream read, the usual proxied GET, is then submitted whole in one call
-(`send_whole`), its DATA framed by the shim without calling back into Python.
+(`send_whole`): one call into the shim, which frames the body from its copy.
 Nothing is written before the stream's flush anyway, so holding changes no
 frame on the wire.
 """

@@ -6,9 +6,10 @@ request (mesh-facts B4). As the HTTP/1 codecs beside it, it owns no socket:
 `receive(data)` parses and calls the owner (`H2Owner`) for each stream event,
 `data_to_send()` returns everything to write in one bytes object. Events are
 calls into the owner, not event objects: on a server a GET costs two calls
-from C (its headers as one list, the stream's close; a response submitted
-whole by `send_whole` has its DATA framed by the shim, other bodies cost a
-DATA read each), each calling the owner directly, with no event allocation or dispatch loop;
+from C (its headers as one list, the stream's close), each calling the owner
+directly, with no event allocation or dispatch loop. Outbound bodies and their
+trailers are copied into the shim as they are submitted and framed there, as
+the peer's windows allow: no call back into Python per DATA read;
 codec alone this runs at ~105k requests per CPU-second (`benchmarks/h2_codec.py`).
 
 What it decides on its own, as Envoy's codec does:
@@ -39,7 +40,6 @@ from __future__ import annotations
 
 import itertools
 import struct
-from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
@@ -51,6 +51,7 @@ INTERNAL_ERROR = 2
 REFUSED_STREAM = 7
 CANCEL = 8
 ENHANCE_YOUR_CALM = 11
+NGHTTP2_ERR_STREAM_CLOSED = -510  # the shim's answer to a submission for a stream with no open body
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -172,20 +173,6 @@ class H2Error(Exception):
     """libnghttp2 refused a call (a stream id that is not open, a closed session)."""
 
 
-class _Outbound:
-    """A stream's body waiting for nghttp2's DATA reads (which follow the peer's windows)."""
-
-    __slots__ = ("chunks", "offset", "size", "ended", "trailers", "deferred")
-
-    def __init__(self) -> None:
-        self.chunks: deque[bytes] = deque()
-        self.offset = 0  # bytes of chunks[0] already sent
-        self.size = 0  # bytes in chunks not sent yet: `pending` is asked after every write of every stream
-        self.ended = False
-        self.trailers: tuple[bytes, int] | None = None  # the trailers' block and field count, made once
-        self.deferred = False  # nghttp2 waits for `resume_data`
-
-
 def header_block(headers: Headers) -> bytes:
     """`name\\0value\\0...`: the shim builds nghttp2's array from it, and refuses a field holding a NUL."""
     return b"\0".join(itertools.chain.from_iterable(headers)) + b"\0"
@@ -194,8 +181,8 @@ def header_block(headers: Headers) -> bytes:
 class H2Connection:
     """One HTTP/2 connection, server or client side, sans-IO."""
 
-    __slots__ = ("owner", "server", "settings", "_handle", "_c", "_session", "_out", "_streams", "_out_ptr", "_final",
-                 "_error", "pending_send_bytes", "streams_active", "trailers", "stats", "closed")
+    __slots__ = ("owner", "server", "settings", "_handle", "_c", "_session", "_streams", "_out_ptr", "_final", "_error",
+                 "streams_active", "trailers", "stats", "closed")
 
     def __init__(self, owner: H2Owner, *, server: bool, settings: H2Settings | None = None) -> None:
         s = settings or H2Settings()
@@ -216,12 +203,10 @@ class H2Connection:
             raise H2Error(ffi.string(lib.nghttp2_strerror(rv)).decode())
         self._c = ffi.gc(c, lib.pyl_del)
         self._session = c.session
-        self._out: dict[int, _Outbound] = {}
         self._streams: dict[int, int] = {}  # open streams the owner knows: received DATA bytes not yet consumed
         self._out_ptr = ffi.new("const uint8_t **")
         self._final: bytes | None = None  # after an outbound flood: the GOAWAY that replaces the queued frames
         self._error: BaseException | None = None  # raised by an owner call inside a callback
-        self.pending_send_bytes = 0  # body bytes accepted by send_data, not yet framed (Envoy's gauge)
         self.streams_active = 0
         self.trailers = 0  # request trailers received (Envoy's http2.trailers)
         self.stats: dict[str, int] = {}  # counters this connection tripped: outbound/inbound floods, overflow
@@ -310,6 +295,11 @@ class H2Connection:
         return ffi.buffer(pp[0], n)[:] if n else b""
 
     @property
+    def pending_send_bytes(self) -> int:
+        """Body bytes accepted by the submissions, not framed yet (Envoy's gauge; the shim holds them)."""
+        return self._c.pending_send_bytes
+
+    @property
     def want_read(self) -> bool:
         return not self.closed and bool(lib.nghttp2_session_want_read(self._session))
 
@@ -324,8 +314,6 @@ class H2Connection:
         block = header_block(headers)
         sid = lib.pyl_submit_request(self._c, block, len(block), len(headers), int(not end_stream))
         self._check(sid)
-        if not end_stream:
-            self._out[sid] = _Outbound()
         self._streams[sid] = 0
         self.streams_active += 1
         return sid
@@ -338,16 +326,14 @@ class H2Connection:
         """`send_response` with the head as a ready `name\0value\0...` block of `count` fields (see `header_block`): for
         an encoder that builds it in its own pass over the fields instead of a list of pairs first."""
         self._known(stream_id)
-        self._check(lib.pyl_submit_response(self._c, stream_id, block, len(block), count, int(not end_stream)))
-        if not end_stream:
-            self._out[stream_id] = _Outbound()
+        self._check(lib.pyl_submit_response(self._c, stream_id, block, len(block), count, int(not end_stream), b"", 0,
+                                            0))
 
     def send_whole(self, stream_id: int, block: bytes, count: int, body: bytes) -> None:
         """Server: a complete response, its head (a block, as `send_response_block`) and `body` (the stream then
-        ends), in one submission. The shim keeps a copy of the body and frames it itself: no `_Outbound`, no DATA
-        read calling back into Python."""
+        ends), in one submission."""
         self._known(stream_id)
-        self._check(lib.pyl_submit_whole(self._c, stream_id, block, len(block), count, body, len(body)))
+        self._check(lib.pyl_submit_response(self._c, stream_id, block, len(block), count, 1, body, len(body), 1))
 
     def send_informational(self, stream_id: int, headers: Headers) -> None:
         """Server: a 1xx response (100 Continue, 103 Early Hints) before the final one."""
@@ -355,37 +341,25 @@ class H2Connection:
         block = header_block(headers)
         self._check(lib.pyl_submit_headers(self._c, stream_id, block, len(block), len(headers), 0))
 
-    def send_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
-        """Queue body bytes; they are framed as the peer's windows allow (`pending_send_bytes` until then)."""
-        out = self._out.get(stream_id)
-        if out is None or out.ended:
+    def send_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> int:
+        """Queue body bytes (the shim copies them); they are framed as the peer's windows allow. Returns the bytes
+        the stream has queued now, its share of the back-pressure (`pending`)."""
+        queued = lib.pyl_data(self._c, stream_id, data, len(data), end_stream)
+        if queued < 0:
             raise H2Error(f"stream {stream_id} has no open body")
-        if data:
-            out.chunks.append(data)
-            out.size += len(data)
-            self.pending_send_bytes += len(data)
-        if end_stream:
-            out.ended = True
-        self._resume(stream_id, out)
+        return queued
 
     def send_trailers(self, stream_id: int, trailers: Headers) -> None:
-        """End the stream's body with trailers (sent after the last DATA)."""
-        out = self._out.get(stream_id)
-        if out is None or out.ended:
+        """End the stream's body with trailers (sent after the last DATA; the block is checked now)."""
+        block = header_block(trailers)
+        rv = lib.pyl_trailers(self._c, stream_id, block, len(block), len(trailers))
+        if rv == NGHTTP2_ERR_STREAM_CLOSED:
             raise H2Error(f"stream {stream_id} has no open body")
-        out.trailers = (header_block(trailers), len(trailers))  # made now (and checked), not inside the read callback
-        out.ended = True
-        self._resume(stream_id, out)
-
-    def _resume(self, stream_id: int, out: _Outbound) -> None:
-        if out.deferred:
-            out.deferred = False
-            lib.nghttp2_session_resume_data(self._session, stream_id)
+        self._check(rv)
 
     def pending(self, stream_id: int) -> int:
         """Body bytes of the stream accepted by `send_data` and not framed yet (its share of the back-pressure)."""
-        out = self._out.get(stream_id)
-        return out.size if out is not None else 0
+        return lib.pyl_pending(self._c, stream_id)
 
     def consume(self, stream_id: int, n: int) -> None:
         """The owner passed on `n` received body bytes: credit them back to the peer (WINDOW_UPDATE)."""
@@ -506,9 +480,6 @@ def pyl_on_frame(handle, frame_type, stream_id, flags, a, b):  # type: ignore[no
 def pyl_on_close(handle, stream_id, error_code):  # type: ignore[no-untyped-def]
     conn: H2Connection = ffi.from_handle(handle)
     try:
-        out = conn._out.pop(stream_id, None)
-        if out is not None:
-            conn.pending_send_bytes -= out.size
         left = conn._streams.pop(stream_id, None)
         if left is None:
             return 0  # refused or reset before its headers reached the owner
@@ -520,41 +491,3 @@ def pyl_on_close(handle, stream_id, error_code):  # type: ignore[no-untyped-def]
         conn._error = e
         return lib.NGHTTP2_ERR_CALLBACK_FAILURE
     return 0
-
-
-@ffi.def_extern()
-def pyl_read(handle, stream_id, buf, length, flags):  # type: ignore[no-untyped-def]
-    conn: H2Connection = ffi.from_handle(handle)
-    try:
-        out = conn._out[stream_id]
-        chunks = out.chunks
-        n = 0
-        while chunks and n < length:
-            chunk = chunks[0]
-            off = out.offset
-            take = min(len(chunk) - off, length - n)
-            ffi.memmove(buf + n, memoryview(chunk)[off:off + take] if off else chunk, take)
-            n += take
-            if off + take == len(chunk):
-                chunks.popleft()
-                out.offset = 0
-            else:
-                out.offset = off + take
-        conn.pending_send_bytes -= n
-        out.size -= n
-        if not chunks:
-            if out.ended:
-                if out.trailers is not None:
-                    flags[0] = lib.NGHTTP2_DATA_FLAG_EOF | lib.NGHTTP2_DATA_FLAG_NO_END_STREAM
-                    block, count = out.trailers
-                    if lib.pyl_submit_headers(conn._c, stream_id, block, len(block), count, 1) < 0:
-                        return lib.NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE
-                else:
-                    flags[0] = lib.NGHTTP2_DATA_FLAG_EOF
-            elif n == 0:
-                out.deferred = True
-                return lib.NGHTTP2_ERR_DEFERRED
-        return n
-    except BaseException as e:  # noqa: BLE001
-        conn._error = e
-        return lib.NGHTTP2_ERR_CALLBACK_FAILURE

@@ -4,9 +4,9 @@
  * costs ~120 ns before it does anything (mesh-facts B3), so the calls that need no Python object stay here:
  * header fields are collected into one NUL-separated block per HEADERS frame (HTTP/2 forbids NUL in fields and
  * nghttp2 checks it), Envoy's inbound flood limits are counted per frame header, and the counters the proxy
- * reports are kept in the connection struct. Python is called once per HEADERS frame, DATA chunk, stream close
- * and DATA read: what needs a Python object. A small response submitted whole (pyl_submit_whole) is framed from a
- * copy here, with no DATA read in Python.
+ * reports are kept in the connection struct. Python is called once per HEADERS frame, DATA chunk and stream close:
+ * what needs a Python object. Outbound bodies live here too (pyl_out): `pyl_data` copies each piece in, `pyl_trailers`
+ * the trailers' block, and nghttp2's DATA reads take from that copy, so framing a body never calls into Python.
  *
  * Optional libnghttp2 symbols (the stream reset rate limit of CVE-2023-44487, the CONTINUATION limit of
  * CVE-2024-27316) are Debian backports on a 1.52 library, so the version says nothing: they are looked up with
@@ -21,13 +21,26 @@
 #include <time.h>
 #include <nghttp2/nghttp2.h>
 
-/* A small response body submitted whole with its head (pyl_submit_whole): nghttp2 frames it from here, with no
- * call into Python per DATA read. Linked into its connection so pyl_del frees what an abandoned session left. */
-typedef struct pyl_body {
-    struct pyl_body *prev, *next;
+/* One piece of an outbound body, copied from Python's bytes. */
+typedef struct pyl_chunk {
+    struct pyl_chunk *next;
     size_t len, off;
     uint8_t data[];
-} pyl_body;
+} pyl_chunk;
+
+/* A stream's outbound body: the pieces not framed yet, whether more may come, and the trailers that end it (a
+ * "name\0value\0..." block). It is the stream's user data and its data provider's source, from the submission
+ * that opened the body until its last DATA read or the stream's close; linked into its connection so pyl_del frees
+ * what an abandoned session left. */
+typedef struct pyl_out {
+    struct pyl_out *prev, *next;
+    int32_t stream_id;
+    pyl_chunk *head, *tail;
+    size_t size;  /* bytes queued, not framed yet: the stream's share of the back-pressure */
+    int ended, deferred;
+    char *trailers;
+    size_t tlen, tcount;
+} pyl_out;
 
 typedef struct pyl_h2 {
     nghttp2_session *session;
@@ -47,7 +60,8 @@ typedef struct pyl_h2 {
     double reset_tokens, reset_burst, reset_rate, reset_at;  /* RST_STREAM token bucket (server sessions) */
     int tripped;  /* PYL_TRIP_*: the limit that ended the connection */
     uint64_t rx_reset, tx_reset, rx_messaging_error, goaway_sent;
-    pyl_body *bodies;  /* whole bodies not framed yet */
+    uint64_t pending_send_bytes;  /* body bytes accepted, not framed yet (Envoy's http2.pending_send_bytes) */
+    pyl_out *outs;  /* open outbound bodies */
 } pyl_h2;
 
 #define PYL_TRIP_EMPTY 1
@@ -62,7 +76,6 @@ static int pyl_on_headers(void *, int32_t, int, int, const unsigned char *, size
 static int pyl_on_data(void *, int32_t, const uint8_t *, size_t);
 static int pyl_on_frame(void *, int, int32_t, int, uint32_t, uint32_t);
 static int pyl_on_close(void *, int32_t, uint32_t);
-static ssize_t pyl_read(void *, int32_t, uint8_t *, size_t, uint32_t *);
 
 typedef void (*reset_limit_fn)(nghttp2_option *, uint64_t, uint64_t);
 typedef void (*continuations_fn)(nghttp2_option *, size_t);
@@ -201,17 +214,48 @@ static int cb_data_chunk(nghttp2_session *s, uint8_t flags, int32_t stream_id, c
     return pyl_on_data(((pyl_h2 *)ud)->handle, stream_id, data, len);
 }
 
-static void body_free(pyl_h2 *c, pyl_body *b) {
-    if (b->prev) b->prev->next = b->next;
-    else c->bodies = b->next;
-    if (b->next) b->next->prev = b->prev;
-    free(b);
+static pyl_out *out_new(pyl_h2 *c) {
+    pyl_out *o = calloc(1, sizeof(pyl_out));
+    if (!o) return NULL;
+    o->next = c->outs;
+    if (o->next) o->next->prev = o;
+    c->outs = o;
+    return o;
+}
+
+static void out_free(pyl_h2 *c, pyl_out *o) {
+    if (o->prev) o->prev->next = o->next;
+    else c->outs = o->next;
+    if (o->next) o->next->prev = o->prev;
+    while (o->head) {
+        pyl_chunk *k = o->head;
+        o->head = k->next;
+        free(k);
+    }
+    c->pending_send_bytes -= o->size;
+    free(o->trailers);
+    free(o);
+}
+
+static int out_append(pyl_h2 *c, pyl_out *o, const uint8_t *data, size_t len) {
+    pyl_chunk *k = malloc(sizeof(pyl_chunk) + len);
+    if (!k) return NGHTTP2_ERR_NOMEM;
+    k->next = NULL;
+    k->len = len;
+    k->off = 0;
+    memcpy(k->data, data, len);
+    if (o->tail) o->tail->next = k;
+    else o->head = k;
+    o->tail = k;
+    o->size += len;
+    c->pending_send_bytes += len;
+    return 0;
 }
 
 static int cb_stream_close(nghttp2_session *s, int32_t stream_id, uint32_t error_code, void *ud) {
     pyl_h2 *c = ud;
-    pyl_body *b = nghttp2_session_get_stream_user_data(s, stream_id);
-    if (b) body_free(c, b);  /* reset before its body was framed */
+    pyl_out *o = nghttp2_session_get_stream_user_data(s, stream_id);
+    if (o) out_free(c, o);  /* reset before its body was framed */
     return pyl_on_close(c->handle, stream_id, error_code);
 }
 
@@ -237,26 +281,49 @@ static int cb_invalid_frame(nghttp2_session *s, const nghttp2_frame *f, int lib_
     return 0;
 }
 
+static nghttp2_nv *nva_from_block(const char *block, size_t len, size_t count);
+
+/* nghttp2's DATA read: as much of the queued pieces as the windows allow; once the body ended and all of it went, the
+ * trailers (their HEADERS ends the stream) or END_STREAM on this frame. With nothing queued and more to come, the
+ * stream waits (DEFERRED) until pyl_data or pyl_trailers resumes it. */
 static ssize_t cb_read(nghttp2_session *s, int32_t stream_id, uint8_t *buf, size_t length, uint32_t *data_flags,
                        nghttp2_data_source *source, void *ud) {
-    (void)s;
-    (void)source;
-    return pyl_read(((pyl_h2 *)ud)->handle, stream_id, buf, length, data_flags);
-}
-
-/* The DATA reads of a whole body (pyl_submit_whole): all of it as the windows allow, then END_STREAM. */
-static ssize_t cb_read_body(nghttp2_session *s, int32_t stream_id, uint8_t *buf, size_t length, uint32_t *data_flags,
-                            nghttp2_data_source *source, void *ud) {
-    pyl_body *b = source->ptr;
-    size_t n = b->len - b->off;
-    if (n > length) n = length;
-    memcpy(buf, b->data + b->off, n);
-    b->off += n;
-    if (b->off == b->len) {
-        *data_flags |= NGHTTP2_DATA_FLAG_EOF;
-        nghttp2_session_set_stream_user_data(s, stream_id, NULL);
-        body_free(ud, b);
+    pyl_h2 *c = ud;
+    pyl_out *o = source->ptr;
+    size_t n = 0;
+    while (o->head && n < length) {
+        pyl_chunk *k = o->head;
+        size_t take = k->len - k->off;
+        if (take > length - n) take = length - n;
+        memcpy(buf + n, k->data + k->off, take);
+        n += take;
+        k->off += take;
+        if (k->off == k->len) {
+            o->head = k->next;
+            if (!o->head) o->tail = NULL;
+            free(k);
+        }
     }
+    o->size -= n;
+    c->pending_send_bytes -= n;
+    if (o->head) return (ssize_t)n;
+    if (!o->ended) {
+        if (n) return (ssize_t)n;
+        o->deferred = 1;
+        return NGHTTP2_ERR_DEFERRED;
+    }
+    if (o->trailers) {
+        nghttp2_nv *nva = nva_from_block(o->trailers, o->tlen, o->tcount);
+        int rv = nva ? nghttp2_submit_headers(s, NGHTTP2_FLAG_END_STREAM, stream_id, NULL, nva, o->tcount, NULL)
+                     : NGHTTP2_ERR_NOMEM;
+        free(nva);
+        if (rv < 0) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;  /* the stream is reset; its close frees `o` */
+        *data_flags |= NGHTTP2_DATA_FLAG_EOF | NGHTTP2_DATA_FLAG_NO_END_STREAM;
+    } else {
+        *data_flags |= NGHTTP2_DATA_FLAG_EOF;
+    }
+    nghttp2_session_set_stream_user_data(s, stream_id, NULL);
+    out_free(c, o);
     return (ssize_t)n;
 }
 
@@ -306,7 +373,7 @@ static int pyl_new(pyl_h2 *c, int server, int max_outbound_ack, int reset_burst,
 static void pyl_del(pyl_h2 *c) {
     if (c->session) nghttp2_session_del(c->session);
     c->session = NULL;
-    while (c->bodies) body_free(c, c->bodies);
+    while (c->outs) out_free(c, c->outs);
     free(c->hbuf);
     c->hbuf = NULL;
     c->hcap = c->hlen = 0;
@@ -344,62 +411,113 @@ static nghttp2_nv *nva_from_block(const char *block, size_t len, size_t count) {
     return nva;
 }
 
+/* A request's HEADERS; with a body, its pyl_out (the stream's user data from the start). Returns the stream id. */
 static int32_t pyl_submit_request(pyl_h2 *c, const char *block, size_t len, size_t count, int with_body) {
     nghttp2_data_provider prd;
     nghttp2_nv *nva = nva_from_block(block, len, count);
+    pyl_out *o = NULL;
     int32_t rv;
     if (!nva) return NGHTTP2_ERR_INVALID_ARGUMENT;
-    prd.source.ptr = NULL;
-    prd.read_callback = cb_read;
-    rv = nghttp2_submit_request(c->session, NULL, nva, count, with_body ? &prd : NULL, NULL);
-    free(nva);
-    return rv;
-}
-
-static int pyl_submit_response(pyl_h2 *c, int32_t stream_id, const char *block, size_t len, size_t count,
-                               int with_body) {
-    nghttp2_data_provider prd;
-    nghttp2_nv *nva = nva_from_block(block, len, count);
-    int rv;
-    if (!nva) return NGHTTP2_ERR_INVALID_ARGUMENT;
-    prd.source.ptr = NULL;
-    prd.read_callback = cb_read;
-    rv = nghttp2_submit_response(c->session, stream_id, nva, count, with_body ? &prd : NULL);
-    free(nva);
-    return rv;
-}
-
-/* A whole response at once: HEADERS, then `body` (copied here) as DATA ending the stream, framed in C. The usual
- * small proxied response then costs one call into C and none back per DATA read. */
-static int pyl_submit_whole(pyl_h2 *c, int32_t stream_id, const char *block, size_t len, size_t count,
-                            const uint8_t *body, size_t bodylen) {
-    nghttp2_data_provider prd;
-    nghttp2_nv *nva = nva_from_block(block, len, count);
-    pyl_body *b;
-    int rv;
-    if (!nva) return NGHTTP2_ERR_INVALID_ARGUMENT;
-    b = malloc(sizeof(pyl_body) + bodylen);
-    if (!b) {
+    if (with_body && !(o = out_new(c))) {
         free(nva);
         return NGHTTP2_ERR_NOMEM;
     }
-    b->len = bodylen;
-    b->off = 0;
-    memcpy(b->data, body, bodylen);
-    prd.source.ptr = b;
-    prd.read_callback = cb_read_body;
-    rv = nghttp2_submit_response(c->session, stream_id, nva, count, &prd);
+    prd.source.ptr = o;
+    prd.read_callback = cb_read;
+    rv = nghttp2_submit_request(c->session, NULL, nva, count, o ? &prd : NULL, o);
+    free(nva);
+    if (o) {
+        if (rv < 0) out_free(c, o);
+        else o->stream_id = rv;
+    }
+    return rv;
+}
+
+/* A response's HEADERS and, with a body, its pyl_out holding `bodylen` bytes of `body` to start with; `ended`: that
+ * is all of it (the stream ends with its last DATA frame). Framed in C: the usual small proxied response costs one
+ * call into C and none back. */
+static int pyl_submit_response(pyl_h2 *c, int32_t stream_id, const char *block, size_t len, size_t count,
+                               int with_body, const uint8_t *body, size_t bodylen, int ended) {
+    nghttp2_data_provider prd;
+    nghttp2_nv *nva = nva_from_block(block, len, count);
+    pyl_out *o = NULL;
+    int rv;
+    if (!nva) return NGHTTP2_ERR_INVALID_ARGUMENT;
+    if (with_body) {
+        if (!(o = out_new(c)) || (bodylen && out_append(c, o, body, bodylen) != 0)) {
+            if (o) out_free(c, o);
+            free(nva);
+            return NGHTTP2_ERR_NOMEM;
+        }
+        o->ended = ended;
+    }
+    prd.source.ptr = o;
+    prd.read_callback = cb_read;
+    rv = nghttp2_submit_response(c->session, stream_id, nva, count, o ? &prd : NULL);
     free(nva);
     if (rv != 0) {
-        free(b);
+        if (o) out_free(c, o);
         return rv;
     }
-    b->prev = NULL;
-    b->next = c->bodies;
-    if (b->next) b->next->prev = b;
-    c->bodies = b;
-    nghttp2_session_set_stream_user_data(c->session, stream_id, b);
+    if (o) {
+        o->stream_id = stream_id;
+        nghttp2_session_set_stream_user_data(c->session, stream_id, o);
+    }
     return 0;
+}
+
+/* A stream's body: its user data once nghttp2 opened the stream; a request's stream opens only as its HEADERS is
+ * framed, so until then it is found in the connection's list. */
+static pyl_out *find_out(pyl_h2 *c, int32_t stream_id) {
+    pyl_out *o = nghttp2_session_get_stream_user_data(c->session, stream_id);
+    if (!o)
+        for (o = c->outs; o && o->stream_id != stream_id; o = o->next) {}
+    return o;
+}
+
+static pyl_out *open_out(pyl_h2 *c, int32_t stream_id) {
+    pyl_out *o = find_out(c, stream_id);
+    return o && !o->ended ? o : NULL;
+}
+
+static void out_resume(pyl_h2 *c, int32_t stream_id, pyl_out *o) {
+    if (o->deferred) {
+        o->deferred = 0;
+        nghttp2_session_resume_data(c->session, stream_id);
+    }
+}
+
+/* Body bytes for a stream whose body is open (copied); `end`: the body ends with them. Returns the bytes the stream
+ * has queued now, or NGHTTP2_ERR_STREAM_CLOSED when it has no open body. */
+static int64_t pyl_data(pyl_h2 *c, int32_t stream_id, const uint8_t *data, size_t len, int end) {
+    pyl_out *o = open_out(c, stream_id);
+    if (!o) return NGHTTP2_ERR_STREAM_CLOSED;
+    if (len && out_append(c, o, data, len) != 0) return NGHTTP2_ERR_NOMEM;
+    if (end) o->ended = 1;
+    out_resume(c, stream_id, o);
+    return (int64_t)o->size;
+}
+
+/* The trailers that end an open body (a copy of the block, checked now): sent after its last DATA. */
+static int pyl_trailers(pyl_h2 *c, int32_t stream_id, const char *block, size_t len, size_t count) {
+    pyl_out *o = open_out(c, stream_id);
+    nghttp2_nv *nva;
+    if (!o) return NGHTTP2_ERR_STREAM_CLOSED;
+    if (!(nva = nva_from_block(block, len, count))) return NGHTTP2_ERR_INVALID_ARGUMENT;
+    free(nva);
+    if (!(o->trailers = malloc(len ? len : 1))) return NGHTTP2_ERR_NOMEM;
+    memcpy(o->trailers, block, len);
+    o->tlen = len;
+    o->tcount = count;
+    o->ended = 1;
+    out_resume(c, stream_id, o);
+    return 0;
+}
+
+/* The bytes a stream's body has queued, not framed yet (0 once framed, or when it has none). */
+static size_t pyl_pending(pyl_h2 *c, int32_t stream_id) {
+    pyl_out *o = find_out(c, stream_id);
+    return o ? o->size : 0;
 }
 
 /* Informational (1xx) responses and trailers: a HEADERS frame with no data provider. */
