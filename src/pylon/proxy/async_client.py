@@ -150,7 +150,7 @@ def send(worker: "Worker", cluster_name: str, method: bytes, path: bytes, host: 
     if empty_length and not body and method in _BODILESS_METHODS:
         extra = b"content-length: 0\r\n" + (extra or b"")
     head = Http1RequestEncoder(method, path, host, headers, chunked=False, length=len(body),
-                               attempt_count=False, extra=extra).head
+                               attempt_count=False, extra=extra).encode_head(1)
     pool = worker.pools.get(cluster, host_)
     call = Call(head + body, cluster, pool, done, loop, timeout, is_head=method == b"HEAD")
     pool.acquire(call)

@@ -80,7 +80,7 @@ def post_report(worker: "Worker", cluster_name: str, path: bytes, host: bytes, h
     if cluster is None or chosen is None:
         return False
     head = Http1RequestEncoder(b"POST", path, host, headers, chunked=False, length=len(body),
-                               attempt_count=False).head
+                               attempt_count=False).encode_head(1)
     worker.pools.get(cluster, chosen).acquire(_Report(head + body, done, worker.loop, timeout))
     return True
 

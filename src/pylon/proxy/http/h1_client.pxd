@@ -3,7 +3,7 @@
 # name of each class's __slots__ is declared here (tests/compiled checks it). Interpreted runs never read this file.
 
 cdef class Http1RequestEncoder:
-    cdef public object head, split, chunked, trailers, parts
+    cdef public object head, split, attempt_count, chunked, trailers, parts
 
 cdef class Http1ResponseDecoder:
     cdef public object owner, parser, max_headers, headers, status, connection, informational, head_response

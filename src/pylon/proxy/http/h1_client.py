@@ -35,42 +35,55 @@ _BODILESS_METHODS = frozenset({b"GET", b"HEAD", b"DELETE", b"CONNECT"})
 class Http1RequestEncoder:
     """One request toward an upstream, ready for each attempt."""
 
-    __slots__ = ("head", "split", "chunked", "trailers", "parts")
+    __slots__ = ("head", "split", "attempt_count", "chunked", "trailers", "parts")
 
     def __init__(self, method: bytes, target: bytes, host: bytes, headers: list[tuple[bytes, bytes]], *,
                  chunked: bool, length: int, attempt_count: bool, extra: bytes | None = None,
                  trailers: bool = False) -> None:
         """`headers` go as given (the stream already removed hop-by-hop and framing headers); `extra` is
         one ready header line. With `attempt_count` every attempt says which it is (x-envoy-attempt-count),
-        right after the host line, as Envoy sets it. `trailers`: the cluster's enable_trailers."""
-        first = b"%s %s HTTP/1.1\r\nhost: %s\r\n" % (method, target, host)
-        self.split = len(first) if attempt_count else 0
-        parts = [first, JOIN_LINES(map(HEADER_LINE, headers)), b"\r\n"] if headers else [first]
-        if extra is not None:
-            parts.append(extra)
+        right after the host line, as Envoy sets it. `trailers`: the cluster's enable_trailers.
+
+        The HTTP/1.1 head is made by the first `encode_head`: an attempt on an HTTP/2 stream builds its header
+        block from `parts` instead (h2_client.head_fields) and never needs those bytes."""
         declared: int | None = None  # the content-length the head says (None: chunked, or none at all)
-        if chunked:
-            parts.append(b"transfer-encoding: chunked\r\n\r\n")
-        elif length:
-            parts.append(b"content-length: %d\r\n\r\n" % length)
-            declared = length
-        elif method not in _BODILESS_METHODS:
-            parts.append(b"content-length: 0\r\n\r\n")
-            declared = 0
-        else:
-            parts.append(b"\r\n")
-        self.head = b"".join(parts)
-        # What the head was made of (references, no copies): an attempt on an HTTP/2 stream builds its header
-        # block from these (h2_client.head_fields) instead of parsing the bytes back.
+        if not chunked:
+            if length:
+                declared = length
+            elif method not in _BODILESS_METHODS:
+                declared = 0
+        # What the head is made of (references, no copies).
         self.parts = (method, target, host, headers, extra, declared)
+        self.head: bytes | None = None
+        self.split = 0  # where x-envoy-attempt-count goes in the head (0: it does not), known with the head
+        self.attempt_count = attempt_count
         self.chunked = chunked
         self.trailers = trailers
 
+    def _make_head(self) -> bytes:
+        method, target, host, headers, extra, declared = self.parts
+        first = b"%s %s HTTP/1.1\r\nhost: %s\r\n" % (method, target, host)
+        if self.attempt_count:
+            self.split = len(first)
+        parts = [first, JOIN_LINES(map(HEADER_LINE, headers)), b"\r\n"] if headers else [first]
+        if extra is not None:
+            parts.append(extra)
+        if self.chunked:
+            parts.append(b"transfer-encoding: chunked\r\n\r\n")
+        elif declared is not None:
+            parts.append(b"content-length: %d\r\n\r\n" % declared)
+        else:
+            parts.append(b"\r\n")
+        self.head = head = b"".join(parts)
+        return head
+
     def encode_head(self, attempt: int) -> bytes:
+        head = self.head
+        if head is None:
+            head = self._make_head()
         split = self.split
         if not split:
-            return self.head
-        head = self.head
+            return head
         return b"%sx-envoy-attempt-count: %d\r\n%s" % (head[:split], attempt, head[split:])
 
     def encode_data(self, data: bytes) -> bytes:

@@ -88,7 +88,7 @@ def head_fields(base: "Http1RequestEncoder", attempt: int, scheme: bytes) -> Hea
     method, target, authority, headers, extra, declared = base.parts
     protocol = b""
     fields: Headers = []
-    if base.split:
+    if base.attempt_count:
         fields.append((b"x-envoy-attempt-count", b"%d" % attempt))
     if extra is not None:  # ready header lines ("name: value\r\n")
         headers = headers + [line.partition(b": ")[::2] for line in extra.split(b"\r\n")[:-1]]
