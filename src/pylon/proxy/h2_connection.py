@@ -146,11 +146,14 @@ class H2StreamConn(Http2ResponseEncoder):
         h2 = self.h2
         self.commit()
         h2.flush_later()
-        if h2.session.pending(self.stream_id) > self.hcm.buffer_limit and not self.closed:
-            stream = self.stream
-            if not stream.paused_upstream:
-                stream.on_downstream_pause(True)
-                h2.out_paused.add(self)
+        queued = self.queued
+        if queued:  # a submission since the last look: the only way past the limit (framing only lowers it)
+            self.queued = 0
+            if queued > self.hcm.buffer_limit and not self.closed:
+                stream = self.stream
+                if not stream.paused_upstream:
+                    stream.on_downstream_pause(True)
+                    h2.out_paused.add(self)
 
     #: the stream's writes of a response: the connection already writes once per round (`flush_later`)
     write_later = write

@@ -312,6 +312,35 @@ def test_a_client_that_does_not_read_stops_crediting_its_stream_only() -> None:
     assert slow.body == big and slow.events[-1] == "complete"
 
 
+def test_an_upload_past_the_buffer_limit_behind_the_servers_window_pauses_its_client_until_it_drains() -> None:
+    """A request body the server's window holds back waits in the session; past the cluster's buffer limit the
+    exchange stops reading its client, and reads again once half the limit or less waits."""
+    rig = Rig()
+    rig.pool.buffer_limit = 16384
+    conn = H2UpstreamConnection(rig.pool)
+    conn.connection_made(Transport())  # type: ignore[arg-type]
+    recorder = Recorder(auto_consume=False)
+    server = session(recorder, server=True, settings=H2Settings(initial_stream_window_size=65535,
+                                                                initial_connection_window_size=65535))
+    rig.servers.append((conn, server, recorder))
+    rig.pool.connected(conn)
+    upload = Exchange(b"/up", end=False)
+    rig.pool.acquire(upload)
+    rig.pump()
+    assert upload.stream is not None and upload.request_encoder is not None
+    upload.request_encoder.encode_data(b"x" * 100_000)
+    upload.stream.write(b"")
+    rig.pump()
+    assert len(recorder.body[1]) == 65535 and upload.events == [("pause", True)]
+    while upload.events[-1] == ("pause", True):
+        taken = len(recorder.body[1])
+        server.consume(1, 32768)  # nghttp2 updates the window once half of it was consumed
+        rig.pump()
+        assert len(recorder.body[1]) > taken
+    assert upload.events == [("pause", True), ("pause", False)]
+    assert 100_000 - len(recorder.body[1]) <= 8192
+
+
 def test_the_connection_count_is_envoys() -> None:
     rig = Rig()
     rig.pool.acquire(Exchange())

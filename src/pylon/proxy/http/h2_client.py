@@ -150,7 +150,7 @@ class Http2RequestEncoder:
     an HTTP/1.1 connection frames as before.
     """
 
-    __slots__ = ("base", "codec", "stream_id", "ended")
+    __slots__ = ("base", "codec", "stream_id", "ended", "queued")
     chunked = True  # the stream calls `encode_end` for every request: HTTP/2 ends each with END_STREAM
 
     def __init__(self, base: "Http1RequestEncoder", codec: "H2Connection", stream_id: int) -> None:
@@ -158,11 +158,14 @@ class Http2RequestEncoder:
         self.codec = codec
         self.stream_id = stream_id
         self.ended = False
+        # What the stream had queued in the session after the latest body submission, until the stream's write
+        # checks it against the buffer limit (H2UpstreamStream.write): only a submission can raise it.
+        self.queued = 0
 
     def encode_data(self, data: bytes) -> bytes:
         if data and not self.ended:
             try:
-                self.codec.send_data(self.stream_id, data)
+                self.queued = self.codec.send_data(self.stream_id, data)
             except H2Error:
                 self.ended = True  # the stream is gone (reset, connection lost): its close tells the exchange
         return b""

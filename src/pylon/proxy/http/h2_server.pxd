@@ -7,4 +7,4 @@ cdef class RequestHead:
     cdef public object method, path, protocol, headers, length, rejected
 
 cdef class Http2ResponseEncoder:
-    cdef public object out, session, stream_id, server_name, ended, headers_only, held, held_body
+    cdef public object out, session, stream_id, server_name, ended, headers_only, held, held_body, queued

@@ -121,7 +121,7 @@ def _joined(pieces: list[bytes]) -> bytes:
 class Http2ResponseEncoder:
     """Encodes one HTTP/2 stream's response into its connection's session (the stream's `encoder`)."""
 
-    __slots__ = ("out", "session", "stream_id", "server_name", "ended", "headers_only", "held", "held_body")
+    __slots__ = ("out", "session", "stream_id", "server_name", "ended", "headers_only", "held", "held_body", "queued")
     tunnels = False  # its stream's CONNECT payload is DATA frames, not the connection's bytes (h2_tunnel.py)
 
     def __init__(self, session: "H2Connection", stream_id: int, server_name: bytes) -> None:
@@ -135,6 +135,9 @@ class Http2ResponseEncoder:
         self.headers_only = False
         self.held: tuple[bytes, int] | None = None  # a response head not submitted yet (its block, its field count)
         self.held_body: list[bytes] | None = None  # body pieces that came after the held head
+        # What the stream had queued in the session after the latest body submission, until the stream's write
+        # checks it against the buffer limit (H2StreamConn.write): only a submission can raise it.
+        self.queued = 0
 
     def commit(self) -> None:
         """Submit a held head and the body held behind it: the stream flushes, resets, or its body goes on."""
@@ -147,7 +150,7 @@ class Http2ResponseEncoder:
         body = self.held_body
         if body is not None:
             self.held_body = None
-            session.send_data(stream_id, _joined(body))
+            self.queued = session.send_data(stream_id, _joined(body))
 
     def drop(self) -> None:
         """The stream is gone: nothing more is submitted for it."""
@@ -201,7 +204,7 @@ class Http2ResponseEncoder:
                 else:
                     self.held_body.append(data)
             else:
-                self.session.send_data(self.stream_id, data)
+                self.queued = self.session.send_data(self.stream_id, data)
             if not self.out:
                 self.out.append(b"")
 

@@ -132,12 +132,14 @@ class H2UpstreamStream:
                 encoder.encode_data(body)
                 encoder.encode_end()
         connection.flush_soon()
-        exchange = self.exchange
-        if exchange is not None and not self.writing_paused and self.stream_id and \
-                connection.codec.pending(self.stream_id) > connection.pool.buffer_limit:
-            self.writing_paused = True
-            connection.write_paused_streams.add(self)
-            exchange.on_upstream_pause(True)
+        encoder = self.encoder
+        if encoder is not None and encoder.queued:  # a submission since the last look (framing only lowers it)
+            queued, encoder.queued = encoder.queued, 0
+            exchange = self.exchange
+            if exchange is not None and not self.writing_paused and queued > connection.pool.buffer_limit:
+                self.writing_paused = True
+                connection.write_paused_streams.add(self)
+                exchange.on_upstream_pause(True)
 
     def abandon(self) -> None:
         """The exchange gave up (timeout, client gone, retry): RST_STREAM CANCEL; the slot frees when it closes."""
