@@ -1101,7 +1101,7 @@ class Stream:
 
     def _on_h2_ready(self, conn: "H2UpstreamStream") -> None:
         """The attempt got a stream on an HTTP/2 connection: the request head (the HTTP/1.1 encoder's, as a header
-        block built from its parts: h2_client.head_fields) goes as HEADERS, the body so far as DATA; the rest of the
+        block built from its parts: h2_client.head_block) goes as HEADERS, the body so far as DATA; the rest of the
         body and its end follow through the stream's `Http2RequestEncoder`, which stands in for the HTTP/1 encoder until the attempt ends."""
         base = self.request_encoder
         base = getattr(base, "base", base)  # an earlier HTTP/2 attempt's encoder that was not handed back

@@ -8,8 +8,9 @@ import struct
 import pytest
 
 from pylon.proxy.http.h1_client import Http1RequestEncoder
-from pylon.proxy.http.h2_client import (Http2RequestEncoder, first_settings, head_fields, request_headers,
+from pylon.proxy.http.h2_client import (Http2RequestEncoder, first_settings, head_block, request_headers,
                                        response_head)
+from pylon.proxy.http.h2_session import header_block
 from tests.proxy.http.h2_helpers import SETTINGS, Recorder, frame, pump, session
 
 
@@ -44,13 +45,16 @@ _FIELDS = [(b"content-type", b"application/grpc"), (b"te", b"trailers"), (b"x-a"
     (b"GET", b"/chat", [(b"connection", b"upgrade"), (b"upgrade", b"websocket")],
      {"chunked": False, "length": 0, "attempt_count": False}),  # an accepted upgrade: extended CONNECT
 ])
-def test_head_fields_is_the_translation_of_the_encoders_bytes(method: bytes, target: bytes,
-                                                               fields: list[tuple[bytes, bytes]],
-                                                               options: dict) -> None:
+def test_head_block_is_the_translation_of_the_encoders_bytes(method: bytes, target: bytes,
+                                                              fields: list[tuple[bytes, bytes]],
+                                                              options: dict) -> None:
     """The router's HTTP/2 attempts build the block from the encoder's parts: exactly what the bytes translate to."""
-    encoder = Http1RequestEncoder(method, target or b"api.local:443", b"api.local:443", fields, **options)
     for attempt in (1, 3):
-        assert head_fields(encoder, attempt, b"https") == request_headers(encoder.encode_head(attempt), b"https")
+        encoder = Http1RequestEncoder(method, target or b"api.local:443", b"api.local:443", fields, **options)
+        block, count, extended = head_block(encoder, attempt, b"https")  # before the bytes are ever made
+        translated = request_headers(encoder.encode_head(attempt), b"https")
+        assert (block, count, extended) == (header_block(translated), len(translated),
+                                            translated[1][0] == b":protocol")
 
 
 def test_an_upgrade_goes_as_extended_connect() -> None:

@@ -45,7 +45,7 @@ class Http1RequestEncoder:
         right after the host line, as Envoy sets it. `trailers`: the cluster's enable_trailers.
 
         The HTTP/1.1 head is made by the first `encode_head`: an attempt on an HTTP/2 stream builds its header
-        block from `parts` instead (h2_client.head_fields) and never needs those bytes."""
+        block from `parts` instead (h2_client.head_block) and never needs those bytes."""
         declared: int | None = None  # the content-length the head says (None: chunked, or none at all)
         if not chunked:
             if length:

@@ -9,8 +9,8 @@ fields and the HTTP/1 framing (`transfer-encoding`) dropped, `te: trailers`
 kept, an accepted Upgrade sent as extended CONNECT (`:protocol`, RFC 8441, as
 Envoy's upstream codec sends it); a `content-length` stays, as Envoy's upstream
 codec keeps it (nghttp2 checks it against the DATA). The router's own attempts
-skip the bytes: `head_fields` builds the same block from what the encoder made
-its head of. `Http2RequestEncoder` stands in for the HTTP/1 encoder for the
+skip the bytes: `head_block` builds the same block, as the session takes it
+(`name\0value\0...`), from what the encoder made its head of. `Http2RequestEncoder` stands in for the HTTP/1 encoder for the
 rest of the attempt: the stream's body and end calls become
 DATA and trailers on the connection's `H2Connection`, and return b"" (the
 stream's later `write` only flushes the session). `response_head` reads a
@@ -70,26 +70,31 @@ def request_headers(head: bytes, scheme: bytes) -> Headers:
     return _pseudo_headers(method, protocol, scheme, authority, target) + fields
 
 
-def _pseudo_headers(method: bytes, protocol: bytes, scheme: bytes, authority: bytes, target: bytes) -> Headers:
-    """The request's pseudo-header fields: an accepted upgrade (the router adds `upgrade` only then) as extended
-    CONNECT (RFC 8441), a plain CONNECT with :authority alone, else all four."""
+def _pseudo_fields(method: bytes, protocol: bytes, scheme: bytes, authority: bytes, target: bytes) -> list[bytes]:
+    """The request's pseudo-header fields, names and values in turn: an accepted upgrade (the router adds `upgrade`
+    only then) as extended CONNECT (RFC 8441), a plain CONNECT with :authority alone, else all four."""
     if protocol:
-        return [(b":method", b"CONNECT"), (b":protocol", protocol), (b":scheme", scheme), (b":authority", authority),
-                (b":path", target)]
+        return [b":method", b"CONNECT", b":protocol", protocol, b":scheme", scheme, b":authority", authority,
+                b":path", target]
     if method == b"CONNECT":
-        return [(b":method", method), (b":authority", authority)]
-    return [(b":method", method), (b":scheme", scheme), (b":authority", authority), (b":path", target)]
+        return [b":method", method, b":authority", authority]
+    return [b":method", method, b":scheme", scheme, b":authority", authority, b":path", target]
 
 
-def head_fields(base: "Http1RequestEncoder", attempt: int, scheme: bytes) -> Headers:
-    """What `request_headers(base.encode_head(attempt), scheme)` returns, built from the parts the encoder made its
-    head of rather than by making those bytes and parsing them back (a gRPC call's head cost as much as the rest
-    of its HEADERS)."""
+def _pseudo_headers(method: bytes, protocol: bytes, scheme: bytes, authority: bytes, target: bytes) -> Headers:
+    it = iter(_pseudo_fields(method, protocol, scheme, authority, target))
+    return list(zip(it, it))
+
+
+def head_block(base: "Http1RequestEncoder", attempt: int, scheme: bytes) -> tuple[bytes, int, bool]:
+    """`header_block(request_headers(base.encode_head(attempt), scheme))`, its field count and whether it is an
+    extended CONNECT, built from the parts the encoder made its head of in one pass, with no HTTP/1.1 bytes and no
+    list of pairs in between (a gRPC call's head cost as much as the rest of its HEADERS)."""
     method, target, authority, headers, extra, declared = base.parts
     protocol = b""
-    fields: Headers = []
+    flat: list[bytes] = []
     if base.attempt_count:
-        fields.append((b"x-envoy-attempt-count", b"%d" % attempt))
+        flat += (b"x-envoy-attempt-count", b"%d" % attempt)
     if extra is not None:  # ready header lines ("name: value\r\n")
         headers = headers + [line.partition(b": ")[::2] for line in extra.split(b"\r\n")[:-1]]
     for pair in headers:
@@ -98,14 +103,18 @@ def head_fields(base: "Http1RequestEncoder", attempt: int, scheme: bytes) -> Hea
             authority = pair[1]  # a later host line wins in request_headers too
         elif name == b"te":
             if pair[1].lower() == b"trailers":
-                fields.append(pair)
+                flat += pair
         elif name not in _DROPPED:
-            fields.append(pair)
+            flat += pair
         elif name == b"upgrade":
             protocol = pair[1]
     if declared is not None:
-        fields.append((b"content-length", b"%d" % declared))
-    return _pseudo_headers(method, protocol, scheme, authority, target) + fields
+        flat += (b"content-length", b"%d" % declared)
+    pseudo = _pseudo_fields(method, protocol, scheme, authority, target)
+    count = (len(pseudo) + len(flat)) // 2
+    pseudo += flat
+    pseudo.append(b"")
+    return b"\0".join(pseudo), count, bool(protocol)
 
 
 def response_head(fields: Headers) -> tuple[int, Headers]:

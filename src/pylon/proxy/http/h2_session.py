@@ -311,8 +311,11 @@ class H2Connection:
 
     def send_request(self, headers: Headers, end_stream: bool = False) -> int:
         """Client: open a stream with `headers` (pseudo-headers first); returns its id."""
-        block = header_block(headers)
-        sid = lib.pyl_submit_request(self._c, block, len(block), len(headers), int(not end_stream))
+        return self.send_request_block(header_block(headers), len(headers), end_stream)
+
+    def send_request_block(self, block: bytes, count: int, end_stream: bool = False) -> int:
+        """`send_request` with the head as a ready block of `count` fields (see `header_block`)."""
+        sid = lib.pyl_submit_request(self._c, block, len(block), count, int(not end_stream))
         self._check(sid)
         self._streams[sid] = 0
         self.streams_active += 1

@@ -38,9 +38,9 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
-from pylon.proxy.http.h2_client import Http2RequestEncoder, first_settings, head_fields, request_headers, response_head
+from pylon.proxy.http.h2_client import Http2RequestEncoder, first_settings, head_block, request_headers, response_head
 from pylon.proxy.http.h2_session import (CANCEL, COUNTER_NAMES, NO_ERROR, REFUSED_STREAM, H2Connection, H2Error,
-                                         H2Settings, Headers, add_counts)
+                                         H2Settings, Headers, add_counts, header_block)
 from pylon.proxy.http.h2_keepalive import H2Keepalive
 from pylon.proxy.tls import ClientTls
 from pylon.proxy.upstream.pool_base import PoolBase, PooledConnection, prepare_transport
@@ -94,8 +94,12 @@ class H2UpstreamStream:
         connection = self.connection
         codec = connection.codec
         scheme = connection.scheme
-        fields = request_headers(head, scheme) if head is not None else head_fields(base, attempt, scheme)
-        if fields[1][0] == b":protocol" and not connection.peer_connect:
+        if head is not None:  # the proxy's own requests (async_client, span export): HTTP/1.1 bytes
+            fields = request_headers(head, scheme)
+            block, count, extended = header_block(fields), len(fields), fields[1][0] == b":protocol"
+        else:
+            block, count, extended = head_block(base, attempt, scheme)
+        if extended and not connection.peer_connect:
             # an upgrade the server's SETTINGS do not admit as extended CONNECT: reset here, as Envoy's codec does
             # (502 "protocol error"); the pool waited for those SETTINGS (`H2Pool.may_take`)
             exchange = self._detach()
@@ -104,7 +108,7 @@ class H2UpstreamStream:
                 exchange.on_upstream_reset("protocol error")
             return None
         try:
-            sid = codec.send_request(fields, end_stream)
+            sid = codec.send_request_block(block, count, end_stream)
         except H2Error:
             exchange = self._detach()
             self.pool.stream_closed(connection)
