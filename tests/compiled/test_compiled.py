@@ -226,14 +226,15 @@ def test_a_cimport_of_an_unbuilt_module_is_refused(tmp_path: Path) -> None:
 
 
 def _declared_fields(pxd: str) -> dict[str, set[str]]:
-    """Each `cdef class` of a .pxd and the names its `cdef public object` lines declare."""
+    """Each `cdef class` of a .pxd and the names its `cdef public <type>` lines declare (`object`, or an extension
+    type such as `HcmRuntime`)."""
     fields: dict[str, set[str]] = {}
     current: set[str] = set()
     for line in pxd.splitlines():
         if line.startswith("cdef class "):
             current = fields.setdefault(re.match(r"cdef class (\w+)", line)[1], set())
-        elif "cdef public object" in line:
-            current.update(re.findall(r"\w+", line.split("cdef public object", 1)[1]))
+        elif match := re.match(r"\s+cdef public \w+ (.*)", line):
+            current.update(re.findall(r"\w+", match[1]))
     return fields
 
 
@@ -255,7 +256,7 @@ def test_every_pxd_declares_each_slot_of_its_classes() -> None:
             slots = set(cls.__dict__["__slots__"]) - kept_in_dict.get(f"{name}.{class_name}", set())
             assert declared == slots, f"{pxd.name}: {class_name}"
             checked.append(f"{name}.{class_name}")
-    assert {"pylon.proxy.stream.Stream", "pylon.proxy.hcm.HttpConnection",
+    assert {"pylon.proxy.stream.Stream", "pylon.proxy.hcm.HttpConnection", "pylon.proxy.hcm.HcmRuntime",
             "pylon.proxy.http.h1_server.Http1RequestDecoder", "pylon.proxy.http.h1_client.Http1ResponseDecoder",
             "pylon.proxy.http.h2_server.Http2ResponseEncoder", "pylon.proxy.upstream.host.Host"} <= set(checked)
 

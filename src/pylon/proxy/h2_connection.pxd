@@ -3,11 +3,12 @@
 # Every name of each class's own __slots__ is declared here (tests/compiled checks it). The build depends on the two
 # modules cimported here (their sources are part of its hash). Interpreted runs never read this file.
 
-from pylon.proxy.hcm cimport HttpConnection
+from pylon.proxy.hcm cimport HcmRuntime, HttpConnection
 from pylon.proxy.http.h2_server cimport Http2ResponseEncoder
 
 cdef class H2StreamConn(Http2ResponseEncoder):
-    cdef public object h2, stream, hcm, loop, loop_time, peer, peer_ip, local, scheme, connection_id, detected, closed
+    cdef public HcmRuntime hcm
+    cdef public object h2, stream, loop, loop_time, peer, peer_ip, local, scheme, connection_id, detected, closed
     cdef public object paused, owed
 
 cdef class Http2Connection(HttpConnection):

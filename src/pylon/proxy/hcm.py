@@ -78,7 +78,31 @@ def _user_agent_edits(cluster: bytes, node_id: bytes, headers: list[tuple[bytes,
 
 
 class HcmRuntime:
-    """One HTTP connection manager's config compiled for one worker."""
+    """One HTTP connection manager's config compiled for one worker.
+
+    Its attributes are slots: compiled, it is an extension type (hcm.pxd) that the streams and connections hold in a
+    typed field, so every request's reads of its settings and counters skip the attribute look-up."""
+
+    __slots__ = ("accept_http_10", "access_loggers", "always_set_request_id", "body_decoders", "body_encoders",
+                 "buffer_limit", "cert_details", "chain_views", "clusters", "config", "cx_active", "cx_destroy",
+                 "cx_http2_active", "cx_http2_total", "cx_idle_timeout", "cx_max_duration",
+                 "cx_overload_disable_keepalive", "cx_protocol_error", "cx_total", "data_decoders",
+                 "data_encoders", "decoder_filters", "default_host_for_http_10", "delayed_close_timeout",
+                 "drain_timeout", "dropped_underscores", "dynamic_stats", "enable_trailers", "encoder_filters",
+                 "escaped_slashes", "first_stream_timeout", "generate_request_id", "h2", "host_labels",
+                 "idle_timeout", "local_reply_mapper", "local_uri_sans", "max_connection_duration",
+                 "max_header_bytes", "max_headers_count", "max_stream_duration", "merge_slashes",
+                 "network_filters", "no_route", "normalize_path", "overload", "overwrite_server",
+                 "path_options", "peer_check", "pools", "rejected_underscores", "replace_client_request_id",
+                 "request_case", "request_headers_timeout", "request_timeout", "response_drop",
+                 "response_key_format", "route_table", "rq_active", "rq_by_class", "rq_completed",
+                 "rq_direct_response", "rq_header_timeout", "rq_http2_total", "rq_idle_timeout",
+                 "rq_max_duration", "rq_overload_close", "rq_redirect", "rq_rx_reset", "rq_time", "rq_timeout",
+                 "rq_too_large", "rq_total", "rs_too_large", "scheme_to_overwrite", "server_name",
+                 "stream_idle_timeout", "suppress_envoy_headers", "tls_stats", "tracer", "trailer_decoders",
+                 "trailer_encoders", "underscores", "upgrade_types", "upgrades_active", "upgrades_total",
+                 "upstream_filters", "use_remote_address", "user_agent_edits", "via", "worker", "xfcc_mode",
+                 "xff_num_trusted_hops")
 
     def __init__(self, config: Any, clusters: "dict[str, Cluster]", pools: "PoolRegistry",
                  stats: StatsStore, worker: "Worker") -> None:

@@ -3,9 +3,12 @@
 # machines is declared here (tests/compiled checks it); those three stay in the instance dictionary so that
 # stream_states.checked's __setattr__ sees every transition. Interpreted runs never read this file.
 
+from pylon.proxy.hcm cimport HcmRuntime
+
 cdef class Stream:
     cdef dict __dict__
-    cdef public object conn, hcm, url, headers, method, is_head, http10, keep_alive, upgrade, req_chunked
+    cdef public HcmRuntime hcm
+    cdef public object conn, url, headers, method, is_head, http10, keep_alive, upgrade, req_chunked
     cdef public object req_length, started, body_buffer, waiting_body, body_size, route, cluster, host, pool
     cdef public object upstream, request_encoder, up_out, encoder, close_after, local_reply, status, flags, details
     cdef public object retries_left, retry_held, deadline, try_deadline, upstream_deadline, bytes_received
