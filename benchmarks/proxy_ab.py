@@ -48,17 +48,22 @@ CONNECTIONS = 50
 
 @contextlib.contextmanager
 def baseline_tree(rev: str, python: str) -> Any:
-    """`rev` checked out in a temporary worktree, with this tree's built native modules (the key hook, the HTTP/2
-    codec's binding: git holds their sources, not the builds) and its own builds of the hot modules (this tree's
-    are copied first: a build is used only for the source it was made from, so only what differs is compiled);
-    removed afterwards."""
+    """`rev` checked out in a temporary worktree, with its native modules (the key hook, the HTTP/2 codec's binding:
+    git holds their sources, not the builds) copied from this tree where their C and build sources are the same, else
+    built from its own, and its own builds of the hot modules (this tree's are copied first: a build is used only for
+    the source it was made from, so only what differs is compiled); removed afterwards."""
     path = Path(tempfile.mkdtemp(prefix="pylon-ab-"))
     subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(path), rev], check=True)
     try:
         for built in (ROOT / "src" / "pylon").rglob("_*.abi3.so"):
             target = path / built.relative_to(ROOT)
-            if target.parent.is_dir():  # revisions older than a native module have nothing to load it
+            if not target.parent.is_dir():  # revisions older than a native module have nothing to load it
+                continue
+            if _native_sources(built.parent) == _native_sources(target.parent):
                 shutil.copy2(built, target)
+            else:  # the module's C differs at `rev`: its own build scripts build it in place
+                for script in sorted(target.parent.glob("_*build.py")):
+                    subprocess.run([python, script.name], cwd=target.parent, check=True, capture_output=True)
         compiled = path / "src" / "pylon" / "compiled"
         if compiled.is_dir():  # revisions before pylon.compiled run interpreted
             shutil.copytree(ROOT / "src" / "pylon" / "compiled" / "builds", compiled / "builds", dirs_exist_ok=True)
@@ -67,6 +72,11 @@ def baseline_tree(rev: str, python: str) -> Any:
         yield path
     finally:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(path)], check=False)
+
+
+def _native_sources(directory: Path) -> list[bytes]:
+    """What a directory's native module is built from: its C files and its cffi build scripts."""
+    return [path.read_bytes() for path in sorted([*directory.glob("*.c"), *directory.glob("_*build.py")])]
 
 
 def start_proxy(python: str, tree: Path, config: Path, port: int, admin: int, log: Path,
