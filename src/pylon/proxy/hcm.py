@@ -77,6 +77,24 @@ def _user_agent_edits(cluster: bytes, node_id: bytes, headers: list[tuple[bytes,
     return edits
 
 
+def trusted_client(use_remote_address: bool, hops: int, stream: Stream) -> tuple[str, int] | str:
+    """Envoy's downstream remote address: the peer, or the x-forwarded-for entry it trusts.
+
+    With use_remote_address the peer is the client unless xff_num_trusted_hops (`hops`)
+    says the last N proxies before us are trusted, in which case the Nth
+    address from the right of the XFF they sent is; without it, the
+    (N+1)th from the right of XFF is.
+    """
+    xff = stream.xff
+    if use_remote_address and not hops or not xff:
+        return stream.conn.peer
+    entries = [e.strip() for e in xff.decode("latin-1").split(",")]
+    index = len(entries) - (hops if use_remote_address else hops + 1)
+    if 0 <= index < len(entries) and entries[index]:
+        return entries[index]
+    return stream.conn.peer
+
+
 class HcmRuntime:
     """One HTTP connection manager's config compiled for one worker.
 
@@ -255,22 +273,8 @@ class HcmRuntime:
             if config.add_user_agent else None
 
     def trusted_client(self, stream: Stream) -> tuple[str, int] | str:
-        """Envoy's downstream remote address: the peer, or the x-forwarded-for entry it trusts.
-
-        With use_remote_address the peer is the client unless xff_num_trusted_hops
-        says the last N proxies before us are trusted, in which case the Nth
-        address from the right of the XFF they sent is; without it, the
-        (N+1)th from the right of XFF is.
-        """
-        hops = self.xff_num_trusted_hops
-        xff = stream.xff
-        if self.use_remote_address and not hops or not xff:
-            return stream.conn.peer
-        entries = [e.strip() for e in xff.decode("latin-1").split(",")]
-        index = len(entries) - (hops if self.use_remote_address else hops + 1)
-        if 0 <= index < len(entries) and entries[index]:
-            return entries[index]
-        return stream.conn.peer
+        """Envoy's downstream remote address: the peer, or the x-forwarded-for entry it trusts (`trusted_client`)."""
+        return trusted_client(self.use_remote_address, self.xff_num_trusted_hops, stream)
 
     def log_access(self, stream: Stream, elapsed: float) -> None:
         """Hand a finished stream's access-log record to every logger."""

@@ -16,7 +16,7 @@ from pylon.config.loader import parse_bootstrap
 from pylon.extensions.filters.http.rbac import RBAC, RBACPerRoute, RbacFilter
 from pylon.pilot.gen.authz import http_rbac_filters, network_rbac_filters, policies_for
 from pylon.proxy.connection_info import ConnectionInfo
-from pylon.proxy.hcm import HcmRuntime
+from pylon.proxy.hcm import trusted_client
 from pylon.stats.store import StatsStore
 from tests.pilot.builders import doc, sidecar_proxy, snapshot
 from tests.proxy.conftest import http_listener, route, static_cluster
@@ -34,7 +34,7 @@ class FakeHcm:
         self.xff_num_trusted_hops = xff_num_trusted_hops
 
     def trusted_client(self, stream: Any) -> Any:
-        return HcmRuntime.trusted_client(self, stream)  # type: ignore[arg-type]
+        return trusted_client(self.use_remote_address, self.xff_num_trusted_hops, stream)
 
 
 class FakeConn:
