@@ -195,7 +195,8 @@ def main() -> int:
             bench.round()
         runs.append((time.process_time() - start) / (args.rounds * STREAMS) * 1e6)
     print(compiled.summary())
-    print(f"{args.call}: {min(runs):.2f} us of Python CPU per stream (best of {len(runs)}: {', '.join(f'{r:.2f}' for r in runs)})")
+    each = ", ".join(f"{r:.2f}" for r in runs)
+    print(f"{args.call}: {min(runs):.2f} us of Python CPU per stream (best of {len(runs)}: {each})")
     return 0
 
 

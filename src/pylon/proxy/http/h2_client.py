@@ -10,7 +10,8 @@ kept, an accepted Upgrade sent as extended CONNECT (`:protocol`, RFC 8441, as
 Envoy's upstream codec sends it); a `content-length` stays, as Envoy's upstream
 codec keeps it (nghttp2 checks it against the DATA). The router's own attempts
 skip the bytes: `head_block` builds the same block, as the session takes it
-(`name\0value\0...`), from what the encoder made its head of. `Http2RequestEncoder` stands in for the HTTP/1 encoder for the
+(`name\0value\0...`), from what the encoder made its head of.
+`Http2RequestEncoder` stands in for the HTTP/1 encoder for the
 rest of the attempt: the stream's body and end calls become
 DATA and trailers on the connection's `H2Connection`, and return b"" (the
 stream's later `write` only flushes the session). `response_head` reads a

@@ -38,8 +38,9 @@ typedef struct pyl_out {
     pyl_chunk *head, *tail;
     size_t size;  /* bytes queued, not framed yet: the stream's share of the back-pressure */
     int ended, deferred;
-    char *trailers;
-    size_t tlen, tcount;
+    char *trailers;  /* the trailers' block, copied */
+    nghttp2_nv *tnva;  /* its fields, pointing into that copy (checked when submitted) */
+    size_t tcount;
 } pyl_out;
 
 typedef struct pyl_h2 {
@@ -233,6 +234,7 @@ static void out_free(pyl_h2 *c, pyl_out *o) {
         free(k);
     }
     c->pending_send_bytes -= o->size;
+    free(o->tnva);
     free(o->trailers);
     free(o);
 }
@@ -281,8 +283,6 @@ static int cb_invalid_frame(nghttp2_session *s, const nghttp2_frame *f, int lib_
     return 0;
 }
 
-static nghttp2_nv *nva_from_block(const char *block, size_t len, size_t count);
-
 /* nghttp2's DATA read: as much of the queued pieces as the windows allow; once the body ended and all of it went, the
  * trailers (their HEADERS ends the stream) or END_STREAM on this frame. With nothing queued and more to come, the
  * stream waits (DEFERRED) until pyl_data or pyl_trailers resumes it. */
@@ -312,12 +312,9 @@ static ssize_t cb_read(nghttp2_session *s, int32_t stream_id, uint8_t *buf, size
         o->deferred = 1;
         return NGHTTP2_ERR_DEFERRED;
     }
-    if (o->trailers) {
-        nghttp2_nv *nva = nva_from_block(o->trailers, o->tlen, o->tcount);
-        int rv = nva ? nghttp2_submit_headers(s, NGHTTP2_FLAG_END_STREAM, stream_id, NULL, nva, o->tcount, NULL)
-                     : NGHTTP2_ERR_NOMEM;
-        free(nva);
-        if (rv < 0) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;  /* the stream is reset; its close frees `o` */
+    if (o->tnva) {
+        if (nghttp2_submit_headers(s, NGHTTP2_FLAG_END_STREAM, stream_id, NULL, o->tnva, o->tcount, NULL) < 0)
+            return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;  /* the stream is reset; its close frees `o` */
         *data_flags |= NGHTTP2_DATA_FLAG_EOF | NGHTTP2_DATA_FLAG_NO_END_STREAM;
     } else {
         *data_flags |= NGHTTP2_DATA_FLAG_EOF;
@@ -501,13 +498,15 @@ static int64_t pyl_data(pyl_h2 *c, int32_t stream_id, const uint8_t *data, size_
 /* The trailers that end an open body (a copy of the block, checked now): sent after its last DATA. */
 static int pyl_trailers(pyl_h2 *c, int32_t stream_id, const char *block, size_t len, size_t count) {
     pyl_out *o = open_out(c, stream_id);
-    nghttp2_nv *nva;
+    char *copy;
     if (!o) return NGHTTP2_ERR_STREAM_CLOSED;
-    if (!(nva = nva_from_block(block, len, count))) return NGHTTP2_ERR_INVALID_ARGUMENT;
-    free(nva);
-    if (!(o->trailers = malloc(len ? len : 1))) return NGHTTP2_ERR_NOMEM;
-    memcpy(o->trailers, block, len);
-    o->tlen = len;
+    if (!(copy = malloc(len ? len : 1))) return NGHTTP2_ERR_NOMEM;
+    memcpy(copy, block, len);
+    if (!(o->tnva = nva_from_block(copy, len, count))) {
+        free(copy);
+        return NGHTTP2_ERR_INVALID_ARGUMENT;
+    }
+    o->trailers = copy;
     o->tcount = count;
     o->ended = 1;
     out_resume(c, stream_id, o);
