@@ -4,7 +4,9 @@ A refactor of the data path (the codec/stream split, new filter seams) must keep
 each version with Envoy separately mixes in the machine's drift between runs. This starts the proxy
 from this tree and from a git revision (checked out into a temporary worktree) with the same config,
 in front of one 1-worker nginx, and loads each with `wrk -t1 -c50` (keep-alive) in interleaved
-repetitions, alternating which goes first. The metric is requests per proxy-CPU-second; wrk's CPU is
+repetitions, alternating which goes first. The `plain-close` variant sends `Connection: close`: a new
+TCP connection per request, so accepting, setting up and tearing down a connection is most of its cost
+(what a TLS handshake pays besides the TLS itself). The metric is requests per proxy-CPU-second; wrk's CPU is
 recorded to show it was not the limit.
 
 `--baseline-python PATH` runs the baseline side on another interpreter (a virtualenv's python with pylon's
@@ -42,7 +44,10 @@ from pylon.identity.certs import make_test_pki
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES = ROOT / "examples" / "bench"
-TEMPLATE_OF = {"plain": "proxy-plain.yaml", "json-log": "proxy-json-log.yaml", "tls13": "proxy-tls.yaml"}
+TEMPLATE_OF = {"plain": "proxy-plain.yaml", "plain-close": "proxy-plain.yaml", "json-log": "proxy-json-log.yaml",
+               "tls13": "proxy-tls.yaml"}
+#: what the load sends besides wrk's request, per variant
+HEADERS_OF = {"plain-close": ("Connection: close",)}
 CONNECTIONS = 50
 
 
@@ -154,7 +159,7 @@ def main() -> None:
                     worker = next(iter(pylon_workers(proc).values()))
                     before, side_before = proc.cpu_seconds(), side_thread_cpu_seconds(worker)
                     w = run_wrk(f"{scheme}://127.0.0.1:{proc.port}/", duration=args.duration,
-                                connections=CONNECTIONS)
+                                connections=CONNECTIONS, headers=HEADERS_OF.get(variant, ()))
                     cpu = proc.cpu_seconds() - before
                     side_cpu = side_thread_cpu_seconds(worker) - side_before
                     runs.append({"variant": variant, "side": side, "rep": rep, "requests": w.requests,

@@ -80,3 +80,21 @@ def test_accepted_connections_are_served_and_close_stops_accepting() -> None:
     finally:
         for client in clients:
             client.close()
+
+
+@pytest.mark.parametrize(("family", "host"), [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")])
+def test_accepted_sockets_carry_their_listeners_family_and_type(family: socket.AddressFamily, host: str) -> None:
+    """Stored once per listener instead of converted to enums on each read; dup() keeps them."""
+    listener = socket.socket(family)
+    listener.bind((host, 0))
+    listener.listen(1)
+    client = socket.create_connection(listener.getsockname()[:2])
+    conn, address = acceptor_module.accepter(listener)()
+    copy = conn.dup()
+    try:
+        assert isinstance(conn, socket.socket)
+        assert (conn.family, conn.type) == (copy.family, copy.type) == (family, socket.SOCK_STREAM)
+        assert address == conn.getpeername() == client.getsockname()
+    finally:
+        for sock in (copy, conn, client, listener):
+            sock.close()

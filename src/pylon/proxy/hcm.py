@@ -28,6 +28,7 @@ from pylon.proxy.http1 import HOP_BY_HOP
 from pylon.proxy.linger import Lingering
 from pylon.proxy.local_address import forwarded_for_entry
 from pylon.proxy.local_reply_mapper import LocalReplyMapper
+from pylon.proxy.prompt_close import close_promptly
 from pylon.proxy.router import RouteTable
 from pylon.proxy.scoped_routes import ScopedRouteTable
 from pylon.proxy.stream import Stream
@@ -578,7 +579,7 @@ class HttpConnection:
             if delayed and timeout:
                 Lingering(self, self.transport, timeout)
             else:
-                self.transport.close()
+                close_promptly(self.transport)
 
     # ------------------------------------------------------------------ housekeeping (worker sweeps)
     def _network_filters_allow(self) -> bool:
