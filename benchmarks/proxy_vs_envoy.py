@@ -1,14 +1,16 @@
 """pylon proxy vs Envoy 1.40: the same Envoy config, the same upstream, the same load, side by side.
 
 Both proxies run `--concurrency 1` in front of a 1-worker nginx returning a
-100-byte body, loaded by `wrk -t1 -c50 -d<T>s` (keep-alive). Three variants,
+100-byte body, loaded by `wrk -t1 -c50 -d<T>s` (keep-alive). Four variants,
 all in one run, each with one config file run unchanged by both proxies
 (templates in examples/bench/):
 
-  plain     stats on, no access log               goal: pylon >= 1.25x Envoy
-  json-log  JSON access log to a file (10 fields)   goal: pylon >= 1.0x
-  tls13     TLS 1.3 on the downstream listener      goal: pylon >= 1.0x
-            (keep-alive: many requests per connection, as between sidecars)
+  plain        stats on, no access log               goal: pylon >= 1.25x Envoy
+  json-log     JSON access log to a file (10 fields)   goal: pylon >= 1.0x
+  tls13        TLS 1.3 on the downstream listener      goal: pylon >= 1.0x
+               (keep-alive: many requests per connection, as between sidecars)
+  plain-close  plain, each request sending `Connection: close`: a new TCP
+               connection per request (accept, set-up, teardown); no goal
 
 The metric that is stable on this 2-core machine is **requests per
 proxy-CPU-second** (utime+stime of the proxy's process tree, from /proc),
@@ -48,11 +50,14 @@ from pylon.identity.certs import make_test_pki
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES = ROOT / "examples" / "bench"
-VARIANTS = {  # name: (config template, scheme, goal for pylon/Envoy requests per proxy-CPU-second)
+VARIANTS = {  # name: (config template, scheme, goal for pylon/Envoy requests per proxy-CPU-second, if any)
     "plain": ("proxy-plain.yaml", "http", 1.25),
     "json-log": ("proxy-json-log.yaml", "http", 1.0),
     "tls13": ("proxy-tls.yaml", "https", 1.0),
+    "plain-close": ("proxy-plain.yaml", "http", None),
 }
+#: what the load sends besides wrk's request, per variant
+HEADERS_OF = {"plain-close": ("Connection: close",)}
 PROXIES = ("pylon", "envoy")
 BODY_SIZE = 100
 CONNECTIONS = 50
@@ -83,9 +88,9 @@ def start_proxies(stack: contextlib.ExitStack, work: Path, upstream_port: int,
     return running
 
 
-def measure(proc: Running, nginx: Running, url: str, duration: float) -> dict[str, Any]:
+def measure(proc: Running, nginx: Running, url: str, duration: float, headers: tuple[str, ...] = ()) -> dict[str, Any]:
     proxy_before, nginx_before = proc.cpu_seconds(), nginx.cpu_seconds()
-    w = run_wrk(url, duration=duration, connections=CONNECTIONS, threads=1)
+    w = run_wrk(url, duration=duration, connections=CONNECTIONS, threads=1, headers=headers)
     proxy_cpu, nginx_cpu = proc.cpu_seconds() - proxy_before, nginx.cpu_seconds() - nginx_before
     return {
         "requests": w.requests, "duration_s": w.duration_s, "rps": w.requests_per_sec,
@@ -130,7 +135,8 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
     lines = [
         f"# pylon proxy vs Envoy {meta['envoy_version']}",
         "",
-        f"{meta['reps']} interleaved repetitions x {meta['duration_s']:g} s, `wrk -t1 -c{CONNECTIONS}` keep-alive, "
+        f"{meta['reps']} interleaved repetitions x {meta['duration_s']:g} s, `wrk -t1 -c{CONNECTIONS}` keep-alive "
+        "(plain-close: `Connection: close`, a new connection per request), "
         f"both proxies `--concurrency 1`, 1-worker nginx upstream with a {BODY_SIZE}-byte body; medians. "
         f"{meta['cpus']} CPUs, nothing pinned. Run at {meta['started']}.",
         "",
@@ -147,7 +153,7 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
             if proxy == "pylon":
                 ratio = f"**{f(entry['ratio_pylon_over_envoy'], '.3f')}**"
                 paired = spread_text(entry["paired"])
-                goal = goal_text(entry)
+                goal = goal_text(entry) if entry["goal"] is not None else "(no goal)"
             lines.append(f"| {variant} | {proxy} | {f(s['rps'], '.0f')} | {f(s['p50_ms'], '.2f')} | "
                          f"{f(s['p99_ms'], '.2f')} | {f(s['req_per_proxy_cpu_s'], '.0f')} | "
                          f"{f(s['cpu_us_per_request'], '.1f')} | {f(s['wrk_cpu_s'], '.2f')} | {s['errors']} | "
@@ -185,7 +191,8 @@ def main() -> int:
             proxies = start_proxies(stack, work, nginx.port, variants)
             scheme = {v: VARIANTS[v][1] for v in variants}
             for (variant, proxy), proc in proxies.items():
-                run_wrk(proc.url(scheme=scheme[variant]), duration=args.warmup, connections=CONNECTIONS)
+                run_wrk(proc.url(scheme=scheme[variant]), duration=args.warmup, connections=CONNECTIONS,
+                        headers=HEADERS_OF.get(variant, ()))
             print(f"{len(proxies)} proxies warm; {args.reps} reps x {args.duration:g}s, wrk -t1 -c{CONNECTIONS}",
                   flush=True)
             for rep in range(1, args.reps + 1):
@@ -194,7 +201,8 @@ def main() -> int:
                     for proxy in order:
                         proc = proxies[variant, proxy]
                         row = {"rep": rep, "variant": variant, "proxy": proxy,
-                               **measure(proc, nginx, proc.url(scheme=scheme[variant]), args.duration)}
+                               **measure(proc, nginx, proc.url(scheme=scheme[variant]), args.duration,
+                                         HEADERS_OF.get(variant, ()))}
                         runs.append(row)
                         print(f"  rep {rep} {variant:8s} {proxy:5s} {row['rps']:8.0f} req/s  "
                               f"{row['req_per_proxy_cpu_s'] or 0:8.0f} req/proxy-CPU-s  p99 {row['p99_ms']:.2f} ms  "
