@@ -190,7 +190,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "proxy_ab.json").write_text(json.dumps({"meta": meta, "summary": summary, "runs": runs}, indent=2))
     lines = [f"# pylon {head} vs pylon {rev}", "",
-             f"{args.reps} interleaved repetitions x {args.duration:g} s, `wrk -t1 -c{CONNECTIONS}` keep-alive, both "
+             f"{args.reps} interleaved repetitions x {args.duration:g} s, `wrk -t1 -c{CONNECTIONS}` keep-alive "
+             "(plain-close: `Connection: close`, a new connection per request), both "
              f"`--concurrency 1`, one 1-worker nginx upstream; medians; {meta['cpus']} CPUs. Run at {meta['started']}.",
              "", f"Interpreters: this {meta['this_python']}; baseline {meta['baseline_python']}"
              + (f", with {' '.join(args.baseline_env)}." if args.baseline_env else "."),
