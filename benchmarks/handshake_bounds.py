@@ -18,8 +18,15 @@ no change to pylon's own code can meet the goal on this library; a small one mea
 size. Floors use the cheaper of pylon's and nginx's figures for each part and the provider's cost per operation
 when measured alone, so they are low estimates: the true floor is at least this.
 
-For a signature-bound goal (RSA-3072: cryptomb / key file >= 2.0) the bound is crypto_mb's own speed-up per
-operation: with everything else free, the ratio of handshakes cannot exceed the ratio of signature costs.
+For a signature-bound goal (RSA-3072: cryptomb / key file >= 2.0) the ratio of handshakes is (file signature +
+rest) / (crypto_mb signature + rest), where the rest is the same for both. It is below crypto_mb's own speed-up
+per operation whatever the rest costs, and the rest is at least the floor above without the signature (the library
+and the kernel, from the RSA-2048 profile: what they do outside the signature does not depend on the key's size,
+but for a longer certificate). The per-operation costs are measured alone, before the targets start; inside a
+loaded proxy OpenSSL's one-at-a-time signature costs more (about 10% in the runs here), which this bound does not
+see. So a third figure comes from the large-key run itself: its two targets' CPU per handshake with pylon's own
+code (the RSA-2048 profile's, per target) taken off both, i.e. the ratio if that code cost nothing. The goal is
+called reachable when that figure reaches it.
 
 Usage: python benchmarks/handshake_bounds.py [--out benchmarks/results] (reads the committed results named below)
 Writes benchmarks/results/handshake_bounds.{json,md}.
@@ -92,11 +99,34 @@ def resumed_bound(profile: dict[str, Any]) -> dict[str, Any]:
             "ratio_now": ceiling / results["pylon-file"]["cpu_ms_per_hs"]}
 
 
-def signature_bound(per_op: dict[str, Any], key: str, goal: float) -> dict[str, Any]:
-    """cryptomb / key file >= goal when the signature is the whole cost: at most crypto_mb's speed-up per operation."""
-    speedup = per_op[key]["openssl_us_per_op"] / per_op[key]["cryptomb_us_per_op"]
-    return {"goal": f"{key} pylon-cryptomb / pylon-file >= {goal}", "highest_possible": speedup,
-            "reachable": speedup >= goal}
+def rest_floor(profile: dict[str, Any]) -> float:
+    """ms per handshake that no provider removes: the RSA-2048 profile's library and kernel outside the signature,
+    the cheaper of pylon-file's and nginx's for each."""
+    results = profile["results"]["rsa2048"]
+    pylon_ms, nginx_ms = results["pylon-file"]["ms_per_hs"], results["nginx"]["ms_per_hs"]
+    return (min(_sum(pylon_ms, LIBRARY), _sum(nginx_ms, LIBRARY))
+            + min(_sum(pylon_ms, KERNEL), _sum(nginx_ms, KERNEL)))
+
+
+def own_code(profile: dict[str, Any]) -> dict[str, float]:
+    """ms per handshake of pylon's own code in the RSA-2048 profile, per pylon target."""
+    results = profile["results"]["rsa2048"]
+    return {target: _sum(results[target]["ms_per_hs"], OWN_CODE) for target in ("pylon-file", "pylon-cryptomb")}
+
+
+def signature_bound(large: dict[str, Any], key: str, goal: float, rest_ms: float,
+                    own_ms: dict[str, float]) -> dict[str, Any]:
+    """cryptomb / key file >= goal: crypto_mb's speed-up per operation; the ratio of handshakes with the rest of a
+    handshake at its floor `rest_ms` (per-operation costs measured alone); and the large-key run's own ratio with
+    pylon's own code `own_ms` taken off both targets."""
+    per_op = large["crypto_only"][key]
+    openssl_ms, cryptomb_ms = per_op["openssl_us_per_op"] / 1000, per_op["cryptomb_us_per_op"] / 1000
+    measured = large["summary"][key]
+    file_ms, cryptomb_hs_ms = measured["pylon-file"]["cpu_ms_per_hs"], measured["pylon-cryptomb"]["cpu_ms_per_hs"]
+    without_own = (file_ms - own_ms["pylon-file"]) / (cryptomb_hs_ms - own_ms["pylon-cryptomb"])
+    return {"goal": f"{key} pylon-cryptomb / pylon-file >= {goal}", "speedup_per_op": openssl_ms / cryptomb_ms,
+            "rest_floor_ms": rest_ms, "with_rest_at_floor": (openssl_ms + rest_ms) / (cryptomb_ms + rest_ms),
+            "measured": file_ms / cryptomb_hs_ms, "without_own_code": without_own, "reachable": without_own >= goal}
 
 
 def main() -> None:
@@ -112,9 +142,12 @@ def main() -> None:
     profile = json.loads(args.profile.read_text())
     resumed = json.loads(args.resumed_profile.read_text())
     per_op = json.loads(args.handshakes.read_text())["crypto_only"]
-    large = json.loads(args.large_keys.read_text())["crypto_only"]
+    large = json.loads(args.large_keys.read_text())
     rows = [*full_bounds(profile, per_op), resumed_bound(resumed)]
-    signature_rows = [signature_bound(large, "rsa3072", 2.0), signature_bound(large, "rsa4096", 2.0)]
+    rest = rest_floor(profile)
+    own = own_code(profile)
+    signature_rows = [signature_bound(large, key, 2.0, rest, own) for key in ("rsa3072", "rsa4096")
+                      if large["crypto_only"].get(key) and key in large["summary"]]
     sources = {"profile": args.profile.name, "resumed_profile": args.resumed_profile.name,
                "per_operation": args.handshakes.name, "large_keys": args.large_keys.name,
                "profile_started": profile["meta"]["started"], "resumed_started": resumed["meta"]["started"]}
@@ -142,10 +175,18 @@ def main() -> None:
         lines.append(f"| {row['goal']} | {row['ratio_now']:.2f} | {row['ceiling_ms']:.3f} | {row['library_ms']:.3f} "
                      f"| {row['kernel_ms']:.3f} | {row['signature_ms']:.3f} | {row['floor_ms']:.3f} "
                      f"| **{row['headroom_ms']:+.3f}** | {row['own_code_now_ms']:.3f} |")
-    lines += ["", "Signature-bound goals (crypto_mb's speed-up per operation is the most a provider can give):", "",
-              "| goal | highest possible | reachable |", "|---|---:|---|"]
+    lines += ["", f"Signature-bound goals, from {sources['large_keys']}: crypto_mb's speed-up per operation (the "
+              "most a provider could give if nothing else in a handshake cost anything); the ratio of handshakes with the "
+              f"rest of a handshake at its floor ({rest:.3f} ms: the RSA-2048 profile's library and kernel outside "
+              "the signature), at the per-operation costs measured alone; the run's measured ratio; and the run's "
+              "ratio with pylon's own code (the RSA-2048 profile's: pylon-file "
+              f"{own['pylon-file']:.3f} ms, pylon-cryptomb {own['pylon-cryptomb']:.3f} ms) taken off both targets.",
+              "", "| goal | speed-up per operation | rest at its floor | measured | without pylon's own code "
+              "| reachable |", "|---|---:|---:|---:|---:|---|"]
     for row in signature_rows:
-        lines.append(f"| {row['goal']} | {row['highest_possible']:.2f} | {'yes' if row['reachable'] else '**no**'} |")
+        lines.append(f"| {row['goal']} | {row['speedup_per_op']:.2f} | {row['with_rest_at_floor']:.2f} "
+                     f"| {row['measured']:.2f} | {row['without_own_code']:.2f} "
+                     f"| {'yes' if row['reachable'] else '**no**'} |")
     (args.out / "handshake_bounds.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
