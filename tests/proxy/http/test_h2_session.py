@@ -10,7 +10,10 @@ from pylon.proxy.http import h2_session
 from pylon.proxy.http.h2_session import (CANCEL, NO_ERROR, REFUSED_STREAM, H2Connection, H2Error, H2Settings,
                                          header_block)
 
-from .h2_helpers import SETTINGS, WINDOW_UPDATE, Recorder, client_start, frames, goaway_of, pump, session
+from .h2_helpers import (DATA, END_HEADERS, END_STREAM, HEADERS, POST_BLOCK, SETTINGS, WINDOW_UPDATE, Recorder,
+                         client_start, frame, frames, goaway_of, pump, session)
+
+PADDED = 0x8
 
 REQ = [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"example.com"), (b":path", b"/a?b=c"),
        (b"user-agent", b"t"), (b"x-empty", b"")]  # fmt: skip
@@ -204,6 +207,55 @@ def test_an_owner_exception_ends_the_connection_and_propagates():
         srv.receive(cli.data_to_send())
     assert srv.closed
     assert goaway_of(srv.data_to_send()) is not None
+
+
+def test_the_events_after_an_owner_exception_are_dropped():
+    """The events of a read reach the owner after nghttp2 parsed all of it: the one that raised ends the connection,
+    and the requests behind it in the same read are not handed to a connection that is going away."""
+    class Boom(Recorder):
+        def on_headers(self, stream_id, headers, end_stream):
+            super().on_headers(stream_id, headers, end_stream)
+            raise RuntimeError("owner bug")
+
+    so = Boom()
+    srv = session(so, server=True)
+    with pytest.raises(RuntimeError, match="owner bug"):
+        srv.receive(client_start() + frame(HEADERS, END_HEADERS | END_STREAM, 1, POST_BLOCK)
+                    + frame(HEADERS, END_HEADERS | END_STREAM, 3, POST_BLOCK))
+    assert [e[:2] for e in so.events] == [("headers", 1)]
+    assert srv.closed and goaway_of(srv.data_to_send())[1] == h2_session.INTERNAL_ERROR
+
+
+def _padded(payload: bytes, pad: int = 7) -> bytes:
+    return bytes([pad]) + payload + b"\0" * pad
+
+
+def test_padded_and_plain_data_reach_the_owner_whole_and_in_order():
+    """nghttp2 hands an unpadded frame's DATA out of the bytes read (the event holds its offset) and a padded one's
+    as a copy (the event holds the bytes): both arrive, in the order sent, with the stream's end after them."""
+    so = Recorder()
+    srv = session(so, server=True)
+    srv.receive(client_start() + frame(HEADERS, END_HEADERS, 1, POST_BLOCK) + frame(DATA, 0, 1, b"abc")
+                + frame(DATA, PADDED, 1, _padded(b"def")) + frame(DATA, 0, 1, b"ghi")
+                + frame(DATA, PADDED | END_STREAM, 1, _padded(b"jkl", 0)))
+    assert bytes(so.body[1]) == b"abcdefghijkl"
+    assert so.kinds() == ["headers", "end"]
+
+
+def test_a_read_of_many_copied_chunks_and_the_reads_after_it():
+    """Over 64 KiB of events in one read (padded DATA is copied into them): the buffer grows for it, is let go
+    before the next read, and that read's events are whole too."""
+    so = Recorder()
+    srv = session(so, server=True)
+    srv.data_to_send()  # its SETTINGS (16 MiB stream windows), in force once the client's ACK comes
+    chunks = [bytes([i]) * 16000 for i in range(8)]
+    srv.receive(client_start() + frame(SETTINGS, 1, 0) + frame(HEADERS, END_HEADERS, 1, POST_BLOCK)
+                + b"".join(frame(DATA, PADDED, 1, _padded(chunk)) for chunk in chunks))
+    assert bytes(so.body[1]) == b"".join(chunks)
+    srv.receive(frame(DATA, PADDED | END_STREAM, 1, _padded(b"tail")) + frame(HEADERS, END_HEADERS | END_STREAM, 3,
+                                                                             POST_BLOCK))
+    assert bytes(so.body[1]).endswith(b"tail")
+    assert so.kinds() == ["headers", "end", "headers"]
 
 
 def test_the_optional_symbols_were_probed():

@@ -4,11 +4,10 @@ Used by setup.py (`cffi_modules`) and runnable directly to build in place
 (`python src/pylon/proxy/http/_h2_build.py`; the .so lands beside this file
 and .gitignore keeps it out of git). It links the system libnghttp2
 (`libnghttp2-dev`). API mode, not ABI mode: struct layouts are checked
-against the header at build time and `extern "Python"` callbacks are the
-cheapest way back into Python (mesh-facts B3). The cdef is only what
-`h2_session` uses; the per-header and per-frame-header work is C
-(`h2_shim.c`), and so are outbound bodies (copied in, framed from the copy),
-so Python runs once per HEADERS frame, DATA chunk and stream close.
+against the header at build time. The cdef is only what `h2_session` uses;
+the per-header and per-frame-header work is C (`h2_shim.c`), and so are
+outbound bodies (copied in, framed from the copy). C never calls Python: what
+Python must see is recorded as events and read after each receive and send.
 """
 
 from __future__ import annotations
@@ -24,7 +23,9 @@ typedef struct nghttp2_session nghttp2_session;
 typedef struct pyl_out pyl_out;
 typedef struct pyl_h2 {
     nghttp2_session *session;
-    void *handle;
+    uint8_t *ebuf;
+    size_t elen;
+    size_t max_outbound_frames;
     size_t max_header_bytes;
     uint32_t max_headers_count;
     uint32_t max_empty;
@@ -45,10 +46,16 @@ typedef struct pyl_h2 {
 #define PYL_TRIP_CONTINUATIONS 5
 #define PYL_TRIP_RAPID_RESET 6
 
-#define NGHTTP2_DATA 0
-#define NGHTTP2_RST_STREAM 3
-#define NGHTTP2_PING 6
-#define NGHTTP2_GOAWAY 7
+#define PYL_EV_HEADERS 1
+#define PYL_EV_DATA 2
+#define PYL_EV_END 3
+#define PYL_EV_GOAWAY 4
+#define PYL_EV_PING_ACK 5
+#define PYL_EV_CLOSE 6
+#define PYL_ST_EVENTS 1
+#define PYL_ST_ENDED 2
+#define PYL_ST_OUTBOUND_FLOOD 4
+
 #define NGHTTP2_HCAT_REQUEST 0
 #define NGHTTP2_HCAT_RESPONSE 1
 #define NGHTTP2_HCAT_HEADERS 3
@@ -63,16 +70,12 @@ typedef struct pyl_h2 {
 
 typedef struct { int32_t settings_id; uint32_t value; } nghttp2_settings_entry;
 
-extern "Python" static int pyl_on_headers(void *, int32_t, int, int, const unsigned char *, size_t);
-extern "Python" static int pyl_on_data(void *, int32_t, const uint8_t *, size_t);
-extern "Python" static int pyl_on_frame(void *, int, int32_t, int, uint32_t, uint32_t);
-extern "Python" static int pyl_on_close(void *, int32_t, uint32_t);
-
 static int pyl_has_reset_rate_limit(void);
 static int pyl_has_max_continuations(void);
 static int pyl_new(pyl_h2 *c, int server, int max_outbound_ack, int reset_burst, int reset_rate);
 static void pyl_del(pyl_h2 *c);
-static ssize_t pyl_send(pyl_h2 *c, const uint8_t **out);
+static int64_t pyl_recv(pyl_h2 *c, const uint8_t *in, size_t inlen);
+static int64_t pyl_send(pyl_h2 *c, const uint8_t **out);
 static int32_t pyl_submit_request(pyl_h2 *c, const char *block, size_t len, size_t count, int with_body);
 static int pyl_submit_response(pyl_h2 *c, int32_t stream_id, const char *block, size_t len, size_t count,
                                int with_body, const uint8_t *body, size_t bodylen, int ended);
@@ -82,8 +85,6 @@ static size_t pyl_pending(pyl_h2 *c, int32_t stream_id);
 static int pyl_submit_headers(pyl_h2 *c, int32_t stream_id, const char *block, size_t len, size_t count,
                               int end_stream);
 
-ssize_t nghttp2_session_mem_recv(nghttp2_session *session, const uint8_t *in, size_t inlen);
-ssize_t nghttp2_session_mem_send(nghttp2_session *session, const uint8_t **data_ptr);
 int nghttp2_session_want_read(nghttp2_session *session);
 int nghttp2_session_want_write(nghttp2_session *session);
 int nghttp2_submit_settings(nghttp2_session *session, uint8_t flags, const nghttp2_settings_entry *iv, size_t niv);
