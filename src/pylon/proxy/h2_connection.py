@@ -239,7 +239,9 @@ class Http2Connection(HttpConnection):
             log.exception("HTTP/2 connection %d: error while handling a frame", self.connection_id)
         finally:
             self.receiving = False
-        self.flush()
+        session = self.session
+        if self.flush_again or self.out_paused or session.closed or session.want_write:
+            self.flush()  # else nothing to frame: the streams' own writes come with flush_later
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.connection_id == 0:

@@ -324,8 +324,10 @@ class H2UpstreamConnection(PooledConnection):
             log.exception("an HTTP/2 upstream event failed")
             self._protocol_error()
             return
-        self.flush()
-        if self.codec.closed:
+        codec = self.codec
+        if codec.closed or codec.want_write:  # a call to see costs less than framing nothing (most reads)
+            self.flush()
+        if codec.closed:
             if self.codec.stats:
                 self.pool.cluster.stats.upstream_cx_protocol_error.value += 1
             self.close()
