@@ -6,4 +6,4 @@
 
 cdef class H2Connection:
     cdef public object owner, server, settings, _c, _session, _streams, _out_ptr, _final, streams_active, trailers
-    cdef public object stats, closed
+    cdef public object stats, closed, _on_headers, _on_data, _on_trailers, _on_end_stream, _on_stream_closed

@@ -195,11 +195,18 @@ class H2Connection:
     """One HTTP/2 connection, server or client side, sans-IO."""
 
     __slots__ = ("owner", "server", "settings", "_c", "_session", "_streams", "_out_ptr", "_final", "streams_active",
-                 "trailers", "stats", "closed")
+                 "trailers", "stats", "closed", "_on_headers", "_on_data", "_on_trailers", "_on_end_stream",
+                 "_on_stream_closed")
 
     def __init__(self, owner: H2Owner, *, server: bool, settings: H2Settings | None = None) -> None:
         s = settings or H2Settings()
         self.owner = owner
+        # the owner's calls of every stream, bound once (a method look-up per event costs as much as reading it)
+        self._on_headers = owner.on_headers
+        self._on_data = owner.on_data
+        self._on_trailers = owner.on_trailers
+        self._on_end_stream = owner.on_end_stream
+        self._on_stream_closed = owner.on_stream_closed
         self.server = server
         self.settings = s
         c = ffi.new("pyl_h2 *")
@@ -258,7 +265,6 @@ class H2Connection:
 
     def _dispatch(self, events: bytes, data: bytes) -> None:
         """Call the owner for each event the shim recorded (`data`: the bytes parsed, where DATA may lie)."""
-        owner = self.owner
         streams = self._streams
         unpack = _EVENT.unpack_from
         at, end = 0, len(events)
@@ -277,7 +283,7 @@ class H2Connection:
                         lib.nghttp2_session_consume(self._session, stream_id, size)
                     else:
                         streams[stream_id] = left + size
-                        owner.on_data(stream_id, chunk)
+                        self._on_data(stream_id, chunk)
                 elif kind == EV_HEADERS:
                     fields = events[at:at + size].split(b"\0")
                     at += size
@@ -286,26 +292,26 @@ class H2Connection:
                     if cat == HCAT_REQUEST:
                         self.streams_active += 1
                         streams[stream_id] = 0
-                        owner.on_headers(stream_id, headers, flag == 1)
+                        self._on_headers(stream_id, headers, flag == 1)
                     elif cat == HCAT_RESPONSE or (headers and headers[0][0] == b":status"):
-                        owner.on_headers(stream_id, headers, flag == 1)
+                        self._on_headers(stream_id, headers, flag == 1)
                     else:
                         if self.server:
                             self.trailers += 1
-                        owner.on_trailers(stream_id, headers)
+                        self._on_trailers(stream_id, headers)
                 elif kind == EV_CLOSE:
                     left = streams.pop(stream_id, None)
                     if left is not None:  # else refused or reset before its headers reached the owner
                         if left:
                             lib.nghttp2_session_consume_connection(self._session, left)
                         self.streams_active -= 1
-                        owner.on_stream_closed(stream_id, a)
+                        self._on_stream_closed(stream_id, a)
                 elif kind == EV_END:
-                    owner.on_end_stream(stream_id)
+                    self._on_end_stream(stream_id)
                 elif kind == EV_GOAWAY:
-                    owner.on_goaway(a, b)
+                    self.owner.on_goaway(a, b)
                 elif kind == EV_PING_ACK:
-                    owner.on_ping_ack()
+                    self.owner.on_ping_ack()
         except BaseException:
             self._fail(INTERNAL_ERROR)
             raise
