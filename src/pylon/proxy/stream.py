@@ -119,6 +119,8 @@ def _edited(headers: list[tuple[bytes, bytes]], edits: list[tuple[str, bytes, by
 
 def _asks_trailers(te: bytes) -> bool:
     """Whether a TE field lists `trailers` (its only value a proxy forwards, as Envoy sanitises TE)."""
+    if te == b"trailers":  # what every gRPC client sends: no need to take it apart
+        return True
     return any(token.split(b";")[0].strip().lower() == b"trailers" for token in te.split(b","))
 
 
