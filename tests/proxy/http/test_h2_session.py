@@ -11,7 +11,7 @@ from pylon.proxy.http.h2_session import (CANCEL, NO_ERROR, REFUSED_STREAM, H2Con
                                          header_block)
 
 from .h2_helpers import (DATA, END_HEADERS, END_STREAM, HEADERS, POST_BLOCK, SETTINGS, WINDOW_UPDATE, Recorder,
-                         client_start, frame, frames, goaway_of, pump, session)
+                         client_start, frame, frames, goaway_of, literal, pump, session)
 
 PADDED = 0x8
 
@@ -230,9 +230,9 @@ def _padded(payload: bytes, pad: int = 7) -> bytes:
     return bytes([pad]) + payload + b"\0" * pad
 
 
-def test_padded_and_plain_data_reach_the_owner_whole_and_in_order():
-    """nghttp2 hands an unpadded frame's DATA out of the bytes read (the event holds its offset) and a padded one's
-    as a copy (the event holds the bytes): both arrive, in the order sent, with the stream's end after them."""
+def test_data_reaches_the_owner_whole_and_in_order_from_the_bytes_read():
+    """nghttp2 hands DATA out of the bytes read, padded or not (the event holds its offset there, Python slices its
+    own bytes): every chunk arrives, in the order sent, with the stream's end after them."""
     so = Recorder()
     srv = session(so, server=True)
     srv.receive(client_start() + frame(HEADERS, END_HEADERS, 1, POST_BLOCK) + frame(DATA, 0, 1, b"abc")
@@ -242,20 +242,20 @@ def test_padded_and_plain_data_reach_the_owner_whole_and_in_order():
     assert so.kinds() == ["headers", "end"]
 
 
-def test_a_read_of_many_copied_chunks_and_the_reads_after_it():
-    """Over 64 KiB of events in one read (padded DATA is copied into them): the buffer grows for it, is let go
-    before the next read, and that read's events are whole too."""
+def test_a_read_of_many_header_blocks_and_the_reads_after_it():
+    """Over 16 KiB of events in one read (each header block is copied into them): the buffer grows for it, is let
+    go before the next read, and that read's events are whole too."""
     so = Recorder()
     srv = session(so, server=True)
-    srv.data_to_send()  # its SETTINGS (16 MiB stream windows), in force once the client's ACK comes
-    chunks = [bytes([i]) * 16000 for i in range(8)]
-    srv.receive(client_start() + frame(SETTINGS, 1, 0) + frame(HEADERS, END_HEADERS, 1, POST_BLOCK)
-                + b"".join(frame(DATA, PADDED, 1, _padded(chunk)) for chunk in chunks))
-    assert bytes(so.body[1]) == b"".join(chunks)
-    srv.receive(frame(DATA, PADDED | END_STREAM, 1, _padded(b"tail")) + frame(HEADERS, END_HEADERS | END_STREAM, 3,
-                                                                             POST_BLOCK))
-    assert bytes(so.body[1]).endswith(b"tail")
-    assert so.kinds() == ["headers", "end", "headers"]
+    big = POST_BLOCK + b"".join(literal(b"x-pad-%d" % i, b"v" * 100) for i in range(3))
+    srv.receive(client_start() + b"".join(frame(HEADERS, END_HEADERS | END_STREAM, 2 * i + 1, big)
+                                          for i in range(60)))
+    assert [e[1] for e in so.events] == [2 * i + 1 for i in range(60)]
+    assert all(e[2][-1] == (b"x-pad-2", b"v" * 100) for e in so.events)
+    assert srv._c.ecap > 16384
+    srv.receive(frame(HEADERS, END_HEADERS | END_STREAM, 121, POST_BLOCK))
+    assert so.events[-1][:2] == ("headers", 121)
+    assert srv._c.ecap <= 16384  # what a connection keeps between reads
 
 
 def test_the_optional_symbols_were_probed():

@@ -24,7 +24,7 @@ typedef struct pyl_out pyl_out;
 typedef struct pyl_h2 {
     nghttp2_session *session;
     uint8_t *ebuf;
-    size_t elen;
+    size_t elen, ecap;
     size_t max_outbound_frames;
     size_t max_header_bytes;
     uint32_t max_headers_count;

@@ -58,6 +58,7 @@ NGHTTP2_ERR_STREAM_CLOSED = -510  # the shim's answer to a submission for a stre
 Headers = list[tuple[bytes, bytes]]
 
 #: An event the shim recorded (h2_shim.c's pyl_event): kind, flag, headers category, stream id, a, b, payload size.
+#: DATA's flag 1: its bytes are in the input at offset `a` (what libnghttp2 does), else they follow the event.
 _EVENT = struct.Struct("=BBHiIII")
 EVENT_SIZE = _EVENT.size
 EV_HEADERS, EV_DATA, EV_END = lib.PYL_EV_HEADERS, lib.PYL_EV_DATA, lib.PYL_EV_END

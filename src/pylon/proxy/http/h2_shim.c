@@ -68,9 +68,10 @@ typedef struct pyl_event {
 #define PYL_ST_ENDED 2  /* the session wants to read no more: a connection error, or a GOAWAY drain is over */
 #define PYL_ST_OUTBOUND_FLOOD 4
 
-/* An event buffer grown past this is freed before the next pyl_recv or pyl_send (one large read must not pin its
- * size for the connection's life). */
-#define PYL_EVENTS_KEEP 65536
+/* An event buffer grown past this is freed before the next pyl_recv or pyl_send: one large read (a burst of header
+ * blocks) must not pin its size for the connection's life. DATA is not copied, so a read of a few requests' headers
+ * stays below it. */
+#define PYL_EVENTS_KEEP 16384
 
 typedef struct pyl_h2 {
     nghttp2_session *session;
@@ -112,7 +113,7 @@ static int ev_add(pyl_h2 *c, int kind, int flag, int cat, int32_t stream_id, uin
     pyl_event e;
     size_t need = c->elen + sizeof e + (payload ? len : 0);
     if (need > c->ecap) {
-        size_t cap = c->ecap ? c->ecap : 4096;
+        size_t cap = c->ecap ? c->ecap : 1024;
         uint8_t *p;
         while (cap < need) cap *= 2;
         p = realloc(c->ebuf, cap);
@@ -271,8 +272,8 @@ static int cb_frame_recv(nghttp2_session *s, const nghttp2_frame *f, void *ud) {
     }
 }
 
-/* A DATA chunk: nghttp2 hands it out of pyl_recv's input where it can (unpadded frames), and then only its offset is
- * recorded: Python slices its own bytes, one copy as before. */
+/* A DATA chunk: nghttp2 hands it out of pyl_recv's input (padded or not), so only its offset is recorded and Python
+ * slices its own bytes, one copy as before. A chunk from anywhere else (no libnghttp2 here does that) is copied. */
 static int cb_data_chunk(nghttp2_session *s, uint8_t flags, int32_t stream_id, const uint8_t *data, size_t len,
                          void *ud) {
     pyl_h2 *c = ud;
