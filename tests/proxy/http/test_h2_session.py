@@ -346,6 +346,26 @@ def test_a_whole_response_goes_in_one_submission_and_follows_the_windows():
     assert srv._c.outs == h2_session.ffi.NULL and srv.pending_send_bytes == 0  # framed whole: the copy was freed
 
 
+def test_a_whole_response_with_trailers_goes_in_one_submission():
+    """send_whole with trailers (a gRPC answer relayed whole): HEADERS, DATA, then the trailers ending the stream;
+    trailers with a NUL are refused, the head and body having gone in, as a refused send_trailers after them."""
+    srv, so, cli, co = pair()
+    first, second = cli.send_request(REQ, end_stream=True), cli.send_request(REQ, end_stream=True)
+    pump(cli, srv)
+    head = [(b":status", b"200"), (b"content-type", b"application/grpc")]
+    srv.send_whole(first, header_block(head), len(head), b"\0\0\0\0\x02hi", [(b"grpc-status", b"0")])
+    pump(cli, srv)
+    assert [e for e in co.events if e[1] == first] == [("headers", first, head, False),
+                                                      ("trailers", first, [(b"grpc-status", b"0")]),
+                                                      ("closed", first, 0)]
+    assert bytes(co.body[first]) == b"\0\0\0\0\x02hi"
+    with pytest.raises(H2Error):
+        srv.send_whole(second, header_block(head), len(head), b"x", [(b"grpc-status", b"0\0")])
+    srv.send_trailers(second, [(b"grpc-status", b"13")])  # its body is still open
+    pump(cli, srv)
+    assert ("trailers", second, [(b"grpc-status", b"13")]) in co.events and bytes(co.body[second]) == b"x"
+
+
 def test_a_whole_response_on_a_stream_not_open_is_refused():
     srv, _so, _cli, _co = pair()
     with pytest.raises(H2Error):

@@ -410,3 +410,60 @@ def test_a_whole_http1_request_goes_as_one_stream() -> None:
     respond(server, 1)
     rig.pump()
     assert exchange.events[-1] == "complete"
+
+
+class FlushRecorder(Exchange):
+    """An exchange that also records when the pool tells it to write what it encoded."""
+
+    def on_upstream_body(self, data: bytes) -> None:
+        super().on_upstream_body(data)
+        self.events.append(("body", data))
+
+    def on_upstream_flush(self) -> None:
+        self.events.append("flush")
+
+
+def _answer_in_one_read(conn: H2UpstreamConnection, server: H2Connection, answer: Any) -> None:
+    """The server's frames for `answer(server)`, handed to the connection as one read."""
+    answer(server)
+    conn.data_received(server.data_to_send())
+
+
+def test_a_response_read_whole_is_written_once_at_the_reads_end() -> None:
+    """A gRPC answer (head, message, trailers) in one read: the exchange is not told to write after each part, so
+    the client's side submits it whole; a response spread over reads is written after each."""
+    rig = Rig()
+    conn, server, _ = rig.connect()
+    whole, spread = FlushRecorder(), FlushRecorder()
+    rig.pool.acquire(whole)
+    rig.pool.acquire(spread)
+    rig.pump()
+
+    def grpc_answer(srv: H2Connection) -> None:
+        srv.send_response(1, [(b":status", b"200"), (b"content-type", b"application/grpc")])
+        srv.send_data(1, b"\0\0\0\0\x02hi")
+        srv.send_trailers(1, [(b"grpc-status", b"0")])
+
+    _answer_in_one_read(conn, server, grpc_answer)
+    assert whole.events == [("headers", 200, [(b"content-type", b"application/grpc")]), ("body", b"\0\0\0\0\x02hi"),
+                            ("trailers", [(b"grpc-status", b"0")]), "complete"]
+    _answer_in_one_read(conn, server, lambda srv: srv.send_response(3, [(b":status", b"200")]))
+    _answer_in_one_read(conn, server, lambda srv: srv.send_data(3, b"part"))
+    assert spread.events == [("headers", 200, []), "flush", ("body", b"part"), "flush"]
+
+
+def test_what_a_read_brought_is_written_before_a_reset_in_the_same_read() -> None:
+    """Head and body, then RST_STREAM, in one read: the exchange writes what it encoded before it hears of the
+    reset, as it would have had each frame come alone."""
+    rig = Rig()
+    conn, server, _ = rig.connect()
+    exchange = FlushRecorder()
+    rig.pool.acquire(exchange)
+    rig.pump()
+
+    server.send_response(1, [(b":status", b"200")])
+    server.send_data(1, b"some")
+    answer = server.data_to_send()  # framed before the reset is queued, as a server that fails mid-body
+    server.reset_stream(1, INTERNAL_ERROR)
+    conn.data_received(answer + server.data_to_send())
+    assert exchange.events == [("headers", 200, []), ("body", b"some"), "flush", ("reset", "remote reset", False)]

@@ -81,6 +81,9 @@ static int pyl_submit_response(pyl_h2 *c, int32_t stream_id, const char *block, 
                                int with_body, const uint8_t *body, size_t bodylen, int ended);
 static int64_t pyl_data(pyl_h2 *c, int32_t stream_id, const uint8_t *data, size_t len, int end);
 static int pyl_trailers(pyl_h2 *c, int32_t stream_id, const char *block, size_t len, size_t count);
+static int pyl_submit_response_trailers(pyl_h2 *c, int32_t stream_id, const char *block, size_t len, size_t count,
+                                        const uint8_t *body, size_t bodylen, const char *tblock, size_t tlen,
+                                        size_t tcount);
 static size_t pyl_pending(pyl_h2 *c, int32_t stream_id);
 static int pyl_submit_headers(pyl_h2 *c, int32_t stream_id, const char *block, size_t len, size_t count,
                               int end_stream);

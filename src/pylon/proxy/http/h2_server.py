@@ -213,10 +213,10 @@ class Http2ResponseEncoder:
         if self.ended:
             return
         held = self.held
-        if held is not None and not trailers:
+        if held is not None:  # the whole response in one submission, its trailers too
             body = self.held_body
             self.held = self.held_body = None
-            self.session.send_whole(self.stream_id, *held, b"" if body is None else _joined(body))
+            self.session.send_whole(self.stream_id, *held, b"" if body is None else _joined(body), trailers)
         else:
             self.commit()
             if trailers:

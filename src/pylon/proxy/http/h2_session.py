@@ -407,11 +407,19 @@ class H2Connection:
         self._check(lib.pyl_submit_response(self._c, stream_id, block, len(block), count, int(not end_stream), b"", 0,
                                             0))
 
-    def send_whole(self, stream_id: int, block: bytes, count: int, body: bytes) -> None:
-        """Server: a complete response, its head (a block, as `send_response_block`) and `body` (the stream then
-        ends), in one submission."""
+    def send_whole(self, stream_id: int, block: bytes, count: int, body: bytes, trailers: Headers | None = None) -> None:
+        """Server: a complete response, its head (a block, as `send_response_block`), `body` and its `trailers` if
+        any (the stream then ends), in one submission."""
         self._known(stream_id)
-        self._check(lib.pyl_submit_response(self._c, stream_id, block, len(block), count, 1, body, len(body), 1))
+        if not trailers:
+            self._check(lib.pyl_submit_response(self._c, stream_id, block, len(block), count, 1, body, len(body), 1))
+            return
+        tblock = header_block(trailers)
+        rv = lib.pyl_submit_response_trailers(self._c, stream_id, block, len(block), count, body, len(body), tblock,
+                                              len(tblock), len(trailers))
+        if rv == NGHTTP2_ERR_STREAM_CLOSED:
+            raise H2Error(f"stream {stream_id} has no open body")
+        self._check(rv)
 
     def send_informational(self, stream_id: int, headers: Headers) -> None:
         """Server: a 1xx response (100 Continue, 103 Early Hints) before the final one."""

@@ -585,6 +585,16 @@ static int pyl_trailers(pyl_h2 *c, int32_t stream_id, const char *block, size_t 
     return 0;
 }
 
+/* A whole response whose body ends with trailers (a gRPC answer read in one piece from an HTTP/2 upstream): its
+ * head, body and trailers in one call. A refused trailers block (a NUL in it) leaves the head and body submitted
+ * with the body open, as a refused pyl_trailers after them would. */
+static int pyl_submit_response_trailers(pyl_h2 *c, int32_t stream_id, const char *block, size_t len, size_t count,
+                                        const uint8_t *body, size_t bodylen, const char *tblock, size_t tlen,
+                                        size_t tcount) {
+    int rv = pyl_submit_response(c, stream_id, block, len, count, 1, body, bodylen, 0);
+    return rv ? rv : pyl_trailers(c, stream_id, tblock, tlen, tcount);
+}
+
 /* The bytes a stream's body has queued, not framed yet (0 once framed, or when it has none). */
 static size_t pyl_pending(pyl_h2 *c, int32_t stream_id) {
     pyl_out *o = find_out(c, stream_id);

@@ -7,9 +7,9 @@ from pylon.proxy.upstream.pool_base cimport PooledConnection
 
 cdef class H2UpstreamStream:
     cdef public object connection, pool, exchange, stream_id, encoder, local_address, requests, keep_alive
-    cdef public object reading_paused, held, writing_paused, answered
+    cdef public object reading_paused, held, writing_paused, answered, flush_due
 
 cdef class H2UpstreamConnection(PooledConnection):
     cdef public object pool, codec, scheme, streams, transport, local_address, closed, goaway, draining, requests
     cdef public object active, peer_max, peer_connect, preface, writing_paused, write_paused_streams, flush_pending
-    cdef public object wake_at, opened_at, idle_since, http1_chosen, seen, keepalive
+    cdef public object wake_at, opened_at, idle_since, http1_chosen, seen, keepalive, due

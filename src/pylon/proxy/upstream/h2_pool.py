@@ -62,7 +62,7 @@ class H2UpstreamStream:
     """One request's stream on an HTTP/2 upstream connection: what the router's exchange holds as its upstream."""
 
     __slots__ = ("connection", "pool", "exchange", "stream_id", "encoder", "local_address", "requests", "keep_alive",
-                 "reading_paused", "held", "writing_paused", "answered")
+                 "reading_paused", "held", "writing_paused", "answered", "flush_due")
     multiplexed = True  # the router's one test: this attempt goes through `send_head`, not HTTP/1 bytes
 
     def __init__(self, connection: "H2UpstreamConnection", exchange: "Exchange") -> None:
@@ -78,6 +78,7 @@ class H2UpstreamStream:
         self.held = 0  # received body bytes not credited back while the client is not reading
         self.writing_paused = False  # the exchange was told to stop reading its client
         self.answered = False
+        self.flush_due = False  # in its connection's `due`: the exchange flushes once the read is handled
 
     @property
     def transport(self) -> "H2UpstreamStream":
@@ -193,7 +194,17 @@ class H2UpstreamStream:
         if end_stream:
             self._complete()
         elif self.exchange is not None:
-            exchange.on_upstream_flush()
+            self._flush_later()
+
+    def _flush_later(self) -> None:
+        """The exchange writes what it encoded once the connection's read is handled, not per event: a response
+        read whole (a gRPC answer: head, message, trailers) then goes to the client as one submission."""
+        due = self.connection.due
+        if due is None:
+            self.exchange.on_upstream_flush()  # type: ignore[union-attr]
+        elif not self.flush_due:
+            self.flush_due = True
+            due.append(self)
 
     def on_data(self, data: bytes) -> None:
         exchange = self.exchange
@@ -201,7 +212,10 @@ class H2UpstreamStream:
             self.connection.codec.consume(self.stream_id, len(data))
             return
         exchange.on_upstream_body(data)
-        exchange.on_upstream_flush()
+        if self.exchange is None:
+            exchange.on_upstream_flush()  # it let go of this upstream meanwhile (a local reply)
+        else:
+            self._flush_later()
         if self.reading_paused:
             self.held += len(data)
         else:
@@ -226,8 +240,16 @@ class H2UpstreamStream:
             except H2Error:
                 pass
 
+    def _flush_now(self) -> None:
+        """Before the exchange hears of a reset or a loss: what it encoded in this read goes first, as it would
+        have without the wait for the read's end."""
+        if self.flush_due and self.exchange is not None:
+            self.flush_due = False
+            self.exchange.on_upstream_flush()
+
     def on_closed(self, error_code: int) -> None:
         """The stream is over (both ways); an exchange still attached lost it: refused, reset or not answered."""
+        self._flush_now()
         exchange = self._detach()
         if exchange is None:
             return
@@ -241,6 +263,7 @@ class H2UpstreamStream:
 
     def on_lost(self) -> None:
         """The connection closed under the stream."""
+        self._flush_now()
         exchange = self._detach()
         if exchange is not None:
             exchange.on_upstream_reset("connection termination", stale=self.requests > 0 and not self.answered)
@@ -254,7 +277,7 @@ class H2UpstreamConnection(PooledConnection):
 
     __slots__ = ("pool", "codec", "scheme", "streams", "transport", "local_address", "closed", "goaway", "draining",
                  "requests", "active", "peer_max", "peer_connect", "preface", "writing_paused", "write_paused_streams",
-                 "flush_pending", "wake_at", "opened_at", "idle_since", "http1_chosen", "seen", "keepalive")
+                 "flush_pending", "wake_at", "opened_at", "idle_since", "http1_chosen", "seen", "keepalive", "due")
 
     def __init__(self, pool: "H2Pool") -> None:
         self.pool = pool
@@ -280,6 +303,7 @@ class H2UpstreamConnection(PooledConnection):
         self.http1_chosen = False  # auto_config: the server's ALPN did not pick h2
         self.seen: dict[str, int] = {}  # the codec's counts already added to the cluster's `http2.*` stats
         self.keepalive: H2Keepalive | None = None  # connection_keepalive's PINGs, once connected
+        self.due: list[H2UpstreamStream] | None = None  # while a read is handled: the streams whose exchange flushes
 
     @property
     def has_room(self) -> bool:
@@ -318,12 +342,20 @@ class H2UpstreamConnection(PooledConnection):
             if found is not None:
                 self.peer_max, self.peer_connect = found
                 self.preface = None
+        self.due = due = []
         try:
             self.codec.receive(data)
         except Exception:  # noqa: BLE001 - a bug in a stream's handling must not leave the others hanging
             log.exception("an HTTP/2 upstream event failed")
             self._protocol_error()
             return
+        finally:
+            self.due = None
+        for stream in due:
+            stream.flush_due = False
+            exchange = stream.exchange
+            if exchange is not None:
+                exchange.on_upstream_flush()
         codec = self.codec
         if codec.closed or codec.want_write:  # a call to see costs less than framing nothing (most reads)
             self.flush()
