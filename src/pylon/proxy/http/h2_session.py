@@ -407,7 +407,8 @@ class H2Connection:
         self._check(lib.pyl_submit_response(self._c, stream_id, block, len(block), count, int(not end_stream), b"", 0,
                                             0))
 
-    def send_whole(self, stream_id: int, block: bytes, count: int, body: bytes, trailers: Headers | None = None) -> None:
+    def send_whole(self, stream_id: int, block: bytes, count: int, body: bytes,
+                   trailers: Headers | None = None) -> None:
         """Server: a complete response, its head (a block, as `send_response_block`), `body` and its `trailers` if
         any (the stream then ends), in one submission."""
         self._known(stream_id)

@@ -7,8 +7,9 @@
  * reports are kept in the connection struct. What needs a Python object (a HEADERS frame, a DATA chunk, a stream's
  * end or close, GOAWAY, a PING's ACK) is recorded as an event (pyl_event) in the connection's event buffer, and
  * Python reads the events of a pyl_recv or pyl_send once it returns: no call from C into Python at all (a cffi
- * callback costs ~375 ns compiled, decoding an event ~85 ns). Outbound bodies live here too (pyl_out): `pyl_data` copies each piece in, `pyl_trailers`
- * the trailers' block, and nghttp2's DATA reads take from that copy, so framing a body never calls into Python.
+ * callback costs ~375 ns compiled, decoding an event ~85 ns). Outbound bodies live here too (pyl_out): `pyl_data`
+ * copies each piece in, `pyl_trailers` the trailers' block, and nghttp2's DATA reads take from that copy, so framing
+ * a body never calls into Python.
  *
  * Optional libnghttp2 symbols (the stream reset rate limit of CVE-2023-44487, the CONTINUATION limit of
  * CVE-2024-27316) are Debian backports on a 1.52 library, so the version says nothing: they are looked up with
