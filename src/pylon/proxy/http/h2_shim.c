@@ -614,8 +614,6 @@ static int pyl_submit_headers(pyl_h2 *c, int32_t stream_id, const char *block, s
     return rv;
 }
 
-/* Everything nghttp2 will frame now, in one buffer (one Python call instead of one per frame); sets *out and
- * returns its length, or a negative nghttp2 error. The buffer is valid until the next call. */
 /* Parse the peer's bytes. Returns nghttp2's error (negative; the events before it are recorded too) or PYL_ST_*
  * bits: events to read (c->ebuf, c->elen), the session ended, the outbound queue over max_outbound_frames (a peer
  * that does not read what it asks for). */
@@ -634,8 +632,9 @@ static int64_t pyl_recv(pyl_h2 *c, const uint8_t *in, size_t inlen) {
     return st;
 }
 
-/* Frame everything nghttp2 will send now into one buffer (*out). Returns a negative error, or the length shifted
- * left by 2 with PYL_ST_EVENTS (streams closed as their last frame went out) and PYL_ST_ENDED below it. */
+/* Frame everything nghttp2 will send now into one buffer (*out, valid until the next call: one Python call instead of
+ * one per frame). Returns a negative error, or the length shifted left by 2 with PYL_ST_EVENTS (streams closed as
+ * their last frame went out) and PYL_ST_ENDED below it. */
 static int64_t pyl_send(pyl_h2 *c, const uint8_t **out) {
     size_t len = 0;
     int64_t st = 0;

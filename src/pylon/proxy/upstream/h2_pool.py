@@ -241,11 +241,12 @@ class H2UpstreamStream:
                 pass
 
     def _flush_now(self) -> None:
-        """Before the exchange hears of a reset or a loss: what it encoded in this read goes first, as it would
-        have without the wait for the read's end."""
-        if self.flush_due and self.exchange is not None:
+        """The wait for the read's end is over (the read is handled, or a reset or a loss comes first, which the
+        exchange must hear of after what it encoded): the exchange writes, if it is still there."""
+        if self.flush_due:
             self.flush_due = False
-            self.exchange.on_upstream_flush()
+            if self.exchange is not None:
+                self.exchange.on_upstream_flush()
 
     def on_closed(self, error_code: int) -> None:
         """The stream is over (both ways); an exchange still attached lost it: refused, reset or not answered."""
@@ -352,15 +353,12 @@ class H2UpstreamConnection(PooledConnection):
         finally:
             self.due = None
         for stream in due:
-            stream.flush_due = False
-            exchange = stream.exchange
-            if exchange is not None:
-                exchange.on_upstream_flush()
+            stream._flush_now()
         codec = self.codec
         if codec.closed or codec.want_write:  # a call to see costs less than framing nothing (most reads)
             self.flush()
         if codec.closed:
-            if self.codec.stats:
+            if codec.stats:
                 self.pool.cluster.stats.upstream_cx_protocol_error.value += 1
             self.close()
         else:
