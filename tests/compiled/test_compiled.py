@@ -22,9 +22,10 @@ from pylon import compiled
 from pylon.compiled import Builds, CompiledFinder, is_compiled
 from pylon.compiled.build import build
 
-#: what an annotation read as a C type, or an inferred variable type, would change: Cython's defaults refuse a list
-#: subclass for `items: list` and a bytes slice into an inferred bytearray; Python takes both
-SEMANTICS = '''
+#: what an annotation read as a C type, or an inferred builtin type, would change: Cython's defaults refuse a list
+#: subclass for `items: list`, and an inferred bytearray refuses a bytes slice, so a module doing that turns inference
+#: off in its first line (as proxy/request_ids.py does); Python takes both
+SEMANTICS = '''# cython: infer_types=False
 class Items(list):
     pass
 

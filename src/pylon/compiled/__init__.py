@@ -69,6 +69,12 @@ MODULES = (
     "pylon.stats.store",
 )
 PURE_ENV = "PYLON_PURE_PYTHON"
+#: Python's semantics, not Cython's shortcuts: an annotation is not a C type to check (`x: list` would refuse a
+#: subclass, `-> int` would convert). Cython's default, safe type inference stays on: a local assigned only from a
+#: typed field (`hcm = self.hcm`) or an extension type's constructor takes that type, so its fields and cpdef methods
+#: are reached without a look-up, as through `self`. (It infers builtin types too: a module whose code Cython then
+#: refuses turns it off in its first line, as proxy/request_ids.py does.) Part of each build's hash.
+DIRECTIVES = "annotation_typing=False"
 SUFFIX = importlib.machinery.EXTENSION_SUFFIXES[0]
 
 #: `from pylon.proxy.hcm cimport HttpConnection` in a .pxd: the module it names
@@ -112,7 +118,7 @@ class Builds:
 
     def build_path(self, name: str) -> Path:
         """Where the build of `name`'s source as it is now lives (OSError: no source)."""
-        digest = hashlib.sha256()
+        digest = hashlib.sha256(DIRECTIVES.encode())
         for module in self._depends_on(name):
             source = self.source_path(module)
             digest.update(source.read_bytes())

@@ -13,12 +13,7 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from pylon.compiled import PYLON, Builds
-
-#: Python's semantics, not Cython's shortcuts: an annotation is not a C type to check (`x: list` would refuse a
-#: subclass, `-> int` would convert), and no variable's type is inferred (an inferred `bytearray` refuses a `bytes`
-#: slice assignment that Python allows)
-DIRECTIVES = "annotation_typing=False,infer_types=False"
+from pylon.compiled import DIRECTIVES, PYLON, Builds
 
 
 def _compile(builds: Builds, name: str, work: Path) -> Path:

@@ -5,12 +5,16 @@
 
 from pylon.proxy.hcm cimport HcmRuntime, HttpConnection
 from pylon.proxy.http.h2_server cimport Http2ResponseEncoder
+from pylon.proxy.http.h2_session cimport H2Connection
 
 cdef class H2StreamConn(Http2ResponseEncoder):
     cdef public HcmRuntime hcm
-    cdef public object h2, stream, loop, loop_time, peer, peer_ip, local, scheme, connection_id, detected, closed
+    cdef public Http2Connection h2
+    cdef public object stream, loop, loop_time, peer, peer_ip, local, scheme, connection_id, detected, closed
     cdef public object paused, owed
 
 cdef class Http2Connection(HttpConnection):
-    cdef public object session, streams, seen, receiving, flush_again, flush_soon, write_paused, out_paused
+    cdef public H2Connection session
+    cdef public dict streams
+    cdef public object seen, receiving, flush_again, flush_soon, write_paused, out_paused
     cdef public object final_goaway, keepalive

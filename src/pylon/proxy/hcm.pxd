@@ -4,28 +4,29 @@
 # struct. Every name of each class's __slots__ is declared here (tests/compiled checks it). Interpreted runs never
 # read this file.
 
+from pylon.stats.store cimport Counter, Gauge, Histogram
+
 cdef class HcmRuntime:
-    cdef public object accept_http_10, access_loggers, always_set_request_id, body_decoders
-    cdef public object body_encoders, buffer_limit, cert_details, chain_views, clusters, config
-    cdef public object cx_active, cx_destroy, cx_http2_active, cx_http2_total, cx_idle_timeout
-    cdef public object cx_max_duration, cx_overload_disable_keepalive, cx_protocol_error, cx_total
-    cdef public object data_decoders, data_encoders, decoder_filters, default_host_for_http_10
-    cdef public object delayed_close_timeout, drain_timeout, dropped_underscores, dynamic_stats
-    cdef public object enable_trailers, encoder_filters, escaped_slashes, first_stream_timeout
-    cdef public object generate_request_id, h2, host_labels, idle_timeout, local_reply_mapper
-    cdef public object local_uri_sans, max_connection_duration, max_header_bytes, max_headers_count
-    cdef public object max_stream_duration, merge_slashes, network_filters, no_route
-    cdef public object normalize_path, overload, overwrite_server, path_options, peer_check, pools
-    cdef public object rejected_underscores, replace_client_request_id, request_case
-    cdef public object request_headers_timeout, request_timeout, response_drop, response_key_format
-    cdef public object route_table, rq_active, rq_by_class, rq_completed, rq_direct_response
-    cdef public object rq_header_timeout, rq_http2_total, rq_idle_timeout, rq_max_duration
-    cdef public object rq_overload_close, rq_redirect, rq_rx_reset, rq_time, rq_timeout
-    cdef public object rq_too_large, rq_total, rs_too_large, scheme_to_overwrite, server_name
-    cdef public object stream_idle_timeout, suppress_envoy_headers, tls_stats, tracer
-    cdef public object trailer_decoders, trailer_encoders, underscores, upgrade_types
-    cdef public object upgrades_active, upgrades_total, upstream_filters, use_remote_address
-    cdef public object user_agent_edits, via, worker, xfcc_mode, xff_num_trusted_hops
+    cdef public Counter cx_destroy, cx_http2_total, cx_idle_timeout, cx_max_duration, cx_overload_disable_keepalive
+    cdef public Counter cx_protocol_error, cx_total, dropped_underscores, no_route, rejected_underscores
+    cdef public Counter rq_completed, rq_direct_response, rq_header_timeout, rq_http2_total, rq_idle_timeout
+    cdef public Counter rq_max_duration, rq_overload_close, rq_redirect, rq_rx_reset, rq_timeout, rq_too_large
+    cdef public Counter rq_total, rs_too_large, upgrades_total
+    cdef public Gauge cx_active, cx_http2_active, rq_active, upgrades_active
+    cdef public Histogram rq_time
+    cdef public object accept_http_10, access_loggers, always_set_request_id, body_decoders, body_encoders
+    cdef public object buffer_limit, cert_details, chain_views, clusters, config, data_decoders, data_encoders
+    cdef public object decoder_filters, default_host_for_http_10, delayed_close_timeout, drain_timeout
+    cdef public object dynamic_stats, enable_trailers, encoder_filters, escaped_slashes, first_stream_timeout
+    cdef public object generate_request_id, h2, host_labels, idle_timeout, local_reply_mapper, local_uri_sans
+    cdef public object max_connection_duration, max_header_bytes, max_headers_count, max_stream_duration
+    cdef public object merge_slashes, network_filters, normalize_path, overload, overwrite_server, path_options
+    cdef public object peer_check, pools, replace_client_request_id, request_case, request_headers_timeout
+    cdef public object request_timeout, response_drop, response_key_format, route_table
+    cdef public object scheme_to_overwrite, server_name, stream_idle_timeout, suppress_envoy_headers, tls_stats
+    cdef public object tracer, trailer_decoders, trailer_encoders, underscores, upgrade_types, upstream_filters
+    cdef public dict rq_by_class
+    cdef public object use_remote_address, user_agent_edits, via, worker, xfcc_mode, xff_num_trusted_hops
 
 cdef class HttpConnection:
     cdef public HcmRuntime hcm

@@ -1,3 +1,5 @@
+# cython: infer_types=False
+# (pylon.compiled: an inferred `bytearray` would refuse the extended-slice assignments of bytes below)
 """x-request-id values: random UUID4 strings, made 128 at a time.
 
 A request that comes without an id gets one (Envoy's generate_request_id). Formatting one UUID

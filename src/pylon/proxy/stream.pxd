@@ -21,3 +21,14 @@ cdef class Stream:
     cdef public object resp_trailers, span, body_watch, shadows, health_check, duration_deadline, arrived_grpc
     cdef public object decoder_limit, filtered_request, dynamic_metadata, typed_dynamic_metadata, header_case
     cdef public object resp_header_case, chain, request_pacer, response_pacer
+    cpdef flush_upstream(self)
+    cpdef _add_forwarding(self, forward, xff, xfp)
+    cpdef _start_attempt(self, fresh=*)
+    cpdef _on_h2_ready(self, conn)
+    cpdef _arm_try_timer(self)
+    cpdef _arm(self, when)
+    cpdef _ends_connection(self, unread=*)
+    cpdef _end_response(self)
+    cpdef _upstream_done(self, now)
+    cpdef _end_attempt(self, abandon)
+    cpdef _finish(self, close, final=*, now=*)

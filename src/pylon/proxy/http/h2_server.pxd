@@ -3,8 +3,11 @@
 # (tests/compiled checks it); H2StreamConn (h2_connection.py) derives from the encoder as a Python class.
 # Interpreted runs never read this file.
 
+from pylon.proxy.http.h2_session cimport H2Connection
+
 cdef class RequestHead:
     cdef public object method, path, protocol, headers, length, rejected
 
 cdef class Http2ResponseEncoder:
-    cdef public object out, session, stream_id, server_name, ended, headers_only, held, held_body, queued
+    cdef public H2Connection session
+    cdef public object out, stream_id, server_name, ended, headers_only, held, held_body, queued

@@ -146,7 +146,7 @@ class Http2ResponseEncoder:
             return
         self.held = None
         session, stream_id = self.session, self.stream_id
-        session.send_response_block(stream_id, *held)
+        session.send_response_block(stream_id, held[0], held[1])
         body = self.held_body
         if body is not None:
             self.held_body = None
@@ -216,7 +216,7 @@ class Http2ResponseEncoder:
         if held is not None:  # the whole response in one submission, its trailers too
             body = self.held_body
             self.held = self.held_body = None
-            self.session.send_whole(self.stream_id, *held, b"" if body is None else _joined(body), trailers)
+            self.session.send_whole(self.stream_id, held[0], held[1], b"" if body is None else _joined(body), trailers)
         else:
             self.commit()
             if trailers:

@@ -3,13 +3,19 @@
 # without a descriptor or dictionary look-up. Every name of each class's __slots__ is declared here (tests/compiled
 # checks it). Interpreted runs never read this file.
 
+from pylon.proxy.http.h2_client cimport Http2RequestEncoder
+from pylon.proxy.http.h2_session cimport H2Connection
 from pylon.proxy.upstream.pool_base cimport PooledConnection
 
 cdef class H2UpstreamStream:
-    cdef public object connection, pool, exchange, stream_id, encoder, local_address, requests, keep_alive
+    cdef public H2UpstreamConnection connection
+    cdef public Http2RequestEncoder encoder
+    cdef public object pool, exchange, stream_id, local_address, requests, keep_alive
     cdef public object reading_paused, held, writing_paused, answered, flush_due
 
 cdef class H2UpstreamConnection(PooledConnection):
-    cdef public object pool, codec, scheme, streams, transport, local_address, closed, goaway, draining, requests
+    cdef public H2Connection codec
+    cdef public dict streams
+    cdef public object pool, scheme, transport, local_address, closed, goaway, draining, requests
     cdef public object active, peer_max, peer_connect, preface, writing_paused, write_paused_streams, flush_pending
     cdef public object wake_at, opened_at, idle_since, http1_chosen, seen, keepalive, due
