@@ -4,12 +4,14 @@
 # stream_states.checked's __setattr__ sees every transition. Interpreted runs never read this file.
 
 from pylon.proxy.hcm cimport HcmRuntime
+from pylon.proxy.router cimport MatchedRoute
 
 cdef class Stream:
     cdef dict __dict__
     cdef public HcmRuntime hcm
+    cdef public MatchedRoute route
     cdef public object conn, url, headers, method, is_head, http10, keep_alive, upgrade, req_chunked
-    cdef public object req_length, started, body_buffer, waiting_body, body_size, route, cluster, host, pool
+    cdef public object req_length, started, body_buffer, waiting_body, body_size, cluster, host, pool
     cdef public object upstream, request_encoder, up_out, encoder, close_after, local_reply, status, flags, details
     cdef public object retries_left, retry_held, deadline, try_deadline, upstream_deadline, bytes_received
     cdef public object bytes_sent, start, last_activity, attempt_start, first_byte, authority, path, pending_local

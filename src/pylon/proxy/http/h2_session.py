@@ -187,9 +187,12 @@ class H2Error(Exception):
     """libnghttp2 refused a call (a stream id that is not open, a closed session)."""
 
 
+_flattened = itertools.chain.from_iterable
+
+
 def header_block(headers: Headers) -> bytes:
     """`name\\0value\\0...`: the shim builds nghttp2's array from it, and refuses a field holding a NUL."""
-    return b"\0".join(itertools.chain.from_iterable(headers)) + b"\0"
+    return b"\0".join(_flattened(headers)) + b"\0"
 
 
 class H2Connection:

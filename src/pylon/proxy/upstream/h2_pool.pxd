@@ -12,6 +12,16 @@ cdef class H2UpstreamStream:
     cdef public Http2RequestEncoder encoder
     cdef public object pool, exchange, stream_id, local_address, requests, keep_alive
     cdef public object reading_paused, held, writing_paused, answered, flush_due
+    cpdef send_head(self, base, head, end_stream, attempt=*)
+    cpdef write(self, data)
+    cpdef _detach(self)
+    cpdef on_headers(self, fields, end_stream)
+    cpdef _flush_later(self)
+    cpdef on_data(self, data)
+    cpdef on_trailers(self, trailers)
+    cpdef _complete(self)
+    cpdef _flush_now(self)
+    cpdef on_closed(self, error_code)
 
 cdef class H2UpstreamConnection(PooledConnection):
     cdef public H2Connection codec
@@ -19,3 +29,5 @@ cdef class H2UpstreamConnection(PooledConnection):
     cdef public object pool, scheme, transport, local_address, closed, goaway, draining, requests
     cdef public object active, peer_max, peer_connect, preface, writing_paused, write_paused_streams, flush_pending
     cdef public object wake_at, opened_at, idle_since, http1_chosen, seen, keepalive, due
+    cpdef flush_soon(self)
+    cpdef flush(self)
