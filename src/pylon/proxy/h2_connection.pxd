@@ -6,11 +6,13 @@
 from pylon.proxy.hcm cimport HcmRuntime, HttpConnection
 from pylon.proxy.http.h2_server cimport Http2ResponseEncoder
 from pylon.proxy.http.h2_session cimport H2Connection
+from pylon.proxy.stream cimport Stream
 
 cdef class H2StreamConn(Http2ResponseEncoder):
     cdef public HcmRuntime hcm
     cdef public Http2Connection h2
-    cdef public object stream, loop, loop_time, peer, peer_ip, local, scheme, connection_id, detected, closed
+    cdef public Stream stream
+    cdef public object loop, loop_time, peer, peer_ip, local, scheme, connection_id, detected, closed
     cdef public object paused, owed
 
 cdef class Http2Connection(HttpConnection):
@@ -18,3 +20,6 @@ cdef class Http2Connection(HttpConnection):
     cdef public dict streams
     cdef public object seen, receiving, flush_again, flush_soon, write_paused, out_paused
     cdef public object final_goaway, keepalive
+    cpdef stream_done(self, conn)
+    cpdef flush_later(self)
+    cpdef _stream_closed(self, conn, error_code)

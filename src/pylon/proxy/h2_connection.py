@@ -86,9 +86,10 @@ class H2StreamConn(Http2ResponseEncoder):
     feeding = False  # a request's head arrives whole: a local reply never waits for the rest of a read
     last_activity = 0.0  # per stream only: the stream's own last_activity counts for stream_idle_timeout
 
-    def __init__(self, h2: "Http2Connection", stream_id: int) -> None:
+    def __init__(self, connection: "Http2Connection", stream_id: int) -> None:
+        self.h2 = connection
+        h2 = self.h2  # compiled, read back from the field it takes that field's type: the reads below skip a look-up
         Http2ResponseEncoder.__init__(self, h2.session, stream_id, h2.hcm.server_name)
-        self.h2 = h2
         self.stream: Stream = None  # type: ignore[assignment]  # set right after, the Stream needs this first
         self.hcm = h2.hcm
         self.loop = h2.loop

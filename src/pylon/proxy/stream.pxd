@@ -34,3 +34,6 @@ cdef class Stream:
     cpdef _upstream_done(self, now)
     cpdef _end_attempt(self, abandon)
     cpdef _finish(self, close, final=*, now=*)
+    cpdef begin(self)
+    cpdef on_body(self, data, filtered=*, paced=*)
+    cpdef on_complete(self)

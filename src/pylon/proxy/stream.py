@@ -117,6 +117,15 @@ def _edited(headers: list[tuple[bytes, bytes]], edits: list[tuple[str, bytes, by
     return edited.items
 
 
+def _upgrade_token(headers: list[tuple[bytes, bytes]]) -> bytes:
+    """The request's Upgrade value (b"" without one). A function, not a generator expression in `begin`: compiled,
+    a method holding a closure cannot be cpdef."""
+    for name, value in headers:
+        if name == b"upgrade":
+            return value
+    return b""
+
+
 def _asks_trailers(te: bytes) -> bool:
     """Whether a TE field lists `trailers` (its only value a proxy forwards, as Envoy sanitises TE)."""
     if te == b"trailers":  # what every gRPC client sends: no need to take it apart
@@ -464,7 +473,7 @@ class Stream:
         upgrade: bytes | None = b""
         if self.upgrade:
             if self.method != b"CONNECT":
-                upgrade = next((v for n, v in self.headers if n == b"upgrade"), b"")
+                upgrade = _upgrade_token(self.headers)
             elif self.url[:1] != b"/":
                 upgrade = None  # CONNECT: the method says it, no Upgrade header goes upstream
             else:
