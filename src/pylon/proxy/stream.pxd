@@ -1,15 +1,17 @@
 # Cython's view of stream.py (pylon.compiled): compiled, Stream is an extension type whose attributes are C fields,
-# read and written without a dictionary or descriptor look-up. Every name of Stream.__slots__ but the three state
-# machines is declared here (tests/compiled checks it); those three stay in the instance dictionary so that
-# stream_states.checked's __setattr__ sees every transition. Interpreted runs never read this file.
+# read and written without a dictionary or descriptor look-up. Every name of Stream.__slots__ is declared here
+# (tests/compiled checks it), the three state machines' too: compiled, a state store is a struct store that
+# stream_states.checked's __setattr__ does not see, so the tests that read its log run interpreted
+# (tests/proxy/test_stream_states.py). The methods declared cpdef are called as C functions through a typed
+# reference (self, H2StreamConn.stream). Interpreted runs never read this file.
 
 from pylon.proxy.hcm cimport HcmRuntime
 from pylon.proxy.router cimport MatchedRoute
 
 cdef class Stream:
-    cdef dict __dict__
     cdef public HcmRuntime hcm
     cdef public MatchedRoute route
+    cdef public object rq_state, up_state, rs_state
     cdef public object conn, url, headers, method, is_head, http10, keep_alive, upgrade, req_chunked
     cdef public object req_length, started, body_buffer, waiting_body, body_size, cluster, host, pool
     cdef public object upstream, request_encoder, up_out, encoder, close_after, local_reply, status, flags, details

@@ -103,7 +103,9 @@ StreamT = TypeVar("StreamT", bound=type)
 def checked(stream_cls: StreamT) -> StreamT:
     """A subclass of `stream_cls` whose state changes are validated and logged (`transitions`, in order, as
     (attribute, old, new) with the enum members): the checked mode for tests. The first store of each state
-    (the constructor's) must be the machine's initial state; storing the current state again is no change."""
+    (the constructor's) must be the machine's initial state; storing the current state again is no change. It sees
+    the stores of an interpreted stream class only: a compiled Stream stores its states in C fields, past
+    `__setattr__` (stream.pxd)."""
 
     class CheckedStream(stream_cls):  # type: ignore[valid-type, misc]
         def __setattr__(self, name: str, value: Any) -> None:
