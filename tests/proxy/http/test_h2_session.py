@@ -401,3 +401,25 @@ def test_the_copies_a_session_still_holds_are_freed_with_it():
     srv, _so, _cli, _sids = _held_back(2)
     srv.close()
     assert srv._c.outs == h2_session.ffi.NULL
+
+
+def _second_header_block_size(field: tuple[bytes, bytes]) -> int:
+    """The HEADERS payload of the second of two identical requests carrying `field` (the first fills the table)."""
+    srv, so, cli, co = pair()
+    for _ in range(2):
+        cli.send_request([*REQ, field], end_stream=True)
+        sent = cli.data_to_send()
+        srv.receive(sent)
+        pump(cli, srv)
+    return len([f for f in frames(sent) if f[0] == HEADERS][-1][3])
+
+
+@pytest.mark.parametrize("name", [b"x-request-id", b"grpc-timeout"])
+def test_a_value_new_on_every_request_is_never_indexed(name):
+    """The proxy's request id (and a client's remaining deadline) change per request: indexing them only evicts
+    fields that repeat, and nghttp2's encoder walks all fields indexed under a name on every look-up. Sent twice,
+    such a field goes out as a literal both times, where another field's second copy is one table reference."""
+    value = b"0123456789abcdef0123456789abcdef0123"
+    unindexed = _second_header_block_size((name, value))
+    indexed = _second_header_block_size((b"x-other-id12", value))  # a name of the same length
+    assert unindexed - indexed >= len(value) // 2  # the value again (Huffman-coded), not a one-byte reference

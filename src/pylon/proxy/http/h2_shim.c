@@ -452,6 +452,16 @@ static void pyl_del(pyl_h2 *c) {
     c->ecap = c->elen = 0;
 }
 
+/* Fields whose value is new on every request (the proxy's x-request-id, a client's remaining grpc-timeout) go out as
+ * literals never indexed: indexing one would only evict a field that repeats, and nghttp2's encoder walks every
+ * indexed field of the same name (one bucket of its table) on each look-up, so a table full of request ids made each
+ * request's header block slower to encode. */
+static uint8_t nv_flags(const char *name, size_t len) {
+    if (len == 12 && (memcmp(name, "x-request-id", 12) == 0 || memcmp(name, "grpc-timeout", 12) == 0))
+        return NGHTTP2_NV_FLAG_NO_INDEX;
+    return NGHTTP2_NV_FLAG_NONE;
+}
+
 /* Header lists cross as one "name\0value\0..." block of `count` fields: one Python join instead of one cdata
  * struct per field. nghttp2 copies names and values when the frame is submitted. */
 static nghttp2_nv *nva_from_block(const char *block, size_t len, size_t count) {
@@ -471,7 +481,7 @@ static nghttp2_nv *nva_from_block(const char *block, size_t len, size_t count) {
         nva[i].namelen = (size_t)(z - p);
         nva[i].value = (uint8_t *)v;
         nva[i].valuelen = (size_t)(vz - v);
-        nva[i].flags = NGHTTP2_NV_FLAG_NONE;
+        nva[i].flags = nv_flags(p, nva[i].namelen);
         p = vz + 1;
     }
     if (p != end) {  /* a NUL inside a name or value: more separators than fields */
