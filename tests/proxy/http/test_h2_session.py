@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import struct
 
 import pytest
@@ -423,3 +424,26 @@ def test_a_value_new_on_every_request_is_never_indexed(name):
     unindexed = _second_header_block_size((name, value))
     indexed = _second_header_block_size((b"x-other-id12", value))  # a name of the same length
     assert unindexed - indexed >= len(value) // 2  # the value again (Huffman-coded), not a one-byte reference
+
+
+def test_a_server_keeps_nothing_of_its_closed_streams():
+    """As Envoy sets it (no_closed_streams): without it nghttp2 keeps up to max_concurrent_streams (1024) closed
+    streams per connection for RFC 7540's priority tree, about 260 KiB a busy connection holds for nothing."""
+    class MallInfo(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in
+                    ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                     "keepcost")]
+
+    mallinfo = ctypes.CDLL("libc.so.6").mallinfo2
+    mallinfo.restype = MallInfo
+    srv, so, cli, co = pair()
+    pump(cli, srv)
+    before = mallinfo().uordblks
+    for _ in range(2000):
+        sid = cli.send_request(REQ, end_stream=True)
+        pump(cli, srv)
+        srv.send_response(sid, [(b":status", b"204")], end_stream=True)
+        pump(cli, srv)
+        so.events.clear()
+        co.events.clear()
+    assert mallinfo().uordblks - before < 100 * 1024

@@ -413,6 +413,10 @@ static int pyl_new(pyl_h2 *c, int server, int max_outbound_ack, int reset_burst,
         return rv;
     }
     nghttp2_option_set_no_auto_window_update(opt, 1);
+    /* As Envoy: no closed stream is kept for RFC 7540's priority tree. A server session otherwise keeps up to
+     * max_concurrent_streams (1024) of them in its stream map, memory per connection and a larger map to search on
+     * every frame. */
+    nghttp2_option_set_no_closed_streams(opt, 1);
     nghttp2_option_set_max_outbound_ack(opt, (size_t)max_outbound_ack);
     /* Flow control windows are Envoy's (256 MiB): the peer's SETTINGS decide how many streams it may open. */
     nghttp2_option_set_peer_max_concurrent_streams(opt, 2147483647u);
