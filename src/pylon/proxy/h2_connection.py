@@ -274,9 +274,9 @@ class Http2Connection(HttpConnection):
     # ------------------------------------------------------------------ H2Owner: the codec's calls
     def on_headers(self, stream_id: int, headers: list[tuple[bytes, bytes]], end_stream: bool) -> None:
         hcm = self.hcm
-        head, dropped = request_head(headers, hcm.underscores)
-        if dropped:
-            hcm.h2.dropped_underscores.value += dropped
+        head = request_head(headers, hcm.underscores)
+        if head.dropped:
+            hcm.h2.dropped_underscores.value += head.dropped
         if head.rejected:
             hcm.h2.rejected_underscores.value += 1
             self.session.reset_stream(stream_id, INTERNAL_ERROR)  # as Envoy 1.40 refuses the stream

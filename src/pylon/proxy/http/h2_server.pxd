@@ -6,7 +6,9 @@
 from pylon.proxy.http.h2_session cimport H2Connection
 
 cdef class RequestHead:
-    cdef public object method, path, protocol, headers, length, rejected
+    cdef public object method, path, protocol, headers, length, rejected, dropped
+
+cpdef RequestHead request_head(fields, underscores)
 
 cdef class Http2ResponseEncoder:
     cdef public H2Connection session

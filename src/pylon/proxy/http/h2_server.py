@@ -50,7 +50,7 @@ _NOT_SENT: dict[frozenset[bytes], frozenset[bytes]] = {}
 class RequestHead:
     """An HTTP/2 request head as the stream reads an HTTP/1 one."""
 
-    __slots__ = ("method", "path", "protocol", "headers", "length", "rejected")
+    __slots__ = ("method", "path", "protocol", "headers", "length", "rejected", "dropped")
 
     def __init__(self) -> None:
         self.method = b""
@@ -59,10 +59,11 @@ class RequestHead:
         self.headers: Headers = []  # `host` first (from :authority), then the fields in order
         self.length: int | None = None  # content-length, when given
         self.rejected = ""  # why the stream is refused (a name with an underscore under REJECT_REQUEST)
+        self.dropped = 0  # fields left out for an underscore in their name (DROP_HEADER)
 
 
-def request_head(fields: Headers, underscores: int) -> tuple[RequestHead, int]:
-    """Translate a request's header block; returns the head and how many underscored names were dropped.
+def request_head(fields: Headers, underscores: int) -> RequestHead:
+    """Translate a request's header block (`dropped` says how many underscored names were left out).
 
     `underscores` is the HCM's headers_with_underscores_action (0 allow, 1 drop the field, 2 refuse the
     request). `:authority` becomes the `host` field, a `host` field stands in for a missing `:authority`
@@ -73,7 +74,6 @@ def request_head(fields: Headers, underscores: int) -> tuple[RequestHead, int]:
     host: bytes | None = None
     headers: Headers = [(b"host", b"")]  # its place, first: filled (or removed) at the end, not inserted there
     cookie_at = -1
-    dropped = 0
     for pair in fields:
         name = pair[0]
         if name[0] == 58:  # b":" (nghttp2 admits no empty name)
@@ -89,8 +89,8 @@ def request_head(fields: Headers, underscores: int) -> tuple[RequestHead, int]:
         if underscores and b"_" in name:
             if underscores == 2:
                 head.rejected = "underscore"
-                return head, dropped
-            dropped += 1
+                return head
+            head.dropped += 1
             continue
         if name == b"cookie":
             if cookie_at >= 0:
@@ -110,7 +110,7 @@ def request_head(fields: Headers, underscores: int) -> tuple[RequestHead, int]:
     else:
         del headers[0]
     head.headers = headers
-    return head, dropped
+    return head
 
 
 
