@@ -4,7 +4,7 @@
 # modules cimported here (their sources are part of its hash). Interpreted runs never read this file.
 
 from pylon.proxy.hcm cimport HcmRuntime, HttpConnection
-from pylon.proxy.http.h2_server cimport Http2ResponseEncoder
+from pylon.proxy.http.h2_server cimport Http2ResponseEncoder, request_head
 from pylon.proxy.http.h2_session cimport H2Connection
 from pylon.proxy.stream cimport Stream
 
@@ -23,3 +23,6 @@ cdef class Http2Connection(HttpConnection):
     cpdef stream_done(self, conn)
     cpdef flush_later(self)
     cpdef _stream_closed(self, conn, error_code)
+    cpdef H2StreamConn _open(self, stream_id)
+    cpdef H2StreamConn _take(self, stream_id)
+    cpdef _request_end(self, Stream stream)

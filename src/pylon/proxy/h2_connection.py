@@ -308,8 +308,17 @@ class Http2Connection(HttpConnection):
         if stream.up_out:
             stream.flush_upstream()
 
+    def _open(self, stream_id: int) -> H2StreamConn | None:
+        """The stream's view, while it is open. A method, not `self.streams.get`: compiled, its result is typed
+        (h2_connection.pxd), so the callers read its fields and call its stream without a look-up."""
+        return self.streams.get(stream_id)
+
+    def _take(self, stream_id: int) -> H2StreamConn | None:
+        """The stream's view, no longer among the open ones (typed compiled, as `_open`)."""
+        return self.streams.pop(stream_id, None)
+
     def on_data(self, stream_id: int, data: bytes) -> None:
-        conn = self.streams.get(stream_id)
+        conn = self._open(stream_id)
         if conn is None:
             self.session.consume(stream_id, len(data))
             return
@@ -323,25 +332,24 @@ class Http2Connection(HttpConnection):
             self.session.consume(stream_id, len(data))
 
     def on_trailers(self, stream_id: int, trailers: list[tuple[bytes, bytes]]) -> None:
-        conn = self.streams.get(stream_id)
+        conn = self._open(stream_id)
         if conn is not None:
             stream = conn.stream
             stream.req_trailers = trailers
             self._request_end(stream)
 
     def on_end_stream(self, stream_id: int) -> None:
-        conn = self.streams.get(stream_id)
+        conn = self._open(stream_id)
         if conn is not None:
             self._request_end(conn.stream)
 
-    @staticmethod
-    def _request_end(stream: Stream) -> None:
+    def _request_end(self, stream: Stream) -> None:
         stream.on_complete()
         if stream.up_out:
             stream.flush_upstream()
 
     def on_stream_closed(self, stream_id: int, error_code: int) -> None:
-        conn = self.streams.pop(stream_id, None)
+        conn = self._take(stream_id)
         if conn is None:
             return
         self._stream_closed(conn, error_code)

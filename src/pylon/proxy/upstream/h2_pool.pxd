@@ -31,3 +31,5 @@ cdef class H2UpstreamConnection(PooledConnection):
     cdef public object wake_at, opened_at, idle_since, http1_chosen, seen, keepalive, due
     cpdef flush_soon(self)
     cpdef flush(self)
+    cpdef H2UpstreamStream _open(self, stream_id)
+    cpdef H2UpstreamStream _take(self, stream_id)

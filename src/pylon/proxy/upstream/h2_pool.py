@@ -424,30 +424,39 @@ class H2UpstreamConnection(PooledConnection):
         self.flush()  # streams still open learn of the close from `connection_lost`
 
     # -- H2Owner: the codec's calls ------------------------------------------------------------------
+    def _open(self, stream_id: int) -> H2UpstreamStream | None:
+        """The request's stream, while it is open. A method, not `self.streams.get`: compiled, its result is typed
+        (h2_pool.pxd), so the stream's cpdef methods are called without a look-up."""
+        return self.streams.get(stream_id)
+
+    def _take(self, stream_id: int) -> H2UpstreamStream | None:
+        """The request's stream, no longer among the open ones (typed compiled, as `_open`)."""
+        return self.streams.pop(stream_id, None)
+
     def on_headers(self, stream_id: int, headers: Headers, end_stream: bool) -> None:
-        stream = self.streams.get(stream_id)
+        stream = self._open(stream_id)
         if stream is not None:
             stream.on_headers(headers, end_stream)
 
     def on_data(self, stream_id: int, data: bytes) -> None:
-        stream = self.streams.get(stream_id)
+        stream = self._open(stream_id)
         if stream is not None:
             stream.on_data(data)
         else:
             self.codec.consume(stream_id, len(data))
 
     def on_trailers(self, stream_id: int, trailers: Headers) -> None:
-        stream = self.streams.get(stream_id)
+        stream = self._open(stream_id)
         if stream is not None:
             stream.on_trailers(trailers)
 
     def on_end_stream(self, stream_id: int) -> None:
-        stream = self.streams.get(stream_id)
+        stream = self._open(stream_id)
         if stream is not None:
             stream._complete()
 
     def on_stream_closed(self, stream_id: int, error_code: int) -> None:
-        stream = self.streams.pop(stream_id, None)
+        stream = self._take(stream_id)
         if stream is None:
             return
         stream.on_closed(error_code)
