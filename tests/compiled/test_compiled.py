@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 from types import ModuleType
 from typing import Iterator
@@ -66,17 +67,22 @@ from compiledpkg.counter import Counter
 
 
 class Tally(Counter):
-    __slots__ = ("total",)
+    __slots__ = ("total", "peer")
 
     def __init__(self):
         Counter.__init__(self)
         self.total = 0
+        self.peer = None
 
     def add(self, k):
         self.bump()
         self.total += k
+
+    def peer_count(self):
+        return self.peer.n
 '''
-TALLY_PXD = "from compiledpkg.counter cimport Counter\n\ncdef class Tally(Counter):\n    cdef public object total\n"
+TALLY_PXD = ("from compiledpkg.counter cimport Counter\n\ncdef class Tally(Counter):\n    cdef public object total\n"
+             "    cdef public Counter peer\n")
 
 
 def _package(root: Path, version: int) -> Builds:
@@ -217,6 +223,28 @@ def test_a_subclass_of_another_modules_extension_type_is_built_against_that_modu
         assert not is_compiled(_fresh_import("compiledpkg.tally"))
     finally:
         hidden.rename(counter_build)
+
+
+def test_a_typed_reference_holding_none_raises_as_python_does(built: Builds) -> None:
+    """tally.pxd types `peer` as Counter; it holds None. Reading `self.peer.n` must raise AttributeError, as Python
+    does, not read None's memory as a Counter (nonecheck). In a child process: without the check it may crash."""
+    script = textwrap.dedent(f"""
+        import sys
+        from pathlib import Path
+        from pylon.compiled import Builds, CompiledFinder, is_compiled
+        builds = Builds({built.modules!r}, Path({str(built.source_root)!r}), Path({str(built.build_dir)!r}))
+        sys.path.insert(0, str(builds.source_root))
+        sys.meta_path.insert(0, CompiledFinder(builds))
+        import compiledpkg.tally as tally
+        assert is_compiled(tally)
+        try:
+            tally.Tally().peer_count()
+        except AttributeError as error:
+            print("AttributeError:", error)
+        """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith("AttributeError:")
 
 
 def test_a_cimport_of_an_unbuilt_module_is_refused(tmp_path: Path) -> None:

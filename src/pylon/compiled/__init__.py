@@ -70,11 +70,13 @@ MODULES = (
 )
 PURE_ENV = "PYLON_PURE_PYTHON"
 #: Python's semantics, not Cython's shortcuts: an annotation is not a C type to check (`x: list` would refuse a
-#: subclass, `-> int` would convert). Cython's default, safe type inference stays on: a local assigned only from a
-#: typed field (`hcm = self.hcm`) or an extension type's constructor takes that type, so its fields and cpdef methods
-#: are reached without a look-up, as through `self`. (It infers builtin types too: a module whose code Cython then
-#: refuses turns it off in its first line, as proxy/request_ids.py does.) Part of each build's hash.
-DIRECTIVES = "annotation_typing=False"
+#: subclass, `-> int` would convert), and a typed reference holding None raises AttributeError when used, as Python
+#: does, where Cython would read None's memory as the struct (nonecheck: one pointer compare). Cython's default, safe
+#: type inference stays on: a local assigned only from a typed field (`hcm = self.hcm`) or an extension type's
+#: constructor takes that type, so its fields and cpdef methods are reached without a look-up, as through `self`. (It
+#: infers builtin types too: a module whose code Cython then refuses turns it off in its first line, as
+#: proxy/request_ids.py does.) Part of each build's hash.
+DIRECTIVES = "annotation_typing=False,nonecheck=True"
 SUFFIX = importlib.machinery.EXTENSION_SUFFIXES[0]
 
 #: `from pylon.proxy.hcm cimport HttpConnection` in a .pxd: the module it names
