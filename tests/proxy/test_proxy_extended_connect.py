@@ -192,6 +192,7 @@ def test_an_http1_upgrade_to_an_http2_cluster_is_an_extended_connect_stream(to_h
         lines = head.lower().split(b"\r\n")
         assert lines[0] == b"http/1.1 101 switching protocols"  # the server's 200, as the 101 the client asked for
         assert b"upgrade: websocket" in lines and b"connection: upgrade" in lines
+        assert any(line.startswith(b"date: ") for line in lines)  # the server sent none: the proxy's own
         assert rest == b"echo:early"
         sock.sendall(b"ping")
         assert read_until(sock, b"echo:ping") == b"echo:ping"

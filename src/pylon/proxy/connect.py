@@ -18,7 +18,6 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
-from pylon.proxy.http1 import HTTP_DATE
 from pylon.proxy.upstream.connect import ConnectError, ConnectTimeout, open_upstream
 from pylon.proxy.upstream.host import format_address
 from pylon.proxy.watermarks import apply_buffer_limit
@@ -97,7 +96,7 @@ class TerminatedConnect:
             return
         stream = self.stream
         stream.upstream_local = transport.get_extra_info("sockname")
-        stream.on_upstream_upgraded(self, [(b"date", HTTP_DATE.now())], b"".join(self.early), 200)
+        stream.on_upstream_upgraded(self, [], b"".join(self.early), 200)  # the date and server come as relayed
         self.early = []
 
     # ------------------------------------------------------------------ the pool's part

@@ -89,7 +89,7 @@ class H2StreamConn(Http2ResponseEncoder):
     def __init__(self, connection: "Http2Connection", stream_id: int) -> None:
         self.h2 = connection
         h2 = self.h2  # compiled, read back from the field it takes that field's type: the reads below skip a look-up
-        Http2ResponseEncoder.__init__(self, h2.session, stream_id, h2.hcm.server_name)
+        Http2ResponseEncoder.__init__(self, h2.session, stream_id, h2.hcm.local_server_name)
         self.stream: Stream = None  # type: ignore[assignment]  # set right after, the Stream needs this first
         self.hcm = h2.hcm
         self.loop = h2.loop

@@ -18,15 +18,18 @@ cdef class HcmRuntime:
     cdef public object buffer_limit, cert_details, chain_views, clusters, config, data_decoders, data_encoders
     cdef public object decoder_filters, default_host_for_http_10, delayed_close_timeout, drain_timeout
     cdef public object dynamic_stats, enable_trailers, encoder_filters, escaped_slashes, first_stream_timeout
-    cdef public object generate_request_id, h2, host_labels, idle_timeout, local_reply_mapper, local_uri_sans
+    cdef public object generate_request_id, h2, host_labels, idle_timeout, local_reply_mapper, local_server_name
+    cdef public object local_uri_sans
     cdef public object max_connection_duration, max_header_bytes, max_headers_count, max_stream_duration
     cdef public object merge_slashes, network_filters, normalize_path, overload, overwrite_server, path_options
     cdef public object peer_check, pools, replace_client_request_id, request_case, request_headers_timeout
     cdef public object request_timeout, response_drop, response_key_format, route_table
-    cdef public object scheme_to_overwrite, server_name, stream_idle_timeout, suppress_envoy_headers, tls_stats
+    cdef public object scheme_to_overwrite, server_if_absent, server_name, stream_idle_timeout
+    cdef public object suppress_envoy_headers, tls_stats
     cdef public object tracer, trailer_decoders, trailer_encoders, underscores, upgrade_types, upstream_filters
     cdef public dict rq_by_class
     cdef public object use_remote_address, user_agent_edits, via, worker, xfcc_mode, xff_num_trusted_hops
+    cpdef list response_fields(self, headers)
 
 cdef class HttpConnection:
     cdef public HcmRuntime hcm

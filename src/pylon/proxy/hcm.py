@@ -24,7 +24,7 @@ from pylon.proxy.filters.upstream import build_upstream_filters
 from pylon.proxy.filters.listener import Detected
 from pylon.proxy.http.h1_server import CasePreservingRequestDecoder, Http1RequestDecoder, Http1ResponseEncoder
 from pylon.proxy.http.header_case import proper_case
-from pylon.proxy.http1 import HOP_BY_HOP
+from pylon.proxy.http1 import HOP_BY_HOP, HTTP_DATE
 from pylon.proxy.linger import Lingering
 from pylon.proxy.local_address import forwarded_for_entry
 from pylon.proxy.local_reply_mapper import LocalReplyMapper
@@ -109,7 +109,7 @@ class HcmRuntime:
                  "data_encoders", "decoder_filters", "default_host_for_http_10", "delayed_close_timeout",
                  "drain_timeout", "dropped_underscores", "dynamic_stats", "enable_trailers", "encoder_filters",
                  "escaped_slashes", "first_stream_timeout", "generate_request_id", "h2", "host_labels",
-                 "idle_timeout", "local_reply_mapper", "local_uri_sans", "max_connection_duration",
+                 "idle_timeout", "local_reply_mapper", "local_server_name", "local_uri_sans", "max_connection_duration",
                  "max_header_bytes", "max_headers_count", "max_stream_duration", "merge_slashes",
                  "network_filters", "no_route", "normalize_path", "overload", "overwrite_server",
                  "path_options", "peer_check", "pools", "rejected_underscores", "replace_client_request_id",
@@ -117,8 +117,8 @@ class HcmRuntime:
                  "response_key_format", "route_table", "rq_active", "rq_by_class", "rq_completed",
                  "rq_direct_response", "rq_header_timeout", "rq_http2_total", "rq_idle_timeout",
                  "rq_max_duration", "rq_overload_close", "rq_redirect", "rq_rx_reset", "rq_time", "rq_timeout",
-                 "rq_too_large", "rq_total", "rs_too_large", "scheme_to_overwrite", "server_name",
-                 "stream_idle_timeout", "suppress_envoy_headers", "tls_stats", "tracer", "trailer_decoders",
+                 "rq_too_large", "rq_total", "rs_too_large", "scheme_to_overwrite", "server_if_absent",
+                 "server_name", "stream_idle_timeout", "suppress_envoy_headers", "tls_stats", "tracer", "trailer_decoders",
                  "trailer_encoders", "underscores", "upgrade_types", "upgrades_active", "upgrades_total",
                  "upstream_filters", "use_remote_address", "user_agent_edits", "via", "worker", "xfcc_mode",
                  "xff_num_trusted_hops")
@@ -210,8 +210,13 @@ class HcmRuntime:
         self.replace_client_request_id = (config.use_remote_address and config.generate_request_id
                                           and not config.preserve_external_request_id)
         self.always_set_request_id = config.always_set_request_id_in_response
-        self.server_name = config.server_name.encode()
-        self.overwrite_server = config.server_header_transformation == "OVERWRITE"
+        self.server_name = (config.server_name or "envoy").encode()  # Envoy's default for an empty one too
+        transformation = config.server_header_transformation
+        self.overwrite_server = transformation == "OVERWRITE"
+        self.server_if_absent = transformation == "APPEND_IF_ABSENT"
+        # The proxy's own replies have no server field to keep: one is added unless the transformation passes
+        # through what the response has (None: no server field).
+        self.local_server_name: bytes | None = None if transformation == "PASS_THROUGH" else self.server_name
         # scheme_header_transformation.scheme_to_overwrite: every request's :scheme and x-forwarded-proto
         transformation = config.scheme_header_transformation
         self.scheme_to_overwrite: bytes | None = (
@@ -272,6 +277,24 @@ class HcmRuntime:
         # add_user_agent, as Envoy: its user agent is the node's cluster (--service-cluster), even an empty one
         self.user_agent_edits = partial(_user_agent_edits, cluster.encode(), node_id.encode()) \
             if config.add_user_agent else None
+
+    def response_fields(self, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        """The fields the connection manager adds to a response head it relays, as Envoy's encodeHeaders does for
+        every response: a `date` when the head has none (an upstream's own is kept), and `server` as
+        server_header_transformation says: OVERWRITE always (`response_drop` removes the upstream's),
+        APPEND_IF_ABSENT when the head has none, PASS_THROUGH never."""
+        has_date = has_server = False
+        for pair in headers:
+            name = pair[0]
+            if name == b"date":
+                has_date = True
+            elif name == b"server":
+                has_server = True
+        added = [(b"server", self.server_name)] if self.overwrite_server or (self.server_if_absent
+                                                                              and not has_server) else []
+        if not has_date:
+            added.append((b"date", HTTP_DATE.now()))
+        return added
 
     def trusted_client(self, stream: Stream) -> tuple[str, int] | str:
         """Envoy's downstream remote address: the peer, or the x-forwarded-for entry it trusts (`trusted_client`)."""
@@ -355,7 +378,7 @@ class HttpConnection:
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.decoder = Http1RequestDecoder(hcm, self) if hcm.request_case is None else CasePreservingRequestDecoder(
             hcm, self, hcm.request_case.formatter_type_on_envoy_headers == "PROPER_CASE")
-        self.encoder = Http1ResponseEncoder(hcm.server_name, hcm.enable_trailers)
+        self.encoder = Http1ResponseEncoder(hcm.local_server_name, hcm.enable_trailers)
         self.active: Stream | None = None
         self.queue: deque[Stream] = deque()
         self.closed = False

@@ -738,7 +738,7 @@ class Stream:
         close = self._ends_connection(unread=self.rq_state != RQ_DONE and bool(self.req_length or self.req_chunked))
         self.close_after = self.encoder.encode_headers(
             status, headers, close=close, http10=self.http10, head_request=self.is_head, drop=hcm.response_drop,
-            extra=[(b"server", hcm.server_name)] if hcm.overwrite_server else None)
+            extra=hcm.response_fields(headers))
         if body and not self.is_head:
             self.bytes_sent = len(body)
             self.encoder.encode_data(body)
@@ -1286,7 +1286,7 @@ class Stream:
                 if not all(getattr(f, "keeps_length", False) for f in wanting):  # pieces may change size
                     resp = [pair for pair in resp if pair[0] != b"content-length"]
         self.resp_headers = resp
-        extra = [(b"server", hcm.server_name)] if hcm.overwrite_server else []
+        extra = hcm.response_fields(resp)
         if self.set_cookie is not None:
             extra.append((b"set-cookie", self.set_cookie[2]))
         if not hcm.suppress_envoy_headers:
@@ -1339,9 +1339,8 @@ class Stream:
             return self._open_post_tunnel(upstream, headers, rest)
         self.deadline = 0.0  # so does the route's timeout, for an upgrade
         self.tunnel_upstream = upstream
-        sent = [pair for pair in headers if pair[0] != b"server"]
-        if hcm.overwrite_server:
-            sent.append((b"server", hcm.server_name))
+        sent = [pair for pair in headers if pair[0] != b"server"] if hcm.overwrite_server else list(headers)
+        sent += hcm.response_fields(headers)
         hcm.upgrades_total.inc()
         hcm.upgrades_active.inc()
         if not self.encoder.tunnels:  # an HTTP/2 CONNECT stream: DATA frames carry the bytes (h2_tunnel.py)
@@ -1372,7 +1371,7 @@ class Stream:
         it is no upgrade (not in the upgrade stats), and x-envoy-upstream-service-time is there only when the
         request was already whole."""
         hcm = self.hcm
-        extra = [(b"server", hcm.server_name)] if hcm.overwrite_server else []
+        extra = hcm.response_fields(headers)
         if self.rq_state == RQ_DONE and not hcm.suppress_envoy_headers:
             headers = [(b"x-envoy-upstream-service-time", b"%d" % int((self.first_byte - self.attempt_start) * 1000)),
                        *headers]

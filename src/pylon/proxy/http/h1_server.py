@@ -40,10 +40,10 @@ class Http1ResponseEncoder:
     #: its connection can become a byte pipe after a 101 or a CONNECT's 2xx (tunnel.py)
     tunnels = True
 
-    def __init__(self, server_name: bytes, trailers: bool = False) -> None:
+    def __init__(self, server_name: bytes | None, trailers: bool = False) -> None:
         self.out: list[bytes] = []
         self.chunked = False  # the response being sent is chunked: data is framed, the end adds the last chunk
-        self.server_name = server_name  # the server header of local replies
+        self.server_name = server_name  # the server header of local replies (None: none)
         self.trailers = trailers  # enable_trailers: a response's trailers are written (else dropped)
 
     def encode_continue(self) -> None:

@@ -124,7 +124,7 @@ class Http2ResponseEncoder:
     __slots__ = ("out", "session", "stream_id", "server_name", "ended", "headers_only", "held", "held_body", "queued")
     tunnels = False  # its stream's CONNECT payload is DATA frames, not the connection's bytes (h2_tunnel.py)
 
-    def __init__(self, session: "H2Connection", stream_id: int, server_name: bytes) -> None:
+    def __init__(self, session: "H2Connection", stream_id: int, server_name: bytes | None) -> None:
         self.out: list[bytes] = []  # non-empty: frames were submitted, the connection has something to write
         self.session = session
         self.stream_id = stream_id
@@ -234,7 +234,9 @@ class Http2ResponseEncoder:
         sent = [(b":status", b"%d" % status), (b"content-length", b"%d" % len(body))]
         if body:
             sent.append((b"content-type", content_type))
-        sent += [(b"date", HTTP_DATE.now()), (b"server", self.server_name)]
+        sent.append((b"date", HTTP_DATE.now()))
+        if self.server_name is not None:
+            sent.append((b"server", self.server_name))
         if headers:
             sent += [pair for pair in headers if pair[0] not in CONNECTION_SPECIFIC]
         with_body = bool(body) and not head_request
@@ -250,7 +252,9 @@ class Http2ResponseEncoder:
             return
         sent = [(b":status", b"200")]
         sent += [pair for pair in headers if pair[0] not in CONNECTION_SPECIFIC]
-        sent += [(b"date", HTTP_DATE.now()), (b"server", self.server_name)]
+        sent.append((b"date", HTTP_DATE.now()))
+        if self.server_name is not None:
+            sent.append((b"server", self.server_name))
         self.session.send_response(self.stream_id, sent, end_stream=True)
         self.ended = True
         self.out.append(b"")
