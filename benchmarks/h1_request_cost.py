@@ -43,7 +43,7 @@ from pylon import compiled
 from pylon.proxy import hcm as hcm_module
 from pylon.proxy.access_log import AccessLogWriter
 from pylon.proxy.stream import Stream
-from tests.proxy.test_stream_states import ROUTER, FakeWorker, Rig
+from tests.proxy.test_stream_states import ROUTER, FakeTransport, FakeWorker, Rig
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: wrk\r\n\r\n"
 RESPONSE = (b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Sun, 06 Dec 2026 03:30:00 GMT\r\n"
@@ -67,11 +67,13 @@ UNSUPPORTED = {"ext_authz", "internal_listener", "local_ratelimit", "local_ratel
                *filter_cost.REQUEST_LUA, *filter_cost.ANSWERS}
 
 
-def exchange(variant: str = "plain", json_log: bool = False) -> Callable[[], bytes]:
+def exchange(variant: str = "plain", json_log: bool = False, per_connection: bool = False) -> Callable[[], bytes]:
     """One request and its response through the rig, as a callable returning what the client got; the production
     Stream, not the checked one.
     `variant`: a filter of benchmarks/filter_cost.py ahead of the router, and the headers wrk sends with it;
-    `json_log`: with proxy_vs_envoy's JSON access log."""
+    `json_log`: with proxy_vs_envoy's JSON access log; `per_connection`: each request on a connection of its own
+    (`Connection: close`, as the handshake benchmarks' clients send it): the connection's set-up and teardown
+    count too."""
     if variant in UNSUPPORTED:
         raise SystemExit(f"{variant}: needs more than the connection manager (use benchmarks/filter_cost.py)")
     http_filter = filter_cost.VARIANTS[variant][0]
@@ -103,7 +105,27 @@ def exchange(variant: str = "plain", json_log: bool = False) -> Callable[[], byt
         answer, rig.client.written = rig.client.written, b""
         return answer
 
-    return one
+    if not per_connection:
+        return one
+    request = request[:-2] + b"Connection: close\r\n\r\n"
+
+    def connection() -> bytes:
+        """A connection of its own: made, one request with `Connection: close`, the response, closed, gone."""
+        conn = hcm_module.HttpConnection(rig.hcm)
+        client = FakeTransport(("127.0.0.1", 5555))
+        conn.connection_made(client)
+        conn.data_received(request)
+        rig.loop.run()
+        upstream, transport = rig.upstreams[-1]
+        transport.written = b""
+        upstream.data_received(RESPONSE)
+        rig.loop.run()
+        assert client.closed
+        conn.connection_lost(None)
+        rig.loop.run()
+        return client.written
+
+    return connection
 
 
 def cpu_per_request(one: Callable[[], bytes], batches: int) -> float:
@@ -157,8 +179,10 @@ def main() -> None:
     parser.add_argument("--variant", default="plain", choices=[v for v in filter_cost.VARIANTS if v not in UNSUPPORTED],
                         help="a filter of benchmarks/filter_cost.py ahead of the router")
     parser.add_argument("--json-log", action="store_true", help="with proxy_vs_envoy's JSON access log")
+    parser.add_argument("--per-connection", action="store_true",
+                        help="each request on a new connection (Connection: close), set-up and teardown included")
     args = parser.parse_args()
-    one = exchange(args.variant, args.json_log)
+    one = exchange(args.variant, args.json_log, args.per_connection)
     for _ in range(2000):  # warm: the interpreter specialises, the pool holds its connection
         one()
     micros = cpu_per_request(one, args.batches)

@@ -47,3 +47,13 @@ def test_the_json_log_formats_each_request(script: ModuleType, monkeypatch: pyte
 def test_a_variant_needing_more_than_the_connection_manager_is_refused(script: ModuleType) -> None:
     with pytest.raises(SystemExit, match="ext_authz"):
         script.exchange("ext_authz")
+
+
+def test_per_connection_each_request_has_a_connection_that_closes(script: ModuleType) -> None:
+    """--per-connection: a new connection per request, answered with `connection: close` (the script asserts that
+    the connection closed): what the handshake benchmarks' clients cost besides TLS."""
+    one = script.exchange("plain", per_connection=True)
+    answers = [one() for _ in range(3)]
+    for answer in answers:
+        head = answer.split(b"\r\n\r\n", 1)[0].lower()
+        assert head.startswith(b"http/1.1 200 ok\r\n") and b"\r\nconnection: close" in head

@@ -7,13 +7,15 @@
 
 from pylon.proxy.hcm cimport HcmRuntime
 from pylon.proxy.router cimport MatchedRoute
+from pylon.proxy.upstream.cluster cimport Cluster
 
 cdef class Stream:
     cdef public HcmRuntime hcm
     cdef public MatchedRoute route
+    cdef public Cluster cluster
     cdef public object rq_state, up_state, rs_state
     cdef public object conn, url, headers, method, is_head, http10, keep_alive, upgrade, req_chunked
-    cdef public object req_length, started, body_buffer, waiting_body, body_size, cluster, host, pool
+    cdef public object req_length, started, body_buffer, waiting_body, body_size, host, pool
     cdef public object upstream, request_encoder, up_out, encoder, close_after, local_reply, status, flags, details
     cdef public object retries_left, retry_held, deadline, try_deadline, upstream_deadline, bytes_received
     cdef public object bytes_sent, start, last_activity, attempt_start, first_byte, authority, path, pending_local

@@ -134,6 +134,14 @@ class ClusterStats:
 class Cluster:
     """One cluster in one worker; see the module docstring for what is hot and what is not."""
 
+    __slots__ = ("_by_address", "_cleanup_timer", "_dns", "_resolved", "_tasks", "_used", "alpn_configured",
+                 "any_proxy_protocol", "auto_sni", "choose_host", "circuit_breakers", "cleanup_interval", "config",
+                 "connect_timeout", "connection_limits", "dst_header", "dst_port", "h2_settings", "health_checker",
+                 "hosts", "keepalive", "lb", "match_proxy_protocols", "name", "on_hosts_removed", "original_dst",
+                 "outlier", "plain_pools", "protocol", "provided", "proxy_protocol", "request_key_format",
+                 "response_case", "socket_matches", "source", "stats", "subsets", "tap", "tls", "upstream_filters",
+                 "upstream_trailers", "worker_id")
+
     def __init__(
         self, config: Any, stats: StatsStore, worker_id: int = 0, *, secrets: Mapping[str, Any] = {},
         now: Callable[[], float] = time.monotonic, rng: random.Random | None = None,
