@@ -117,18 +117,10 @@ def _check_date(values: list[str], path: str) -> None:
         assert abs(email.utils.parsedate_to_datetime(values[0]).timestamp() - time.time()) < 5, values
 
 
+@pytest.mark.parametrize("protocol", ["http1", "http2"])
 @pytest.mark.parametrize(("listener", "path"), sorted(EXPECTED_SERVER))
-def test_date_and_server_of_an_http1_response(setup: Setup, listener: str, path: str) -> None:
-    status, named = setup.http1(listener, path)
-    assert status == (404 if path == "/local" else 200)
-    _check_date(named.get("date", []), path)
-    expected = EXPECTED_SERVER[listener, path]
-    assert named.get("server") == ([expected] if expected is not None else None)
-
-
-@pytest.mark.parametrize(("listener", "path"), sorted(EXPECTED_SERVER))
-def test_date_and_server_of_an_http2_response(setup: Setup, listener: str, path: str) -> None:
-    status, named = setup.http2(listener, path)
+def test_date_and_server_of_a_response(setup: Setup, protocol: str, listener: str, path: str) -> None:
+    status, named = setup.http1(listener, path) if protocol == "http1" else setup.http2(listener, path)
     assert status == (404 if path == "/local" else 200)
     _check_date(named.get("date", []), path)
     expected = EXPECTED_SERVER[listener, path]
