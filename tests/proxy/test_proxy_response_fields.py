@@ -26,7 +26,8 @@ RESPONSES = {
     b"/bare": b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
     b"/own": (b"HTTP/1.1 200 OK\r\ndate: " + UPSTREAM_DATE.encode() + b"\r\nserver: upstream-srv\r\n"
               b"content-length: 2\r\n\r\nok"),
-    b"/ws": b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\nserver: upstream-srv\r\n\r\n",
+    b"/ws": (b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n"
+             b"server: upstream-srv\r\n\r\n"),
 }
 #: listener name: (server_header_transformation, server_name)
 LISTENERS = {"overwrite": ("OVERWRITE", "edge"), "append": ("APPEND_IF_ABSENT", "edge"),

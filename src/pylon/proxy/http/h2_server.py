@@ -226,6 +226,12 @@ class Http2ResponseEncoder:
         self.ended = True
         self.out.append(b"")
 
+    def _date_and_server(self) -> Headers:
+        """The date and server fields of the proxy's own replies (no server field when `server_name` is None)."""
+        if self.server_name is None:
+            return [(b"date", HTTP_DATE.now())]
+        return [(b"date", HTTP_DATE.now()), (b"server", self.server_name)]
+
     def encode_local_reply(self, status: int, body: bytes, *, close: bool, content_type: bytes = b"text/plain",
                            headers: Headers | None = None, head_request: bool = False) -> None:
         """A whole response the proxy makes itself, with the fields Envoy's local replies carry."""
@@ -234,9 +240,7 @@ class Http2ResponseEncoder:
         sent = [(b":status", b"%d" % status), (b"content-length", b"%d" % len(body))]
         if body:
             sent.append((b"content-type", content_type))
-        sent.append((b"date", HTTP_DATE.now()))
-        if self.server_name is not None:
-            sent.append((b"server", self.server_name))
+        sent += self._date_and_server()
         if headers:
             sent += [pair for pair in headers if pair[0] not in CONNECTION_SPECIFIC]
         with_body = bool(body) and not head_request
@@ -252,9 +256,7 @@ class Http2ResponseEncoder:
             return
         sent = [(b":status", b"200")]
         sent += [pair for pair in headers if pair[0] not in CONNECTION_SPECIFIC]
-        sent.append((b"date", HTTP_DATE.now()))
-        if self.server_name is not None:
-            sent.append((b"server", self.server_name))
+        sent += self._date_and_server()
         self.session.send_response(self.stream_id, sent, end_stream=True)
         self.ended = True
         self.out.append(b"")
