@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from pylon.proxy.write_batch import WriteBatch, send_held, write_batch, write_later
+from pylon.stats.store import Counter
 from tests.proxy.test_stream_states import GET, OK, FakeLoop, FakeTransport, Rig, rig
 
 
@@ -17,6 +18,7 @@ class Writer:
     def __init__(self, batch: WriteBatch) -> None:
         self.batch = batch
         self.held: list[bytes] | None = None
+        self.tx_bytes = Counter("tx")
         self.transport: Any = FakeTransport(("127.0.0.1", 1))
         self.writes: list[bytes] = []
         self.transport.write = self.writes.append
@@ -36,6 +38,7 @@ def test_held_until_the_phase_ends_then_one_write_per_connection_in_order() -> N
     write_later(first, b"c")  # the next phase schedules its own run
     loop.run()
     assert first.writes == [b"ab", b"c"]
+    assert (first.tx_bytes.value, second.tx_bytes.value) == (3, 1)  # counted as written
 
 
 def test_a_closing_transport_gets_nothing() -> None:
@@ -44,7 +47,7 @@ def test_a_closing_transport_gets_nothing() -> None:
     write_later(writer, b"late")
     writer.transport.close()  # the peer went away meanwhile
     loop.run()
-    assert writer.writes == [] and writer.held is None
+    assert writer.writes == [] and writer.held is None and writer.tx_bytes.value == 0  # nothing written, none counted
     send_held(writer)  # nothing held: nothing happens
     assert writer.writes == []
 

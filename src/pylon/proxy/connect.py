@@ -39,6 +39,7 @@ class _Opening(asyncio.Protocol):
         apply_buffer_limit(transport, self.owner.cluster.config.per_connection_buffer_limit_bytes)
 
     def data_received(self, data: bytes) -> None:
+        self.owner.cluster.stats.upstream_cx_rx_bytes_total.value += len(data)
         self.owner.early.append(data)  # a server that speaks first: its bytes follow the 200
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -441,6 +441,7 @@ class Http2Connection(HttpConnection):
             finally:
                 self.receiving = False
             if data:
+                self.hcm.cx_tx_bytes.value += len(data)
                 self.transport.write(data)
             if self.out_paused:
                 self._resume_streams()

@@ -35,19 +35,20 @@ class H2Tunnel(asyncio.Protocol):
         self.upstream = upstream  # the pool's connection or the TerminatedConnect: told when the socket closes
         transport: asyncio.Transport = upstream.transport
         self.transport = transport
+        self.stats = stream.cluster.stats  # upstream_cx_rx/tx_bytes_total count the tunnel's bytes, as any upstream's
         self.upstream_done = False  # the upstream sent its EOF (the stream's END_STREAM went out)
         transport.set_protocol(self)
         stream.upstream = self  # type: ignore[assignment]
         if stream.request_encoder is not None:
             stream.request_encoder.chunked = False  # DATA is the payload as is
         if stream.waiting_body:  # DATA that came before the tunnel was up
-            transport.write(b"".join(stream.waiting_body))
+            self.write(b"".join(stream.waiting_body))
             stream.waiting_body = []
         if stream.paused_downstream:  # that DATA filled the buffer: the stream's DATA is credited again
             stream.paused_downstream = False
             stream.conn.transport.resume_reading()
-        if rest:
-            self.data_received(rest)
+        if rest:  # read (and counted) before the tunnel was up
+            self._relay(rest)
         if stream.rq_state == RQ_DONE:
             self.end_request()
         if not transport.is_reading():
@@ -55,6 +56,7 @@ class H2Tunnel(asyncio.Protocol):
 
     # ------------------------------------------------------------------ the stream's side
     def write(self, data: bytes) -> None:
+        self.stats.upstream_cx_tx_bytes_total.value += len(data)
         self.transport.write(data)
 
     def end_request(self) -> None:
@@ -73,6 +75,11 @@ class H2Tunnel(asyncio.Protocol):
 
     # ------------------------------------------------------------------ asyncio.Protocol (the upstream's)
     def data_received(self, data: bytes) -> None:
+        self.stats.upstream_cx_rx_bytes_total.value += len(data)
+        self._relay(data)
+
+    def _relay(self, data: bytes) -> None:
+        """The upstream's bytes to the client, as the stream's response body."""
         stream = self.stream
         if stream.rs_state >= RS_DONE:
             return

@@ -105,7 +105,8 @@ class HcmRuntime:
     __slots__ = ("accept_http_10", "access_loggers", "always_set_request_id", "body_decoders", "body_encoders",
                  "buffer_limit", "cert_details", "chain_views", "clusters", "config", "cx_active", "cx_destroy",
                  "cx_http2_active", "cx_http2_total", "cx_idle_timeout", "cx_max_duration",
-                 "cx_overload_disable_keepalive", "cx_protocol_error", "cx_total", "data_decoders", "data_encoders",
+                 "cx_overload_disable_keepalive", "cx_protocol_error", "cx_rx_bytes", "cx_total", "cx_tx_bytes",
+                 "data_decoders", "data_encoders",
                  "decoder_filters", "default_host_for_http_10", "delayed_close_timeout", "drain_timeout",
                  "dropped_underscores", "dynamic_stats", "enable_trailers", "encoder_filters", "escaped_slashes",
                  "first_stream_timeout", "generate_request_id", "h2", "host_labels", "idle_timeout",
@@ -139,6 +140,9 @@ class HcmRuntime:
         self.cx_total = stats.counter(prefix + "downstream_cx_total")
         self.cx_active = stats.gauge(prefix + "downstream_cx_active")
         self.cx_destroy = stats.counter(prefix + "downstream_cx_destroy")
+        # What connections read and wrote (plaintext, under TLS), as Envoy counts them for every connection
+        self.cx_rx_bytes = stats.counter(prefix + "downstream_cx_rx_bytes_total")
+        self.cx_tx_bytes = stats.counter(prefix + "downstream_cx_tx_bytes_total")
         self.cx_protocol_error = stats.counter(prefix + "downstream_cx_protocol_error")
         self.cx_idle_timeout = stats.counter(prefix + "downstream_cx_idle_timeout")
         self.rq_total = stats.counter(prefix + "downstream_rq_total")
@@ -366,7 +370,7 @@ class HttpConnection:
         "peer", "peer_ip", "local", "scheme", "feeding",
         "last_activity", "connection_id", "loop_time", "runtime_listener", "wake_at", "deadlines",
         "read_budget", "parked", "client_cert", "opened_at", "drain_close_at", "detected", "info",
-        "xff_ip", "encoder", "batch", "held",
+        "xff_ip", "encoder", "batch", "held", "tx_bytes",
     )
 
     def __init__(self, hcm: HcmRuntime, scheme: bytes = b"http") -> None:
@@ -402,6 +406,7 @@ class HttpConnection:
         self.drain_close_at = 0.0  # when a connection drained by max_connection_duration closes if idle (0: not)
         self.batch = write_batch(self.loop)  # writes go out at the end of the loop's I/O phase (write_batch.py)
         self.held: list[bytes] | None = None
+        self.tx_bytes = hcm.cx_tx_bytes  # what send_held counts what it writes in
 
     # ------------------------------------------------------------------ asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -438,6 +443,7 @@ class HttpConnection:
             self.deadlines.arm(self, now + first)
 
     def data_received(self, data: bytes) -> None:
+        self.hcm.cx_rx_bytes.value += len(data)
         if self.parked is not None:
             self.parked.append(data)  # more bytes behind parked ones: they keep their order
             return

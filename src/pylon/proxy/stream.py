@@ -1359,6 +1359,9 @@ class Stream:
         assert upstream.transport is not None
         self.bytes_received += len(self.client_rest)  # the tunnel's bytes that came with the heads count too
         self.bytes_sent += len(rest)
+        stats = self.cluster.stats  # type: ignore[union-attr]
+        stats.upstream_cx_tx_bytes_total.value += len(self.client_rest)  # open_tunnel writes both at once
+        hcm.cx_tx_bytes.value += len(rest)
         open_tunnel(conn.transport, upstream.transport, self.client_rest, rest, self._tunnel_activity,
                     self._tunnel_downstream_closed, self._tunnel_upstream_closed)
         self.client_rest = b""
@@ -1384,11 +1387,18 @@ class Stream:
         H2Tunnel(self, upstream, rest)
 
     def _tunnel_activity(self, size: int, from_client: bool) -> None:
+        """`size` bytes read on one side of the tunnel (and written to the other): the access log's bytes, and
+        the connections' byte counters (the tunnel's transports carry no HTTP protocol to count them)."""
         self.last_activity = self.conn.loop_time()
+        stats = self.cluster.stats  # type: ignore[union-attr]
         if from_client:
             self.bytes_received += size
+            self.hcm.cx_rx_bytes.value += size
+            stats.upstream_cx_tx_bytes_total.value += size
         else:
             self.bytes_sent += size
+            stats.upstream_cx_rx_bytes_total.value += size
+            self.hcm.cx_tx_bytes.value += size
 
     def _tunnel_downstream_closed(self, exc: Exception | None) -> None:
         if self.rs_state < RS_DONE:  # the client ended the tunnel: Envoy's DC, as for any stream it leaves

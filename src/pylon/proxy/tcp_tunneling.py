@@ -22,6 +22,7 @@ import httptools
 
 from pylon.proxy.access_log import AccessLogRecord, compile_text_format
 from pylon.proxy.http1 import encode_chunk
+from pylon.proxy.tcp_upstream import UpstreamBytes
 from pylon.proxy.watermarks import apply_buffer_limit
 
 if TYPE_CHECKING:
@@ -67,6 +68,7 @@ class HttpTunnelUpstream(asyncio.Protocol):
         self.established: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self.parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
         self.status = 0
+        self.bytes = UpstreamBytes(session.cluster)
 
     # ------------------------------------------------------------------ asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -74,9 +76,10 @@ class HttpTunnelUpstream(asyncio.Protocol):
         cluster = self.session.cluster
         if cluster is not None:
             apply_buffer_limit(transport, cluster.config.per_connection_buffer_limit_bytes)
-        self.transport.write(self.head)
+        self._write(self.head)
 
     def data_received(self, data: bytes) -> None:
+        self.bytes.received(data)
         parser = self.parser
         if parser is None:  # a CONNECT's tunnel: raw bytes
             self.session.from_upstream(data)
@@ -127,19 +130,23 @@ class HttpTunnelUpstream(asyncio.Protocol):
 
     # ------------------------------------------------------------------ the session's side
     def send(self, data: bytes) -> None:
-        assert self.transport is not None
-        self.transport.write(encode_chunk(data) if self.post else data)
+        self._write(encode_chunk(data) if self.post else data)
 
     def send_eof(self) -> bool:
         """Half-close towards the upstream (a POST ends its body first; Envoy then ends the connection's sending
         too, observed: nothing can follow a finished request on it); False when only a close can say it."""
         assert self.transport is not None
         if self.post:
-            self.transport.write(_LAST_CHUNK)
+            self._write(_LAST_CHUNK)
         if self.transport.can_write_eof():
             self.transport.write_eof()
             return True
         return False
+
+    def _write(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.bytes.sent(data)
+        self.transport.write(data)
 
     def _live(self) -> bool:
         return self.established.done() and self.established.result()

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from pylon.proxy.h2_stream_transport import H2StreamTransport, TunnelStream
 from pylon.proxy.http.h2_session import Headers
-from pylon.proxy.tcp_upstream import TcpUpstream
+from pylon.proxy.tcp_upstream import TcpUpstream, UpstreamBytes
 
 if TYPE_CHECKING:
     from pylon.proxy.tcp_proxy import TcpProxySession
@@ -41,6 +41,7 @@ class H2TcpTunnel(TcpUpstream):
 
     def __init__(self, session: "TcpProxySession", cluster: "Cluster", host: "Host", head: bytes) -> None:
         super().__init__(session)
+        self.bytes = UpstreamBytes(None)  # the HTTP/2 connection under the stream counts them, framed, as Envoy's
         self.cluster = cluster
         self.host = host
         self.head = head

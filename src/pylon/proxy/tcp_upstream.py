@@ -13,6 +13,26 @@ from pylon.proxy.watermarks import apply_buffer_limit
 
 if TYPE_CHECKING:
     from pylon.proxy.tcp_proxy import TcpProxySession
+    from pylon.proxy.upstream.cluster import Cluster
+
+
+class UpstreamBytes:
+    """The cluster's upstream_cx_rx_bytes_total and upstream_cx_tx_bytes_total for one upstream connection (none
+    without a cluster)."""
+
+    __slots__ = ("rx", "tx")
+
+    def __init__(self, cluster: "Cluster | None") -> None:
+        self.rx = cluster.stats.upstream_cx_rx_bytes_total if cluster is not None else None
+        self.tx = cluster.stats.upstream_cx_tx_bytes_total if cluster is not None else None
+
+    def received(self, data: bytes) -> None:
+        if self.rx is not None:
+            self.rx.value += len(data)
+
+    def sent(self, data: bytes) -> None:
+        if self.tx is not None:
+            self.tx.value += len(data)
 
 
 class TcpUpstream(asyncio.Protocol):
@@ -21,6 +41,7 @@ class TcpUpstream(asyncio.Protocol):
     def __init__(self, session: "TcpProxySession") -> None:
         self.session = session
         self.transport: asyncio.Transport | None = None
+        self.bytes = UpstreamBytes(session.cluster)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -29,6 +50,7 @@ class TcpUpstream(asyncio.Protocol):
             apply_buffer_limit(transport, cluster.config.per_connection_buffer_limit_bytes)
 
     def data_received(self, data: bytes) -> None:
+        self.bytes.received(data)
         self.session.from_upstream(data)
 
     def eof_received(self) -> bool:
@@ -46,6 +68,7 @@ class TcpUpstream(asyncio.Protocol):
 
     def send(self, data: bytes) -> None:
         assert self.transport is not None
+        self.bytes.sent(data)
         self.transport.write(data)
 
     def send_eof(self) -> bool:

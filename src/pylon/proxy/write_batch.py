@@ -24,11 +24,13 @@ from weakref import WeakKeyDictionary
 
 
 class HeldWriter(Protocol):
-    """A connection whose writes a batch holds: its transport, the batch, and the pieces held (None: none)."""
+    """A connection whose writes a batch holds: its transport, the batch, the pieces held (None: none), and the
+    counter of bytes written (Envoy's downstream_cx_tx_bytes_total or the cluster's upstream_cx_tx_bytes_total)."""
 
     transport: Any
     batch: "WriteBatch"
     held: list[bytes] | None
+    tx_bytes: Any
 
 
 class WriteBatch:
@@ -66,7 +68,9 @@ def send_held(writer: HeldWriter) -> None:
         writer.held = None
         transport = writer.transport
         if transport is not None and not transport.is_closing():
-            transport.write(held[0] if len(held) == 1 else b"".join(held))
+            data = held[0] if len(held) == 1 else b"".join(held)
+            writer.tx_bytes.value += len(data)
+            transport.write(data)
 
 
 _BATCHES: WeakKeyDictionary[Any, WriteBatch] = WeakKeyDictionary()

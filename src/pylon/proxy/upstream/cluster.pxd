@@ -15,7 +15,7 @@ cdef class ClusterStats:
     cdef public Counter upstream_cx_destroy, upstream_cx_overflow
     cdef public Counter upstream_cx_idle_timeout, upstream_cx_max_requests, upstream_cx_max_duration_reached
     cdef public Counter upstream_cx_protocol_error, upstream_cx_none_healthy, membership_change
-    cdef public Counter original_dst_host_invalid
+    cdef public Counter original_dst_host_invalid, upstream_cx_rx_bytes_total, upstream_cx_tx_bytes_total
     cdef public Gauge upstream_cx_active, upstream_rq_active, upstream_rq_pending_active, membership_healthy
     cdef public Gauge membership_total, membership_degraded
     cdef public Histogram upstream_rq_time, upstream_rq_per_cx

@@ -68,6 +68,7 @@ _COUNTERS = (
     "upstream_cx_idle_timeout", "upstream_cx_max_requests", "upstream_cx_max_duration_reached",
     "upstream_cx_protocol_error",
     "upstream_cx_none_healthy", "membership_change", "original_dst_host_invalid",
+    "upstream_cx_rx_bytes_total", "upstream_cx_tx_bytes_total",
 )
 _GAUGES = (
     "upstream_cx_active", "upstream_rq_active", "upstream_rq_pending_active",

@@ -6,6 +6,7 @@
 from pylon.proxy.http.h2_client cimport Http2RequestEncoder
 from pylon.proxy.http.h2_session cimport H2Connection
 from pylon.proxy.upstream.pool_base cimport PooledConnection
+from pylon.stats.store cimport Counter
 
 cdef class H2UpstreamStream:
     cdef public H2UpstreamConnection connection
@@ -29,6 +30,7 @@ cdef class H2UpstreamConnection(PooledConnection):
     cdef public object pool, scheme, transport, local_address, closed, goaway, draining, requests
     cdef public object active, peer_max, peer_connect, preface, writing_paused, write_paused_streams, flush_pending
     cdef public object wake_at, opened_at, idle_since, http1_chosen, seen, keepalive, due
+    cdef public Counter rx_bytes, tx_bytes
     cpdef flush_soon(self)
     cpdef flush(self)
     cpdef H2UpstreamStream _open(self, stream_id)

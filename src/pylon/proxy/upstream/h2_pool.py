@@ -278,11 +278,14 @@ class H2UpstreamConnection(PooledConnection):
 
     __slots__ = ("pool", "codec", "scheme", "streams", "transport", "local_address", "closed", "goaway", "draining",
                  "requests", "active", "peer_max", "peer_connect", "preface", "writing_paused", "write_paused_streams",
-                 "flush_pending", "wake_at", "opened_at", "idle_since", "http1_chosen", "seen", "keepalive", "due")
+                 "flush_pending", "wake_at", "opened_at", "idle_since", "http1_chosen", "seen", "keepalive", "due",
+                 "rx_bytes", "tx_bytes")
 
     def __init__(self, pool: "H2Pool") -> None:
         self.pool = pool
         self.codec = H2Connection(self, server=False, settings=pool.settings)
+        stats = pool.cluster.stats
+        self.rx_bytes, self.tx_bytes = stats.upstream_cx_rx_bytes_total, stats.upstream_cx_tx_bytes_total
         self.scheme = pool.scheme
         self.streams: dict[int, H2UpstreamStream] = {}
         self.transport: asyncio.Transport | None = None
@@ -332,6 +335,7 @@ class H2UpstreamConnection(PooledConnection):
             self.keepalive = H2Keepalive(self.pool.loop, keepalive, self._ping, self._keepalive_timed_out)
 
     def data_received(self, data: bytes) -> None:
+        self.rx_bytes.value += len(data)
         if self.keepalive is not None:
             self.keepalive.received()
         if self.preface is not None:
@@ -410,6 +414,7 @@ class H2UpstreamConnection(PooledConnection):
             return
         out = self.codec.data_to_send()
         if out:
+            self.tx_bytes.value += len(out)
             self.transport.write(out)
         paused = self.write_paused_streams
         if paused:

@@ -3,7 +3,9 @@
 # its __slots__ is declared here (tests/compiled checks it). Interpreted runs never read this file.
 
 from pylon.proxy.upstream.pool_base cimport PooledConnection
+from pylon.stats.store cimport Counter
 
 cdef class UpstreamConnection(PooledConnection):
     cdef public object pool, transport, decoder, exchange, keep_alive, closed, requests, answered, local_address
-    cdef public object wake_at, opened_at, idle_since, draining, batch, held
+    cdef public object wake_at, opened_at, idle_since, draining, batch, held, tx_bytes
+    cdef public Counter rx_bytes

@@ -80,7 +80,8 @@ class UpstreamConnection(PooledConnection):
 
     __slots__ = (
         "pool", "transport", "decoder", "exchange", "keep_alive", "closed", "requests", "answered",
-        "local_address", "wake_at", "opened_at", "idle_since", "draining", "batch", "held",
+        "local_address", "wake_at", "opened_at", "idle_since", "draining", "batch", "held", "rx_bytes",
+        "tx_bytes",
     )
     multiplexed = False  # an HTTP/2 stream (h2_pool.H2UpstreamStream) says True: the router frames for it apart
 
@@ -104,6 +105,8 @@ class UpstreamConnection(PooledConnection):
         self.draining = False  # max_connection_duration reached: no more requests, closed once idle
         self.batch = write_batch(pool.loop)  # requests go out at the end of the loop's I/O phase (write_batch.py)
         self.held: list[bytes] | None = None
+        self.rx_bytes = cluster.stats.upstream_cx_rx_bytes_total
+        self.tx_bytes = cluster.stats.upstream_cx_tx_bytes_total  # what send_held counts what it writes in
 
     # -- asyncio.Protocol ---------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -111,6 +114,7 @@ class UpstreamConnection(PooledConnection):
         self.local_address = prepare_transport(transport, self.pool.cluster.config.per_connection_buffer_limit_bytes)
 
     def data_received(self, data: bytes) -> None:
+        self.rx_bytes.value += len(data)
         exchange = self.exchange
         if exchange is None:
             # Bytes with no request outstanding: the server is confused; never reuse it.

@@ -77,7 +77,9 @@ class UpstreamClient(asyncio.Protocol):
             self.flush_timer.cancel()
             self.flush_timer = None
         if self.out and self.transport is not None:
-            self.transport.write(b"".join(self.out))
+            data = b"".join(self.out)
+            self.cluster.stats.upstream_cx_tx_bytes_total.value += len(data)
+            self.transport.write(data)
             self.out.clear()
             self.out_size = 0
 
@@ -87,6 +89,7 @@ class UpstreamClient(asyncio.Protocol):
         self._flush()
 
     def data_received(self, data: bytes) -> None:
+        self.cluster.stats.upstream_cx_rx_bytes_total.value += len(data)
         try:
             replies = self.decoder.feed(data)
         except resp.ProtocolError:
