@@ -80,6 +80,7 @@ class PrefaceSniffer:
 
     stream = None  # no request is being parsed yet
     in_head = False  # nor is a head: the request-headers timeout waits for a request to begin
+    choosing = True  # no codec yet: the connection is in neither codec's stats (HttpConnection.count_codec)
 
     def __init__(self, conn: HttpConnection, decoder: Http1RequestDecoder) -> None:
         self.conn = conn
@@ -97,6 +98,7 @@ class PrefaceSniffer:
             return None
         self.held = b""
         self.conn.decoder = self.decoder
+        self.conn.count_codec()
         return self.decoder.feed(held)
 
 

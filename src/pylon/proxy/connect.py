@@ -49,7 +49,7 @@ class _Opening(asyncio.Protocol):
 class TerminatedConnect:
     """One terminated CONNECT's upstream connection, from the connect to its close."""
 
-    __slots__ = ("stream", "cluster", "host", "transport", "early", "task", "counted", "cancelled")
+    __slots__ = ("stream", "cluster", "host", "transport", "early", "task", "counted", "cancelled", "started_at")
 
     def __init__(self, stream: "Stream", cluster: "Cluster", host: "Host") -> None:
         self.stream = stream
@@ -60,6 +60,7 @@ class TerminatedConnect:
         self.task: asyncio.Task[None] | None = None
         self.counted = False  # holds a connection slot and the active counters (released once)
         self.cancelled = False
+        self.started_at = 0.0  # when the connect began (upstream_cx_connect_ms and _length_ms count from it)
 
     def start(self) -> None:
         """Open the connection, if the cluster's connection breaker has room (else 503 UO, as a pool's)."""
@@ -71,6 +72,8 @@ class TerminatedConnect:
     async def _connect(self) -> None:
         cluster, host, stats = self.cluster, self.host, self.cluster.stats
         stats.upstream_cx_total.value += 1
+        loop = self.stream.conn.loop
+        self.started_at = loop.time()
         try:
             info = self.stream.conn.connection_info()
             transport, _ = await open_upstream(host.address, cluster.tls_for(host), cluster.connect_timeout,
@@ -90,6 +93,7 @@ class TerminatedConnect:
             return
         self.transport = transport
         self.counted = True
+        stats.upstream_cx_connect_ms.record((loop.time() - self.started_at) * 1000.0)
         stats.upstream_cx_active.value += 1
         host.active_connections += 1
         if self.cancelled:
@@ -120,5 +124,6 @@ class TerminatedConnect:
         stats = self.cluster.stats
         stats.upstream_cx_active.value -= 1
         stats.upstream_cx_destroy.value += 1
+        stats.upstream_cx_length_ms.record((self.stream.conn.loop.time() - self.started_at) * 1000.0)
         self.host.active_connections -= 1
         self.cluster.circuit_breakers.connections.release()

@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from pylon.proxy.hcm import HcmRuntime, HttpConnection
+from pylon.proxy.hcm import HcmRuntime, HttpConnection, count_closed
 from pylon.proxy.http.h2_keepalive import H2Keepalive
 from pylon.proxy.http.h2_server import Http2ResponseEncoder, request_head
 from pylon.proxy.http.h2_session import (COUNTER_NAMES, INTERNAL_ERROR, NO_ERROR, H2Connection, H2Settings,
@@ -218,8 +218,6 @@ class Http2Connection(HttpConnection):
     def start(self, data: bytes = b"") -> None:
         """Begin speaking HTTP/2 (our SETTINGS first), then read `data`: the bytes that chose this codec."""
         hcm = self.hcm
-        hcm.cx_http2_total.value += 1
-        hcm.cx_http2_active.value += 1
         hcm.h2.connections.value += 1
         self.session = H2Connection(self, server=True, settings=hcm.h2.settings)
         self.flush()
@@ -229,7 +227,15 @@ class Http2Connection(HttpConnection):
         if data:
             self._read(data)
 
+    def count_codec(self) -> None:
+        """As HttpConnection's: counted in the HTTP/2 stats once its first bytes arrive."""
+        self.codec_counted = True
+        self.hcm.cx_http2_total.value += 1
+        self.hcm.cx_http2_active.value += 1
+
     def _read(self, data: bytes) -> None:
+        if not self.codec_counted:
+            self.count_codec()
         self.last_activity = self.loop_time()
         if self.keepalive is not None:
             self.keepalive.received()
@@ -250,13 +256,13 @@ class Http2Connection(HttpConnection):
         self.closed = True
         self.deadlines.disarm(self)
         hcm = self.hcm
-        hcm.cx_active.value -= 1
-        hcm.cx_destroy.value += 1
+        count_closed(hcm, self)
+        if self.codec_counted:
+            hcm.cx_http2_active.value -= 1
         if self.keepalive is not None:
             self.keepalive.stop()
         session = self.session
         if session is not None:
-            hcm.cx_http2_active.value -= 1
             for conn in list(self.streams.values()):
                 self._stream_closed(conn, 1)
             self.streams.clear()

@@ -9,12 +9,13 @@ from pylon.stats.store cimport Counter, Gauge, Histogram
 cdef class HcmRuntime:
     cdef public Counter cx_destroy, cx_http2_total, cx_idle_timeout, cx_max_duration, cx_overload_disable_keepalive
     cdef public Counter cx_protocol_error, cx_rx_bytes, cx_total, cx_tx_bytes, dropped_underscores, no_route
+    cdef public Counter cx_http1_total, cx_ssl_total
     cdef public Counter rejected_underscores
     cdef public Counter rq_completed, rq_direct_response, rq_header_timeout, rq_http2_total, rq_idle_timeout
     cdef public Counter rq_max_duration, rq_overload_close, rq_redirect, rq_rx_reset, rq_timeout, rq_too_large
     cdef public Counter rq_total, rs_too_large, upgrades_total
-    cdef public Gauge cx_active, cx_http2_active, rq_active, upgrades_active
-    cdef public Histogram rq_time
+    cdef public Gauge cx_active, cx_http2_active, rq_active, upgrades_active, cx_http1_active, cx_ssl_active
+    cdef public Histogram rq_time, cx_length_ms
     cdef public object accept_http_10, access_loggers, always_set_request_id, body_decoders, body_encoders
     cdef public object buffer_limit, cert_details, chain_views, clusters, config, data_decoders, data_encoders
     cdef public object decoder_filters, default_host_for_http_10, delayed_close_timeout, drain_timeout
@@ -38,3 +39,4 @@ cdef class HttpConnection:
     cdef public object scheme, feeding, last_activity, connection_id, loop_time, runtime_listener, wake_at, deadlines
     cdef public object read_budget, parked, client_cert, opened_at, drain_close_at, detected, info, xff_ip, encoder
     cdef public object batch, held, tx_bytes
+    cdef public bint codec_counted

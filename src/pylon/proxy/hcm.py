@@ -105,7 +105,8 @@ class HcmRuntime:
     __slots__ = ("accept_http_10", "access_loggers", "always_set_request_id", "body_decoders", "body_encoders",
                  "buffer_limit", "cert_details", "chain_views", "clusters", "config", "cx_active", "cx_destroy",
                  "cx_http2_active", "cx_http2_total", "cx_idle_timeout", "cx_max_duration",
-                 "cx_overload_disable_keepalive", "cx_protocol_error", "cx_rx_bytes", "cx_total", "cx_tx_bytes",
+                 "cx_http1_active", "cx_http1_total", "cx_length_ms", "cx_overload_disable_keepalive", "cx_protocol_error",
+                 "cx_rx_bytes", "cx_ssl_active", "cx_ssl_total", "cx_total", "cx_tx_bytes",
                  "data_decoders", "data_encoders",
                  "decoder_filters", "default_host_for_http_10", "delayed_close_timeout", "drain_timeout",
                  "dropped_underscores", "dynamic_stats", "enable_trailers", "encoder_filters", "escaped_slashes",
@@ -154,6 +155,11 @@ class HcmRuntime:
             prefix + "downstream_rq_http1_total", self.rq_total, self.rq_http2_total)
         self.cx_http2_total = stats.counter(prefix + "downstream_cx_http2_total")
         self.cx_http2_active = stats.gauge(prefix + "downstream_cx_http2_active")
+        self.cx_http1_total = stats.counter(prefix + "downstream_cx_http1_total")
+        self.cx_http1_active = stats.gauge(prefix + "downstream_cx_http1_active")
+        self.cx_ssl_total = stats.counter(prefix + "downstream_cx_ssl_total")
+        self.cx_ssl_active = stats.gauge(prefix + "downstream_cx_ssl_active")
+        self.cx_length_ms = stats.histogram(prefix + "downstream_cx_length_ms")
         self.h2: Any = None  # the HTTP/2 codec's settings and stats, when codec_type lets it serve (h2_connection.py)
         self.rq_active = stats.gauge(prefix + "downstream_rq_active")
         self.rq_completed = stats.counter(prefix + "downstream_rq_completed")
@@ -358,6 +364,15 @@ class HcmRuntime:
         return record
 
 
+def count_closed(hcm: HcmRuntime, conn: "HttpConnection") -> None:
+    """A connection the connection manager counted is gone: its active gauges, and its length."""
+    hcm.cx_active.value -= 1
+    hcm.cx_destroy.value += 1
+    if hcm.tls_stats is not None:
+        hcm.cx_ssl_active.value -= 1
+    hcm.cx_length_ms.record((conn.loop_time() - conn.opened_at) * 1000.0)
+
+
 class HttpConnection:
     """One downstream HTTP/1.1 connection: an asyncio protocol by its methods, not by deriving from
     asyncio.Protocol (the compiled module makes it an extension type, which cannot derive from a Python class;
@@ -370,7 +385,7 @@ class HttpConnection:
         "peer", "peer_ip", "local", "scheme", "feeding",
         "last_activity", "connection_id", "loop_time", "runtime_listener", "wake_at", "deadlines",
         "read_budget", "parked", "client_cert", "opened_at", "drain_close_at", "detected", "info",
-        "xff_ip", "encoder", "batch", "held", "tx_bytes",
+        "xff_ip", "encoder", "batch", "held", "tx_bytes", "codec_counted",
     )
 
     def __init__(self, hcm: HcmRuntime, scheme: bytes = b"http") -> None:
@@ -407,6 +422,7 @@ class HttpConnection:
         self.batch = write_batch(self.loop)  # writes go out at the end of the loop's I/O phase (write_batch.py)
         self.held: list[bytes] | None = None
         self.tx_bytes = hcm.cx_tx_bytes  # what send_held counts what it writes in
+        self.codec_counted = False  # in downstream_cx_http1_total (http2 for Http2Connection): see count_codec
 
     # ------------------------------------------------------------------ asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -431,6 +447,9 @@ class HttpConnection:
         self.hcm.cx_active.value += 1
         self.worker.connection_opened(self)
         tls_stats = self.hcm.tls_stats
+        if tls_stats is not None:
+            self.hcm.cx_ssl_total.value += 1
+            self.hcm.cx_ssl_active.value += 1
         if tls_stats is not None and not tls_accepted(transport, self.hcm.peer_check, tls_stats):
             self.closed = True  # a client certificate the listener's SAN matchers refuse (counted, as in Envoy)
             transport.abort()
@@ -467,7 +486,20 @@ class HttpConnection:
             if self.closed:
                 return
 
+    def count_codec(self) -> None:
+        """Count the connection in its codec's stats, as Envoy does when a connection's first bytes arrive (so a
+        connection that sends none, a TCP health probe's, is in no codec's count). Under AUTO a plaintext
+        connection's first bytes choose the codec first: the preface sniffer calls this once it chose HTTP/1
+        (codec_select.py), and an HTTP/2 connection counts its own."""
+        if getattr(self.decoder, "choosing", False):
+            return
+        self.codec_counted = True
+        self.hcm.cx_http1_total.value += 1
+        self.hcm.cx_http1_active.value += 1
+
     def _read(self, data: bytes) -> None:
+        if not self.codec_counted:
+            self.count_codec()
         self.last_activity = self.loop_time()
         self.feeding = True
         error = self.decoder.feed(data)
@@ -490,8 +522,9 @@ class HttpConnection:
         self.closed = True
         self.deadlines.disarm(self)  # not held by the wheel until a deadline it no longer has
         hcm = self.hcm
-        hcm.cx_active.value -= 1
-        hcm.cx_destroy.value += 1
+        count_closed(hcm, self)
+        if self.codec_counted:
+            hcm.cx_http1_active.value -= 1
         if self.active is not None:
             hcm.rq_rx_reset.value += 1
             self.active.on_downstream_closed()

@@ -103,6 +103,7 @@ class TcpProxySession(asyncio.Protocol):
         self.downstream_done = False  # the client half-closed (EOF)
         self.upstream_done = False  # the upstream half-closed (EOF)
         self.host = None
+        self.upstream_started = 0.0  # when the connect to `host` began (the cluster's upstream_cx_length_ms)
         self.cluster: Cluster | None = None
         self.cluster_name: str | None = runtime.cluster_name  # the weighted pick's, once made
         self.last_activity = 0.0
@@ -209,6 +210,7 @@ class TcpProxySession(asyncio.Protocol):
                 self.flags = "UO"
                 break
             stats.upstream_cx_total.value += 1
+            started = rt.worker.loop.time()
             try:
                 _, upstream = await open_upstream(host.address, cluster.tls_for(host), cluster.connect_timeout,
                                                   self._upstream_factory(host), cluster.source, cluster.keepalive,
@@ -236,6 +238,8 @@ class TcpProxySession(asyncio.Protocol):
             self.host = host
             host.active_connections += 1
             stats.upstream_cx_active.value += 1
+            stats.upstream_cx_connect_ms.record((rt.worker.loop.time() - started) * 1000.0)
+            self.upstream_started = started
             self._attach(upstream)
             return
         self.close()
@@ -326,6 +330,7 @@ class TcpProxySession(asyncio.Protocol):
             assert cluster is not None
             cluster.stats.upstream_cx_active.value -= 1
             cluster.stats.upstream_cx_destroy.value += 1
+            cluster.stats.upstream_cx_length_ms.record((rt.worker.loop.time() - self.upstream_started) * 1000.0)
             cluster.circuit_breakers.connections.release()
         self.upstream = None
         self.close()

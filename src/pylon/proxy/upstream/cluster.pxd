@@ -18,7 +18,7 @@ cdef class ClusterStats:
     cdef public Counter original_dst_host_invalid, upstream_cx_rx_bytes_total, upstream_cx_tx_bytes_total
     cdef public Gauge upstream_cx_active, upstream_rq_active, upstream_rq_pending_active, membership_healthy
     cdef public Gauge membership_total, membership_degraded
-    cdef public Histogram upstream_rq_time, upstream_rq_per_cx
+    cdef public Histogram upstream_rq_time, upstream_rq_per_cx, upstream_cx_connect_ms, upstream_cx_length_ms
     cdef public object _store, _prefix
     cdef public dict _by_class, _by_code
     cpdef count_response(self, status)

@@ -100,8 +100,8 @@ class ClusterStats:
     per-code counters Envoy keeps (`upstream_rq_2xx`, `upstream_rq_200`).
     """
 
-    __slots__ = _COUNTERS + _GAUGES + ("upstream_rq_time", "upstream_rq_per_cx", "_store", "_prefix", "_by_class",
-                                       "_by_code")
+    __slots__ = _COUNTERS + _GAUGES + ("upstream_rq_time", "upstream_rq_per_cx", "upstream_cx_connect_ms",
+                                       "upstream_cx_length_ms", "_store", "_prefix", "_by_class", "_by_code")
 
     def __init__(self, store: StatsStore, prefix: str) -> None:
         self._store = store
@@ -112,6 +112,9 @@ class ClusterStats:
             setattr(self, name, store.gauge(prefix + name))
         self.upstream_rq_time = store.histogram(prefix + "upstream_rq_time")
         self.upstream_rq_per_cx = store.histogram(prefix + "upstream_rq_per_cx")  # requests a closed connection served
+        # as Envoy's pools: from a connect's start to the connection being up (its TLS handshake done), and to its close
+        self.upstream_cx_connect_ms = store.histogram(prefix + "upstream_cx_connect_ms")
+        self.upstream_cx_length_ms = store.histogram(prefix + "upstream_cx_length_ms")
         self._by_class: dict[int, Counter] = {
             n: getattr(self, f"upstream_rq_{n}xx") for n in range(1, 6)
         }

@@ -29,7 +29,7 @@ cdef class H2UpstreamConnection(PooledConnection):
     cdef public dict streams
     cdef public object pool, scheme, transport, local_address, closed, goaway, draining, requests
     cdef public object active, peer_max, peer_connect, preface, writing_paused, write_paused_streams, flush_pending
-    cdef public object wake_at, opened_at, idle_since, http1_chosen, seen, keepalive, due
+    cdef public object wake_at, opened_at, idle_since, http1_chosen, seen, keepalive, due, started_at
     cdef public Counter rx_bytes, tx_bytes
     cpdef flush_soon(self)
     cpdef flush(self)

@@ -279,7 +279,7 @@ class H2UpstreamConnection(PooledConnection):
     __slots__ = ("pool", "codec", "scheme", "streams", "transport", "local_address", "closed", "goaway", "draining",
                  "requests", "active", "peer_max", "peer_connect", "preface", "writing_paused", "write_paused_streams",
                  "flush_pending", "wake_at", "opened_at", "idle_since", "http1_chosen", "seen", "keepalive", "due",
-                 "rx_bytes", "tx_bytes")
+                 "rx_bytes", "tx_bytes", "started_at")
 
     def __init__(self, pool: "H2Pool") -> None:
         self.pool = pool
@@ -303,6 +303,7 @@ class H2UpstreamConnection(PooledConnection):
         self.flush_pending = False  # a flush is due at the end of this loop round (flush_soon)
         self.wake_at = 0.0
         self.opened_at = 0.0
+        self.started_at = 0.0  # when its connect began (upstream_cx_length_ms counts from it, as Envoy's)
         self.idle_since = 0.0
         self.http1_chosen = False  # auto_config: the server's ALPN did not pick h2
         self.seen: dict[str, int] = {}  # the codec's counts already added to the cluster's `http2.*` stats

@@ -7,5 +7,5 @@ from pylon.stats.store cimport Counter
 
 cdef class UpstreamConnection(PooledConnection):
     cdef public object pool, transport, decoder, exchange, keep_alive, closed, requests, answered, local_address
-    cdef public object wake_at, opened_at, idle_since, draining, batch, held, tx_bytes
+    cdef public object wake_at, opened_at, idle_since, draining, batch, held, tx_bytes, started_at
     cdef public Counter rx_bytes

@@ -81,7 +81,7 @@ class UpstreamConnection(PooledConnection):
     __slots__ = (
         "pool", "transport", "decoder", "exchange", "keep_alive", "closed", "requests", "answered",
         "local_address", "wake_at", "opened_at", "idle_since", "draining", "batch", "held", "rx_bytes",
-        "tx_bytes",
+        "tx_bytes", "started_at",
     )
     multiplexed = False  # an HTTP/2 stream (h2_pool.H2UpstreamStream) says True: the router frames for it apart
 
@@ -101,6 +101,7 @@ class UpstreamConnection(PooledConnection):
         self.answered = False  # a byte of the current exchange's response has arrived
         self.wake_at = 0.0  # when the worker's deadline wheel looks at this connection next (0 = not armed)
         self.opened_at = 0.0  # when the connect finished (max_connection_duration counts from it)
+        self.started_at = 0.0  # when it began (upstream_cx_length_ms counts from it, as Envoy's)
         self.idle_since = 0.0  # when it last went idle in the pool; 0.0 while it serves an exchange
         self.draining = False  # max_connection_duration reached: no more requests, closed once idle
         self.batch = write_batch(pool.loop)  # requests go out at the end of the loop's I/O phase (write_batch.py)

@@ -166,6 +166,7 @@ class PoolBase:
         stats.upstream_cx_active.value -= 1
         stats.upstream_cx_destroy.value += 1
         stats.upstream_rq_per_cx.record(conn.requests)
+        stats.upstream_cx_length_ms.record((self.loop.time() - conn.started_at) * 1000.0)
         self.host.active_connections -= 1
         self.cluster.circuit_breakers.connections.release()
         if self.pending or self.fresh_pending:
@@ -210,6 +211,7 @@ class PoolBase:
         if self.name is not None:
             tls = self.name.tls(tls)
         self._prepare_tls(tls)
+        started = self.loop.time()
         try:
             try:
                 _, conn = await open_upstream(self.host.address, tls, cluster.connect_timeout,
@@ -241,4 +243,6 @@ class PoolBase:
             cluster.circuit_breakers.connections.release()
             raise
         self.connecting -= 1
+        conn.started_at = started
+        stats.upstream_cx_connect_ms.record((self.loop.time() - started) * 1000.0)
         self.connected(conn)

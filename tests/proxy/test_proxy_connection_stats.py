@@ -1,0 +1,145 @@
+"""Integration: the connection manager's per-connection stats and the clusters' connection timings, through pylon
+and Envoy 1.40 alike.
+
+Envoy counts a downstream connection in `http.<prefix>.downstream_cx_ssl_total` / `_active` when it is TLS, in
+`downstream_cx_http1_total` / `_active` or `downstream_cx_http2_total` / `_active` once its first bytes arrive and
+its codec exists (a connection that sends nothing, a TCP health probe's, is in neither), and records its length in
+`downstream_cx_length_ms` when it closes. A cluster's pools record `upstream_cx_connect_ms` for each connection
+that came up and `upstream_cx_length_ms` for each that closed. Histograms are read as Prometheus sample counts
+(Envoy merges them at its stats flush, every 5 s).
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from pylon.identity.certs import make_test_pki
+from tests.conftest import free_port
+from tests.proxy.conftest import ProxyLauncher, RunningProxy, http_listener, route, static_cluster, wait_until
+from tests.proxy.test_proxy_byte_stats import CountingH2Client, read_to_eof
+from tests.proxy.test_proxy_tls import _file
+from tests.proxy.upstreams import ClosingUpstream
+
+DOWNSTREAM_TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
+REQUEST = b"GET / HTTP/1.1\r\nhost: x\r\n\r\n"
+
+
+class Setup:
+    def __init__(self, proxy: RunningProxy, ports: dict[str, int], ca: Path) -> None:
+        self.proxy, self.ports, self.ca = proxy, ports, ca
+
+    def counters(self, prefix: str) -> dict[str, int]:
+        return {name[len(prefix):]: value for name, value in self.proxy.stats().items() if name.startswith(prefix)}
+
+    def samples(self, metric: str, **labels: str) -> int:
+        """The sample count of one Prometheus histogram series (0 when it has none yet)."""
+        text = self.proxy.admin("/stats/prometheus").text
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == metric + "_count" and all(sample.labels.get(k) == v for k, v in labels.items()):
+                    return int(sample.value)
+        return 0
+
+    def settled(self, prefix: str, expected: dict[str, int]) -> dict[str, int]:
+        def read() -> dict[str, int]:
+            counters = self.counters(prefix)
+            return {name: counters.get(name, -1) for name in expected}
+        wait_until(lambda: read() == expected)
+        return read()
+
+
+@pytest.fixture(scope="module", params=["pylon", "envoy"])
+def setup(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+    directory = tmp_path_factory.mktemp(f"connection-stats-{request.param}")
+    pki = make_test_pki(directory / "pki")
+    upstream, closing = ClosingUpstream(per_connection=1000), ClosingUpstream(per_connection=1)
+    launcher = ProxyLauncher(directory)
+    ports = {name: free_port() for name in ("auto", "silent", "tls", "closing")}
+    try:
+        tls = http_listener("tls", ports["tls"], [route("/", "up")])
+        tls["filter_chains"][0]["transport_socket"] = {"name": "envoy.transport_sockets.tls", "typed_config": {
+            "@type": DOWNSTREAM_TLS, "common_tls_context": {"tls_certificates": [{
+                "certificate_chain": _file(pki.server_ecdsa.cert), "private_key": _file(pki.server_ecdsa.key)}]}}}
+        listeners = [http_listener("auto", ports["auto"], [route("/", "up")], codec_type="AUTO"),
+                     http_listener("silent", ports["silent"], [route("/", "up")], codec_type="HTTP1"),
+                     http_listener("closing", ports["closing"], [route("/", "closing_up")]), tls]
+        clusters = [static_cluster("up", [upstream.port]), static_cluster("closing_up", [closing.port])]
+        yield Setup(launcher.start(listeners, clusters, implementation=request.param), ports, pki.ca.cert)
+    finally:
+        launcher.close()
+        upstream.close()
+        closing.close()
+
+
+def one_request(sock: socket.socket | ssl.SSLSocket, close: bool = True) -> None:
+    """A request and its answer; then (`close`) the half-close, read to the proxy's close."""
+    sock.sendall(REQUEST)
+    answer = b""
+    while not answer.endswith(b"ok\n"):
+        data = sock.recv(65536)
+        assert data, answer
+        answer += data
+    if close:
+        read_to_eof(sock)
+
+
+def test_codecs_are_counted_when_the_first_bytes_arrive(setup: Setup) -> None:
+    """Under AUTO, an HTTP/1.1 and an h2c connection each count in their codec; both are closed, so neither is
+    active; each closed connection's length is recorded."""
+    with socket.create_connection(("127.0.0.1", setup.ports["auto"]), timeout=5) as sock:
+        one_request(sock)
+    client = CountingH2Client(setup.ports["auto"])
+    try:
+        sid = client.get("/")
+        client.pump_until(lambda: client.ended(sid))
+        assert client.status(sid) == 200
+        read_to_eof(client.sock)
+    finally:
+        client.close()
+    expected = {"downstream_cx_total": 2, "downstream_cx_http1_total": 1, "downstream_cx_http2_total": 1,
+                "downstream_cx_http1_active": 0, "downstream_cx_http2_active": 0, "downstream_cx_active": 0,
+                "downstream_cx_ssl_total": 0}
+    assert setup.settled("http.auto.", expected) == expected
+    assert wait_until(lambda: setup.samples("envoy_http_downstream_cx_length_ms",
+                                            envoy_http_conn_manager_prefix="auto") == 2, timeout=10)
+
+
+def test_a_connection_that_sends_nothing_has_no_codec(setup: Setup) -> None:
+    """A TCP probe's connection: counted as a connection, in no codec (even where codec_type is HTTP1)."""
+    socket.create_connection(("127.0.0.1", setup.ports["silent"]), timeout=5).close()
+    with socket.create_connection(("127.0.0.1", setup.ports["silent"]), timeout=5) as sock:
+        one_request(sock)
+    expected = {"downstream_cx_total": 2, "downstream_cx_destroy": 2, "downstream_cx_http1_total": 1,
+                "downstream_cx_http1_active": 0}
+    assert setup.settled("http.silent.", expected) == expected
+
+
+def test_tls_connections_are_counted(setup: Setup) -> None:
+    context = ssl.create_default_context(cafile=str(setup.ca))
+    with context.wrap_socket(socket.create_connection(("127.0.0.1", setup.ports["tls"]), timeout=5),
+                             server_hostname="localhost") as sock:
+        one_request(sock, close=False)
+        during = setup.counters("http.tls.")
+        read_to_eof(sock)
+    assert (during["downstream_cx_ssl_total"], during["downstream_cx_ssl_active"]) == (1, 1)
+    expected = {"downstream_cx_ssl_total": 1, "downstream_cx_ssl_active": 0, "downstream_cx_http1_total": 1}
+    assert setup.settled("http.tls.", expected) == expected
+
+
+def test_upstream_connections_are_timed(setup: Setup) -> None:
+    """Each request to `closing_up` gets a connection the upstream closes after its answer: two connects timed,
+    two lengths recorded."""
+    for _ in range(2):
+        with socket.create_connection(("127.0.0.1", setup.ports["closing"]), timeout=5) as sock:
+            one_request(sock)
+    assert wait_until(lambda: setup.counters("cluster.closing_up.").get("upstream_cx_destroy") == 2)
+    labels: dict[str, Any] = {"envoy_cluster_name": "closing_up"}
+    assert wait_until(lambda: setup.samples("envoy_cluster_upstream_cx_connect_ms", **labels) == 2, timeout=10)
+    assert wait_until(lambda: setup.samples("envoy_cluster_upstream_cx_length_ms", **labels) == 2, timeout=10)
