@@ -1,7 +1,11 @@
 """Integration: the connection manager's per-connection stats and the clusters' connection timings, through pylon
 and Envoy 1.40 alike.
 
-Envoy counts a downstream connection in `http.<prefix>.downstream_cx_ssl_total` / `_active` when it is TLS, in
+Envoy counts a downstream connection's end as the proxy's (`downstream_cx_destroy_local`: it closed the socket,
+its delayed close's timer included, `downstream_cx_delayed_close_timeout`) or the client's
+(`downstream_cx_destroy_remote`: its FIN or reset, also while the proxy waits in a delayed close;
+`downstream_cx_destroy_remote_active_rq` when a request was still open, an upgraded tunnel's too). It counts a
+downstream connection in `http.<prefix>.downstream_cx_ssl_total` / `_active` when it is TLS, in
 `downstream_cx_http1_total` / `_active` or `downstream_cx_http2_total` / `_active` once its first bytes arrive and
 its codec exists (a connection that sends nothing, a TCP health probe's, is in neither), and records its length in
 `downstream_cx_length_ms` when it closes. A cluster's pools record `upstream_cx_connect_ms` for each connection
@@ -13,6 +17,8 @@ from __future__ import annotations
 
 import socket
 import ssl
+import struct
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,10 +29,21 @@ from prometheus_client.parser import text_string_to_metric_families
 from pylon.identity.certs import make_test_pki
 from tests.conftest import free_port
 from tests.proxy.conftest import ProxyLauncher, RunningProxy, http_listener, route, static_cluster, wait_until
-from tests.proxy.test_proxy_byte_stats import CountingH2Client, read_to_eof
+from tests.proxy.test_proxy_byte_stats import CountingH2Client, CountingServer, read_to_eof
+from tests.proxy.test_proxy_http2 import H2Client
 from tests.proxy.test_proxy_tls import _file
-from tests.proxy.upstreams import ClosingUpstream
+from tests.proxy.upstreams import ClosingUpstream, RecordingUpstream
 
+#: listener: how its one connection ends, and the counters that end moves (the others stay 0)
+ENDINGS: dict[str, dict[str, int]] = {
+    "client_fin": {"downstream_cx_destroy_remote": 1},  # after a keep-alive exchange
+    "connection_close": {"downstream_cx_destroy_local": 1},  # the proxy closes after answering
+    "bad_request_waited": {"downstream_cx_destroy_local": 1, "downstream_cx_delayed_close_timeout": 1},
+    "bad_request_fin": {"downstream_cx_destroy_remote": 1},  # the client's FIN while the proxy waits for it
+    "reset_in_flight": {"downstream_cx_destroy_remote": 1, "downstream_cx_destroy_remote_active_rq": 1},
+    "h2_reset_in_flight": {"downstream_cx_destroy_remote": 1, "downstream_cx_destroy_remote_active_rq": 1},
+    "tunnel": {"downstream_cx_destroy_remote": 1, "downstream_cx_destroy_remote_active_rq": 1},
+}
 DOWNSTREAM_TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
 REQUEST = b"GET / HTTP/1.1\r\nhost: x\r\n\r\n"
 
@@ -60,8 +77,9 @@ def setup(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     directory = tmp_path_factory.mktemp(f"connection-stats-{request.param}")
     pki = make_test_pki(directory / "pki")
     upstream, closing = ClosingUpstream(per_connection=1000), ClosingUpstream(per_connection=1)
+    slow, websocket = RecordingUpstream(), CountingServer()
     launcher = ProxyLauncher(directory)
-    ports = {name: free_port() for name in ("auto", "silent", "tls", "closing")}
+    ports = {name: free_port() for name in ("auto", "silent", "tls", "closing", *ENDINGS)}
     try:
         tls = http_listener("tls", ports["tls"], [route("/", "up")])
         tls["filter_chains"][0]["transport_socket"] = {"name": "envoy.transport_sockets.tls", "typed_config": {
@@ -70,12 +88,16 @@ def setup(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         listeners = [http_listener("auto", ports["auto"], [route("/", "up")], codec_type="AUTO"),
                      http_listener("silent", ports["silent"], [route("/", "up")], codec_type="HTTP1"),
                      http_listener("closing", ports["closing"], [route("/", "closing_up")]), tls]
-        clusters = [static_cluster("up", [upstream.port]), static_cluster("closing_up", [closing.port])]
+        listeners += [http_listener(name, ports[name], [route("/", "ws" if name == "tunnel" else "slow")],
+                                    codec_type="AUTO", upgrade_configs=[{"upgrade_type": "websocket"}])
+                      for name in ENDINGS]
+        clusters = [static_cluster("up", [upstream.port]), static_cluster("closing_up", [closing.port]),
+                    static_cluster("slow", [slow.port]), static_cluster("ws", [websocket.port])]
         yield Setup(launcher.start(listeners, clusters, implementation=request.param), ports, pki.ca.cert)
     finally:
         launcher.close()
-        upstream.close()
-        closing.close()
+        for server in (upstream, closing, slow, websocket):
+            server.close()
 
 
 def one_request(sock: socket.socket | ssl.SSLSocket, close: bool = True) -> None:
@@ -143,3 +165,48 @@ def test_upstream_connections_are_timed(setup: Setup) -> None:
     labels: dict[str, Any] = {"envoy_cluster_name": "closing_up"}
     assert wait_until(lambda: setup.samples("envoy_cluster_upstream_cx_connect_ms", **labels) == 2, timeout=10)
     assert wait_until(lambda: setup.samples("envoy_cluster_upstream_cx_length_ms", **labels) == 2, timeout=10)
+
+
+def end_connection(how: str, port: int) -> None:
+    """One connection to `port`, ended as ENDINGS[how] says."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    try:
+        if how == "client_fin":
+            one_request(sock, close=False)
+        elif how == "connection_close":
+            sock.sendall(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            while sock.recv(65536):
+                pass
+        elif how.startswith("bad_request"):
+            sock.sendall(b"GET / HTTP/1.1\r\nbad header\r\n\r\n")
+            assert sock.recv(65536).startswith(b"HTTP/1.1 400")
+            if how == "bad_request_waited":  # the client waits for the proxy's FIN: its delayed close times out
+                while sock.recv(65536):
+                    pass
+        elif how == "reset_in_flight":
+            sock.sendall(b"GET /slow/2 HTTP/1.1\r\nhost: x\r\n\r\n")
+            time.sleep(0.3)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close with a RST
+        elif how == "tunnel":
+            sock.sendall(b"GET / HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n")
+            assert sock.recv(65536).startswith(b"HTTP/1.1 101")
+            sock.sendall(b"hi")
+            assert sock.recv(65536) == b"hi"
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize("how", list(ENDINGS))
+def test_who_ended_a_connection(setup: Setup, how: str) -> None:
+    if how == "h2_reset_in_flight":
+        client = H2Client(setup.ports[how])
+        client.get("/slow/2")
+        time.sleep(0.3)
+        client.close()
+    else:
+        end_connection(how, setup.ports[how])
+    names = ["downstream_cx_destroy_local", "downstream_cx_destroy_remote", "downstream_cx_delayed_close_timeout",
+             "downstream_cx_destroy_remote_active_rq"]
+    expected = {name: ENDINGS[how].get(name, 0) for name in ["downstream_cx_destroy", *names]}
+    expected["downstream_cx_destroy"] = 1
+    assert setup.settled(f"http.{how}.", expected) == expected

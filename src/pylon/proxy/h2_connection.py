@@ -253,10 +253,11 @@ class Http2Connection(HttpConnection):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.connection_id == 0:
             return  # refused in connection_made, never counted
+        unfinished = not self.closed and bool(self.streams)
         self.closed = True
         self.deadlines.disarm(self)
         hcm = self.hcm
-        count_closed(hcm, self)
+        count_closed(hcm, self, exc, unfinished)
         if self.codec_counted:
             hcm.cx_http2_active.value -= 1
         if self.keepalive is not None:

@@ -9,7 +9,8 @@ from pylon.stats.store cimport Counter, Gauge, Histogram
 cdef class HcmRuntime:
     cdef public Counter cx_destroy, cx_http2_total, cx_idle_timeout, cx_max_duration, cx_overload_disable_keepalive
     cdef public Counter cx_protocol_error, cx_rx_bytes, cx_total, cx_tx_bytes, dropped_underscores, no_route
-    cdef public Counter cx_http1_total, cx_ssl_total
+    cdef public Counter cx_http1_total, cx_ssl_total, cx_destroy_local, cx_destroy_remote, cx_delayed_close_timeout
+    cdef public Counter cx_destroy_remote_active_rq
     cdef public Counter rejected_underscores
     cdef public Counter rq_completed, rq_direct_response, rq_header_timeout, rq_http2_total, rq_idle_timeout
     cdef public Counter rq_max_duration, rq_overload_close, rq_redirect, rq_rx_reset, rq_timeout, rq_too_large
@@ -39,4 +40,4 @@ cdef class HttpConnection:
     cdef public object scheme, feeding, last_activity, connection_id, loop_time, runtime_listener, wake_at, deadlines
     cdef public object read_budget, parked, client_cert, opened_at, drain_close_at, detected, info, xff_ip, encoder
     cdef public object batch, held, tx_bytes
-    cdef public bint codec_counted
+    cdef public bint codec_counted, peer_closed

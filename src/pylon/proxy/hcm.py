@@ -105,7 +105,9 @@ class HcmRuntime:
     __slots__ = ("accept_http_10", "access_loggers", "always_set_request_id", "body_decoders", "body_encoders",
                  "buffer_limit", "cert_details", "chain_views", "clusters", "config", "cx_active", "cx_destroy",
                  "cx_http2_active", "cx_http2_total", "cx_idle_timeout", "cx_max_duration",
-                 "cx_http1_active", "cx_http1_total", "cx_length_ms", "cx_overload_disable_keepalive", "cx_protocol_error",
+                 "cx_delayed_close_timeout", "cx_destroy_local", "cx_destroy_remote", "cx_destroy_remote_active_rq",
+                 "cx_http1_active", "cx_http1_total",
+                 "cx_length_ms", "cx_overload_disable_keepalive", "cx_protocol_error",
                  "cx_rx_bytes", "cx_ssl_active", "cx_ssl_total", "cx_total", "cx_tx_bytes",
                  "data_decoders", "data_encoders",
                  "decoder_filters", "default_host_for_http_10", "delayed_close_timeout", "drain_timeout",
@@ -160,6 +162,12 @@ class HcmRuntime:
         self.cx_ssl_total = stats.counter(prefix + "downstream_cx_ssl_total")
         self.cx_ssl_active = stats.gauge(prefix + "downstream_cx_ssl_active")
         self.cx_length_ms = stats.histogram(prefix + "downstream_cx_length_ms")
+        # who ended a connection, as Envoy's close events: the proxy closing the socket (its delayed close's timer
+        # included), or the client's FIN or reset (during a delayed close too)
+        self.cx_destroy_local = stats.counter(prefix + "downstream_cx_destroy_local")
+        self.cx_destroy_remote = stats.counter(prefix + "downstream_cx_destroy_remote")
+        self.cx_destroy_remote_active_rq = stats.counter(prefix + "downstream_cx_destroy_remote_active_rq")
+        self.cx_delayed_close_timeout = stats.counter(prefix + "downstream_cx_delayed_close_timeout")
         self.h2: Any = None  # the HTTP/2 codec's settings and stats, when codec_type lets it serve (h2_connection.py)
         self.rq_active = stats.gauge(prefix + "downstream_rq_active")
         self.rq_completed = stats.counter(prefix + "downstream_rq_completed")
@@ -364,10 +372,18 @@ class HcmRuntime:
         return record
 
 
-def count_closed(hcm: HcmRuntime, conn: "HttpConnection") -> None:
-    """A connection the connection manager counted is gone: its active gauges, and its length."""
+def count_closed(hcm: HcmRuntime, conn: "HttpConnection", exc: Exception | None, active: bool) -> None:
+    """A connection the connection manager counted is gone: its active gauges, its length, and who ended it (the
+    client when its FIN came or the socket failed, `exc`; else the proxy), and whether the client left a request
+    unfinished (`active`)."""
     hcm.cx_active.value -= 1
     hcm.cx_destroy.value += 1
+    if conn.peer_closed or exc is not None:
+        hcm.cx_destroy_remote.value += 1
+        if active:
+            hcm.cx_destroy_remote_active_rq.value += 1
+    else:
+        hcm.cx_destroy_local.value += 1
     if hcm.tls_stats is not None:
         hcm.cx_ssl_active.value -= 1
     hcm.cx_length_ms.record((conn.loop_time() - conn.opened_at) * 1000.0)
@@ -385,7 +401,7 @@ class HttpConnection:
         "peer", "peer_ip", "local", "scheme", "feeding",
         "last_activity", "connection_id", "loop_time", "runtime_listener", "wake_at", "deadlines",
         "read_budget", "parked", "client_cert", "opened_at", "drain_close_at", "detected", "info",
-        "xff_ip", "encoder", "batch", "held", "tx_bytes", "codec_counted",
+        "xff_ip", "encoder", "batch", "held", "tx_bytes", "codec_counted", "peer_closed",
     )
 
     def __init__(self, hcm: HcmRuntime, scheme: bytes = b"http") -> None:
@@ -423,6 +439,7 @@ class HttpConnection:
         self.held: list[bytes] | None = None
         self.tx_bytes = hcm.cx_tx_bytes  # what send_held counts what it writes in
         self.codec_counted = False  # in downstream_cx_http1_total (http2 for Http2Connection): see count_codec
+        self.peer_closed = False  # the client's FIN came: a close that follows is the client's (count_closed)
 
     # ------------------------------------------------------------------ asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -519,10 +536,22 @@ class HttpConnection:
     def connection_lost(self, exc: Exception | None) -> None:
         if self.connection_id == 0:
             return  # refused in connection_made, never counted
+        self.lost(exc, not self.closed and self.active is not None)  # (a connection the proxy closes has answered)
+
+    def tunnel_lost(self, exc: Exception | None, client_ended: bool) -> None:
+        """The connection's upgraded tunnel closed (tunnel.py swapped its protocol out): the connection's own
+        bookkeeping. A tunnel the client ended (its EOF, or a failed socket) was a request still open, as Envoy
+        counts it; one the upstream ended, the proxy closed."""
+        if client_ended:
+            self.peer_closed = True
+        self.lost(exc, client_ended)
+
+    def lost(self, exc: Exception | None, unfinished: bool) -> None:
+        """The connection is gone (`unfinished`: with a request the client left open)."""
         self.closed = True
         self.deadlines.disarm(self)  # not held by the wheel until a deadline it no longer has
         hcm = self.hcm
-        count_closed(hcm, self)
+        count_closed(hcm, self, exc, unfinished)
         if self.codec_counted:
             hcm.cx_http1_active.value -= 1
         if self.active is not None:
@@ -535,6 +564,7 @@ class HttpConnection:
 
     def eof_received(self) -> None:
         """The client shut its side: returning None lets the transport close, as asyncio.Protocol's default."""
+        self.peer_closed = True
         return None
 
     def pause_writing(self) -> None:

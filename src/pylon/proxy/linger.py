@@ -28,14 +28,20 @@ class Lingering(asyncio.Protocol):
     def __init__(self, owner: Any, transport: asyncio.Transport, timeout: float) -> None:
         self.owner = owner  # the protocol that served the connection; told when it is finally lost
         self.transport = transport
-        self.timer = owner.loop.call_later(timeout, transport.close)
+        self.timer = owner.loop.call_later(timeout, self._timed_out)
         transport.set_protocol(self)
         transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
         pass  # dropped: the connection's last reply is written
 
+    def _timed_out(self) -> None:
+        """No FIN in time: the proxy closes (Envoy's downstream_cx_delayed_close_timeout)."""
+        self.owner.hcm.cx_delayed_close_timeout.value += 1
+        self.transport.close()
+
     def eof_received(self) -> bool:
+        self.owner.peer_closed = True  # the client ended it, as Envoy counts a FIN during its delayed close
         self.transport.close()
         return True
 

@@ -1400,13 +1400,13 @@ class Stream:
             stats.upstream_cx_rx_bytes_total.value += size
             self.hcm.cx_tx_bytes.value += size
 
-    def _tunnel_downstream_closed(self, exc: Exception | None) -> None:
+    def _tunnel_downstream_closed(self, exc: Exception | None, peer_ended: bool = False) -> None:
         if self.rs_state < RS_DONE:  # the client ended the tunnel: Envoy's DC, as for any stream it leaves
             self.flags, self.details = "DC", "downstream_remote_disconnect"
         self.tunnel_end()
-        self.conn.connection_lost(exc)  # the connection's own bookkeeping: its protocol was swapped out
+        self.conn.tunnel_lost(exc, peer_ended or exc is not None)
 
-    def _tunnel_upstream_closed(self, exc: Exception | None) -> None:
+    def _tunnel_upstream_closed(self, exc: Exception | None, peer_ended: bool = False) -> None:
         self.tunnel_end()
         upstream = self.tunnel_upstream
         if upstream is not None:

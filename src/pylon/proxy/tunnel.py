@@ -19,7 +19,7 @@ class TunnelEnd(asyncio.Protocol):
     """One side of a tunnel: what arrives here is written to `peer` (the other side's transport)."""
 
     def __init__(self, transport: asyncio.Transport, peer: asyncio.Transport, on_data: Callable[[int], None],
-                 on_closed: Callable[[Exception | None], None]) -> None:
+                 on_closed: Callable[[Exception | None, bool], None]) -> None:
         self.transport = transport
         self.peer = peer
         self.on_data = on_data
@@ -42,7 +42,7 @@ class TunnelEnd(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.peer.close()
-        self.on_closed(exc)
+        self.on_closed(exc, self.eof)  # whether this side's peer had sent its EOF (then the close is the peer's)
 
     def pause_writing(self) -> None:
         self.peer.pause_reading()
@@ -52,8 +52,9 @@ class TunnelEnd(asyncio.Protocol):
 
 
 def open_tunnel(downstream: asyncio.Transport, upstream: asyncio.Transport, client_rest: bytes, upstream_rest: bytes,
-                on_activity: Callable[[int, bool], None], on_downstream_closed: Callable[[Exception | None], None],
-                on_upstream_closed: Callable[[Exception | None], None]) -> None:
+                on_activity: Callable[[int, bool], None],
+                on_downstream_closed: Callable[[Exception | None, bool], None],
+                on_upstream_closed: Callable[[Exception | None, bool], None]) -> None:
     """Join the two transports; `*_rest` are bytes each side sent right after its HTTP head."""
     client_end = TunnelEnd(downstream, upstream, lambda n: on_activity(n, True), on_downstream_closed)
     server_end = TunnelEnd(upstream, downstream, lambda n: on_activity(n, False), on_upstream_closed)
