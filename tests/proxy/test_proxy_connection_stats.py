@@ -79,7 +79,7 @@ def setup(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     upstream, closing = ClosingUpstream(per_connection=1000), ClosingUpstream(per_connection=1)
     slow, websocket = RecordingUpstream(), CountingServer()
     launcher = ProxyLauncher(directory)
-    ports = {name: free_port() for name in ("auto", "silent", "tls", "closing", *ENDINGS)}
+    ports = {name: free_port() for name in ("auto", "silent", "tls", "closing", "answered", *ENDINGS)}
     try:
         tls = http_listener("tls", ports["tls"], [route("/", "up")])
         tls["filter_chains"][0]["transport_socket"] = {"name": "envoy.transport_sockets.tls", "typed_config": {
@@ -90,7 +90,7 @@ def setup(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
                      http_listener("closing", ports["closing"], [route("/", "closing_up")]), tls]
         listeners += [http_listener(name, ports[name], [route("/", "ws" if name == "tunnel" else "slow")],
                                     codec_type="AUTO", upgrade_configs=[{"upgrade_type": "websocket"}])
-                      for name in ENDINGS]
+                      for name in (*ENDINGS, "answered")]
         clusters = [static_cluster("up", [upstream.port]), static_cluster("closing_up", [closing.port]),
                     static_cluster("slow", [slow.port]), static_cluster("ws", [websocket.port])]
         yield Setup(launcher.start(listeners, clusters, implementation=request.param), ports, pki.ca.cert)
@@ -210,3 +210,19 @@ def test_who_ended_a_connection(setup: Setup, how: str) -> None:
     expected = {name: ENDINGS[how].get(name, 0) for name in ["downstream_cx_destroy", *names]}
     expected["downstream_cx_destroy"] = 1
     assert setup.settled(f"http.{how}.", expected) == expected
+
+
+def test_completed_requests_are_the_answered_ones(setup: Setup) -> None:
+    """downstream_rq_completed counts each request a response went out for, with its class (a relayed 200, the
+    proxy's own 400 for a malformed head); a request the client reset before its answer is in neither."""
+    port = setup.ports["answered"]
+    for _ in range(2):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            one_request(sock)
+    end_connection("reset_in_flight", port)
+    expected = {"downstream_rq_completed": 2, "downstream_rq_2xx": 2, "downstream_rq_4xx": 0,
+                "downstream_rq_5xx": 0, "downstream_cx_destroy": 3}
+    assert setup.settled("http.answered.", expected) == expected
+    end_connection("bad_request_fin", port)
+    expected.update(downstream_rq_completed=3, downstream_rq_4xx=1, downstream_cx_destroy=4)
+    assert setup.settled("http.answered.", expected) == expected

@@ -656,6 +656,7 @@ class HttpConnection:
             if stream is not None and not stream.started:
                 self.hcm.rq_total.value += 1
                 self.hcm.rq_by_class[reply.status // 100].value += 1
+                self.hcm.rq_completed.value += 1
             self.encoder.encode_local_reply(reply.status, reply.body, close=True)
             self.flush_output()
         self.close(delayed=replied)
