@@ -87,6 +87,7 @@ class TerminatedConnect:
             if isinstance(exc, ConnectTimeout):
                 stats.upstream_cx_connect_timeout.value += 1
             stats.upstream_cx_connect_fail.value += 1
+            stats.upstream_cx_destroy.value += 1
             host.record_connect_failure()
             log.debug("CONNECT to %s failed: %s", format_address(host.address), exc)
             self.stream.on_upstream_connect_failure(str(exc))
@@ -94,6 +95,7 @@ class TerminatedConnect:
         self.transport = transport
         self.counted = True
         stats.upstream_cx_connect_ms.record((loop.time() - self.started_at) * 1000.0)
+        stats.upstream_rq_total.value += 1  # the request has its connection (Envoy's TCP pool counts it then)
         stats.upstream_cx_active.value += 1
         host.active_connections += 1
         if self.cancelled:

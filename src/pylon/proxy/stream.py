@@ -973,7 +973,6 @@ class Stream:
                 return self.local(made) if isinstance(made, lr.LocalReply) else self.respond_from_filter(*made)
             self.request_encoder = made
         host.active_requests += 1
-        cluster.stats.upstream_rq_total.value += 1
         cluster.stats.upstream_rq_active.value += 1
         self.attempt_start = self.conn.loop_time()
         self.up_state = UP_CONNECTING
@@ -1071,6 +1070,7 @@ class Stream:
         return host
 
     def on_upstream_ready(self, conn: "UpstreamConnection") -> None:
+        self.cluster.stats.upstream_rq_total.value += 1  # as Envoy's pools: once the request has a connection
         self.upstream = conn
         self.upstream_local = conn.local_address
         if self.rs_state >= RS_DONE:
@@ -1230,13 +1230,20 @@ class Stream:
         retry = self.route.retry if self.route else None
         if retry is not None and retry.on_connect_failure and self._reserve_retry():
             return self._schedule_retry()
-        self.local(lr.internal_connect_failure(reason) if reason.startswith(NO_INTERNAL_LISTENER) else
-                   lr.CONNECT_FAILURE)
+        self._abort_reply(lr.internal_connect_failure(reason) if reason.startswith(NO_INTERNAL_LISTENER) else
+                          lr.CONNECT_FAILURE)
 
     def on_upstream_overflow(self) -> None:
         self.up_state = UP_RESET
         self._end_attempt(abandon=False)
-        self.local(lr.UPSTREAM_OVERFLOW)
+        self._abort_reply(lr.UPSTREAM_OVERFLOW)
+
+    def _abort_reply(self, reply: lr.LocalReply) -> None:
+        """Answer for an upstream that failed before its response began: the cluster counts the reply's code as
+        the upstream's (Envoy's chargeUpstreamAbort); once the response began, the stream is reset uncounted."""
+        if self.rs_state == RS_NOT_STARTED and self.hcm.dynamic_stats and self.cluster is not None:
+            self.cluster.stats.count_response(reply.status)
+        self.local(reply)
 
     def on_upstream_headers(self, status: int, headers: list[tuple[bytes, bytes]], keep_alive: bool) -> None:
         host = self.host
@@ -1261,6 +1268,8 @@ class Stream:
                 return self._schedule_retry()
             if self._retries_exhausted():
                 self.flags = "URX"
+        if self.hcm.dynamic_stats:
+            self.cluster.stats.count_response(status)  # charged as the head arrives, as Envoy's router
         self.status = status
         self.up_state = UP_RECEIVING
         if self.resp_header_case is not None or self.hcm.response_key_format is not None:
@@ -1531,7 +1540,6 @@ class Stream:
         cluster = self.cluster
         assert cluster is not None
         if self.hcm.dynamic_stats:
-            cluster.stats.count_response(self.status)
             cluster.stats.upstream_rq_time.record((now - self.attempt_start) * 1000)
         if self.paused_upstream:
             # The last bytes filled the client's buffer (or a limiter's) and paused the upstream's reading as they
@@ -1564,7 +1572,7 @@ class Stream:
         retry = self.route.retry if self.route else None
         if retry is not None and retry.on_reset and self._reserve_retry():
             return self._schedule_retry()
-        self.local(reply)
+        self._abort_reply(reply)
 
     def on_upstream_pause(self, paused: bool) -> None:
         """The upstream socket's buffer is full (or drained): stop (or resume) reading the client."""
@@ -1670,14 +1678,18 @@ class Stream:
             self.local(lr.MAX_DURATION_TIMEOUT)
 
     def _timed_out(self) -> None:
-        self.local(lr.UPSTREAM_TIMEOUT)
+        self._abort_reply(lr.UPSTREAM_TIMEOUT)
 
     def _reserve_retry(self) -> bool:
-        """Take one retry if the policy has one left, the body can be replayed and the budget allows."""
-        if self.retries_left <= 0 or self.body_buffer is None or self.rs_state != RS_NOT_STARTED:
-            return False
+        """Take one retry if the policy has one left, the body can be replayed and the budget allows (called once
+        the policy's retry_on matched)."""
         cluster = self.cluster
         assert cluster is not None
+        if self.retries_left <= 0:
+            cluster.stats.upstream_rq_retry_limit_exceeded.value += 1  # as Envoy's RetryState: none left
+            return False
+        if self.body_buffer is None or self.rs_state != RS_NOT_STARTED:
+            return False
         if not self.retry_held:
             if not cluster.circuit_breakers.retries.try_acquire():
                 return False
@@ -1699,6 +1711,7 @@ class Stream:
         attempt = retry.num_retries - self.retries_left - 1 if retry is not None else 0
         self.waiting_body = list(self.body_buffer or ())
         delay = random.uniform(0, min(base * (2 ** attempt), cap))
+        self.cluster.stats.upstream_rq_retry_backoff_exponential.value += 1  # (no rate-limited back-off here)
         self.conn.loop.call_later(delay, self.attempt_now)
 
     def attempt_now(self) -> None:

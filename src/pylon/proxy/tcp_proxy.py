@@ -220,6 +220,7 @@ class TcpProxySession(asyncio.Protocol):
                 if isinstance(exc, ConnectTimeout):
                     stats.upstream_cx_connect_timeout.value += 1
                 stats.upstream_cx_connect_fail.value += 1
+                stats.upstream_cx_destroy.value += 1
                 host.record_connect_failure()
                 self.flags = "UF"
                 continue

@@ -68,7 +68,8 @@ _COUNTERS = (
     "upstream_cx_idle_timeout", "upstream_cx_max_requests", "upstream_cx_max_duration_reached",
     "upstream_cx_protocol_error",
     "upstream_cx_none_healthy", "membership_change", "original_dst_host_invalid",
-    "upstream_cx_rx_bytes_total", "upstream_cx_tx_bytes_total",
+    "upstream_cx_rx_bytes_total", "upstream_cx_tx_bytes_total", "upstream_rq_completed",
+    "upstream_rq_pending_failure_eject", "upstream_rq_retry_limit_exceeded", "upstream_rq_retry_backoff_exponential",
 )
 _GAUGES = (
     "upstream_cx_active", "upstream_rq_active", "upstream_rq_pending_active",
@@ -125,7 +126,10 @@ class ClusterStats:
         return self._store.counter(self._prefix + name)
 
     def count_response(self, status: int) -> None:
-        """Count one upstream response in `upstream_rq_<N>xx` and `upstream_rq_<code>`."""
+        """Count one upstream response in `upstream_rq_<N>xx`, `upstream_rq_<code>` and `upstream_rq_completed`, as
+        Envoy's router charges a response's head when it arrives, or the proxy's reply for an upstream that failed
+        (connect failure, reset, timeout, overflow: its 503 or 504)."""
+        self.upstream_rq_completed.value += 1
         by_class = self._by_class.get(status // 100)
         if by_class is not None:
             by_class.value += 1

@@ -632,6 +632,7 @@ class H2Pool(PoolBase):
         pending = self.pending
         while pending and len(pending) > self.connecting * self.max_streams:
             breaker.release()
+            self.cluster.stats.upstream_rq_pending_failure_eject.value += 1
             pending.popleft().on_upstream_connect_failure(reason)
 
     def connected(self, conn: H2UpstreamConnection) -> None:

@@ -162,6 +162,8 @@ class UpstreamConnection(PooledConnection):
             # The body of a response without Content-Length or chunking ends with the connection.
             exchange.on_upstream_complete()
         else:
+            if self.answered:  # a response cut short: Envoy's HTTP/1 codec reads the close as a protocol error
+                self.pool.cluster.stats.upstream_cx_protocol_error.value += 1
             # A reused connection lost before any byte of the answer: most often the server closed it
             # (keep-alive limit, idle timeout) as the request went out (`stale`; see Stream.on_upstream_reset).
             exchange.on_upstream_reset("connection termination", stale=self.requests > 0 and not self.answered)
@@ -307,6 +309,7 @@ class HostPool(PoolBase):
         if queue:
             exchange = queue.popleft()
             self.cluster.circuit_breakers.pending_requests.release()
+            self.cluster.stats.upstream_rq_pending_failure_eject.value += 1
             exchange.on_upstream_connect_failure(reason)
 
     def connected(self, conn: UpstreamConnection) -> None:

@@ -232,6 +232,7 @@ class PoolBase:
         except ConnectError as exc:
             self.connecting -= 1
             stats.upstream_cx_connect_fail.value += 1
+            stats.upstream_cx_destroy.value += 1  # as Envoy's pools: the failed connection is destroyed too
             cluster.circuit_breakers.connections.release()
             self.host.record_connect_failure()
             log.debug("connect to %s failed: %s", format_address(self.host.address), exc)
