@@ -61,9 +61,9 @@ class CountingServer:
         return data
 
     def _send(self, conn: socket.socket, data: bytes) -> None:
-        conn.sendall(data)
-        with self.lock:
+        with self.lock:  # counted first: the client may read it (and the test the counts) before sendall returns
             self.sent += len(data)
+        conn.sendall(data)
 
     def _serve(self, conn: socket.socket) -> None:
         with conn:
