@@ -26,6 +26,7 @@ from tests.proxy.conftest import ProxyLauncher, RunningProxy, http_listener, rou
     wait_until
 from tests.proxy.test_proxy_http2 import H2Client
 from tests.proxy.test_proxy_tls import _file
+from tests.proxy.upstreams import TcpEcho
 
 HTTP2_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 DOWNSTREAM_TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
@@ -34,7 +35,7 @@ CONNECT_ON = [{"upgrade_type": "CONNECT"}]
 UPGRADED = b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n"
 
 
-class CountingServer:
+class CountingServer(TcpEcho):
     """An HTTP/1.1 keep-alive server (each head answered with RESPONSE; a websocket upgrade answered 101, then an
     echo; with `echo` every byte echoed) that counts the bytes it read and wrote over all its connections."""
 
@@ -42,17 +43,7 @@ class CountingServer:
         self.echo = echo
         self.received = self.sent = 0
         self.lock = threading.Lock()
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+        super().__init__()
 
     def _recv(self, conn: socket.socket) -> bytes:
         data = conn.recv(65536)
@@ -65,7 +56,7 @@ class CountingServer:
             self.sent += len(data)
         conn.sendall(data)
 
-    def _serve(self, conn: socket.socket) -> None:
+    def _echo(self, conn: socket.socket) -> None:  # type: ignore[override]
         with conn:
             try:
                 buffered, tunnel = b"", self.echo
@@ -101,9 +92,6 @@ class CountingServer:
         with self.lock:
             return self.received, self.sent
 
-    def close(self) -> None:
-        self.sock.close()
-
 
 class CountingH2Client(H2Client):
     """The test rig's HTTP/2 client, counting what it writes (what it read is `raw`)."""
@@ -115,6 +103,15 @@ class CountingH2Client(H2Client):
         if data:
             self.sent += len(data)
             self.sock.sendall(data)
+
+
+def settled(proxy: RunningProxy, prefix: str, expected: dict[str, int]) -> dict[str, int]:
+    """The proxy's stats `prefix` + each name in `expected` (-1: absent), once they equal it (or after 5 s)."""
+    def read() -> dict[str, int]:
+        stats = proxy.stats()
+        return {name: stats.get(prefix + name, -1) for name in expected}
+    wait_until(lambda: read() == expected)
+    return read()
 
 
 def read_to_eof(sock: socket.socket | ssl.SSLSocket) -> bytes:
@@ -135,11 +132,7 @@ class Setup:
 
     def settled(self, expected: dict[str, int]) -> dict[str, int]:
         """The proxy's counters named in `expected`, once they equal it (or as they are after 5 s)."""
-        def read() -> dict[str, int]:
-            stats = self.proxy.stats()
-            return {name: stats.get(name, -1) for name in expected}
-        wait_until(lambda: read() == expected)
-        return read()
+        return settled(self.proxy, "", expected)
 
 
 @pytest.fixture(scope="module", params=["pylon", "envoy"])
@@ -234,15 +227,22 @@ def http1_exchanges(sock: socket.socket | ssl.SSLSocket) -> tuple[int, int]:
     return sent, received
 
 
+def check_both_ends(setup: Setup, listener: str, sent: int, received: int) -> tuple[int, int]:
+    """The listener's connection manager counted what its client `sent` and `received`, and its cluster
+    (`<listener>_up`) what the upstream server received and sent; returns the server's (received, sent)."""
+    up_received, up_sent = setup.servers[listener].counts()
+    expected = {f"http.{listener}.downstream_cx_rx_bytes_total": sent,
+                f"http.{listener}.downstream_cx_tx_bytes_total": received,
+                f"cluster.{listener}_up.upstream_cx_tx_bytes_total": up_received,
+                f"cluster.{listener}_up.upstream_cx_rx_bytes_total": up_sent}
+    assert setup.settled(expected) == expected
+    return up_received, up_sent
+
+
 def test_an_http1_connection_and_its_upstream(setup: Setup) -> None:
     with socket.create_connection(("127.0.0.1", setup.ports["h1"]), timeout=5) as sock:
         sent, received = http1_exchanges(sock)
-    up_received, up_sent = setup.servers["h1"].counts()
-    expected = {"http.h1.downstream_cx_rx_bytes_total": sent, "http.h1.downstream_cx_tx_bytes_total": received,
-                "cluster.h1_up.upstream_cx_tx_bytes_total": up_received,
-                "cluster.h1_up.upstream_cx_rx_bytes_total": up_sent}
-    assert setup.settled(expected) == expected
-    assert up_sent == 2 * len(RESPONSE)
+    assert check_both_ends(setup, "h1", sent, received)[1] == 2 * len(RESPONSE)
 
 
 def test_plaintext_is_counted_under_tls(setup: Setup) -> None:
@@ -263,12 +263,7 @@ def test_http2_frames_are_counted(setup: Setup) -> None:
         client.raw += read_to_eof(client.sock)
     finally:
         client.close()
-    up_received, up_sent = setup.servers["h2"].counts()
-    expected = {"http.h2.downstream_cx_rx_bytes_total": client.sent,
-                "http.h2.downstream_cx_tx_bytes_total": len(client.raw),
-                "cluster.h2_up.upstream_cx_tx_bytes_total": up_received,
-                "cluster.h2_up.upstream_cx_rx_bytes_total": up_sent}
-    assert setup.settled(expected) == expected
+    check_both_ends(setup, "h2", client.sent, len(client.raw))
 
 
 def test_an_http2_upstream_connection_counts_what_the_other_end_counts(setup: Setup) -> None:
@@ -305,31 +300,16 @@ def test_an_upgraded_connection_counts_its_tunnel(setup: Setup) -> None:
             answer += sock.recv(65536)
         assert answer.startswith(b"HTTP/1.1 101"), answer
         received += len(answer)
-        for payload in (b"ping", b"through the tunnel"):
-            sock.sendall(payload)
-            sent += len(payload)
-            echoed = b""
-            while len(echoed) < len(payload):
-                echoed += sock.recv(65536)
-            assert echoed == payload
-            received += len(echoed)
-        received += len(read_to_eof(sock))
-    up_received, up_sent = setup.servers["ws"].counts()
-    expected = {"http.ws.downstream_cx_rx_bytes_total": sent, "http.ws.downstream_cx_tx_bytes_total": received,
-                "cluster.ws_up.upstream_cx_tx_bytes_total": up_received,
-                "cluster.ws_up.upstream_cx_rx_bytes_total": up_sent}
-    assert setup.settled(expected) == expected
+        tunnel_sent, tunnel_received = echoed_through(sock, [b"ping", b"through the tunnel"])
+        sent, received = sent + tunnel_sent, received + tunnel_received + len(read_to_eof(sock))
+    check_both_ends(setup, "ws", sent, received)
 
 
 def test_tcp_proxy_counts_its_upstream_in_the_cluster(setup: Setup) -> None:
     payload = b"0123456789" * 100
     with socket.create_connection(("127.0.0.1", setup.ports["tcp"]), timeout=5) as sock:
-        sock.sendall(payload)
-        echoed = b""
-        while len(echoed) < len(payload):
-            echoed += sock.recv(65536)
-        echoed += read_to_eof(sock)
-    assert echoed == payload
+        echoed_through(sock, [payload])
+        assert read_to_eof(sock) == b""
     up_received, up_sent = setup.servers["echo"].counts()
     expected: dict[str, Any] = {
         "tcp.tcp.downstream_cx_rx_bytes_total": len(payload), "tcp.tcp.downstream_cx_tx_bytes_total": len(payload),
@@ -350,12 +330,7 @@ def test_a_terminated_connect_counts_its_tunnel(setup: Setup) -> None:
         assert answer.startswith(b"HTTP/1.1 200"), answer
         sent, received = echoed_through(sock, [b"ping", b"more bytes"])
         sent, received = sent + len(head) + 5, received + len(answer) + len(read_to_eof(sock))
-    up_received, up_sent = setup.servers["term"].counts()
-    expected = {"http.term.downstream_cx_rx_bytes_total": sent, "http.term.downstream_cx_tx_bytes_total": received,
-                "cluster.term_up.upstream_cx_tx_bytes_total": up_received,
-                "cluster.term_up.upstream_cx_rx_bytes_total": up_sent}
-    assert setup.settled(expected) == expected
-    assert up_received == up_sent == len(b"earlypingmore bytes")
+    assert check_both_ends(setup, "term", sent, received) == (len(b"earlypingmore bytes"),) * 2
 
 
 def test_an_http2_connect_stream_counts_its_upstream(setup: Setup) -> None:
@@ -369,13 +344,7 @@ def test_an_http2_connect_stream_counts_its_upstream(setup: Setup) -> None:
         client.raw += read_to_eof(client.sock)
     finally:
         client.close()
-    up_received, up_sent = setup.servers["h2term"].counts()
-    expected = {"http.h2term.downstream_cx_rx_bytes_total": client.sent,
-                "http.h2term.downstream_cx_tx_bytes_total": len(client.raw),
-                "cluster.h2term_up.upstream_cx_tx_bytes_total": up_received,
-                "cluster.h2term_up.upstream_cx_rx_bytes_total": up_sent}
-    assert setup.settled(expected) == expected
-    assert up_received == up_sent == 5
+    assert check_both_ends(setup, "h2term", client.sent, len(client.raw)) == (5, 5)
 
 
 @pytest.mark.parametrize("listener", ["tunnel", "tunnel_h2"])

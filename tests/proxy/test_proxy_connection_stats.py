@@ -29,7 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pylon.identity.certs import make_test_pki
 from tests.conftest import free_port
 from tests.proxy.conftest import ProxyLauncher, RunningProxy, http_listener, route, static_cluster, wait_until
-from tests.proxy.test_proxy_byte_stats import CountingH2Client, CountingServer, read_to_eof
+from tests.proxy.test_proxy_byte_stats import CountingH2Client, CountingServer, read_to_eof, settled
 from tests.proxy.test_proxy_http2 import H2Client
 from tests.proxy.test_proxy_tls import _file
 from tests.proxy.upstreams import ClosingUpstream, RecordingUpstream
@@ -65,11 +65,7 @@ class Setup:
         return 0
 
     def settled(self, prefix: str, expected: dict[str, int]) -> dict[str, int]:
-        def read() -> dict[str, int]:
-            counters = self.counters(prefix)
-            return {name: counters.get(name, -1) for name in expected}
-        wait_until(lambda: read() == expected)
-        return read()
+        return settled(self.proxy, prefix, expected)
 
 
 @pytest.fixture(scope="module", params=["pylon", "envoy"])
