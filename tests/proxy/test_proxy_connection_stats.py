@@ -210,14 +210,15 @@ def test_who_ended_a_connection(setup: Setup, how: str) -> None:
 
 def test_completed_requests_are_the_answered_ones(setup: Setup) -> None:
     """downstream_rq_completed counts each request a response went out for, with its class (a relayed 200, the
-    proxy's own 400 for a malformed head); a request the client reset before its answer is in neither."""
+    proxy's own 400 for a malformed head); a request the client reset before its answer is in neither. The router's
+    `rq_total` counts the requests that reached it: the reset one too, not the malformed head."""
     port = setup.ports["answered"]
     for _ in range(2):
         with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
             one_request(sock)
     end_connection("reset_in_flight", port)
     expected = {"downstream_rq_completed": 2, "downstream_rq_2xx": 2, "downstream_rq_4xx": 0,
-                "downstream_rq_5xx": 0, "downstream_cx_destroy": 3}
+                "downstream_rq_5xx": 0, "downstream_cx_destroy": 3, "rq_total": 3}  # rq_total: the router's
     assert setup.settled("http.answered.", expected) == expected
     end_connection("bad_request_fin", port)
     expected.update(downstream_rq_completed=3, downstream_rq_4xx=1, downstream_cx_destroy=4)

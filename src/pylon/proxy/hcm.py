@@ -116,10 +116,10 @@ class HcmRuntime:
                  "max_stream_duration", "merge_slashes", "network_filters", "no_route", "normalize_path", "overload",
                  "overwrite_server", "path_options", "peer_check", "pools", "rejected_underscores",
                  "replace_client_request_id", "request_case", "request_headers_timeout", "request_timeout",
-                 "response_drop", "response_key_format", "route_table", "rq_active", "rq_by_class", "rq_completed",
-                 "rq_direct_response", "rq_header_timeout", "rq_http2_total", "rq_idle_timeout", "rq_max_duration",
-                 "rq_overload_close", "rq_redirect", "rq_rx_reset", "rq_time", "rq_timeout", "rq_too_large",
-                 "rq_total", "rs_too_large", "scheme_to_overwrite", "server_if_absent", "server_name",
+                 "response_drop", "response_key_format", "route_table", "routed", "rq_active", "rq_by_class",
+                 "rq_completed", "rq_direct_response", "rq_header_timeout", "rq_http2_total", "rq_idle_timeout",
+                 "rq_max_duration", "rq_overload_close", "rq_redirect", "rq_rx_reset", "rq_time", "rq_timeout",
+                 "rq_too_large", "rq_total", "rs_too_large", "scheme_to_overwrite", "server_if_absent", "server_name",
                  "stream_idle_timeout", "suppress_envoy_headers", "tls_stats", "tracer", "trailer_decoders",
                  "trailer_encoders", "underscores", "upgrade_types", "upgrades_active", "upgrades_total",
                  "upstream_filters", "use_remote_address", "user_agent_edits", "via", "worker", "xfcc_mode",
@@ -176,6 +176,7 @@ class HcmRuntime:
         self.rq_header_timeout = stats.counter(prefix + "downstream_rq_header_timeout")
         self.rq_idle_timeout = stats.counter(prefix + "downstream_rq_idle_timeout")
         self.no_route = stats.counter(prefix + "no_route")
+        self.routed = stats.counter(prefix + "rq_total")  # the router filter's: the requests that reached it
         self.rq_direct_response = stats.counter(prefix + "rq_direct_response")
         self.upgrades_total = stats.counter(prefix + "downstream_cx_upgrades_total")
         self.upgrades_active = stats.gauge(prefix + "downstream_cx_upgrades_active")

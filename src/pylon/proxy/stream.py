@@ -773,6 +773,7 @@ class Stream:
                path_text: str) -> None:
         """Send the request where its route says (the router filter)."""
         hcm = self.hcm
+        hcm.routed.value += 1  # Envoy's router rq_total: every request it decodes (not those a filter answered)
         conn = self.conn
         route = self.route
         if route is None:
