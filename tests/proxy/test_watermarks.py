@@ -11,6 +11,7 @@ import uvloop
 
 from pylon.proxy.upstream.pool import UpstreamConnection
 from pylon.proxy.watermarks import apply_buffer_limit
+from pylon.stats.store import Counter
 from tests.proxy.test_stream_states import FakeLoop
 
 
@@ -45,8 +46,9 @@ def test_zero_turns_the_watermarks_off() -> None:
 
 
 def test_an_upstream_connection_takes_its_clusters_limit() -> None:
+    stats = SimpleNamespace(upstream_cx_rx_bytes_total=Counter("rx"), upstream_cx_tx_bytes_total=Counter("tx"))
     cluster = SimpleNamespace(config=SimpleNamespace(per_connection_buffer_limit_bytes=4096), upstream_trailers=False,
-                              response_case=None)
+                              response_case=None, stats=stats)
     conn = UpstreamConnection(SimpleNamespace(cluster=cluster, limits=SimpleNamespace(max_headers=100),  # type: ignore[arg-type]
                                               loop=FakeLoop()))
     transport = RecordingTransport()
