@@ -422,8 +422,11 @@ def test_append_and_append_action_together_is_an_error() -> None:
          "[0].direct_response.body",
          "exactly one of filename, inline_bytes, inline_string, environment_variable must be set (got filename, inline_string)"),
         ({"match": {"prefix": "/"}, "route": {}},
-         "[0].route", "exactly one of cluster, weighted_clusters, cluster_specifier_plugin, "
+         "[0].route", "exactly one of cluster, cluster_header, weighted_clusters, cluster_specifier_plugin, "
          "inline_cluster_specifier_plugin must be set"),
+        ({"match": {"prefix": "/"}, "route": {"cluster": "svc", "cluster_header": "x-cluster"}},
+         "[0].route", "exactly one of cluster, cluster_header, weighted_clusters, cluster_specifier_plugin, "
+         "inline_cluster_specifier_plugin must be set (got cluster, cluster_header)"),
     ],
 )  # fmt: skip
 def test_oneof_violations_name_the_message(route: dict[str, Any], path: str, message: str) -> None:

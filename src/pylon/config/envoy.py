@@ -1032,8 +1032,14 @@ class RouteMaxStreamDuration(EnvoyStruct, kw_only=True):
     grpc_timeout_header_offset: Duration | None = None
 
 
+#: RouteAction.ClusterNotFoundResponseCode: the router's answer when the route's cluster does not exist
+ClusterNotFoundResponseCode = Literal["SERVICE_UNAVAILABLE", "NOT_FOUND", "INTERNAL_SERVER_ERROR"]
+
+
 class RouteAction(EnvoyStruct, kw_only=True):
     cluster: NonEmptyStr | None = None
+    #: the request header whose (first) value names the cluster, per request (proxy/cluster_specifier.py)
+    cluster_header: NonEmptyHttpText | None = None
     weighted_clusters: WeightedCluster | None = None
     #: the name of one of the route configuration's `cluster_specifier_plugins`
     cluster_specifier_plugin: NonEmptyStr | None = None
@@ -1060,9 +1066,12 @@ class RouteAction(EnvoyStruct, kw_only=True):
     rate_limits: list[RateLimit] = []
     #: the virtual host's rate_limits apply too, whatever the filter's vh_rate_limits says
     include_vh_rate_limits: bool = False
+    #: the router's status when the picked cluster does not exist (a cluster_header naming none, a cluster CDS
+    #: has not given): 503, 404 or 500
+    cluster_not_found_response_code: ClusterNotFoundResponseCode = "SERVICE_UNAVAILABLE"
 
     def __post_init__(self) -> None:
-        _exactly_one(self, "cluster", "weighted_clusters", "cluster_specifier_plugin",
+        _exactly_one(self, "cluster", "cluster_header", "weighted_clusters", "cluster_specifier_plugin",
                      "inline_cluster_specifier_plugin")
         _at_most_one(self, "prefix_rewrite", "regex_rewrite")
 

@@ -1,4 +1,5 @@
-"""Cluster specifier plugins: a route whose cluster an extension picks per request (Envoy's ClusterSpecifierPlugin).
+"""Routes whose cluster is picked per request: by a request header (RouteAction.cluster_header), or by a cluster
+specifier plugin (Envoy's ClusterSpecifierPlugin).
 
 A plugin module (`pylon/extensions/router/cluster_specifiers/`) registers a factory for its config Struct here
 (`register_cluster_specifier`); the route table builds one picker per route that names the plugin and calls it
@@ -22,3 +23,22 @@ def register_cluster_specifier(config_type: type, factory: Callable[[Any], Picke
 def build_picker(config: Any) -> Picker:
     """The picker for one plugin config (its type was registered when the config decoded it)."""
     return _FACTORIES[type(config)](config)
+
+
+class HeaderPicker:
+    """RouteAction.cluster_header: the cluster the request's header names.
+
+    Its first value, as Envoy takes it: the header comes from the client, so a repeated one picks by the first.
+    No such header picks "": no cluster, the router's cluster-not-found reply."""
+
+    __slots__ = ("header",)
+
+    def __init__(self, header: str) -> None:
+        self.header = header.lower().encode("latin-1")  # the stream's header names are lower case
+
+    def __call__(self, stream: Any) -> str:
+        header = self.header
+        for name, value in stream.headers:
+            if name == header:
+                return value.decode("latin-1")
+        return ""

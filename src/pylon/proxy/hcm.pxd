@@ -10,7 +10,7 @@ cdef class HcmRuntime:
     cdef public Counter cx_destroy, cx_http2_total, cx_idle_timeout, cx_max_duration, cx_overload_disable_keepalive
     cdef public Counter cx_protocol_error, cx_rx_bytes, cx_total, cx_tx_bytes, dropped_underscores, no_route
     cdef public Counter cx_http1_total, cx_ssl_total, cx_destroy_local, cx_destroy_remote, cx_delayed_close_timeout
-    cdef public Counter cx_destroy_remote_active_rq, routed
+    cdef public Counter cx_destroy_remote_active_rq, no_cluster, routed
     cdef public Counter rejected_underscores
     cdef public Counter rq_completed, rq_direct_response, rq_header_timeout, rq_http2_total, rq_idle_timeout
     cdef public Counter rq_max_duration, rq_overload_close, rq_redirect, rq_rx_reset, rq_timeout, rq_too_large

@@ -113,7 +113,7 @@ class HcmRuntime:
                  "dynamic_stats", "enable_trailers", "encoder_filters", "escaped_slashes", "first_stream_timeout",
                  "generate_request_id", "h2", "host_labels", "idle_timeout", "local_reply_mapper", "local_server_name",
                  "local_uri_sans", "max_connection_duration", "max_header_bytes", "max_headers_count",
-                 "max_stream_duration", "merge_slashes", "network_filters", "no_route", "normalize_path", "overload",
+                 "max_stream_duration", "merge_slashes", "network_filters", "no_cluster", "no_route", "normalize_path", "overload",
                  "overwrite_server", "path_options", "peer_check", "pools", "rejected_underscores",
                  "replace_client_request_id", "request_case", "request_headers_timeout", "request_timeout",
                  "response_drop", "response_key_format", "route_table", "routed", "rq_active", "rq_by_class",
@@ -176,6 +176,7 @@ class HcmRuntime:
         self.rq_header_timeout = stats.counter(prefix + "downstream_rq_header_timeout")
         self.rq_idle_timeout = stats.counter(prefix + "downstream_rq_idle_timeout")
         self.no_route = stats.counter(prefix + "no_route")
+        self.no_cluster = stats.counter(prefix + "no_cluster")  # the router's: the route's cluster does not exist
         self.routed = stats.counter(prefix + "rq_total")  # the router filter's: the requests that reached it
         self.rq_direct_response = stats.counter(prefix + "rq_direct_response")
         self.upgrades_total = stats.counter(prefix + "downstream_cx_upgrades_total")

@@ -11,4 +11,4 @@ cdef class MatchedRoute:
     cdef public object _redirect, _picker, _cluster_ops, filter_configs, filter_levels, cors_policies, decorator
     cdef public object mirrors, upgrades, subset_criteria, _cluster_criteria, connect_terminate, post_terminate
     cdef public object metadata, virtual_host_metadata, rate_limits, virtual_host_rate_limits
-    cdef public object include_vh_rate_limits, cluster_variants, disabled_filters, all_levels
+    cdef public object include_vh_rate_limits, cluster_variants, disabled_filters, all_levels, no_cluster_reply

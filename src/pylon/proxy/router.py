@@ -74,9 +74,10 @@ from pylon.config.envoy import (
     ENVOY_LB, GRPC_RETRY_ON, FilterConfig, OmitCanaryHostsPredicate, OmitHostMetadataConfig, PreviousHostsPredicate,
 )
 from pylon.proxy import rate_limits
-from pylon.proxy.cluster_specifier import build_picker
+from pylon.proxy.cluster_specifier import HeaderPicker, build_picker
 from pylon.proxy.grpc_timeout import StreamDuration
 from pylon.proxy.headers import HeaderList, HeaderOps, compile_header_level
+from pylon.proxy.local_reply import NO_CLUSTER, LocalReply
 from pylon.proxy.upstream.subset import Criteria, criteria_of, merged_criteria, value_key
 from pylon.regex import PatternSet, Regex, RegexEngine, get_engine
 
@@ -492,6 +493,9 @@ class MirrorRule:
         return ""
 
 
+#: RouteAction.cluster_not_found_response_code -> the status of the router's reply
+_CLUSTER_NOT_FOUND_STATUS = {"SERVICE_UNAVAILABLE": 503, "NOT_FOUND": 404, "INTERNAL_SERVER_ERROR": 500}
+
 #: The default of every MatchedRoute (a HeaderOps is never mutated, so one instance serves all)
 _NO_HEADER_OPS = HeaderOps()
 
@@ -537,6 +541,7 @@ class MatchedRoute:
         "cors_policies", "decorator", "mirrors", "upgrades", "subset_criteria", "_cluster_criteria",
         "connect_terminate", "post_terminate", "metadata", "virtual_host_metadata", "rate_limits",
         "virtual_host_rate_limits", "include_vh_rate_limits", "cluster_variants", "disabled_filters", "all_levels",
+        "no_cluster_reply",
     )
 
     def __init__(self) -> None:
@@ -577,8 +582,11 @@ class MatchedRoute:
         self._total_weight = 0.0
         self._random: Callable[[], float] = random.random
         self._redirect: _Redirect | None = None
-        #: a cluster specifier plugin's picker (proxy/cluster_specifier.py), which reads the request
+        #: the picker of a cluster_header or a cluster specifier plugin (proxy/cluster_specifier.py), which reads
+        #: the request
         self._picker: Callable[[Any], str] | None = None
+        #: the router's answer when the picked cluster does not exist (cluster_not_found_response_code)
+        self.no_cluster_reply: LocalReply = NO_CLUSTER
         # Weighted clusters with their own header rules: cluster name -> (request, response) ops.
         self._cluster_ops: dict[str, tuple[HeaderOps, HeaderOps]] = {}
         #: HTTP filter name -> its per-route config (the route's, else the virtual host's, else the route
@@ -1070,6 +1078,8 @@ class RouteTable:
         route.kind = "cluster"
         route_lb = _lb_values(action.metadata_match)
         route.subset_criteria = criteria_of(route_lb) if route_lb is not None else None
+        route.no_cluster_reply = NO_CLUSTER._replace(status=_CLUSTER_NOT_FOUND_STATUS[
+            action.cluster_not_found_response_code])
         if action.weighted_clusters is not None:
             names: list[str] = []
             cumulative: list[float] = []
@@ -1094,6 +1104,8 @@ class RouteTable:
             route._weights = tuple(names)
             route._cumulative = cumulative
             route._total_weight = total
+        elif action.cluster_header is not None:
+            route._picker = HeaderPicker(action.cluster_header)
         elif action.inline_cluster_specifier_plugin is not None:
             route._picker = build_picker(action.inline_cluster_specifier_plugin.extension.typed_config)
         elif action.cluster_specifier_plugin is not None:

@@ -837,8 +837,9 @@ class Stream:
                 if self.rs_state >= RS_DONE:
                     return
         cluster = hcm.clusters.get(cluster_name)
-        if cluster is None:
-            return self.local(lr.NO_CLUSTER)  # a route to a cluster CDS has not (or no longer) given
+        if cluster is None:  # a cluster_header naming none, a route to a cluster CDS has not (or no longer) given
+            hcm.no_cluster.value += 1
+            return self.local(route.no_cluster_reply)
         upstream_filters = cluster.upstream_filters if cluster.upstream_filters is not None else hcm.upstream_filters
         made = (partial(FilteredRequest, upstream_filters) if upstream_filters else Http1RequestEncoder)(
             self.method, path, route.host_rewrite or self.authority, forward, chunked=chunked,
