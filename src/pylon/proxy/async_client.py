@@ -108,7 +108,7 @@ class Call:
     def on_upstream_complete(self) -> None:
         self.conn = None  # the pool takes the connection back
         self._release(abandon=False)
-        self.cluster.stats.count_response(self.status)
+        self.cluster.stats.count_response(self.status, internal=True)  # the proxy's own call (x-envoy-internal)
         self._end(Response(self.status, self.headers, b"".join(self.body)), "")
 
     def on_upstream_reset(self, reason: str, stale: bool = False) -> None:

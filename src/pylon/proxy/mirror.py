@@ -258,8 +258,8 @@ class Shadow:
         if conn is not None and not self.ended:
             conn.keep_alive = False  # answered before the request was whole: the connection is mid-request
         stats = self.cluster.stats
-        stats.count_response(self.status)
-        stats.upstream_rq_time.record((self.loop.time() - self.started_at) * 1000)
+        stats.count_response(self.status, internal=True)  # a copy is the proxy's own request (x-envoy-internal)
+        stats.record_time((self.loop.time() - self.started_at) * 1000, internal=True)
         self._close(abandon=False)
 
     def on_upstream_reset(self, reason: str, stale: bool = False) -> None:

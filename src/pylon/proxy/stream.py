@@ -1542,7 +1542,7 @@ class Stream:
         cluster = self.cluster
         assert cluster is not None
         if self.hcm.dynamic_stats:
-            cluster.stats.upstream_rq_time.record((now - self.attempt_start) * 1000)
+            cluster.stats.record_time((now - self.attempt_start) * 1000)
         if self.paused_upstream:
             # The last bytes filled the client's buffer (or a limiter's) and paused the upstream's reading as they
             # completed the response: the pool must take the connection back reading, or the next exchange never

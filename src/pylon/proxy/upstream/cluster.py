@@ -45,7 +45,7 @@ from pylon.proxy.upstream.subset import SubsetBalancer, cluster_balancer
 from pylon.proxy.tap_socket import socket_tap
 from pylon.proxy.upstream.proxy_protocol import UpstreamProxyProtocol, socket_proxy_protocol
 from pylon.proxy.upstream.tls_factory import UpstreamTls, matching_socket, socket_matches, transport_tls
-from pylon.stats.store import Counter, StatsStore
+from pylon.stats.store import Counter, Histogram, StatsStore
 
 if TYPE_CHECKING:
     from pylon.extensions.transport_sockets.tap_trace import TapSink
@@ -92,6 +92,39 @@ def parse_ip_port(text: str) -> tuple[str, int] | None:
     return str(ip), int(port)
 
 
+class OriginStats:
+    """A cluster's responses charged again under `external.` (a client's request) or `internal.` (the proxy's own,
+    which carries `x-envoy-internal: true`: a mirror's copy, an auth or tracing call), as Envoy's code stats do.
+    Every name is made on its first use, as Envoy's are: a cluster only clients use has no `internal.` stats."""
+
+    __slots__ = ("_store", "_prefix", "_by_status", "_time")
+
+    def __init__(self, store: StatsStore, prefix: str) -> None:
+        self._store = store
+        self._prefix = prefix
+        #: status -> the counters its response bumps (its code's, its class's when 1xx-5xx, and `_completed`)
+        self._by_status: dict[int, tuple[Counter, ...]] = {}
+        self._time: Histogram | None = None
+
+    def count(self, status: int) -> None:
+        counters = self._by_status.get(status)
+        if counters is None:
+            counters = self._by_status[status] = self._counters_of(status)
+        for counter in counters:
+            counter.value += 1
+
+    def _counters_of(self, status: int) -> tuple[Counter, ...]:
+        prefix, counter = self._prefix, self._store.counter
+        by_class = (counter(f"{prefix}upstream_rq_{status // 100}xx"),) if 1 <= status // 100 <= 5 else ()
+        return (counter(f"{prefix}upstream_rq_{status}"), *by_class, counter(prefix + "upstream_rq_completed"))
+
+    def record_time(self, ms: float) -> None:
+        time_ = self._time
+        if time_ is None:
+            time_ = self._time = self._store.histogram(self._prefix + "upstream_rq_time")
+        time_.record(ms)
+
+
 class ClusterStats:
     """The cluster's stat objects under Envoy's names (`cluster.<name>.<stat>`), for direct bumping.
 
@@ -102,7 +135,8 @@ class ClusterStats:
     """
 
     __slots__ = _COUNTERS + _GAUGES + ("upstream_rq_time", "upstream_rq_per_cx", "upstream_cx_connect_ms",
-                                       "upstream_cx_length_ms", "_store", "_prefix", "_by_class", "_by_code")
+                                       "upstream_cx_length_ms", "_store", "_prefix", "_by_class", "_by_code",
+                                       "_external", "_internal")
 
     def __init__(self, store: StatsStore, prefix: str) -> None:
         self._store = store
@@ -120,15 +154,19 @@ class ClusterStats:
             n: getattr(self, f"upstream_rq_{n}xx") for n in range(1, 6)
         }
         self._by_code: dict[int, Counter] = {}
+        self._external = OriginStats(store, prefix + "external.")
+        self._internal = OriginStats(store, prefix + "internal.")
 
     def counter(self, name: str) -> Counter:
         """The cluster's counter `name` (made on first use), for the stats not kept as attributes (`http2.*`)."""
         return self._store.counter(self._prefix + name)
 
-    def count_response(self, status: int) -> None:
+    def count_response(self, status: int, internal: bool = False) -> None:
         """Count one upstream response in `upstream_rq_<N>xx`, `upstream_rq_<code>` and `upstream_rq_completed`, as
         Envoy's router charges a response's head when it arrives, or the proxy's reply for an upstream that failed
-        (connect failure, reset, timeout, overflow: its 503 or 504)."""
+        (connect failure, reset, timeout, overflow: its 503 or 504); and again under `external.` or `internal.`
+        (the proxy's own request)."""
+        (self._internal if internal else self._external).count(status)
         self.upstream_rq_completed.value += 1
         by_class = self._by_class.get(status // 100)
         if by_class is not None:
@@ -137,6 +175,12 @@ class ClusterStats:
         if by_code is None:
             by_code = self._by_code[status] = self._store.counter(f"{self._prefix}upstream_rq_{status}")
         by_code.value += 1
+
+    def record_time(self, ms: float, internal: bool = False) -> None:
+        """A response's time from its attempt's start to its end, in `upstream_rq_time` and again under
+        `external.` or `internal.`."""
+        self.upstream_rq_time.record(ms)
+        (self._internal if internal else self._external).record_time(ms)
 
 
 class Cluster:
