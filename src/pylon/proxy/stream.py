@@ -1230,8 +1230,11 @@ class Stream:
         self.transport_failure = reason
         self._end_attempt(abandon=False)
         retry = self.route.retry if self.route else None
-        if retry is not None and retry.on_connect_failure and self._reserve_retry():
-            return self._schedule_retry()
+        if retry is not None:
+            if not retry.on_connect_failure:
+                self._retry_settled()
+            elif self._reserve_retry():
+                return self._schedule_retry()
         self._abort_reply(lr.internal_connect_failure(reason) if reason.startswith(NO_INTERNAL_LISTENER) else
                           lr.CONNECT_FAILURE)
 
@@ -1260,8 +1263,10 @@ class Stream:
             headers = edited.items
         host.record_response(status)
         retry = self.route.retry if self.route else None
-        if retry is not None and (retry.should_retry_status(status)
-                                  or (retry.grpc_codes and retry.should_retry_grpc(headers))):
+        if retry is not None and not (retry.should_retry_status(status)
+                                      or (retry.grpc_codes and retry.should_retry_grpc(headers))):
+            self._retry_settled()
+        elif retry is not None:
             if self._reserve_retry():
                 # Drop this response (and its connection: its body is still coming) and try again.
                 if self.hcm.dynamic_stats:
@@ -1572,8 +1577,11 @@ class Stream:
             self.waiting_body = list(self.body_buffer or ())
             return self._start_attempt(fresh=True)
         retry = self.route.retry if self.route else None
-        if retry is not None and retry.on_reset and self._reserve_retry():
-            return self._schedule_retry()
+        if retry is not None:
+            if not retry.on_reset:
+                self._retry_settled()
+            elif self._reserve_retry():
+                return self._schedule_retry()
         self._abort_reply(reply)
 
     def on_upstream_pause(self, paused: bool) -> None:
@@ -1699,6 +1707,14 @@ class Stream:
         self.retries_left -= 1
         cluster.stats.upstream_rq_retry.value += 1
         return True
+
+    def _retry_settled(self) -> None:
+        """An attempt after a retry ended in what the policy does not retry (an answer, or a reset it does not
+        cover): Envoy's `upstream_rq_retry_success`, whatever that answer was."""
+        if self.retry_held:
+            cluster = self.cluster
+            assert cluster is not None
+            cluster.stats.upstream_rq_retry_success.value += 1
 
     def _retries_exhausted(self) -> bool:
         """Envoy's URX: the request was retried and no retry is left."""

@@ -23,7 +23,7 @@ cdef class ClusterStats:
     cdef public Counter upstream_cx_protocol_error, upstream_cx_none_healthy, membership_change
     cdef public Counter original_dst_host_invalid, upstream_cx_rx_bytes_total, upstream_cx_tx_bytes_total
     cdef public Counter upstream_rq_completed, upstream_rq_pending_failure_eject, upstream_rq_retry_limit_exceeded
-    cdef public Counter upstream_rq_retry_backoff_exponential
+    cdef public Counter upstream_rq_retry_backoff_exponential, upstream_rq_retry_success
     cdef public Gauge upstream_cx_active, upstream_rq_active, upstream_rq_pending_active, membership_healthy
     cdef public Gauge membership_total, membership_degraded
     cdef public Histogram upstream_rq_time, upstream_rq_per_cx, upstream_cx_connect_ms, upstream_cx_length_ms

@@ -70,6 +70,7 @@ _COUNTERS = (
     "upstream_cx_none_healthy", "membership_change", "original_dst_host_invalid",
     "upstream_cx_rx_bytes_total", "upstream_cx_tx_bytes_total", "upstream_rq_completed",
     "upstream_rq_pending_failure_eject", "upstream_rq_retry_limit_exceeded", "upstream_rq_retry_backoff_exponential",
+    "upstream_rq_retry_success",
 )
 _GAUGES = (
     "upstream_cx_active", "upstream_rq_active", "upstream_rq_pending_active",
