@@ -201,7 +201,8 @@ class Rig:
         config = _convert({"stat_prefix": "main", "http_filters": [ROUTER], "route_config": {"virtual_hosts": [
             {"name": "all", "domains": ["*"], "routes": [route]}]}, **(hcm or {})}, HttpConnectionManager)
         pools = PoolRegistry(self.loop, self.worker.deadlines.arm, self.worker.deadlines.disarm)  # type: ignore[arg-type]
-        self.hcm = HcmRuntime(config, {"up": self.cluster}, pools, stats, self.worker)  # type: ignore[arg-type]
+        self.hcm = HcmRuntime(config, {"up": self.cluster}, pools, stats, self.worker,  # type: ignore[arg-type]
+                              "listener.127.0.0.1_10000")
         monkeypatch.setattr(pool_base, "open_upstream", self._open_upstream)
         self.streams: list[Any] = []  # every stream the connection made, finished ones too
         monkeypatch.setattr(hcm_module, "Stream", self._new_stream)

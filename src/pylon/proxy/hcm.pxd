@@ -30,9 +30,11 @@ cdef class HcmRuntime:
     cdef public object scheme_to_overwrite, server_if_absent, server_name, stream_idle_timeout
     cdef public object suppress_envoy_headers, tls_stats
     cdef public object tracer, trailer_decoders, trailer_encoders, underscores, upgrade_types, upstream_filters
-    cdef public dict rq_by_class
+    cdef public dict rq_by_class, listener_rq_by_class
+    cdef public Counter listener_rq_completed
     cdef public object use_remote_address, user_agent_edits, via, worker, xfcc_mode, xff_num_trusted_hops
     cpdef list response_fields(self, headers)
+    cpdef count_completed(self, status)
 
 cdef class HttpConnection:
     cdef public HcmRuntime hcm

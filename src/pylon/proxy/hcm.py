@@ -111,8 +111,8 @@ class HcmRuntime:
                  "cx_total", "cx_tx_bytes", "data_decoders", "data_encoders", "decoder_filters",
                  "default_host_for_http_10", "delayed_close_timeout", "drain_timeout", "dropped_underscores",
                  "dynamic_stats", "enable_trailers", "encoder_filters", "escaped_slashes", "first_stream_timeout",
-                 "generate_request_id", "h2", "host_labels", "idle_timeout", "local_reply_mapper", "local_server_name",
-                 "local_uri_sans", "max_connection_duration", "max_header_bytes", "max_headers_count",
+                 "generate_request_id", "h2", "host_labels", "idle_timeout", "listener_rq_by_class",
+                 "listener_rq_completed", "local_reply_mapper", "local_server_name", "local_uri_sans", "max_connection_duration", "max_header_bytes", "max_headers_count",
                  "max_stream_duration", "merge_slashes", "network_filters", "no_cluster", "no_route", "normalize_path", "overload",
                  "overwrite_server", "path_options", "peer_check", "pools", "rejected_underscores",
                  "replace_client_request_id", "request_case", "request_headers_timeout", "request_timeout",
@@ -126,7 +126,7 @@ class HcmRuntime:
                  "xff_num_trusted_hops")
 
     def __init__(self, config: Any, clusters: "dict[str, Cluster]", pools: "PoolRegistry",
-                 stats: StatsStore, worker: "Worker") -> None:
+                 stats: StatsStore, worker: "Worker", listener_stat_name: str) -> None:
         self.config = config
         self.worker = worker
         self.overload = worker.overload  # the worker's overload actions (one object for its life): one hop less
@@ -171,6 +171,10 @@ class HcmRuntime:
         self.rq_active = stats.gauge(prefix + "downstream_rq_active")
         self.rq_completed = stats.counter(prefix + "downstream_rq_completed")
         self.rq_by_class = {c: stats.counter(f"{prefix}downstream_rq_{c}xx") for c in range(1, 6)}
+        # the same again under its listener (`listener_stat_name`), as Envoy's per-listener connection manager stats
+        per_listener = f"{listener_stat_name}.{prefix}"
+        self.listener_rq_completed = stats.counter(per_listener + "downstream_rq_completed")
+        self.listener_rq_by_class = {c: stats.counter(f"{per_listener}downstream_rq_{c}xx") for c in range(1, 6)}
         self.rq_time = stats.histogram(prefix + "downstream_rq_time")
         self.rq_timeout = stats.counter(prefix + "downstream_rq_timeout")
         self.rq_header_timeout = stats.counter(prefix + "downstream_rq_header_timeout")
@@ -317,6 +321,15 @@ class HcmRuntime:
     def trusted_client(self, stream: Stream) -> tuple[str, int] | str:
         """Envoy's downstream remote address: the peer, or the x-forwarded-for entry it trusts (`trusted_client`)."""
         return trusted_client(self.use_remote_address, self.xff_num_trusted_hops, stream)
+
+    def count_completed(self, status: int) -> None:
+        """A request a response went out for, by the response's class: the connection manager's
+        `downstream_rq_completed` and `downstream_rq_<N>xx`, and its listener's the same."""
+        by_class = status // 100
+        self.rq_by_class[by_class].value += 1
+        self.rq_completed.value += 1
+        self.listener_rq_by_class[by_class].value += 1
+        self.listener_rq_completed.value += 1
 
     def log_access(self, stream: Stream, elapsed: float) -> None:
         """Hand a finished stream's access-log record to every logger."""
@@ -656,8 +669,7 @@ class HttpConnection:
         elif not self.closed:
             if stream is not None and not stream.started:
                 self.hcm.rq_total.value += 1
-                self.hcm.rq_by_class[reply.status // 100].value += 1
-                self.hcm.rq_completed.value += 1
+                self.hcm.count_completed(reply.status)
             self.encoder.encode_local_reply(reply.status, reply.body, close=True)
             self.flush_output()
         self.close(delayed=replied)

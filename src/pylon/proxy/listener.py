@@ -317,7 +317,8 @@ def build_chain(chain: FilterChain, listener: ListenerRuntime) -> ChainRuntime:
     network_filters = [build_network_filter(f.name, f.typed_config, worker) for f in chain.filters[:-1]]
     scheme = b"https" if runtime.tls_config is not None else b"http"
     if isinstance(terminal_cfg, HttpConnectionManager):
-        hcm = HcmRuntime(terminal_cfg, worker.clusters, worker.pools, worker.stats, worker)
+        hcm = HcmRuntime(terminal_cfg, worker.clusters, worker.pools, worker.stats, worker,
+                         listener_stat_name(listener.config))
         hcm.tls_stats = runtime.tls_stats
         hcm.network_filters = network_filters
         hcm.buffer_limit = listener.config.per_connection_buffer_limit_bytes

@@ -1858,8 +1858,7 @@ class Stream:
             hcm.rq_active.value -= 1
             status = self.status
             if status:  # a response went out: Envoy charges downstream_rq_completed with its class (a reset, none)
-                hcm.rq_by_class[status // 100].value += 1
-                hcm.rq_completed.value += 1
+                hcm.count_completed(status)
             hcm.rq_time.record(elapsed * 1000)
         if hcm.access_loggers:
             hcm.log_access(self, elapsed)
