@@ -8,7 +8,8 @@ its delayed close's timer included, `downstream_cx_delayed_close_timeout`) or th
 downstream connection in `http.<prefix>.downstream_cx_ssl_total` / `_active` when it is TLS, in
 `downstream_cx_http1_total` / `_active` or `downstream_cx_http2_total` / `_active` once its first bytes arrive and
 its codec exists (a connection that sends nothing, a TCP health probe's, is in neither), and records its length in
-`downstream_cx_length_ms` when it closes. A cluster's pools record `upstream_cx_connect_ms` for each connection
+`downstream_cx_length_ms` when it closes (and again in its listener's `listener.<address>.downstream_cx_length_ms`,
+a probe's connection too). A cluster's pools record `upstream_cx_connect_ms` for each connection
 that came up and `upstream_cx_length_ms` for each that closed. Histograms are read as Prometheus sample counts
 (Envoy merges them at its stats flush, every 5 s).
 """
@@ -66,6 +67,11 @@ class Setup:
 
     def settled(self, prefix: str, expected: dict[str, int]) -> dict[str, int]:
         return settled(self.proxy, prefix, expected)
+
+    def listener_lengths(self, name: str) -> int:
+        """The samples of the listener's `listener.<address>.downstream_cx_length_ms` so far."""
+        address = f"127.0.0.1_{self.ports[name]}"
+        return self.samples("envoy_listener_downstream_cx_length_ms", envoy_listener_address=address)
 
 
 @pytest.fixture(scope="module", params=["pylon", "envoy"])
@@ -127,6 +133,7 @@ def test_codecs_are_counted_when_the_first_bytes_arrive(setup: Setup) -> None:
     assert setup.settled("http.auto.", expected) == expected
     assert wait_until(lambda: setup.samples("envoy_http_downstream_cx_length_ms",
                                             envoy_http_conn_manager_prefix="auto") == 2, timeout=10)
+    assert wait_until(lambda: setup.listener_lengths("auto") == 2, timeout=10)
 
 
 def test_a_connection_that_sends_nothing_has_no_codec(setup: Setup) -> None:
@@ -137,6 +144,7 @@ def test_a_connection_that_sends_nothing_has_no_codec(setup: Setup) -> None:
     expected = {"downstream_cx_total": 2, "downstream_cx_destroy": 2, "downstream_cx_http1_total": 1,
                 "downstream_cx_http1_active": 0}
     assert setup.settled("http.silent.", expected) == expected
+    assert wait_until(lambda: setup.listener_lengths("silent") == 2, timeout=10)  # the probe's connection too
 
 
 def test_tls_connections_are_counted(setup: Setup) -> None:

@@ -174,7 +174,7 @@ class FakeWorker:
     def connection_opened(self, conn: Any) -> None:
         pass
 
-    def connection_closed(self, conn: Any) -> None:
+    def connection_closed(self, conn: Any, opened_at: float) -> None:
         pass
 
     def wall_time(self, loop_time: float) -> float:

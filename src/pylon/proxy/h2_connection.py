@@ -269,7 +269,7 @@ class Http2Connection(HttpConnection):
             self.streams.clear()
             hcm.h2.add(session.counters(), self.seen)
             session.close()
-        self.worker.connection_closed(self)
+        self.worker.connection_closed(self, self.opened_at)
 
     def pause_writing(self) -> None:
         self.write_paused = True

@@ -575,7 +575,7 @@ class HttpConnection:
         for stream in self.queue:
             stream.rs_state = RS_RESET
         self.queue.clear()
-        self.worker.connection_closed(self)
+        self.worker.connection_closed(self, self.opened_at)
 
     def eof_received(self) -> None:
         """The client shut its side: returning None lets the transport close, as asyncio.Protocol's default."""

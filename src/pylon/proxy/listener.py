@@ -143,6 +143,7 @@ class ListenerRuntime:
         self.cx_total = stats.counter(prefix + "downstream_cx_total")
         self.cx_active = stats.gauge(prefix + "downstream_cx_active")
         self.cx_destroy = stats.counter(prefix + "downstream_cx_destroy")
+        self.cx_length_ms = stats.histogram(prefix + "downstream_cx_length_ms")
         # Connections closed as accepted: past the global limit, and by reject_incoming_connections (overload.py)
         self.global_cx_overflow = stats.counter(prefix + "downstream_global_cx_overflow")
         self.cx_overload_reject = stats.counter(prefix + "downstream_cx_overload_reject")
@@ -187,9 +188,10 @@ class ListenerRuntime:
         if self.load_slot is not None:
             self.load_slot[CX_ACTIVE] = self.worker_cx_active.value
 
-    def closed(self) -> None:
+    def closed(self, length_ms: float) -> None:
         self.cx_active.value -= 1
         self.cx_destroy.value += 1
+        self.cx_length_ms.record(length_ms)
         self.worker_cx_active.value -= 1
         if self.load_slot is not None:
             self.load_slot[CX_ACTIVE] = self.worker_cx_active.value

@@ -355,7 +355,7 @@ class TcpProxySession(asyncio.Protocol):
             self.waiting.cancel()  # the filter frees what it holds for the connection (Envoy: on destruction)
         if self.upstream is not None and self.upstream.transport is not None:
             self.upstream.transport.close()
-        rt.worker.connection_closed(self)
+        rt.worker.connection_closed(self, self.start)
         if rt.access_loggers:
             record = AccessLogRecord()
             record.start_time = rt.worker.wall_time(self.start)

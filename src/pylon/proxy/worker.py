@@ -173,11 +173,12 @@ class Worker:
             self._ticking = True
             self.loop.call_later(TIMEOUT_RESOLUTION_S, self._tick)
 
-    def connection_closed(self, conn: Any) -> None:
+    def connection_closed(self, conn: Any, opened_at: float) -> None:
+        """`conn` (opened at loop time `opened_at`) ended: its listener's counts and its length."""
         self.connections.discard(conn)
         listener = conn.runtime_listener
         if listener is not None:
-            listener.closed()
+            listener.closed((self.loop.time() - opened_at) * 1000.0)
             if self.cx_gate is not None and listener.counts_globally:
                 self.cx_gate.closed()
 
