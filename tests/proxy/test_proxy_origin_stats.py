@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import free_port
 from tests.proxy.conftest import ProxyLauncher, RunningProxy, http_listener, route, static_cluster, wait_until
@@ -21,8 +22,10 @@ from tests.proxy.upstreams import Upstream
 
 #: the counters under external. / internal. after the requests of the test, by cluster; no other exists
 EXPECTED = {
-    "cluster.up.external.upstream_rq_200": 3, "cluster.up.external.upstream_rq_2xx": 3,
-    "cluster.up.external.upstream_rq_completed": 3,
+    "cluster.up.external.upstream_rq_200": 4, "cluster.up.external.upstream_rq_2xx": 4,
+    "cluster.up.external.upstream_rq_completed": 4,
+    "cluster.up.internal.upstream_rq_200": 1, "cluster.up.internal.upstream_rq_2xx": 1,
+    "cluster.up.internal.upstream_rq_completed": 1,
     "cluster.dead.external.upstream_rq_503": 1, "cluster.dead.external.upstream_rq_5xx": 1,
     "cluster.dead.external.upstream_rq_completed": 1,
     "cluster.shadow.internal.upstream_rq_200": 1, "cluster.shadow.internal.upstream_rq_2xx": 1,
@@ -37,7 +40,7 @@ def proxy(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     launcher = ProxyLauncher(tmp_path_factory.mktemp(f"origin-stats-{request.param}"))
     try:
         routes = [route("/mirror", "up", request_mirror_policies=[{"cluster": "shadow"}]), route("/dead", "dead"),
-                  route("/", "up")]
+                  route("/self-mirror", "up", request_mirror_policies=[{"cluster": "up"}]), route("/", "up")]
         clusters = [static_cluster("up", [up.port]), static_cluster("shadow", [shadow.port]),
                     static_cluster("dead", [free_port()])]
         yield launcher.start([http_listener("main", free_port(), routes)], clusters, implementation=request.param)
@@ -49,7 +52,7 @@ def proxy(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
 
 def test_responses_are_charged_again_by_origin(proxy: RunningProxy) -> None:
     assert [httpx.get(proxy.url("main", path), timeout=5).status_code
-            for path in ("/a", "/b", "/dead", "/mirror")] == [200, 200, 503, 200]
+            for path in ("/a", "/b", "/dead", "/mirror", "/self-mirror")] == [200, 200, 503, 200, 200]
 
     def by_origin() -> dict[str, int]:
         return {name: value for name, value in proxy.stats().items() if ORIGIN.match(name)}
@@ -57,6 +60,21 @@ def test_responses_are_charged_again_by_origin(proxy: RunningProxy) -> None:
     assert wait_until(lambda: by_origin() == EXPECTED), by_origin()
     histograms = {line.partition(":")[0] for line in proxy.admin("/stats").text.splitlines()
                   if line.partition(":")[0].endswith("upstream_rq_time")}
-    assert {"cluster.up.external.upstream_rq_time", "cluster.shadow.internal.upstream_rq_time"} <= histograms
-    assert not any(ORIGIN.match(name) for name in histograms - {
-        "cluster.up.external.upstream_rq_time", "cluster.shadow.internal.upstream_rq_time"})
+    times = {"cluster.up.external.upstream_rq_time", "cluster.up.internal.upstream_rq_time",
+             "cluster.shadow.internal.upstream_rq_time"}
+    assert times <= histograms
+    assert not any(ORIGIN.match(name) for name in histograms - times)
+    # each origin's samples apart (Prometheus counts; Envoy merges its histograms every 5 s)
+    expected_samples = {("up", "external"): 4, ("up", "internal"): 1, ("shadow", "internal"): 1}
+    assert wait_until(lambda: time_samples(proxy) == expected_samples, timeout=10), time_samples(proxy)
+
+
+def time_samples(proxy: RunningProxy) -> dict[tuple[str, str], int]:
+    """(cluster, origin) -> the sample count of its `<origin>.upstream_rq_time`."""
+    out = {}
+    for family in text_string_to_metric_families(proxy.admin("/stats/prometheus").text):
+        for sample in family.samples:
+            origin = sample.name.removeprefix("envoy_cluster_").removesuffix("_upstream_rq_time_count")
+            if origin in ("external", "internal") and sample.value:
+                out[sample.labels["envoy_cluster_name"], origin] = int(sample.value)
+    return out

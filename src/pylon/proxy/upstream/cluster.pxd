@@ -6,11 +6,9 @@
 from pylon.proxy.upstream.circuit cimport CircuitBreakers
 from pylon.stats.store cimport Counter, Gauge, Histogram
 
-cdef class OriginStats:
+cdef class InternalStats:
     cdef public object _store, _prefix, _time
     cdef public dict _by_status
-    cpdef count(self, status)
-    cpdef record_time(self, ms)
 
 cdef class ClusterStats:
     cdef public Counter upstream_rq_total, upstream_rq_1xx, upstream_rq_2xx, upstream_rq_3xx, upstream_rq_4xx
@@ -29,7 +27,8 @@ cdef class ClusterStats:
     cdef public Histogram upstream_rq_time, upstream_rq_per_cx, upstream_cx_connect_ms, upstream_cx_length_ms
     cdef public object _store, _prefix
     cdef public dict _by_class, _by_code
-    cdef public OriginStats _external, _internal
+    cdef public InternalStats _internal
+    cdef public object _external_time_shown
     cpdef count_response(self, status, internal=*)
     cpdef record_time(self, ms, internal=*)
 

@@ -93,10 +93,10 @@ def parse_ip_port(text: str) -> tuple[str, int] | None:
     return str(ip), int(port)
 
 
-class OriginStats:
-    """A cluster's responses charged again under `external.` (a client's request) or `internal.` (the proxy's own,
-    which carries `x-envoy-internal: true`: a mirror's copy, an auth or tracing call), as Envoy's code stats do.
-    Every name is made on its first use, as Envoy's are: a cluster only clients use has no `internal.` stats."""
+class InternalStats:
+    """A cluster's responses to the proxy's own requests (which carry `x-envoy-internal: true`: a mirror's copy, an
+    async client's call) charged again under `internal.`, as Envoy's code stats do. Every name is made on its first
+    use, as Envoy's are: a cluster only clients use has no `internal.` stats."""
 
     __slots__ = ("_store", "_prefix", "_by_status", "_time")
 
@@ -110,20 +110,75 @@ class OriginStats:
     def count(self, status: int) -> None:
         counters = self._by_status.get(status)
         if counters is None:
-            counters = self._by_status[status] = self._counters_of(status)
-        for counter in counters:
-            counter.value += 1
-
-    def _counters_of(self, status: int) -> tuple[Counter, ...]:
-        prefix, counter = self._prefix, self._store.counter
-        by_class = (counter(f"{prefix}upstream_rq_{status // 100}xx"),) if 1 <= status // 100 <= 5 else ()
-        return (counter(f"{prefix}upstream_rq_{status}"), *by_class, counter(prefix + "upstream_rq_completed"))
+            prefix, counter = self._prefix, self._store.counter
+            by_class = (counter(f"{prefix}upstream_rq_{status // 100}xx"),) if 1 <= status // 100 <= 5 else ()
+            counters = self._by_status[status] = (counter(f"{prefix}upstream_rq_{status}"), *by_class,
+                                                  counter(prefix + "upstream_rq_completed"))
+        for counter_ in counters:
+            counter_.value += 1
 
     def record_time(self, ms: float) -> None:
         time_ = self._time
         if time_ is None:
             time_ = self._time = self._store.histogram(self._prefix + "upstream_rq_time")
         time_.record(ms)
+
+
+class _ExternalCounter(Counter):
+    """`external.<stat>`: the cluster's `<stat>` minus its `internal.<stat>` (a response not to the proxy's own
+    request is to a client's), worked out when read, so a client's request pays nothing for it."""
+
+    __slots__ = ("total", "store", "internal_name")
+
+    def __init__(self, name: str, total: Counter, store: StatsStore,
+                 internal_name: str) -> None:  # noqa: D107 - no value of its own
+        self.name = name
+        self.total = total
+        self.store = store
+        self.internal_name = internal_name
+
+    @property  # type: ignore[override]
+    def value(self) -> int:
+        internal = self.store.counters.get(self.internal_name)
+        return self.total.value - (internal.value if internal is not None else 0)
+
+
+class _ExternalHistogram(Histogram):
+    """`external.upstream_rq_time`: the cluster's `upstream_rq_time` minus its `internal.upstream_rq_time`, bucket
+    by bucket, worked out when read."""
+
+    __slots__ = ("total", "store", "internal_name")
+
+    def __init__(self, name: str, total: Histogram, store: StatsStore,
+                 internal_name: str) -> None:  # noqa: D107 - no value of its own
+        self.name = name
+        self.total = total
+        self.store = store
+        self.internal_name = internal_name
+
+    def _internal(self) -> Histogram | None:
+        return self.store.histograms.get(self.internal_name)
+
+    @property  # type: ignore[override]
+    def bounds(self) -> tuple[float, ...]:
+        return self.total.bounds
+
+    @property  # type: ignore[override]
+    def counts(self) -> list[int]:
+        internal = self._internal()
+        if internal is None:
+            return list(self.total.counts)
+        return [a - b for a, b in zip(self.total.counts, internal.counts)]
+
+    @property  # type: ignore[override]
+    def sum(self) -> float:
+        internal = self._internal()
+        return self.total.sum - (internal.sum if internal is not None else 0.0)
+
+    @property  # type: ignore[override]
+    def count(self) -> int:
+        internal = self._internal()
+        return self.total.count - (internal.count if internal is not None else 0)
 
 
 class ClusterStats:
@@ -137,7 +192,7 @@ class ClusterStats:
 
     __slots__ = _COUNTERS + _GAUGES + ("upstream_rq_time", "upstream_rq_per_cx", "upstream_cx_connect_ms",
                                        "upstream_cx_length_ms", "_store", "_prefix", "_by_class", "_by_code",
-                                       "_external", "_internal")
+                                       "_internal", "_external_time_shown")
 
     def __init__(self, store: StatsStore, prefix: str) -> None:
         self._store = store
@@ -155,8 +210,8 @@ class ClusterStats:
             n: getattr(self, f"upstream_rq_{n}xx") for n in range(1, 6)
         }
         self._by_code: dict[int, Counter] = {}
-        self._external = OriginStats(store, prefix + "external.")
-        self._internal = OriginStats(store, prefix + "internal.")
+        self._internal = InternalStats(store, prefix + "internal.")
+        self._external_time_shown = False  # external.upstream_rq_time made (at the first client's response)
 
     def counter(self, name: str) -> Counter:
         """The cluster's counter `name` (made on first use), for the stats not kept as attributes (`http2.*`)."""
@@ -166,22 +221,43 @@ class ClusterStats:
         """Count one upstream response in `upstream_rq_<N>xx`, `upstream_rq_<code>` and `upstream_rq_completed`, as
         Envoy's router charges a response's head when it arrives, or the proxy's reply for an upstream that failed
         (connect failure, reset, timeout, overflow: its 503 or 504); and again under `external.` or `internal.`
-        (the proxy's own request)."""
-        (self._internal if internal else self._external).count(status)
+        (the proxy's own request). The `external.` ones are worked out when read: made at a code's first client
+        response, they cost the requests nothing."""
+        if internal:
+            self._internal.count(status)
         self.upstream_rq_completed.value += 1
         by_class = self._by_class.get(status // 100)
         if by_class is not None:
             by_class.value += 1
         by_code = self._by_code.get(status)
         if by_code is None:
-            by_code = self._by_code[status] = self._store.counter(f"{self._prefix}upstream_rq_{status}")
+            by_code = self._store.counter(f"{self._prefix}upstream_rq_{status}")
+            if not internal:  # kept only once a client's response had it: then its external. view appears
+                self._by_code[status] = by_code
+                self._show_external(status, by_code, by_class)
         by_code.value += 1
+
+    def _show_external(self, status: int, by_code: Counter, by_class: Counter | None) -> None:
+        prefix, counters = self._prefix, self._store.counters
+        shown = [(f"upstream_rq_{status}", by_code), ("upstream_rq_completed", self.upstream_rq_completed)]
+        if by_class is not None:
+            shown.append((f"upstream_rq_{status // 100}xx", by_class))
+        for stat, total in shown:
+            name = f"{prefix}external.{stat}"
+            if name not in counters:
+                counters[name] = _ExternalCounter(name, total, self._store, f"{prefix}internal.{stat}")
 
     def record_time(self, ms: float, internal: bool = False) -> None:
         """A response's time from its attempt's start to its end, in `upstream_rq_time` and again under
         `external.` or `internal.`."""
         self.upstream_rq_time.record(ms)
-        (self._internal if internal else self._external).record_time(ms)
+        if internal:
+            self._internal.record_time(ms)
+        elif not self._external_time_shown:
+            self._external_time_shown = True
+            name = self._prefix + "external.upstream_rq_time"
+            self._store.histograms[name] = _ExternalHistogram(name, self.upstream_rq_time, self._store,
+                                                              self._prefix + "internal.upstream_rq_time")
 
 
 class Cluster:
