@@ -14,6 +14,7 @@ cdef class HcmRuntime:
     cdef public Counter rejected_underscores
     cdef public Counter rq_completed, rq_direct_response, rq_header_timeout, rq_http2_total, rq_idle_timeout
     cdef public Counter rq_max_duration, rq_overload_close, rq_redirect, rq_rx_reset, rq_timeout, rq_too_large
+    cdef public Counter rq_tx_reset
     cdef public Counter rq_total, rs_too_large, upgrades_total
     cdef public Gauge cx_active, cx_http2_active, rq_active, upgrades_active, cx_http1_active, cx_ssl_active
     cdef public Histogram rq_time, cx_length_ms

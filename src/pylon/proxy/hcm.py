@@ -120,11 +120,11 @@ class HcmRuntime:
                  "response_drop", "response_key_format", "route_table", "routed", "rq_active", "rq_by_class",
                  "rq_completed", "rq_direct_response", "rq_header_timeout", "rq_http2_total", "rq_idle_timeout",
                  "rq_max_duration", "rq_overload_close", "rq_redirect", "rq_rx_reset", "rq_time", "rq_timeout",
-                 "rq_too_large", "rq_total", "rs_too_large", "scheme_to_overwrite", "server_if_absent", "server_name",
-                 "stream_idle_timeout", "suppress_envoy_headers", "tls_stats", "tracer", "trailer_decoders",
-                 "trailer_encoders", "underscores", "upgrade_types", "upgrades_active", "upgrades_total",
-                 "upstream_filters", "use_remote_address", "user_agent_edits", "via", "worker", "xfcc_mode",
-                 "xff_num_trusted_hops")
+                 "rq_too_large", "rq_total", "rq_tx_reset", "rs_too_large", "scheme_to_overwrite", "server_if_absent",
+                 "server_name", "stream_idle_timeout", "suppress_envoy_headers", "tls_stats", "tracer",
+                 "trailer_decoders", "trailer_encoders", "underscores", "upgrade_types", "upgrades_active",
+                 "upgrades_total", "upstream_filters", "use_remote_address", "user_agent_edits", "via", "worker",
+                 "xfcc_mode", "xff_num_trusted_hops")
 
     def __init__(self, config: Any, clusters: "dict[str, Cluster]", pools: "PoolRegistry",
                  stats: StatsStore, worker: "Worker", listener_stat_name: str) -> None:
@@ -188,6 +188,7 @@ class HcmRuntime:
         self.upgrades_active = stats.gauge(prefix + "downstream_cx_upgrades_active")
         self.rq_redirect = stats.counter(prefix + "rq_redirect")
         self.rq_rx_reset = stats.counter(prefix + "downstream_rq_rx_reset")
+        self.rq_tx_reset = stats.counter(prefix + "downstream_rq_tx_reset")  # the proxy reset the client's stream
         common = config.common_http_protocol_options
         self.idle_timeout = common.idle_timeout if common is not None else 3600.0
         self.delayed_close_timeout = float(config.delayed_close_timeout)

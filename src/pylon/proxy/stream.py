@@ -1565,7 +1565,7 @@ class Stream:
         if self.rs_state != RS_NOT_STARTED:
             self.flags = reply.flag
             self.details = "upstream_reset_after_response_started{%s}" % reason.replace(" ", "_")
-            self._finish(close=True, final=RS_RESET)
+            self._reset_client()
             return
         if stale and (self.method in _IDEMPOTENT or reason == "refused stream") and not self.stale_retried \
                 and self.rs_state < RS_DONE \
@@ -1642,7 +1642,7 @@ class Stream:
         self._end_attempt(abandon=True)
         if self.rs_state != RS_NOT_STARTED:
             self.flags = "UT"
-            self._finish(close=True, final=RS_RESET)
+            self._reset_client()
         else:
             self._timed_out()
 
@@ -1658,7 +1658,7 @@ class Stream:
         self._end_attempt(abandon=True)
         if self.rs_state != RS_NOT_STARTED:
             self.flags = lr.UPSTREAM_MAX_STREAM_DURATION.flag
-            self._finish(close=True, final=RS_RESET)
+            self._reset_client()
         else:
             self.local(lr.UPSTREAM_MAX_STREAM_DURATION if self.rq_state == RQ_DONE
                        else lr.UPSTREAM_MAX_STREAM_DURATION_CLIENT)
@@ -1683,7 +1683,7 @@ class Stream:
             return
         self._end_attempt(abandon=True)
         if self.rs_state != RS_NOT_STARTED:
-            self._finish(close=True, final=RS_RESET)
+            self._reset_client()
         else:
             self.local(lr.MAX_DURATION_TIMEOUT)
 
@@ -1761,13 +1761,22 @@ class Stream:
         self.pool = None
 
     # ------------------------------------------------------------------ replies and the end
+    def _reset_client(self) -> None:
+        """Too late to answer: reset the client's stream (HTTP/1: close its connection; HTTP/2: RST_STREAM). Envoy
+        counts it in `downstream_rq_tx_reset`, and its connection manager, hearing every reset alike, in
+        `downstream_rq_rx_reset` too."""
+        hcm = self.hcm
+        hcm.rq_tx_reset.value += 1
+        hcm.rq_rx_reset.value += 1
+        self._finish(close=True, final=RS_RESET)
+
     def local(self, reply: lr.LocalReply) -> None:
         """Answer with a proxy-generated reply (Envoy's sendLocalReply), or reset if too late."""
         if self.rs_state >= RS_DONE:
             return
         if self.rs_state != RS_NOT_STARTED:
             self.flags = reply.flag
-            self._finish(close=True, final=RS_RESET)
+            self._reset_client()
             return
         if self.rq_state != RQ_DONE and (self.req_length or self.req_chunked) and self.pending_local is None \
                 and self.conn.feeding:
