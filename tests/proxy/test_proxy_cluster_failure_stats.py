@@ -69,9 +69,9 @@ def proxy(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         half.close()
 
 
-def answer(proxy: RunningProxy, path: str) -> bytes:
+def answer(proxy: RunningProxy, path: str, listener: str = "main") -> bytes:
     """The proxy's answer to one `connection: close` request (whatever it sends until it closes)."""
-    with socket.create_connection(("127.0.0.1", proxy.ports["main"]), timeout=5) as sock:
+    with socket.create_connection(("127.0.0.1", proxy.ports[listener]), timeout=5) as sock:
         sock.sendall(f"GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n".encode())
         data = b""
         try:

@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import free_port
 from tests.proxy.conftest import ProxyLauncher, RunningProxy, http_listener, route, static_cluster, wait_until
-from tests.proxy.test_proxy_cluster_failure_stats import HalfAnswer
+from tests.proxy.test_proxy_cluster_failure_stats import HalfAnswer, answer
 from tests.proxy.test_proxy_http2 import H2Client
 from tests.proxy.upstreams import RecordingUpstream
 
@@ -44,15 +44,8 @@ def counters(proxy: RunningProxy, prefix: str) -> dict[str, int]:
 
 
 def test_a_response_cut_short_resets_an_http1_client(proxy: RunningProxy) -> None:
-    with socket.create_connection(("127.0.0.1", proxy.ports["h1"]), timeout=5) as sock:
-        sock.sendall(b"GET /half HTTP/1.1\r\nhost: x\r\n\r\n")
-        answer = b""
-        try:
-            while chunk := sock.recv(65536):
-                answer += chunk
-        except OSError:
-            pass
-    assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"partial")  # the head and what came, no more
+    got = answer(proxy, "/half", "h1")
+    assert got.startswith(b"HTTP/1.1 200") and got.endswith(b"partial")  # the head and what came, no more
     expected = {"downstream_rq_tx_reset": 1, "downstream_rq_rx_reset": 1}
     assert wait_until(lambda: counters(proxy, "h1") == expected), counters(proxy, "h1")
 

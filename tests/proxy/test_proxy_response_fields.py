@@ -19,7 +19,7 @@ import pytest
 from tests.conftest import free_port
 from tests.proxy.conftest import ProxyLauncher, http_listener, raw_exchange, static_cluster
 from tests.proxy.test_proxy_http2 import H2Client
-from tests.proxy.upstreams import TcpEcho
+from tests.proxy.upstreams import TcpEcho, request_heads
 
 UPSTREAM_DATE = "Tue, 01 Jan 2030 00:00:00 GMT"
 RESPONSES = {
@@ -46,17 +46,9 @@ class ChosenResponses(TcpEcho):
 
     def _echo(self, conn: socket.socket) -> None:  # type: ignore[override]
         with conn:
-            buffered = b""
             try:
-                while True:
-                    while b"\r\n\r\n" not in buffered:
-                        data = conn.recv(65536)
-                        if not data:
-                            return
-                        buffered += data
-                    head, _, buffered = buffered.partition(b"\r\n\r\n")
-                    path = head.split(b" ", 2)[1]
-                    conn.sendall(RESPONSES[path])
+                for head in request_heads(conn):
+                    conn.sendall(RESPONSES[head.split(b" ", 2)[1]])
             except OSError:
                 return
 

@@ -17,7 +17,7 @@ import pytest
 
 from tests.conftest import free_port
 from tests.proxy.conftest import ProxyLauncher, RunningProxy, http_listener, route, static_cluster, wait_until
-from tests.proxy.upstreams import TcpEcho
+from tests.proxy.upstreams import TcpEcho, request_heads
 
 #: scenario -> what the upstream does with the request's attempts in turn (a status, or "close": no answer)
 SCRIPTS: dict[str, list[int | str]] = {
@@ -57,14 +57,7 @@ class ScriptedUpstream(TcpEcho):
 
     def _echo(self, conn: socket.socket) -> None:  # type: ignore[override]
         with conn:
-            buffered = b""
-            while True:
-                while b"\r\n\r\n" not in buffered:
-                    data = conn.recv(65536)
-                    if not data:
-                        return
-                    buffered += data
-                head, _, buffered = buffered.partition(b"\r\n\r\n")
+            for head in request_heads(conn):
                 scenario = head.split(b" ", 2)[1].decode().strip("/")
                 with self.lock:
                     turn = self.turns.get(scenario, 0)

@@ -35,7 +35,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 from urllib.parse import parse_qsl, urlsplit
 
 from pylon.identity.certs import issue_leaf, make_ca, write_pem_files
@@ -287,6 +287,19 @@ class Upstream:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def request_heads(conn: socket.socket) -> Iterator[bytes]:
+    """The heads of the bodiless requests a keep-alive connection sends, one at a time, until the client closes."""
+    buffered = b""
+    while True:
+        while b"\r\n\r\n" not in buffered:
+            data = conn.recv(65536)
+            if not data:
+                return
+            buffered += data
+        head, _, buffered = buffered.partition(b"\r\n\r\n")
+        yield head
 
 
 class TcpEcho:

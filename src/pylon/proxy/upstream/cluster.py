@@ -124,18 +124,26 @@ class InternalStats:
         time_.record(ms)
 
 
-class _ExternalCounter(Counter):
-    """`external.<stat>`: the cluster's `<stat>` minus its `internal.<stat>` (a response not to the proxy's own
-    request is to a client's), worked out when read, so a client's request pays nothing for it."""
+class _ExternalView:
+    """`external.<stat>`: the cluster's `<stat>` (`total`) minus its `internal.<stat>` (a response not to the proxy's
+    own request is to a client's), worked out when read, so a client's request pays nothing for it."""
 
-    __slots__ = ("total", "store", "internal_name")
+    __slots__ = ()
+    total: Any
+    store: StatsStore
+    internal_name: str
 
-    def __init__(self, name: str, total: Counter, store: StatsStore,
-                 internal_name: str) -> None:  # noqa: D107 - no value of its own
+    def __init__(self, name: str, total: Any, store: StatsStore, internal_name: str) -> None:
         self.name = name
         self.total = total
         self.store = store
         self.internal_name = internal_name
+
+
+class _ExternalCounter(_ExternalView, Counter):
+    """An `external.` counter (`upstream_rq_<code>`, `_<N>xx`, `_completed`)."""
+
+    __slots__ = ("total", "store", "internal_name")
 
     @property  # type: ignore[override]
     def value(self) -> int:
@@ -143,18 +151,10 @@ class _ExternalCounter(Counter):
         return self.total.value - (internal.value if internal is not None else 0)
 
 
-class _ExternalHistogram(Histogram):
-    """`external.upstream_rq_time`: the cluster's `upstream_rq_time` minus its `internal.upstream_rq_time`, bucket
-    by bucket, worked out when read."""
+class _ExternalHistogram(_ExternalView, Histogram):
+    """`external.upstream_rq_time`, bucket by bucket."""
 
     __slots__ = ("total", "store", "internal_name")
-
-    def __init__(self, name: str, total: Histogram, store: StatsStore,
-                 internal_name: str) -> None:  # noqa: D107 - no value of its own
-        self.name = name
-        self.total = total
-        self.store = store
-        self.internal_name = internal_name
 
     def _internal(self) -> Histogram | None:
         return self.store.histograms.get(self.internal_name)
