@@ -18,7 +18,7 @@ import pytest
 from tests.conftest import free_port
 from tests.proxy.conftest import ProxyLauncher, http_listener, json_access_log, read_json_lines, static_cluster, \
     wait_until
-from tests.proxy.upstreams import TcpEcho
+from tests.proxy.upstreams import TcpEcho, request_heads
 
 SSE_TYPE = "type.googleapis.com/envoy.extensions.filters.http.sse_to_metadata.v3.SseToMetadata"
 JSON_PARSER_TYPE = "type.googleapis.com/envoy.extensions.content_parsers.json.v3.JsonContentParser"
@@ -64,14 +64,7 @@ class SseUpstream(TcpEcho):
     def _echo(self, conn: socket.socket) -> None:  # type: ignore[override]
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         with conn:
-            data = b""
-            while True:
-                while b"\r\n\r\n" not in data:
-                    more = conn.recv(65536)
-                    if not more:
-                        return
-                    data += more
-                head, _, data = data.partition(b"\r\n\r\n")
+            for head in request_heads(conn):
                 path = head.split(b" ")[1].decode()
                 response_head, pieces = self.responses[path]
                 conn.sendall(response_head)

@@ -37,8 +37,13 @@ class HeaderPicker:
         self.header = header.lower().encode("latin-1")  # the stream's header names are lower case
 
     def __call__(self, stream: Any) -> str:
-        header = self.header
-        for name, value in stream.headers:
-            if name == header:
-                return value.decode("latin-1")
-        return ""
+        return named_cluster(stream.headers, self.header)
+
+
+def named_cluster(headers: Any, header: bytes) -> str:
+    """The cluster the first value of the lower-case `header` names in `headers` ("" when it is missing): a route's
+    cluster_header, a mirror policy's too."""
+    for name, value in headers:
+        if name == header:
+            return value.decode("latin-1")
+    return ""

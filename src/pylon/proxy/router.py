@@ -74,7 +74,7 @@ from pylon.config.envoy import (
     ENVOY_LB, GRPC_RETRY_ON, FilterConfig, OmitCanaryHostsPredicate, OmitHostMetadataConfig, PreviousHostsPredicate,
 )
 from pylon.proxy import rate_limits
-from pylon.proxy.cluster_specifier import HeaderPicker, build_picker
+from pylon.proxy.cluster_specifier import HeaderPicker, build_picker, named_cluster
 from pylon.proxy.grpc_timeout import StreamDuration
 from pylon.proxy.headers import HeaderList, HeaderOps, compile_header_level
 from pylon.proxy.local_reply import NO_CLUSTER, LocalReply
@@ -486,11 +486,7 @@ class MirrorRule:
         """The cluster this request's copy goes to ("" for none: the named header is missing or empty)."""
         if not self.cluster_header:
             return self.cluster
-        name = self.cluster_header
-        for n, v in headers:
-            if n == name:
-                return v.decode("latin-1")
-        return ""
+        return named_cluster(headers, self.cluster_header)
 
 
 #: RouteAction.cluster_not_found_response_code -> the status of the router's reply
